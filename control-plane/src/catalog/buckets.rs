@@ -1,0 +1,1 @@
+//! Catalog queries for buckets.

@@ -1,0 +1,223 @@
+//! The catalog: every piece of state the control plane owns, on PostgreSQL
+//! (production, shared by replicas) or on an embedded SQLite file (single node).
+//!
+//! Both backends run the same SQL wherever the dialects agree; the `on_pool!`
+//! macro expands one body once per backend, so a query is written once and
+//! type-checked against both drivers. Where the dialects differ (leasing, the
+//! database clock) the module says so next to the query.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+use uuid::Uuid;
+
+use crate::error::{from_sqlx, DomainError, DomainResult};
+
+pub mod buckets;
+pub mod configurations;
+pub mod jobs;
+pub mod metadata;
+pub mod objects;
+pub mod retention;
+pub mod runs;
+pub mod tags;
+pub mod users;
+
+/// The connection pool of one backend.
+#[derive(Clone, Debug)]
+pub enum Pool {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// Embedded SQLite.
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool of whichever backend
+/// the catalog uses. The body is compiled once per backend.
+macro_rules! on_pool {
+    ($catalog:expr, $pool:ident => $body:expr) => {
+        match &$catalog.pool {
+            $crate::catalog::Pool::Postgres($pool) => $body,
+            $crate::catalog::Pool::Sqlite($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// Handle to the catalog; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    pool: Pool,
+}
+
+/// Which database a catalog runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+impl Catalog {
+    /// Connects to `url` (`postgres://…` or `sqlite://…`) and applies the
+    /// embedded migrations. Safe when several replicas start at once: on
+    /// PostgreSQL the migrator holds an advisory lock while it works.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let catalog = Self::connect_without_migrating(url).await?;
+        catalog.migrate().await?;
+        Ok(catalog)
+    }
+
+    /// Connects without touching the schema.
+    pub async fn connect_without_migrating(url: &str) -> anyhow::Result<Self> {
+        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options)
+                .await?;
+            Pool::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            // One connection: SQLite has one writer anyway, and a single
+            // connection never meets SQLITE_BUSY between our own transactions.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await?;
+            Pool::Sqlite(pool)
+        } else {
+            anyhow::bail!("unsupported database URL (expected postgres:// or sqlite:)");
+        };
+        Ok(Catalog { pool })
+    }
+
+    /// Applies the migrations of this backend that are not applied yet.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match &self.pool {
+            Pool::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
+            Pool::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        match &self.pool {
+            Pool::Postgres(_) => Backend::Postgres,
+            Pool::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> DomainResult<()> {
+        on_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await.map_err(|e| from_sqlx(e, "catalog"))?;
+        });
+        Ok(())
+    }
+
+    /// The database's clock (PostgreSQL's `now()`; the process clock for SQLite,
+    /// which runs in this process).
+    pub async fn now(&self) -> DomainResult<DateTime<Utc>> {
+        match &self.pool {
+            Pool::Postgres(pool) => sqlx::query_scalar::<_, DateTime<Utc>>("SELECT now()")
+                .fetch_one(pool)
+                .await
+                .map_err(|e| from_sqlx(e, "catalog clock")),
+            Pool::Sqlite(_) => Ok(Utc::now()),
+        }
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// A new time-ordered id.
+pub fn new_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+/// The current time at microsecond precision, which both backends store exactly.
+pub fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+/// Page size and position of a List call. Lists are ordered by id (UUIDv7, so
+/// by creation time) and resume after the last id of the previous page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Rows to return.
+    pub size: i64,
+    /// Return rows after this id (in the list's order).
+    pub after: Option<Uuid>,
+}
+
+impl Page {
+    /// Default page size.
+    pub const DEFAULT_SIZE: i64 = 50;
+    /// Largest page size.
+    pub const MAX_SIZE: i64 = 1000;
+
+    /// Validates `page_size` and `page_token` as given by a caller.
+    pub fn parse(page_size: i32, page_token: &str) -> DomainResult<Self> {
+        let size = match page_size {
+            0 => Self::DEFAULT_SIZE,
+            n if n < 0 => return Err(DomainError::invalid("page_size", "must not be negative")),
+            n => i64::from(n).min(Self::MAX_SIZE),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(Uuid::parse_str(page_token).map_err(|_| {
+                DomainError::invalid("page_token", "not a token from a previous response")
+            })?)
+        };
+        Ok(Page { size, after })
+    }
+
+    /// The row limit to query: one more than the page, to learn whether another page follows.
+    pub fn limit(&self) -> i64 {
+        self.size + 1
+    }
+
+    /// Cuts the extra row off and returns the rows with the next page token.
+    pub fn finish<T>(&self, mut rows: Vec<T>, id_of: impl Fn(&T) -> Uuid) -> (Vec<T>, String) {
+        let size = usize::try_from(self.size).unwrap_or(usize::MAX);
+        if rows.len() > size {
+            rows.truncate(size);
+            let token = rows
+                .last()
+                .map(|row| id_of(row).to_string())
+                .unwrap_or_default();
+            (rows, token)
+        } else {
+            (rows, String::new())
+        }
+    }
+}
+
+/// Decodes a JSON text column, treating corruption as an internal error.
+pub fn from_json<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> DomainResult<T> {
+    serde_json::from_str(text)
+        .map_err(|e| DomainError::Internal(format!("column {column} holds bad JSON: {e}")))
+}
+
+/// Encodes a value for a JSON text column.
+pub fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("catalog JSON values are plain data and always serialize")
+}

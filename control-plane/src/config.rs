@@ -1,0 +1,181 @@
+//! Control-plane configuration: built-in defaults, then `COFFER_*` environment
+//! variables, then command-line flags. Secrets (the bootstrap tokens) come only
+//! from the environment or files and are never printed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Control-plane settings.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "coffer-control-plane",
+    version,
+    about = "Coffer control plane: catalog and gRPC API"
+)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "COFFER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory for the embedded catalog and generated secrets.
+    #[arg(long, env = "COFFER_DATA_DIR", default_value = "coffer-data")]
+    pub data_dir: PathBuf,
+
+    /// Catalog URL: `postgres://user:pass@host/db` or `sqlite:///path/catalog.db`.
+    /// Default: an SQLite file in the data directory. `SQLALCHEMY_DATABASE_URL`
+    /// (the seeds' variable) is honoured when this is unset.
+    #[arg(long, env = "COFFER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Serve without authentication (calls act as the admin). Only allowed on a
+    /// loopback address.
+    #[arg(long, env = "COFFER_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Seconds to wait for in-flight calls on shutdown.
+    #[arg(long, env = "COFFER_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl Config {
+    /// The catalog URL in effect.
+    pub fn effective_database_url(&self) -> String {
+        if let Some(url) = &self.database_url {
+            return url.clone();
+        }
+        if let Ok(url) = std::env::var("SQLALCHEMY_DATABASE_URL") {
+            if !url.is_empty() {
+                return normalize_sqlalchemy_url(&url);
+            }
+        }
+        format!("sqlite://{}", self.data_dir.join("catalog.db").display())
+    }
+
+    /// Whether the catalog is the embedded SQLite file.
+    pub fn is_embedded(&self) -> bool {
+        self.effective_database_url().starts_with("sqlite:")
+    }
+
+    /// Shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    /// Checks combinations that flags alone cannot express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.insecure_no_auth && !self.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "--insecure-no-auth is only allowed on a loopback address, not {}",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as `key = value` lines, passwords redacted.
+    pub fn render(&self) -> String {
+        let admin_token = if std::env::var_os("COFFER_ADMIN_TOKEN").is_some() {
+            "(set)"
+        } else {
+            "(unset)"
+        };
+        let worker_token = if std::env::var_os("COFFER_WORKER_TOKEN").is_some() {
+            "(set)"
+        } else {
+            "(unset)"
+        };
+        [
+            format!("listen = {}", self.listen),
+            format!("data_dir = {}", self.data_dir.display()),
+            format!(
+                "database_url = {}",
+                redact_url(&self.effective_database_url())
+            ),
+            format!("insecure_no_auth = {}", self.insecure_no_auth),
+            format!("log_format = {}", self.log_format),
+            format!("shutdown_grace_seconds = {}", self.shutdown_grace_seconds),
+            format!("admin_token = {admin_token}"),
+            format!("worker_token = {worker_token}"),
+        ]
+        .join("\n")
+    }
+}
+
+/// `postgresql+psycopg2://…` (SQLAlchemy style) becomes `postgresql://…`.
+fn normalize_sqlalchemy_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let base = scheme.split('+').next().unwrap_or(scheme);
+            format!("{base}://{rest}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Replaces the password of a URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlalchemy_driver_suffix_is_dropped() {
+        assert_eq!(
+            normalize_sqlalchemy_url("postgresql+psycopg2://u:p@db/coffer"),
+            "postgresql://u:p@db/coffer"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://coffer:secret@db:5432/c"),
+            "postgres://coffer:***@db:5432/c"
+        );
+        assert_eq!(
+            redact_url("sqlite:///x/catalog.db"),
+            "sqlite:///x/catalog.db"
+        );
+    }
+
+    #[test]
+    fn no_auth_is_refused_off_loopback() {
+        let config = Config::parse_from([
+            "coffer-control-plane",
+            "--listen",
+            "0.0.0.0:50051",
+            "--insecure-no-auth",
+        ]);
+        assert!(config.validate().is_err());
+        let config = Config::parse_from([
+            "coffer-control-plane",
+            "--listen",
+            "127.0.0.1:50051",
+            "--insecure-no-auth",
+        ]);
+        assert!(config.validate().is_ok());
+    }
+}

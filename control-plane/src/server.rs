@@ -1,0 +1,137 @@
+//! Serving: every gRPC service, health, reflection, and ordered shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use coffer_proto::v1;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::api::{self, AppState};
+use crate::catalog::Catalog;
+
+/// Fully-qualified names of the services whose health is reported.
+pub const SERVICE_NAMES: &[&str] = &[
+    "coffer.v1.UserService",
+    "coffer.v1.ConfigurationService",
+    "coffer.v1.BucketService",
+    "coffer.v1.JobService",
+    "coffer.v1.RunService",
+    "coffer.v1.BackupMetadataService",
+    "coffer.v1.ObjectService",
+    "coffer.v1.TagService",
+    "coffer.v1.RetentionService",
+    "coffer.v1.WorkerService",
+];
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops
+/// accepting, lets in-flight calls finish and returns.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let background = CancellationToken::new();
+    tokio::spawn(watch_catalog_health(
+        state.catalog.clone(),
+        health_reporter,
+        background.clone(),
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(v1::user_service_server::UserServiceServer::new(
+            api::users::UserApi::new(state.clone()),
+        ))
+        .add_service(
+            v1::configuration_service_server::ConfigurationServiceServer::new(
+                api::configurations::ConfigurationApi::new(state.clone()),
+            ),
+        )
+        .add_service(v1::bucket_service_server::BucketServiceServer::new(
+            api::buckets::BucketApi::new(state.clone()),
+        ))
+        .add_service(v1::job_service_server::JobServiceServer::new(
+            api::jobs::JobApi::new(state.clone()),
+        ))
+        .add_service(v1::run_service_server::RunServiceServer::new(
+            api::runs::RunApi::new(state.clone()),
+        ))
+        .add_service(
+            v1::backup_metadata_service_server::BackupMetadataServiceServer::new(
+                api::metadata::BackupMetadataApi::new(state.clone()),
+            ),
+        )
+        .add_service(v1::object_service_server::ObjectServiceServer::new(
+            api::objects::ObjectApi::new(state.clone()),
+        ))
+        .add_service(v1::tag_service_server::TagServiceServer::new(
+            api::tags::TagApi::new(state.clone()),
+        ))
+        .add_service(v1::retention_service_server::RetentionServiceServer::new(
+            api::retention::RetentionApi::new(state.clone()),
+        ))
+        .add_service(v1::worker_service_server::WorkerServiceServer::new(
+            api::workers::WorkerApi::new(state.clone()),
+        ));
+
+    let result = router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    background.cancel();
+    result?;
+    Ok(())
+}
+
+/// Reports NOT_SERVING for every service while the catalog does not answer.
+async fn watch_catalog_health(
+    catalog: Catalog,
+    reporter: HealthReporter,
+    cancel: CancellationToken,
+) {
+    let mut last: Option<bool> = None;
+    loop {
+        let healthy = tokio::time::timeout(Duration::from_secs(3), catalog.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if last != Some(healthy) {
+            let status = if healthy {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if healthy {
+                tracing::info!("catalog reachable; serving");
+            } else {
+                tracing::warn!("catalog unreachable; health is NOT_SERVING");
+            }
+            reporter.set_service_status("", status).await;
+            for name in SERVICE_NAMES {
+                reporter.set_service_status(*name, status).await;
+            }
+            last = Some(healthy);
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

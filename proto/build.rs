@@ -1,0 +1,28 @@
+//! Generates the coffer.v1 Rust code and a file-descriptor set for server reflection.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A vendored protoc keeps the build free of system packages.
+    if std::env::var_os("PROTOC").is_none() {
+        let protoc = protoc_bin_vendored::protoc_bin_path()?;
+        std::env::set_var("PROTOC", protoc);
+    }
+    let include = protoc_bin_vendored::include_path()?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    let protos: Vec<PathBuf> = std::fs::read_dir("coffer/v1")?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
+        .collect();
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
+
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("coffer_descriptor.bin"))
+        .compile_protos(&protos, &[PathBuf::from("."), include])?;
+    Ok(())
+}

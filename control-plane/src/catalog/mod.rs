@@ -140,6 +140,12 @@ impl Catalog {
         }
     }
 
+    /// Runs one statement outside the typed API (test set-up, administration).
+    pub async fn execute_raw(&self, sql: &str) -> DomainResult<()> {
+        on_pool!(self, pool => sqlx::query(sql).execute(pool).await.map(|_| ()))
+            .map_err(|e| from_sqlx(e, "statement"))
+    }
+
     /// Closes every connection.
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)

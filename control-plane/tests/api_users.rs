@@ -1,0 +1,216 @@
+//! UserService over real gRPC on both catalog backends.
+
+mod support;
+
+use coffer_proto::v1 as pb;
+use coffer_proto::v1::user_service_client::UserServiceClient;
+use support::{authed, violated_fields, Backend, TestServer};
+use tonic::Code;
+
+async fn call_without_token_is_unauthenticated(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut users = UserServiceClient::new(server.channel().await);
+    let status = users
+        .get_current_user(pb::GetCurrentUserRequest {})
+        .await
+        .expect_err("no token must be refused");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = users
+        .get_current_user(authed(
+            "coffer_not-a-real-token",
+            pb::GetCurrentUserRequest {},
+        ))
+        .await
+        .expect_err("bad token must be refused");
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+async fn admin_creates_user_and_user_token_works(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (user, token) = server.create_user("alice").await;
+    let mut users = UserServiceClient::new(server.channel().await);
+    let me = users
+        .get_current_user(authed(&token, pb::GetCurrentUserRequest {}))
+        .await
+        .expect("token works")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(me.id, user.id);
+    assert_eq!(me.username, "alice");
+    assert!(!me.admin);
+
+    // A non-admin may not create or list users, and cannot see other users.
+    let status = users
+        .list_users(authed(&token, pb::ListUsersRequest::default()))
+        .await
+        .expect_err("non-admin listing users");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let (bob, _) = server.create_user("bob").await;
+    let status = users
+        .get_user(authed(&token, pb::GetUserRequest { id: bob.id.clone() }))
+        .await
+        .expect_err("foreign user");
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+async fn duplicate_username_is_already_exists(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_user("carol").await;
+    let mut users = UserServiceClient::new(server.channel().await);
+    let status = users
+        .create_user(authed(
+            &server.admin_token,
+            pb::CreateUserRequest {
+                user: Some(pb::User {
+                    username: "carol".into(),
+                    email: "other@example.com".into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(status.code(), Code::AlreadyExists);
+}
+
+async fn invalid_user_reports_each_field(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut users = UserServiceClient::new(server.channel().await);
+    let status = users
+        .create_user(authed(
+            &server.admin_token,
+            pb::CreateUserRequest {
+                user: Some(pb::User {
+                    username: "Not Valid".into(),
+                    email: "nope".into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect_err("invalid");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields = violated_fields(&status);
+    assert!(fields.contains(&"user.username".to_string()), "{fields:?}");
+    assert!(fields.contains(&"user.email".to_string()), "{fields:?}");
+}
+
+async fn users_page_and_update_with_field_mask(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    for name in ["u1", "u2", "u3", "u4", "u5"] {
+        server.create_user(name).await;
+    }
+    let mut users = UserServiceClient::new(server.channel().await);
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = users
+            .list_users(authed(
+                &server.admin_token,
+                pb::ListUsersRequest {
+                    page_size: 2,
+                    page_token: page_token.clone(),
+                    username_prefix: "u".into(),
+                },
+            ))
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.users.len() <= 2);
+        seen.extend(page.users.into_iter().map(|u| u.username));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen, vec!["u1", "u2", "u3", "u4", "u5"]);
+
+    let (dave, _) = server.create_user("dave").await;
+    let updated = users
+        .update_user(authed(
+            &server.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: dave.id.clone(),
+                    email: "dave@new.example.com".into(),
+                    username: "ignored-because-not-in-mask".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["email".into()],
+                }),
+            },
+        ))
+        .await
+        .expect("update")
+        .into_inner()
+        .user
+        .expect("user");
+    assert_eq!(updated.email, "dave@new.example.com");
+    assert_eq!(updated.username, "dave");
+
+    let status = users
+        .update_user(authed(
+            &server.admin_token,
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: dave.id.clone(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["create_time".into()],
+                }),
+            },
+        ))
+        .await
+        .expect_err("immutable field");
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+async fn revoked_token_stops_working(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("erin").await;
+    let mut users = UserServiceClient::new(server.channel().await);
+    let tokens = users
+        .list_api_tokens(authed(&token, pb::ListApiTokensRequest::default()))
+        .await
+        .expect("list tokens")
+        .into_inner()
+        .tokens;
+    assert_eq!(tokens.len(), 1);
+    users
+        .delete_api_token(authed(
+            &token,
+            pb::DeleteApiTokenRequest {
+                id: tokens[0].id.clone(),
+            },
+        ))
+        .await
+        .expect("revoke");
+    let status = users
+        .get_current_user(authed(&token, pb::GetCurrentUserRequest {}))
+        .await
+        .expect_err("revoked");
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+async fn worker_token_cannot_call_user_services(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut users = UserServiceClient::new(server.channel().await);
+    let status = users
+        .get_current_user(authed(&server.worker_token, pb::GetCurrentUserRequest {}))
+        .await
+        .expect_err("worker token on user service");
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+both_backends!(
+    call_without_token_is_unauthenticated,
+    admin_creates_user_and_user_token_works,
+    duplicate_username_is_already_exists,
+    invalid_user_reports_each_field,
+    users_page_and_update_with_field_mask,
+    revoked_token_stops_working,
+    worker_token_cannot_call_user_services,
+);

@@ -11,12 +11,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let include = protoc_bin_vendored::include_path()?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
-    let protos: Vec<PathBuf> = std::fs::read_dir("coffer/v1")?
+    let mut protos: Vec<PathBuf> = std::fs::read_dir("coffer/v1")?
         .map(|entry| entry.map(|e| e.path()))
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
         .collect();
+    protos.sort();
+    // Only its descriptor is needed (reflection lets grpcurl decode error details).
+    protos.push(PathBuf::from("google/rpc/error_details.proto"));
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }

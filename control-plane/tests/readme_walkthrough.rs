@@ -61,15 +61,18 @@ impl ControlPlane {
     }
 
     fn admin_header(&self) -> String {
-        let token = std::fs::read_to_string(self.dir.join("coffer-data/admin.token")).expect("admin token");
+        let token =
+            std::fs::read_to_string(self.dir.join("coffer-data/admin.token")).expect("admin token");
         format!("authorization: Bearer {}", token.trim())
     }
 
-    fn grpcurl(&self, args: &[&str]) -> std::process::Output {
+    /// Runs `grpcurl -plaintext FLAGS ADDRESS TAIL…`.
+    fn grpcurl(&self, flags: &[&str], tail: &[&str]) -> std::process::Output {
         let address = format!("127.0.0.1:{}", self.port);
         let mut all = vec!["-plaintext"];
-        all.extend_from_slice(args);
-        all.insert(all.len() - 1, &address);
+        all.extend_from_slice(flags);
+        all.push(&address);
+        all.extend_from_slice(tail);
         Command::new("grpcurl")
             .args(&all)
             .output()
@@ -79,7 +82,10 @@ impl ControlPlane {
     /// Sends SIGTERM and waits for the process to exit.
     fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -113,8 +119,12 @@ fn readme() -> String {
 
 /// The shell blocks between the walkthrough markers of the README.
 fn walkthrough_script(readme: &str) -> String {
-    let start = readme.find("<!-- walkthrough:begin -->").expect("walkthrough begin marker");
-    let end = readme.find("<!-- walkthrough:end -->").expect("walkthrough end marker");
+    let start = readme
+        .find("<!-- walkthrough:begin -->")
+        .expect("walkthrough begin marker");
+    let end = readme
+        .find("<!-- walkthrough:end -->")
+        .expect("walkthrough end marker");
     let mut script = String::new();
     let mut in_block = false;
     for line in readme[start..end].lines() {
@@ -135,20 +145,36 @@ fn walkthrough_script(readme: &str) -> String {
 fn readme_walkthrough_works_verbatim() {
     let dir = tempfile::tempdir().expect("temp dir");
     let control_plane = ControlPlane::start_in(dir.path(), free_port());
-    let script = walkthrough_script(&readme()).replace("localhost:50051", &format!("127.0.0.1:{}", control_plane.port));
+    let script = walkthrough_script(&readme()).replace(
+        "localhost:50051",
+        &format!("127.0.0.1:{}", control_plane.port),
+    );
     let output = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
+        // `-e` without pipefail: the README checks expected errors with `grpcurl … | grep`.
+        .args(["-eu", "-c", &script])
         .current_dir(dir.path())
         .output()
         .expect("run bash");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "walkthrough failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        output.status.success(),
+        "walkthrough failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     for service in SERVICES {
-        assert!(stdout.contains(service), "`grpcurl list` is missing {service}:\n{stdout}");
+        assert!(
+            stdout.contains(service),
+            "`grpcurl list` is missing {service}:\n{stdout}"
+        );
     }
-    assert!(stdout.contains("RUN_STATE_QUEUED"), "run status missing:\n{stdout}");
-    assert!(stdout.contains("Backup completed successfully."), "metadata missing:\n{stdout}");
+    assert!(
+        stdout.contains("RUN_STATE_QUEUED"),
+        "run status missing:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("Backup completed successfully."),
+        "metadata missing:\n{stdout}"
+    );
     assert!(stdout.contains("SERVING"), "health missing:\n{stdout}");
 }
 
@@ -157,13 +183,16 @@ fn grpcurl_describes_every_service_through_reflection() {
     let dir = tempfile::tempdir().expect("temp dir");
     let control_plane = ControlPlane::start_in(dir.path(), free_port());
     for service in SERVICES {
-        let output = control_plane.grpcurl(&["describe", service]);
+        let output = control_plane.grpcurl(&[], &["describe", service]);
         assert!(
             output.status.success(),
             "describe {service} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(String::from_utf8_lossy(&output.stdout).contains("rpc "), "no methods for {service}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("rpc "),
+            "no methods for {service}"
+        );
     }
 }
 
@@ -172,10 +201,21 @@ fn unimplemented_rpcs_say_so() {
     let dir = tempfile::tempdir().expect("temp dir");
     let control_plane = ControlPlane::start_in(dir.path(), free_port());
     let header = control_plane.admin_header();
-    let output = control_plane.grpcurl(&["-H", &header, "-d", "{}", "coffer.v1.WorkerService/ListWorkers"]);
+    let output = control_plane.grpcurl(
+        &[
+            "-H",
+            &header,
+            "-d",
+            r#"{"job_id": "00000000-0000-0000-0000-000000000000"}"#,
+        ],
+        &["coffer.v1.RetentionService/PlanRetention"],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("Unimplemented") && stderr.contains("not implemented yet"), "{stderr}");
+    assert!(
+        stderr.contains("Unimplemented") && stderr.contains("not implemented yet"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -184,25 +224,28 @@ fn sigterm_shuts_down_cleanly_and_the_catalog_survives_a_restart() {
     let port = free_port();
     let control_plane = ControlPlane::start_in(dir.path(), port);
     let header = control_plane.admin_header();
-    let created = control_plane.grpcurl(&[
-        "-H",
-        &header,
-        "-d",
-        r#"{"user": {"username": "survivor", "email": "survivor@example.com"}}"#,
-        "coffer.v1.UserService/CreateUser",
-    ]);
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let created = control_plane.grpcurl(
+        &[
+            "-H",
+            &header,
+            "-d",
+            r#"{"user": {"username": "survivor", "email": "survivor@example.com"}}"#,
+        ],
+        &["coffer.v1.UserService/CreateUser"],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let status = control_plane.terminate();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 
     let control_plane = ControlPlane::start_in(dir.path(), port);
-    let listed = control_plane.grpcurl(&[
-        "-H",
-        &header,
-        "-d",
-        r#"{"username_prefix": "survivor"}"#,
-        "coffer.v1.UserService/ListUsers",
-    ]);
+    let listed = control_plane.grpcurl(
+        &["-H", &header, "-d", r#"{"username_prefix": "survivor"}"#],
+        &["coffer.v1.UserService/ListUsers"],
+    );
     assert!(
         String::from_utf8_lossy(&listed.stdout).contains("survivor@example.com"),
         "user lost across restart: {}",

@@ -1,15 +1,31 @@
-//! BucketService.
+//! BucketService: storage targets, owned by users. A non-admin sees and
+//! changes only its own buckets; anything else is reported as not found.
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::bucket_service_server::BucketService;
 use tonic::Request;
 
-use super::{unimplemented, AppState, RpcResult};
+use super::{mask_paths, required, respond, timestamp, AppState, RpcResult};
+use crate::auth::Caller;
+use crate::catalog::Page;
+use crate::error::{DomainError, DomainResult, Violations};
+use crate::model::bucket::{Bucket, BucketSpec, Location, MAX_NAME_LEN};
+use crate::model::{check_name, parse_id, parse_optional_id};
+
+/// Fields UpdateBucket accepts in its mask.
+const UPDATABLE: &[&str] = &[
+    "name",
+    "description",
+    "s3",
+    "filesystem",
+    "prefix",
+    "retention_policy_id",
+    "owner_id",
+];
 
 /// Handler of `coffer.v1.BucketService`.
 #[derive(Clone, Debug)]
 pub struct BucketApi {
-    #[allow(dead_code)]
     state: AppState,
 }
 
@@ -20,40 +36,338 @@ impl BucketApi {
     }
 }
 
+impl From<Location> for pb::bucket::Location {
+    fn from(location: Location) -> Self {
+        match location {
+            Location::S3(s3) => pb::bucket::Location::S3(pb::S3Location {
+                endpoint: s3.endpoint,
+                bucket: s3.bucket,
+                region: s3.region,
+                force_path_style: s3.force_path_style,
+                credentials_ref: s3.credentials_ref,
+            }),
+            Location::Filesystem { path } => {
+                pb::bucket::Location::Filesystem(pb::FilesystemLocation { path })
+            }
+        }
+    }
+}
+
+impl From<pb::bucket::Location> for Location {
+    fn from(location: pb::bucket::Location) -> Self {
+        match location {
+            pb::bucket::Location::S3(s3) => Location::S3(crate::model::bucket::S3Location {
+                endpoint: s3.endpoint,
+                bucket: s3.bucket,
+                region: s3.region,
+                force_path_style: s3.force_path_style,
+                credentials_ref: s3.credentials_ref,
+            }),
+            pb::bucket::Location::Filesystem(fs) => Location::Filesystem { path: fs.path },
+        }
+    }
+}
+
+impl From<Bucket> for pb::Bucket {
+    fn from(bucket: Bucket) -> Self {
+        let spec = bucket.spec;
+        pb::Bucket {
+            id: bucket.id.to_string(),
+            owner_id: spec.owner_id.to_string(),
+            name: spec.name,
+            description: spec.description,
+            location: Some(spec.location.into()),
+            prefix: spec.prefix,
+            retention_policy_id: spec
+                .retention_policy_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            create_time: Some(timestamp(bucket.create_time)),
+            update_time: Some(timestamp(bucket.update_time)),
+        }
+    }
+}
+
+/// Builds the spec of a new bucket, reporting every malformed field at once.
+fn new_spec(caller: &Caller, bucket: pb::Bucket) -> DomainResult<BucketSpec> {
+    let mut violations = Violations::new();
+    let owner = violations
+        .absorb(parse_optional_id("bucket.owner_id", &bucket.owner_id))
+        .flatten();
+    let policy = violations
+        .absorb(parse_optional_id(
+            "bucket.retention_policy_id",
+            &bucket.retention_policy_id,
+        ))
+        .flatten();
+    let Some(location) = bucket.location.map(Location::from) else {
+        violations.add(
+            "bucket.location",
+            "exactly one of s3 or filesystem is required",
+        );
+        violations.absorb(check_name("bucket.name", &bucket.name, MAX_NAME_LEN));
+        // Always an error: the missing location was just recorded.
+        return violations
+            .finish()
+            .and(Err(DomainError::invalid("bucket.location", "is required")));
+    };
+    let spec = BucketSpec {
+        owner_id: caller.user.id,
+        name: bucket.name,
+        description: bucket.description,
+        location,
+        prefix: bucket.prefix,
+        retention_policy_id: policy,
+    };
+    violations.absorb(spec.validate("bucket."));
+    violations.finish()?;
+    Ok(BucketSpec {
+        owner_id: caller.resolve_owner("bucket.owner_id", owner)?,
+        ..spec
+    })
+}
+
+/// Applies the masked fields of `bucket` to `spec`.
+fn apply_mask(
+    caller: &Caller,
+    spec: &mut BucketSpec,
+    bucket: &pb::Bucket,
+    paths: &[String],
+) -> DomainResult<()> {
+    if paths.iter().any(|p| p == "s3") && paths.iter().any(|p| p == "filesystem") {
+        return Err(DomainError::invalid(
+            "update_mask",
+            "s3 and filesystem are alternatives; name at most one",
+        ));
+    }
+    for path in paths {
+        match path.as_str() {
+            "name" => spec.name.clone_from(&bucket.name),
+            "description" => spec.description.clone_from(&bucket.description),
+            "prefix" => spec.prefix.clone_from(&bucket.prefix),
+            "s3" => match &bucket.location {
+                Some(location @ pb::bucket::Location::S3(_)) => {
+                    spec.location = location.clone().into();
+                }
+                _ => return Err(DomainError::invalid("bucket.s3", "is required")),
+            },
+            "filesystem" => match &bucket.location {
+                Some(location @ pb::bucket::Location::Filesystem(_)) => {
+                    spec.location = location.clone().into();
+                }
+                _ => return Err(DomainError::invalid("bucket.filesystem", "is required")),
+            },
+            "retention_policy_id" => {
+                spec.retention_policy_id =
+                    parse_optional_id("bucket.retention_policy_id", &bucket.retention_policy_id)?;
+            }
+            "owner_id" => {
+                let requested = parse_optional_id("bucket.owner_id", &bucket.owner_id)?;
+                spec.owner_id = caller.resolve_owner("bucket.owner_id", requested)?;
+            }
+            _ => unreachable!("mask_paths admits only the paths above"),
+        }
+    }
+    Ok(())
+}
+
+impl BucketApi {
+    async fn caller<T>(&self, request: &Request<T>) -> DomainResult<Caller> {
+        self.state.auth.caller(request.metadata()).await
+    }
+
+    /// Validates a complete spec, including the references it makes: the
+    /// owner must exist and the retention policy must belong to the owner.
+    async fn check_spec(&self, caller: &Caller, spec: &BucketSpec) -> DomainResult<()> {
+        let mut violations = Violations::new();
+        violations.absorb(spec.validate("bucket."));
+        if spec.owner_id != caller.user.id {
+            match self.state.catalog.get_user(spec.owner_id).await {
+                Ok(_) => {}
+                Err(DomainError::NotFound(_)) => {
+                    violations.add("bucket.owner_id", "no such user");
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if let Some(policy) = spec.retention_policy_id {
+            if !self
+                .state
+                .catalog
+                .retention_policy_owned_by(policy, spec.owner_id)
+                .await?
+            {
+                violations.add(
+                    "bucket.retention_policy_id",
+                    format!("no retention policy {policy} belongs to the bucket's owner"),
+                );
+            }
+        }
+        violations.finish()
+    }
+
+    async fn create(&self, caller: &Caller, bucket: pb::Bucket) -> DomainResult<Bucket> {
+        let spec = new_spec(caller, bucket)?;
+        self.check_spec(caller, &spec).await?;
+        self.state.catalog.create_bucket(&spec).await
+    }
+
+    async fn update(
+        &self,
+        caller: &Caller,
+        request: pb::UpdateBucketRequest,
+    ) -> DomainResult<Bucket> {
+        let bucket = required("bucket", request.bucket)?;
+        let id = parse_id("bucket.id", &bucket.id)?;
+        let paths = mask_paths(request.update_mask, UPDATABLE)?;
+        let current = self
+            .state
+            .catalog
+            .get_bucket(id, caller.owner_scope())
+            .await?;
+        let mut spec = current.spec.clone();
+        apply_mask(caller, &mut spec, &bucket, &paths)?;
+        self.check_spec(caller, &spec).await?;
+        self.state
+            .catalog
+            .update_bucket(id, current.update_time, &spec)
+            .await
+    }
+
+    async fn list(
+        &self,
+        caller: &Caller,
+        request: pb::ListBucketsRequest,
+    ) -> DomainResult<pb::ListBucketsResponse> {
+        let requested = parse_optional_id("owner_id", &request.owner_id)?;
+        let owner = if caller.is_admin() {
+            requested
+        } else {
+            Some(caller.user.id)
+        };
+        let page = Page::parse(request.page_size, &request.page_token)?;
+        let (buckets, next_page_token) = self
+            .state
+            .catalog
+            .list_buckets(page, owner, &request.name_prefix)
+            .await?;
+        Ok(pb::ListBucketsResponse {
+            buckets: buckets.into_iter().map(Into::into).collect(),
+            next_page_token,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl BucketService for BucketApi {
     async fn create_bucket(
         &self,
-        _request: Request<pb::CreateBucketRequest>,
+        request: Request<pb::CreateBucketRequest>,
     ) -> RpcResult<pb::CreateBucketResponse> {
-        unimplemented("BucketService.CreateBucket")
+        let caller = self.caller(&request).await?;
+        let bucket = required("bucket", request.into_inner().bucket)?;
+        let created = self.create(&caller, bucket).await?;
+        respond(Ok(pb::CreateBucketResponse {
+            bucket: Some(created.into()),
+        }))
     }
 
     async fn get_bucket(
         &self,
-        _request: Request<pb::GetBucketRequest>,
+        request: Request<pb::GetBucketRequest>,
     ) -> RpcResult<pb::GetBucketResponse> {
-        unimplemented("BucketService.GetBucket")
+        let caller = self.caller(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let bucket = self
+            .state
+            .catalog
+            .get_bucket(id, caller.owner_scope())
+            .await?;
+        respond(Ok(pb::GetBucketResponse {
+            bucket: Some(bucket.into()),
+        }))
     }
 
     async fn list_buckets(
         &self,
-        _request: Request<pb::ListBucketsRequest>,
+        request: Request<pb::ListBucketsRequest>,
     ) -> RpcResult<pb::ListBucketsResponse> {
-        unimplemented("BucketService.ListBuckets")
+        let caller = self.caller(&request).await?;
+        respond(self.list(&caller, request.into_inner()).await)
     }
 
     async fn update_bucket(
         &self,
-        _request: Request<pb::UpdateBucketRequest>,
+        request: Request<pb::UpdateBucketRequest>,
     ) -> RpcResult<pb::UpdateBucketResponse> {
-        unimplemented("BucketService.UpdateBucket")
+        let caller = self.caller(&request).await?;
+        let updated = self.update(&caller, request.into_inner()).await?;
+        respond(Ok(pb::UpdateBucketResponse {
+            bucket: Some(updated.into()),
+        }))
     }
 
     async fn delete_bucket(
         &self,
-        _request: Request<pb::DeleteBucketRequest>,
+        request: Request<pb::DeleteBucketRequest>,
     ) -> RpcResult<pb::DeleteBucketResponse> {
-        unimplemented("BucketService.DeleteBucket")
+        let caller = self.caller(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        self.state
+            .catalog
+            .delete_bucket(id, caller.owner_scope())
+            .await?;
+        respond(Ok(pb::DeleteBucketResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::bucket::check_s3_bucket_name;
+    use uuid::Uuid;
+
+    #[test]
+    fn s3_bucket_names_follow_the_s3_rules() {
+        for good in ["abc", "my-bucket.2024", "a1b"] {
+            assert!(check_s3_bucket_name("f", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "ab",
+            "-abc",
+            "abc-",
+            "ABC",
+            "a_b_c",
+            "a..b",
+            &"a".repeat(64),
+        ] {
+            assert!(check_s3_bucket_name("f", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn owner_of_a_new_bucket_defaults_to_the_caller() {
+        let caller = Caller {
+            user: crate::model::user::User {
+                id: Uuid::now_v7(),
+                username: "u".into(),
+                email: "u@example.com".into(),
+                admin: false,
+                create_time: chrono::Utc::now(),
+                update_time: chrono::Utc::now(),
+            },
+        };
+        let spec = new_spec(
+            &caller,
+            pb::Bucket {
+                name: "b".into(),
+                location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+                    path: "/srv/backup".into(),
+                })),
+                ..Default::default()
+            },
+        )
+        .expect("valid bucket");
+        assert_eq!(spec.owner_id, caller.user.id);
     }
 }

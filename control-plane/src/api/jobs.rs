@@ -1,15 +1,52 @@
-//! JobService.
+//! JobService: backup job definitions, owned per user.
+
+use std::collections::HashMap;
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::job_service_server::JobService;
 use tonic::Request;
+use uuid::Uuid;
 
-use super::{unimplemented, AppState, RpcResult};
+use super::{mask_paths, optional_timestamp, required, respond, timestamp, AppState, RpcResult};
+use crate::auth::Caller;
+use crate::catalog::Page;
+use crate::error::{DomainError, DomainResult, Violations};
+use crate::model::job::{
+    check_job_name, Job, JobDraft, JobFilter, JobRunSummary, Schedule, MAX_DESCRIPTION_LEN,
+};
+use crate::model::run::{check_max_attempts, check_selector, JobOptions, Labels, RunState, Target};
+use crate::model::{check_absolute_path, check_len, parse_id, parse_optional_id};
+
+/// Fields UpdateJob accepts in its mask.
+const UPDATABLE: &[&str] = &[
+    "name",
+    "description",
+    "source_path",
+    "target",
+    "options",
+    "schedule",
+    "retention_policy_id",
+    "worker_selector",
+    "max_attempts",
+    "owner_id",
+];
+
+/// Fields CreateJob reads (everything editable except the owner, resolved first).
+const CREATABLE: &[&str] = &[
+    "name",
+    "description",
+    "source_path",
+    "target",
+    "options",
+    "schedule",
+    "retention_policy_id",
+    "worker_selector",
+    "max_attempts",
+];
 
 /// Handler of `coffer.v1.JobService`.
 #[derive(Clone, Debug)]
 pub struct JobApi {
-    #[allow(dead_code)]
     state: AppState,
 }
 
@@ -20,37 +57,372 @@ impl JobApi {
     }
 }
 
+/// Converts and validates a target; `field` is the path of the `Target` message.
+pub fn target_from_proto(field: &str, target: Option<pb::Target>) -> DomainResult<Target> {
+    use pb::target::Destination;
+    let destination = required(field, target)?.destination.ok_or_else(|| {
+        DomainError::invalid(
+            field,
+            "exactly one of bucket, filesystem_path or nfs_path must be set",
+        )
+    })?;
+    let target = match destination {
+        Destination::Bucket(bucket) => Target::Bucket {
+            bucket_id: parse_id(&format!("{field}.bucket.bucket_id"), &bucket.bucket_id)?,
+            prefix: bucket.prefix,
+        },
+        Destination::FilesystemPath(path) => Target::Filesystem { path },
+        Destination::NfsPath(path) => Target::Nfs { path },
+    };
+    target.validate(field)?;
+    Ok(target)
+}
+
+/// Converts a target to its proto.
+pub fn target_to_proto(target: &Target) -> pb::Target {
+    use pb::target::Destination;
+    let destination = match target {
+        Target::Bucket { bucket_id, prefix } => Destination::Bucket(pb::BucketTarget {
+            bucket_id: bucket_id.to_string(),
+            prefix: prefix.clone(),
+        }),
+        Target::Filesystem { path } => Destination::FilesystemPath(path.clone()),
+        Target::Nfs { path } => Destination::NfsPath(path.clone()),
+    };
+    pb::Target {
+        destination: Some(destination),
+    }
+}
+
+/// Converts and validates job options (unset means the defaults).
+pub fn options_from_proto(
+    field: &str,
+    options: Option<pb::JobOptions>,
+) -> DomainResult<JobOptions> {
+    let options = options.map_or_else(JobOptions::default, |o| JobOptions {
+        exclude: o.exclude,
+        fail_on_file_errors: o.fail_on_file_errors,
+        one_file_system: o.one_file_system,
+    });
+    options.validate(field)?;
+    Ok(options)
+}
+
+/// Converts job options to their proto.
+pub fn options_to_proto(options: &JobOptions) -> pb::JobOptions {
+    pb::JobOptions {
+        exclude: options.exclude.clone(),
+        fail_on_file_errors: options.fail_on_file_errors,
+        one_file_system: options.one_file_system,
+    }
+}
+
+/// Converts and validates a worker selector.
+pub fn selector_from_proto(field: &str, labels: HashMap<String, String>) -> DomainResult<Labels> {
+    let labels: Labels = labels.into_iter().collect();
+    check_selector(field, &labels)?;
+    Ok(labels)
+}
+
+/// Converts labels to their proto map.
+pub fn labels_to_proto(labels: &Labels) -> HashMap<String, String> {
+    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The API spelling of a run state (`RUN_STATE_QUEUED`, ...).
+pub fn run_state_to_proto(state: RunState) -> pb::RunState {
+    match state {
+        RunState::Queued => pb::RunState::Queued,
+        RunState::Running => pb::RunState::Running,
+        RunState::Succeeded => pb::RunState::Succeeded,
+        RunState::Failed => pb::RunState::Failed,
+        RunState::Cancelled => pb::RunState::Cancelled,
+    }
+}
+
+impl From<JobRunSummary> for pb::JobRunSummary {
+    fn from(summary: JobRunSummary) -> Self {
+        pb::JobRunSummary {
+            run_id: summary.run_id.to_string(),
+            state: run_state_to_proto(summary.state).as_str_name().to_string(),
+            error: summary.error,
+            finish_time: optional_timestamp(summary.finish_time),
+        }
+    }
+}
+
+impl From<Job> for pb::Job {
+    fn from(job: Job) -> Self {
+        let draft = job.draft;
+        pb::Job {
+            id: job.id.to_string(),
+            owner_id: draft.owner_id.to_string(),
+            name: draft.name,
+            description: draft.description,
+            source_path: draft.source_path,
+            target: Some(target_to_proto(&draft.target)),
+            options: Some(options_to_proto(&draft.options)),
+            schedule: Some(pb::Schedule {
+                cron: draft.schedule.cron,
+                time_zone: draft.schedule.time_zone,
+                paused: draft.schedule.paused,
+            }),
+            retention_policy_id: draft
+                .retention_policy_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            worker_selector: labels_to_proto(&draft.worker_selector),
+            max_attempts: draft.max_attempts,
+            last_run: job.last_run.map(Into::into),
+            next_run_time: optional_timestamp(job.next_run_time),
+            create_time: Some(timestamp(job.create_time)),
+            update_time: Some(timestamp(job.update_time)),
+        }
+    }
+}
+
+/// Stores a converted value in `slot`, or records why it is invalid.
+fn set_parsed<T>(slot: &mut T, parsed: DomainResult<T>, violations: &mut Violations) {
+    if let Some(value) = violations.absorb(parsed) {
+        *slot = value;
+    }
+}
+
+/// Stores `value` in `slot` when `check` passed, else records the violation.
+pub(super) fn set_checked<T>(
+    slot: &mut T,
+    value: T,
+    check: DomainResult<()>,
+    violations: &mut Violations,
+) {
+    set_parsed(slot, check.map(|()| value), violations);
+}
+
+/// Copies one field of `job` into `draft`, recording any violation.
+fn apply_field(draft: &mut JobDraft, job: &pb::Job, path: &str, v: &mut Violations) {
+    match path {
+        "name" => set_checked(
+            &mut draft.name,
+            job.name.clone(),
+            check_job_name("job.name", &job.name),
+            v,
+        ),
+        "description" => set_checked(
+            &mut draft.description,
+            job.description.clone(),
+            check_len("job.description", &job.description, 0, MAX_DESCRIPTION_LEN),
+            v,
+        ),
+        "source_path" => set_checked(
+            &mut draft.source_path,
+            job.source_path.clone(),
+            check_absolute_path("job.source_path", &job.source_path),
+            v,
+        ),
+        "target" => set_parsed(
+            &mut draft.target,
+            target_from_proto("job.target", job.target.clone()),
+            v,
+        ),
+        "options" => set_parsed(
+            &mut draft.options,
+            options_from_proto("job.options", job.options.clone()),
+            v,
+        ),
+        "schedule" => set_parsed(
+            &mut draft.schedule,
+            schedule_from_proto(job.schedule.as_ref()),
+            v,
+        ),
+        "retention_policy_id" => set_parsed(
+            &mut draft.retention_policy_id,
+            parse_optional_id("job.retention_policy_id", &job.retention_policy_id),
+            v,
+        ),
+        "worker_selector" => set_parsed(
+            &mut draft.worker_selector,
+            selector_from_proto("job.worker_selector", job.worker_selector.clone()),
+            v,
+        ),
+        "max_attempts" => set_checked(
+            &mut draft.max_attempts,
+            job.max_attempts,
+            check_max_attempts("job.max_attempts", job.max_attempts),
+            v,
+        ),
+        // The owner is resolved separately (it needs the caller).
+        _ => {}
+    }
+}
+
+/// Converts and validates a schedule (unset means on demand only).
+fn schedule_from_proto(schedule: Option<&pb::Schedule>) -> DomainResult<Schedule> {
+    let schedule = schedule.map_or_else(Schedule::default, |s| Schedule {
+        cron: s.cron.trim().to_string(),
+        time_zone: s.time_zone.clone(),
+        paused: s.paused,
+    });
+    schedule.validate("job.schedule")?;
+    Ok(schedule)
+}
+
+impl JobApi {
+    async fn caller<T>(&self, request: &Request<T>) -> DomainResult<Caller> {
+        self.state.auth.caller(request.metadata()).await
+    }
+
+    /// A job the caller may see; foreign jobs are NOT_FOUND.
+    async fn visible_job(&self, caller: &Caller, id: Uuid) -> DomainResult<Job> {
+        let job = self.state.catalog.get_job(id).await?;
+        if !caller.can_access(job.draft.owner_id) {
+            return Err(DomainError::not_found("job", id));
+        }
+        Ok(job)
+    }
+
+    /// The owner a caller asks for, which must be an existing user.
+    async fn resolve_owner(&self, caller: &Caller, requested: &str) -> DomainResult<Uuid> {
+        let requested = parse_optional_id("job.owner_id", requested)?;
+        let owner = caller.resolve_owner("job.owner_id", requested)?;
+        if owner != caller.user.id {
+            match self.state.catalog.get_user(owner).await {
+                Err(DomainError::NotFound(_)) => {
+                    return Err(DomainError::invalid("job.owner_id", "no such user"))
+                }
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(owner)
+    }
+
+    /// Fills `draft` from the given paths of `job` and checks everything, the
+    /// references included, reporting all violations at once.
+    async fn build_draft(
+        &self,
+        mut draft: JobDraft,
+        job: &pb::Job,
+        paths: &[&str],
+    ) -> DomainResult<JobDraft> {
+        let mut violations = Violations::new();
+        for path in paths {
+            apply_field(&mut draft, job, path, &mut violations);
+        }
+        self.state
+            .catalog
+            .check_job_references(
+                "job.",
+                draft.owner_id,
+                Some(&draft.target),
+                draft.retention_policy_id,
+                &mut violations,
+            )
+            .await?;
+        violations.finish()?;
+        Ok(draft)
+    }
+
+    async fn create(&self, caller: &Caller, job: pb::Job) -> DomainResult<Job> {
+        let owner = self.resolve_owner(caller, &job.owner_id).await?;
+        let draft = self
+            .build_draft(JobDraft::empty(owner), &job, CREATABLE)
+            .await?;
+        self.state.catalog.create_job(&draft).await
+    }
+
+    async fn update(&self, caller: &Caller, request: pb::UpdateJobRequest) -> DomainResult<Job> {
+        let job = required("job", request.job)?;
+        let id = parse_id("job.id", &job.id)?;
+        let paths = mask_paths(request.update_mask, UPDATABLE)?;
+        let existing = self.visible_job(caller, id).await?;
+        let mut draft = existing.draft;
+        if paths.iter().any(|p| p == "owner_id") {
+            caller.require_admin("changing the owner of a job")?;
+            draft.owner_id = self.resolve_owner(caller, &job.owner_id).await?;
+        }
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let draft = self.build_draft(draft, &job, &paths).await?;
+        self.state.catalog.update_job(id, &draft).await
+    }
+
+    async fn list(
+        &self,
+        caller: &Caller,
+        request: pb::ListJobsRequest,
+    ) -> DomainResult<pb::ListJobsResponse> {
+        let requested = parse_optional_id("owner_id", &request.owner_id)?;
+        let owner_id = match (requested, caller.is_admin()) {
+            (requested, true) => requested,
+            (Some(id), false) if id != caller.user.id => {
+                return Err(DomainError::not_found("user", id))
+            }
+            (_, false) => Some(caller.user.id),
+        };
+        let filter = JobFilter {
+            owner_id,
+            bucket_id: parse_optional_id("bucket_id", &request.bucket_id)?,
+            name_prefix: request.name_prefix,
+        };
+        let page = Page::parse(request.page_size, &request.page_token)?;
+        let (jobs, next_page_token) = self.state.catalog.list_jobs(&filter, page).await?;
+        Ok(pb::ListJobsResponse {
+            jobs: jobs.into_iter().map(Into::into).collect(),
+            next_page_token,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl JobService for JobApi {
     async fn create_job(
         &self,
-        _request: Request<pb::CreateJobRequest>,
+        request: Request<pb::CreateJobRequest>,
     ) -> RpcResult<pb::CreateJobResponse> {
-        unimplemented("JobService.CreateJob")
+        let caller = self.caller(&request).await?;
+        let job = required("job", request.into_inner().job)?;
+        let job = self.create(&caller, job).await?;
+        respond(Ok(pb::CreateJobResponse {
+            job: Some(job.into()),
+        }))
     }
 
-    async fn get_job(&self, _request: Request<pb::GetJobRequest>) -> RpcResult<pb::GetJobResponse> {
-        unimplemented("JobService.GetJob")
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> RpcResult<pb::GetJobResponse> {
+        let caller = self.caller(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let job = self.visible_job(&caller, id).await?;
+        respond(Ok(pb::GetJobResponse {
+            job: Some(job.into()),
+        }))
     }
 
     async fn list_jobs(
         &self,
-        _request: Request<pb::ListJobsRequest>,
+        request: Request<pb::ListJobsRequest>,
     ) -> RpcResult<pb::ListJobsResponse> {
-        unimplemented("JobService.ListJobs")
+        let caller = self.caller(&request).await?;
+        respond(self.list(&caller, request.into_inner()).await)
     }
 
     async fn update_job(
         &self,
-        _request: Request<pb::UpdateJobRequest>,
+        request: Request<pb::UpdateJobRequest>,
     ) -> RpcResult<pb::UpdateJobResponse> {
-        unimplemented("JobService.UpdateJob")
+        let caller = self.caller(&request).await?;
+        let job = self.update(&caller, request.into_inner()).await?;
+        respond(Ok(pb::UpdateJobResponse {
+            job: Some(job.into()),
+        }))
     }
 
     async fn delete_job(
         &self,
-        _request: Request<pb::DeleteJobRequest>,
+        request: Request<pb::DeleteJobRequest>,
     ) -> RpcResult<pb::DeleteJobResponse> {
-        unimplemented("JobService.DeleteJob")
+        let caller = self.caller(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        self.visible_job(&caller, id).await?;
+        self.state.catalog.delete_job(id).await?;
+        respond(Ok(pb::DeleteJobResponse {}))
     }
 }

@@ -1,15 +1,24 @@
-//! ObjectService.
+//! ObjectService: the read side of backed-up objects, versions and snapshots.
+//! Workers write through [`crate::catalog::Catalog::apply_snapshot`].
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::object_service_server::ObjectService;
 use tonic::Request;
 
-use super::{unimplemented, AppState, RpcResult};
+use super::{optional_timestamp, respond, timestamp, AppState, RpcResult};
+use crate::auth::Caller;
+use crate::catalog::Page;
+use crate::error::{DomainError, DomainResult};
+use crate::model::object::{
+    path_text, BackupObject, DuplicateFile, DuplicateFilter, DuplicateGroup, FileKind,
+    LatestFilter, ObjectFilter, ObjectVersion, SnapshotFile,
+};
+use crate::model::tag::check_tag_key;
+use crate::model::{check_len, parse_id, parse_optional_id};
 
 /// Handler of `coffer.v1.ObjectService`.
 #[derive(Clone, Debug)]
 pub struct ObjectApi {
-    #[allow(dead_code)]
     state: AppState,
 }
 
@@ -20,54 +29,295 @@ impl ObjectApi {
     }
 }
 
+fn kind_to_proto(kind: FileKind) -> pb::FileKind {
+    match kind {
+        FileKind::Regular => pb::FileKind::Regular,
+        FileKind::Directory => pb::FileKind::Directory,
+        FileKind::Symlink => pb::FileKind::Symlink,
+    }
+}
+
+fn optional_id(id: Option<uuid::Uuid>) -> String {
+    id.map(|id| id.to_string()).unwrap_or_default()
+}
+
+impl From<ObjectVersion> for pb::ObjectVersion {
+    fn from(version: ObjectVersion) -> Self {
+        pb::ObjectVersion {
+            id: version.id.to_string(),
+            object_id: version.object_id.to_string(),
+            kind: kind_to_proto(version.kind) as i32,
+            size_bytes: version.size_bytes,
+            mode: version.mode,
+            uid: version.uid,
+            gid: version.gid,
+            mtime: optional_timestamp(version.mtime),
+            content_hash: version.content_hash,
+            symlink_target: version
+                .symlink_target
+                .as_deref()
+                .map(path_text)
+                .unwrap_or_default(),
+            first_run_id: version.first_run_id.to_string(),
+            last_run_id: optional_id(version.last_run_id),
+            deleted: version.deleted,
+            create_time: Some(timestamp(version.create_time)),
+        }
+    }
+}
+
+impl From<BackupObject> for pb::BackupObject {
+    fn from(object: BackupObject) -> Self {
+        pb::BackupObject {
+            id: object.id.to_string(),
+            bucket_id: optional_id(object.bucket_id),
+            job_id: optional_id(object.job_id),
+            path: object.path_text,
+            owner_id: object.owner_id.to_string(),
+            latest_version: object.latest_version.map(Into::into),
+            create_time: Some(timestamp(object.create_time)),
+        }
+    }
+}
+
+impl From<SnapshotFile> for pb::SnapshotFile {
+    fn from(file: SnapshotFile) -> Self {
+        pb::SnapshotFile {
+            path: file.path_text,
+            object_id: file.version.object_id.to_string(),
+            version: Some(file.version.into()),
+        }
+    }
+}
+
+impl From<DuplicateFile> for pb::DuplicateFile {
+    fn from(file: DuplicateFile) -> Self {
+        pb::DuplicateFile {
+            object_id: file.object_id.to_string(),
+            path: file.path_text,
+            job_id: optional_id(file.job_id),
+        }
+    }
+}
+
+impl From<DuplicateGroup> for pb::DuplicateGroup {
+    fn from(group: DuplicateGroup) -> Self {
+        pb::DuplicateGroup {
+            content_hash: group.content_hash,
+            size_bytes: group.size_bytes,
+            files: group.files.into_iter().map(Into::into).collect(),
+            saved_bytes: group.saved_bytes,
+        }
+    }
+}
+
+/// Builds the common object filters of a List call.
+fn object_filter(
+    caller: &Caller,
+    bucket_id: &str,
+    job_id: &str,
+    path_prefix: &str,
+) -> DomainResult<ObjectFilter> {
+    check_len("path_prefix", path_prefix, 0, 4096)?;
+    Ok(ObjectFilter {
+        owner_id: caller.owner_scope(),
+        bucket_id: parse_optional_id("bucket_id", bucket_id)?,
+        job_id: parse_optional_id("job_id", job_id)?,
+        path_prefix: path_prefix.to_string(),
+    })
+}
+
+/// Builds the filter of ListLatestVersions.
+fn latest_filter(
+    caller: &Caller,
+    request: &pb::ListLatestVersionsRequest,
+) -> DomainResult<LatestFilter> {
+    let objects = object_filter(
+        caller,
+        &request.bucket_id,
+        &request.job_id,
+        &request.path_prefix,
+    )?;
+    if !request.tag_key.is_empty() {
+        check_tag_key("tag_key", &request.tag_key)?;
+    } else if !request.tag_value.is_empty() {
+        return Err(DomainError::invalid("tag_value", "needs tag_key"));
+    }
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Ok(LatestFilter {
+        objects,
+        tag_key: non_empty(&request.tag_key),
+        tag_value: non_empty(&request.tag_value),
+        include_deleted: request.include_deleted,
+    })
+}
+
+/// Parses the page of ListDuplicates, whose token is a decimal group offset.
+fn duplicate_page(page_size: i32, page_token: &str) -> DomainResult<(i64, i64)> {
+    let size = Page::parse(page_size, "")?.size;
+    if page_token.is_empty() {
+        return Ok((size, 0));
+    }
+    let offset = page_token
+        .parse::<u32>()
+        .map_err(|_| DomainError::invalid("page_token", "not a token from a previous response"))?;
+    Ok((size, i64::from(offset)))
+}
+
+impl ObjectApi {
+    async fn caller<T>(&self, request: &Request<T>) -> DomainResult<Caller> {
+        self.state.auth.caller(request.metadata()).await
+    }
+
+    async fn duplicates(
+        &self,
+        caller: &Caller,
+        request: pb::ListDuplicatesRequest,
+    ) -> DomainResult<pb::ListDuplicatesResponse> {
+        if request.min_size_bytes < 0 {
+            return Err(DomainError::invalid(
+                "min_size_bytes",
+                "must not be negative",
+            ));
+        }
+        let filter = DuplicateFilter {
+            owner_id: caller.owner_scope(),
+            bucket_id: parse_optional_id("bucket_id", &request.bucket_id)?,
+            job_id: parse_optional_id("job_id", &request.job_id)?,
+            min_size_bytes: request.min_size_bytes,
+        };
+        let (size, offset) = duplicate_page(request.page_size, &request.page_token)?;
+        let (groups, more) = self
+            .state
+            .catalog
+            .list_duplicates(&filter, size, offset)
+            .await?;
+        let next_page_token = if more {
+            (offset + size).to_string()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListDuplicatesResponse {
+            groups: groups.into_iter().map(Into::into).collect(),
+            next_page_token,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl ObjectService for ObjectApi {
     async fn list_objects(
         &self,
-        _request: Request<pb::ListObjectsRequest>,
+        request: Request<pb::ListObjectsRequest>,
     ) -> RpcResult<pb::ListObjectsResponse> {
-        unimplemented("ObjectService.ListObjects")
+        let caller = self.caller(&request).await?;
+        let request = request.into_inner();
+        let filter = object_filter(
+            &caller,
+            &request.bucket_id,
+            &request.job_id,
+            &request.path_prefix,
+        )?;
+        let page = Page::parse(request.page_size, &request.page_token)?;
+        let (objects, next_page_token) = self.state.catalog.list_objects(&filter, page).await?;
+        respond(Ok(pb::ListObjectsResponse {
+            objects: objects.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_object(
         &self,
-        _request: Request<pb::GetObjectRequest>,
+        request: Request<pb::GetObjectRequest>,
     ) -> RpcResult<pb::GetObjectResponse> {
-        unimplemented("ObjectService.GetObject")
+        let caller = self.caller(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let object = self
+            .state
+            .catalog
+            .get_object(id, caller.owner_scope())
+            .await?;
+        respond(Ok(pb::GetObjectResponse {
+            object: Some(object.into()),
+        }))
     }
 
     async fn list_object_versions(
         &self,
-        _request: Request<pb::ListObjectVersionsRequest>,
+        request: Request<pb::ListObjectVersionsRequest>,
     ) -> RpcResult<pb::ListObjectVersionsResponse> {
-        unimplemented("ObjectService.ListObjectVersions")
+        let caller = self.caller(&request).await?;
+        let request = request.into_inner();
+        let id = parse_id("object_id", &request.object_id)?;
+        let page = Page::parse(request.page_size, &request.page_token)?;
+        let (versions, next_page_token) = self
+            .state
+            .catalog
+            .list_object_versions(id, caller.owner_scope(), page)
+            .await?;
+        respond(Ok(pb::ListObjectVersionsResponse {
+            versions: versions.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
     }
 
     async fn list_latest_versions(
         &self,
-        _request: Request<pb::ListLatestVersionsRequest>,
+        request: Request<pb::ListLatestVersionsRequest>,
     ) -> RpcResult<pb::ListLatestVersionsResponse> {
-        unimplemented("ObjectService.ListLatestVersions")
+        let caller = self.caller(&request).await?;
+        let request = request.into_inner();
+        let filter = latest_filter(&caller, &request)?;
+        let page = Page::parse(request.page_size, &request.page_token)?;
+        let (objects, next_page_token) = self
+            .state
+            .catalog
+            .list_latest_versions(&filter, page)
+            .await?;
+        respond(Ok(pb::ListLatestVersionsResponse {
+            objects: objects.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
     }
 
     async fn list_snapshot_files(
         &self,
-        _request: Request<pb::ListSnapshotFilesRequest>,
+        request: Request<pb::ListSnapshotFilesRequest>,
     ) -> RpcResult<pb::ListSnapshotFilesResponse> {
-        unimplemented("ObjectService.ListSnapshotFiles")
+        let caller = self.caller(&request).await?;
+        let request = request.into_inner();
+        let run_id = parse_id("run_id", &request.run_id)?;
+        check_len("path_prefix", &request.path_prefix, 0, 4096)?;
+        let page = Page::parse(request.page_size, &request.page_token)?;
+        let (files, next_page_token) = self
+            .state
+            .catalog
+            .list_snapshot_files(run_id, caller.owner_scope(), &request.path_prefix, page)
+            .await?;
+        respond(Ok(pb::ListSnapshotFilesResponse {
+            files: files.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
     }
 
     async fn list_duplicates(
         &self,
-        _request: Request<pb::ListDuplicatesRequest>,
+        request: Request<pb::ListDuplicatesRequest>,
     ) -> RpcResult<pb::ListDuplicatesResponse> {
-        unimplemented("ObjectService.ListDuplicates")
+        let caller = self.caller(&request).await?;
+        respond(self.duplicates(&caller, request.into_inner()).await)
     }
 
     async fn rebuild_catalog(
         &self,
-        _request: Request<pb::RebuildCatalogRequest>,
+        request: Request<pb::RebuildCatalogRequest>,
     ) -> RpcResult<pb::RebuildCatalogResponse> {
-        unimplemented("ObjectService.RebuildCatalog")
+        self.caller(&request).await?;
+        Err(DomainError::Unimplemented(
+            "ObjectService.RebuildCatalog is not implemented yet: catalog recovery from manifests \
+             arrives with the content-addressed storage issue"
+                .to_string(),
+        )
+        .into())
     }
 }

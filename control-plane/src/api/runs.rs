@@ -1,17 +1,38 @@
-//! RunService.
+//! RunService: queueing, inspecting, cancelling and watching runs.
+
+use std::pin::Pin;
+use std::time::Duration;
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::run_service_server::RunService;
 use futures::Stream;
-use std::pin::Pin;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
+use uuid::Uuid;
 
-use super::{unimplemented, AppState, RpcResult};
+use super::jobs::{
+    labels_to_proto, options_from_proto, options_to_proto, run_state_to_proto, selector_from_proto,
+    target_from_proto, target_to_proto,
+};
+use super::{optional_timestamp, respond, timestamp, AppState, RpcResult};
+use crate::auth::Caller;
+use crate::catalog::{Catalog, Page};
+use crate::error::{DomainError, DomainResult, Violations};
+use crate::model::run::{
+    BackupSpec, NewRun, Run, RunErrorEntry, RunFilter, RunKind, RunProgress, RunSpec, RunState,
+    Target,
+};
+use crate::model::{check_absolute_path, check_len, parse_id, parse_optional_id};
+
+/// How often a watch re-reads its run when no change was announced.
+const WATCH_FALLBACK: Duration = Duration::from_secs(5);
+/// Updates buffered per watch before the watcher waits for the client.
+const WATCH_BUFFER: usize = 16;
 
 /// Handler of `coffer.v1.RunService`.
 #[derive(Clone, Debug)]
 pub struct RunApi {
-    #[allow(dead_code)]
     state: AppState,
 }
 
@@ -22,47 +43,449 @@ impl RunApi {
     }
 }
 
+fn kind_to_proto(kind: RunKind) -> pb::RunKind {
+    match kind {
+        RunKind::Backup => pb::RunKind::Backup,
+        RunKind::Restore => pb::RunKind::Restore,
+        RunKind::Verify => pb::RunKind::Verify,
+        RunKind::Retention => pb::RunKind::Retention,
+        RunKind::GarbageCollection => pb::RunKind::GarbageCollection,
+    }
+}
+
+fn kind_from_proto(value: i32) -> DomainResult<Option<RunKind>> {
+    match pb::RunKind::try_from(value) {
+        Ok(pb::RunKind::Unspecified) => Ok(None),
+        Ok(pb::RunKind::Backup) => Ok(Some(RunKind::Backup)),
+        Ok(pb::RunKind::Restore) => Ok(Some(RunKind::Restore)),
+        Ok(pb::RunKind::Verify) => Ok(Some(RunKind::Verify)),
+        Ok(pb::RunKind::Retention) => Ok(Some(RunKind::Retention)),
+        Ok(pb::RunKind::GarbageCollection) => Ok(Some(RunKind::GarbageCollection)),
+        Err(_) => Err(DomainError::invalid("kind", "unknown run kind")),
+    }
+}
+
+fn state_from_proto(value: i32) -> DomainResult<Option<RunState>> {
+    match pb::RunState::try_from(value) {
+        Ok(pb::RunState::Unspecified) => Ok(None),
+        Ok(pb::RunState::Queued) => Ok(Some(RunState::Queued)),
+        Ok(pb::RunState::Running) => Ok(Some(RunState::Running)),
+        Ok(pb::RunState::Succeeded) => Ok(Some(RunState::Succeeded)),
+        Ok(pb::RunState::Failed) => Ok(Some(RunState::Failed)),
+        Ok(pb::RunState::Cancelled) => Ok(Some(RunState::Cancelled)),
+        Err(_) => Err(DomainError::invalid("state", "unknown run state")),
+    }
+}
+
+impl From<RunProgress> for pb::RunProgress {
+    fn from(p: RunProgress) -> Self {
+        pb::RunProgress {
+            files_seen: p.files_seen,
+            files_done: p.files_done,
+            bytes_seen: p.bytes_seen,
+            bytes_done: p.bytes_done,
+            bytes_uploaded: p.bytes_uploaded,
+            error_count: p.error_count,
+            bytes_per_second: p.bytes_per_second,
+            current_path: p.current_path,
+        }
+    }
+}
+
+fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
+    match spec {
+        RunSpec::Backup(backup) => pb::run::Spec::Backup(pb::BackupSpec {
+            job_id: backup.job_id.map(|id| id.to_string()).unwrap_or_default(),
+            source_path: backup.source_path.clone(),
+            target: Some(target_to_proto(&backup.target)),
+            options: Some(options_to_proto(&backup.options)),
+            worker_selector: labels_to_proto(&backup.worker_selector),
+        }),
+    }
+}
+
+impl From<Run> for pb::Run {
+    fn from(run: Run) -> Self {
+        pb::Run {
+            id: run.id.to_string(),
+            owner_id: run.owner_id.to_string(),
+            kind: kind_to_proto(run.kind) as i32,
+            job_id: run.job_id.map(|id| id.to_string()).unwrap_or_default(),
+            state: run_state_to_proto(run.state) as i32,
+            spec: Some(spec_to_proto(&run.spec)),
+            attempt: run.attempt,
+            max_attempts: run.max_attempts,
+            cancel_requested: run.cancel_requested,
+            progress: Some(run.progress.into()),
+            error: run.error,
+            worker_id: run.worker_id.map(|id| id.to_string()).unwrap_or_default(),
+            not_before_time: Some(timestamp(run.not_before_time)),
+            create_time: Some(timestamp(run.create_time)),
+            start_time: optional_timestamp(run.start_time),
+            finish_time: optional_timestamp(run.finish_time),
+            worker_selector: labels_to_proto(&run.worker_selector),
+        }
+    }
+}
+
+impl From<RunErrorEntry> for pb::RunError {
+    fn from(entry: RunErrorEntry) -> Self {
+        pb::RunError {
+            path: entry.path,
+            message: entry.message,
+            attempt: entry.attempt,
+            create_time: Some(timestamp(entry.create_time)),
+        }
+    }
+}
+
+/// Refuses inline fields on a job run.
+fn check_inline_fields_empty(backup: &pb::BackupSpec) -> DomainResult<()> {
+    let mut violations = Violations::new();
+    let why = "must be empty when backup.job_id is set (the job defines it)";
+    if !backup.source_path.is_empty() {
+        violations.add("backup.source_path", why);
+    }
+    if backup.target.is_some() {
+        violations.add("backup.target", why);
+    }
+    if backup.options.is_some() {
+        violations.add("backup.options", why);
+    }
+    if !backup.worker_selector.is_empty() {
+        violations.add("backup.worker_selector", why);
+    }
+    violations.finish()
+}
+
+/// The parsed inline fields of an ad-hoc backup, collecting every violation.
+fn ad_hoc_spec(backup: pb::BackupSpec, violations: &mut Violations) -> Option<BackupSpec> {
+    let source = check_absolute_path("backup.source_path", &backup.source_path);
+    let source = violations.absorb(source);
+    let target = violations.absorb(target_from_proto("backup.target", backup.target));
+    let options = violations.absorb(options_from_proto("backup.options", backup.options));
+    let selector = selector_from_proto("backup.worker_selector", backup.worker_selector);
+    let selector = violations.absorb(selector);
+    Some(BackupSpec {
+        job_id: None,
+        source_path: source.map(|()| backup.source_path)?,
+        target: target?,
+        options: options?,
+        worker_selector: selector?,
+    })
+}
+
+/// Parses the page token of ListRunErrors (the id of the last error returned).
+fn parse_error_token(token: &str) -> DomainResult<Option<i64>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    match token.parse::<i64>() {
+        Ok(id) if id >= 0 => Ok(Some(id)),
+        _ => Err(DomainError::invalid(
+            "page_token",
+            "not a token from a previous response",
+        )),
+    }
+}
+
+impl RunApi {
+    async fn caller<T>(&self, request: &Request<T>) -> DomainResult<Caller> {
+        self.state.auth.caller(request.metadata()).await
+    }
+
+    /// A run the caller may see; foreign runs are NOT_FOUND.
+    async fn visible_run(&self, caller: &Caller, id: Uuid) -> DomainResult<Run> {
+        let run = self.state.catalog.get_run(id).await?;
+        if !caller.can_access(run.owner_id) {
+            return Err(DomainError::not_found("run", id));
+        }
+        Ok(run)
+    }
+
+    /// A run of a job: the job's definition, copied.
+    async fn job_run(
+        &self,
+        caller: &Caller,
+        job_id: Uuid,
+        backup: &pb::BackupSpec,
+    ) -> DomainResult<NewRun> {
+        check_inline_fields_empty(backup)?;
+        let job = self.state.catalog.get_job(job_id).await?;
+        if !caller.can_access(job.draft.owner_id) {
+            return Err(DomainError::not_found("job", job_id));
+        }
+        let max_attempts = match job.draft.max_attempts {
+            n if n > 0 => n,
+            _ => self.state.catalog.run_default_max_attempts().await?,
+        };
+        Ok(NewRun {
+            owner_id: job.draft.owner_id,
+            job_id: Some(job.id),
+            spec: RunSpec::Backup(BackupSpec {
+                job_id: Some(job.id),
+                source_path: job.draft.source_path,
+                target: job.draft.target,
+                options: job.draft.options,
+                worker_selector: job.draft.worker_selector,
+            }),
+            max_attempts,
+            request_id: None,
+        })
+    }
+
+    /// An ad-hoc run owned by the caller, validated like a job.
+    async fn ad_hoc_run(&self, caller: &Caller, backup: pb::BackupSpec) -> DomainResult<NewRun> {
+        let mut violations = Violations::new();
+        let spec = ad_hoc_spec(backup, &mut violations);
+        if let Some(spec) = &spec {
+            self.state
+                .catalog
+                .check_job_references(
+                    "backup.",
+                    caller.user.id,
+                    Some(&spec.target),
+                    None,
+                    &mut violations,
+                )
+                .await?;
+        }
+        violations.finish()?;
+        let spec = spec.ok_or_else(|| DomainError::Internal("unreported violation".into()))?;
+        Ok(NewRun {
+            owner_id: caller.user.id,
+            job_id: None,
+            spec: RunSpec::Backup(spec),
+            max_attempts: self.state.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        })
+    }
+
+    async fn create(&self, caller: &Caller, request: pb::CreateRunRequest) -> DomainResult<Run> {
+        use pb::create_run_request::Spec;
+        let request_id = parse_optional_id("request_id", &request.request_id)?;
+        let backup = match request.spec {
+            Some(Spec::Backup(backup)) => backup,
+            Some(Spec::Restore(_)) | Some(Spec::Verify(_)) => {
+                return Err(DomainError::Unimplemented(
+                    "restore and verify runs arrive with the content-addressed storage issue"
+                        .to_string(),
+                ))
+            }
+            None => {
+                return Err(DomainError::invalid(
+                    "spec",
+                    "one of backup, restore or verify is required",
+                ))
+            }
+        };
+        let mut new = match parse_optional_id("backup.job_id", &backup.job_id)? {
+            Some(job_id) => self.job_run(caller, job_id, &backup).await?,
+            None => self.ad_hoc_run(caller, backup).await?,
+        };
+        new.request_id = request_id;
+        self.check_nfs(&new.spec).await?;
+        let created = self.state.catalog.create_run(&new).await?;
+        if created.created {
+            self.state.notify_run(created.run.id);
+        }
+        Ok(created.run)
+    }
+
+    /// NFS targets need the `nfs_mount_path` configuration.
+    async fn check_nfs(&self, spec: &RunSpec) -> DomainResult<()> {
+        let RunSpec::Backup(backup) = spec;
+        if matches!(backup.target, Target::Nfs { .. })
+            && !self.state.catalog.nfs_mount_configured().await?
+        {
+            return Err(DomainError::FailedPrecondition(
+                "NFS targets need the configuration `nfs_mount_path`; create it with \
+                 ConfigurationService.CreateConfiguration first"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        caller: &Caller,
+        request: pb::ListRunsRequest,
+    ) -> DomainResult<pb::ListRunsResponse> {
+        let mut violations = Violations::new();
+        let job_id = violations.absorb(parse_optional_id("job_id", &request.job_id));
+        let state = violations.absorb(state_from_proto(request.state));
+        let kind = violations.absorb(kind_from_proto(request.kind));
+        let page = violations.absorb(Page::parse(request.page_size, &request.page_token));
+        if request.tag_key.is_empty() && !request.tag_value.is_empty() {
+            violations.add("tag_value", "needs tag_key");
+        }
+        violations.absorb(check_len("tag_key", &request.tag_key, 0, 256));
+        violations.finish()?;
+        let (Some(job_id), Some(state), Some(kind), Some(page)) = (job_id, state, kind, page)
+        else {
+            return Err(DomainError::Internal("unreported violation".into()));
+        };
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let filter = RunFilter {
+            job_id,
+            state,
+            kind,
+            tag_key: non_empty(request.tag_key),
+            tag_value: non_empty(request.tag_value),
+        };
+        let (runs, next_page_token) = self
+            .state
+            .catalog
+            .list_runs(caller.owner_scope(), &filter, page)
+            .await?;
+        Ok(pb::ListRunsResponse {
+            runs: runs.into_iter().map(Into::into).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn list_errors(
+        &self,
+        caller: &Caller,
+        request: pb::ListRunErrorsRequest,
+    ) -> DomainResult<pb::ListRunErrorsResponse> {
+        let run_id = parse_id("run_id", &request.run_id)?;
+        let size = Page::parse(request.page_size, "")?.size;
+        let after = parse_error_token(&request.page_token)?;
+        self.visible_run(caller, run_id).await?;
+        let (errors, next_page_token) = self
+            .state
+            .catalog
+            .list_run_errors(run_id, after, size)
+            .await?;
+        Ok(pb::ListRunErrorsResponse {
+            errors: errors.into_iter().map(Into::into).collect(),
+            next_page_token,
+        })
+    }
+}
+
+type WatchItem = Result<pb::WatchRunResponse, tonic::Status>;
+
+/// Feeds a watch: the current run first, then every change, until the run is
+/// final or the client goes away.
+async fn watch_loop(
+    catalog: Catalog,
+    mut run: Run,
+    mut events: broadcast::Receiver<Uuid>,
+    sender: mpsc::Sender<WatchItem>,
+) {
+    let id = run.id;
+    let mut fallback = tokio::time::interval(WATCH_FALLBACK);
+    fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    fallback.tick().await;
+    let mut last_sent: Option<pb::Run> = None;
+    loop {
+        let message = pb::Run::from(run.clone());
+        if last_sent.as_ref() != Some(&message) {
+            let update = pb::WatchRunResponse {
+                run: Some(message.clone()),
+            };
+            if sender.send(Ok(update)).await.is_err() {
+                return;
+            }
+            last_sent = Some(message);
+        }
+        if run.state.is_final() {
+            return;
+        }
+        let reread = tokio::select! {
+            () = sender.closed() => return,
+            event = events.recv() => match event {
+                Ok(changed) => changed == id,
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = fallback.tick() => true,
+        };
+        if reread {
+            match catalog.get_run(id).await {
+                Ok(fresh) => run = fresh,
+                Err(error) => {
+                    let _ = sender.send(Err(error.into())).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RunService for RunApi {
     async fn create_run(
         &self,
-        _request: Request<pb::CreateRunRequest>,
+        request: Request<pb::CreateRunRequest>,
     ) -> RpcResult<pb::CreateRunResponse> {
-        unimplemented("RunService.CreateRun")
+        let caller = self.caller(&request).await?;
+        let run = self.create(&caller, request.into_inner()).await?;
+        respond(Ok(pb::CreateRunResponse {
+            run: Some(run.into()),
+        }))
     }
 
-    async fn get_run(&self, _request: Request<pb::GetRunRequest>) -> RpcResult<pb::GetRunResponse> {
-        unimplemented("RunService.GetRun")
+    async fn get_run(&self, request: Request<pb::GetRunRequest>) -> RpcResult<pb::GetRunResponse> {
+        let caller = self.caller(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let run = self.visible_run(&caller, id).await?;
+        respond(Ok(pb::GetRunResponse {
+            run: Some(run.into()),
+        }))
     }
 
     async fn list_runs(
         &self,
-        _request: Request<pb::ListRunsRequest>,
+        request: Request<pb::ListRunsRequest>,
     ) -> RpcResult<pb::ListRunsResponse> {
-        unimplemented("RunService.ListRuns")
+        let caller = self.caller(&request).await?;
+        respond(self.list(&caller, request.into_inner()).await)
     }
 
     async fn cancel_run(
         &self,
-        _request: Request<pb::CancelRunRequest>,
+        request: Request<pb::CancelRunRequest>,
     ) -> RpcResult<pb::CancelRunResponse> {
-        unimplemented("RunService.CancelRun")
+        let caller = self.caller(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        self.visible_run(&caller, id).await?;
+        let run = self
+            .state
+            .catalog
+            .cancel_run(id, &caller.user.username)
+            .await?;
+        self.state.notify_run(id);
+        respond(Ok(pb::CancelRunResponse {
+            run: Some(run.into()),
+        }))
     }
 
-    type WatchRunStream =
-        Pin<Box<dyn Stream<Item = Result<pb::WatchRunResponse, tonic::Status>> + Send>>;
+    type WatchRunStream = Pin<Box<dyn Stream<Item = WatchItem> + Send>>;
 
     async fn watch_run(
         &self,
-        _request: Request<pb::WatchRunRequest>,
+        request: Request<pb::WatchRunRequest>,
     ) -> RpcResult<Self::WatchRunStream> {
-        unimplemented("RunService.WatchRun")
+        let caller = self.caller(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        // Subscribe before the first read so no change slips in between.
+        let events = self.state.run_events.subscribe();
+        let run = self.visible_run(&caller, id).await?;
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(watch_loop(self.state.catalog.clone(), run, events, sender));
+        let stream: Self::WatchRunStream = Box::pin(ReceiverStream::new(receiver));
+        Ok(tonic::Response::new(stream))
     }
 
     async fn list_run_errors(
         &self,
-        _request: Request<pb::ListRunErrorsRequest>,
+        request: Request<pb::ListRunErrorsRequest>,
     ) -> RpcResult<pb::ListRunErrorsResponse> {
-        unimplemented("RunService.ListRunErrors")
+        let caller = self.caller(&request).await?;
+        respond(self.list_errors(&caller, request.into_inner()).await)
     }
 }

@@ -20,6 +20,7 @@ use crate::error::{from_sqlx, DomainError, DomainResult};
 pub mod buckets;
 pub mod configurations;
 pub mod jobs;
+pub mod leases;
 pub mod metadata;
 pub mod objects;
 pub mod retention;

@@ -1,1 +1,213 @@
-//! Domain types for buckets.
+//! Domain types for buckets: storage targets on S3-compatible services or on
+//! a filesystem. Credentials are never stored, only where a worker finds them.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{check_absolute_path, check_len, check_name, check_relative_path};
+use crate::error::{DomainError, DomainResult, Violations};
+
+/// Longest bucket name.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// An S3-compatible bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct S3Location {
+    /// Endpoint URL; empty means AWS.
+    pub endpoint: String,
+    /// Bucket name.
+    pub bucket: String,
+    /// Region; empty means `us-east-1`.
+    pub region: String,
+    /// Path-style addressing.
+    pub force_path_style: bool,
+    /// `env:NAME`, `file:/path` or empty.
+    pub credentials_ref: String,
+}
+
+/// Where a bucket's data lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// An S3-compatible bucket.
+    S3(S3Location),
+    /// A filesystem path (absolute).
+    Filesystem {
+        /// Repository root.
+        path: String,
+    },
+}
+
+impl Location {
+    /// The catalog's `kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Location::S3(_) => "s3",
+            Location::Filesystem { .. } => "filesystem",
+        }
+    }
+}
+
+/// A registered storage target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bucket {
+    /// Id.
+    pub id: Uuid,
+    /// Everything except the id and the times.
+    pub spec: BucketSpec,
+    /// Creation time.
+    pub create_time: DateTime<Utc>,
+    /// Last modification time.
+    pub update_time: DateTime<Utc>,
+}
+
+/// The writable fields of a bucket: what Create stores and Update replaces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BucketSpec {
+    /// Owner.
+    pub owner_id: Uuid,
+    /// Name, unique per owner.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Where the data lives.
+    pub location: Location,
+    /// Key prefix inside the location.
+    pub prefix: String,
+    /// Default retention policy of the bucket's snapshots.
+    pub retention_policy_id: Option<Uuid>,
+}
+
+impl BucketSpec {
+    /// Validates every field, reporting all violations at once. Field paths
+    /// start with `prefix` (e.g. `bucket.`). Does not check the retention policy.
+    pub fn validate(&self, prefix: &str) -> DomainResult<()> {
+        let mut violations = Violations::new();
+        violations.absorb(check_name(
+            &format!("{prefix}name"),
+            &self.name,
+            MAX_NAME_LEN,
+        ));
+        violations.absorb(check_len(
+            &format!("{prefix}description"),
+            &self.description,
+            0,
+            1000,
+        ));
+        match &self.location {
+            Location::S3(s3) => check_s3(&mut violations, &format!("{prefix}s3."), s3),
+            Location::Filesystem { path } => {
+                violations.absorb(check_absolute_path(
+                    &format!("{prefix}filesystem.path"),
+                    path,
+                ));
+            }
+        }
+        violations.absorb(check_relative_path(
+            &format!("{prefix}prefix"),
+            &self.prefix,
+        ));
+        violations.finish()
+    }
+}
+
+fn check_s3(violations: &mut Violations, prefix: &str, s3: &S3Location) {
+    violations.absorb(check_s3_bucket_name(&format!("{prefix}bucket"), &s3.bucket));
+    violations.absorb(check_endpoint(&format!("{prefix}endpoint"), &s3.endpoint));
+    violations.absorb(check_region(&format!("{prefix}region"), &s3.region));
+    violations.absorb(check_credentials_ref(
+        &format!("{prefix}credentials_ref"),
+        &s3.credentials_ref,
+    ));
+}
+
+/// Checks an S3 bucket name: 3-63 characters of lowercase letters, digits,
+/// `.` and `-`, starting and ending with a letter or digit.
+pub fn check_s3_bucket_name(field: &str, value: &str) -> DomainResult<()> {
+    if value.is_empty() {
+        return Err(DomainError::invalid(field, "is required"));
+    }
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = (3..=63).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| alphanumeric(c) || matches!(c, '.' | '-'))
+        && value.starts_with(alphanumeric)
+        && value.ends_with(alphanumeric)
+        && !value.contains("..");
+    if valid {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            "must be 3-63 characters of lowercase letters, digits, '.' and '-', \
+             starting and ending with a letter or digit (S3 naming rules)",
+        ))
+    }
+}
+
+/// Checks an endpoint: empty, or an `http://` or `https://` URL with a host.
+pub fn check_endpoint(field: &str, value: &str) -> DomainResult<()> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    check_len(field, value, 0, 2048)?;
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"));
+    let host = rest.and_then(|rest| rest.split(['/', '?', '#']).next());
+    match host {
+        Some(host) if !host.is_empty() && !value.chars().any(char::is_whitespace) => Ok(()),
+        _ => Err(DomainError::invalid(
+            field,
+            "must be empty (AWS) or an http:// or https:// URL, e.g. http://minio:9000",
+        )),
+    }
+}
+
+/// Checks a region: empty or 1-64 characters of `[a-z0-9-]`.
+pub fn check_region(field: &str, value: &str) -> DomainResult<()> {
+    check_len(field, value, 0, 64)?;
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            "may contain only letters, digits, '-' and '_'",
+        ))
+    }
+}
+
+/// Checks a credentials reference: empty, `env:NAME` with NAME matching
+/// `[A-Z][A-Z0-9_]*`, or `file:` followed by an absolute path.
+pub fn check_credentials_ref(field: &str, value: &str) -> DomainResult<()> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    check_len(field, value, 0, 1024)?;
+    if let Some(name) = value.strip_prefix("env:") {
+        let valid = name.starts_with(|c: char| c.is_ascii_uppercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        return if valid {
+            Ok(())
+        } else {
+            Err(DomainError::invalid(
+                field,
+                "env: must be followed by a variable name prefix like MINIO ([A-Z][A-Z0-9_]*)",
+            ))
+        };
+    }
+    if let Some(path) = value.strip_prefix("file:") {
+        return check_absolute_path(field, path).map_err(|_| {
+            DomainError::invalid(field, "file: must be followed by an absolute path")
+        });
+    }
+    Err(DomainError::invalid(
+        field,
+        "must be empty, env:NAME or file:/absolute/path (never the credentials themselves)",
+    ))
+}

@@ -1,1 +1,177 @@
-//! Domain types for configurations.
+//! Domain types for configurations: system-wide settings under a fixed set of
+//! known keys, each with its own value rule.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{check_absolute_path, check_len};
+use crate::error::{DomainError, DomainResult, Violations};
+
+/// One configuration entry.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct Configuration {
+    /// Id.
+    pub id: Uuid,
+    /// One of [`KNOWN_KEYS`].
+    pub key: String,
+    /// The value, valid for its key.
+    pub value: String,
+    /// Note for operators.
+    pub description: String,
+    /// Creation time.
+    pub create_time: DateTime<Utc>,
+    /// Last modification time.
+    pub update_time: DateTime<Utc>,
+}
+
+/// An entry to create.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewConfiguration {
+    /// One of [`KNOWN_KEYS`].
+    pub key: String,
+    /// The value.
+    pub value: String,
+    /// Note for operators.
+    pub description: String,
+}
+
+/// Changes to an entry; `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigurationPatch {
+    /// New value.
+    pub value: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+}
+
+/// How the value of a key is validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueRule {
+    /// An absolute path.
+    AbsolutePath,
+    /// A decimal integer within an inclusive range.
+    Integer {
+        /// Smallest value.
+        min: i64,
+        /// Largest value.
+        max: i64,
+    },
+    /// The UUID of an existing retention policy.
+    RetentionPolicyId,
+}
+
+/// A known configuration key and its rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownKey {
+    /// The key.
+    pub key: &'static str,
+    /// Its value rule.
+    pub rule: ValueRule,
+}
+
+/// Root of `nfs_path` targets.
+pub const NFS_MOUNT_PATH: &str = "nfs_mount_path";
+/// Attempts before a run fails.
+pub const DEFAULT_MAX_ATTEMPTS: &str = "default_max_attempts";
+/// How long a lease lives.
+pub const LEASE_TTL_SECONDS: &str = "lease_ttl_seconds";
+/// First requeue delay.
+pub const RETRY_BACKOFF_SECONDS: &str = "retry_backoff_seconds";
+/// Hard limit of one attempt.
+pub const RUN_DEADLINE_SECONDS: &str = "run_deadline_seconds";
+/// Policy applied when neither object, job nor bucket names one.
+pub const DEFAULT_RETENTION_POLICY_ID: &str = "default_retention_policy_id";
+
+/// Every key a configuration entry may have.
+pub const KNOWN_KEYS: &[KnownKey] = &[
+    KnownKey {
+        key: NFS_MOUNT_PATH,
+        rule: ValueRule::AbsolutePath,
+    },
+    KnownKey {
+        key: DEFAULT_MAX_ATTEMPTS,
+        rule: ValueRule::Integer { min: 1, max: 100 },
+    },
+    KnownKey {
+        key: LEASE_TTL_SECONDS,
+        rule: ValueRule::Integer { min: 5, max: 3600 },
+    },
+    KnownKey {
+        key: RETRY_BACKOFF_SECONDS,
+        rule: ValueRule::Integer { min: 1, max: 3600 },
+    },
+    KnownKey {
+        key: RUN_DEADLINE_SECONDS,
+        rule: ValueRule::Integer {
+            min: 60,
+            max: 604_800,
+        },
+    },
+    KnownKey {
+        key: DEFAULT_RETENTION_POLICY_ID,
+        rule: ValueRule::RetentionPolicyId,
+    },
+];
+
+/// The rule of a known key, or an error on `field` listing the known keys.
+pub fn rule_of(field: &str, key: &str) -> DomainResult<ValueRule> {
+    KNOWN_KEYS
+        .iter()
+        .find(|known| known.key == key)
+        .map(|known| known.rule)
+        .ok_or_else(|| {
+            let names: Vec<&str> = KNOWN_KEYS.iter().map(|known| known.key).collect();
+            DomainError::invalid(
+                field,
+                format!("unknown key {key:?}; known keys: {}", names.join(", ")),
+            )
+        })
+}
+
+/// Checks a value against a rule. Returns the policy id a
+/// [`ValueRule::RetentionPolicyId`] value names, which the caller must check exists.
+pub fn check_value(field: &str, rule: ValueRule, value: &str) -> DomainResult<Option<Uuid>> {
+    match rule {
+        ValueRule::AbsolutePath => check_absolute_path(field, value).map(|()| None),
+        ValueRule::Integer { min, max } => {
+            let number: i64 = value.trim().parse().map_err(|_| {
+                DomainError::invalid(field, format!("must be an integer from {min} to {max}"))
+            })?;
+            if number < min || number > max || value.trim() != value {
+                return Err(DomainError::invalid(
+                    field,
+                    format!("must be an integer from {min} to {max}"),
+                ));
+            }
+            Ok(None)
+        }
+        ValueRule::RetentionPolicyId => Uuid::parse_str(value)
+            .map(Some)
+            .map_err(|_| DomainError::invalid(field, "must be the UUID of a retention policy")),
+    }
+}
+
+/// Checks a description.
+pub fn check_description(field: &str, value: &str) -> DomainResult<()> {
+    check_len(field, value, 0, 1000)
+}
+
+impl NewConfiguration {
+    /// Validates every field, reporting all violations at once. Returns the
+    /// retention policy the value names, if any, for an existence check.
+    pub fn validate(&self, prefix: &str) -> DomainResult<Option<Uuid>> {
+        let mut violations = Violations::new();
+        let policy = violations
+            .absorb(rule_of(&format!("{prefix}key"), &self.key))
+            .and_then(|rule| {
+                violations.absorb(check_value(&format!("{prefix}value"), rule, &self.value))
+            })
+            .flatten();
+        violations.absorb(check_description(
+            &format!("{prefix}description"),
+            &self.description,
+        ));
+        violations.finish()?;
+        Ok(policy)
+    }
+}

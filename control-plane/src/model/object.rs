@@ -1,1 +1,291 @@
-//! Domain types for objects.
+//! Domain types for backed-up objects, their versions and snapshot commits.
+//!
+//! # Version validity
+//!
+//! Versions scale with change, not with size: a version row covers a range of
+//! snapshots and an unchanged file costs no rows in later snapshots. Ranges
+//! are half-open in run order. Run ids are UUIDv7 and therefore time-ordered,
+//! so a version is valid in snapshot `R` when
+//!
+//! ```text
+//! first_run_id <= R AND (last_run_id IS NULL OR R < last_run_id)
+//! ```
+//!
+//! `last_run_id` is the first snapshot that no longer contains this version
+//! (the snapshot that replaced it or recorded the path as deleted); `NULL`
+//! marks the current version. A path that disappears gets its current version
+//! closed and a `deleted` marker version starting at the same snapshot.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::{DomainError, DomainResult};
+
+/// The type of a filesystem entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// A regular file.
+    Regular,
+    /// A directory.
+    Directory,
+    /// A symbolic link.
+    Symlink,
+}
+
+impl FileKind {
+    /// The catalog's spelling (`object_versions.kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Regular => "regular",
+            FileKind::Directory => "directory",
+            FileKind::Symlink => "symlink",
+        }
+    }
+
+    /// Parses the catalog's spelling.
+    pub fn parse(value: &str) -> DomainResult<Self> {
+        match value {
+            "regular" => Ok(FileKind::Regular),
+            "directory" => Ok(FileKind::Directory),
+            "symlink" => Ok(FileKind::Symlink),
+            other => Err(DomainError::Internal(format!(
+                "unknown file kind {other:?} in catalog"
+            ))),
+        }
+    }
+}
+
+/// One version of an object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectVersion {
+    /// Id.
+    pub id: Uuid,
+    /// The object.
+    pub object_id: Uuid,
+    /// Entry type (of the last existing version, for deletion markers).
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size_bytes: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: Option<DateTime<Utc>>,
+    /// Content hash (hex) of a regular file.
+    pub content_hash: String,
+    /// Link target of a symlink, as raw bytes.
+    pub symlink_target: Option<Vec<u8>>,
+    /// Where the content is stored.
+    pub storage_key: String,
+    /// First snapshot containing this version.
+    pub first_run_id: Uuid,
+    /// First snapshot no longer containing it; `None` while current.
+    pub last_run_id: Option<Uuid>,
+    /// Marks that the path did not exist from `first_run_id` on.
+    pub deleted: bool,
+    /// When the version was recorded.
+    pub create_time: DateTime<Utc>,
+}
+
+/// One path in a repository.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackupObject {
+    /// Id.
+    pub id: Uuid,
+    /// Owner.
+    pub owner_id: Uuid,
+    /// Bucket holding the repository, if any.
+    pub bucket_id: Option<Uuid>,
+    /// Job that backed it up, if still known.
+    pub job_id: Option<Uuid>,
+    /// The repository (bucket and prefix, or a filesystem path).
+    pub repository: String,
+    /// Raw path bytes relative to the source root.
+    pub path: Vec<u8>,
+    /// Printable path (see [`path_text`]).
+    pub path_text: String,
+    /// When the object was first backed up.
+    pub create_time: DateTime<Utc>,
+    /// The current version, or the newest one.
+    pub latest_version: Option<ObjectVersion>,
+}
+
+/// Filters of object lists; `None` leaves a filter off.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObjectFilter {
+    /// Only objects of this owner (non-admin callers).
+    pub owner_id: Option<Uuid>,
+    /// Only objects in this bucket.
+    pub bucket_id: Option<Uuid>,
+    /// Only objects of this job.
+    pub job_id: Option<Uuid>,
+    /// Only objects whose `path_text` starts with this (empty: all).
+    pub path_prefix: String,
+}
+
+/// Filters of ListLatestVersions on top of [`ObjectFilter`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LatestFilter {
+    /// The object filters.
+    pub objects: ObjectFilter,
+    /// Only objects whose current version or the object itself carries a tag with this key.
+    pub tag_key: Option<String>,
+    /// ... with this value (needs `tag_key`).
+    pub tag_value: Option<String>,
+    /// Include objects whose current version is a deletion marker.
+    pub include_deleted: bool,
+}
+
+/// A file as it was in one snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotFile {
+    /// Printable path.
+    pub path_text: String,
+    /// The version valid in the snapshot.
+    pub version: ObjectVersion,
+}
+
+/// Filters of ListDuplicates.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DuplicateFilter {
+    /// Only objects of this owner (non-admin callers).
+    pub owner_id: Option<Uuid>,
+    /// Only objects in this bucket.
+    pub bucket_id: Option<Uuid>,
+    /// Only objects of this job.
+    pub job_id: Option<Uuid>,
+    /// Ignore files smaller than this.
+    pub min_size_bytes: i64,
+}
+
+/// Current files sharing one content hash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DuplicateGroup {
+    /// The shared hash.
+    pub content_hash: String,
+    /// Size of one copy.
+    pub size_bytes: i64,
+    /// Bytes saved by storing the content once: `size * (copies - 1)`.
+    pub saved_bytes: i64,
+    /// The holders of the content.
+    pub files: Vec<DuplicateFile>,
+}
+
+/// One holder of duplicated content.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DuplicateFile {
+    /// Object id.
+    pub object_id: Uuid,
+    /// Printable path.
+    pub path_text: String,
+    /// Its job.
+    pub job_id: Option<Uuid>,
+}
+
+/// One entry of a new snapshot as a worker reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotEntry {
+    /// Raw path bytes relative to the source root.
+    pub path: Vec<u8>,
+    /// Entry type.
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size_bytes: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: Option<DateTime<Utc>>,
+    /// Content hash (hex) of a regular file; empty otherwise.
+    pub content_hash: String,
+    /// Link target of a symlink.
+    pub symlink_target: Option<Vec<u8>>,
+    /// Where the content is stored.
+    pub storage_key: String,
+}
+
+impl SnapshotEntry {
+    /// Whether this entry describes the same file as `version`: same kind,
+    /// size, mtime, content hash, mode and symlink target. Deletion markers
+    /// never match. Owner ids and the storage key do not count as changes.
+    pub fn same_as(&self, version: &ObjectVersion) -> bool {
+        !version.deleted
+            && self.kind == version.kind
+            && self.size_bytes == version.size_bytes
+            && self.mtime == version.mtime
+            && self.content_hash == version.content_hash
+            && self.mode == version.mode
+            && self.symlink_target == version.symlink_target
+    }
+}
+
+/// A complete new snapshot of one repository, to record in one transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotCommit {
+    /// The run that took the snapshot. Must be newer (a later UUIDv7) than
+    /// every snapshot already recorded for the repository.
+    pub run_id: Uuid,
+    /// Owner of the objects.
+    pub owner_id: Uuid,
+    /// Bucket holding the repository, if any.
+    pub bucket_id: Option<Uuid>,
+    /// The repository (e.g. bucket id plus prefix, or a filesystem path).
+    pub repository: String,
+    /// The job, if any. Objects are keyed by (repository, job, path).
+    pub job_id: Option<Uuid>,
+    /// Every entry of the snapshot; paths must be unique.
+    pub entries: Vec<SnapshotEntry>,
+}
+
+/// What [`SnapshotCommit`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Paths seen for the first time.
+    pub new_objects: u64,
+    /// Versions inserted (including deletion markers).
+    pub new_versions: u64,
+    /// Current versions closed (changed or deleted paths).
+    pub closed_versions: u64,
+    /// Entries identical to their current version; they wrote nothing.
+    pub unchanged: u64,
+    /// Paths recorded as deleted.
+    pub deleted: u64,
+}
+
+/// Renders raw path bytes as text: valid UTF-8 is kept, every byte of an
+/// invalid sequence becomes `\xNN` (two lowercase hex digits).
+pub fn path_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_text_escapes_invalid_bytes_only() {
+        assert_eq!(path_text(b"dir/file.txt"), "dir/file.txt");
+        assert_eq!(path_text("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(path_text(b"a\xffb\xc3"), "a\\xffb\\xc3");
+    }
+
+    #[test]
+    fn file_kinds_round_trip() {
+        for kind in [FileKind::Regular, FileKind::Directory, FileKind::Symlink] {
+            assert_eq!(FileKind::parse(kind.as_str()).ok(), Some(kind));
+        }
+    }
+}

@@ -1,1 +1,424 @@
-//! Domain types for runs.
+//! Domain types for runs: what a run does (its spec, stored as JSON), where it
+//! is in its life, and its progress.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{check_absolute_path, check_len, check_relative_path};
+use crate::error::{DomainError, DomainResult, Violations};
+
+/// Labels a worker must carry (`key -> value`).
+pub type Labels = BTreeMap<String, String>;
+
+/// Most exclude patterns a job or run may carry.
+pub const MAX_EXCLUDES: usize = 256;
+/// Longest exclude pattern, in characters.
+pub const MAX_EXCLUDE_LEN: usize = 1024;
+/// Longest worker-selector key or value, in characters.
+pub const MAX_LABEL_LEN: usize = 63;
+/// Attempts used when neither the job nor the configuration says otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+/// Largest accepted `max_attempts`.
+pub const MAX_ATTEMPTS_LIMIT: i32 = 100;
+
+/// Where backup data is written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    /// A registered bucket plus a key prefix inside it.
+    Bucket {
+        /// The bucket.
+        bucket_id: Uuid,
+        /// Relative key prefix (may be empty).
+        prefix: String,
+    },
+    /// An absolute filesystem path as the worker sees it.
+    Filesystem {
+        /// The path.
+        path: String,
+    },
+    /// A path relative to the `nfs_mount_path` configuration value.
+    Nfs {
+        /// The relative path.
+        path: String,
+    },
+}
+
+impl Target {
+    /// The catalog's spelling of the target kind (`jobs.target_kind`).
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            Target::Bucket { .. } => "bucket",
+            Target::Filesystem { .. } => "filesystem",
+            Target::Nfs { .. } => "nfs",
+        }
+    }
+
+    /// The bucket written to, for bucket targets.
+    pub fn bucket_id(&self) -> Option<Uuid> {
+        match self {
+            Target::Bucket { bucket_id, .. } => Some(*bucket_id),
+            _ => None,
+        }
+    }
+
+    /// The prefix or path (`jobs.target_path`).
+    pub fn path(&self) -> &str {
+        match self {
+            Target::Bucket { prefix, .. } => prefix,
+            Target::Filesystem { path } | Target::Nfs { path } => path,
+        }
+    }
+
+    /// Rebuilds a target from its catalog columns.
+    pub fn from_columns(kind: &str, bucket_id: Option<Uuid>, path: String) -> DomainResult<Self> {
+        match (kind, bucket_id) {
+            ("bucket", Some(bucket_id)) => Ok(Target::Bucket {
+                bucket_id,
+                prefix: path,
+            }),
+            ("filesystem", _) => Ok(Target::Filesystem { path }),
+            ("nfs", _) => Ok(Target::Nfs { path }),
+            (other, _) => Err(DomainError::Internal(format!(
+                "target kind {other:?} without a matching bucket in catalog"
+            ))),
+        }
+    }
+
+    /// Checks the path rules; `field` is the path of the proto `Target` (e.g. `job.target`).
+    pub fn validate(&self, field: &str) -> DomainResult<()> {
+        match self {
+            Target::Bucket { prefix, .. } => {
+                check_relative_path(&format!("{field}.bucket.prefix"), prefix)
+            }
+            Target::Filesystem { path } => {
+                check_absolute_path(&format!("{field}.filesystem_path"), path)
+            }
+            Target::Nfs { path } => check_relative_path(&format!("{field}.nfs_path"), path),
+        }
+    }
+}
+
+/// How a backup reads its source.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobOptions {
+    /// Glob patterns of paths to skip.
+    pub exclude: Vec<String>,
+    /// Fail the run when any file cannot be read.
+    pub fail_on_file_errors: bool,
+    /// Do not cross filesystem boundaries.
+    pub one_file_system: bool,
+}
+
+impl JobOptions {
+    /// Checks the exclude patterns; `field` is the path of the options message.
+    pub fn validate(&self, field: &str) -> DomainResult<()> {
+        let mut violations = Violations::new();
+        if self.exclude.len() > MAX_EXCLUDES {
+            violations.add(
+                format!("{field}.exclude"),
+                format!("at most {MAX_EXCLUDES} patterns are allowed"),
+            );
+        }
+        for (index, pattern) in self.exclude.iter().enumerate() {
+            violations.absorb(check_len(
+                &format!("{field}.exclude[{index}]"),
+                pattern,
+                1,
+                MAX_EXCLUDE_LEN,
+            ));
+        }
+        violations.finish()
+    }
+}
+
+/// Checks worker-selector labels: keys and values non-empty, at most 63 characters.
+pub fn check_selector(field: &str, labels: &Labels) -> DomainResult<()> {
+    let mut violations = Violations::new();
+    for (key, value) in labels {
+        for (what, text) in [("key", key), ("value", value)] {
+            let len = text.chars().count();
+            if len == 0 || len > MAX_LABEL_LEN {
+                violations.add(
+                    field,
+                    format!("{what} of label {key:?} must have 1-{MAX_LABEL_LEN} characters"),
+                );
+            }
+        }
+    }
+    violations.finish()
+}
+
+/// Checks an attempt limit (0 means "use the default").
+pub fn check_max_attempts(field: &str, value: i32) -> DomainResult<()> {
+    if (0..=MAX_ATTEMPTS_LIMIT).contains(&value) {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            format!("must be between 0 and {MAX_ATTEMPTS_LIMIT}"),
+        ))
+    }
+}
+
+/// A backup: the source, the target and how to read, copied from the job for job runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSpec {
+    /// The job, for job runs.
+    pub job_id: Option<Uuid>,
+    /// Absolute source path.
+    pub source_path: String,
+    /// Where the backup goes.
+    pub target: Target,
+    /// How the source is read.
+    #[serde(default)]
+    pub options: JobOptions,
+    /// Labels a worker must carry.
+    #[serde(default)]
+    pub worker_selector: Labels,
+}
+
+/// What a run does, as stored in `runs.spec`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RunSpec {
+    /// A backup.
+    Backup(BackupSpec),
+}
+
+impl RunSpec {
+    /// The kind of run this spec describes.
+    pub fn kind(&self) -> RunKind {
+        match self {
+            RunSpec::Backup(_) => RunKind::Backup,
+        }
+    }
+
+    /// The bucket the run writes to, if any.
+    pub fn target_bucket_id(&self) -> Option<Uuid> {
+        match self {
+            RunSpec::Backup(backup) => backup.target.bucket_id(),
+        }
+    }
+
+    /// The worker selector of the run.
+    pub fn worker_selector(&self) -> &Labels {
+        match self {
+            RunSpec::Backup(backup) => &backup.worker_selector,
+        }
+    }
+}
+
+/// What kind of work a run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunKind {
+    /// A backup.
+    Backup,
+    /// A restore.
+    Restore,
+    /// A verification.
+    Verify,
+    /// Applying a retention policy.
+    Retention,
+    /// Garbage collection.
+    GarbageCollection,
+}
+
+impl RunKind {
+    /// The catalog's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Backup => "backup",
+            RunKind::Restore => "restore",
+            RunKind::Verify => "verify",
+            RunKind::Retention => "retention",
+            RunKind::GarbageCollection => "garbage_collection",
+        }
+    }
+
+    /// Parses the catalog's spelling.
+    pub fn parse(value: &str) -> DomainResult<Self> {
+        match value {
+            "backup" => Ok(RunKind::Backup),
+            "restore" => Ok(RunKind::Restore),
+            "verify" => Ok(RunKind::Verify),
+            "retention" => Ok(RunKind::Retention),
+            "garbage_collection" => Ok(RunKind::GarbageCollection),
+            other => Err(DomainError::Internal(format!(
+                "unknown run kind {other:?} in catalog"
+            ))),
+        }
+    }
+}
+
+/// Where a run is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Waiting for a worker.
+    Queued,
+    /// Leased and executing.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl RunState {
+    /// The catalog's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the catalog's spelling.
+    pub fn parse(value: &str) -> DomainResult<Self> {
+        match value {
+            "queued" => Ok(RunState::Queued),
+            "running" => Ok(RunState::Running),
+            "succeeded" => Ok(RunState::Succeeded),
+            "failed" => Ok(RunState::Failed),
+            "cancelled" => Ok(RunState::Cancelled),
+            other => Err(DomainError::Internal(format!(
+                "unknown run state {other:?} in catalog"
+            ))),
+        }
+    }
+
+    /// Whether the run can no longer change.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        )
+    }
+}
+
+/// Counters reported by the worker, stored as JSON in `runs.progress`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunProgress {
+    /// Entries found so far.
+    pub files_seen: i64,
+    /// Entries processed so far.
+    pub files_done: i64,
+    /// Content bytes found so far.
+    pub bytes_seen: i64,
+    /// Content bytes processed so far.
+    pub bytes_done: i64,
+    /// Bytes written to storage.
+    pub bytes_uploaded: i64,
+    /// Per-file errors so far.
+    pub error_count: i64,
+    /// Current rate.
+    pub bytes_per_second: f64,
+    /// The file being processed.
+    pub current_path: String,
+}
+
+/// One run as stored in the catalog.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    /// Id.
+    pub id: Uuid,
+    /// Owner (the job's owner, or the creator of an ad-hoc run).
+    pub owner_id: Uuid,
+    /// What the run does.
+    pub kind: RunKind,
+    /// The job, for job runs (cleared when the job is deleted).
+    pub job_id: Option<Uuid>,
+    /// Life-cycle state.
+    pub state: RunState,
+    /// The definition.
+    pub spec: RunSpec,
+    /// The bucket written to, if any.
+    pub target_bucket_id: Option<Uuid>,
+    /// Client idempotency key.
+    pub request_id: Option<Uuid>,
+    /// Current or last attempt (0 before the first lease).
+    pub attempt: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Cancellation requested while running.
+    pub cancel_requested: bool,
+    /// Progress of the current or last attempt.
+    pub progress: RunProgress,
+    /// Final or last error.
+    pub error: String,
+    /// Worker holding the lease.
+    pub worker_id: Option<Uuid>,
+    /// Fencing token of the current lease.
+    pub lease_token: i64,
+    /// When the current lease lapses.
+    pub lease_expire_time: Option<DateTime<Utc>>,
+    /// Hard deadline, if any.
+    pub deadline_time: Option<DateTime<Utc>>,
+    /// Earliest lease time.
+    pub not_before_time: DateTime<Utc>,
+    /// Labels a worker must carry.
+    pub worker_selector: Labels,
+    /// Creation time.
+    pub create_time: DateTime<Utc>,
+    /// Start of the current or last attempt.
+    pub start_time: Option<DateTime<Utc>>,
+    /// When it reached a final state.
+    pub finish_time: Option<DateTime<Utc>>,
+    /// Last modification time.
+    pub update_time: DateTime<Utc>,
+}
+
+/// A run to queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRun {
+    /// Owner.
+    pub owner_id: Uuid,
+    /// The job, for job runs.
+    pub job_id: Option<Uuid>,
+    /// The definition.
+    pub spec: RunSpec,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Client idempotency key.
+    pub request_id: Option<Uuid>,
+}
+
+/// Filters of ListRuns.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunFilter {
+    /// Only runs of this job.
+    pub job_id: Option<Uuid>,
+    /// Only runs in this state.
+    pub state: Option<RunState>,
+    /// Only runs of this kind.
+    pub kind: Option<RunKind>,
+    /// Only runs tagged with this key.
+    pub tag_key: Option<String>,
+    /// ... and this value.
+    pub tag_value: Option<String>,
+}
+
+/// One per-file error a run reported.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct RunErrorEntry {
+    /// Position in the catalog (the page token).
+    pub id: i64,
+    /// Path relative to the source root.
+    pub path: String,
+    /// What went wrong.
+    pub message: String,
+    /// Attempt that reported it.
+    pub attempt: i32,
+    /// When it was reported.
+    pub create_time: DateTime<Utc>,
+}

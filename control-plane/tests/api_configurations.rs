@@ -1,0 +1,435 @@
+//! ConfigurationService over real gRPC on both catalog backends.
+
+mod support;
+
+use coffer_proto::v1 as pb;
+use coffer_proto::v1::configuration_service_client::ConfigurationServiceClient;
+use coffer_proto::v1::retention_service_client::RetentionServiceClient;
+use prost_types::FieldMask;
+use support::{authed, violated_fields, Backend, TestServer};
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn entry(key: &str, value: &str) -> pb::Configuration {
+    pb::Configuration {
+        key: key.to_string(),
+        value: value.to_string(),
+        description: format!("set by the {key} test"),
+        ..Default::default()
+    }
+}
+
+async fn create(
+    client: &mut ConfigurationServiceClient<Channel>,
+    token: &str,
+    configuration: pb::Configuration,
+) -> Result<pb::Configuration, tonic::Status> {
+    client
+        .create_configuration(authed(
+            token,
+            pb::CreateConfigurationRequest {
+                configuration: Some(configuration),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().configuration.expect("configuration"))
+}
+
+async fn configuration_crud_round_trip(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut configs = ConfigurationServiceClient::new(server.channel().await);
+    let created = create(
+        &mut configs,
+        &server.admin_token,
+        entry("nfs_mount_path", "/mnt/nfs"),
+    )
+    .await
+    .expect("create");
+    assert_eq!(created.key, "nfs_mount_path");
+    assert_eq!(created.value, "/mnt/nfs");
+
+    let by_id = configs
+        .get_configuration(authed(
+            &server.admin_token,
+            pb::GetConfigurationRequest {
+                id: created.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("get by id")
+        .into_inner()
+        .configuration
+        .expect("configuration");
+    assert_eq!(by_id, created);
+    let by_key = configs
+        .get_configuration(authed(
+            &server.admin_token,
+            pb::GetConfigurationRequest {
+                key: "nfs_mount_path".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("get by key")
+        .into_inner()
+        .configuration
+        .expect("configuration");
+    assert_eq!(by_key, created);
+
+    let updated = configs
+        .update_configuration(authed(
+            &server.admin_token,
+            pb::UpdateConfigurationRequest {
+                configuration: Some(pb::Configuration {
+                    id: created.id.clone(),
+                    value: "/srv/nfs".into(),
+                    description: "not in the mask".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["value".into()],
+                }),
+            },
+        ))
+        .await
+        .expect("update")
+        .into_inner()
+        .configuration
+        .expect("configuration");
+    assert_eq!(updated.value, "/srv/nfs");
+    assert_eq!(updated.description, created.description);
+    assert_eq!(
+        server
+            .state
+            .catalog
+            .configuration_value("nfs_mount_path")
+            .await
+            .expect("value"),
+        Some("/srv/nfs".to_string())
+    );
+
+    configs
+        .delete_configuration(authed(
+            &server.admin_token,
+            pb::DeleteConfigurationRequest {
+                id: created.id.clone(),
+            },
+        ))
+        .await
+        .expect("delete");
+    let status = configs
+        .get_configuration(authed(
+            &server.admin_token,
+            pb::GetConfigurationRequest {
+                key: "nfs_mount_path".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("deleted");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        server
+            .state
+            .catalog
+            .configuration_value("nfs_mount_path")
+            .await
+            .expect("value"),
+        None
+    );
+}
+
+async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("alice").await;
+    let mut configs = ConfigurationServiceClient::new(server.channel().await);
+    let status = create(&mut configs, &token, entry("lease_ttl_seconds", "30"))
+        .await
+        .expect_err("non-admin create");
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    let created = create(
+        &mut configs,
+        &server.admin_token,
+        entry("lease_ttl_seconds", "30"),
+    )
+    .await
+    .expect("admin create");
+    let read = configs
+        .get_configuration(authed(
+            &token,
+            pb::GetConfigurationRequest {
+                id: created.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("user reads")
+        .into_inner()
+        .configuration
+        .expect("configuration");
+    assert_eq!(read.value, "30");
+    let listed = configs
+        .list_configurations(authed(&token, pb::ListConfigurationsRequest::default()))
+        .await
+        .expect("user lists")
+        .into_inner();
+    assert_eq!(listed.configurations.len(), 1);
+
+    let status = configs
+        .update_configuration(authed(
+            &token,
+            pb::UpdateConfigurationRequest {
+                configuration: Some(pb::Configuration {
+                    id: created.id.clone(),
+                    value: "60".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["value".into()],
+                }),
+            },
+        ))
+        .await
+        .expect_err("non-admin update");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = configs
+        .delete_configuration(authed(
+            &token,
+            pb::DeleteConfigurationRequest { id: created.id },
+        ))
+        .await
+        .expect_err("non-admin delete");
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+async fn keys_and_values_are_validated(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut configs = ConfigurationServiceClient::new(server.channel().await);
+    let admin = server.admin_token.clone();
+
+    let status = create(&mut configs, &admin, entry("colour", "blue"))
+        .await
+        .expect_err("unknown key");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&status),
+        vec!["configuration.key".to_string()]
+    );
+    assert!(
+        status.message().contains("nfs_mount_path")
+            && status.message().contains("default_retention_policy_id"),
+        "lists the known keys: {}",
+        status.message()
+    );
+
+    for (key, bad) in [
+        ("nfs_mount_path", "relative/path"),
+        ("default_max_attempts", "0"),
+        ("default_max_attempts", "101"),
+        ("lease_ttl_seconds", "4"),
+        ("retry_backoff_seconds", "ten"),
+        ("run_deadline_seconds", "59"),
+        ("run_deadline_seconds", "604801"),
+        ("default_retention_policy_id", "not-a-uuid"),
+        (
+            "default_retention_policy_id",
+            "0190a5a0-0000-7000-8000-000000000000",
+        ),
+    ] {
+        let status = create(&mut configs, &admin, entry(key, bad))
+            .await
+            .expect_err("invalid value");
+        assert_eq!(status.code(), Code::InvalidArgument, "{key}={bad}");
+        assert_eq!(
+            violated_fields(&status),
+            vec!["configuration.value".to_string()],
+            "{key}={bad}"
+        );
+    }
+    for (key, good) in [
+        ("default_max_attempts", "100"),
+        ("lease_ttl_seconds", "5"),
+        ("retry_backoff_seconds", "3600"),
+        ("run_deadline_seconds", "60"),
+    ] {
+        create(&mut configs, &admin, entry(key, good))
+            .await
+            .unwrap_or_else(|e| panic!("{key}={good} is valid: {e}"));
+    }
+
+    // An existing policy is a valid default.
+    let mut retention = RetentionServiceClient::new(server.channel().await);
+    let policy = retention
+        .create_retention_policy(authed(
+            &admin,
+            pb::CreateRetentionPolicyRequest {
+                retention_policy: Some(pb::RetentionPolicy {
+                    name: "default".into(),
+                    keep_last: 10,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("policy")
+        .into_inner()
+        .retention_policy
+        .expect("policy");
+    create(
+        &mut configs,
+        &admin,
+        entry("default_retention_policy_id", &policy.id),
+    )
+    .await
+    .expect("existing policy");
+    // …and while it is the default, the policy cannot be deleted.
+    let status = retention
+        .delete_retention_policy(authed(
+            &admin,
+            pb::DeleteRetentionPolicyRequest { id: policy.id },
+        ))
+        .await
+        .expect_err("default policy");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // An update's value is checked against the entry's key.
+    let lease = configs
+        .get_configuration(authed(
+            &admin,
+            pb::GetConfigurationRequest {
+                key: "lease_ttl_seconds".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+        .configuration
+        .expect("configuration");
+    let status = configs
+        .update_configuration(authed(
+            &admin,
+            pb::UpdateConfigurationRequest {
+                configuration: Some(pb::Configuration {
+                    id: lease.id,
+                    value: "7200".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["value".into()],
+                }),
+            },
+        ))
+        .await
+        .expect_err("out of range update");
+    assert_eq!(
+        violated_fields(&status),
+        vec!["configuration.value".to_string()]
+    );
+}
+
+async fn duplicate_key_is_already_exists(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut configs = ConfigurationServiceClient::new(server.channel().await);
+    create(
+        &mut configs,
+        &server.admin_token,
+        entry("default_max_attempts", "3"),
+    )
+    .await
+    .expect("first");
+    let status = create(
+        &mut configs,
+        &server.admin_token,
+        entry("default_max_attempts", "5"),
+    )
+    .await
+    .expect_err("duplicate");
+    assert_eq!(status.code(), Code::AlreadyExists);
+}
+
+async fn list_is_ordered_by_key_and_pages(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut configs = ConfigurationServiceClient::new(server.channel().await);
+    // Created out of key order, so id order differs from key order.
+    for (key, value) in [
+        ("run_deadline_seconds", "3600"),
+        ("default_max_attempts", "3"),
+        ("retry_backoff_seconds", "10"),
+        ("lease_ttl_seconds", "30"),
+        ("nfs_mount_path", "/mnt"),
+    ] {
+        create(&mut configs, &server.admin_token, entry(key, value))
+            .await
+            .expect("create");
+    }
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = configs
+            .list_configurations(authed(
+                &server.admin_token,
+                pb::ListConfigurationsRequest {
+                    page_size: 2,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.configurations.len() <= 2);
+        seen.extend(page.configurations.into_iter().map(|c| c.key));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        seen,
+        vec![
+            "default_max_attempts",
+            "lease_ttl_seconds",
+            "nfs_mount_path",
+            "retry_backoff_seconds",
+            "run_deadline_seconds",
+        ]
+    );
+
+    let filtered = configs
+        .list_configurations(authed(
+            &server.admin_token,
+            pb::ListConfigurationsRequest {
+                key_prefix: "r".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list by prefix")
+        .into_inner();
+    let keys: Vec<_> = filtered.configurations.into_iter().map(|c| c.key).collect();
+    assert_eq!(keys, vec!["retry_backoff_seconds", "run_deadline_seconds"]);
+    assert!(filtered.next_page_token.is_empty());
+
+    let status = configs
+        .list_configurations(authed(
+            &server.admin_token,
+            pb::ListConfigurationsRequest {
+                page_token: "%%%".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("bad token");
+    assert_eq!(violated_fields(&status), vec!["page_token".to_string()]);
+}
+
+both_backends!(
+    configuration_crud_round_trip,
+    writes_are_admin_only_but_everyone_reads,
+    keys_and_values_are_validated,
+    duplicate_key_is_already_exists,
+    list_is_ordered_by_key_and_pages,
+);

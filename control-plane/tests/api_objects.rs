@@ -1,0 +1,552 @@
+//! ObjectService over real gRPC on both catalog backends, with history
+//! written through `Catalog::apply_snapshot` as a worker would.
+
+mod support;
+
+use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntry, SnapshotStats};
+use coffer_proto::v1 as pb;
+use coffer_proto::v1::object_service_client::ObjectServiceClient;
+use support::{authed, violated_fields, Backend, TestServer};
+use tonic::transport::Channel;
+use tonic::Code;
+use uuid::Uuid;
+
+const REPOSITORY: &str = "/backups/home";
+
+fn file(path: &str, hash: &str, size: i64) -> SnapshotEntry {
+    SnapshotEntry {
+        path: path.as_bytes().to_vec(),
+        kind: FileKind::Regular,
+        size_bytes: size,
+        mode: 0o644,
+        uid: 1000,
+        gid: 1000,
+        mtime: chrono::DateTime::from_timestamp(1_700_000_000, 123_456_789),
+        content_hash: hash.to_string(),
+        symlink_target: None,
+        storage_key: format!("blobs/{hash}"),
+    }
+}
+
+fn directory(path: &str) -> SnapshotEntry {
+    SnapshotEntry {
+        kind: FileKind::Directory,
+        content_hash: String::new(),
+        storage_key: String::new(),
+        size_bytes: 0,
+        ..file(path, "", 0)
+    }
+}
+
+/// Inserts a run of `user` and commits `entries` as its snapshot.
+async fn snapshot(
+    server: &TestServer,
+    user: &pb::User,
+    entries: Vec<SnapshotEntry>,
+) -> (Uuid, SnapshotStats) {
+    let owner = Uuid::parse_str(&user.id).expect("user id");
+    let catalog = &server.state.catalog;
+    let run_id = catalog
+        .insert_test_run(owner, None, None)
+        .await
+        .expect("run");
+    let stats = catalog
+        .apply_snapshot(&SnapshotCommit {
+            run_id,
+            owner_id: owner,
+            bucket_id: None,
+            repository: format!("{REPOSITORY}/{}", user.username),
+            job_id: None,
+            entries,
+        })
+        .await
+        .expect("apply snapshot");
+    (run_id, stats)
+}
+
+async fn snapshot_files(
+    objects: &mut ObjectServiceClient<Channel>,
+    token: &str,
+    run_id: Uuid,
+) -> Vec<pb::SnapshotFile> {
+    objects
+        .list_snapshot_files(authed(
+            token,
+            pb::ListSnapshotFilesRequest {
+                run_id: run_id.to_string(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("snapshot files")
+        .into_inner()
+        .files
+}
+
+async fn latest(
+    objects: &mut ObjectServiceClient<Channel>,
+    token: &str,
+    request: pb::ListLatestVersionsRequest,
+) -> Vec<pb::BackupObject> {
+    objects
+        .list_latest_versions(authed(token, request))
+        .await
+        .expect("latest versions")
+        .into_inner()
+        .objects
+}
+
+fn paths_and_hashes(files: &[pb::SnapshotFile]) -> Vec<(String, String)> {
+    files
+        .iter()
+        .map(|f| {
+            let version = f.version.as_ref().expect("version");
+            (f.path.clone(), version.content_hash.clone())
+        })
+        .collect()
+}
+
+async fn snapshots_record_only_changes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, token) = server.create_user("alice").await;
+    let catalog = &server.state.catalog;
+    let mut objects = ObjectServiceClient::new(server.channel().await);
+
+    let first = vec![
+        directory("docs"),
+        file("docs/a.txt", "h-a", 10),
+        file("docs/b.txt", "h-b1", 20),
+    ];
+    let (run1, stats) = snapshot(&server, &alice, first.clone()).await;
+    assert_eq!(stats.new_objects, 3);
+    assert_eq!(stats.new_versions, 3);
+
+    // The same snapshot again writes no rows at all.
+    let rows = catalog.count_object_versions().await.expect("count");
+    let (run2, stats) = snapshot(&server, &alice, first).await;
+    assert_eq!(stats.unchanged, 3);
+    assert_eq!(
+        stats.new_versions + stats.new_objects + stats.closed_versions,
+        0
+    );
+    assert_eq!(catalog.count_object_versions().await.expect("count"), rows);
+
+    // b changes, a disappears, c is new.
+    let (run3, stats) = snapshot(
+        &server,
+        &alice,
+        vec![
+            directory("docs"),
+            file("docs/b.txt", "h-b2", 21),
+            file("docs/c.txt", "h-c", 5),
+        ],
+    )
+    .await;
+    assert_eq!(
+        stats,
+        SnapshotStats {
+            new_objects: 1,
+            new_versions: 3,
+            closed_versions: 2,
+            unchanged: 1,
+            deleted: 1,
+        }
+    );
+
+    // Older snapshots still show the old content; deleted files vanish later.
+    let expected_old = vec![
+        ("docs".to_string(), String::new()),
+        ("docs/a.txt".to_string(), "h-a".to_string()),
+        ("docs/b.txt".to_string(), "h-b1".to_string()),
+    ];
+    assert_eq!(
+        paths_and_hashes(&snapshot_files(&mut objects, &token, run1).await),
+        expected_old
+    );
+    assert_eq!(
+        paths_and_hashes(&snapshot_files(&mut objects, &token, run2).await),
+        expected_old
+    );
+    assert_eq!(
+        paths_and_hashes(&snapshot_files(&mut objects, &token, run3).await),
+        vec![
+            ("docs".to_string(), String::new()),
+            ("docs/b.txt".to_string(), "h-b2".to_string()),
+            ("docs/c.txt".to_string(), "h-c".to_string()),
+        ]
+    );
+
+    // Versions of b, newest first, with half-open run ranges.
+    let all = objects
+        .list_objects(authed(
+            &token,
+            pb::ListObjectsRequest {
+                path_prefix: "docs/".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list objects")
+        .into_inner()
+        .objects;
+    let paths: Vec<_> = all.iter().map(|o| o.path.as_str()).collect();
+    assert_eq!(paths, ["docs/a.txt", "docs/b.txt", "docs/c.txt"]);
+    let b = &all[1];
+    let versions = objects
+        .list_object_versions(authed(
+            &token,
+            pb::ListObjectVersionsRequest {
+                object_id: b.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("versions")
+        .into_inner()
+        .versions;
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0].content_hash, "h-b2");
+    assert_eq!(versions[0].first_run_id, run3.to_string());
+    assert_eq!(versions[0].last_run_id, "");
+    assert_eq!(versions[1].content_hash, "h-b1");
+    assert_eq!(versions[1].first_run_id, run1.to_string());
+    assert_eq!(versions[1].last_run_id, run3.to_string());
+
+    let fetched = objects
+        .get_object(authed(&token, pb::GetObjectRequest { id: b.id.clone() }))
+        .await
+        .expect("get object")
+        .into_inner()
+        .object
+        .expect("object");
+    let current = fetched.latest_version.expect("latest version");
+    assert_eq!(current.content_hash, "h-b2");
+    assert_eq!(current.size_bytes, 21);
+    assert_eq!(current.kind, pb::FileKind::Regular as i32);
+
+    // Latest versions leave the deleted a.txt out unless asked.
+    let live = latest(
+        &mut objects,
+        &token,
+        pb::ListLatestVersionsRequest::default(),
+    )
+    .await;
+    let live_paths: Vec<_> = live.iter().map(|o| o.path.as_str()).collect();
+    assert_eq!(live_paths, ["docs", "docs/b.txt", "docs/c.txt"]);
+    let everything = latest(
+        &mut objects,
+        &token,
+        pb::ListLatestVersionsRequest {
+            include_deleted: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = everything
+        .iter()
+        .find(|o| o.path == "docs/a.txt")
+        .expect("deleted a.txt listed");
+    assert!(a.latest_version.as_ref().expect("version").deleted);
+
+    // A path that comes back gets a new version again.
+    let (_, stats) = snapshot(
+        &server,
+        &alice,
+        vec![
+            directory("docs"),
+            file("docs/a.txt", "h-a", 10),
+            file("docs/b.txt", "h-b2", 21),
+            file("docs/c.txt", "h-c", 5),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (stats.new_versions, stats.closed_versions, stats.unchanged),
+        (1, 1, 3)
+    );
+}
+
+async fn objects_page_by_path_and_escape_bytes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, token) = server.create_user("alice").await;
+    let mut entries: Vec<_> = (0..7)
+        .map(|n| file(&format!("f{}", 6 - n), &format!("h{n}"), 1))
+        .collect();
+    entries.push(SnapshotEntry {
+        path: b"raw\xffname".to_vec(),
+        ..file("", "h-raw", 1)
+    });
+    snapshot(&server, &alice, entries).await;
+    let mut objects = ObjectServiceClient::new(server.channel().await);
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = objects
+            .list_objects(authed(
+                &token,
+                pb::ListObjectsRequest {
+                    page_size: 3,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.objects.len() <= 3);
+        seen.extend(page.objects.into_iter().map(|o| o.path));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        seen,
+        ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "raw\\xffname"]
+    );
+}
+
+async fn duplicates_are_grouped_by_hash(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, token) = server.create_user("alice").await;
+    snapshot(
+        &server,
+        &alice,
+        vec![
+            file("x1", "small", 100),
+            file("x2", "small", 100),
+            file("x3", "small", 100),
+            file("y1", "big", 1000),
+            file("y2", "big", 1000),
+            file("unique", "one", 5000),
+            directory("d1"),
+            directory("d2"),
+        ],
+    )
+    .await;
+    let mut objects = ObjectServiceClient::new(server.channel().await);
+    let first = objects
+        .list_duplicates(authed(
+            &token,
+            pb::ListDuplicatesRequest {
+                page_size: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("duplicates")
+        .into_inner();
+    assert_eq!(first.groups.len(), 1);
+    let big = &first.groups[0];
+    assert_eq!(big.content_hash, "big");
+    assert_eq!(big.saved_bytes, 1000);
+    let big_paths: Vec<_> = big.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(big_paths, ["y1", "y2"]);
+    assert_eq!(first.next_page_token, "1");
+
+    let second = objects
+        .list_duplicates(authed(
+            &token,
+            pb::ListDuplicatesRequest {
+                page_size: 1,
+                page_token: first.next_page_token,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("second page")
+        .into_inner();
+    assert_eq!(second.groups.len(), 1);
+    assert_eq!(second.groups[0].content_hash, "small");
+    assert_eq!(second.groups[0].saved_bytes, 200);
+    assert_eq!(second.groups[0].files.len(), 3);
+    assert!(second.next_page_token.is_empty());
+
+    let filtered = objects
+        .list_duplicates(authed(
+            &token,
+            pb::ListDuplicatesRequest {
+                min_size_bytes: 500,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("min size")
+        .into_inner();
+    assert_eq!(filtered.groups.len(), 1);
+
+    let status = objects
+        .list_duplicates(authed(
+            &token,
+            pb::ListDuplicatesRequest {
+                page_token: "not-a-number".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("bad token");
+    assert_eq!(violated_fields(&status), vec!["page_token".to_string()]);
+}
+
+async fn objects_are_owner_scoped(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, alice_token) = server.create_user("alice").await;
+    let (_, bob_token) = server.create_user("bob").await;
+    let (run_id, _) = snapshot(&server, &alice, vec![file("secret.txt", "s", 1)]).await;
+    let mut objects = ObjectServiceClient::new(server.channel().await);
+    let mine = objects
+        .list_objects(authed(&alice_token, pb::ListObjectsRequest::default()))
+        .await
+        .expect("alice lists")
+        .into_inner()
+        .objects;
+    assert_eq!(mine.len(), 1);
+    let id = mine[0].id.clone();
+
+    let bobs = objects
+        .list_objects(authed(&bob_token, pb::ListObjectsRequest::default()))
+        .await
+        .expect("bob lists")
+        .into_inner()
+        .objects;
+    assert!(bobs.is_empty());
+    assert!(latest(&mut objects, &bob_token, Default::default())
+        .await
+        .is_empty());
+    let statuses = [
+        objects
+            .get_object(authed(&bob_token, pb::GetObjectRequest { id: id.clone() }))
+            .await
+            .expect_err("foreign object"),
+        objects
+            .list_object_versions(authed(
+                &bob_token,
+                pb::ListObjectVersionsRequest {
+                    object_id: id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("foreign versions"),
+        objects
+            .list_snapshot_files(authed(
+                &bob_token,
+                pb::ListSnapshotFilesRequest {
+                    run_id: run_id.to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("foreign snapshot"),
+    ];
+    for status in statuses {
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    // The admin sees everything.
+    objects
+        .get_object(authed(&server.admin_token, pb::GetObjectRequest { id }))
+        .await
+        .expect("admin reads");
+
+    let status = objects
+        .rebuild_catalog(authed(
+            &server.admin_token,
+            pb::RebuildCatalogRequest::default(),
+        ))
+        .await
+        .expect_err("rebuild");
+    assert_eq!(status.code(), Code::Unimplemented);
+}
+
+async fn latest_versions_filter_by_tag(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, token) = server.create_user("alice").await;
+    snapshot(
+        &server,
+        &alice,
+        vec![file("keep.txt", "k", 1), file("other.txt", "o", 1)],
+    )
+    .await;
+    let mut objects = ObjectServiceClient::new(server.channel().await);
+    let all = latest(&mut objects, &token, Default::default()).await;
+    let keep = all.iter().find(|o| o.path == "keep.txt").expect("keep");
+    let other = all.iter().find(|o| o.path == "other.txt").expect("other");
+    let version_id = other.latest_version.as_ref().expect("version").id.clone();
+
+    let mut tags = pb::tag_service_client::TagServiceClient::new(server.channel().await);
+    for (kind, id, value) in [
+        (pb::ResourceKind::Object, keep.id.clone(), "forever"),
+        (pb::ResourceKind::ObjectVersion, version_id, "month"),
+    ] {
+        tags.create_tag(authed(
+            &token,
+            pb::CreateTagRequest {
+                tag: Some(pb::Tag {
+                    resource: Some(pb::ResourceRef {
+                        kind: kind as i32,
+                        id,
+                    }),
+                    key: "retain".into(),
+                    value: value.into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("tag");
+    }
+    let tagged = latest(
+        &mut objects,
+        &token,
+        pb::ListLatestVersionsRequest {
+            tag_key: "retain".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(tagged.len(), 2);
+    let forever = latest(
+        &mut objects,
+        &token,
+        pb::ListLatestVersionsRequest {
+            tag_key: "retain".into(),
+            tag_value: "forever".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let paths: Vec<_> = forever.iter().map(|o| o.path.as_str()).collect();
+    assert_eq!(paths, ["keep.txt"]);
+    let month = latest(
+        &mut objects,
+        &token,
+        pb::ListLatestVersionsRequest {
+            tag_key: "retain".into(),
+            tag_value: "month".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let paths: Vec<_> = month.iter().map(|o| o.path.as_str()).collect();
+    assert_eq!(paths, ["other.txt"]);
+
+    let status = objects
+        .list_latest_versions(authed(
+            &token,
+            pb::ListLatestVersionsRequest {
+                tag_value: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("value without key");
+    assert_eq!(violated_fields(&status), vec!["tag_value".to_string()]);
+}
+
+both_backends!(
+    snapshots_record_only_changes,
+    objects_page_by_path_and_escape_bytes,
+    duplicates_are_grouped_by_hash,
+    objects_are_owner_scoped,
+    latest_versions_filter_by_tag,
+);

@@ -1,0 +1,459 @@
+//! TagService over real gRPC on both catalog backends.
+
+mod support;
+
+use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntry};
+use coffer_proto::v1 as pb;
+use coffer_proto::v1::tag_service_client::TagServiceClient;
+use prost_types::FieldMask;
+use support::{authed, violated_fields, Backend, TestServer};
+use tonic::transport::Channel;
+use tonic::Code;
+use uuid::Uuid;
+
+fn run_ref(id: Uuid) -> Option<pb::ResourceRef> {
+    Some(pb::ResourceRef {
+        kind: pb::ResourceKind::Run as i32,
+        id: id.to_string(),
+    })
+}
+
+fn tag(resource: Option<pb::ResourceRef>, key: &str, value: &str) -> pb::CreateTagRequest {
+    pb::CreateTagRequest {
+        tag: Some(pb::Tag {
+            resource,
+            key: key.to_string(),
+            value: value.to_string(),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn user_run(server: &TestServer, user: &pb::User) -> Uuid {
+    let owner = Uuid::parse_str(&user.id).expect("user id");
+    server
+        .state
+        .catalog
+        .insert_test_run(owner, None, None)
+        .await
+        .expect("insert run")
+}
+
+/// One object in a fresh repository of `user`, committed by a new run.
+async fn user_object(server: &TestServer, user: &pb::User) -> (Uuid, Uuid) {
+    let run_id = user_run(server, user).await;
+    let owner = Uuid::parse_str(&user.id).expect("user id");
+    server
+        .state
+        .catalog
+        .apply_snapshot(&SnapshotCommit {
+            run_id,
+            owner_id: owner,
+            bucket_id: None,
+            repository: format!("/backups/{}", user.username),
+            job_id: None,
+            entries: vec![SnapshotEntry {
+                path: b"file.txt".to_vec(),
+                kind: FileKind::Regular,
+                size_bytes: 1,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: None,
+                content_hash: "aa".into(),
+                symlink_target: None,
+                storage_key: String::new(),
+            }],
+        })
+        .await
+        .expect("snapshot");
+    let mut objects = pb::object_service_client::ObjectServiceClient::new(server.channel().await);
+    let object = objects
+        .list_objects(authed(
+            &server.admin_token,
+            pb::ListObjectsRequest::default(),
+        ))
+        .await
+        .expect("list objects")
+        .into_inner()
+        .objects
+        .into_iter()
+        .find(|o| o.owner_id == user.id)
+        .expect("object");
+    (Uuid::parse_str(&object.id).expect("object id"), run_id)
+}
+
+async fn list(
+    tags: &mut TagServiceClient<Channel>,
+    token: &str,
+    request: pb::ListTagsRequest,
+) -> Vec<pb::Tag> {
+    tags.list_tags(authed(token, request))
+        .await
+        .expect("list tags")
+        .into_inner()
+        .tags
+}
+
+async fn tag_lifecycle_on_a_run(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, token) = server.create_user("alice").await;
+    let run_id = user_run(&server, &alice).await;
+    let mut tags = TagServiceClient::new(server.channel().await);
+
+    let created = tags
+        .create_tag(authed(&token, tag(run_ref(run_id), "env", "prod")))
+        .await
+        .expect("create")
+        .into_inner()
+        .tag
+        .expect("tag");
+    assert_eq!(created.owner_id, alice.id);
+    assert_eq!(created.key, "env");
+    assert_eq!(created.resource, run_ref(run_id));
+
+    let status = tags
+        .create_tag(authed(&token, tag(run_ref(run_id), "env", "dev")))
+        .await
+        .expect_err("same key twice");
+    assert_eq!(status.code(), Code::AlreadyExists);
+
+    let fetched = tags
+        .get_tag(authed(
+            &token,
+            pb::GetTagRequest {
+                id: created.id.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+        .tag
+        .expect("tag");
+    assert_eq!(fetched, created);
+
+    let updated = tags
+        .update_tag(authed(
+            &token,
+            pb::UpdateTagRequest {
+                tag: Some(pb::Tag {
+                    id: created.id.clone(),
+                    value: "staging".into(),
+                    key: "ignored".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["value".into()],
+                }),
+            },
+        ))
+        .await
+        .expect("update")
+        .into_inner()
+        .tag
+        .expect("tag");
+    assert_eq!(updated.value, "staging");
+    assert_eq!(updated.key, "env");
+
+    let status = tags
+        .update_tag(authed(
+            &token,
+            pb::UpdateTagRequest {
+                tag: Some(pb::Tag {
+                    id: created.id.clone(),
+                    key: "other".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["key".into()],
+                }),
+            },
+        ))
+        .await
+        .expect_err("key is immutable");
+    assert_eq!(violated_fields(&status), vec!["update_mask".to_string()]);
+
+    let listed = list(
+        &mut tags,
+        &token,
+        pb::ListTagsRequest {
+            resource: run_ref(run_id),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(listed, vec![updated]);
+
+    tags.delete_tag(authed(
+        &token,
+        pb::DeleteTagRequest {
+            id: created.id.clone(),
+        },
+    ))
+    .await
+    .expect("delete");
+    let status = tags
+        .get_tag(authed(&token, pb::GetTagRequest { id: created.id }))
+        .await
+        .expect_err("deleted");
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+async fn tag_validation_reports_field_paths(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, token) = server.create_user("alice").await;
+    let run_id = user_run(&server, &alice).await;
+    let mut tags = TagServiceClient::new(server.channel().await);
+
+    let status = tags
+        .create_tag(authed(
+            &token,
+            tag(
+                Some(pb::ResourceRef {
+                    kind: pb::ResourceKind::Unspecified as i32,
+                    id: run_id.to_string(),
+                }),
+                "1bad key",
+                &"v".repeat(257),
+            ),
+        ))
+        .await
+        .expect_err("invalid");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields = violated_fields(&status);
+    for field in ["tag.resource.kind", "tag.key", "tag.value"] {
+        assert!(fields.contains(&field.to_string()), "{field} in {fields:?}");
+    }
+
+    let status = tags
+        .create_tag(authed(
+            &token,
+            tag(
+                Some(pb::ResourceRef {
+                    kind: pb::ResourceKind::Run as i32,
+                    id: "not-a-uuid".into(),
+                }),
+                "ok",
+                "",
+            ),
+        ))
+        .await
+        .expect_err("bad id");
+    assert_eq!(
+        violated_fields(&status),
+        vec!["tag.resource.id".to_string()]
+    );
+
+    let status = tags
+        .create_tag(authed(&token, tag(None, "ok", "")))
+        .await
+        .expect_err("no resource");
+    assert_eq!(violated_fields(&status), vec!["tag.resource".to_string()]);
+
+    // Keys may use the whole documented alphabet.
+    tags.create_tag(authed(
+        &token,
+        tag(run_ref(run_id), "Team/app:tier-1_x.y", ""),
+    ))
+    .await
+    .expect("valid key");
+
+    let status = tags
+        .list_tags(authed(
+            &token,
+            pb::ListTagsRequest {
+                value: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("value without key");
+    assert_eq!(violated_fields(&status), vec!["value".to_string()]);
+
+    let status = tags
+        .update_tag(authed(
+            &token,
+            pb::UpdateTagRequest {
+                tag: Some(pb::Tag {
+                    id: Uuid::now_v7().to_string(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            },
+        ))
+        .await
+        .expect_err("no mask");
+    assert_eq!(violated_fields(&status), vec!["update_mask".to_string()]);
+}
+
+async fn tag_limit_is_64_per_resource(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, token) = server.create_user("alice").await;
+    let run_id = user_run(&server, &alice).await;
+    let other_run = user_run(&server, &alice).await;
+    let mut tags = TagServiceClient::new(server.channel().await);
+    for n in 0..64 {
+        tags.create_tag(authed(&token, tag(run_ref(run_id), &format!("k{n}"), "")))
+            .await
+            .expect("within limit");
+    }
+    let status = tags
+        .create_tag(authed(&token, tag(run_ref(run_id), "k64", "")))
+        .await
+        .expect_err("65th tag");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    // The limit is per resource.
+    tags.create_tag(authed(&token, tag(run_ref(other_run), "k64", "")))
+        .await
+        .expect("other resource");
+
+    // Pages of the full list cover every tag once.
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = tags
+            .list_tags(authed(
+                &token,
+                pb::ListTagsRequest {
+                    page_size: 20,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("page")
+            .into_inner();
+        seen.extend(page.tags.into_iter().map(|t| t.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let unique: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(seen.len(), 65);
+    assert_eq!(unique.len(), 65);
+}
+
+async fn tags_are_owner_scoped_and_filtered(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, alice_token) = server.create_user("alice").await;
+    let (bob, bob_token) = server.create_user("bob").await;
+    let (object_id, run_id) = user_object(&server, &alice).await;
+    let bob_run = user_run(&server, &bob).await;
+    let mut tags = TagServiceClient::new(server.channel().await);
+
+    // Bob can neither tag Alice's run nor a resource that does not exist.
+    let status = tags
+        .create_tag(authed(&bob_token, tag(run_ref(run_id), "env", "x")))
+        .await
+        .expect_err("foreign run");
+    assert_eq!(status.code(), Code::NotFound);
+    let status = tags
+        .create_tag(authed(&bob_token, tag(run_ref(Uuid::now_v7()), "env", "x")))
+        .await
+        .expect_err("missing run");
+    assert_eq!(status.code(), Code::NotFound);
+
+    let object_ref = Some(pb::ResourceRef {
+        kind: pb::ResourceKind::Object as i32,
+        id: object_id.to_string(),
+    });
+    let on_object = tags
+        .create_tag(authed(&alice_token, tag(object_ref.clone(), "env", "prod")))
+        .await
+        .expect("object tag")
+        .into_inner()
+        .tag
+        .expect("tag");
+    let on_run = tags
+        .create_tag(authed(&alice_token, tag(run_ref(run_id), "env", "dev")))
+        .await
+        .expect("run tag")
+        .into_inner()
+        .tag
+        .expect("tag");
+    // An admin tags Bob's run: the tag belongs to Bob, the resource's owner.
+    let on_bob_run = tags
+        .create_tag(authed(
+            &server.admin_token,
+            tag(run_ref(bob_run), "env", "prod"),
+        ))
+        .await
+        .expect("admin tags bob's run")
+        .into_inner()
+        .tag
+        .expect("tag");
+    assert_eq!(on_bob_run.owner_id, bob.id);
+
+    let by_kind = list(
+        &mut tags,
+        &alice_token,
+        pb::ListTagsRequest {
+            resource: Some(pb::ResourceRef {
+                kind: pb::ResourceKind::Object as i32,
+                id: String::new(),
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(by_kind, vec![on_object.clone()]);
+
+    let prod = list(
+        &mut tags,
+        &alice_token,
+        pb::ListTagsRequest {
+            key: "env".into(),
+            value: "prod".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        prod,
+        vec![on_object.clone()],
+        "alice sees only her own tags"
+    );
+
+    let all_env = list(
+        &mut tags,
+        &server.admin_token,
+        pb::ListTagsRequest {
+            key: "env".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(all_env.len(), 3, "admin sees every tag");
+
+    let bobs = list(&mut tags, &bob_token, pb::ListTagsRequest::default()).await;
+    assert_eq!(bobs, vec![on_bob_run]);
+
+    for status in [
+        tags.get_tag(authed(
+            &bob_token,
+            pb::GetTagRequest {
+                id: on_run.id.clone(),
+            },
+        ))
+        .await
+        .expect_err("foreign get"),
+        tags.delete_tag(authed(
+            &bob_token,
+            pb::DeleteTagRequest {
+                id: on_run.id.clone(),
+            },
+        ))
+        .await
+        .expect_err("foreign delete"),
+    ] {
+        assert_eq!(status.code(), Code::NotFound);
+    }
+}
+
+both_backends!(
+    tag_lifecycle_on_a_run,
+    tag_validation_reports_field_paths,
+    tag_limit_is_64_per_resource,
+    tags_are_owner_scoped_and_filtered,
+);

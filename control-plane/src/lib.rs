@@ -7,6 +7,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod leasing;
 pub mod model;
 pub mod server;
 pub mod startup;

@@ -42,6 +42,11 @@ pub async fn serve(
         health_reporter,
         background.clone(),
     ));
+    tokio::spawn(crate::leasing::run_reaper(
+        state.clone(),
+        state.lease_settings,
+        background.clone(),
+    ));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use prost_types::{FieldMask, Timestamp};
 
 use crate::auth::Authenticator;
+use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult};
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Wakes `WatchRun` streams and the lease dispatcher when runs change.
     pub run_events: Arc<tokio::sync::broadcast::Sender<uuid::Uuid>>,
+    /// Lease timing for worker sessions and the reaper.
+    pub lease_settings: LeaseSettings,
 }
 
 impl AppState {
@@ -41,7 +44,14 @@ impl AppState {
             catalog,
             auth,
             run_events: Arc::new(sender),
+            lease_settings: LeaseSettings::default(),
         }
+    }
+
+    /// The same state with other lease timing.
+    pub fn with_lease_settings(mut self, settings: LeaseSettings) -> Self {
+        self.lease_settings = settings;
+        self
     }
 
     /// Announces that a run changed (ignored when nobody listens).

@@ -92,6 +92,21 @@ impl From<RunProgress> for pb::RunProgress {
     }
 }
 
+impl From<pb::RunProgress> for RunProgress {
+    fn from(p: pb::RunProgress) -> Self {
+        RunProgress {
+            files_seen: p.files_seen,
+            files_done: p.files_done,
+            bytes_seen: p.bytes_seen,
+            bytes_done: p.bytes_done,
+            bytes_uploaded: p.bytes_uploaded,
+            error_count: p.error_count,
+            bytes_per_second: p.bytes_per_second,
+            current_path: p.current_path,
+        }
+    }
+}
+
 fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
     match spec {
         RunSpec::Backup(backup) => pb::run::Spec::Backup(pb::BackupSpec {

@@ -1,17 +1,22 @@
-//! WorkerService.
+//! WorkerService: the lease session and the list of workers.
+
+use std::pin::Pin;
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::worker_service_server::WorkerService;
 use futures::Stream;
-use std::pin::Pin;
-use tonic::Request;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Streaming};
 
-use super::{unimplemented, AppState, RpcResult};
+use super::{respond, timestamp, AppState, RpcResult};
+use crate::catalog::from_json;
+use crate::error::DomainResult;
+use crate::leasing::session;
 
 /// Handler of `coffer.v1.WorkerService`.
 #[derive(Clone, Debug)]
 pub struct WorkerApi {
-    #[allow(dead_code)]
     state: AppState,
 }
 
@@ -19,6 +24,44 @@ impl WorkerApi {
     /// A handler over shared state.
     pub fn new(state: AppState) -> Self {
         WorkerApi { state }
+    }
+
+    async fn list(&self, request: pb::ListWorkersRequest) -> DomainResult<pb::ListWorkersResponse> {
+        let now = self.state.catalog.now().await?;
+        let ttl = chrono::Duration::from_std(self.state.lease_settings.ttl)
+            .unwrap_or(chrono::Duration::MAX);
+        let since = if request.include_offline {
+            None
+        } else {
+            Some(now - ttl)
+        };
+        let rows = self.state.catalog.list_workers(since).await?;
+        let mut workers = Vec::with_capacity(rows.len());
+        for row in rows {
+            let leases = self
+                .state
+                .catalog
+                .leases_of_worker(row.id)
+                .await?
+                .into_iter()
+                .map(|(run_id, lease_token)| pb::LeaseRef {
+                    run_id: run_id.to_string(),
+                    lease_token,
+                })
+                .collect();
+            workers.push(pb::Worker {
+                id: row.id.to_string(),
+                name: row.name,
+                labels: from_json(&row.labels, "workers.labels")?,
+                slots: row.slots,
+                connected: row.connected,
+                last_seen_time: Some(timestamp(row.last_seen_time)),
+                leases,
+                version: row.version,
+                source_roots: from_json(&row.source_roots, "workers.source_roots")?,
+            });
+        }
+        Ok(pb::ListWorkersResponse { workers })
     }
 }
 
@@ -29,15 +72,27 @@ impl WorkerService for WorkerApi {
 
     async fn lease_session(
         &self,
-        _request: Request<tonic::Streaming<pb::LeaseSessionRequest>>,
+        request: Request<Streaming<pb::LeaseSessionRequest>>,
     ) -> RpcResult<Self::LeaseSessionStream> {
-        unimplemented("WorkerService.LeaseSession")
+        self.state.auth.worker(request.metadata()).await?;
+        let (sender, receiver) = mpsc::channel(64);
+        tokio::spawn(session::serve(
+            self.state.clone(),
+            self.state.lease_settings,
+            request.into_inner(),
+            sender,
+        ));
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(
+            receiver,
+        ))))
     }
 
     async fn list_workers(
         &self,
-        _request: Request<pb::ListWorkersRequest>,
+        request: Request<pb::ListWorkersRequest>,
     ) -> RpcResult<pb::ListWorkersResponse> {
-        unimplemented("WorkerService.ListWorkers")
+        let caller = self.state.auth.caller(request.metadata()).await?;
+        caller.require_admin("listing workers")?;
+        respond(self.list(request.into_inner()).await)
     }
 }

@@ -18,8 +18,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use coffer_proto::v1 as pb;
+use prost::Message;
+
+use super::objects::{apply_snapshot_in_tx, normalized_entries};
 use super::{new_id, on_pool, to_json, Backend, Catalog};
 use crate::error::{from_sqlx, DomainError, DomainResult};
+use crate::model::object::{FileKind, SnapshotCommit, SnapshotEntry};
+use crate::model::run::{Run, RunSpec, Target};
 
 /// Timing rules of leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -462,8 +468,13 @@ impl Catalog {
         outcome: &AttemptOutcome,
         progress_json: &str,
         settings: &LeaseSettings,
+        snapshot: Option<&SnapshotCommit>,
     ) -> DomainResult<CompletionResult> {
         let now = self.now().await?;
+        let entries = match snapshot {
+            Some(snapshot) => normalized_entries(snapshot)?,
+            None => Vec::new(),
+        };
         let select = format!(
             "SELECT state, lease_token, completed_lease_token, attempt, max_attempts, cancel_requested, owner_id, job_id, start_time \
              FROM runs WHERE id = $1{}",
@@ -497,6 +508,9 @@ impl Catalog {
             }
             let new_state = match outcome {
                 AttemptOutcome::Success { size_bytes, details, manifest_key } => {
+                    if let Some(snapshot) = snapshot {
+                        apply_snapshot_in_tx!(tx, snapshot, entries, now)?;
+                    }
                     let duration = start_time.map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0);
                     sqlx::query(
                         "UPDATE runs SET state = 'succeeded', finish_time = $2, progress = $3, error = '', manifest_key = $4, \
@@ -540,4 +554,116 @@ impl Catalog {
             Ok(CompletionResult::Accepted { state: new_state.to_string() })
         })
     }
+}
+
+impl Catalog {
+    /// Ends an attempt as the worker reported it. A successful backup's staged
+    /// file batches become the snapshot's objects and versions in the same
+    /// transaction as the run's final state and metadata, so a failed,
+    /// cancelled or fenced-off attempt leaves no half-visible versions. A
+    /// success whose batches did not all arrive is recorded as a retryable failure.
+    pub async fn commit_attempt(
+        &self,
+        run_id: Uuid,
+        lease_token: i64,
+        outcome: &AttemptOutcome,
+        progress_json: &str,
+        batch_count: i64,
+        settings: &LeaseSettings,
+    ) -> DomainResult<CompletionResult> {
+        let AttemptOutcome::Success { .. } = outcome else {
+            return self
+                .complete_attempt(run_id, lease_token, outcome, progress_json, settings, None)
+                .await;
+        };
+        let batches = self.staged_batches(run_id, lease_token).await?;
+        let received = i64::try_from(batches.len()).unwrap_or(i64::MAX);
+        if received != batch_count {
+            let failure = AttemptOutcome::Failure {
+                error: format!(
+                    "the control plane received {received} of {batch_count} file batches"
+                ),
+                retryable: true,
+            };
+            return self
+                .complete_attempt(run_id, lease_token, &failure, progress_json, settings, None)
+                .await;
+        }
+        let run = self.get_run(run_id).await?;
+        let snapshot = snapshot_from_batches(&run, &batches)?;
+        self.complete_attempt(
+            run_id,
+            lease_token,
+            outcome,
+            progress_json,
+            settings,
+            Some(&snapshot),
+        )
+        .await
+    }
+}
+
+/// The repository a backup writes to, as objects are keyed: one per bucket
+/// and prefix, or per filesystem path.
+pub fn repository_of(target: &Target) -> String {
+    match target {
+        Target::Bucket { bucket_id, prefix } => {
+            format!("bucket:{bucket_id}/{}", prefix.trim_matches('/'))
+        }
+        Target::Filesystem { path } => format!("filesystem:{path}"),
+        Target::Nfs { path } => format!("nfs:{path}"),
+    }
+}
+
+fn snapshot_from_batches(run: &Run, batches: &[(i64, Vec<u8>)]) -> DomainResult<SnapshotCommit> {
+    let RunSpec::Backup(backup) = &run.spec;
+    let mut entries = Vec::new();
+    for (sequence, payload) in batches {
+        let batch = pb::FileBatch::decode(payload.as_slice()).map_err(|e| {
+            DomainError::Internal(format!(
+                "staged batch {sequence} of run {} is corrupt: {e}",
+                run.id
+            ))
+        })?;
+        for file in batch.files {
+            entries.push(entry_from_record(file)?);
+        }
+    }
+    Ok(SnapshotCommit {
+        run_id: run.id,
+        owner_id: run.owner_id,
+        bucket_id: backup.target.bucket_id(),
+        repository: repository_of(&backup.target),
+        job_id: run.job_id,
+        entries,
+    })
+}
+
+fn entry_from_record(file: pb::FileRecord) -> DomainResult<SnapshotEntry> {
+    let kind = match file.kind.as_str() {
+        "regular" => FileKind::Regular,
+        "directory" => FileKind::Directory,
+        "symlink" => FileKind::Symlink,
+        other => {
+            return Err(DomainError::invalid(
+                "file_batch.files.kind",
+                format!("unknown kind {other:?}"),
+            ))
+        }
+    };
+    let mtime = file
+        .mtime
+        .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)));
+    Ok(SnapshotEntry {
+        path: file.path,
+        kind,
+        size_bytes: file.size_bytes,
+        mode: file.mode,
+        uid: file.uid,
+        gid: file.gid,
+        mtime,
+        content_hash: file.content_hash,
+        symlink_target: (kind == FileKind::Symlink).then_some(file.symlink_target),
+        storage_key: file.storage_key,
+    })
 }

@@ -23,7 +23,7 @@ use crate::model::object::{
 };
 
 /// Rows per multi-row statement of [`Catalog::apply_snapshot`].
-const BATCH_ROWS: usize = 500;
+pub(crate) const BATCH_ROWS: usize = 500;
 
 const OBJECT_COLUMNS: &str =
     "o.id, o.owner_id, o.bucket_id, o.job_id, o.repository, o.path, o.path_text, o.create_time";
@@ -57,7 +57,7 @@ fn object_conditions() -> String {
 }
 
 /// `($first, $first+1, …), (…)`: placeholders for a multi-row VALUES list.
-fn values_placeholders(rows: usize, columns: usize, first: usize) -> String {
+pub(crate) fn values_placeholders(rows: usize, columns: usize, first: usize) -> String {
     (0..rows)
         .map(|row| {
             let params = (0..columns)
@@ -71,7 +71,7 @@ fn values_placeholders(rows: usize, columns: usize, first: usize) -> String {
 }
 
 /// `$first, $first+1, …`: placeholders for an IN list.
-fn list_placeholders(count: usize, first: usize) -> String {
+pub(crate) fn list_placeholders(count: usize, first: usize) -> String {
     (first..first + count)
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()
@@ -107,7 +107,7 @@ impl From<ObjectRow> for BackupObject {
 }
 
 #[derive(sqlx::FromRow)]
-struct VersionRow {
+pub(crate) struct VersionRow {
     id: Uuid,
     object_id: Uuid,
     kind: String,
@@ -154,7 +154,7 @@ impl TryFrom<VersionRow> for ObjectVersion {
     }
 }
 
-fn versions_from_rows(rows: Vec<VersionRow>) -> DomainResult<Vec<ObjectVersion>> {
+pub(crate) fn versions_from_rows(rows: Vec<VersionRow>) -> DomainResult<Vec<ObjectVersion>> {
     rows.into_iter().map(ObjectVersion::try_from).collect()
 }
 
@@ -189,32 +189,32 @@ struct DuplicateFileRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct ExistingObjectRow {
-    id: Uuid,
-    path: Vec<u8>,
+pub(crate) struct ExistingObjectRow {
+    pub(crate) id: Uuid,
+    pub(crate) path: Vec<u8>,
 }
 
 /// An object row to insert.
-struct NewObjectRow {
-    id: Uuid,
-    path: Vec<u8>,
-    path_text: String,
+pub(crate) struct NewObjectRow {
+    pub(crate) id: Uuid,
+    pub(crate) path: Vec<u8>,
+    pub(crate) path_text: String,
 }
 
 /// A version row to insert; the run and time are the commit's.
-struct NewVersionRow {
-    id: Uuid,
-    object_id: Uuid,
-    kind: FileKind,
-    size_bytes: i64,
-    mode: i64,
-    uid: i64,
-    gid: i64,
-    mtime: Option<DateTime<Utc>>,
-    content_hash: String,
-    symlink_target: Option<Vec<u8>>,
-    storage_key: String,
-    deleted: bool,
+pub(crate) struct NewVersionRow {
+    pub(crate) id: Uuid,
+    pub(crate) object_id: Uuid,
+    pub(crate) kind: FileKind,
+    pub(crate) size_bytes: i64,
+    pub(crate) mode: i64,
+    pub(crate) uid: i64,
+    pub(crate) gid: i64,
+    pub(crate) mtime: Option<DateTime<Utc>>,
+    pub(crate) content_hash: String,
+    pub(crate) symlink_target: Option<Vec<u8>>,
+    pub(crate) storage_key: String,
+    pub(crate) deleted: bool,
 }
 
 impl NewVersionRow {
@@ -255,12 +255,12 @@ impl NewVersionRow {
 
 /// The writes one snapshot needs.
 #[derive(Default)]
-struct SnapshotPlan {
-    objects: Vec<NewObjectRow>,
-    versions: Vec<NewVersionRow>,
+pub(crate) struct SnapshotPlan {
+    pub(crate) objects: Vec<NewObjectRow>,
+    pub(crate) versions: Vec<NewVersionRow>,
     /// Objects whose current version is closed at the new run.
-    close: Vec<Uuid>,
-    stats: SnapshotStats,
+    pub(crate) close: Vec<Uuid>,
+    pub(crate) stats: SnapshotStats,
 }
 
 /// Truncates a time to the microseconds both catalogs store, so that a
@@ -270,7 +270,7 @@ fn to_micros(time: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// Validates and normalizes the entries of a snapshot.
-fn normalized_entries(commit: &SnapshotCommit) -> DomainResult<Vec<SnapshotEntry>> {
+pub(crate) fn normalized_entries(commit: &SnapshotCommit) -> DomainResult<Vec<SnapshotEntry>> {
     let mut seen = HashSet::with_capacity(commit.entries.len());
     let mut entries = Vec::with_capacity(commit.entries.len());
     for entry in &commit.entries {
@@ -289,7 +289,7 @@ fn normalized_entries(commit: &SnapshotCommit) -> DomainResult<Vec<SnapshotEntry
 
 /// Compares a snapshot with the current versions of its repository and
 /// decides every write. Pure, so the rules are testable without a database.
-fn plan_snapshot(
+pub(crate) fn plan_snapshot(
     run_id: Uuid,
     entries: &[SnapshotEntry],
     existing: &HashMap<Vec<u8>, Uuid>,
@@ -343,92 +343,91 @@ fn plan_snapshot(
     Ok(plan)
 }
 
-impl Catalog {
-    /// Records a new snapshot of a repository in one transaction, writing only
-    /// what changed: an entry identical to its current version (kind, size,
-    /// mtime, content hash, mode, symlink target) writes nothing; a changed
-    /// entry closes its current version at `run_id` and gets a new version; a
-    /// new path gets an object and a version; a path missing from the snapshot
-    /// has its current version closed and a deletion marker added. Reads the
-    /// repository's state with two SELECTs and writes in multi-row statements
-    /// of up to 500 rows. Committing the same snapshot again writes nothing.
-    pub async fn apply_snapshot(&self, snapshot: &SnapshotCommit) -> DomainResult<SnapshotStats> {
-        let entries = normalized_entries(snapshot)?;
-        let run_id = snapshot.run_id;
-        let now = now_micros();
-        let existing_sql = "SELECT o.id, o.path FROM objects o \
-             WHERE o.repository = $1 AND ((o.job_id IS NULL AND $2 IS NULL) OR o.job_id = $2)";
-        let current_sql = format!(
-            "SELECT {VERSION_COLUMNS} FROM object_versions v JOIN objects o ON o.id = v.object_id \
-             WHERE o.repository = $1 AND ((o.job_id IS NULL AND $2 IS NULL) OR o.job_id = $2) \
-             AND v.last_run_id IS NULL ORDER BY v.id"
-        );
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            let existing: HashMap<Vec<u8>, Uuid> = sqlx::query_as::<_, ExistingObjectRow>(existing_sql)
-                .bind(&snapshot.repository)
-                .bind(snapshot.job_id)
-                .fetch_all(&mut *tx)
+/// Objects of a repository (and job), for [`apply_snapshot_in_tx`].
+pub(crate) const EXISTING_OBJECTS_SQL: &str = "SELECT o.id, o.path FROM objects o \
+     WHERE o.repository = $1 AND ((o.job_id IS NULL AND $2 IS NULL) OR o.job_id = $2)";
+
+/// Current versions of a repository (and job), for [`apply_snapshot_in_tx`].
+pub(crate) fn current_versions_sql() -> String {
+    format!(
+        "SELECT {VERSION_COLUMNS} FROM object_versions v JOIN objects o ON o.id = v.object_id \
+         WHERE o.repository = $1 AND ((o.job_id IS NULL AND $2 IS NULL) OR o.job_id = $2) \
+         AND v.last_run_id IS NULL ORDER BY v.id"
+    )
+}
+
+/// Applies a snapshot inside an open transaction `$tx` of either backend and
+/// evaluates to `DomainResult<SnapshotStats>`. A macro rather than a function
+/// because the transaction types of the two backends differ; it lets the
+/// fenced completion of a run (`Catalog::commit_attempt`) record the snapshot
+/// in the same transaction as the run's final state.
+macro_rules! apply_snapshot_in_tx {
+    ($tx:ident, $snapshot:expr, $entries:expr, $now:expr) => {{
+        async {
+            let existing: ::std::collections::HashMap<Vec<u8>, ::uuid::Uuid> = sqlx::query_as::<_, $crate::catalog::objects::ExistingObjectRow>($crate::catalog::objects::EXISTING_OBJECTS_SQL)
+                .bind(&$snapshot.repository)
+                .bind($snapshot.job_id)
+                .fetch_all(&mut *$tx)
                 .await
-                .map_err(|e| from_sqlx(e, "objects"))?
+                .map_err(|e| $crate::error::from_sqlx(e, "objects"))?
                 .into_iter()
                 .map(|row| (row.path, row.id))
                 .collect();
-            let current_rows = sqlx::query_as::<_, VersionRow>(&current_sql)
-                .bind(&snapshot.repository)
-                .bind(snapshot.job_id)
-                .fetch_all(&mut *tx)
+            let current_rows = sqlx::query_as::<_, $crate::catalog::objects::VersionRow>(&$crate::catalog::objects::current_versions_sql())
+                .bind(&$snapshot.repository)
+                .bind($snapshot.job_id)
+                .fetch_all(&mut *$tx)
                 .await
-                .map_err(|e| from_sqlx(e, "object versions"))?;
+                .map_err(|e| $crate::error::from_sqlx(e, "object versions"))?;
             // Ordered by id, so the newest current version of an object wins.
-            let current: HashMap<Uuid, ObjectVersion> = versions_from_rows(current_rows)?
+            let current: ::std::collections::HashMap<::uuid::Uuid, $crate::model::object::ObjectVersion> = $crate::catalog::objects::versions_from_rows(current_rows)?
                 .into_iter()
                 .map(|v| (v.object_id, v))
                 .collect();
-            let mut plan = plan_snapshot(run_id, &entries, &existing, &current)?;
+            let mut plan = $crate::catalog::objects::plan_snapshot($snapshot.run_id, &$entries, &existing, &current)?;
 
-            for chunk in plan.close.chunks(BATCH_ROWS) {
+            for chunk in plan.close.chunks($crate::catalog::objects::BATCH_ROWS) {
                 let sql = format!(
                     "UPDATE object_versions SET last_run_id = $1 \
                      WHERE last_run_id IS NULL AND object_id IN ({})",
-                    list_placeholders(chunk.len(), 2)
+                    $crate::catalog::objects::list_placeholders(chunk.len(), 2)
                 );
-                let mut query = sqlx::query(&sql).bind(run_id);
+                let mut query = sqlx::query(&sql).bind($snapshot.run_id);
                 for object_id in chunk {
                     query = query.bind(*object_id);
                 }
-                let closed = query.execute(&mut *tx).await.map(|r| r.rows_affected())
-                    .map_err(|e| from_sqlx(e, "object versions"))?;
+                let closed = query.execute(&mut *$tx).await.map(|r| r.rows_affected())
+                    .map_err(|e| $crate::error::from_sqlx(e, "object versions"))?;
                 plan.stats.closed_versions += closed;
             }
 
-            for chunk in plan.objects.chunks(BATCH_ROWS) {
+            for chunk in plan.objects.chunks($crate::catalog::objects::BATCH_ROWS) {
                 let sql = format!(
                     "INSERT INTO objects (id, owner_id, bucket_id, repository, job_id, path, path_text, create_time) \
                      VALUES {}",
-                    values_placeholders(chunk.len(), 8, 1)
+                    $crate::catalog::objects::values_placeholders(chunk.len(), 8, 1)
                 );
                 let mut query = sqlx::query(&sql);
                 for object in chunk {
                     query = query
                         .bind(object.id)
-                        .bind(snapshot.owner_id)
-                        .bind(snapshot.bucket_id)
-                        .bind(&snapshot.repository)
-                        .bind(snapshot.job_id)
+                        .bind($snapshot.owner_id)
+                        .bind($snapshot.bucket_id)
+                        .bind(&$snapshot.repository)
+                        .bind($snapshot.job_id)
                         .bind(&object.path)
                         .bind(&object.path_text)
-                        .bind(now);
+                        .bind($now);
                 }
-                query.execute(&mut *tx).await.map(|r| r.rows_affected())
-                    .map_err(|e| from_sqlx(e, "object"))?;
+                query.execute(&mut *$tx).await.map(|r| r.rows_affected())
+                    .map_err(|e| $crate::error::from_sqlx(e, "object"))?;
             }
 
-            for chunk in plan.versions.chunks(BATCH_ROWS) {
+            for chunk in plan.versions.chunks($crate::catalog::objects::BATCH_ROWS) {
                 let sql = format!(
                     "INSERT INTO object_versions (id, object_id, kind, size_bytes, mode, uid, gid, mtime, \
                      content_hash, symlink_target, storage_key, first_run_id, deleted, create_time) VALUES {}",
-                    values_placeholders(chunk.len(), 14, 1)
+                    $crate::catalog::objects::values_placeholders(chunk.len(), 14, 1)
                 );
                 let mut query = sqlx::query(&sql);
                 for version in chunk {
@@ -444,15 +443,37 @@ impl Catalog {
                         .bind(&version.content_hash)
                         .bind(&version.symlink_target)
                         .bind(&version.storage_key)
-                        .bind(run_id)
+                        .bind($snapshot.run_id)
                         .bind(version.deleted)
-                        .bind(now);
+                        .bind($now);
                 }
-                query.execute(&mut *tx).await.map(|r| r.rows_affected())
-                    .map_err(|e| from_sqlx(e, "object version"))?;
+                query.execute(&mut *$tx).await.map(|r| r.rows_affected())
+                    .map_err(|e| $crate::error::from_sqlx(e, "object version"))?;
             }
+            Ok::<_, $crate::error::DomainError>(plan.stats)
+        }
+        .await
+    }};
+}
+pub(crate) use apply_snapshot_in_tx;
+
+impl Catalog {
+    /// Records a new snapshot of a repository in one transaction, writing only
+    /// what changed: an entry identical to its current version (kind, size,
+    /// mtime, content hash, mode, symlink target) writes nothing; a changed
+    /// entry closes its current version at `run_id` and gets a new version; a
+    /// new path gets an object and a version; a path missing from the snapshot
+    /// has its current version closed and a deletion marker added. Reads the
+    /// repository's state with two SELECTs and writes in multi-row statements
+    /// of up to 500 rows. Committing the same snapshot again writes nothing.
+    pub async fn apply_snapshot(&self, snapshot: &SnapshotCommit) -> DomainResult<SnapshotStats> {
+        let entries = normalized_entries(snapshot)?;
+        let now = now_micros();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+            let stats = apply_snapshot_in_tx!(tx, snapshot, entries, now)?;
             tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            Ok(plan.stats)
+            Ok(stats)
         })
     }
 

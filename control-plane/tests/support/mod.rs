@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 
 use coffer_control_plane::api::AppState;
 use coffer_control_plane::auth::{ensure_bootstrap_token, mint_secret, AuthMode, Authenticator};
+use coffer_control_plane::catalog::leases::LeaseSettings;
 use coffer_control_plane::catalog::Catalog;
 use coffer_control_plane::model::user::TokenScope;
 use coffer_proto::v1 as pb;
@@ -118,8 +119,22 @@ impl TestServer {
         Self::start_on(catalog, guard).await
     }
 
+    /// Starts a control plane with the given lease timing.
+    pub async fn start_with_leases(backend: Backend, settings: LeaseSettings) -> TestServer {
+        let (catalog, guard) = fresh_catalog(backend).await;
+        Self::start_configured(catalog, guard, settings).await
+    }
+
     /// Starts a control plane over an existing catalog.
     pub async fn start_on(catalog: Catalog, guard: CatalogGuard) -> TestServer {
+        Self::start_configured(catalog, guard, LeaseSettings::default()).await
+    }
+
+    async fn start_configured(
+        catalog: Catalog,
+        guard: CatalogGuard,
+        settings: LeaseSettings,
+    ) -> TestServer {
         let admin_token = mint_secret().secret;
         let worker_token = mint_secret().secret;
         ensure_bootstrap_token(&catalog, &admin_token, TokenScope::User)
@@ -129,7 +144,7 @@ impl TestServer {
             .await
             .expect("worker token");
         let auth = Authenticator::new(catalog.clone(), AuthMode::Required);
-        let state = AppState::new(catalog, auth);
+        let state = AppState::new(catalog, auth).with_lease_settings(settings);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();

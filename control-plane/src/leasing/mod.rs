@@ -1,0 +1,174 @@
+//! Leasing runs to workers: the control-plane side of `WorkerService/LeaseSession`.
+//!
+//! Each worker session is one task (see `session.rs`) that owns the stream,
+//! grants leases from the catalog when the worker has credit, and fences
+//! every write the worker makes on its lease token. A background reaper
+//! (`run_reaper`) ends leases whose TTL or deadline passed, by the catalog's
+//! clock. Sessions learn about new runs and cancellations from
+//! `AppState::run_events`.
+
+pub mod session;
+
+use std::time::Duration;
+
+use coffer_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::catalog::leases::{Candidate, LeaseSettings};
+use crate::error::{DomainError, DomainResult};
+use crate::model::bucket::Location;
+use crate::model::run::{RunSpec, Target};
+
+/// Ends expired leases every third of a TTL until `cancel` fires.
+pub async fn run_reaper(state: AppState, settings: LeaseSettings, cancel: CancellationToken) {
+    let period = (settings.ttl / 3).max(Duration::from_millis(200));
+    loop {
+        match state.catalog.expire_leases(&settings).await {
+            Ok(changed) => {
+                for id in changed {
+                    tracing::info!(run = %id, "lease ended without completion; run requeued, failed or cancelled");
+                    state.notify_run(id);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "lease reaper could not scan the catalog"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// What a worker announced about itself, used to decide which runs it may take.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerProfile {
+    /// Labels matched against run selectors.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Source roots it may read (empty: any).
+    pub source_roots: Vec<String>,
+}
+
+impl WorkerProfile {
+    /// Whether this worker may run the candidate: every selector label
+    /// matches, and a backup's source lies under one of the worker's roots.
+    pub fn accepts(&self, candidate: &Candidate) -> bool {
+        let labels_match = candidate
+            .worker_selector
+            .iter()
+            .all(|(key, value)| self.labels.get(key) == Some(value));
+        if !labels_match {
+            return false;
+        }
+        if self.source_roots.is_empty() {
+            return true;
+        }
+        let Ok(RunSpec::Backup(backup)) = serde_json::from_str::<RunSpec>(&candidate.spec) else {
+            return true;
+        };
+        self.source_roots
+            .iter()
+            .any(|root| path_is_under(&backup.source_path, root))
+    }
+}
+
+/// Whether `path` is `root` or below it, comparing whole components.
+pub fn path_is_under(path: &str, root: &str) -> bool {
+    let root = root.trim_end_matches('/');
+    if root.is_empty() {
+        return true;
+    }
+    path == root
+        || path
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Looks up everything a worker needs to reach a run's target.
+pub async fn resolve_target(state: &AppState, spec: &RunSpec) -> DomainResult<pb::ResolvedTarget> {
+    let RunSpec::Backup(backup) = spec;
+    let target_proto = crate::api::jobs::target_to_proto(&backup.target);
+    let mut resolved = pb::ResolvedTarget {
+        target: Some(target_proto),
+        ..Default::default()
+    };
+    match &backup.target {
+        Target::Filesystem { path } => resolved.filesystem_path = path.clone(),
+        Target::Nfs { path } => {
+            let root = state
+                .catalog
+                .configuration_value("nfs_mount_path")
+                .await?
+                .ok_or_else(|| {
+                    DomainError::FailedPrecondition(
+                        "configuration nfs_mount_path is not set".to_string(),
+                    )
+                })?;
+            resolved.filesystem_path = join_path(&root, path);
+        }
+        Target::Bucket { bucket_id, prefix } => {
+            let bucket = state.catalog.get_bucket(*bucket_id, None).await?;
+            let repository_prefix = join_key(&bucket.spec.prefix, prefix);
+            let mut resolved_bucket = pb::ResolvedBucket {
+                id: bucket.id.to_string(),
+                prefix: repository_prefix.clone(),
+                ..Default::default()
+            };
+            match &bucket.spec.location {
+                Location::S3(s3) => {
+                    resolved_bucket.endpoint = s3.endpoint.clone();
+                    resolved_bucket.bucket = s3.bucket.clone();
+                    resolved_bucket.region = s3.region.clone();
+                    resolved_bucket.force_path_style = s3.force_path_style;
+                    resolved_bucket.credentials_ref = s3.credentials_ref.clone();
+                }
+                Location::Filesystem { path } => {
+                    resolved_bucket.filesystem_path = path.clone();
+                    resolved.filesystem_path = join_path(path, &repository_prefix);
+                }
+            }
+            resolved.bucket = Some(resolved_bucket);
+        }
+    }
+    Ok(resolved)
+}
+
+fn join_path(root: &str, relative: &str) -> String {
+    let relative = relative.trim_matches('/');
+    if relative.is_empty() {
+        root.to_string()
+    } else {
+        format!("{}/{}", root.trim_end_matches('/'), relative)
+    }
+}
+
+fn join_key(left: &str, right: &str) -> String {
+    let left = left.trim_matches('/');
+    let right = right.trim_matches('/');
+    match (left.is_empty(), right.is_empty()) {
+        (true, _) => right.to_string(),
+        (_, true) => left.to_string(),
+        _ => format!("{left}/{right}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_compared_by_component() {
+        assert!(path_is_under("/data/src", "/data"));
+        assert!(path_is_under("/data", "/data/"));
+        assert!(!path_is_under("/database", "/data"));
+        assert!(path_is_under("/anything", "/"));
+    }
+
+    #[test]
+    fn keys_join_without_double_slashes() {
+        assert_eq!(join_key("", "daily"), "daily");
+        assert_eq!(join_key("repo/", "/daily"), "repo/daily");
+        assert_eq!(join_key("repo", ""), "repo");
+        assert_eq!(join_path("/mnt/nfs/", "user1/x"), "/mnt/nfs/user1/x");
+    }
+}

@@ -1,0 +1,476 @@
+//! One worker's lease session: a task that owns the bidirectional stream.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use coffer_proto::v1 as pb;
+use prost::Message;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+use uuid::Uuid;
+
+use super::{resolve_target, WorkerProfile};
+use crate::api::{timestamp, AppState};
+use crate::catalog::leases::{
+    AttemptOutcome, CompletionResult, LeaseSettings, LeaseState, WorkerRegistration,
+};
+use crate::error::{DomainError, DomainResult};
+
+/// How long a new session may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a session with credit looks for runs whose backoff has passed.
+const ASSIGN_TICK: Duration = Duration::from_secs(1);
+
+type Outbound = mpsc::Sender<Result<pb::LeaseSessionResponse, Status>>;
+
+/// Serves one session until the worker goes away or the server shuts down.
+pub async fn serve(
+    state: AppState,
+    settings: LeaseSettings,
+    mut inbound: Streaming<pb::LeaseSessionRequest>,
+    outbound: Outbound,
+) {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(pb::LeaseSessionRequest {
+            message: Some(pb::lease_session_request::Message::Hello(hello)),
+        }))) => hello,
+        Ok(Err(status)) => {
+            tracing::debug!(%status, "worker stream failed before hello");
+            return;
+        }
+        _ => {
+            let _ = outbound
+                .send(Err(Status::invalid_argument(
+                    "the first message of a lease session must be `hello`",
+                )))
+                .await;
+            return;
+        }
+    };
+    let mut session = match Session::open(state, settings, hello, outbound).await {
+        Ok(session) => session,
+        Err(error) => {
+            tracing::warn!(%error, "lease session refused");
+            return;
+        }
+    };
+    session.run(inbound).await;
+    session.close().await;
+}
+
+struct Session {
+    state: AppState,
+    settings: LeaseSettings,
+    worker_id: Uuid,
+    name: String,
+    profile: WorkerProfile,
+    credit: i32,
+    /// Leases granted to (or resumed by) this worker: run id -> token.
+    held: HashMap<Uuid, i64>,
+    outbound: Outbound,
+}
+
+impl Session {
+    async fn open(
+        state: AppState,
+        settings: LeaseSettings,
+        hello: pb::WorkerHello,
+        outbound: Outbound,
+    ) -> DomainResult<Session> {
+        let name = hello.name.trim().to_string();
+        if name.is_empty() || name.len() > 255 {
+            let _ = outbound
+                .send(Err(Status::invalid_argument(
+                    "hello.name must be 1-255 characters",
+                )))
+                .await;
+            return Err(DomainError::invalid(
+                "hello.name",
+                "must be 1-255 characters",
+            ));
+        }
+        let registration = WorkerRegistration {
+            name: name.clone(),
+            labels: hello.labels.clone().into_iter().collect(),
+            slots: hello.slots.max(0),
+            source_roots: hello.source_roots.clone(),
+            version: hello.version.clone(),
+        };
+        let worker_id = state.catalog.register_worker(&registration).await?;
+        let mut session = Session {
+            state,
+            settings,
+            worker_id,
+            name,
+            profile: WorkerProfile {
+                labels: registration.labels,
+                source_roots: registration.source_roots,
+            },
+            credit: 0,
+            held: HashMap::new(),
+            outbound,
+        };
+        session
+            .send(pb::lease_session_response::Message::Welcome(
+                pb::SessionWelcome {
+                    worker_id: worker_id.to_string(),
+                    lease_ttl: Some(proto_duration(settings.ttl)),
+                    heartbeat_interval: Some(proto_duration(settings.ttl / 3)),
+                },
+            ))
+            .await;
+        // Leases held across a reconnect continue if they are still current.
+        for lease in hello.held_leases {
+            let Ok(run_id) = Uuid::parse_str(&lease.run_id) else {
+                continue;
+            };
+            session.held.insert(run_id, lease.lease_token);
+        }
+        tracing::info!(worker = %session.name, id = %worker_id, resumed = session.held.len(), "worker session opened");
+        Ok(session)
+    }
+
+    async fn run(&mut self, mut inbound: Streaming<pb::LeaseSessionRequest>) {
+        let mut events = self.state.run_events.subscribe();
+        let mut tick = tokio::time::interval(ASSIGN_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => {
+                        if let Err(error) = self.handle(message).await {
+                            tracing::warn!(worker = %self.name, %error, "worker message failed");
+                            let _ = self.outbound.send(Err(Status::from(error))).await;
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::info!(worker = %self.name, %status, "worker stream broke");
+                        return;
+                    }
+                },
+                event = events.recv() => match event {
+                    Ok(run_id) => {
+                        if self.held.contains_key(&run_id) {
+                            self.check_cancellation(run_id).await;
+                        }
+                        self.assign().await;
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        let held: Vec<Uuid> = self.held.keys().copied().collect();
+                        for run_id in held {
+                            self.check_cancellation(run_id).await;
+                        }
+                        self.assign().await;
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tick.tick() => self.assign().await,
+                () = self.outbound.closed() => return,
+            }
+        }
+    }
+
+    async fn close(&self) {
+        if let Err(error) = self.state.catalog.touch_worker(self.worker_id, false).await {
+            tracing::warn!(%error, "could not mark worker disconnected");
+        }
+        // Leases stay: only their TTL ends them, so a worker that reconnects
+        // quickly keeps its runs.
+        tracing::info!(worker = %self.name, held = self.held.len(), "worker session closed");
+    }
+
+    async fn send(&self, message: pb::lease_session_response::Message) {
+        let _ = self
+            .outbound
+            .send(Ok(pb::LeaseSessionResponse {
+                message: Some(message),
+            }))
+            .await;
+    }
+
+    async fn ack(&self, run_id: Uuid, token: i64, accepted: bool, reason: &str, sequence: i64) {
+        self.send(pb::lease_session_response::Message::Ack(pb::LeaseAck {
+            lease: Some(lease_ref(run_id, token)),
+            accepted,
+            reason: reason.to_string(),
+            sequence,
+        }))
+        .await;
+    }
+
+    async fn revoke(&mut self, run_id: Uuid, token: i64, reason: &str) {
+        self.held.remove(&run_id);
+        self.send(pb::lease_session_response::Message::Revocation(
+            pb::RunRevocation {
+                lease: Some(lease_ref(run_id, token)),
+                reason: reason.to_string(),
+            },
+        ))
+        .await;
+    }
+
+    async fn handle(&mut self, message: pb::LeaseSessionRequest) -> DomainResult<()> {
+        use pb::lease_session_request::Message as M;
+        match message.message {
+            Some(M::Credit(credit)) => {
+                self.credit = credit.free_slots.max(0);
+                self.assign().await;
+            }
+            Some(M::Heartbeat(heartbeat)) => self.heartbeat(heartbeat).await?,
+            Some(M::FileBatch(batch)) => self.file_batch(batch).await?,
+            Some(M::Completion(completion)) => self.completion(completion).await?,
+            Some(M::Release(release)) => self.release(release).await?,
+            Some(M::Hello(_)) => {
+                return Err(DomainError::invalid("hello", "sent twice in one session"))
+            }
+            None => return Err(DomainError::invalid("message", "is required")),
+        }
+        self.state.catalog.touch_worker(self.worker_id, true).await
+    }
+
+    async fn assign(&mut self) {
+        if self.credit <= 0 {
+            return;
+        }
+        let max = usize::try_from(self.credit).unwrap_or(0);
+        let profile = self.profile.clone();
+        let leased = match self
+            .state
+            .catalog
+            .acquire_runs(self.worker_id, max, &self.settings, |c| profile.accepts(c))
+            .await
+        {
+            Ok(leased) => leased,
+            Err(error) => {
+                tracing::warn!(%error, "could not lease runs");
+                return;
+            }
+        };
+        for lease in leased {
+            self.credit -= 1;
+            self.held.insert(lease.id, lease.lease_token);
+            self.state.notify_run(lease.id);
+            match self
+                .assignment(lease.id, lease.lease_token, lease.deadline)
+                .await
+            {
+                Ok(assignment) => {
+                    tracing::info!(worker = %self.name, run = %lease.id, token = lease.lease_token, "run assigned");
+                    self.send(pb::lease_session_response::Message::Assignment(assignment))
+                        .await;
+                }
+                Err(error) => {
+                    // The run cannot be executed as specified (e.g. its bucket
+                    // is gone): fail this attempt without retrying.
+                    tracing::warn!(run = %lease.id, %error, "run cannot be assigned");
+                    let outcome = AttemptOutcome::Failure {
+                        error: error.to_string(),
+                        retryable: false,
+                    };
+                    let _ = self
+                        .state
+                        .catalog
+                        .complete_attempt(
+                            lease.id,
+                            lease.lease_token,
+                            &outcome,
+                            "{}",
+                            &self.settings,
+                            None,
+                        )
+                        .await;
+                    self.held.remove(&lease.id);
+                    self.credit += 1;
+                    self.state.notify_run(lease.id);
+                }
+            }
+        }
+    }
+
+    async fn assignment(
+        &self,
+        run_id: Uuid,
+        token: i64,
+        deadline: chrono::DateTime<chrono::Utc>,
+    ) -> DomainResult<pb::RunAssignment> {
+        let run = self.state.catalog.get_run(run_id).await?;
+        let target = resolve_target(&self.state, &run.spec).await?;
+        let crate::model::run::RunSpec::Backup(backup) = &run.spec;
+        let options = crate::api::jobs::options_to_proto(&backup.options);
+        Ok(pb::RunAssignment {
+            lease: Some(lease_ref(run_id, token)),
+            run: Some(run.into()),
+            target: Some(target),
+            deadline: Some(timestamp(deadline)),
+            options: Some(options),
+            parent_manifest_key: String::new(),
+        })
+    }
+
+    async fn check_cancellation(&mut self, run_id: Uuid) {
+        let Some(&token) = self.held.get(&run_id) else {
+            return;
+        };
+        match self.state.catalog.get_run(run_id).await {
+            Ok(run) if run.lease_token != token || run.state.is_final() => {
+                self.revoke(run_id, token, "lease is no longer current")
+                    .await;
+            }
+            Ok(run) if run.cancel_requested => self.revoke(run_id, token, "cancelled").await,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not check run for cancellation"),
+        }
+    }
+
+    async fn heartbeat(&mut self, heartbeat: pb::WorkerHeartbeat) -> DomainResult<()> {
+        for lease in heartbeat.leases {
+            let Some((run_id, token)) = parse_lease(lease.lease.as_ref()) else {
+                continue;
+            };
+            let progress = progress_json(lease.progress.as_ref());
+            match self
+                .state
+                .catalog
+                .heartbeat(run_id, token, &progress, &self.settings)
+                .await?
+            {
+                LeaseState::Current {
+                    cancel_requested: false,
+                } => {
+                    self.held.insert(run_id, token);
+                    self.state.notify_run(run_id);
+                }
+                LeaseState::Current {
+                    cancel_requested: true,
+                } => self.revoke(run_id, token, "cancelled").await,
+                LeaseState::Lost => {
+                    self.revoke(run_id, token, "lease is no longer current")
+                        .await
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn file_batch(&mut self, batch: pb::FileBatch) -> DomainResult<()> {
+        let Some((run_id, token)) = parse_lease(batch.lease.as_ref()) else {
+            return Err(DomainError::invalid("file_batch.lease", "is required"));
+        };
+        let errors: Vec<(String, String)> = batch
+            .errors
+            .iter()
+            .map(|e| (e.path.clone(), e.message.clone()))
+            .collect();
+        let payload = batch.encode_to_vec();
+        match self
+            .state
+            .catalog
+            .stage_batch(run_id, token, batch.sequence, &payload, &errors)
+            .await?
+        {
+            LeaseState::Current { .. } => self.ack(run_id, token, true, "", batch.sequence).await,
+            LeaseState::Lost => {
+                self.ack(
+                    run_id,
+                    token,
+                    false,
+                    "lease is no longer current",
+                    batch.sequence,
+                )
+                .await;
+                self.revoke(run_id, token, "lease is no longer current")
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn completion(&mut self, completion: pb::RunCompletion) -> DomainResult<()> {
+        let Some((run_id, token)) = parse_lease(completion.lease.as_ref()) else {
+            return Err(DomainError::invalid("completion.lease", "is required"));
+        };
+        let progress = progress_json(completion.progress.as_ref());
+        let outcome = match completion.outcome {
+            Some(pb::run_completion::Outcome::Success(success)) => AttemptOutcome::Success {
+                size_bytes: success.size_bytes,
+                details: success.details,
+                manifest_key: success.manifest_key,
+            },
+            Some(pb::run_completion::Outcome::Failure(failure)) => AttemptOutcome::Failure {
+                error: failure.error,
+                retryable: failure.retryable,
+            },
+            None => return Err(DomainError::invalid("completion.outcome", "is required")),
+        };
+        let result = self
+            .state
+            .catalog
+            .commit_attempt(
+                run_id,
+                token,
+                &outcome,
+                &progress,
+                completion.batch_count,
+                &self.settings,
+            )
+            .await?;
+        self.held.remove(&run_id);
+        match result {
+            CompletionResult::Accepted { state } => {
+                tracing::info!(worker = %self.name, run = %run_id, %state, "attempt completed");
+                self.ack(run_id, token, true, "", -1).await;
+            }
+            CompletionResult::Rejected { reason } => {
+                tracing::warn!(worker = %self.name, run = %run_id, %reason, "completion refused");
+                self.ack(run_id, token, false, &reason, -1).await;
+            }
+        }
+        self.state.notify_run(run_id);
+        Ok(())
+    }
+
+    async fn release(&mut self, release: pb::RunRelease) -> DomainResult<()> {
+        let Some((run_id, token)) = parse_lease(release.lease.as_ref()) else {
+            return Err(DomainError::invalid("release.lease", "is required"));
+        };
+        let result = self.state.catalog.release_run(run_id, token).await?;
+        self.held.remove(&run_id);
+        let accepted = result != LeaseState::Lost;
+        let reason = if accepted {
+            ""
+        } else {
+            "lease is no longer current"
+        };
+        tracing::info!(worker = %self.name, run = %run_id, reason = %release.reason, accepted, "run released");
+        self.ack(run_id, token, accepted, reason, -1).await;
+        self.state.notify_run(run_id);
+        Ok(())
+    }
+}
+
+fn lease_ref(run_id: Uuid, token: i64) -> pb::LeaseRef {
+    pb::LeaseRef {
+        run_id: run_id.to_string(),
+        lease_token: token,
+    }
+}
+
+fn parse_lease(lease: Option<&pb::LeaseRef>) -> Option<(Uuid, i64)> {
+    let lease = lease?;
+    Some((Uuid::parse_str(&lease.run_id).ok()?, lease.lease_token))
+}
+
+fn progress_json(progress: Option<&pb::RunProgress>) -> String {
+    let progress = progress.cloned().unwrap_or_default();
+    crate::catalog::to_json(&crate::model::run::RunProgress::from(progress))
+}
+
+fn proto_duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
+    }
+}

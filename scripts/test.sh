@@ -9,6 +9,9 @@
 # PostgreSQL: when DATABASE_URL is unset, a throw-away server is initialised in
 # a temporary directory and stopped on exit. Tests create a fresh database per
 # test on it.
+# S3: when COFFER_TEST_S3_ENDPOINT is unset, a throw-away single-node Garage is
+# started on loopback (scripts/start-garage.sh; `cargo install garage --locked`
+# the first time) and stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,6 +76,10 @@ start_postgres() {
 }
 
 cleanup() {
+  if [ -n "${GARAGE_PID:-}" ]; then
+    kill "$GARAGE_PID" 2>/dev/null || true
+    rm -rf "$(dirname "$GARAGE_CONFIG")"
+  fi
   if [ -n "${PG_DIR:-}" ]; then
     "${PG_STOP[@]}" || true
     rm -rf "$PG_DIR"
@@ -82,6 +89,10 @@ trap cleanup EXIT
 
 ensure_tools
 if [ -z "${DATABASE_URL:-}" ]; then start_postgres; fi
+if [ -z "${COFFER_TEST_S3_ENDPOINT:-}" ]; then
+  log "starting a throw-away Garage S3 server"
+  eval "$(scripts/start-garage.sh)"
+fi
 
 log "buf lint"
 (cd proto && buf lint)

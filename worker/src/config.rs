@@ -1,0 +1,147 @@
+//! Worker configuration: defaults, then `COFFER_*` environment, then flags.
+//! The worker token comes only from the environment or a file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Worker settings.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "coffer-worker", version, about = "Coffer worker: leases runs and moves backup data")]
+pub struct Config {
+    /// Control-plane URL.
+    #[arg(long, env = "COFFER_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
+    pub control_plane: String,
+
+    /// Stable worker name (default: the host name).
+    #[arg(long, env = "COFFER_WORKER_NAME")]
+    pub name: Option<String>,
+
+    /// Labels for job selectors, `key=value` separated by commas.
+    #[arg(long, env = "COFFER_WORKER_LABELS", default_value = "")]
+    pub labels: String,
+
+    /// Runs executed at once.
+    #[arg(long, env = "COFFER_WORKER_SLOTS", default_value_t = 2)]
+    pub slots: usize,
+
+    /// Source roots this worker may read, separated by commas (empty: any).
+    #[arg(long, env = "COFFER_SOURCE_ROOTS", default_value = "")]
+    pub source_roots: String,
+
+    /// Seconds a drain (SIGTERM) waits for running work before releasing it.
+    #[arg(long, env = "COFFER_DRAIN_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub drain_timeout_seconds: u64,
+
+    /// Directory for staging large files before upload.
+    #[arg(long, env = "COFFER_STAGING_DIR")]
+    pub staging_dir: Option<PathBuf>,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl Config {
+    /// The worker's name: the flag, else the host name.
+    pub fn effective_name(&self) -> String {
+        if let Some(name) = self.name.as_ref().filter(|n| !n.trim().is_empty()) {
+            return name.trim().to_string();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "coffer-worker".to_string())
+    }
+
+    /// Parsed labels.
+    pub fn parsed_labels(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut labels = BTreeMap::new();
+        for pair in self.labels.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("label {pair:?} is not key=value"))?;
+            labels.insert(key.trim().to_string(), value.trim().to_string());
+        }
+        Ok(labels)
+    }
+
+    /// Parsed source roots.
+    pub fn parsed_source_roots(&self) -> Vec<String> {
+        self.source_roots
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_seconds)
+    }
+
+    /// The worker token from `COFFER_WORKER_TOKEN` or the file in `COFFER_WORKER_TOKEN_FILE`.
+    pub fn token() -> anyhow::Result<Option<String>> {
+        if let Ok(token) = std::env::var("COFFER_WORKER_TOKEN") {
+            if !token.trim().is_empty() {
+                return Ok(Some(token.trim().to_string()));
+            }
+        }
+        if let Ok(path) = std::env::var("COFFER_WORKER_TOKEN_FILE") {
+            let token = std::fs::read_to_string(&path)?;
+            return Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()));
+        }
+        Ok(None)
+    }
+
+    /// The effective configuration as `key = value` lines.
+    pub fn render(&self) -> String {
+        let token = if std::env::var_os("COFFER_WORKER_TOKEN").is_some() || std::env::var_os("COFFER_WORKER_TOKEN_FILE").is_some() {
+            "(set)"
+        } else {
+            "(unset)"
+        };
+        [
+            format!("control_plane = {}", self.control_plane),
+            format!("name = {}", self.effective_name()),
+            format!("labels = {}", self.labels),
+            format!("slots = {}", self.slots),
+            format!("source_roots = {}", self.source_roots),
+            format!("drain_timeout_seconds = {}", self.drain_timeout_seconds),
+            format!("log_format = {}", self.log_format),
+            format!("token = {token}"),
+        ]
+        .join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_roots_parse() {
+        let config = Config::parse_from([
+            "coffer-worker",
+            "--labels",
+            "host=db1, zone = a",
+            "--source-roots",
+            "/data,/srv",
+        ]);
+        let labels = config.parsed_labels().expect("labels");
+        assert_eq!(labels.get("host").map(String::as_str), Some("db1"));
+        assert_eq!(labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(config.parsed_source_roots(), vec!["/data", "/srv"]);
+        let bad = Config::parse_from(["coffer-worker", "--labels", "nonsense"]);
+        assert!(bad.parsed_labels().is_err());
+    }
+}

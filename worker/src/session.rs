@@ -1,0 +1,470 @@
+//! The worker's lease session: one long-lived bidirectional stream to the
+//! control plane, re-opened with jittered backoff whenever it breaks.
+//!
+//! Runs are executed by tasks that outlive any one stream. Every fenced write
+//! (file batch, completion, release) waits in an outbox until the control
+//! plane acknowledges it and is sent again after a reconnect; the control
+//! plane deduplicates batches by sequence and answers a repeated completion
+//! the same way, so at-least-once delivery is safe.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coffer_proto::v1 as pb;
+use coffer_proto::v1::worker_service_client::WorkerServiceClient;
+use rand::Rng;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+/// Unacknowledged batches a run may have in flight before it waits.
+const MAX_UNACKED_BATCHES: usize = 8;
+
+/// How a worker introduces itself and how much it takes on.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Control-plane URL, e.g. `http://127.0.0.1:50051`.
+    pub control_plane: String,
+    /// Worker-scope bearer token (none in loopback no-auth mode).
+    pub token: Option<String>,
+    /// Stable worker name.
+    pub name: String,
+    /// Labels for job selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Runs executed at once.
+    pub slots: usize,
+    /// Source roots this worker may read.
+    pub source_roots: Vec<String>,
+    /// How long a drain waits for running work before releasing it.
+    pub drain_timeout: Duration,
+}
+
+/// What a run can do while it executes: report progress, send staged file
+/// batches, and notice cancellation or a lost lease.
+#[derive(Clone)]
+pub struct RunContext {
+    lease: pb::LeaseRef,
+    cancel: CancellationToken,
+    progress: Arc<Mutex<pb::RunProgress>>,
+    shared: Arc<Shared>,
+    window: Arc<Semaphore>,
+    next_sequence: Arc<Mutex<i64>>,
+}
+
+/// The lease was lost (or the run cancelled) while a write was pending.
+#[derive(Debug, thiserror::Error)]
+#[error("the lease is no longer held: {0}")]
+pub struct LeaseLost(pub String);
+
+impl RunContext {
+    /// The lease this run executes under.
+    pub fn lease(&self) -> &pb::LeaseRef {
+        &self.lease
+    }
+
+    /// Fires when the run is cancelled, its lease is lost or the worker stops.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Replaces the progress reported with the next heartbeat.
+    pub fn set_progress(&self, progress: pb::RunProgress) {
+        *lock(&self.progress) = progress;
+    }
+
+    /// Queues a batch of file records and errors; waits while too many
+    /// batches are unacknowledged. Returns the batch's sequence number.
+    pub async fn send_batch(&self, files: Vec<pb::FileRecord>, errors: Vec<pb::RunError>) -> Result<i64, LeaseLost> {
+        let permit = tokio::select! {
+            permit = self.window.clone().acquire_owned() => permit.map_err(|_| LeaseLost("session closed".into()))?,
+            () = self.cancel.cancelled() => return Err(LeaseLost("cancelled".into())),
+        };
+        // Returned when the control plane acknowledges the batch.
+        permit.forget();
+        let sequence = {
+            let mut next = lock(&self.next_sequence);
+            let sequence = *next;
+            *next += 1;
+            sequence
+        };
+        let message = pb::lease_session_request::Message::FileBatch(pb::FileBatch {
+            lease: Some(self.lease.clone()),
+            files,
+            errors,
+            sequence,
+        });
+        self.shared.enqueue(key_of(&self.lease, sequence), message);
+        Ok(sequence)
+    }
+
+    /// Number of batches sent so far.
+    pub fn batch_count(&self) -> i64 {
+        *lock(&self.next_sequence)
+    }
+}
+
+/// Executes assigned runs.
+#[tonic::async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// Runs one attempt to its end and says how it ended.
+    async fn execute(&self, assignment: pb::RunAssignment, context: RunContext) -> pb::run_completion::Outcome;
+}
+
+/// Key of a fenced write awaiting acknowledgement: run, token, batch sequence
+/// (-1 for completions and releases).
+type PendingKey = (String, i64, i64);
+
+fn key_of(lease: &pb::LeaseRef, sequence: i64) -> PendingKey {
+    (lease.run_id.clone(), lease.lease_token, sequence)
+}
+
+struct Running {
+    lease: pb::LeaseRef,
+    cancel: CancellationToken,
+    progress: Arc<Mutex<pb::RunProgress>>,
+    window: Arc<Semaphore>,
+    finished: bool,
+}
+
+/// State shared by the session loop and the run tasks.
+pub struct Shared {
+    running: Mutex<HashMap<String, Running>>,
+    pending: Mutex<BTreeMap<PendingKey, pb::lease_session_request::Message>>,
+    /// Messages not yet written to the current stream.
+    unsent: Mutex<Vec<pb::lease_session_request::Message>>,
+    wake: Notify,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    fn enqueue(&self, key: PendingKey, message: pb::lease_session_request::Message) {
+        lock(&self.pending).insert(key, message.clone());
+        lock(&self.unsent).push(message);
+        self.wake.notify_one();
+    }
+
+    fn free_slots(&self, slots: usize) -> i32 {
+        let busy = lock(&self.running).len();
+        i32::try_from(slots.saturating_sub(busy)).unwrap_or(0)
+    }
+}
+
+/// Runs the worker until `shutdown` fires and its work is drained.
+pub async fn run(config: SessionConfig, executor: Arc<dyn Executor>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let shared = Arc::new(Shared {
+        running: Mutex::new(HashMap::new()),
+        pending: Mutex::new(BTreeMap::new()),
+        unsent: Mutex::new(Vec::new()),
+        wake: Notify::new(),
+    });
+    let endpoint = Endpoint::from_shared(config.control_plane.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let draining = CancellationToken::new();
+    let mut drain_started: Option<tokio::time::Instant> = None;
+    let mut failures: u32 = 0;
+    loop {
+        if shutdown.is_cancelled() && drain_started.is_none() {
+            drain_started = Some(tokio::time::Instant::now());
+            draining.cancel();
+        }
+        if draining.is_cancelled() && lock(&shared.running).is_empty() && lock(&shared.pending).is_empty() {
+            tracing::info!("drained; exiting");
+            return Ok(());
+        }
+        let outcome = match endpoint.connect().await {
+            Ok(channel) => {
+                let result = session(&config, channel, &shared, &executor, &shutdown, &draining, &mut drain_started).await;
+                if result.is_ok() {
+                    failures = 0;
+                }
+                result
+            }
+            Err(error) => Err(anyhow::anyhow!("cannot connect to {}: {error}", config.control_plane)),
+        };
+        match outcome {
+            Ok(SessionEnd::Drained) => return Ok(()),
+            Ok(SessionEnd::Broken) => tracing::info!("session ended; reconnecting"),
+            Err(error) => tracing::warn!(%error, "session failed; reconnecting"),
+        }
+        failures = failures.saturating_add(1);
+        let delay = reconnect_delay(failures);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled(), if drain_started.is_none() => {}
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, from 200 ms up to 15 s.
+fn reconnect_delay(failures: u32) -> Duration {
+    let ceiling_ms = (200u64 << failures.min(7)).min(15_000);
+    Duration::from_millis(rand::thread_rng().gen_range(ceiling_ms / 2..=ceiling_ms))
+}
+
+enum SessionEnd {
+    Drained,
+    Broken,
+}
+
+#[allow(clippy::too_many_lines)]
+async fn session(
+    config: &SessionConfig,
+    channel: Channel,
+    shared: &Arc<Shared>,
+    executor: &Arc<dyn Executor>,
+    shutdown: &CancellationToken,
+    draining: &CancellationToken,
+    drain_started: &mut Option<tokio::time::Instant>,
+) -> anyhow::Result<SessionEnd> {
+    let mut client = WorkerServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel::<pb::LeaseSessionRequest>(64);
+    let held_leases: Vec<pb::LeaseRef> = lock(&shared.running).values().map(|r| r.lease.clone()).collect();
+    let hello = pb::WorkerHello {
+        name: config.name.clone(),
+        labels: config.labels.clone().into_iter().collect(),
+        slots: i32::try_from(config.slots).unwrap_or(i32::MAX),
+        source_roots: config.source_roots.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        held_leases,
+    };
+    tx.send(request(pb::lease_session_request::Message::Hello(hello))).await?;
+    let mut call = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &config.token {
+        call.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    }
+    let mut inbound = client.lease_session(call).await?.into_inner();
+
+    // Everything not acknowledged yet goes out again on the new stream.
+    {
+        let pending: Vec<_> = lock(&shared.pending).values().cloned().collect();
+        let mut unsent = lock(&shared.unsent);
+        unsent.clear();
+        unsent.extend(pending);
+    }
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    let mut last_credit = -1;
+    loop {
+        flush(shared, &tx).await?;
+        let credit = if draining.is_cancelled() { 0 } else { shared.free_slots(config.slots) };
+        if credit != last_credit {
+            tx.send(request(pb::lease_session_request::Message::Credit(pb::WorkerCredit { free_slots: credit })))
+                .await?;
+            last_credit = credit;
+        }
+        if draining.is_cancelled() {
+            if let Some(started) = drain_started {
+                if started.elapsed() >= config.drain_timeout {
+                    release_all(shared);
+                }
+            }
+            if lock(&shared.running).is_empty() && lock(&shared.pending).is_empty() {
+                return Ok(SessionEnd::Drained);
+            }
+        }
+        tokio::select! {
+            message = inbound.message() => match message? {
+                Some(response) => handle_response(response, config, shared, executor, &mut heartbeat),
+                None => return Ok(SessionEnd::Broken),
+            },
+            _ = heartbeat.tick() => send_heartbeat(shared, &tx).await?,
+            () = shared.wake.notified() => {}
+            () = shutdown.cancelled(), if !draining.is_cancelled() => {
+                tracing::info!("shutdown requested: taking no new work, draining");
+                *drain_started = Some(tokio::time::Instant::now());
+                draining.cancel();
+            }
+            () = tokio::time::sleep(Duration::from_millis(500)), if draining.is_cancelled() => {}
+        }
+    }
+}
+
+fn request(message: pb::lease_session_request::Message) -> pb::LeaseSessionRequest {
+    pb::LeaseSessionRequest { message: Some(message) }
+}
+
+async fn flush(shared: &Shared, tx: &mpsc::Sender<pb::LeaseSessionRequest>) -> anyhow::Result<()> {
+    let messages: Vec<_> = std::mem::take(&mut *lock(&shared.unsent));
+    for message in messages {
+        tx.send(request(message)).await?;
+    }
+    Ok(())
+}
+
+async fn send_heartbeat(shared: &Shared, tx: &mpsc::Sender<pb::LeaseSessionRequest>) -> anyhow::Result<()> {
+    let leases: Vec<pb::LeaseProgress> = lock(&shared.running)
+        .values()
+        .map(|run| pb::LeaseProgress {
+            lease: Some(run.lease.clone()),
+            progress: Some(lock(&run.progress).clone()),
+        })
+        .collect();
+    if !leases.is_empty() {
+        tx.send(request(pb::lease_session_request::Message::Heartbeat(pb::WorkerHeartbeat { leases })))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Cancels every running attempt and queues a release for each, so the
+/// control plane requeues them without using up an attempt.
+fn release_all(shared: &Shared) {
+    let leases: Vec<pb::LeaseRef> = lock(&shared.running)
+        .values_mut()
+        .filter(|run| !run.finished)
+        .map(|run| {
+            run.finished = true;
+            run.cancel.cancel();
+            run.lease.clone()
+        })
+        .collect();
+    for lease in leases {
+        tracing::info!(run = %lease.run_id, "releasing run (drain timeout)");
+        let message = pb::lease_session_request::Message::Release(pb::RunRelease {
+            lease: Some(lease.clone()),
+            reason: "worker draining".to_string(),
+        });
+        shared.enqueue(key_of(&lease, -1), message);
+    }
+}
+
+fn handle_response(
+    response: pb::LeaseSessionResponse,
+    config: &SessionConfig,
+    shared: &Arc<Shared>,
+    executor: &Arc<dyn Executor>,
+    heartbeat: &mut tokio::time::Interval,
+) {
+    use pb::lease_session_response::Message as M;
+    match response.message {
+        Some(M::Welcome(welcome)) => {
+            let interval = welcome
+                .heartbeat_interval
+                .and_then(|d| Duration::try_from(d).ok())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(5));
+            *heartbeat = tokio::time::interval(interval);
+            tracing::info!(worker_id = %welcome.worker_id, ?interval, "session established");
+        }
+        Some(M::Assignment(assignment)) => start_run(assignment, config, shared, executor),
+        Some(M::Revocation(revocation)) => {
+            let Some(lease) = revocation.lease else { return };
+            let mut running = lock(&shared.running);
+            if let Some(run) = running.get(&lease.run_id) {
+                if run.lease.lease_token == lease.lease_token {
+                    tracing::info!(run = %lease.run_id, reason = %revocation.reason, "lease revoked; stopping run");
+                    run.cancel.cancel();
+                    running.remove(&lease.run_id);
+                }
+            }
+            drop(running);
+            lock(&shared.pending).retain(|key, _| !(key.0 == lease.run_id && key.1 == lease.lease_token));
+            shared.wake.notify_one();
+        }
+        Some(M::Ack(ack)) => handle_ack(ack, shared),
+        None => {}
+    }
+}
+
+fn handle_ack(ack: pb::LeaseAck, shared: &Shared) {
+    let Some(lease) = ack.lease else { return };
+    let key = key_of(&lease, ack.sequence);
+    lock(&shared.pending).remove(&key);
+    let mut running = lock(&shared.running);
+    if ack.sequence >= 0 {
+        if let Some(run) = running.get(&lease.run_id) {
+            run.window.add_permits(1);
+            if !ack.accepted {
+                run.cancel.cancel();
+            }
+        }
+    } else {
+        // A completion or release was recorded (or refused): the slot is free.
+        if !ack.accepted {
+            tracing::warn!(run = %lease.run_id, reason = %ack.reason, "control plane refused the result of the attempt");
+        }
+        if running.get(&lease.run_id).is_some_and(|r| r.lease.lease_token == lease.lease_token) {
+            running.remove(&lease.run_id);
+        }
+    }
+    drop(running);
+    shared.wake.notify_one();
+}
+
+fn start_run(assignment: pb::RunAssignment, config: &SessionConfig, shared: &Arc<Shared>, executor: &Arc<dyn Executor>) {
+    let Some(lease) = assignment.lease.clone() else { return };
+    let mut running = lock(&shared.running);
+    if running.len() >= config.slots || running.contains_key(&lease.run_id) {
+        drop(running);
+        // More work than slots (credit raced with an assignment): hand it back.
+        let message = pb::lease_session_request::Message::Release(pb::RunRelease {
+            lease: Some(lease.clone()),
+            reason: "no free slot".to_string(),
+        });
+        shared.enqueue(key_of(&lease, -1), message);
+        return;
+    }
+    let cancel = CancellationToken::new();
+    let progress = Arc::new(Mutex::new(pb::RunProgress::default()));
+    let window = Arc::new(Semaphore::new(MAX_UNACKED_BATCHES));
+    running.insert(
+        lease.run_id.clone(),
+        Running {
+            lease: lease.clone(),
+            cancel: cancel.clone(),
+            progress: progress.clone(),
+            window: window.clone(),
+            finished: false,
+        },
+    );
+    drop(running);
+    let context = RunContext {
+        lease: lease.clone(),
+        cancel,
+        progress: progress.clone(),
+        shared: shared.clone(),
+        window,
+        next_sequence: Arc::new(Mutex::new(0)),
+    };
+    let shared = shared.clone();
+    let executor = executor.clone();
+    tracing::info!(run = %lease.run_id, token = lease.lease_token, "run started");
+    tokio::spawn(async move {
+        let outcome = executor.execute(assignment, context.clone()).await;
+        finish_run(&shared, &context, outcome);
+    });
+}
+
+fn finish_run(shared: &Shared, context: &RunContext, outcome: pb::run_completion::Outcome) {
+    {
+        let mut running = lock(&shared.running);
+        let Some(run) = running.get_mut(&context.lease.run_id) else {
+            // Revoked meanwhile: nothing to report.
+            return;
+        };
+        if run.finished || run.lease.lease_token != context.lease.lease_token {
+            return;
+        }
+        run.finished = true;
+    }
+    let message = pb::lease_session_request::Message::Completion(pb::RunCompletion {
+        lease: Some(context.lease.clone()),
+        outcome: Some(outcome),
+        progress: Some(lock(&context.progress).clone()),
+        batch_count: context.batch_count(),
+    });
+    tracing::info!(run = %context.lease.run_id, "attempt finished; reporting");
+    shared.enqueue(key_of(&context.lease, -1), message);
+}
+
+/// Parses a run id for logging and bookkeeping.
+pub fn run_id(lease: &pb::LeaseRef) -> Option<Uuid> {
+    Uuid::parse_str(&lease.run_id).ok()
+}

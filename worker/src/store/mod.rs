@@ -1,0 +1,296 @@
+//! Object stores that hold a repository: a directory on a filesystem (or an
+//! NFS mount) or a prefix in an S3 bucket.
+//!
+//! Keys are relative, `/`-separated paths such as `data/ab/ab12…` or
+//! `snapshots/<run>.json`; the store maps them below its repository root. Every
+//! operation takes a [`CancellationToken`] and returns [`StoreError::Cancelled`]
+//! promptly once it fires.
+
+pub mod filesystem;
+pub mod s3;
+
+use std::path::{Path, PathBuf};
+
+use coffer_proto::v1::ResolvedTarget;
+use tokio_util::sync::CancellationToken;
+
+pub use filesystem::FilesystemStore;
+pub use s3::{S3Location, S3Store};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The operation was cancelled through its token.
+    #[error("cancelled")]
+    Cancelled,
+    /// The key does not exist.
+    #[error("object {key:?} not found")]
+    NotFound {
+        /// The key asked for.
+        key: String,
+    },
+    /// The key is not a valid relative object key.
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key given.
+        key: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The target cannot be turned into a store (missing fields, credentials).
+    #[error("invalid storage target: {0}")]
+    Config(String),
+    /// A local I/O error of the filesystem store or of a file being uploaded.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the path.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An S3 request failed (after the client's own retries).
+    #[error("S3 {operation} {key:?}: {message}")]
+    S3 {
+        /// The S3 operation, e.g. `PutObject`.
+        operation: &'static str,
+        /// The key (full, with the repository prefix) or prefix involved.
+        key: String,
+        /// The error with its causes.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed: configuration and key errors
+    /// will not, I/O and service errors may.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            StoreError::Config(_) | StoreError::InvalidKey { .. } | StoreError::Cancelled
+        )
+    }
+
+    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// A repository's object store.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// A directory (local disk or NFS mount).
+    Filesystem(FilesystemStore),
+    /// A prefix in an S3 bucket.
+    S3(S3Store),
+}
+
+impl Store {
+    /// Opens the store a resolved target points at, with `repository_prefix`
+    /// (relative, may be empty) appended below the target's own root: the
+    /// target's filesystem path joined with it, or the bucket's prefix
+    /// followed by it.
+    ///
+    /// A target with a filesystem path (its own or its bucket's) is a
+    /// filesystem store; a target with an S3 bucket name is an S3 store whose
+    /// credentials are looked up from the bucket's `credentials_ref`.
+    pub async fn open(
+        target: &ResolvedTarget,
+        repository_prefix: &str,
+    ) -> Result<Self, StoreError> {
+        let bucket = target.bucket.as_ref();
+        let filesystem_path = if !target.filesystem_path.is_empty() {
+            Some(target.filesystem_path.as_str())
+        } else {
+            bucket
+                .map(|b| b.filesystem_path.as_str())
+                .filter(|p| !p.is_empty())
+        };
+        if let Some(root) = filesystem_path {
+            let root = join_fs_prefix(Path::new(root), repository_prefix)?;
+            return Ok(Store::Filesystem(FilesystemStore::new(root)?));
+        }
+        let Some(bucket) = bucket.filter(|b| !b.bucket.is_empty()) else {
+            return Err(StoreError::Config(
+                "target has neither a filesystem path nor an S3 bucket".into(),
+            ));
+        };
+        let location = S3Location {
+            endpoint: bucket.endpoint.clone(),
+            bucket: bucket.bucket.clone(),
+            region: bucket.region.clone(),
+            force_path_style: bucket.force_path_style,
+            prefix: join_key_prefix(&bucket.prefix, repository_prefix),
+        };
+        let credentials = s3::resolve_credentials(&bucket.credentials_ref).await?;
+        Ok(Store::S3(S3Store::new(location, credentials).await?))
+    }
+
+    /// A short description of where the store writes, without secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Filesystem(fs) => format!("filesystem {}", fs.root().display()),
+            Store::S3(s3) => s3.describe(),
+        }
+    }
+
+    /// Stores the content of the local file at `path` under `key`, replacing
+    /// any previous object. Returns the number of bytes written.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<u64, StoreError> {
+        validate_key(key)?;
+        match self {
+            Store::Filesystem(fs) => fs.put_file(key, path, cancel).await,
+            Store::S3(s3) => s3.put_file(key, path, cancel).await,
+        }
+    }
+
+    /// Stores `bytes` under `key`, replacing any previous object.
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        validate_key(key)?;
+        match self {
+            Store::Filesystem(fs) => fs.put_bytes(key, bytes, cancel).await,
+            Store::S3(s3) => s3.put_bytes(key, bytes, cancel).await,
+        }
+    }
+
+    /// Reads the whole object `key`; [`StoreError::NotFound`] when it does not exist.
+    pub async fn get_bytes(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>, StoreError> {
+        validate_key(key)?;
+        match self {
+            Store::Filesystem(fs) => fs.get_bytes(key, cancel).await,
+            Store::S3(s3) => s3.get_bytes(key, cancel).await,
+        }
+    }
+
+    /// Whether the object `key` exists.
+    pub async fn exists(&self, key: &str, cancel: &CancellationToken) -> Result<bool, StoreError> {
+        validate_key(key)?;
+        match self {
+            Store::Filesystem(fs) => fs.exists(key, cancel).await,
+            Store::S3(s3) => s3.exists(key, cancel).await,
+        }
+    }
+
+    /// Every key starting with `prefix` (a plain string prefix, e.g. `data/`
+    /// or `snapshots/`; empty lists everything), sorted.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut keys = match self {
+            Store::Filesystem(fs) => fs.list(prefix, cancel).await?,
+            Store::S3(s3) => s3.list(prefix, cancel).await?,
+        };
+        keys.sort_unstable();
+        Ok(keys)
+    }
+
+    /// Deletes the object `key`; deleting a missing object succeeds.
+    pub async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<(), StoreError> {
+        validate_key(key)?;
+        match self {
+            Store::Filesystem(fs) => fs.delete(key, cancel).await,
+            Store::S3(s3) => s3.delete(key, cancel).await,
+        }
+    }
+}
+
+/// Checks that `key` is a relative `/`-separated path without empty, `.` or
+/// `..` segments, so that it cannot escape the repository root.
+pub fn validate_key(key: &str) -> Result<(), StoreError> {
+    let invalid = |reason| {
+        Err(StoreError::InvalidKey {
+            key: key.to_owned(),
+            reason,
+        })
+    };
+    if key.is_empty() {
+        return invalid("empty");
+    }
+    if key.starts_with('/') {
+        return invalid("absolute");
+    }
+    if key.contains('\0') || key.contains('\\') {
+        return invalid("contains NUL or a backslash");
+    }
+    if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return invalid("has an empty, '.' or '..' segment");
+    }
+    Ok(())
+}
+
+/// Joins a repository prefix below a filesystem root, refusing prefixes that
+/// would leave it.
+fn join_fs_prefix(root: &Path, prefix: &str) -> Result<PathBuf, StoreError> {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        return Ok(root.to_path_buf());
+    }
+    validate_key(prefix)?;
+    Ok(root.join(prefix))
+}
+
+/// Joins two S3 key prefixes with a single `/`, dropping empty parts.
+fn join_key_prefix(a: &str, b: &str) -> String {
+    [a.trim_matches('/'), b.trim_matches('/')]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Runs `future` unless `cancel` fires first.
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    future: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(StoreError::Cancelled),
+        result = future => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_escape_the_root_are_rejected() {
+        for key in ["", "/abs", "a/../b", "..", "a//b", "./a", "a/", "a\\b"] {
+            assert!(validate_key(key).is_err(), "{key:?} should be rejected");
+        }
+        for key in ["a", "data/ab/abcdef", "snapshots/x.json", "a..b/c"] {
+            assert!(validate_key(key).is_ok(), "{key:?} should be accepted");
+        }
+    }
+
+    #[test]
+    fn key_prefixes_join_with_one_slash() {
+        assert_eq!(join_key_prefix("", ""), "");
+        assert_eq!(join_key_prefix("backups/", "/repo"), "backups/repo");
+        assert_eq!(join_key_prefix("", "repo"), "repo");
+        assert_eq!(join_key_prefix("b", ""), "b");
+    }
+}

@@ -1,0 +1,716 @@
+//! A repository under a prefix of an S3 bucket (AWS, MinIO, Garage, …).
+//!
+//! Objects up to [`MULTIPART_THRESHOLD`] are written with one `PutObject`;
+//! larger files with a multipart upload of [`PART_SIZE`] parts, at most
+//! [`PART_PARALLELISM`] in flight, aborted when any part fails or the upload is
+//! cancelled. Throttling and 5xx answers are retried by the SDK (standard
+//! mode, [`MAX_ATTEMPTS`] attempts with exponential backoff).
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{cancellable, StoreError};
+
+/// Files larger than this are uploaded in parts.
+pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
+/// Size of each part of a multipart upload (the last one may be smaller).
+pub const PART_SIZE: u64 = 16 << 20;
+/// Parts of one upload in flight at once.
+pub const PART_PARALLELISM: usize = 4;
+/// Attempts per request, including the first, for retryable errors.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// Region used when a bucket names none.
+const DEFAULT_REGION: &str = "us-east-1";
+
+/// Where a repository lives in S3.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Location {
+    /// Endpoint URL, e.g. `http://127.0.0.1:3900`; empty for AWS.
+    pub endpoint: String,
+    /// Bucket name.
+    pub bucket: String,
+    /// Region; empty means `us-east-1`.
+    pub region: String,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS servers.
+    pub force_path_style: bool,
+    /// Key prefix of the repository inside the bucket, without slashes at
+    /// either end; may be empty.
+    pub prefix: String,
+}
+
+/// Static S3 credentials. `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct S3Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token of temporary credentials, if any.
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Looks up the credentials a bucket's `credentials_ref` names:
+///
+/// * `env:NAME` — environment variables `NAME_ACCESS_KEY_ID` and
+///   `NAME_SECRET_ACCESS_KEY` (and optionally `NAME_SESSION_TOKEN`);
+/// * `file:/dir` — files `access_key_id` and `secret_access_key` (and
+///   optionally `session_token`) in that directory, e.g. a mounted Kubernetes
+///   secret;
+/// * empty — `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`
+///   (`AWS_SESSION_TOKEN`), then `MINIO_ACCESS_KEY`/`MINIO_SECRET_KEY`.
+pub async fn resolve_credentials(credentials_ref: &str) -> Result<S3Credentials, StoreError> {
+    if let Some(name) = credentials_ref.strip_prefix("env:") {
+        return credentials_from_env(
+            &format!("{name}_ACCESS_KEY_ID"),
+            &format!("{name}_SECRET_ACCESS_KEY"),
+            Some(&format!("{name}_SESSION_TOKEN")),
+        )
+        .ok_or_else(|| {
+            StoreError::Config(format!(
+                "credentials {credentials_ref:?}: {name}_ACCESS_KEY_ID and \
+                 {name}_SECRET_ACCESS_KEY must both be set"
+            ))
+        });
+    }
+    if let Some(dir) = credentials_ref.strip_prefix("file:") {
+        return credentials_from_dir(Path::new(dir)).await;
+    }
+    if !credentials_ref.is_empty() {
+        return Err(StoreError::Config(format!(
+            "credentials reference {credentials_ref:?} is neither env:NAME nor file:/dir"
+        )));
+    }
+    credentials_from_env(
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        Some("AWS_SESSION_TOKEN"),
+    )
+    .or_else(|| credentials_from_env("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", None))
+    .ok_or_else(|| {
+        StoreError::Config(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or \
+             MINIO_ACCESS_KEY/MINIO_SECRET_KEY), or give the bucket a credentials_ref"
+                .into(),
+        )
+    })
+}
+
+fn credentials_from_env(id: &str, secret: &str, token: Option<&str>) -> Option<S3Credentials> {
+    let non_empty = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    Some(S3Credentials {
+        access_key_id: non_empty(id)?,
+        secret_access_key: non_empty(secret)?,
+        session_token: token.and_then(non_empty),
+    })
+}
+
+async fn credentials_from_dir(dir: &Path) -> Result<S3Credentials, StoreError> {
+    async fn read(dir: &Path, name: &str) -> Result<Option<String>, StoreError> {
+        let path = dir.join(name);
+        match tokio::fs::read_to_string(&path).await {
+            Ok(value) => Ok(Some(value.trim().to_owned()).filter(|v| !v.is_empty())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+    let missing = |name: &str| {
+        StoreError::Config(format!(
+            "credentials directory {} has no {name} file",
+            dir.display()
+        ))
+    };
+    Ok(S3Credentials {
+        access_key_id: read(dir, "access_key_id")
+            .await?
+            .ok_or_else(|| missing("access_key_id"))?,
+        secret_access_key: read(dir, "secret_access_key")
+            .await?
+            .ok_or_else(|| missing("secret_access_key"))?,
+        session_token: read(dir, "session_token").await?,
+    })
+}
+
+/// A repository in an S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    location: S3Location,
+}
+
+impl S3Store {
+    /// A client for `location` signing with `credentials`.
+    ///
+    /// An `http://` endpoint gets a plain-HTTP client (no TLS configuration
+    /// is loaded at all, so CA-bundle variables cannot break it); any other
+    /// endpoint gets rustls with the system roots plus the certificates of
+    /// `AWS_CA_BUNDLE`, when that names a readable PEM file.
+    pub async fn new(location: S3Location, credentials: S3Credentials) -> Result<Self, StoreError> {
+        if location.bucket.is_empty() {
+            return Err(StoreError::Config("S3 bucket name is empty".into()));
+        }
+        let http_client = if location.endpoint.starts_with("http://") {
+            aws_smithy_http_client::Builder::new().build_http()
+        } else {
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+                .tls_context(tls_context().await?)
+                .build_https()
+        };
+        let region = if location.region.is_empty() {
+            DEFAULT_REGION.to_owned()
+        } else {
+            location.region.clone()
+        };
+        let mut config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .http_client(http_client)
+            .region(Region::new(region))
+            .credentials_provider(Credentials::new(
+                credentials.access_key_id,
+                credentials.secret_access_key,
+                credentials.session_token,
+                None,
+                "coffer",
+            ))
+            .force_path_style(location.force_path_style)
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .build(),
+            )
+            // S3-compatible servers differ in their support of the newer
+            // flexible checksums; send them only where an operation needs them.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if !location.endpoint.is_empty() {
+            config = config.endpoint_url(location.endpoint.clone());
+        }
+        Ok(Self {
+            client: Client::from_conf(config.build()),
+            location,
+        })
+    }
+
+    /// Where this store writes, e.g. `s3 http://host:3900 bucket/prefix`.
+    pub fn describe(&self) -> String {
+        let endpoint = if self.location.endpoint.is_empty() {
+            "aws"
+        } else {
+            &self.location.endpoint
+        };
+        format!(
+            "s3 {endpoint} {}/{}",
+            self.location.bucket, self.location.prefix
+        )
+    }
+
+    /// The location this store writes to.
+    pub fn location(&self) -> &S3Location {
+        &self.location
+    }
+
+    /// Creates the bucket; a bucket that already exists and is ours is fine.
+    pub async fn ensure_bucket(&self, cancel: &CancellationToken) -> Result<(), StoreError> {
+        let bucket = &self.location.bucket;
+        let request = self.client.create_bucket().bucket(bucket).send();
+        match cancellable(cancel, async { Ok(request.await) }).await? {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
+                }) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(s3_error("CreateBucket", bucket, e)),
+        }
+    }
+
+    /// Keys (relative to the repository) of multipart uploads that were
+    /// started and neither completed nor aborted, for cleaning up after
+    /// crashed workers.
+    pub async fn pending_multipart_uploads(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<String>, StoreError> {
+        let full_prefix = self.full_key("");
+        let mut keys = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut upload_id_marker: Option<String> = None;
+        loop {
+            let request = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.location.bucket)
+                .prefix(&full_prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_id_marker.take())
+                .send();
+            let page = cancellable(cancel, async {
+                request
+                    .await
+                    .map_err(|e| s3_error("ListMultipartUploads", &full_prefix, e))
+            })
+            .await?;
+            keys.extend(
+                page.uploads()
+                    .iter()
+                    .filter_map(|u| u.key())
+                    .filter_map(|k| k.get(full_prefix.len()..))
+                    .map(str::to_owned),
+            );
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(keys);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            upload_id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() && upload_id_marker.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// `prefix/key`, or `key` when the repository has no prefix; with an
+    /// empty key, the prefix with its trailing slash.
+    fn full_key(&self, key: &str) -> String {
+        if self.location.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}/{key}", self.location.prefix)
+        }
+    }
+
+    pub(super) async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<u64, StoreError> {
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?
+            .len();
+        let full_key = self.full_key(key);
+        if size > MULTIPART_THRESHOLD {
+            self.put_multipart(&full_key, path, size, cancel).await?;
+            return Ok(size);
+        }
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e.into()))?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(&full_key)
+            .content_length(to_i64(size))
+            .body(body)
+            .send();
+        cancellable(cancel, async {
+            request
+                .await
+                .map_err(|e| s3_error("PutObject", &full_key, e))
+        })
+        .await?;
+        Ok(size)
+    }
+
+    async fn put_multipart(
+        &self,
+        full_key: &str,
+        path: &Path,
+        size: u64,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let request = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(full_key)
+            .send();
+        let created = cancellable(cancel, async {
+            request
+                .await
+                .map_err(|e| s3_error("CreateMultipartUpload", full_key, e))
+        })
+        .await?;
+        let Some(upload_id) = created.upload_id().map(str::to_owned) else {
+            return Err(StoreError::S3 {
+                operation: "CreateMultipartUpload",
+                key: full_key.to_owned(),
+                message: "the response carries no upload id".into(),
+            });
+        };
+        let result = self
+            .upload_parts_and_complete(full_key, &upload_id, path, size, cancel)
+            .await;
+        if result.is_err() {
+            // Not tied to `cancel`: the abort must run precisely when we were cancelled.
+            let abort = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.location.bucket)
+                .key(full_key)
+                .upload_id(&upload_id)
+                .send();
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(30), abort).await {
+                tracing::warn!(key = full_key, error = %e, "aborting multipart upload timed out");
+            } else {
+                tracing::debug!(key = full_key, "aborted multipart upload");
+            }
+        }
+        result
+    }
+
+    async fn upload_parts_and_complete(
+        &self,
+        full_key: &str,
+        upload_id: &str,
+        path: &Path,
+        size: u64,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let part_count = size.div_ceil(PART_SIZE);
+        let mut tasks = JoinSet::new();
+        let mut completed = Vec::with_capacity(usize::try_from(part_count).unwrap_or(0));
+        let mut next_part = 0u64;
+        while next_part < part_count || !tasks.is_empty() {
+            while next_part < part_count && tasks.len() < PART_PARALLELISM {
+                let offset = next_part * PART_SIZE;
+                let part = PartUpload {
+                    client: self.client.clone(),
+                    bucket: self.location.bucket.clone(),
+                    key: full_key.to_owned(),
+                    upload_id: upload_id.to_owned(),
+                    path: path.to_path_buf(),
+                    // Part numbers start at 1.
+                    number: i32::try_from(next_part + 1).map_err(|_| StoreError::S3 {
+                        operation: "UploadPart",
+                        key: full_key.to_owned(),
+                        message: "too many parts".into(),
+                    })?,
+                    offset,
+                    length: PART_SIZE.min(size - offset),
+                };
+                tasks.spawn(part.send());
+                next_part += 1;
+            }
+            let joined = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(StoreError::Cancelled),
+                joined = tasks.join_next() => joined,
+            };
+            let Some(joined) = joined else { break };
+            let part = joined.map_err(|e| StoreError::S3 {
+                operation: "UploadPart",
+                key: full_key.to_owned(),
+                message: format!("upload task failed: {e}"),
+            })??;
+            completed.push(part);
+        }
+        completed.sort_by_key(|p| p.part_number());
+        let request = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(full_key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send();
+        cancellable(cancel, async {
+            request
+                .await
+                .map_err(|e| s3_error("CompleteMultipartUpload", full_key, e))
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let full_key = self.full_key(key);
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(&full_key)
+            .body(ByteStream::from(bytes))
+            .send();
+        cancellable(cancel, async {
+            request
+                .await
+                .map_err(|e| s3_error("PutObject", &full_key, e))
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn get_bytes(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>, StoreError> {
+        let full_key = self.full_key(key);
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .key(&full_key)
+            .send();
+        cancellable(cancel, async {
+            let output = match request.await {
+                Ok(output) => output,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                    return Err(StoreError::NotFound { key: key.into() })
+                }
+                Err(e) => return Err(s3_error("GetObject", &full_key, e)),
+            };
+            let body = output.body.collect().await.map_err(|e| StoreError::S3 {
+                operation: "GetObject",
+                key: full_key.clone(),
+                message: DisplayErrorContext(e).to_string(),
+            })?;
+            Ok(body.into_bytes().to_vec())
+        })
+        .await
+    }
+
+    pub(super) async fn exists(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<bool, StoreError> {
+        let full_key = self.full_key(key);
+        let request = self
+            .client
+            .head_object()
+            .bucket(&self.location.bucket)
+            .key(&full_key)
+            .send();
+        cancellable(cancel, async {
+            match request.await {
+                Ok(_) => Ok(true),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+                Err(e) => Err(s3_error("HeadObject", &full_key, e)),
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn list(
+        &self,
+        prefix: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<String>, StoreError> {
+        let full_prefix = if self.location.prefix.is_empty() {
+            prefix.to_owned()
+        } else {
+            format!("{}/{prefix}", self.location.prefix)
+        };
+        let strip = full_prefix.len() - prefix.len();
+        let mut keys = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let request = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.location.bucket)
+                .prefix(&full_prefix)
+                .set_continuation_token(continuation.take())
+                .send();
+            let page = cancellable(cancel, async {
+                request
+                    .await
+                    .map_err(|e| s3_error("ListObjectsV2", &full_prefix, e))
+            })
+            .await?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .filter_map(|k| k.get(strip..))
+                    .map(str::to_owned),
+            );
+            match page.next_continuation_token() {
+                Some(token) if page.is_truncated().unwrap_or(false) => {
+                    continuation = Some(token.to_owned());
+                }
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    pub(super) async fn delete(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let full_key = self.full_key(key);
+        let request = self
+            .client
+            .delete_object()
+            .bucket(&self.location.bucket)
+            .key(&full_key)
+            .send();
+        cancellable(cancel, async {
+            request
+                .await
+                .map_err(|e| s3_error("DeleteObject", &full_key, e))
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// One part of a multipart upload, owned so that it can run on its own task.
+struct PartUpload {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    path: std::path::PathBuf,
+    number: i32,
+    offset: u64,
+    length: u64,
+}
+
+impl PartUpload {
+    async fn send(self) -> Result<CompletedPart, StoreError> {
+        let body = ByteStream::read_from()
+            .path(&self.path)
+            .offset(self.offset)
+            .length(Length::Exact(self.length))
+            .build()
+            .await
+            .map_err(|e| StoreError::io(format!("reading {}", self.path.display()), e.into()))?;
+        let output = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(self.number)
+            .content_length(to_i64(self.length))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| s3_error("UploadPart", &self.key, e))?;
+        Ok(CompletedPart::builder()
+            .part_number(self.number)
+            .set_e_tag(output.e_tag().map(str::to_owned))
+            .build())
+    }
+}
+
+/// The TLS settings for https endpoints: system roots plus `AWS_CA_BUNDLE`.
+async fn tls_context() -> Result<TlsContext, StoreError> {
+    let mut trust_store = TrustStore::default();
+    if let Some(bundle) = std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty()) {
+        match tokio::fs::read(&bundle).await {
+            Ok(pem) => trust_store.add_pem_certificate(pem),
+            Err(e) => {
+                tracing::warn!(path = ?bundle, error = %e, "ignoring unreadable AWS_CA_BUNDLE");
+                &mut trust_store
+            }
+        };
+    }
+    TlsContext::builder()
+        .with_trust_store(trust_store)
+        .build()
+        .map_err(|e| StoreError::Config(format!("TLS configuration: {e}")))
+}
+
+fn s3_error<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    StoreError::S3 {
+        operation,
+        key: key.to_owned(),
+        message: DisplayErrorContext(error).to_string(),
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let credentials = S3Credentials {
+            access_key_id: "AKID".into(),
+            secret_access_key: "very-secret".into(),
+            session_token: Some("token-secret".into()),
+        };
+        let shown = format!("{credentials:?}");
+        assert!(shown.contains("AKID"));
+        assert!(!shown.contains("very-secret"));
+        assert!(!shown.contains("token-secret"));
+    }
+
+    #[tokio::test]
+    async fn credentials_come_from_a_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("access_key_id"), "AKID\n").expect("write");
+        std::fs::write(dir.path().join("secret_access_key"), "SECRET\n").expect("write");
+        let reference = format!("file:{}", dir.path().display());
+        let credentials = resolve_credentials(&reference).await.expect("credentials");
+        assert_eq!(credentials.access_key_id, "AKID");
+        assert_eq!(credentials.secret_access_key, "SECRET");
+        assert_eq!(credentials.session_token, None);
+    }
+
+    #[tokio::test]
+    async fn unknown_credential_references_are_rejected() {
+        assert!(matches!(
+            resolve_credentials("vault:x").await,
+            Err(StoreError::Config(_))
+        ));
+        assert!(matches!(
+            resolve_credentials("env:COFFER_SURELY_UNSET_VARIABLE").await,
+            Err(StoreError::Config(_))
+        ));
+    }
+}

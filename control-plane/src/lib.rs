@@ -11,3 +11,5 @@ pub mod leasing;
 pub mod model;
 pub mod server;
 pub mod startup;
+#[doc(hidden)]
+pub mod testing;

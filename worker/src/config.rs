@@ -9,10 +9,18 @@ use clap::Parser;
 
 /// Worker settings.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "coffer-worker", version, about = "Coffer worker: leases runs and moves backup data")]
+#[command(
+    name = "coffer-worker",
+    version,
+    about = "Coffer worker: leases runs and moves backup data"
+)]
 pub struct Config {
     /// Control-plane URL.
-    #[arg(long, env = "COFFER_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "COFFER_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub control_plane: String,
 
     /// Stable worker name (default: the host name).
@@ -65,7 +73,12 @@ impl Config {
     /// Parsed labels.
     pub fn parsed_labels(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let mut labels = BTreeMap::new();
-        for pair in self.labels.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        for pair in self
+            .labels
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             let (key, value) = pair
                 .split_once('=')
                 .ok_or_else(|| anyhow::anyhow!("label {pair:?} is not key=value"))?;
@@ -105,7 +118,9 @@ impl Config {
 
     /// The effective configuration as `key = value` lines.
     pub fn render(&self) -> String {
-        let token = if std::env::var_os("COFFER_WORKER_TOKEN").is_some() || std::env::var_os("COFFER_WORKER_TOKEN_FILE").is_some() {
+        let token = if std::env::var_os("COFFER_WORKER_TOKEN").is_some()
+            || std::env::var_os("COFFER_WORKER_TOKEN_FILE").is_some()
+        {
             "(set)"
         } else {
             "(unset)"

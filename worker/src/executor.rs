@@ -38,7 +38,10 @@ impl Reporter for SessionReporter<'_> {
                 message: lost.to_string(),
                 retryable: true,
             })?;
-        debug_assert_eq!(sequence, batch.sequence, "batches are numbered by the session in order");
+        debug_assert_eq!(
+            sequence, batch.sequence,
+            "batches are numbered by the session in order"
+        );
         Ok(())
     }
 }
@@ -52,19 +55,35 @@ fn failure(error: impl Into<String>, retryable: bool) -> pb::run_completion::Out
 
 fn is_under(path: &str, root: &str) -> bool {
     let root = root.trim_end_matches('/');
-    root.is_empty() || path == root || path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
+    root.is_empty()
+        || path == root
+        || path
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 impl BackupExecutor {
-    async fn backup(&self, assignment: pb::RunAssignment, context: &RunContext) -> pb::run_completion::Outcome {
+    async fn backup(
+        &self,
+        assignment: pb::RunAssignment,
+        context: &RunContext,
+    ) -> pb::run_completion::Outcome {
         let Some(run) = assignment.run else {
             return failure("assignment without a run", false);
         };
         let Some(pb::run::Spec::Backup(spec)) = run.spec else {
             return failure("this worker executes backup runs only", false);
         };
-        if !self.source_roots.is_empty() && !self.source_roots.iter().any(|root| is_under(&spec.source_path, root)) {
-            return failure(format!("{} is outside this worker's source roots", spec.source_path), false);
+        if !self.source_roots.is_empty()
+            && !self
+                .source_roots
+                .iter()
+                .any(|root| is_under(&spec.source_path, root))
+        {
+            return failure(
+                format!("{} is outside this worker's source roots", spec.source_path),
+                false,
+            );
         }
         let Some(target) = assignment.target else {
             return failure("assignment without a resolved target", false);
@@ -74,7 +93,12 @@ impl BackupExecutor {
         };
         let store = match Store::open(&target, "").await {
             Ok(store) => Arc::new(store),
-            Err(error) => return failure(format!("cannot open the target: {error}"), error.is_retryable()),
+            Err(error) => {
+                return failure(
+                    format!("cannot open the target: {error}"),
+                    error.is_retryable(),
+                )
+            }
         };
         tracing::info!(run = %run_id, source = %spec.source_path, target = %store.describe(), "backup started");
         let plan = BackupPlan {
@@ -107,7 +131,11 @@ impl BackupExecutor {
 
 #[tonic::async_trait]
 impl Executor for BackupExecutor {
-    async fn execute(&self, assignment: pb::RunAssignment, context: RunContext) -> pb::run_completion::Outcome {
+    async fn execute(
+        &self,
+        assignment: pb::RunAssignment,
+        context: RunContext,
+    ) -> pb::run_completion::Outcome {
         self.backup(assignment, &context).await
     }
 }

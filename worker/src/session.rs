@@ -77,7 +77,11 @@ impl RunContext {
 
     /// Queues a batch of file records and errors; waits while too many
     /// batches are unacknowledged. Returns the batch's sequence number.
-    pub async fn send_batch(&self, files: Vec<pb::FileRecord>, errors: Vec<pb::RunError>) -> Result<i64, LeaseLost> {
+    pub async fn send_batch(
+        &self,
+        files: Vec<pb::FileRecord>,
+        errors: Vec<pb::RunError>,
+    ) -> Result<i64, LeaseLost> {
         let permit = tokio::select! {
             permit = self.window.clone().acquire_owned() => permit.map_err(|_| LeaseLost("session closed".into()))?,
             () = self.cancel.cancelled() => return Err(LeaseLost("cancelled".into())),
@@ -110,7 +114,11 @@ impl RunContext {
 #[tonic::async_trait]
 pub trait Executor: Send + Sync + 'static {
     /// Runs one attempt to its end and says how it ended.
-    async fn execute(&self, assignment: pb::RunAssignment, context: RunContext) -> pb::run_completion::Outcome;
+    async fn execute(
+        &self,
+        assignment: pb::RunAssignment,
+        context: RunContext,
+    ) -> pb::run_completion::Outcome;
 }
 
 /// Key of a fenced write awaiting acknowledgement: run, token, batch sequence
@@ -139,7 +147,9 @@ pub struct Shared {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Shared {
@@ -156,7 +166,11 @@ impl Shared {
 }
 
 /// Runs the worker until `shutdown` fires and its work is drained.
-pub async fn run(config: SessionConfig, executor: Arc<dyn Executor>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: SessionConfig,
+    executor: Arc<dyn Executor>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         running: Mutex::new(HashMap::new()),
         pending: Mutex::new(BTreeMap::new()),
@@ -175,19 +189,34 @@ pub async fn run(config: SessionConfig, executor: Arc<dyn Executor>, shutdown: C
             drain_started = Some(tokio::time::Instant::now());
             draining.cancel();
         }
-        if draining.is_cancelled() && lock(&shared.running).is_empty() && lock(&shared.pending).is_empty() {
+        if draining.is_cancelled()
+            && lock(&shared.running).is_empty()
+            && lock(&shared.pending).is_empty()
+        {
             tracing::info!("drained; exiting");
             return Ok(());
         }
         let outcome = match endpoint.connect().await {
             Ok(channel) => {
-                let result = session(&config, channel, &shared, &executor, &shutdown, &draining, &mut drain_started).await;
+                let result = session(
+                    &config,
+                    channel,
+                    &shared,
+                    &executor,
+                    &shutdown,
+                    &draining,
+                    &mut drain_started,
+                )
+                .await;
                 if result.is_ok() {
                     failures = 0;
                 }
                 result
             }
-            Err(error) => Err(anyhow::anyhow!("cannot connect to {}: {error}", config.control_plane)),
+            Err(error) => Err(anyhow::anyhow!(
+                "cannot connect to {}: {error}",
+                config.control_plane
+            )),
         };
         match outcome {
             Ok(SessionEnd::Drained) => return Ok(()),
@@ -226,7 +255,10 @@ async fn session(
 ) -> anyhow::Result<SessionEnd> {
     let mut client = WorkerServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::LeaseSessionRequest>(64);
-    let held_leases: Vec<pb::LeaseRef> = lock(&shared.running).values().map(|r| r.lease.clone()).collect();
+    let held_leases: Vec<pb::LeaseRef> = lock(&shared.running)
+        .values()
+        .map(|r| r.lease.clone())
+        .collect();
     let hello = pb::WorkerHello {
         name: config.name.clone(),
         labels: config.labels.clone().into_iter().collect(),
@@ -235,16 +267,22 @@ async fn session(
         version: env!("CARGO_PKG_VERSION").to_string(),
         held_leases,
     };
-    tx.send(request(pb::lease_session_request::Message::Hello(hello))).await?;
+    tx.send(request(pb::lease_session_request::Message::Hello(hello)))
+        .await?;
     let mut call = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = &config.token {
-        call.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+        call.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
     }
     let mut inbound = client.lease_session(call).await?.into_inner();
 
-    // Everything not acknowledged yet goes out again on the new stream.
+    // Everything not acknowledged yet goes out again on the new stream,
+    // file batches before the completions and releases that count them.
     {
-        let pending: Vec<_> = lock(&shared.pending).values().cloned().collect();
+        let mut pending: Vec<_> = lock(&shared.pending).values().cloned().collect();
+        pending.sort_by_key(|message| {
+            !matches!(message, pb::lease_session_request::Message::FileBatch(_))
+        });
         let mut unsent = lock(&shared.unsent);
         unsent.clear();
         unsent.extend(pending);
@@ -253,10 +291,16 @@ async fn session(
     let mut last_credit = -1;
     loop {
         flush(shared, &tx).await?;
-        let credit = if draining.is_cancelled() { 0 } else { shared.free_slots(config.slots) };
+        let credit = if draining.is_cancelled() {
+            0
+        } else {
+            shared.free_slots(config.slots)
+        };
         if credit != last_credit {
-            tx.send(request(pb::lease_session_request::Message::Credit(pb::WorkerCredit { free_slots: credit })))
-                .await?;
+            tx.send(request(pb::lease_session_request::Message::Credit(
+                pb::WorkerCredit { free_slots: credit },
+            )))
+            .await?;
             last_credit = credit;
         }
         if draining.is_cancelled() {
@@ -287,7 +331,9 @@ async fn session(
 }
 
 fn request(message: pb::lease_session_request::Message) -> pb::LeaseSessionRequest {
-    pb::LeaseSessionRequest { message: Some(message) }
+    pb::LeaseSessionRequest {
+        message: Some(message),
+    }
 }
 
 async fn flush(shared: &Shared, tx: &mpsc::Sender<pb::LeaseSessionRequest>) -> anyhow::Result<()> {
@@ -298,7 +344,10 @@ async fn flush(shared: &Shared, tx: &mpsc::Sender<pb::LeaseSessionRequest>) -> a
     Ok(())
 }
 
-async fn send_heartbeat(shared: &Shared, tx: &mpsc::Sender<pb::LeaseSessionRequest>) -> anyhow::Result<()> {
+async fn send_heartbeat(
+    shared: &Shared,
+    tx: &mpsc::Sender<pb::LeaseSessionRequest>,
+) -> anyhow::Result<()> {
     let leases: Vec<pb::LeaseProgress> = lock(&shared.running)
         .values()
         .map(|run| pb::LeaseProgress {
@@ -307,8 +356,10 @@ async fn send_heartbeat(shared: &Shared, tx: &mpsc::Sender<pb::LeaseSessionReque
         })
         .collect();
     if !leases.is_empty() {
-        tx.send(request(pb::lease_session_request::Message::Heartbeat(pb::WorkerHeartbeat { leases })))
-            .await?;
+        tx.send(request(pb::lease_session_request::Message::Heartbeat(
+            pb::WorkerHeartbeat { leases },
+        )))
+        .await?;
     }
     Ok(())
 }
@@ -355,7 +406,9 @@ fn handle_response(
         }
         Some(M::Assignment(assignment)) => start_run(assignment, config, shared, executor),
         Some(M::Revocation(revocation)) => {
-            let Some(lease) = revocation.lease else { return };
+            let Some(lease) = revocation.lease else {
+                return;
+            };
             let mut running = lock(&shared.running);
             if let Some(run) = running.get(&lease.run_id) {
                 if run.lease.lease_token == lease.lease_token {
@@ -365,7 +418,8 @@ fn handle_response(
                 }
             }
             drop(running);
-            lock(&shared.pending).retain(|key, _| !(key.0 == lease.run_id && key.1 == lease.lease_token));
+            lock(&shared.pending)
+                .retain(|key, _| !(key.0 == lease.run_id && key.1 == lease.lease_token));
             shared.wake.notify_one();
         }
         Some(M::Ack(ack)) => handle_ack(ack, shared),
@@ -390,7 +444,10 @@ fn handle_ack(ack: pb::LeaseAck, shared: &Shared) {
         if !ack.accepted {
             tracing::warn!(run = %lease.run_id, reason = %ack.reason, "control plane refused the result of the attempt");
         }
-        if running.get(&lease.run_id).is_some_and(|r| r.lease.lease_token == lease.lease_token) {
+        if running
+            .get(&lease.run_id)
+            .is_some_and(|r| r.lease.lease_token == lease.lease_token)
+        {
             running.remove(&lease.run_id);
         }
     }
@@ -398,8 +455,15 @@ fn handle_ack(ack: pb::LeaseAck, shared: &Shared) {
     shared.wake.notify_one();
 }
 
-fn start_run(assignment: pb::RunAssignment, config: &SessionConfig, shared: &Arc<Shared>, executor: &Arc<dyn Executor>) {
-    let Some(lease) = assignment.lease.clone() else { return };
+fn start_run(
+    assignment: pb::RunAssignment,
+    config: &SessionConfig,
+    shared: &Arc<Shared>,
+    executor: &Arc<dyn Executor>,
+) {
+    let Some(lease) = assignment.lease.clone() else {
+        return;
+    };
     let mut running = lock(&shared.running);
     if running.len() >= config.slots || running.contains_key(&lease.run_id) {
         drop(running);

@@ -1,0 +1,211 @@
+//! Test support shared by the integration tests of the control plane and the
+//! worker: a real control plane on an ephemeral loopback port over a real
+//! catalog (a fresh PostgreSQL database per test, or a fresh SQLite file).
+//!
+//! PostgreSQL needs `DATABASE_URL` pointing at a server where the user may
+//! create databases; `scripts/test.sh` starts one. Without it, PostgreSQL tests
+//! fail loudly rather than skip, so a green run always means both backends ran.
+
+use std::net::SocketAddr;
+
+use coffer_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::Request;
+
+use crate::api::AppState;
+use crate::auth::{ensure_bootstrap_token, mint_secret, AuthMode, Authenticator};
+use crate::catalog::leases::LeaseSettings;
+use crate::catalog::Catalog;
+use crate::model::user::TokenScope;
+
+/// Which catalog backend a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A fresh database on the server named by `DATABASE_URL`.
+    Postgres,
+    /// A fresh SQLite file in a temporary directory.
+    Sqlite,
+}
+
+/// A fresh, migrated catalog of the given backend. Keep the returned guard alive.
+pub async fn fresh_catalog(backend: Backend) -> (Catalog, CatalogGuard) {
+    match backend {
+        Backend::Postgres => {
+            let admin_url = std::env::var("DATABASE_URL").expect(
+                "DATABASE_URL must name a PostgreSQL server for the postgres tests; run scripts/test.sh",
+            );
+            let name = format!("coffer_test_{}", uuid::Uuid::new_v4().simple());
+            let admin = Catalog::connect_without_migrating(&admin_url)
+                .await
+                .expect("connect to DATABASE_URL");
+            admin
+                .execute_raw(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create test database");
+            admin.close().await;
+            let url = replace_database(&admin_url, &name);
+            let catalog = Catalog::connect(&url).await.expect("migrate test database");
+            (catalog, CatalogGuard { _dir: None })
+        }
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+            let catalog = Catalog::connect(&url).await.expect("open sqlite catalog");
+            (catalog, CatalogGuard { _dir: Some(dir) })
+        }
+    }
+}
+
+/// Keeps a test's temporary files alive.
+pub struct CatalogGuard {
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end);
+    let host_part = path_start.map_or(base, |i| &base[..i]);
+    match query {
+        Some(query) => format!("{host_part}/{database}?{query}"),
+        None => format!("{host_part}/{database}"),
+    }
+}
+
+/// A control plane serving on 127.0.0.1 with an admin token.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Secret of the bootstrap admin token.
+    pub admin_token: String,
+    /// Secret of a worker-scope token.
+    pub worker_token: String,
+    /// The server's shared state (for white-box assertions on the catalog).
+    pub state: AppState,
+    shutdown: CancellationToken,
+    _guard: CatalogGuard,
+}
+
+impl TestServer {
+    /// Starts a control plane with authentication required.
+    pub async fn start(backend: Backend) -> TestServer {
+        let (catalog, guard) = fresh_catalog(backend).await;
+        Self::start_on(catalog, guard).await
+    }
+
+    /// Starts a control plane with the given lease timing.
+    pub async fn start_with_leases(backend: Backend, settings: LeaseSettings) -> TestServer {
+        let (catalog, guard) = fresh_catalog(backend).await;
+        Self::start_configured(catalog, guard, settings).await
+    }
+
+    /// Starts a control plane over an existing catalog.
+    pub async fn start_on(catalog: Catalog, guard: CatalogGuard) -> TestServer {
+        Self::start_configured(catalog, guard, LeaseSettings::default()).await
+    }
+
+    async fn start_configured(
+        catalog: Catalog,
+        guard: CatalogGuard,
+        settings: LeaseSettings,
+    ) -> TestServer {
+        let admin_token = mint_secret().secret;
+        let worker_token = mint_secret().secret;
+        ensure_bootstrap_token(&catalog, &admin_token, TokenScope::User)
+            .await
+            .expect("admin token");
+        ensure_bootstrap_token(&catalog, &worker_token, TokenScope::Worker)
+            .await
+            .expect("worker token");
+        let auth = Authenticator::new(catalog.clone(), AuthMode::Required);
+        let state = AppState::new(catalog, auth).with_lease_settings(settings);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let shutdown = CancellationToken::new();
+        let serve_state = state.clone();
+        let serve_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            crate::server::serve(serve_state, listener, serve_shutdown.cancelled_owned())
+                .await
+                .expect("server failed");
+        });
+        TestServer {
+            addr,
+            admin_token,
+            worker_token,
+            state,
+            shutdown,
+            _guard: guard,
+        }
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("valid uri")
+            .connect()
+            .await
+            .expect("connect to test server")
+    }
+
+    /// Stops serving (as a crash or restart of the control plane would).
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A user created by the admin, with a user token: `(user, token secret)`.
+    pub async fn create_user(&self, username: &str) -> (pb::User, String) {
+        let mut users = pb::user_service_client::UserServiceClient::new(self.channel().await);
+        let user = users
+            .create_user(authed(
+                &self.admin_token,
+                pb::CreateUserRequest {
+                    user: Some(pb::User {
+                        username: username.to_string(),
+                        email: format!("{username}@example.com"),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect("create user")
+            .into_inner()
+            .user
+            .expect("user in response");
+        let token = users
+            .create_api_token(authed(
+                &self.admin_token,
+                pb::CreateApiTokenRequest {
+                    user_id: user.id.clone(),
+                    display_name: "test".to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("create token")
+            .into_inner()
+            .secret;
+        (user, token)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Wraps a message in a request carrying `authorization: Bearer <token>`.
+pub fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("token is ASCII"),
+    );
+    request
+}

@@ -43,6 +43,15 @@ pub struct Config {
     #[arg(long, env = "COFFER_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
 
+    /// Run a worker inside this process (default: on with the embedded SQLite
+    /// catalog, off with PostgreSQL, where workers are separate processes).
+    #[arg(long, env = "COFFER_EMBEDDED_WORKER")]
+    pub embedded_worker: Option<bool>,
+
+    /// Parallel runs of the embedded worker.
+    #[arg(long, env = "COFFER_EMBEDDED_WORKER_SLOTS", default_value_t = 2)]
+    pub embedded_worker_slots: usize,
+
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -65,6 +74,11 @@ impl Config {
     /// Whether the catalog is the embedded SQLite file.
     pub fn is_embedded(&self) -> bool {
         self.effective_database_url().starts_with("sqlite:")
+    }
+
+    /// Whether an embedded worker runs in this process.
+    pub fn runs_embedded_worker(&self) -> bool {
+        self.embedded_worker.unwrap_or_else(|| self.is_embedded())
     }
 
     /// Shutdown grace period.
@@ -105,6 +119,8 @@ impl Config {
             format!("insecure_no_auth = {}", self.insecure_no_auth),
             format!("log_format = {}", self.log_format),
             format!("shutdown_grace_seconds = {}", self.shutdown_grace_seconds),
+            format!("embedded_worker = {}", self.runs_embedded_worker()),
+            format!("embedded_worker_slots = {}", self.embedded_worker_slots),
             format!("admin_token = {admin_token}"),
             format!("worker_token = {worker_token}"),
         ]

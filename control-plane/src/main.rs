@@ -1,8 +1,11 @@
 //! `coffer-control-plane`: serves the Coffer API.
 
+use std::sync::Arc;
+
 use clap::Parser;
 use coffer_control_plane::config::Config;
 use coffer_control_plane::{server, startup};
+use coffer_worker::executor::BackupExecutor;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -21,15 +24,45 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "coffer control plane serving");
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let port = listener.local_addr()?.port();
+    let signal = CancellationToken::new();
+    let stop_serving = CancellationToken::new();
+    tokio::spawn(signal_shutdown(signal.clone()));
     let serving = tokio::spawn(server::serve(
         state.clone(),
         listener,
-        shutdown.clone().cancelled_owned(),
+        stop_serving.clone().cancelled_owned(),
     ));
 
-    shutdown.cancelled().await;
+    // The embedded worker drains first (it needs the API to release its
+    // leases), then the server stops.
+    let worker = if config.runs_embedded_worker() {
+        let token = startup::embedded_worker_token(&config, &state.catalog).await?;
+        let worker_config = startup::embedded_worker_config(&config, port, token);
+        let executor = Arc::new(BackupExecutor::default());
+        tracing::info!(slots = worker_config.slots, "embedded worker starting");
+        Some(tokio::spawn(coffer_worker::session::run(
+            worker_config,
+            executor,
+            signal.clone(),
+        )))
+    } else {
+        None
+    };
+
+    signal.cancelled().await;
+    if let Some(worker) = worker {
+        tracing::info!("draining the embedded worker");
+        match tokio::time::timeout(config.shutdown_grace() * 2, worker).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "embedded worker stopped with an error"),
+            Ok(Err(error)) => tracing::warn!(%error, "embedded worker panicked"),
+            Err(_) => {
+                tracing::warn!("embedded worker did not drain in time; its leases will expire")
+            }
+        }
+    }
+    stop_serving.cancel();
     tracing::info!("shutting down: no new calls; waiting for in-flight calls");
     match tokio::time::timeout(config.shutdown_grace(), serving).await {
         Ok(joined) => joined??,

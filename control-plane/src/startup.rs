@@ -12,6 +12,8 @@ use crate::model::user::TokenScope;
 
 /// Name of the file the standalone mode writes a generated admin token to.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Name of the file holding the embedded worker's token.
+pub const WORKER_TOKEN_FILE: &str = "worker.token";
 
 /// Connects the catalog (creating the data directory for SQLite), registers the
 /// bootstrap tokens from the environment and returns the shared state.
@@ -79,4 +81,39 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     writeln!(file, "{secret}")?;
     file.sync_all()?;
     Ok(())
+}
+
+/// The embedded worker's token: read from the data directory, or minted,
+/// stored there (mode 0600) and registered on first start.
+pub async fn embedded_worker_token(config: &Config, catalog: &Catalog) -> anyhow::Result<String> {
+    let path = config.data_dir.join(WORKER_TOKEN_FILE);
+    let secret = match std::fs::read_to_string(&path) {
+        Ok(secret) if !secret.trim().is_empty() => secret.trim().to_string(),
+        _ => {
+            std::fs::create_dir_all(&config.data_dir)?;
+            let minted = mint_secret();
+            write_secret_file(&path, &minted.secret)?;
+            minted.secret
+        }
+    };
+    ensure_bootstrap_token(catalog, &secret, TokenScope::Worker).await?;
+    Ok(secret)
+}
+
+/// The embedded worker: a `coffer-worker` session in this process, talking
+/// to this control plane over loopback like any other worker.
+pub fn embedded_worker_config(
+    config: &Config,
+    port: u16,
+    token: String,
+) -> coffer_worker::session::SessionConfig {
+    coffer_worker::session::SessionConfig {
+        control_plane: format!("http://127.0.0.1:{port}"),
+        token: Some(token),
+        name: format!("embedded-{port}"),
+        labels: std::iter::once(("embedded".to_string(), "true".to_string())).collect(),
+        slots: config.embedded_worker_slots.max(1),
+        source_roots: Vec::new(),
+        drain_timeout: config.shutdown_grace(),
+    }
 }

@@ -112,6 +112,22 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 fn readme() -> String {
     let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
     std::fs::read_to_string(path).expect("read README.md")
@@ -168,9 +184,27 @@ fn readme_walkthrough_works_verbatim() {
         );
     }
     assert!(
-        stdout.contains("RUN_STATE_QUEUED"),
-        "run status missing:\n{stdout}"
+        stdout.contains("RUN_STATE_SUCCEEDED"),
+        "the backup did not succeed:\n{stdout}"
     );
+    assert!(
+        !stdout.contains("RUN_STATE_FAILED"),
+        "a run failed:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("docs/copy-of-readme.txt"),
+        "snapshot files missing:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("METADATA_SOURCE_AUTOMATIC"),
+        "automatic metadata missing:\n{stdout}"
+    );
+    // The job's repository holds one manifest and two distinct contents
+    // (the copy of readme.txt is stored once).
+    let repo = dir.path().join("demo/repo/daily");
+    let data_objects = walk_files(&repo.join("data"));
+    assert_eq!(data_objects.len(), 2, "{data_objects:?}");
+    assert_eq!(walk_files(&repo.join("snapshots")).len(), 1);
     assert!(
         stdout.contains("Backup completed successfully."),
         "metadata missing:\n{stdout}"

@@ -98,6 +98,13 @@ pub async fn serve(
             api::workers::WorkerApi::new(state.clone()),
         ));
 
+    let stopping = state.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Ends lease sessions; workers reconnect to another replica or to
+        // this one after a restart, and keep their leases meanwhile.
+        stopping.cancel();
+    };
     let result = router
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;

@@ -88,7 +88,8 @@ pub struct TestServer {
     /// The server's shared state (for white-box assertions on the catalog).
     pub state: AppState,
     shutdown: CancellationToken,
-    _guard: CatalogGuard,
+    serving: Option<tokio::task::JoinHandle<()>>,
+    guard: Option<CatalogGuard>,
 }
 
 impl TestServer {
@@ -122,14 +123,32 @@ impl TestServer {
         ensure_bootstrap_token(&catalog, &worker_token, TokenScope::Worker)
             .await
             .expect("worker token");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(
+            catalog,
+            guard,
+            settings,
+            listener,
+            admin_token,
+            worker_token,
+        )
+    }
+
+    fn serve(
+        catalog: Catalog,
+        guard: CatalogGuard,
+        settings: LeaseSettings,
+        listener: TcpListener,
+        admin_token: String,
+        worker_token: String,
+    ) -> TestServer {
         let auth = Authenticator::new(catalog.clone(), AuthMode::Required);
         let state = AppState::new(catalog, auth).with_lease_settings(settings);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
         let serve_state = state.clone();
         let serve_shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        let serving = tokio::spawn(async move {
             crate::server::serve(serve_state, listener, serve_shutdown.cancelled_owned())
                 .await
                 .expect("server failed");
@@ -140,8 +159,33 @@ impl TestServer {
             worker_token,
             state,
             shutdown,
-            _guard: guard,
+            serving: Some(serving),
+            guard: Some(guard),
         }
+    }
+
+    /// Stops serving, waits until the server is gone, and serves again on the
+    /// same address over the same catalog, as a restarted control plane would.
+    pub async fn restart(mut self) -> TestServer {
+        self.shutdown.cancel();
+        if let Some(serving) = self.serving.take() {
+            tokio::time::timeout(std::time::Duration::from_secs(30), serving)
+                .await
+                .expect("server stopped within 30 s")
+                .expect("server task");
+        }
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("bind the same address again");
+        let guard = self.guard.take().expect("catalog guard");
+        Self::serve(
+            self.state.catalog.clone(),
+            guard,
+            self.state.lease_settings,
+            listener,
+            self.admin_token.clone(),
+            self.worker_token.clone(),
+        )
     }
 
     /// A channel to the server.

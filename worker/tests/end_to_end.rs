@@ -405,3 +405,67 @@ async fn worker_killed_mid_upload_is_replaced_and_nothing_is_lost_or_duplicated(
         "each content stored exactly once: {objects:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_restart_mid_run_loses_nothing() {
+    let settings = LeaseSettings {
+        ttl: Duration::from_secs(15),
+        backoff_base: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        attempt_deadline: Duration::from_secs(600),
+    };
+    let server = TestServer::start_with_leases(Backend::Postgres, settings).await;
+    let (bucket_id, store) = garage_bucket(&server).await;
+    let source = tempfile::tempdir().expect("source dir");
+    for index in 0..6u64 {
+        write(
+            &source.path().join(format!("part-{index}.bin")),
+            &noise(48 << 20, index + 100),
+        );
+    }
+    let run_id = create_run(
+        &server,
+        source.path(),
+        pb::target::Destination::Bucket(pb::BucketTarget {
+            bucket_id,
+            prefix: "repo".into(),
+        }),
+    )
+    .await;
+    let _worker = WorkerProcess::spawn(&server, "steady");
+    // Restart as soon as the worker holds the lease: the upload is in flight.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let run = get_run(&server, &run_id).await;
+        if run.state == pb::RunState::Running as i32 {
+            break;
+        }
+        assert_eq!(
+            run.state,
+            pb::RunState::Queued as i32,
+            "unexpected state before the restart"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run was never leased"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let server = server.restart().await;
+    let run = wait_until_final(&server, &run_id, Duration::from_secs(300)).await;
+    assert_eq!(
+        run.state,
+        pb::RunState::Succeeded as i32,
+        "run failed: {}",
+        run.error
+    );
+    assert_eq!(
+        run.attempt, 1,
+        "the worker kept its lease across the restart"
+    );
+    assert_eq!(
+        assert_restorable(&server, &run_id, source.path(), &store).await,
+        6
+    );
+}

@@ -34,6 +34,9 @@ pub struct AppState {
     pub run_events: Arc<tokio::sync::broadcast::Sender<uuid::Uuid>>,
     /// Lease timing for worker sessions and the reaper.
     pub lease_settings: LeaseSettings,
+    /// Fires when the server starts shutting down, so long-lived streams
+    /// (lease sessions) end instead of holding the graceful shutdown open.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -45,6 +48,7 @@ impl AppState {
             auth,
             run_events: Arc::new(sender),
             lease_settings: LeaseSettings::default(),
+            stopping: tokio_util::sync::CancellationToken::new(),
         }
     }
 

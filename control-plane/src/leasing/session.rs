@@ -169,6 +169,7 @@ impl Session {
                 },
                 _ = tick.tick() => self.assign().await,
                 () = self.outbound.closed() => return,
+                () = self.state.stopping.cancelled() => return,
             }
         }
     }

@@ -39,6 +39,16 @@ impl Caller {
         }
     }
 
+    /// The owner filter of a List call: admins may filter by any owner (or
+    /// none); everyone else always lists only their own resources.
+    pub fn list_owner_filter(&self, requested: Option<Uuid>) -> Option<Uuid> {
+        if self.is_admin() {
+            requested
+        } else {
+            Some(self.user.id)
+        }
+    }
+
     /// Whether the caller may see or change a resource owned by `owner_id`.
     pub fn can_access(&self, owner_id: Uuid) -> bool {
         self.is_admin() || self.user.id == owner_id

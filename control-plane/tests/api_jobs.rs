@@ -353,6 +353,19 @@ async fn foreign_jobs_are_not_found(backend: Backend) {
         .expect("list")
         .into_inner();
     assert!(bobs.jobs.is_empty());
+    // Asking for another owner's jobs still lists only one's own.
+    let filtered = jobs
+        .list_jobs(authed(
+            &bob_token,
+            pb::ListJobsRequest {
+                owner_id: alice.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list with a foreign owner filter")
+        .into_inner();
+    assert!(filtered.jobs.is_empty());
 
     // Admins see every job and may create jobs for others.
     let all = jobs

@@ -240,11 +240,7 @@ impl BucketApi {
         request: pb::ListBucketsRequest,
     ) -> DomainResult<pb::ListBucketsResponse> {
         let requested = parse_optional_id("owner_id", &request.owner_id)?;
-        let owner = if caller.is_admin() {
-            requested
-        } else {
-            Some(caller.user.id)
-        };
+        let owner = caller.list_owner_filter(requested);
         let page = Page::parse(request.page_size, &request.page_token)?;
         let (buckets, next_page_token) = self
             .state

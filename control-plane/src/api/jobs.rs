@@ -352,13 +352,7 @@ impl JobApi {
         request: pb::ListJobsRequest,
     ) -> DomainResult<pb::ListJobsResponse> {
         let requested = parse_optional_id("owner_id", &request.owner_id)?;
-        let owner_id = match (requested, caller.is_admin()) {
-            (requested, true) => requested,
-            (Some(id), false) if id != caller.user.id => {
-                return Err(DomainError::not_found("user", id))
-            }
-            (_, false) => Some(caller.user.id),
-        };
+        let owner_id = caller.list_owner_filter(requested);
         let filter = JobFilter {
             owner_id,
             bucket_id: parse_optional_id("bucket_id", &request.bucket_id)?,

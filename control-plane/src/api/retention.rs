@@ -301,11 +301,7 @@ impl RetentionApi {
         request: pb::ListRetentionPoliciesRequest,
     ) -> DomainResult<pb::ListRetentionPoliciesResponse> {
         let requested = parse_optional_id("owner_id", &request.owner_id)?;
-        let owner = if caller.is_admin() {
-            requested
-        } else {
-            Some(caller.user.id)
-        };
+        let owner = caller.list_owner_filter(requested);
         let page = Page::parse(request.page_size, &request.page_token)?;
         let (policies, next_page_token) = self
             .state

@@ -366,19 +366,27 @@ async fn worker_killed_mid_upload_is_replaced_and_nothing_is_lost_or_duplicated(
     .await;
 
     let mut doomed = WorkerProcess::spawn(&server, "doomed");
-    // Kill it once it has uploaded something but not finished.
+    // Kill it as soon as its first content object lands in the bucket: it
+    // is uploading and far from done (progress itself only arrives with
+    // heartbeats, too late to rely on).
+    let cancel = CancellationToken::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
+        let uploaded = store.list("data/", &cancel).await.expect("list bucket");
+        if !uploaded.is_empty() {
+            assert!(
+                uploaded.len() < 6,
+                "everything was uploaded before the kill; make the corpus bigger"
+            );
+            break;
+        }
         let run = get_run(&server, &run_id).await;
         assert!(
             run.state != pb::RunState::Succeeded as i32,
-            "finished before it could be killed; make the corpus bigger"
+            "finished before it could be killed"
         );
-        if run.progress.as_ref().is_some_and(|p| p.bytes_uploaded > 0) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no upload progress");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(tokio::time::Instant::now() < deadline, "no upload started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     doomed.kill_hard();
 

@@ -188,6 +188,20 @@ impl TestServer {
         )
     }
 
+    /// A run as the admin sees it through `RunService/GetRun`.
+    pub async fn get_run(&self, id: &str) -> pb::Run {
+        let mut runs = pb::run_service_client::RunServiceClient::new(self.channel().await);
+        runs.get_run(authed(
+            &self.admin_token,
+            pb::GetRunRequest { id: id.to_string() },
+        ))
+        .await
+        .expect("get run")
+        .into_inner()
+        .run
+        .expect("run in response")
+    }
+
     /// A channel to the server.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))

@@ -170,19 +170,6 @@ async fn queue_backup(server: &TestServer, selector: &[(&str, &str)]) -> String 
     .id
 }
 
-async fn get_run(server: &TestServer, id: &str) -> pb::Run {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    runs.get_run(authed(
-        &server.admin_token,
-        pb::GetRunRequest { id: id.to_string() },
-    ))
-    .await
-    .expect("get run")
-    .into_inner()
-    .run
-    .expect("run")
-}
-
 /// Waits for a run to reach `state`, following WatchRun.
 async fn wait_for_state(server: &TestServer, id: &str, state: pb::RunState) -> pb::Run {
     let mut runs = RunServiceClient::new(server.channel().await);
@@ -207,7 +194,7 @@ async fn wait_for_state(server: &TestServer, id: &str, state: pb::RunState) -> p
                     }
                 }
                 _ => {
-                    let run = get_run(server, id).await;
+                    let run = server.get_run(id).await;
                     assert_eq!(
                         run.state, state as i32,
                         "run ended in another state: {run:?}"
@@ -229,7 +216,7 @@ async fn queued_run_is_pushed_to_a_worker_with_credit(backend: Backend) {
     let lease = worker.assignment().await;
     assert_eq!(lease.run_id, run_id);
     assert_eq!(lease.lease_token, 1);
-    let run = get_run(&server, &run_id).await;
+    let run = server.get_run(&run_id).await;
     assert_eq!(run.state, pb::RunState::Running as i32);
     assert_eq!(run.attempt, 1);
     assert!(!run.worker_id.is_empty());
@@ -260,7 +247,7 @@ async fn zombie_worker_cannot_complete_a_run(backend: Backend) {
     zombie.heartbeat(&old_lease).await;
     let ack = zombie.succeed(&old_lease, 0).await;
     assert!(!ack.accepted, "zombie completion must be refused");
-    let run = get_run(&server, &run_id).await;
+    let run = server.get_run(&run_id).await;
     assert_eq!(run.state, pb::RunState::Running as i32);
     assert_eq!(run.progress.map(|p| p.files_done).unwrap_or_default(), 0);
 
@@ -320,7 +307,7 @@ async fn released_run_is_requeued_without_using_an_attempt(backend: Backend) {
         }))
         .await;
     assert!(worker.ack().await.accepted);
-    let run = get_run(&server, &run_id).await;
+    let run = server.get_run(&run_id).await;
     assert_eq!(run.state, pb::RunState::Queued as i32);
     assert_eq!(run.attempt, 0, "a release must not use up an attempt");
 
@@ -331,7 +318,7 @@ async fn released_run_is_requeued_without_using_an_attempt(backend: Backend) {
         second.lease_token > lease.lease_token,
         "tokens never repeat"
     );
-    assert_eq!(get_run(&server, &run_id).await.attempt, 1);
+    assert_eq!(server.get_run(&run_id).await.attempt, 1);
 }
 
 async fn cancellation_reaches_the_running_worker(backend: Backend) {
@@ -381,7 +368,7 @@ async fn retryable_failures_requeue_until_the_last_attempt(backend: Backend) {
     let server = TestServer::start_with_leases(backend, fast_leases()).await;
     let run_id = queue_backup(&server, &[]).await;
     let mut worker = ScriptedWorker::connect(&server, "w1", &[]).await;
-    let max_attempts = get_run(&server, &run_id).await.max_attempts;
+    let max_attempts = server.get_run(&run_id).await.max_attempts;
     assert!(max_attempts >= 2);
     for attempt in 1..=max_attempts {
         worker.credit(1).await;
@@ -393,7 +380,7 @@ async fn retryable_failures_requeue_until_the_last_attempt(backend: Backend) {
                 .accepted
         );
         if attempt < max_attempts {
-            let run = get_run(&server, &run_id).await;
+            let run = server.get_run(&run_id).await;
             assert_eq!(
                 run.state,
                 pb::RunState::Queued as i32,
@@ -439,7 +426,7 @@ async fn heartbeats_keep_a_lease_longer_than_its_ttl(backend: Backend) {
         worker.heartbeat(&lease).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let run = get_run(&server, &run_id).await;
+    let run = server.get_run(&run_id).await;
     assert_eq!(run.state, pb::RunState::Running as i32);
     assert_eq!(run.attempt, 1);
     assert_eq!(run.progress.map(|p| p.files_done).unwrap_or_default(), 7);
@@ -566,7 +553,7 @@ async fn success_with_missing_batches_is_retried(backend: Backend) {
     worker.credit(1).await;
     let lease = worker.assignment().await;
     assert!(worker.succeed(&lease, 3).await.accepted);
-    let run = get_run(&server, &run_id).await;
+    let run = server.get_run(&run_id).await;
     assert_eq!(
         run.state,
         pb::RunState::Queued as i32,

@@ -100,19 +100,6 @@ async fn create_run(server: &TestServer, source: &Path, target: pb::target::Dest
     .id
 }
 
-async fn get_run(server: &TestServer, id: &str) -> pb::Run {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    runs.get_run(authed(
-        &server.admin_token,
-        pb::GetRunRequest { id: id.into() },
-    ))
-    .await
-    .expect("get run")
-    .into_inner()
-    .run
-    .expect("run")
-}
-
 /// Follows WatchRun until the run is final.
 async fn wait_until_final(server: &TestServer, id: &str, limit: Duration) -> pb::Run {
     let mut runs = RunServiceClient::new(server.channel().await);
@@ -380,7 +367,7 @@ async fn worker_killed_mid_upload_is_replaced_and_nothing_is_lost_or_duplicated(
             );
             break;
         }
-        let run = get_run(&server, &run_id).await;
+        let run = server.get_run(&run_id).await;
         assert!(
             run.state != pb::RunState::Succeeded as i32,
             "finished before it could be killed"
@@ -444,7 +431,7 @@ async fn control_plane_restart_mid_run_loses_nothing() {
     // Restart as soon as the worker holds the lease: the upload is in flight.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let run = get_run(&server, &run_id).await;
+        let run = server.get_run(&run_id).await;
         if run.state == pb::RunState::Running as i32 {
             break;
         }

@@ -100,7 +100,8 @@ impl BackupExecutor {
                 )
             }
         };
-        tracing::info!(run = %run_id, source = %spec.source_path, target = %store.describe(), "backup started");
+        let target_description = store.describe();
+        tracing::info!(run = %run_id, source = %spec.source_path, target = %target_description, "backup started");
         let plan = BackupPlan {
             run_id,
             lease_token: context.lease().lease_token,
@@ -123,7 +124,10 @@ impl BackupExecutor {
             }
             Err(error) => {
                 tracing::warn!(run = %run_id, error = %error.message, retryable = error.retryable, "backup failed");
-                failure(error.message, error.retryable)
+                failure(
+                    format!("{} (target: {target_description})", error.message),
+                    error.retryable,
+                )
             }
         }
     }

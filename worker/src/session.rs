@@ -8,6 +8,7 @@
 //! the same way, so at-least-once delivery is safe.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ use uuid::Uuid;
 
 /// Unacknowledged batches a run may have in flight before it waits.
 const MAX_UNACKED_BATCHES: usize = 8;
+/// Changed progress is sent at most this often, between heartbeats, so that
+/// `WatchRun` follows a run closely without a write per file.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How a worker introduces itself and how much it takes on.
 #[derive(Clone, Debug)]
@@ -70,9 +74,11 @@ impl RunContext {
         &self.cancel
     }
 
-    /// Replaces the progress reported with the next heartbeat.
+    /// Replaces the progress reported; it is sent within [`PROGRESS_INTERVAL`]
+    /// (and with every heartbeat).
     pub fn set_progress(&self, progress: pb::RunProgress) {
         *lock(&self.progress) = progress;
+        self.shared.progress_changed.store(true, Ordering::Release);
     }
 
     /// Queues a batch of file records and errors; waits while too many
@@ -144,6 +150,8 @@ pub struct Shared {
     /// Messages not yet written to the current stream.
     unsent: Mutex<Vec<pb::lease_session_request::Message>>,
     wake: Notify,
+    /// Some run's progress changed since the last heartbeat.
+    progress_changed: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -176,6 +184,7 @@ pub async fn run(
         pending: Mutex::new(BTreeMap::new()),
         unsent: Mutex::new(Vec::new()),
         wake: Notify::new(),
+        progress_changed: AtomicBool::new(false),
     });
     let endpoint = Endpoint::from_shared(config.control_plane.clone())?
         .connect_timeout(Duration::from_secs(5))
@@ -288,6 +297,8 @@ async fn session(
         unsent.extend(pending);
     }
     let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+    progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_credit = -1;
     loop {
         flush(shared, &tx).await?;
@@ -319,6 +330,11 @@ async fn session(
                 None => return Ok(SessionEnd::Broken),
             },
             _ = heartbeat.tick() => send_heartbeat(shared, &tx).await?,
+            _ = progress_tick.tick() => {
+                if shared.progress_changed.load(Ordering::Acquire) {
+                    send_heartbeat(shared, &tx).await?;
+                }
+            }
             () = shared.wake.notified() => {}
             () = shutdown.cancelled(), if !draining.is_cancelled() => {
                 tracing::info!("shutdown requested: taking no new work, draining");
@@ -348,6 +364,7 @@ async fn send_heartbeat(
     shared: &Shared,
     tx: &mpsc::Sender<pb::LeaseSessionRequest>,
 ) -> anyhow::Result<()> {
+    shared.progress_changed.store(false, Ordering::Release);
     let leases: Vec<pb::LeaseProgress> = lock(&shared.running)
         .values()
         .map(|run| pb::LeaseProgress {

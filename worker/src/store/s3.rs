@@ -660,13 +660,30 @@ async fn tls_context() -> Result<TlsContext, StoreError> {
 fn s3_error<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> StoreError
 where
     E: std::error::Error + 'static,
-    R: fmt::Debug,
+    R: fmt::Debug + 'static,
 {
+    let message = match &error {
+        // The SDK's own rendering of these is a nest of debug output; what an
+        // operator needs is "could not reach it" and the innermost cause.
+        SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
+            format!("cannot reach the S3 endpoint: {}", innermost_cause(&error))
+        }
+        SdkError::TimeoutError(_) => "the S3 endpoint did not answer in time".to_owned(),
+        _ => DisplayErrorContext(error).to_string(),
+    };
     StoreError::S3 {
         operation,
         key: key.to_owned(),
-        message: DisplayErrorContext(error).to_string(),
+        message,
     }
+}
+
+fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 fn to_i64(n: u64) -> i64 {

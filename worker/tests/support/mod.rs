@@ -1,0 +1,400 @@
+//! Shared by the worker's process-level tests: real `coffer-worker` child
+//! processes, run helpers over the public API, and S3 buckets on Garage.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_control_plane::testing::{authed, TestServer};
+use coffer_proto::v1 as pb;
+use coffer_worker::store::Store;
+use pb::run_service_client::RunServiceClient;
+use tokio_util::sync::CancellationToken;
+
+/// A `coffer-worker` child process, killed when dropped.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    pub fn spawn(server: &TestServer, name: &str) -> WorkerProcess {
+        Self::spawn_with(server, name, 2, &[], None)
+    }
+
+    /// Spawns a worker with `slots` slots and extra environment; its log goes
+    /// to `log` when given (to be searched by the test), else to stderr.
+    pub fn spawn_with(
+        server: &TestServer,
+        name: &str,
+        slots: usize,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> WorkerProcess {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create worker log")),
+            None => Stdio::inherit(),
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_coffer-worker"))
+            .args([
+                "--control-plane",
+                &format!("http://{}", server.addr),
+                "--name",
+                name,
+                "--slots",
+                &slots.to_string(),
+            ])
+            .env("COFFER_WORKER_TOKEN", &server.worker_token)
+            .env("COFFER_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn coffer-worker");
+        WorkerProcess { child }
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`, `KILL`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    pub fn kill_hard(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn write(path: &Path, bytes: &[u8]) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(path, bytes).expect("write source file");
+}
+
+/// Pseudo-random, incompressible bytes without a dependency.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+pub async fn create_run(
+    server: &TestServer,
+    source: &Path,
+    target: pb::target::Destination,
+) -> String {
+    let mut runs = RunServiceClient::new(server.channel().await);
+    runs.create_run(authed(
+        &server.admin_token,
+        pb::CreateRunRequest {
+            spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
+                source_path: source.display().to_string(),
+                target: Some(pb::Target {
+                    destination: Some(target),
+                }),
+                ..Default::default()
+            })),
+            request_id: String::new(),
+        },
+    ))
+    .await
+    .expect("create run")
+    .into_inner()
+    .run
+    .expect("run")
+    .id
+}
+
+/// Follows WatchRun until the run is final.
+pub async fn wait_until_final(server: &TestServer, id: &str, limit: Duration) -> pb::Run {
+    let mut runs = RunServiceClient::new(server.channel().await);
+    let mut stream = runs
+        .watch_run(authed(
+            &server.admin_token,
+            pb::WatchRunRequest { id: id.into() },
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    tokio::time::timeout(limit, async {
+        let mut last = None;
+        while let Some(update) = stream.message().await.expect("watch stream") {
+            last = update.run;
+        }
+        last.expect("at least one update")
+    })
+    .await
+    .unwrap_or_else(|_| panic!("run {id} did not finish within {limit:?}"))
+}
+
+pub async fn snapshot_files(server: &TestServer, run_id: &str) -> Vec<pb::SnapshotFile> {
+    let mut objects = pb::object_service_client::ObjectServiceClient::new(server.channel().await);
+    let mut files = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = objects
+            .list_snapshot_files(authed(
+                &server.admin_token,
+                pb::ListSnapshotFilesRequest {
+                    run_id: run_id.into(),
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    path_prefix: String::new(),
+                },
+            ))
+            .await
+            .expect("snapshot files")
+            .into_inner();
+        files.extend(page.files);
+        if page.next_page_token.is_empty() {
+            return files;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Every regular file of the snapshot, read back from the store, equals the source.
+pub async fn assert_restorable(
+    server: &TestServer,
+    run_id: &str,
+    source: &Path,
+    store: &Store,
+) -> usize {
+    let cancel = CancellationToken::new();
+    let mut checked = 0;
+    for file in snapshot_files(server, run_id).await {
+        let version = file.version.expect("version");
+        if version.kind != pb::FileKind::Regular as i32 {
+            continue;
+        }
+        let hash = &version.content_hash;
+        let stored = store
+            .get_bytes(&format!("data/{}/{hash}", &hash[..2]), &cancel)
+            .await
+            .unwrap_or_else(|e| panic!("content of {} missing: {e}", file.path));
+        let original = std::fs::read(source.join(&file.path)).expect("read source");
+        assert!(stored == original, "{} differs from its backup", file.path);
+        checked += 1;
+    }
+    checked
+}
+
+/// An S3 server the tests can reach, and how its credentials are referenced.
+pub struct S3Server {
+    pub endpoint: String,
+    pub region: String,
+    /// A bucket `credentials_ref` (`env:NAME` or `file:/dir`).
+    pub credentials_ref: String,
+}
+
+impl S3Server {
+    /// The Garage started by the test command (`scripts/start-garage.sh`).
+    pub fn shared() -> S3Server {
+        let endpoint = std::env::var("COFFER_TEST_S3_ENDPOINT").expect(
+            "COFFER_TEST_S3_ENDPOINT: start Garage with `eval \"$(scripts/start-garage.sh)\"` (scripts/test.sh does)",
+        );
+        S3Server {
+            endpoint,
+            region: std::env::var("COFFER_TEST_S3_REGION").unwrap_or_else(|_| "garage".into()),
+            credentials_ref: "env:COFFER_TEST_S3".into(),
+        }
+    }
+}
+
+/// A Garage server of this test's own (so that it can be stopped without
+/// disturbing other tests), started by `scripts/start-garage.sh`; its
+/// credentials are files in a directory, referenced as `file:<dir>`.
+pub struct OwnGarage {
+    pub server: S3Server,
+    pid: u32,
+    /// The server started by `restart`, reaped on kill.
+    restarted: Option<Child>,
+    config: PathBuf,
+    dir: PathBuf,
+    _credentials: tempfile::TempDir,
+}
+
+impl OwnGarage {
+    pub fn start() -> OwnGarage {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/start-garage.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::null())
+            .output()
+            .expect("run start-garage.sh");
+        assert!(output.status.success(), "start-garage.sh failed");
+        let exports = String::from_utf8(output.stdout).expect("utf-8 exports");
+        let value = |name: &str| {
+            exports
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("export {name}=")))
+                .map(|v| v.trim_matches('\'').to_owned())
+                .unwrap_or_else(|| panic!("start-garage.sh did not export {name}"))
+        };
+        let credentials = tempfile::tempdir().expect("credentials dir");
+        std::fs::write(
+            credentials.path().join("access_key_id"),
+            value("COFFER_TEST_S3_ACCESS_KEY_ID"),
+        )
+        .expect("write key id");
+        std::fs::write(
+            credentials.path().join("secret_access_key"),
+            value("COFFER_TEST_S3_SECRET_ACCESS_KEY"),
+        )
+        .expect("write secret");
+        let config = PathBuf::from(value("GARAGE_CONFIG"));
+        OwnGarage {
+            server: S3Server {
+                endpoint: value("COFFER_TEST_S3_ENDPOINT"),
+                region: value("COFFER_TEST_S3_REGION"),
+                credentials_ref: format!("file:{}", credentials.path().display()),
+            },
+            pid: value("GARAGE_PID").parse().expect("numeric pid"),
+            dir: config.parent().expect("config dir").to_path_buf(),
+            config,
+            restarted: None,
+            _credentials: credentials,
+        }
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to its clients) and waits until
+    /// it is gone.
+    pub fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status();
+        if let Some(mut child) = self.restarted.take() {
+            let _ = child.wait();
+            return;
+        }
+        while Path::new(&format!("/proc/{}", self.pid)).exists() {
+            // A zombie until reaped by init; its state says so.
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+            if stat.contains(") Z ") || stat.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same data, ports and keys, and waits
+    /// until its S3 endpoint answers.
+    pub async fn restart(&mut self) {
+        let garage = std::env::var("HOME")
+            .map(|home| PathBuf::from(home).join(".cargo/bin/garage"))
+            .ok()
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("garage"));
+        let log = std::fs::File::create(self.dir.join("garage-restarted.log")).expect("log");
+        let child = Command::new(garage)
+            .args(["-c"])
+            .arg(&self.config)
+            .arg("server")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("restart garage");
+        self.pid = child.id();
+        self.restarted = Some(child);
+        let address = self
+            .server
+            .endpoint
+            .trim_start_matches("http://")
+            .to_owned();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&address).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "garage did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for OwnGarage {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A new bucket on the shared Garage, registered with the control plane.
+pub async fn garage_bucket(server: &TestServer) -> (String, Arc<Store>) {
+    bucket_on(server, &S3Server::shared()).await
+}
+
+/// A new bucket on `s3`, created there and registered with the control
+/// plane; returns its id and a store on its `repo` prefix.
+pub async fn bucket_on(server: &TestServer, s3: &S3Server) -> (String, Arc<Store>) {
+    let name = format!(
+        "coffer-e2e-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let resolved = pb::ResolvedTarget {
+        bucket: Some(pb::ResolvedBucket {
+            endpoint: s3.endpoint.clone(),
+            bucket: name.clone(),
+            region: s3.region.clone(),
+            force_path_style: true,
+            credentials_ref: s3.credentials_ref.clone(),
+            prefix: "repo".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let store = Store::open(&resolved, "").await.expect("open garage");
+    let Store::S3(s3_store) = &store else {
+        panic!("S3 store expected")
+    };
+    s3_store
+        .ensure_bucket(&CancellationToken::new())
+        .await
+        .expect("create bucket");
+
+    let mut buckets = pb::bucket_service_client::BucketServiceClient::new(server.channel().await);
+    let bucket = buckets
+        .create_bucket(authed(
+            &server.admin_token,
+            pb::CreateBucketRequest {
+                bucket: Some(pb::Bucket {
+                    name: name.clone(),
+                    location: Some(pb::bucket::Location::S3(pb::S3Location {
+                        endpoint: s3.endpoint.clone(),
+                        bucket: name,
+                        region: s3.region.clone(),
+                        force_path_style: true,
+                        credentials_ref: s3.credentials_ref.clone(),
+                    })),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("register bucket")
+        .into_inner()
+        .bucket
+        .expect("bucket");
+    (bucket.id, Arc::new(store))
+}

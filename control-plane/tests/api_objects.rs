@@ -56,6 +56,7 @@ async fn snapshot(
             owner_id: owner,
             bucket_id: None,
             repository: format!("{REPOSITORY}/{}", user.username),
+            removed: None,
             job_id: None,
             entries,
         })

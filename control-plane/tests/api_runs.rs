@@ -234,19 +234,83 @@ async fn invalid_run_requests_are_rejected(backend: Backend) {
         .expect_err("missing spec");
     assert_eq!(status.code(), Code::InvalidArgument);
 
+    let restore = |spec: pb::RestoreSpec| pb::CreateRunRequest {
+        spec: Some(pb::create_run_request::Spec::Restore(spec)),
+        request_id: String::new(),
+    };
+    let status = runs
+        .create_run(authed(&token, restore(pb::RestoreSpec::default())))
+        .await
+        .expect_err("restore without a snapshot");
+    assert_eq!(
+        violated_fields(&status),
+        vec!["restore.snapshot_run_id".to_string()]
+    );
+    let status = runs
+        .create_run(authed(
+            &token,
+            restore(pb::RestoreSpec {
+                snapshot_run_id: uuid::Uuid::now_v7().to_string(),
+                paths: vec!["../etc".into()],
+                destination_path: "relative/dir".into(),
+                ..Default::default()
+            }),
+        ))
+        .await
+        .expect_err("bad restore paths");
+    let fields = violated_fields(&status);
+    assert!(
+        fields.contains(&"restore.paths[0]".to_string()),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"restore.destination_path".to_string()),
+        "{fields:?}"
+    );
+    let status = runs
+        .create_run(authed(
+            &token,
+            restore(pb::RestoreSpec {
+                snapshot_run_id: uuid::Uuid::now_v7().to_string(),
+                ..Default::default()
+            }),
+        ))
+        .await
+        .expect_err("unknown snapshot");
+    assert_eq!(status.code(), Code::NotFound);
+
+    // A backup still in progress is no snapshot yet: restoring or verifying
+    // it is refused cleanly.
+    let queued = create_run(&server, &token, job_run_request(&job.id)).await;
+    let status = runs
+        .create_run(authed(
+            &token,
+            restore(pb::RestoreSpec {
+                snapshot_run_id: queued.id.clone(),
+                ..Default::default()
+            }),
+        ))
+        .await
+        .expect_err("restore of a queued run");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("queued"), "{status:?}");
     let status = runs
         .create_run(authed(
             &token,
             pb::CreateRunRequest {
-                spec: Some(pb::create_run_request::Spec::Restore(
-                    pb::RestoreSpec::default(),
-                )),
+                spec: Some(pb::create_run_request::Spec::Verify(pb::VerifySpec {
+                    snapshot_run_id: queued.id.clone(),
+                    read_data_percent: 150.0,
+                })),
                 request_id: String::new(),
             },
         ))
         .await
-        .expect_err("restore");
-    assert_eq!(status.code(), Code::Unimplemented);
+        .expect_err("verify with a bad percentage");
+    assert_eq!(
+        violated_fields(&status),
+        vec!["verify.read_data_percent".to_string()]
+    );
 }
 
 async fn foreign_runs_are_not_found(backend: Backend) {

@@ -51,6 +51,7 @@ async fn user_object(server: &TestServer, user: &pb::User) -> (Uuid, Uuid) {
             owner_id: owner,
             bucket_id: None,
             repository: format!("/backups/{}", user.username),
+            removed: None,
             job_id: None,
             entries: vec![SnapshotEntry {
                 path: b"file.txt".to_vec(),

@@ -90,6 +90,7 @@ impl ScriptedWorker {
                 size_bytes: 42,
                 details: "scripted".into(),
                 manifest_key: format!("snapshots/{}.json", lease.run_id),
+                parent_run_id: String::new(),
             })),
             progress: None,
             batch_count,

@@ -120,6 +120,7 @@ impl BackupExecutor {
                     size_bytes: summary.size_bytes,
                     details: summary.details,
                     manifest_key: summary.manifest_key,
+                    parent_run_id: String::new(),
                 })
             }
             Err(error) => {

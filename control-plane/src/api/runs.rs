@@ -15,15 +15,17 @@ use super::jobs::{
     labels_to_proto, options_from_proto, options_to_proto, run_state_to_proto, selector_from_proto,
     target_from_proto, target_to_proto,
 };
-use super::{optional_timestamp, respond, timestamp, AppState, RpcResult};
+use super::{from_timestamp, optional_timestamp, respond, timestamp, AppState, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::{Catalog, Page};
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::run::{
-    BackupSpec, NewRun, Run, RunErrorEntry, RunFilter, RunKind, RunProgress, RunSpec, RunState,
-    Target,
+    BackupSpec, Labels, NewRun, RestoreSpec, Run, RunErrorEntry, RunFilter, RunKind, RunProgress,
+    RunSpec, RunState, SnapshotSource, Target, VerifySpec,
 };
-use crate::model::{check_absolute_path, check_len, parse_id, parse_optional_id};
+use crate::model::{
+    check_absolute_path, check_len, check_relative_path, parse_id, parse_optional_id,
+};
 
 /// How often a watch re-reads its run when no change was announced.
 const WATCH_FALLBACK: Duration = Duration::from_secs(5);
@@ -116,8 +118,23 @@ fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
             options: Some(options_to_proto(&backup.options)),
             worker_selector: labels_to_proto(&backup.worker_selector),
         }),
+        RunSpec::Restore(restore) => pb::run::Spec::Restore(pb::RestoreSpec {
+            snapshot_run_id: restore.snapshot.run_id.to_string(),
+            job_id: restore.job_id.map(|id| id.to_string()).unwrap_or_default(),
+            as_of_time: optional_timestamp(restore.as_of_time),
+            paths: restore.paths.clone(),
+            destination_path: restore.destination_path.clone(),
+            overwrite_newer: restore.overwrite_newer,
+        }),
+        RunSpec::Verify(verify) => pb::run::Spec::Verify(pb::VerifySpec {
+            snapshot_run_id: verify.snapshot.run_id.to_string(),
+            read_data_percent: verify.read_data_percent,
+        }),
     }
 }
+
+/// Most paths one restore may name.
+const MAX_RESTORE_PATHS: usize = 1000;
 
 impl From<Run> for pb::Run {
     fn from(run: Run) -> Self {
@@ -279,24 +296,20 @@ impl RunApi {
     async fn create(&self, caller: &Caller, request: pb::CreateRunRequest) -> DomainResult<Run> {
         use pb::create_run_request::Spec;
         let request_id = parse_optional_id("request_id", &request.request_id)?;
-        let backup = match request.spec {
-            Some(Spec::Backup(backup)) => backup,
-            Some(Spec::Restore(_)) | Some(Spec::Verify(_)) => {
-                return Err(DomainError::Unimplemented(
-                    "restore and verify runs arrive with the content-addressed storage issue"
-                        .to_string(),
-                ))
-            }
+        let mut new = match request.spec {
+            Some(Spec::Backup(backup)) => match parse_optional_id("backup.job_id", &backup.job_id)?
+            {
+                Some(job_id) => self.job_run(caller, job_id, &backup).await?,
+                None => self.ad_hoc_run(caller, backup).await?,
+            },
+            Some(Spec::Restore(restore)) => self.restore_run(caller, restore).await?,
+            Some(Spec::Verify(verify)) => self.verify_run(caller, verify).await?,
             None => {
                 return Err(DomainError::invalid(
                     "spec",
                     "one of backup, restore or verify is required",
                 ))
             }
-        };
-        let mut new = match parse_optional_id("backup.job_id", &backup.job_id)? {
-            Some(job_id) => self.job_run(caller, job_id, &backup).await?,
-            None => self.ad_hoc_run(caller, backup).await?,
         };
         new.request_id = request_id;
         self.check_nfs(&new.spec).await?;
@@ -307,10 +320,177 @@ impl RunApi {
         Ok(created.run)
     }
 
+    /// The snapshot `id` names, if the caller may read it and it is complete.
+    async fn snapshot_source(
+        &self,
+        caller: &Caller,
+        field: &str,
+        id: Uuid,
+    ) -> DomainResult<(SnapshotSource, Labels)> {
+        let run = self
+            .state
+            .catalog
+            .get_run(id)
+            .await
+            .map_err(|_| DomainError::not_found("run", id))?;
+        if !caller.can_access(run.owner_id) {
+            return Err(DomainError::not_found("run", id));
+        }
+        let RunSpec::Backup(backup) = run.spec else {
+            return Err(DomainError::invalid(
+                field,
+                format!("run {id} is a {} run, not a backup", run.kind.as_str()),
+            ));
+        };
+        if run.state != RunState::Succeeded || run.manifest_key.is_empty() {
+            return Err(DomainError::FailedPrecondition(format!(
+                "run {id} is {}; only a succeeded backup is a snapshot that can be read",
+                run.state.as_str()
+            )));
+        }
+        let source = SnapshotSource {
+            run_id: run.id,
+            job_id: run.job_id,
+            source_path: backup.source_path,
+            target: backup.target,
+            manifest_key: run.manifest_key,
+        };
+        Ok((source, backup.worker_selector))
+    }
+
+    /// A restore, owned by the caller, of a snapshot the caller may read.
+    async fn restore_run(&self, caller: &Caller, restore: pb::RestoreSpec) -> DomainResult<NewRun> {
+        let mut violations = Violations::new();
+        let snapshot_id = violations
+            .absorb(parse_optional_id(
+                "restore.snapshot_run_id",
+                &restore.snapshot_run_id,
+            ))
+            .flatten();
+        let job_id = violations
+            .absorb(parse_optional_id("restore.job_id", &restore.job_id))
+            .flatten();
+        let as_of_time = match &restore.as_of_time {
+            Some(time) => violations.absorb(from_timestamp("restore.as_of_time", time)),
+            None => None,
+        };
+        match (
+            &restore.snapshot_run_id.is_empty(),
+            &restore.job_id.is_empty(),
+        ) {
+            (false, false) => violations.add(
+                "restore.snapshot_run_id",
+                "set either snapshot_run_id or job_id (with as_of_time), not both",
+            ),
+            (true, true) => violations.add(
+                "restore.snapshot_run_id",
+                "a snapshot is required: set snapshot_run_id, or job_id with as_of_time",
+            ),
+            _ => {}
+        }
+        if restore.as_of_time.is_some() && restore.job_id.is_empty() {
+            violations.add("restore.as_of_time", "applies to job_id only");
+        }
+        if restore.paths.len() > MAX_RESTORE_PATHS {
+            violations.add(
+                "restore.paths",
+                format!("at most {MAX_RESTORE_PATHS} paths are allowed"),
+            );
+        }
+        for (index, path) in restore.paths.iter().enumerate() {
+            violations.absorb(check_relative_path(
+                &format!("restore.paths[{index}]"),
+                path,
+            ));
+        }
+        if !restore.destination_path.is_empty() {
+            violations.absorb(check_absolute_path(
+                "restore.destination_path",
+                &restore.destination_path,
+            ));
+        }
+        violations.finish()?;
+
+        let snapshot_id = match (snapshot_id, job_id) {
+            (Some(id), _) => id,
+            (None, Some(job_id)) => {
+                let job = self.state.catalog.get_job(job_id).await?;
+                if !caller.can_access(job.draft.owner_id) {
+                    return Err(DomainError::not_found("job", job_id));
+                }
+                let as_of = match as_of_time {
+                    Some(time) => time,
+                    None => self.state.catalog.now().await?,
+                };
+                self.state
+                    .catalog
+                    .job_snapshot_as_of(job_id, as_of)
+                    .await?
+                    .ok_or_else(|| {
+                        DomainError::FailedPrecondition(format!(
+                            "job {job_id} has no succeeded backup at or before {}",
+                            as_of.to_rfc3339()
+                        ))
+                    })?
+            }
+            (None, None) => {
+                return Err(DomainError::Internal("unreported violation".into()));
+            }
+        };
+        let (snapshot, worker_selector) = self
+            .snapshot_source(caller, "restore.snapshot_run_id", snapshot_id)
+            .await?;
+        let destination_path = if restore.destination_path.is_empty() {
+            snapshot.source_path.clone()
+        } else {
+            restore.destination_path
+        };
+        Ok(NewRun {
+            owner_id: caller.user.id,
+            job_id: None,
+            spec: RunSpec::Restore(RestoreSpec {
+                snapshot,
+                job_id,
+                as_of_time,
+                paths: restore.paths,
+                destination_path,
+                overwrite_newer: restore.overwrite_newer,
+                worker_selector,
+            }),
+            max_attempts: self.state.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        })
+    }
+
+    /// A verification, owned by the caller, of a snapshot the caller may read.
+    async fn verify_run(&self, caller: &Caller, verify: pb::VerifySpec) -> DomainResult<NewRun> {
+        let mut violations = Violations::new();
+        let snapshot_id =
+            violations.absorb(parse_id("verify.snapshot_run_id", &verify.snapshot_run_id));
+        if !(0.0..=100.0).contains(&verify.read_data_percent) {
+            violations.add("verify.read_data_percent", "must be between 0 and 100");
+        }
+        violations.finish()?;
+        let snapshot_id =
+            snapshot_id.ok_or_else(|| DomainError::Internal("unreported violation".into()))?;
+        let (snapshot, _) = self
+            .snapshot_source(caller, "verify.snapshot_run_id", snapshot_id)
+            .await?;
+        Ok(NewRun {
+            owner_id: caller.user.id,
+            job_id: None,
+            spec: RunSpec::Verify(VerifySpec {
+                snapshot,
+                read_data_percent: verify.read_data_percent,
+            }),
+            max_attempts: self.state.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        })
+    }
+
     /// NFS targets need the `nfs_mount_path` configuration.
     async fn check_nfs(&self, spec: &RunSpec) -> DomainResult<()> {
-        let RunSpec::Backup(backup) = spec;
-        if matches!(backup.target, Target::Nfs { .. })
+        if matches!(spec.target(), Target::Nfs { .. })
             && !self.state.catalog.nfs_mount_configured().await?
         {
             return Err(DomainError::FailedPrecondition(

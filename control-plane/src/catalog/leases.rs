@@ -25,7 +25,7 @@ use super::objects::{apply_snapshot_in_tx, normalized_entries};
 use super::{new_id, on_pool, to_json, Backend, Catalog};
 use crate::error::{from_sqlx, DomainError, DomainResult};
 use crate::model::object::{FileKind, SnapshotCommit, SnapshotEntry};
-use crate::model::run::{Run, RunSpec, Target};
+use crate::model::run::{Run, RunKind, RunSpec, Target};
 
 /// Timing rules of leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +125,8 @@ pub enum AttemptOutcome {
         details: String,
         /// Storage key of the snapshot manifest.
         manifest_key: String,
+        /// For an incremental backup: the snapshot its batches are relative to.
+        parent_run_id: Option<Uuid>,
     },
     /// It failed.
     Failure {
@@ -507,7 +509,7 @@ impl Catalog {
                 });
             }
             let new_state = match outcome {
-                AttemptOutcome::Success { size_bytes, details, manifest_key } => {
+                AttemptOutcome::Success { size_bytes, details, manifest_key, .. } => {
                     if let Some(snapshot) = snapshot {
                         apply_snapshot_in_tx!(tx, snapshot, entries, now)?;
                     }
@@ -571,11 +573,17 @@ impl Catalog {
         batch_count: i64,
         settings: &LeaseSettings,
     ) -> DomainResult<CompletionResult> {
-        let AttemptOutcome::Success { .. } = outcome else {
+        let AttemptOutcome::Success { parent_run_id, .. } = outcome else {
             return self
                 .complete_attempt(run_id, lease_token, outcome, progress_json, settings, None)
                 .await;
         };
+        let run = self.get_run(run_id).await?;
+        if run.kind != RunKind::Backup {
+            return self
+                .complete_attempt(run_id, lease_token, outcome, progress_json, settings, None)
+                .await;
+        }
         let batches = self.staged_batches(run_id, lease_token).await?;
         let received = i64::try_from(batches.len()).unwrap_or(i64::MAX);
         if received != batch_count {
@@ -589,8 +597,23 @@ impl Catalog {
                 .complete_attempt(run_id, lease_token, &failure, progress_json, settings, None)
                 .await;
         }
-        let run = self.get_run(run_id).await?;
-        let snapshot = snapshot_from_batches(&run, &batches)?;
+        if let Some(parent) = parent_run_id {
+            let repository = repository_of(run.spec.target());
+            let latest = self.latest_snapshot(&repository, run.job_id).await?;
+            if latest.as_ref().map(|s| s.id) != Some(*parent) {
+                let failure = AttemptOutcome::Failure {
+                    error: format!(
+                        "the incremental was taken against snapshot {parent}, which is no \
+                         longer the latest of this job in {repository}"
+                    ),
+                    retryable: true,
+                };
+                return self
+                    .complete_attempt(run_id, lease_token, &failure, progress_json, settings, None)
+                    .await;
+            }
+        }
+        let snapshot = snapshot_from_batches(&run, &batches, parent_run_id.is_some())?;
         self.complete_attempt(
             run_id,
             lease_token,
@@ -615,9 +638,19 @@ pub fn repository_of(target: &Target) -> String {
     }
 }
 
-fn snapshot_from_batches(run: &Run, batches: &[(i64, Vec<u8>)]) -> DomainResult<SnapshotCommit> {
-    let RunSpec::Backup(backup) = &run.spec;
+fn snapshot_from_batches(
+    run: &Run,
+    batches: &[(i64, Vec<u8>)],
+    incremental: bool,
+) -> DomainResult<SnapshotCommit> {
+    let RunSpec::Backup(backup) = &run.spec else {
+        return Err(DomainError::Internal(format!(
+            "run {} is not a backup",
+            run.id
+        )));
+    };
     let mut entries = Vec::new();
+    let mut removed = Vec::new();
     for (sequence, payload) in batches {
         let batch = pb::FileBatch::decode(payload.as_slice()).map_err(|e| {
             DomainError::Internal(format!(
@@ -626,8 +659,18 @@ fn snapshot_from_batches(run: &Run, batches: &[(i64, Vec<u8>)]) -> DomainResult<
             ))
         })?;
         for file in batch.files {
-            entries.push(entry_from_record(file)?);
+            if file.kind == "deleted" {
+                removed.push(file.path);
+            } else {
+                entries.push(entry_from_record(file)?);
+            }
         }
+    }
+    if !incremental && !removed.is_empty() {
+        return Err(DomainError::invalid(
+            "file_batch.files.kind",
+            "`deleted` records belong to incremental backups only",
+        ));
     }
     Ok(SnapshotCommit {
         run_id: run.id,
@@ -636,6 +679,7 @@ fn snapshot_from_batches(run: &Run, batches: &[(i64, Vec<u8>)]) -> DomainResult<
         repository: repository_of(&backup.target),
         job_id: run.job_id,
         entries,
+        removed: incremental.then_some(removed),
     })
 }
 

@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod leases;
 pub mod metadata;
 pub mod objects;
+pub mod repositories;
 pub mod retention;
 pub mod runs;
 pub mod tags;

@@ -289,9 +289,13 @@ pub(crate) fn normalized_entries(commit: &SnapshotCommit) -> DomainResult<Vec<Sn
 
 /// Compares a snapshot with the current versions of its repository and
 /// decides every write. Pure, so the rules are testable without a database.
+///
+/// With `removed` (an incremental), `existing` and `current` need only hold
+/// the paths named by `entries` and `removed`; other paths are unchanged.
 pub(crate) fn plan_snapshot(
     run_id: Uuid,
     entries: &[SnapshotEntry],
+    removed: Option<&[Vec<u8>]>,
     existing: &HashMap<Vec<u8>, Uuid>,
     current: &HashMap<Uuid, ObjectVersion>,
 ) -> DomainResult<SnapshotPlan> {
@@ -328,14 +332,28 @@ pub(crate) fn plan_snapshot(
                 .push(NewVersionRow::of_entry(object_id, entry)),
         }
     }
-    for (path, object_id) in existing {
-        if present.contains(path.as_slice()) {
-            continue;
+    let gone: Vec<(&[u8], Uuid)> = match removed {
+        Some(removed) => removed
+            .iter()
+            .filter_map(|path| existing.get(path).map(|id| (path.as_slice(), *id)))
+            .collect(),
+        None => existing
+            .iter()
+            .filter(|(path, _)| !present.contains(path.as_slice()))
+            .map(|(path, id)| (path.as_slice(), *id))
+            .collect(),
+    };
+    for (path, object_id) in gone {
+        if present.contains(path) {
+            return Err(DomainError::invalid(
+                "entries.path",
+                format!("path {:?} is both changed and removed", path_text(path)),
+            ));
         }
-        if let Some(version) = current.get(object_id).filter(|v| !v.deleted) {
-            plan.close.push(*object_id);
+        if let Some(version) = current.get(&object_id).filter(|v| !v.deleted) {
+            plan.close.push(object_id);
             plan.versions
-                .push(NewVersionRow::deletion_marker(*object_id, version.kind));
+                .push(NewVersionRow::deletion_marker(object_id, version.kind));
             plan.stats.deleted += 1;
         }
     }
@@ -346,6 +364,15 @@ pub(crate) fn plan_snapshot(
 /// Objects of a repository (and job), for [`apply_snapshot_in_tx`].
 pub(crate) const EXISTING_OBJECTS_SQL: &str = "SELECT o.id, o.path FROM objects o \
      WHERE o.repository = $1 AND ((o.job_id IS NULL AND $2 IS NULL) OR o.job_id = $2)";
+
+/// Current versions of `count` objects (`$1`…), for [`apply_snapshot_in_tx`].
+pub(crate) fn current_versions_of_sql(count: usize) -> String {
+    format!(
+        "SELECT {VERSION_COLUMNS} FROM object_versions v \
+         WHERE v.last_run_id IS NULL AND v.object_id IN ({}) ORDER BY v.id",
+        list_placeholders(count, 1)
+    )
+}
 
 /// Current versions of a repository (and job), for [`apply_snapshot_in_tx`].
 pub(crate) fn current_versions_sql() -> String {
@@ -364,27 +391,64 @@ pub(crate) fn current_versions_sql() -> String {
 macro_rules! apply_snapshot_in_tx {
     ($tx:ident, $snapshot:expr, $entries:expr, $now:expr) => {{
         async {
-            let existing: ::std::collections::HashMap<Vec<u8>, ::uuid::Uuid> = sqlx::query_as::<_, $crate::catalog::objects::ExistingObjectRow>($crate::catalog::objects::EXISTING_OBJECTS_SQL)
-                .bind(&$snapshot.repository)
-                .bind($snapshot.job_id)
-                .fetch_all(&mut *$tx)
-                .await
-                .map_err(|e| $crate::error::from_sqlx(e, "objects"))?
-                .into_iter()
-                .map(|row| (row.path, row.id))
-                .collect();
-            let current_rows = sqlx::query_as::<_, $crate::catalog::objects::VersionRow>(&$crate::catalog::objects::current_versions_sql())
-                .bind(&$snapshot.repository)
-                .bind($snapshot.job_id)
-                .fetch_all(&mut *$tx)
-                .await
-                .map_err(|e| $crate::error::from_sqlx(e, "object versions"))?;
+            let mut existing: ::std::collections::HashMap<Vec<u8>, ::uuid::Uuid> = ::std::collections::HashMap::new();
+            let mut current_rows = Vec::new();
+            match &$snapshot.removed {
+                // The whole tree: compare against every current version.
+                None => {
+                    existing = sqlx::query_as::<_, $crate::catalog::objects::ExistingObjectRow>($crate::catalog::objects::EXISTING_OBJECTS_SQL)
+                        .bind(&$snapshot.repository)
+                        .bind($snapshot.job_id)
+                        .fetch_all(&mut *$tx)
+                        .await
+                        .map_err(|e| $crate::error::from_sqlx(e, "objects"))?
+                        .into_iter()
+                        .map(|row| (row.path, row.id))
+                        .collect();
+                    current_rows = sqlx::query_as::<_, $crate::catalog::objects::VersionRow>(&$crate::catalog::objects::current_versions_sql())
+                        .bind(&$snapshot.repository)
+                        .bind($snapshot.job_id)
+                        .fetch_all(&mut *$tx)
+                        .await
+                        .map_err(|e| $crate::error::from_sqlx(e, "object versions"))?;
+                }
+                // An incremental: read only the paths it names.
+                Some(removed) => {
+                    let paths: Vec<&[u8]> = $entries.iter().map(|e| e.path.as_slice())
+                        .chain(removed.iter().map(|p| p.as_slice()))
+                        .collect();
+                    for chunk in paths.chunks($crate::catalog::objects::BATCH_ROWS) {
+                        let sql = format!("{} AND o.path IN ({})", $crate::catalog::objects::EXISTING_OBJECTS_SQL,
+                            $crate::catalog::objects::list_placeholders(chunk.len(), 3));
+                        let mut query = sqlx::query_as::<_, $crate::catalog::objects::ExistingObjectRow>(&sql)
+                            .bind(&$snapshot.repository)
+                            .bind($snapshot.job_id);
+                        for path in chunk {
+                            query = query.bind(*path);
+                        }
+                        for row in query.fetch_all(&mut *$tx).await.map_err(|e| $crate::error::from_sqlx(e, "objects"))? {
+                            existing.insert(row.path, row.id);
+                        }
+                    }
+                    let ids: Vec<::uuid::Uuid> = existing.values().copied().collect();
+                    for chunk in ids.chunks($crate::catalog::objects::BATCH_ROWS) {
+                        let sql = $crate::catalog::objects::current_versions_of_sql(chunk.len());
+                        let mut query = sqlx::query_as::<_, $crate::catalog::objects::VersionRow>(&sql);
+                        for id in chunk {
+                            query = query.bind(*id);
+                        }
+                        current_rows.extend(query.fetch_all(&mut *$tx).await.map_err(|e| $crate::error::from_sqlx(e, "object versions"))?);
+                    }
+                }
+            }
             // Ordered by id, so the newest current version of an object wins.
-            let current: ::std::collections::HashMap<::uuid::Uuid, $crate::model::object::ObjectVersion> = $crate::catalog::objects::versions_from_rows(current_rows)?
+            let mut current_versions = $crate::catalog::objects::versions_from_rows(current_rows)?;
+            current_versions.sort_by_key(|v| v.id);
+            let current: ::std::collections::HashMap<::uuid::Uuid, $crate::model::object::ObjectVersion> = current_versions
                 .into_iter()
                 .map(|v| (v.object_id, v))
                 .collect();
-            let mut plan = $crate::catalog::objects::plan_snapshot($snapshot.run_id, &$entries, &existing, &current)?;
+            let mut plan = $crate::catalog::objects::plan_snapshot($snapshot.run_id, &$entries, $snapshot.removed.as_deref(), &existing, &current)?;
 
             for chunk in plan.close.chunks($crate::catalog::objects::BATCH_ROWS) {
                 let sql = format!(
@@ -879,7 +943,7 @@ mod tests {
             .map(|(id, e)| (*id, version_of(*id, first, e)))
             .collect();
         let new = [entry("a", "h1"), entry("b", "changed"), entry("d", "h4")];
-        let plan = plan_snapshot(second, &new, &existing, &current).expect("plan");
+        let plan = plan_snapshot(second, &new, None, &existing, &current).expect("plan");
         assert_eq!(plan.stats.unchanged, 1);
         assert_eq!(plan.stats.new_objects, 1);
         assert_eq!(plan.stats.deleted, 1);
@@ -890,6 +954,6 @@ mod tests {
         expected.sort();
         assert_eq!(closed, expected);
         // An older run may not be committed after a newer one.
-        assert!(plan_snapshot(Uuid::nil(), &new, &existing, &current).is_err());
+        assert!(plan_snapshot(Uuid::nil(), &new, None, &existing, &current).is_err());
     }
 }

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::leases::repository_of;
 use super::{from_json, new_id, on_pool, to_json, Catalog, Page};
 use crate::error::{from_sqlx, DomainError, DomainResult};
 use crate::model::run::{
@@ -13,7 +14,7 @@ use crate::model::run::{
 const RUN_COLUMNS: &str = "id, owner_id, job_id, kind, state, spec, target_bucket_id, \
      request_id, attempt, max_attempts, cancel_requested, progress, error, worker_id, \
      lease_token, lease_expire_time, deadline_time, not_before_time, worker_selector, \
-     create_time, start_time, finish_time, update_time";
+     create_time, start_time, finish_time, update_time, manifest_key";
 
 /// How often CancelRun retries when the run changes state under it.
 const CANCEL_RETRIES: usize = 3;
@@ -43,6 +44,7 @@ struct RunRow {
     start_time: Option<DateTime<Utc>>,
     finish_time: Option<DateTime<Utc>>,
     update_time: DateTime<Utc>,
+    manifest_key: String,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -73,6 +75,7 @@ impl TryFrom<RunRow> for Run {
             start_time: row.start_time,
             finish_time: row.finish_time,
             update_time: row.update_time,
+            manifest_key: row.manifest_key,
         })
     }
 }
@@ -126,8 +129,8 @@ impl Catalog {
         let now = self.now().await?;
         on_pool!(self, pool => sqlx::query(
             "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, request_id, \
-             max_attempts, not_before_time, worker_selector, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $9, $9)")
+             max_attempts, not_before_time, worker_selector, create_time, update_time, repository) \
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $9, $9, $11)")
             .bind(id)
             .bind(new.owner_id)
             .bind(new.job_id)
@@ -138,6 +141,10 @@ impl Catalog {
             .bind(new.max_attempts)
             .bind(now)
             .bind(to_json(new.spec.worker_selector()))
+            .bind(match &new.spec {
+                RunSpec::Backup(backup) => Some(repository_of(&backup.target)),
+                _ => None,
+            })
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))

@@ -51,7 +51,8 @@ pub struct WorkerProfile {
 
 impl WorkerProfile {
     /// Whether this worker may run the candidate: every selector label
-    /// matches, and a backup's source lies under one of the worker's roots.
+    /// matches, and the local path it touches (a backup's source, a
+    /// restore's destination) lies under one of the worker's roots.
     pub fn accepts(&self, candidate: &Candidate) -> bool {
         let labels_match = candidate
             .worker_selector
@@ -63,12 +64,15 @@ impl WorkerProfile {
         if self.source_roots.is_empty() {
             return true;
         }
-        let Ok(RunSpec::Backup(backup)) = serde_json::from_str::<RunSpec>(&candidate.spec) else {
+        let Ok(spec) = serde_json::from_str::<RunSpec>(&candidate.spec) else {
+            return true;
+        };
+        let Some(path) = spec.local_path() else {
             return true;
         };
         self.source_roots
             .iter()
-            .any(|root| path_is_under(&backup.source_path, root))
+            .any(|root| path_is_under(path, root))
     }
 }
 
@@ -86,13 +90,13 @@ pub fn path_is_under(path: &str, root: &str) -> bool {
 
 /// Looks up everything a worker needs to reach a run's target.
 pub async fn resolve_target(state: &AppState, spec: &RunSpec) -> DomainResult<pb::ResolvedTarget> {
-    let RunSpec::Backup(backup) = spec;
-    let target_proto = crate::api::jobs::target_to_proto(&backup.target);
+    let target = spec.target();
+    let target_proto = crate::api::jobs::target_to_proto(target);
     let mut resolved = pb::ResolvedTarget {
         target: Some(target_proto),
         ..Default::default()
     };
-    match &backup.target {
+    match target {
         Target::Filesystem { path } => resolved.filesystem_path = path.clone(),
         Target::Nfs { path } => {
             let root = state

@@ -13,9 +13,10 @@ use uuid::Uuid;
 use super::{resolve_target, WorkerProfile};
 use crate::api::{timestamp, AppState};
 use crate::catalog::leases::{
-    AttemptOutcome, CompletionResult, LeaseSettings, LeaseState, WorkerRegistration,
+    repository_of, AttemptOutcome, CompletionResult, LeaseSettings, LeaseState, WorkerRegistration,
 };
 use crate::error::{DomainError, DomainResult};
+use crate::model::run::RunSpec;
 
 /// How long a new session may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -299,16 +300,37 @@ impl Session {
     ) -> DomainResult<pb::RunAssignment> {
         let run = self.state.catalog.get_run(run_id).await?;
         let target = resolve_target(&self.state, &run.spec).await?;
-        let crate::model::run::RunSpec::Backup(backup) = &run.spec;
-        let options = crate::api::jobs::options_to_proto(&backup.options);
-        Ok(pb::RunAssignment {
+        let repository = repository_of(run.spec.target());
+        let repository_key = self.state.catalog.repository_key(&repository).await?;
+        let mut assignment = pb::RunAssignment {
             lease: Some(lease_ref(run_id, token)),
-            run: Some(run.into()),
             target: Some(target),
             deadline: Some(timestamp(deadline)),
-            options: Some(options),
-            parent_manifest_key: String::new(),
-        })
+            repository_key,
+            ..Default::default()
+        };
+        match &run.spec {
+            RunSpec::Backup(backup) => {
+                assignment.options = Some(crate::api::jobs::options_to_proto(&backup.options));
+                if let Some(parent) = self
+                    .state
+                    .catalog
+                    .latest_snapshot(&repository, backup.job_id)
+                    .await?
+                {
+                    assignment.parent_manifest_key = parent.manifest_key;
+                    assignment.parent_run_id = parent.id.to_string();
+                }
+            }
+            RunSpec::Restore(restore) => {
+                assignment.snapshot_manifest_key = restore.snapshot.manifest_key.clone();
+            }
+            RunSpec::Verify(verify) => {
+                assignment.snapshot_manifest_key = verify.snapshot.manifest_key.clone();
+            }
+        }
+        assignment.run = Some(run.into());
+        Ok(assignment)
     }
 
     async fn check_cancellation(&mut self, run_id: Uuid) {
@@ -399,6 +421,12 @@ impl Session {
                 size_bytes: success.size_bytes,
                 details: success.details,
                 manifest_key: success.manifest_key,
+                parent_run_id: match success.parent_run_id.as_str() {
+                    "" => None,
+                    id => Some(Uuid::parse_str(id).map_err(|_| {
+                        DomainError::invalid("completion.success.parent_run_id", "is not a UUID")
+                    })?),
+                },
             },
             Some(pb::run_completion::Outcome::Failure(failure)) => AttemptOutcome::Failure {
                 error: failure.error,

@@ -239,8 +239,14 @@ pub struct SnapshotCommit {
     pub repository: String,
     /// The job, if any. Objects are keyed by (repository, job, path).
     pub job_id: Option<Uuid>,
-    /// Every entry of the snapshot; paths must be unique.
+    /// Every entry of the snapshot (or, for an incremental, every new or
+    /// changed entry); paths must be unique.
     pub entries: Vec<SnapshotEntry>,
+    /// `None`: `entries` is the whole tree, and a path missing from it was
+    /// removed. `Some`: an incremental against the repository's current
+    /// versions; `entries` holds what changed, these paths were removed,
+    /// and everything else is unchanged (and costs no row).
+    pub removed: Option<Vec<Vec<u8>>>,
 }
 
 /// What [`SnapshotCommit`] changed.

@@ -182,26 +182,99 @@ pub struct BackupSpec {
     pub worker_selector: Labels,
 }
 
-/// What a run does, as stored in `runs.spec`.
+/// The snapshot a restore or verify reads, copied from its backup run when
+/// the run is created (so the run stays executable if the job changes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSource {
+    /// The snapshot: a succeeded backup run.
+    pub run_id: Uuid,
+    /// Its job, if any.
+    pub job_id: Option<Uuid>,
+    /// The path it backed up.
+    pub source_path: String,
+    /// Where its data lives.
+    pub target: Target,
+    /// Storage key of its manifest.
+    pub manifest_key: String,
+}
+
+/// A restore of (part of) a snapshot to a path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSpec {
+    /// What is restored from.
+    pub snapshot: SnapshotSource,
+    /// The job named in the request (with `as_of_time`), if any.
+    pub job_id: Option<Uuid>,
+    /// The point in time named in the request, if any.
+    pub as_of_time: Option<DateTime<Utc>>,
+    /// Relative paths to restore; empty means everything.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Absolute destination; the snapshot's source path for an in-place restore.
+    pub destination_path: String,
+    /// Whether files at the destination newer than the snapshot's are replaced.
+    #[serde(default)]
+    pub overwrite_newer: bool,
+    /// Labels a worker must carry (the snapshot's job's, so the worker sees the place).
+    #[serde(default)]
+    pub worker_selector: Labels,
+}
+
+/// A verification of a snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerifySpec {
+    /// What is verified.
+    pub snapshot: SnapshotSource,
+    /// Share of the data (0–100) re-read and re-hashed.
+    pub read_data_percent: f64,
+}
+
+/// What a run does, as stored in `runs.spec`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RunSpec {
     /// A backup.
     Backup(BackupSpec),
+    /// A restore.
+    Restore(RestoreSpec),
+    /// A verification.
+    Verify(VerifySpec),
 }
+
+/// Verify runs need no particular worker.
+static NO_LABELS: Labels = Labels::new();
 
 impl RunSpec {
     /// The kind of run this spec describes.
     pub fn kind(&self) -> RunKind {
         match self {
             RunSpec::Backup(_) => RunKind::Backup,
+            RunSpec::Restore(_) => RunKind::Restore,
+            RunSpec::Verify(_) => RunKind::Verify,
         }
     }
 
-    /// The bucket the run writes to, if any.
-    pub fn target_bucket_id(&self) -> Option<Uuid> {
+    /// The storage target the run reads or writes.
+    pub fn target(&self) -> &Target {
         match self {
-            RunSpec::Backup(backup) => backup.target.bucket_id(),
+            RunSpec::Backup(backup) => &backup.target,
+            RunSpec::Restore(restore) => &restore.snapshot.target,
+            RunSpec::Verify(verify) => &verify.snapshot.target,
+        }
+    }
+
+    /// The bucket the run reads or writes, if any.
+    pub fn target_bucket_id(&self) -> Option<Uuid> {
+        self.target().bucket_id()
+    }
+
+    /// The local path a worker must be able to reach (source of a backup,
+    /// destination of a restore), if any.
+    pub fn local_path(&self) -> Option<&str> {
+        match self {
+            RunSpec::Backup(backup) => Some(&backup.source_path),
+            RunSpec::Restore(restore) => Some(&restore.destination_path),
+            RunSpec::Verify(_) => None,
         }
     }
 
@@ -209,6 +282,8 @@ impl RunSpec {
     pub fn worker_selector(&self) -> &Labels {
         match self {
             RunSpec::Backup(backup) => &backup.worker_selector,
+            RunSpec::Restore(restore) => &restore.worker_selector,
+            RunSpec::Verify(_) => &NO_LABELS,
         }
     }
 }
@@ -376,6 +451,8 @@ pub struct Run {
     pub finish_time: Option<DateTime<Utc>>,
     /// Last modification time.
     pub update_time: DateTime<Utc>,
+    /// Storage key of the snapshot manifest of a succeeded backup ('' otherwise).
+    pub manifest_key: String,
 }
 
 /// A run to queue.

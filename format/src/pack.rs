@@ -1,0 +1,636 @@
+//! Packs: many compressed chunks in one storage object.
+//!
+//! Object stores charge per request and list slowly, so chunks (about 1 MiB)
+//! are grouped into packs (about 16 MiB). A pack carries its own entry list
+//! at the end, so the index can be rebuilt from the packs alone.
+//!
+//! Byte layout (all integers little-endian, offsets from the start of the pack):
+//!
+//! ```text
+//! header   8 bytes   "CFPK" | version: u32 (= 1)
+//! blobs    ...       blob i occupies entries[i].offset .. +entries[i].length,
+//!                    back to back in entry order starting at offset 8
+//! trailer  4+45n     count: u32 | n entries of 45 bytes:
+//!                    chunk_id [32] | offset u32 | length u32 | raw_length u32 | compression u8
+//! footer   24 bytes  trailer_length: u32 | blake3(trailer)[..16] | "CFPK"
+//! ```
+//!
+//! The fixed-size footer lets a reader find the trailer from the end with one
+//! ranged read; the trailer checksum catches a damaged entry list without
+//! hashing the whole pack.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::ChunkHasher;
+use crate::id::{ChunkId, PackId};
+use crate::{FormatError, FORMAT_NAME, FORMAT_VERSION};
+
+/// The largest chunk a pack holds: FastCDC's largest `max_size`. Bounding it
+/// bounds the memory a (possibly corrupt) entry can make a reader allocate.
+pub const MAX_CHUNK_SIZE: u32 = fastcdc::v2020::MAXIMUM_MAX;
+
+/// Magic at both ends of a pack.
+pub const PACK_MAGIC: [u8; 4] = *b"CFPK";
+/// Bytes before the first blob: magic and version.
+pub const PACK_HEADER_LEN: usize = 8;
+/// Bytes after the trailer: trailer length, trailer checksum, magic.
+pub const PACK_FOOTER_LEN: usize = 24;
+/// Bytes of one trailer entry.
+pub const PACK_ENTRY_LEN: usize = 45;
+const TRAILER_COUNT_LEN: usize = 4;
+const TRAILER_CHECKSUM_LEN: usize = 16;
+
+/// How a blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// The blob is the raw chunk (zstd did not make it smaller).
+    None,
+    /// The blob is one zstd frame.
+    Zstd,
+}
+
+impl Compression {
+    fn to_byte(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd => 1,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Where one chunk's blob lies in a pack.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PackEntry {
+    /// Keyed hash of the uncompressed chunk.
+    pub chunk_id: ChunkId,
+    /// Byte offset of the blob from the start of the pack.
+    pub offset: u32,
+    /// Stored (possibly compressed) length of the blob.
+    pub length: u32,
+    /// Length of the chunk after decompression.
+    pub raw_length: u32,
+    /// How the blob is stored.
+    pub compression: Compression,
+}
+
+impl PackEntry {
+    /// Checks what can be checked about one entry on its own: sizes within
+    /// limits and, for an uncompressed blob, stored length equal to raw length.
+    pub(crate) fn check_lengths(&self) -> Result<(), FormatError> {
+        if self.raw_length > MAX_CHUNK_SIZE {
+            return Err(FormatError::Corrupt(format!(
+                "chunk {} claims {} bytes, more than the {MAX_CHUNK_SIZE}-byte limit",
+                self.chunk_id, self.raw_length
+            )));
+        }
+        if self.compression == Compression::None && self.length != self.raw_length {
+            return Err(FormatError::Corrupt(format!(
+                "uncompressed chunk {} has stored length {} but raw length {}",
+                self.chunk_id, self.length, self.raw_length
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Accumulates compressed chunks into one pack.
+pub struct PackBuilder {
+    compression_level: i32,
+    /// Created on first use and reused: a zstd context is costly to set up
+    /// and packs often hold thousands of small chunks.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+    ids: HashSet<ChunkId>,
+}
+
+impl PackBuilder {
+    /// An empty pack whose blobs will be compressed at `compression_level`.
+    pub fn new(compression_level: i32) -> Self {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&PACK_MAGIC);
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        debug_assert_eq!(bytes.len(), PACK_HEADER_LEN);
+        PackBuilder {
+            compression_level,
+            compressor: None,
+            bytes,
+            entries: Vec::new(),
+            ids: HashSet::new(),
+        }
+    }
+
+    /// Compresses and appends one chunk. Stores it uncompressed when zstd
+    /// does not make it smaller.
+    ///
+    /// `id` must be the chunk's keyed hash ([`ChunkHasher::chunk_id`]); it is
+    /// not recomputed here, and [`decode_blob`] rejects a blob stored under a
+    /// wrong id. Adding a chunk id already in this pack is a no-op returning
+    /// `false`. A chunk larger than [`MAX_CHUNK_SIZE`], or one that would push the
+    /// pack past 4 GiB (offsets are `u32`), is [`FormatError::InvalidInput`].
+    pub fn add(&mut self, id: ChunkId, raw: &[u8]) -> Result<bool, FormatError> {
+        if self.ids.contains(&id) {
+            return Ok(false);
+        }
+        let raw_length = u32::try_from(raw.len())
+            .ok()
+            .filter(|len| *len <= MAX_CHUNK_SIZE)
+            .ok_or_else(|| {
+                FormatError::InvalidInput(format!(
+                    "chunk {id} is {} bytes, more than the {MAX_CHUNK_SIZE}-byte limit",
+                    raw.len()
+                ))
+            })?;
+        let compressed = self.compress(raw)?;
+        let (compression, blob) = if compressed.len() < raw.len() {
+            (Compression::Zstd, compressed.as_slice())
+        } else {
+            (Compression::None, raw)
+        };
+        if u32::try_from(self.sealed_len(blob.len(), 1)).is_err() {
+            return Err(pack_too_large());
+        }
+        // Both fit: they are below the sealed length just checked.
+        let offset = self.bytes.len() as u32;
+        let length = blob.len() as u32;
+        self.bytes.extend_from_slice(blob);
+        self.entries.push(PackEntry {
+            chunk_id: id,
+            offset,
+            length,
+            raw_length,
+            compression,
+        });
+        self.ids.insert(id);
+        Ok(true)
+    }
+
+    fn compress(&mut self, raw: &[u8]) -> Result<Vec<u8>, FormatError> {
+        let compressor = match &mut self.compressor {
+            Some(compressor) => compressor,
+            empty => empty.insert(zstd::bulk::Compressor::new(self.compression_level)?),
+        };
+        Ok(compressor.compress(raw)?)
+    }
+
+    /// Size of the sealed pack if `blob_bytes` more blob bytes in `entries`
+    /// more entries were added. `add` keeps this within `u32` so that
+    /// `finish` cannot fail for size after chunks were accepted.
+    fn sealed_len(&self, blob_bytes: usize, entries: usize) -> usize {
+        self.bytes.len()
+            + blob_bytes
+            + TRAILER_COUNT_LEN
+            + (self.entries.len() + entries) * PACK_ENTRY_LEN
+            + PACK_FOOTER_LEN
+    }
+
+    /// Bytes of blob data so far (to decide when the pack is full).
+    pub fn len(&self) -> usize {
+        self.bytes.len() - PACK_HEADER_LEN
+    }
+
+    /// True when no chunk has been added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of distinct chunks added.
+    pub fn chunk_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when `id` was already added to this pack.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Writes the trailer and returns the finished pack. An empty builder
+    /// gives a valid pack with no entries; callers normally skip uploading it.
+    pub fn finish(self) -> Result<SealedPack, FormatError> {
+        let PackBuilder {
+            mut bytes, entries, ..
+        } = self;
+        let trailer = encode_trailer(&entries)?;
+        let sealed_len = bytes.len() + trailer.len() + PACK_FOOTER_LEN;
+        if u32::try_from(sealed_len).is_err() {
+            return Err(pack_too_large());
+        }
+        let trailer_length = trailer.len() as u32;
+        bytes.extend_from_slice(&trailer);
+        bytes.extend_from_slice(&trailer_length.to_le_bytes());
+        bytes.extend_from_slice(&blake3::hash(&trailer).as_bytes()[..TRAILER_CHECKSUM_LEN]);
+        bytes.extend_from_slice(&PACK_MAGIC);
+        Ok(SealedPack {
+            id: PackId::compute(&bytes),
+            bytes,
+            entries,
+        })
+    }
+}
+
+impl fmt::Debug for PackBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PackBuilder")
+            .field("compression_level", &self.compression_level)
+            .field("len", &self.len())
+            .field("chunk_count", &self.chunk_count())
+            .finish_non_exhaustive()
+    }
+}
+
+fn pack_too_large() -> FormatError {
+    FormatError::InvalidInput(
+        "pack would exceed 4 GiB (offsets are u32); seal it earlier".to_owned(),
+    )
+}
+
+fn encode_trailer(entries: &[PackEntry]) -> Result<Vec<u8>, FormatError> {
+    let count = u32::try_from(entries.len())
+        .map_err(|_| FormatError::InvalidInput("too many chunks in one pack".to_owned()))?;
+    let mut trailer = Vec::with_capacity(TRAILER_COUNT_LEN + entries.len() * PACK_ENTRY_LEN);
+    trailer.extend_from_slice(&count.to_le_bytes());
+    for entry in entries {
+        trailer.extend_from_slice(&entry.chunk_id.0);
+        trailer.extend_from_slice(&entry.offset.to_le_bytes());
+        trailer.extend_from_slice(&entry.length.to_le_bytes());
+        trailer.extend_from_slice(&entry.raw_length.to_le_bytes());
+        trailer.push(entry.compression.to_byte());
+    }
+    Ok(trailer)
+}
+
+/// A finished pack, ready to upload under [`crate::layout::pack_key`]`(&id)`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedPack {
+    /// Plain BLAKE3 of `bytes`.
+    pub id: PackId,
+    /// The whole pack object.
+    pub bytes: Vec<u8>,
+    /// The pack's entries, in blob order (the same list as its trailer).
+    pub entries: Vec<PackEntry>,
+}
+
+impl fmt::Debug for SealedPack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedPack")
+            .field("id", &self.id)
+            .field("len", &self.bytes.len())
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+/// Reads a little-endian `u32` at `at`; callers have checked the bounds.
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn corrupt(what: impl Into<String>) -> FormatError {
+    FormatError::Corrupt(format!("pack: {}", what.into()))
+}
+
+/// Parses the trailer of a whole pack (for rebuilding an index or verifying)
+/// and checks every entry lies inside the blob area.
+///
+/// Also checks the header, the footer and trailer checksum, and that the
+/// blobs tile the blob area exactly, in order, as [`PackBuilder`] writes
+/// them. It does not decompress or hash blobs: use [`decode_blob`] for that.
+pub fn read_pack_entries(pack: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
+    let minimum = PACK_HEADER_LEN + TRAILER_COUNT_LEN + PACK_FOOTER_LEN;
+    if pack.len() < minimum {
+        return Err(corrupt(format!(
+            "{} bytes is shorter than the smallest pack ({minimum})",
+            pack.len()
+        )));
+    }
+    if pack[..4] != PACK_MAGIC {
+        return Err(corrupt("bad header magic"));
+    }
+    let version = u32_at(pack, 4);
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(FormatError::UnsupportedFormat {
+            format: FORMAT_NAME.to_owned(),
+            version,
+        });
+    }
+
+    let footer_start = pack.len() - PACK_FOOTER_LEN;
+    let footer = &pack[footer_start..];
+    if footer[PACK_FOOTER_LEN - 4..] != PACK_MAGIC {
+        return Err(corrupt("bad footer magic (truncated?)"));
+    }
+    let trailer_length = u32_at(footer, 0) as usize;
+    let Some(trailer_start) = footer_start
+        .checked_sub(trailer_length)
+        .filter(|start| *start >= PACK_HEADER_LEN)
+    else {
+        return Err(corrupt(format!(
+            "trailer length {trailer_length} does not fit in a {}-byte pack",
+            pack.len()
+        )));
+    };
+    let trailer = &pack[trailer_start..footer_start];
+    let checksum = &footer[4..4 + TRAILER_CHECKSUM_LEN];
+    if blake3::hash(trailer).as_bytes()[..TRAILER_CHECKSUM_LEN] != *checksum {
+        return Err(corrupt("trailer checksum mismatch"));
+    }
+
+    let entries = parse_trailer(trailer)?;
+    check_tiling(&entries, trailer_start)?;
+    Ok(entries)
+}
+
+fn parse_trailer(trailer: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
+    if trailer.len() < TRAILER_COUNT_LEN {
+        return Err(corrupt("trailer shorter than its entry count"));
+    }
+    let count = u32_at(trailer, 0) as usize;
+    let records = &trailer[TRAILER_COUNT_LEN..];
+    if Some(records.len()) != count.checked_mul(PACK_ENTRY_LEN) {
+        return Err(corrupt(format!(
+            "trailer has {} bytes of entries for {count} entries",
+            records.len()
+        )));
+    }
+    records
+        .chunks_exact(PACK_ENTRY_LEN)
+        .map(|record| {
+            let mut chunk_id = [0u8; 32];
+            chunk_id.copy_from_slice(&record[..32]);
+            let compression = Compression::from_byte(record[44])
+                .ok_or_else(|| corrupt(format!("unknown compression byte {}", record[44])))?;
+            let entry = PackEntry {
+                chunk_id: ChunkId(chunk_id),
+                offset: u32_at(record, 32),
+                length: u32_at(record, 36),
+                raw_length: u32_at(record, 40),
+                compression,
+            };
+            entry.check_lengths()?;
+            Ok(entry)
+        })
+        .collect()
+}
+
+/// Blobs must follow each other from the end of the header to the start of
+/// the trailer with no gaps or overlaps, so every byte of a pack is accounted for.
+fn check_tiling(entries: &[PackEntry], blob_end: usize) -> Result<(), FormatError> {
+    let mut expected = PACK_HEADER_LEN as u64;
+    for entry in entries {
+        if u64::from(entry.offset) != expected {
+            return Err(corrupt(format!(
+                "chunk {} at offset {} but the previous blob ends at {expected}",
+                entry.chunk_id, entry.offset
+            )));
+        }
+        expected += u64::from(entry.length);
+    }
+    if expected != blob_end as u64 {
+        return Err(corrupt(format!(
+            "blobs end at {expected} but the trailer starts at {blob_end}"
+        )));
+    }
+    Ok(())
+}
+
+/// Decompresses one blob (the `length` bytes at `offset`) and verifies that
+/// its keyed hash equals `entry.chunk_id` and its length equals `raw_length`;
+/// corruption is an error, never silently returned.
+pub fn decode_blob(
+    hasher: &ChunkHasher,
+    entry: &PackEntry,
+    blob: &[u8],
+) -> Result<Vec<u8>, FormatError> {
+    entry.check_lengths()?;
+    if blob.len() != entry.length as usize {
+        return Err(FormatError::Corrupt(format!(
+            "chunk {}: got {} blob bytes, entry says {}",
+            entry.chunk_id,
+            blob.len(),
+            entry.length
+        )));
+    }
+    let raw = match entry.compression {
+        Compression::None => blob.to_vec(),
+        // The capacity bound makes zstd fail rather than allocate more than
+        // the entry promises.
+        Compression::Zstd => {
+            zstd::bulk::decompress(blob, entry.raw_length as usize).map_err(|err| {
+                FormatError::Corrupt(format!("chunk {}: zstd: {err}", entry.chunk_id))
+            })?
+        }
+    };
+    if raw.len() != entry.raw_length as usize {
+        return Err(FormatError::Corrupt(format!(
+            "chunk {}: decoded {} bytes, entry says {}",
+            entry.chunk_id,
+            raw.len(),
+            entry.raw_length
+        )));
+    }
+    let actual = hasher.chunk_id(&raw);
+    if actual != entry.chunk_id {
+        return Err(FormatError::HashMismatch {
+            expected: entry.chunk_id,
+            actual,
+        });
+    }
+    Ok(raw)
+}
+
+/// The blob bytes of `entry` within a whole pack, or an error if the entry
+/// points outside it.
+pub fn blob_slice<'a>(pack: &'a [u8], entry: &PackEntry) -> Result<&'a [u8], FormatError> {
+    let start = entry.offset as usize;
+    start
+        .checked_add(entry.length as usize)
+        .and_then(|end| pack.get(start..end))
+        .ok_or_else(|| {
+            corrupt(format!(
+                "chunk {} at {}+{} lies outside a {}-byte pack",
+                entry.chunk_id,
+                entry.offset,
+                entry.length,
+                pack.len()
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_data::pseudo_random_bytes;
+
+    fn hasher() -> ChunkHasher {
+        ChunkHasher::new([3u8; 32])
+    }
+
+    fn sample_chunks() -> Vec<Vec<u8>> {
+        vec![
+            b"hello hello hello hello hello hello hello hello".repeat(1000),
+            pseudo_random_bytes(10, 100_000),
+            vec![0u8; 1],
+            pseudo_random_bytes(11, 7),
+            b"another compressible chunk ".repeat(5000),
+        ]
+    }
+
+    fn build(chunks: &[Vec<u8>]) -> SealedPack {
+        let hasher = hasher();
+        let mut builder = PackBuilder::new(3);
+        for chunk in chunks {
+            assert!(builder
+                .add(hasher.chunk_id(chunk), chunk)
+                .expect("chunk fits"));
+        }
+        builder.finish().expect("pack fits")
+    }
+
+    #[test]
+    fn pack_round_trips_compressible_and_random_chunks() {
+        let chunks = sample_chunks();
+        let pack = build(&chunks);
+        assert_eq!(pack.id, PackId::compute(&pack.bytes));
+        assert_eq!(pack.entries.len(), chunks.len());
+        assert_eq!(pack.entries[0].compression, Compression::Zstd);
+        assert!(pack.entries[0].length < pack.entries[0].raw_length / 10);
+        assert_eq!(pack.entries[1].compression, Compression::None);
+
+        let entries = read_pack_entries(&pack.bytes).expect("valid pack");
+        assert_eq!(entries, pack.entries);
+        for (entry, chunk) in entries.iter().zip(&chunks) {
+            let blob = blob_slice(&pack.bytes, entry).expect("inside the pack");
+            let raw = decode_blob(&hasher(), entry, blob).expect("intact blob");
+            assert_eq!(&raw, chunk);
+        }
+    }
+
+    #[test]
+    fn adding_the_same_chunk_twice_stores_it_once() {
+        let hasher = hasher();
+        let mut builder = PackBuilder::new(3);
+        let chunk = b"same".repeat(100);
+        let id = hasher.chunk_id(&chunk);
+        assert!(builder.add(id, &chunk).expect("fits"));
+        let len = builder.len();
+        assert!(!builder.add(id, &chunk).expect("fits"));
+        assert_eq!(builder.len(), len);
+        assert_eq!(builder.chunk_count(), 1);
+        assert!(builder.contains(&id));
+    }
+
+    #[test]
+    fn flipped_byte_in_a_blob_is_detected() {
+        let chunks = sample_chunks();
+        for index in [0, 1] {
+            let pack = build(&chunks);
+            let entry = &pack.entries[index];
+            let mut bytes = pack.bytes.clone();
+            bytes[entry.offset as usize + entry.length as usize / 2] ^= 0x40;
+            // The trailer is intact, so listing still works...
+            let entries = read_pack_entries(&bytes).expect("trailer intact");
+            let blob = blob_slice(&bytes, &entries[index]).expect("inside");
+            // ...but decoding the damaged blob must fail, never return bytes.
+            let err = decode_blob(&hasher(), &entries[index], blob).expect_err("damaged");
+            assert!(err.is_corruption(), "{err}");
+            if entry.compression == Compression::None {
+                assert!(matches!(err, FormatError::HashMismatch { .. }), "{err}");
+            }
+            assert_ne!(PackId::compute(&bytes), pack.id);
+        }
+    }
+
+    #[test]
+    fn wrong_key_is_a_hash_mismatch() {
+        let chunks = sample_chunks();
+        let pack = build(&chunks);
+        let entry = &pack.entries[0];
+        let blob = blob_slice(&pack.bytes, entry).expect("inside");
+        let err = decode_blob(&ChunkHasher::new([4u8; 32]), entry, blob).expect_err("wrong key");
+        assert!(
+            matches!(err, FormatError::HashMismatch { expected, .. } if expected == entry.chunk_id),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn truncated_pack_is_rejected() {
+        let pack = build(&sample_chunks());
+        for cut in [
+            1,
+            10,
+            PACK_FOOTER_LEN,
+            pack.bytes.len() / 2,
+            pack.bytes.len() - 9,
+        ] {
+            let truncated = &pack.bytes[..pack.bytes.len() - cut];
+            let err = read_pack_entries(truncated).expect_err("truncated");
+            assert!(err.is_corruption(), "cut {cut}: {err}");
+        }
+        assert!(read_pack_entries(&[]).is_err());
+    }
+
+    #[test]
+    fn damaged_trailer_is_rejected() {
+        let pack = build(&sample_chunks());
+        let trailer_byte = pack.bytes.len() - PACK_FOOTER_LEN - 3;
+        let mut bytes = pack.bytes.clone();
+        bytes[trailer_byte] ^= 1;
+        let err = read_pack_entries(&bytes).expect_err("damaged");
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn entry_and_blob_length_disagreement_is_corruption() {
+        let pack = build(&sample_chunks());
+        let entry = &pack.entries[1];
+        let blob = blob_slice(&pack.bytes, entry).expect("inside");
+        let err = decode_blob(&hasher(), entry, &blob[1..]).expect_err("short blob");
+        assert!(matches!(err, FormatError::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn newer_pack_version_is_unsupported() {
+        let mut bytes = build(&sample_chunks()).bytes;
+        bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+        assert!(matches!(
+            read_pack_entries(&bytes),
+            Err(FormatError::UnsupportedFormat { version: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn empty_pack_is_valid_and_lists_nothing() {
+        let pack = PackBuilder::new(3).finish().expect("fits");
+        assert_eq!(
+            pack.bytes.len(),
+            PACK_HEADER_LEN + TRAILER_COUNT_LEN + PACK_FOOTER_LEN
+        );
+        assert!(read_pack_entries(&pack.bytes).expect("valid").is_empty());
+    }
+
+    #[test]
+    fn oversized_chunk_is_refused() {
+        let big = vec![0u8; MAX_CHUNK_SIZE as usize + 1];
+        let mut builder = PackBuilder::new(1);
+        let err = builder
+            .add(hasher().chunk_id(&big), &big)
+            .expect_err("too big");
+        assert!(matches!(err, FormatError::InvalidInput(_)));
+        assert!(builder.is_empty());
+    }
+}

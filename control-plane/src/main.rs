@@ -5,7 +5,7 @@ use std::sync::Arc;
 use clap::Parser;
 use coffer_control_plane::config::Config;
 use coffer_control_plane::{server, startup};
-use coffer_worker::executor::BackupExecutor;
+use coffer_worker::executor::RunExecutor;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let worker = if config.runs_embedded_worker() {
         let token = startup::embedded_worker_token(&config, &state.catalog).await?;
         let worker_config = startup::embedded_worker_config(&config, port, token);
-        let executor = Arc::new(BackupExecutor::default());
+        let executor = Arc::new(RunExecutor::default());
         tracing::info!(slots = worker_config.slots, "embedded worker starting");
         Some(tokio::spawn(coffer_worker::session::run(
             worker_config,

@@ -31,7 +31,10 @@ pub use manifest::{
     compare_paths, EntryKind, ManifestEntry, ManifestFooter, ManifestHeader, ManifestReader,
     ManifestWriter,
 };
-pub use pack::{decode_blob, read_pack_entries, Compression, PackBuilder, PackEntry, SealedPack};
+pub use pack::{
+    decode_blob, encode_chunk, new_compressor, read_pack_entries, Compression, Compressor,
+    EncodedChunk, PackBuilder, PackEntry, SealedPack,
+};
 
 /// Name written into every self-describing object (config, index files,
 /// manifests), so a reader can tell a Coffer repository from anything else.

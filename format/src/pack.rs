@@ -105,6 +105,62 @@ impl PackEntry {
     }
 }
 
+/// A chunk ready for a pack: compressed when that made it smaller.
+#[derive(Debug, Clone)]
+pub struct EncodedChunk {
+    /// The chunk's keyed hash.
+    pub id: ChunkId,
+    /// Uncompressed length.
+    pub raw_length: u32,
+    /// How `bytes` is encoded.
+    pub compression: Compression,
+    /// The blob as stored.
+    pub bytes: Vec<u8>,
+}
+
+/// Compresses one chunk with zstd at `level` (keeping it raw when that is
+/// not smaller), for [`PackBuilder::add_blob`]. `compressor` is reused
+/// between calls because setting one up costs more than a small chunk.
+pub fn encode_chunk(
+    compressor: &mut zstd::bulk::Compressor<'static>,
+    id: ChunkId,
+    raw: Vec<u8>,
+) -> Result<EncodedChunk, FormatError> {
+    let raw_length = u32::try_from(raw.len())
+        .ok()
+        .filter(|len| *len <= MAX_CHUNK_SIZE)
+        .ok_or_else(|| {
+            FormatError::InvalidInput(format!(
+                "chunk {id} is {} bytes, more than the {MAX_CHUNK_SIZE}-byte limit",
+                raw.len()
+            ))
+        })?;
+    let compressed = compressor.compress(&raw)?;
+    Ok(if compressed.len() < raw.len() {
+        EncodedChunk {
+            id,
+            raw_length,
+            compression: Compression::Zstd,
+            bytes: compressed,
+        }
+    } else {
+        EncodedChunk {
+            id,
+            raw_length,
+            compression: Compression::None,
+            bytes: raw,
+        }
+    })
+}
+
+/// A reusable zstd compression context.
+pub type Compressor = zstd::bulk::Compressor<'static>;
+
+/// A zstd compressor for [`encode_chunk`].
+pub fn new_compressor(level: i32) -> Result<Compressor, FormatError> {
+    Ok(zstd::bulk::Compressor::new(level)?)
+}
+
 /// Accumulates compressed chunks into one pack.
 pub struct PackBuilder {
     compression_level: i32,
@@ -174,6 +230,37 @@ impl PackBuilder {
             compression,
         });
         self.ids.insert(id);
+        Ok(true)
+    }
+
+    /// Appends a blob compressed elsewhere (see [`encode_chunk`]), so that
+    /// compression can run on many threads while one builder packs.
+    /// Returns `false` when the id is already in this pack.
+    pub fn add_blob(&mut self, blob: &EncodedChunk) -> Result<bool, FormatError> {
+        if self.ids.contains(&blob.id) {
+            return Ok(false);
+        }
+        if blob.raw_length > MAX_CHUNK_SIZE {
+            return Err(FormatError::InvalidInput(format!(
+                "chunk {} is {} bytes, more than the {MAX_CHUNK_SIZE}-byte limit",
+                blob.id, blob.raw_length
+            )));
+        }
+        if u32::try_from(self.sealed_len(blob.bytes.len(), 1)).is_err() {
+            return Err(pack_too_large());
+        }
+        // Both fit: they are below the sealed length just checked.
+        let offset = self.bytes.len() as u32;
+        let length = blob.bytes.len() as u32;
+        self.bytes.extend_from_slice(&blob.bytes);
+        self.entries.push(PackEntry {
+            chunk_id: blob.id,
+            offset,
+            length,
+            raw_length: blob.raw_length,
+            compression: blob.compression,
+        });
+        self.ids.insert(blob.id);
         Ok(true)
     }
 

@@ -1,72 +1,69 @@
-//! Running one backup attempt: walk the source, store every regular file's
-//! content once per repository, report progress and file records, and write
-//! the snapshot manifest last.
+//! One backup attempt in repository format v1 (see `format/README.md`).
 //!
-//! # Repository format v0 (interim)
-//!
-//! * `data/<first 2 hex>/<blake3 hex>` — the whole content of a regular file,
-//!   named by its BLAKE3 hash. A file whose content object already exists is
-//!   not uploaded again, so identical files are stored once per repository.
-//! * `snapshots/<run id>.json` — the [`Manifest`]: format name and version,
-//!   run, source path, creation time and every entry (raw path as base64,
-//!   kind, size, mode, owner, times, content hash and key, symlink target).
-//!   It is written after all content, so a manifest never names a missing
-//!   object.
-//!
-//! The chunked, compressed format replaces this behind the same entry point.
+//! The walk yields entries in manifest order. Each regular file is either
+//! carried over from the parent snapshot unread — its size, mtime, ctime and
+//! inode are unchanged — or read on a blocking thread that chunks it
+//! (FastCDC), hashes every chunk with the repository key and compresses the
+//! chunks the repository does not hold yet. Files are processed several at
+//! a time on all cores while one packer task fills packs of about 16 MiB and
+//! uploads them in the background, so reading overlaps with uploading.
+//! Results are consumed in walk order: each entry goes into the streamed
+//! manifest and, when it changed since the parent, into a file record for
+//! the control plane. Index files name uploaded packs every few packs (so a
+//! retry after a crash reuses them); the last index file and then the
+//! manifest are written last, so a manifest never names a chunk that is not
+//! stored and indexed.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::File;
-use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
-use coffer_proto::v1::{FileRecord, JobOptions, RunError, RunProgress};
-use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
+use coffer_format::layout;
+use coffer_format::{
+    compare_paths, encode_chunk, new_compressor, ChunkHasher, ChunkId, ChunkIndex, Chunker,
+    Compressor, EncodedChunk, EntryKind as ManifestKind, IndexFile, IndexPack, ManifestEntry,
+    ManifestHeader, ManifestReader, ManifestWriter, PackBuilder, RepositoryConfig,
+};
+use coffer_proto::v1::{FileRecord, JobOptions};
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::source::{self, Entry, EntryError, EntryKind, EntryMetadata, WalkItem, WalkOptions};
-use crate::store::{Store, StoreError};
+use crate::report::{human_bytes, to_i64, Batcher, RunFailure};
+pub use crate::report::{
+    RecordBatch, ReportError, Reporter, RunFailure as BackupFailure, MAX_BATCH_RECORDS,
+};
+use crate::repository::Repository;
+use crate::source::{self, Entry, EntryKind, EntryMetadata, WalkItem, WalkOptions};
+use crate::store::Store;
 
-/// Name of the repository format written by this module.
-pub const FORMAT_NAME: &str = "coffer-v0";
-/// Version of [`FORMAT_NAME`].
-pub const FORMAT_VERSION: u32 = 0;
-/// Content hash algorithm of content objects and manifests.
-pub const HASH_ALGORITHM: &str = "blake3";
-/// Most records (files plus errors) in one [`RecordBatch`].
-pub const MAX_BATCH_RECORDS: usize = 1000;
 /// A file that keeps changing while it is read is re-read this many times
 /// before it is reported as a per-file error.
 pub const MAX_REREADS: u32 = 3;
-
-/// Files hashed and uploaded at once.
-const FILE_PARALLELISM: usize = 4;
-/// Files up to this size are held in memory between hashing and upload;
-/// larger ones are staged in a temporary file.
-const IN_MEMORY_LIMIT: u64 = 8 << 20;
-/// Read buffer size; cancellation is checked once per buffer.
+/// Entries between the walk and the manifest at once (most are cheap).
+const ENTRY_WINDOW: usize = 256;
+/// Encoded chunks queued for the packer.
+const PACKER_QUEUE: usize = 16;
+/// Packs uploaded at once.
+const UPLOAD_PARALLELISM: usize = 3;
+/// Packs named by one index file (the last one of a run may name fewer).
+const INDEX_FLUSH_PACKS: usize = 4;
+/// Read buffer of a file; cancellation is checked per chunk.
 const READ_BUFFER: usize = 1 << 20;
-/// Minimum time between two progress reports.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// The key of the content object of a file whose BLAKE3 hash is `hash_hex`.
-pub fn content_key(hash_hex: &str) -> String {
-    let fanout = hash_hex.get(..2).unwrap_or(hash_hex);
-    format!("data/{fanout}/{hash_hex}")
-}
-
-/// The key of the manifest of run `run_id`.
-pub fn manifest_key(run_id: Uuid) -> String {
-    format!("snapshots/{run_id}.json")
+/// The snapshot an incremental is taken against.
+#[derive(Debug, Clone)]
+pub struct ParentSnapshot {
+    /// Its run.
+    pub run_id: Uuid,
+    /// Storage key of its manifest.
+    pub manifest_key: String,
 }
 
 /// Everything one backup attempt needs.
@@ -74,197 +71,43 @@ pub fn manifest_key(run_id: Uuid) -> String {
 pub struct BackupPlan {
     /// The run being executed.
     pub run_id: Uuid,
+    /// The job, if any (recorded in the manifest).
+    pub job_id: Option<Uuid>,
     /// The lease token (attempt number) the run was leased with.
     pub lease_token: i64,
     /// Absolute path of the source tree (or single file).
     pub source: PathBuf,
     /// How the source is read.
     pub options: JobOptions,
-    /// The repository written to.
+    /// The repository's store.
     pub store: Arc<Store>,
-    /// Manifest of the previous snapshot in the same repository, recorded in
-    /// the new manifest (incremental reading comes with the chunked format).
-    pub parent_manifest_key: Option<String>,
-    /// Directory for staging copies of large files before upload; the system
-    /// temporary directory when `None`.
-    pub staging_dir: Option<PathBuf>,
-}
-
-/// Records produced by a backup, sent to the control plane in order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecordBatch {
-    /// 0 for the first batch of an attempt, then 1, 2, …
-    pub sequence: i64,
-    /// Entries backed up.
-    pub files: Vec<FileRecord>,
-    /// Per-file errors.
-    pub errors: Vec<RunError>,
-}
-
-/// A reporter could not deliver a batch (e.g. the lease was lost).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct ReportError {
-    /// What went wrong.
-    pub message: String,
-    /// Whether another attempt may succeed.
-    pub retryable: bool,
-}
-
-/// Receives what a backup produces, usually forwarding it over the lease
-/// session.
-pub trait Reporter: Send + Sync {
-    /// Latest counters; called often, so it must be cheap and must not block.
-    fn progress(&self, progress: &RunProgress);
-
-    /// A batch of records; the backup waits for it to be accepted, which
-    /// gives the consumer back-pressure. An error fails the backup.
-    fn batch(&self, batch: RecordBatch) -> impl Future<Output = Result<(), ReportError>> + Send;
+    /// Chunk key for a repository created by this run.
+    pub repository_key: Vec<u8>,
+    /// The previous snapshot of the same job in the repository, if any.
+    pub parent: Option<ParentSnapshot>,
 }
 
 /// A successful backup.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackupSummary {
-    /// Total size of the regular files backed up.
+    /// Total size of the regular files in the snapshot.
     pub size_bytes: i64,
-    /// Entries in the snapshot (files, directories, symlinks, others).
+    /// Entries in the snapshot.
     pub file_count: i64,
     /// Batches sent to the reporter.
     pub batch_count: i64,
     /// Key of the snapshot manifest.
     pub manifest_key: String,
+    /// The parent the records are relative to (`None`: they list the whole tree).
+    pub parent_run_id: Option<Uuid>,
     /// Human-readable summary for the run's metadata.
     pub details: String,
     /// Final counters.
-    pub progress: RunProgress,
-}
-
-/// A failed backup.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct BackupFailure {
-    /// What went wrong.
-    pub message: String,
-    /// Whether another attempt may succeed (false for a missing source, true
-    /// for storage errors).
-    pub retryable: bool,
-}
-
-impl BackupFailure {
-    fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: false,
-        }
-    }
-
-    fn retryable(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-        }
-    }
-
-    fn cancelled() -> Self {
-        Self {
-            message: "cancelled".into(),
-            retryable: true,
-        }
-    }
-
-    fn from_store(error: StoreError) -> Self {
-        match error {
-            StoreError::Cancelled => Self::cancelled(),
-            other => Self {
-                retryable: other.is_retryable(),
-                message: format!("storage: {other}"),
-            },
-        }
-    }
-}
-
-/// A snapshot manifest (`snapshots/<run id>.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Always [`FORMAT_NAME`].
-    pub format: String,
-    /// Always [`FORMAT_VERSION`].
-    pub version: u32,
-    /// Always [`HASH_ALGORITHM`].
-    pub hash_algorithm: String,
-    /// The run that wrote it.
-    pub run_id: Uuid,
-    /// The attempt that wrote it.
-    pub lease_token: i64,
-    /// The source path backed up (lossy UTF-8).
-    pub source_path: String,
-    /// When the manifest was written (RFC 3339, UTC).
-    pub created_at: String,
-    /// The previous snapshot's manifest, if known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent_manifest_key: Option<String>,
-    /// Every entry, in walk order.
-    pub entries: Vec<ManifestEntry>,
-    /// Entries that could not be backed up.
-    #[serde(default)]
-    pub errors: Vec<ManifestError>,
-}
-
-/// One entry of a [`Manifest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManifestEntry {
-    /// Path relative to the source root, raw bytes in standard base64.
-    pub path_b64: String,
-    /// `regular`, `directory`, `symlink`, `fifo`, `socket`, `char_device` or `block_device`.
-    pub kind: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Permission bits (`st_mode & 0o7777`).
-    pub mode: u32,
-    /// Owner uid.
-    pub uid: u32,
-    /// Owner gid.
-    pub gid: u32,
-    /// Modification time, seconds since the epoch.
-    pub mtime_sec: i64,
-    /// Nanoseconds of the modification time.
-    pub mtime_nsec: u32,
-    /// Status change time, seconds since the epoch.
-    pub ctime_sec: i64,
-    /// Nanoseconds of the status change time.
-    pub ctime_nsec: u32,
-    /// Inode number.
-    pub inode: u64,
-    /// BLAKE3 hash (hex) of a regular file's content.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_hash: Option<String>,
-    /// Key of a regular file's content object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_key: Option<String>,
-    /// Target of a symlink, raw bytes in standard base64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub symlink_target_b64: Option<String>,
-}
-
-impl ManifestEntry {
-    /// The raw path bytes.
-    pub fn path(&self) -> Result<Vec<u8>, base64::DecodeError> {
-        BASE64.decode(&self.path_b64)
-    }
-
-    /// The raw symlink target, if this is a symlink.
-    pub fn symlink_target(&self) -> Option<Result<Vec<u8>, base64::DecodeError>> {
-        self.symlink_target_b64.as_ref().map(|t| BASE64.decode(t))
-    }
-}
-
-/// An entry of a [`Manifest`] that could not be backed up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManifestError {
-    /// Path relative to the source root, raw bytes in standard base64.
-    pub path_b64: String,
-    /// What went wrong.
-    pub message: String,
+    pub progress: coffer_proto::v1::RunProgress,
+    /// Bytes of packs uploaded (after deduplication and compression).
+    pub bytes_uploaded: u64,
+    /// Regular files read (not carried over from the parent).
+    pub files_read: u64,
 }
 
 /// Runs one backup attempt of `plan`.
@@ -273,26 +116,62 @@ pub struct ManifestError {
 /// reported and skipped; they fail the run only with
 /// `options.fail_on_file_errors`. Storage errors and reporter errors fail it.
 /// When `cancel` fires the backup stops promptly with the failure
-/// `cancelled`; content already uploaded stays (it is content-addressed and
-/// harmless) but no manifest is written.
+/// `cancelled`; packs already uploaded stay (unreferenced until a later
+/// backup reuses them or garbage collection removes them) but no manifest
+/// is written.
 pub async fn run_backup<R: Reporter>(
     plan: BackupPlan,
     reporter: &R,
     cancel: CancellationToken,
 ) -> Result<BackupSummary, BackupFailure> {
-    let mut run = RunState::new(&plan, reporter);
-    let result = run.execute(&plan, &cancel).await;
-    reporter.progress(&run.progress_now());
-    result
+    let attempt = i32::try_from(plan.lease_token).unwrap_or(i32::MAX);
+    let mut batcher = Batcher::new(reporter, attempt);
+    let result = execute(&plan, &mut batcher, &cancel).await;
+    batcher.report_progress(true);
+    match result {
+        Err(_) if cancel.is_cancelled() => Err(RunFailure::cancelled()),
+        other => other,
+    }
+}
+
+/// Chunks the repository holds or this run has queued, shared by file tasks
+/// so that each new chunk is packed once.
+struct ChunkSet {
+    index: ChunkIndex,
+    queued: Mutex<HashSet<ChunkId>>,
+}
+
+impl ChunkSet {
+    /// Claims `id` for packing; false when it is stored or already claimed.
+    fn claim(&self, id: ChunkId) -> bool {
+        if self.index.contains(&id) {
+            return false;
+        }
+        self.queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id)
+    }
+}
+
+/// Shared by the file tasks.
+struct FileContext {
+    chunker: Chunker,
+    hasher: ChunkHasher,
+    compression_level: i32,
+    chunks: ChunkSet,
+    packer: mpsc::Sender<EncodedChunk>,
+    cpu: Semaphore,
+    compressors: Mutex<Vec<Compressor>>,
+    cancel: CancellationToken,
+    bytes_read: AtomicU64,
 }
 
 /// What happened to one regular file.
-struct FileOutcome {
-    hash: String,
-    key: String,
+struct FileContent {
+    content_hash: String,
+    chunks: Vec<ChunkId>,
     metadata: EntryMetadata,
-    /// Bytes uploaded, or `None` when the content object already existed.
-    uploaded: Option<u64>,
 }
 
 /// Why a regular file was not backed up.
@@ -300,636 +179,686 @@ enum FileProblem {
     /// Reported for the file; the run goes on.
     Skip(String),
     /// Fails the run.
-    Fatal(BackupFailure),
+    Fatal(RunFailure),
 }
 
-/// Shared by the per-file tasks.
-struct FileContext {
-    store: Arc<Store>,
-    cancel: CancellationToken,
-    staging_dir: PathBuf,
-    /// Content keys already known to exist (or being uploaded) in this run,
-    /// so identical files are checked and uploaded once.
-    known: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+/// One walk item on its way to the manifest.
+enum Processed {
+    /// A directory, symlink or carried-over file.
+    Ready(Entry, Option<ManifestEntry>, Option<FileContent>),
+    /// A regular file that was read.
+    Read(
+        Entry,
+        Option<ManifestEntry>,
+        Result<FileContent, FileProblem>,
+    ),
+    /// An entry that could not be read at all.
+    Error(Vec<u8>, String),
+    /// A special file (fifo, socket, device): not part of a snapshot.
+    Special,
 }
 
-struct RunState<'r, R> {
-    reporter: &'r R,
-    run_id: Uuid,
-    attempt: i32,
-    started: Instant,
-    last_progress: Option<Instant>,
-    progress: RunProgress,
-    sequence: i64,
-    pending_files: Vec<FileRecord>,
-    pending_errors: Vec<RunError>,
-    /// Manifest entries keyed by walk position, sorted at the end.
-    entries: Vec<(u64, ManifestEntry)>,
-    errors: Vec<ManifestError>,
-    size_bytes: u64,
-    new_objects: u64,
-    kinds: HashMap<EntryKind, u64>,
-}
-
-impl<'r, R: Reporter> RunState<'r, R> {
-    fn new(plan: &BackupPlan, reporter: &'r R) -> Self {
-        Self {
-            reporter,
-            run_id: plan.run_id,
-            attempt: i32::try_from(plan.lease_token).unwrap_or(i32::MAX),
-            started: Instant::now(),
-            last_progress: None,
-            progress: RunProgress::default(),
-            sequence: 0,
-            pending_files: Vec::new(),
-            pending_errors: Vec::new(),
-            entries: Vec::new(),
-            errors: Vec::new(),
-            size_bytes: 0,
-            new_objects: 0,
-            kinds: HashMap::new(),
-        }
-    }
-
-    async fn execute(
-        &mut self,
-        plan: &BackupPlan,
-        cancel: &CancellationToken,
-    ) -> Result<BackupSummary, BackupFailure> {
-        let walk_options = WalkOptions {
-            exclude: plan.options.exclude.clone(),
-            one_file_system: plan.options.one_file_system,
-        };
-        let mut walk = source::walk(&plan.source, &walk_options, cancel)
-            .await
-            .map_err(|e| BackupFailure::permanent(e.to_string()))?;
-        let context = Arc::new(FileContext {
-            store: Arc::clone(&plan.store),
-            cancel: cancel.clone(),
-            staging_dir: plan.staging_dir.clone().unwrap_or_else(std::env::temp_dir),
-            known: Mutex::new(HashMap::new()),
-        });
-        let mut tasks: JoinSet<(u64, Entry, Result<FileOutcome, FileProblem>)> = JoinSet::new();
-        let mut walk_done = false;
-        let mut position = 0u64;
-        while !(walk_done && tasks.is_empty()) {
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return Err(BackupFailure::cancelled()),
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    let (at, entry, outcome) = joined.map_err(|e| {
-                        BackupFailure::retryable(format!("file task failed: {e}"))
-                    })?;
-                    self.file_finished(at, entry, outcome)?;
-                }
-                item = walk.next(), if !walk_done && tasks.len() < FILE_PARALLELISM => {
-                    match item {
-                        None => walk_done = true,
-                        Some(WalkItem::Error(error)) => self.entry_error(error),
-                        Some(WalkItem::Entry(entry)) => {
-                            position += 1;
-                            self.entry_seen(&entry);
-                            if entry.kind == EntryKind::Regular {
-                                let context = Arc::clone(&context);
-                                tasks.spawn(async move {
-                                    let outcome = back_up_file(&context, &entry).await;
-                                    (position, entry, outcome)
-                                });
-                            } else {
-                                self.other_entry(position, &entry);
-                            }
-                        }
-                    }
-                }
-            }
-            if self.pending_files.len() + self.pending_errors.len() >= MAX_BATCH_RECORDS {
-                self.flush().await?;
-            }
-            self.report_progress(false);
-        }
-        if cancel.is_cancelled() {
-            return Err(BackupFailure::cancelled());
-        }
-        self.flush().await?;
-        self.report_progress(true);
-        if plan.options.fail_on_file_errors && !self.errors.is_empty() {
-            return Err(BackupFailure::permanent(format!(
-                "{} file error(s) and fail_on_file_errors is set; first: {}: {}",
-                self.errors.len(),
-                lossy_b64(&self.errors[0].path_b64),
-                self.errors[0].message
-            )));
-        }
-        self.write_manifest(plan, cancel).await
-    }
-
-    fn entry_seen(&mut self, entry: &Entry) {
-        self.progress.files_seen += 1;
-        if entry.kind == EntryKind::Regular {
-            self.progress.bytes_seen += to_i64(entry.metadata.size);
-            self.progress.current_path = String::from_utf8_lossy(&entry.path).into_owned();
-        }
-    }
-
-    fn entry_error(&mut self, error: EntryError) {
-        self.progress.error_count += 1;
-        self.pending_errors.push(RunError {
-            path: String::from_utf8_lossy(&error.path).into_owned(),
-            message: error.message.clone(),
-            attempt: self.attempt,
-            create_time: Some(now_timestamp()),
-        });
-        self.errors.push(ManifestError {
-            path_b64: BASE64.encode(&error.path),
-            message: error.message,
-        });
-    }
-
-    /// Records a directory, symlink or special file, which need no upload.
-    fn other_entry(&mut self, position: u64, entry: &Entry) {
-        self.progress.files_done += 1;
-        *self.kinds.entry(entry.kind).or_default() += 1;
-        self.entries
-            .push((position, manifest_entry(entry, &entry.metadata, None)));
-        // The catalog knows regular files, directories and symlinks; special
-        // files live only in the manifest.
-        if matches!(entry.kind, EntryKind::Directory | EntryKind::Symlink) {
-            self.pending_files
-                .push(file_record(entry, &entry.metadata, None));
-        }
-    }
-
-    fn file_finished(
-        &mut self,
-        position: u64,
-        entry: Entry,
-        outcome: Result<FileOutcome, FileProblem>,
-    ) -> Result<(), BackupFailure> {
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(FileProblem::Fatal(failure)) => return Err(failure),
-            Err(FileProblem::Skip(message)) => {
-                self.progress.files_done += 1;
-                self.entry_error(EntryError {
-                    path: entry.path,
-                    message,
-                });
-                return Ok(());
-            }
-        };
-        self.progress.files_done += 1;
-        self.progress.bytes_done += to_i64(outcome.metadata.size);
-        if let Some(uploaded) = outcome.uploaded {
-            self.progress.bytes_uploaded += to_i64(uploaded);
-            self.new_objects += 1;
-        }
-        self.size_bytes += outcome.metadata.size;
-        *self.kinds.entry(EntryKind::Regular).or_default() += 1;
-        let content = Some((outcome.hash.as_str(), outcome.key.as_str()));
-        self.entries
-            .push((position, manifest_entry(&entry, &outcome.metadata, content)));
-        self.pending_files
-            .push(file_record(&entry, &outcome.metadata, content));
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), BackupFailure> {
-        while !self.pending_files.is_empty() || !self.pending_errors.is_empty() {
-            let take_files = self.pending_files.len().min(MAX_BATCH_RECORDS);
-            let take_errors = self
-                .pending_errors
-                .len()
-                .min(MAX_BATCH_RECORDS - take_files);
-            let batch = RecordBatch {
-                sequence: self.sequence,
-                files: self.pending_files.drain(..take_files).collect(),
-                errors: self.pending_errors.drain(..take_errors).collect(),
-            };
-            self.reporter
-                .batch(batch)
-                .await
-                .map_err(|e| BackupFailure {
-                    message: format!("reporting file records: {}", e.message),
-                    retryable: e.retryable,
-                })?;
-            self.sequence += 1;
-        }
-        Ok(())
-    }
-
-    fn progress_now(&self) -> RunProgress {
-        let mut progress = self.progress.clone();
-        let seconds = self.started.elapsed().as_secs_f64();
-        if seconds > 0.0 {
-            progress.bytes_per_second = progress.bytes_done as f64 / seconds;
-        }
-        progress
-    }
-
-    fn report_progress(&mut self, force: bool) {
-        let due = self
-            .last_progress
-            .is_none_or(|last| last.elapsed() >= PROGRESS_INTERVAL);
-        if force || due {
-            self.reporter.progress(&self.progress_now());
-            self.last_progress = Some(Instant::now());
-        }
-    }
-
-    async fn write_manifest(
-        &mut self,
-        plan: &BackupPlan,
-        cancel: &CancellationToken,
-    ) -> Result<BackupSummary, BackupFailure> {
-        let mut entries = std::mem::take(&mut self.entries);
-        entries.sort_by_key(|(position, _)| *position);
-        let file_count = entries.len();
-        let manifest = Manifest {
-            format: FORMAT_NAME.into(),
-            version: FORMAT_VERSION,
-            hash_algorithm: HASH_ALGORITHM.into(),
-            run_id: self.run_id,
-            lease_token: plan.lease_token,
-            source_path: plan.source.to_string_lossy().into_owned(),
-            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            parent_manifest_key: plan.parent_manifest_key.clone(),
-            entries: entries.into_iter().map(|(_, entry)| entry).collect(),
-            errors: std::mem::take(&mut self.errors),
-        };
-        let json = serde_json::to_vec(&manifest)
-            .map_err(|e| BackupFailure::permanent(format!("encoding the manifest: {e}")))?;
-        let key = manifest_key(self.run_id);
-        plan.store
-            .put_bytes(&key, json, cancel)
-            .await
-            .map_err(BackupFailure::from_store)?;
-        let progress = self.progress_now();
-        Ok(BackupSummary {
-            size_bytes: to_i64(self.size_bytes),
-            file_count: to_i64(file_count as u64),
-            batch_count: self.sequence,
-            manifest_key: key,
-            details: self.details(&progress, manifest.errors.len()),
-            progress,
-        })
-    }
-
-    fn details(&self, progress: &RunProgress, error_count: usize) -> String {
-        let count = |kind| self.kinds.get(&kind).copied().unwrap_or(0);
-        let special = count(EntryKind::Fifo)
-            + count(EntryKind::Socket)
-            + count(EntryKind::CharDevice)
-            + count(EntryKind::BlockDevice);
-        format!(
-            "{} files, {} directories, {} symlinks, {} special files; {} backed up, \
-             {} uploaded in {} new objects; {} file errors; {:.1} s",
-            count(EntryKind::Regular),
-            count(EntryKind::Directory),
-            count(EntryKind::Symlink),
-            special,
-            human_bytes(self.size_bytes),
-            human_bytes(u64::try_from(progress.bytes_uploaded).unwrap_or(0)),
-            self.new_objects,
-            error_count,
-            self.started.elapsed().as_secs_f64(),
-        )
-    }
-}
-
-/// Hashes a regular file and makes sure its content object exists, re-reading
-/// it when it changes underneath.
-async fn back_up_file(context: &FileContext, entry: &Entry) -> Result<FileOutcome, FileProblem> {
-    for _ in 0..=MAX_REREADS {
-        let read = match read_file(context, &entry.abs_path).await {
-            Ok(read) => read,
-            Err(ReadError::Changed) => continue,
-            Err(ReadError::Cancelled) => {
-                return Err(FileProblem::Fatal(BackupFailure::cancelled()))
-            }
-            Err(ReadError::Failed(message)) => return Err(FileProblem::Skip(message)),
-        };
-        let key = content_key(&read.hash);
-        match ensure_object(context, &key, &entry.abs_path, &read).await {
-            Ok(uploaded) => {
-                return Ok(FileOutcome {
-                    hash: read.hash,
-                    key,
-                    metadata: read.metadata,
-                    uploaded,
-                })
-            }
-            Err(EnsureError::Read(ReadError::Changed)) => continue,
-            Err(EnsureError::Read(ReadError::Cancelled)) => {
-                return Err(FileProblem::Fatal(BackupFailure::cancelled()))
-            }
-            Err(EnsureError::Read(ReadError::Failed(message))) => {
-                return Err(FileProblem::Skip(message))
-            }
-            Err(EnsureError::Store(e)) => {
-                return Err(FileProblem::Fatal(BackupFailure::from_store(e)))
-            }
-        }
-    }
-    Err(FileProblem::Skip(format!(
-        "file changed while being read, {} times in a row",
-        MAX_REREADS + 1
-    )))
-}
-
-/// A file read from start to end without changing.
-struct FileRead {
-    hash: String,
-    metadata: EntryMetadata,
-    /// The content, for files small enough to hold in memory.
-    content: Option<Vec<u8>>,
-}
-
-enum ReadError {
-    /// Size or times differ before and after the read; read it again.
-    Changed,
-    Cancelled,
-    /// Vanished, unreadable, or no longer a regular file.
-    Failed(String),
-}
-
-enum EnsureError {
-    Read(ReadError),
-    Store(StoreError),
-}
-
-async fn read_file(context: &FileContext, path: &Path) -> Result<FileRead, ReadError> {
-    let path = path.to_path_buf();
-    let cancel = context.cancel.clone();
-    tokio::task::spawn_blocking(move || read_file_blocking(&path, &cancel))
+#[allow(clippy::too_many_lines)]
+async fn execute<R: Reporter>(
+    plan: &BackupPlan,
+    batcher: &mut Batcher<'_, R>,
+    cancel: &CancellationToken,
+) -> Result<BackupSummary, RunFailure> {
+    let walk_options = WalkOptions {
+        exclude: plan.options.exclude.clone(),
+        one_file_system: plan.options.one_file_system,
+    };
+    // The source is checked first: a missing source is the user's error,
+    // whatever the state of the storage.
+    let mut walk = source::walk(&plan.source, &walk_options, cancel)
         .await
-        .map_err(|e| ReadError::Failed(format!("read task failed: {e}")))?
-}
+        .map_err(|e| RunFailure::permanent(e.to_string()))?;
+    let repository =
+        Repository::open_or_create(Arc::clone(&plan.store), &plan.repository_key, cancel).await?;
+    let config = repository.config().clone();
+    let index = repository.load_index(cancel).await?;
+    let mut parent = open_parent(&repository, plan, &config, cancel).await;
+    let parent_run_id = parent.as_ref().map(|p| p.run_id);
 
-fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), ReadError> {
-    let file = File::options()
-        .read(true)
-        // The walk saw a regular file; never follow a symlink swapped in since.
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ReadError::Failed("file vanished before it was read".into()),
-            _ if e.raw_os_error() == Some(libc::ELOOP) => {
-                ReadError::Failed("file was replaced by a symlink".into())
-            }
-            _ => ReadError::Failed(format!("cannot open: {e}")),
-        })?;
-    let metadata = file
-        .metadata()
-        .map_err(|e| ReadError::Failed(format!("cannot stat: {e}")))?;
-    if !metadata.is_file() {
-        return Err(ReadError::Failed("no longer a regular file".into()));
-    }
-    Ok((file, metadata))
-}
+    let (packer_tx, packer_rx) = mpsc::channel(PACKER_QUEUE);
+    let uploaded = Arc::new(AtomicU64::new(0));
+    let packer = tokio::spawn(run_packer(
+        Arc::clone(&plan.store),
+        config.pack_target_size as usize,
+        packer_rx,
+        Arc::clone(&uploaded),
+        cancel.clone(),
+    ));
+    let context = Arc::new(FileContext {
+        chunker: config.chunker(),
+        hasher: repository.hasher().clone(),
+        compression_level: config.compression_level,
+        chunks: ChunkSet {
+            index,
+            queued: Mutex::new(HashSet::new()),
+        },
+        packer: packer_tx,
+        cpu: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+        compressors: Mutex::new(Vec::new()),
+        cancel: cancel.clone(),
+        bytes_read: AtomicU64::new(0),
+    });
 
-fn read_file_blocking(path: &Path, cancel: &CancellationToken) -> Result<FileRead, ReadError> {
-    let (mut file, before) = open_regular(path)?;
-    let mut content = (before.len() <= IN_MEMORY_LIMIT)
-        .then(|| Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0)));
-    let mut hasher = blake3::Hasher::new();
-    let total = read_all(&mut file, cancel, |chunk| {
-        hasher.update(chunk);
-        if let Some(content) = content.as_mut() {
-            if (content.len() + chunk.len()) as u64 > IN_MEMORY_LIMIT {
-                // It grew while we read it.
-                return Err(ReadError::Changed);
+    let mut header = ManifestHeader::new(
+        plan.run_id,
+        plan.source.to_string_lossy().into_owned(),
+        hostname(),
+        chrono::Utc::now(),
+        config.chunker,
+    );
+    header.job_id = plan.job_id;
+    header.parent_run_id = parent_run_id;
+    let mut manifest = ManifestWriter::new(Vec::new(), &header, config.compression_level)
+        .map_err(|e| RunFailure::permanent(format!("starting the manifest: {e}")))?;
+
+    let mut pending: FuturesOrdered<tokio::task::JoinHandle<Processed>> = FuturesOrdered::new();
+    let mut walk_done = false;
+    let mut stats = Stats::default();
+    while !(walk_done && pending.is_empty()) {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(RunFailure::cancelled()),
+            Some(joined) = pending.next(), if !pending.is_empty() => {
+                let processed = joined
+                    .map_err(|e| RunFailure::retryable(format!("file task failed: {e}")))?;
+                finish_entry(processed, parent.is_some(), &mut manifest, batcher, &mut stats).await?;
+                batcher.progress.bytes_uploaded = to_i64(uploaded.load(Ordering::Relaxed));
+                batcher.report_progress(false);
             }
-            content.extend_from_slice(chunk);
+            item = walk.next(), if !walk_done && pending.len() < ENTRY_WINDOW => {
+                let Some(item) = item else {
+                    walk_done = true;
+                    if let Some(parent) = &mut parent {
+                        parent.remaining_removed(batcher).await?;
+                    }
+                    continue;
+                };
+                let entry = match item {
+                    WalkItem::Error(error) => {
+                        pending.push_back(tokio::spawn(async move { Processed::Error(error.path, error.message) }));
+                        continue;
+                    }
+                    WalkItem::Entry(entry) => entry,
+                };
+                let previous = match &mut parent {
+                    Some(parent) => parent.advance_to(&entry.path, batcher).await?,
+                    None => None,
+                };
+                batcher.progress.files_seen += 1;
+                if entry.kind == EntryKind::Regular {
+                    batcher.progress.bytes_seen += to_i64(entry.metadata.size);
+                }
+                pending.push_back(spawn_entry(&context, entry, previous));
+            }
         }
-        Ok(())
-    })?;
-    let after = file
-        .metadata()
-        .map_err(|e| ReadError::Failed(format!("cannot stat: {e}")))?;
-    if changed(&before, &after) || total != after.len() {
-        return Err(ReadError::Changed);
     }
-    Ok(FileRead {
-        hash: hasher.finalize().to_hex().to_string(),
-        metadata: EntryMetadata::from(&after),
-        content,
+    // Every file task is done: closing the queue lets the packer seal the
+    // last pack.
+    drop(context);
+    let index_bytes = packer
+        .await
+        .map_err(|e| RunFailure::retryable(format!("packer task failed: {e}")))??;
+    batcher.progress.bytes_uploaded = to_i64(uploaded.load(Ordering::Relaxed));
+    if let Some(parent) = parent {
+        parent.finish()?;
+    }
+    if plan.options.fail_on_file_errors && batcher.error_total > 0 {
+        return Err(RunFailure::permanent(format!(
+            "{} file error(s) and fail_on_file_errors is set; see the run's errors",
+            batcher.error_total
+        )));
+    }
+    batcher.flush().await?;
+
+    let manifest_bytes = manifest
+        .finish()
+        .map_err(|e| RunFailure::permanent(format!("finishing the manifest: {e}")))?;
+    let manifest_len = manifest_bytes.len() as u64;
+    let manifest_key = layout::manifest_key(plan.run_id);
+    plan.store
+        .put_bytes(&manifest_key, manifest_bytes, cancel)
+        .await?;
+
+    let bytes_uploaded = uploaded.load(Ordering::Relaxed) + index_bytes + manifest_len;
+    batcher.progress.bytes_uploaded = to_i64(bytes_uploaded);
+    batcher.progress.current_path.clear();
+    let details = format!(
+        "{} entries ({} files, {}); {} files read, {} carried over from the parent; \
+         {} uploaded; {} per-file errors",
+        stats.entries,
+        stats.files,
+        human_bytes(stats.size),
+        stats.files_read,
+        stats.files - stats.files_read,
+        human_bytes(bytes_uploaded),
+        batcher.error_total
+    );
+    Ok(BackupSummary {
+        size_bytes: to_i64(stats.size),
+        file_count: to_i64(stats.entries),
+        batch_count: batcher.batch_count(),
+        manifest_key,
+        parent_run_id,
+        details,
+        progress: batcher.progress_now(),
+        bytes_uploaded,
+        files_read: stats.files_read,
     })
 }
 
-/// Reads `file` to its end in buffers, handing each to `sink`.
-fn read_all(
-    file: &mut File,
-    cancel: &CancellationToken,
-    mut sink: impl FnMut(&[u8]) -> Result<(), ReadError>,
-) -> Result<u64, ReadError> {
-    let mut buffer = vec![0u8; READ_BUFFER];
-    let mut total = 0u64;
-    loop {
-        if cancel.is_cancelled() {
-            return Err(ReadError::Cancelled);
+#[derive(Default)]
+struct Stats {
+    entries: u64,
+    files: u64,
+    files_read: u64,
+    size: u64,
+}
+
+/// Starts processing one entry: directories, symlinks and unchanged files
+/// are ready at once; other regular files are read on a blocking thread.
+fn spawn_entry(
+    context: &Arc<FileContext>,
+    entry: Entry,
+    previous: Option<ManifestEntry>,
+) -> tokio::task::JoinHandle<Processed> {
+    match entry.kind {
+        EntryKind::Regular => {
+            if let Some(unchanged) = previous
+                .as_ref()
+                .filter(|p| unchanged_file(p, &entry.metadata))
+            {
+                let content = FileContent {
+                    content_hash: unchanged.content_hash.clone().unwrap_or_default(),
+                    chunks: unchanged.chunks.clone(),
+                    metadata: entry.metadata,
+                };
+                return tokio::spawn(
+                    async move { Processed::Ready(entry, previous, Some(content)) },
+                );
+            }
+            let context = Arc::clone(context);
+            tokio::spawn(async move {
+                let Ok(_permit) = context.cpu.acquire().await else {
+                    return Processed::Read(
+                        entry,
+                        previous,
+                        Err(FileProblem::Fatal(RunFailure::cancelled())),
+                    );
+                };
+                let task_context = Arc::clone(&context);
+                let path = entry.abs_path.clone();
+                let result = tokio::task::spawn_blocking(move || read_file(&task_context, &path))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(FileProblem::Fatal(RunFailure::retryable(format!(
+                            "file task failed: {e}"
+                        ))))
+                    });
+                Processed::Read(entry, previous, result)
+            })
         }
-        let n = match file.read(&mut buffer) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ReadError::Failed(format!("cannot read: {e}"))),
-        };
-        sink(&buffer[..n])?;
-        total += n as u64;
+        EntryKind::Directory | EntryKind::Symlink => {
+            tokio::spawn(async move { Processed::Ready(entry, previous, None) })
+        }
+        _ => tokio::spawn(async { Processed::Special }),
     }
+}
+
+/// An unchanged file is carried over without being read: the same size,
+/// modification and status-change times and inode as in the parent.
+fn unchanged_file(previous: &ManifestEntry, now: &EntryMetadata) -> bool {
+    previous.kind == ManifestKind::File
+        && previous.size == now.size
+        && previous.mtime_ns == nanos(now.mtime)
+        && previous.ctime_ns == nanos(now.ctime)
+        && previous.inode == now.inode
+}
+
+/// Writes one processed entry to the manifest and, when it differs from
+/// the parent (or there is none), reports its record.
+async fn finish_entry<R: Reporter>(
+    processed: Processed,
+    incremental: bool,
+    manifest: &mut ManifestWriter<Vec<u8>>,
+    batcher: &mut Batcher<'_, R>,
+    stats: &mut Stats,
+) -> Result<(), RunFailure> {
+    let (entry, previous, content, read) = match processed {
+        Processed::Special => return Ok(()),
+        Processed::Error(path, message) => {
+            batcher.error(&path, message).await?;
+            return Ok(());
+        }
+        Processed::Ready(entry, previous, content) => (entry, previous, content, false),
+        Processed::Read(entry, previous, result) => match result {
+            Ok(content) => (entry, previous, Some(content), true),
+            Err(FileProblem::Skip(message)) => {
+                batcher.error(&entry.path, message).await?;
+                return Ok(());
+            }
+            Err(FileProblem::Fatal(failure)) => return Err(failure),
+        },
+    };
+    let metadata = content.as_ref().map_or(entry.metadata, |c| c.metadata);
+    let manifest_entry = ManifestEntry {
+        path: entry.path.clone(),
+        kind: match entry.kind {
+            EntryKind::Directory => ManifestKind::Directory,
+            EntryKind::Symlink => ManifestKind::Symlink,
+            _ => ManifestKind::File,
+        },
+        size: if entry.kind == EntryKind::Regular {
+            metadata.size
+        } else {
+            0
+        },
+        mode: metadata.mode,
+        uid: metadata.uid,
+        gid: metadata.gid,
+        mtime_ns: nanos(metadata.mtime),
+        ctime_ns: nanos(metadata.ctime),
+        inode: metadata.inode,
+        dev: metadata.dev,
+        content_hash: content.as_ref().map(|c| c.content_hash.clone()),
+        chunks: content.map(|c| c.chunks).unwrap_or_default(),
+        symlink_target: entry.symlink_target.clone(),
+    };
+    manifest
+        .add(&manifest_entry)
+        .map_err(|e| RunFailure::permanent(format!("writing the manifest: {e}")))?;
+    stats.entries += 1;
+    if manifest_entry.kind == ManifestKind::File {
+        stats.files += 1;
+        stats.size += manifest_entry.size;
+        if read {
+            stats.files_read += 1;
+        }
+        batcher.progress.bytes_done += to_i64(manifest_entry.size);
+    }
+    batcher.progress.files_done += 1;
+    batcher.progress.current_path = String::from_utf8_lossy(&entry.path).into_owned();
+    let changed = !incremental
+        || previous
+            .as_ref()
+            .is_none_or(|p| !same_record(p, &manifest_entry));
+    if changed {
+        batcher.file(file_record(&manifest_entry)).await?;
+    }
+    Ok(())
+}
+
+/// Whether the catalog's view of an entry is unchanged (what a version
+/// records: kind, size, mode, owner, mtime, content, link target).
+fn same_record(a: &ManifestEntry, b: &ManifestEntry) -> bool {
+    a.kind == b.kind
+        && a.size == b.size
+        && a.mode == b.mode
+        && a.uid == b.uid
+        && a.gid == b.gid
+        && a.mtime_ns / 1000 == b.mtime_ns / 1000
+        && a.content_hash == b.content_hash
+        && a.symlink_target == b.symlink_target
+}
+
+/// The control plane's record of a manifest entry.
+pub fn file_record(entry: &ManifestEntry) -> FileRecord {
+    FileRecord {
+        path: entry.path.clone(),
+        kind: match entry.kind {
+            ManifestKind::File => "regular",
+            ManifestKind::Directory => "directory",
+            ManifestKind::Symlink => "symlink",
+        }
+        .into(),
+        size_bytes: to_i64(entry.size),
+        mode: entry.mode & 0o7777,
+        uid: entry.uid,
+        gid: entry.gid,
+        mtime: Some(prost_types::Timestamp {
+            seconds: entry.mtime_ns.div_euclid(1_000_000_000),
+            nanos: i32::try_from(entry.mtime_ns.rem_euclid(1_000_000_000)).unwrap_or(0),
+        }),
+        content_hash: entry.content_hash.clone().unwrap_or_default(),
+        symlink_target: entry.symlink_target.clone().unwrap_or_default(),
+        storage_key: String::new(),
+    }
+}
+
+fn nanos(time: source::FileTime) -> i64 {
+    time.seconds
+        .saturating_mul(1_000_000_000)
+        .saturating_add(i64::from(time.nanos))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The parent manifest, read alongside the walk (both are in
+/// [`compare_paths`] order, so this is a merge join in constant memory).
+struct ParentCursor {
+    run_id: Uuid,
+    reader: ManifestReader<io::Cursor<Vec<u8>>>,
+    next: Option<ManifestEntry>,
+}
+
+impl ParentCursor {
+    /// The parent's entry for `path`, reporting the parent's entries before
+    /// it as removed.
+    async fn advance_to<R: Reporter>(
+        &mut self,
+        path: &[u8],
+        batcher: &mut Batcher<'_, R>,
+    ) -> Result<Option<ManifestEntry>, RunFailure> {
+        loop {
+            let Some(next) = &self.next else {
+                return Ok(None);
+            };
+            match compare_paths(&next.path, path) {
+                std::cmp::Ordering::Less => {
+                    batcher.file(removed_record(&next.path)).await?;
+                    self.next = self.read()?;
+                }
+                std::cmp::Ordering::Equal => {
+                    let found = self.next.take();
+                    self.next = self.read()?;
+                    return Ok(found);
+                }
+                std::cmp::Ordering::Greater => return Ok(None),
+            }
+        }
+    }
+
+    /// Reports every parent entry after the last walked path as removed.
+    async fn remaining_removed<R: Reporter>(
+        &mut self,
+        batcher: &mut Batcher<'_, R>,
+    ) -> Result<(), RunFailure> {
+        while let Some(next) = self.next.take() {
+            batcher.file(removed_record(&next.path)).await?;
+            self.next = self.read()?;
+        }
+        Ok(())
+    }
+
+    fn read(&mut self) -> Result<Option<ManifestEntry>, RunFailure> {
+        self.reader.next_entry().map_err(|e| {
+            RunFailure::permanent(format!("reading the parent snapshot {}: {e}", self.run_id))
+        })
+    }
+
+    fn finish(self) -> Result<(), RunFailure> {
+        debug_assert!(self.next.is_none());
+        Ok(())
+    }
+}
+
+fn removed_record(path: &[u8]) -> FileRecord {
+    FileRecord {
+        path: path.to_vec(),
+        kind: "deleted".into(),
+        ..Default::default()
+    }
+}
+
+/// Opens the parent manifest for an incremental, or `None` for a full
+/// backup: no parent, or a parent that cannot serve (missing, damaged, or
+/// chunked with other parameters).
+async fn open_parent(
+    repository: &Repository,
+    plan: &BackupPlan,
+    config: &RepositoryConfig,
+    cancel: &CancellationToken,
+) -> Option<ParentCursor> {
+    let parent = plan.parent.as_ref()?;
+    let mut reader = match repository.read_manifest(&parent.manifest_key, cancel).await {
+        Ok(reader) => reader,
+        Err(error) => {
+            tracing::warn!(run = %plan.run_id, parent = %parent.run_id, %error, "parent snapshot unreadable; taking a full backup");
+            return None;
+        }
+    };
+    if reader.header().chunker != config.chunker {
+        return None;
+    }
+    let next = match reader.next_entry() {
+        Ok(next) => next,
+        Err(error) => {
+            tracing::warn!(run = %plan.run_id, parent = %parent.run_id, %error, "parent snapshot unreadable; taking a full backup");
+            return None;
+        }
+    };
+    Some(ParentCursor {
+        run_id: parent.run_id,
+        reader,
+        next,
+    })
+}
+
+/// Reads, chunks and hashes one file, queueing its new chunks for packing.
+/// A file that changes while it is read is read again.
+fn read_file(context: &FileContext, path: &Path) -> Result<FileContent, FileProblem> {
+    let mut last_change = String::new();
+    for _ in 0..=MAX_REREADS {
+        let (file, before) = open_regular(path)?;
+        let (content_hash, chunks) = chunk_file(context, file)?;
+        let after = std::fs::symlink_metadata(path)
+            .map_err(|e| FileProblem::Skip(format!("vanished while being read: {e}")))?;
+        if !changed(&before, &after) {
+            return Ok(FileContent {
+                content_hash,
+                chunks,
+                metadata: EntryMetadata::from(&before),
+            });
+        }
+        last_change = format!(
+            "changed while being read ({} -> {} bytes)",
+            before.len(),
+            after.len()
+        );
+    }
+    Err(FileProblem::Skip(format!(
+        "{last_change}; gave up after {MAX_REREADS} re-reads"
+    )))
+}
+
+fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), FileProblem> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => FileProblem::Skip("vanished before it could be read".into()),
+            _ => FileProblem::Skip(format!("cannot open: {e}")),
+        })?;
+    let metadata = file
+        .metadata()
+        .map_err(|e| FileProblem::Skip(format!("cannot stat: {e}")))?;
+    if !metadata.is_file() {
+        return Err(FileProblem::Skip("is no longer a regular file".into()));
+    }
+    Ok((file, metadata))
 }
 
 fn changed(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
     before.len() != after.len()
         || before.mtime() != after.mtime()
         || before.mtime_nsec() != after.mtime_nsec()
-        || before.ctime() != after.ctime()
-        || before.ctime_nsec() != after.ctime_nsec()
+        || before.ino() != after.ino()
 }
 
-/// Makes sure the content object `key` exists, uploading it if needed, at
-/// most once per run for identical content. Returns the bytes uploaded, or
-/// `None` when the object already existed.
-async fn ensure_object(
-    context: &FileContext,
-    key: &str,
-    path: &Path,
-    read: &FileRead,
-) -> Result<Option<u64>, EnsureError> {
-    let cell = {
-        let mut known = context.known.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(known.entry(key.to_owned()).or_default())
-    };
-    let mut uploaded = None;
-    cell.get_or_try_init(|| async {
-        let store = &context.store;
-        if store
-            .exists(key, &context.cancel)
-            .await
-            .map_err(EnsureError::Store)?
-        {
-            return Ok(());
+fn chunk_file(context: &FileContext, file: File) -> Result<(String, Vec<ChunkId>), FileProblem> {
+    let mut content = context.hasher.content_hasher();
+    let mut ids = Vec::new();
+    let reader = io::BufReader::with_capacity(
+        READ_BUFFER,
+        CountingReader {
+            inner: file,
+            context,
+        },
+    );
+    let mut compressor = take_compressor(context)?;
+    let result = (|| {
+        for chunk in context.chunker.chunks(reader) {
+            if context.cancel.is_cancelled() {
+                return Err(FileProblem::Fatal(RunFailure::cancelled()));
+            }
+            let chunk = chunk.map_err(|e| FileProblem::Skip(format!("read failed: {e}")))?;
+            content.update(&chunk);
+            let id = context.hasher.chunk_id(&chunk);
+            ids.push(id);
+            if context.chunks.claim(id) {
+                let encoded = encode_chunk(&mut compressor, id, chunk).map_err(|e| {
+                    FileProblem::Fatal(RunFailure::permanent(format!("compressing a chunk: {e}")))
+                })?;
+                context
+                    .packer
+                    .blocking_send(encoded)
+                    .map_err(|_| FileProblem::Fatal(RunFailure::retryable("the packer stopped")))?;
+            }
         }
-        if let Some(content) = &read.content {
-            store
-                .put_bytes(key, content.clone(), &context.cancel)
-                .await
-                .map_err(EnsureError::Store)?;
-            uploaded = Some(content.len() as u64);
-            return Ok(());
-        }
-        // Large file: upload a private copy whose hash we have checked, so
-        // the object always matches its name even if the file changes now.
-        let staged = stage_copy(context, path, &read.hash).await?;
-        uploaded = Some(
-            store
-                .put_file(key, staged.path(), &context.cancel)
-                .await
-                .map_err(EnsureError::Store)?,
-        );
         Ok(())
-    })
-    .await?;
-    Ok(uploaded)
+    })();
+    context
+        .compressors
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(compressor);
+    result.map(|()| (content.finalize(), ids))
 }
 
-/// Copies `path` into a temporary file in the staging directory and checks
-/// that the copy still hashes to `expected_hash`.
-async fn stage_copy(
-    context: &FileContext,
-    path: &Path,
-    expected_hash: &str,
-) -> Result<tempfile::NamedTempFile, EnsureError> {
-    let path = path.to_path_buf();
-    let staging_dir = context.staging_dir.clone();
-    let expected_hash = expected_hash.to_owned();
-    let cancel = context.cancel.clone();
-    tokio::task::spawn_blocking(move || {
-        let (mut file, _) = open_regular(&path).map_err(EnsureError::Read)?;
-        let mut staged = tempfile::NamedTempFile::new_in(&staging_dir).map_err(|e| {
-            EnsureError::Store(StoreError::Io {
-                context: format!("creating a staging file in {}", staging_dir.display()),
-                source: e,
-            })
-        })?;
-        let mut hasher = blake3::Hasher::new();
-        let mut write_error = None;
-        read_all(&mut file, &cancel, |chunk| {
-            hasher.update(chunk);
-            staged.write_all(chunk).map_err(|e| {
-                let message = format!("writing a staging file: {e}");
-                write_error = Some(e);
-                ReadError::Failed(message)
-            })
-        })
-        .map_err(|e| match write_error.take() {
-            Some(source) => EnsureError::Store(StoreError::Io {
-                context: "writing a staging file".into(),
-                source,
-            }),
-            None => EnsureError::Read(e),
-        })?;
-        if hasher.finalize().to_hex().as_str() != expected_hash {
-            return Err(EnsureError::Read(ReadError::Changed));
+fn take_compressor(context: &FileContext) -> Result<Compressor, FileProblem> {
+    let reused = context
+        .compressors
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop();
+    match reused {
+        Some(compressor) => Ok(compressor),
+        None => new_compressor(context.compression_level)
+            .map_err(|e| FileProblem::Fatal(RunFailure::permanent(format!("starting zstd: {e}")))),
+    }
+}
+
+/// Counts bytes read, for progress between chunks of large files.
+struct CountingReader<'a> {
+    inner: File,
+    context: &'a FileContext,
+}
+
+impl Read for CountingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.context
+            .bytes_read
+            .fetch_add(read as u64, Ordering::Relaxed);
+        Ok(read)
+    }
+}
+
+/// Fills packs from the queue and uploads each when it reaches the target
+/// size (and the last one when the queue closes). Every
+/// [`INDEX_FLUSH_PACKS`] uploaded packs, and at the end, an index file names
+/// them, so an attempt that dies midway leaves packs a retry can reuse.
+/// Returns the bytes of index files written.
+async fn run_packer(
+    store: Arc<Store>,
+    target_size: usize,
+    mut queue: mpsc::Receiver<EncodedChunk>,
+    uploaded: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) -> Result<u64, RunFailure> {
+    let mut builder = PackBuilder::new(0);
+    let mut uploads: JoinSet<Result<IndexPack, RunFailure>> = JoinSet::new();
+    let mut unindexed = Vec::new();
+    let mut index_bytes = 0u64;
+    let slots = Arc::new(Semaphore::new(UPLOAD_PARALLELISM));
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(RunFailure::cancelled()),
+            Some(done) = uploads.join_next(), if !uploads.is_empty() => {
+                unindexed.push(done.map_err(|e| RunFailure::retryable(format!("upload task failed: {e}")))??);
+                if unindexed.len() >= INDEX_FLUSH_PACKS {
+                    index_bytes += write_index(&store, std::mem::take(&mut unindexed), &cancel).await?;
+                }
+                continue;
+            }
+            next = queue.recv() => next,
+        };
+        let Some(chunk) = next else { break };
+        builder
+            .add_blob(&chunk)
+            .map_err(|e| RunFailure::permanent(format!("packing: {e}")))?;
+        if builder.len() >= target_size {
+            let full = std::mem::replace(&mut builder, PackBuilder::new(0));
+            start_upload(&store, full, &slots, &mut uploads, &uploaded, &cancel).await?;
         }
-        Ok(staged)
-    })
-    .await
-    .map_err(|e| EnsureError::Read(ReadError::Failed(format!("staging task failed: {e}"))))?
+    }
+    if !builder.is_empty() {
+        start_upload(&store, builder, &slots, &mut uploads, &uploaded, &cancel).await?;
+    }
+    while let Some(done) = uploads.join_next().await {
+        unindexed
+            .push(done.map_err(|e| RunFailure::retryable(format!("upload task failed: {e}")))??);
+    }
+    if !unindexed.is_empty() {
+        index_bytes += write_index(&store, unindexed, &cancel).await?;
+    }
+    Ok(index_bytes)
 }
 
-fn manifest_entry(
-    entry: &Entry,
-    metadata: &EntryMetadata,
-    content: Option<(&str, &str)>,
-) -> ManifestEntry {
-    ManifestEntry {
-        path_b64: BASE64.encode(&entry.path),
-        kind: entry.kind.as_str().into(),
-        size: metadata.size,
-        mode: metadata.mode & 0o7777,
-        uid: metadata.uid,
-        gid: metadata.gid,
-        mtime_sec: metadata.mtime.seconds,
-        mtime_nsec: metadata.mtime.nanos,
-        ctime_sec: metadata.ctime.seconds,
-        ctime_nsec: metadata.ctime.nanos,
-        inode: metadata.inode,
-        content_hash: content.map(|(hash, _)| hash.to_owned()),
-        storage_key: content.map(|(_, key)| key.to_owned()),
-        symlink_target_b64: entry.symlink_target.as_ref().map(|t| BASE64.encode(t)),
-    }
+/// Writes an index file naming `packs` (all uploaded); returns its size.
+async fn write_index(
+    store: &Store,
+    packs: Vec<IndexPack>,
+    cancel: &CancellationToken,
+) -> Result<u64, RunFailure> {
+    let (index_id, bytes) = IndexFile { packs }
+        .encode()
+        .map_err(|e| RunFailure::permanent(format!("encoding the index: {e}")))?;
+    let length = bytes.len() as u64;
+    store
+        .put_bytes(&layout::index_key(&index_id), bytes, cancel)
+        .await?;
+    Ok(length)
 }
 
-fn file_record(
-    entry: &Entry,
-    metadata: &EntryMetadata,
-    content: Option<(&str, &str)>,
-) -> FileRecord {
-    FileRecord {
-        path: entry.path.clone(),
-        kind: entry.kind.as_str().into(),
-        size_bytes: to_i64(metadata.size),
-        mode: metadata.mode & 0o7777,
-        uid: metadata.uid,
-        gid: metadata.gid,
-        mtime: Some(prost_types::Timestamp {
-            seconds: metadata.mtime.seconds,
-            nanos: i32::try_from(metadata.mtime.nanos).unwrap_or(0),
-        }),
-        content_hash: content.map(|(hash, _)| hash.to_owned()).unwrap_or_default(),
-        symlink_target: entry.symlink_target.clone().unwrap_or_default(),
-        storage_key: content.map(|(_, key)| key.to_owned()).unwrap_or_default(),
-    }
-}
-
-fn now_timestamp() -> prost_types::Timestamp {
-    let now = chrono::Utc::now();
-    prost_types::Timestamp {
-        seconds: now.timestamp(),
-        nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-fn lossy_b64(path_b64: &str) -> String {
-    BASE64
-        .decode(path_b64)
-        .map(|p| String::from_utf8_lossy(&p).into_owned())
-        .unwrap_or_else(|_| path_b64.to_owned())
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_keys_fan_out_by_the_first_two_hex_digits() {
-        assert_eq!(content_key("abcdef"), "data/ab/abcdef");
-    }
-
-    #[test]
-    fn byte_counts_read_like_a_human_wrote_them() {
-        assert_eq!(human_bytes(12), "12 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(64 << 20), "64.0 MiB");
-    }
+async fn start_upload(
+    store: &Arc<Store>,
+    builder: PackBuilder,
+    slots: &Arc<Semaphore>,
+    uploads: &mut JoinSet<Result<IndexPack, RunFailure>>,
+    uploaded: &Arc<AtomicU64>,
+    cancel: &CancellationToken,
+) -> Result<(), RunFailure> {
+    let permit = Arc::clone(slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| RunFailure::cancelled())?;
+    let sealed = tokio::task::spawn_blocking(move || builder.finish())
+        .await
+        .map_err(|e| RunFailure::retryable(format!("sealing task failed: {e}")))?
+        .map_err(|e| RunFailure::permanent(format!("sealing a pack: {e}")))?;
+    let store = Arc::clone(store);
+    let uploaded = Arc::clone(uploaded);
+    let cancel = cancel.clone();
+    uploads.spawn(async move {
+        let _permit = permit;
+        let entry = IndexPack::from_sealed(&sealed);
+        let length = sealed.bytes.len() as u64;
+        store
+            .put_bytes(&layout::pack_key(&sealed.id), sealed.bytes, &cancel)
+            .await?;
+        uploaded.fetch_add(length, Ordering::Relaxed);
+        Ok(entry)
+    });
+    Ok(())
 }

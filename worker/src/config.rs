@@ -2,7 +2,6 @@
 //! The worker token comes only from the environment or a file.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -42,10 +41,6 @@ pub struct Config {
     /// Seconds a drain (SIGTERM) waits for running work before releasing it.
     #[arg(long, env = "COFFER_DRAIN_TIMEOUT_SECONDS", default_value_t = 30)]
     pub drain_timeout_seconds: u64,
-
-    /// Directory for staging large files before upload.
-    #[arg(long, env = "COFFER_STAGING_DIR")]
-    pub staging_dir: Option<PathBuf>,
 
     /// Log format: `text` or `json`.
     #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]

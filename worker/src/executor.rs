@@ -1,5 +1,6 @@
-//! Executes assigned runs: turns a `RunAssignment` into a backup of the
-//! source into the resolved store, reporting through the lease session.
+//! Executes assigned runs: turns a `RunAssignment` into a backup, restore or
+//! verification against the resolved store, reporting through the lease
+//! session.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,17 +8,18 @@ use std::sync::Arc;
 use coffer_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::backup::{run_backup, BackupPlan, RecordBatch, ReportError, Reporter};
+use crate::backup::{run_backup, BackupPlan, ParentSnapshot};
+use crate::report::{RecordBatch, ReportError, Reporter, RunFailure};
+use crate::restore::{run_restore, RestorePlan};
 use crate::session::{Executor, RunContext};
 use crate::store::Store;
+use crate::verify::{run_verify, VerifyPlan};
 
-/// Runs backups for the lease session.
+/// Runs the work the lease session assigns.
 #[derive(Debug, Clone, Default)]
-pub struct BackupExecutor {
-    /// Source roots this worker may read; empty allows any path.
+pub struct RunExecutor {
+    /// Roots this worker may read (backups) or write (restores); empty allows any path.
     pub source_roots: Vec<String>,
-    /// Where large files are staged before upload (system temp dir when `None`).
-    pub staging_dir: Option<PathBuf>,
 }
 
 struct SessionReporter<'a> {
@@ -53,6 +55,20 @@ fn failure(error: impl Into<String>, retryable: bool) -> pb::run_completion::Out
     })
 }
 
+fn success(
+    size_bytes: i64,
+    details: String,
+    manifest_key: String,
+    parent_run_id: Option<Uuid>,
+) -> pb::run_completion::Outcome {
+    pb::run_completion::Outcome::Success(pb::RunSuccess {
+        size_bytes,
+        details,
+        manifest_key,
+        parent_run_id: parent_run_id.map(|id| id.to_string()).unwrap_or_default(),
+    })
+}
+
 fn is_under(path: &str, root: &str) -> bool {
     let root = root.trim_end_matches('/');
     root.is_empty()
@@ -62,85 +78,136 @@ fn is_under(path: &str, root: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-impl BackupExecutor {
-    async fn backup(
+impl RunExecutor {
+    fn check_root(&self, path: &str) -> Result<(), RunFailure> {
+        if self.source_roots.is_empty() || self.source_roots.iter().any(|root| is_under(path, root))
+        {
+            return Ok(());
+        }
+        Err(RunFailure::permanent(format!(
+            "{path} is outside this worker's source roots"
+        )))
+    }
+
+    async fn run(
         &self,
         assignment: pb::RunAssignment,
         context: &RunContext,
-    ) -> pb::run_completion::Outcome {
-        let Some(run) = assignment.run else {
-            return failure("assignment without a run", false);
-        };
-        let Some(pb::run::Spec::Backup(spec)) = run.spec else {
-            return failure("this worker executes backup runs only", false);
-        };
-        if !self.source_roots.is_empty()
-            && !self
-                .source_roots
-                .iter()
-                .any(|root| is_under(&spec.source_path, root))
-        {
-            return failure(
-                format!("{} is outside this worker's source roots", spec.source_path),
-                false,
-            );
+    ) -> Result<pb::run_completion::Outcome, RunFailure> {
+        let run = assignment
+            .run
+            .ok_or_else(|| RunFailure::permanent("assignment without a run"))?;
+        let run_id = Uuid::parse_str(&run.id)
+            .map_err(|_| RunFailure::permanent("assignment with a malformed run id"))?;
+        let target = assignment
+            .target
+            .ok_or_else(|| RunFailure::permanent("assignment without a resolved target"))?;
+        let spec = run
+            .spec
+            .ok_or_else(|| RunFailure::permanent("assignment without a spec"))?;
+        if let pb::run::Spec::Backup(backup) = &spec {
+            self.check_root(&backup.source_path)?;
         }
-        let Some(target) = assignment.target else {
-            return failure("assignment without a resolved target", false);
-        };
-        let Ok(run_id) = Uuid::parse_str(&run.id) else {
-            return failure("assignment with a malformed run id", false);
-        };
-        let store = match Store::open(&target, "").await {
-            Ok(store) => Arc::new(store),
-            Err(error) => {
-                return failure(
-                    format!("cannot open the target: {error}"),
-                    error.is_retryable(),
-                )
-            }
-        };
+        if let pb::run::Spec::Restore(restore) = &spec {
+            self.check_root(&restore.destination_path)?;
+        }
+        let store = Store::open(&target, "").await.map_err(|error| RunFailure {
+            message: format!("cannot open the target: {error}"),
+            retryable: error.is_retryable(),
+        })?;
+        let store = Arc::new(store);
         let target_description = store.describe();
-        tracing::info!(run = %run_id, source = %spec.source_path, target = %target_description, "backup started");
-        let plan = BackupPlan {
-            run_id,
-            lease_token: context.lease().lease_token,
-            source: PathBuf::from(&spec.source_path),
-            options: assignment.options.unwrap_or_default(),
-            store,
-            parent_manifest_key: Some(assignment.parent_manifest_key).filter(|k| !k.is_empty()),
-            staging_dir: self.staging_dir.clone(),
-        };
         let reporter = SessionReporter { context };
-        match run_backup(plan, &reporter, context.cancellation().clone()).await {
-            Ok(summary) => {
-                tracing::info!(run = %run_id, details = %summary.details, "backup finished");
-                context.set_progress(summary.progress.clone());
-                pb::run_completion::Outcome::Success(pb::RunSuccess {
-                    size_bytes: summary.size_bytes,
-                    details: summary.details,
-                    manifest_key: summary.manifest_key,
-                    parent_run_id: String::new(),
+        let cancel = context.cancellation().clone();
+        let lease_token = context.lease().lease_token;
+        let outcome = match spec {
+            pb::run::Spec::Backup(backup) => {
+                tracing::info!(run = %run_id, source = %backup.source_path, target = %target_description, "backup started");
+                let parent = Uuid::parse_str(&assignment.parent_run_id)
+                    .ok()
+                    .filter(|_| !assignment.parent_manifest_key.is_empty())
+                    .map(|run_id| ParentSnapshot {
+                        run_id,
+                        manifest_key: assignment.parent_manifest_key.clone(),
+                    });
+                let plan = BackupPlan {
+                    run_id,
+                    job_id: Uuid::parse_str(&backup.job_id).ok(),
+                    lease_token,
+                    source: PathBuf::from(&backup.source_path),
+                    options: assignment.options.unwrap_or_default(),
+                    store,
+                    repository_key: assignment.repository_key,
+                    parent,
+                };
+                run_backup(plan, &reporter, cancel).await.map(|summary| {
+                    tracing::info!(run = %run_id, details = %summary.details, "backup finished");
+                    context.set_progress(summary.progress.clone());
+                    success(
+                        summary.size_bytes,
+                        summary.details,
+                        summary.manifest_key,
+                        summary.parent_run_id,
+                    )
                 })
             }
-            Err(error) => {
-                tracing::warn!(run = %run_id, error = %error.message, retryable = error.retryable, "backup failed");
-                failure(
-                    format!("{} (target: {target_description})", error.message),
-                    error.retryable,
-                )
+            pb::run::Spec::Restore(restore) => {
+                tracing::info!(run = %run_id, destination = %restore.destination_path, target = %target_description, "restore started");
+                let plan = RestorePlan {
+                    run_id,
+                    lease_token,
+                    store,
+                    manifest_key: assignment.snapshot_manifest_key,
+                    paths: restore.paths,
+                    destination: PathBuf::from(&restore.destination_path),
+                    overwrite_newer: restore.overwrite_newer,
+                };
+                run_restore(plan, &reporter, cancel).await.map(|summary| {
+                    tracing::info!(run = %run_id, details = %summary.details, "restore finished");
+                    context.set_progress(summary.progress.clone());
+                    success(
+                        i64::try_from(summary.bytes).unwrap_or(i64::MAX),
+                        summary.details,
+                        String::new(),
+                        None,
+                    )
+                })
             }
-        }
+            pb::run::Spec::Verify(verify) => {
+                tracing::info!(run = %run_id, target = %target_description, "verify started");
+                let plan = VerifyPlan {
+                    run_id,
+                    lease_token,
+                    store,
+                    manifest_key: assignment.snapshot_manifest_key,
+                    read_data_percent: verify.read_data_percent,
+                };
+                run_verify(plan, &reporter, cancel).await.map(|summary| {
+                    tracing::info!(run = %run_id, details = %summary.details, "verify finished");
+                    context.set_progress(summary.progress.clone());
+                    success(0, summary.details, String::new(), None)
+                })
+            }
+        };
+        outcome.map_err(|error| {
+            tracing::warn!(run = %run_id, error = %error.message, retryable = error.retryable, "run failed");
+            RunFailure {
+                message: format!("{} (target: {target_description})", error.message),
+                retryable: error.retryable,
+            }
+        })
     }
 }
 
 #[tonic::async_trait]
-impl Executor for BackupExecutor {
+impl Executor for RunExecutor {
     async fn execute(
         &self,
         assignment: pb::RunAssignment,
         context: RunContext,
     ) -> pb::run_completion::Outcome {
-        self.backup(assignment, &context).await
+        self.run(assignment, &context)
+            .await
+            .unwrap_or_else(|error| failure(error.message, error.retryable))
     }
 }

@@ -1,9 +1,13 @@
 //! Coffer worker library: reading source trees, writing to object stores and
-//! running backups. The binary (`main.rs`) drives these from lease sessions.
+//! running backups, restores and verifications. The binary (`main.rs`) drives these from lease sessions.
 
 pub mod backup;
 pub mod config;
 pub mod executor;
+pub mod report;
+pub mod repository;
+pub mod restore;
 pub mod session;
 pub mod source;
 pub mod store;
+pub mod verify;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use coffer_worker::config::Config;
-use coffer_worker::executor::BackupExecutor;
+use coffer_worker::executor::RunExecutor;
 use coffer_worker::session::{self, SessionConfig};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -35,9 +35,8 @@ async fn main() -> anyhow::Result<()> {
         source_roots: config.parsed_source_roots(),
         drain_timeout: config.drain_timeout(),
     };
-    let executor = Arc::new(BackupExecutor {
+    let executor = Arc::new(RunExecutor {
         source_roots: session_config.source_roots.clone(),
-        staging_dir: config.staging_dir.clone(),
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));

@@ -92,6 +92,44 @@ impl FilesystemStore {
             .map_err(|e| StoreError::io("filesystem write task", io::Error::other(e)))?
     }
 
+    pub(super) async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(key);
+        let key = key.to_owned();
+        cancellable(cancel, async move {
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
+                    io::ErrorKind::NotFound => StoreError::NotFound { key: key.clone() },
+                    _ => StoreError::io(format!("opening {}", path.display()), e),
+                })?;
+                let mut buffer = vec![0u8; usize::try_from(length).unwrap_or(usize::MAX)];
+                let mut filled = 0;
+                while filled < buffer.len() {
+                    let read = file
+                        .read_at(&mut buffer[filled..], offset + filled as u64)
+                        .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+                    if read == 0 {
+                        break;
+                    }
+                    filled += read;
+                }
+                // A short read (the object is shorter than asked) returns
+                // what is there, like an S3 range past the end.
+                buffer.truncate(filled);
+                Ok(buffer)
+            })
+            .await
+            .map_err(|e| StoreError::io("filesystem read task", io::Error::other(e)))?
+        })
+        .await
+    }
+
     pub(super) async fn get_bytes(
         &self,
         key: &str,

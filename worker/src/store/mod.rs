@@ -179,6 +179,22 @@ impl Store {
         }
     }
 
+    /// Reads `length` bytes of object `key` from `offset` (fewer when the
+    /// object ends first); [`StoreError::NotFound`] when it does not exist.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>, StoreError> {
+        validate_key(key)?;
+        match self {
+            Store::Filesystem(fs) => fs.get_range(key, offset, length, cancel).await,
+            Store::S3(s3) => s3.get_range(key, offset, length, cancel).await,
+        }
+    }
+
     /// Whether the object `key` exists.
     pub async fn exists(&self, key: &str, cancel: &CancellationToken) -> Result<bool, StoreError> {
         validate_key(key)?;

@@ -482,6 +482,40 @@ impl S3Store {
         Ok(())
     }
 
+    pub(super) async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>, StoreError> {
+        let full_key = self.full_key(key);
+        let last = offset + length.max(1) - 1;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .key(&full_key)
+            .range(format!("bytes={offset}-{last}"))
+            .send();
+        cancellable(cancel, async {
+            let output = match request.await {
+                Ok(output) => output,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                    return Err(StoreError::NotFound { key: key.into() })
+                }
+                Err(e) => return Err(s3_error("GetObject", &full_key, e)),
+            };
+            let body = output.body.collect().await.map_err(|e| StoreError::S3 {
+                operation: "GetObject",
+                key: full_key.clone(),
+                message: DisplayErrorContext(e).to_string(),
+            })?;
+            Ok(body.into_bytes().to_vec())
+        })
+        .await
+    }
+
     pub(super) async fn get_bytes(
         &self,
         key: &str,

@@ -172,30 +172,73 @@ pub async fn snapshot_files(server: &TestServer, run_id: &str) -> Vec<pb::Snapsh
     }
 }
 
-/// Every regular file of the snapshot, read back from the store, equals the source.
-pub async fn assert_restorable(
-    server: &TestServer,
-    run_id: &str,
-    source: &Path,
-    store: &Store,
-) -> usize {
-    let cancel = CancellationToken::new();
+/// Queues a restore of snapshot `run_id` into `destination` and waits for it.
+pub async fn restore(server: &TestServer, run_id: &str, destination: &Path) -> pb::Run {
+    let mut runs = RunServiceClient::new(server.channel().await);
+    let restore_id = runs
+        .create_run(authed(
+            &server.admin_token,
+            pb::CreateRunRequest {
+                spec: Some(pb::create_run_request::Spec::Restore(pb::RestoreSpec {
+                    snapshot_run_id: run_id.into(),
+                    destination_path: destination.display().to_string(),
+                    ..Default::default()
+                })),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("create restore run")
+        .into_inner()
+        .run
+        .expect("run")
+        .id;
+    wait_until_final(server, &restore_id, Duration::from_secs(300)).await
+}
+
+/// Restores snapshot `run_id` through a restore run and checks that every
+/// regular file of the snapshot came back equal to the source. Returns the
+/// number of files compared.
+pub async fn assert_restorable(server: &TestServer, run_id: &str, source: &Path) -> usize {
+    let destination = tempfile::tempdir().expect("restore dir");
+    let run = restore(server, run_id, destination.path()).await;
+    assert_eq!(
+        run.state,
+        pb::RunState::Succeeded as i32,
+        "restore failed: {}",
+        run.error
+    );
     let mut checked = 0;
     for file in snapshot_files(server, run_id).await {
         let version = file.version.expect("version");
         if version.kind != pb::FileKind::Regular as i32 {
             continue;
         }
-        let hash = &version.content_hash;
-        let stored = store
-            .get_bytes(&format!("data/{}/{hash}", &hash[..2]), &cancel)
-            .await
-            .unwrap_or_else(|e| panic!("content of {} missing: {e}", file.path));
         let original = std::fs::read(source.join(&file.path)).expect("read source");
-        assert!(stored == original, "{} differs from its backup", file.path);
+        let restored = std::fs::read(destination.path().join(&file.path))
+            .unwrap_or_else(|e| panic!("{} was not restored: {e}", file.path));
+        assert!(
+            restored == original,
+            "{} differs from its backup",
+            file.path
+        );
         checked += 1;
     }
     checked
+}
+
+/// Total bytes of the packs in `store`.
+pub async fn pack_bytes(store: &Store) -> u64 {
+    let cancel = CancellationToken::new();
+    let mut total = 0;
+    for key in store.list("packs/", &cancel).await.expect("list packs") {
+        total += store
+            .get_bytes(&key, &cancel)
+            .await
+            .expect("read pack")
+            .len() as u64;
+    }
+    total
 }
 
 /// An S3 server the tests can reach, and how its credentials are referenced.

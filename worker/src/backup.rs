@@ -307,13 +307,15 @@ async fn execute<R: Reporter>(
     if let Some(parent) = parent {
         parent.finish()?;
     }
+    // Flushed before failing, so that the errors the failure points to are
+    // reported.
+    batcher.flush().await?;
     if plan.options.fail_on_file_errors && batcher.error_total > 0 {
         return Err(RunFailure::permanent(format!(
             "{} file error(s) and fail_on_file_errors is set; see the run's errors",
             batcher.error_total
         )));
     }
-    batcher.flush().await?;
 
     let manifest_bytes = manifest
         .finish()

@@ -9,6 +9,7 @@ use coffer_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::backup::{run_backup, BackupPlan, ParentSnapshot};
+use crate::rebuild::run_rebuild;
 use crate::report::{RecordBatch, ReportError, Reporter, RunFailure};
 use crate::restore::{run_restore, RestorePlan};
 use crate::session::{Executor, RunContext};
@@ -34,7 +35,7 @@ impl Reporter for SessionReporter<'_> {
     async fn batch(&self, batch: RecordBatch) -> Result<(), ReportError> {
         let sequence = self
             .context
-            .send_batch(batch.files, batch.errors)
+            .send_batch(batch.files, batch.errors, batch.snapshot)
             .await
             .map_err(|lost| ReportError {
                 message: lost.to_string(),
@@ -171,6 +172,14 @@ impl RunExecutor {
                         String::new(),
                         None,
                     )
+                })
+            }
+            pb::run::Spec::RebuildCatalog(_) => {
+                tracing::info!(run = %run_id, target = %target_description, "catalog rebuild started");
+                run_rebuild(store, lease_token, &reporter, cancel).await.map(|summary| {
+                    tracing::info!(run = %run_id, details = %summary.details, "catalog rebuild finished");
+                    context.set_progress(summary.progress.clone());
+                    success(0, summary.details, String::new(), None)
                 })
             }
             pb::run::Spec::Verify(verify) => {

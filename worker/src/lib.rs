@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod config;
 pub mod executor;
+pub mod rebuild;
 pub mod report;
 pub mod repository;
 pub mod restore;

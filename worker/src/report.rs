@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use coffer_proto::v1::{FileRecord, RunError, RunProgress};
+use coffer_proto::v1::{FileRecord, RebuiltSnapshot, RunError, RunProgress};
 
 /// Most records (files plus errors) in one [`RecordBatch`].
 pub const MAX_BATCH_RECORDS: usize = 1000;
@@ -21,6 +21,8 @@ pub struct RecordBatch {
     pub files: Vec<FileRecord>,
     /// Per-file errors.
     pub errors: Vec<RunError>,
+    /// For catalog rebuilds: the snapshot the files belong to.
+    pub snapshot: Option<RebuiltSnapshot>,
 }
 
 /// A reporter could not deliver a batch (e.g. the lease was lost).
@@ -51,6 +53,7 @@ pub struct Batcher<'r, R> {
     sequence: i64,
     files: Vec<FileRecord>,
     errors: Vec<RunError>,
+    snapshot: Option<RebuiltSnapshot>,
     started: Instant,
     last_progress: Option<Instant>,
     /// The counters; callers update them directly.
@@ -68,6 +71,7 @@ impl<'r, R: Reporter> Batcher<'r, R> {
             sequence: 0,
             files: Vec::new(),
             errors: Vec::new(),
+            snapshot: None,
             started: Instant::now(),
             last_progress: None,
             progress: RunProgress::default(),
@@ -110,9 +114,18 @@ impl<'r, R: Reporter> Batcher<'r, R> {
             sequence: self.sequence,
             files: std::mem::take(&mut self.files),
             errors: std::mem::take(&mut self.errors),
+            snapshot: self.snapshot.clone(),
         };
         self.reporter.batch(batch).await?;
         self.sequence += 1;
+        Ok(())
+    }
+
+    /// Sends what is queued, then tags the following batches with
+    /// `snapshot` (catalog rebuilds send one snapshot's files at a time).
+    pub async fn start_snapshot(&mut self, snapshot: RebuiltSnapshot) -> Result<(), ReportError> {
+        self.flush().await?;
+        self.snapshot = Some(snapshot);
         Ok(())
     }
 

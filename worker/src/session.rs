@@ -87,6 +87,7 @@ impl RunContext {
         &self,
         files: Vec<pb::FileRecord>,
         errors: Vec<pb::RunError>,
+        snapshot: Option<pb::RebuiltSnapshot>,
     ) -> Result<i64, LeaseLost> {
         let permit = tokio::select! {
             permit = self.window.clone().acquire_owned() => permit.map_err(|_| LeaseLost("session closed".into()))?,
@@ -105,6 +106,7 @@ impl RunContext {
             files,
             errors,
             sequence,
+            snapshot,
         });
         self.shared.enqueue(key_of(&self.lease, sequence), message);
         Ok(sequence)

@@ -10,6 +10,7 @@ use coffer_control_plane::catalog::leases::LeaseSettings;
 use coffer_control_plane::testing::{authed, Backend, TestServer};
 use coffer_proto::v1 as pb;
 use coffer_worker::store::Store;
+use pb::run_service_client::RunServiceClient;
 use tokio_util::sync::CancellationToken;
 
 use support::{
@@ -239,4 +240,221 @@ async fn control_plane_restart_mid_run_loses_nothing() {
         "the worker kept its lease across the restart"
     );
     assert_eq!(assert_restorable(&server, &run_id, source.path()).await, 6);
+}
+
+async fn create_job(server: &TestServer, source: &std::path::Path, bucket_id: &str) -> String {
+    let mut jobs = pb::job_service_client::JobServiceClient::new(server.channel().await);
+    jobs.create_job(authed(
+        &server.admin_token,
+        pb::CreateJobRequest {
+            job: Some(pb::Job {
+                name: "documents".into(),
+                source_path: source.display().to_string(),
+                target: Some(pb::Target {
+                    destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+                        bucket_id: bucket_id.into(),
+                        prefix: "repo".into(),
+                    })),
+                }),
+                ..Default::default()
+            }),
+        },
+    ))
+    .await
+    .expect("create job")
+    .into_inner()
+    .job
+    .expect("job")
+    .id
+}
+
+async fn run_job(server: &TestServer, job_id: &str) -> pb::Run {
+    let mut runs = RunServiceClient::new(server.channel().await);
+    let id = runs
+        .create_run(authed(
+            &server.admin_token,
+            pb::CreateRunRequest {
+                spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
+                    job_id: job_id.into(),
+                    ..Default::default()
+                })),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("create run")
+        .into_inner()
+        .run
+        .expect("run")
+        .id;
+    let run = wait_until_final(server, &id, Duration::from_secs(300)).await;
+    assert_eq!(
+        run.state,
+        pb::RunState::Succeeded as i32,
+        "run failed: {}",
+        run.error
+    );
+    run
+}
+
+/// (path, kind, size, content hash) of every entry of a snapshot, sorted.
+async fn listing(server: &TestServer, run_id: &str) -> Vec<(String, i32, i64, String)> {
+    let mut entries: Vec<_> = snapshot_files(server, run_id)
+        .await
+        .into_iter()
+        .map(|file| {
+            let version = file.version.expect("version");
+            (
+                file.path,
+                version.kind,
+                version.size_bytes,
+                version.content_hash,
+            )
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_snapshots_are_incremental_restorable_verifiable_and_rebuildable() {
+    let server = TestServer::start(Backend::Postgres).await;
+    let (bucket_id, store) = garage_bucket(&server).await;
+    let source = tempfile::tempdir().expect("source dir");
+    write(&source.path().join("docs/a.txt"), b"version one of a\n");
+    write(&source.path().join("docs/b.txt"), b"b is removed later\n");
+    write(&source.path().join("data/big.bin"), &noise(5 << 20, 11));
+    let job_id = create_job(&server, source.path(), &bucket_id).await;
+    let _worker = WorkerProcess::spawn(&server, "e2e-incremental");
+
+    let first = run_job(&server, &job_id).await;
+    let old_tree = tempfile::tempdir().expect("old tree copy");
+    copy_tree(source.path(), old_tree.path());
+
+    // Same size, new content and mtime; one file added, one removed.
+    write(&source.path().join("docs/a.txt"), b"version two of a\n");
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(source.path().join("docs/a.txt"))
+        .and_then(|f| f.set_modified(later))
+        .expect("touch a.txt");
+    std::fs::remove_file(source.path().join("docs/b.txt")).expect("remove b");
+    write(&source.path().join("docs/c.txt"), b"c is new\n");
+    let second = run_job(&server, &job_id).await;
+
+    // The second snapshot is the new tree; the first is unchanged.
+    let first_listing = listing(&server, &first.id).await;
+    let second_listing = listing(&server, &second.id).await;
+    let paths =
+        |l: &[(String, i32, i64, String)]| l.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
+    assert!(paths(&first_listing).contains(&"docs/b.txt".to_string()));
+    assert!(!paths(&second_listing).contains(&"docs/b.txt".to_string()));
+    assert!(paths(&second_listing).contains(&"docs/c.txt".to_string()));
+    // Only the changed file was read again: the big file was carried over.
+    let mut metadata = pb::backup_metadata_service_client::BackupMetadataServiceClient::new(
+        server.channel().await,
+    );
+    let details = metadata
+        .list_backup_metadata(authed(
+            &server.admin_token,
+            pb::ListBackupMetadataRequest {
+                run_id: second.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("metadata")
+        .into_inner()
+        .backup_metadata[0]
+        .details
+        .clone();
+    assert!(details.contains("2 files read"), "{details}");
+
+    // Both snapshots restore byte for byte.
+    assert_eq!(
+        assert_restorable(&server, &second.id, source.path()).await,
+        3
+    );
+    assert_eq!(
+        assert_restorable(&server, &first.id, old_tree.path()).await,
+        3
+    );
+
+    // A full verification finds nothing wrong.
+    let mut runs = RunServiceClient::new(server.channel().await);
+    let verify_id = runs
+        .create_run(authed(
+            &server.admin_token,
+            pb::CreateRunRequest {
+                spec: Some(pb::create_run_request::Spec::Verify(pb::VerifySpec {
+                    snapshot_run_id: second.id.clone(),
+                    read_data_percent: 100.0,
+                })),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("verify")
+        .into_inner()
+        .run
+        .expect("run")
+        .id;
+    let verified = wait_until_final(&server, &verify_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        verified.state,
+        pb::RunState::Succeeded as i32,
+        "verify failed: {}",
+        verified.error
+    );
+
+    // The catalog is lost: a fresh control plane rebuilds both snapshots
+    // from the manifests in the bucket, equal to what the original had.
+    let Store::S3(s3) = store.as_ref() else {
+        panic!("S3 store expected")
+    };
+    let bucket_name = s3.location().bucket.clone();
+    let fresh = TestServer::start(Backend::Postgres).await;
+    let fresh_bucket =
+        support::register_bucket(&fresh, &support::S3Server::shared(), &bucket_name).await;
+    let _fresh_worker = WorkerProcess::spawn(&fresh, "e2e-rebuild");
+    let mut objects = pb::object_service_client::ObjectServiceClient::new(fresh.channel().await);
+    let rebuild_id = objects
+        .rebuild_catalog(authed(
+            &fresh.admin_token,
+            pb::RebuildCatalogRequest {
+                bucket_id: fresh_bucket,
+                prefix: "repo".into(),
+            },
+        ))
+        .await
+        .expect("rebuild")
+        .into_inner()
+        .run_id;
+    let rebuilt = wait_until_final(&fresh, &rebuild_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        rebuilt.state,
+        pb::RunState::Succeeded as i32,
+        "rebuild failed: {}",
+        rebuilt.error
+    );
+    assert_eq!(listing(&fresh, &first.id).await, first_listing);
+    assert_eq!(listing(&fresh, &second.id).await, second_listing);
+    assert_eq!(
+        assert_restorable(&fresh, &second.id, source.path()).await,
+        3
+    );
 }

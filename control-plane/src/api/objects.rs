@@ -13,8 +13,9 @@ use crate::model::object::{
     path_text, BackupObject, DuplicateFile, DuplicateFilter, DuplicateGroup, FileKind,
     LatestFilter, ObjectFilter, ObjectVersion, SnapshotFile,
 };
+use crate::model::run::{NewRun, RebuildSpec, RunSpec, Target};
 use crate::model::tag::check_tag_key;
-use crate::model::{check_len, parse_id, parse_optional_id};
+use crate::model::{check_len, check_relative_path, parse_id, parse_optional_id};
 
 /// Handler of `coffer.v1.ObjectService`.
 #[derive(Clone, Debug)]
@@ -169,6 +170,41 @@ impl ObjectApi {
         self.state.auth.caller(request.metadata()).await
     }
 
+    /// Queues a run that reads a bucket repository's manifests and records
+    /// every snapshot the catalog does not know.
+    async fn rebuild(
+        &self,
+        caller: &Caller,
+        request: pb::RebuildCatalogRequest,
+    ) -> DomainResult<pb::RebuildCatalogResponse> {
+        let bucket_id = parse_id("bucket_id", &request.bucket_id)?;
+        if !request.prefix.is_empty() {
+            check_relative_path("prefix", &request.prefix)?;
+        }
+        let bucket = self
+            .state
+            .catalog
+            .get_bucket(bucket_id, caller.owner_scope())
+            .await?;
+        let new = NewRun {
+            owner_id: bucket.spec.owner_id,
+            job_id: None,
+            spec: RunSpec::RebuildCatalog(RebuildSpec {
+                target: Target::Bucket {
+                    bucket_id,
+                    prefix: request.prefix.trim_matches('/').to_string(),
+                },
+            }),
+            max_attempts: self.state.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        };
+        let created = self.state.catalog.create_run(&new).await?;
+        self.state.notify_run(created.run.id);
+        Ok(pb::RebuildCatalogResponse {
+            run_id: created.run.id.to_string(),
+        })
+    }
+
     async fn duplicates(
         &self,
         caller: &Caller,
@@ -312,12 +348,7 @@ impl ObjectService for ObjectApi {
         &self,
         request: Request<pb::RebuildCatalogRequest>,
     ) -> RpcResult<pb::RebuildCatalogResponse> {
-        self.caller(&request).await?;
-        Err(DomainError::Unimplemented(
-            "ObjectService.RebuildCatalog is not implemented yet: catalog recovery from manifests \
-             arrives with the content-addressed storage issue"
-                .to_string(),
-        )
-        .into())
+        let caller = self.caller(&request).await?;
+        respond(self.rebuild(&caller, request.into_inner()).await)
     }
 }

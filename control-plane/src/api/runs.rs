@@ -52,6 +52,7 @@ fn kind_to_proto(kind: RunKind) -> pb::RunKind {
         RunKind::Verify => pb::RunKind::Verify,
         RunKind::Retention => pb::RunKind::Retention,
         RunKind::GarbageCollection => pb::RunKind::GarbageCollection,
+        RunKind::RebuildCatalog => pb::RunKind::RebuildCatalog,
     }
 }
 
@@ -63,6 +64,7 @@ fn kind_from_proto(value: i32) -> DomainResult<Option<RunKind>> {
         Ok(pb::RunKind::Verify) => Ok(Some(RunKind::Verify)),
         Ok(pb::RunKind::Retention) => Ok(Some(RunKind::Retention)),
         Ok(pb::RunKind::GarbageCollection) => Ok(Some(RunKind::GarbageCollection)),
+        Ok(pb::RunKind::RebuildCatalog) => Ok(Some(RunKind::RebuildCatalog)),
         Err(_) => Err(DomainError::invalid("kind", "unknown run kind")),
     }
 }
@@ -129,6 +131,14 @@ fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
         RunSpec::Verify(verify) => pb::run::Spec::Verify(pb::VerifySpec {
             snapshot_run_id: verify.snapshot.run_id.to_string(),
             read_data_percent: verify.read_data_percent,
+        }),
+        RunSpec::RebuildCatalog(rebuild) => pb::run::Spec::RebuildCatalog(pb::RebuildCatalogSpec {
+            bucket_id: rebuild
+                .target
+                .bucket_id()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            prefix: rebuild.target.path().to_string(),
         }),
     }
 }

@@ -579,6 +579,18 @@ impl Catalog {
                 .await;
         };
         let run = self.get_run(run_id).await?;
+        if run.kind == RunKind::RebuildCatalog {
+            return self
+                .commit_rebuild(
+                    &run,
+                    lease_token,
+                    outcome,
+                    progress_json,
+                    batch_count,
+                    settings,
+                )
+                .await;
+        }
         if run.kind != RunKind::Backup {
             return self
                 .complete_attempt(run_id, lease_token, outcome, progress_json, settings, None)
@@ -623,6 +635,65 @@ impl Catalog {
             Some(&snapshot),
         )
         .await
+    }
+
+    /// Completes a catalog rebuild: every snapshot its batches describe that
+    /// the catalog does not know becomes a succeeded backup run with its
+    /// versions (each in its own transaction, so a retried rebuild resumes),
+    /// then the rebuild run's own outcome is recorded.
+    async fn commit_rebuild(
+        &self,
+        run: &Run,
+        lease_token: i64,
+        outcome: &AttemptOutcome,
+        progress_json: &str,
+        batch_count: i64,
+        settings: &LeaseSettings,
+    ) -> DomainResult<CompletionResult> {
+        let batches = self.staged_batches(run.id, lease_token).await?;
+        let received = i64::try_from(batches.len()).unwrap_or(i64::MAX);
+        if received != batch_count {
+            let failure = AttemptOutcome::Failure {
+                error: format!(
+                    "the control plane received {received} of {batch_count} file batches"
+                ),
+                retryable: true,
+            };
+            return self
+                .complete_attempt(run.id, lease_token, &failure, progress_json, settings, None)
+                .await;
+        }
+        let mut snapshots: Vec<(pb::RebuiltSnapshot, Vec<SnapshotEntry>)> = Vec::new();
+        for (sequence, payload) in &batches {
+            let batch = pb::FileBatch::decode(payload.as_slice()).map_err(|e| {
+                DomainError::Internal(format!(
+                    "staged batch {sequence} of run {} is corrupt: {e}",
+                    run.id
+                ))
+            })?;
+            let Some(snapshot) = batch.snapshot else {
+                return Err(DomainError::invalid(
+                    "file_batch.snapshot",
+                    "is required in a rebuild",
+                ));
+            };
+            if snapshots
+                .last()
+                .is_none_or(|(last, _)| last.run_id != snapshot.run_id)
+            {
+                snapshots.push((snapshot, Vec::new()));
+            }
+            let entries = &mut snapshots.last_mut().expect("just pushed").1;
+            for file in batch.files {
+                entries.push(entry_from_record(file)?);
+            }
+        }
+        for (snapshot, entries) in snapshots {
+            self.record_rebuilt_snapshot(run, &snapshot, entries)
+                .await?;
+        }
+        self.complete_attempt(run.id, lease_token, outcome, progress_json, settings, None)
+            .await
     }
 }
 

@@ -4,8 +4,14 @@ use chrono::{DateTime, Utc};
 use rand::RngCore;
 use uuid::Uuid;
 
-use super::{on_pool, Catalog};
+use coffer_proto::v1 as pb;
+
+use super::leases::repository_of;
+use super::objects::apply_snapshot_in_tx;
+use super::{new_id, now_micros, on_pool, to_json, Catalog};
 use crate::error::{from_sqlx, DomainError, DomainResult};
+use crate::model::object::{SnapshotCommit, SnapshotEntry};
+use crate::model::run::{BackupSpec, JobOptions, Labels, Run, RunSpec};
 
 /// Length of a repository's chunk-id key.
 pub const CHUNK_KEY_LEN: usize = 32;
@@ -85,5 +91,92 @@ impl Catalog {
             .fetch_optional(pool)
             .await)
         .map_err(|e| from_sqlx(e, "snapshot"))
+    }
+
+    /// Records one snapshot found by a catalog rebuild, unless the catalog
+    /// already has it: a succeeded backup run with the snapshot's id,
+    /// owned by the rebuild's owner, and its versions, in one transaction.
+    /// Returns whether it was new.
+    pub async fn record_rebuilt_snapshot(
+        &self,
+        rebuild: &Run,
+        snapshot: &pb::RebuiltSnapshot,
+        entries: Vec<SnapshotEntry>,
+    ) -> DomainResult<bool> {
+        let run_id = Uuid::parse_str(&snapshot.run_id)
+            .map_err(|_| DomainError::invalid("file_batch.snapshot.run_id", "is not a UUID"))?;
+        if self.get_run(run_id).await.is_ok() {
+            return Ok(false);
+        }
+        // The job survives only if the catalog still has it, for the same owner.
+        let job_id = match Uuid::parse_str(&snapshot.job_id) {
+            Ok(id) => match self.get_job(id).await {
+                Ok(job) if job.draft.owner_id == rebuild.owner_id => Some(id),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let target = rebuild.spec.target().clone();
+        let created = snapshot
+            .create_time
+            .as_ref()
+            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+            .unwrap_or_else(now_micros);
+        let size: i64 = entries
+            .iter()
+            .filter(|e| e.kind == crate::model::object::FileKind::Regular)
+            .map(|e| e.size_bytes)
+            .sum();
+        let spec = RunSpec::Backup(BackupSpec {
+            job_id,
+            source_path: snapshot.source_path.clone(),
+            target: target.clone(),
+            options: JobOptions::default(),
+            worker_selector: Labels::new(),
+        });
+        let commit = SnapshotCommit {
+            run_id,
+            owner_id: rebuild.owner_id,
+            bucket_id: target.bucket_id(),
+            repository: repository_of(&target),
+            job_id,
+            entries,
+            removed: None,
+        };
+        let entries = crate::catalog::objects::normalized_entries(&commit)?;
+        let now = now_micros();
+        let details = format!(
+            "rebuilt from {} by run {}",
+            snapshot.manifest_key, rebuild.id
+        );
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+            sqlx::query(
+                "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, max_attempts, \
+                 not_before_time, worker_selector, create_time, start_time, finish_time, update_time, \
+                 repository, manifest_key, attempt) \
+                 VALUES ($1, $2, $3, 'backup', 'succeeded', $4, $5, 1, $6, '{}', $6, $6, $6, $7, $8, $9, 1)")
+                .bind(run_id)
+                .bind(rebuild.owner_id)
+                .bind(job_id)
+                .bind(to_json(&spec))
+                .bind(target.bucket_id())
+                .bind(created)
+                .bind(now)
+                .bind(repository_of(&target))
+                .bind(&snapshot.manifest_key)
+                .execute(&mut *tx).await.map(|r| r.rows_affected())
+                .map_err(|e| from_sqlx(e, "run"))?;
+            apply_snapshot_in_tx!(tx, commit, entries, now)?;
+            sqlx::query(
+                "INSERT INTO backup_metadata (id, owner_id, job_id, run_id, size_bytes, duration_seconds, details, source, create_time, update_time) \
+                 VALUES ($1, $2, $3, $4, $5, 0, $6, 'automatic', $7, $7)")
+                .bind(new_id()).bind(rebuild.owner_id).bind(job_id).bind(run_id).bind(size).bind(&details).bind(now)
+                .execute(&mut *tx).await.map(|r| r.rows_affected())
+                .map_err(|e| from_sqlx(e, "backup metadata"))?;
+            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
+            Ok::<_, DomainError>(())
+        })?;
+        Ok(true)
     }
 }

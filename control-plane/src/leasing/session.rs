@@ -328,6 +328,7 @@ impl Session {
             RunSpec::Verify(verify) => {
                 assignment.snapshot_manifest_key = verify.snapshot.manifest_key.clone();
             }
+            RunSpec::RebuildCatalog(_) => {}
         }
         assignment.run = Some(run.into());
         Ok(assignment)

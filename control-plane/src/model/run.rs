@@ -239,6 +239,15 @@ pub enum RunSpec {
     Restore(RestoreSpec),
     /// A verification.
     Verify(VerifySpec),
+    /// A catalog rebuild of one repository (always a bucket target).
+    RebuildCatalog(RebuildSpec),
+}
+
+/// A catalog rebuild: the repository whose manifests are read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildSpec {
+    /// The repository.
+    pub target: Target,
 }
 
 /// Verify runs need no particular worker.
@@ -251,6 +260,7 @@ impl RunSpec {
             RunSpec::Backup(_) => RunKind::Backup,
             RunSpec::Restore(_) => RunKind::Restore,
             RunSpec::Verify(_) => RunKind::Verify,
+            RunSpec::RebuildCatalog(_) => RunKind::RebuildCatalog,
         }
     }
 
@@ -260,6 +270,7 @@ impl RunSpec {
             RunSpec::Backup(backup) => &backup.target,
             RunSpec::Restore(restore) => &restore.snapshot.target,
             RunSpec::Verify(verify) => &verify.snapshot.target,
+            RunSpec::RebuildCatalog(rebuild) => &rebuild.target,
         }
     }
 
@@ -274,7 +285,7 @@ impl RunSpec {
         match self {
             RunSpec::Backup(backup) => Some(&backup.source_path),
             RunSpec::Restore(restore) => Some(&restore.destination_path),
-            RunSpec::Verify(_) => None,
+            RunSpec::Verify(_) | RunSpec::RebuildCatalog(_) => None,
         }
     }
 
@@ -283,7 +294,7 @@ impl RunSpec {
         match self {
             RunSpec::Backup(backup) => &backup.worker_selector,
             RunSpec::Restore(restore) => &restore.worker_selector,
-            RunSpec::Verify(_) => &NO_LABELS,
+            RunSpec::Verify(_) | RunSpec::RebuildCatalog(_) => &NO_LABELS,
         }
     }
 }
@@ -301,6 +312,8 @@ pub enum RunKind {
     Retention,
     /// Garbage collection.
     GarbageCollection,
+    /// Rebuilding the catalog from a repository.
+    RebuildCatalog,
 }
 
 impl RunKind {
@@ -312,6 +325,7 @@ impl RunKind {
             RunKind::Verify => "verify",
             RunKind::Retention => "retention",
             RunKind::GarbageCollection => "garbage_collection",
+            RunKind::RebuildCatalog => "rebuild_catalog",
         }
     }
 
@@ -323,6 +337,7 @@ impl RunKind {
             "verify" => Ok(RunKind::Verify),
             "retention" => Ok(RunKind::Retention),
             "garbage_collection" => Ok(RunKind::GarbageCollection),
+            "rebuild_catalog" => Ok(RunKind::RebuildCatalog),
             other => Err(DomainError::Internal(format!(
                 "unknown run kind {other:?} in catalog"
             ))),

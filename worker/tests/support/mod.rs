@@ -383,6 +383,34 @@ impl Drop for OwnGarage {
     }
 }
 
+/// Registers the existing bucket `name` on `s3` with the control plane.
+pub async fn register_bucket(server: &TestServer, s3: &S3Server, name: &str) -> String {
+    let mut buckets = pb::bucket_service_client::BucketServiceClient::new(server.channel().await);
+    buckets
+        .create_bucket(authed(
+            &server.admin_token,
+            pb::CreateBucketRequest {
+                bucket: Some(pb::Bucket {
+                    name: name.to_owned(),
+                    location: Some(pb::bucket::Location::S3(pb::S3Location {
+                        endpoint: s3.endpoint.clone(),
+                        bucket: name.to_owned(),
+                        region: s3.region.clone(),
+                        force_path_style: true,
+                        credentials_ref: s3.credentials_ref.clone(),
+                    })),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("register bucket")
+        .into_inner()
+        .bucket
+        .expect("bucket")
+        .id
+}
+
 /// A new bucket on the shared Garage, registered with the control plane.
 pub async fn garage_bucket(server: &TestServer) -> (String, Arc<Store>) {
     bucket_on(server, &S3Server::shared()).await

@@ -1,0 +1,91 @@
+//! Rebuilding the catalog from storage: every snapshot manifest of a
+//! repository, oldest first, is streamed to the control plane as file
+//! records tagged with the snapshot's header, so that the control plane can
+//! recreate the snapshot runs and their versions after losing its database.
+
+use std::sync::Arc;
+
+use coffer_format::layout::{self, SNAPSHOTS_PREFIX};
+use coffer_proto::v1::RebuiltSnapshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::file_record;
+use crate::report::{Batcher, Reporter, RunFailure};
+use crate::repository::Repository;
+use crate::store::Store;
+
+/// A finished rebuild.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildSummary {
+    /// Snapshots found.
+    pub snapshots: u64,
+    /// Human-readable summary.
+    pub details: String,
+    /// Final counters.
+    pub progress: coffer_proto::v1::RunProgress,
+}
+
+/// Reads every manifest of the repository in `store` and reports it.
+pub async fn run_rebuild<R: Reporter>(
+    store: Arc<Store>,
+    lease_token: i64,
+    reporter: &R,
+    cancel: CancellationToken,
+) -> Result<RebuildSummary, RunFailure> {
+    let attempt = i32::try_from(lease_token).unwrap_or(i32::MAX);
+    let mut batcher = Batcher::new(reporter, attempt);
+    let repository = Repository::open(Arc::clone(&store), &cancel).await?;
+    let mut manifests: Vec<(uuid::Uuid, String)> = store
+        .list(SNAPSHOTS_PREFIX, &cancel)
+        .await?
+        .into_iter()
+        .filter_map(|key| layout::parse_manifest_key(&key).map(|id| (id, key)))
+        .collect();
+    // Run ids are UUIDv7: by id is by time, the order snapshots are recorded in.
+    manifests.sort();
+    let mut entries = 0u64;
+    for (run_id, key) in &manifests {
+        if cancel.is_cancelled() {
+            return Err(RunFailure::cancelled());
+        }
+        let mut reader = repository.read_manifest(key, &cancel).await?;
+        let header = reader.header().clone();
+        if header.run_id != *run_id {
+            return Err(RunFailure::permanent(format!(
+                "manifest {key} names run {} inside",
+                header.run_id
+            )));
+        }
+        batcher
+            .start_snapshot(RebuiltSnapshot {
+                run_id: run_id.to_string(),
+                job_id: header.job_id.map(|id| id.to_string()).unwrap_or_default(),
+                source_path: header.source_path.clone(),
+                create_time: Some(prost_types::Timestamp {
+                    seconds: header.created.timestamp(),
+                    nanos: i32::try_from(header.created.timestamp_subsec_nanos()).unwrap_or(0),
+                }),
+                manifest_key: key.clone(),
+                size_bytes: 0,
+            })
+            .await?;
+        while let Some(entry) = reader
+            .next_entry()
+            .map_err(|e| RunFailure::permanent(format!("manifest {key}: {e}")))?
+        {
+            batcher.file(file_record(&entry)).await?;
+            entries += 1;
+            batcher.progress.files_done += 1;
+        }
+        batcher.report_progress(false);
+    }
+    batcher.flush().await?;
+    Ok(RebuildSummary {
+        snapshots: manifests.len() as u64,
+        details: format!(
+            "read {} snapshot manifests with {entries} entries",
+            manifests.len()
+        ),
+        progress: batcher.progress_now(),
+    })
+}

@@ -483,6 +483,7 @@ async fn staged_files_become_versions_only_when_the_attempt_succeeds(backend: Ba
                 ..Default::default()
             }],
             sequence: 0,
+            snapshot: None,
         })
     };
     worker.send(batch(&first)).await;

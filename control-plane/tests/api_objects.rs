@@ -455,8 +455,19 @@ async fn objects_are_owner_scoped(backend: Backend) {
             pb::RebuildCatalogRequest::default(),
         ))
         .await
-        .expect_err("rebuild");
-    assert_eq!(status.code(), Code::Unimplemented);
+        .expect_err("rebuild without a bucket");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = objects
+        .rebuild_catalog(authed(
+            &server.admin_token,
+            pb::RebuildCatalogRequest {
+                bucket_id: uuid::Uuid::now_v7().to_string(),
+                prefix: String::new(),
+            },
+        ))
+        .await
+        .expect_err("rebuild of an unknown bucket");
+    assert_eq!(status.code(), Code::NotFound);
 }
 
 async fn latest_versions_filter_by_tag(backend: Backend) {

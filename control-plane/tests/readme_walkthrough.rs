@@ -199,12 +199,17 @@ fn readme_walkthrough_works_verbatim() {
         stdout.contains("METADATA_SOURCE_AUTOMATIC"),
         "automatic metadata missing:\n{stdout}"
     );
-    // The job's repository holds one manifest and two distinct contents
-    // (the copy of readme.txt is stored once).
+    // The job's repository (format v1) holds its config, one manifest, one
+    // index file and one pack with every chunk.
     let repo = dir.path().join("demo/repo/daily");
-    let data_objects = walk_files(&repo.join("data"));
-    assert_eq!(data_objects.len(), 2, "{data_objects:?}");
+    assert!(repo.join("config").is_file());
     assert_eq!(walk_files(&repo.join("snapshots")).len(), 1);
+    assert_eq!(walk_files(&repo.join("index")).len(), 1);
+    assert_eq!(walk_files(&repo.join("packs")).len(), 1);
+    assert!(
+        stdout.contains("the restored copy is identical"),
+        "restore did not reproduce the source:\n{stdout}"
+    );
     assert!(
         stdout.contains("Backup completed successfully."),
         "metadata missing:\n{stdout}"

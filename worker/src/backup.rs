@@ -431,8 +431,12 @@ async fn finish_entry<R: Reporter>(
     stats: &mut Stats,
 ) -> Result<(), RunFailure> {
     let (entry, previous, content, read) = match processed {
-        Processed::Special => return Ok(()),
+        Processed::Special => {
+            batcher.progress.files_done += 1;
+            return Ok(());
+        }
         Processed::Error(path, message) => {
+            batcher.progress.files_done += 1;
             batcher.error(&path, message).await?;
             return Ok(());
         }
@@ -440,6 +444,7 @@ async fn finish_entry<R: Reporter>(
         Processed::Read(entry, previous, result) => match result {
             Ok(content) => (entry, previous, Some(content), true),
             Err(FileProblem::Skip(message)) => {
+                batcher.progress.files_done += 1;
                 batcher.error(&entry.path, message).await?;
                 return Ok(());
             }

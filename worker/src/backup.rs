@@ -253,8 +253,16 @@ async fn execute<R: Reporter>(
     );
     header.job_id = plan.job_id;
     header.parent_run_id = parent_run_id;
-    let mut manifest = ManifestWriter::new(Vec::new(), &header, config.compression_level)
-        .map_err(|e| RunFailure::permanent(format!("starting the manifest: {e}")))?;
+    // The manifest of a large tree is large: it is spooled to a temporary
+    // file, not held in memory.
+    let spool = tempfile::NamedTempFile::new()
+        .map_err(|e| RunFailure::retryable(format!("creating the manifest spool file: {e}")))?;
+    let mut manifest = ManifestWriter::new(
+        io::BufWriter::with_capacity(1 << 20, spool),
+        &header,
+        config.compression_level,
+    )
+    .map_err(|e| RunFailure::permanent(format!("starting the manifest: {e}")))?;
 
     let mut pending: FuturesOrdered<tokio::task::JoinHandle<Processed>> = FuturesOrdered::new();
     let mut walk_done = false;
@@ -278,6 +286,7 @@ async fn execute<R: Reporter>(
                     }
                     continue;
                 };
+                batcher.progress.files_seen += 1;
                 let entry = match item {
                     WalkItem::Error(error) => {
                         pending.push_back(tokio::spawn(async move { Processed::Error(error.path, error.message) }));
@@ -289,7 +298,6 @@ async fn execute<R: Reporter>(
                     Some(parent) => parent.advance_to(&entry.path, batcher).await?,
                     None => None,
                 };
-                batcher.progress.files_seen += 1;
                 if entry.kind == EntryKind::Regular {
                     batcher.progress.bytes_seen += to_i64(entry.metadata.size);
                 }
@@ -317,13 +325,15 @@ async fn execute<R: Reporter>(
         )));
     }
 
-    let manifest_bytes = manifest
+    let spool = manifest
         .finish()
-        .map_err(|e| RunFailure::permanent(format!("finishing the manifest: {e}")))?;
-    let manifest_len = manifest_bytes.len() as u64;
+        .map_err(|e| RunFailure::permanent(format!("finishing the manifest: {e}")))?
+        .into_inner()
+        .map_err(|e| RunFailure::retryable(format!("writing the manifest spool file: {e}")))?;
     let manifest_key = layout::manifest_key(plan.run_id);
-    plan.store
-        .put_bytes(&manifest_key, manifest_bytes, cancel)
+    let manifest_len = plan
+        .store
+        .put_file(&manifest_key, spool.path(), cancel)
         .await?;
 
     let bytes_uploaded = uploaded.load(Ordering::Relaxed) + index_bytes + manifest_len;
@@ -426,7 +436,7 @@ fn unchanged_file(previous: &ManifestEntry, now: &EntryMetadata) -> bool {
 async fn finish_entry<R: Reporter>(
     processed: Processed,
     incremental: bool,
-    manifest: &mut ManifestWriter<Vec<u8>>,
+    manifest: &mut ManifestWriter<io::BufWriter<tempfile::NamedTempFile>>,
     batcher: &mut Batcher<'_, R>,
     stats: &mut Stats,
 ) -> Result<(), RunFailure> {

@@ -574,7 +574,9 @@ async fn assert_round_trip(store: &Arc<Store>) {
     assert_eq!(private.mode, 0o600);
     assert_eq!(private.size_bytes, 7);
     let progress = snapshot.recorder.last_progress();
-    assert_eq!(progress.files_done, expected_paths.len() as i64);
+    // Every entry the walk found is done, the socket included (skipped).
+    assert_eq!(progress.files_done, progress.files_seen);
+    assert_eq!(progress.files_done, expected_paths.len() as i64 + 1);
 
     let destination = tempfile::tempdir().expect("temp dir");
     let restored = restore(store, &summary.manifest_key, destination.path()).await;
@@ -883,7 +885,8 @@ async fn deleted_pack_is_found_by_an_existence_only_verify() {
         .map(|e| e.chunk_id)
         .collect();
     let damaged = files_holding(&store, manifest_key, &lost).await;
-    assert!(!damaged.is_empty() && damaged.len() < 4, "{damaged:?}");
+    // Files are read in parallel, so a pack may hold chunks of every file.
+    assert!(!damaged.is_empty(), "{damaged:?}");
     store.delete(&packs[0], &cancel).await.expect("delete pack");
 
     let (result, recorder) = verify(&store, manifest_key, 0.0).await;

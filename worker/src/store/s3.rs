@@ -382,10 +382,14 @@ impl S3Store {
                 .key(full_key)
                 .upload_id(&upload_id)
                 .send();
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(30), abort).await {
-                tracing::warn!(key = full_key, error = %e, "aborting multipart upload timed out");
-            } else {
-                tracing::debug!(key = full_key, "aborted multipart upload");
+            match tokio::time::timeout(Duration::from_secs(30), abort).await {
+                Err(e) => {
+                    tracing::warn!(key = full_key, error = %e, "aborting multipart upload timed out");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(key = full_key, error = %DisplayErrorContext(e), "aborting multipart upload failed");
+                }
+                Ok(Ok(_)) => tracing::debug!(key = full_key, "aborted multipart upload"),
             }
         }
         result
@@ -426,7 +430,12 @@ impl S3Store {
             }
             let joined = tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Err(StoreError::Cancelled),
+                () = cancel.cancelled() => {
+                    // Parts still in flight are stopped and waited for, so
+                    // that none lands after the upload is aborted.
+                    tasks.shutdown().await;
+                    return Err(StoreError::Cancelled);
+                }
                 joined = tasks.join_next() => joined,
             };
             let Some(joined) = joined else { break };

@@ -76,7 +76,8 @@ start_postgres() {
 }
 
 cleanup() {
-  if [ -n "${GARAGE_PID:-}" ]; then
+  # Only what this script started is stopped: a caller's own Garage stays.
+  if [ -n "${STARTED_GARAGE:-}" ] && [ -n "${GARAGE_PID:-}" ]; then
     kill "$GARAGE_PID" 2>/dev/null || true
     rm -rf "$(dirname "$GARAGE_CONFIG")"
   fi
@@ -92,6 +93,7 @@ if [ -z "${DATABASE_URL:-}" ]; then start_postgres; fi
 if [ -z "${COFFER_TEST_S3_ENDPOINT:-}" ]; then
   log "starting a throw-away Garage S3 server"
   eval "$(scripts/start-garage.sh)"
+  STARTED_GARAGE=1
 fi
 
 log "buf lint"

@@ -1,38 +1,42 @@
 //! Restoring (part of) a snapshot to a path.
 //!
-//! Entries come from the snapshot's manifest in order, so a directory is
-//! created before anything in it. Files are restored several at a time, and
-//! the chunks of a large file are fetched in parallel and written at their
-//! offsets; every chunk is checked against its keyed hash before it is
-//! written, so damaged data is reported, never restored. A file is written
-//! under a temporary name and renamed into place, so an interrupted restore
-//! never leaves a half-written file under the real name. Runs of zeros are
-//! not written (sparse files stay sparse). Modes, owners (when running as
-//! root), mtimes and symlinks are restored; directory times last.
+//! The manifest is read once, in order, so a directory is created before
+//! anything in it; symlinks are made at once, and every file is created
+//! under a temporary name next to its target and planned: which blobs of
+//! which packs it needs, at which offsets. Then each pack is fetched once
+//! (the byte range holding the needed blobs), several at a time, and its
+//! blobs are decoded, checked against their keyed hashes and written to
+//! every file that uses them on blocking threads. A file is renamed into
+//! place once all its chunks are written, so an interrupted restore never
+//! leaves a half-written file under the real name, and damaged data is
+//! reported, never restored. Runs of zeros are not written (sparse files stay
+//! sparse). Modes, owners (as root), mtimes and symlinks are restored;
+//! directory times last.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, FileTimes};
-use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coffer_format::{ChunkId, ChunkIndex, EntryKind, ManifestEntry};
+use coffer_format::layout;
+use coffer_format::{decode_blob, ChunkId, ChunkLocation, EntryKind, ManifestEntry, PackId};
 use futures::stream::{self, StreamExt};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::report::{human_bytes, to_i64, Batcher, Reporter, RunFailure};
-use crate::repository::{Repository, RepositoryError};
+use crate::repository::Repository;
 use crate::store::Store;
 
-/// Files restored at once.
-const FILE_PARALLELISM: usize = 8;
-/// Chunks of one file fetched at once.
-const CHUNK_PARALLELISM: usize = 4;
+/// Packs fetched and written at once.
+const PACK_PARALLELISM: usize = 4;
+/// Blobs further apart than this in one pack are fetched with separate
+/// range requests rather than one spanning the gap.
+const MAX_RANGE_GAP: u64 = 4 << 20;
 
 /// Everything one restore attempt needs.
 #[derive(Debug, Clone)]
@@ -102,19 +106,33 @@ fn destination_of(root: &Path, path: &[u8]) -> PathBuf {
     }
 }
 
-/// What happened to one file.
-enum Restored {
-    /// Written, with its size.
-    Written(u64),
-    /// Left alone because the file at the destination is newer (reported,
-    /// not an error).
-    Kept(String),
+/// A file being restored.
+struct FileJob {
+    entry: ManifestEntry,
+    temp: PathBuf,
+    target: PathBuf,
+    /// Chunk uses not written yet.
+    remaining: usize,
+    /// Why it cannot be restored, once something went wrong.
+    failure: Option<String>,
 }
 
-/// A per-file problem: reported, and the restore goes on.
-struct FileError {
-    path: Vec<u8>,
-    message: String,
+/// One use of a blob: written to file `file` at `file_offset`.
+#[derive(Clone, Copy)]
+struct BlobUse {
+    chunk: ChunkId,
+    location: ChunkLocation,
+    file: usize,
+    file_offset: u64,
+}
+
+/// What writing one pack's blobs did.
+struct PackOutcome {
+    /// Per file: uses written.
+    written: Vec<(usize, usize)>,
+    /// Per file: why it failed.
+    failed: Vec<(usize, String)>,
+    bytes: u64,
 }
 
 #[allow(clippy::too_many_lines)]
@@ -125,23 +143,21 @@ async fn execute<R: Reporter>(
 ) -> Result<RestoreSummary, RunFailure> {
     let repository = Repository::open(Arc::clone(&plan.store), cancel).await?;
     let mut manifest = repository.read_manifest(&plan.manifest_key, cancel).await?;
-    let index = Arc::new(repository.load_index(cancel).await?);
+    let index = repository.load_index(cancel).await?;
     let is_root = nix_is_root();
 
     let mut directories: Vec<ManifestEntry> = Vec::new();
-    let mut tasks: JoinSet<Result<Restored, FileError>> = JoinSet::new();
-    let mut files = 0u64;
-    let mut bytes = 0u64;
+    let mut jobs: Vec<FileJob> = Vec::new();
+    let mut by_pack: HashMap<PackId, Vec<BlobUse>> = HashMap::new();
     let mut matched = 0u64;
     let mut kept = 0u64;
-    loop {
+    let temp_suffix = format!(".coffer-restore-{}", plan.run_id);
+    while let Some(mut entry) = manifest.next_entry().map_err(|e| {
+        RunFailure::permanent(format!("reading manifest {}: {e}", plan.manifest_key))
+    })? {
         if cancel.is_cancelled() {
             return Err(RunFailure::cancelled());
         }
-        let entry = manifest.next_entry().map_err(|e| {
-            RunFailure::permanent(format!("reading manifest {}: {e}", plan.manifest_key))
-        })?;
-        let Some(entry) = entry else { break };
         if !selected(&entry.path, &plan.paths) {
             continue;
         }
@@ -149,18 +165,17 @@ async fn execute<R: Reporter>(
         batcher.progress.files_seen += 1;
         let target = destination_of(&plan.destination, &entry.path);
         match entry.kind {
-            EntryKind::Directory => {
-                if let Err(e) = fs::create_dir_all(&target) {
+            EntryKind::Directory => match fs::create_dir_all(&target) {
+                Ok(()) => directories.push(entry),
+                Err(e) => {
                     batcher
                         .error(
                             &entry.path,
                             format!("cannot create directory {}: {e}", target.display()),
                         )
                         .await?;
-                    continue;
                 }
-                directories.push(entry);
-            }
+            },
             EntryKind::Symlink => {
                 if let Err(message) = restore_symlink(&entry, &target) {
                     batcher.error(&entry.path, message).await?;
@@ -168,41 +183,109 @@ async fn execute<R: Reporter>(
             }
             EntryKind::File => {
                 batcher.progress.bytes_seen += to_i64(entry.size);
-                while tasks.len() >= FILE_PARALLELISM {
-                    collect(&mut tasks, batcher, &mut files, &mut bytes, &mut kept).await?;
+                match prepare_file(&entry, &target, plan.overwrite_newer, &temp_suffix) {
+                    Ok(None) => {
+                        kept += 1;
+                        batcher.progress.files_done += 1;
+                        batcher
+                            .error(&entry.path, "kept: the file at the destination is newer than the snapshot's (set overwrite_newer to replace it)".into())
+                            .await?;
+                    }
+                    Ok(Some(temp)) => {
+                        let file = jobs.len();
+                        let mut failure = None;
+                        let mut offset = 0u64;
+                        let chunks = std::mem::take(&mut entry.chunks);
+                        for chunk in &chunks {
+                            let Some(location) = index.get(chunk) else {
+                                failure = Some(format!(
+                                    "chunk {chunk} is not in the repository's index (missing data)"
+                                ));
+                                break;
+                            };
+                            by_pack.entry(location.pack_id).or_default().push(BlobUse {
+                                chunk: *chunk,
+                                location,
+                                file,
+                                file_offset: offset,
+                            });
+                            offset += u64::from(location.raw_length);
+                        }
+                        if failure.is_none() && offset != entry.size {
+                            failure = Some(format!(
+                                "the snapshot's chunks hold {offset} bytes but the file had {}",
+                                entry.size
+                            ));
+                        }
+                        jobs.push(FileJob {
+                            remaining: chunks.len(),
+                            entry,
+                            temp,
+                            target,
+                            failure,
+                        });
+                    }
+                    Err(message) => batcher.error(&entry.path, message).await?,
                 }
-                let repository = repository.clone();
-                let index = Arc::clone(&index);
-                let cancel = cancel.clone();
-                let overwrite_newer = plan.overwrite_newer;
-                let run_id = plan.run_id;
-                tasks.spawn(async move {
-                    restore_file(
-                        &repository,
-                        &index,
-                        &entry,
-                        &target,
-                        overwrite_newer,
-                        is_root,
-                        run_id,
-                        &cancel,
-                    )
-                    .await
-                    .map_err(|message| FileError {
-                        path: entry.path.clone(),
-                        message,
-                    })
-                });
             }
         }
         batcher.report_progress(false);
     }
-    while !tasks.is_empty() {
-        collect(&mut tasks, batcher, &mut files, &mut bytes, &mut kept).await?;
+    drop(index);
+
+    // Files without chunks (empty) are done already; failed ones wait for
+    // the end so that their temporary files are removed once.
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    for job in jobs
+        .iter_mut()
+        .filter(|j| j.remaining == 0 && j.failure.is_none())
+    {
+        finish_file(job, is_root, batcher, &mut files).await?;
     }
-    if cancel.is_cancelled() {
-        return Err(RunFailure::cancelled());
+
+    let jobs_paths: Arc<Vec<PathBuf>> = Arc::new(jobs.iter().map(|j| j.temp.clone()).collect());
+    let mut packs = stream::iter(by_pack)
+        .map(|(pack_id, uses)| {
+            let repository = repository.clone();
+            let paths = Arc::clone(&jobs_paths);
+            let cancel = cancel.clone();
+            async move { restore_pack(&repository, pack_id, uses, paths, &cancel).await }
+        })
+        .buffer_unordered(PACK_PARALLELISM);
+    while let Some(outcome) = packs.next().await {
+        if cancel.is_cancelled() {
+            return Err(RunFailure::cancelled());
+        }
+        let outcome = outcome?;
+        bytes += outcome.bytes;
+        batcher.progress.bytes_done += to_i64(outcome.bytes);
+        for (file, message) in outcome.failed {
+            jobs[file].failure.get_or_insert(message);
+        }
+        for (file, count) in outcome.written {
+            let job = &mut jobs[file];
+            job.remaining = job.remaining.saturating_sub(count);
+            if job.remaining == 0 && job.failure.is_none() {
+                finish_file(job, is_root, batcher, &mut files).await?;
+            }
+        }
+        batcher.report_progress(false);
     }
+    drop(packs);
+    for job in jobs
+        .iter()
+        .filter(|j| j.failure.is_some() || j.remaining > 0)
+    {
+        let _ = fs::remove_file(&job.temp);
+        let message = job
+            .failure
+            .clone()
+            .unwrap_or_else(|| "not every chunk could be written".into());
+        batcher.progress.files_done += 1;
+        batcher.error(&job.entry.path, message).await?;
+    }
+
     // Deepest first, so that setting a directory's time is not undone by
     // restoring into it.
     for directory in directories.iter().rev() {
@@ -240,32 +323,203 @@ async fn execute<R: Reporter>(
     })
 }
 
-async fn collect<R: Reporter>(
-    tasks: &mut JoinSet<Result<Restored, FileError>>,
+/// Sizes, stamps and renames a fully written file into place.
+async fn finish_file<R: Reporter>(
+    job: &mut FileJob,
+    is_root: bool,
     batcher: &mut Batcher<'_, R>,
     files: &mut u64,
-    bytes: &mut u64,
-    kept: &mut u64,
 ) -> Result<(), RunFailure> {
-    let Some(joined) = tasks.join_next().await else {
-        return Ok(());
-    };
-    match joined.map_err(|e| RunFailure::retryable(format!("restore task failed: {e}")))? {
-        Ok(Restored::Written(written)) => {
-            *files += 1;
-            *bytes += written;
-            batcher.progress.files_done += 1;
-            batcher.progress.bytes_done += to_i64(written);
+    let result = (|| {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&job.temp)
+            .map_err(|e| format!("cannot open {}: {e}", job.temp.display()))?;
+        file.set_len(job.entry.size)
+            .map_err(|e| format!("cannot size {}: {e}", job.temp.display()))?;
+        drop(file);
+        apply_metadata(&job.temp, &job.entry, is_root)?;
+        fs::rename(&job.temp, &job.target)
+            .map_err(|e| format!("cannot move into place {}: {e}", job.target.display()))
+    })();
+    batcher.progress.files_done += 1;
+    match result {
+        Ok(()) => *files += 1,
+        Err(message) => {
+            let _ = fs::remove_file(&job.temp);
+            batcher.error(&job.entry.path, message).await?;
         }
-        Ok(Restored::Kept(path)) => {
-            batcher.progress.files_done += 1;
-            *kept += 1;
-            batcher.error(path.as_bytes(), "kept: the file at the destination is newer than the snapshot's (set overwrite_newer to replace it)".into()).await?;
-        }
-        Err(error) => batcher.error(&error.path, error.message).await?,
     }
-    batcher.report_progress(false);
+    // Marks it finished either way, so it is not reported again.
+    job.remaining = 0;
+    job.failure = None;
     Ok(())
+}
+
+/// Checks the destination and creates the temporary file; `Ok(None)` when
+/// a newer file there is kept.
+fn prepare_file(
+    entry: &ManifestEntry,
+    target: &Path,
+    overwrite_newer: bool,
+    temp_suffix: &str,
+) -> Result<Option<PathBuf>, String> {
+    if let Ok(existing) = fs::symlink_metadata(target) {
+        if existing.is_dir() {
+            return Err(format!("{} exists and is a directory", target.display()));
+        }
+        let existing_mtime = existing.mtime() * 1_000_000_000 + existing.mtime_nsec();
+        if !overwrite_newer && existing.is_file() && existing_mtime > entry.mtime_ns {
+            return Ok(None);
+        }
+    }
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let name = target
+        .file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .unwrap_or_default();
+    let mut temp_name = b".".to_vec();
+    temp_name.extend_from_slice(&name);
+    temp_name.extend_from_slice(temp_suffix.as_bytes());
+    let temp = parent.join(OsStr::from_bytes(&temp_name));
+    File::create(&temp).map_err(|e| format!("cannot create {}: {e}", temp.display()))?;
+    Ok(Some(temp))
+}
+
+/// Fetches the needed blobs of one pack (in ranges that skip large gaps),
+/// checks them and writes each to every file that uses it.
+async fn restore_pack(
+    repository: &Repository,
+    pack_id: PackId,
+    mut uses: Vec<BlobUse>,
+    paths: Arc<Vec<PathBuf>>,
+    cancel: &CancellationToken,
+) -> Result<PackOutcome, RunFailure> {
+    uses.sort_by_key(|u| (u.location.offset, u.file, u.file_offset));
+    let key = layout::pack_key(&pack_id);
+    // Group the uses into ranges of nearby blobs.
+    let mut ranges: Vec<(u64, u64, Vec<BlobUse>)> = Vec::new();
+    for blob_use in uses {
+        let start = u64::from(blob_use.location.offset);
+        let end = start + u64::from(blob_use.location.length);
+        match ranges.last_mut() {
+            Some((_, range_end, members)) if start <= *range_end + MAX_RANGE_GAP => {
+                *range_end = (*range_end).max(end);
+                members.push(blob_use);
+            }
+            _ => ranges.push((start, end, vec![blob_use])),
+        }
+    }
+    let mut outcome = PackOutcome {
+        written: Vec::new(),
+        failed: Vec::new(),
+        bytes: 0,
+    };
+    for (start, end, members) in ranges {
+        let data = match repository
+            .store()
+            .get_range(&key, start, end - start, cancel)
+            .await
+        {
+            Ok(data) => data,
+            Err(crate::store::StoreError::NotFound { .. }) => {
+                for member in members {
+                    outcome.failed.push((
+                        member.file,
+                        format!("pack {pack_id} holding chunk {} is missing", member.chunk),
+                    ));
+                }
+                continue;
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let hasher = repository.hasher().clone();
+        let paths = Arc::clone(&paths);
+        let part = tokio::task::spawn_blocking(move || {
+            write_blobs(&hasher, pack_id, start, &data, &members, &paths)
+        })
+        .await
+        .map_err(|e| RunFailure::retryable(format!("restore task failed: {e}")))?;
+        outcome.written.extend(part.written);
+        outcome.failed.extend(part.failed);
+        outcome.bytes += part.bytes;
+    }
+    Ok(outcome)
+}
+
+/// Decodes each blob once and writes it to every use (skipping zeros).
+fn write_blobs(
+    hasher: &coffer_format::ChunkHasher,
+    pack_id: PackId,
+    start: u64,
+    data: &[u8],
+    members: &[BlobUse],
+    paths: &[PathBuf],
+) -> PackOutcome {
+    let mut outcome = PackOutcome {
+        written: Vec::new(),
+        failed: Vec::new(),
+        bytes: 0,
+    };
+    let mut open: HashMap<usize, File> = HashMap::new();
+    let mut decoded: Option<(ChunkId, Result<Vec<u8>, String>)> = None;
+    let mut written: HashMap<usize, usize> = HashMap::new();
+    for member in members {
+        if decoded.as_ref().is_none_or(|(id, _)| *id != member.chunk) {
+            let entry = member.location.entry(member.chunk);
+            let from =
+                usize::try_from(u64::from(member.location.offset) - start).unwrap_or(usize::MAX);
+            let to = from.saturating_add(member.location.length as usize);
+            let result = match data.get(from..to) {
+                Some(blob) => decode_blob(hasher, &entry, blob).map_err(|e| {
+                    format!(
+                        "damaged data: chunk {} in pack {pack_id}: {e}",
+                        member.chunk
+                    )
+                }),
+                None => Err(format!("pack {pack_id} is shorter than its index says")),
+            };
+            decoded = Some((member.chunk, result));
+        }
+        let Some((_, result)) = &decoded else {
+            continue;
+        };
+        let chunk = match result {
+            Ok(chunk) => chunk,
+            Err(message) => {
+                outcome.failed.push((member.file, message.clone()));
+                continue;
+            }
+        };
+        if !chunk.iter().all(|b| *b == 0) {
+            let file = match open.entry(member.file) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    match fs::OpenOptions::new().write(true).open(&paths[member.file]) {
+                        Ok(file) => e.insert(file),
+                        Err(error) => {
+                            outcome.failed.push((
+                                member.file,
+                                format!("cannot open {}: {error}", paths[member.file].display()),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Err(error) = file.write_all_at(chunk, member.file_offset) {
+                outcome
+                    .failed
+                    .push((member.file, format!("write failed: {error}")));
+                continue;
+            }
+        }
+        outcome.bytes += chunk.len() as u64;
+        *written.entry(member.file).or_default() += 1;
+    }
+    outcome.written = written.into_iter().collect();
+    outcome
 }
 
 fn nix_is_root() -> bool {
@@ -313,109 +567,6 @@ fn apply_metadata(target: &Path, entry: &ManifestEntry, is_root: bool) -> Result
     let file = File::open(target).map_err(|e| format!("cannot open {}: {e}", target.display()))?;
     file.set_times(FileTimes::new().set_modified(system_time(entry.mtime_ns)))
         .map_err(|e| format!("cannot set the times of {}: {e}", target.display()))
-}
-
-/// Restores one file, unless the file at the destination is newer.
-#[allow(clippy::too_many_arguments)]
-async fn restore_file(
-    repository: &Repository,
-    index: &ChunkIndex,
-    entry: &ManifestEntry,
-    target: &Path,
-    overwrite_newer: bool,
-    is_root: bool,
-    run_id: Uuid,
-    cancel: &CancellationToken,
-) -> Result<Restored, String> {
-    if let Ok(existing) = fs::symlink_metadata(target) {
-        if existing.is_dir() {
-            return Err(format!("{} exists and is a directory", target.display()));
-        }
-        let existing_mtime = existing.mtime() * 1_000_000_000 + existing.mtime_nsec();
-        if !overwrite_newer && existing.is_file() && existing_mtime > entry.mtime_ns {
-            return Ok(Restored::Kept(
-                String::from_utf8_lossy(&entry.path).into_owned(),
-            ));
-        }
-    }
-    let parent = target.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    let name = target
-        .file_name()
-        .map(|n| n.as_bytes().to_vec())
-        .unwrap_or_default();
-    let mut temp_name = b".".to_vec();
-    temp_name.extend_from_slice(&name);
-    temp_name.extend_from_slice(format!(".coffer-restore-{run_id}").as_bytes());
-    let temp = parent.join(OsStr::from_bytes(&temp_name));
-    let file = File::create(&temp).map_err(|e| format!("cannot create {}: {e}", temp.display()))?;
-    let result = write_chunks(repository, index, entry, &file, cancel).await;
-    let finished = result.and_then(|()| {
-        file.set_len(entry.size)
-            .map_err(|e| format!("cannot size {}: {e}", temp.display()))?;
-        drop(file);
-        apply_metadata(&temp, entry, is_root)?;
-        fs::rename(&temp, target)
-            .map_err(|e| format!("cannot move into place {}: {e}", target.display()))
-    });
-    if let Err(message) = finished {
-        let _ = fs::remove_file(&temp);
-        return Err(message);
-    }
-    Ok(Restored::Written(entry.size))
-}
-
-/// Fetches, verifies and writes every chunk at its offset.
-async fn write_chunks(
-    repository: &Repository,
-    index: &ChunkIndex,
-    entry: &ManifestEntry,
-    file: &File,
-    cancel: &CancellationToken,
-) -> Result<(), String> {
-    let mut offsets = Vec::with_capacity(entry.chunks.len());
-    let mut offset = 0u64;
-    for id in &entry.chunks {
-        let location = index
-            .get(id)
-            .ok_or_else(|| format!("chunk {id} is not in the repository's index (missing data)"))?;
-        offsets.push((*id, location, offset));
-        offset += u64::from(location.raw_length);
-    }
-    if offset != entry.size {
-        return Err(format!(
-            "the snapshot's chunks hold {offset} bytes but the file had {}",
-            entry.size
-        ));
-    }
-    let mut fetched = stream::iter(offsets)
-        .map(|(id, location, offset)| async move {
-            let data = repository
-                .read_chunk(id, location, cancel)
-                .await
-                .map_err(|e| damaged(id, &e))?;
-            Ok::<_, String>((offset, data))
-        })
-        .buffer_unordered(CHUNK_PARALLELISM);
-    while let Some(result) = fetched.next().await {
-        let (offset, data) = result?;
-        if data.iter().all(|b| *b == 0) {
-            continue;
-        }
-        write_all_at(file, &data, offset).map_err(|e| format!("write failed: {e}"))?;
-    }
-    Ok(())
-}
-
-fn damaged(id: ChunkId, error: &RepositoryError) -> String {
-    match error {
-        RepositoryError::Format { .. } => format!("damaged data: {error}"),
-        other => format!("cannot read chunk {id}: {other}"),
-    }
-}
-
-fn write_all_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
-    file.write_all_at(data, offset)
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@
 #   BENCH_RESULTS_FILE where the table is appended (default BENCHMARKS.md at
 #                      the repository root; empty: do not record)
 #   BENCH_RUN_TIMEOUT  seconds one Coffer run may take (default 10800)
+#   BENCH_RCLONE_RESTORE=1  also time `rclone copy` back from the bucket (off by
+#                      default: ~18 min at the default scale, one GET per file)
 #
 # Phases, each done by every tool in turn (coffer, restic, rclone) against the
 # same tree: first backup; backup again with no change; then 1% of the files
@@ -52,12 +54,13 @@ BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_MILLION=${BENCH_MILLION:-0}
 BENCH_MILLION_COUNT=${BENCH_MILLION_COUNT:-1000000}
 BENCH_RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-10800}
+BENCH_RCLONE_RESTORE=${BENCH_RCLONE_RESTORE:-0}
 BENCH_RESULTS_FILE=${BENCH_RESULTS_FILE-$ROOT/BENCHMARKS.md}
 EDIT_FRACTION=0.01
 
 # The command as given, for the record.
 COMMAND_LINE=""
-for v in BENCH_SCALE BENCH_SEED BENCH_DIR BENCH_KEEP BENCH_MILLION BENCH_MILLION_COUNT BENCH_DROP_CACHES BENCH_RUN_TIMEOUT; do
+for v in BENCH_SCALE BENCH_SEED BENCH_DIR BENCH_KEEP BENCH_MILLION BENCH_MILLION_COUNT BENCH_RCLONE_RESTORE BENCH_DROP_CACHES BENCH_RUN_TIMEOUT; do
   if [ -n "$(printenv "$v" 2>/dev/null || true)" ]; then COMMAND_LINE+="$v=$(printenv "$v") "; fi
 done
 COMMAND_LINE+="scripts/bench.sh${*:+ $*}"
@@ -177,6 +180,12 @@ if ! cargo build --release --locked -p coffer-control-plane -p coffer-worker >"$
   die "cargo build failed (log: $LOGS/cargo-build.log)"
 fi
 rec build.seconds "$(elapsed "$BUILD_START" "$(now)")"
+# What was built: the commit, and whether the Rust sources differed from it.
+COFFER_REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git --no-optional-locks status --porcelain --untracked-files=no -- \
+  Cargo.toml Cargo.lock control-plane worker format proto migrations 2>/dev/null)" ]; then
+  COFFER_REV+=" (with uncommitted changes to the sources)"
+fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | jq -r .target_directory)
 CP_BIN=$TARGET_DIR/release/coffer-control-plane
 WORKER_BIN=$TARGET_DIR/release/coffer-worker
@@ -459,20 +468,24 @@ else
   rec restic.restore.status "FAILED (exit $rc)"; fail "restic restore failed: $(tail -n 5 "$LOGS/restic-restore.log")"
 fi
 
-mkdir -p "$BENCH_DIR/restore-rclone"
-drop_caches
-rc=0
-python3 "$HELPERS/timed.py" "$LOGS/rclone-restore.time.json" -- \
-  "${RCLONE[@]}" copy garage:rclone-bench/corpus "$BENCH_DIR/restore-rclone" --stats 0 \
-  --log-file "$LOGS/rclone-restore.log" || rc=$?
-rec rclone.restore.seconds "$(jq -r .seconds "$LOGS/rclone-restore.time.json")"
-rec rclone.restore.rss_kb "$(jq -r .maxrss_kb "$LOGS/rclone-restore.time.json")"
-if [ "$rc" = 0 ]; then
-  rec rclone.restore.status ok
-  log "rclone copy back: $(jq -r .seconds "$LOGS/rclone-restore.time.json") s"
-  verify_restore rclone "$BENCH_DIR/restore-rclone" rclone.restore
+if [ "$BENCH_RCLONE_RESTORE" = 1 ]; then
+  mkdir -p "$BENCH_DIR/restore-rclone"
+  drop_caches
+  rc=0
+  python3 "$HELPERS/timed.py" "$LOGS/rclone-restore.time.json" -- \
+    "${RCLONE[@]}" copy garage:rclone-bench/corpus "$BENCH_DIR/restore-rclone" --stats 0 \
+    --log-file "$LOGS/rclone-restore.log" || rc=$?
+  rec rclone.restore.seconds "$(jq -r .seconds "$LOGS/rclone-restore.time.json")"
+  rec rclone.restore.rss_kb "$(jq -r .maxrss_kb "$LOGS/rclone-restore.time.json")"
+  if [ "$rc" = 0 ]; then
+    rec rclone.restore.status ok
+    log "rclone copy back: $(jq -r .seconds "$LOGS/rclone-restore.time.json") s"
+    verify_restore rclone "$BENCH_DIR/restore-rclone" rclone.restore
+  else
+    rec rclone.restore.status "FAILED (exit $rc)"; fail "rclone copy back failed: $(tail -n 5 "$LOGS/rclone-restore.log")"
+  fi
 else
-  rec rclone.restore.status "FAILED (exit $rc)"; fail "rclone copy back failed: $(tail -n 5 "$LOGS/rclone-restore.log")"
+  rec rclone.restore.status "not run (BENCH_RCLONE_RESTORE=1 runs it)"
 fi
 
 # ------------------------------------------------------------------ 1M tiny files
@@ -510,7 +523,7 @@ rec drop_caches "$DROP_CACHES"
   echo "rclone=$(rclone version | head -n 1)"
   echo "garage=$("$GARAGE_BIN" --version 2>/dev/null | head -n 1)"
   echo "rustc=$(rustc --version)"
-  echo "coffer=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$( [ -n "$(git --no-optional-locks status --porcelain 2>/dev/null)" ] && echo ' (with uncommitted changes)')"
+  echo "coffer=$COFFER_REV"
   echo "bench_dir_fs=$(df -T "$BENCH_DIR" | awk 'NR==2 {print $2}')"
 } >"$BENCH_DIR/meta.env"
 

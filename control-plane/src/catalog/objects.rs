@@ -365,6 +365,22 @@ pub(crate) fn plan_snapshot(
 pub(crate) const EXISTING_OBJECTS_SQL: &str = "SELECT o.id, o.path FROM objects o \
      WHERE o.repository = $1 AND ((o.job_id IS NULL AND $2 IS NULL) OR o.job_id = $2)";
 
+/// Objects of a repository and job (`$2`, or ad-hoc when `with_job` is
+/// false) at `count` paths, for [`apply_snapshot_in_tx`]. Plain equality,
+/// not `($2 IS NULL OR …)`, so the `(repository, job_id, path)` index serves
+/// it on both backends.
+pub(crate) fn objects_by_path_sql(with_job: bool, count: usize) -> String {
+    let (job, first) = if with_job {
+        ("o.job_id = $2", 3)
+    } else {
+        ("o.job_id IS NULL", 2)
+    };
+    format!(
+        "SELECT o.id, o.path FROM objects o WHERE o.repository = $1 AND {job} AND o.path IN ({})",
+        list_placeholders(count, first)
+    )
+}
+
 /// Current versions of `count` objects (`$1`…), for [`apply_snapshot_in_tx`].
 pub(crate) fn current_versions_of_sql(count: usize) -> String {
     format!(
@@ -418,11 +434,12 @@ macro_rules! apply_snapshot_in_tx {
                         .chain(removed.iter().map(|p| p.as_slice()))
                         .collect();
                     for chunk in paths.chunks($crate::catalog::objects::BATCH_ROWS) {
-                        let sql = format!("{} AND o.path IN ({})", $crate::catalog::objects::EXISTING_OBJECTS_SQL,
-                            $crate::catalog::objects::list_placeholders(chunk.len(), 3));
+                        let sql = $crate::catalog::objects::objects_by_path_sql($snapshot.job_id.is_some(), chunk.len());
                         let mut query = sqlx::query_as::<_, $crate::catalog::objects::ExistingObjectRow>(&sql)
-                            .bind(&$snapshot.repository)
-                            .bind($snapshot.job_id);
+                            .bind(&$snapshot.repository);
+                        if let Some(job_id) = $snapshot.job_id {
+                            query = query.bind(job_id);
+                        }
                         for path in chunk {
                             query = query.bind(*path);
                         }

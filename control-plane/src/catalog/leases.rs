@@ -579,19 +579,7 @@ impl Catalog {
                 .await;
         };
         let run = self.get_run(run_id).await?;
-        if run.kind == RunKind::RebuildCatalog {
-            return self
-                .commit_rebuild(
-                    &run,
-                    lease_token,
-                    outcome,
-                    progress_json,
-                    batch_count,
-                    settings,
-                )
-                .await;
-        }
-        if run.kind != RunKind::Backup {
+        if !matches!(run.kind, RunKind::Backup | RunKind::RebuildCatalog) {
             return self
                 .complete_attempt(run_id, lease_token, outcome, progress_json, settings, None)
                 .await;
@@ -607,6 +595,18 @@ impl Catalog {
             };
             return self
                 .complete_attempt(run_id, lease_token, &failure, progress_json, settings, None)
+                .await;
+        }
+        if run.kind == RunKind::RebuildCatalog {
+            return self
+                .commit_rebuild(
+                    &run,
+                    lease_token,
+                    outcome,
+                    progress_json,
+                    &batches,
+                    settings,
+                )
                 .await;
         }
         if let Some(parent) = parent_run_id {
@@ -637,8 +637,8 @@ impl Catalog {
         .await
     }
 
-    /// Completes a catalog rebuild: every snapshot its batches describe that
-    /// the catalog does not know becomes a succeeded backup run with its
+    /// Completes a catalog rebuild whose batches all arrived: every snapshot
+    /// they describe that the catalog does not know becomes a succeeded backup run with its
     /// versions (each in its own transaction, so a retried rebuild resumes),
     /// then the rebuild run's own outcome is recorded.
     async fn commit_rebuild(
@@ -647,24 +647,11 @@ impl Catalog {
         lease_token: i64,
         outcome: &AttemptOutcome,
         progress_json: &str,
-        batch_count: i64,
+        batches: &[(i64, Vec<u8>)],
         settings: &LeaseSettings,
     ) -> DomainResult<CompletionResult> {
-        let batches = self.staged_batches(run.id, lease_token).await?;
-        let received = i64::try_from(batches.len()).unwrap_or(i64::MAX);
-        if received != batch_count {
-            let failure = AttemptOutcome::Failure {
-                error: format!(
-                    "the control plane received {received} of {batch_count} file batches"
-                ),
-                retryable: true,
-            };
-            return self
-                .complete_attempt(run.id, lease_token, &failure, progress_json, settings, None)
-                .await;
-        }
         let mut snapshots: Vec<(pb::RebuiltSnapshot, Vec<SnapshotEntry>)> = Vec::new();
-        for (sequence, payload) in &batches {
+        for (sequence, payload) in batches {
             let batch = pb::FileBatch::decode(payload.as_slice()).map_err(|e| {
                 DomainError::Internal(format!(
                     "staged batch {sequence} of run {} is corrupt: {e}",

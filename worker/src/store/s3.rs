@@ -498,36 +498,24 @@ impl S3Store {
         length: u64,
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StoreError> {
-        let full_key = self.full_key(key);
         let last = offset + length.max(1) - 1;
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.location.bucket)
-            .key(&full_key)
-            .range(format!("bytes={offset}-{last}"))
-            .send();
-        cancellable(cancel, async {
-            let output = match request.await {
-                Ok(output) => output,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    return Err(StoreError::NotFound { key: key.into() })
-                }
-                Err(e) => return Err(s3_error("GetObject", &full_key, e)),
-            };
-            let body = output.body.collect().await.map_err(|e| StoreError::S3 {
-                operation: "GetObject",
-                key: full_key.clone(),
-                message: DisplayErrorContext(e).to_string(),
-            })?;
-            Ok(body.into_bytes().to_vec())
-        })
-        .await
+        self.get_object(key, Some(format!("bytes={offset}-{last}")), cancel)
+            .await
     }
 
     pub(super) async fn get_bytes(
         &self,
         key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.get_object(key, None, cancel).await
+    }
+
+    /// GetObject of `key`, whole or an HTTP `range`, read into memory.
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<String>,
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StoreError> {
         let full_key = self.full_key(key);
@@ -536,6 +524,7 @@ impl S3Store {
             .get_object()
             .bucket(&self.location.bucket)
             .key(&full_key)
+            .set_range(range)
             .send();
         cancellable(cancel, async {
             let output = match request.await {

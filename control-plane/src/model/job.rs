@@ -207,24 +207,18 @@ fn cron_number(text: &str) -> Result<u32, String> {
         .map_err(|_| format!("{text:?} is out of range"))
 }
 
-/// Checks a time zone: empty, `UTC`, or an IANA-style `Area/City` name.
-pub fn check_time_zone(field: &str, value: &str) -> DomainResult<()> {
-    if value.is_empty() || value == "UTC" {
-        return Ok(());
+/// Parses a time zone: empty or `UTC` is UTC, anything else an IANA name
+/// from the tz database compiled into the binary.
+pub fn parse_time_zone(value: &str) -> Option<chrono_tz::Tz> {
+    if value.is_empty() {
+        return Some(chrono_tz::UTC);
     }
-    let segments: Vec<&str> = value.split('/').collect();
-    let valid = value.len() <= 64
-        && segments.len() >= 2
-        && segments.iter().all(|segment| {
-            segment
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_uppercase())
-                && segment
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+'))
-        });
-    if valid {
+    value.parse().ok()
+}
+
+/// Checks a time zone: empty, `UTC`, or an IANA name like `Europe/Berlin`.
+pub fn check_time_zone(field: &str, value: &str) -> DomainResult<()> {
+    if value.len() <= 64 && parse_time_zone(value).is_some() {
         Ok(())
     } else {
         Err(DomainError::invalid(
@@ -287,6 +281,7 @@ mod tests {
             "Europe/",
             "europe/berlin",
             "Europe/Ber lin",
+            "Mars/Olympus_Mons",
         ] {
             assert!(check_time_zone("tz", tz).is_err(), "{tz}");
         }

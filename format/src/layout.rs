@@ -24,6 +24,9 @@ pub const PACKS_PREFIX: &str = "packs/";
 pub const INDEX_PREFIX: &str = "index/";
 /// Prefix of every manifest key.
 pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+/// Prefix of the condemned sets of garbage collection (packs waiting out
+/// their grace period before deletion).
+pub const CONDEMNED_PREFIX: &str = "condemned/";
 
 /// `packs/<first 2 hex>/<hex>`: the two-digit fan-out keeps any one
 /// directory of a filesystem-backed repository to a few thousand entries.
@@ -55,6 +58,17 @@ pub fn parse_pack_key(key: &str) -> Option<PackId> {
 pub fn parse_index_key(key: &str) -> Option<IndexId> {
     let id: IndexId = key.strip_prefix(INDEX_PREFIX)?.parse().ok()?;
     (index_key(&id) == key).then_some(id)
+}
+
+/// `condemned/<gc run id>`.
+pub fn condemned_key(gc_run_id: Uuid) -> String {
+    format!("{CONDEMNED_PREFIX}{}", gc_run_id.hyphenated())
+}
+
+/// The run id of a key written by [`condemned_key`]; `None` for any other key.
+pub fn parse_condemned_key(key: &str) -> Option<Uuid> {
+    let run_id = Uuid::parse_str(key.strip_prefix(CONDEMNED_PREFIX)?).ok()?;
+    (condemned_key(run_id) == key).then_some(run_id)
 }
 
 /// The run id of a key written by [`manifest_key`]; `None` for any other

@@ -8,6 +8,7 @@
 //! format. `README.md` beside this crate describes the format for people.
 
 pub mod chunker;
+pub mod condemned;
 pub mod config;
 mod error;
 pub mod hash;
@@ -22,6 +23,7 @@ pub mod pack;
 mod test_data;
 
 pub use chunker::Chunker;
+pub use condemned::{CondemnedPack, CondemnedSet};
 pub use config::{ChunkerParams, RepositoryConfig};
 pub use error::FormatError;
 pub use hash::{ChunkHasher, ContentHasher};

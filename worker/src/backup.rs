@@ -39,7 +39,7 @@ use crate::report::{human_bytes, to_i64, Batcher, RunFailure};
 pub use crate::report::{
     RecordBatch, ReportError, Reporter, RunFailure as BackupFailure, MAX_BATCH_RECORDS,
 };
-use crate::repository::Repository;
+use crate::repository::{IndexUse, Repository};
 use crate::source::{self, Entry, EntryKind, EntryMetadata, WalkItem, WalkOptions};
 use crate::store::Store;
 
@@ -216,7 +216,7 @@ async fn execute<R: Reporter>(
     let repository =
         Repository::open_or_create(Arc::clone(&plan.store), &plan.repository_key, cancel).await?;
     let config = repository.config().clone();
-    let index = repository.load_index(cancel).await?;
+    let index = repository.load_index(IndexUse::Write, cancel).await?;
     let mut parent = open_parent(&repository, plan, &config, cancel).await;
     let parent_run_id = parent.as_ref().map(|p| p.run_id);
 
@@ -785,7 +785,7 @@ impl Read for CountingReader<'_> {
 /// [`INDEX_FLUSH_PACKS`] uploaded packs, and at the end, an index file names
 /// them, so an attempt that dies midway leaves packs a retry can reuse.
 /// Returns the bytes of index files written.
-async fn run_packer(
+pub(crate) async fn run_packer(
     store: Arc<Store>,
     target_size: usize,
     mut queue: mpsc::Receiver<EncodedChunk>,

@@ -9,9 +9,11 @@ use coffer_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::backup::{run_backup, BackupPlan, ParentSnapshot};
+use crate::gc::{run_gc, GcPlan};
 use crate::rebuild::run_rebuild;
-use crate::report::{RecordBatch, ReportError, Reporter, RunFailure};
+use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
 use crate::restore::{run_restore, RestorePlan};
+use crate::retention::{run_retention, Removal};
 use crate::session::{Executor, RunContext};
 use crate::store::Store;
 use crate::verify::{run_verify, VerifyPlan};
@@ -68,6 +70,48 @@ fn success(
         manifest_key,
         parent_run_id: parent_run_id.map(|id| id.to_string()).unwrap_or_default(),
     })
+}
+
+/// Grace period of a collection whose spec sets none.
+const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Repack threshold of a collection whose spec sets none.
+const DEFAULT_REPACK_THRESHOLD_PERCENT: f64 = 50.0;
+
+/// Opens the store of every removal, once per distinct target.
+async fn open_removals(
+    removals: Vec<pb::SnapshotRemoval>,
+    run_store: &Arc<Store>,
+) -> Result<Vec<Removal>, RunFailure> {
+    let mut stores: Vec<Arc<Store>> = vec![Arc::clone(run_store)];
+    let mut opened = Vec::with_capacity(removals.len());
+    for removal in removals {
+        let run_id = Uuid::parse_str(&removal.run_id)
+            .map_err(|_| RunFailure::permanent("removal with a malformed run id"))?;
+        let target = removal
+            .target
+            .ok_or_else(|| RunFailure::permanent("removal without a resolved target"))?;
+        let store = Store::open(&target, "").await.map_err(|error| RunFailure {
+            message: format!("cannot open the target of snapshot {run_id}: {error}"),
+            retryable: error.is_retryable(),
+        })?;
+        let store = match stores
+            .iter()
+            .find(|known| known.describe() == store.describe())
+        {
+            Some(known) => Arc::clone(known),
+            None => {
+                let store = Arc::new(store);
+                stores.push(Arc::clone(&store));
+                store
+            }
+        };
+        opened.push(Removal {
+            run_id,
+            manifest_key: removal.manifest_key,
+            store,
+        });
+    }
+    Ok(opened)
 }
 
 fn is_under(path: &str, root: &str) -> bool {
@@ -180,6 +224,43 @@ impl RunExecutor {
                     tracing::info!(run = %run_id, details = %summary.details, "catalog rebuild finished");
                     context.set_progress(summary.progress.clone());
                     success(0, summary.details, String::new(), None)
+                })
+            }
+            pb::run::Spec::Retention(_) => {
+                tracing::info!(run = %run_id, snapshots = assignment.removals.len(), "retention started");
+                let removals = open_removals(assignment.removals, &store).await?;
+                run_retention(removals, lease_token, &reporter, cancel).await.map(|summary| {
+                    tracing::info!(run = %run_id, details = %summary.details, "retention finished");
+                    context.set_progress(summary.progress.clone());
+                    success(0, summary.details, String::new(), None)
+                })
+            }
+            pb::run::Spec::GarbageCollection(gc) => {
+                tracing::info!(run = %run_id, target = %target_description, "garbage collection started");
+                let plan = GcPlan {
+                    run_id,
+                    lease_token,
+                    store,
+                    grace: gc
+                        .grace_period
+                        .and_then(|grace| std::time::Duration::try_from(grace).ok())
+                        .unwrap_or(DEFAULT_GRACE),
+                    repack_threshold_percent: if gc.repack_threshold_percent > 0.0 {
+                        gc.repack_threshold_percent
+                    } else {
+                        DEFAULT_REPACK_THRESHOLD_PERCENT
+                    },
+                    oldest_in_flight: assignment.oldest_in_flight_start_time.and_then(|t| {
+                        chrono::DateTime::from_timestamp(
+                            t.seconds,
+                            u32::try_from(t.nanos).unwrap_or(0),
+                        )
+                    }),
+                };
+                run_gc(plan, &reporter, cancel).await.map(|summary| {
+                    tracing::info!(run = %run_id, details = %summary.details, "garbage collection finished");
+                    context.set_progress(summary.progress.clone());
+                    success(to_i64(summary.bytes_reclaimed), summary.details, String::new(), None)
                 })
             }
             pb::run::Spec::Verify(verify) => {

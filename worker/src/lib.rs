@@ -4,10 +4,12 @@
 pub mod backup;
 pub mod config;
 pub mod executor;
+pub mod gc;
 pub mod rebuild;
 pub mod report;
 pub mod repository;
 pub mod restore;
+pub mod retention;
 pub mod session;
 pub mod source;
 pub mod store;

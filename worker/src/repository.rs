@@ -1,13 +1,14 @@
 //! A repository in a [`Store`]: its config, its chunk index and its
 //! snapshot manifests, in the format `coffer-format` defines.
 
+use std::collections::HashSet;
 use std::io::Cursor;
 use std::sync::Arc;
 
-use coffer_format::layout::{self, CONFIG_KEY, INDEX_PREFIX};
+use coffer_format::layout::{self, CONDEMNED_PREFIX, CONFIG_KEY, INDEX_PREFIX};
 use coffer_format::{
-    decode_blob, ChunkHasher, ChunkId, ChunkIndex, ChunkLocation, FormatError, IndexFile, IndexId,
-    ManifestReader, RepositoryConfig,
+    decode_blob, ChunkHasher, ChunkId, ChunkIndex, ChunkLocation, CondemnedSet, FormatError,
+    IndexFile, IndexId, ManifestReader, PackId, RepositoryConfig,
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,28 @@ impl RepositoryError {
     pub fn is_cancelled(&self) -> bool {
         matches!(self, RepositoryError::Store(StoreError::Cancelled))
     }
+}
+
+/// What a loaded chunk index is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexUse {
+    /// Finding chunks to read (restore, verify): packs condemned by garbage
+    /// collection are still found, after every other copy of a chunk.
+    Read,
+    /// Deduplicating new data (backup): condemned packs are left out, so a
+    /// new snapshot never refers to a pack that is about to be deleted.
+    Write,
+}
+
+/// One index file as stored.
+#[derive(Debug, Clone)]
+pub struct StoredIndex {
+    /// Its key.
+    pub key: String,
+    /// Its id (the hash its name carries).
+    pub id: IndexId,
+    /// Its content.
+    pub file: IndexFile,
 }
 
 /// An opened repository.
@@ -134,26 +157,75 @@ impl Repository {
         &self.hasher
     }
 
-    /// Loads every index file into one chunk index. Each file is checked
-    /// against its name, so a damaged index is an error, not a wrong answer.
+    /// Loads every index file into one chunk index, for `purpose`. Each file
+    /// is checked against its name, so a damaged index is an error, not a
+    /// wrong answer.
     pub async fn load_index(
         &self,
+        purpose: IndexUse,
         cancel: &CancellationToken,
     ) -> Result<ChunkIndex, RepositoryError> {
+        let files = self.read_index_files(cancel).await?;
+        let condemned: HashSet<PackId> = self
+            .condemned_sets(cancel)
+            .await?
+            .iter()
+            .flat_map(|set| set.packs.iter().map(|pack| pack.pack_id))
+            .collect();
+        let mut index = ChunkIndex::new();
+        let packs = || files.iter().flat_map(|stored| stored.file.packs.iter());
+        for pack in packs().filter(|pack| !condemned.contains(&pack.pack_id)) {
+            index.add_pack(pack);
+        }
+        if purpose == IndexUse::Read {
+            for pack in packs().filter(|pack| condemned.contains(&pack.pack_id)) {
+                index.add_pack(pack);
+            }
+        }
+        Ok(index)
+    }
+
+    /// Reads every index file, checking each against its name.
+    pub async fn read_index_files(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<StoredIndex>, RepositoryError> {
         let keys = self.store.list(INDEX_PREFIX, cancel).await?;
-        let files: Vec<IndexFile> = stream::iter(
+        stream::iter(
             keys.into_iter()
                 .filter_map(|key| layout::parse_index_key(&key).map(|id| (key, id))),
         )
-        .map(|(key, id)| async move { self.read_index_file(&key, id, cancel).await })
+        .map(|(key, id)| async move {
+            let file = self.read_index_file(&key, id, cancel).await?;
+            Ok(StoredIndex { key, id, file })
+        })
         .buffer_unordered(INDEX_FETCH_PARALLELISM)
         .try_collect()
-        .await?;
-        let mut index = ChunkIndex::new();
-        for file in &files {
-            index.add_file(file);
+        .await
+    }
+
+    /// Every condemned set garbage collection left waiting, oldest first.
+    pub async fn condemned_sets(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<CondemnedSet>, RepositoryError> {
+        let mut sets = Vec::new();
+        for key in self.store.list(CONDEMNED_PREFIX, cancel).await? {
+            if layout::parse_condemned_key(&key).is_none() {
+                continue;
+            }
+            let bytes = match self.store.get_bytes(&key, cancel).await {
+                Ok(bytes) => bytes,
+                // Finished and removed by a collection since the listing.
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(other) => return Err(other.into()),
+            };
+            let set = CondemnedSet::from_bytes(&bytes)
+                .map_err(|e| RepositoryError::format(format!("condemned set {key}"), e))?;
+            sets.push(set);
         }
-        Ok(index)
+        sets.sort_by_key(|set| set.marked);
+        Ok(sets)
     }
 
     async fn read_index_file(

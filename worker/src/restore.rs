@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::report::{human_bytes, to_i64, Batcher, Reporter, RunFailure};
-use crate::repository::Repository;
+use crate::repository::{IndexUse, Repository};
 use crate::store::Store;
 
 /// Packs fetched and written at once.
@@ -143,7 +143,7 @@ async fn execute<R: Reporter>(
 ) -> Result<RestoreSummary, RunFailure> {
     let repository = Repository::open(Arc::clone(&plan.store), cancel).await?;
     let mut manifest = repository.read_manifest(&plan.manifest_key, cancel).await?;
-    let index = repository.load_index(cancel).await?;
+    let index = repository.load_index(IndexUse::Read, cancel).await?;
     let is_root = nix_is_root();
 
     let mut directories: Vec<ManifestEntry> = Vec::new();

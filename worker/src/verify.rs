@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::report::{human_bytes, to_i64, Batcher, Reporter, RunFailure};
-use crate::repository::Repository;
+use crate::repository::{IndexUse, Repository};
 use crate::store::{Store, StoreError};
 
 /// Packs downloaded at once.
@@ -83,7 +83,7 @@ async fn execute<R: Reporter>(
     cancel: &CancellationToken,
 ) -> Result<VerifySummary, RunFailure> {
     let repository = Repository::open(Arc::clone(&plan.store), cancel).await?;
-    let index = repository.load_index(cancel).await?;
+    let index = repository.load_index(IndexUse::Read, cancel).await?;
     let present: HashSet<PackId> = plan
         .store
         .list(PACKS_PREFIX, cancel)

@@ -21,6 +21,7 @@ use coffer_proto::v1::{
     FileRecord, JobOptions, ResolvedBucket, ResolvedTarget, RunError, RunProgress,
 };
 use coffer_worker::backup::{run_backup, BackupPlan, BackupSummary, ParentSnapshot};
+use coffer_worker::gc::{run_gc, GcPlan, GcSummary};
 use coffer_worker::report::{RecordBatch, ReportError, Reporter, RunFailure, MAX_BATCH_RECORDS};
 use coffer_worker::repository::Repository;
 use coffer_worker::restore::{run_restore, RestorePlan, RestoreSummary};
@@ -795,10 +796,16 @@ async fn bytes_inserted_mid_file_upload_only_the_chunks_around_them() {
 
 /// Distinct random files, `len` bytes each.
 fn write_distinct_files(root: &Path, count: u64, len: usize) -> BTreeMap<String, Vec<u8>> {
+    write_seeded_files(root, count, len, 100)
+}
+
+/// Random files, `len` bytes each, distinct from those of any other `seed`
+/// more than `count` away.
+fn write_seeded_files(root: &Path, count: u64, len: usize, seed: u64) -> BTreeMap<String, Vec<u8>> {
     (0..count)
         .map(|i| {
             let name = format!("file{i}.bin");
-            let content = pattern(len, 100 + i);
+            let content = pattern(len, seed + i);
             write(root, name.as_bytes(), &content);
             (name, content)
         })
@@ -1265,4 +1272,276 @@ async fn cancelled_multipart_upload_is_aborted() {
         .exists("packs/big", &CancellationToken::new())
         .await
         .expect("exists"));
+}
+
+// ---------------------------------------------------------------------------
+// Garbage collection
+
+/// Bytes of every pack in the repository, as the store lists them.
+async fn stored_pack_bytes(store: &Store) -> u64 {
+    store
+        .list_with_sizes(PACKS_PREFIX, &CancellationToken::new())
+        .await
+        .expect("list packs")
+        .iter()
+        .map(|(_, size)| size)
+        .sum()
+}
+
+fn gc_plan(store: &Arc<Store>, oldest_in_flight: Option<chrono::DateTime<chrono::Utc>>) -> GcPlan {
+    GcPlan {
+        run_id: Uuid::now_v7(),
+        lease_token: 1,
+        store: Arc::clone(store),
+        grace: Duration::ZERO,
+        repack_threshold_percent: 50.0,
+        oldest_in_flight,
+    }
+}
+
+async fn collect_garbage(plan: GcPlan) -> GcSummary {
+    let recorder = Recorder::default();
+    let summary = run_gc(plan, &recorder, CancellationToken::new())
+        .await
+        .expect("garbage collection succeeds");
+    assert!(recorder.errors().is_empty(), "{:?}", recorder.errors());
+    summary
+}
+
+/// Deletes a snapshot's manifest, as a retention run does.
+async fn forget(store: &Store, snapshot: &Snapshot) {
+    store
+        .delete(&snapshot.summary.manifest_key, &CancellationToken::new())
+        .await
+        .expect("delete manifest");
+}
+
+/// Restores `snapshot` and checks it against the tree in `source`, then
+/// verifies every byte of it in storage.
+async fn assert_restores(store: &Arc<Store>, snapshot: &Snapshot, source: &Path) {
+    let destination = tempfile::tempdir().expect("temp dir");
+    restore(store, &snapshot.summary.manifest_key, destination.path()).await;
+    assert_same_tree(&describe_tree(destination.path()), &describe_tree(source));
+    let (verified, recorder) = verify(store, &snapshot.summary.manifest_key, 100.0).await;
+    verified.expect("the snapshot verifies");
+    assert!(recorder.errors().is_empty(), "{:?}", recorder.errors());
+}
+
+/// Two snapshots of unrelated trees; the first is forgotten; two
+/// collections later only the second's data is left, and it restores.
+async fn assert_collection_reclaims_a_forgotten_snapshot(store: &Arc<Store>) {
+    let old = tempfile::tempdir().expect("temp dir");
+    write_seeded_files(old.path(), 6, 2 * MIB, 1000);
+    let kept = tempfile::tempdir().expect("temp dir");
+    write_seeded_files(kept.path(), 3, 2 * MIB, 2000);
+    let old_snapshot = backup(store, old.path(), None).await;
+    let before_kept = stored_pack_bytes(store).await;
+    let kept_snapshot = backup(store, kept.path(), None).await;
+    let with_both = stored_pack_bytes(store).await;
+    forget(store, &old_snapshot).await;
+
+    // Phase one only condemns.
+    let first = collect_garbage(gc_plan(store, None)).await;
+    assert_eq!(first.packs_deleted, 0);
+    assert!(first.packs_condemned > 0, "{first:?}");
+    assert_eq!(first.bytes_condemned, before_kept, "{first:?}");
+    assert_eq!(stored_pack_bytes(store).await, with_both);
+    assert_restores(store, &kept_snapshot, kept.path()).await;
+
+    // Phase two deletes, and storage shrinks to what the kept snapshot needs.
+    let second = collect_garbage(gc_plan(store, None)).await;
+    assert_eq!(second.bytes_reclaimed, before_kept, "{second:?}");
+    assert_eq!(second.packs_rescued, 0);
+    assert_eq!(stored_pack_bytes(store).await, with_both - before_kept);
+    assert_restores(store, &kept_snapshot, kept.path()).await;
+
+    // The forgotten data can be backed up again: it is stored anew.
+    let again = backup(store, old.path(), None).await;
+    assert!(again.summary.bytes_uploaded >= 12 * MIB as u64);
+    assert_restores(store, &again, old.path()).await;
+    // Nothing is garbage now.
+    let third = collect_garbage(gc_plan(store, None)).await;
+    assert_eq!(
+        (third.packs_condemned, third.packs_deleted),
+        (0, 0),
+        "{third:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filesystem_collection_reclaims_the_data_of_a_forgotten_snapshot_in_two_phases() {
+    let repo = tempfile::tempdir().expect("temp dir");
+    let store = filesystem_store(repo.path()).await;
+    assert_collection_reclaims_a_forgotten_snapshot(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_collection_reclaims_the_data_of_a_forgotten_snapshot_in_two_phases() {
+    let store = garage_store("gc").await;
+    assert_collection_reclaims_a_forgotten_snapshot(&store).await;
+}
+
+/// Holds a backup after its first batch (its chunks already deduplicated
+/// against the index it loaded) until released.
+struct PausingRecorder {
+    inner: Recorder,
+    paused: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl Reporter for PausingRecorder {
+    fn progress(&self, progress: &RunProgress) {
+        self.inner.progress(progress);
+    }
+
+    async fn batch(&self, batch: RecordBatch) -> Result<(), ReportError> {
+        let first = batch.sequence == 0;
+        self.inner.batch(batch).await?;
+        if first {
+            self.paused.notify_one();
+            self.release.notified().await;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_racing_a_backup_keeps_every_chunk_the_backup_relies_on() {
+    let repo = tempfile::tempdir().expect("temp dir");
+    let store = filesystem_store(repo.path()).await;
+    let source = tempfile::tempdir().expect("temp dir");
+    write_distinct_files(source.path(), 4, 3 * MIB);
+    let old = backup(&store, source.path(), None).await;
+
+    // A second backup of the same data loads the index, finds every chunk
+    // stored, and is held before it writes its manifest.
+    let recorder = Arc::new(PausingRecorder {
+        inner: Recorder::default(),
+        paused: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let plan = backup_plan(&store, source.path(), options(), None);
+    let started = chrono::Utc::now();
+    let racing = tokio::spawn({
+        let recorder = Arc::clone(&recorder);
+        async move { run_backup(plan, &*recorder, CancellationToken::new()).await }
+    });
+    recorder.paused.notified().await;
+
+    // Meanwhile the only snapshot holding those chunks is forgotten and
+    // collected twice, the second time with the backup reported in flight.
+    forget(&store, &old).await;
+    let marked = collect_garbage(gc_plan(&store, None)).await;
+    assert!(marked.packs_condemned > 0);
+    let waiting = collect_garbage(gc_plan(&store, Some(started))).await;
+    assert_eq!(
+        waiting.packs_deleted, 0,
+        "a run in flight holds the sweep back"
+    );
+    assert_eq!(waiting.bytes_waiting, marked.bytes_condemned);
+
+    recorder.release.notify_one();
+    let summary = racing.await.expect("backup task").expect("backup succeeds");
+    let packs = store
+        .list(PACKS_PREFIX, &CancellationToken::new())
+        .await
+        .expect("list packs");
+    assert_eq!(packs.len(), 1, "every chunk was deduplicated");
+    let snapshot = Snapshot {
+        run_id: Uuid::new_v4(),
+        summary,
+        recorder: Recorder::default(),
+    };
+
+    // Now the sweep may run: it finds the new snapshot needs the condemned
+    // packs and keeps them.
+    let swept = collect_garbage(gc_plan(&store, None)).await;
+    assert_eq!(swept.packs_deleted, 0, "{swept:?}");
+    assert_eq!(swept.packs_rescued, marked.packs_condemned);
+    assert_restores(&store, &snapshot, source.path()).await;
+    // And they are live again: nothing more is condemned.
+    let after = collect_garbage(gc_plan(&store, None)).await;
+    assert_eq!(after.packs_condemned, 0, "{after:?}");
+    assert_restores(&store, &snapshot, source.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_killed_midway_and_rerun_leaves_a_consistent_repository() {
+    let repo = tempfile::tempdir().expect("temp dir");
+    let store = filesystem_store(repo.path()).await;
+    let old = tempfile::tempdir().expect("temp dir");
+    // Enough data for several packs, so a sweep can stop between them.
+    write_seeded_files(old.path(), 12, 4 * MIB, 1000);
+    let kept = tempfile::tempdir().expect("temp dir");
+    write_seeded_files(kept.path(), 2, MIB, 2000);
+    let old_snapshot = backup(&store, old.path(), None).await;
+    let kept_snapshot = backup(&store, kept.path(), None).await;
+    forget(&store, &old_snapshot).await;
+    let marked = collect_garbage(gc_plan(&store, None)).await;
+    assert!(marked.packs_condemned >= 3, "{marked:?}");
+
+    // A sweep killed after deleting some of the condemned packs, before it
+    // consolidated the index or removed its condemned set.
+    let cancel = CancellationToken::new();
+    let condemned = Repository::open(Arc::clone(&store), &cancel)
+        .await
+        .expect("repository opens")
+        .condemned_sets(&cancel)
+        .await
+        .expect("condemned sets");
+    assert_eq!(condemned.len(), 1);
+    for pack in condemned[0].packs.iter().take(2) {
+        store
+            .delete(&coffer_format::layout::pack_key(&pack.pack_id), &cancel)
+            .await
+            .expect("delete pack");
+    }
+    // Backups and restores in that state are sound.
+    assert_restores(&store, &kept_snapshot, kept.path()).await;
+    let meanwhile = backup(&store, kept.path(), kept_snapshot.as_parent()).await;
+    assert_restores(&store, &meanwhile, kept.path()).await;
+
+    // A rerun finishes the job.
+    let rerun = collect_garbage(gc_plan(&store, None)).await;
+    assert_eq!(rerun.packs_deleted, marked.packs_condemned - 2, "{rerun:?}");
+    assert_eq!(rerun.packs_condemned, 0);
+    assert!(Repository::open(Arc::clone(&store), &cancel)
+        .await
+        .expect("repository opens")
+        .condemned_sets(&cancel)
+        .await
+        .expect("condemned sets")
+        .is_empty());
+    assert_restores(&store, &kept_snapshot, kept.path()).await;
+    assert_restores(&store, &meanwhile, kept.path()).await;
+    // The forgotten data is stored afresh when backed up again.
+    let again = backup(&store, old.path(), None).await;
+    assert_restores(&store, &again, old.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mostly_garbage_pack_is_repacked_and_its_space_given_back() {
+    let repo = tempfile::tempdir().expect("temp dir");
+    let store = filesystem_store(repo.path()).await;
+    // Forty small files share one pack; a later snapshot keeps ten of them.
+    let all = tempfile::tempdir().expect("temp dir");
+    let contents = write_distinct_files(all.path(), 40, 100_000);
+    let some = tempfile::tempdir().expect("temp dir");
+    for (name, content) in contents.iter().take(10) {
+        write(some.path(), name.as_bytes(), content);
+    }
+    let all_snapshot = backup(&store, all.path(), None).await;
+    let kept_snapshot = backup(&store, some.path(), None).await;
+    let before = stored_pack_bytes(&store).await;
+    forget(&store, &all_snapshot).await;
+
+    let marked = collect_garbage(gc_plan(&store, None)).await;
+    assert_eq!(marked.packs_repacked, 1, "{marked:?}");
+    assert!(marked.bytes_repacked > 900_000 && marked.bytes_repacked < 1_100_000);
+    assert_restores(&store, &kept_snapshot, some.path()).await;
+    let swept = collect_garbage(gc_plan(&store, None)).await;
+    assert_eq!(swept.bytes_reclaimed, before);
+    let after = stored_pack_bytes(&store).await;
+    assert!(after < before / 3, "{after} of {before} bytes left");
+    assert_restores(&store, &kept_snapshot, some.path()).await;
 }

@@ -20,8 +20,8 @@ use crate::auth::Caller;
 use crate::catalog::{Catalog, Page};
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::run::{
-    BackupSpec, Labels, NewRun, RestoreSpec, Run, RunErrorEntry, RunFilter, RunKind, RunProgress,
-    RunSpec, RunState, SnapshotSource, Target, VerifySpec,
+    BackupSpec, GcSpec, Labels, NewRun, RestoreSpec, Run, RunErrorEntry, RunFilter, RunKind,
+    RunProgress, RunSpec, RunState, SnapshotSource, Target, VerifySpec,
 };
 use crate::model::{
     check_absolute_path, check_len, check_relative_path, parse_id, parse_optional_id,
@@ -140,6 +140,58 @@ fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
                 .unwrap_or_default(),
             prefix: rebuild.target.path().to_string(),
         }),
+        RunSpec::Retention(retention) => pb::run::Spec::Retention(pb::RetentionSpec {
+            job_id: retention
+                .job_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            bucket_id: retention
+                .bucket_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            plan_time: Some(timestamp(retention.plan_time)),
+            removed_run_ids: retention
+                .removed
+                .iter()
+                .map(|snapshot| snapshot.run_id.to_string())
+                .collect(),
+        }),
+        RunSpec::GarbageCollection(gc) => {
+            pb::run::Spec::GarbageCollection(pb::GarbageCollectionSpec {
+                target: Some(target_to_proto(&gc.target)),
+                grace_period: Some(prost_types::Duration {
+                    seconds: gc.grace_seconds,
+                    nanos: 0,
+                }),
+                repack_threshold_percent: gc.repack_threshold_percent,
+            })
+        }
+    }
+}
+
+/// Grace period of a collection that names none.
+const DEFAULT_GC_GRACE_SECONDS: i64 = 3600;
+/// Longest grace period a collection may ask for.
+const MAX_GC_GRACE_SECONDS: i64 = 30 * 24 * 3600;
+/// Repack threshold of a collection that names none.
+const DEFAULT_REPACK_THRESHOLD_PERCENT: f64 = 50.0;
+
+/// The grace period of a collection request, in whole seconds.
+fn gc_grace_seconds(value: Option<&prost_types::Duration>) -> DomainResult<i64> {
+    const FIELD: &str = "garbage_collection.grace_period";
+    match value {
+        None => Ok(DEFAULT_GC_GRACE_SECONDS),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => {
+            Err(DomainError::invalid(FIELD, "must not be negative"))
+        }
+        Some(d) if d.nanos != 0 => Err(DomainError::invalid(
+            FIELD,
+            "must be a whole number of seconds",
+        )),
+        Some(d) if d.seconds > MAX_GC_GRACE_SECONDS => {
+            Err(DomainError::invalid(FIELD, "must be at most 30 days"))
+        }
+        Some(d) => Ok(d.seconds),
     }
 }
 
@@ -314,10 +366,11 @@ impl RunApi {
             },
             Some(Spec::Restore(restore)) => self.restore_run(caller, restore).await?,
             Some(Spec::Verify(verify)) => self.verify_run(caller, verify).await?,
+            Some(Spec::GarbageCollection(gc)) => self.gc_run(caller, gc).await?,
             None => {
                 return Err(DomainError::invalid(
                     "spec",
-                    "one of backup, restore or verify is required",
+                    "one of backup, restore, verify or garbage_collection is required",
                 ))
             }
         };
@@ -492,6 +545,57 @@ impl RunApi {
             spec: RunSpec::Verify(VerifySpec {
                 snapshot,
                 read_data_percent: verify.read_data_percent,
+            }),
+            max_attempts: self.state.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        })
+    }
+
+    /// A garbage collection of a repository the caller owns. Only one
+    /// collection of a repository may be queued or running at a time.
+    async fn gc_run(&self, caller: &Caller, gc: pb::GarbageCollectionSpec) -> DomainResult<NewRun> {
+        let mut violations = Violations::new();
+        let target = violations.absorb(target_from_proto("garbage_collection.target", gc.target));
+        let grace_seconds = violations.absorb(gc_grace_seconds(gc.grace_period.as_ref()));
+        let threshold = gc.repack_threshold_percent;
+        if !(0.0..=100.0).contains(&threshold) {
+            violations.add(
+                "garbage_collection.repack_threshold_percent",
+                "must be between 0 (the default, 50) and 100",
+            );
+        }
+        if let Some(target) = &target {
+            self.state
+                .catalog
+                .check_job_references(
+                    "garbage_collection.",
+                    caller.user.id,
+                    Some(target),
+                    None,
+                    &mut violations,
+                )
+                .await?;
+        }
+        violations.finish()?;
+        let (Some(target), Some(grace_seconds)) = (target, grace_seconds) else {
+            return Err(DomainError::Internal("unreported violation".into()));
+        };
+        if let Some(running) = self.state.catalog.active_gc_run(&target).await? {
+            return Err(DomainError::FailedPrecondition(format!(
+                "garbage collection {running} of this repository is still queued or running"
+            )));
+        }
+        Ok(NewRun {
+            owner_id: caller.user.id,
+            job_id: None,
+            spec: RunSpec::GarbageCollection(GcSpec {
+                target,
+                grace_seconds,
+                repack_threshold_percent: if threshold > 0.0 {
+                    threshold
+                } else {
+                    DEFAULT_REPACK_THRESHOLD_PERCENT
+                },
             }),
             max_attempts: self.state.catalog.run_default_max_attempts().await?,
             request_id: None,

@@ -25,7 +25,7 @@ use super::objects::{apply_snapshot_in_tx, normalized_entries};
 use super::{new_id, on_pool, to_json, Backend, Catalog};
 use crate::error::{from_sqlx, DomainError, DomainResult};
 use crate::model::object::{FileKind, SnapshotCommit, SnapshotEntry};
-use crate::model::run::{Run, RunKind, RunSpec, Target};
+use crate::model::run::{Run, RunKind, RunSpec, RunState, Target};
 
 /// Timing rules of leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -579,6 +579,17 @@ impl Catalog {
                 .await;
         };
         let run = self.get_run(run_id).await?;
+        if let RunSpec::Retention(retention) = &run.spec {
+            // Only the current attempt removes anything; a stale one is
+            // refused by `complete_attempt` as usual.
+            if run.state == RunState::Running && run.lease_token == lease_token {
+                let stats = self.remove_snapshots(&retention.removed).await?;
+                tracing::info!(run = %run_id, ?stats, "snapshots removed from the catalog");
+            }
+            return self
+                .complete_attempt(run_id, lease_token, outcome, progress_json, settings, None)
+                .await;
+        }
         if !matches!(run.kind, RunKind::Backup | RunKind::RebuildCatalog) {
             return self
                 .complete_attempt(run_id, lease_token, outcome, progress_json, settings, None)

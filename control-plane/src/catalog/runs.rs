@@ -141,10 +141,7 @@ impl Catalog {
             .bind(new.max_attempts)
             .bind(now)
             .bind(to_json(new.spec.worker_selector()))
-            .bind(match &new.spec {
-                RunSpec::Backup(backup) => Some(repository_of(&backup.target)),
-                _ => None,
-            })
+            .bind(repository_of(new.spec.target()))
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))

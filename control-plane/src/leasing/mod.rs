@@ -90,7 +90,11 @@ pub fn path_is_under(path: &str, root: &str) -> bool {
 
 /// Looks up everything a worker needs to reach a run's target.
 pub async fn resolve_target(state: &AppState, spec: &RunSpec) -> DomainResult<pb::ResolvedTarget> {
-    let target = spec.target();
+    resolve(state, spec.target()).await
+}
+
+/// Looks up everything a worker needs to reach `target`.
+pub async fn resolve(state: &AppState, target: &Target) -> DomainResult<pb::ResolvedTarget> {
     let target_proto = crate::api::jobs::target_to_proto(target);
     let mut resolved = pb::ResolvedTarget {
         target: Some(target_proto),

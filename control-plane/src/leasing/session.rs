@@ -329,6 +329,23 @@ impl Session {
                 assignment.snapshot_manifest_key = verify.snapshot.manifest_key.clone();
             }
             RunSpec::RebuildCatalog(_) => {}
+            RunSpec::Retention(retention) => {
+                for snapshot in &retention.removed {
+                    assignment.removals.push(pb::SnapshotRemoval {
+                        run_id: snapshot.run_id.to_string(),
+                        manifest_key: snapshot.manifest_key.clone(),
+                        target: Some(super::resolve(&self.state, &snapshot.target).await?),
+                    });
+                }
+            }
+            RunSpec::GarbageCollection(_) => {
+                assignment.oldest_in_flight_start_time = self
+                    .state
+                    .catalog
+                    .oldest_in_flight_start(&repository, run_id)
+                    .await?
+                    .map(timestamp);
+            }
         }
         assignment.run = Some(run.into());
         Ok(assignment)

@@ -241,6 +241,36 @@ pub enum RunSpec {
     Verify(VerifySpec),
     /// A catalog rebuild of one repository (always a bucket target).
     RebuildCatalog(RebuildSpec),
+    /// Removing the snapshots a retention plan does not keep.
+    Retention(RetentionSpec),
+    /// Garbage collection of one repository.
+    GarbageCollection(GcSpec),
+}
+
+/// A retention run: exactly the snapshots its plan did not keep.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionSpec {
+    /// The job planned, for a job plan.
+    pub job_id: Option<Uuid>,
+    /// The bucket planned, for a bucket plan.
+    pub bucket_id: Option<Uuid>,
+    /// The time the plan was computed for.
+    pub plan_time: DateTime<Utc>,
+    /// The run's own target: the bucket planned, or the job's target.
+    pub target: Target,
+    /// The snapshots removed, with where their manifests live.
+    pub removed: Vec<SnapshotSource>,
+}
+
+/// A garbage collection of one repository.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GcSpec {
+    /// The repository.
+    pub target: Target,
+    /// Seconds condemned packs wait before deletion.
+    pub grace_seconds: i64,
+    /// Garbage share (1–100) at which a pack is repacked.
+    pub repack_threshold_percent: f64,
 }
 
 /// A catalog rebuild: the repository whose manifests are read.
@@ -261,6 +291,8 @@ impl RunSpec {
             RunSpec::Restore(_) => RunKind::Restore,
             RunSpec::Verify(_) => RunKind::Verify,
             RunSpec::RebuildCatalog(_) => RunKind::RebuildCatalog,
+            RunSpec::Retention(_) => RunKind::Retention,
+            RunSpec::GarbageCollection(_) => RunKind::GarbageCollection,
         }
     }
 
@@ -271,6 +303,8 @@ impl RunSpec {
             RunSpec::Restore(restore) => &restore.snapshot.target,
             RunSpec::Verify(verify) => &verify.snapshot.target,
             RunSpec::RebuildCatalog(rebuild) => &rebuild.target,
+            RunSpec::Retention(retention) => &retention.target,
+            RunSpec::GarbageCollection(gc) => &gc.target,
         }
     }
 
@@ -285,7 +319,10 @@ impl RunSpec {
         match self {
             RunSpec::Backup(backup) => Some(&backup.source_path),
             RunSpec::Restore(restore) => Some(&restore.destination_path),
-            RunSpec::Verify(_) | RunSpec::RebuildCatalog(_) => None,
+            RunSpec::Verify(_)
+            | RunSpec::RebuildCatalog(_)
+            | RunSpec::Retention(_)
+            | RunSpec::GarbageCollection(_) => None,
         }
     }
 
@@ -294,7 +331,10 @@ impl RunSpec {
         match self {
             RunSpec::Backup(backup) => &backup.worker_selector,
             RunSpec::Restore(restore) => &restore.worker_selector,
-            RunSpec::Verify(_) | RunSpec::RebuildCatalog(_) => &NO_LABELS,
+            RunSpec::Verify(_)
+            | RunSpec::RebuildCatalog(_)
+            | RunSpec::Retention(_)
+            | RunSpec::GarbageCollection(_) => &NO_LABELS,
         }
     }
 }

@@ -165,7 +165,7 @@ impl FilesystemStore {
         &self,
         prefix: &str,
         cancel: &CancellationToken,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
         let cancel = cancel.clone();
@@ -285,7 +285,7 @@ fn list_keys(
     root: &Path,
     prefix: &str,
     cancel: &CancellationToken,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<(String, u64)>, StoreError> {
     let start_dir = match prefix.rfind('/') {
         Some(i) => &prefix[..i],
         None => "",
@@ -330,7 +330,11 @@ fn list_keys(
                     pending.push(key);
                 }
             } else if file_type.is_file() && key.starts_with(prefix) {
-                keys.push(key);
+                let size = entry
+                    .metadata()
+                    .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?
+                    .len();
+                keys.push((key, size));
             }
         }
     }

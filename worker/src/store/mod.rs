@@ -211,6 +211,16 @@ impl Store {
         prefix: &str,
         cancel: &CancellationToken,
     ) -> Result<Vec<String>, StoreError> {
+        let listed = self.list_with_sizes(prefix, cancel).await?;
+        Ok(listed.into_iter().map(|(key, _)| key).collect())
+    }
+
+    /// Like [`Store::list`], with each object's size in bytes.
+    pub async fn list_with_sizes(
+        &self,
+        prefix: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         let mut keys = match self {
             Store::Filesystem(fs) => fs.list(prefix, cancel).await?,
             Store::S3(s3) => s3.list(prefix, cancel).await?,

@@ -570,7 +570,7 @@ impl S3Store {
         &self,
         prefix: &str,
         cancel: &CancellationToken,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         let full_prefix = if self.location.prefix.is_empty() {
             prefix.to_owned()
         } else {
@@ -593,13 +593,14 @@ impl S3Store {
                     .map_err(|e| s3_error("ListObjectsV2", &full_prefix, e))
             })
             .await?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key())
-                    .filter_map(|k| k.get(strip..))
-                    .map(str::to_owned),
-            );
+            keys.extend(page.contents().iter().filter_map(|object| {
+                let key = object.key()?.get(strip..)?;
+                let size = object
+                    .size()
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or(0);
+                Some((key.to_owned(), size))
+            }));
             match page.next_continuation_token() {
                 Some(token) if page.is_truncated().unwrap_or(false) => {
                     continuation = Some(token.to_owned());

@@ -1,0 +1,577 @@
+//! Garbage collection of a repository, in two phases so that it is safe
+//! while backups run.
+//!
+//! **Mark.** Every snapshot manifest is read and the chunks they need
+//! collected. A pack none of whose chunks is needed is condemned; a pack
+//! whose garbage share reaches the repack threshold has its needed chunks
+//! copied (verified) into new packs and is condemned too. The condemned
+//! packs are written down as a condemned set (`condemned/<run id>`) with
+//! the time and the snapshots seen. Nothing is deleted. From then on,
+//! backups load the index without condemned packs (they store such a chunk
+//! again), while restores and verifies still find them.
+//!
+//! **Sweep.** A later collection deletes a set's packs once the grace period
+//! has passed since the set was written and no other run on the repository
+//! that started before the end of the grace period is still in flight (the
+//! control plane says when the oldest one started). A run in flight when the
+//! set was written may have loaded the old index and referred to a condemned
+//! chunk; so before deleting, every manifest written since the set is read
+//! and any condemned pack holding a chunk they need, and found nowhere else,
+//! is rescued. The index is then consolidated without the deleted packs,
+//! and the set removed last.
+//!
+//! Every step is idempotent: a collection killed at any point leaves packs
+//! that are either still indexed and live, or condemned and waiting, and a
+//! rerun continues from there.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use coffer_format::layout::{self, PACKS_PREFIX, SNAPSHOTS_PREFIX};
+use coffer_format::pack::blob_slice;
+use coffer_format::{
+    decode_blob, ChunkId, ChunkIndex, CondemnedPack, CondemnedSet, EncodedChunk, IndexFile,
+    IndexPack, PackId,
+};
+use futures::stream::{self, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::backup::run_packer;
+use crate::report::{human_bytes, to_i64, Batcher, Reporter, RunFailure};
+use crate::repository::{Repository, StoredIndex};
+use crate::store::{Store, StoreError};
+
+/// Objects deleted at once.
+const DELETE_PARALLELISM: usize = 8;
+/// Blobs queued for the repacker.
+const REPACK_QUEUE: usize = 64;
+
+/// Everything one collection needs.
+#[derive(Debug, Clone)]
+pub struct GcPlan {
+    /// The collection run (names the condemned set it writes).
+    pub run_id: Uuid,
+    /// Its lease token.
+    pub lease_token: i64,
+    /// The repository's store.
+    pub store: Arc<Store>,
+    /// How long condemned packs wait before they are deleted.
+    pub grace: Duration,
+    /// Share (0–100) of a pack's stored bytes that may be garbage before
+    /// its live chunks are copied out and the pack condemned.
+    pub repack_threshold_percent: f64,
+    /// When the oldest other run in flight on this repository started, if any.
+    pub oldest_in_flight: Option<DateTime<Utc>>,
+}
+
+/// What a collection did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GcSummary {
+    /// Human-readable summary.
+    pub details: String,
+    /// Bytes of packs deleted.
+    pub bytes_reclaimed: u64,
+    /// Packs deleted.
+    pub packs_deleted: u64,
+    /// Condemned packs kept because a newer snapshot needs them.
+    pub packs_rescued: u64,
+    /// Packs condemned by this collection.
+    pub packs_condemned: u64,
+    /// Their bytes.
+    pub bytes_condemned: u64,
+    /// Packs whose live chunks were copied into new packs.
+    pub packs_repacked: u64,
+    /// Bytes of new packs written by repacking.
+    pub bytes_repacked: u64,
+    /// Bytes condemned (by this or earlier collections) still waiting out
+    /// their grace period or runs in flight.
+    pub bytes_waiting: u64,
+    /// Final counters.
+    pub progress: coffer_proto::v1::RunProgress,
+}
+
+/// Runs one collection attempt.
+pub async fn run_gc<R: Reporter>(
+    plan: GcPlan,
+    reporter: &R,
+    cancel: CancellationToken,
+) -> Result<GcSummary, RunFailure> {
+    let attempt = i32::try_from(plan.lease_token).unwrap_or(i32::MAX);
+    let mut batcher = Batcher::new(reporter, attempt);
+    let result = execute(&plan, &mut batcher, &cancel).await;
+    batcher.report_progress(true);
+    match result {
+        Err(_) if cancel.is_cancelled() => Err(RunFailure::cancelled()),
+        Ok(mut summary) => {
+            batcher.flush().await?;
+            summary.progress = batcher.progress_now();
+            Ok(summary)
+        }
+        other => other,
+    }
+}
+
+async fn execute<R: Reporter>(
+    plan: &GcPlan,
+    batcher: &mut Batcher<'_, R>,
+    cancel: &CancellationToken,
+) -> Result<GcSummary, RunFailure> {
+    let repository = Repository::open(Arc::clone(&plan.store), cancel).await?;
+    let mut summary = GcSummary::default();
+    let now = Utc::now();
+    let grace = chrono::Duration::from_std(plan.grace).unwrap_or(chrono::Duration::MAX);
+
+    // Sweep what earlier collections condemned, where that is now safe.
+    let sets = repository.condemned_sets(cancel).await?;
+    let mut condemned: HashSet<PackId> = sets
+        .iter()
+        .flat_map(|set| set.packs.iter().map(|pack| pack.pack_id))
+        .collect();
+    for set in &sets {
+        let ripe_at = set.marked.checked_add_signed(grace);
+        let ripe = ripe_at.is_some_and(|at| {
+            now >= at && plan.oldest_in_flight.is_none_or(|started| started >= at)
+        });
+        if !ripe {
+            summary.bytes_waiting += set.bytes();
+            continue;
+        }
+        sweep(&repository, set, &condemned, &mut summary, batcher, cancel).await?;
+        for pack in &set.packs {
+            condemned.remove(&pack.pack_id);
+        }
+    }
+
+    // Mark what is garbage now.
+    mark(plan, &repository, &condemned, &mut summary, batcher, cancel).await?;
+    summary.bytes_waiting += summary.bytes_condemned;
+    summary.details = describe(&summary);
+    Ok(summary)
+}
+
+fn describe(summary: &GcSummary) -> String {
+    let mut parts = vec![format!(
+        "deleted {} packs ({})",
+        summary.packs_deleted,
+        human_bytes(summary.bytes_reclaimed)
+    )];
+    if summary.packs_rescued > 0 {
+        parts.push(format!(
+            "kept {} condemned packs a newer snapshot needs",
+            summary.packs_rescued
+        ));
+    }
+    parts.push(format!(
+        "condemned {} packs ({})",
+        summary.packs_condemned,
+        human_bytes(summary.bytes_condemned)
+    ));
+    if summary.packs_repacked > 0 {
+        parts.push(format!(
+            "repacked the live chunks of {} packs into {}",
+            summary.packs_repacked,
+            human_bytes(summary.bytes_repacked)
+        ));
+    }
+    parts.push(format!(
+        "{} waiting for deletion",
+        human_bytes(summary.bytes_waiting)
+    ));
+    parts.join("; ")
+}
+
+/// The run ids of every snapshot manifest in the repository.
+async fn list_snapshots(
+    store: &Store,
+    cancel: &CancellationToken,
+) -> Result<Vec<(Uuid, String)>, RunFailure> {
+    Ok(store
+        .list(SNAPSHOTS_PREFIX, cancel)
+        .await?
+        .into_iter()
+        .filter_map(|key| layout::parse_manifest_key(&key).map(|id| (id, key)))
+        .collect())
+}
+
+/// Calls `visit` with every chunk id the manifest under `key` needs; false
+/// when the manifest is gone (removed by a retention run meanwhile).
+async fn visit_manifest_chunks(
+    repository: &Repository,
+    key: &str,
+    cancel: &CancellationToken,
+    mut visit: impl FnMut(ChunkId),
+) -> Result<bool, RunFailure> {
+    let mut manifest = match repository.read_manifest(key, cancel).await {
+        Ok(manifest) => manifest,
+        Err(crate::repository::RepositoryError::Store(StoreError::NotFound { .. })) => {
+            return Ok(false)
+        }
+        Err(other) => return Err(other.into()),
+    };
+    while let Some(entry) = manifest
+        .next_entry()
+        .map_err(|e| RunFailure::permanent(format!("manifest {key}: {e}")))?
+    {
+        for id in entry.chunks {
+            visit(id);
+        }
+    }
+    Ok(true)
+}
+
+/// Deletes a condemned set's packs that nothing needs, consolidates the
+/// index without them and removes the set.
+async fn sweep<R: Reporter>(
+    repository: &Repository,
+    set: &CondemnedSet,
+    condemned: &HashSet<PackId>,
+    summary: &mut GcSummary,
+    batcher: &mut Batcher<'_, R>,
+    cancel: &CancellationToken,
+) -> Result<(), RunFailure> {
+    let store = repository.store();
+    let indexes = repository.read_index_files(cancel).await?;
+    let in_set: HashSet<PackId> = set.packs.iter().map(|pack| pack.pack_id).collect();
+    debug_assert!(in_set.iter().all(|id| condemned.contains(id)));
+
+    // Where the chunks of this set's packs can be found otherwise.
+    let mut live = ChunkIndex::new();
+    let mut held_by_set: HashMap<ChunkId, PackId> = HashMap::new();
+    for pack in indexes.iter().flat_map(|stored| stored.file.packs.iter()) {
+        if in_set.contains(&pack.pack_id) {
+            for entry in &pack.entries {
+                held_by_set.entry(entry.chunk_id).or_insert(pack.pack_id);
+            }
+        } else if !condemned.contains(&pack.pack_id) {
+            live.add_pack(pack);
+        }
+    }
+
+    // Snapshots written since the set may need some of its chunks.
+    let seen: HashSet<Uuid> = set.snapshots_seen.iter().copied().collect();
+    let mut rescued: HashSet<PackId> = HashSet::new();
+    for (run_id, key) in list_snapshots(store, cancel).await? {
+        if seen.contains(&run_id) {
+            continue;
+        }
+        visit_manifest_chunks(repository, &key, cancel, |id| {
+            if live.contains(&id) {
+                return;
+            }
+            if let Some(pack) = held_by_set.get(&id) {
+                rescued.insert(*pack);
+            }
+        })
+        .await?;
+        batcher.progress.files_done += 1;
+        batcher.report_progress(false);
+    }
+
+    // Packs a killed sweep already deleted are not counted again.
+    let present: HashMap<PackId, u64> = store
+        .list_with_sizes(PACKS_PREFIX, cancel)
+        .await?
+        .into_iter()
+        .filter_map(|(key, size)| layout::parse_pack_key(&key).map(|id| (id, size)))
+        .collect();
+    let doomed: Vec<PackId> = in_set
+        .iter()
+        .filter(|id| !rescued.contains(id))
+        .copied()
+        .collect();
+    let keys = doomed.iter().map(layout::pack_key).collect();
+    delete_all(store, keys, cancel).await?;
+    let deleted: Vec<u64> = doomed
+        .iter()
+        .filter_map(|id| present.get(id).copied())
+        .collect();
+    let reclaimed: u64 = deleted.iter().sum();
+    summary.packs_deleted += deleted.len() as u64;
+    summary.bytes_reclaimed += reclaimed;
+    summary.packs_rescued += rescued.len() as u64;
+    batcher.progress.bytes_done += to_i64(reclaimed);
+    batcher.report_progress(false);
+
+    let doomed_ids: HashSet<PackId> = doomed.into_iter().collect();
+    consolidate_index(store, &indexes, &doomed_ids, cancel).await?;
+    store
+        .delete(&layout::condemned_key(set.gc_run_id), cancel)
+        .await?;
+    Ok(())
+}
+
+/// Replaces the index files read with one naming every pack they name
+/// except `dropped` (each pack once). Index files written meanwhile by
+/// running backups were not read and stay.
+async fn consolidate_index(
+    store: &Arc<Store>,
+    indexes: &[StoredIndex],
+    dropped: &HashSet<PackId>,
+    cancel: &CancellationToken,
+) -> Result<(), RunFailure> {
+    let mut included: HashSet<PackId> = HashSet::new();
+    let packs: Vec<IndexPack> = indexes
+        .iter()
+        .flat_map(|stored| stored.file.packs.iter())
+        .filter(|pack| !dropped.contains(&pack.pack_id) && included.insert(pack.pack_id))
+        .cloned()
+        .collect();
+    let mut keep_key = None;
+    if !packs.is_empty() {
+        let (id, bytes) = IndexFile { packs }
+            .encode()
+            .map_err(|e| RunFailure::permanent(format!("encoding the index: {e}")))?;
+        let key = layout::index_key(&id);
+        store.put_bytes(&key, bytes, cancel).await?;
+        keep_key = Some(key);
+    }
+    let superseded = indexes
+        .iter()
+        .filter(|stored| Some(&stored.key) != keep_key.as_ref())
+        .map(|stored| stored.key.clone())
+        .collect();
+    delete_all(store, superseded, cancel).await?;
+    Ok(())
+}
+
+/// Deletes `keys`, several at once.
+async fn delete_all(
+    store: &Arc<Store>,
+    keys: Vec<String>,
+    cancel: &CancellationToken,
+) -> Result<(), StoreError> {
+    let deletions = keys.into_iter().map(|key| {
+        let store = Arc::clone(store);
+        let cancel = cancel.clone();
+        async move { store.delete(&key, &cancel).await }
+    });
+    let mut running = stream::iter(deletions).buffer_unordered(DELETE_PARALLELISM);
+    while let Some(result) = running.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// What one indexed pack holds of what the snapshots need.
+struct PackUse<'a> {
+    pack: &'a IndexPack,
+    stored_bytes: u64,
+    live_bytes: u64,
+}
+
+/// Condemns the packs no snapshot needs (repacking mostly-garbage ones)
+/// and writes the condemned set.
+async fn mark<R: Reporter>(
+    plan: &GcPlan,
+    repository: &Repository,
+    already_condemned: &HashSet<PackId>,
+    summary: &mut GcSummary,
+    batcher: &mut Batcher<'_, R>,
+    cancel: &CancellationToken,
+) -> Result<(), RunFailure> {
+    let store = repository.store();
+    // Index and packs are listed before the manifests are read: a pack
+    // written after this is not judged by this collection at all.
+    let indexes = repository.read_index_files(cancel).await?;
+    let stored_packs: HashMap<PackId, u64> = store
+        .list_with_sizes(PACKS_PREFIX, cancel)
+        .await?
+        .into_iter()
+        .filter_map(|(key, size)| layout::parse_pack_key(&key).map(|id| (id, size)))
+        .collect();
+    batcher.progress.bytes_seen = to_i64(stored_packs.values().sum());
+
+    let mut needed: HashSet<ChunkId> = HashSet::new();
+    let mut snapshots_seen = Vec::new();
+    let snapshots = list_snapshots(store, cancel).await?;
+    batcher.progress.files_seen += snapshots.len() as i64;
+    for (run_id, key) in snapshots {
+        if visit_manifest_chunks(repository, &key, cancel, |id| {
+            needed.insert(id);
+        })
+        .await?
+        {
+            snapshots_seen.push(run_id);
+        }
+        batcher.progress.files_done += 1;
+        batcher.report_progress(false);
+    }
+
+    // Each needed chunk counts as live in the first present, uncondemned
+    // pack holding it; other copies are garbage.
+    let mut owner: HashMap<ChunkId, PackId> = HashMap::new();
+    let mut uses: Vec<PackUse<'_>> = Vec::new();
+    let mut indexed: HashSet<PackId> = HashSet::new();
+    for pack in indexes.iter().flat_map(|stored| stored.file.packs.iter()) {
+        if !indexed.insert(pack.pack_id)
+            || already_condemned.contains(&pack.pack_id)
+            || !stored_packs.contains_key(&pack.pack_id)
+        {
+            continue;
+        }
+        let mut live_bytes = 0;
+        for entry in &pack.entries {
+            if needed.contains(&entry.chunk_id) && !owner.contains_key(&entry.chunk_id) {
+                owner.insert(entry.chunk_id, pack.pack_id);
+                live_bytes += u64::from(entry.length);
+            }
+        }
+        uses.push(PackUse {
+            pack,
+            stored_bytes: pack.entries.iter().map(|e| u64::from(e.length)).sum(),
+            live_bytes,
+        });
+    }
+
+    let mut set = CondemnedSet::new(plan.run_id, Utc::now());
+    set.snapshots_seen = snapshots_seen;
+    let mut to_repack = Vec::new();
+    for usage in &uses {
+        let length = stored_packs[&usage.pack.pack_id];
+        if usage.live_bytes == 0 {
+            set.packs.push(CondemnedPack {
+                pack_id: usage.pack.pack_id,
+                length,
+            });
+            continue;
+        }
+        let garbage = usage.stored_bytes.saturating_sub(usage.live_bytes);
+        let garbage_percent = 100.0 * garbage as f64 / usage.stored_bytes.max(1) as f64;
+        if garbage > 0 && garbage_percent >= plan.repack_threshold_percent {
+            to_repack.push(usage);
+        }
+    }
+    // Packs no index names: left by attempts that died before writing their
+    // index, or written by a backup still running (which the sweep waits for).
+    for (id, length) in &stored_packs {
+        if !indexed.contains(id) && !already_condemned.contains(id) {
+            set.packs.push(CondemnedPack {
+                pack_id: *id,
+                length: *length,
+            });
+        }
+    }
+
+    let repacked = repack(repository, &to_repack, &owner, batcher, cancel).await?;
+    for usage in to_repack
+        .iter()
+        .filter(|usage| repacked.packs.contains(&usage.pack.pack_id))
+    {
+        set.packs.push(CondemnedPack {
+            pack_id: usage.pack.pack_id,
+            length: stored_packs[&usage.pack.pack_id],
+        });
+    }
+    summary.packs_repacked = repacked.packs.len() as u64;
+    summary.bytes_repacked = repacked.bytes_written;
+    if set.packs.is_empty() {
+        return Ok(());
+    }
+    summary.packs_condemned = set.packs.len() as u64;
+    summary.bytes_condemned = set.bytes();
+    set.marked = Utc::now();
+    let bytes = set
+        .to_bytes()
+        .map_err(|e| RunFailure::permanent(format!("encoding the condemned set: {e}")))?;
+    store
+        .put_bytes(&layout::condemned_key(plan.run_id), bytes, cancel)
+        .await?;
+    Ok(())
+}
+
+/// Packs whose live chunks now also live in new packs.
+struct Repacked {
+    packs: HashSet<PackId>,
+    bytes_written: u64,
+}
+
+/// Copies the live chunks of `packs` into new packs (indexed before this
+/// returns). Every chunk is decoded and checked against its id first: a
+/// damaged chunk is reported, and its pack left as it is.
+async fn repack<R: Reporter>(
+    repository: &Repository,
+    packs: &[&PackUse<'_>],
+    owner: &HashMap<ChunkId, PackId>,
+    batcher: &mut Batcher<'_, R>,
+    cancel: &CancellationToken,
+) -> Result<Repacked, RunFailure> {
+    let mut done = HashSet::new();
+    if packs.is_empty() {
+        return Ok(Repacked {
+            packs: done,
+            bytes_written: 0,
+        });
+    }
+    let store = repository.store();
+    let (queue, receiver) = mpsc::channel(REPACK_QUEUE);
+    let uploaded = Arc::new(AtomicU64::new(0));
+    let packer = tokio::spawn(run_packer(
+        Arc::clone(store),
+        repository.config().pack_target_size as usize,
+        receiver,
+        Arc::clone(&uploaded),
+        cancel.clone(),
+    ));
+    for usage in packs {
+        let id = usage.pack.pack_id;
+        let key = layout::pack_key(&id);
+        let bytes = store.get_bytes(&key, cancel).await?;
+        let live: Vec<_> = usage
+            .pack
+            .entries
+            .iter()
+            .filter(|entry| owner.get(&entry.chunk_id) == Some(&id))
+            .cloned()
+            .collect();
+        let hasher = repository.hasher().clone();
+        let blobs = tokio::task::spawn_blocking(move || {
+            live.iter()
+                .map(|entry| {
+                    let blob = blob_slice(&bytes, entry)?;
+                    decode_blob(&hasher, entry, blob)?;
+                    Ok(EncodedChunk {
+                        id: entry.chunk_id,
+                        raw_length: entry.raw_length,
+                        compression: entry.compression,
+                        bytes: blob.to_vec(),
+                    })
+                })
+                .collect::<Result<Vec<_>, coffer_format::FormatError>>()
+        })
+        .await
+        .map_err(|e| RunFailure::retryable(format!("repacking task failed: {e}")))?;
+        match blobs {
+            Ok(blobs) => {
+                for blob in blobs {
+                    if queue.send(blob).await.is_err() {
+                        break;
+                    }
+                }
+                done.insert(id);
+            }
+            Err(error) => {
+                batcher
+                    .error(
+                        key.as_bytes(),
+                        format!("not repacked, a live chunk is damaged: {error}"),
+                    )
+                    .await?;
+            }
+        }
+    }
+    drop(queue);
+    packer
+        .await
+        .map_err(|e| RunFailure::retryable(format!("packer task failed: {e}")))??;
+    let bytes_written = uploaded.load(Ordering::Relaxed);
+    batcher.progress.bytes_uploaded += to_i64(bytes_written);
+    Ok(Repacked {
+        packs: done,
+        bytes_written,
+    })
+}

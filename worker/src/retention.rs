@@ -1,0 +1,74 @@
+//! Retention runs: deleting the manifests of the snapshots a retention plan
+//! does not keep. The control plane removes them from the catalog when the
+//! run succeeds; the data only they needed is left to garbage collection.
+
+use std::sync::Arc;
+
+use coffer_format::layout;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::report::{Batcher, Reporter, RunFailure};
+use crate::store::Store;
+
+/// One snapshot to remove.
+#[derive(Debug, Clone)]
+pub struct Removal {
+    /// The snapshot's run id.
+    pub run_id: Uuid,
+    /// Its manifest's key.
+    pub manifest_key: String,
+    /// The store holding it.
+    pub store: Arc<Store>,
+}
+
+/// What a retention run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionSummary {
+    /// Human-readable summary.
+    pub details: String,
+    /// Final counters.
+    pub progress: coffer_proto::v1::RunProgress,
+}
+
+/// Deletes every removal's manifest. Deleting one that is already gone
+/// succeeds, so a retried attempt finishes what a killed one began.
+pub async fn run_retention<R: Reporter>(
+    removals: Vec<Removal>,
+    lease_token: i64,
+    reporter: &R,
+    cancel: CancellationToken,
+) -> Result<RetentionSummary, RunFailure> {
+    let attempt = i32::try_from(lease_token).unwrap_or(i32::MAX);
+    let mut batcher = Batcher::new(reporter, attempt);
+    batcher.progress.files_seen = removals.len() as i64;
+    for removal in &removals {
+        // Only ever a manifest, and the one of the snapshot named.
+        if layout::parse_manifest_key(&removal.manifest_key) != Some(removal.run_id) {
+            return Err(RunFailure::permanent(format!(
+                "{:?} is not the manifest of snapshot {}",
+                removal.manifest_key, removal.run_id
+            )));
+        }
+    }
+    for removal in &removals {
+        let deleted = removal.store.delete(&removal.manifest_key, &cancel).await;
+        if let Err(error) = deleted {
+            batcher.report_progress(true);
+            if cancel.is_cancelled() {
+                return Err(RunFailure::cancelled());
+            }
+            return Err(RunFailure {
+                message: format!("deleting {}: {error}", removal.manifest_key),
+                retryable: error.is_retryable(),
+            });
+        }
+        batcher.progress.files_done += 1;
+        batcher.report_progress(false);
+    }
+    batcher.report_progress(true);
+    Ok(RetentionSummary {
+        details: format!("removed {} snapshots", removals.len()),
+        progress: batcher.progress_now(),
+    })
+}

@@ -229,16 +229,13 @@ pub async fn assert_restorable(server: &TestServer, run_id: &str, source: &Path)
 
 /// Total bytes of the packs in `store`.
 pub async fn pack_bytes(store: &Store) -> u64 {
-    let cancel = CancellationToken::new();
-    let mut total = 0;
-    for key in store.list("packs/", &cancel).await.expect("list packs") {
-        total += store
-            .get_bytes(&key, &cancel)
-            .await
-            .expect("read pack")
-            .len() as u64;
-    }
-    total
+    store
+        .list_with_sizes("packs/", &CancellationToken::new())
+        .await
+        .expect("list packs")
+        .iter()
+        .map(|(_, size)| size)
+        .sum()
 }
 
 /// An S3 server the tests can reach, and how its credentials are referenced.

@@ -1,0 +1,331 @@
+//! Retention and garbage collection end to end: a control plane on
+//! PostgreSQL, a real worker process, and a repository on Garage or on a
+//! filesystem path. Applying a policy removes exactly the snapshots the plan
+//! listed, from the catalog and from storage; two collections later the
+//! space they alone used is given back, and what is kept still restores.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_control_plane::testing::{authed, Backend, TestServer};
+use coffer_proto::v1 as pb;
+use coffer_worker::store::Store;
+use pb::retention_service_client::RetentionServiceClient;
+use pb::run_service_client::RunServiceClient;
+use tonic::Code;
+
+use support::{
+    assert_restorable, garage_bucket, noise, pack_bytes, wait_until_final, write, WorkerProcess,
+};
+
+async fn keep_last_policy(server: &TestServer, keep_last: i32) -> String {
+    let mut retention = RetentionServiceClient::new(server.channel().await);
+    retention
+        .create_retention_policy(authed(
+            &server.admin_token,
+            pb::CreateRetentionPolicyRequest {
+                retention_policy: Some(pb::RetentionPolicy {
+                    name: format!("keep-last-{keep_last}"),
+                    keep_last,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("create policy")
+        .into_inner()
+        .retention_policy
+        .expect("policy")
+        .id
+}
+
+async fn create_job(server: &TestServer, source: &Path, target: pb::Target, policy: &str) -> String {
+    let mut jobs = pb::job_service_client::JobServiceClient::new(server.channel().await);
+    jobs.create_job(authed(
+        &server.admin_token,
+        pb::CreateJobRequest {
+            job: Some(pb::Job {
+                name: "rotating".into(),
+                source_path: source.display().to_string(),
+                target: Some(target),
+                retention_policy_id: policy.into(),
+                ..Default::default()
+            }),
+        },
+    ))
+    .await
+    .expect("create job")
+    .into_inner()
+    .job
+    .expect("job")
+    .id
+}
+
+async fn run(server: &TestServer, spec: pb::create_run_request::Spec) -> pb::Run {
+    let mut runs = RunServiceClient::new(server.channel().await);
+    let id = runs
+        .create_run(authed(
+            &server.admin_token,
+            pb::CreateRunRequest {
+                spec: Some(spec),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("create run")
+        .into_inner()
+        .run
+        .expect("run")
+        .id;
+    let run = wait_until_final(server, &id, Duration::from_secs(300)).await;
+    assert_eq!(
+        run.state,
+        pb::RunState::Succeeded as i32,
+        "run failed: {}",
+        run.error
+    );
+    run
+}
+
+async fn backup(server: &TestServer, job_id: &str) -> pb::Run {
+    let spec = pb::create_run_request::Spec::Backup(pb::BackupSpec {
+        job_id: job_id.into(),
+        ..Default::default()
+    });
+    run(server, spec).await
+}
+
+async fn collect_garbage(server: &TestServer, target: &pb::Target) -> pb::Run {
+    let spec = pb::create_run_request::Spec::GarbageCollection(pb::GarbageCollectionSpec {
+        target: Some(target.clone()),
+        grace_period: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        }),
+        repack_threshold_percent: 0.0,
+    });
+    run(server, spec).await
+}
+
+/// Three snapshots of a tree whose big file is replaced each time; a
+/// keep-last-1 policy is applied and the repository collected.
+async fn assert_apply_and_collect_give_space_back(
+    server: &TestServer,
+    target: pb::Target,
+    store: &Arc<Store>,
+) {
+    let source = tempfile::tempdir().expect("source dir");
+    write(&source.path().join("notes.txt"), b"kept in every snapshot\n");
+    let policy = keep_last_policy(server, 1).await;
+    let job_id = create_job(server, source.path(), target.clone(), &policy).await;
+    let _worker = WorkerProcess::spawn(server, "retention");
+
+    let mut snapshots = Vec::new();
+    for round in 0..3u64 {
+        let _ = std::fs::remove_file(source.path().join(format!("big{}.bin", round.wrapping_sub(1))));
+        write(
+            &source.path().join(format!("big{round}.bin")),
+            &noise(4 << 20, 40 + round),
+        );
+        snapshots.push(backup(server, &job_id).await);
+    }
+    let newest = snapshots.last().expect("three snapshots").id.clone();
+
+    // The plan keeps the newest only.
+    let mut retention = RetentionServiceClient::new(server.channel().await);
+    let plan = retention
+        .plan_retention(authed(
+            &server.admin_token,
+            pb::PlanRetentionRequest {
+                job_id: job_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("plan")
+        .into_inner();
+    let mut planned_removals: Vec<String> = plan
+        .decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.run_id.clone())
+        .collect();
+    planned_removals.sort();
+    let mut older: Vec<String> = snapshots[..2].iter().map(|r| r.id.clone()).collect();
+    older.sort();
+    assert_eq!(planned_removals, older);
+
+    let with_all = pack_bytes(store).await;
+    let applied = retention
+        .apply_retention(authed(
+            &server.admin_token,
+            pb::ApplyRetentionRequest {
+                job_id: job_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("apply")
+        .into_inner();
+    let applied = wait_until_final(server, &applied.run_id, Duration::from_secs(120)).await;
+    assert_eq!(
+        applied.state,
+        pb::RunState::Succeeded as i32,
+        "retention failed: {}",
+        applied.error
+    );
+    // Apply removed exactly what the plan listed.
+    let Some(pb::run::Spec::Retention(spec)) = applied.spec else {
+        panic!("a retention run carries a retention spec")
+    };
+    let mut removed = spec.removed_run_ids.clone();
+    removed.sort();
+    assert_eq!(removed, planned_removals);
+    let mut runs = RunServiceClient::new(server.channel().await);
+    for id in &removed {
+        let status = runs
+            .get_run(authed(
+                &server.admin_token,
+                pb::GetRunRequest { id: id.clone() },
+            ))
+            .await
+            .expect_err("a removed snapshot is gone from the catalog");
+        assert_eq!(status.code(), Code::NotFound);
+        let manifest = format!("snapshots/{id}");
+        assert!(!store
+            .exists(&manifest, &tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("exists"));
+    }
+    // Applying again removes nothing more.
+    let again = retention
+        .plan_retention(authed(
+            &server.admin_token,
+            pb::PlanRetentionRequest {
+                job_id: job_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("plan")
+        .into_inner();
+    assert_eq!(again.decisions.len(), 1);
+    assert!(again.decisions[0].keep);
+
+    // Retention alone deletes no data; two collections do.
+    assert_eq!(pack_bytes(store).await, with_all);
+    let first = collect_garbage(server, &target).await;
+    assert_eq!(first.progress.expect("progress").bytes_done, 0);
+    let second = collect_garbage(server, &target).await;
+    let after = pack_bytes(store).await;
+    assert!(
+        after < with_all / 2,
+        "{after} of {with_all} bytes of packs left; {}",
+        second.error
+    );
+    assert!(after >= 4 << 20, "the newest snapshot's data stays");
+    assert_eq!(assert_restorable(server, &newest, source.path()).await, 2);
+
+    // A later backup still builds on the kept snapshot and restores.
+    write(&source.path().join("later.txt"), b"after the collection\n");
+    let later = backup(server, &job_id).await;
+    assert_eq!(assert_restorable(server, &later.id, source.path()).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_then_collect_gives_space_back_on_garage() {
+    let server = TestServer::start(Backend::Postgres).await;
+    let (bucket_id, store) = garage_bucket(&server).await;
+    let target = pb::Target {
+        destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+            bucket_id,
+            prefix: "repo".into(),
+        })),
+    };
+    assert_apply_and_collect_give_space_back(&server, target, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_then_collect_gives_space_back_on_a_filesystem_target() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let repository = tempfile::tempdir().expect("repository dir");
+    let path = repository.path().display().to_string();
+    let target = pb::Target {
+        destination: Some(pb::target::Destination::FilesystemPath(path.clone())),
+    };
+    let store = Store::open(
+        &pb::ResolvedTarget {
+            filesystem_path: path,
+            ..Default::default()
+        },
+        "",
+    )
+    .await
+    .expect("filesystem store");
+    assert_apply_and_collect_give_space_back(&server, target, &Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_collection_of_a_repository_is_refused_while_one_is_queued() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let repository = tempfile::tempdir().expect("repository dir");
+    let target = pb::Target {
+        destination: Some(pb::target::Destination::FilesystemPath(
+            repository.path().display().to_string(),
+        )),
+    };
+    let mut runs = RunServiceClient::new(server.channel().await);
+    let request = || {
+        authed(
+            &server.admin_token,
+            pb::CreateRunRequest {
+                spec: Some(pb::create_run_request::Spec::GarbageCollection(
+                    pb::GarbageCollectionSpec {
+                        target: Some(target.clone()),
+                        ..Default::default()
+                    },
+                )),
+                request_id: String::new(),
+            },
+        )
+    };
+    let first = runs.create_run(request()).await.expect("first collection");
+    let run = first.into_inner().run.expect("run");
+    let Some(pb::run::Spec::GarbageCollection(spec)) = run.spec else {
+        panic!("a collection carries its spec")
+    };
+    assert_eq!(spec.grace_period.expect("grace").seconds, 3600);
+    assert_eq!(spec.repack_threshold_percent, 50.0);
+    let refused = runs.create_run(request()).await.expect_err("second refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+
+    let bad = runs
+        .create_run(authed(
+            &server.admin_token,
+            pb::CreateRunRequest {
+                spec: Some(pb::create_run_request::Spec::GarbageCollection(
+                    pb::GarbageCollectionSpec {
+                        target: Some(target.clone()),
+                        grace_period: Some(prost_types::Duration {
+                            seconds: -1,
+                            nanos: 0,
+                        }),
+                        repack_threshold_percent: 150.0,
+                    },
+                )),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect_err("bad values refused");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("grace_period"), "{}", bad.message());
+    assert!(
+        bad.message().contains("repack_threshold_percent"),
+        "{}",
+        bad.message()
+    );
+}

@@ -196,6 +196,15 @@ impl VersionSpan {
     }
 }
 
+/// The policy of an object retention.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectPolicy {
+    /// The policy's id.
+    pub id: Uuid,
+    /// Its rules.
+    pub rules: KeepRules,
+}
+
 /// What an object retention holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Held {
@@ -215,7 +224,7 @@ pub struct ObjectHold {
     /// Held until then (only a future date holds).
     pub retain_until_time: Option<DateTime<Utc>>,
     /// A policy over the object's versions.
-    pub policy: Option<AppliedPolicy>,
+    pub policy: Option<ObjectPolicy>,
 }
 
 /// An object under at least one object retention, with all its versions.
@@ -364,7 +373,7 @@ fn decide_group(group: &SnapshotGroup) -> DomainResult<PendingGroup<'_>> {
         })
         .collect();
     let mut reasons = match &group.policy {
-        Some(policy) => evaluate(policy, &items)?,
+        Some(policy) => evaluate(policy.id, &policy.rules, &items)?,
         None => vec![BTreeSet::from([KeepReason::NoPolicy]); items.len()],
     };
     if let Some(newest) = reasons.first_mut() {
@@ -436,7 +445,7 @@ fn apply_object_holds(
 /// The versions an object policy keeps, evaluated over `live` with each
 /// version dated by its first snapshot.
 fn versions_kept_by(
-    policy: &AppliedPolicy,
+    policy: &ObjectPolicy,
     live: &[&VersionSpan],
     groups: &[&mut PendingGroup<'_>],
 ) -> DomainResult<BTreeSet<Uuid>> {
@@ -463,7 +472,7 @@ fn versions_kept_by(
             tags: &v.tags,
         })
         .collect();
-    let reasons = evaluate(policy, &items)?;
+    let reasons = evaluate(policy.id, &policy.rules, &items)?;
     Ok(dated
         .iter()
         .zip(reasons)
@@ -504,18 +513,18 @@ impl Calendar {
     }
 }
 
-/// Applies `policy` to `items` (sorted newest first): the reasons each item
-/// is kept for, empty for items the policy lets go.
+/// Applies the rules of policy `id` to `items` (sorted newest first): the
+/// reasons each item is kept for, empty for items the rules let go.
 fn evaluate(
-    policy: &AppliedPolicy,
+    id: Uuid,
+    rules: &KeepRules,
     items: &[Dated<'_>],
 ) -> DomainResult<Vec<BTreeSet<KeepReason>>> {
-    let rules = &policy.rules;
     let zone = parse_time_zone(&rules.time_zone).ok_or_else(|| {
         DomainError::FailedPrecondition(format!(
             "retention policy {} has the time zone {:?}, which this version of Coffer does not \
              know; update the policy's time_zone",
-            policy.id, rules.time_zone
+            id, rules.time_zone
         ))
     })?;
     let mut reasons = vec![BTreeSet::new(); items.len()];

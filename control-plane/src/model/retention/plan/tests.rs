@@ -633,9 +633,8 @@ fn an_object_policy_keeps_the_versions_it_selects() {
         held: Held::Object,
         legal_hold: false,
         retain_until_time: None,
-        policy: Some(AppliedPolicy {
+        policy: Some(ObjectPolicy {
             id: Uuid::from_u128(0xabc),
-            source: PolicySource::Job,
             rules: rules(|r| r.keep_last = 2),
         }),
     };
@@ -665,9 +664,8 @@ fn an_object_policy_dates_versions_by_their_first_snapshot() {
         held: Held::Object,
         legal_hold: false,
         retain_until_time: None,
-        policy: Some(AppliedPolicy {
+        policy: Some(ObjectPolicy {
             id: Uuid::from_u128(0xabc),
-            source: PolicySource::Job,
             rules: rules(|r| {
                 r.keep_within_seconds = 86_400;
                 r.keep_tags = vec!["audit".into()];
@@ -695,9 +693,8 @@ fn a_version_retention_with_a_policy_keeps_only_that_version() {
         held: Held::Version(Uuid::from_u128(0xa0)),
         legal_hold: false,
         retain_until_time: None,
-        policy: Some(AppliedPolicy {
+        policy: Some(ObjectPolicy {
             id: Uuid::from_u128(0xabc),
-            source: PolicySource::Job,
             rules: rules(|r| r.keep_last = 3),
         }),
     };

@@ -2,9 +2,14 @@
 
 mod support;
 
+use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntry};
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::bucket_service_client::BucketServiceClient;
+use coffer_proto::v1::configuration_service_client::ConfigurationServiceClient;
+use coffer_proto::v1::job_service_client::JobServiceClient;
+use coffer_proto::v1::object_service_client::ObjectServiceClient;
 use coffer_proto::v1::retention_service_client::RetentionServiceClient;
+use coffer_proto::v1::tag_service_client::TagServiceClient;
 use prost_types::{Duration, FieldMask, Timestamp};
 use support::{authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
@@ -778,17 +783,684 @@ async fn object_version_retention_and_access(backend: Backend) {
     );
 }
 
-async fn plan_and_apply_are_not_implemented_yet(backend: Backend) {
-    let server = TestServer::start(backend).await;
-    let mut retention = RetentionServiceClient::new(server.channel().await);
-    let status = retention
-        .plan_retention(authed(
-            &server.admin_token,
-            pb::PlanRetentionRequest::default(),
+// --- PlanRetention ------------------------------------------------------------
+
+/// A user with a bucket, for the plan tests.
+struct PlanFixture {
+    server: TestServer,
+    backend: Backend,
+    owner: pb::User,
+    token: String,
+    retention: Client,
+}
+
+impl PlanFixture {
+    async fn start(backend: Backend) -> PlanFixture {
+        let server = TestServer::start(backend).await;
+        let (owner, token) = server.create_user("alice").await;
+        let retention = RetentionServiceClient::new(server.channel().await);
+        PlanFixture {
+            server,
+            backend,
+            owner,
+            token,
+            retention,
+        }
+    }
+
+    async fn policy(&mut self, policy: pb::RetentionPolicy) -> String {
+        create_policy(&mut self.retention, &self.token, policy)
+            .await
+            .expect("policy")
+            .id
+    }
+
+    async fn bucket(&self, name: &str, policy_id: &str) -> String {
+        let mut buckets = BucketServiceClient::new(self.server.channel().await);
+        buckets
+            .create_bucket(authed(
+                &self.token,
+                pb::CreateBucketRequest {
+                    bucket: Some(pb::Bucket {
+                        name: name.into(),
+                        location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+                            path: format!("/srv/{name}"),
+                        })),
+                        retention_policy_id: policy_id.into(),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect("bucket")
+            .into_inner()
+            .bucket
+            .expect("bucket")
+            .id
+    }
+
+    async fn job(&self, name: &str, bucket_id: &str, policy_id: &str) -> String {
+        let mut jobs = JobServiceClient::new(self.server.channel().await);
+        jobs.create_job(authed(
+            &self.token,
+            pb::CreateJobRequest {
+                job: Some(pb::Job {
+                    name: name.into(),
+                    source_path: "/data".into(),
+                    target: Some(pb::Target {
+                        destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+                            bucket_id: bucket_id.into(),
+                            prefix: name.into(),
+                        })),
+                    }),
+                    retention_policy_id: policy_id.into(),
+                    ..Default::default()
+                }),
+            },
         ))
         .await
-        .expect_err("plan");
-    assert_eq!(status.code(), Code::Unimplemented);
+        .expect("job")
+        .into_inner()
+        .job
+        .expect("job")
+        .id
+    }
+
+    /// Records a run of `kind` in `state` finished at `finished` (RFC 3339),
+    /// as the lease protocol would; returns its id. Call in time order: run
+    /// ids are UUIDv7, and version ranges follow them.
+    async fn run(
+        &self,
+        kind: &str,
+        state: &str,
+        job_id: Option<&str>,
+        bucket_id: &str,
+        finished: &str,
+    ) -> String {
+        let id = uuid::Uuid::now_v7().to_string();
+        let backend = self.backend;
+        let job = job_id.map_or("NULL".to_string(), |job| uuid_literal(backend, job));
+        let time = format!("'{finished}'");
+        self.server
+            .state
+            .catalog
+            .execute_raw(&format!(
+                "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, \
+                 max_attempts, not_before_time, create_time, update_time, finish_time, repository) \
+                 VALUES ({}, {}, {job}, '{kind}', '{state}', '{{}}', {}, 1, {time}, {time}, {time}, \
+                 {time}, '{}')",
+                uuid_literal(backend, &id),
+                uuid_literal(backend, &self.owner.id),
+                uuid_literal(backend, bucket_id),
+                repository(bucket_id, job_id),
+            ))
+            .await
+            .expect("insert run");
+        id
+    }
+
+    /// A succeeded backup of `job_id` (or an ad-hoc one) into `bucket_id`.
+    async fn snapshot(&self, job_id: Option<&str>, bucket_id: &str, finished: &str) -> String {
+        self.run("backup", "succeeded", job_id, bucket_id, finished)
+            .await
+    }
+
+    /// A snapshot of `job_id` holding `files` (`(path, content hash)`),
+    /// committed as a worker's completion would.
+    async fn snapshot_with_files(
+        &self,
+        job_id: &str,
+        bucket_id: &str,
+        finished: &str,
+        files: &[(&str, &str)],
+    ) -> String {
+        let run_id = self.snapshot(Some(job_id), bucket_id, finished).await;
+        let id = |text: &str| uuid::Uuid::parse_str(text).expect("uuid");
+        self.server
+            .state
+            .catalog
+            .apply_snapshot(&SnapshotCommit {
+                run_id: id(&run_id),
+                owner_id: id(&self.owner.id),
+                bucket_id: Some(id(bucket_id)),
+                repository: repository(bucket_id, Some(job_id)),
+                job_id: Some(id(job_id)),
+                entries: files
+                    .iter()
+                    .map(|(path, hash)| SnapshotEntry {
+                        path: path.as_bytes().to_vec(),
+                        kind: FileKind::Regular,
+                        size_bytes: 1,
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                        mtime: None,
+                        content_hash: (*hash).to_string(),
+                        symlink_target: None,
+                        storage_key: String::new(),
+                    })
+                    .collect(),
+                removed: None,
+            })
+            .await
+            .expect("apply snapshot");
+        run_id
+    }
+
+    async fn tag(&self, kind: pb::ResourceKind, id: &str, key: &str, value: &str) {
+        let mut tags = TagServiceClient::new(self.server.channel().await);
+        tags.create_tag(authed(
+            &self.token,
+            pb::CreateTagRequest {
+                tag: Some(pb::Tag {
+                    resource: Some(pb::ResourceRef {
+                        kind: kind as i32,
+                        id: id.into(),
+                    }),
+                    key: key.into(),
+                    value: value.into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("tag");
+    }
+
+    /// The versions of the object at `path` in the job, newest first.
+    async fn versions(&self, job_id: &str, path: &str) -> (String, Vec<pb::ObjectVersion>) {
+        let mut objects = ObjectServiceClient::new(self.server.channel().await);
+        let object = objects
+            .list_objects(authed(
+                &self.token,
+                pb::ListObjectsRequest {
+                    job_id: job_id.into(),
+                    path_prefix: path.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("objects")
+            .into_inner()
+            .objects
+            .into_iter()
+            .find(|o| o.path == path)
+            .expect("object");
+        let versions = objects
+            .list_object_versions(authed(
+                &self.token,
+                pb::ListObjectVersionsRequest {
+                    object_id: object.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("versions")
+            .into_inner()
+            .versions;
+        (object.id, versions)
+    }
+
+    async fn hold(&mut self, resource: pb::ResourceRef, hold: pb::ObjectRetention) {
+        create_retention(
+            &mut self.retention,
+            &self.token,
+            pb::ObjectRetention {
+                resource: Some(resource),
+                ..hold
+            },
+        )
+        .await
+        .expect("object retention");
+    }
+
+    async fn plan(
+        &mut self,
+        token: &str,
+        request: pb::PlanRetentionRequest,
+    ) -> Result<pb::PlanRetentionResponse, tonic::Status> {
+        self.retention
+            .plan_retention(authed(token, request))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn plan_job(&mut self, job_id: &str) -> pb::PlanRetentionResponse {
+        let token = self.token.clone();
+        self.plan(
+            &token,
+            pb::PlanRetentionRequest {
+                job_id: job_id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("plan")
+    }
+}
+
+/// The repository a job's (or an ad-hoc) backup into a bucket writes to.
+fn repository(bucket_id: &str, job_id: Option<&str>) -> String {
+    format!("bucket:{bucket_id}/{}", job_id.unwrap_or("adhoc"))
+}
+
+/// `(run id, reasons)` of every decision, in the plan's order.
+fn decisions(plan: &pb::PlanRetentionResponse) -> Vec<(String, Vec<String>)> {
+    plan.decisions
+        .iter()
+        .map(|d| {
+            assert_eq!(d.keep, !d.reasons.is_empty(), "{d:?}");
+            (d.run_id.clone(), d.reasons.clone())
+        })
+        .collect()
+}
+
+fn expect(entries: &[(&String, &[&str])]) -> Vec<(String, Vec<String>)> {
+    entries
+        .iter()
+        .map(|(run, reasons)| {
+            (
+                (*run).clone(),
+                reasons.iter().map(|r| (*r).to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+fn version_ref(id: &str) -> pb::ResourceRef {
+    pb::ResourceRef {
+        kind: pb::ResourceKind::ObjectVersion as i32,
+        id: id.into(),
+    }
+}
+
+async fn plan_lists_what_a_job_policy_keeps_and_why(backend: Backend) {
+    let mut fx = PlanFixture::start(backend).await;
+    // Days in Tokyo: 23:30 UTC on 4 March is already 5 March there.
+    let policy = fx
+        .policy(pb::RetentionPolicy {
+            name: "two tokyo days".into(),
+            keep_daily: 2,
+            keep_tags: vec!["release".into()],
+            time_zone: "Asia/Tokyo".into(),
+            ..Default::default()
+        })
+        .await;
+    let bucket = fx.bucket("main", "").await;
+    let job = fx.job("home", &bucket, &policy).await;
+    let other = fx.job("other", &bucket, "").await;
+    let r0 = fx
+        .snapshot(Some(&job), &bucket, "2024-03-01T10:00:00Z")
+        .await;
+    let r1 = fx
+        .snapshot(Some(&job), &bucket, "2024-03-02T10:00:00Z")
+        .await;
+    let r2 = fx
+        .snapshot(Some(&job), &bucket, "2024-03-03T08:00:00Z")
+        .await;
+    let r3 = fx
+        .snapshot(Some(&job), &bucket, "2024-03-03T20:00:00Z")
+        .await;
+    let r4 = fx
+        .snapshot(Some(&job), &bucket, "2024-03-04T09:00:00Z")
+        .await;
+    let r5 = fx
+        .snapshot(Some(&job), &bucket, "2024-03-04T23:30:00Z")
+        .await;
+    // Not snapshots of this job: ignored.
+    fx.run(
+        "backup",
+        "failed",
+        Some(&job),
+        &bucket,
+        "2024-03-05T01:00:00Z",
+    )
+    .await;
+    fx.run(
+        "restore",
+        "succeeded",
+        Some(&job),
+        &bucket,
+        "2024-03-05T02:00:00Z",
+    )
+    .await;
+    fx.snapshot(Some(&other), &bucket, "2024-03-05T03:00:00Z")
+        .await;
+    fx.tag(pb::ResourceKind::Run, &r0, "release", "v1").await;
+
+    let plan = fx.plan_job(&job).await;
+    assert_eq!(
+        decisions(&plan),
+        expect(&[
+            (&r5, &["newest", "keep_daily"]),
+            (&r4, &["keep_daily"]),
+            (&r3, &[]),
+            (&r2, &[]),
+            (&r1, &[]),
+            (&r0, &["keep_tags"]),
+        ])
+    );
+    assert_eq!((plan.keep_count, plan.remove_count), (3, 3));
+    assert!(plan.plan_time.is_some());
+    let newest = &plan.decisions[0];
+    assert_eq!(newest.job_id, job);
+    assert_eq!(newest.policy_id, policy);
+    assert_eq!(newest.policy_source, pb::RetentionPolicySource::Job as i32);
+    assert_eq!(
+        newest.snapshot_time,
+        Some(Timestamp {
+            seconds: chrono::DateTime::parse_from_rfc3339("2024-03-04T23:30:00Z")
+                .expect("time")
+                .timestamp(),
+            nanos: 0,
+        })
+    );
+
+    // A dry run changes nothing: the same plan again, and the admin sees it too.
+    let again = fx.plan_job(&job).await;
+    assert_eq!(decisions(&again), decisions(&plan));
+    let admin_token = fx.server.admin_token.clone();
+    let by_admin = fx
+        .plan(
+            &admin_token,
+            pb::PlanRetentionRequest {
+                job_id: job.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("admin plan");
+    assert_eq!(decisions(&by_admin), decisions(&plan));
+
+    // Without a policy anywhere, everything is kept.
+    let unmanaged = fx.plan_job(&other).await;
+    assert_eq!(unmanaged.decisions.len(), 1);
+    assert_eq!(unmanaged.decisions[0].reasons, vec!["newest", "no_policy"]);
+    assert_eq!(
+        unmanaged.decisions[0].policy_source,
+        pb::RetentionPolicySource::None as i32
+    );
+}
+
+async fn held_versions_keep_their_snapshots(backend: Backend) {
+    let mut fx = PlanFixture::start(backend).await;
+    // Keeps nothing but the newest snapshot (and that is always kept).
+    let keep_last = fx
+        .policy(pb::RetentionPolicy {
+            name: "last".into(),
+            keep_last: 1,
+            ..Default::default()
+        })
+        .await;
+    let audited = fx
+        .policy(pb::RetentionPolicy {
+            name: "audited versions".into(),
+            keep_tags: vec!["audit".into()],
+            ..Default::default()
+        })
+        .await;
+    let bucket = fx.bucket("main", "").await;
+    let job = fx.job("home", &bucket, &keep_last).await;
+    // a.txt and c.txt change in every snapshot; b.txt in r2 only.
+    let mut runs = Vec::new();
+    for (day, a, b) in [
+        (1, "a0", "b0"),
+        (2, "a1", "b0"),
+        (3, "a2", "b1"),
+        (4, "a3", "b1"),
+        (5, "a4", "b1"),
+    ] {
+        let c = format!("c{day}");
+        runs.push(
+            fx.snapshot_with_files(
+                &job,
+                &bucket,
+                &format!("2024-05-0{day}T12:00:00Z"),
+                &[("a.txt", a), ("b.txt", b), ("c.txt", &c)],
+            )
+            .await,
+        );
+    }
+    let (_, a_versions) = fx.versions(&job, "a.txt").await;
+    let (b_object, _) = fx.versions(&job, "b.txt").await;
+    let (c_object, c_versions) = fx.versions(&job, "c.txt").await;
+    let first_of = |versions: &[pb::ObjectVersion], run: &str| {
+        versions
+            .iter()
+            .find(|v| v.first_run_id == run)
+            .expect("version first seen in run")
+            .id
+            .clone()
+    };
+
+    // a's first version (only in r0) is under legal hold; its second (only
+    // in r1) held until next year; its fourth (r3) was held until last year.
+    fx.hold(
+        version_ref(&first_of(&a_versions, &runs[0])),
+        pb::ObjectRetention {
+            legal_hold: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    fx.hold(
+        version_ref(&first_of(&a_versions, &runs[1])),
+        pb::ObjectRetention {
+            retain_until_time: Some(days_from_now(365)),
+            ..Default::default()
+        },
+    )
+    .await;
+    fx.hold(
+        version_ref(&first_of(&a_versions, &runs[3])),
+        pb::ObjectRetention {
+            retain_until_time: Some(days_from_now(-365)),
+            ..Default::default()
+        },
+    )
+    .await;
+    // The whole of b under legal hold: b0 (r0-r1) and b1 (r2-r4).
+    fx.hold(
+        object_ref(&b_object).expect("ref"),
+        pb::ObjectRetention {
+            legal_hold: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    // c's versions are kept by a policy when tagged `audit`: c3 (only in r2).
+    fx.tag(
+        pb::ResourceKind::ObjectVersion,
+        &first_of(&c_versions, &runs[2]),
+        "audit",
+        "2024",
+    )
+    .await;
+    fx.hold(
+        object_ref(&c_object).expect("ref"),
+        pb::ObjectRetention {
+            policy_id: audited,
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let plan = fx.plan_job(&job).await;
+    assert_eq!(
+        decisions(&plan),
+        expect(&[
+            (&runs[4], &["newest", "keep_last", "legal_hold"]),
+            (&runs[3], &[]),
+            (&runs[2], &["object_policy"]),
+            (&runs[1], &["legal_hold", "retain_until"]),
+            (&runs[0], &["legal_hold"]),
+        ])
+    );
+}
+
+async fn bucket_plan_decides_each_job_on_its_own(backend: Backend) {
+    let mut fx = PlanFixture::start(backend).await;
+    let keep_one = fx
+        .policy(pb::RetentionPolicy {
+            name: "one".into(),
+            keep_last: 1,
+            ..Default::default()
+        })
+        .await;
+    let keep_two = fx
+        .policy(pb::RetentionPolicy {
+            name: "two".into(),
+            keep_last: 2,
+            ..Default::default()
+        })
+        .await;
+    let bucket = fx.bucket("main", &keep_one).await;
+    let elsewhere = fx.bucket("elsewhere", "").await;
+    let by_bucket = fx.job("by-bucket", &bucket, "").await;
+    let own = fx.job("own-policy", &bucket, &keep_two).await;
+    let other_bucket = fx.job("other-bucket", &elsewhere, "").await;
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    let mut adhoc = Vec::new();
+    for day in 1..=3 {
+        let at = |hour: u32| format!("2024-06-0{day}T{hour:02}:00:00Z");
+        a.push(fx.snapshot(Some(&by_bucket), &bucket, &at(1)).await);
+        b.push(fx.snapshot(Some(&own), &bucket, &at(2)).await);
+        adhoc.push(fx.snapshot(None, &bucket, &at(3)).await);
+        fx.snapshot(Some(&other_bucket), &elsewhere, &at(4)).await;
+    }
+    let token = fx.token.clone();
+    let plan = fx
+        .plan(
+            &token,
+            pb::PlanRetentionRequest {
+                bucket_id: bucket.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("bucket plan");
+    assert_eq!(
+        decisions(&plan),
+        expect(&[
+            (&adhoc[2], &["newest", "keep_last"]),
+            (&b[2], &["newest", "keep_last"]),
+            (&a[2], &["newest", "keep_last"]),
+            (&adhoc[1], &[]),
+            (&b[1], &["keep_last"]),
+            (&a[1], &[]),
+            (&adhoc[0], &[]),
+            (&b[0], &[]),
+            (&a[0], &[]),
+        ])
+    );
+    let source_of = |run: &str| {
+        plan.decisions
+            .iter()
+            .find(|d| d.run_id == run)
+            .map(|d| (d.job_id.clone(), d.policy_source))
+            .expect("decision")
+    };
+    assert_eq!(
+        source_of(&a[0]),
+        (by_bucket.clone(), pb::RetentionPolicySource::Bucket as i32)
+    );
+    assert_eq!(
+        source_of(&b[0]),
+        (own.clone(), pb::RetentionPolicySource::Job as i32)
+    );
+    assert_eq!(
+        source_of(&adhoc[0]),
+        (String::new(), pb::RetentionPolicySource::Bucket as i32)
+    );
+
+    // A job plan decides a job's snapshots exactly as the bucket plan does.
+    let job_plan = fx.plan_job(&by_bucket).await;
+    let in_bucket_plan: Vec<_> = decisions(&plan)
+        .into_iter()
+        .filter(|(run, _)| a.contains(run))
+        .collect();
+    assert_eq!(decisions(&job_plan), in_bucket_plan);
+
+    // The default policy applies where neither job nor bucket names one.
+    let unmanaged = fx.plan_job(&other_bucket).await;
+    assert_eq!(unmanaged.remove_count, 0);
+    let mut configs = ConfigurationServiceClient::new(fx.server.channel().await);
+    configs
+        .create_configuration(authed(
+            &fx.server.admin_token,
+            pb::CreateConfigurationRequest {
+                configuration: Some(pb::Configuration {
+                    key: "default_retention_policy_id".into(),
+                    value: keep_two.clone(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("default policy");
+    let defaulted = fx.plan_job(&other_bucket).await;
+    assert_eq!((defaulted.keep_count, defaulted.remove_count), (2, 1));
+    assert!(defaulted.decisions.iter().all(|d| d.policy_source
+        == pb::RetentionPolicySource::Default as i32
+        && d.policy_id == keep_two));
+}
+
+async fn plan_requests_are_checked(backend: Backend) {
+    let mut fx = PlanFixture::start(backend).await;
+    let bucket = fx.bucket("main", "").await;
+    let job = fx.job("home", &bucket, "").await;
+    let token = fx.token.clone();
+    let request = |job_id: &str, bucket_id: &str| pb::PlanRetentionRequest {
+        job_id: job_id.into(),
+        bucket_id: bucket_id.into(),
+    };
+
+    for (job_id, bucket_id, fields) in [
+        ("", "", vec!["job_id", "bucket_id"]),
+        (job.as_str(), bucket.as_str(), vec!["job_id", "bucket_id"]),
+        ("not-a-uuid", "", vec!["job_id"]),
+        ("", "not-a-uuid", vec!["bucket_id"]),
+    ] {
+        let status = fx
+            .plan(&token, request(job_id, bucket_id))
+            .await
+            .expect_err("invalid request");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{job_id:?} {bucket_id:?}"
+        );
+        assert_eq!(violated_fields(&status), fields);
+    }
+
+    let missing = uuid::Uuid::now_v7().to_string();
+    for req in [request(&missing, ""), request("", &missing)] {
+        let status = fx.plan(&token, req).await.expect_err("missing");
+        assert_eq!(status.code(), Code::NotFound);
+    }
+
+    // Another user's job and bucket are not found; a worker token is refused.
+    let (_, bob_token) = fx.server.create_user("bob").await;
+    for req in [request(&job, ""), request("", &bucket)] {
+        let status = fx.plan(&bob_token, req).await.expect_err("foreign");
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    let worker_token = fx.server.worker_token.clone();
+    let status = fx
+        .plan(&worker_token, request(&job, ""))
+        .await
+        .expect_err("worker token");
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // An empty job plans to nothing.
+    let empty = fx.plan_job(&job).await;
+    assert!(empty.decisions.is_empty());
+}
+
+async fn apply_is_not_implemented_yet(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut retention = RetentionServiceClient::new(server.channel().await);
     let status = retention
         .apply_retention(authed(
             &server.admin_token,
@@ -806,5 +1478,9 @@ both_backends!(
     delete_refused_while_a_bucket_uses_the_policy,
     object_retention_lifecycle,
     object_version_retention_and_access,
-    plan_and_apply_are_not_implemented_yet,
+    plan_lists_what_a_job_policy_keeps_and_why,
+    held_versions_keep_their_snapshots,
+    bucket_plan_decides_each_job_on_its_own,
+    plan_requests_are_checked,
+    apply_is_not_implemented_yet,
 );

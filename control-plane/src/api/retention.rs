@@ -1,5 +1,5 @@
-//! RetentionService: retention policies and object retentions. Ownership
-//! works as for buckets; PlanRetention and ApplyRetention come later.
+//! RetentionService: retention policies, object retentions and retention
+//! plans. Ownership works as for buckets; ApplyRetention comes later.
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::retention_service_server::RetentionService;
@@ -13,7 +13,10 @@ use super::{
 };
 use crate::auth::Caller;
 use crate::catalog::Page;
-use crate::error::{DomainError, DomainResult, Violations};
+use crate::error::{DomainError, DomainResult, FieldViolation, Violations};
+use crate::model::retention::plan::{
+    PolicySource, RetentionPlan, RetentionScope, SnapshotDecision,
+};
 use crate::model::retention::{
     HoldSpec, KeepRules, ObjectRetention, PolicySpec, RetainedKind, RetainedResource,
     RetentionPolicy,
@@ -99,6 +102,71 @@ impl From<ObjectRetention> for pb::ObjectRetention {
             create_time: Some(timestamp(retention.create_time)),
             update_time: Some(timestamp(retention.update_time)),
         }
+    }
+}
+
+fn policy_source_to_proto(source: Option<PolicySource>) -> pb::RetentionPolicySource {
+    match source {
+        None => pb::RetentionPolicySource::None,
+        Some(PolicySource::Job) => pb::RetentionPolicySource::Job,
+        Some(PolicySource::Bucket) => pb::RetentionPolicySource::Bucket,
+        Some(PolicySource::Default) => pb::RetentionPolicySource::Default,
+    }
+}
+
+impl From<SnapshotDecision> for pb::RetentionDecision {
+    fn from(decision: SnapshotDecision) -> Self {
+        pb::RetentionDecision {
+            run_id: decision.run_id.to_string(),
+            snapshot_time: Some(timestamp(decision.time)),
+            keep: decision.keep(),
+            reasons: decision
+                .reasons
+                .iter()
+                .map(|reason| reason.as_str().to_string())
+                .collect(),
+            job_id: decision.job_id.map(|id| id.to_string()).unwrap_or_default(),
+            policy_id: decision
+                .policy
+                .map(|(id, _)| id.to_string())
+                .unwrap_or_default(),
+            policy_source: policy_source_to_proto(decision.policy.map(|(_, source)| source)) as i32,
+        }
+    }
+}
+
+impl From<RetentionPlan> for pb::PlanRetentionResponse {
+    fn from(plan: RetentionPlan) -> Self {
+        let kept = plan.kept();
+        let removed = plan.decisions.len() - kept;
+        pb::PlanRetentionResponse {
+            plan_time: Some(timestamp(plan.now)),
+            keep_count: i32::try_from(kept).unwrap_or(i32::MAX),
+            remove_count: i32::try_from(removed).unwrap_or(i32::MAX),
+            decisions: plan.decisions.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// Parses what a PlanRetention (or ApplyRetention) request covers: exactly
+/// one of `job_id` and `bucket_id`.
+pub fn retention_scope(job_id: &str, bucket_id: &str) -> DomainResult<RetentionScope> {
+    let both_fields = |description: &str| {
+        DomainError::InvalidArgument(
+            ["job_id", "bucket_id"]
+                .into_iter()
+                .map(|field| FieldViolation {
+                    field: field.to_string(),
+                    description: description.to_string(),
+                })
+                .collect(),
+        )
+    };
+    match (job_id.is_empty(), bucket_id.is_empty()) {
+        (false, true) => Ok(RetentionScope::Job(parse_id("job_id", job_id)?)),
+        (true, false) => Ok(RetentionScope::Bucket(parse_id("bucket_id", bucket_id)?)),
+        (true, true) => Err(both_fields("set job_id or bucket_id")),
+        (false, false) => Err(both_fields("set only one of job_id and bucket_id")),
     }
 }
 
@@ -425,6 +493,30 @@ impl RetentionApi {
             .await
     }
 
+    /// Checks that the caller may see the scope's job or bucket (else
+    /// NOT_FOUND, as for a missing one).
+    async fn check_scope_access(&self, caller: &Caller, scope: RetentionScope) -> DomainResult<()> {
+        match self.state.catalog.retention_scope_owner(scope).await? {
+            Some(owner) if caller.can_access(owner) => Ok(()),
+            _ => Err(match scope {
+                RetentionScope::Job(id) => DomainError::not_found("job", id),
+                RetentionScope::Bucket(id) => DomainError::not_found("bucket", id),
+            }),
+        }
+    }
+
+    async fn plan(
+        &self,
+        caller: &Caller,
+        request: pb::PlanRetentionRequest,
+    ) -> DomainResult<pb::PlanRetentionResponse> {
+        let scope = retention_scope(&request.job_id, &request.bucket_id)?;
+        self.check_scope_access(caller, scope).await?;
+        let now = self.state.catalog.now().await?;
+        let plan = self.state.catalog.plan_retention(scope, now).await?;
+        Ok(plan.into())
+    }
+
     async fn list_retentions(
         &self,
         caller: &Caller,
@@ -569,9 +661,10 @@ impl RetentionService for RetentionApi {
 
     async fn plan_retention(
         &self,
-        _request: Request<pb::PlanRetentionRequest>,
+        request: Request<pb::PlanRetentionRequest>,
     ) -> RpcResult<pb::PlanRetentionResponse> {
-        unimplemented("RetentionService.PlanRetention")
+        let caller = self.caller(&request).await?;
+        respond(self.plan(&caller, request.into_inner()).await)
     }
 
     async fn apply_retention(

@@ -1,5 +1,6 @@
 //! Catalog queries for retention policies and object retentions. Lookups take
 //! an owner scope (`None` for admins); rows outside it are not found.
+//! Planning lives in [`plan`].
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -10,6 +11,8 @@ use crate::model::retention::{
     HoldSpec, KeepRules, ObjectRetention, PolicySpec, RetainedKind, RetainedResource,
     RetentionPolicy,
 };
+
+mod plan;
 
 const POLICY_COLUMNS: &str = "id, owner_id, name, description, keep_last, keep_hourly, \
      keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within_seconds, keep_tags, \

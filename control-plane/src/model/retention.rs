@@ -7,6 +7,8 @@ use uuid::Uuid;
 use super::check_len;
 use crate::error::{DomainError, DomainResult, Violations};
 
+pub mod plan;
+
 /// Longest policy name.
 pub const MAX_POLICY_NAME_LEN: usize = 100;
 /// Most tags a policy may keep by.
@@ -166,39 +168,11 @@ pub fn check_keep_tag(field: &str, tag: &str) -> DomainResult<()> {
     Ok(())
 }
 
-/// Checks that a time zone looks like an IANA name: empty (UTC), a single
-/// upper-case name like `UTC` or `CET`, or `Area/Location` such as
-/// `Europe/Berlin` or `America/Argentina/Buenos_Aires`. The tz database itself
-/// is not consulted.
+/// Checks a policy's time zone: empty (UTC), `UTC`, or an IANA name from the
+/// tz database compiled into the binary, so that every stored policy can be
+/// planned.
 pub fn check_time_zone(field: &str, value: &str) -> DomainResult<()> {
-    if value.is_empty() {
-        return Ok(());
-    }
-    let segments: Vec<&str> = value.split('/').collect();
-    let valid = value.len() <= 64
-        && match segments.as_slice() {
-            [single] => {
-                single.len() >= 2
-                    && single.starts_with(|c: char| c.is_ascii_uppercase())
-                    && single.chars().all(|c| {
-                        c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-'
-                    })
-            }
-            many => many.iter().all(|segment| {
-                segment.starts_with(|c: char| c.is_ascii_uppercase())
-                    && segment
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+'))
-            }),
-        };
-    if valid {
-        Ok(())
-    } else {
-        Err(DomainError::invalid(
-            field,
-            "must be empty (UTC) or an IANA time zone name like UTC or Europe/Berlin",
-        ))
-    }
+    crate::model::job::check_time_zone(field, value)
 }
 
 /// What an object retention holds.

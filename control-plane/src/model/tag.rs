@@ -120,6 +120,39 @@ pub struct TagFilter {
     pub value: Option<String>,
 }
 
+/// A tag condition as policies and list filters write it: `key` matches a
+/// tag with that key and any value, `key=value` only that value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagMatch {
+    /// The key the tag must have.
+    pub key: String,
+    /// The value it must have; `None` accepts any value.
+    pub value: Option<String>,
+}
+
+impl TagMatch {
+    /// Parses `key` or `key=value` (the first `=` separates them; the value
+    /// may be empty). Validation is the caller's (see
+    /// [`crate::model::retention::check_keep_tag`]).
+    pub fn parse(text: &str) -> Self {
+        match text.split_once('=') {
+            Some((key, value)) => TagMatch {
+                key: key.to_string(),
+                value: Some(value.to_string()),
+            },
+            None => TagMatch {
+                key: text.to_string(),
+                value: None,
+            },
+        }
+    }
+
+    /// Whether a tag `key`/`value` satisfies the condition.
+    pub fn matches(&self, key: &str, value: &str) -> bool {
+        self.key == key && self.value.as_deref().is_none_or(|wanted| wanted == value)
+    }
+}
+
 /// Checks a tag key: 1-128 characters of `[A-Za-z0-9_.:/-]`, starting with a letter.
 pub fn check_tag_key(field: &str, key: &str) -> DomainResult<()> {
     check_len(field, key, 1, MAX_KEY_LEN)?;
@@ -154,6 +187,21 @@ mod tests {
         assert!(check_tag_key("k", "a b").is_err());
         assert!(check_tag_key("k", &"a".repeat(129)).is_err());
         assert!(check_tag_key("k", &"a".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn tag_match_takes_key_or_key_and_value() {
+        let any = TagMatch::parse("release");
+        assert!(any.matches("release", "v1"));
+        assert!(any.matches("release", ""));
+        assert!(!any.matches("releases", "v1"));
+        let exact = TagMatch::parse("release=v1=rc");
+        assert_eq!(exact.key, "release");
+        assert!(exact.matches("release", "v1=rc"));
+        assert!(!exact.matches("release", "v1"));
+        let empty = TagMatch::parse("pinned=");
+        assert!(empty.matches("pinned", ""));
+        assert!(!empty.matches("pinned", "yes"));
     }
 
     #[test]

@@ -1,0 +1,763 @@
+//! Table-driven tests of the planner over hand-made snapshot histories.
+
+use super::*;
+
+/// `2024-03-01T12:00:00Z` → a UTC time.
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("bad test time {text:?}: {e}"))
+        .with_timezone(&Utc)
+}
+
+/// Run ids that sort like the history (oldest first), as UUIDv7 ids do.
+fn run(index: usize) -> Uuid {
+    Uuid::from_u128(0x1000 + index as u128)
+}
+
+fn tags(list: &[&str]) -> Vec<TagPair> {
+    list.iter()
+        .map(|tag| {
+            let (key, value) = tag.split_once('=').unwrap_or((tag, ""));
+            (key.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+fn rules(set: impl FnOnce(&mut KeepRules)) -> KeepRules {
+    let mut rules = KeepRules::default();
+    set(&mut rules);
+    rules
+}
+
+fn policy(rules: KeepRules) -> AppliedPolicy {
+    AppliedPolicy {
+        id: Uuid::from_u128(0xfeed),
+        source: PolicySource::Job,
+        rules,
+    }
+}
+
+fn job_key(job: u128) -> GroupKey {
+    GroupKey {
+        job_id: Some(Uuid::from_u128(job)),
+        bucket_id: None,
+        repository: Some(format!("repo-{job}")),
+    }
+}
+
+/// A group of job 1 whose snapshots are `history` (oldest first, run ids in
+/// the same order), each `(time, tags)`.
+fn group(policy: Option<AppliedPolicy>, history: &[(&str, &[&str])]) -> SnapshotGroup {
+    SnapshotGroup {
+        key: job_key(1),
+        policy,
+        snapshots: history
+            .iter()
+            .enumerate()
+            .map(|(i, (time, tag_list))| Snapshot {
+                run_id: run(i),
+                time: at(time),
+                tags: tags(tag_list),
+            })
+            .collect(),
+    }
+}
+
+fn plan_of(groups: Vec<SnapshotGroup>, objects: Vec<RetainedObject>) -> RetentionPlan {
+    plan(&PlanInput {
+        now: at("2025-06-01T00:00:00Z"),
+        groups,
+        objects,
+    })
+    .expect("plan")
+}
+
+/// The reasons of each run, in history order (`[]` = removed).
+fn reasons_by_run(plan: &RetentionPlan, runs: usize) -> Vec<Vec<&'static str>> {
+    (0..runs)
+        .map(|i| {
+            let decision = plan
+                .decisions
+                .iter()
+                .find(|d| d.run_id == run(i))
+                .unwrap_or_else(|| panic!("no decision for run {i}"));
+            decision.reasons.iter().map(|r| r.as_str()).collect()
+        })
+        .collect()
+}
+
+struct Case {
+    name: &'static str,
+    rules: KeepRules,
+    /// Oldest first: `(UTC time, tags)`.
+    history: Vec<(&'static str, &'static [&'static str])>,
+    /// Reasons per snapshot in history order; empty means removed.
+    expected: Vec<&'static [&'static str]>,
+}
+
+fn daily_history() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("2024-05-01T12:00:00Z", &[]),
+        ("2024-05-02T12:00:00Z", &[]),
+        ("2024-05-03T12:00:00Z", &[]),
+        ("2024-05-04T12:00:00Z", &[]),
+    ]
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "keep_last keeps the newest n",
+            rules: rules(|r| r.keep_last = 2),
+            history: daily_history(),
+            expected: vec![&[], &[], &["keep_last"], &["newest", "keep_last"]],
+        },
+        Case {
+            name: "keep_last larger than the history keeps everything",
+            rules: rules(|r| r.keep_last = 10),
+            history: daily_history(),
+            expected: vec![
+                &["keep_last"],
+                &["keep_last"],
+                &["keep_last"],
+                &["newest", "keep_last"],
+            ],
+        },
+        Case {
+            name: "keep_daily keeps the newest of each day",
+            rules: rules(|r| r.keep_daily = 2),
+            history: vec![
+                ("2024-05-01T08:00:00Z", &[]),
+                ("2024-05-01T20:00:00Z", &[]),
+                ("2024-05-02T09:00:00Z", &[]),
+                ("2024-05-02T21:00:00Z", &[]),
+                ("2024-05-03T10:00:00Z", &[]),
+            ],
+            expected: vec![&[], &[], &[], &["keep_daily"], &["newest", "keep_daily"]],
+        },
+        Case {
+            name: "keep_daily counts only days that have a snapshot",
+            rules: rules(|r| r.keep_daily = 2),
+            history: vec![
+                ("2024-01-01T12:00:00Z", &[]),
+                ("2024-01-05T12:00:00Z", &[]),
+                ("2024-01-10T12:00:00Z", &[]),
+            ],
+            expected: vec![&[], &["keep_daily"], &["newest", "keep_daily"]],
+        },
+        Case {
+            name: "keep_hourly keeps the newest of each hour",
+            rules: rules(|r| r.keep_hourly = 2),
+            history: vec![
+                ("2024-05-01T10:05:00Z", &[]),
+                ("2024-05-01T10:55:00Z", &[]),
+                ("2024-05-01T11:10:00Z", &[]),
+                ("2024-05-01T12:00:00Z", &[]),
+            ],
+            expected: vec![&[], &[], &["keep_hourly"], &["newest", "keep_hourly"]],
+        },
+        Case {
+            name: "days are UTC days without a time zone",
+            rules: rules(|r| r.keep_daily = 2),
+            history: vec![
+                ("2024-03-01T10:00:00Z", &[]),
+                ("2024-03-01T14:00:00Z", &[]),
+                ("2024-03-01T23:30:00Z", &[]),
+            ],
+            expected: vec![&[], &[], &["newest", "keep_daily"]],
+        },
+        Case {
+            name: "23:30 UTC is the next day in Asia/Tokyo",
+            rules: rules(|r| {
+                r.keep_daily = 2;
+                r.time_zone = "Asia/Tokyo".into();
+            }),
+            history: vec![
+                ("2024-03-01T10:00:00Z", &[]),
+                ("2024-03-01T14:00:00Z", &[]),
+                ("2024-03-01T23:30:00Z", &[]),
+            ],
+            expected: vec![&[], &["keep_daily"], &["newest", "keep_daily"]],
+        },
+        Case {
+            name: "month boundary in UTC",
+            rules: rules(|r| r.keep_monthly = 2),
+            history: vec![
+                ("2024-01-15T12:00:00Z", &[]),
+                ("2024-01-31T10:00:00Z", &[]),
+                ("2024-01-31T23:30:00Z", &[]),
+                ("2024-02-10T12:00:00Z", &[]),
+            ],
+            expected: vec![&[], &[], &["keep_monthly"], &["newest", "keep_monthly"]],
+        },
+        Case {
+            name: "month boundary in Asia/Tokyo: 31 Jan 23:30 UTC is February",
+            rules: rules(|r| {
+                r.keep_monthly = 2;
+                r.time_zone = "Asia/Tokyo".into();
+            }),
+            history: vec![
+                ("2024-01-15T12:00:00Z", &[]),
+                ("2024-01-31T10:00:00Z", &[]),
+                ("2024-01-31T23:30:00Z", &[]),
+                ("2024-02-10T12:00:00Z", &[]),
+            ],
+            expected: vec![&[], &["keep_monthly"], &[], &["newest", "keep_monthly"]],
+        },
+        Case {
+            name: "year boundary in UTC",
+            rules: rules(|r| r.keep_yearly = 2),
+            history: vec![
+                ("2023-06-01T12:00:00Z", &[]),
+                ("2023-12-31T23:30:00Z", &[]),
+                ("2024-01-05T12:00:00Z", &[]),
+            ],
+            expected: vec![&[], &["keep_yearly"], &["newest", "keep_yearly"]],
+        },
+        Case {
+            name: "year boundary in Europe/Berlin: 31 Dec 23:30 UTC is the new year",
+            rules: rules(|r| {
+                r.keep_yearly = 2;
+                r.time_zone = "Europe/Berlin".into();
+            }),
+            history: vec![
+                ("2023-06-01T12:00:00Z", &[]),
+                ("2023-12-31T23:30:00Z", &[]),
+                ("2024-01-05T12:00:00Z", &[]),
+            ],
+            expected: vec![&["keep_yearly"], &[], &["newest", "keep_yearly"]],
+        },
+        Case {
+            name: "ISO week 1 of 2025 starts on Monday 30 December 2024",
+            rules: rules(|r| r.keep_weekly = 2),
+            history: vec![
+                ("2024-12-29T12:00:00Z", &[]),
+                ("2024-12-30T12:00:00Z", &[]),
+                ("2025-01-03T12:00:00Z", &[]),
+            ],
+            expected: vec![&["keep_weekly"], &[], &["newest", "keep_weekly"]],
+        },
+        Case {
+            name: "Sunday 3 January 2021 is still in ISO week 53 of 2020",
+            rules: rules(|r| r.keep_weekly = 2),
+            history: vec![
+                ("2020-12-28T12:00:00Z", &[]),
+                ("2021-01-03T12:00:00Z", &[]),
+                ("2021-01-04T12:00:00Z", &[]),
+            ],
+            expected: vec![&[], &["keep_weekly"], &["newest", "keep_weekly"]],
+        },
+        Case {
+            name: "UTC hours around the Berlin fall-back",
+            rules: rules(|r| r.keep_hourly = 2),
+            history: vec![
+                ("2024-10-26T23:30:00Z", &[]),
+                ("2024-10-27T00:30:00Z", &[]),
+                ("2024-10-27T01:30:00Z", &[]),
+            ],
+            expected: vec![&[], &["keep_hourly"], &["newest", "keep_hourly"]],
+        },
+        Case {
+            name: "Europe/Berlin fall-back: 02:30 CEST and 02:30 CET share a local hour",
+            rules: rules(|r| {
+                r.keep_hourly = 2;
+                r.time_zone = "Europe/Berlin".into();
+            }),
+            history: vec![
+                ("2024-10-26T23:30:00Z", &[]),
+                ("2024-10-27T00:30:00Z", &[]),
+                ("2024-10-27T01:30:00Z", &[]),
+            ],
+            expected: vec![&["keep_hourly"], &[], &["newest", "keep_hourly"]],
+        },
+        Case {
+            name: "Europe/Berlin spring-forward day has 23 hours",
+            rules: rules(|r| {
+                r.keep_daily = 3;
+                r.time_zone = "Europe/Berlin".into();
+            }),
+            history: vec![
+                // 31 March 00:30 CET, 31 March 23:30 CEST, 1 April 00:30 CEST.
+                ("2024-03-30T23:30:00Z", &[]),
+                ("2024-03-31T21:30:00Z", &[]),
+                ("2024-03-31T22:30:00Z", &[]),
+            ],
+            expected: vec![&[], &["keep_daily"], &["newest", "keep_daily"]],
+        },
+        Case {
+            name: "keep_within is relative to the newest snapshot, its limit excluded",
+            rules: rules(|r| r.keep_within_seconds = 2 * 86_400),
+            history: vec![
+                ("2024-05-08T12:00:00Z", &[]),
+                ("2024-05-08T12:00:01Z", &[]),
+                ("2024-05-09T12:00:00Z", &[]),
+                ("2024-05-10T12:00:00Z", &[]),
+            ],
+            expected: vec![
+                &[],
+                &["keep_within"],
+                &["keep_within"],
+                &["newest", "keep_within"],
+            ],
+        },
+        Case {
+            name: "keep_within beyond the calendar keeps everything",
+            rules: rules(|r| r.keep_within_seconds = i64::MAX),
+            history: daily_history(),
+            expected: vec![
+                &["keep_within"],
+                &["keep_within"],
+                &["keep_within"],
+                &["newest", "keep_within"],
+            ],
+        },
+        Case {
+            name: "keep_tags matches a key or a key and value",
+            rules: rules(|r| r.keep_tags = vec!["pinned".into(), "release=v1".into()]),
+            history: vec![
+                ("2024-05-01T12:00:00Z", &["pinned=forever"]),
+                ("2024-05-02T12:00:00Z", &["release=v1", "env=prod"]),
+                ("2024-05-03T12:00:00Z", &["release=v2"]),
+                ("2024-05-04T12:00:00Z", &["pinned"]),
+                ("2024-05-05T12:00:00Z", &[]),
+            ],
+            expected: vec![
+                &["keep_tags"],
+                &["keep_tags"],
+                &[],
+                &["keep_tags"],
+                &["newest"],
+            ],
+        },
+        Case {
+            name: "every rule that keeps a snapshot is listed",
+            rules: rules(|r| {
+                r.keep_last = 1;
+                r.keep_daily = 1;
+                r.keep_monthly = 2;
+                r.keep_tags = vec!["pinned".into()];
+            }),
+            history: vec![
+                ("2024-04-20T12:00:00Z", &["pinned"]),
+                ("2024-04-30T12:00:00Z", &[]),
+                ("2024-05-04T12:00:00Z", &["pinned"]),
+            ],
+            expected: vec![
+                &["keep_tags"],
+                &["keep_monthly"],
+                &[
+                    "newest",
+                    "keep_last",
+                    "keep_daily",
+                    "keep_monthly",
+                    "keep_tags",
+                ],
+            ],
+        },
+    ]
+}
+
+#[test]
+fn keep_rules_follow_restic_semantics() {
+    for case in cases() {
+        let runs = case.history.len();
+        assert_eq!(case.expected.len(), runs, "{}: table shape", case.name);
+        let plan = plan_of(vec![group(Some(policy(case.rules)), &case.history)], vec![]);
+        let expected: Vec<Vec<&str>> = case.expected.iter().map(|r| r.to_vec()).collect();
+        assert_eq!(reasons_by_run(&plan, runs), expected, "{}", case.name);
+    }
+}
+
+#[test]
+fn without_a_policy_everything_is_kept() {
+    let plan = plan_of(vec![group(None, &daily_history())], vec![]);
+    assert!(plan.runs_to_remove().is_empty());
+    assert_eq!(
+        reasons_by_run(&plan, 4),
+        vec![
+            vec!["no_policy"],
+            vec!["no_policy"],
+            vec!["no_policy"],
+            vec!["newest", "no_policy"],
+        ]
+    );
+    assert!(plan.decisions.iter().all(|d| d.policy.is_none()));
+}
+
+#[test]
+fn the_newest_snapshot_survives_a_policy_that_matches_nothing() {
+    let tagged_only = policy(rules(|r| r.keep_tags = vec!["never-set".into()]));
+    let plan = plan_of(vec![group(Some(tagged_only), &daily_history())], vec![]);
+    assert_eq!(plan.runs_to_remove(), vec![run(2), run(1), run(0)]);
+    assert_eq!(plan.decisions[0].reasons, vec![KeepReason::Newest]);
+}
+
+#[test]
+fn decisions_are_newest_first_and_independent_of_input_order() {
+    let history = daily_history();
+    let ordered = group(Some(policy(rules(|r| r.keep_last = 2))), &history);
+    let mut shuffled = ordered.clone();
+    shuffled.snapshots.reverse();
+    shuffled.snapshots.swap(0, 2);
+    let a = plan_of(vec![ordered], vec![]);
+    let b = plan_of(vec![shuffled], vec![]);
+    assert_eq!(a, b);
+    let times: Vec<_> = a.decisions.iter().map(|d| d.time).collect();
+    let mut sorted = times.clone();
+    sorted.sort_by(|x, y| y.cmp(x));
+    assert_eq!(times, sorted);
+}
+
+#[test]
+fn equal_times_are_ordered_by_run_id() {
+    let history = [
+        ("2024-05-01T12:00:00Z", &[] as &[&str]),
+        ("2024-05-01T12:00:00Z", &[]),
+    ];
+    let plan = plan_of(
+        vec![group(Some(policy(rules(|r| r.keep_last = 1))), &history)],
+        vec![],
+    );
+    assert_eq!(plan.decisions[0].run_id, run(1));
+    assert_eq!(plan.runs_to_remove(), vec![run(0)]);
+}
+
+#[test]
+fn groups_are_evaluated_separately_and_merged_newest_first() {
+    let keep_one = Some(policy(rules(|r| r.keep_last = 1)));
+    let first = group(keep_one.clone(), &daily_history());
+    let second = SnapshotGroup {
+        key: job_key(2),
+        policy: keep_one,
+        snapshots: vec![
+            Snapshot {
+                run_id: run(10),
+                time: at("2024-05-02T18:00:00Z"),
+                tags: vec![],
+            },
+            Snapshot {
+                run_id: run(11),
+                time: at("2024-05-03T18:00:00Z"),
+                tags: vec![],
+            },
+        ],
+    };
+    let plan = plan_of(vec![first, second], vec![]);
+    let order: Vec<Uuid> = plan.decisions.iter().map(|d| d.run_id).collect();
+    assert_eq!(
+        order,
+        vec![run(3), run(11), run(2), run(10), run(1), run(0)]
+    );
+    assert_eq!(plan.runs_to_remove(), vec![run(2), run(10), run(1), run(0)]);
+    let job_of = |id: Uuid| {
+        plan.decisions
+            .iter()
+            .find(|d| d.run_id == id)
+            .map(|d| d.job_id)
+    };
+    assert_eq!(job_of(run(11)), Some(Some(Uuid::from_u128(2))));
+}
+
+#[test]
+fn an_unknown_time_zone_fails_the_whole_plan() {
+    let broken = policy(rules(|r| {
+        r.keep_daily = 1;
+        r.time_zone = "Mars/Olympus_Mons".into();
+    }));
+    let result = plan(&PlanInput {
+        now: at("2025-01-01T00:00:00Z"),
+        groups: vec![group(Some(broken), &daily_history())],
+        objects: vec![],
+    });
+    match result {
+        Err(DomainError::FailedPrecondition(message)) => {
+            assert!(message.contains("Mars/Olympus_Mons"), "{message}")
+        }
+        other => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+}
+
+// --- object retention -------------------------------------------------------
+
+/// Six daily snapshots (runs 0..6) of job 1.
+fn six_days() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("2024-05-01T12:00:00Z", &[]),
+        ("2024-05-02T12:00:00Z", &[]),
+        ("2024-05-03T12:00:00Z", &[]),
+        ("2024-05-04T12:00:00Z", &[]),
+        ("2024-05-05T12:00:00Z", &[]),
+        ("2024-05-06T12:00:00Z", &[]),
+    ]
+}
+
+fn version(id: u128, first: usize, last: Option<usize>) -> VersionSpan {
+    VersionSpan {
+        id: Uuid::from_u128(id),
+        first_run_id: run(first),
+        last_run_id: last.map(run),
+        deleted: false,
+        create_time: at("2024-01-01T00:00:00Z"),
+        tags: vec![],
+    }
+}
+
+/// An object of job 1 with versions valid in runs [0,2), [2,4), [4,..).
+fn object_with(holds: Vec<ObjectHold>) -> RetainedObject {
+    RetainedObject {
+        object_id: Uuid::from_u128(0xb0),
+        job_id: Some(Uuid::from_u128(1)),
+        bucket_id: None,
+        repository: "repo-1".into(),
+        versions: vec![
+            version(0xa0, 0, Some(2)),
+            version(0xa1, 2, Some(4)),
+            version(0xa2, 4, None),
+        ],
+        holds,
+    }
+}
+
+fn legal_hold(held: Held) -> ObjectHold {
+    ObjectHold {
+        held,
+        legal_hold: true,
+        retain_until_time: None,
+        policy: None,
+    }
+}
+
+fn keep_last_one() -> Option<AppliedPolicy> {
+    Some(policy(rules(|r| r.keep_last = 1)))
+}
+
+#[test]
+fn a_held_version_keeps_the_newest_snapshot_containing_it() {
+    // Version a1 is valid in runs 2 and 3 (run 4 replaced it).
+    let plan = plan_of(
+        vec![group(keep_last_one(), &six_days())],
+        vec![object_with(vec![legal_hold(Held::Version(
+            Uuid::from_u128(0xa1),
+        ))])],
+    );
+    assert_eq!(
+        reasons_by_run(&plan, 6),
+        vec![
+            vec![],
+            vec![],
+            vec![],
+            vec!["legal_hold"],
+            vec![],
+            vec!["newest", "keep_last"],
+        ]
+    );
+}
+
+#[test]
+fn a_held_object_keeps_a_snapshot_of_every_version() {
+    let until = ObjectHold {
+        held: Held::Object,
+        legal_hold: false,
+        retain_until_time: Some(at("2030-01-01T00:00:00Z")),
+        policy: None,
+    };
+    let plan = plan_of(
+        vec![group(keep_last_one(), &six_days())],
+        vec![object_with(vec![until])],
+    );
+    assert_eq!(
+        reasons_by_run(&plan, 6),
+        vec![
+            vec![],
+            vec!["retain_until"],
+            vec![],
+            vec!["retain_until"],
+            vec![],
+            vec!["newest", "keep_last", "retain_until"],
+        ]
+    );
+}
+
+#[test]
+fn an_expired_retain_until_date_holds_nothing() {
+    let expired = ObjectHold {
+        held: Held::Object,
+        legal_hold: false,
+        retain_until_time: Some(at("2025-05-31T23:59:59Z")),
+        policy: None,
+    };
+    let plan = plan_of(
+        vec![group(keep_last_one(), &six_days())],
+        vec![object_with(vec![expired])],
+    );
+    assert_eq!(plan.kept(), 1);
+}
+
+#[test]
+fn deletion_markers_hold_nothing() {
+    let mut object = object_with(vec![legal_hold(Held::Version(Uuid::from_u128(0xa1)))]);
+    object.versions[1].deleted = true;
+    let plan = plan_of(vec![group(keep_last_one(), &six_days())], vec![object]);
+    assert_eq!(plan.kept(), 1);
+}
+
+#[test]
+fn holds_of_other_jobs_or_repositories_do_not_apply() {
+    for (job, repository) in [(2, "repo-1"), (1, "repo-other")] {
+        let mut object = object_with(vec![legal_hold(Held::Object)]);
+        object.job_id = Some(Uuid::from_u128(job));
+        object.repository = repository.into();
+        let plan = plan_of(vec![group(keep_last_one(), &six_days())], vec![object]);
+        assert_eq!(plan.kept(), 1, "job {job}, {repository}");
+    }
+}
+
+#[test]
+fn runs_of_unknown_repository_still_honour_holds() {
+    let mut legacy = group(keep_last_one(), &six_days());
+    legacy.key.repository = None;
+    let plan = plan_of(
+        vec![legacy],
+        vec![object_with(vec![legal_hold(Held::Version(
+            Uuid::from_u128(0xa0),
+        ))])],
+    );
+    assert_eq!(reasons_by_run(&plan, 6)[1], vec!["legal_hold"]);
+}
+
+#[test]
+fn an_object_policy_keeps_the_versions_it_selects() {
+    // Over the versions a0 (run 0), a1 (run 2), a2 (run 4): keep_last 2
+    // keeps a2 and a1, so the newest snapshots containing them survive.
+    let object_policy = ObjectHold {
+        held: Held::Object,
+        legal_hold: false,
+        retain_until_time: None,
+        policy: Some(ObjectPolicy {
+            id: Uuid::from_u128(0xabc),
+            rules: rules(|r| r.keep_last = 2),
+        }),
+    };
+    let plan = plan_of(
+        vec![group(keep_last_one(), &six_days())],
+        vec![object_with(vec![object_policy])],
+    );
+    assert_eq!(
+        reasons_by_run(&plan, 6),
+        vec![
+            vec![],
+            vec![],
+            vec![],
+            vec!["object_policy"],
+            vec![],
+            vec!["newest", "keep_last", "object_policy"],
+        ]
+    );
+}
+
+#[test]
+fn an_object_policy_dates_versions_by_their_first_snapshot() {
+    // Versions first seen on 1, 3 and 5 May (all recorded on 1 January):
+    // keep_within one day keeps only a2, so the dates come from the
+    // snapshots; keep_tags picks a0 by the version's own tag.
+    let mut object = object_with(vec![ObjectHold {
+        held: Held::Object,
+        legal_hold: false,
+        retain_until_time: None,
+        policy: Some(ObjectPolicy {
+            id: Uuid::from_u128(0xabc),
+            rules: rules(|r| {
+                r.keep_within_seconds = 86_400;
+                r.keep_tags = vec!["audit".into()];
+            }),
+        }),
+    }]);
+    object.versions[0].tags = tags(&["audit=2024"]);
+    let plan = plan_of(vec![group(keep_last_one(), &six_days())], vec![object]);
+    assert_eq!(
+        reasons_by_run(&plan, 6),
+        vec![
+            vec![],
+            vec!["object_policy"],
+            vec![],
+            vec![],
+            vec![],
+            vec!["newest", "keep_last", "object_policy"],
+        ]
+    );
+}
+
+#[test]
+fn a_version_retention_with_a_policy_keeps_only_that_version() {
+    let hold = ObjectHold {
+        held: Held::Version(Uuid::from_u128(0xa0)),
+        legal_hold: false,
+        retain_until_time: None,
+        policy: Some(ObjectPolicy {
+            id: Uuid::from_u128(0xabc),
+            rules: rules(|r| r.keep_last = 3),
+        }),
+    };
+    let plan = plan_of(
+        vec![group(keep_last_one(), &six_days())],
+        vec![object_with(vec![hold])],
+    );
+    assert_eq!(reasons_by_run(&plan, 6)[1], vec!["object_policy"]);
+    assert_eq!(plan.kept(), 2);
+}
+
+#[test]
+fn held_versions_survive_every_policy() {
+    let policies = [
+        rules(|r| r.keep_last = 1),
+        rules(|r| r.keep_daily = 1),
+        rules(|r| r.keep_hourly = 1),
+        rules(|r| r.keep_weekly = 1),
+        rules(|r| r.keep_monthly = 1),
+        rules(|r| r.keep_yearly = 1),
+        rules(|r| r.keep_within_seconds = 1),
+        rules(|r| r.keep_tags = vec!["nothing-has-this".into()]),
+    ];
+    let holds = [
+        legal_hold(Held::Version(Uuid::from_u128(0xa0))),
+        legal_hold(Held::Object),
+        ObjectHold {
+            held: Held::Version(Uuid::from_u128(0xa0)),
+            legal_hold: false,
+            retain_until_time: Some(at("2025-06-01T00:00:01Z")),
+            policy: None,
+        },
+    ];
+    for rules in policies {
+        for hold in &holds {
+            let plan = plan_of(
+                vec![group(Some(policy(rules.clone())), &six_days())],
+                vec![object_with(vec![hold.clone()])],
+            );
+            // Run 1 is the newest snapshot containing a0.
+            let kept = plan
+                .decisions
+                .iter()
+                .find(|d| d.run_id == run(1))
+                .expect("decision");
+            assert!(kept.keep(), "{rules:?} with {hold:?} removed the held run");
+            let reason = kept.reasons.last().copied();
+            assert!(
+                matches!(
+                    reason,
+                    Some(KeepReason::LegalHold | KeepReason::RetainUntil)
+                ),
+                "{reason:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn nothing_is_removed_without_a_policy_even_with_holds() {
+    let plan = plan_of(
+        vec![group(None, &six_days())],
+        vec![object_with(vec![legal_hold(Held::Object)])],
+    );
+    assert!(plan.runs_to_remove().is_empty());
+}

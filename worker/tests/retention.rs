@@ -42,7 +42,12 @@ async fn keep_last_policy(server: &TestServer, keep_last: i32) -> String {
         .id
 }
 
-async fn create_job(server: &TestServer, source: &Path, target: pb::Target, policy: &str) -> String {
+async fn create_job(
+    server: &TestServer,
+    source: &Path,
+    target: pb::Target,
+    policy: &str,
+) -> String {
     let mut jobs = pb::job_service_client::JobServiceClient::new(server.channel().await);
     jobs.create_job(authed(
         &server.admin_token,
@@ -118,14 +123,21 @@ async fn assert_apply_and_collect_give_space_back(
     store: &Arc<Store>,
 ) {
     let source = tempfile::tempdir().expect("source dir");
-    write(&source.path().join("notes.txt"), b"kept in every snapshot\n");
+    write(
+        &source.path().join("notes.txt"),
+        b"kept in every snapshot\n",
+    );
     let policy = keep_last_policy(server, 1).await;
     let job_id = create_job(server, source.path(), target.clone(), &policy).await;
     let _worker = WorkerProcess::spawn(server, "retention");
 
     let mut snapshots = Vec::new();
     for round in 0..3u64 {
-        let _ = std::fs::remove_file(source.path().join(format!("big{}.bin", round.wrapping_sub(1))));
+        let _ = std::fs::remove_file(
+            source
+                .path()
+                .join(format!("big{}.bin", round.wrapping_sub(1))),
+        );
         write(
             &source.path().join(format!("big{round}.bin")),
             &noise(4 << 20, 40 + round),
@@ -299,7 +311,10 @@ async fn a_second_collection_of_a_repository_is_refused_while_one_is_queued() {
     };
     assert_eq!(spec.grace_period.expect("grace").seconds, 3600);
     assert_eq!(spec.repack_threshold_percent, 50.0);
-    let refused = runs.create_run(request()).await.expect_err("second refused");
+    let refused = runs
+        .create_run(request())
+        .await
+        .expect_err("second refused");
     assert_eq!(refused.code(), Code::FailedPrecondition);
 
     let bad = runs

@@ -1,5 +1,5 @@
 //! RetentionService: retention policies, object retentions and retention
-//! plans. Ownership works as for buckets; ApplyRetention comes later.
+//! plans and their application. Ownership works as for buckets.
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::retention_service_server::RetentionService;
@@ -7,10 +7,7 @@ use tonic::Request;
 use uuid::Uuid;
 
 use super::users::optional_time;
-use super::{
-    mask_paths, optional_timestamp, required, respond, timestamp, unimplemented, AppState,
-    RpcResult,
-};
+use super::{mask_paths, optional_timestamp, required, respond, timestamp, AppState, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, FieldViolation, Violations};
@@ -517,6 +514,23 @@ impl RetentionApi {
         Ok(plan.into())
     }
 
+    /// Queues a retention run removing exactly what a plan made now lists.
+    async fn apply(
+        &self,
+        caller: &Caller,
+        request: pb::ApplyRetentionRequest,
+    ) -> DomainResult<pb::ApplyRetentionResponse> {
+        let scope = retention_scope(&request.job_id, &request.bucket_id)?;
+        self.check_scope_access(caller, scope).await?;
+        let now = self.state.catalog.now().await?;
+        let new = self.state.catalog.retention_run(scope, now).await?;
+        let created = self.state.catalog.create_run(&new).await?;
+        self.state.notify_run(created.run.id);
+        Ok(pb::ApplyRetentionResponse {
+            run_id: created.run.id.to_string(),
+        })
+    }
+
     async fn list_retentions(
         &self,
         caller: &Caller,
@@ -669,8 +683,9 @@ impl RetentionService for RetentionApi {
 
     async fn apply_retention(
         &self,
-        _request: Request<pb::ApplyRetentionRequest>,
+        request: Request<pb::ApplyRetentionRequest>,
     ) -> RpcResult<pb::ApplyRetentionResponse> {
-        unimplemented("RetentionService.ApplyRetention")
+        let caller = self.caller(&request).await?;
+        respond(self.apply(&caller, request.into_inner()).await)
     }
 }

@@ -23,7 +23,8 @@ use super::leases::repository_of;
 use super::objects::list_placeholders;
 use super::{on_pool, Catalog};
 use crate::error::{from_sqlx, DomainError, DomainResult};
-use crate::model::run::{SnapshotSource, Target};
+use crate::model::retention::plan::RetentionScope;
+use crate::model::run::{NewRun, RetentionSpec, RunSpec, SnapshotSource, Target};
 
 /// Versions read and rewritten per transaction.
 const PAGE_ROWS: i64 = 2000;
@@ -82,6 +83,63 @@ fn fate(kept: &[Uuid], first: Uuid, last: Option<Uuid>) -> VersionFate {
 }
 
 impl Catalog {
+    /// A retention run removing exactly what a plan of `scope` made at
+    /// `now` does not keep, owned by the scope's owner.
+    pub async fn retention_run(
+        &self,
+        scope: RetentionScope,
+        now: DateTime<Utc>,
+    ) -> DomainResult<NewRun> {
+        let owner_id = self
+            .retention_scope_owner(scope)
+            .await?
+            .ok_or_else(|| match scope {
+                RetentionScope::Job(id) => DomainError::not_found("job", id),
+                RetentionScope::Bucket(id) => DomainError::not_found("bucket", id),
+            })?;
+        let plan = self.plan_retention(scope, now).await?;
+        let mut removed = Vec::new();
+        for run_id in plan.runs_to_remove() {
+            let run = self.get_run(run_id).await?;
+            let RunSpec::Backup(backup) = &run.spec else {
+                return Err(DomainError::Internal(format!(
+                    "retention planned to remove run {run_id}, which is not a backup"
+                )));
+            };
+            removed.push(SnapshotSource {
+                run_id,
+                job_id: run.job_id,
+                source_path: backup.source_path.clone(),
+                target: backup.target.clone(),
+                manifest_key: run.manifest_key.clone(),
+            });
+        }
+        let (job_id, bucket_id, target) = match scope {
+            RetentionScope::Job(id) => (Some(id), None, self.get_job(id).await?.draft.target),
+            RetentionScope::Bucket(id) => (
+                None,
+                Some(id),
+                Target::Bucket {
+                    bucket_id: id,
+                    prefix: String::new(),
+                },
+            ),
+        };
+        Ok(NewRun {
+            owner_id,
+            job_id: None,
+            spec: RunSpec::Retention(RetentionSpec {
+                job_id,
+                bucket_id,
+                plan_time: now,
+                target,
+                removed,
+            }),
+            max_attempts: self.run_default_max_attempts().await?,
+            request_id: None,
+        })
+    }
+
     /// The garbage collection of `target`'s repository that is queued or
     /// running, if any.
     pub async fn active_gc_run(&self, target: &Target) -> DomainResult<Option<Uuid>> {

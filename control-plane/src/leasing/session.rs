@@ -16,6 +16,8 @@ use crate::catalog::leases::{
     repository_of, AttemptOutcome, CompletionResult, LeaseSettings, LeaseState, WorkerRegistration,
 };
 use crate::error::{DomainError, DomainResult};
+use crate::model::configuration::RETENTION_APPLY_AFTER_BACKUP;
+use crate::model::retention::plan::RetentionScope;
 use crate::model::run::RunSpec;
 
 /// How long a new session may take to say hello.
@@ -469,6 +471,9 @@ impl Session {
             CompletionResult::Accepted { state } => {
                 tracing::info!(worker = %self.name, run = %run_id, %state, "attempt completed");
                 self.ack(run_id, token, true, "", -1).await;
+                if state == "succeeded" {
+                    tokio::spawn(apply_retention_after_backup(self.state.clone(), run_id));
+                }
             }
             CompletionResult::Rejected { reason } => {
                 tracing::warn!(worker = %self.name, run = %run_id, %reason, "completion refused");
@@ -519,5 +524,46 @@ fn proto_duration(duration: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// With the `retention_apply_after_backup` configuration set, a job's
+/// successful backup (scheduled or on demand) is followed by a retention
+/// run for the job when its policy removes anything, as kopia prunes after
+/// each snapshot.
+async fn apply_retention_after_backup(state: AppState, run_id: Uuid) {
+    let result: DomainResult<Option<Uuid>> = async {
+        let enabled = state
+            .catalog
+            .configuration_value(RETENTION_APPLY_AFTER_BACKUP)
+            .await?;
+        if enabled.as_deref() != Some("true") {
+            return Ok(None);
+        }
+        let run = state.catalog.get_run(run_id).await?;
+        let (RunSpec::Backup(_), Some(job_id)) = (&run.spec, run.job_id) else {
+            return Ok(None);
+        };
+        let now = state.catalog.now().await?;
+        let new = state
+            .catalog
+            .retention_run(RetentionScope::Job(job_id), now)
+            .await?;
+        if matches!(&new.spec, RunSpec::Retention(spec) if spec.removed.is_empty()) {
+            return Ok(None);
+        }
+        let created = state.catalog.create_run(&new).await?;
+        state.notify_run(created.run.id);
+        Ok(Some(created.run.id))
+    }
+    .await;
+    match result {
+        Ok(Some(retention)) => {
+            tracing::info!(backup = %run_id, %retention, "retention queued after the backup");
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(backup = %run_id, %error, "could not apply retention after the backup");
+        }
     }
 }

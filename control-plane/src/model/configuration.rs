@@ -58,6 +58,8 @@ pub enum ValueRule {
     },
     /// The UUID of an existing retention policy.
     RetentionPolicyId,
+    /// `true` or `false`.
+    Boolean,
 }
 
 /// A known configuration key and its rule.
@@ -81,6 +83,9 @@ pub const RETRY_BACKOFF_SECONDS: &str = "retry_backoff_seconds";
 pub const RUN_DEADLINE_SECONDS: &str = "run_deadline_seconds";
 /// Policy applied when neither object, job nor bucket names one.
 pub const DEFAULT_RETENTION_POLICY_ID: &str = "default_retention_policy_id";
+
+/// Whether a job's retention policy is applied after each of its backups.
+pub const RETENTION_APPLY_AFTER_BACKUP: &str = "retention_apply_after_backup";
 
 /// Every key a configuration entry may have.
 pub const KNOWN_KEYS: &[KnownKey] = &[
@@ -110,6 +115,10 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
     KnownKey {
         key: DEFAULT_RETENTION_POLICY_ID,
         rule: ValueRule::RetentionPolicyId,
+    },
+    KnownKey {
+        key: RETENTION_APPLY_AFTER_BACKUP,
+        rule: ValueRule::Boolean,
     },
 ];
 
@@ -145,6 +154,10 @@ pub fn check_value(field: &str, rule: ValueRule, value: &str) -> DomainResult<Op
             }
             Ok(None)
         }
+        ValueRule::Boolean => match value {
+            "true" | "false" => Ok(None),
+            _ => Err(DomainError::invalid(field, "must be `true` or `false`")),
+        },
         ValueRule::RetentionPolicyId => Uuid::parse_str(value)
             .map(Some)
             .map_err(|_| DomainError::invalid(field, "must be the UUID of a retention policy")),

@@ -38,6 +38,7 @@
 //! - Deterministic: the same input gives the same plan; decisions are
 //!   ordered newest first (ties by run id, newest first).
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Datelike, TimeDelta, Timelike, Utc};
@@ -352,7 +353,7 @@ pub fn plan(input: &PlanInput) -> DomainResult<RetentionPlan> {
             })
         })
         .collect();
-    decisions.sort_by(|a, b| (b.time, b.run_id).cmp(&(a.time, a.run_id)));
+    decisions.sort_by_key(|d| Reverse((d.time, d.run_id)));
     debug_assert!(decisions.iter().all(|d| d.keep() || d.policy.is_some()));
     Ok(RetentionPlan {
         now: input.now,
@@ -364,7 +365,7 @@ pub fn plan(input: &PlanInput) -> DomainResult<RetentionPlan> {
 /// the `newest` rule.
 fn decide_group(group: &SnapshotGroup) -> DomainResult<PendingGroup<'_>> {
     let mut sorted: Vec<&Snapshot> = group.snapshots.iter().collect();
-    sorted.sort_by(|a, b| (b.time, b.run_id).cmp(&(a.time, a.run_id)));
+    sorted.sort_by_key(|s| Reverse((s.time, s.run_id)));
     let items: Vec<Dated<'_>> = sorted
         .iter()
         .map(|s| Dated {
@@ -464,7 +465,7 @@ fn versions_kept_by(
             (time, *v)
         })
         .collect();
-    dated.sort_by(|(ta, a), (tb, b)| (tb, b.id).cmp(&(ta, a.id)));
+    dated.sort_by_key(|(time, v)| Reverse((*time, v.id)));
     let items: Vec<Dated<'_>> = dated
         .iter()
         .map(|(time, v)| Dated {

@@ -247,7 +247,7 @@ fn unimplemented_rpcs_say_so() {
             "-d",
             r#"{"job_id": "00000000-0000-0000-0000-000000000000"}"#,
         ],
-        &["coffer.v1.RetentionService/PlanRetention"],
+        &["coffer.v1.RetentionService/ApplyRetention"],
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());

@@ -165,6 +165,16 @@ pub struct GroupKey {
     pub repository: Option<String>,
 }
 
+impl GroupKey {
+    /// Whether the group is one chain of snapshots, so that a version's run
+    /// range selects only snapshots that contain it. Snapshots without a job
+    /// (ad-hoc ones and those of deleted jobs, which may share a repository)
+    /// or without a recorded repository may interleave several chains.
+    pub fn is_single_chain(&self) -> bool {
+        self.job_id.is_some() && self.repository.is_some()
+    }
+}
+
 /// The snapshots of one group with the policy that applies to them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SnapshotGroup {
@@ -317,16 +327,6 @@ struct Pending<'a> {
 struct PendingGroup<'a> {
     group: &'a SnapshotGroup,
     snapshots: Vec<Pending<'a>>,
-}
-
-impl GroupKey {
-    /// Whether the group is one chain of snapshots, so that a version's run
-    /// range selects only snapshots that contain it. Snapshots without a job
-    /// (ad-hoc ones and those of deleted jobs, which may share a repository)
-    /// or without a recorded repository may interleave several chains.
-    pub fn is_single_chain(&self) -> bool {
-        self.job_id.is_some() && self.repository.is_some()
-    }
 }
 
 impl PendingGroup<'_> {

@@ -555,7 +555,152 @@ async fn latest_versions_filter_by_tag(backend: Backend) {
     assert_eq!(violated_fields(&status), vec!["tag_value".to_string()]);
 }
 
+async fn objects_and_versions_filter_by_tag(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, token) = server.create_user("alice").await;
+    let (run1, _) = snapshot(
+        &server,
+        &alice,
+        vec![
+            file("a.txt", "a1", 1),
+            file("b.txt", "b", 1),
+            file("c.txt", "c", 1),
+        ],
+    )
+    .await;
+    snapshot(
+        &server,
+        &alice,
+        vec![
+            file("a.txt", "a2", 1),
+            file("b.txt", "b", 1),
+            file("c.txt", "c", 1),
+        ],
+    )
+    .await;
+    let objects = ObjectServiceClient::new(server.channel().await);
+    let list = |request: pb::ListObjectsRequest| {
+        let mut objects = objects.clone();
+        let token = token.clone();
+        async move {
+            objects
+                .list_objects(authed(&token, request))
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .objects
+                        .into_iter()
+                        .map(|o| (o.path, o.id))
+                        .collect::<Vec<_>>()
+                })
+        }
+    };
+    let all = list(pb::ListObjectsRequest::default()).await.expect("list");
+    let id_of = |path: &str| {
+        all.iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, id)| id.clone())
+            .expect("object")
+    };
+    let versions = |tag_key: &str, tag_value: &str| {
+        let mut objects = objects.clone();
+        let request = pb::ListObjectVersionsRequest {
+            object_id: id_of("a.txt"),
+            tag_key: tag_key.into(),
+            tag_value: tag_value.into(),
+            ..Default::default()
+        };
+        let token = token.clone();
+        async move {
+            objects
+                .list_object_versions(authed(&token, request))
+                .await
+                .map(|r| r.into_inner().versions)
+        }
+    };
+    let a_versions = versions("", "").await.expect("versions");
+    assert_eq!(a_versions.len(), 2);
+    let old_a = a_versions
+        .iter()
+        .find(|v| v.first_run_id == run1.to_string())
+        .expect("first version of a")
+        .id
+        .clone();
+
+    // The superseded version of a.txt and the object c.txt carry tags.
+    let mut tags = pb::tag_service_client::TagServiceClient::new(server.channel().await);
+    for (kind, id, key, value) in [
+        (
+            pb::ResourceKind::ObjectVersion,
+            old_a.clone(),
+            "audit",
+            "2024",
+        ),
+        (pb::ResourceKind::Object, id_of("c.txt"), "owner", "ops"),
+    ] {
+        tags.create_tag(authed(
+            &token,
+            pb::CreateTagRequest {
+                tag: Some(pb::Tag {
+                    resource: Some(pb::ResourceRef {
+                        kind: kind as i32,
+                        id,
+                    }),
+                    key: key.into(),
+                    value: value.into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("tag");
+    }
+
+    let paths = |found: Vec<(String, String)>| -> Vec<String> {
+        found.into_iter().map(|(path, _)| path).collect()
+    };
+    for (key, value, expected) in [
+        ("audit", "", vec!["a.txt"]),
+        ("audit", "2024", vec!["a.txt"]),
+        ("audit", "2025", vec![]),
+        ("owner", "", vec!["c.txt"]),
+        ("nothing", "", vec![]),
+    ] {
+        let found = list(pb::ListObjectsRequest {
+            tag_key: key.into(),
+            tag_value: value.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("filtered list");
+        assert_eq!(paths(found), expected, "{key}={value}");
+    }
+
+    let tagged: Vec<String> = versions("audit", "")
+        .await
+        .expect("filtered versions")
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(tagged, vec![old_a.clone()]);
+    assert!(versions("audit", "2025")
+        .await
+        .expect("filtered versions")
+        .is_empty());
+    let status = versions("", "2024").await.expect_err("value without key");
+    assert_eq!(violated_fields(&status), vec!["tag_value".to_string()]);
+    let status = list(pb::ListObjectsRequest {
+        tag_key: "1bad".into(),
+        ..Default::default()
+    })
+    .await
+    .expect_err("bad key");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&status), vec!["tag_key".to_string()]);
+}
+
 both_backends!(
+    objects_and_versions_filter_by_tag,
     snapshots_record_only_changes,
     objects_page_by_path_and_escape_bytes,
     duplicates_are_grouped_by_hash,

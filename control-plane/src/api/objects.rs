@@ -8,13 +8,13 @@ use tonic::Request;
 use super::{optional_timestamp, respond, timestamp, AppState, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
-use crate::error::{DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::object::{
     path_text, BackupObject, DuplicateFile, DuplicateFilter, DuplicateGroup, FileKind,
     LatestFilter, ObjectFilter, ObjectVersion, SnapshotFile,
 };
 use crate::model::run::{NewRun, RebuildSpec, RunSpec, Target};
-use crate::model::tag::check_tag_key;
+use crate::model::tag::{check_tag_key, check_tag_value, TagMatch};
 use crate::model::{check_len, check_relative_path, parse_id, parse_optional_id};
 
 /// Handler of `coffer.v1.ObjectService`.
@@ -128,6 +128,25 @@ fn object_filter(
     })
 }
 
+/// Parses a list's tag filter: `tag_key` alone matches any value,
+/// `tag_value` needs `tag_key`.
+fn tag_filter(tag_key: &str, tag_value: &str) -> DomainResult<Option<TagMatch>> {
+    if tag_key.is_empty() {
+        if !tag_value.is_empty() {
+            return Err(DomainError::invalid("tag_value", "needs tag_key"));
+        }
+        return Ok(None);
+    }
+    let mut violations = Violations::new();
+    violations.absorb(check_tag_key("tag_key", tag_key));
+    violations.absorb(check_tag_value("tag_value", tag_value));
+    violations.finish()?;
+    Ok(Some(TagMatch {
+        key: tag_key.to_string(),
+        value: (!tag_value.is_empty()).then(|| tag_value.to_string()),
+    }))
+}
+
 /// Builds the filter of ListLatestVersions.
 fn latest_filter(
     caller: &Caller,
@@ -139,16 +158,11 @@ fn latest_filter(
         &request.job_id,
         &request.path_prefix,
     )?;
-    if !request.tag_key.is_empty() {
-        check_tag_key("tag_key", &request.tag_key)?;
-    } else if !request.tag_value.is_empty() {
-        return Err(DomainError::invalid("tag_value", "needs tag_key"));
-    }
-    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let tag = tag_filter(&request.tag_key, &request.tag_value)?;
     Ok(LatestFilter {
         objects,
-        tag_key: non_empty(&request.tag_key),
-        tag_value: non_empty(&request.tag_value),
+        tag_key: tag.as_ref().map(|t| t.key.clone()),
+        tag_value: tag.and_then(|t| t.value),
         include_deleted: request.include_deleted,
     })
 }
@@ -254,8 +268,13 @@ impl ObjectService for ObjectApi {
             &request.job_id,
             &request.path_prefix,
         )?;
+        let tag = tag_filter(&request.tag_key, &request.tag_value)?;
         let page = Page::parse(request.page_size, &request.page_token)?;
-        let (objects, next_page_token) = self.state.catalog.list_objects(&filter, page).await?;
+        let (objects, next_page_token) = self
+            .state
+            .catalog
+            .list_objects(&filter, tag.as_ref(), page)
+            .await?;
         respond(Ok(pb::ListObjectsResponse {
             objects: objects.into_iter().map(Into::into).collect(),
             next_page_token,
@@ -285,11 +304,12 @@ impl ObjectService for ObjectApi {
         let caller = self.caller(&request).await?;
         let request = request.into_inner();
         let id = parse_id("object_id", &request.object_id)?;
+        let tag = tag_filter(&request.tag_key, &request.tag_value)?;
         let page = Page::parse(request.page_size, &request.page_token)?;
         let (versions, next_page_token) = self
             .state
             .catalog
-            .list_object_versions(id, caller.owner_scope(), page)
+            .list_object_versions(id, caller.owner_scope(), tag.as_ref(), page)
             .await?;
         respond(Ok(pb::ListObjectVersionsResponse {
             versions: versions.into_iter().map(Into::into).collect(),

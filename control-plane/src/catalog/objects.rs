@@ -21,6 +21,7 @@ use crate::model::object::{
     LatestFilter, ObjectFilter, ObjectVersion, SnapshotCommit, SnapshotEntry, SnapshotFile,
     SnapshotStats,
 };
+use crate::model::tag::TagMatch;
 
 /// Rows per multi-row statement of [`Catalog::apply_snapshot`].
 pub(crate) const BATCH_ROWS: usize = 500;
@@ -597,13 +598,22 @@ impl Catalog {
     }
 
     /// Lists objects by `(path_text, id)`, each with its latest version.
+    /// With `tag`, only objects carrying a matching tag themselves or on any
+    /// of their versions.
     pub async fn list_objects(
         &self,
         filter: &ObjectFilter,
+        tag: Option<&TagMatch>,
         page: Page,
     ) -> DomainResult<(Vec<BackupObject>, String)> {
         let sql = format!(
-            "SELECT {OBJECT_COLUMNS} FROM objects o WHERE {} ORDER BY o.path_text, o.id LIMIT $6",
+            "SELECT {OBJECT_COLUMNS} FROM objects o WHERE {} \
+             AND ($6 IS NULL OR EXISTS (SELECT 1 FROM tags t WHERE t.key = $6 \
+                 AND ($7 IS NULL OR t.value = $7) \
+                 AND ((t.resource_kind = 'object' AND t.resource_id = o.id) \
+                   OR (t.resource_kind = 'object_version' AND t.resource_id IN \
+                       (SELECT tv.id FROM object_versions tv WHERE tv.object_id = o.id))))) \
+             ORDER BY o.path_text, o.id LIMIT $8",
             object_conditions()
         );
         let rows = on_pool!(self, pool => sqlx::query_as::<_, ObjectRow>(&sql)
@@ -612,6 +622,8 @@ impl Catalog {
             .bind(filter.job_id)
             .bind(&filter.path_prefix)
             .bind(page.after)
+            .bind(tag.map(|t| t.key.as_str()))
+            .bind(tag.and_then(|t| t.value.as_deref()))
             .bind(page.limit())
             .fetch_all(pool)
             .await)
@@ -642,17 +654,21 @@ impl Catalog {
             .ok_or_else(|| DomainError::not_found("object", id))
     }
 
-    /// Lists the versions of an object, newest first. The page token is the
-    /// id of the last version returned.
+    /// Lists the versions of an object, newest first, with `tag` only those
+    /// carrying a matching tag. The page token is the id of the last version
+    /// returned.
     pub async fn list_object_versions(
         &self,
         object_id: Uuid,
         owner_scope: Option<Uuid>,
+        tag: Option<&TagMatch>,
         page: Page,
     ) -> DomainResult<(Vec<ObjectVersion>, String)> {
         let sql = format!(
             "SELECT {VERSION_COLUMNS} FROM object_versions v JOIN objects o ON o.id = v.object_id \
              WHERE o.id = $1 AND ($2 IS NULL OR o.owner_id = $2) AND ($3 IS NULL OR v.id < $3) \
+             AND ($5 IS NULL OR EXISTS (SELECT 1 FROM tags t WHERE t.resource_kind = 'object_version' \
+                 AND t.resource_id = v.id AND t.key = $5 AND ($6 IS NULL OR t.value = $6))) \
              ORDER BY v.id DESC LIMIT $4"
         );
         // Existence and scope first, so an empty list means "no versions".
@@ -662,6 +678,8 @@ impl Catalog {
             .bind(owner_scope)
             .bind(page.after)
             .bind(page.limit())
+            .bind(tag.map(|t| t.key.as_str()))
+            .bind(tag.and_then(|t| t.value.as_deref()))
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "object versions"))?;

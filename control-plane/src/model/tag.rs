@@ -169,9 +169,18 @@ pub fn check_tag_key(field: &str, key: &str) -> DomainResult<()> {
     Ok(())
 }
 
-/// Checks a tag value: at most 256 characters.
+/// Checks a tag value: at most 256 characters, none of them control
+/// characters (the rule of a policy's `keep_tags` values, so every value can
+/// be kept by).
 pub fn check_tag_value(field: &str, value: &str) -> DomainResult<()> {
-    check_len(field, value, 0, MAX_VALUE_LEN)
+    check_len(field, value, 0, MAX_VALUE_LEN)?;
+    if value.chars().any(char::is_control) {
+        return Err(DomainError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -187,6 +196,16 @@ mod tests {
         assert!(check_tag_key("k", "a b").is_err());
         assert!(check_tag_key("k", &"a".repeat(129)).is_err());
         assert!(check_tag_key("k", &"a".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn values_are_limited_and_printable() {
+        assert!(check_tag_value("v", "").is_ok());
+        assert!(check_tag_value("v", "release 1.2 (ünïcode)").is_ok());
+        assert!(check_tag_value("v", &"v".repeat(256)).is_ok());
+        assert!(check_tag_value("v", &"v".repeat(257)).is_err());
+        assert!(check_tag_value("v", "line\nbreak").is_err());
+        assert!(check_tag_value("v", "tab\there").is_err());
     }
 
     #[test]

@@ -29,7 +29,11 @@
 //!   are never rewritten). A version held by a legal hold or a retain-until
 //!   date in the future (directly, or because its whole object is held) keeps
 //!   the newest snapshot containing it (reasons `legal_hold`,
-//!   `retain_until`). An object retention with a policy evaluates that
+//!   `retain_until`). Where a group may interleave several chains (snapshots
+//!   without a job, which includes those of deleted jobs, or runs recorded
+//!   before repositories were), the catalog cannot tell which snapshot of the
+//!   range holds the version, so every one of them is kept. An object
+//!   retention with a policy evaluates that
 //!   policy over the object's versions (a version's time is the time of its
 //!   first snapshot, its tags are the version's tags) and keeps, for every
 //!   version the policy keeps, the newest snapshot containing it (reason
@@ -38,6 +42,7 @@
 //! - Deterministic: the same input gives the same plan; decisions are
 //!   ordered newest first (ties by run id, newest first).
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Datelike, TimeDelta, Timelike, Utc};
@@ -158,6 +163,16 @@ pub struct GroupKey {
     pub bucket_id: Option<Uuid>,
     /// The repository (as `objects.repository` spells it), when known.
     pub repository: Option<String>,
+}
+
+impl GroupKey {
+    /// Whether the group is one chain of snapshots, so that a version's run
+    /// range selects only snapshots that contain it. Snapshots without a job
+    /// (ad-hoc ones and those of deleted jobs, which may share a repository)
+    /// or without a recorded repository may interleave several chains.
+    pub fn is_single_chain(&self) -> bool {
+        self.job_id.is_some() && self.repository.is_some()
+    }
 }
 
 /// The snapshots of one group with the policy that applies to them.
@@ -315,14 +330,20 @@ struct PendingGroup<'a> {
 }
 
 impl PendingGroup<'_> {
-    /// Keeps the newest snapshot containing `version`, if there is one.
-    fn keep_newest_containing(&mut self, version: &VersionSpan, reason: KeepReason) {
-        if let Some(pending) = self
+    /// Keeps the newest snapshot containing `version`; where the group may
+    /// interleave chains, every snapshot of the version's range, since the
+    /// catalog cannot tell which of them holds it.
+    fn keep_containing(&mut self, version: &VersionSpan, reason: KeepReason) {
+        let single_chain = self.group.key.is_single_chain();
+        for pending in self
             .snapshots
             .iter_mut()
-            .find(|p| version.contains(p.snapshot.run_id))
+            .filter(|p| version.contains(p.snapshot.run_id))
         {
             pending.reasons.insert(reason);
+            if single_chain {
+                break;
+            }
         }
     }
 }
@@ -352,7 +373,7 @@ pub fn plan(input: &PlanInput) -> DomainResult<RetentionPlan> {
             })
         })
         .collect();
-    decisions.sort_by(|a, b| (b.time, b.run_id).cmp(&(a.time, a.run_id)));
+    decisions.sort_by_key(|d| Reverse((d.time, d.run_id)));
     debug_assert!(decisions.iter().all(|d| d.keep() || d.policy.is_some()));
     Ok(RetentionPlan {
         now: input.now,
@@ -364,7 +385,7 @@ pub fn plan(input: &PlanInput) -> DomainResult<RetentionPlan> {
 /// the `newest` rule.
 fn decide_group(group: &SnapshotGroup) -> DomainResult<PendingGroup<'_>> {
     let mut sorted: Vec<&Snapshot> = group.snapshots.iter().collect();
-    sorted.sort_by(|a, b| (b.time, b.run_id).cmp(&(a.time, a.run_id)));
+    sorted.sort_by_key(|s| Reverse((s.time, s.run_id)));
     let items: Vec<Dated<'_>> = sorted
         .iter()
         .map(|s| Dated {
@@ -435,7 +456,7 @@ fn apply_object_holds(
         }
         for (version, reason) in keeps {
             for group in matching.iter_mut() {
-                group.keep_newest_containing(version, reason);
+                group.keep_containing(version, reason);
             }
         }
     }
@@ -464,7 +485,7 @@ fn versions_kept_by(
             (time, *v)
         })
         .collect();
-    dated.sort_by(|(ta, a), (tb, b)| (tb, b.id).cmp(&(ta, a.id)));
+    dated.sort_by_key(|(time, v)| Reverse((*time, v.id)));
     let items: Vec<Dated<'_>> = dated
         .iter()
         .map(|(time, v)| Dated {

@@ -613,16 +613,30 @@ fn holds_of_other_jobs_or_repositories_do_not_apply() {
 }
 
 #[test]
-fn runs_of_unknown_repository_still_honour_holds() {
+fn runs_of_unknown_repository_keep_the_whole_range_of_a_hold() {
     let mut legacy = group(keep_last_one(), &six_days());
     legacy.key.repository = None;
-    let plan = plan_of(
-        vec![legacy],
-        vec![object_with(vec![legal_hold(Held::Version(
-            Uuid::from_u128(0xa0),
-        ))])],
-    );
-    assert_eq!(reasons_by_run(&plan, 6)[1], vec!["legal_hold"]);
+    let held = legal_hold(Held::Version(Uuid::from_u128(0xa1)));
+    let plan = plan_of(vec![legacy], vec![object_with(vec![held])]);
+    let reasons = reasons_by_run(&plan, 6);
+    assert_eq!(reasons[2], vec!["legal_hold"]);
+    assert_eq!(reasons[3], vec!["legal_hold"]);
+    assert_eq!(plan.kept(), 3);
+}
+
+#[test]
+fn snapshots_without_a_job_keep_the_whole_range_of_a_hold() {
+    // A deleted job's snapshots and ad-hoc ones may share a repository: the
+    // run range of a version may include snapshots of the other chain.
+    let mut adhoc = group(keep_last_one(), &six_days());
+    adhoc.key.job_id = None;
+    let mut object = object_with(vec![legal_hold(Held::Version(Uuid::from_u128(0xa1)))]);
+    object.job_id = None;
+    let plan = plan_of(vec![adhoc], vec![object]);
+    let reasons = reasons_by_run(&plan, 6);
+    assert_eq!(reasons[2], vec!["legal_hold"]);
+    assert_eq!(reasons[3], vec!["legal_hold"]);
+    assert_eq!(plan.kept(), 3);
 }
 
 #[test]

@@ -144,6 +144,12 @@ impl TestServer {
     /// to the same catalog, its own port, the same tokens and settings (and a
     /// scheduler instance of its own).
     pub async fn start_replica(&self) -> TestServer {
+        self.start_replica_with(self.state.scheduler.settings())
+            .await
+    }
+
+    /// Starts another replica of this control plane with other scheduler settings.
+    pub async fn start_replica_with(&self, scheduler: SchedulerSettings) -> TestServer {
         let url = self
             .guard
             .as_ref()
@@ -156,7 +162,7 @@ impl TestServer {
             catalog,
             CatalogGuard { _dir: None, url },
             self.state.lease_settings,
-            self.state.scheduler.settings(),
+            scheduler,
             listener,
             self.admin_token.clone(),
             self.worker_token.clone(),

@@ -190,6 +190,10 @@ impl Scheduler {
                 None => tracing::info!("this replica no longer leads the scheduler"),
             }
         }
+        self.handle.update(|status| {
+            status.leading = term.is_some();
+            status.term = term;
+        });
         let mut wake = poll;
         if let Some(leadership) = leadership {
             let new_term = previous.term != Some(leadership.term);
@@ -198,11 +202,7 @@ impl Scheduler {
                 Err(error) => tracing::warn!(%error, "scheduler round failed; retrying"),
             }
         }
-        self.handle.update(|status| {
-            status.leading = term.is_some();
-            status.term = term;
-            status.rounds += 1;
-        });
+        self.handle.update(|status| status.rounds += 1);
         wake
     }
 

@@ -284,12 +284,17 @@ impl Scheduler {
         fire_time: chrono::DateTime<chrono::Utc>,
         fired: &FiredTick,
     ) {
-        let next = fired.next_run_time.map(|t| t.to_rfc3339());
+        let run = fired
+            .run_id
+            .map_or_else(|| "none".to_string(), |id| id.to_string());
+        let next = fired
+            .next_run_time
+            .map_or_else(|| "none".to_string(), |t| t.to_rfc3339());
         tracing::info!(
             job = %job_id,
             tick = %fire_time,
-            run = ?fired.run_id,
-            next = next.as_deref().unwrap_or("none"),
+            run,
+            next,
             "scheduled tick: {}",
             fired.outcome.as_str()
         );

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::jobs::{JobRow, JOB_SELECT};
 use super::leases::repository_of;
 use super::{new_id, on_pool, to_json, Catalog};
-use crate::error::{from_sqlx, DomainResult};
+use crate::error::{from_sqlx, DomainError, DomainResult};
 use crate::model::job::{scheduled_request_id, Job, Schedule};
 use crate::model::run::RunSpec;
 use crate::scheduler::policy::{decide, TickOutcome};
@@ -393,7 +393,7 @@ impl Catalog {
             .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, "job"))?;
         if updated == 0 {
-            return Err(crate::error::DomainError::not_found("job", job_id));
+            return Err(DomainError::not_found("job", job_id));
         }
         Ok(())
     }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::scheduler::SchedulerSettings;
+
 /// Control-plane settings.
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -52,6 +54,31 @@ pub struct Config {
     #[arg(long, env = "COFFER_EMBEDDED_WORKER_SLOTS", default_value_t = 2)]
     pub embedded_worker_slots: usize,
 
+    /// Run the job scheduler in this replica. Replicas sharing a catalog elect
+    /// one leader among those running it; only the leader fires.
+    #[arg(long, env = "COFFER_SCHEDULER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub scheduler: bool,
+
+    /// Longest pause between scheduler rounds, in seconds. The leader also
+    /// wakes up exactly when the next tick is due.
+    #[arg(long, env = "COFFER_SCHEDULER_POLL_SECONDS", default_value_t = 5)]
+    pub scheduler_poll_seconds: u64,
+
+    /// Lifetime of the scheduler leader lease, in seconds: how long a dead
+    /// leader holds up scheduling before another replica takes over. At least
+    /// three poll intervals.
+    #[arg(long, env = "COFFER_SCHEDULER_LEASE_SECONDS", default_value_t = 30)]
+    pub scheduler_lease_seconds: u64,
+
+    /// Seconds after its time a tick may still fire normally; a tick reached
+    /// later counts as missed (see the job's missed-run policy).
+    #[arg(
+        long,
+        env = "COFFER_SCHEDULER_MISFIRE_GRACE_SECONDS",
+        default_value_t = 120
+    )]
+    pub scheduler_misfire_grace_seconds: u64,
+
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -86,12 +113,34 @@ impl Config {
         Duration::from_secs(self.shutdown_grace_seconds)
     }
 
+    /// The scheduler's settings.
+    pub fn scheduler_settings(&self) -> SchedulerSettings {
+        SchedulerSettings {
+            enabled: self.scheduler,
+            poll_interval: Duration::from_secs(self.scheduler_poll_seconds),
+            lease_ttl: Duration::from_secs(self.scheduler_lease_seconds),
+            misfire_grace: Duration::from_secs(self.scheduler_misfire_grace_seconds),
+        }
+    }
+
     /// Checks combinations that flags alone cannot express.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.insecure_no_auth && !self.listen.ip().is_loopback() {
             anyhow::bail!(
                 "--insecure-no-auth is only allowed on a loopback address, not {}",
                 self.listen
+            );
+        }
+        if self.scheduler_poll_seconds == 0 {
+            anyhow::bail!("--scheduler-poll-seconds must be at least 1");
+        }
+        // The leader renews its lease every round; three rounds per lease
+        // survive a slow round or two without losing the leadership.
+        if self.scheduler_lease_seconds < 3 * self.scheduler_poll_seconds {
+            anyhow::bail!(
+                "--scheduler-lease-seconds ({}) must be at least three times --scheduler-poll-seconds ({})",
+                self.scheduler_lease_seconds,
+                self.scheduler_poll_seconds
             );
         }
         Ok(())
@@ -121,6 +170,13 @@ impl Config {
             format!("shutdown_grace_seconds = {}", self.shutdown_grace_seconds),
             format!("embedded_worker = {}", self.runs_embedded_worker()),
             format!("embedded_worker_slots = {}", self.embedded_worker_slots),
+            format!("scheduler = {}", self.scheduler),
+            format!("scheduler_poll_seconds = {}", self.scheduler_poll_seconds),
+            format!("scheduler_lease_seconds = {}", self.scheduler_lease_seconds),
+            format!(
+                "scheduler_misfire_grace_seconds = {}",
+                self.scheduler_misfire_grace_seconds
+            ),
             format!("admin_token = {admin_token}"),
             format!("worker_token = {worker_token}"),
         ]
@@ -193,5 +249,22 @@ mod tests {
             "--insecure-no-auth",
         ]);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn scheduler_lease_must_outlast_three_rounds() {
+        let config = Config::parse_from(["coffer-control-plane"]);
+        assert!(config.validate().is_ok());
+        assert!(config.scheduler_settings().enabled);
+        let config = Config::parse_from([
+            "coffer-control-plane",
+            "--scheduler-poll-seconds",
+            "10",
+            "--scheduler-lease-seconds",
+            "20",
+        ]);
+        assert!(config.validate().is_err());
+        let config = Config::parse_from(["coffer-control-plane", "--scheduler=false"]);
+        assert!(!config.scheduler_settings().enabled);
     }
 }

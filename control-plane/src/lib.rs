@@ -1,5 +1,5 @@
-//! Coffer control plane: the catalog, the gRPC API, and (later) leasing and
-//! scheduling. The binary in `main.rs` wires these together; tests use the
+//! Coffer control plane: the catalog, the gRPC API, leasing and the job
+//! scheduler. The binary in `main.rs` wires these together; tests use the
 //! library directly to serve on ephemeral ports.
 
 pub mod api;
@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod leasing;
 pub mod model;
+pub mod scheduler;
 pub mod server;
 pub mod startup;
 #[doc(hidden)]

@@ -28,6 +28,9 @@ pub const SERVICE_NAMES: &[&str] = &[
     "coffer.v1.WorkerService",
 ];
 
+/// How long shutdown waits for the scheduler to release its leadership.
+const SCHEDULER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves the API on `listener` until `shutdown` resolves, then stops
 /// accepting, lets in-flight calls finish and returns.
 pub async fn serve(
@@ -47,6 +50,7 @@ pub async fn serve(
         state.lease_settings,
         background.clone(),
     ));
+    let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), background.clone()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
@@ -109,6 +113,14 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     background.cancel();
+    // The scheduler stopped firing when shutdown began; wait for it to give up
+    // its leadership (one catalog call) before the caller closes the catalog.
+    if tokio::time::timeout(SCHEDULER_STOP_TIMEOUT, scheduler)
+        .await
+        .is_err()
+    {
+        tracing::warn!("scheduler did not stop in time; its leadership expires by itself");
+    }
     result?;
     Ok(())
 }

@@ -50,7 +50,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
         AuthMode::Required
     };
     let auth = Authenticator::new(catalog.clone(), mode);
-    Ok(AppState::new(catalog, auth))
+    Ok(AppState::new(catalog, auth).with_scheduler_settings(config.scheduler_settings()))
 }
 
 /// Reads a secret from `NAME` or from the file named by `NAME_FILE`.

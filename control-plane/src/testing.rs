@@ -19,6 +19,7 @@ use crate::auth::{ensure_bootstrap_token, mint_secret, AuthMode, Authenticator};
 use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
 use crate::model::user::TokenScope;
+use crate::scheduler::SchedulerSettings;
 
 /// Which catalog backend a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,13 +48,19 @@ pub async fn fresh_catalog(backend: Backend) -> (Catalog, CatalogGuard) {
             admin.close().await;
             let url = replace_database(&admin_url, &name);
             let catalog = Catalog::connect(&url).await.expect("migrate test database");
-            (catalog, CatalogGuard { _dir: None })
+            (catalog, CatalogGuard { _dir: None, url })
         }
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
             let catalog = Catalog::connect(&url).await.expect("open sqlite catalog");
-            (catalog, CatalogGuard { _dir: Some(dir) })
+            (
+                catalog,
+                CatalogGuard {
+                    _dir: Some(dir),
+                    url,
+                },
+            )
         }
     }
 }
@@ -61,6 +68,14 @@ pub async fn fresh_catalog(backend: Backend) -> (Catalog, CatalogGuard) {
 /// Keeps a test's temporary files alive.
 pub struct CatalogGuard {
     _dir: Option<tempfile::TempDir>,
+    url: String,
+}
+
+impl CatalogGuard {
+    /// The URL of the test's catalog, to connect another replica to it.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
 }
 
 fn replace_database(url: &str, database: &str) -> String {
@@ -102,18 +117,63 @@ impl TestServer {
     /// Starts a control plane with the given lease timing.
     pub async fn start_with_leases(backend: Backend, settings: LeaseSettings) -> TestServer {
         let (catalog, guard) = fresh_catalog(backend).await;
-        Self::start_configured(catalog, guard, settings).await
+        Self::start_configured(catalog, guard, settings, SchedulerSettings::default()).await
+    }
+
+    /// Starts a control plane with the given scheduler timing.
+    pub async fn start_with_scheduler(
+        backend: Backend,
+        scheduler: SchedulerSettings,
+    ) -> TestServer {
+        let (catalog, guard) = fresh_catalog(backend).await;
+        Self::start_configured(catalog, guard, LeaseSettings::default(), scheduler).await
     }
 
     /// Starts a control plane over an existing catalog.
     pub async fn start_on(catalog: Catalog, guard: CatalogGuard) -> TestServer {
-        Self::start_configured(catalog, guard, LeaseSettings::default()).await
+        Self::start_configured(
+            catalog,
+            guard,
+            LeaseSettings::default(),
+            SchedulerSettings::default(),
+        )
+        .await
+    }
+
+    /// Starts another replica of this control plane: its own connection pool
+    /// to the same catalog, its own port, the same tokens and settings (and a
+    /// scheduler instance of its own).
+    pub async fn start_replica(&self) -> TestServer {
+        self.start_replica_with(self.state.scheduler.settings())
+            .await
+    }
+
+    /// Starts another replica of this control plane with other scheduler settings.
+    pub async fn start_replica_with(&self, scheduler: SchedulerSettings) -> TestServer {
+        let url = self
+            .guard
+            .as_ref()
+            .expect("a running server holds its catalog guard")
+            .url
+            .clone();
+        let catalog = Catalog::connect(&url).await.expect("connect replica");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(
+            catalog,
+            CatalogGuard { _dir: None, url },
+            self.state.lease_settings,
+            scheduler,
+            listener,
+            self.admin_token.clone(),
+            self.worker_token.clone(),
+        )
     }
 
     async fn start_configured(
         catalog: Catalog,
         guard: CatalogGuard,
         settings: LeaseSettings,
+        scheduler: SchedulerSettings,
     ) -> TestServer {
         let admin_token = mint_secret().secret;
         let worker_token = mint_secret().secret;
@@ -128,6 +188,7 @@ impl TestServer {
             catalog,
             guard,
             settings,
+            scheduler,
             listener,
             admin_token,
             worker_token,
@@ -138,12 +199,15 @@ impl TestServer {
         catalog: Catalog,
         guard: CatalogGuard,
         settings: LeaseSettings,
+        scheduler: SchedulerSettings,
         listener: TcpListener,
         admin_token: String,
         worker_token: String,
     ) -> TestServer {
         let auth = Authenticator::new(catalog.clone(), AuthMode::Required);
-        let state = AppState::new(catalog, auth).with_lease_settings(settings);
+        let state = AppState::new(catalog, auth)
+            .with_lease_settings(settings)
+            .with_scheduler_settings(scheduler);
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
         let serve_state = state.clone();
@@ -182,6 +246,7 @@ impl TestServer {
             self.state.catalog.clone(),
             guard,
             self.state.lease_settings,
+            self.state.scheduler.settings(),
             listener,
             self.admin_token.clone(),
             self.worker_token.clone(),

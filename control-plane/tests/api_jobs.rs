@@ -82,7 +82,7 @@ fn job(name: &str, target: pb::Target) -> pb::Job {
         schedule: Some(pb::Schedule {
             cron: "0 3 * * *".into(),
             time_zone: "Europe/Berlin".into(),
-            paused: false,
+            ..Default::default()
         }),
         worker_selector: [("host".to_string(), "db1".to_string())].into(),
         max_attempts: 4,
@@ -207,7 +207,9 @@ async fn invalid_job_reports_every_field(backend: Backend) {
         schedule: Some(pb::Schedule {
             cron: "61 * * * *".into(),
             time_zone: "Berlin".into(),
-            paused: false,
+            missed_run_policy: 7,
+            overlap_policy: -1,
+            ..Default::default()
         }),
         retention_policy_id: "nope".into(),
         worker_selector: [("host".to_string(), String::new())].into(),
@@ -224,6 +226,8 @@ async fn invalid_job_reports_every_field(backend: Backend) {
         "job.options.exclude[0]",
         "job.schedule.cron",
         "job.schedule.time_zone",
+        "job.schedule.missed_run_policy",
+        "job.schedule.overlap_policy",
         "job.retention_policy_id",
         "job.worker_selector",
         "job.max_attempts",

@@ -12,7 +12,8 @@ use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::job::{
-    check_job_name, Job, JobDraft, JobFilter, JobRunSummary, Schedule, MAX_DESCRIPTION_LEN,
+    check_job_name, Job, JobDraft, JobFilter, JobRunSummary, MissedRunPolicy, OverlapPolicy,
+    Schedule, MAX_DESCRIPTION_LEN,
 };
 use crate::model::run::{check_max_attempts, check_selector, JobOptions, Labels, RunState, Target};
 use crate::model::{check_absolute_path, check_len, parse_id, parse_optional_id};
@@ -162,11 +163,7 @@ impl From<Job> for pb::Job {
             source_path: draft.source_path,
             target: Some(target_to_proto(&draft.target)),
             options: Some(options_to_proto(&draft.options)),
-            schedule: Some(pb::Schedule {
-                cron: draft.schedule.cron,
-                time_zone: draft.schedule.time_zone,
-                paused: draft.schedule.paused,
-            }),
+            schedule: Some(schedule_to_proto(draft.schedule)),
             retention_policy_id: draft
                 .retention_policy_id
                 .map(|id| id.to_string())
@@ -177,7 +174,28 @@ impl From<Job> for pb::Job {
             next_run_time: optional_timestamp(job.next_run_time),
             create_time: Some(timestamp(job.create_time)),
             update_time: Some(timestamp(job.update_time)),
+            pending_fire_time: optional_timestamp(job.pending_fire_time),
         }
+    }
+}
+
+/// Converts a schedule to its proto, with the policies in effect spelled out
+/// (never UNSPECIFIED).
+fn schedule_to_proto(schedule: Schedule) -> pb::Schedule {
+    let missed_run_policy = match schedule.missed_runs {
+        MissedRunPolicy::RunOnce => pb::MissedRunPolicy::RunOnce,
+        MissedRunPolicy::Skip => pb::MissedRunPolicy::Skip,
+    };
+    let overlap_policy = match schedule.overlap {
+        OverlapPolicy::Skip => pb::OverlapPolicy::Skip,
+        OverlapPolicy::Queue => pb::OverlapPolicy::Queue,
+    };
+    pb::Schedule {
+        cron: schedule.cron,
+        time_zone: schedule.time_zone,
+        paused: schedule.paused,
+        missed_run_policy: missed_run_policy as i32,
+        overlap_policy: overlap_policy as i32,
     }
 }
 
@@ -255,15 +273,51 @@ fn apply_field(draft: &mut JobDraft, job: &pb::Job, path: &str, v: &mut Violatio
     }
 }
 
-/// Converts and validates a schedule (unset means on demand only).
+/// Converts and validates a schedule (unset means on demand only), reporting
+/// every bad field at once.
 fn schedule_from_proto(schedule: Option<&pb::Schedule>) -> DomainResult<Schedule> {
-    let schedule = schedule.map_or_else(Schedule::default, |s| Schedule {
-        cron: s.cron.trim().to_string(),
-        time_zone: s.time_zone.clone(),
-        paused: s.paused,
-    });
-    schedule.validate("job.schedule")?;
+    let Some(proto) = schedule else {
+        return Ok(Schedule::default());
+    };
+    let mut violations = Violations::new();
+    let missed_runs = violations.absorb(missed_run_policy_from_proto(proto.missed_run_policy));
+    let overlap = violations.absorb(overlap_policy_from_proto(proto.overlap_policy));
+    let schedule = Schedule {
+        cron: proto.cron.trim().to_string(),
+        time_zone: proto.time_zone.clone(),
+        paused: proto.paused,
+        missed_runs: missed_runs.unwrap_or_default(),
+        overlap: overlap.unwrap_or_default(),
+    };
+    violations.absorb(schedule.validate("job.schedule"));
+    violations.finish()?;
     Ok(schedule)
+}
+
+fn missed_run_policy_from_proto(value: i32) -> DomainResult<MissedRunPolicy> {
+    match pb::MissedRunPolicy::try_from(value) {
+        Ok(pb::MissedRunPolicy::Unspecified | pb::MissedRunPolicy::RunOnce) => {
+            Ok(MissedRunPolicy::RunOnce)
+        }
+        Ok(pb::MissedRunPolicy::Skip) => Ok(MissedRunPolicy::Skip),
+        Err(_) => Err(DomainError::invalid(
+            "job.schedule.missed_run_policy",
+            format!(
+                "unknown policy {value}; use MISSED_RUN_POLICY_RUN_ONCE or MISSED_RUN_POLICY_SKIP"
+            ),
+        )),
+    }
+}
+
+fn overlap_policy_from_proto(value: i32) -> DomainResult<OverlapPolicy> {
+    match pb::OverlapPolicy::try_from(value) {
+        Ok(pb::OverlapPolicy::Unspecified | pb::OverlapPolicy::Skip) => Ok(OverlapPolicy::Skip),
+        Ok(pb::OverlapPolicy::Queue) => Ok(OverlapPolicy::Queue),
+        Err(_) => Err(DomainError::invalid(
+            "job.schedule.overlap_policy",
+            format!("unknown policy {value}; use OVERLAP_POLICY_SKIP or OVERLAP_POLICY_QUEUE"),
+        )),
+    }
 }
 
 impl JobApi {

@@ -22,6 +22,7 @@ use crate::auth::Authenticator;
 use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult};
+use crate::scheduler::{SchedulerHandle, SchedulerSettings};
 
 /// What every handler needs.
 #[derive(Clone, Debug)]
@@ -37,6 +38,8 @@ pub struct AppState {
     /// Fires when the server starts shutting down, so long-lived streams
     /// (lease sessions) end instead of holding the graceful shutdown open.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// This replica's job scheduler: settings, lease identity and status.
+    pub scheduler: SchedulerHandle,
 }
 
 impl AppState {
@@ -49,7 +52,14 @@ impl AppState {
             run_events: Arc::new(sender),
             lease_settings: LeaseSettings::default(),
             stopping: tokio_util::sync::CancellationToken::new(),
+            scheduler: SchedulerHandle::new(SchedulerSettings::default()),
         }
+    }
+
+    /// The same state with other scheduler settings.
+    pub fn with_scheduler_settings(mut self, settings: SchedulerSettings) -> Self {
+        self.scheduler = SchedulerHandle::new(settings);
+        self
     }
 
     /// The same state with other lease timing.

@@ -5,13 +5,17 @@ use uuid::Uuid;
 
 use super::{from_json, new_id, now_micros, on_pool, to_json, Catalog, Page};
 use crate::error::{from_sqlx, DomainError, DomainResult, Violations};
-use crate::model::job::{Job, JobDraft, JobFilter, JobRunSummary, Schedule};
+use crate::model::job::{
+    Job, JobDraft, JobFilter, JobRunSummary, MissedRunPolicy, OverlapPolicy, Schedule,
+};
 use crate::model::run::{RunState, Target};
 
-/// Every job column plus its latest run, for Get and List.
-const JOB_SELECT: &str = "SELECT j.id, j.owner_id, j.name, j.description, j.source_path, \
+/// Every job column plus its latest run, for Get and List (and the scheduler).
+pub(super) const JOB_SELECT: &str =
+    "SELECT j.id, j.owner_id, j.name, j.description, j.source_path, \
      j.target_kind, j.target_bucket_id, j.target_path, j.options, j.schedule_cron, \
-     j.schedule_time_zone, j.schedule_paused, j.next_run_time, j.retention_policy_id, \
+     j.schedule_time_zone, j.schedule_paused, j.schedule_missed_policy, \
+     j.schedule_overlap_policy, j.next_run_time, j.schedule_pending_time, j.retention_policy_id, \
      j.worker_selector, j.max_attempts, j.create_time, j.update_time, \
      lr.id AS last_run_id, lr.state AS last_run_state, lr.error AS last_run_error, \
      lr.finish_time AS last_run_finish_time \
@@ -19,7 +23,7 @@ const JOB_SELECT: &str = "SELECT j.id, j.owner_id, j.name, j.description, j.sour
      (SELECT r.id FROM runs r WHERE r.job_id = j.id ORDER BY r.id DESC LIMIT 1)";
 
 #[derive(sqlx::FromRow)]
-struct JobRow {
+pub(super) struct JobRow {
     id: Uuid,
     owner_id: Uuid,
     name: String,
@@ -32,7 +36,10 @@ struct JobRow {
     schedule_cron: String,
     schedule_time_zone: String,
     schedule_paused: bool,
+    schedule_missed_policy: String,
+    schedule_overlap_policy: String,
     next_run_time: Option<DateTime<Utc>>,
+    schedule_pending_time: Option<DateTime<Utc>>,
     retention_policy_id: Option<Uuid>,
     worker_selector: String,
     max_attempts: i32,
@@ -74,12 +81,15 @@ impl TryFrom<JobRow> for Job {
                     cron: row.schedule_cron,
                     time_zone: row.schedule_time_zone,
                     paused: row.schedule_paused,
+                    missed_runs: MissedRunPolicy::parse(&row.schedule_missed_policy)?,
+                    overlap: OverlapPolicy::parse(&row.schedule_overlap_policy)?,
                 },
                 retention_policy_id: row.retention_policy_id,
                 worker_selector: from_json(&row.worker_selector, "jobs.worker_selector")?,
                 max_attempts: row.max_attempts,
             },
             next_run_time: row.next_run_time,
+            pending_fire_time: row.schedule_pending_time,
             last_run,
             create_time: row.create_time,
             update_time: row.update_time,
@@ -93,14 +103,17 @@ fn describe_job(draft: &JobDraft) -> String {
 
 impl Catalog {
     /// Creates a job. The draft must be validated (see `check_job_references`).
+    /// An active schedule gets its first tick after now (the catalog's clock).
     pub async fn create_job(&self, draft: &JobDraft) -> DomainResult<Job> {
         let id = new_id();
-        let now = now_micros();
+        let now = self.now().await?;
+        let next_run_time = draft.schedule.next_fire_after(now)?;
         on_pool!(self, pool => sqlx::query(
             "INSERT INTO jobs (id, owner_id, name, description, source_path, target_kind, \
              target_bucket_id, target_path, options, schedule_cron, schedule_time_zone, \
-             schedule_paused, retention_policy_id, worker_selector, max_attempts, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)")
+             schedule_paused, schedule_missed_policy, schedule_overlap_policy, next_run_time, \
+             retention_policy_id, worker_selector, max_attempts, create_time, update_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)")
             .bind(id)
             .bind(draft.owner_id)
             .bind(&draft.name)
@@ -113,10 +126,13 @@ impl Catalog {
             .bind(&draft.schedule.cron)
             .bind(&draft.schedule.time_zone)
             .bind(draft.schedule.paused)
+            .bind(draft.schedule.missed_runs.as_str())
+            .bind(draft.schedule.overlap.as_str())
+            .bind(next_run_time)
             .bind(draft.retention_policy_id)
             .bind(to_json(&draft.worker_selector))
             .bind(draft.max_attempts)
-            .bind(now)
+            .bind(now_micros())
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))
@@ -165,13 +181,29 @@ impl Catalog {
     }
 
     /// Replaces the editable fields of a job.
+    ///
+    /// The next tick is recomputed from now only when the expression, the
+    /// time zone or the pause flag changes (resuming a schedule does not make
+    /// up for ticks while paused); other edits keep it, so an edit never moves
+    /// or drops a tick that is due. The comparison with the stored schedule is
+    /// part of the one UPDATE, so it cannot race with another edit. A waiting
+    /// tick (overlap policy queue) is dropped when the schedule stops being
+    /// active or stops queueing.
     pub async fn update_job(&self, id: Uuid, draft: &JobDraft) -> DomainResult<Job> {
+        let now = self.now().await?;
+        let next_run_time = draft.schedule.next_fire_after(now)?;
+        let keeps_pending =
+            draft.schedule.is_active() && draft.schedule.overlap == OverlapPolicy::Queue;
         let updated = on_pool!(self, pool => sqlx::query(
             "UPDATE jobs SET owner_id = $2, name = $3, description = $4, source_path = $5, \
              target_kind = $6, target_bucket_id = $7, target_path = $8, options = $9, \
+             next_run_time = CASE WHEN schedule_cron = $10 AND schedule_time_zone = $11 \
+                 AND schedule_paused = $12 THEN next_run_time ELSE $18 END, \
+             schedule_pending_time = CASE WHEN $19 THEN schedule_pending_time ELSE NULL END, \
              schedule_cron = $10, schedule_time_zone = $11, schedule_paused = $12, \
+             schedule_missed_policy = $16, schedule_overlap_policy = $17, \
              retention_policy_id = $13, worker_selector = $14, max_attempts = $15, \
-             update_time = $16 WHERE id = $1")
+             update_time = $20 WHERE id = $1")
             .bind(id)
             .bind(draft.owner_id)
             .bind(&draft.name)
@@ -187,6 +219,10 @@ impl Catalog {
             .bind(draft.retention_policy_id)
             .bind(to_json(&draft.worker_selector))
             .bind(draft.max_attempts)
+            .bind(draft.schedule.missed_runs.as_str())
+            .bind(draft.schedule.overlap.as_str())
+            .bind(next_run_time)
+            .bind(keeps_pending)
             .bind(now_micros())
             .execute(pool)
             .await

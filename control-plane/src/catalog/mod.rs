@@ -26,6 +26,7 @@ pub mod objects;
 pub mod repositories;
 pub mod retention;
 pub mod runs;
+pub mod scheduler;
 pub mod snapshots;
 pub mod tags;
 pub mod users;

@@ -1,16 +1,83 @@
 //! Domain types for jobs: what to back up, where to, how and when.
 
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::check_len;
-use super::run::{JobOptions, Labels, RunState, Target};
+use super::run::{BackupSpec, JobOptions, Labels, NewRun, RunSpec, RunState, Target};
 use crate::error::{DomainError, DomainResult, Violations};
+use crate::scheduler::cron::CronExpr;
 
 /// Longest job name, in characters.
 pub const MAX_NAME_LEN: usize = 100;
 /// Longest job description, in characters.
 pub const MAX_DESCRIPTION_LEN: usize = 2000;
+
+/// What the scheduler does with ticks it reached too late (no control plane
+/// was up, or none led the scheduler, when they were due).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MissedRunPolicy {
+    /// One run for all the missed ticks together, as soon as possible.
+    #[default]
+    RunOnce,
+    /// No run; the job next runs at its next tick in the future.
+    Skip,
+}
+
+impl MissedRunPolicy {
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissedRunPolicy::RunOnce => "run_once",
+            MissedRunPolicy::Skip => "skip",
+        }
+    }
+
+    /// Parses the catalog spelling.
+    pub fn parse(value: &str) -> DomainResult<Self> {
+        match value {
+            "run_once" => Ok(MissedRunPolicy::RunOnce),
+            "skip" => Ok(MissedRunPolicy::Skip),
+            other => Err(DomainError::Internal(format!(
+                "unknown missed-run policy {other:?} in the catalog"
+            ))),
+        }
+    }
+}
+
+/// What the scheduler does when a tick fires while a run of the job is still
+/// queued or running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OverlapPolicy {
+    /// The tick is dropped.
+    #[default]
+    Skip,
+    /// The tick waits and its run is created when the earlier run ends (at
+    /// most one tick waits; later ones merge into it).
+    Queue,
+}
+
+impl OverlapPolicy {
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverlapPolicy::Skip => "skip",
+            OverlapPolicy::Queue => "queue",
+        }
+    }
+
+    /// Parses the catalog spelling.
+    pub fn parse(value: &str) -> DomainResult<Self> {
+        match value {
+            "skip" => Ok(OverlapPolicy::Skip),
+            "queue" => Ok(OverlapPolicy::Queue),
+            other => Err(DomainError::Internal(format!(
+                "unknown overlap policy {other:?} in the catalog"
+            ))),
+        }
+    }
+}
 
 /// When a job runs by itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,6 +88,10 @@ pub struct Schedule {
     pub time_zone: String,
     /// Whether the schedule is suspended.
     pub paused: bool,
+    /// Ticks missed while no control plane was up.
+    pub missed_runs: MissedRunPolicy,
+    /// Ticks that fire while a run of the job is still queued or running.
+    pub overlap: OverlapPolicy,
 }
 
 impl Schedule {
@@ -36,6 +107,40 @@ impl Schedule {
         ));
         violations.finish()
     }
+
+    /// Whether the scheduler fires this schedule: it has an expression and is not paused.
+    pub fn is_active(&self) -> bool {
+        !self.cron.is_empty() && !self.paused
+    }
+
+    /// The first tick strictly after `after`, or `None` when the schedule is
+    /// inactive. A stored schedule that no longer parses is an internal error.
+    pub fn next_fire_after(&self, after: DateTime<Utc>) -> DomainResult<Option<DateTime<Utc>>> {
+        if !self.is_active() {
+            return Ok(None);
+        }
+        let expr = CronExpr::parse(&self.cron).map_err(|e| {
+            DomainError::Internal(format!("stored cron expression {:?}: {e}", self.cron))
+        })?;
+        let tz = parse_time_zone(&self.time_zone).ok_or_else(|| {
+            DomainError::Internal(format!("stored time zone {:?} is unknown", self.time_zone))
+        })?;
+        Ok(expr.next_after(after, tz))
+    }
+}
+
+/// The idempotency key of the run the scheduler creates for `job_id`'s tick
+/// at `fire_time`. Every replica derives the same key, so a tick can never
+/// become two runs (`UNIQUE (owner_id, request_id)`), even with two leaders.
+pub fn scheduled_request_id(job_id: Uuid, fire_time: DateTime<Utc>) -> Uuid {
+    let digest = Sha256::new()
+        .chain_update(b"coffer scheduled run\0")
+        .chain_update(job_id.as_bytes())
+        .chain_update(fire_time.timestamp_micros().to_be_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 /// The editable fields of a job: what CreateJob stores and UpdateJob replaces.
@@ -93,12 +198,39 @@ pub struct Job {
     pub draft: JobDraft,
     /// Next time the schedule fires.
     pub next_run_time: Option<DateTime<Utc>>,
+    /// A tick waiting for the job's earlier run to end (overlap policy queue).
+    pub pending_fire_time: Option<DateTime<Utc>>,
     /// The latest run, if any.
     pub last_run: Option<JobRunSummary>,
     /// Creation time.
     pub create_time: DateTime<Utc>,
     /// Last modification time.
     pub update_time: DateTime<Utc>,
+}
+
+impl Job {
+    /// A backup run of this job as it is defined now, owned by the job's owner.
+    /// `default_max_attempts` applies when the job does not set its own.
+    pub fn backup_run(&self, default_max_attempts: i32, request_id: Option<Uuid>) -> NewRun {
+        let draft = &self.draft;
+        let max_attempts = match draft.max_attempts {
+            n if n > 0 => n,
+            _ => default_max_attempts,
+        };
+        NewRun {
+            owner_id: draft.owner_id,
+            job_id: Some(self.id),
+            spec: RunSpec::Backup(BackupSpec {
+                job_id: Some(self.id),
+                source_path: draft.source_path.clone(),
+                target: draft.target.clone(),
+                options: draft.options.clone(),
+                worker_selector: draft.worker_selector.clone(),
+            }),
+            max_attempts,
+            request_id,
+        }
+    }
 }
 
 /// The state of a job's latest run.
@@ -137,74 +269,12 @@ pub fn check_job_name(field: &str, value: &str) -> DomainResult<()> {
     Ok(())
 }
 
-/// Inclusive numeric range of each cron field, in order.
-const CRON_FIELDS: [(&str, u32, u32); 5] = [
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day-of-month", 1, 31),
-    ("month", 1, 12),
-    ("day-of-week", 0, 7),
-];
-
-/// Checks a five-field cron expression (numbers, `*`, ranges `a-b`, steps `/n`, lists `a,b`).
+/// Checks a five-field cron expression (numbers, `*`, ranges `a-b`, steps `/n`,
+/// lists `a,b`) that fires on some date.
 pub fn check_cron(field: &str, value: &str) -> DomainResult<()> {
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    if parts.len() != CRON_FIELDS.len() {
-        return Err(DomainError::invalid(
-            field,
-            "must have 5 fields: minute hour day-of-month month day-of-week, e.g. `0 3 * * *`",
-        ));
-    }
-    for (part, (name, min, max)) in parts.iter().zip(CRON_FIELDS) {
-        check_cron_field(part, min, max)
-            .map_err(|why| DomainError::invalid(field, format!("{name} field {part:?}: {why}")))?;
-    }
-    Ok(())
-}
-
-fn check_cron_field(part: &str, min: u32, max: u32) -> Result<(), String> {
-    for item in part.split(',') {
-        check_cron_item(item, min, max)?;
-    }
-    Ok(())
-}
-
-fn check_cron_item(item: &str, min: u32, max: u32) -> Result<(), String> {
-    let (base, step) = match item.split_once('/') {
-        Some((base, step)) => (base, Some(step)),
-        None => (item, None),
-    };
-    if let Some(step) = step {
-        let step = cron_number(step)?;
-        if step == 0 || step > max {
-            return Err(format!("step must be between 1 and {max}"));
-        }
-    }
-    if base == "*" {
-        return Ok(());
-    }
-    let (low, high) = match base.split_once('-') {
-        Some((low, high)) => (cron_number(low)?, cron_number(high)?),
-        None => {
-            let value = cron_number(base)?;
-            (value, value)
-        }
-    };
-    if low < min || high > max {
-        return Err(format!("values must be between {min} and {max}"));
-    }
-    if low > high {
-        return Err(format!("range {low}-{high} is reversed"));
-    }
-    Ok(())
-}
-
-fn cron_number(text: &str) -> Result<u32, String> {
-    if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("{text:?} is not a number, `*`, a range or a step"));
-    }
-    text.parse()
-        .map_err(|_| format!("{text:?} is out of range"))
+    CronExpr::parse(value)
+        .map(|_| ())
+        .map_err(|e| DomainError::invalid(field, e.to_string()))
 }
 
 /// Parses a time zone: empty or `UTC` is UTC, anything else an IANA name
@@ -262,6 +332,32 @@ mod tests {
         ] {
             assert!(check_cron("c", cron).is_err(), "{cron}");
         }
+    }
+
+    #[test]
+    fn scheduled_request_ids_are_the_same_on_every_replica_and_differ_per_tick() {
+        let job = Uuid::now_v7();
+        let tick = DateTime::from_timestamp(1_714_536_000, 0).expect("valid time");
+        let id = scheduled_request_id(job, tick);
+        assert_eq!(id, scheduled_request_id(job, tick));
+        assert_eq!(id.get_version_num(), 8);
+        assert_ne!(id, scheduled_request_id(Uuid::now_v7(), tick));
+        let next = tick + chrono::Duration::minutes(1);
+        assert_ne!(id, scheduled_request_id(job, next));
+    }
+
+    #[test]
+    fn paused_or_empty_schedules_have_no_next_fire_time() {
+        let now = Utc::now();
+        let mut schedule = Schedule {
+            cron: "* * * * *".into(),
+            ..Default::default()
+        };
+        assert!(schedule.next_fire_after(now).expect("valid").is_some());
+        schedule.paused = true;
+        assert_eq!(schedule.next_fire_after(now).expect("valid"), None);
+        let empty = Schedule::default();
+        assert_eq!(empty.next_fire_after(now).expect("valid"), None);
     }
 
     #[test]

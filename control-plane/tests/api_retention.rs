@@ -1458,17 +1458,101 @@ async fn plan_requests_are_checked(backend: Backend) {
     assert!(empty.decisions.is_empty());
 }
 
-async fn apply_is_not_implemented_yet(backend: Backend) {
-    let server = TestServer::start(backend).await;
-    let mut retention = RetentionServiceClient::new(server.channel().await);
-    let status = retention
+async fn apply_queues_exactly_what_the_plan_removes(backend: Backend) {
+    let mut fx = PlanFixture::start(backend).await;
+    let policy = fx
+        .policy(pb::RetentionPolicy {
+            name: "last two".into(),
+            keep_last: 2,
+            ..Default::default()
+        })
+        .await;
+    let bucket = fx.bucket("main", "").await;
+    let job = fx.job("home", &bucket, &policy).await;
+    let mut snapshots = Vec::new();
+    for day in 1..=4 {
+        let id = fx
+            .snapshot(Some(&job), &bucket, &format!("2024-03-0{day}T10:00:00Z"))
+            .await;
+        // What a worker's completion records: the spec and the manifest.
+        let spec = format!(
+            r#"{{"kind":"backup","job_id":"{job}","source_path":"/data","target":{{"kind":"bucket","bucket_id":"{bucket}","prefix":""}}}}"#
+        );
+        fx.server
+            .state
+            .catalog
+            .execute_raw(&format!(
+                "UPDATE runs SET spec = '{spec}', manifest_key = 'snapshots/{id}' WHERE id = {}",
+                uuid_literal(backend, &id)
+            ))
+            .await
+            .expect("complete snapshot");
+        snapshots.push(id);
+    }
+    let plan = fx.plan_job(&job).await;
+    let planned: Vec<String> = plan
+        .decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.run_id.clone())
+        .collect();
+    assert_eq!(planned, vec![snapshots[1].clone(), snapshots[0].clone()]);
+
+    let token = fx.token.clone();
+    let run_id = fx
+        .retention
         .apply_retention(authed(
-            &server.admin_token,
-            pb::ApplyRetentionRequest::default(),
+            &token,
+            pb::ApplyRetentionRequest {
+                job_id: job.clone(),
+                ..Default::default()
+            },
         ))
         .await
-        .expect_err("apply");
-    assert_eq!(status.code(), Code::Unimplemented);
+        .expect("apply")
+        .into_inner()
+        .run_id;
+    let mut runs =
+        coffer_proto::v1::run_service_client::RunServiceClient::new(fx.server.channel().await);
+    let run = runs
+        .get_run(authed(&token, pb::GetRunRequest { id: run_id }))
+        .await
+        .expect("retention run")
+        .into_inner()
+        .run
+        .expect("run");
+    assert_eq!(run.kind, pb::RunKind::Retention as i32);
+    assert_eq!(run.owner_id, fx.owner.id);
+    let Some(pb::run::Spec::Retention(spec)) = run.spec else {
+        panic!("a retention run carries its spec")
+    };
+    assert_eq!(
+        spec.removed_run_ids, planned,
+        "apply removes what the plan lists"
+    );
+    assert_eq!(spec.job_id, job);
+    assert!(spec.plan_time.is_some());
+
+    // The same checks as a plan: exactly one scope, and only the owner's.
+    let status = fx
+        .retention
+        .apply_retention(authed(&token, pb::ApplyRetentionRequest::default()))
+        .await
+        .expect_err("no scope");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let (_, bob_token) = fx.server.create_user("bob").await;
+    let status = fx
+        .retention
+        .apply_retention(authed(
+            &bob_token,
+            pb::ApplyRetentionRequest {
+                job_id: job.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("foreign job");
+    assert_eq!(status.code(), Code::NotFound);
 }
 
 both_backends!(
@@ -1482,5 +1566,5 @@ both_backends!(
     held_versions_keep_their_snapshots,
     bucket_plan_decides_each_job_on_its_own,
     plan_requests_are_checked,
-    apply_is_not_implemented_yet,
+    apply_queues_exactly_what_the_plan_removes,
 );

@@ -115,6 +115,18 @@ async fn collect_garbage(server: &TestServer, target: &pb::Target) -> pb::Run {
     run(server, spec).await
 }
 
+/// (path, version id, content hash) of every file of a snapshot.
+async fn contents(server: &TestServer, run_id: &str) -> Vec<(String, String, String)> {
+    support::snapshot_files(server, run_id)
+        .await
+        .into_iter()
+        .map(|file| {
+            let version = file.version.expect("version");
+            (file.path, version.id, version.content_hash)
+        })
+        .collect()
+}
+
 /// Three snapshots of a tree whose big file is replaced each time; a
 /// keep-last-1 policy is applied and the repository collected.
 async fn assert_apply_and_collect_give_space_back(
@@ -171,6 +183,7 @@ async fn assert_apply_and_collect_give_space_back(
     assert_eq!(planned_removals, older);
 
     let with_all = pack_bytes(store).await;
+    let newest_files = contents(server, &newest).await;
     let applied = retention
         .apply_retention(authed(
             &server.admin_token,
@@ -212,6 +225,9 @@ async fn assert_apply_and_collect_give_space_back(
             .await
             .expect("exists"));
     }
+    // The kept snapshot lists the same files and versions as before (the
+    // versions it shares with removed snapshots now start at it).
+    assert_eq!(contents(server, &newest).await, newest_files);
     // Applying again removes nothing more.
     let again = retention
         .plan_retention(authed(
@@ -342,5 +358,68 @@ async fn a_second_collection_of_a_repository_is_refused_while_one_is_queued() {
         bad.message().contains("repack_threshold_percent"),
         "{}",
         bad.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_apply_after_backup_each_backup_prunes_its_job() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut configurations =
+        pb::configuration_service_client::ConfigurationServiceClient::new(server.channel().await);
+    configurations
+        .create_configuration(authed(
+            &server.admin_token,
+            pb::CreateConfigurationRequest {
+                configuration: Some(pb::Configuration {
+                    key: "retention_apply_after_backup".into(),
+                    value: "true".into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("configure");
+    let repository = tempfile::tempdir().expect("repository dir");
+    let target = pb::Target {
+        destination: Some(pb::target::Destination::FilesystemPath(
+            repository.path().display().to_string(),
+        )),
+    };
+    let source = tempfile::tempdir().expect("source dir");
+    write(&source.path().join("a.txt"), b"first\n");
+    let policy = keep_last_policy(&server, 1).await;
+    let job_id = create_job(&server, source.path(), target, &policy).await;
+    let _worker = WorkerProcess::spawn(&server, "pruning");
+
+    let first = backup(&server, &job_id).await;
+    write(&source.path().join("a.txt"), b"second\n");
+    let second = backup(&server, &job_id).await;
+
+    // The retention run queued after the second backup removes the first.
+    let mut runs = RunServiceClient::new(server.channel().await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = runs
+            .get_run(authed(
+                &server.admin_token,
+                pb::GetRunRequest {
+                    id: first.id.clone(),
+                },
+            ))
+            .await;
+        match found {
+            Err(status) if status.code() == Code::NotFound => break,
+            Ok(_) => {}
+            Err(status) => panic!("get run: {status}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first snapshot was not pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        assert_restorable(&server, &second.id, source.path()).await,
+        1
     );
 }

@@ -77,12 +77,15 @@ const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Repack threshold of a collection whose spec sets none.
 const DEFAULT_REPACK_THRESHOLD_PERCENT: f64 = 50.0;
 
-/// Opens the store of every removal, once per distinct target.
+/// Opens the store of every removal, once per distinct target (the run's
+/// own target is already open as `run_store`).
 async fn open_removals(
     removals: Vec<pb::SnapshotRemoval>,
+    run_target: &pb::ResolvedTarget,
     run_store: &Arc<Store>,
 ) -> Result<Vec<Removal>, RunFailure> {
-    let mut stores: Vec<Arc<Store>> = vec![Arc::clone(run_store)];
+    let mut stores: Vec<(pb::ResolvedTarget, Arc<Store>)> =
+        vec![(run_target.clone(), Arc::clone(run_store))];
     let mut opened = Vec::with_capacity(removals.len());
     for removal in removals {
         let run_id = Uuid::parse_str(&removal.run_id)
@@ -90,18 +93,15 @@ async fn open_removals(
         let target = removal
             .target
             .ok_or_else(|| RunFailure::permanent("removal without a resolved target"))?;
-        let store = Store::open(&target, "").await.map_err(|error| RunFailure {
-            message: format!("cannot open the target of snapshot {run_id}: {error}"),
-            retryable: error.is_retryable(),
-        })?;
-        let store = match stores
-            .iter()
-            .find(|known| known.describe() == store.describe())
-        {
-            Some(known) => Arc::clone(known),
+        let store = match stores.iter().find(|(known, _)| *known == target) {
+            Some((_, store)) => Arc::clone(store),
             None => {
+                let store = Store::open(&target, "").await.map_err(|error| RunFailure {
+                    message: format!("cannot open the target of snapshot {run_id}: {error}"),
+                    retryable: error.is_retryable(),
+                })?;
                 let store = Arc::new(store);
-                stores.push(Arc::clone(&store));
+                stores.push((target, Arc::clone(&store)));
                 store
             }
         };
@@ -228,7 +228,7 @@ impl RunExecutor {
             }
             pb::run::Spec::Retention(_) => {
                 tracing::info!(run = %run_id, snapshots = assignment.removals.len(), "retention started");
-                let removals = open_removals(assignment.removals, &store).await?;
+                let removals = open_removals(assignment.removals, &target, &store).await?;
                 run_retention(removals, lease_token, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "retention finished");
                     context.set_progress(summary.progress.clone());

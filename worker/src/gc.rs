@@ -428,13 +428,12 @@ async fn mark<R: Reporter>(
         });
     }
 
-    let mut set = CondemnedSet::new(plan.run_id, Utc::now());
-    set.snapshots_seen = snapshots_seen;
+    let mut condemned = Vec::new();
     let mut to_repack = Vec::new();
     for usage in &uses {
         let length = stored_packs[&usage.pack.pack_id];
         if usage.live_bytes == 0 {
-            set.packs.push(CondemnedPack {
+            condemned.push(CondemnedPack {
                 pack_id: usage.pack.pack_id,
                 length,
             });
@@ -450,7 +449,7 @@ async fn mark<R: Reporter>(
     // index, or written by a backup still running (which the sweep waits for).
     for (id, length) in &stored_packs {
         if !indexed.contains(id) && !already_condemned.contains(id) {
-            set.packs.push(CondemnedPack {
+            condemned.push(CondemnedPack {
                 pack_id: *id,
                 length: *length,
             });
@@ -462,19 +461,22 @@ async fn mark<R: Reporter>(
         .iter()
         .filter(|usage| repacked.packs.contains(&usage.pack.pack_id))
     {
-        set.packs.push(CondemnedPack {
+        condemned.push(CondemnedPack {
             pack_id: usage.pack.pack_id,
             length: stored_packs[&usage.pack.pack_id],
         });
     }
     summary.packs_repacked = repacked.packs.len() as u64;
     summary.bytes_repacked = repacked.bytes_written;
-    if set.packs.is_empty() {
+    if condemned.is_empty() {
         return Ok(());
     }
+    // Written now, after the packs were chosen and the repacked ones indexed.
+    let mut set = CondemnedSet::new(plan.run_id, Utc::now());
+    set.snapshots_seen = snapshots_seen;
+    set.packs = condemned;
     summary.packs_condemned = set.packs.len() as u64;
     summary.bytes_condemned = set.bytes();
-    set.marked = Utc::now();
     let bytes = set
         .to_bytes()
         .map_err(|e| RunFailure::permanent(format!("encoding the condemned set: {e}")))?;

@@ -10,12 +10,11 @@ use coffer_control_plane::catalog::leases::LeaseSettings;
 use coffer_control_plane::testing::{authed, Backend, TestServer};
 use coffer_proto::v1 as pb;
 use coffer_worker::store::Store;
-use pb::run_service_client::RunServiceClient;
 use tokio_util::sync::CancellationToken;
 
 use support::{
-    assert_restorable, create_run, garage_bucket, noise, pack_bytes, snapshot_files,
-    wait_until_final, write, WorkerProcess,
+    assert_restorable, create_run, garage_bucket, noise, pack_bytes, run_to_success,
+    snapshot_files, wait_until_final, write, WorkerProcess,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,58 +242,26 @@ async fn control_plane_restart_mid_run_loses_nothing() {
 }
 
 async fn create_job(server: &TestServer, source: &std::path::Path, bucket_id: &str) -> String {
-    let mut jobs = pb::job_service_client::JobServiceClient::new(server.channel().await);
-    jobs.create_job(authed(
-        &server.admin_token,
-        pb::CreateJobRequest {
-            job: Some(pb::Job {
-                name: "documents".into(),
-                source_path: source.display().to_string(),
-                target: Some(pb::Target {
-                    destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
-                        bucket_id: bucket_id.into(),
-                        prefix: "repo".into(),
-                    })),
-                }),
-                ..Default::default()
-            }),
-        },
-    ))
-    .await
-    .expect("create job")
-    .into_inner()
-    .job
-    .expect("job")
-    .id
+    let job = pb::Job {
+        name: "documents".into(),
+        source_path: source.display().to_string(),
+        target: Some(pb::Target {
+            destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+                bucket_id: bucket_id.into(),
+                prefix: "repo".into(),
+            })),
+        }),
+        ..Default::default()
+    };
+    support::create_job(server, job).await
 }
 
 async fn run_job(server: &TestServer, job_id: &str) -> pb::Run {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let id = runs
-        .create_run(authed(
-            &server.admin_token,
-            pb::CreateRunRequest {
-                spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
-                    job_id: job_id.into(),
-                    ..Default::default()
-                })),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("create run")
-        .into_inner()
-        .run
-        .expect("run")
-        .id;
-    let run = wait_until_final(server, &id, Duration::from_secs(300)).await;
-    assert_eq!(
-        run.state,
-        pb::RunState::Succeeded as i32,
-        "run failed: {}",
-        run.error
-    );
-    run
+    let spec = pb::create_run_request::Spec::Backup(pb::BackupSpec {
+        job_id: job_id.into(),
+        ..Default::default()
+    });
+    run_to_success(server, spec).await
 }
 
 /// (path, kind, size, content hash) of every entry of a snapshot, sorted.
@@ -395,31 +362,11 @@ async fn job_snapshots_are_incremental_restorable_verifiable_and_rebuildable() {
     );
 
     // A full verification finds nothing wrong.
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let verify_id = runs
-        .create_run(authed(
-            &server.admin_token,
-            pb::CreateRunRequest {
-                spec: Some(pb::create_run_request::Spec::Verify(pb::VerifySpec {
-                    snapshot_run_id: second.id.clone(),
-                    read_data_percent: 100.0,
-                })),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("verify")
-        .into_inner()
-        .run
-        .expect("run")
-        .id;
-    let verified = wait_until_final(&server, &verify_id, Duration::from_secs(120)).await;
-    assert_eq!(
-        verified.state,
-        pb::RunState::Succeeded as i32,
-        "verify failed: {}",
-        verified.error
-    );
+    let verify = pb::create_run_request::Spec::Verify(pb::VerifySpec {
+        snapshot_run_id: second.id.clone(),
+        read_data_percent: 100.0,
+    });
+    run_to_success(&server, verify).await;
 
     // The catalog is lost: a fresh control plane rebuilds both snapshots
     // from the manifests in the bucket, equal to what the original had.

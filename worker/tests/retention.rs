@@ -18,7 +18,8 @@ use pb::run_service_client::RunServiceClient;
 use tonic::Code;
 
 use support::{
-    assert_restorable, garage_bucket, noise, pack_bytes, wait_until_final, write, WorkerProcess,
+    assert_restorable, garage_bucket, noise, pack_bytes, run_to_success, wait_until_final, write,
+    WorkerProcess,
 };
 
 async fn keep_last_policy(server: &TestServer, keep_last: i32) -> String {
@@ -48,51 +49,14 @@ async fn create_job(
     target: pb::Target,
     policy: &str,
 ) -> String {
-    let mut jobs = pb::job_service_client::JobServiceClient::new(server.channel().await);
-    jobs.create_job(authed(
-        &server.admin_token,
-        pb::CreateJobRequest {
-            job: Some(pb::Job {
-                name: "rotating".into(),
-                source_path: source.display().to_string(),
-                target: Some(target),
-                retention_policy_id: policy.into(),
-                ..Default::default()
-            }),
-        },
-    ))
-    .await
-    .expect("create job")
-    .into_inner()
-    .job
-    .expect("job")
-    .id
-}
-
-async fn run(server: &TestServer, spec: pb::create_run_request::Spec) -> pb::Run {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let id = runs
-        .create_run(authed(
-            &server.admin_token,
-            pb::CreateRunRequest {
-                spec: Some(spec),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("create run")
-        .into_inner()
-        .run
-        .expect("run")
-        .id;
-    let run = wait_until_final(server, &id, Duration::from_secs(300)).await;
-    assert_eq!(
-        run.state,
-        pb::RunState::Succeeded as i32,
-        "run failed: {}",
-        run.error
-    );
-    run
+    let job = pb::Job {
+        name: "rotating".into(),
+        source_path: source.display().to_string(),
+        target: Some(target),
+        retention_policy_id: policy.into(),
+        ..Default::default()
+    };
+    support::create_job(server, job).await
 }
 
 async fn backup(server: &TestServer, job_id: &str) -> pb::Run {
@@ -100,7 +64,7 @@ async fn backup(server: &TestServer, job_id: &str) -> pb::Run {
         job_id: job_id.into(),
         ..Default::default()
     });
-    run(server, spec).await
+    run_to_success(server, spec).await
 }
 
 async fn collect_garbage(server: &TestServer, target: &pb::Target) -> pb::Run {
@@ -112,7 +76,7 @@ async fn collect_garbage(server: &TestServer, target: &pb::Target) -> pb::Run {
         }),
         repack_threshold_percent: 0.0,
     });
-    run(server, spec).await
+    run_to_success(server, spec).await
 }
 
 /// (path, version id, content hash) of every file of a snapshot.

@@ -102,17 +102,23 @@ pub async fn create_run(
     source: &Path,
     target: pb::target::Destination,
 ) -> String {
+    let spec = pb::create_run_request::Spec::Backup(pb::BackupSpec {
+        source_path: source.display().to_string(),
+        target: Some(pb::Target {
+            destination: Some(target),
+        }),
+        ..Default::default()
+    });
+    start_run(server, spec).await
+}
+
+/// Creates a run from `spec` as the admin; returns its id.
+pub async fn start_run(server: &TestServer, spec: pb::create_run_request::Spec) -> String {
     let mut runs = RunServiceClient::new(server.channel().await);
     runs.create_run(authed(
         &server.admin_token,
         pb::CreateRunRequest {
-            spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
-                source_path: source.display().to_string(),
-                target: Some(pb::Target {
-                    destination: Some(target),
-                }),
-                ..Default::default()
-            })),
+            spec: Some(spec),
             request_id: String::new(),
         },
     ))
@@ -121,6 +127,35 @@ pub async fn create_run(
     .into_inner()
     .run
     .expect("run")
+    .id
+}
+
+/// Creates a run from `spec` as the admin and waits (up to 5 minutes) until
+/// it has succeeded.
+pub async fn run_to_success(server: &TestServer, spec: pb::create_run_request::Spec) -> pb::Run {
+    let id = start_run(server, spec).await;
+    let run = wait_until_final(server, &id, Duration::from_secs(300)).await;
+    assert_eq!(
+        run.state,
+        pb::RunState::Succeeded as i32,
+        "run failed: {}",
+        run.error
+    );
+    run
+}
+
+/// Creates `job` as the admin; returns its id.
+pub async fn create_job(server: &TestServer, job: pb::Job) -> String {
+    let mut jobs = pb::job_service_client::JobServiceClient::new(server.channel().await);
+    jobs.create_job(authed(
+        &server.admin_token,
+        pb::CreateJobRequest { job: Some(job) },
+    ))
+    .await
+    .expect("create job")
+    .into_inner()
+    .job
+    .expect("job")
     .id
 }
 

@@ -133,9 +133,12 @@ fn up(message: Up) -> pb::LeaseSessionRequest {
     }
 }
 
+/// Leases that expire within seconds, so that tests can wait for expiry;
+/// long enough that a worker taking a few steps on a loaded machine keeps
+/// its lease without heartbeating.
 fn fast_leases() -> LeaseSettings {
     LeaseSettings {
-        ttl: Duration::from_millis(900),
+        ttl: Duration::from_secs(3),
         backoff_base: Duration::from_millis(50),
         backoff_max: Duration::from_millis(200),
         attempt_deadline: Duration::from_secs(600),
@@ -417,13 +420,17 @@ async fn non_retryable_failure_fails_at_once(backend: Backend) {
 }
 
 async fn heartbeats_keep_a_lease_longer_than_its_ttl(backend: Backend) {
-    let server = TestServer::start_with_leases(backend, fast_leases()).await;
+    let settings = LeaseSettings {
+        ttl: Duration::from_millis(1500),
+        ..fast_leases()
+    };
+    let server = TestServer::start_with_leases(backend, settings).await;
     let run_id = queue_backup(&server, &[]).await;
     let mut worker = ScriptedWorker::connect(&server, "slow", &[]).await;
     worker.credit(1).await;
     let lease = worker.assignment().await;
-    // Three TTLs of work, heartbeating at a third of the TTL.
-    for _ in 0..9 {
+    // Three TTLs of work, heartbeating at a fifth of the TTL.
+    for _ in 0..15 {
         worker.heartbeat(&lease).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -27,6 +27,10 @@ use super::{cancellable, StoreError};
 
 /// Files larger than this are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
+/// How long creating a multipart upload may take; it is the one request
+/// that is not abandoned on cancellation.
+const CREATE_UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Size of each part of a multipart upload (the last one may be smaller).
 pub const PART_SIZE: u64 = 16 << 20;
 /// Parts of one upload in flight at once.
@@ -357,12 +361,19 @@ impl S3Store {
             .bucket(&self.location.bucket)
             .key(full_key)
             .send();
-        let created = cancellable(cancel, async {
-            request
-                .await
-                .map_err(|e| s3_error("CreateMultipartUpload", full_key, e))
-        })
-        .await?;
+        // Not cancellable: an upload the server created but whose id we
+        // never read could not be aborted, and would hold its parts until a
+        // lifecycle rule removed them. Cancellation is honoured right after.
+        let created = match tokio::time::timeout(CREATE_UPLOAD_TIMEOUT, request).await {
+            Ok(created) => created.map_err(|e| s3_error("CreateMultipartUpload", full_key, e))?,
+            Err(_) => {
+                return Err(StoreError::S3 {
+                    operation: "CreateMultipartUpload",
+                    key: full_key.to_owned(),
+                    message: "the S3 endpoint did not answer in time".into(),
+                })
+            }
+        };
         let Some(upload_id) = created.upload_id().map(str::to_owned) else {
             return Err(StoreError::S3 {
                 operation: "CreateMultipartUpload",
@@ -370,9 +381,12 @@ impl S3Store {
                 message: "the response carries no upload id".into(),
             });
         };
-        let result = self
-            .upload_parts_and_complete(full_key, &upload_id, path, size, cancel)
-            .await;
+        let result = if cancel.is_cancelled() {
+            Err(StoreError::Cancelled)
+        } else {
+            self.upload_parts_and_complete(full_key, &upload_id, path, size, cancel)
+                .await
+        };
         if result.is_err() {
             // Not tied to `cancel`: the abort must run precisely when we were cancelled.
             let abort = self

@@ -21,10 +21,14 @@ use uuid::Uuid;
 use coffer_proto::v1 as pb;
 use prost::Message;
 
-use super::objects::{apply_snapshot_in_tx, normalized_entries};
+use super::commit::{
+    apply_plan_in_tx, fresh_commit_key, insert_pending_in_tx, lease_commit_key, PendingRow,
+    SnapshotScope,
+};
+use super::objects::PLAN_ATTEMPTS;
 use super::{new_id, on_pool, to_json, Backend, Catalog};
 use crate::error::{from_sqlx, DomainError, DomainResult};
-use crate::model::object::{FileKind, SnapshotCommit, SnapshotEntry};
+use crate::model::object::{FileKind, SnapshotEntry};
 use crate::model::run::{Run, RunKind, RunSpec, RunState, Target};
 
 /// Timing rules of leases.
@@ -334,6 +338,11 @@ impl Catalog {
 
     /// Stages one batch of an attempt's output (and records its per-file
     /// errors), if the lease is current. A batch sent twice is stored once.
+    ///
+    /// A backup's batch is also planned at once (see [`super::commit`]), so
+    /// that the completion has little left to do; a batch that cannot be
+    /// planned now (a path named twice, an unknown kind) is stored unplanned
+    /// and the completion plans again, reporting the error.
     pub async fn stage_batch(
         &self,
         run_id: Uuid,
@@ -342,12 +351,67 @@ impl Catalog {
         payload: &[u8],
         errors: &[(String, String)],
     ) -> DomainResult<LeaseState> {
+        let plan = match self.plan_staged_batch(run_id, payload).await {
+            Ok(plan) => plan,
+            Err(error) => {
+                tracing::debug!(run = %run_id, sequence, %error, "batch staged unplanned");
+                None
+            }
+        };
+        if plan.is_some() {
+            match self
+                .stage(
+                    run_id,
+                    lease_token,
+                    sequence,
+                    payload,
+                    errors,
+                    plan.as_ref(),
+                )
+                .await
+            {
+                Ok(state) => return Ok(state),
+                Err(error) => {
+                    tracing::debug!(run = %run_id, sequence, %error, "batch staged unplanned");
+                }
+            }
+        }
+        self.stage(run_id, lease_token, sequence, payload, errors, None)
+            .await
+    }
+
+    /// The plan of a backup's batch, with the generation it read.
+    async fn plan_staged_batch(
+        &self,
+        run_id: Uuid,
+        payload: &[u8],
+    ) -> DomainResult<Option<(i64, Vec<PendingRow>)>> {
+        let run = self.get_run(run_id).await?;
+        let Some(scope) = scope_of_run(&run) else {
+            return Ok(None);
+        };
+        let (entries, removed) = decode_batch(run_id, 0, payload)?;
+        let generation = self.commit_generation(&scope).await?;
+        let rows = self.plan_entries(&scope, &entries, &removed).await?;
+        Ok(Some((generation, rows)))
+    }
+
+    async fn stage(
+        &self,
+        run_id: Uuid,
+        lease_token: i64,
+        sequence: i64,
+        payload: &[u8],
+        errors: &[(String, String)],
+        plan: Option<&(i64, Vec<PendingRow>)>,
+    ) -> DomainResult<LeaseState> {
         let now = self.now().await?;
         let check = format!(
             "SELECT attempt, cancel_requested FROM runs WHERE id = $1 AND lease_token = $2 AND state = 'running'{}",
             self.row_lock_clause()
         );
-        on_pool!(self, pool => {
+        let key = lease_commit_key(run_id, lease_token);
+        on_pool!(self, pool, dialect => {
             let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
             let current: Option<(i32, bool)> = sqlx::query_as(&check)
                 .bind(run_id).bind(lease_token).fetch_optional(&mut *tx).await
@@ -356,9 +420,9 @@ impl Catalog {
                 return Ok(LeaseState::Lost);
             };
             let inserted = sqlx::query(
-                "INSERT INTO run_staged_batches (run_id, lease_token, sequence, payload, create_time) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
+                "INSERT INTO run_staged_batches (run_id, lease_token, sequence, payload, create_time, generation)                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
                 .bind(run_id).bind(lease_token).bind(sequence).bind(payload).bind(now)
+                .bind(plan.map(|(generation, _)| *generation))
                 .execute(&mut *tx).await.map(|r| r.rows_affected())
                 .map_err(|e| from_sqlx(e, "staged batch"))?;
             if inserted > 0 {
@@ -368,10 +432,61 @@ impl Catalog {
                         .execute(&mut *tx).await.map(|r| r.rows_affected())
                         .map_err(|e| from_sqlx(e, "run error"))?;
                 }
+                if let Some((_, rows)) = plan {
+                    insert_pending_in_tx!(tx, dialect, &key, run_id, rows)?;
+                }
             }
             tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
             Ok(LeaseState::Current { cancel_requested })
         })
+    }
+
+    /// Whether every staged batch of the lease was planned against the
+    /// repository's current generation, which is returned if so.
+    async fn lease_plan_generation(
+        &self,
+        run_id: Uuid,
+        lease_token: i64,
+        scope: &SnapshotScope,
+    ) -> DomainResult<Option<i64>> {
+        let generation = self.commit_generation(scope).await?;
+        let stale: i64 = on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM run_staged_batches WHERE run_id = $1 AND lease_token = $2 \
+             AND (generation IS NULL OR generation <> $3)")
+            .bind(run_id).bind(lease_token).bind(generation)
+            .fetch_one(pool).await)
+        .map_err(|e| from_sqlx(e, "staged batches"))?;
+        Ok((stale == 0).then_some(generation))
+    }
+
+    /// Plans a lease's snapshot again from its staged batches, a few
+    /// batches at a time, under a fresh key. Returns the key and generation.
+    async fn replan_lease(
+        &self,
+        run_id: Uuid,
+        lease_token: i64,
+        scope: &SnapshotScope,
+    ) -> DomainResult<(String, i64)> {
+        let generation = self.commit_generation(scope).await?;
+        let key = fresh_commit_key(run_id, lease_token);
+        let mut after = -1i64;
+        loop {
+            let page: Vec<(i64, Vec<u8>)> = on_pool!(self, pool => sqlx::query_as(
+                "SELECT sequence, payload FROM run_staged_batches WHERE run_id = $1 AND lease_token = $2 \
+                 AND sequence > $3 ORDER BY sequence LIMIT 16")
+                .bind(run_id).bind(lease_token).bind(after)
+                .fetch_all(pool).await)
+            .map_err(|e| from_sqlx(e, "staged batches"))?;
+            let Some(&(last, _)) = page.last() else {
+                return Ok((key, generation));
+            };
+            after = last;
+            for (sequence, payload) in page {
+                let (entries, removed) = decode_batch(run_id, sequence, &payload)?;
+                let rows = self.plan_entries(scope, &entries, &removed).await?;
+                self.store_pending(&key, run_id, &rows).await?;
+            }
+        }
     }
 
     /// The staged batches of a lease, in sequence order.
@@ -407,6 +522,7 @@ impl Catalog {
             tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
             released
         });
+        self.discard_plans(run_id, lease_token).await?;
         Ok(if released > 0 {
             LeaseState::Current {
                 cancel_requested: false,
@@ -427,11 +543,11 @@ impl Catalog {
              WHERE state = 'running' AND (lease_expire_time < $1 OR deadline_time < $1){}",
             self.lock_clause()
         );
+        let mut changed = Vec::new();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
             let rows: Vec<(Uuid, i32, i32, bool, i64, i32)> = sqlx::query_as(&select)
                 .bind(now).fetch_all(&mut *tx).await.map_err(|e| from_sqlx(e, "runs"))?;
-            let mut changed = Vec::with_capacity(rows.len());
             for (id, attempt, max_attempts, cancel_requested, lease_token, past_deadline) in rows {
                 let cause = if past_deadline == 1 { "attempt deadline exceeded" } else { "lease expired (worker lost)" };
                 let error = format!("attempt {attempt}: {cause}");
@@ -452,11 +568,15 @@ impl Catalog {
                     .bind(id).bind(lease_token)
                     .execute(&mut *tx).await.map(|r| r.rows_affected())
                     .map_err(|e| from_sqlx(e, "staged batches"))?;
-                changed.push(id);
+                changed.push((id, lease_token));
             }
             tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            Ok(changed)
-        })
+            Ok::<_, DomainError>(())
+        })?;
+        for &(id, lease_token) in &changed {
+            self.discard_plans(id, lease_token).await?;
+        }
+        Ok(changed.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Records the end of an attempt, fenced on the lease. Success makes the
@@ -470,13 +590,27 @@ impl Catalog {
         outcome: &AttemptOutcome,
         progress_json: &str,
         settings: &LeaseSettings,
-        snapshot: Option<&SnapshotCommit>,
     ) -> DomainResult<CompletionResult> {
+        let result = self
+            .finish_attempt(run_id, lease_token, outcome, progress_json, settings, None)
+            .await?;
+        result
+            .ok_or_else(|| DomainError::Internal("an attempt without a snapshot went stale".into()))
+    }
+
+    /// [`Catalog::complete_attempt`], applying the snapshot plan `planned`
+    /// in the same transaction on success. `None` when the plan went stale
+    /// (nothing was written).
+    async fn finish_attempt(
+        &self,
+        run_id: Uuid,
+        lease_token: i64,
+        outcome: &AttemptOutcome,
+        progress_json: &str,
+        settings: &LeaseSettings,
+        planned: Option<&PlannedCommit<'_>>,
+    ) -> DomainResult<Option<CompletionResult>> {
         let now = self.now().await?;
-        let entries = match snapshot {
-            Some(snapshot) => normalized_entries(snapshot)?,
-            None => Vec::new(),
-        };
         let select = format!(
             "SELECT state, lease_token, completed_lease_token, attempt, max_attempts, cancel_requested, owner_id, job_id, start_time \
              FROM runs WHERE id = $1{}",
@@ -501,17 +635,21 @@ impl Catalog {
                 return Err(DomainError::not_found("run", run_id));
             };
             if completed_token == Some(lease_token) {
-                return Ok(CompletionResult::Accepted { state });
+                return Ok(Some(CompletionResult::Accepted { state }));
             }
             if state != "running" || current_token != lease_token {
-                return Ok(CompletionResult::Rejected {
+                return Ok(Some(CompletionResult::Rejected {
                     reason: format!("lease {lease_token} of run {run_id} is no longer current"),
-                });
+                }));
             }
             let new_state = match outcome {
                 AttemptOutcome::Success { size_bytes, details, manifest_key, .. } => {
-                    if let Some(snapshot) = snapshot {
-                        apply_snapshot_in_tx!(tx, snapshot, entries, now)?;
+                    if let Some(planned) = planned {
+                        let applied = apply_plan_in_tx!(tx, planned.key, planned.scope, planned.generation, now)?;
+                        let Some(stats) = applied else {
+                            return Ok(None);
+                        };
+                        tracing::info!(run = %run_id, ?stats, "snapshot committed");
                     }
                     let duration = start_time.map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0);
                     sqlx::query(
@@ -553,7 +691,7 @@ impl Catalog {
                 .execute(&mut *tx).await.map(|r| r.rows_affected())
                 .map_err(|e| from_sqlx(e, "staged batches"))?;
             tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            Ok(CompletionResult::Accepted { state: new_state.to_string() })
+            Ok(Some(CompletionResult::Accepted { state: new_state.to_string() }))
         })
     }
 }
@@ -575,7 +713,7 @@ impl Catalog {
     ) -> DomainResult<CompletionResult> {
         let AttemptOutcome::Success { parent_run_id, .. } = outcome else {
             return self
-                .complete_attempt(run_id, lease_token, outcome, progress_json, settings, None)
+                .complete_attempt(run_id, lease_token, outcome, progress_json, settings)
                 .await;
         };
         let run = self.get_run(run_id).await?;
@@ -587,28 +725,29 @@ impl Catalog {
                 tracing::info!(run = %run_id, ?stats, "snapshots removed from the catalog");
             }
             return self
-                .complete_attempt(run_id, lease_token, outcome, progress_json, settings, None)
+                .complete_attempt(run_id, lease_token, outcome, progress_json, settings)
                 .await;
         }
         if !matches!(run.kind, RunKind::Backup | RunKind::RebuildCatalog) {
             return self
-                .complete_attempt(run_id, lease_token, outcome, progress_json, settings, None)
-                .await;
-        }
-        let batches = self.staged_batches(run_id, lease_token).await?;
-        let received = i64::try_from(batches.len()).unwrap_or(i64::MAX);
-        if received != batch_count {
-            let failure = AttemptOutcome::Failure {
-                error: format!(
-                    "the control plane received {received} of {batch_count} file batches"
-                ),
-                retryable: true,
-            };
-            return self
-                .complete_attempt(run_id, lease_token, &failure, progress_json, settings, None)
+                .complete_attempt(run_id, lease_token, outcome, progress_json, settings)
                 .await;
         }
         if run.kind == RunKind::RebuildCatalog {
+            let batches = self.staged_batches(run_id, lease_token).await?;
+            let received = i64::try_from(batches.len()).unwrap_or(i64::MAX);
+            if received != batch_count {
+                return self
+                    .incomplete(
+                        run_id,
+                        lease_token,
+                        received,
+                        batch_count,
+                        progress_json,
+                        settings,
+                    )
+                    .await;
+            }
             return self
                 .commit_rebuild(
                     &run,
@@ -620,32 +759,143 @@ impl Catalog {
                 )
                 .await;
         }
+        let received = self.staged_batch_count(run_id, lease_token).await?;
+        if received != batch_count {
+            return self
+                .incomplete(
+                    run_id,
+                    lease_token,
+                    received,
+                    batch_count,
+                    progress_json,
+                    settings,
+                )
+                .await;
+        }
+        let Some(scope) = scope_of_run(&run) else {
+            return Err(DomainError::Internal(format!(
+                "run {run_id} is not a backup"
+            )));
+        };
         if let Some(parent) = parent_run_id {
-            let repository = repository_of(run.spec.target());
-            let latest = self.latest_snapshot(&repository, run.job_id).await?;
+            let latest = self.latest_snapshot(&scope.repository, run.job_id).await?;
             if latest.as_ref().map(|s| s.id) != Some(*parent) {
                 let failure = AttemptOutcome::Failure {
                     error: format!(
                         "the incremental was taken against snapshot {parent}, which is no \
-                         longer the latest of this job in {repository}"
+                         longer the latest of this job in {}",
+                        scope.repository
                     ),
                     retryable: true,
                 };
                 return self
-                    .complete_attempt(run_id, lease_token, &failure, progress_json, settings, None)
+                    .complete_attempt(run_id, lease_token, &failure, progress_json, settings)
                     .await;
             }
         }
-        let snapshot = snapshot_from_batches(&run, &batches, parent_run_id.is_some())?;
-        self.complete_attempt(
-            run_id,
-            lease_token,
-            outcome,
-            progress_json,
-            settings,
-            Some(&snapshot),
-        )
-        .await
+        let result = self
+            .commit_snapshot(
+                &scope,
+                lease_token,
+                outcome,
+                progress_json,
+                settings,
+                parent_run_id.is_none(),
+            )
+            .await;
+        // Whatever the outcome, this lease's plans are spent.
+        self.discard_plans(run_id, lease_token).await?;
+        result
+    }
+
+    /// Applies a backup's snapshot with the run's success: with the plan
+    /// made while its batches arrived if that is still current, else with
+    /// a new one (a few times, should the repository keep changing).
+    async fn commit_snapshot(
+        &self,
+        scope: &SnapshotScope,
+        lease_token: i64,
+        outcome: &AttemptOutcome,
+        progress_json: &str,
+        settings: &LeaseSettings,
+        full: bool,
+    ) -> DomainResult<CompletionResult> {
+        let run_id = scope.run_id;
+        let _serialized = self.lock_commits(scope).await;
+        for attempt in 0..PLAN_ATTEMPTS {
+            if attempt > 0 {
+                self.stale_plan_pause().await;
+            }
+            let current = if attempt == 0 {
+                self.lease_plan_generation(run_id, lease_token, scope)
+                    .await?
+            } else {
+                None
+            };
+            let (key, generation) = match current {
+                Some(generation) => (lease_commit_key(run_id, lease_token), generation),
+                None => self.replan_lease(run_id, lease_token, scope).await?,
+            };
+            if full {
+                if self.plan_has_deletions(&key).await? {
+                    return Err(DomainError::invalid(
+                        "file_batch.files.kind",
+                        "`deleted` records belong to incremental backups only",
+                    ));
+                }
+                self.plan_deletions(scope, &key).await?;
+            }
+            let planned = PlannedCommit {
+                key: &key,
+                scope,
+                generation,
+            };
+            if let Some(result) = self
+                .finish_attempt(
+                    run_id,
+                    lease_token,
+                    outcome,
+                    progress_json,
+                    settings,
+                    Some(&planned),
+                )
+                .await?
+            {
+                return Ok(result);
+            }
+            tracing::info!(run = %run_id, "the repository changed while the snapshot was planned; planning again");
+        }
+        let failure = AttemptOutcome::Failure {
+            error: "the repository kept changing while the snapshot was committed".into(),
+            retryable: true,
+        };
+        self.complete_attempt(run_id, lease_token, &failure, progress_json, settings)
+            .await
+    }
+
+    /// Records a success whose batches did not all arrive as a retryable failure.
+    async fn incomplete(
+        &self,
+        run_id: Uuid,
+        lease_token: i64,
+        received: i64,
+        batch_count: i64,
+        progress_json: &str,
+        settings: &LeaseSettings,
+    ) -> DomainResult<CompletionResult> {
+        let failure = AttemptOutcome::Failure {
+            error: format!("the control plane received {received} of {batch_count} file batches"),
+            retryable: true,
+        };
+        self.complete_attempt(run_id, lease_token, &failure, progress_json, settings)
+            .await
+    }
+
+    async fn staged_batch_count(&self, run_id: Uuid, lease_token: i64) -> DomainResult<i64> {
+        on_pool!(self, pool => sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM run_staged_batches WHERE run_id = $1 AND lease_token = $2")
+            .bind(run_id).bind(lease_token).fetch_one(pool).await)
+        .map_err(|e| from_sqlx(e, "staged batches"))
     }
 
     /// Completes a catalog rebuild whose batches all arrived: every snapshot
@@ -690,7 +940,7 @@ impl Catalog {
             self.record_rebuilt_snapshot(run, &snapshot, entries)
                 .await?;
         }
-        self.complete_attempt(run.id, lease_token, outcome, progress_json, settings, None)
+        self.complete_attempt(run.id, lease_token, outcome, progress_json, settings)
             .await
     }
 }
@@ -707,49 +957,49 @@ pub fn repository_of(target: &Target) -> String {
     }
 }
 
-fn snapshot_from_batches(
-    run: &Run,
-    batches: &[(i64, Vec<u8>)],
-    incremental: bool,
-) -> DomainResult<SnapshotCommit> {
+/// A snapshot plan ready to apply: its key, where it goes, and the
+/// repository generation it was made against.
+struct PlannedCommit<'a> {
+    key: &'a str,
+    scope: &'a SnapshotScope,
+    generation: i64,
+}
+
+/// Where a backup run's snapshot goes; `None` for other runs.
+fn scope_of_run(run: &Run) -> Option<SnapshotScope> {
     let RunSpec::Backup(backup) = &run.spec else {
-        return Err(DomainError::Internal(format!(
-            "run {} is not a backup",
-            run.id
-        )));
+        return None;
     };
-    let mut entries = Vec::new();
-    let mut removed = Vec::new();
-    for (sequence, payload) in batches {
-        let batch = pb::FileBatch::decode(payload.as_slice()).map_err(|e| {
-            DomainError::Internal(format!(
-                "staged batch {sequence} of run {} is corrupt: {e}",
-                run.id
-            ))
-        })?;
-        for file in batch.files {
-            if file.kind == "deleted" {
-                removed.push(file.path);
-            } else {
-                entries.push(entry_from_record(file)?);
-            }
-        }
-    }
-    if !incremental && !removed.is_empty() {
-        return Err(DomainError::invalid(
-            "file_batch.files.kind",
-            "`deleted` records belong to incremental backups only",
-        ));
-    }
-    Ok(SnapshotCommit {
+    Some(SnapshotScope {
         run_id: run.id,
         owner_id: run.owner_id,
         bucket_id: backup.target.bucket_id(),
         repository: repository_of(&backup.target),
         job_id: run.job_id,
-        entries,
-        removed: incremental.then_some(removed),
     })
+}
+
+/// The entries of a staged batch, and the paths it records as deleted.
+fn decode_batch(
+    run_id: Uuid,
+    sequence: i64,
+    payload: &[u8],
+) -> DomainResult<(Vec<SnapshotEntry>, Vec<Vec<u8>>)> {
+    let batch = pb::FileBatch::decode(payload).map_err(|e| {
+        DomainError::Internal(format!(
+            "staged batch {sequence} of run {run_id} is corrupt: {e}"
+        ))
+    })?;
+    let mut entries = Vec::with_capacity(batch.files.len());
+    let mut removed = Vec::new();
+    for file in batch.files {
+        if file.kind == "deleted" {
+            removed.push(file.path);
+        } else {
+            entries.push(entry_from_record(file)?);
+        }
+    }
+    Ok((entries, removed))
 }
 
 fn entry_from_record(file: pb::FileRecord) -> DomainResult<SnapshotEntry> {

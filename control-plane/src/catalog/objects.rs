@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::commit::{apply_plan_in_tx, SnapshotScope};
 use super::{new_id, now_micros, on_pool, Catalog, Page};
 use crate::error::{from_sqlx, DomainError, DomainResult};
 use crate::model::object::{
@@ -25,6 +26,10 @@ use crate::model::tag::TagMatch;
 
 /// Rows per multi-row statement of [`Catalog::apply_snapshot`].
 pub(crate) const BATCH_ROWS: usize = 500;
+
+/// How many times a snapshot is planned before giving up on a repository
+/// that keeps changing under it.
+pub(crate) const PLAN_ATTEMPTS: usize = 5;
 
 const OBJECT_COLUMNS: &str =
     "o.id, o.owner_id, o.bucket_id, o.job_id, o.repository, o.path, o.path_text, o.create_time";
@@ -219,7 +224,7 @@ pub(crate) struct NewVersionRow {
 }
 
 impl NewVersionRow {
-    fn of_entry(object_id: Uuid, entry: &SnapshotEntry) -> Self {
+    pub(crate) fn of_entry(object_id: Uuid, entry: &SnapshotEntry) -> Self {
         NewVersionRow {
             id: new_id(),
             object_id,
@@ -236,7 +241,7 @@ impl NewVersionRow {
         }
     }
 
-    fn deletion_marker(object_id: Uuid, kind: FileKind) -> Self {
+    pub(crate) fn deletion_marker(object_id: Uuid, kind: FileKind) -> Self {
         NewVersionRow {
             id: new_id(),
             object_id,
@@ -261,31 +266,9 @@ pub(crate) struct SnapshotPlan {
     pub(crate) versions: Vec<NewVersionRow>,
     /// Objects whose current version is closed at the new run.
     pub(crate) close: Vec<Uuid>,
+    /// Objects named by the snapshot whose current version stays.
+    pub(crate) unchanged: Vec<Uuid>,
     pub(crate) stats: SnapshotStats,
-}
-
-/// Truncates a time to the microseconds both catalogs store, so that a
-/// re-read mtime compares equal to the reported one.
-fn to_micros(time: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(time.timestamp_micros()).unwrap_or(time)
-}
-
-/// Validates and normalizes the entries of a snapshot.
-pub(crate) fn normalized_entries(commit: &SnapshotCommit) -> DomainResult<Vec<SnapshotEntry>> {
-    let mut seen = HashSet::with_capacity(commit.entries.len());
-    let mut entries = Vec::with_capacity(commit.entries.len());
-    for entry in &commit.entries {
-        if !seen.insert(entry.path.as_slice()) {
-            return Err(DomainError::invalid(
-                "entries.path",
-                format!("path {:?} appears twice", path_text(&entry.path)),
-            ));
-        }
-        let mut entry = entry.clone();
-        entry.mtime = entry.mtime.map(to_micros);
-        entries.push(entry);
-    }
-    Ok(entries)
 }
 
 /// Compares a snapshot with the current versions of its repository and
@@ -322,7 +305,10 @@ pub(crate) fn plan_snapshot(
             continue;
         };
         match current.get(&object_id) {
-            Some(version) if entry.same_as(version) => plan.stats.unchanged += 1,
+            Some(version) if entry.same_as(version) => {
+                plan.unchanged.push(object_id);
+                plan.stats.unchanged += 1;
+            }
             Some(_) => {
                 plan.close.push(object_id);
                 plan.versions
@@ -362,12 +348,8 @@ pub(crate) fn plan_snapshot(
     Ok(plan)
 }
 
-/// Objects of a repository (and job), for [`apply_snapshot_in_tx`].
-pub(crate) const EXISTING_OBJECTS_SQL: &str = "SELECT o.id, o.path FROM objects o \
-     WHERE o.repository = $1 AND ((o.job_id IS NULL AND $2 IS NULL) OR o.job_id = $2)";
-
 /// Objects of a repository and job (`$2`, or ad-hoc when `with_job` is
-/// false) at `count` paths, for [`apply_snapshot_in_tx`]. Plain equality,
+/// false) at `count` paths, for [`Catalog::plan_entries`]. Plain equality,
 /// not `($2 IS NULL OR …)`, so the `(repository, job_id, path)` index serves
 /// it on both backends.
 pub(crate) fn objects_by_path_sql(with_job: bool, count: usize) -> String {
@@ -382,7 +364,7 @@ pub(crate) fn objects_by_path_sql(with_job: bool, count: usize) -> String {
     )
 }
 
-/// Current versions of `count` objects (`$1`…), for [`apply_snapshot_in_tx`].
+/// Current versions of `count` objects (`$1`…), for [`Catalog::plan_entries`].
 pub(crate) fn current_versions_of_sql(count: usize) -> String {
     format!(
         "SELECT {VERSION_COLUMNS} FROM object_versions v \
@@ -391,175 +373,46 @@ pub(crate) fn current_versions_of_sql(count: usize) -> String {
     )
 }
 
-/// Current versions of a repository (and job), for [`apply_snapshot_in_tx`].
-pub(crate) fn current_versions_sql() -> String {
-    format!(
-        "SELECT {VERSION_COLUMNS} FROM object_versions v JOIN objects o ON o.id = v.object_id \
-         WHERE o.repository = $1 AND ((o.job_id IS NULL AND $2 IS NULL) OR o.job_id = $2) \
-         AND v.last_run_id IS NULL ORDER BY v.id"
-    )
-}
-
-/// Applies a snapshot inside an open transaction `$tx` of either backend and
-/// evaluates to `DomainResult<SnapshotStats>`. A macro rather than a function
-/// because the transaction types of the two backends differ; it lets the
-/// fenced completion of a run (`Catalog::commit_attempt`) record the snapshot
-/// in the same transaction as the run's final state.
-macro_rules! apply_snapshot_in_tx {
-    ($tx:ident, $snapshot:expr, $entries:expr, $now:expr) => {{
-        async {
-            let mut existing: ::std::collections::HashMap<Vec<u8>, ::uuid::Uuid> = ::std::collections::HashMap::new();
-            let mut current_rows = Vec::new();
-            match &$snapshot.removed {
-                // The whole tree: compare against every current version.
-                None => {
-                    existing = sqlx::query_as::<_, $crate::catalog::objects::ExistingObjectRow>($crate::catalog::objects::EXISTING_OBJECTS_SQL)
-                        .bind(&$snapshot.repository)
-                        .bind($snapshot.job_id)
-                        .fetch_all(&mut *$tx)
-                        .await
-                        .map_err(|e| $crate::error::from_sqlx(e, "objects"))?
-                        .into_iter()
-                        .map(|row| (row.path, row.id))
-                        .collect();
-                    current_rows = sqlx::query_as::<_, $crate::catalog::objects::VersionRow>(&$crate::catalog::objects::current_versions_sql())
-                        .bind(&$snapshot.repository)
-                        .bind($snapshot.job_id)
-                        .fetch_all(&mut *$tx)
-                        .await
-                        .map_err(|e| $crate::error::from_sqlx(e, "object versions"))?;
-                }
-                // An incremental: read only the paths it names.
-                Some(removed) => {
-                    let paths: Vec<&[u8]> = $entries.iter().map(|e| e.path.as_slice())
-                        .chain(removed.iter().map(|p| p.as_slice()))
-                        .collect();
-                    for chunk in paths.chunks($crate::catalog::objects::BATCH_ROWS) {
-                        let sql = $crate::catalog::objects::objects_by_path_sql($snapshot.job_id.is_some(), chunk.len());
-                        let mut query = sqlx::query_as::<_, $crate::catalog::objects::ExistingObjectRow>(&sql)
-                            .bind(&$snapshot.repository);
-                        if let Some(job_id) = $snapshot.job_id {
-                            query = query.bind(job_id);
-                        }
-                        for path in chunk {
-                            query = query.bind(*path);
-                        }
-                        for row in query.fetch_all(&mut *$tx).await.map_err(|e| $crate::error::from_sqlx(e, "objects"))? {
-                            existing.insert(row.path, row.id);
-                        }
-                    }
-                    let ids: Vec<::uuid::Uuid> = existing.values().copied().collect();
-                    for chunk in ids.chunks($crate::catalog::objects::BATCH_ROWS) {
-                        let sql = $crate::catalog::objects::current_versions_of_sql(chunk.len());
-                        let mut query = sqlx::query_as::<_, $crate::catalog::objects::VersionRow>(&sql);
-                        for id in chunk {
-                            query = query.bind(*id);
-                        }
-                        current_rows.extend(query.fetch_all(&mut *$tx).await.map_err(|e| $crate::error::from_sqlx(e, "object versions"))?);
-                    }
-                }
-            }
-            // Ordered by id, so the newest current version of an object wins.
-            let mut current_versions = $crate::catalog::objects::versions_from_rows(current_rows)?;
-            current_versions.sort_by_key(|v| v.id);
-            let current: ::std::collections::HashMap<::uuid::Uuid, $crate::model::object::ObjectVersion> = current_versions
-                .into_iter()
-                .map(|v| (v.object_id, v))
-                .collect();
-            let mut plan = $crate::catalog::objects::plan_snapshot($snapshot.run_id, &$entries, $snapshot.removed.as_deref(), &existing, &current)?;
-
-            for chunk in plan.close.chunks($crate::catalog::objects::BATCH_ROWS) {
-                let sql = format!(
-                    "UPDATE object_versions SET last_run_id = $1 \
-                     WHERE last_run_id IS NULL AND object_id IN ({})",
-                    $crate::catalog::objects::list_placeholders(chunk.len(), 2)
-                );
-                let mut query = sqlx::query(&sql).bind($snapshot.run_id);
-                for object_id in chunk {
-                    query = query.bind(*object_id);
-                }
-                let closed = query.execute(&mut *$tx).await.map(|r| r.rows_affected())
-                    .map_err(|e| $crate::error::from_sqlx(e, "object versions"))?;
-                plan.stats.closed_versions += closed;
-            }
-
-            for chunk in plan.objects.chunks($crate::catalog::objects::BATCH_ROWS) {
-                let sql = format!(
-                    "INSERT INTO objects (id, owner_id, bucket_id, repository, job_id, path, path_text, create_time) \
-                     VALUES {}",
-                    $crate::catalog::objects::values_placeholders(chunk.len(), 8, 1)
-                );
-                let mut query = sqlx::query(&sql);
-                for object in chunk {
-                    query = query
-                        .bind(object.id)
-                        .bind($snapshot.owner_id)
-                        .bind($snapshot.bucket_id)
-                        .bind(&$snapshot.repository)
-                        .bind($snapshot.job_id)
-                        .bind(&object.path)
-                        .bind(&object.path_text)
-                        .bind($now);
-                }
-                query.execute(&mut *$tx).await.map(|r| r.rows_affected())
-                    .map_err(|e| $crate::error::from_sqlx(e, "object"))?;
-            }
-
-            for chunk in plan.versions.chunks($crate::catalog::objects::BATCH_ROWS) {
-                let sql = format!(
-                    "INSERT INTO object_versions (id, object_id, kind, size_bytes, mode, uid, gid, mtime, \
-                     content_hash, symlink_target, storage_key, first_run_id, deleted, create_time) VALUES {}",
-                    $crate::catalog::objects::values_placeholders(chunk.len(), 14, 1)
-                );
-                let mut query = sqlx::query(&sql);
-                for version in chunk {
-                    query = query
-                        .bind(version.id)
-                        .bind(version.object_id)
-                        .bind(version.kind.as_str())
-                        .bind(version.size_bytes)
-                        .bind(version.mode)
-                        .bind(version.uid)
-                        .bind(version.gid)
-                        .bind(version.mtime)
-                        .bind(&version.content_hash)
-                        .bind(&version.symlink_target)
-                        .bind(&version.storage_key)
-                        .bind($snapshot.run_id)
-                        .bind(version.deleted)
-                        .bind($now);
-                }
-                query.execute(&mut *$tx).await.map(|r| r.rows_affected())
-                    .map_err(|e| $crate::error::from_sqlx(e, "object version"))?;
-            }
-            Ok::<_, $crate::error::DomainError>(plan.stats)
-        }
-        .await
-    }};
-}
-pub(crate) use apply_snapshot_in_tx;
-
 impl Catalog {
-    /// Records a new snapshot of a repository in one transaction, writing only
-    /// what changed: an entry identical to its current version (kind, size,
-    /// mtime, content hash, mode, symlink target) writes nothing; a changed
-    /// entry closes its current version at `run_id` and gets a new version; a
-    /// new path gets an object and a version; a path missing from the snapshot
-    /// has its current version closed and a deletion marker added. Reads the
-    /// repository's state with two SELECTs and writes in multi-row statements
-    /// of up to 500 rows. Committing the same snapshot again writes nothing.
+    /// Records a new snapshot of a repository, writing only what changed: an
+    /// entry identical to its current version (kind, size, mtime, content
+    /// hash, mode, symlink target) writes nothing; a changed entry closes its
+    /// current version at `run_id` and gets a new version; a new path gets
+    /// an object and a version; a path missing from the snapshot has its
+    /// current version closed and a deletion marker added. The snapshot is
+    /// planned a chunk at a time and applied in one transaction (see
+    /// [`super::commit`]). Committing the same snapshot again writes nothing.
     pub async fn apply_snapshot(&self, snapshot: &SnapshotCommit) -> DomainResult<SnapshotStats> {
-        let entries = normalized_entries(snapshot)?;
-        let now = now_micros();
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            let stats = apply_snapshot_in_tx!(tx, snapshot, entries, now)?;
-            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            Ok(stats)
-        })
+        let scope = SnapshotScope::of_commit(snapshot);
+        let _serialized = self.lock_commits(&scope).await;
+        for attempt in 0..PLAN_ATTEMPTS {
+            if attempt > 0 {
+                self.stale_plan_pause().await;
+            }
+            let (key, generation) = self.plan_commit(snapshot).await?;
+            let now = now_micros();
+            let applied = on_pool!(self, pool => {
+                async {
+                    let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+                    let stats = apply_plan_in_tx!(tx, &key, &scope, generation, now)?;
+                    if stats.is_some() {
+                        tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
+                    }
+                    Ok::<_, DomainError>(stats)
+                }
+                .await
+            });
+            self.discard_plans(snapshot.run_id, 0).await?;
+            if let Some(stats) = applied? {
+                return Ok(stats);
+            }
+        }
+        Err(DomainError::Aborted(format!(
+            "the repository {} kept changing while snapshot {} was committed",
+            snapshot.repository, snapshot.run_id
+        )))
     }
 
-    /// The latest version (see [`LATEST_VERSION_OF_O`]) of each of `ids`.
     async fn latest_versions(&self, ids: &[Uuid]) -> DomainResult<HashMap<Uuid, ObjectVersion>> {
         let mut latest = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(BATCH_ROWS) {

@@ -6,8 +6,9 @@ use uuid::Uuid;
 
 use coffer_proto::v1 as pb;
 
+use super::commit::{apply_plan_in_tx, SnapshotScope};
 use super::leases::repository_of;
-use super::objects::apply_snapshot_in_tx;
+use super::objects::PLAN_ATTEMPTS;
 use super::{new_id, now_micros, on_pool, to_json, Catalog};
 use crate::error::{from_sqlx, DomainError, DomainResult};
 use crate::model::object::{SnapshotCommit, SnapshotEntry};
@@ -143,13 +144,19 @@ impl Catalog {
             entries,
             removed: None,
         };
-        let entries = crate::catalog::objects::normalized_entries(&commit)?;
-        let now = now_micros();
+        let scope = SnapshotScope::of_commit(&commit);
         let details = format!(
             "rebuilt from {} by run {}",
             snapshot.manifest_key, rebuild.id
         );
-        on_pool!(self, pool => {
+        let _serialized = self.lock_commits(&scope).await;
+        for attempt in 0..PLAN_ATTEMPTS {
+            if attempt > 0 {
+                self.stale_plan_pause().await;
+            }
+            let (key, generation) = self.plan_commit(&commit).await?;
+            let now = now_micros();
+            let applied = on_pool!(self, pool => async {
             let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
             sqlx::query(
                 "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, max_attempts, \
@@ -167,7 +174,9 @@ impl Catalog {
                 .bind(&snapshot.manifest_key)
                 .execute(&mut *tx).await.map(|r| r.rows_affected())
                 .map_err(|e| from_sqlx(e, "run"))?;
-            apply_snapshot_in_tx!(tx, commit, entries, now)?;
+            if apply_plan_in_tx!(tx, &key, &scope, generation, now)?.is_none() {
+                return Ok(false);
+            }
             sqlx::query(
                 "INSERT INTO backup_metadata (id, owner_id, job_id, run_id, size_bytes, duration_seconds, details, source, create_time, update_time) \
                  VALUES ($1, $2, $3, $4, $5, 0, $6, 'automatic', $7, $7)")
@@ -175,8 +184,15 @@ impl Catalog {
                 .execute(&mut *tx).await.map(|r| r.rows_affected())
                 .map_err(|e| from_sqlx(e, "backup metadata"))?;
             tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            Ok::<_, DomainError>(())
-        })?;
-        Ok(true)
+            Ok::<_, DomainError>(true)
+        }.await);
+            self.discard_plans(run_id, 0).await?;
+            if applied? {
+                return Ok(true);
+            }
+        }
+        Err(DomainError::Aborted(format!(
+            "the repository kept changing while rebuilt snapshot {run_id} was committed"
+        )))
     }
 }

@@ -283,7 +283,6 @@ impl Session {
                             &outcome,
                             "{}",
                             &self.settings,
-                            None,
                         )
                         .await;
                     self.held.remove(&lease.id);

@@ -33,7 +33,9 @@ use super::objects::{
 };
 use super::{on_pool, Catalog};
 use crate::error::{from_sqlx, DomainError, DomainResult};
-use crate::model::object::{path_text, FileKind, ObjectVersion, SnapshotCommit, SnapshotEntry};
+use crate::model::object::{
+    path_text, FileKind, ObjectVersion, SnapshotCommit, SnapshotEntry, SnapshotStats,
+};
 
 /// One lock per repository and job, taken from a commit's last planning to
 /// its apply. Commits of one control plane then never invalidate each
@@ -45,6 +47,9 @@ pub(crate) struct CommitLocks {
 
 /// A repository and a job key, as `repository_commits` keys them.
 type RepositoryJob = (String, String);
+
+/// Plan rows deleted per statement when a plan is discarded.
+const DISCARD_PAGE: i64 = 20_000;
 
 /// Rows of a deletion scan read per query.
 const DELETION_PAGE: i64 = 5_000;
@@ -166,6 +171,25 @@ impl Catalog {
         tokio::time::sleep(Duration::from_millis(millis)).await;
     }
 
+    /// After a commit that wrote many rows, refreshes PostgreSQL's
+    /// statistics of the tables it wrote, so that the next plan lookups use
+    /// the indexes instead of scanning a table the planner still believes
+    /// empty. (SQLite plans without statistics and prefers the indexes.)
+    pub(crate) async fn refresh_statistics(&self, stats: &SnapshotStats) {
+        const LARGE_COMMIT: u64 = 10_000;
+        if stats.new_objects + stats.new_versions < LARGE_COMMIT {
+            return;
+        }
+        if let super::Pool::Postgres(pool) = &self.pool {
+            if let Err(error) = sqlx::query("ANALYZE objects, object_versions")
+                .execute(pool)
+                .await
+            {
+                tracing::warn!(%error, "could not refresh the catalog's statistics");
+            }
+        }
+    }
+
     /// The commit counter of a repository and job, created at 0.
     pub(crate) async fn commit_generation(&self, scope: &SnapshotScope) -> DomainResult<i64> {
         let job_key = scope.job_key();
@@ -217,7 +241,7 @@ impl Catalog {
             }
             let ids: Vec<Uuid> = existing.values().copied().collect();
             for chunk in ids.chunks(BATCH_ROWS) {
-                let sql = current_versions_of_sql(chunk.len());
+                let sql = current_versions_of_sql(dialect, chunk.len());
                 let sql = dialect.adapt(&sql);
                 let mut query = sqlx::query_as::<_, VersionRow>(&sql);
                 for id in chunk {
@@ -380,13 +404,25 @@ impl Catalog {
             if !of_lease {
                 continue;
             }
+            // A range of the primary key at a time: plain index scans,
+            // whatever the planner believes about the table's size.
             loop {
-                let deleted = on_pool!(self, pool => sqlx::query(
-                    "DELETE FROM snapshot_commit_rows WHERE commit_key = $1 AND object_id IN \
-                     (SELECT object_id FROM snapshot_commit_rows WHERE commit_key = $1 LIMIT 20000)")
-                    .bind(&key).execute(pool).await.map(|r| r.rows_affected()))
+                let boundary: Option<Uuid> = on_pool!(self, pool => sqlx::query_scalar(
+                    "SELECT object_id FROM snapshot_commit_rows WHERE commit_key = $1 \
+                     ORDER BY object_id LIMIT 1 OFFSET $2")
+                    .bind(&key).bind(DISCARD_PAGE - 1).fetch_optional(pool).await)
                 .map_err(|e| from_sqlx(e, "snapshot commit rows"))?;
-                if deleted == 0 {
+                // With no boundary, fewer than a page are left: all go.
+                on_pool!(self, pool => match boundary {
+                    Some(boundary) => sqlx::query(
+                        "DELETE FROM snapshot_commit_rows WHERE commit_key = $1 AND object_id <= $2")
+                        .bind(&key).bind(boundary).execute(pool).await,
+                    None => sqlx::query("DELETE FROM snapshot_commit_rows WHERE commit_key = $1")
+                        .bind(&key).execute(pool).await,
+                }
+                .map(|r| r.rows_affected()))
+                .map_err(|e| from_sqlx(e, "snapshot commit rows"))?;
+                if boundary.is_none() {
                     break;
                 }
             }

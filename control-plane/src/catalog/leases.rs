@@ -627,7 +627,8 @@ impl Catalog {
             Option<Uuid>,
             Option<DateTime<Utc>>,
         );
-        on_pool!(self, pool => {
+        let mut committed = None;
+        let state = on_pool!(self, pool => {
             let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
             let row: Option<RunLease> = sqlx::query_as(&select)
                 .bind(run_id).fetch_optional(&mut *tx).await.map_err(|e| from_sqlx(e, "run"))?;
@@ -650,6 +651,7 @@ impl Catalog {
                             return Ok(None);
                         };
                         tracing::info!(run = %run_id, ?stats, "snapshot committed");
+                        committed = Some(stats);
                     }
                     let duration = start_time.map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0);
                     sqlx::query(
@@ -691,8 +693,14 @@ impl Catalog {
                 .execute(&mut *tx).await.map(|r| r.rows_affected())
                 .map_err(|e| from_sqlx(e, "staged batches"))?;
             tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            Ok(Some(CompletionResult::Accepted { state: new_state.to_string() }))
-        })
+            Ok::<_, DomainError>(new_state)
+        })?;
+        if let Some(stats) = committed {
+            self.refresh_statistics(&stats).await;
+        }
+        Ok(Some(CompletionResult::Accepted {
+            state: state.to_string(),
+        }))
     }
 }
 

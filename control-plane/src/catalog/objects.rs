@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::commit::{apply_plan_in_tx, SnapshotScope};
-use super::{new_id, now_micros, on_pool, Catalog, Page};
+use super::{new_id, now_micros, on_pool, Catalog, Dialect, Page};
 use crate::error::{from_sqlx, DomainError, DomainResult};
 use crate::model::object::{
     path_text, BackupObject, DuplicateFile, DuplicateFilter, DuplicateGroup, FileKind,
@@ -365,9 +365,17 @@ pub(crate) fn objects_by_path_sql(with_job: bool, count: usize) -> String {
 }
 
 /// Current versions of `count` objects (`$1`…), for [`Catalog::plan_entries`].
-pub(crate) fn current_versions_of_sql(count: usize) -> String {
+///
+/// SQLite is told to use the `(object_id, id)` index: left to itself it may
+/// pick the `last_run_id` index for `IS NULL`, which matches every current
+/// version of the catalog, and scan them all for each chunk of ids.
+pub(crate) fn current_versions_of_sql(dialect: Dialect, count: usize) -> String {
+    let hint = match dialect {
+        Dialect::Sqlite => " INDEXED BY object_versions_object",
+        Dialect::Postgres => "",
+    };
     format!(
-        "SELECT {VERSION_COLUMNS} FROM object_versions v \
+        "SELECT {VERSION_COLUMNS} FROM object_versions v{hint} \
          WHERE v.last_run_id IS NULL AND v.object_id IN ({}) ORDER BY v.id",
         list_placeholders(count, 1)
     )
@@ -404,6 +412,7 @@ impl Catalog {
             });
             self.discard_plans(snapshot.run_id, 0).await?;
             if let Some(stats) = applied? {
+                self.refresh_statistics(&stats).await;
                 return Ok(stats);
             }
         }

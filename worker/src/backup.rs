@@ -24,9 +24,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use coffer_format::layout;
 use coffer_format::{
-    compare_paths, encode_chunk, new_compressor, ChunkHasher, ChunkId, ChunkIndex, Chunker,
-    Compressor, EncodedChunk, EntryKind as ManifestKind, IndexFile, IndexPack, ManifestEntry,
-    ManifestHeader, ManifestReader, ManifestWriter, PackBuilder, RepositoryConfig,
+    compare_paths, encode_chunk, new_compressor, ChunkBuffer, ChunkHasher, ChunkId, ChunkIndex,
+    ChunkStream, Chunker, Compressor, EncodedChunk, EntryKind as ManifestKind, IndexFile,
+    IndexPack, ManifestEntry, ManifestHeader, ManifestReader, ManifestWriter, PackBuilder,
+    RepositoryConfig,
 };
 use coffer_proto::v1::{FileRecord, JobOptions};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -54,8 +55,6 @@ const PACKER_QUEUE: usize = 16;
 const UPLOAD_PARALLELISM: usize = 3;
 /// Packs named by one index file (the last one of a run may name fewer).
 const INDEX_FLUSH_PACKS: usize = 4;
-/// Read buffer of a file; cancellation is checked per chunk.
-const READ_BUFFER: usize = 1 << 20;
 
 /// The snapshot an incremental is taken against.
 #[derive(Debug, Clone)]
@@ -162,7 +161,7 @@ struct FileContext {
     chunks: ChunkSet,
     packer: mpsc::Sender<EncodedChunk>,
     cpu: Semaphore,
-    compressors: Mutex<Vec<Compressor>>,
+    tools: Mutex<Vec<FileTools>>,
     cancel: CancellationToken,
     bytes_read: AtomicU64,
 }
@@ -239,7 +238,7 @@ async fn execute<R: Reporter>(
         },
         packer: packer_tx,
         cpu: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
-        compressors: Mutex::new(Vec::new()),
+        tools: Mutex::new(Vec::new()),
         cancel: cancel.clone(),
         bytes_read: AtomicU64::new(0),
     });
@@ -712,55 +711,85 @@ fn changed(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
 }
 
 fn chunk_file(context: &FileContext, file: File) -> Result<(String, Vec<ChunkId>), FileProblem> {
-    let mut content = context.hasher.content_hasher();
-    let mut ids = Vec::new();
-    let reader = io::BufReader::with_capacity(
-        READ_BUFFER,
+    let mut tools = take_tools(context)?;
+    let mut stream = context.chunker.stream(
         CountingReader {
             inner: file,
             context,
         },
+        std::mem::take(&mut tools.buffer),
     );
-    let mut compressor = take_compressor(context)?;
-    let result = (|| {
-        for chunk in context.chunker.chunks(reader) {
-            if context.cancel.is_cancelled() {
-                return Err(FileProblem::Fatal(RunFailure::cancelled()));
-            }
-            let chunk = chunk.map_err(|e| FileProblem::Skip(format!("read failed: {e}")))?;
-            content.update(&chunk);
-            let id = context.hasher.chunk_id(&chunk);
-            ids.push(id);
-            if context.chunks.claim(id) {
-                let encoded = encode_chunk(&mut compressor, id, chunk).map_err(|e| {
-                    FileProblem::Fatal(RunFailure::permanent(format!("compressing a chunk: {e}")))
-                })?;
-                context
-                    .packer
-                    .blocking_send(encoded)
-                    .map_err(|_| FileProblem::Fatal(RunFailure::retryable("the packer stopped")))?;
-            }
-        }
-        Ok(())
-    })();
+    let result = chunk_stream(context, &mut stream, &mut tools.compressor);
+    tools.buffer = stream.into_buffer();
     context
-        .compressors
+        .tools
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .push(compressor);
-    result.map(|()| (content.finalize(), ids))
+        .push(tools);
+    result
 }
 
-fn take_compressor(context: &FileContext) -> Result<Compressor, FileProblem> {
+fn chunk_stream<R: Read>(
+    context: &FileContext,
+    stream: &mut ChunkStream<R>,
+    compressor: &mut Compressor,
+) -> Result<(String, Vec<ChunkId>), FileProblem> {
+    let mut content = context.hasher.content_hasher();
+    let mut ids = Vec::new();
+    let mut whole = None;
+    while let Some(chunk) = stream.next_chunk() {
+        if context.cancel.is_cancelled() {
+            return Err(FileProblem::Fatal(RunFailure::cancelled()));
+        }
+        let chunk = chunk.map_err(|e| FileProblem::Skip(format!("read failed: {e}")))?;
+        let id = context.hasher.chunk_id(chunk.bytes);
+        // A file that is one chunk has that chunk's id as its content hash
+        // (same key, same function), so it is hashed once, not twice.
+        if chunk.whole {
+            whole = Some(id);
+        } else {
+            content.update(chunk.bytes);
+        }
+        ids.push(id);
+        if context.chunks.claim(id) {
+            let encoded = encode_chunk(compressor, id, chunk.bytes).map_err(|e| {
+                FileProblem::Fatal(RunFailure::permanent(format!("compressing a chunk: {e}")))
+            })?;
+            context
+                .packer
+                .blocking_send(encoded)
+                .map_err(|_| FileProblem::Fatal(RunFailure::retryable("the packer stopped")))?;
+        }
+    }
+    let content_hash = match whole {
+        Some(id) => id.to_hex(),
+        None => content.finalize(),
+    };
+    Ok((content_hash, ids))
+}
+
+/// A compressor and a chunking buffer for one file at a time, taken from the
+/// pool (or made) and given back afterwards: both cost far more to set up
+/// than a small file costs to read.
+struct FileTools {
+    compressor: Compressor,
+    buffer: ChunkBuffer,
+}
+
+fn take_tools(context: &FileContext) -> Result<FileTools, FileProblem> {
     let reused = context
-        .compressors
+        .tools
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .pop();
     match reused {
-        Some(compressor) => Ok(compressor),
-        None => new_compressor(context.compression_level)
-            .map_err(|e| FileProblem::Fatal(RunFailure::permanent(format!("starting zstd: {e}")))),
+        Some(tools) => Ok(tools),
+        None => Ok(FileTools {
+            compressor: new_compressor(context.compression_level).map_err(|e| {
+                FileProblem::Fatal(RunFailure::permanent(format!("starting zstd: {e}")))
+            })?,
+            buffer: ChunkBuffer::default(),
+        }),
     }
 }
 

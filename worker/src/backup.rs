@@ -36,6 +36,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::cpu_pool::CpuPool;
 use crate::report::{human_bytes, to_i64, Batcher, RunFailure};
 pub use crate::report::{
     RecordBatch, ReportError, Reporter, RunFailure as BackupFailure, MAX_BATCH_RECORDS,
@@ -51,6 +52,10 @@ pub const MAX_REREADS: u32 = 3;
 const ENTRY_WINDOW: usize = 256;
 /// Encoded chunks queued for the packer.
 const PACKER_QUEUE: usize = 16;
+/// Regular files opened and being read ahead by the kernel at once.
+const PREFETCH_FILES: usize = 32;
+/// Bytes of each file the kernel is asked to read ahead when it is opened.
+const PREFETCH_BYTES: u64 = 4 << 20;
 /// Packs uploaded at once.
 const UPLOAD_PARALLELISM: usize = 3;
 /// Packs named by one index file (the last one of a run may name fewer).
@@ -160,7 +165,8 @@ struct FileContext {
     compression_level: i32,
     chunks: ChunkSet,
     packer: mpsc::Sender<EncodedChunk>,
-    cpu: Semaphore,
+    cpu: CpuPool,
+    prefetch: Semaphore,
     tools: Mutex<Vec<FileTools>>,
     cancel: CancellationToken,
     bytes_read: AtomicU64,
@@ -237,7 +243,9 @@ async fn execute<R: Reporter>(
             queued: Mutex::new(HashSet::new()),
         },
         packer: packer_tx,
-        cpu: Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+        cpu: CpuPool::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .map_err(|e| RunFailure::retryable(format!("starting the chunking threads: {e}")))?,
+        prefetch: Semaphore::new(PREFETCH_FILES),
         tools: Mutex::new(Vec::new()),
         cancel: cancel.clone(),
         bytes_read: AtomicU64::new(0),
@@ -394,22 +402,7 @@ fn spawn_entry(
             }
             let context = Arc::clone(context);
             tokio::spawn(async move {
-                let Ok(_permit) = context.cpu.acquire().await else {
-                    return Processed::Read(
-                        entry,
-                        previous,
-                        Err(FileProblem::Fatal(RunFailure::cancelled())),
-                    );
-                };
-                let task_context = Arc::clone(&context);
-                let path = entry.abs_path.clone();
-                let result = tokio::task::spawn_blocking(move || read_file(&task_context, &path))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(FileProblem::Fatal(RunFailure::retryable(format!(
-                            "file task failed: {e}"
-                        ))))
-                    });
+                let result = read_in_turn(context, entry.abs_path.clone()).await;
                 Processed::Read(entry, previous, result)
             })
         }
@@ -417,6 +410,51 @@ fn spawn_entry(
             tokio::spawn(async move { Processed::Ready(entry, previous, None) })
         }
         _ => tokio::spawn(async { Processed::Special }),
+    }
+}
+
+/// Reads one regular file: opened early, with the kernel asked to start
+/// reading it (up to [`PREFETCH_FILES`] files ahead), then chunked and
+/// compressed on the CPU pool. On a cold cache most files of a
+/// tree are small, and reading them one or two at a time leaves the disk
+/// idle between requests.
+async fn read_in_turn(
+    context: Arc<FileContext>,
+    path: PathBuf,
+) -> Result<FileContent, FileProblem> {
+    let cancelled = || FileProblem::Fatal(RunFailure::cancelled());
+    let task_failed = |e: tokio::task::JoinError| {
+        FileProblem::Fatal(RunFailure::retryable(format!("file task failed: {e}")))
+    };
+    let _prefetch = context.prefetch.acquire().await.map_err(|_| cancelled())?;
+    let open_path = path.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let opened = open_regular(&open_path)?;
+        prefetch(&opened.0, opened.1.len());
+        Ok(opened)
+    })
+    .await
+    .map_err(task_failed)?;
+    let task_context = Arc::clone(&context);
+    context
+        .cpu
+        .run(move || read_file(&task_context, &path, opened))
+        .await
+        .unwrap_or_else(|| {
+            Err(FileProblem::Fatal(RunFailure::retryable(
+                "a chunking thread failed",
+            )))
+        })
+}
+
+/// Asks the kernel to read the start of `file` into the page cache in the
+/// background. Only a hint: failure costs speed, not correctness.
+fn prefetch(file: &File, len: u64) {
+    let Some(len) = std::num::NonZeroU64::new(len.min(PREFETCH_BYTES)) else {
+        return;
+    };
+    if let Err(error) = rustix::fs::fadvise(file, 0, Some(len), rustix::fs::Advice::WillNeed) {
+        tracing::debug!(%error, "fadvise(WILLNEED) failed");
     }
 }
 
@@ -660,10 +698,19 @@ async fn open_parent(
 
 /// Reads, chunks and hashes one file, queueing its new chunks for packing.
 /// A file that changes while it is read is read again.
-fn read_file(context: &FileContext, path: &Path) -> Result<FileContent, FileProblem> {
+/// `opened` is the first attempt's [`open_regular`] result.
+fn read_file(
+    context: &FileContext,
+    path: &Path,
+    opened: Result<(File, std::fs::Metadata), FileProblem>,
+) -> Result<FileContent, FileProblem> {
     let mut last_change = String::new();
+    let mut opened = Some(opened);
     for _ in 0..=MAX_REREADS {
-        let (file, before) = open_regular(path)?;
+        let (file, before) = match opened.take() {
+            Some(first) => first?,
+            None => open_regular(path)?,
+        };
         let (content_hash, chunks) = chunk_file(context, file)?;
         let after = std::fs::symlink_metadata(path)
             .map_err(|e| FileProblem::Skip(format!("vanished while being read: {e}")))?;

@@ -17,7 +17,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use tokio::task::JoinSet;
@@ -495,6 +495,9 @@ impl S3Store {
             .bucket(&self.location.bucket)
             .key(&full_key)
             .body(ByteStream::from(bytes))
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .customize()
+            .disable_payload_signing()
             .send();
         cancellable(cancel, async {
             request

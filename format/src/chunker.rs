@@ -7,7 +7,7 @@
 
 use std::io::{self, Read};
 
-use fastcdc::v2020::{Normalization, StreamCDC};
+use fastcdc::v2020::{Normalization, MASKS};
 
 use crate::config::ChunkerParams;
 use crate::FormatError;
@@ -24,7 +24,8 @@ pub struct Chunker {
 
 impl Chunker {
     /// A chunker with the given sizes. Invalid sizes (see
-    /// [`ChunkerParams::validate`]) are reported by [`Chunker::chunks`], not here.
+    /// [`ChunkerParams::validate`]) are reported by [`Chunker::chunks`] and
+    /// [`Chunker::stream`], not here.
     pub fn new(params: ChunkerParams) -> Self {
         Chunker { params }
     }
@@ -35,60 +36,194 @@ impl Chunker {
     }
 
     /// Splits a reader into content-defined chunks (FastCDC 2020, normalized),
-    /// yielding owned chunk bytes.
+    /// yielding owned chunk bytes. [`Chunker::stream`] does the same without
+    /// allocating per chunk.
     ///
     /// A stream shorter than `min_size` yields one chunk; an empty stream
     /// yields nothing. Every chunk but the last is within
-    /// `min_size..=max_size`. At most `max_size` bytes are buffered. After
-    /// the first error (an I/O error, or invalid sizes) the iterator ends.
+    /// `min_size..=max_size`. After the first error (an I/O error, or
+    /// invalid sizes) the iterator ends.
     pub fn chunks<R: Read>(&self, reader: R) -> impl Iterator<Item = Result<Vec<u8>, FormatError>> {
-        let state = match self.params.validate() {
-            Ok(()) => ChunksState::Cutting(StreamCDC::with_level(
-                RetryInterrupted(reader),
-                self.params.min_size,
-                self.params.avg_size,
-                self.params.max_size,
-                NORMALIZATION,
-            )),
-            Err(err) => ChunksState::Failed(Some(err)),
-        };
-        Chunks { state }
+        let mut stream = self.stream(reader, ChunkBuffer::default());
+        std::iter::from_fn(move || {
+            stream
+                .next_chunk()
+                .map(|chunk| chunk.map(|c| c.bytes.to_vec()))
+        })
     }
-}
 
-/// Iterator returned by [`Chunker::chunks`].
-struct Chunks<R: Read> {
-    state: ChunksState<R>,
-}
-
-enum ChunksState<R: Read> {
-    Cutting(StreamCDC<RetryInterrupted<R>>),
-    /// Holds the error still to be reported, then `None`.
-    Failed(Option<FormatError>),
-}
-
-impl<R: Read> Iterator for Chunks<R> {
-    type Item = Result<Vec<u8>, FormatError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let cdc = match &mut self.state {
-            ChunksState::Failed(pending) => return pending.take().map(Err),
-            ChunksState::Cutting(cdc) => cdc,
+    /// Splits a reader into the same chunks as [`Chunker::chunks`], lending
+    /// each chunk from `buffer` instead of copying it out. The buffer is
+    /// meant to be reused from one stream to the next
+    /// ([`ChunkStream::into_buffer`]): it grows once to twice `max_size`,
+    /// and with it reused a small file costs no allocation at all.
+    pub fn stream<R: Read>(&self, reader: R, buffer: ChunkBuffer) -> ChunkStream<R> {
+        let (cut, error) = match self.params.validate() {
+            Ok(()) => (Some(Cut::new(self.params)), None),
+            Err(err) => (None, Some(err)),
         };
-        match cdc.next()? {
-            Ok(chunk) => Some(Ok(chunk.data)),
-            Err(err) => {
-                // StreamCDC's state after a failed read is unspecified, so
-                // stop rather than risk yielding misaligned chunks.
-                self.state = ChunksState::Failed(None);
-                Some(Err(FormatError::Io(io::Error::from(err))))
+        let mut bytes = buffer.bytes;
+        if let Some(cut) = &cut {
+            // Room for a whole window of `max_size` bytes after any
+            // `start` below the compaction threshold.
+            let capacity = 2 * cut.max_size;
+            if bytes.len() < capacity {
+                bytes.resize(capacity, 0);
             }
+        }
+        ChunkStream {
+            reader: RetryInterrupted(reader),
+            cut,
+            error,
+            bytes,
+            start: 0,
+            end: 0,
+            eof: false,
+            yielded: 0,
         }
     }
 }
 
-/// Retries reads interrupted by signals, which `StreamCDC` would otherwise
-/// report as errors.
+/// Memory a [`ChunkStream`] reads into, kept between streams.
+#[derive(Debug, Default)]
+pub struct ChunkBuffer {
+    bytes: Vec<u8>,
+}
+
+/// One chunk lent by [`ChunkStream::next_chunk`].
+#[derive(Debug)]
+pub struct StreamChunk<'a> {
+    /// The chunk's bytes.
+    pub bytes: &'a [u8],
+    /// When true, this chunk is the whole stream (the first chunk and the
+    /// last), so its id equals the stream's content hash. (A stream of
+    /// exactly one full `max_size` chunk may still say false.)
+    pub whole: bool,
+}
+
+/// Content-defined chunks of one reader, lent one at a time from a reused
+/// buffer. Made by [`Chunker::stream`].
+///
+/// The buffer holds a window of unconsumed bytes `start..end`. A cut is
+/// made only when the window holds at least `max_size` bytes or the reader
+/// is exhausted, so cut points are exactly those of FastCDC over the whole
+/// stream, whatever the reader's read sizes. When the window's start passes
+/// the middle of the buffer, the (less than `max_size`) unconsumed bytes are
+/// moved to the front: each byte is moved at most once.
+pub struct ChunkStream<R> {
+    reader: RetryInterrupted<R>,
+    /// `None` once the stream has failed (or its sizes were invalid).
+    cut: Option<Cut>,
+    /// Invalid sizes, reported by the first call.
+    error: Option<FormatError>,
+    bytes: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    yielded: u64,
+}
+
+impl<R: Read> ChunkStream<R> {
+    /// The next chunk, `None` at the end of the stream or after an error
+    /// (which is returned once: the state after a failed read is unknown,
+    /// so the stream stops rather than yield misaligned chunks).
+    pub fn next_chunk(&mut self) -> Option<Result<StreamChunk<'_>, FormatError>> {
+        if let Some(err) = self.error.take() {
+            return Some(Err(err));
+        }
+        let cut = self.cut?;
+        if let Err(err) = self.fill(cut.max_size) {
+            self.cut = None;
+            return Some(Err(FormatError::Io(err)));
+        }
+        if self.start == self.end {
+            return None;
+        }
+        let window = &self.bytes[self.start..self.end];
+        let length = cut.cut(window);
+        debug_assert!(length > 0 && length <= window.len());
+        let chunk_start = self.start;
+        self.start += length;
+        self.yielded += 1;
+        let whole = self.yielded == 1 && self.eof && self.start == self.end;
+        Some(Ok(StreamChunk {
+            bytes: &self.bytes[chunk_start..chunk_start + length],
+            whole,
+        }))
+    }
+
+    /// Gives the buffer back for the next stream.
+    pub fn into_buffer(self) -> ChunkBuffer {
+        ChunkBuffer { bytes: self.bytes }
+    }
+
+    /// Reads until the window holds `max_size` bytes or the reader is
+    /// exhausted, moving the window to the front of the buffer first when
+    /// it would not fit behind its start.
+    fn fill(&mut self, max_size: usize) -> io::Result<()> {
+        if self.eof || self.end - self.start >= max_size {
+            return Ok(());
+        }
+        if self.start + max_size > self.bytes.len() {
+            self.bytes.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while !self.eof && self.end - self.start < max_size {
+            let read = self.reader.read(&mut self.bytes[self.end..])?;
+            if read == 0 {
+                self.eof = true;
+            } else {
+                self.end += read;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// FastCDC 2020's cut-point search with the format's sizes, normalization
+/// and gear table (seed 0, the crate's built-in table).
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    min_size: usize,
+    avg_size: usize,
+    max_size: usize,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl Cut {
+    /// The masks as `fastcdc::v2020::FastCDC::with_level` derives them.
+    fn new(params: ChunkerParams) -> Self {
+        let bits = fastcdc::v2020::logarithm2(params.avg_size);
+        let normalization = NORMALIZATION.bits();
+        Cut {
+            min_size: params.min_size as usize,
+            avg_size: params.avg_size as usize,
+            max_size: params.max_size as usize,
+            mask_s: MASKS[(bits + normalization) as usize],
+            mask_l: MASKS[(bits - normalization) as usize],
+        }
+    }
+
+    /// Length of the chunk at the start of `window`, which holds at least
+    /// `max_size` bytes unless it is the end of the stream.
+    fn cut(&self, window: &[u8]) -> usize {
+        let (_, length) = fastcdc::v2020::cut(
+            window,
+            self.min_size,
+            self.avg_size,
+            self.max_size,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+        );
+        length
+    }
+}
+
+/// Retries reads interrupted by signals.
 struct RetryInterrupted<R>(R);
 
 impl<R: Read> Read for RetryInterrupted<R> {
@@ -160,20 +295,14 @@ mod tests {
 
     #[test]
     fn reading_in_small_pieces_gives_the_same_chunks() {
-        struct Trickle<'a>(&'a [u8]);
-        impl Read for Trickle<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                let n = buf.len().min(self.0.len()).min(1000);
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
         let chunker = Chunker::new(small_params());
         let data = pseudo_random_bytes(3, 300 * 1024);
         let whole = cut(&chunker, &data);
         let trickled = chunker
-            .chunks(Trickle(&data))
+            .chunks(Trickle {
+                data: &data,
+                limit: 1000,
+            })
             .collect::<Result<Vec<_>, _>>()
             .expect("no errors");
         assert_eq!(whole, trickled);
@@ -209,6 +338,61 @@ mod tests {
             after.len()
         );
         assert!(shared < after.len(), "the edited chunk must change");
+    }
+
+    /// Reads at most `limit` bytes per call, like a pipe or a slow disk.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        limit: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.data.len()).min(self.limit);
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn stream_cuts_exactly_where_fastcdc_does() {
+        let params = small_params();
+        let chunker = Chunker::new(params);
+        let mut buffer = ChunkBuffer::default();
+        // Lengths around the window and buffer sizes, and many chunks.
+        for (seed, len) in [
+            (10, 0),
+            (11, 100),
+            (12, 65536),
+            (13, 65537),
+            (14, 131_072),
+            (15, 2_000_000),
+        ] {
+            let data = pseudo_random_bytes(seed, len);
+            let expected: Vec<Vec<u8>> = fastcdc::v2020::StreamCDC::with_level(
+                &data[..],
+                params.min_size,
+                params.avg_size,
+                params.max_size,
+                NORMALIZATION,
+            )
+            .map(|c| c.expect("reading a slice cannot fail").data)
+            .collect();
+            for limit in [1000, 65536, usize::MAX] {
+                let mut stream = chunker.stream(Trickle { data: &data, limit }, buffer);
+                let mut got = Vec::new();
+                let mut wholes = 0;
+                while let Some(chunk) = stream.next_chunk() {
+                    let chunk = chunk.expect("no errors");
+                    wholes += usize::from(chunk.whole);
+                    got.push(chunk.bytes.to_vec());
+                }
+                buffer = stream.into_buffer();
+                assert_eq!(got, expected, "length {len}, reads of at most {limit}");
+                assert_eq!(wholes, usize::from(got.len() == 1 && len < 65536));
+            }
+        }
     }
 
     #[test]

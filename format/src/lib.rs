@@ -22,7 +22,7 @@ pub mod pack;
 #[cfg(test)]
 mod test_data;
 
-pub use chunker::Chunker;
+pub use chunker::{ChunkBuffer, ChunkStream, Chunker, StreamChunk};
 pub use condemned::{CondemnedPack, CondemnedSet};
 pub use config::{ChunkerParams, RepositoryConfig};
 pub use error::FormatError;
@@ -73,6 +73,10 @@ mod tests {
         assert_send(&ChunkIndex::new());
         assert_send(&ChunkHasher::new([0; 32]).content_hasher());
         assert_send(&Chunker::new(ChunkerParams::default()).chunks(std::io::empty()));
+        assert_send(
+            &Chunker::new(ChunkerParams::default())
+                .stream(std::io::empty(), ChunkBuffer::default()),
+        );
         let header = ManifestHeader::new(
             uuid::Uuid::nil(),
             "/".to_owned(),

@@ -118,13 +118,14 @@ pub struct EncodedChunk {
     pub bytes: Vec<u8>,
 }
 
-/// Compresses one chunk with zstd at `level` (keeping it raw when that is
-/// not smaller), for [`PackBuilder::add_blob`]. `compressor` is reused
-/// between calls because setting one up costs more than a small chunk.
+/// Compresses one chunk with zstd (keeping it raw when that is not
+/// smaller, or when a sample of it looks like random bytes), for
+/// [`PackBuilder::add_blob`]. `compressor` is reused between calls because
+/// setting one up costs more than a small chunk.
 pub fn encode_chunk(
     compressor: &mut zstd::bulk::Compressor<'static>,
     id: ChunkId,
-    raw: Vec<u8>,
+    raw: &[u8],
 ) -> Result<EncodedChunk, FormatError> {
     let raw_length = u32::try_from(raw.len())
         .ok()
@@ -135,7 +136,16 @@ pub fn encode_chunk(
                 raw.len()
             ))
         })?;
-    let compressed = compressor.compress(&raw)?;
+    let stored_raw = || EncodedChunk {
+        id,
+        raw_length,
+        compression: Compression::None,
+        bytes: raw.to_vec(),
+    };
+    if looks_incompressible(raw) {
+        return Ok(stored_raw());
+    }
+    let compressed = compressor.compress(raw)?;
     Ok(if compressed.len() < raw.len() {
         EncodedChunk {
             id,
@@ -144,13 +154,60 @@ pub fn encode_chunk(
             bytes: compressed,
         }
     } else {
-        EncodedChunk {
-            id,
-            raw_length,
-            compression: Compression::None,
-            bytes: raw,
-        }
+        stored_raw()
     })
+}
+
+/// Chunks shorter than this are always offered to zstd.
+const ENTROPY_MIN_LEN: usize = 512;
+/// Bytes of a chunk whose histogram is taken: this many windows of
+/// [`ENTROPY_WINDOW`] bytes spread evenly over the chunk.
+const ENTROPY_WINDOWS: usize = 16;
+const ENTROPY_WINDOW: usize = 512;
+
+/// Whether a sample of `raw` has a byte histogram so flat (order-0 entropy
+/// within sampling noise of 8 bits per byte) that zstd would not make it
+/// noticeably smaller: compressed or encrypted data, random bytes. Costs a
+/// histogram of at most 8 KiB instead of a zstd pass over the whole chunk,
+/// which on such data spends the most time per byte for nothing.
+///
+/// The price of a wrong guess is only size, never correctness: a blob
+/// stored raw is as valid as a compressed one. Data that is flat byte-wise
+/// yet repetitive (the same random block many times in one chunk) is the
+/// case this misses; deduplication still catches repeats at chunk scale.
+fn looks_incompressible(raw: &[u8]) -> bool {
+    if raw.len() < ENTROPY_MIN_LEN {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    let mut sampled = 0usize;
+    if raw.len() <= ENTROPY_WINDOWS * ENTROPY_WINDOW {
+        raw.iter().for_each(|b| counts[usize::from(*b)] += 1);
+        sampled = raw.len();
+    } else {
+        let stride = (raw.len() - ENTROPY_WINDOW) / (ENTROPY_WINDOWS - 1);
+        for window in 0..ENTROPY_WINDOWS {
+            let start = window * stride;
+            raw[start..start + ENTROPY_WINDOW]
+                .iter()
+                .for_each(|b| counts[usize::from(*b)] += 1);
+            sampled += ENTROPY_WINDOW;
+        }
+    }
+    let n = sampled as f64;
+    let entropy: f64 = counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = f64::from(*c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    // A sample of n uniformly random bytes shows about 255 / (2 n ln 2)
+    // bits less than 8 (the plug-in estimator's bias); allow twice that
+    // plus a little for noise.
+    let bias = 255.0 / (2.0 * n * std::f64::consts::LN_2);
+    entropy >= 8.0 - 2.0 * bias - 0.02
 }
 
 /// A reusable zstd compression context.
@@ -585,6 +642,30 @@ mod tests {
                 .expect("chunk fits"));
         }
         builder.finish().expect("pack fits")
+    }
+
+    #[test]
+    fn random_chunks_skip_zstd_and_text_like_chunks_are_compressed() {
+        let mut compressor = new_compressor(3).expect("zstd starts");
+        let text = b"words drawn from a small vocabulary, again and again; ".repeat(300);
+        let half_text = [pseudo_random_bytes(20, 8000), text.clone()].concat();
+        for (raw, expected) in [
+            (pseudo_random_bytes(21, 1024), Compression::None),
+            (pseudo_random_bytes(22, 2 << 20), Compression::None),
+            (text, Compression::Zstd),
+            (half_text, Compression::Zstd),
+            (vec![7u8; 100_000], Compression::Zstd),
+        ] {
+            let id = hasher().chunk_id(&raw);
+            let encoded = encode_chunk(&mut compressor, id, &raw).expect("encodes");
+            assert_eq!(encoded.compression, expected, "{} bytes", raw.len());
+            let mut builder = PackBuilder::new(3);
+            builder.add_blob(&encoded).expect("fits");
+            let pack = builder.finish().expect("pack fits");
+            let entry = &pack.entries[0];
+            let blob = &pack.bytes[entry.offset as usize..][..entry.length as usize];
+            assert_eq!(decode_blob(&hasher(), entry, blob).expect("decodes"), raw);
+        }
     }
 
     #[test]

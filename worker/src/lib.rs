@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod cpu_pool;
 pub mod executor;
 pub mod gc;
 pub mod rebuild;

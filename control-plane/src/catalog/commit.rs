@@ -365,8 +365,8 @@ impl Catalog {
     pub(crate) async fn plan_commit(&self, commit: &SnapshotCommit) -> DomainResult<(String, i64)> {
         let scope = SnapshotScope::of_commit(commit);
         let generation = self.commit_generation(&scope).await?;
+        // A path repeated across chunks is caught by the plan table's keys.
         let key = fresh_commit_key(commit.run_id, 0);
-        normalized(&commit.entries)?;
         let removed = commit.removed.as_deref().unwrap_or_default();
         for (i, chunk) in commit.entries.chunks(BATCH_ROWS * 4).enumerate() {
             let removed: &[Vec<u8>] = if i == 0 { removed } else { &[] };

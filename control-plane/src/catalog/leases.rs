@@ -741,32 +741,6 @@ impl Catalog {
                 .complete_attempt(run_id, lease_token, outcome, progress_json, settings)
                 .await;
         }
-        if run.kind == RunKind::RebuildCatalog {
-            let batches = self.staged_batches(run_id, lease_token).await?;
-            let received = i64::try_from(batches.len()).unwrap_or(i64::MAX);
-            if received != batch_count {
-                return self
-                    .incomplete(
-                        run_id,
-                        lease_token,
-                        received,
-                        batch_count,
-                        progress_json,
-                        settings,
-                    )
-                    .await;
-            }
-            return self
-                .commit_rebuild(
-                    &run,
-                    lease_token,
-                    outcome,
-                    progress_json,
-                    &batches,
-                    settings,
-                )
-                .await;
-        }
         let received = self.staged_batch_count(run_id, lease_token).await?;
         if received != batch_count {
             return self
@@ -776,6 +750,19 @@ impl Catalog {
                     received,
                     batch_count,
                     progress_json,
+                    settings,
+                )
+                .await;
+        }
+        if run.kind == RunKind::RebuildCatalog {
+            let batches = self.staged_batches(run_id, lease_token).await?;
+            return self
+                .commit_rebuild(
+                    &run,
+                    lease_token,
+                    outcome,
+                    progress_json,
+                    &batches,
                     settings,
                 )
                 .await;

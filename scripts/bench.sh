@@ -21,6 +21,8 @@
 #   BENCH_RESULTS_FILE where the table is appended (default BENCHMARKS.md at
 #                      the repository root; empty: do not record)
 #   BENCH_RUN_TIMEOUT  seconds one Coffer run may take (default 10800)
+#   BENCH_COFFER_ONLY=1  run Coffer's steps only (restic and rclone are skipped;
+#                      for quick iterations, the comparison needs them)
 #   BENCH_RCLONE_RESTORE=1  also time `rclone copy` back from the bucket (off by
 #                      default: ~18 min at the default scale, one GET per file)
 #
@@ -55,12 +57,13 @@ BENCH_MILLION=${BENCH_MILLION:-0}
 BENCH_MILLION_COUNT=${BENCH_MILLION_COUNT:-1000000}
 BENCH_RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-10800}
 BENCH_RCLONE_RESTORE=${BENCH_RCLONE_RESTORE:-0}
+BENCH_COFFER_ONLY=${BENCH_COFFER_ONLY:-0}
 BENCH_RESULTS_FILE=${BENCH_RESULTS_FILE-$ROOT/BENCHMARKS.md}
 EDIT_FRACTION=0.01
 
 # The command as given, for the record.
 COMMAND_LINE=""
-for v in BENCH_SCALE BENCH_SEED BENCH_DIR BENCH_KEEP BENCH_MILLION BENCH_MILLION_COUNT BENCH_RCLONE_RESTORE BENCH_DROP_CACHES BENCH_RUN_TIMEOUT; do
+for v in BENCH_SCALE BENCH_SEED BENCH_DIR BENCH_KEEP BENCH_COFFER_ONLY BENCH_MILLION BENCH_MILLION_COUNT BENCH_RCLONE_RESTORE BENCH_DROP_CACHES BENCH_RUN_TIMEOUT; do
   if [ -n "$(printenv "$v" 2>/dev/null || true)" ]; then COMMAND_LINE+="$v=$(printenv "$v") "; fi
 done
 COMMAND_LINE+="scripts/bench.sh${*:+ $*}"
@@ -372,6 +375,7 @@ coffer_backup() { # phase key
 # ------------------------------------------------------------------ restic, rclone
 restic_backup() { # phase key
   local since bs rc=0
+  [ "$BENCH_COFFER_ONLY" = 1 ] && return 0
   drop_caches
   since=$(date +%s.%N)
   (cd "$CORPUS" && python3 "$HELPERS/timed.py" "$LOGS/restic-$1.time.json" -- \
@@ -390,6 +394,7 @@ restic_backup() { # phase key
 
 rclone_copy() { # phase key
   local since bs rc=0
+  [ "$BENCH_COFFER_ONLY" = 1 ] && return 0
   drop_caches
   since=$(date +%s.%N)
   python3 "$HELPERS/timed.py" "$LOGS/rclone-$1.time.json" -- \
@@ -416,8 +421,8 @@ verify_restore() { # tool dir key
   [ "$BENCH_KEEP" = 1 ] || rm -rf "$2"
 }
 
-log "restic: init"
-"${RESTIC[@]}" init >"$LOGS/restic-init.log" 2>&1 || { cat "$LOGS/restic-init.log" >&2; die "restic init failed"; }
+[ "$BENCH_COFFER_ONLY" = 1 ] || log "restic: init"
+[ "$BENCH_COFFER_ONLY" = 1 ] || "${RESTIC[@]}" init >"$LOGS/restic-init.log" 2>&1 || { cat "$LOGS/restic-init.log" >&2; die "restic init failed"; }
 
 # ------------------------------------------------------------------ phases
 LAST_COFFER_SNAPSHOT=""
@@ -452,6 +457,7 @@ else
   fail "coffer restore not run: no successful snapshot"
 fi
 
+if [ "$BENCH_COFFER_ONLY" != 1 ]; then
 mkdir -p "$BENCH_DIR/restore-restic"
 drop_caches
 rc=0
@@ -466,6 +472,7 @@ if [ "$rc" = 0 ]; then
   verify_restore restic "$BENCH_DIR/restore-restic" restic.restore
 else
   rec restic.restore.status "FAILED (exit $rc)"; fail "restic restore failed: $(tail -n 5 "$LOGS/restic-restore.log")"
+fi
 fi
 
 if [ "$BENCH_RCLONE_RESTORE" = 1 ]; then

@@ -105,6 +105,13 @@ fn report(what: &str, started: Instant, cpu_before: (f64, f64)) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Phase timings of the data path are logged at debug level: COFFER_LOG=coffer_worker=debug.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(source), Some(target)) = (args.first(), args.get(1)) else {
         bail!("usage: backup_probe SOURCE (s3:BUCKET/PREFIX | fs:DIR) [--parent KEY] [--restore DEST]");

@@ -24,12 +24,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use coffer_format::layout;
 use coffer_format::{
-    compare_paths, encode_chunk, new_compressor, ChunkBuffer, ChunkHasher, ChunkId, ChunkIndex,
-    ChunkStream, Chunker, Compressor, EncodedChunk, EntryKind as ManifestKind, IndexFile,
-    IndexPack, ManifestEntry, ManifestHeader, ManifestReader, ManifestWriter, PackBuilder,
-    RepositoryConfig,
+    encode_chunk, new_compressor, ChunkBuffer, ChunkHasher, ChunkId, ChunkIndex, ChunkStream,
+    Chunker, Compressor, EncodedChunk, EntryKind as ManifestKind, IndexFile, IndexPack,
+    ManifestEntry, ManifestHeader, PackBuilder,
 };
 use coffer_proto::v1::{FileRecord, JobOptions};
+use futures::future::Either;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cpu_pool::CpuPool;
+use crate::manifests::{open_parent, ManifestSink};
 use crate::report::{human_bytes, to_i64, Batcher, RunFailure};
 pub use crate::report::{
     RecordBatch, ReportError, Reporter, RunFailure as BackupFailure, MAX_BATCH_RECORDS,
@@ -241,6 +242,7 @@ async fn execute<R: Reporter>(
     batcher: &mut Batcher<'_, R>,
     cancel: &CancellationToken,
 ) -> Result<BackupSummary, RunFailure> {
+    tracing::debug!(run = %plan.run_id, "backup starting");
     let walk_options = WalkOptions {
         exclude: plan.options.exclude.clone(),
         one_file_system: plan.options.one_file_system,
@@ -253,9 +255,21 @@ async fn execute<R: Reporter>(
     let repository =
         Repository::open_or_create(Arc::clone(&plan.store), &plan.repository_key, cancel).await?;
     let config = repository.config().clone();
-    let index = repository.load_index(IndexUse::Write, cancel).await?;
-    let mut parent = open_parent(&repository, plan, &config, cancel).await;
+    // The chunk index and the parent manifest are fetched side by side.
+    let (index, mut parent) = tokio::join!(
+        repository.load_index(IndexUse::Write, cancel),
+        open_parent(
+            &repository,
+            plan.run_id,
+            plan.parent.as_ref(),
+            &config,
+            cancel
+        )
+    );
+    let index = index?;
     let parent_run_id = parent.as_ref().map(|p| p.run_id);
+    let started = std::time::Instant::now();
+    tracing::debug!(run = %plan.run_id, "index and parent loaded");
 
     let (packer_tx, packer_rx) = mpsc::channel(PACKER_QUEUE);
     let uploaded = Arc::new(AtomicU64::new(0));
@@ -292,18 +306,9 @@ async fn execute<R: Reporter>(
     );
     header.job_id = plan.job_id;
     header.parent_run_id = parent_run_id;
-    // The manifest of a large tree is large: it is spooled to a temporary
-    // file, not held in memory.
-    let spool = tempfile::NamedTempFile::new()
-        .map_err(|e| RunFailure::retryable(format!("creating the manifest spool file: {e}")))?;
-    let mut manifest = ManifestWriter::new(
-        io::BufWriter::with_capacity(1 << 20, spool),
-        &header,
-        config.compression_level,
-    )
-    .map_err(|e| RunFailure::permanent(format!("starting the manifest: {e}")))?;
+    let mut manifest = ManifestSink::start(&header)?;
 
-    let mut pending: FuturesOrdered<tokio::task::JoinHandle<Processed>> = FuturesOrdered::new();
+    let mut pending: FuturesOrdered<EntryTask> = FuturesOrdered::new();
     let mut walk_done = false;
     let mut stats = Stats::default();
     while !(walk_done && pending.is_empty()) {
@@ -328,7 +333,7 @@ async fn execute<R: Reporter>(
                 batcher.progress.files_seen += 1;
                 let entry = match item {
                     WalkItem::Error(error) => {
-                        pending.push_back(tokio::spawn(async move { Processed::Error(error.path, error.message) }));
+                        pending.push_back(ready(Processed::Error(error.path, error.message)));
                         continue;
                     }
                     WalkItem::Entry(entry) => entry,
@@ -344,6 +349,7 @@ async fn execute<R: Reporter>(
             }
         }
     }
+    tracing::debug!(run = %plan.run_id, elapsed = ?started.elapsed(), "walk done");
     // Every file task is done: closing the queue lets the packer seal the
     // last pack.
     drop(context);
@@ -364,17 +370,14 @@ async fn execute<R: Reporter>(
         )));
     }
 
-    let spool = manifest
-        .finish()
-        .map_err(|e| RunFailure::permanent(format!("finishing the manifest: {e}")))?
-        .into_inner()
-        .map_err(|e| RunFailure::retryable(format!("writing the manifest spool file: {e}")))?;
+    let spool = manifest.finish().await?;
     let manifest_key = layout::manifest_key(plan.run_id);
     let manifest_len = plan
         .store
         .put_file(&manifest_key, spool.path(), cancel)
         .await?;
 
+    tracing::debug!(run = %plan.run_id, elapsed = ?started.elapsed(), "manifest stored");
     let bytes_uploaded = uploaded.load(Ordering::Relaxed) + index_bytes + manifest_len;
     batcher.progress.bytes_uploaded = to_i64(bytes_uploaded);
     batcher.progress.current_path.clear();
@@ -412,11 +415,21 @@ struct Stats {
 
 /// Starts processing one entry: directories, symlinks and unchanged files
 /// are ready at once; other regular files are read on a blocking thread.
+/// An entry being processed: most are ready at once and are not spawned.
+type EntryTask = Either<
+    std::future::Ready<Result<Processed, tokio::task::JoinError>>,
+    tokio::task::JoinHandle<Processed>,
+>;
+
+fn ready(processed: Processed) -> EntryTask {
+    Either::Left(std::future::ready(Ok(processed)))
+}
+
 fn spawn_entry(
     context: &Arc<FileContext>,
     entry: Entry,
     previous: Option<ManifestEntry>,
-) -> tokio::task::JoinHandle<Processed> {
+) -> EntryTask {
     match entry.kind {
         EntryKind::Regular => {
             if let Some(unchanged) = previous
@@ -428,20 +441,16 @@ fn spawn_entry(
                     chunks: unchanged.chunks.clone(),
                     metadata: entry.metadata,
                 };
-                return tokio::spawn(
-                    async move { Processed::Ready(entry, previous, Some(content)) },
-                );
+                return ready(Processed::Ready(entry, previous, Some(content)));
             }
             let context = Arc::clone(context);
-            tokio::spawn(async move {
+            Either::Right(tokio::spawn(async move {
                 let result = read_in_turn(context, entry.abs_path.clone()).await;
                 Processed::Read(entry, previous, result)
-            })
+            }))
         }
-        EntryKind::Directory | EntryKind::Symlink => {
-            tokio::spawn(async move { Processed::Ready(entry, previous, None) })
-        }
-        _ => tokio::spawn(async { Processed::Special }),
+        EntryKind::Directory | EntryKind::Symlink => ready(Processed::Ready(entry, previous, None)),
+        _ => ready(Processed::Special),
     }
 }
 
@@ -505,7 +514,7 @@ fn unchanged_file(previous: &ManifestEntry, now: &EntryMetadata) -> bool {
 async fn finish_entry<R: Reporter>(
     processed: Processed,
     incremental: bool,
-    manifest: &mut ManifestWriter<io::BufWriter<tempfile::NamedTempFile>>,
+    manifest: &mut ManifestSink,
     batcher: &mut Batcher<'_, R>,
     stats: &mut Stats,
 ) -> Result<(), RunFailure> {
@@ -554,9 +563,6 @@ async fn finish_entry<R: Reporter>(
         chunks: content.map(|c| c.chunks).unwrap_or_default(),
         symlink_target: entry.symlink_target.clone(),
     };
-    manifest
-        .add(&manifest_entry)
-        .map_err(|e| RunFailure::permanent(format!("writing the manifest: {e}")))?;
     stats.entries += 1;
     if manifest_entry.kind == ManifestKind::File {
         stats.files += 1;
@@ -575,7 +581,7 @@ async fn finish_entry<R: Reporter>(
     if changed {
         batcher.file(file_record(&manifest_entry)).await?;
     }
-    Ok(())
+    manifest.add(manifest_entry).await
 }
 
 /// Whether the catalog's view of an entry is unchanged (what a version
@@ -625,107 +631,6 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()
-}
-
-/// The parent manifest, read alongside the walk (both are in
-/// [`compare_paths`] order, so this is a merge join in constant memory).
-struct ParentCursor {
-    run_id: Uuid,
-    reader: ManifestReader<io::Cursor<Vec<u8>>>,
-    next: Option<ManifestEntry>,
-}
-
-impl ParentCursor {
-    /// The parent's entry for `path`, reporting the parent's entries before
-    /// it as removed.
-    async fn advance_to<R: Reporter>(
-        &mut self,
-        path: &[u8],
-        batcher: &mut Batcher<'_, R>,
-    ) -> Result<Option<ManifestEntry>, RunFailure> {
-        loop {
-            let Some(next) = &self.next else {
-                return Ok(None);
-            };
-            match compare_paths(&next.path, path) {
-                std::cmp::Ordering::Less => {
-                    batcher.file(removed_record(&next.path)).await?;
-                    self.next = self.read()?;
-                }
-                std::cmp::Ordering::Equal => {
-                    let found = self.next.take();
-                    self.next = self.read()?;
-                    return Ok(found);
-                }
-                std::cmp::Ordering::Greater => return Ok(None),
-            }
-        }
-    }
-
-    /// Reports every parent entry after the last walked path as removed.
-    async fn remaining_removed<R: Reporter>(
-        &mut self,
-        batcher: &mut Batcher<'_, R>,
-    ) -> Result<(), RunFailure> {
-        while let Some(next) = self.next.take() {
-            batcher.file(removed_record(&next.path)).await?;
-            self.next = self.read()?;
-        }
-        Ok(())
-    }
-
-    fn read(&mut self) -> Result<Option<ManifestEntry>, RunFailure> {
-        self.reader.next_entry().map_err(|e| {
-            RunFailure::permanent(format!("reading the parent snapshot {}: {e}", self.run_id))
-        })
-    }
-
-    fn finish(self) -> Result<(), RunFailure> {
-        debug_assert!(self.next.is_none());
-        Ok(())
-    }
-}
-
-fn removed_record(path: &[u8]) -> FileRecord {
-    FileRecord {
-        path: path.to_vec(),
-        kind: "deleted".into(),
-        ..Default::default()
-    }
-}
-
-/// Opens the parent manifest for an incremental, or `None` for a full
-/// backup: no parent, or a parent that cannot serve (missing, damaged, or
-/// chunked with other parameters).
-async fn open_parent(
-    repository: &Repository,
-    plan: &BackupPlan,
-    config: &RepositoryConfig,
-    cancel: &CancellationToken,
-) -> Option<ParentCursor> {
-    let parent = plan.parent.as_ref()?;
-    let mut reader = match repository.read_manifest(&parent.manifest_key, cancel).await {
-        Ok(reader) => reader,
-        Err(error) => {
-            tracing::warn!(run = %plan.run_id, parent = %parent.run_id, %error, "parent snapshot unreadable; taking a full backup");
-            return None;
-        }
-    };
-    if reader.header().chunker != config.chunker {
-        return None;
-    }
-    let next = match reader.next_entry() {
-        Ok(next) => next,
-        Err(error) => {
-            tracing::warn!(run = %plan.run_id, parent = %parent.run_id, %error, "parent snapshot unreadable; taking a full backup");
-            return None;
-        }
-    };
-    Some(ParentCursor {
-        run_id: parent.run_id,
-        reader,
-        next,
-    })
 }
 
 /// Reads, chunks and hashes one file, queueing its new chunks for packing.

@@ -6,6 +6,7 @@ pub mod config;
 pub mod cpu_pool;
 pub mod executor;
 pub mod gc;
+pub mod manifests;
 pub mod rebuild;
 pub mod report;
 pub mod repository;

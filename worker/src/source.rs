@@ -17,7 +17,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Entries buffered between the walking thread and its consumer.
-const CHANNEL_CAPACITY: usize = 256;
+/// Walk items handed over at once (one wake-up of the consumer per batch).
+const BATCH: usize = 128;
+/// Batches queued between the walk and its consumer.
+const CHANNEL_CAPACITY: usize = 4;
 
 /// How a source tree is read.
 #[derive(Debug, Clone, Default)]
@@ -199,13 +202,19 @@ pub enum SourceError {
 /// A running walk; items arrive in walk order.
 #[derive(Debug)]
 pub struct SourceWalk {
-    receiver: mpsc::Receiver<WalkItem>,
+    receiver: mpsc::Receiver<Vec<WalkItem>>,
+    buffered: std::vec::IntoIter<WalkItem>,
 }
 
 impl SourceWalk {
     /// The next item, or `None` once the walk has finished (or was cancelled).
     pub async fn next(&mut self) -> Option<WalkItem> {
-        self.receiver.recv().await
+        loop {
+            if let Some(item) = self.buffered.next() {
+                return Some(item);
+            }
+            self.buffered = self.receiver.recv().await?.into_iter();
+        }
     }
 }
 
@@ -260,10 +269,14 @@ pub async fn walk(
         one_file_system: options.one_file_system,
         root_dev: root_metadata.dev(),
         sender,
+        batch: Vec::with_capacity(BATCH),
         cancel: cancel.clone(),
     };
     tokio::task::spawn_blocking(move || walker.run(first));
-    Ok(SourceWalk { receiver })
+    Ok(SourceWalk {
+        receiver,
+        buffered: Vec::new().into_iter(),
+    })
 }
 
 fn build_excludes(patterns: &[String]) -> Result<GlobSet, SourceError> {
@@ -298,12 +311,14 @@ struct Walker {
     excludes: GlobSet,
     one_file_system: bool,
     root_dev: u64,
-    sender: mpsc::Sender<WalkItem>,
+    sender: mpsc::Sender<Vec<WalkItem>>,
+    /// Items not yet handed over.
+    batch: Vec<WalkItem>,
     cancel: CancellationToken,
 }
 
 impl Walker {
-    fn run(self, first: Pending) {
+    fn run(mut self, first: Pending) {
         let mut stack = vec![first];
         while let Some(pending) = stack.pop() {
             if self.cancel.is_cancelled() {
@@ -317,10 +332,11 @@ impl Walker {
                 return;
             }
         }
+        self.flush();
     }
 
     /// Stats and emits one entry; returns false once the consumer is gone.
-    fn visit(&self, abs: PathBuf, rel: Vec<u8>, stack: &mut Vec<Pending>) -> bool {
+    fn visit(&mut self, abs: PathBuf, rel: Vec<u8>, stack: &mut Vec<Pending>) -> bool {
         let metadata = match fs::symlink_metadata(&abs) {
             Ok(m) => m,
             Err(e) => return self.error(rel, format!("cannot stat: {e}")),
@@ -353,7 +369,7 @@ impl Walker {
     }
 
     /// Lists a directory and pushes its children so that they pop in name order.
-    fn push_children(&self, dir: &Path, rel: &[u8], stack: &mut Vec<Pending>) -> bool {
+    fn push_children(&mut self, dir: &Path, rel: &[u8], stack: &mut Vec<Pending>) -> bool {
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) => return self.error(rel.to_vec(), format!("cannot list directory: {e}")),
@@ -393,12 +409,19 @@ impl Walker {
                 .is_match(Path::new(std::ffi::OsStr::from_bytes(rel)))
     }
 
-    fn error(&self, path: Vec<u8>, message: String) -> bool {
+    fn error(&mut self, path: Vec<u8>, message: String) -> bool {
         self.send(WalkItem::Error(EntryError { path, message }))
     }
 
-    fn send(&self, item: WalkItem) -> bool {
-        self.sender.blocking_send(item).is_ok()
+    fn send(&mut self, item: WalkItem) -> bool {
+        self.batch.push(item);
+        self.batch.len() < BATCH || self.flush()
+    }
+
+    /// Hands the batch over; false once the consumer is gone.
+    fn flush(&mut self) -> bool {
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        batch.is_empty() || self.sender.blocking_send(batch).is_ok()
     }
 }
 

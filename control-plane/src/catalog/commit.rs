@@ -481,12 +481,30 @@ macro_rules! insert_pending_in_tx {
 }
 pub(crate) use insert_pending_in_tx;
 
+/// The statement that closes the current versions of the objects a plan
+/// (`$2`, with its deletion markers `$3`) changes, as of run `$1`.
+///
+/// SQLite is told to find the versions by object: left to itself it picks
+/// the `last_run_id` index for `IS NULL` and visits every current version of
+/// the catalog, which made a no-change incremental of one job cost as much as
+/// the largest repository the catalog holds.
+pub(crate) fn close_versions_sql(dialect: crate::catalog::Dialect) -> String {
+    let hint = match dialect {
+        crate::catalog::Dialect::Sqlite => " INDEXED BY object_versions_object",
+        crate::catalog::Dialect::Postgres => "",
+    };
+    format!(
+        "UPDATE object_versions{hint} SET last_run_id = $1 WHERE last_run_id IS NULL AND object_id IN \
+         (SELECT object_id FROM snapshot_commit_rows WHERE commit_key IN ($2, $3) AND close_current)"
+    )
+}
+
 /// Applies the plan `$key`, made against `$generation`, inside an open
 /// transaction `$tx` of either backend. Evaluates to
 /// `DomainResult<Option<SnapshotStats>>`: `None` when the repository moved
 /// on since the plan was made (nothing was written; plan again).
 macro_rules! apply_plan_in_tx {
-    ($tx:ident, $key:expr, $scope:expr, $generation:expr, $now:expr) => {{
+    ($tx:ident, $dialect:expr, $key:expr, $scope:expr, $generation:expr, $now:expr) => {{
         async {
             let scope: &$crate::catalog::commit::SnapshotScope = $scope;
             let key: &str = $key;
@@ -510,9 +528,7 @@ macro_rules! apply_plan_in_tx {
                 .execute(&mut *$tx).await.map(|r| r.rows_affected())
                 .map_err(|e| $crate::catalog::commit::duplicate_path($crate::error::from_sqlx(e, "object")))?;
             // Closed before the new versions exist, which are open too.
-            stats.closed_versions = sqlx::query(
-                "UPDATE object_versions SET last_run_id = $1 WHERE last_run_id IS NULL AND object_id IN \
-                 (SELECT object_id FROM snapshot_commit_rows WHERE commit_key IN ($2, $3) AND close_current)")
+            stats.closed_versions = sqlx::query(&$crate::catalog::commit::close_versions_sql($dialect))
                 .bind(scope.run_id).bind(key).bind(&markers)
                 .execute(&mut *$tx).await.map(|r| r.rows_affected())
                 .map_err(|e| $crate::error::from_sqlx(e, "object versions"))?;

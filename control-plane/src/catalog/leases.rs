@@ -628,7 +628,7 @@ impl Catalog {
             Option<DateTime<Utc>>,
         );
         let mut committed = None;
-        let state = on_pool!(self, pool => {
+        let state = on_pool!(self, pool, dialect => {
             let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
             let row: Option<RunLease> = sqlx::query_as(&select)
                 .bind(run_id).fetch_optional(&mut *tx).await.map_err(|e| from_sqlx(e, "run"))?;
@@ -646,7 +646,7 @@ impl Catalog {
             let new_state = match outcome {
                 AttemptOutcome::Success { size_bytes, details, manifest_key, .. } => {
                     if let Some(planned) = planned {
-                        let applied = apply_plan_in_tx!(tx, planned.key, planned.scope, planned.generation, now)?;
+                        let applied = apply_plan_in_tx!(tx, dialect, planned.key, planned.scope, planned.generation, now)?;
                         let Some(stats) = applied else {
                             return Ok(None);
                         };

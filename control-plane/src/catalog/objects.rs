@@ -399,10 +399,10 @@ impl Catalog {
             }
             let (key, generation) = self.plan_commit(snapshot).await?;
             let now = now_micros();
-            let applied = on_pool!(self, pool => {
+            let applied = on_pool!(self, pool, dialect => {
                 async {
                     let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
-                    let stats = apply_plan_in_tx!(tx, &key, &scope, generation, now)?;
+                    let stats = apply_plan_in_tx!(tx, dialect, &key, &scope, generation, now)?;
                     if stats.is_some() {
                         tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
                     }

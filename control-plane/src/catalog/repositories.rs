@@ -156,7 +156,7 @@ impl Catalog {
             }
             let (key, generation) = self.plan_commit(&commit).await?;
             let now = now_micros();
-            let applied = on_pool!(self, pool => async {
+            let applied = on_pool!(self, pool, dialect => async {
             let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
             sqlx::query(
                 "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, max_attempts, \
@@ -174,7 +174,7 @@ impl Catalog {
                 .bind(&snapshot.manifest_key)
                 .execute(&mut *tx).await.map(|r| r.rows_affected())
                 .map_err(|e| from_sqlx(e, "run"))?;
-            if apply_plan_in_tx!(tx, &key, &scope, generation, now)?.is_none() {
+            if apply_plan_in_tx!(tx, dialect, &key, &scope, generation, now)?.is_none() {
                 return Ok(false);
             }
             sqlx::query(

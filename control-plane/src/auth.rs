@@ -214,10 +214,15 @@ impl Authenticator {
             .await?
             .ok_or_else(|| DomainError::Unauthenticated("invalid or expired token".to_string()))?;
         if needs_touch(identity.last_used_time, now) {
-            // Best effort: a failed bookkeeping write must not fail the call.
-            if let Err(error) = self.catalog.touch_api_token(identity.token_id, now).await {
-                tracing::warn!(%error, "could not record token use");
-            }
+            // Best effort, and off the call's path: a failed bookkeeping
+            // write must not fail the call, nor a busy catalog delay it.
+            let catalog = self.catalog.clone();
+            let token_id = identity.token_id;
+            tokio::spawn(async move {
+                if let Err(error) = catalog.touch_api_token(token_id, now).await {
+                    tracing::warn!(%error, "could not record token use");
+                }
+            });
         }
         Ok(Some((identity.user, identity.scope)))
     }

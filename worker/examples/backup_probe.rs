@@ -103,8 +103,15 @@ fn report(what: &str, started: Instant, cpu_before: (f64, f64)) {
     );
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    coffer_worker::allocator::limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     // Phase timings of the data path are logged at debug level: COFFER_LOG=coffer_worker=debug.
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG") {
         tracing_subscriber::fmt()

@@ -1,6 +1,7 @@
 //! Coffer worker library: reading source trees, writing to object stores and
 //! running backups, restores and verifications. The binary (`main.rs`) drives these from lease sessions.
 
+pub mod allocator;
 pub mod backup;
 pub mod config;
 pub mod cpu_pool;

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{new_id, now_micros, on_pool, Catalog, Page};
+use super::{new_id, now_micros, on_pool, on_read_pool, Catalog, Page};
 use crate::error::{from_sqlx, DomainError, DomainResult};
 use crate::model::bucket::{Bucket, BucketSpec, Location, S3Location};
 
@@ -138,7 +138,7 @@ impl Catalog {
         let sql = format!(
             "SELECT {COLUMNS} FROM buckets WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
-        let row = on_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
+        let row = on_read_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
             .bind(id)
             .bind(owner_scope)
             .fetch_optional(pool)
@@ -161,7 +161,7 @@ impl Catalog {
              WHERE ($1 IS NULL OR owner_id = $1) AND ($2 IS NULL OR id > $2) \
              AND substr(name, 1, length($3)) = $3 ORDER BY id LIMIT $4"
         );
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
+        let rows = on_read_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
             .bind(owner_id)
             .bind(page.after)
             .bind(name_prefix)

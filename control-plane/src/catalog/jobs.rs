@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{from_json, new_id, now_micros, on_pool, to_json, Catalog, Page};
+use super::{from_json, new_id, now_micros, on_pool, on_read_pool, to_json, Catalog, Page};
 use crate::error::{from_sqlx, DomainError, DomainResult, Violations};
 use crate::model::job::{
     Job, JobDraft, JobFilter, JobRunSummary, MissedRunPolicy, OverlapPolicy, Schedule,
@@ -143,7 +143,7 @@ impl Catalog {
     /// Returns a job with its latest run.
     pub async fn get_job(&self, id: Uuid) -> DomainResult<Job> {
         let sql = format!("{JOB_SELECT} WHERE j.id = $1");
-        let row = on_pool!(self, pool => sqlx::query_as::<_, JobRow>(&sql)
+        let row = on_read_pool!(self, pool => sqlx::query_as::<_, JobRow>(&sql)
             .bind(id)
             .fetch_optional(pool)
             .await)
@@ -164,7 +164,7 @@ impl Catalog {
              AND substr(j.name, 1, length($3)) = $3 \
              AND ($4 IS NULL OR j.id > $4) ORDER BY j.id LIMIT $5"
         );
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, JobRow>(&sql)
+        let rows = on_read_pool!(self, pool => sqlx::query_as::<_, JobRow>(&sql)
             .bind(filter.owner_id)
             .bind(filter.bucket_id)
             .bind(&filter.name_prefix)

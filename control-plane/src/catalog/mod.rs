@@ -67,6 +67,32 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// [`on_pool!`] for statements that only read: on SQLite they run on the
+/// read-only connections, which WAL lets proceed while the one writing
+/// connection is inside a long transaction (a million-file snapshot apply
+/// holds it for seconds). On PostgreSQL it is the same pool.
+macro_rules! on_read_pool {
+    ($catalog:expr, $pool:ident => $body:expr) => {
+        match &$catalog.read_pool {
+            $crate::catalog::Pool::Postgres($pool) => $body,
+            $crate::catalog::Pool::Sqlite($pool) => $body,
+        }
+    };
+    ($catalog:expr, $pool:ident, $dialect:ident => $body:expr) => {
+        match &$catalog.read_pool {
+            $crate::catalog::Pool::Postgres($pool) => {
+                let $dialect = $crate::catalog::Dialect::Postgres;
+                $body
+            }
+            $crate::catalog::Pool::Sqlite($pool) => {
+                let $dialect = $crate::catalog::Dialect::Sqlite;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_read_pool;
+
 /// The SQL text conventions of a backend, for statements whose text differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -125,6 +151,9 @@ impl Dialect {
 #[derive(Clone, Debug)]
 pub struct Catalog {
     pool: Pool,
+    /// Where reads that need not see an open transaction go (see
+    /// [`on_read_pool!`]); `pool` itself on PostgreSQL.
+    read_pool: Pool,
     /// Serializes this process's snapshot commits per repository and job.
     commit_locks: std::sync::Arc<commit::CommitLocks>,
 }
@@ -150,36 +179,58 @@ impl Catalog {
 
     /// Connects without touching the schema.
     pub async fn connect_without_migrating(url: &str) -> anyhow::Result<Self> {
-        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)?;
-            let pool = PgPoolOptions::new()
-                .max_connections(16)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options)
-                .await?;
-            Pool::Postgres(pool)
-        } else if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(10))
-                // 64 MiB of page cache (the default is 2 MiB): the indexes a
-                // snapshot commit walks then stay in memory.
-                .pragma("cache_size", "-65536");
-            // One connection: SQLite has one writer anyway, and a single
-            // connection never meets SQLITE_BUSY between our own transactions.
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(Duration::from_secs(30))
-                .connect_with(options)
-                .await?;
-            Pool::Sqlite(pool)
-        } else {
-            anyhow::bail!("unsupported database URL (expected postgres:// or sqlite:)");
-        };
+        let (pool, read_pool) =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                let options = PgConnectOptions::from_str(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options)
+                    .await?;
+                (Pool::Postgres(pool.clone()), Pool::Postgres(pool))
+            } else if url.starts_with("sqlite:") {
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10))
+                    // 64 MiB of page cache (the default is 2 MiB): the indexes a
+                    // snapshot commit walks then stay in memory.
+                    .pragma("cache_size", "-65536");
+                // One writing connection: SQLite has one writer anyway, and a
+                // single connection never meets SQLITE_BUSY between our own
+                // transactions.
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options.clone())
+                    .await?;
+                if url.contains(":memory:") || url.contains("mode=memory") {
+                    // Another connection would open another database.
+                    return Ok(Catalog {
+                        pool: Pool::Sqlite(pool.clone()),
+                        read_pool: Pool::Sqlite(pool),
+                        commit_locks: Default::default(),
+                    });
+                }
+                // Readers see the last committed state while the writer works.
+                // Opened on first use, after the migrations made the schema.
+                let readers = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_lazy_with(
+                        options
+                            .create_if_missing(false)
+                            .read_only(true)
+                            .pragma("cache_size", "-16384"),
+                    );
+                (Pool::Sqlite(pool), Pool::Sqlite(readers))
+            } else {
+                anyhow::bail!("unsupported database URL (expected postgres:// or sqlite:)");
+            };
         Ok(Catalog {
             pool,
+            read_pool,
             commit_locks: Default::default(),
         })
     }
@@ -203,7 +254,7 @@ impl Catalog {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> DomainResult<()> {
-        on_pool!(self, pool => {
+        on_read_pool!(self, pool => {
             sqlx::query("SELECT 1").execute(pool).await.map_err(|e| from_sqlx(e, "catalog"))?;
         });
         Ok(())
@@ -229,7 +280,8 @@ impl Catalog {
 
     /// Closes every connection.
     pub async fn close(&self) {
-        on_pool!(self, pool => pool.close().await)
+        on_pool!(self, pool => pool.close().await);
+        on_read_pool!(self, pool => pool.close().await);
     }
 }
 
@@ -311,7 +363,52 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Dialect;
+    use super::{Catalog, Dialect, Page, Pool};
+    use std::time::Duration;
+
+    /// A long snapshot apply holds SQLite's one writing connection in a
+    /// transaction; health checks, token checks and listings must still
+    /// answer, from the last committed state.
+    #[tokio::test]
+    async fn sqlite_reads_answer_while_the_writer_is_inside_a_transaction() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+        let catalog = Catalog::connect(&url).await.expect("catalog");
+        let Pool::Sqlite(writer) = &catalog.pool else {
+            unreachable!("a sqlite URL gives a sqlite pool")
+        };
+        let mut tx = writer.begin().await.expect("begin");
+        sqlx::query(
+            "INSERT INTO users (id, username, email, admin, create_time, update_time) \
+             VALUES (x'01', 'held', 'held@example.com', TRUE, '2026-01-01', '2026-01-01')",
+        )
+        .execute(&mut *tx)
+        .await
+        .expect("insert inside the transaction");
+
+        tokio::time::timeout(Duration::from_secs(5), catalog.ping())
+            .await
+            .expect("ping waited for the writer")
+            .expect("ping answers");
+        let (buckets, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            catalog.list_buckets(Page::parse(0, "").expect("page"), None, ""),
+        )
+        .await
+        .expect("a listing waited for the writer")
+        .expect("listing answers");
+        assert!(buckets.is_empty());
+        let admins = tokio::time::timeout(Duration::from_secs(5), async {
+            on_read_pool!(catalog, pool => sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM users WHERE username = 'held'")
+                .fetch_one(pool).await)
+        })
+        .await
+        .expect("a read waited for the writer")
+        .expect("count");
+        assert_eq!(admins, 0, "a reader saw an uncommitted row");
+        tx.rollback().await.expect("rollback");
+    }
 
     #[test]
     fn sqlite_gets_anonymous_placeholders_only_when_they_are_in_order() {

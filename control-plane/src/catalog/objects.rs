@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::commit::{apply_plan_in_tx, SnapshotScope};
-use super::{new_id, now_micros, on_pool, Catalog, Dialect, Page};
+use super::{new_id, now_micros, on_pool, on_read_pool, Catalog, Dialect, Page};
 use crate::error::{from_sqlx, DomainError, DomainResult};
 use crate::model::object::{
     path_text, BackupObject, DuplicateFile, DuplicateFilter, DuplicateGroup, FileKind,
@@ -478,7 +478,7 @@ impl Catalog {
              ORDER BY o.path_text, o.id LIMIT $8",
             object_conditions()
         );
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, ObjectRow>(&sql)
+        let rows = on_read_pool!(self, pool => sqlx::query_as::<_, ObjectRow>(&sql)
             .bind(filter.owner_id)
             .bind(filter.bucket_id)
             .bind(filter.job_id)
@@ -503,7 +503,7 @@ impl Catalog {
         let sql = format!(
             "SELECT {OBJECT_COLUMNS} FROM objects o WHERE o.id = $1 AND ($2 IS NULL OR o.owner_id = $2)"
         );
-        let row = on_pool!(self, pool => sqlx::query_as::<_, ObjectRow>(&sql)
+        let row = on_read_pool!(self, pool => sqlx::query_as::<_, ObjectRow>(&sql)
             .bind(id)
             .bind(owner_scope)
             .fetch_optional(pool)
@@ -535,7 +535,7 @@ impl Catalog {
         );
         // Existence and scope first, so an empty list means "no versions".
         self.get_object_row(object_id, owner_scope).await?;
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, VersionRow>(&sql)
+        let rows = on_read_pool!(self, pool => sqlx::query_as::<_, VersionRow>(&sql)
             .bind(object_id)
             .bind(owner_scope)
             .bind(page.after)
@@ -549,7 +549,7 @@ impl Catalog {
     }
 
     async fn get_object_row(&self, id: Uuid, owner_scope: Option<Uuid>) -> DomainResult<()> {
-        let found = on_pool!(self, pool => sqlx::query_scalar::<_, Uuid>(
+        let found = on_read_pool!(self, pool => sqlx::query_scalar::<_, Uuid>(
             "SELECT id FROM objects WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)")
             .bind(id)
             .bind(owner_scope)
@@ -580,7 +580,7 @@ impl Catalog {
             object_conditions()
         );
         let objects = &filter.objects;
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, ObjectRow>(&sql)
+        let rows = on_read_pool!(self, pool => sqlx::query_as::<_, ObjectRow>(&sql)
             .bind(objects.owner_id)
             .bind(objects.bucket_id)
             .bind(objects.job_id)
@@ -617,7 +617,7 @@ impl Catalog {
              ORDER BY o.path_text, o.id LIMIT $7",
             after_object(6)
         );
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, SnapshotFileRow>(&sql)
+        let rows = on_read_pool!(self, pool => sqlx::query_as::<_, SnapshotFileRow>(&sql)
             .bind(run.owner_id)
             .bind(run.job_id)
             .bind(run.target_bucket_id)
@@ -645,7 +645,7 @@ impl Catalog {
         run_id: Uuid,
         owner_scope: Option<Uuid>,
     ) -> DomainResult<RunScopeRow> {
-        let run = on_pool!(self, pool => sqlx::query_as::<_, RunScopeRow>(
+        let run = on_read_pool!(self, pool => sqlx::query_as::<_, RunScopeRow>(
             "SELECT owner_id, job_id, target_bucket_id, state FROM runs \
              WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)")
             .bind(run_id)
@@ -681,7 +681,7 @@ impl Catalog {
              GROUP BY v.content_hash HAVING COUNT(*) > 1 \
              ORDER BY MAX(v.size_bytes) * (COUNT(*) - 1) DESC, v.content_hash LIMIT $5 OFFSET $6"
         );
-        let mut groups = on_pool!(self, pool => sqlx::query_as::<_, GroupRow>(&sql)
+        let mut groups = on_read_pool!(self, pool => sqlx::query_as::<_, GroupRow>(&sql)
             .bind(filter.owner_id)
             .bind(filter.bucket_id)
             .bind(filter.job_id)
@@ -702,7 +702,7 @@ impl Catalog {
              AND v.content_hash IN ({}) ORDER BY o.path_text, o.id",
             list_placeholders(groups.len(), 5)
         );
-        let files = on_pool!(self, pool => {
+        let files = on_read_pool!(self, pool => {
             let mut query = sqlx::query_as::<_, DuplicateFileRow>(&files_sql)
                 .bind(filter.owner_id)
                 .bind(filter.bucket_id)
@@ -721,7 +721,7 @@ impl Catalog {
     /// write nothing.
     #[doc(hidden)]
     pub async fn count_object_versions(&self) -> DomainResult<i64> {
-        on_pool!(self, pool => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM object_versions")
+        on_read_pool!(self, pool => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM object_versions")
             .fetch_one(pool)
             .await)
         .map_err(|e| from_sqlx(e, "object versions"))

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::leases::repository_of;
-use super::{from_json, new_id, on_pool, to_json, Catalog, Page};
+use super::{from_json, new_id, on_pool, on_read_pool, to_json, Catalog, Page};
 use crate::error::{from_sqlx, DomainError, DomainResult};
 use crate::model::run::{
     NewRun, Run, RunErrorEntry, RunFilter, RunKind, RunSpec, RunState, DEFAULT_MAX_ATTEMPTS,
@@ -170,7 +170,7 @@ impl Catalog {
     /// Returns a run by id.
     pub async fn get_run(&self, id: Uuid) -> DomainResult<Run> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
-        let row = on_pool!(self, pool => sqlx::query_as::<_, RunRow>(&sql)
+        let row = on_read_pool!(self, pool => sqlx::query_as::<_, RunRow>(&sql)
             .bind(id)
             .fetch_optional(pool)
             .await)
@@ -194,7 +194,7 @@ impl Catalog {
                   AND t.resource_id = runs.id AND t.key = $5 AND ($6 IS NULL OR t.value = $6))) \
              AND ($7 IS NULL OR id < $7) ORDER BY id DESC LIMIT $8"
         );
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, RunRow>(&sql)
+        let rows = on_read_pool!(self, pool => sqlx::query_as::<_, RunRow>(&sql)
             .bind(owner_id)
             .bind(filter.job_id)
             .bind(filter.state.map(RunState::as_str))
@@ -269,7 +269,7 @@ impl Catalog {
         after: Option<i64>,
         size: i64,
     ) -> DomainResult<(Vec<RunErrorEntry>, String)> {
-        let mut rows = on_pool!(self, pool => sqlx::query_as::<_, RunErrorEntry>(
+        let mut rows = on_read_pool!(self, pool => sqlx::query_as::<_, RunErrorEntry>(
             "SELECT id, path, message, attempt, create_time FROM run_errors \
              WHERE run_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3")
             .bind(run_id)

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{new_id, now_micros, on_pool, Catalog, Page};
+use super::{new_id, now_micros, on_pool, on_read_pool, Catalog, Page};
 use crate::error::{from_sqlx, DomainError, DomainResult};
 use crate::model::user::{
     ApiToken, NewApiToken, NewUser, TokenIdentity, TokenScope, User, UserPatch,
@@ -218,7 +218,7 @@ impl Catalog {
             create_time: DateTime<Utc>,
             update_time: DateTime<Utc>,
         }
-        let row = on_pool!(self, pool => sqlx::query_as::<_, Row>(
+        let row = on_read_pool!(self, pool => sqlx::query_as::<_, Row>(
             "SELECT t.id AS token_id, t.scope, t.last_used_time, u.id, u.username, u.email, u.admin, u.create_time, u.update_time \
              FROM api_tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.secret_hash = $1 AND (t.expire_time IS NULL OR t.expire_time > $2)")

@@ -11,11 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    coffer_worker::allocator::limit_malloc_arenas();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    coffer_worker::allocator::block_on(run())?
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -104,11 +104,7 @@ fn report(what: &str, started: Instant, cpu_before: (f64, f64)) {
 }
 
 fn main() -> anyhow::Result<()> {
-    coffer_worker::allocator::limit_malloc_arenas();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    coffer_worker::allocator::block_on(run())?
 }
 
 async fn run() -> anyhow::Result<()> {

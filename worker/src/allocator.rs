@@ -9,8 +9,8 @@
 /// reused by another. Backing up the benchmark's 1,000,000 tiny files, the
 /// worker peaked at 251 MiB with the default and 168 MiB with two arenas,
 /// and spent 38 s instead of 28 s in the kernel (66 s against 29 s of wall
-/// time). Called first thing in `main`, before any thread is started.
-pub fn limit_malloc_arenas() {
+/// time). Called through [`block_on`], before any thread is started.
+fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only changes a tunable of glibc's allocator; it
@@ -21,4 +21,14 @@ pub fn limit_malloc_arenas() {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
+}
+
+/// Runs a binary's `main` future on a multi-threaded runtime, started after
+/// [`limit_malloc_arenas`] (so before any thread exists).
+pub fn block_on<F: std::future::Future>(main: F) -> std::io::Result<F::Output> {
+    limit_malloc_arenas();
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(main))
 }

@@ -413,8 +413,6 @@ struct Stats {
     size: u64,
 }
 
-/// Starts processing one entry: directories, symlinks and unchanged files
-/// are ready at once; other regular files are read on a blocking thread.
 /// An entry being processed: most are ready at once and are not spawned.
 type EntryTask = Either<
     std::future::Ready<Result<Processed, tokio::task::JoinError>>,
@@ -425,6 +423,8 @@ fn ready(processed: Processed) -> EntryTask {
     Either::Left(std::future::ready(Ok(processed)))
 }
 
+/// Starts processing one entry: directories, symlinks and unchanged files
+/// are ready at once; other regular files are read on a blocking thread.
 fn spawn_entry(
     context: &Arc<FileContext>,
     entry: Entry,

@@ -41,19 +41,19 @@ pub enum Pool {
     Sqlite(SqlitePool),
 }
 
-/// Runs `$body` with `$pool` bound to the concrete pool of whichever backend
-/// the catalog uses. The body is compiled once per backend.
-/// With `$dialect` too, it is bound to the backend's [`Dialect`], for bodies
-/// whose SQL text must differ.
-macro_rules! on_pool {
-    ($catalog:expr, $pool:ident => $body:expr) => {
-        match &$catalog.pool {
+/// Runs `$body` with `$pool` bound to the concrete pool in `$value` (a
+/// `&Pool`). The body is compiled once per backend. With `$dialect` too, it
+/// is bound to the backend's [`Dialect`], for bodies whose SQL text must
+/// differ. Used through [`on_pool!`] and [`on_read_pool!`].
+macro_rules! match_pool {
+    ($value:expr, $pool:ident => $body:expr) => {
+        match $value {
             $crate::catalog::Pool::Postgres($pool) => $body,
             $crate::catalog::Pool::Sqlite($pool) => $body,
         }
     };
-    ($catalog:expr, $pool:ident, $dialect:ident => $body:expr) => {
-        match &$catalog.pool {
+    ($value:expr, $pool:ident, $dialect:ident => $body:expr) => {
+        match $value {
             $crate::catalog::Pool::Postgres($pool) => {
                 let $dialect = $crate::catalog::Dialect::Postgres;
                 $body
@@ -65,6 +65,17 @@ macro_rules! on_pool {
         }
     };
 }
+pub(crate) use match_pool;
+
+/// [`match_pool!`] on the catalog's pool (the writing connection on SQLite).
+macro_rules! on_pool {
+    ($catalog:expr, $pool:ident => $body:expr) => {
+        $crate::catalog::match_pool!(&$catalog.pool, $pool => $body)
+    };
+    ($catalog:expr, $pool:ident, $dialect:ident => $body:expr) => {
+        $crate::catalog::match_pool!(&$catalog.pool, $pool, $dialect => $body)
+    };
+}
 pub(crate) use on_pool;
 
 /// [`on_pool!`] for statements that only read: on SQLite they run on the
@@ -73,22 +84,7 @@ pub(crate) use on_pool;
 /// holds it for seconds). On PostgreSQL it is the same pool.
 macro_rules! on_read_pool {
     ($catalog:expr, $pool:ident => $body:expr) => {
-        match &$catalog.read_pool {
-            $crate::catalog::Pool::Postgres($pool) => $body,
-            $crate::catalog::Pool::Sqlite($pool) => $body,
-        }
-    };
-    ($catalog:expr, $pool:ident, $dialect:ident => $body:expr) => {
-        match &$catalog.read_pool {
-            $crate::catalog::Pool::Postgres($pool) => {
-                let $dialect = $crate::catalog::Dialect::Postgres;
-                $body
-            }
-            $crate::catalog::Pool::Sqlite($pool) => {
-                let $dialect = $crate::catalog::Dialect::Sqlite;
-                $body
-            }
-        }
+        $crate::catalog::match_pool!(&$catalog.read_pool, $pool => $body)
     };
 }
 pub(crate) use on_read_pool;
@@ -205,25 +201,23 @@ impl Catalog {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options.clone())
                     .await?;
-                if url.contains(":memory:") || url.contains("mode=memory") {
+                let readers = if url.contains(":memory:") || url.contains("mode=memory") {
                     // Another connection would open another database.
-                    return Ok(Catalog {
-                        pool: Pool::Sqlite(pool.clone()),
-                        read_pool: Pool::Sqlite(pool),
-                        commit_locks: Default::default(),
-                    });
-                }
-                // Readers see the last committed state while the writer works.
-                // Opened on first use, after the migrations made the schema.
-                let readers = SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .connect_lazy_with(
-                        options
-                            .create_if_missing(false)
-                            .read_only(true)
-                            .pragma("cache_size", "-16384"),
-                    );
+                    pool.clone()
+                } else {
+                    // Readers see the last committed state while the writer
+                    // works. Opened on first use, after the migrations made
+                    // the schema.
+                    SqlitePoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(Duration::from_secs(30))
+                        .connect_lazy_with(
+                            options
+                                .create_if_missing(false)
+                                .read_only(true)
+                                .pragma("cache_size", "-16384"),
+                        )
+                };
                 (Pool::Sqlite(pool), Pool::Sqlite(readers))
             } else {
                 anyhow::bail!("unsupported database URL (expected postgres:// or sqlite:)");

@@ -7,6 +7,7 @@
 //! offline tool (which verifies or restores) share one definition of the
 //! format. `README.md` beside this crate describes the format for people.
 
+mod attributes;
 pub mod chunker;
 pub mod condemned;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod pack;
 #[cfg(test)]
 mod test_data;
 
+pub use attributes::{FileAttributes, PERMISSION_BITS};
 pub use chunker::{ChunkBuffer, ChunkStream, Chunker, StreamChunk};
 pub use condemned::{CondemnedPack, CondemnedSet};
 pub use config::{ChunkerParams, RepositoryConfig};

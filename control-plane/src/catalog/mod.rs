@@ -152,6 +152,22 @@ pub struct Catalog {
     read_pool: Pool,
     /// Serializes this process's snapshot commits per repository and job.
     commit_locks: std::sync::Arc<commit::CommitLocks>,
+    /// Announces the id of every run whose row changed, after the change is
+    /// committed (see [`Catalog::subscribe_runs`]).
+    run_events: RunEvents,
+}
+
+/// The channel on which the catalog announces changed runs.
+#[derive(Clone, Debug)]
+struct RunEvents(std::sync::Arc<tokio::sync::broadcast::Sender<Uuid>>);
+
+impl Default for RunEvents {
+    fn default() -> Self {
+        // A subscriber that falls this far behind is told it lagged and
+        // re-reads what it watches; nothing waits on a slow subscriber.
+        let (sender, _) = tokio::sync::broadcast::channel(1024);
+        RunEvents(std::sync::Arc::new(sender))
+    }
 }
 
 /// Which database a catalog runs on.
@@ -226,7 +242,22 @@ impl Catalog {
             pool,
             read_pool,
             commit_locks: Default::default(),
+            run_events: Default::default(),
         })
+    }
+
+    /// Ids of runs as their rows change: created, leased, progressed,
+    /// cancelled, finished, requeued or deleted. Every catalog method that
+    /// changes a run announces it here once its transaction has committed,
+    /// so callers never have to remember to.
+    pub fn subscribe_runs(&self) -> tokio::sync::broadcast::Receiver<Uuid> {
+        self.run_events.0.subscribe()
+    }
+
+    /// Announces that run `id` changed (ignored when nobody listens). Called
+    /// by catalog methods after their change is committed.
+    pub(crate) fn publish_run(&self, id: Uuid) {
+        let _ = self.run_events.0.send(id);
     }
 
     /// Applies the migrations of this backend that are not applied yet.

@@ -1,0 +1,120 @@
+//! What a version of a file records about it, and when two records describe
+//! different versions.
+//!
+//! The worker writes these attributes into manifests and reports them to the
+//! control plane; the catalog stores them as a version and decides from them
+//! whether a path changed. Both sides use this one type and this one rule, so
+//! they cannot disagree about what counts as a change.
+
+use crate::manifest::EntryKind;
+
+/// The attributes of one file, directory or symlink that a version records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileAttributes {
+    /// What the entry is.
+    pub kind: EntryKind,
+    /// Content length in bytes; 0 for anything that is not a regular file.
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`: setuid, setgid, sticky, rwx).
+    pub mode: u32,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Keyed hash of the whole content (64 hex digits); regular files only.
+    pub content_hash: Option<String>,
+    /// The link target as raw bytes; symlinks only.
+    pub symlink_target: Option<Vec<u8>>,
+}
+
+/// The permission bits a version keeps of `st_mode`.
+pub const PERMISSION_BITS: u32 = 0o7777;
+
+/// Modification times are compared at this precision: the catalog stores
+/// microseconds (PostgreSQL's `timestamptz`), so a finer difference could
+/// never be recorded and must not count as a change.
+const MTIME_PRECISION_NS: i64 = 1_000;
+
+impl FileAttributes {
+    /// Whether `self` and `other` are the same version of a path.
+    ///
+    /// Everything a restore puts back counts: kind, size, permission bits,
+    /// owner, modification time (to the microsecond), content and link
+    /// target. An owner change is a change on purpose: a `chown` must reach
+    /// the catalog, or a restore would put back the old owner.
+    ///
+    /// Change time, inode and device are not attributes of the version; they
+    /// only tell the worker whether it must read a file again.
+    pub fn same_version(&self, other: &FileAttributes) -> bool {
+        self.kind == other.kind
+            && self.size == other.size
+            && self.mode & PERMISSION_BITS == other.mode & PERMISSION_BITS
+            && self.uid == other.uid
+            && self.gid == other.gid
+            && self.mtime_ns.div_euclid(MTIME_PRECISION_NS)
+                == other.mtime_ns.div_euclid(MTIME_PRECISION_NS)
+            && self.content_hash == other.content_hash
+            && self.symlink_target == other.symlink_target
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> FileAttributes {
+        FileAttributes {
+            kind: EntryKind::File,
+            size: 12,
+            mode: 0o100644,
+            uid: 1000,
+            gid: 1000,
+            mtime_ns: 1_700_000_000_123_456_789,
+            content_hash: Some("ab".repeat(32)),
+            symlink_target: None,
+        }
+    }
+
+    #[test]
+    fn each_recorded_attribute_is_a_change() {
+        type Edit = fn(&mut FileAttributes);
+        let edits: [(&str, Edit); 8] = [
+            ("kind", |a| a.kind = EntryKind::Directory),
+            ("size", |a| a.size += 1),
+            ("mode", |a| a.mode = 0o100600),
+            ("uid", |a| a.uid = 0),
+            ("gid", |a| a.gid = 0),
+            ("mtime", |a| a.mtime_ns += 1_000),
+            ("content", |a| a.content_hash = Some("cd".repeat(32))),
+            ("link target", |a| a.symlink_target = Some(b"x".to_vec())),
+        ];
+        for (what, edit) in edits {
+            let mut changed = file();
+            edit(&mut changed);
+            assert!(!file().same_version(&changed), "{what} change not seen");
+            assert!(!changed.same_version(&file()), "{what} change not symmetric");
+        }
+    }
+
+    #[test]
+    fn what_a_version_cannot_record_is_not_a_change() {
+        let mut other = file();
+        // File-type bits above the permission bits, and sub-microsecond time.
+        other.mode = 0o644;
+        other.mtime_ns += 210;
+        assert!(file().same_version(&other));
+    }
+
+    #[test]
+    fn times_before_the_epoch_round_the_same_way() {
+        let mut a = file();
+        let mut b = file();
+        a.mtime_ns = -1;
+        b.mtime_ns = -999;
+        assert!(a.same_version(&b));
+        b.mtime_ns = -1_001;
+        assert!(!a.same_version(&b));
+    }
+}

@@ -28,6 +28,17 @@ pub const SERVICE_NAMES: &[&str] = &[
     "coffer.v1.WorkerService",
 ];
 
+/// What reflection describes: the API, health, and the `google.rpc` error
+/// details (the `BadRequest` of INVALID_ARGUMENT) so grpcurl can print them.
+/// Those come from tonic-types, which carries the upstream googleapis file: a
+/// copy in `proto/` would collide with googleapis-common-protos in clients
+/// generated from that directory.
+const DESCRIPTOR_SETS: [&[u8]; 3] = [
+    coffer_proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_types::pb::FILE_DESCRIPTOR_SET,
+];
+
 /// How long shutdown waits for the scheduler to release its leadership.
 const SCHEDULER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -52,14 +63,8 @@ pub async fn serve(
     ));
     let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), background.clone()));
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -123,6 +128,14 @@ pub async fn serve(
     }
     result?;
     Ok(())
+}
+
+/// A reflection service over [`DESCRIPTOR_SETS`].
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    DESCRIPTOR_SETS.into_iter().fold(
+        tonic_reflection::server::Builder::configure(),
+        |builder, set| builder.register_encoded_file_descriptor_set(set),
+    )
 }
 
 /// Reports NOT_SERVING for every service while the catalog does not answer.

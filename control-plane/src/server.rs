@@ -11,8 +11,9 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::api::{self, AppState};
+use crate::api;
 use crate::catalog::Catalog;
+use crate::state::AppState;
 
 /// Fully-qualified names of the services whose health is reported.
 pub const SERVICE_NAMES: &[&str] = &[
@@ -57,11 +58,18 @@ pub async fn serve(
         background.clone(),
     ));
     tokio::spawn(crate::leasing::run_reaper(
-        state.clone(),
+        state.catalog.clone(),
         state.lease_settings,
         background.clone(),
     ));
-    let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), background.clone()));
+    // The scheduler stops firing as soon as shutdown begins.
+    let scheduler_stop = background.child_token();
+    let scheduler = tokio::spawn(crate::scheduler::run(
+        state.catalog.clone(),
+        state.runs.clone(),
+        state.scheduler.clone(),
+        scheduler_stop.clone(),
+    ));
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -113,6 +121,7 @@ pub async fn serve(
         // Ends lease sessions; workers reconnect to another replica or to
         // this one after a restart, and keep their leases meanwhile.
         stopping.cancel();
+        scheduler_stop.cancel();
     };
     let result = router
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

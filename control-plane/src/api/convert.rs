@@ -231,9 +231,12 @@ fn enum_filter<T: Copy>(all: &[T], to_proto: impl Fn(T) -> i32, value: i32) -> O
         .map(Some)
 }
 
-impl From<RunProgress> for pb::RunProgress {
-    fn from(p: RunProgress) -> Self {
-        pb::RunProgress {
+/// Copies a run's progress between its domain type and its proto, which have
+/// the same fields.
+macro_rules! copy_progress {
+    ($from:expr => $to:path) => {{
+        let p = $from;
+        $to {
             files_seen: p.files_seen,
             files_done: p.files_done,
             bytes_seen: p.bytes_seen,
@@ -243,21 +246,18 @@ impl From<RunProgress> for pb::RunProgress {
             bytes_per_second: p.bytes_per_second,
             current_path: p.current_path,
         }
+    }};
+}
+
+impl From<RunProgress> for pb::RunProgress {
+    fn from(progress: RunProgress) -> Self {
+        copy_progress!(progress => pb::RunProgress)
     }
 }
 
 impl From<pb::RunProgress> for RunProgress {
-    fn from(p: pb::RunProgress) -> Self {
-        RunProgress {
-            files_seen: p.files_seen,
-            files_done: p.files_done,
-            bytes_seen: p.bytes_seen,
-            bytes_done: p.bytes_done,
-            bytes_uploaded: p.bytes_uploaded,
-            error_count: p.error_count,
-            bytes_per_second: p.bytes_per_second,
-            current_path: p.current_path,
-        }
+    fn from(progress: pb::RunProgress) -> Self {
+        copy_progress!(progress => RunProgress)
     }
 }
 

@@ -124,22 +124,13 @@ fn ad_hoc_spec(backup: pb::BackupSpec, violations: &mut Violations) -> Option<Ba
 
 /// A restore of one snapshot: a run, or a job's latest as of a time.
 fn restore_request(restore: pb::RestoreSpec) -> DomainResult<RestoreRequest> {
+    let snapshot_field = parse_optional_id("restore.snapshot_run_id", &restore.snapshot_run_id);
+    let job_field = parse_optional_id("restore.job_id", &restore.job_id);
+    let as_of_field = optional_time("restore.as_of_time", restore.as_of_time.as_ref());
     let mut violations = Violations::new();
-    let snapshot_id = violations
-        .absorb(parse_optional_id(
-            "restore.snapshot_run_id",
-            &restore.snapshot_run_id,
-        ))
-        .flatten();
-    let job_id = violations
-        .absorb(parse_optional_id("restore.job_id", &restore.job_id))
-        .flatten();
-    let as_of = violations
-        .absorb(optional_time(
-            "restore.as_of_time",
-            restore.as_of_time.as_ref(),
-        ))
-        .flatten();
+    let snapshot_id = violations.absorb(snapshot_field).flatten();
+    let job_id = violations.absorb(job_field).flatten();
+    let as_of = violations.absorb(as_of_field).flatten();
     match (
         restore.snapshot_run_id.is_empty(),
         restore.job_id.is_empty(),

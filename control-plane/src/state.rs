@@ -1,7 +1,7 @@
-//! What the gRPC services share, below them: the catalog, the authenticator,
-//! run admission, lease timing, the shutdown signal and this replica's
-//! scheduler handle. The scheduler and the lease reaper take only the parts
-//! they use, so nothing below the services depends on this struct.
+//! What the gRPC services and lease sessions share, below them: the catalog,
+//! the authenticator, run admission, lease timing, the shutdown signal and
+//! this replica's scheduler handle. The scheduler and the lease reaper are
+//! handed only the parts they use, so they do not depend on this struct.
 
 use tokio_util::sync::CancellationToken;
 

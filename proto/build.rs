@@ -18,8 +18,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
         .collect();
     protos.sort();
-    // Only its descriptor is needed (reflection lets grpcurl decode error details).
-    protos.push(PathBuf::from("google/rpc/error_details.proto"));
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }

@@ -9,8 +9,10 @@ pub mod config;
 pub mod error;
 pub mod leasing;
 pub mod model;
+pub mod runs;
 pub mod scheduler;
 pub mod server;
 pub mod startup;
+pub mod state;
 #[doc(hidden)]
 pub mod testing;

@@ -11,8 +11,9 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::api::{self, AppState};
+use crate::api;
 use crate::catalog::Catalog;
+use crate::state::AppState;
 
 /// Fully-qualified names of the services whose health is reported.
 pub const SERVICE_NAMES: &[&str] = &[
@@ -26,6 +27,17 @@ pub const SERVICE_NAMES: &[&str] = &[
     "coffer.v1.TagService",
     "coffer.v1.RetentionService",
     "coffer.v1.WorkerService",
+];
+
+/// What reflection describes: the API, health, and the `google.rpc` error
+/// details (the `BadRequest` of INVALID_ARGUMENT) so grpcurl can print them.
+/// Those come from tonic-types, which carries the upstream googleapis file: a
+/// copy in `proto/` would collide with googleapis-common-protos in clients
+/// generated from that directory.
+const DESCRIPTOR_SETS: [&[u8]; 3] = [
+    coffer_proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_types::pb::FILE_DESCRIPTOR_SET,
 ];
 
 /// How long shutdown waits for the scheduler to release its leadership.
@@ -46,20 +58,21 @@ pub async fn serve(
         background.clone(),
     ));
     tokio::spawn(crate::leasing::run_reaper(
-        state.clone(),
+        state.catalog.clone(),
         state.lease_settings,
         background.clone(),
     ));
-    let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), background.clone()));
+    // The scheduler stops firing as soon as shutdown begins.
+    let scheduler_stop = background.child_token();
+    let scheduler = tokio::spawn(crate::scheduler::run(
+        state.catalog.clone(),
+        state.runs.clone(),
+        state.scheduler.clone(),
+        scheduler_stop.clone(),
+    ));
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(coffer_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -108,6 +121,7 @@ pub async fn serve(
         // Ends lease sessions; workers reconnect to another replica or to
         // this one after a restart, and keep their leases meanwhile.
         stopping.cancel();
+        scheduler_stop.cancel();
     };
     let result = router
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
@@ -123,6 +137,14 @@ pub async fn serve(
     }
     result?;
     Ok(())
+}
+
+/// A reflection service over [`DESCRIPTOR_SETS`].
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    DESCRIPTOR_SETS.into_iter().fold(
+        tonic_reflection::server::Builder::configure(),
+        |builder, set| builder.register_encoded_file_descriptor_set(set),
+    )
 }
 
 /// Reports NOT_SERVING for every service while the catalog does not answer.

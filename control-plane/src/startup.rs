@@ -2,13 +2,13 @@
 
 use std::path::Path;
 
-use crate::api::AppState;
 use crate::auth::{
     ensure_admin_user, ensure_bootstrap_token, mint_secret, AuthMode, Authenticator,
 };
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::model::user::TokenScope;
+use crate::state::AppState;
 
 /// Name of the file the standalone mode writes a generated admin token to.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";

@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Request;
 
-use crate::api::AppState;
 use crate::auth::{ensure_bootstrap_token, mint_secret, AuthMode, Authenticator};
 use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
 use crate::model::user::TokenScope;
 use crate::scheduler::SchedulerSettings;
+use crate::state::AppState;
 
 /// Which catalog backend a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,12 +5,14 @@ use coffer_proto::v1 as pb;
 use coffer_proto::v1::bucket_service_server::BucketService;
 use tonic::Request;
 
-use super::{mask_paths, required, respond, timestamp, AppState, RpcResult};
+use super::convert::{required, timestamp};
+use super::{mask_paths, respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::bucket::{Bucket, BucketSpec, Location, MAX_NAME_LEN};
 use crate::model::{check_name, parse_id, parse_optional_id};
+use crate::state::AppState;
 
 /// Fields UpdateBucket accepts in its mask.
 const UPDATABLE: &[&str] = &[

@@ -7,7 +7,8 @@ use coffer_proto::v1::configuration_service_server::ConfigurationService;
 use tonic::Request;
 use uuid::Uuid;
 
-use super::{mask_paths, required, respond, timestamp, AppState, RpcResult};
+use super::convert::{required, timestamp};
+use super::{mask_paths, respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult};
@@ -15,6 +16,7 @@ use crate::model::configuration::{
     check_description, check_value, rule_of, Configuration, ConfigurationPatch, NewConfiguration,
 };
 use crate::model::parse_id;
+use crate::state::AppState;
 
 /// Fields UpdateConfiguration accepts in its mask.
 const UPDATABLE: &[&str] = &["value", "description"];

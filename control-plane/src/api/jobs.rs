@@ -1,13 +1,16 @@
 //! JobService: backup job definitions, owned per user.
 
-use std::collections::HashMap;
-
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::job_service_server::JobService;
 use tonic::Request;
 use uuid::Uuid;
 
-use super::{mask_paths, optional_timestamp, required, respond, timestamp, AppState, RpcResult};
+use super::convert::{
+    labels_to_proto, optional_id, optional_timestamp, options_from_proto, options_to_proto,
+    required, run_state_to_proto, selector_from_proto, target_from_proto, target_to_proto,
+    timestamp,
+};
+use super::{mask_paths, respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
@@ -15,8 +18,9 @@ use crate::model::job::{
     check_job_name, Job, JobDraft, JobFilter, JobRunSummary, MissedRunPolicy, OverlapPolicy,
     Schedule, MAX_DESCRIPTION_LEN,
 };
-use crate::model::run::{check_max_attempts, check_selector, JobOptions, Labels, RunState, Target};
+use crate::model::run::check_max_attempts;
 use crate::model::{check_absolute_path, check_len, parse_id, parse_optional_id};
+use crate::state::AppState;
 
 /// Fields UpdateJob accepts in its mask.
 const UPDATABLE: &[&str] = &[
@@ -58,89 +62,6 @@ impl JobApi {
     }
 }
 
-/// Converts and validates a target; `field` is the path of the `Target` message.
-pub fn target_from_proto(field: &str, target: Option<pb::Target>) -> DomainResult<Target> {
-    use pb::target::Destination;
-    let destination = required(field, target)?.destination.ok_or_else(|| {
-        DomainError::invalid(
-            field,
-            "exactly one of bucket, filesystem_path or nfs_path must be set",
-        )
-    })?;
-    let target = match destination {
-        Destination::Bucket(bucket) => Target::Bucket {
-            bucket_id: parse_id(&format!("{field}.bucket.bucket_id"), &bucket.bucket_id)?,
-            prefix: bucket.prefix,
-        },
-        Destination::FilesystemPath(path) => Target::Filesystem { path },
-        Destination::NfsPath(path) => Target::Nfs { path },
-    };
-    target.validate(field)?;
-    Ok(target)
-}
-
-/// Converts a target to its proto.
-pub fn target_to_proto(target: &Target) -> pb::Target {
-    use pb::target::Destination;
-    let destination = match target {
-        Target::Bucket { bucket_id, prefix } => Destination::Bucket(pb::BucketTarget {
-            bucket_id: bucket_id.to_string(),
-            prefix: prefix.clone(),
-        }),
-        Target::Filesystem { path } => Destination::FilesystemPath(path.clone()),
-        Target::Nfs { path } => Destination::NfsPath(path.clone()),
-    };
-    pb::Target {
-        destination: Some(destination),
-    }
-}
-
-/// Converts and validates job options (unset means the defaults).
-pub fn options_from_proto(
-    field: &str,
-    options: Option<pb::JobOptions>,
-) -> DomainResult<JobOptions> {
-    let options = options.map_or_else(JobOptions::default, |o| JobOptions {
-        exclude: o.exclude,
-        fail_on_file_errors: o.fail_on_file_errors,
-        one_file_system: o.one_file_system,
-    });
-    options.validate(field)?;
-    Ok(options)
-}
-
-/// Converts job options to their proto.
-pub fn options_to_proto(options: &JobOptions) -> pb::JobOptions {
-    pb::JobOptions {
-        exclude: options.exclude.clone(),
-        fail_on_file_errors: options.fail_on_file_errors,
-        one_file_system: options.one_file_system,
-    }
-}
-
-/// Converts and validates a worker selector.
-pub fn selector_from_proto(field: &str, labels: HashMap<String, String>) -> DomainResult<Labels> {
-    let labels: Labels = labels.into_iter().collect();
-    check_selector(field, &labels)?;
-    Ok(labels)
-}
-
-/// Converts labels to their proto map.
-pub fn labels_to_proto(labels: &Labels) -> HashMap<String, String> {
-    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
-/// The API spelling of a run state (`RUN_STATE_QUEUED`, ...).
-pub fn run_state_to_proto(state: RunState) -> pb::RunState {
-    match state {
-        RunState::Queued => pb::RunState::Queued,
-        RunState::Running => pb::RunState::Running,
-        RunState::Succeeded => pb::RunState::Succeeded,
-        RunState::Failed => pb::RunState::Failed,
-        RunState::Cancelled => pb::RunState::Cancelled,
-    }
-}
-
 impl From<JobRunSummary> for pb::JobRunSummary {
     fn from(summary: JobRunSummary) -> Self {
         pb::JobRunSummary {
@@ -164,10 +85,7 @@ impl From<Job> for pb::Job {
             target: Some(target_to_proto(&draft.target)),
             options: Some(options_to_proto(&draft.options)),
             schedule: Some(schedule_to_proto(draft.schedule)),
-            retention_policy_id: draft
-                .retention_policy_id
-                .map(|id| id.to_string())
-                .unwrap_or_default(),
+            retention_policy_id: optional_id(draft.retention_policy_id),
             worker_selector: labels_to_proto(&draft.worker_selector),
             max_attempts: draft.max_attempts,
             last_run: job.last_run.map(Into::into),

@@ -5,8 +5,9 @@ use coffer_proto::v1::backup_metadata_service_server::BackupMetadataService;
 use tonic::Request;
 use uuid::Uuid;
 
+use super::convert::{required, timestamp};
 use super::jobs::set_checked;
-use super::{mask_paths, required, respond, timestamp, AppState, RpcResult};
+use super::{mask_paths, respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::metadata::automatic_is_read_only;
 use crate::catalog::Page;
@@ -16,6 +17,7 @@ use crate::model::metadata::{
     MetadataValues, NewBackupMetadata,
 };
 use crate::model::{parse_id, parse_optional_id};
+use crate::state::AppState;
 
 /// Fields UpdateBackupMetadata accepts in its mask.
 const UPDATABLE: &[&str] = &["size_bytes", "duration_seconds", "details"];

@@ -5,7 +5,8 @@ use coffer_proto::v1 as pb;
 use coffer_proto::v1::object_service_server::ObjectService;
 use tonic::Request;
 
-use super::{optional_timestamp, respond, timestamp, AppState, RpcResult};
+use super::convert::{optional_id, optional_timestamp, timestamp};
+use super::{respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
@@ -13,9 +14,9 @@ use crate::model::object::{
     path_text, BackupObject, DuplicateFile, DuplicateFilter, DuplicateGroup, FileKind,
     LatestFilter, ObjectFilter, ObjectVersion, SnapshotFile,
 };
-use crate::model::run::{NewRun, RebuildSpec, RunSpec, Target};
 use crate::model::tag::{check_tag_key, check_tag_value, TagMatch};
 use crate::model::{check_len, check_relative_path, parse_id, parse_optional_id};
+use crate::state::AppState;
 
 /// Handler of `coffer.v1.ObjectService`.
 #[derive(Clone, Debug)]
@@ -36,10 +37,6 @@ fn kind_to_proto(kind: FileKind) -> pb::FileKind {
         FileKind::Directory => pb::FileKind::Directory,
         FileKind::Symlink => pb::FileKind::Symlink,
     }
-}
-
-fn optional_id(id: Option<uuid::Uuid>) -> String {
-    id.map(|id| id.to_string()).unwrap_or_default()
 }
 
 impl From<ObjectVersion> for pb::ObjectVersion {
@@ -195,27 +192,13 @@ impl ObjectApi {
         if !request.prefix.is_empty() {
             check_relative_path("prefix", &request.prefix)?;
         }
-        let bucket = self
+        let run = self
             .state
-            .catalog
-            .get_bucket(bucket_id, caller.owner_scope())
+            .runs
+            .rebuild_catalog(caller, bucket_id, &request.prefix)
             .await?;
-        let new = NewRun {
-            owner_id: bucket.spec.owner_id,
-            job_id: None,
-            spec: RunSpec::RebuildCatalog(RebuildSpec {
-                target: Target::Bucket {
-                    bucket_id,
-                    prefix: request.prefix.trim_matches('/').to_string(),
-                },
-            }),
-            max_attempts: self.state.catalog.run_default_max_attempts().await?,
-            request_id: None,
-        };
-        let created = self.state.catalog.create_run(&new).await?;
-        self.state.notify_run(created.run.id);
         Ok(pb::RebuildCatalogResponse {
-            run_id: created.run.id.to_string(),
+            run_id: run.id.to_string(),
         })
     }
 

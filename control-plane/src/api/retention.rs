@@ -6,8 +6,10 @@ use coffer_proto::v1::retention_service_server::RetentionService;
 use tonic::Request;
 use uuid::Uuid;
 
-use super::users::optional_time;
-use super::{mask_paths, optional_timestamp, required, respond, timestamp, AppState, RpcResult};
+use super::convert::{
+    optional_time, optional_timestamp, required, seconds, timestamp, whole_seconds,
+};
+use super::{mask_paths, respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, FieldViolation, Violations};
@@ -19,6 +21,7 @@ use crate::model::retention::{
     RetentionPolicy,
 };
 use crate::model::{parse_id, parse_optional_id};
+use crate::state::AppState;
 
 /// Fields UpdateRetentionPolicy accepts in its mask.
 const POLICY_UPDATABLE: &[&str] = &[
@@ -66,10 +69,8 @@ impl From<RetentionPolicy> for pb::RetentionPolicy {
             keep_weekly: rules.keep_weekly,
             keep_monthly: rules.keep_monthly,
             keep_yearly: rules.keep_yearly,
-            keep_within: (rules.keep_within_seconds > 0).then_some(prost_types::Duration {
-                seconds: rules.keep_within_seconds,
-                nanos: 0,
-            }),
+            keep_within: (rules.keep_within_seconds > 0)
+                .then(|| seconds(rules.keep_within_seconds)),
             keep_tags: rules.keep_tags,
             time_zone: rules.time_zone,
             create_time: Some(timestamp(policy.create_time)),
@@ -169,17 +170,7 @@ pub fn retention_scope(job_id: &str, bucket_id: &str) -> DomainResult<RetentionS
 
 /// Converts `keep_within` to whole seconds (unset is zero).
 fn keep_within_seconds(field: &str, value: Option<&prost_types::Duration>) -> DomainResult<i64> {
-    match value {
-        None => Ok(0),
-        Some(d) if d.seconds < 0 || d.nanos < 0 => {
-            Err(DomainError::invalid(field, "must not be negative"))
-        }
-        Some(d) if d.nanos != 0 => Err(DomainError::invalid(
-            field,
-            "must be a whole number of seconds",
-        )),
-        Some(d) => Ok(d.seconds),
-    }
+    Ok(whole_seconds(field, value)?.unwrap_or(0))
 }
 
 /// The keep rules of a proto policy, with `keep_within` already converted.
@@ -490,25 +481,13 @@ impl RetentionApi {
             .await
     }
 
-    /// Checks that the caller may see the scope's job or bucket (else
-    /// NOT_FOUND, as for a missing one).
-    async fn check_scope_access(&self, caller: &Caller, scope: RetentionScope) -> DomainResult<()> {
-        match self.state.catalog.retention_scope_owner(scope).await? {
-            Some(owner) if caller.can_access(owner) => Ok(()),
-            _ => Err(match scope {
-                RetentionScope::Job(id) => DomainError::not_found("job", id),
-                RetentionScope::Bucket(id) => DomainError::not_found("bucket", id),
-            }),
-        }
-    }
-
     async fn plan(
         &self,
         caller: &Caller,
         request: pb::PlanRetentionRequest,
     ) -> DomainResult<pb::PlanRetentionResponse> {
         let scope = retention_scope(&request.job_id, &request.bucket_id)?;
-        self.check_scope_access(caller, scope).await?;
+        self.state.runs.check_retention_scope(caller, scope).await?;
         let now = self.state.catalog.now().await?;
         let plan = self.state.catalog.plan_retention(scope, now).await?;
         Ok(plan.into())
@@ -521,13 +500,9 @@ impl RetentionApi {
         request: pb::ApplyRetentionRequest,
     ) -> DomainResult<pb::ApplyRetentionResponse> {
         let scope = retention_scope(&request.job_id, &request.bucket_id)?;
-        self.check_scope_access(caller, scope).await?;
-        let now = self.state.catalog.now().await?;
-        let new = self.state.catalog.retention_run(scope, now).await?;
-        let created = self.state.catalog.create_run(&new).await?;
-        self.state.notify_run(created.run.id);
+        let run = self.state.runs.apply_retention(caller, scope).await?;
         Ok(pb::ApplyRetentionResponse {
-            run_id: created.run.id.to_string(),
+            run_id: run.id.to_string(),
         })
     }
 

@@ -4,7 +4,8 @@ use coffer_proto::v1 as pb;
 use coffer_proto::v1::tag_service_server::TagService;
 use tonic::Request;
 
-use super::{mask_paths, required, respond, timestamp, AppState, RpcResult};
+use super::convert::{required, timestamp};
+use super::{mask_paths, respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
@@ -12,6 +13,7 @@ use crate::model::tag::{
     check_tag_key, check_tag_value, NewTag, ResourceKind, ResourceRef, Tag, TagFilter,
 };
 use crate::model::{parse_id, parse_optional_id};
+use crate::state::AppState;
 
 /// Handler of `coffer.v1.TagService`.
 #[derive(Clone, Debug)]

@@ -4,10 +4,8 @@ use coffer_proto::v1 as pb;
 use coffer_proto::v1::user_service_server::UserService;
 use tonic::Request;
 
-use super::{
-    from_timestamp, mask_paths, optional_timestamp, required, respond, timestamp, AppState,
-    RpcResult,
-};
+use super::convert::{optional_timestamp, required, timestamp};
+use super::{mask_paths, respond, RpcResult};
 use crate::auth::{mint_secret, Caller};
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult};
@@ -15,6 +13,7 @@ use crate::model::user::{
     check_email, ApiToken, NewApiToken, NewUser, TokenScope, User, UserPatch,
 };
 use crate::model::{check_len, check_name, parse_id, parse_optional_id};
+use crate::state::AppState;
 
 /// Handler of `coffer.v1.UserService`.
 #[derive(Clone, Debug)]
@@ -294,12 +293,4 @@ impl UserService for UserApi {
         self.state.catalog.delete_api_token(id).await?;
         respond(Ok(pb::DeleteApiTokenResponse {}))
     }
-}
-
-/// Parses an optional timestamp field.
-pub fn optional_time(
-    field: &str,
-    value: Option<&prost_types::Timestamp>,
-) -> DomainResult<Option<chrono::DateTime<chrono::Utc>>> {
-    value.map(|t| from_timestamp(field, t)).transpose()
 }

@@ -9,10 +9,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Streaming};
 
-use super::{respond, timestamp, AppState, RpcResult};
+use super::convert::timestamp;
+use super::{respond, RpcResult};
 use crate::catalog::from_json;
 use crate::error::DomainResult;
 use crate::leasing::session;
+use crate::state::AppState;
 
 /// Handler of `coffer.v1.WorkerService`.
 #[derive(Clone, Debug)]

@@ -256,7 +256,7 @@ impl Catalog {
 
     /// Announces that run `id` changed (ignored when nobody listens). Called
     /// by catalog methods after their change is committed.
-    pub(crate) fn publish_run(&self, id: Uuid) {
+    pub fn publish_run(&self, id: Uuid) {
         let _ = self.run_events.0.send(id);
     }
 

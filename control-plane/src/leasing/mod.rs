@@ -5,7 +5,7 @@
 //! every write the worker makes on its lease token. A background reaper
 //! (`run_reaper`) ends leases whose TTL or deadline passed, by the catalog's
 //! clock. Sessions learn about new runs and cancellations from
-//! `AppState::run_events`.
+//! [`Catalog::subscribe_runs`].
 
 pub mod session;
 
@@ -14,21 +14,23 @@ use std::time::Duration;
 use coffer_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
+use crate::api::convert::target_to_proto;
 use crate::catalog::leases::{Candidate, LeaseSettings};
+use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::Location;
 use crate::model::run::{RunSpec, Target};
 
 /// Ends expired leases every third of a TTL until `cancel` fires.
-pub async fn run_reaper(state: AppState, settings: LeaseSettings, cancel: CancellationToken) {
+pub async fn run_reaper(catalog: Catalog, settings: LeaseSettings, cancel: CancellationToken) {
     let period = (settings.ttl / 3).max(Duration::from_millis(200));
     loop {
-        match state.catalog.expire_leases(&settings).await {
+        match catalog.expire_leases(&settings).await {
             Ok(changed) => {
                 for id in changed {
                     tracing::info!(run = %id, "lease ended without completion; run requeued, failed or cancelled");
-                    state.notify_run(id);
+                    // house: the catalog publishes this once house-catalog is merged
+                    catalog.publish_run(id);
                 }
             }
             Err(error) => tracing::warn!(%error, "lease reaper could not scan the catalog"),
@@ -89,13 +91,13 @@ pub fn path_is_under(path: &str, root: &str) -> bool {
 }
 
 /// Looks up everything a worker needs to reach a run's target.
-pub async fn resolve_target(state: &AppState, spec: &RunSpec) -> DomainResult<pb::ResolvedTarget> {
-    resolve(state, spec.target()).await
+pub async fn resolve_target(catalog: &Catalog, spec: &RunSpec) -> DomainResult<pb::ResolvedTarget> {
+    resolve(catalog, spec.target()).await
 }
 
 /// Looks up everything a worker needs to reach `target`.
-pub async fn resolve(state: &AppState, target: &Target) -> DomainResult<pb::ResolvedTarget> {
-    let target_proto = crate::api::jobs::target_to_proto(target);
+pub async fn resolve(catalog: &Catalog, target: &Target) -> DomainResult<pb::ResolvedTarget> {
+    let target_proto = target_to_proto(target);
     let mut resolved = pb::ResolvedTarget {
         target: Some(target_proto),
         ..Default::default()
@@ -103,8 +105,7 @@ pub async fn resolve(state: &AppState, target: &Target) -> DomainResult<pb::Reso
     match target {
         Target::Filesystem { path } => resolved.filesystem_path = path.clone(),
         Target::Nfs { path } => {
-            let root = state
-                .catalog
+            let root = catalog
                 .configuration_value("nfs_mount_path")
                 .await?
                 .ok_or_else(|| {
@@ -115,7 +116,7 @@ pub async fn resolve(state: &AppState, target: &Target) -> DomainResult<pb::Reso
             resolved.filesystem_path = join_path(&root, path);
         }
         Target::Bucket { bucket_id, prefix } => {
-            let bucket = state.catalog.get_bucket(*bucket_id, None).await?;
+            let bucket = catalog.get_bucket(*bucket_id, None).await?;
             let repository_prefix = join_key(&bucket.spec.prefix, prefix);
             let mut resolved_bucket = pb::ResolvedBucket {
                 id: bucket.id.to_string(),

@@ -11,14 +11,14 @@ use tonic::{Status, Streaming};
 use uuid::Uuid;
 
 use super::{resolve_target, WorkerProfile};
-use crate::api::{timestamp, AppState};
+use crate::api::convert::{duration, options_to_proto, timestamp};
 use crate::catalog::leases::{
     repository_of, AttemptOutcome, CompletionResult, LeaseSettings, LeaseState, WorkerRegistration,
 };
 use crate::error::{DomainError, DomainResult};
-use crate::model::configuration::RETENTION_APPLY_AFTER_BACKUP;
-use crate::model::retention::plan::RetentionScope;
 use crate::model::run::RunSpec;
+use crate::runs::admission::RunAdmission;
+use crate::state::AppState;
 
 /// How long a new session may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,8 +118,8 @@ impl Session {
             .send(pb::lease_session_response::Message::Welcome(
                 pb::SessionWelcome {
                     worker_id: worker_id.to_string(),
-                    lease_ttl: Some(proto_duration(settings.ttl)),
-                    heartbeat_interval: Some(proto_duration(settings.ttl / 3)),
+                    lease_ttl: Some(duration(settings.ttl)),
+                    heartbeat_interval: Some(duration(settings.ttl / 3)),
                 },
             ))
             .await;
@@ -135,7 +135,7 @@ impl Session {
     }
 
     async fn run(&mut self, mut inbound: Streaming<pb::LeaseSessionRequest>) {
-        let mut events = self.state.run_events.subscribe();
+        let mut events = self.state.catalog.subscribe_runs();
         let mut tick = tokio::time::interval(ASSIGN_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -256,7 +256,8 @@ impl Session {
         for lease in leased {
             self.credit -= 1;
             self.held.insert(lease.id, lease.lease_token);
-            self.state.notify_run(lease.id);
+            // house: the catalog publishes this once house-catalog is merged
+            self.state.catalog.publish_run(lease.id);
             match self
                 .assignment(lease.id, lease.lease_token, lease.deadline)
                 .await
@@ -287,7 +288,8 @@ impl Session {
                         .await;
                     self.held.remove(&lease.id);
                     self.credit += 1;
-                    self.state.notify_run(lease.id);
+                    // house: the catalog publishes this once house-catalog is merged
+                    self.state.catalog.publish_run(lease.id);
                 }
             }
         }
@@ -300,7 +302,7 @@ impl Session {
         deadline: chrono::DateTime<chrono::Utc>,
     ) -> DomainResult<pb::RunAssignment> {
         let run = self.state.catalog.get_run(run_id).await?;
-        let target = resolve_target(&self.state, &run.spec).await?;
+        let target = resolve_target(&self.state.catalog, &run.spec).await?;
         let repository = repository_of(run.spec.target());
         let repository_key = self.state.catalog.repository_key(&repository).await?;
         let mut assignment = pb::RunAssignment {
@@ -312,7 +314,7 @@ impl Session {
         };
         match &run.spec {
             RunSpec::Backup(backup) => {
-                assignment.options = Some(crate::api::jobs::options_to_proto(&backup.options));
+                assignment.options = Some(options_to_proto(&backup.options));
                 if let Some(parent) = self
                     .state
                     .catalog
@@ -335,7 +337,7 @@ impl Session {
                     assignment.removals.push(pb::SnapshotRemoval {
                         run_id: snapshot.run_id.to_string(),
                         manifest_key: snapshot.manifest_key.clone(),
-                        target: Some(super::resolve(&self.state, &snapshot.target).await?),
+                        target: Some(super::resolve(&self.state.catalog, &snapshot.target).await?),
                     });
                 }
             }
@@ -383,7 +385,8 @@ impl Session {
                     cancel_requested: false,
                 } => {
                     self.held.insert(run_id, token);
-                    self.state.notify_run(run_id);
+                    // house: the catalog publishes this once house-catalog is merged
+                    self.state.catalog.publish_run(run_id);
                 }
                 LeaseState::Current {
                     cancel_requested: true,
@@ -471,7 +474,10 @@ impl Session {
                 tracing::info!(worker = %self.name, run = %run_id, %state, "attempt completed");
                 self.ack(run_id, token, true, "", -1).await;
                 if state == "succeeded" {
-                    tokio::spawn(apply_retention_after_backup(self.state.clone(), run_id));
+                    tokio::spawn(apply_retention_after_backup(
+                        self.state.runs.clone(),
+                        run_id,
+                    ));
                 }
             }
             CompletionResult::Rejected { reason } => {
@@ -479,7 +485,8 @@ impl Session {
                 self.ack(run_id, token, false, &reason, -1).await;
             }
         }
-        self.state.notify_run(run_id);
+        // house: the catalog publishes this once house-catalog is merged
+        self.state.catalog.publish_run(run_id);
         Ok(())
     }
 
@@ -497,7 +504,8 @@ impl Session {
         };
         tracing::info!(worker = %self.name, run = %run_id, reason = %release.reason, accepted, "run released");
         self.ack(run_id, token, accepted, reason, -1).await;
-        self.state.notify_run(run_id);
+        // house: the catalog publishes this once house-catalog is merged
+        self.state.catalog.publish_run(run_id);
         Ok(())
     }
 }
@@ -519,46 +527,12 @@ fn progress_json(progress: Option<&pb::RunProgress>) -> String {
     crate::catalog::to_json(&crate::model::run::RunProgress::from(progress))
 }
 
-fn proto_duration(duration: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// With the `retention_apply_after_backup` configuration set, a job's
-/// successful backup (scheduled or on demand) is followed by a retention
-/// run for the job when its policy removes anything, as kopia prunes after
-/// each snapshot.
-async fn apply_retention_after_backup(state: AppState, run_id: Uuid) {
-    let result: DomainResult<Option<Uuid>> = async {
-        let enabled = state
-            .catalog
-            .configuration_value(RETENTION_APPLY_AFTER_BACKUP)
-            .await?;
-        if enabled.as_deref() != Some("true") {
-            return Ok(None);
-        }
-        let run = state.catalog.get_run(run_id).await?;
-        let (RunSpec::Backup(_), Some(job_id)) = (&run.spec, run.job_id) else {
-            return Ok(None);
-        };
-        let now = state.catalog.now().await?;
-        let new = state
-            .catalog
-            .retention_run(RetentionScope::Job(job_id), now)
-            .await?;
-        if matches!(&new.spec, RunSpec::Retention(spec) if spec.removed.is_empty()) {
-            return Ok(None);
-        }
-        let created = state.catalog.create_run(&new).await?;
-        state.notify_run(created.run.id);
-        Ok(Some(created.run.id))
-    }
-    .await;
-    match result {
+/// Queues the retention that follows a successful backup, if configured
+/// (see [`RunAdmission::retention_after_backup`]).
+async fn apply_retention_after_backup(runs: RunAdmission, run_id: Uuid) {
+    match runs.retention_after_backup(run_id).await {
         Ok(Some(retention)) => {
-            tracing::info!(backup = %run_id, %retention, "retention queued after the backup");
+            tracing::info!(backup = %run_id, retention = %retention.id, "retention queued after the backup");
         }
         Ok(None) => {}
         Err(error) => {

@@ -24,9 +24,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
 use crate::catalog::scheduler::FiredTick;
+use crate::catalog::Catalog;
 use crate::error::DomainResult;
+use crate::runs::admission::RunAdmission;
 use policy::TickOutcome;
 
 /// Due ticks handled per catalog scan.
@@ -125,27 +126,29 @@ impl SchedulerHandle {
     }
 }
 
-/// Runs the scheduler of this replica until `cancel` fires or the server
-/// starts stopping, then gives the leadership up so another replica takes
+/// Runs the scheduler `handle` describes until `cancel` fires (the server
+/// starts stopping), then gives the leadership up so another replica takes
 /// over at once.
-pub async fn run(state: AppState, cancel: CancellationToken) {
-    let scheduler = Scheduler::new(state);
+pub async fn run(
+    catalog: Catalog,
+    runs: RunAdmission,
+    handle: SchedulerHandle,
+    cancel: CancellationToken,
+) {
+    let scheduler = Scheduler::new(catalog, runs, handle);
     let settings = scheduler.handle.settings;
     if !settings.enabled {
         tracing::info!("scheduler disabled on this replica");
         return;
     }
     tracing::info!(holder = scheduler.handle.holder(), "scheduler started");
-    let stopping = scheduler.state.stopping.clone();
     loop {
         let wait = tokio::select! {
             () = cancel.cancelled() => break,
-            () = stopping.cancelled() => break,
             wait = scheduler.round() => wait,
         };
         tokio::select! {
             () = cancel.cancelled() => break,
-            () = stopping.cancelled() => break,
             () = tokio::time::sleep_until(wait) => {}
         }
     }
@@ -154,15 +157,19 @@ pub async fn run(state: AppState, cancel: CancellationToken) {
 
 /// One replica's scheduler.
 pub struct Scheduler {
-    state: AppState,
+    catalog: Catalog,
+    runs: RunAdmission,
     handle: SchedulerHandle,
 }
 
 impl Scheduler {
-    /// The scheduler of the replica serving `state`.
-    pub fn new(state: AppState) -> Self {
-        let handle = state.scheduler.clone();
-        Scheduler { state, handle }
+    /// The scheduler `handle` describes, firing through `runs`.
+    pub fn new(catalog: Catalog, runs: RunAdmission, handle: SchedulerHandle) -> Self {
+        Scheduler {
+            catalog,
+            runs,
+            handle,
+        }
     }
 
     /// One round: take or renew the leadership and, as leader, handle every
@@ -171,7 +178,6 @@ impl Scheduler {
         let settings = self.handle.settings;
         let poll = Instant::now() + settings.poll_interval;
         let leadership = match self
-            .state
             .catalog
             .acquire_scheduler_leadership(self.handle.holder(), settings.lease_ttl)
             .await
@@ -209,7 +215,7 @@ impl Scheduler {
     /// Handles every due tick and every waiting tick whose job is idle.
     /// Returns when the earliest next tick is due, if any job has one.
     async fn fire_due(&self, new_term: bool) -> DomainResult<Option<Instant>> {
-        let catalog = &self.state.catalog;
+        let catalog = &self.catalog;
         let grace = self.handle.settings.misfire_grace;
         let now = catalog.now().await?;
         let measured = Instant::now();
@@ -219,18 +225,14 @@ impl Scheduler {
                 tracing::info!(jobs = scheduled, "scheduled jobs that had no next run time");
             }
         }
-        let mut default_max_attempts = None;
+        let mut admission = self.runs.scheduled();
         let mut failed = false;
         loop {
             let due = catalog.due_ticks(now, BATCH).await?;
             let full = i64::try_from(due.len()).unwrap_or(i64::MAX) >= BATCH;
             let mut progressed = false;
             for tick in &due {
-                let attempts = match default_max_attempts {
-                    Some(attempts) => attempts,
-                    None => *default_max_attempts.insert(catalog.run_default_max_attempts().await?),
-                };
-                match catalog.fire_tick(tick, now, grace, attempts).await {
+                match admission.fire_tick(tick, now, grace).await {
                     Ok(Some(fired)) => {
                         progressed = true;
                         self.record(tick.job_id, tick.fire_time, &fired);
@@ -247,18 +249,10 @@ impl Scheduler {
             }
         }
         for (job_id, fire_time) in catalog.ready_pending_ticks(BATCH).await? {
-            let attempts = match default_max_attempts {
-                Some(attempts) => attempts,
-                None => *default_max_attempts.insert(catalog.run_default_max_attempts().await?),
-            };
-            match catalog
-                .start_pending_tick(job_id, fire_time, now, attempts)
-                .await
-            {
+            match admission.start_pending_tick(job_id, fire_time, now).await {
                 Ok(Some(run_id)) => {
                     tracing::info!(job = %job_id, tick = %fire_time, run = %run_id, "waiting tick started: the earlier run ended");
                     self.handle.update(|status| status.runs_created += 1);
-                    self.state.notify_run(run_id);
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -310,9 +304,6 @@ impl Scheduler {
                 status.ticks_skipped += 1;
             }
         });
-        if let Some(run_id) = fired.run_id {
-            self.state.notify_run(run_id);
-        }
     }
 
     /// Gives the leadership up if this replica holds it.
@@ -321,7 +312,6 @@ impl Scheduler {
             return;
         }
         match self
-            .state
             .catalog
             .release_scheduler_leadership(self.handle.holder())
             .await

@@ -1,0 +1,467 @@
+//! Run admission, free of any transport: a request already converted to
+//! domain types is checked against its caller and the catalog, turned into a
+//! run spec and created. The gRPC adapters, the scheduler and the lease
+//! session call this; none of them builds a [`NewRun`] itself.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::catalog::scheduler::{DueTick, FiredTick};
+use crate::catalog::Catalog;
+use crate::error::{DomainError, DomainResult, Violations};
+use crate::model::configuration::RETENTION_APPLY_AFTER_BACKUP;
+use crate::model::retention::plan::RetentionScope;
+use crate::model::run::{
+    BackupSpec, GcSpec, Labels, NewRun, RebuildSpec, RestoreSpec, Run, RunSpec, RunState,
+    SnapshotSource, Target, VerifySpec,
+};
+
+/// A run a caller asks for, its fields already converted and checked one by
+/// one; what needs the catalog (access, references, snapshots) is checked here.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunRequest {
+    /// A backup of a job, exactly as the job defines it.
+    JobBackup(Uuid),
+    /// An ad-hoc backup owned by the caller (its `job_id` is unset).
+    AdHocBackup(BackupSpec),
+    /// A restore of a snapshot.
+    Restore(RestoreRequest),
+    /// A verification of a snapshot.
+    Verify(VerifyRequest),
+    /// A garbage collection of a repository.
+    GarbageCollection(GcRequest),
+}
+
+/// Which snapshot a restore reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotChoice {
+    /// The snapshot of this backup run.
+    Run(Uuid),
+    /// The job's latest snapshot at or before a time (now when unset).
+    JobAsOf {
+        /// The job.
+        job_id: Uuid,
+        /// The time; `None` means now.
+        as_of: Option<DateTime<Utc>>,
+    },
+}
+
+/// A restore request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestoreRequest {
+    /// The snapshot to read.
+    pub snapshot: SnapshotChoice,
+    /// Relative paths to restore (empty: everything).
+    pub paths: Vec<String>,
+    /// Where to restore; `None` means the snapshot's source path.
+    pub destination_path: Option<String>,
+    /// Whether files newer than the snapshot's are overwritten.
+    pub overwrite_newer: bool,
+}
+
+/// A verification request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VerifyRequest {
+    /// The backup run whose snapshot is verified.
+    pub snapshot_run_id: Uuid,
+    /// Share of the data read back, 0 to 100.
+    pub read_data_percent: f64,
+}
+
+/// A garbage-collection request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GcRequest {
+    /// The repository.
+    pub target: Target,
+    /// How long unreferenced data is kept, in seconds.
+    pub grace_seconds: i64,
+    /// Pack use below which packs are repacked, in percent.
+    pub repack_threshold_percent: f64,
+}
+
+/// Creates runs. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RunAdmission {
+    catalog: Catalog,
+}
+
+impl RunAdmission {
+    /// Admission over a catalog.
+    pub fn new(catalog: Catalog) -> Self {
+        RunAdmission { catalog }
+    }
+
+    /// Creates the run `request` asks for on behalf of `caller`. A repeated
+    /// `request_id` returns the run it created first.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        request: RunRequest,
+        request_id: Option<Uuid>,
+    ) -> DomainResult<Run> {
+        let mut new = match request {
+            RunRequest::JobBackup(job_id) => self.job_backup(caller, job_id).await?,
+            RunRequest::AdHocBackup(spec) => self.ad_hoc_backup(caller, spec).await?,
+            RunRequest::Restore(restore) => self.restore(caller, restore).await?,
+            RunRequest::Verify(verify) => self.verify(caller, verify).await?,
+            RunRequest::GarbageCollection(gc) => self.garbage_collection(caller, gc).await?,
+        };
+        new.request_id = request_id;
+        self.check_nfs(&new.spec).await?;
+        let created = self.catalog.create_run(&new).await?;
+        if created.created {
+            // house: the catalog publishes this once house-catalog is merged
+            self.catalog.publish_run(created.run.id);
+        }
+        Ok(created.run)
+    }
+
+    /// Queues a retention run removing exactly what a plan made now lists.
+    pub async fn apply_retention(
+        &self,
+        caller: &Caller,
+        scope: RetentionScope,
+    ) -> DomainResult<Run> {
+        self.check_retention_scope(caller, scope).await?;
+        let now = self.catalog.now().await?;
+        let new = self.catalog.retention_run(scope, now).await?;
+        self.create_unconditionally(&new).await
+    }
+
+    /// Checks that the caller may see the scope's job or bucket (else
+    /// NOT_FOUND, as for a missing one).
+    pub async fn check_retention_scope(
+        &self,
+        caller: &Caller,
+        scope: RetentionScope,
+    ) -> DomainResult<()> {
+        match self.catalog.retention_scope_owner(scope).await? {
+            Some(owner) if caller.can_access(owner) => Ok(()),
+            _ => Err(match scope {
+                RetentionScope::Job(id) => DomainError::not_found("job", id),
+                RetentionScope::Bucket(id) => DomainError::not_found("bucket", id),
+            }),
+        }
+    }
+
+    /// Queues a run that reads a bucket repository's manifests under
+    /// `prefix` (relative, already checked) and records every snapshot the
+    /// catalog does not know. The run belongs to the bucket's owner.
+    pub async fn rebuild_catalog(
+        &self,
+        caller: &Caller,
+        bucket_id: Uuid,
+        prefix: &str,
+    ) -> DomainResult<Run> {
+        let bucket = self
+            .catalog
+            .get_bucket(bucket_id, caller.owner_scope())
+            .await?;
+        let new = NewRun {
+            owner_id: bucket.spec.owner_id,
+            job_id: None,
+            spec: RunSpec::RebuildCatalog(RebuildSpec {
+                target: Target::Bucket {
+                    bucket_id,
+                    prefix: prefix.trim_matches('/').to_string(),
+                },
+            }),
+            max_attempts: self.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        };
+        self.create_unconditionally(&new).await
+    }
+
+    /// With the `retention_apply_after_backup` configuration set, a job's
+    /// successful backup (scheduled or on demand) is followed by a retention
+    /// run for the job when its policy removes anything, as kopia prunes
+    /// after each snapshot. Returns the retention run, if one was queued.
+    pub async fn retention_after_backup(&self, backup_run_id: Uuid) -> DomainResult<Option<Run>> {
+        let enabled = self
+            .catalog
+            .configuration_value(RETENTION_APPLY_AFTER_BACKUP)
+            .await?;
+        if enabled.as_deref() != Some("true") {
+            return Ok(None);
+        }
+        let run = self.catalog.get_run(backup_run_id).await?;
+        let (RunSpec::Backup(_), Some(job_id)) = (&run.spec, run.job_id) else {
+            return Ok(None);
+        };
+        let now = self.catalog.now().await?;
+        let new = self
+            .catalog
+            .retention_run(RetentionScope::Job(job_id), now)
+            .await?;
+        if matches!(&new.spec, RunSpec::Retention(spec) if spec.removed.is_empty()) {
+            return Ok(None);
+        }
+        self.create_unconditionally(&new).await.map(Some)
+    }
+
+    /// Admission of scheduled runs for one scheduler round.
+    pub fn scheduled(&self) -> ScheduledRuns<'_> {
+        ScheduledRuns {
+            catalog: &self.catalog,
+            default_max_attempts: None,
+        }
+    }
+
+    /// Creates a run and announces it even if its request id was seen before.
+    async fn create_unconditionally(&self, new: &NewRun) -> DomainResult<Run> {
+        let created = self.catalog.create_run(new).await?;
+        // house: the catalog publishes this once house-catalog is merged
+        self.catalog.publish_run(created.run.id);
+        Ok(created.run)
+    }
+
+    /// A run of a job: the job's definition, copied.
+    async fn job_backup(&self, caller: &Caller, job_id: Uuid) -> DomainResult<NewRun> {
+        let job = self.catalog.get_job(job_id).await?;
+        if !caller.can_access(job.draft.owner_id) {
+            return Err(DomainError::not_found("job", job_id));
+        }
+        // The configured default is read only when the job does not say.
+        let default_max_attempts = match job.draft.max_attempts {
+            n if n > 0 => n,
+            _ => self.catalog.run_default_max_attempts().await?,
+        };
+        Ok(job.backup_run(default_max_attempts, None))
+    }
+
+    /// An ad-hoc run owned by the caller, validated like a job.
+    async fn ad_hoc_backup(&self, caller: &Caller, spec: BackupSpec) -> DomainResult<NewRun> {
+        self.check_references("backup.", caller, &spec.target)
+            .await?;
+        Ok(NewRun {
+            owner_id: caller.user.id,
+            job_id: None,
+            spec: RunSpec::Backup(spec),
+            max_attempts: self.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        })
+    }
+
+    /// A restore, owned by the caller, of a snapshot the caller may read.
+    async fn restore(&self, caller: &Caller, restore: RestoreRequest) -> DomainResult<NewRun> {
+        let (snapshot_id, job_id, as_of_time) = match restore.snapshot {
+            SnapshotChoice::Run(id) => (id, None, None),
+            SnapshotChoice::JobAsOf { job_id, as_of } => {
+                let id = self.job_snapshot(caller, job_id, as_of).await?;
+                (id, Some(job_id), as_of)
+            }
+        };
+        let (snapshot, worker_selector) = self
+            .snapshot_source(caller, "restore.snapshot_run_id", snapshot_id)
+            .await?;
+        let destination_path = restore
+            .destination_path
+            .unwrap_or_else(|| snapshot.source_path.clone());
+        Ok(NewRun {
+            owner_id: caller.user.id,
+            job_id: None,
+            spec: RunSpec::Restore(RestoreSpec {
+                snapshot,
+                job_id,
+                as_of_time,
+                paths: restore.paths,
+                destination_path,
+                overwrite_newer: restore.overwrite_newer,
+                worker_selector,
+            }),
+            max_attempts: self.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        })
+    }
+
+    /// The job's latest snapshot at or before `as_of` (now when unset).
+    async fn job_snapshot(
+        &self,
+        caller: &Caller,
+        job_id: Uuid,
+        as_of: Option<DateTime<Utc>>,
+    ) -> DomainResult<Uuid> {
+        let job = self.catalog.get_job(job_id).await?;
+        if !caller.can_access(job.draft.owner_id) {
+            return Err(DomainError::not_found("job", job_id));
+        }
+        let as_of = match as_of {
+            Some(time) => time,
+            None => self.catalog.now().await?,
+        };
+        self.catalog
+            .job_snapshot_as_of(job_id, as_of)
+            .await?
+            .ok_or_else(|| {
+                DomainError::FailedPrecondition(format!(
+                    "job {job_id} has no succeeded backup at or before {}",
+                    as_of.to_rfc3339()
+                ))
+            })
+    }
+
+    /// A verification, owned by the caller, of a snapshot the caller may read.
+    async fn verify(&self, caller: &Caller, verify: VerifyRequest) -> DomainResult<NewRun> {
+        let (snapshot, _) = self
+            .snapshot_source(caller, "verify.snapshot_run_id", verify.snapshot_run_id)
+            .await?;
+        Ok(NewRun {
+            owner_id: caller.user.id,
+            job_id: None,
+            spec: RunSpec::Verify(VerifySpec {
+                snapshot,
+                read_data_percent: verify.read_data_percent,
+            }),
+            max_attempts: self.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        })
+    }
+
+    /// A garbage collection of a repository the caller owns. Only one
+    /// collection of a repository may be queued or running at a time.
+    async fn garbage_collection(&self, caller: &Caller, gc: GcRequest) -> DomainResult<NewRun> {
+        self.check_references("garbage_collection.", caller, &gc.target)
+            .await?;
+        if let Some(running) = self.catalog.active_gc_run(&gc.target).await? {
+            return Err(DomainError::FailedPrecondition(format!(
+                "garbage collection {running} of this repository is still queued or running"
+            )));
+        }
+        Ok(NewRun {
+            owner_id: caller.user.id,
+            job_id: None,
+            spec: RunSpec::GarbageCollection(GcSpec {
+                target: gc.target,
+                grace_seconds: gc.grace_seconds,
+                repack_threshold_percent: gc.repack_threshold_percent,
+            }),
+            max_attempts: self.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        })
+    }
+
+    /// Checks that the caller owns what `target` names (`prefix` leads the
+    /// field paths of the violations).
+    async fn check_references(
+        &self,
+        prefix: &str,
+        caller: &Caller,
+        target: &Target,
+    ) -> DomainResult<()> {
+        let mut violations = Violations::new();
+        self.catalog
+            .check_job_references(prefix, caller.user.id, Some(target), None, &mut violations)
+            .await?;
+        violations.finish()
+    }
+
+    /// The snapshot `id` names, if the caller may read it and it is complete.
+    async fn snapshot_source(
+        &self,
+        caller: &Caller,
+        field: &str,
+        id: Uuid,
+    ) -> DomainResult<(SnapshotSource, Labels)> {
+        let run = self
+            .catalog
+            .get_run(id)
+            .await
+            .map_err(|_| DomainError::not_found("run", id))?;
+        if !caller.can_access(run.owner_id) {
+            return Err(DomainError::not_found("run", id));
+        }
+        let RunSpec::Backup(backup) = run.spec else {
+            return Err(DomainError::invalid(
+                field,
+                format!("run {id} is a {} run, not a backup", run.kind.as_str()),
+            ));
+        };
+        if run.state != RunState::Succeeded || run.manifest_key.is_empty() {
+            return Err(DomainError::FailedPrecondition(format!(
+                "run {id} is {}; only a succeeded backup is a snapshot that can be read",
+                run.state.as_str()
+            )));
+        }
+        let source = SnapshotSource {
+            run_id: run.id,
+            job_id: run.job_id,
+            source_path: backup.source_path,
+            target: backup.target,
+            manifest_key: run.manifest_key,
+        };
+        Ok((source, backup.worker_selector))
+    }
+
+    /// NFS targets need the `nfs_mount_path` configuration.
+    async fn check_nfs(&self, spec: &RunSpec) -> DomainResult<()> {
+        if matches!(spec.target(), Target::Nfs { .. })
+            && !self.catalog.nfs_mount_configured().await?
+        {
+            return Err(DomainError::FailedPrecondition(
+                "NFS targets need the configuration `nfs_mount_path`; create it with \
+                 ConfigurationService.CreateConfiguration first"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The scheduler's admissions during one round. Firing a tick is one catalog
+/// transaction (compare-and-set on the job's next run time, then the run),
+/// so the run is built there from the job; this reads the configured default
+/// attempt count once per round, when the first run needs it.
+pub struct ScheduledRuns<'a> {
+    catalog: &'a Catalog,
+    default_max_attempts: Option<i32>,
+}
+
+impl ScheduledRuns<'_> {
+    /// Fires a due tick by its job's policies; see `Catalog::fire_tick`.
+    pub async fn fire_tick(
+        &mut self,
+        tick: &DueTick,
+        now: DateTime<Utc>,
+        misfire_grace: std::time::Duration,
+    ) -> DomainResult<Option<FiredTick>> {
+        let attempts = self.default_max_attempts().await?;
+        let fired = self
+            .catalog
+            .fire_tick(tick, now, misfire_grace, attempts)
+            .await?;
+        if let Some(run_id) = fired.as_ref().and_then(|fired| fired.run_id) {
+            // house: the catalog publishes this once house-catalog is merged
+            self.catalog.publish_run(run_id);
+        }
+        Ok(fired)
+    }
+
+    /// Starts a waiting tick whose job is idle now; see
+    /// `Catalog::start_pending_tick`.
+    pub async fn start_pending_tick(
+        &mut self,
+        job_id: Uuid,
+        fire_time: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> DomainResult<Option<Uuid>> {
+        let attempts = self.default_max_attempts().await?;
+        let started = self
+            .catalog
+            .start_pending_tick(job_id, fire_time, now, attempts)
+            .await?;
+        if let Some(run_id) = started {
+            // house: the catalog publishes this once house-catalog is merged
+            self.catalog.publish_run(run_id);
+        }
+        Ok(started)
+    }
+
+    async fn default_max_attempts(&mut self) -> DomainResult<i32> {
+        if let Some(attempts) = self.default_max_attempts {
+            return Ok(attempts);
+        }
+        let attempts = self.catalog.run_default_max_attempts().await?;
+        Ok(*self.default_max_attempts.insert(attempts))
+    }
+}

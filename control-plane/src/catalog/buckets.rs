@@ -4,8 +4,9 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{new_id, now_micros, on_pool, on_read_pool, Catalog, Page};
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use super::{in_transaction, new_id, now_micros, on_pool, on_read_pool, Catalog, Page};
+use crate::catalog::error::from_sqlx;
+use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::{Bucket, BucketSpec, Location, S3Location};
 
 const COLUMNS: &str = "id, owner_id, name, description, kind, s3_endpoint, s3_bucket, s3_region, \
@@ -112,7 +113,7 @@ impl Catalog {
              RETURNING {COLUMNS}"
         );
         let loc = LocationColumns::of(&spec.location);
-        let row = on_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, BucketRow>(&sql)
             .bind(new_id())
             .bind(spec.owner_id)
             .bind(&spec.name)
@@ -138,7 +139,7 @@ impl Catalog {
         let sql = format!(
             "SELECT {COLUMNS} FROM buckets WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
-        let row = on_read_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
+        let row = on_read_pool!(self, |pool| sqlx::query_as::<_, BucketRow>(&sql)
             .bind(id)
             .bind(owner_scope)
             .fetch_optional(pool)
@@ -161,7 +162,7 @@ impl Catalog {
              WHERE ($1 IS NULL OR owner_id = $1) AND ($2 IS NULL OR id > $2) \
              AND substr(name, 1, length($3)) = $3 ORDER BY id LIMIT $4"
         );
-        let rows = on_read_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
+        let rows = on_read_pool!(self, |pool| sqlx::query_as::<_, BucketRow>(&sql)
             .bind(owner_id)
             .bind(page.after)
             .bind(name_prefix)
@@ -192,7 +193,7 @@ impl Catalog {
              WHERE id = $1 AND update_time = $2 RETURNING {COLUMNS}"
         );
         let loc = LocationColumns::of(&spec.location);
-        let row = on_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, BucketRow>(&sql)
             .bind(id)
             .bind(read_update_time)
             .bind(spec.owner_id)
@@ -222,18 +223,24 @@ impl Catalog {
     /// Deletes a bucket's registration if it is within `owner_scope`. Refused
     /// with `FailedPrecondition` while jobs or runs refer to it.
     pub async fn delete_bucket(&self, id: Uuid, owner_scope: Option<Uuid>) -> DomainResult<()> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+        on_pool!(self, |pool| in_transaction!(pool, |tx| {
             let found: Option<Uuid> = sqlx::query_scalar(
-                "SELECT id FROM buckets WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)")
-                .bind(id).bind(owner_scope).fetch_optional(&mut *tx).await
-                .map_err(|e| from_sqlx(e, "bucket"))?;
+                "SELECT id FROM buckets WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)",
+            )
+            .bind(id)
+            .bind(owner_scope)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx(e, "bucket"))?;
             if found.is_none() {
                 return Err(DomainError::not_found("bucket", id));
             }
             for table in ["jobs", "runs"] {
                 let sql = format!("SELECT COUNT(*) FROM {table} WHERE target_bucket_id = $1");
-                let count: i64 = sqlx::query_scalar(&sql).bind(id).fetch_one(&mut *tx).await
+                let count: i64 = sqlx::query_scalar(&sql)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
                     .map_err(|e| from_sqlx(e, table))?;
                 if count > 0 {
                     return Err(DomainError::FailedPrecondition(format!(
@@ -241,10 +248,12 @@ impl Catalog {
                     )));
                 }
             }
-            sqlx::query("DELETE FROM buckets WHERE id = $1").bind(id).execute(&mut *tx).await
+            sqlx::query("DELETE FROM buckets WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
                 .map_err(|e| from_sqlx(e, "bucket"))?;
-            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-        });
-        Ok(())
+            Ok(())
+        }))
     }
 }

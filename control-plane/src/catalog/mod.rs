@@ -15,15 +15,17 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 use uuid::Uuid;
 
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult};
+use error::from_sqlx;
 
 pub mod buckets;
-pub(crate) mod commit;
 pub mod configurations;
+pub(crate) mod error;
 pub mod jobs;
 pub mod leases;
 pub mod metadata;
 pub mod objects;
+pub(crate) mod placeholders;
 pub mod repositories;
 pub mod retention;
 pub mod runs;
@@ -31,6 +33,7 @@ pub mod scheduler;
 pub mod snapshots;
 pub mod tags;
 pub mod users;
+pub mod workers;
 
 /// The connection pool of one backend.
 #[derive(Clone, Debug)]
@@ -45,14 +48,19 @@ pub enum Pool {
 /// `&Pool`). The body is compiled once per backend. With `$dialect` too, it
 /// is bound to the backend's [`Dialect`], for bodies whose SQL text must
 /// differ. Used through [`on_pool!`] and [`on_read_pool!`].
+///
+/// Call sites write the body as a closure, `|pool| body` or `|pool, dialect|
+/// body`. The closure is only surface syntax (the body is pasted into each
+/// arm, so it may `.await` and `?`), chosen so that rustfmt sees an ordinary
+/// expression and formats it.
 macro_rules! match_pool {
-    ($value:expr, $pool:ident => $body:expr) => {
+    ($value:expr, |$pool:ident| $body:expr) => {
         match $value {
             $crate::catalog::Pool::Postgres($pool) => $body,
             $crate::catalog::Pool::Sqlite($pool) => $body,
         }
     };
-    ($value:expr, $pool:ident, $dialect:ident => $body:expr) => {
+    ($value:expr, |$pool:ident, $dialect:ident| $body:expr) => {
         match $value {
             $crate::catalog::Pool::Postgres($pool) => {
                 let $dialect = $crate::catalog::Dialect::Postgres;
@@ -69,11 +77,11 @@ pub(crate) use match_pool;
 
 /// [`match_pool!`] on the catalog's pool (the writing connection on SQLite).
 macro_rules! on_pool {
-    ($catalog:expr, $pool:ident => $body:expr) => {
-        $crate::catalog::match_pool!(&$catalog.pool, $pool => $body)
+    ($catalog:expr, |$pool:ident| $body:expr) => {
+        $crate::catalog::match_pool!(&$catalog.pool, |$pool| $body)
     };
-    ($catalog:expr, $pool:ident, $dialect:ident => $body:expr) => {
-        $crate::catalog::match_pool!(&$catalog.pool, $pool, $dialect => $body)
+    ($catalog:expr, |$pool:ident, $dialect:ident| $body:expr) => {
+        $crate::catalog::match_pool!(&$catalog.pool, |$pool, $dialect| $body)
     };
 }
 pub(crate) use on_pool;
@@ -83,11 +91,45 @@ pub(crate) use on_pool;
 /// connection is inside a long transaction (a million-file snapshot apply
 /// holds it for seconds). On PostgreSQL it is the same pool.
 macro_rules! on_read_pool {
-    ($catalog:expr, $pool:ident => $body:expr) => {
-        $crate::catalog::match_pool!(&$catalog.read_pool, $pool => $body)
+    ($catalog:expr, |$pool:ident| $body:expr) => {
+        $crate::catalog::match_pool!(&$catalog.read_pool, |$pool| $body)
     };
 }
 pub(crate) use on_read_pool;
+
+/// Runs `$body` inside a transaction of `$pool` (a concrete pool, as
+/// [`on_pool!`] binds it), with `$tx` bound to the transaction, and
+/// evaluates to the body's `DomainResult`: the transaction commits when the
+/// body is `Ok` and rolls back when it is `Err`. Inside the body, `return`
+/// and `?` leave the body, not the enclosing function. Begin, commit and
+/// their error mapping are written here once.
+macro_rules! in_transaction {
+    ($pool:expr, |$tx:ident| $body:expr) => {
+        async {
+            let mut $tx = $pool
+                .begin()
+                .await
+                .map_err(|e| $crate::catalog::error::from_sqlx(e, "catalog"))?;
+            let result: $crate::error::DomainResult<_> = async { $body }.await;
+            match result {
+                Ok(value) => {
+                    $tx.commit()
+                        .await
+                        .map_err(|e| $crate::catalog::error::from_sqlx(e, "catalog"))?;
+                    Ok(value)
+                }
+                Err(error) => {
+                    if let Err(rollback) = $tx.rollback().await {
+                        tracing::debug!(%rollback, "rollback failed; the connection discards the transaction");
+                    }
+                    Err(error)
+                }
+            }
+        }
+        .await
+    };
+}
+pub(crate) use in_transaction;
 
 /// The SQL text conventions of a backend, for statements whose text differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +193,7 @@ pub struct Catalog {
     /// [`on_read_pool!`]); `pool` itself on PostgreSQL.
     read_pool: Pool,
     /// Serializes this process's snapshot commits per repository and job.
-    commit_locks: std::sync::Arc<commit::CommitLocks>,
+    commit_locks: std::sync::Arc<snapshots::CommitLocks>,
     /// Announces the id of every run whose row changed, after the change is
     /// committed (see [`Catalog::subscribe_runs`]).
     run_events: RunEvents,
@@ -279,8 +321,11 @@ impl Catalog {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> DomainResult<()> {
-        on_read_pool!(self, pool => {
-            sqlx::query("SELECT 1").execute(pool).await.map_err(|e| from_sqlx(e, "catalog"))?;
+        on_read_pool!(self, |pool| {
+            sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map_err(|e| from_sqlx(e, "catalog"))?;
         });
         Ok(())
     }
@@ -299,14 +344,17 @@ impl Catalog {
 
     /// Runs one statement outside the typed API (test set-up, administration).
     pub async fn execute_raw(&self, sql: &str) -> DomainResult<()> {
-        on_pool!(self, pool => sqlx::query(sql).execute(pool).await.map(|_| ()))
-            .map_err(|e| from_sqlx(e, "statement"))
+        on_pool!(self, |pool| sqlx::query(sql)
+            .execute(pool)
+            .await
+            .map(|_| ()))
+        .map_err(|e| from_sqlx(e, "statement"))
     }
 
     /// Closes every connection.
     pub async fn close(&self) {
-        on_pool!(self, pool => pool.close().await);
-        on_read_pool!(self, pool => pool.close().await);
+        on_pool!(self, |pool| pool.close().await);
+        on_read_pool!(self, |pool| pool.close().await);
     }
 }
 
@@ -387,6 +435,9 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> String {
 }
 
 #[cfg(test)]
+mod contract_tests;
+
+#[cfg(test)]
 mod tests {
     use super::{Catalog, Dialect, Page, Pool};
     use std::time::Duration;
@@ -424,9 +475,11 @@ mod tests {
         .expect("listing answers");
         assert!(buckets.is_empty());
         let admins = tokio::time::timeout(Duration::from_secs(5), async {
-            on_read_pool!(catalog, pool => sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM users WHERE username = 'held'")
-                .fetch_one(pool).await)
+            on_read_pool!(catalog, |pool| sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM users WHERE username = 'held'"
+            )
+            .fetch_one(pool)
+            .await)
         })
         .await
         .expect("a read waited for the writer")

@@ -12,9 +12,8 @@ use uuid::Uuid;
 
 use super::{resolve_target, WorkerProfile};
 use crate::api::{timestamp, AppState};
-use crate::catalog::leases::{
-    repository_of, AttemptOutcome, CompletionResult, LeaseSettings, LeaseState, WorkerRegistration,
-};
+use crate::catalog::leases::{AttemptOutcome, CompletionResult, LeaseSettings, LeaseState};
+use crate::catalog::workers::WorkerRegistration;
 use crate::error::{DomainError, DomainResult};
 use crate::model::configuration::RETENTION_APPLY_AFTER_BACKUP;
 use crate::model::retention::plan::RetentionScope;
@@ -301,7 +300,7 @@ impl Session {
     ) -> DomainResult<pb::RunAssignment> {
         let run = self.state.catalog.get_run(run_id).await?;
         let target = resolve_target(&self.state, &run.spec).await?;
-        let repository = repository_of(run.spec.target());
+        let repository = run.spec.target().repository();
         let repository_key = self.state.catalog.repository_key(&repository).await?;
         let mut assignment = pb::RunAssignment {
             lease: Some(lease_ref(run_id, token)),

@@ -102,6 +102,27 @@ fn bucket_name_taken(spec: &BucketSpec) -> String {
     format!("bucket named {:?} for this owner", spec.name)
 }
 
+/// Binds the columns that creating and updating a bucket write alike
+/// (owner to retention policy, twelve in all) to `$query`, in that order.
+macro_rules! bind_spec {
+    ($query:expr, $spec:expr) => {{
+        let loc = LocationColumns::of(&$spec.location);
+        $query
+            .bind($spec.owner_id)
+            .bind(&$spec.name)
+            .bind(&$spec.description)
+            .bind(loc.kind)
+            .bind(loc.s3_text(|s| s.endpoint.as_str()))
+            .bind(loc.s3_text(|s| s.bucket.as_str()))
+            .bind(loc.s3_text(|s| s.region.as_str()))
+            .bind(loc.s3.is_some_and(|s| s.force_path_style))
+            .bind(loc.s3_text(|s| s.credentials_ref.as_str()))
+            .bind(loc.path)
+            .bind(&$spec.prefix)
+            .bind($spec.retention_policy_id)
+    }};
+}
+
 impl Catalog {
     /// Registers a bucket; `AlreadyExists` if the owner has one of that name.
     pub async fn create_bucket(&self, spec: &BucketSpec) -> DomainResult<Bucket> {
@@ -112,24 +133,13 @@ impl Catalog {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
              RETURNING {COLUMNS}"
         );
-        let loc = LocationColumns::of(&spec.location);
-        let row = on_pool!(self, |pool| sqlx::query_as::<_, BucketRow>(&sql)
-            .bind(new_id())
-            .bind(spec.owner_id)
-            .bind(&spec.name)
-            .bind(&spec.description)
-            .bind(loc.kind)
-            .bind(loc.s3_text(|s| s.endpoint.as_str()))
-            .bind(loc.s3_text(|s| s.bucket.as_str()))
-            .bind(loc.s3_text(|s| s.region.as_str()))
-            .bind(loc.s3.is_some_and(|s| s.force_path_style))
-            .bind(loc.s3_text(|s| s.credentials_ref.as_str()))
-            .bind(loc.path)
-            .bind(&spec.prefix)
-            .bind(spec.retention_policy_id)
-            .bind(now_micros())
-            .fetch_one(pool)
-            .await)
+        let row = on_pool!(self, |pool| bind_spec!(
+            sqlx::query_as::<_, BucketRow>(&sql).bind(new_id()),
+            spec
+        )
+        .bind(now_micros())
+        .fetch_one(pool)
+        .await)
         .map_err(|e| from_sqlx(e, &bucket_name_taken(spec)))?;
         Bucket::try_from(row)
     }
@@ -170,11 +180,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "buckets"))?;
-        let buckets = rows
-            .into_iter()
-            .map(Bucket::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(buckets, |b| b.id))
+        page.finish_rows(rows, Bucket::try_from, |b| b.id)
     }
 
     /// Replaces the writable fields of a bucket, provided it was not changed
@@ -192,25 +198,15 @@ impl Catalog {
              retention_policy_id = $14, update_time = $15 \
              WHERE id = $1 AND update_time = $2 RETURNING {COLUMNS}"
         );
-        let loc = LocationColumns::of(&spec.location);
-        let row = on_pool!(self, |pool| sqlx::query_as::<_, BucketRow>(&sql)
-            .bind(id)
-            .bind(read_update_time)
-            .bind(spec.owner_id)
-            .bind(&spec.name)
-            .bind(&spec.description)
-            .bind(loc.kind)
-            .bind(loc.s3_text(|s| s.endpoint.as_str()))
-            .bind(loc.s3_text(|s| s.bucket.as_str()))
-            .bind(loc.s3_text(|s| s.region.as_str()))
-            .bind(loc.s3.is_some_and(|s| s.force_path_style))
-            .bind(loc.s3_text(|s| s.credentials_ref.as_str()))
-            .bind(loc.path)
-            .bind(&spec.prefix)
-            .bind(spec.retention_policy_id)
-            .bind(now_micros())
-            .fetch_optional(pool)
-            .await)
+        let row = on_pool!(self, |pool| bind_spec!(
+            sqlx::query_as::<_, BucketRow>(&sql)
+                .bind(id)
+                .bind(read_update_time),
+            spec
+        )
+        .bind(now_micros())
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| from_sqlx(e, &bucket_name_taken(spec)))?
         .ok_or_else(|| {
             DomainError::Aborted(format!(

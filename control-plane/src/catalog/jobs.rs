@@ -104,6 +104,25 @@ fn describe_job(draft: &JobDraft) -> String {
     format!("job named {:?} of this owner", draft.name)
 }
 
+/// Binds the columns `$2` to `$12` that creating and updating a job write
+/// alike (owner to schedule pause) to `$query`, in that order.
+macro_rules! bind_draft {
+    ($query:expr, $draft:expr) => {
+        $query
+            .bind($draft.owner_id)
+            .bind(&$draft.name)
+            .bind(&$draft.description)
+            .bind(&$draft.source_path)
+            .bind($draft.target.kind_str())
+            .bind($draft.target.bucket_id())
+            .bind($draft.target.path())
+            .bind(to_json(&$draft.options))
+            .bind(&$draft.schedule.cron)
+            .bind(&$draft.schedule.time_zone)
+            .bind($draft.schedule.paused)
+    };
+}
+
 impl Catalog {
     /// Creates a job. The draft must be validated (see `check_job_references`).
     /// An active schedule gets its first tick after now (the catalog's clock).
@@ -111,24 +130,13 @@ impl Catalog {
         let id = new_id();
         let now = self.now().await?;
         let next_run_time = draft.schedule.next_fire_after(now)?;
-        on_pool!(self, |pool| sqlx::query(
+        on_pool!(self, |pool| bind_draft!(sqlx::query(
             "INSERT INTO jobs (id, owner_id, name, description, source_path, target_kind, \
              target_bucket_id, target_path, options, schedule_cron, schedule_time_zone, \
              schedule_paused, schedule_missed_policy, schedule_overlap_policy, next_run_time, \
              retention_policy_id, worker_selector, max_attempts, create_time, update_time) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)")
-            .bind(id)
-            .bind(draft.owner_id)
-            .bind(&draft.name)
-            .bind(&draft.description)
-            .bind(&draft.source_path)
-            .bind(draft.target.kind_str())
-            .bind(draft.target.bucket_id())
-            .bind(draft.target.path())
-            .bind(to_json(&draft.options))
-            .bind(&draft.schedule.cron)
-            .bind(&draft.schedule.time_zone)
-            .bind(draft.schedule.paused)
+            .bind(id), draft)
             .bind(draft.schedule.missed_runs.as_str())
             .bind(draft.schedule.overlap.as_str())
             .bind(next_run_time)
@@ -176,11 +184,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "jobs"))?;
-        let jobs = rows
-            .into_iter()
-            .map(Job::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(jobs, |job| job.id))
+        page.finish_rows(rows, Job::try_from, |job| job.id)
     }
 
     /// Replaces the editable fields of a job.
@@ -197,7 +201,8 @@ impl Catalog {
         let next_run_time = draft.schedule.next_fire_after(now)?;
         let keeps_pending =
             draft.schedule.is_active() && draft.schedule.overlap == OverlapPolicy::Queue;
-        let updated = on_pool!(self, |pool| sqlx::query(
+        let updated =
+            on_pool!(self, |pool| bind_draft!(sqlx::query(
             "UPDATE jobs SET owner_id = $2, name = $3, description = $4, source_path = $5, \
              target_kind = $6, target_bucket_id = $7, target_path = $8, options = $9, \
              next_run_time = CASE WHEN schedule_cron = $10 AND schedule_time_zone = $11 \
@@ -208,30 +213,19 @@ impl Catalog {
              retention_policy_id = $13, worker_selector = $14, max_attempts = $15, \
              update_time = $20 WHERE id = $1"
         )
-        .bind(id)
-        .bind(draft.owner_id)
-        .bind(&draft.name)
-        .bind(&draft.description)
-        .bind(&draft.source_path)
-        .bind(draft.target.kind_str())
-        .bind(draft.target.bucket_id())
-        .bind(draft.target.path())
-        .bind(to_json(&draft.options))
-        .bind(&draft.schedule.cron)
-        .bind(&draft.schedule.time_zone)
-        .bind(draft.schedule.paused)
-        .bind(draft.retention_policy_id)
-        .bind(to_json(&draft.worker_selector))
-        .bind(draft.max_attempts)
-        .bind(draft.schedule.missed_runs.as_str())
-        .bind(draft.schedule.overlap.as_str())
-        .bind(next_run_time)
-        .bind(keeps_pending)
-        .bind(now_micros())
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))
-        .map_err(|e| from_sqlx(e, &describe_job(draft)))?;
+        .bind(id), draft)
+            .bind(draft.retention_policy_id)
+            .bind(to_json(&draft.worker_selector))
+            .bind(draft.max_attempts)
+            .bind(draft.schedule.missed_runs.as_str())
+            .bind(draft.schedule.overlap.as_str())
+            .bind(next_run_time)
+            .bind(keeps_pending)
+            .bind(now_micros())
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
+            .map_err(|e| from_sqlx(e, &describe_job(draft)))?;
         if updated == 0 {
             return Err(DomainError::not_found("job", id));
         }

@@ -133,6 +133,19 @@ pub enum CompletionResult {
     },
 }
 
+/// Deletes the staged batches of a lease whose attempt is over, inside the
+/// open transaction `$tx` of either backend.
+macro_rules! delete_staged_batches_in_tx {
+    ($tx:ident, $run_id:expr, $lease_token:expr) => {
+        sqlx::query("DELETE FROM run_staged_batches WHERE run_id = $1 AND lease_token = $2")
+            .bind($run_id)
+            .bind($lease_token)
+            .execute(&mut *$tx)
+            .await
+            .map_err(|e| from_sqlx(e, "staged batches"))?
+    };
+}
+
 fn chrono_duration(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
@@ -273,13 +286,7 @@ impl Catalog {
                 .bind(run_id).bind(lease_token).bind(now)
                 .execute(&mut *tx).await.map(|r| r.rows_affected())
                 .map_err(|e| from_sqlx(e, "run"))?;
-            sqlx::query("DELETE FROM run_staged_batches WHERE run_id = $1 AND lease_token = $2")
-                .bind(run_id)
-                .bind(lease_token)
-                .execute(&mut *tx)
-                .await
-                .map(|r| r.rows_affected())
-                .map_err(|e| from_sqlx(e, "staged batches"))?;
+            delete_staged_batches_in_tx!(tx, run_id, lease_token);
             Ok(released)
         }))?;
         if released > 0 {
@@ -337,15 +344,7 @@ impl Catalog {
                     .bind(id).bind(state).bind(&error).bind(not_before).bind(finish).bind(now).bind(lease_token)
                     .execute(&mut *tx).await.map(|r| r.rows_affected())
                     .map_err(|e| from_sqlx(e, "run"))?;
-                sqlx::query(
-                    "DELETE FROM run_staged_batches WHERE run_id = $1 AND lease_token = $2",
-                )
-                .bind(id)
-                .bind(lease_token)
-                .execute(&mut *tx)
-                .await
-                .map(|r| r.rows_affected())
-                .map_err(|e| from_sqlx(e, "staged batches"))?;
+                delete_staged_batches_in_tx!(tx, id, lease_token);
                 changed.push((id, lease_token));
             }
             Ok(())
@@ -499,13 +498,7 @@ impl Catalog {
                     state
                 }
             };
-            sqlx::query("DELETE FROM run_staged_batches WHERE run_id = $1 AND lease_token = $2")
-                .bind(run_id)
-                .bind(lease_token)
-                .execute(&mut *tx)
-                .await
-                .map(|r| r.rows_affected())
-                .map_err(|e| from_sqlx(e, "staged batches"))?;
+            delete_staged_batches_in_tx!(tx, run_id, lease_token);
             changed = true;
             Ok(Some(CompletionResult::Accepted {
                 state: new_state.to_string(),

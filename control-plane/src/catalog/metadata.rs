@@ -126,11 +126,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "backup metadata"))?;
-        let records = rows
-            .into_iter()
-            .map(BackupMetadata::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(records, |record| record.id))
+        page.finish_rows(rows, BackupMetadata::try_from, |record| record.id)
     }
 
     /// Replaces the values of a manual record; automatic records are

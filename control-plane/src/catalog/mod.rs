@@ -421,6 +421,17 @@ impl Page {
             (rows, String::new())
         }
     }
+
+    /// [`Page::finish`] for rows that convert into what the list returns.
+    pub fn finish_rows<R, T>(
+        &self,
+        rows: Vec<R>,
+        convert: impl Fn(R) -> DomainResult<T>,
+        id_of: impl Fn(&T) -> Uuid,
+    ) -> DomainResult<(Vec<T>, String)> {
+        let items = rows.into_iter().map(convert).collect::<DomainResult<_>>()?;
+        Ok(self.finish(items, id_of))
+    }
 }
 
 /// Decodes a JSON text column, treating corruption as an internal error.

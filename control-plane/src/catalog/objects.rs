@@ -58,6 +58,19 @@ fn object_conditions() -> String {
     )
 }
 
+/// Binds `$1` to `$5` of [`object_conditions`] from an [`ObjectFilter`] and
+/// a page.
+macro_rules! bind_object_conditions {
+    ($query:expr, $filter:expr, $page:expr) => {
+        $query
+            .bind($filter.owner_id)
+            .bind($filter.bucket_id)
+            .bind($filter.job_id)
+            .bind(&$filter.path_prefix)
+            .bind($page.after)
+    };
+}
+
 #[derive(sqlx::FromRow)]
 struct ObjectRow {
     id: Uuid,
@@ -192,6 +205,17 @@ impl Catalog {
         Ok(latest)
     }
 
+    /// A page of objects with their latest versions, from the rows of a
+    /// list query (one more than the page).
+    async fn page_of_objects(
+        &self,
+        rows: Vec<ObjectRow>,
+        page: Page,
+    ) -> DomainResult<(Vec<BackupObject>, String)> {
+        let (rows, token) = page.finish(rows, |row| row.id);
+        Ok((self.with_latest_versions(rows).await?, token))
+    }
+
     /// Attaches each object's latest version.
     async fn with_latest_versions(&self, rows: Vec<ObjectRow>) -> DomainResult<Vec<BackupObject>> {
         let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
@@ -225,20 +249,18 @@ impl Catalog {
              ORDER BY o.path_text, o.id LIMIT $8",
             object_conditions()
         );
-        let rows = on_read_pool!(self, |pool| sqlx::query_as::<_, ObjectRow>(&sql)
-            .bind(filter.owner_id)
-            .bind(filter.bucket_id)
-            .bind(filter.job_id)
-            .bind(&filter.path_prefix)
-            .bind(page.after)
-            .bind(tag.map(|t| t.key.as_str()))
-            .bind(tag.and_then(|t| t.value.as_deref()))
-            .bind(page.limit())
-            .fetch_all(pool)
-            .await)
+        let rows = on_read_pool!(self, |pool| bind_object_conditions!(
+            sqlx::query_as::<_, ObjectRow>(&sql),
+            filter,
+            page
+        )
+        .bind(tag.map(|t| t.key.as_str()))
+        .bind(tag.and_then(|t| t.value.as_deref()))
+        .bind(page.limit())
+        .fetch_all(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "objects"))?;
-        let (rows, token) = page.finish(rows, |row| row.id);
-        Ok((self.with_latest_versions(rows).await?, token))
+        self.page_of_objects(rows, page).await
     }
 
     /// Returns an object with its latest version, if within `owner_scope`.
@@ -328,21 +350,19 @@ impl Catalog {
             object_conditions()
         );
         let objects = &filter.objects;
-        let rows = on_read_pool!(self, |pool| sqlx::query_as::<_, ObjectRow>(&sql)
-            .bind(objects.owner_id)
-            .bind(objects.bucket_id)
-            .bind(objects.job_id)
-            .bind(&objects.path_prefix)
-            .bind(page.after)
-            .bind(filter.include_deleted)
-            .bind(&filter.tag_key)
-            .bind(&filter.tag_value)
-            .bind(page.limit())
-            .fetch_all(pool)
-            .await)
+        let rows = on_read_pool!(self, |pool| bind_object_conditions!(
+            sqlx::query_as::<_, ObjectRow>(&sql),
+            objects,
+            page
+        )
+        .bind(filter.include_deleted)
+        .bind(&filter.tag_key)
+        .bind(&filter.tag_value)
+        .bind(page.limit())
+        .fetch_all(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "objects"))?;
-        let (rows, token) = page.finish(rows, |row| row.id);
-        Ok((self.with_latest_versions(rows).await?, token))
+        self.page_of_objects(rows, page).await
     }
 
     /// Lists groups of current regular files sharing a content hash, largest

@@ -195,11 +195,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "retention policies"))?;
-        let policies = rows
-            .into_iter()
-            .map(RetentionPolicy::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(policies, |p| p.id))
+        page.finish_rows(rows, RetentionPolicy::try_from, |p| p.id)
     }
 
     /// Replaces the writable fields of a policy, provided it was not changed
@@ -386,11 +382,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "object retentions"))?;
-        let retentions = rows
-            .into_iter()
-            .map(ObjectRetention::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(retentions, |r| r.id))
+        page.finish_rows(rows, ObjectRetention::try_from, |r| r.id)
     }
 
     /// Replaces the writable fields of an object retention, provided it was not

@@ -207,11 +207,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "runs"))?;
-        let runs = rows
-            .into_iter()
-            .map(Run::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(runs, |run| run.id))
+        page.finish_rows(rows, Run::try_from, |run| run.id)
     }
 
     /// Cancels a run: a queued run becomes cancelled at once, a running one

@@ -142,11 +142,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "tags"))?;
-        let tags = rows
-            .into_iter()
-            .map(Tag::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(tags, |t| t.id))
+        page.finish_rows(rows, Tag::try_from, |t| t.id)
     }
 
     /// Changes a tag's value.

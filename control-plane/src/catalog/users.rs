@@ -304,11 +304,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "api tokens"))?;
-        let tokens = rows
-            .into_iter()
-            .map(ApiToken::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(tokens, |t| t.id))
+        page.finish_rows(rows, ApiToken::try_from, |t| t.id)
     }
 
     /// Returns a token by id.

@@ -27,6 +27,29 @@ use crate::model::retention::plan::{
 use crate::model::retention::{KeepRules, RetentionPolicy};
 use crate::model::run::{NewRun, RetentionSpec, RunSpec, SnapshotSource, Target};
 
+/// The `$row`s that `$sql_for(n)` (a statement with an IN list of `n` ids
+/// from `$1`) selects for every id of `$ids`, [`BATCH_ROWS`] ids per
+/// statement, inside the open transaction `$tx` of either backend.
+macro_rules! fetch_by_ids_in_tx {
+    ($tx:ident, $row:ty, $ids:expr, $sql_for:expr, $what:expr) => {{
+        let mut rows: Vec<$row> = Vec::new();
+        for chunk in $ids.chunks(BATCH_ROWS) {
+            let sql = $sql_for(chunk.len());
+            let mut query = sqlx::query_as::<_, $row>(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            rows.extend(
+                query
+                    .fetch_all(&mut *$tx)
+                    .await
+                    .map_err(|e| from_sqlx(e, $what))?,
+            );
+        }
+        rows
+    }};
+}
+
 /// The conditions selecting a scope's runs (`r`) and objects (`o`) by `$1`.
 fn scope_conditions(scope: RetentionScope) -> (&'static str, &'static str, Uuid) {
     match scope {
@@ -263,20 +286,13 @@ impl Catalog {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let mut versions = Vec::new();
-            for chunk in held_objects.chunks(BATCH_ROWS) {
-                let sql = versions_sql(chunk.len());
-                let mut query = sqlx::query_as::<_, VersionRow>(&sql);
-                for object_id in chunk {
-                    query = query.bind(*object_id);
-                }
-                versions.extend(
-                    query
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(|e| from_sqlx(e, "object versions"))?,
-                );
-            }
+            let versions = fetch_by_ids_in_tx!(
+                tx,
+                VersionRow,
+                held_objects,
+                versions_sql,
+                "object versions"
+            );
             // Version tags matter only to object policies.
             let policy_objects: Vec<Uuid> = holds
                 .iter()
@@ -285,20 +301,13 @@ impl Catalog {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let mut version_tags = Vec::new();
-            for chunk in policy_objects.chunks(BATCH_ROWS) {
-                let sql = version_tags_sql(chunk.len());
-                let mut query = sqlx::query_as::<_, TagRow>(&sql);
-                for object_id in chunk {
-                    query = query.bind(*object_id);
-                }
-                version_tags.extend(
-                    query
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(|e| from_sqlx(e, "object version tags"))?,
-                );
-            }
+            let version_tags = fetch_by_ids_in_tx!(
+                tx,
+                TagRow,
+                policy_objects,
+                version_tags_sql,
+                "object version tags"
+            );
 
             let policy_ids: Vec<Uuid> = snapshots
                 .iter()
@@ -309,21 +318,17 @@ impl Catalog {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let mut policies = HashMap::with_capacity(policy_ids.len());
-            for chunk in policy_ids.chunks(BATCH_ROWS) {
-                let sql = policies_sql(chunk.len());
-                let mut query = sqlx::query_as::<_, PolicyRow>(&sql);
-                for policy_id in chunk {
-                    query = query.bind(*policy_id);
-                }
-                for row in query
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|e| from_sqlx(e, "retention policies"))?
-                {
-                    let policy = RetentionPolicy::try_from(row)?;
-                    policies.insert(policy.id, policy);
-                }
+            let policy_rows = fetch_by_ids_in_tx!(
+                tx,
+                PolicyRow,
+                policy_ids,
+                policies_sql,
+                "retention policies"
+            );
+            let mut policies = HashMap::with_capacity(policy_rows.len());
+            for row in policy_rows {
+                let policy = RetentionPolicy::try_from(row)?;
+                policies.insert(policy.id, policy);
             }
             Ok(PlanRows {
                 snapshots,

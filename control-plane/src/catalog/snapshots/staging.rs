@@ -21,6 +21,16 @@ use crate::catalog::{in_transaction, on_pool, Catalog};
 use crate::error::{DomainError, DomainResult};
 use crate::model::object::{parse_kind, EntryKind, FileAttributes, SnapshotEntry};
 
+/// One batch of a lease's output as the worker sent it.
+#[derive(Clone, Copy)]
+struct StagedBatch<'a> {
+    run_id: Uuid,
+    lease_token: i64,
+    sequence: i64,
+    payload: &'a [u8],
+    errors: &'a [(String, String)],
+}
+
 impl Catalog {
     /// Stages one batch of an attempt's output (and records its per-file
     /// errors), if the lease is current. A batch sent twice is stored once.
@@ -44,26 +54,22 @@ impl Catalog {
                 None
             }
         };
-        if plan.is_some() {
-            match self
-                .stage(
-                    run_id,
-                    lease_token,
-                    sequence,
-                    payload,
-                    errors,
-                    plan.as_ref(),
-                )
-                .await
-            {
+        let batch = StagedBatch {
+            run_id,
+            lease_token,
+            sequence,
+            payload,
+            errors,
+        };
+        if let Some(plan) = &plan {
+            match self.stage(&batch, Some(plan)).await {
                 Ok(state) => return Ok(state),
                 Err(error) => {
                     tracing::debug!(run = %run_id, sequence, %error, "batch staged unplanned");
                 }
             }
         }
-        self.stage(run_id, lease_token, sequence, payload, errors, None)
-            .await
+        self.stage(&batch, None).await
     }
 
     /// The plan of a backup's batch, with the generation it read.
@@ -82,15 +88,20 @@ impl Catalog {
         Ok(Some((generation, rows)))
     }
 
+    /// Stores a batch and its errors, with its plan if it has one, if the
+    /// lease is current.
     async fn stage(
         &self,
-        run_id: Uuid,
-        lease_token: i64,
-        sequence: i64,
-        payload: &[u8],
-        errors: &[(String, String)],
+        batch: &StagedBatch<'_>,
         plan: Option<&(i64, Vec<PendingRow>)>,
     ) -> DomainResult<LeaseState> {
+        let StagedBatch {
+            run_id,
+            lease_token,
+            sequence,
+            payload,
+            errors,
+        } = *batch;
         let now = self.now().await?;
         let check = format!(
             "SELECT attempt, cancel_requested FROM runs WHERE id = $1 AND lease_token = $2 AND state = 'running'{}",

@@ -130,23 +130,20 @@ impl Catalog {
         let id = new_id();
         let now = self.now().await?;
         let next_run_time = draft.schedule.next_fire_after(now)?;
-        on_pool!(self, |pool| bind_draft!(sqlx::query(
-            "INSERT INTO jobs (id, owner_id, name, description, source_path, target_kind, \
-             target_bucket_id, target_path, options, schedule_cron, schedule_time_zone, \
-             schedule_paused, schedule_missed_policy, schedule_overlap_policy, next_run_time, \
-             retention_policy_id, worker_selector, max_attempts, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)")
-            .bind(id), draft)
-            .bind(draft.schedule.missed_runs.as_str())
-            .bind(draft.schedule.overlap.as_str())
-            .bind(next_run_time)
-            .bind(draft.retention_policy_id)
-            .bind(to_json(&draft.worker_selector))
-            .bind(draft.max_attempts)
-            .bind(now_micros())
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
+        on_pool!(self, |pool| bind_draft!(
+            sqlx::query(include_str!("sql/jobs/insert.sql")).bind(id),
+            draft
+        )
+        .bind(draft.schedule.missed_runs.as_str())
+        .bind(draft.schedule.overlap.as_str())
+        .bind(next_run_time)
+        .bind(draft.retention_policy_id)
+        .bind(to_json(&draft.worker_selector))
+        .bind(draft.max_attempts)
+        .bind(now_micros())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, &describe_job(draft)))?;
         self.get_job(id).await
     }
@@ -201,31 +198,22 @@ impl Catalog {
         let next_run_time = draft.schedule.next_fire_after(now)?;
         let keeps_pending =
             draft.schedule.is_active() && draft.schedule.overlap == OverlapPolicy::Queue;
-        let updated =
-            on_pool!(self, |pool| bind_draft!(sqlx::query(
-            "UPDATE jobs SET owner_id = $2, name = $3, description = $4, source_path = $5, \
-             target_kind = $6, target_bucket_id = $7, target_path = $8, options = $9, \
-             next_run_time = CASE WHEN schedule_cron = $10 AND schedule_time_zone = $11 \
-                 AND schedule_paused = $12 THEN next_run_time ELSE $18 END, \
-             schedule_pending_time = CASE WHEN $19 THEN schedule_pending_time ELSE NULL END, \
-             schedule_cron = $10, schedule_time_zone = $11, schedule_paused = $12, \
-             schedule_missed_policy = $16, schedule_overlap_policy = $17, \
-             retention_policy_id = $13, worker_selector = $14, max_attempts = $15, \
-             update_time = $20 WHERE id = $1"
+        let updated = on_pool!(self, |pool| bind_draft!(
+            sqlx::query(include_str!("sql/jobs/update.sql")).bind(id),
+            draft
         )
-        .bind(id), draft)
-            .bind(draft.retention_policy_id)
-            .bind(to_json(&draft.worker_selector))
-            .bind(draft.max_attempts)
-            .bind(draft.schedule.missed_runs.as_str())
-            .bind(draft.schedule.overlap.as_str())
-            .bind(next_run_time)
-            .bind(keeps_pending)
-            .bind(now_micros())
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
-            .map_err(|e| from_sqlx(e, &describe_job(draft)))?;
+        .bind(draft.retention_policy_id)
+        .bind(to_json(&draft.worker_selector))
+        .bind(draft.max_attempts)
+        .bind(draft.schedule.missed_runs.as_str())
+        .bind(draft.schedule.overlap.as_str())
+        .bind(next_run_time)
+        .bind(keeps_pending)
+        .bind(now_micros())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| from_sqlx(e, &describe_job(draft)))?;
         if updated == 0 {
             return Err(DomainError::not_found("job", id));
         }

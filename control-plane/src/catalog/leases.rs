@@ -215,18 +215,16 @@ impl Catalog {
                 if !accept(&candidate) {
                     continue;
                 }
-                let granted: Option<(i64, i32)> = sqlx::query_as(
-                    "UPDATE runs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
-                     worker_id = $2, lease_expire_time = $3, deadline_time = $4, start_time = $5, update_time = $5 \
-                     WHERE id = $1 AND state = 'queued' RETURNING lease_token, attempt")
-                    .bind(id)
-                    .bind(worker_id)
-                    .bind(expire)
-                    .bind(deadline)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| from_sqlx(e, "run"))?;
+                let granted: Option<(i64, i32)> =
+                    sqlx::query_as(include_str!("sql/leases/grant.sql"))
+                        .bind(id)
+                        .bind(worker_id)
+                        .bind(expire)
+                        .bind(deadline)
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| from_sqlx(e, "run"))?;
                 if let Some((lease_token, attempt)) = granted {
                     leased.push(LeasedRun {
                         id,
@@ -254,10 +252,9 @@ impl Catalog {
     ) -> DomainResult<LeaseState> {
         let now = self.now().await?;
         let expire = now + chrono_duration(settings.ttl);
-        let cancel: Option<bool> = on_pool!(self, |pool| sqlx::query_scalar(
-            "UPDATE runs SET lease_expire_time = $3, progress = $4, update_time = $5 \
-             WHERE id = $1 AND lease_token = $2 AND state = 'running' RETURNING cancel_requested"
-        )
+        let cancel: Option<bool> = on_pool!(self, |pool| sqlx::query_scalar(include_str!(
+            "sql/leases/heartbeat.sql"
+        ))
         .bind(run_id)
         .bind(lease_token)
         .bind(expire)
@@ -277,14 +274,13 @@ impl Catalog {
     pub async fn release_run(&self, run_id: Uuid, lease_token: i64) -> DomainResult<LeaseState> {
         let now = self.now().await?;
         let released = on_pool!(self, |pool| in_transaction!(pool, |tx| {
-            let released = sqlx::query(
-                "UPDATE runs SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, \
-                 finish_time = CASE WHEN cancel_requested THEN $3 ELSE finish_time END, \
-                 attempt = attempt - 1, worker_id = NULL, lease_expire_time = NULL, deadline_time = NULL, \
-                 not_before_time = $3, update_time = $3 \
-                 WHERE id = $1 AND lease_token = $2 AND state = 'running'")
-                .bind(run_id).bind(lease_token).bind(now)
-                .execute(&mut *tx).await.map(|r| r.rows_affected())
+            let released = sqlx::query(include_str!("sql/leases/release.sql"))
+                .bind(run_id)
+                .bind(lease_token)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map(|r| r.rows_affected())
                 .map_err(|e| from_sqlx(e, "run"))?;
             delete_staged_batches_in_tx!(tx, run_id, lease_token);
             Ok(released)
@@ -338,11 +334,17 @@ impl Catalog {
                         None,
                     )
                 };
-                sqlx::query(
-                    "UPDATE runs SET state = $2, error = $3, not_before_time = $4, finish_time = $5, worker_id = NULL, \
-                     lease_expire_time = NULL, deadline_time = NULL, update_time = $6 WHERE id = $1 AND lease_token = $7")
-                    .bind(id).bind(state).bind(&error).bind(not_before).bind(finish).bind(now).bind(lease_token)
-                    .execute(&mut *tx).await.map(|r| r.rows_affected())
+                sqlx::query(include_str!("sql/leases/expire.sql"))
+                    .bind(id)
+                    .bind(state)
+                    .bind(&error)
+                    .bind(not_before)
+                    .bind(finish)
+                    .bind(now)
+                    .bind(lease_token)
+                    .execute(&mut *tx)
+                    .await
+                    .map(|r| r.rows_affected())
                     .map_err(|e| from_sqlx(e, "run"))?;
                 delete_staged_batches_in_tx!(tx, id, lease_token);
                 changed.push((id, lease_token));
@@ -460,17 +462,28 @@ impl Catalog {
                     }
                     let duration =
                         start_time.map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0);
-                    sqlx::query(
-                        "UPDATE runs SET state = 'succeeded', finish_time = $2, progress = $3, error = '', manifest_key = $4, \
-                         completed_lease_token = $5, worker_id = NULL, lease_expire_time = NULL, update_time = $2 WHERE id = $1")
-                        .bind(run_id).bind(now).bind(progress_json).bind(manifest_key).bind(lease_token)
-                        .execute(&mut *tx).await.map(|r| r.rows_affected())
+                    sqlx::query(include_str!("sql/leases/succeed.sql"))
+                        .bind(run_id)
+                        .bind(now)
+                        .bind(progress_json)
+                        .bind(manifest_key)
+                        .bind(lease_token)
+                        .execute(&mut *tx)
+                        .await
+                        .map(|r| r.rows_affected())
                         .map_err(|e| from_sqlx(e, "run"))?;
-                    sqlx::query(
-                        "INSERT INTO backup_metadata (id, owner_id, job_id, run_id, size_bytes, duration_seconds, details, source, create_time, update_time) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'automatic', $8, $8)")
-                        .bind(new_id()).bind(owner_id).bind(job_id).bind(run_id).bind(*size_bytes).bind(duration).bind(details).bind(now)
-                        .execute(&mut *tx).await.map(|r| r.rows_affected())
+                    sqlx::query(include_str!("sql/leases/record_metadata.sql"))
+                        .bind(new_id())
+                        .bind(owner_id)
+                        .bind(job_id)
+                        .bind(run_id)
+                        .bind(*size_bytes)
+                        .bind(duration)
+                        .bind(details)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map(|r| r.rows_affected())
                         .map_err(|e| from_sqlx(e, "backup metadata"))?;
                     "succeeded"
                 }
@@ -487,13 +500,18 @@ impl Catalog {
                     } else {
                         ("failed", now, Some(now))
                     };
-                    sqlx::query(
-                        "UPDATE runs SET state = $2, error = $3, not_before_time = $4, finish_time = $5, progress = $6, \
-                         completed_lease_token = $7, worker_id = NULL, lease_expire_time = NULL, deadline_time = NULL, update_time = $8 \
-                         WHERE id = $1")
-                        .bind(run_id).bind(state).bind(&message).bind(not_before).bind(finish).bind(progress_json)
-                        .bind(lease_token).bind(now)
-                        .execute(&mut *tx).await.map(|r| r.rows_affected())
+                    sqlx::query(include_str!("sql/leases/end_attempt.sql"))
+                        .bind(run_id)
+                        .bind(state)
+                        .bind(&message)
+                        .bind(not_before)
+                        .bind(finish)
+                        .bind(progress_json)
+                        .bind(lease_token)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map(|r| r.rows_affected())
                         .map_err(|e| from_sqlx(e, "run"))?;
                     state
                 }

@@ -4,7 +4,16 @@
 //! Both backends run the same SQL wherever the dialects agree; the `on_pool!`
 //! macro expands one body once per backend, so a query is written once and
 //! type-checked against both drivers. Where the dialects differ (leasing, the
-//! database clock) the module says so next to the query.
+//! database clock) the module says so next to the query. `in_transaction!`
+//! is the one way to open a transaction (commit on `Ok`, roll back on
+//! `Err`), `error.rs` the one place database errors become domain errors, and
+//! the longer static statements live in `sql/`, one file each.
+//!
+//! Where things are: `snapshots/` is the snapshot write path (staging a
+//! worker's batches, planning, applying, completing, removing) and its
+//! queries; `leases.rs` the lease state machine; `workers.rs` worker
+//! registration; `objects.rs` reads objects and versions; the other files
+//! are one resource each.
 
 use std::str::FromStr;
 use std::time::Duration;

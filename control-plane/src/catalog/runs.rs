@@ -127,24 +127,23 @@ impl Catalog {
 
     async fn insert_run(&self, id: Uuid, new: &NewRun) -> DomainResult<()> {
         let now = self.now().await?;
-        on_pool!(self, |pool| sqlx::query(
-            "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, request_id, \
-             max_attempts, not_before_time, worker_selector, create_time, update_time, repository) \
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $9, $9, $11)")
-            .bind(id)
-            .bind(new.owner_id)
-            .bind(new.job_id)
-            .bind(new.spec.kind().as_str())
-            .bind(to_json(&new.spec))
-            .bind(new.spec.target_bucket_id())
-            .bind(new.request_id)
-            .bind(new.max_attempts)
-            .bind(now)
-            .bind(to_json(new.spec.worker_selector()))
-            .bind(new.spec.target().repository())
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
+        on_pool!(self, |pool| sqlx::query(include_str!(
+            "sql/runs/insert.sql"
+        ))
+        .bind(id)
+        .bind(new.owner_id)
+        .bind(new.job_id)
+        .bind(new.spec.kind().as_str())
+        .bind(to_json(&new.spec))
+        .bind(new.spec.target_bucket_id())
+        .bind(new.request_id)
+        .bind(new.max_attempts)
+        .bind(now)
+        .bind(to_json(new.spec.worker_selector()))
+        .bind(new.spec.target().repository())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, "run with this request id"))?;
         self.publish_run(id);
         Ok(())

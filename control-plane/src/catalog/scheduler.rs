@@ -30,18 +30,16 @@ use crate::scheduler::policy::{decide, TickOutcome};
 const ACTIVE_RUN: &str =
     "SELECT COUNT(*) FROM runs WHERE job_id = $1 AND state IN ('queued', 'running')";
 
-/// Queues a run inside a firing transaction: the columns `insert_run` in
-/// `runs.rs` writes, plus `ON CONFLICT DO NOTHING` because a run for the same
+/// Queues a run inside a firing transaction: the statement `insert_run` in
+/// `runs.rs` runs, plus `ON CONFLICT DO NOTHING` because a run for the same
 /// tick (same request id) means the tick already has its run. Evaluates to the
 /// number of rows inserted.
 macro_rules! insert_scheduled_run {
     ($tx:expr, $id:expr, $new:expr, $now:expr) => {
-        sqlx::query(
-            "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, request_id, \
-             max_attempts, not_before_time, worker_selector, create_time, update_time, repository) \
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $9, $9, $11) \
-             ON CONFLICT (owner_id, request_id) DO NOTHING",
-        )
+        sqlx::query(concat!(
+            include_str!("sql/runs/insert.sql"),
+            "ON CONFLICT (owner_id, request_id) DO NOTHING"
+        ))
         .bind($id)
         .bind($new.owner_id)
         .bind($new.job_id)
@@ -125,18 +123,7 @@ impl Catalog {
         let now = self.now().await?;
         let expire = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
         let row = on_pool!(self, |pool| sqlx::query_as::<_, (i64, DateTime<Utc>)>(
-            "INSERT INTO scheduler_leader (id, holder, term, acquire_time, expire_time) \
-             VALUES (1, $1, 1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET \
-                 term = CASE WHEN scheduler_leader.holder = excluded.holder \
-                     THEN scheduler_leader.term ELSE scheduler_leader.term + 1 END, \
-                 acquire_time = CASE WHEN scheduler_leader.holder = excluded.holder \
-                     THEN scheduler_leader.acquire_time ELSE excluded.acquire_time END, \
-                 holder = excluded.holder, \
-                 expire_time = excluded.expire_time \
-             WHERE scheduler_leader.holder = excluded.holder \
-                 OR scheduler_leader.expire_time <= excluded.acquire_time \
-             RETURNING term, expire_time"
+            include_str!("sql/scheduler/take_leadership.sql")
         )
         .bind(holder)
         .bind(now)

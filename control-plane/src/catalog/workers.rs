@@ -50,21 +50,18 @@ impl Catalog {
     /// Registers (or re-registers, by name) a worker and marks it connected.
     pub async fn register_worker(&self, worker: &WorkerRegistration) -> DomainResult<Uuid> {
         let now = self.now().await?;
-        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(
-            "INSERT INTO workers (id, name, labels, slots, source_roots, version, connected, last_seen_time, create_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $7) \
-             ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, slots = excluded.slots, \
-             source_roots = excluded.source_roots, version = excluded.version, connected = TRUE, \
-             last_seen_time = excluded.last_seen_time RETURNING id")
-            .bind(new_id())
-            .bind(&worker.name)
-            .bind(to_json(&worker.labels))
-            .bind(worker.slots)
-            .bind(to_json(&worker.source_roots))
-            .bind(&worker.version)
-            .bind(now)
-            .fetch_one(pool)
-            .await)
+        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(include_str!(
+            "sql/workers/register.sql"
+        ))
+        .bind(new_id())
+        .bind(&worker.name)
+        .bind(to_json(&worker.labels))
+        .bind(worker.slots)
+        .bind(to_json(&worker.source_roots))
+        .bind(&worker.version)
+        .bind(now)
+        .fetch_one(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "worker"))
     }
 

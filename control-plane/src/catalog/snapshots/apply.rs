@@ -12,6 +12,15 @@ use crate::catalog::{in_transaction, now_micros, on_pool, Catalog, Dialect, Pool
 use crate::error::{DomainError, DomainResult};
 use crate::model::object::{SnapshotCommit, SnapshotStats};
 
+/// Inserts a plan's new objects (`$1` the plan, `$7` its deletion markers).
+pub(crate) const INSERT_OBJECTS: &str = include_str!("../sql/snapshots/insert_objects.sql");
+
+/// Inserts a plan's new versions (`$1` the plan, `$4` its deletion markers).
+pub(crate) const INSERT_VERSIONS: &str = include_str!("../sql/snapshots/insert_versions.sql");
+
+/// Counts a plan's unchanged and deleted paths.
+pub(crate) const COUNT_PLAN: &str = include_str!("../sql/snapshots/count_plan.sql");
+
 /// A snapshot plan ready to apply: its key, where it goes, and the
 /// repository generation it was made against.
 pub(crate) struct PlannedCommit<'a> {
@@ -158,35 +167,49 @@ macro_rules! copy_plan_in_tx {
             let key: &str = $key;
             let markers = $crate::catalog::snapshots::deletions_key(key);
             let mut stats = $crate::model::object::SnapshotStats::default();
-            stats.new_objects = sqlx::query(
-                "INSERT INTO objects (id, owner_id, bucket_id, repository, job_id, path, path_text, create_time) \
-                 SELECT object_id, $2, $3, $4, $5, path, path_text, $6 FROM snapshot_commit_rows \
-                 WHERE commit_key IN ($1, $7) AND new_object")
-                .bind(key).bind(scope.owner_id).bind(scope.bucket_id).bind(&scope.repository)
-                .bind(scope.job_id).bind($now).bind(&markers)
-                .execute(&mut *$tx).await.map(|r| r.rows_affected())
-                .map_err(|e| $crate::catalog::snapshots::duplicate_path($crate::catalog::error::from_sqlx(e, "object")))?;
+            stats.new_objects = sqlx::query($crate::catalog::snapshots::apply::INSERT_OBJECTS)
+                .bind(key)
+                .bind(scope.owner_id)
+                .bind(scope.bucket_id)
+                .bind(&scope.repository)
+                .bind(scope.job_id)
+                .bind($now)
+                .bind(&markers)
+                .execute(&mut *$tx)
+                .await
+                .map(|r| r.rows_affected())
+                .map_err(|e| {
+                    $crate::catalog::snapshots::duplicate_path($crate::catalog::error::from_sqlx(
+                        e, "object",
+                    ))
+                })?;
             // Closed before the new versions exist, which are open too.
-            stats.closed_versions = sqlx::query(&$crate::catalog::snapshots::apply::close_versions_sql($dialect))
-                .bind(scope.run_id).bind(key).bind(&markers)
-                .execute(&mut *$tx).await.map(|r| r.rows_affected())
-                .map_err(|e| $crate::catalog::error::from_sqlx(e, "object versions"))?;
-            stats.new_versions = sqlx::query(
-                "INSERT INTO object_versions (id, object_id, kind, size_bytes, mode, uid, gid, mtime, \
-                 content_hash, symlink_target, storage_key, first_run_id, deleted, create_time) \
-                 SELECT version_id, object_id, kind, size_bytes, mode, uid, gid, mtime, content_hash, \
-                 symlink_target, storage_key, $2, deleted, $3 FROM snapshot_commit_rows \
-                 WHERE commit_key IN ($1, $4) AND version_id IS NOT NULL")
-                .bind(key).bind(scope.run_id).bind($now).bind(&markers)
-                .execute(&mut *$tx).await.map(|r| r.rows_affected())
+            stats.closed_versions = sqlx::query(
+                &$crate::catalog::snapshots::apply::close_versions_sql($dialect),
+            )
+            .bind(scope.run_id)
+            .bind(key)
+            .bind(&markers)
+            .execute(&mut *$tx)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| $crate::catalog::error::from_sqlx(e, "object versions"))?;
+            stats.new_versions = sqlx::query($crate::catalog::snapshots::apply::INSERT_VERSIONS)
+                .bind(key)
+                .bind(scope.run_id)
+                .bind($now)
+                .bind(&markers)
+                .execute(&mut *$tx)
+                .await
+                .map(|r| r.rows_affected())
                 .map_err(|e| $crate::catalog::error::from_sqlx(e, "object version"))?;
-            let (unchanged, deleted): (i64, i64) = sqlx::query_as(
-                "SELECT COALESCE(SUM(CASE WHEN version_id IS NULL THEN 1 ELSE 0 END), 0), \
-                 COALESCE(SUM(CASE WHEN deleted THEN 1 ELSE 0 END), 0) \
-                 FROM snapshot_commit_rows WHERE commit_key IN ($1, $2)")
-                .bind(key).bind(&markers)
-                .fetch_one(&mut *$tx).await
-                .map_err(|e| $crate::catalog::error::from_sqlx(e, "snapshot commit rows"))?;
+            let (unchanged, deleted): (i64, i64) =
+                sqlx::query_as($crate::catalog::snapshots::apply::COUNT_PLAN)
+                    .bind(key)
+                    .bind(&markers)
+                    .fetch_one(&mut *$tx)
+                    .await
+                    .map_err(|e| $crate::catalog::error::from_sqlx(e, "snapshot commit rows"))?;
             stats.unchanged = u64::try_from(unchanged).unwrap_or(0);
             stats.deleted = u64::try_from(deleted).unwrap_or(0);
             Ok::<_, $crate::error::DomainError>(stats)

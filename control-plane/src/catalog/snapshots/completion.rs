@@ -279,29 +279,33 @@ impl Catalog {
                 if !claim_generation_in_tx!(tx, &scope, generation)? {
                     return Ok(false);
                 }
-                sqlx::query(
-                "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, max_attempts, \
-                 not_before_time, worker_selector, create_time, start_time, finish_time, update_time, \
-                 repository, manifest_key, attempt) \
-                 VALUES ($1, $2, $3, 'backup', 'succeeded', $4, $5, 1, $6, '{}', $6, $6, $6, $7, $8, $9, 1)")
-                .bind(run_id)
-                .bind(rebuild.owner_id)
-                .bind(job_id)
-                .bind(to_json(&spec))
-                .bind(target.bucket_id())
-                .bind(created)
-                .bind(now)
-                .bind(target.repository())
-                .bind(&snapshot.manifest_key)
-                .execute(&mut *tx).await.map(|r| r.rows_affected())
-                .map_err(|e| from_sqlx(e, "run"))?;
+                sqlx::query(include_str!("../sql/snapshots/insert_rebuilt_run.sql"))
+                    .bind(run_id)
+                    .bind(rebuild.owner_id)
+                    .bind(job_id)
+                    .bind(to_json(&spec))
+                    .bind(target.bucket_id())
+                    .bind(created)
+                    .bind(now)
+                    .bind(target.repository())
+                    .bind(&snapshot.manifest_key)
+                    .execute(&mut *tx)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(|e| from_sqlx(e, "run"))?;
                 copy_plan_in_tx!(tx, dialect, &key, &scope, now)?;
-                sqlx::query(
-                "INSERT INTO backup_metadata (id, owner_id, job_id, run_id, size_bytes, duration_seconds, details, source, create_time, update_time) \
-                 VALUES ($1, $2, $3, $4, $5, 0, $6, 'automatic', $7, $7)")
-                .bind(new_id()).bind(rebuild.owner_id).bind(job_id).bind(run_id).bind(size).bind(&details).bind(now)
-                .execute(&mut *tx).await.map(|r| r.rows_affected())
-                .map_err(|e| from_sqlx(e, "backup metadata"))?;
+                sqlx::query(include_str!("../sql/snapshots/record_rebuilt_metadata.sql"))
+                    .bind(new_id())
+                    .bind(rebuild.owner_id)
+                    .bind(job_id)
+                    .bind(run_id)
+                    .bind(size)
+                    .bind(&details)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(|e| from_sqlx(e, "backup metadata"))?;
                 Ok(true)
             }));
             self.discard_plans(run_id, 0).await?;

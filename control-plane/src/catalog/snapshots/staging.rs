@@ -118,11 +118,16 @@ impl Catalog {
             let Some((attempt, cancel_requested)) = current else {
                 return Ok(LeaseState::Lost);
             };
-            let inserted = sqlx::query(
-                "INSERT INTO run_staged_batches (run_id, lease_token, sequence, payload, create_time, generation)                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
-                .bind(run_id).bind(lease_token).bind(sequence).bind(payload).bind(now)
+            let inserted = sqlx::query(include_str!("../sql/snapshots/stage_batch.sql"))
+                .bind(run_id)
+                .bind(lease_token)
+                .bind(sequence)
+                .bind(payload)
+                .bind(now)
                 .bind(plan.map(|(generation, _)| *generation))
-                .execute(&mut *tx).await.map(|r| r.rows_affected())
+                .execute(&mut *tx)
+                .await
+                .map(|r| r.rows_affected())
                 .map_err(|e| from_sqlx(e, "staged batch"))?;
             if inserted > 0 {
                 for (path, message) in errors {

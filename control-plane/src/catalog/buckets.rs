@@ -4,7 +4,10 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{in_transaction, new_id, now_micros, on_pool, on_read_pool, Catalog, Page};
+use super::{
+    count_references_in_tx, fetch_scoped, in_transaction, new_id, now_micros, on_pool,
+    on_read_pool, Catalog, Page,
+};
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::{Bucket, BucketSpec, Location, S3Location};
@@ -149,13 +152,7 @@ impl Catalog {
         let sql = format!(
             "SELECT {COLUMNS} FROM buckets WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
-        let row = on_read_pool!(self, |pool| sqlx::query_as::<_, BucketRow>(&sql)
-            .bind(id)
-            .bind(owner_scope)
-            .fetch_optional(pool)
-            .await)
-        .map_err(|e| from_sqlx(e, "bucket"))?
-        .ok_or_else(|| DomainError::not_found("bucket", id))?;
+        let row: BucketRow = fetch_scoped(&self.read_pool, &sql, id, owner_scope, "bucket").await?;
         Bucket::try_from(row)
     }
 
@@ -232,12 +229,7 @@ impl Catalog {
                 return Err(DomainError::not_found("bucket", id));
             }
             for table in ["jobs", "runs"] {
-                let sql = format!("SELECT COUNT(*) FROM {table} WHERE target_bucket_id = $1");
-                let count: i64 = sqlx::query_scalar(&sql)
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| from_sqlx(e, table))?;
+                let count = count_references_in_tx!(tx, table, "target_bucket_id", id);
                 if count > 0 {
                     return Err(DomainError::FailedPrecondition(format!(
                         "bucket {id} is still the target of {count} {table}; delete or retarget them first"

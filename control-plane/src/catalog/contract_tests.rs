@@ -190,16 +190,16 @@ async fn run_changes_are_published_after_they_commit(backend: Backend) {
         manifest_key: "snapshots/1".into(),
         parent_run_id: None,
     };
-    let result = catalog
-        .complete_attempt(
+    let complete = || {
+        catalog.complete_attempt(
             completed.run.id,
             leased[0].lease_token,
             &outcome,
             "{}",
             &settings,
         )
-        .await
-        .expect("complete");
+    };
+    let result = complete().await.expect("complete");
     assert_eq!(
         result,
         CompletionResult::Accepted {
@@ -209,16 +209,7 @@ async fn run_changes_are_published_after_they_commit(backend: Backend) {
     assert_eq!(next_event().await, completed.run.id, "completion");
 
     // A repeated completion changes nothing and announces nothing.
-    catalog
-        .complete_attempt(
-            completed.run.id,
-            leased[0].lease_token,
-            &outcome,
-            "{}",
-            &settings,
-        )
-        .await
-        .expect("repeat");
+    complete().await.expect("repeat");
     assert!(
         events.try_recv().is_err(),
         "a repeated completion was announced"

@@ -140,6 +140,22 @@ macro_rules! in_transaction {
 }
 pub(crate) use in_transaction;
 
+/// How many rows of `$table` have `$column` equal to `$id`, inside the open
+/// transaction `$tx` of either backend: whether a resource about to be
+/// deleted is still referred to. Evaluates to the count (an `i64`); a
+/// database error returns from the enclosing body.
+macro_rules! count_references_in_tx {
+    ($tx:ident, $table:expr, $column:expr, $id:expr) => {{
+        let sql = format!("SELECT COUNT(*) FROM {} WHERE {} = $1", $table, $column);
+        sqlx::query_scalar::<_, i64>(&sql)
+            .bind($id)
+            .fetch_one(&mut *$tx)
+            .await
+            .map_err(|e| $crate::catalog::error::from_sqlx(e, $table))?
+    }};
+}
+pub(crate) use count_references_in_tx;
+
 /// The SQL text conventions of a backend, for statements whose text differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -365,6 +381,30 @@ impl Catalog {
         on_pool!(self, |pool| pool.close().await);
         on_read_pool!(self, |pool| pool.close().await);
     }
+}
+
+/// The row `sql` selects by id (`$1`) within an owner scope (`$2`, none for
+/// every owner) on `pool`; `NotFound` as `kind` when there is none.
+pub(crate) async fn fetch_scoped<R>(
+    pool: &Pool,
+    sql: &str,
+    id: Uuid,
+    owner_scope: Option<Uuid>,
+    kind: &str,
+) -> DomainResult<R>
+where
+    R: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
+    match_pool!(pool, |pool| sqlx::query_as::<_, R>(sql)
+        .bind(id)
+        .bind(owner_scope)
+        .fetch_optional(pool)
+        .await)
+    .map_err(|e| from_sqlx(e, kind))?
+    .ok_or_else(|| DomainError::not_found(kind, id))
 }
 
 /// A new time-ordered id.

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::error::from_sqlx;
 use super::placeholders::{list_placeholders, BATCH_ROWS};
-use super::{new_id, now_micros, on_pool, on_read_pool, Catalog, Page};
+use super::{fetch_scoped, new_id, now_micros, on_pool, on_read_pool, Catalog, Page};
 use crate::error::{DomainError, DomainResult};
 use crate::model::object::{
     mtime_ns, parse_kind, BackupObject, DuplicateFile, DuplicateFilter, DuplicateGroup, EntryKind,
@@ -272,13 +272,7 @@ impl Catalog {
         let sql = format!(
             "SELECT {OBJECT_COLUMNS} FROM objects o WHERE o.id = $1 AND ($2 IS NULL OR o.owner_id = $2)"
         );
-        let row = on_read_pool!(self, |pool| sqlx::query_as::<_, ObjectRow>(&sql)
-            .bind(id)
-            .bind(owner_scope)
-            .fetch_optional(pool)
-            .await)
-        .map_err(|e| from_sqlx(e, "object"))?
-        .ok_or_else(|| DomainError::not_found("object", id))?;
+        let row: ObjectRow = fetch_scoped(&self.read_pool, &sql, id, owner_scope, "object").await?;
         let mut objects = self.with_latest_versions(vec![row]).await?;
         objects
             .pop()

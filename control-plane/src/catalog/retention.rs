@@ -5,7 +5,10 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{from_json, in_transaction, new_id, now_micros, on_pool, to_json, Catalog, Page};
+use super::{
+    count_references_in_tx, fetch_scoped, from_json, in_transaction, new_id, now_micros, on_pool,
+    to_json, Catalog, Page,
+};
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
 use crate::model::retention::{
@@ -158,13 +161,8 @@ impl Catalog {
             "SELECT {POLICY_COLUMNS} FROM retention_policies \
              WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
-        let row = on_pool!(self, |pool| sqlx::query_as::<_, PolicyRow>(&sql)
-            .bind(id)
-            .bind(owner_scope)
-            .fetch_optional(pool)
-            .await)
-        .map_err(|e| from_sqlx(e, "retention policy"))?
-        .ok_or_else(|| DomainError::not_found("retention policy", id))?;
+        let row: PolicyRow =
+            fetch_scoped(&self.pool, &sql, id, owner_scope, "retention policy").await?;
         RetentionPolicy::try_from(row)
     }
 
@@ -260,12 +258,7 @@ impl Catalog {
                 return Err(DomainError::not_found("retention policy", id));
             }
             for (table, column, label) in POLICY_REFERENCES {
-                let sql = format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1");
-                let count: i64 = sqlx::query_scalar(&sql)
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| from_sqlx(e, table))?;
+                let count = count_references_in_tx!(tx, table, column, id);
                 if count > 0 {
                     return Err(DomainError::FailedPrecondition(format!(
                         "retention policy {id} is still used by {count} {label}; detach it first"
@@ -347,13 +340,8 @@ impl Catalog {
             "SELECT {RETENTION_COLUMNS} FROM object_retentions \
              WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
-        let row = on_pool!(self, |pool| sqlx::query_as::<_, RetentionRow>(&sql)
-            .bind(id)
-            .bind(owner_scope)
-            .fetch_optional(pool)
-            .await)
-        .map_err(|e| from_sqlx(e, "object retention"))?
-        .ok_or_else(|| DomainError::not_found("object retention", id))?;
+        let row: RetentionRow =
+            fetch_scoped(&self.pool, &sql, id, owner_scope, "object retention").await?;
         ObjectRetention::try_from(row)
     }
 

@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{in_transaction, new_id, now_micros, on_pool, on_read_pool, Catalog, Page};
+use super::{
+    count_references_in_tx, in_transaction, new_id, now_micros, on_pool, on_read_pool, Catalog,
+    Page,
+};
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
 use crate::model::user::{
@@ -146,12 +149,7 @@ impl Catalog {
         let deleted_runs = on_pool!(self, |pool| in_transaction!(pool, |tx| {
             if !force {
                 for table in ["jobs", "buckets", "retention_policies", "runs"] {
-                    let sql = format!("SELECT COUNT(*) FROM {table} WHERE owner_id = $1");
-                    let count: i64 = sqlx::query_scalar(&sql)
-                        .bind(id)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(|e| from_sqlx(e, table))?;
+                    let count = count_references_in_tx!(tx, table, "owner_id", id);
                     if count > 0 {
                         return Err(DomainError::FailedPrecondition(format!(
                             "user {id} still owns {count} {}; delete them first or set force",

@@ -280,12 +280,7 @@ impl Catalog {
                 .await
                 .map_err(|e| from_sqlx(e, "object retentions"))?;
 
-            let held_objects: Vec<Uuid> = holds
-                .iter()
-                .map(|h| h.object_id)
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
+            let held_objects = unique_ids(holds.iter().map(|h| h.object_id));
             let versions = fetch_by_ids_in_tx!(
                 tx,
                 VersionRow,
@@ -294,13 +289,12 @@ impl Catalog {
                 "object versions"
             );
             // Version tags matter only to object policies.
-            let policy_objects: Vec<Uuid> = holds
-                .iter()
-                .filter(|h| h.policy_id.is_some())
-                .map(|h| h.object_id)
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
+            let policy_objects = unique_ids(
+                holds
+                    .iter()
+                    .filter(|h| h.policy_id.is_some())
+                    .map(|h| h.object_id),
+            );
             let version_tags = fetch_by_ids_in_tx!(
                 tx,
                 TagRow,
@@ -309,15 +303,14 @@ impl Catalog {
                 "object version tags"
             );
 
-            let policy_ids: Vec<Uuid> = snapshots
-                .iter()
-                .flat_map(|s| [s.job_policy_id, s.bucket_policy_id])
-                .chain(holds.iter().map(|h| h.policy_id))
-                .chain([default_policy])
-                .flatten()
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
+            let policy_ids = unique_ids(
+                snapshots
+                    .iter()
+                    .flat_map(|s| [s.job_policy_id, s.bucket_policy_id])
+                    .chain(holds.iter().map(|h| h.policy_id))
+                    .chain([default_policy])
+                    .flatten(),
+            );
             let policy_rows = fetch_by_ids_in_tx!(
                 tx,
                 PolicyRow,
@@ -341,6 +334,11 @@ impl Catalog {
             })
         }))
     }
+}
+
+/// Each id once, in order.
+fn unique_ids(ids: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
+    ids.collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 /// Groups tag rows by the resource they are on.

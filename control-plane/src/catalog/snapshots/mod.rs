@@ -20,11 +20,11 @@
 //! counter still reads that value. A stale plan is made again from the
 //! staged batches (see `Catalog::commit_attempt`).
 //!
-//! The rooms: [`staging`] takes a worker's batches (the one place the
-//! catalog decodes the worker's protobuf records), [`plan`] turns them into
-//! plan rows, [`apply`] copies a plan into the catalog, [`completion`] ends
-//! a backup or rebuild attempt with its snapshot, [`removal`] takes
-//! snapshots out again (retention), and [`queries`] reads them.
+//! The rooms: `staging` takes a worker's batches (the one place the
+//! catalog decodes the worker's protobuf records), `plan` turns them into
+//! plan rows, `apply` copies a plan into the catalog, `completion` ends
+//! a backup or rebuild attempt with its snapshot, `removal` takes
+//! snapshots out again (retention), and `queries` reads them.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -31,13 +31,14 @@ pub(crate) struct PlannedCommit<'a> {
 
 impl Catalog {
     /// Records a new snapshot of a repository, writing only what changed: an
-    /// entry identical to its current version (kind, size, mtime, content
-    /// hash, mode, symlink target) writes nothing; a changed entry closes its
+    /// entry that is the same version as its current one
+    /// ([`crate::model::object::FileAttributes::same_version`]: kind, size,
+    /// mode, owner, mtime, content, link target) writes nothing; a changed entry closes its
     /// current version at `run_id` and gets a new version; a new path gets
     /// an object and a version; a path missing from the snapshot has its
     /// current version closed and a deletion marker added. The snapshot is
     /// planned a chunk at a time and applied in one transaction (see
-    /// the module above). Committing the same snapshot again writes nothing.
+    /// `catalog::snapshots`). Committing the same snapshot again writes nothing.
     pub async fn apply_snapshot(&self, snapshot: &SnapshotCommit) -> DomainResult<SnapshotStats> {
         let scope = SnapshotScope::of_commit(snapshot);
         let _serialized = self.lock_commits(&scope).await;

@@ -5,9 +5,8 @@
 //! 1. **Plan**, a batch at a time and mostly while the worker is still
 //!    sending batches: the paths of the batch are looked up in the
 //!    repository, [`crate::model::snapshot::plan::plan_snapshot`] decides
-//!    every write, and the decisions
-//!    are stored as `snapshot_commit_rows` under a commit key. Nothing here is
-//!    visible through the API. A full snapshot adds, when it completes, a
+//!    every write, and the decisions are stored as `snapshot_commit_rows`
+//!    under a commit key. Nothing here is visible through the API. A full snapshot adds, when it completes, a
 //!    deletion marker for every current object it does not name (one
 //!    anti-join, paged).
 //! 2. **Apply**, in the transaction that marks the run succeeded: three

@@ -1,6 +1,6 @@
 //! Planning a snapshot commit: a batch's paths are looked up in the
 //! repository, [`plan_snapshot`] decides, and the decisions are stored as
-//! `snapshot_commit_rows` under a commit key (see the module above).
+//! `snapshot_commit_rows` under a commit key (see `catalog::snapshots`).
 
 use std::collections::{HashMap, HashSet};
 

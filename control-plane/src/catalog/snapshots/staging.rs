@@ -35,7 +35,7 @@ impl Catalog {
     /// Stages one batch of an attempt's output (and records its per-file
     /// errors), if the lease is current. A batch sent twice is stored once.
     ///
-    /// A backup's batch is also planned at once (see the module above), so
+    /// A backup's batch is also planned at once (see `catalog::snapshots`), so
     /// that the completion has little left to do; a batch that cannot be
     /// planned now (a path named twice, an unknown kind) is stored unplanned
     /// and the completion plans again, reporting the error.

@@ -3,7 +3,9 @@
 
 mod support;
 
-use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntry, SnapshotStats};
+use coffer_control_plane::model::object::{
+    EntryKind, FileAttributes, SnapshotCommit, SnapshotEntry, SnapshotStats,
+};
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::object_service_client::ObjectServiceClient;
 use support::{authed, violated_fields, Backend, TestServer};
@@ -13,29 +15,28 @@ use uuid::Uuid;
 
 const REPOSITORY: &str = "/backups/home";
 
-fn file(path: &str, hash: &str, size: i64) -> SnapshotEntry {
+fn file(path: &str, hash: &str, size: u64) -> SnapshotEntry {
     SnapshotEntry {
         path: path.as_bytes().to_vec(),
-        kind: FileKind::Regular,
-        size_bytes: size,
-        mode: 0o644,
-        uid: 1000,
-        gid: 1000,
-        mtime: chrono::DateTime::from_timestamp(1_700_000_000, 123_456_789),
-        content_hash: hash.to_string(),
-        symlink_target: None,
+        attributes: FileAttributes {
+            kind: EntryKind::File,
+            size,
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            mtime_ns: 1_700_000_000_123_456_789,
+            content_hash: (!hash.is_empty()).then(|| hash.to_string()),
+            symlink_target: None,
+        },
         storage_key: format!("blobs/{hash}"),
     }
 }
 
 fn directory(path: &str) -> SnapshotEntry {
-    SnapshotEntry {
-        kind: FileKind::Directory,
-        content_hash: String::new(),
-        storage_key: String::new(),
-        size_bytes: 0,
-        ..file(path, "", 0)
-    }
+    let mut entry = file(path, "", 0);
+    entry.attributes.kind = EntryKind::Directory;
+    entry.storage_key = String::new();
+    entry
 }
 
 /// Inserts a run of `user` and commits `entries` as its snapshot.

@@ -2,7 +2,9 @@
 
 mod support;
 
-use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntry};
+use coffer_control_plane::model::object::{
+    EntryKind, FileAttributes, SnapshotCommit, SnapshotEntry,
+};
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::bucket_service_client::BucketServiceClient;
 use coffer_proto::v1::configuration_service_client::ConfigurationServiceClient;
@@ -929,14 +931,16 @@ impl PlanFixture {
                     .iter()
                     .map(|(path, hash)| SnapshotEntry {
                         path: path.as_bytes().to_vec(),
-                        kind: FileKind::Regular,
-                        size_bytes: 1,
-                        mode: 0o644,
-                        uid: 0,
-                        gid: 0,
-                        mtime: None,
-                        content_hash: (*hash).to_string(),
-                        symlink_target: None,
+                        attributes: FileAttributes {
+                            kind: EntryKind::File,
+                            size: 1,
+                            mode: 0o644,
+                            uid: 0,
+                            gid: 0,
+                            mtime_ns: 0,
+                            content_hash: Some((*hash).to_string()),
+                            symlink_target: None,
+                        },
                         storage_key: String::new(),
                     })
                     .collect(),

@@ -2,7 +2,9 @@
 
 mod support;
 
-use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntry};
+use coffer_control_plane::model::object::{
+    EntryKind, FileAttributes, SnapshotCommit, SnapshotEntry,
+};
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::tag_service_client::TagServiceClient;
 use prost_types::FieldMask;
@@ -55,14 +57,16 @@ async fn user_object(server: &TestServer, user: &pb::User) -> (Uuid, Uuid) {
             job_id: None,
             entries: vec![SnapshotEntry {
                 path: b"file.txt".to_vec(),
-                kind: FileKind::Regular,
-                size_bytes: 1,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime: None,
-                content_hash: "aa".into(),
-                symlink_target: None,
+                attributes: FileAttributes {
+                    kind: EntryKind::File,
+                    size: 1,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime_ns: 0,
+                    content_hash: Some("aa".into()),
+                    symlink_target: None,
+                },
                 storage_key: String::new(),
             }],
         })

@@ -94,7 +94,10 @@ mod tests {
             let mut changed = file();
             edit(&mut changed);
             assert!(!file().same_version(&changed), "{what} change not seen");
-            assert!(!changed.same_version(&file()), "{what} change not symmetric");
+            assert!(
+                !changed.same_version(&file()),
+                "{what} change not symmetric"
+            );
         }
     }
 

@@ -11,7 +11,7 @@ use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::object::{
-    path_text, BackupObject, DuplicateFile, DuplicateFilter, DuplicateGroup, FileKind,
+    path_text, BackupObject, DuplicateFile, DuplicateFilter, DuplicateGroup, EntryKind,
     LatestFilter, ObjectFilter, ObjectVersion, SnapshotFile,
 };
 use crate::model::tag::{check_tag_key, check_tag_value, TagMatch};
@@ -31,11 +31,11 @@ impl ObjectApi {
     }
 }
 
-fn kind_to_proto(kind: FileKind) -> pb::FileKind {
+fn kind_to_proto(kind: EntryKind) -> pb::FileKind {
     match kind {
-        FileKind::Regular => pb::FileKind::Regular,
-        FileKind::Directory => pb::FileKind::Directory,
-        FileKind::Symlink => pb::FileKind::Symlink,
+        EntryKind::File => pb::FileKind::Regular,
+        EntryKind::Directory => pb::FileKind::Directory,
+        EntryKind::Symlink => pb::FileKind::Symlink,
     }
 }
 
@@ -44,14 +44,15 @@ impl From<ObjectVersion> for pb::ObjectVersion {
         pb::ObjectVersion {
             id: version.id.to_string(),
             object_id: version.object_id.to_string(),
-            kind: kind_to_proto(version.kind) as i32,
-            size_bytes: version.size_bytes,
-            mode: version.mode,
-            uid: version.uid,
-            gid: version.gid,
-            mtime: optional_timestamp(version.mtime),
-            content_hash: version.content_hash,
+            mtime: optional_timestamp(version.mtime()),
+            kind: kind_to_proto(version.attributes.kind) as i32,
+            size_bytes: i64::try_from(version.attributes.size).unwrap_or(i64::MAX),
+            mode: version.attributes.mode,
+            uid: version.attributes.uid,
+            gid: version.attributes.gid,
+            content_hash: version.attributes.content_hash.unwrap_or_default(),
             symlink_target: version
+                .attributes
                 .symlink_target
                 .as_deref()
                 .map(path_text)

@@ -423,8 +423,6 @@ impl RunService for RunApi {
             .catalog
             .cancel_run(id, &caller.user.username)
             .await?;
-        // house: the catalog publishes this once house-catalog is merged
-        self.state.catalog.publish_run(id);
         respond(Ok(pb::CancelRunResponse {
             run: Some(run.into()),
         }))

@@ -4,8 +4,12 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{new_id, now_micros, on_pool, on_read_pool, Catalog, Page};
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use super::{
+    count_references_in_tx, fetch_scoped, in_transaction, new_id, now_micros, on_pool,
+    on_read_pool, Catalog, Page,
+};
+use crate::catalog::error::from_sqlx;
+use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::{Bucket, BucketSpec, Location, S3Location};
 
 const COLUMNS: &str = "id, owner_id, name, description, kind, s3_endpoint, s3_bucket, s3_region, \
@@ -101,6 +105,27 @@ fn bucket_name_taken(spec: &BucketSpec) -> String {
     format!("bucket named {:?} for this owner", spec.name)
 }
 
+/// Binds the columns that creating and updating a bucket write alike
+/// (owner to retention policy, twelve in all) to `$query`, in that order.
+macro_rules! bind_spec {
+    ($query:expr, $spec:expr) => {{
+        let loc = LocationColumns::of(&$spec.location);
+        $query
+            .bind($spec.owner_id)
+            .bind(&$spec.name)
+            .bind(&$spec.description)
+            .bind(loc.kind)
+            .bind(loc.s3_text(|s| s.endpoint.as_str()))
+            .bind(loc.s3_text(|s| s.bucket.as_str()))
+            .bind(loc.s3_text(|s| s.region.as_str()))
+            .bind(loc.s3.is_some_and(|s| s.force_path_style))
+            .bind(loc.s3_text(|s| s.credentials_ref.as_str()))
+            .bind(loc.path)
+            .bind(&$spec.prefix)
+            .bind($spec.retention_policy_id)
+    }};
+}
+
 impl Catalog {
     /// Registers a bucket; `AlreadyExists` if the owner has one of that name.
     pub async fn create_bucket(&self, spec: &BucketSpec) -> DomainResult<Bucket> {
@@ -111,24 +136,13 @@ impl Catalog {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
              RETURNING {COLUMNS}"
         );
-        let loc = LocationColumns::of(&spec.location);
-        let row = on_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
-            .bind(new_id())
-            .bind(spec.owner_id)
-            .bind(&spec.name)
-            .bind(&spec.description)
-            .bind(loc.kind)
-            .bind(loc.s3_text(|s| s.endpoint.as_str()))
-            .bind(loc.s3_text(|s| s.bucket.as_str()))
-            .bind(loc.s3_text(|s| s.region.as_str()))
-            .bind(loc.s3.is_some_and(|s| s.force_path_style))
-            .bind(loc.s3_text(|s| s.credentials_ref.as_str()))
-            .bind(loc.path)
-            .bind(&spec.prefix)
-            .bind(spec.retention_policy_id)
-            .bind(now_micros())
-            .fetch_one(pool)
-            .await)
+        let row = on_pool!(self, |pool| bind_spec!(
+            sqlx::query_as::<_, BucketRow>(&sql).bind(new_id()),
+            spec
+        )
+        .bind(now_micros())
+        .fetch_one(pool)
+        .await)
         .map_err(|e| from_sqlx(e, &bucket_name_taken(spec)))?;
         Bucket::try_from(row)
     }
@@ -138,13 +152,7 @@ impl Catalog {
         let sql = format!(
             "SELECT {COLUMNS} FROM buckets WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
-        let row = on_read_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
-            .bind(id)
-            .bind(owner_scope)
-            .fetch_optional(pool)
-            .await)
-        .map_err(|e| from_sqlx(e, "bucket"))?
-        .ok_or_else(|| DomainError::not_found("bucket", id))?;
+        let row: BucketRow = fetch_scoped(&self.read_pool, &sql, id, owner_scope, "bucket").await?;
         Bucket::try_from(row)
     }
 
@@ -161,7 +169,7 @@ impl Catalog {
              WHERE ($1 IS NULL OR owner_id = $1) AND ($2 IS NULL OR id > $2) \
              AND substr(name, 1, length($3)) = $3 ORDER BY id LIMIT $4"
         );
-        let rows = on_read_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
+        let rows = on_read_pool!(self, |pool| sqlx::query_as::<_, BucketRow>(&sql)
             .bind(owner_id)
             .bind(page.after)
             .bind(name_prefix)
@@ -169,11 +177,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "buckets"))?;
-        let buckets = rows
-            .into_iter()
-            .map(Bucket::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(buckets, |b| b.id))
+        page.finish_rows(rows, Bucket::try_from, |b| b.id)
     }
 
     /// Replaces the writable fields of a bucket, provided it was not changed
@@ -191,25 +195,15 @@ impl Catalog {
              retention_policy_id = $14, update_time = $15 \
              WHERE id = $1 AND update_time = $2 RETURNING {COLUMNS}"
         );
-        let loc = LocationColumns::of(&spec.location);
-        let row = on_pool!(self, pool => sqlx::query_as::<_, BucketRow>(&sql)
-            .bind(id)
-            .bind(read_update_time)
-            .bind(spec.owner_id)
-            .bind(&spec.name)
-            .bind(&spec.description)
-            .bind(loc.kind)
-            .bind(loc.s3_text(|s| s.endpoint.as_str()))
-            .bind(loc.s3_text(|s| s.bucket.as_str()))
-            .bind(loc.s3_text(|s| s.region.as_str()))
-            .bind(loc.s3.is_some_and(|s| s.force_path_style))
-            .bind(loc.s3_text(|s| s.credentials_ref.as_str()))
-            .bind(loc.path)
-            .bind(&spec.prefix)
-            .bind(spec.retention_policy_id)
-            .bind(now_micros())
-            .fetch_optional(pool)
-            .await)
+        let row = on_pool!(self, |pool| bind_spec!(
+            sqlx::query_as::<_, BucketRow>(&sql)
+                .bind(id)
+                .bind(read_update_time),
+            spec
+        )
+        .bind(now_micros())
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| from_sqlx(e, &bucket_name_taken(spec)))?
         .ok_or_else(|| {
             DomainError::Aborted(format!(
@@ -222,29 +216,32 @@ impl Catalog {
     /// Deletes a bucket's registration if it is within `owner_scope`. Refused
     /// with `FailedPrecondition` while jobs or runs refer to it.
     pub async fn delete_bucket(&self, id: Uuid, owner_scope: Option<Uuid>) -> DomainResult<()> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+        on_pool!(self, |pool| in_transaction!(pool, |tx| {
             let found: Option<Uuid> = sqlx::query_scalar(
-                "SELECT id FROM buckets WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)")
-                .bind(id).bind(owner_scope).fetch_optional(&mut *tx).await
-                .map_err(|e| from_sqlx(e, "bucket"))?;
+                "SELECT id FROM buckets WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)",
+            )
+            .bind(id)
+            .bind(owner_scope)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx(e, "bucket"))?;
             if found.is_none() {
                 return Err(DomainError::not_found("bucket", id));
             }
             for table in ["jobs", "runs"] {
-                let sql = format!("SELECT COUNT(*) FROM {table} WHERE target_bucket_id = $1");
-                let count: i64 = sqlx::query_scalar(&sql).bind(id).fetch_one(&mut *tx).await
-                    .map_err(|e| from_sqlx(e, table))?;
+                let count = count_references_in_tx!(tx, table, "target_bucket_id", id);
                 if count > 0 {
                     return Err(DomainError::FailedPrecondition(format!(
                         "bucket {id} is still the target of {count} {table}; delete or retarget them first"
                     )));
                 }
             }
-            sqlx::query("DELETE FROM buckets WHERE id = $1").bind(id).execute(&mut *tx).await
+            sqlx::query("DELETE FROM buckets WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
                 .map_err(|e| from_sqlx(e, "bucket"))?;
-            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-        });
-        Ok(())
+            Ok(())
+        }))
     }
 }

@@ -4,7 +4,8 @@
 use uuid::Uuid;
 
 use super::{new_id, now_micros, on_pool, Catalog, Page};
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use crate::catalog::error::from_sqlx;
+use crate::error::{DomainError, DomainResult};
 use crate::model::configuration::{Configuration, ConfigurationPatch, NewConfiguration};
 
 const COLUMNS: &str = "id, key, value, description, create_time, update_time";
@@ -19,7 +20,7 @@ impl Catalog {
             "INSERT INTO configurations (id, key, value, description, create_time, update_time) \
              VALUES ($1, $2, $3, $4, $5, $5) RETURNING {COLUMNS}"
         );
-        on_pool!(self, pool => sqlx::query_as::<_, Configuration>(&sql)
+        on_pool!(self, |pool| sqlx::query_as::<_, Configuration>(&sql)
             .bind(new_id())
             .bind(&new.key)
             .bind(&new.value)
@@ -33,25 +34,33 @@ impl Catalog {
     /// Returns an entry by id.
     pub async fn get_configuration(&self, id: Uuid) -> DomainResult<Configuration> {
         let sql = format!("SELECT {COLUMNS} FROM configurations WHERE id = $1");
-        on_pool!(self, pool => sqlx::query_as::<_, Configuration>(&sql).bind(id).fetch_optional(pool).await)
-            .map_err(|e| from_sqlx(e, "configuration"))?
-            .ok_or_else(|| DomainError::not_found("configuration", id))
+        on_pool!(self, |pool| sqlx::query_as::<_, Configuration>(&sql)
+            .bind(id)
+            .fetch_optional(pool)
+            .await)
+        .map_err(|e| from_sqlx(e, "configuration"))?
+        .ok_or_else(|| DomainError::not_found("configuration", id))
     }
 
     /// Returns an entry by key.
     pub async fn get_configuration_by_key(&self, key: &str) -> DomainResult<Configuration> {
         let sql = format!("SELECT {COLUMNS} FROM configurations WHERE key = $1");
-        on_pool!(self, pool => sqlx::query_as::<_, Configuration>(&sql).bind(key).fetch_optional(pool).await)
-            .map_err(|e| from_sqlx(e, "configuration"))?
-            .ok_or_else(|| DomainError::NotFound(format!("configuration {key:?}")))
+        on_pool!(self, |pool| sqlx::query_as::<_, Configuration>(&sql)
+            .bind(key)
+            .fetch_optional(pool)
+            .await)
+        .map_err(|e| from_sqlx(e, "configuration"))?
+        .ok_or_else(|| DomainError::NotFound(format!("configuration {key:?}")))
     }
 
     /// The value of a key, or `None` when it is not set (the built-in default applies).
     pub async fn configuration_value(&self, key: &str) -> DomainResult<Option<String>> {
-        on_pool!(self, pool => sqlx::query_scalar::<_, String>("SELECT value FROM configurations WHERE key = $1")
-            .bind(key)
-            .fetch_optional(pool)
-            .await)
+        on_pool!(self, |pool| sqlx::query_scalar::<_, String>(
+            "SELECT value FROM configurations WHERE key = $1"
+        )
+        .bind(key)
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "configuration"))
     }
 
@@ -68,7 +77,7 @@ impl Catalog {
              WHERE ($1 IS NULL OR key > $1) AND substr(key, 1, length($2)) = $2 \
              ORDER BY key LIMIT $3"
         );
-        let mut rows = on_pool!(self, pool => sqlx::query_as::<_, Configuration>(&sql)
+        let mut rows = on_pool!(self, |pool| sqlx::query_as::<_, Configuration>(&sql)
             .bind(after_key)
             .bind(key_prefix)
             .bind(page.limit())
@@ -92,7 +101,7 @@ impl Catalog {
              description = COALESCE($3, description), update_time = $4 \
              WHERE id = $1 RETURNING {COLUMNS}"
         );
-        on_pool!(self, pool => sqlx::query_as::<_, Configuration>(&sql)
+        on_pool!(self, |pool| sqlx::query_as::<_, Configuration>(&sql)
             .bind(id)
             .bind(&patch.value)
             .bind(&patch.description)
@@ -105,10 +114,14 @@ impl Catalog {
 
     /// Deletes an entry.
     pub async fn delete_configuration(&self, id: Uuid) -> DomainResult<()> {
-        let deleted =
-            on_pool!(self, pool => sqlx::query("DELETE FROM configurations WHERE id = $1")
-            .bind(id).execute(pool).await.map(|r| r.rows_affected()))
-            .map_err(|e| from_sqlx(e, "configuration"))?;
+        let deleted = on_pool!(self, |pool| sqlx::query(
+            "DELETE FROM configurations WHERE id = $1"
+        )
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| from_sqlx(e, "configuration"))?;
         if deleted == 0 {
             return Err(DomainError::not_found("configuration", id));
         }

@@ -3,8 +3,11 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{from_json, new_id, now_micros, on_pool, on_read_pool, to_json, Catalog, Page};
-use crate::error::{from_sqlx, DomainError, DomainResult, Violations};
+use super::{
+    from_json, in_transaction, new_id, now_micros, on_pool, on_read_pool, to_json, Catalog, Page,
+};
+use crate::catalog::error::from_sqlx;
+use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::job::{
     Job, JobDraft, JobFilter, JobRunSummary, MissedRunPolicy, OverlapPolicy, Schedule,
 };
@@ -101,6 +104,25 @@ fn describe_job(draft: &JobDraft) -> String {
     format!("job named {:?} of this owner", draft.name)
 }
 
+/// Binds the columns `$2` to `$12` that creating and updating a job write
+/// alike (owner to schedule pause) to `$query`, in that order.
+macro_rules! bind_draft {
+    ($query:expr, $draft:expr) => {
+        $query
+            .bind($draft.owner_id)
+            .bind(&$draft.name)
+            .bind(&$draft.description)
+            .bind(&$draft.source_path)
+            .bind($draft.target.kind_str())
+            .bind($draft.target.bucket_id())
+            .bind($draft.target.path())
+            .bind(to_json(&$draft.options))
+            .bind(&$draft.schedule.cron)
+            .bind(&$draft.schedule.time_zone)
+            .bind($draft.schedule.paused)
+    };
+}
+
 impl Catalog {
     /// Creates a job. The draft must be validated (see `check_job_references`).
     /// An active schedule gets its first tick after now (the catalog's clock).
@@ -108,34 +130,20 @@ impl Catalog {
         let id = new_id();
         let now = self.now().await?;
         let next_run_time = draft.schedule.next_fire_after(now)?;
-        on_pool!(self, pool => sqlx::query(
-            "INSERT INTO jobs (id, owner_id, name, description, source_path, target_kind, \
-             target_bucket_id, target_path, options, schedule_cron, schedule_time_zone, \
-             schedule_paused, schedule_missed_policy, schedule_overlap_policy, next_run_time, \
-             retention_policy_id, worker_selector, max_attempts, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)")
-            .bind(id)
-            .bind(draft.owner_id)
-            .bind(&draft.name)
-            .bind(&draft.description)
-            .bind(&draft.source_path)
-            .bind(draft.target.kind_str())
-            .bind(draft.target.bucket_id())
-            .bind(draft.target.path())
-            .bind(to_json(&draft.options))
-            .bind(&draft.schedule.cron)
-            .bind(&draft.schedule.time_zone)
-            .bind(draft.schedule.paused)
-            .bind(draft.schedule.missed_runs.as_str())
-            .bind(draft.schedule.overlap.as_str())
-            .bind(next_run_time)
-            .bind(draft.retention_policy_id)
-            .bind(to_json(&draft.worker_selector))
-            .bind(draft.max_attempts)
-            .bind(now_micros())
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
+        on_pool!(self, |pool| bind_draft!(
+            sqlx::query(include_str!("sql/jobs/insert.sql")).bind(id),
+            draft
+        )
+        .bind(draft.schedule.missed_runs.as_str())
+        .bind(draft.schedule.overlap.as_str())
+        .bind(next_run_time)
+        .bind(draft.retention_policy_id)
+        .bind(to_json(&draft.worker_selector))
+        .bind(draft.max_attempts)
+        .bind(now_micros())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, &describe_job(draft)))?;
         self.get_job(id).await
     }
@@ -143,7 +151,7 @@ impl Catalog {
     /// Returns a job with its latest run.
     pub async fn get_job(&self, id: Uuid) -> DomainResult<Job> {
         let sql = format!("{JOB_SELECT} WHERE j.id = $1");
-        let row = on_read_pool!(self, pool => sqlx::query_as::<_, JobRow>(&sql)
+        let row = on_read_pool!(self, |pool| sqlx::query_as::<_, JobRow>(&sql)
             .bind(id)
             .fetch_optional(pool)
             .await)
@@ -164,7 +172,7 @@ impl Catalog {
              AND substr(j.name, 1, length($3)) = $3 \
              AND ($4 IS NULL OR j.id > $4) ORDER BY j.id LIMIT $5"
         );
-        let rows = on_read_pool!(self, pool => sqlx::query_as::<_, JobRow>(&sql)
+        let rows = on_read_pool!(self, |pool| sqlx::query_as::<_, JobRow>(&sql)
             .bind(filter.owner_id)
             .bind(filter.bucket_id)
             .bind(&filter.name_prefix)
@@ -173,11 +181,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "jobs"))?;
-        let jobs = rows
-            .into_iter()
-            .map(Job::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(jobs, |job| job.id))
+        page.finish_rows(rows, Job::try_from, |job| job.id)
     }
 
     /// Replaces the editable fields of a job.
@@ -194,39 +198,21 @@ impl Catalog {
         let next_run_time = draft.schedule.next_fire_after(now)?;
         let keeps_pending =
             draft.schedule.is_active() && draft.schedule.overlap == OverlapPolicy::Queue;
-        let updated = on_pool!(self, pool => sqlx::query(
-            "UPDATE jobs SET owner_id = $2, name = $3, description = $4, source_path = $5, \
-             target_kind = $6, target_bucket_id = $7, target_path = $8, options = $9, \
-             next_run_time = CASE WHEN schedule_cron = $10 AND schedule_time_zone = $11 \
-                 AND schedule_paused = $12 THEN next_run_time ELSE $18 END, \
-             schedule_pending_time = CASE WHEN $19 THEN schedule_pending_time ELSE NULL END, \
-             schedule_cron = $10, schedule_time_zone = $11, schedule_paused = $12, \
-             schedule_missed_policy = $16, schedule_overlap_policy = $17, \
-             retention_policy_id = $13, worker_selector = $14, max_attempts = $15, \
-             update_time = $20 WHERE id = $1")
-            .bind(id)
-            .bind(draft.owner_id)
-            .bind(&draft.name)
-            .bind(&draft.description)
-            .bind(&draft.source_path)
-            .bind(draft.target.kind_str())
-            .bind(draft.target.bucket_id())
-            .bind(draft.target.path())
-            .bind(to_json(&draft.options))
-            .bind(&draft.schedule.cron)
-            .bind(&draft.schedule.time_zone)
-            .bind(draft.schedule.paused)
-            .bind(draft.retention_policy_id)
-            .bind(to_json(&draft.worker_selector))
-            .bind(draft.max_attempts)
-            .bind(draft.schedule.missed_runs.as_str())
-            .bind(draft.schedule.overlap.as_str())
-            .bind(next_run_time)
-            .bind(keeps_pending)
-            .bind(now_micros())
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
+        let updated = on_pool!(self, |pool| bind_draft!(
+            sqlx::query(include_str!("sql/jobs/update.sql")).bind(id),
+            draft
+        )
+        .bind(draft.retention_policy_id)
+        .bind(to_json(&draft.worker_selector))
+        .bind(draft.max_attempts)
+        .bind(draft.schedule.missed_runs.as_str())
+        .bind(draft.schedule.overlap.as_str())
+        .bind(next_run_time)
+        .bind(keeps_pending)
+        .bind(now_micros())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, &describe_job(draft)))?;
         if updated == 0 {
             return Err(DomainError::not_found("job", id));
@@ -238,16 +224,16 @@ impl Catalog {
     /// running. The check and the delete are one statement, so a run that is
     /// queued concurrently either blocks the delete or fails on the job's key.
     pub async fn delete_job(&self, id: Uuid) -> DomainResult<()> {
-        let deleted = on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+        let deleted = on_pool!(self, |pool| in_transaction!(pool, |tx| {
             let deleted = sqlx::query(
                 "DELETE FROM jobs WHERE id = $1 AND NOT EXISTS \
-                 (SELECT 1 FROM runs WHERE job_id = $1 AND state IN ('queued', 'running'))")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| from_sqlx(e, "job"))?
-                .rows_affected();
+                 (SELECT 1 FROM runs WHERE job_id = $1 AND state IN ('queued', 'running'))",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx(e, "job"))?
+            .rows_affected();
             if deleted > 0 {
                 sqlx::query("DELETE FROM tags WHERE resource_kind = 'job' AND resource_id = $1")
                     .bind(id)
@@ -255,9 +241,8 @@ impl Catalog {
                     .await
                     .map_err(|e| from_sqlx(e, "tags of job"))?;
             }
-            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            deleted
-        });
+            Ok(deleted)
+        }))?;
         if deleted > 0 {
             return Ok(());
         }
@@ -302,7 +287,7 @@ impl Catalog {
 /// The owner of a row of an owned table, if the row exists.
 async fn row_owner(catalog: &Catalog, table: &'static str, id: Uuid) -> DomainResult<Option<Uuid>> {
     let sql = format!("SELECT owner_id FROM {table} WHERE id = $1");
-    on_pool!(catalog, pool => sqlx::query_scalar::<_, Uuid>(&sql)
+    on_pool!(catalog, |pool| sqlx::query_scalar::<_, Uuid>(&sql)
         .bind(id)
         .fetch_optional(pool)
         .await)

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{new_id, now_micros, on_pool, Catalog, Page};
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use crate::catalog::error::from_sqlx;
+use crate::error::{DomainError, DomainResult};
 use crate::model::metadata::{
     BackupMetadata, MetadataFilter, MetadataSource, MetadataValues, NewBackupMetadata,
 };
@@ -55,7 +56,7 @@ impl Catalog {
         new: &NewBackupMetadata,
     ) -> DomainResult<BackupMetadata> {
         let id = new_id();
-        on_pool!(self, pool => sqlx::query(
+        on_pool!(self, |pool| sqlx::query(
             "INSERT INTO backup_metadata (id, owner_id, job_id, run_id, size_bytes, duration_seconds, \
              details, source, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)")
             .bind(id)
@@ -93,7 +94,7 @@ impl Catalog {
     /// Returns a record by id.
     pub async fn get_backup_metadata(&self, id: Uuid) -> DomainResult<BackupMetadata> {
         let sql = format!("SELECT {METADATA_COLUMNS} FROM backup_metadata WHERE id = $1");
-        let row = on_pool!(self, pool => sqlx::query_as::<_, MetadataRow>(&sql)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, MetadataRow>(&sql)
             .bind(id)
             .fetch_optional(pool)
             .await)
@@ -115,7 +116,7 @@ impl Catalog {
              AND ($4 IS NULL OR source = $4) AND ($5 IS NULL OR id < $5) \
              ORDER BY id DESC LIMIT $6"
         );
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, MetadataRow>(&sql)
+        let rows = on_pool!(self, |pool| sqlx::query_as::<_, MetadataRow>(&sql)
             .bind(owner_id)
             .bind(filter.job_id)
             .bind(filter.run_id)
@@ -125,11 +126,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "backup metadata"))?;
-        let records = rows
-            .into_iter()
-            .map(BackupMetadata::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(records, |record| record.id))
+        page.finish_rows(rows, BackupMetadata::try_from, |record| record.id)
     }
 
     /// Replaces the values of a manual record; automatic records are
@@ -139,17 +136,18 @@ impl Catalog {
         id: Uuid,
         values: &MetadataValues,
     ) -> DomainResult<BackupMetadata> {
-        let updated = on_pool!(self, pool => sqlx::query(
+        let updated = on_pool!(self, |pool| sqlx::query(
             "UPDATE backup_metadata SET size_bytes = $2, duration_seconds = $3, details = $4, \
-             update_time = $5 WHERE id = $1 AND source = 'manual'")
-            .bind(id)
-            .bind(values.size_bytes)
-            .bind(values.duration_seconds)
-            .bind(&values.details)
-            .bind(now_micros())
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
+             update_time = $5 WHERE id = $1 AND source = 'manual'"
+        )
+        .bind(id)
+        .bind(values.size_bytes)
+        .bind(values.duration_seconds)
+        .bind(&values.details)
+        .bind(now_micros())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, "backup metadata"))?;
         if updated == 0 {
             return Err(self.why_unchanged(id).await);
@@ -159,12 +157,13 @@ impl Catalog {
 
     /// Deletes a manual record; automatic records are FAILED_PRECONDITION.
     pub async fn delete_backup_metadata(&self, id: Uuid) -> DomainResult<()> {
-        let deleted = on_pool!(self, pool => sqlx::query(
-            "DELETE FROM backup_metadata WHERE id = $1 AND source = 'manual'")
-            .bind(id)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
+        let deleted = on_pool!(self, |pool| sqlx::query(
+            "DELETE FROM backup_metadata WHERE id = $1 AND source = 'manual'"
+        )
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, "backup metadata"))?;
         if deleted == 0 {
             return Err(self.why_unchanged(id).await);
@@ -182,10 +181,12 @@ impl Catalog {
 
     /// The owner of a job, if the job exists.
     pub async fn owner_of_job(&self, id: Uuid) -> DomainResult<Option<Uuid>> {
-        on_pool!(self, pool => sqlx::query_scalar::<_, Uuid>("SELECT owner_id FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await)
+        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(
+            "SELECT owner_id FROM jobs WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "job"))
     }
 }

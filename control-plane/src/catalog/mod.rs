@@ -4,7 +4,16 @@
 //! Both backends run the same SQL wherever the dialects agree; the `on_pool!`
 //! macro expands one body once per backend, so a query is written once and
 //! type-checked against both drivers. Where the dialects differ (leasing, the
-//! database clock) the module says so next to the query.
+//! database clock) the module says so next to the query. `in_transaction!`
+//! is the one way to open a transaction (commit on `Ok`, roll back on
+//! `Err`), `error.rs` the one place database errors become domain errors, and
+//! the longer static statements live in `sql/`, one file each.
+//!
+//! Where things are: `snapshots/` is the snapshot write path (staging a
+//! worker's batches, planning, applying, completing, removing) and its
+//! queries; `leases.rs` the lease state machine; `workers.rs` worker
+//! registration; `objects.rs` reads objects and versions; the other files
+//! are one resource each.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,15 +24,17 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 use uuid::Uuid;
 
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult};
+use error::from_sqlx;
 
 pub mod buckets;
-pub(crate) mod commit;
 pub mod configurations;
+pub(crate) mod error;
 pub mod jobs;
 pub mod leases;
 pub mod metadata;
 pub mod objects;
+pub(crate) mod placeholders;
 pub mod repositories;
 pub mod retention;
 pub mod runs;
@@ -31,6 +42,7 @@ pub mod scheduler;
 pub mod snapshots;
 pub mod tags;
 pub mod users;
+pub mod workers;
 
 /// The connection pool of one backend.
 #[derive(Clone, Debug)]
@@ -45,14 +57,19 @@ pub enum Pool {
 /// `&Pool`). The body is compiled once per backend. With `$dialect` too, it
 /// is bound to the backend's [`Dialect`], for bodies whose SQL text must
 /// differ. Used through [`on_pool!`] and [`on_read_pool!`].
+///
+/// Call sites write the body as a closure, `|pool| body` or `|pool, dialect|
+/// body`. The closure is only surface syntax (the body is pasted into each
+/// arm, so it may `.await` and `?`), chosen so that rustfmt sees an ordinary
+/// expression and formats it.
 macro_rules! match_pool {
-    ($value:expr, $pool:ident => $body:expr) => {
+    ($value:expr, |$pool:ident| $body:expr) => {
         match $value {
             $crate::catalog::Pool::Postgres($pool) => $body,
             $crate::catalog::Pool::Sqlite($pool) => $body,
         }
     };
-    ($value:expr, $pool:ident, $dialect:ident => $body:expr) => {
+    ($value:expr, |$pool:ident, $dialect:ident| $body:expr) => {
         match $value {
             $crate::catalog::Pool::Postgres($pool) => {
                 let $dialect = $crate::catalog::Dialect::Postgres;
@@ -69,11 +86,11 @@ pub(crate) use match_pool;
 
 /// [`match_pool!`] on the catalog's pool (the writing connection on SQLite).
 macro_rules! on_pool {
-    ($catalog:expr, $pool:ident => $body:expr) => {
-        $crate::catalog::match_pool!(&$catalog.pool, $pool => $body)
+    ($catalog:expr, |$pool:ident| $body:expr) => {
+        $crate::catalog::match_pool!(&$catalog.pool, |$pool| $body)
     };
-    ($catalog:expr, $pool:ident, $dialect:ident => $body:expr) => {
-        $crate::catalog::match_pool!(&$catalog.pool, $pool, $dialect => $body)
+    ($catalog:expr, |$pool:ident, $dialect:ident| $body:expr) => {
+        $crate::catalog::match_pool!(&$catalog.pool, |$pool, $dialect| $body)
     };
 }
 pub(crate) use on_pool;
@@ -83,11 +100,61 @@ pub(crate) use on_pool;
 /// connection is inside a long transaction (a million-file snapshot apply
 /// holds it for seconds). On PostgreSQL it is the same pool.
 macro_rules! on_read_pool {
-    ($catalog:expr, $pool:ident => $body:expr) => {
-        $crate::catalog::match_pool!(&$catalog.read_pool, $pool => $body)
+    ($catalog:expr, |$pool:ident| $body:expr) => {
+        $crate::catalog::match_pool!(&$catalog.read_pool, |$pool| $body)
     };
 }
 pub(crate) use on_read_pool;
+
+/// Runs `$body` inside a transaction of `$pool` (a concrete pool, as
+/// [`on_pool!`] binds it), with `$tx` bound to the transaction, and
+/// evaluates to the body's `DomainResult`: the transaction commits when the
+/// body is `Ok` and rolls back when it is `Err`. Inside the body, `return`
+/// and `?` leave the body, not the enclosing function. Begin, commit and
+/// their error mapping are written here once.
+macro_rules! in_transaction {
+    ($pool:expr, |$tx:ident| $body:expr) => {
+        async {
+            let mut $tx = $pool
+                .begin()
+                .await
+                .map_err(|e| $crate::catalog::error::from_sqlx(e, "catalog"))?;
+            let result: $crate::error::DomainResult<_> = async { $body }.await;
+            match result {
+                Ok(value) => {
+                    $tx.commit()
+                        .await
+                        .map_err(|e| $crate::catalog::error::from_sqlx(e, "catalog"))?;
+                    Ok(value)
+                }
+                Err(error) => {
+                    if let Err(rollback) = $tx.rollback().await {
+                        tracing::debug!(%rollback, "rollback failed; the connection discards the transaction");
+                    }
+                    Err(error)
+                }
+            }
+        }
+        .await
+    };
+}
+pub(crate) use in_transaction;
+
+/// How many rows of `$table` have `$column` equal to `$id`, inside the open
+/// transaction `$tx` of either backend: whether a resource about to be
+/// deleted is still referred to. Evaluates to the count (an `i64`); a
+/// database error returns from the enclosing body.
+macro_rules! count_references_in_tx {
+    ($tx:ident, $table:expr, $column:expr, $id:expr) => {{
+        let sql = format!("SELECT COUNT(*) FROM {} WHERE {} = $1", $table, $column);
+        sqlx::query_scalar::<_, i64>(&sql)
+            .bind($id)
+            .fetch_one(&mut *$tx)
+            .await
+            .map_err(|e| $crate::catalog::error::from_sqlx(e, $table))?
+    }};
+}
+pub(crate) use count_references_in_tx;
 
 /// The SQL text conventions of a backend, for statements whose text differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +218,7 @@ pub struct Catalog {
     /// [`on_read_pool!`]); `pool` itself on PostgreSQL.
     read_pool: Pool,
     /// Serializes this process's snapshot commits per repository and job.
-    commit_locks: std::sync::Arc<commit::CommitLocks>,
+    commit_locks: std::sync::Arc<snapshots::CommitLocks>,
     /// Announces the id of every run whose row changed, after the change is
     /// committed (see [`Catalog::subscribe_runs`]).
     run_events: RunEvents,
@@ -256,7 +323,7 @@ impl Catalog {
 
     /// Announces that run `id` changed (ignored when nobody listens). Called
     /// by catalog methods after their change is committed.
-    pub fn publish_run(&self, id: Uuid) {
+    pub(crate) fn publish_run(&self, id: Uuid) {
         let _ = self.run_events.0.send(id);
     }
 
@@ -279,8 +346,11 @@ impl Catalog {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> DomainResult<()> {
-        on_read_pool!(self, pool => {
-            sqlx::query("SELECT 1").execute(pool).await.map_err(|e| from_sqlx(e, "catalog"))?;
+        on_read_pool!(self, |pool| {
+            sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map_err(|e| from_sqlx(e, "catalog"))?;
         });
         Ok(())
     }
@@ -299,15 +369,42 @@ impl Catalog {
 
     /// Runs one statement outside the typed API (test set-up, administration).
     pub async fn execute_raw(&self, sql: &str) -> DomainResult<()> {
-        on_pool!(self, pool => sqlx::query(sql).execute(pool).await.map(|_| ()))
-            .map_err(|e| from_sqlx(e, "statement"))
+        on_pool!(self, |pool| sqlx::query(sql)
+            .execute(pool)
+            .await
+            .map(|_| ()))
+        .map_err(|e| from_sqlx(e, "statement"))
     }
 
     /// Closes every connection.
     pub async fn close(&self) {
-        on_pool!(self, pool => pool.close().await);
-        on_read_pool!(self, pool => pool.close().await);
+        on_pool!(self, |pool| pool.close().await);
+        on_read_pool!(self, |pool| pool.close().await);
     }
+}
+
+/// The row `sql` selects by id (`$1`) within an owner scope (`$2`, none for
+/// every owner) on `pool`; `NotFound` as `kind` when there is none.
+pub(crate) async fn fetch_scoped<R>(
+    pool: &Pool,
+    sql: &str,
+    id: Uuid,
+    owner_scope: Option<Uuid>,
+    kind: &str,
+) -> DomainResult<R>
+where
+    R: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
+    match_pool!(pool, |pool| sqlx::query_as::<_, R>(sql)
+        .bind(id)
+        .bind(owner_scope)
+        .fetch_optional(pool)
+        .await)
+    .map_err(|e| from_sqlx(e, kind))?
+    .ok_or_else(|| DomainError::not_found(kind, id))
 }
 
 /// A new time-ordered id.
@@ -373,6 +470,17 @@ impl Page {
             (rows, String::new())
         }
     }
+
+    /// [`Page::finish`] for rows that convert into what the list returns.
+    pub fn finish_rows<R, T>(
+        &self,
+        rows: Vec<R>,
+        convert: impl Fn(R) -> DomainResult<T>,
+        id_of: impl Fn(&T) -> Uuid,
+    ) -> DomainResult<(Vec<T>, String)> {
+        let items = rows.into_iter().map(convert).collect::<DomainResult<_>>()?;
+        Ok(self.finish(items, id_of))
+    }
 }
 
 /// Decodes a JSON text column, treating corruption as an internal error.
@@ -385,6 +493,9 @@ pub fn from_json<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> Do
 pub fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("catalog JSON values are plain data and always serialize")
 }
+
+#[cfg(test)]
+mod contract_tests;
 
 #[cfg(test)]
 mod tests {
@@ -424,9 +535,11 @@ mod tests {
         .expect("listing answers");
         assert!(buckets.is_empty());
         let admins = tokio::time::timeout(Duration::from_secs(5), async {
-            on_read_pool!(catalog, pool => sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM users WHERE username = 'held'")
-                .fetch_one(pool).await)
+            on_read_pool!(catalog, |pool| sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM users WHERE username = 'held'"
+            )
+            .fetch_one(pool)
+            .await)
         })
         .await
         .expect("a read waited for the writer")

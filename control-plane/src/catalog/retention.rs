@@ -5,8 +5,12 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{from_json, new_id, now_micros, on_pool, to_json, Catalog, Page};
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use super::{
+    count_references_in_tx, fetch_scoped, from_json, in_transaction, new_id, now_micros, on_pool,
+    to_json, Catalog, Page,
+};
+use crate::catalog::error::from_sqlx;
+use crate::error::{DomainError, DomainResult};
 use crate::model::retention::{
     HoldSpec, KeepRules, ObjectRetention, PolicySpec, RetainedKind, RetainedResource,
     RetentionPolicy,
@@ -126,7 +130,7 @@ impl Catalog {
              RETURNING {POLICY_COLUMNS}"
         );
         let rules = &spec.rules;
-        let row = on_pool!(self, pool => sqlx::query_as::<_, PolicyRow>(&sql)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, PolicyRow>(&sql)
             .bind(new_id())
             .bind(spec.owner_id)
             .bind(&spec.name)
@@ -157,13 +161,8 @@ impl Catalog {
             "SELECT {POLICY_COLUMNS} FROM retention_policies \
              WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
-        let row = on_pool!(self, pool => sqlx::query_as::<_, PolicyRow>(&sql)
-            .bind(id)
-            .bind(owner_scope)
-            .fetch_optional(pool)
-            .await)
-        .map_err(|e| from_sqlx(e, "retention policy"))?
-        .ok_or_else(|| DomainError::not_found("retention policy", id))?;
+        let row: PolicyRow =
+            fetch_scoped(&self.pool, &sql, id, owner_scope, "retention policy").await?;
         RetentionPolicy::try_from(row)
     }
 
@@ -187,18 +186,14 @@ impl Catalog {
              WHERE ($1 IS NULL OR owner_id = $1) AND ($2 IS NULL OR id > $2) \
              ORDER BY id LIMIT $3"
         );
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, PolicyRow>(&sql)
+        let rows = on_pool!(self, |pool| sqlx::query_as::<_, PolicyRow>(&sql)
             .bind(owner_id)
             .bind(page.after)
             .bind(page.limit())
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "retention policies"))?;
-        let policies = rows
-            .into_iter()
-            .map(RetentionPolicy::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(policies, |p| p.id))
+        page.finish_rows(rows, RetentionPolicy::try_from, |p| p.id)
     }
 
     /// Replaces the writable fields of a policy, provided it was not changed
@@ -216,7 +211,7 @@ impl Catalog {
              update_time = $14 WHERE id = $1 AND update_time = $2 RETURNING {POLICY_COLUMNS}"
         );
         let rules = &spec.rules;
-        let row = on_pool!(self, pool => sqlx::query_as::<_, PolicyRow>(&sql)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, PolicyRow>(&sql)
             .bind(id)
             .bind(read_update_time)
             .bind(&spec.name)
@@ -250,19 +245,20 @@ impl Catalog {
         id: Uuid,
         owner_scope: Option<Uuid>,
     ) -> DomainResult<()> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+        on_pool!(self, |pool| in_transaction!(pool, |tx| {
             let found: Option<Uuid> = sqlx::query_scalar(
-                "SELECT id FROM retention_policies WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)")
-                .bind(id).bind(owner_scope).fetch_optional(&mut *tx).await
-                .map_err(|e| from_sqlx(e, "retention policy"))?;
+                "SELECT id FROM retention_policies WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)",
+            )
+            .bind(id)
+            .bind(owner_scope)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx(e, "retention policy"))?;
             if found.is_none() {
                 return Err(DomainError::not_found("retention policy", id));
             }
             for (table, column, label) in POLICY_REFERENCES {
-                let sql = format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1");
-                let count: i64 = sqlx::query_scalar(&sql).bind(id).fetch_one(&mut *tx).await
-                    .map_err(|e| from_sqlx(e, table))?;
+                let count = count_references_in_tx!(tx, table, column, id);
                 if count > 0 {
                     return Err(DomainError::FailedPrecondition(format!(
                         "retention policy {id} is still used by {count} {label}; detach it first"
@@ -278,11 +274,13 @@ impl Catalog {
                     "retention policy {id} is the default_retention_policy_id configuration; change that first"
                 )));
             }
-            sqlx::query("DELETE FROM retention_policies WHERE id = $1").bind(id).execute(&mut *tx).await
+            sqlx::query("DELETE FROM retention_policies WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
                 .map_err(|e| from_sqlx(e, "retention policy"))?;
-            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-        });
-        Ok(())
+            Ok(())
+        }))
     }
 
     /// The owner of an object or object version (a version's object's owner),
@@ -298,7 +296,7 @@ impl Catalog {
                  WHERE v.id = $1"
             }
         };
-        on_pool!(self, pool => sqlx::query_scalar::<_, Uuid>(sql)
+        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(sql)
             .bind(resource.id)
             .fetch_optional(pool)
             .await)
@@ -317,7 +315,7 @@ impl Catalog {
              retain_until_time, legal_hold, create_time, update_time) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {RETENTION_COLUMNS}"
         );
-        let row = on_pool!(self, pool => sqlx::query_as::<_, RetentionRow>(&sql)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, RetentionRow>(&sql)
             .bind(new_id())
             .bind(owner_id)
             .bind(resource.kind.as_str())
@@ -342,13 +340,8 @@ impl Catalog {
             "SELECT {RETENTION_COLUMNS} FROM object_retentions \
              WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
-        let row = on_pool!(self, pool => sqlx::query_as::<_, RetentionRow>(&sql)
-            .bind(id)
-            .bind(owner_scope)
-            .fetch_optional(pool)
-            .await)
-        .map_err(|e| from_sqlx(e, "object retention"))?
-        .ok_or_else(|| DomainError::not_found("object retention", id))?;
+        let row: RetentionRow =
+            fetch_scoped(&self.pool, &sql, id, owner_scope, "object retention").await?;
         ObjectRetention::try_from(row)
     }
 
@@ -367,7 +360,7 @@ impl Catalog {
              AND ($3 IS NULL OR resource_kind = $3) AND ($4 IS NULL OR resource_id = $4) \
              AND ($5 IS NULL OR policy_id = $5) ORDER BY id LIMIT $6"
         );
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, RetentionRow>(&sql)
+        let rows = on_pool!(self, |pool| sqlx::query_as::<_, RetentionRow>(&sql)
             .bind(owner_scope)
             .bind(page.after)
             .bind(resource.map(|r| r.kind.as_str()))
@@ -377,11 +370,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "object retentions"))?;
-        let retentions = rows
-            .into_iter()
-            .map(ObjectRetention::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(retentions, |r| r.id))
+        page.finish_rows(rows, ObjectRetention::try_from, |r| r.id)
     }
 
     /// Replaces the writable fields of an object retention, provided it was not
@@ -397,7 +386,7 @@ impl Catalog {
              legal_hold = $5, update_time = $6 WHERE id = $1 AND update_time = $2 \
              RETURNING {RETENTION_COLUMNS}"
         );
-        let row = on_pool!(self, pool => sqlx::query_as::<_, RetentionRow>(&sql)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, RetentionRow>(&sql)
             .bind(id)
             .bind(read_update_time)
             .bind(hold.policy_id)
@@ -422,9 +411,14 @@ impl Catalog {
         id: Uuid,
         read_update_time: DateTime<Utc>,
     ) -> DomainResult<()> {
-        let deleted = on_pool!(self, pool => sqlx::query(
-            "DELETE FROM object_retentions WHERE id = $1 AND update_time = $2")
-            .bind(id).bind(read_update_time).execute(pool).await.map(|r| r.rows_affected()))
+        let deleted = on_pool!(self, |pool| sqlx::query(
+            "DELETE FROM object_retentions WHERE id = $1 AND update_time = $2"
+        )
+        .bind(id)
+        .bind(read_update_time)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, "object retention"))?;
         if deleted == 0 {
             return Err(DomainError::Aborted(format!(

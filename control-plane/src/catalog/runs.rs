@@ -3,12 +3,12 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::leases::repository_of;
 use super::{from_json, new_id, on_pool, on_read_pool, to_json, Catalog, Page};
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use crate::catalog::error::from_sqlx;
+use crate::error::{DomainError, DomainResult};
 use crate::model::run::{
-    NewRun, Run, RunErrorEntry, RunFilter, RunKind, RunSpec, RunState, DEFAULT_MAX_ATTEMPTS,
-    MAX_ATTEMPTS_LIMIT,
+    NewRun, Run, RunErrorEntry, RunFilter, RunKind, RunSpec, RunState, Target,
+    DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT,
 };
 
 const RUN_COLUMNS: &str = "id, owner_id, job_id, kind, state, spec, target_bucket_id, \
@@ -127,25 +127,25 @@ impl Catalog {
 
     async fn insert_run(&self, id: Uuid, new: &NewRun) -> DomainResult<()> {
         let now = self.now().await?;
-        on_pool!(self, pool => sqlx::query(
-            "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, request_id, \
-             max_attempts, not_before_time, worker_selector, create_time, update_time, repository) \
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $9, $9, $11)")
-            .bind(id)
-            .bind(new.owner_id)
-            .bind(new.job_id)
-            .bind(new.spec.kind().as_str())
-            .bind(to_json(&new.spec))
-            .bind(new.spec.target_bucket_id())
-            .bind(new.request_id)
-            .bind(new.max_attempts)
-            .bind(now)
-            .bind(to_json(new.spec.worker_selector()))
-            .bind(repository_of(new.spec.target()))
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
+        on_pool!(self, |pool| sqlx::query(include_str!(
+            "sql/runs/insert.sql"
+        ))
+        .bind(id)
+        .bind(new.owner_id)
+        .bind(new.job_id)
+        .bind(new.spec.kind().as_str())
+        .bind(to_json(&new.spec))
+        .bind(new.spec.target_bucket_id())
+        .bind(new.request_id)
+        .bind(new.max_attempts)
+        .bind(now)
+        .bind(to_json(new.spec.worker_selector()))
+        .bind(new.spec.target().repository())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, "run with this request id"))?;
+        self.publish_run(id);
         Ok(())
     }
 
@@ -158,7 +158,7 @@ impl Catalog {
             return Ok(None);
         };
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE owner_id = $1 AND request_id = $2");
-        let row = on_pool!(self, pool => sqlx::query_as::<_, RunRow>(&sql)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, RunRow>(&sql)
             .bind(owner_id)
             .bind(request_id)
             .fetch_optional(pool)
@@ -170,7 +170,7 @@ impl Catalog {
     /// Returns a run by id.
     pub async fn get_run(&self, id: Uuid) -> DomainResult<Run> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
-        let row = on_read_pool!(self, pool => sqlx::query_as::<_, RunRow>(&sql)
+        let row = on_read_pool!(self, |pool| sqlx::query_as::<_, RunRow>(&sql)
             .bind(id)
             .fetch_optional(pool)
             .await)
@@ -194,7 +194,7 @@ impl Catalog {
                   AND t.resource_id = runs.id AND t.key = $5 AND ($6 IS NULL OR t.value = $6))) \
              AND ($7 IS NULL OR id < $7) ORDER BY id DESC LIMIT $8"
         );
-        let rows = on_read_pool!(self, pool => sqlx::query_as::<_, RunRow>(&sql)
+        let rows = on_read_pool!(self, |pool| sqlx::query_as::<_, RunRow>(&sql)
             .bind(owner_id)
             .bind(filter.job_id)
             .bind(filter.state.map(RunState::as_str))
@@ -206,11 +206,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "runs"))?;
-        let runs = rows
-            .into_iter()
-            .map(Run::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(runs, |run| run.id))
+        page.finish_rows(rows, Run::try_from, |run| run.id)
     }
 
     /// Cancels a run: a queued run becomes cancelled at once, a running one
@@ -221,30 +217,34 @@ impl Catalog {
         let message = format!("cancelled by {cancelled_by}");
         for _ in 0..CANCEL_RETRIES {
             let now = self.now().await?;
-            let cancelled = on_pool!(self, pool => sqlx::query(
+            let cancelled = on_pool!(self, |pool| sqlx::query(
                 "UPDATE runs SET state = 'cancelled', finish_time = $2, error = $3, \
-                 update_time = $2, lease_expire_time = NULL WHERE id = $1 AND state = 'queued'")
-                .bind(id)
-                .bind(now)
-                .bind(&message)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()))
+                 update_time = $2, lease_expire_time = NULL WHERE id = $1 AND state = 'queued'"
+            )
+            .bind(id)
+            .bind(now)
+            .bind(&message)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
             .map_err(|e| from_sqlx(e, "run"))?;
             if cancelled > 0 {
+                self.publish_run(id);
                 return self.get_run(id).await;
             }
-            let requested = on_pool!(self, pool => sqlx::query(
+            let requested = on_pool!(self, |pool| sqlx::query(
                 "UPDATE runs SET cancel_requested = $2, update_time = $3 \
-                 WHERE id = $1 AND state = 'running'")
-                .bind(id)
-                .bind(true)
-                .bind(now)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()))
+                 WHERE id = $1 AND state = 'running'"
+            )
+            .bind(id)
+            .bind(true)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
             .map_err(|e| from_sqlx(e, "run"))?;
             if requested > 0 {
+                self.publish_run(id);
                 return self.get_run(id).await;
             }
             let run = self.get_run(id).await?;
@@ -269,14 +269,15 @@ impl Catalog {
         after: Option<i64>,
         size: i64,
     ) -> DomainResult<(Vec<RunErrorEntry>, String)> {
-        let mut rows = on_read_pool!(self, pool => sqlx::query_as::<_, RunErrorEntry>(
+        let mut rows = on_read_pool!(self, |pool| sqlx::query_as::<_, RunErrorEntry>(
             "SELECT id, path, message, attempt, create_time FROM run_errors \
-             WHERE run_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3")
-            .bind(run_id)
-            .bind(after)
-            .bind(size + 1)
-            .fetch_all(pool)
-            .await)
+             WHERE run_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+        )
+        .bind(run_id)
+        .bind(after)
+        .bind(size + 1)
+        .fetch_all(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "run errors"))?;
         let size = usize::try_from(size).unwrap_or(usize::MAX);
         if rows.len() <= size {
@@ -288,6 +289,38 @@ impl Catalog {
             .map(|row| row.id.to_string())
             .unwrap_or_default();
         Ok((rows, token))
+    }
+
+    /// The garbage collection of `target`'s repository that is queued or
+    /// running, if any.
+    pub async fn active_gc_run(&self, target: &Target) -> DomainResult<Option<Uuid>> {
+        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(
+            "SELECT id FROM runs WHERE kind = 'garbage_collection' AND repository = $1 \
+             AND state IN ('queued', 'running') ORDER BY id LIMIT 1"
+        )
+        .bind(target.repository())
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| from_sqlx(e, "run"))
+    }
+
+    /// When the oldest run other than `except` that is executing on
+    /// `repository` started: a collection must not delete what such a run
+    /// may have seen before the packs were condemned.
+    pub async fn oldest_in_flight_start(
+        &self,
+        repository: &str,
+        except: Uuid,
+    ) -> DomainResult<Option<DateTime<Utc>>> {
+        on_pool!(self, |pool| sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+            "SELECT MIN(COALESCE(start_time, create_time)) FROM runs \
+             WHERE repository = $1 AND state = 'running' AND id <> $2"
+        )
+        .bind(repository)
+        .bind(except)
+        .fetch_one(pool)
+        .await)
+        .map_err(|e| from_sqlx(e, "run"))
     }
 
     /// Whether the `nfs_mount_path` configuration is set (NFS targets need it).
@@ -323,10 +356,11 @@ pub(crate) async fn lookup_configuration(
     catalog: &Catalog,
     key: &str,
 ) -> DomainResult<Option<String>> {
-    on_pool!(catalog, pool => sqlx::query_scalar::<_, String>(
-        "SELECT value FROM configurations WHERE key = $1")
-        .bind(key)
-        .fetch_optional(pool)
-        .await)
+    on_pool!(catalog, |pool| sqlx::query_scalar::<_, String>(
+        "SELECT value FROM configurations WHERE key = $1"
+    )
+    .bind(key)
+    .fetch_optional(pool)
+    .await)
     .map_err(|e| from_sqlx(e, "configuration"))
 }

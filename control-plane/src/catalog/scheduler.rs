@@ -19,9 +19,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::jobs::{JobRow, JOB_SELECT};
-use super::leases::repository_of;
-use super::{new_id, on_pool, to_json, Catalog};
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use super::{in_transaction, new_id, on_pool, to_json, Catalog};
+use crate::catalog::error::from_sqlx;
+use crate::error::{DomainError, DomainResult};
 use crate::model::job::{scheduled_request_id, Job, Schedule};
 use crate::model::run::RunSpec;
 use crate::scheduler::policy::{decide, TickOutcome};
@@ -30,18 +30,16 @@ use crate::scheduler::policy::{decide, TickOutcome};
 const ACTIVE_RUN: &str =
     "SELECT COUNT(*) FROM runs WHERE job_id = $1 AND state IN ('queued', 'running')";
 
-/// Queues a run inside a firing transaction: the columns `insert_run` in
-/// `runs.rs` writes, plus `ON CONFLICT DO NOTHING` because a run for the same
+/// Queues a run inside a firing transaction: the statement `insert_run` in
+/// `runs.rs` runs, plus `ON CONFLICT DO NOTHING` because a run for the same
 /// tick (same request id) means the tick already has its run. Evaluates to the
 /// number of rows inserted.
 macro_rules! insert_scheduled_run {
     ($tx:expr, $id:expr, $new:expr, $now:expr) => {
-        sqlx::query(
-            "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, request_id, \
-             max_attempts, not_before_time, worker_selector, create_time, update_time, repository) \
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $9, $9, $11) \
-             ON CONFLICT (owner_id, request_id) DO NOTHING",
-        )
+        sqlx::query(concat!(
+            include_str!("sql/runs/insert.sql"),
+            "ON CONFLICT (owner_id, request_id) DO NOTHING"
+        ))
         .bind($id)
         .bind($new.owner_id)
         .bind($new.job_id)
@@ -53,7 +51,7 @@ macro_rules! insert_scheduled_run {
         .bind($now)
         .bind(to_json($new.spec.worker_selector()))
         .bind(match &$new.spec {
-            RunSpec::Backup(backup) => Some(repository_of(&backup.target)),
+            RunSpec::Backup(backup) => Some(backup.target.repository()),
             _ => None,
         })
         .execute(&mut *$tx)
@@ -124,24 +122,14 @@ impl Catalog {
     ) -> DomainResult<Option<Leadership>> {
         let now = self.now().await?;
         let expire = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        let row = on_pool!(self, pool => sqlx::query_as::<_, (i64, DateTime<Utc>)>(
-            "INSERT INTO scheduler_leader (id, holder, term, acquire_time, expire_time) \
-             VALUES (1, $1, 1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET \
-                 term = CASE WHEN scheduler_leader.holder = excluded.holder \
-                     THEN scheduler_leader.term ELSE scheduler_leader.term + 1 END, \
-                 acquire_time = CASE WHEN scheduler_leader.holder = excluded.holder \
-                     THEN scheduler_leader.acquire_time ELSE excluded.acquire_time END, \
-                 holder = excluded.holder, \
-                 expire_time = excluded.expire_time \
-             WHERE scheduler_leader.holder = excluded.holder \
-                 OR scheduler_leader.expire_time <= excluded.acquire_time \
-             RETURNING term, expire_time")
-            .bind(holder)
-            .bind(now)
-            .bind(expire)
-            .fetch_optional(pool)
-            .await)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, (i64, DateTime<Utc>)>(
+            include_str!("sql/scheduler/take_leadership.sql")
+        )
+        .bind(holder)
+        .bind(now)
+        .bind(expire)
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "scheduler leader lease"))?;
         Ok(row.map(|(term, expire_time)| Leadership { term, expire_time }))
     }
@@ -150,46 +138,50 @@ impl Catalog {
     /// over at its next attempt instead of after the lease expires.
     pub async fn release_scheduler_leadership(&self, holder: &str) -> DomainResult<()> {
         let now = self.now().await?;
-        on_pool!(self, pool => sqlx::query(
-            "UPDATE scheduler_leader SET expire_time = $2 WHERE id = 1 AND holder = $1")
-            .bind(holder)
-            .bind(now)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE scheduler_leader SET expire_time = $2 WHERE id = 1 AND holder = $1"
+        )
+        .bind(holder)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, "scheduler leader lease"))?;
         Ok(())
     }
 
     /// The scheduler's leader lease, if any replica ever took it.
     pub async fn scheduler_leader(&self) -> DomainResult<Option<LeaderLease>> {
-        on_pool!(self, pool => sqlx::query_as::<_, LeaderLease>(
-            "SELECT holder, term, acquire_time, expire_time FROM scheduler_leader WHERE id = 1")
-            .fetch_optional(pool)
-            .await)
+        on_pool!(self, |pool| sqlx::query_as::<_, LeaderLease>(
+            "SELECT holder, term, acquire_time, expire_time FROM scheduler_leader WHERE id = 1"
+        )
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "scheduler leader lease"))
     }
 
     /// Up to `limit` jobs whose next tick is at or before `now`, oldest tick first.
     pub async fn due_ticks(&self, now: DateTime<Utc>, limit: i64) -> DomainResult<Vec<DueTick>> {
-        on_pool!(self, pool => sqlx::query_as::<_, DueTick>(
+        on_pool!(self, |pool| sqlx::query_as::<_, DueTick>(
             "SELECT id, next_run_time, schedule_cron, schedule_time_zone FROM jobs \
              WHERE next_run_time IS NOT NULL AND next_run_time <= $1 \
-             ORDER BY next_run_time LIMIT $2")
-            .bind(now)
-            .bind(limit)
-            .fetch_all(pool)
-            .await)
+             ORDER BY next_run_time LIMIT $2"
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "due jobs"))
     }
 
     /// The earliest next tick of any job.
     pub async fn earliest_next_run_time(&self) -> DomainResult<Option<DateTime<Utc>>> {
-        on_pool!(self, pool => sqlx::query_scalar::<_, DateTime<Utc>>(
+        on_pool!(self, |pool| sqlx::query_scalar::<_, DateTime<Utc>>(
             "SELECT next_run_time FROM jobs WHERE next_run_time IS NOT NULL \
-             ORDER BY next_run_time LIMIT 1")
-            .fetch_optional(pool)
-            .await)
+             ORDER BY next_run_time LIMIT 1"
+        )
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "jobs"))
     }
 
@@ -220,20 +212,20 @@ impl Catalog {
             None
         });
         let select_job = format!("{JOB_SELECT} WHERE j.id = $1");
-        let fired = on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+        let fired = on_pool!(self, |pool| in_transaction!(pool, |tx| {
             let moved = sqlx::query(
                 "UPDATE jobs SET next_run_time = $2 WHERE id = $1 AND next_run_time = $3 \
-                 AND schedule_cron = $4 AND schedule_time_zone = $5 AND NOT schedule_paused")
-                .bind(tick.job_id)
-                .bind(next_run_time)
-                .bind(tick.fire_time)
-                .bind(&tick.cron)
-                .bind(&tick.time_zone)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| from_sqlx(e, "job"))?
-                .rows_affected();
+                 AND schedule_cron = $4 AND schedule_time_zone = $5 AND NOT schedule_paused",
+            )
+            .bind(tick.job_id)
+            .bind(next_run_time)
+            .bind(tick.fire_time)
+            .bind(&tick.cron)
+            .bind(&tick.time_zone)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx(e, "job"))?
+            .rows_affected();
             if moved == 0 {
                 return Ok(None);
             }
@@ -249,7 +241,13 @@ impl Catalog {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| from_sqlx(e, "runs of job"))?;
-            let outcome = decide(&job.draft.schedule, tick.fire_time, now, misfire_grace, active_runs > 0);
+            let outcome = decide(
+                &job.draft.schedule,
+                tick.fire_time,
+                now,
+                misfire_grace,
+                active_runs > 0,
+            );
             let mut run_id = None;
             match outcome {
                 TickOutcome::Run => {
@@ -279,10 +277,16 @@ impl Catalog {
                 }
                 TickOutcome::SkipMissed | TickOutcome::SkipOverlap => {}
             }
-            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            FiredTick { outcome, run_id, next_run_time }
-        });
-        Ok(Some(fired))
+            Ok(Some(FiredTick {
+                outcome,
+                run_id,
+                next_run_time,
+            }))
+        }))?;
+        if let Some(id) = fired.as_ref().and_then(|fired| fired.run_id) {
+            self.publish_run(id);
+        }
+        Ok(fired)
     }
 
     /// Up to `limit` jobs with a waiting tick and no queued or running run:
@@ -291,14 +295,15 @@ impl Catalog {
         &self,
         limit: i64,
     ) -> DomainResult<Vec<(Uuid, DateTime<Utc>)>> {
-        on_pool!(self, pool => sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(
+        on_pool!(self, |pool| sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(
             "SELECT j.id, j.schedule_pending_time FROM jobs j \
              WHERE j.schedule_pending_time IS NOT NULL AND NOT EXISTS \
              (SELECT 1 FROM runs r WHERE r.job_id = j.id AND r.state IN ('queued', 'running')) \
-             ORDER BY j.schedule_pending_time LIMIT $1")
-            .bind(limit)
-            .fetch_all(pool)
-            .await)
+             ORDER BY j.schedule_pending_time LIMIT $1"
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "jobs with a waiting tick"))
     }
 
@@ -315,18 +320,18 @@ impl Catalog {
         default_max_attempts: i32,
     ) -> DomainResult<Option<Uuid>> {
         let select_job = format!("{JOB_SELECT} WHERE j.id = $1");
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+        let created = on_pool!(self, |pool| in_transaction!(pool, |tx| {
             let cleared = sqlx::query(
                 "UPDATE jobs SET schedule_pending_time = NULL \
                  WHERE id = $1 AND schedule_pending_time = $2 AND NOT EXISTS \
-                 (SELECT 1 FROM runs WHERE job_id = $1 AND state IN ('queued', 'running'))")
-                .bind(job_id)
-                .bind(fire_time)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| from_sqlx(e, "job"))?
-                .rows_affected();
+                 (SELECT 1 FROM runs WHERE job_id = $1 AND state IN ('queued', 'running'))",
+            )
+            .bind(job_id)
+            .bind(fire_time)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx(e, "job"))?
+            .rows_affected();
             if cleared == 0 {
                 return Ok(None);
             }
@@ -340,19 +345,23 @@ impl Catalog {
             let new = job.backup_run(default_max_attempts, Some(request_id));
             let id = new_id();
             let inserted = insert_scheduled_run!(tx, id, new, now);
-            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
             Ok((inserted > 0).then_some(id))
-        })
+        }))?;
+        if let Some(id) = created {
+            self.publish_run(id);
+        }
+        Ok(created)
     }
 
     /// Gives every active schedule without a next tick (jobs from before the
     /// scheduler existed) its next tick after `now`. Returns how many it set.
     pub async fn schedule_unscheduled_jobs(&self, now: DateTime<Utc>) -> DomainResult<usize> {
-        let jobs = on_pool!(self, pool => sqlx::query_as::<_, (Uuid, String, String)>(
+        let jobs = on_pool!(self, |pool| sqlx::query_as::<_, (Uuid, String, String)>(
             "SELECT id, schedule_cron, schedule_time_zone FROM jobs \
-             WHERE next_run_time IS NULL AND schedule_cron <> '' AND NOT schedule_paused")
-            .fetch_all(pool)
-            .await)
+             WHERE next_run_time IS NULL AND schedule_cron <> '' AND NOT schedule_paused"
+        )
+        .fetch_all(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "jobs"))?;
         let mut scheduled = 0;
         for (id, cron, time_zone) in jobs {
@@ -364,16 +373,17 @@ impl Catalog {
             let Some(next) = schedule.next_fire_after(now)? else {
                 continue;
             };
-            let set = on_pool!(self, pool => sqlx::query(
+            let set = on_pool!(self, |pool| sqlx::query(
                 "UPDATE jobs SET next_run_time = $2 WHERE id = $1 AND next_run_time IS NULL \
-                 AND schedule_cron = $3 AND schedule_time_zone = $4 AND NOT schedule_paused")
-                .bind(id)
-                .bind(next)
-                .bind(&schedule.cron)
-                .bind(&schedule.time_zone)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()))
+                 AND schedule_cron = $3 AND schedule_time_zone = $4 AND NOT schedule_paused"
+            )
+            .bind(id)
+            .bind(next)
+            .bind(&schedule.cron)
+            .bind(&schedule.time_zone)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
             .map_err(|e| from_sqlx(e, "job"))?;
             scheduled += usize::try_from(set).unwrap_or(0);
         }
@@ -384,13 +394,14 @@ impl Catalog {
     /// fires the job at `time` as if it were a tick of its schedule (a time
     /// in the past is a late tick, subject to the missed-run policy).
     pub async fn set_next_run_time(&self, job_id: Uuid, time: DateTime<Utc>) -> DomainResult<()> {
-        let updated = on_pool!(self, pool => sqlx::query(
-            "UPDATE jobs SET next_run_time = $2 WHERE id = $1")
-            .bind(job_id)
-            .bind(time)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
+        let updated = on_pool!(self, |pool| sqlx::query(
+            "UPDATE jobs SET next_run_time = $2 WHERE id = $1"
+        )
+        .bind(job_id)
+        .bind(time)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, "job"))?;
         if updated == 0 {
             return Err(DomainError::not_found("job", job_id));

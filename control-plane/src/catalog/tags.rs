@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{new_id, now_micros, on_pool, Catalog, Page};
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use crate::catalog::error::from_sqlx;
+use crate::error::{DomainError, DomainResult};
 use crate::model::tag::{NewTag, ResourceKind, ResourceRef, Tag, TagFilter, MAX_TAGS_PER_RESOURCE};
 
 const TAG_COLUMNS: &str =
@@ -61,7 +62,7 @@ impl Catalog {
     /// The owner of a taggable resource, or `None` when it does not exist.
     pub async fn resource_owner(&self, resource: ResourceRef) -> DomainResult<Option<Uuid>> {
         let sql = owner_query(resource.kind);
-        on_pool!(self, pool => sqlx::query_scalar::<_, Uuid>(sql)
+        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(sql)
             .bind(resource.id)
             .fetch_optional(pool)
             .await)
@@ -80,7 +81,7 @@ impl Catalog {
              WHERE (SELECT COUNT(*) FROM tags WHERE resource_kind = $3 AND resource_id = $4) < $8 \
              RETURNING {TAG_COLUMNS}"
         );
-        let row = on_pool!(self, pool => sqlx::query_as::<_, TagRow>(&sql)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, TagRow>(&sql)
             .bind(new_id())
             .bind(owner_id)
             .bind(new.resource.kind.as_str())
@@ -107,7 +108,7 @@ impl Catalog {
         let sql = format!(
             "SELECT {TAG_COLUMNS} FROM tags WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
-        let row = on_pool!(self, pool => sqlx::query_as::<_, TagRow>(&sql)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, TagRow>(&sql)
             .bind(id)
             .bind(owner_scope)
             .fetch_optional(pool)
@@ -130,7 +131,7 @@ impl Catalog {
              AND ($5 IS NULL OR value = $5) AND ($6 IS NULL OR id > $6) \
              ORDER BY id LIMIT $7"
         );
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, TagRow>(&sql)
+        let rows = on_pool!(self, |pool| sqlx::query_as::<_, TagRow>(&sql)
             .bind(filter.owner_id)
             .bind(filter.kind.map(ResourceKind::as_str))
             .bind(filter.resource_id)
@@ -141,11 +142,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "tags"))?;
-        let tags = rows
-            .into_iter()
-            .map(Tag::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(tags, |t| t.id))
+        page.finish_rows(rows, Tag::try_from, |t| t.id)
     }
 
     /// Changes a tag's value.
@@ -159,7 +156,7 @@ impl Catalog {
             "UPDATE tags SET value = $3, update_time = $4 \
              WHERE id = $1 AND ($2 IS NULL OR owner_id = $2) RETURNING {TAG_COLUMNS}"
         );
-        let row = on_pool!(self, pool => sqlx::query_as::<_, TagRow>(&sql)
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, TagRow>(&sql)
             .bind(id)
             .bind(owner_scope)
             .bind(value)
@@ -173,13 +170,14 @@ impl Catalog {
 
     /// Deletes a tag.
     pub async fn delete_tag(&self, id: Uuid, owner_scope: Option<Uuid>) -> DomainResult<()> {
-        let deleted = on_pool!(self, pool => sqlx::query(
-            "DELETE FROM tags WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)")
-            .bind(id)
-            .bind(owner_scope)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
+        let deleted = on_pool!(self, |pool| sqlx::query(
+            "DELETE FROM tags WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
+        )
+        .bind(id)
+        .bind(owner_scope)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, "tag"))?;
         if deleted == 0 {
             return Err(DomainError::not_found("tag", id));

@@ -3,8 +3,12 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{new_id, now_micros, on_pool, on_read_pool, Catalog, Page};
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use super::{
+    count_references_in_tx, in_transaction, new_id, now_micros, on_pool, on_read_pool, Catalog,
+    Page,
+};
+use crate::catalog::error::from_sqlx;
+use crate::error::{DomainError, DomainResult};
 use crate::model::user::{
     ApiToken, NewApiToken, NewUser, TokenIdentity, TokenScope, User, UserPatch,
 };
@@ -60,7 +64,7 @@ impl Catalog {
             "INSERT INTO users (id, username, email, admin, create_time, update_time) \
              VALUES ($1, $2, $3, $4, $5, $5) RETURNING {USER_COLUMNS}"
         );
-        on_pool!(self, pool => sqlx::query_as::<_, User>(&sql)
+        on_pool!(self, |pool| sqlx::query_as::<_, User>(&sql)
             .bind(new_id())
             .bind(&new.username)
             .bind(&new.email)
@@ -82,16 +86,22 @@ impl Catalog {
     /// Returns a user by id.
     pub async fn get_user(&self, id: Uuid) -> DomainResult<User> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-        on_pool!(self, pool => sqlx::query_as::<_, User>(&sql).bind(id).fetch_optional(pool).await)
-            .map_err(|e| from_sqlx(e, "user"))?
-            .ok_or_else(|| DomainError::not_found("user", id))
+        on_pool!(self, |pool| sqlx::query_as::<_, User>(&sql)
+            .bind(id)
+            .fetch_optional(pool)
+            .await)
+        .map_err(|e| from_sqlx(e, "user"))?
+        .ok_or_else(|| DomainError::not_found("user", id))
     }
 
     /// Returns a user by username.
     pub async fn get_user_by_username(&self, username: &str) -> DomainResult<Option<User>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
-        on_pool!(self, pool => sqlx::query_as::<_, User>(&sql).bind(username).fetch_optional(pool).await)
-            .map_err(|e| from_sqlx(e, "user"))
+        on_pool!(self, |pool| sqlx::query_as::<_, User>(&sql)
+            .bind(username)
+            .fetch_optional(pool)
+            .await)
+        .map_err(|e| from_sqlx(e, "user"))
     }
 
     /// Lists users by id, optionally by username prefix.
@@ -105,7 +115,7 @@ impl Catalog {
              WHERE ($1 IS NULL OR id > $1) AND substr(username, 1, length($2)) = $2 \
              ORDER BY id LIMIT $3"
         );
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, User>(&sql)
+        let rows = on_pool!(self, |pool| sqlx::query_as::<_, User>(&sql)
             .bind(page.after)
             .bind(username_prefix)
             .bind(page.limit())
@@ -121,7 +131,7 @@ impl Catalog {
             "UPDATE users SET username = COALESCE($2, username), email = COALESCE($3, email), \
              admin = COALESCE($4, admin), update_time = $5 WHERE id = $1 RETURNING {USER_COLUMNS}"
         );
-        on_pool!(self, pool => sqlx::query_as::<_, User>(&sql)
+        on_pool!(self, |pool| sqlx::query_as::<_, User>(&sql)
             .bind(id)
             .bind(&patch.username)
             .bind(&patch.email)
@@ -136,13 +146,10 @@ impl Catalog {
     /// Deletes a user. Without `force`, refuses while the user owns anything
     /// besides tokens; with it, deletes everything the user owns in one transaction.
     pub async fn delete_user(&self, id: Uuid, force: bool) -> DomainResult<()> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+        let deleted_runs = on_pool!(self, |pool| in_transaction!(pool, |tx| {
             if !force {
                 for table in ["jobs", "buckets", "retention_policies", "runs"] {
-                    let sql = format!("SELECT COUNT(*) FROM {table} WHERE owner_id = $1");
-                    let count: i64 = sqlx::query_scalar(&sql).bind(id).fetch_one(&mut *tx).await
-                        .map_err(|e| from_sqlx(e, table))?;
+                    let count = count_references_in_tx!(tx, table, "owner_id", id);
                     if count > 0 {
                         return Err(DomainError::FailedPrecondition(format!(
                             "user {id} still owns {count} {}; delete them first or set force",
@@ -151,30 +158,49 @@ impl Catalog {
                     }
                 }
             }
+            // Their watchers learn that the user's runs are gone.
+            let runs: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE owner_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| from_sqlx(e, "runs"))?;
             for table in OWNED_TABLES {
                 let sql = format!("DELETE FROM {table} WHERE owner_id = $1");
-                sqlx::query(&sql).bind(id).execute(&mut *tx).await.map_err(|e| from_sqlx(e, table))?;
+                sqlx::query(&sql)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| from_sqlx(e, table))?;
             }
-            let deleted = sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await
+            let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
                 .map_err(|e| from_sqlx(e, "user"))?;
             if deleted.rows_affected() == 0 {
                 return Err(DomainError::not_found("user", id));
             }
-            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-        });
+            Ok(runs)
+        }))?;
+        for run in deleted_runs {
+            self.publish_run(run);
+        }
         Ok(())
     }
 
     /// Counts admin users.
     pub async fn count_admins(&self) -> DomainResult<i64> {
-        on_pool!(self, pool => sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users WHERE admin")
-            .fetch_one(pool).await)
+        on_pool!(self, |pool| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM users WHERE admin"
+        )
+        .fetch_one(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "users"))
     }
 
     /// Stores a token.
     pub async fn create_api_token(&self, new: &NewApiToken) -> DomainResult<ApiToken> {
-        let row = on_pool!(self, pool => sqlx::query_as::<_, TokenRow>(
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, TokenRow>(
             "INSERT INTO api_tokens (id, user_id, display_name, scope, prefix, secret_hash, create_time, expire_time) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              RETURNING id, user_id, display_name, scope, prefix, create_time, expire_time, last_used_time")
@@ -194,8 +220,12 @@ impl Catalog {
 
     /// Whether a token with this hash exists.
     pub async fn api_token_exists(&self, secret_hash: &[u8]) -> DomainResult<bool> {
-        let count: i64 = on_pool!(self, pool => sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE secret_hash = $1")
-            .bind(secret_hash).fetch_one(pool).await)
+        let count: i64 = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_tokens WHERE secret_hash = $1"
+        )
+        .bind(secret_hash)
+        .fetch_one(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "api token"))?;
         Ok(count > 0)
     }
@@ -218,7 +248,7 @@ impl Catalog {
             create_time: DateTime<Utc>,
             update_time: DateTime<Utc>,
         }
-        let row = on_read_pool!(self, pool => sqlx::query_as::<_, Row>(
+        let row = on_read_pool!(self, |pool| sqlx::query_as::<_, Row>(
             "SELECT t.id AS token_id, t.scope, t.last_used_time, u.id, u.username, u.email, u.admin, u.create_time, u.update_time \
              FROM api_tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.secret_hash = $1 AND (t.expire_time IS NULL OR t.expire_time > $2)")
@@ -245,8 +275,14 @@ impl Catalog {
 
     /// Records that a token was used.
     pub async fn touch_api_token(&self, id: Uuid, now: DateTime<Utc>) -> DomainResult<()> {
-        on_pool!(self, pool => sqlx::query("UPDATE api_tokens SET last_used_time = $2 WHERE id = $1")
-            .bind(id).bind(now).execute(pool).await.map(|r| r.rows_affected()))
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE api_tokens SET last_used_time = $2 WHERE id = $1"
+        )
+        .bind(id)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, "api token"))?;
         Ok(())
     }
@@ -257,7 +293,7 @@ impl Catalog {
         user_id: Option<Uuid>,
         page: Page,
     ) -> DomainResult<(Vec<ApiToken>, String)> {
-        let rows = on_pool!(self, pool => sqlx::query_as::<_, TokenRow>(
+        let rows = on_pool!(self, |pool| sqlx::query_as::<_, TokenRow>(
             "SELECT id, user_id, display_name, scope, prefix, create_time, expire_time, last_used_time \
              FROM api_tokens WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3")
             .bind(user_id)
@@ -266,16 +302,12 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "api tokens"))?;
-        let tokens = rows
-            .into_iter()
-            .map(ApiToken::try_from)
-            .collect::<DomainResult<Vec<_>>>()?;
-        Ok(page.finish(tokens, |t| t.id))
+        page.finish_rows(rows, ApiToken::try_from, |t| t.id)
     }
 
     /// Returns a token by id.
     pub async fn get_api_token(&self, id: Uuid) -> DomainResult<ApiToken> {
-        let row = on_pool!(self, pool => sqlx::query_as::<_, TokenRow>(
+        let row = on_pool!(self, |pool| sqlx::query_as::<_, TokenRow>(
             "SELECT id, user_id, display_name, scope, prefix, create_time, expire_time, last_used_time \
              FROM api_tokens WHERE id = $1")
             .bind(id)
@@ -288,8 +320,14 @@ impl Catalog {
 
     /// Deletes a token.
     pub async fn delete_api_token(&self, id: Uuid) -> DomainResult<()> {
-        let deleted = on_pool!(self, pool => sqlx::query("DELETE FROM api_tokens WHERE id = $1").bind(id).execute(pool).await.map(|r| r.rows_affected()))
-            .map_err(|e| from_sqlx(e, "api token"))?;
+        let deleted = on_pool!(self, |pool| sqlx::query(
+            "DELETE FROM api_tokens WHERE id = $1"
+        )
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| from_sqlx(e, "api token"))?;
         if deleted == 0 {
             return Err(DomainError::not_found("api token", id));
         }

@@ -29,8 +29,6 @@ pub async fn run_reaper(catalog: Catalog, settings: LeaseSettings, cancel: Cance
             Ok(changed) => {
                 for id in changed {
                     tracing::info!(run = %id, "lease ended without completion; run requeued, failed or cancelled");
-                    // house: the catalog publishes this once house-catalog is merged
-                    catalog.publish_run(id);
                 }
             }
             Err(error) => tracing::warn!(%error, "lease reaper could not scan the catalog"),

@@ -12,9 +12,8 @@ use uuid::Uuid;
 
 use super::{resolve_target, WorkerProfile};
 use crate::api::convert::{duration, options_to_proto, timestamp};
-use crate::catalog::leases::{
-    repository_of, AttemptOutcome, CompletionResult, LeaseSettings, LeaseState, WorkerRegistration,
-};
+use crate::catalog::leases::{AttemptOutcome, CompletionResult, LeaseSettings, LeaseState};
+use crate::catalog::workers::WorkerRegistration;
 use crate::error::{DomainError, DomainResult};
 use crate::model::run::RunSpec;
 use crate::runs::admission::RunAdmission;
@@ -256,8 +255,6 @@ impl Session {
         for lease in leased {
             self.credit -= 1;
             self.held.insert(lease.id, lease.lease_token);
-            // house: the catalog publishes this once house-catalog is merged
-            self.state.catalog.publish_run(lease.id);
             match self
                 .assignment(lease.id, lease.lease_token, lease.deadline)
                 .await
@@ -288,8 +285,6 @@ impl Session {
                         .await;
                     self.held.remove(&lease.id);
                     self.credit += 1;
-                    // house: the catalog publishes this once house-catalog is merged
-                    self.state.catalog.publish_run(lease.id);
                 }
             }
         }
@@ -303,7 +298,7 @@ impl Session {
     ) -> DomainResult<pb::RunAssignment> {
         let run = self.state.catalog.get_run(run_id).await?;
         let target = resolve_target(&self.state.catalog, &run.spec).await?;
-        let repository = repository_of(run.spec.target());
+        let repository = run.spec.target().repository();
         let repository_key = self.state.catalog.repository_key(&repository).await?;
         let mut assignment = pb::RunAssignment {
             lease: Some(lease_ref(run_id, token)),
@@ -385,8 +380,6 @@ impl Session {
                     cancel_requested: false,
                 } => {
                     self.held.insert(run_id, token);
-                    // house: the catalog publishes this once house-catalog is merged
-                    self.state.catalog.publish_run(run_id);
                 }
                 LeaseState::Current {
                     cancel_requested: true,
@@ -485,8 +478,6 @@ impl Session {
                 self.ack(run_id, token, false, &reason, -1).await;
             }
         }
-        // house: the catalog publishes this once house-catalog is merged
-        self.state.catalog.publish_run(run_id);
         Ok(())
     }
 
@@ -504,8 +495,6 @@ impl Session {
         };
         tracing::info!(worker = %self.name, run = %run_id, reason = %release.reason, accepted, "run released");
         self.ack(run_id, token, accepted, reason, -1).await;
-        // house: the catalog publishes this once house-catalog is merged
-        self.state.catalog.publish_run(run_id);
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ pub mod metadata;
 pub mod object;
 pub mod retention;
 pub mod run;
+pub mod snapshot;
 pub mod tag;
 pub mod user;
 

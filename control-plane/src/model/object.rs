@@ -19,40 +19,38 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::error::{DomainError, DomainResult};
+pub use coffer_format::{EntryKind, FileAttributes};
 
-/// The type of a filesystem entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FileKind {
-    /// A regular file.
-    Regular,
-    /// A directory.
-    Directory,
-    /// A symbolic link.
-    Symlink,
+/// The catalog's spelling of a kind (`object_versions.kind`, and the worker's
+/// `FileRecord.kind`).
+pub fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "regular",
+        EntryKind::Directory => "directory",
+        EntryKind::Symlink => "symlink",
+    }
 }
 
-impl FileKind {
-    /// The catalog's spelling (`object_versions.kind`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileKind::Regular => "regular",
-            FileKind::Directory => "directory",
-            FileKind::Symlink => "symlink",
-        }
+/// Parses the catalog's spelling of a kind; `None` for anything else.
+pub fn parse_kind(value: &str) -> Option<EntryKind> {
+    match value {
+        "regular" => Some(EntryKind::File),
+        "directory" => Some(EntryKind::Directory),
+        "symlink" => Some(EntryKind::Symlink),
+        _ => None,
     }
+}
 
-    /// Parses the catalog's spelling.
-    pub fn parse(value: &str) -> DomainResult<Self> {
-        match value {
-            "regular" => Ok(FileKind::Regular),
-            "directory" => Ok(FileKind::Directory),
-            "symlink" => Ok(FileKind::Symlink),
-            other => Err(DomainError::Internal(format!(
-                "unknown file kind {other:?} in catalog"
-            ))),
-        }
-    }
+/// A modification time as the catalog stores it: at microsecond precision
+/// (the precision [`FileAttributes::same_version`] compares at).
+pub fn mtime_of(attributes: &FileAttributes) -> DateTime<Utc> {
+    let micros = attributes.mtime_ns.div_euclid(1_000);
+    DateTime::from_timestamp_micros(micros).unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+/// Nanoseconds since the epoch of a stored modification time.
+pub fn mtime_ns(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros().saturating_mul(1_000)
 }
 
 /// One version of an object.
@@ -62,22 +60,9 @@ pub struct ObjectVersion {
     pub id: Uuid,
     /// The object.
     pub object_id: Uuid,
-    /// Entry type (of the last existing version, for deletion markers).
-    pub kind: FileKind,
-    /// Size in bytes.
-    pub size_bytes: i64,
-    /// Permission bits.
-    pub mode: u32,
-    /// Owner uid.
-    pub uid: u32,
-    /// Owner gid.
-    pub gid: u32,
-    /// Modification time.
-    pub mtime: Option<DateTime<Utc>>,
-    /// Content hash (hex) of a regular file.
-    pub content_hash: String,
-    /// Link target of a symlink, as raw bytes.
-    pub symlink_target: Option<Vec<u8>>,
+    /// What the version records. A deletion marker keeps the kind of the
+    /// last existing version and zeroes the rest.
+    pub attributes: FileAttributes,
     /// Where the content is stored.
     pub storage_key: String,
     /// First snapshot containing this version.
@@ -88,6 +73,14 @@ pub struct ObjectVersion {
     pub deleted: bool,
     /// When the version was recorded.
     pub create_time: DateTime<Utc>,
+}
+
+impl ObjectVersion {
+    /// The modification time, at the catalog's precision; none for a
+    /// deletion marker.
+    pub fn mtime(&self) -> Option<DateTime<Utc>> {
+        (!self.deleted).then(|| mtime_of(&self.attributes))
+    }
 }
 
 /// One path in a repository.
@@ -190,38 +183,18 @@ pub struct DuplicateFile {
 pub struct SnapshotEntry {
     /// Raw path bytes relative to the source root.
     pub path: Vec<u8>,
-    /// Entry type.
-    pub kind: FileKind,
-    /// Size in bytes.
-    pub size_bytes: i64,
-    /// Permission bits.
-    pub mode: u32,
-    /// Owner uid.
-    pub uid: u32,
-    /// Owner gid.
-    pub gid: u32,
-    /// Modification time.
-    pub mtime: Option<DateTime<Utc>>,
-    /// Content hash (hex) of a regular file; empty otherwise.
-    pub content_hash: String,
-    /// Link target of a symlink.
-    pub symlink_target: Option<Vec<u8>>,
+    /// What the version records.
+    pub attributes: FileAttributes,
     /// Where the content is stored.
     pub storage_key: String,
 }
 
 impl SnapshotEntry {
-    /// Whether this entry describes the same file as `version`: same kind,
-    /// size, mtime, content hash, mode and symlink target. Deletion markers
-    /// never match. Owner ids and the storage key do not count as changes.
-    pub fn same_as(&self, version: &ObjectVersion) -> bool {
-        !version.deleted
-            && self.kind == version.kind
-            && self.size_bytes == version.size_bytes
-            && self.mtime == version.mtime
-            && self.content_hash == version.content_hash
-            && self.mode == version.mode
-            && self.symlink_target == version.symlink_target
+    /// Whether this entry is the same version as `version`, by the one rule
+    /// of [`FileAttributes::same_version`] (an owner change is a change).
+    /// Deletion markers never match; the storage key does not count.
+    pub fn same_version(&self, version: &ObjectVersion) -> bool {
+        !version.deleted && self.attributes.same_version(&version.attributes)
     }
 }
 
@@ -290,8 +263,24 @@ mod tests {
 
     #[test]
     fn file_kinds_round_trip() {
-        for kind in [FileKind::Regular, FileKind::Directory, FileKind::Symlink] {
-            assert_eq!(FileKind::parse(kind.as_str()).ok(), Some(kind));
+        for kind in [EntryKind::File, EntryKind::Directory, EntryKind::Symlink] {
+            assert_eq!(parse_kind(kind_name(kind)), Some(kind));
         }
+        assert_eq!(parse_kind("deleted"), None);
+    }
+
+    #[test]
+    fn stored_mtimes_keep_microseconds() {
+        let attributes = FileAttributes {
+            kind: EntryKind::File,
+            size: 0,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns: -1_500,
+            content_hash: None,
+            symlink_target: None,
+        };
+        assert_eq!(mtime_ns(mtime_of(&attributes)), -2_000);
     }
 }

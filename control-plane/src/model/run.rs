@@ -65,6 +65,18 @@ impl Target {
         }
     }
 
+    /// The repository a backup of this target writes to, as objects are
+    /// keyed: one per bucket and prefix, or per filesystem path.
+    pub fn repository(&self) -> String {
+        match self {
+            Target::Bucket { bucket_id, prefix } => {
+                format!("bucket:{bucket_id}/{}", prefix.trim_matches('/'))
+            }
+            Target::Filesystem { path } => format!("filesystem:{path}"),
+            Target::Nfs { path } => format!("nfs:{path}"),
+        }
+    }
+
     /// The prefix or path (`jobs.target_path`).
     pub fn path(&self) -> &str {
         match self {

@@ -109,12 +109,7 @@ impl RunAdmission {
         };
         new.request_id = request_id;
         self.check_nfs(&new.spec).await?;
-        let created = self.catalog.create_run(&new).await?;
-        if created.created {
-            // house: the catalog publishes this once house-catalog is merged
-            self.catalog.publish_run(created.run.id);
-        }
-        Ok(created.run)
+        Ok(self.catalog.create_run(&new).await?.run)
     }
 
     /// Queues a retention run removing exactly what a plan made now lists.
@@ -126,7 +121,7 @@ impl RunAdmission {
         self.check_retention_scope(caller, scope).await?;
         let now = self.catalog.now().await?;
         let new = self.catalog.retention_run(scope, now).await?;
-        self.create_unconditionally(&new).await
+        self.insert(&new).await
     }
 
     /// Checks that the caller may see the scope's job or bucket (else
@@ -170,7 +165,7 @@ impl RunAdmission {
             max_attempts: self.catalog.run_default_max_attempts().await?,
             request_id: None,
         };
-        self.create_unconditionally(&new).await
+        self.insert(&new).await
     }
 
     /// With the `retention_apply_after_backup` configuration set, a job's
@@ -197,7 +192,7 @@ impl RunAdmission {
         if matches!(&new.spec, RunSpec::Retention(spec) if spec.removed.is_empty()) {
             return Ok(None);
         }
-        self.create_unconditionally(&new).await.map(Some)
+        self.insert(&new).await.map(Some)
     }
 
     /// Admission of scheduled runs for one scheduler round.
@@ -208,12 +203,9 @@ impl RunAdmission {
         }
     }
 
-    /// Creates a run and announces it even if its request id was seen before.
-    async fn create_unconditionally(&self, new: &NewRun) -> DomainResult<Run> {
-        let created = self.catalog.create_run(new).await?;
-        // house: the catalog publishes this once house-catalog is merged
-        self.catalog.publish_run(created.run.id);
-        Ok(created.run)
+    /// Creates a run; the catalog announces it.
+    async fn insert(&self, new: &NewRun) -> DomainResult<Run> {
+        Ok(self.catalog.create_run(new).await?.run)
     }
 
     /// A run of a job: the job's definition, copied.
@@ -426,15 +418,9 @@ impl ScheduledRuns<'_> {
         misfire_grace: std::time::Duration,
     ) -> DomainResult<Option<FiredTick>> {
         let attempts = self.default_max_attempts().await?;
-        let fired = self
-            .catalog
+        self.catalog
             .fire_tick(tick, now, misfire_grace, attempts)
-            .await?;
-        if let Some(run_id) = fired.as_ref().and_then(|fired| fired.run_id) {
-            // house: the catalog publishes this once house-catalog is merged
-            self.catalog.publish_run(run_id);
-        }
-        Ok(fired)
+            .await
     }
 
     /// Starts a waiting tick whose job is idle now; see
@@ -446,15 +432,9 @@ impl ScheduledRuns<'_> {
         now: DateTime<Utc>,
     ) -> DomainResult<Option<Uuid>> {
         let attempts = self.default_max_attempts().await?;
-        let started = self
-            .catalog
+        self.catalog
             .start_pending_tick(job_id, fire_time, now, attempts)
-            .await?;
-        if let Some(run_id) = started {
-            // house: the catalog publishes this once house-catalog is merged
-            self.catalog.publish_run(run_id);
-        }
-        Ok(started)
+            .await
     }
 
     async fn default_max_attempts(&mut self) -> DomainResult<i32> {

@@ -14,15 +14,41 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{PolicyRow, POLICY_COLUMNS};
-use crate::catalog::objects::{list_placeholders, BATCH_ROWS};
+use crate::catalog::error::from_sqlx;
+use crate::catalog::in_transaction;
+use crate::catalog::placeholders::{list_placeholders, BATCH_ROWS};
 use crate::catalog::{on_pool, Backend, Catalog};
-use crate::error::{from_sqlx, DomainError, DomainResult};
+use crate::error::{DomainError, DomainResult};
 use crate::model::configuration::DEFAULT_RETENTION_POLICY_ID;
 use crate::model::retention::plan::{
     plan, AppliedPolicy, GroupKey, Held, ObjectHold, ObjectPolicy, PlanInput, PolicySource,
     RetainedObject, RetentionPlan, RetentionScope, Snapshot, SnapshotGroup, TagPair, VersionSpan,
 };
 use crate::model::retention::{KeepRules, RetentionPolicy};
+use crate::model::run::{NewRun, RetentionSpec, RunSpec, SnapshotSource, Target};
+
+/// The `$row`s that `$sql_for(n)` (a statement with an IN list of `n` ids
+/// from `$1`) selects for every id of `$ids`, [`BATCH_ROWS`] ids per
+/// statement, inside the open transaction `$tx` of either backend.
+macro_rules! fetch_by_ids_in_tx {
+    ($tx:ident, $row:ty, $ids:expr, $sql_for:expr, $what:expr) => {{
+        let mut rows: Vec<$row> = Vec::new();
+        for chunk in $ids.chunks(BATCH_ROWS) {
+            let sql = $sql_for(chunk.len());
+            let mut query = sqlx::query_as::<_, $row>(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            rows.extend(
+                query
+                    .fetch_all(&mut *$tx)
+                    .await
+                    .map_err(|e| from_sqlx(e, $what))?,
+            );
+        }
+        rows
+    }};
+}
 
 /// The conditions selecting a scope's runs (`r`) and objects (`o`) by `$1`.
 fn scope_conditions(scope: RetentionScope) -> (&'static str, &'static str, Uuid) {
@@ -183,10 +209,12 @@ impl Catalog {
     /// someone else is reported as not found).
     pub async fn retention_scope_owner(&self, scope: RetentionScope) -> DomainResult<Option<Uuid>> {
         let (_, _, id) = scope_conditions(scope);
-        on_pool!(self, pool => sqlx::query_scalar::<_, Uuid>(scope_owner_sql(scope))
-            .bind(id)
-            .fetch_optional(pool)
-            .await)
+        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(scope_owner_sql(
+            scope
+        ))
+        .bind(id)
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "retention scope"))
     }
 
@@ -213,83 +241,104 @@ impl Catalog {
     async fn load_plan_rows(&self, scope: RetentionScope) -> DomainResult<PlanRows> {
         let (runs, objects, id) = scope_conditions(scope);
         let postgres = self.backend() == Backend::Postgres;
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+        on_pool!(self, |pool| in_transaction!(pool, |tx| {
             if postgres {
                 // One snapshot of the database for every statement below.
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .execute(&mut *tx).await.map_err(|e| from_sqlx(e, "catalog"))?;
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| from_sqlx(e, "catalog"))?;
             }
             let owner: Option<Uuid> = sqlx::query_scalar(scope_owner_sql(scope))
-                .bind(id).fetch_optional(&mut *tx).await
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
                 .map_err(|e| from_sqlx(e, "retention scope"))?;
             if owner.is_none() {
                 return Err(scope_not_found(scope));
             }
             let snapshots: Vec<SnapshotRow> = sqlx::query_as(&snapshots_sql(runs))
-                .bind(id).fetch_all(&mut *tx).await
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
                 .map_err(|e| from_sqlx(e, "snapshots"))?;
             let run_tags: Vec<TagRow> = sqlx::query_as(&run_tags_sql(runs))
-                .bind(id).fetch_all(&mut *tx).await
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
                 .map_err(|e| from_sqlx(e, "snapshot tags"))?;
-            let default_value: Option<String> = sqlx::query_scalar(
-                "SELECT value FROM configurations WHERE key = $1")
-                .bind(DEFAULT_RETENTION_POLICY_ID).fetch_optional(&mut *tx).await
-                .map_err(|e| from_sqlx(e, "configuration"))?;
+            let default_value: Option<String> =
+                sqlx::query_scalar("SELECT value FROM configurations WHERE key = $1")
+                    .bind(DEFAULT_RETENTION_POLICY_ID)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| from_sqlx(e, "configuration"))?;
             let default_policy = parse_default_policy(default_value)?;
             let holds: Vec<HoldRow> = sqlx::query_as(&holds_sql(objects))
-                .bind(id).fetch_all(&mut *tx).await
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
                 .map_err(|e| from_sqlx(e, "object retentions"))?;
 
-            let held_objects: Vec<Uuid> = holds.iter().map(|h| h.object_id)
-                .collect::<BTreeSet<_>>().into_iter().collect();
-            let mut versions = Vec::new();
-            for chunk in held_objects.chunks(BATCH_ROWS) {
-                let sql = versions_sql(chunk.len());
-                let mut query = sqlx::query_as::<_, VersionRow>(&sql);
-                for object_id in chunk {
-                    query = query.bind(*object_id);
-                }
-                versions.extend(query.fetch_all(&mut *tx).await
-                    .map_err(|e| from_sqlx(e, "object versions"))?);
-            }
+            let held_objects = unique_ids(holds.iter().map(|h| h.object_id));
+            let versions = fetch_by_ids_in_tx!(
+                tx,
+                VersionRow,
+                held_objects,
+                versions_sql,
+                "object versions"
+            );
             // Version tags matter only to object policies.
-            let policy_objects: Vec<Uuid> = holds.iter().filter(|h| h.policy_id.is_some())
-                .map(|h| h.object_id).collect::<BTreeSet<_>>().into_iter().collect();
-            let mut version_tags = Vec::new();
-            for chunk in policy_objects.chunks(BATCH_ROWS) {
-                let sql = version_tags_sql(chunk.len());
-                let mut query = sqlx::query_as::<_, TagRow>(&sql);
-                for object_id in chunk {
-                    query = query.bind(*object_id);
-                }
-                version_tags.extend(query.fetch_all(&mut *tx).await
-                    .map_err(|e| from_sqlx(e, "object version tags"))?);
-            }
+            let policy_objects = unique_ids(
+                holds
+                    .iter()
+                    .filter(|h| h.policy_id.is_some())
+                    .map(|h| h.object_id),
+            );
+            let version_tags = fetch_by_ids_in_tx!(
+                tx,
+                TagRow,
+                policy_objects,
+                version_tags_sql,
+                "object version tags"
+            );
 
-            let policy_ids: Vec<Uuid> = snapshots.iter()
-                .flat_map(|s| [s.job_policy_id, s.bucket_policy_id])
-                .chain(holds.iter().map(|h| h.policy_id))
-                .chain([default_policy])
-                .flatten()
-                .collect::<BTreeSet<_>>().into_iter().collect();
-            let mut policies = HashMap::with_capacity(policy_ids.len());
-            for chunk in policy_ids.chunks(BATCH_ROWS) {
-                let sql = policies_sql(chunk.len());
-                let mut query = sqlx::query_as::<_, PolicyRow>(&sql);
-                for policy_id in chunk {
-                    query = query.bind(*policy_id);
-                }
-                for row in query.fetch_all(&mut *tx).await
-                    .map_err(|e| from_sqlx(e, "retention policies"))? {
-                    let policy = RetentionPolicy::try_from(row)?;
-                    policies.insert(policy.id, policy);
-                }
+            let policy_ids = unique_ids(
+                snapshots
+                    .iter()
+                    .flat_map(|s| [s.job_policy_id, s.bucket_policy_id])
+                    .chain(holds.iter().map(|h| h.policy_id))
+                    .chain([default_policy])
+                    .flatten(),
+            );
+            let policy_rows = fetch_by_ids_in_tx!(
+                tx,
+                PolicyRow,
+                policy_ids,
+                policies_sql,
+                "retention policies"
+            );
+            let mut policies = HashMap::with_capacity(policy_rows.len());
+            for row in policy_rows {
+                let policy = RetentionPolicy::try_from(row)?;
+                policies.insert(policy.id, policy);
             }
-            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            Ok(PlanRows { snapshots, run_tags, default_policy, holds, versions, version_tags, policies })
-        })
+            Ok(PlanRows {
+                snapshots,
+                run_tags,
+                default_policy,
+                holds,
+                versions,
+                version_tags,
+                policies,
+            })
+        }))
     }
+}
+
+/// Each id once, in order.
+fn unique_ids(ids: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
+    ids.collect::<BTreeSet<_>>().into_iter().collect()
 }
 
 /// Groups tag rows by the resource they are on.
@@ -419,4 +468,63 @@ fn plan_input(rows: PlanRows, now: DateTime<Utc>) -> DomainResult<PlanInput> {
         groups: groups.into_values().collect(),
         objects: objects.into_values().collect(),
     })
+}
+
+impl Catalog {
+    /// A retention run removing exactly what a plan of `scope` made at
+    /// `now` does not keep, owned by the scope's owner.
+    pub async fn retention_run(
+        &self,
+        scope: RetentionScope,
+        now: DateTime<Utc>,
+    ) -> DomainResult<NewRun> {
+        let owner_id = self
+            .retention_scope_owner(scope)
+            .await?
+            .ok_or_else(|| match scope {
+                RetentionScope::Job(id) => DomainError::not_found("job", id),
+                RetentionScope::Bucket(id) => DomainError::not_found("bucket", id),
+            })?;
+        let plan = self.plan_retention(scope, now).await?;
+        let mut removed = Vec::new();
+        for run_id in plan.runs_to_remove() {
+            let run = self.get_run(run_id).await?;
+            let RunSpec::Backup(backup) = &run.spec else {
+                return Err(DomainError::Internal(format!(
+                    "retention planned to remove run {run_id}, which is not a backup"
+                )));
+            };
+            removed.push(SnapshotSource {
+                run_id,
+                job_id: run.job_id,
+                source_path: backup.source_path.clone(),
+                target: backup.target.clone(),
+                manifest_key: run.manifest_key.clone(),
+            });
+        }
+        let (job_id, bucket_id, target) = match scope {
+            RetentionScope::Job(id) => (Some(id), None, self.get_job(id).await?.draft.target),
+            RetentionScope::Bucket(id) => (
+                None,
+                Some(id),
+                Target::Bucket {
+                    bucket_id: id,
+                    prefix: String::new(),
+                },
+            ),
+        };
+        Ok(NewRun {
+            owner_id,
+            job_id: None,
+            spec: RunSpec::Retention(RetentionSpec {
+                job_id,
+                bucket_id,
+                plan_time: now,
+                target,
+                removed,
+            }),
+            max_attempts: self.run_default_max_attempts().await?,
+            request_id: None,
+        })
+    }
 }

@@ -1,8 +1,7 @@
-//! Removing snapshots from the catalog (retention), and what garbage
-//! collection needs to know about the runs touching a repository.
+//! Removing snapshots from the catalog (retention).
 //!
 //! A version is valid in snapshot `S` when `first_run_id <= S < last_run_id`
-//! (see `objects.rs`). Removing snapshots must not change what any kept
+//! (see `crate::model::object`). Removing snapshots must not change what any kept
 //! snapshot contains, so before a snapshot's run row goes, every version
 //! naming it is moved to the nearest kept snapshot: `first_run_id` to the
 //! first kept snapshot at or after it (or the version is deleted when no
@@ -16,15 +15,13 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::leases::repository_of;
-use super::objects::list_placeholders;
-use super::{on_pool, Catalog};
-use crate::error::{from_sqlx, DomainError, DomainResult};
-use crate::model::retention::plan::RetentionScope;
-use crate::model::run::{NewRun, RetentionSpec, RunSpec, SnapshotSource, Target};
+use crate::catalog::error::from_sqlx;
+use crate::catalog::placeholders::list_placeholders;
+use crate::catalog::{in_transaction, on_pool, Catalog};
+use crate::error::DomainResult;
+use crate::model::run::SnapshotSource;
 
 /// Versions read and rewritten per transaction.
 const PAGE_ROWS: i64 = 2000;
@@ -83,93 +80,6 @@ fn fate(kept: &[Uuid], first: Uuid, last: Option<Uuid>) -> VersionFate {
 }
 
 impl Catalog {
-    /// A retention run removing exactly what a plan of `scope` made at
-    /// `now` does not keep, owned by the scope's owner.
-    pub async fn retention_run(
-        &self,
-        scope: RetentionScope,
-        now: DateTime<Utc>,
-    ) -> DomainResult<NewRun> {
-        let owner_id = self
-            .retention_scope_owner(scope)
-            .await?
-            .ok_or_else(|| match scope {
-                RetentionScope::Job(id) => DomainError::not_found("job", id),
-                RetentionScope::Bucket(id) => DomainError::not_found("bucket", id),
-            })?;
-        let plan = self.plan_retention(scope, now).await?;
-        let mut removed = Vec::new();
-        for run_id in plan.runs_to_remove() {
-            let run = self.get_run(run_id).await?;
-            let RunSpec::Backup(backup) = &run.spec else {
-                return Err(DomainError::Internal(format!(
-                    "retention planned to remove run {run_id}, which is not a backup"
-                )));
-            };
-            removed.push(SnapshotSource {
-                run_id,
-                job_id: run.job_id,
-                source_path: backup.source_path.clone(),
-                target: backup.target.clone(),
-                manifest_key: run.manifest_key.clone(),
-            });
-        }
-        let (job_id, bucket_id, target) = match scope {
-            RetentionScope::Job(id) => (Some(id), None, self.get_job(id).await?.draft.target),
-            RetentionScope::Bucket(id) => (
-                None,
-                Some(id),
-                Target::Bucket {
-                    bucket_id: id,
-                    prefix: String::new(),
-                },
-            ),
-        };
-        Ok(NewRun {
-            owner_id,
-            job_id: None,
-            spec: RunSpec::Retention(RetentionSpec {
-                job_id,
-                bucket_id,
-                plan_time: now,
-                target,
-                removed,
-            }),
-            max_attempts: self.run_default_max_attempts().await?,
-            request_id: None,
-        })
-    }
-
-    /// The garbage collection of `target`'s repository that is queued or
-    /// running, if any.
-    pub async fn active_gc_run(&self, target: &Target) -> DomainResult<Option<Uuid>> {
-        on_pool!(self, pool => sqlx::query_scalar::<_, Uuid>(
-            "SELECT id FROM runs WHERE kind = 'garbage_collection' AND repository = $1 \
-             AND state IN ('queued', 'running') ORDER BY id LIMIT 1")
-            .bind(repository_of(target))
-            .fetch_optional(pool)
-            .await)
-        .map_err(|e| from_sqlx(e, "run"))
-    }
-
-    /// When the oldest run other than `except` that is executing on
-    /// `repository` started: a collection must not delete what such a run
-    /// may have seen before the packs were condemned.
-    pub async fn oldest_in_flight_start(
-        &self,
-        repository: &str,
-        except: Uuid,
-    ) -> DomainResult<Option<DateTime<Utc>>> {
-        on_pool!(self, pool => sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
-            "SELECT MIN(COALESCE(start_time, create_time)) FROM runs \
-             WHERE repository = $1 AND state = 'running' AND id <> $2")
-            .bind(repository)
-            .bind(except)
-            .fetch_one(pool)
-            .await)
-        .map_err(|e| from_sqlx(e, "run"))
-    }
-
     /// Removes `snapshots` (succeeded backup runs) from the catalog: their
     /// versions are moved or deleted as the module explains, objects left
     /// without versions and the tags of everything removed are deleted, then
@@ -185,7 +95,7 @@ impl Catalog {
         let mut series: HashMap<(String, Option<Uuid>), Vec<Uuid>> = HashMap::new();
         for snapshot in snapshots {
             series
-                .entry((repository_of(&snapshot.target), snapshot.job_id))
+                .entry((snapshot.target.repository(), snapshot.job_id))
                 .or_default()
                 .push(snapshot.run_id);
         }
@@ -207,13 +117,15 @@ impl Catalog {
         repository: &str,
         job_id: Option<Uuid>,
     ) -> DomainResult<Vec<Uuid>> {
-        on_pool!(self, pool => sqlx::query_scalar::<_, Uuid>(
+        on_pool!(self, |pool| {
+            sqlx::query_scalar::<_, Uuid>(
             "SELECT id FROM runs WHERE kind = 'backup' AND state = 'succeeded' AND repository = $1 \
              AND ((job_id IS NULL AND $2 IS NULL) OR job_id = $2) ORDER BY id")
             .bind(repository)
             .bind(job_id)
             .fetch_all(pool)
-            .await)
+            .await
+        })
         .map_err(|e| from_sqlx(e, "snapshot"))
     }
 
@@ -231,7 +143,7 @@ impl Catalog {
             );
             let mut after = Uuid::nil();
             loop {
-                let page: Vec<VersionBounds> = on_pool!(self, pool => sqlx::query_as(&sql)
+                let page: Vec<VersionBounds> = on_pool!(self, |pool| sqlx::query_as(&sql)
                     .bind(run_id)
                     .bind(after)
                     .fetch_all(pool)
@@ -269,8 +181,7 @@ impl Catalog {
         }
         orphan_candidates.sort_unstable();
         orphan_candidates.dedup();
-        let objects_deleted = on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+        let objects_deleted = on_pool!(self, |pool| in_transaction!(pool, |tx| {
             for ((first, last), ids) in &moves {
                 for chunk in ids.chunks(ID_LIST) {
                     let sql = format!(
@@ -281,7 +192,10 @@ impl Catalog {
                     for id in chunk {
                         query = query.bind(*id);
                     }
-                    query.execute(&mut *tx).await.map_err(|e| from_sqlx(e, "object versions"))?;
+                    query
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| from_sqlx(e, "object versions"))?;
                 }
             }
             for chunk in deleted.chunks(ID_LIST) {
@@ -308,7 +222,10 @@ impl Catalog {
                 for id in chunk {
                     query = query.bind(*id);
                 }
-                let orphans = query.fetch_all(&mut *tx).await.map_err(|e| from_sqlx(e, "objects"))?;
+                let orphans = query
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| from_sqlx(e, "objects"))?;
                 if orphans.is_empty() {
                     continue;
                 }
@@ -325,9 +242,8 @@ impl Catalog {
                 }
                 objects_deleted += orphans.len() as u64;
             }
-            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            Ok::<u64, DomainError>(objects_deleted)
-        })?;
+            Ok(objects_deleted)
+        }))?;
         stats.versions_deleted += deleted.len() as u64;
         stats.versions_moved += moves.values().map(|ids| ids.len() as u64).sum::<u64>();
         stats.objects_deleted += objects_deleted;
@@ -337,23 +253,26 @@ impl Catalog {
     /// Deletes a snapshot's run row (its errors, metadata and staged batches
     /// go with it by cascade) and its tags. No version may name it any more.
     async fn delete_snapshot_run(&self, run_id: Uuid) -> DomainResult<u64> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, "catalog"))?;
+        let deleted = on_pool!(self, |pool| in_transaction!(pool, |tx| {
             sqlx::query("DELETE FROM tags WHERE resource_kind = 'run' AND resource_id = $1")
                 .bind(run_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| from_sqlx(e, "tags"))?;
             let deleted = sqlx::query(
-                "DELETE FROM runs WHERE id = $1 AND kind = 'backup' AND state = 'succeeded'")
-                .bind(run_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| from_sqlx(e, "run"))?
-                .rows_affected();
-            tx.commit().await.map_err(|e| from_sqlx(e, "catalog"))?;
-            Ok::<u64, DomainError>(deleted)
-        })
+                "DELETE FROM runs WHERE id = $1 AND kind = 'backup' AND state = 'succeeded'",
+            )
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx(e, "run"))?
+            .rows_affected();
+            Ok(deleted)
+        }))?;
+        if deleted > 0 {
+            self.publish_run(run_id);
+        }
+        Ok(deleted)
     }
 }
 

@@ -1,0 +1,5 @@
+INSERT INTO workers (id, name, labels, slots, source_roots, version, connected, last_seen_time, create_time)
+VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $7)
+ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, slots = excluded.slots,
+source_roots = excluded.source_roots, version = excluded.version, connected = TRUE,
+last_seen_time = excluded.last_seen_time RETURNING id

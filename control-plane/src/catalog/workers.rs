@@ -1,0 +1,94 @@
+//! Workers: how they introduce themselves, and what the catalog knows of
+//! them. The leases they hold are `leases.rs`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::error::from_sqlx;
+use super::{new_id, on_pool, to_json, Catalog};
+use crate::error::DomainResult;
+
+/// A worker as it introduces itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerRegistration {
+    /// Stable name.
+    pub name: String,
+    /// Labels for selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Parallel slots.
+    pub slots: i32,
+    /// Source roots it may read.
+    pub source_roots: Vec<String>,
+    /// Software version.
+    pub version: String,
+}
+
+/// A worker as the catalog knows it.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct WorkerRow {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Labels (JSON).
+    pub labels: String,
+    /// Slots.
+    pub slots: i32,
+    /// Source roots (JSON).
+    pub source_roots: String,
+    /// Version.
+    pub version: String,
+    /// Session open.
+    pub connected: bool,
+    /// Last message.
+    pub last_seen_time: DateTime<Utc>,
+}
+
+impl Catalog {
+    /// Registers (or re-registers, by name) a worker and marks it connected.
+    pub async fn register_worker(&self, worker: &WorkerRegistration) -> DomainResult<Uuid> {
+        let now = self.now().await?;
+        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(include_str!(
+            "sql/workers/register.sql"
+        ))
+        .bind(new_id())
+        .bind(&worker.name)
+        .bind(to_json(&worker.labels))
+        .bind(worker.slots)
+        .bind(to_json(&worker.source_roots))
+        .bind(&worker.version)
+        .bind(now)
+        .fetch_one(pool)
+        .await)
+        .map_err(|e| from_sqlx(e, "worker"))
+    }
+
+    /// Records that a worker's session is open or closed, and when it was last heard of.
+    pub async fn touch_worker(&self, id: Uuid, connected: bool) -> DomainResult<()> {
+        let now = self.now().await?;
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE workers SET connected = $2, last_seen_time = $3 WHERE id = $1"
+        )
+        .bind(id)
+        .bind(connected)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| from_sqlx(e, "worker"))?;
+        Ok(())
+    }
+
+    /// Workers seen since `since` (all when `None`), by name.
+    pub async fn list_workers(&self, since: Option<DateTime<Utc>>) -> DomainResult<Vec<WorkerRow>> {
+        on_pool!(self, |pool| sqlx::query_as::<_, WorkerRow>(
+            "SELECT id, name, labels, slots, source_roots, version, connected, last_seen_time FROM workers \
+             WHERE ($1 IS NULL OR last_seen_time >= $1 OR connected) ORDER BY name")
+            .bind(since)
+            .fetch_all(pool)
+            .await)
+        .map_err(|e| from_sqlx(e, "workers"))
+    }
+}

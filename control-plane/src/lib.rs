@@ -12,5 +12,6 @@ pub mod model;
 pub mod scheduler;
 pub mod server;
 pub mod startup;
+#[cfg(feature = "test-util")]
 #[doc(hidden)]
 pub mod testing;

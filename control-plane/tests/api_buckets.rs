@@ -4,7 +4,6 @@ mod support;
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::bucket_service_client::BucketServiceClient;
-use coffer_proto::v1::retention_service_client::RetentionServiceClient;
 use prost_types::FieldMask;
 use support::{authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
@@ -95,19 +94,18 @@ async fn bucket_crud_round_trip(backend: Backend) {
     assert_eq!(fetched, created);
 
     // Switch the location to a filesystem and change the description only.
-    let updated = buckets
-        .update_bucket(authed(
-            &token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: created.id.clone(),
-                    name: "ignored-not-in-mask".into(),
-                    description: "now local".into(),
-                    ..fs_bucket("x")
-                }),
-                update_mask: mask(&["description", "filesystem"]),
-            },
-        ))
+    let updated = server
+        .as_user(&token)
+        .buckets
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: created.id.clone(),
+                name: "ignored-not-in-mask".into(),
+                description: "now local".into(),
+                ..fs_bucket("x")
+            }),
+            update_mask: mask(&["description", "filesystem"]),
+        })
         .await
         .expect("update")
         .into_inner()
@@ -122,13 +120,12 @@ async fn bucket_crud_round_trip(backend: Backend) {
         updated
     );
 
-    buckets
-        .delete_bucket(authed(
-            &token,
-            pb::DeleteBucketRequest {
-                id: created.id.clone(),
-            },
-        ))
+    server
+        .as_user(&token)
+        .buckets
+        .delete_bucket(pb::DeleteBucketRequest {
+            id: created.id.clone(),
+        })
         .await
         .expect("delete");
     let status = get(&mut buckets, &token, &created.id)
@@ -150,41 +147,38 @@ async fn foreign_bucket_is_not_found(backend: Backend) {
         .await
         .expect_err("foreign get");
     assert_eq!(status.code(), Code::NotFound);
-    let status = buckets
-        .update_bucket(authed(
-            &bob_token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: bucket.id.clone(),
-                    description: "mine now".into(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["description"]),
-            },
-        ))
+    let status = server
+        .as_user(&bob_token)
+        .buckets
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: bucket.id.clone(),
+                description: "mine now".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["description"]),
+        })
         .await
         .expect_err("foreign update");
     assert_eq!(status.code(), Code::NotFound);
-    let status = buckets
-        .delete_bucket(authed(
-            &bob_token,
-            pb::DeleteBucketRequest {
-                id: bucket.id.clone(),
-            },
-        ))
+    let status = server
+        .as_user(&bob_token)
+        .buckets
+        .delete_bucket(pb::DeleteBucketRequest {
+            id: bucket.id.clone(),
+        })
         .await
         .expect_err("foreign delete");
     assert_eq!(status.code(), Code::NotFound);
 
     // Bob's list holds nothing, even when he asks for Alice's buckets.
-    let listed = buckets
-        .list_buckets(authed(
-            &bob_token,
-            pb::ListBucketsRequest {
-                owner_id: alice.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let listed = server
+        .as_user(&bob_token)
+        .buckets
+        .list_buckets(pb::ListBucketsRequest {
+            owner_id: alice.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("list")
         .into_inner();
@@ -198,14 +192,13 @@ async fn foreign_bucket_is_not_found(backend: Backend) {
             .id,
         bucket.id
     );
-    let listed = buckets
-        .list_buckets(authed(
-            &server.admin_token,
-            pb::ListBucketsRequest {
-                owner_id: alice.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let listed = server
+        .admin()
+        .buckets
+        .list_buckets(pb::ListBucketsRequest {
+            owner_id: alice.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("admin list")
         .into_inner();
@@ -234,18 +227,17 @@ async fn duplicate_name_per_owner_is_already_exists(backend: Backend) {
     let other = create(&mut buckets, &alice_token, fs_bucket("other"))
         .await
         .expect("other");
-    let status = buckets
-        .update_bucket(authed(
-            &alice_token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: other.id,
-                    name: "main".into(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["name"]),
-            },
-        ))
+    let status = server
+        .as_user(&alice_token)
+        .buckets
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: other.id,
+                name: "main".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["name"]),
+        })
         .await
         .expect_err("rename onto taken name");
     assert_eq!(status.code(), Code::AlreadyExists);
@@ -371,33 +363,31 @@ async fn only_admins_choose_another_owner(backend: Backend) {
     let own = create(&mut buckets, &alice_token, fs_bucket("mine"))
         .await
         .expect("own");
-    let status = buckets
-        .update_bucket(authed(
-            &alice_token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: own.id.clone(),
-                    owner_id: bob.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["owner_id"]),
-            },
-        ))
+    let status = server
+        .as_user(&alice_token)
+        .buckets
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: own.id.clone(),
+                owner_id: bob.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["owner_id"]),
+        })
         .await
         .expect_err("non-admin moving a bucket");
     assert_eq!(status.code(), Code::PermissionDenied);
-    let moved = buckets
-        .update_bucket(authed(
-            &server.admin_token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: created.id.clone(),
-                    owner_id: alice.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["owner_id"]),
-            },
-        ))
+    let moved = server
+        .admin()
+        .buckets
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: created.id.clone(),
+                owner_id: alice.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["owner_id"]),
+        })
         .await
         .expect("admin moves bucket")
         .into_inner()
@@ -410,18 +400,16 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, alice_token) = server.create_user("alice").await;
     let (_, bob_token) = server.create_user("bob").await;
-    let mut retention = RetentionServiceClient::new(server.channel().await);
-    let policy = retention
-        .create_retention_policy(authed(
-            &alice_token,
-            pb::CreateRetentionPolicyRequest {
-                retention_policy: Some(pb::RetentionPolicy {
-                    name: "daily".into(),
-                    keep_daily: 7,
-                    ..Default::default()
-                }),
-            },
-        ))
+    let policy = server
+        .as_user(&alice_token)
+        .retention
+        .create_retention_policy(pb::CreateRetentionPolicyRequest {
+            retention_policy: Some(pb::RetentionPolicy {
+                name: "daily".into(),
+                keep_daily: 7,
+                ..Default::default()
+            }),
+        })
         .await
         .expect("policy")
         .into_inner()
@@ -471,17 +459,16 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
     assert_eq!(bucket.retention_policy_id, policy.id);
 
     // Clearing the policy through the mask.
-    let cleared = buckets
-        .update_bucket(authed(
-            &alice_token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: bucket.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["retention_policy_id"]),
-            },
-        ))
+    let cleared = server
+        .as_user(&alice_token)
+        .buckets
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: bucket.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["retention_policy_id"]),
+        })
         .await
         .expect("clear policy")
         .into_inner()
@@ -502,16 +489,15 @@ async fn buckets_page_by_name_prefix(backend: Backend) {
     let mut seen = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = buckets
-            .list_buckets(authed(
-                &token,
-                pb::ListBucketsRequest {
-                    page_size: 2,
-                    page_token: page_token.clone(),
-                    name_prefix: "b".into(),
-                    ..Default::default()
-                },
-            ))
+        let page = server
+            .as_user(&token)
+            .buckets
+            .list_buckets(pb::ListBucketsRequest {
+                page_size: 2,
+                page_token: page_token.clone(),
+                name_prefix: "b".into(),
+                ..Default::default()
+            })
             .await
             .expect("list")
             .into_inner();
@@ -533,33 +519,31 @@ async fn update_rejects_bad_masks(backend: Backend) {
         .await
         .expect("create");
     for paths in [&[][..], &["create_time"][..], &["s3", "filesystem"][..]] {
-        let status = buckets
-            .update_bucket(authed(
-                &token,
-                pb::UpdateBucketRequest {
-                    bucket: Some(pb::Bucket {
-                        id: bucket.id.clone(),
-                        ..s3_bucket("main")
-                    }),
-                    update_mask: mask(paths),
-                },
-            ))
+        let status = server
+            .as_user(&token)
+            .buckets
+            .update_bucket(pb::UpdateBucketRequest {
+                bucket: Some(pb::Bucket {
+                    id: bucket.id.clone(),
+                    ..s3_bucket("main")
+                }),
+                update_mask: mask(paths),
+            })
             .await
             .expect_err("bad mask");
         assert_eq!(status.code(), Code::InvalidArgument, "{paths:?}");
     }
     // Naming `s3` without sending an S3 location is invalid, not a silent no-op.
-    let status = buckets
-        .update_bucket(authed(
-            &token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: bucket.id.clone(),
-                    ..fs_bucket("main")
-                }),
-                update_mask: mask(&["s3"]),
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .buckets
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: bucket.id.clone(),
+                ..fs_bucket("main")
+            }),
+            update_mask: mask(&["s3"]),
+        })
         .await
         .expect_err("s3 mask without s3");
     assert_eq!(violated_fields(&status), vec!["bucket.s3".to_string()]);
@@ -574,8 +558,7 @@ async fn delete_refused_while_a_job_targets_the_bucket(backend: Backend) {
         .expect("create");
     let job_id = uuid::Uuid::now_v7().to_string();
     server
-        .state
-        .catalog
+        .catalog()
         .execute_raw(&format!(
             "INSERT INTO jobs (id, owner_id, name, source_path, target_kind, target_bucket_id, \
              create_time, update_time) VALUES ({}, {}, 'nightly', '/data', 'bucket', {}, \
@@ -586,13 +569,12 @@ async fn delete_refused_while_a_job_targets_the_bucket(backend: Backend) {
         ))
         .await
         .expect("insert job");
-    let status = buckets
-        .delete_bucket(authed(
-            &token,
-            pb::DeleteBucketRequest {
-                id: bucket.id.clone(),
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .buckets
+        .delete_bucket(pb::DeleteBucketRequest {
+            id: bucket.id.clone(),
+        })
         .await
         .expect_err("referenced bucket");
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -601,16 +583,17 @@ async fn delete_refused_while_a_job_targets_the_bucket(backend: Backend) {
         .expect("still there");
 
     server
-        .state
-        .catalog
+        .catalog()
         .execute_raw(&format!(
             "DELETE FROM jobs WHERE id = {}",
             uuid_literal(backend, &job_id)
         ))
         .await
         .expect("delete job");
-    buckets
-        .delete_bucket(authed(&token, pb::DeleteBucketRequest { id: bucket.id }))
+    server
+        .as_user(&token)
+        .buckets
+        .delete_bucket(pb::DeleteBucketRequest { id: bucket.id })
         .await
         .expect("unreferenced bucket deletes");
 }

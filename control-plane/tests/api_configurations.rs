@@ -4,7 +4,6 @@ mod support;
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::configuration_service_client::ConfigurationServiceClient;
-use coffer_proto::v1::retention_service_client::RetentionServiceClient;
 use prost_types::FieldMask;
 use support::{authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
@@ -48,28 +47,26 @@ async fn configuration_crud_round_trip(backend: Backend) {
     assert_eq!(created.key, "nfs_mount_path");
     assert_eq!(created.value, "/mnt/nfs");
 
-    let by_id = configs
-        .get_configuration(authed(
-            &server.admin_token,
-            pb::GetConfigurationRequest {
-                id: created.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let by_id = server
+        .admin()
+        .configurations
+        .get_configuration(pb::GetConfigurationRequest {
+            id: created.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("get by id")
         .into_inner()
         .configuration
         .expect("configuration");
     assert_eq!(by_id, created);
-    let by_key = configs
-        .get_configuration(authed(
-            &server.admin_token,
-            pb::GetConfigurationRequest {
-                key: "nfs_mount_path".into(),
-                ..Default::default()
-            },
-        ))
+    let by_key = server
+        .admin()
+        .configurations
+        .get_configuration(pb::GetConfigurationRequest {
+            key: "nfs_mount_path".into(),
+            ..Default::default()
+        })
         .await
         .expect("get by key")
         .into_inner()
@@ -77,21 +74,20 @@ async fn configuration_crud_round_trip(backend: Backend) {
         .expect("configuration");
     assert_eq!(by_key, created);
 
-    let updated = configs
-        .update_configuration(authed(
-            &server.admin_token,
-            pb::UpdateConfigurationRequest {
-                configuration: Some(pb::Configuration {
-                    id: created.id.clone(),
-                    value: "/srv/nfs".into(),
-                    description: "not in the mask".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["value".into()],
-                }),
-            },
-        ))
+    let updated = server
+        .admin()
+        .configurations
+        .update_configuration(pb::UpdateConfigurationRequest {
+            configuration: Some(pb::Configuration {
+                id: created.id.clone(),
+                value: "/srv/nfs".into(),
+                description: "not in the mask".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["value".into()],
+            }),
+        })
         .await
         .expect("update")
         .into_inner()
@@ -101,38 +97,34 @@ async fn configuration_crud_round_trip(backend: Backend) {
     assert_eq!(updated.description, created.description);
     assert_eq!(
         server
-            .state
-            .catalog
+            .catalog()
             .configuration_value("nfs_mount_path")
             .await
             .expect("value"),
         Some("/srv/nfs".to_string())
     );
 
-    configs
-        .delete_configuration(authed(
-            &server.admin_token,
-            pb::DeleteConfigurationRequest {
-                id: created.id.clone(),
-            },
-        ))
+    server
+        .admin()
+        .configurations
+        .delete_configuration(pb::DeleteConfigurationRequest {
+            id: created.id.clone(),
+        })
         .await
         .expect("delete");
-    let status = configs
-        .get_configuration(authed(
-            &server.admin_token,
-            pb::GetConfigurationRequest {
-                key: "nfs_mount_path".into(),
-                ..Default::default()
-            },
-        ))
+    let status = server
+        .admin()
+        .configurations
+        .get_configuration(pb::GetConfigurationRequest {
+            key: "nfs_mount_path".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("deleted");
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(
         server
-            .state
-            .catalog
+            .catalog()
             .configuration_value("nfs_mount_path")
             .await
             .expect("value"),
@@ -156,49 +148,48 @@ async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
     )
     .await
     .expect("admin create");
-    let read = configs
-        .get_configuration(authed(
-            &token,
-            pb::GetConfigurationRequest {
-                id: created.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let read = server
+        .as_user(&token)
+        .configurations
+        .get_configuration(pb::GetConfigurationRequest {
+            id: created.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("user reads")
         .into_inner()
         .configuration
         .expect("configuration");
     assert_eq!(read.value, "30");
-    let listed = configs
-        .list_configurations(authed(&token, pb::ListConfigurationsRequest::default()))
+    let listed = server
+        .as_user(&token)
+        .configurations
+        .list_configurations(pb::ListConfigurationsRequest::default())
         .await
         .expect("user lists")
         .into_inner();
     assert_eq!(listed.configurations.len(), 1);
 
-    let status = configs
-        .update_configuration(authed(
-            &token,
-            pb::UpdateConfigurationRequest {
-                configuration: Some(pb::Configuration {
-                    id: created.id.clone(),
-                    value: "60".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["value".into()],
-                }),
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .configurations
+        .update_configuration(pb::UpdateConfigurationRequest {
+            configuration: Some(pb::Configuration {
+                id: created.id.clone(),
+                value: "60".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["value".into()],
+            }),
+        })
         .await
         .expect_err("non-admin update");
     assert_eq!(status.code(), Code::PermissionDenied);
-    let status = configs
-        .delete_configuration(authed(
-            &token,
-            pb::DeleteConfigurationRequest { id: created.id },
-        ))
+    let status = server
+        .as_user(&token)
+        .configurations
+        .delete_configuration(pb::DeleteConfigurationRequest { id: created.id })
         .await
         .expect_err("non-admin delete");
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -260,18 +251,16 @@ async fn keys_and_values_are_validated(backend: Backend) {
     }
 
     // An existing policy is a valid default.
-    let mut retention = RetentionServiceClient::new(server.channel().await);
-    let policy = retention
-        .create_retention_policy(authed(
-            &admin,
-            pb::CreateRetentionPolicyRequest {
-                retention_policy: Some(pb::RetentionPolicy {
-                    name: "default".into(),
-                    keep_last: 10,
-                    ..Default::default()
-                }),
-            },
-        ))
+    let policy = server
+        .as_user(&admin)
+        .retention
+        .create_retention_policy(pb::CreateRetentionPolicyRequest {
+            retention_policy: Some(pb::RetentionPolicy {
+                name: "default".into(),
+                keep_last: 10,
+                ..Default::default()
+            }),
+        })
         .await
         .expect("policy")
         .into_inner()
@@ -285,43 +274,40 @@ async fn keys_and_values_are_validated(backend: Backend) {
     .await
     .expect("existing policy");
     // …and while it is the default, the policy cannot be deleted.
-    let status = retention
-        .delete_retention_policy(authed(
-            &admin,
-            pb::DeleteRetentionPolicyRequest { id: policy.id },
-        ))
+    let status = server
+        .as_user(&admin)
+        .retention
+        .delete_retention_policy(pb::DeleteRetentionPolicyRequest { id: policy.id })
         .await
         .expect_err("default policy");
     assert_eq!(status.code(), Code::FailedPrecondition);
 
     // An update's value is checked against the entry's key.
-    let lease = configs
-        .get_configuration(authed(
-            &admin,
-            pb::GetConfigurationRequest {
-                key: "lease_ttl_seconds".into(),
-                ..Default::default()
-            },
-        ))
+    let lease = server
+        .as_user(&admin)
+        .configurations
+        .get_configuration(pb::GetConfigurationRequest {
+            key: "lease_ttl_seconds".into(),
+            ..Default::default()
+        })
         .await
         .expect("get")
         .into_inner()
         .configuration
         .expect("configuration");
-    let status = configs
-        .update_configuration(authed(
-            &admin,
-            pb::UpdateConfigurationRequest {
-                configuration: Some(pb::Configuration {
-                    id: lease.id,
-                    value: "7200".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["value".into()],
-                }),
-            },
-        ))
+    let status = server
+        .as_user(&admin)
+        .configurations
+        .update_configuration(pb::UpdateConfigurationRequest {
+            configuration: Some(pb::Configuration {
+                id: lease.id,
+                value: "7200".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["value".into()],
+            }),
+        })
         .await
         .expect_err("out of range update");
     assert_eq!(
@@ -368,15 +354,14 @@ async fn list_is_ordered_by_key_and_pages(backend: Backend) {
     let mut seen = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = configs
-            .list_configurations(authed(
-                &server.admin_token,
-                pb::ListConfigurationsRequest {
-                    page_size: 2,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
+        let page = server
+            .admin()
+            .configurations
+            .list_configurations(pb::ListConfigurationsRequest {
+                page_size: 2,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
             .await
             .expect("list")
             .into_inner();
@@ -398,14 +383,13 @@ async fn list_is_ordered_by_key_and_pages(backend: Backend) {
         ]
     );
 
-    let filtered = configs
-        .list_configurations(authed(
-            &server.admin_token,
-            pb::ListConfigurationsRequest {
-                key_prefix: "r".into(),
-                ..Default::default()
-            },
-        ))
+    let filtered = server
+        .admin()
+        .configurations
+        .list_configurations(pb::ListConfigurationsRequest {
+            key_prefix: "r".into(),
+            ..Default::default()
+        })
         .await
         .expect("list by prefix")
         .into_inner();
@@ -413,14 +397,13 @@ async fn list_is_ordered_by_key_and_pages(backend: Backend) {
     assert_eq!(keys, vec!["retry_backoff_seconds", "run_deadline_seconds"]);
     assert!(filtered.next_page_token.is_empty());
 
-    let status = configs
-        .list_configurations(authed(
-            &server.admin_token,
-            pb::ListConfigurationsRequest {
-                page_token: "%%%".into(),
-                ..Default::default()
-            },
-        ))
+    let status = server
+        .admin()
+        .configurations
+        .list_configurations(pb::ListConfigurationsRequest {
+            page_token: "%%%".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("bad token");
     assert_eq!(violated_fields(&status), vec!["page_token".to_string()]);

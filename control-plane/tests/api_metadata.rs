@@ -5,8 +5,6 @@ mod support;
 use coffer_control_plane::model::metadata::MetadataValues;
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::backup_metadata_service_client::BackupMetadataServiceClient;
-use coffer_proto::v1::job_service_client::JobServiceClient;
-use coffer_proto::v1::run_service_client::RunServiceClient;
 use support::{authed, violated_fields, Backend, TestServer};
 use tonic::Code;
 use uuid::Uuid;
@@ -14,10 +12,10 @@ use uuid::Uuid;
 type Client = BackupMetadataServiceClient<tonic::transport::Channel>;
 
 async fn create_job(server: &TestServer, token: &str, name: &str) -> pb::Job {
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    jobs.create_job(authed(
-        token,
-        pb::CreateJobRequest {
+    server
+        .as_user(token)
+        .jobs
+        .create_job(pb::CreateJobRequest {
             job: Some(pb::Job {
                 name: name.into(),
                 source_path: "/data".into(),
@@ -26,32 +24,30 @@ async fn create_job(server: &TestServer, token: &str, name: &str) -> pb::Job {
                 }),
                 ..Default::default()
             }),
-        },
-    ))
-    .await
-    .expect("create job")
-    .into_inner()
-    .job
-    .expect("job")
+        })
+        .await
+        .expect("create job")
+        .into_inner()
+        .job
+        .expect("job")
 }
 
 async fn create_run(server: &TestServer, token: &str, job_id: &str) -> pb::Run {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    runs.create_run(authed(
-        token,
-        pb::CreateRunRequest {
+    server
+        .as_user(token)
+        .runs
+        .create_run(pb::CreateRunRequest {
             spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
                 job_id: job_id.into(),
                 ..Default::default()
             })),
             request_id: String::new(),
-        },
-    ))
-    .await
-    .expect("create run")
-    .into_inner()
-    .run
-    .expect("run")
+        })
+        .await
+        .expect("create run")
+        .into_inner()
+        .run
+        .expect("run")
 }
 
 fn record(job_id: &str, run_id: &str) -> pb::BackupMetadata {
@@ -294,14 +290,12 @@ async fn automatic_records_are_read_only(backend: Backend) {
     let job = create_job(&server, &token, "home").await;
     let run = create_run(&server, &token, &job.id).await;
     let domain_run = server
-        .state
-        .catalog
+        .catalog()
         .get_run(Uuid::parse_str(&run.id).expect("uuid"))
         .await
         .expect("run");
     let automatic = server
-        .state
-        .catalog
+        .catalog()
         .record_automatic_metadata(
             &domain_run,
             MetadataValues {

@@ -4,12 +4,7 @@ mod support;
 
 use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntry};
 use coffer_proto::v1 as pb;
-use coffer_proto::v1::bucket_service_client::BucketServiceClient;
-use coffer_proto::v1::configuration_service_client::ConfigurationServiceClient;
-use coffer_proto::v1::job_service_client::JobServiceClient;
-use coffer_proto::v1::object_service_client::ObjectServiceClient;
 use coffer_proto::v1::retention_service_client::RetentionServiceClient;
-use coffer_proto::v1::tag_service_client::TagServiceClient;
 use prost_types::{Duration, FieldMask, Timestamp};
 use support::{authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
@@ -113,8 +108,7 @@ async fn insert_object(
         Backend::Sqlite => format!("X'{hex}'"),
     };
     server
-        .state
-        .catalog
+        .catalog()
         .execute_raw(&format!(
             "INSERT INTO objects (id, owner_id, repository, path, path_text, create_time) \
              VALUES ({}, {}, 'repo', {bytes}, '{path}', '2024-01-01T00:00:00Z')",
@@ -136,8 +130,7 @@ async fn insert_version(
     let run_id = uuid::Uuid::now_v7().to_string();
     let now = "'2024-01-01T00:00:00Z'";
     server
-        .state
-        .catalog
+        .catalog()
         .execute_raw(&format!(
             "INSERT INTO runs (id, owner_id, kind, state, spec, max_attempts, not_before_time, \
              create_time, update_time) VALUES ({}, {}, 'backup', 'succeeded', '{{}}', 1, {now}, {now}, {now})",
@@ -148,8 +141,7 @@ async fn insert_version(
         .expect("insert run");
     let id = uuid::Uuid::now_v7().to_string();
     server
-        .state
-        .catalog
+        .catalog()
         .execute_raw(&format!(
             "INSERT INTO object_versions (id, object_id, kind, first_run_id, create_time) \
              VALUES ({}, {}, 'file', {}, {now})",
@@ -199,13 +191,12 @@ async fn policy_crud_round_trip(backend: Backend) {
     assert_eq!(created.keep_tags, vec!["pinned", "release=v1.2"]);
     assert_eq!(created.time_zone, "Europe/Berlin");
 
-    let fetched = retention
-        .get_retention_policy(authed(
-            &token,
-            pb::GetRetentionPolicyRequest {
-                id: created.id.clone(),
-            },
-        ))
+    let fetched = server
+        .as_user(&token)
+        .retention
+        .get_retention_policy(pb::GetRetentionPolicyRequest {
+            id: created.id.clone(),
+        })
         .await
         .expect("get")
         .into_inner()
@@ -213,20 +204,19 @@ async fn policy_crud_round_trip(backend: Backend) {
         .expect("policy");
     assert_eq!(fetched, created);
 
-    let updated = retention
-        .update_retention_policy(authed(
-            &token,
-            pb::UpdateRetentionPolicyRequest {
-                retention_policy: Some(pb::RetentionPolicy {
-                    id: created.id.clone(),
-                    keep_daily: 14,
-                    keep_tags: vec![],
-                    name: "ignored".into(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["keep_daily", "keep_tags"]),
-            },
-        ))
+    let updated = server
+        .as_user(&token)
+        .retention
+        .update_retention_policy(pb::UpdateRetentionPolicyRequest {
+            retention_policy: Some(pb::RetentionPolicy {
+                id: created.id.clone(),
+                keep_daily: 14,
+                keep_tags: vec![],
+                name: "ignored".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["keep_daily", "keep_tags"]),
+        })
         .await
         .expect("update")
         .into_inner()
@@ -238,36 +228,33 @@ async fn policy_crud_round_trip(backend: Backend) {
     assert_eq!(updated.keep_last, 3);
 
     // Removing every rule through an update is refused.
-    let status = retention
-        .update_retention_policy(authed(
-            &token,
-            pb::UpdateRetentionPolicyRequest {
-                retention_policy: Some(pb::RetentionPolicy {
-                    id: created.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["keep_last", "keep_daily", "keep_monthly", "keep_within"]),
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .retention
+        .update_retention_policy(pb::UpdateRetentionPolicyRequest {
+            retention_policy: Some(pb::RetentionPolicy {
+                id: created.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["keep_last", "keep_daily", "keep_monthly", "keep_within"]),
+        })
         .await
         .expect_err("keeps nothing");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("a policy that keeps nothing"));
 
-    retention
-        .delete_retention_policy(authed(
-            &token,
-            pb::DeleteRetentionPolicyRequest {
-                id: created.id.clone(),
-            },
-        ))
+    server
+        .as_user(&token)
+        .retention
+        .delete_retention_policy(pb::DeleteRetentionPolicyRequest {
+            id: created.id.clone(),
+        })
         .await
         .expect("delete");
-    let status = retention
-        .get_retention_policy(authed(
-            &token,
-            pb::GetRetentionPolicyRequest { id: created.id },
-        ))
+    let status = server
+        .as_user(&token)
+        .retention
+        .get_retention_policy(pb::GetRetentionPolicyRequest { id: created.id })
         .await
         .expect_err("deleted");
     assert_eq!(status.code(), Code::NotFound);
@@ -356,23 +343,21 @@ async fn policies_are_owned(backend: Backend) {
         .await
         .expect("same name, other owner");
 
-    let status = retention
-        .get_retention_policy(authed(
-            &bob_token,
-            pb::GetRetentionPolicyRequest {
-                id: alices.id.clone(),
-            },
-        ))
+    let status = server
+        .as_user(&bob_token)
+        .retention
+        .get_retention_policy(pb::GetRetentionPolicyRequest {
+            id: alices.id.clone(),
+        })
         .await
         .expect_err("foreign policy");
     assert_eq!(status.code(), Code::NotFound);
-    let status = retention
-        .delete_retention_policy(authed(
-            &bob_token,
-            pb::DeleteRetentionPolicyRequest {
-                id: alices.id.clone(),
-            },
-        ))
+    let status = server
+        .as_user(&bob_token)
+        .retention
+        .delete_retention_policy(pb::DeleteRetentionPolicyRequest {
+            id: alices.id.clone(),
+        })
         .await
         .expect_err("foreign delete");
     assert_eq!(status.code(), Code::NotFound);
@@ -409,15 +394,14 @@ async fn policies_are_owned(backend: Backend) {
     let mut seen = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = retention
-            .list_retention_policies(authed(
-                &alice_token,
-                pb::ListRetentionPoliciesRequest {
-                    page_size: 2,
-                    page_token: page_token.clone(),
-                    owner_id: bob.id.clone(),
-                },
-            ))
+        let page = server
+            .as_user(&alice_token)
+            .retention
+            .list_retention_policies(pb::ListRetentionPoliciesRequest {
+                page_size: 2,
+                page_token: page_token.clone(),
+                owner_id: bob.id.clone(),
+            })
             .await
             .expect("list")
             .into_inner();
@@ -429,14 +413,13 @@ async fn policies_are_owned(backend: Backend) {
         page_token = page.next_page_token;
     }
     assert_eq!(seen, vec!["daily", "p0", "p1", "p2", "p3"]);
-    let bobs = retention
-        .list_retention_policies(authed(
-            &server.admin_token,
-            pb::ListRetentionPoliciesRequest {
-                owner_id: bob.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let bobs = server
+        .admin()
+        .retention
+        .list_retention_policies(pb::ListRetentionPoliciesRequest {
+            owner_id: bob.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("admin list")
         .into_inner();
@@ -455,56 +438,51 @@ async fn delete_refused_while_a_bucket_uses_the_policy(backend: Backend) {
     let used = create_policy(&mut retention, &token, policy("used"))
         .await
         .expect("policy");
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let bucket = buckets
-        .create_bucket(authed(
-            &token,
-            pb::CreateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    name: "main".into(),
-                    location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
-                        path: "/srv/backups".into(),
-                    })),
-                    retention_policy_id: used.id.clone(),
-                    ..Default::default()
-                }),
-            },
-        ))
+    let bucket = server
+        .as_user(&token)
+        .buckets
+        .create_bucket(pb::CreateBucketRequest {
+            bucket: Some(pb::Bucket {
+                name: "main".into(),
+                location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+                    path: "/srv/backups".into(),
+                })),
+                retention_policy_id: used.id.clone(),
+                ..Default::default()
+            }),
+        })
         .await
         .expect("bucket")
         .into_inner()
         .bucket
         .expect("bucket");
-    let status = retention
-        .delete_retention_policy(authed(
-            &token,
-            pb::DeleteRetentionPolicyRequest {
-                id: used.id.clone(),
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .retention
+        .delete_retention_policy(pb::DeleteRetentionPolicyRequest {
+            id: used.id.clone(),
+        })
         .await
         .expect_err("referenced policy");
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("bucket"), "{}", status.message());
 
-    buckets
-        .update_bucket(authed(
-            &token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: bucket.id,
-                    ..Default::default()
-                }),
-                update_mask: mask(&["retention_policy_id"]),
-            },
-        ))
+    server
+        .as_user(&token)
+        .buckets
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: bucket.id,
+                ..Default::default()
+            }),
+            update_mask: mask(&["retention_policy_id"]),
+        })
         .await
         .expect("detach policy");
-    retention
-        .delete_retention_policy(authed(
-            &token,
-            pb::DeleteRetentionPolicyRequest { id: used.id },
-        ))
+    server
+        .as_user(&token)
+        .retention
+        .delete_retention_policy(pb::DeleteRetentionPolicyRequest { id: used.id })
         .await
         .expect("unreferenced policy deletes");
 }
@@ -536,13 +514,12 @@ async fn object_retention_lifecycle(backend: Backend) {
     assert_eq!(created.retain_until_time, Some(until));
     assert!(!created.legal_hold);
 
-    let fetched = retention
-        .get_object_retention(authed(
-            &token,
-            pb::GetObjectRetentionRequest {
-                id: created.id.clone(),
-            },
-        ))
+    let fetched = server
+        .as_user(&token)
+        .retention
+        .get_object_retention(pb::GetObjectRetentionRequest {
+            id: created.id.clone(),
+        })
         .await
         .expect("get")
         .into_inner()
@@ -583,21 +560,19 @@ async fn object_retention_lifecycle(backend: Backend) {
     }
 
     // The policy is in use, and the retention is still active.
-    let status = retention
-        .delete_retention_policy(authed(
-            &token,
-            pb::DeleteRetentionPolicyRequest { id: pol.id.clone() },
-        ))
+    let status = server
+        .as_user(&token)
+        .retention
+        .delete_retention_policy(pb::DeleteRetentionPolicyRequest { id: pol.id.clone() })
         .await
         .expect_err("policy used by an object retention");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    let status = retention
-        .delete_object_retention(authed(
-            &token,
-            pb::DeleteObjectRetentionRequest {
-                id: created.id.clone(),
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .retention
+        .delete_object_retention(pb::DeleteObjectRetentionRequest {
+            id: created.id.clone(),
+        })
         .await
         .expect_err("retain-until in the future");
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -614,13 +589,12 @@ async fn object_retention_lifecycle(backend: Backend) {
     )
     .await
     .expect("legal hold");
-    let status = retention
-        .delete_object_retention(authed(
-            &token,
-            pb::DeleteObjectRetentionRequest {
-                id: held.id.clone(),
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .retention
+        .delete_object_retention(pb::DeleteObjectRetentionRequest {
+            id: held.id.clone(),
+        })
         .await
         .expect_err("legal hold");
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -637,25 +611,23 @@ async fn object_retention_lifecycle(backend: Backend) {
     .await
     .expect("lift hold");
     assert!(!lifted.legal_hold);
-    retention
-        .delete_object_retention(authed(
-            &token,
-            pb::DeleteObjectRetentionRequest {
-                id: held.id.clone(),
-            },
-        ))
+    server
+        .as_user(&token)
+        .retention
+        .delete_object_retention(pb::DeleteObjectRetentionRequest {
+            id: held.id.clone(),
+        })
         .await
         .expect("delete lifted hold");
 
-    let listed = retention
-        .list_object_retentions(authed(
-            &token,
-            pb::ListObjectRetentionsRequest {
-                resource: object_ref(&object),
-                policy_id: pol.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let listed = server
+        .as_user(&token)
+        .retention
+        .list_object_retentions(pb::ListObjectRetentionsRequest {
+            resource: object_ref(&object),
+            policy_id: pol.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("list")
         .into_inner();
@@ -704,21 +676,19 @@ async fn object_version_retention_and_access(backend: Backend) {
         .expect_err("foreign object");
         assert_eq!(status.code(), Code::NotFound);
     }
-    let status = retention
-        .get_object_retention(authed(
-            &bob_token,
-            pb::GetObjectRetentionRequest {
-                id: created.id.clone(),
-            },
-        ))
+    let status = server
+        .as_user(&bob_token)
+        .retention
+        .get_object_retention(pb::GetObjectRetentionRequest {
+            id: created.id.clone(),
+        })
         .await
         .expect_err("foreign retention");
     assert_eq!(status.code(), Code::NotFound);
-    let listed = retention
-        .list_object_retentions(authed(
-            &bob_token,
-            pb::ListObjectRetentionsRequest::default(),
-        ))
+    let listed = server
+        .as_user(&bob_token)
+        .retention
+        .list_object_retentions(pb::ListObjectRetentionsRequest::default())
         .await
         .expect("list")
         .into_inner();
@@ -816,21 +786,19 @@ impl PlanFixture {
     }
 
     async fn bucket(&self, name: &str, policy_id: &str) -> String {
-        let mut buckets = BucketServiceClient::new(self.server.channel().await);
-        buckets
-            .create_bucket(authed(
-                &self.token,
-                pb::CreateBucketRequest {
-                    bucket: Some(pb::Bucket {
-                        name: name.into(),
-                        location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
-                            path: format!("/srv/{name}"),
-                        })),
-                        retention_policy_id: policy_id.into(),
-                        ..Default::default()
-                    }),
-                },
-            ))
+        self.server
+            .as_user(&self.token)
+            .buckets
+            .create_bucket(pb::CreateBucketRequest {
+                bucket: Some(pb::Bucket {
+                    name: name.into(),
+                    location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+                        path: format!("/srv/{name}"),
+                    })),
+                    retention_policy_id: policy_id.into(),
+                    ..Default::default()
+                }),
+            })
             .await
             .expect("bucket")
             .into_inner()
@@ -840,10 +808,10 @@ impl PlanFixture {
     }
 
     async fn job(&self, name: &str, bucket_id: &str, policy_id: &str) -> String {
-        let mut jobs = JobServiceClient::new(self.server.channel().await);
-        jobs.create_job(authed(
-            &self.token,
-            pb::CreateJobRequest {
+        self.server
+            .as_user(&self.token)
+            .jobs
+            .create_job(pb::CreateJobRequest {
                 job: Some(pb::Job {
                     name: name.into(),
                     source_path: "/data".into(),
@@ -856,14 +824,13 @@ impl PlanFixture {
                     retention_policy_id: policy_id.into(),
                     ..Default::default()
                 }),
-            },
-        ))
-        .await
-        .expect("job")
-        .into_inner()
-        .job
-        .expect("job")
-        .id
+            })
+            .await
+            .expect("job")
+            .into_inner()
+            .job
+            .expect("job")
+            .id
     }
 
     /// Records a run of `kind` in `state` finished at `finished` (RFC 3339),
@@ -882,8 +849,7 @@ impl PlanFixture {
         let job = job_id.map_or("NULL".to_string(), |job| uuid_literal(backend, job));
         let time = format!("'{finished}'");
         self.server
-            .state
-            .catalog
+            .catalog()
             .execute_raw(&format!(
                 "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, \
                  max_attempts, not_before_time, create_time, update_time, finish_time, repository) \
@@ -917,8 +883,7 @@ impl PlanFixture {
         let run_id = self.snapshot(Some(job_id), bucket_id, finished).await;
         let id = |text: &str| uuid::Uuid::parse_str(text).expect("uuid");
         self.server
-            .state
-            .catalog
+            .catalog()
             .apply_snapshot(&SnapshotCommit {
                 run_id: id(&run_id),
                 owner_id: id(&self.owner.id),
@@ -948,10 +913,10 @@ impl PlanFixture {
     }
 
     async fn tag(&self, kind: pb::ResourceKind, id: &str, key: &str, value: &str) {
-        let mut tags = TagServiceClient::new(self.server.channel().await);
-        tags.create_tag(authed(
-            &self.token,
-            pb::CreateTagRequest {
+        self.server
+            .as_user(&self.token)
+            .tags
+            .create_tag(pb::CreateTagRequest {
                 tag: Some(pb::Tag {
                     resource: Some(pb::ResourceRef {
                         kind: kind as i32,
@@ -961,24 +926,22 @@ impl PlanFixture {
                     value: value.into(),
                     ..Default::default()
                 }),
-            },
-        ))
-        .await
-        .expect("tag");
+            })
+            .await
+            .expect("tag");
     }
 
     /// The versions of the object at `path` in the job, newest first.
     async fn versions(&self, job_id: &str, path: &str) -> (String, Vec<pb::ObjectVersion>) {
-        let mut objects = ObjectServiceClient::new(self.server.channel().await);
-        let object = objects
-            .list_objects(authed(
-                &self.token,
-                pb::ListObjectsRequest {
-                    job_id: job_id.into(),
-                    path_prefix: path.into(),
-                    ..Default::default()
-                },
-            ))
+        let object = self
+            .server
+            .as_user(&self.token)
+            .objects
+            .list_objects(pb::ListObjectsRequest {
+                job_id: job_id.into(),
+                path_prefix: path.into(),
+                ..Default::default()
+            })
             .await
             .expect("objects")
             .into_inner()
@@ -986,14 +949,14 @@ impl PlanFixture {
             .into_iter()
             .find(|o| o.path == path)
             .expect("object");
-        let versions = objects
-            .list_object_versions(authed(
-                &self.token,
-                pb::ListObjectVersionsRequest {
-                    object_id: object.id.clone(),
-                    ..Default::default()
-                },
-            ))
+        let versions = self
+            .server
+            .as_user(&self.token)
+            .objects
+            .list_object_versions(pb::ListObjectVersionsRequest {
+                object_id: object.id.clone(),
+                ..Default::default()
+            })
             .await
             .expect("versions")
             .into_inner()
@@ -1019,8 +982,10 @@ impl PlanFixture {
         token: &str,
         request: pb::PlanRetentionRequest,
     ) -> Result<pb::PlanRetentionResponse, tonic::Status> {
-        self.retention
-            .plan_retention(authed(token, request))
+        self.server
+            .as_user(token)
+            .retention
+            .plan_retention(request)
             .await
             .map(|r| r.into_inner())
     }
@@ -1385,18 +1350,16 @@ async fn bucket_plan_decides_each_job_on_its_own(backend: Backend) {
     // The default policy applies where neither job nor bucket names one.
     let unmanaged = fx.plan_job(&other_bucket).await;
     assert_eq!(unmanaged.remove_count, 0);
-    let mut configs = ConfigurationServiceClient::new(fx.server.channel().await);
-    configs
-        .create_configuration(authed(
-            &fx.server.admin_token,
-            pb::CreateConfigurationRequest {
-                configuration: Some(pb::Configuration {
-                    key: "default_retention_policy_id".into(),
-                    value: keep_two.clone(),
-                    ..Default::default()
-                }),
-            },
-        ))
+    fx.server
+        .admin()
+        .configurations
+        .create_configuration(pb::CreateConfigurationRequest {
+            configuration: Some(pb::Configuration {
+                key: "default_retention_policy_id".into(),
+                value: keep_two.clone(),
+                ..Default::default()
+            }),
+        })
         .await
         .expect("default policy");
     let defaulted = fx.plan_job(&other_bucket).await;
@@ -1479,8 +1442,7 @@ async fn apply_queues_exactly_what_the_plan_removes(backend: Backend) {
             r#"{{"kind":"backup","job_id":"{job}","source_path":"/data","target":{{"kind":"bucket","bucket_id":"{bucket}","prefix":""}}}}"#
         );
         fx.server
-            .state
-            .catalog
+            .catalog()
             .execute_raw(&format!(
                 "UPDATE runs SET spec = '{spec}', manifest_key = 'snapshots/{id}' WHERE id = {}",
                 uuid_literal(backend, &id)
@@ -1500,22 +1462,22 @@ async fn apply_queues_exactly_what_the_plan_removes(backend: Backend) {
 
     let token = fx.token.clone();
     let run_id = fx
+        .server
+        .as_user(&token)
         .retention
-        .apply_retention(authed(
-            &token,
-            pb::ApplyRetentionRequest {
-                job_id: job.clone(),
-                ..Default::default()
-            },
-        ))
+        .apply_retention(pb::ApplyRetentionRequest {
+            job_id: job.clone(),
+            ..Default::default()
+        })
         .await
         .expect("apply")
         .into_inner()
         .run_id;
-    let mut runs =
-        coffer_proto::v1::run_service_client::RunServiceClient::new(fx.server.channel().await);
-    let run = runs
-        .get_run(authed(&token, pb::GetRunRequest { id: run_id }))
+    let run = fx
+        .server
+        .as_user(&token)
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id })
         .await
         .expect("retention run")
         .into_inner()
@@ -1535,21 +1497,22 @@ async fn apply_queues_exactly_what_the_plan_removes(backend: Backend) {
 
     // The same checks as a plan: exactly one scope, and only the owner's.
     let status = fx
+        .server
+        .as_user(&token)
         .retention
-        .apply_retention(authed(&token, pb::ApplyRetentionRequest::default()))
+        .apply_retention(pb::ApplyRetentionRequest::default())
         .await
         .expect_err("no scope");
     assert_eq!(status.code(), Code::InvalidArgument);
     let (_, bob_token) = fx.server.create_user("bob").await;
     let status = fx
+        .server
+        .as_user(&bob_token)
         .retention
-        .apply_retention(authed(
-            &bob_token,
-            pb::ApplyRetentionRequest {
-                job_id: job.clone(),
-                ..Default::default()
-            },
-        ))
+        .apply_retention(pb::ApplyRetentionRequest {
+            job_id: job.clone(),
+            ..Default::default()
+        })
         .await
         .expect_err("foreign job");
     assert_eq!(status.code(), Code::NotFound);

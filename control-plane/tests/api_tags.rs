@@ -32,8 +32,7 @@ fn tag(resource: Option<pb::ResourceRef>, key: &str, value: &str) -> pb::CreateT
 async fn user_run(server: &TestServer, user: &pb::User) -> Uuid {
     let owner = Uuid::parse_str(&user.id).expect("user id");
     server
-        .state
-        .catalog
+        .catalog()
         .insert_test_run(owner, None, None)
         .await
         .expect("insert run")
@@ -44,8 +43,7 @@ async fn user_object(server: &TestServer, user: &pb::User) -> (Uuid, Uuid) {
     let run_id = user_run(server, user).await;
     let owner = Uuid::parse_str(&user.id).expect("user id");
     server
-        .state
-        .catalog
+        .catalog()
         .apply_snapshot(&SnapshotCommit {
             run_id,
             owner_id: owner,
@@ -68,12 +66,10 @@ async fn user_object(server: &TestServer, user: &pb::User) -> (Uuid, Uuid) {
         })
         .await
         .expect("snapshot");
-    let mut objects = pb::object_service_client::ObjectServiceClient::new(server.channel().await);
-    let object = objects
-        .list_objects(authed(
-            &server.admin_token,
-            pb::ListObjectsRequest::default(),
-        ))
+    let object = server
+        .admin()
+        .objects
+        .list_objects(pb::ListObjectsRequest::default())
         .await
         .expect("list objects")
         .into_inner()
@@ -102,8 +98,10 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     let run_id = user_run(&server, &alice).await;
     let mut tags = TagServiceClient::new(server.channel().await);
 
-    let created = tags
-        .create_tag(authed(&token, tag(run_ref(run_id), "env", "prod")))
+    let created = server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(run_ref(run_id), "env", "prod"))
         .await
         .expect("create")
         .into_inner()
@@ -113,19 +111,20 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     assert_eq!(created.key, "env");
     assert_eq!(created.resource, run_ref(run_id));
 
-    let status = tags
-        .create_tag(authed(&token, tag(run_ref(run_id), "env", "dev")))
+    let status = server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(run_ref(run_id), "env", "dev"))
         .await
         .expect_err("same key twice");
     assert_eq!(status.code(), Code::AlreadyExists);
 
-    let fetched = tags
-        .get_tag(authed(
-            &token,
-            pb::GetTagRequest {
-                id: created.id.clone(),
-            },
-        ))
+    let fetched = server
+        .as_user(&token)
+        .tags
+        .get_tag(pb::GetTagRequest {
+            id: created.id.clone(),
+        })
         .await
         .expect("get")
         .into_inner()
@@ -133,21 +132,20 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
         .expect("tag");
     assert_eq!(fetched, created);
 
-    let updated = tags
-        .update_tag(authed(
-            &token,
-            pb::UpdateTagRequest {
-                tag: Some(pb::Tag {
-                    id: created.id.clone(),
-                    value: "staging".into(),
-                    key: "ignored".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["value".into()],
-                }),
-            },
-        ))
+    let updated = server
+        .as_user(&token)
+        .tags
+        .update_tag(pb::UpdateTagRequest {
+            tag: Some(pb::Tag {
+                id: created.id.clone(),
+                value: "staging".into(),
+                key: "ignored".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["value".into()],
+            }),
+        })
         .await
         .expect("update")
         .into_inner()
@@ -156,20 +154,19 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     assert_eq!(updated.value, "staging");
     assert_eq!(updated.key, "env");
 
-    let status = tags
-        .update_tag(authed(
-            &token,
-            pb::UpdateTagRequest {
-                tag: Some(pb::Tag {
-                    id: created.id.clone(),
-                    key: "other".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["key".into()],
-                }),
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .tags
+        .update_tag(pb::UpdateTagRequest {
+            tag: Some(pb::Tag {
+                id: created.id.clone(),
+                key: "other".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["key".into()],
+            }),
+        })
         .await
         .expect_err("key is immutable");
     assert_eq!(violated_fields(&status), vec!["update_mask".to_string()]);
@@ -185,16 +182,18 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     .await;
     assert_eq!(listed, vec![updated]);
 
-    tags.delete_tag(authed(
-        &token,
-        pb::DeleteTagRequest {
+    server
+        .as_user(&token)
+        .tags
+        .delete_tag(pb::DeleteTagRequest {
             id: created.id.clone(),
-        },
-    ))
-    .await
-    .expect("delete");
-    let status = tags
-        .get_tag(authed(&token, pb::GetTagRequest { id: created.id }))
+        })
+        .await
+        .expect("delete");
+    let status = server
+        .as_user(&token)
+        .tags
+        .get_tag(pb::GetTagRequest { id: created.id })
         .await
         .expect_err("deleted");
     assert_eq!(status.code(), Code::NotFound);
@@ -204,19 +203,17 @@ async fn tag_validation_reports_field_paths(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, token) = server.create_user("alice").await;
     let run_id = user_run(&server, &alice).await;
-    let mut tags = TagServiceClient::new(server.channel().await);
 
-    let status = tags
-        .create_tag(authed(
-            &token,
-            tag(
-                Some(pb::ResourceRef {
-                    kind: pb::ResourceKind::Unspecified as i32,
-                    id: run_id.to_string(),
-                }),
-                "1bad key",
-                &"v".repeat(257),
-            ),
+    let status = server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(
+            Some(pb::ResourceRef {
+                kind: pb::ResourceKind::Unspecified as i32,
+                id: run_id.to_string(),
+            }),
+            "1bad key",
+            &"v".repeat(257),
         ))
         .await
         .expect_err("invalid");
@@ -226,17 +223,16 @@ async fn tag_validation_reports_field_paths(backend: Backend) {
         assert!(fields.contains(&field.to_string()), "{field} in {fields:?}");
     }
 
-    let status = tags
-        .create_tag(authed(
-            &token,
-            tag(
-                Some(pb::ResourceRef {
-                    kind: pb::ResourceKind::Run as i32,
-                    id: "not-a-uuid".into(),
-                }),
-                "ok",
-                "",
-            ),
+    let status = server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(
+            Some(pb::ResourceRef {
+                kind: pb::ResourceKind::Run as i32,
+                id: "not-a-uuid".into(),
+            }),
+            "ok",
+            "",
         ))
         .await
         .expect_err("bad id");
@@ -245,43 +241,43 @@ async fn tag_validation_reports_field_paths(backend: Backend) {
         vec!["tag.resource.id".to_string()]
     );
 
-    let status = tags
-        .create_tag(authed(&token, tag(None, "ok", "")))
+    let status = server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(None, "ok", ""))
         .await
         .expect_err("no resource");
     assert_eq!(violated_fields(&status), vec!["tag.resource".to_string()]);
 
     // Keys may use the whole documented alphabet.
-    tags.create_tag(authed(
-        &token,
-        tag(run_ref(run_id), "Team/app:tier-1_x.y", ""),
-    ))
-    .await
-    .expect("valid key");
+    server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(run_ref(run_id), "Team/app:tier-1_x.y", ""))
+        .await
+        .expect("valid key");
 
-    let status = tags
-        .list_tags(authed(
-            &token,
-            pb::ListTagsRequest {
-                value: "x".into(),
-                ..Default::default()
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .tags
+        .list_tags(pb::ListTagsRequest {
+            value: "x".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("value without key");
     assert_eq!(violated_fields(&status), vec!["value".to_string()]);
 
-    let status = tags
-        .update_tag(authed(
-            &token,
-            pb::UpdateTagRequest {
-                tag: Some(pb::Tag {
-                    id: Uuid::now_v7().to_string(),
-                    ..Default::default()
-                }),
-                update_mask: None,
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .tags
+        .update_tag(pb::UpdateTagRequest {
+            tag: Some(pb::Tag {
+                id: Uuid::now_v7().to_string(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
         .await
         .expect_err("no mask");
     assert_eq!(violated_fields(&status), vec!["update_mask".to_string()]);
@@ -292,19 +288,26 @@ async fn tag_limit_is_64_per_resource(backend: Backend) {
     let (alice, token) = server.create_user("alice").await;
     let run_id = user_run(&server, &alice).await;
     let other_run = user_run(&server, &alice).await;
-    let mut tags = TagServiceClient::new(server.channel().await);
     for n in 0..64 {
-        tags.create_tag(authed(&token, tag(run_ref(run_id), &format!("k{n}"), "")))
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(tag(run_ref(run_id), &format!("k{n}"), ""))
             .await
             .expect("within limit");
     }
-    let status = tags
-        .create_tag(authed(&token, tag(run_ref(run_id), "k64", "")))
+    let status = server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(run_ref(run_id), "k64", ""))
         .await
         .expect_err("65th tag");
     assert_eq!(status.code(), Code::FailedPrecondition);
     // The limit is per resource.
-    tags.create_tag(authed(&token, tag(run_ref(other_run), "k64", "")))
+    server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(run_ref(other_run), "k64", ""))
         .await
         .expect("other resource");
 
@@ -312,15 +315,14 @@ async fn tag_limit_is_64_per_resource(backend: Backend) {
     let mut seen = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = tags
-            .list_tags(authed(
-                &token,
-                pb::ListTagsRequest {
-                    page_size: 20,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
+        let page = server
+            .as_user(&token)
+            .tags
+            .list_tags(pb::ListTagsRequest {
+                page_size: 20,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
             .await
             .expect("page")
             .into_inner();
@@ -344,13 +346,17 @@ async fn tags_are_owner_scoped_and_filtered(backend: Backend) {
     let mut tags = TagServiceClient::new(server.channel().await);
 
     // Bob can neither tag Alice's run nor a resource that does not exist.
-    let status = tags
-        .create_tag(authed(&bob_token, tag(run_ref(run_id), "env", "x")))
+    let status = server
+        .as_user(&bob_token)
+        .tags
+        .create_tag(tag(run_ref(run_id), "env", "x"))
         .await
         .expect_err("foreign run");
     assert_eq!(status.code(), Code::NotFound);
-    let status = tags
-        .create_tag(authed(&bob_token, tag(run_ref(Uuid::now_v7()), "env", "x")))
+    let status = server
+        .as_user(&bob_token)
+        .tags
+        .create_tag(tag(run_ref(Uuid::now_v7()), "env", "x"))
         .await
         .expect_err("missing run");
     assert_eq!(status.code(), Code::NotFound);
@@ -359,26 +365,29 @@ async fn tags_are_owner_scoped_and_filtered(backend: Backend) {
         kind: pb::ResourceKind::Object as i32,
         id: object_id.to_string(),
     });
-    let on_object = tags
-        .create_tag(authed(&alice_token, tag(object_ref.clone(), "env", "prod")))
+    let on_object = server
+        .as_user(&alice_token)
+        .tags
+        .create_tag(tag(object_ref.clone(), "env", "prod"))
         .await
         .expect("object tag")
         .into_inner()
         .tag
         .expect("tag");
-    let on_run = tags
-        .create_tag(authed(&alice_token, tag(run_ref(run_id), "env", "dev")))
+    let on_run = server
+        .as_user(&alice_token)
+        .tags
+        .create_tag(tag(run_ref(run_id), "env", "dev"))
         .await
         .expect("run tag")
         .into_inner()
         .tag
         .expect("tag");
     // An admin tags Bob's run: the tag belongs to Bob, the resource's owner.
-    let on_bob_run = tags
-        .create_tag(authed(
-            &server.admin_token,
-            tag(run_ref(bob_run), "env", "prod"),
-        ))
+    let on_bob_run = server
+        .admin()
+        .tags
+        .create_tag(tag(run_ref(bob_run), "env", "prod"))
         .await
         .expect("admin tags bob's run")
         .into_inner()
@@ -431,22 +440,22 @@ async fn tags_are_owner_scoped_and_filtered(backend: Backend) {
     assert_eq!(bobs, vec![on_bob_run]);
 
     for status in [
-        tags.get_tag(authed(
-            &bob_token,
-            pb::GetTagRequest {
+        server
+            .as_user(&bob_token)
+            .tags
+            .get_tag(pb::GetTagRequest {
                 id: on_run.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("foreign get"),
-        tags.delete_tag(authed(
-            &bob_token,
-            pb::DeleteTagRequest {
+            })
+            .await
+            .expect_err("foreign get"),
+        server
+            .as_user(&bob_token)
+            .tags
+            .delete_tag(pb::DeleteTagRequest {
                 id: on_run.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("foreign delete"),
+            })
+            .await
+            .expect_err("foreign delete"),
     ] {
         assert_eq!(status.code(), Code::NotFound);
     }

@@ -5,7 +5,7 @@ mod support;
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::bucket_service_client::BucketServiceClient;
 use prost_types::FieldMask;
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{assert_code, assert_violations, authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -96,7 +96,6 @@ async fn bucket_crud_round_trip(backend: Backend) {
     // Switch the location to a filesystem and change the description only.
     let updated = server
         .as_user(&token)
-        .buckets
         .update_bucket(pb::UpdateBucketRequest {
             bucket: Some(pb::Bucket {
                 id: created.id.clone(),
@@ -107,10 +106,7 @@ async fn bucket_crud_round_trip(backend: Backend) {
             update_mask: mask(&["description", "filesystem"]),
         })
         .await
-        .expect("update")
-        .into_inner()
-        .bucket
-        .expect("bucket");
+        .expect("update");
     assert_eq!(updated.name, "offsite");
     assert_eq!(updated.description, "now local");
     assert_eq!(updated.location, fs_bucket("x").location);
@@ -122,16 +118,14 @@ async fn bucket_crud_round_trip(backend: Backend) {
 
     server
         .as_user(&token)
-        .buckets
-        .delete_bucket(pb::DeleteBucketRequest {
-            id: created.id.clone(),
-        })
+        .delete_bucket(&created.id)
         .await
         .expect("delete");
-    let status = get(&mut buckets, &token, &created.id)
-        .await
-        .expect_err("deleted");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        get(&mut buckets, &token, &created.id).await,
+        Code::NotFound,
+        "deleted",
+    );
 }
 
 async fn foreign_bucket_is_not_found(backend: Backend) {
@@ -143,33 +137,31 @@ async fn foreign_bucket_is_not_found(backend: Backend) {
         .await
         .expect("create");
 
-    let status = get(&mut buckets, &bob_token, &bucket.id)
-        .await
-        .expect_err("foreign get");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = server
-        .as_user(&bob_token)
-        .buckets
-        .update_bucket(pb::UpdateBucketRequest {
-            bucket: Some(pb::Bucket {
-                id: bucket.id.clone(),
-                description: "mine now".into(),
-                ..Default::default()
-            }),
-            update_mask: mask(&["description"]),
-        })
-        .await
-        .expect_err("foreign update");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = server
-        .as_user(&bob_token)
-        .buckets
-        .delete_bucket(pb::DeleteBucketRequest {
-            id: bucket.id.clone(),
-        })
-        .await
-        .expect_err("foreign delete");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        get(&mut buckets, &bob_token, &bucket.id).await,
+        Code::NotFound,
+        "foreign get",
+    );
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .update_bucket(pb::UpdateBucketRequest {
+                bucket: Some(pb::Bucket {
+                    id: bucket.id.clone(),
+                    description: "mine now".into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["description"]),
+            })
+            .await,
+        Code::NotFound,
+        "foreign update",
+    );
+    assert_code(
+        server.as_user(&bob_token).delete_bucket(&bucket.id).await,
+        Code::NotFound,
+        "foreign delete",
+    );
 
     // Bob's list holds nothing, even when he asks for Alice's buckets.
     let listed = server
@@ -214,10 +206,11 @@ async fn duplicate_name_per_owner_is_already_exists(backend: Backend) {
     create(&mut buckets, &alice_token, fs_bucket("main"))
         .await
         .expect("first");
-    let status = create(&mut buckets, &alice_token, s3_bucket("main"))
-        .await
-        .expect_err("duplicate");
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_code(
+        create(&mut buckets, &alice_token, s3_bucket("main")).await,
+        Code::AlreadyExists,
+        "duplicate",
+    );
     // Another owner may use the same name.
     create(&mut buckets, &bob_token, fs_bucket("main"))
         .await
@@ -227,20 +220,21 @@ async fn duplicate_name_per_owner_is_already_exists(backend: Backend) {
     let other = create(&mut buckets, &alice_token, fs_bucket("other"))
         .await
         .expect("other");
-    let status = server
-        .as_user(&alice_token)
-        .buckets
-        .update_bucket(pb::UpdateBucketRequest {
-            bucket: Some(pb::Bucket {
-                id: other.id,
-                name: "main".into(),
-                ..Default::default()
-            }),
-            update_mask: mask(&["name"]),
-        })
-        .await
-        .expect_err("rename onto taken name");
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_code(
+        server
+            .as_user(&alice_token)
+            .update_bucket(pb::UpdateBucketRequest {
+                bucket: Some(pb::Bucket {
+                    id: other.id,
+                    name: "main".into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["name"]),
+            })
+            .await,
+        Code::AlreadyExists,
+        "rename onto taken name",
+    );
 }
 
 async fn invalid_bucket_reports_every_field(backend: Backend) {
@@ -265,18 +259,17 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
     )
     .await
     .expect_err("invalid");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields = violated_fields(&status);
-    for field in [
-        "bucket.name",
-        "bucket.s3.endpoint",
-        "bucket.s3.bucket",
-        "bucket.s3.credentials_ref",
-        "bucket.prefix",
-        "bucket.retention_policy_id",
-    ] {
-        assert!(fields.contains(&field.to_string()), "{field} in {fields:?}");
-    }
+    assert_violations(
+        &status,
+        &[
+            "bucket.name",
+            "bucket.s3.endpoint",
+            "bucket.s3.bucket",
+            "bucket.s3.credentials_ref",
+            "bucket.prefix",
+            "bucket.retention_policy_id",
+        ],
+    );
 
     let status = create(
         &mut buckets,
@@ -335,17 +328,19 @@ async fn only_admins_choose_another_owner(backend: Backend) {
     let (alice, alice_token) = server.create_user("alice").await;
     let (bob, _) = server.create_user("bob").await;
     let mut buckets = BucketServiceClient::new(server.channel().await);
-    let status = create(
-        &mut buckets,
-        &alice_token,
-        pb::Bucket {
-            owner_id: bob.id.clone(),
-            ..fs_bucket("for-bob")
-        },
-    )
-    .await
-    .expect_err("non-admin creating for another user");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        create(
+            &mut buckets,
+            &alice_token,
+            pb::Bucket {
+                owner_id: bob.id.clone(),
+                ..fs_bucket("for-bob")
+            },
+        )
+        .await,
+        Code::PermissionDenied,
+        "non-admin creating for another user",
+    );
 
     let created = create(
         &mut buckets,
@@ -363,23 +358,23 @@ async fn only_admins_choose_another_owner(backend: Backend) {
     let own = create(&mut buckets, &alice_token, fs_bucket("mine"))
         .await
         .expect("own");
-    let status = server
-        .as_user(&alice_token)
-        .buckets
-        .update_bucket(pb::UpdateBucketRequest {
-            bucket: Some(pb::Bucket {
-                id: own.id.clone(),
-                owner_id: bob.id.clone(),
-                ..Default::default()
-            }),
-            update_mask: mask(&["owner_id"]),
-        })
-        .await
-        .expect_err("non-admin moving a bucket");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        server
+            .as_user(&alice_token)
+            .update_bucket(pb::UpdateBucketRequest {
+                bucket: Some(pb::Bucket {
+                    id: own.id.clone(),
+                    owner_id: bob.id.clone(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["owner_id"]),
+            })
+            .await,
+        Code::PermissionDenied,
+        "non-admin moving a bucket",
+    );
     let moved = server
         .admin()
-        .buckets
         .update_bucket(pb::UpdateBucketRequest {
             bucket: Some(pb::Bucket {
                 id: created.id.clone(),
@@ -389,10 +384,7 @@ async fn only_admins_choose_another_owner(backend: Backend) {
             update_mask: mask(&["owner_id"]),
         })
         .await
-        .expect("admin moves bucket")
-        .into_inner()
-        .bucket
-        .expect("bucket");
+        .expect("admin moves bucket");
     assert_eq!(moved.owner_id, alice.id);
 }
 
@@ -402,18 +394,12 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
     let (_, bob_token) = server.create_user("bob").await;
     let policy = server
         .as_user(&alice_token)
-        .retention
-        .create_retention_policy(pb::CreateRetentionPolicyRequest {
-            retention_policy: Some(pb::RetentionPolicy {
-                name: "daily".into(),
-                keep_daily: 7,
-                ..Default::default()
-            }),
+        .create_retention_policy(pb::RetentionPolicy {
+            name: "daily".into(),
+            keep_daily: 7,
+            ..Default::default()
         })
         .await
-        .expect("policy")
-        .into_inner()
-        .retention_policy
         .expect("policy");
     let mut buckets = BucketServiceClient::new(server.channel().await);
     let status = create(
@@ -461,7 +447,6 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
     // Clearing the policy through the mask.
     let cleared = server
         .as_user(&alice_token)
-        .buckets
         .update_bucket(pb::UpdateBucketRequest {
             bucket: Some(pb::Bucket {
                 id: bucket.id.clone(),
@@ -470,10 +455,7 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
             update_mask: mask(&["retention_policy_id"]),
         })
         .await
-        .expect("clear policy")
-        .into_inner()
-        .bucket
-        .expect("bucket");
+        .expect("clear policy");
     assert_eq!(cleared.retention_policy_id, "");
 }
 
@@ -521,7 +503,6 @@ async fn update_rejects_bad_masks(backend: Backend) {
     for paths in [&[][..], &["create_time"][..], &["s3", "filesystem"][..]] {
         let status = server
             .as_user(&token)
-            .buckets
             .update_bucket(pb::UpdateBucketRequest {
                 bucket: Some(pb::Bucket {
                     id: bucket.id.clone(),
@@ -536,7 +517,6 @@ async fn update_rejects_bad_masks(backend: Backend) {
     // Naming `s3` without sending an S3 location is invalid, not a silent no-op.
     let status = server
         .as_user(&token)
-        .buckets
         .update_bucket(pb::UpdateBucketRequest {
             bucket: Some(pb::Bucket {
                 id: bucket.id.clone(),
@@ -569,15 +549,11 @@ async fn delete_refused_while_a_job_targets_the_bucket(backend: Backend) {
         ))
         .await
         .expect("insert job");
-    let status = server
-        .as_user(&token)
-        .buckets
-        .delete_bucket(pb::DeleteBucketRequest {
-            id: bucket.id.clone(),
-        })
-        .await
-        .expect_err("referenced bucket");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        server.as_user(&token).delete_bucket(&bucket.id).await,
+        Code::FailedPrecondition,
+        "referenced bucket",
+    );
     get(&mut buckets, &token, &bucket.id)
         .await
         .expect("still there");
@@ -592,8 +568,7 @@ async fn delete_refused_while_a_job_targets_the_bucket(backend: Backend) {
         .expect("delete job");
     server
         .as_user(&token)
-        .buckets
-        .delete_bucket(pb::DeleteBucketRequest { id: bucket.id })
+        .delete_bucket(&bucket.id)
         .await
         .expect("unreferenced bucket deletes");
 }

@@ -5,7 +5,7 @@ mod support;
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::configuration_service_client::ConfigurationServiceClient;
 use prost_types::FieldMask;
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{assert_code, authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -49,34 +49,25 @@ async fn configuration_crud_round_trip(backend: Backend) {
 
     let by_id = server
         .admin()
-        .configurations
         .get_configuration(pb::GetConfigurationRequest {
             id: created.id.clone(),
             ..Default::default()
         })
         .await
-        .expect("get by id")
-        .into_inner()
-        .configuration
-        .expect("configuration");
+        .expect("get by id");
     assert_eq!(by_id, created);
     let by_key = server
         .admin()
-        .configurations
         .get_configuration(pb::GetConfigurationRequest {
             key: "nfs_mount_path".into(),
             ..Default::default()
         })
         .await
-        .expect("get by key")
-        .into_inner()
-        .configuration
-        .expect("configuration");
+        .expect("get by key");
     assert_eq!(by_key, created);
 
     let updated = server
         .admin()
-        .configurations
         .update_configuration(pb::UpdateConfigurationRequest {
             configuration: Some(pb::Configuration {
                 id: created.id.clone(),
@@ -89,10 +80,7 @@ async fn configuration_crud_round_trip(backend: Backend) {
             }),
         })
         .await
-        .expect("update")
-        .into_inner()
-        .configuration
-        .expect("configuration");
+        .expect("update");
     assert_eq!(updated.value, "/srv/nfs");
     assert_eq!(updated.description, created.description);
     assert_eq!(
@@ -106,22 +94,20 @@ async fn configuration_crud_round_trip(backend: Backend) {
 
     server
         .admin()
-        .configurations
-        .delete_configuration(pb::DeleteConfigurationRequest {
-            id: created.id.clone(),
-        })
+        .delete_configuration(&created.id)
         .await
         .expect("delete");
-    let status = server
-        .admin()
-        .configurations
-        .get_configuration(pb::GetConfigurationRequest {
-            key: "nfs_mount_path".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("deleted");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        server
+            .admin()
+            .get_configuration(pb::GetConfigurationRequest {
+                key: "nfs_mount_path".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "deleted",
+    );
     assert_eq!(
         server
             .catalog()
@@ -136,10 +122,11 @@ async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
     let mut configs = ConfigurationServiceClient::new(server.channel().await);
-    let status = create(&mut configs, &token, entry("lease_ttl_seconds", "30"))
-        .await
-        .expect_err("non-admin create");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        create(&mut configs, &token, entry("lease_ttl_seconds", "30")).await,
+        Code::PermissionDenied,
+        "non-admin create",
+    );
 
     let created = create(
         &mut configs,
@@ -150,16 +137,12 @@ async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
     .expect("admin create");
     let read = server
         .as_user(&token)
-        .configurations
         .get_configuration(pb::GetConfigurationRequest {
             id: created.id.clone(),
             ..Default::default()
         })
         .await
-        .expect("user reads")
-        .into_inner()
-        .configuration
-        .expect("configuration");
+        .expect("user reads");
     assert_eq!(read.value, "30");
     let listed = server
         .as_user(&token)
@@ -170,29 +153,31 @@ async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
         .into_inner();
     assert_eq!(listed.configurations.len(), 1);
 
-    let status = server
-        .as_user(&token)
-        .configurations
-        .update_configuration(pb::UpdateConfigurationRequest {
-            configuration: Some(pb::Configuration {
-                id: created.id.clone(),
-                value: "60".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["value".into()],
-            }),
-        })
-        .await
-        .expect_err("non-admin update");
-    assert_eq!(status.code(), Code::PermissionDenied);
-    let status = server
-        .as_user(&token)
-        .configurations
-        .delete_configuration(pb::DeleteConfigurationRequest { id: created.id })
-        .await
-        .expect_err("non-admin delete");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        server
+            .as_user(&token)
+            .update_configuration(pb::UpdateConfigurationRequest {
+                configuration: Some(pb::Configuration {
+                    id: created.id.clone(),
+                    value: "60".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["value".into()],
+                }),
+            })
+            .await,
+        Code::PermissionDenied,
+        "non-admin update",
+    );
+    assert_code(
+        server
+            .as_user(&token)
+            .delete_configuration(&created.id)
+            .await,
+        Code::PermissionDenied,
+        "non-admin delete",
+    );
 }
 
 async fn keys_and_values_are_validated(backend: Backend) {
@@ -253,18 +238,12 @@ async fn keys_and_values_are_validated(backend: Backend) {
     // An existing policy is a valid default.
     let policy = server
         .as_user(&admin)
-        .retention
-        .create_retention_policy(pb::CreateRetentionPolicyRequest {
-            retention_policy: Some(pb::RetentionPolicy {
-                name: "default".into(),
-                keep_last: 10,
-                ..Default::default()
-            }),
+        .create_retention_policy(pb::RetentionPolicy {
+            name: "default".into(),
+            keep_last: 10,
+            ..Default::default()
         })
         .await
-        .expect("policy")
-        .into_inner()
-        .retention_policy
         .expect("policy");
     create(
         &mut configs,
@@ -274,30 +253,26 @@ async fn keys_and_values_are_validated(backend: Backend) {
     .await
     .expect("existing policy");
     // …and while it is the default, the policy cannot be deleted.
-    let status = server
-        .as_user(&admin)
-        .retention
-        .delete_retention_policy(pb::DeleteRetentionPolicyRequest { id: policy.id })
-        .await
-        .expect_err("default policy");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        server
+            .as_user(&admin)
+            .delete_retention_policy(&policy.id)
+            .await,
+        Code::FailedPrecondition,
+        "default policy",
+    );
 
     // An update's value is checked against the entry's key.
     let lease = server
         .as_user(&admin)
-        .configurations
         .get_configuration(pb::GetConfigurationRequest {
             key: "lease_ttl_seconds".into(),
             ..Default::default()
         })
         .await
-        .expect("get")
-        .into_inner()
-        .configuration
-        .expect("configuration");
+        .expect("get");
     let status = server
         .as_user(&admin)
-        .configurations
         .update_configuration(pb::UpdateConfigurationRequest {
             configuration: Some(pb::Configuration {
                 id: lease.id,
@@ -326,14 +301,16 @@ async fn duplicate_key_is_already_exists(backend: Backend) {
     )
     .await
     .expect("first");
-    let status = create(
-        &mut configs,
-        &server.admin_token,
-        entry("default_max_attempts", "5"),
-    )
-    .await
-    .expect_err("duplicate");
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_code(
+        create(
+            &mut configs,
+            &server.admin_token,
+            entry("default_max_attempts", "5"),
+        )
+        .await,
+        Code::AlreadyExists,
+        "duplicate",
+    );
 }
 
 async fn list_is_ordered_by_key_and_pages(backend: Backend) {

@@ -3,7 +3,7 @@
 mod support;
 
 use coffer_proto::v1 as pb;
-use support::{violated_fields, Backend, TestServer};
+use support::{assert_code, assert_violations, violated_fields, Backend, TestServer};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -115,7 +115,6 @@ async fn job_crud_round_trip(backend: Backend) {
 
     let updated = server
         .as_user(&token)
-        .jobs
         .update_job(pb::UpdateJobRequest {
             job: Some(pb::Job {
                 id: created.id.clone(),
@@ -132,10 +131,7 @@ async fn job_crud_round_trip(backend: Backend) {
             }),
         })
         .await
-        .expect("update")
-        .into_inner()
-        .job
-        .expect("job");
+        .expect("update");
     assert_eq!(updated.name, "home-renamed");
     assert_eq!(updated.source_path, "/data");
     assert_eq!(
@@ -144,35 +140,34 @@ async fn job_crud_round_trip(backend: Backend) {
     );
     assert_eq!(updated.max_attempts, 4);
 
-    let status = server
-        .as_user(&token)
-        .jobs
-        .update_job(pb::UpdateJobRequest {
-            job: Some(pb::Job {
-                id: created.id.clone(),
-                owner_id: Uuid::new_v4().to_string(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["owner_id".into()],
-            }),
-        })
-        .await
-        .expect_err("non-admin changing the owner");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        server
+            .as_user(&token)
+            .update_job(pb::UpdateJobRequest {
+                job: Some(pb::Job {
+                    id: created.id.clone(),
+                    owner_id: Uuid::new_v4().to_string(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["owner_id".into()],
+                }),
+            })
+            .await,
+        Code::PermissionDenied,
+        "non-admin changing the owner",
+    );
 
     server
         .as_user(&token)
-        .jobs
-        .delete_job(pb::DeleteJobRequest {
-            id: created.id.clone(),
-        })
+        .delete_job(&created.id)
         .await
         .expect("delete");
-    let status = get(&server, &token, &created.id)
-        .await
-        .expect_err("deleted");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        get(&server, &token, &created.id).await,
+        Code::NotFound,
+        "deleted",
+    );
 }
 
 async fn invalid_job_reports_every_field(backend: Backend) {
@@ -199,37 +194,35 @@ async fn invalid_job_reports_every_field(backend: Backend) {
         ..Default::default()
     };
     let status = create(&server, &token, bad).await.expect_err("invalid");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields = violated_fields(&status);
-    for field in [
-        "job.name",
-        "job.source_path",
-        "job.target",
-        "job.options.exclude[0]",
-        "job.schedule.cron",
-        "job.schedule.time_zone",
-        "job.schedule.missed_run_policy",
-        "job.schedule.overlap_policy",
-        "job.retention_policy_id",
-        "job.worker_selector",
-        "job.max_attempts",
-    ] {
-        assert!(
-            fields.contains(&field.to_string()),
-            "{field} missing in {fields:?}"
-        );
-    }
+    assert_violations(
+        &status,
+        &[
+            "job.name",
+            "job.source_path",
+            "job.target",
+            "job.options.exclude[0]",
+            "job.schedule.cron",
+            "job.schedule.time_zone",
+            "job.schedule.missed_run_policy",
+            "job.schedule.overlap_policy",
+            "job.retention_policy_id",
+            "job.worker_selector",
+            "job.max_attempts",
+        ],
+    );
 
-    let status = create(&server, &token, job("x", fs_target("/b")))
-        .await
-        .map(|_| ())
-        .and(
-            create(&server, &token, job("x", fs_target("/c")))
-                .await
-                .map(|_| ()),
-        )
-        .expect_err("duplicate name");
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_code(
+        create(&server, &token, job("x", fs_target("/b")))
+            .await
+            .map(|_| ())
+            .and(
+                create(&server, &token, job("x", fs_target("/c")))
+                    .await
+                    .map(|_| ()),
+            ),
+        Code::AlreadyExists,
+        "duplicate name",
+    );
 }
 
 async fn bucket_and_policy_must_belong_to_the_owner(backend: Backend) {
@@ -298,36 +291,34 @@ async fn foreign_jobs_are_not_found(backend: Backend) {
     let created = create(&server, &alice_token, job("home", fs_target("/b")))
         .await
         .expect("create");
-    let status = get(&server, &bob_token, &created.id)
-        .await
-        .expect_err("foreign");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        get(&server, &bob_token, &created.id).await,
+        Code::NotFound,
+        "foreign",
+    );
 
-    let status = server
-        .as_user(&bob_token)
-        .jobs
-        .update_job(pb::UpdateJobRequest {
-            job: Some(pb::Job {
-                id: created.id.clone(),
-                name: "stolen".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["name".into()],
-            }),
-        })
-        .await
-        .expect_err("foreign update");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = server
-        .as_user(&bob_token)
-        .jobs
-        .delete_job(pb::DeleteJobRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .expect_err("foreign delete");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .update_job(pb::UpdateJobRequest {
+                job: Some(pb::Job {
+                    id: created.id.clone(),
+                    name: "stolen".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["name".into()],
+                }),
+            })
+            .await,
+        Code::NotFound,
+        "foreign update",
+    );
+    assert_code(
+        server.as_user(&bob_token).delete_job(&created.id).await,
+        Code::NotFound,
+        "foreign delete",
+    );
     let bobs = server
         .as_user(&bob_token)
         .jobs
@@ -369,10 +360,11 @@ async fn foreign_jobs_are_not_found(backend: Backend) {
     assert_eq!(made.owner_id, alice.id);
     let mut for_alice = job("by-bob", fs_target("/b"));
     for_alice.owner_id = alice.id.clone();
-    let status = create(&server, &bob_token, for_alice)
-        .await
-        .expect_err("non-admin creating for another user");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        create(&server, &bob_token, for_alice).await,
+        Code::PermissionDenied,
+        "non-admin creating for another user",
+    );
 }
 
 async fn last_run_and_delete_refused_while_queued(backend: Backend) {
@@ -401,15 +393,11 @@ async fn last_run_and_delete_refused_while_queued(backend: Backend) {
     assert_eq!(last.run_id, run.id);
     assert_eq!(last.state, "RUN_STATE_QUEUED");
 
-    let status = server
-        .as_user(&token)
-        .jobs
-        .delete_job(pb::DeleteJobRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .expect_err("queued run blocks delete");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        server.as_user(&token).delete_job(&created.id).await,
+        Code::FailedPrecondition,
+        "queued run blocks delete",
+    );
 
     server
         .as_user(&token)
@@ -424,10 +412,7 @@ async fn last_run_and_delete_refused_while_queued(backend: Backend) {
     );
     server
         .as_user(&token)
-        .jobs
-        .delete_job(pb::DeleteJobRequest {
-            id: created.id.clone(),
-        })
+        .delete_job(&created.id)
         .await
         .expect("delete after cancel");
     // The finished run stays, detached from the job.

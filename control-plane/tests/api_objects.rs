@@ -6,7 +6,7 @@ mod support;
 use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntry, SnapshotStats};
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::object_service_client::ObjectServiceClient;
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{assert_code, authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
 use tonic::Code;
 use uuid::Uuid;
@@ -448,23 +448,27 @@ async fn objects_are_owner_scoped(backend: Backend) {
         .await
         .expect("admin reads");
 
-    let status = server
-        .admin()
-        .objects
-        .rebuild_catalog(pb::RebuildCatalogRequest::default())
-        .await
-        .expect_err("rebuild without a bucket");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let status = server
-        .admin()
-        .objects
-        .rebuild_catalog(pb::RebuildCatalogRequest {
-            bucket_id: uuid::Uuid::now_v7().to_string(),
-            prefix: String::new(),
-        })
-        .await
-        .expect_err("rebuild of an unknown bucket");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        server
+            .admin()
+            .objects
+            .rebuild_catalog(pb::RebuildCatalogRequest::default())
+            .await,
+        Code::InvalidArgument,
+        "rebuild without a bucket",
+    );
+    assert_code(
+        server
+            .admin()
+            .objects
+            .rebuild_catalog(pb::RebuildCatalogRequest {
+                bucket_id: uuid::Uuid::now_v7().to_string(),
+                prefix: String::new(),
+            })
+            .await,
+        Code::NotFound,
+        "rebuild of an unknown bucket",
+    );
 }
 
 async fn latest_versions_filter_by_tag(backend: Backend) {

@@ -6,7 +6,7 @@ use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntr
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::retention_service_client::RetentionServiceClient;
 use prost_types::{Duration, FieldMask, Timestamp};
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{assert_code, assert_violations, authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -193,20 +193,15 @@ async fn policy_crud_round_trip(backend: Backend) {
 
     let fetched = server
         .as_user(&token)
-        .retention
         .get_retention_policy(pb::GetRetentionPolicyRequest {
             id: created.id.clone(),
         })
         .await
-        .expect("get")
-        .into_inner()
-        .retention_policy
-        .expect("policy");
+        .expect("get");
     assert_eq!(fetched, created);
 
     let updated = server
         .as_user(&token)
-        .retention
         .update_retention_policy(pb::UpdateRetentionPolicyRequest {
             retention_policy: Some(pb::RetentionPolicy {
                 id: created.id.clone(),
@@ -218,10 +213,7 @@ async fn policy_crud_round_trip(backend: Backend) {
             update_mask: mask(&["keep_daily", "keep_tags"]),
         })
         .await
-        .expect("update")
-        .into_inner()
-        .retention_policy
-        .expect("policy");
+        .expect("update");
     assert_eq!(updated.keep_daily, 14);
     assert!(updated.keep_tags.is_empty());
     assert_eq!(updated.name, "Standard (30 days)");
@@ -230,7 +222,6 @@ async fn policy_crud_round_trip(backend: Backend) {
     // Removing every rule through an update is refused.
     let status = server
         .as_user(&token)
-        .retention
         .update_retention_policy(pb::UpdateRetentionPolicyRequest {
             retention_policy: Some(pb::RetentionPolicy {
                 id: created.id.clone(),
@@ -245,19 +236,17 @@ async fn policy_crud_round_trip(backend: Backend) {
 
     server
         .as_user(&token)
-        .retention
-        .delete_retention_policy(pb::DeleteRetentionPolicyRequest {
-            id: created.id.clone(),
-        })
+        .delete_retention_policy(&created.id)
         .await
         .expect("delete");
-    let status = server
-        .as_user(&token)
-        .retention
-        .get_retention_policy(pb::GetRetentionPolicyRequest { id: created.id })
-        .await
-        .expect_err("deleted");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        server
+            .as_user(&token)
+            .get_retention_policy(pb::GetRetentionPolicyRequest { id: created.id })
+            .await,
+        Code::NotFound,
+        "deleted",
+    );
 }
 
 async fn invalid_policy_reports_every_field(backend: Backend) {
@@ -282,18 +271,17 @@ async fn invalid_policy_reports_every_field(backend: Backend) {
     )
     .await
     .expect_err("invalid");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields = violated_fields(&status);
-    for field in [
-        "retention_policy.name",
-        "retention_policy.keep_last",
-        "retention_policy.keep_within",
-        "retention_policy.keep_tags[1]",
-        "retention_policy.keep_tags[2]",
-        "retention_policy.time_zone",
-    ] {
-        assert!(fields.contains(&field.to_string()), "{field} in {fields:?}");
-    }
+    let fields = assert_violations(
+        &status,
+        &[
+            "retention_policy.name",
+            "retention_policy.keep_last",
+            "retention_policy.keep_within",
+            "retention_policy.keep_tags[1]",
+            "retention_policy.keep_tags[2]",
+            "retention_policy.time_zone",
+        ],
+    );
     assert!(!fields.contains(&"retention_policy.keep_tags[0]".to_string()));
 
     let status = create_policy(
@@ -335,44 +323,47 @@ async fn policies_are_owned(backend: Backend) {
     let alices = create_policy(&mut retention, &alice_token, policy("daily"))
         .await
         .expect("create");
-    let status = create_policy(&mut retention, &alice_token, policy("daily"))
-        .await
-        .expect_err("duplicate");
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_code(
+        create_policy(&mut retention, &alice_token, policy("daily")).await,
+        Code::AlreadyExists,
+        "duplicate",
+    );
     create_policy(&mut retention, &bob_token, policy("daily"))
         .await
         .expect("same name, other owner");
 
-    let status = server
-        .as_user(&bob_token)
-        .retention
-        .get_retention_policy(pb::GetRetentionPolicyRequest {
-            id: alices.id.clone(),
-        })
-        .await
-        .expect_err("foreign policy");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = server
-        .as_user(&bob_token)
-        .retention
-        .delete_retention_policy(pb::DeleteRetentionPolicyRequest {
-            id: alices.id.clone(),
-        })
-        .await
-        .expect_err("foreign delete");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .get_retention_policy(pb::GetRetentionPolicyRequest {
+                id: alices.id.clone(),
+            })
+            .await,
+        Code::NotFound,
+        "foreign policy",
+    );
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .delete_retention_policy(&alices.id)
+            .await,
+        Code::NotFound,
+        "foreign delete",
+    );
 
-    let status = create_policy(
-        &mut retention,
-        &bob_token,
-        pb::RetentionPolicy {
-            owner_id: alice.id.clone(),
-            ..policy("for alice")
-        },
-    )
-    .await
-    .expect_err("non-admin for another owner");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        create_policy(
+            &mut retention,
+            &bob_token,
+            pb::RetentionPolicy {
+                owner_id: alice.id.clone(),
+                ..policy("for alice")
+            },
+        )
+        .await,
+        Code::PermissionDenied,
+        "non-admin for another owner",
+    );
     let for_bob = create_policy(
         &mut retention,
         &server.admin_token,
@@ -440,28 +431,19 @@ async fn delete_refused_while_a_bucket_uses_the_policy(backend: Backend) {
         .expect("policy");
     let bucket = server
         .as_user(&token)
-        .buckets
-        .create_bucket(pb::CreateBucketRequest {
-            bucket: Some(pb::Bucket {
-                name: "main".into(),
-                location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
-                    path: "/srv/backups".into(),
-                })),
-                retention_policy_id: used.id.clone(),
-                ..Default::default()
-            }),
+        .create_bucket(pb::Bucket {
+            name: "main".into(),
+            location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+                path: "/srv/backups".into(),
+            })),
+            retention_policy_id: used.id.clone(),
+            ..Default::default()
         })
         .await
-        .expect("bucket")
-        .into_inner()
-        .bucket
         .expect("bucket");
     let status = server
         .as_user(&token)
-        .retention
-        .delete_retention_policy(pb::DeleteRetentionPolicyRequest {
-            id: used.id.clone(),
-        })
+        .delete_retention_policy(&used.id)
         .await
         .expect_err("referenced policy");
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -481,8 +463,7 @@ async fn delete_refused_while_a_bucket_uses_the_policy(backend: Backend) {
         .expect("detach policy");
     server
         .as_user(&token)
-        .retention
-        .delete_retention_policy(pb::DeleteRetentionPolicyRequest { id: used.id })
+        .delete_retention_policy(&used.id)
         .await
         .expect("unreferenced policy deletes");
 }
@@ -516,15 +497,11 @@ async fn object_retention_lifecycle(backend: Backend) {
 
     let fetched = server
         .as_user(&token)
-        .retention
         .get_object_retention(pb::GetObjectRetentionRequest {
             id: created.id.clone(),
         })
         .await
-        .expect("get")
-        .into_inner()
-        .object_retention
-        .expect("retention");
+        .expect("get");
     assert_eq!(fetched, created);
 
     // Later is fine; earlier or removed is refused.
@@ -560,22 +537,22 @@ async fn object_retention_lifecycle(backend: Backend) {
     }
 
     // The policy is in use, and the retention is still active.
-    let status = server
-        .as_user(&token)
-        .retention
-        .delete_retention_policy(pb::DeleteRetentionPolicyRequest { id: pol.id.clone() })
-        .await
-        .expect_err("policy used by an object retention");
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    let status = server
-        .as_user(&token)
-        .retention
-        .delete_object_retention(pb::DeleteObjectRetentionRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .expect_err("retain-until in the future");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        server
+            .as_user(&token)
+            .delete_retention_policy(&pol.id)
+            .await,
+        Code::FailedPrecondition,
+        "policy used by an object retention",
+    );
+    assert_code(
+        server
+            .as_user(&token)
+            .delete_object_retention(&created.id)
+            .await,
+        Code::FailedPrecondition,
+        "retain-until in the future",
+    );
 
     // A legal hold blocks deletion until it is lifted.
     let held = create_retention(
@@ -589,15 +566,14 @@ async fn object_retention_lifecycle(backend: Backend) {
     )
     .await
     .expect("legal hold");
-    let status = server
-        .as_user(&token)
-        .retention
-        .delete_object_retention(pb::DeleteObjectRetentionRequest {
-            id: held.id.clone(),
-        })
-        .await
-        .expect_err("legal hold");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        server
+            .as_user(&token)
+            .delete_object_retention(&held.id)
+            .await,
+        Code::FailedPrecondition,
+        "legal hold",
+    );
     let lifted = update_retention(
         &mut retention,
         &token,
@@ -613,10 +589,7 @@ async fn object_retention_lifecycle(backend: Backend) {
     assert!(!lifted.legal_hold);
     server
         .as_user(&token)
-        .retention
-        .delete_object_retention(pb::DeleteObjectRetentionRequest {
-            id: held.id.clone(),
-        })
+        .delete_object_retention(&held.id)
         .await
         .expect("delete lifted hold");
 
@@ -663,28 +636,31 @@ async fn object_version_retention_and_access(backend: Backend) {
 
     // Bob can neither hold Alice's object or version nor see Alice's retention.
     for resource in [object_ref(&object), version_ref.clone()] {
-        let status = create_retention(
-            &mut retention,
-            &bob_token,
-            pb::ObjectRetention {
-                resource,
-                legal_hold: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect_err("foreign object");
-        assert_eq!(status.code(), Code::NotFound);
+        assert_code(
+            create_retention(
+                &mut retention,
+                &bob_token,
+                pb::ObjectRetention {
+                    resource,
+                    legal_hold: true,
+                    ..Default::default()
+                },
+            )
+            .await,
+            Code::NotFound,
+            "foreign object",
+        );
     }
-    let status = server
-        .as_user(&bob_token)
-        .retention
-        .get_object_retention(pb::GetObjectRetentionRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .expect_err("foreign retention");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .get_object_retention(pb::GetObjectRetentionRequest {
+                id: created.id.clone(),
+            })
+            .await,
+        Code::NotFound,
+        "foreign retention",
+    );
     let listed = server
         .as_user(&bob_token)
         .retention
@@ -695,18 +671,20 @@ async fn object_version_retention_and_access(backend: Backend) {
     assert!(listed.object_retentions.is_empty());
 
     // A missing object is not found; a wrong kind or an empty hold is invalid.
-    let status = create_retention(
-        &mut retention,
-        &alice_token,
-        pb::ObjectRetention {
-            resource: object_ref(&uuid::Uuid::now_v7().to_string()),
-            legal_hold: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect_err("missing object");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        create_retention(
+            &mut retention,
+            &alice_token,
+            pb::ObjectRetention {
+                resource: object_ref(&uuid::Uuid::now_v7().to_string()),
+                legal_hold: true,
+                ..Default::default()
+            },
+        )
+        .await,
+        Code::NotFound,
+        "missing object",
+    );
     let status = create_retention(
         &mut retention,
         &alice_token,
@@ -788,21 +766,15 @@ impl PlanFixture {
     async fn bucket(&self, name: &str, policy_id: &str) -> String {
         self.server
             .as_user(&self.token)
-            .buckets
-            .create_bucket(pb::CreateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    name: name.into(),
-                    location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
-                        path: format!("/srv/{name}"),
-                    })),
-                    retention_policy_id: policy_id.into(),
-                    ..Default::default()
-                }),
+            .create_bucket(pb::Bucket {
+                name: name.into(),
+                location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+                    path: format!("/srv/{name}"),
+                })),
+                retention_policy_id: policy_id.into(),
+                ..Default::default()
             })
             .await
-            .expect("bucket")
-            .into_inner()
-            .bucket
             .expect("bucket")
             .id
     }
@@ -810,25 +782,19 @@ impl PlanFixture {
     async fn job(&self, name: &str, bucket_id: &str, policy_id: &str) -> String {
         self.server
             .as_user(&self.token)
-            .jobs
-            .create_job(pb::CreateJobRequest {
-                job: Some(pb::Job {
-                    name: name.into(),
-                    source_path: "/data".into(),
-                    target: Some(pb::Target {
-                        destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
-                            bucket_id: bucket_id.into(),
-                            prefix: name.into(),
-                        })),
-                    }),
-                    retention_policy_id: policy_id.into(),
-                    ..Default::default()
+            .create_job(pb::Job {
+                name: name.into(),
+                source_path: "/data".into(),
+                target: Some(pb::Target {
+                    destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+                        bucket_id: bucket_id.into(),
+                        prefix: name.into(),
+                    })),
                 }),
+                retention_policy_id: policy_id.into(),
+                ..Default::default()
             })
             .await
-            .expect("job")
-            .into_inner()
-            .job
             .expect("job")
             .id
     }
@@ -1399,22 +1365,20 @@ async fn plan_requests_are_checked(backend: Backend) {
 
     let missing = uuid::Uuid::now_v7().to_string();
     for req in [request(&missing, ""), request("", &missing)] {
-        let status = fx.plan(&token, req).await.expect_err("missing");
-        assert_eq!(status.code(), Code::NotFound);
+        assert_code(fx.plan(&token, req).await, Code::NotFound, "missing");
     }
 
     // Another user's job and bucket are not found; a worker token is refused.
     let (_, bob_token) = fx.server.create_user("bob").await;
     for req in [request(&job, ""), request("", &bucket)] {
-        let status = fx.plan(&bob_token, req).await.expect_err("foreign");
-        assert_eq!(status.code(), Code::NotFound);
+        assert_code(fx.plan(&bob_token, req).await, Code::NotFound, "foreign");
     }
     let worker_token = fx.server.worker_token.clone();
-    let status = fx
-        .plan(&worker_token, request(&job, ""))
-        .await
-        .expect_err("worker token");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        fx.plan(&worker_token, request(&job, "")).await,
+        Code::PermissionDenied,
+        "worker token",
+    );
 
     // An empty job plans to nothing.
     let empty = fx.plan_job(&job).await;
@@ -1496,26 +1460,28 @@ async fn apply_queues_exactly_what_the_plan_removes(backend: Backend) {
     assert!(spec.plan_time.is_some());
 
     // The same checks as a plan: exactly one scope, and only the owner's.
-    let status = fx
-        .server
-        .as_user(&token)
-        .retention
-        .apply_retention(pb::ApplyRetentionRequest::default())
-        .await
-        .expect_err("no scope");
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_code(
+        fx.server
+            .as_user(&token)
+            .retention
+            .apply_retention(pb::ApplyRetentionRequest::default())
+            .await,
+        Code::InvalidArgument,
+        "no scope",
+    );
     let (_, bob_token) = fx.server.create_user("bob").await;
-    let status = fx
-        .server
-        .as_user(&bob_token)
-        .retention
-        .apply_retention(pb::ApplyRetentionRequest {
-            job_id: job.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("foreign job");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        fx.server
+            .as_user(&bob_token)
+            .retention
+            .apply_retention(pb::ApplyRetentionRequest {
+                job_id: job.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "foreign job",
+    );
 }
 
 both_backends!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use coffer_control_plane::catalog::Backend as CatalogBackend;
 use coffer_proto::v1 as pb;
-use support::{violated_fields, Backend, TestServer};
+use support::{assert_code, violated_fields, Backend, TestServer};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -185,20 +185,22 @@ async fn invalid_run_requests_are_rejected(backend: Backend) {
     );
     assert!(fields.contains(&"backup.target".to_string()), "{fields:?}");
 
-    let status = server
-        .as_user(&token)
-        .runs
-        .create_run(pb::CreateRunRequest {
-            spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
-                source_path: "relative".into(),
-                target: Some(fs_target("also/relative")),
-                ..Default::default()
-            })),
-            request_id: "not-a-uuid".into(),
-        })
-        .await
-        .expect_err("bad ad-hoc run");
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_code(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(pb::CreateRunRequest {
+                spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
+                    source_path: "relative".into(),
+                    target: Some(fs_target("also/relative")),
+                    ..Default::default()
+                })),
+                request_id: "not-a-uuid".into(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "bad ad-hoc run",
+    );
 
     let status = server
         .as_user(&token)
@@ -211,13 +213,15 @@ async fn invalid_run_requests_are_rejected(backend: Backend) {
         vec!["backup.target.filesystem_path".to_string()]
     );
 
-    let status = server
-        .as_user(&token)
-        .runs
-        .create_run(pb::CreateRunRequest::default())
-        .await
-        .expect_err("missing spec");
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_code(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(pb::CreateRunRequest::default())
+            .await,
+        Code::InvalidArgument,
+        "missing spec",
+    );
 
     let restore = |spec: pb::RestoreSpec| pb::CreateRunRequest {
         spec: Some(pb::create_run_request::Spec::Restore(spec)),
@@ -253,16 +257,18 @@ async fn invalid_run_requests_are_rejected(backend: Backend) {
         fields.contains(&"restore.destination_path".to_string()),
         "{fields:?}"
     );
-    let status = server
-        .as_user(&token)
-        .runs
-        .create_run(restore(pb::RestoreSpec {
-            snapshot_run_id: uuid::Uuid::now_v7().to_string(),
-            ..Default::default()
-        }))
-        .await
-        .expect_err("unknown snapshot");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(restore(pb::RestoreSpec {
+                snapshot_run_id: uuid::Uuid::now_v7().to_string(),
+                ..Default::default()
+            }))
+            .await,
+        Code::NotFound,
+        "unknown snapshot",
+    );
 
     // A backup still in progress is no snapshot yet: restoring or verifying
     // it is refused cleanly.
@@ -303,28 +309,34 @@ async fn foreign_runs_are_not_found(backend: Backend) {
     let job = create_job(&server, &alice, "home", 0).await;
     let run = create_run(&server, &alice, job_run_request(&job.id)).await;
 
-    let status = get_run(&server, &bob, &run.id)
-        .await
-        .expect_err("foreign run");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = cancel(&server, &bob, &run.id)
-        .await
-        .expect_err("foreign cancel");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = server
-        .as_user(&bob)
-        .runs
-        .create_run(job_run_request(&job.id))
-        .await
-        .expect_err("run of a foreign job");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = server
-        .as_user(&bob)
-        .runs
-        .watch_run(pb::WatchRunRequest { id: run.id.clone() })
-        .await
-        .expect_err("watch foreign run");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        get_run(&server, &bob, &run.id).await,
+        Code::NotFound,
+        "foreign run",
+    );
+    assert_code(
+        cancel(&server, &bob, &run.id).await,
+        Code::NotFound,
+        "foreign cancel",
+    );
+    assert_code(
+        server
+            .as_user(&bob)
+            .runs
+            .create_run(job_run_request(&job.id))
+            .await,
+        Code::NotFound,
+        "run of a foreign job",
+    );
+    assert_code(
+        server
+            .as_user(&bob)
+            .runs
+            .watch_run(pb::WatchRunRequest { id: run.id.clone() })
+            .await,
+        Code::NotFound,
+        "watch foreign run",
+    );
     let listed = server
         .as_user(&bob)
         .runs
@@ -349,10 +361,11 @@ async fn cancel_queued_run_then_again_fails(backend: Backend) {
     assert_eq!(cancelled.state, pb::RunState::Cancelled as i32);
     assert_eq!(cancelled.error, "cancelled by dave");
     assert!(cancelled.finish_time.is_some());
-    let status = cancel(&server, &token, &run.id)
-        .await
-        .expect_err("cancel twice");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        cancel(&server, &token, &run.id).await,
+        Code::FailedPrecondition,
+        "cancel twice",
+    );
 }
 
 async fn cancel_running_run_requests_cancellation(backend: Backend) {
@@ -569,17 +582,19 @@ async fn run_errors_are_paginated(backend: Backend) {
         page_token = page.next_page_token;
     }
     assert_eq!(paths, vec!["file0", "file1", "file2", "file3", "file4"]);
-    let status = server
-        .as_user(&token)
-        .runs
-        .list_run_errors(pb::ListRunErrorsRequest {
-            run_id: run.id.clone(),
-            page_size: 2,
-            page_token: "garbage".into(),
-        })
-        .await
-        .expect_err("bad token");
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_code(
+        server
+            .as_user(&token)
+            .runs
+            .list_run_errors(pb::ListRunErrorsRequest {
+                run_id: run.id.clone(),
+                page_size: 2,
+                page_token: "garbage".into(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "bad token",
+    );
 }
 
 both_backends!(

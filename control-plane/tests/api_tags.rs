@@ -6,7 +6,7 @@ use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntr
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::tag_service_client::TagServiceClient;
 use prost_types::FieldMask;
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{assert_code, authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
 use tonic::Code;
 use uuid::Uuid;
@@ -111,30 +111,27 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     assert_eq!(created.key, "env");
     assert_eq!(created.resource, run_ref(run_id));
 
-    let status = server
-        .as_user(&token)
-        .tags
-        .create_tag(tag(run_ref(run_id), "env", "dev"))
-        .await
-        .expect_err("same key twice");
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_code(
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(tag(run_ref(run_id), "env", "dev"))
+            .await,
+        Code::AlreadyExists,
+        "same key twice",
+    );
 
     let fetched = server
         .as_user(&token)
-        .tags
         .get_tag(pb::GetTagRequest {
             id: created.id.clone(),
         })
         .await
-        .expect("get")
-        .into_inner()
-        .tag
-        .expect("tag");
+        .expect("get");
     assert_eq!(fetched, created);
 
     let updated = server
         .as_user(&token)
-        .tags
         .update_tag(pb::UpdateTagRequest {
             tag: Some(pb::Tag {
                 id: created.id.clone(),
@@ -147,16 +144,12 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
             }),
         })
         .await
-        .expect("update")
-        .into_inner()
-        .tag
-        .expect("tag");
+        .expect("update");
     assert_eq!(updated.value, "staging");
     assert_eq!(updated.key, "env");
 
     let status = server
         .as_user(&token)
-        .tags
         .update_tag(pb::UpdateTagRequest {
             tag: Some(pb::Tag {
                 id: created.id.clone(),
@@ -184,19 +177,17 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
 
     server
         .as_user(&token)
-        .tags
-        .delete_tag(pb::DeleteTagRequest {
-            id: created.id.clone(),
-        })
+        .delete_tag(&created.id)
         .await
         .expect("delete");
-    let status = server
-        .as_user(&token)
-        .tags
-        .get_tag(pb::GetTagRequest { id: created.id })
-        .await
-        .expect_err("deleted");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        server
+            .as_user(&token)
+            .get_tag(pb::GetTagRequest { id: created.id })
+            .await,
+        Code::NotFound,
+        "deleted",
+    );
 }
 
 async fn tag_validation_reports_field_paths(backend: Backend) {
@@ -270,7 +261,6 @@ async fn tag_validation_reports_field_paths(backend: Backend) {
 
     let status = server
         .as_user(&token)
-        .tags
         .update_tag(pb::UpdateTagRequest {
             tag: Some(pb::Tag {
                 id: Uuid::now_v7().to_string(),
@@ -296,13 +286,15 @@ async fn tag_limit_is_64_per_resource(backend: Backend) {
             .await
             .expect("within limit");
     }
-    let status = server
-        .as_user(&token)
-        .tags
-        .create_tag(tag(run_ref(run_id), "k64", ""))
-        .await
-        .expect_err("65th tag");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(tag(run_ref(run_id), "k64", ""))
+            .await,
+        Code::FailedPrecondition,
+        "65th tag",
+    );
     // The limit is per resource.
     server
         .as_user(&token)
@@ -346,13 +338,15 @@ async fn tags_are_owner_scoped_and_filtered(backend: Backend) {
     let mut tags = TagServiceClient::new(server.channel().await);
 
     // Bob can neither tag Alice's run nor a resource that does not exist.
-    let status = server
-        .as_user(&bob_token)
-        .tags
-        .create_tag(tag(run_ref(run_id), "env", "x"))
-        .await
-        .expect_err("foreign run");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .tags
+            .create_tag(tag(run_ref(run_id), "env", "x"))
+            .await,
+        Code::NotFound,
+        "foreign run",
+    );
     let status = server
         .as_user(&bob_token)
         .tags
@@ -442,7 +436,6 @@ async fn tags_are_owner_scoped_and_filtered(backend: Backend) {
     for status in [
         server
             .as_user(&bob_token)
-            .tags
             .get_tag(pb::GetTagRequest {
                 id: on_run.id.clone(),
             })
@@ -450,10 +443,7 @@ async fn tags_are_owner_scoped_and_filtered(backend: Backend) {
             .expect_err("foreign get"),
         server
             .as_user(&bob_token)
-            .tags
-            .delete_tag(pb::DeleteTagRequest {
-                id: on_run.id.clone(),
-            })
+            .delete_tag(&on_run.id)
             .await
             .expect_err("foreign delete"),
     ] {

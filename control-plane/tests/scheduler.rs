@@ -67,31 +67,22 @@ fn daily_job(name: &str, missed: pb::MissedRunPolicy, overlap: pb::OverlapPolicy
 async fn create_job(server: &TestServer, token: &str, job: pb::Job) -> pb::Job {
     server
         .as_user(token)
-        .jobs
-        .create_job(pb::CreateJobRequest { job: Some(job) })
+        .create_job(job)
         .await
         .expect("create job")
-        .into_inner()
-        .job
-        .expect("job in response")
 }
 
 async fn get_job(server: &TestServer, token: &str, id: &str) -> pb::Job {
     server
         .as_user(token)
-        .jobs
         .get_job(pb::GetJobRequest { id: id.into() })
         .await
         .expect("get job")
-        .into_inner()
-        .job
-        .expect("job in response")
 }
 
 async fn update_job(server: &TestServer, token: &str, job: pb::Job, paths: &[&str]) -> pb::Job {
     server
         .as_user(token)
-        .jobs
         .update_job(pb::UpdateJobRequest {
             job: Some(job),
             update_mask: Some(prost_types::FieldMask {
@@ -100,9 +91,6 @@ async fn update_job(server: &TestServer, token: &str, job: pb::Job, paths: &[&st
         })
         .await
         .expect("update job")
-        .into_inner()
-        .job
-        .expect("job in response")
 }
 
 /// Starts a run of `job` through the API, as a user would by hand.
@@ -706,8 +694,7 @@ async fn bad_schedules_name_the_field(backend: Backend) {
     });
     let status = server
         .as_user(&token)
-        .jobs
-        .create_job(pb::CreateJobRequest { job: Some(bad) })
+        .create_job(bad)
         .await
         .expect_err("bad schedule");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -763,7 +750,6 @@ async fn bad_schedules_name_the_field(backend: Backend) {
     ] {
         let status = server
             .as_user(&token)
-            .jobs
             .update_job(pb::UpdateJobRequest {
                 job: Some(pb::Job {
                     id: created.id.clone(),

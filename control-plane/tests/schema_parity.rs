@@ -84,6 +84,16 @@ struct Index {
     partial: bool,
 }
 
+impl Index {
+    fn new(columns: Vec<String>, unique: bool, partial: bool) -> Index {
+        Index {
+            columns,
+            unique,
+            partial,
+        }
+    }
+}
+
 /// One table, normalised.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Table {
@@ -177,15 +187,14 @@ async fn postgres_schema(pool: &PgPool) -> Schema {
 
     let columns_sql = "SELECT table_name::text, column_name::text, data_type::text, \
          is_nullable::text = 'YES', column_default::text \
-         FROM information_schema.columns WHERE table_schema = 'public'";
+         FROM information_schema.columns WHERE table_schema = 'public' \
+         AND table_name NOT LIKE '\\_sqlx%'";
     let rows: Vec<(String, String, String, bool, Option<String>)> = sqlx::query_as(columns_sql)
         .fetch_all(pool)
         .await
         .expect("columns");
-    for (table, column, data_type, nullable, default) in rows {
-        let Some(table) = schema.get_mut(&table) else {
-            continue;
-        };
+    for (name, column, data_type, nullable, default) in rows {
+        let table = schema.get_mut(&name).expect("a column of a listed table");
         let default = match default {
             None => ColumnDefault::None,
             Some(d) if d.starts_with("nextval(") => ColumnDefault::Generated,
@@ -216,15 +225,16 @@ async fn postgres_schema(pool: &PgPool) -> Schema {
              WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' WHEN 'd' THEN 'SET DEFAULT' \
              ELSE '' END \
          FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace \
-         WHERE n.nspname = 'public' AND c.contype IN ('p', 'u', 'f')",
+         WHERE n.nspname = 'public' AND c.contype IN ('p', 'u', 'f') \
+         AND c.conrelid::regclass::text NOT LIKE '\\_sqlx%'",
     )
     .fetch_all(pool)
     .await
     .expect("constraints");
-    for (table, kind, keys, referenced, references, on_delete) in constraints {
-        let Some(table) = schema.get_mut(&table) else {
-            continue;
-        };
+    for (name, kind, keys, referenced, references, on_delete) in constraints {
+        let table = schema
+            .get_mut(&name)
+            .expect("a constraint of a listed table");
         match kind.as_str() {
             "p" => table.primary_key = columns(&keys),
             "u" => {
@@ -251,25 +261,16 @@ async fn postgres_schema(pool: &PgPool) -> Schema {
          JOIN pg_class i ON i.oid = ix.indexrelid \
          JOIN pg_class t ON t.oid = ix.indrelid \
          JOIN pg_namespace n ON n.oid = t.relnamespace \
-         WHERE n.nspname = 'public' \
+         WHERE n.nspname = 'public' AND t.relname NOT LIKE '\\_sqlx%' \
          AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = ix.indexrelid)",
     )
     .fetch_all(pool)
     .await
     .expect("indexes");
-    for (table, index, keys, unique, partial) in indexes {
-        let Some(table) = schema.get_mut(&table) else {
-            continue;
-        };
-        let columns = columns(&keys);
-        table.indexes.insert(
-            index,
-            Index {
-                columns,
-                unique,
-                partial,
-            },
-        );
+    for (name, index, keys, unique, partial) in indexes {
+        let table = schema.get_mut(&name).expect("an index of a listed table");
+        let definition = Index::new(columns(&keys), unique, partial);
+        table.indexes.insert(index, definition);
     }
     schema
 }
@@ -370,14 +371,9 @@ async fn sqlite_table(pool: &SqlitePool, name: &str, sql: &str) -> Table {
                 table.unique.insert(columns);
             }
             _ => {
-                table.indexes.insert(
-                    index,
-                    Index {
-                        columns,
-                        unique,
-                        partial,
-                    },
-                );
+                table
+                    .indexes
+                    .insert(index, Index::new(columns, unique, partial));
             }
         }
     }

@@ -257,3 +257,67 @@ impl Api {
             .backup_metadata
     }
 }
+
+/// Implements, for each `method: client, Request => answer field: Resource`,
+/// an [`Api`] method that makes the call and answers with the one resource of
+/// the response, so a test reads `api.get_job(request).await?` rather than
+/// unwrapping the response.
+macro_rules! answering_one_resource {
+    ($($method:ident: $client:ident, $request:ident => $answer:ident: $resource:ident;)*) => {
+        impl Api {
+            $(
+                #[doc = concat!("`", stringify!($request), "`, answering with the ", stringify!($answer), ".")]
+                pub async fn $method(&self, request: pb::$request) -> Result<pb::$resource, Status> {
+                    let response = self.$client.clone().$method(request).await?;
+                    let answer = response.into_inner().$answer;
+                    Ok(answer.expect(concat!(stringify!($answer), " in the response")))
+                }
+            )*
+        }
+    };
+}
+
+answering_one_resource! {
+    get_bucket: buckets, GetBucketRequest => bucket: Bucket;
+    update_bucket: buckets, UpdateBucketRequest => bucket: Bucket;
+    get_configuration: configurations, GetConfigurationRequest => configuration: Configuration;
+    update_configuration: configurations, UpdateConfigurationRequest => configuration: Configuration;
+    get_job: jobs, GetJobRequest => job: Job;
+    update_job: jobs, UpdateJobRequest => job: Job;
+    get_backup_metadata: metadata, GetBackupMetadataRequest => backup_metadata: BackupMetadata;
+    update_backup_metadata: metadata, UpdateBackupMetadataRequest => backup_metadata: BackupMetadata;
+    get_retention_policy: retention, GetRetentionPolicyRequest => retention_policy: RetentionPolicy;
+    update_retention_policy: retention, UpdateRetentionPolicyRequest => retention_policy: RetentionPolicy;
+    get_object_retention: retention, GetObjectRetentionRequest => object_retention: ObjectRetention;
+    update_object_retention: retention, UpdateObjectRetentionRequest => object_retention: ObjectRetention;
+    get_tag: tags, GetTagRequest => tag: Tag;
+    update_tag: tags, UpdateTagRequest => tag: Tag;
+    get_user: users, GetUserRequest => user: User;
+    update_user: users, UpdateUserRequest => user: User;
+}
+
+/// Implements, for each `method: client, Request`, an [`Api`] method that
+/// deletes the resource with the given id.
+macro_rules! deleting_by_id {
+    ($($method:ident: $client:ident, $request:ident;)*) => {
+        impl Api {
+            $(
+                #[doc = concat!("`", stringify!($request), "` of the resource `id`.")]
+                pub async fn $method(&self, id: &str) -> Result<(), Status> {
+                    let request = pb::$request { id: id.to_string() };
+                    self.$client.clone().$method(request).await.map(|_| ())
+                }
+            )*
+        }
+    };
+}
+
+deleting_by_id! {
+    delete_bucket: buckets, DeleteBucketRequest;
+    delete_configuration: configurations, DeleteConfigurationRequest;
+    delete_job: jobs, DeleteJobRequest;
+    delete_backup_metadata: metadata, DeleteBackupMetadataRequest;
+    delete_retention_policy: retention, DeleteRetentionPolicyRequest;
+    delete_object_retention: retention, DeleteObjectRetentionRequest;
+    delete_tag: tags, DeleteTagRequest;
+}

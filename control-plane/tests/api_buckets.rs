@@ -3,10 +3,10 @@
 mod support;
 
 use coffer_proto::v1 as pb;
-use coffer_proto::v1::bucket_service_client::BucketServiceClient;
 use prost_types::FieldMask;
-use support::{assert_code, assert_violations, authed, violated_fields, Backend, TestServer};
-use tonic::transport::Channel;
+use support::{
+    assert_code, assert_violated, assert_violations, violated_fields, Backend, TestServer,
+};
 use tonic::Code;
 
 fn s3_bucket(name: &str) -> pb::Bucket {
@@ -41,31 +41,9 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
     })
 }
 
-async fn create(
-    client: &mut BucketServiceClient<Channel>,
-    token: &str,
-    bucket: pb::Bucket,
-) -> Result<pb::Bucket, tonic::Status> {
-    client
-        .create_bucket(authed(
-            token,
-            pb::CreateBucketRequest {
-                bucket: Some(bucket),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().bucket.expect("bucket in response"))
-}
-
-async fn get(
-    client: &mut BucketServiceClient<Channel>,
-    token: &str,
-    id: &str,
-) -> Result<pb::Bucket, tonic::Status> {
-    client
-        .get_bucket(authed(token, pb::GetBucketRequest { id: id.to_string() }))
-        .await
-        .map(|r| r.into_inner().bucket.expect("bucket in response"))
+async fn get(server: &TestServer, token: &str, id: &str) -> Result<pb::Bucket, tonic::Status> {
+    let request = pb::GetBucketRequest { id: id.to_string() };
+    server.as_user(token).get_bucket(request).await
 }
 
 /// A literal for a UUID column in raw SQL of the given backend.
@@ -79,9 +57,10 @@ fn uuid_literal(backend: Backend, id: &str) -> String {
 async fn bucket_crud_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, token) = server.create_user("alice").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
 
-    let created = create(&mut buckets, &token, s3_bucket("offsite"))
+    let created = server
+        .as_user(&token)
+        .create_bucket(s3_bucket("offsite"))
         .await
         .expect("create");
     assert_eq!(created.owner_id, alice.id);
@@ -90,7 +69,7 @@ async fn bucket_crud_round_trip(backend: Backend) {
     assert_eq!(created.prefix, "team-a");
     assert!(created.create_time.is_some());
 
-    let fetched = get(&mut buckets, &token, &created.id).await.expect("get");
+    let fetched = get(&server, &token, &created.id).await.expect("get");
     assert_eq!(fetched, created);
 
     // Switch the location to a filesystem and change the description only.
@@ -112,7 +91,7 @@ async fn bucket_crud_round_trip(backend: Backend) {
     assert_eq!(updated.location, fs_bucket("x").location);
     assert_eq!(updated.prefix, "team-a");
     assert_eq!(
-        get(&mut buckets, &token, &created.id).await.expect("get"),
+        get(&server, &token, &created.id).await.expect("get"),
         updated
     );
 
@@ -122,7 +101,7 @@ async fn bucket_crud_round_trip(backend: Backend) {
         .await
         .expect("delete");
     assert_code(
-        get(&mut buckets, &token, &created.id).await,
+        get(&server, &token, &created.id).await,
         Code::NotFound,
         "deleted",
     );
@@ -132,13 +111,14 @@ async fn foreign_bucket_is_not_found(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, alice_token) = server.create_user("alice").await;
     let (_, bob_token) = server.create_user("bob").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let bucket = create(&mut buckets, &alice_token, fs_bucket("private"))
+    let bucket = server
+        .as_user(&alice_token)
+        .create_bucket(fs_bucket("private"))
         .await
         .expect("create");
 
     assert_code(
-        get(&mut buckets, &bob_token, &bucket.id).await,
+        get(&server, &bob_token, &bucket.id).await,
         Code::NotFound,
         "foreign get",
     );
@@ -178,7 +158,7 @@ async fn foreign_bucket_is_not_found(backend: Backend) {
 
     // The admin sees it, also when filtering by owner.
     assert_eq!(
-        get(&mut buckets, &server.admin_token, &bucket.id)
+        get(&server, &server.admin_token, &bucket.id)
             .await
             .expect("admin get")
             .id,
@@ -202,22 +182,30 @@ async fn duplicate_name_per_owner_is_already_exists(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, alice_token) = server.create_user("alice").await;
     let (_, bob_token) = server.create_user("bob").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    create(&mut buckets, &alice_token, fs_bucket("main"))
+    server
+        .as_user(&alice_token)
+        .create_bucket(fs_bucket("main"))
         .await
         .expect("first");
     assert_code(
-        create(&mut buckets, &alice_token, s3_bucket("main")).await,
+        server
+            .as_user(&alice_token)
+            .create_bucket(s3_bucket("main"))
+            .await,
         Code::AlreadyExists,
         "duplicate",
     );
     // Another owner may use the same name.
-    create(&mut buckets, &bob_token, fs_bucket("main"))
+    server
+        .as_user(&bob_token)
+        .create_bucket(fs_bucket("main"))
         .await
         .expect("same name, other owner");
 
     // Renaming onto a taken name is refused too.
-    let other = create(&mut buckets, &alice_token, fs_bucket("other"))
+    let other = server
+        .as_user(&alice_token)
+        .create_bucket(fs_bucket("other"))
         .await
         .expect("other");
     assert_code(
@@ -240,11 +228,9 @@ async fn duplicate_name_per_owner_is_already_exists(backend: Backend) {
 async fn invalid_bucket_reports_every_field(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let status = create(
-        &mut buckets,
-        &token,
-        pb::Bucket {
+    let status = server
+        .as_user(&token)
+        .create_bucket(pb::Bucket {
             name: "Bad Name".into(),
             location: Some(pb::bucket::Location::S3(pb::S3Location {
                 endpoint: "ftp://example.com".into(),
@@ -255,10 +241,9 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
             prefix: "/absolute".into(),
             retention_policy_id: "not-a-uuid".into(),
             ..Default::default()
-        },
-    )
-    .await
-    .expect_err("invalid");
+        })
+        .await
+        .expect_err("invalid");
     assert_violations(
         &status,
         &[
@@ -271,36 +256,30 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
         ],
     );
 
-    let status = create(
-        &mut buckets,
-        &token,
-        pb::Bucket {
-            name: "nolocation".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect_err("no location");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["bucket.location".to_string()]
+    assert_violated(
+        server
+            .as_user(&token)
+            .create_bucket(pb::Bucket {
+                name: "nolocation".into(),
+                ..Default::default()
+            })
+            .await,
+        &["bucket.location"],
+        "no location",
     );
 
-    let status = create(
-        &mut buckets,
-        &token,
-        pb::Bucket {
-            location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
-                path: "relative/path".into(),
-            })),
-            ..fs_bucket("fs")
-        },
-    )
-    .await
-    .expect_err("relative filesystem path");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["bucket.filesystem.path".to_string()]
+    assert_violated(
+        server
+            .as_user(&token)
+            .create_bucket(pb::Bucket {
+                location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+                    path: "relative/path".into(),
+                })),
+                ..fs_bucket("fs")
+            })
+            .await,
+        &["bucket.filesystem.path"],
+        "relative filesystem path",
     );
 
     // Valid credential references and endpoints are accepted.
@@ -317,7 +296,9 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
                 "https://s3.example.com".into()
             };
         }
-        create(&mut buckets, &token, bucket)
+        server
+            .as_user(&token)
+            .create_bucket(bucket)
             .await
             .unwrap_or_else(|e| panic!("{credentials_ref:?} should be valid: {e}"));
     }
@@ -327,35 +308,32 @@ async fn only_admins_choose_another_owner(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, alice_token) = server.create_user("alice").await;
     let (bob, _) = server.create_user("bob").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
     assert_code(
-        create(
-            &mut buckets,
-            &alice_token,
-            pb::Bucket {
+        server
+            .as_user(&alice_token)
+            .create_bucket(pb::Bucket {
                 owner_id: bob.id.clone(),
                 ..fs_bucket("for-bob")
-            },
-        )
-        .await,
+            })
+            .await,
         Code::PermissionDenied,
         "non-admin creating for another user",
     );
 
-    let created = create(
-        &mut buckets,
-        &server.admin_token,
-        pb::Bucket {
+    let created = server
+        .admin()
+        .create_bucket(pb::Bucket {
             owner_id: bob.id.clone(),
             ..fs_bucket("for-bob")
-        },
-    )
-    .await
-    .expect("admin creating for bob");
+        })
+        .await
+        .expect("admin creating for bob");
     assert_eq!(created.owner_id, bob.id);
 
     // Alice cannot move her bucket to Bob; the admin can move it back to Alice.
-    let own = create(&mut buckets, &alice_token, fs_bucket("mine"))
+    let own = server
+        .as_user(&alice_token)
+        .create_bucket(fs_bucket("mine"))
         .await
         .expect("own");
     assert_code(
@@ -401,47 +379,39 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
         })
         .await
         .expect("policy");
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let status = create(
-        &mut buckets,
-        &bob_token,
-        pb::Bucket {
+    let status = server
+        .as_user(&bob_token)
+        .create_bucket(pb::Bucket {
             retention_policy_id: policy.id.clone(),
             ..fs_bucket("bobs")
-        },
-    )
-    .await
-    .expect_err("foreign policy");
+        })
+        .await
+        .expect_err("foreign policy");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
         violated_fields(&status),
         vec!["bucket.retention_policy_id".to_string()]
     );
-    let status = create(
-        &mut buckets,
-        &bob_token,
-        pb::Bucket {
-            retention_policy_id: uuid::Uuid::now_v7().to_string(),
-            ..fs_bucket("bobs")
-        },
-    )
-    .await
-    .expect_err("missing policy");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["bucket.retention_policy_id".to_string()]
+    assert_violated(
+        server
+            .as_user(&bob_token)
+            .create_bucket(pb::Bucket {
+                retention_policy_id: uuid::Uuid::now_v7().to_string(),
+                ..fs_bucket("bobs")
+            })
+            .await,
+        &["bucket.retention_policy_id"],
+        "missing policy",
     );
 
-    let bucket = create(
-        &mut buckets,
-        &alice_token,
-        pb::Bucket {
+    let bucket = server
+        .as_user(&alice_token)
+        .create_bucket(pb::Bucket {
             retention_policy_id: policy.id.clone(),
             ..fs_bucket("alices")
-        },
-    )
-    .await
-    .expect("own policy");
+        })
+        .await
+        .expect("own policy");
     assert_eq!(bucket.retention_policy_id, policy.id);
 
     // Clearing the policy through the mask.
@@ -462,9 +432,10 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
 async fn buckets_page_by_name_prefix(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
     for name in ["b1", "b2", "other", "b3", "b4", "b5"] {
-        create(&mut buckets, &token, fs_bucket(name))
+        server
+            .as_user(&token)
+            .create_bucket(fs_bucket(name))
             .await
             .expect("create");
     }
@@ -496,8 +467,9 @@ async fn buckets_page_by_name_prefix(backend: Backend) {
 async fn update_rejects_bad_masks(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let bucket = create(&mut buckets, &token, fs_bucket("main"))
+    let bucket = server
+        .as_user(&token)
+        .create_bucket(fs_bucket("main"))
         .await
         .expect("create");
     for paths in [&[][..], &["create_time"][..], &["s3", "filesystem"][..]] {
@@ -515,25 +487,28 @@ async fn update_rejects_bad_masks(backend: Backend) {
         assert_eq!(status.code(), Code::InvalidArgument, "{paths:?}");
     }
     // Naming `s3` without sending an S3 location is invalid, not a silent no-op.
-    let status = server
-        .as_user(&token)
-        .update_bucket(pb::UpdateBucketRequest {
-            bucket: Some(pb::Bucket {
-                id: bucket.id.clone(),
-                ..fs_bucket("main")
-            }),
-            update_mask: mask(&["s3"]),
-        })
-        .await
-        .expect_err("s3 mask without s3");
-    assert_eq!(violated_fields(&status), vec!["bucket.s3".to_string()]);
+    assert_violated(
+        server
+            .as_user(&token)
+            .update_bucket(pb::UpdateBucketRequest {
+                bucket: Some(pb::Bucket {
+                    id: bucket.id.clone(),
+                    ..fs_bucket("main")
+                }),
+                update_mask: mask(&["s3"]),
+            })
+            .await,
+        &["bucket.s3"],
+        "s3 mask without s3",
+    );
 }
 
 async fn delete_refused_while_a_job_targets_the_bucket(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, token) = server.create_user("alice").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let bucket = create(&mut buckets, &token, fs_bucket("target"))
+    let bucket = server
+        .as_user(&token)
+        .create_bucket(fs_bucket("target"))
         .await
         .expect("create");
     let job_id = uuid::Uuid::now_v7().to_string();
@@ -554,9 +529,7 @@ async fn delete_refused_while_a_job_targets_the_bucket(backend: Backend) {
         Code::FailedPrecondition,
         "referenced bucket",
     );
-    get(&mut buckets, &token, &bucket.id)
-        .await
-        .expect("still there");
+    get(&server, &token, &bucket.id).await.expect("still there");
 
     server
         .catalog()

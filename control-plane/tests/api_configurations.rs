@@ -3,10 +3,8 @@
 mod support;
 
 use coffer_proto::v1 as pb;
-use coffer_proto::v1::configuration_service_client::ConfigurationServiceClient;
 use prost_types::FieldMask;
-use support::{assert_code, authed, violated_fields, Backend, TestServer};
-use tonic::transport::Channel;
+use support::{assert_code, assert_violated, violated_fields, Backend, TestServer};
 use tonic::Code;
 
 fn entry(key: &str, value: &str) -> pb::Configuration {
@@ -18,53 +16,28 @@ fn entry(key: &str, value: &str) -> pb::Configuration {
     }
 }
 
-async fn create(
-    client: &mut ConfigurationServiceClient<Channel>,
-    token: &str,
-    configuration: pb::Configuration,
-) -> Result<pb::Configuration, tonic::Status> {
-    client
-        .create_configuration(authed(
-            token,
-            pb::CreateConfigurationRequest {
-                configuration: Some(configuration),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().configuration.expect("configuration"))
-}
-
 async fn configuration_crud_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut configs = ConfigurationServiceClient::new(server.channel().await);
-    let created = create(
-        &mut configs,
-        &server.admin_token,
-        entry("nfs_mount_path", "/mnt/nfs"),
-    )
-    .await
-    .expect("create");
+    let created = server
+        .admin()
+        .create_configuration(entry("nfs_mount_path", "/mnt/nfs"))
+        .await
+        .expect("create");
     assert_eq!(created.key, "nfs_mount_path");
     assert_eq!(created.value, "/mnt/nfs");
 
-    let by_id = server
-        .admin()
-        .get_configuration(pb::GetConfigurationRequest {
-            id: created.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("get by id");
-    assert_eq!(by_id, created);
-    let by_key = server
-        .admin()
-        .get_configuration(pb::GetConfigurationRequest {
-            key: "nfs_mount_path".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("get by key");
-    assert_eq!(by_key, created);
+    let by_id = pb::GetConfigurationRequest {
+        id: created.id.clone(),
+        ..Default::default()
+    };
+    let by_key = pb::GetConfigurationRequest {
+        key: "nfs_mount_path".into(),
+        ..Default::default()
+    };
+    for request in [by_id, by_key] {
+        let fetched = server.admin().get_configuration(request.clone()).await;
+        assert_eq!(fetched.expect("get"), created, "{request:?}");
+    }
 
     let updated = server
         .admin()
@@ -121,20 +94,20 @@ async fn configuration_crud_round_trip(backend: Backend) {
 async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
-    let mut configs = ConfigurationServiceClient::new(server.channel().await);
     assert_code(
-        create(&mut configs, &token, entry("lease_ttl_seconds", "30")).await,
+        server
+            .as_user(&token)
+            .create_configuration(entry("lease_ttl_seconds", "30"))
+            .await,
         Code::PermissionDenied,
         "non-admin create",
     );
 
-    let created = create(
-        &mut configs,
-        &server.admin_token,
-        entry("lease_ttl_seconds", "30"),
-    )
-    .await
-    .expect("admin create");
+    let created = server
+        .admin()
+        .create_configuration(entry("lease_ttl_seconds", "30"))
+        .await
+        .expect("admin create");
     let read = server
         .as_user(&token)
         .get_configuration(pb::GetConfigurationRequest {
@@ -182,10 +155,11 @@ async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
 
 async fn keys_and_values_are_validated(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut configs = ConfigurationServiceClient::new(server.channel().await);
     let admin = server.admin_token.clone();
 
-    let status = create(&mut configs, &admin, entry("colour", "blue"))
+    let status = server
+        .as_user(&admin)
+        .create_configuration(entry("colour", "blue"))
         .await
         .expect_err("unknown key");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -214,7 +188,9 @@ async fn keys_and_values_are_validated(backend: Backend) {
             "0190a5a0-0000-7000-8000-000000000000",
         ),
     ] {
-        let status = create(&mut configs, &admin, entry(key, bad))
+        let status = server
+            .as_user(&admin)
+            .create_configuration(entry(key, bad))
             .await
             .expect_err("invalid value");
         assert_eq!(status.code(), Code::InvalidArgument, "{key}={bad}");
@@ -230,7 +206,9 @@ async fn keys_and_values_are_validated(backend: Backend) {
         ("retry_backoff_seconds", "3600"),
         ("run_deadline_seconds", "60"),
     ] {
-        create(&mut configs, &admin, entry(key, good))
+        server
+            .as_user(&admin)
+            .create_configuration(entry(key, good))
             .await
             .unwrap_or_else(|e| panic!("{key}={good} is valid: {e}"));
     }
@@ -245,13 +223,11 @@ async fn keys_and_values_are_validated(backend: Backend) {
         })
         .await
         .expect("policy");
-    create(
-        &mut configs,
-        &admin,
-        entry("default_retention_policy_id", &policy.id),
-    )
-    .await
-    .expect("existing policy");
+    server
+        .as_user(&admin)
+        .create_configuration(entry("default_retention_policy_id", &policy.id))
+        .await
+        .expect("existing policy");
     // …and while it is the default, the policy cannot be deleted.
     assert_code(
         server
@@ -271,43 +247,37 @@ async fn keys_and_values_are_validated(backend: Backend) {
         })
         .await
         .expect("get");
-    let status = server
-        .as_user(&admin)
-        .update_configuration(pb::UpdateConfigurationRequest {
-            configuration: Some(pb::Configuration {
-                id: lease.id,
-                value: "7200".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["value".into()],
-            }),
-        })
-        .await
-        .expect_err("out of range update");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["configuration.value".to_string()]
+    assert_violated(
+        server
+            .as_user(&admin)
+            .update_configuration(pb::UpdateConfigurationRequest {
+                configuration: Some(pb::Configuration {
+                    id: lease.id,
+                    value: "7200".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["value".into()],
+                }),
+            })
+            .await,
+        &["configuration.value"],
+        "out of range update",
     );
 }
 
 async fn duplicate_key_is_already_exists(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut configs = ConfigurationServiceClient::new(server.channel().await);
-    create(
-        &mut configs,
-        &server.admin_token,
-        entry("default_max_attempts", "3"),
-    )
-    .await
-    .expect("first");
+    server
+        .admin()
+        .create_configuration(entry("default_max_attempts", "3"))
+        .await
+        .expect("first");
     assert_code(
-        create(
-            &mut configs,
-            &server.admin_token,
-            entry("default_max_attempts", "5"),
-        )
-        .await,
+        server
+            .admin()
+            .create_configuration(entry("default_max_attempts", "5"))
+            .await,
         Code::AlreadyExists,
         "duplicate",
     );
@@ -315,7 +285,6 @@ async fn duplicate_key_is_already_exists(backend: Backend) {
 
 async fn list_is_ordered_by_key_and_pages(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut configs = ConfigurationServiceClient::new(server.channel().await);
     // Created out of key order, so id order differs from key order.
     for (key, value) in [
         ("run_deadline_seconds", "3600"),
@@ -324,7 +293,9 @@ async fn list_is_ordered_by_key_and_pages(backend: Backend) {
         ("lease_ttl_seconds", "30"),
         ("nfs_mount_path", "/mnt"),
     ] {
-        create(&mut configs, &server.admin_token, entry(key, value))
+        server
+            .admin()
+            .create_configuration(entry(key, value))
             .await
             .expect("create");
     }
@@ -374,16 +345,18 @@ async fn list_is_ordered_by_key_and_pages(backend: Backend) {
     assert_eq!(keys, vec!["retry_backoff_seconds", "run_deadline_seconds"]);
     assert!(filtered.next_page_token.is_empty());
 
-    let status = server
-        .admin()
-        .configurations
-        .list_configurations(pb::ListConfigurationsRequest {
-            page_token: "%%%".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("bad token");
-    assert_eq!(violated_fields(&status), vec!["page_token".to_string()]);
+    assert_violated(
+        server
+            .admin()
+            .configurations
+            .list_configurations(pb::ListConfigurationsRequest {
+                page_token: "%%%".into(),
+                ..Default::default()
+            })
+            .await,
+        &["page_token"],
+        "bad token",
+    );
 }
 
 both_backends!(

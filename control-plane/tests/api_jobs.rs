@@ -3,7 +3,9 @@
 mod support;
 
 use coffer_proto::v1 as pb;
-use support::{assert_code, assert_violations, violated_fields, Backend, TestServer};
+use support::{
+    assert_code, assert_violated, assert_violations, violated_fields, Backend, TestServer,
+};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -254,16 +256,15 @@ async fn bucket_and_policy_must_belong_to_the_owner(backend: Backend) {
         "{fields:?}"
     );
 
-    let status = create(
-        &server,
-        &alice_token,
-        job("abs", bucket_target(&bucket, "/abs")),
-    )
-    .await
-    .expect_err("absolute prefix");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["job.target.bucket.prefix".to_string()]
+    assert_violated(
+        create(
+            &server,
+            &alice_token,
+            job("abs", bucket_target(&bucket, "/abs")),
+        )
+        .await,
+        &["job.target.bucket.prefix"],
+        "absolute prefix",
     );
 
     // ListJobs filters by bucket.

@@ -6,7 +6,7 @@ mod support;
 use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntry, SnapshotStats};
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::object_service_client::ObjectServiceClient;
-use support::{assert_code, authed, violated_fields, Backend, TestServer};
+use support::{assert_code, assert_violated, authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
 use tonic::Code;
 use uuid::Uuid;
@@ -370,16 +370,18 @@ async fn duplicates_are_grouped_by_hash(backend: Backend) {
         .into_inner();
     assert_eq!(filtered.groups.len(), 1);
 
-    let status = server
-        .as_user(&token)
-        .objects
-        .list_duplicates(pb::ListDuplicatesRequest {
-            page_token: "not-a-number".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("bad token");
-    assert_eq!(violated_fields(&status), vec!["page_token".to_string()]);
+    assert_violated(
+        server
+            .as_user(&token)
+            .objects
+            .list_duplicates(pb::ListDuplicatesRequest {
+                page_token: "not-a-number".into(),
+                ..Default::default()
+            })
+            .await,
+        &["page_token"],
+        "bad token",
+    );
 }
 
 async fn objects_are_owner_scoped(backend: Backend) {
@@ -542,16 +544,18 @@ async fn latest_versions_filter_by_tag(backend: Backend) {
     let paths: Vec<_> = month.iter().map(|o| o.path.as_str()).collect();
     assert_eq!(paths, ["other.txt"]);
 
-    let status = server
-        .as_user(&token)
-        .objects
-        .list_latest_versions(pb::ListLatestVersionsRequest {
-            tag_value: "x".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("value without key");
-    assert_eq!(violated_fields(&status), vec!["tag_value".to_string()]);
+    assert_violated(
+        server
+            .as_user(&token)
+            .objects
+            .list_latest_versions(pb::ListLatestVersionsRequest {
+                tag_value: "x".into(),
+                ..Default::default()
+            })
+            .await,
+        &["tag_value"],
+        "value without key",
+    );
 }
 
 async fn objects_and_versions_filter_by_tag(backend: Backend) {
@@ -680,8 +684,11 @@ async fn objects_and_versions_filter_by_tag(backend: Backend) {
         .await
         .expect("filtered versions")
         .is_empty());
-    let status = versions("", "2024").await.expect_err("value without key");
-    assert_eq!(violated_fields(&status), vec!["tag_value".to_string()]);
+    assert_violated(
+        versions("", "2024").await,
+        &["tag_value"],
+        "value without key",
+    );
     let status = list(pb::ListObjectsRequest {
         tag_key: "1bad".into(),
         ..Default::default()

@@ -6,7 +6,9 @@ use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntr
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::retention_service_client::RetentionServiceClient;
 use prost_types::{Duration, FieldMask, Timestamp};
-use support::{assert_code, assert_violations, authed, violated_fields, Backend, TestServer};
+use support::{
+    assert_code, assert_violated, assert_violations, authed, violated_fields, Backend, TestServer,
+};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -234,19 +236,14 @@ async fn policy_crud_round_trip(backend: Backend) {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("a policy that keeps nothing"));
 
-    server
-        .as_user(&token)
-        .delete_retention_policy(&created.id)
+    let api = server.as_user(&token);
+    api.delete_retention_policy(&created.id)
         .await
         .expect("delete");
-    assert_code(
-        server
-            .as_user(&token)
-            .get_retention_policy(pb::GetRetentionPolicyRequest { id: created.id })
-            .await,
-        Code::NotFound,
-        "deleted",
-    );
+    let gone = api
+        .get_retention_policy(pb::GetRetentionPolicyRequest { id: created.id })
+        .await;
+    assert_code(gone, Code::NotFound, "deleted");
 }
 
 async fn invalid_policy_reports_every_field(backend: Backend) {
@@ -714,20 +711,19 @@ async fn object_version_retention_and_access(backend: Backend) {
     let bobs = create_policy(&mut bobs_policies, &bob_token, policy("bobs"))
         .await
         .expect("bob's policy");
-    let status = create_retention(
-        &mut retention,
-        &alice_token,
-        pb::ObjectRetention {
-            resource: object_ref(&object),
-            policy_id: bobs.id,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect_err("foreign policy");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["object_retention.policy_id".to_string()]
+    assert_violated(
+        create_retention(
+            &mut retention,
+            &alice_token,
+            pb::ObjectRetention {
+                resource: object_ref(&object),
+                policy_id: bobs.id,
+                ..Default::default()
+            },
+        )
+        .await,
+        &["object_retention.policy_id"],
+        "foreign policy",
     );
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use coffer_control_plane::catalog::Backend as CatalogBackend;
 use coffer_proto::v1 as pb;
-use support::{assert_code, violated_fields, Backend, TestServer};
+use support::{assert_code, assert_violated, violated_fields, Backend, TestServer};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -202,15 +202,14 @@ async fn invalid_run_requests_are_rejected(backend: Backend) {
         "bad ad-hoc run",
     );
 
-    let status = server
-        .as_user(&token)
-        .runs
-        .create_run(ad_hoc_request(fs_target("relative")))
-        .await
-        .expect_err("relative filesystem target");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["backup.target.filesystem_path".to_string()]
+    assert_violated(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(ad_hoc_request(fs_target("relative")))
+            .await,
+        &["backup.target.filesystem_path"],
+        "relative filesystem target",
     );
 
     assert_code(
@@ -227,15 +226,14 @@ async fn invalid_run_requests_are_rejected(backend: Backend) {
         spec: Some(pb::create_run_request::Spec::Restore(spec)),
         request_id: String::new(),
     };
-    let status = server
-        .as_user(&token)
-        .runs
-        .create_run(restore(pb::RestoreSpec::default()))
-        .await
-        .expect_err("restore without a snapshot");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["restore.snapshot_run_id".to_string()]
+    assert_violated(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(restore(pb::RestoreSpec::default()))
+            .await,
+        &["restore.snapshot_run_id"],
+        "restore without a snapshot",
     );
     let status = server
         .as_user(&token)
@@ -284,21 +282,20 @@ async fn invalid_run_requests_are_rejected(backend: Backend) {
         .expect_err("restore of a queued run");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("queued"), "{status:?}");
-    let status = server
-        .as_user(&token)
-        .runs
-        .create_run(pb::CreateRunRequest {
-            spec: Some(pb::create_run_request::Spec::Verify(pb::VerifySpec {
-                snapshot_run_id: queued.id.clone(),
-                read_data_percent: 150.0,
-            })),
-            request_id: String::new(),
-        })
-        .await
-        .expect_err("verify with a bad percentage");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["verify.read_data_percent".to_string()]
+    assert_violated(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(pb::CreateRunRequest {
+                spec: Some(pb::create_run_request::Spec::Verify(pb::VerifySpec {
+                    snapshot_run_id: queued.id.clone(),
+                    read_data_percent: 150.0,
+                })),
+                request_id: String::new(),
+            })
+            .await,
+        &["verify.read_data_percent"],
+        "verify with a bad percentage",
     );
 }
 

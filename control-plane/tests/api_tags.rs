@@ -6,7 +6,7 @@ use coffer_control_plane::model::object::{FileKind, SnapshotCommit, SnapshotEntr
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::tag_service_client::TagServiceClient;
 use prost_types::FieldMask;
-use support::{assert_code, authed, violated_fields, Backend, TestServer};
+use support::{assert_code, assert_violated, authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
 use tonic::Code;
 use uuid::Uuid;
@@ -148,21 +148,23 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     assert_eq!(updated.value, "staging");
     assert_eq!(updated.key, "env");
 
-    let status = server
-        .as_user(&token)
-        .update_tag(pb::UpdateTagRequest {
-            tag: Some(pb::Tag {
-                id: created.id.clone(),
-                key: "other".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["key".into()],
-            }),
-        })
-        .await
-        .expect_err("key is immutable");
-    assert_eq!(violated_fields(&status), vec!["update_mask".to_string()]);
+    assert_violated(
+        server
+            .as_user(&token)
+            .update_tag(pb::UpdateTagRequest {
+                tag: Some(pb::Tag {
+                    id: created.id.clone(),
+                    key: "other".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["key".into()],
+                }),
+            })
+            .await,
+        &["update_mask"],
+        "key is immutable",
+    );
 
     let listed = list(
         &mut tags,
@@ -175,19 +177,10 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     .await;
     assert_eq!(listed, vec![updated]);
 
-    server
-        .as_user(&token)
-        .delete_tag(&created.id)
-        .await
-        .expect("delete");
-    assert_code(
-        server
-            .as_user(&token)
-            .get_tag(pb::GetTagRequest { id: created.id })
-            .await,
-        Code::NotFound,
-        "deleted",
-    );
+    let api = server.as_user(&token);
+    api.delete_tag(&created.id).await.expect("delete");
+    let gone = api.get_tag(pb::GetTagRequest { id: created.id }).await;
+    assert_code(gone, Code::NotFound, "deleted");
 }
 
 async fn tag_validation_reports_field_paths(backend: Backend) {
@@ -214,31 +207,32 @@ async fn tag_validation_reports_field_paths(backend: Backend) {
         assert!(fields.contains(&field.to_string()), "{field} in {fields:?}");
     }
 
-    let status = server
-        .as_user(&token)
-        .tags
-        .create_tag(tag(
-            Some(pb::ResourceRef {
-                kind: pb::ResourceKind::Run as i32,
-                id: "not-a-uuid".into(),
-            }),
-            "ok",
-            "",
-        ))
-        .await
-        .expect_err("bad id");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["tag.resource.id".to_string()]
+    assert_violated(
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(tag(
+                Some(pb::ResourceRef {
+                    kind: pb::ResourceKind::Run as i32,
+                    id: "not-a-uuid".into(),
+                }),
+                "ok",
+                "",
+            ))
+            .await,
+        &["tag.resource.id"],
+        "bad id",
     );
 
-    let status = server
-        .as_user(&token)
-        .tags
-        .create_tag(tag(None, "ok", ""))
-        .await
-        .expect_err("no resource");
-    assert_eq!(violated_fields(&status), vec!["tag.resource".to_string()]);
+    assert_violated(
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(tag(None, "ok", ""))
+            .await,
+        &["tag.resource"],
+        "no resource",
+    );
 
     // Keys may use the whole documented alphabet.
     server
@@ -248,29 +242,33 @@ async fn tag_validation_reports_field_paths(backend: Backend) {
         .await
         .expect("valid key");
 
-    let status = server
-        .as_user(&token)
-        .tags
-        .list_tags(pb::ListTagsRequest {
-            value: "x".into(),
-            ..Default::default()
-        })
-        .await
-        .expect_err("value without key");
-    assert_eq!(violated_fields(&status), vec!["value".to_string()]);
-
-    let status = server
-        .as_user(&token)
-        .update_tag(pb::UpdateTagRequest {
-            tag: Some(pb::Tag {
-                id: Uuid::now_v7().to_string(),
+    assert_violated(
+        server
+            .as_user(&token)
+            .tags
+            .list_tags(pb::ListTagsRequest {
+                value: "x".into(),
                 ..Default::default()
-            }),
-            update_mask: None,
-        })
-        .await
-        .expect_err("no mask");
-    assert_eq!(violated_fields(&status), vec!["update_mask".to_string()]);
+            })
+            .await,
+        &["value"],
+        "value without key",
+    );
+
+    assert_violated(
+        server
+            .as_user(&token)
+            .update_tag(pb::UpdateTagRequest {
+                tag: Some(pb::Tag {
+                    id: Uuid::now_v7().to_string(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            })
+            .await,
+        &["update_mask"],
+        "no mask",
+    );
 }
 
 async fn tag_limit_is_64_per_resource(backend: Backend) {

@@ -135,6 +135,25 @@ impl Api {
         .id
     }
 
+    /// `ConfigurationService/CreateConfiguration`.
+    pub async fn create_configuration(
+        &self,
+        configuration: pb::Configuration,
+    ) -> Result<pb::Configuration, Status> {
+        let request = pb::CreateConfigurationRequest {
+            configuration: Some(configuration),
+        };
+        let response = self
+            .configurations
+            .clone()
+            .create_configuration(request)
+            .await?;
+        Ok(response
+            .into_inner()
+            .configuration
+            .expect("configuration in response"))
+    }
+
     /// `JobService/CreateJob`.
     pub async fn create_job(&self, job: pb::Job) -> Result<pb::Job, Status> {
         let request = pb::CreateJobRequest { job: Some(job) };

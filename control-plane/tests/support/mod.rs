@@ -60,3 +60,16 @@ pub fn assert_code<T: std::fmt::Debug>(
         Err(status) => assert_eq!(status.code(), code, "{what}: {status:?}"),
     }
 }
+
+/// Asserts that `result` failed naming exactly `fields` in its
+/// `google.rpc.BadRequest` details; `what` says what was refused.
+pub fn assert_violated<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    fields: &[&str],
+    what: &str,
+) {
+    match result {
+        Ok(answer) => panic!("{what}: expected a refusal, got {answer:?}"),
+        Err(status) => assert_eq!(violated_fields(&status), fields, "{what}"),
+    }
+}

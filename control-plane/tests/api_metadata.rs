@@ -27,21 +27,7 @@ async fn create_job(server: &TestServer, token: &str, name: &str) -> pb::Job {
 }
 
 async fn create_run(server: &TestServer, token: &str, job_id: &str) -> pb::Run {
-    server
-        .as_user(token)
-        .runs
-        .create_run(pb::CreateRunRequest {
-            spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
-                job_id: job_id.into(),
-                ..Default::default()
-            })),
-            request_id: String::new(),
-        })
-        .await
-        .expect("create run")
-        .into_inner()
-        .run
-        .expect("run")
+    server.as_user(token).start_backup(job_id).await
 }
 
 fn record(job_id: &str, run_id: &str) -> pb::BackupMetadata {

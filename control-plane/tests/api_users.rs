@@ -108,20 +108,16 @@ async fn users_page_and_update_with_field_mask(backend: Backend) {
     for name in ["u1", "u2", "u3", "u4", "u5"] {
         server.create_user(name).await;
     }
+    let mut users = server.admin().users;
     let mut seen = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = server
-            .admin()
-            .users
-            .list_users(pb::ListUsersRequest {
-                page_size: 2,
-                page_token: page_token.clone(),
-                username_prefix: "u".into(),
-            })
-            .await
-            .expect("list")
-            .into_inner();
+        let request = pb::ListUsersRequest {
+            page_size: 2,
+            page_token: page_token.clone(),
+            username_prefix: "u".into(),
+        };
+        let page = users.list_users(request).await.expect("list").into_inner();
         assert!(page.users.len() <= 2);
         seen.extend(page.users.into_iter().map(|u| u.username));
         if page.next_page_token.is_empty() {

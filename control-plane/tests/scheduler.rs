@@ -95,20 +95,7 @@ async fn update_job(server: &TestServer, token: &str, job: pb::Job, paths: &[&st
 
 /// Starts a run of `job` through the API, as a user would by hand.
 async fn start_by_hand(server: &TestServer, token: &str, job: &pb::Job) -> pb::Run {
-    let request = pb::CreateRunRequest {
-        spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
-            job_id: job.id.clone(),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    RunServiceClient::new(server.channel().await)
-        .create_run(authed(token, request))
-        .await
-        .expect("start a run by hand")
-        .into_inner()
-        .run
-        .expect("run in response")
+    server.as_user(token).start_backup(&job.id).await
 }
 
 fn job_id(job: &pb::Job) -> Uuid {

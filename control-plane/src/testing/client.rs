@@ -121,20 +121,6 @@ impl Api {
         Ok(response.into_inner().bucket.expect("bucket in response"))
     }
 
-    /// A bucket named `name` on the local filesystem at `path`; returns its id.
-    pub async fn filesystem_bucket(&self, name: &str, path: &str) -> String {
-        self.create_bucket(pb::Bucket {
-            name: name.to_string(),
-            location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
-                path: path.to_string(),
-            })),
-            ..Default::default()
-        })
-        .await
-        .expect("create filesystem bucket")
-        .id
-    }
-
     /// `ConfigurationService/CreateConfiguration`.
     pub async fn create_configuration(
         &self,

@@ -379,27 +379,16 @@ async fn policies_are_owned(backend: Backend) {
             .await
             .expect("create");
     }
-    let mut seen = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = server
-            .as_user(&alice_token)
-            .retention
-            .list_retention_policies(pb::ListRetentionPoliciesRequest {
-                page_size: 2,
-                page_token: page_token.clone(),
-                owner_id: bob.id.clone(),
-            })
-            .await
-            .expect("list")
-            .into_inner();
-        assert!(page.retention_policies.len() <= 2);
-        seen.extend(page.retention_policies.into_iter().map(|p| p.name));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let request = pb::ListRetentionPoliciesRequest {
+        page_size: 2,
+        owner_id: bob.id.clone(),
+        ..Default::default()
+    };
+    let all = server
+        .as_user(&alice_token)
+        .all_retention_policies(request)
+        .await;
+    let seen: Vec<_> = all.into_iter().map(|p| p.name).collect();
     assert_eq!(seen, vec!["daily", "p0", "p1", "p2", "p3"]);
     let bobs = server
         .admin()

@@ -326,3 +326,39 @@ deleting_by_id! {
     delete_object_retention: retention, DeleteObjectRetentionRequest;
     delete_tag: tags, DeleteTagRequest;
 }
+
+/// Implements, for each `method: client, list call, Request => items: Resource`,
+/// an [`Api`] method that reads every page of the list from the first one and
+/// checks that no page holds more than the request's `page_size`.
+macro_rules! listing_every_page {
+    ($($method:ident: $client:ident, $list:ident, $request:ident => $items:ident: $resource:ident;)*) => {
+        impl Api {
+            $(
+                #[doc = concat!("Every page of `", stringify!($request), "`, in order.")]
+                pub async fn $method(&self, mut request: pb::$request) -> Vec<pb::$resource> {
+                    let page_size = usize::try_from(request.page_size).unwrap_or(0);
+                    let mut client = self.$client.clone();
+                    let mut items = Vec::new();
+                    loop {
+                        let page = client.$list(request.clone()).await;
+                        let page = page.expect(stringify!($list)).into_inner();
+                        let full = page_size == 0 || page.$items.len() <= page_size;
+                        assert!(full, "a page larger than page_size {page_size}");
+                        items.extend(page.$items);
+                        if page.next_page_token.is_empty() {
+                            return items;
+                        }
+                        request.page_token = page.next_page_token;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+listing_every_page! {
+    all_buckets: buckets, list_buckets, ListBucketsRequest => buckets: Bucket;
+    all_configurations: configurations, list_configurations, ListConfigurationsRequest => configurations: Configuration;
+    all_jobs: jobs, list_jobs, ListJobsRequest => jobs: Job;
+    all_retention_policies: retention, list_retention_policies, ListRetentionPoliciesRequest => retention_policies: RetentionPolicy;
+}

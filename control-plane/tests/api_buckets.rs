@@ -46,14 +46,6 @@ async fn get(server: &TestServer, token: &str, id: &str) -> Result<pb::Bucket, t
     server.as_user(token).get_bucket(request).await
 }
 
-/// A literal for a UUID column in raw SQL of the given backend.
-fn uuid_literal(backend: Backend, id: &str) -> String {
-    match backend {
-        Backend::Postgres => format!("'{id}'"),
-        Backend::Sqlite => format!("X'{}'", id.replace('-', "")),
-    }
-}
-
 async fn bucket_crud_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, token) = server.create_user("alice").await;
@@ -490,43 +482,36 @@ async fn update_rejects_bad_masks(backend: Backend) {
 
 async fn delete_refused_while_a_job_targets_the_bucket(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let (alice, token) = server.create_user("alice").await;
-    let bucket = server
-        .as_user(&token)
+    let (_, token) = server.create_user("alice").await;
+    let api = server.as_user(&token);
+    let bucket = api
         .create_bucket(fs_bucket("target"))
         .await
         .expect("create");
-    let job_id = uuid::Uuid::now_v7().to_string();
-    server
-        .catalog()
-        .execute_raw(&format!(
-            "INSERT INTO jobs (id, owner_id, name, source_path, target_kind, target_bucket_id, \
-             create_time, update_time) VALUES ({}, {}, 'nightly', '/data', 'bucket', {}, \
-             '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z')",
-            uuid_literal(backend, &job_id),
-            uuid_literal(backend, &alice.id),
-            uuid_literal(backend, &bucket.id),
-        ))
+    let job = pb::Job {
+        name: "nightly".into(),
+        source_path: "/data".into(),
+        target: Some(pb::Target {
+            destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+                bucket_id: bucket.id.clone(),
+                prefix: String::new(),
+            })),
+        }),
+        ..Default::default()
+    };
+    let job = api
+        .create_job(job)
         .await
-        .expect("insert job");
+        .expect("a job targeting the bucket");
     assert_code(
-        server.as_user(&token).delete_bucket(&bucket.id).await,
+        api.delete_bucket(&bucket.id).await,
         Code::FailedPrecondition,
         "referenced bucket",
     );
     get(&server, &token, &bucket.id).await.expect("still there");
 
-    server
-        .catalog()
-        .execute_raw(&format!(
-            "DELETE FROM jobs WHERE id = {}",
-            uuid_literal(backend, &job_id)
-        ))
-        .await
-        .expect("delete job");
-    server
-        .as_user(&token)
-        .delete_bucket(&bucket.id)
+    api.delete_job(&job.id).await.expect("delete job");
+    api.delete_bucket(&bucket.id)
         .await
         .expect("unreferenced bucket deletes");
 }

@@ -14,5 +14,6 @@ pub mod scheduler;
 pub mod server;
 pub mod startup;
 pub mod state;
+#[cfg(feature = "test-util")]
 #[doc(hidden)]
 pub mod testing;

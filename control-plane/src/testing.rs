@@ -7,6 +7,7 @@
 //! fail loudly rather than skip, so a green run always means both backends ran.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use coffer_proto::v1 as pb;
 use tokio::net::TcpListener;
@@ -18,8 +19,12 @@ use crate::auth::{ensure_bootstrap_token, mint_secret, AuthMode, Authenticator};
 use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
 use crate::model::user::TokenScope;
-use crate::scheduler::SchedulerSettings;
+use crate::scheduler::{SchedulerHandle, SchedulerSettings};
 use crate::state::AppState;
+
+mod client;
+
+pub use client::{Api, Bearer};
 
 /// Which catalog backend a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,8 +105,11 @@ pub struct TestServer {
     pub admin_token: String,
     /// Secret of a worker-scope token.
     pub worker_token: String,
-    /// The server's shared state (for white-box assertions on the catalog).
-    pub state: AppState,
+    /// The server's shared state; tests reach it through [`TestServer::catalog`]
+    /// and [`TestServer::scheduler`] only.
+    state: AppState,
+    /// A lazily connecting channel to `addr`, shared by the typed clients.
+    channel: Channel,
     shutdown: CancellationToken,
     serving: Option<tokio::task::JoinHandle<()>>,
     guard: Option<CatalogGuard>,
@@ -217,11 +225,15 @@ impl TestServer {
                 .await
                 .expect("server failed");
         });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("valid uri")
+            .connect_lazy();
         TestServer {
             addr,
             admin_token,
             worker_token,
             state,
+            channel,
             shutdown,
             serving: Some(serving),
             guard: Some(guard),
@@ -253,18 +265,40 @@ impl TestServer {
         )
     }
 
+    /// The catalog under the server, for white-box assertions and set-up the
+    /// API cannot make.
+    pub fn catalog(&self) -> &Catalog {
+        &self.state.catalog
+    }
+
+    /// This replica's scheduler handle: its settings, lease identity and status.
+    pub fn scheduler(&self) -> &SchedulerHandle {
+        &self.state.scheduler
+    }
+
+    /// The API as the bootstrap admin.
+    pub fn admin(&self) -> Api {
+        self.as_user(&self.admin_token)
+    }
+
+    /// The API as the worker-scope token.
+    pub fn as_worker(&self) -> Api {
+        self.as_user(&self.worker_token)
+    }
+
+    /// The API as the holder of `token`.
+    pub fn as_user(&self, token: &str) -> Api {
+        Api::new(self.channel.clone(), token)
+    }
+
     /// A run as the admin sees it through `RunService/GetRun`.
     pub async fn get_run(&self, id: &str) -> pb::Run {
-        let mut runs = pb::run_service_client::RunServiceClient::new(self.channel().await);
-        runs.get_run(authed(
-            &self.admin_token,
-            pb::GetRunRequest { id: id.to_string() },
-        ))
-        .await
-        .expect("get run")
-        .into_inner()
-        .run
-        .expect("run in response")
+        self.admin().get_run(id).await.expect("get run")
+    }
+
+    /// Waits (up to `limit`) until the run is final.
+    pub async fn wait_until_final(&self, id: &str, limit: Duration) -> pb::Run {
+        self.admin().wait_for_run(id, limit, is_final).await
     }
 
     /// A channel to the server.
@@ -283,38 +317,19 @@ impl TestServer {
 
     /// A user created by the admin, with a user token: `(user, token secret)`.
     pub async fn create_user(&self, username: &str) -> (pb::User, String) {
-        let mut users = pb::user_service_client::UserServiceClient::new(self.channel().await);
-        let user = users
-            .create_user(authed(
-                &self.admin_token,
-                pb::CreateUserRequest {
-                    user: Some(pb::User {
-                        username: username.to_string(),
-                        email: format!("{username}@example.com"),
-                        ..Default::default()
-                    }),
-                },
-            ))
-            .await
-            .expect("create user")
-            .into_inner()
-            .user
-            .expect("user in response");
-        let token = users
-            .create_api_token(authed(
-                &self.admin_token,
-                pb::CreateApiTokenRequest {
-                    user_id: user.id.clone(),
-                    display_name: "test".to_string(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("create token")
-            .into_inner()
-            .secret;
-        (user, token)
+        self.admin().create_user_with_token(username).await
     }
+}
+
+/// Whether a run has reached a final state (succeeded, failed or cancelled).
+pub fn is_final(run: &pb::Run) -> bool {
+    [
+        pb::RunState::Succeeded,
+        pb::RunState::Failed,
+        pb::RunState::Cancelled,
+    ]
+    .into_iter()
+    .any(|state| run.state == state as i32)
 }
 
 impl Drop for TestServer {

@@ -3,11 +3,10 @@
 mod support;
 
 use coffer_proto::v1 as pb;
-use coffer_proto::v1::bucket_service_client::BucketServiceClient;
-use coffer_proto::v1::retention_service_client::RetentionServiceClient;
 use prost_types::FieldMask;
-use support::{authed, violated_fields, Backend, TestServer};
-use tonic::transport::Channel;
+use support::{
+    assert_code, assert_violated, assert_violations, violated_fields, Backend, TestServer,
+};
 use tonic::Code;
 
 fn s3_bucket(name: &str) -> pb::Bucket {
@@ -42,47 +41,18 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
     })
 }
 
-async fn create(
-    client: &mut BucketServiceClient<Channel>,
-    token: &str,
-    bucket: pb::Bucket,
-) -> Result<pb::Bucket, tonic::Status> {
-    client
-        .create_bucket(authed(
-            token,
-            pb::CreateBucketRequest {
-                bucket: Some(bucket),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().bucket.expect("bucket in response"))
-}
-
-async fn get(
-    client: &mut BucketServiceClient<Channel>,
-    token: &str,
-    id: &str,
-) -> Result<pb::Bucket, tonic::Status> {
-    client
-        .get_bucket(authed(token, pb::GetBucketRequest { id: id.to_string() }))
-        .await
-        .map(|r| r.into_inner().bucket.expect("bucket in response"))
-}
-
-/// A literal for a UUID column in raw SQL of the given backend.
-fn uuid_literal(backend: Backend, id: &str) -> String {
-    match backend {
-        Backend::Postgres => format!("'{id}'"),
-        Backend::Sqlite => format!("X'{}'", id.replace('-', "")),
-    }
+async fn get(server: &TestServer, token: &str, id: &str) -> Result<pb::Bucket, tonic::Status> {
+    let request = pb::GetBucketRequest { id: id.to_string() };
+    server.as_user(token).get_bucket(request).await
 }
 
 async fn bucket_crud_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, token) = server.create_user("alice").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
 
-    let created = create(&mut buckets, &token, s3_bucket("offsite"))
+    let created = server
+        .as_user(&token)
+        .create_bucket(s3_bucket("offsite"))
         .await
         .expect("create");
     assert_eq!(created.owner_id, alice.id);
@@ -91,100 +61,88 @@ async fn bucket_crud_round_trip(backend: Backend) {
     assert_eq!(created.prefix, "team-a");
     assert!(created.create_time.is_some());
 
-    let fetched = get(&mut buckets, &token, &created.id).await.expect("get");
+    let fetched = get(&server, &token, &created.id).await.expect("get");
     assert_eq!(fetched, created);
 
     // Switch the location to a filesystem and change the description only.
-    let updated = buckets
-        .update_bucket(authed(
-            &token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: created.id.clone(),
-                    name: "ignored-not-in-mask".into(),
-                    description: "now local".into(),
-                    ..fs_bucket("x")
-                }),
-                update_mask: mask(&["description", "filesystem"]),
-            },
-        ))
+    let updated = server
+        .as_user(&token)
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: created.id.clone(),
+                name: "ignored-not-in-mask".into(),
+                description: "now local".into(),
+                ..fs_bucket("x")
+            }),
+            update_mask: mask(&["description", "filesystem"]),
+        })
         .await
-        .expect("update")
-        .into_inner()
-        .bucket
-        .expect("bucket");
+        .expect("update");
     assert_eq!(updated.name, "offsite");
     assert_eq!(updated.description, "now local");
     assert_eq!(updated.location, fs_bucket("x").location);
     assert_eq!(updated.prefix, "team-a");
     assert_eq!(
-        get(&mut buckets, &token, &created.id).await.expect("get"),
+        get(&server, &token, &created.id).await.expect("get"),
         updated
     );
 
-    buckets
-        .delete_bucket(authed(
-            &token,
-            pb::DeleteBucketRequest {
-                id: created.id.clone(),
-            },
-        ))
+    server
+        .as_user(&token)
+        .delete_bucket(&created.id)
         .await
         .expect("delete");
-    let status = get(&mut buckets, &token, &created.id)
-        .await
-        .expect_err("deleted");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        get(&server, &token, &created.id).await,
+        Code::NotFound,
+        "deleted",
+    );
 }
 
 async fn foreign_bucket_is_not_found(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, alice_token) = server.create_user("alice").await;
     let (_, bob_token) = server.create_user("bob").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let bucket = create(&mut buckets, &alice_token, fs_bucket("private"))
+    let bucket = server
+        .as_user(&alice_token)
+        .create_bucket(fs_bucket("private"))
         .await
         .expect("create");
 
-    let status = get(&mut buckets, &bob_token, &bucket.id)
-        .await
-        .expect_err("foreign get");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = buckets
-        .update_bucket(authed(
-            &bob_token,
-            pb::UpdateBucketRequest {
+    assert_code(
+        get(&server, &bob_token, &bucket.id).await,
+        Code::NotFound,
+        "foreign get",
+    );
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .update_bucket(pb::UpdateBucketRequest {
                 bucket: Some(pb::Bucket {
                     id: bucket.id.clone(),
                     description: "mine now".into(),
                     ..Default::default()
                 }),
                 update_mask: mask(&["description"]),
-            },
-        ))
-        .await
-        .expect_err("foreign update");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = buckets
-        .delete_bucket(authed(
-            &bob_token,
-            pb::DeleteBucketRequest {
-                id: bucket.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("foreign delete");
-    assert_eq!(status.code(), Code::NotFound);
+            })
+            .await,
+        Code::NotFound,
+        "foreign update",
+    );
+    assert_code(
+        server.as_user(&bob_token).delete_bucket(&bucket.id).await,
+        Code::NotFound,
+        "foreign delete",
+    );
 
     // Bob's list holds nothing, even when he asks for Alice's buckets.
-    let listed = buckets
-        .list_buckets(authed(
-            &bob_token,
-            pb::ListBucketsRequest {
-                owner_id: alice.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let listed = server
+        .as_user(&bob_token)
+        .buckets
+        .list_buckets(pb::ListBucketsRequest {
+            owner_id: alice.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("list")
         .into_inner();
@@ -192,20 +150,19 @@ async fn foreign_bucket_is_not_found(backend: Backend) {
 
     // The admin sees it, also when filtering by owner.
     assert_eq!(
-        get(&mut buckets, &server.admin_token, &bucket.id)
+        get(&server, &server.admin_token, &bucket.id)
             .await
             .expect("admin get")
             .id,
         bucket.id
     );
-    let listed = buckets
-        .list_buckets(authed(
-            &server.admin_token,
-            pb::ListBucketsRequest {
-                owner_id: alice.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let listed = server
+        .admin()
+        .buckets
+        .list_buckets(pb::ListBucketsRequest {
+            owner_id: alice.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("admin list")
         .into_inner();
@@ -217,48 +174,55 @@ async fn duplicate_name_per_owner_is_already_exists(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, alice_token) = server.create_user("alice").await;
     let (_, bob_token) = server.create_user("bob").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    create(&mut buckets, &alice_token, fs_bucket("main"))
+    server
+        .as_user(&alice_token)
+        .create_bucket(fs_bucket("main"))
         .await
         .expect("first");
-    let status = create(&mut buckets, &alice_token, s3_bucket("main"))
-        .await
-        .expect_err("duplicate");
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_code(
+        server
+            .as_user(&alice_token)
+            .create_bucket(s3_bucket("main"))
+            .await,
+        Code::AlreadyExists,
+        "duplicate",
+    );
     // Another owner may use the same name.
-    create(&mut buckets, &bob_token, fs_bucket("main"))
+    server
+        .as_user(&bob_token)
+        .create_bucket(fs_bucket("main"))
         .await
         .expect("same name, other owner");
 
     // Renaming onto a taken name is refused too.
-    let other = create(&mut buckets, &alice_token, fs_bucket("other"))
+    let other = server
+        .as_user(&alice_token)
+        .create_bucket(fs_bucket("other"))
         .await
         .expect("other");
-    let status = buckets
-        .update_bucket(authed(
-            &alice_token,
-            pb::UpdateBucketRequest {
+    assert_code(
+        server
+            .as_user(&alice_token)
+            .update_bucket(pb::UpdateBucketRequest {
                 bucket: Some(pb::Bucket {
                     id: other.id,
                     name: "main".into(),
                     ..Default::default()
                 }),
                 update_mask: mask(&["name"]),
-            },
-        ))
-        .await
-        .expect_err("rename onto taken name");
-    assert_eq!(status.code(), Code::AlreadyExists);
+            })
+            .await,
+        Code::AlreadyExists,
+        "rename onto taken name",
+    );
 }
 
 async fn invalid_bucket_reports_every_field(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let status = create(
-        &mut buckets,
-        &token,
-        pb::Bucket {
+    let status = server
+        .as_user(&token)
+        .create_bucket(pb::Bucket {
             name: "Bad Name".into(),
             location: Some(pb::bucket::Location::S3(pb::S3Location {
                 endpoint: "ftp://example.com".into(),
@@ -269,53 +233,45 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
             prefix: "/absolute".into(),
             retention_policy_id: "not-a-uuid".into(),
             ..Default::default()
-        },
-    )
-    .await
-    .expect_err("invalid");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields = violated_fields(&status);
-    for field in [
-        "bucket.name",
-        "bucket.s3.endpoint",
-        "bucket.s3.bucket",
-        "bucket.s3.credentials_ref",
-        "bucket.prefix",
-        "bucket.retention_policy_id",
-    ] {
-        assert!(fields.contains(&field.to_string()), "{field} in {fields:?}");
-    }
-
-    let status = create(
-        &mut buckets,
-        &token,
-        pb::Bucket {
-            name: "nolocation".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect_err("no location");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["bucket.location".to_string()]
+        })
+        .await
+        .expect_err("invalid");
+    assert_violations(
+        &status,
+        &[
+            "bucket.name",
+            "bucket.s3.endpoint",
+            "bucket.s3.bucket",
+            "bucket.s3.credentials_ref",
+            "bucket.prefix",
+            "bucket.retention_policy_id",
+        ],
     );
 
-    let status = create(
-        &mut buckets,
-        &token,
-        pb::Bucket {
-            location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
-                path: "relative/path".into(),
-            })),
-            ..fs_bucket("fs")
-        },
-    )
-    .await
-    .expect_err("relative filesystem path");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["bucket.filesystem.path".to_string()]
+    assert_violated(
+        server
+            .as_user(&token)
+            .create_bucket(pb::Bucket {
+                name: "nolocation".into(),
+                ..Default::default()
+            })
+            .await,
+        &["bucket.location"],
+        "no location",
+    );
+
+    assert_violated(
+        server
+            .as_user(&token)
+            .create_bucket(pb::Bucket {
+                location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+                    path: "relative/path".into(),
+                })),
+                ..fs_bucket("fs")
+            })
+            .await,
+        &["bucket.filesystem.path"],
+        "relative filesystem path",
     );
 
     // Valid credential references and endpoints are accepted.
@@ -332,7 +288,9 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
                 "https://s3.example.com".into()
             };
         }
-        create(&mut buckets, &token, bucket)
+        server
+            .as_user(&token)
+            .create_bucket(bucket)
             .await
             .unwrap_or_else(|e| panic!("{credentials_ref:?} should be valid: {e}"));
     }
@@ -342,67 +300,61 @@ async fn only_admins_choose_another_owner(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, alice_token) = server.create_user("alice").await;
     let (bob, _) = server.create_user("bob").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let status = create(
-        &mut buckets,
-        &alice_token,
-        pb::Bucket {
-            owner_id: bob.id.clone(),
-            ..fs_bucket("for-bob")
-        },
-    )
-    .await
-    .expect_err("non-admin creating for another user");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        server
+            .as_user(&alice_token)
+            .create_bucket(pb::Bucket {
+                owner_id: bob.id.clone(),
+                ..fs_bucket("for-bob")
+            })
+            .await,
+        Code::PermissionDenied,
+        "non-admin creating for another user",
+    );
 
-    let created = create(
-        &mut buckets,
-        &server.admin_token,
-        pb::Bucket {
+    let created = server
+        .admin()
+        .create_bucket(pb::Bucket {
             owner_id: bob.id.clone(),
             ..fs_bucket("for-bob")
-        },
-    )
-    .await
-    .expect("admin creating for bob");
+        })
+        .await
+        .expect("admin creating for bob");
     assert_eq!(created.owner_id, bob.id);
 
     // Alice cannot move her bucket to Bob; the admin can move it back to Alice.
-    let own = create(&mut buckets, &alice_token, fs_bucket("mine"))
+    let own = server
+        .as_user(&alice_token)
+        .create_bucket(fs_bucket("mine"))
         .await
         .expect("own");
-    let status = buckets
-        .update_bucket(authed(
-            &alice_token,
-            pb::UpdateBucketRequest {
+    assert_code(
+        server
+            .as_user(&alice_token)
+            .update_bucket(pb::UpdateBucketRequest {
                 bucket: Some(pb::Bucket {
                     id: own.id.clone(),
                     owner_id: bob.id.clone(),
                     ..Default::default()
                 }),
                 update_mask: mask(&["owner_id"]),
-            },
-        ))
+            })
+            .await,
+        Code::PermissionDenied,
+        "non-admin moving a bucket",
+    );
+    let moved = server
+        .admin()
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: created.id.clone(),
+                owner_id: alice.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["owner_id"]),
+        })
         .await
-        .expect_err("non-admin moving a bucket");
-    assert_eq!(status.code(), Code::PermissionDenied);
-    let moved = buckets
-        .update_bucket(authed(
-            &server.admin_token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: created.id.clone(),
-                    owner_id: alice.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["owner_id"]),
-            },
-        ))
-        .await
-        .expect("admin moves bucket")
-        .into_inner()
-        .bucket
-        .expect("bucket");
+        .expect("admin moves bucket");
     assert_eq!(moved.owner_id, alice.id);
 }
 
@@ -410,207 +362,156 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, alice_token) = server.create_user("alice").await;
     let (_, bob_token) = server.create_user("bob").await;
-    let mut retention = RetentionServiceClient::new(server.channel().await);
-    let policy = retention
-        .create_retention_policy(authed(
-            &alice_token,
-            pb::CreateRetentionPolicyRequest {
-                retention_policy: Some(pb::RetentionPolicy {
-                    name: "daily".into(),
-                    keep_daily: 7,
-                    ..Default::default()
-                }),
-            },
-        ))
+    let policy = server
+        .as_user(&alice_token)
+        .create_retention_policy(pb::RetentionPolicy {
+            name: "daily".into(),
+            keep_daily: 7,
+            ..Default::default()
+        })
         .await
-        .expect("policy")
-        .into_inner()
-        .retention_policy
         .expect("policy");
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let status = create(
-        &mut buckets,
-        &bob_token,
-        pb::Bucket {
+    let status = server
+        .as_user(&bob_token)
+        .create_bucket(pb::Bucket {
             retention_policy_id: policy.id.clone(),
             ..fs_bucket("bobs")
-        },
-    )
-    .await
-    .expect_err("foreign policy");
+        })
+        .await
+        .expect_err("foreign policy");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
         violated_fields(&status),
         vec!["bucket.retention_policy_id".to_string()]
     );
-    let status = create(
-        &mut buckets,
-        &bob_token,
-        pb::Bucket {
-            retention_policy_id: uuid::Uuid::now_v7().to_string(),
-            ..fs_bucket("bobs")
-        },
-    )
-    .await
-    .expect_err("missing policy");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["bucket.retention_policy_id".to_string()]
+    assert_violated(
+        server
+            .as_user(&bob_token)
+            .create_bucket(pb::Bucket {
+                retention_policy_id: uuid::Uuid::now_v7().to_string(),
+                ..fs_bucket("bobs")
+            })
+            .await,
+        &["bucket.retention_policy_id"],
+        "missing policy",
     );
 
-    let bucket = create(
-        &mut buckets,
-        &alice_token,
-        pb::Bucket {
+    let bucket = server
+        .as_user(&alice_token)
+        .create_bucket(pb::Bucket {
             retention_policy_id: policy.id.clone(),
             ..fs_bucket("alices")
-        },
-    )
-    .await
-    .expect("own policy");
+        })
+        .await
+        .expect("own policy");
     assert_eq!(bucket.retention_policy_id, policy.id);
 
     // Clearing the policy through the mask.
-    let cleared = buckets
-        .update_bucket(authed(
-            &alice_token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: bucket.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["retention_policy_id"]),
-            },
-        ))
+    let cleared = server
+        .as_user(&alice_token)
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: bucket.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["retention_policy_id"]),
+        })
         .await
-        .expect("clear policy")
-        .into_inner()
-        .bucket
-        .expect("bucket");
+        .expect("clear policy");
     assert_eq!(cleared.retention_policy_id, "");
 }
 
 async fn buckets_page_by_name_prefix(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
     for name in ["b1", "b2", "other", "b3", "b4", "b5"] {
-        create(&mut buckets, &token, fs_bucket(name))
+        server
+            .as_user(&token)
+            .create_bucket(fs_bucket(name))
             .await
             .expect("create");
     }
-    let mut seen = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = buckets
-            .list_buckets(authed(
-                &token,
-                pb::ListBucketsRequest {
-                    page_size: 2,
-                    page_token: page_token.clone(),
-                    name_prefix: "b".into(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("list")
-            .into_inner();
-        assert!(page.buckets.len() <= 2);
-        seen.extend(page.buckets.into_iter().map(|b| b.name));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let request = pb::ListBucketsRequest {
+        page_size: 2,
+        name_prefix: "b".into(),
+        ..Default::default()
+    };
+    let all = server.as_user(&token).all_buckets(request).await;
+    let seen: Vec<_> = all.into_iter().map(|b| b.name).collect();
     assert_eq!(seen, vec!["b1", "b2", "b3", "b4", "b5"]);
 }
 
 async fn update_rejects_bad_masks(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let bucket = create(&mut buckets, &token, fs_bucket("main"))
+    let bucket = server
+        .as_user(&token)
+        .create_bucket(fs_bucket("main"))
         .await
         .expect("create");
     for paths in [&[][..], &["create_time"][..], &["s3", "filesystem"][..]] {
-        let status = buckets
-            .update_bucket(authed(
-                &token,
-                pb::UpdateBucketRequest {
-                    bucket: Some(pb::Bucket {
-                        id: bucket.id.clone(),
-                        ..s3_bucket("main")
-                    }),
-                    update_mask: mask(paths),
-                },
-            ))
+        let status = server
+            .as_user(&token)
+            .update_bucket(pb::UpdateBucketRequest {
+                bucket: Some(pb::Bucket {
+                    id: bucket.id.clone(),
+                    ..s3_bucket("main")
+                }),
+                update_mask: mask(paths),
+            })
             .await
             .expect_err("bad mask");
         assert_eq!(status.code(), Code::InvalidArgument, "{paths:?}");
     }
     // Naming `s3` without sending an S3 location is invalid, not a silent no-op.
-    let status = buckets
-        .update_bucket(authed(
-            &token,
-            pb::UpdateBucketRequest {
+    assert_violated(
+        server
+            .as_user(&token)
+            .update_bucket(pb::UpdateBucketRequest {
                 bucket: Some(pb::Bucket {
                     id: bucket.id.clone(),
                     ..fs_bucket("main")
                 }),
                 update_mask: mask(&["s3"]),
-            },
-        ))
-        .await
-        .expect_err("s3 mask without s3");
-    assert_eq!(violated_fields(&status), vec!["bucket.s3".to_string()]);
+            })
+            .await,
+        &["bucket.s3"],
+        "s3 mask without s3",
+    );
 }
 
 async fn delete_refused_while_a_job_targets_the_bucket(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let (alice, token) = server.create_user("alice").await;
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let bucket = create(&mut buckets, &token, fs_bucket("target"))
+    let (_, token) = server.create_user("alice").await;
+    let api = server.as_user(&token);
+    let bucket = api
+        .create_bucket(fs_bucket("target"))
         .await
         .expect("create");
-    let job_id = uuid::Uuid::now_v7().to_string();
-    server
-        .state
-        .catalog
-        .execute_raw(&format!(
-            "INSERT INTO jobs (id, owner_id, name, source_path, target_kind, target_bucket_id, \
-             create_time, update_time) VALUES ({}, {}, 'nightly', '/data', 'bucket', {}, \
-             '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z')",
-            uuid_literal(backend, &job_id),
-            uuid_literal(backend, &alice.id),
-            uuid_literal(backend, &bucket.id),
-        ))
+    let job = pb::Job {
+        name: "nightly".into(),
+        source_path: "/data".into(),
+        target: Some(pb::Target {
+            destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+                bucket_id: bucket.id.clone(),
+                prefix: String::new(),
+            })),
+        }),
+        ..Default::default()
+    };
+    let job = api
+        .create_job(job)
         .await
-        .expect("insert job");
-    let status = buckets
-        .delete_bucket(authed(
-            &token,
-            pb::DeleteBucketRequest {
-                id: bucket.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("referenced bucket");
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    get(&mut buckets, &token, &bucket.id)
-        .await
-        .expect("still there");
+        .expect("a job targeting the bucket");
+    assert_code(
+        api.delete_bucket(&bucket.id).await,
+        Code::FailedPrecondition,
+        "referenced bucket",
+    );
+    get(&server, &token, &bucket.id).await.expect("still there");
 
-    server
-        .state
-        .catalog
-        .execute_raw(&format!(
-            "DELETE FROM jobs WHERE id = {}",
-            uuid_literal(backend, &job_id)
-        ))
-        .await
-        .expect("delete job");
-    buckets
-        .delete_bucket(authed(&token, pb::DeleteBucketRequest { id: bucket.id }))
+    api.delete_job(&job.id).await.expect("delete job");
+    api.delete_bucket(&bucket.id)
         .await
         .expect("unreferenced bucket deletes");
 }

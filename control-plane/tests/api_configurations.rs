@@ -3,11 +3,8 @@
 mod support;
 
 use coffer_proto::v1 as pb;
-use coffer_proto::v1::configuration_service_client::ConfigurationServiceClient;
-use coffer_proto::v1::retention_service_client::RetentionServiceClient;
 use prost_types::FieldMask;
-use support::{authed, violated_fields, Backend, TestServer};
-use tonic::transport::Channel;
+use support::{assert_code, assert_violated, violated_fields, Backend, TestServer};
 use tonic::Code;
 
 fn entry(key: &str, value: &str) -> pb::Configuration {
@@ -19,120 +16,74 @@ fn entry(key: &str, value: &str) -> pb::Configuration {
     }
 }
 
-async fn create(
-    client: &mut ConfigurationServiceClient<Channel>,
-    token: &str,
-    configuration: pb::Configuration,
-) -> Result<pb::Configuration, tonic::Status> {
-    client
-        .create_configuration(authed(
-            token,
-            pb::CreateConfigurationRequest {
-                configuration: Some(configuration),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().configuration.expect("configuration"))
-}
-
 async fn configuration_crud_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut configs = ConfigurationServiceClient::new(server.channel().await);
-    let created = create(
-        &mut configs,
-        &server.admin_token,
-        entry("nfs_mount_path", "/mnt/nfs"),
-    )
-    .await
-    .expect("create");
+    let created = server
+        .admin()
+        .create_configuration(entry("nfs_mount_path", "/mnt/nfs"))
+        .await
+        .expect("create");
     assert_eq!(created.key, "nfs_mount_path");
     assert_eq!(created.value, "/mnt/nfs");
 
-    let by_id = configs
-        .get_configuration(authed(
-            &server.admin_token,
-            pb::GetConfigurationRequest {
-                id: created.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("get by id")
-        .into_inner()
-        .configuration
-        .expect("configuration");
-    assert_eq!(by_id, created);
-    let by_key = configs
-        .get_configuration(authed(
-            &server.admin_token,
-            pb::GetConfigurationRequest {
-                key: "nfs_mount_path".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("get by key")
-        .into_inner()
-        .configuration
-        .expect("configuration");
-    assert_eq!(by_key, created);
+    let by_id = pb::GetConfigurationRequest {
+        id: created.id.clone(),
+        ..Default::default()
+    };
+    let by_key = pb::GetConfigurationRequest {
+        key: "nfs_mount_path".into(),
+        ..Default::default()
+    };
+    for request in [by_id, by_key] {
+        let fetched = server.admin().get_configuration(request.clone()).await;
+        assert_eq!(fetched.expect("get"), created, "{request:?}");
+    }
 
-    let updated = configs
-        .update_configuration(authed(
-            &server.admin_token,
-            pb::UpdateConfigurationRequest {
-                configuration: Some(pb::Configuration {
-                    id: created.id.clone(),
-                    value: "/srv/nfs".into(),
-                    description: "not in the mask".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["value".into()],
-                }),
-            },
-        ))
+    let updated = server
+        .admin()
+        .update_configuration(pb::UpdateConfigurationRequest {
+            configuration: Some(pb::Configuration {
+                id: created.id.clone(),
+                value: "/srv/nfs".into(),
+                description: "not in the mask".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["value".into()],
+            }),
+        })
         .await
-        .expect("update")
-        .into_inner()
-        .configuration
-        .expect("configuration");
+        .expect("update");
     assert_eq!(updated.value, "/srv/nfs");
     assert_eq!(updated.description, created.description);
     assert_eq!(
         server
-            .state
-            .catalog
+            .catalog()
             .configuration_value("nfs_mount_path")
             .await
             .expect("value"),
         Some("/srv/nfs".to_string())
     );
 
-    configs
-        .delete_configuration(authed(
-            &server.admin_token,
-            pb::DeleteConfigurationRequest {
-                id: created.id.clone(),
-            },
-        ))
+    server
+        .admin()
+        .delete_configuration(&created.id)
         .await
         .expect("delete");
-    let status = configs
-        .get_configuration(authed(
-            &server.admin_token,
-            pb::GetConfigurationRequest {
+    assert_code(
+        server
+            .admin()
+            .get_configuration(pb::GetConfigurationRequest {
                 key: "nfs_mount_path".into(),
                 ..Default::default()
-            },
-        ))
-        .await
-        .expect_err("deleted");
-    assert_eq!(status.code(), Code::NotFound);
+            })
+            .await,
+        Code::NotFound,
+        "deleted",
+    );
     assert_eq!(
         server
-            .state
-            .catalog
+            .catalog()
             .configuration_value("nfs_mount_path")
             .await
             .expect("value"),
@@ -143,44 +94,42 @@ async fn configuration_crud_round_trip(backend: Backend) {
 async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
-    let mut configs = ConfigurationServiceClient::new(server.channel().await);
-    let status = create(&mut configs, &token, entry("lease_ttl_seconds", "30"))
-        .await
-        .expect_err("non-admin create");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        server
+            .as_user(&token)
+            .create_configuration(entry("lease_ttl_seconds", "30"))
+            .await,
+        Code::PermissionDenied,
+        "non-admin create",
+    );
 
-    let created = create(
-        &mut configs,
-        &server.admin_token,
-        entry("lease_ttl_seconds", "30"),
-    )
-    .await
-    .expect("admin create");
-    let read = configs
-        .get_configuration(authed(
-            &token,
-            pb::GetConfigurationRequest {
-                id: created.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let created = server
+        .admin()
+        .create_configuration(entry("lease_ttl_seconds", "30"))
         .await
-        .expect("user reads")
-        .into_inner()
-        .configuration
-        .expect("configuration");
+        .expect("admin create");
+    let read = server
+        .as_user(&token)
+        .get_configuration(pb::GetConfigurationRequest {
+            id: created.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("user reads");
     assert_eq!(read.value, "30");
-    let listed = configs
-        .list_configurations(authed(&token, pb::ListConfigurationsRequest::default()))
+    let listed = server
+        .as_user(&token)
+        .configurations
+        .list_configurations(pb::ListConfigurationsRequest::default())
         .await
         .expect("user lists")
         .into_inner();
     assert_eq!(listed.configurations.len(), 1);
 
-    let status = configs
-        .update_configuration(authed(
-            &token,
-            pb::UpdateConfigurationRequest {
+    assert_code(
+        server
+            .as_user(&token)
+            .update_configuration(pb::UpdateConfigurationRequest {
                 configuration: Some(pb::Configuration {
                     id: created.id.clone(),
                     value: "60".into(),
@@ -189,27 +138,28 @@ async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
                 update_mask: Some(FieldMask {
                     paths: vec!["value".into()],
                 }),
-            },
-        ))
-        .await
-        .expect_err("non-admin update");
-    assert_eq!(status.code(), Code::PermissionDenied);
-    let status = configs
-        .delete_configuration(authed(
-            &token,
-            pb::DeleteConfigurationRequest { id: created.id },
-        ))
-        .await
-        .expect_err("non-admin delete");
-    assert_eq!(status.code(), Code::PermissionDenied);
+            })
+            .await,
+        Code::PermissionDenied,
+        "non-admin update",
+    );
+    assert_code(
+        server
+            .as_user(&token)
+            .delete_configuration(&created.id)
+            .await,
+        Code::PermissionDenied,
+        "non-admin delete",
+    );
 }
 
 async fn keys_and_values_are_validated(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut configs = ConfigurationServiceClient::new(server.channel().await);
     let admin = server.admin_token.clone();
 
-    let status = create(&mut configs, &admin, entry("colour", "blue"))
+    let status = server
+        .as_user(&admin)
+        .create_configuration(entry("colour", "blue"))
         .await
         .expect_err("unknown key");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -238,7 +188,9 @@ async fn keys_and_values_are_validated(backend: Backend) {
             "0190a5a0-0000-7000-8000-000000000000",
         ),
     ] {
-        let status = create(&mut configs, &admin, entry(key, bad))
+        let status = server
+            .as_user(&admin)
+            .create_configuration(entry(key, bad))
             .await
             .expect_err("invalid value");
         assert_eq!(status.code(), Code::InvalidArgument, "{key}={bad}");
@@ -254,64 +206,51 @@ async fn keys_and_values_are_validated(backend: Backend) {
         ("retry_backoff_seconds", "3600"),
         ("run_deadline_seconds", "60"),
     ] {
-        create(&mut configs, &admin, entry(key, good))
+        server
+            .as_user(&admin)
+            .create_configuration(entry(key, good))
             .await
             .unwrap_or_else(|e| panic!("{key}={good} is valid: {e}"));
     }
 
     // An existing policy is a valid default.
-    let mut retention = RetentionServiceClient::new(server.channel().await);
-    let policy = retention
-        .create_retention_policy(authed(
-            &admin,
-            pb::CreateRetentionPolicyRequest {
-                retention_policy: Some(pb::RetentionPolicy {
-                    name: "default".into(),
-                    keep_last: 10,
-                    ..Default::default()
-                }),
-            },
-        ))
+    let policy = server
+        .as_user(&admin)
+        .create_retention_policy(pb::RetentionPolicy {
+            name: "default".into(),
+            keep_last: 10,
+            ..Default::default()
+        })
         .await
-        .expect("policy")
-        .into_inner()
-        .retention_policy
         .expect("policy");
-    create(
-        &mut configs,
-        &admin,
-        entry("default_retention_policy_id", &policy.id),
-    )
-    .await
-    .expect("existing policy");
-    // …and while it is the default, the policy cannot be deleted.
-    let status = retention
-        .delete_retention_policy(authed(
-            &admin,
-            pb::DeleteRetentionPolicyRequest { id: policy.id },
-        ))
+    server
+        .as_user(&admin)
+        .create_configuration(entry("default_retention_policy_id", &policy.id))
         .await
-        .expect_err("default policy");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+        .expect("existing policy");
+    // …and while it is the default, the policy cannot be deleted.
+    assert_code(
+        server
+            .as_user(&admin)
+            .delete_retention_policy(&policy.id)
+            .await,
+        Code::FailedPrecondition,
+        "default policy",
+    );
 
     // An update's value is checked against the entry's key.
-    let lease = configs
-        .get_configuration(authed(
-            &admin,
-            pb::GetConfigurationRequest {
-                key: "lease_ttl_seconds".into(),
-                ..Default::default()
-            },
-        ))
+    let lease = server
+        .as_user(&admin)
+        .get_configuration(pb::GetConfigurationRequest {
+            key: "lease_ttl_seconds".into(),
+            ..Default::default()
+        })
         .await
-        .expect("get")
-        .into_inner()
-        .configuration
-        .expect("configuration");
-    let status = configs
-        .update_configuration(authed(
-            &admin,
-            pb::UpdateConfigurationRequest {
+        .expect("get");
+    assert_violated(
+        server
+            .as_user(&admin)
+            .update_configuration(pb::UpdateConfigurationRequest {
                 configuration: Some(pb::Configuration {
                     id: lease.id,
                     value: "7200".into(),
@@ -320,39 +259,32 @@ async fn keys_and_values_are_validated(backend: Backend) {
                 update_mask: Some(FieldMask {
                     paths: vec!["value".into()],
                 }),
-            },
-        ))
-        .await
-        .expect_err("out of range update");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["configuration.value".to_string()]
+            })
+            .await,
+        &["configuration.value"],
+        "out of range update",
     );
 }
 
 async fn duplicate_key_is_already_exists(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut configs = ConfigurationServiceClient::new(server.channel().await);
-    create(
-        &mut configs,
-        &server.admin_token,
-        entry("default_max_attempts", "3"),
-    )
-    .await
-    .expect("first");
-    let status = create(
-        &mut configs,
-        &server.admin_token,
-        entry("default_max_attempts", "5"),
-    )
-    .await
-    .expect_err("duplicate");
-    assert_eq!(status.code(), Code::AlreadyExists);
+    server
+        .admin()
+        .create_configuration(entry("default_max_attempts", "3"))
+        .await
+        .expect("first");
+    assert_code(
+        server
+            .admin()
+            .create_configuration(entry("default_max_attempts", "5"))
+            .await,
+        Code::AlreadyExists,
+        "duplicate",
+    );
 }
 
 async fn list_is_ordered_by_key_and_pages(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut configs = ConfigurationServiceClient::new(server.channel().await);
     // Created out of key order, so id order differs from key order.
     for (key, value) in [
         ("run_deadline_seconds", "3600"),
@@ -361,32 +293,18 @@ async fn list_is_ordered_by_key_and_pages(backend: Backend) {
         ("lease_ttl_seconds", "30"),
         ("nfs_mount_path", "/mnt"),
     ] {
-        create(&mut configs, &server.admin_token, entry(key, value))
+        server
+            .admin()
+            .create_configuration(entry(key, value))
             .await
             .expect("create");
     }
-    let mut seen = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = configs
-            .list_configurations(authed(
-                &server.admin_token,
-                pb::ListConfigurationsRequest {
-                    page_size: 2,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("list")
-            .into_inner();
-        assert!(page.configurations.len() <= 2);
-        seen.extend(page.configurations.into_iter().map(|c| c.key));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let request = pb::ListConfigurationsRequest {
+        page_size: 2,
+        ..Default::default()
+    };
+    let all = server.admin().all_configurations(request).await;
+    let seen: Vec<_> = all.into_iter().map(|c| c.key).collect();
     assert_eq!(
         seen,
         vec![
@@ -398,14 +316,13 @@ async fn list_is_ordered_by_key_and_pages(backend: Backend) {
         ]
     );
 
-    let filtered = configs
-        .list_configurations(authed(
-            &server.admin_token,
-            pb::ListConfigurationsRequest {
-                key_prefix: "r".into(),
-                ..Default::default()
-            },
-        ))
+    let filtered = server
+        .admin()
+        .configurations
+        .list_configurations(pb::ListConfigurationsRequest {
+            key_prefix: "r".into(),
+            ..Default::default()
+        })
         .await
         .expect("list by prefix")
         .into_inner();
@@ -413,17 +330,18 @@ async fn list_is_ordered_by_key_and_pages(backend: Backend) {
     assert_eq!(keys, vec!["retry_backoff_seconds", "run_deadline_seconds"]);
     assert!(filtered.next_page_token.is_empty());
 
-    let status = configs
-        .list_configurations(authed(
-            &server.admin_token,
-            pb::ListConfigurationsRequest {
+    assert_violated(
+        server
+            .admin()
+            .configurations
+            .list_configurations(pb::ListConfigurationsRequest {
                 page_token: "%%%".into(),
                 ..Default::default()
-            },
-        ))
-        .await
-        .expect_err("bad token");
-    assert_eq!(violated_fields(&status), vec!["page_token".to_string()]);
+            })
+            .await,
+        &["page_token"],
+        "bad token",
+    );
 }
 
 both_backends!(

@@ -2,55 +2,38 @@
 
 mod support;
 
-use coffer_control_plane::catalog::Backend as CatalogBackend;
 use coffer_proto::v1 as pb;
-use coffer_proto::v1::job_service_client::JobServiceClient;
-use coffer_proto::v1::run_service_client::RunServiceClient;
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{
+    assert_code, assert_violated, assert_violations, violated_fields, Backend, TestServer,
+};
 use tonic::Code;
 use uuid::Uuid;
 
-/// A SQL literal for an id column (UUID on PostgreSQL, a 16-byte BLOB on SQLite).
-fn id_literal(server: &TestServer, id: &str) -> String {
-    let id = Uuid::parse_str(id).expect("uuid");
-    match server.state.catalog.backend() {
-        CatalogBackend::Postgres => format!("'{id}'"),
-        CatalogBackend::Sqlite => format!("X'{}'", id.simple()),
-    }
-}
-
-const TIME: &str = "'2024-01-01T00:00:00+00:00'";
-
-/// Inserts a filesystem bucket owned by `owner_id` and returns its id.
+/// A filesystem bucket owned by `owner_id`, created by the admin; returns its id.
 async fn insert_bucket(server: &TestServer, owner_id: &str, name: &str) -> String {
-    let id = Uuid::now_v7().to_string();
-    let (id_sql, owner_sql) = (id_literal(server, &id), id_literal(server, owner_id));
-    server
-        .state
-        .catalog
-        .execute_raw(&format!(
-            "INSERT INTO buckets (id, owner_id, name, kind, filesystem_path, create_time, update_time) \
-             VALUES ({id_sql}, {owner_sql}, '{name}', 'filesystem', '/srv/buckets', {TIME}, {TIME})"
-        ))
-        .await
-        .expect("insert bucket");
-    id
+    let bucket = pb::Bucket {
+        owner_id: owner_id.into(),
+        name: name.into(),
+        location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+            path: "/srv/buckets".into(),
+        })),
+        ..Default::default()
+    };
+    let created = server.admin().create_bucket(bucket).await;
+    created.expect("create bucket").id
 }
 
-/// Inserts a retention policy owned by `owner_id` and returns its id.
+/// A keep-last-3 retention policy owned by `owner_id`, created by the admin;
+/// returns its id.
 async fn insert_policy(server: &TestServer, owner_id: &str, name: &str) -> String {
-    let id = Uuid::now_v7().to_string();
-    let (id_sql, owner_sql) = (id_literal(server, &id), id_literal(server, owner_id));
-    server
-        .state
-        .catalog
-        .execute_raw(&format!(
-            "INSERT INTO retention_policies (id, owner_id, name, keep_last, create_time, update_time) \
-             VALUES ({id_sql}, {owner_sql}, '{name}', 3, {TIME}, {TIME})"
-        ))
-        .await
-        .expect("insert policy");
-    id
+    let policy = pb::RetentionPolicy {
+        owner_id: owner_id.into(),
+        name: name.into(),
+        keep_last: 3,
+        ..Default::default()
+    };
+    let created = server.admin().create_retention_policy(policy).await;
+    created.expect("create policy").id
 }
 
 fn fs_target(path: &str) -> pb::Target {
@@ -91,15 +74,19 @@ fn job(name: &str, target: pb::Target) -> pb::Job {
 }
 
 async fn create(server: &TestServer, token: &str, job: pb::Job) -> Result<pb::Job, tonic::Status> {
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    jobs.create_job(authed(token, pb::CreateJobRequest { job: Some(job) }))
+    server
+        .as_user(token)
+        .jobs
+        .create_job(pb::CreateJobRequest { job: Some(job) })
         .await
         .map(|r| r.into_inner().job.expect("job"))
 }
 
 async fn get(server: &TestServer, token: &str, id: &str) -> Result<pb::Job, tonic::Status> {
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    jobs.get_job(authed(token, pb::GetJobRequest { id: id.into() }))
+    server
+        .as_user(token)
+        .jobs
+        .get_job(pb::GetJobRequest { id: id.into() })
         .await
         .map(|r| r.into_inner().job.expect("job"))
 }
@@ -128,31 +115,25 @@ async fn job_crud_round_trip(backend: Backend) {
     assert_eq!(fetched.max_attempts, 4);
     assert!(fetched.last_run.is_none());
 
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    let updated = jobs
-        .update_job(authed(
-            &token,
-            pb::UpdateJobRequest {
-                job: Some(pb::Job {
-                    id: created.id.clone(),
-                    name: "home-renamed".into(),
-                    source_path: "ignored: not in mask".into(),
-                    schedule: Some(pb::Schedule {
-                        cron: "*/15 8-18 * * 1-5".into(),
-                        ..Default::default()
-                    }),
+    let updated = server
+        .as_user(&token)
+        .update_job(pb::UpdateJobRequest {
+            job: Some(pb::Job {
+                id: created.id.clone(),
+                name: "home-renamed".into(),
+                source_path: "ignored: not in mask".into(),
+                schedule: Some(pb::Schedule {
+                    cron: "*/15 8-18 * * 1-5".into(),
                     ..Default::default()
                 }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["name".into(), "schedule".into()],
-                }),
-            },
-        ))
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into(), "schedule".into()],
+            }),
+        })
         .await
-        .expect("update")
-        .into_inner()
-        .job
-        .expect("job");
+        .expect("update");
     assert_eq!(updated.name, "home-renamed");
     assert_eq!(updated.source_path, "/data");
     assert_eq!(
@@ -161,10 +142,10 @@ async fn job_crud_round_trip(backend: Backend) {
     );
     assert_eq!(updated.max_attempts, 4);
 
-    let status = jobs
-        .update_job(authed(
-            &token,
-            pb::UpdateJobRequest {
+    assert_code(
+        server
+            .as_user(&token)
+            .update_job(pb::UpdateJobRequest {
                 job: Some(pb::Job {
                     id: created.id.clone(),
                     owner_id: Uuid::new_v4().to_string(),
@@ -173,24 +154,22 @@ async fn job_crud_round_trip(backend: Backend) {
                 update_mask: Some(prost_types::FieldMask {
                     paths: vec!["owner_id".into()],
                 }),
-            },
-        ))
-        .await
-        .expect_err("non-admin changing the owner");
-    assert_eq!(status.code(), Code::PermissionDenied);
+            })
+            .await,
+        Code::PermissionDenied,
+        "non-admin changing the owner",
+    );
 
-    jobs.delete_job(authed(
-        &token,
-        pb::DeleteJobRequest {
-            id: created.id.clone(),
-        },
-    ))
-    .await
-    .expect("delete");
-    let status = get(&server, &token, &created.id)
+    server
+        .as_user(&token)
+        .delete_job(&created.id)
         .await
-        .expect_err("deleted");
-    assert_eq!(status.code(), Code::NotFound);
+        .expect("delete");
+    assert_code(
+        get(&server, &token, &created.id).await,
+        Code::NotFound,
+        "deleted",
+    );
 }
 
 async fn invalid_job_reports_every_field(backend: Backend) {
@@ -217,37 +196,35 @@ async fn invalid_job_reports_every_field(backend: Backend) {
         ..Default::default()
     };
     let status = create(&server, &token, bad).await.expect_err("invalid");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields = violated_fields(&status);
-    for field in [
-        "job.name",
-        "job.source_path",
-        "job.target",
-        "job.options.exclude[0]",
-        "job.schedule.cron",
-        "job.schedule.time_zone",
-        "job.schedule.missed_run_policy",
-        "job.schedule.overlap_policy",
-        "job.retention_policy_id",
-        "job.worker_selector",
-        "job.max_attempts",
-    ] {
-        assert!(
-            fields.contains(&field.to_string()),
-            "{field} missing in {fields:?}"
-        );
-    }
+    assert_violations(
+        &status,
+        &[
+            "job.name",
+            "job.source_path",
+            "job.target",
+            "job.options.exclude[0]",
+            "job.schedule.cron",
+            "job.schedule.time_zone",
+            "job.schedule.missed_run_policy",
+            "job.schedule.overlap_policy",
+            "job.retention_policy_id",
+            "job.worker_selector",
+            "job.max_attempts",
+        ],
+    );
 
-    let status = create(&server, &token, job("x", fs_target("/b")))
-        .await
-        .map(|_| ())
-        .and(
-            create(&server, &token, job("x", fs_target("/c")))
-                .await
-                .map(|_| ()),
-        )
-        .expect_err("duplicate name");
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_code(
+        create(&server, &token, job("x", fs_target("/b")))
+            .await
+            .map(|_| ())
+            .and(
+                create(&server, &token, job("x", fs_target("/c")))
+                    .await
+                    .map(|_| ()),
+            ),
+        Code::AlreadyExists,
+        "duplicate name",
+    );
 }
 
 async fn bucket_and_policy_must_belong_to_the_owner(backend: Backend) {
@@ -279,31 +256,28 @@ async fn bucket_and_policy_must_belong_to_the_owner(backend: Backend) {
         "{fields:?}"
     );
 
-    let status = create(
-        &server,
-        &alice_token,
-        job("abs", bucket_target(&bucket, "/abs")),
-    )
-    .await
-    .expect_err("absolute prefix");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["job.target.bucket.prefix".to_string()]
+    assert_violated(
+        create(
+            &server,
+            &alice_token,
+            job("abs", bucket_target(&bucket, "/abs")),
+        )
+        .await,
+        &["job.target.bucket.prefix"],
+        "absolute prefix",
     );
 
     // ListJobs filters by bucket.
     create(&server, &alice_token, job("local", fs_target("/b")))
         .await
         .expect("local job");
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    let listed = jobs
-        .list_jobs(authed(
-            &alice_token,
-            pb::ListJobsRequest {
-                bucket_id: bucket.clone(),
-                ..Default::default()
-            },
-        ))
+    let listed = server
+        .as_user(&alice_token)
+        .jobs
+        .list_jobs(pb::ListJobsRequest {
+            bucket_id: bucket.clone(),
+            ..Default::default()
+        })
         .await
         .expect("list")
         .into_inner();
@@ -318,16 +292,16 @@ async fn foreign_jobs_are_not_found(backend: Backend) {
     let created = create(&server, &alice_token, job("home", fs_target("/b")))
         .await
         .expect("create");
-    let status = get(&server, &bob_token, &created.id)
-        .await
-        .expect_err("foreign");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        get(&server, &bob_token, &created.id).await,
+        Code::NotFound,
+        "foreign",
+    );
 
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    let status = jobs
-        .update_job(authed(
-            &bob_token,
-            pb::UpdateJobRequest {
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .update_job(pb::UpdateJobRequest {
                 job: Some(pb::Job {
                     id: created.id.clone(),
                     name: "stolen".into(),
@@ -336,50 +310,45 @@ async fn foreign_jobs_are_not_found(backend: Backend) {
                 update_mask: Some(prost_types::FieldMask {
                     paths: vec!["name".into()],
                 }),
-            },
-        ))
-        .await
-        .expect_err("foreign update");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = jobs
-        .delete_job(authed(
-            &bob_token,
-            pb::DeleteJobRequest {
-                id: created.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("foreign delete");
-    assert_eq!(status.code(), Code::NotFound);
-    let bobs = jobs
-        .list_jobs(authed(&bob_token, pb::ListJobsRequest::default()))
+            })
+            .await,
+        Code::NotFound,
+        "foreign update",
+    );
+    assert_code(
+        server.as_user(&bob_token).delete_job(&created.id).await,
+        Code::NotFound,
+        "foreign delete",
+    );
+    let bobs = server
+        .as_user(&bob_token)
+        .jobs
+        .list_jobs(pb::ListJobsRequest::default())
         .await
         .expect("list")
         .into_inner();
     assert!(bobs.jobs.is_empty());
     // Asking for another owner's jobs still lists only one's own.
-    let filtered = jobs
-        .list_jobs(authed(
-            &bob_token,
-            pb::ListJobsRequest {
-                owner_id: alice.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let filtered = server
+        .as_user(&bob_token)
+        .jobs
+        .list_jobs(pb::ListJobsRequest {
+            owner_id: alice.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("list with a foreign owner filter")
         .into_inner();
     assert!(filtered.jobs.is_empty());
 
     // Admins see every job and may create jobs for others.
-    let all = jobs
-        .list_jobs(authed(
-            &server.admin_token,
-            pb::ListJobsRequest {
-                owner_id: alice.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let all = server
+        .admin()
+        .jobs
+        .list_jobs(pb::ListJobsRequest {
+            owner_id: alice.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("admin list")
         .into_inner();
@@ -392,10 +361,11 @@ async fn foreign_jobs_are_not_found(backend: Backend) {
     assert_eq!(made.owner_id, alice.id);
     let mut for_alice = job("by-bob", fs_target("/b"));
     for_alice.owner_id = alice.id.clone();
-    let status = create(&server, &bob_token, for_alice)
-        .await
-        .expect_err("non-admin creating for another user");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        create(&server, &bob_token, for_alice).await,
+        Code::PermissionDenied,
+        "non-admin creating for another user",
+    );
 }
 
 async fn last_run_and_delete_refused_while_queued(backend: Backend) {
@@ -404,18 +374,16 @@ async fn last_run_and_delete_refused_while_queued(backend: Backend) {
     let created = create(&server, &token, job("home", fs_target("/b")))
         .await
         .expect("create");
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let run = runs
-        .create_run(authed(
-            &token,
-            pb::CreateRunRequest {
-                spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
-                    job_id: created.id.clone(),
-                    ..Default::default()
-                })),
-                request_id: String::new(),
-            },
-        ))
+    let run = server
+        .as_user(&token)
+        .runs
+        .create_run(pb::CreateRunRequest {
+            spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
+                job_id: created.id.clone(),
+                ..Default::default()
+            })),
+            request_id: String::new(),
+        })
         .await
         .expect("run")
         .into_inner()
@@ -426,19 +394,16 @@ async fn last_run_and_delete_refused_while_queued(backend: Backend) {
     assert_eq!(last.run_id, run.id);
     assert_eq!(last.state, "RUN_STATE_QUEUED");
 
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    let status = jobs
-        .delete_job(authed(
-            &token,
-            pb::DeleteJobRequest {
-                id: created.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("queued run blocks delete");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        server.as_user(&token).delete_job(&created.id).await,
+        Code::FailedPrecondition,
+        "queued run blocks delete",
+    );
 
-    runs.cancel_run(authed(&token, pb::CancelRunRequest { id: run.id.clone() }))
+    server
+        .as_user(&token)
+        .runs
+        .cancel_run(pb::CancelRunRequest { id: run.id.clone() })
         .await
         .expect("cancel");
     let fetched = get(&server, &token, &created.id).await.expect("get");
@@ -446,17 +411,16 @@ async fn last_run_and_delete_refused_while_queued(backend: Backend) {
         fetched.last_run.expect("last run").state,
         "RUN_STATE_CANCELLED"
     );
-    jobs.delete_job(authed(
-        &token,
-        pb::DeleteJobRequest {
-            id: created.id.clone(),
-        },
-    ))
-    .await
-    .expect("delete after cancel");
+    server
+        .as_user(&token)
+        .delete_job(&created.id)
+        .await
+        .expect("delete after cancel");
     // The finished run stays, detached from the job.
-    let kept = runs
-        .get_run(authed(&token, pb::GetRunRequest { id: run.id.clone() }))
+    let kept = server
+        .as_user(&token)
+        .runs
+        .get_run(pb::GetRunRequest { id: run.id.clone() })
         .await
         .expect("run kept")
         .into_inner()
@@ -473,29 +437,13 @@ async fn jobs_page_by_name_prefix(backend: Backend) {
             .await
             .expect("create");
     }
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    let mut names = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = jobs
-            .list_jobs(authed(
-                &token,
-                pb::ListJobsRequest {
-                    page_size: 2,
-                    page_token: page_token.clone(),
-                    name_prefix: "db-".into(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("list")
-            .into_inner();
-        names.extend(page.jobs.into_iter().map(|j| j.name));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let request = pb::ListJobsRequest {
+        page_size: 2,
+        name_prefix: "db-".into(),
+        ..Default::default()
+    };
+    let all = server.as_user(&token).all_jobs(request).await;
+    let names: Vec<_> = all.into_iter().map(|j| j.name).collect();
     assert_eq!(names, vec!["db-1", "db-2", "db-3"]);
 }
 

@@ -5,53 +5,29 @@ mod support;
 use coffer_control_plane::model::metadata::MetadataValues;
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::backup_metadata_service_client::BackupMetadataServiceClient;
-use coffer_proto::v1::job_service_client::JobServiceClient;
-use coffer_proto::v1::run_service_client::RunServiceClient;
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{assert_code, assert_violations, authed, violated_fields, Backend, TestServer};
 use tonic::Code;
 use uuid::Uuid;
 
 type Client = BackupMetadataServiceClient<tonic::transport::Channel>;
 
 async fn create_job(server: &TestServer, token: &str, name: &str) -> pb::Job {
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    jobs.create_job(authed(
-        token,
-        pb::CreateJobRequest {
-            job: Some(pb::Job {
-                name: name.into(),
-                source_path: "/data".into(),
-                target: Some(pb::Target {
-                    destination: Some(pb::target::Destination::FilesystemPath("/b".into())),
-                }),
-                ..Default::default()
+    server
+        .as_user(token)
+        .create_job(pb::Job {
+            name: name.into(),
+            source_path: "/data".into(),
+            target: Some(pb::Target {
+                destination: Some(pb::target::Destination::FilesystemPath("/b".into())),
             }),
-        },
-    ))
-    .await
-    .expect("create job")
-    .into_inner()
-    .job
-    .expect("job")
+            ..Default::default()
+        })
+        .await
+        .expect("create job")
 }
 
 async fn create_run(server: &TestServer, token: &str, job_id: &str) -> pb::Run {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    runs.create_run(authed(
-        token,
-        pb::CreateRunRequest {
-            spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
-                job_id: job_id.into(),
-                ..Default::default()
-            })),
-            request_id: String::new(),
-        },
-    ))
-    .await
-    .expect("create run")
-    .into_inner()
-    .run
-    .expect("run")
+    server.as_user(token).start_backup(job_id).await
 }
 
 fn record(job_id: &str, run_id: &str) -> pb::BackupMetadata {
@@ -166,16 +142,18 @@ async fn manual_metadata_crud(backend: Backend) {
         ))
         .await
         .expect("delete");
-    let status = client
-        .get_backup_metadata(authed(
-            &token,
-            pb::GetBackupMetadataRequest {
-                id: created.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("deleted");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        client
+            .get_backup_metadata(authed(
+                &token,
+                pb::GetBackupMetadataRequest {
+                    id: created.id.clone(),
+                },
+            ))
+            .await,
+        Code::NotFound,
+        "deleted",
+    );
 }
 
 async fn run_reference_sets_the_job(backend: Backend) {
@@ -234,52 +212,54 @@ async fn invalid_and_foreign_records_are_refused(backend: Backend) {
     )
     .await
     .expect_err("invalid");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields = violated_fields(&status);
-    for field in [
-        "backup_metadata.job_id",
-        "backup_metadata.size_bytes",
-        "backup_metadata.duration_seconds",
-        "backup_metadata.details",
-    ] {
-        assert!(
-            fields.contains(&field.to_string()),
-            "{field} missing in {fields:?}"
-        );
-    }
+    assert_violations(
+        &status,
+        &[
+            "backup_metadata.job_id",
+            "backup_metadata.size_bytes",
+            "backup_metadata.duration_seconds",
+            "backup_metadata.details",
+        ],
+    );
 
-    let status = create(&mut client, &bob, record(&job.id, ""))
-        .await
-        .expect_err("foreign job");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = create(&mut client, &alice, record(&Uuid::new_v4().to_string(), ""))
-        .await
-        .expect_err("missing job");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        create(&mut client, &bob, record(&job.id, "")).await,
+        Code::NotFound,
+        "foreign job",
+    );
+    assert_code(
+        create(&mut client, &alice, record(&Uuid::new_v4().to_string(), "")).await,
+        Code::NotFound,
+        "missing job",
+    );
 
     let created = create(&mut client, &alice, record(&job.id, ""))
         .await
         .expect("create");
-    let status = client
-        .get_backup_metadata(authed(
-            &bob,
-            pb::GetBackupMetadataRequest {
-                id: created.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("foreign record");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = client
-        .delete_backup_metadata(authed(
-            &bob,
-            pb::DeleteBackupMetadataRequest {
-                id: created.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("foreign delete");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        client
+            .get_backup_metadata(authed(
+                &bob,
+                pb::GetBackupMetadataRequest {
+                    id: created.id.clone(),
+                },
+            ))
+            .await,
+        Code::NotFound,
+        "foreign record",
+    );
+    assert_code(
+        client
+            .delete_backup_metadata(authed(
+                &bob,
+                pb::DeleteBackupMetadataRequest {
+                    id: created.id.clone(),
+                },
+            ))
+            .await,
+        Code::NotFound,
+        "foreign delete",
+    );
     let bobs = client
         .list_backup_metadata(authed(&bob, pb::ListBackupMetadataRequest::default()))
         .await
@@ -294,14 +274,12 @@ async fn automatic_records_are_read_only(backend: Backend) {
     let job = create_job(&server, &token, "home").await;
     let run = create_run(&server, &token, &job.id).await;
     let domain_run = server
-        .state
-        .catalog
+        .catalog()
         .get_run(Uuid::parse_str(&run.id).expect("uuid"))
         .await
         .expect("run");
     let automatic = server
-        .state
-        .catalog
+        .catalog()
         .record_automatic_metadata(
             &domain_run,
             MetadataValues {
@@ -329,29 +307,33 @@ async fn automatic_records_are_read_only(backend: Backend) {
     assert_eq!(listed.backup_metadata.len(), 1);
     assert_eq!(listed.backup_metadata[0].job_id, job.id);
 
-    let status = client
-        .update_backup_metadata(authed(
-            &token,
-            pb::UpdateBackupMetadataRequest {
-                backup_metadata: Some(pb::BackupMetadata {
-                    id: id.clone(),
-                    details: "edited".into(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["details"]),
-            },
-        ))
-        .await
-        .expect_err("update automatic");
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    let status = client
-        .delete_backup_metadata(authed(
-            &token,
-            pb::DeleteBackupMetadataRequest { id: id.clone() },
-        ))
-        .await
-        .expect_err("delete automatic");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        client
+            .update_backup_metadata(authed(
+                &token,
+                pb::UpdateBackupMetadataRequest {
+                    backup_metadata: Some(pb::BackupMetadata {
+                        id: id.clone(),
+                        details: "edited".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: mask(&["details"]),
+                },
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "update automatic",
+    );
+    assert_code(
+        client
+            .delete_backup_metadata(authed(
+                &token,
+                pb::DeleteBackupMetadataRequest { id: id.clone() },
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "delete automatic",
+    );
     let kept = client
         .get_backup_metadata(authed(&token, pb::GetBackupMetadataRequest { id }))
         .await

@@ -8,7 +8,7 @@ use coffer_control_plane::model::object::{
 };
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::object_service_client::ObjectServiceClient;
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{assert_code, assert_violated, authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
 use tonic::Code;
 use uuid::Uuid;
@@ -46,7 +46,7 @@ async fn snapshot(
     entries: Vec<SnapshotEntry>,
 ) -> (Uuid, SnapshotStats) {
     let owner = Uuid::parse_str(&user.id).expect("user id");
-    let catalog = &server.state.catalog;
+    let catalog = &server.catalog();
     let run_id = catalog
         .insert_test_run(owner, None, None)
         .await
@@ -111,7 +111,7 @@ fn paths_and_hashes(files: &[pb::SnapshotFile]) -> Vec<(String, String)> {
 async fn snapshots_record_only_changes(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, token) = server.create_user("alice").await;
-    let catalog = &server.state.catalog;
+    let catalog = &server.catalog();
     let mut objects = ObjectServiceClient::new(server.channel().await);
 
     let first = vec![
@@ -179,14 +179,13 @@ async fn snapshots_record_only_changes(backend: Backend) {
     );
 
     // Versions of b, newest first, with half-open run ranges.
-    let all = objects
-        .list_objects(authed(
-            &token,
-            pb::ListObjectsRequest {
-                path_prefix: "docs/".into(),
-                ..Default::default()
-            },
-        ))
+    let all = server
+        .as_user(&token)
+        .objects
+        .list_objects(pb::ListObjectsRequest {
+            path_prefix: "docs/".into(),
+            ..Default::default()
+        })
         .await
         .expect("list objects")
         .into_inner()
@@ -194,14 +193,13 @@ async fn snapshots_record_only_changes(backend: Backend) {
     let paths: Vec<_> = all.iter().map(|o| o.path.as_str()).collect();
     assert_eq!(paths, ["docs/a.txt", "docs/b.txt", "docs/c.txt"]);
     let b = &all[1];
-    let versions = objects
-        .list_object_versions(authed(
-            &token,
-            pb::ListObjectVersionsRequest {
-                object_id: b.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let versions = server
+        .as_user(&token)
+        .objects
+        .list_object_versions(pb::ListObjectVersionsRequest {
+            object_id: b.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("versions")
         .into_inner()
@@ -214,8 +212,10 @@ async fn snapshots_record_only_changes(backend: Backend) {
     assert_eq!(versions[1].first_run_id, run1.to_string());
     assert_eq!(versions[1].last_run_id, run3.to_string());
 
-    let fetched = objects
-        .get_object(authed(&token, pb::GetObjectRequest { id: b.id.clone() }))
+    let fetched = server
+        .as_user(&token)
+        .objects
+        .get_object(pb::GetObjectRequest { id: b.id.clone() })
         .await
         .expect("get object")
         .into_inner()
@@ -279,19 +279,17 @@ async fn objects_page_by_path_and_escape_bytes(backend: Backend) {
         ..file("", "h-raw", 1)
     });
     snapshot(&server, &alice, entries).await;
-    let mut objects = ObjectServiceClient::new(server.channel().await);
     let mut seen = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = objects
-            .list_objects(authed(
-                &token,
-                pb::ListObjectsRequest {
-                    page_size: 3,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
+        let page = server
+            .as_user(&token)
+            .objects
+            .list_objects(pb::ListObjectsRequest {
+                page_size: 3,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
             .await
             .expect("page")
             .into_inner();
@@ -326,15 +324,13 @@ async fn duplicates_are_grouped_by_hash(backend: Backend) {
         ],
     )
     .await;
-    let mut objects = ObjectServiceClient::new(server.channel().await);
-    let first = objects
-        .list_duplicates(authed(
-            &token,
-            pb::ListDuplicatesRequest {
-                page_size: 1,
-                ..Default::default()
-            },
-        ))
+    let first = server
+        .as_user(&token)
+        .objects
+        .list_duplicates(pb::ListDuplicatesRequest {
+            page_size: 1,
+            ..Default::default()
+        })
         .await
         .expect("duplicates")
         .into_inner();
@@ -346,15 +342,14 @@ async fn duplicates_are_grouped_by_hash(backend: Backend) {
     assert_eq!(big_paths, ["y1", "y2"]);
     assert_eq!(first.next_page_token, "1");
 
-    let second = objects
-        .list_duplicates(authed(
-            &token,
-            pb::ListDuplicatesRequest {
-                page_size: 1,
-                page_token: first.next_page_token,
-                ..Default::default()
-            },
-        ))
+    let second = server
+        .as_user(&token)
+        .objects
+        .list_duplicates(pb::ListDuplicatesRequest {
+            page_size: 1,
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
         .await
         .expect("second page")
         .into_inner();
@@ -364,30 +359,30 @@ async fn duplicates_are_grouped_by_hash(backend: Backend) {
     assert_eq!(second.groups[0].files.len(), 3);
     assert!(second.next_page_token.is_empty());
 
-    let filtered = objects
-        .list_duplicates(authed(
-            &token,
-            pb::ListDuplicatesRequest {
-                min_size_bytes: 500,
-                ..Default::default()
-            },
-        ))
+    let filtered = server
+        .as_user(&token)
+        .objects
+        .list_duplicates(pb::ListDuplicatesRequest {
+            min_size_bytes: 500,
+            ..Default::default()
+        })
         .await
         .expect("min size")
         .into_inner();
     assert_eq!(filtered.groups.len(), 1);
 
-    let status = objects
-        .list_duplicates(authed(
-            &token,
-            pb::ListDuplicatesRequest {
+    assert_violated(
+        server
+            .as_user(&token)
+            .objects
+            .list_duplicates(pb::ListDuplicatesRequest {
                 page_token: "not-a-number".into(),
                 ..Default::default()
-            },
-        ))
-        .await
-        .expect_err("bad token");
-    assert_eq!(violated_fields(&status), vec!["page_token".to_string()]);
+            })
+            .await,
+        &["page_token"],
+        "bad token",
+    );
 }
 
 async fn objects_are_owner_scoped(backend: Backend) {
@@ -396,8 +391,10 @@ async fn objects_are_owner_scoped(backend: Backend) {
     let (_, bob_token) = server.create_user("bob").await;
     let (run_id, _) = snapshot(&server, &alice, vec![file("secret.txt", "s", 1)]).await;
     let mut objects = ObjectServiceClient::new(server.channel().await);
-    let mine = objects
-        .list_objects(authed(&alice_token, pb::ListObjectsRequest::default()))
+    let mine = server
+        .as_user(&alice_token)
+        .objects
+        .list_objects(pb::ListObjectsRequest::default())
         .await
         .expect("alice lists")
         .into_inner()
@@ -405,8 +402,10 @@ async fn objects_are_owner_scoped(backend: Backend) {
     assert_eq!(mine.len(), 1);
     let id = mine[0].id.clone();
 
-    let bobs = objects
-        .list_objects(authed(&bob_token, pb::ListObjectsRequest::default()))
+    let bobs = server
+        .as_user(&bob_token)
+        .objects
+        .list_objects(pb::ListObjectsRequest::default())
         .await
         .expect("bob lists")
         .into_inner()
@@ -416,28 +415,28 @@ async fn objects_are_owner_scoped(backend: Backend) {
         .await
         .is_empty());
     let statuses = [
-        objects
-            .get_object(authed(&bob_token, pb::GetObjectRequest { id: id.clone() }))
+        server
+            .as_user(&bob_token)
+            .objects
+            .get_object(pb::GetObjectRequest { id: id.clone() })
             .await
             .expect_err("foreign object"),
-        objects
-            .list_object_versions(authed(
-                &bob_token,
-                pb::ListObjectVersionsRequest {
-                    object_id: id.clone(),
-                    ..Default::default()
-                },
-            ))
+        server
+            .as_user(&bob_token)
+            .objects
+            .list_object_versions(pb::ListObjectVersionsRequest {
+                object_id: id.clone(),
+                ..Default::default()
+            })
             .await
             .expect_err("foreign versions"),
-        objects
-            .list_snapshot_files(authed(
-                &bob_token,
-                pb::ListSnapshotFilesRequest {
-                    run_id: run_id.to_string(),
-                    ..Default::default()
-                },
-            ))
+        server
+            .as_user(&bob_token)
+            .objects
+            .list_snapshot_files(pb::ListSnapshotFilesRequest {
+                run_id: run_id.to_string(),
+                ..Default::default()
+            })
             .await
             .expect_err("foreign snapshot"),
     ];
@@ -445,30 +444,34 @@ async fn objects_are_owner_scoped(backend: Backend) {
         assert_eq!(status.code(), Code::NotFound);
     }
     // The admin sees everything.
-    objects
-        .get_object(authed(&server.admin_token, pb::GetObjectRequest { id }))
+    server
+        .admin()
+        .objects
+        .get_object(pb::GetObjectRequest { id })
         .await
         .expect("admin reads");
 
-    let status = objects
-        .rebuild_catalog(authed(
-            &server.admin_token,
-            pb::RebuildCatalogRequest::default(),
-        ))
-        .await
-        .expect_err("rebuild without a bucket");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let status = objects
-        .rebuild_catalog(authed(
-            &server.admin_token,
-            pb::RebuildCatalogRequest {
+    assert_code(
+        server
+            .admin()
+            .objects
+            .rebuild_catalog(pb::RebuildCatalogRequest::default())
+            .await,
+        Code::InvalidArgument,
+        "rebuild without a bucket",
+    );
+    assert_code(
+        server
+            .admin()
+            .objects
+            .rebuild_catalog(pb::RebuildCatalogRequest {
                 bucket_id: uuid::Uuid::now_v7().to_string(),
                 prefix: String::new(),
-            },
-        ))
-        .await
-        .expect_err("rebuild of an unknown bucket");
-    assert_eq!(status.code(), Code::NotFound);
+            })
+            .await,
+        Code::NotFound,
+        "rebuild of an unknown bucket",
+    );
 }
 
 async fn latest_versions_filter_by_tag(backend: Backend) {
@@ -486,14 +489,14 @@ async fn latest_versions_filter_by_tag(backend: Backend) {
     let other = all.iter().find(|o| o.path == "other.txt").expect("other");
     let version_id = other.latest_version.as_ref().expect("version").id.clone();
 
-    let mut tags = pb::tag_service_client::TagServiceClient::new(server.channel().await);
     for (kind, id, value) in [
         (pb::ResourceKind::Object, keep.id.clone(), "forever"),
         (pb::ResourceKind::ObjectVersion, version_id, "month"),
     ] {
-        tags.create_tag(authed(
-            &token,
-            pb::CreateTagRequest {
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(pb::CreateTagRequest {
                 tag: Some(pb::Tag {
                     resource: Some(pb::ResourceRef {
                         kind: kind as i32,
@@ -503,10 +506,9 @@ async fn latest_versions_filter_by_tag(backend: Backend) {
                     value: value.into(),
                     ..Default::default()
                 }),
-            },
-        ))
-        .await
-        .expect("tag");
+            })
+            .await
+            .expect("tag");
     }
     let tagged = latest(
         &mut objects,
@@ -543,17 +545,18 @@ async fn latest_versions_filter_by_tag(backend: Backend) {
     let paths: Vec<_> = month.iter().map(|o| o.path.as_str()).collect();
     assert_eq!(paths, ["other.txt"]);
 
-    let status = objects
-        .list_latest_versions(authed(
-            &token,
-            pb::ListLatestVersionsRequest {
+    assert_violated(
+        server
+            .as_user(&token)
+            .objects
+            .list_latest_versions(pb::ListLatestVersionsRequest {
                 tag_value: "x".into(),
                 ..Default::default()
-            },
-        ))
-        .await
-        .expect_err("value without key");
-    assert_eq!(violated_fields(&status), vec!["tag_value".to_string()]);
+            })
+            .await,
+        &["tag_value"],
+        "value without key",
+    );
 }
 
 async fn objects_and_versions_filter_by_tag(backend: Backend) {
@@ -579,21 +582,17 @@ async fn objects_and_versions_filter_by_tag(backend: Backend) {
         ],
     )
     .await;
-    let objects = ObjectServiceClient::new(server.channel().await);
+    let objects = server.as_user(&token).objects;
     let list = |request: pb::ListObjectsRequest| {
         let mut objects = objects.clone();
-        let token = token.clone();
         async move {
-            objects
-                .list_objects(authed(&token, request))
-                .await
-                .map(|r| {
-                    r.into_inner()
-                        .objects
-                        .into_iter()
-                        .map(|o| (o.path, o.id))
-                        .collect::<Vec<_>>()
-                })
+            objects.list_objects(request).await.map(|r| {
+                r.into_inner()
+                    .objects
+                    .into_iter()
+                    .map(|o| (o.path, o.id))
+                    .collect::<Vec<_>>()
+            })
         }
     };
     let all = list(pb::ListObjectsRequest::default()).await.expect("list");
@@ -611,10 +610,9 @@ async fn objects_and_versions_filter_by_tag(backend: Backend) {
             tag_value: tag_value.into(),
             ..Default::default()
         };
-        let token = token.clone();
         async move {
             objects
-                .list_object_versions(authed(&token, request))
+                .list_object_versions(request)
                 .await
                 .map(|r| r.into_inner().versions)
         }
@@ -629,7 +627,6 @@ async fn objects_and_versions_filter_by_tag(backend: Backend) {
         .clone();
 
     // The superseded version of a.txt and the object c.txt carry tags.
-    let mut tags = pb::tag_service_client::TagServiceClient::new(server.channel().await);
     for (kind, id, key, value) in [
         (
             pb::ResourceKind::ObjectVersion,
@@ -639,9 +636,10 @@ async fn objects_and_versions_filter_by_tag(backend: Backend) {
         ),
         (pb::ResourceKind::Object, id_of("c.txt"), "owner", "ops"),
     ] {
-        tags.create_tag(authed(
-            &token,
-            pb::CreateTagRequest {
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(pb::CreateTagRequest {
                 tag: Some(pb::Tag {
                     resource: Some(pb::ResourceRef {
                         kind: kind as i32,
@@ -651,10 +649,9 @@ async fn objects_and_versions_filter_by_tag(backend: Backend) {
                     value: value.into(),
                     ..Default::default()
                 }),
-            },
-        ))
-        .await
-        .expect("tag");
+            })
+            .await
+            .expect("tag");
     }
 
     let paths = |found: Vec<(String, String)>| -> Vec<String> {
@@ -688,8 +685,11 @@ async fn objects_and_versions_filter_by_tag(backend: Backend) {
         .await
         .expect("filtered versions")
         .is_empty());
-    let status = versions("", "2024").await.expect_err("value without key");
-    assert_eq!(violated_fields(&status), vec!["tag_value".to_string()]);
+    assert_violated(
+        versions("", "2024").await,
+        &["tag_value"],
+        "value without key",
+    );
     let status = list(pb::ListObjectsRequest {
         tag_key: "1bad".into(),
         ..Default::default()

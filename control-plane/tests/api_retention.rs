@@ -6,14 +6,11 @@ use coffer_control_plane::model::object::{
     EntryKind, FileAttributes, SnapshotCommit, SnapshotEntry,
 };
 use coffer_proto::v1 as pb;
-use coffer_proto::v1::bucket_service_client::BucketServiceClient;
-use coffer_proto::v1::configuration_service_client::ConfigurationServiceClient;
-use coffer_proto::v1::job_service_client::JobServiceClient;
-use coffer_proto::v1::object_service_client::ObjectServiceClient;
 use coffer_proto::v1::retention_service_client::RetentionServiceClient;
-use coffer_proto::v1::tag_service_client::TagServiceClient;
 use prost_types::{Duration, FieldMask, Timestamp};
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{
+    assert_code, assert_violated, assert_violations, authed, violated_fields, Backend, TestServer,
+};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -115,8 +112,7 @@ async fn insert_object(
         Backend::Sqlite => format!("X'{hex}'"),
     };
     server
-        .state
-        .catalog
+        .catalog()
         .execute_raw(&format!(
             "INSERT INTO objects (id, owner_id, repository, path, path_text, create_time) \
              VALUES ({}, {}, 'repo', {bytes}, '{path}', '2024-01-01T00:00:00Z')",
@@ -138,8 +134,7 @@ async fn insert_version(
     let run_id = uuid::Uuid::now_v7().to_string();
     let now = "'2024-01-01T00:00:00Z'";
     server
-        .state
-        .catalog
+        .catalog()
         .execute_raw(&format!(
             "INSERT INTO runs (id, owner_id, kind, state, spec, max_attempts, not_before_time, \
              create_time, update_time) VALUES ({}, {}, 'backup', 'succeeded', '{{}}', 1, {now}, {now}, {now})",
@@ -150,8 +145,7 @@ async fn insert_version(
         .expect("insert run");
     let id = uuid::Uuid::now_v7().to_string();
     server
-        .state
-        .catalog
+        .catalog()
         .execute_raw(&format!(
             "INSERT INTO object_versions (id, object_id, kind, first_run_id, create_time) \
              VALUES ({}, {}, 'file', {}, {now})",
@@ -201,78 +195,57 @@ async fn policy_crud_round_trip(backend: Backend) {
     assert_eq!(created.keep_tags, vec!["pinned", "release=v1.2"]);
     assert_eq!(created.time_zone, "Europe/Berlin");
 
-    let fetched = retention
-        .get_retention_policy(authed(
-            &token,
-            pb::GetRetentionPolicyRequest {
-                id: created.id.clone(),
-            },
-        ))
+    let fetched = server
+        .as_user(&token)
+        .get_retention_policy(pb::GetRetentionPolicyRequest {
+            id: created.id.clone(),
+        })
         .await
-        .expect("get")
-        .into_inner()
-        .retention_policy
-        .expect("policy");
+        .expect("get");
     assert_eq!(fetched, created);
 
-    let updated = retention
-        .update_retention_policy(authed(
-            &token,
-            pb::UpdateRetentionPolicyRequest {
-                retention_policy: Some(pb::RetentionPolicy {
-                    id: created.id.clone(),
-                    keep_daily: 14,
-                    keep_tags: vec![],
-                    name: "ignored".into(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["keep_daily", "keep_tags"]),
-            },
-        ))
+    let updated = server
+        .as_user(&token)
+        .update_retention_policy(pb::UpdateRetentionPolicyRequest {
+            retention_policy: Some(pb::RetentionPolicy {
+                id: created.id.clone(),
+                keep_daily: 14,
+                keep_tags: vec![],
+                name: "ignored".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["keep_daily", "keep_tags"]),
+        })
         .await
-        .expect("update")
-        .into_inner()
-        .retention_policy
-        .expect("policy");
+        .expect("update");
     assert_eq!(updated.keep_daily, 14);
     assert!(updated.keep_tags.is_empty());
     assert_eq!(updated.name, "Standard (30 days)");
     assert_eq!(updated.keep_last, 3);
 
     // Removing every rule through an update is refused.
-    let status = retention
-        .update_retention_policy(authed(
-            &token,
-            pb::UpdateRetentionPolicyRequest {
-                retention_policy: Some(pb::RetentionPolicy {
-                    id: created.id.clone(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["keep_last", "keep_daily", "keep_monthly", "keep_within"]),
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .update_retention_policy(pb::UpdateRetentionPolicyRequest {
+            retention_policy: Some(pb::RetentionPolicy {
+                id: created.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["keep_last", "keep_daily", "keep_monthly", "keep_within"]),
+        })
         .await
         .expect_err("keeps nothing");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("a policy that keeps nothing"));
 
-    retention
-        .delete_retention_policy(authed(
-            &token,
-            pb::DeleteRetentionPolicyRequest {
-                id: created.id.clone(),
-            },
-        ))
+    let api = server.as_user(&token);
+    api.delete_retention_policy(&created.id)
         .await
         .expect("delete");
-    let status = retention
-        .get_retention_policy(authed(
-            &token,
-            pb::GetRetentionPolicyRequest { id: created.id },
-        ))
-        .await
-        .expect_err("deleted");
-    assert_eq!(status.code(), Code::NotFound);
+    let gone = api
+        .get_retention_policy(pb::GetRetentionPolicyRequest { id: created.id })
+        .await;
+    assert_code(gone, Code::NotFound, "deleted");
 }
 
 async fn invalid_policy_reports_every_field(backend: Backend) {
@@ -297,18 +270,17 @@ async fn invalid_policy_reports_every_field(backend: Backend) {
     )
     .await
     .expect_err("invalid");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields = violated_fields(&status);
-    for field in [
-        "retention_policy.name",
-        "retention_policy.keep_last",
-        "retention_policy.keep_within",
-        "retention_policy.keep_tags[1]",
-        "retention_policy.keep_tags[2]",
-        "retention_policy.time_zone",
-    ] {
-        assert!(fields.contains(&field.to_string()), "{field} in {fields:?}");
-    }
+    let fields = assert_violations(
+        &status,
+        &[
+            "retention_policy.name",
+            "retention_policy.keep_last",
+            "retention_policy.keep_within",
+            "retention_policy.keep_tags[1]",
+            "retention_policy.keep_tags[2]",
+            "retention_policy.time_zone",
+        ],
+    );
     assert!(!fields.contains(&"retention_policy.keep_tags[0]".to_string()));
 
     let status = create_policy(
@@ -350,46 +322,47 @@ async fn policies_are_owned(backend: Backend) {
     let alices = create_policy(&mut retention, &alice_token, policy("daily"))
         .await
         .expect("create");
-    let status = create_policy(&mut retention, &alice_token, policy("daily"))
-        .await
-        .expect_err("duplicate");
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_code(
+        create_policy(&mut retention, &alice_token, policy("daily")).await,
+        Code::AlreadyExists,
+        "duplicate",
+    );
     create_policy(&mut retention, &bob_token, policy("daily"))
         .await
         .expect("same name, other owner");
 
-    let status = retention
-        .get_retention_policy(authed(
-            &bob_token,
-            pb::GetRetentionPolicyRequest {
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .get_retention_policy(pb::GetRetentionPolicyRequest {
                 id: alices.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("foreign policy");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = retention
-        .delete_retention_policy(authed(
-            &bob_token,
-            pb::DeleteRetentionPolicyRequest {
-                id: alices.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("foreign delete");
-    assert_eq!(status.code(), Code::NotFound);
+            })
+            .await,
+        Code::NotFound,
+        "foreign policy",
+    );
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .delete_retention_policy(&alices.id)
+            .await,
+        Code::NotFound,
+        "foreign delete",
+    );
 
-    let status = create_policy(
-        &mut retention,
-        &bob_token,
-        pb::RetentionPolicy {
-            owner_id: alice.id.clone(),
-            ..policy("for alice")
-        },
-    )
-    .await
-    .expect_err("non-admin for another owner");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        create_policy(
+            &mut retention,
+            &bob_token,
+            pb::RetentionPolicy {
+                owner_id: alice.id.clone(),
+                ..policy("for alice")
+            },
+        )
+        .await,
+        Code::PermissionDenied,
+        "non-admin for another owner",
+    );
     let for_bob = create_policy(
         &mut retention,
         &server.admin_token,
@@ -408,37 +381,24 @@ async fn policies_are_owned(backend: Backend) {
             .await
             .expect("create");
     }
-    let mut seen = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = retention
-            .list_retention_policies(authed(
-                &alice_token,
-                pb::ListRetentionPoliciesRequest {
-                    page_size: 2,
-                    page_token: page_token.clone(),
-                    owner_id: bob.id.clone(),
-                },
-            ))
-            .await
-            .expect("list")
-            .into_inner();
-        assert!(page.retention_policies.len() <= 2);
-        seen.extend(page.retention_policies.into_iter().map(|p| p.name));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let request = pb::ListRetentionPoliciesRequest {
+        page_size: 2,
+        owner_id: bob.id.clone(),
+        ..Default::default()
+    };
+    let all = server
+        .as_user(&alice_token)
+        .all_retention_policies(request)
+        .await;
+    let seen: Vec<_> = all.into_iter().map(|p| p.name).collect();
     assert_eq!(seen, vec!["daily", "p0", "p1", "p2", "p3"]);
-    let bobs = retention
-        .list_retention_policies(authed(
-            &server.admin_token,
-            pb::ListRetentionPoliciesRequest {
-                owner_id: bob.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let bobs = server
+        .admin()
+        .retention
+        .list_retention_policies(pb::ListRetentionPoliciesRequest {
+            owner_id: bob.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("admin list")
         .into_inner();
@@ -457,56 +417,41 @@ async fn delete_refused_while_a_bucket_uses_the_policy(backend: Backend) {
     let used = create_policy(&mut retention, &token, policy("used"))
         .await
         .expect("policy");
-    let mut buckets = BucketServiceClient::new(server.channel().await);
-    let bucket = buckets
-        .create_bucket(authed(
-            &token,
-            pb::CreateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    name: "main".into(),
-                    location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
-                        path: "/srv/backups".into(),
-                    })),
-                    retention_policy_id: used.id.clone(),
-                    ..Default::default()
-                }),
-            },
-        ))
+    let bucket = server
+        .as_user(&token)
+        .create_bucket(pb::Bucket {
+            name: "main".into(),
+            location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+                path: "/srv/backups".into(),
+            })),
+            retention_policy_id: used.id.clone(),
+            ..Default::default()
+        })
         .await
-        .expect("bucket")
-        .into_inner()
-        .bucket
         .expect("bucket");
-    let status = retention
-        .delete_retention_policy(authed(
-            &token,
-            pb::DeleteRetentionPolicyRequest {
-                id: used.id.clone(),
-            },
-        ))
+    let status = server
+        .as_user(&token)
+        .delete_retention_policy(&used.id)
         .await
         .expect_err("referenced policy");
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("bucket"), "{}", status.message());
 
-    buckets
-        .update_bucket(authed(
-            &token,
-            pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: bucket.id,
-                    ..Default::default()
-                }),
-                update_mask: mask(&["retention_policy_id"]),
-            },
-        ))
+    server
+        .as_user(&token)
+        .buckets
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: bucket.id,
+                ..Default::default()
+            }),
+            update_mask: mask(&["retention_policy_id"]),
+        })
         .await
         .expect("detach policy");
-    retention
-        .delete_retention_policy(authed(
-            &token,
-            pb::DeleteRetentionPolicyRequest { id: used.id },
-        ))
+    server
+        .as_user(&token)
+        .delete_retention_policy(&used.id)
         .await
         .expect("unreferenced policy deletes");
 }
@@ -538,18 +483,13 @@ async fn object_retention_lifecycle(backend: Backend) {
     assert_eq!(created.retain_until_time, Some(until));
     assert!(!created.legal_hold);
 
-    let fetched = retention
-        .get_object_retention(authed(
-            &token,
-            pb::GetObjectRetentionRequest {
-                id: created.id.clone(),
-            },
-        ))
+    let fetched = server
+        .as_user(&token)
+        .get_object_retention(pb::GetObjectRetentionRequest {
+            id: created.id.clone(),
+        })
         .await
-        .expect("get")
-        .into_inner()
-        .object_retention
-        .expect("retention");
+        .expect("get");
     assert_eq!(fetched, created);
 
     // Later is fine; earlier or removed is refused.
@@ -585,24 +525,22 @@ async fn object_retention_lifecycle(backend: Backend) {
     }
 
     // The policy is in use, and the retention is still active.
-    let status = retention
-        .delete_retention_policy(authed(
-            &token,
-            pb::DeleteRetentionPolicyRequest { id: pol.id.clone() },
-        ))
-        .await
-        .expect_err("policy used by an object retention");
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    let status = retention
-        .delete_object_retention(authed(
-            &token,
-            pb::DeleteObjectRetentionRequest {
-                id: created.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("retain-until in the future");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        server
+            .as_user(&token)
+            .delete_retention_policy(&pol.id)
+            .await,
+        Code::FailedPrecondition,
+        "policy used by an object retention",
+    );
+    assert_code(
+        server
+            .as_user(&token)
+            .delete_object_retention(&created.id)
+            .await,
+        Code::FailedPrecondition,
+        "retain-until in the future",
+    );
 
     // A legal hold blocks deletion until it is lifted.
     let held = create_retention(
@@ -616,16 +554,14 @@ async fn object_retention_lifecycle(backend: Backend) {
     )
     .await
     .expect("legal hold");
-    let status = retention
-        .delete_object_retention(authed(
-            &token,
-            pb::DeleteObjectRetentionRequest {
-                id: held.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("legal hold");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        server
+            .as_user(&token)
+            .delete_object_retention(&held.id)
+            .await,
+        Code::FailedPrecondition,
+        "legal hold",
+    );
     let lifted = update_retention(
         &mut retention,
         &token,
@@ -639,25 +575,20 @@ async fn object_retention_lifecycle(backend: Backend) {
     .await
     .expect("lift hold");
     assert!(!lifted.legal_hold);
-    retention
-        .delete_object_retention(authed(
-            &token,
-            pb::DeleteObjectRetentionRequest {
-                id: held.id.clone(),
-            },
-        ))
+    server
+        .as_user(&token)
+        .delete_object_retention(&held.id)
         .await
         .expect("delete lifted hold");
 
-    let listed = retention
-        .list_object_retentions(authed(
-            &token,
-            pb::ListObjectRetentionsRequest {
-                resource: object_ref(&object),
-                policy_id: pol.id.clone(),
-                ..Default::default()
-            },
-        ))
+    let listed = server
+        .as_user(&token)
+        .retention
+        .list_object_retentions(pb::ListObjectRetentionsRequest {
+            resource: object_ref(&object),
+            policy_id: pol.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("list")
         .into_inner();
@@ -693,52 +624,55 @@ async fn object_version_retention_and_access(backend: Backend) {
 
     // Bob can neither hold Alice's object or version nor see Alice's retention.
     for resource in [object_ref(&object), version_ref.clone()] {
-        let status = create_retention(
-            &mut retention,
-            &bob_token,
-            pb::ObjectRetention {
-                resource,
-                legal_hold: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect_err("foreign object");
-        assert_eq!(status.code(), Code::NotFound);
+        assert_code(
+            create_retention(
+                &mut retention,
+                &bob_token,
+                pb::ObjectRetention {
+                    resource,
+                    legal_hold: true,
+                    ..Default::default()
+                },
+            )
+            .await,
+            Code::NotFound,
+            "foreign object",
+        );
     }
-    let status = retention
-        .get_object_retention(authed(
-            &bob_token,
-            pb::GetObjectRetentionRequest {
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .get_object_retention(pb::GetObjectRetentionRequest {
                 id: created.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("foreign retention");
-    assert_eq!(status.code(), Code::NotFound);
-    let listed = retention
-        .list_object_retentions(authed(
-            &bob_token,
-            pb::ListObjectRetentionsRequest::default(),
-        ))
+            })
+            .await,
+        Code::NotFound,
+        "foreign retention",
+    );
+    let listed = server
+        .as_user(&bob_token)
+        .retention
+        .list_object_retentions(pb::ListObjectRetentionsRequest::default())
         .await
         .expect("list")
         .into_inner();
     assert!(listed.object_retentions.is_empty());
 
     // A missing object is not found; a wrong kind or an empty hold is invalid.
-    let status = create_retention(
-        &mut retention,
-        &alice_token,
-        pb::ObjectRetention {
-            resource: object_ref(&uuid::Uuid::now_v7().to_string()),
-            legal_hold: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect_err("missing object");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        create_retention(
+            &mut retention,
+            &alice_token,
+            pb::ObjectRetention {
+                resource: object_ref(&uuid::Uuid::now_v7().to_string()),
+                legal_hold: true,
+                ..Default::default()
+            },
+        )
+        .await,
+        Code::NotFound,
+        "missing object",
+    );
     let status = create_retention(
         &mut retention,
         &alice_token,
@@ -768,20 +702,19 @@ async fn object_version_retention_and_access(backend: Backend) {
     let bobs = create_policy(&mut bobs_policies, &bob_token, policy("bobs"))
         .await
         .expect("bob's policy");
-    let status = create_retention(
-        &mut retention,
-        &alice_token,
-        pb::ObjectRetention {
-            resource: object_ref(&object),
-            policy_id: bobs.id,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect_err("foreign policy");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["object_retention.policy_id".to_string()]
+    assert_violated(
+        create_retention(
+            &mut retention,
+            &alice_token,
+            pb::ObjectRetention {
+                resource: object_ref(&object),
+                policy_id: bobs.id,
+                ..Default::default()
+            },
+        )
+        .await,
+        &["object_retention.policy_id"],
+        "foreign policy",
     );
 }
 
@@ -818,54 +751,39 @@ impl PlanFixture {
     }
 
     async fn bucket(&self, name: &str, policy_id: &str) -> String {
-        let mut buckets = BucketServiceClient::new(self.server.channel().await);
-        buckets
-            .create_bucket(authed(
-                &self.token,
-                pb::CreateBucketRequest {
-                    bucket: Some(pb::Bucket {
-                        name: name.into(),
-                        location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
-                            path: format!("/srv/{name}"),
-                        })),
-                        retention_policy_id: policy_id.into(),
-                        ..Default::default()
-                    }),
-                },
-            ))
+        self.server
+            .as_user(&self.token)
+            .create_bucket(pb::Bucket {
+                name: name.into(),
+                location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+                    path: format!("/srv/{name}"),
+                })),
+                retention_policy_id: policy_id.into(),
+                ..Default::default()
+            })
             .await
-            .expect("bucket")
-            .into_inner()
-            .bucket
             .expect("bucket")
             .id
     }
 
     async fn job(&self, name: &str, bucket_id: &str, policy_id: &str) -> String {
-        let mut jobs = JobServiceClient::new(self.server.channel().await);
-        jobs.create_job(authed(
-            &self.token,
-            pb::CreateJobRequest {
-                job: Some(pb::Job {
-                    name: name.into(),
-                    source_path: "/data".into(),
-                    target: Some(pb::Target {
-                        destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
-                            bucket_id: bucket_id.into(),
-                            prefix: name.into(),
-                        })),
-                    }),
-                    retention_policy_id: policy_id.into(),
-                    ..Default::default()
+        self.server
+            .as_user(&self.token)
+            .create_job(pb::Job {
+                name: name.into(),
+                source_path: "/data".into(),
+                target: Some(pb::Target {
+                    destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+                        bucket_id: bucket_id.into(),
+                        prefix: name.into(),
+                    })),
                 }),
-            },
-        ))
-        .await
-        .expect("job")
-        .into_inner()
-        .job
-        .expect("job")
-        .id
+                retention_policy_id: policy_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("job")
+            .id
     }
 
     /// Records a run of `kind` in `state` finished at `finished` (RFC 3339),
@@ -884,8 +802,7 @@ impl PlanFixture {
         let job = job_id.map_or("NULL".to_string(), |job| uuid_literal(backend, job));
         let time = format!("'{finished}'");
         self.server
-            .state
-            .catalog
+            .catalog()
             .execute_raw(&format!(
                 "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, \
                  max_attempts, not_before_time, create_time, update_time, finish_time, repository) \
@@ -919,8 +836,7 @@ impl PlanFixture {
         let run_id = self.snapshot(Some(job_id), bucket_id, finished).await;
         let id = |text: &str| uuid::Uuid::parse_str(text).expect("uuid");
         self.server
-            .state
-            .catalog
+            .catalog()
             .apply_snapshot(&SnapshotCommit {
                 run_id: id(&run_id),
                 owner_id: id(&self.owner.id),
@@ -952,10 +868,10 @@ impl PlanFixture {
     }
 
     async fn tag(&self, kind: pb::ResourceKind, id: &str, key: &str, value: &str) {
-        let mut tags = TagServiceClient::new(self.server.channel().await);
-        tags.create_tag(authed(
-            &self.token,
-            pb::CreateTagRequest {
+        self.server
+            .as_user(&self.token)
+            .tags
+            .create_tag(pb::CreateTagRequest {
                 tag: Some(pb::Tag {
                     resource: Some(pb::ResourceRef {
                         kind: kind as i32,
@@ -965,24 +881,22 @@ impl PlanFixture {
                     value: value.into(),
                     ..Default::default()
                 }),
-            },
-        ))
-        .await
-        .expect("tag");
+            })
+            .await
+            .expect("tag");
     }
 
     /// The versions of the object at `path` in the job, newest first.
     async fn versions(&self, job_id: &str, path: &str) -> (String, Vec<pb::ObjectVersion>) {
-        let mut objects = ObjectServiceClient::new(self.server.channel().await);
-        let object = objects
-            .list_objects(authed(
-                &self.token,
-                pb::ListObjectsRequest {
-                    job_id: job_id.into(),
-                    path_prefix: path.into(),
-                    ..Default::default()
-                },
-            ))
+        let object = self
+            .server
+            .as_user(&self.token)
+            .objects
+            .list_objects(pb::ListObjectsRequest {
+                job_id: job_id.into(),
+                path_prefix: path.into(),
+                ..Default::default()
+            })
             .await
             .expect("objects")
             .into_inner()
@@ -990,14 +904,14 @@ impl PlanFixture {
             .into_iter()
             .find(|o| o.path == path)
             .expect("object");
-        let versions = objects
-            .list_object_versions(authed(
-                &self.token,
-                pb::ListObjectVersionsRequest {
-                    object_id: object.id.clone(),
-                    ..Default::default()
-                },
-            ))
+        let versions = self
+            .server
+            .as_user(&self.token)
+            .objects
+            .list_object_versions(pb::ListObjectVersionsRequest {
+                object_id: object.id.clone(),
+                ..Default::default()
+            })
             .await
             .expect("versions")
             .into_inner()
@@ -1023,8 +937,10 @@ impl PlanFixture {
         token: &str,
         request: pb::PlanRetentionRequest,
     ) -> Result<pb::PlanRetentionResponse, tonic::Status> {
-        self.retention
-            .plan_retention(authed(token, request))
+        self.server
+            .as_user(token)
+            .retention
+            .plan_retention(request)
             .await
             .map(|r| r.into_inner())
     }
@@ -1389,18 +1305,16 @@ async fn bucket_plan_decides_each_job_on_its_own(backend: Backend) {
     // The default policy applies where neither job nor bucket names one.
     let unmanaged = fx.plan_job(&other_bucket).await;
     assert_eq!(unmanaged.remove_count, 0);
-    let mut configs = ConfigurationServiceClient::new(fx.server.channel().await);
-    configs
-        .create_configuration(authed(
-            &fx.server.admin_token,
-            pb::CreateConfigurationRequest {
-                configuration: Some(pb::Configuration {
-                    key: "default_retention_policy_id".into(),
-                    value: keep_two.clone(),
-                    ..Default::default()
-                }),
-            },
-        ))
+    fx.server
+        .admin()
+        .configurations
+        .create_configuration(pb::CreateConfigurationRequest {
+            configuration: Some(pb::Configuration {
+                key: "default_retention_policy_id".into(),
+                value: keep_two.clone(),
+                ..Default::default()
+            }),
+        })
         .await
         .expect("default policy");
     let defaulted = fx.plan_job(&other_bucket).await;
@@ -1440,22 +1354,20 @@ async fn plan_requests_are_checked(backend: Backend) {
 
     let missing = uuid::Uuid::now_v7().to_string();
     for req in [request(&missing, ""), request("", &missing)] {
-        let status = fx.plan(&token, req).await.expect_err("missing");
-        assert_eq!(status.code(), Code::NotFound);
+        assert_code(fx.plan(&token, req).await, Code::NotFound, "missing");
     }
 
     // Another user's job and bucket are not found; a worker token is refused.
     let (_, bob_token) = fx.server.create_user("bob").await;
     for req in [request(&job, ""), request("", &bucket)] {
-        let status = fx.plan(&bob_token, req).await.expect_err("foreign");
-        assert_eq!(status.code(), Code::NotFound);
+        assert_code(fx.plan(&bob_token, req).await, Code::NotFound, "foreign");
     }
     let worker_token = fx.server.worker_token.clone();
-    let status = fx
-        .plan(&worker_token, request(&job, ""))
-        .await
-        .expect_err("worker token");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        fx.plan(&worker_token, request(&job, "")).await,
+        Code::PermissionDenied,
+        "worker token",
+    );
 
     // An empty job plans to nothing.
     let empty = fx.plan_job(&job).await;
@@ -1483,8 +1395,7 @@ async fn apply_queues_exactly_what_the_plan_removes(backend: Backend) {
             r#"{{"kind":"backup","job_id":"{job}","source_path":"/data","target":{{"kind":"bucket","bucket_id":"{bucket}","prefix":""}}}}"#
         );
         fx.server
-            .state
-            .catalog
+            .catalog()
             .execute_raw(&format!(
                 "UPDATE runs SET spec = '{spec}', manifest_key = 'snapshots/{id}' WHERE id = {}",
                 uuid_literal(backend, &id)
@@ -1504,22 +1415,22 @@ async fn apply_queues_exactly_what_the_plan_removes(backend: Backend) {
 
     let token = fx.token.clone();
     let run_id = fx
+        .server
+        .as_user(&token)
         .retention
-        .apply_retention(authed(
-            &token,
-            pb::ApplyRetentionRequest {
-                job_id: job.clone(),
-                ..Default::default()
-            },
-        ))
+        .apply_retention(pb::ApplyRetentionRequest {
+            job_id: job.clone(),
+            ..Default::default()
+        })
         .await
         .expect("apply")
         .into_inner()
         .run_id;
-    let mut runs =
-        coffer_proto::v1::run_service_client::RunServiceClient::new(fx.server.channel().await);
-    let run = runs
-        .get_run(authed(&token, pb::GetRunRequest { id: run_id }))
+    let run = fx
+        .server
+        .as_user(&token)
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id })
         .await
         .expect("retention run")
         .into_inner()
@@ -1538,25 +1449,28 @@ async fn apply_queues_exactly_what_the_plan_removes(backend: Backend) {
     assert!(spec.plan_time.is_some());
 
     // The same checks as a plan: exactly one scope, and only the owner's.
-    let status = fx
-        .retention
-        .apply_retention(authed(&token, pb::ApplyRetentionRequest::default()))
-        .await
-        .expect_err("no scope");
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_code(
+        fx.server
+            .as_user(&token)
+            .retention
+            .apply_retention(pb::ApplyRetentionRequest::default())
+            .await,
+        Code::InvalidArgument,
+        "no scope",
+    );
     let (_, bob_token) = fx.server.create_user("bob").await;
-    let status = fx
-        .retention
-        .apply_retention(authed(
-            &bob_token,
-            pb::ApplyRetentionRequest {
+    assert_code(
+        fx.server
+            .as_user(&bob_token)
+            .retention
+            .apply_retention(pb::ApplyRetentionRequest {
                 job_id: job.clone(),
                 ..Default::default()
-            },
-        ))
-        .await
-        .expect_err("foreign job");
-    assert_eq!(status.code(), Code::NotFound);
+            })
+            .await,
+        Code::NotFound,
+        "foreign job",
+    );
 }
 
 both_backends!(

@@ -6,16 +6,14 @@ use std::time::Duration;
 
 use coffer_control_plane::catalog::Backend as CatalogBackend;
 use coffer_proto::v1 as pb;
-use coffer_proto::v1::job_service_client::JobServiceClient;
-use coffer_proto::v1::run_service_client::RunServiceClient;
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{assert_code, assert_violated, violated_fields, Backend, TestServer};
 use tonic::Code;
 use uuid::Uuid;
 
 /// A SQL literal for an id column (UUID on PostgreSQL, a 16-byte BLOB on SQLite).
 fn id_literal(server: &TestServer, id: &str) -> String {
     let id = Uuid::parse_str(id).expect("uuid");
-    match server.state.catalog.backend() {
+    match server.catalog().backend() {
         CatalogBackend::Postgres => format!("'{id}'"),
         CatalogBackend::Sqlite => format!("X'{}'", id.simple()),
     }
@@ -24,16 +22,17 @@ fn id_literal(server: &TestServer, id: &str) -> String {
 const TIME: &str = "'2024-01-01T00:00:00+00:00'";
 
 async fn set_configuration(server: &TestServer, key: &str, value: &str) {
-    let id = id_literal(server, &Uuid::now_v7().to_string());
-    server
-        .state
-        .catalog
-        .execute_raw(&format!(
-            "INSERT INTO configurations (id, key, value, create_time, update_time) \
-             VALUES ({id}, '{key}', '{value}', {TIME}, {TIME})"
-        ))
-        .await
-        .expect("insert configuration");
+    let configuration = pb::Configuration {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    };
+    let request = pb::CreateConfigurationRequest {
+        configuration: Some(configuration),
+    };
+    let mut configurations = server.admin().configurations;
+    let created = configurations.create_configuration(request).await;
+    created.expect("set configuration");
 }
 
 fn fs_target(path: &str) -> pb::Target {
@@ -49,29 +48,20 @@ fn nfs_target(path: &str) -> pb::Target {
 }
 
 async fn create_job(server: &TestServer, token: &str, name: &str, max_attempts: i32) -> pb::Job {
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    jobs.create_job(authed(
-        token,
-        pb::CreateJobRequest {
-            job: Some(pb::Job {
-                name: name.into(),
-                source_path: "/data/home".into(),
-                target: Some(fs_target("/backups/home")),
-                options: Some(pb::JobOptions {
-                    exclude: vec!["**/*.tmp".into()],
-                    ..Default::default()
-                }),
-                worker_selector: [("host".to_string(), "db1".to_string())].into(),
-                max_attempts,
-                ..Default::default()
-            }),
-        },
-    ))
-    .await
-    .expect("create job")
-    .into_inner()
-    .job
-    .expect("job")
+    let job = pb::Job {
+        name: name.into(),
+        source_path: "/data/home".into(),
+        target: Some(fs_target("/backups/home")),
+        options: Some(pb::JobOptions {
+            exclude: vec!["**/*.tmp".into()],
+            ..Default::default()
+        }),
+        worker_selector: [("host".to_string(), "db1".to_string())].into(),
+        max_attempts,
+        ..Default::default()
+    };
+    let created = server.as_user(token).create_job(job).await;
+    created.expect("create job")
 }
 
 fn job_run_request(job_id: &str) -> pb::CreateRunRequest {
@@ -96,27 +86,17 @@ fn ad_hoc_request(target: pb::Target) -> pb::CreateRunRequest {
 }
 
 async fn create_run(server: &TestServer, token: &str, request: pb::CreateRunRequest) -> pb::Run {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    runs.create_run(authed(token, request))
-        .await
-        .expect("create run")
-        .into_inner()
-        .run
-        .expect("run")
+    let mut runs = server.as_user(token).runs;
+    let created = runs.create_run(request).await.expect("create run");
+    created.into_inner().run.expect("run")
 }
 
 async fn get_run(server: &TestServer, token: &str, id: &str) -> Result<pb::Run, tonic::Status> {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    runs.get_run(authed(token, pb::GetRunRequest { id: id.into() }))
-        .await
-        .map(|r| r.into_inner().run.expect("run"))
+    server.as_user(token).get_run(id).await
 }
 
 async fn cancel(server: &TestServer, token: &str, id: &str) -> Result<pb::Run, tonic::Status> {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    runs.cancel_run(authed(token, pb::CancelRunRequest { id: id.into() }))
-        .await
-        .map(|r| r.into_inner().run.expect("run"))
+    server.as_user(token).cancel_run(id).await
 }
 
 async fn job_run_is_queued_with_a_copy_of_the_job(backend: Backend) {
@@ -160,9 +140,10 @@ async fn ad_hoc_runs_to_filesystem_and_nfs(backend: Backend) {
     assert_eq!(run.owner_id, user.id);
     assert!(run.job_id.is_empty());
 
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let status = runs
-        .create_run(authed(&token, ad_hoc_request(nfs_target("www"))))
+    let status = server
+        .as_user(&token)
+        .runs
+        .create_run(ad_hoc_request(nfs_target("www")))
         .await
         .expect_err("nfs without mount configuration");
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -184,15 +165,16 @@ async fn invalid_run_requests_are_rejected(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("carol").await;
     let job = create_job(&server, &token, "home", 0).await;
-    let mut runs = RunServiceClient::new(server.channel().await);
 
     let mut request = job_run_request(&job.id);
     if let Some(pb::create_run_request::Spec::Backup(spec)) = &mut request.spec {
         spec.source_path = "/other".into();
         spec.target = Some(fs_target("/elsewhere"));
     }
-    let status = runs
-        .create_run(authed(&token, request))
+    let status = server
+        .as_user(&token)
+        .runs
+        .create_run(request)
         .await
         .expect_err("inline fields with job_id");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -203,59 +185,65 @@ async fn invalid_run_requests_are_rejected(backend: Backend) {
     );
     assert!(fields.contains(&"backup.target".to_string()), "{fields:?}");
 
-    let status = runs
-        .create_run(authed(
-            &token,
-            pb::CreateRunRequest {
+    assert_code(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(pb::CreateRunRequest {
                 spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
                     source_path: "relative".into(),
                     target: Some(fs_target("also/relative")),
                     ..Default::default()
                 })),
                 request_id: "not-a-uuid".into(),
-            },
-        ))
-        .await
-        .expect_err("bad ad-hoc run");
-    assert_eq!(status.code(), Code::InvalidArgument);
-
-    let status = runs
-        .create_run(authed(&token, ad_hoc_request(fs_target("relative"))))
-        .await
-        .expect_err("relative filesystem target");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["backup.target.filesystem_path".to_string()]
+            })
+            .await,
+        Code::InvalidArgument,
+        "bad ad-hoc run",
     );
 
-    let status = runs
-        .create_run(authed(&token, pb::CreateRunRequest::default()))
-        .await
-        .expect_err("missing spec");
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_violated(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(ad_hoc_request(fs_target("relative")))
+            .await,
+        &["backup.target.filesystem_path"],
+        "relative filesystem target",
+    );
+
+    assert_code(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(pb::CreateRunRequest::default())
+            .await,
+        Code::InvalidArgument,
+        "missing spec",
+    );
 
     let restore = |spec: pb::RestoreSpec| pb::CreateRunRequest {
         spec: Some(pb::create_run_request::Spec::Restore(spec)),
         request_id: String::new(),
     };
-    let status = runs
-        .create_run(authed(&token, restore(pb::RestoreSpec::default())))
-        .await
-        .expect_err("restore without a snapshot");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["restore.snapshot_run_id".to_string()]
+    assert_violated(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(restore(pb::RestoreSpec::default()))
+            .await,
+        &["restore.snapshot_run_id"],
+        "restore without a snapshot",
     );
-    let status = runs
-        .create_run(authed(
-            &token,
-            restore(pb::RestoreSpec {
-                snapshot_run_id: uuid::Uuid::now_v7().to_string(),
-                paths: vec!["../etc".into()],
-                destination_path: "relative/dir".into(),
-                ..Default::default()
-            }),
-        ))
+    let status = server
+        .as_user(&token)
+        .runs
+        .create_run(restore(pb::RestoreSpec {
+            snapshot_run_id: uuid::Uuid::now_v7().to_string(),
+            paths: vec!["../etc".into()],
+            destination_path: "relative/dir".into(),
+            ..Default::default()
+        }))
         .await
         .expect_err("bad restore paths");
     let fields = violated_fields(&status);
@@ -267,49 +255,47 @@ async fn invalid_run_requests_are_rejected(backend: Backend) {
         fields.contains(&"restore.destination_path".to_string()),
         "{fields:?}"
     );
-    let status = runs
-        .create_run(authed(
-            &token,
-            restore(pb::RestoreSpec {
+    assert_code(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(restore(pb::RestoreSpec {
                 snapshot_run_id: uuid::Uuid::now_v7().to_string(),
                 ..Default::default()
-            }),
-        ))
-        .await
-        .expect_err("unknown snapshot");
-    assert_eq!(status.code(), Code::NotFound);
+            }))
+            .await,
+        Code::NotFound,
+        "unknown snapshot",
+    );
 
     // A backup still in progress is no snapshot yet: restoring or verifying
     // it is refused cleanly.
     let queued = create_run(&server, &token, job_run_request(&job.id)).await;
-    let status = runs
-        .create_run(authed(
-            &token,
-            restore(pb::RestoreSpec {
-                snapshot_run_id: queued.id.clone(),
-                ..Default::default()
-            }),
-        ))
+    let status = server
+        .as_user(&token)
+        .runs
+        .create_run(restore(pb::RestoreSpec {
+            snapshot_run_id: queued.id.clone(),
+            ..Default::default()
+        }))
         .await
         .expect_err("restore of a queued run");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("queued"), "{status:?}");
-    let status = runs
-        .create_run(authed(
-            &token,
-            pb::CreateRunRequest {
+    assert_violated(
+        server
+            .as_user(&token)
+            .runs
+            .create_run(pb::CreateRunRequest {
                 spec: Some(pb::create_run_request::Spec::Verify(pb::VerifySpec {
                     snapshot_run_id: queued.id.clone(),
                     read_data_percent: 150.0,
                 })),
                 request_id: String::new(),
-            },
-        ))
-        .await
-        .expect_err("verify with a bad percentage");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["verify.read_data_percent".to_string()]
+            })
+            .await,
+        &["verify.read_data_percent"],
+        "verify with a bad percentage",
     );
 }
 
@@ -320,27 +306,38 @@ async fn foreign_runs_are_not_found(backend: Backend) {
     let job = create_job(&server, &alice, "home", 0).await;
     let run = create_run(&server, &alice, job_run_request(&job.id)).await;
 
-    let status = get_run(&server, &bob, &run.id)
-        .await
-        .expect_err("foreign run");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = cancel(&server, &bob, &run.id)
-        .await
-        .expect_err("foreign cancel");
-    assert_eq!(status.code(), Code::NotFound);
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let status = runs
-        .create_run(authed(&bob, job_run_request(&job.id)))
-        .await
-        .expect_err("run of a foreign job");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = runs
-        .watch_run(authed(&bob, pb::WatchRunRequest { id: run.id.clone() }))
-        .await
-        .expect_err("watch foreign run");
-    assert_eq!(status.code(), Code::NotFound);
-    let listed = runs
-        .list_runs(authed(&bob, pb::ListRunsRequest::default()))
+    assert_code(
+        get_run(&server, &bob, &run.id).await,
+        Code::NotFound,
+        "foreign run",
+    );
+    assert_code(
+        cancel(&server, &bob, &run.id).await,
+        Code::NotFound,
+        "foreign cancel",
+    );
+    assert_code(
+        server
+            .as_user(&bob)
+            .runs
+            .create_run(job_run_request(&job.id))
+            .await,
+        Code::NotFound,
+        "run of a foreign job",
+    );
+    assert_code(
+        server
+            .as_user(&bob)
+            .runs
+            .watch_run(pb::WatchRunRequest { id: run.id.clone() })
+            .await,
+        Code::NotFound,
+        "watch foreign run",
+    );
+    let listed = server
+        .as_user(&bob)
+        .runs
+        .list_runs(pb::ListRunsRequest::default())
         .await
         .expect("list")
         .into_inner();
@@ -361,10 +358,11 @@ async fn cancel_queued_run_then_again_fails(backend: Backend) {
     assert_eq!(cancelled.state, pb::RunState::Cancelled as i32);
     assert_eq!(cancelled.error, "cancelled by dave");
     assert!(cancelled.finish_time.is_some());
-    let status = cancel(&server, &token, &run.id)
-        .await
-        .expect_err("cancel twice");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        cancel(&server, &token, &run.id).await,
+        Code::FailedPrecondition,
+        "cancel twice",
+    );
 }
 
 async fn cancel_running_run_requests_cancellation(backend: Backend) {
@@ -373,8 +371,7 @@ async fn cancel_running_run_requests_cancellation(backend: Backend) {
     let run = create_run(&server, &token, ad_hoc_request(fs_target("/b"))).await;
     let id = id_literal(&server, &run.id);
     server
-        .state
-        .catalog
+        .catalog()
         .execute_raw(&format!(
             "UPDATE runs SET state = 'running', attempt = 1 WHERE id = {id}"
         ))
@@ -402,9 +399,10 @@ async fn request_id_makes_create_idempotent(backend: Backend) {
     let third = create_run(&server, &other, request).await;
     assert_ne!(third.id, first.id);
 
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let listed = runs
-        .list_runs(authed(&token, pb::ListRunsRequest::default()))
+    let listed = server
+        .as_user(&token)
+        .runs
+        .list_runs(pb::ListRunsRequest::default())
         .await
         .expect("list")
         .into_inner();
@@ -415,9 +413,10 @@ async fn watch_streams_queued_then_cancelled(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("heidi").await;
     let run = create_run(&server, &token, ad_hoc_request(fs_target("/b"))).await;
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let mut stream = runs
-        .watch_run(authed(&token, pb::WatchRunRequest { id: run.id.clone() }))
+    let mut stream = server
+        .as_user(&token)
+        .runs
+        .watch_run(pb::WatchRunRequest { id: run.id.clone() })
         .await
         .expect("watch")
         .into_inner();
@@ -448,7 +447,7 @@ async fn watch_streams_queued_then_cancelled(backend: Backend) {
 
 async fn list_runs_newest_first_with_filters(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let (user, token) = server.create_user("ivan").await;
+    let (_, token) = server.create_user("ivan").await;
     let job = create_job(&server, &token, "home", 0).await;
     let mut created = Vec::new();
     for _ in 0..3 {
@@ -462,19 +461,17 @@ async fn list_runs_newest_first_with_filters(backend: Backend) {
     created.push(ad_hoc.id.clone());
     cancel(&server, &token, &created[0]).await.expect("cancel");
 
-    let mut runs = RunServiceClient::new(server.channel().await);
     let mut seen = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = runs
-            .list_runs(authed(
-                &token,
-                pb::ListRunsRequest {
-                    page_size: 3,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
+        let page = server
+            .as_user(&token)
+            .runs
+            .list_runs(pb::ListRunsRequest {
+                page_size: 3,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
             .await
             .expect("list")
             .into_inner();
@@ -489,11 +486,11 @@ async fn list_runs_newest_first_with_filters(backend: Backend) {
     newest_first.reverse();
     assert_eq!(seen, newest_first);
 
+    let api = server.as_user(&token);
     let list = |request: pb::ListRunsRequest| {
-        let mut runs = runs.clone();
-        let token = token.clone();
+        let mut runs = api.runs.clone();
         async move {
-            runs.list_runs(authed(&token, request))
+            runs.list_runs(request)
                 .await
                 .expect("list")
                 .into_inner()
@@ -519,19 +516,18 @@ async fn list_runs_newest_first_with_filters(backend: Backend) {
     .await;
     assert_eq!(cancelled, vec![created[0].clone()]);
 
-    // Tag filter: tag the second run by hand.
-    let tag_id = id_literal(&server, &Uuid::now_v7().to_string());
-    let owner = id_literal(&server, &user.id);
-    let resource = id_literal(&server, &created[1]);
-    server
-        .state
-        .catalog
-        .execute_raw(&format!(
-            "INSERT INTO tags (id, owner_id, resource_kind, resource_id, key, value, create_time, update_time) \
-             VALUES ({tag_id}, {owner}, 'run', {resource}, 'env', 'prod', {TIME}, {TIME})"
-        ))
-        .await
-        .expect("insert tag");
+    // Tag filter: tag the second run.
+    let env_prod = pb::Tag {
+        resource: Some(pb::ResourceRef {
+            kind: pb::ResourceKind::Run as i32,
+            id: created[1].clone(),
+        }),
+        key: "env".into(),
+        value: "prod".into(),
+        ..Default::default()
+    };
+    let tagged = server.as_user(&token).create_tag(env_prod).await;
+    tagged.expect("tag the run");
     let tagged = list(pb::ListRunsRequest {
         tag_key: "env".into(),
         ..Default::default()
@@ -554,8 +550,7 @@ async fn run_errors_are_paginated(backend: Backend) {
     let run_id = id_literal(&server, &run.id);
     for i in 0..5 {
         server
-            .state
-            .catalog
+            .catalog()
             .execute_raw(&format!(
                 "INSERT INTO run_errors (run_id, attempt, path, message, create_time) \
                  VALUES ({run_id}, 1, 'file{i}', 'permission denied', {TIME})"
@@ -563,19 +558,17 @@ async fn run_errors_are_paginated(backend: Backend) {
             .await
             .expect("insert run error");
     }
-    let mut runs = RunServiceClient::new(server.channel().await);
     let mut paths = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = runs
-            .list_run_errors(authed(
-                &token,
-                pb::ListRunErrorsRequest {
-                    run_id: run.id.clone(),
-                    page_size: 2,
-                    page_token: page_token.clone(),
-                },
-            ))
+        let page = server
+            .as_user(&token)
+            .runs
+            .list_run_errors(pb::ListRunErrorsRequest {
+                run_id: run.id.clone(),
+                page_size: 2,
+                page_token: page_token.clone(),
+            })
             .await
             .expect("list errors")
             .into_inner();
@@ -586,18 +579,19 @@ async fn run_errors_are_paginated(backend: Backend) {
         page_token = page.next_page_token;
     }
     assert_eq!(paths, vec!["file0", "file1", "file2", "file3", "file4"]);
-    let status = runs
-        .list_run_errors(authed(
-            &token,
-            pb::ListRunErrorsRequest {
+    assert_code(
+        server
+            .as_user(&token)
+            .runs
+            .list_run_errors(pb::ListRunErrorsRequest {
                 run_id: run.id.clone(),
                 page_size: 2,
                 page_token: "garbage".into(),
-            },
-        ))
-        .await
-        .expect_err("bad token");
-    assert_eq!(status.code(), Code::InvalidArgument);
+            })
+            .await,
+        Code::InvalidArgument,
+        "bad token",
+    );
 }
 
 both_backends!(

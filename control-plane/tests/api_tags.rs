@@ -8,7 +8,7 @@ use coffer_control_plane::model::object::{
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::tag_service_client::TagServiceClient;
 use prost_types::FieldMask;
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{assert_code, assert_violated, authed, violated_fields, Backend, TestServer};
 use tonic::transport::Channel;
 use tonic::Code;
 use uuid::Uuid;
@@ -34,8 +34,7 @@ fn tag(resource: Option<pb::ResourceRef>, key: &str, value: &str) -> pb::CreateT
 async fn user_run(server: &TestServer, user: &pb::User) -> Uuid {
     let owner = Uuid::parse_str(&user.id).expect("user id");
     server
-        .state
-        .catalog
+        .catalog()
         .insert_test_run(owner, None, None)
         .await
         .expect("insert run")
@@ -46,8 +45,7 @@ async fn user_object(server: &TestServer, user: &pb::User) -> (Uuid, Uuid) {
     let run_id = user_run(server, user).await;
     let owner = Uuid::parse_str(&user.id).expect("user id");
     server
-        .state
-        .catalog
+        .catalog()
         .apply_snapshot(&SnapshotCommit {
             run_id,
             owner_id: owner,
@@ -72,12 +70,10 @@ async fn user_object(server: &TestServer, user: &pb::User) -> (Uuid, Uuid) {
         })
         .await
         .expect("snapshot");
-    let mut objects = pb::object_service_client::ObjectServiceClient::new(server.channel().await);
-    let object = objects
-        .list_objects(authed(
-            &server.admin_token,
-            pb::ListObjectsRequest::default(),
-        ))
+    let object = server
+        .admin()
+        .objects
+        .list_objects(pb::ListObjectsRequest::default())
         .await
         .expect("list objects")
         .into_inner()
@@ -106,8 +102,10 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     let run_id = user_run(&server, &alice).await;
     let mut tags = TagServiceClient::new(server.channel().await);
 
-    let created = tags
-        .create_tag(authed(&token, tag(run_ref(run_id), "env", "prod")))
+    let created = server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(run_ref(run_id), "env", "prod"))
         .await
         .expect("create")
         .into_inner()
@@ -117,53 +115,47 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     assert_eq!(created.key, "env");
     assert_eq!(created.resource, run_ref(run_id));
 
-    let status = tags
-        .create_tag(authed(&token, tag(run_ref(run_id), "env", "dev")))
-        .await
-        .expect_err("same key twice");
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_code(
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(tag(run_ref(run_id), "env", "dev"))
+            .await,
+        Code::AlreadyExists,
+        "same key twice",
+    );
 
-    let fetched = tags
-        .get_tag(authed(
-            &token,
-            pb::GetTagRequest {
-                id: created.id.clone(),
-            },
-        ))
+    let fetched = server
+        .as_user(&token)
+        .get_tag(pb::GetTagRequest {
+            id: created.id.clone(),
+        })
         .await
-        .expect("get")
-        .into_inner()
-        .tag
-        .expect("tag");
+        .expect("get");
     assert_eq!(fetched, created);
 
-    let updated = tags
-        .update_tag(authed(
-            &token,
-            pb::UpdateTagRequest {
-                tag: Some(pb::Tag {
-                    id: created.id.clone(),
-                    value: "staging".into(),
-                    key: "ignored".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["value".into()],
-                }),
-            },
-        ))
+    let updated = server
+        .as_user(&token)
+        .update_tag(pb::UpdateTagRequest {
+            tag: Some(pb::Tag {
+                id: created.id.clone(),
+                value: "staging".into(),
+                key: "ignored".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["value".into()],
+            }),
+        })
         .await
-        .expect("update")
-        .into_inner()
-        .tag
-        .expect("tag");
+        .expect("update");
     assert_eq!(updated.value, "staging");
     assert_eq!(updated.key, "env");
 
-    let status = tags
-        .update_tag(authed(
-            &token,
-            pb::UpdateTagRequest {
+    assert_violated(
+        server
+            .as_user(&token)
+            .update_tag(pb::UpdateTagRequest {
                 tag: Some(pb::Tag {
                     id: created.id.clone(),
                     key: "other".into(),
@@ -172,11 +164,11 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
                 update_mask: Some(FieldMask {
                     paths: vec!["key".into()],
                 }),
-            },
-        ))
-        .await
-        .expect_err("key is immutable");
-    assert_eq!(violated_fields(&status), vec!["update_mask".to_string()]);
+            })
+            .await,
+        &["update_mask"],
+        "key is immutable",
+    );
 
     let listed = list(
         &mut tags,
@@ -189,38 +181,27 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     .await;
     assert_eq!(listed, vec![updated]);
 
-    tags.delete_tag(authed(
-        &token,
-        pb::DeleteTagRequest {
-            id: created.id.clone(),
-        },
-    ))
-    .await
-    .expect("delete");
-    let status = tags
-        .get_tag(authed(&token, pb::GetTagRequest { id: created.id }))
-        .await
-        .expect_err("deleted");
-    assert_eq!(status.code(), Code::NotFound);
+    let api = server.as_user(&token);
+    api.delete_tag(&created.id).await.expect("delete");
+    let gone = api.get_tag(pb::GetTagRequest { id: created.id }).await;
+    assert_code(gone, Code::NotFound, "deleted");
 }
 
 async fn tag_validation_reports_field_paths(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, token) = server.create_user("alice").await;
     let run_id = user_run(&server, &alice).await;
-    let mut tags = TagServiceClient::new(server.channel().await);
 
-    let status = tags
-        .create_tag(authed(
-            &token,
-            tag(
-                Some(pb::ResourceRef {
-                    kind: pb::ResourceKind::Unspecified as i32,
-                    id: run_id.to_string(),
-                }),
-                "1bad key",
-                &"v".repeat(257),
-            ),
+    let status = server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(
+            Some(pb::ResourceRef {
+                kind: pb::ResourceKind::Unspecified as i32,
+                id: run_id.to_string(),
+            }),
+            "1bad key",
+            &"v".repeat(257),
         ))
         .await
         .expect_err("invalid");
@@ -230,65 +211,68 @@ async fn tag_validation_reports_field_paths(backend: Backend) {
         assert!(fields.contains(&field.to_string()), "{field} in {fields:?}");
     }
 
-    let status = tags
-        .create_tag(authed(
-            &token,
-            tag(
+    assert_violated(
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(tag(
                 Some(pb::ResourceRef {
                     kind: pb::ResourceKind::Run as i32,
                     id: "not-a-uuid".into(),
                 }),
                 "ok",
                 "",
-            ),
-        ))
-        .await
-        .expect_err("bad id");
-    assert_eq!(
-        violated_fields(&status),
-        vec!["tag.resource.id".to_string()]
+            ))
+            .await,
+        &["tag.resource.id"],
+        "bad id",
     );
 
-    let status = tags
-        .create_tag(authed(&token, tag(None, "ok", "")))
-        .await
-        .expect_err("no resource");
-    assert_eq!(violated_fields(&status), vec!["tag.resource".to_string()]);
+    assert_violated(
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(tag(None, "ok", ""))
+            .await,
+        &["tag.resource"],
+        "no resource",
+    );
 
     // Keys may use the whole documented alphabet.
-    tags.create_tag(authed(
-        &token,
-        tag(run_ref(run_id), "Team/app:tier-1_x.y", ""),
-    ))
-    .await
-    .expect("valid key");
+    server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(run_ref(run_id), "Team/app:tier-1_x.y", ""))
+        .await
+        .expect("valid key");
 
-    let status = tags
-        .list_tags(authed(
-            &token,
-            pb::ListTagsRequest {
+    assert_violated(
+        server
+            .as_user(&token)
+            .tags
+            .list_tags(pb::ListTagsRequest {
                 value: "x".into(),
                 ..Default::default()
-            },
-        ))
-        .await
-        .expect_err("value without key");
-    assert_eq!(violated_fields(&status), vec!["value".to_string()]);
+            })
+            .await,
+        &["value"],
+        "value without key",
+    );
 
-    let status = tags
-        .update_tag(authed(
-            &token,
-            pb::UpdateTagRequest {
+    assert_violated(
+        server
+            .as_user(&token)
+            .update_tag(pb::UpdateTagRequest {
                 tag: Some(pb::Tag {
                     id: Uuid::now_v7().to_string(),
                     ..Default::default()
                 }),
                 update_mask: None,
-            },
-        ))
-        .await
-        .expect_err("no mask");
-    assert_eq!(violated_fields(&status), vec!["update_mask".to_string()]);
+            })
+            .await,
+        &["update_mask"],
+        "no mask",
+    );
 }
 
 async fn tag_limit_is_64_per_resource(backend: Backend) {
@@ -296,19 +280,28 @@ async fn tag_limit_is_64_per_resource(backend: Backend) {
     let (alice, token) = server.create_user("alice").await;
     let run_id = user_run(&server, &alice).await;
     let other_run = user_run(&server, &alice).await;
-    let mut tags = TagServiceClient::new(server.channel().await);
     for n in 0..64 {
-        tags.create_tag(authed(&token, tag(run_ref(run_id), &format!("k{n}"), "")))
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(tag(run_ref(run_id), &format!("k{n}"), ""))
             .await
             .expect("within limit");
     }
-    let status = tags
-        .create_tag(authed(&token, tag(run_ref(run_id), "k64", "")))
-        .await
-        .expect_err("65th tag");
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_code(
+        server
+            .as_user(&token)
+            .tags
+            .create_tag(tag(run_ref(run_id), "k64", ""))
+            .await,
+        Code::FailedPrecondition,
+        "65th tag",
+    );
     // The limit is per resource.
-    tags.create_tag(authed(&token, tag(run_ref(other_run), "k64", "")))
+    server
+        .as_user(&token)
+        .tags
+        .create_tag(tag(run_ref(other_run), "k64", ""))
         .await
         .expect("other resource");
 
@@ -316,15 +309,14 @@ async fn tag_limit_is_64_per_resource(backend: Backend) {
     let mut seen = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = tags
-            .list_tags(authed(
-                &token,
-                pb::ListTagsRequest {
-                    page_size: 20,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
+        let page = server
+            .as_user(&token)
+            .tags
+            .list_tags(pb::ListTagsRequest {
+                page_size: 20,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
             .await
             .expect("page")
             .into_inner();
@@ -348,13 +340,19 @@ async fn tags_are_owner_scoped_and_filtered(backend: Backend) {
     let mut tags = TagServiceClient::new(server.channel().await);
 
     // Bob can neither tag Alice's run nor a resource that does not exist.
-    let status = tags
-        .create_tag(authed(&bob_token, tag(run_ref(run_id), "env", "x")))
-        .await
-        .expect_err("foreign run");
-    assert_eq!(status.code(), Code::NotFound);
-    let status = tags
-        .create_tag(authed(&bob_token, tag(run_ref(Uuid::now_v7()), "env", "x")))
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .tags
+            .create_tag(tag(run_ref(run_id), "env", "x"))
+            .await,
+        Code::NotFound,
+        "foreign run",
+    );
+    let status = server
+        .as_user(&bob_token)
+        .tags
+        .create_tag(tag(run_ref(Uuid::now_v7()), "env", "x"))
         .await
         .expect_err("missing run");
     assert_eq!(status.code(), Code::NotFound);
@@ -363,26 +361,29 @@ async fn tags_are_owner_scoped_and_filtered(backend: Backend) {
         kind: pb::ResourceKind::Object as i32,
         id: object_id.to_string(),
     });
-    let on_object = tags
-        .create_tag(authed(&alice_token, tag(object_ref.clone(), "env", "prod")))
+    let on_object = server
+        .as_user(&alice_token)
+        .tags
+        .create_tag(tag(object_ref.clone(), "env", "prod"))
         .await
         .expect("object tag")
         .into_inner()
         .tag
         .expect("tag");
-    let on_run = tags
-        .create_tag(authed(&alice_token, tag(run_ref(run_id), "env", "dev")))
+    let on_run = server
+        .as_user(&alice_token)
+        .tags
+        .create_tag(tag(run_ref(run_id), "env", "dev"))
         .await
         .expect("run tag")
         .into_inner()
         .tag
         .expect("tag");
     // An admin tags Bob's run: the tag belongs to Bob, the resource's owner.
-    let on_bob_run = tags
-        .create_tag(authed(
-            &server.admin_token,
-            tag(run_ref(bob_run), "env", "prod"),
-        ))
+    let on_bob_run = server
+        .admin()
+        .tags
+        .create_tag(tag(run_ref(bob_run), "env", "prod"))
         .await
         .expect("admin tags bob's run")
         .into_inner()
@@ -435,22 +436,18 @@ async fn tags_are_owner_scoped_and_filtered(backend: Backend) {
     assert_eq!(bobs, vec![on_bob_run]);
 
     for status in [
-        tags.get_tag(authed(
-            &bob_token,
-            pb::GetTagRequest {
+        server
+            .as_user(&bob_token)
+            .get_tag(pb::GetTagRequest {
                 id: on_run.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("foreign get"),
-        tags.delete_tag(authed(
-            &bob_token,
-            pb::DeleteTagRequest {
-                id: on_run.id.clone(),
-            },
-        ))
-        .await
-        .expect_err("foreign delete"),
+            })
+            .await
+            .expect_err("foreign get"),
+        server
+            .as_user(&bob_token)
+            .delete_tag(&on_run.id)
+            .await
+            .expect_err("foreign delete"),
     ] {
         assert_eq!(status.code(), Code::NotFound);
     }

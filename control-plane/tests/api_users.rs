@@ -4,33 +4,35 @@ mod support;
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::user_service_client::UserServiceClient;
-use support::{authed, violated_fields, Backend, TestServer};
+use support::{assert_code, violated_fields, Backend, TestServer};
 use tonic::Code;
 
 async fn call_without_token_is_unauthenticated(backend: Backend) {
     let server = TestServer::start(backend).await;
     let mut users = UserServiceClient::new(server.channel().await);
-    let status = users
-        .get_current_user(pb::GetCurrentUserRequest {})
-        .await
-        .expect_err("no token must be refused");
-    assert_eq!(status.code(), Code::Unauthenticated);
-    let status = users
-        .get_current_user(authed(
-            "coffer_not-a-real-token",
-            pb::GetCurrentUserRequest {},
-        ))
-        .await
-        .expect_err("bad token must be refused");
-    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_code(
+        users.get_current_user(pb::GetCurrentUserRequest {}).await,
+        Code::Unauthenticated,
+        "no token must be refused",
+    );
+    assert_code(
+        server
+            .as_user("coffer_not-a-real-token")
+            .users
+            .get_current_user(pb::GetCurrentUserRequest {})
+            .await,
+        Code::Unauthenticated,
+        "bad token must be refused",
+    );
 }
 
 async fn admin_creates_user_and_user_token_works(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (user, token) = server.create_user("alice").await;
-    let mut users = UserServiceClient::new(server.channel().await);
-    let me = users
-        .get_current_user(authed(&token, pb::GetCurrentUserRequest {}))
+    let me = server
+        .as_user(&token)
+        .users
+        .get_current_user(pb::GetCurrentUserRequest {})
         .await
         .expect("token works")
         .into_inner()
@@ -41,53 +43,58 @@ async fn admin_creates_user_and_user_token_works(backend: Backend) {
     assert!(!me.admin);
 
     // A non-admin may not create or list users, and cannot see other users.
-    let status = users
-        .list_users(authed(&token, pb::ListUsersRequest::default()))
-        .await
-        .expect_err("non-admin listing users");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        server
+            .as_user(&token)
+            .users
+            .list_users(pb::ListUsersRequest::default())
+            .await,
+        Code::PermissionDenied,
+        "non-admin listing users",
+    );
     let (bob, _) = server.create_user("bob").await;
-    let status = users
-        .get_user(authed(&token, pb::GetUserRequest { id: bob.id.clone() }))
-        .await
-        .expect_err("foreign user");
-    assert_eq!(status.code(), Code::NotFound);
+    assert_code(
+        server
+            .as_user(&token)
+            .get_user(pb::GetUserRequest { id: bob.id.clone() })
+            .await,
+        Code::NotFound,
+        "foreign user",
+    );
 }
 
 async fn duplicate_username_is_already_exists(backend: Backend) {
     let server = TestServer::start(backend).await;
     server.create_user("carol").await;
-    let mut users = UserServiceClient::new(server.channel().await);
-    let status = users
-        .create_user(authed(
-            &server.admin_token,
-            pb::CreateUserRequest {
+    assert_code(
+        server
+            .admin()
+            .users
+            .create_user(pb::CreateUserRequest {
                 user: Some(pb::User {
                     username: "carol".into(),
                     email: "other@example.com".into(),
                     ..Default::default()
                 }),
-            },
-        ))
-        .await
-        .expect_err("duplicate");
-    assert_eq!(status.code(), Code::AlreadyExists);
+            })
+            .await,
+        Code::AlreadyExists,
+        "duplicate",
+    );
 }
 
 async fn invalid_user_reports_each_field(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut users = UserServiceClient::new(server.channel().await);
-    let status = users
-        .create_user(authed(
-            &server.admin_token,
-            pb::CreateUserRequest {
-                user: Some(pb::User {
-                    username: "Not Valid".into(),
-                    email: "nope".into(),
-                    ..Default::default()
-                }),
-            },
-        ))
+    let status = server
+        .admin()
+        .users
+        .create_user(pb::CreateUserRequest {
+            user: Some(pb::User {
+                username: "Not Valid".into(),
+                email: "nope".into(),
+                ..Default::default()
+            }),
+        })
         .await
         .expect_err("invalid");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -101,22 +108,16 @@ async fn users_page_and_update_with_field_mask(backend: Backend) {
     for name in ["u1", "u2", "u3", "u4", "u5"] {
         server.create_user(name).await;
     }
-    let mut users = UserServiceClient::new(server.channel().await);
+    let mut users = server.admin().users;
     let mut seen = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = users
-            .list_users(authed(
-                &server.admin_token,
-                pb::ListUsersRequest {
-                    page_size: 2,
-                    page_token: page_token.clone(),
-                    username_prefix: "u".into(),
-                },
-            ))
-            .await
-            .expect("list")
-            .into_inner();
+        let request = pb::ListUsersRequest {
+            page_size: 2,
+            page_token: page_token.clone(),
+            username_prefix: "u".into(),
+        };
+        let page = users.list_users(request).await.expect("list").into_inner();
         assert!(page.users.len() <= 2);
         seen.extend(page.users.into_iter().map(|u| u.username));
         if page.next_page_token.is_empty() {
@@ -127,33 +128,28 @@ async fn users_page_and_update_with_field_mask(backend: Backend) {
     assert_eq!(seen, vec!["u1", "u2", "u3", "u4", "u5"]);
 
     let (dave, _) = server.create_user("dave").await;
-    let updated = users
-        .update_user(authed(
-            &server.admin_token,
-            pb::UpdateUserRequest {
-                user: Some(pb::User {
-                    id: dave.id.clone(),
-                    email: "dave@new.example.com".into(),
-                    username: "ignored-because-not-in-mask".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["email".into()],
-                }),
-            },
-        ))
+    let updated = server
+        .admin()
+        .update_user(pb::UpdateUserRequest {
+            user: Some(pb::User {
+                id: dave.id.clone(),
+                email: "dave@new.example.com".into(),
+                username: "ignored-because-not-in-mask".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["email".into()],
+            }),
+        })
         .await
-        .expect("update")
-        .into_inner()
-        .user
-        .expect("user");
+        .expect("update");
     assert_eq!(updated.email, "dave@new.example.com");
     assert_eq!(updated.username, "dave");
 
-    let status = users
-        .update_user(authed(
-            &server.admin_token,
-            pb::UpdateUserRequest {
+    assert_code(
+        server
+            .admin()
+            .update_user(pb::UpdateUserRequest {
                 user: Some(pb::User {
                     id: dave.id.clone(),
                     ..Default::default()
@@ -161,48 +157,55 @@ async fn users_page_and_update_with_field_mask(backend: Backend) {
                 update_mask: Some(prost_types::FieldMask {
                     paths: vec!["create_time".into()],
                 }),
-            },
-        ))
-        .await
-        .expect_err("immutable field");
-    assert_eq!(status.code(), Code::InvalidArgument);
+            })
+            .await,
+        Code::InvalidArgument,
+        "immutable field",
+    );
 }
 
 async fn revoked_token_stops_working(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("erin").await;
-    let mut users = UserServiceClient::new(server.channel().await);
-    let tokens = users
-        .list_api_tokens(authed(&token, pb::ListApiTokensRequest::default()))
+    let tokens = server
+        .as_user(&token)
+        .users
+        .list_api_tokens(pb::ListApiTokensRequest::default())
         .await
         .expect("list tokens")
         .into_inner()
         .tokens;
     assert_eq!(tokens.len(), 1);
-    users
-        .delete_api_token(authed(
-            &token,
-            pb::DeleteApiTokenRequest {
-                id: tokens[0].id.clone(),
-            },
-        ))
+    server
+        .as_user(&token)
+        .users
+        .delete_api_token(pb::DeleteApiTokenRequest {
+            id: tokens[0].id.clone(),
+        })
         .await
         .expect("revoke");
-    let status = users
-        .get_current_user(authed(&token, pb::GetCurrentUserRequest {}))
-        .await
-        .expect_err("revoked");
-    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_code(
+        server
+            .as_user(&token)
+            .users
+            .get_current_user(pb::GetCurrentUserRequest {})
+            .await,
+        Code::Unauthenticated,
+        "revoked",
+    );
 }
 
 async fn worker_token_cannot_call_user_services(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let mut users = UserServiceClient::new(server.channel().await);
-    let status = users
-        .get_current_user(authed(&server.worker_token, pb::GetCurrentUserRequest {}))
-        .await
-        .expect_err("worker token on user service");
-    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_code(
+        server
+            .as_user(&server.worker_token)
+            .users
+            .get_current_user(pb::GetCurrentUserRequest {})
+            .await,
+        Code::PermissionDenied,
+        "worker token on user service",
+    );
 }
 
 both_backends!(

@@ -10,9 +10,7 @@ use coffer_control_plane::catalog::leases::LeaseSettings;
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::lease_session_request::Message as Up;
 use coffer_proto::v1::lease_session_response::Message as Down;
-use pb::run_service_client::RunServiceClient;
-use pb::worker_service_client::WorkerServiceClient;
-use support::{authed, Backend, TestServer};
+use support::{Backend, TestServer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -36,12 +34,9 @@ impl ScriptedWorker {
             ..Default::default()
         };
         tx.send(up(Up::Hello(hello))).await.expect("send hello");
-        let mut client = WorkerServiceClient::new(server.channel().await);
-        let rx = client
-            .lease_session(authed(&server.worker_token, ReceiverStream::new(rx)))
-            .await
-            .expect("open session")
-            .into_inner();
+        let mut workers = server.as_worker().workers;
+        let rx = workers.lease_session(ReceiverStream::new(rx)).await;
+        let rx = rx.expect("open session").into_inner();
         let mut worker = ScriptedWorker { tx, rx };
         match worker.next().await {
             Down::Welcome(welcome) => assert!(!welcome.worker_id.is_empty()),
@@ -146,70 +141,29 @@ fn fast_leases() -> LeaseSettings {
 }
 
 async fn queue_backup(server: &TestServer, selector: &[(&str, &str)]) -> String {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    runs.create_run(authed(
-        &server.admin_token,
-        pb::CreateRunRequest {
-            spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
-                source_path: "/data/source".into(),
-                target: Some(pb::Target {
-                    destination: Some(pb::target::Destination::FilesystemPath(
-                        "/backups/scripted".into(),
-                    )),
-                }),
-                worker_selector: selector
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                ..Default::default()
-            })),
-            request_id: String::new(),
-        },
-    ))
-    .await
-    .expect("create run")
-    .into_inner()
-    .run
-    .expect("run")
-    .id
+    let spec = pb::create_run_request::Spec::Backup(pb::BackupSpec {
+        source_path: "/data/source".into(),
+        target: Some(pb::Target {
+            destination: Some(pb::target::Destination::FilesystemPath(
+                "/backups/scripted".into(),
+            )),
+        }),
+        worker_selector: selector
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    });
+    server.admin().queue_run(spec).await
 }
 
 /// Waits for a run to reach `state`, following WatchRun.
 async fn wait_for_state(server: &TestServer, id: &str, state: pb::RunState) -> pb::Run {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let mut stream = runs
-        .watch_run(authed(
-            &server.admin_token,
-            pb::WatchRunRequest { id: id.to_string() },
-        ))
+    let limit = Duration::from_secs(30);
+    server
+        .admin()
+        .wait_for_run(id, limit, |run| run.state == state as i32)
         .await
-        .expect("watch")
-        .into_inner();
-    let deadline = Duration::from_secs(30);
-    tokio::time::timeout(deadline, async {
-        loop {
-            // WatchRun ends after a final state; re-read in case the state we
-            // wait for is not final (e.g. QUEUED after a requeue).
-            match stream.message().await {
-                Ok(Some(update)) => {
-                    let run = update.run.expect("run");
-                    if run.state == state as i32 {
-                        return run;
-                    }
-                }
-                _ => {
-                    let run = server.get_run(id).await;
-                    assert_eq!(
-                        run.state, state as i32,
-                        "run ended in another state: {run:?}"
-                    );
-                    return run;
-                }
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("run {id} did not reach {state:?}"))
 }
 
 async fn queued_run_is_pushed_to_a_worker_with_credit(backend: Backend) {
@@ -273,21 +227,7 @@ async fn completion_retried_after_a_timeout_is_idempotent(backend: Backend) {
         worker.succeed(&lease, 0).await.accepted,
         "a repeated completion gets the same answer"
     );
-    let mut metadata = pb::backup_metadata_service_client::BackupMetadataServiceClient::new(
-        server.channel().await,
-    );
-    let records = metadata
-        .list_backup_metadata(authed(
-            &server.admin_token,
-            pb::ListBackupMetadataRequest {
-                run_id: run_id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("list metadata")
-        .into_inner()
-        .backup_metadata;
+    let records = server.admin().run_metadata(&run_id).await;
     assert_eq!(
         records.len(),
         1,
@@ -332,13 +272,7 @@ async fn cancellation_reaches_the_running_worker(backend: Backend) {
     worker.credit(1).await;
     let lease = worker.assignment().await;
 
-    let mut runs = RunServiceClient::new(server.channel().await);
-    runs.cancel_run(authed(
-        &server.admin_token,
-        pb::CancelRunRequest { id: run_id.clone() },
-    ))
-    .await
-    .expect("cancel");
+    server.admin().cancel_run(&run_id).await.expect("cancel");
     loop {
         if let Down::Revocation(revocation) = worker.next().await {
             assert_eq!(revocation.lease.expect("lease").run_id, run_id);
@@ -358,13 +292,7 @@ async fn cancelled_run_of_a_lost_worker_ends_cancelled(backend: Backend) {
     worker.credit(1).await;
     worker.assignment().await;
     drop(worker);
-    let mut runs = RunServiceClient::new(server.channel().await);
-    runs.cancel_run(authed(
-        &server.admin_token,
-        pb::CancelRunRequest { id: run_id.clone() },
-    ))
-    .await
-    .expect("cancel");
+    server.admin().cancel_run(&run_id).await.expect("cancel");
     wait_for_state(&server, &run_id, pb::RunState::Cancelled).await;
 }
 
@@ -432,6 +360,7 @@ async fn heartbeats_keep_a_lease_longer_than_its_ttl(backend: Backend) {
     // Three TTLs of work, heartbeating at a fifth of the TTL.
     for _ in 0..15 {
         worker.heartbeat(&lease).await;
+        // Time passing is the point: three TTLs go by on the catalog's clock.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let run = server.get_run(&run_id).await;
@@ -497,15 +426,9 @@ async fn staged_files_become_versions_only_when_the_attempt_succeeds(backend: Ba
     assert!(worker.ack().await.accepted);
     // The first attempt fails: nothing it staged becomes visible.
     assert!(worker.fail(&first, "network", true).await.accepted);
-    let mut objects = pb::object_service_client::ObjectServiceClient::new(server.channel().await);
-    let listed = objects
-        .list_objects(authed(
-            &server.admin_token,
-            pb::ListObjectsRequest::default(),
-        ))
-        .await
-        .expect("list objects")
-        .into_inner();
+    let mut objects = server.admin().objects;
+    let listed = objects.list_objects(pb::ListObjectsRequest::default());
+    let listed = listed.await.expect("list objects").into_inner();
     assert!(
         listed.objects.is_empty(),
         "failed attempt leaked objects: {listed:?}"
@@ -520,33 +443,21 @@ async fn staged_files_become_versions_only_when_the_attempt_succeeds(backend: Ba
     assert!(worker.ack().await.accepted);
     assert!(worker.succeed(&second, 1).await.accepted);
     wait_for_state(&server, &run_id, pb::RunState::Succeeded).await;
-    let files = objects
-        .list_snapshot_files(authed(
-            &server.admin_token,
-            pb::ListSnapshotFilesRequest {
-                run_id: run_id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("snapshot files")
-        .into_inner()
-        .files;
+    let snapshot = pb::ListSnapshotFilesRequest {
+        run_id: run_id.clone(),
+        ..Default::default()
+    };
+    let files = objects.list_snapshot_files(snapshot).await;
+    let files = files.expect("snapshot files").into_inner().files;
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].path, "docs/readme.txt");
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let errors = runs
-        .list_run_errors(authed(
-            &server.admin_token,
-            pb::ListRunErrorsRequest {
-                run_id: run_id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("run errors")
-        .into_inner()
-        .errors;
+    let errors = pb::ListRunErrorsRequest {
+        run_id: run_id.clone(),
+        ..Default::default()
+    };
+    let mut runs = server.admin().runs;
+    let errors = runs.list_run_errors(errors).await;
+    let errors = errors.expect("run errors").into_inner().errors;
     assert!(
         errors
             .iter()

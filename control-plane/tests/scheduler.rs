@@ -17,7 +17,6 @@ use coffer_control_plane::model::run::{Run, RunFilter};
 use coffer_control_plane::scheduler::cron::CronExpr;
 use coffer_control_plane::scheduler::{SchedulerSettings, SchedulerStatus};
 use coffer_proto::v1 as pb;
-use coffer_proto::v1::job_service_client::JobServiceClient;
 use coffer_proto::v1::run_service_client::RunServiceClient;
 use support::{authed, violated_fields, Backend, TestServer};
 use tonic::Code;
@@ -66,59 +65,37 @@ fn daily_job(name: &str, missed: pb::MissedRunPolicy, overlap: pb::OverlapPolicy
 }
 
 async fn create_job(server: &TestServer, token: &str, job: pb::Job) -> pb::Job {
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    jobs.create_job(authed(token, pb::CreateJobRequest { job: Some(job) }))
+    server
+        .as_user(token)
+        .create_job(job)
         .await
         .expect("create job")
-        .into_inner()
-        .job
-        .expect("job in response")
 }
 
 async fn get_job(server: &TestServer, token: &str, id: &str) -> pb::Job {
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    jobs.get_job(authed(token, pb::GetJobRequest { id: id.into() }))
+    server
+        .as_user(token)
+        .get_job(pb::GetJobRequest { id: id.into() })
         .await
         .expect("get job")
-        .into_inner()
-        .job
-        .expect("job in response")
 }
 
 async fn update_job(server: &TestServer, token: &str, job: pb::Job, paths: &[&str]) -> pb::Job {
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    jobs.update_job(authed(
-        token,
-        pb::UpdateJobRequest {
+    server
+        .as_user(token)
+        .update_job(pb::UpdateJobRequest {
             job: Some(job),
             update_mask: Some(prost_types::FieldMask {
                 paths: paths.iter().map(|p| p.to_string()).collect(),
             }),
-        },
-    ))
-    .await
-    .expect("update job")
-    .into_inner()
-    .job
-    .expect("job in response")
+        })
+        .await
+        .expect("update job")
 }
 
 /// Starts a run of `job` through the API, as a user would by hand.
 async fn start_by_hand(server: &TestServer, token: &str, job: &pb::Job) -> pb::Run {
-    let request = pb::CreateRunRequest {
-        spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
-            job_id: job.id.clone(),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    RunServiceClient::new(server.channel().await)
-        .create_run(authed(token, request))
-        .await
-        .expect("start a run by hand")
-        .into_inner()
-        .run
-        .expect("run in response")
+    server.as_user(token).start_backup(&job.id).await
 }
 
 fn job_id(job: &pb::Job) -> Uuid {
@@ -144,8 +121,7 @@ async fn runs_of(server: &TestServer, job: Uuid) -> Vec<Run> {
         after: None,
     };
     let (runs, _) = server
-        .state
-        .catalog
+        .catalog()
         .list_runs(None, &filter, page)
         .await
         .expect("list runs");
@@ -154,12 +130,11 @@ async fn runs_of(server: &TestServer, job: Uuid) -> Vec<Run> {
 
 /// Makes a job's tick due `ago` before now (the catalog's clock) and returns it.
 async fn make_due(server: &TestServer, job: Uuid, ago: chrono::Duration) -> DateTime<Utc> {
-    let now = server.state.catalog.now().await.expect("catalog clock");
+    let now = server.catalog().now().await.expect("catalog clock");
     // Whole milliseconds keep ticks distinct and exact on both backends.
     let tick = DateTime::from_timestamp_millis((now - ago).timestamp_millis()).expect("in range");
     server
-        .state
-        .catalog
+        .catalog()
         .set_next_run_time(job, tick)
         .await
         .expect("set next run time");
@@ -175,7 +150,7 @@ async fn wait_for(
 ) -> Vec<SchedulerStatus> {
     let mut receivers: Vec<_> = servers
         .iter()
-        .map(|server| server.state.scheduler.subscribe())
+        .map(|server| server.scheduler().subscribe())
         .collect();
     let waiting = async {
         loop {
@@ -203,7 +178,7 @@ async fn wait_for(
 async fn wait_rounds(servers: &[&TestServer], n: u64) {
     let start: Vec<u64> = servers
         .iter()
-        .map(|server| server.state.scheduler.status().rounds)
+        .map(|server| server.scheduler().status().rounds)
         .collect();
     wait_for(servers, "more scheduler rounds", |statuses| {
         statuses
@@ -267,10 +242,7 @@ async fn two_replicas_fire_each_tick_once() {
     // Give both replicas time to do anything more they might (they must not).
     wait_rounds(&replicas, 3).await;
 
-    let statuses = [
-        first.state.scheduler.status(),
-        second.state.scheduler.status(),
-    ];
+    let statuses = [first.scheduler().status(), second.scheduler().status()];
     assert_eq!(total(&statuses, |s| s.ticks), ticks);
     assert_eq!(total(&statuses, |s| s.runs_created), ticks);
     let runs = runs_of(&first, id).await;
@@ -285,7 +257,7 @@ async fn two_replicas_fire_each_tick_once() {
     }
     let job = get_job(&first, &token, &job.id).await;
     let next = time_of(job.next_run_time.as_ref().expect("next run time"));
-    assert!(next > first.state.catalog.now().await.expect("clock"));
+    assert!(next > first.catalog().now().await.expect("clock"));
 }
 
 /// Exactly-once holds in the data even if two schedulers believe they lead:
@@ -308,13 +280,13 @@ async fn simultaneous_firing_creates_one_run_per_tick(backend: Backend) {
     let grace = Duration::from_secs(60);
     for n in 1..=10 {
         make_due(&first, id, chrono::Duration::seconds(n)).await;
-        let now = first.state.catalog.now().await.expect("clock");
-        let due = first.state.catalog.due_ticks(now, 10).await.expect("scan");
+        let now = first.catalog().now().await.expect("clock");
+        let due = first.catalog().due_ticks(now, 10).await.expect("scan");
         assert_eq!(due.len(), 1);
         let tick = &due[0];
         let (a, b) = tokio::join!(
-            first.state.catalog.fire_tick(tick, now, grace, 3),
-            second.state.catalog.fire_tick(tick, now, grace, 3),
+            first.catalog().fire_tick(tick, now, grace, 3),
+            second.catalog().fire_tick(tick, now, grace, 3),
         );
         let fired: Vec<_> = [a.expect("fire"), b.expect("fire")]
             .into_iter()
@@ -324,8 +296,7 @@ async fn simultaneous_firing_creates_one_run_per_tick(backend: Backend) {
         let run = fired[0].run_id.expect("run created");
         // Finish the run so the next tick is not an overlap.
         first
-            .state
-            .catalog
+            .catalog()
             .cancel_run(run, "test")
             .await
             .expect("cancel");
@@ -341,10 +312,7 @@ async fn leadership_fails_over_when_the_leader_stops_or_dies() {
     wait_for(&[&first], "the first replica to lead", |s| s[0].leading).await;
     let second = first.start_replica().await;
     wait_rounds(&[&second], 2).await;
-    assert!(
-        !second.state.scheduler.status().leading,
-        "one leader at a time"
-    );
+    assert!(!second.scheduler().status().leading, "one leader at a time");
     let (_, token) = first.create_user("alice").await;
     let job = create_job(
         &first,
@@ -361,23 +329,21 @@ async fn leadership_fails_over_when_the_leader_stops_or_dies() {
     // A clean stop releases the lease: the other replica leads before the old
     // lease would have expired, and fires.
     let old_lease = first
-        .state
-        .catalog
+        .catalog()
         .scheduler_leader()
         .await
         .expect("lease")
         .expect("lease row");
-    assert_eq!(old_lease.holder, first.state.scheduler.holder());
+    assert_eq!(old_lease.holder, first.scheduler().holder());
     first.stop();
     wait_for(&[&second], "the second replica to lead", |s| s[0].leading).await;
     let new_lease = second
-        .state
-        .catalog
+        .catalog()
         .scheduler_leader()
         .await
         .expect("lease")
         .expect("lease row");
-    assert_eq!(new_lease.holder, second.state.scheduler.holder());
+    assert_eq!(new_lease.holder, second.scheduler().holder());
     assert_eq!(new_lease.term, old_lease.term + 1);
     assert!(
         new_lease.acquire_time < old_lease.expire_time,
@@ -393,7 +359,7 @@ async fn leadership_fails_over_when_the_leader_stops_or_dies() {
     assert_eq!(runs_of(&second, id).await.len(), 1);
 
     // A leader that died holds the lease until it expires; nobody fires meanwhile.
-    let catalog = &second.state.catalog;
+    let catalog = &second.catalog();
     let now = catalog.now().await.expect("clock");
     let dead_until = now + chrono::Duration::seconds(2);
     catalog
@@ -412,8 +378,7 @@ async fn leadership_fails_over_when_the_leader_stops_or_dies() {
     .await;
     let runs = runs_of(&second, id).await;
     second
-        .state
-        .catalog
+        .catalog()
         .cancel_run(runs[0].id, "test")
         .await
         .expect("cancel");
@@ -437,7 +402,7 @@ async fn leadership_fails_over_when_the_leader_stops_or_dies() {
         .await
         .expect("lease")
         .expect("lease row");
-    assert_eq!(lease.holder, second.state.scheduler.holder());
+    assert_eq!(lease.holder, second.scheduler().holder());
 }
 
 /// Ticks missed while no control plane was up: one run for all of them by
@@ -490,7 +455,7 @@ async fn missed_ticks_run_once_or_are_skipped(backend: Backend) {
     wait_rounds(&[&server], 2).await;
     assert_eq!(runs_of(&server, job_id(&run_once)).await.len(), 1);
     assert_eq!(runs_of(&server, job_id(&skip)).await.len(), 0);
-    let now = server.state.catalog.now().await.expect("clock");
+    let now = server.catalog().now().await.expect("clock");
     for job in [&run_once, &skip] {
         let job = get_job(&server, &token, &job.id).await;
         let next = time_of(job.next_run_time.as_ref().expect("next run time"));
@@ -573,7 +538,7 @@ async fn overlapping_ticks_are_skipped_or_queued(backend: Backend) {
 async fn next_run_time_follows_the_schedule(backend: Backend) {
     let server = TestServer::start_with_scheduler(backend, no_scheduler()).await;
     let (_, token) = server.create_user("alice").await;
-    let before = server.state.catalog.now().await.expect("clock");
+    let before = server.catalog().now().await.expect("clock");
     let created = create_job(
         &server,
         &token,
@@ -590,9 +555,10 @@ async fn next_run_time_follows_the_schedule(backend: Backend) {
     let next = time_of(created.next_run_time.as_ref().expect("next run time"));
     assert_eq!(next, expected);
 
-    let mut jobs = JobServiceClient::new(server.channel().await);
-    let listed = jobs
-        .list_jobs(authed(&token, pb::ListJobsRequest::default()))
+    let listed = server
+        .as_user(&token)
+        .jobs
+        .list_jobs(pb::ListJobsRequest::default())
         .await
         .expect("list")
         .into_inner()
@@ -639,7 +605,7 @@ async fn next_run_time_follows_the_schedule(backend: Backend) {
         .is_none());
 
     schedule.paused = false;
-    let resumed_at = server.state.catalog.now().await.expect("clock");
+    let resumed_at = server.catalog().now().await.expect("clock");
     let resumed = update_job(
         &server,
         &token,
@@ -660,7 +626,7 @@ async fn next_run_time_follows_the_schedule(backend: Backend) {
     // A new expression and zone move it.
     schedule.cron = "30 12 * * 1-5".into();
     schedule.time_zone = "America/New_York".into();
-    let changed_at = server.state.catalog.now().await.expect("clock");
+    let changed_at = server.catalog().now().await.expect("clock");
     let changed = update_job(
         &server,
         &token,
@@ -701,7 +667,6 @@ async fn next_run_time_follows_the_schedule(backend: Backend) {
 async fn bad_schedules_name_the_field(backend: Backend) {
     let server = TestServer::start_with_scheduler(backend, no_scheduler()).await;
     let (_, token) = server.create_user("alice").await;
-    let mut jobs = JobServiceClient::new(server.channel().await);
     let mut bad = daily_job(
         "bad",
         pb::MissedRunPolicy::Unspecified,
@@ -714,8 +679,9 @@ async fn bad_schedules_name_the_field(backend: Backend) {
         missed_run_policy: 9,
         overlap_policy: 9,
     });
-    let status = jobs
-        .create_job(authed(&token, pb::CreateJobRequest { job: Some(bad) }))
+    let status = server
+        .as_user(&token)
+        .create_job(bad)
         .await
         .expect_err("bad schedule");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -769,20 +735,18 @@ async fn bad_schedules_name_the_field(backend: Backend) {
             "job.schedule.overlap_policy",
         ),
     ] {
-        let status = jobs
-            .update_job(authed(
-                &token,
-                pb::UpdateJobRequest {
-                    job: Some(pb::Job {
-                        id: created.id.clone(),
-                        schedule: Some(schedule),
-                        ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["schedule".into()],
-                    }),
-                },
-            ))
+        let status = server
+            .as_user(&token)
+            .update_job(pb::UpdateJobRequest {
+                job: Some(pb::Job {
+                    id: created.id.clone(),
+                    schedule: Some(schedule),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["schedule".into()],
+                }),
+            })
             .await
             .expect_err("bad schedule update");
         assert_eq!(status.code(), Code::InvalidArgument);

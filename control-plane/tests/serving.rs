@@ -43,7 +43,7 @@ async fn health_is_not_serving_while_the_catalog_is_unreachable(backend: Backend
     wait_for_status(&server, "coffer.v1.JobService", ServingStatus::Serving).await;
 
     // Closing the pool makes every catalog call fail, as a lost database would.
-    server.state.catalog.close().await;
+    server.catalog().close().await;
     wait_for_status(&server, "", ServingStatus::NotServing).await;
     wait_for_status(&server, "coffer.v1.RunService", ServingStatus::NotServing).await;
 }

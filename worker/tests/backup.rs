@@ -5,6 +5,8 @@
 //! checks real outcomes: the bytes, modes and times on disk after a restore,
 //! the bytes stored, what a run reports.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -20,13 +22,11 @@ use coffer_format::{read_pack_entries, ChunkId};
 use coffer_proto::v1::{
     FileRecord, JobOptions, ResolvedBucket, ResolvedTarget, RunError, RunProgress,
 };
-use coffer_worker::backup::{run_backup, BackupPlan, BackupSummary, ParentSnapshot};
-use coffer_worker::gc::{run_gc, GcPlan, GcSummary};
-use coffer_worker::report::{RecordBatch, ReportError, Reporter, RunFailure, MAX_BATCH_RECORDS};
-use coffer_worker::repository::Repository;
-use coffer_worker::restore::{run_restore, RestorePlan, RestoreSummary};
-use coffer_worker::store::{Store, StoreError};
-use coffer_worker::verify::{run_verify, VerifyPlan, VerifySummary};
+use support::worker_api::{
+    run_backup, run_gc, run_restore, run_verify, BackupPlan, BackupSummary, GcPlan, GcSummary,
+    ParentSnapshot, RecordBatch, ReportError, Reporter, Repository, RestorePlan, RestoreSummary,
+    RunFailure, Store, StoreError, VerifyPlan, VerifySummary, MAX_BATCH_RECORDS,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

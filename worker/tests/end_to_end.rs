@@ -4,17 +4,18 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_control_plane::catalog::leases::LeaseSettings;
-use coffer_control_plane::testing::{authed, Backend, TestServer};
+use coffer_control_plane::testing::{Backend, TestServer};
 use coffer_proto::v1 as pb;
-use coffer_worker::store::Store;
+use support::worker_api::Store;
 use tokio_util::sync::CancellationToken;
 
 use support::{
-    assert_restorable, create_run, garage_bucket, noise, pack_bytes, run_to_success,
-    snapshot_files, wait_until_final, write, WorkerProcess,
+    assert_restorable, assert_succeeded, backup_job, backup_metadata, create_run, garage_bucket,
+    noise, pack_bytes, run_to_success, snapshot_files, wait_until_final, write, WorkerProcess,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,12 +40,7 @@ async fn worker_process_backs_up_a_tree_to_a_filesystem_target() {
     .await;
     let _worker = WorkerProcess::spawn(&server, "e2e-fs");
     let run = wait_until_final(&server, &run_id, Duration::from_secs(120)).await;
-    assert_eq!(
-        run.state,
-        pb::RunState::Succeeded as i32,
-        "run failed: {}",
-        run.error
-    );
+    assert_succeeded(&run);
 
     let files = snapshot_files(&server, &run_id).await;
     let mut paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
@@ -90,29 +86,20 @@ async fn worker_process_backs_up_a_tree_to_a_filesystem_target() {
     );
     assert!(target.path().join(format!("snapshots/{run_id}")).exists());
 
-    let mut metadata = pb::backup_metadata_service_client::BackupMetadataServiceClient::new(
-        server.channel().await,
-    );
-    let records = metadata
-        .list_backup_metadata(authed(
-            &server.admin_token,
-            pb::ListBackupMetadataRequest {
-                run_id: run_id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("metadata")
-        .into_inner()
-        .backup_metadata;
+    let records = backup_metadata(&server, &run_id).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].size_bytes, (3 << 20) + 2 * 13);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_killed_mid_upload_is_replaced_and_nothing_is_lost_or_duplicated() {
+/// A control plane with leases of `ttl` and a Garage bucket, six files of
+/// 48 MiB of noise (seeded from `seed`) and a backup of them queued:
+/// `(server, store, source, run id)`.
+async fn six_big_files_queued(
+    ttl: Duration,
+    seed: u64,
+) -> (TestServer, Arc<Store>, tempfile::TempDir, String) {
     let settings = LeaseSettings {
-        ttl: Duration::from_secs(3),
+        ttl,
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
         attempt_deadline: Duration::from_secs(600),
@@ -123,18 +110,20 @@ async fn worker_killed_mid_upload_is_replaced_and_nothing_is_lost_or_duplicated(
     for index in 0..6u64 {
         write(
             &source.path().join(format!("big-{index}.bin")),
-            &noise(48 << 20, index + 1),
+            &noise(48 << 20, index + seed),
         );
     }
-    let run_id = create_run(
-        &server,
-        source.path(),
-        pb::target::Destination::Bucket(pb::BucketTarget {
-            bucket_id,
-            prefix: "repo".into(),
-        }),
-    )
-    .await;
+    let target = pb::target::Destination::Bucket(pb::BucketTarget {
+        bucket_id,
+        prefix: "repo".into(),
+    });
+    let run_id = create_run(&server, source.path(), target).await;
+    (server, store, source, run_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_upload_is_replaced_and_nothing_is_lost_or_duplicated() {
+    let (server, store, source, run_id) = six_big_files_queued(Duration::from_secs(3), 1).await;
 
     let mut doomed = WorkerProcess::spawn(&server, "doomed");
     // Kill it as soon as its first pack lands in the bucket: it is
@@ -162,12 +151,7 @@ async fn worker_killed_mid_upload_is_replaced_and_nothing_is_lost_or_duplicated(
 
     let _replacement = WorkerProcess::spawn(&server, "replacement");
     let run = wait_until_final(&server, &run_id, Duration::from_secs(300)).await;
-    assert_eq!(
-        run.state,
-        pb::RunState::Succeeded as i32,
-        "run failed: {}",
-        run.error
-    );
+    assert_succeeded(&run);
     assert_eq!(run.attempt, 2, "the second attempt finished the run");
     assert_eq!(assert_restorable(&server, &run_id, source.path()).await, 6);
     // Packs the killed attempt had indexed are reused, not uploaded again:
@@ -182,58 +166,24 @@ async fn worker_killed_mid_upload_is_replaced_and_nothing_is_lost_or_duplicated(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_restart_mid_run_loses_nothing() {
-    let settings = LeaseSettings {
-        ttl: Duration::from_secs(15),
-        backoff_base: Duration::from_millis(100),
-        backoff_max: Duration::from_secs(1),
-        attempt_deadline: Duration::from_secs(600),
-    };
-    let server = TestServer::start_with_leases(Backend::Postgres, settings).await;
-    let (bucket_id, _store) = garage_bucket(&server).await;
-    let source = tempfile::tempdir().expect("source dir");
-    for index in 0..6u64 {
-        write(
-            &source.path().join(format!("part-{index}.bin")),
-            &noise(48 << 20, index + 100),
-        );
-    }
-    let run_id = create_run(
-        &server,
-        source.path(),
-        pb::target::Destination::Bucket(pb::BucketTarget {
-            bucket_id,
-            prefix: "repo".into(),
-        }),
-    )
-    .await;
+    let (server, _store, source, run_id) = six_big_files_queued(Duration::from_secs(15), 100).await;
     let _worker = WorkerProcess::spawn(&server, "steady");
     // Restart as soon as the worker holds the lease: the upload is in flight.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let run = server.get_run(&run_id).await;
-        if run.state == pb::RunState::Running as i32 {
-            break;
-        }
-        assert_eq!(
-            run.state,
-            pb::RunState::Queued as i32,
-            "unexpected state before the restart"
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run was never leased"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let leased = server
+        .admin()
+        .wait_for_run(&run_id, Duration::from_secs(120), |run| {
+            run.state != pb::RunState::Queued as i32
+        })
+        .await;
+    assert_eq!(
+        leased.state,
+        pb::RunState::Running as i32,
+        "unexpected state before the restart"
+    );
 
     let server = server.restart().await;
     let run = wait_until_final(&server, &run_id, Duration::from_secs(300)).await;
-    assert_eq!(
-        run.state,
-        pb::RunState::Succeeded as i32,
-        "run failed: {}",
-        run.error
-    );
+    assert_succeeded(&run);
     assert_eq!(
         run.attempt, 1,
         "the worker kept its lease across the restart"
@@ -254,14 +204,6 @@ async fn create_job(server: &TestServer, source: &std::path::Path, bucket_id: &s
         ..Default::default()
     };
     support::create_job(server, job).await
-}
-
-async fn run_job(server: &TestServer, job_id: &str) -> pb::Run {
-    let spec = pb::create_run_request::Spec::Backup(pb::BackupSpec {
-        job_id: job_id.into(),
-        ..Default::default()
-    });
-    run_to_success(server, spec).await
 }
 
 /// (path, kind, size, content hash) of every entry of a snapshot, sorted.
@@ -307,7 +249,7 @@ async fn job_snapshots_are_incremental_restorable_verifiable_and_rebuildable() {
     let job_id = create_job(&server, source.path(), &bucket_id).await;
     let _worker = WorkerProcess::spawn(&server, "e2e-incremental");
 
-    let first = run_job(&server, &job_id).await;
+    let first = backup_job(&server, &job_id).await;
     let old_tree = tempfile::tempdir().expect("old tree copy");
     copy_tree(source.path(), old_tree.path());
 
@@ -321,7 +263,7 @@ async fn job_snapshots_are_incremental_restorable_verifiable_and_rebuildable() {
         .expect("touch a.txt");
     std::fs::remove_file(source.path().join("docs/b.txt")).expect("remove b");
     write(&source.path().join("docs/c.txt"), b"c is new\n");
-    let second = run_job(&server, &job_id).await;
+    let second = backup_job(&server, &job_id).await;
 
     // The second snapshot is the new tree; the first is unchanged.
     let first_listing = listing(&server, &first.id).await;
@@ -332,21 +274,7 @@ async fn job_snapshots_are_incremental_restorable_verifiable_and_rebuildable() {
     assert!(!paths(&second_listing).contains(&"docs/b.txt".to_string()));
     assert!(paths(&second_listing).contains(&"docs/c.txt".to_string()));
     // Only the changed file was read again: the big file was carried over.
-    let mut metadata = pb::backup_metadata_service_client::BackupMetadataServiceClient::new(
-        server.channel().await,
-    );
-    let details = metadata
-        .list_backup_metadata(authed(
-            &server.admin_token,
-            pb::ListBackupMetadataRequest {
-                run_id: second.id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("metadata")
-        .into_inner()
-        .backup_metadata[0]
+    let details = backup_metadata(&server, &second.id).await[0]
         .details
         .clone();
     assert!(details.contains("2 files read"), "{details}");
@@ -378,26 +306,15 @@ async fn job_snapshots_are_incremental_restorable_verifiable_and_rebuildable() {
     let fresh_bucket =
         support::register_bucket(&fresh, &support::S3Server::shared(), &bucket_name).await;
     let _fresh_worker = WorkerProcess::spawn(&fresh, "e2e-rebuild");
-    let mut objects = pb::object_service_client::ObjectServiceClient::new(fresh.channel().await);
-    let rebuild_id = objects
-        .rebuild_catalog(authed(
-            &fresh.admin_token,
-            pb::RebuildCatalogRequest {
-                bucket_id: fresh_bucket,
-                prefix: "repo".into(),
-            },
-        ))
-        .await
-        .expect("rebuild")
-        .into_inner()
-        .run_id;
+    let rebuild = pb::RebuildCatalogRequest {
+        bucket_id: fresh_bucket,
+        prefix: "repo".into(),
+    };
+    let mut objects = fresh.admin().objects;
+    let rebuilt = objects.rebuild_catalog(rebuild).await.expect("rebuild");
+    let rebuild_id = rebuilt.into_inner().run_id;
     let rebuilt = wait_until_final(&fresh, &rebuild_id, Duration::from_secs(120)).await;
-    assert_eq!(
-        rebuilt.state,
-        pb::RunState::Succeeded as i32,
-        "rebuild failed: {}",
-        rebuilt.error
-    );
+    assert_succeeded(&rebuilt);
     assert_eq!(listing(&fresh, &first.id).await, first_listing);
     assert_eq!(listing(&fresh, &second.id).await, second_listing);
     assert_eq!(

@@ -9,14 +9,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use coffer_control_plane::catalog::leases::LeaseSettings;
-use coffer_control_plane::testing::{authed, Backend, TestServer};
+use coffer_control_plane::testing::{Backend, TestServer};
 use coffer_proto::v1 as pb;
-use pb::worker_service_client::WorkerServiceClient;
 use tokio_util::sync::CancellationToken;
 
 use support::{
-    assert_restorable, bucket_on, create_run, garage_bucket, noise, snapshot_files,
-    wait_until_final, write, OwnGarage, WorkerProcess,
+    assert_restorable, assert_succeeded, bucket_on, create_run, garage_bucket, noise,
+    registered_workers, snapshot_files, wait_until_final, worker_id, write, OwnGarage,
+    WorkerProcess,
 };
 
 fn fast_leases(ttl: Duration) -> LeaseSettings {
@@ -35,45 +35,8 @@ fn bucket_target(bucket_id: &str) -> pb::target::Destination {
     })
 }
 
-/// Waits until `condition` holds for the run, polling the catalog.
-async fn wait_for_run(
-    server: &TestServer,
-    run_id: &str,
-    what: &str,
-    condition: impl Fn(&pb::Run) -> bool,
-) -> pb::Run {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let run = server.get_run(run_id).await;
-        if condition(&run) {
-            return run;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; run is {run:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn worker_id(server: &TestServer, name: &str) -> Option<String> {
-    let mut workers = WorkerServiceClient::new(server.channel().await);
-    workers
-        .list_workers(authed(
-            &server.admin_token,
-            pb::ListWorkersRequest::default(),
-        ))
-        .await
-        .expect("list workers")
-        .into_inner()
-        .workers
-        .into_iter()
-        .find(|w| w.name == name)
-        .map(|w| w.id)
-}
-
 /// Waits until the first object appears under `prefix` in `store`.
-async fn wait_for_upload(store: &coffer_worker::store::Store, prefix: &str) -> usize {
+async fn wait_for_upload(store: &support::worker_api::Store, prefix: &str) -> usize {
     let cancel = CancellationToken::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
@@ -121,22 +84,19 @@ async fn zombie_worker_process_commits_nothing_while_the_new_owner_finishes() {
 
     // Its lease expires on the catalog's clock; a healthy worker takes over.
     let _owner = WorkerProcess::spawn_with(&server, "new-owner", 1, &[], None);
-    let taken_over = wait_for_run(&server, &run_id, "the second attempt", |run| {
-        run.attempt == 2 && run.state == pb::RunState::Running as i32
-    })
-    .await;
+    let taken_over = server
+        .admin()
+        .wait_for_run(&run_id, Duration::from_secs(120), |run| {
+            run.attempt == 2 && run.state == pb::RunState::Running as i32
+        })
+        .await;
     assert_ne!(taken_over.worker_id, zombie_id);
 
     // The zombie wakes up mid-upload while the new owner works and goes on
     // writing under its old lease token.
     zombie.signal("CONT");
     let run = wait_until_final(&server, &run_id, Duration::from_secs(300)).await;
-    assert_eq!(
-        run.state,
-        pb::RunState::Succeeded as i32,
-        "run failed: {}",
-        run.error
-    );
+    assert_succeeded(&run);
     assert_eq!(
         run.attempt, 2,
         "the new owner's attempt is the one committed"
@@ -198,12 +158,7 @@ async fn s3_outage_fails_the_run_with_a_clear_error_and_a_later_run_succeeds() {
     garage.restart().await;
     let retry_id = create_run(&server, source.path(), bucket_target(&bucket_id)).await;
     let run = wait_until_final(&server, &retry_id, Duration::from_secs(300)).await;
-    assert_eq!(
-        run.state,
-        pb::RunState::Succeeded as i32,
-        "run failed: {}",
-        run.error
-    );
+    assert_succeeded(&run);
     assert_eq!(
         assert_restorable(&server, &retry_id, source.path()).await,
         4
@@ -238,12 +193,7 @@ async fn eight_worker_processes_with_four_slots_execute_500_runs_exactly_once() 
 
     for (index, run_id) in run_ids.iter().enumerate() {
         let run = wait_until_final(&server, run_id, Duration::from_secs(600)).await;
-        assert_eq!(
-            run.state,
-            pb::RunState::Succeeded as i32,
-            "run {index} failed: {}",
-            run.error
-        );
+        assert_succeeded(&run);
         assert_eq!(run.attempt, 1, "run {index} was leased more than once");
         // Exactly one snapshot manifest in each run's own target.
         let snapshots = std::fs::read_dir(targets.path().join(format!("run-{index}/snapshots")))
@@ -252,16 +202,7 @@ async fn eight_worker_processes_with_four_slots_execute_500_runs_exactly_once() 
         assert_eq!(snapshots, 1, "run {index} wrote {snapshots} snapshots");
     }
 
-    let mut workers = WorkerServiceClient::new(server.channel().await);
-    let fleet = workers
-        .list_workers(authed(
-            &server.admin_token,
-            pb::ListWorkersRequest::default(),
-        ))
-        .await
-        .expect("list workers")
-        .into_inner()
-        .workers;
+    let fleet = registered_workers(&server).await;
     assert_eq!(
         fleet
             .iter()

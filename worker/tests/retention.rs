@@ -10,37 +10,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_control_plane::testing::{authed, Backend, TestServer};
+use coffer_control_plane::testing::{Backend, TestServer};
 use coffer_proto::v1 as pb;
-use coffer_worker::store::Store;
-use pb::retention_service_client::RetentionServiceClient;
-use pb::run_service_client::RunServiceClient;
+use support::worker_api::Store;
 use tonic::Code;
 
 use support::{
-    assert_restorable, garage_bucket, noise, pack_bytes, run_to_success, wait_until_final, write,
-    WorkerProcess,
+    assert_restorable, assert_succeeded, backup_job, garage_bucket, noise, pack_bytes,
+    run_to_success, wait_until_final, write, WorkerProcess,
 };
 
 async fn keep_last_policy(server: &TestServer, keep_last: i32) -> String {
-    let mut retention = RetentionServiceClient::new(server.channel().await);
-    retention
-        .create_retention_policy(authed(
-            &server.admin_token,
-            pb::CreateRetentionPolicyRequest {
-                retention_policy: Some(pb::RetentionPolicy {
-                    name: format!("keep-last-{keep_last}"),
-                    keep_last,
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .expect("create policy")
-        .into_inner()
-        .retention_policy
-        .expect("policy")
-        .id
+    let policy = pb::RetentionPolicy {
+        name: format!("keep-last-{keep_last}"),
+        keep_last,
+        ..Default::default()
+    };
+    let created = server.admin().create_retention_policy(policy).await;
+    created.expect("create policy").id
 }
 
 async fn create_job(
@@ -59,12 +46,17 @@ async fn create_job(
     support::create_job(server, job).await
 }
 
-async fn backup(server: &TestServer, job_id: &str) -> pb::Run {
-    let spec = pb::create_run_request::Spec::Backup(pb::BackupSpec {
-        job_id: job_id.into(),
+async fn plan_retention(server: &TestServer, job_id: &str) -> pb::PlanRetentionResponse {
+    let request = pb::PlanRetentionRequest {
+        job_id: job_id.to_string(),
         ..Default::default()
-    });
-    run_to_success(server, spec).await
+    };
+    let mut retention = server.admin().retention;
+    retention
+        .plan_retention(request)
+        .await
+        .expect("plan")
+        .into_inner()
 }
 
 async fn collect_garbage(server: &TestServer, target: &pb::Target) -> pb::Run {
@@ -118,23 +110,12 @@ async fn assert_apply_and_collect_give_space_back(
             &source.path().join(format!("big{round}.bin")),
             &noise(4 << 20, 40 + round),
         );
-        snapshots.push(backup(server, &job_id).await);
+        snapshots.push(backup_job(server, &job_id).await);
     }
     let newest = snapshots.last().expect("three snapshots").id.clone();
 
     // The plan keeps the newest only.
-    let mut retention = RetentionServiceClient::new(server.channel().await);
-    let plan = retention
-        .plan_retention(authed(
-            &server.admin_token,
-            pb::PlanRetentionRequest {
-                job_id: job_id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("plan")
-        .into_inner();
+    let plan = plan_retention(server, &job_id).await;
     let mut planned_removals: Vec<String> = plan
         .decisions
         .iter()
@@ -148,24 +129,15 @@ async fn assert_apply_and_collect_give_space_back(
 
     let with_all = pack_bytes(store).await;
     let newest_files = contents(server, &newest).await;
-    let applied = retention
-        .apply_retention(authed(
-            &server.admin_token,
-            pb::ApplyRetentionRequest {
-                job_id: job_id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("apply")
-        .into_inner();
+    let apply = pb::ApplyRetentionRequest {
+        job_id: job_id.clone(),
+        ..Default::default()
+    };
+    let mut retention = server.admin().retention;
+    let applied = retention.apply_retention(apply).await.expect("apply");
+    let applied = applied.into_inner();
     let applied = wait_until_final(server, &applied.run_id, Duration::from_secs(120)).await;
-    assert_eq!(
-        applied.state,
-        pb::RunState::Succeeded as i32,
-        "retention failed: {}",
-        applied.error
-    );
+    assert_succeeded(&applied);
     // Apply removed exactly what the plan listed.
     let Some(pb::run::Spec::Retention(spec)) = applied.spec else {
         panic!("a retention run carries a retention spec")
@@ -173,13 +145,10 @@ async fn assert_apply_and_collect_give_space_back(
     let mut removed = spec.removed_run_ids.clone();
     removed.sort();
     assert_eq!(removed, planned_removals);
-    let mut runs = RunServiceClient::new(server.channel().await);
     for id in &removed {
-        let status = runs
-            .get_run(authed(
-                &server.admin_token,
-                pb::GetRunRequest { id: id.clone() },
-            ))
+        let status = server
+            .admin()
+            .get_run(id)
             .await
             .expect_err("a removed snapshot is gone from the catalog");
         assert_eq!(status.code(), Code::NotFound);
@@ -193,17 +162,7 @@ async fn assert_apply_and_collect_give_space_back(
     // versions it shares with removed snapshots now start at it).
     assert_eq!(contents(server, &newest).await, newest_files);
     // Applying again removes nothing more.
-    let again = retention
-        .plan_retention(authed(
-            &server.admin_token,
-            pb::PlanRetentionRequest {
-                job_id: job_id.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("plan")
-        .into_inner();
+    let again = plan_retention(server, &job_id).await;
     assert_eq!(again.decisions.len(), 1);
     assert!(again.decisions[0].keep);
 
@@ -223,7 +182,7 @@ async fn assert_apply_and_collect_give_space_back(
 
     // A later backup still builds on the kept snapshot and restores.
     write(&source.path().join("later.txt"), b"after the collection\n");
-    let later = backup(server, &job_id).await;
+    let later = backup_job(server, &job_id).await;
     assert_eq!(assert_restorable(server, &later.id, source.path()).await, 3);
 }
 
@@ -269,51 +228,38 @@ async fn a_second_collection_of_a_repository_is_refused_while_one_is_queued() {
             repository.path().display().to_string(),
         )),
     };
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let request = || {
-        authed(
-            &server.admin_token,
-            pb::CreateRunRequest {
-                spec: Some(pb::create_run_request::Spec::GarbageCollection(
-                    pb::GarbageCollectionSpec {
-                        target: Some(target.clone()),
-                        ..Default::default()
-                    },
-                )),
-                request_id: String::new(),
-            },
-        )
+    let admin = server.admin();
+    let collection = || {
+        pb::create_run_request::Spec::GarbageCollection(pb::GarbageCollectionSpec {
+            target: Some(target.clone()),
+            ..Default::default()
+        })
     };
-    let first = runs.create_run(request()).await.expect("first collection");
-    let run = first.into_inner().run.expect("run");
+    let run = admin
+        .create_run(collection())
+        .await
+        .expect("first collection");
     let Some(pb::run::Spec::GarbageCollection(spec)) = run.spec else {
         panic!("a collection carries its spec")
     };
     assert_eq!(spec.grace_period.expect("grace").seconds, 3600);
     assert_eq!(spec.repack_threshold_percent, 50.0);
-    let refused = runs
-        .create_run(request())
+    let refused = admin
+        .create_run(collection())
         .await
         .expect_err("second refused");
     assert_eq!(refused.code(), Code::FailedPrecondition);
 
-    let bad = runs
-        .create_run(authed(
-            &server.admin_token,
-            pb::CreateRunRequest {
-                spec: Some(pb::create_run_request::Spec::GarbageCollection(
-                    pb::GarbageCollectionSpec {
-                        target: Some(target.clone()),
-                        grace_period: Some(prost_types::Duration {
-                            seconds: -1,
-                            nanos: 0,
-                        }),
-                        repack_threshold_percent: 150.0,
-                    },
-                )),
-                request_id: String::new(),
-            },
-        ))
+    let bad_values = pb::GarbageCollectionSpec {
+        target: Some(target.clone()),
+        grace_period: Some(prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        }),
+        repack_threshold_percent: 150.0,
+    };
+    let bad = admin
+        .create_run(pb::create_run_request::Spec::GarbageCollection(bad_values))
         .await
         .expect_err("bad values refused");
     assert_eq!(bad.code(), Code::InvalidArgument);
@@ -328,21 +274,16 @@ async fn a_second_collection_of_a_repository_is_refused_while_one_is_queued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_apply_after_backup_each_backup_prunes_its_job() {
     let server = TestServer::start(Backend::Sqlite).await;
-    let mut configurations =
-        pb::configuration_service_client::ConfigurationServiceClient::new(server.channel().await);
-    configurations
-        .create_configuration(authed(
-            &server.admin_token,
-            pb::CreateConfigurationRequest {
-                configuration: Some(pb::Configuration {
-                    key: "retention_apply_after_backup".into(),
-                    value: "true".into(),
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .expect("configure");
+    let apply_after_backup = pb::CreateConfigurationRequest {
+        configuration: Some(pb::Configuration {
+            key: "retention_apply_after_backup".into(),
+            value: "true".into(),
+            ..Default::default()
+        }),
+    };
+    let mut configurations = server.admin().configurations;
+    let configured = configurations.create_configuration(apply_after_backup);
+    configured.await.expect("configure");
     let repository = tempfile::tempdir().expect("repository dir");
     let target = pb::Target {
         destination: Some(pb::target::Destination::FilesystemPath(
@@ -355,23 +296,16 @@ async fn with_apply_after_backup_each_backup_prunes_its_job() {
     let job_id = create_job(&server, source.path(), target, &policy).await;
     let _worker = WorkerProcess::spawn(&server, "pruning");
 
-    let first = backup(&server, &job_id).await;
+    let first = backup_job(&server, &job_id).await;
     write(&source.path().join("a.txt"), b"second\n");
-    let second = backup(&server, &job_id).await;
+    let second = backup_job(&server, &job_id).await;
 
     // The retention run queued after the second backup removes the first.
-    let mut runs = RunServiceClient::new(server.channel().await);
+    // It is queued in the background once the backup has succeeded, and
+    // what is awaited is a run's removal, which WatchRun cannot report: poll.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let found = runs
-            .get_run(authed(
-                &server.admin_token,
-                pb::GetRunRequest {
-                    id: first.id.clone(),
-                },
-            ))
-            .await;
-        match found {
+        match server.admin().get_run(&first.id).await {
             Err(status) if status.code() == Code::NotFound => break,
             Ok(_) => {}
             Err(status) => panic!("get run: {status}"),

@@ -41,6 +41,8 @@ pub mod runs;
 pub mod scheduler;
 pub mod snapshots;
 pub mod tags;
+#[cfg(feature = "test-util")]
+mod test_support;
 pub mod users;
 pub mod workers;
 
@@ -365,15 +367,6 @@ impl Catalog {
                 .map_err(|e| from_sqlx(e, "catalog clock")),
             Pool::Sqlite(_) => Ok(Utc::now()),
         }
-    }
-
-    /// Runs one statement outside the typed API (test set-up, administration).
-    pub async fn execute_raw(&self, sql: &str) -> DomainResult<()> {
-        on_pool!(self, |pool| sqlx::query(sql)
-            .execute(pool)
-            .await
-            .map(|_| ()))
-        .map_err(|e| from_sqlx(e, "statement"))
     }
 
     /// Closes every connection.

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::error::from_sqlx;
 use super::placeholders::{list_placeholders, BATCH_ROWS};
-use super::{fetch_scoped, new_id, now_micros, on_pool, on_read_pool, Catalog, Page};
+use super::{fetch_scoped, on_pool, on_read_pool, Catalog, Page};
 use crate::error::{DomainError, DomainResult};
 use crate::model::object::{
     mtime_ns, parse_kind, BackupObject, DuplicateFile, DuplicateFilter, DuplicateGroup, EntryKind,
@@ -411,45 +411,6 @@ impl Catalog {
         })
         .map_err(|e| from_sqlx(e, "duplicates"))?;
         Ok((assemble_groups(groups, files), more))
-    }
-
-    /// Counts all object versions, for tests asserting that unchanged files
-    /// write nothing.
-    #[doc(hidden)]
-    pub async fn count_object_versions(&self) -> DomainResult<i64> {
-        on_read_pool!(self, |pool| sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM object_versions"
-        )
-        .fetch_one(pool)
-        .await)
-        .map_err(|e| from_sqlx(e, "object versions"))
-    }
-
-    /// Inserts a succeeded run without a spec, for tests that need snapshots
-    /// before the run machinery exists. Returns its id (a fresh UUIDv7).
-    #[doc(hidden)]
-    pub async fn insert_test_run(
-        &self,
-        owner_id: Uuid,
-        job_id: Option<Uuid>,
-        bucket_id: Option<Uuid>,
-    ) -> DomainResult<Uuid> {
-        let id = new_id();
-        let now = now_micros();
-        on_pool!(self, |pool| sqlx::query(
-            "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, max_attempts, \
-             not_before_time, create_time, update_time) \
-             VALUES ($1, $2, $3, 'backup', 'succeeded', '{}', $4, 1, $5, $5, $5)")
-            .bind(id)
-            .bind(owner_id)
-            .bind(job_id)
-            .bind(bucket_id)
-            .bind(now)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
-        .map_err(|e| from_sqlx(e, "run"))?;
-        Ok(id)
     }
 }
 

@@ -34,3 +34,42 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
 }
+
+/// Asserts that `status` is INVALID_ARGUMENT and that its `google.rpc.BadRequest`
+/// details name every one of `fields`; returns all the fields it names.
+pub fn assert_violations(status: &tonic::Status, fields: &[&str]) -> Vec<String> {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let named = violated_fields(status);
+    for field in fields {
+        assert!(
+            named.iter().any(|n| n == field),
+            "{field} missing in {named:?}"
+        );
+    }
+    named
+}
+
+/// Asserts that `result` failed with `code`; `what` says what was refused.
+pub fn assert_code<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    what: &str,
+) {
+    match result {
+        Ok(answer) => panic!("{what}: expected {code:?}, got {answer:?}"),
+        Err(status) => assert_eq!(status.code(), code, "{what}: {status:?}"),
+    }
+}
+
+/// Asserts that `result` failed naming exactly `fields` in its
+/// `google.rpc.BadRequest` details; `what` says what was refused.
+pub fn assert_violated<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    fields: &[&str],
+    what: &str,
+) {
+    match result {
+        Ok(answer) => panic!("{what}: expected a refusal, got {answer:?}"),
+        Err(status) => assert_eq!(violated_fields(&status), fields, "{what}"),
+    }
+}

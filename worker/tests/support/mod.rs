@@ -2,16 +2,18 @@
 //! processes, run helpers over the public API, and S3 buckets on Garage.
 #![allow(dead_code)] // each test binary uses a different subset
 
+#[allow(unused_imports)] // each test binary uses a different subset
+pub mod worker_api;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_control_plane::testing::{authed, TestServer};
+use coffer_control_plane::testing::TestServer;
 use coffer_proto::v1 as pb;
-use coffer_worker::store::Store;
-use pb::run_service_client::RunServiceClient;
 use tokio_util::sync::CancellationToken;
+use worker_api::Store;
 
 /// A `coffer-worker` child process, killed when dropped.
 pub struct WorkerProcess {
@@ -114,20 +116,7 @@ pub async fn create_run(
 
 /// Creates a run from `spec` as the admin; returns its id.
 pub async fn start_run(server: &TestServer, spec: pb::create_run_request::Spec) -> String {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    runs.create_run(authed(
-        &server.admin_token,
-        pb::CreateRunRequest {
-            spec: Some(spec),
-            request_id: String::new(),
-        },
-    ))
-    .await
-    .expect("create run")
-    .into_inner()
-    .run
-    .expect("run")
-    .id
+    server.admin().queue_run(spec).await
 }
 
 /// Creates a run from `spec` as the admin and waits (up to 5 minutes) until
@@ -135,67 +124,53 @@ pub async fn start_run(server: &TestServer, spec: pb::create_run_request::Spec) 
 pub async fn run_to_success(server: &TestServer, spec: pb::create_run_request::Spec) -> pb::Run {
     let id = start_run(server, spec).await;
     let run = wait_until_final(server, &id, Duration::from_secs(300)).await;
+    assert_succeeded(&run);
+    run
+}
+
+/// Fails the test with the run's error unless it has succeeded.
+pub fn assert_succeeded(run: &pb::Run) {
     assert_eq!(
         run.state,
         pb::RunState::Succeeded as i32,
-        "run failed: {}",
+        "run {} failed: {}",
+        run.id,
         run.error
     );
-    run
+}
+
+/// Backs up job `job_id` and waits until the backup has succeeded.
+pub async fn backup_job(server: &TestServer, job_id: &str) -> pb::Run {
+    let spec = pb::create_run_request::Spec::Backup(pb::BackupSpec {
+        job_id: job_id.into(),
+        ..Default::default()
+    });
+    run_to_success(server, spec).await
 }
 
 /// Creates `job` as the admin; returns its id.
 pub async fn create_job(server: &TestServer, job: pb::Job) -> String {
-    let mut jobs = pb::job_service_client::JobServiceClient::new(server.channel().await);
-    jobs.create_job(authed(
-        &server.admin_token,
-        pb::CreateJobRequest { job: Some(job) },
-    ))
-    .await
-    .expect("create job")
-    .into_inner()
-    .job
-    .expect("job")
-    .id
+    server.admin().create_job(job).await.expect("create job").id
 }
 
 /// Follows WatchRun until the run is final.
 pub async fn wait_until_final(server: &TestServer, id: &str, limit: Duration) -> pb::Run {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let mut stream = runs
-        .watch_run(authed(
-            &server.admin_token,
-            pb::WatchRunRequest { id: id.into() },
-        ))
-        .await
-        .expect("watch")
-        .into_inner();
-    tokio::time::timeout(limit, async {
-        let mut last = None;
-        while let Some(update) = stream.message().await.expect("watch stream") {
-            last = update.run;
-        }
-        last.expect("at least one update")
-    })
-    .await
-    .unwrap_or_else(|_| panic!("run {id} did not finish within {limit:?}"))
+    server.wait_until_final(id, limit).await
 }
 
 pub async fn snapshot_files(server: &TestServer, run_id: &str) -> Vec<pb::SnapshotFile> {
-    let mut objects = pb::object_service_client::ObjectServiceClient::new(server.channel().await);
+    let mut objects = server.admin().objects;
     let mut files = Vec::new();
     let mut page_token = String::new();
     loop {
+        let request = pb::ListSnapshotFilesRequest {
+            run_id: run_id.into(),
+            page_size: 1000,
+            page_token: page_token.clone(),
+            path_prefix: String::new(),
+        };
         let page = objects
-            .list_snapshot_files(authed(
-                &server.admin_token,
-                pb::ListSnapshotFilesRequest {
-                    run_id: run_id.into(),
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    path_prefix: String::new(),
-                },
-            ))
+            .list_snapshot_files(request)
             .await
             .expect("snapshot files")
             .into_inner();
@@ -209,26 +184,39 @@ pub async fn snapshot_files(server: &TestServer, run_id: &str) -> Vec<pb::Snapsh
 
 /// Queues a restore of snapshot `run_id` into `destination` and waits for it.
 pub async fn restore(server: &TestServer, run_id: &str, destination: &Path) -> pb::Run {
-    let mut runs = RunServiceClient::new(server.channel().await);
-    let restore_id = runs
-        .create_run(authed(
-            &server.admin_token,
-            pb::CreateRunRequest {
-                spec: Some(pb::create_run_request::Spec::Restore(pb::RestoreSpec {
-                    snapshot_run_id: run_id.into(),
-                    destination_path: destination.display().to_string(),
-                    ..Default::default()
-                })),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("create restore run")
-        .into_inner()
-        .run
-        .expect("run")
-        .id;
+    let spec = pb::create_run_request::Spec::Restore(pb::RestoreSpec {
+        snapshot_run_id: run_id.into(),
+        destination_path: destination.display().to_string(),
+        ..Default::default()
+    });
+    let restore_id = start_run(server, spec).await;
     wait_until_final(server, &restore_id, Duration::from_secs(300)).await
+}
+
+/// The records of `BackupMetadataService` for run `run_id`, as the admin.
+pub async fn backup_metadata(server: &TestServer, run_id: &str) -> Vec<pb::BackupMetadata> {
+    server.admin().run_metadata(run_id).await
+}
+
+/// The id of the registered worker called `name`, if there is one.
+pub async fn worker_id(server: &TestServer, name: &str) -> Option<String> {
+    registered_workers(server)
+        .await
+        .into_iter()
+        .find(|w| w.name == name)
+        .map(|w| w.id)
+}
+
+/// The workers registered with the control plane.
+pub async fn registered_workers(server: &TestServer) -> Vec<pb::Worker> {
+    server
+        .admin()
+        .workers
+        .list_workers(pb::ListWorkersRequest::default())
+        .await
+        .expect("list workers")
+        .into_inner()
+        .workers
 }
 
 /// Restores snapshot `run_id` through a restore run and checks that every
@@ -236,13 +224,7 @@ pub async fn restore(server: &TestServer, run_id: &str, destination: &Path) -> p
 /// number of files compared.
 pub async fn assert_restorable(server: &TestServer, run_id: &str, source: &Path) -> usize {
     let destination = tempfile::tempdir().expect("restore dir");
-    let run = restore(server, run_id, destination.path()).await;
-    assert_eq!(
-        run.state,
-        pb::RunState::Succeeded as i32,
-        "restore failed: {}",
-        run.error
-    );
+    assert_succeeded(&restore(server, run_id, destination.path()).await);
     let mut checked = 0;
     for file in snapshot_files(server, run_id).await {
         let version = file.version.expect("version");
@@ -417,30 +399,19 @@ impl Drop for OwnGarage {
 
 /// Registers the existing bucket `name` on `s3` with the control plane.
 pub async fn register_bucket(server: &TestServer, s3: &S3Server, name: &str) -> String {
-    let mut buckets = pb::bucket_service_client::BucketServiceClient::new(server.channel().await);
-    buckets
-        .create_bucket(authed(
-            &server.admin_token,
-            pb::CreateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    name: name.to_owned(),
-                    location: Some(pb::bucket::Location::S3(pb::S3Location {
-                        endpoint: s3.endpoint.clone(),
-                        bucket: name.to_owned(),
-                        region: s3.region.clone(),
-                        force_path_style: true,
-                        credentials_ref: s3.credentials_ref.clone(),
-                    })),
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .expect("register bucket")
-        .into_inner()
-        .bucket
-        .expect("bucket")
-        .id
+    let bucket = pb::Bucket {
+        name: name.to_owned(),
+        location: Some(pb::bucket::Location::S3(pb::S3Location {
+            endpoint: s3.endpoint.clone(),
+            bucket: name.to_owned(),
+            region: s3.region.clone(),
+            force_path_style: true,
+            credentials_ref: s3.credentials_ref.clone(),
+        })),
+        ..Default::default()
+    };
+    let created = server.admin().create_bucket(bucket).await;
+    created.expect("register bucket").id
 }
 
 /// A new bucket on the shared Garage, registered with the control plane.
@@ -476,28 +447,6 @@ pub async fn bucket_on(server: &TestServer, s3: &S3Server) -> (String, Arc<Store
         .await
         .expect("create bucket");
 
-    let mut buckets = pb::bucket_service_client::BucketServiceClient::new(server.channel().await);
-    let bucket = buckets
-        .create_bucket(authed(
-            &server.admin_token,
-            pb::CreateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    name: name.clone(),
-                    location: Some(pb::bucket::Location::S3(pb::S3Location {
-                        endpoint: s3.endpoint.clone(),
-                        bucket: name,
-                        region: s3.region.clone(),
-                        force_path_style: true,
-                        credentials_ref: s3.credentials_ref.clone(),
-                    })),
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .expect("register bucket")
-        .into_inner()
-        .bucket
-        .expect("bucket");
-    (bucket.id, Arc::new(store))
+    let bucket_id = register_bucket(server, s3, &name).await;
+    (bucket_id, Arc::new(store))
 }

@@ -86,15 +86,227 @@ fn reasons_by_run(plan: &RetentionPlan, runs: usize) -> Vec<Vec<&'static str>> {
         .collect()
 }
 
-struct Case {
-    name: &'static str,
-    rules: KeepRules,
-    /// Oldest first: `(UTC time, tags)`.
-    history: Vec<(&'static str, &'static [&'static str])>,
-    /// Reasons per snapshot in history order; empty means removed.
-    expected: Vec<&'static [&'static str]>,
+/// Keep rules written as `rule=value` words: `"keep_daily=2 time_zone=Asia/Tokyo"`;
+/// `keep_tags` takes a comma-separated list and `keep_within` seconds.
+fn parse_rules(text: &str) -> KeepRules {
+    let mut rules = KeepRules::default();
+    for word in text.split_whitespace() {
+        let (rule, value) = word
+            .split_once('=')
+            .unwrap_or_else(|| panic!("bad rule {word:?}"));
+        let count = || value.parse::<i32>().expect("a count");
+        match rule {
+            "keep_last" => rules.keep_last = count(),
+            "keep_hourly" => rules.keep_hourly = count(),
+            "keep_daily" => rules.keep_daily = count(),
+            "keep_weekly" => rules.keep_weekly = count(),
+            "keep_monthly" => rules.keep_monthly = count(),
+            "keep_yearly" => rules.keep_yearly = count(),
+            "keep_within" => rules.keep_within_seconds = value.parse().expect("seconds"),
+            "keep_tags" => rules.keep_tags = value.split(',').map(str::to_owned).collect(),
+            "time_zone" => rules.time_zone = value.to_owned(),
+            other => panic!("unknown rule {other:?}"),
+        }
+    }
+    rules
 }
 
+/// A history written as snapshots separated by `;`, oldest first, each a UTC
+/// time and its tags: `"2024-05-01T12:00:00Z pinned,env=prod; 2024-05-02T12:00:00Z"`.
+fn parse_history(text: &str) -> Vec<(&str, Vec<&str>)> {
+    text.split(';')
+        .map(|snapshot| {
+            let mut words = snapshot.split_whitespace();
+            let time = words.next().expect("a time");
+            let tags = words.flat_map(|w| w.split(',')).collect();
+            (time, tags)
+        })
+        .collect()
+}
+
+/// The reasons per snapshot written as words separated by `;`, with `-` for a
+/// removed snapshot: `"-; keep_daily; newest keep_daily"`.
+fn parse_reasons(text: &str) -> Vec<Vec<&str>> {
+    text.split(';')
+        .map(|reasons| {
+            reasons
+                .split_whitespace()
+                .filter(|reason| *reason != "-")
+                .collect()
+        })
+        .collect()
+}
+
+/// The reasons per snapshot of `history` under `rules`.
+fn reasons_under(rules: KeepRules, history: &str) -> Vec<Vec<&'static str>> {
+    let history = parse_history(history);
+    let history: Vec<(&str, &[&str])> = history
+        .iter()
+        .map(|(time, tags)| (*time, tags.as_slice()))
+        .collect();
+    let plan = plan_of(vec![group(Some(policy(rules)), &history)], vec![]);
+    reasons_by_run(&plan, history.len())
+}
+
+const DAILY: &str =
+    "2024-05-01T12:00:00Z; 2024-05-02T12:00:00Z; 2024-05-03T12:00:00Z; 2024-05-04T12:00:00Z";
+
+/// `(behaviour, rules, history, reasons per snapshot)`.
+const CASES: &[(&str, &str, &str, &str)] = &[
+    (
+        "keep_last keeps the newest n",
+        "keep_last=2",
+        DAILY,
+        "-; -; keep_last; newest keep_last",
+    ),
+    (
+        "keep_last larger than the history keeps everything",
+        "keep_last=10",
+        DAILY,
+        "keep_last; keep_last; keep_last; newest keep_last",
+    ),
+    (
+        "keep_daily keeps the newest of each day",
+        "keep_daily=2",
+        "2024-05-01T08:00:00Z; 2024-05-01T20:00:00Z; 2024-05-02T09:00:00Z; 2024-05-02T21:00:00Z; 2024-05-03T10:00:00Z",
+        "-; -; -; keep_daily; newest keep_daily",
+    ),
+    (
+        "keep_daily counts only days that have a snapshot",
+        "keep_daily=2",
+        "2024-01-01T12:00:00Z; 2024-01-05T12:00:00Z; 2024-01-10T12:00:00Z",
+        "-; keep_daily; newest keep_daily",
+    ),
+    (
+        "keep_hourly keeps the newest of each hour",
+        "keep_hourly=2",
+        "2024-05-01T10:05:00Z; 2024-05-01T10:55:00Z; 2024-05-01T11:10:00Z; 2024-05-01T12:00:00Z",
+        "-; -; keep_hourly; newest keep_hourly",
+    ),
+    (
+        "ISO week 1 of 2025 starts on Monday 30 December 2024",
+        "keep_weekly=2",
+        "2024-12-29T12:00:00Z; 2024-12-30T12:00:00Z; 2025-01-03T12:00:00Z",
+        "keep_weekly; -; newest keep_weekly",
+    ),
+    (
+        "Sunday 3 January 2021 is still in ISO week 53 of 2020",
+        "keep_weekly=2",
+        "2020-12-28T12:00:00Z; 2021-01-03T12:00:00Z; 2021-01-04T12:00:00Z",
+        "-; keep_weekly; newest keep_weekly",
+    ),
+    (
+        // 31 March 00:30 CET, 31 March 23:30 CEST, 1 April 00:30 CEST.
+        "Europe/Berlin spring-forward day has 23 hours",
+        "keep_daily=3 time_zone=Europe/Berlin",
+        "2024-03-30T23:30:00Z; 2024-03-31T21:30:00Z; 2024-03-31T22:30:00Z",
+        "-; keep_daily; newest keep_daily",
+    ),
+    (
+        "keep_within is relative to the newest snapshot, its limit excluded",
+        "keep_within=172800",
+        "2024-05-08T12:00:00Z; 2024-05-08T12:00:01Z; 2024-05-09T12:00:00Z; 2024-05-10T12:00:00Z",
+        "-; keep_within; keep_within; newest keep_within",
+    ),
+    (
+        "keep_within beyond the calendar keeps everything",
+        "keep_within=9223372036854775807",
+        DAILY,
+        "keep_within; keep_within; keep_within; newest keep_within",
+    ),
+    (
+        "keep_tags matches a key or a key and value",
+        "keep_tags=pinned,release=v1",
+        "2024-05-01T12:00:00Z pinned=forever; 2024-05-02T12:00:00Z release=v1,env=prod; 2024-05-03T12:00:00Z release=v2; 2024-05-04T12:00:00Z pinned; 2024-05-05T12:00:00Z",
+        "keep_tags; keep_tags; -; keep_tags; newest",
+    ),
+    (
+        "every rule that keeps a snapshot is listed",
+        "keep_last=1 keep_daily=1 keep_monthly=2 keep_tags=pinned",
+        "2024-04-20T12:00:00Z pinned; 2024-04-30T12:00:00Z; 2024-05-04T12:00:00Z pinned",
+        "keep_tags; keep_monthly; newest keep_last keep_daily keep_monthly keep_tags",
+    ),
+];
+
+/// `(behaviour, time zone, rules, history, reasons in UTC, reasons in the
+/// zone)`: where a calendar period begins depends on the zone.
+const ZONE_CASES: &[(&str, &str, &str, &str, &str, &str)] = &[
+    (
+        "23:30 UTC is the next day in Asia/Tokyo",
+        "Asia/Tokyo",
+        "keep_daily=2",
+        "2024-03-01T10:00:00Z; 2024-03-01T14:00:00Z; 2024-03-01T23:30:00Z",
+        "-; -; newest keep_daily",
+        "-; keep_daily; newest keep_daily",
+    ),
+    (
+        "31 Jan 23:30 UTC is February in Asia/Tokyo",
+        "Asia/Tokyo",
+        "keep_monthly=2",
+        "2024-01-15T12:00:00Z; 2024-01-31T10:00:00Z; 2024-01-31T23:30:00Z; 2024-02-10T12:00:00Z",
+        "-; -; keep_monthly; newest keep_monthly",
+        "-; keep_monthly; -; newest keep_monthly",
+    ),
+    (
+        "31 Dec 23:30 UTC is the new year in Europe/Berlin",
+        "Europe/Berlin",
+        "keep_yearly=2",
+        "2023-06-01T12:00:00Z; 2023-12-31T23:30:00Z; 2024-01-05T12:00:00Z",
+        "-; keep_yearly; newest keep_yearly",
+        "keep_yearly; -; newest keep_yearly",
+    ),
+    (
+        "at the Europe/Berlin fall-back 02:30 CEST and 02:30 CET share a local hour",
+        "Europe/Berlin",
+        "keep_hourly=2",
+        "2024-10-26T23:30:00Z; 2024-10-27T00:30:00Z; 2024-10-27T01:30:00Z",
+        "-; keep_hourly; newest keep_hourly",
+        "keep_hourly; -; newest keep_hourly",
+    ),
+];
+
+#[test]
+fn keep_rules_follow_restic_semantics() {
+    for (name, rules, history, expected) in CASES {
+        let reasons = reasons_under(parse_rules(rules), history);
+        assert_eq!(reasons, parse_reasons(expected), "{name}");
+    }
+}
+
+#[test]
+fn calendar_periods_begin_in_the_policy_time_zone() {
+    for (name, zone, rules, history, in_utc, in_zone) in ZONE_CASES {
+        let utc = reasons_under(parse_rules(rules), history);
+        assert_eq!(utc, parse_reasons(in_utc), "{name} (UTC)");
+        let zoned = KeepRules {
+            time_zone: (*zone).to_owned(),
+            ..parse_rules(rules)
+        };
+        let zoned = reasons_under(zoned, history);
+        assert_eq!(zoned, parse_reasons(in_zone), "{name}");
+    }
+}
+
+#[test]
+fn the_case_notation_reads_as_written() {
+    let rules = parse_rules("keep_last=1 keep_tags=a,b=c time_zone=Asia/Tokyo");
+    assert_eq!(rules.keep_last, 1);
+    assert_eq!(rules.keep_tags, vec!["a", "b=c"]);
+    assert_eq!(rules.time_zone, "Asia/Tokyo");
+    assert_eq!(
+        parse_history("2024-05-01T12:00:00Z a,b=c; 2024-05-02T12:00:00Z"),
+        vec![
+            ("2024-05-01T12:00:00Z", vec!["a", "b=c"]),
+            ("2024-05-02T12:00:00Z", vec![])
+        ]
+    );
+    assert_eq!(
+        parse_reasons("-; newest keep_last"),
+        vec![vec![], vec!["newest", "keep_last"]]
+    );
+}
+
+/// The history of [`DAILY`], for tests that build groups themselves.
 fn daily_history() -> Vec<(&'static str, &'static [&'static str])> {
     vec![
         ("2024-05-01T12:00:00Z", &[]),
@@ -102,270 +314,6 @@ fn daily_history() -> Vec<(&'static str, &'static [&'static str])> {
         ("2024-05-03T12:00:00Z", &[]),
         ("2024-05-04T12:00:00Z", &[]),
     ]
-}
-
-fn cases() -> Vec<Case> {
-    vec![
-        Case {
-            name: "keep_last keeps the newest n",
-            rules: rules(|r| r.keep_last = 2),
-            history: daily_history(),
-            expected: vec![&[], &[], &["keep_last"], &["newest", "keep_last"]],
-        },
-        Case {
-            name: "keep_last larger than the history keeps everything",
-            rules: rules(|r| r.keep_last = 10),
-            history: daily_history(),
-            expected: vec![
-                &["keep_last"],
-                &["keep_last"],
-                &["keep_last"],
-                &["newest", "keep_last"],
-            ],
-        },
-        Case {
-            name: "keep_daily keeps the newest of each day",
-            rules: rules(|r| r.keep_daily = 2),
-            history: vec![
-                ("2024-05-01T08:00:00Z", &[]),
-                ("2024-05-01T20:00:00Z", &[]),
-                ("2024-05-02T09:00:00Z", &[]),
-                ("2024-05-02T21:00:00Z", &[]),
-                ("2024-05-03T10:00:00Z", &[]),
-            ],
-            expected: vec![&[], &[], &[], &["keep_daily"], &["newest", "keep_daily"]],
-        },
-        Case {
-            name: "keep_daily counts only days that have a snapshot",
-            rules: rules(|r| r.keep_daily = 2),
-            history: vec![
-                ("2024-01-01T12:00:00Z", &[]),
-                ("2024-01-05T12:00:00Z", &[]),
-                ("2024-01-10T12:00:00Z", &[]),
-            ],
-            expected: vec![&[], &["keep_daily"], &["newest", "keep_daily"]],
-        },
-        Case {
-            name: "keep_hourly keeps the newest of each hour",
-            rules: rules(|r| r.keep_hourly = 2),
-            history: vec![
-                ("2024-05-01T10:05:00Z", &[]),
-                ("2024-05-01T10:55:00Z", &[]),
-                ("2024-05-01T11:10:00Z", &[]),
-                ("2024-05-01T12:00:00Z", &[]),
-            ],
-            expected: vec![&[], &[], &["keep_hourly"], &["newest", "keep_hourly"]],
-        },
-        Case {
-            name: "days are UTC days without a time zone",
-            rules: rules(|r| r.keep_daily = 2),
-            history: vec![
-                ("2024-03-01T10:00:00Z", &[]),
-                ("2024-03-01T14:00:00Z", &[]),
-                ("2024-03-01T23:30:00Z", &[]),
-            ],
-            expected: vec![&[], &[], &["newest", "keep_daily"]],
-        },
-        Case {
-            name: "23:30 UTC is the next day in Asia/Tokyo",
-            rules: rules(|r| {
-                r.keep_daily = 2;
-                r.time_zone = "Asia/Tokyo".into();
-            }),
-            history: vec![
-                ("2024-03-01T10:00:00Z", &[]),
-                ("2024-03-01T14:00:00Z", &[]),
-                ("2024-03-01T23:30:00Z", &[]),
-            ],
-            expected: vec![&[], &["keep_daily"], &["newest", "keep_daily"]],
-        },
-        Case {
-            name: "month boundary in UTC",
-            rules: rules(|r| r.keep_monthly = 2),
-            history: vec![
-                ("2024-01-15T12:00:00Z", &[]),
-                ("2024-01-31T10:00:00Z", &[]),
-                ("2024-01-31T23:30:00Z", &[]),
-                ("2024-02-10T12:00:00Z", &[]),
-            ],
-            expected: vec![&[], &[], &["keep_monthly"], &["newest", "keep_monthly"]],
-        },
-        Case {
-            name: "month boundary in Asia/Tokyo: 31 Jan 23:30 UTC is February",
-            rules: rules(|r| {
-                r.keep_monthly = 2;
-                r.time_zone = "Asia/Tokyo".into();
-            }),
-            history: vec![
-                ("2024-01-15T12:00:00Z", &[]),
-                ("2024-01-31T10:00:00Z", &[]),
-                ("2024-01-31T23:30:00Z", &[]),
-                ("2024-02-10T12:00:00Z", &[]),
-            ],
-            expected: vec![&[], &["keep_monthly"], &[], &["newest", "keep_monthly"]],
-        },
-        Case {
-            name: "year boundary in UTC",
-            rules: rules(|r| r.keep_yearly = 2),
-            history: vec![
-                ("2023-06-01T12:00:00Z", &[]),
-                ("2023-12-31T23:30:00Z", &[]),
-                ("2024-01-05T12:00:00Z", &[]),
-            ],
-            expected: vec![&[], &["keep_yearly"], &["newest", "keep_yearly"]],
-        },
-        Case {
-            name: "year boundary in Europe/Berlin: 31 Dec 23:30 UTC is the new year",
-            rules: rules(|r| {
-                r.keep_yearly = 2;
-                r.time_zone = "Europe/Berlin".into();
-            }),
-            history: vec![
-                ("2023-06-01T12:00:00Z", &[]),
-                ("2023-12-31T23:30:00Z", &[]),
-                ("2024-01-05T12:00:00Z", &[]),
-            ],
-            expected: vec![&["keep_yearly"], &[], &["newest", "keep_yearly"]],
-        },
-        Case {
-            name: "ISO week 1 of 2025 starts on Monday 30 December 2024",
-            rules: rules(|r| r.keep_weekly = 2),
-            history: vec![
-                ("2024-12-29T12:00:00Z", &[]),
-                ("2024-12-30T12:00:00Z", &[]),
-                ("2025-01-03T12:00:00Z", &[]),
-            ],
-            expected: vec![&["keep_weekly"], &[], &["newest", "keep_weekly"]],
-        },
-        Case {
-            name: "Sunday 3 January 2021 is still in ISO week 53 of 2020",
-            rules: rules(|r| r.keep_weekly = 2),
-            history: vec![
-                ("2020-12-28T12:00:00Z", &[]),
-                ("2021-01-03T12:00:00Z", &[]),
-                ("2021-01-04T12:00:00Z", &[]),
-            ],
-            expected: vec![&[], &["keep_weekly"], &["newest", "keep_weekly"]],
-        },
-        Case {
-            name: "UTC hours around the Berlin fall-back",
-            rules: rules(|r| r.keep_hourly = 2),
-            history: vec![
-                ("2024-10-26T23:30:00Z", &[]),
-                ("2024-10-27T00:30:00Z", &[]),
-                ("2024-10-27T01:30:00Z", &[]),
-            ],
-            expected: vec![&[], &["keep_hourly"], &["newest", "keep_hourly"]],
-        },
-        Case {
-            name: "Europe/Berlin fall-back: 02:30 CEST and 02:30 CET share a local hour",
-            rules: rules(|r| {
-                r.keep_hourly = 2;
-                r.time_zone = "Europe/Berlin".into();
-            }),
-            history: vec![
-                ("2024-10-26T23:30:00Z", &[]),
-                ("2024-10-27T00:30:00Z", &[]),
-                ("2024-10-27T01:30:00Z", &[]),
-            ],
-            expected: vec![&["keep_hourly"], &[], &["newest", "keep_hourly"]],
-        },
-        Case {
-            name: "Europe/Berlin spring-forward day has 23 hours",
-            rules: rules(|r| {
-                r.keep_daily = 3;
-                r.time_zone = "Europe/Berlin".into();
-            }),
-            history: vec![
-                // 31 March 00:30 CET, 31 March 23:30 CEST, 1 April 00:30 CEST.
-                ("2024-03-30T23:30:00Z", &[]),
-                ("2024-03-31T21:30:00Z", &[]),
-                ("2024-03-31T22:30:00Z", &[]),
-            ],
-            expected: vec![&[], &["keep_daily"], &["newest", "keep_daily"]],
-        },
-        Case {
-            name: "keep_within is relative to the newest snapshot, its limit excluded",
-            rules: rules(|r| r.keep_within_seconds = 2 * 86_400),
-            history: vec![
-                ("2024-05-08T12:00:00Z", &[]),
-                ("2024-05-08T12:00:01Z", &[]),
-                ("2024-05-09T12:00:00Z", &[]),
-                ("2024-05-10T12:00:00Z", &[]),
-            ],
-            expected: vec![
-                &[],
-                &["keep_within"],
-                &["keep_within"],
-                &["newest", "keep_within"],
-            ],
-        },
-        Case {
-            name: "keep_within beyond the calendar keeps everything",
-            rules: rules(|r| r.keep_within_seconds = i64::MAX),
-            history: daily_history(),
-            expected: vec![
-                &["keep_within"],
-                &["keep_within"],
-                &["keep_within"],
-                &["newest", "keep_within"],
-            ],
-        },
-        Case {
-            name: "keep_tags matches a key or a key and value",
-            rules: rules(|r| r.keep_tags = vec!["pinned".into(), "release=v1".into()]),
-            history: vec![
-                ("2024-05-01T12:00:00Z", &["pinned=forever"]),
-                ("2024-05-02T12:00:00Z", &["release=v1", "env=prod"]),
-                ("2024-05-03T12:00:00Z", &["release=v2"]),
-                ("2024-05-04T12:00:00Z", &["pinned"]),
-                ("2024-05-05T12:00:00Z", &[]),
-            ],
-            expected: vec![
-                &["keep_tags"],
-                &["keep_tags"],
-                &[],
-                &["keep_tags"],
-                &["newest"],
-            ],
-        },
-        Case {
-            name: "every rule that keeps a snapshot is listed",
-            rules: rules(|r| {
-                r.keep_last = 1;
-                r.keep_daily = 1;
-                r.keep_monthly = 2;
-                r.keep_tags = vec!["pinned".into()];
-            }),
-            history: vec![
-                ("2024-04-20T12:00:00Z", &["pinned"]),
-                ("2024-04-30T12:00:00Z", &[]),
-                ("2024-05-04T12:00:00Z", &["pinned"]),
-            ],
-            expected: vec![
-                &["keep_tags"],
-                &["keep_monthly"],
-                &[
-                    "newest",
-                    "keep_last",
-                    "keep_daily",
-                    "keep_monthly",
-                    "keep_tags",
-                ],
-            ],
-        },
-    ]
-}
-
-#[test]
-fn keep_rules_follow_restic_semantics() {
-    for case in cases() {
-        let runs = case.history.len();
-        assert_eq!(case.expected.len(), runs, "{}: table shape", case.name);
-        let plan = plan_of(vec![group(Some(policy(case.rules)), &case.history)], vec![]);
-        let expected: Vec<Vec<&str>> = case.expected.iter().map(|r| r.to_vec()).collect();
-        assert_eq!(reasons_by_run(&plan, runs), expected, "{}", case.name);
-    }
 }
 
 #[test]
@@ -520,10 +468,37 @@ fn object_with(holds: Vec<ObjectHold>) -> RetainedObject {
 
 fn legal_hold(held: Held) -> ObjectHold {
     ObjectHold {
-        held,
         legal_hold: true,
+        ..hold(held)
+    }
+}
+
+/// A retention of `held` that holds nothing until its fields are set.
+fn hold(held: Held) -> ObjectHold {
+    ObjectHold {
+        held,
+        legal_hold: false,
         retain_until_time: None,
         policy: None,
+    }
+}
+
+/// A retention of `held` until `time`.
+fn retained_until(held: Held, time: &str) -> ObjectHold {
+    ObjectHold {
+        retain_until_time: Some(at(time)),
+        ..hold(held)
+    }
+}
+
+/// A retention of `held` by an object policy of `rules`.
+fn object_policy(held: Held, rules: KeepRules) -> ObjectHold {
+    ObjectHold {
+        policy: Some(ObjectPolicy {
+            id: Uuid::from_u128(0xabc),
+            rules,
+        }),
+        ..hold(held)
     }
 }
 
@@ -531,61 +506,37 @@ fn keep_last_one() -> Option<AppliedPolicy> {
     Some(policy(rules(|r| r.keep_last = 1)))
 }
 
+/// The reasons per snapshot of [`six_days`] under keep-last-1 with one object
+/// of job 1 retained by `holds`.
+fn six_days_with(holds: Vec<ObjectHold>) -> Vec<Vec<&'static str>> {
+    let plan = plan_of(
+        vec![group(keep_last_one(), &six_days())],
+        vec![object_with(holds)],
+    );
+    reasons_by_run(&plan, 6)
+}
+
 #[test]
 fn a_held_version_keeps_the_newest_snapshot_containing_it() {
     // Version a1 is valid in runs 2 and 3 (run 4 replaced it).
-    let plan = plan_of(
-        vec![group(keep_last_one(), &six_days())],
-        vec![object_with(vec![legal_hold(Held::Version(
-            Uuid::from_u128(0xa1),
-        ))])],
-    );
     assert_eq!(
-        reasons_by_run(&plan, 6),
-        vec![
-            vec![],
-            vec![],
-            vec![],
-            vec!["legal_hold"],
-            vec![],
-            vec!["newest", "keep_last"],
-        ]
+        six_days_with(vec![legal_hold(Held::Version(Uuid::from_u128(0xa1),))]),
+        parse_reasons("-; -; -; legal_hold; -; newest keep_last")
     );
 }
 
 #[test]
 fn a_held_object_keeps_a_snapshot_of_every_version() {
-    let until = ObjectHold {
-        held: Held::Object,
-        legal_hold: false,
-        retain_until_time: Some(at("2030-01-01T00:00:00Z")),
-        policy: None,
-    };
-    let plan = plan_of(
-        vec![group(keep_last_one(), &six_days())],
-        vec![object_with(vec![until])],
-    );
+    let until = retained_until(Held::Object, "2030-01-01T00:00:00Z");
     assert_eq!(
-        reasons_by_run(&plan, 6),
-        vec![
-            vec![],
-            vec!["retain_until"],
-            vec![],
-            vec!["retain_until"],
-            vec![],
-            vec!["newest", "keep_last", "retain_until"],
-        ]
+        six_days_with(vec![until]),
+        parse_reasons("-; retain_until; -; retain_until; -; newest keep_last retain_until")
     );
 }
 
 #[test]
 fn an_expired_retain_until_date_holds_nothing() {
-    let expired = ObjectHold {
-        held: Held::Object,
-        legal_hold: false,
-        retain_until_time: Some(at("2025-05-31T23:59:59Z")),
-        policy: None,
-    };
+    let expired = retained_until(Held::Object, "2025-05-31T23:59:59Z");
     let plan = plan_of(
         vec![group(keep_last_one(), &six_days())],
         vec![object_with(vec![expired])],
@@ -643,29 +594,10 @@ fn snapshots_without_a_job_keep_the_whole_range_of_a_hold() {
 fn an_object_policy_keeps_the_versions_it_selects() {
     // Over the versions a0 (run 0), a1 (run 2), a2 (run 4): keep_last 2
     // keeps a2 and a1, so the newest snapshots containing them survive.
-    let object_policy = ObjectHold {
-        held: Held::Object,
-        legal_hold: false,
-        retain_until_time: None,
-        policy: Some(ObjectPolicy {
-            id: Uuid::from_u128(0xabc),
-            rules: rules(|r| r.keep_last = 2),
-        }),
-    };
-    let plan = plan_of(
-        vec![group(keep_last_one(), &six_days())],
-        vec![object_with(vec![object_policy])],
-    );
+    let keep_two = object_policy(Held::Object, rules(|r| r.keep_last = 2));
     assert_eq!(
-        reasons_by_run(&plan, 6),
-        vec![
-            vec![],
-            vec![],
-            vec![],
-            vec!["object_policy"],
-            vec![],
-            vec!["newest", "keep_last", "object_policy"],
-        ]
+        six_days_with(vec![keep_two]),
+        parse_reasons("-; -; -; object_policy; -; newest keep_last object_policy")
     );
 }
 
@@ -674,44 +606,27 @@ fn an_object_policy_dates_versions_by_their_first_snapshot() {
     // Versions first seen on 1, 3 and 5 May (all recorded on 1 January):
     // keep_within one day keeps only a2, so the dates come from the
     // snapshots; keep_tags picks a0 by the version's own tag.
-    let mut object = object_with(vec![ObjectHold {
-        held: Held::Object,
-        legal_hold: false,
-        retain_until_time: None,
-        policy: Some(ObjectPolicy {
-            id: Uuid::from_u128(0xabc),
-            rules: rules(|r| {
-                r.keep_within_seconds = 86_400;
-                r.keep_tags = vec!["audit".into()];
-            }),
-        }),
-    }]);
+    let within_a_day_or_audit = rules(|r| {
+        r.keep_within_seconds = 86_400;
+        r.keep_tags = vec!["audit".into()];
+    });
+    let mut object = object_with(vec![object_policy(Held::Object, within_a_day_or_audit)]);
     object.versions[0].tags = tags(&["audit=2024"]);
-    let plan = plan_of(vec![group(keep_last_one(), &six_days())], vec![object]);
     assert_eq!(
-        reasons_by_run(&plan, 6),
-        vec![
-            vec![],
-            vec!["object_policy"],
-            vec![],
-            vec![],
-            vec![],
-            vec!["newest", "keep_last", "object_policy"],
-        ]
+        reasons_by_run(
+            &plan_of(vec![group(keep_last_one(), &six_days())], vec![object]),
+            6
+        ),
+        parse_reasons("-; object_policy; -; -; -; newest keep_last object_policy")
     );
 }
 
 #[test]
 fn a_version_retention_with_a_policy_keeps_only_that_version() {
-    let hold = ObjectHold {
-        held: Held::Version(Uuid::from_u128(0xa0)),
-        legal_hold: false,
-        retain_until_time: None,
-        policy: Some(ObjectPolicy {
-            id: Uuid::from_u128(0xabc),
-            rules: rules(|r| r.keep_last = 3),
-        }),
-    };
+    let hold = object_policy(
+        Held::Version(Uuid::from_u128(0xa0)),
+        rules(|r| r.keep_last = 3),
+    );
     let plan = plan_of(
         vec![group(keep_last_one(), &six_days())],
         vec![object_with(vec![hold])],
@@ -735,12 +650,7 @@ fn held_versions_survive_every_policy() {
     let holds = [
         legal_hold(Held::Version(Uuid::from_u128(0xa0))),
         legal_hold(Held::Object),
-        ObjectHold {
-            held: Held::Version(Uuid::from_u128(0xa0)),
-            legal_hold: false,
-            retain_until_time: Some(at("2025-06-01T00:00:01Z")),
-            policy: None,
-        },
+        retained_until(Held::Version(Uuid::from_u128(0xa0)), "2025-06-01T00:00:01Z"),
     ];
     for rules in policies {
         for hold in &holds {

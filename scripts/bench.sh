@@ -357,7 +357,7 @@ coffer_run() {
 }
 
 coffer_backup() { # phase key
-  local before after since bs
+  local before after since
   before=$(catalog_rows)
   drop_caches
   since=$(date +%s.%N)
@@ -366,49 +366,52 @@ coffer_backup() { # phase key
   after=$(catalog_rows)
   rec "$2.rows_objects" "$(( ${after% *} - ${before% *} ))"
   rec "$2.rows_versions" "$(( ${after#* } - ${before#* } ))"
-  bs=$(bucket_stats coffer-bench "$since")
-  rec "$2.uploaded" "$(cut -d' ' -f3 <<<"$bs")"
-  rec "$2.uploaded_objects" "$(cut -d' ' -f4 <<<"$bs")"
-  rec "$2.bucket_bytes" "$(cut -d' ' -f1 <<<"$bs")"
+  record_uploads "$2" coffer-bench "$since"
+}
+
+# record_uploads KEY BUCKET SINCE_EPOCH: what a step added to its bucket.
+record_uploads() {
+  local bs
+  bs=$(bucket_stats "$2" "$3")
+  rec "$1.uploaded" "$(cut -d' ' -f3 <<<"$bs")"
+  rec "$1.uploaded_objects" "$(cut -d' ' -f4 <<<"$bs")"
+  rec "$1.bucket_bytes" "$(cut -d' ' -f1 <<<"$bs")"
 }
 
 # ------------------------------------------------------------------ restic, rclone
+# record_timed TOOL PHASE KEY EXIT_CODE ERROR_LOG: time, peak memory and
+# outcome of a step run under timed.py.
+record_timed() {
+  local times="$LOGS/$1-$2.time.json"
+  rec "$3.seconds" "$(jq -r .seconds "$times")"
+  rec "$3.rss_kb" "$(jq -r .maxrss_kb "$times")"
+  if [ "$4" = 0 ]; then rec "$3.status" ok; log "$1 $2: $(jq -r .seconds "$times") s"; else
+    rec "$3.status" "FAILED (exit $4)"; fail "$1 $2 failed (exit $4): $(tail -n 5 "$5")"
+  fi
+}
+
 restic_backup() { # phase key
-  local since bs rc=0
+  local since rc=0
   [ "$BENCH_COFFER_ONLY" = 1 ] && return 0
   drop_caches
   since=$(date +%s.%N)
   (cd "$CORPUS" && python3 "$HELPERS/timed.py" "$LOGS/restic-$1.time.json" -- \
     "${RESTIC[@]}" backup --json --host bench . >"$LOGS/restic-$1.json" 2>"$LOGS/restic-$1.err") || rc=$?
-  rec "$2.seconds" "$(jq -r .seconds "$LOGS/restic-$1.time.json")"
-  rec "$2.rss_kb" "$(jq -r .maxrss_kb "$LOGS/restic-$1.time.json")"
   rec "$2.reported_bytes" "$(jq -r 'select(.message_type == "summary") | .data_added' "$LOGS/restic-$1.json" 2>/dev/null | tail -n 1)"
-  if [ "$rc" = 0 ]; then rec "$2.status" ok; log "restic $1: $(jq -r .seconds "$LOGS/restic-$1.time.json") s"; else
-    rec "$2.status" "FAILED (exit $rc)"; fail "restic $1 failed (exit $rc): $(tail -n 5 "$LOGS/restic-$1.err")"
-  fi
-  bs=$(bucket_stats restic-bench "$since")
-  rec "$2.uploaded" "$(cut -d' ' -f3 <<<"$bs")"
-  rec "$2.uploaded_objects" "$(cut -d' ' -f4 <<<"$bs")"
-  rec "$2.bucket_bytes" "$(cut -d' ' -f1 <<<"$bs")"
+  record_timed restic "$1" "$2" "$rc" "$LOGS/restic-$1.err"
+  record_uploads "$2" restic-bench "$since"
 }
 
 rclone_copy() { # phase key
-  local since bs rc=0
+  local since rc=0
   [ "$BENCH_COFFER_ONLY" = 1 ] && return 0
   drop_caches
   since=$(date +%s.%N)
   python3 "$HELPERS/timed.py" "$LOGS/rclone-$1.time.json" -- \
     "${RCLONE[@]}" copy "$CORPUS" garage:rclone-bench/corpus --stats 0 --stats-log-level NOTICE \
     --log-file "$LOGS/rclone-$1.log" || rc=$?
-  rec "$2.seconds" "$(jq -r .seconds "$LOGS/rclone-$1.time.json")"
-  rec "$2.rss_kb" "$(jq -r .maxrss_kb "$LOGS/rclone-$1.time.json")"
-  if [ "$rc" = 0 ]; then rec "$2.status" ok; log "rclone $1: $(jq -r .seconds "$LOGS/rclone-$1.time.json") s"; else
-    rec "$2.status" "FAILED (exit $rc)"; fail "rclone $1 failed (exit $rc): $(tail -n 5 "$LOGS/rclone-$1.log")"
-  fi
-  bs=$(bucket_stats rclone-bench "$since")
-  rec "$2.uploaded" "$(cut -d' ' -f3 <<<"$bs")"
-  rec "$2.uploaded_objects" "$(cut -d' ' -f4 <<<"$bs")"
-  rec "$2.bucket_bytes" "$(cut -d' ' -f1 <<<"$bs")"
+  record_timed rclone "$1" "$2" "$rc" "$LOGS/rclone-$1.log"
+  record_uploads "$2" rclone-bench "$since"
 }
 
 verify_restore() { # tool dir key

@@ -127,15 +127,7 @@ pub fn encode_chunk(
     id: ChunkId,
     raw: &[u8],
 ) -> Result<EncodedChunk, FormatError> {
-    let raw_length = u32::try_from(raw.len())
-        .ok()
-        .filter(|len| *len <= MAX_CHUNK_SIZE)
-        .ok_or_else(|| {
-            FormatError::InvalidInput(format!(
-                "chunk {id} is {} bytes, more than the {MAX_CHUNK_SIZE}-byte limit",
-                raw.len()
-            ))
-        })?;
+    let raw_length = chunk_length(id, raw)?;
     let stored_raw = || EncodedChunk {
         id,
         raw_length,
@@ -156,6 +148,20 @@ pub fn encode_chunk(
     } else {
         stored_raw()
     })
+}
+
+/// The length of chunk `id` as a pack records it; a chunk over
+/// [`MAX_CHUNK_SIZE`] is [`FormatError::InvalidInput`].
+fn chunk_length(id: ChunkId, raw: &[u8]) -> Result<u32, FormatError> {
+    u32::try_from(raw.len())
+        .ok()
+        .filter(|len| *len <= MAX_CHUNK_SIZE)
+        .ok_or_else(|| {
+            FormatError::InvalidInput(format!(
+                "chunk {id} is {} bytes, more than the {MAX_CHUNK_SIZE}-byte limit",
+                raw.len()
+            ))
+        })
 }
 
 /// Chunks shorter than this are always offered to zstd.
@@ -257,15 +263,7 @@ impl PackBuilder {
         if self.ids.contains(&id) {
             return Ok(false);
         }
-        let raw_length = u32::try_from(raw.len())
-            .ok()
-            .filter(|len| *len <= MAX_CHUNK_SIZE)
-            .ok_or_else(|| {
-                FormatError::InvalidInput(format!(
-                    "chunk {id} is {} bytes, more than the {MAX_CHUNK_SIZE}-byte limit",
-                    raw.len()
-                ))
-            })?;
+        let raw_length = chunk_length(id, raw)?;
         let compressed = self.compress(raw)?;
         let (compression, blob) = if compressed.len() < raw.len() {
             (Compression::Zstd, compressed.as_slice())

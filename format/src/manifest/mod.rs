@@ -18,6 +18,7 @@
 //! short at a line boundary detectable as well.
 
 mod reader;
+mod wire;
 mod writer;
 
 use std::cmp::Ordering;
@@ -28,33 +29,11 @@ use uuid::Uuid;
 
 use crate::config::ChunkerParams;
 use crate::id::ChunkId;
-use crate::{FORMAT_NAME, FORMAT_VERSION};
+use crate::{FileAttributes, FORMAT_NAME, FORMAT_VERSION};
 
+pub use crate::attributes::EntryKind;
 pub use reader::ManifestReader;
 pub use writer::ManifestWriter;
-
-/// What a manifest entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    /// A regular file; the only kind with content and chunks.
-    File,
-    /// A directory; its children follow it in the manifest.
-    Directory,
-    /// A symbolic link; its target is stored, not followed.
-    Symlink,
-}
-
-impl EntryKind {
-    /// The name used in the manifest: `file`, `directory` or `symlink`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            EntryKind::File => "file",
-            EntryKind::Directory => "directory",
-            EntryKind::Symlink => "symlink",
-        }
-    }
-}
 
 /// The first line of a manifest: which snapshot this is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,77 +83,52 @@ impl ManifestHeader {
 }
 
 /// One file, directory or symlink of the snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The JSON form (see [`wire`]) keeps the field names and order of format
+/// version 1, with the attributes' fields among the others.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "wire::EntryIn")]
 pub struct ManifestEntry {
     /// Path relative to the source root, components joined with `/`, as raw
     /// bytes (file names need not be UTF-8). The empty path is the root
     /// itself. Stored base64-encoded as `path_b64`.
-    #[serde(rename = "path_b64", with = "base64_bytes")]
     pub path: Vec<u8>,
-    /// What the entry is.
-    pub kind: EntryKind,
-    /// Size in bytes as reported by `stat` (content length for files).
-    pub size: u64,
-    /// Permission and type bits (`st_mode`).
-    pub mode: u32,
-    /// Owner user id.
-    pub uid: u32,
-    /// Owner group id.
-    pub gid: u32,
-    /// Modification time, nanoseconds since the Unix epoch.
-    pub mtime_ns: i64,
+    /// What the version records: kind, size (as `stat` reports it), the
+    /// whole `st_mode`, owner, mtime, content hash and link target.
+    pub attributes: FileAttributes,
     /// Status change time, nanoseconds since the Unix epoch.
     pub ctime_ns: i64,
     /// Inode number, to detect renames and hard links between runs.
     pub inode: u64,
     /// Device number the inode belongs to.
     pub dev: u64,
-    /// Keyed hash of the whole content (64 hex digits); regular files only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_hash: Option<String>,
     /// The file's chunks in file order; empty for an empty file and for
     /// anything that is not a file.
-    #[serde(default)]
     pub chunks: Vec<ChunkId>,
-    /// The link target as raw bytes; symlinks only. Stored base64-encoded as
-    /// `symlink_target_b64`.
-    #[serde(
-        rename = "symlink_target_b64",
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "base64_optional_bytes"
-    )]
-    pub symlink_target: Option<Vec<u8>>,
+}
+
+impl Serialize for ManifestEntry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        wire::EntryOut::from(self).serialize(serializer)
+    }
 }
 
 impl ManifestEntry {
+    /// What the entry is.
+    pub fn kind(&self) -> EntryKind {
+        self.attributes.kind
+    }
+
     /// Checks the invariants every stored entry must satisfy. Paths are
     /// checked because a restore joins them to a target directory: an empty,
     /// `.` or `..` component or a NUL byte could escape it or name nothing.
     fn check(&self) -> Result<(), String> {
         check_path(&self.path)?;
-        let is_file = self.kind == EntryKind::File;
-        if !is_file && !self.chunks.is_empty() {
-            return Err(format!("{} entry with chunks", self.kind.as_str()));
+        let kind = self.kind();
+        if kind != EntryKind::File && !self.chunks.is_empty() {
+            return Err(format!("{} entry with chunks", kind.as_str()));
         }
-        if !is_file && self.content_hash.is_some() {
-            return Err(format!("{} entry with a content hash", self.kind.as_str()));
-        }
-        if let Some(hash) = &self.content_hash {
-            let is_hex = hash.len() == 64
-                && hash
-                    .bytes()
-                    .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
-            if !is_hex {
-                return Err(format!(
-                    "content hash {hash:?} is not 64 lowercase hex digits"
-                ));
-            }
-        }
-        if (self.kind == EntryKind::Symlink) != self.symlink_target.is_some() {
-            return Err("symlink target present exactly when the entry is a symlink".to_owned());
-        }
-        Ok(())
+        self.attributes.check()
     }
 }
 
@@ -212,9 +166,9 @@ pub struct ManifestFooter {
 impl ManifestFooter {
     fn count(&mut self, entry: &ManifestEntry) {
         self.entries += 1;
-        if entry.kind == EntryKind::File {
+        if entry.kind() == EntryKind::File {
             self.files += 1;
-            self.total_bytes = self.total_bytes.saturating_add(entry.size);
+            self.total_bytes = self.total_bytes.saturating_add(entry.attributes.size);
         }
     }
 }
@@ -232,61 +186,6 @@ pub fn compare_paths(a: &[u8], b: &[u8]) -> Ordering {
     // before every non-empty first component, so the root comes first.
     a.split(|byte| *byte == b'/')
         .cmp(b.split(|byte| *byte == b'/'))
-}
-
-/// Serde for raw bytes as standard base64 text.
-mod base64_bytes {
-    use std::fmt;
-
-    use base64::engine::general_purpose::STANDARD;
-    use base64::Engine;
-    use serde::de::{self, Deserializer, Visitor};
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        struct Base64Visitor;
-
-        impl Visitor<'_> for Base64Visitor {
-            type Value = Vec<u8>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("base64 text")
-            }
-
-            // Accepts borrowed and escaped strings alike without copying
-            // the text first.
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<u8>, E> {
-                STANDARD.decode(text).map_err(E::custom)
-            }
-        }
-
-        deserializer.deserialize_str(Base64Visitor)
-    }
-}
-
-/// Serde for optional raw bytes as standard base64 text.
-mod base64_optional_bytes {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(
-        bytes: &Option<Vec<u8>>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        match bytes {
-            Some(bytes) => super::base64_bytes::serialize(bytes, serializer),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Vec<u8>>, D::Error> {
-        super::base64_bytes::deserialize(deserializer).map(Some)
-    }
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ impl ManifestHeader {
 /// The JSON form (see [`wire`]) keeps the field names and order of format
 /// version 1, with the attributes' fields among the others.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "wire::EntryIn")]
+#[serde(from = "wire::EntryLine<'static>")]
 pub struct ManifestEntry {
     /// Path relative to the source root, components joined with `/`, as raw
     /// bytes (file names need not be UTF-8). The empty path is the root
@@ -109,7 +109,7 @@ pub struct ManifestEntry {
 
 impl Serialize for ManifestEntry {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        wire::EntryOut::from(self).serialize(serializer)
+        wire::EntryLine::from(self).serialize(serializer)
     }
 }
 

@@ -6,7 +6,9 @@
 //! `ctime_ns`, `inode`, `dev`, `content_hash`, `chunks`,
 //! `symlink_target_b64`. The attributes' fields sit among the others, so
 //! `#[serde(flatten)]` could not keep that order (and would decode every
-//! entry through an intermediate map); these two structs keep the bytes.
+//! entry through an intermediate map); [`EntryLine`] keeps the bytes.
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,11 +16,13 @@ use super::{EntryKind, ManifestEntry};
 use crate::id::ChunkId;
 use crate::FileAttributes;
 
-/// An entry as it is written, borrowing from the [`ManifestEntry`].
-#[derive(Serialize)]
-pub(super) struct EntryOut<'a> {
-    #[serde(rename = "path_b64", serialize_with = "base64_bytes::serialize")]
-    path: &'a [u8],
+/// An entry line's object: borrowing from a [`ManifestEntry`] when written,
+/// owning what it read when read. Fields written only for some kinds may be
+/// absent.
+#[derive(Serialize, Deserialize)]
+pub(super) struct EntryLine<'a> {
+    #[serde(rename = "path_b64", with = "base64_bytes")]
+    path: Cow<'a, [u8]>,
     kind: EntryKind,
     size: u64,
     mode: u32,
@@ -28,22 +32,24 @@ pub(super) struct EntryOut<'a> {
     ctime_ns: i64,
     inode: u64,
     dev: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content_hash: Option<&'a str>,
-    chunks: &'a [ChunkId],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_hash: Option<Cow<'a, str>>,
+    #[serde(default)]
+    chunks: Cow<'a, [ChunkId]>,
     #[serde(
         rename = "symlink_target_b64",
+        default,
         skip_serializing_if = "Option::is_none",
-        serialize_with = "base64_optional_bytes::serialize"
+        with = "base64_optional_bytes"
     )]
-    symlink_target: Option<&'a [u8]>,
+    symlink_target: Option<Cow<'a, [u8]>>,
 }
 
-impl<'a> From<&'a ManifestEntry> for EntryOut<'a> {
+impl<'a> From<&'a ManifestEntry> for EntryLine<'a> {
     fn from(entry: &'a ManifestEntry) -> Self {
         let attributes = &entry.attributes;
-        EntryOut {
-            path: &entry.path,
+        EntryLine {
+            path: Cow::Borrowed(&entry.path),
             kind: attributes.kind,
             size: attributes.size,
             mode: attributes.mode,
@@ -53,57 +59,32 @@ impl<'a> From<&'a ManifestEntry> for EntryOut<'a> {
             ctime_ns: entry.ctime_ns,
             inode: entry.inode,
             dev: entry.dev,
-            content_hash: attributes.content_hash.as_deref(),
-            chunks: &entry.chunks,
-            symlink_target: attributes.symlink_target.as_deref(),
+            content_hash: attributes.content_hash.as_deref().map(Cow::Borrowed),
+            chunks: Cow::Borrowed(&entry.chunks),
+            symlink_target: attributes.symlink_target.as_deref().map(Cow::Borrowed),
         }
     }
 }
 
-/// An entry as it is read. Fields written only for some kinds may be absent.
-#[derive(Deserialize)]
-pub(super) struct EntryIn {
-    #[serde(rename = "path_b64", deserialize_with = "base64_bytes::deserialize")]
-    path: Vec<u8>,
-    kind: EntryKind,
-    size: u64,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    inode: u64,
-    dev: u64,
-    #[serde(default)]
-    content_hash: Option<String>,
-    #[serde(default)]
-    chunks: Vec<ChunkId>,
-    #[serde(
-        rename = "symlink_target_b64",
-        default,
-        deserialize_with = "base64_optional_bytes::deserialize"
-    )]
-    symlink_target: Option<Vec<u8>>,
-}
-
-impl From<EntryIn> for ManifestEntry {
-    fn from(entry: EntryIn) -> Self {
+/// What was read is owned: the conversion moves it, copying nothing.
+impl From<EntryLine<'_>> for ManifestEntry {
+    fn from(line: EntryLine<'_>) -> Self {
         ManifestEntry {
-            path: entry.path,
+            path: line.path.into_owned(),
             attributes: FileAttributes {
-                kind: entry.kind,
-                size: entry.size,
-                mode: entry.mode,
-                uid: entry.uid,
-                gid: entry.gid,
-                mtime_ns: entry.mtime_ns,
-                content_hash: entry.content_hash,
-                symlink_target: entry.symlink_target,
+                kind: line.kind,
+                size: line.size,
+                mode: line.mode,
+                uid: line.uid,
+                gid: line.gid,
+                mtime_ns: line.mtime_ns,
+                content_hash: line.content_hash.map(Cow::into_owned),
+                symlink_target: line.symlink_target.map(Cow::into_owned),
             },
-            ctime_ns: entry.ctime_ns,
-            inode: entry.inode,
-            dev: entry.dev,
-            chunks: entry.chunks,
+            ctime_ns: line.ctime_ns,
+            inode: line.inode,
+            dev: line.dev,
+            chunks: line.chunks.into_owned(),
         }
     }
 }
@@ -121,7 +102,9 @@ mod base64_bytes {
         serializer.serialize_str(&STANDARD.encode(bytes))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, T: From<Vec<u8>>>(
+        deserializer: D,
+    ) -> Result<T, D::Error> {
         struct Base64Visitor;
 
         impl Visitor<'_> for Base64Visitor {
@@ -138,16 +121,18 @@ mod base64_bytes {
             }
         }
 
-        deserializer.deserialize_str(Base64Visitor)
+        deserializer.deserialize_str(Base64Visitor).map(T::from)
     }
 }
 
 /// Serde for optional raw bytes as standard base64 text.
 mod base64_optional_bytes {
+    use std::borrow::Cow;
+
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(
-        bytes: &Option<&[u8]>,
+        bytes: &Option<Cow<'_, [u8]>>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         match bytes {
@@ -156,9 +141,9 @@ mod base64_optional_bytes {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub fn deserialize<'de, 'a, D: Deserializer<'de>>(
         deserializer: D,
-    ) -> Result<Option<Vec<u8>>, D::Error> {
+    ) -> Result<Option<Cow<'a, [u8]>>, D::Error> {
         super::base64_bytes::deserialize(deserializer).map(Some)
     }
 }

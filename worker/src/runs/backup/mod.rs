@@ -241,3 +241,6 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

@@ -175,7 +175,7 @@ impl Store {
         validate_key(key)?;
         match self {
             Store::Filesystem(fs) => fs.get_bytes(key, cancel).await,
-            Store::S3(s3) => s3.get_bytes(key, cancel).await,
+            Store::S3(s3) => s3.get(key, None, cancel).await,
         }
     }
 
@@ -191,7 +191,7 @@ impl Store {
         validate_key(key)?;
         match self {
             Store::Filesystem(fs) => fs.get_range(key, offset, length, cancel).await,
-            Store::S3(s3) => s3.get_range(key, offset, length, cancel).await,
+            Store::S3(s3) => s3.get(key, Some((offset, length)), cancel).await,
         }
     }
 

@@ -279,12 +279,7 @@ impl S3Store {
                 .set_key_marker(key_marker.take())
                 .set_upload_id_marker(upload_id_marker.take())
                 .send();
-            let page = cancellable(cancel, async {
-                request
-                    .await
-                    .map_err(|e| s3_error("ListMultipartUploads", &full_prefix, e))
-            })
-            .await?;
+            let page = send(cancel, "ListMultipartUploads", &full_prefix, request).await?;
             keys.extend(
                 page.uploads()
                     .iter()
@@ -339,12 +334,7 @@ impl S3Store {
             .content_length(to_i64(size))
             .body(body)
             .send();
-        cancellable(cancel, async {
-            request
-                .await
-                .map_err(|e| s3_error("PutObject", &full_key, e))
-        })
-        .await?;
+        send(cancel, "PutObject", &full_key, request).await?;
         Ok(size)
     }
 
@@ -473,12 +463,7 @@ impl S3Store {
                     .build(),
             )
             .send();
-        cancellable(cancel, async {
-            request
-                .await
-                .map_err(|e| s3_error("CompleteMultipartUpload", full_key, e))
-        })
-        .await?;
+        send(cancel, "CompleteMultipartUpload", full_key, request).await?;
         Ok(())
     }
 
@@ -507,42 +492,22 @@ impl S3Store {
             .customize()
             .disable_payload_signing()
             .send();
-        cancellable(cancel, async {
-            request
-                .await
-                .map_err(|e| s3_error("PutObject", &full_key, e))
-        })
-        .await?;
+        send(cancel, "PutObject", &full_key, request).await?;
         Ok(())
     }
 
-    pub(super) async fn get_range(
+    /// GetObject of `key`, whole or `length` bytes from `offset` (a `range`),
+    /// read into memory.
+    pub(super) async fn get(
         &self,
         key: &str,
-        offset: u64,
-        length: u64,
+        range: Option<(u64, u64)>,
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StoreError> {
-        let last = offset + length.max(1) - 1;
-        self.get_object(key, Some(format!("bytes={offset}-{last}")), cancel)
-            .await
-    }
-
-    pub(super) async fn get_bytes(
-        &self,
-        key: &str,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<u8>, StoreError> {
-        self.get_object(key, None, cancel).await
-    }
-
-    /// GetObject of `key`, whole or an HTTP `range`, read into memory.
-    async fn get_object(
-        &self,
-        key: &str,
-        range: Option<String>,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<u8>, StoreError> {
+        let range = range.map(|(offset, length)| {
+            let last = offset + length.max(1) - 1;
+            format!("bytes={offset}-{last}")
+        });
         let full_key = self.full_key(key);
         let request = self
             .client
@@ -596,11 +561,7 @@ impl S3Store {
         prefix: &str,
         cancel: &CancellationToken,
     ) -> Result<Vec<(String, u64)>, StoreError> {
-        let full_prefix = if self.location.prefix.is_empty() {
-            prefix.to_owned()
-        } else {
-            format!("{}/{prefix}", self.location.prefix)
-        };
+        let full_prefix = self.full_key(prefix);
         let strip = full_prefix.len() - prefix.len();
         let mut keys = Vec::new();
         let mut continuation: Option<String> = None;
@@ -612,12 +573,7 @@ impl S3Store {
                 .prefix(&full_prefix)
                 .set_continuation_token(continuation.take())
                 .send();
-            let page = cancellable(cancel, async {
-                request
-                    .await
-                    .map_err(|e| s3_error("ListObjectsV2", &full_prefix, e))
-            })
-            .await?;
+            let page = send(cancel, "ListObjectsV2", &full_prefix, request).await?;
             keys.extend(page.contents().iter().filter_map(|object| {
                 let key = object.key()?.get(strip..)?;
                 let size = object
@@ -647,12 +603,7 @@ impl S3Store {
             .bucket(&self.location.bucket)
             .key(&full_key)
             .send();
-        cancellable(cancel, async {
-            request
-                .await
-                .map_err(|e| s3_error("DeleteObject", &full_key, e))
-        })
-        .await?;
+        send(cancel, "DeleteObject", &full_key, request).await?;
         Ok(())
     }
 }
@@ -713,6 +664,24 @@ async fn tls_context() -> Result<TlsContext, StoreError> {
         .with_trust_store(trust_store)
         .build()
         .map_err(|e| StoreError::Config(format!("TLS configuration: {e}")))
+}
+
+/// Awaits one S3 request unless `cancel` fires first; its error names
+/// `operation` and `key`.
+async fn send<T, E, R>(
+    cancel: &CancellationToken,
+    operation: &'static str,
+    key: &str,
+    request: impl std::future::Future<Output = Result<T, SdkError<E, R>>>,
+) -> Result<T, StoreError>
+where
+    E: std::error::Error + 'static,
+    R: fmt::Debug + 'static,
+{
+    cancellable(cancel, async {
+        request.await.map_err(|e| s3_error(operation, key, e))
+    })
+    .await
 }
 
 fn s3_error<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> StoreError

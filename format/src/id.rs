@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
-use crate::FormatError;
+use crate::error::FormatError;
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 

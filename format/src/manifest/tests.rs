@@ -1,9 +1,12 @@
 use std::cmp::Ordering;
 use std::io::{self, Read};
 
-use chrono::TimeZone;
+use chrono::{TimeZone, Utc};
+use uuid::Uuid;
 
 use super::*;
+use crate::attributes::FileAttributes;
+use crate::config::ChunkerParams;
 use crate::hash::ChunkHasher;
 use crate::FormatError;
 

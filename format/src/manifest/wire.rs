@@ -1,7 +1,7 @@
 //! The JSON form of a manifest entry, as format version 1 stores it.
 //!
-//! [`ManifestEntry`] groups what a version records into a
-//! [`FileAttributes`], but the stored line lists every field flat, in this
+//! [`ManifestEntry`](super::ManifestEntry) groups what a version records
+//! into a [`FileAttributes`](crate::FileAttributes), but the stored line lists every field flat, in this
 //! order: `path_b64`, `kind`, `size`, `mode`, `uid`, `gid`, `mtime_ns`,
 //! `ctime_ns`, `inode`, `dev`, `content_hash`, `chunks`,
 //! `symlink_target_b64`. The attributes' fields sit among the others, so
@@ -12,9 +12,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::{EntryKind, ManifestEntry};
+use crate::attributes::EntryKind;
 use crate::id::ChunkId;
-use crate::FileAttributes;
 
 /// An entry line's object: borrowing from a [`ManifestEntry`] when written,
 /// owning what it read when read. Fields written only for some kinds may be
@@ -22,71 +21,27 @@ use crate::FileAttributes;
 #[derive(Serialize, Deserialize)]
 pub(super) struct EntryLine<'a> {
     #[serde(rename = "path_b64", with = "base64_bytes")]
-    path: Cow<'a, [u8]>,
-    kind: EntryKind,
-    size: u64,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    inode: u64,
-    dev: u64,
+    pub(super) path: Cow<'a, [u8]>,
+    pub(super) kind: EntryKind,
+    pub(super) size: u64,
+    pub(super) mode: u32,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
+    pub(super) mtime_ns: i64,
+    pub(super) ctime_ns: i64,
+    pub(super) inode: u64,
+    pub(super) dev: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    content_hash: Option<Cow<'a, str>>,
+    pub(super) content_hash: Option<Cow<'a, str>>,
     #[serde(default)]
-    chunks: Cow<'a, [ChunkId]>,
+    pub(super) chunks: Cow<'a, [ChunkId]>,
     #[serde(
         rename = "symlink_target_b64",
         default,
         skip_serializing_if = "Option::is_none",
         with = "base64_optional_bytes"
     )]
-    symlink_target: Option<Cow<'a, [u8]>>,
-}
-
-impl<'a> From<&'a ManifestEntry> for EntryLine<'a> {
-    fn from(entry: &'a ManifestEntry) -> Self {
-        let attributes = &entry.attributes;
-        EntryLine {
-            path: Cow::Borrowed(&entry.path),
-            kind: attributes.kind,
-            size: attributes.size,
-            mode: attributes.mode,
-            uid: attributes.uid,
-            gid: attributes.gid,
-            mtime_ns: attributes.mtime_ns,
-            ctime_ns: entry.ctime_ns,
-            inode: entry.inode,
-            dev: entry.dev,
-            content_hash: attributes.content_hash.as_deref().map(Cow::Borrowed),
-            chunks: Cow::Borrowed(&entry.chunks),
-            symlink_target: attributes.symlink_target.as_deref().map(Cow::Borrowed),
-        }
-    }
-}
-
-/// What was read is owned: the conversion moves it, copying nothing.
-impl From<EntryLine<'_>> for ManifestEntry {
-    fn from(line: EntryLine<'_>) -> Self {
-        ManifestEntry {
-            path: line.path.into_owned(),
-            attributes: FileAttributes {
-                kind: line.kind,
-                size: line.size,
-                mode: line.mode,
-                uid: line.uid,
-                gid: line.gid,
-                mtime_ns: line.mtime_ns,
-                content_hash: line.content_hash.map(Cow::into_owned),
-                symlink_target: line.symlink_target.map(Cow::into_owned),
-            },
-            ctime_ns: line.ctime_ns,
-            inode: line.inode,
-            dev: line.dev,
-            chunks: line.chunks.into_owned(),
-        }
-    }
+    pub(super) symlink_target: Option<Cow<'a, [u8]>>,
 }
 
 /// Serde for raw bytes as standard base64 text.

@@ -24,9 +24,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::FormatError;
 use crate::hash::ChunkHasher;
 use crate::id::{ChunkId, PackId};
-use crate::{FormatError, FORMAT_NAME, FORMAT_VERSION};
+use crate::version::{FORMAT_NAME, FORMAT_VERSION};
 
 /// The largest chunk a pack holds: FastCDC's largest `max_size`. Bounding it
 /// bounds the memory a (possibly corrupt) entry can make a reader allocate.

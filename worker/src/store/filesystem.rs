@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{cancellable, StoreError};
+use super::error::{cancellable, StoreError};
 
 /// Name prefix of temporary files written before their rename into place.
 pub const TEMP_PREFIX: &str = ".coffer-tmp-";
@@ -51,7 +51,7 @@ impl FilesystemStore {
     }
 
     fn path_of(&self, key: &str) -> PathBuf {
-        debug_assert!(super::validate_key(key).is_ok());
+        debug_assert!(super::key::validate_key(key).is_ok());
         self.root.join(key)
     }
 

@@ -23,7 +23,7 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext,
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{cancellable, StoreError};
+use super::error::{cancellable, StoreError};
 
 /// Files larger than this are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 64 << 20;

@@ -75,7 +75,7 @@ impl FileContext {
     ) -> Result<Self, RunFailure> {
         let config = repository.config();
         Ok(FileContext {
-            chunker: config.chunker(),
+            chunker: Chunker::new(config.chunker),
             hasher: repository.hasher().clone(),
             compression_level: config.compression_level,
             chunks: ChunkSet {

@@ -2,7 +2,7 @@
 //! snapshot manifests, in the format `coffer-format` defines; and the
 //! [`packer`] that writes new packs into it.
 
-pub mod packer;
+pub(crate) mod packer;
 
 use std::collections::HashSet;
 use std::io::Cursor;

@@ -22,7 +22,7 @@ const UPLOAD_PARALLELISM: usize = 3;
 const INDEX_FLUSH_PACKS: usize = 4;
 
 /// A running packer and the queue that feeds it.
-pub struct Packer {
+pub(crate) struct Packer {
     queue: mpsc::Sender<EncodedChunk>,
     uploaded: Arc<AtomicU64>,
     task: JoinHandle<Result<u64, RunFailure>>,
@@ -30,7 +30,7 @@ pub struct Packer {
 
 /// What a packer wrote, in bytes.
 #[derive(Debug, Clone, Copy)]
-pub struct Packed {
+pub(crate) struct Packed {
     /// Packs uploaded.
     pub(crate) packs: u64,
     /// Index files written.

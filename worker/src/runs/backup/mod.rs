@@ -13,6 +13,13 @@
 //! retry after a crash reuses them); the last index file and then the
 //! manifest are written last, so a manifest never names a chunk that is not
 //! stored and indexed.
+//!
+//! The stages, each in its own file: `reader` opens, reads and chunks
+//! regular files; `record` maps a walked entry to its manifest entry and the
+//! control plane's file record and decides what an incremental may skip and
+//! must report; `entries` drives the walk through them in order;
+//! `manifests` streams the parent's manifest and the new one. The packer is
+//! the repository's ([`crate::repository::packer`]).
 
 mod entries;
 mod manifests;

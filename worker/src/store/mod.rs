@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use coffer_proto::v1::ResolvedTarget;
 use tokio_util::sync::CancellationToken;
 
+use error::cancellable;
 pub use error::StoreError;
 pub use filesystem::FilesystemStore;
 pub use key::validate_key;
@@ -115,10 +116,13 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StoreError> {
         validate_key(key)?;
-        match self {
-            Store::Filesystem(fs) => fs.get_bytes(key, cancel).await,
-            Store::S3(s3) => s3.get(key, None, cancel).await,
-        }
+        cancellable(cancel, async {
+            match self {
+                Store::Filesystem(fs) => fs.get_bytes(key).await,
+                Store::S3(s3) => s3.get(key, None).await,
+            }
+        })
+        .await
     }
 
     /// Reads `length` bytes of object `key` from `offset` (fewer when the
@@ -131,19 +135,25 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StoreError> {
         validate_key(key)?;
-        match self {
-            Store::Filesystem(fs) => fs.get_range(key, offset, length, cancel).await,
-            Store::S3(s3) => s3.get(key, Some((offset, length)), cancel).await,
-        }
+        cancellable(cancel, async {
+            match self {
+                Store::Filesystem(fs) => fs.get_range(key, offset, length).await,
+                Store::S3(s3) => s3.get(key, Some((offset, length))).await,
+            }
+        })
+        .await
     }
 
     /// Whether the object `key` exists.
     pub async fn exists(&self, key: &str, cancel: &CancellationToken) -> Result<bool, StoreError> {
         validate_key(key)?;
-        match self {
-            Store::Filesystem(fs) => fs.exists(key, cancel).await,
-            Store::S3(s3) => s3.exists(key, cancel).await,
-        }
+        cancellable(cancel, async {
+            match self {
+                Store::Filesystem(fs) => fs.exists(key).await,
+                Store::S3(s3) => s3.exists(key).await,
+            }
+        })
+        .await
     }
 
     /// Every key starting with `prefix` (a plain string prefix, e.g. `data/`
@@ -174,10 +184,13 @@ impl Store {
     /// Deletes the object `key`; deleting a missing object succeeds.
     pub async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<(), StoreError> {
         validate_key(key)?;
-        match self {
-            Store::Filesystem(fs) => fs.delete(key, cancel).await,
-            Store::S3(s3) => s3.delete(key, cancel).await,
-        }
+        cancellable(cancel, async {
+            match self {
+                Store::Filesystem(fs) => fs.delete(key).await,
+                Store::S3(s3) => s3.delete(key).await,
+            }
+        })
+        .await
     }
 }
 

@@ -497,12 +497,12 @@ impl S3Store {
     }
 
     /// GetObject of `key`, whole or `length` bytes from `offset` (a `range`),
-    /// read into memory.
+    /// read into memory. Reads, existence checks and deletions give way to
+    /// cancellation in `Store`, which wraps each of them whole.
     pub(super) async fn get(
         &self,
         key: &str,
         range: Option<(u64, u64)>,
-        cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StoreError> {
         let range = range.map(|(offset, length)| {
             let last = offset + length.max(1) - 1;
@@ -516,29 +516,22 @@ impl S3Store {
             .key(&full_key)
             .set_range(range)
             .send();
-        cancellable(cancel, async {
-            let output = match request.await {
-                Ok(output) => output,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    return Err(StoreError::NotFound { key: key.into() })
-                }
-                Err(e) => return Err(s3_error("GetObject", &full_key, e)),
-            };
-            let body = output.body.collect().await.map_err(|e| StoreError::S3 {
-                operation: "GetObject",
-                key: full_key.clone(),
-                message: DisplayErrorContext(e).to_string(),
-            })?;
-            Ok(body.into_bytes().to_vec())
-        })
-        .await
+        let output = match request.await {
+            Ok(output) => output,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(StoreError::NotFound { key: key.into() })
+            }
+            Err(e) => return Err(s3_error("GetObject", &full_key, e)),
+        };
+        let body = output.body.collect().await.map_err(|e| StoreError::S3 {
+            operation: "GetObject",
+            key: full_key.clone(),
+            message: DisplayErrorContext(e).to_string(),
+        })?;
+        Ok(body.into_bytes().to_vec())
     }
 
-    pub(super) async fn exists(
-        &self,
-        key: &str,
-        cancel: &CancellationToken,
-    ) -> Result<bool, StoreError> {
+    pub(super) async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         let full_key = self.full_key(key);
         let request = self
             .client
@@ -546,14 +539,11 @@ impl S3Store {
             .bucket(&self.location.bucket)
             .key(&full_key)
             .send();
-        cancellable(cancel, async {
-            match request.await {
-                Ok(_) => Ok(true),
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
-                Err(e) => Err(s3_error("HeadObject", &full_key, e)),
-            }
-        })
-        .await
+        match request.await {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Err(e) => Err(s3_error("HeadObject", &full_key, e)),
+        }
     }
 
     pub(super) async fn list(
@@ -591,11 +581,7 @@ impl S3Store {
         }
     }
 
-    pub(super) async fn delete(
-        &self,
-        key: &str,
-        cancel: &CancellationToken,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let full_key = self.full_key(key);
         let request = self
             .client
@@ -603,7 +589,9 @@ impl S3Store {
             .bucket(&self.location.bucket)
             .key(&full_key)
             .send();
-        send(cancel, "DeleteObject", &full_key, request).await?;
+        request
+            .await
+            .map_err(|e| s3_error("DeleteObject", &full_key, e))?;
         Ok(())
     }
 }

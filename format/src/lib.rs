@@ -30,7 +30,7 @@ pub use condemned::{CondemnedPack, CondemnedSet};
 pub use config::{ChunkerParams, RepositoryConfig};
 pub use error::FormatError;
 pub use hash::{ChunkHasher, ContentHasher};
-pub use id::{ChunkId, IndexId, PackId};
+pub use id::{ChunkId, IndexId, InvalidId, PackId};
 pub use index::{ChunkIndex, ChunkLocation, IndexFile, IndexPack};
 pub use manifest::{
     compare_paths, EntryKind, ManifestEntry, ManifestFooter, ManifestHeader, ManifestReader,

@@ -6,7 +6,30 @@
 //! whether a path changed. Both sides use this one type and this one rule, so
 //! they cannot disagree about what counts as a change.
 
-use crate::manifest::EntryKind;
+use serde::{Deserialize, Serialize};
+
+/// What an entry of a tree is (as manifests and the catalog name it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A regular file; the only kind with content and chunks.
+    File,
+    /// A directory; its children follow it in the manifest.
+    Directory,
+    /// A symbolic link; its target is stored, not followed.
+    Symlink,
+}
+
+impl EntryKind {
+    /// The name used in the manifest: `file`, `directory` or `symlink`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Directory => "directory",
+            EntryKind::Symlink => "symlink",
+        }
+    }
+}
 
 /// The attributes of one file, directory or symlink that a version records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +38,9 @@ pub struct FileAttributes {
     pub kind: EntryKind,
     /// Content length in bytes; 0 for anything that is not a regular file.
     pub size: u64,
-    /// Permission bits (`st_mode & 0o7777`: setuid, setgid, sticky, rwx).
+    /// Permission bits (setuid, setgid, sticky, rwx). A manifest keeps the
+    /// whole `st_mode` here, file-type bits included; only the bits of
+    /// [`PERMISSION_BITS`] count as the version's.
     pub mode: u32,
     /// Owner user id.
     pub uid: u32,
@@ -57,6 +82,30 @@ impl FileAttributes {
                 == other.mtime_ns.div_euclid(MTIME_PRECISION_NS)
             && self.content_hash == other.content_hash
             && self.symlink_target == other.symlink_target
+    }
+
+    /// Checks that the attributes fit their kind: a content hash (64
+    /// lowercase hex digits) only on a regular file, a link target exactly
+    /// on a symlink. The error says what is wrong, for the caller to wrap.
+    pub fn check(&self) -> Result<(), String> {
+        if self.kind != EntryKind::File && self.content_hash.is_some() {
+            return Err(format!("{} entry with a content hash", self.kind.as_str()));
+        }
+        if let Some(hash) = &self.content_hash {
+            let is_hex = hash.len() == 64
+                && hash
+                    .bytes()
+                    .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
+            if !is_hex {
+                return Err(format!(
+                    "content hash {hash:?} is not 64 lowercase hex digits"
+                ));
+            }
+        }
+        if (self.kind == EntryKind::Symlink) != self.symlink_target.is_some() {
+            return Err("symlink target present exactly when the entry is a symlink".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -108,6 +157,23 @@ mod tests {
         other.mode = 0o644;
         other.mtime_ns += 210;
         assert!(file().same_version(&other));
+    }
+
+    #[test]
+    fn attributes_must_fit_their_kind() {
+        assert_eq!(file().check(), Ok(()));
+        let mut directory = file();
+        directory.kind = EntryKind::Directory;
+        assert!(directory.check().is_err(), "directory with a content hash");
+        let mut short_hash = file();
+        short_hash.content_hash = Some("ab".to_owned());
+        assert!(short_hash.check().is_err());
+        let mut link = file();
+        link.kind = EntryKind::Symlink;
+        link.content_hash = None;
+        assert!(link.check().is_err(), "symlink without a target");
+        link.symlink_target = Some(b"target".to_vec());
+        assert_eq!(link.check(), Ok(()));
     }
 
     #[test]

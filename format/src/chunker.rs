@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use fastcdc::v2020::{Normalization, MASKS};
 
 use crate::config::ChunkerParams;
-use crate::FormatError;
+use crate::error::FormatError;
 
 /// Normalization pulls chunk sizes towards `avg_size`; level 1 is the
 /// crate's default and the level the format is defined with.

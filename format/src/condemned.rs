@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::error::{check_format, FormatError};
 use crate::id::PackId;
-use crate::{check_format, FormatError, FORMAT_NAME, FORMAT_VERSION};
+use crate::version::{FORMAT_NAME, FORMAT_VERSION};
 
 /// One pack waiting for deletion.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

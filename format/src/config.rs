@@ -5,10 +5,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunker::Chunker;
+use crate::error::{check_format, FormatError};
 use crate::hash::ChunkHasher;
 use crate::id::{parse_hex32, to_hex};
-use crate::{check_format, FormatError, FORMAT_NAME, FORMAT_VERSION};
+use crate::version::{FORMAT_NAME, FORMAT_VERSION};
 
 const KIB: u32 = 1024;
 const MIB: u32 = 1024 * KIB;
@@ -142,11 +142,6 @@ impl RepositoryConfig {
     /// A hasher keyed with this repository's `chunk_key`.
     pub fn hasher(&self) -> ChunkHasher {
         ChunkHasher::new(self.chunk_key)
-    }
-
-    /// A chunker with this repository's sizes.
-    pub fn chunker(&self) -> Chunker {
-        Chunker::new(self.chunker)
     }
 
     fn validate(&self) -> Result<(), FormatError> {

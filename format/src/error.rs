@@ -1,5 +1,5 @@
 use crate::id::ChunkId;
-use crate::{FORMAT_NAME, FORMAT_VERSION};
+use crate::version::{FORMAT_NAME, FORMAT_VERSION};
 
 /// Everything that can go wrong while encoding or decoding repository objects.
 ///
@@ -58,4 +58,17 @@ impl FormatError {
             FormatError::Corrupt(_) | FormatError::HashMismatch { .. } | FormatError::Json(_)
         )
     }
+}
+
+/// Rejects objects that are not Coffer objects of a version this build reads.
+///
+/// Version 0 never existed, so it is as unreadable as a future version.
+pub(crate) fn check_format(format: &str, version: u32) -> Result<(), FormatError> {
+    if format == FORMAT_NAME && (1..=FORMAT_VERSION).contains(&version) {
+        return Ok(());
+    }
+    Err(FormatError::UnsupportedFormat {
+        format: format.to_owned(),
+        version,
+    })
 }

@@ -9,7 +9,10 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
-use crate::FormatError;
+/// Text that is not an id: not exactly 64 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt data: {0}")]
+pub struct InvalidId(String);
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
@@ -33,10 +36,10 @@ fn hex_value(digit: u8) -> Option<u8> {
 }
 
 /// Parses exactly 64 hex digits (either case) into 32 bytes.
-pub(crate) fn parse_hex32(text: &str) -> Result<[u8; 32], FormatError> {
+pub(crate) fn parse_hex32(text: &str) -> Result<[u8; 32], InvalidId> {
     let digits = text.as_bytes();
     if digits.len() != 64 {
-        return Err(FormatError::Corrupt(format!(
+        return Err(InvalidId(format!(
             "expected 64 hex digits, got {} characters",
             digits.len()
         )));
@@ -44,9 +47,7 @@ pub(crate) fn parse_hex32(text: &str) -> Result<[u8; 32], FormatError> {
     let mut out = [0u8; 32];
     for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
         let (Some(high), Some(low)) = (hex_value(pair[0]), hex_value(pair[1])) else {
-            return Err(FormatError::Corrupt(format!(
-                "invalid hex digit in {text:?}"
-            )));
+            return Err(InvalidId(format!("invalid hex digit in {text:?}")));
         };
         *byte = (high << 4) | low;
     }
@@ -85,11 +86,11 @@ macro_rules! define_id {
         }
 
         impl FromStr for $name {
-            type Err = FormatError;
+            type Err = InvalidId;
 
             /// Accepts 64 hex digits in either case; object keys are only
             /// ever written in lowercase.
-            fn from_str(text: &str) -> Result<Self, FormatError> {
+            fn from_str(text: &str) -> Result<Self, InvalidId> {
                 parse_hex32(text).map($name)
             }
         }

@@ -18,10 +18,11 @@ use std::mem::size_of;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{check_format, FormatError};
 use crate::id::{ChunkId, IndexId, PackId};
 use crate::jsonl::{LineReader, LineWriter};
 use crate::pack::{Compression, PackEntry, SealedPack, PACK_HEADER_LEN};
-use crate::{check_format, FormatError, FORMAT_NAME, FORMAT_VERSION};
+use crate::version::{FORMAT_NAME, FORMAT_VERSION};
 
 /// zstd level for index files: they are small and written once per run.
 const INDEX_COMPRESSION_LEVEL: i32 = 3;

@@ -8,7 +8,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 
 use serde::Serialize;
 
-use crate::FormatError;
+use crate::error::FormatError;
 
 /// Writes JSON lines into a zstd frame.
 pub(crate) struct LineWriter<W: Write> {

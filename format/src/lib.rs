@@ -19,6 +19,7 @@ mod jsonl;
 pub mod layout;
 pub mod manifest;
 pub mod pack;
+mod version;
 
 #[cfg(test)]
 mod test_data;
@@ -29,7 +30,7 @@ pub use condemned::{CondemnedPack, CondemnedSet};
 pub use config::{ChunkerParams, RepositoryConfig};
 pub use error::FormatError;
 pub use hash::{ChunkHasher, ContentHasher};
-pub use id::{ChunkId, IndexId, PackId};
+pub use id::{ChunkId, IndexId, InvalidId, PackId};
 pub use index::{ChunkIndex, ChunkLocation, IndexFile, IndexPack};
 pub use manifest::{
     compare_paths, EntryKind, ManifestEntry, ManifestFooter, ManifestHeader, ManifestReader,
@@ -39,27 +40,7 @@ pub use pack::{
     decode_blob, encode_chunk, new_compressor, read_pack_entries, Compression, Compressor,
     EncodedChunk, PackBuilder, PackEntry, SealedPack,
 };
-
-/// Name written into every self-describing object (config, index files,
-/// manifests), so a reader can tell a Coffer repository from anything else.
-pub const FORMAT_NAME: &str = "coffer";
-
-/// The format version this crate writes and the newest one it reads. Any
-/// change to an encoding that an older reader would misread bumps it.
-pub const FORMAT_VERSION: u32 = 1;
-
-/// Rejects objects that are not Coffer objects of a version this build reads.
-///
-/// Version 0 never existed, so it is as unreadable as a future version.
-fn check_format(format: &str, version: u32) -> Result<(), FormatError> {
-    if format == FORMAT_NAME && (1..=FORMAT_VERSION).contains(&version) {
-        return Ok(());
-    }
-    Err(FormatError::UnsupportedFormat {
-        format: format.to_owned(),
-        version,
-    })
-}
+pub use version::{FORMAT_NAME, FORMAT_VERSION};
 
 #[cfg(test)]
 mod tests {

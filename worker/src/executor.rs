@@ -8,15 +8,15 @@ use std::sync::Arc;
 use coffer_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::backup::{run_backup, BackupPlan, ParentSnapshot};
-use crate::gc::{run_gc, GcPlan};
-use crate::rebuild::run_rebuild;
 use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
-use crate::restore::{run_restore, RestorePlan};
-use crate::retention::{run_retention, Removal};
+use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
+use crate::runs::gc::{run_gc, GcPlan};
+use crate::runs::rebuild::run_rebuild;
+use crate::runs::restore::{run_restore, RestorePlan};
+use crate::runs::retention::{run_retention, Removal};
+use crate::runs::verify::{run_verify, VerifyPlan};
 use crate::session::{Executor, RunContext};
 use crate::store::Store;
-use crate::verify::{run_verify, VerifyPlan};
 
 /// Runs the work the lease session assigns.
 #[derive(Debug, Clone, Default)]

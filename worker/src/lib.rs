@@ -1,19 +1,24 @@
 //! Coffer worker library: reading source trees, writing to object stores and
-//! running backups, restores and verifications. The binary (`main.rs`) drives these from lease sessions.
+//! running backups, restores and verifications. The binary (`main.rs`) drives
+//! these from lease sessions.
+//!
+//! - [`runs`]: one module per run kind (backup, restore, verify, garbage
+//!   collection, retention, catalog rebuild) and the attempt harness they share.
+//! - [`repository`]: a repository in a store (config, index, manifests) and the
+//!   packer that backup and garbage collection write packs through.
+//! - [`source`] reads the tree to back up, [`store`] talks to the storage.
+//! - [`session`] holds the lease session, [`executor`] turns its assignments
+//!   into runs, [`report`] carries what a run reports.
 
 pub mod allocator;
-pub mod backup;
 pub mod config;
 pub mod cpu_pool;
 pub mod executor;
-pub mod gc;
-pub mod manifests;
-pub mod rebuild;
 pub mod report;
 pub mod repository;
-pub mod restore;
-pub mod retention;
+pub mod runs;
 pub mod session;
 pub mod source;
 pub mod store;
-pub mod verify;
+
+pub use runs::{backup, gc, rebuild, restore, retention, verify};

@@ -406,7 +406,7 @@ async fn snapshot_files(store: &Arc<Store>, manifest_key: &str) -> Vec<(String, 
         .expect("manifest reads");
     let mut files = Vec::new();
     while let Some(entry) = manifest.next_entry().expect("manifest entry") {
-        if entry.kind == coffer_format::EntryKind::File {
+        if entry.kind() == coffer_format::EntryKind::File {
             files.push((
                 String::from_utf8_lossy(&entry.path).into_owned(),
                 entry.chunks,

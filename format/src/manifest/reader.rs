@@ -4,9 +4,11 @@ use std::io::Read;
 
 use serde::Deserialize;
 
-use super::{compare_paths, ManifestEntry, ManifestFooter, ManifestHeader};
+use super::entry::{compare_paths, ManifestEntry};
+use super::footer::ManifestFooter;
+use super::header::ManifestHeader;
+use crate::error::{check_format, FormatError};
 use crate::jsonl::LineReader;
-use crate::{check_format, FormatError};
 
 /// Just enough of the first line to check the format before parsing the
 /// rest, so a newer manifest is reported as unsupported, not as bad JSON.

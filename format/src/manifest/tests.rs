@@ -1,9 +1,12 @@
 use std::cmp::Ordering;
 use std::io::{self, Read};
 
-use chrono::TimeZone;
+use chrono::{TimeZone, Utc};
+use uuid::Uuid;
 
 use super::*;
+use crate::attributes::FileAttributes;
+use crate::config::ChunkerParams;
 use crate::hash::ChunkHasher;
 use crate::FormatError;
 
@@ -25,18 +28,20 @@ fn header() -> ManifestHeader {
 fn entry(path: &[u8], kind: EntryKind) -> ManifestEntry {
     ManifestEntry {
         path: path.to_vec(),
-        kind,
-        size: 0,
-        mode: 0o644,
-        uid: 1000,
-        gid: 1000,
-        mtime_ns: 1_700_000_000_123_456_789,
+        attributes: FileAttributes {
+            kind,
+            size: 0,
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            mtime_ns: 1_700_000_000_123_456_789,
+            content_hash: None,
+            symlink_target: None,
+        },
         ctime_ns: -5,
         inode: 42,
         dev: 7,
-        content_hash: None,
         chunks: Vec::new(),
-        symlink_target: None,
     }
 }
 
@@ -45,18 +50,18 @@ fn sample_entries() -> Vec<ManifestEntry> {
     let root = entry(b"", EntryKind::Directory);
     let dir = entry(b"a", EntryKind::Directory);
     let mut file = entry(b"a/data.bin", EntryKind::File);
-    file.size = 10;
+    file.attributes.size = 10;
     file.chunks = vec![hasher.chunk_id(b"01234"), hasher.chunk_id(b"56789")];
     let mut content = hasher.content_hasher();
     content.update(b"0123456789");
-    file.content_hash = Some(content.finalize());
+    file.attributes.content_hash = Some(content.finalize());
     let mut empty = entry(b"a/empty", EntryKind::File);
-    empty.content_hash = Some(hasher.content_hasher().finalize());
+    empty.attributes.content_hash = Some(hasher.content_hasher().finalize());
     let mut non_utf8 = entry(b"a/\xe9t\xe9\xff", EntryKind::File);
-    non_utf8.size = 5;
+    non_utf8.attributes.size = 5;
     non_utf8.chunks = vec![hasher.chunk_id(b"01234")];
     let mut link = entry(b"a.b", EntryKind::Symlink);
-    link.symlink_target = Some(b"../target\x80".to_vec());
+    link.attributes.symlink_target = Some(b"../target\x80".to_vec());
     vec![root, dir, file, empty, non_utf8, link]
 }
 
@@ -114,6 +119,85 @@ fn manifest_is_json_lines_a_person_can_read() {
         lines[7],
         r#"{"end":{"entries":6,"files":3,"total_bytes":15}}"#
     );
+}
+
+/// Entry lines exactly as format version 1 wrote them before the attributes
+/// were grouped into [`FileAttributes`]: every such line must still read,
+/// and every entry must still be written byte for byte the same, so that
+/// older workers read what newer ones write.
+const VERSION_1_ENTRY_LINES: [&str; 3] = [
+    concat!(
+        r#"{"path_b64":"YS9kYXRhLmJpbg==","kind":"file","size":10,"mode":33188,"uid":1000,"#,
+        r#""gid":100,"mtime_ns":1700000000123456789,"ctime_ns":-5,"inode":42,"dev":7,"#,
+        r#""content_hash":"abababababababababababababababababababababababababababababababab","#,
+        r#""chunks":["cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"]}"#
+    ),
+    concat!(
+        r#"{"path_b64":"YQ==","kind":"directory","size":0,"mode":16877,"uid":0,"gid":0,"#,
+        r#""mtime_ns":-1,"ctime_ns":0,"inode":1,"dev":2,"chunks":[]}"#
+    ),
+    concat!(
+        r#"{"path_b64":"YS5i","kind":"symlink","size":0,"mode":41471,"uid":1,"gid":2,"#,
+        r#""mtime_ns":3,"ctime_ns":4,"inode":5,"dev":6,"chunks":[],"#,
+        r#""symlink_target_b64":"Li4vdGFyZ2V0gA=="}"#
+    ),
+];
+
+fn version_1_entries() -> [ManifestEntry; 3] {
+    let attributes = |kind, size, mode, uid, gid, mtime_ns| FileAttributes {
+        kind,
+        size,
+        mode,
+        uid,
+        gid,
+        mtime_ns,
+        content_hash: None,
+        symlink_target: None,
+    };
+    let mut file = ManifestEntry {
+        path: b"a/data.bin".to_vec(),
+        attributes: attributes(
+            EntryKind::File,
+            10,
+            0o100644,
+            1000,
+            100,
+            1_700_000_000_123_456_789,
+        ),
+        ctime_ns: -5,
+        inode: 42,
+        dev: 7,
+        chunks: vec![crate::ChunkId([0xcd; 32])],
+    };
+    file.attributes.content_hash = Some("ab".repeat(32));
+    let directory = ManifestEntry {
+        path: b"a".to_vec(),
+        attributes: attributes(EntryKind::Directory, 0, 0o40755, 0, 0, -1),
+        ctime_ns: 0,
+        inode: 1,
+        dev: 2,
+        chunks: Vec::new(),
+    };
+    let mut link = ManifestEntry {
+        path: b"a.b".to_vec(),
+        attributes: attributes(EntryKind::Symlink, 0, 0o120777, 1, 2, 3),
+        ctime_ns: 4,
+        inode: 5,
+        dev: 6,
+        chunks: Vec::new(),
+    };
+    link.attributes.symlink_target = Some(b"../target\x80".to_vec());
+    [file, directory, link]
+}
+
+#[test]
+fn entries_keep_the_version_1_bytes() {
+    for (line, entry) in VERSION_1_ENTRY_LINES.iter().zip(version_1_entries()) {
+        let read: ManifestEntry = serde_json::from_str(line).expect("a version 1 line reads");
+        assert_eq!(read, entry);
+        assert_eq!(read.check(), Ok(()));
+        assert_eq!(serde_json::to_string(&entry).expect("encodes"), *line);
+    }
 }
 
 #[test]

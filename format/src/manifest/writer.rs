@@ -4,9 +4,12 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::{compare_paths, ManifestEntry, ManifestFooter, ManifestHeader};
+use super::entry::{compare_paths, ManifestEntry};
+use super::footer::ManifestFooter;
+use super::header::ManifestHeader;
+use crate::error::FormatError;
 use crate::jsonl::LineWriter;
-use crate::{FormatError, FORMAT_NAME, FORMAT_VERSION};
+use crate::version::{FORMAT_NAME, FORMAT_VERSION};
 
 /// One line of a manifest, as written.
 #[derive(Serialize)]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{cancellable, StoreError};
+use super::error::StoreError;
 
 /// Name prefix of temporary files written before their rename into place.
 pub const TEMP_PREFIX: &str = ".coffer-tmp-";
@@ -51,7 +51,7 @@ impl FilesystemStore {
     }
 
     fn path_of(&self, key: &str) -> PathBuf {
-        debug_assert!(super::validate_key(key).is_ok());
+        debug_assert!(super::key::validate_key(key).is_ok());
         self.root.join(key)
     }
 
@@ -92,73 +92,57 @@ impl FilesystemStore {
             .map_err(|e| StoreError::io("filesystem write task", io::Error::other(e)))?
     }
 
+    // Reads, existence checks and deletions give way to cancellation in
+    // `Store`, which wraps each of them whole.
     pub(super) async fn get_range(
         &self,
         key: &str,
         offset: u64,
         length: u64,
-        cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StoreError> {
         let path = self.path_of(key);
         let key = key.to_owned();
-        cancellable(cancel, async move {
-            tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
-                    io::ErrorKind::NotFound => StoreError::NotFound { key: key.clone() },
-                    _ => StoreError::io(format!("opening {}", path.display()), e),
-                })?;
-                let mut buffer = vec![0u8; usize::try_from(length).unwrap_or(usize::MAX)];
-                let mut filled = 0;
-                while filled < buffer.len() {
-                    let read = file
-                        .read_at(&mut buffer[filled..], offset + filled as u64)
-                        .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
-                    if read == 0 {
-                        break;
-                    }
-                    filled += read;
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => StoreError::NotFound { key: key.clone() },
+                _ => StoreError::io(format!("opening {}", path.display()), e),
+            })?;
+            let mut buffer = vec![0u8; usize::try_from(length).unwrap_or(usize::MAX)];
+            let mut filled = 0;
+            while filled < buffer.len() {
+                let read = file
+                    .read_at(&mut buffer[filled..], offset + filled as u64)
+                    .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+                if read == 0 {
+                    break;
                 }
-                // A short read (the object is shorter than asked) returns
-                // what is there, like an S3 range past the end.
-                buffer.truncate(filled);
-                Ok(buffer)
-            })
-            .await
-            .map_err(|e| StoreError::io("filesystem read task", io::Error::other(e)))?
-        })
-        .await
-    }
-
-    pub(super) async fn get_bytes(
-        &self,
-        key: &str,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<u8>, StoreError> {
-        let path = self.path_of(key);
-        cancellable(cancel, async {
-            tokio::fs::read(&path).await.map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => StoreError::NotFound { key: key.into() },
-                _ => StoreError::io(format!("reading {}", path.display()), e),
-            })
-        })
-        .await
-    }
-
-    pub(super) async fn exists(
-        &self,
-        key: &str,
-        cancel: &CancellationToken,
-    ) -> Result<bool, StoreError> {
-        let path = self.path_of(key);
-        cancellable(cancel, async {
-            match tokio::fs::symlink_metadata(&path).await {
-                Ok(meta) => Ok(meta.is_file()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(StoreError::io(format!("checking {}", path.display()), e)),
+                filled += read;
             }
+            // A short read (the object is shorter than asked) returns
+            // what is there, like an S3 range past the end.
+            buffer.truncate(filled);
+            Ok(buffer)
         })
         .await
+        .map_err(|e| StoreError::io("filesystem read task", io::Error::other(e)))?
+    }
+
+    pub(super) async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(key);
+        tokio::fs::read(&path).await.map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NotFound { key: key.into() },
+            _ => StoreError::io(format!("reading {}", path.display()), e),
+        })
+    }
+
+    pub(super) async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let path = self.path_of(key);
+        match tokio::fs::symlink_metadata(&path).await {
+            Ok(meta) => Ok(meta.is_file()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io(format!("checking {}", path.display()), e)),
+        }
     }
 
     pub(super) async fn list(
@@ -174,20 +158,13 @@ impl FilesystemStore {
             .map_err(|e| StoreError::io("filesystem list task", io::Error::other(e)))?
     }
 
-    pub(super) async fn delete(
-        &self,
-        key: &str,
-        cancel: &CancellationToken,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path_of(key);
-        cancellable(cancel, async {
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(StoreError::io(format!("deleting {}", path.display()), e)),
-            }
-        })
-        .await
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(format!("deleting {}", path.display()), e)),
+        }
     }
 }
 

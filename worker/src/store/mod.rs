@@ -6,7 +6,9 @@
 //! operation takes a [`CancellationToken`] and returns [`StoreError::Cancelled`]
 //! promptly once it fires.
 
+mod error;
 pub mod filesystem;
+mod key;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
@@ -14,70 +16,11 @@ use std::path::{Path, PathBuf};
 use coffer_proto::v1::ResolvedTarget;
 use tokio_util::sync::CancellationToken;
 
+use error::cancellable;
+pub use error::StoreError;
 pub use filesystem::FilesystemStore;
+pub use key::validate_key;
 pub use s3::{S3Location, S3Store};
-
-/// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The operation was cancelled through its token.
-    #[error("cancelled")]
-    Cancelled,
-    /// The key does not exist.
-    #[error("object {key:?} not found")]
-    NotFound {
-        /// The key asked for.
-        key: String,
-    },
-    /// The key is not a valid relative object key.
-    #[error("invalid object key {key:?}: {reason}")]
-    InvalidKey {
-        /// The key given.
-        key: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// The target cannot be turned into a store (missing fields, credentials).
-    #[error("invalid storage target: {0}")]
-    Config(String),
-    /// A local I/O error of the filesystem store or of a file being uploaded.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done, naming the path.
-        context: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// An S3 request failed (after the client's own retries).
-    #[error("S3 {operation} {key:?}: {message}")]
-    S3 {
-        /// The S3 operation, e.g. `PutObject`.
-        operation: &'static str,
-        /// The key (full, with the repository prefix) or prefix involved.
-        key: String,
-        /// The error with its causes.
-        message: String,
-    },
-}
-
-impl StoreError {
-    /// Whether trying again later may succeed: configuration and key errors
-    /// will not, I/O and service errors may.
-    pub fn is_retryable(&self) -> bool {
-        !matches!(
-            self,
-            StoreError::Config(_) | StoreError::InvalidKey { .. } | StoreError::Cancelled
-        )
-    }
-
-    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        StoreError::Io {
-            context: context.into(),
-            source,
-        }
-    }
-}
 
 /// A repository's object store.
 #[derive(Debug, Clone)]
@@ -173,10 +116,13 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StoreError> {
         validate_key(key)?;
-        match self {
-            Store::Filesystem(fs) => fs.get_bytes(key, cancel).await,
-            Store::S3(s3) => s3.get_bytes(key, cancel).await,
-        }
+        cancellable(cancel, async {
+            match self {
+                Store::Filesystem(fs) => fs.get_bytes(key).await,
+                Store::S3(s3) => s3.get(key, None).await,
+            }
+        })
+        .await
     }
 
     /// Reads `length` bytes of object `key` from `offset` (fewer when the
@@ -189,19 +135,25 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StoreError> {
         validate_key(key)?;
-        match self {
-            Store::Filesystem(fs) => fs.get_range(key, offset, length, cancel).await,
-            Store::S3(s3) => s3.get_range(key, offset, length, cancel).await,
-        }
+        cancellable(cancel, async {
+            match self {
+                Store::Filesystem(fs) => fs.get_range(key, offset, length).await,
+                Store::S3(s3) => s3.get(key, Some((offset, length))).await,
+            }
+        })
+        .await
     }
 
     /// Whether the object `key` exists.
     pub async fn exists(&self, key: &str, cancel: &CancellationToken) -> Result<bool, StoreError> {
         validate_key(key)?;
-        match self {
-            Store::Filesystem(fs) => fs.exists(key, cancel).await,
-            Store::S3(s3) => s3.exists(key, cancel).await,
-        }
+        cancellable(cancel, async {
+            match self {
+                Store::Filesystem(fs) => fs.exists(key).await,
+                Store::S3(s3) => s3.exists(key).await,
+            }
+        })
+        .await
     }
 
     /// Every key starting with `prefix` (a plain string prefix, e.g. `data/`
@@ -232,38 +184,14 @@ impl Store {
     /// Deletes the object `key`; deleting a missing object succeeds.
     pub async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<(), StoreError> {
         validate_key(key)?;
-        match self {
-            Store::Filesystem(fs) => fs.delete(key, cancel).await,
-            Store::S3(s3) => s3.delete(key, cancel).await,
-        }
-    }
-}
-
-/// Checks that `key` is a relative `/`-separated path without empty, `.` or
-/// `..` segments, so that it cannot escape the repository root.
-pub fn validate_key(key: &str) -> Result<(), StoreError> {
-    let invalid = |reason| {
-        Err(StoreError::InvalidKey {
-            key: key.to_owned(),
-            reason,
+        cancellable(cancel, async {
+            match self {
+                Store::Filesystem(fs) => fs.delete(key).await,
+                Store::S3(s3) => s3.delete(key).await,
+            }
         })
-    };
-    if key.is_empty() {
-        return invalid("empty");
+        .await
     }
-    if key.starts_with('/') {
-        return invalid("absolute");
-    }
-    if key.contains('\0') || key.contains('\\') {
-        return invalid("contains NUL or a backslash");
-    }
-    if key
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return invalid("has an empty, '.' or '..' segment");
-    }
-    Ok(())
 }
 
 /// Joins a repository prefix below a filesystem root, refusing prefixes that
@@ -284,18 +212,6 @@ fn join_key_prefix(a: &str, b: &str) -> String {
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join("/")
-}
-
-/// Runs `future` unless `cancel` fires first.
-async fn cancellable<T>(
-    cancel: &CancellationToken,
-    future: impl std::future::Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::select! {
-        biased;
-        () = cancel.cancelled() => Err(StoreError::Cancelled),
-        result = future => result,
-    }
 }
 
 #[cfg(test)]

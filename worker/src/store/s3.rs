@@ -23,7 +23,7 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext,
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{cancellable, StoreError};
+use super::error::{cancellable, StoreError};
 
 /// Files larger than this are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
@@ -279,12 +279,7 @@ impl S3Store {
                 .set_key_marker(key_marker.take())
                 .set_upload_id_marker(upload_id_marker.take())
                 .send();
-            let page = cancellable(cancel, async {
-                request
-                    .await
-                    .map_err(|e| s3_error("ListMultipartUploads", &full_prefix, e))
-            })
-            .await?;
+            let page = send(cancel, "ListMultipartUploads", &full_prefix, request).await?;
             keys.extend(
                 page.uploads()
                     .iter()
@@ -339,12 +334,7 @@ impl S3Store {
             .content_length(to_i64(size))
             .body(body)
             .send();
-        cancellable(cancel, async {
-            request
-                .await
-                .map_err(|e| s3_error("PutObject", &full_key, e))
-        })
-        .await?;
+        send(cancel, "PutObject", &full_key, request).await?;
         Ok(size)
     }
 
@@ -473,12 +463,7 @@ impl S3Store {
                     .build(),
             )
             .send();
-        cancellable(cancel, async {
-            request
-                .await
-                .map_err(|e| s3_error("CompleteMultipartUpload", full_key, e))
-        })
-        .await?;
+        send(cancel, "CompleteMultipartUpload", full_key, request).await?;
         Ok(())
     }
 
@@ -507,42 +492,22 @@ impl S3Store {
             .customize()
             .disable_payload_signing()
             .send();
-        cancellable(cancel, async {
-            request
-                .await
-                .map_err(|e| s3_error("PutObject", &full_key, e))
-        })
-        .await?;
+        send(cancel, "PutObject", &full_key, request).await?;
         Ok(())
     }
 
-    pub(super) async fn get_range(
+    /// GetObject of `key`, whole or `length` bytes from `offset` (a `range`),
+    /// read into memory. Reads, existence checks and deletions give way to
+    /// cancellation in `Store`, which wraps each of them whole.
+    pub(super) async fn get(
         &self,
         key: &str,
-        offset: u64,
-        length: u64,
-        cancel: &CancellationToken,
+        range: Option<(u64, u64)>,
     ) -> Result<Vec<u8>, StoreError> {
-        let last = offset + length.max(1) - 1;
-        self.get_object(key, Some(format!("bytes={offset}-{last}")), cancel)
-            .await
-    }
-
-    pub(super) async fn get_bytes(
-        &self,
-        key: &str,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<u8>, StoreError> {
-        self.get_object(key, None, cancel).await
-    }
-
-    /// GetObject of `key`, whole or an HTTP `range`, read into memory.
-    async fn get_object(
-        &self,
-        key: &str,
-        range: Option<String>,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<u8>, StoreError> {
+        let range = range.map(|(offset, length)| {
+            let last = offset + length.max(1) - 1;
+            format!("bytes={offset}-{last}")
+        });
         let full_key = self.full_key(key);
         let request = self
             .client
@@ -551,29 +516,22 @@ impl S3Store {
             .key(&full_key)
             .set_range(range)
             .send();
-        cancellable(cancel, async {
-            let output = match request.await {
-                Ok(output) => output,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    return Err(StoreError::NotFound { key: key.into() })
-                }
-                Err(e) => return Err(s3_error("GetObject", &full_key, e)),
-            };
-            let body = output.body.collect().await.map_err(|e| StoreError::S3 {
-                operation: "GetObject",
-                key: full_key.clone(),
-                message: DisplayErrorContext(e).to_string(),
-            })?;
-            Ok(body.into_bytes().to_vec())
-        })
-        .await
+        let output = match request.await {
+            Ok(output) => output,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(StoreError::NotFound { key: key.into() })
+            }
+            Err(e) => return Err(s3_error("GetObject", &full_key, e)),
+        };
+        let body = output.body.collect().await.map_err(|e| StoreError::S3 {
+            operation: "GetObject",
+            key: full_key.clone(),
+            message: DisplayErrorContext(e).to_string(),
+        })?;
+        Ok(body.into_bytes().to_vec())
     }
 
-    pub(super) async fn exists(
-        &self,
-        key: &str,
-        cancel: &CancellationToken,
-    ) -> Result<bool, StoreError> {
+    pub(super) async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         let full_key = self.full_key(key);
         let request = self
             .client
@@ -581,14 +539,11 @@ impl S3Store {
             .bucket(&self.location.bucket)
             .key(&full_key)
             .send();
-        cancellable(cancel, async {
-            match request.await {
-                Ok(_) => Ok(true),
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
-                Err(e) => Err(s3_error("HeadObject", &full_key, e)),
-            }
-        })
-        .await
+        match request.await {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Err(e) => Err(s3_error("HeadObject", &full_key, e)),
+        }
     }
 
     pub(super) async fn list(
@@ -596,11 +551,7 @@ impl S3Store {
         prefix: &str,
         cancel: &CancellationToken,
     ) -> Result<Vec<(String, u64)>, StoreError> {
-        let full_prefix = if self.location.prefix.is_empty() {
-            prefix.to_owned()
-        } else {
-            format!("{}/{prefix}", self.location.prefix)
-        };
+        let full_prefix = self.full_key(prefix);
         let strip = full_prefix.len() - prefix.len();
         let mut keys = Vec::new();
         let mut continuation: Option<String> = None;
@@ -612,12 +563,7 @@ impl S3Store {
                 .prefix(&full_prefix)
                 .set_continuation_token(continuation.take())
                 .send();
-            let page = cancellable(cancel, async {
-                request
-                    .await
-                    .map_err(|e| s3_error("ListObjectsV2", &full_prefix, e))
-            })
-            .await?;
+            let page = send(cancel, "ListObjectsV2", &full_prefix, request).await?;
             keys.extend(page.contents().iter().filter_map(|object| {
                 let key = object.key()?.get(strip..)?;
                 let size = object
@@ -635,11 +581,7 @@ impl S3Store {
         }
     }
 
-    pub(super) async fn delete(
-        &self,
-        key: &str,
-        cancel: &CancellationToken,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let full_key = self.full_key(key);
         let request = self
             .client
@@ -647,12 +589,9 @@ impl S3Store {
             .bucket(&self.location.bucket)
             .key(&full_key)
             .send();
-        cancellable(cancel, async {
-            request
-                .await
-                .map_err(|e| s3_error("DeleteObject", &full_key, e))
-        })
-        .await?;
+        request
+            .await
+            .map_err(|e| s3_error("DeleteObject", &full_key, e))?;
         Ok(())
     }
 }
@@ -713,6 +652,24 @@ async fn tls_context() -> Result<TlsContext, StoreError> {
         .with_trust_store(trust_store)
         .build()
         .map_err(|e| StoreError::Config(format!("TLS configuration: {e}")))
+}
+
+/// Awaits one S3 request unless `cancel` fires first; its error names
+/// `operation` and `key`.
+async fn send<T, E, R>(
+    cancel: &CancellationToken,
+    operation: &'static str,
+    key: &str,
+    request: impl std::future::Future<Output = Result<T, SdkError<E, R>>>,
+) -> Result<T, StoreError>
+where
+    E: std::error::Error + 'static,
+    R: fmt::Debug + 'static,
+{
+    cancellable(cancel, async {
+        request.await.map_err(|e| s3_error(operation, key, e))
+    })
+    .await
 }
 
 fn s3_error<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> StoreError

@@ -25,7 +25,6 @@
 //! rerun continues from there.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,12 +36,12 @@ use coffer_format::{
     IndexPack, PackId,
 };
 use futures::stream::{self, StreamExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::backup::run_packer;
+use super::run_attempt;
 use crate::report::{human_bytes, to_i64, Batcher, Reporter, RunFailure};
+use crate::repository::packer::Packer;
 use crate::repository::{Repository, StoredIndex};
 use crate::store::{Store, StoreError};
 
@@ -101,19 +100,10 @@ pub async fn run_gc<R: Reporter>(
     reporter: &R,
     cancel: CancellationToken,
 ) -> Result<GcSummary, RunFailure> {
-    let attempt = i32::try_from(plan.lease_token).unwrap_or(i32::MAX);
-    let mut batcher = Batcher::new(reporter, attempt);
-    let result = execute(&plan, &mut batcher, &cancel).await;
-    batcher.report_progress(true);
-    match result {
-        Err(_) if cancel.is_cancelled() => Err(RunFailure::cancelled()),
-        Ok(mut summary) => {
-            batcher.flush().await?;
-            summary.progress = batcher.progress_now();
-            Ok(summary)
-        }
-        other => other,
-    }
+    run_attempt(reporter, plan.lease_token, &cancel, async |batcher| {
+        execute(&plan, batcher, &cancel).await
+    })
+    .await
 }
 
 async fn execute<R: Reporter>(
@@ -121,13 +111,18 @@ async fn execute<R: Reporter>(
     batcher: &mut Batcher<'_, R>,
     cancel: &CancellationToken,
 ) -> Result<GcSummary, RunFailure> {
-    let repository = Repository::open(Arc::clone(&plan.store), cancel).await?;
-    let mut summary = GcSummary::default();
+    let mut collection = Collection {
+        plan,
+        repository: Repository::open(Arc::clone(&plan.store), cancel).await?,
+        summary: GcSummary::default(),
+        batcher,
+        cancel,
+    };
     let now = Utc::now();
     let grace = chrono::Duration::from_std(plan.grace).unwrap_or(chrono::Duration::MAX);
 
     // Sweep what earlier collections condemned, where that is now safe.
-    let sets = repository.condemned_sets(cancel).await?;
+    let sets = collection.repository.condemned_sets(cancel).await?;
     let mut condemned: HashSet<PackId> = sets
         .iter()
         .flat_map(|set| set.packs.iter().map(|pack| pack.pack_id))
@@ -138,19 +133,26 @@ async fn execute<R: Reporter>(
             now >= at && plan.oldest_in_flight.is_none_or(|started| started >= at)
         });
         if !ripe {
-            summary.bytes_waiting += set.bytes();
+            collection.summary.bytes_waiting += set.bytes();
             continue;
         }
-        sweep(&repository, set, &condemned, &mut summary, batcher, cancel).await?;
+        collection.sweep(set, &condemned).await?;
         for pack in &set.packs {
             condemned.remove(&pack.pack_id);
         }
     }
 
     // Mark what is garbage now.
-    mark(plan, &repository, &condemned, &mut summary, batcher, cancel).await?;
+    collection.mark(&condemned).await?;
+    let Collection {
+        mut summary,
+        batcher,
+        ..
+    } = collection;
     summary.bytes_waiting += summary.bytes_condemned;
     summary.details = describe(&summary);
+    batcher.flush().await?;
+    summary.progress = batcher.progress_now();
     Ok(summary)
 }
 
@@ -224,85 +226,215 @@ async fn visit_manifest_chunks(
     Ok(true)
 }
 
-/// Deletes a condemned set's packs that nothing needs, consolidates the
-/// index without them and removes the set.
-async fn sweep<R: Reporter>(
-    repository: &Repository,
-    set: &CondemnedSet,
-    condemned: &HashSet<PackId>,
-    summary: &mut GcSummary,
-    batcher: &mut Batcher<'_, R>,
-    cancel: &CancellationToken,
-) -> Result<(), RunFailure> {
-    let store = repository.store();
-    let indexes = repository.read_index_files(cancel).await?;
-    let in_set: HashSet<PackId> = set.packs.iter().map(|pack| pack.pack_id).collect();
-    debug_assert!(in_set.iter().all(|id| condemned.contains(id)));
+/// One collection attempt: what it needs and what it did so far.
+struct Collection<'a, 'r, R> {
+    plan: &'a GcPlan,
+    repository: Repository,
+    summary: GcSummary,
+    batcher: &'a mut Batcher<'r, R>,
+    cancel: &'a CancellationToken,
+}
 
-    // Where the chunks of this set's packs can be found otherwise.
-    let mut live = ChunkIndex::new();
-    let mut held_by_set: HashMap<ChunkId, PackId> = HashMap::new();
-    for pack in indexes.iter().flat_map(|stored| stored.file.packs.iter()) {
-        if in_set.contains(&pack.pack_id) {
+impl<R: Reporter> Collection<'_, '_, R> {
+    /// Deletes a condemned set's packs that nothing needs, consolidates the
+    /// index without them and removes the set.
+    async fn sweep(
+        &mut self,
+        set: &CondemnedSet,
+        condemned: &HashSet<PackId>,
+    ) -> Result<(), RunFailure> {
+        let store = self.repository.store();
+        let indexes = self.repository.read_index_files(self.cancel).await?;
+        let in_set: HashSet<PackId> = set.packs.iter().map(|pack| pack.pack_id).collect();
+        debug_assert!(in_set.iter().all(|id| condemned.contains(id)));
+
+        // Where the chunks of this set's packs can be found otherwise.
+        let mut live = ChunkIndex::new();
+        let mut held_by_set: HashMap<ChunkId, PackId> = HashMap::new();
+        for pack in indexes.iter().flat_map(|stored| stored.file.packs.iter()) {
+            if in_set.contains(&pack.pack_id) {
+                for entry in &pack.entries {
+                    held_by_set.entry(entry.chunk_id).or_insert(pack.pack_id);
+                }
+            } else if !condemned.contains(&pack.pack_id) {
+                live.add_pack(pack);
+            }
+        }
+
+        // Snapshots written since the set may need some of its chunks.
+        let seen: HashSet<Uuid> = set.snapshots_seen.iter().copied().collect();
+        let mut rescued: HashSet<PackId> = HashSet::new();
+        for (run_id, key) in list_snapshots(store, self.cancel).await? {
+            if seen.contains(&run_id) {
+                continue;
+            }
+            visit_manifest_chunks(&self.repository, &key, self.cancel, |id| {
+                if live.contains(&id) {
+                    return;
+                }
+                if let Some(pack) = held_by_set.get(&id) {
+                    rescued.insert(*pack);
+                }
+            })
+            .await?;
+            self.batcher.progress.files_done += 1;
+            self.batcher.report_progress(false);
+        }
+
+        // Packs a killed sweep already deleted are not counted again.
+        let present: HashMap<PackId, u64> = store
+            .list_with_sizes(PACKS_PREFIX, self.cancel)
+            .await?
+            .into_iter()
+            .filter_map(|(key, size)| layout::parse_pack_key(&key).map(|id| (id, size)))
+            .collect();
+        let doomed: Vec<PackId> = in_set
+            .iter()
+            .filter(|id| !rescued.contains(id))
+            .copied()
+            .collect();
+        let keys = doomed.iter().map(layout::pack_key).collect();
+        delete_all(store, keys, self.cancel).await?;
+        let deleted: Vec<u64> = doomed
+            .iter()
+            .filter_map(|id| present.get(id).copied())
+            .collect();
+        let reclaimed: u64 = deleted.iter().sum();
+        self.summary.packs_deleted += deleted.len() as u64;
+        self.summary.bytes_reclaimed += reclaimed;
+        self.summary.packs_rescued += rescued.len() as u64;
+        self.batcher.progress.bytes_done += to_i64(reclaimed);
+        self.batcher.report_progress(false);
+
+        let doomed_ids: HashSet<PackId> = doomed.into_iter().collect();
+        consolidate_index(store, &indexes, &doomed_ids, self.cancel).await?;
+        store
+            .delete(&layout::condemned_key(set.gc_run_id), self.cancel)
+            .await?;
+        Ok(())
+    }
+
+    /// Condemns the packs no snapshot needs (repacking mostly-garbage ones)
+    /// and writes the condemned set.
+    async fn mark(&mut self, already_condemned: &HashSet<PackId>) -> Result<(), RunFailure> {
+        let store = self.repository.store();
+        // Index and packs are listed before the manifests are read: a pack
+        // written after this is not judged by this collection at all.
+        let indexes = self.repository.read_index_files(self.cancel).await?;
+        let stored_packs: HashMap<PackId, u64> = store
+            .list_with_sizes(PACKS_PREFIX, self.cancel)
+            .await?
+            .into_iter()
+            .filter_map(|(key, size)| layout::parse_pack_key(&key).map(|id| (id, size)))
+            .collect();
+        self.batcher.progress.bytes_seen = to_i64(stored_packs.values().sum());
+
+        let mut needed: HashSet<ChunkId> = HashSet::new();
+        let mut snapshots_seen = Vec::new();
+        let snapshots = list_snapshots(store, self.cancel).await?;
+        self.batcher.progress.files_seen += snapshots.len() as i64;
+        for (run_id, key) in snapshots {
+            if visit_manifest_chunks(&self.repository, &key, self.cancel, |id| {
+                needed.insert(id);
+            })
+            .await?
+            {
+                snapshots_seen.push(run_id);
+            }
+            self.batcher.progress.files_done += 1;
+            self.batcher.report_progress(false);
+        }
+
+        // Each needed chunk counts as live in the first present, uncondemned
+        // pack holding it; other copies are garbage.
+        let mut owner: HashMap<ChunkId, PackId> = HashMap::new();
+        let mut uses: Vec<PackUse<'_>> = Vec::new();
+        let mut indexed: HashSet<PackId> = HashSet::new();
+        for pack in indexes.iter().flat_map(|stored| stored.file.packs.iter()) {
+            if !indexed.insert(pack.pack_id)
+                || already_condemned.contains(&pack.pack_id)
+                || !stored_packs.contains_key(&pack.pack_id)
+            {
+                continue;
+            }
+            let mut live_bytes = 0;
             for entry in &pack.entries {
-                held_by_set.entry(entry.chunk_id).or_insert(pack.pack_id);
+                if needed.contains(&entry.chunk_id) && !owner.contains_key(&entry.chunk_id) {
+                    owner.insert(entry.chunk_id, pack.pack_id);
+                    live_bytes += u64::from(entry.length);
+                }
             }
-        } else if !condemned.contains(&pack.pack_id) {
-            live.add_pack(pack);
+            uses.push(PackUse {
+                pack,
+                stored_bytes: pack.entries.iter().map(|e| u64::from(e.length)).sum(),
+                live_bytes,
+            });
         }
-    }
 
-    // Snapshots written since the set may need some of its chunks.
-    let seen: HashSet<Uuid> = set.snapshots_seen.iter().copied().collect();
-    let mut rescued: HashSet<PackId> = HashSet::new();
-    for (run_id, key) in list_snapshots(store, cancel).await? {
-        if seen.contains(&run_id) {
-            continue;
+        let mut condemned = Vec::new();
+        let mut to_repack = Vec::new();
+        for usage in &uses {
+            let length = stored_packs[&usage.pack.pack_id];
+            if usage.live_bytes == 0 {
+                condemned.push(CondemnedPack {
+                    pack_id: usage.pack.pack_id,
+                    length,
+                });
+                continue;
+            }
+            let garbage = usage.stored_bytes.saturating_sub(usage.live_bytes);
+            let garbage_percent = 100.0 * garbage as f64 / usage.stored_bytes.max(1) as f64;
+            if garbage > 0 && garbage_percent >= self.plan.repack_threshold_percent {
+                to_repack.push(usage);
+            }
         }
-        visit_manifest_chunks(repository, &key, cancel, |id| {
-            if live.contains(&id) {
-                return;
+        // Packs no index names: left by attempts that died before writing their
+        // index, or written by a backup still running (which the sweep waits for).
+        for (id, length) in &stored_packs {
+            if !indexed.contains(id) && !already_condemned.contains(id) {
+                condemned.push(CondemnedPack {
+                    pack_id: *id,
+                    length: *length,
+                });
             }
-            if let Some(pack) = held_by_set.get(&id) {
-                rescued.insert(*pack);
-            }
-        })
+        }
+
+        let repacked = repack(
+            &self.repository,
+            &to_repack,
+            &owner,
+            self.batcher,
+            self.cancel,
+        )
         .await?;
-        batcher.progress.files_done += 1;
-        batcher.report_progress(false);
+        for usage in to_repack
+            .iter()
+            .filter(|usage| repacked.packs.contains(&usage.pack.pack_id))
+        {
+            condemned.push(CondemnedPack {
+                pack_id: usage.pack.pack_id,
+                length: stored_packs[&usage.pack.pack_id],
+            });
+        }
+        self.summary.packs_repacked = repacked.packs.len() as u64;
+        self.summary.bytes_repacked = repacked.bytes_written;
+        if condemned.is_empty() {
+            return Ok(());
+        }
+        // Written now, after the packs were chosen and the repacked ones indexed.
+        let mut set = CondemnedSet::new(self.plan.run_id, Utc::now());
+        set.snapshots_seen = snapshots_seen;
+        set.packs = condemned;
+        self.summary.packs_condemned = set.packs.len() as u64;
+        self.summary.bytes_condemned = set.bytes();
+        let bytes = set
+            .to_bytes()
+            .map_err(|e| RunFailure::permanent(format!("encoding the condemned set: {e}")))?;
+        store
+            .put_bytes(&layout::condemned_key(self.plan.run_id), bytes, self.cancel)
+            .await?;
+        Ok(())
     }
-
-    // Packs a killed sweep already deleted are not counted again.
-    let present: HashMap<PackId, u64> = store
-        .list_with_sizes(PACKS_PREFIX, cancel)
-        .await?
-        .into_iter()
-        .filter_map(|(key, size)| layout::parse_pack_key(&key).map(|id| (id, size)))
-        .collect();
-    let doomed: Vec<PackId> = in_set
-        .iter()
-        .filter(|id| !rescued.contains(id))
-        .copied()
-        .collect();
-    let keys = doomed.iter().map(layout::pack_key).collect();
-    delete_all(store, keys, cancel).await?;
-    let deleted: Vec<u64> = doomed
-        .iter()
-        .filter_map(|id| present.get(id).copied())
-        .collect();
-    let reclaimed: u64 = deleted.iter().sum();
-    summary.packs_deleted += deleted.len() as u64;
-    summary.bytes_reclaimed += reclaimed;
-    summary.packs_rescued += rescued.len() as u64;
-    batcher.progress.bytes_done += to_i64(reclaimed);
-    batcher.report_progress(false);
-
-    let doomed_ids: HashSet<PackId> = doomed.into_iter().collect();
-    consolidate_index(store, &indexes, &doomed_ids, cancel).await?;
-    store
-        .delete(&layout::condemned_key(set.gc_run_id), cancel)
-        .await?;
-    Ok(())
 }
 
 /// Replaces the index files read with one naming every pack they name
@@ -364,128 +496,6 @@ struct PackUse<'a> {
     live_bytes: u64,
 }
 
-/// Condemns the packs no snapshot needs (repacking mostly-garbage ones)
-/// and writes the condemned set.
-async fn mark<R: Reporter>(
-    plan: &GcPlan,
-    repository: &Repository,
-    already_condemned: &HashSet<PackId>,
-    summary: &mut GcSummary,
-    batcher: &mut Batcher<'_, R>,
-    cancel: &CancellationToken,
-) -> Result<(), RunFailure> {
-    let store = repository.store();
-    // Index and packs are listed before the manifests are read: a pack
-    // written after this is not judged by this collection at all.
-    let indexes = repository.read_index_files(cancel).await?;
-    let stored_packs: HashMap<PackId, u64> = store
-        .list_with_sizes(PACKS_PREFIX, cancel)
-        .await?
-        .into_iter()
-        .filter_map(|(key, size)| layout::parse_pack_key(&key).map(|id| (id, size)))
-        .collect();
-    batcher.progress.bytes_seen = to_i64(stored_packs.values().sum());
-
-    let mut needed: HashSet<ChunkId> = HashSet::new();
-    let mut snapshots_seen = Vec::new();
-    let snapshots = list_snapshots(store, cancel).await?;
-    batcher.progress.files_seen += snapshots.len() as i64;
-    for (run_id, key) in snapshots {
-        if visit_manifest_chunks(repository, &key, cancel, |id| {
-            needed.insert(id);
-        })
-        .await?
-        {
-            snapshots_seen.push(run_id);
-        }
-        batcher.progress.files_done += 1;
-        batcher.report_progress(false);
-    }
-
-    // Each needed chunk counts as live in the first present, uncondemned
-    // pack holding it; other copies are garbage.
-    let mut owner: HashMap<ChunkId, PackId> = HashMap::new();
-    let mut uses: Vec<PackUse<'_>> = Vec::new();
-    let mut indexed: HashSet<PackId> = HashSet::new();
-    for pack in indexes.iter().flat_map(|stored| stored.file.packs.iter()) {
-        if !indexed.insert(pack.pack_id)
-            || already_condemned.contains(&pack.pack_id)
-            || !stored_packs.contains_key(&pack.pack_id)
-        {
-            continue;
-        }
-        let mut live_bytes = 0;
-        for entry in &pack.entries {
-            if needed.contains(&entry.chunk_id) && !owner.contains_key(&entry.chunk_id) {
-                owner.insert(entry.chunk_id, pack.pack_id);
-                live_bytes += u64::from(entry.length);
-            }
-        }
-        uses.push(PackUse {
-            pack,
-            stored_bytes: pack.entries.iter().map(|e| u64::from(e.length)).sum(),
-            live_bytes,
-        });
-    }
-
-    let mut condemned = Vec::new();
-    let mut to_repack = Vec::new();
-    for usage in &uses {
-        let length = stored_packs[&usage.pack.pack_id];
-        if usage.live_bytes == 0 {
-            condemned.push(CondemnedPack {
-                pack_id: usage.pack.pack_id,
-                length,
-            });
-            continue;
-        }
-        let garbage = usage.stored_bytes.saturating_sub(usage.live_bytes);
-        let garbage_percent = 100.0 * garbage as f64 / usage.stored_bytes.max(1) as f64;
-        if garbage > 0 && garbage_percent >= plan.repack_threshold_percent {
-            to_repack.push(usage);
-        }
-    }
-    // Packs no index names: left by attempts that died before writing their
-    // index, or written by a backup still running (which the sweep waits for).
-    for (id, length) in &stored_packs {
-        if !indexed.contains(id) && !already_condemned.contains(id) {
-            condemned.push(CondemnedPack {
-                pack_id: *id,
-                length: *length,
-            });
-        }
-    }
-
-    let repacked = repack(repository, &to_repack, &owner, batcher, cancel).await?;
-    for usage in to_repack
-        .iter()
-        .filter(|usage| repacked.packs.contains(&usage.pack.pack_id))
-    {
-        condemned.push(CondemnedPack {
-            pack_id: usage.pack.pack_id,
-            length: stored_packs[&usage.pack.pack_id],
-        });
-    }
-    summary.packs_repacked = repacked.packs.len() as u64;
-    summary.bytes_repacked = repacked.bytes_written;
-    if condemned.is_empty() {
-        return Ok(());
-    }
-    // Written now, after the packs were chosen and the repacked ones indexed.
-    let mut set = CondemnedSet::new(plan.run_id, Utc::now());
-    set.snapshots_seen = snapshots_seen;
-    set.packs = condemned;
-    summary.packs_condemned = set.packs.len() as u64;
-    summary.bytes_condemned = set.bytes();
-    let bytes = set
-        .to_bytes()
-        .map_err(|e| RunFailure::permanent(format!("encoding the condemned set: {e}")))?;
-    store
-        .put_bytes(&layout::condemned_key(plan.run_id), bytes, cancel)
-        .await?;
-    Ok(())
-}
-
 /// Packs whose live chunks now also live in new packs.
 struct Repacked {
     packs: HashSet<PackId>,
@@ -510,15 +520,7 @@ async fn repack<R: Reporter>(
         });
     }
     let store = repository.store();
-    let (queue, receiver) = mpsc::channel(REPACK_QUEUE);
-    let uploaded = Arc::new(AtomicU64::new(0));
-    let packer = tokio::spawn(run_packer(
-        Arc::clone(store),
-        repository.config().pack_target_size as usize,
-        receiver,
-        Arc::clone(&uploaded),
-        cancel.clone(),
-    ));
+    let packer = Packer::start(repository, REPACK_QUEUE, cancel);
     for usage in packs {
         let id = usage.pack.pack_id;
         let key = layout::pack_key(&id);
@@ -550,7 +552,7 @@ async fn repack<R: Reporter>(
         match blobs {
             Ok(blobs) => {
                 for blob in blobs {
-                    if queue.send(blob).await.is_err() {
+                    if packer.queue().send(blob).await.is_err() {
                         break;
                     }
                 }
@@ -566,11 +568,7 @@ async fn repack<R: Reporter>(
             }
         }
     }
-    drop(queue);
-    packer
-        .await
-        .map_err(|e| RunFailure::retryable(format!("packer task failed: {e}")))??;
-    let bytes_written = uploaded.load(Ordering::Relaxed);
+    let bytes_written = packer.finish().await?.packs;
     batcher.progress.bytes_uploaded += to_i64(bytes_written);
     Ok(Repacked {
         packs: done,

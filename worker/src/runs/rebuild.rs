@@ -9,7 +9,8 @@ use coffer_format::layout::{self, SNAPSHOTS_PREFIX};
 use coffer_proto::v1::RebuiltSnapshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::file_record;
+use super::backup::record::file_record;
+use super::run_attempt;
 use crate::report::{Batcher, Reporter, RunFailure};
 use crate::repository::Repository;
 use crate::store::Store;
@@ -32,11 +33,21 @@ pub async fn run_rebuild<R: Reporter>(
     reporter: &R,
     cancel: CancellationToken,
 ) -> Result<RebuildSummary, RunFailure> {
-    let attempt = i32::try_from(lease_token).unwrap_or(i32::MAX);
-    let mut batcher = Batcher::new(reporter, attempt);
-    let repository = Repository::open(Arc::clone(&store), &cancel).await?;
+    run_attempt(reporter, lease_token, &cancel, async |batcher| {
+        rebuild(&store, batcher, &cancel).await
+    })
+    .await
+}
+
+/// Reports every manifest, oldest first, one snapshot's files at a time.
+async fn rebuild<R: Reporter>(
+    store: &Arc<Store>,
+    batcher: &mut Batcher<'_, R>,
+    cancel: &CancellationToken,
+) -> Result<RebuildSummary, RunFailure> {
+    let repository = Repository::open(Arc::clone(store), cancel).await?;
     let mut manifests: Vec<(uuid::Uuid, String)> = store
-        .list(SNAPSHOTS_PREFIX, &cancel)
+        .list(SNAPSHOTS_PREFIX, cancel)
         .await?
         .into_iter()
         .filter_map(|key| layout::parse_manifest_key(&key).map(|id| (id, key)))
@@ -48,7 +59,7 @@ pub async fn run_rebuild<R: Reporter>(
         if cancel.is_cancelled() {
             return Err(RunFailure::cancelled());
         }
-        let mut reader = repository.read_manifest(key, &cancel).await?;
+        let mut reader = repository.read_manifest(key, cancel).await?;
         let header = reader.header().clone();
         if header.run_id != *run_id {
             return Err(RunFailure::permanent(format!(

@@ -8,13 +8,13 @@ use std::io::{self, Cursor};
 
 use coffer_format::{compare_paths, FormatError, ManifestEntry, ManifestHeader, ManifestReader};
 use coffer_format::{ManifestWriter, RepositoryConfig};
-use coffer_proto::v1::FileRecord;
 use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::record::removed_record;
 use crate::report::{Batcher, Reporter, RunFailure};
 use crate::repository::Repository;
 
@@ -26,6 +26,15 @@ const QUEUE: usize = 8;
 /// the benchmark's 100,000-file manifest level 1 came out smaller than
 /// level 3 (5.7 MiB against 6.3 MiB) in a third of the time.
 pub const MANIFEST_COMPRESSION_LEVEL: i32 = 1;
+
+/// The snapshot an incremental is taken against.
+#[derive(Debug, Clone)]
+pub struct ParentSnapshot {
+    /// Its run.
+    pub run_id: Uuid,
+    /// Storage key of its manifest.
+    pub manifest_key: String,
+}
 
 /// The new snapshot's manifest, spooled to a temporary file by a thread.
 pub(crate) struct ManifestSink {
@@ -215,21 +224,13 @@ impl ParentCursor {
     }
 }
 
-fn removed_record(path: &[u8]) -> FileRecord {
-    FileRecord {
-        path: path.to_vec(),
-        kind: "deleted".into(),
-        ..Default::default()
-    }
-}
-
 /// Opens the parent manifest for an incremental, or `None` for a full
 /// backup: no parent, or a parent that cannot serve (missing, damaged, or
 /// chunked with other parameters).
 pub(crate) async fn open_parent(
     repository: &Repository,
     run_id: Uuid,
-    parent: Option<&crate::backup::ParentSnapshot>,
+    parent: Option<&ParentSnapshot>,
     config: &RepositoryConfig,
     cancel: &CancellationToken,
 ) -> Option<ParentCursor> {

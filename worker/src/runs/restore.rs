@@ -23,11 +23,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coffer_format::layout;
-use coffer_format::{decode_blob, ChunkId, ChunkLocation, EntryKind, ManifestEntry, PackId};
+use coffer_format::{
+    decode_blob, ChunkId, ChunkLocation, EntryKind, FileAttributes, ManifestEntry, PackId,
+    PERMISSION_BITS,
+};
 use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::run_attempt;
 use crate::report::{human_bytes, to_i64, Batcher, Reporter, RunFailure};
 use crate::repository::{IndexUse, Repository};
 use crate::store::Store;
@@ -79,14 +83,10 @@ pub async fn run_restore<R: Reporter>(
     reporter: &R,
     cancel: CancellationToken,
 ) -> Result<RestoreSummary, RunFailure> {
-    let attempt = i32::try_from(plan.lease_token).unwrap_or(i32::MAX);
-    let mut batcher = Batcher::new(reporter, attempt);
-    let result = execute(&plan, &mut batcher, &cancel).await;
-    batcher.report_progress(true);
-    match result {
-        Err(_) if cancel.is_cancelled() => Err(RunFailure::cancelled()),
-        other => other,
-    }
+    run_attempt(reporter, plan.lease_token, &cancel, async |batcher| {
+        execute(&plan, batcher, &cancel).await
+    })
+    .await
 }
 
 /// Whether `path` is selected by `paths` (itself or below one of them).
@@ -164,7 +164,7 @@ async fn execute<R: Reporter>(
         matched += 1;
         batcher.progress.files_seen += 1;
         let target = destination_of(&plan.destination, &entry.path);
-        match entry.kind {
+        match entry.kind() {
             EntryKind::Directory => match fs::create_dir_all(&target) {
                 Ok(()) => directories.push(entry),
                 Err(e) => {
@@ -177,13 +177,18 @@ async fn execute<R: Reporter>(
                 }
             },
             EntryKind::Symlink => {
-                if let Err(message) = restore_symlink(&entry, &target) {
+                if let Err(message) = restore_symlink(&entry.attributes, &target) {
                     batcher.error(&entry.path, message).await?;
                 }
             }
             EntryKind::File => {
-                batcher.progress.bytes_seen += to_i64(entry.size);
-                match prepare_file(&entry, &target, plan.overwrite_newer, &temp_suffix) {
+                batcher.progress.bytes_seen += to_i64(entry.attributes.size);
+                match prepare_file(
+                    &entry.attributes,
+                    &target,
+                    plan.overwrite_newer,
+                    &temp_suffix,
+                ) {
                     Ok(None) => {
                         kept += 1;
                         batcher.progress.files_done += 1;
@@ -211,10 +216,10 @@ async fn execute<R: Reporter>(
                             });
                             offset += u64::from(location.raw_length);
                         }
-                        if failure.is_none() && offset != entry.size {
+                        if failure.is_none() && offset != entry.attributes.size {
                             failure = Some(format!(
                                 "the snapshot's chunks hold {offset} bytes but the file had {}",
-                                entry.size
+                                entry.attributes.size
                             ));
                         }
                         jobs.push(FileJob {
@@ -290,7 +295,7 @@ async fn execute<R: Reporter>(
     // restoring into it.
     for directory in directories.iter().rev() {
         let target = destination_of(&plan.destination, &directory.path);
-        if let Err(message) = apply_metadata(&target, directory, is_root) {
+        if let Err(message) = apply_metadata(&target, &directory.attributes, is_root) {
             batcher.error(&directory.path, message).await?;
         }
     }
@@ -335,10 +340,10 @@ async fn finish_file<R: Reporter>(
             .write(true)
             .open(&job.temp)
             .map_err(|e| format!("cannot open {}: {e}", job.temp.display()))?;
-        file.set_len(job.entry.size)
+        file.set_len(job.entry.attributes.size)
             .map_err(|e| format!("cannot size {}: {e}", job.temp.display()))?;
         drop(file);
-        apply_metadata(&job.temp, &job.entry, is_root)?;
+        apply_metadata(&job.temp, &job.entry.attributes, is_root)?;
         fs::rename(&job.temp, &job.target)
             .map_err(|e| format!("cannot move into place {}: {e}", job.target.display()))
     })();
@@ -359,7 +364,7 @@ async fn finish_file<R: Reporter>(
 /// Checks the destination and creates the temporary file; `Ok(None)` when
 /// a newer file there is kept.
 fn prepare_file(
-    entry: &ManifestEntry,
+    attributes: &FileAttributes,
     target: &Path,
     overwrite_newer: bool,
     temp_suffix: &str,
@@ -369,7 +374,7 @@ fn prepare_file(
             return Err(format!("{} exists and is a directory", target.display()));
         }
         let existing_mtime = existing.mtime() * 1_000_000_000 + existing.mtime_nsec();
-        if !overwrite_newer && existing.is_file() && existing_mtime > entry.mtime_ns {
+        if !overwrite_newer && existing.is_file() && existing_mtime > attributes.mtime_ns {
             return Ok(None);
         }
     }
@@ -536,8 +541,8 @@ fn system_time(nanos: i64) -> SystemTime {
     }
 }
 
-fn restore_symlink(entry: &ManifestEntry, target: &Path) -> Result<(), String> {
-    let Some(link) = &entry.symlink_target else {
+fn restore_symlink(attributes: &FileAttributes, target: &Path) -> Result<(), String> {
+    let Some(link) = &attributes.symlink_target else {
         return Err("symlink without a target in the manifest".into());
     };
     if let Some(parent) = target.parent() {
@@ -557,15 +562,18 @@ fn restore_symlink(entry: &ManifestEntry, target: &Path) -> Result<(), String> {
 }
 
 /// Mode, owner (as root) and times of a restored file or directory.
-fn apply_metadata(target: &Path, entry: &ManifestEntry, is_root: bool) -> Result<(), String> {
+fn apply_metadata(target: &Path, attributes: &FileAttributes, is_root: bool) -> Result<(), String> {
     if is_root {
-        std::os::unix::fs::chown(target, Some(entry.uid), Some(entry.gid))
+        std::os::unix::fs::chown(target, Some(attributes.uid), Some(attributes.gid))
             .map_err(|e| format!("cannot set the owner of {}: {e}", target.display()))?;
     }
-    fs::set_permissions(target, fs::Permissions::from_mode(entry.mode & 0o7777))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", target.display()))?;
+    fs::set_permissions(
+        target,
+        fs::Permissions::from_mode(attributes.mode & PERMISSION_BITS),
+    )
+    .map_err(|e| format!("cannot set the mode of {}: {e}", target.display()))?;
     let file = File::open(target).map_err(|e| format!("cannot open {}: {e}", target.display()))?;
-    file.set_times(FileTimes::new().set_modified(system_time(entry.mtime_ns)))
+    file.set_times(FileTimes::new().set_modified(system_time(attributes.mtime_ns)))
         .map_err(|e| format!("cannot set the times of {}: {e}", target.display()))
 }
 

@@ -1,5 +1,8 @@
 //! A repository in a [`Store`]: its config, its chunk index and its
-//! snapshot manifests, in the format `coffer-format` defines.
+//! snapshot manifests, in the format `coffer-format` defines; and the
+//! [`packer`] that writes new packs into it.
+
+pub(crate) mod packer;
 
 use std::collections::HashSet;
 use std::io::Cursor;

@@ -13,6 +13,7 @@ use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::run_attempt;
 use crate::report::{human_bytes, to_i64, Batcher, Reporter, RunFailure};
 use crate::repository::{IndexUse, Repository};
 use crate::store::{Store, StoreError};
@@ -53,14 +54,10 @@ pub async fn run_verify<R: Reporter>(
     reporter: &R,
     cancel: CancellationToken,
 ) -> Result<VerifySummary, RunFailure> {
-    let attempt = i32::try_from(plan.lease_token).unwrap_or(i32::MAX);
-    let mut batcher = Batcher::new(reporter, attempt);
-    let result = execute(&plan, &mut batcher, &cancel).await;
-    batcher.report_progress(true);
-    match result {
-        Err(_) if cancel.is_cancelled() => Err(RunFailure::cancelled()),
-        other => other,
-    }
+    run_attempt(reporter, plan.lease_token, &cancel, async |batcher| {
+        execute(&plan, batcher, &cancel).await
+    })
+    .await
 }
 
 /// Whether pack `id` is in the re-read sample: a deterministic, uniform
@@ -103,13 +100,13 @@ async fn execute<R: Reporter>(
             .next_entry()
             .map_err(|e| RunFailure::permanent(format!("manifest {}: {e}", plan.manifest_key)))?
         {
-            if entry.kind != EntryKind::File {
+            if entry.kind() != EntryKind::File {
                 continue;
             }
             files += 1;
-            bytes += entry.size;
+            bytes += entry.attributes.size;
             batcher.progress.files_seen += 1;
-            batcher.progress.bytes_seen += to_i64(entry.size);
+            batcher.progress.bytes_seen += to_i64(entry.attributes.size);
             for id in entry.chunks {
                 let Some(location) = index.get(&id) else {
                     damaged.insert(id, format!("chunk {id} is in no index (missing)"));

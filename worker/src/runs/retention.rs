@@ -8,6 +8,7 @@ use coffer_format::layout;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::run_attempt;
 use crate::report::{Batcher, Reporter, RunFailure};
 use crate::store::Store;
 
@@ -39,10 +40,19 @@ pub async fn run_retention<R: Reporter>(
     reporter: &R,
     cancel: CancellationToken,
 ) -> Result<RetentionSummary, RunFailure> {
-    let attempt = i32::try_from(lease_token).unwrap_or(i32::MAX);
-    let mut batcher = Batcher::new(reporter, attempt);
+    run_attempt(reporter, lease_token, &cancel, async |batcher| {
+        remove(&removals, batcher, &cancel).await
+    })
+    .await
+}
+
+async fn remove<R: Reporter>(
+    removals: &[Removal],
+    batcher: &mut Batcher<'_, R>,
+    cancel: &CancellationToken,
+) -> Result<RetentionSummary, RunFailure> {
     batcher.progress.files_seen = removals.len() as i64;
-    for removal in &removals {
+    for removal in removals {
         // Only ever a manifest, and the one of the snapshot named.
         if layout::parse_manifest_key(&removal.manifest_key) != Some(removal.run_id) {
             return Err(RunFailure::permanent(format!(
@@ -51,13 +61,9 @@ pub async fn run_retention<R: Reporter>(
             )));
         }
     }
-    for removal in &removals {
-        let deleted = removal.store.delete(&removal.manifest_key, &cancel).await;
+    for removal in removals {
+        let deleted = removal.store.delete(&removal.manifest_key, cancel).await;
         if let Err(error) = deleted {
-            batcher.report_progress(true);
-            if cancel.is_cancelled() {
-                return Err(RunFailure::cancelled());
-            }
             return Err(RunFailure {
                 message: format!("deleting {}: {error}", removal.manifest_key),
                 retryable: error.is_retryable(),
@@ -66,7 +72,6 @@ pub async fn run_retention<R: Reporter>(
         batcher.progress.files_done += 1;
         batcher.report_progress(false);
     }
-    batcher.report_progress(true);
     Ok(RetentionSummary {
         details: format!("removed {} snapshots", removals.len()),
         progress: batcher.progress_now(),

@@ -1,0 +1,193 @@
+//! The packer: one task that fills packs of about the repository's target
+//! size with encoded chunks and uploads them in the background, writing an
+//! index file every few packs. Backup feeds it new chunks; garbage
+//! collection feeds it the live chunks of packs it repacks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use coffer_format::layout;
+use coffer_format::{EncodedChunk, IndexFile, IndexPack, PackBuilder};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::Repository;
+use crate::report::RunFailure;
+use crate::store::Store;
+
+/// Packs uploaded at once.
+const UPLOAD_PARALLELISM: usize = 3;
+/// Packs named by one index file (the last one of a run may name fewer).
+const INDEX_FLUSH_PACKS: usize = 4;
+
+/// A running packer and the queue that feeds it.
+pub(crate) struct Packer {
+    queue: mpsc::Sender<EncodedChunk>,
+    uploaded: Arc<AtomicU64>,
+    task: JoinHandle<Result<u64, RunFailure>>,
+}
+
+/// What a packer wrote, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Packed {
+    /// Packs uploaded.
+    pub(crate) packs: u64,
+    /// Index files written.
+    pub(crate) index_files: u64,
+}
+
+impl Packer {
+    /// Starts a packer writing to `repository`, with room for `queue_len`
+    /// chunks waiting to be packed.
+    pub(crate) fn start(
+        repository: &Repository,
+        queue_len: usize,
+        cancel: &CancellationToken,
+    ) -> Self {
+        let (queue, receiver) = mpsc::channel(queue_len);
+        let uploaded = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run_packer(
+            Arc::clone(repository.store()),
+            repository.config().pack_target_size as usize,
+            receiver,
+            Arc::clone(&uploaded),
+            cancel.clone(),
+        ));
+        Packer {
+            queue,
+            uploaded,
+            task,
+        }
+    }
+
+    /// The queue to send chunks to; a send fails once the packer stopped on
+    /// an error, which [`Packer::finish`] then returns.
+    pub(crate) fn queue(&self) -> &mpsc::Sender<EncodedChunk> {
+        &self.queue
+    }
+
+    /// Bytes of packs uploaded so far.
+    pub(crate) fn uploaded(&self) -> u64 {
+        self.uploaded.load(Ordering::Relaxed)
+    }
+
+    /// Closes the queue and waits for the last pack and index file. Clones
+    /// of [`Packer::queue`] must be dropped first: the last pack is sealed
+    /// once every sender is gone.
+    pub(crate) async fn finish(self) -> Result<Packed, RunFailure> {
+        let Packer {
+            queue,
+            uploaded,
+            task,
+        } = self;
+        drop(queue);
+        let index_files = task
+            .await
+            .map_err(|e| RunFailure::retryable(format!("packer task failed: {e}")))??;
+        Ok(Packed {
+            packs: uploaded.load(Ordering::Relaxed),
+            index_files,
+        })
+    }
+}
+
+/// Fills packs from the queue and uploads each when it reaches the target
+/// size (and the last one when the queue closes). Every
+/// [`INDEX_FLUSH_PACKS`] uploaded packs, and at the end, an index file names
+/// them, so an attempt that dies midway leaves packs a retry can reuse.
+/// Returns the bytes of index files written.
+async fn run_packer(
+    store: Arc<Store>,
+    target_size: usize,
+    mut queue: mpsc::Receiver<EncodedChunk>,
+    uploaded: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) -> Result<u64, RunFailure> {
+    let mut builder = PackBuilder::new(0);
+    let mut uploads: JoinSet<Result<IndexPack, RunFailure>> = JoinSet::new();
+    let mut unindexed = Vec::new();
+    let mut index_bytes = 0u64;
+    let slots = Arc::new(Semaphore::new(UPLOAD_PARALLELISM));
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(RunFailure::cancelled()),
+            Some(done) = uploads.join_next(), if !uploads.is_empty() => {
+                unindexed.push(done.map_err(|e| RunFailure::retryable(format!("upload task failed: {e}")))??);
+                if unindexed.len() >= INDEX_FLUSH_PACKS {
+                    index_bytes += write_index(&store, std::mem::take(&mut unindexed), &cancel).await?;
+                }
+                continue;
+            }
+            next = queue.recv() => next,
+        };
+        let Some(chunk) = next else { break };
+        builder
+            .add_blob(&chunk)
+            .map_err(|e| RunFailure::permanent(format!("packing: {e}")))?;
+        if builder.len() >= target_size {
+            let full = std::mem::replace(&mut builder, PackBuilder::new(0));
+            start_upload(&store, full, &slots, &mut uploads, &uploaded, &cancel).await?;
+        }
+    }
+    if !builder.is_empty() {
+        start_upload(&store, builder, &slots, &mut uploads, &uploaded, &cancel).await?;
+    }
+    while let Some(done) = uploads.join_next().await {
+        unindexed
+            .push(done.map_err(|e| RunFailure::retryable(format!("upload task failed: {e}")))??);
+    }
+    if !unindexed.is_empty() {
+        index_bytes += write_index(&store, unindexed, &cancel).await?;
+    }
+    Ok(index_bytes)
+}
+
+/// Writes an index file naming `packs` (all uploaded); returns its size.
+async fn write_index(
+    store: &Store,
+    packs: Vec<IndexPack>,
+    cancel: &CancellationToken,
+) -> Result<u64, RunFailure> {
+    let (index_id, bytes) = IndexFile { packs }
+        .encode()
+        .map_err(|e| RunFailure::permanent(format!("encoding the index: {e}")))?;
+    let length = bytes.len() as u64;
+    store
+        .put_bytes(&layout::index_key(&index_id), bytes, cancel)
+        .await?;
+    Ok(length)
+}
+
+async fn start_upload(
+    store: &Arc<Store>,
+    builder: PackBuilder,
+    slots: &Arc<Semaphore>,
+    uploads: &mut JoinSet<Result<IndexPack, RunFailure>>,
+    uploaded: &Arc<AtomicU64>,
+    cancel: &CancellationToken,
+) -> Result<(), RunFailure> {
+    let permit = Arc::clone(slots)
+        .acquire_owned()
+        .await
+        .map_err(|_| RunFailure::cancelled())?;
+    let sealed = tokio::task::spawn_blocking(move || builder.finish())
+        .await
+        .map_err(|e| RunFailure::retryable(format!("sealing task failed: {e}")))?
+        .map_err(|e| RunFailure::permanent(format!("sealing a pack: {e}")))?;
+    let store = Arc::clone(store);
+    let uploaded = Arc::clone(uploaded);
+    let cancel = cancel.clone();
+    uploads.spawn(async move {
+        let _permit = permit;
+        let entry = IndexPack::from_sealed(&sealed);
+        let length = sealed.bytes.len() as u64;
+        store
+            .put_bytes(&layout::pack_key(&sealed.id), sealed.bytes, &cancel)
+            .await?;
+        uploaded.fetch_add(length, Ordering::Relaxed);
+        Ok(entry)
+    });
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! One backup attempt in repository format v1 (see `format/README.md`).
+//!
+//! The walk yields entries in manifest order. Each regular file is either
+//! carried over from the parent snapshot unread — its size, mtime, ctime and
+//! inode are unchanged — or read on a blocking thread that chunks it
+//! (FastCDC), hashes every chunk with the repository key and compresses the
+//! chunks the repository does not hold yet. Files are processed several at
+//! a time on all cores while one packer task fills packs of about 16 MiB and
+//! uploads them in the background, so reading overlaps with uploading.
+//! Results are consumed in walk order: each entry goes into the streamed
+//! manifest and, when it changed since the parent, into a file record for
+//! the control plane. Index files name uploaded packs every few packs (so a
+//! retry after a crash reuses them); the last index file and then the
+//! manifest are written last, so a manifest never names a chunk that is not
+//! stored and indexed.
+//!
+//! The stages, each in its own file: `reader` opens, reads and chunks
+//! regular files; `record` maps a walked entry to its manifest entry and the
+//! control plane's file record and decides what an incremental may skip and
+//! must report; `entries` drives the walk through them in order;
+//! `manifests` streams the parent's manifest and the new one. The packer is
+//! the repository's ([`crate::repository::packer`]).
+
+mod entries;
+mod manifests;
+mod reader;
+pub(crate) mod record;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use coffer_format::layout;
+use coffer_format::{ManifestHeader, RepositoryConfig};
+use coffer_proto::v1::JobOptions;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::run_attempt;
+use crate::report::{human_bytes, to_i64, Batcher, RunFailure};
+pub use crate::report::{
+    RecordBatch, ReportError, Reporter, RunFailure as BackupFailure, MAX_BATCH_RECORDS,
+};
+use crate::repository::packer::Packer;
+use crate::repository::{IndexUse, Repository};
+use crate::source::{self, WalkOptions};
+use crate::store::Store;
+use entries::walk_into_manifest;
+use manifests::{open_parent, ManifestSink};
+pub use manifests::{ParentSnapshot, MANIFEST_COMPRESSION_LEVEL};
+use reader::FileContext;
+pub use reader::MAX_REREADS;
+
+/// Encoded chunks queued for the packer.
+const PACKER_QUEUE: usize = 16;
+
+/// Everything one backup attempt needs.
+#[derive(Debug, Clone)]
+pub struct BackupPlan {
+    /// The run being executed.
+    pub run_id: Uuid,
+    /// The job, if any (recorded in the manifest).
+    pub job_id: Option<Uuid>,
+    /// The lease token (attempt number) the run was leased with.
+    pub lease_token: i64,
+    /// Absolute path of the source tree (or single file).
+    pub source: PathBuf,
+    /// How the source is read.
+    pub options: JobOptions,
+    /// The repository's store.
+    pub store: Arc<Store>,
+    /// Chunk key for a repository created by this run.
+    pub repository_key: Vec<u8>,
+    /// The previous snapshot of the same job in the repository, if any.
+    pub parent: Option<ParentSnapshot>,
+}
+
+/// A successful backup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupSummary {
+    /// Total size of the regular files in the snapshot.
+    pub size_bytes: i64,
+    /// Entries in the snapshot.
+    pub file_count: i64,
+    /// Batches sent to the reporter.
+    pub batch_count: i64,
+    /// Key of the snapshot manifest.
+    pub manifest_key: String,
+    /// The parent the records are relative to (`None`: they list the whole tree).
+    pub parent_run_id: Option<Uuid>,
+    /// Human-readable summary for the run's metadata.
+    pub details: String,
+    /// Final counters.
+    pub progress: coffer_proto::v1::RunProgress,
+    /// Bytes of packs uploaded (after deduplication and compression).
+    pub bytes_uploaded: u64,
+    /// Regular files read (not carried over from the parent).
+    pub files_read: u64,
+}
+
+/// Runs one backup attempt of `plan`.
+///
+/// Per-file problems (unreadable, vanished, constantly changing files) are
+/// reported and skipped; they fail the run only with
+/// `options.fail_on_file_errors`. Storage errors and reporter errors fail it.
+/// When `cancel` fires the backup stops promptly with the failure
+/// `cancelled`; packs already uploaded stay (unreferenced until a later
+/// backup reuses them or garbage collection removes them) but no manifest
+/// is written.
+pub async fn run_backup<R: Reporter>(
+    plan: BackupPlan,
+    reporter: &R,
+    cancel: CancellationToken,
+) -> Result<BackupSummary, BackupFailure> {
+    run_attempt(reporter, plan.lease_token, &cancel, async |batcher| {
+        execute(&plan, batcher, &cancel).await
+    })
+    .await
+}
+
+/// The stages of one attempt: walk, parent and index opened; entries read
+/// and packed into the manifest; the last packs, index and manifest stored.
+async fn execute<R: Reporter>(
+    plan: &BackupPlan,
+    batcher: &mut Batcher<'_, R>,
+    cancel: &CancellationToken,
+) -> Result<BackupSummary, RunFailure> {
+    tracing::debug!(run = %plan.run_id, "backup starting");
+    let walk_options = WalkOptions {
+        exclude: plan.options.exclude.clone(),
+        one_file_system: plan.options.one_file_system,
+    };
+    // The source is checked first: a missing source is the user's error,
+    // whatever the state of the storage.
+    let walk = source::walk(&plan.source, &walk_options, cancel)
+        .await
+        .map_err(|e| RunFailure::permanent(e.to_string()))?;
+    let repository =
+        Repository::open_or_create(Arc::clone(&plan.store), &plan.repository_key, cancel).await?;
+    let config = repository.config().clone();
+    // The chunk index and the parent manifest are fetched side by side.
+    let (index, mut parent) = tokio::join!(
+        repository.load_index(IndexUse::Write, cancel),
+        open_parent(
+            &repository,
+            plan.run_id,
+            plan.parent.as_ref(),
+            &config,
+            cancel
+        )
+    );
+    let index = index?;
+    let parent_run_id = parent.as_ref().map(|p| p.run_id);
+    let started = std::time::Instant::now();
+    tracing::debug!(run = %plan.run_id, "index and parent loaded");
+
+    let packer = Packer::start(&repository, PACKER_QUEUE, cancel);
+    let context = Arc::new(FileContext::new(
+        &repository,
+        index,
+        packer.queue().clone(),
+        cancel,
+    )?);
+    let mut manifest = ManifestSink::start(&header(plan, parent_run_id, &config))?;
+    let stats = walk_into_manifest(
+        walk,
+        &mut parent,
+        &context,
+        &packer,
+        &mut manifest,
+        batcher,
+        cancel,
+    )
+    .await?;
+    tracing::debug!(run = %plan.run_id, elapsed = ?started.elapsed(), "walk done");
+    // Every file task is done: closing the queue lets the packer seal the
+    // last pack.
+    drop(context);
+    let packed = packer.finish().await?;
+    batcher.progress.bytes_uploaded = to_i64(packed.packs);
+    if let Some(parent) = parent {
+        parent.finish()?;
+    }
+    // Flushed before failing, so that the errors the failure points to are
+    // reported.
+    batcher.flush().await?;
+    if plan.options.fail_on_file_errors && batcher.error_total > 0 {
+        return Err(RunFailure::permanent(format!(
+            "{} file error(s) and fail_on_file_errors is set; see the run's errors",
+            batcher.error_total
+        )));
+    }
+
+    let spool = manifest.finish().await?;
+    let manifest_key = layout::manifest_key(plan.run_id);
+    let manifest_len = plan
+        .store
+        .put_file(&manifest_key, spool.path(), cancel)
+        .await?;
+
+    tracing::debug!(run = %plan.run_id, elapsed = ?started.elapsed(), "manifest stored");
+    let bytes_uploaded = packed.packs + packed.index_files + manifest_len;
+    batcher.progress.bytes_uploaded = to_i64(bytes_uploaded);
+    batcher.progress.current_path.clear();
+    let details = format!(
+        "{} entries ({} files, {}); {} files read, {} carried over from the parent; \
+         {} uploaded; {} per-file errors",
+        stats.entries,
+        stats.files,
+        human_bytes(stats.size),
+        stats.files_read,
+        stats.files - stats.files_read,
+        human_bytes(bytes_uploaded),
+        batcher.error_total
+    );
+    Ok(BackupSummary {
+        size_bytes: to_i64(stats.size),
+        file_count: to_i64(stats.entries),
+        batch_count: batcher.batch_count(),
+        manifest_key,
+        parent_run_id,
+        details,
+        progress: batcher.progress_now(),
+        bytes_uploaded,
+        files_read: stats.files_read,
+    })
+}
+
+/// The new manifest's first line.
+fn header(
+    plan: &BackupPlan,
+    parent_run_id: Option<Uuid>,
+    config: &RepositoryConfig,
+) -> ManifestHeader {
+    let mut header = ManifestHeader::new(
+        plan.run_id,
+        plan.source.to_string_lossy().into_owned(),
+        hostname(),
+        chrono::Utc::now(),
+        config.chunker,
+    );
+    header.job_id = plan.job_id;
+    header.parent_run_id = parent_run_id;
+    header
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,374 @@
+//! Reading regular files for a backup: each file is opened early with the
+//! kernel asked to read ahead, then read, chunked (FastCDC), hashed with the
+//! repository key and its new chunks compressed on the CPU pool and queued
+//! for the packer. A file that changes while it is read is read again.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use coffer_format::{
+    encode_chunk, new_compressor, ChunkBuffer, ChunkHasher, ChunkId, ChunkIndex, ChunkStream,
+    Chunker, Compressor, EncodedChunk,
+};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::cpu_pool::CpuPool;
+use crate::report::RunFailure;
+use crate::repository::Repository;
+use crate::source::EntryMetadata;
+
+/// A file that keeps changing while it is read is re-read this many times
+/// before it is reported as a per-file error.
+pub const MAX_REREADS: u32 = 3;
+/// Regular files opened and being read ahead by the kernel at once.
+const PREFETCH_FILES: usize = 32;
+/// Bytes of each file the kernel is asked to read ahead when it is opened.
+const PREFETCH_BYTES: u64 = 4 << 20;
+
+/// Shared by the file tasks.
+pub(super) struct FileContext {
+    chunker: Chunker,
+    hasher: ChunkHasher,
+    compression_level: i32,
+    chunks: ChunkSet,
+    packer: mpsc::Sender<EncodedChunk>,
+    cpu: CpuPool,
+    prefetch: Semaphore,
+    tools: Mutex<Vec<FileTools>>,
+    cancel: CancellationToken,
+    bytes_read: AtomicU64,
+}
+
+/// What reading one regular file found (or, for a file carried over
+/// unread, what the parent recorded).
+pub(super) struct FileContent {
+    /// Keyed hash of the whole content.
+    pub(super) content_hash: String,
+    /// The chunks in file order.
+    pub(super) chunks: Vec<ChunkId>,
+    /// The `lstat` metadata the content belongs to.
+    pub(super) metadata: EntryMetadata,
+}
+
+/// Why a regular file was not backed up.
+pub(super) enum FileProblem {
+    /// Reported for the file; the run goes on.
+    Skip(String),
+    /// Fails the run.
+    Fatal(RunFailure),
+}
+
+impl FileContext {
+    /// The context of one backup's file tasks: chunks new to `index` go to
+    /// `packer`, compressed at the repository's level on all cores.
+    pub(super) fn new(
+        repository: &Repository,
+        index: ChunkIndex,
+        packer: mpsc::Sender<EncodedChunk>,
+        cancel: &CancellationToken,
+    ) -> Result<Self, RunFailure> {
+        let config = repository.config();
+        Ok(FileContext {
+            chunker: Chunker::new(config.chunker),
+            hasher: repository.hasher().clone(),
+            compression_level: config.compression_level,
+            chunks: ChunkSet {
+                index,
+                queued: Mutex::new(QueuedIds::default()),
+            },
+            packer,
+            cpu: CpuPool::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .map_err(|e| {
+                    RunFailure::retryable(format!("starting the chunking threads: {e}"))
+                })?,
+            prefetch: Semaphore::new(PREFETCH_FILES),
+            tools: Mutex::new(Vec::new()),
+            cancel: cancel.clone(),
+            bytes_read: AtomicU64::new(0),
+        })
+    }
+}
+
+/// Chunks the repository holds or this run has queued, shared by file tasks
+/// so that each new chunk is packed once.
+struct ChunkSet {
+    index: ChunkIndex,
+    queued: Mutex<QueuedIds>,
+}
+
+impl ChunkSet {
+    /// Claims `id` for packing; false when it is stored or already claimed.
+    fn claim(&self, id: ChunkId) -> bool {
+        if self.index.contains(&id) {
+            return false;
+        }
+        self.queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id)
+    }
+}
+
+/// Recent claims in a hash set, older ones in one sorted vector.
+///
+/// A run over a million tiny files claims a million ids. In one `HashSet`
+/// they cost about 66 bytes each (power-of-two tables at most 7/8 full),
+/// and twice that while the table grows; sorted, they cost their 32 bytes.
+/// The set is merged into the vector whenever it reaches a quarter of it,
+/// so each id is sorted a handful of times over a run.
+#[derive(Default)]
+struct QueuedIds {
+    sorted: Vec<ChunkId>,
+    recent: HashSet<ChunkId>,
+}
+
+impl QueuedIds {
+    /// Recent ids are merged once there are at least this many.
+    const MIN_RECENT: usize = 1 << 14;
+
+    /// Adds `id`; false when it was already there.
+    fn insert(&mut self, id: ChunkId) -> bool {
+        if self.sorted.binary_search(&id).is_ok() || !self.recent.insert(id) {
+            return false;
+        }
+        if self.recent.len() >= Self::MIN_RECENT.max(self.sorted.len() / 4) {
+            self.sorted.reserve_exact(self.recent.len());
+            self.sorted.extend(self.recent.drain());
+            self.sorted.sort_unstable();
+            self.recent = HashSet::new();
+        }
+        true
+    }
+}
+
+/// Reads one regular file: opened early, with the kernel asked to start
+/// reading it (up to [`PREFETCH_FILES`] files ahead), then chunked and
+/// compressed on the CPU pool. On a cold cache most files of a
+/// tree are small, and reading them one or two at a time leaves the disk
+/// idle between requests.
+pub(super) async fn read_in_turn(
+    context: Arc<FileContext>,
+    path: PathBuf,
+) -> Result<FileContent, FileProblem> {
+    let cancelled = || FileProblem::Fatal(RunFailure::cancelled());
+    let task_failed = |e: tokio::task::JoinError| {
+        FileProblem::Fatal(RunFailure::retryable(format!("file task failed: {e}")))
+    };
+    let _prefetch = context.prefetch.acquire().await.map_err(|_| cancelled())?;
+    let open_path = path.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let opened = open_regular(&open_path)?;
+        prefetch(&opened.0, opened.1.len());
+        Ok(opened)
+    })
+    .await
+    .map_err(task_failed)?;
+    let task_context = Arc::clone(&context);
+    context
+        .cpu
+        .run(move || read_file(&task_context, &path, opened))
+        .await
+        .unwrap_or_else(|| {
+            Err(FileProblem::Fatal(RunFailure::retryable(
+                "a chunking thread failed",
+            )))
+        })
+}
+
+/// Asks the kernel to read the start of `file` into the page cache in the
+/// background. Only a hint: failure costs speed, not correctness.
+fn prefetch(file: &File, len: u64) {
+    let Some(len) = std::num::NonZeroU64::new(len.min(PREFETCH_BYTES)) else {
+        return;
+    };
+    if let Err(error) = rustix::fs::fadvise(file, 0, Some(len), rustix::fs::Advice::WillNeed) {
+        tracing::debug!(%error, "fadvise(WILLNEED) failed");
+    }
+}
+
+/// Reads, chunks and hashes one file, queueing its new chunks for packing.
+/// A file that changes while it is read is read again.
+/// `opened` is the first attempt's [`open_regular`] result.
+fn read_file(
+    context: &FileContext,
+    path: &Path,
+    opened: Result<(File, std::fs::Metadata), FileProblem>,
+) -> Result<FileContent, FileProblem> {
+    let mut last_change = String::new();
+    let mut opened = Some(opened);
+    for _ in 0..=MAX_REREADS {
+        let (file, before) = match opened.take() {
+            Some(first) => first?,
+            None => open_regular(path)?,
+        };
+        let (content_hash, chunks) = chunk_file(context, file)?;
+        let after = std::fs::symlink_metadata(path)
+            .map_err(|e| FileProblem::Skip(format!("vanished while being read: {e}")))?;
+        if !changed(&before, &after) {
+            return Ok(FileContent {
+                content_hash,
+                chunks,
+                metadata: EntryMetadata::from(&before),
+            });
+        }
+        last_change = format!(
+            "changed while being read ({} -> {} bytes)",
+            before.len(),
+            after.len()
+        );
+    }
+    Err(FileProblem::Skip(format!(
+        "{last_change}; gave up after {MAX_REREADS} re-reads"
+    )))
+}
+
+fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), FileProblem> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => FileProblem::Skip("vanished before it could be read".into()),
+            _ => FileProblem::Skip(format!("cannot open: {e}")),
+        })?;
+    let metadata = file
+        .metadata()
+        .map_err(|e| FileProblem::Skip(format!("cannot stat: {e}")))?;
+    if !metadata.is_file() {
+        return Err(FileProblem::Skip("is no longer a regular file".into()));
+    }
+    Ok((file, metadata))
+}
+
+fn changed(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
+    before.len() != after.len()
+        || before.mtime() != after.mtime()
+        || before.mtime_nsec() != after.mtime_nsec()
+        || before.ino() != after.ino()
+}
+
+fn chunk_file(context: &FileContext, file: File) -> Result<(String, Vec<ChunkId>), FileProblem> {
+    let mut tools = take_tools(context)?;
+    let mut stream = context.chunker.stream(
+        CountingReader {
+            inner: file,
+            context,
+        },
+        std::mem::take(&mut tools.buffer),
+    );
+    let result = chunk_stream(context, &mut stream, &mut tools.compressor);
+    tools.buffer = stream.into_buffer();
+    context
+        .tools
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(tools);
+    result
+}
+
+fn chunk_stream<R: Read>(
+    context: &FileContext,
+    stream: &mut ChunkStream<R>,
+    compressor: &mut Compressor,
+) -> Result<(String, Vec<ChunkId>), FileProblem> {
+    let mut content = context.hasher.content_hasher();
+    let mut ids = Vec::new();
+    let mut whole = None;
+    while let Some(chunk) = stream.next_chunk() {
+        if context.cancel.is_cancelled() {
+            return Err(FileProblem::Fatal(RunFailure::cancelled()));
+        }
+        let chunk = chunk.map_err(|e| FileProblem::Skip(format!("read failed: {e}")))?;
+        let id = context.hasher.chunk_id(chunk.bytes);
+        // A file that is one chunk has that chunk's id as its content hash
+        // (same key, same function), so it is hashed once, not twice.
+        if chunk.whole {
+            whole = Some(id);
+        } else {
+            content.update(chunk.bytes);
+        }
+        ids.push(id);
+        if context.chunks.claim(id) {
+            let encoded = encode_chunk(compressor, id, chunk.bytes).map_err(|e| {
+                FileProblem::Fatal(RunFailure::permanent(format!("compressing a chunk: {e}")))
+            })?;
+            context
+                .packer
+                .blocking_send(encoded)
+                .map_err(|_| FileProblem::Fatal(RunFailure::retryable("the packer stopped")))?;
+        }
+    }
+    let content_hash = match whole {
+        Some(id) => id.to_hex(),
+        None => content.finalize(),
+    };
+    Ok((content_hash, ids))
+}
+
+/// A compressor and a chunking buffer for one file at a time, taken from the
+/// pool (or made) and given back afterwards: both cost far more to set up
+/// than a small file costs to read.
+struct FileTools {
+    compressor: Compressor,
+    buffer: ChunkBuffer,
+}
+
+fn take_tools(context: &FileContext) -> Result<FileTools, FileProblem> {
+    let reused = context
+        .tools
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop();
+    match reused {
+        Some(tools) => Ok(tools),
+        None => Ok(FileTools {
+            compressor: new_compressor(context.compression_level).map_err(|e| {
+                FileProblem::Fatal(RunFailure::permanent(format!("starting zstd: {e}")))
+            })?,
+            buffer: ChunkBuffer::default(),
+        }),
+    }
+}
+
+/// Counts bytes read, for progress between chunks of large files.
+struct CountingReader<'a> {
+    inner: File,
+    context: &'a FileContext,
+}
+
+impl Read for CountingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.context
+            .bytes_read
+            .fetch_add(read as u64, Ordering::Relaxed);
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_ids_admit_each_id_once_across_merges() {
+        let mut queued = QueuedIds::default();
+        let id = |i: u32| {
+            let mut bytes = [0u8; 32];
+            bytes[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
+            bytes[4..8].copy_from_slice(&i.to_le_bytes());
+            ChunkId(bytes)
+        };
+        let count = 3 * QueuedIds::MIN_RECENT as u32 + 5;
+        assert!((0..count).all(|i| queued.insert(id(i))));
+        assert!(!queued.sorted.is_empty(), "some ids were merged");
+        assert!((0..count).all(|i| !queued.insert(id(i))));
+        assert_eq!(queued.sorted.len() + queued.recent.len(), count as usize);
+    }
+}

@@ -467,15 +467,8 @@ rc=0
 python3 "$HELPERS/timed.py" "$LOGS/restic-restore.time.json" -- \
   "${RESTIC[@]}" restore latest --host bench --target "$BENCH_DIR/restore-restic" \
   >"$LOGS/restic-restore.log" 2>&1 || rc=$?
-rec restic.restore.seconds "$(jq -r .seconds "$LOGS/restic-restore.time.json")"
-rec restic.restore.rss_kb "$(jq -r .maxrss_kb "$LOGS/restic-restore.time.json")"
-if [ "$rc" = 0 ]; then
-  rec restic.restore.status ok
-  log "restic restore: $(jq -r .seconds "$LOGS/restic-restore.time.json") s"
-  verify_restore restic "$BENCH_DIR/restore-restic" restic.restore
-else
-  rec restic.restore.status "FAILED (exit $rc)"; fail "restic restore failed: $(tail -n 5 "$LOGS/restic-restore.log")"
-fi
+record_timed restic restore restic.restore "$rc" "$LOGS/restic-restore.log"
+if [ "$rc" = 0 ]; then verify_restore restic "$BENCH_DIR/restore-restic" restic.restore; fi
 fi
 
 if [ "$BENCH_RCLONE_RESTORE" = 1 ]; then
@@ -485,15 +478,8 @@ if [ "$BENCH_RCLONE_RESTORE" = 1 ]; then
   python3 "$HELPERS/timed.py" "$LOGS/rclone-restore.time.json" -- \
     "${RCLONE[@]}" copy garage:rclone-bench/corpus "$BENCH_DIR/restore-rclone" --stats 0 \
     --log-file "$LOGS/rclone-restore.log" || rc=$?
-  rec rclone.restore.seconds "$(jq -r .seconds "$LOGS/rclone-restore.time.json")"
-  rec rclone.restore.rss_kb "$(jq -r .maxrss_kb "$LOGS/rclone-restore.time.json")"
-  if [ "$rc" = 0 ]; then
-    rec rclone.restore.status ok
-    log "rclone copy back: $(jq -r .seconds "$LOGS/rclone-restore.time.json") s"
-    verify_restore rclone "$BENCH_DIR/restore-rclone" rclone.restore
-  else
-    rec rclone.restore.status "FAILED (exit $rc)"; fail "rclone copy back failed: $(tail -n 5 "$LOGS/rclone-restore.log")"
-  fi
+  record_timed rclone restore rclone.restore "$rc" "$LOGS/rclone-restore.log"
+  if [ "$rc" = 0 ]; then verify_restore rclone "$BENCH_DIR/restore-rclone" rclone.restore; fi
 else
   rec rclone.restore.status "not run (BENCH_RCLONE_RESTORE=1 runs it)"
 fi

@@ -84,6 +84,53 @@ pub struct Config {
     pub print_config: bool,
 }
 
+impl coffer_worker::process::BinaryConfig for Config {
+    fn print_config(&self) -> bool {
+        self.print_config
+    }
+
+    /// The effective configuration as `key = value` lines, passwords redacted.
+    fn render(&self) -> String {
+        let admin_token = if std::env::var_os("COFFER_ADMIN_TOKEN").is_some() {
+            "(set)"
+        } else {
+            "(unset)"
+        };
+        let worker_token = if std::env::var_os("COFFER_WORKER_TOKEN").is_some() {
+            "(set)"
+        } else {
+            "(unset)"
+        };
+        [
+            format!("listen = {}", self.listen),
+            format!("data_dir = {}", self.data_dir.display()),
+            format!(
+                "database_url = {}",
+                redact_url(&self.effective_database_url())
+            ),
+            format!("insecure_no_auth = {}", self.insecure_no_auth),
+            format!("log_format = {}", self.log_format),
+            format!("shutdown_grace_seconds = {}", self.shutdown_grace_seconds),
+            format!("embedded_worker = {}", self.runs_embedded_worker()),
+            format!("embedded_worker_slots = {}", self.embedded_worker_slots),
+            format!("scheduler = {}", self.scheduler),
+            format!("scheduler_poll_seconds = {}", self.scheduler_poll_seconds),
+            format!("scheduler_lease_seconds = {}", self.scheduler_lease_seconds),
+            format!(
+                "scheduler_misfire_grace_seconds = {}",
+                self.scheduler_misfire_grace_seconds
+            ),
+            format!("admin_token = {admin_token}"),
+            format!("worker_token = {worker_token}"),
+        ]
+        .join("\n")
+    }
+
+    fn log_format(&self) -> &str {
+        &self.log_format
+    }
+}
+
 impl Config {
     /// The catalog URL in effect.
     pub fn effective_database_url(&self) -> String {
@@ -144,43 +191,6 @@ impl Config {
             );
         }
         Ok(())
-    }
-
-    /// The effective configuration as `key = value` lines, passwords redacted.
-    pub fn render(&self) -> String {
-        let admin_token = if std::env::var_os("COFFER_ADMIN_TOKEN").is_some() {
-            "(set)"
-        } else {
-            "(unset)"
-        };
-        let worker_token = if std::env::var_os("COFFER_WORKER_TOKEN").is_some() {
-            "(set)"
-        } else {
-            "(unset)"
-        };
-        [
-            format!("listen = {}", self.listen),
-            format!("data_dir = {}", self.data_dir.display()),
-            format!(
-                "database_url = {}",
-                redact_url(&self.effective_database_url())
-            ),
-            format!("insecure_no_auth = {}", self.insecure_no_auth),
-            format!("log_format = {}", self.log_format),
-            format!("shutdown_grace_seconds = {}", self.shutdown_grace_seconds),
-            format!("embedded_worker = {}", self.runs_embedded_worker()),
-            format!("embedded_worker_slots = {}", self.embedded_worker_slots),
-            format!("scheduler = {}", self.scheduler),
-            format!("scheduler_poll_seconds = {}", self.scheduler_poll_seconds),
-            format!("scheduler_lease_seconds = {}", self.scheduler_lease_seconds),
-            format!(
-                "scheduler_misfire_grace_seconds = {}",
-                self.scheduler_misfire_grace_seconds
-            ),
-            format!("admin_token = {admin_token}"),
-            format!("worker_token = {worker_token}"),
-        ]
-        .join("\n")
     }
 }
 

@@ -2,25 +2,18 @@
 
 use std::sync::Arc;
 
-use clap::Parser;
 use coffer_control_plane::config::Config;
 use coffer_control_plane::{server, startup};
 use coffer_worker::executor::RunExecutor;
+use coffer_worker::process;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    coffer_worker::allocator::block_on(run())?
+    process::main(run)
 }
 
-async fn run() -> anyhow::Result<()> {
-    let config = Config::parse();
-    if config.print_config {
-        println!("{}", config.render());
-        return Ok(());
-    }
-    init_logging(&config.log_format);
+async fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
 
     let state = startup::prepare(&config).await?;
@@ -30,7 +23,7 @@ async fn run() -> anyhow::Result<()> {
     let port = listener.local_addr()?.port();
     let signal = CancellationToken::new();
     let stop_serving = CancellationToken::new();
-    tokio::spawn(signal_shutdown(signal.clone()));
+    tokio::spawn(process::cancel_on_signal(signal.clone()));
     let serving = tokio::spawn(server::serve(
         state.clone(),
         listener,
@@ -74,41 +67,4 @@ async fn run() -> anyhow::Result<()> {
     state.catalog.close().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn signal_shutdown(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("signal received");
-    token.cancel();
 }

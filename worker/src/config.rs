@@ -51,6 +51,38 @@ pub struct Config {
     pub print_config: bool,
 }
 
+impl crate::process::BinaryConfig for Config {
+    fn print_config(&self) -> bool {
+        self.print_config
+    }
+
+    /// The effective configuration as `key = value` lines.
+    fn render(&self) -> String {
+        let token = if std::env::var_os("COFFER_WORKER_TOKEN").is_some()
+            || std::env::var_os("COFFER_WORKER_TOKEN_FILE").is_some()
+        {
+            "(set)"
+        } else {
+            "(unset)"
+        };
+        [
+            format!("control_plane = {}", self.control_plane),
+            format!("name = {}", self.effective_name()),
+            format!("labels = {}", self.labels),
+            format!("slots = {}", self.slots),
+            format!("source_roots = {}", self.source_roots),
+            format!("drain_timeout_seconds = {}", self.drain_timeout_seconds),
+            format!("log_format = {}", self.log_format),
+            format!("token = {token}"),
+        ]
+        .join("\n")
+    }
+
+    fn log_format(&self) -> &str {
+        &self.log_format
+    }
+}
+
 impl Config {
     /// The worker's name: the flag, else the host name.
     pub fn effective_name(&self) -> String {
@@ -109,28 +141,6 @@ impl Config {
             return Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()));
         }
         Ok(None)
-    }
-
-    /// The effective configuration as `key = value` lines.
-    pub fn render(&self) -> String {
-        let token = if std::env::var_os("COFFER_WORKER_TOKEN").is_some()
-            || std::env::var_os("COFFER_WORKER_TOKEN_FILE").is_some()
-        {
-            "(set)"
-        } else {
-            "(unset)"
-        };
-        [
-            format!("control_plane = {}", self.control_plane),
-            format!("name = {}", self.effective_name()),
-            format!("labels = {}", self.labels),
-            format!("slots = {}", self.slots),
-            format!("source_roots = {}", self.source_roots),
-            format!("drain_timeout_seconds = {}", self.drain_timeout_seconds),
-            format!("log_format = {}", self.log_format),
-            format!("token = {token}"),
-        ]
-        .join("\n")
     }
 }
 

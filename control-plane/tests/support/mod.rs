@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+use coffer_control_plane::model::object::{EntryKind, FileAttributes, SnapshotEntry};
 pub use coffer_control_plane::testing::{authed, fresh_catalog, Backend, CatalogGuard, TestServer};
 
 /// Generates one `#[tokio::test]` per backend for each named async test function
@@ -71,5 +72,24 @@ pub fn assert_violated<T: std::fmt::Debug>(
     match result {
         Ok(answer) => panic!("{what}: expected a refusal, got {answer:?}"),
         Err(status) => assert_eq!(violated_fields(&status), fields, "{what}"),
+    }
+}
+
+/// A one-byte regular file at `path` with content `content_hash`, owned by
+/// root, as a snapshot entry.
+pub fn one_byte_file(path: &str, content_hash: &str) -> SnapshotEntry {
+    SnapshotEntry {
+        path: path.as_bytes().to_vec(),
+        attributes: FileAttributes {
+            kind: EntryKind::File,
+            size: 1,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            content_hash: Some(content_hash.to_string()),
+            symlink_target: None,
+        },
+        storage_key: String::new(),
     }
 }

@@ -62,6 +62,23 @@ pub fn assert_code<T: std::fmt::Debug>(
     }
 }
 
+/// Asserts that a stranger's attempts to read, change and delete another
+/// owner's resource (`get`, `update` and `delete`, made in that order) each
+/// fail with NOT_FOUND, so that not even the resource's existence leaks.
+pub fn assert_hidden_from_stranger<G, U, D>(
+    get: Result<G, tonic::Status>,
+    update: Result<U, tonic::Status>,
+    delete: Result<D, tonic::Status>,
+) where
+    G: std::fmt::Debug,
+    U: std::fmt::Debug,
+    D: std::fmt::Debug,
+{
+    assert_code(get, tonic::Code::NotFound, "foreign get");
+    assert_code(update, tonic::Code::NotFound, "foreign update");
+    assert_code(delete, tonic::Code::NotFound, "foreign delete");
+}
+
 /// Asserts that `result` failed naming exactly `fields` in its
 /// `google.rpc.BadRequest` details; `what` says what was refused.
 pub fn assert_violated<T: std::fmt::Debug>(

@@ -69,6 +69,14 @@ impl DomainError {
         DomainError::NotFound(format!("{kind} {id}"))
     }
 
+    /// A write refused because the resource changed since the caller read
+    /// it, e.g. `changed_concurrently("bucket", id)`.
+    pub fn changed_concurrently(kind: &str, id: impl std::fmt::Display) -> Self {
+        DomainError::Aborted(format!(
+            "{kind} {id} changed concurrently; read it again and retry"
+        ))
+    }
+
     /// The gRPC code this error maps to.
     pub fn code(&self) -> Code {
         match self {

@@ -5,7 +5,8 @@ mod support;
 use coffer_proto::v1 as pb;
 use prost_types::FieldMask;
 use support::{
-    assert_code, assert_violated, assert_violations, violated_fields, Backend, TestServer,
+    assert_code, assert_hidden_from_stranger, assert_violated, assert_violations, violated_fields,
+    Backend, TestServer,
 };
 use tonic::Code;
 
@@ -49,9 +50,9 @@ async fn get(server: &TestServer, token: &str, id: &str) -> Result<pb::Bucket, t
 async fn bucket_crud_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, token) = server.create_user("alice").await;
+    let api = server.as_user(&token);
 
-    let created = server
-        .as_user(&token)
+    let created = api
         .create_bucket(s3_bucket("offsite"))
         .await
         .expect("create");
@@ -65,8 +66,7 @@ async fn bucket_crud_round_trip(backend: Backend) {
     assert_eq!(fetched, created);
 
     // Switch the location to a filesystem and change the description only.
-    let updated = server
-        .as_user(&token)
+    let updated = api
         .update_bucket(pb::UpdateBucketRequest {
             bucket: Some(pb::Bucket {
                 id: created.id.clone(),
@@ -87,11 +87,7 @@ async fn bucket_crud_round_trip(backend: Backend) {
         updated
     );
 
-    server
-        .as_user(&token)
-        .delete_bucket(&created.id)
-        .await
-        .expect("delete");
+    api.delete_bucket(&created.id).await.expect("delete");
     assert_code(
         get(&server, &token, &created.id).await,
         Code::NotFound,
@@ -103,41 +99,29 @@ async fn foreign_bucket_is_not_found(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, alice_token) = server.create_user("alice").await;
     let (_, bob_token) = server.create_user("bob").await;
+    let mut bob_api = server.as_user(&bob_token);
     let bucket = server
         .as_user(&alice_token)
         .create_bucket(fs_bucket("private"))
         .await
         .expect("create");
 
-    assert_code(
+    let takeover = pb::UpdateBucketRequest {
+        bucket: Some(pb::Bucket {
+            id: bucket.id.clone(),
+            description: "mine now".into(),
+            ..Default::default()
+        }),
+        update_mask: mask(&["description"]),
+    };
+    assert_hidden_from_stranger(
         get(&server, &bob_token, &bucket.id).await,
-        Code::NotFound,
-        "foreign get",
-    );
-    assert_code(
-        server
-            .as_user(&bob_token)
-            .update_bucket(pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: bucket.id.clone(),
-                    description: "mine now".into(),
-                    ..Default::default()
-                }),
-                update_mask: mask(&["description"]),
-            })
-            .await,
-        Code::NotFound,
-        "foreign update",
-    );
-    assert_code(
-        server.as_user(&bob_token).delete_bucket(&bucket.id).await,
-        Code::NotFound,
-        "foreign delete",
+        bob_api.update_bucket(takeover).await,
+        bob_api.delete_bucket(&bucket.id).await,
     );
 
     // Bob's list holds nothing, even when he asks for Alice's buckets.
-    let listed = server
-        .as_user(&bob_token)
+    let listed = bob_api
         .buckets
         .list_buckets(pb::ListBucketsRequest {
             owner_id: alice.id.clone(),
@@ -173,17 +157,14 @@ async fn foreign_bucket_is_not_found(backend: Backend) {
 async fn duplicate_name_per_owner_is_already_exists(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, alice_token) = server.create_user("alice").await;
+    let alice_api = server.as_user(&alice_token);
     let (_, bob_token) = server.create_user("bob").await;
-    server
-        .as_user(&alice_token)
+    alice_api
         .create_bucket(fs_bucket("main"))
         .await
         .expect("first");
     assert_code(
-        server
-            .as_user(&alice_token)
-            .create_bucket(s3_bucket("main"))
-            .await,
+        alice_api.create_bucket(s3_bucket("main")).await,
         Code::AlreadyExists,
         "duplicate",
     );
@@ -195,14 +176,12 @@ async fn duplicate_name_per_owner_is_already_exists(backend: Backend) {
         .expect("same name, other owner");
 
     // Renaming onto a taken name is refused too.
-    let other = server
-        .as_user(&alice_token)
+    let other = alice_api
         .create_bucket(fs_bucket("other"))
         .await
         .expect("other");
     assert_code(
-        server
-            .as_user(&alice_token)
+        alice_api
             .update_bucket(pb::UpdateBucketRequest {
                 bucket: Some(pb::Bucket {
                     id: other.id,
@@ -220,8 +199,8 @@ async fn duplicate_name_per_owner_is_already_exists(backend: Backend) {
 async fn invalid_bucket_reports_every_field(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
-    let status = server
-        .as_user(&token)
+    let api = server.as_user(&token);
+    let status = api
         .create_bucket(pb::Bucket {
             name: "Bad Name".into(),
             location: Some(pb::bucket::Location::S3(pb::S3Location {
@@ -249,27 +228,23 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
     );
 
     assert_violated(
-        server
-            .as_user(&token)
-            .create_bucket(pb::Bucket {
-                name: "nolocation".into(),
-                ..Default::default()
-            })
-            .await,
+        api.create_bucket(pb::Bucket {
+            name: "nolocation".into(),
+            ..Default::default()
+        })
+        .await,
         &["bucket.location"],
         "no location",
     );
 
     assert_violated(
-        server
-            .as_user(&token)
-            .create_bucket(pb::Bucket {
-                location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
-                    path: "relative/path".into(),
-                })),
-                ..fs_bucket("fs")
-            })
-            .await,
+        api.create_bucket(pb::Bucket {
+            location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+                path: "relative/path".into(),
+            })),
+            ..fs_bucket("fs")
+        })
+        .await,
         &["bucket.filesystem.path"],
         "relative filesystem path",
     );
@@ -288,9 +263,7 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
                 "https://s3.example.com".into()
             };
         }
-        server
-            .as_user(&token)
-            .create_bucket(bucket)
+        api.create_bucket(bucket)
             .await
             .unwrap_or_else(|e| panic!("{credentials_ref:?} should be valid: {e}"));
     }
@@ -299,10 +272,10 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
 async fn only_admins_choose_another_owner(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, alice_token) = server.create_user("alice").await;
+    let alice_api = server.as_user(&alice_token);
     let (bob, _) = server.create_user("bob").await;
     assert_code(
-        server
-            .as_user(&alice_token)
+        alice_api
             .create_bucket(pb::Bucket {
                 owner_id: bob.id.clone(),
                 ..fs_bucket("for-bob")
@@ -323,14 +296,12 @@ async fn only_admins_choose_another_owner(backend: Backend) {
     assert_eq!(created.owner_id, bob.id);
 
     // Alice cannot move her bucket to Bob; the admin can move it back to Alice.
-    let own = server
-        .as_user(&alice_token)
+    let own = alice_api
         .create_bucket(fs_bucket("mine"))
         .await
         .expect("own");
     assert_code(
-        server
-            .as_user(&alice_token)
+        alice_api
             .update_bucket(pb::UpdateBucketRequest {
                 bucket: Some(pb::Bucket {
                     id: own.id.clone(),
@@ -361,9 +332,10 @@ async fn only_admins_choose_another_owner(backend: Backend) {
 async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, alice_token) = server.create_user("alice").await;
+    let alice_api = server.as_user(&alice_token);
     let (_, bob_token) = server.create_user("bob").await;
-    let policy = server
-        .as_user(&alice_token)
+    let bob_api = server.as_user(&bob_token);
+    let policy = alice_api
         .create_retention_policy(pb::RetentionPolicy {
             name: "daily".into(),
             keep_daily: 7,
@@ -371,8 +343,7 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
         })
         .await
         .expect("policy");
-    let status = server
-        .as_user(&bob_token)
+    let status = bob_api
         .create_bucket(pb::Bucket {
             retention_policy_id: policy.id.clone(),
             ..fs_bucket("bobs")
@@ -385,8 +356,7 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
         vec!["bucket.retention_policy_id".to_string()]
     );
     assert_violated(
-        server
-            .as_user(&bob_token)
+        bob_api
             .create_bucket(pb::Bucket {
                 retention_policy_id: uuid::Uuid::now_v7().to_string(),
                 ..fs_bucket("bobs")
@@ -396,8 +366,7 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
         "missing policy",
     );
 
-    let bucket = server
-        .as_user(&alice_token)
+    let bucket = alice_api
         .create_bucket(pb::Bucket {
             retention_policy_id: policy.id.clone(),
             ..fs_bucket("alices")
@@ -407,8 +376,7 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
     assert_eq!(bucket.retention_policy_id, policy.id);
 
     // Clearing the policy through the mask.
-    let cleared = server
-        .as_user(&alice_token)
+    let cleared = alice_api
         .update_bucket(pb::UpdateBucketRequest {
             bucket: Some(pb::Bucket {
                 id: bucket.id.clone(),
@@ -424,19 +392,16 @@ async fn retention_policy_must_belong_to_the_owner(backend: Backend) {
 async fn buckets_page_by_name_prefix(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
+    let api = server.as_user(&token);
     for name in ["b1", "b2", "other", "b3", "b4", "b5"] {
-        server
-            .as_user(&token)
-            .create_bucket(fs_bucket(name))
-            .await
-            .expect("create");
+        api.create_bucket(fs_bucket(name)).await.expect("create");
     }
     let request = pb::ListBucketsRequest {
         page_size: 2,
         name_prefix: "b".into(),
         ..Default::default()
     };
-    let all = server.as_user(&token).all_buckets(request).await;
+    let all = api.all_buckets(request).await;
     let seen: Vec<_> = all.into_iter().map(|b| b.name).collect();
     assert_eq!(seen, vec!["b1", "b2", "b3", "b4", "b5"]);
 }
@@ -444,14 +409,10 @@ async fn buckets_page_by_name_prefix(backend: Backend) {
 async fn update_rejects_bad_masks(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
-    let bucket = server
-        .as_user(&token)
-        .create_bucket(fs_bucket("main"))
-        .await
-        .expect("create");
+    let api = server.as_user(&token);
+    let bucket = api.create_bucket(fs_bucket("main")).await.expect("create");
     for paths in [&[][..], &["create_time"][..], &["s3", "filesystem"][..]] {
-        let status = server
-            .as_user(&token)
+        let status = api
             .update_bucket(pb::UpdateBucketRequest {
                 bucket: Some(pb::Bucket {
                     id: bucket.id.clone(),
@@ -465,16 +426,14 @@ async fn update_rejects_bad_masks(backend: Backend) {
     }
     // Naming `s3` without sending an S3 location is invalid, not a silent no-op.
     assert_violated(
-        server
-            .as_user(&token)
-            .update_bucket(pb::UpdateBucketRequest {
-                bucket: Some(pb::Bucket {
-                    id: bucket.id.clone(),
-                    ..fs_bucket("main")
-                }),
-                update_mask: mask(&["s3"]),
-            })
-            .await,
+        api.update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: bucket.id.clone(),
+                ..fs_bucket("main")
+            }),
+            update_mask: mask(&["s3"]),
+        })
+        .await,
         &["bucket.s3"],
         "s3 mask without s3",
     );

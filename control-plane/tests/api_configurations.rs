@@ -16,6 +16,25 @@ fn entry(key: &str, value: &str) -> pb::Configuration {
     }
 }
 
+/// An update of `configuration`'s value alone.
+fn value_update(configuration: pb::Configuration) -> pb::UpdateConfigurationRequest {
+    pb::UpdateConfigurationRequest {
+        configuration: Some(configuration),
+        update_mask: Some(FieldMask {
+            paths: vec!["value".into()],
+        }),
+    }
+}
+
+/// The `nfs_mount_path` value as the catalog holds it.
+async fn stored_nfs_mount_path(server: &TestServer) -> Option<String> {
+    server
+        .catalog()
+        .configuration_value("nfs_mount_path")
+        .await
+        .expect("value")
+}
+
 async fn configuration_crud_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;
     let created = server
@@ -41,27 +60,18 @@ async fn configuration_crud_round_trip(backend: Backend) {
 
     let updated = server
         .admin()
-        .update_configuration(pb::UpdateConfigurationRequest {
-            configuration: Some(pb::Configuration {
-                id: created.id.clone(),
-                value: "/srv/nfs".into(),
-                description: "not in the mask".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(FieldMask {
-                paths: vec!["value".into()],
-            }),
-        })
+        .update_configuration(value_update(pb::Configuration {
+            id: created.id.clone(),
+            value: "/srv/nfs".into(),
+            description: "not in the mask".into(),
+            ..Default::default()
+        }))
         .await
         .expect("update");
     assert_eq!(updated.value, "/srv/nfs");
     assert_eq!(updated.description, created.description);
     assert_eq!(
-        server
-            .catalog()
-            .configuration_value("nfs_mount_path")
-            .await
-            .expect("value"),
+        stored_nfs_mount_path(&server).await,
         Some("/srv/nfs".to_string())
     );
 
@@ -81,22 +91,15 @@ async fn configuration_crud_round_trip(backend: Backend) {
         Code::NotFound,
         "deleted",
     );
-    assert_eq!(
-        server
-            .catalog()
-            .configuration_value("nfs_mount_path")
-            .await
-            .expect("value"),
-        None
-    );
+    assert_eq!(stored_nfs_mount_path(&server).await, None);
 }
 
 async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("alice").await;
+    let mut alice = server.as_user(&token);
     assert_code(
-        server
-            .as_user(&token)
+        alice
             .create_configuration(entry("lease_ttl_seconds", "30"))
             .await,
         Code::PermissionDenied,
@@ -108,8 +111,7 @@ async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
         .create_configuration(entry("lease_ttl_seconds", "30"))
         .await
         .expect("admin create");
-    let read = server
-        .as_user(&token)
+    let read = alice
         .get_configuration(pb::GetConfigurationRequest {
             id: created.id.clone(),
             ..Default::default()
@@ -117,8 +119,7 @@ async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
         .await
         .expect("user reads");
     assert_eq!(read.value, "30");
-    let listed = server
-        .as_user(&token)
+    let listed = alice
         .configurations
         .list_configurations(pb::ListConfigurationsRequest::default())
         .await
@@ -127,27 +128,18 @@ async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
     assert_eq!(listed.configurations.len(), 1);
 
     assert_code(
-        server
-            .as_user(&token)
-            .update_configuration(pb::UpdateConfigurationRequest {
-                configuration: Some(pb::Configuration {
-                    id: created.id.clone(),
-                    value: "60".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["value".into()],
-                }),
-            })
+        alice
+            .update_configuration(value_update(pb::Configuration {
+                id: created.id.clone(),
+                value: "60".into(),
+                ..Default::default()
+            }))
             .await,
         Code::PermissionDenied,
         "non-admin update",
     );
     assert_code(
-        server
-            .as_user(&token)
-            .delete_configuration(&created.id)
-            .await,
+        alice.delete_configuration(&created.id).await,
         Code::PermissionDenied,
         "non-admin delete",
     );
@@ -155,10 +147,9 @@ async fn writes_are_admin_only_but_everyone_reads(backend: Backend) {
 
 async fn keys_and_values_are_validated(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let admin = server.admin_token.clone();
+    let admin = server.admin();
 
-    let status = server
-        .as_user(&admin)
+    let status = admin
         .create_configuration(entry("colour", "blue"))
         .await
         .expect_err("unknown key");
@@ -188,8 +179,7 @@ async fn keys_and_values_are_validated(backend: Backend) {
             "0190a5a0-0000-7000-8000-000000000000",
         ),
     ] {
-        let status = server
-            .as_user(&admin)
+        let status = admin
             .create_configuration(entry(key, bad))
             .await
             .expect_err("invalid value");
@@ -206,16 +196,14 @@ async fn keys_and_values_are_validated(backend: Backend) {
         ("retry_backoff_seconds", "3600"),
         ("run_deadline_seconds", "60"),
     ] {
-        server
-            .as_user(&admin)
+        admin
             .create_configuration(entry(key, good))
             .await
             .unwrap_or_else(|e| panic!("{key}={good} is valid: {e}"));
     }
 
     // An existing policy is a valid default.
-    let policy = server
-        .as_user(&admin)
+    let policy = admin
         .create_retention_policy(pb::RetentionPolicy {
             name: "default".into(),
             keep_last: 10,
@@ -223,24 +211,19 @@ async fn keys_and_values_are_validated(backend: Backend) {
         })
         .await
         .expect("policy");
-    server
-        .as_user(&admin)
+    admin
         .create_configuration(entry("default_retention_policy_id", &policy.id))
         .await
         .expect("existing policy");
     // …and while it is the default, the policy cannot be deleted.
     assert_code(
-        server
-            .as_user(&admin)
-            .delete_retention_policy(&policy.id)
-            .await,
+        admin.delete_retention_policy(&policy.id).await,
         Code::FailedPrecondition,
         "default policy",
     );
 
     // An update's value is checked against the entry's key.
-    let lease = server
-        .as_user(&admin)
+    let lease = admin
         .get_configuration(pb::GetConfigurationRequest {
             key: "lease_ttl_seconds".into(),
             ..Default::default()
@@ -248,18 +231,12 @@ async fn keys_and_values_are_validated(backend: Backend) {
         .await
         .expect("get");
     assert_violated(
-        server
-            .as_user(&admin)
-            .update_configuration(pb::UpdateConfigurationRequest {
-                configuration: Some(pb::Configuration {
-                    id: lease.id,
-                    value: "7200".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["value".into()],
-                }),
-            })
+        admin
+            .update_configuration(value_update(pb::Configuration {
+                id: lease.id,
+                value: "7200".into(),
+                ..Default::default()
+            }))
             .await,
         &["configuration.value"],
         "out of range update",

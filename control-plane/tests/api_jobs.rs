@@ -4,7 +4,8 @@ mod support;
 
 use coffer_proto::v1 as pb;
 use support::{
-    assert_code, assert_violated, assert_violations, violated_fields, Backend, TestServer,
+    assert_code, assert_hidden_from_stranger, assert_violated, assert_violations, violated_fields,
+    Backend, TestServer,
 };
 use tonic::Code;
 use uuid::Uuid;
@@ -94,6 +95,7 @@ async fn get(server: &TestServer, token: &str, id: &str) -> Result<pb::Job, toni
 async fn job_crud_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (user, token) = server.create_user("alice").await;
+    let api = server.as_user(&token);
     let created = create(&server, &token, job("home", fs_target("/backups")))
         .await
         .expect("create");
@@ -115,8 +117,7 @@ async fn job_crud_round_trip(backend: Backend) {
     assert_eq!(fetched.max_attempts, 4);
     assert!(fetched.last_run.is_none());
 
-    let updated = server
-        .as_user(&token)
+    let updated = api
         .update_job(pb::UpdateJobRequest {
             job: Some(pb::Job {
                 id: created.id.clone(),
@@ -143,28 +144,22 @@ async fn job_crud_round_trip(backend: Backend) {
     assert_eq!(updated.max_attempts, 4);
 
     assert_code(
-        server
-            .as_user(&token)
-            .update_job(pb::UpdateJobRequest {
-                job: Some(pb::Job {
-                    id: created.id.clone(),
-                    owner_id: Uuid::new_v4().to_string(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["owner_id".into()],
-                }),
-            })
-            .await,
+        api.update_job(pb::UpdateJobRequest {
+            job: Some(pb::Job {
+                id: created.id.clone(),
+                owner_id: Uuid::new_v4().to_string(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["owner_id".into()],
+            }),
+        })
+        .await,
         Code::PermissionDenied,
         "non-admin changing the owner",
     );
 
-    server
-        .as_user(&token)
-        .delete_job(&created.id)
-        .await
-        .expect("delete");
+    api.delete_job(&created.id).await.expect("delete");
     assert_code(
         get(&server, &token, &created.id).await,
         Code::NotFound,
@@ -289,39 +284,26 @@ async fn foreign_jobs_are_not_found(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, alice_token) = server.create_user("alice").await;
     let (_, bob_token) = server.create_user("bob").await;
+    let mut bob_api = server.as_user(&bob_token);
     let created = create(&server, &alice_token, job("home", fs_target("/b")))
         .await
         .expect("create");
-    assert_code(
+    let takeover = pb::UpdateJobRequest {
+        job: Some(pb::Job {
+            id: created.id.clone(),
+            name: "stolen".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["name".into()],
+        }),
+    };
+    assert_hidden_from_stranger(
         get(&server, &bob_token, &created.id).await,
-        Code::NotFound,
-        "foreign",
+        bob_api.update_job(takeover).await,
+        bob_api.delete_job(&created.id).await,
     );
-
-    assert_code(
-        server
-            .as_user(&bob_token)
-            .update_job(pb::UpdateJobRequest {
-                job: Some(pb::Job {
-                    id: created.id.clone(),
-                    name: "stolen".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["name".into()],
-                }),
-            })
-            .await,
-        Code::NotFound,
-        "foreign update",
-    );
-    assert_code(
-        server.as_user(&bob_token).delete_job(&created.id).await,
-        Code::NotFound,
-        "foreign delete",
-    );
-    let bobs = server
-        .as_user(&bob_token)
+    let bobs = bob_api
         .jobs
         .list_jobs(pb::ListJobsRequest::default())
         .await
@@ -329,8 +311,7 @@ async fn foreign_jobs_are_not_found(backend: Backend) {
         .into_inner();
     assert!(bobs.jobs.is_empty());
     // Asking for another owner's jobs still lists only one's own.
-    let filtered = server
-        .as_user(&bob_token)
+    let filtered = bob_api
         .jobs
         .list_jobs(pb::ListJobsRequest {
             owner_id: alice.id.clone(),
@@ -371,11 +352,11 @@ async fn foreign_jobs_are_not_found(backend: Backend) {
 async fn last_run_and_delete_refused_while_queued(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("carol").await;
+    let mut api = server.as_user(&token);
     let created = create(&server, &token, job("home", fs_target("/b")))
         .await
         .expect("create");
-    let run = server
-        .as_user(&token)
+    let run = api
         .runs
         .create_run(pb::CreateRunRequest {
             spec: Some(pb::create_run_request::Spec::Backup(pb::BackupSpec {
@@ -395,14 +376,12 @@ async fn last_run_and_delete_refused_while_queued(backend: Backend) {
     assert_eq!(last.state, "RUN_STATE_QUEUED");
 
     assert_code(
-        server.as_user(&token).delete_job(&created.id).await,
+        api.delete_job(&created.id).await,
         Code::FailedPrecondition,
         "queued run blocks delete",
     );
 
-    server
-        .as_user(&token)
-        .runs
+    api.runs
         .cancel_run(pb::CancelRunRequest { id: run.id.clone() })
         .await
         .expect("cancel");
@@ -411,14 +390,11 @@ async fn last_run_and_delete_refused_while_queued(backend: Backend) {
         fetched.last_run.expect("last run").state,
         "RUN_STATE_CANCELLED"
     );
-    server
-        .as_user(&token)
-        .delete_job(&created.id)
+    api.delete_job(&created.id)
         .await
         .expect("delete after cancel");
     // The finished run stays, detached from the job.
-    let kept = server
-        .as_user(&token)
+    let kept = api
         .runs
         .get_run(pb::GetRunRequest { id: run.id.clone() })
         .await

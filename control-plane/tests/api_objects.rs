@@ -39,6 +39,19 @@ fn directory(path: &str) -> SnapshotEntry {
     entry
 }
 
+/// The tag `key`=`value` on the resource `id` of `kind`.
+fn tag_on(kind: pb::ResourceKind, id: String, key: &str, value: &str) -> pb::Tag {
+    pb::Tag {
+        resource: Some(pb::ResourceRef {
+            kind: kind as i32,
+            id,
+        }),
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
 /// Inserts a run of `user` and commits `entries` as its snapshot.
 async fn snapshot(
     server: &TestServer,
@@ -324,9 +337,8 @@ async fn duplicates_are_grouped_by_hash(backend: Backend) {
         ],
     )
     .await;
-    let first = server
-        .as_user(&token)
-        .objects
+    let mut objects = server.as_user(&token).objects;
+    let first = objects
         .list_duplicates(pb::ListDuplicatesRequest {
             page_size: 1,
             ..Default::default()
@@ -342,9 +354,7 @@ async fn duplicates_are_grouped_by_hash(backend: Backend) {
     assert_eq!(big_paths, ["y1", "y2"]);
     assert_eq!(first.next_page_token, "1");
 
-    let second = server
-        .as_user(&token)
-        .objects
+    let second = objects
         .list_duplicates(pb::ListDuplicatesRequest {
             page_size: 1,
             page_token: first.next_page_token,
@@ -359,9 +369,7 @@ async fn duplicates_are_grouped_by_hash(backend: Backend) {
     assert_eq!(second.groups[0].files.len(), 3);
     assert!(second.next_page_token.is_empty());
 
-    let filtered = server
-        .as_user(&token)
-        .objects
+    let filtered = objects
         .list_duplicates(pb::ListDuplicatesRequest {
             min_size_bytes: 500,
             ..Default::default()
@@ -372,9 +380,7 @@ async fn duplicates_are_grouped_by_hash(backend: Backend) {
     assert_eq!(filtered.groups.len(), 1);
 
     assert_violated(
-        server
-            .as_user(&token)
-            .objects
+        objects
             .list_duplicates(pb::ListDuplicatesRequest {
                 page_token: "not-a-number".into(),
                 ..Default::default()
@@ -414,29 +420,27 @@ async fn objects_are_owner_scoped(backend: Backend) {
     assert!(latest(&mut objects, &bob_token, Default::default())
         .await
         .is_empty());
+    let mut bobs_objects = server.as_user(&bob_token).objects;
+    let versions = pb::ListObjectVersionsRequest {
+        object_id: id.clone(),
+        ..Default::default()
+    };
+    let files = pb::ListSnapshotFilesRequest {
+        run_id: run_id.to_string(),
+        ..Default::default()
+    };
+    let object = pb::GetObjectRequest { id: id.clone() };
     let statuses = [
-        server
-            .as_user(&bob_token)
-            .objects
-            .get_object(pb::GetObjectRequest { id: id.clone() })
+        bobs_objects
+            .get_object(object)
             .await
             .expect_err("foreign object"),
-        server
-            .as_user(&bob_token)
-            .objects
-            .list_object_versions(pb::ListObjectVersionsRequest {
-                object_id: id.clone(),
-                ..Default::default()
-            })
+        bobs_objects
+            .list_object_versions(versions)
             .await
             .expect_err("foreign versions"),
-        server
-            .as_user(&bob_token)
-            .objects
-            .list_snapshot_files(pb::ListSnapshotFilesRequest {
-                run_id: run_id.to_string(),
-                ..Default::default()
-            })
+        bobs_objects
+            .list_snapshot_files(files)
             .await
             .expect_err("foreign snapshot"),
     ];
@@ -495,64 +499,32 @@ async fn latest_versions_filter_by_tag(backend: Backend) {
     ] {
         server
             .as_user(&token)
-            .tags
-            .create_tag(pb::CreateTagRequest {
-                tag: Some(pb::Tag {
-                    resource: Some(pb::ResourceRef {
-                        kind: kind as i32,
-                        id,
-                    }),
-                    key: "retain".into(),
-                    value: value.into(),
-                    ..Default::default()
-                }),
-            })
+            .create_tag(tag_on(kind, id, "retain", value))
             .await
             .expect("tag");
     }
-    let tagged = latest(
-        &mut objects,
-        &token,
-        pb::ListLatestVersionsRequest {
-            tag_key: "retain".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let retained = |value: &str| pb::ListLatestVersionsRequest {
+        tag_key: "retain".into(),
+        tag_value: value.into(),
+        ..Default::default()
+    };
+    let paths = |found: Vec<pb::BackupObject>| -> Vec<String> {
+        found.into_iter().map(|o| o.path).collect()
+    };
+    let tagged = latest(&mut objects, &token, retained("")).await;
     assert_eq!(tagged.len(), 2);
-    let forever = latest(
-        &mut objects,
-        &token,
-        pb::ListLatestVersionsRequest {
-            tag_key: "retain".into(),
-            tag_value: "forever".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    let paths: Vec<_> = forever.iter().map(|o| o.path.as_str()).collect();
-    assert_eq!(paths, ["keep.txt"]);
-    let month = latest(
-        &mut objects,
-        &token,
-        pb::ListLatestVersionsRequest {
-            tag_key: "retain".into(),
-            tag_value: "month".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    let paths: Vec<_> = month.iter().map(|o| o.path.as_str()).collect();
-    assert_eq!(paths, ["other.txt"]);
+    let forever = latest(&mut objects, &token, retained("forever")).await;
+    assert_eq!(paths(forever), ["keep.txt"]);
+    let month = latest(&mut objects, &token, retained("month")).await;
+    assert_eq!(paths(month), ["other.txt"]);
 
+    let value_without_key = pb::ListLatestVersionsRequest {
+        tag_value: "x".into(),
+        ..Default::default()
+    };
     assert_violated(
-        server
-            .as_user(&token)
-            .objects
-            .list_latest_versions(pb::ListLatestVersionsRequest {
-                tag_value: "x".into(),
-                ..Default::default()
-            })
+        objects
+            .list_latest_versions(authed(&token, value_without_key))
             .await,
         &["tag_value"],
         "value without key",
@@ -638,18 +610,7 @@ async fn objects_and_versions_filter_by_tag(backend: Backend) {
     ] {
         server
             .as_user(&token)
-            .tags
-            .create_tag(pb::CreateTagRequest {
-                tag: Some(pb::Tag {
-                    resource: Some(pb::ResourceRef {
-                        kind: kind as i32,
-                        id,
-                    }),
-                    key: key.into(),
-                    value: value.into(),
-                    ..Default::default()
-                }),
-            })
+            .create_tag(tag_on(kind, id, key, value))
             .await
             .expect("tag");
     }

@@ -2,14 +2,13 @@
 
 mod support;
 
-use coffer_control_plane::model::object::{
-    EntryKind, FileAttributes, SnapshotCommit, SnapshotEntry,
-};
+use coffer_control_plane::model::object::SnapshotCommit;
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::retention_service_client::RetentionServiceClient;
 use prost_types::{Duration, FieldMask, Timestamp};
 use support::{
-    assert_code, assert_violated, assert_violations, authed, violated_fields, Backend, TestServer,
+    assert_code, assert_violated, assert_violations, authed, one_byte_file, violated_fields,
+    Backend, TestServer,
 };
 use tonic::transport::Channel;
 use tonic::Code;
@@ -168,6 +167,7 @@ fn object_ref(id: &str) -> Option<pb::ResourceRef> {
 async fn policy_crud_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, token) = server.create_user("alice").await;
+    let api = server.as_user(&token);
     let mut retention = RetentionServiceClient::new(server.channel().await);
     let created = create_policy(
         &mut retention,
@@ -195,17 +195,12 @@ async fn policy_crud_round_trip(backend: Backend) {
     assert_eq!(created.keep_tags, vec!["pinned", "release=v1.2"]);
     assert_eq!(created.time_zone, "Europe/Berlin");
 
-    let fetched = server
-        .as_user(&token)
-        .get_retention_policy(pb::GetRetentionPolicyRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .expect("get");
-    assert_eq!(fetched, created);
+    assert_eq!(
+        api.retention_policy_by_id(&created.id).await.expect("get"),
+        created
+    );
 
-    let updated = server
-        .as_user(&token)
+    let updated = api
         .update_retention_policy(pb::UpdateRetentionPolicyRequest {
             retention_policy: Some(pb::RetentionPolicy {
                 id: created.id.clone(),
@@ -224,8 +219,7 @@ async fn policy_crud_round_trip(backend: Backend) {
     assert_eq!(updated.keep_last, 3);
 
     // Removing every rule through an update is refused.
-    let status = server
-        .as_user(&token)
+    let status = api
         .update_retention_policy(pb::UpdateRetentionPolicyRequest {
             retention_policy: Some(pb::RetentionPolicy {
                 id: created.id.clone(),
@@ -238,13 +232,10 @@ async fn policy_crud_round_trip(backend: Backend) {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("a policy that keeps nothing"));
 
-    let api = server.as_user(&token);
     api.delete_retention_policy(&created.id)
         .await
         .expect("delete");
-    let gone = api
-        .get_retention_policy(pb::GetRetentionPolicyRequest { id: created.id })
-        .await;
+    let gone = api.retention_policy_by_id(&created.id).await;
     assert_code(gone, Code::NotFound, "deleted");
 }
 
@@ -334,9 +325,7 @@ async fn policies_are_owned(backend: Backend) {
     assert_code(
         server
             .as_user(&bob_token)
-            .get_retention_policy(pb::GetRetentionPolicyRequest {
-                id: alices.id.clone(),
-            })
+            .retention_policy_by_id(&alices.id)
             .await,
         Code::NotFound,
         "foreign policy",
@@ -845,20 +834,7 @@ impl PlanFixture {
                 job_id: Some(id(job_id)),
                 entries: files
                     .iter()
-                    .map(|(path, hash)| SnapshotEntry {
-                        path: path.as_bytes().to_vec(),
-                        attributes: FileAttributes {
-                            kind: EntryKind::File,
-                            size: 1,
-                            mode: 0o644,
-                            uid: 0,
-                            gid: 0,
-                            mtime_ns: 0,
-                            content_hash: Some((*hash).to_string()),
-                            symlink_target: None,
-                        },
-                        storage_key: String::new(),
-                    })
+                    .map(|(path, hash)| one_byte_file(path, hash))
                     .collect(),
                 removed: None,
             })

@@ -2,13 +2,13 @@
 
 mod support;
 
-use coffer_control_plane::model::object::{
-    EntryKind, FileAttributes, SnapshotCommit, SnapshotEntry,
-};
+use coffer_control_plane::model::object::SnapshotCommit;
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::tag_service_client::TagServiceClient;
 use prost_types::FieldMask;
-use support::{assert_code, assert_violated, authed, violated_fields, Backend, TestServer};
+use support::{
+    assert_code, assert_violated, authed, one_byte_file, violated_fields, Backend, TestServer,
+};
 use tonic::transport::Channel;
 use tonic::Code;
 use uuid::Uuid;
@@ -53,20 +53,7 @@ async fn user_object(server: &TestServer, user: &pb::User) -> (Uuid, Uuid) {
             repository: format!("/backups/{}", user.username),
             removed: None,
             job_id: None,
-            entries: vec![SnapshotEntry {
-                path: b"file.txt".to_vec(),
-                attributes: FileAttributes {
-                    kind: EntryKind::File,
-                    size: 1,
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    mtime_ns: 0,
-                    content_hash: Some("aa".into()),
-                    symlink_target: None,
-                },
-                storage_key: String::new(),
-            }],
+            entries: vec![one_byte_file("file.txt", "aa")],
         })
         .await
         .expect("snapshot");
@@ -99,11 +86,11 @@ async fn list(
 async fn tag_lifecycle_on_a_run(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, token) = server.create_user("alice").await;
+    let mut api = server.as_user(&token);
     let run_id = user_run(&server, &alice).await;
     let mut tags = TagServiceClient::new(server.channel().await);
 
-    let created = server
-        .as_user(&token)
+    let created = api
         .tags
         .create_tag(tag(run_ref(run_id), "env", "prod"))
         .await
@@ -116,26 +103,16 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     assert_eq!(created.resource, run_ref(run_id));
 
     assert_code(
-        server
-            .as_user(&token)
-            .tags
+        api.tags
             .create_tag(tag(run_ref(run_id), "env", "dev"))
             .await,
         Code::AlreadyExists,
         "same key twice",
     );
 
-    let fetched = server
-        .as_user(&token)
-        .get_tag(pb::GetTagRequest {
-            id: created.id.clone(),
-        })
-        .await
-        .expect("get");
-    assert_eq!(fetched, created);
+    assert_eq!(api.tag_by_id(&created.id).await.expect("get"), created);
 
-    let updated = server
-        .as_user(&token)
+    let updated = api
         .update_tag(pb::UpdateTagRequest {
             tag: Some(pb::Tag {
                 id: created.id.clone(),
@@ -153,19 +130,17 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     assert_eq!(updated.key, "env");
 
     assert_violated(
-        server
-            .as_user(&token)
-            .update_tag(pb::UpdateTagRequest {
-                tag: Some(pb::Tag {
-                    id: created.id.clone(),
-                    key: "other".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(FieldMask {
-                    paths: vec!["key".into()],
-                }),
-            })
-            .await,
+        api.update_tag(pb::UpdateTagRequest {
+            tag: Some(pb::Tag {
+                id: created.id.clone(),
+                key: "other".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["key".into()],
+            }),
+        })
+        .await,
         &["update_mask"],
         "key is immutable",
     );
@@ -181,9 +156,8 @@ async fn tag_lifecycle_on_a_run(backend: Backend) {
     .await;
     assert_eq!(listed, vec![updated]);
 
-    let api = server.as_user(&token);
     api.delete_tag(&created.id).await.expect("delete");
-    let gone = api.get_tag(pb::GetTagRequest { id: created.id }).await;
+    let gone = api.tag_by_id(&created.id).await;
     assert_code(gone, Code::NotFound, "deleted");
 }
 
@@ -438,9 +412,7 @@ async fn tags_are_owner_scoped_and_filtered(backend: Backend) {
     for status in [
         server
             .as_user(&bob_token)
-            .get_tag(pb::GetTagRequest {
-                id: on_run.id.clone(),
-            })
+            .tag_by_id(&on_run.id)
             .await
             .expect_err("foreign get"),
         server

@@ -18,6 +18,7 @@ use coffer_control_plane::scheduler::cron::CronExpr;
 use coffer_control_plane::scheduler::{SchedulerSettings, SchedulerStatus};
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::run_service_client::RunServiceClient;
+use coffer_proto::v1::{MissedRunPolicy, OverlapPolicy};
 use support::{authed, violated_fields, Backend, TestServer};
 use tonic::Code;
 use uuid::Uuid;
@@ -45,8 +46,18 @@ fn no_scheduler() -> SchedulerSettings {
 }
 
 /// A daily job: its natural ticks are a day apart, so none comes by itself
-/// while a test runs and every run a test sees is one it drove.
-fn daily_job(name: &str, missed: pb::MissedRunPolicy, overlap: pb::OverlapPolicy) -> pb::Job {
+/// while a test runs and every run a test sees is one it drove. Its missed-run
+/// and overlap policies are left to the defaults.
+fn daily_job(name: &str) -> pb::Job {
+    daily_job_with(
+        name,
+        MissedRunPolicy::Unspecified,
+        OverlapPolicy::Unspecified,
+    )
+}
+
+/// A [`daily_job`] with the given missed-run and overlap policies.
+fn daily_job_with(name: &str, missed: MissedRunPolicy, overlap: OverlapPolicy) -> pb::Job {
     pb::Job {
         name: name.into(),
         source_path: "/data".into(),
@@ -91,6 +102,21 @@ async fn update_job(server: &TestServer, token: &str, job: pb::Job, paths: &[&st
         })
         .await
         .expect("update job")
+}
+
+/// Replaces the schedule of job `id` (`None`: on demand only).
+async fn set_schedule(
+    server: &TestServer,
+    token: &str,
+    id: &str,
+    schedule: Option<pb::Schedule>,
+) -> pb::Job {
+    let job = pb::Job {
+        id: id.to_string(),
+        schedule,
+        ..Default::default()
+    };
+    update_job(server, token, job, &["schedule"]).await
 }
 
 /// Starts a run of `job` through the API, as a user would by hand.
@@ -201,16 +227,7 @@ async fn two_replicas_fire_each_tick_once() {
     let second = first.start_replica().await;
     let replicas = [&first, &second];
     let (owner, token) = first.create_user("alice").await;
-    let job = create_job(
-        &first,
-        &token,
-        daily_job(
-            "nightly",
-            pb::MissedRunPolicy::Unspecified,
-            pb::OverlapPolicy::Unspecified,
-        ),
-    )
-    .await;
+    let job = create_job(&first, &token, daily_job("nightly")).await;
     let id = job_id(&job);
     wait_for(&replicas, "a scheduler leader", |statuses| {
         statuses.iter().filter(|s| s.leading).count() == 1
@@ -266,16 +283,7 @@ async fn simultaneous_firing_creates_one_run_per_tick(backend: Backend) {
     let first = TestServer::start_with_scheduler(backend, no_scheduler()).await;
     let second = first.start_replica().await;
     let (_, token) = first.create_user("alice").await;
-    let job = create_job(
-        &first,
-        &token,
-        daily_job(
-            "raced",
-            pb::MissedRunPolicy::Unspecified,
-            pb::OverlapPolicy::Unspecified,
-        ),
-    )
-    .await;
+    let job = create_job(&first, &token, daily_job("raced")).await;
     let id = job_id(&job);
     let grace = Duration::from_secs(60);
     for n in 1..=10 {
@@ -314,16 +322,12 @@ async fn leadership_fails_over_when_the_leader_stops_or_dies() {
     wait_rounds(&[&second], 2).await;
     assert!(!second.scheduler().status().leading, "one leader at a time");
     let (_, token) = first.create_user("alice").await;
-    let job = create_job(
-        &first,
-        &token,
-        daily_job(
-            "failover",
-            pb::MissedRunPolicy::Unspecified,
-            pb::OverlapPolicy::Queue,
-        ),
-    )
-    .await;
+    let failover = daily_job_with(
+        "failover",
+        MissedRunPolicy::Unspecified,
+        OverlapPolicy::Queue,
+    );
+    let job = create_job(&first, &token, failover).await;
     let id = job_id(&job);
 
     // A clean stop releases the lease: the other replica leads before the old
@@ -412,33 +416,16 @@ async fn missed_ticks_run_once_or_are_skipped(backend: Backend) {
     // The jobs are created on a control plane that does not schedule.
     let setup = TestServer::start_with_scheduler(backend, no_scheduler()).await;
     let (_, token) = setup.create_user("alice").await;
-    let run_once = create_job(
-        &setup,
-        &token,
-        daily_job(
-            "run-once",
-            pb::MissedRunPolicy::Unspecified,
-            pb::OverlapPolicy::Unspecified,
-        ),
-    )
-    .await;
-    let skip = create_job(
-        &setup,
-        &token,
-        daily_job(
-            "skip",
-            pb::MissedRunPolicy::Skip,
-            pb::OverlapPolicy::Unspecified,
-        ),
-    )
-    .await;
+    let run_once = create_job(&setup, &token, daily_job("run-once")).await;
+    let skipping = daily_job_with("skip", MissedRunPolicy::Skip, OverlapPolicy::Unspecified);
+    let skip = create_job(&setup, &token, skipping).await;
     assert_eq!(
         run_once
             .schedule
             .as_ref()
             .expect("schedule")
             .missed_run_policy,
-        pb::MissedRunPolicy::RunOnce as i32,
+        MissedRunPolicy::RunOnce as i32,
         "the default policy is spelled out"
     );
 
@@ -469,16 +456,7 @@ async fn missed_ticks_run_once_or_are_skipped(backend: Backend) {
 async fn overlapping_ticks_are_skipped_or_queued(backend: Backend) {
     let server = TestServer::start_with_scheduler(backend, fast()).await;
     let (_, token) = server.create_user("alice").await;
-    let skip = create_job(
-        &server,
-        &token,
-        daily_job(
-            "overlap-skip",
-            pb::MissedRunPolicy::Unspecified,
-            pb::OverlapPolicy::Unspecified,
-        ),
-    )
-    .await;
+    let skip = create_job(&server, &token, daily_job("overlap-skip")).await;
     let manual = start_by_hand(&server, &token, &skip).await;
     make_due(&server, job_id(&skip), chrono::Duration::milliseconds(200)).await;
     wait_for(&[&server], "the overlapping tick", |s| {
@@ -491,16 +469,12 @@ async fn overlapping_ticks_are_skipped_or_queued(backend: Backend) {
     let fetched = get_job(&server, &token, &skip.id).await;
     assert!(fetched.pending_fire_time.is_none());
 
-    let queue = create_job(
-        &server,
-        &token,
-        daily_job(
-            "overlap-queue",
-            pb::MissedRunPolicy::Unspecified,
-            pb::OverlapPolicy::Queue,
-        ),
-    )
-    .await;
+    let queued = daily_job_with(
+        "overlap-queue",
+        MissedRunPolicy::Unspecified,
+        OverlapPolicy::Queue,
+    );
+    let queue = create_job(&server, &token, queued).await;
     let manual = start_by_hand(&server, &token, &queue).await;
     let tick = make_due(&server, job_id(&queue), chrono::Duration::milliseconds(200)).await;
     wait_for(&[&server], "the queued tick", |s| s[0].ticks == 2).await;
@@ -539,16 +513,7 @@ async fn next_run_time_follows_the_schedule(backend: Backend) {
     let server = TestServer::start_with_scheduler(backend, no_scheduler()).await;
     let (_, token) = server.create_user("alice").await;
     let before = server.catalog().now().await.expect("clock");
-    let created = create_job(
-        &server,
-        &token,
-        daily_job(
-            "nightly",
-            pb::MissedRunPolicy::Unspecified,
-            pb::OverlapPolicy::Unspecified,
-        ),
-    )
-    .await;
+    let created = create_job(&server, &token, daily_job("nightly")).await;
     let berlin: chrono_tz::Tz = "Europe/Berlin".parse().expect("zone");
     let nightly = CronExpr::parse("0 3 * * *").expect("cron");
     let expected = nightly.next_after(before, berlin).expect("fires");
@@ -587,17 +552,7 @@ async fn next_run_time_follows_the_schedule(backend: Backend) {
     // Pausing clears it; resuming computes it from now.
     let mut schedule = created.schedule.clone().expect("schedule");
     schedule.paused = true;
-    let paused = update_job(
-        &server,
-        &token,
-        pb::Job {
-            id: created.id.clone(),
-            schedule: Some(schedule.clone()),
-            ..Default::default()
-        },
-        &["schedule"],
-    )
-    .await;
+    let paused = set_schedule(&server, &token, &created.id, Some(schedule.clone())).await;
     assert!(paused.next_run_time.is_none());
     assert!(get_job(&server, &token, &created.id)
         .await
@@ -606,17 +561,7 @@ async fn next_run_time_follows_the_schedule(backend: Backend) {
 
     schedule.paused = false;
     let resumed_at = server.catalog().now().await.expect("clock");
-    let resumed = update_job(
-        &server,
-        &token,
-        pb::Job {
-            id: created.id.clone(),
-            schedule: Some(schedule.clone()),
-            ..Default::default()
-        },
-        &["schedule"],
-    )
-    .await;
+    let resumed = set_schedule(&server, &token, &created.id, Some(schedule.clone())).await;
     let expected = nightly.next_after(resumed_at, berlin).expect("fires");
     assert_eq!(
         time_of(resumed.next_run_time.as_ref().expect("set")),
@@ -627,17 +572,7 @@ async fn next_run_time_follows_the_schedule(backend: Backend) {
     schedule.cron = "30 12 * * 1-5".into();
     schedule.time_zone = "America/New_York".into();
     let changed_at = server.catalog().now().await.expect("clock");
-    let changed = update_job(
-        &server,
-        &token,
-        pb::Job {
-            id: created.id.clone(),
-            schedule: Some(schedule.clone()),
-            ..Default::default()
-        },
-        &["schedule"],
-    )
-    .await;
+    let changed = set_schedule(&server, &token, &created.id, Some(schedule.clone())).await;
     let weekdays = CronExpr::parse("30 12 * * 1-5").expect("cron");
     let new_york: chrono_tz::Tz = "America/New_York".parse().expect("zone");
     let expected = weekdays.next_after(changed_at, new_york).expect("fires");
@@ -647,17 +582,7 @@ async fn next_run_time_follows_the_schedule(backend: Backend) {
     );
 
     // No expression: on demand only.
-    let unscheduled = update_job(
-        &server,
-        &token,
-        pb::Job {
-            id: created.id.clone(),
-            schedule: None,
-            ..Default::default()
-        },
-        &["schedule"],
-    )
-    .await;
+    let unscheduled = set_schedule(&server, &token, &created.id, None).await;
     assert!(unscheduled.next_run_time.is_none());
     assert_eq!(unscheduled.schedule.expect("schedule").cron, "");
 }
@@ -667,11 +592,7 @@ async fn next_run_time_follows_the_schedule(backend: Backend) {
 async fn bad_schedules_name_the_field(backend: Backend) {
     let server = TestServer::start_with_scheduler(backend, no_scheduler()).await;
     let (_, token) = server.create_user("alice").await;
-    let mut bad = daily_job(
-        "bad",
-        pb::MissedRunPolicy::Unspecified,
-        pb::OverlapPolicy::Unspecified,
-    );
+    let mut bad = daily_job("bad");
     bad.schedule = Some(pb::Schedule {
         cron: "0 0 30 2 *".into(),
         time_zone: "Mars/Olympus_Mons".into(),
@@ -700,16 +621,7 @@ async fn bad_schedules_name_the_field(backend: Backend) {
         status.message()
     );
 
-    let created = create_job(
-        &server,
-        &token,
-        daily_job(
-            "good",
-            pb::MissedRunPolicy::Unspecified,
-            pb::OverlapPolicy::Unspecified,
-        ),
-    )
-    .await;
+    let created = create_job(&server, &token, daily_job("good")).await;
     for (schedule, field) in [
         (
             pb::Schedule {

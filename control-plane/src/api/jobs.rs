@@ -22,7 +22,7 @@ use crate::model::run::check_max_attempts;
 use crate::model::{check_absolute_path, check_len, parse_id, parse_optional_id};
 use crate::state::AppState;
 
-/// Fields UpdateJob accepts in its mask.
+/// Fields UpdateJob accepts in its mask; the owner comes last.
 const UPDATABLE: &[&str] = &[
     "name",
     "description",
@@ -36,18 +36,8 @@ const UPDATABLE: &[&str] = &[
     "owner_id",
 ];
 
-/// Fields CreateJob reads (everything editable except the owner, resolved first).
-const CREATABLE: &[&str] = &[
-    "name",
-    "description",
-    "source_path",
-    "target",
-    "options",
-    "schedule",
-    "retention_policy_id",
-    "worker_selector",
-    "max_attempts",
-];
+/// Fields CreateJob reads: everything editable but the owner (resolved first).
+const CREATABLE: &[&str] = UPDATABLE.split_at(UPDATABLE.len() - 1).0;
 
 /// Handler of `coffer.v1.JobService`.
 #[derive(Clone, Debug)]
@@ -134,61 +124,29 @@ pub(super) fn set_checked<T>(
     set_parsed(slot, check.map(|()| value), violations);
 }
 
-/// Copies one field of `job` into `draft`, recording any violation.
+/// Copies one field of `job` into `draft`, recording any violation under
+/// the field's name (`job.<path>`).
 fn apply_field(draft: &mut JobDraft, job: &pb::Job, path: &str, v: &mut Violations) {
-    match path {
-        "name" => set_checked(
-            &mut draft.name,
-            job.name.clone(),
-            check_job_name("job.name", &job.name),
-            v,
-        ),
-        "description" => set_checked(
-            &mut draft.description,
-            job.description.clone(),
-            check_len("job.description", &job.description, 0, MAX_DESCRIPTION_LEN),
-            v,
-        ),
-        "source_path" => set_checked(
-            &mut draft.source_path,
-            job.source_path.clone(),
-            check_absolute_path("job.source_path", &job.source_path),
-            v,
-        ),
-        "target" => set_parsed(
-            &mut draft.target,
-            target_from_proto("job.target", job.target.clone()),
-            v,
-        ),
-        "options" => set_parsed(
-            &mut draft.options,
-            options_from_proto("job.options", job.options.clone()),
-            v,
-        ),
-        "schedule" => set_parsed(
-            &mut draft.schedule,
-            schedule_from_proto(job.schedule.as_ref()),
-            v,
-        ),
-        "retention_policy_id" => set_parsed(
-            &mut draft.retention_policy_id,
-            parse_optional_id("job.retention_policy_id", &job.retention_policy_id),
-            v,
-        ),
-        "worker_selector" => set_parsed(
-            &mut draft.worker_selector,
-            selector_from_proto("job.worker_selector", job.worker_selector.clone()),
-            v,
-        ),
-        "max_attempts" => set_checked(
-            &mut draft.max_attempts,
-            job.max_attempts,
-            check_max_attempts("job.max_attempts", job.max_attempts),
-            v,
-        ),
+    let field = format!("job.{path}");
+    let applied = match path {
+        "name" => check_job_name(&field, &job.name).map(|()| draft.name = job.name.clone()),
+        "description" => check_len(&field, &job.description, 0, MAX_DESCRIPTION_LEN)
+            .map(|()| draft.description = job.description.clone()),
+        "source_path" => check_absolute_path(&field, &job.source_path)
+            .map(|()| draft.source_path = job.source_path.clone()),
+        "target" => target_from_proto(&field, job.target.clone()).map(|t| draft.target = t),
+        "options" => options_from_proto(&field, job.options.clone()).map(|o| draft.options = o),
+        "schedule" => schedule_from_proto(job.schedule.as_ref()).map(|s| draft.schedule = s),
+        "retention_policy_id" => parse_optional_id(&field, &job.retention_policy_id)
+            .map(|id| draft.retention_policy_id = id),
+        "worker_selector" => selector_from_proto(&field, job.worker_selector.clone())
+            .map(|selector| draft.worker_selector = selector),
+        "max_attempts" => check_max_attempts(&field, job.max_attempts)
+            .map(|()| draft.max_attempts = job.max_attempts),
         // The owner is resolved separately (it needs the caller).
-        _ => {}
-    }
+        _ => Ok(()),
+    };
+    v.absorb(applied);
 }
 
 /// Converts and validates a schedule (unset means on demand only), reporting

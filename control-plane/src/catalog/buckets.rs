@@ -205,11 +205,7 @@ impl Catalog {
         .fetch_optional(pool)
         .await)
         .map_err(|e| from_sqlx(e, &bucket_name_taken(spec)))?
-        .ok_or_else(|| {
-            DomainError::Aborted(format!(
-                "bucket {id} changed concurrently; read it again and retry"
-            ))
-        })?;
+        .ok_or_else(|| DomainError::changed_concurrently("bucket", id))?;
         Bucket::try_from(row)
     }
 

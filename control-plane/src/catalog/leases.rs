@@ -133,21 +133,89 @@ pub enum CompletionResult {
     },
 }
 
+/// Runs the bound statement `$query` inside the open transaction `$tx` of
+/// either backend and evaluates to the number of rows it changed; a database
+/// error (named after `$what`) returns from the enclosing body.
+macro_rules! execute_in_tx {
+    ($tx:ident, $query:expr, $what:expr) => {
+        $query
+            .execute(&mut *$tx)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| from_sqlx(e, $what))?
+    };
+}
+
 /// Deletes the staged batches of a lease whose attempt is over, inside the
 /// open transaction `$tx` of either backend.
 macro_rules! delete_staged_batches_in_tx {
     ($tx:ident, $run_id:expr, $lease_token:expr) => {
-        sqlx::query("DELETE FROM run_staged_batches WHERE run_id = $1 AND lease_token = $2")
-            .bind($run_id)
-            .bind($lease_token)
-            .execute(&mut *$tx)
-            .await
-            .map_err(|e| from_sqlx(e, "staged batches"))?
+        execute_in_tx!(
+            $tx,
+            sqlx::query("DELETE FROM run_staged_batches WHERE run_id = $1 AND lease_token = $2")
+                .bind($run_id)
+                .bind($lease_token),
+            "staged batches"
+        )
     };
 }
 
 fn chrono_duration(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Where a run goes when an attempt ends without success (its lease expired,
+/// or the worker reported a failure): the columns that end writes.
+struct AttemptEnd {
+    /// The run's new state: `cancelled`, `queued` or `failed`.
+    state: &'static str,
+    /// Why the attempt ended, as the run's error.
+    error: String,
+    /// When the run may be leased again.
+    not_before: DateTime<Utc>,
+    /// When the run finished, unless it is queued again.
+    finish: Option<DateTime<Utc>>,
+}
+
+impl AttemptEnd {
+    /// Cancelled if a cancel is pending, else queued again after the backoff
+    /// of `attempt` if `may_retry`, else failed.
+    fn decide(
+        attempt: i32,
+        error: String,
+        cancel_requested: bool,
+        may_retry: bool,
+        now: DateTime<Utc>,
+        settings: &LeaseSettings,
+    ) -> Self {
+        let (state, not_before, finish) = if cancel_requested {
+            ("cancelled", now, Some(now))
+        } else if may_retry {
+            let retry_at = now + chrono_duration(settings.backoff(attempt));
+            ("queued", retry_at, None)
+        } else {
+            ("failed", now, Some(now))
+        };
+        AttemptEnd {
+            state,
+            error,
+            not_before,
+            finish,
+        }
+    }
+}
+
+/// The statement `$sql` with the run `$run_id` and the [`AttemptEnd`] `$end`
+/// bound as `$1` to `$5` (id, state, error, not before, finish).
+macro_rules! attempt_end_query {
+    ($sql:expr, $run_id:expr, $end:expr) => {
+        sqlx::query($sql)
+            .bind($run_id)
+            .bind($end.state)
+            .bind(&$end.error)
+            .bind($end.not_before)
+            .bind($end.finish)
+    };
 }
 
 impl Catalog {
@@ -274,14 +342,11 @@ impl Catalog {
     pub async fn release_run(&self, run_id: Uuid, lease_token: i64) -> DomainResult<LeaseState> {
         let now = self.now().await?;
         let released = on_pool!(self, |pool| in_transaction!(pool, |tx| {
-            let released = sqlx::query(include_str!("sql/leases/release.sql"))
+            let release = sqlx::query(include_str!("sql/leases/release.sql"))
                 .bind(run_id)
                 .bind(lease_token)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map(|r| r.rows_affected())
-                .map_err(|e| from_sqlx(e, "run"))?;
+                .bind(now);
+            let released = execute_in_tx!(tx, release, "run");
             delete_staged_batches_in_tx!(tx, run_id, lease_token);
             Ok(released)
         }))?;
@@ -322,30 +387,18 @@ impl Catalog {
                 } else {
                     "lease expired (worker lost)"
                 };
-                let error = format!("attempt {attempt}: {cause}");
-                let (state, not_before, finish) = if cancel_requested {
-                    ("cancelled", now, Some(now))
-                } else if attempt >= max_attempts {
-                    ("failed", now, Some(now))
-                } else {
-                    (
-                        "queued",
-                        now + chrono_duration(settings.backoff(attempt)),
-                        None,
-                    )
-                };
-                sqlx::query(include_str!("sql/leases/expire.sql"))
-                    .bind(id)
-                    .bind(state)
-                    .bind(&error)
-                    .bind(not_before)
-                    .bind(finish)
+                let end = AttemptEnd::decide(
+                    attempt,
+                    format!("attempt {attempt}: {cause}"),
+                    cancel_requested,
+                    attempt < max_attempts,
+                    now,
+                    settings,
+                );
+                let expire = attempt_end_query!(include_str!("sql/leases/expire.sql"), id, end)
                     .bind(now)
-                    .bind(lease_token)
-                    .execute(&mut *tx)
-                    .await
-                    .map(|r| r.rows_affected())
-                    .map_err(|e| from_sqlx(e, "run"))?;
+                    .bind(lease_token);
+                execute_in_tx!(tx, expire, "run");
                 delete_staged_batches_in_tx!(tx, id, lease_token);
                 changed.push((id, lease_token));
             }
@@ -462,17 +515,14 @@ impl Catalog {
                     }
                     let duration =
                         start_time.map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0);
-                    sqlx::query(include_str!("sql/leases/succeed.sql"))
+                    let succeed = sqlx::query(include_str!("sql/leases/succeed.sql"))
                         .bind(run_id)
                         .bind(now)
                         .bind(progress_json)
                         .bind(manifest_key)
-                        .bind(lease_token)
-                        .execute(&mut *tx)
-                        .await
-                        .map(|r| r.rows_affected())
-                        .map_err(|e| from_sqlx(e, "run"))?;
-                    sqlx::query(include_str!("sql/leases/record_metadata.sql"))
+                        .bind(lease_token);
+                    execute_in_tx!(tx, succeed, "run");
+                    let record = sqlx::query(include_str!("sql/leases/record_metadata.sql"))
                         .bind(new_id())
                         .bind(owner_id)
                         .bind(job_id)
@@ -480,40 +530,26 @@ impl Catalog {
                         .bind(*size_bytes)
                         .bind(duration)
                         .bind(details)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map(|r| r.rows_affected())
-                        .map_err(|e| from_sqlx(e, "backup metadata"))?;
+                        .bind(now);
+                    execute_in_tx!(tx, record, "backup metadata");
                     "succeeded"
                 }
                 AttemptOutcome::Failure { error, retryable } => {
-                    let message = format!("attempt {attempt}: {error}");
-                    let (state, not_before, finish) = if cancel_requested {
-                        ("cancelled", now, Some(now))
-                    } else if *retryable && attempt < max_attempts {
-                        (
-                            "queued",
-                            now + chrono_duration(settings.backoff(attempt)),
-                            None,
-                        )
-                    } else {
-                        ("failed", now, Some(now))
-                    };
-                    sqlx::query(include_str!("sql/leases/end_attempt.sql"))
-                        .bind(run_id)
-                        .bind(state)
-                        .bind(&message)
-                        .bind(not_before)
-                        .bind(finish)
+                    let end = AttemptEnd::decide(
+                        attempt,
+                        format!("attempt {attempt}: {error}"),
+                        cancel_requested,
+                        *retryable && attempt < max_attempts,
+                        now,
+                        settings,
+                    );
+                    let sql = include_str!("sql/leases/end_attempt.sql");
+                    let end_attempt = attempt_end_query!(sql, run_id, end)
                         .bind(progress_json)
                         .bind(lease_token)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map(|r| r.rows_affected())
-                        .map_err(|e| from_sqlx(e, "run"))?;
-                    state
+                        .bind(now);
+                    execute_in_tx!(tx, end_attempt, "run");
+                    end.state
                 }
             };
             delete_staged_batches_in_tx!(tx, run_id, lease_token);

@@ -229,11 +229,7 @@ impl Catalog {
             .fetch_optional(pool)
             .await)
         .map_err(|e| from_sqlx(e, &policy_name_taken(spec)))?
-        .ok_or_else(|| {
-            DomainError::Aborted(format!(
-                "retention policy {id} changed concurrently; read it again and retry"
-            ))
-        })?;
+        .ok_or_else(|| DomainError::changed_concurrently("retention policy", id))?;
         RetentionPolicy::try_from(row)
     }
 
@@ -396,11 +392,7 @@ impl Catalog {
             .fetch_optional(pool)
             .await)
         .map_err(|e| from_sqlx(e, "object retention"))?
-        .ok_or_else(|| {
-            DomainError::Aborted(format!(
-                "object retention {id} changed concurrently; read it again and retry"
-            ))
-        })?;
+        .ok_or_else(|| DomainError::changed_concurrently("object retention", id))?;
         ObjectRetention::try_from(row)
     }
 
@@ -421,9 +413,7 @@ impl Catalog {
         .map(|r| r.rows_affected()))
         .map_err(|e| from_sqlx(e, "object retention"))?;
         if deleted == 0 {
-            return Err(DomainError::Aborted(format!(
-                "object retention {id} changed concurrently; read it again and retry"
-            )));
+            return Err(DomainError::changed_concurrently("object retention", id));
         }
         Ok(())
     }

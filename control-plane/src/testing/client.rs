@@ -212,6 +212,17 @@ impl Api {
         Ok(response.into_inner().run.expect("run in response"))
     }
 
+    /// `TagService/GetTag` of the tag `id`.
+    pub async fn tag_by_id(&self, id: &str) -> Result<pb::Tag, Status> {
+        self.get_tag(pb::GetTagRequest { id: id.to_string() }).await
+    }
+
+    /// `RetentionService/GetRetentionPolicy` of the policy `id`.
+    pub async fn retention_policy_by_id(&self, id: &str) -> Result<pb::RetentionPolicy, Status> {
+        let request = pb::GetRetentionPolicyRequest { id: id.to_string() };
+        self.get_retention_policy(request).await
+    }
+
     /// Follows `WatchRun` until `done` holds for the run, for at most
     /// `limit`; returns the run as it was then. `WatchRun` ends once the run
     /// is final; then the run is read once more, and the test fails unless

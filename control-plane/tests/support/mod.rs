@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+use coffer_control_plane::model::object::{EntryKind, FileAttributes, SnapshotEntry};
 pub use coffer_control_plane::testing::{authed, fresh_catalog, Backend, CatalogGuard, TestServer};
 
 /// Generates one `#[tokio::test]` per backend for each named async test function
@@ -61,6 +62,23 @@ pub fn assert_code<T: std::fmt::Debug>(
     }
 }
 
+/// Asserts that a stranger's attempts to read, change and delete another
+/// owner's resource (`get`, `update` and `delete`, made in that order) each
+/// fail with NOT_FOUND, so that not even the resource's existence leaks.
+pub fn assert_hidden_from_stranger<G, U, D>(
+    get: Result<G, tonic::Status>,
+    update: Result<U, tonic::Status>,
+    delete: Result<D, tonic::Status>,
+) where
+    G: std::fmt::Debug,
+    U: std::fmt::Debug,
+    D: std::fmt::Debug,
+{
+    assert_code(get, tonic::Code::NotFound, "foreign get");
+    assert_code(update, tonic::Code::NotFound, "foreign update");
+    assert_code(delete, tonic::Code::NotFound, "foreign delete");
+}
+
 /// Asserts that `result` failed naming exactly `fields` in its
 /// `google.rpc.BadRequest` details; `what` says what was refused.
 pub fn assert_violated<T: std::fmt::Debug>(
@@ -71,5 +89,24 @@ pub fn assert_violated<T: std::fmt::Debug>(
     match result {
         Ok(answer) => panic!("{what}: expected a refusal, got {answer:?}"),
         Err(status) => assert_eq!(violated_fields(&status), fields, "{what}"),
+    }
+}
+
+/// A one-byte regular file at `path` with content `content_hash`, owned by
+/// root, as a snapshot entry.
+pub fn one_byte_file(path: &str, content_hash: &str) -> SnapshotEntry {
+    SnapshotEntry {
+        path: path.as_bytes().to_vec(),
+        attributes: FileAttributes {
+            kind: EntryKind::File,
+            size: 1,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            content_hash: Some(content_hash.to_string()),
+            symlink_target: None,
+        },
+        storage_key: String::new(),
     }
 }

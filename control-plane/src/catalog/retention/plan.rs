@@ -368,16 +368,33 @@ fn policy_rules(policies: &HashMap<Uuid, RetentionPolicy>, id: Uuid) -> DomainRe
 
 /// Turns the rows of a plan into the planner's input.
 fn plan_input(rows: PlanRows, now: DateTime<Utc>) -> DomainResult<PlanInput> {
-    let PlanRows {
-        snapshots,
-        run_tags,
-        default_policy,
-        holds,
-        versions,
-        version_tags,
-        policies,
-    } = rows;
-    let mut run_tags = tags_by_resource(run_tags);
+    let groups = snapshot_groups(
+        rows.snapshots,
+        tags_by_resource(rows.run_tags),
+        rows.default_policy,
+        &rows.policies,
+    )?;
+    let objects = retained_objects(
+        rows.holds,
+        rows.versions,
+        tags_by_resource(rows.version_tags),
+        &rows.policies,
+    )?;
+    Ok(PlanInput {
+        now,
+        groups,
+        objects,
+    })
+}
+
+/// The snapshots grouped by job, bucket and repository, each group with the
+/// policy that applies to it (the job's, else the bucket's, else the default).
+fn snapshot_groups(
+    snapshots: Vec<SnapshotRow>,
+    mut run_tags: HashMap<Uuid, Vec<TagPair>>,
+    default_policy: Option<Uuid>,
+    policies: &HashMap<Uuid, RetentionPolicy>,
+) -> DomainResult<Vec<SnapshotGroup>> {
     let mut groups: BTreeMap<GroupKey, SnapshotGroup> = BTreeMap::new();
     for row in snapshots {
         let key = GroupKey {
@@ -399,7 +416,7 @@ fn plan_input(rows: PlanRows, now: DateTime<Utc>) -> DomainResult<PlanInput> {
                     Some((id, source)) => Some(AppliedPolicy {
                         id,
                         source,
-                        rules: policy_rules(&policies, id)?,
+                        rules: policy_rules(policies, id)?,
                     }),
                     None => None,
                 };
@@ -417,8 +434,16 @@ fn plan_input(rows: PlanRows, now: DateTime<Utc>) -> DomainResult<PlanInput> {
             tags: run_tags.remove(&row.id).unwrap_or_default(),
         });
     }
+    Ok(groups.into_values().collect())
+}
 
-    let mut version_tags = tags_by_resource(version_tags);
+/// The objects under a retention or legal hold, with their holds and versions.
+fn retained_objects(
+    holds: Vec<HoldRow>,
+    versions: Vec<VersionRow>,
+    mut version_tags: HashMap<Uuid, Vec<TagPair>>,
+    policies: &HashMap<Uuid, RetentionPolicy>,
+) -> DomainResult<Vec<RetainedObject>> {
     let mut objects: BTreeMap<Uuid, RetainedObject> = BTreeMap::new();
     for hold in holds {
         let held = if hold.resource_kind == "object" {
@@ -429,7 +454,7 @@ fn plan_input(rows: PlanRows, now: DateTime<Utc>) -> DomainResult<PlanInput> {
         let policy = match hold.policy_id {
             Some(id) => Some(ObjectPolicy {
                 id,
-                rules: policy_rules(&policies, id)?,
+                rules: policy_rules(policies, id)?,
             }),
             None => None,
         };
@@ -463,11 +488,7 @@ fn plan_input(rows: PlanRows, now: DateTime<Utc>) -> DomainResult<PlanInput> {
             });
         }
     }
-    Ok(PlanInput {
-        now,
-        groups: groups.into_values().collect(),
-        objects: objects.into_values().collect(),
-    })
+    Ok(objects.into_values().collect())
 }
 
 impl Catalog {

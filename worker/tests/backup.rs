@@ -1545,3 +1545,52 @@ async fn mostly_garbage_pack_is_repacked_and_its_space_given_back() {
     assert!(after < before / 3, "{after} of {before} bytes left");
     assert_restores(&store, &kept_snapshot, some.path()).await;
 }
+
+/// Lowers this test process's limit on open files (nextest runs every test
+/// in a process of its own, so no other test is affected).
+fn limit_open_files(limit: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let current = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(limit),
+            maximum: current.maximum,
+        },
+    )
+    .expect("lower RLIMIT_NOFILE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_of_many_files_sharing_chunks_holds_few_files_open() {
+    let repo = tempfile::tempdir().expect("temp dir");
+    let store = filesystem_store(repo.path()).await;
+    let source = tempfile::tempdir().expect("temp dir");
+    // 3,000 files over 4 contents: every pack names far more files than the
+    // limit below allows to be open at once.
+    for i in 0..3000u64 {
+        let content = pattern(3000, i % 4);
+        write(
+            source.path(),
+            format!("d{:02}/f{i:05}", i % 30).as_bytes(),
+            &content,
+        );
+    }
+    let snapshot = backup(&store, source.path(), None).await;
+
+    limit_open_files(256);
+    let destination = tempfile::tempdir().expect("temp dir");
+    let (result, recorder) = try_restore(restore_plan(
+        &store,
+        &snapshot.summary.manifest_key,
+        destination.path(),
+    ))
+    .await;
+    let summary = result.expect("restore succeeds under a low descriptor limit");
+    assert!(recorder.errors().is_empty(), "{:?}", recorder.errors());
+    assert_eq!(summary.files, 3000);
+    assert_same_tree(
+        &describe_tree(destination.path()),
+        &describe_tree(source.path()),
+    );
+}

@@ -467,7 +467,7 @@ fn write_blobs(
         failed: Vec::new(),
         bytes: 0,
     };
-    let mut open: HashMap<usize, File> = HashMap::new();
+    let mut open = OpenFiles::default();
     let mut decoded: Option<(ChunkId, Result<Vec<u8>, String>)> = None;
     let mut written: HashMap<usize, usize> = HashMap::new();
     for member in members {
@@ -498,19 +498,14 @@ fn write_blobs(
             }
         };
         if !chunk.iter().all(|b| *b == 0) {
-            let file = match open.entry(member.file) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    match fs::OpenOptions::new().write(true).open(&paths[member.file]) {
-                        Ok(file) => e.insert(file),
-                        Err(error) => {
-                            outcome.failed.push((
-                                member.file,
-                                format!("cannot open {}: {error}", paths[member.file].display()),
-                            ));
-                            continue;
-                        }
-                    }
+            let file = match open.get(member.file, &paths[member.file]) {
+                Ok(file) => file,
+                Err(error) => {
+                    outcome.failed.push((
+                        member.file,
+                        format!("cannot open {}: {error}", paths[member.file].display()),
+                    ));
+                    continue;
                 }
             };
             if let Err(error) = file.write_all_at(chunk, member.file_offset) {
@@ -525,6 +520,42 @@ fn write_blobs(
     }
     outcome.written = written.into_iter().collect();
     outcome
+}
+
+/// The files one pack's blobs are being written to, at most
+/// [`OPEN_FILES_PER_PACK`] open at a time.
+///
+/// A pack of small files, or of chunks many files share, names thousands of
+/// files; holding them all open ran a real restore (118k files, many of them
+/// identical) out of descriptors. Blobs are written in pack order, so the
+/// uses of one file are mostly adjacent and a small cache, evicting the file
+/// used least recently, keeps reopening rare.
+#[derive(Default)]
+struct OpenFiles {
+    /// Most recently used last.
+    files: Vec<(usize, File)>,
+}
+
+/// With [`PACK_PARALLELISM`] packs at once, a restore holds at most this
+/// many times that many files open for writing.
+const OPEN_FILES_PER_PACK: usize = 32;
+
+impl OpenFiles {
+    /// The open file number `index` (opened for writing at `path` if needed).
+    fn get(&mut self, index: usize, path: &Path) -> std::io::Result<&File> {
+        if let Some(at) = self.files.iter().position(|(open, _)| *open == index) {
+            let used = self.files.remove(at);
+            self.files.push(used);
+        } else {
+            if self.files.len() >= OPEN_FILES_PER_PACK {
+                self.files.remove(0);
+            }
+            let file = fs::OpenOptions::new().write(true).open(path)?;
+            self.files.push((index, file));
+        }
+        let (_, file) = self.files.last().expect("just pushed");
+        Ok(file)
+    }
 }
 
 fn nix_is_root() -> bool {

@@ -20,9 +20,15 @@ pub const WORKER_TOKEN_FILE: &str = "worker.token";
 pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
     let url = config.effective_database_url();
     if config.is_embedded() {
-        std::fs::create_dir_all(&config.data_dir)?;
+        ensure_private_dir(&config.data_dir)?;
     }
     let catalog = Catalog::connect(&url).await?;
+    if config.is_embedded() {
+        // SQLite creates its files with the umask's mode.
+        for file in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+            restrict_to_owner(&config.data_dir.join(file))?;
+        }
+    }
     tracing::info!(backend = ?catalog.backend(), "catalog ready");
 
     if let Some(secret) = secret_from_env("COFFER_ADMIN_TOKEN")? {
@@ -69,28 +75,75 @@ pub fn secret_from_env(name: &str) -> anyhow::Result<Option<String>> {
     Ok(None)
 }
 
+/// Creates `dir` (and its parents) if needed and makes it private to its
+/// owner (0700) whatever the umask: it holds the catalog and the tokens.
+fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    restrict_to_owner(dir)
+}
+
+/// Takes group and other permissions away from `path` (a directory keeps
+/// its owner's search bit); a path that does not exist is left alone.
+fn restrict_to_owner(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    let private = mode & 0o700;
+    if mode != private {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "permissions were looser than owner-only; tightened");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(private))?;
+    }
+    Ok(())
+}
+
+/// Writes a secret to `path`, mode 0600 whatever the umask or the mode of a
+/// file already there, refusing to follow a symlink planted at `path`.
 fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options.open(path)?;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write {} (a symlink is refused): {e}",
+                path.display()
+            )
+        })?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     writeln!(file, "{secret}")?;
     file.sync_all()?;
     Ok(())
+}
+
+/// Reads a secret file written by [`write_secret_file`], tightening its
+/// mode to 0600 if someone loosened it; `None` if it is missing or empty.
+fn read_secret_file(path: &Path) -> anyhow::Result<Option<String>> {
+    let Ok(secret) = std::fs::read_to_string(path) else {
+        return Ok(None);
+    };
+    restrict_to_owner(path)?;
+    Ok(Some(secret.trim().to_string()).filter(|secret| !secret.is_empty()))
 }
 
 /// The embedded worker's token: read from the data directory, or minted,
 /// stored there (mode 0600) and registered on first start.
 pub async fn embedded_worker_token(config: &Config, catalog: &Catalog) -> anyhow::Result<String> {
     let path = config.data_dir.join(WORKER_TOKEN_FILE);
-    let secret = match std::fs::read_to_string(&path) {
-        Ok(secret) if !secret.trim().is_empty() => secret.trim().to_string(),
-        _ => {
-            std::fs::create_dir_all(&config.data_dir)?;
+    let secret = match read_secret_file(&path)? {
+        Some(secret) => secret,
+        None => {
+            ensure_private_dir(&config.data_dir)?;
             let minted = mint_secret();
             write_secret_file(&path, &minted.secret)?;
             minted.secret
@@ -115,5 +168,66 @@ pub fn embedded_worker_config(
         slots: config.embedded_worker_slots.max(1),
         source_roots: Vec::new(),
         drain_timeout: config.shutdown_grace(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn data_dir_becomes_private_whatever_it_was() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let fresh = root.path().join("a/b/data");
+        ensure_private_dir(&fresh).expect("create");
+        assert_eq!(mode_of(&fresh), 0o700);
+        let loose = root.path().join("loose");
+        std::fs::create_dir(&loose).expect("create");
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        ensure_private_dir(&loose).expect("tighten");
+        assert_eq!(mode_of(&loose), 0o700);
+    }
+
+    #[test]
+    fn secret_files_are_owner_only_and_never_written_through_a_symlink() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let path = root.path().join("admin.token");
+        std::fs::write(&path, "old\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_secret_file(&path, "new-secret").expect("write secret");
+        assert_eq!(mode_of(&path), 0o600);
+        assert_eq!(
+            read_secret_file(&path).expect("read").as_deref(),
+            Some("new-secret")
+        );
+
+        let elsewhere = root.path().join("authorized_keys");
+        std::fs::write(&elsewhere, "ssh-ed25519 AAAA\n").expect("write");
+        let planted = root.path().join("worker.token");
+        std::os::unix::fs::symlink(&elsewhere, &planted).expect("symlink");
+        assert!(write_secret_file(&planted, "secret").is_err());
+        assert_eq!(
+            std::fs::read_to_string(&elsewhere).expect("read"),
+            "ssh-ed25519 AAAA\n"
+        );
+    }
+
+    #[test]
+    fn a_loosened_token_file_is_tightened_when_read() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let path = root.path().join("worker.token");
+        write_secret_file(&path, "secret").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+        assert_eq!(
+            read_secret_file(&path).expect("read").as_deref(),
+            Some("secret")
+        );
+        assert_eq!(mode_of(&path), 0o600);
     }
 }

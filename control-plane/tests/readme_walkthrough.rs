@@ -235,6 +235,17 @@ fn grpcurl_describes_every_service_through_reflection() {
     }
 }
 
+/// The data directory is 0700 and every file in it 0600, whatever the umask
+/// the test runs under: it holds the catalog and the tokens.
+fn assert_owner_only(data_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(data_dir), 0o700, "{}", data_dir.display());
+    for file in walk_files(data_dir) {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+}
+
 #[test]
 fn sigterm_shuts_down_cleanly_and_the_catalog_survives_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -257,6 +268,7 @@ fn sigterm_shuts_down_cleanly_and_the_catalog_survives_a_restart() {
     );
     let status = control_plane.terminate();
     assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert_owner_only(&dir.path().join("coffer-data"));
 
     let control_plane = ControlPlane::start_in(dir.path(), port);
     let listed = control_plane.grpcurl(

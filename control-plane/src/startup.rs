@@ -31,7 +31,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
     }
     tracing::info!(backend = ?catalog.backend(), "catalog ready");
 
-    if let Some(secret) = secret_from_env("COFFER_ADMIN_TOKEN")? {
+    if let Some(secret) = bootstrap_secret("COFFER_ADMIN_TOKEN")? {
         ensure_bootstrap_token(&catalog, &secret, TokenScope::User).await?;
     } else if catalog.count_admins().await? == 0 {
         if !config.is_embedded() {
@@ -43,7 +43,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
         ensure_bootstrap_token(&catalog, &minted.secret, TokenScope::User).await?;
         tracing::info!(path = %path.display(), "generated the admin token (shown nowhere else)");
     }
-    if let Some(secret) = secret_from_env("COFFER_WORKER_TOKEN")? {
+    if let Some(secret) = bootstrap_secret("COFFER_WORKER_TOKEN")? {
         ensure_bootstrap_token(&catalog, &secret, TokenScope::Worker).await?;
     }
 
@@ -57,6 +57,26 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
     };
     let auth = Authenticator::new(catalog.clone(), mode);
     Ok(AppState::new(catalog, auth).with_scheduler_settings(config.scheduler_settings()))
+}
+
+/// The fewest characters a bootstrap token from the environment may have:
+/// 32 hex digits are 128 bits, out of reach of guessing over the network.
+const MIN_BOOTSTRAP_SECRET_CHARS: usize = 32;
+
+/// A bootstrap token from `NAME` or `NAME_FILE`, refused when it is too short
+/// or one character repeated (`change-me` placeholders and the like).
+fn bootstrap_secret(name: &str) -> anyhow::Result<Option<String>> {
+    let Some(secret) = secret_from_env(name)? else {
+        return Ok(None);
+    };
+    let distinct: std::collections::BTreeSet<char> = secret.chars().collect();
+    if secret.chars().count() < MIN_BOOTSTRAP_SECRET_CHARS || distinct.len() < 8 {
+        anyhow::bail!(
+            "{name} is too weak: use at least {MIN_BOOTSTRAP_SECRET_CHARS} random characters \
+             (for example `openssl rand -hex 32`)"
+        );
+    }
+    Ok(Some(secret))
 }
 
 /// Reads a secret from `NAME` or from the file named by `NAME_FILE`.
@@ -216,6 +236,24 @@ mod tests {
             std::fs::read_to_string(&elsewhere).expect("read"),
             "ssh-ed25519 AAAA\n"
         );
+    }
+
+    #[test]
+    fn weak_bootstrap_tokens_are_refused() {
+        let name = "COFFER_TEST_BOOTSTRAP_SECRET";
+        for weak in ["change-me-admin-token", &"a".repeat(64)] {
+            std::env::set_var(name, weak);
+            let error = bootstrap_secret(name).expect_err("weak token refused");
+            assert!(error.to_string().contains(name), "{error}");
+        }
+        let strong = "3f9c2a7be1d04c58a6e2b9f07d13c4e8";
+        std::env::set_var(name, strong);
+        assert_eq!(
+            bootstrap_secret(name).expect("accepted").as_deref(),
+            Some(strong)
+        );
+        std::env::remove_var(name);
+        assert_eq!(bootstrap_secret(name).expect("unset is fine"), None);
     }
 
     #[test]

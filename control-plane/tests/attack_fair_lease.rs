@@ -438,6 +438,41 @@ async fn queue_timeout_fails_the_run_with_its_reason(backend: Backend) {
     assert_eq!(reason(&failed), pb::WaitingReason::Unspecified);
 }
 
+/// Two replicas' reapers race over the same overdue runs on one PostgreSQL
+/// catalog: every run fails once, with the one reason, and none is leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_time_out_each_run_once() {
+    let first = TestServer::start_with_leases(Backend::Postgres, quick_reaper()).await;
+    let second = first.start_replica().await;
+    let (_, tenant) = first.create_user("tenant").await;
+    let stuck = flood(&first, &tenant, backup("/data/gpu", &[("gpu", "yes")]), 20).await;
+    let mut events = [
+        first.catalog().subscribe_runs(),
+        second.catalog().subscribe_runs(),
+    ];
+    configure(&first, "queue_timeout_seconds", "1").await;
+    for id in &stuck {
+        let failed = second.wait_until_final(id, Duration::from_secs(30)).await;
+        assert_eq!(failed.state, pb::RunState::Failed as i32, "{failed:?}");
+        assert_eq!(
+            failed.error,
+            "no worker could take this run within 1s: no worker is connected"
+        );
+        assert_eq!(failed.attempt, 0);
+    }
+    // A replica announces a run it changed; across both, each run was
+    // changed exactly once.
+    let mut announced = std::collections::HashMap::new();
+    for receiver in &mut events {
+        while let Ok(id) = receiver.try_recv() {
+            *announced.entry(id.to_string()).or_insert(0) += 1;
+        }
+    }
+    for id in &stuck {
+        assert_eq!(announced.get(id), Some(&1), "{id} failed once");
+    }
+}
+
 both_backends!(
     unmatchable_flood_does_not_block_another_tenant,
     a_busy_owner_does_not_starve_another,

@@ -105,12 +105,17 @@ pub fn explain(
             .ok()
             .and_then(|spec| spec.local_path().map(str::to_string))
             .unwrap_or_default();
+        let workers = if selector.is_empty() {
+            "every connected worker".to_string()
+        } else {
+            format!(
+                "every connected worker with labels {}",
+                format_labels(selector)
+            )
+        };
         return Waiting::new(
             WaitingReason::PathOutsideWorkerRoots,
-            format!(
-                "{path} is outside the roots of every connected worker with labels {}",
-                format_labels(selector)
-            ),
+            format!("{path} is outside the roots of {workers}"),
         );
     }
     if not_before > now {

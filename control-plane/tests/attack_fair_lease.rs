@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use coffer_control_plane::catalog::leases::LeaseSettings;
 use coffer_control_plane::scheduler::SchedulerSettings;
+use coffer_control_plane::testing::Api;
 use coffer_proto::v1 as pb;
 use fair_lease::{backup, configure, runs_in_state, LeaseClient, WorkerShape};
 use futures::StreamExt;
@@ -155,7 +156,25 @@ async fn queued_run_limit_is_enforced_per_owner(backend: Backend) {
     let (_, tenant) = server.create_user("tenant").await;
     let (_, other) = server.create_user("other").await;
     let api = server.as_user(&tenant);
-    flood(&server, &tenant, backup("/data/t", &[]), 3).await;
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let create_with_key = || {
+        let mut runs = api.runs.clone();
+        let request = pb::CreateRunRequest {
+            spec: Some(backup("/data/t", &[])),
+            request_id: request_id.clone(),
+        };
+        async move { runs.create_run(request).await.map(|r| r.into_inner().run) }
+    };
+    let keyed = create_with_key().await.expect("first run").expect("run");
+    flood(&server, &tenant, backup("/data/t", &[]), 2).await;
+    let retried = create_with_key()
+        .await
+        .expect("a retried request is answered");
+    assert_eq!(
+        retried.expect("run").id,
+        keyed.id,
+        "the retry names the first run"
+    );
     let refused = api.create_run(backup("/data/t", &[])).await;
     match refused {
         Err(status) => {
@@ -185,47 +204,86 @@ async fn queued_run_limit_is_enforced_per_owner(backend: Backend) {
     }
 }
 
-/// The scheduler's fire of a job whose owner is at the limit is skipped and
-/// counted, never queued past the limit.
-async fn scheduled_fire_over_the_limit_is_skipped(backend: Backend) {
-    let settings = SchedulerSettings {
+fn fast_scheduler() -> SchedulerSettings {
+    SchedulerSettings {
         enabled: true,
         poll_interval: Duration::from_millis(100),
         lease_ttl: Duration::from_secs(3),
         misfire_grace: Duration::from_secs(60),
-    };
-    let server = TestServer::start_with_scheduler(backend, settings).await;
-    configure(&server, "max_queued_runs_per_owner", "1").await;
-    let (_, tenant) = server.create_user("tenant").await;
-    let api = server.as_user(&tenant);
-    let job = api
-        .create_job(pb::Job {
-            name: "nightly".into(),
-            source_path: "/data".into(),
-            target: Some(pb::Target {
-                destination: Some(pb::target::Destination::FilesystemPath("/backups".into())),
-            }),
-            schedule: Some(pb::Schedule {
-                cron: "0 3 * * *".into(),
-                time_zone: "UTC".into(),
-                overlap_policy: pb::OverlapPolicy::Queue as i32,
-                ..Default::default()
-            }),
+    }
+}
+
+/// A daily job (no tick comes by itself during a test) whose ticks wait for
+/// its active run.
+fn scheduled_job() -> pb::Job {
+    pb::Job {
+        name: "nightly".into(),
+        source_path: "/data".into(),
+        target: Some(pb::Target {
+            destination: Some(pb::target::Destination::FilesystemPath("/backups".into())),
+        }),
+        schedule: Some(pb::Schedule {
+            cron: "0 3 * * *".into(),
+            time_zone: "UTC".into(),
+            overlap_policy: pb::OverlapPolicy::Queue as i32,
             ..Default::default()
-        })
-        .await
-        .expect("job");
-    api.create_run(backup("/data/other", &[]))
-        .await
-        .expect("the one allowed queued run");
-    let skipped_before = server.scheduler().status().ticks_skipped;
-    let job_id = job.id.parse().expect("job id");
+        }),
+        ..Default::default()
+    }
+}
+
+/// Moves the job's next tick a second into the past.
+async fn make_tick_due(server: &TestServer, job_id: &str) {
+    let job_id = job_id.parse().expect("job id");
     let now = server.catalog().now().await.expect("clock");
     server
         .catalog()
         .set_next_run_time(job_id, now - chrono::Duration::seconds(1))
         .await
         .expect("make the tick due");
+}
+
+async fn read_job(api: &Api, id: &str) -> pb::Job {
+    let request = pb::GetJobRequest { id: id.into() };
+    api.get_job(request).await.expect("job")
+}
+
+/// Reads the job after every scheduler round until `done` holds; panics
+/// after 20 s.
+async fn wait_for_job(
+    server: &TestServer,
+    api: &Api,
+    id: &str,
+    done: impl Fn(&pb::Job) -> bool,
+) -> pb::Job {
+    let mut status = server.scheduler().subscribe();
+    let reading = async {
+        loop {
+            let job = read_job(api, id).await;
+            if done(&job) {
+                return job;
+            }
+            status.changed().await.expect("scheduler running");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), reading)
+        .await
+        .expect("the job reached the expected state within 20 s")
+}
+
+/// The scheduler's fire of a job whose owner is at the limit is skipped and
+/// counted, never queued past the limit.
+async fn scheduled_fire_over_the_limit_is_skipped(backend: Backend) {
+    let server = TestServer::start_with_scheduler(backend, fast_scheduler()).await;
+    configure(&server, "max_queued_runs_per_owner", "1").await;
+    let (_, tenant) = server.create_user("tenant").await;
+    let api = server.as_user(&tenant);
+    let job = api.create_job(scheduled_job()).await.expect("job");
+    api.create_run(backup("/data/other", &[]))
+        .await
+        .expect("the one allowed queued run");
+    let skipped_before = server.scheduler().status().ticks_skipped;
+    make_tick_due(&server, &job.id).await;
     let mut status = server.scheduler().subscribe();
     tokio::time::timeout(
         Duration::from_secs(20),
@@ -237,6 +295,74 @@ async fn scheduled_fire_over_the_limit_is_skipped(backend: Backend) {
     let queued = runs_in_state(&api, pb::RunState::Queued).await;
     assert_eq!(queued.len(), 1, "no scheduled run past the limit");
     assert!(queued.iter().all(|run| run.job_id.is_empty()));
+}
+
+/// A waiting tick (overlap policy queue) of a job whose owner is at the
+/// limit keeps waiting, and starts once the owner's queue drains.
+async fn waiting_tick_over_the_limit_waits(backend: Backend) {
+    let server = TestServer::start_with_scheduler(backend, fast_scheduler()).await;
+    let limit = server
+        .admin()
+        .create_configuration(pb::Configuration {
+            key: "max_queued_runs_per_owner".into(),
+            value: "2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("limit");
+    let (_, tenant) = server.create_user("tenant").await;
+    let api = server.as_user(&tenant);
+    let job = api.create_job(scheduled_job()).await.expect("job");
+    let job_run = api.start_backup(&job.id).await;
+    let ad_hoc = api.queue_run(backup("/data/other", &[])).await;
+    make_tick_due(&server, &job.id).await;
+    wait_for_job(&server, &api, &job.id, |job| {
+        job.pending_fire_time.is_some()
+    })
+    .await;
+
+    // The job's run ends, but the owner is now at a lowered limit of one.
+    let mut configurations = server.admin().configurations;
+    configurations
+        .update_configuration(pb::UpdateConfigurationRequest {
+            configuration: Some(pb::Configuration {
+                value: "1".into(),
+                ..limit
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["value".into()],
+            }),
+        })
+        .await
+        .expect("lower the limit");
+    api.cancel_run(&job_run.id)
+        .await
+        .expect("cancel the job's run");
+    let rounds = server.scheduler().status().rounds;
+    let mut status = server.scheduler().subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        status.wait_for(|s| s.rounds >= rounds + 3),
+    )
+    .await
+    .expect("three scheduler rounds within 20 s")
+    .expect("scheduler running");
+    let waiting = read_job(&api, &job.id).await;
+    assert!(waiting.pending_fire_time.is_some(), "the tick still waits");
+    let queued = runs_in_state(&api, pb::RunState::Queued).await;
+    assert_eq!(queued.len(), 1, "nothing queued past the limit: {queued:?}");
+
+    api.cancel_run(&ad_hoc)
+        .await
+        .expect("cancel the ad-hoc run");
+    let started = wait_for_job(&server, &api, &job.id, |job| {
+        job.pending_fire_time.is_none()
+    })
+    .await;
+    assert!(started.pending_fire_time.is_none());
+    let queued = runs_in_state(&api, pb::RunState::Queued).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].job_id, job.id, "the waiting tick's run");
 }
 
 /// Jobs and API tokens past their limits are RESOURCE_EXHAUSTED and not created.
@@ -478,6 +604,7 @@ both_backends!(
     a_busy_owner_does_not_starve_another,
     queued_run_limit_is_enforced_per_owner,
     scheduled_fire_over_the_limit_is_skipped,
+    waiting_tick_over_the_limit_waits,
     job_and_token_limits_are_enforced,
     watch_stream_limit_is_enforced,
     each_waiting_reason_is_reported,

@@ -110,7 +110,7 @@ impl RunAdmission {
         };
         new.request_id = request_id;
         self.check_nfs(&new.spec).await?;
-        self.check_queue_limit(new.owner_id).await?;
+        self.check_queue_limit(new.owner_id, new.request_id).await?;
         Ok(self.catalog.create_run(&new).await?.run)
     }
 
@@ -123,7 +123,7 @@ impl RunAdmission {
         self.check_retention_scope(caller, scope).await?;
         let now = self.catalog.now().await?;
         let new = self.catalog.retention_run(scope, now).await?;
-        self.check_queue_limit(new.owner_id).await?;
+        self.check_queue_limit(new.owner_id, None).await?;
         self.insert(&new).await
     }
 
@@ -168,7 +168,7 @@ impl RunAdmission {
             max_attempts: self.catalog.run_default_max_attempts().await?,
             request_id: None,
         };
-        self.check_queue_limit(new.owner_id).await?;
+        self.check_queue_limit(new.owner_id, None).await?;
         self.insert(&new).await
     }
 
@@ -393,8 +393,20 @@ impl RunAdmission {
     /// (admins' runs are exempt), so one tenant cannot fill the queue. Runs
     /// the system queues on its own (retention after a backup) are not held
     /// to it; the scheduler checks the same limit inside its firing
-    /// transaction (`Catalog::fire_tick`).
-    async fn check_queue_limit(&self, owner_id: Uuid) -> DomainResult<()> {
+    /// transaction (`Catalog::fire_tick`). A retried request whose run
+    /// exists creates nothing, so it is answered with that run as before.
+    async fn check_queue_limit(
+        &self,
+        owner_id: Uuid,
+        request_id: Option<Uuid>,
+    ) -> DomainResult<()> {
+        let retried = self
+            .catalog
+            .find_run_by_request(owner_id, request_id)
+            .await?;
+        if retried.is_some() {
+            return Ok(());
+        }
         self.catalog
             .check_owner_limit(OwnerLimit::QueuedRuns, owner_id)
             .await

@@ -42,6 +42,9 @@ pub enum DomainError {
     /// A fenced write came with a lease that is no longer current.
     #[error("{0}")]
     Aborted(String),
+    /// A per-owner limit (queued runs, jobs, tokens, watch streams) is reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Anything else; the message is logged, not shown in full to callers.
     #[error("internal error: {0}")]
     Internal(String),
@@ -89,6 +92,7 @@ impl DomainError {
             DomainError::Unimplemented(_) => Code::Unimplemented,
             DomainError::Unavailable(_) => Code::Unavailable,
             DomainError::Aborted(_) => Code::Aborted,
+            DomainError::ResourceExhausted(_) => Code::ResourceExhausted,
             DomainError::Internal(_) => Code::Internal,
         }
     }

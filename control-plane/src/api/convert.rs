@@ -326,6 +326,9 @@ impl From<Run> for pb::Run {
             start_time: optional_timestamp(run.start_time),
             finish_time: optional_timestamp(run.finish_time),
             worker_selector: labels_to_proto(&run.worker_selector),
+            // Filled by the RunService, which knows the connected workers.
+            waiting_reason: pb::WaitingReason::Unspecified as i32,
+            waiting_message: String::new(),
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::model::job::{
     check_job_name, Job, JobDraft, JobFilter, JobRunSummary, MissedRunPolicy, OverlapPolicy,
     Schedule, MAX_DESCRIPTION_LEN,
 };
+use crate::model::limits::OwnerLimit;
 use crate::model::run::check_max_attempts;
 use crate::model::{check_absolute_path, check_len, parse_id, parse_optional_id};
 use crate::state::AppState;
@@ -257,6 +258,10 @@ impl JobApi {
         let owner = self.resolve_owner(caller, &job.owner_id).await?;
         let draft = self
             .build_draft(JobDraft::empty(owner), &job, CREATABLE)
+            .await?;
+        self.state
+            .catalog
+            .check_owner_limit(OwnerLimit::Jobs, owner)
             .await?;
         self.state.catalog.create_job(&draft).await
     }

@@ -21,6 +21,8 @@ use super::{respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::{Catalog, Page};
 use crate::error::{DomainError, DomainResult, Violations};
+use crate::leasing::waiting::{explain_runs, WaitingReason};
+use crate::model::limits::OwnerLimit;
 use crate::model::run::{BackupSpec, Run, RunFilter};
 use crate::model::{
     check_absolute_path, check_len, check_relative_path, parse_id, parse_optional_id,
@@ -28,6 +30,7 @@ use crate::model::{
 use crate::runs::admission::{
     GcRequest, RestoreRequest, RunRequest, SnapshotChoice, VerifyRequest,
 };
+use crate::runs::watch_slots::{WatchSlot, WatchSlots};
 use crate::state::AppState;
 
 /// How often a watch re-reads its run when no change was announced.
@@ -39,13 +42,53 @@ const WATCH_BUFFER: usize = 16;
 #[derive(Clone, Debug)]
 pub struct RunApi {
     state: AppState,
+    /// Open watches per owner on this replica.
+    watches: WatchSlots,
 }
 
 impl RunApi {
     /// A handler over shared state.
     pub fn new(state: AppState) -> Self {
-        RunApi { state }
+        RunApi {
+            state,
+            watches: WatchSlots::default(),
+        }
     }
+}
+
+fn waiting_reason_to_proto(reason: WaitingReason) -> pb::WaitingReason {
+    match reason {
+        WaitingReason::NoMatchingWorker => pb::WaitingReason::NoMatchingWorker,
+        WaitingReason::PathOutsideWorkerRoots => pb::WaitingReason::PathOutsideWorkerRoots,
+        WaitingReason::Backoff => pb::WaitingReason::Backoff,
+        WaitingReason::AllSlotsBusy => pb::WaitingReason::AllSlotsBusy,
+        WaitingReason::Ready => pb::WaitingReason::Ready,
+    }
+}
+
+/// Converts runs for the API, saying why each queued one waits.
+async fn runs_to_proto(catalog: &Catalog, runs: Vec<Run>) -> DomainResult<Vec<pb::Run>> {
+    let waiting = explain_runs(catalog, &runs).await?;
+    Ok(runs
+        .into_iter()
+        .zip(waiting)
+        .map(|(run, waiting)| {
+            let mut message = pb::Run::from(run);
+            if let Some(waiting) = waiting {
+                message.waiting_reason = waiting_reason_to_proto(waiting.reason) as i32;
+                message.waiting_message = waiting.message;
+            }
+            message
+        })
+        .collect())
+}
+
+/// [`runs_to_proto`] for one run.
+async fn run_to_proto(catalog: &Catalog, run: Run) -> DomainResult<pb::Run> {
+    let mut converted = runs_to_proto(catalog, vec![run]).await?;
+    converted
+        .pop()
+        .ok_or_else(|| DomainError::Internal("a converted run went missing".into()))
 }
 
 /// Grace period of a collection that names none.
@@ -256,6 +299,20 @@ impl RunApi {
         self.state.auth.caller(request.metadata()).await
     }
 
+    /// A watch slot for the caller (admins need none), or
+    /// `ResourceExhausted` when the caller's watches are at the limit.
+    async fn watch_slot(&self, caller: &Caller) -> DomainResult<Option<WatchSlot>> {
+        if caller.is_admin() {
+            return Ok(None);
+        }
+        let limit = self
+            .state
+            .catalog
+            .owner_limit(OwnerLimit::WatchStreams)
+            .await?;
+        self.watches.take(caller.user.id, limit).map(Some)
+    }
+
     /// A run the caller may see; foreign runs are NOT_FOUND.
     async fn visible_run(&self, caller: &Caller, id: Uuid) -> DomainResult<Run> {
         let run = self.state.catalog.get_run(id).await?;
@@ -298,7 +355,7 @@ impl RunApi {
             .list_runs(caller.owner_scope(), &filter, page)
             .await?;
         Ok(pb::ListRunsResponse {
-            runs: runs.into_iter().map(Into::into).collect(),
+            runs: runs_to_proto(&self.state.catalog, runs).await?,
             next_page_token,
         })
     }
@@ -340,7 +397,13 @@ async fn watch_loop(
     fallback.tick().await;
     let mut last_sent: Option<pb::Run> = None;
     loop {
-        let message = pb::Run::from(run.clone());
+        let message = match run_to_proto(&catalog, run.clone()).await {
+            Ok(message) => message,
+            Err(error) => {
+                let _ = sender.send(Err(error.into())).await;
+                return;
+            }
+        };
         if last_sent.as_ref() != Some(&message) {
             let update = pb::WatchRunResponse {
                 run: Some(message.clone()),
@@ -389,18 +452,16 @@ impl RunService for RunApi {
             .runs
             .create(&caller, run_request, request_id)
             .await?;
-        respond(Ok(pb::CreateRunResponse {
-            run: Some(run.into()),
-        }))
+        let run = run_to_proto(&self.state.catalog, run).await?;
+        respond(Ok(pb::CreateRunResponse { run: Some(run) }))
     }
 
     async fn get_run(&self, request: Request<pb::GetRunRequest>) -> RpcResult<pb::GetRunResponse> {
         let caller = self.caller(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let run = self.visible_run(&caller, id).await?;
-        respond(Ok(pb::GetRunResponse {
-            run: Some(run.into()),
-        }))
+        let run = run_to_proto(&self.state.catalog, run).await?;
+        respond(Ok(pb::GetRunResponse { run: Some(run) }))
     }
 
     async fn list_runs(
@@ -439,8 +500,14 @@ impl RunService for RunApi {
         // Subscribe before the first read so no change slips in between.
         let events = self.state.catalog.subscribe_runs();
         let run = self.visible_run(&caller, id).await?;
+        let slot = self.watch_slot(&caller).await?;
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(watch_loop(self.state.catalog.clone(), run, events, sender));
+        let catalog = self.state.catalog.clone();
+        tokio::spawn(async move {
+            // Held for as long as the stream lives.
+            let _slot = slot;
+            watch_loop(catalog, run, events, sender).await;
+        });
         let stream: Self::WatchRunStream = Box::pin(ReceiverStream::new(receiver));
         Ok(tonic::Response::new(stream))
     }

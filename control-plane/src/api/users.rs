@@ -9,6 +9,7 @@ use super::{mask_paths, respond, RpcResult};
 use crate::auth::{mint_secret, Caller};
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult};
+use crate::model::limits::OwnerLimit;
 use crate::model::user::{
     check_email, ApiToken, NewApiToken, NewUser, TokenScope, User, UserPatch,
 };
@@ -126,6 +127,10 @@ impl UserApi {
         };
         // The owner must exist and be visible.
         self.state.catalog.get_user(user_id).await?;
+        self.state
+            .catalog
+            .check_owner_limit(OwnerLimit::ApiTokens, user_id)
+            .await?;
         let minted = mint_secret();
         let token = self
             .state

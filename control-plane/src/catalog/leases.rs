@@ -18,6 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::queue::QueueScan;
 use super::snapshots::apply::{apply_plan_in_tx, PlannedCommit};
 use super::{in_transaction, new_id, on_pool, Backend, Catalog};
 use crate::catalog::error::from_sqlx;
@@ -243,7 +244,14 @@ impl Catalog {
         .map_err(|e| from_sqlx(e, "runs"))
     }
 
-    /// Leases up to `max` queued runs that `accept` agrees to, to `worker_id`.
+    /// Leases up to `max` queued runs that `accept` agrees to, to `worker_id`,
+    /// in the fair order of `queue.rs`: runs whose selector the worker's
+    /// labels do not satisfy are never read, and rows `accept` refuses are
+    /// passed over, so neither can keep the worker from the runs behind them.
+    ///
+    /// Each grant is one conditional `UPDATE … WHERE state = 'queued'`; on
+    /// PostgreSQL the row is first locked with `SKIP LOCKED`, so replicas
+    /// leasing at once pass over each other's candidates instead of waiting.
     pub async fn acquire_runs(
         &self,
         worker_id: Uuid,
@@ -257,55 +265,49 @@ impl Catalog {
         let now = self.now().await?;
         let expire = now + chrono_duration(settings.ttl);
         let deadline = now + chrono_duration(settings.attempt_deadline);
-        let scan = i64::try_from(max.saturating_mul(4).saturating_add(16)).unwrap_or(i64::MAX);
-        let select = format!(
-            "SELECT id, spec, worker_selector FROM runs WHERE state = 'queued' AND not_before_time <= $1 \
-             AND NOT cancel_requested ORDER BY not_before_time, id LIMIT $2{}",
+        let labels = self.worker_labels(worker_id).await?;
+        let mut scan = QueueScan::new(now, &labels, max);
+        let lock = format!(
+            "SELECT id FROM runs WHERE id = $1 AND state = 'queued'{}",
             self.lock_clause()
         );
-        let leased = on_pool!(self, |pool| in_transaction!(pool, |tx| {
-            let rows: Vec<(Uuid, String, String)> = sqlx::query_as(&select)
-                .bind(now)
-                .bind(scan)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| from_sqlx(e, "runs"))?;
-            let mut leased = Vec::new();
-            for (id, spec, selector) in rows {
-                if leased.len() >= max {
-                    break;
-                }
-                let candidate = Candidate {
-                    id,
-                    spec,
-                    worker_selector: serde_json::from_str(&selector).unwrap_or_default(),
-                };
-                if !accept(&candidate) {
-                    continue;
-                }
-                let granted: Option<(i64, i32)> =
-                    sqlx::query_as(include_str!("sql/leases/grant.sql"))
-                        .bind(id)
-                        .bind(worker_id)
-                        .bind(expire)
-                        .bind(deadline)
-                        .bind(now)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(|e| from_sqlx(e, "run"))?;
-                if let Some((lease_token, attempt)) = granted {
-                    leased.push(LeasedRun {
-                        id,
-                        lease_token,
-                        attempt,
-                        deadline,
-                    });
-                }
+        let mut leased = Vec::new();
+        while leased.len() < max {
+            let Some(candidate) = self.next_candidate(&mut scan).await? else {
+                break;
+            };
+            if !accept(&candidate) {
+                continue;
             }
-            Ok(leased)
-        }))?;
-        for run in &leased {
-            self.publish_run(run.id);
+            let id = candidate.id;
+            let granted = on_pool!(self, |pool| in_transaction!(pool, |tx| {
+                let free: Option<Uuid> = sqlx::query_scalar(&lock)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| from_sqlx(e, "run"))?;
+                if free.is_none() {
+                    return Ok(None);
+                }
+                sqlx::query_as::<_, (i64, i32)>(include_str!("sql/leases/grant.sql"))
+                    .bind(id)
+                    .bind(worker_id)
+                    .bind(expire)
+                    .bind(deadline)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| from_sqlx(e, "run"))
+            }))?;
+            if let Some((lease_token, attempt)) = granted {
+                self.publish_run(id);
+                leased.push(LeasedRun {
+                    id,
+                    lease_token,
+                    attempt,
+                    deadline,
+                });
+            }
         }
         Ok(leased)
     }

@@ -32,9 +32,11 @@ pub mod configurations;
 pub(crate) mod error;
 pub mod jobs;
 pub mod leases;
+pub mod limits;
 pub mod metadata;
 pub mod objects;
 pub(crate) mod placeholders;
+pub mod queue;
 pub mod repositories;
 pub mod retention;
 pub mod runs;
@@ -44,6 +46,7 @@ pub mod tags;
 #[cfg(feature = "test-util")]
 mod test_support;
 pub mod users;
+pub mod waiting;
 pub mod workers;
 
 /// The connection pool of one backend.

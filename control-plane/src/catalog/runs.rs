@@ -149,7 +149,7 @@ impl Catalog {
         Ok(())
     }
 
-    async fn find_run_by_request(
+    pub(crate) async fn find_run_by_request(
         &self,
         owner_id: Uuid,
         request_id: Option<Uuid>,

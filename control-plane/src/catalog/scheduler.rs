@@ -19,10 +19,12 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::jobs::{JobRow, JOB_SELECT};
+use super::limits::QUEUED_RUNS_OF_LIMITED_OWNER;
 use super::{in_transaction, new_id, on_pool, to_json, Catalog};
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
 use crate::model::job::{scheduled_request_id, Job, Schedule};
+use crate::model::limits::OwnerLimit;
 use crate::model::run::RunSpec;
 use crate::scheduler::policy::{decide, TickOutcome};
 
@@ -212,6 +214,7 @@ impl Catalog {
             None
         });
         let select_job = format!("{JOB_SELECT} WHERE j.id = $1");
+        let queue_limit = self.owner_limit(OwnerLimit::QueuedRuns).await?;
         let fired = on_pool!(self, |pool| in_transaction!(pool, |tx| {
             let moved = sqlx::query(
                 "UPDATE jobs SET next_run_time = $2 WHERE id = $1 AND next_run_time = $3 \
@@ -241,13 +244,23 @@ impl Catalog {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| from_sqlx(e, "runs of job"))?;
-            let outcome = decide(
+            let mut outcome = decide(
                 &job.draft.schedule,
                 tick.fire_time,
                 now,
                 misfire_grace,
                 active_runs > 0,
             );
+            if outcome == TickOutcome::Run {
+                let queued = sqlx::query_scalar::<_, i64>(QUEUED_RUNS_OF_LIMITED_OWNER)
+                    .bind(job.draft.owner_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| from_sqlx(e, "queued runs of owner"))?;
+                if queued >= queue_limit {
+                    outcome = TickOutcome::SkipQueueLimit;
+                }
+            }
             let mut run_id = None;
             match outcome {
                 TickOutcome::Run => {
@@ -275,7 +288,9 @@ impl Catalog {
                         .await
                         .map_err(|e| from_sqlx(e, "job"))?;
                 }
-                TickOutcome::SkipMissed | TickOutcome::SkipOverlap => {}
+                TickOutcome::SkipMissed
+                | TickOutcome::SkipOverlap
+                | TickOutcome::SkipQueueLimit => {}
             }
             Ok(Some(FiredTick {
                 outcome,
@@ -310,8 +325,9 @@ impl Catalog {
     /// Creates the run of a job's waiting tick once no run of the job is
     /// queued or running, in one transaction that clears the tick with a
     /// compare-and-set. Returns the run, or `None` when the tick is gone
-    /// (another scheduler created it, or the schedule changed) or a run is
-    /// still active.
+    /// (another scheduler created it, or the schedule changed), a run is
+    /// still active, or the job's owner is at its queued-run limit (the
+    /// tick keeps waiting until the owner's queue drains).
     pub async fn start_pending_tick(
         &self,
         job_id: Uuid,
@@ -320,7 +336,24 @@ impl Catalog {
         default_max_attempts: i32,
     ) -> DomainResult<Option<Uuid>> {
         let select_job = format!("{JOB_SELECT} WHERE j.id = $1");
+        let queue_limit = self.owner_limit(OwnerLimit::QueuedRuns).await?;
         let created = on_pool!(self, |pool| in_transaction!(pool, |tx| {
+            let owner: Option<Uuid> = sqlx::query_scalar("SELECT owner_id FROM jobs WHERE id = $1")
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| from_sqlx(e, "job"))?;
+            let Some(owner) = owner else {
+                return Ok(None);
+            };
+            let queued = sqlx::query_scalar::<_, i64>(QUEUED_RUNS_OF_LIMITED_OWNER)
+                .bind(owner)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| from_sqlx(e, "queued runs of owner"))?;
+            if queued >= queue_limit {
+                return Ok(None);
+            }
             let cleared = sqlx::query(
                 "UPDATE jobs SET schedule_pending_time = NULL \
                  WHERE id = $1 AND schedule_pending_time = $2 AND NOT EXISTS \

@@ -8,6 +8,7 @@
 //! [`Catalog::subscribe_runs`].
 
 pub mod session;
+pub mod waiting;
 
 use std::time::Duration;
 
@@ -21,7 +22,8 @@ use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::Location;
 use crate::model::run::{RunSpec, Target};
 
-/// Ends expired leases every third of a TTL until `cancel` fires.
+/// Ends expired leases, and fails queued runs past the queue timeout, every
+/// third of a TTL until `cancel` fires.
 pub async fn run_reaper(catalog: Catalog, settings: LeaseSettings, cancel: CancellationToken) {
     let period = (settings.ttl / 3).max(Duration::from_millis(200));
     loop {
@@ -32,6 +34,9 @@ pub async fn run_reaper(catalog: Catalog, settings: LeaseSettings, cancel: Cance
                 }
             }
             Err(error) => tracing::warn!(%error, "lease reaper could not scan the catalog"),
+        }
+        if let Err(error) = waiting::fail_overdue_runs(&catalog).await {
+            tracing::warn!(%error, "lease reaper could not apply the queue timeout");
         }
         tokio::select! {
             () = cancel.cancelled() => return,

@@ -122,14 +122,65 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
     },
 ];
 
+/// Most runs a non-admin owner may have queued at once.
+pub const MAX_QUEUED_RUNS_PER_OWNER: &str = "max_queued_runs_per_owner";
+/// Most jobs a non-admin owner may have.
+pub const MAX_JOBS_PER_OWNER: &str = "max_jobs_per_owner";
+/// Most API tokens a non-admin user may have.
+pub const MAX_API_TOKENS_PER_OWNER: &str = "max_api_tokens_per_owner";
+/// Most `WatchRun` streams a non-admin user may hold open on one replica.
+pub const MAX_WATCH_STREAMS_PER_OWNER: &str = "max_watch_streams_per_owner";
+/// How long a run may wait for a worker before it fails (0: forever).
+pub const QUEUE_TIMEOUT_SECONDS: &str = "queue_timeout_seconds";
+
+/// The fair-use keys: per-owner limits and the queue timeout. Kept apart from
+/// [`KNOWN_KEYS`] so each group of settings reads as one list.
+pub const FAIR_USE_KEYS: &[KnownKey] = &[
+    KnownKey {
+        key: MAX_QUEUED_RUNS_PER_OWNER,
+        rule: ValueRule::Integer {
+            min: 1,
+            max: 1_000_000,
+        },
+    },
+    KnownKey {
+        key: MAX_JOBS_PER_OWNER,
+        rule: ValueRule::Integer {
+            min: 1,
+            max: 1_000_000,
+        },
+    },
+    KnownKey {
+        key: MAX_API_TOKENS_PER_OWNER,
+        rule: ValueRule::Integer {
+            min: 1,
+            max: 10_000,
+        },
+    },
+    KnownKey {
+        key: MAX_WATCH_STREAMS_PER_OWNER,
+        rule: ValueRule::Integer {
+            min: 1,
+            max: 10_000,
+        },
+    },
+    KnownKey {
+        key: QUEUE_TIMEOUT_SECONDS,
+        rule: ValueRule::Integer {
+            min: 0,
+            max: 30 * 86_400,
+        },
+    },
+];
+
 /// The rule of a known key, or an error on `field` listing the known keys.
 pub fn rule_of(field: &str, key: &str) -> DomainResult<ValueRule> {
-    KNOWN_KEYS
-        .iter()
+    let known_keys = || KNOWN_KEYS.iter().chain(FAIR_USE_KEYS);
+    known_keys()
         .find(|known| known.key == key)
         .map(|known| known.rule)
         .ok_or_else(|| {
-            let names: Vec<&str> = KNOWN_KEYS.iter().map(|known| known.key).collect();
+            let names: Vec<&str> = known_keys().map(|known| known.key).collect();
             DomainError::invalid(
                 field,
                 format!("unknown key {key:?}; known keys: {}", names.join(", ")),

@@ -4,6 +4,7 @@
 pub mod bucket;
 pub mod configuration;
 pub mod job;
+pub mod limits;
 pub mod metadata;
 pub mod object;
 pub mod retention;

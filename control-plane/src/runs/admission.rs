@@ -11,6 +11,7 @@ use crate::catalog::scheduler::{DueTick, FiredTick};
 use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::configuration::RETENTION_APPLY_AFTER_BACKUP;
+use crate::model::limits::OwnerLimit;
 use crate::model::retention::plan::RetentionScope;
 use crate::model::run::{
     BackupSpec, GcSpec, Labels, NewRun, RebuildSpec, RestoreSpec, Run, RunSpec, RunState,
@@ -109,6 +110,7 @@ impl RunAdmission {
         };
         new.request_id = request_id;
         self.check_nfs(&new.spec).await?;
+        self.check_queue_limit(new.owner_id, new.request_id).await?;
         Ok(self.catalog.create_run(&new).await?.run)
     }
 
@@ -121,6 +123,7 @@ impl RunAdmission {
         self.check_retention_scope(caller, scope).await?;
         let now = self.catalog.now().await?;
         let new = self.catalog.retention_run(scope, now).await?;
+        self.check_queue_limit(new.owner_id, None).await?;
         self.insert(&new).await
     }
 
@@ -165,6 +168,7 @@ impl RunAdmission {
             max_attempts: self.catalog.run_default_max_attempts().await?,
             request_id: None,
         };
+        self.check_queue_limit(new.owner_id, None).await?;
         self.insert(&new).await
     }
 
@@ -383,6 +387,29 @@ impl RunAdmission {
             manifest_key: run.manifest_key,
         };
         Ok((source, backup.worker_selector))
+    }
+
+    /// The owner's queued runs must stay under `max_queued_runs_per_owner`
+    /// (admins' runs are exempt), so one tenant cannot fill the queue. Runs
+    /// the system queues on its own (retention after a backup) are not held
+    /// to it; the scheduler checks the same limit inside its firing
+    /// transaction (`Catalog::fire_tick`). A retried request whose run
+    /// exists creates nothing, so it is answered with that run as before.
+    async fn check_queue_limit(
+        &self,
+        owner_id: Uuid,
+        request_id: Option<Uuid>,
+    ) -> DomainResult<()> {
+        let retried = self
+            .catalog
+            .find_run_by_request(owner_id, request_id)
+            .await?;
+        if retried.is_some() {
+            return Ok(());
+        }
+        self.catalog
+            .check_owner_limit(OwnerLimit::QueuedRuns, owner_id)
+            .await
     }
 
     /// NFS targets need the `nfs_mount_path` configuration.

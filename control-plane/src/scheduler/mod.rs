@@ -299,7 +299,7 @@ impl Scheduler {
             }
             if matches!(
                 fired.outcome,
-                TickOutcome::SkipMissed | TickOutcome::SkipOverlap
+                TickOutcome::SkipMissed | TickOutcome::SkipOverlap | TickOutcome::SkipQueueLimit
             ) {
                 status.ticks_skipped += 1;
             }

@@ -18,6 +18,9 @@ pub enum TickOutcome {
     SkipMissed,
     /// A run of the job is still active and the overlap policy is skip.
     SkipOverlap,
+    /// The job's owner already has as many queued runs as allowed
+    /// (`max_queued_runs_per_owner`); the tick is skipped, not deferred.
+    SkipQueueLimit,
 }
 
 impl TickOutcome {
@@ -28,6 +31,7 @@ impl TickOutcome {
             TickOutcome::Queue => "waiting for the active run",
             TickOutcome::SkipMissed => "skipped: missed",
             TickOutcome::SkipOverlap => "skipped: a run is still active",
+            TickOutcome::SkipQueueLimit => "skipped: the owner's queued-run limit is reached",
         }
     }
 }

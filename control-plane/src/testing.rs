@@ -18,13 +18,14 @@ use tonic::Request;
 use crate::auth::{ensure_bootstrap_token, mint_secret, AuthMode, Authenticator};
 use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
+use crate::model::grant::GrantUse;
 use crate::model::user::TokenScope;
 use crate::scheduler::{SchedulerHandle, SchedulerSettings};
 use crate::state::AppState;
 
 mod client;
 
-pub use client::{Api, Bearer};
+pub use client::{Api, Bearer, ALL_USES};
 
 /// Which catalog backend a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +192,7 @@ impl TestServer {
         ensure_bootstrap_token(&catalog, &worker_token, TokenScope::Worker)
             .await
             .expect("worker token");
+        grant_admin_everything(&catalog).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         Self::serve(
             catalog,
@@ -237,6 +239,20 @@ impl TestServer {
             shutdown,
             serving: Some(serving),
             guard: Some(guard),
+        }
+    }
+
+    /// Deletes every grant of the bootstrap admin, so the admin is refused
+    /// like anyone without a grant.
+    pub async fn revoke_admin_grants(&self) {
+        let admin = crate::auth::ensure_admin_user(self.catalog())
+            .await
+            .expect("admin user");
+        for grant in self.catalog().grants_of(admin.id).await.expect("grants") {
+            self.catalog()
+                .delete_grant(grant.id)
+                .await
+                .expect("delete grant");
         }
     }
 
@@ -346,4 +362,30 @@ pub fn authed<T>(token: &str, message: T) -> Request<T> {
         format!("Bearer {token}").parse().expect("token is ASCII"),
     );
     request
+}
+
+/// Grants the bootstrap admin `/` for every use, so tests about other
+/// things run as before grants existed; [`TestServer::revoke_admin_grants`]
+/// takes it back for tests about grants.
+async fn grant_admin_everything(catalog: &Catalog) {
+    let admin = crate::auth::ensure_admin_user(catalog)
+        .await
+        .expect("admin user");
+    let spec = crate::model::grant::GrantSpec {
+        grantee_id: admin.id,
+        worker_selector: Default::default(),
+        root: "/".to_string(),
+        uses: vec![
+            GrantUse::BackupSource,
+            GrantUse::RestoreDestination,
+            GrantUse::Repository,
+            GrantUse::InPlaceRestore,
+        ],
+        restore_ownership: true,
+        restore_special_bits: true,
+    };
+    catalog
+        .create_grant(&spec, admin.id)
+        .await
+        .expect("grant the admin everything");
 }

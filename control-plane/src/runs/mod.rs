@@ -5,3 +5,4 @@
 //! backup. Leasing takes over from there (`crate::leasing`).
 
 pub mod admission;
+pub mod grants;

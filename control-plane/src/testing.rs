@@ -38,6 +38,16 @@ pub enum Backend {
 
 /// A fresh, migrated catalog of the given backend. Keep the returned guard alive.
 pub async fn fresh_catalog(backend: Backend) -> (Catalog, CatalogGuard) {
+    let guard = empty_database(backend).await;
+    let catalog = Catalog::connect(&guard.url)
+        .await
+        .expect("migrate test database");
+    (catalog, guard)
+}
+
+/// A fresh, empty database of the given backend, not migrated (its URL is
+/// [`CatalogGuard::url`]). Keep the returned guard alive.
+pub async fn empty_database(backend: Backend) -> CatalogGuard {
     match backend {
         Backend::Postgres => {
             let admin_url = std::env::var("DATABASE_URL").expect(
@@ -53,20 +63,15 @@ pub async fn fresh_catalog(backend: Backend) -> (Catalog, CatalogGuard) {
                 .expect("create test database");
             admin.close().await;
             let url = replace_database(&admin_url, &name);
-            let catalog = Catalog::connect(&url).await.expect("migrate test database");
-            (catalog, CatalogGuard { _dir: None, url })
+            CatalogGuard { _dir: None, url }
         }
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
-            let catalog = Catalog::connect(&url).await.expect("open sqlite catalog");
-            (
-                catalog,
-                CatalogGuard {
-                    _dir: Some(dir),
-                    url,
-                },
-            )
+            CatalogGuard {
+                _dir: Some(dir),
+                url,
+            }
         }
     }
 }

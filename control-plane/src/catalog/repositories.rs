@@ -93,3 +93,35 @@ impl Catalog {
         Ok(row)
     }
 }
+
+#[cfg(feature = "test-util")]
+impl Catalog {
+    /// Applies only the embedded migrations numbered below `version`, so a
+    /// test can build a catalog as an older release left it and check what
+    /// a data migration makes of it.
+    pub async fn migrate_before(&self, version: i64) -> anyhow::Result<()> {
+        fn before(mut migrator: sqlx::migrate::Migrator, version: i64) -> sqlx::migrate::Migrator {
+            let kept = migrator
+                .migrations
+                .iter()
+                .filter(|m| m.version < version)
+                .cloned()
+                .collect();
+            migrator.migrations = std::borrow::Cow::Owned(kept);
+            migrator
+        }
+        match &self.pool {
+            super::Pool::Postgres(pool) => {
+                before(sqlx::migrate!("../migrations/postgres"), version)
+                    .run(pool)
+                    .await?;
+            }
+            super::Pool::Sqlite(pool) => {
+                before(sqlx::migrate!("../migrations/sqlite"), version)
+                    .run(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -91,11 +91,7 @@ impl TryFrom<pb::Grant> for GrantSpec {
             restore_ownership: grant.restore_ownership,
             restore_special_bits: grant.restore_special_bits,
         };
-        if grant.uses.is_empty() {
-            violations.add("grant.uses", "at least one use is required");
-        } else {
-            violations.absorb(spec.validate("grant."));
-        }
+        violations.absorb(spec.validate("grant."));
         violations.finish()?;
         Ok(spec)
     }

@@ -167,8 +167,8 @@ pub fn match_grants(
 fn not_granted(need: &PathNeed) -> DomainError {
     let uses: Vec<&str> = need.uses.iter().map(|u| u.as_str()).collect();
     DomainError::PermissionDenied(format!(
-        "{}: {:?} is not beneath a grant of the run's owner allowing {} (on workers matching \
-         the run's selector)",
+        "{}: {:?} is not beneath a grant of its owner allowing {} (on workers matching the \
+         selector)",
         need.field,
         need.path,
         uses.join(" or ")

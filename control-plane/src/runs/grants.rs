@@ -4,16 +4,15 @@
 //! session checks again against the leased worker and hands the matched
 //! grants to it (`RunAssignment.path_grants`).
 
+use uuid::Uuid;
+
 use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::Location;
+use crate::model::configuration::NFS_MOUNT_PATH;
 use crate::model::grant::{match_grants, Grant, GrantUse, GrantedPath, PathNeed};
 use crate::model::path::{check_normalised_absolute, join};
 use crate::model::run::{Labels, RunSpec, Target};
-use uuid::Uuid;
-
-/// The configuration key naming where NFS targets are mounted on workers.
-const NFS_MOUNT_PATH: &str = "nfs_mount_path";
 
 /// The local directory a target's repository lives in, if it is local (a
 /// filesystem or NFS path, or a filesystem bucket); `None` for S3. `field`

@@ -27,6 +27,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "coffer.v1.TagService",
     "coffer.v1.RetentionService",
     "coffer.v1.WorkerService",
+    "coffer.v1.GrantService",
 ];
 
 /// What reflection describes: the API, health, and the `google.rpc` error
@@ -113,6 +114,9 @@ pub async fn serve(
         ))
         .add_service(v1::worker_service_server::WorkerServiceServer::new(
             api::workers::WorkerApi::new(state.clone()),
+        ))
+        .add_service(v1::grant_service_server::GrantServiceServer::new(
+            api::grants::GrantApi::new(state.clone()),
         ));
 
     let stopping = state.stopping.clone();

@@ -18,13 +18,14 @@ use tonic::Request;
 use crate::auth::{ensure_bootstrap_token, mint_secret, AuthMode, Authenticator};
 use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
+use crate::model::grant::GrantUse;
 use crate::model::user::TokenScope;
 use crate::scheduler::{SchedulerHandle, SchedulerSettings};
 use crate::state::AppState;
 
 mod client;
 
-pub use client::{Api, Bearer};
+pub use client::{Api, Bearer, ALL_USES};
 
 /// Which catalog backend a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +38,16 @@ pub enum Backend {
 
 /// A fresh, migrated catalog of the given backend. Keep the returned guard alive.
 pub async fn fresh_catalog(backend: Backend) -> (Catalog, CatalogGuard) {
+    let guard = empty_database(backend).await;
+    let catalog = Catalog::connect(&guard.url)
+        .await
+        .expect("migrate test database");
+    (catalog, guard)
+}
+
+/// A fresh, empty database of the given backend, not migrated (its URL is
+/// [`CatalogGuard::url`]). Keep the returned guard alive.
+pub async fn empty_database(backend: Backend) -> CatalogGuard {
     match backend {
         Backend::Postgres => {
             let admin_url = std::env::var("DATABASE_URL").expect(
@@ -52,20 +63,15 @@ pub async fn fresh_catalog(backend: Backend) -> (Catalog, CatalogGuard) {
                 .expect("create test database");
             admin.close().await;
             let url = replace_database(&admin_url, &name);
-            let catalog = Catalog::connect(&url).await.expect("migrate test database");
-            (catalog, CatalogGuard { _dir: None, url })
+            CatalogGuard { _dir: None, url }
         }
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
-            let catalog = Catalog::connect(&url).await.expect("open sqlite catalog");
-            (
-                catalog,
-                CatalogGuard {
-                    _dir: Some(dir),
-                    url,
-                },
-            )
+            CatalogGuard {
+                _dir: Some(dir),
+                url,
+            }
         }
     }
 }
@@ -191,6 +197,7 @@ impl TestServer {
         ensure_bootstrap_token(&catalog, &worker_token, TokenScope::Worker)
             .await
             .expect("worker token");
+        grant_admin_everything(&catalog).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         Self::serve(
             catalog,
@@ -237,6 +244,20 @@ impl TestServer {
             shutdown,
             serving: Some(serving),
             guard: Some(guard),
+        }
+    }
+
+    /// Deletes every grant of the bootstrap admin, so the admin is refused
+    /// like anyone without a grant.
+    pub async fn revoke_admin_grants(&self) {
+        let admin = crate::auth::ensure_admin_user(self.catalog())
+            .await
+            .expect("admin user");
+        for grant in self.catalog().grants_of(admin.id).await.expect("grants") {
+            self.catalog()
+                .delete_grant(grant.id)
+                .await
+                .expect("delete grant");
         }
     }
 
@@ -346,4 +367,30 @@ pub fn authed<T>(token: &str, message: T) -> Request<T> {
         format!("Bearer {token}").parse().expect("token is ASCII"),
     );
     request
+}
+
+/// Grants the bootstrap admin `/` for every use, so tests about other
+/// things run as before grants existed; [`TestServer::revoke_admin_grants`]
+/// takes it back for tests about grants.
+async fn grant_admin_everything(catalog: &Catalog) {
+    let admin = crate::auth::ensure_admin_user(catalog)
+        .await
+        .expect("admin user");
+    let spec = crate::model::grant::GrantSpec {
+        grantee_id: admin.id,
+        worker_selector: Default::default(),
+        root: "/".to_string(),
+        uses: vec![
+            GrantUse::BackupSource,
+            GrantUse::RestoreDestination,
+            GrantUse::Repository,
+            GrantUse::InPlaceRestore,
+        ],
+        restore_ownership: true,
+        restore_special_bits: true,
+    };
+    catalog
+        .create_grant(&spec, admin.id)
+        .await
+        .expect("grant the admin everything");
 }

@@ -394,7 +394,7 @@ async fn request_id_makes_create_idempotent(backend: Backend) {
 
     // Another user with the same key gets a run of its own.
     let (_, other) = server.create_user("grace").await;
-    let mut request = ad_hoc_request(fs_target("/b"));
+    let mut request = ad_hoc_request(fs_target("/c"));
     request.request_id = key;
     let third = create_run(&server, &other, request).await;
     assert_ne!(third.id, first.id);

@@ -91,7 +91,16 @@ pub struct RepositoryConfig {
     pub pack_target_size: u32,
     /// zstd level for blobs, index files and manifests.
     pub compression_level: i32,
+    /// The identity the control plane's catalog gave the repository (a
+    /// UUID), so a worker can tell one repository from another reached by
+    /// the same path. Empty in configs written before identities existed,
+    /// which stay readable.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub repository_id: String,
 }
+
+/// Longest accepted [`RepositoryConfig::repository_id`].
+pub const MAX_REPOSITORY_ID_LEN: usize = 64;
 
 /// Only the fields every version must keep, read first so that a config of
 /// a newer version is reported as unsupported rather than as bad JSON.
@@ -117,7 +126,14 @@ impl RepositoryConfig {
             chunker: ChunkerParams::default(),
             pack_target_size: Self::DEFAULT_PACK_TARGET_SIZE,
             compression_level: Self::DEFAULT_COMPRESSION_LEVEL,
+            repository_id: String::new(),
         }
+    }
+
+    /// The same config naming the repository's identity.
+    pub fn with_repository_id(mut self, repository_id: &str) -> Self {
+        self.repository_id = repository_id.to_owned();
+        self
     }
 
     /// The config as pretty-printed JSON, for people reading the bucket.
@@ -153,6 +169,15 @@ impl RepositoryConfig {
                 "config: pack_target_size is 0".to_owned(),
             ));
         }
+        let id_is_plain = self
+            .repository_id
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == '-');
+        if self.repository_id.len() > MAX_REPOSITORY_ID_LEN || !id_is_plain {
+            return Err(FormatError::Corrupt(
+                "config: repository_id is not a plain identifier".to_owned(),
+            ));
+        }
         if !zstd::compression_level_range().contains(&self.compression_level) {
             return Err(FormatError::Corrupt(format!(
                 "config: compression_level {} is outside zstd's range",
@@ -173,6 +198,7 @@ impl fmt::Debug for RepositoryConfig {
             .field("chunker", &self.chunker)
             .field("pack_target_size", &self.pack_target_size)
             .field("compression_level", &self.compression_level)
+            .field("repository_id", &self.repository_id)
             .finish()
     }
 }
@@ -250,6 +276,29 @@ mod tests {
         config.chunker.min_size = 8 * 1024 * 1024;
         let err = RepositoryConfig::from_bytes(&config.to_bytes()).expect_err("must reject");
         assert!(err.is_corruption(), "{err}");
+    }
+
+    #[test]
+    fn the_repository_id_round_trips_and_old_configs_stay_readable() {
+        let id = "0190a0c4-8a1e-7b52-9c3d-3f0e5a6b7c8d";
+        let config = RepositoryConfig::new(key()).with_repository_id(id);
+        let back = RepositoryConfig::from_bytes(&config.to_bytes()).expect("parses");
+        assert_eq!(back.repository_id, id);
+        let old = RepositoryConfig::new(key()).to_bytes();
+        assert!(!std::str::from_utf8(&old)
+            .expect("utf-8")
+            .contains("repository_id"));
+        let back = RepositoryConfig::from_bytes(&old).expect("a config without an id parses");
+        assert!(back.repository_id.is_empty());
+    }
+
+    #[test]
+    fn a_repository_id_that_is_not_an_identifier_is_corrupt() {
+        for bad in ["../x".to_owned(), "a".repeat(65), "id\n".to_owned()] {
+            let config = RepositoryConfig::new(key()).with_repository_id(&bad);
+            let err = RepositoryConfig::from_bytes(&config.to_bytes()).expect_err(&bad);
+            assert!(err.is_corruption(), "{err}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use coffer_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
+use crate::repository::Repository;
 use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
 use crate::runs::gc::{run_gc, GcPlan};
 use crate::runs::rebuild::run_rebuild;
@@ -165,6 +166,23 @@ impl RunExecutor {
         let reporter = SessionReporter { context };
         let cancel = context.cancellation().clone();
         let lease_token = context.lease().lease_token;
+        let create_with_key = matches!(spec, pb::run::Spec::Backup(_))
+            .then_some(assignment.repository_key.as_slice());
+        let identity = if matches!(spec, pb::run::Spec::RebuildCatalog(_)) {
+            Repository::adopt_identity(Arc::clone(&store), &assignment.repository_id, &cancel).await
+        } else {
+            Repository::check_identity(
+                Arc::clone(&store),
+                &assignment.repository_id,
+                create_with_key,
+                &cancel,
+            )
+            .await
+        };
+        identity.map_err(|error| RunFailure {
+            message: format!("checking the repository at {target_description}: {error}"),
+            retryable: error.is_retryable(),
+        })?;
         let outcome = match spec {
             pb::run::Spec::Backup(backup) => {
                 tracing::info!(run = %run_id, source = %backup.source_path, target = %target_description, "backup started");

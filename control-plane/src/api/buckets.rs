@@ -11,6 +11,8 @@ use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::bucket::{Bucket, BucketSpec, Location, MAX_NAME_LEN};
+use crate::model::grant::{match_grants, GrantUse, PathNeed};
+use crate::model::run::Labels;
 use crate::model::{check_name, parse_id, parse_optional_id};
 use crate::state::AppState;
 
@@ -205,7 +207,24 @@ impl BucketApi {
                 );
             }
         }
-        violations.finish()
+        violations.finish()?;
+        self.check_grant(spec).await
+    }
+
+    /// A filesystem bucket's path must be beneath a grant of the bucket's
+    /// owner allowing repositories (admins included).
+    async fn check_grant(&self, spec: &BucketSpec) -> DomainResult<()> {
+        let Location::Filesystem { path } = &spec.location else {
+            return Ok(());
+        };
+        let need = PathNeed {
+            field: "bucket.filesystem.path".to_string(),
+            path: path.clone(),
+            uses: vec![GrantUse::Repository],
+        };
+        let grants = self.state.catalog.grants_of(spec.owner_id).await?;
+        match_grants(&grants, &[need], &Labels::new())?;
+        Ok(())
     }
 
     async fn create(&self, caller: &Caller, bucket: pb::Bucket) -> DomainResult<Bucket> {

@@ -19,8 +19,9 @@ use crate::model::job::{
     Schedule, MAX_DESCRIPTION_LEN,
 };
 use crate::model::limits::OwnerLimit;
-use crate::model::run::check_max_attempts;
+use crate::model::run::{check_max_attempts, BackupSpec, RunSpec};
 use crate::model::{check_absolute_path, check_len, parse_id, parse_optional_id};
+use crate::runs::grants;
 use crate::state::AppState;
 
 /// Fields UpdateJob accepts in its mask; the owner comes last.
@@ -36,6 +37,9 @@ const UPDATABLE: &[&str] = &[
     "max_attempts",
     "owner_id",
 ];
+
+/// Fields whose change re-checks the job against its owner's grants.
+const GRANTED_FIELDS: &[&str] = &["source_path", "target", "worker_selector", "owner_id"];
 
 /// Fields CreateJob reads: everything editable but the owner (resolved first).
 const CREATABLE: &[&str] = UPDATABLE.split_at(UPDATABLE.len() - 1).0;
@@ -251,7 +255,42 @@ impl JobApi {
             )
             .await?;
         violations.finish()?;
+        if paths.iter().any(|p| GRANTED_FIELDS.contains(p)) {
+            self.check_grants(&mut draft).await?;
+        }
         Ok(draft)
+    }
+
+    /// The job's source and repository must be beneath grants of its owner,
+    /// and its repository must be the owner's (the first job or backup to
+    /// use a location claims it). The job's worker selector gains the labels
+    /// of the grants used, so scheduled runs, which the scheduler builds from
+    /// the job, go only to workers the grants cover. Checked when these
+    /// fields change; a job whose grant is deleted later stays, but its runs
+    /// are refused.
+    async fn check_grants(&self, draft: &mut JobDraft) -> DomainResult<()> {
+        let mut spec = RunSpec::Backup(BackupSpec {
+            job_id: None,
+            source_path: draft.source_path.clone(),
+            target: draft.target.clone(),
+            options: draft.options.clone(),
+            worker_selector: draft.worker_selector.clone(),
+        });
+        grants::admit(&self.state.catalog, "job.", draft.owner_id, &mut spec).await?;
+        if let Some(selector) = spec.worker_selector_mut() {
+            draft.worker_selector = std::mem::take(selector);
+        }
+        let repository = self
+            .state
+            .catalog
+            .ensure_repository(&draft.target.repository(), draft.owner_id)
+            .await?;
+        if repository.owner_id != Some(draft.owner_id) {
+            return Err(DomainError::PermissionDenied(
+                "job.target: the repository there belongs to another user".to_string(),
+            ));
+        }
+        Ok(())
     }
 
     async fn create(&self, caller: &Caller, job: pb::Job) -> DomainResult<Job> {

@@ -6,6 +6,7 @@
 pub mod buckets;
 pub mod configurations;
 pub mod convert;
+pub mod grants;
 pub mod jobs;
 pub mod metadata;
 pub mod objects;

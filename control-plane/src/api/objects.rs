@@ -14,8 +14,9 @@ use crate::model::object::{
     path_text, BackupObject, DuplicateFile, DuplicateFilter, DuplicateGroup, EntryKind,
     LatestFilter, ObjectFilter, ObjectVersion, SnapshotFile,
 };
+use crate::model::path::check_normalised_relative;
 use crate::model::tag::{check_tag_key, check_tag_value, TagMatch};
-use crate::model::{check_len, check_relative_path, parse_id, parse_optional_id};
+use crate::model::{check_len, parse_id, parse_optional_id};
 use crate::state::AppState;
 
 /// Handler of `coffer.v1.ObjectService`.
@@ -189,10 +190,11 @@ impl ObjectApi {
         caller: &Caller,
         request: pb::RebuildCatalogRequest,
     ) -> DomainResult<pb::RebuildCatalogResponse> {
+        // Storage is untrusted input: what a rebuild records comes from
+        // manifests anyone with write access to the bucket could have made.
+        caller.require_admin("RebuildCatalog")?;
         let bucket_id = parse_id("bucket_id", &request.bucket_id)?;
-        if !request.prefix.is_empty() {
-            check_relative_path("prefix", &request.prefix)?;
-        }
+        check_normalised_relative("prefix", &request.prefix)?;
         let run = self
             .state
             .runs

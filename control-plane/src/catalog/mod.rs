@@ -30,6 +30,7 @@ use error::from_sqlx;
 pub mod buckets;
 pub mod configurations;
 pub(crate) mod error;
+pub mod grants;
 pub mod jobs;
 pub mod leases;
 pub mod limits;

@@ -299,12 +299,35 @@ impl Session {
         let run = self.state.catalog.get_run(run_id).await?;
         let target = resolve_target(&self.state.catalog, &run.spec).await?;
         let repository = run.spec.target().repository();
-        let repository_key = self.state.catalog.repository_key(&repository).await?;
+        let stored = self
+            .state
+            .catalog
+            .ensure_repository(&repository, run.owner_id)
+            .await?;
+        if matches!(run.spec, RunSpec::Backup(_)) && stored.owner_id != Some(run.owner_id) {
+            return Err(DomainError::PermissionDenied(
+                "the repository of this run's target belongs to another user".to_string(),
+            ));
+        }
+        // Checked again now: a grant deleted since admission no longer
+        // counts, and the grant must cover this worker.
+        let granted = crate::runs::grants::for_worker(
+            &self.state.catalog,
+            run.owner_id,
+            &run.spec,
+            &self.profile.labels,
+        )
+        .await?;
         let mut assignment = pb::RunAssignment {
             lease: Some(lease_ref(run_id, token)),
             target: Some(target),
             deadline: Some(timestamp(deadline)),
-            repository_key,
+            repository_key: stored.chunk_key,
+            repository_id: stored.id.to_string(),
+            path_grants: granted
+                .into_iter()
+                .map(crate::api::grants::path_grant_to_proto)
+                .collect(),
             ..Default::default()
         };
         match &run.spec {

@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{check_absolute_path, check_len, check_name, check_relative_path};
+use super::path::check_normalised_relative;
+use super::{check_absolute_path, check_len, check_name};
 use crate::error::{DomainError, DomainResult, Violations};
 
 /// Longest bucket name.
@@ -102,7 +103,7 @@ impl BucketSpec {
                 ));
             }
         }
-        violations.absorb(check_relative_path(
+        violations.absorb(check_normalised_relative(
             &format!("{prefix}prefix"),
             &self.prefix,
         ));

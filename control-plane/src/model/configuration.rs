@@ -87,6 +87,13 @@ pub const DEFAULT_RETENTION_POLICY_ID: &str = "default_retention_policy_id";
 /// Whether a job's retention policy is applied after each of its backups.
 pub const RETENTION_APPLY_AFTER_BACKUP: &str = "retention_apply_after_backup";
 
+/// The shortest grace period a non-admin's garbage collection may ask for
+/// (admins may go below it, down to zero).
+pub const GC_MIN_GRACE_SECONDS: &str = "gc_min_grace_seconds";
+
+/// [`GC_MIN_GRACE_SECONDS`] when it is not configured.
+pub const DEFAULT_GC_MIN_GRACE_SECONDS: i64 = 3600;
+
 /// Every key a configuration entry may have.
 pub const KNOWN_KEYS: &[KnownKey] = &[
     KnownKey {
@@ -119,6 +126,13 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
     KnownKey {
         key: RETENTION_APPLY_AFTER_BACKUP,
         rule: ValueRule::Boolean,
+    },
+    KnownKey {
+        key: GC_MIN_GRACE_SECONDS,
+        rule: ValueRule::Integer {
+            min: 0,
+            max: 2_592_000,
+        },
     },
 ];
 

@@ -3,10 +3,12 @@
 
 pub mod bucket;
 pub mod configuration;
+pub mod grant;
 pub mod job;
 pub mod limits;
 pub mod metadata;
 pub mod object;
+pub mod path;
 pub mod retention;
 pub mod run;
 pub mod snapshot;
@@ -74,21 +76,10 @@ pub fn check_name(field: &str, value: &str, max: usize) -> DomainResult<()> {
     Ok(())
 }
 
-/// Checks an absolute path as a worker would see it.
+/// Checks an absolute path as a worker would see it: normalised, in the one
+/// spelling [`path::check_normalised_absolute`] accepts.
 pub fn check_absolute_path(field: &str, value: &str) -> DomainResult<()> {
-    if value.is_empty() {
-        return Err(DomainError::invalid(field, "is required"));
-    }
-    if !value.starts_with('/') {
-        return Err(DomainError::invalid(field, "must be an absolute path"));
-    }
-    if value.contains('\0') {
-        return Err(DomainError::invalid(field, "must not contain NUL"));
-    }
-    if value.split('/').any(|part| part == "..") {
-        return Err(DomainError::invalid(field, "must not contain '..'"));
-    }
-    Ok(())
+    path::check_normalised_absolute(field, value)
 }
 
 /// Checks a relative path (a prefix or a path below a root).

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{check_absolute_path, check_len, check_relative_path};
+use super::path::check_normalised_relative;
+use super::{check_absolute_path, check_len};
 use crate::error::{DomainError, DomainResult, Violations};
 
 /// Labels a worker must carry (`key -> value`).
@@ -104,12 +105,12 @@ impl Target {
     pub fn validate(&self, field: &str) -> DomainResult<()> {
         match self {
             Target::Bucket { prefix, .. } => {
-                check_relative_path(&format!("{field}.bucket.prefix"), prefix)
+                check_normalised_relative(&format!("{field}.bucket.prefix"), prefix)
             }
             Target::Filesystem { path } => {
                 check_absolute_path(&format!("{field}.filesystem_path"), path)
             }
-            Target::Nfs { path } => check_relative_path(&format!("{field}.nfs_path"), path),
+            Target::Nfs { path } => check_normalised_relative(&format!("{field}.nfs_path"), path),
         }
     }
 }
@@ -347,6 +348,21 @@ impl RunSpec {
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
             | RunSpec::GarbageCollection(_) => &NO_LABELS,
+        }
+    }
+}
+
+impl RunSpec {
+    /// The worker selector of the run, for the kinds that carry one; grant
+    /// checks widen it with the labels their grants require.
+    pub fn worker_selector_mut(&mut self) -> Option<&mut Labels> {
+        match self {
+            RunSpec::Backup(backup) => Some(&mut backup.worker_selector),
+            RunSpec::Restore(restore) => Some(&mut restore.worker_selector),
+            RunSpec::Verify(_)
+            | RunSpec::RebuildCatalog(_)
+            | RunSpec::Retention(_)
+            | RunSpec::GarbageCollection(_) => None,
         }
     }
 }

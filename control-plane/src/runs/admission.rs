@@ -10,13 +10,16 @@ use crate::auth::Caller;
 use crate::catalog::scheduler::{DueTick, FiredTick};
 use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult, Violations};
-use crate::model::configuration::RETENTION_APPLY_AFTER_BACKUP;
+use crate::model::configuration::{
+    DEFAULT_GC_MIN_GRACE_SECONDS, GC_MIN_GRACE_SECONDS, RETENTION_APPLY_AFTER_BACKUP,
+};
 use crate::model::limits::OwnerLimit;
 use crate::model::retention::plan::RetentionScope;
 use crate::model::run::{
     BackupSpec, GcSpec, Labels, NewRun, RebuildSpec, RestoreSpec, Run, RunSpec, RunState,
     SnapshotSource, Target, VerifySpec,
 };
+use crate::runs::grants;
 
 /// A run a caller asks for, its fields already converted and checked one by
 /// one; what needs the catalog (access, references, snapshots) is checked here.
@@ -101,16 +104,21 @@ impl RunAdmission {
         request: RunRequest,
         request_id: Option<Uuid>,
     ) -> DomainResult<Run> {
-        let mut new = match request {
-            RunRequest::JobBackup(job_id) => self.job_backup(caller, job_id).await?,
-            RunRequest::AdHocBackup(spec) => self.ad_hoc_backup(caller, spec).await?,
-            RunRequest::Restore(restore) => self.restore(caller, restore).await?,
-            RunRequest::Verify(verify) => self.verify(caller, verify).await?,
-            RunRequest::GarbageCollection(gc) => self.garbage_collection(caller, gc).await?,
+        let (mut new, prefix) = match request {
+            RunRequest::JobBackup(job_id) => (self.job_backup(caller, job_id).await?, "job."),
+            RunRequest::AdHocBackup(spec) => (self.ad_hoc_backup(caller, spec).await?, "backup."),
+            RunRequest::Restore(restore) => (self.restore(caller, restore).await?, "restore."),
+            RunRequest::Verify(verify) => (self.verify(caller, verify).await?, "verify."),
+            RunRequest::GarbageCollection(gc) => (
+                self.garbage_collection(caller, gc).await?,
+                "garbage_collection.",
+            ),
         };
         new.request_id = request_id;
         self.check_nfs(&new.spec).await?;
+        self.check_grants(prefix, &mut new).await?;
         self.check_queue_limit(new.owner_id, new.request_id).await?;
+        self.check_repository(caller, prefix, &new).await?;
         Ok(self.catalog.create_run(&new).await?.run)
     }
 
@@ -156,7 +164,7 @@ impl RunAdmission {
             .catalog
             .get_bucket(bucket_id, caller.owner_scope())
             .await?;
-        let new = NewRun {
+        let mut new = NewRun {
             owner_id: bucket.spec.owner_id,
             job_id: None,
             spec: RunSpec::RebuildCatalog(RebuildSpec {
@@ -168,6 +176,7 @@ impl RunAdmission {
             max_attempts: self.catalog.run_default_max_attempts().await?,
             request_id: None,
         };
+        self.check_grants("rebuild.", &mut new).await?;
         self.check_queue_limit(new.owner_id, None).await?;
         self.insert(&new).await
     }
@@ -319,6 +328,7 @@ impl RunAdmission {
     async fn garbage_collection(&self, caller: &Caller, gc: GcRequest) -> DomainResult<NewRun> {
         self.check_references("garbage_collection.", caller, &gc.target)
             .await?;
+        self.check_gc_grace(caller, gc.grace_seconds).await?;
         if let Some(running) = self.catalog.active_gc_run(&gc.target).await? {
             return Err(DomainError::FailedPrecondition(format!(
                 "garbage collection {running} of this repository is still queued or running"
@@ -335,6 +345,29 @@ impl RunAdmission {
             max_attempts: self.catalog.run_default_max_attempts().await?,
             request_id: None,
         })
+    }
+
+    /// Only admins may collect with less grace than `gc_min_grace_seconds`:
+    /// a short grace deletes data a running backup may still reference.
+    async fn check_gc_grace(&self, caller: &Caller, grace_seconds: i64) -> DomainResult<()> {
+        if caller.is_admin() {
+            return Ok(());
+        }
+        let minimum = match self
+            .catalog
+            .configuration_value(GC_MIN_GRACE_SECONDS)
+            .await?
+        {
+            Some(value) => value.parse().unwrap_or(DEFAULT_GC_MIN_GRACE_SECONDS),
+            None => DEFAULT_GC_MIN_GRACE_SECONDS,
+        };
+        if grace_seconds < minimum {
+            return Err(DomainError::PermissionDenied(format!(
+                "garbage_collection.grace_period: at least {minimum} s; only admins may ask for \
+                 less"
+            )));
+        }
+        Ok(())
     }
 
     /// Checks that the caller owns what `target` names (`prefix` leads the
@@ -410,6 +443,46 @@ impl RunAdmission {
         self.catalog
             .check_owner_limit(OwnerLimit::QueuedRuns, owner_id)
             .await
+    }
+
+    /// Every local path the run touches must be beneath a grant of the
+    /// run's owner allowing that use (admins included: they are exempt only
+    /// by a grant of their own); the run's worker selector gains the labels
+    /// of the grants used, so only workers they cover lease it.
+    async fn check_grants(&self, prefix: &str, new: &mut NewRun) -> DomainResult<()> {
+        grants::admit(&self.catalog, prefix, new.owner_id, &mut new.spec).await?;
+        Ok(())
+    }
+
+    /// One repository's catalog never mixes two owners: a backup goes only
+    /// into a repository its owner owns (the first use claims it), and any
+    /// other run only into one the caller may access.
+    async fn check_repository(
+        &self,
+        caller: &Caller,
+        prefix: &str,
+        new: &NewRun,
+    ) -> DomainResult<()> {
+        let location = new.spec.target().repository();
+        let owner = if matches!(new.spec, RunSpec::Backup(_)) {
+            let repository = self
+                .catalog
+                .ensure_repository(&location, new.owner_id)
+                .await?;
+            repository.owner_id.filter(|&owner| owner != new.owner_id)
+        } else {
+            self.catalog
+                .find_repository(&location)
+                .await?
+                .and_then(|repository| repository.owner_id)
+                .filter(|&owner| !caller.can_access(owner))
+        };
+        match owner {
+            None => Ok(()),
+            Some(_) => Err(DomainError::PermissionDenied(format!(
+                "{prefix}target: the repository there belongs to another user"
+            ))),
+        }
     }
 
     /// NFS targets need the `nfs_mount_path` configuration.

@@ -5,4 +5,5 @@
 //! backup. Leasing takes over from there (`crate::leasing`).
 
 pub mod admission;
+pub mod grants;
 pub mod watch_slots;

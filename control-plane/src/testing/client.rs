@@ -8,6 +8,7 @@ use coffer_proto::v1 as pb;
 use pb::backup_metadata_service_client::BackupMetadataServiceClient;
 use pb::bucket_service_client::BucketServiceClient;
 use pb::configuration_service_client::ConfigurationServiceClient;
+use pb::grant_service_client::GrantServiceClient;
 use pb::job_service_client::JobServiceClient;
 use pb::object_service_client::ObjectServiceClient;
 use pb::retention_service_client::RetentionServiceClient;
@@ -20,6 +21,14 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
+
+/// Every use a grant can allow.
+pub const ALL_USES: &[pb::GrantUse] = &[
+    pb::GrantUse::BackupSource,
+    pb::GrantUse::RestoreDestination,
+    pb::GrantUse::Repository,
+    pb::GrantUse::InPlaceRestore,
+];
 
 /// Adds `authorization: Bearer <token>` to every request.
 #[derive(Clone)]
@@ -47,6 +56,8 @@ pub struct Api {
     pub buckets: BucketServiceClient<Authed>,
     /// `ConfigurationService`.
     pub configurations: ConfigurationServiceClient<Authed>,
+    /// `GrantService`.
+    pub grants: GrantServiceClient<Authed>,
     /// `JobService`.
     pub jobs: JobServiceClient<Authed>,
     /// `BackupMetadataService`.
@@ -72,6 +83,7 @@ impl Api {
             users: UserServiceClient::new(authed()),
             buckets: BucketServiceClient::new(authed()),
             configurations: ConfigurationServiceClient::new(authed()),
+            grants: GrantServiceClient::new(authed()),
             jobs: JobServiceClient::new(authed()),
             metadata: BackupMetadataServiceClient::new(authed()),
             objects: ObjectServiceClient::new(authed()),
@@ -83,8 +95,19 @@ impl Api {
     }
 
     /// Creates a user (the caller must be an admin) and a user token for it:
-    /// `(user, token secret)`.
+    /// `(user, token secret)`. The user gets a grant on `/` for every use,
+    /// so tests about other things need not think about grants; attack
+    /// tests use [`Api::create_user_without_grants`].
     pub async fn create_user_with_token(&self, username: &str) -> (pb::User, String) {
+        let (user, token) = self.create_user_without_grants(username).await;
+        self.grant(&user.id, "/", ALL_USES)
+            .await
+            .expect("grant the new user everything");
+        (user, token)
+    }
+
+    /// Creates a user with a token and no grant: `(user, token secret)`.
+    pub async fn create_user_without_grants(&self, username: &str) -> (pb::User, String) {
         let mut users = self.users.clone();
         let user = users
             .create_user(pb::CreateUserRequest {
@@ -110,6 +133,33 @@ impl Api {
             .into_inner()
             .secret;
         (user, token)
+    }
+
+    /// `GrantService/CreateGrant`: a grant for `grantee_id` on `root` for
+    /// `uses`, on any worker, without ownership or special bits.
+    pub async fn grant(
+        &self,
+        grantee_id: &str,
+        root: &str,
+        uses: &[pb::GrantUse],
+    ) -> Result<pb::Grant, Status> {
+        self.create_grant(pb::Grant {
+            grantee_id: grantee_id.to_string(),
+            root: root.to_string(),
+            uses: uses.iter().map(|u| *u as i32).collect(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// `GrantService/CreateGrant`.
+    pub async fn create_grant(&self, grant: pb::Grant) -> Result<pb::Grant, Status> {
+        let request = pb::CreateGrantRequest { grant: Some(grant) };
+        let response = self.grants.clone().create_grant(request).await?;
+        Ok(response
+            .into_inner()
+            .grant
+            .expect("CreateGrant returns the grant"))
     }
 
     /// `BucketService/CreateBucket`.
@@ -298,6 +348,7 @@ answering_one_resource! {
     update_bucket: buckets, UpdateBucketRequest => bucket: Bucket;
     get_configuration: configurations, GetConfigurationRequest => configuration: Configuration;
     update_configuration: configurations, UpdateConfigurationRequest => configuration: Configuration;
+    get_grant: grants, GetGrantRequest => grant: Grant;
     get_job: jobs, GetJobRequest => job: Job;
     update_job: jobs, UpdateJobRequest => job: Job;
     get_backup_metadata: metadata, GetBackupMetadataRequest => backup_metadata: BackupMetadata;
@@ -331,6 +382,7 @@ macro_rules! deleting_by_id {
 deleting_by_id! {
     delete_bucket: buckets, DeleteBucketRequest;
     delete_configuration: configurations, DeleteConfigurationRequest;
+    delete_grant: grants, DeleteGrantRequest;
     delete_job: jobs, DeleteJobRequest;
     delete_backup_metadata: metadata, DeleteBackupMetadataRequest;
     delete_retention_policy: retention, DeleteRetentionPolicyRequest;
@@ -370,6 +422,7 @@ macro_rules! listing_every_page {
 listing_every_page! {
     all_buckets: buckets, list_buckets, ListBucketsRequest => buckets: Bucket;
     all_configurations: configurations, list_configurations, ListConfigurationsRequest => configurations: Configuration;
+    all_grants: grants, list_grants, ListGrantsRequest => grants: Grant;
     all_jobs: jobs, list_jobs, ListJobsRequest => jobs: Job;
     all_retention_policies: retention, list_retention_policies, ListRetentionPoliciesRequest => retention_policies: RetentionPolicy;
 }

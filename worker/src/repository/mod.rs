@@ -39,6 +39,10 @@ pub enum RepositoryError {
     /// The repository has no `config`.
     #[error("no Coffer repository at {0} (its `config` object is missing)")]
     Missing(String),
+    /// The repository in storage is not the one the catalog means: another
+    /// repository was reached by the same path (moved, replaced, or planted).
+    #[error("the repository at {0} has another identity than the catalog's; refusing to use it")]
+    OtherIdentity(String),
 }
 
 impl RepositoryError {
@@ -53,7 +57,9 @@ impl RepositoryError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RepositoryError::Store(error) => error.is_retryable(),
-            RepositoryError::Format { .. } | RepositoryError::Missing(_) => false,
+            RepositoryError::Format { .. }
+            | RepositoryError::Missing(_)
+            | RepositoryError::OtherIdentity(_) => false,
         }
     }
 
@@ -106,6 +112,70 @@ impl Repository {
             Err(RepositoryError::Missing(_)) => {}
             other => return other,
         }
+        Self::create(store, chunk_key, "", cancel).await
+    }
+
+    /// Checks that the repository in `store` is the one the catalog names
+    /// `repository_id` (a config without an identity, written before
+    /// identities existed, is accepted). With `create_with_key` (a backup),
+    /// a missing repository is created with that key and identity; without
+    /// it, a missing repository is left for the run to report.
+    pub async fn check_identity(
+        store: Arc<Store>,
+        repository_id: &str,
+        create_with_key: Option<&[u8]>,
+        cancel: &CancellationToken,
+    ) -> Result<(), RepositoryError> {
+        let opened = match Self::open(Arc::clone(&store), cancel).await {
+            Err(RepositoryError::Missing(_)) => match create_with_key {
+                Some(key) => Self::create(Arc::clone(&store), key, repository_id, cancel).await?,
+                None => return Ok(()),
+            },
+            other => other?,
+        };
+        let stored = &opened.config.repository_id;
+        if repository_id.is_empty() || stored.is_empty() || stored == repository_id {
+            return Ok(());
+        }
+        Err(RepositoryError::OtherIdentity(store.describe()))
+    }
+
+    /// Makes the repository in `store` carry `repository_id`: a catalog
+    /// rebuild (admin only) adopts the repository into the catalog that
+    /// asked for it, e.g. after the catalog was lost and a new one gave the
+    /// location a new identity. Only the identity changes; a missing
+    /// repository is left for the rebuild to report.
+    pub async fn adopt_identity(
+        store: Arc<Store>,
+        repository_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), RepositoryError> {
+        let opened = match Self::open(Arc::clone(&store), cancel).await {
+            Err(RepositoryError::Missing(_)) => return Ok(()),
+            other => other?,
+        };
+        if repository_id.is_empty() || opened.config.repository_id == repository_id {
+            return Ok(());
+        }
+        let config = opened
+            .config
+            .as_ref()
+            .clone()
+            .with_repository_id(repository_id);
+        store
+            .put_bytes(CONFIG_KEY, config.to_bytes(), cancel)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a new config with `chunk_key` and `repository_id`, then reads
+    /// back whatever config won.
+    async fn create(
+        store: Arc<Store>,
+        chunk_key: &[u8],
+        repository_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Self, RepositoryError> {
         let key: [u8; 32] = chunk_key.try_into().map_err(|_| {
             RepositoryError::format(
                 "creating the repository",
@@ -115,7 +185,7 @@ impl Repository {
                 )),
             )
         })?;
-        let config = RepositoryConfig::new(key);
+        let config = RepositoryConfig::new(key).with_repository_id(repository_id);
         store
             .put_bytes(CONFIG_KEY, config.to_bytes(), cancel)
             .await?;

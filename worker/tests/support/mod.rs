@@ -5,6 +5,8 @@
 #[allow(unused_imports)] // each test binary uses a different subset
 pub mod worker_api;
 
+pub mod tls;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

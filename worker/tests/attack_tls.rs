@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use coffer_control_plane::testing::Backend;
 use coffer_proto::v1 as pb;
-use support::tls::{spawn_worker_at, Impostor, TlsSetup};
-use support::{assert_restorable, assert_succeeded, create_run, noise, wait_until_final, write};
+use support::tls::{Impostor, TlsSetup};
+use support::{
+    assert_restorable, assert_succeeded, create_run, noise, wait_until_final, write, WorkerProcess,
+};
 
 async fn backs_up_and_restores_through(setup: &TlsSetup) {
     let source = tempfile::tempdir().expect("source dir");
@@ -32,32 +34,18 @@ async fn backs_up_and_restores_through(setup: &TlsSetup) {
     );
 }
 
-async fn a_worker_backs_up_and_restores_through_a_tls_control_plane(backend: Backend) {
-    backs_up_and_restores_through(&TlsSetup::start(backend, false).await).await;
-}
-
-async fn a_worker_backs_up_and_restores_through_an_mtls_control_plane(backend: Backend) {
-    backs_up_and_restores_through(&TlsSetup::start(backend, true).await).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_backs_up_and_restores_through_a_tls_control_plane() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        backs_up_and_restores_through(&TlsSetup::start(backend, false).await).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_postgres() {
-    a_worker_backs_up_and_restores_through_a_tls_control_plane(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_sqlite() {
-    a_worker_backs_up_and_restores_through_a_tls_control_plane(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_postgres() {
-    a_worker_backs_up_and_restores_through_an_mtls_control_plane(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_sqlite() {
-    a_worker_backs_up_and_restores_through_an_mtls_control_plane(Backend::Sqlite).await;
+async fn a_worker_backs_up_and_restores_through_an_mtls_control_plane() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        backs_up_and_restores_through(&TlsSetup::start(backend, true).await).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,11 +57,12 @@ async fn a_worker_refuses_an_impostor_and_sends_it_nothing() {
     // The worker trusts the real control plane's CA, and is pointed at the
     // impostor (a hijacked DNS name, say).
     let trust_real = vec!["--tls-ca".to_string(), real.ca_file.display().to_string()];
-    let worker = spawn_worker_at(
+    let worker = WorkerProcess::spawn_at(
         &impostor.url,
         &real.server.worker_token,
         "fooled",
         &trust_real,
+        &[],
         Some(&log),
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -106,11 +95,12 @@ async fn a_worker_refuses_an_impostor_and_sends_it_nothing() {
         "--tls-ca".to_string(),
         impostor.ca_file.display().to_string(),
     ];
-    let _fooled = spawn_worker_at(
+    let _fooled = WorkerProcess::spawn_at(
         &impostor.url,
         &real.server.worker_token,
         "trusting",
         &trust_impostor,
+        &[],
         None,
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

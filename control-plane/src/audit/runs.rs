@@ -27,7 +27,7 @@ const REMEMBERED_RUNS: usize = 10_000;
 /// Records run events until `cancel` fires.
 pub async fn record_run_events(catalog: Catalog, cancel: CancellationToken) {
     let mut announcements = catalog.subscribe_runs();
-    let mut created: HashSet<Uuid> = HashSet::new();
+    let mut seen = Seen::default();
     loop {
         let id = tokio::select! {
             () = cancel.cancelled() => return,
@@ -40,25 +40,35 @@ pub async fn record_run_events(catalog: Catalog, cancel: CancellationToken) {
                 Err(RecvError::Closed) => return,
             },
         };
-        if created.len() > REMEMBERED_RUNS {
-            created.clear();
+        if seen.created.len() > REMEMBERED_RUNS {
+            seen = Seen::default();
         }
-        match record_run(&catalog, id, &mut created).await {
+        if seen.finished.contains(&id) {
+            continue;
+        }
+        match record_run(&catalog, id, &mut seen).await {
             Ok(()) | Err(DomainError::NotFound(_)) => {}
             Err(error) => tracing::error!(%error, run = %id, "audit: run event not recorded"),
         }
     }
 }
 
-async fn record_run(catalog: &Catalog, id: Uuid, created: &mut HashSet<Uuid>) -> DomainResult<()> {
+/// Runs whose events this replica has recorded (or found recorded).
+#[derive(Default)]
+struct Seen {
+    created: HashSet<Uuid>,
+    finished: HashSet<Uuid>,
+}
+
+async fn record_run(catalog: &Catalog, id: Uuid, seen: &mut Seen) -> DomainResult<()> {
     let run = catalog.get_run(id).await?;
-    if !created.contains(&id) {
+    if !seen.created.contains(&id) {
         let mut record = run_event(&run, RUN_CREATED, "QUEUED");
         record.time = run.create_time;
         catalog
             .record_audit_event(&record, Some(&format!("{RUN_CREATED}:{id}")))
             .await?;
-        created.insert(id);
+        seen.created.insert(id);
     }
     if run.state.is_final() {
         let mut record = run_event(&run, RUN_FINISHED, &run.state.as_str().to_uppercase());
@@ -68,6 +78,7 @@ async fn record_run(catalog: &Catalog, id: Uuid, created: &mut HashSet<Uuid>) ->
         catalog
             .record_audit_event(&record, Some(&format!("{RUN_FINISHED}:{id}")))
             .await?;
+        seen.finished.insert(id);
     }
     Ok(())
 }

@@ -132,21 +132,26 @@ fn stamps(cert_path: &Path, key_path: &Path) -> Option<[FileStamp; 2]> {
 mod tests {
     use super::*;
 
+    /// A certificate served from fresh files in `dir`; returns it and the
+    /// certificate file.
+    fn served_from(dir: &Path) -> (ReloadingCertificate, PathBuf) {
+        let (cert, key) = write_pair(dir, "a");
+        let served =
+            ReloadingCertificate::load(&cert, &key, crate::tls::crypto_provider()).expect("load");
+        (served, cert)
+    }
+
     #[test]
     fn unchanged_files_are_not_read_again() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (cert, key) = write_pair(dir.path(), "a");
-        let served =
-            ReloadingCertificate::load(&cert, &key, crate::tls::crypto_provider()).expect("load");
+        let (served, _) = served_from(dir.path());
         assert!(!served.reload_if_changed());
     }
 
     #[test]
     fn a_broken_new_file_keeps_the_old_certificate() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (cert, key) = write_pair(dir.path(), "a");
-        let served =
-            ReloadingCertificate::load(&cert, &key, crate::tls::crypto_provider()).expect("load");
+        let (served, cert) = served_from(dir.path());
         let before = served.current_chain();
         std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ngarbage\n").expect("write");
         assert!(!served.reload_if_changed());

@@ -3,7 +3,6 @@
 //! listener that records what reaches it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,11 +70,12 @@ impl TlsSetup {
                 path(key),
             ]);
         }
-        spawn_worker_at(
+        WorkerProcess::spawn_at(
             &self.server.url(),
             &self.server.worker_token,
             name,
             &args,
+            &[],
             None,
         )
     }
@@ -83,30 +83,6 @@ impl TlsSetup {
 
 fn path(path: &Path) -> String {
     path.display().to_string()
-}
-
-/// Spawns a worker against `url` with `token` and extra arguments.
-pub fn spawn_worker_at(
-    url: &str,
-    token: &str,
-    name: &str,
-    args: &[String],
-    log: Option<&Path>,
-) -> WorkerProcess {
-    let stderr = match log {
-        Some(path) => Stdio::from(std::fs::File::create(path).expect("create worker log")),
-        None => Stdio::inherit(),
-    };
-    let child = Command::new(env!("CARGO_BIN_EXE_coffer-worker"))
-        .args(["--control-plane", url, "--name", name])
-        .args(args)
-        .env("COFFER_WORKER_TOKEN", token)
-        .env("COFFER_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn coffer-worker");
-    WorkerProcess { child }
 }
 
 /// A TLS listener with a certificate of its own CA, posing as a control

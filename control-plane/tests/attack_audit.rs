@@ -334,7 +334,48 @@ async fn filters_and_paging_work(backend: Backend) {
     assert!(failed.is_empty());
 }
 
+/// The usernames the admin sees.
+async fn usernames(server: &TestServer) -> Vec<String> {
+    let mut users = server.admin().users;
+    let users = users.list_users(pb::ListUsersRequest::default());
+    let users = users.await.expect("list users").into_inner().users;
+    users.into_iter().map(|u| u.username).collect()
+}
+
+/// Renames the audit table, making the log unwritable or writable again.
+async fn rename_audit_table(server: &TestServer, from: &str, to: &str) {
+    let sql = format!("ALTER TABLE {from} RENAME TO {to}");
+    server
+        .catalog()
+        .execute_raw(&sql)
+        .await
+        .expect("rename the audit table");
+}
+
+async fn a_call_that_cannot_be_audited_is_not_carried_out(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let before = usernames(&server).await;
+    // The audit log becomes unwritable (a full disk, a revoked grant).
+    rename_audit_table(&server, "audit_events", "audit_events_away").await;
+    let status = server
+        .admin()
+        .users
+        .create_user(pb::CreateUserRequest {
+            user: Some(pb::User {
+                username: "unaudited".into(),
+                email: "unaudited@example.com".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("refused when it cannot be recorded");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    rename_audit_table(&server, "audit_events_away", "audit_events").await;
+    assert_eq!(usernames(&server).await, before, "nothing was created");
+}
+
 both_backends!(
+    a_call_that_cannot_be_audited_is_not_carried_out,
     mutating_and_denied_calls_are_recorded_with_actor_peer_and_result,
     runs_are_recorded_when_created_and_when_they_finish,
     secrets_never_reach_the_audit_log,

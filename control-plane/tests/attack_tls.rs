@@ -231,6 +231,96 @@ both_backends!(
     mtls_refuses_clients_without_a_certificate_of_its_ca,
 );
 
+/// Kills the child process when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_tls_and_its_embedded_worker_still_connects() {
+    use std::io::BufRead;
+    let ca = TestCa::new("coffer test CA");
+    let files = TlsFiles::new(&ca.server_certificate());
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coffer-control-plane"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--tls-cert",
+        ])
+        .arg(&files.cert)
+        .arg("--tls-key")
+        .arg(&files.key)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("COFFER_LOG", "info")
+        .env_remove("COFFER_DATABASE_URL")
+        .env_remove("SQLALCHEMY_DATABASE_URL")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the control plane");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let process = Child(child);
+    // The address comes from the start-up line (the port was chosen by the
+    // OS); the rest of the log is drained so the process never blocks on it.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("serving TLS") {
+                let _ = sender.send(line);
+            }
+        }
+    });
+    let line = tokio::task::spawn_blocking(move || receiver.recv_timeout(Duration::from_secs(60)))
+        .await
+        .expect("log reader")
+        .expect("the control plane never served TLS");
+    // `listen=127.0.0.1:<port>` (the text log may carry colour codes).
+    let port: String = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .expect("listen address in the log")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let listen = format!("127.0.0.1:{port}");
+    let token = std::fs::read_to_string(data.path().join("admin.token")).expect("admin token");
+    let channel = channel(format!("https://{listen}"), Some(client_tls(&ca, None)))
+        .await
+        .expect("connect over TLS");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers = pb::worker_service_client::WorkerServiceClient::new(channel.clone())
+            .list_workers(authed(token.trim(), pb::ListWorkersRequest::default()))
+            .await
+            .expect("list workers over TLS")
+            .into_inner()
+            .workers;
+        if workers
+            .iter()
+            .any(|w| w.name.starts_with("embedded-") && w.connected)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the embedded worker never connected: {workers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(process);
+}
+
 #[test]
 fn the_binary_refuses_plaintext_off_loopback_without_the_flag() {
     let data = tempfile::tempdir().expect("temp dir");

@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
         .collect();
     protos.sort();
+    // The directory too, so a new .proto file is picked up.
+    println!("cargo:rerun-if-changed=coffer/v1");
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::scheduler::SchedulerSettings;
+use crate::tls::TlsSettings;
 
 /// Control-plane settings.
 #[derive(Parser, Debug, Clone)]
@@ -79,6 +80,29 @@ pub struct Config {
     )]
     pub scheduler_misfire_grace_seconds: u64,
 
+    // --- Transport security (TLS, mTLS, the plaintext rule) ---
+    /// PEM certificate chain to serve TLS with (re-read when it changes).
+    #[arg(long, env = "COFFER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert` (re-read when it changes).
+    #[arg(long, env = "COFFER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: clients must present a certificate issued by
+    /// one of them (mTLS). Bearer tokens are still required.
+    #[arg(long, env = "COFFER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Seconds between checks of the certificate and key files for change.
+    #[arg(long, env = "COFFER_TLS_RELOAD_SECONDS", default_value_t = 5)]
+    pub tls_reload_seconds: u64,
+
+    /// Serve plaintext on a non-loopback address: bearer tokens and data
+    /// travel in clear. Only behind a trusted network or a TLS proxy.
+    #[arg(long, env = "COFFER_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -120,6 +144,14 @@ impl coffer_worker::process::BinaryConfig for Config {
                 "scheduler_misfire_grace_seconds = {}",
                 self.scheduler_misfire_grace_seconds
             ),
+            format!("tls_cert = {}", display_path(self.tls_cert.as_deref())),
+            format!("tls_key = {}", display_path(self.tls_key.as_deref())),
+            format!(
+                "tls_client_ca = {}",
+                display_path(self.tls_client_ca.as_deref())
+            ),
+            format!("tls_reload_seconds = {}", self.tls_reload_seconds),
+            format!("insecure_plaintext = {}", self.insecure_plaintext),
             format!("admin_token = {admin_token}"),
             format!("worker_token = {worker_token}"),
         ]
@@ -170,8 +202,29 @@ impl Config {
         }
     }
 
+    /// The TLS material to serve with, `None` for plaintext.
+    pub fn tls_settings(&self) -> Option<TlsSettings> {
+        Some(TlsSettings {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+            reload_interval: Duration::from_secs(self.tls_reload_seconds.max(1)),
+        })
+    }
+
     /// Checks combinations that flags alone cannot express.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.tls_settings().is_none()
+            && !self.insecure_plaintext
+            && !self.listen.ip().is_loopback()
+        {
+            anyhow::bail!(
+                "refusing to serve plaintext on {}: bearer tokens would travel in clear; \
+                 give --tls-cert and --tls-key, listen on a loopback address, \
+                 or pass --insecure-plaintext",
+                self.listen
+            );
+        }
         if self.insecure_no_auth && !self.listen.ip().is_loopback() {
             anyhow::bail!(
                 "--insecure-no-auth is only allowed on a loopback address, not {}",
@@ -192,6 +245,10 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn display_path(path: Option<&std::path::Path>) -> String {
+    path.map(|p| p.display().to_string()).unwrap_or_default()
 }
 
 /// `postgresql+psycopg2://…` (SQLAlchemy style) becomes `postgresql://…`.
@@ -259,6 +316,21 @@ mod tests {
             "--insecure-no-auth",
         ]);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn plaintext_off_loopback_needs_tls_or_the_insecure_flag() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["coffer-control-plane", "--listen", "0.0.0.0:50051"];
+            all.extend_from_slice(args);
+            Config::parse_from(all)
+        };
+        assert!(parse(&[]).validate().is_err());
+        assert!(parse(&["--insecure-plaintext"]).validate().is_ok());
+        assert!(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"])
+            .validate()
+            .is_ok());
+        assert!(Config::try_parse_from(["coffer-control-plane", "--tls-cert", "c.pem"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! library directly to serve on ephemeral ports.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod state;
 #[cfg(feature = "test-util")]
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;

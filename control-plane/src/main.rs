@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use coffer_control_plane::config::Config;
+use coffer_control_plane::tls::{Listeners, TlsServer};
 use coffer_control_plane::{server, startup};
 use coffer_worker::executor::RunExecutor;
 use coffer_worker::process;
@@ -17,16 +18,41 @@ async fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
 
     let state = startup::prepare(&config).await?;
+    let tls = config
+        .tls_settings()
+        .map(|s| TlsServer::new(&s))
+        .transpose()?;
     let listener = TcpListener::bind(config.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, "coffer control plane serving");
+    let listen = listener.local_addr()?;
+    let (listeners, port) = match &tls {
+        Some(tls) => {
+            tracing::info!(%listen, client_certificates = config.tls_client_ca.is_some(), "coffer control plane serving TLS");
+            let listeners = Listeners::tls(listener, tls);
+            if config.runs_embedded_worker() {
+                // The embedded worker speaks plaintext to its own process
+                // over a loopback port of its own.
+                let loopback = TcpListener::bind("127.0.0.1:0").await?;
+                let port = loopback.local_addr()?.port();
+                (listeners.with_plaintext(loopback), port)
+            } else {
+                (listeners, listen.port())
+            }
+        }
+        None => {
+            if !listen.ip().is_loopback() {
+                tracing::warn!(%listen, "serving PLAINTEXT off loopback (--insecure-plaintext): tokens travel in clear");
+            }
+            tracing::info!(%listen, "coffer control plane serving");
+            (Listeners::plaintext(listener), listen.port())
+        }
+    };
 
-    let port = listener.local_addr()?.port();
     let signal = CancellationToken::new();
     let stop_serving = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(signal.clone()));
-    let serving = tokio::spawn(server::serve(
+    let serving = tokio::spawn(server::serve_with(
         state.clone(),
-        listener,
+        listeners,
         stop_serving.clone().cancelled_owned(),
     ));
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use coffer_proto::v1;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
@@ -14,6 +13,7 @@ use tonic_health::ServingStatus;
 use crate::api;
 use crate::catalog::Catalog;
 use crate::state::AppState;
+use crate::tls::Listeners;
 
 /// Fully-qualified names of the services whose health is reported.
 pub const SERVICE_NAMES: &[&str] = &[
@@ -28,6 +28,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "coffer.v1.RetentionService",
     "coffer.v1.WorkerService",
     "coffer.v1.GrantService",
+    "coffer.v1.AuditService",
 ];
 
 /// What reflection describes: the API, health, and the `google.rpc` error
@@ -44,11 +45,23 @@ const DESCRIPTOR_SETS: [&[u8]; 3] = [
 /// How long shutdown waits for the scheduler to release its leadership.
 const SCHEDULER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves the API on `listener` until `shutdown` resolves, then stops
-/// accepting, lets in-flight calls finish and returns.
+/// Serves the API in plaintext on `listener` until `shutdown` resolves, then
+/// stops accepting, lets in-flight calls finish and returns. Whether
+/// plaintext is allowed on its address is the caller's decision
+/// (`Config::validate`).
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with(state, Listeners::plaintext(listener), shutdown).await
+}
+
+/// Serves the API on `listeners` (TLS or plaintext each) until `shutdown`
+/// resolves, then stops accepting, lets in-flight calls finish and returns.
+pub async fn serve_with(
+    state: AppState,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -75,9 +88,16 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    tokio::spawn(crate::audit::record_run_events(
+        state.catalog.clone(),
+        background.clone(),
+    ));
+
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Every call passes the audit log, which records the mutating ones.
+        .layer(crate::audit::AuditLayer::new(state.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -117,6 +137,9 @@ pub async fn serve(
         ))
         .add_service(v1::grant_service_server::GrantServiceServer::new(
             api::grants::GrantApi::new(state.clone()),
+        ))
+        .add_service(v1::audit_service_server::AuditServiceServer::new(
+            api::audit::AuditApi::new(state.clone()),
         ));
 
     let stopping = state.stopping.clone();
@@ -128,7 +151,7 @@ pub async fn serve(
         scheduler_stop.cancel();
     };
     let result = router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(listeners.accept(&background), shutdown)
         .await;
     background.cancel();
     // The scheduler stopped firing when shutdown began; wait for it to give up

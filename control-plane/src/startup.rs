@@ -188,6 +188,8 @@ pub fn embedded_worker_config(
         slots: config.embedded_worker_slots.max(1),
         source_roots: Vec::new(),
         drain_timeout: config.shutdown_grace(),
+        // Plaintext over loopback to its own process.
+        tls: coffer_worker::connect::ClientTls::default(),
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use coffer_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Request;
 
 use crate::auth::{ensure_bootstrap_token, mint_secret, AuthMode, Authenticator};
@@ -22,8 +22,10 @@ use crate::model::grant::GrantUse;
 use crate::model::user::TokenScope;
 use crate::scheduler::{SchedulerHandle, SchedulerSettings};
 use crate::state::AppState;
+use crate::tls::{Listeners, TlsServer};
 
 mod client;
+pub mod tls;
 
 pub use client::{Api, Bearer, ALL_USES};
 
@@ -119,6 +121,16 @@ pub struct TestServer {
     shutdown: CancellationToken,
     serving: Option<tokio::task::JoinHandle<()>>,
     guard: Option<CatalogGuard>,
+    tls: Option<ServerTls>,
+}
+
+/// TLS of a test server: what it serves, and how its own clients trust it.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The server side.
+    pub server: TlsServer,
+    /// The client side the typed clients use.
+    pub client: ClientTlsConfig,
 }
 
 impl TestServer {
@@ -128,10 +140,24 @@ impl TestServer {
         Self::start_on(catalog, guard).await
     }
 
+    /// Starts a control plane serving TLS (plaintext on loopback is the
+    /// default of every other constructor).
+    pub async fn start_with_tls(backend: Backend, tls: ServerTls) -> TestServer {
+        let (catalog, guard) = fresh_catalog(backend).await;
+        Self::start_configured(
+            catalog,
+            guard,
+            LeaseSettings::default(),
+            SchedulerSettings::default(),
+            Some(tls),
+        )
+        .await
+    }
+
     /// Starts a control plane with the given lease timing.
     pub async fn start_with_leases(backend: Backend, settings: LeaseSettings) -> TestServer {
         let (catalog, guard) = fresh_catalog(backend).await;
-        Self::start_configured(catalog, guard, settings, SchedulerSettings::default()).await
+        Self::start_configured(catalog, guard, settings, SchedulerSettings::default(), None).await
     }
 
     /// Starts a control plane with the given scheduler timing.
@@ -140,7 +166,7 @@ impl TestServer {
         scheduler: SchedulerSettings,
     ) -> TestServer {
         let (catalog, guard) = fresh_catalog(backend).await;
-        Self::start_configured(catalog, guard, LeaseSettings::default(), scheduler).await
+        Self::start_configured(catalog, guard, LeaseSettings::default(), scheduler, None).await
     }
 
     /// Starts a control plane over an existing catalog.
@@ -150,6 +176,7 @@ impl TestServer {
             guard,
             LeaseSettings::default(),
             SchedulerSettings::default(),
+            None,
         )
         .await
     }
@@ -180,6 +207,7 @@ impl TestServer {
             listener,
             self.admin_token.clone(),
             self.worker_token.clone(),
+            self.tls.clone(),
         )
     }
 
@@ -188,6 +216,7 @@ impl TestServer {
         guard: CatalogGuard,
         settings: LeaseSettings,
         scheduler: SchedulerSettings,
+        tls: Option<ServerTls>,
     ) -> TestServer {
         let admin_token = mint_secret().secret;
         let worker_token = mint_secret().secret;
@@ -207,9 +236,11 @@ impl TestServer {
             listener,
             admin_token,
             worker_token,
+            tls,
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn serve(
         catalog: Catalog,
         guard: CatalogGuard,
@@ -218,6 +249,7 @@ impl TestServer {
         listener: TcpListener,
         admin_token: String,
         worker_token: String,
+        tls: Option<ServerTls>,
     ) -> TestServer {
         let auth = Authenticator::new(catalog.clone(), AuthMode::Required);
         let state = AppState::new(catalog, auth)
@@ -227,14 +259,16 @@ impl TestServer {
         let shutdown = CancellationToken::new();
         let serve_state = state.clone();
         let serve_shutdown = shutdown.clone();
+        let listeners = match &tls {
+            Some(tls) => Listeners::tls(listener, &tls.server),
+            None => Listeners::plaintext(listener),
+        };
         let serving = tokio::spawn(async move {
-            crate::server::serve(serve_state, listener, serve_shutdown.cancelled_owned())
+            crate::server::serve_with(serve_state, listeners, serve_shutdown.cancelled_owned())
                 .await
                 .expect("server failed");
         });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("valid uri")
-            .connect_lazy();
+        let channel = endpoint(addr, tls.as_ref()).connect_lazy();
         TestServer {
             addr,
             admin_token,
@@ -244,6 +278,7 @@ impl TestServer {
             shutdown,
             serving: Some(serving),
             guard: Some(guard),
+            tls,
         }
     }
 
@@ -283,6 +318,7 @@ impl TestServer {
             listener,
             self.admin_token.clone(),
             self.worker_token.clone(),
+            self.tls.clone(),
         )
     }
 
@@ -324,11 +360,15 @@ impl TestServer {
 
     /// A channel to the server.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .expect("valid uri")
+        endpoint(self.addr, self.tls.as_ref())
             .connect()
             .await
             .expect("connect to test server")
+    }
+
+    /// The server's URL: `https://127.0.0.1:<port>` when it serves TLS.
+    pub fn url(&self) -> String {
+        url(self.addr, self.tls.as_ref())
     }
 
     /// Stops serving (as a crash or restart of the control plane would).
@@ -339,6 +379,24 @@ impl TestServer {
     /// A user created by the admin, with a user token: `(user, token secret)`.
     pub async fn create_user(&self, username: &str) -> (pb::User, String) {
         self.admin().create_user_with_token(username).await
+    }
+}
+
+fn url(addr: SocketAddr, tls: Option<&ServerTls>) -> String {
+    match tls {
+        Some(_) => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    }
+}
+
+/// An endpoint for the server at `addr`, over TLS when it serves TLS.
+fn endpoint(addr: SocketAddr, tls: Option<&ServerTls>) -> Endpoint {
+    let endpoint = Endpoint::from_shared(url(addr, tls)).expect("valid uri");
+    match tls {
+        Some(tls) => endpoint
+            .tls_config(tls.client.clone())
+            .expect("client TLS config"),
+        None => endpoint,
     }
 }
 

@@ -2,9 +2,12 @@
 //! The worker token comes only from the environment or a file.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+
+use crate::connect::ClientTls;
 
 /// Worker settings.
 #[derive(Parser, Debug, Clone)]
@@ -46,6 +49,24 @@ pub struct Config {
     #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
+    // --- Transport security (TLS, mTLS, the plaintext rule) ---
+    /// PEM CA certificates trusted for the control plane, besides the system roots.
+    #[arg(long, env = "COFFER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate, for a control plane that requires one (mTLS).
+    #[arg(long, env = "COFFER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "COFFER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Allow an `http://` control plane off loopback: the worker token
+    /// travels in clear. Only behind a trusted network.
+    #[arg(long, env = "COFFER_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -73,6 +94,10 @@ impl crate::process::BinaryConfig for Config {
             format!("source_roots = {}", self.source_roots),
             format!("drain_timeout_seconds = {}", self.drain_timeout_seconds),
             format!("log_format = {}", self.log_format),
+            format!("tls_ca = {}", display_path(self.tls_ca.as_ref())),
+            format!("tls_cert = {}", display_path(self.tls_cert.as_ref())),
+            format!("tls_key = {}", display_path(self.tls_key.as_ref())),
+            format!("insecure_plaintext = {}", self.insecure_plaintext),
             format!("token = {token}"),
         ]
         .join("\n")
@@ -124,6 +149,16 @@ impl Config {
             .collect()
     }
 
+    /// TLS towards the control plane.
+    pub fn client_tls(&self) -> ClientTls {
+        ClientTls {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            insecure_plaintext: self.insecure_plaintext,
+        }
+    }
+
     /// Drain timeout.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_seconds)
@@ -142,6 +177,10 @@ impl Config {
         }
         Ok(None)
     }
+}
+
+fn display_path(path: Option<&PathBuf>) -> String {
+    path.map(|p| p.display().to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

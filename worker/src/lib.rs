@@ -12,6 +12,7 @@
 
 pub mod allocator;
 pub mod config;
+pub mod connect;
 pub mod cpu_pool;
 pub mod executor;
 pub mod process;

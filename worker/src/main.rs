@@ -21,6 +21,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         slots: config.slots.max(1),
         source_roots: config.parsed_source_roots(),
         drain_timeout: config.drain_timeout(),
+        tls: config.client_tls(),
     };
     let executor = Arc::new(RunExecutor {
         source_roots: session_config.source_roots.clone(),

@@ -18,7 +18,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use uuid::Uuid;
 
 /// Unacknowledged batches a run may have in flight before it waits.
@@ -44,6 +44,8 @@ pub struct SessionConfig {
     pub source_roots: Vec<String>,
     /// How long a drain waits for running work before releasing it.
     pub drain_timeout: Duration,
+    /// TLS towards the control plane, and the plaintext rule.
+    pub tls: crate::connect::ClientTls,
 }
 
 /// What a run can do while it executes: report progress, send staged file
@@ -188,10 +190,7 @@ pub async fn run(
         wake: Notify::new(),
         progress_changed: AtomicBool::new(false),
     });
-    let endpoint = Endpoint::from_shared(config.control_plane.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(15))
-        .keep_alive_timeout(Duration::from_secs(10));
+    let endpoint = crate::connect::endpoint(&config.control_plane, &config.tls)?;
     let draining = CancellationToken::new();
     let mut drain_started: Option<tokio::time::Instant> = None;
     let mut failures: u32 = 0;
@@ -224,15 +223,17 @@ pub async fn run(
                 }
                 result
             }
-            Err(error) => Err(anyhow::anyhow!(
-                "cannot connect to {}: {error}",
-                config.control_plane
-            )),
+            // With its causes: "transport error" alone hides a refused
+            // certificate.
+            Err(error) => Err(anyhow::Error::new(error)
+                .context(format!("cannot connect to {}", config.control_plane))),
         };
         match outcome {
             Ok(SessionEnd::Drained) => return Ok(()),
             Ok(SessionEnd::Broken) => tracing::info!("session ended; reconnecting"),
-            Err(error) => tracing::warn!(%error, "session failed; reconnecting"),
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "session failed; reconnecting")
+            }
         }
         failures = failures.saturating_add(1);
         let delay = reconnect_delay(failures);

@@ -3,6 +3,7 @@
 //! conversions several services share are in `convert`. Errors become statuses
 //! through `From<DomainError> for Status` in `crate::error`.
 
+pub mod audit;
 pub mod buckets;
 pub mod configurations;
 pub mod convert;

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::error::{DomainError, DomainResult};
 use error::from_sqlx;
 
+pub mod audit;
 pub mod buckets;
 pub mod configurations;
 pub(crate) mod error;

@@ -1,6 +1,7 @@
 //! Domain types: validated, transport-free. Handlers convert protos into these
 //! at the edge; the catalog stores and returns them.
 
+pub mod audit;
 pub mod bucket;
 pub mod configuration;
 pub mod grant;

@@ -5,6 +5,8 @@
 #[allow(unused_imports)] // each test binary uses a different subset
 pub mod worker_api;
 
+pub mod tls;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -34,20 +36,35 @@ impl WorkerProcess {
         env: &[(&str, &str)],
         log: Option<&Path>,
     ) -> WorkerProcess {
+        let args = ["--slots".to_string(), slots.to_string()];
+        Self::spawn_at(
+            &format!("http://{}", server.addr),
+            &server.worker_token,
+            name,
+            &args,
+            env,
+            log,
+        )
+    }
+
+    /// Spawns a worker against the control plane at `url` with `token`,
+    /// extra arguments and environment; its log goes to `log` when given.
+    pub fn spawn_at(
+        url: &str,
+        token: &str,
+        name: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> WorkerProcess {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("create worker log")),
             None => Stdio::inherit(),
         };
         let child = Command::new(env!("CARGO_BIN_EXE_coffer-worker"))
-            .args([
-                "--control-plane",
-                &format!("http://{}", server.addr),
-                "--name",
-                name,
-                "--slots",
-                &slots.to_string(),
-            ])
-            .env("COFFER_WORKER_TOKEN", &server.worker_token)
+            .args(["--control-plane", url, "--name", name])
+            .args(args)
+            .env("COFFER_WORKER_TOKEN", token)
             .env("COFFER_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

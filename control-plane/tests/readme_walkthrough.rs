@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SERVICES: &[&str] = &[
+    "coffer.v1.AuditService",
     "coffer.v1.BackupMetadataService",
     "coffer.v1.BucketService",
     "coffer.v1.ConfigurationService",

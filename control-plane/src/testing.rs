@@ -20,6 +20,7 @@ use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
 use crate::model::user::TokenScope;
 use crate::scheduler::{SchedulerHandle, SchedulerSettings};
+use crate::secrets::{Keyring, SecretKey};
 use crate::state::AppState;
 
 mod client;
@@ -125,7 +126,8 @@ impl TestServer {
     /// Starts a control plane with the given lease timing.
     pub async fn start_with_leases(backend: Backend, settings: LeaseSettings) -> TestServer {
         let (catalog, guard) = fresh_catalog(backend).await;
-        Self::start_configured(catalog, guard, settings, SchedulerSettings::default()).await
+        let scheduler = SchedulerSettings::default();
+        Self::start_configured(catalog, guard, settings, scheduler, test_keyring()).await
     }
 
     /// Starts a control plane with the given scheduler timing.
@@ -134,7 +136,15 @@ impl TestServer {
         scheduler: SchedulerSettings,
     ) -> TestServer {
         let (catalog, guard) = fresh_catalog(backend).await;
-        Self::start_configured(catalog, guard, LeaseSettings::default(), scheduler).await
+        let lease = LeaseSettings::default();
+        Self::start_configured(catalog, guard, lease, scheduler, test_keyring()).await
+    }
+
+    /// Starts a control plane with the given secrets keys (e.g. none).
+    pub async fn start_with_secrets(backend: Backend, secrets: Keyring) -> TestServer {
+        let (catalog, guard) = fresh_catalog(backend).await;
+        let (lease, scheduler) = (LeaseSettings::default(), SchedulerSettings::default());
+        Self::start_configured(catalog, guard, lease, scheduler, secrets).await
     }
 
     /// Starts a control plane over an existing catalog.
@@ -144,6 +154,7 @@ impl TestServer {
             guard,
             LeaseSettings::default(),
             SchedulerSettings::default(),
+            test_keyring(),
         )
         .await
     }
@@ -174,6 +185,7 @@ impl TestServer {
             listener,
             self.admin_token.clone(),
             self.worker_token.clone(),
+            self.state.secrets.clone(),
         )
     }
 
@@ -182,6 +194,7 @@ impl TestServer {
         guard: CatalogGuard,
         settings: LeaseSettings,
         scheduler: SchedulerSettings,
+        secrets: Keyring,
     ) -> TestServer {
         let admin_token = mint_secret().secret;
         let worker_token = mint_secret().secret;
@@ -200,9 +213,11 @@ impl TestServer {
             listener,
             admin_token,
             worker_token,
+            secrets,
         )
     }
 
+    #[allow(clippy::too_many_arguments)] // test set-up: every part of a server
     fn serve(
         catalog: Catalog,
         guard: CatalogGuard,
@@ -211,11 +226,13 @@ impl TestServer {
         listener: TcpListener,
         admin_token: String,
         worker_token: String,
+        secrets: Keyring,
     ) -> TestServer {
         let auth = Authenticator::new(catalog.clone(), AuthMode::Required);
         let state = AppState::new(catalog, auth)
             .with_lease_settings(settings)
-            .with_scheduler_settings(scheduler);
+            .with_scheduler_settings(scheduler)
+            .with_secrets(secrets);
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
         let serve_state = state.clone();
@@ -262,7 +279,13 @@ impl TestServer {
             listener,
             self.admin_token.clone(),
             self.worker_token.clone(),
+            self.state.secrets.clone(),
         )
+    }
+
+    /// The keys this server seals secrets with.
+    pub fn secrets(&self) -> &Keyring {
+        &self.state.secrets
     }
 
     /// The catalog under the server, for white-box assertions and set-up the
@@ -319,6 +342,11 @@ impl TestServer {
     pub async fn create_user(&self, username: &str) -> (pb::User, String) {
         self.admin().create_user_with_token(username).await
     }
+}
+
+/// A fresh random secrets key, as a standalone control plane generates.
+fn test_keyring() -> Keyring {
+    Keyring::new(SecretKey::generate(), Vec::new())
 }
 
 /// Whether a run has reached a final state (succeeded, failed or cancelled).

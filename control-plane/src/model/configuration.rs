@@ -60,6 +60,8 @@ pub enum ValueRule {
     RetentionPolicyId,
     /// `true` or `false`.
     Boolean,
+    /// Comma-separated host patterns (see `model::endpoint`).
+    HostPatterns,
 }
 
 /// A known configuration key and its rule.
@@ -86,6 +88,11 @@ pub const DEFAULT_RETENTION_POLICY_ID: &str = "default_retention_policy_id";
 
 /// Whether a job's retention policy is applied after each of its backups.
 pub const RETENTION_APPLY_AFTER_BACKUP: &str = "retention_apply_after_backup";
+
+/// Hosts buckets of non-admin owners may point at (empty or unset: any).
+pub const S3_ENDPOINT_ALLOW: &str = "s3_endpoint_allow";
+/// Hosts buckets of non-admin owners may not point at.
+pub const S3_ENDPOINT_DENY: &str = "s3_endpoint_deny";
 
 /// Every key a configuration entry may have.
 pub const KNOWN_KEYS: &[KnownKey] = &[
@@ -119,6 +126,14 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
     KnownKey {
         key: RETENTION_APPLY_AFTER_BACKUP,
         rule: ValueRule::Boolean,
+    },
+    KnownKey {
+        key: S3_ENDPOINT_ALLOW,
+        rule: ValueRule::HostPatterns,
+    },
+    KnownKey {
+        key: S3_ENDPOINT_DENY,
+        rule: ValueRule::HostPatterns,
     },
 ];
 
@@ -158,6 +173,9 @@ pub fn check_value(field: &str, rule: ValueRule, value: &str) -> DomainResult<Op
             "true" | "false" => Ok(None),
             _ => Err(DomainError::invalid(field, "must be `true` or `false`")),
         },
+        ValueRule::HostPatterns => super::endpoint::check_patterns(value)
+            .map(|()| None)
+            .map_err(|reason| DomainError::invalid(field, reason)),
         ValueRule::RetentionPolicyId => Uuid::parse_str(value)
             .map(Some)
             .map_err(|_| DomainError::invalid(field, "must be the UUID of a retention policy")),

@@ -3,11 +3,13 @@
 
 pub mod bucket;
 pub mod configuration;
+pub mod endpoint;
 pub mod job;
 pub mod metadata;
 pub mod object;
 pub mod retention;
 pub mod run;
+pub mod secret;
 pub mod snapshot;
 pub mod tag;
 pub mod user;

@@ -59,9 +59,17 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
         AuthMode::Required
     };
     let auth = Authenticator::new(catalog.clone(), mode);
+    let secrets = secrets_keyring(config)?;
+    let resealed = catalog.reseal_secrets(&secrets).await?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "secrets sealed by a previous key were sealed again with the current one"
+        );
+    }
     Ok(AppState::new(catalog, auth)
         .with_scheduler_settings(config.scheduler_settings())
-        .with_secrets(secrets_keyring(config)?))
+        .with_secrets(secrets))
 }
 
 /// The keys secrets are sealed with: `COFFER_SECRETS_KEY`, else the file

@@ -93,6 +93,16 @@ async fn create_secret(
         .map(tonic::Response::into_inner)
 }
 
+/// A new secret of the caller of `api`: its metadata.
+async fn new_secret(
+    api: &coffer_control_plane::testing::Api,
+    name: &str,
+    values: &pb::S3CredentialValues,
+) -> pb::Secret {
+    let created = create_secret(api, name, values).await;
+    created.expect("create").secret.expect("secret")
+}
+
 fn s3_bucket(name: &str, endpoint: &str, secret_id: &str, credentials_ref: &str) -> pb::Bucket {
     pb::Bucket {
         name: name.into(),
@@ -213,11 +223,7 @@ async fn a_foreign_secret_is_indistinguishable_from_a_missing_one(backend: Backe
     let (_, mallory_token) = server.create_user("mallory").await;
     let alice = server.as_user(&alice_token);
     let mallory = server.as_user(&mallory_token);
-    let secret = create_secret(&alice, "prod", &fresh_values())
-        .await
-        .expect("create")
-        .secret
-        .expect("secret");
+    let secret = new_secret(&alice, "prod", &fresh_values()).await;
     let missing = uuid::Uuid::now_v7().to_string();
 
     let endpoint = "https://s3.example.com";
@@ -239,11 +245,7 @@ async fn a_foreign_secret_is_indistinguishable_from_a_missing_one(backend: Backe
     assert!(foreign.message().contains("bucket.s3.secret_id"));
 
     // Nor can a bucket of mallory's own be pointed at it by an update.
-    let own = create_secret(&mallory, "own", &fresh_values())
-        .await
-        .expect("create")
-        .secret
-        .expect("secret");
+    let own = new_secret(&mallory, "own", &fresh_values()).await;
     let bucket = mallory
         .create_bucket(s3_bucket("mine", endpoint, &own.id, ""))
         .await
@@ -399,11 +401,7 @@ async fn endpoint_policy_refuses_metadata_private_and_denied_hosts(backend: Back
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("mallory").await;
     let mallory = server.as_user(&token);
-    let secret = create_secret(&mallory, "k", &fresh_values())
-        .await
-        .expect("create")
-        .secret
-        .expect("secret");
+    let secret = new_secret(&mallory, "k", &fresh_values()).await;
     for endpoint in [
         "http://169.254.169.254",
         "http://169.254.169.254:80/latest/meta-data/",
@@ -544,11 +542,7 @@ async fn leases_carry_only_the_owners_secret_and_recheck_the_policy(backend: Bac
     let (_, token) = server.create_user("alice").await;
     let alice = server.as_user(&token);
     let values = fresh_values();
-    let secret = create_secret(&alice, "k", &values)
-        .await
-        .expect("create")
-        .secret
-        .expect("secret");
+    let secret = new_secret(&alice, "k", &values).await;
     let bucket = alice
         .create_bucket(s3_bucket("b", "https://s3.example.com", &secret.id, ""))
         .await
@@ -574,14 +568,7 @@ async fn leases_carry_only_the_owners_secret_and_recheck_the_policy(backend: Bac
 
     // The policy changes after the bucket was written: the next lease is refused.
     set_configuration(&server, "s3_endpoint_deny", "s3.example.com").await;
-    let run = queue_backup_to(&server, &token, &bucket.id).await;
-    let mut session = Session::open(&server).await;
-    assert!(
-        session.assignment().await.is_none(),
-        "no lease is handed out"
-    );
-    let failed = server.wait_until_final(&run, Duration::from_secs(30)).await;
-    assert_eq!(failed.state, pb::RunState::Failed as i32);
+    let failed = refused_lease(&server, &token, &bucket.id).await;
     assert!(
         failed.error.contains("s3_endpoint_deny"),
         "{}",
@@ -594,11 +581,7 @@ async fn a_tenant_bucket_from_before_the_upgrade_stops_at_lease_time(backend: Ba
     let server = TestServer::start(backend).await;
     let (_, token) = server.create_user("mallory").await;
     let mallory = server.as_user(&token);
-    let secret = create_secret(&mallory, "k", &fresh_values())
-        .await
-        .expect("create")
-        .secret
-        .expect("secret");
+    let secret = new_secret(&mallory, "k", &fresh_values()).await;
     let bucket = mallory
         .create_bucket(s3_bucket("b", "https://s3.example.com", &secret.id, ""))
         .await
@@ -614,16 +597,23 @@ async fn a_tenant_bucket_from_before_the_upgrade_stops_at_lease_time(backend: Ba
         ))
         .await
         .expect("simulate an old bucket");
-    let run = queue_backup_to(&server, &token, &bucket.id).await;
-    let mut session = Session::open(&server).await;
+    let failed = refused_lease(&server, &token, &bucket.id).await;
+    assert!(failed.error.contains("credentials_ref"), "{}", failed.error);
+    assert!(!failed.error.contains("MINIO"), "{}", failed.error);
+}
+
+/// Queues a backup to `bucket_id` as the holder of `token`, offers a worker
+/// slot and asserts that no lease is handed out: the run fails instead.
+async fn refused_lease(server: &TestServer, token: &str, bucket_id: &str) -> pb::Run {
+    let run = queue_backup_to(server, token, bucket_id).await;
+    let mut session = Session::open(server).await;
     assert!(
         session.assignment().await.is_none(),
         "no lease is handed out"
     );
     let failed = server.wait_until_final(&run, Duration::from_secs(30)).await;
     assert_eq!(failed.state, pb::RunState::Failed as i32);
-    assert!(failed.error.contains("credentials_ref"), "{}", failed.error);
-    assert!(!failed.error.contains("MINIO"), "{}", failed.error);
+    failed
 }
 
 fn uuid_literal(backend: Backend, id: uuid::Uuid) -> String {
@@ -640,11 +630,7 @@ async fn a_sealed_row_moved_to_another_owner_fails_to_open(backend: Backend) {
     let alice = server.as_user(&alice_token);
     let mallory = server.as_user(&mallory_token);
     let values = fresh_values();
-    let secret = create_secret(&alice, "k", &values)
-        .await
-        .expect("create")
-        .secret
-        .expect("secret");
+    let secret = new_secret(&alice, "k", &values).await;
     let id = secret.id.parse::<uuid::Uuid>().expect("uuid");
     let mallory_id = mallory_user.id.parse::<uuid::Uuid>().expect("uuid");
     // Someone with write access to the catalog moves alice's row to mallory.
@@ -670,14 +656,7 @@ async fn a_sealed_row_moved_to_another_owner_fails_to_open(backend: Backend) {
         .create_bucket(s3_bucket("b", "https://s3.example.com", &secret.id, ""))
         .await
         .expect("the catalog now says mallory owns it");
-    let run = queue_backup_to(&server, &mallory_token, &bucket.id).await;
-    let mut session = Session::open(&server).await;
-    assert!(
-        session.assignment().await.is_none(),
-        "no lease is handed out"
-    );
-    let failed = server.wait_until_final(&run, Duration::from_secs(30)).await;
-    assert_eq!(failed.state, pb::RunState::Failed as i32);
+    let failed = refused_lease(&server, &mallory_token, &bucket.id).await;
     assert!(failed.error.contains("integrity"), "{}", failed.error);
     assert_absent(failed.error.as_bytes(), &values, "the run's error");
 }
@@ -708,7 +687,54 @@ async fn without_a_key_secret_calls_fail_and_the_rest_works(backend: Backend) {
         .expect("the rest of the server works");
 }
 
+async fn replacing_the_key_reseals_every_secret(backend: Backend) {
+    use coffer_control_plane::secrets::SecretKey;
+    let (catalog, _guard) = support::fresh_catalog(backend).await;
+    let owner = coffer_control_plane::auth::ensure_admin_user(&catalog)
+        .await
+        .expect("user")
+        .id;
+    let old_key = SecretKey::generate();
+    let old = Keyring::new(old_key.clone(), Vec::new());
+    let id = uuid::Uuid::now_v7();
+    let values = coffer_control_plane::model::secret::S3CredentialValues {
+        access_key_id: "AKIAROTATION".into(),
+        secret_access_key: "rotation-secret".into(),
+        session_token: String::new(),
+    };
+    let spec = coffer_control_plane::model::secret::SecretSpec {
+        owner_id: owner,
+        name: "k".into(),
+        description: String::new(),
+    };
+    let sealed = coffer_control_plane::catalog::secrets::SealedValues {
+        sealed: old.seal(id, owner, &values).expect("seal"),
+        access_key_id_hint: values.hint(),
+        has_session_token: false,
+    };
+    catalog
+        .create_secret(id, &spec, &sealed)
+        .await
+        .expect("create");
+
+    let new_key = SecretKey::generate();
+    let error = Keyring::new(new_key.clone(), Vec::new())
+        .open(id, owner, &catalog.sealed_secret(id).await.expect("row").1)
+        .expect_err("a key the row was not sealed with");
+    assert!(error.to_string().contains(old_key.id()), "{error}");
+
+    let rotated = Keyring::new(new_key.clone(), vec![old_key]);
+    assert_eq!(catalog.reseal_secrets(&rotated).await.expect("reseal"), 1);
+    assert_eq!(catalog.reseal_secrets(&rotated).await.expect("again"), 0);
+    let (_, row) = catalog.sealed_secret(id).await.expect("row");
+    assert_eq!(row.key_id, new_key.id());
+    let retired = Keyring::new(new_key, Vec::new());
+    assert_eq!(retired.open(id, owner, &row).expect("open"), values);
+    assert!(old.open(id, owner, &row).is_err(), "the old key is retired");
+}
+
 both_backends!(
+    replacing_the_key_reseals_every_secret,
     secret_values_never_leave_the_server,
     a_foreign_secret_is_indistinguishable_from_a_missing_one,
     tenants_cannot_name_worker_credentials,

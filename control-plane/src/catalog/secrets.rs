@@ -10,7 +10,7 @@ use super::{fetch_scoped, in_transaction, now_micros, on_pool, on_read_pool, Cat
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
 use crate::model::secret::{Secret, SecretSpec};
-use crate::secrets::Sealed;
+use crate::secrets::{Keyring, Sealed};
 
 const COLUMNS: &str =
     "id, owner_id, name, description, access_key_id_hint, has_session_token, create_time, update_time";
@@ -46,6 +46,7 @@ impl From<SecretRow> for Secret {
 
 #[derive(sqlx::FromRow)]
 struct SealedRow {
+    id: Uuid,
     owner_id: Uuid,
     key_id: String,
     nonce: Vec<u8>,
@@ -64,6 +65,19 @@ pub struct SealedValues {
     pub has_session_token: bool,
 }
 
+/// Binds the columns sealing writes (hint, session-token flag, key id,
+/// nonce, ciphertext: five in all) to `$query`, in that order.
+macro_rules! bind_sealed {
+    ($query:expr, $values:expr) => {
+        $query
+            .bind(&$values.access_key_id_hint)
+            .bind($values.has_session_token)
+            .bind(&$values.sealed.key_id)
+            .bind(&$values.sealed.nonce)
+            .bind(&$values.sealed.ciphertext)
+    };
+}
+
 impl Catalog {
     /// Stores a new secret under `id` (the id its values were sealed for);
     /// `AlreadyExists` if the owner has one of that name.
@@ -78,19 +92,17 @@ impl Catalog {
              has_session_token, key_id, nonce, ciphertext, create_time, update_time) \
              VALUES ($1, $2, $3, $4, 's3', $5, $6, $7, $8, $9, $10, $10) RETURNING {COLUMNS}"
         );
-        let row = on_pool!(self, |pool| sqlx::query_as::<_, SecretRow>(&sql)
-            .bind(id)
-            .bind(spec.owner_id)
-            .bind(&spec.name)
-            .bind(&spec.description)
-            .bind(&values.access_key_id_hint)
-            .bind(values.has_session_token)
-            .bind(&values.sealed.key_id)
-            .bind(&values.sealed.nonce)
-            .bind(&values.sealed.ciphertext)
-            .bind(now_micros())
-            .fetch_one(pool)
-            .await)
+        let row = on_pool!(self, |pool| bind_sealed!(
+            sqlx::query_as::<_, SecretRow>(&sql)
+                .bind(id)
+                .bind(spec.owner_id)
+                .bind(&spec.name)
+                .bind(&spec.description),
+            values
+        )
+        .bind(now_micros())
+        .fetch_one(pool)
+        .await)
         .map_err(|e| from_sqlx(e, &format!("secret named {:?} for this owner", spec.name)))?;
         Ok(row.into())
     }
@@ -146,17 +158,15 @@ impl Catalog {
              nonce = $6, ciphertext = $7, update_time = $8 \
              WHERE id = $1 AND ($2 IS NULL OR owner_id = $2) RETURNING {COLUMNS}"
         );
-        let row = on_pool!(self, |pool| sqlx::query_as::<_, SecretRow>(&sql)
-            .bind(id)
-            .bind(owner_scope)
-            .bind(&values.access_key_id_hint)
-            .bind(values.has_session_token)
-            .bind(&values.sealed.key_id)
-            .bind(&values.sealed.nonce)
-            .bind(&values.sealed.ciphertext)
-            .bind(now_micros())
-            .fetch_optional(pool)
-            .await)
+        let row = on_pool!(self, |pool| bind_sealed!(
+            sqlx::query_as::<_, SecretRow>(&sql)
+                .bind(id)
+                .bind(owner_scope),
+            values
+        )
+        .bind(now_micros())
+        .fetch_optional(pool)
+        .await)
         .map_err(|e| from_sqlx(e, "secret"))?
         .ok_or_else(|| DomainError::not_found("secret", id))?;
         Ok(row.into())
@@ -201,7 +211,7 @@ impl Catalog {
     /// Never reaches the API.
     pub async fn sealed_secret(&self, id: Uuid) -> DomainResult<(Uuid, Sealed)> {
         let row = on_pool!(self, |pool| sqlx::query_as::<_, SealedRow>(
-            "SELECT owner_id, key_id, nonce, ciphertext FROM secrets WHERE id = $1"
+            "SELECT id, owner_id, key_id, nonce, ciphertext FROM secrets WHERE id = $1"
         )
         .bind(id)
         .fetch_optional(pool)
@@ -216,5 +226,55 @@ impl Catalog {
                 ciphertext: row.ciphertext,
             },
         ))
+    }
+
+    /// Seals again under the primary key every secret that a previous key
+    /// of `keyring` sealed (after the secrets key was replaced), so the old
+    /// key can be retired. Each row is replaced only if no one resealed or
+    /// rotated it meanwhile. Rows no key of the keyring opens are left as
+    /// they are and reported in the log. Returns how many were resealed.
+    pub async fn reseal_secrets(&self, keyring: &Keyring) -> DomainResult<usize> {
+        let Some(primary) = keyring.primary_id() else {
+            return Ok(0);
+        };
+        let rows = on_pool!(self, |pool| sqlx::query_as::<_, SealedRow>(
+            "SELECT id, owner_id, key_id, nonce, ciphertext FROM secrets WHERE key_id <> $1"
+        )
+        .bind(primary)
+        .fetch_all(pool)
+        .await)
+        .map_err(|e| from_sqlx(e, "secrets"))?;
+        let mut resealed = 0;
+        for row in rows {
+            let old = Sealed {
+                key_id: row.key_id,
+                nonce: row.nonce,
+                ciphertext: row.ciphertext,
+            };
+            let values = match keyring.open(row.id, row.owner_id, &old) {
+                Ok(values) => values,
+                Err(error) => {
+                    tracing::warn!(secret = %row.id, %error, "secret not resealed");
+                    continue;
+                }
+            };
+            let new = keyring.seal(row.id, row.owner_id, &values)?;
+            let changed = on_pool!(self, |pool| sqlx::query(
+                "UPDATE secrets SET key_id = $2, nonce = $3, ciphertext = $4 \
+                 WHERE id = $1 AND key_id = $5 AND nonce = $6"
+            )
+            .bind(row.id)
+            .bind(&new.key_id)
+            .bind(&new.nonce)
+            .bind(&new.ciphertext)
+            .bind(&old.key_id)
+            .bind(&old.nonce)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))
+            .map_err(|e| from_sqlx(e, "secret"))?;
+            resealed += usize::try_from(changed).unwrap_or(0);
+        }
+        Ok(resealed)
     }
 }

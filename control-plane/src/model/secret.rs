@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use super::configuration::check_description;
 use super::{check_len, check_name};
 use crate::error::{DomainResult, Violations};
 
@@ -84,11 +85,9 @@ impl SecretSpec {
             &self.name,
             MAX_NAME_LEN,
         ));
-        violations.absorb(check_len(
+        violations.absorb(check_description(
             &format!("{prefix}description"),
             &self.description,
-            0,
-            1000,
         ));
         violations.finish()
     }

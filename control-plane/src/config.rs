@@ -103,6 +103,20 @@ pub struct Config {
     #[arg(long, env = "COFFER_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
 
+    /// File holding the key that seals secrets (S3 credentials) in the catalog:
+    /// 32 random bytes as base64 or hex, mode 0600 (refused when group or
+    /// others may read it). `COFFER_SECRETS_KEY` (environment only) gives the
+    /// key itself instead. Default: with the embedded catalog, a key generated
+    /// into the data directory; with PostgreSQL, none (secrets disabled).
+    #[arg(long, env = "COFFER_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+
+    /// Files of secrets keys that the current one replaced (comma-separated):
+    /// secrets they sealed are still opened, and sealed again with the
+    /// current key when rotated.
+    #[arg(long, env = "COFFER_SECRETS_PREVIOUS_KEY_FILES", value_delimiter = ',')]
+    pub secrets_previous_key_files: Vec<PathBuf>,
+
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -119,6 +133,13 @@ impl coffer_worker::process::BinaryConfig for Config {
             "(set)"
         } else {
             "(unset)"
+        };
+        let secrets_key = if std::env::var_os("COFFER_SECRETS_KEY").is_some() {
+            "(set)".to_string()
+        } else if let Some(path) = &self.secrets_key_file {
+            path.display().to_string()
+        } else {
+            "(unset)".to_string()
         };
         let worker_token = if std::env::var_os("COFFER_WORKER_TOKEN").is_some() {
             "(set)"
@@ -154,6 +175,11 @@ impl coffer_worker::process::BinaryConfig for Config {
             format!("insecure_plaintext = {}", self.insecure_plaintext),
             format!("admin_token = {admin_token}"),
             format!("worker_token = {worker_token}"),
+            format!("secrets_key = {secrets_key}"),
+            format!(
+                "secrets_previous_key_files = {}",
+                self.secrets_previous_key_files.len()
+            ),
         ]
         .join("\n")
     }

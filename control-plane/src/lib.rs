@@ -12,6 +12,7 @@ pub mod leasing;
 pub mod model;
 pub mod runs;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod startup;
 pub mod state;

@@ -26,6 +26,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "coffer.v1.ObjectService",
     "coffer.v1.TagService",
     "coffer.v1.RetentionService",
+    "coffer.v1.SecretService",
     "coffer.v1.WorkerService",
     "coffer.v1.GrantService",
     "coffer.v1.AuditService",
@@ -131,6 +132,9 @@ pub async fn serve_with(
         ))
         .add_service(v1::retention_service_server::RetentionServiceServer::new(
             api::retention::RetentionApi::new(state.clone()),
+        ))
+        .add_service(v1::secret_service_server::SecretServiceServer::new(
+            api::secrets::SecretApi::new(state.clone()),
         ))
         .add_service(v1::worker_service_server::WorkerServiceServer::new(
             api::workers::WorkerApi::new(state.clone()),

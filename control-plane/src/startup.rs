@@ -8,12 +8,15 @@ use crate::auth::{
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::model::user::TokenScope;
+use crate::secrets::{Keyring, SecretKey, HOW_TO_CONFIGURE};
 use crate::state::AppState;
 
 /// Name of the file the standalone mode writes a generated admin token to.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Name of the file holding the embedded worker's token.
 pub const WORKER_TOKEN_FILE: &str = "worker.token";
+/// Name of the file the standalone mode keeps its generated secrets key in.
+pub const SECRETS_KEY_FILE: &str = "secrets.key";
 
 /// Connects the catalog (creating the data directory for SQLite), registers the
 /// bootstrap tokens from the environment and returns the shared state.
@@ -56,7 +59,83 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
         AuthMode::Required
     };
     let auth = Authenticator::new(catalog.clone(), mode);
-    Ok(AppState::new(catalog, auth).with_scheduler_settings(config.scheduler_settings()))
+    let secrets = secrets_keyring(config)?;
+    let resealed = catalog.reseal_secrets(&secrets).await?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "secrets sealed by a previous key were sealed again with the current one"
+        );
+    }
+    Ok(AppState::new(catalog, auth)
+        .with_scheduler_settings(config.scheduler_settings())
+        .with_secrets(secrets))
+}
+
+/// The keys secrets are sealed with: `COFFER_SECRETS_KEY`, else the file
+/// `--secrets-key-file`, else (embedded catalog only) the data directory's
+/// `secrets.key`, generated on first start. None of them: secrets are
+/// disabled, and the rest of the server works.
+pub fn secrets_keyring(config: &Config) -> anyhow::Result<Keyring> {
+    let previous = config
+        .secrets_previous_key_files
+        .iter()
+        .map(|path| read_key_file(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let from_env = std::env::var("COFFER_SECRETS_KEY")
+        .ok()
+        .map(zeroize::Zeroizing::new)
+        .filter(|text| !text.trim().is_empty());
+    let primary = if let Some(text) = from_env {
+        SecretKey::parse(&text).map_err(|e| anyhow::anyhow!("COFFER_SECRETS_KEY {e}"))?
+    } else if let Some(path) = &config.secrets_key_file {
+        read_key_file(path)?
+    } else if config.is_embedded() {
+        embedded_secrets_key(config)?
+    } else {
+        tracing::warn!("no secrets key: SecretService is disabled and buckets cannot use secrets; {HOW_TO_CONFIGURE}");
+        return Ok(Keyring::disabled());
+    };
+    tracing::info!(
+        key = primary.id(),
+        previous = previous.len(),
+        "secrets key loaded"
+    );
+    Ok(Keyring::new(primary, previous))
+}
+
+/// Reads a key file, refused when group or others may read it.
+fn read_key_file(path: &Path) -> anyhow::Result<SecretKey> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let metadata = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the secrets key file {shown}: {e}"))?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "the secrets key file {shown} has mode {mode:o}: it must be readable by its owner only (chmod 600)"
+        );
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the secrets key file {shown}: {e}"))?,
+    );
+    SecretKey::parse(&text).map_err(|e| anyhow::anyhow!("the secrets key file {shown} {e}"))
+}
+
+/// The standalone mode's key: read from the data directory, or generated
+/// and stored there (mode 0600) on first start.
+fn embedded_secrets_key(config: &Config) -> anyhow::Result<SecretKey> {
+    let path = config.data_dir.join(SECRETS_KEY_FILE);
+    if let Some(text) = read_secret_file(&path)?.map(zeroize::Zeroizing::new) {
+        return SecretKey::parse(&text)
+            .map_err(|e| anyhow::anyhow!("the secrets key file {} {e}", path.display()));
+    }
+    ensure_private_dir(&config.data_dir)?;
+    let key = SecretKey::generate();
+    write_secret_file(&path, &key.encode())?;
+    tracing::info!(path = %path.display(), "generated the secrets key");
+    Ok(key)
 }
 
 /// The fewest characters a bootstrap token from the environment may have:
@@ -256,6 +335,19 @@ mod tests {
         );
         std::env::remove_var(name);
         assert_eq!(bootstrap_secret(name).expect("unset is fine"), None);
+    }
+
+    #[test]
+    fn a_secrets_key_file_others_may_read_is_refused() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let path = root.path().join("secrets.key");
+        let key = SecretKey::generate();
+        write_secret_file(&path, &key.encode()).expect("write");
+        assert_eq!(read_key_file(&path).expect("owner-only").id(), key.id());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let error = read_key_file(&path).expect_err("group-readable");
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+        assert!(!error.to_string().contains(key.encode().as_str()));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
 use crate::runs::admission::RunAdmission;
 use crate::scheduler::{SchedulerHandle, SchedulerSettings};
+use crate::secrets::Keyring;
 
 /// What every handler needs.
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ pub struct AppState {
     pub stopping: CancellationToken,
     /// This replica's job scheduler: settings, lease identity and status.
     pub scheduler: SchedulerHandle,
+    /// The keys secrets are sealed with (none: secrets are disabled).
+    pub secrets: Keyring,
 }
 
 impl AppState {
@@ -39,12 +42,19 @@ impl AppState {
             lease_settings: LeaseSettings::default(),
             stopping: CancellationToken::new(),
             scheduler: SchedulerHandle::new(SchedulerSettings::default()),
+            secrets: Keyring::disabled(),
         }
     }
 
     /// The same state with other scheduler settings.
     pub fn with_scheduler_settings(mut self, settings: SchedulerSettings) -> Self {
         self.scheduler = SchedulerHandle::new(settings);
+        self
+    }
+
+    /// The same state with the given secrets keys.
+    pub fn with_secrets(mut self, keyring: Keyring) -> Self {
+        self.secrets = keyring;
         self
     }
 

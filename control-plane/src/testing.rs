@@ -21,6 +21,7 @@ use crate::catalog::Catalog;
 use crate::model::grant::GrantUse;
 use crate::model::user::TokenScope;
 use crate::scheduler::{SchedulerHandle, SchedulerSettings};
+use crate::secrets::{Keyring, SecretKey};
 use crate::state::AppState;
 use crate::tls::{Listeners, TlsServer};
 
@@ -150,6 +151,7 @@ impl TestServer {
             LeaseSettings::default(),
             SchedulerSettings::default(),
             Some(tls),
+            test_keyring(),
         )
         .await
     }
@@ -157,7 +159,8 @@ impl TestServer {
     /// Starts a control plane with the given lease timing.
     pub async fn start_with_leases(backend: Backend, settings: LeaseSettings) -> TestServer {
         let (catalog, guard) = fresh_catalog(backend).await;
-        Self::start_configured(catalog, guard, settings, SchedulerSettings::default(), None).await
+        let scheduler = SchedulerSettings::default();
+        Self::start_configured(catalog, guard, settings, scheduler, None, test_keyring()).await
     }
 
     /// Starts a control plane with the given scheduler timing.
@@ -166,7 +169,15 @@ impl TestServer {
         scheduler: SchedulerSettings,
     ) -> TestServer {
         let (catalog, guard) = fresh_catalog(backend).await;
-        Self::start_configured(catalog, guard, LeaseSettings::default(), scheduler, None).await
+        let lease = LeaseSettings::default();
+        Self::start_configured(catalog, guard, lease, scheduler, None, test_keyring()).await
+    }
+
+    /// Starts a control plane with the given secrets keys (e.g. none).
+    pub async fn start_with_secrets(backend: Backend, secrets: Keyring) -> TestServer {
+        let (catalog, guard) = fresh_catalog(backend).await;
+        let (lease, scheduler) = (LeaseSettings::default(), SchedulerSettings::default());
+        Self::start_configured(catalog, guard, lease, scheduler, None, secrets).await
     }
 
     /// Starts a control plane over an existing catalog.
@@ -177,6 +188,7 @@ impl TestServer {
             LeaseSettings::default(),
             SchedulerSettings::default(),
             None,
+            test_keyring(),
         )
         .await
     }
@@ -208,6 +220,7 @@ impl TestServer {
             self.admin_token.clone(),
             self.worker_token.clone(),
             self.tls.clone(),
+            self.state.secrets.clone(),
         )
     }
 
@@ -217,6 +230,7 @@ impl TestServer {
         settings: LeaseSettings,
         scheduler: SchedulerSettings,
         tls: Option<ServerTls>,
+        secrets: Keyring,
     ) -> TestServer {
         let admin_token = mint_secret().secret;
         let worker_token = mint_secret().secret;
@@ -237,10 +251,11 @@ impl TestServer {
             admin_token,
             worker_token,
             tls,
+            secrets,
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // test set-up: every part of a server
     fn serve(
         catalog: Catalog,
         guard: CatalogGuard,
@@ -250,11 +265,13 @@ impl TestServer {
         admin_token: String,
         worker_token: String,
         tls: Option<ServerTls>,
+        secrets: Keyring,
     ) -> TestServer {
         let auth = Authenticator::new(catalog.clone(), AuthMode::Required);
         let state = AppState::new(catalog, auth)
             .with_lease_settings(settings)
-            .with_scheduler_settings(scheduler);
+            .with_scheduler_settings(scheduler)
+            .with_secrets(secrets);
         let addr = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
         let serve_state = state.clone();
@@ -319,7 +336,13 @@ impl TestServer {
             self.admin_token.clone(),
             self.worker_token.clone(),
             self.tls.clone(),
+            self.state.secrets.clone(),
         )
+    }
+
+    /// The keys this server seals secrets with.
+    pub fn secrets(&self) -> &Keyring {
+        &self.state.secrets
     }
 
     /// The catalog under the server, for white-box assertions and set-up the
@@ -398,6 +421,11 @@ fn endpoint(addr: SocketAddr, tls: Option<&ServerTls>) -> Endpoint {
             .expect("client TLS config"),
         None => endpoint,
     }
+}
+
+/// A fresh random secrets key, as a standalone control plane generates.
+fn test_keyring() -> Keyring {
+    Keyring::new(SecretKey::generate(), Vec::new())
 }
 
 /// Whether a run has reached a final state (succeeded, failed or cancelled).

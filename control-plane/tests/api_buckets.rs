@@ -10,7 +10,8 @@ use support::{
 };
 use tonic::Code;
 
-fn s3_bucket(name: &str) -> pb::Bucket {
+/// An S3 bucket whose credentials are the secret `secret_id` of its owner.
+fn s3_bucket(name: &str, secret_id: &str) -> pb::Bucket {
     pb::Bucket {
         name: name.to_string(),
         description: "offsite copies".to_string(),
@@ -19,11 +20,34 @@ fn s3_bucket(name: &str) -> pb::Bucket {
             bucket: "coffer-backups".to_string(),
             region: "eu-central-1".to_string(),
             force_path_style: true,
-            credentials_ref: "env:MINIO".to_string(),
+            secret_id: secret_id.to_string(),
+            ..Default::default()
         })),
         prefix: "team-a".to_string(),
         ..Default::default()
     }
+}
+
+/// A secret of the caller of `api`, for its S3 buckets; returns its id.
+async fn secret_of(api: &coffer_control_plane::testing::Api) -> String {
+    let request = pb::CreateSecretRequest {
+        secret: Some(pb::Secret {
+            name: "s3".into(),
+            ..Default::default()
+        }),
+        s3: Some(pb::S3CredentialValues {
+            access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+            session_token: String::new(),
+        }),
+    };
+    let created = api.secrets.clone().create_secret(request).await;
+    created
+        .expect("secret")
+        .into_inner()
+        .secret
+        .expect("secret")
+        .id
 }
 
 fn fs_bucket(name: &str) -> pb::Bucket {
@@ -51,14 +75,15 @@ async fn bucket_crud_round_trip(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (alice, token) = server.create_user("alice").await;
     let api = server.as_user(&token);
+    let secret = secret_of(&api).await;
 
     let created = api
-        .create_bucket(s3_bucket("offsite"))
+        .create_bucket(s3_bucket("offsite", &secret))
         .await
         .expect("create");
     assert_eq!(created.owner_id, alice.id);
     assert_eq!(created.name, "offsite");
-    assert_eq!(created.location, s3_bucket("offsite").location);
+    assert_eq!(created.location, s3_bucket("offsite", &secret).location);
     assert_eq!(created.prefix, "team-a");
     assert!(created.create_time.is_some());
 
@@ -163,8 +188,9 @@ async fn duplicate_name_per_owner_is_already_exists(backend: Backend) {
         .create_bucket(fs_bucket("main"))
         .await
         .expect("first");
+    let secret = secret_of(&alice_api).await;
     assert_code(
-        alice_api.create_bucket(s3_bucket("main")).await,
+        alice_api.create_bucket(s3_bucket("main", &secret)).await,
         Code::AlreadyExists,
         "duplicate",
     );
@@ -249,12 +275,13 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
         "relative filesystem path",
     );
 
-    // Valid credential references and endpoints are accepted.
+    // Valid credential references and endpoints are accepted (from admins,
+    // the only ones who may name a worker's credentials).
     for (i, credentials_ref) in ["", "env:MINIO_PROD", "file:/var/run/secrets/s3"]
         .into_iter()
         .enumerate()
     {
-        let mut bucket = s3_bucket(&format!("ok-{i}"));
+        let mut bucket = s3_bucket(&format!("ok-{i}"), "");
         if let Some(pb::bucket::Location::S3(s3)) = bucket.location.as_mut() {
             s3.credentials_ref = credentials_ref.to_string();
             s3.endpoint = if i == 0 {
@@ -263,7 +290,9 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
                 "https://s3.example.com".into()
             };
         }
-        api.create_bucket(bucket)
+        server
+            .admin()
+            .create_bucket(bucket)
             .await
             .unwrap_or_else(|e| panic!("{credentials_ref:?} should be valid: {e}"));
     }
@@ -416,7 +445,7 @@ async fn update_rejects_bad_masks(backend: Backend) {
             .update_bucket(pb::UpdateBucketRequest {
                 bucket: Some(pb::Bucket {
                     id: bucket.id.clone(),
-                    ..s3_bucket("main")
+                    ..s3_bucket("main", "")
                 }),
                 update_mask: mask(paths),
             })

@@ -7,5 +7,26 @@ pub mod v1 {
     tonic::include_proto!("coffer.v1");
 }
 
+/// `Debug` of the messages that carry secret values: which fields are set,
+/// never what they hold.
+macro_rules! redacted_debug {
+    ($($message:ident),*) => {
+        $(
+            impl std::fmt::Debug for v1::$message {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    let shown = |value: &str| if value.is_empty() { "" } else { "<redacted>" };
+                    f.debug_struct(stringify!($message))
+                        .field("access_key_id", &shown(&self.access_key_id))
+                        .field("secret_access_key", &shown(&self.secret_access_key))
+                        .field("session_token", &shown(&self.session_token))
+                        .finish()
+                }
+            }
+        )*
+    };
+}
+
+redacted_debug!(S3CredentialValues, LeasedS3Credentials);
+
 /// Encoded `FileDescriptorSet` of every `coffer.v1` file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("coffer_descriptor");

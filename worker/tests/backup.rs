@@ -361,8 +361,9 @@ async fn garage_store(prefix: &str) -> Arc<Store> {
             force_path_style: true,
             // COFFER_TEST_S3_ACCESS_KEY_ID / COFFER_TEST_S3_SECRET_ACCESS_KEY
             credentials_ref: "env:COFFER_TEST_S3".into(),
+            use_worker_credentials: true,
             prefix: prefix.into(),
-            filesystem_path: String::new(),
+            ..Default::default()
         }),
         ..Default::default()
     };

@@ -14,6 +14,7 @@ use crate::model::bucket::{Bucket, BucketSpec, Location, MAX_NAME_LEN};
 use crate::model::grant::{match_grants, GrantUse, PathNeed};
 use crate::model::run::Labels;
 use crate::model::{check_name, parse_id, parse_optional_id};
+use crate::secrets::access::check_s3_access;
 use crate::state::AppState;
 
 /// Fields UpdateBucket accepts in its mask.
@@ -49,6 +50,7 @@ impl From<Location> for pb::bucket::Location {
                 region: s3.region,
                 force_path_style: s3.force_path_style,
                 credentials_ref: s3.credentials_ref,
+                secret_id: s3.secret_id.map(|id| id.to_string()).unwrap_or_default(),
             }),
             Location::Filesystem { path } => {
                 pb::bucket::Location::Filesystem(pb::FilesystemLocation { path })
@@ -57,10 +59,13 @@ impl From<Location> for pb::bucket::Location {
     }
 }
 
-impl From<pb::bucket::Location> for Location {
-    fn from(location: pb::bucket::Location) -> Self {
-        match location {
+impl TryFrom<pb::bucket::Location> for Location {
+    type Error = DomainError;
+
+    fn try_from(location: pb::bucket::Location) -> DomainResult<Self> {
+        Ok(match location {
             pb::bucket::Location::S3(s3) => Location::S3(crate::model::bucket::S3Location {
+                secret_id: parse_optional_id("bucket.s3.secret_id", &s3.secret_id)?,
                 endpoint: s3.endpoint,
                 bucket: s3.bucket,
                 region: s3.region,
@@ -68,7 +73,7 @@ impl From<pb::bucket::Location> for Location {
                 credentials_ref: s3.credentials_ref,
             }),
             pb::bucket::Location::Filesystem(fs) => Location::Filesystem { path: fs.path },
-        }
+        })
     }
 }
 
@@ -104,7 +109,14 @@ fn new_spec(caller: &Caller, bucket: pb::Bucket) -> DomainResult<BucketSpec> {
             &bucket.retention_policy_id,
         ))
         .flatten();
-    let Some(location) = bucket.location.map(Location::from) else {
+    let location = match bucket.location.map(Location::try_from).transpose() {
+        Ok(location) => location,
+        Err(error) => {
+            violations.absorb::<()>(Err(error));
+            None
+        }
+    };
+    let Some(location) = location else {
         violations.add(
             "bucket.location",
             "exactly one of s3 or filesystem is required",
@@ -151,13 +163,13 @@ fn apply_mask(
             "prefix" => spec.prefix.clone_from(&bucket.prefix),
             "s3" => match &bucket.location {
                 Some(location @ pb::bucket::Location::S3(_)) => {
-                    spec.location = location.clone().into();
+                    spec.location = location.clone().try_into()?;
                 }
                 _ => return Err(DomainError::invalid("bucket.s3", "is required")),
             },
             "filesystem" => match &bucket.location {
                 Some(location @ pb::bucket::Location::Filesystem(_)) => {
-                    spec.location = location.clone().into();
+                    spec.location = location.clone().try_into()?;
                 }
                 _ => return Err(DomainError::invalid("bucket.filesystem", "is required")),
             },
@@ -181,13 +193,15 @@ impl BucketApi {
     }
 
     /// Validates a complete spec, including the references it makes: the
-    /// owner must exist and the retention policy must belong to the owner.
+    /// owner must exist and the retention policy must belong to the owner;
+    /// an S3 location must pass the credentials and endpoint rules.
     async fn check_spec(&self, caller: &Caller, spec: &BucketSpec) -> DomainResult<()> {
         let mut violations = Violations::new();
         violations.absorb(spec.validate("bucket."));
+        let mut owner_is_admin = caller.is_admin();
         if spec.owner_id != caller.user.id {
             match self.state.catalog.get_user(spec.owner_id).await {
-                Ok(_) => {}
+                Ok(owner) => owner_is_admin = owner.admin,
                 Err(DomainError::NotFound(_)) => {
                     violations.add("bucket.owner_id", "no such user");
                 }
@@ -208,6 +222,16 @@ impl BucketApi {
             }
         }
         violations.finish()?;
+        if let Location::S3(s3) = &spec.location {
+            check_s3_access(
+                &self.state.catalog,
+                "bucket.s3.",
+                spec.owner_id,
+                owner_is_admin,
+                s3,
+            )
+            .await?;
+        }
         self.check_grant(spec).await
     }
 

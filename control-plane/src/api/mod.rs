@@ -13,6 +13,7 @@ pub mod metadata;
 pub mod objects;
 pub mod retention;
 pub mod runs;
+pub mod secrets;
 pub mod tags;
 pub mod users;
 pub mod workers;

@@ -14,7 +14,7 @@ use crate::model::bucket::{Bucket, BucketSpec, Location, S3Location};
 
 const COLUMNS: &str = "id, owner_id, name, description, kind, s3_endpoint, s3_bucket, s3_region, \
      s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, retention_policy_id, \
-     create_time, update_time";
+     create_time, update_time, s3_secret_id";
 
 #[derive(sqlx::FromRow)]
 struct BucketRow {
@@ -33,6 +33,7 @@ struct BucketRow {
     retention_policy_id: Option<Uuid>,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
+    s3_secret_id: Option<Uuid>,
 }
 
 impl TryFrom<BucketRow> for Bucket {
@@ -46,6 +47,7 @@ impl TryFrom<BucketRow> for Bucket {
                 region: row.s3_region,
                 force_path_style: row.s3_force_path_style,
                 credentials_ref: row.s3_credentials_ref,
+                secret_id: row.s3_secret_id,
             }),
             "filesystem" => Location::Filesystem {
                 path: row.filesystem_path,
@@ -106,7 +108,8 @@ fn bucket_name_taken(spec: &BucketSpec) -> String {
 }
 
 /// Binds the columns that creating and updating a bucket write alike
-/// (owner to retention policy, twelve in all) to `$query`, in that order.
+/// (owner to retention policy, then the S3 secret: thirteen in all) to
+/// `$query`, in that order.
 macro_rules! bind_spec {
     ($query:expr, $spec:expr) => {{
         let loc = LocationColumns::of(&$spec.location);
@@ -123,6 +126,7 @@ macro_rules! bind_spec {
             .bind(loc.path)
             .bind(&$spec.prefix)
             .bind($spec.retention_policy_id)
+            .bind(loc.s3.and_then(|s| s.secret_id))
     }};
 }
 
@@ -132,8 +136,8 @@ impl Catalog {
         let sql = format!(
             "INSERT INTO buckets (id, owner_id, name, description, kind, s3_endpoint, s3_bucket, \
              s3_region, s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, \
-             retention_policy_id, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
+             retention_policy_id, s3_secret_id, create_time, update_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) \
              RETURNING {COLUMNS}"
         );
         let row = on_pool!(self, |pool| bind_spec!(
@@ -192,7 +196,7 @@ impl Catalog {
             "UPDATE buckets SET owner_id = $3, name = $4, description = $5, kind = $6, \
              s3_endpoint = $7, s3_bucket = $8, s3_region = $9, s3_force_path_style = $10, \
              s3_credentials_ref = $11, filesystem_path = $12, prefix = $13, \
-             retention_policy_id = $14, update_time = $15 \
+             retention_policy_id = $14, s3_secret_id = $15, update_time = $16 \
              WHERE id = $1 AND update_time = $2 RETURNING {COLUMNS}"
         );
         let row = on_pool!(self, |pool| bind_spec!(

@@ -43,6 +43,7 @@ pub mod repositories;
 pub mod retention;
 pub mod runs;
 pub mod scheduler;
+pub mod secrets;
 pub mod snapshots;
 pub mod tags;
 #[cfg(feature = "test-util")]

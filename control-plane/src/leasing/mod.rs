@@ -21,6 +21,7 @@ use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::Location;
 use crate::model::run::{RunSpec, Target};
+use crate::secrets::{access::lease_credentials, Keyring};
 
 /// Ends expired leases, and fails queued runs past the queue timeout, every
 /// third of a TTL until `cancel` fires.
@@ -94,12 +95,22 @@ pub fn path_is_under(path: &str, root: &str) -> bool {
 }
 
 /// Looks up everything a worker needs to reach a run's target.
-pub async fn resolve_target(catalog: &Catalog, spec: &RunSpec) -> DomainResult<pb::ResolvedTarget> {
-    resolve(catalog, spec.target()).await
+pub async fn resolve_target(
+    catalog: &Catalog,
+    keyring: &Keyring,
+    spec: &RunSpec,
+) -> DomainResult<pb::ResolvedTarget> {
+    resolve(catalog, keyring, spec.target()).await
 }
 
-/// Looks up everything a worker needs to reach `target`.
-pub async fn resolve(catalog: &Catalog, target: &Target) -> DomainResult<pb::ResolvedTarget> {
+/// Looks up everything a worker needs to reach `target`, including the
+/// bucket's credentials: decrypted from its secret, for this lease only, or
+/// (admins' buckets) the word that the worker may use its own.
+pub async fn resolve(
+    catalog: &Catalog,
+    keyring: &Keyring,
+    target: &Target,
+) -> DomainResult<pb::ResolvedTarget> {
     let target_proto = target_to_proto(target);
     let mut resolved = pb::ResolvedTarget {
         target: Some(target_proto),
@@ -132,7 +143,14 @@ pub async fn resolve(catalog: &Catalog, target: &Target) -> DomainResult<pb::Res
                     resolved_bucket.bucket = s3.bucket.clone();
                     resolved_bucket.region = s3.region.clone();
                     resolved_bucket.force_path_style = s3.force_path_style;
-                    resolved_bucket.credentials_ref = s3.credentials_ref.clone();
+                    lease_credentials(
+                        catalog,
+                        keyring,
+                        bucket.spec.owner_id,
+                        s3,
+                        &mut resolved_bucket,
+                    )
+                    .await?;
                 }
                 Location::Filesystem { path } => {
                     resolved_bucket.filesystem_path = path.clone();

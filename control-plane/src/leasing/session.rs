@@ -297,7 +297,7 @@ impl Session {
         deadline: chrono::DateTime<chrono::Utc>,
     ) -> DomainResult<pb::RunAssignment> {
         let run = self.state.catalog.get_run(run_id).await?;
-        let target = resolve_target(&self.state.catalog, &run.spec).await?;
+        let target = resolve_target(&self.state.catalog, &self.state.secrets, &run.spec).await?;
         let repository = run.spec.target().repository();
         let stored = self
             .state
@@ -355,7 +355,14 @@ impl Session {
                     assignment.removals.push(pb::SnapshotRemoval {
                         run_id: snapshot.run_id.to_string(),
                         manifest_key: snapshot.manifest_key.clone(),
-                        target: Some(super::resolve(&self.state.catalog, &snapshot.target).await?),
+                        target: Some(
+                            super::resolve(
+                                &self.state.catalog,
+                                &self.state.secrets,
+                                &snapshot.target,
+                            )
+                            .await?,
+                        ),
                     });
                 }
             }

@@ -1,5 +1,6 @@
 //! Domain types for buckets: storage targets on S3-compatible services or on
-//! a filesystem. Credentials are never stored, only where a worker finds them.
+//! a filesystem. An S3 bucket's credentials are a secret of its owner
+//! (`model::secret`), or for admins' buckets where a worker finds them.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -22,8 +23,10 @@ pub struct S3Location {
     pub region: String,
     /// Path-style addressing.
     pub force_path_style: bool,
-    /// `env:NAME`, `file:/path` or empty.
+    /// `env:NAME`, `file:/path` or empty; only for buckets of admins.
     pub credentials_ref: String,
+    /// The owner's secret holding the credentials.
+    pub secret_id: Option<Uuid>,
 }
 
 /// Where a bucket's data lives.
@@ -157,7 +160,10 @@ pub fn check_endpoint(field: &str, value: &str) -> DomainResult<()> {
         .or_else(|| value.strip_prefix("http://"));
     let host = rest.and_then(|rest| rest.split(['/', '?', '#']).next());
     match host {
-        Some(host) if !host.is_empty() && !value.chars().any(char::is_whitespace) => Ok(()),
+        Some(host) if !host.is_empty() && !value.chars().any(char::is_whitespace) => {
+            super::endpoint::check_endpoint_form(value)
+                .map_err(|reason| DomainError::invalid(field, reason))
+        }
         _ => Err(DomainError::invalid(
             field,
             "must be empty (AWS) or an http:// or https:// URL, e.g. http://minio:9000",
@@ -211,4 +217,40 @@ pub fn check_credentials_ref(field: &str, value: &str) -> DomainResult<()> {
         field,
         "must be empty, env:NAME or file:/absolute/path (never the credentials themselves)",
     ))
+}
+
+/// Checks where an S3 bucket's credentials come from, given whether its
+/// owner is an admin: a secret (`secret_id`) or, for admins only, the
+/// worker's own (`credentials_ref` or its default keys). Non-admins naming a
+/// worker's variable, file or default keys get `PermissionDenied` before
+/// anything is looked up, so the answer cannot tell whether it exists.
+/// Whether the secret belongs to the owner is checked against the catalog.
+pub fn check_credentials_source(
+    prefix: &str,
+    s3: &S3Location,
+    owner_is_admin: bool,
+) -> DomainResult<()> {
+    if s3.secret_id.is_some() && !s3.credentials_ref.is_empty() {
+        return Err(DomainError::invalid(
+            format!("{prefix}credentials_ref"),
+            "credentials_ref and secret_id are alternatives; set at most one",
+        ));
+    }
+    if owner_is_admin {
+        return Ok(());
+    }
+    const HOW: &str = "only buckets of admins may use a worker's credentials (env:, file: or \
+                       its default keys); store the credentials as a secret of the bucket's \
+                       owner (SecretService) and set secret_id";
+    if !s3.credentials_ref.is_empty() {
+        return Err(DomainError::PermissionDenied(format!(
+            "{prefix}credentials_ref: {HOW}"
+        )));
+    }
+    if s3.secret_id.is_none() {
+        return Err(DomainError::PermissionDenied(format!(
+            "{prefix}secret_id: is required: {HOW}"
+        )));
+    }
+    Ok(())
 }

@@ -60,6 +60,8 @@ pub enum ValueRule {
     RetentionPolicyId,
     /// `true` or `false`.
     Boolean,
+    /// Comma-separated host patterns (see `model::endpoint`).
+    HostPatterns,
 }
 
 /// A known configuration key and its rule.
@@ -94,6 +96,11 @@ pub const GC_MIN_GRACE_SECONDS: &str = "gc_min_grace_seconds";
 /// [`GC_MIN_GRACE_SECONDS`] when it is not configured.
 pub const DEFAULT_GC_MIN_GRACE_SECONDS: i64 = 3600;
 
+/// Hosts buckets of non-admin owners may point at (empty or unset: any).
+pub const S3_ENDPOINT_ALLOW: &str = "s3_endpoint_allow";
+/// Hosts buckets of non-admin owners may not point at.
+pub const S3_ENDPOINT_DENY: &str = "s3_endpoint_deny";
+
 /// Every key a configuration entry may have.
 pub const KNOWN_KEYS: &[KnownKey] = &[
     KnownKey {
@@ -126,6 +133,14 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
     KnownKey {
         key: RETENTION_APPLY_AFTER_BACKUP,
         rule: ValueRule::Boolean,
+    },
+    KnownKey {
+        key: S3_ENDPOINT_ALLOW,
+        rule: ValueRule::HostPatterns,
+    },
+    KnownKey {
+        key: S3_ENDPOINT_DENY,
+        rule: ValueRule::HostPatterns,
     },
     KnownKey {
         key: GC_MIN_GRACE_SECONDS,
@@ -223,6 +238,9 @@ pub fn check_value(field: &str, rule: ValueRule, value: &str) -> DomainResult<Op
             "true" | "false" => Ok(None),
             _ => Err(DomainError::invalid(field, "must be `true` or `false`")),
         },
+        ValueRule::HostPatterns => super::endpoint::check_patterns(value)
+            .map(|()| None)
+            .map_err(|reason| DomainError::invalid(field, reason)),
         ValueRule::RetentionPolicyId => Uuid::parse_str(value)
             .map(Some)
             .map_err(|_| DomainError::invalid(field, "must be the UUID of a retention policy")),

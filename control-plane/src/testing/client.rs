@@ -13,6 +13,7 @@ use pb::job_service_client::JobServiceClient;
 use pb::object_service_client::ObjectServiceClient;
 use pb::retention_service_client::RetentionServiceClient;
 use pb::run_service_client::RunServiceClient;
+use pb::secret_service_client::SecretServiceClient;
 use pb::tag_service_client::TagServiceClient;
 use pb::user_service_client::UserServiceClient;
 use pb::worker_service_client::WorkerServiceClient;
@@ -68,6 +69,8 @@ pub struct Api {
     pub retention: RetentionServiceClient<Authed>,
     /// `RunService`.
     pub runs: RunServiceClient<Authed>,
+    /// `SecretService`.
+    pub secrets: SecretServiceClient<Authed>,
     /// `TagService`.
     pub tags: TagServiceClient<Authed>,
     /// `WorkerService`.
@@ -89,6 +92,7 @@ impl Api {
             objects: ObjectServiceClient::new(authed()),
             retention: RetentionServiceClient::new(authed()),
             runs: RunServiceClient::new(authed()),
+            secrets: SecretServiceClient::new(authed()),
             tags: TagServiceClient::new(authed()),
             workers: WorkerServiceClient::new(authed()),
         }

@@ -38,8 +38,8 @@ impl Store {
     /// followed by it.
     ///
     /// A target with a filesystem path (its own or its bucket's) is a
-    /// filesystem store; a target with an S3 bucket name is an S3 store whose
-    /// credentials are looked up from the bucket's `credentials_ref`.
+    /// filesystem store; a target with an S3 bucket name is an S3 store
+    /// signing with the credentials its lease allows ([`s3::credentials_for`]).
     pub async fn open(
         target: &ResolvedTarget,
         repository_prefix: &str,
@@ -62,13 +62,13 @@ impl Store {
             ));
         };
         let location = S3Location {
-            endpoint: bucket.endpoint.clone(),
+            endpoint: s3::endpoint_for(bucket),
             bucket: bucket.bucket.clone(),
             region: bucket.region.clone(),
             force_path_style: bucket.force_path_style,
             prefix: join_key_prefix(&bucket.prefix, repository_prefix),
         };
-        let credentials = s3::resolve_credentials(&bucket.credentials_ref).await?;
+        let credentials = s3::credentials_for(bucket).await?;
         Ok(Store::S3(S3Store::new(location, credentials).await?))
     }
 

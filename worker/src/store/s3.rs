@@ -20,6 +20,7 @@ use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+use coffer_proto::v1::ResolvedBucket;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +80,52 @@ impl fmt::Debug for S3Credentials {
             )
             .finish()
     }
+}
+
+/// The credentials to use with a resolved bucket, as its lease says: the
+/// ones the control plane delivered (from the bucket owner's secret), or,
+/// only when the control plane allows it for an admin's bucket, the
+/// worker's own ([`resolve_credentials`]). Never anything else: a tenant's
+/// bucket cannot make the worker sign with keys of its environment.
+pub async fn credentials_for(bucket: &ResolvedBucket) -> Result<S3Credentials, StoreError> {
+    if let Some(leased) = &bucket.credentials {
+        return Ok(S3Credentials {
+            access_key_id: leased.access_key_id.clone(),
+            secret_access_key: leased.secret_access_key.clone(),
+            session_token: Some(leased.session_token.clone()).filter(|t| !t.is_empty()),
+        });
+    }
+    if bucket.use_worker_credentials {
+        return resolve_credentials(&bucket.credentials_ref).await;
+    }
+    Err(StoreError::Config(
+        "the lease carries no credentials for this bucket and does not allow the worker's own"
+            .into(),
+    ))
+}
+
+/// The endpoint of a resolved bucket: its own, or for an admin's bucket
+/// using the worker's credentials with no endpoint, the seeds'
+/// `MINIO_ENDPOINT` (`host:port` or a URL; `MINIO_SECURE=true` makes a bare
+/// `host:port` https) when the worker has it; empty means AWS.
+pub fn endpoint_for(bucket: &ResolvedBucket) -> String {
+    if !bucket.endpoint.is_empty() || !bucket.use_worker_credentials {
+        return bucket.endpoint.clone();
+    }
+    let Some(endpoint) = std::env::var("MINIO_ENDPOINT")
+        .ok()
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+    else {
+        return String::new();
+    };
+    if endpoint.contains("://") {
+        return endpoint;
+    }
+    let secure = std::env::var("MINIO_SECURE")
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+    let scheme = if secure { "https" } else { "http" };
+    format!("{scheme}://{endpoint}")
 }
 
 /// Looks up the credentials a bucket's `credentials_ref` names:

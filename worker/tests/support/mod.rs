@@ -2,6 +2,7 @@
 //! processes, run helpers over the public API, and S3 buckets on Garage.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod credentials;
 #[allow(unused_imports)] // each test binary uses a different subset
 pub mod worker_api;
 
@@ -424,6 +425,7 @@ pub async fn register_bucket(server: &TestServer, s3: &S3Server, name: &str) -> 
             region: s3.region.clone(),
             force_path_style: true,
             credentials_ref: s3.credentials_ref.clone(),
+            ..Default::default()
         })),
         ..Default::default()
     };
@@ -439,6 +441,14 @@ pub async fn garage_bucket(server: &TestServer) -> (String, Arc<Store>) {
 /// A new bucket on `s3`, created there and registered with the control
 /// plane; returns its id and a store on its `repo` prefix.
 pub async fn bucket_on(server: &TestServer, s3: &S3Server) -> (String, Arc<Store>) {
+    let (name, store) = new_bucket_on(s3).await;
+    let bucket_id = register_bucket(server, s3, &name).await;
+    (bucket_id, store)
+}
+
+/// A new bucket on `s3`, created there with the test's own credentials but
+/// not registered; returns its name and a store on its `repo` prefix.
+pub async fn new_bucket_on(s3: &S3Server) -> (String, Arc<Store>) {
     let name = format!(
         "coffer-e2e-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -450,6 +460,7 @@ pub async fn bucket_on(server: &TestServer, s3: &S3Server) -> (String, Arc<Store
             region: s3.region.clone(),
             force_path_style: true,
             credentials_ref: s3.credentials_ref.clone(),
+            use_worker_credentials: true,
             prefix: "repo".into(),
             ..Default::default()
         }),
@@ -464,6 +475,5 @@ pub async fn bucket_on(server: &TestServer, s3: &S3Server) -> (String, Arc<Store
         .await
         .expect("create bucket");
 
-    let bucket_id = register_bucket(server, s3, &name).await;
-    (bucket_id, Arc::new(store))
+    (name, Arc::new(store))
 }

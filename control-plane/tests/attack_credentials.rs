@@ -1,0 +1,746 @@
+//! Attacks on managed S3 credentials (issue 12, item 6), as a tenant with an
+//! API token would make them, on both catalog backends: secret values never
+//! leave the control plane (no response, no log line), a tenant cannot use
+//! another tenant's secret or a worker's variables, files or ambient keys,
+//! the endpoint policy keeps workers away from metadata and private
+//! addresses, and the sealed rows in the catalog are bound to their owner.
+
+mod support;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use coffer_control_plane::secrets::Keyring;
+use coffer_proto::v1 as pb;
+use coffer_proto::v1::lease_session_request::Message as Up;
+use coffer_proto::v1::lease_session_response::Message as Down;
+use prost::Message;
+use support::{assert_code, assert_hidden_from_stranger, assert_violations, Backend, TestServer};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+/// Everything the process logged, at every level, since the first call.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(Arc::clone(&sink)))
+            .try_init();
+        logs
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Distinct values per test, so a hit can only come from this test's secret.
+fn fresh_values() -> pb::S3CredentialValues {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    pb::S3CredentialValues {
+        access_key_id: format!("AKIA{}", &tag[..16].to_uppercase()),
+        secret_access_key: format!("secret-{tag}"),
+        session_token: format!("session-{tag}"),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+/// Asserts that none of the values appears in `bytes`.
+fn assert_absent(bytes: &[u8], values: &pb::S3CredentialValues, what: &str) {
+    for value in [
+        &values.access_key_id,
+        &values.secret_access_key,
+        &values.session_token,
+    ] {
+        assert!(!contains(bytes, value), "a secret value leaked in {what}");
+    }
+}
+
+async fn create_secret(
+    api: &coffer_control_plane::testing::Api,
+    name: &str,
+    values: &pb::S3CredentialValues,
+) -> Result<pb::CreateSecretResponse, tonic::Status> {
+    api.secrets
+        .clone()
+        .create_secret(pb::CreateSecretRequest {
+            secret: Some(pb::Secret {
+                name: name.into(),
+                ..Default::default()
+            }),
+            s3: Some(values.clone()),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A new secret of the caller of `api`: its metadata.
+async fn new_secret(
+    api: &coffer_control_plane::testing::Api,
+    name: &str,
+    values: &pb::S3CredentialValues,
+) -> pb::Secret {
+    let created = create_secret(api, name, values).await;
+    created.expect("create").secret.expect("secret")
+}
+
+fn s3_bucket(name: &str, endpoint: &str, secret_id: &str, credentials_ref: &str) -> pb::Bucket {
+    pb::Bucket {
+        name: name.into(),
+        location: Some(pb::bucket::Location::S3(pb::S3Location {
+            endpoint: endpoint.into(),
+            bucket: "tenant-bucket".into(),
+            force_path_style: true,
+            secret_id: secret_id.into(),
+            credentials_ref: credentials_ref.into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+async fn set_configuration(server: &TestServer, key: &str, value: &str) {
+    server
+        .admin()
+        .create_configuration(pb::Configuration {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("set configuration");
+}
+
+async fn secret_values_never_leave_the_server(backend: Backend) {
+    let logs = captured_logs();
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("alice").await;
+    let alice = server.as_user(&token);
+    let values = fresh_values();
+    let mut responses: Vec<Vec<u8>> = Vec::new();
+
+    let created = create_secret(&alice, "prod", &values)
+        .await
+        .expect("create secret");
+    responses.push(created.encode_to_vec());
+    let secret = created.secret.expect("secret");
+    assert_eq!(secret.access_key_id_hint, &values.access_key_id[..4]);
+    assert!(secret.has_session_token);
+
+    let mut secrets = alice.secrets.clone();
+    let got = secrets
+        .get_secret(pb::GetSecretRequest {
+            id: secret.id.clone(),
+        })
+        .await
+        .expect("get");
+    responses.push(got.into_inner().encode_to_vec());
+    let listed = secrets
+        .list_secrets(pb::ListSecretsRequest::default())
+        .await
+        .expect("list");
+    responses.push(listed.into_inner().encode_to_vec());
+    let admin_list = server
+        .admin()
+        .secrets
+        .list_secrets(pb::ListSecretsRequest::default())
+        .await
+        .expect("admin list");
+    responses.push(admin_list.into_inner().encode_to_vec());
+
+    let rotated_values = fresh_values();
+    let rotated = secrets
+        .rotate_secret(pb::RotateSecretRequest {
+            id: secret.id.clone(),
+            s3: Some(rotated_values.clone()),
+        })
+        .await
+        .expect("rotate");
+    responses.push(rotated.into_inner().encode_to_vec());
+
+    // A rejected value is not echoed either.
+    let mut bad = fresh_values();
+    bad.secret_access_key = format!("{} with a space", bad.secret_access_key);
+    let refused = create_secret(&alice, "bad", &bad)
+        .await
+        .expect_err("invalid value");
+    assert_violations(&refused, &["s3.secret_access_key"]);
+    responses.push(refused.message().as_bytes().to_vec());
+    responses.push(refused.details().to_vec());
+
+    let bucket = alice
+        .create_bucket(s3_bucket("b", "https://s3.example.com", &secret.id, ""))
+        .await
+        .expect("bucket on the secret");
+    responses.push(bucket.encode_to_vec());
+
+    // The sealed row holds neither the old nor the new values in clear.
+    let id = secret.id.parse().expect("uuid");
+    let (_, sealed) = server.catalog().sealed_secret(id).await.expect("row");
+    for (what, bytes) in [
+        ("the ciphertext", &sealed.ciphertext),
+        ("the nonce", &sealed.nonce),
+    ] {
+        assert_absent(bytes, &values, what);
+        assert_absent(bytes, &rotated_values, what);
+    }
+    assert_eq!(Some(sealed.key_id.as_str()), server.secrets().primary_id());
+
+    for (i, response) in responses.iter().enumerate() {
+        assert_absent(response, &values, &format!("response {i}"));
+        assert_absent(response, &rotated_values, &format!("response {i}"));
+        assert_absent(response, &bad, &format!("response {i}"));
+    }
+    let logged = logs.lock().expect("logs").clone();
+    assert!(!logged.is_empty(), "the log capture works");
+    assert_absent(&logged, &values, "the server's log");
+    assert_absent(&logged, &rotated_values, "the server's log");
+    assert_absent(&logged, &bad, "the server's log");
+}
+
+async fn a_foreign_secret_is_indistinguishable_from_a_missing_one(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, alice_token) = server.create_user("alice").await;
+    let (_, mallory_token) = server.create_user("mallory").await;
+    let alice = server.as_user(&alice_token);
+    let mallory = server.as_user(&mallory_token);
+    let secret = new_secret(&alice, "prod", &fresh_values()).await;
+    let missing = uuid::Uuid::now_v7().to_string();
+
+    let endpoint = "https://s3.example.com";
+    let foreign = mallory
+        .create_bucket(s3_bucket("steal", endpoint, &secret.id, ""))
+        .await
+        .expect_err("foreign secret");
+    let absent = mallory
+        .create_bucket(s3_bucket("steal", endpoint, &missing, ""))
+        .await
+        .expect_err("missing secret");
+    assert_eq!(foreign.code(), Code::PermissionDenied, "{foreign:?}");
+    assert_eq!(absent.code(), Code::PermissionDenied, "{absent:?}");
+    assert_eq!(
+        foreign.message().replace(&secret.id, "<id>"),
+        absent.message().replace(&missing, "<id>"),
+        "the answers must not tell an existing secret from a missing one"
+    );
+    assert!(foreign.message().contains("bucket.s3.secret_id"));
+
+    // Nor can a bucket of mallory's own be pointed at it by an update.
+    let own = new_secret(&mallory, "own", &fresh_values()).await;
+    let bucket = mallory
+        .create_bucket(s3_bucket("mine", endpoint, &own.id, ""))
+        .await
+        .expect("own bucket");
+    let mut buckets = mallory.buckets.clone();
+    let mut retargeted = s3_bucket("mine", endpoint, &secret.id, "");
+    retargeted.id = bucket.id.clone();
+    let refused = buckets
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(retargeted),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["s3".into()],
+            }),
+        })
+        .await;
+    assert_code(
+        refused,
+        Code::PermissionDenied,
+        "retarget to a foreign secret",
+    );
+
+    let mut secrets = mallory.secrets.clone();
+    assert_hidden_from_stranger(
+        secrets
+            .get_secret(pb::GetSecretRequest {
+                id: secret.id.clone(),
+            })
+            .await,
+        secrets
+            .rotate_secret(pb::RotateSecretRequest {
+                id: secret.id.clone(),
+                s3: Some(fresh_values()),
+            })
+            .await,
+        secrets
+            .delete_secret(pb::DeleteSecretRequest {
+                id: secret.id.clone(),
+            })
+            .await,
+    );
+    let listed = secrets
+        .list_secrets(pb::ListSecretsRequest {
+            owner_id: secret.owner_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.secrets.iter().all(|s| s.id != secret.id));
+
+    // Alice's secret and mallory's bucket are as they were.
+    let after = alice
+        .secrets
+        .clone()
+        .get_secret(pb::GetSecretRequest {
+            id: secret.id.clone(),
+        })
+        .await
+        .expect("still there")
+        .into_inner()
+        .secret
+        .expect("secret");
+    assert_eq!(after, secret, "nothing about the secret changed");
+    let unchanged = buckets
+        .get_bucket(pb::GetBucketRequest {
+            id: bucket.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .bucket
+        .expect("bucket");
+    assert_eq!(unchanged, bucket);
+}
+
+async fn tenants_cannot_name_worker_credentials(backend: Backend) {
+    // A variable that exists in this process (and so in an embedded worker).
+    std::env::set_var("COFFER_ATTACK_PRESENT_ACCESS_KEY_ID", "AKIAPRESENT");
+    std::env::set_var("COFFER_ATTACK_PRESENT_SECRET_ACCESS_KEY", "present-secret");
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("mallory").await;
+    let mallory = server.as_user(&token);
+    let endpoint = "https://s3.example.com";
+    let mut messages = Vec::new();
+    for reference in [
+        "env:COFFER_ATTACK_PRESENT",
+        "env:COFFER_ATTACK_ABSENT",
+        "env:AWS",
+        "env:MINIO",
+        "file:/etc",
+        "file:/nonexistent/dir",
+    ] {
+        let refused = mallory
+            .create_bucket(s3_bucket("b", endpoint, "", reference))
+            .await
+            .expect_err(reference);
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{reference}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("bucket.s3.credentials_ref"),
+            "{refused:?}"
+        );
+        assert!(!refused.message().contains(reference), "{refused:?}");
+        messages.push(refused.message().to_string());
+    }
+    messages.dedup();
+    assert_eq!(
+        messages.len(),
+        1,
+        "one answer whatever exists: {messages:?}"
+    );
+
+    let ambient = mallory
+        .create_bucket(s3_bucket("b", endpoint, "", ""))
+        .await
+        .expect_err("ambient credentials");
+    assert_eq!(ambient.code(), Code::PermissionDenied, "{ambient:?}");
+    assert!(
+        ambient.message().contains("bucket.s3.secret_id"),
+        "{ambient:?}"
+    );
+
+    // An admin creating a bucket *for* a tenant cannot hand it the worker's keys either.
+    let (user, _) = server.create_user("bob").await;
+    let mut for_bob = s3_bucket("b", endpoint, "", "env:MINIO");
+    for_bob.owner_id = user.id;
+    assert_code(
+        server.admin().create_bucket(for_bob).await,
+        Code::PermissionDenied,
+        "admin giving a tenant's bucket worker credentials",
+    );
+    // Admins keep them for their own buckets.
+    server
+        .admin()
+        .create_bucket(s3_bucket("admins", endpoint, "", "env:MINIO"))
+        .await
+        .expect("admin bucket with a credentials reference");
+
+    let listed = mallory
+        .buckets
+        .clone()
+        .list_buckets(pb::ListBucketsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.buckets.is_empty(), "no bucket was created");
+}
+
+async fn endpoint_policy_refuses_metadata_private_and_denied_hosts(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("mallory").await;
+    let mallory = server.as_user(&token);
+    let secret = new_secret(&mallory, "k", &fresh_values()).await;
+    for endpoint in [
+        "http://169.254.169.254",
+        "http://169.254.169.254:80/latest/meta-data/",
+        "http://2852039166",
+        "http://[::ffff:169.254.169.254]",
+        "http://127.0.0.1:3900",
+        "http://localhost:9000",
+        "http://10.0.0.1",
+        "http://[fd00::1]",
+    ] {
+        let refused = mallory
+            .create_bucket(s3_bucket("b", endpoint, &secret.id, ""))
+            .await
+            .expect_err(endpoint);
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{endpoint}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("bucket.s3.endpoint"),
+            "{refused:?}"
+        );
+    }
+    for malformed in ["http://user:pass@s3.example.com", "ftp://s3.example.com"] {
+        let refused = mallory
+            .create_bucket(s3_bucket("b", malformed, &secret.id, ""))
+            .await
+            .expect_err(malformed);
+        assert_violations(&refused, &["bucket.s3.endpoint"]);
+    }
+
+    set_configuration(&server, "s3_endpoint_deny", "*.evil.example").await;
+    assert_code(
+        mallory
+            .create_bucket(s3_bucket("b", "https://s3.evil.example", &secret.id, ""))
+            .await,
+        Code::PermissionDenied,
+        "denied host",
+    );
+    set_configuration(&server, "s3_endpoint_allow", "s3.example.com, 10.1.0.0/16").await;
+    assert_code(
+        mallory
+            .create_bucket(s3_bucket("b", "https://s3.other.example", &secret.id, ""))
+            .await,
+        Code::PermissionDenied,
+        "host outside the allow list",
+    );
+    mallory
+        .create_bucket(s3_bucket("ok", "https://s3.example.com", &secret.id, ""))
+        .await
+        .expect("allowed host");
+    mallory
+        .create_bucket(s3_bucket("lan", "http://10.1.2.3:9000", &secret.id, ""))
+        .await
+        .expect("explicitly allowed private network");
+    let bad_pattern = server
+        .admin()
+        .create_configuration(pb::Configuration {
+            key: "s3_endpoint_deny".into(),
+            value: "http://x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a URL is not a host pattern");
+    assert_eq!(bad_pattern.code(), Code::InvalidArgument);
+}
+
+/// A worker session driven by the test: connects, offers one slot, and
+/// returns what the control plane sends.
+struct Session {
+    _tx: mpsc::Sender<pb::LeaseSessionRequest>,
+    rx: tonic::Streaming<pb::LeaseSessionResponse>,
+}
+
+impl Session {
+    async fn open(server: &TestServer) -> Session {
+        let (tx, rx) = mpsc::channel(16);
+        let hello = pb::WorkerHello {
+            name: "scripted".into(),
+            slots: 1,
+            ..Default::default()
+        };
+        for message in [
+            Up::Hello(hello),
+            Up::Credit(pb::WorkerCredit { free_slots: 1 }),
+        ] {
+            tx.send(pb::LeaseSessionRequest {
+                message: Some(message),
+            })
+            .await
+            .expect("send");
+        }
+        let rx = server
+            .as_worker()
+            .workers
+            .lease_session(ReceiverStream::new(rx))
+            .await
+            .expect("open session")
+            .into_inner();
+        Session { _tx: tx, rx }
+    }
+
+    /// The next assignment, if one comes within a few seconds.
+    async fn assignment(&mut self) -> Option<pb::RunAssignment> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.rx.message()).await;
+            match next {
+                Ok(Ok(Some(pb::LeaseSessionResponse {
+                    message: Some(Down::Assignment(assignment)),
+                }))) => return Some(assignment),
+                Ok(Ok(Some(_))) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+async fn queue_backup_to(server: &TestServer, token: &str, bucket_id: &str) -> String {
+    server
+        .as_user(token)
+        .queue_run(pb::create_run_request::Spec::Backup(pb::BackupSpec {
+            source_path: "/data/source".into(),
+            target: Some(pb::Target {
+                destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+                    bucket_id: bucket_id.into(),
+                    prefix: String::new(),
+                })),
+            }),
+            ..Default::default()
+        }))
+        .await
+}
+
+async fn leases_carry_only_the_owners_secret_and_recheck_the_policy(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("alice").await;
+    let alice = server.as_user(&token);
+    let values = fresh_values();
+    let secret = new_secret(&alice, "k", &values).await;
+    let bucket = alice
+        .create_bucket(s3_bucket("b", "https://s3.example.com", &secret.id, ""))
+        .await
+        .expect("bucket");
+
+    let run = queue_backup_to(&server, &token, &bucket.id).await;
+    let mut session = Session::open(&server).await;
+    let assignment = session.assignment().await.expect("assignment");
+    let resolved = assignment
+        .target
+        .and_then(|t| t.bucket)
+        .expect("resolved bucket");
+    let leased = resolved.credentials.clone().expect("leased credentials");
+    assert_eq!(leased.access_key_id, values.access_key_id);
+    assert_eq!(leased.secret_access_key, values.secret_access_key);
+    assert!(!resolved.use_worker_credentials);
+    assert!(resolved.credentials_ref.is_empty());
+    let shown = format!("{resolved:?}");
+    assert!(!shown.contains(&values.secret_access_key), "{shown}");
+    let run_view = server.get_run(&run).await;
+    assert_absent(&run_view.encode_to_vec(), &values, "the run");
+    drop(session);
+
+    // The policy changes after the bucket was written: the next lease is refused.
+    set_configuration(&server, "s3_endpoint_deny", "s3.example.com").await;
+    let failed = refused_lease(&server, &token, &bucket.id).await;
+    assert!(
+        failed.error.contains("s3_endpoint_deny"),
+        "{}",
+        failed.error
+    );
+    assert_absent(failed.error.as_bytes(), &values, "the run's error");
+}
+
+async fn a_tenant_bucket_from_before_the_upgrade_stops_at_lease_time(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("mallory").await;
+    let mallory = server.as_user(&token);
+    let secret = new_secret(&mallory, "k", &fresh_values()).await;
+    let bucket = mallory
+        .create_bucket(s3_bucket("b", "https://s3.example.com", &secret.id, ""))
+        .await
+        .expect("bucket");
+    // What an upgraded catalog holds: a tenant's bucket naming a worker variable.
+    let id = bucket.id.parse::<uuid::Uuid>().expect("uuid");
+    server
+        .catalog()
+        .execute_raw(&format!(
+            "UPDATE buckets SET s3_secret_id = NULL, s3_credentials_ref = 'env:MINIO' \
+             WHERE id = {}",
+            uuid_literal(backend, id)
+        ))
+        .await
+        .expect("simulate an old bucket");
+    let failed = refused_lease(&server, &token, &bucket.id).await;
+    assert!(failed.error.contains("credentials_ref"), "{}", failed.error);
+    assert!(!failed.error.contains("MINIO"), "{}", failed.error);
+}
+
+/// Queues a backup to `bucket_id` as the holder of `token`, offers a worker
+/// slot and asserts that no lease is handed out: the run fails instead.
+async fn refused_lease(server: &TestServer, token: &str, bucket_id: &str) -> pb::Run {
+    let run = queue_backup_to(server, token, bucket_id).await;
+    let mut session = Session::open(server).await;
+    assert!(
+        session.assignment().await.is_none(),
+        "no lease is handed out"
+    );
+    let failed = server.wait_until_final(&run, Duration::from_secs(30)).await;
+    assert_eq!(failed.state, pb::RunState::Failed as i32);
+    failed
+}
+
+fn uuid_literal(backend: Backend, id: uuid::Uuid) -> String {
+    match backend {
+        Backend::Postgres => format!("'{id}'"),
+        Backend::Sqlite => format!("x'{}'", id.simple()),
+    }
+}
+
+async fn a_sealed_row_moved_to_another_owner_fails_to_open(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, alice_token) = server.create_user("alice").await;
+    let (mallory_user, mallory_token) = server.create_user("mallory").await;
+    let alice = server.as_user(&alice_token);
+    let mallory = server.as_user(&mallory_token);
+    let values = fresh_values();
+    let secret = new_secret(&alice, "k", &values).await;
+    let id = secret.id.parse::<uuid::Uuid>().expect("uuid");
+    let mallory_id = mallory_user.id.parse::<uuid::Uuid>().expect("uuid");
+    // Someone with write access to the catalog moves alice's row to mallory.
+    server
+        .catalog()
+        .execute_raw(&format!(
+            "UPDATE secrets SET owner_id = {} WHERE id = {}",
+            uuid_literal(backend, mallory_id),
+            uuid_literal(backend, id)
+        ))
+        .await
+        .expect("move the row");
+    let (owner, sealed) = server.catalog().sealed_secret(id).await.expect("row");
+    assert_eq!(owner, mallory_id);
+    let error = server
+        .secrets()
+        .open(id, owner, &sealed)
+        .expect_err("bound to its owner");
+    assert!(error.to_string().contains("integrity"), "{error}");
+
+    // Through the API: mallory's bucket on the moved row never gets a lease.
+    let bucket = mallory
+        .create_bucket(s3_bucket("b", "https://s3.example.com", &secret.id, ""))
+        .await
+        .expect("the catalog now says mallory owns it");
+    let failed = refused_lease(&server, &mallory_token, &bucket.id).await;
+    assert!(failed.error.contains("integrity"), "{}", failed.error);
+    assert_absent(failed.error.as_bytes(), &values, "the run's error");
+}
+
+async fn without_a_key_secret_calls_fail_and_the_rest_works(backend: Backend) {
+    let server = TestServer::start_with_secrets(backend, Keyring::disabled()).await;
+    let refused = create_secret(&server.admin(), "k", &fresh_values())
+        .await
+        .expect_err("no key");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("COFFER_SECRETS_KEY_FILE"),
+        "{refused:?}"
+    );
+    assert_code(
+        server
+            .admin()
+            .secrets
+            .list_secrets(pb::ListSecretsRequest::default())
+            .await,
+        Code::FailedPrecondition,
+        "list without a key",
+    );
+    server
+        .admin()
+        .create_bucket(s3_bucket("admins", "https://s3.example.com", "", ""))
+        .await
+        .expect("the rest of the server works");
+}
+
+async fn replacing_the_key_reseals_every_secret(backend: Backend) {
+    use coffer_control_plane::secrets::SecretKey;
+    let (catalog, _guard) = support::fresh_catalog(backend).await;
+    let owner = coffer_control_plane::auth::ensure_admin_user(&catalog)
+        .await
+        .expect("user")
+        .id;
+    let old_key = SecretKey::generate();
+    let old = Keyring::new(old_key.clone(), Vec::new());
+    let id = uuid::Uuid::now_v7();
+    let values = coffer_control_plane::model::secret::S3CredentialValues {
+        access_key_id: "AKIAROTATION".into(),
+        secret_access_key: "rotation-secret".into(),
+        session_token: String::new(),
+    };
+    let spec = coffer_control_plane::model::secret::SecretSpec {
+        owner_id: owner,
+        name: "k".into(),
+        description: String::new(),
+    };
+    let sealed = coffer_control_plane::catalog::secrets::SealedValues {
+        sealed: old.seal(id, owner, &values).expect("seal"),
+        access_key_id_hint: values.hint(),
+        has_session_token: false,
+    };
+    catalog
+        .create_secret(id, &spec, &sealed)
+        .await
+        .expect("create");
+
+    let new_key = SecretKey::generate();
+    let error = Keyring::new(new_key.clone(), Vec::new())
+        .open(id, owner, &catalog.sealed_secret(id).await.expect("row").1)
+        .expect_err("a key the row was not sealed with");
+    assert!(error.to_string().contains(old_key.id()), "{error}");
+
+    let rotated = Keyring::new(new_key.clone(), vec![old_key]);
+    assert_eq!(catalog.reseal_secrets(&rotated).await.expect("reseal"), 1);
+    assert_eq!(catalog.reseal_secrets(&rotated).await.expect("again"), 0);
+    let (_, row) = catalog.sealed_secret(id).await.expect("row");
+    assert_eq!(row.key_id, new_key.id());
+    let retired = Keyring::new(new_key, Vec::new());
+    assert_eq!(retired.open(id, owner, &row).expect("open"), values);
+    assert!(old.open(id, owner, &row).is_err(), "the old key is retired");
+}
+
+both_backends!(
+    replacing_the_key_reseals_every_secret,
+    secret_values_never_leave_the_server,
+    a_foreign_secret_is_indistinguishable_from_a_missing_one,
+    tenants_cannot_name_worker_credentials,
+    endpoint_policy_refuses_metadata_private_and_denied_hosts,
+    leases_carry_only_the_owners_secret_and_recheck_the_policy,
+    a_tenant_bucket_from_before_the_upgrade_stops_at_lease_time,
+    a_sealed_row_moved_to_another_owner_fails_to_open,
+    without_a_key_secret_calls_fail_and_the_rest_works,
+);

@@ -14,6 +14,7 @@ pub mod allocator;
 pub mod config;
 pub mod cpu_pool;
 pub mod executor;
+pub mod fence;
 pub mod process;
 pub mod report;
 pub mod repository;

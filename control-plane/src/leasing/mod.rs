@@ -8,6 +8,7 @@
 //! [`Catalog::subscribe_runs`].
 
 pub mod session;
+pub mod settings;
 
 use std::time::Duration;
 
@@ -21,10 +22,18 @@ use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::Location;
 use crate::model::run::{RunSpec, Target};
 
-/// Ends expired leases every third of a TTL until `cancel` fires.
-pub async fn run_reaper(catalog: Catalog, settings: LeaseSettings, cancel: CancellationToken) {
-    let period = (settings.ttl / 3).max(Duration::from_millis(200));
+/// Longest pause between two reaper passes, so that a TTL shortened in the
+/// configuration is enforced soon even after a pass under a long one.
+const MAX_REAPER_PERIOD: Duration = Duration::from_secs(5);
+
+/// Ends expired leases every third of a TTL (at most every
+/// [`MAX_REAPER_PERIOD`]) until `cancel` fires; the TTL and backoff are the
+/// ones in effect at each pass (`base` overridden by the configuration, see
+/// [`settings::current`]).
+pub async fn run_reaper(catalog: Catalog, base: LeaseSettings, cancel: CancellationToken) {
     loop {
+        let settings = settings::current(&catalog, base).await;
+        let period = (settings.ttl / 3).clamp(Duration::from_millis(200), MAX_REAPER_PERIOD);
         match catalog.expire_leases(&settings).await {
             Ok(changed) => {
                 for id in changed {

@@ -95,6 +95,23 @@ impl Store {
         }
     }
 
+    /// Stores the content of the local file at `path` under `key` only if
+    /// no object has that key: [`StoreError::AlreadyExists`] otherwise, and
+    /// the existing object is left as it was. For objects that must never
+    /// be replaced (snapshot manifests). Returns the number of bytes written.
+    pub async fn put_file_new(
+        &self,
+        key: &str,
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<u64, StoreError> {
+        validate_key(key)?;
+        match self {
+            Store::Filesystem(fs) => fs.put_file_new(key, path, cancel).await,
+            Store::S3(s3) => s3.put_file_new(key, path, cancel).await,
+        }
+    }
+
     /// Stores `bytes` under `key`, replacing any previous object.
     pub async fn put_bytes(
         &self,

@@ -338,6 +338,55 @@ impl S3Store {
         Ok(size)
     }
 
+    /// A create-only `put_file`: refused with [`StoreError::AlreadyExists`]
+    /// when the key exists. The existence check catches what servers
+    /// without conditional writes would overwrite; `If-None-Match: *` on
+    /// the `PutObject` closes the race between check and write on servers
+    /// that honour it (a `412` answer). Objects above the multipart
+    /// threshold rely on the check alone.
+    pub(super) async fn put_file_new(
+        &self,
+        key: &str,
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<u64, StoreError> {
+        if cancellable(cancel, self.exists(key)).await? {
+            return Err(StoreError::AlreadyExists { key: key.into() });
+        }
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?
+            .len();
+        let full_key = self.full_key(key);
+        if size > MULTIPART_THRESHOLD {
+            self.put_multipart(&full_key, path, size, cancel).await?;
+            return Ok(size);
+        }
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e.into()))?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(&full_key)
+            .content_length(to_i64(size))
+            .if_none_match("*")
+            .body(body)
+            .send();
+        let sent = cancellable(cancel, async {
+            match request.await {
+                Ok(_) => Ok(()),
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                    Err(StoreError::AlreadyExists { key: key.into() })
+                }
+                Err(e) => Err(s3_error("PutObject", &full_key, e)),
+            }
+        });
+        sent.await?;
+        Ok(size)
+    }
+
     async fn put_multipart(
         &self,
         full_key: &str,

@@ -47,7 +47,7 @@ impl WorkerProcess {
                 "--slots",
                 &slots.to_string(),
             ])
-            .env("COFFER_WORKER_TOKEN", &server.worker_token)
+            .env("COFFER_WORKER_TOKEN", worker_token(server, name))
             .env("COFFER_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -70,6 +70,13 @@ impl WorkerProcess {
         self.signal("KILL");
         let _ = self.child.wait();
     }
+}
+
+/// The worker's own token (a worker token belongs to one worker).
+fn worker_token(server: &TestServer, name: &str) -> String {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(server.worker_token_for(name))
+    })
 }
 
 impl Drop for WorkerProcess {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use coffer_control_plane::catalog::leases::LeaseSettings;
 use coffer_proto::v1 as pb;
-use lease_session::attempt_key;
+use lease_session::{attempt_key, queue_backup};
 use support::{violated_fields, Backend, TestServer};
 use tonic::Code;
 
@@ -23,21 +23,6 @@ fn short_leases() -> LeaseSettings {
         backoff_max: Duration::from_millis(200),
         attempt_deadline: Duration::from_secs(600),
     }
-}
-
-async fn queue_backup(server: &TestServer) -> String {
-    server
-        .admin()
-        .queue_run(pb::create_run_request::Spec::Backup(pb::BackupSpec {
-            source_path: "/data/source".into(),
-            target: Some(pb::Target {
-                destination: Some(pb::target::Destination::FilesystemPath(
-                    "/backups/fencing".into(),
-                )),
-            }),
-            ..Default::default()
-        }))
-        .await
 }
 
 async fn workers(server: &TestServer) -> Vec<pb::Worker> {
@@ -64,7 +49,7 @@ async fn assert_nothing_committed(server: &TestServer, run: &pb::Run) {
 
 async fn a_completion_naming_another_attempts_manifest_is_refused(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let run_id = queue_backup(&server).await;
+    let run_id = queue_backup(&server, "/backups/fencing").await;
     let token = server.worker_token_for("w").await;
     let mut worker = lease_session::open(&server, &token, "w")
         .await
@@ -113,7 +98,7 @@ async fn a_completion_naming_another_attempts_manifest_is_refused(backend: Backe
 
 async fn a_worker_cannot_complete_or_extend_another_workers_lease(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let run_id = queue_backup(&server).await;
+    let run_id = queue_backup(&server, "/backups/fencing").await;
     let owner_token = server.worker_token_for("owner").await;
     let mut owner = lease_session::open(&server, &owner_token, "owner")
         .await
@@ -189,7 +174,7 @@ async fn a_worker_token_speaks_for_one_worker_only(backend: Backend) {
 
 async fn a_new_session_of_the_same_worker_replaces_the_old_one(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let run_id = queue_backup(&server).await;
+    let run_id = queue_backup(&server, "/backups/fencing").await;
     let token = server.worker_token_for("w").await;
     let mut old = lease_session::open(&server, &token, "w")
         .await
@@ -221,7 +206,7 @@ async fn a_silent_worker_is_pushed_no_runs(backend: Backend) {
     worker.credit(1).await;
     // Silent for more than half a TTL (as a frozen worker is)...
     assert!(worker.next_within(Duration::from_secs(2)).await.is_none());
-    let run_id = queue_backup(&server).await;
+    let run_id = queue_backup(&server, "/backups/fencing").await;
     // ...it is offered nothing while it stays silent...
     assert!(
         worker.next_within(Duration::from_secs(2)).await.is_none(),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use coffer_control_plane::catalog::leases::LeaseSettings;
 use coffer_proto::v1 as pb;
+use lease_session::queue_backup;
 use support::{Backend, TestServer};
 
 /// The server's own settings: leases that would outlive any test, and a
@@ -54,21 +55,6 @@ async fn reconfigure(server: &TestServer, entry: &pb::Configuration, value: &str
         .expect("update configuration");
 }
 
-async fn queue_backup(server: &TestServer) -> String {
-    server
-        .admin()
-        .queue_run(pb::create_run_request::Spec::Backup(pb::BackupSpec {
-            source_path: "/data/source".into(),
-            target: Some(pb::Target {
-                destination: Some(pb::target::Destination::FilesystemPath(
-                    "/backups/settings".into(),
-                )),
-            }),
-            ..Default::default()
-        }))
-        .await
-}
-
 fn seconds(duration: Option<prost_types::Duration>) -> i64 {
     duration.expect("a duration").seconds
 }
@@ -83,7 +69,7 @@ async fn lease_ttl_seconds_decides_how_long_a_lease_lives(backend: Backend) {
         .expect("session");
     assert_eq!(seconds(worker.welcome.lease_ttl), 600);
     let entry = configure(&server, "lease_ttl_seconds", "30").await;
-    let run_id = queue_backup(&server).await;
+    let run_id = queue_backup(&server, "/backups/settings").await;
     worker.credit(1).await;
     let lease = worker.assignment().await;
     assert_eq!(lease.run_id, run_id);
@@ -121,7 +107,7 @@ async fn lease_ttl_seconds_decides_how_long_a_lease_lives(backend: Backend) {
 async fn retry_backoff_seconds_delays_the_next_attempt(backend: Backend) {
     let server = TestServer::start_with_leases(backend, server_settings()).await;
     configure(&server, "retry_backoff_seconds", "900").await;
-    let run_id = queue_backup(&server).await;
+    let run_id = queue_backup(&server, "/backups/settings").await;
     let token = server.worker_token_for("backoff").await;
     let mut worker = lease_session::open(&server, &token, "backoff")
         .await

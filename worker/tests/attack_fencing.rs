@@ -20,20 +20,24 @@ use support::{
     wait_until_final, worker_id, write, WorkerProcess,
 };
 
+/// Leases of 3 s with quick retries: the frozen worker loses its leases
+/// within seconds, and the new owner picks the runs up at once.
 fn fast_leases() -> LeaseSettings {
     LeaseSettings {
         ttl: Duration::from_secs(3),
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
-        attempt_deadline: Duration::from_secs(600),
+        ..LeaseSettings::default()
     }
 }
 
-fn bucket_target(bucket_id: &str) -> pb::target::Destination {
-    pb::target::Destination::Bucket(pb::BucketTarget {
-        bucket_id: bucket_id.into(),
+/// The `repo` prefix of bucket `bucket_id`.
+fn in_bucket(bucket_id: &str) -> pb::target::Destination {
+    let target = pb::BucketTarget {
         prefix: "repo".into(),
-    })
+        bucket_id: bucket_id.into(),
+    };
+    pb::target::Destination::Bucket(target)
 }
 
 /// Big incompressible files, so that an upload to S3 is still running when
@@ -87,7 +91,7 @@ async fn frozen_worker_overwrites_no_committed_snapshot_and_starts_nothing_pushe
     let logs = tempfile::tempdir().expect("log dir");
     let frozen_log = logs.path().join("frozen.log");
 
-    let first = create_run(&server, source.path(), bucket_target(&bucket_id)).await;
+    let first = create_run(&server, source.path(), in_bucket(&bucket_id)).await;
     // Two slots: while it works on the first run it still has credit, so
     // the control plane pushes it the second one right after the freeze.
     let frozen = WorkerProcess::spawn_with(&server, "frozen", 2, &[], Some(&frozen_log));
@@ -99,7 +103,7 @@ async fn frozen_worker_overwrites_no_committed_snapshot_and_starts_nothing_pushe
     }
     frozen.signal("STOP");
     let frozen_id = worker_id(&server, "frozen").await.expect("registered");
-    let second = create_run(&server, source.path(), bucket_target(&bucket_id)).await;
+    let second = create_run(&server, source.path(), in_bucket(&bucket_id)).await;
     let pushed = server
         .admin()
         .wait_for_run(&second, Duration::from_secs(30), |run| run.attempt >= 1)

@@ -176,3 +176,20 @@ impl Session {
 pub fn attempt_key(lease: &pb::LeaseRef) -> String {
     format!("snapshots/{}.{}", lease.run_id, lease.lease_token)
 }
+
+/// Queues an admin's backup of `/data/source` into the filesystem path
+/// `target` (scripted workers never touch either); returns the run's id.
+pub async fn queue_backup(server: &TestServer, target: &str) -> String {
+    let target = pb::Target {
+        destination: Some(pb::target::Destination::FilesystemPath(target.into())),
+    };
+    let spec = pb::BackupSpec {
+        source_path: "/data/source".into(),
+        target: Some(target),
+        ..Default::default()
+    };
+    server
+        .admin()
+        .queue_run(pb::create_run_request::Spec::Backup(spec))
+        .await
+}

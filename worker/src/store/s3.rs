@@ -314,28 +314,7 @@ impl S3Store {
         path: &Path,
         cancel: &CancellationToken,
     ) -> Result<u64, StoreError> {
-        let size = tokio::fs::metadata(path)
-            .await
-            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?
-            .len();
-        let full_key = self.full_key(key);
-        if size > MULTIPART_THRESHOLD {
-            self.put_multipart(&full_key, path, size, cancel).await?;
-            return Ok(size);
-        }
-        let body = ByteStream::from_path(path)
-            .await
-            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e.into()))?;
-        let request = self
-            .client
-            .put_object()
-            .bucket(&self.location.bucket)
-            .key(&full_key)
-            .content_length(to_i64(size))
-            .body(body)
-            .send();
-        send(cancel, "PutObject", &full_key, request).await?;
-        Ok(size)
+        self.upload_file(key, path, false, cancel).await
     }
 
     /// A create-only `put_file`: refused with [`StoreError::AlreadyExists`]
@@ -353,6 +332,18 @@ impl S3Store {
         if cancellable(cancel, self.exists(key)).await? {
             return Err(StoreError::AlreadyExists { key: key.into() });
         }
+        self.upload_file(key, path, true, cancel).await
+    }
+
+    /// Uploads the file at `path` under `key`, with `If-None-Match: *` when
+    /// `create_only`; returns its size.
+    async fn upload_file(
+        &self,
+        key: &str,
+        path: &Path,
+        create_only: bool,
+        cancel: &CancellationToken,
+    ) -> Result<u64, StoreError> {
         let size = tokio::fs::metadata(path)
             .await
             .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?
@@ -371,7 +362,7 @@ impl S3Store {
             .bucket(&self.location.bucket)
             .key(&full_key)
             .content_length(to_i64(size))
-            .if_none_match("*")
+            .set_if_none_match(create_only.then(|| "*".to_owned()))
             .body(body)
             .send();
         let sent = cancellable(cancel, async {

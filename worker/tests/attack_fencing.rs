@@ -14,17 +14,19 @@ use coffer_control_plane::catalog::leases::LeaseSettings;
 use coffer_control_plane::testing::{Backend, TestServer};
 use coffer_proto::v1 as pb;
 
-use fencing::{hashed_objects, wait_for_log};
+use fencing::{hashed_objects, sorted_names, wait_for_log};
 use support::{
     assert_succeeded, create_run, garage_bucket, noise, registered_workers, restore,
     wait_until_final, worker_id, write, WorkerProcess,
 };
 
-/// Leases of 3 s with quick retries: the frozen worker loses its leases
-/// within seconds, and the new owner picks the runs up at once.
+/// Leases of 6 s with quick retries: the frozen worker loses its leases
+/// within seconds, and the new owner picks the runs up at once; the control
+/// plane still pushes to it during the first 3 s of its silence, which is
+/// when the test queues the run that must never start.
 fn fast_leases() -> LeaseSettings {
     LeaseSettings {
-        ttl: Duration::from_secs(3),
+        ttl: Duration::from_secs(6),
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
         ..LeaseSettings::default()
@@ -55,17 +57,7 @@ fn tree(root: &Path) {
 /// Asserts that `restored` holds exactly the tree [`tree`] wrote: the big
 /// files equal to `source`'s, the original note, and nothing else.
 fn assert_original_tree(restored: &Path, source: &Path) {
-    let mut names: Vec<String> = std::fs::read_dir(restored)
-        .expect("restored dir")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    names.sort();
+    let names = sorted_names(restored);
     let mut expected: Vec<String> = (0..4).map(|i| format!("big-{i}.bin")).collect();
     expected.push("note.txt".into());
     assert_eq!(names, expected, "the restored tree has other entries");

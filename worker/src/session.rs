@@ -642,6 +642,9 @@ fn start_run(
         },
     );
     drop(running);
+    // Reported at the next progress tick rather than the next heartbeat, so
+    // the answer that sets the lease's exact local deadline comes soon.
+    shared.progress_changed.store(true, Ordering::Release);
     let context = RunContext {
         lease: lease.clone(),
         cancel,

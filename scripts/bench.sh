@@ -282,7 +282,8 @@ if [ -z "$BUCKET_ID" ] || [ "$BUCKET_ID" = null ] || [ -z "$JOB_ID" ] || [ "$JOB
 fi
 
 start_worker() { # phase
-  local name="bench-$1" _
+  # One name for every phase: a worker token belongs to one worker.
+  local name="bench" _
   COFFER_WORKER_TOKEN=$WORKER_TOKEN "$WORKER_BIN" --control-plane "http://$CP" --name "$name" \
     >"$LOGS/worker-$1.log" 2>&1 &
   WORKER_PID=$!

@@ -83,6 +83,9 @@ impl Caller {
 pub struct WorkerCaller {
     /// The token's owner (normally an admin account).
     pub user: User,
+    /// The worker token; the worker registration is bound to it. `None`
+    /// only for anonymous calls in loopback no-auth mode.
+    pub token_id: Option<Uuid>,
 }
 
 /// How calls are authenticated.
@@ -157,8 +160,8 @@ impl Authenticator {
     /// Authenticates a call to a user-facing service.
     pub async fn caller(&self, metadata: &MetadataMap) -> DomainResult<Caller> {
         match self.identify(metadata).await? {
-            Some((user, TokenScope::User)) => Ok(Caller { user }),
-            Some((_, TokenScope::Worker)) => Err(DomainError::PermissionDenied(
+            Some((user, TokenScope::User, _)) => Ok(Caller { user }),
+            Some((_, TokenScope::Worker, _)) => Err(DomainError::PermissionDenied(
                 "worker tokens may only call WorkerService".to_string(),
             )),
             None => match self.mode.as_ref() {
@@ -175,13 +178,17 @@ impl Authenticator {
     /// Authenticates a call to the worker protocol.
     pub async fn worker(&self, metadata: &MetadataMap) -> DomainResult<WorkerCaller> {
         match self.identify(metadata).await? {
-            Some((user, TokenScope::Worker)) => Ok(WorkerCaller { user }),
-            Some((_, TokenScope::User)) => Err(DomainError::PermissionDenied(
+            Some((user, TokenScope::Worker, token_id)) => Ok(WorkerCaller {
+                user,
+                token_id: Some(token_id),
+            }),
+            Some((_, TokenScope::User, _)) => Err(DomainError::PermissionDenied(
                 "WorkerService needs a worker-scope token".to_string(),
             )),
             None => match self.mode.as_ref() {
                 AuthMode::Disabled { as_user } => Ok(WorkerCaller {
                     user: as_user.clone(),
+                    token_id: None,
                 }),
                 AuthMode::Required => Err(DomainError::Unauthenticated(
                     "missing credentials: send `authorization: Bearer <worker token>`".to_string(),
@@ -190,9 +197,13 @@ impl Authenticator {
         }
     }
 
-    /// Resolves the bearer token, if one was sent. A token that was sent but is
-    /// wrong is always an error, even when anonymous calls are allowed.
-    async fn identify(&self, metadata: &MetadataMap) -> DomainResult<Option<(User, TokenScope)>> {
+    /// Resolves the bearer token, if one was sent, to its user, scope and id.
+    /// A token that was sent but is wrong is always an error, even when
+    /// anonymous calls are allowed.
+    async fn identify(
+        &self,
+        metadata: &MetadataMap,
+    ) -> DomainResult<Option<(User, TokenScope, Uuid)>> {
         let Some(value) = metadata.get("authorization") else {
             return Ok(None);
         };
@@ -224,7 +235,7 @@ impl Authenticator {
                 }
             });
         }
-        Ok(Some((identity.user, identity.scope)))
+        Ok(Some((identity.user, identity.scope, identity.token_id)))
     }
 }
 

@@ -366,6 +366,25 @@ impl TestServer {
         self.as_user(&self.worker_token)
     }
 
+    /// The worker-scope token of the worker named `name`. A worker token
+    /// belongs to one worker, so every worker of a test gets its own:
+    /// derived from `worker_token` and the name, so that asking again (a
+    /// restarted worker, a replica) gives the same one.
+    pub async fn worker_token_for(&self, name: &str) -> String {
+        use base64::Engine;
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{}/{name}", self.worker_token));
+        let secret = format!(
+            "{}{}",
+            crate::auth::TOKEN_PREFIX,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+        );
+        ensure_bootstrap_token(self.catalog(), &secret, TokenScope::Worker)
+            .await
+            .expect("worker token");
+        secret
+    }
+
     /// The API as the holder of `token`.
     pub fn as_user(&self, token: &str) -> Api {
         Api::new(self.channel.clone(), token)

@@ -34,7 +34,8 @@ impl ScriptedWorker {
             ..Default::default()
         };
         tx.send(up(Up::Hello(hello))).await.expect("send hello");
-        let mut workers = server.as_worker().workers;
+        let token = server.worker_token_for(name).await;
+        let mut workers = server.as_user(&token).workers;
         let rx = workers.lease_session(ReceiverStream::new(rx)).await;
         let rx = rx.expect("open session").into_inner();
         let mut worker = ScriptedWorker { tx, rx };
@@ -84,7 +85,7 @@ impl ScriptedWorker {
             outcome: Some(pb::run_completion::Outcome::Success(pb::RunSuccess {
                 size_bytes: 42,
                 details: "scripted".into(),
-                manifest_key: format!("snapshots/{}.json", lease.run_id),
+                manifest_key: format!("snapshots/{}.{}", lease.run_id, lease.lease_token),
                 parent_run_id: String::new(),
             })),
             progress: None,
@@ -509,7 +510,13 @@ async fn many_workers_execute_every_run_exactly_once(backend: Backend) {
                             .send(Up::Completion(pb::RunCompletion {
                                 lease: Some(lease.clone()),
                                 outcome: Some(pb::run_completion::Outcome::Success(
-                                    pb::RunSuccess::default(),
+                                    pb::RunSuccess {
+                                        manifest_key: format!(
+                                            "snapshots/{}.{}",
+                                            lease.run_id, lease.lease_token
+                                        ),
+                                        ..Default::default()
+                                    },
                                 )),
                                 progress: None,
                                 batch_count: 0,
@@ -524,7 +531,7 @@ async fn many_workers_execute_every_run_exactly_once(backend: Backend) {
                         free += 1;
                         worker.credit(free).await;
                     }
-                    Down::Welcome(_) | Down::Revocation(_) => {}
+                    Down::Welcome(_) | Down::Revocation(_) | Down::HeartbeatAck(_) => {}
                 }
             }
         }));

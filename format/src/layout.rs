@@ -5,12 +5,17 @@
 //! config                      the repository config (JSON)
 //! packs/<2 hex>/<64 hex>      packs, keyed by PackId
 //! index/<64 hex>              index files, keyed by IndexId
-//! snapshots/<run uuid>        one manifest per snapshot
+//! snapshots/<run uuid>.<lease> the manifest one attempt (lease) of a backup wrote
+//! snapshots/<run uuid>        a manifest written before attempts had their own key
 //! ```
 //!
-//! Every key but `config` is derived from content or a unique run id, so
-//! objects are written once and never overwritten, which is what lets
-//! writers run without locks on stores that only offer eventual listings.
+//! Every key but `config` is derived from content or from a unique run id
+//! and lease token, so objects are written once and never overwritten,
+//! which is what lets writers run without locks on stores that only offer
+//! eventual listings. A manifest names its attempt because an attempt whose
+//! lease was lost may still be running somewhere (a frozen worker): with
+//! one key per run, its late write would replace the manifest of the
+//! attempt that committed.
 
 use uuid::Uuid;
 
@@ -40,9 +45,37 @@ pub fn index_key(id: &IndexId) -> String {
     format!("{INDEX_PREFIX}{}", id.to_hex())
 }
 
-/// `snapshots/<run_id>`, with the run id in hyphenated lowercase form.
+/// `snapshots/<run_id>`, with the run id in hyphenated lowercase form: the
+/// key of manifests written before attempts had their own (still read).
 pub fn manifest_key(run_id: Uuid) -> String {
     format!("{SNAPSHOTS_PREFIX}{}", run_id.hyphenated())
+}
+
+/// `snapshots/<run_id>.<lease_token>`: the manifest written by the attempt
+/// of `run_id` leased with `lease_token` (tokens only grow, so no two
+/// attempts share a key).
+pub fn attempt_manifest_key(run_id: Uuid, lease_token: i64) -> String {
+    format!("{}.{lease_token}", manifest_key(run_id))
+}
+
+/// What a manifest key names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ManifestKey {
+    /// The backup run.
+    pub run_id: Uuid,
+    /// The lease token of the attempt that wrote it; `None` for a key
+    /// written by [`manifest_key`].
+    pub lease_token: Option<i64>,
+}
+
+impl ManifestKey {
+    /// The key this names, as the writers spell it.
+    pub fn key(&self) -> String {
+        match self.lease_token {
+            Some(token) => attempt_manifest_key(self.run_id, token),
+            None => manifest_key(self.run_id),
+        }
+    }
 }
 
 /// The pack id of a key written by [`pack_key`]; `None` for any other key,
@@ -71,11 +104,66 @@ pub fn parse_condemned_key(key: &str) -> Option<Uuid> {
     (condemned_key(run_id) == key).then_some(run_id)
 }
 
-/// The run id of a key written by [`manifest_key`]; `None` for any other
-/// key (temporary or differently spelled names are not manifests).
+/// The run id of a key written by [`manifest_key`] or
+/// [`attempt_manifest_key`]; `None` for any other key (temporary or
+/// differently spelled names are not manifests).
 pub fn parse_manifest_key(key: &str) -> Option<Uuid> {
-    let run_id = Uuid::parse_str(key.strip_prefix(SNAPSHOTS_PREFIX)?).ok()?;
-    (manifest_key(run_id) == key).then_some(run_id)
+    parse_manifest_key_parts(key).map(|parsed| parsed.run_id)
+}
+
+/// Run and attempt of a key written by [`manifest_key`] or
+/// [`attempt_manifest_key`], spelled exactly as they spell it (a positive
+/// token without leading zeros or sign); `None` for any other key.
+pub fn parse_manifest_key_parts(key: &str) -> Option<ManifestKey> {
+    let rest = key.strip_prefix(SNAPSHOTS_PREFIX)?;
+    let (id, token) = match rest.split_once('.') {
+        Some((id, token)) => (id, Some(token.parse::<i64>().ok().filter(|t| *t > 0)?)),
+        None => (rest, None),
+    };
+    let parsed = ManifestKey {
+        run_id: Uuid::parse_str(id).ok()?,
+        lease_token: token,
+    };
+    (parsed.key() == key).then_some(parsed)
+}
+
+/// The manifests of a listing that stand for their snapshots: one per run,
+/// the one of its latest attempt (a key without attempt counts as the
+/// earliest), in run-id order; and the others, superseded.
+///
+/// The latest is the only one that can ever have been committed: a commit
+/// needs the run's current lease, every new lease has a larger token, and a
+/// committed run is never leased again. So an attempt manifest below the
+/// latest of its run was written by a lease that had been lost (a zombie)
+/// and can never become a snapshot.
+pub fn select_manifests(keys: impl IntoIterator<Item = String>) -> ManifestSelection {
+    let mut parsed: Vec<ManifestKey> = keys
+        .into_iter()
+        .filter_map(|key| parse_manifest_key_parts(&key))
+        .collect();
+    // `None` sorts before every token.
+    parsed.sort_unstable();
+    let mut selection = ManifestSelection::default();
+    for (index, manifest) in parsed.iter().enumerate() {
+        let latest = parsed
+            .get(index + 1)
+            .is_none_or(|next| next.run_id != manifest.run_id);
+        if latest {
+            selection.latest.push((manifest.run_id, manifest.key()));
+        } else {
+            selection.superseded.push(manifest.key());
+        }
+    }
+    selection
+}
+
+/// The result of [`select_manifests`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManifestSelection {
+    /// `(run id, key)` of the latest attempt's manifest of every run.
+    pub latest: Vec<(Uuid, String)>,
+    /// Keys of manifests of earlier attempts.
+    pub superseded: Vec<String>,
 }
 
 #[cfg(test)]
@@ -100,6 +188,72 @@ mod tests {
             "snapshots/01234567-89ab-cdef-0123-456789abcdef"
         );
         assert_eq!(parse_manifest_key(&manifest_key(run)), Some(run));
+        assert_eq!(
+            attempt_manifest_key(run, 7),
+            "snapshots/01234567-89ab-cdef-0123-456789abcdef.7"
+        );
+        assert_eq!(
+            parse_manifest_key_parts(&attempt_manifest_key(run, 7)),
+            Some(ManifestKey {
+                run_id: run,
+                lease_token: Some(7)
+            })
+        );
+        assert_eq!(
+            parse_manifest_key(&attempt_manifest_key(run, 12)),
+            Some(run)
+        );
+    }
+
+    #[test]
+    fn attempt_tokens_are_spelled_one_way() {
+        let run = manifest_key(Uuid::from_u128(1));
+        for token in [
+            "0",
+            "-1",
+            "+1",
+            "01",
+            "1.2",
+            "",
+            "x",
+            "99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_manifest_key(&format!("{run}.{token}")),
+                None,
+                "{token}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_latest_attempt_of_each_run_is_selected() {
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        let keys = vec![
+            attempt_manifest_key(b, 3),
+            attempt_manifest_key(a, 10),
+            manifest_key(a),
+            attempt_manifest_key(a, 9),
+            "snapshots/junk".to_string(),
+            attempt_manifest_key(a, 2),
+        ];
+        let selection = select_manifests(keys);
+        assert_eq!(
+            selection.latest,
+            vec![
+                (a, attempt_manifest_key(a, 10)),
+                (b, attempt_manifest_key(b, 3))
+            ]
+        );
+        assert_eq!(
+            selection.superseded,
+            vec![
+                manifest_key(a),
+                attempt_manifest_key(a, 2),
+                attempt_manifest_key(a, 9)
+            ]
+        );
     }
 
     #[test]

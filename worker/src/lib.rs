@@ -15,6 +15,7 @@ pub mod config;
 pub mod connect;
 pub mod cpu_pool;
 pub mod executor;
+pub mod fence;
 pub mod process;
 pub mod report;
 pub mod repository;

@@ -7,10 +7,10 @@
 //! plane deduplicates batches by sequence and answers a repeated completion
 //! the same way, so at-least-once delivery is safe.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::worker_service_client::WorkerServiceClient;
@@ -21,11 +21,17 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+use crate::fence::{extended_deadline, initial_deadline, PauseClock};
+
 /// Unacknowledged batches a run may have in flight before it waits.
 const MAX_UNACKED_BATCHES: usize = 8;
 /// Changed progress is sent at most this often, between heartbeats, so that
 /// `WatchRun` follows a run closely without a write per file.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the lease watchdog looks at the clock.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// The lease TTL assumed until the control plane states its own.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 
 /// How a worker introduces itself and how much it takes on.
 #[derive(Clone, Debug)]
@@ -145,6 +151,9 @@ struct Running {
     progress: Arc<Mutex<pb::RunProgress>>,
     window: Arc<Semaphore>,
     finished: bool,
+    /// When the lease ends on this worker's clock unless a heartbeat
+    /// answer extends it.
+    deadline: Instant,
 }
 
 /// State shared by the session loop and the run tasks.
@@ -156,6 +165,13 @@ pub struct Shared {
     wake: Notify,
     /// Some run's progress changed since the last heartbeat.
     progress_changed: AtomicBool,
+    /// The lease TTL the control plane last stated.
+    lease_ttl: Mutex<Duration>,
+    /// When each heartbeat naming leases was sent on the current stream and
+    /// is not answered yet, oldest first (answers come in order).
+    heartbeats_sent: Mutex<VecDeque<Instant>>,
+    /// Notices that the process was stopped.
+    pause: PauseClock,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -175,6 +191,63 @@ impl Shared {
         let busy = lock(&self.running).len();
         i32::try_from(slots.saturating_sub(busy)).unwrap_or(0)
     }
+
+    fn lease_ttl(&self) -> Duration {
+        *lock(&self.lease_ttl)
+    }
+
+    /// Stops a run and forgets its unsent writes: the lease is gone (revoked)
+    /// or can no longer be trusted to be held.
+    fn drop_lease(&self, lease: &pb::LeaseRef, reason: &str) {
+        let mut running = lock(&self.running);
+        if let Some(run) = running.get(&lease.run_id) {
+            if run.lease.lease_token == lease.lease_token {
+                tracing::info!(run = %lease.run_id, token = lease.lease_token, %reason, "stopping run");
+                run.cancel.cancel();
+                running.remove(&lease.run_id);
+            }
+        }
+        drop(running);
+        lock(&self.pending).retain(|key, _| !(key.0 == lease.run_id && key.1 == lease.lease_token));
+        self.wake.notify_one();
+    }
+
+    /// Enforces the worker's own fence (see [`crate::fence`]): after a pause
+    /// longer than a lease lives, every attempt still executing stops; an
+    /// attempt whose lease deadline passed on this clock stops. An attempt
+    /// that already ended keeps its queued completion, which the control
+    /// plane accepts only if the lease is still current. Returns whether a
+    /// pause was noticed.
+    fn check_fence(&self) -> bool {
+        let paused = self.pause.observe(self.lease_ttl());
+        let now = Instant::now();
+        let stale: Vec<pb::LeaseRef> = lock(&self.running)
+            .values()
+            .filter(|run| !run.finished && (paused || now >= run.deadline))
+            .map(|run| run.lease.clone())
+            .collect();
+        let reason = if paused {
+            "the lease is no longer held: the worker was paused for longer than a lease lives"
+        } else {
+            "the lease is no longer held: its deadline passed on the worker's clock"
+        };
+        for lease in &stale {
+            self.drop_lease(lease, reason);
+        }
+        paused
+    }
+}
+
+/// Checks the fence every [`WATCH_INTERVAL`], so an attempt stops soon after
+/// its deadline even while no session is open (the control plane is
+/// unreachable: exactly when its leases may be handed to others).
+async fn watch_leases(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.check_fence();
+    }
 }
 
 /// Runs the worker until `shutdown` fires and its work is drained.
@@ -189,7 +262,23 @@ pub async fn run(
         unsent: Mutex::new(Vec::new()),
         wake: Notify::new(),
         progress_changed: AtomicBool::new(false),
+        lease_ttl: Mutex::new(DEFAULT_LEASE_TTL),
+        heartbeats_sent: Mutex::new(VecDeque::new()),
+        pause: PauseClock::default(),
     });
+    let watchdog = tokio::spawn(watch_leases(shared.clone()));
+    let result = serve(&config, &shared, &executor, &shutdown).await;
+    watchdog.abort();
+    result
+}
+
+/// Opens sessions one after the other until the worker drained.
+async fn serve(
+    config: &SessionConfig,
+    shared: &Arc<Shared>,
+    executor: &Arc<dyn Executor>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let endpoint = crate::connect::endpoint(&config.control_plane, &config.tls)?;
     let draining = CancellationToken::new();
     let mut drain_started: Option<tokio::time::Instant> = None;
@@ -209,11 +298,11 @@ pub async fn run(
         let outcome = match endpoint.connect().await {
             Ok(channel) => {
                 let result = session(
-                    &config,
+                    config,
                     channel,
-                    &shared,
-                    &executor,
-                    &shutdown,
+                    shared,
+                    executor,
+                    shutdown,
                     &draining,
                     &mut drain_started,
                 )
@@ -230,6 +319,13 @@ pub async fn run(
         };
         match outcome {
             Ok(SessionEnd::Drained) => return Ok(()),
+            Ok(SessionEnd::Paused) => {
+                // What the old stream still holds was pushed while this
+                // worker could not answer: it is dropped unread, and a new
+                // session announces the worker's credit afresh.
+                tracing::warn!("the worker was paused for longer than a lease lives; reconnecting");
+                continue;
+            }
             Ok(SessionEnd::Broken) => tracing::info!("session ended; reconnecting"),
             Err(error) => {
                 tracing::warn!(error = format!("{error:#}"), "session failed; reconnecting")
@@ -253,6 +349,8 @@ fn reconnect_delay(failures: u32) -> Duration {
 enum SessionEnd {
     Drained,
     Broken,
+    /// The process was paused past its leases (see [`crate::fence`]).
+    Paused,
 }
 
 #[allow(clippy::too_many_lines)]
@@ -266,6 +364,8 @@ async fn session(
     drain_started: &mut Option<tokio::time::Instant>,
 ) -> anyhow::Result<SessionEnd> {
     let mut client = WorkerServiceClient::new(channel);
+    let epoch = shared.pause.epoch();
+    lock(&shared.heartbeats_sent).clear();
     let (tx, rx) = mpsc::channel::<pb::LeaseSessionRequest>(64);
     let held_leases: Vec<pb::LeaseRef> = lock(&shared.running)
         .values()
@@ -304,6 +404,9 @@ async fn session(
     progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_credit = -1;
     loop {
+        if shared.check_fence() || shared.pause.epoch() != epoch {
+            return Ok(SessionEnd::Paused);
+        }
         flush(shared, &tx).await?;
         let credit = if draining.is_cancelled() {
             0
@@ -329,7 +432,14 @@ async fn session(
         }
         tokio::select! {
             message = inbound.message() => match message? {
-                Some(response) => handle_response(response, config, shared, executor, &mut heartbeat),
+                Some(response) => {
+                    // Nothing received is acted on before the pause check:
+                    // after a pause it may be an assignment pushed meanwhile.
+                    if shared.check_fence() || shared.pause.epoch() != epoch {
+                        return Ok(SessionEnd::Paused);
+                    }
+                    handle_response(response, config, shared, executor, &mut heartbeat);
+                }
                 None => return Ok(SessionEnd::Broken),
             },
             _ = heartbeat.tick() => send_heartbeat(shared, &tx).await?,
@@ -375,12 +485,15 @@ async fn send_heartbeat(
             progress: Some(lock(&run.progress).clone()),
         })
         .collect();
+    // Sent without leases too: a worker the control plane has not heard
+    // from for half a TTL is pushed no work.
     if !leases.is_empty() {
-        tx.send(request(pb::lease_session_request::Message::Heartbeat(
-            pb::WorkerHeartbeat { leases },
-        )))
-        .await?;
+        lock(&shared.heartbeats_sent).push_back(Instant::now());
     }
+    tx.send(request(pb::lease_session_request::Message::Heartbeat(
+        pb::WorkerHeartbeat { leases },
+    )))
+    .await?;
     Ok(())
 }
 
@@ -422,6 +535,9 @@ fn handle_response(
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_secs(5));
             *heartbeat = tokio::time::interval(interval);
+            if let Some(ttl) = positive_duration(welcome.lease_ttl) {
+                *lock(&shared.lease_ttl) = ttl;
+            }
             tracing::info!(worker_id = %welcome.worker_id, ?interval, "session established");
         }
         Some(M::Assignment(assignment)) => start_run(assignment, config, shared, executor),
@@ -429,21 +545,38 @@ fn handle_response(
             let Some(lease) = revocation.lease else {
                 return;
             };
-            let mut running = lock(&shared.running);
-            if let Some(run) = running.get(&lease.run_id) {
-                if run.lease.lease_token == lease.lease_token {
-                    tracing::info!(run = %lease.run_id, reason = %revocation.reason, "lease revoked; stopping run");
-                    run.cancel.cancel();
-                    running.remove(&lease.run_id);
-                }
-            }
-            drop(running);
-            lock(&shared.pending)
-                .retain(|key, _| !(key.0 == lease.run_id && key.1 == lease.lease_token));
-            shared.wake.notify_one();
+            let reason = format!("lease revoked: {}", revocation.reason);
+            shared.drop_lease(&lease, &reason);
         }
         Some(M::Ack(ack)) => handle_ack(ack, shared),
+        Some(M::HeartbeatAck(ack)) => handle_heartbeat_ack(ack, shared),
         None => {}
+    }
+}
+
+fn positive_duration(duration: Option<prost_types::Duration>) -> Option<Duration> {
+    duration
+        .and_then(|d| Duration::try_from(d).ok())
+        .filter(|d| !d.is_zero())
+}
+
+/// Moves the deadline of every lease the heartbeat extended to a TTL after
+/// the heartbeat was sent.
+fn handle_heartbeat_ack(ack: pb::HeartbeatAck, shared: &Shared) {
+    let Some(sent) = lock(&shared.heartbeats_sent).pop_front() else {
+        return;
+    };
+    if let Some(ttl) = positive_duration(ack.lease_ttl) {
+        *lock(&shared.lease_ttl) = ttl;
+    }
+    let deadline = extended_deadline(sent, shared.lease_ttl());
+    let mut running = lock(&shared.running);
+    for lease in ack.leases {
+        if let Some(run) = running.get_mut(&lease.run_id) {
+            if run.lease.lease_token == lease.lease_token {
+                run.deadline = run.deadline.max(deadline);
+            }
+        }
     }
 }
 
@@ -506,9 +639,13 @@ fn start_run(
             progress: progress.clone(),
             window: window.clone(),
             finished: false,
+            deadline: initial_deadline(Instant::now(), shared.lease_ttl()),
         },
     );
     drop(running);
+    // Reported at the next progress tick rather than the next heartbeat, so
+    // the answer that sets the lease's exact local deadline comes soon.
+    shared.progress_changed.store(true, Ordering::Release);
     let context = RunContext {
         lease: lease.clone(),
         cancel,
@@ -527,10 +664,12 @@ fn start_run(
 }
 
 fn finish_run(shared: &Shared, context: &RunContext, outcome: pb::run_completion::Outcome) {
+    // A pause or a passed deadline drops the run here, before anything is reported.
+    shared.check_fence();
     {
         let mut running = lock(&shared.running);
         let Some(run) = running.get_mut(&context.lease.run_id) else {
-            // Revoked meanwhile: nothing to report.
+            // Revoked or fenced off meanwhile: nothing to report.
             return;
         };
         if run.finished || run.lease.lease_token != context.lease.lease_token {

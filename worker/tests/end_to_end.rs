@@ -84,7 +84,11 @@ async fn worker_process_backs_up_a_tree_to_a_filesystem_target() {
         packed < (3 << 20) + (64 << 10),
         "{packed} bytes of packs for 3 MiB of distinct content"
     );
-    assert!(target.path().join(format!("snapshots/{run_id}")).exists());
+    // The manifest of the run's one attempt, under the attempt's own key.
+    assert!(target
+        .path()
+        .join(format!("snapshots/{run_id}.{}", run.attempt))
+        .exists());
 
     let records = backup_metadata(&server, &run_id).await;
     assert_eq!(records.len(), 1);

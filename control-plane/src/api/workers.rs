@@ -76,11 +76,12 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<Streaming<pb::LeaseSessionRequest>>,
     ) -> RpcResult<Self::LeaseSessionStream> {
-        self.state.auth.worker(request.metadata()).await?;
+        let caller = self.state.auth.worker(request.metadata()).await?;
         let (sender, receiver) = mpsc::channel(64);
         tokio::spawn(session::serve(
             self.state.clone(),
             self.state.lease_settings,
+            caller,
             request.into_inner(),
             sender,
         ));

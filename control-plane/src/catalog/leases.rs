@@ -234,6 +234,38 @@ impl Catalog {
         }
     }
 
+    /// The configured values of `keys` (those set), in one statement: the
+    /// lease settings read at every lease operation.
+    pub async fn configuration_values(&self, keys: &[&str]) -> DomainResult<Vec<(String, String)>> {
+        let rows: Vec<(String, String)> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT key, value FROM configurations ORDER BY key"
+        )
+        .fetch_all(pool)
+        .await)
+        .map_err(|e| from_sqlx(e, "configuration"))?;
+        Ok(rows
+            .into_iter()
+            .filter(|(key, _)| keys.contains(&key.as_str()))
+            .collect())
+    }
+
+    /// The worker holding `(run_id, lease_token)` when that is the run's
+    /// current lease; `None` when the lease is not current (ended, or a
+    /// newer one was granted). A token is granted once, to one worker.
+    pub async fn lease_holder(&self, run_id: Uuid, lease_token: i64) -> DomainResult<Option<Uuid>> {
+        let holder: Option<Option<Uuid>> = on_pool!(self, |pool| {
+            sqlx::query_scalar(
+            "SELECT worker_id FROM runs WHERE id = $1 AND lease_token = $2 AND state = 'running'"
+        )
+        .bind(run_id)
+        .bind(lease_token)
+        .fetch_optional(pool)
+        .await
+        })
+        .map_err(|e| from_sqlx(e, "run"))?;
+        Ok(holder.flatten())
+    }
+
     /// Current leases of a worker: `(run id, lease token)`.
     pub async fn leases_of_worker(&self, worker_id: Uuid) -> DomainResult<Vec<(Uuid, i64)>> {
         on_pool!(self, |pool| sqlx::query_as::<_, (Uuid, i64)>(

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::error::from_sqlx;
 use super::{new_id, on_pool, to_json, Catalog};
-use crate::error::DomainResult;
+use crate::error::{DomainError, DomainResult};
 
 /// A worker as it introduces itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,6 +23,9 @@ pub struct WorkerRegistration {
     pub source_roots: Vec<String>,
     /// Software version.
     pub version: String,
+    /// The worker token the session authenticated with (`None` only in
+    /// loopback no-auth mode).
+    pub token_id: Option<Uuid>,
 }
 
 /// A worker as the catalog knows it.
@@ -48,9 +51,15 @@ pub struct WorkerRow {
 
 impl Catalog {
     /// Registers (or re-registers, by name) a worker and marks it connected.
+    ///
+    /// A worker belongs to the token that first registered it, and a token
+    /// to one worker: a name registered with another token, or a token
+    /// already registered under another name, is `PERMISSION_DENIED` and
+    /// changes nothing. One statement decides, so two sessions racing for
+    /// a name or a token cannot both win.
     pub async fn register_worker(&self, worker: &WorkerRegistration) -> DomainResult<Uuid> {
         let now = self.now().await?;
-        on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(include_str!(
+        let registered = on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(include_str!(
             "sql/workers/register.sql"
         ))
         .bind(new_id())
@@ -60,9 +69,23 @@ impl Catalog {
         .bind(to_json(&worker.source_roots))
         .bind(&worker.version)
         .bind(now)
-        .fetch_one(pool)
+        .bind(worker.token_id)
+        .fetch_optional(pool)
         .await)
-        .map_err(|e| from_sqlx(e, "worker"))
+        .map_err(|e| from_sqlx(e, "worker"));
+        match registered {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => Err(DomainError::PermissionDenied(format!(
+                "worker {:?} is registered with another credential",
+                worker.name
+            ))),
+            // The unique index on the token: it is bound to another name.
+            Err(DomainError::AlreadyExists(_)) => Err(DomainError::PermissionDenied(
+                "this worker token belongs to another worker; give every worker its own token"
+                    .to_string(),
+            )),
+            Err(other) => Err(other),
+        }
     }
 
     /// Records that a worker's session is open or closed, and when it was last heard of.

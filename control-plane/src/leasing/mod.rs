@@ -8,6 +8,7 @@
 //! [`Catalog::subscribe_runs`].
 
 pub mod session;
+pub mod settings;
 pub mod waiting;
 
 use std::time::Duration;
@@ -23,11 +24,18 @@ use crate::model::bucket::Location;
 use crate::model::run::{RunSpec, Target};
 use crate::secrets::{access::lease_credentials, Keyring};
 
+/// Longest pause between two reaper passes, so that a TTL shortened in the
+/// configuration is enforced soon even after a pass under a long one.
+const MAX_REAPER_PERIOD: Duration = Duration::from_secs(5);
+
 /// Ends expired leases, and fails queued runs past the queue timeout, every
-/// third of a TTL until `cancel` fires.
-pub async fn run_reaper(catalog: Catalog, settings: LeaseSettings, cancel: CancellationToken) {
-    let period = (settings.ttl / 3).max(Duration::from_millis(200));
+/// third of a TTL (at most every [`MAX_REAPER_PERIOD`]) until `cancel` fires;
+/// the TTL and backoff are the ones in effect at each pass (`base`
+/// overridden by the configuration, see [`settings::current`]).
+pub async fn run_reaper(catalog: Catalog, base: LeaseSettings, cancel: CancellationToken) {
     loop {
+        let settings = settings::current(&catalog, base).await;
+        let period = (settings.ttl / 3).clamp(Duration::from_millis(200), MAX_REAPER_PERIOD);
         match catalog.expire_leases(&settings).await {
             Ok(changed) => {
                 for id in changed {

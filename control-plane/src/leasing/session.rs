@@ -1,17 +1,20 @@
 //! One worker's lease session: a task that owns the bidirectional stream.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use coffer_proto::v1 as pb;
 use prost::Message;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use uuid::Uuid;
 
-use super::{resolve_target, WorkerProfile};
+use super::{resolve_target, settings, WorkerProfile};
 use crate::api::convert::{duration, options_to_proto, timestamp};
+use crate::auth::WorkerCaller;
 use crate::catalog::leases::{AttemptOutcome, CompletionResult, LeaseSettings, LeaseState};
 use crate::catalog::workers::WorkerRegistration;
 use crate::error::{DomainError, DomainResult};
@@ -23,13 +26,52 @@ use crate::state::AppState;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a session with credit looks for runs whose backoff has passed.
 const ASSIGN_TICK: Duration = Duration::from_secs(1);
+/// The answer to a write about a lease another worker holds.
+const FOREIGN_LEASE: &str = "the lease is held by another worker";
 
 type Outbound = mpsc::Sender<Result<pb::LeaseSessionResponse, Status>>;
+
+/// The open session of each worker on this replica: its serial and what
+/// ends it. A worker that opens a second session (it reconnected before
+/// this side noticed the old stream break, or was restarted) replaces the
+/// first: the old stream is closed, and the leases carry over to the new
+/// session through its hello, kept until their TTL like any other lease.
+/// Refusing the newcomer instead would lock a worker out for as long as a
+/// half-open stream lingers. Both sessions authenticated with the worker's
+/// own token (see `Catalog::register_worker`), so neither is a stranger.
+static OPEN_SESSIONS: LazyLock<Mutex<HashMap<Uuid, (Uuid, CancellationToken)>>> =
+    LazyLock::new(Mutex::default);
+
+/// Registers a new session of `worker_id`, closing the one it replaces.
+fn claim_session(worker_id: Uuid) -> (Uuid, CancellationToken) {
+    let serial = Uuid::now_v7();
+    let replaced = CancellationToken::new();
+    let previous = OPEN_SESSIONS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(worker_id, (serial, replaced.clone()));
+    if let Some((_, previous)) = previous {
+        previous.cancel();
+    }
+    (serial, replaced)
+}
+
+/// Forgets a session unless a newer one of the same worker replaced it.
+fn release_session(worker_id: Uuid, serial: Uuid) {
+    let mut sessions = OPEN_SESSIONS.lock().unwrap_or_else(PoisonError::into_inner);
+    if sessions
+        .get(&worker_id)
+        .is_some_and(|(open, _)| *open == serial)
+    {
+        sessions.remove(&worker_id);
+    }
+}
 
 /// Serves one session until the worker goes away or the server shuts down.
 pub async fn serve(
     state: AppState,
     settings: LeaseSettings,
+    caller: WorkerCaller,
     mut inbound: Streaming<pb::LeaseSessionRequest>,
     outbound: Outbound,
 ) {
@@ -50,7 +92,7 @@ pub async fn serve(
             return;
         }
     };
-    let mut session = match Session::open(state, settings, hello, outbound).await {
+    let mut session = match Session::open(state, settings, &caller, hello, outbound).await {
         Ok(session) => session,
         Err(error) => {
             tracing::warn!(%error, "lease session refused");
@@ -63,7 +105,14 @@ pub async fn serve(
 
 struct Session {
     state: AppState,
+    /// The server's lease settings, before the configuration overrides them.
+    base: LeaseSettings,
+    /// The settings in effect, read again at every lease operation.
     settings: LeaseSettings,
+    /// When the worker last sent anything. A worker silent for half a TTL
+    /// (frozen, or cut off) is pushed no new work until it speaks again:
+    /// every run pushed to it would only wait out its lease.
+    last_heard: Instant,
     worker_id: Uuid,
     name: String,
     profile: WorkerProfile,
@@ -71,12 +120,17 @@ struct Session {
     /// Leases granted to (or resumed by) this worker: run id -> token.
     held: HashMap<Uuid, i64>,
     outbound: Outbound,
+    /// This session's serial among the worker's sessions.
+    serial: Uuid,
+    /// Fires when a newer session of the same worker replaces this one.
+    replaced: CancellationToken,
 }
 
 impl Session {
     async fn open(
         state: AppState,
-        settings: LeaseSettings,
+        base: LeaseSettings,
+        caller: &WorkerCaller,
         hello: pb::WorkerHello,
         outbound: Outbound,
     ) -> DomainResult<Session> {
@@ -98,11 +152,25 @@ impl Session {
             slots: hello.slots.max(0),
             source_roots: hello.source_roots.clone(),
             version: hello.version.clone(),
+            token_id: caller.token_id,
         };
-        let worker_id = state.catalog.register_worker(&registration).await?;
+        let worker_id = match state.catalog.register_worker(&registration).await {
+            Ok(id) => id,
+            Err(error) => {
+                let status = Status::from(error);
+                let refused =
+                    DomainError::Aborted(format!("registration refused: {}", status.message()));
+                let _ = outbound.send(Err(status)).await;
+                return Err(refused);
+            }
+        };
+        let (serial, replaced) = claim_session(worker_id);
+        let current = settings::current(&state.catalog, base).await;
         let mut session = Session {
             state,
-            settings,
+            base,
+            settings: current,
+            last_heard: Instant::now(),
             worker_id,
             name,
             profile: WorkerProfile {
@@ -112,22 +180,27 @@ impl Session {
             credit: 0,
             held: HashMap::new(),
             outbound,
+            serial,
+            replaced,
         };
         session
             .send(pb::lease_session_response::Message::Welcome(
                 pb::SessionWelcome {
                     worker_id: worker_id.to_string(),
-                    lease_ttl: Some(duration(settings.ttl)),
-                    heartbeat_interval: Some(duration(settings.ttl / 3)),
+                    lease_ttl: Some(duration(current.ttl)),
+                    heartbeat_interval: Some(duration(current.ttl / 3)),
                 },
             ))
             .await;
-        // Leases held across a reconnect continue if they are still current.
+        // Leases held across a reconnect continue if they are still current
+        // and this worker's.
         for lease in hello.held_leases {
             let Ok(run_id) = Uuid::parse_str(&lease.run_id) else {
                 continue;
             };
-            session.held.insert(run_id, lease.lease_token);
+            if session.holds(run_id, lease.lease_token).await? {
+                session.held.insert(run_id, lease.lease_token);
+            }
         }
         tracing::info!(worker = %session.name, id = %worker_id, resumed = session.held.len(), "worker session opened");
         Ok(session)
@@ -141,6 +214,7 @@ impl Session {
             tokio::select! {
                 message = inbound.message() => match message {
                     Ok(Some(message)) => {
+                        self.last_heard = Instant::now();
                         if let Err(error) = self.handle(message).await {
                             tracing::warn!(worker = %self.name, %error, "worker message failed");
                             let _ = self.outbound.send(Err(Status::from(error))).await;
@@ -172,13 +246,25 @@ impl Session {
                 _ = tick.tick() => self.assign().await,
                 () = self.outbound.closed() => return,
                 () = self.state.stopping.cancelled() => return,
+                () = self.replaced.cancelled() => {
+                    tracing::info!(worker = %self.name, "a newer session of this worker replaced this one");
+                    let _ = self
+                        .outbound
+                        .send(Err(Status::aborted("replaced by a newer session of the same worker")))
+                        .await;
+                    return;
+                }
             }
         }
     }
 
     async fn close(&self) {
-        if let Err(error) = self.state.catalog.touch_worker(self.worker_id, false).await {
-            tracing::warn!(%error, "could not mark worker disconnected");
+        release_session(self.worker_id, self.serial);
+        // A replaced session leaves the worker marked connected: its successor is.
+        if !self.replaced.is_cancelled() {
+            if let Err(error) = self.state.catalog.touch_worker(self.worker_id, false).await {
+                tracing::warn!(%error, "could not mark worker disconnected");
+            }
         }
         // Leases stay: only their TTL ends them, so a worker that reconnects
         // quickly keeps its runs.
@@ -224,7 +310,10 @@ impl Session {
             }
             Some(M::Heartbeat(heartbeat)) => self.heartbeat(heartbeat).await?,
             Some(M::FileBatch(batch)) => self.file_batch(batch).await?,
-            Some(M::Completion(completion)) => self.completion(completion).await?,
+            Some(M::Completion(completion)) => {
+                self.refresh_settings().await;
+                self.completion(completion).await?;
+            }
             Some(M::Release(release)) => self.release(release).await?,
             Some(M::Hello(_)) => {
                 return Err(DomainError::invalid("hello", "sent twice in one session"))
@@ -234,10 +323,40 @@ impl Session {
         self.state.catalog.touch_worker(self.worker_id, true).await
     }
 
+    /// Whether `(run_id, token)` is the run's current lease and this worker
+    /// holds it.
+    async fn holds(&self, run_id: Uuid, token: i64) -> DomainResult<bool> {
+        let holder = self.state.catalog.lease_holder(run_id, token).await?;
+        Ok(holder == Some(self.worker_id))
+    }
+
+    /// Whether `(run_id, token)` is a current lease another worker holds:
+    /// nothing this session says about it is accepted. (A lease that is not
+    /// current is refused, or answered idempotently, by the catalog's own
+    /// fence on the token.)
+    async fn held_by_another(&self, run_id: Uuid, token: i64) -> DomainResult<bool> {
+        let holder = self.state.catalog.lease_holder(run_id, token).await?;
+        Ok(holder.is_some_and(|worker| worker != self.worker_id))
+    }
+
+    /// Reads the lease settings in effect again.
+    async fn refresh_settings(&mut self) {
+        self.settings = settings::current(&self.state.catalog, self.base).await;
+    }
+
+    /// Whether the worker spoke within the last half TTL.
+    fn recently_heard(&self) -> bool {
+        self.last_heard.elapsed() <= self.settings.ttl / 2
+    }
+
     async fn assign(&mut self) {
         if self.credit <= 0 {
             return;
         }
+        if !self.recently_heard() {
+            return;
+        }
+        self.refresh_settings().await;
         let max = usize::try_from(self.credit).unwrap_or(0);
         let profile = self.profile.clone();
         let leased = match self
@@ -395,10 +514,19 @@ impl Session {
     }
 
     async fn heartbeat(&mut self, heartbeat: pb::WorkerHeartbeat) -> DomainResult<()> {
+        if heartbeat.leases.is_empty() {
+            return Ok(());
+        }
+        self.refresh_settings().await;
+        let mut extended = Vec::new();
         for lease in heartbeat.leases {
             let Some((run_id, token)) = parse_lease(lease.lease.as_ref()) else {
                 continue;
             };
+            if self.held_by_another(run_id, token).await? {
+                self.revoke(run_id, token, FOREIGN_LEASE).await;
+                continue;
+            }
             let progress = progress_json(lease.progress.as_ref());
             match self
                 .state
@@ -410,6 +538,7 @@ impl Session {
                     cancel_requested: false,
                 } => {
                     self.held.insert(run_id, token);
+                    extended.push(lease_ref(run_id, token));
                 }
                 LeaseState::Current {
                     cancel_requested: true,
@@ -420,6 +549,13 @@ impl Session {
                 }
             }
         }
+        self.send(pb::lease_session_response::Message::HeartbeatAck(
+            pb::HeartbeatAck {
+                leases: extended,
+                lease_ttl: Some(duration(self.settings.ttl)),
+            },
+        ))
+        .await;
         Ok(())
     }
 
@@ -427,6 +563,11 @@ impl Session {
         let Some((run_id, token)) = parse_lease(batch.lease.as_ref()) else {
             return Err(DomainError::invalid("file_batch.lease", "is required"));
         };
+        if self.held_by_another(run_id, token).await? {
+            self.ack(run_id, token, false, FOREIGN_LEASE, batch.sequence)
+                .await;
+            return Ok(());
+        }
         let errors: Vec<(String, String)> = batch
             .errors
             .iter()
@@ -460,6 +601,11 @@ impl Session {
         let Some((run_id, token)) = parse_lease(completion.lease.as_ref()) else {
             return Err(DomainError::invalid("completion.lease", "is required"));
         };
+        if self.held_by_another(run_id, token).await? {
+            tracing::warn!(worker = %self.name, run = %run_id, "completion for another worker's lease refused");
+            self.ack(run_id, token, false, FOREIGN_LEASE, -1).await;
+            return Ok(());
+        }
         let progress = progress_json(completion.progress.as_ref());
         let outcome = match completion.outcome {
             Some(pb::run_completion::Outcome::Success(success)) => AttemptOutcome::Success {
@@ -515,6 +661,10 @@ impl Session {
         let Some((run_id, token)) = parse_lease(release.lease.as_ref()) else {
             return Err(DomainError::invalid("release.lease", "is required"));
         };
+        if self.held_by_another(run_id, token).await? {
+            self.ack(run_id, token, false, FOREIGN_LEASE, -1).await;
+            return Ok(());
+        }
         let result = self.state.catalog.release_run(run_id, token).await?;
         self.held.remove(&run_id);
         let accepted = result != LeaseState::Lost;

@@ -187,17 +187,15 @@ fn describe(summary: &GcSummary) -> String {
     parts.join("; ")
 }
 
-/// The run ids of every snapshot manifest in the repository.
+/// The snapshot manifests of the repository: the latest attempt's of every
+/// run, and those of earlier attempts (see [`layout::select_manifests`]).
 async fn list_snapshots(
     store: &Store,
     cancel: &CancellationToken,
-) -> Result<Vec<(Uuid, String)>, RunFailure> {
-    Ok(store
-        .list(SNAPSHOTS_PREFIX, cancel)
-        .await?
-        .into_iter()
-        .filter_map(|key| layout::parse_manifest_key(&key).map(|id| (id, key)))
-        .collect())
+) -> Result<layout::ManifestSelection, RunFailure> {
+    Ok(layout::select_manifests(
+        store.list(SNAPSHOTS_PREFIX, cancel).await?,
+    ))
 }
 
 /// Calls `visit` with every chunk id the manifest under `key` needs; false
@@ -264,7 +262,7 @@ impl<R: Reporter> Collection<'_, '_, R> {
         // Snapshots written since the set may need some of its chunks.
         let seen: HashSet<Uuid> = set.snapshots_seen.iter().copied().collect();
         let mut rescued: HashSet<PackId> = HashSet::new();
-        for (run_id, key) in list_snapshots(store, self.cancel).await? {
+        for (run_id, key) in list_snapshots(store, self.cancel).await?.latest {
             if seen.contains(&run_id) {
                 continue;
             }
@@ -332,8 +330,12 @@ impl<R: Reporter> Collection<'_, '_, R> {
         let mut needed: HashSet<ChunkId> = HashSet::new();
         let mut snapshots_seen = Vec::new();
         let snapshots = list_snapshots(store, self.cancel).await?;
-        self.batcher.progress.files_seen += snapshots.len() as i64;
-        for (run_id, key) in snapshots {
+        // An earlier attempt's manifest can never be committed (its lease was
+        // lost before a later one was granted): its chunks are not needed,
+        // and the manifest itself goes.
+        delete_all(store, snapshots.superseded, self.cancel).await?;
+        self.batcher.progress.files_seen += snapshots.latest.len() as i64;
+        for (run_id, key) in snapshots.latest {
             if visit_manifest_chunks(&self.repository, &key, self.cancel, |id| {
                 needed.insert(id);
             })

@@ -46,14 +46,11 @@ async fn rebuild<R: Reporter>(
     cancel: &CancellationToken,
 ) -> Result<RebuildSummary, RunFailure> {
     let repository = Repository::open(Arc::clone(store), cancel).await?;
-    let mut manifests: Vec<(uuid::Uuid, String)> = store
-        .list(SNAPSHOTS_PREFIX, cancel)
-        .await?
-        .into_iter()
-        .filter_map(|key| layout::parse_manifest_key(&key).map(|id| (id, key)))
-        .collect();
-    // Run ids are UUIDv7: by id is by time, the order snapshots are recorded in.
-    manifests.sort();
+    // One manifest per run: its latest attempt's, the only one that can
+    // have been committed (earlier attempts had lost their lease). In
+    // run-id order, and run ids are UUIDv7: by id is by time, the order
+    // snapshots are recorded in.
+    let manifests = layout::select_manifests(store.list(SNAPSHOTS_PREFIX, cancel).await?).latest;
     let mut entries = 0u64;
     for (run_id, key) in &manifests {
         if cancel.is_cancelled() {

@@ -62,12 +62,24 @@ async fn remove<R: Reporter>(
         }
     }
     for removal in removals {
-        let deleted = removal.store.delete(&removal.manifest_key, cancel).await;
-        if let Err(error) = deleted {
-            return Err(RunFailure {
-                message: format!("deleting {}: {error}", removal.manifest_key),
-                retryable: error.is_retryable(),
-            });
+        // The committed manifest, then any other attempt's of the same run
+        // (a lost lease's, never committed), so that no copy of a removed
+        // snapshot is left for a catalog rebuild to bring back.
+        let mut keys = vec![removal.manifest_key.clone()];
+        let others = removal
+            .store
+            .list(&layout::manifest_key(removal.run_id), cancel)
+            .await?;
+        keys.extend(others.into_iter().filter(|key| {
+            *key != removal.manifest_key && layout::parse_manifest_key(key) == Some(removal.run_id)
+        }));
+        for key in keys {
+            if let Err(error) = removal.store.delete(&key, cancel).await {
+                return Err(RunFailure {
+                    message: format!("deleting {key}: {error}"),
+                    retryable: error.is_retryable(),
+                });
+            }
         }
         batcher.progress.files_done += 1;
         batcher.report_progress(false);

@@ -15,6 +15,12 @@ pub enum StoreError {
         /// The key asked for.
         key: String,
     },
+    /// A create-only write found the key taken; nothing was written.
+    #[error("object {key:?} already exists")]
+    AlreadyExists {
+        /// The key written.
+        key: String,
+    },
     /// The key is not a valid relative object key.
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey {
@@ -53,7 +59,10 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            StoreError::Config(_) | StoreError::InvalidKey { .. } | StoreError::Cancelled
+            StoreError::Config(_)
+                | StoreError::InvalidKey { .. }
+                | StoreError::Cancelled
+                | StoreError::AlreadyExists { .. }
         )
     }
 

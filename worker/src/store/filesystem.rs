@@ -4,7 +4,9 @@
 //! destination directory, which is fsynced, renamed into place, and then the
 //! directory is fsynced, so a crash leaves either the old object or the new
 //! one, never a torn one. Temporary files start with [`TEMP_PREFIX`] and are
-//! never listed.
+//! never listed. A create-only write links the temporary file into place
+//! instead of renaming it: `link` fails on an existing name, so nothing is
+//! replaced even when two writers race.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -65,6 +67,26 @@ impl FilesystemStore {
             .await
     }
 
+    pub(super) async fn put_file_new(
+        &self,
+        key: &str,
+        source: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<u64, StoreError> {
+        if cancel.is_cancelled() {
+            return Err(StoreError::Cancelled);
+        }
+        let destination = self.path_of(key);
+        let content = Content::File(source.to_path_buf());
+        let cancel = cancel.clone();
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || {
+            write_atomically(&destination, content, Placement::CreateNew(key), &cancel)
+        })
+        .await
+        .map_err(|e| StoreError::io("filesystem write task", io::Error::other(e)))?
+    }
+
     pub(super) async fn put_bytes(
         &self,
         key: &str,
@@ -87,9 +109,11 @@ impl FilesystemStore {
         }
         let destination = self.path_of(key);
         let cancel = cancel.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&destination, content, &cancel))
-            .await
-            .map_err(|e| StoreError::io("filesystem write task", io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || {
+            write_atomically(&destination, content, Placement::Replace, &cancel)
+        })
+        .await
+        .map_err(|e| StoreError::io("filesystem write task", io::Error::other(e)))?
     }
 
     // Reads, existence checks and deletions give way to cancellation in
@@ -168,11 +192,20 @@ impl FilesystemStore {
     }
 }
 
+/// How a written temporary file takes its place.
+enum Placement {
+    /// Renamed over whatever is there.
+    Replace,
+    /// Linked under its name, which must be free (the key, for the error).
+    CreateNew(String),
+}
+
 /// Writes `content` to `destination` through a temporary file in the same
 /// directory; returns the number of bytes written.
 fn write_atomically(
     destination: &Path,
     content: Content,
+    placement: Placement,
     cancel: &CancellationToken,
 ) -> Result<u64, StoreError> {
     let dir = destination
@@ -181,20 +214,23 @@ fn write_atomically(
     fs::create_dir_all(dir)
         .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
     let temp_path = dir.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
-    let result = write_temp_and_rename(&temp_path, destination, content, cancel);
-    if result.is_err() {
+    let result = write_temp_and_place(&temp_path, destination, content, placement, cancel);
+    if result.is_err() || matches!(result, Ok((_, true))) {
         // Best effort: the temporary file is invisible to readers either way.
         let _ = fs::remove_file(&temp_path);
     }
-    result
+    result.map(|(written, _)| written)
 }
 
-fn write_temp_and_rename(
+/// Writes the temporary file and puts it in place; returns the bytes
+/// written and whether the temporary name is still there (after a link).
+fn write_temp_and_place(
     temp_path: &Path,
     destination: &Path,
     content: Content,
+    placement: Placement,
     cancel: &CancellationToken,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, bool), StoreError> {
     let temp_context = || format!("writing {}", temp_path.display());
     let mut temp = File::options()
         .write(true)
@@ -215,10 +251,22 @@ fn write_temp_and_rename(
     if cancel.is_cancelled() {
         return Err(StoreError::Cancelled);
     }
-    fs::rename(temp_path, destination)
-        .map_err(|e| StoreError::io(format!("renaming to {}", destination.display()), e))?;
+    let linked = match placement {
+        Placement::Replace => {
+            fs::rename(temp_path, destination)
+                .map_err(|e| StoreError::io(format!("renaming to {}", destination.display()), e))?;
+            false
+        }
+        Placement::CreateNew(key) => {
+            fs::hard_link(temp_path, destination).map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => StoreError::AlreadyExists { key },
+                _ => StoreError::io(format!("linking to {}", destination.display()), e),
+            })?;
+            true
+        }
+    };
     sync_parent_dir(destination)?;
-    Ok(written)
+    Ok((written, linked))
 }
 
 fn copy_cancellable(

@@ -88,10 +88,35 @@ impl Store {
         path: &Path,
         cancel: &CancellationToken,
     ) -> Result<u64, StoreError> {
+        self.upload_file(key, path, false, cancel).await
+    }
+
+    /// Stores the content of the local file at `path` under `key` only if
+    /// no object has that key: [`StoreError::AlreadyExists`] otherwise, and
+    /// the existing object is left as it was. For objects that must never
+    /// be replaced (snapshot manifests). Returns the number of bytes written.
+    pub async fn put_file_new(
+        &self,
+        key: &str,
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<u64, StoreError> {
+        self.upload_file(key, path, true, cancel).await
+    }
+
+    async fn upload_file(
+        &self,
+        key: &str,
+        path: &Path,
+        create_only: bool,
+        cancel: &CancellationToken,
+    ) -> Result<u64, StoreError> {
         validate_key(key)?;
-        match self {
-            Store::Filesystem(fs) => fs.put_file(key, path, cancel).await,
-            Store::S3(s3) => s3.put_file(key, path, cancel).await,
+        match (self, create_only) {
+            (Store::Filesystem(fs), false) => fs.put_file(key, path, cancel).await,
+            (Store::Filesystem(fs), true) => fs.put_file_new(key, path, cancel).await,
+            (Store::S3(s3), false) => s3.put_file(key, path, cancel).await,
+            (Store::S3(s3), true) => s3.put_file_new(key, path, cancel).await,
         }
     }
 

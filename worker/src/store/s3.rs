@@ -361,6 +361,36 @@ impl S3Store {
         path: &Path,
         cancel: &CancellationToken,
     ) -> Result<u64, StoreError> {
+        self.upload_file(key, path, false, cancel).await
+    }
+
+    /// A create-only `put_file`: refused with [`StoreError::AlreadyExists`]
+    /// when the key exists. The existence check catches what servers
+    /// without conditional writes would overwrite; `If-None-Match: *` on
+    /// the `PutObject` closes the race between check and write on servers
+    /// that honour it (a `412` answer). Objects above the multipart
+    /// threshold rely on the check alone.
+    pub(super) async fn put_file_new(
+        &self,
+        key: &str,
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<u64, StoreError> {
+        if cancellable(cancel, self.exists(key)).await? {
+            return Err(StoreError::AlreadyExists { key: key.into() });
+        }
+        self.upload_file(key, path, true, cancel).await
+    }
+
+    /// Uploads the file at `path` under `key`, with `If-None-Match: *` when
+    /// `create_only`; returns its size.
+    async fn upload_file(
+        &self,
+        key: &str,
+        path: &Path,
+        create_only: bool,
+        cancel: &CancellationToken,
+    ) -> Result<u64, StoreError> {
         let size = tokio::fs::metadata(path)
             .await
             .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?
@@ -379,9 +409,19 @@ impl S3Store {
             .bucket(&self.location.bucket)
             .key(&full_key)
             .content_length(to_i64(size))
+            .set_if_none_match(create_only.then(|| "*".to_owned()))
             .body(body)
             .send();
-        send(cancel, "PutObject", &full_key, request).await?;
+        let sent = cancellable(cancel, async {
+            match request.await {
+                Ok(_) => Ok(()),
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                    Err(StoreError::AlreadyExists { key: key.into() })
+                }
+                Err(e) => Err(s3_error("PutObject", &full_key, e)),
+            }
+        });
+        sent.await?;
         Ok(size)
     }
 

@@ -40,7 +40,7 @@ impl WorkerProcess {
         let args = ["--slots".to_string(), slots.to_string()];
         Self::spawn_at(
             &format!("http://{}", server.addr),
-            &server.worker_token,
+            &worker_token(server, name),
             name,
             &args,
             env,
@@ -88,6 +88,13 @@ impl WorkerProcess {
         self.signal("KILL");
         let _ = self.child.wait();
     }
+}
+
+/// The worker's own token (a worker token belongs to one worker).
+fn worker_token(server: &TestServer, name: &str) -> String {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(server.worker_token_for(name))
+    })
 }
 
 impl Drop for WorkerProcess {

@@ -4,6 +4,7 @@
 
 pub use coffer_worker::backup::{run_backup, BackupPlan, BackupSummary, ParentSnapshot};
 pub use coffer_worker::gc::{run_gc, GcPlan, GcSummary};
+pub use coffer_worker::rebuild::run_rebuild;
 pub use coffer_worker::report::{
     RecordBatch, ReportError, Reporter, RunFailure, MAX_BATCH_RECORDS,
 };

@@ -2,6 +2,7 @@
 //! in the transaction that records the run's success (see
 //! [`Catalog::finish_attempt`]); a rebuild records every snapshot it found.
 
+use coffer_format::layout;
 use uuid::Uuid;
 
 use super::apply::{claim_generation_in_tx, copy_plan_in_tx, PlannedCommit};
@@ -35,6 +36,7 @@ impl Catalog {
                 .await;
         };
         let run = self.get_run(run_id).await?;
+        check_manifest_key(&run, lease_token, outcome)?;
         if let RunSpec::Retention(retention) = &run.spec {
             // Only the current attempt removes anything; a stale one is
             // refused by `complete_attempt` as usual.
@@ -318,4 +320,30 @@ impl Catalog {
             "the repository kept changing while rebuilt snapshot {run_id} was committed"
         )))
     }
+}
+
+/// A successful attempt names the manifest key of its own attempt
+/// (`snapshots/<run>.<lease token>`) for a backup, and none for other kinds:
+/// the catalog then never points a snapshot at an object another attempt
+/// (a worker whose lease was lost) may write.
+fn check_manifest_key(run: &Run, lease_token: i64, outcome: &AttemptOutcome) -> DomainResult<()> {
+    let AttemptOutcome::Success { manifest_key, .. } = outcome else {
+        return Ok(());
+    };
+    let expected = match run.kind {
+        RunKind::Backup => layout::attempt_manifest_key(run.id, lease_token),
+        _ => String::new(),
+    };
+    if *manifest_key == expected {
+        return Ok(());
+    }
+    let reason = if expected.is_empty() {
+        format!("must be empty for a {} run", run.kind.as_str())
+    } else {
+        format!("must be {expected:?}, the manifest key of this attempt")
+    };
+    Err(DomainError::invalid(
+        "completion.success.manifest_key",
+        reason,
+    ))
 }

@@ -7,7 +7,7 @@
 use std::io::{self, Cursor};
 
 use coffer_format::{compare_paths, FormatError, ManifestEntry, ManifestHeader, ManifestReader};
-use coffer_format::{ManifestWriter, RepositoryConfig};
+use coffer_format::{layout, ManifestWriter, RepositoryConfig};
 use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::record::removed_record;
 use crate::report::{Batcher, Reporter, RunFailure};
 use crate::repository::Repository;
+use crate::store::{Store, StoreError};
 
 /// Entries per batch between a manifest thread and the backup loop.
 const BATCH: usize = 256;
@@ -111,6 +112,31 @@ impl ManifestSink {
         writer
             .await
             .map_err(|e| RunFailure::retryable(format!("the manifest writer failed: {e}")))?
+    }
+}
+
+/// Stores the finished manifest of the attempt of `run_id` leased with
+/// `lease_token` under that attempt's own key, create-only; returns the key
+/// and the bytes written.
+///
+/// A key taken already means this attempt stored its manifest before (the
+/// control plane never hands out a token twice): the attempt fails rather
+/// than replace it, as nothing here can tell which content is the one the
+/// control plane may have been told about.
+pub(crate) async fn store_manifest(
+    store: &Store,
+    run_id: Uuid,
+    lease_token: i64,
+    spool: &NamedTempFile,
+    cancel: &CancellationToken,
+) -> Result<(String, u64), RunFailure> {
+    let key = layout::attempt_manifest_key(run_id, lease_token);
+    match store.put_file_new(&key, spool.path(), cancel).await {
+        Ok(written) => Ok((key, written)),
+        Err(StoreError::AlreadyExists { .. }) => Err(RunFailure::permanent(format!(
+            "the manifest of this attempt ({key}) exists already; it is never replaced"
+        ))),
+        Err(other) => Err(other.into()),
     }
 }
 

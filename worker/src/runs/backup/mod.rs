@@ -29,7 +29,6 @@ pub(crate) mod record;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use coffer_format::layout;
 use coffer_format::{ManifestHeader, RepositoryConfig};
 use coffer_proto::v1::JobOptions;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +44,7 @@ use crate::repository::{IndexUse, Repository};
 use crate::source::{self, WalkOptions};
 use crate::store::Store;
 use entries::walk_into_manifest;
-use manifests::{open_parent, ManifestSink};
+use manifests::{open_parent, store_manifest, ManifestSink};
 pub use manifests::{ParentSnapshot, MANIFEST_COMPRESSION_LEVEL};
 use reader::FileContext;
 pub use reader::MAX_REREADS;
@@ -191,11 +190,8 @@ async fn execute<R: Reporter>(
     }
 
     let spool = manifest.finish().await?;
-    let manifest_key = layout::manifest_key(plan.run_id);
-    let manifest_len = plan
-        .store
-        .put_file(&manifest_key, spool.path(), cancel)
-        .await?;
+    let (manifest_key, manifest_len) =
+        store_manifest(&plan.store, plan.run_id, plan.lease_token, &spool, cancel).await?;
 
     tracing::debug!(run = %plan.run_id, elapsed = ?started.elapsed(), "manifest stored");
     let bytes_uploaded = packed.packs + packed.index_files + manifest_len;

@@ -23,7 +23,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         drain_timeout: config.drain_timeout(),
     };
     let executor = Arc::new(RunExecutor {
-        source_roots: session_config.source_roots.clone(),
+        roots: config.worker_roots()?,
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(shutdown.clone()));

@@ -472,6 +472,7 @@ fn backup_plan(
         store: Arc::clone(store),
         repository_key: REPOSITORY_KEY.to_vec(),
         parent,
+        access: None,
     }
 }
 
@@ -499,6 +500,7 @@ fn restore_plan(store: &Arc<Store>, manifest_key: &str, destination: &Path) -> R
         paths: Vec::new(),
         destination: destination.to_path_buf(),
         overwrite_newer: false,
+        access: None,
     }
 }
 

@@ -334,7 +334,11 @@ struct OpenedRoot {
 
 /// Opens the source root beneath its anchor (default: its parent), refusing
 /// a symlink anywhere from the anchor down, the root included.
-fn open_root(root: &Path, anchor: Option<&Path>) -> Result<OpenedRoot, SourceError> {
+fn open_root(given: &Path, anchor: Option<&Path>) -> Result<OpenedRoot, SourceError> {
+    // A relative root (only from in-process callers; assignments are
+    // normalised) is taken from the working directory.
+    let absolute = std::path::absolute(given).unwrap_or_else(|_| given.to_path_buf());
+    let root = absolute.as_path();
     let anchor = anchor
         .map(Path::to_path_buf)
         .or_else(|| root.parent().map(Path::to_path_buf))

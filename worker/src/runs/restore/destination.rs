@@ -21,8 +21,9 @@ use crate::paths::grant::AllowedPath;
 use crate::paths::{join_relative, relative_to};
 
 /// Mode of directories created on the way, before their recorded mode is
-/// applied (and of parents a partial restore creates that are not in it).
-const NEW_DIRECTORY_MODE: u32 = 0o700;
+/// applied (and of the destination and parents that are not in the
+/// snapshot): as `mkdir -p`, the umask applies.
+const NEW_DIRECTORY_MODE: u32 = 0o777;
 /// Mode of a temporary file until its recorded mode is applied.
 const TEMP_FILE_MODE: u32 = 0o600;
 /// Setuid, setgid and sticky.
@@ -58,7 +59,10 @@ impl Destination {
     /// destination. Without `access` (a trusted in-process caller) the
     /// destination is resolved beneath its parent and everything is restored
     /// as recorded.
-    pub(super) fn open(destination: &Path, access: Option<&AllowedPath>) -> io::Result<Self> {
+    pub(super) fn open(given: &Path, access: Option<&AllowedPath>) -> io::Result<Self> {
+        // A relative destination (only from in-process callers; assignments
+        // are normalised) is taken from the working directory.
+        let destination = &std::path::absolute(given)?;
         let anchor = access
             .map(|a| a.anchor.clone())
             .or_else(|| destination.parent().map(Path::to_path_buf))

@@ -69,6 +69,9 @@ impl<R: Read> ManifestReader<R> {
         let probe: HeaderProbe = serde_json::from_slice(first)?;
         check_format(&probe.manifest.format, probe.manifest.version)?;
         let HeaderLine { manifest: header } = serde_json::from_slice(first)?;
+        header
+            .check()
+            .map_err(|reason| FormatError::Corrupt(format!("manifest header: {reason}")))?;
         Ok(ManifestReader {
             lines,
             header,

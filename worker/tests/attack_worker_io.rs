@@ -165,14 +165,7 @@ fn attributes(kind: EntryKind, mode: u32) -> FileAttributes {
 }
 
 fn entry(path: &[u8], attributes: FileAttributes) -> ManifestEntry {
-    ManifestEntry {
-        path: path.to_vec(),
-        attributes,
-        ctime_ns: 0,
-        inode: 1,
-        dev: 1,
-        chunks: Vec::new(),
-    }
+    ManifestEntry::new(path.to_vec(), attributes)
 }
 
 /// `content` (a real file entry) under another path, owned by root with
@@ -705,127 +698,99 @@ async fn the_worker_enforces_its_roots_grants_and_protected_paths() {
     let base = scene.base.path();
     let control_plane = FakeControlPlane::start().await;
     let source_root = scene.text("source");
-    let restore_root = scene.text("dest");
-    let repo_root = scene.text("repo");
     let protected = scene.text("source/state");
     let _worker = control_plane.spawn_worker(&[
         "--source-roots",
         &source_root,
         "--restore-roots",
-        &restore_root,
+        &scene.text("dest"),
         "--repository-roots",
-        &repo_root,
+        &scene.text("repo"),
         "--protected-paths",
         &protected,
     ]);
     let repo_grant = grant(&repo, base, pb::GrantUse::Repository);
     let source_grant = |path: &Path| grant(path, base, pb::GrantUse::BackupSource);
-
-    // Outside the worker's source roots, although the control plane granted it.
     let outside = scene.path("outside");
-    let completion = control_plane
-        .run(backup_assignment(
-            &outside.display().to_string(),
-            &repo,
-            vec![source_grant(&outside), repo_grant.clone()],
-        ))
-        .await;
-    let refused = failure(&completion);
-    assert!(
-        refused
-            .error
-            .contains("outside this worker's backup source roots"),
-        "{}",
-        refused.error
-    );
-    assert!(!refused.retryable);
-
-    // Within the roots but without a grant for the source.
-    let completion = control_plane
-        .run(backup_assignment(
-            &source_root,
-            &repo,
-            vec![repo_grant.clone()],
-        ))
-        .await;
-    assert!(
-        failure(&completion).error.contains("no grant"),
-        "{:?}",
-        completion.outcome
-    );
-
-    // A grant for another use does not do.
-    let wrong_use = grant(
-        &scene.path("source"),
-        base,
-        pb::GrantUse::RestoreDestination,
-    );
-    let completion = control_plane
-        .run(backup_assignment(
-            &source_root,
-            &repo,
-            vec![wrong_use, repo_grant.clone()],
-        ))
-        .await;
-    assert!(
-        failure(&completion).error.contains("no grant"),
-        "{:?}",
-        completion.outcome
-    );
-
-    // Spelled to climb out: refused before any grant is looked at.
-    let climbing = format!("{source_root}/../outside");
-    let mut climbing_grant = source_grant(&scene.path("outside"));
-    climbing_grant.path = climbing.clone();
-    let completion = control_plane
-        .run(backup_assignment(
-            &climbing,
-            &repo,
-            vec![climbing_grant, repo_grant.clone()],
-        ))
-        .await;
-    assert!(
-        failure(&completion).error.contains("'..'"),
-        "{:?}",
-        completion.outcome
-    );
-
-    // A protected path.
-    let completion = control_plane
-        .run(backup_assignment(
-            &protected,
-            &repo,
-            vec![
-                source_grant(&scene.path("source/state")),
-                repo_grant.clone(),
-            ],
-        ))
-        .await;
-    assert!(
-        failure(&completion).error.contains("protects"),
-        "{:?}",
-        completion.outcome
-    );
-
-    // A repository outside the worker's repository roots.
+    let sentinel = hash_tree(&outside);
+    let mut climbing = source_grant(&outside);
+    climbing.path = format!("{source_root}/../outside");
     let other_repo = scene.path("outside/repo");
-    let completion = control_plane
-        .run(backup_assignment(
-            &source_root,
-            &other_repo,
-            vec![
-                source_grant(&scene.path("source")),
-                grant(&other_repo, base, pb::GrantUse::Repository),
-            ],
-        ))
-        .await;
-    assert!(
-        failure(&completion)
-            .error
-            .contains("outside this worker's repository roots"),
-        "{:?}",
-        completion.outcome
-    );
+    let refusals = [
+        // Outside the worker's source roots, although the control plane granted it.
+        (
+            backup_assignment(
+                &outside.display().to_string(),
+                &repo,
+                vec![source_grant(&outside), repo_grant.clone()],
+            ),
+            "outside this worker's backup source roots",
+        ),
+        // Within the roots but without a grant for the source.
+        (
+            backup_assignment(&source_root, &repo, vec![repo_grant.clone()]),
+            "no grant",
+        ),
+        // A grant for another use does not do.
+        (
+            backup_assignment(
+                &source_root,
+                &repo,
+                vec![
+                    grant(
+                        &scene.path("source"),
+                        base,
+                        pb::GrantUse::RestoreDestination,
+                    ),
+                    repo_grant.clone(),
+                ],
+            ),
+            "no grant",
+        ),
+        // Spelled to climb out: refused before any grant is looked at.
+        (
+            backup_assignment(
+                &climbing.path.clone(),
+                &repo,
+                vec![climbing, repo_grant.clone()],
+            ),
+            "'..'",
+        ),
+        // A protected path.
+        (
+            backup_assignment(
+                &protected,
+                &repo,
+                vec![
+                    source_grant(&scene.path("source/state")),
+                    repo_grant.clone(),
+                ],
+            ),
+            "protects",
+        ),
+        // A repository outside the worker's repository roots.
+        (
+            backup_assignment(
+                &source_root,
+                &other_repo,
+                vec![
+                    source_grant(&scene.path("source")),
+                    grant(&other_repo, base, pb::GrantUse::Repository),
+                ],
+            ),
+            "outside this worker's repository roots",
+        ),
+    ];
+    for (assignment, expected) in refusals {
+        let completion = control_plane.run(assignment).await;
+        let refused = failure(&completion);
+        assert!(
+            refused.error.contains(expected),
+            "{expected}: {}",
+            refused.error
+        );
+        assert!(!refused.retryable, "a refusal is permanent");
+    }
     assert!(!other_repo.exists());
     assert!(
         is_empty_dir(&repo),
@@ -852,49 +817,38 @@ async fn the_worker_enforces_its_roots_grants_and_protected_paths() {
         "the protected path was read: {paths:?}"
     );
 
-    // A restore outside the restore roots, granted or not.
-    let sentinel = hash_tree(&outside);
-    let target = scene.path("outside/restored");
-    let completion = control_plane
-        .run(restore_assignment(
-            &key,
-            &target.display().to_string(),
-            &repo,
-            vec![
-                grant(&target, base, pb::GrantUse::RestoreDestination),
-                repo_grant.clone(),
-            ],
-        ))
-        .await;
-    assert!(
-        failure(&completion)
-            .error
-            .contains("outside this worker's restore destination roots"),
-        "{:?}",
-        completion.outcome
-    );
-    assert_eq!(hash_tree(&outside), sentinel);
-
-    // And within them, with its grant: restored.
-    let target = scene.path("dest/restored");
-    let completion = control_plane
-        .run(restore_assignment(
-            &key,
-            &target.display().to_string(),
-            &repo,
-            vec![
-                grant(
-                    &target,
-                    &scene.path("dest"),
-                    pb::GrantUse::RestoreDestination,
-                ),
-                repo_grant,
-            ],
-        ))
-        .await;
-    let _ = manifest_key(&completion);
+    // A restore outside the restore roots, granted or not; then within them.
+    for (target, root) in [
+        (scene.path("outside/restored"), base.to_path_buf()),
+        (scene.path("dest/restored"), scene.path("dest")),
+    ] {
+        let completion = control_plane
+            .run(restore_assignment(
+                &key,
+                &target.display().to_string(),
+                &repo,
+                vec![
+                    grant(&target, &root, pb::GrantUse::RestoreDestination),
+                    repo_grant.clone(),
+                ],
+            ))
+            .await;
+        if target.starts_with(&outside) {
+            let refused = failure(&completion);
+            assert!(
+                refused
+                    .error
+                    .contains("outside this worker's restore destination roots"),
+                "{}",
+                refused.error
+            );
+        } else {
+            let _ = manifest_key(&completion);
+        }
+    }
+    assert_eq!(hash_tree(&outside), sentinel, "the outside changed");
     assert_eq!(
-        std::fs::read(target.join("data.txt")).expect("restored"),
+        std::fs::read(scene.path("dest/restored/data.txt")).expect("restored"),
         b"tenant data\n"
     );
 }

@@ -87,6 +87,19 @@ impl From<EntryLine<'_>> for ManifestEntry {
 }
 
 impl ManifestEntry {
+    /// An entry without chunks whose change time, inode and device are zero
+    /// (they only tell an incremental backup whether to read a file again).
+    pub fn new(path: Vec<u8>, attributes: FileAttributes) -> Self {
+        ManifestEntry {
+            path,
+            attributes,
+            ctime_ns: 0,
+            inode: 0,
+            dev: 0,
+            chunks: Vec::new(),
+        }
+    }
+
     /// What the entry is.
     pub fn kind(&self) -> EntryKind {
         self.attributes.kind

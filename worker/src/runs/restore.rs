@@ -223,6 +223,12 @@ async fn execute<R: Reporter>(
     let destination = Arc::new(destination);
     let suffix: Arc<str> = format!(".coffer-restore-{}", plan.run_id).into();
 
+    let context = WindowContext {
+        repository: &repository,
+        destination: &destination,
+        suffix: &suffix,
+        cancel,
+    };
     let mut directories: Vec<(ManifestEntry, bool)> = Vec::new();
     let mut window = Window::default();
     let mut totals = Totals {
@@ -279,12 +285,6 @@ async fn execute<R: Reporter>(
                         window.plan(entry, &index);
                         if window.is_full() {
                             let full = std::mem::take(&mut window);
-                            let context = WindowContext {
-                                repository: &repository,
-                                destination: &destination,
-                                suffix: &suffix,
-                                cancel,
-                            };
                             context.restore(full, batcher, &mut totals).await?;
                         }
                     }
@@ -294,12 +294,6 @@ async fn execute<R: Reporter>(
         }
         batcher.report_progress(false);
     }
-    let context = WindowContext {
-        repository: &repository,
-        destination: &destination,
-        suffix: &suffix,
-        cancel,
-    };
     context.restore(window, batcher, &mut totals).await?;
     drop(index);
 

@@ -61,7 +61,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let worker = if config.runs_embedded_worker() {
         let token = startup::embedded_worker_token(&config, &state.catalog).await?;
         let worker_config = startup::embedded_worker_config(&config, port, token);
-        let executor = Arc::new(RunExecutor::default());
+        let executor = Arc::new(RunExecutor::protecting(&config.data_dir)?);
         tracing::info!(slots = worker_config.slots, "embedded worker starting");
         Some(tokio::spawn(coffer_worker::session::run(
             worker_config,

@@ -362,11 +362,32 @@ async fn a_short_grace_is_for_admins_only(backend: Backend) {
 /// RebuildCatalog reads untrusted storage into the catalog: admins only.
 async fn rebuild_catalog_is_admin_only(backend: Backend) {
     let (_server, _mallory, api) = server_and_user(backend, "mallory").await;
+    let secret = api
+        .secrets
+        .clone()
+        .create_secret(pb::CreateSecretRequest {
+            secret: Some(pb::Secret {
+                name: "mallory-keys".to_string(),
+                ..Default::default()
+            }),
+            s3: Some(pb::S3CredentialValues {
+                access_key_id: "mallory-access-key".to_string(),
+                secret_access_key: "mallory-secret-key".to_string(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("a secret of her own")
+        .into_inner()
+        .secret
+        .expect("secret in response");
     let bucket = api
         .create_bucket(pb::Bucket {
             name: "s3".to_string(),
             location: Some(pb::bucket::Location::S3(pb::S3Location {
+                endpoint: "https://s3.example.com".to_string(),
                 bucket: "mallory-bucket".to_string(),
+                secret_id: secret.id,
                 ..Default::default()
             })),
             ..Default::default()

@@ -57,6 +57,11 @@ pub struct FileAttributes {
 /// The permission bits a version keeps of `st_mode`.
 pub const PERMISSION_BITS: u32 = 0o7777;
 
+/// `st_mode` bits naming the file type.
+const FILE_TYPE_BITS: u32 = 0o170_000;
+/// Longest symlink target Linux stores (`PATH_MAX`, the NUL excluded).
+const MAX_LINK_TARGET: usize = 4095;
+
 /// Modification times are compared at this precision: the catalog stores
 /// microseconds (PostgreSQL's `timestamptz`), so a finer difference could
 /// never be recorded and must not count as a change.
@@ -88,6 +93,15 @@ impl FileAttributes {
     /// lowercase hex digits) only on a regular file, a link target exactly
     /// on a symlink. The error says what is wrong, for the caller to wrap.
     pub fn check(&self) -> Result<(), String> {
+        self.check_mode()?;
+        if self.kind != EntryKind::File && self.size != 0 {
+            return Err(format!("{} entry with a size", self.kind.as_str()));
+        }
+        if let Some(target) = &self.symlink_target {
+            if target.is_empty() || target.contains(&0) || target.len() > MAX_LINK_TARGET {
+                return Err("symlink target empty, too long or with a NUL byte".to_owned());
+            }
+        }
         if self.kind != EntryKind::File && self.content_hash.is_some() {
             return Err(format!("{} entry with a content hash", self.kind.as_str()));
         }
@@ -104,6 +118,29 @@ impl FileAttributes {
         }
         if (self.kind == EntryKind::Symlink) != self.symlink_target.is_some() {
             return Err("symlink target present exactly when the entry is a symlink".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl FileAttributes {
+    /// A mode holds nothing above `st_mode`'s 16 bits, and its file-type
+    /// bits (when recorded) agree with the kind.
+    fn check_mode(&self) -> Result<(), String> {
+        if self.mode > 0o177_777 {
+            return Err(format!("mode {:o} has bits above st_mode's", self.mode));
+        }
+        let file_type = self.mode & FILE_TYPE_BITS;
+        let expected = match self.kind {
+            EntryKind::File => 0o100_000,
+            EntryKind::Directory => 0o040_000,
+            EntryKind::Symlink => 0o120_000,
+        };
+        if file_type != 0 && file_type != expected {
+            return Err(format!(
+                "{} entry with the file-type bits {file_type:o} of another kind",
+                self.kind.as_str()
+            ));
         }
         Ok(())
     }
@@ -171,9 +208,38 @@ mod tests {
         let mut link = file();
         link.kind = EntryKind::Symlink;
         link.content_hash = None;
+        link.size = 0;
+        link.mode = 0o120777;
         assert!(link.check().is_err(), "symlink without a target");
         link.symlink_target = Some(b"target".to_vec());
         assert_eq!(link.check(), Ok(()));
+        for bad in [&b""[..], b"a\0b", &[b'x'; 4096]] {
+            link.symlink_target = Some(bad.to_vec());
+            assert!(link.check().is_err(), "link target {bad:?}");
+        }
+    }
+
+    #[test]
+    fn modes_and_sizes_must_fit_the_kind() {
+        let mut wrong_type = file();
+        wrong_type.mode = 0o040755;
+        assert!(
+            wrong_type.check().is_err(),
+            "a file with a directory's type bits"
+        );
+        let mut too_wide = file();
+        too_wide.mode = 0o1_000_644;
+        assert!(too_wide.check().is_err(), "bits above st_mode");
+        let mut bare = file();
+        bare.mode = 0o4755;
+        assert_eq!(bare.check(), Ok(()), "type bits may be left out");
+        let mut directory = file();
+        directory.kind = EntryKind::Directory;
+        directory.content_hash = None;
+        directory.mode = 0o040755;
+        assert!(directory.check().is_err(), "a directory with a size");
+        directory.size = 0;
+        assert_eq!(directory.check(), Ok(()));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{check_format, FormatError};
 use crate::id::{ChunkId, IndexId, PackId};
-use crate::jsonl::{LineReader, LineWriter};
+use crate::jsonl::{DecodeLimits, LineReader, LineWriter};
 use crate::pack::{Compression, PackEntry, SealedPack, PACK_HEADER_LEN};
 use crate::version::{FORMAT_NAME, FORMAT_VERSION};
 
@@ -132,7 +132,7 @@ impl IndexFile {
     /// files as corrupt. It does not check the bytes against their key:
     /// compare [`IndexId::compute`] with the key for that.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut lines = LineReader::new(bytes)?;
+        let mut lines = LineReader::new(bytes, index_limits(bytes.len()))?;
         let first = lines
             .next_line()?
             .ok_or_else(|| FormatError::Corrupt("index: empty".to_owned()))?;
@@ -169,6 +169,22 @@ impl IndexFile {
             ));
         }
         Ok(IndexFile { packs })
+    }
+}
+
+/// Index files are decoded whole into memory, so what one may decode to is
+/// bounded by its stored size: chunk ids are random hex, which zstd shrinks
+/// to about half, so a real index file never comes near this ratio.
+const MAX_INDEX_EXPANSION: u64 = 32;
+/// Decoded bytes any index file may have, however small it is stored.
+const MIN_INDEX_DECODE_LIMIT: u64 = 16 << 20;
+
+fn index_limits(stored_len: usize) -> DecodeLimits {
+    DecodeLimits {
+        max_line: crate::jsonl::MAX_LINE_BYTES,
+        max_total: (stored_len as u64)
+            .saturating_mul(MAX_INDEX_EXPANSION)
+            .max(MIN_INDEX_DECODE_LIMIT),
     }
 }
 

@@ -10,6 +10,31 @@ use serde::Serialize;
 
 use crate::error::FormatError;
 
+/// The longest line a reader accepts and a writer produces: a manifest
+/// entry of a file with about 1.9 million chunks (about 2 TiB at the
+/// chunker's average size) still fits. Stored data is untrusted, so a
+/// longer line (a decompression bomb without newlines) is an error before
+/// it is an allocation.
+pub const MAX_LINE_BYTES: u64 = 128 << 20;
+
+/// Bounds on what one zstd frame of JSON lines may decode to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DecodeLimits {
+    /// Longest line, newline excluded.
+    pub(crate) max_line: u64,
+    /// Most bytes the whole frame may decode to (`u64::MAX`: no bound, for
+    /// streams read one line at a time).
+    pub(crate) max_total: u64,
+}
+
+impl DecodeLimits {
+    /// Lines of at most [`MAX_LINE_BYTES`], any number of them.
+    pub(crate) const STREAMED: DecodeLimits = DecodeLimits {
+        max_line: MAX_LINE_BYTES,
+        max_total: u64::MAX,
+    };
+}
+
 /// Writes JSON lines into a zstd frame.
 pub(crate) struct LineWriter<W: Write> {
     encoder: zstd::stream::write::Encoder<'static, W>,
@@ -30,6 +55,12 @@ impl<W: Write> LineWriter<W> {
     pub(crate) fn write_line<T: Serialize>(&mut self, value: &T) -> Result<(), FormatError> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, value)?;
+        if self.line.len() as u64 > MAX_LINE_BYTES {
+            return Err(FormatError::InvalidInput(format!(
+                "a line of {} bytes is longer than the {MAX_LINE_BYTES}-byte limit readers enforce",
+                self.line.len()
+            )));
+        }
         // Compact serde_json output never contains a raw newline: strings
         // escape it, so the newline below is always the line end.
         self.line.push(b'\n');
@@ -50,10 +81,13 @@ impl<W: Write> LineWriter<W> {
 pub(crate) struct LineReader<R: Read> {
     lines: BufReader<zstd::stream::read::Decoder<'static, BufReader<SourceReader<R>>>>,
     line: Vec<u8>,
+    limits: DecodeLimits,
+    /// Bytes decoded so far.
+    total: u64,
 }
 
 impl<R: Read> LineReader<R> {
-    pub(crate) fn new(reader: R) -> Result<Self, FormatError> {
+    pub(crate) fn new(reader: R, limits: DecodeLimits) -> Result<Self, FormatError> {
         let source = SourceReader {
             inner: reader,
             failed: false,
@@ -62,19 +96,46 @@ impl<R: Read> LineReader<R> {
         Ok(LineReader {
             lines: BufReader::new(decoder),
             line: Vec::new(),
+            limits,
+            total: 0,
         })
     }
 
     /// The next line without its newline, or `None` at a clean end of the
-    /// frame. A final line without a newline means the stream was cut.
+    /// frame. A final line without a newline means the stream was cut; a
+    /// line or a frame longer than the limits is corrupt, found after
+    /// decoding at most one byte more than the limit.
     pub(crate) fn next_line(&mut self) -> Result<Option<&[u8]>, FormatError> {
         self.line.clear();
-        let read = match self.lines.read_until(b'\n', &mut self.line) {
+        let budget = self.limits.max_line.saturating_add(1).min(
+            self.limits
+                .max_total
+                .saturating_sub(self.total)
+                .saturating_add(1),
+        );
+        let read = match (&mut self.lines)
+            .take(budget)
+            .read_until(b'\n', &mut self.line)
+        {
             Ok(read) => read,
             Err(err) => return Err(self.classify(err)),
         };
         if read == 0 {
             return Ok(None);
+        }
+        self.total = self.total.saturating_add(read as u64);
+        if self.total > self.limits.max_total {
+            return Err(FormatError::Corrupt(format!(
+                "decodes to more than {} bytes (a decompression bomb?)",
+                self.limits.max_total
+            )));
+        }
+        let content = self.line.len() as u64 - u64::from(self.line.last() == Some(&b'\n'));
+        if content > self.limits.max_line {
+            return Err(FormatError::Corrupt(format!(
+                "a line longer than {} bytes (a decompression bomb?)",
+                self.limits.max_line
+            )));
         }
         if self.line.pop() != Some(b'\n') {
             return Err(FormatError::Corrupt(

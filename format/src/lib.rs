@@ -32,6 +32,7 @@ pub use error::FormatError;
 pub use hash::{ChunkHasher, ContentHasher};
 pub use id::{ChunkId, IndexId, InvalidId, PackId};
 pub use index::{ChunkIndex, ChunkLocation, IndexFile, IndexPack};
+pub use jsonl::MAX_LINE_BYTES;
 pub use manifest::{
     compare_paths, EntryKind, ManifestEntry, ManifestFooter, ManifestHeader, ManifestReader,
     ManifestWriter,

@@ -140,6 +140,7 @@ async fn run() -> anyhow::Result<()> {
             run_id: Uuid::nil(),
             manifest_key,
         }),
+        access: None,
     };
     let started = Instant::now();
     let cpu_before = cpu_seconds();
@@ -162,6 +163,7 @@ async fn run() -> anyhow::Result<()> {
             paths: Vec::new(),
             destination: PathBuf::from(destination),
             overwrite_newer: true,
+            access: None,
         };
         let started = Instant::now();
         let cpu_before = cpu_seconds();

@@ -2,12 +2,14 @@
 //! The worker token comes only from the environment or a file.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 
 use crate::connect::ClientTls;
+use crate::paths::grant::WorkerRoots;
+use crate::paths::normalise;
 
 /// Worker settings.
 #[derive(Parser, Debug, Clone)]
@@ -40,6 +42,26 @@ pub struct Config {
     /// Source roots this worker may read, separated by commas (empty: any).
     #[arg(long, env = "COFFER_SOURCE_ROOTS", default_value = "")]
     pub source_roots: String,
+
+    /// Roots restores may write beneath, separated by commas (empty: any).
+    #[arg(long, env = "COFFER_RESTORE_ROOTS", default_value = "")]
+    pub restore_roots: String,
+
+    /// Roots filesystem and NFS repositories may live beneath, separated by
+    /// commas (empty: any).
+    #[arg(long, env = "COFFER_REPOSITORY_ROOTS", default_value = "")]
+    pub repository_roots: String,
+
+    /// Paths no run reads or writes, separated by commas: the control
+    /// plane's data directory (`coffer-data` in the working directory, the
+    /// image's `/var/lib/coffer`) by default. Relative paths are taken from
+    /// the working directory; the worker's token file is always added.
+    #[arg(
+        long,
+        env = "COFFER_PROTECTED_PATHS",
+        default_value = "/var/lib/coffer,coffer-data"
+    )]
+    pub protected_paths: String,
 
     /// Seconds a drain (SIGTERM) waits for running work before releasing it.
     #[arg(long, env = "COFFER_DRAIN_TIMEOUT_SECONDS", default_value_t = 30)]
@@ -92,6 +114,9 @@ impl crate::process::BinaryConfig for Config {
             format!("labels = {}", self.labels),
             format!("slots = {}", self.slots),
             format!("source_roots = {}", self.source_roots),
+            format!("restore_roots = {}", self.restore_roots),
+            format!("repository_roots = {}", self.repository_roots),
+            format!("protected_paths = {}", self.protected_paths),
             format!("drain_timeout_seconds = {}", self.drain_timeout_seconds),
             format!("log_format = {}", self.log_format),
             format!("tls_ca = {}", display_path(self.tls_ca.as_ref())),
@@ -141,12 +166,25 @@ impl Config {
 
     /// Parsed source roots.
     pub fn parsed_source_roots(&self) -> Vec<String> {
-        self.source_roots
-            .split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(str::to_string)
-            .collect()
+        split_list(&self.source_roots).map(str::to_string).collect()
+    }
+
+    /// The worker's own path limits from the root and protected-path
+    /// flags; a root that is not a normalised absolute path is an error.
+    pub fn worker_roots(&self) -> anyhow::Result<WorkerRoots> {
+        let mut protected = Vec::new();
+        let token_file = std::env::var("COFFER_WORKER_TOKEN_FILE").unwrap_or_default();
+        for path in split_list(&self.protected_paths)
+            .chain(Some(token_file.as_str()).filter(|p| !p.is_empty()))
+        {
+            protected.extend(protected_forms(Path::new(path))?);
+        }
+        Ok(WorkerRoots {
+            source: parse_roots("--source-roots", &self.source_roots)?,
+            restore: parse_roots("--restore-roots", &self.restore_roots)?,
+            repository: parse_roots("--repository-roots", &self.repository_roots)?,
+            protected,
+        })
     }
 
     /// TLS towards the control plane.
@@ -183,6 +221,30 @@ fn display_path(path: Option<&PathBuf>) -> String {
     path.map(|p| p.display().to_string()).unwrap_or_default()
 }
 
+fn split_list(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|r| !r.is_empty())
+}
+
+fn parse_roots(flag: &str, list: &str) -> anyhow::Result<Vec<PathBuf>> {
+    split_list(list)
+        .map(|root| normalise(root).map_err(|e| anyhow::anyhow!("{flag}: root {root:?}: {e}")))
+        .collect()
+}
+
+/// A protected path as written (made absolute) and, when it exists, with
+/// its symlinks resolved, so that neither spelling reaches it.
+pub fn protected_forms(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let absolute = std::path::absolute(path)
+        .map_err(|e| anyhow::anyhow!("protected path {}: {e}", path.display()))?;
+    let mut forms = vec![absolute.clone()];
+    if let Ok(canonical) = std::fs::canonicalize(&absolute) {
+        if canonical != absolute {
+            forms.push(canonical);
+        }
+    }
+    Ok(forms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +264,23 @@ mod tests {
         assert_eq!(config.parsed_source_roots(), vec!["/data", "/srv"]);
         let bad = Config::parse_from(["coffer-worker", "--labels", "nonsense"]);
         assert!(bad.parsed_labels().is_err());
+    }
+
+    #[test]
+    fn roots_must_be_normalised_and_protected_paths_become_absolute() {
+        let config = Config::parse_from([
+            "coffer-worker",
+            "--restore-roots",
+            "/restore",
+            "--protected-paths",
+            "state,/var/lib/coffer",
+        ]);
+        let roots = config.worker_roots().expect("roots");
+        assert_eq!(roots.restore, vec![PathBuf::from("/restore")]);
+        assert!(roots.source.is_empty());
+        assert!(roots.protected.iter().all(|p| p.is_absolute()));
+        assert!(roots.protected.iter().any(|p| p.ends_with("state")));
+        let bad = Config::parse_from(["coffer-worker", "--source-roots", "/a/../etc"]);
+        assert!(bad.worker_roots().is_err());
     }
 }

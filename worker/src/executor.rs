@@ -8,6 +8,7 @@ use std::sync::Arc;
 use coffer_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::paths::grant::{check_path_grant, AllowedPath, PathUse, WorkerRoots};
 use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
 use crate::repository::Repository;
 use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
@@ -22,8 +23,8 @@ use crate::store::Store;
 /// Runs the work the lease session assigns.
 #[derive(Debug, Clone, Default)]
 pub struct RunExecutor {
-    /// Roots this worker may read (backups) or write (restores); empty allows any path.
-    pub source_roots: Vec<String>,
+    /// Where this worker's runs may read and write, whatever the grants.
+    pub roots: WorkerRoots,
 }
 
 struct SessionReporter<'a> {
@@ -115,24 +116,54 @@ async fn open_removals(
     Ok(opened)
 }
 
-fn is_under(path: &str, root: &str) -> bool {
-    let root = root.trim_end_matches('/');
-    root.is_empty()
-        || path == root
-        || path
-            .strip_prefix(root)
-            .is_some_and(|rest| rest.starts_with('/'))
+/// The local path a resolved target stores its repository at, if any.
+fn filesystem_path(target: &pb::ResolvedTarget) -> Option<&str> {
+    Some(target.filesystem_path.as_str())
+        .filter(|p| !p.is_empty())
+        .or_else(|| {
+            target
+                .bucket
+                .as_ref()
+                .map(|b| b.filesystem_path.as_str())
+                .filter(|p| !p.is_empty())
+        })
 }
 
 impl RunExecutor {
-    fn check_root(&self, path: &str) -> Result<(), RunFailure> {
-        if self.source_roots.is_empty() || self.source_roots.iter().any(|root| is_under(path, root))
-        {
-            return Ok(());
+    /// An executor with no roots of its own that never touches `state_dir`
+    /// (the embedded worker of a standalone control plane and its data
+    /// directory).
+    pub fn protecting(state_dir: &std::path::Path) -> anyhow::Result<Self> {
+        Ok(RunExecutor {
+            roots: WorkerRoots {
+                protected: crate::config::protected_forms(state_dir)?,
+                ..WorkerRoots::default()
+            },
+        })
+    }
+
+    /// Checks one path against the assignment's grants and this worker's
+    /// roots ([`check_path_grant`]); a refusal is permanent.
+    fn allow(
+        &self,
+        grants: &[pb::PathGrant],
+        path: &str,
+        path_use: PathUse,
+    ) -> Result<AllowedPath, RunFailure> {
+        check_path_grant(grants, &self.roots, path, path_use)
+            .map_err(|refusal| RunFailure::permanent(refusal.to_string()))
+    }
+
+    /// Checks the local path of a filesystem target, if it has one.
+    fn allow_target(
+        &self,
+        grants: &[pb::PathGrant],
+        target: &pb::ResolvedTarget,
+    ) -> Result<(), RunFailure> {
+        match filesystem_path(target) {
+            Some(path) => self.allow(grants, path, PathUse::Repository).map(drop),
+            None => Ok(()),
         }
-        Err(RunFailure::permanent(format!(
-            "{path} is outside this worker's source roots"
-        )))
     }
 
     async fn run(
@@ -151,12 +182,27 @@ impl RunExecutor {
         let spec = run
             .spec
             .ok_or_else(|| RunFailure::permanent("assignment without a spec"))?;
-        if let pb::run::Spec::Backup(backup) = &spec {
-            self.check_root(&backup.source_path)?;
+        // Every local path is checked before any I/O: the repository's (the
+        // run's own target and every removal's), then the source or the
+        // destination.
+        let grants = &assignment.path_grants;
+        self.allow_target(grants, &target)?;
+        for removal in &assignment.removals {
+            if let Some(removal_target) = &removal.target {
+                self.allow_target(grants, removal_target)?;
+            }
         }
-        if let pb::run::Spec::Restore(restore) = &spec {
-            self.check_root(&restore.destination_path)?;
-        }
+        let access = match &spec {
+            pb::run::Spec::Backup(backup) => {
+                Some(self.allow(grants, &backup.source_path, PathUse::BackupSource)?)
+            }
+            pb::run::Spec::Restore(restore) => Some(self.allow(
+                grants,
+                &restore.destination_path,
+                PathUse::RestoreDestination,
+            )?),
+            _ => None,
+        };
         let store = Store::open(&target, "").await.map_err(|error| RunFailure {
             message: format!("cannot open the target: {error}"),
             retryable: error.is_retryable(),
@@ -202,6 +248,7 @@ impl RunExecutor {
                     store,
                     repository_key: assignment.repository_key,
                     parent,
+                    access,
                 };
                 run_backup(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "backup finished");
@@ -224,6 +271,7 @@ impl RunExecutor {
                     paths: restore.paths,
                     destination: PathBuf::from(&restore.destination_path),
                     overwrite_newer: restore.overwrite_newer,
+                    access,
                 };
                 run_restore(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "restore finished");

@@ -6,7 +6,9 @@
 //!   collection, retention, catalog rebuild) and the attempt harness they share.
 //! - [`repository`]: a repository in a store (config, index, manifests) and the
 //!   packer that backup and garbage collection write packs through.
-//! - [`source`] reads the tree to back up, [`store`] talks to the storage.
+//! - [`source`] reads the tree to back up, [`store`] talks to the storage;
+//!   [`paths`] checks every local path against its grant and the worker's
+//!   roots, and opens entries beneath a directory without following symlinks.
 //! - [`session`] holds the lease session, [`executor`] turns its assignments
 //!   into runs, [`report`] carries what a run reports.
 
@@ -16,6 +18,7 @@ pub mod connect;
 pub mod cpu_pool;
 pub mod executor;
 pub mod fence;
+pub mod paths;
 pub mod process;
 pub mod report;
 pub mod repository;

@@ -24,7 +24,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tls: config.client_tls(),
     };
     let executor = Arc::new(RunExecutor {
-        source_roots: session_config.source_roots.clone(),
+        roots: config.worker_roots()?,
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(shutdown.clone()));

@@ -5,12 +5,27 @@
 //!
 //! Paths are raw bytes relative to the source root, `/`-separated; names need
 //! not be UTF-8.
+//!
+//! Nothing is looked up by absolute path: the root is opened beneath its
+//! anchor (the grant's or the worker's root) and every entry beneath the
+//! root's descriptor with [`crate::paths::beneath`], so a directory swapped
+//! for a symlink while the walk runs is refused, never followed, and a
+//! source root that is itself a symlink is refused (backing up the link
+//! alone would be useless, and following it would read outside the granted
+//! path).
 
-use std::ffi::OsString;
-use std::fs::{self, Metadata};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::paths::beneath;
+use crate::paths::relative_to;
 
 use globset::{GlobSet, GlobSetBuilder};
 use tokio::sync::mpsc;
@@ -32,6 +47,11 @@ pub struct WalkOptions {
     /// Do not descend into directories on another filesystem than the root's
     /// (the mount point itself is still listed).
     pub one_file_system: bool,
+    /// A trusted directory containing the root, which the root is resolved
+    /// beneath without following symlinks; `None`: the root's parent.
+    pub anchor: Option<PathBuf>,
+    /// Paths relative to the root that are never read (protected paths).
+    pub skip: Vec<Vec<u8>>,
 }
 
 /// The type of an entry.
@@ -189,6 +209,10 @@ pub enum SourceError {
     /// The source root is neither a directory nor a regular file.
     #[error("source path {} is neither a directory nor a regular file", .0.display())]
     UnsupportedRoot(PathBuf),
+    /// The source root, or a directory on its way from the anchor, is a
+    /// symlink: refused, never followed.
+    #[error("source path {} is refused: it is or passes through a symlink", .0.display())]
+    SymlinkRoot(PathBuf),
     /// An exclude pattern is not a valid glob.
     #[error("invalid exclude pattern {pattern:?}: {message}")]
     InvalidExclude {
@@ -204,9 +228,17 @@ pub enum SourceError {
 pub struct SourceWalk {
     receiver: mpsc::Receiver<Vec<WalkItem>>,
     buffered: std::vec::IntoIter<WalkItem>,
+    root: Arc<OwnedFd>,
 }
 
 impl SourceWalk {
+    /// The directory entries' paths are relative to (the root itself, or
+    /// for a single-file root its parent): open them with
+    /// [`open_entry`].
+    pub fn root(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.root)
+    }
+
     /// The next item, or `None` once the walk has finished (or was cancelled).
     pub async fn next(&mut self) -> Option<WalkItem> {
         loop {
@@ -220,11 +252,12 @@ impl SourceWalk {
 
 /// Starts walking `root` on a blocking thread.
 ///
-/// The root itself is followed if it is a symlink, and is not an entry: a
-/// directory root yields its contents; a regular-file root yields one entry
-/// named after the file. Fails only when the root cannot be used or an
-/// exclude pattern is invalid; everything below the root is reported per
-/// entry. The walk stops when `cancel` fires or the [`SourceWalk`] is dropped.
+/// The root is opened beneath `options.anchor` without following symlinks
+/// and is not an entry: a directory root yields its contents; a
+/// regular-file root yields one entry named after the file. Fails only when
+/// the root cannot be used or an exclude pattern is invalid; everything
+/// below the root is reported per entry. The walk stops when `cancel` fires
+/// or the [`SourceWalk`] is dropped.
 pub async fn walk(
     root: &Path,
     options: &WalkOptions,
@@ -232,40 +265,48 @@ pub async fn walk(
 ) -> Result<SourceWalk, SourceError> {
     let excludes = build_excludes(&options.exclude)?;
     let root = root.to_path_buf();
-    let root_for_stat = root.clone();
-    let root_metadata = tokio::task::spawn_blocking(move || fs::metadata(&root_for_stat))
+    let anchor = options.anchor.clone();
+    let opening = root.clone();
+    let opened = tokio::task::spawn_blocking(move || open_root(&opening, anchor.as_deref()))
         .await
         .map_err(|e| SourceError::RootUnreadable {
             path: root.clone(),
             source: std::io::Error::other(e),
-        })?
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => SourceError::RootNotFound(root.clone()),
-            _ => SourceError::RootUnreadable {
-                path: root.clone(),
-                source: e,
-            },
-        })?;
-    let first = if root_metadata.is_dir() {
-        Pending::Children {
+        })??;
+    let root_metadata = opened.metadata;
+    let (base, first) = if root_metadata.is_dir() {
+        let first = Pending::Children {
             dir: root.clone(),
             rel: Vec::new(),
-        }
+        };
+        (opened.fd, first)
     } else if root_metadata.is_file() {
         let name = root
             .file_name()
             .map(|n| n.as_bytes().to_vec())
             .ok_or_else(|| SourceError::UnsupportedRoot(root.clone()))?;
-        Pending::Entry {
+        // A single file is read by name from its parent, opened the same way.
+        let (parent_rel, _) = beneath::split_parent(&opened.rel);
+        let parent = beneath::open_dir(opened.anchor.as_fd(), parent_rel).map_err(|e| {
+            SourceError::RootUnreadable {
+                path: root.clone(),
+                source: e,
+            }
+        })?;
+        let first = Pending::Entry {
             abs: root.clone(),
             rel: name,
-        }
+        };
+        (parent, first)
     } else {
         return Err(SourceError::UnsupportedRoot(root));
     };
+    let base = Arc::new(base);
     let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
     let walker = Walker {
+        root: Arc::clone(&base),
         excludes,
+        skip: options.skip.clone(),
         one_file_system: options.one_file_system,
         root_dev: root_metadata.dev(),
         sender,
@@ -276,7 +317,77 @@ pub async fn walk(
     Ok(SourceWalk {
         receiver,
         buffered: Vec::new().into_iter(),
+        root: base,
     })
+}
+
+/// The source root, opened.
+struct OpenedRoot {
+    /// The anchor it was resolved beneath.
+    anchor: OwnedFd,
+    /// The root relative to the anchor.
+    rel: Vec<u8>,
+    /// The root (`O_PATH`).
+    fd: OwnedFd,
+    metadata: Metadata,
+}
+
+/// Opens the source root beneath its anchor (default: its parent), refusing
+/// a symlink anywhere from the anchor down, the root included.
+fn open_root(given: &Path, anchor: Option<&Path>) -> Result<OpenedRoot, SourceError> {
+    // A relative root (only from in-process callers; assignments are
+    // normalised) is taken from the working directory.
+    let absolute = std::path::absolute(given).unwrap_or_else(|_| given.to_path_buf());
+    let root = absolute.as_path();
+    let anchor = anchor
+        .map(Path::to_path_buf)
+        .or_else(|| root.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| root.to_path_buf());
+    let unreadable = |source: std::io::Error| SourceError::RootUnreadable {
+        path: root.to_path_buf(),
+        source,
+    };
+    let rel = relative_to(root, &anchor)
+        .ok_or_else(|| unreadable(std::io::Error::other("the source is outside its anchor")))?;
+    let classify = |error: std::io::Error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            SourceError::RootNotFound(root.to_path_buf())
+        } else if beneath::is_symlink_refusal(&error) {
+            SourceError::SymlinkRoot(root.to_path_buf())
+        } else {
+            unreadable(error)
+        }
+    };
+    let anchor_fd = rustix::fs::open(
+        &anchor,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| classify(e.into()))?;
+    let fd =
+        beneath::open(anchor_fd.as_fd(), &rel, OFlags::PATH, Mode::empty()).map_err(classify)?;
+    let metadata = stat(&fd).map_err(unreadable)?;
+    if metadata.file_type().is_symlink() {
+        return Err(SourceError::SymlinkRoot(root.to_path_buf()));
+    }
+    Ok(OpenedRoot {
+        anchor: anchor_fd,
+        rel,
+        fd,
+        metadata,
+    })
+}
+
+/// `fstat` of a descriptor (an `O_PATH` one included).
+fn stat(fd: &OwnedFd) -> std::io::Result<Metadata> {
+    let file = File::from(fd.try_clone()?);
+    file.metadata()
+}
+
+/// Opens the entry `rel` of a walk beneath its root (see
+/// [`SourceWalk::root`]) with `flags`, never following a symlink.
+pub fn open_entry(root: &OwnedFd, rel: &[u8], flags: OFlags) -> std::io::Result<File> {
+    beneath::open(root.as_fd(), rel, flags, Mode::empty()).map(File::from)
 }
 
 fn build_excludes(patterns: &[String]) -> Result<GlobSet, SourceError> {
@@ -308,7 +419,10 @@ enum Pending {
 }
 
 struct Walker {
+    /// Entries' paths are relative to this directory.
+    root: Arc<OwnedFd>,
     excludes: GlobSet,
+    skip: Vec<Vec<u8>>,
     one_file_system: bool,
     root_dev: u64,
     sender: mpsc::Sender<Vec<WalkItem>>,
@@ -337,14 +451,18 @@ impl Walker {
 
     /// Stats and emits one entry; returns false once the consumer is gone.
     fn visit(&mut self, abs: PathBuf, rel: Vec<u8>, stack: &mut Vec<Pending>) -> bool {
-        let metadata = match fs::symlink_metadata(&abs) {
+        let fd = match beneath::open(self.root.as_fd(), &rel, OFlags::PATH, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) => return self.error(rel, format!("cannot stat: {e}")),
+        };
+        let metadata = match stat(&fd) {
             Ok(m) => m,
             Err(e) => return self.error(rel, format!("cannot stat: {e}")),
         };
         let kind = EntryKind::of(&metadata);
         let symlink_target = if kind == EntryKind::Symlink {
-            match fs::read_link(&abs) {
-                Ok(target) => Some(target.into_os_string().into_vec()),
+            match rustix::fs::readlinkat(&fd, c"", Vec::new()) {
+                Ok(target) => Some(target.into_bytes()),
                 Err(e) => return self.error(rel, format!("cannot read link: {e}")),
             }
         } else {
@@ -370,32 +488,41 @@ impl Walker {
 
     /// Lists a directory and pushes its children so that they pop in name order.
     fn push_children(&mut self, dir: &Path, rel: &[u8], stack: &mut Vec<Pending>) -> bool {
-        let entries = match fs::read_dir(dir) {
+        let listing = beneath::open_dir(self.root.as_fd(), rel)
+            .and_then(|fd| rustix::fs::Dir::read_from(&fd).map_err(std::io::Error::from));
+        let entries = match listing {
             Ok(entries) => entries,
             Err(e) => return self.error(rel.to_vec(), format!("cannot list directory: {e}")),
         };
-        let mut names: Vec<OsString> = Vec::new();
+        let mut names: Vec<Vec<u8>> = Vec::new();
         for entry in entries {
             if self.cancel.is_cancelled() {
                 return false;
             }
             match entry {
-                Ok(entry) => names.push(entry.file_name()),
+                Ok(entry) => {
+                    let name = entry.file_name().to_bytes();
+                    if name != b"." && name != b".." {
+                        names.push(name.to_vec());
+                    }
+                }
                 Err(e) => {
                     if !self.error(rel.to_vec(), format!("cannot list directory: {e}")) {
                         return false;
                     }
+                    // A failing listing would fail again on every call.
+                    break;
                 }
             }
         }
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        names.sort_unstable();
         for name in names.into_iter().rev() {
-            let child_rel = join_rel(rel, name.as_bytes());
-            if self.is_excluded(&child_rel) {
+            let child_rel = join_rel(rel, &name);
+            if self.is_excluded(&child_rel) || self.skip.contains(&child_rel) {
                 continue;
             }
             stack.push(Pending::Entry {
-                abs: dir.join(&name),
+                abs: dir.join(OsStr::from_bytes(&name)),
                 rel: child_rel,
             });
         }
@@ -403,10 +530,7 @@ impl Walker {
     }
 
     fn is_excluded(&self, rel: &[u8]) -> bool {
-        !self.excludes.is_empty()
-            && self
-                .excludes
-                .is_match(Path::new(std::ffi::OsStr::from_bytes(rel)))
+        !self.excludes.is_empty() && self.excludes.is_match(Path::new(OsStr::from_bytes(rel)))
     }
 
     fn error(&mut self, path: Vec<u8>, message: String) -> bool {
@@ -439,6 +563,7 @@ fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     async fn collect(root: &Path, options: &WalkOptions) -> Vec<WalkItem> {
         let mut walk = walk(root, options, &CancellationToken::new())
@@ -473,6 +598,7 @@ mod tests {
         let options = WalkOptions {
             exclude: vec!["**/*.tmp".into(), "c".into()],
             one_file_system: true,
+            ..WalkOptions::default()
         };
         let items = collect(dir.path(), &options).await;
         assert_eq!(paths(&items), ["a", "a/2", "b", "b/x", "b/y", "b/y/z"]);
@@ -495,9 +621,52 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let options = WalkOptions {
             exclude: vec!["a[".into()],
-            one_file_system: false,
+            ..WalkOptions::default()
         };
         let result = walk(dir.path(), &options, &CancellationToken::new()).await;
         assert!(matches!(result, Err(SourceError::InvalidExclude { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_root_is_refused_and_links_inside_are_not_followed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let outside = tempfile::tempdir().expect("temp dir");
+        fs::write(outside.path().join("secret"), b"x").expect("write");
+        fs::create_dir(dir.path().join("src")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("src/out")).expect("symlink");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).expect("symlink");
+        let result = walk(
+            &dir.path().join("link"),
+            &WalkOptions::default(),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(result, Err(SourceError::SymlinkRoot(_))));
+        let options = WalkOptions {
+            anchor: Some(dir.path().to_path_buf()),
+            ..WalkOptions::default()
+        };
+        let items = collect(&dir.path().join("src"), &options).await;
+        assert_eq!(paths(&items), ["out"]);
+        let through = walk(
+            &dir.path().join("link/x"),
+            &options,
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(matches!(through, Err(SourceError::SymlinkRoot(_))));
+    }
+
+    #[tokio::test]
+    async fn skipped_paths_are_not_listed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::create_dir_all(dir.path().join("state/deep")).expect("mkdir");
+        fs::write(dir.path().join("state/deep/admin.token"), b"t").expect("write");
+        fs::write(dir.path().join("kept"), b"k").expect("write");
+        let options = WalkOptions {
+            skip: vec![b"state".to_vec()],
+            ..WalkOptions::default()
+        };
+        assert_eq!(paths(&collect(dir.path(), &options).await), ["kept"]);
     }
 }

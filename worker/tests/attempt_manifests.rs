@@ -62,6 +62,7 @@ async fn attempt(
         store: Arc::clone(store),
         repository_key: vec![9; 32],
         parent: None,
+        access: None,
     };
     run_backup(plan, &Snapshots::default(), CancellationToken::new())
         .await

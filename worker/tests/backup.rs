@@ -473,6 +473,7 @@ fn backup_plan(
         store: Arc::clone(store),
         repository_key: REPOSITORY_KEY.to_vec(),
         parent,
+        access: None,
     }
 }
 
@@ -500,6 +501,7 @@ fn restore_plan(store: &Arc<Store>, manifest_key: &str, destination: &Path) -> R
         paths: Vec::new(),
         destination: destination.to_path_buf(),
         overwrite_newer: false,
+        access: None,
     }
 }
 

@@ -4,8 +4,8 @@
 pub mod audit;
 pub mod bucket;
 pub mod configuration;
-pub mod grant;
 pub mod endpoint;
+pub mod grant;
 pub mod job;
 pub mod limits;
 pub mod metadata;

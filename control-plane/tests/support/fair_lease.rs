@@ -53,7 +53,8 @@ impl LeaseClient {
             ..Default::default()
         };
         tx.send(up(Up::Hello(hello))).await.expect("send hello");
-        let mut workers = server.as_worker().workers;
+        let token = server.worker_token_for(name).await;
+        let mut workers = server.as_user(&token).workers;
         let rx = workers
             .lease_session(ReceiverStream::new(rx))
             .await
@@ -131,7 +132,7 @@ impl LeaseClient {
         let success = pb::RunSuccess {
             size_bytes: 1,
             details: "fair-lease test".into(),
-            manifest_key: format!("snapshots/{}", lease.run_id),
+            manifest_key: format!("snapshots/{}.{}", lease.run_id, lease.lease_token),
             parent_run_id: String::new(),
         };
         self.complete(lease, pb::run_completion::Outcome::Success(success))
@@ -139,15 +140,17 @@ impl LeaseClient {
     }
 }
 
-/// An ad-hoc backup of `source_path` into a filesystem repository, for
-/// workers carrying `selector`.
+/// An ad-hoc backup of `source_path` into a filesystem repository of its
+/// own (a repository belongs to one owner, and these tests are about
+/// queueing, not sharing), for workers carrying `selector`.
 pub fn backup(source_path: &str, selector: &[(&str, &str)]) -> pb::create_run_request::Spec {
     pb::create_run_request::Spec::Backup(pb::BackupSpec {
         source_path: source_path.into(),
         target: Some(pb::Target {
-            destination: Some(pb::target::Destination::FilesystemPath(
-                "/backups/fair-lease".into(),
-            )),
+            destination: Some(pb::target::Destination::FilesystemPath(format!(
+                "/backups/fair-lease/{}",
+                uuid::Uuid::new_v4().simple()
+            ))),
         }),
         worker_selector: selector
             .iter()

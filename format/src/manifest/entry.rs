@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::wire::EntryLine;
 use crate::attributes::{EntryKind, FileAttributes};
 use crate::id::ChunkId;
+use crate::pack::MAX_CHUNK_SIZE;
 
 /// One file, directory or symlink of the snapshot.
 ///
@@ -86,6 +87,19 @@ impl From<EntryLine<'_>> for ManifestEntry {
 }
 
 impl ManifestEntry {
+    /// An entry without chunks whose change time, inode and device are zero
+    /// (they only tell an incremental backup whether to read a file again).
+    pub fn new(path: Vec<u8>, attributes: FileAttributes) -> Self {
+        ManifestEntry {
+            path,
+            attributes,
+            ctime_ns: 0,
+            inode: 0,
+            dev: 0,
+            chunks: Vec::new(),
+        }
+    }
+
     /// What the entry is.
     pub fn kind(&self) -> EntryKind {
         self.attributes.kind
@@ -100,9 +114,19 @@ impl ManifestEntry {
         if kind != EntryKind::File && !self.chunks.is_empty() {
             return Err(format!("{} entry with chunks", kind.as_str()));
         }
+        // Every chunk holds at least one byte and at most the chunk limit, so
+        // the size bounds the count both ways (a restore plans by count).
+        let chunks = self.chunks.len() as u64;
+        let size = self.attributes.size;
+        if chunks > size || size > chunks.saturating_mul(u64::from(MAX_CHUNK_SIZE)) {
+            return Err(format!("{chunks} chunks cannot hold {size} bytes"));
+        }
         self.attributes.check()
     }
 }
+
+/// Longest file name Linux filesystems take (`NAME_MAX`).
+const MAX_NAME: usize = 255;
 
 fn check_path(path: &[u8]) -> Result<(), String> {
     if path.is_empty() {
@@ -110,6 +134,12 @@ fn check_path(path: &[u8]) -> Result<(), String> {
     }
     if path.contains(&0) {
         return Err("path contains a NUL byte".to_owned());
+    }
+    if path
+        .split(|byte| *byte == b'/')
+        .any(|component| component.len() > MAX_NAME)
+    {
+        return Err("path has a component longer than 255 bytes".to_owned());
     }
     let bad_component = path
         .split(|byte| *byte == b'/')

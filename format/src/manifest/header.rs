@@ -53,3 +53,22 @@ impl ManifestHeader {
         }
     }
 }
+
+/// Longest `source_path` a stored header may name (`PATH_MAX`).
+const MAX_SOURCE_PATH: usize = 4096;
+/// Longest `hostname` a stored header may name (a DNS name).
+const MAX_HOSTNAME: usize = 255;
+
+impl ManifestHeader {
+    /// Checks what a header read from storage must satisfy before its
+    /// fields go anywhere (a rebuild sends them to the control plane): the
+    /// chunker sizes are valid and the texts short, without NUL bytes.
+    pub(super) fn check(&self) -> Result<(), String> {
+        self.chunker.validate().map_err(|e| e.to_string())?;
+        let bad = |text: &str, limit: usize| text.len() > limit || text.contains('\0');
+        if bad(&self.source_path, MAX_SOURCE_PATH) || bad(&self.hostname, MAX_HOSTNAME) {
+            return Err("source path or host name too long or with a NUL byte".to_owned());
+        }
+        Ok(())
+    }
+}

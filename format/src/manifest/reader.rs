@@ -8,7 +8,7 @@ use super::entry::{compare_paths, ManifestEntry};
 use super::footer::ManifestFooter;
 use super::header::ManifestHeader;
 use crate::error::{check_format, FormatError};
-use crate::jsonl::LineReader;
+use crate::jsonl::{DecodeLimits, LineReader};
 
 /// Just enough of the first line to check the format before parsing the
 /// rest, so a newer manifest is reported as unsupported, not as bad JSON.
@@ -62,13 +62,16 @@ impl<R: Read> ManifestReader<R> {
     /// Reads and validates the header, rejecting other formats and newer
     /// versions with [`FormatError::UnsupportedFormat`].
     pub fn new(reader: R) -> Result<Self, FormatError> {
-        let mut lines = LineReader::new(reader)?;
+        let mut lines = LineReader::new(reader, DecodeLimits::STREAMED)?;
         let first = lines
             .next_line()?
             .ok_or_else(|| FormatError::Corrupt("manifest: empty".to_owned()))?;
         let probe: HeaderProbe = serde_json::from_slice(first)?;
         check_format(&probe.manifest.format, probe.manifest.version)?;
         let HeaderLine { manifest: header } = serde_json::from_slice(first)?;
+        header
+            .check()
+            .map_err(|reason| FormatError::Corrupt(format!("manifest header: {reason}")))?;
         Ok(ManifestReader {
             lines,
             header,

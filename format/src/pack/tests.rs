@@ -183,3 +183,27 @@ fn oversized_chunk_is_refused() {
     assert!(matches!(err, FormatError::InvalidInput(_)));
     assert!(builder.is_empty());
 }
+
+#[test]
+fn a_blob_that_decodes_past_its_raw_length_is_an_error_not_an_allocation() {
+    let hasher = hasher();
+    // 64 MiB of zeros stored in a few KiB, under an entry promising 4 KiB.
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 1).expect("compress");
+    assert!(bomb.len() < 64 << 10);
+    let entry = PackEntry {
+        chunk_id: hasher.chunk_id(&[0u8; 4096]),
+        offset: PACK_HEADER_LEN as u32,
+        length: bomb.len() as u32,
+        raw_length: 4096,
+        compression: Compression::Zstd,
+    };
+    assert!(matches!(
+        decode_blob(&hasher, &entry, &bomb),
+        Err(FormatError::Corrupt(_))
+    ));
+    let oversized = PackEntry {
+        raw_length: MAX_CHUNK_SIZE + 1,
+        ..entry
+    };
+    assert!(decode_blob(&hasher, &oversized, &bomb).is_err());
+}

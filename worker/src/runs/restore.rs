@@ -3,35 +3,43 @@
 //! The manifest is read once, in order, so a directory is created before
 //! anything in it; symlinks are made at once, and every file is created
 //! under a temporary name next to its target and planned: which blobs of
-//! which packs it needs, at which offsets. Then each pack is fetched once
-//! (the byte range holding the needed blobs), several at a time, and its
-//! blobs are decoded, checked against their keyed hashes and written to
-//! every file that uses them on blocking threads. A file is renamed into
-//! place once all its chunks are written, so an interrupted restore never
-//! leaves a half-written file under the real name, and damaged data is
-//! reported, never restored. Runs of zeros are not written (sparse files stay
-//! sparse). Modes, owners (as root), mtimes and symlinks are restored;
-//! directory times last.
+//! which packs it needs, at which offsets. Files are planned a window at a
+//! time ([`WINDOW_FILES`] files or [`WINDOW_CHUNK_USES`] chunk uses), so
+//! memory does not grow with the tree: for each window every pack is
+//! fetched once (the byte ranges holding the needed blobs), several at a
+//! time, and its blobs are decoded, checked against their keyed hashes and
+//! written to every file that uses them on blocking threads. A file is
+//! renamed into place once all its chunks are written, so an interrupted
+//! restore never leaves a half-written file under the real name, and
+//! damaged data is reported, never restored. Runs of zeros are not written
+//! (sparse files stay sparse).
+//!
+//! Every entry is created beneath the destination's directory descriptor
+//! without following symlinks ([`destination`]): a symlink in the
+//! destination, or one the snapshot itself restored, is refused as a
+//! parent, never followed. Modes, owners and times are set only on what the
+//! restore created, unless the grant is in-place; owners and setuid, setgid
+//! and sticky bits only where the grant allows them. Directory times last.
+
+mod destination;
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::fs::{self, File, FileTimes};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coffer_format::layout;
 use coffer_format::{
-    decode_blob, ChunkId, ChunkLocation, EntryKind, FileAttributes, ManifestEntry, PackId,
-    PERMISSION_BITS,
+    decode_blob, ChunkId, ChunkIndex, ChunkLocation, EntryKind, ManifestEntry, PackId,
 };
 use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use self::destination::{lossy, Destination, Existing};
 use super::run_attempt;
+use crate::paths::grant::AllowedPath;
 use crate::report::{human_bytes, to_i64, Batcher, Reporter, RunFailure};
 use crate::repository::{IndexUse, Repository};
 use crate::store::Store;
@@ -41,6 +49,13 @@ const PACK_PARALLELISM: usize = 4;
 /// Blobs further apart than this in one pack are fetched with separate
 /// range requests rather than one spanning the gap.
 const MAX_RANGE_GAP: u64 = 4 << 20;
+/// Files planned and written together; with [`WINDOW_CHUNK_USES`] this
+/// bounds the restore's plan, whatever the size of the tree. A pack whose
+/// chunks several windows need is fetched once per window (only the ranges
+/// each needs).
+const WINDOW_FILES: usize = 4096;
+/// Chunk uses planned at most in one window.
+const WINDOW_CHUNK_USES: usize = 65_536;
 
 /// Everything one restore attempt needs.
 #[derive(Debug, Clone)]
@@ -60,6 +75,11 @@ pub struct RestorePlan {
     pub destination: PathBuf,
     /// Replace files at the destination that are newer than the snapshot's.
     pub overwrite_newer: bool,
+    /// What the destination's grant allows (checked by the executor). `None`
+    /// for a trusted in-process caller: the destination is resolved beneath
+    /// its parent and modes, owners and special bits are restored as
+    /// recorded, existing directories included.
+    pub access: Option<AllowedPath>,
 }
 
 /// A finished restore.
@@ -98,19 +118,9 @@ fn selected(path: &[u8], paths: &[String]) -> bool {
         })
 }
 
-fn destination_of(root: &Path, path: &[u8]) -> PathBuf {
-    if path.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(OsStr::from_bytes(path))
-    }
-}
-
-/// A file being restored.
+/// A file being restored (its chunk list moved into the window's plan).
 struct FileJob {
     entry: ManifestEntry,
-    temp: PathBuf,
-    target: PathBuf,
     /// Chunk uses not written yet.
     remaining: usize,
     /// Why it cannot be restored, once something went wrong.
@@ -135,6 +145,66 @@ struct PackOutcome {
     bytes: u64,
 }
 
+/// The files planned together and the blobs they need, per pack.
+#[derive(Default)]
+struct Window {
+    jobs: Vec<FileJob>,
+    by_pack: HashMap<PackId, Vec<BlobUse>>,
+    uses: usize,
+}
+
+impl Window {
+    fn is_full(&self) -> bool {
+        self.jobs.len() >= WINDOW_FILES || self.uses >= WINDOW_CHUNK_USES
+    }
+
+    /// Plans `entry`'s chunks: where each one is and at which offset of the
+    /// file it goes.
+    fn plan(&mut self, mut entry: ManifestEntry, index: &ChunkIndex) {
+        let file = self.jobs.len();
+        let mut failure = None;
+        let mut offset = 0u64;
+        let chunks = std::mem::take(&mut entry.chunks);
+        for chunk in &chunks {
+            let Some(location) = index.get(chunk) else {
+                failure = Some(format!(
+                    "chunk {chunk} is not in the repository's index (missing data)"
+                ));
+                break;
+            };
+            self.by_pack
+                .entry(location.pack_id)
+                .or_default()
+                .push(BlobUse {
+                    chunk: *chunk,
+                    location,
+                    file,
+                    file_offset: offset,
+                });
+            offset += u64::from(location.raw_length);
+        }
+        if failure.is_none() && offset != entry.attributes.size {
+            failure = Some(format!(
+                "the snapshot's chunks hold {offset} bytes but the file had {}",
+                entry.attributes.size
+            ));
+        }
+        self.uses += chunks.len();
+        self.jobs.push(FileJob {
+            remaining: chunks.len(),
+            entry,
+            failure,
+        });
+    }
+}
+
+/// The restore's running totals.
+struct Totals {
+    files: u64,
+    bytes: u64,
+    kept: u64,
+}
+
 #[allow(clippy::too_many_lines)]
 async fn execute<R: Reporter>(
     plan: &RestorePlan,
@@ -144,15 +214,30 @@ async fn execute<R: Reporter>(
     let repository = Repository::open(Arc::clone(&plan.store), cancel).await?;
     let mut manifest = repository.read_manifest(&plan.manifest_key, cancel).await?;
     let index = repository.load_index(IndexUse::Read, cancel).await?;
-    let is_root = nix_is_root();
+    let destination = Destination::open(&plan.destination, plan.access.as_ref()).map_err(|e| {
+        RunFailure::permanent(format!(
+            "cannot open the destination {}: {e}",
+            plan.destination.display()
+        ))
+    })?;
+    let destination = Arc::new(destination);
+    let suffix: Arc<str> = format!(".coffer-restore-{}", plan.run_id).into();
 
-    let mut directories: Vec<ManifestEntry> = Vec::new();
-    let mut jobs: Vec<FileJob> = Vec::new();
-    let mut by_pack: HashMap<PackId, Vec<BlobUse>> = HashMap::new();
+    let context = WindowContext {
+        repository: &repository,
+        destination: &destination,
+        suffix: &suffix,
+        cancel,
+    };
+    let mut directories: Vec<(ManifestEntry, bool)> = Vec::new();
+    let mut window = Window::default();
+    let mut totals = Totals {
+        files: 0,
+        bytes: 0,
+        kept: 0,
+    };
     let mut matched = 0u64;
-    let mut kept = 0u64;
-    let temp_suffix = format!(".coffer-restore-{}", plan.run_id);
-    while let Some(mut entry) = manifest.next_entry().map_err(|e| {
+    while let Some(entry) = manifest.next_entry().map_err(|e| {
         RunFailure::permanent(format!("reading manifest {}: {e}", plan.manifest_key))
     })? {
         if cancel.is_cancelled() {
@@ -163,72 +248,45 @@ async fn execute<R: Reporter>(
         }
         matched += 1;
         batcher.progress.files_seen += 1;
-        let target = destination_of(&plan.destination, &entry.path);
+        if destination.is_protected(&entry.path) {
+            batcher
+                .error(
+                    &entry.path,
+                    "refused: the path is inside a path this worker protects".into(),
+                )
+                .await?;
+            continue;
+        }
+        let target = destination.display(&entry.path);
         match entry.kind() {
-            EntryKind::Directory => match fs::create_dir_all(&target) {
-                Ok(()) => directories.push(entry),
+            EntryKind::Directory => match destination.create_directory(&entry.path) {
+                Ok(created) => directories.push((entry, created)),
                 Err(e) => {
-                    batcher
-                        .error(
-                            &entry.path,
-                            format!("cannot create directory {}: {e}", target.display()),
-                        )
-                        .await?;
+                    let message = format!("cannot create directory {}: {e}", target.display());
+                    batcher.error(&entry.path, message).await?;
                 }
             },
             EntryKind::Symlink => {
-                if let Err(message) = restore_symlink(&entry.attributes, &target) {
+                if let Err(message) = restore_symlink(&destination, &entry) {
                     batcher.error(&entry.path, message).await?;
                 }
             }
             EntryKind::File => {
                 batcher.progress.bytes_seen += to_i64(entry.attributes.size);
-                match prepare_file(
-                    &entry.attributes,
-                    &target,
-                    plan.overwrite_newer,
-                    &temp_suffix,
-                ) {
-                    Ok(None) => {
-                        kept += 1;
+                match prepare_file(&destination, &entry, plan.overwrite_newer, &suffix) {
+                    Ok(false) => {
+                        totals.kept += 1;
                         batcher.progress.files_done += 1;
                         batcher
                             .error(&entry.path, "kept: the file at the destination is newer than the snapshot's (set overwrite_newer to replace it)".into())
                             .await?;
                     }
-                    Ok(Some(temp)) => {
-                        let file = jobs.len();
-                        let mut failure = None;
-                        let mut offset = 0u64;
-                        let chunks = std::mem::take(&mut entry.chunks);
-                        for chunk in &chunks {
-                            let Some(location) = index.get(chunk) else {
-                                failure = Some(format!(
-                                    "chunk {chunk} is not in the repository's index (missing data)"
-                                ));
-                                break;
-                            };
-                            by_pack.entry(location.pack_id).or_default().push(BlobUse {
-                                chunk: *chunk,
-                                location,
-                                file,
-                                file_offset: offset,
-                            });
-                            offset += u64::from(location.raw_length);
+                    Ok(true) => {
+                        window.plan(entry, &index);
+                        if window.is_full() {
+                            let full = std::mem::take(&mut window);
+                            context.restore(full, batcher, &mut totals).await?;
                         }
-                        if failure.is_none() && offset != entry.attributes.size {
-                            failure = Some(format!(
-                                "the snapshot's chunks hold {offset} bytes but the file had {}",
-                                entry.attributes.size
-                            ));
-                        }
-                        jobs.push(FileJob {
-                            remaining: chunks.len(),
-                            entry,
-                            temp,
-                            target,
-                            failure,
-                        });
                     }
                     Err(message) => batcher.error(&entry.path, message).await?,
                 }
@@ -236,66 +294,19 @@ async fn execute<R: Reporter>(
         }
         batcher.report_progress(false);
     }
+    context.restore(window, batcher, &mut totals).await?;
     drop(index);
-
-    // Files without chunks (empty) are done already; failed ones wait for
-    // the end so that their temporary files are removed once.
-    let mut files = 0u64;
-    let mut bytes = 0u64;
-    for job in jobs
-        .iter_mut()
-        .filter(|j| j.remaining == 0 && j.failure.is_none())
-    {
-        finish_file(job, is_root, batcher, &mut files).await?;
-    }
-
-    let jobs_paths: Arc<Vec<PathBuf>> = Arc::new(jobs.iter().map(|j| j.temp.clone()).collect());
-    let mut packs = stream::iter(by_pack)
-        .map(|(pack_id, uses)| {
-            let repository = repository.clone();
-            let paths = Arc::clone(&jobs_paths);
-            let cancel = cancel.clone();
-            async move { restore_pack(&repository, pack_id, uses, paths, &cancel).await }
-        })
-        .buffer_unordered(PACK_PARALLELISM);
-    while let Some(outcome) = packs.next().await {
-        if cancel.is_cancelled() {
-            return Err(RunFailure::cancelled());
-        }
-        let outcome = outcome?;
-        bytes += outcome.bytes;
-        batcher.progress.bytes_done += to_i64(outcome.bytes);
-        for (file, message) in outcome.failed {
-            jobs[file].failure.get_or_insert(message);
-        }
-        for (file, count) in outcome.written {
-            let job = &mut jobs[file];
-            job.remaining = job.remaining.saturating_sub(count);
-            if job.remaining == 0 && job.failure.is_none() {
-                finish_file(job, is_root, batcher, &mut files).await?;
-            }
-        }
-        batcher.report_progress(false);
-    }
-    drop(packs);
-    for job in jobs
-        .iter()
-        .filter(|j| j.failure.is_some() || j.remaining > 0)
-    {
-        let _ = fs::remove_file(&job.temp);
-        let message = job
-            .failure
-            .clone()
-            .unwrap_or_else(|| "not every chunk could be written".into());
-        batcher.progress.files_done += 1;
-        batcher.error(&job.entry.path, message).await?;
-    }
 
     // Deepest first, so that setting a directory's time is not undone by
     // restoring into it.
-    for directory in directories.iter().rev() {
-        let target = destination_of(&plan.destination, &directory.path);
-        if let Err(message) = apply_metadata(&target, &directory.attributes, is_root) {
+    for (directory, created) in directories.iter().rev() {
+        if let Err(e) =
+            destination.finish_directory(&directory.path, *created, &directory.attributes)
+        {
+            let message = format!(
+                "cannot set the metadata of {}: {e}",
+                destination.display(&directory.path).display()
+            );
             batcher.error(&directory.path, message).await?;
         }
     }
@@ -306,7 +317,7 @@ async fn execute<R: Reporter>(
         )));
     }
     batcher.flush().await?;
-    let failed = batcher.error_total - kept;
+    let failed = batcher.error_total - totals.kept;
     if failed > 0 {
         return Err(RunFailure::permanent(format!(
             "{failed} entr{} could not be restored; see the run's errors",
@@ -314,6 +325,7 @@ async fn execute<R: Reporter>(
         )));
     }
     batcher.progress.current_path.clear();
+    let Totals { files, bytes, kept } = totals;
     Ok(RestoreSummary {
         files,
         bytes,
@@ -328,68 +340,163 @@ async fn execute<R: Reporter>(
     })
 }
 
-/// Sizes, stamps and renames a fully written file into place.
-async fn finish_file<R: Reporter>(
-    job: &mut FileJob,
-    is_root: bool,
-    batcher: &mut Batcher<'_, R>,
-    files: &mut u64,
-) -> Result<(), RunFailure> {
-    let result = (|| {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(&job.temp)
-            .map_err(|e| format!("cannot open {}: {e}", job.temp.display()))?;
-        file.set_len(job.entry.attributes.size)
-            .map_err(|e| format!("cannot size {}: {e}", job.temp.display()))?;
-        drop(file);
-        apply_metadata(&job.temp, &job.entry.attributes, is_root)?;
-        fs::rename(&job.temp, &job.target)
-            .map_err(|e| format!("cannot move into place {}: {e}", job.target.display()))
-    })();
-    batcher.progress.files_done += 1;
-    match result {
-        Ok(()) => *files += 1,
-        Err(message) => {
-            let _ = fs::remove_file(&job.temp);
-            batcher.error(&job.entry.path, message).await?;
-        }
-    }
-    // Marks it finished either way, so it is not reported again.
-    job.remaining = 0;
-    job.failure = None;
-    Ok(())
+/// What restoring a window needs besides the window.
+struct WindowContext<'a> {
+    repository: &'a Repository,
+    destination: &'a Arc<Destination>,
+    suffix: &'a Arc<str>,
+    cancel: &'a CancellationToken,
 }
 
-/// Checks the destination and creates the temporary file; `Ok(None)` when
+impl WindowContext<'_> {
+    /// Fetches the window's packs, writes their blobs and finishes (or
+    /// reports) every file of the window.
+    async fn restore<R: Reporter>(
+        &self,
+        mut window: Window,
+        batcher: &mut Batcher<'_, R>,
+        totals: &mut Totals,
+    ) -> Result<(), RunFailure> {
+        // Files without chunks (empty) are done already; failed ones wait
+        // for the end so that their temporary files are removed once.
+        for job in window
+            .jobs
+            .iter_mut()
+            .filter(|j| j.remaining == 0 && j.failure.is_none())
+        {
+            self.finish_file(job, batcher, &mut totals.files).await?;
+        }
+        let paths: Arc<Vec<Vec<u8>>> =
+            Arc::new(window.jobs.iter().map(|j| j.entry.path.clone()).collect());
+        let by_pack = std::mem::take(&mut window.by_pack);
+        let mut packs = stream::iter(by_pack)
+            .map(|(pack_id, uses)| {
+                let files = PackFiles {
+                    destination: Arc::clone(self.destination),
+                    paths: Arc::clone(&paths),
+                    suffix: Arc::clone(self.suffix),
+                };
+                async move { restore_pack(self.repository, pack_id, uses, files, self.cancel).await }
+            })
+            .buffer_unordered(PACK_PARALLELISM);
+        while let Some(outcome) = packs.next().await {
+            if self.cancel.is_cancelled() {
+                return Err(RunFailure::cancelled());
+            }
+            let outcome = outcome?;
+            totals.bytes += outcome.bytes;
+            batcher.progress.bytes_done += to_i64(outcome.bytes);
+            for (file, message) in outcome.failed {
+                window.jobs[file].failure.get_or_insert(message);
+            }
+            for (file, count) in outcome.written {
+                let job = &mut window.jobs[file];
+                job.remaining = job.remaining.saturating_sub(count);
+                if job.remaining == 0 && job.failure.is_none() {
+                    self.finish_file(job, batcher, &mut totals.files).await?;
+                }
+            }
+            batcher.report_progress(false);
+        }
+        drop(packs);
+        for job in window
+            .jobs
+            .iter()
+            .filter(|j| j.failure.is_some() || j.remaining > 0)
+        {
+            self.destination.remove_temp(&job.entry.path, self.suffix);
+            let message = job
+                .failure
+                .clone()
+                .unwrap_or_else(|| "not every chunk could be written".into());
+            batcher.progress.files_done += 1;
+            batcher.error(&job.entry.path, message).await?;
+        }
+        Ok(())
+    }
+
+    /// Sizes, stamps and renames a fully written file into place.
+    async fn finish_file<R: Reporter>(
+        &self,
+        job: &mut FileJob,
+        batcher: &mut Batcher<'_, R>,
+        files: &mut u64,
+    ) -> Result<(), RunFailure> {
+        let result =
+            self.destination
+                .finish_file(&job.entry.path, self.suffix, &job.entry.attributes);
+        batcher.progress.files_done += 1;
+        match result {
+            Ok(()) => *files += 1,
+            Err(e) => {
+                self.destination.remove_temp(&job.entry.path, self.suffix);
+                let message = format!(
+                    "cannot move into place {}: {e}",
+                    self.destination.display(&job.entry.path).display()
+                );
+                batcher.error(&job.entry.path, message).await?;
+            }
+        }
+        // Marks it finished either way, so it is not reported again.
+        job.remaining = 0;
+        job.failure = None;
+        Ok(())
+    }
+}
+
+/// Checks the destination and creates the temporary file; `Ok(false)` when
 /// a newer file there is kept.
 fn prepare_file(
-    attributes: &FileAttributes,
-    target: &Path,
+    destination: &Destination,
+    entry: &ManifestEntry,
     overwrite_newer: bool,
-    temp_suffix: &str,
-) -> Result<Option<PathBuf>, String> {
-    if let Ok(existing) = fs::symlink_metadata(target) {
-        if existing.is_dir() {
-            return Err(format!("{} exists and is a directory", target.display()));
+    suffix: &str,
+) -> Result<bool, String> {
+    let target = destination.display(&entry.path);
+    match destination.existing(&entry.path) {
+        Ok(Existing::Directory) => {
+            return Err(format!("{} exists and is a directory", target.display()))
         }
-        let existing_mtime = existing.mtime() * 1_000_000_000 + existing.mtime_nsec();
-        if !overwrite_newer && existing.is_file() && existing_mtime > attributes.mtime_ns {
-            return Ok(None);
+        Ok(Existing::File { mtime_ns })
+            if !overwrite_newer && mtime_ns > entry.attributes.mtime_ns =>
+        {
+            return Ok(false)
         }
+        Ok(_) => {}
+        Err(e) => return Err(format!("cannot restore {}: {e}", target.display())),
     }
-    let parent = target.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    let name = target
-        .file_name()
-        .map(|n| n.as_bytes().to_vec())
-        .unwrap_or_default();
-    let mut temp_name = b".".to_vec();
-    temp_name.extend_from_slice(&name);
-    temp_name.extend_from_slice(temp_suffix.as_bytes());
-    let temp = parent.join(OsStr::from_bytes(&temp_name));
-    File::create(&temp).map_err(|e| format!("cannot create {}: {e}", temp.display()))?;
-    Ok(Some(temp))
+    destination.create_temp(&entry.path, suffix).map_err(|e| {
+        format!(
+            "cannot create a temporary file for {}: {e}",
+            target.display()
+        )
+    })?;
+    Ok(true)
+}
+
+fn restore_symlink(destination: &Destination, entry: &ManifestEntry) -> Result<(), String> {
+    let Some(link) = &entry.attributes.symlink_target else {
+        return Err("symlink without a target in the manifest".into());
+    };
+    let target = destination.display(&entry.path);
+    match destination.existing(&entry.path) {
+        Ok(Existing::Directory) => Err(format!("{} exists and is a directory", target.display())),
+        Ok(_) => destination
+            .symlink(&entry.path, link)
+            .map_err(|e| format!("cannot create symlink {}: {e}", target.display())),
+        Err(e) => Err(format!(
+            "cannot restore {} ({}): {e}",
+            target.display(),
+            lossy(link)
+        )),
+    }
+}
+
+/// Where the blobs of one pack go: the window's files, by index.
+struct PackFiles {
+    destination: Arc<Destination>,
+    paths: Arc<Vec<Vec<u8>>>,
+    suffix: Arc<str>,
 }
 
 /// Fetches the needed blobs of one pack (in ranges that skip large gaps),
@@ -398,9 +505,10 @@ async fn restore_pack(
     repository: &Repository,
     pack_id: PackId,
     mut uses: Vec<BlobUse>,
-    paths: Arc<Vec<PathBuf>>,
+    files: PackFiles,
     cancel: &CancellationToken,
 ) -> Result<PackOutcome, RunFailure> {
+    let files = Arc::new(files);
     uses.sort_by_key(|u| (u.location.offset, u.file, u.file_offset));
     let key = layout::pack_key(&pack_id);
     // Group the uses into ranges of nearby blobs.
@@ -440,9 +548,9 @@ async fn restore_pack(
             Err(other) => return Err(other.into()),
         };
         let hasher = repository.hasher().clone();
-        let paths = Arc::clone(&paths);
+        let files = Arc::clone(&files);
         let part = tokio::task::spawn_blocking(move || {
-            write_blobs(&hasher, pack_id, start, &data, &members, &paths)
+            write_blobs(&hasher, pack_id, start, &data, &members, &files)
         })
         .await
         .map_err(|e| RunFailure::retryable(format!("restore task failed: {e}")))?;
@@ -460,7 +568,7 @@ fn write_blobs(
     start: u64,
     data: &[u8],
     members: &[BlobUse],
-    paths: &[PathBuf],
+    files: &PackFiles,
 ) -> PackOutcome {
     let mut outcome = PackOutcome {
         written: Vec::new(),
@@ -498,12 +606,16 @@ fn write_blobs(
             }
         };
         if !chunk.iter().all(|b| *b == 0) {
-            let file = match open.get(member.file, &paths[member.file]) {
+            let file = match open.get(member.file, files) {
                 Ok(file) => file,
                 Err(error) => {
+                    let path = files.destination.display(&files.paths[member.file]);
                     outcome.failed.push((
                         member.file,
-                        format!("cannot open {}: {error}", paths[member.file].display()),
+                        format!(
+                            "cannot open the temporary file of {}: {error}",
+                            path.display()
+                        ),
                     ));
                     continue;
                 }
@@ -541,8 +653,9 @@ struct OpenFiles {
 const OPEN_FILES_PER_PACK: usize = 32;
 
 impl OpenFiles {
-    /// The open file number `index` (opened for writing at `path` if needed).
-    fn get(&mut self, index: usize, path: &Path) -> std::io::Result<&File> {
+    /// The open temporary file of file number `index` (opened for writing
+    /// beneath the destination if needed).
+    fn get(&mut self, index: usize, files: &PackFiles) -> std::io::Result<&File> {
         if let Some(at) = self.files.iter().position(|(open, _)| *open == index) {
             let used = self.files.remove(at);
             self.files.push(used);
@@ -550,62 +663,14 @@ impl OpenFiles {
             if self.files.len() >= OPEN_FILES_PER_PACK {
                 self.files.remove(0);
             }
-            let file = fs::OpenOptions::new().write(true).open(path)?;
+            let file = files
+                .destination
+                .open_temp(&files.paths[index], &files.suffix)?;
             self.files.push((index, file));
         }
         let (_, file) = self.files.last().expect("just pushed");
         Ok(file)
     }
-}
-
-fn nix_is_root() -> bool {
-    fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
-fn system_time(nanos: i64) -> SystemTime {
-    if nanos >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(nanos.unsigned_abs())
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(nanos.unsigned_abs())
-    }
-}
-
-fn restore_symlink(attributes: &FileAttributes, target: &Path) -> Result<(), String> {
-    let Some(link) = &attributes.symlink_target else {
-        return Err("symlink without a target in the manifest".into());
-    };
-    if let Some(parent) = target.parent() {
-        fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    }
-    match fs::symlink_metadata(target) {
-        Ok(existing) if existing.is_dir() => {
-            return Err(format!("{} exists and is a directory", target.display()))
-        }
-        Ok(_) => fs::remove_file(target)
-            .map_err(|e| format!("cannot replace {}: {e}", target.display()))?,
-        Err(_) => {}
-    }
-    std::os::unix::fs::symlink(OsStr::from_bytes(link), target)
-        .map_err(|e| format!("cannot create symlink {}: {e}", target.display()))
-}
-
-/// Mode, owner (as root) and times of a restored file or directory.
-fn apply_metadata(target: &Path, attributes: &FileAttributes, is_root: bool) -> Result<(), String> {
-    if is_root {
-        std::os::unix::fs::chown(target, Some(attributes.uid), Some(attributes.gid))
-            .map_err(|e| format!("cannot set the owner of {}: {e}", target.display()))?;
-    }
-    fs::set_permissions(
-        target,
-        fs::Permissions::from_mode(attributes.mode & PERMISSION_BITS),
-    )
-    .map_err(|e| format!("cannot set the mode of {}: {e}", target.display()))?;
-    let file = File::open(target).map_err(|e| format!("cannot open {}: {e}", target.display()))?;
-    file.set_times(FileTimes::new().set_modified(system_time(attributes.mtime_ns)))
-        .map_err(|e| format!("cannot set the times of {}: {e}", target.display()))
 }
 
 #[cfg(test)]

@@ -142,7 +142,7 @@ fn spawn_entry(
             }
             let context = Arc::clone(context);
             Either::Right(tokio::spawn(async move {
-                let result = read_in_turn(context, entry.abs_path.clone()).await;
+                let result = read_in_turn(context, entry.path.clone()).await;
                 Processed::Read(entry, previous, result)
             }))
         }

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::run_attempt;
+use crate::paths::grant::AllowedPath;
 use crate::report::{human_bytes, to_i64, Batcher, RunFailure};
 pub use crate::report::{
     RecordBatch, ReportError, Reporter, RunFailure as BackupFailure, MAX_BATCH_RECORDS,
@@ -71,6 +72,10 @@ pub struct BackupPlan {
     pub repository_key: Vec<u8>,
     /// The previous snapshot of the same job in the repository, if any.
     pub parent: Option<ParentSnapshot>,
+    /// What the source's grant allows (checked by the executor): the anchor
+    /// the source is resolved beneath and the protected paths inside it.
+    /// `None` for a trusted in-process caller: resolved beneath its parent.
+    pub access: Option<AllowedPath>,
 }
 
 /// A successful backup.
@@ -127,6 +132,12 @@ async fn execute<R: Reporter>(
     let walk_options = WalkOptions {
         exclude: plan.options.exclude.clone(),
         one_file_system: plan.options.one_file_system,
+        anchor: plan.access.as_ref().map(|a| a.anchor.clone()),
+        skip: plan
+            .access
+            .as_ref()
+            .map(|a| a.skip.clone())
+            .unwrap_or_default(),
     };
     // The source is checked first: a missing source is the user's error,
     // whatever the state of the storage.
@@ -157,6 +168,7 @@ async fn execute<R: Reporter>(
         &repository,
         index,
         packer.queue().clone(),
+        walk.root(),
         cancel,
     )?);
     let mut manifest = ManifestSink::start(&header(plan, parent_run_id, &config))?;

@@ -6,8 +6,8 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -19,9 +19,11 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::cpu_pool::CpuPool;
+use crate::paths::beneath;
 use crate::report::RunFailure;
 use crate::repository::Repository;
-use crate::source::EntryMetadata;
+use crate::source::{self, EntryMetadata};
+use rustix::fs::OFlags;
 
 /// A file that keeps changing while it is read is re-read this many times
 /// before it is reported as a per-file error.
@@ -43,6 +45,8 @@ pub(super) struct FileContext {
     tools: Mutex<Vec<FileTools>>,
     cancel: CancellationToken,
     bytes_read: AtomicU64,
+    /// The walk's root: files are opened beneath it by relative path.
+    source_root: Arc<OwnedFd>,
 }
 
 /// What reading one regular file found (or, for a file carried over
@@ -71,6 +75,7 @@ impl FileContext {
         repository: &Repository,
         index: ChunkIndex,
         packer: mpsc::Sender<EncodedChunk>,
+        source_root: Arc<OwnedFd>,
         cancel: &CancellationToken,
     ) -> Result<Self, RunFailure> {
         let config = repository.config();
@@ -91,6 +96,7 @@ impl FileContext {
             tools: Mutex::new(Vec::new()),
             cancel: cancel.clone(),
             bytes_read: AtomicU64::new(0),
+            source_root,
         })
     }
 }
@@ -154,7 +160,7 @@ impl QueuedIds {
 /// idle between requests.
 pub(super) async fn read_in_turn(
     context: Arc<FileContext>,
-    path: PathBuf,
+    path: Vec<u8>,
 ) -> Result<FileContent, FileProblem> {
     let cancelled = || FileProblem::Fatal(RunFailure::cancelled());
     let task_failed = |e: tokio::task::JoinError| {
@@ -162,8 +168,9 @@ pub(super) async fn read_in_turn(
     };
     let _prefetch = context.prefetch.acquire().await.map_err(|_| cancelled())?;
     let open_path = path.clone();
+    let root = Arc::clone(&context.source_root);
     let opened = tokio::task::spawn_blocking(move || {
-        let opened = open_regular(&open_path)?;
+        let opened = open_regular(&root, &open_path)?;
         prefetch(&opened.0, opened.1.len());
         Ok(opened)
     })
@@ -197,7 +204,7 @@ fn prefetch(file: &File, len: u64) {
 /// `opened` is the first attempt's [`open_regular`] result.
 fn read_file(
     context: &FileContext,
-    path: &Path,
+    path: &[u8],
     opened: Result<(File, std::fs::Metadata), FileProblem>,
 ) -> Result<FileContent, FileProblem> {
     let mut last_change = String::new();
@@ -205,10 +212,11 @@ fn read_file(
     for _ in 0..=MAX_REREADS {
         let (file, before) = match opened.take() {
             Some(first) => first?,
-            None => open_regular(path)?,
+            None => open_regular(&context.source_root, path)?,
         };
         let (content_hash, chunks) = chunk_file(context, file)?;
-        let after = std::fs::symlink_metadata(path)
+        let after = source::open_entry(&context.source_root, path, OFlags::PATH)
+            .and_then(|file| file.metadata())
             .map_err(|e| FileProblem::Skip(format!("vanished while being read: {e}")))?;
         if !changed(&before, &after) {
             return Ok(FileContent {
@@ -228,15 +236,19 @@ fn read_file(
     )))
 }
 
-fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), FileProblem> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.kind() {
+/// Opens a regular file beneath the walk's root; a symlink anywhere on
+/// the way (a file or directory swapped for one since the walk saw it) is
+/// refused, never followed.
+fn open_regular(root: &OwnedFd, path: &[u8]) -> Result<(File, std::fs::Metadata), FileProblem> {
+    let file = source::open_entry(root, path, OFlags::RDONLY | OFlags::NONBLOCK).map_err(|e| {
+        match e.kind() {
             io::ErrorKind::NotFound => FileProblem::Skip("vanished before it could be read".into()),
+            _ if beneath::is_symlink_refusal(&e) => {
+                FileProblem::Skip("refused: replaced by a symlink while the backup ran".into())
+            }
             _ => FileProblem::Skip(format!("cannot open: {e}")),
-        })?;
+        }
+    })?;
     let metadata = file
         .metadata()
         .map_err(|e| FileProblem::Skip(format!("cannot stat: {e}")))?;

@@ -51,6 +51,7 @@ async fn back_up(
             run_id: Uuid::nil(),
             manifest_key: parent.manifest_key.clone(),
         }),
+        access: None,
     };
     let collector = Collector::default();
     let summary = run_backup(plan, &collector, CancellationToken::new())

@@ -1,0 +1,4 @@
+//! Fuzz target `index_parser`: see `coffer_fuzz_harness::index_parser`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| coffer_fuzz_harness::index_parser(data));

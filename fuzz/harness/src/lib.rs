@@ -1,0 +1,177 @@
+//! The bodies of Coffer's fuzz targets. Each function takes arbitrary bytes,
+//! feeds them to one parser or validator that meets untrusted input, and
+//! panics only when an invariant that parser promises is broken (a crash
+//! of the parser itself is found the same way). The cargo-fuzz targets in
+//! `fuzz/fuzz_targets/` call these, and `tests/corpus.rs` replays the
+//! committed corpus through them on stable Rust, so CI needs no nightly.
+
+mod seeds;
+
+pub use seeds::seeds;
+
+use std::path::Path;
+
+use coffer_format::{
+    decode_blob, read_pack_entries, ChunkHasher, ChunkIndex, IndexFile, ManifestReader,
+    MAX_LINE_BYTES,
+};
+use coffer_proto::v1 as pb;
+use coffer_worker::paths::grant::{check_path_grant, PathUse, WorkerRoots};
+use coffer_worker::paths::{check_relative, is_within, normalise, relative_to};
+use prost::Message;
+
+/// A target's body.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name of its corpus directory.
+pub const TARGETS: [(&str, Target); 5] = [
+    ("path_normalise", path_normalise),
+    ("manifest_reader", manifest_reader),
+    ("index_parser", index_parser),
+    ("pack_parser", pack_parser),
+    ("proto_validation", proto_validation),
+];
+
+/// The key fuzzed packs are hashed with (and the seeds made with).
+pub const FUZZ_KEY: [u8; 32] = [7; 32];
+
+/// Entries read from one fuzzed manifest at most, so a valid but long one
+/// does not stall the fuzzer.
+const MAX_ENTRIES: usize = 100_000;
+
+/// The worker's path normalisation and grant check: an accepted path is
+/// absolute, normal and accepted again unchanged; its components are never
+/// empty, `.` or `..`; a grant for exactly it admits it and no other.
+pub fn path_normalise(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if check_relative(data).is_ok() {
+        assert!(!data.starts_with(b"/"));
+        assert!(data
+            .split(|b| *b == b'/')
+            .all(|c| !matches!(c, b"" | b"." | b"..")));
+    }
+    let Ok(path) = normalise(text) else {
+        return;
+    };
+    let spelled = path
+        .to_str()
+        .expect("normalise returns the input's own text");
+    assert!(spelled.starts_with('/'), "{spelled:?} is not absolute");
+    assert_eq!(normalise(spelled).as_deref(), Ok(path.as_path()));
+    if spelled != "/" {
+        assert!(
+            check_relative(&spelled.as_bytes()[1..]).is_ok(),
+            "{spelled:?}"
+        );
+    }
+    let root = path.parent().unwrap_or(Path::new("/"));
+    assert!(is_within(&path, root));
+    assert!(relative_to(&path, root).is_some());
+    let grant = pb::PathGrant {
+        path: spelled.to_owned(),
+        r#use: pb::GrantUse::RestoreDestination as i32,
+        root: root.to_str().unwrap_or("/").to_owned(),
+        grant_id: "fuzz".to_owned(),
+        restore_ownership: false,
+        restore_special_bits: false,
+    };
+    let roots = WorkerRoots::default();
+    let allowed = check_path_grant(
+        std::slice::from_ref(&grant),
+        &roots,
+        spelled,
+        PathUse::RestoreDestination,
+    )
+    .expect("a grant for exactly the path admits it");
+    assert!(is_within(&allowed.path, &allowed.anchor));
+    assert!(check_path_grant(&[grant], &roots, spelled, PathUse::BackupSource).is_err());
+}
+
+/// The manifest reader: whatever it hands out before an error is an entry a
+/// restore may join below its destination.
+pub fn manifest_reader(data: &[u8]) {
+    let Ok(mut reader) = ManifestReader::new(data) else {
+        return;
+    };
+    for _ in 0..MAX_ENTRIES {
+        match reader.next_entry() {
+            Ok(Some(entry)) => {
+                assert!(
+                    entry.path.is_empty() || check_relative(&entry.path).is_ok(),
+                    "entry path {:?} escapes",
+                    String::from_utf8_lossy(&entry.path)
+                );
+                assert!((entry.path.len() as u64) < MAX_LINE_BYTES);
+                assert!(entry.attributes.check().is_ok());
+            }
+            Ok(None) => {
+                assert!(reader.footer().is_some());
+                return;
+            }
+            Err(_) => {
+                assert!(
+                    reader.next_entry().is_err(),
+                    "a reader goes on after an error"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// The index parser: every entry of an accepted index file lies inside its
+/// pack, and the in-memory index finds every chunk it was given.
+pub fn index_parser(data: &[u8]) {
+    let Ok(file) = IndexFile::decode(data) else {
+        return;
+    };
+    let mut index = ChunkIndex::new();
+    index.add_file(&file);
+    for pack in &file.packs {
+        for entry in &pack.entries {
+            let end = u64::from(entry.offset) + u64::from(entry.length);
+            assert!(end <= pack.pack_length, "entry beyond its pack");
+            assert!(entry.raw_length <= coffer_format::pack::MAX_CHUNK_SIZE);
+            assert!(index.get(&entry.chunk_id).is_some());
+        }
+    }
+}
+
+/// The pack parser: the entries of an accepted pack tile it, and decoding a
+/// blob yields exactly the raw length its entry promises, or an error.
+pub fn pack_parser(data: &[u8]) {
+    let Ok(entries) = read_pack_entries(data) else {
+        return;
+    };
+    let hasher = ChunkHasher::new(FUZZ_KEY);
+    for entry in &entries {
+        let blob = coffer_format::pack::blob_slice(data, entry).expect("entries lie in the pack");
+        if let Ok(raw) = decode_blob(&hasher, entry, blob) {
+            assert_eq!(raw.len(), entry.raw_length as usize);
+        }
+    }
+}
+
+/// The control plane's proto → domain conversions: they never panic, and a
+/// target they accept converts back to a proto they accept again unchanged.
+pub fn proto_validation(data: &[u8]) {
+    use coffer_control_plane::api::convert;
+    if let Ok(job) = pb::Job::decode(data) {
+        if let Ok(target) = convert::target_from_proto("job.target", job.target) {
+            let again =
+                convert::target_from_proto("job.target", Some(convert::target_to_proto(&target)))
+                    .expect("a valid target round-trips");
+            assert_eq!(again, target);
+        }
+        let _ = convert::options_from_proto("job.options", job.options);
+        let _ = convert::selector_from_proto("job.worker_selector", job.worker_selector);
+    }
+    if let Ok(user) = pb::User::decode(data) {
+        let _ = coffer_control_plane::model::user::NewUser::try_from(user);
+    }
+    if let Ok(tag) = pb::Tag::decode(data) {
+        let _ = coffer_control_plane::model::tag::NewTag::try_from(tag);
+    }
+}

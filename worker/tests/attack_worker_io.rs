@@ -221,6 +221,25 @@ fn plant_raw_manifest(repo: &Path, lines: &[serde_json::Value]) -> String {
     key
 }
 
+/// The key of the one manifest a committed backup wrote: each attempt
+/// writes under its own key (`snapshots/<run>.<lease token>`).
+fn committed_manifest_key(repo: &Path, run_id: &str) -> String {
+    let prefix = format!("{run_id}.");
+    let mut names: Vec<String> = std::fs::read_dir(repo.join("snapshots"))
+        .expect("snapshots directory")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert_eq!(names.len(), 1, "one attempt wrote a manifest: {names:?}");
+    format!("snapshots/{}", names.remove(0))
+}
+
 /// The JSON lines of a real manifest.
 fn manifest_lines(repo: &Path, key: &str) -> Vec<serde_json::Value> {
     let bytes =
@@ -310,7 +329,7 @@ async fn hand_made_manifest_with_escaping_paths_is_refused(backend: Backend) {
     let _worker = WorkerProcess::spawn(&server, "attack-rebuild");
     let backup = backup_to(&server, &scene.text("source"), &bucket_id).await;
     assert_succeeded(&backup);
-    let real_key = layout::manifest_key(Uuid::parse_str(&backup.id).expect("run id"));
+    let real_key = committed_manifest_key(&scene.path("repo"), &backup.id);
     let mut lines = manifest_lines(&scene.path("repo"), &real_key);
     let file_line = lines
         .iter()
@@ -378,7 +397,7 @@ async fn restore_never_writes_through_symlinks(backend: Backend) {
     let _worker = WorkerProcess::spawn(&server, "attack-symlinks");
     let backup = backup_to(&server, &scene.text("source"), &bucket_id).await;
     assert_succeeded(&backup);
-    let real_key = layout::manifest_key(Uuid::parse_str(&backup.id).expect("run id"));
+    let real_key = committed_manifest_key(&scene.path("repo"), &backup.id);
     let real = manifest_entries(&scene.path("repo"), &real_key).await;
     let tool = real
         .iter()
@@ -399,6 +418,18 @@ async fn restore_never_writes_through_symlinks(backend: Backend) {
     let rebuilt = rebuild(&server, &bucket_id).await;
     assert_succeeded(&rebuilt);
 
+    // Restore as a tenant would: under a grant (deeper than the harness's
+    // grant of `/`, so it is the one that applies) that allows neither
+    // owners nor special bits.
+    server
+        .admin()
+        .grant(
+            &backup.owner_id,
+            &scene.text("dest"),
+            &[pb::GrantUse::RestoreDestination],
+        )
+        .await
+        .expect("a tenant's restore grant");
     let destination = scene.path("dest");
     std::os::unix::fs::symlink(scene.path("outside/inner"), destination.join("docs"))
         .expect("attacker's symlink");

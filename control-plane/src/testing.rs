@@ -340,6 +340,19 @@ impl TestServer {
         )
     }
 
+    /// Sets the configuration `key` to `value` as the admin; panics when it
+    /// is refused.
+    pub async fn configure(&self, key: &str, value: &str) -> pb::Configuration {
+        self.admin()
+            .create_configuration(pb::Configuration {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|status| panic!("configuration {key}={value} refused: {status:?}"))
+    }
+
     /// The keys this server seals secrets with.
     pub fn secrets(&self) -> &Keyring {
         &self.state.secrets

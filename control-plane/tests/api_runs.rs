@@ -21,20 +21,6 @@ fn id_literal(server: &TestServer, id: &str) -> String {
 
 const TIME: &str = "'2024-01-01T00:00:00+00:00'";
 
-async fn set_configuration(server: &TestServer, key: &str, value: &str) {
-    let configuration = pb::Configuration {
-        key: key.into(),
-        value: value.into(),
-        ..Default::default()
-    };
-    let request = pb::CreateConfigurationRequest {
-        configuration: Some(configuration),
-    };
-    let mut configurations = server.admin().configurations;
-    let created = configurations.create_configuration(request).await;
-    created.expect("set configuration");
-}
-
 fn fs_target(path: &str) -> pb::Target {
     pb::Target {
         destination: Some(pb::target::Destination::FilesystemPath(path.into())),
@@ -127,7 +113,7 @@ async fn job_run_is_queued_with_a_copy_of_the_job(backend: Backend) {
     let limited = create_job(&server, &token, "limited", 5).await;
     let run = create_run(&server, &token, job_run_request(&limited.id)).await;
     assert_eq!(run.max_attempts, 5);
-    set_configuration(&server, "default_max_attempts", "7").await;
+    server.configure("default_max_attempts", "7").await;
     let run = create_run(&server, &token, job_run_request(&job.id)).await;
     assert_eq!(run.max_attempts, 7);
 }
@@ -153,7 +139,7 @@ async fn ad_hoc_runs_to_filesystem_and_nfs(backend: Backend) {
         status.message()
     );
 
-    set_configuration(&server, "nfs_mount_path", "/mnt/nfs").await;
+    server.configure("nfs_mount_path", "/mnt/nfs").await;
     let run = create_run(&server, &token, ad_hoc_request(nfs_target("www"))).await;
     let Some(pb::run::Spec::Backup(spec)) = run.spec else {
         panic!("backup spec expected");

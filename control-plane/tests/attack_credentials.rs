@@ -118,18 +118,6 @@ fn s3_bucket(name: &str, endpoint: &str, secret_id: &str, credentials_ref: &str)
     }
 }
 
-async fn set_configuration(server: &TestServer, key: &str, value: &str) {
-    server
-        .admin()
-        .create_configuration(pb::Configuration {
-            key: key.into(),
-            value: value.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("set configuration");
-}
-
 async fn secret_values_never_leave_the_server(backend: Backend) {
     let logs = captured_logs();
     let server = TestServer::start(backend).await;
@@ -434,7 +422,7 @@ async fn endpoint_policy_refuses_metadata_private_and_denied_hosts(backend: Back
         assert_violations(&refused, &["bucket.s3.endpoint"]);
     }
 
-    set_configuration(&server, "s3_endpoint_deny", "*.evil.example").await;
+    server.configure("s3_endpoint_deny", "*.evil.example").await;
     assert_code(
         mallory
             .create_bucket(s3_bucket("b", "https://s3.evil.example", &secret.id, ""))
@@ -442,7 +430,9 @@ async fn endpoint_policy_refuses_metadata_private_and_denied_hosts(backend: Back
         Code::PermissionDenied,
         "denied host",
     );
-    set_configuration(&server, "s3_endpoint_allow", "s3.example.com, 10.1.0.0/16").await;
+    server
+        .configure("s3_endpoint_allow", "s3.example.com, 10.1.0.0/16")
+        .await;
     assert_code(
         mallory
             .create_bucket(s3_bucket("b", "https://s3.other.example", &secret.id, ""))
@@ -567,7 +557,7 @@ async fn leases_carry_only_the_owners_secret_and_recheck_the_policy(backend: Bac
     drop(session);
 
     // The policy changes after the bucket was written: the next lease is refused.
-    set_configuration(&server, "s3_endpoint_deny", "s3.example.com").await;
+    server.configure("s3_endpoint_deny", "s3.example.com").await;
     let failed = refused_lease(&server, &token, &bucket.id).await;
     assert!(
         failed.error.contains("s3_endpoint_deny"),

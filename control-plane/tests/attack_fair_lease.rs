@@ -14,7 +14,7 @@ use coffer_control_plane::catalog::leases::LeaseSettings;
 use coffer_control_plane::scheduler::SchedulerSettings;
 use coffer_control_plane::testing::Api;
 use coffer_proto::v1 as pb;
-use fair_lease::{backup, configure, runs_in_state, LeaseClient, WorkerShape};
+use fair_lease::{backup, runs_in_state, LeaseClient, WorkerShape};
 use futures::StreamExt;
 use support::{assert_code, Backend, TestServer};
 use tonic::Code;
@@ -152,7 +152,7 @@ async fn a_busy_owner_does_not_starve_another(backend: Backend) {
 /// run is created; another tenant and the admin are not held back.
 async fn queued_run_limit_is_enforced_per_owner(backend: Backend) {
     let server = TestServer::start(backend).await;
-    configure(&server, "max_queued_runs_per_owner", "3").await;
+    server.configure("max_queued_runs_per_owner", "3").await;
     let (_, tenant) = server.create_user("tenant").await;
     let (_, other) = server.create_user("other").await;
     let api = server.as_user(&tenant);
@@ -275,7 +275,7 @@ async fn wait_for_job(
 /// counted, never queued past the limit.
 async fn scheduled_fire_over_the_limit_is_skipped(backend: Backend) {
     let server = TestServer::start_with_scheduler(backend, fast_scheduler()).await;
-    configure(&server, "max_queued_runs_per_owner", "1").await;
+    server.configure("max_queued_runs_per_owner", "1").await;
     let (_, tenant) = server.create_user("tenant").await;
     let api = server.as_user(&tenant);
     let job = api.create_job(scheduled_job()).await.expect("job");
@@ -368,8 +368,8 @@ async fn waiting_tick_over_the_limit_waits(backend: Backend) {
 /// Jobs and API tokens past their limits are RESOURCE_EXHAUSTED and not created.
 async fn job_and_token_limits_are_enforced(backend: Backend) {
     let server = TestServer::start(backend).await;
-    configure(&server, "max_jobs_per_owner", "2").await;
-    configure(&server, "max_api_tokens_per_owner", "2").await;
+    server.configure("max_jobs_per_owner", "2").await;
+    server.configure("max_api_tokens_per_owner", "2").await;
     let (user, tenant) = server.create_user("tenant").await;
     let api = server.as_user(&tenant);
     let job = |name: &str| pb::Job {
@@ -423,7 +423,7 @@ async fn job_and_token_limits_are_enforced(backend: Backend) {
 /// RESOURCE_EXHAUSTED; closing one gives its slot back.
 async fn watch_stream_limit_is_enforced(backend: Backend) {
     let server = TestServer::start(backend).await;
-    configure(&server, "max_watch_streams_per_owner", "2").await;
+    server.configure("max_watch_streams_per_owner", "2").await;
     let (_, tenant) = server.create_user("tenant").await;
     let api = server.as_user(&tenant);
     let run_id = api.queue_run(backup("/data/w", &[])).await;
@@ -551,7 +551,7 @@ async fn queue_timeout_fails_the_run_with_its_reason(backend: Backend) {
     let api = server.as_user(&tenant);
     let stuck = api.queue_run(backup("/data/gpu", &[("gpu", "yes")])).await;
     let _eu = LeaseClient::open(&server, "eu-1", &plain_worker(1)).await;
-    configure(&server, "queue_timeout_seconds", "1").await;
+    server.configure("queue_timeout_seconds", "1").await;
     let failed = server
         .wait_until_final(&stuck, Duration::from_secs(30))
         .await;
@@ -576,7 +576,7 @@ async fn replicas_time_out_each_run_once() {
         first.catalog().subscribe_runs(),
         second.catalog().subscribe_runs(),
     ];
-    configure(&first, "queue_timeout_seconds", "1").await;
+    first.configure("queue_timeout_seconds", "1").await;
     for id in &stuck {
         let failed = second.wait_until_final(id, Duration::from_secs(30)).await;
         assert_eq!(failed.state, pb::RunState::Failed as i32, "{failed:?}");

@@ -27,18 +27,6 @@ fn server_settings() -> LeaseSettings {
     }
 }
 
-async fn configure(server: &TestServer, key: &str, value: &str) -> pb::Configuration {
-    server
-        .admin()
-        .create_configuration(pb::Configuration {
-            key: key.into(),
-            value: value.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("create configuration")
-}
-
 async fn reconfigure(server: &TestServer, entry: &pb::Configuration, value: &str) {
     server
         .admin()
@@ -68,7 +56,7 @@ async fn lease_ttl_seconds_decides_how_long_a_lease_lives(backend: Backend) {
         .await
         .expect("session");
     assert_eq!(seconds(worker.welcome.lease_ttl), 600);
-    let entry = configure(&server, "lease_ttl_seconds", "30").await;
+    let entry = server.configure("lease_ttl_seconds", "30").await;
     let run_id = queue_backup(&server, "/backups/settings").await;
     worker.credit(1).await;
     let lease = worker.assignment().await;
@@ -106,7 +94,7 @@ async fn lease_ttl_seconds_decides_how_long_a_lease_lives(backend: Backend) {
 
 async fn retry_backoff_seconds_delays_the_next_attempt(backend: Backend) {
     let server = TestServer::start_with_leases(backend, server_settings()).await;
-    configure(&server, "retry_backoff_seconds", "900").await;
+    server.configure("retry_backoff_seconds", "900").await;
     let run_id = queue_backup(&server, "/backups/settings").await;
     let token = server.worker_token_for("backoff").await;
     let mut worker = lease_session::open(&server, &token, "backoff")

@@ -3,6 +3,7 @@
 //! delivered in the lease, and a tenant's bucket pointing at a server the
 //! tenant controls never receives the worker's or anyone else's keys.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use coffer_control_plane::testing::{Backend, TestServer};
 use coffer_proto::v1 as pb;
 use support::credentials::{
-    configure, contains, create_secret, create_tenant_bucket, endpoint_host, RecordingListener,
+    contains, create_secret, create_tenant_bucket, endpoint_host, RecordingListener,
 };
 use support::{
     assert_restorable, assert_succeeded, new_bucket_on, noise, wait_until_final, write, S3Server,
@@ -55,12 +56,9 @@ fn backup_to(source: &std::path::Path, bucket_id: &str) -> pb::create_run_reques
 async fn a_tenant_backs_up_to_garage_through_its_own_secret(backend: Backend) {
     let server = TestServer::start(backend).await;
     let garage = S3Server::shared();
-    configure(
-        &server,
-        "s3_endpoint_allow",
-        &endpoint_host(&garage.endpoint),
-    )
-    .await;
+    server
+        .configure("s3_endpoint_allow", &endpoint_host(&garage.endpoint))
+        .await;
     let (name, store) = new_bucket_on(&garage).await;
     let values = pb::S3CredentialValues {
         access_key_id: std::env::var("COFFER_TEST_S3_ACCESS_KEY_ID").expect("garage key id"),
@@ -102,7 +100,7 @@ async fn a_tenant_backs_up_to_garage_through_its_own_secret(backend: Backend) {
 async fn a_tenant_endpoint_receives_no_foreign_credentials(backend: Backend) {
     let server = TestServer::start(backend).await;
     let listener = RecordingListener::start().await;
-    configure(&server, "s3_endpoint_allow", "127.0.0.1").await;
+    server.configure("s3_endpoint_allow", "127.0.0.1").await;
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..12];
     let values = pb::S3CredentialValues {
         access_key_id: format!("AKIAMALLORY{}", tag.to_uppercase()),
@@ -159,23 +157,6 @@ async fn a_tenant_endpoint_receives_no_foreign_credentials(backend: Backend) {
         "{}",
         run.error
     );
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(super::Backend::Postgres).await;
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            }
-        )*
-    };
 }
 
 both_backends!(

@@ -5,6 +5,7 @@
 //! tenants on one path. Each asserts the refusal and that nothing was read,
 //! written or changed.
 
+#[macro_use]
 mod support;
 
 #[path = "support/grants.rs"]
@@ -19,24 +20,6 @@ use grants_support::{backup, entries, filesystem, filesystem_spelled, restore, T
 use pb::create_run_request::Spec;
 use support::{assert_succeeded, noise, snapshot_files, write, WorkerProcess};
 use tonic::Code;
-
-/// One `#[tokio::test]` per catalog backend for each named scenario.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name(super::Backend::Postgres).await;
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name(super::Backend::Sqlite).await;
-                }
-            }
-        )*
-    };
-}
 
 /// Asserts PERMISSION_DENIED naming `field` first.
 fn assert_denied<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {

@@ -160,19 +160,6 @@ pub fn backup(source_path: &str, selector: &[(&str, &str)]) -> pb::create_run_re
     })
 }
 
-/// Sets a configuration key as the admin.
-pub async fn configure(server: &TestServer, key: &str, value: &str) {
-    server
-        .admin()
-        .create_configuration(pb::Configuration {
-            key: key.into(),
-            value: value.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("configuration accepted");
-}
-
 /// Every run `api`'s caller can list in `state`, reading all pages.
 pub async fn runs_in_state(api: &Api, state: pb::RunState) -> Vec<pb::Run> {
     let mut runs = Vec::new();

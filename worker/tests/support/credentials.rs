@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use coffer_control_plane::testing::{Api, TestServer};
+use coffer_control_plane::testing::Api;
 use coffer_proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -46,20 +46,6 @@ pub async fn create_tenant_bucket(
         ..Default::default()
     };
     api.create_bucket(request).await.expect("tenant bucket").id
-}
-
-/// Sets a configuration key as the admin.
-pub async fn configure(server: &TestServer, key: &str, value: &str) {
-    let configuration = pb::Configuration {
-        key: key.into(),
-        value: value.into(),
-        ..Default::default()
-    };
-    server
-        .admin()
-        .create_configuration(configuration)
-        .await
-        .expect("set configuration");
 }
 
 /// The host of an `http://host:port` endpoint.

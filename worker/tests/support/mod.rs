@@ -2,6 +2,25 @@
 //! processes, run helpers over the public API, and S3 buckets on Garage.
 #![allow(dead_code)] // each test binary uses a different subset
 
+/// One `#[tokio::test]` per catalog backend for each named scenario.
+#[allow(unused_macros)] // not every test file runs scenarios on both backends
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(super::Backend::Postgres).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            }
+        )*
+    };
+}
+
 pub mod credentials;
 #[allow(unused_imports)] // each test binary uses a different subset
 pub mod worker_api;

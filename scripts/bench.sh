@@ -263,6 +263,13 @@ AUTH="authorization: Bearer $(cat "$CP_DATA/admin.token")"
 if [ -s "$CP_DATA/worker.token" ]; then WORKER_TOKEN=$(cat "$CP_DATA/worker.token"); fi
 call() { grpcurl -plaintext -H "$AUTH" -d "$2" "$CP" "coffer.v1.$1"; }
 
+# Runs touch local paths only beneath a grant of their owner, admins included:
+# grant the admin the benchmark's work directory (corpus, restores).
+ADMIN_ID=$(call UserService/ListUsers '{}' | jq -r '[.users[] | select(.admin)][0].id')
+call GrantService/CreateGrant "{\"grant\": {\"grantee_id\": \"$ADMIN_ID\", \"root\": \"$BENCH_DIR\",
+  \"uses\": [\"GRANT_USE_BACKUP_SOURCE\", \"GRANT_USE_RESTORE_DESTINATION\", \"GRANT_USE_REPOSITORY\"]}}" >/dev/null \
+  || { fail "could not grant the admin $BENCH_DIR"; exit 1; }
+
 CATALOG_DB=$CP_DATA/catalog.db
 catalog_rows() { # -> "objects object_versions"
   python3 - "$CATALOG_DB" <<'PY'

@@ -64,12 +64,16 @@ async fn snapshot(
         .insert_test_run(owner, None, None)
         .await
         .expect("run");
+    let repository = catalog
+        .ensure_repository(&format!("{REPOSITORY}/{}", user.username), owner)
+        .await
+        .expect("repository");
     let stats = catalog
         .apply_snapshot(&SnapshotCommit {
             run_id,
             owner_id: owner,
             bucket_id: None,
-            repository: format!("{REPOSITORY}/{}", user.username),
+            repository_id: repository.id,
             removed: None,
             job_id: None,
             entries,

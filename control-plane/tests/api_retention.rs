@@ -110,13 +110,15 @@ async fn insert_object(
         Backend::Postgres => format!("decode('{hex}', 'hex')"),
         Backend::Sqlite => format!("X'{hex}'"),
     };
+    let repository_id = ensure_repository(server, "repo", owner_id).await;
     server
         .catalog()
         .execute_raw(&format!(
-            "INSERT INTO objects (id, owner_id, repository, path, path_text, create_time) \
-             VALUES ({}, {}, 'repo', {bytes}, '{path}', '2024-01-01T00:00:00Z')",
+            "INSERT INTO objects (id, owner_id, repository_id, path, path_text, create_time) \
+             VALUES ({}, {}, {}, {bytes}, '{path}', '2024-01-01T00:00:00Z')",
             uuid_literal(backend, &id),
             uuid_literal(backend, owner_id),
+            uuid_literal(backend, &repository_id.to_string()),
         ))
         .await
         .expect("insert object");
@@ -790,17 +792,19 @@ impl PlanFixture {
         let backend = self.backend;
         let job = job_id.map_or("NULL".to_string(), |job| uuid_literal(backend, job));
         let time = format!("'{finished}'");
+        let repository_id =
+            ensure_repository(&self.server, &repository(bucket_id, job_id), &self.owner.id).await;
         self.server
             .catalog()
             .execute_raw(&format!(
                 "INSERT INTO runs (id, owner_id, job_id, kind, state, spec, target_bucket_id, \
-                 max_attempts, not_before_time, create_time, update_time, finish_time, repository) \
+                 max_attempts, not_before_time, create_time, update_time, finish_time, repository_id) \
                  VALUES ({}, {}, {job}, '{kind}', '{state}', '{{}}', {}, 1, {time}, {time}, {time}, \
-                 {time}, '{}')",
+                 {time}, {})",
                 uuid_literal(backend, &id),
                 uuid_literal(backend, &self.owner.id),
                 uuid_literal(backend, bucket_id),
-                repository(bucket_id, job_id),
+                uuid_literal(backend, &repository_id.to_string()),
             ))
             .await
             .expect("insert run");
@@ -824,13 +828,19 @@ impl PlanFixture {
     ) -> String {
         let run_id = self.snapshot(Some(job_id), bucket_id, finished).await;
         let id = |text: &str| uuid::Uuid::parse_str(text).expect("uuid");
+        let repository_id = ensure_repository(
+            &self.server,
+            &repository(bucket_id, Some(job_id)),
+            &self.owner.id,
+        )
+        .await;
         self.server
             .catalog()
             .apply_snapshot(&SnapshotCommit {
                 run_id: id(&run_id),
                 owner_id: id(&self.owner.id),
                 bucket_id: Some(id(bucket_id)),
-                repository: repository(bucket_id, Some(job_id)),
+                repository_id,
                 job_id: Some(id(job_id)),
                 entries: files
                     .iter()
@@ -933,6 +943,17 @@ impl PlanFixture {
         .await
         .expect("plan")
     }
+}
+
+/// The id of the repository at `location`, owned by `owner_id` when new.
+async fn ensure_repository(server: &TestServer, location: &str, owner_id: &str) -> uuid::Uuid {
+    let owner_id = uuid::Uuid::parse_str(owner_id).expect("owner id");
+    server
+        .catalog()
+        .ensure_repository(location, owner_id)
+        .await
+        .expect("repository")
+        .id
 }
 
 /// The repository a job's (or an ad-hoc) backup into a bucket writes to.

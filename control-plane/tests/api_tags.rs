@@ -44,13 +44,18 @@ async fn user_run(server: &TestServer, user: &pb::User) -> Uuid {
 async fn user_object(server: &TestServer, user: &pb::User) -> (Uuid, Uuid) {
     let run_id = user_run(server, user).await;
     let owner = Uuid::parse_str(&user.id).expect("user id");
+    let repository = server
+        .catalog()
+        .ensure_repository(&format!("/backups/{}", user.username), owner)
+        .await
+        .expect("repository");
     server
         .catalog()
         .apply_snapshot(&SnapshotCommit {
             run_id,
             owner_id: owner,
             bucket_id: None,
-            repository: format!("/backups/{}", user.username),
+            repository_id: repository.id,
             removed: None,
             job_id: None,
             entries: vec![one_byte_file("file.txt", "aa")],

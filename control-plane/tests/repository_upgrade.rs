@@ -1,8 +1,9 @@
-//! The data migration of repositories (0007): a catalog as the previous
-//! release left it, keyed by location strings without ids or owners, keeps
-//! working after the upgrade. Every repository gets an identity, and as
-//! owner the owner of its oldest run; one no run names any more is claimed by
-//! its next user, and an owned one is refused to everyone else.
+//! The data migrations of repositories: a catalog as an earlier release
+//! left it keeps working after the upgrade. With 0007 every repository gets
+//! an identity, and as owner the owner of its oldest run; one no run names
+//! any more is claimed by its next user, and an owned one is refused to
+//! everyone else. With 0012 runs, objects and commit counters name their
+//! repository by that identity instead of by its location.
 
 mod support;
 
@@ -120,3 +121,144 @@ async fn an_upgraded_catalog_gives_repositories_ids_and_owners(backend: Backend)
 }
 
 both_backends!(an_upgraded_catalog_gives_repositories_ids_and_owners);
+
+/// The data migration of runs, objects and commit counters to repository
+/// ids (0012): a catalog whose rows name repositories by location keeps its
+/// snapshots, objects and versions, now joined by id; a location only an
+/// object names becomes a repository owned by that object's owner.
+async fn an_upgraded_catalog_joins_repositories_by_id(backend: Backend) {
+    let guard = empty_database(backend).await;
+    let catalog = coffer_control_plane::catalog::Catalog::connect_without_migrating(guard.url())
+        .await
+        .expect("connect");
+    catalog.migrate_before(12).await.expect("the old schema");
+    let sql = Literals { backend };
+    let alice = Uuid::now_v7();
+    let repository_id = Uuid::now_v7();
+    let snapshot = Uuid::now_v7();
+    let in_flight = Uuid::now_v7();
+    let object = Uuid::now_v7();
+    let ancient_object = Uuid::now_v7();
+    let time = "'2026-01-01 00:00:00+00:00'";
+    let started = "'2026-01-02 00:00:00+00:00'";
+    let path = match backend {
+        Backend::Postgres => "decode('61', 'hex')",
+        Backend::Sqlite => "X'61'",
+    };
+    let statements = [
+        format!(
+            "INSERT INTO users (id, username, email, admin, create_time, update_time) \
+             VALUES ({}, 'alice', 'alice@example.com', FALSE, {time}, {time})",
+            sql.id(alice)
+        ),
+        format!(
+            "INSERT INTO repositories (repository, id, owner_id, chunk_key, create_time) \
+             VALUES ('filesystem:/srv/data', {}, {}, {}, {time})",
+            sql.id(repository_id),
+            sql.id(alice),
+            sql.key()
+        ),
+        format!(
+            "INSERT INTO runs (id, owner_id, kind, state, spec, max_attempts, not_before_time, \
+             create_time, update_time, finish_time, manifest_key, repository) VALUES ({}, {}, \
+             'backup', 'succeeded', '{{}}', 1, {time}, {time}, {time}, {time}, 'snapshots/old', \
+             'filesystem:/srv/data')",
+            sql.id(snapshot),
+            sql.id(alice)
+        ),
+        format!(
+            "INSERT INTO runs (id, owner_id, kind, state, spec, max_attempts, not_before_time, \
+             create_time, update_time, start_time, repository) VALUES ({}, {}, 'backup', \
+             'running', '{{}}', 1, {time}, {time}, {time}, {started}, 'filesystem:/srv/data')",
+            sql.id(in_flight),
+            sql.id(alice)
+        ),
+        format!(
+            "INSERT INTO objects (id, owner_id, repository, path, path_text, create_time) \
+             VALUES ({}, {}, 'filesystem:/srv/data', {path}, 'a', {time})",
+            sql.id(object),
+            sql.id(alice)
+        ),
+        format!(
+            "INSERT INTO object_versions (id, object_id, kind, first_run_id, create_time) \
+             VALUES ({}, {}, 'regular', {}, {time})",
+            sql.id(Uuid::now_v7()),
+            sql.id(object),
+            sql.id(snapshot)
+        ),
+        format!(
+            "INSERT INTO repository_commits (repository, job_key, generation) \
+             VALUES ('filesystem:/srv/data', '', 3)"
+        ),
+        // An object from before repositories were recorded.
+        format!(
+            "INSERT INTO objects (id, owner_id, repository, path, path_text, create_time) \
+             VALUES ({}, {}, 'filesystem:/srv/ancient', {path}, 'a', {time})",
+            sql.id(ancient_object),
+            sql.id(alice)
+        ),
+    ];
+    for statement in &statements {
+        catalog.execute_raw(statement).await.expect(statement);
+    }
+
+    catalog.migrate().await.expect("upgrade");
+    let data = catalog
+        .find_repository("filesystem:/srv/data")
+        .await
+        .expect("read")
+        .expect("carried over");
+    assert_eq!(data.id, repository_id, "the identity is kept");
+    let latest = catalog
+        .latest_snapshot(repository_id, None)
+        .await
+        .expect("read")
+        .expect("the snapshot is found by repository id");
+    assert_eq!(
+        (latest.id, latest.manifest_key.as_str()),
+        (snapshot, "snapshots/old")
+    );
+    let oldest = catalog
+        .oldest_in_flight_start(repository_id, Uuid::now_v7())
+        .await
+        .expect("read")
+        .expect("the running backup protects the repository");
+    assert_eq!(oldest.to_rfc3339(), "2026-01-02T00:00:00+00:00");
+    let kept = catalog.get_object(object, None).await.expect("object");
+    assert_eq!(kept.repository, "filesystem:/srv/data");
+    assert!(kept.latest_version.is_some(), "its version is kept");
+
+    let ancient = catalog
+        .find_repository("filesystem:/srv/ancient")
+        .await
+        .expect("read")
+        .expect("a location only an object named becomes a repository");
+    assert_eq!(ancient.owner_id, Some(alice));
+    let ancient_kept = catalog
+        .get_object(ancient_object, None)
+        .await
+        .expect("object");
+    assert_eq!(ancient_kept.repository, "filesystem:/srv/ancient");
+
+    // A new full snapshot of the repository without the path marks the
+    // migrated object deleted: the plan found it by repository id.
+    let next = catalog
+        .insert_test_run(alice, None, None)
+        .await
+        .expect("run");
+    let stats = catalog
+        .apply_snapshot(&coffer_control_plane::model::object::SnapshotCommit {
+            run_id: next,
+            owner_id: alice,
+            bucket_id: None,
+            repository_id,
+            job_id: None,
+            entries: Vec::new(),
+            removed: None,
+        })
+        .await
+        .expect("snapshot");
+    assert_eq!(stats.deleted, 1, "{stats:?}");
+}
+
+both_backends!(an_upgraded_catalog_joins_repositories_by_id);

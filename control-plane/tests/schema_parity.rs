@@ -251,6 +251,8 @@ async fn postgres_schema(pool: &PgPool) -> Schema {
         }
     }
 
+    // Indexes that implement a key are left out; one a foreign key only
+    // references (`repositories (id)`) is an index like any other.
     let indexes: Vec<(String, String, String, bool, bool)> = sqlx::query_as(
         "SELECT t.relname::text, i.relname::text, \
            (SELECT string_agg(a.attname::text, ',' ORDER BY k.ord) \
@@ -262,7 +264,8 @@ async fn postgres_schema(pool: &PgPool) -> Schema {
          JOIN pg_class t ON t.oid = ix.indrelid \
          JOIN pg_namespace n ON n.oid = t.relnamespace \
          WHERE n.nspname = 'public' AND t.relname NOT LIKE '\\_sqlx%' \
-         AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = ix.indexrelid)",
+         AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = ix.indexrelid \
+             AND c.contype IN ('p', 'u', 'x'))",
     )
     .fetch_all(pool)
     .await

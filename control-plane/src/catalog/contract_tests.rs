@@ -94,6 +94,11 @@ fn owned_by(uid: u32) -> SnapshotEntry {
 async fn an_owner_change_is_recorded_as_a_new_version(backend: Backend) {
     let (catalog, _guard) = fresh_catalog(backend).await;
     let owner_id = user(&catalog).await;
+    let repository_id = catalog
+        .ensure_repository(REPOSITORY, owner_id)
+        .await
+        .expect("repository")
+        .id;
     let mut objects = Vec::new();
     for uid in [1000, 1000, 0] {
         let run = catalog
@@ -105,7 +110,7 @@ async fn an_owner_change_is_recorded_as_a_new_version(backend: Backend) {
                 run_id: run.run.id,
                 owner_id,
                 bucket_id: None,
-                repository: REPOSITORY.into(),
+                repository_id,
                 job_id: None,
                 entries: vec![owned_by(uid)],
                 removed: None,

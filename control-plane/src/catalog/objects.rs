@@ -26,8 +26,11 @@ use crate::model::object::{
 };
 use crate::model::tag::TagMatch;
 
-const OBJECT_COLUMNS: &str =
-    "o.id, o.owner_id, o.bucket_id, o.job_id, o.repository, o.path, o.path_text, o.create_time";
+/// An object's columns, with its repository's location (objects name the
+/// repository by id; the location is what callers read).
+const OBJECT_COLUMNS: &str = "o.id, o.owner_id, o.bucket_id, o.job_id, \
+     (SELECT r.repository FROM repositories r WHERE r.id = o.repository_id) AS repository, \
+     o.path, o.path_text, o.create_time";
 
 pub(crate) const VERSION_COLUMNS: &str =
     "v.id, v.object_id, v.kind, v.size_bytes, v.mode, v.uid, v.gid, \

@@ -7,14 +7,14 @@ use super::{from_json, new_id, on_pool, on_read_pool, to_json, Catalog, Page};
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
 use crate::model::run::{
-    NewRun, Run, RunErrorEntry, RunFilter, RunKind, RunSpec, RunState, Target,
-    DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT,
+    NewRun, Run, RunErrorEntry, RunFilter, RunKind, RunSpec, RunState, DEFAULT_MAX_ATTEMPTS,
+    MAX_ATTEMPTS_LIMIT,
 };
 
 const RUN_COLUMNS: &str = "id, owner_id, job_id, kind, state, spec, target_bucket_id, \
      request_id, attempt, max_attempts, cancel_requested, progress, error, worker_id, \
      lease_token, lease_expire_time, deadline_time, not_before_time, worker_selector, \
-     create_time, start_time, finish_time, update_time, manifest_key";
+     create_time, start_time, finish_time, update_time, manifest_key, repository_id";
 
 /// How often CancelRun retries when the run changes state under it.
 const CANCEL_RETRIES: usize = 3;
@@ -45,6 +45,7 @@ struct RunRow {
     finish_time: Option<DateTime<Utc>>,
     update_time: DateTime<Utc>,
     manifest_key: String,
+    repository_id: Option<Uuid>,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -76,6 +77,7 @@ impl TryFrom<RunRow> for Run {
             finish_time: row.finish_time,
             update_time: row.update_time,
             manifest_key: row.manifest_key,
+            repository_id: row.repository_id,
         })
     }
 }
@@ -291,32 +293,59 @@ impl Catalog {
         Ok((rows, token))
     }
 
-    /// The garbage collection of `target`'s repository that is queued or
-    /// running, if any.
-    pub async fn active_gc_run(&self, target: &Target) -> DomainResult<Option<Uuid>> {
+    /// The garbage collection of repository `repository_id` that is queued
+    /// or running, if any.
+    pub async fn active_gc_run(&self, repository_id: Uuid) -> DomainResult<Option<Uuid>> {
         on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(
-            "SELECT id FROM runs WHERE kind = 'garbage_collection' AND repository = $1 \
+            "SELECT id FROM runs WHERE kind = 'garbage_collection' AND repository_id = $1 \
              AND state IN ('queued', 'running') ORDER BY id LIMIT 1"
         )
-        .bind(target.repository())
+        .bind(repository_id)
         .fetch_optional(pool)
         .await)
         .map_err(|e| from_sqlx(e, "run"))
     }
 
+    /// Records the repository a run's target resolved to at its lease, for a
+    /// run queued before the catalog knew that repository. A run already
+    /// recorded with another repository is an internal error: one location
+    /// resolves to one repository for good.
+    pub async fn record_run_repository(
+        &self,
+        run_id: Uuid,
+        repository_id: Uuid,
+    ) -> DomainResult<()> {
+        let recorded = on_pool!(self, |pool| sqlx::query_scalar::<_, Option<Uuid>>(
+            "UPDATE runs SET repository_id = COALESCE(repository_id, $2) WHERE id = $1 \
+             RETURNING repository_id"
+        )
+        .bind(run_id)
+        .bind(repository_id)
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| from_sqlx(e, "run"))?;
+        match recorded {
+            None => Err(DomainError::not_found("run", run_id)),
+            Some(Some(id)) if id == repository_id => Ok(()),
+            Some(other) => Err(DomainError::Internal(format!(
+                "run {run_id} is recorded in repository {other:?}, not {repository_id}"
+            ))),
+        }
+    }
+
     /// When the oldest run other than `except` that is executing on
-    /// `repository` started: a collection must not delete what such a run
-    /// may have seen before the packs were condemned.
+    /// repository `repository_id` started: a collection must not delete what
+    /// such a run may have seen before the packs were condemned.
     pub async fn oldest_in_flight_start(
         &self,
-        repository: &str,
+        repository_id: Uuid,
         except: Uuid,
     ) -> DomainResult<Option<DateTime<Utc>>> {
         on_pool!(self, |pool| sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
             "SELECT MIN(COALESCE(start_time, create_time)) FROM runs \
-             WHERE repository = $1 AND state = 'running' AND id <> $2"
+             WHERE repository_id = $1 AND state = 'running' AND id <> $2"
         )
-        .bind(repository)
+        .bind(repository_id)
         .bind(except)
         .fetch_one(pool)
         .await)

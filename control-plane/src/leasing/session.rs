@@ -428,6 +428,12 @@ impl Session {
                 "the repository of this run's target belongs to another user".to_string(),
             ));
         }
+        if run.repository_id != Some(stored.id) {
+            self.state
+                .catalog
+                .record_run_repository(run_id, stored.id)
+                .await?;
+        }
         // Checked again now: a grant deleted since admission no longer
         // counts, and the grant must cover this worker.
         let granted = crate::runs::grants::for_worker(
@@ -455,7 +461,7 @@ impl Session {
                 if let Some(parent) = self
                     .state
                     .catalog
-                    .latest_snapshot(&repository, backup.job_id)
+                    .latest_snapshot(stored.id, backup.job_id)
                     .await?
                 {
                     assignment.parent_manifest_key = parent.manifest_key;
@@ -489,7 +495,7 @@ impl Session {
                 assignment.oldest_in_flight_start_time = self
                     .state
                     .catalog
-                    .oldest_in_flight_start(&repository, run_id)
+                    .oldest_in_flight_start(stored.id, run_id)
                     .await?
                     .map(timestamp);
             }

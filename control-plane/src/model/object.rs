@@ -208,9 +208,10 @@ pub struct SnapshotCommit {
     pub owner_id: Uuid,
     /// Bucket holding the repository, if any.
     pub bucket_id: Option<Uuid>,
-    /// The repository (e.g. bucket id plus prefix, or a filesystem path).
-    pub repository: String,
-    /// The job, if any. Objects are keyed by (repository, job, path).
+    /// The repository's id (`Catalog::ensure_repository` resolves a
+    /// location to it).
+    pub repository_id: Uuid,
+    /// The job, if any. Objects are keyed by (repository id, job, path).
     pub job_id: Option<Uuid>,
     /// Every entry of the snapshot (or, for an incremental, every new or
     /// changed entry); paths must be unique.

@@ -536,6 +536,9 @@ pub struct Run {
     pub update_time: DateTime<Utc>,
     /// Storage key of the snapshot manifest of a succeeded backup ('' otherwise).
     pub manifest_key: String,
+    /// The repository of its target, once the catalog knows it (at
+    /// admission, or at the first lease of a run into a new repository).
+    pub repository_id: Option<Uuid>,
 }
 
 /// A run to queue.

@@ -324,16 +324,12 @@ impl RunAdmission {
     }
 
     /// A garbage collection of a repository the caller owns. Only one
-    /// collection of a repository may be queued or running at a time.
+    /// collection of a repository may be queued or running at a time (see
+    /// [`Self::check_repository`]).
     async fn garbage_collection(&self, caller: &Caller, gc: GcRequest) -> DomainResult<NewRun> {
         self.check_references("garbage_collection.", caller, &gc.target)
             .await?;
         self.check_gc_grace(caller, gc.grace_seconds).await?;
-        if let Some(running) = self.catalog.active_gc_run(&gc.target).await? {
-            return Err(DomainError::FailedPrecondition(format!(
-                "garbage collection {running} of this repository is still queued or running"
-            )));
-        }
         Ok(NewRun {
             owner_id: caller.user.id,
             job_id: None,
@@ -456,7 +452,11 @@ impl RunAdmission {
 
     /// One repository's catalog never mixes two owners: a backup goes only
     /// into a repository its owner owns (the first use claims it), and any
-    /// other run only into one the caller may access.
+    /// other run only into one the caller may access. Backups and garbage
+    /// collections resolve the location to the repository's id here, after
+    /// every other check (a refused request claims nothing), so that the run
+    /// is recorded with it; only one collection of a repository may be
+    /// queued or running at a time.
     async fn check_repository(
         &self,
         caller: &Caller,
@@ -464,25 +464,35 @@ impl RunAdmission {
         new: &NewRun,
     ) -> DomainResult<()> {
         let location = new.spec.target().repository();
-        let owner = if matches!(new.spec, RunSpec::Backup(_)) {
-            let repository = self
-                .catalog
-                .ensure_repository(&location, new.owner_id)
-                .await?;
-            repository.owner_id.filter(|&owner| owner != new.owner_id)
-        } else {
-            self.catalog
-                .find_repository(&location)
-                .await?
-                .and_then(|repository| repository.owner_id)
-                .filter(|&owner| !caller.can_access(owner))
+        let repository = match new.spec {
+            RunSpec::Backup(_) | RunSpec::GarbageCollection(_) => Some(
+                self.catalog
+                    .ensure_repository(&location, new.owner_id)
+                    .await?,
+            ),
+            _ => self.catalog.find_repository(&location).await?,
         };
-        match owner {
-            None => Ok(()),
-            Some(_) => Err(DomainError::PermissionDenied(format!(
+        let Some(repository) = repository else {
+            return Ok(());
+        };
+        let foreign = match repository.owner_id {
+            None => false,
+            Some(owner) if matches!(new.spec, RunSpec::Backup(_)) => owner != new.owner_id,
+            Some(owner) => !caller.can_access(owner),
+        };
+        if foreign {
+            return Err(DomainError::PermissionDenied(format!(
                 "{prefix}target: the repository there belongs to another user"
-            ))),
+            )));
         }
+        if matches!(new.spec, RunSpec::GarbageCollection(_)) {
+            if let Some(running) = self.catalog.active_gc_run(repository.id).await? {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "garbage collection {running} of this repository is still queued or running"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// NFS targets need the `nfs_mount_path` configuration.

@@ -76,7 +76,7 @@ fn scope_not_found(scope: RetentionScope) -> DomainError {
 /// The snapshots of a scope, with the policies of their job and bucket.
 fn snapshots_sql(runs: &str) -> String {
     format!(
-        "SELECT r.id, r.job_id, r.target_bucket_id, r.repository, r.finish_time, r.create_time, \
+        "SELECT r.id, r.job_id, r.target_bucket_id, r.repository_id, r.finish_time, r.create_time, \
          j.retention_policy_id AS job_policy_id, b.retention_policy_id AS bucket_policy_id \
          FROM runs r LEFT JOIN jobs j ON j.id = r.job_id \
          LEFT JOIN buckets b ON b.id = r.target_bucket_id \
@@ -96,12 +96,12 @@ fn run_tags_sql(runs: &str) -> String {
 fn holds_sql(objects: &str) -> String {
     format!(
         "SELECT x.resource_kind, x.resource_id, x.policy_id, x.retain_until_time, x.legal_hold, \
-         o.id AS object_id, o.job_id, o.bucket_id, o.repository \
+         o.id AS object_id, o.job_id, o.bucket_id, o.repository_id \
          FROM object_retentions x JOIN objects o ON o.id = x.resource_id \
          WHERE x.resource_kind = 'object' AND {objects} \
          UNION ALL \
          SELECT x.resource_kind, x.resource_id, x.policy_id, x.retain_until_time, x.legal_hold, \
-         o.id AS object_id, o.job_id, o.bucket_id, o.repository \
+         o.id AS object_id, o.job_id, o.bucket_id, o.repository_id \
          FROM object_retentions x JOIN object_versions v ON v.id = x.resource_id \
          JOIN objects o ON o.id = v.object_id \
          WHERE x.resource_kind = 'object_version' AND {objects}"
@@ -140,7 +140,7 @@ struct SnapshotRow {
     id: Uuid,
     job_id: Option<Uuid>,
     target_bucket_id: Option<Uuid>,
-    repository: Option<String>,
+    repository_id: Option<Uuid>,
     finish_time: Option<DateTime<Utc>>,
     create_time: DateTime<Utc>,
     job_policy_id: Option<Uuid>,
@@ -164,7 +164,7 @@ struct HoldRow {
     object_id: Uuid,
     job_id: Option<Uuid>,
     bucket_id: Option<Uuid>,
-    repository: String,
+    repository_id: Uuid,
 }
 
 #[derive(sqlx::FromRow)]
@@ -400,7 +400,7 @@ fn snapshot_groups(
         let key = GroupKey {
             job_id: row.job_id,
             bucket_id: row.target_bucket_id,
-            repository: row.repository,
+            repository_id: row.repository_id,
         };
         let group = match groups.entry(key) {
             std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
@@ -464,7 +464,7 @@ fn retained_objects(
                 object_id: hold.object_id,
                 job_id: hold.job_id,
                 bucket_id: hold.bucket_id,
-                repository: hold.repository,
+                repository_id: hold.repository_id,
                 versions: Vec::new(),
                 holds: Vec::new(),
             })

@@ -60,7 +60,7 @@ impl Catalog {
         }
         Err(DomainError::Aborted(format!(
             "the repository {} kept changing while snapshot {} was committed",
-            snapshot.repository, snapshot.run_id
+            snapshot.repository_id, snapshot.run_id
         )))
     }
 
@@ -78,7 +78,7 @@ impl Catalog {
                 .unwrap_or_else(|e| e.into_inner());
             Arc::clone(
                 locks
-                    .entry((scope.repository.clone(), scope.job_key()))
+                    .entry((scope.repository_id, scope.job_key()))
                     .or_default(),
             )
         };
@@ -141,9 +141,9 @@ macro_rules! claim_generation_in_tx {
             let scope: &$crate::catalog::snapshots::SnapshotScope = $scope;
             let bumped = sqlx::query(
                 "UPDATE repository_commits SET generation = generation + 1 \
-                 WHERE repository = $1 AND job_key = $2 AND generation = $3",
+                 WHERE repository_id = $1 AND job_key = $2 AND generation = $3",
             )
-            .bind(&scope.repository)
+            .bind(scope.repository_id)
             .bind(scope.job_key())
             .bind($generation)
             .execute(&mut *$tx)
@@ -172,7 +172,7 @@ macro_rules! copy_plan_in_tx {
                 .bind(key)
                 .bind(scope.owner_id)
                 .bind(scope.bucket_id)
-                .bind(&scope.repository)
+                .bind(scope.repository_id)
                 .bind(scope.job_id)
                 .bind($now)
                 .bind(&markers)

@@ -81,17 +81,19 @@ impl Catalog {
         }
         let Some(scope) = SnapshotScope::of_run(&run) else {
             return Err(DomainError::Internal(format!(
-                "run {run_id} is not a backup"
+                "run {run_id} is not a backup leased into a known repository"
             )));
         };
         if let Some(parent) = parent_run_id {
-            let latest = self.latest_snapshot(&scope.repository, run.job_id).await?;
+            let latest = self
+                .latest_snapshot(scope.repository_id, run.job_id)
+                .await?;
             if latest.as_ref().map(|s| s.id) != Some(*parent) {
                 let failure = AttemptOutcome::Failure {
                     error: format!(
                         "the incremental was taken against snapshot {parent}, which is no \
-                         longer the latest of this job in {}",
-                        scope.repository
+                         longer the latest of this job in repository {}",
+                        scope.repository_id
                     ),
                     retryable: true,
                 };
@@ -241,6 +243,12 @@ impl Catalog {
             },
             None => None,
         };
+        let Some(repository_id) = rebuild.repository_id else {
+            return Err(DomainError::Internal(format!(
+                "rebuild {} was never leased into a repository",
+                rebuild.id
+            )));
+        };
         let target = rebuild.spec.target().clone();
         let created = snapshot.create_time.unwrap_or_else(now_micros);
         let size: i64 = entries
@@ -259,7 +267,7 @@ impl Catalog {
             run_id,
             owner_id: rebuild.owner_id,
             bucket_id: target.bucket_id(),
-            repository: target.repository(),
+            repository_id,
             job_id,
             entries,
             removed: None,
@@ -289,7 +297,7 @@ impl Catalog {
                     .bind(target.bucket_id())
                     .bind(created)
                     .bind(now)
-                    .bind(target.repository())
+                    .bind(repository_id)
                     .bind(&snapshot.manifest_key)
                     .execute(&mut *tx)
                     .await

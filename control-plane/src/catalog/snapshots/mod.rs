@@ -53,8 +53,8 @@ pub(crate) struct CommitLocks {
     locks: std::sync::Mutex<HashMap<RepositoryJob, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// A repository and a job key, as `repository_commits` keys them.
-type RepositoryJob = (String, String);
+/// A repository id and a job key, as `repository_commits` keys them.
+type RepositoryJob = (Uuid, String);
 
 /// Where a snapshot goes: the run, and the repository and job its objects
 /// are keyed by.
@@ -63,7 +63,7 @@ pub(crate) struct SnapshotScope {
     pub(crate) run_id: Uuid,
     pub(crate) owner_id: Uuid,
     pub(crate) bucket_id: Option<Uuid>,
-    pub(crate) repository: String,
+    pub(crate) repository_id: Uuid,
     pub(crate) job_id: Option<Uuid>,
 }
 
@@ -73,12 +73,13 @@ impl SnapshotScope {
             run_id: commit.run_id,
             owner_id: commit.owner_id,
             bucket_id: commit.bucket_id,
-            repository: commit.repository.clone(),
+            repository_id: commit.repository_id,
             job_id: commit.job_id,
         }
     }
 
-    /// Where a backup run's snapshot goes; `None` for other runs.
+    /// Where a backup run's snapshot goes: `None` for other runs, and for a
+    /// run whose repository was never resolved (it was never leased).
     pub(crate) fn of_run(run: &Run) -> Option<Self> {
         let RunSpec::Backup(backup) = &run.spec else {
             return None;
@@ -87,7 +88,7 @@ impl SnapshotScope {
             run_id: run.id,
             owner_id: run.owner_id,
             bucket_id: backup.target.bucket_id(),
-            repository: backup.target.repository(),
+            repository_id: run.repository_id?,
             job_id: run.job_id,
         })
     }

@@ -131,7 +131,7 @@ pub(crate) struct ExistingObjectRow {
 
 /// Objects of a repository and job (`$2`, or ad-hoc when `with_job` is
 /// false) at `count` paths, for [`Catalog::plan_entries`]. Plain equality,
-/// not `($2 IS NULL OR …)`, so the `(repository, job_id, path)` index serves
+/// not `($2 IS NULL OR …)`, so the `(repository_id, job_id, path)` index serves
 /// it on both backends.
 pub(crate) fn objects_by_path_sql(with_job: bool, count: usize) -> String {
     let (job, first) = if with_job {
@@ -140,7 +140,7 @@ pub(crate) fn objects_by_path_sql(with_job: bool, count: usize) -> String {
         ("o.job_id IS NULL", 2)
     };
     format!(
-        "SELECT o.id, o.path FROM objects o WHERE o.repository = $1 AND {job} AND o.path IN ({})",
+        "SELECT o.id, o.path FROM objects o WHERE o.repository_id = $1 AND {job} AND o.path IN ({})",
         list_placeholders(count, first)
     )
 }
@@ -168,15 +168,15 @@ impl Catalog {
         let job_key = scope.job_key();
         on_pool!(self, |pool| {
             sqlx::query(
-                "INSERT INTO repository_commits (repository, job_key, generation) VALUES ($1, $2, 0) \
+                "INSERT INTO repository_commits (repository_id, job_key, generation) VALUES ($1, $2, 0) \
                  ON CONFLICT DO NOTHING")
-                .bind(&scope.repository).bind(&job_key)
+                .bind(scope.repository_id).bind(&job_key)
                 .execute(pool).await.map(|r| r.rows_affected())
                 .map_err(|e| from_sqlx(e, "repository commit"))?;
             sqlx::query_scalar::<_, i64>(
-                "SELECT generation FROM repository_commits WHERE repository = $1 AND job_key = $2",
+                "SELECT generation FROM repository_commits WHERE repository_id = $1 AND job_key = $2",
             )
-            .bind(&scope.repository)
+            .bind(scope.repository_id)
             .bind(&job_key)
             .fetch_one(pool)
             .await
@@ -204,7 +204,7 @@ impl Catalog {
                 let sql = objects_by_path_sql(scope.job_id.is_some(), chunk.len());
                 let sql = dialect.adapt(&sql);
                 let mut query =
-                    sqlx::query_as::<_, ExistingObjectRow>(&sql).bind(&scope.repository);
+                    sqlx::query_as::<_, ExistingObjectRow>(&sql).bind(scope.repository_id);
                 if let Some(job_id) = scope.job_id {
                     query = query.bind(job_id);
                 }
@@ -287,7 +287,7 @@ impl Catalog {
         };
         let sql = format!(
             "SELECT v.object_id, v.kind FROM object_versions v JOIN objects o ON o.id = v.object_id \
-             WHERE o.repository = $1 AND {job} AND v.last_run_id IS NULL AND NOT v.deleted \
+             WHERE o.repository_id = $1 AND {job} AND v.last_run_id IS NULL AND NOT v.deleted \
              AND v.object_id > $4 \
              AND NOT EXISTS (SELECT 1 FROM snapshot_commit_rows p \
              WHERE p.commit_key IN ($2, $6) AND p.object_id = v.object_id) \
@@ -297,7 +297,7 @@ impl Catalog {
         let mut after = Uuid::nil();
         loop {
             let page: Vec<(Uuid, String)> = on_pool!(self, |pool| sqlx::query_as(&sql)
-                .bind(&scope.repository)
+                .bind(scope.repository_id)
                 .bind(key)
                 .bind(scope.job_id)
                 .bind(after)

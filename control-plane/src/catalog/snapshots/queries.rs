@@ -102,19 +102,20 @@ impl Catalog {
     }
 
     /// The last committed snapshot of `job_id` (or of ad-hoc runs, when
-    /// `None`) in `repository`: the parent of the next incremental.
+    /// `None`) in repository `repository_id`: the parent of the next
+    /// incremental.
     pub async fn latest_snapshot(
         &self,
-        repository: &str,
+        repository_id: Uuid,
         job_id: Option<Uuid>,
     ) -> DomainResult<Option<SnapshotRef>> {
         on_pool!(self, |pool| sqlx::query_as::<_, SnapshotRef>(
             "SELECT id, manifest_key FROM runs \
-             WHERE kind = 'backup' AND state = 'succeeded' AND repository = $1 \
+             WHERE kind = 'backup' AND state = 'succeeded' AND repository_id = $1 \
              AND ((job_id IS NULL AND $2 IS NULL) OR job_id = $2) AND manifest_key <> '' \
              ORDER BY finish_time DESC, id DESC LIMIT 1"
         )
-        .bind(repository)
+        .bind(repository_id)
         .bind(job_id)
         .fetch_optional(pool)
         .await)

@@ -92,15 +92,20 @@ impl Catalog {
         let mut stats = RemovalStats::default();
         // Grouped by snapshot series: the kept snapshots are those of the
         // same repository and job that are not being removed.
-        let mut series: HashMap<(String, Option<Uuid>), Vec<Uuid>> = HashMap::new();
+        let mut series: HashMap<(Option<Uuid>, Option<Uuid>), Vec<Uuid>> = HashMap::new();
         for snapshot in snapshots {
+            let repository_id = self.run_repository_id(snapshot.run_id).await?;
             series
-                .entry((snapshot.target.repository(), snapshot.job_id))
+                .entry((repository_id, snapshot.job_id))
                 .or_default()
                 .push(snapshot.run_id);
         }
-        for ((repository, job_id), removed) in series {
-            let mut kept = self.snapshot_ids(&repository, job_id).await?;
+        for ((repository_id, job_id), removed) in series {
+            let mut kept = match repository_id {
+                Some(repository_id) => self.snapshot_ids(repository_id, job_id).await?,
+                // Recorded before runs named their repository: no series.
+                None => Vec::new(),
+            };
             kept.retain(|id| !removed.contains(id));
             kept.sort_unstable();
             for run_id in removed {
@@ -111,17 +116,32 @@ impl Catalog {
         Ok(stats)
     }
 
+    /// The repository a run was recorded in, if the run still exists and
+    /// names one.
+    async fn run_repository_id(&self, run_id: Uuid) -> DomainResult<Option<Uuid>> {
+        let recorded = on_pool!(self, |pool| {
+            sqlx::query_scalar::<_, Option<Uuid>>("SELECT repository_id FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(|e| from_sqlx(e, "snapshot"))?;
+        Ok(recorded.flatten())
+    }
+
     /// Every snapshot of one series, by id.
     async fn snapshot_ids(
         &self,
-        repository: &str,
+        repository_id: Uuid,
         job_id: Option<Uuid>,
     ) -> DomainResult<Vec<Uuid>> {
         on_pool!(self, |pool| {
             sqlx::query_scalar::<_, Uuid>(
-            "SELECT id FROM runs WHERE kind = 'backup' AND state = 'succeeded' AND repository = $1 \
-             AND ((job_id IS NULL AND $2 IS NULL) OR job_id = $2) ORDER BY id")
-            .bind(repository)
+                "SELECT id FROM runs WHERE kind = 'backup' AND state = 'succeeded' \
+             AND repository_id = $1 AND ((job_id IS NULL AND $2 IS NULL) OR job_id = $2) \
+             ORDER BY id",
+            )
+            .bind(repository_id)
             .bind(job_id)
             .fetch_all(pool)
             .await

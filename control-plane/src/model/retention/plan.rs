@@ -153,7 +153,7 @@ pub struct Snapshot {
 }
 
 /// What identifies a group of snapshots: the job and the repository they
-/// were written to. `repository` is unknown for runs recorded before
+/// were written to. `repository_id` is unknown for runs recorded before
 /// repositories were (those group by bucket instead).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupKey {
@@ -161,8 +161,8 @@ pub struct GroupKey {
     pub job_id: Option<Uuid>,
     /// The bucket, if the repository is in one.
     pub bucket_id: Option<Uuid>,
-    /// The repository (as `objects.repository` spells it), when known.
-    pub repository: Option<String>,
+    /// The repository's id, when known.
+    pub repository_id: Option<Uuid>,
 }
 
 impl GroupKey {
@@ -171,7 +171,7 @@ impl GroupKey {
     /// (ad-hoc ones and those of deleted jobs, which may share a repository)
     /// or without a recorded repository may interleave several chains.
     pub fn is_single_chain(&self) -> bool {
-        self.job_id.is_some() && self.repository.is_some()
+        self.job_id.is_some() && self.repository_id.is_some()
     }
 }
 
@@ -247,12 +247,12 @@ pub struct ObjectHold {
 pub struct RetainedObject {
     /// The object.
     pub object_id: Uuid,
-    /// Its job (with `repository`, the group its snapshots belong to).
+    /// Its job (with `repository_id`, the group its snapshots belong to).
     pub job_id: Option<Uuid>,
     /// Its bucket.
     pub bucket_id: Option<Uuid>,
-    /// Its repository.
-    pub repository: String,
+    /// Its repository's id.
+    pub repository_id: Uuid,
     /// Every version of the object.
     pub versions: Vec<VersionSpan>,
     /// The retentions on the object and on its versions.
@@ -414,8 +414,8 @@ fn decide_group(group: &SnapshotGroup) -> DomainResult<PendingGroup<'_>> {
 /// unknown repository match by job and bucket, so a hold is never missed.
 fn group_holds(key: &GroupKey, object: &RetainedObject) -> bool {
     key.job_id == object.job_id
-        && match &key.repository {
-            Some(repository) => *repository == object.repository,
+        && match key.repository_id {
+            Some(repository_id) => repository_id == object.repository_id,
             None => key.bucket_id == object.bucket_id,
         }
 }

@@ -37,11 +37,16 @@ fn policy(rules: KeepRules) -> AppliedPolicy {
     }
 }
 
+/// The repository of job `job`'s snapshots in these tests.
+fn repository(job: u128) -> Uuid {
+    Uuid::from_u128(0x5e00 + job)
+}
+
 fn job_key(job: u128) -> GroupKey {
     GroupKey {
         job_id: Some(Uuid::from_u128(job)),
         bucket_id: None,
-        repository: Some(format!("repo-{job}")),
+        repository_id: Some(repository(job)),
     }
 }
 
@@ -456,7 +461,7 @@ fn object_with(holds: Vec<ObjectHold>) -> RetainedObject {
         object_id: Uuid::from_u128(0xb0),
         job_id: Some(Uuid::from_u128(1)),
         bucket_id: None,
-        repository: "repo-1".into(),
+        repository_id: repository(1),
         versions: vec![
             version(0xa0, 0, Some(2)),
             version(0xa1, 2, Some(4)),
@@ -554,19 +559,19 @@ fn deletion_markers_hold_nothing() {
 
 #[test]
 fn holds_of_other_jobs_or_repositories_do_not_apply() {
-    for (job, repository) in [(2, "repo-1"), (1, "repo-other")] {
+    for (job, repository_id) in [(2, repository(1)), (1, repository(0xff))] {
         let mut object = object_with(vec![legal_hold(Held::Object)]);
         object.job_id = Some(Uuid::from_u128(job));
-        object.repository = repository.into();
+        object.repository_id = repository_id;
         let plan = plan_of(vec![group(keep_last_one(), &six_days())], vec![object]);
-        assert_eq!(plan.kept(), 1, "job {job}, {repository}");
+        assert_eq!(plan.kept(), 1, "job {job}, {repository_id}");
     }
 }
 
 #[test]
 fn runs_of_unknown_repository_keep_the_whole_range_of_a_hold() {
     let mut legacy = group(keep_last_one(), &six_days());
-    legacy.key.repository = None;
+    legacy.key.repository_id = None;
     let held = legal_hold(Held::Version(Uuid::from_u128(0xa1)));
     let plan = plan_of(vec![legacy], vec![object_with(vec![held])]);
     let reasons = reasons_by_run(&plan, 6);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use coffer_control_plane::catalog::leases::LeaseSettings;
 use coffer_proto::v1 as pb;
+use coffer_proto::v1::lease_session_request::Message as Up;
 use lease_session::{attempt_key, queue_backup};
 use support::{violated_fields, Backend, TestServer};
 use tonic::Code;
@@ -134,6 +135,62 @@ async fn a_worker_cannot_complete_or_extend_another_workers_lease(backend: Backe
     );
 }
 
+/// Batches, failures and releases are fenced on the worker as completions
+/// are: a thief's batch is not staged (the owner's success naming no
+/// batches is then complete), its failure burns no attempt, and its release
+/// does not requeue the run.
+async fn a_worker_cannot_stage_fail_or_release_another_workers_lease(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let run_id = queue_backup(&server, "/backups/fencing").await;
+    let owner_token = server.worker_token_for("owner").await;
+    let mut owner = lease_session::open(&server, &owner_token, "owner")
+        .await
+        .expect("session");
+    owner.credit(1).await;
+    let lease = owner.assignment().await;
+    let before = server.get_run(&run_id).await;
+
+    let thief_token = server.worker_token_for("thief").await;
+    let mut thief = lease_session::open(&server, &thief_token, "thief")
+        .await
+        .expect("session");
+    thief
+        .send(Up::FileBatch(pb::FileBatch {
+            lease: Some(lease.clone()),
+            sequence: 0,
+            ..Default::default()
+        }))
+        .await;
+    thief.fail(&lease).await;
+    thief
+        .send(Up::Release(pb::RunRelease {
+            lease: Some(lease.clone()),
+            reason: "stolen".into(),
+        }))
+        .await;
+    for write in ["file batch", "failure", "release"] {
+        let ack = thief.ack().await;
+        assert!(!ack.accepted, "the thief's {write} was accepted");
+        assert_eq!(ack.reason, "the lease is held by another worker", "{write}");
+    }
+
+    let after = server.get_run(&run_id).await;
+    assert_nothing_committed(&server, &after).await;
+    assert_eq!(
+        after.worker_id, before.worker_id,
+        "the owner still holds it"
+    );
+    assert_eq!(after.attempt, before.attempt, "no attempt was burnt");
+
+    owner.succeed(&lease, attempt_key(&lease)).await;
+    assert!(
+        owner.ack().await.accepted,
+        "nothing of the thief's was staged"
+    );
+    let run = server.get_run(&run_id).await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}");
+}
+
 async fn a_worker_token_speaks_for_one_worker_only(backend: Backend) {
     let server = TestServer::start(backend).await;
     let token = server.worker_token_for("first").await;
@@ -224,6 +281,7 @@ async fn a_silent_worker_is_pushed_no_runs(backend: Backend) {
 both_backends!(
     a_completion_naming_another_attempts_manifest_is_refused,
     a_worker_cannot_complete_or_extend_another_workers_lease,
+    a_worker_cannot_stage_fail_or_release_another_workers_lease,
     a_worker_token_speaks_for_one_worker_only,
     a_new_session_of_the_same_worker_replaces_the_old_one,
     a_silent_worker_is_pushed_no_runs,

@@ -199,6 +199,7 @@ async fn run_changes_are_published_after_they_commit(backend: Backend) {
         catalog.complete_attempt(
             completed.run.id,
             leased[0].lease_token,
+            worker,
             &outcome,
             "{}",
             &settings,

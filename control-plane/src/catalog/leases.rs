@@ -94,6 +94,9 @@ pub enum LeaseState {
     },
     /// The lease moved on (expired and re-leased, released, run finished).
     Lost,
+    /// The lease is current, but another worker holds it: nothing was
+    /// written.
+    HeldByAnother,
 }
 
 /// How an attempt ended, as the worker reports it.
@@ -132,6 +135,24 @@ pub enum CompletionResult {
         /// Why.
         reason: String,
     },
+    /// The lease is current, but another worker holds it; nothing was
+    /// written.
+    HeldByAnother,
+}
+
+/// The worker holding lease `$2` of run `$1`, when that is the run's
+/// current lease (a token is granted once, to one worker).
+const LEASE_HOLDER: &str =
+    "SELECT worker_id FROM runs WHERE id = $1 AND lease_token = $2 AND state = 'running'";
+
+/// Why a fenced write by `worker_id` matched nothing, given the current
+/// lease's `holder`: the lease is current but another worker holds it, or it
+/// moved on.
+fn refusal(holder: Option<Uuid>, worker_id: Uuid) -> LeaseState {
+    match holder {
+        Some(holder) if holder != worker_id => LeaseState::HeldByAnother,
+        _ => LeaseState::Lost,
+    }
 }
 
 /// Runs the bound statement `$query` inside the open transaction `$tx` of
@@ -249,18 +270,29 @@ impl Catalog {
             .collect())
     }
 
+    /// Why a write fenced on `(run_id, lease_token)` and `worker_id` matched
+    /// nothing. Asked only after such a write failed, so the writes
+    /// themselves stay one statement.
+    async fn why_refused(
+        &self,
+        run_id: Uuid,
+        lease_token: i64,
+        worker_id: Uuid,
+    ) -> DomainResult<LeaseState> {
+        let holder = self.lease_holder(run_id, lease_token).await?;
+        Ok(refusal(holder, worker_id))
+    }
+
     /// The worker holding `(run_id, lease_token)` when that is the run's
     /// current lease; `None` when the lease is not current (ended, or a
     /// newer one was granted). A token is granted once, to one worker.
     pub async fn lease_holder(&self, run_id: Uuid, lease_token: i64) -> DomainResult<Option<Uuid>> {
         let holder: Option<Option<Uuid>> = on_pool!(self, |pool| {
-            sqlx::query_scalar(
-            "SELECT worker_id FROM runs WHERE id = $1 AND lease_token = $2 AND state = 'running'"
-        )
-        .bind(run_id)
-        .bind(lease_token)
-        .fetch_optional(pool)
-        .await
+            sqlx::query_scalar(LEASE_HOLDER)
+                .bind(run_id)
+                .bind(lease_token)
+                .fetch_optional(pool)
+                .await
         })
         .map_err(|e| from_sqlx(e, "run"))?;
         Ok(holder.flatten())
@@ -344,11 +376,13 @@ impl Catalog {
         Ok(leased)
     }
 
-    /// Extends a lease and records progress, if the lease is still current.
+    /// Extends a lease and records progress, if the lease is still current
+    /// and `worker_id` holds it.
     pub async fn heartbeat(
         &self,
         run_id: Uuid,
         lease_token: i64,
+        worker_id: Uuid,
         progress_json: &str,
         settings: &LeaseSettings,
     ) -> DomainResult<LeaseState> {
@@ -362,39 +396,58 @@ impl Catalog {
         .bind(expire)
         .bind(progress_json)
         .bind(now)
+        .bind(worker_id)
         .fetch_optional(pool)
         .await)
         .map_err(|e| from_sqlx(e, "run"))?;
         let Some(cancel_requested) = cancel else {
-            return Ok(LeaseState::Lost);
+            return self.why_refused(run_id, lease_token, worker_id).await;
         };
         self.publish_run(run_id);
         Ok(LeaseState::Current { cancel_requested })
     }
 
-    /// Gives a run back without using up its attempt (worker draining).
-    pub async fn release_run(&self, run_id: Uuid, lease_token: i64) -> DomainResult<LeaseState> {
+    /// Gives a run back without using up its attempt (worker draining), if
+    /// the lease is current and `worker_id` holds it. Whatever is staged
+    /// under a lease that moved on is dropped; another worker's is kept.
+    pub async fn release_run(
+        &self,
+        run_id: Uuid,
+        lease_token: i64,
+        worker_id: Uuid,
+    ) -> DomainResult<LeaseState> {
         let now = self.now().await?;
-        let released = on_pool!(self, |pool| in_transaction!(pool, |tx| {
+        let state = on_pool!(self, |pool| in_transaction!(pool, |tx| {
             let release = sqlx::query(include_str!("sql/leases/release.sql"))
                 .bind(run_id)
                 .bind(lease_token)
-                .bind(now);
-            let released = execute_in_tx!(tx, release, "run");
-            delete_staged_batches_in_tx!(tx, run_id, lease_token);
-            Ok(released)
+                .bind(now)
+                .bind(worker_id);
+            let state = if execute_in_tx!(tx, release, "run") > 0 {
+                LeaseState::Current {
+                    cancel_requested: false,
+                }
+            } else {
+                let holder: Option<Option<Uuid>> = sqlx::query_scalar(LEASE_HOLDER)
+                    .bind(run_id)
+                    .bind(lease_token)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| from_sqlx(e, "run"))?;
+                refusal(holder.flatten(), worker_id)
+            };
+            if state != LeaseState::HeldByAnother {
+                delete_staged_batches_in_tx!(tx, run_id, lease_token);
+            }
+            Ok(state)
         }))?;
-        if released > 0 {
-            self.publish_run(run_id);
+        match state {
+            LeaseState::HeldByAnother => return Ok(state),
+            LeaseState::Current { .. } => self.publish_run(run_id),
+            LeaseState::Lost => {}
         }
         self.discard_plans(run_id, lease_token).await?;
-        Ok(if released > 0 {
-            LeaseState::Current {
-                cancel_requested: false,
-            }
-        } else {
-            LeaseState::Lost
-        })
+        Ok(state)
     }
 
     /// Ends every lease whose TTL or attempt deadline passed: the run is
@@ -450,17 +503,27 @@ impl Catalog {
     /// Records the end of an attempt, fenced on the lease. Success makes the
     /// run SUCCEEDED and writes its automatic metadata; failure requeues it
     /// with backoff while attempts remain and it is retryable, else fails it.
-    /// A completion repeated by the same lease gets the same answer.
+    /// A completion repeated by the same lease gets the same answer; one
+    /// about a current lease another worker holds is refused.
     pub async fn complete_attempt(
         &self,
         run_id: Uuid,
         lease_token: i64,
+        worker_id: Uuid,
         outcome: &AttemptOutcome,
         progress_json: &str,
         settings: &LeaseSettings,
     ) -> DomainResult<CompletionResult> {
         let result = self
-            .finish_attempt(run_id, lease_token, outcome, progress_json, settings, None)
+            .finish_attempt(
+                run_id,
+                lease_token,
+                worker_id,
+                outcome,
+                progress_json,
+                settings,
+                None,
+            )
             .await?;
         result
             .ok_or_else(|| DomainError::Internal("an attempt without a snapshot went stale".into()))
@@ -469,10 +532,12 @@ impl Catalog {
     /// [`Catalog::complete_attempt`], applying the snapshot plan `planned`
     /// in the same transaction on success. `None` when the plan went stale
     /// (nothing was written).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn finish_attempt(
         &self,
         run_id: Uuid,
         lease_token: i64,
+        worker_id: Uuid,
         outcome: &AttemptOutcome,
         progress_json: &str,
         settings: &LeaseSettings,
@@ -480,7 +545,7 @@ impl Catalog {
     ) -> DomainResult<Option<CompletionResult>> {
         let now = self.now().await?;
         let select = format!(
-            "SELECT state, lease_token, completed_lease_token, attempt, max_attempts, cancel_requested, owner_id, job_id, start_time \
+            "SELECT state, lease_token, completed_lease_token, attempt, max_attempts, cancel_requested, owner_id, job_id, start_time, worker_id \
              FROM runs WHERE id = $1{}",
             self.row_lock_clause()
         );
@@ -494,6 +559,7 @@ impl Catalog {
             Uuid,
             Option<Uuid>,
             Option<DateTime<Utc>>,
+            Option<Uuid>,
         );
         let mut committed = None;
         let mut changed = false;
@@ -513,6 +579,7 @@ impl Catalog {
                 owner_id,
                 job_id,
                 start_time,
+                holder,
             )) = row
             else {
                 return Err(DomainError::not_found("run", run_id));
@@ -524,6 +591,9 @@ impl Catalog {
                 return Ok(Some(CompletionResult::Rejected {
                     reason: format!("lease {lease_token} of run {run_id} is no longer current"),
                 }));
+            }
+            if refusal(holder, worker_id) == LeaseState::HeldByAnother {
+                return Ok(Some(CompletionResult::HeldByAnother));
             }
             let new_state = match outcome {
                 AttemptOutcome::Success {

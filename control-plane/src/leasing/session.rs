@@ -330,15 +330,6 @@ impl Session {
         Ok(holder == Some(self.worker_id))
     }
 
-    /// Whether `(run_id, token)` is a current lease another worker holds:
-    /// nothing this session says about it is accepted. (A lease that is not
-    /// current is refused, or answered idempotently, by the catalog's own
-    /// fence on the token.)
-    async fn held_by_another(&self, run_id: Uuid, token: i64) -> DomainResult<bool> {
-        let holder = self.state.catalog.lease_holder(run_id, token).await?;
-        Ok(holder.is_some_and(|worker| worker != self.worker_id))
-    }
-
     /// Reads the lease settings in effect again.
     async fn refresh_settings(&mut self) {
         self.settings = settings::current(&self.state.catalog, self.base).await;
@@ -397,6 +388,7 @@ impl Session {
                         .complete_attempt(
                             lease.id,
                             lease.lease_token,
+                            self.worker_id,
                             &outcome,
                             "{}",
                             &self.settings,
@@ -529,15 +521,11 @@ impl Session {
             let Some((run_id, token)) = parse_lease(lease.lease.as_ref()) else {
                 continue;
             };
-            if self.held_by_another(run_id, token).await? {
-                self.revoke(run_id, token, FOREIGN_LEASE).await;
-                continue;
-            }
             let progress = progress_json(lease.progress.as_ref());
             match self
                 .state
                 .catalog
-                .heartbeat(run_id, token, &progress, &self.settings)
+                .heartbeat(run_id, token, self.worker_id, &progress, &self.settings)
                 .await?
             {
                 LeaseState::Current {
@@ -553,6 +541,7 @@ impl Session {
                     self.revoke(run_id, token, "lease is no longer current")
                         .await
                 }
+                LeaseState::HeldByAnother => self.revoke(run_id, token, FOREIGN_LEASE).await,
             }
         }
         self.send(pb::lease_session_response::Message::HeartbeatAck(
@@ -569,11 +558,6 @@ impl Session {
         let Some((run_id, token)) = parse_lease(batch.lease.as_ref()) else {
             return Err(DomainError::invalid("file_batch.lease", "is required"));
         };
-        if self.held_by_another(run_id, token).await? {
-            self.ack(run_id, token, false, FOREIGN_LEASE, batch.sequence)
-                .await;
-            return Ok(());
-        }
         let errors: Vec<(String, String)> = batch
             .errors
             .iter()
@@ -583,10 +567,21 @@ impl Session {
         match self
             .state
             .catalog
-            .stage_batch(run_id, token, batch.sequence, &payload, &errors)
+            .stage_batch(
+                run_id,
+                token,
+                self.worker_id,
+                batch.sequence,
+                &payload,
+                &errors,
+            )
             .await?
         {
             LeaseState::Current { .. } => self.ack(run_id, token, true, "", batch.sequence).await,
+            LeaseState::HeldByAnother => {
+                self.ack(run_id, token, false, FOREIGN_LEASE, batch.sequence)
+                    .await
+            }
             LeaseState::Lost => {
                 self.ack(
                     run_id,
@@ -607,11 +602,6 @@ impl Session {
         let Some((run_id, token)) = parse_lease(completion.lease.as_ref()) else {
             return Err(DomainError::invalid("completion.lease", "is required"));
         };
-        if self.held_by_another(run_id, token).await? {
-            tracing::warn!(worker = %self.name, run = %run_id, "completion for another worker's lease refused");
-            self.ack(run_id, token, false, FOREIGN_LEASE, -1).await;
-            return Ok(());
-        }
         let progress = progress_json(completion.progress.as_ref());
         let outcome = match completion.outcome {
             Some(pb::run_completion::Outcome::Success(success)) => AttemptOutcome::Success {
@@ -637,12 +627,18 @@ impl Session {
             .commit_attempt(
                 run_id,
                 token,
+                self.worker_id,
                 &outcome,
                 &progress,
                 completion.batch_count,
                 &self.settings,
             )
             .await?;
+        if result == CompletionResult::HeldByAnother {
+            tracing::warn!(worker = %self.name, run = %run_id, "completion for another worker's lease refused");
+            self.ack(run_id, token, false, FOREIGN_LEASE, -1).await;
+            return Ok(());
+        }
         self.held.remove(&run_id);
         match result {
             CompletionResult::Accepted { state } => {
@@ -659,6 +655,7 @@ impl Session {
                 tracing::warn!(worker = %self.name, run = %run_id, %reason, "completion refused");
                 self.ack(run_id, token, false, &reason, -1).await;
             }
+            CompletionResult::HeldByAnother => {}
         }
         Ok(())
     }
@@ -667,11 +664,15 @@ impl Session {
         let Some((run_id, token)) = parse_lease(release.lease.as_ref()) else {
             return Err(DomainError::invalid("release.lease", "is required"));
         };
-        if self.held_by_another(run_id, token).await? {
+        let result = self
+            .state
+            .catalog
+            .release_run(run_id, token, self.worker_id)
+            .await?;
+        if result == LeaseState::HeldByAnother {
             self.ack(run_id, token, false, FOREIGN_LEASE, -1).await;
             return Ok(());
         }
-        let result = self.state.catalog.release_run(run_id, token).await?;
         self.held.remove(&run_id);
         let accepted = result != LeaseState::Lost;
         let reason = if accepted {

@@ -25,6 +25,7 @@ impl Catalog {
         &self,
         run_id: Uuid,
         lease_token: i64,
+        worker_id: Uuid,
         outcome: &AttemptOutcome,
         progress_json: &str,
         batch_count: i64,
@@ -32,10 +33,20 @@ impl Catalog {
     ) -> DomainResult<CompletionResult> {
         let AttemptOutcome::Success { parent_run_id, .. } = outcome else {
             return self
-                .complete_attempt(run_id, lease_token, outcome, progress_json, settings)
+                .complete_attempt(
+                    run_id,
+                    lease_token,
+                    worker_id,
+                    outcome,
+                    progress_json,
+                    settings,
+                )
                 .await;
         };
         let run = self.get_run(run_id).await?;
+        if held_by_another(&run, lease_token, worker_id) {
+            return Ok(CompletionResult::HeldByAnother);
+        }
         check_manifest_key(&run, lease_token, outcome)?;
         if let RunSpec::Retention(retention) = &run.spec {
             // Only the current attempt removes anything; a stale one is
@@ -45,12 +56,26 @@ impl Catalog {
                 tracing::info!(run = %run_id, ?stats, "snapshots removed from the catalog");
             }
             return self
-                .complete_attempt(run_id, lease_token, outcome, progress_json, settings)
+                .complete_attempt(
+                    run_id,
+                    lease_token,
+                    worker_id,
+                    outcome,
+                    progress_json,
+                    settings,
+                )
                 .await;
         }
         if !matches!(run.kind, RunKind::Backup | RunKind::RebuildCatalog) {
             return self
-                .complete_attempt(run_id, lease_token, outcome, progress_json, settings)
+                .complete_attempt(
+                    run_id,
+                    lease_token,
+                    worker_id,
+                    outcome,
+                    progress_json,
+                    settings,
+                )
                 .await;
         }
         let received = self.staged_batch_count(run_id, lease_token).await?;
@@ -59,6 +84,7 @@ impl Catalog {
                 .incomplete(
                     run_id,
                     lease_token,
+                    worker_id,
                     received,
                     batch_count,
                     progress_json,
@@ -72,6 +98,7 @@ impl Catalog {
                 .commit_rebuild(
                     &run,
                     lease_token,
+                    worker_id,
                     outcome,
                     progress_json,
                     &batches,
@@ -98,7 +125,14 @@ impl Catalog {
                     retryable: true,
                 };
                 return self
-                    .complete_attempt(run_id, lease_token, &failure, progress_json, settings)
+                    .complete_attempt(
+                        run_id,
+                        lease_token,
+                        worker_id,
+                        &failure,
+                        progress_json,
+                        settings,
+                    )
                     .await;
             }
         }
@@ -106,6 +140,7 @@ impl Catalog {
             .commit_snapshot(
                 &scope,
                 lease_token,
+                worker_id,
                 outcome,
                 progress_json,
                 settings,
@@ -124,6 +159,7 @@ impl Catalog {
         &self,
         scope: &SnapshotScope,
         lease_token: i64,
+        worker_id: Uuid,
         outcome: &AttemptOutcome,
         progress_json: &str,
         settings: &LeaseSettings,
@@ -163,6 +199,7 @@ impl Catalog {
                 .finish_attempt(
                     run_id,
                     lease_token,
+                    worker_id,
                     outcome,
                     progress_json,
                     settings,
@@ -178,8 +215,15 @@ impl Catalog {
             error: "the repository kept changing while the snapshot was committed".into(),
             retryable: true,
         };
-        self.complete_attempt(run_id, lease_token, &failure, progress_json, settings)
-            .await
+        self.complete_attempt(
+            run_id,
+            lease_token,
+            worker_id,
+            &failure,
+            progress_json,
+            settings,
+        )
+        .await
     }
 
     /// Records a success whose batches did not all arrive as a retryable failure.
@@ -187,6 +231,7 @@ impl Catalog {
         &self,
         run_id: Uuid,
         lease_token: i64,
+        worker_id: Uuid,
         received: i64,
         batch_count: i64,
         progress_json: &str,
@@ -196,8 +241,15 @@ impl Catalog {
             error: format!("the control plane received {received} of {batch_count} file batches"),
             retryable: true,
         };
-        self.complete_attempt(run_id, lease_token, &failure, progress_json, settings)
-            .await
+        self.complete_attempt(
+            run_id,
+            lease_token,
+            worker_id,
+            &failure,
+            progress_json,
+            settings,
+        )
+        .await
     }
 
     /// Completes a catalog rebuild whose batches all arrived: every snapshot
@@ -208,6 +260,7 @@ impl Catalog {
         &self,
         run: &Run,
         lease_token: i64,
+        worker_id: Uuid,
         outcome: &AttemptOutcome,
         progress_json: &str,
         batches: &[(i64, Vec<u8>)],
@@ -217,8 +270,15 @@ impl Catalog {
             self.record_rebuilt_snapshot(run, &snapshot, entries)
                 .await?;
         }
-        self.complete_attempt(run.id, lease_token, outcome, progress_json, settings)
-            .await
+        self.complete_attempt(
+            run.id,
+            lease_token,
+            worker_id,
+            outcome,
+            progress_json,
+            settings,
+        )
+        .await
     }
 
     /// Records one snapshot found by a catalog rebuild, unless the catalog
@@ -328,6 +388,14 @@ impl Catalog {
             "the repository kept changing while rebuilt snapshot {run_id} was committed"
         )))
     }
+}
+
+/// Whether `lease_token` is the run's current lease and a worker other than
+/// `worker_id` holds it: nothing that worker says about it is accepted.
+fn held_by_another(run: &Run, lease_token: i64, worker_id: Uuid) -> bool {
+    run.state == RunState::Running
+        && run.lease_token == lease_token
+        && run.worker_id.is_some_and(|holder| holder != worker_id)
 }
 
 /// A successful attempt names the manifest key of its own attempt

@@ -26,6 +26,7 @@ use crate::model::object::{parse_kind, EntryKind, FileAttributes, SnapshotEntry}
 struct StagedBatch<'a> {
     run_id: Uuid,
     lease_token: i64,
+    worker_id: Uuid,
     sequence: i64,
     payload: &'a [u8],
     errors: &'a [(String, String)],
@@ -33,7 +34,8 @@ struct StagedBatch<'a> {
 
 impl Catalog {
     /// Stages one batch of an attempt's output (and records its per-file
-    /// errors), if the lease is current. A batch sent twice is stored once.
+    /// errors), if the lease is current and `worker_id` holds it. A batch
+    /// sent twice is stored once.
     ///
     /// A backup's batch is also planned at once (see `catalog::snapshots`), so
     /// that the completion has little left to do; a batch that cannot be
@@ -43,6 +45,7 @@ impl Catalog {
         &self,
         run_id: Uuid,
         lease_token: i64,
+        worker_id: Uuid,
         sequence: i64,
         payload: &[u8],
         errors: &[(String, String)],
@@ -57,6 +60,7 @@ impl Catalog {
         let batch = StagedBatch {
             run_id,
             lease_token,
+            worker_id,
             sequence,
             payload,
             errors,
@@ -98,26 +102,31 @@ impl Catalog {
         let StagedBatch {
             run_id,
             lease_token,
+            worker_id,
             sequence,
             payload,
             errors,
         } = *batch;
         let now = self.now().await?;
         let check = format!(
-            "SELECT attempt, cancel_requested FROM runs WHERE id = $1 AND lease_token = $2 AND state = 'running'{}",
+            "SELECT attempt, cancel_requested, worker_id FROM runs \
+             WHERE id = $1 AND lease_token = $2 AND state = 'running'{}",
             self.row_lock_clause()
         );
         let key = lease_commit_key(run_id, lease_token);
         on_pool!(self, |pool, dialect| in_transaction!(pool, |tx| {
-            let current: Option<(i32, bool)> = sqlx::query_as(&check)
+            let current: Option<(i32, bool, Option<Uuid>)> = sqlx::query_as(&check)
                 .bind(run_id)
                 .bind(lease_token)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(|e| from_sqlx(e, "run"))?;
-            let Some((attempt, cancel_requested)) = current else {
+            let Some((attempt, cancel_requested, holder)) = current else {
                 return Ok(LeaseState::Lost);
             };
+            if holder.is_some_and(|holder| holder != worker_id) {
+                return Ok(LeaseState::HeldByAnother);
+            }
             let inserted = sqlx::query(include_str!("../sql/snapshots/stage_batch.sql"))
                 .bind(run_id)
                 .bind(lease_token)

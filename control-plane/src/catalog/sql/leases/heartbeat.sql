@@ -1,2 +1,3 @@
 UPDATE runs SET lease_expire_time = $3, progress = $4, update_time = $5
-WHERE id = $1 AND lease_token = $2 AND state = 'running' RETURNING cancel_requested
+WHERE id = $1 AND lease_token = $2 AND state = 'running' AND worker_id = $6
+RETURNING cancel_requested

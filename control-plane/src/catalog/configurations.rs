@@ -1,6 +1,10 @@
 //! Catalog queries for configurations. Lists are ordered by key and resume
 //! after the last key of the previous page.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use uuid::Uuid;
 
 use super::{new_id, now_micros, on_pool, Catalog, Page};
@@ -9,6 +13,50 @@ use crate::error::{DomainError, DomainResult};
 use crate::model::configuration::{Configuration, ConfigurationPatch, NewConfiguration};
 
 const COLUMNS: &str = "id, key, value, description, create_time, update_time";
+
+/// Every configured `(key, value)`, as read recently: the lease settings are
+/// read at every grant and heartbeat, and need not cost a query each. A
+/// write through this catalog makes the next read go to the database, so a
+/// change made here takes effect at once; one made through another replica
+/// within the age the reader allows.
+#[derive(Debug, Default)]
+pub(crate) struct ConfigurationCache {
+    /// Bumped after every configuration write through this catalog.
+    generation: AtomicU64,
+    read: Mutex<Option<CachedRead>>,
+}
+
+#[derive(Debug)]
+struct CachedRead {
+    at: Instant,
+    /// The generation when the read began: a write that committed while it
+    /// ran makes it stale.
+    generation: u64,
+    values: Vec<(String, String)>,
+}
+
+impl ConfigurationCache {
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn fresh(&self, max_age: Duration) -> Option<Vec<(String, String)>> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        read.as_ref()
+            .filter(|read| read.generation == generation && read.at.elapsed() <= max_age)
+            .map(|read| read.values.clone())
+    }
+
+    fn store(&self, generation: u64, values: &[(String, String)]) {
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        *read = Some(CachedRead {
+            at: Instant::now(),
+            generation,
+            values: values.to_vec(),
+        });
+    }
+}
 
 impl Catalog {
     /// Creates an entry; `AlreadyExists` if the key is set.
@@ -29,6 +77,7 @@ impl Catalog {
             .fetch_one(pool)
             .await)
         .map_err(|e| from_sqlx(e, &format!("configuration {:?}", new.key)))
+        .inspect(|_| self.configuration_cache.changed())
     }
 
     /// Returns an entry by id.
@@ -109,6 +158,7 @@ impl Catalog {
             .fetch_optional(pool)
             .await)
         .map_err(|e| from_sqlx(e, "configuration"))?
+        .inspect(|_| self.configuration_cache.changed())
         .ok_or_else(|| DomainError::not_found("configuration", id))
     }
 
@@ -125,6 +175,35 @@ impl Catalog {
         if deleted == 0 {
             return Err(DomainError::not_found("configuration", id));
         }
+        self.configuration_cache.changed();
         Ok(())
+    }
+
+    /// The configured values of `keys` (those set), read at most `max_age`
+    /// ago or since the last configuration write through this catalog.
+    pub async fn recent_configuration_values(
+        &self,
+        keys: &[&str],
+        max_age: Duration,
+    ) -> DomainResult<Vec<(String, String)>> {
+        let cache = &self.configuration_cache;
+        let values = match cache.fresh(max_age) {
+            Some(values) => values,
+            None => {
+                let generation = cache.generation.load(Ordering::Acquire);
+                let rows: Vec<(String, String)> = on_pool!(self, |pool| sqlx::query_as(
+                    "SELECT key, value FROM configurations ORDER BY key"
+                )
+                .fetch_all(pool)
+                .await)
+                .map_err(|e| from_sqlx(e, "configuration"))?;
+                cache.store(generation, &rows);
+                rows
+            }
+        };
+        Ok(values
+            .into_iter()
+            .filter(|(key, _)| keys.contains(&key.as_str()))
+            .collect())
     }
 }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::leases::{AttemptOutcome, CompletionResult, LeaseSettings};
 use super::workers::WorkerRegistration;
 use super::{Catalog, Page};
+use crate::model::configuration::{ConfigurationPatch, NewConfiguration};
 use crate::model::object::{EntryKind, FileAttributes, SnapshotCommit, SnapshotEntry};
 use crate::model::run::{BackupSpec, JobOptions, Labels, NewRun, RunSpec, Target};
 use crate::model::user::NewUser;
@@ -38,6 +39,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     an_owner_change_is_recorded_as_a_new_version,
     run_changes_are_published_after_they_commit,
+    recent_configuration_is_reread_after_a_write_or_when_too_old,
 );
 
 const REPOSITORY: &str = "filesystem:/backups";
@@ -220,4 +222,61 @@ async fn run_changes_are_published_after_they_commit(backend: Backend) {
         events.try_recv().is_err(),
         "a repeated completion was announced"
     );
+}
+
+/// The lease settings' cache: a read within the allowed age is served from
+/// it (a write that bypasses the catalog is not seen), one older than that
+/// goes to the database, and a write through the catalog is seen at once.
+async fn recent_configuration_is_reread_after_a_write_or_when_too_old(backend: Backend) {
+    const KEY: &str = "lease_ttl_seconds";
+    let (catalog, _guard) = fresh_catalog(backend).await;
+    let long = Duration::from_secs(3600);
+    let read = |max_age| {
+        let catalog = catalog.clone();
+        async move {
+            catalog
+                .recent_configuration_values(&[KEY], max_age)
+                .await
+                .expect("read")
+        }
+    };
+    let value = |v: &str| vec![(KEY.to_string(), v.to_string())];
+
+    let entry = catalog
+        .create_configuration(&NewConfiguration {
+            key: KEY.into(),
+            value: "30".into(),
+            description: String::new(),
+        })
+        .await
+        .expect("create");
+    assert_eq!(read(long).await, value("30"));
+
+    catalog
+        .execute_raw("UPDATE configurations SET value = '40'")
+        .await
+        .expect("update behind the catalog's back");
+    assert_eq!(read(long).await, value("30"), "served from the cache");
+    assert_eq!(
+        read(Duration::ZERO).await,
+        value("40"),
+        "too old: read again"
+    );
+
+    catalog
+        .update_configuration(
+            entry.id,
+            &ConfigurationPatch {
+                value: Some("50".into()),
+                description: None,
+            },
+        )
+        .await
+        .expect("update");
+    assert_eq!(read(long).await, value("50"), "a write is seen at once");
+    catalog
+        .delete_configuration(entry.id)
+        .await
+        .expect("delete");
+    assert_eq!(read(long).await, Vec::new(), "so is a deletion");
 }

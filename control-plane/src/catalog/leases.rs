@@ -255,21 +255,6 @@ impl Catalog {
         }
     }
 
-    /// The configured values of `keys` (those set), in one statement: the
-    /// lease settings read at every lease operation.
-    pub async fn configuration_values(&self, keys: &[&str]) -> DomainResult<Vec<(String, String)>> {
-        let rows: Vec<(String, String)> = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT key, value FROM configurations ORDER BY key"
-        )
-        .fetch_all(pool)
-        .await)
-        .map_err(|e| from_sqlx(e, "configuration"))?;
-        Ok(rows
-            .into_iter()
-            .filter(|(key, _)| keys.contains(&key.as_str()))
-            .collect())
-    }
-
     /// Why a write fenced on `(run_id, lease_token)` and `worker_id` matched
     /// nothing. Asked only after such a write failed, so the writes
     /// themselves stay one statement.

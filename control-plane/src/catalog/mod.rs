@@ -227,6 +227,8 @@ pub struct Catalog {
     read_pool: Pool,
     /// Serializes this process's snapshot commits per repository and job.
     commit_locks: std::sync::Arc<snapshots::CommitLocks>,
+    /// The configuration as read recently (the lease settings' hot path).
+    configuration_cache: std::sync::Arc<configurations::ConfigurationCache>,
     /// Announces the id of every run whose row changed, after the change is
     /// committed (see [`Catalog::subscribe_runs`]).
     run_events: RunEvents,
@@ -317,6 +319,7 @@ impl Catalog {
             pool,
             read_pool,
             commit_locks: Default::default(),
+            configuration_cache: Default::default(),
             run_events: Default::default(),
         })
     }

@@ -3,14 +3,19 @@
 //! `run_deadline_seconds` when they are set.
 //!
 //! Read again at every grant, heartbeat, completion and reaper pass rather
-//! than once at start-up, so a changed key takes effect at the next lease
-//! operation on every replica without a restart.
+//! than once at start-up, so a changed key takes effect without a restart:
+//! at the next lease operation on the replica that changed it, and within
+//! [`MAX_AGE`] on every other (the keys are cached that long, so the hot
+//! path does not query them at every heartbeat).
 
 use std::time::Duration;
 
 use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
 use crate::model::configuration::{LEASE_TTL_SECONDS, RETRY_BACKOFF_SECONDS, RUN_DEADLINE_SECONDS};
+
+/// How long the configured keys are used before they are read again.
+pub const MAX_AGE: Duration = Duration::from_secs(1);
 
 /// `base` with every configured key applied. When the keys cannot be read,
 /// or one does not parse (the API validates values, so only a hand-edited
@@ -21,7 +26,7 @@ pub async fn current(catalog: &Catalog, base: LeaseSettings) -> LeaseSettings {
         RETRY_BACKOFF_SECONDS,
         RUN_DEADLINE_SECONDS,
     ];
-    let values = match catalog.configuration_values(&keys).await {
+    let values = match catalog.recent_configuration_values(&keys, MAX_AGE).await {
         Ok(values) => values,
         Err(error) => {
             tracing::warn!(%error, "could not read the lease settings; using the server's");

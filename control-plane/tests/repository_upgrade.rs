@@ -186,10 +186,9 @@ async fn an_upgraded_catalog_joins_repositories_by_id(backend: Backend) {
             sql.id(object),
             sql.id(snapshot)
         ),
-        format!(
-            "INSERT INTO repository_commits (repository, job_key, generation) \
-             VALUES ('filesystem:/srv/data', '', 3)"
-        ),
+        "INSERT INTO repository_commits (repository, job_key, generation) \
+         VALUES ('filesystem:/srv/data', '', 3)"
+            .to_string(),
         // An object from before repositories were recorded.
         format!(
             "INSERT INTO objects (id, owner_id, repository, path, path_text, create_time) \

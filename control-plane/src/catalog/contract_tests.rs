@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::leases::{AttemptOutcome, CompletionResult, LeaseSettings};
+use super::leases::{AttemptOutcome, CompletionResult, LeaseSettings, WorkerLease};
 use super::workers::WorkerRegistration;
 use super::{Catalog, Page};
 use crate::model::configuration::{ConfigurationPatch, NewConfiguration};
@@ -199,9 +199,11 @@ async fn run_changes_are_published_after_they_commit(backend: Backend) {
     };
     let complete = || {
         catalog.complete_attempt(
-            completed.run.id,
-            leased[0].lease_token,
-            worker,
+            WorkerLease {
+                run_id: completed.run.id,
+                token: leased[0].lease_token,
+                worker_id: worker,
+            },
             &outcome,
             "{}",
             &settings,

@@ -84,6 +84,18 @@ pub struct LeasedRun {
     pub deadline: DateTime<Utc>,
 }
 
+/// A lease as a worker's write names it: the run, the token of the grant,
+/// and the worker writing. Writes are fenced on all three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerLease {
+    /// The run.
+    pub run_id: Uuid,
+    /// The lease token the write was made under.
+    pub token: i64,
+    /// The worker writing.
+    pub worker_id: Uuid,
+}
+
 /// Whether a fenced write found its lease current.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseState {
@@ -255,17 +267,11 @@ impl Catalog {
         }
     }
 
-    /// Why a write fenced on `(run_id, lease_token)` and `worker_id` matched
-    /// nothing. Asked only after such a write failed, so the writes
-    /// themselves stay one statement.
-    async fn why_refused(
-        &self,
-        run_id: Uuid,
-        lease_token: i64,
-        worker_id: Uuid,
-    ) -> DomainResult<LeaseState> {
-        let holder = self.lease_holder(run_id, lease_token).await?;
-        Ok(refusal(holder, worker_id))
+    /// Why a write fenced on `lease` matched nothing. Asked only after such
+    /// a write failed, so the writes themselves stay one statement.
+    async fn why_refused(&self, lease: WorkerLease) -> DomainResult<LeaseState> {
+        let holder = self.lease_holder(lease.run_id, lease.token).await?;
+        Ok(refusal(holder, lease.worker_id))
     }
 
     /// The worker holding `(run_id, lease_token)` when that is the run's
@@ -365,12 +371,15 @@ impl Catalog {
     /// and `worker_id` holds it.
     pub async fn heartbeat(
         &self,
-        run_id: Uuid,
-        lease_token: i64,
-        worker_id: Uuid,
+        lease: WorkerLease,
         progress_json: &str,
         settings: &LeaseSettings,
     ) -> DomainResult<LeaseState> {
+        let WorkerLease {
+            run_id,
+            token: lease_token,
+            worker_id,
+        } = lease;
         let now = self.now().await?;
         let expire = now + chrono_duration(settings.ttl);
         let cancel: Option<bool> = on_pool!(self, |pool| sqlx::query_scalar(include_str!(
@@ -386,7 +395,7 @@ impl Catalog {
         .await)
         .map_err(|e| from_sqlx(e, "run"))?;
         let Some(cancel_requested) = cancel else {
-            return self.why_refused(run_id, lease_token, worker_id).await;
+            return self.why_refused(lease).await;
         };
         self.publish_run(run_id);
         Ok(LeaseState::Current { cancel_requested })
@@ -395,12 +404,12 @@ impl Catalog {
     /// Gives a run back without using up its attempt (worker draining), if
     /// the lease is current and `worker_id` holds it. Whatever is staged
     /// under a lease that moved on is dropped; another worker's is kept.
-    pub async fn release_run(
-        &self,
-        run_id: Uuid,
-        lease_token: i64,
-        worker_id: Uuid,
-    ) -> DomainResult<LeaseState> {
+    pub async fn release_run(&self, lease: WorkerLease) -> DomainResult<LeaseState> {
+        let WorkerLease {
+            run_id,
+            token: lease_token,
+            worker_id,
+        } = lease;
         let now = self.now().await?;
         let state = on_pool!(self, |pool| in_transaction!(pool, |tx| {
             let release = sqlx::query(include_str!("sql/leases/release.sql"))
@@ -492,23 +501,13 @@ impl Catalog {
     /// about a current lease another worker holds is refused.
     pub async fn complete_attempt(
         &self,
-        run_id: Uuid,
-        lease_token: i64,
-        worker_id: Uuid,
+        lease: WorkerLease,
         outcome: &AttemptOutcome,
         progress_json: &str,
         settings: &LeaseSettings,
     ) -> DomainResult<CompletionResult> {
         let result = self
-            .finish_attempt(
-                run_id,
-                lease_token,
-                worker_id,
-                outcome,
-                progress_json,
-                settings,
-                None,
-            )
+            .finish_attempt(lease, outcome, progress_json, settings, None)
             .await?;
         result
             .ok_or_else(|| DomainError::Internal("an attempt without a snapshot went stale".into()))
@@ -517,17 +516,19 @@ impl Catalog {
     /// [`Catalog::complete_attempt`], applying the snapshot plan `planned`
     /// in the same transaction on success. `None` when the plan went stale
     /// (nothing was written).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn finish_attempt(
         &self,
-        run_id: Uuid,
-        lease_token: i64,
-        worker_id: Uuid,
+        lease: WorkerLease,
         outcome: &AttemptOutcome,
         progress_json: &str,
         settings: &LeaseSettings,
         planned: Option<&PlannedCommit<'_>>,
     ) -> DomainResult<Option<CompletionResult>> {
+        let WorkerLease {
+            run_id,
+            token: lease_token,
+            worker_id,
+        } = lease;
         let now = self.now().await?;
         let select = format!(
             "SELECT state, lease_token, completed_lease_token, attempt, max_attempts, cancel_requested, owner_id, job_id, start_time, worker_id \

@@ -15,7 +15,9 @@ use uuid::Uuid;
 use super::{resolve_target, settings, WorkerProfile};
 use crate::api::convert::{duration, options_to_proto, timestamp};
 use crate::auth::WorkerCaller;
-use crate::catalog::leases::{AttemptOutcome, CompletionResult, LeaseSettings, LeaseState};
+use crate::catalog::leases::{
+    AttemptOutcome, CompletionResult, LeaseSettings, LeaseState, WorkerLease,
+};
 use crate::catalog::workers::WorkerRegistration;
 use crate::error::{DomainError, DomainResult};
 use crate::model::run::RunSpec;
@@ -330,6 +332,15 @@ impl Session {
         Ok(holder == Some(self.worker_id))
     }
 
+    /// `(run_id, token)` as this worker's writes name it.
+    fn lease(&self, run_id: Uuid, token: i64) -> WorkerLease {
+        WorkerLease {
+            run_id,
+            token,
+            worker_id: self.worker_id,
+        }
+    }
+
     /// Reads the lease settings in effect again.
     async fn refresh_settings(&mut self) {
         self.settings = settings::current(&self.state.catalog, self.base).await;
@@ -386,9 +397,7 @@ impl Session {
                         .state
                         .catalog
                         .complete_attempt(
-                            lease.id,
-                            lease.lease_token,
-                            self.worker_id,
+                            self.lease(lease.id, lease.lease_token),
                             &outcome,
                             "{}",
                             &self.settings,
@@ -525,7 +534,7 @@ impl Session {
             match self
                 .state
                 .catalog
-                .heartbeat(run_id, token, self.worker_id, &progress, &self.settings)
+                .heartbeat(self.lease(run_id, token), &progress, &self.settings)
                 .await?
             {
                 LeaseState::Current {
@@ -567,14 +576,7 @@ impl Session {
         match self
             .state
             .catalog
-            .stage_batch(
-                run_id,
-                token,
-                self.worker_id,
-                batch.sequence,
-                &payload,
-                &errors,
-            )
+            .stage_batch(self.lease(run_id, token), batch.sequence, &payload, &errors)
             .await?
         {
             LeaseState::Current { .. } => self.ack(run_id, token, true, "", batch.sequence).await,
@@ -625,9 +627,7 @@ impl Session {
             .state
             .catalog
             .commit_attempt(
-                run_id,
-                token,
-                self.worker_id,
+                self.lease(run_id, token),
                 &outcome,
                 &progress,
                 completion.batch_count,
@@ -667,7 +667,7 @@ impl Session {
         let result = self
             .state
             .catalog
-            .release_run(run_id, token, self.worker_id)
+            .release_run(self.lease(run_id, token))
             .await?;
         if result == LeaseState::HeldByAnother {
             self.ack(run_id, token, false, FOREIGN_LEASE, -1).await;

@@ -3,13 +3,12 @@
 //! [`Catalog::finish_attempt`]); a rebuild records every snapshot it found.
 
 use coffer_format::layout;
-use uuid::Uuid;
 
 use super::apply::{claim_generation_in_tx, copy_plan_in_tx, PlannedCommit};
 use super::staging::{decode_rebuild, RebuiltSnapshot};
 use super::{lease_commit_key, SnapshotScope, PLAN_ATTEMPTS};
 use crate::catalog::error::from_sqlx;
-use crate::catalog::leases::{AttemptOutcome, CompletionResult, LeaseSettings};
+use crate::catalog::leases::{AttemptOutcome, CompletionResult, LeaseSettings, WorkerLease};
 use crate::catalog::{in_transaction, new_id, now_micros, on_pool, to_json, Catalog};
 use crate::error::{DomainError, DomainResult};
 use crate::model::object::{EntryKind, SnapshotCommit, SnapshotEntry};
@@ -23,28 +22,24 @@ impl Catalog {
     /// success whose batches did not all arrive is recorded as a retryable failure.
     pub async fn commit_attempt(
         &self,
-        run_id: Uuid,
-        lease_token: i64,
-        worker_id: Uuid,
+        lease: WorkerLease,
         outcome: &AttemptOutcome,
         progress_json: &str,
         batch_count: i64,
         settings: &LeaseSettings,
     ) -> DomainResult<CompletionResult> {
+        let WorkerLease {
+            run_id,
+            token: lease_token,
+            ..
+        } = lease;
         let AttemptOutcome::Success { parent_run_id, .. } = outcome else {
             return self
-                .complete_attempt(
-                    run_id,
-                    lease_token,
-                    worker_id,
-                    outcome,
-                    progress_json,
-                    settings,
-                )
+                .complete_attempt(lease, outcome, progress_json, settings)
                 .await;
         };
         let run = self.get_run(run_id).await?;
-        if held_by_another(&run, lease_token, worker_id) {
+        if held_by_another(&run, lease) {
             return Ok(CompletionResult::HeldByAnother);
         }
         check_manifest_key(&run, lease_token, outcome)?;
@@ -56,54 +51,24 @@ impl Catalog {
                 tracing::info!(run = %run_id, ?stats, "snapshots removed from the catalog");
             }
             return self
-                .complete_attempt(
-                    run_id,
-                    lease_token,
-                    worker_id,
-                    outcome,
-                    progress_json,
-                    settings,
-                )
+                .complete_attempt(lease, outcome, progress_json, settings)
                 .await;
         }
         if !matches!(run.kind, RunKind::Backup | RunKind::RebuildCatalog) {
             return self
-                .complete_attempt(
-                    run_id,
-                    lease_token,
-                    worker_id,
-                    outcome,
-                    progress_json,
-                    settings,
-                )
+                .complete_attempt(lease, outcome, progress_json, settings)
                 .await;
         }
         let received = self.staged_batch_count(run_id, lease_token).await?;
         if received != batch_count {
             return self
-                .incomplete(
-                    run_id,
-                    lease_token,
-                    worker_id,
-                    received,
-                    batch_count,
-                    progress_json,
-                    settings,
-                )
+                .incomplete(lease, received, batch_count, progress_json, settings)
                 .await;
         }
         if run.kind == RunKind::RebuildCatalog {
             let batches = self.staged_batches(run_id, lease_token).await?;
             return self
-                .commit_rebuild(
-                    &run,
-                    lease_token,
-                    worker_id,
-                    outcome,
-                    progress_json,
-                    &batches,
-                    settings,
-                )
+                .commit_rebuild(&run, lease, outcome, progress_json, &batches, settings)
                 .await;
         }
         let Some(scope) = SnapshotScope::of_run(&run) else {
@@ -125,22 +90,14 @@ impl Catalog {
                     retryable: true,
                 };
                 return self
-                    .complete_attempt(
-                        run_id,
-                        lease_token,
-                        worker_id,
-                        &failure,
-                        progress_json,
-                        settings,
-                    )
+                    .complete_attempt(lease, &failure, progress_json, settings)
                     .await;
             }
         }
         let result = self
             .commit_snapshot(
                 &scope,
-                lease_token,
-                worker_id,
+                lease,
                 outcome,
                 progress_json,
                 settings,
@@ -158,14 +115,14 @@ impl Catalog {
     async fn commit_snapshot(
         &self,
         scope: &SnapshotScope,
-        lease_token: i64,
-        worker_id: Uuid,
+        lease: WorkerLease,
         outcome: &AttemptOutcome,
         progress_json: &str,
         settings: &LeaseSettings,
         full: bool,
     ) -> DomainResult<CompletionResult> {
         let run_id = scope.run_id;
+        let lease_token = lease.token;
         let _serialized = self.lock_commits(scope).await;
         for attempt in 0..PLAN_ATTEMPTS {
             if attempt > 0 {
@@ -196,15 +153,7 @@ impl Catalog {
                 generation,
             };
             if let Some(result) = self
-                .finish_attempt(
-                    run_id,
-                    lease_token,
-                    worker_id,
-                    outcome,
-                    progress_json,
-                    settings,
-                    Some(&planned),
-                )
+                .finish_attempt(lease, outcome, progress_json, settings, Some(&planned))
                 .await?
             {
                 return Ok(result);
@@ -215,23 +164,14 @@ impl Catalog {
             error: "the repository kept changing while the snapshot was committed".into(),
             retryable: true,
         };
-        self.complete_attempt(
-            run_id,
-            lease_token,
-            worker_id,
-            &failure,
-            progress_json,
-            settings,
-        )
-        .await
+        self.complete_attempt(lease, &failure, progress_json, settings)
+            .await
     }
 
     /// Records a success whose batches did not all arrive as a retryable failure.
     async fn incomplete(
         &self,
-        run_id: Uuid,
-        lease_token: i64,
-        worker_id: Uuid,
+        lease: WorkerLease,
         received: i64,
         batch_count: i64,
         progress_json: &str,
@@ -241,15 +181,8 @@ impl Catalog {
             error: format!("the control plane received {received} of {batch_count} file batches"),
             retryable: true,
         };
-        self.complete_attempt(
-            run_id,
-            lease_token,
-            worker_id,
-            &failure,
-            progress_json,
-            settings,
-        )
-        .await
+        self.complete_attempt(lease, &failure, progress_json, settings)
+            .await
     }
 
     /// Completes a catalog rebuild whose batches all arrived: every snapshot
@@ -259,8 +192,7 @@ impl Catalog {
     async fn commit_rebuild(
         &self,
         run: &Run,
-        lease_token: i64,
-        worker_id: Uuid,
+        lease: WorkerLease,
         outcome: &AttemptOutcome,
         progress_json: &str,
         batches: &[(i64, Vec<u8>)],
@@ -270,15 +202,8 @@ impl Catalog {
             self.record_rebuilt_snapshot(run, &snapshot, entries)
                 .await?;
         }
-        self.complete_attempt(
-            run.id,
-            lease_token,
-            worker_id,
-            outcome,
-            progress_json,
-            settings,
-        )
-        .await
+        self.complete_attempt(lease, outcome, progress_json, settings)
+            .await
     }
 
     /// Records one snapshot found by a catalog rebuild, unless the catalog
@@ -390,12 +315,14 @@ impl Catalog {
     }
 }
 
-/// Whether `lease_token` is the run's current lease and a worker other than
-/// `worker_id` holds it: nothing that worker says about it is accepted.
-fn held_by_another(run: &Run, lease_token: i64, worker_id: Uuid) -> bool {
+/// Whether `lease` names the run's current lease and a worker other than
+/// the one writing holds it: nothing that worker says about it is accepted.
+fn held_by_another(run: &Run, lease: WorkerLease) -> bool {
     run.state == RunState::Running
-        && run.lease_token == lease_token
-        && run.worker_id.is_some_and(|holder| holder != worker_id)
+        && run.lease_token == lease.token
+        && run
+            .worker_id
+            .is_some_and(|holder| holder != lease.worker_id)
 }
 
 /// A successful attempt names the manifest key of its own attempt

@@ -16,7 +16,7 @@ use coffer_proto::v1 as pb;
 use super::plan::{insert_pending_in_tx, PendingRow};
 use super::{fresh_commit_key, lease_commit_key, SnapshotScope};
 use crate::catalog::error::from_sqlx;
-use crate::catalog::leases::LeaseState;
+use crate::catalog::leases::{LeaseState, WorkerLease};
 use crate::catalog::{in_transaction, on_pool, Catalog};
 use crate::error::{DomainError, DomainResult};
 use crate::model::object::{parse_kind, EntryKind, FileAttributes, SnapshotEntry};
@@ -43,13 +43,16 @@ impl Catalog {
     /// and the completion plans again, reporting the error.
     pub async fn stage_batch(
         &self,
-        run_id: Uuid,
-        lease_token: i64,
-        worker_id: Uuid,
+        lease: WorkerLease,
         sequence: i64,
         payload: &[u8],
         errors: &[(String, String)],
     ) -> DomainResult<LeaseState> {
+        let WorkerLease {
+            run_id,
+            token: lease_token,
+            worker_id,
+        } = lease;
         let plan = match self.plan_staged_batch(run_id, payload).await {
             Ok(plan) => plan,
             Err(error) => {

@@ -2,8 +2,9 @@
 //! its canonical location (`Target::repository`, built from normalised
 //! paths, so one place has one spelling), and carries a UUID that the worker
 //! writes into the repository's `config`, the one user whose catalog it
-//! holds, and the key its chunk ids are computed with. The snapshots in
-//! them are `snapshots/`.
+//! holds, and the key its chunk ids are computed with. This table is the
+//! only one that knows locations: runs, objects and commit counters name
+//! their repository by id. The snapshots in them are `snapshots/`.
 
 use rand::RngCore;
 use uuid::Uuid;

@@ -131,7 +131,7 @@ pub(crate) fn close_versions_sql(dialect: Dialect) -> String {
 }
 
 /// Claims the repository generation `$generation` for a plan inside an open
-/// transaction `$tx` of either backend: bumps the `(repository, job)`
+/// transaction `$tx` of either backend: bumps the `(repository id, job)`
 /// counter if it still reads `$generation`. Evaluates to `DomainResult<bool>`:
 /// false when the repository moved on since the plan was made (nothing was
 /// written; plan again).

@@ -14,7 +14,7 @@
 //!    `object_versions`, so readers see the whole snapshot or nothing.
 //!
 //! A plan is only valid against the repository state it read. Every apply
-//! bumps the `(repository, job)` counter in `repository_commits`; a plan
+//! bumps the `(repository id, job)` counter in `repository_commits`; a plan
 //! records the counter it started from and is applied only while the
 //! counter still reads that value. A stale plan is made again from the
 //! staged batches (see `Catalog::commit_attempt`).

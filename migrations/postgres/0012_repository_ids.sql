@@ -7,10 +7,11 @@
 -- before repositories were recorded) become repositories, so that every
 -- object keeps its data. As in 0007, the owner is the owner of the oldest
 -- run or object there. The chunk key is a placeholder: such a repository
--- already has a `config` in storage, which is authoritative over it.
+-- already has a `config` in storage, which is authoritative over it; it is
+-- still drawn from the CSPRNG behind gen_random_uuid, not from random().
 INSERT INTO repositories (repository, id, owner_id, chunk_key, create_time)
 SELECT named.location, gen_random_uuid(), NULL,
-       decode(md5(random()::text) || md5(random()::text), 'hex'), now()
+       decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'), now()
 FROM (SELECT repository AS location FROM objects
       UNION SELECT repository FROM runs WHERE repository IS NOT NULL
       UNION SELECT repository FROM repository_commits) named

@@ -11,6 +11,8 @@ mod attributes;
 pub mod chunker;
 pub mod condemned;
 pub mod config;
+pub mod config_v2;
+pub mod crypto;
 mod error;
 pub mod hash;
 pub mod id;
@@ -25,9 +27,11 @@ mod version;
 mod test_data;
 
 pub use attributes::{FileAttributes, PERMISSION_BITS};
-pub use chunker::{ChunkBuffer, ChunkStream, Chunker, StreamChunk};
+pub use chunker::{ChunkBuffer, ChunkStream, Chunker, GearTable, StreamChunk};
 pub use condemned::{CondemnedPack, CondemnedSet};
 pub use config::{ChunkerParams, RepositoryConfig};
+pub use config_v2::{AnyConfig, RepositoryConfigV2};
+pub use crypto::{Encryption, ObjectKind, RepositoryKeys};
 pub use error::FormatError;
 pub use hash::{ChunkHasher, ContentHasher};
 pub use id::{ChunkId, IndexId, InvalidId, PackId};
@@ -41,7 +45,7 @@ pub use pack::{
     decode_blob, encode_chunk, new_compressor, read_pack_entries, Compression, Compressor,
     EncodedChunk, PackBuilder, PackEntry, SealedPack,
 };
-pub use version::{FORMAT_NAME, FORMAT_VERSION};
+pub use version::{FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSION_2, NEWEST_FORMAT_VERSION};
 
 #[cfg(test)]
 mod tests {

@@ -712,6 +712,7 @@ mod tests {
             pack_id: PackId([0; 32]),
             pack_length: 16 << 20,
             entries: Vec::with_capacity(PER_PACK as usize),
+            sealing: None,
         };
         for n in 0..CHUNKS {
             let slot = (n % PER_PACK) as u32;

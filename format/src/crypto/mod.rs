@@ -22,7 +22,7 @@ pub use cipher::TAG_LEN;
 pub use keyring::NewRepository;
 pub use keys::{GenerationKeys, GenerationPayload, RepositoryKeys};
 pub use sealed::{open_object, seal_object, SealedReader, SealedWriter};
-pub use slot::{Argon2Params, KeySlot, SlotKind, UnlockedSlot};
+pub use slot::{unlock_slot, Argon2Params, KeySlot, SlotId, SlotKind, SlotSecret, UnlockedSlot};
 
 /// The 32 random bytes in the header of every pack and sealed object, from
 /// which the object's own key is derived.

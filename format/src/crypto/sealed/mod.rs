@@ -246,7 +246,10 @@ impl<R: Read> SealedReader<R> {
                 }
             })?;
         let header = parse_header(&encoded, keys.encryption(), kind).map_err(|reason| FormatError::Corrupt(format!("{name}: {reason}")))?;
-        let generation = keys.generation(header.generation)?;
+        let generation = keys.generation(header.generation).map_err(|err| match err {
+            FormatError::KeyRejected(reason) => FormatError::KeyRejected(format!("{name}: {reason}")),
+            other => other,
+        })?;
         Ok(SealedReader {
             cipher: generation.cipher(kind, &header.salt),
             aad: associated_data(&encoded, kind, object_key),

@@ -34,7 +34,7 @@ use super::cipher::{tags_equal, ObjectCipher, TAG_LEN};
 use super::kdf::{self, Secret};
 use super::keys::{GenerationKeys, GenerationPayload, RepositoryKeys};
 use super::slot::{KeySlot, SlotId, SlotSecret, UnlockedSlot};
-use super::Encryption;
+use super::{Encryption, StoredObject};
 use crate::config_v2::RepositoryConfigV2;
 use crate::error::FormatError;
 use crate::layout;
@@ -83,7 +83,7 @@ fn seal_keyring<R: rand::RngCore + rand::CryptoRng>(
     slot_public: &PublicKey,
     author: Author<'_>,
     rng: &mut R,
-) -> (String, Vec<u8>) {
+) -> StoredObject {
     let object_key = layout::keyring_key(payload.generation, slot);
     let ephemeral = EphemeralSecret::random_from_rng(&mut *rng);
     let ephemeral_public = PublicKey::from(&ephemeral);
@@ -170,7 +170,7 @@ pub struct NewRepository {
     /// The passphrase slot's id, when one was asked for.
     pub passphrase_slot: Option<SlotId>,
     /// `(key, bytes)` of every key slot and keyring object.
-    pub objects: Vec<(String, Vec<u8>)>,
+    pub objects: Vec<StoredObject>,
     /// The public config, to write under [`layout::CONFIG_KEY`] last.
     pub config: Vec<u8>,
 }
@@ -215,10 +215,10 @@ impl RepositoryKeys {
         secret: SlotSecret<'_>,
         created: DateTime<Utc>,
         rng: &mut R,
-    ) -> Result<(SlotId, Vec<(String, Vec<u8>)>), FormatError> {
+    ) -> Result<(SlotId, Vec<StoredObject>), FormatError> {
         self.require_encrypted()?;
         let (slot, unlocked) = KeySlot::create(secret, created, rng)?;
-        let mut objects: Vec<(String, Vec<u8>)> = self
+        let mut objects: Vec<StoredObject> = self
             .generations()
             .map(|generation| seal_keyring(generation.payload(), slot.id(), &slot.public_key(), Author::Slot(&unlocked), rng))
             .collect();
@@ -240,7 +240,7 @@ impl RepositoryKeys {
         recipients: &[KeySlot],
         created: DateTime<Utc>,
         rng: &mut R,
-    ) -> Result<(RepositoryKeys, Vec<(String, Vec<u8>)>), FormatError> {
+    ) -> Result<(RepositoryKeys, Vec<StoredObject>), FormatError> {
         self.require_encrypted()?;
         if recipients.is_empty() {
             return Err(FormatError::InvalidInput("a rotation needs at least one key slot to seal to".to_owned()));
@@ -261,7 +261,7 @@ impl RepositoryKeys {
     pub fn open(
         config: &RepositoryConfigV2,
         slot: &UnlockedSlot,
-        objects: &[(String, Vec<u8>)],
+        objects: &[StoredObject],
     ) -> Result<RepositoryKeys, FormatError> {
         let mut mine = BTreeMap::new();
         for (key, bytes) in objects {

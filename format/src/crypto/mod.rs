@@ -15,6 +15,8 @@ pub mod slot;
 
 #[cfg(test)]
 pub(crate) mod test_rng;
+#[cfg(test)]
+mod vectors;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +25,9 @@ pub use keyring::NewRepository;
 pub use keys::{GenerationKeys, GenerationPayload, RepositoryKeys};
 pub use sealed::{open_object, seal_object, SealedReader, SealedWriter};
 pub use slot::{unlock_slot, Argon2Params, KeySlot, SlotId, SlotKind, SlotSecret, UnlockedSlot};
+
+/// An object to write or one read from a listing: its key and its bytes.
+pub type StoredObject = (String, Vec<u8>);
 
 /// The 32 random bytes in the header of every pack and sealed object, from
 /// which the object's own key is derived.

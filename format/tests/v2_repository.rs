@@ -207,7 +207,7 @@ fn a_changed_config_is_detected() {
     let (_, storage) = create();
     let original = config(&storage);
     let bytes = storage[layout::CONFIG_KEY].clone();
-    for byte in 0..bytes.len() {
+    for (byte, original_byte) in bytes.iter().enumerate() {
         let mut damaged = storage.clone();
         damaged.get_mut(layout::CONFIG_KEY).expect("present")[byte] ^= 0x01;
         let opened = AnyConfig::from_bytes(&damaged[layout::CONFIG_KEY]).and_then(|config| match config {
@@ -220,7 +220,7 @@ fn a_changed_config_is_detected() {
             AnyConfig::V1(_) => Ok(()),
         });
         let unchanged = matches!(AnyConfig::from_bytes(&damaged[layout::CONFIG_KEY]), Ok(AnyConfig::V2(ref c)) if *c == original);
-        assert!(opened.is_err() || unchanged, "byte {byte} ({:?}) went unnoticed", bytes[byte] as char);
+        assert!(opened.is_err() || unchanged, "byte {byte} ({:?}) went unnoticed", *original_byte as char);
     }
     // Switching to `none` is refused by the catalog's expectation even if
     // someone supplies keys of their own.

@@ -94,7 +94,11 @@ impl CondemnedSet {
     }
 
     /// Opens and checks a set of a v2 repository stored under `object_key`.
-    pub fn from_sealed(keys: &RepositoryKeys, object_key: &str, bytes: &[u8]) -> Result<Self, FormatError> {
+    pub fn from_sealed(
+        keys: &RepositoryKeys,
+        object_key: &str,
+        bytes: &[u8],
+    ) -> Result<Self, FormatError> {
         let plain = open_object(keys, ObjectKind::Condemned, object_key, bytes)?;
         Self::from_bytes(&plain)
     }

@@ -38,7 +38,9 @@ impl RepositoryConfigV2 {
     /// The config of an encrypted repository.
     pub fn encrypted(repository_id: &str) -> Result<Self, FormatError> {
         if repository_id.is_empty() || !is_plain_repository_id(repository_id) {
-            return Err(FormatError::InvalidInput(format!("{repository_id:?} is not a plain repository id")));
+            return Err(FormatError::InvalidInput(format!(
+                "{repository_id:?} is not a plain repository id"
+            )));
         }
         Ok(RepositoryConfigV2 {
             format: FORMAT_NAME.to_owned(),
@@ -66,7 +68,8 @@ impl RepositoryConfigV2 {
 
     /// The config as pretty JSON.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec_pretty(self).expect("a struct of strings and numbers serializes");
+        let mut bytes =
+            serde_json::to_vec_pretty(self).expect("a struct of strings and numbers serializes");
         bytes.push(b'\n');
         bytes
     }
@@ -76,11 +79,16 @@ impl RepositoryConfigV2 {
         let probe: FormatProbe = serde_json::from_slice(bytes)?;
         check_any_format(&probe.format, probe.version)?;
         if probe.version != FORMAT_VERSION_2 {
-            return Err(FormatError::InvalidInput(format!("a version {} config is not a v2 config", probe.version)));
+            return Err(FormatError::InvalidInput(format!(
+                "a version {} config is not a v2 config",
+                probe.version
+            )));
         }
         let config: RepositoryConfigV2 = serde_json::from_slice(bytes)
             .map_err(|err| FormatError::Corrupt(format!("config: {err}")))?;
-        config.check().map_err(|reason| FormatError::Corrupt(format!("config: {reason}")))?;
+        config
+            .check()
+            .map_err(|reason| FormatError::Corrupt(format!("config: {reason}")))?;
         Ok(config)
     }
 
@@ -91,13 +99,20 @@ impl RepositoryConfigV2 {
         match (&self.generation, self.encryption) {
             (None, Encryption::Aes256Gcm) => Ok(()),
             (Some(payload), Encryption::None) => {
-                if payload.encryption != Encryption::None || payload.repository_id != self.repository_id || payload.generation != 1 {
+                if payload.encryption != Encryption::None
+                    || payload.repository_id != self.repository_id
+                    || payload.generation != 1
+                {
                     return Err("the clear generation disagrees with the config".to_owned());
                 }
                 Ok(())
             }
-            (Some(_), Encryption::Aes256Gcm) => Err("an encrypted repository's config holds keys".to_owned()),
-            (None, Encryption::None) => Err("an unencrypted repository's config holds no keys".to_owned()),
+            (Some(_), Encryption::Aes256Gcm) => {
+                Err("an encrypted repository's config holds keys".to_owned())
+            }
+            (None, Encryption::None) => {
+                Err("an unencrypted repository's config holds no keys".to_owned())
+            }
         }
     }
 
@@ -105,8 +120,12 @@ impl RepositoryConfigV2 {
     /// one, so a worker cannot be talked into skipping its key slot.
     pub fn unencrypted_keys(&self) -> Result<RepositoryKeys, FormatError> {
         match &self.generation {
-            Some(payload) if self.encryption == Encryption::None => RepositoryKeys::from_generations([payload.clone()]),
-            _ => Err(FormatError::InvalidInput("the repository is encrypted: open it with a key slot".to_owned())),
+            Some(payload) if self.encryption == Encryption::None => {
+                RepositoryKeys::from_generations([payload.clone()])
+            }
+            _ => Err(FormatError::InvalidInput(
+                "the repository is encrypted: open it with a key slot".to_owned(),
+            )),
         }
     }
 
@@ -125,7 +144,11 @@ impl RepositoryConfigV2 {
             return Err(FormatError::Corrupt(format!(
                 "config: says encryption {:?}, the catalog expects {}",
                 self.encryption,
-                if encrypted { "encrypted" } else { "unencrypted" }
+                if encrypted {
+                    "encrypted"
+                } else {
+                    "unencrypted"
+                }
             )));
         }
         Ok(())
@@ -136,7 +159,9 @@ impl RepositoryConfigV2 {
     pub(crate) fn check_keys(&self, keys: &RepositoryKeys) -> Result<(), FormatError> {
         keys.check_repository_id(&self.repository_id)?;
         if keys.encryption() != self.encryption {
-            return Err(FormatError::Corrupt("config: encryption differs from the keyring's".to_owned()));
+            return Err(FormatError::Corrupt(
+                "config: encryption differs from the keyring's".to_owned(),
+            ));
         }
         Ok(())
     }

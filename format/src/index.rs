@@ -24,7 +24,9 @@ use crate::jsonl::{DecodeLimits, LineReader, LineWriter};
 use std::io::Write;
 
 use crate::crypto::{ObjectKind, RepositoryKeys, SealedReader, SealedWriter};
-use crate::pack::{BlobType, Compression, PackEntry, PackSealing, SealedPack, PACK_HEADER_LEN, PACK_V2_HEADER_LEN};
+use crate::pack::{
+    BlobType, Compression, PackEntry, PackSealing, SealedPack, PACK_HEADER_LEN, PACK_V2_HEADER_LEN,
+};
 use crate::version::{FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSION_2};
 
 /// zstd level for index files: they are small and written once per run.
@@ -63,15 +65,25 @@ impl IndexPack {
             return Err(FormatError::Corrupt(format!(
                 "index: pack {} is {} in a version {version} index file",
                 self.pack_id,
-                if self.sealing.is_some() { "sealed" } else { "not sealed" }
+                if self.sealing.is_some() {
+                    "sealed"
+                } else {
+                    "not sealed"
+                }
             )));
         }
-        let header_len = if self.sealing.is_some() { PACK_V2_HEADER_LEN } else { PACK_HEADER_LEN };
+        let header_len = if self.sealing.is_some() {
+            PACK_V2_HEADER_LEN
+        } else {
+            PACK_HEADER_LEN
+        };
         for entry in &self.entries {
             if self.sealing.is_none() {
                 entry.check_lengths()?;
                 if entry.blob_type != BlobType::Data {
-                    return Err(FormatError::Corrupt("index: a version 1 pack holds a tree blob".to_owned()));
+                    return Err(FormatError::Corrupt(
+                        "index: a version 1 pack holds a tree blob".to_owned(),
+                    ));
                 }
             }
             let end = u64::from(entry.offset) + u64::from(entry.length);
@@ -144,7 +156,10 @@ impl IndexFile {
         rng: &mut R,
     ) -> Result<(IndexId, Vec<u8>), FormatError> {
         if let Some(pack) = self.packs.iter().find(|pack| pack.sealing.is_none()) {
-            return Err(FormatError::InvalidInput(format!("pack {} is not a v2 pack", pack.pack_id)));
+            return Err(FormatError::InvalidInput(format!(
+                "pack {} is not a v2 pack",
+                pack.pack_id
+            )));
         }
         let sealed = SealedWriter::new(Vec::new(), keys, ObjectKind::Index, "", rng)?;
         let bytes = self.write_lines(sealed, FORMAT_VERSION_2)?.finish()?;
@@ -180,12 +195,20 @@ impl IndexFile {
     /// Decodes a v2 index file stored under `object_key` (named in errors;
     /// compare [`IndexId::compute`] of the bytes with the key as well).
     /// Damage anywhere, or a file sealed under another key, is corrupt.
-    pub fn decode_v2(keys: &RepositoryKeys, object_key: &str, bytes: &[u8]) -> Result<Self, FormatError> {
+    pub fn decode_v2(
+        keys: &RepositoryKeys,
+        object_key: &str,
+        bytes: &[u8],
+    ) -> Result<Self, FormatError> {
         let sealed = SealedReader::new(bytes, keys, ObjectKind::Index, object_key)?;
         Self::read_lines(sealed, FORMAT_VERSION_2, bytes.len())
     }
 
-    fn read_lines<R: std::io::Read>(reader: R, version: u32, stored_len: usize) -> Result<Self, FormatError> {
+    fn read_lines<R: std::io::Read>(
+        reader: R,
+        version: u32,
+        stored_len: usize,
+    ) -> Result<Self, FormatError> {
         let mut lines = LineReader::new(reader, index_limits(stored_len))?;
         let first = lines
             .next_line()?
@@ -196,7 +219,9 @@ impl IndexFile {
         } else {
             check_format(&header.index.format, header.index.version)?;
             if version != FORMAT_VERSION {
-                return Err(FormatError::Corrupt("index: a sealed index file holds version 1 lines".to_owned()));
+                return Err(FormatError::Corrupt(
+                    "index: a sealed index file holds version 1 lines".to_owned(),
+                ));
             }
         }
 
@@ -461,7 +486,12 @@ impl ChunkIndex {
         }
     }
 
-    fn intern_pack(&mut self, pack_id: PackId, pack_length: u64, sealing: Option<PackSealing>) -> u32 {
+    fn intern_pack(
+        &mut self,
+        pack_id: PackId,
+        pack_length: u64,
+        sealing: Option<PackSealing>,
+    ) -> u32 {
         if let Some(number) = self.pack_numbers.get(&pack_id) {
             return *number;
         }

@@ -59,7 +59,12 @@ impl ObjectCipher {
     ) -> bool {
         match self {
             ObjectCipher::Aes(cipher) => cipher
-                .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buffer, Tag::from_slice(tag))
+                .decrypt_in_place_detached(
+                    Nonce::from_slice(nonce),
+                    aad,
+                    buffer,
+                    Tag::from_slice(tag),
+                )
                 .is_ok(),
             ObjectCipher::Checksum(key) => {
                 // Constant time is not needed for a checksum, but costs nothing.
@@ -69,7 +74,12 @@ impl ObjectCipher {
     }
 
     /// Seals `plaintext` into a new vector: ciphertext then tag.
-    pub(crate) fn seal_to_vec(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal_to_vec(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
         out.extend_from_slice(plaintext);
         let tag = self.seal(nonce, aad, &mut out);
@@ -79,7 +89,12 @@ impl ObjectCipher {
 
     /// Opens ciphertext-then-tag into a new vector, `None` when it does not
     /// authenticate (or is shorter than a tag).
-    pub(crate) fn open_to_vec(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn open_to_vec(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Option<Vec<u8>> {
         let split = sealed.len().checked_sub(TAG_LEN)?;
         let (body, tag) = sealed.split_at(split);
         let mut out = body.to_vec();
@@ -124,9 +139,14 @@ mod tests {
             for byte in 0..sealed.len() {
                 let mut flipped = sealed.clone();
                 flipped[byte] ^= 0x01;
-                assert!(cipher.open_to_vec(&[1; 12], b"aad", &flipped).is_none(), "{byte}");
+                assert!(
+                    cipher.open_to_vec(&[1; 12], b"aad", &flipped).is_none(),
+                    "{byte}"
+                );
             }
-            assert!(cipher.open_to_vec(&[1; 12], b"aad", &sealed[..10]).is_none());
+            assert!(cipher
+                .open_to_vec(&[1; 12], b"aad", &sealed[..10])
+                .is_none());
             let encrypted = encryption == Encryption::Aes256Gcm;
             assert_eq!(sealed.starts_with(b"secret"), !encrypted);
         }

@@ -68,6 +68,9 @@ mod tests {
         ];
         let unique: std::collections::HashSet<_> = infos.iter().collect();
         assert_eq!(unique.len(), infos.len());
-        assert_ne!(*derive(&[1; 32], None, INFO_PACK), *derive(&[1; 32], None, INFO_INDEX));
+        assert_ne!(
+            *derive(&[1; 32], None, INFO_PACK),
+            *derive(&[1; 32], None, INFO_INDEX)
+        );
     }
 }

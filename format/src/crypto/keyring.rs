@@ -58,7 +58,11 @@ enum Author<'a> {
 }
 
 fn chain_auth_key(previous: &GenerationKeys) -> Secret {
-    kdf::derive(previous.data_key().as_ref(), None, kdf::INFO_KEYRING_CHAIN_AUTH)
+    kdf::derive(
+        previous.data_key().as_ref(),
+        None,
+        kdf::INFO_KEYRING_CHAIN_AUTH,
+    )
 }
 
 fn auth_tag(key: &Secret, object_key: &str, payload: &[u8]) -> [u8; 32] {
@@ -73,7 +77,10 @@ fn keyring_cipher(shared: &[u8; 32], ephemeral: &PublicKey, slot: &PublicKey) ->
     let mut salt = [0u8; 64];
     salt[..32].copy_from_slice(ephemeral.as_bytes());
     salt[32..].copy_from_slice(slot.as_bytes());
-    ObjectCipher::new(Encryption::Aes256Gcm, &kdf::derive(shared, Some(&salt), kdf::INFO_KEYRING))
+    ObjectCipher::new(
+        Encryption::Aes256Gcm,
+        &kdf::derive(shared, Some(&salt), kdf::INFO_KEYRING),
+    )
 }
 
 /// Seals `payload` to `slot_public`, as `keyring/<generation>.<slot>`.
@@ -108,7 +115,8 @@ fn seal_keyring<R: rand::RngCore + rand::CryptoRng>(
 
     let mut aad = header.clone();
     aad.extend_from_slice(object_key.as_bytes());
-    let sealed = keyring_cipher(shared.as_bytes(), &ephemeral_public, slot_public).seal_to_vec(&[0; 12], &aad, &plaintext);
+    let sealed = keyring_cipher(shared.as_bytes(), &ephemeral_public, slot_public)
+        .seal_to_vec(&[0; 12], &aad, &plaintext);
     header.extend_from_slice(&sealed);
     (object_key, header)
 }
@@ -121,7 +129,12 @@ struct Opened {
     json: Zeroizing<Vec<u8>>,
 }
 
-fn open_keyring(slot: &UnlockedSlot, generation: u32, object_key: &str, bytes: &[u8]) -> Result<Opened, FormatError> {
+fn open_keyring(
+    slot: &UnlockedSlot,
+    generation: u32,
+    object_key: &str,
+    bytes: &[u8],
+) -> Result<Opened, FormatError> {
     let corrupt = |what: &str| FormatError::Corrupt(format!("keyring object {object_key}: {what}"));
     if bytes.len() > MAX_KEYRING_LEN || bytes.len() < KEYRING_HEADER_LEN + AUTH_LEN + TAG_LEN {
         return Err(corrupt("implausible length"));
@@ -131,7 +144,9 @@ fn open_keyring(slot: &UnlockedSlot, generation: u32, object_key: &str, bytes: &
         return Err(corrupt("bad magic, version or reserved bytes"));
     }
     if header[8..12] != generation.to_le_bytes() || header[12..28] != slot.id.0 {
-        return Err(corrupt("header names another generation or slot than its key"));
+        return Err(corrupt(
+            "header names another generation or slot than its key",
+        ));
     }
     let ephemeral: [u8; 32] = header[28..60].try_into().expect("32 bytes");
     let ephemeral = PublicKey::from(ephemeral);
@@ -141,7 +156,9 @@ fn open_keyring(slot: &UnlockedSlot, generation: u32, object_key: &str, bytes: &
     let plaintext = Zeroizing::new(
         keyring_cipher(shared.as_bytes(), &ephemeral, &slot.public)
             .open_to_vec(&[0; 12], &aad, &bytes[KEYRING_HEADER_LEN..])
-            .ok_or_else(|| corrupt("does not authenticate (damaged, or not sealed to this slot)"))?,
+            .ok_or_else(|| {
+                corrupt("does not authenticate (damaged, or not sealed to this slot)")
+            })?,
     );
     if plaintext.len() < AUTH_LEN {
         return Err(corrupt("payload shorter than its tag"));
@@ -188,10 +205,12 @@ impl RepositoryKeys {
         let config = RepositoryConfigV2::encrypted(repository_id)?;
         let payload = GenerationPayload::first(repository_id, Encryption::Aes256Gcm, created, rng);
         let keys = RepositoryKeys::from_generations([payload])?;
-        let (catalog_slot, mut objects) = keys.add_slot(SlotSecret::Catalog(catalog_key), created, rng)?;
+        let (catalog_slot, mut objects) =
+            keys.add_slot(SlotSecret::Catalog(catalog_key), created, rng)?;
         let passphrase_slot = match passphrase {
             Some((passphrase, params)) => {
-                let (id, more) = keys.add_slot(SlotSecret::Passphrase(passphrase, params), created, rng)?;
+                let (id, more) =
+                    keys.add_slot(SlotSecret::Passphrase(passphrase, params), created, rng)?;
                 objects.extend(more);
                 Some(id)
             }
@@ -220,7 +239,15 @@ impl RepositoryKeys {
         let (slot, unlocked) = KeySlot::create(secret, created, rng)?;
         let mut objects: Vec<StoredObject> = self
             .generations()
-            .map(|generation| seal_keyring(generation.payload(), slot.id(), &slot.public_key(), Author::Slot(&unlocked), rng))
+            .map(|generation| {
+                seal_keyring(
+                    generation.payload(),
+                    slot.id(),
+                    &slot.public_key(),
+                    Author::Slot(&unlocked),
+                    rng,
+                )
+            })
             .collect();
         objects.push((slot.key(), slot.bytes().to_vec()));
         Ok((slot.id(), objects))
@@ -243,15 +270,28 @@ impl RepositoryKeys {
     ) -> Result<(RepositoryKeys, Vec<StoredObject>), FormatError> {
         self.require_encrypted()?;
         if recipients.is_empty() {
-            return Err(FormatError::InvalidInput("a rotation needs at least one key slot to seal to".to_owned()));
+            return Err(FormatError::InvalidInput(
+                "a rotation needs at least one key slot to seal to".to_owned(),
+            ));
         }
         let current = self.current();
         let next = current.payload().next(created, rng);
         let objects = recipients
             .iter()
-            .map(|slot| seal_keyring(&next, slot.id(), &slot.public_key(), Author::Chain(current), rng))
+            .map(|slot| {
+                seal_keyring(
+                    &next,
+                    slot.id(),
+                    &slot.public_key(),
+                    Author::Chain(current),
+                    rng,
+                )
+            })
             .collect();
-        let payloads = self.generations().map(|keys| keys.payload().clone()).chain([next]);
+        let payloads = self
+            .generations()
+            .map(|keys| keys.payload().clone())
+            .chain([next]);
         Ok((RepositoryKeys::from_generations(payloads)?, objects))
     }
 
@@ -278,15 +318,20 @@ impl RepositoryKeys {
             let object = open_keyring(slot, generation, key, bytes)?;
             let auth_key = match object.auth_kind {
                 AUTH_BY_SLOT => slot.own_auth_key(),
-                AUTH_BY_CHAIN => match generation.checked_sub(1).and_then(|previous| opened.get(&previous)) {
+                AUTH_BY_CHAIN => match generation
+                    .checked_sub(1)
+                    .and_then(|previous| opened.get(&previous))
+                {
                     Some(previous) => chain_auth_key(previous),
-                    None => {
-                        return Err(FormatError::Corrupt(format!(
-                            "keyring object {key}: vouched for by a generation this slot does not hold"
-                        )))
-                    }
+                    None => return Err(FormatError::Corrupt(format!(
+                        "keyring object {key}: vouched for by a generation this slot does not hold"
+                    ))),
                 },
-                _ => return Err(FormatError::Corrupt(format!("keyring object {key}: unknown author kind"))),
+                _ => {
+                    return Err(FormatError::Corrupt(format!(
+                        "keyring object {key}: unknown author kind"
+                    )))
+                }
             };
             let expected = auth_tag(&auth_key, key, &object.json);
             if !tags_equal(&expected, &object.auth) {
@@ -306,6 +351,8 @@ impl RepositoryKeys {
         if self.encryption() == Encryption::Aes256Gcm {
             return Ok(());
         }
-        Err(FormatError::InvalidInput("an unencrypted repository has no key slots".to_owned()))
+        Err(FormatError::InvalidInput(
+            "an unencrypted repository has no key slots".to_owned(),
+        ))
     }
 }

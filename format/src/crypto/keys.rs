@@ -75,7 +75,11 @@ impl GenerationPayload {
     }
 
     /// The next generation: a new `data_key`, everything else kept.
-    pub fn next<R: rand::RngCore + rand::CryptoRng>(&self, created: DateTime<Utc>, rng: &mut R) -> Self {
+    pub fn next<R: rand::RngCore + rand::CryptoRng>(
+        &self,
+        created: DateTime<Utc>,
+        rng: &mut R,
+    ) -> Self {
         GenerationPayload {
             generation: self.generation + 1,
             data_key: random_secret(rng),
@@ -86,14 +90,18 @@ impl GenerationPayload {
 
     /// The payload as JSON, in memory wiped on drop.
     pub(crate) fn to_json(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(serde_json::to_vec(self).expect("a struct of strings and numbers serializes"))
+        Zeroizing::new(
+            serde_json::to_vec(self).expect("a struct of strings and numbers serializes"),
+        )
     }
 
     /// Parses and checks a payload read from storage.
     pub(crate) fn from_json(bytes: &[u8]) -> Result<Self, FormatError> {
         let payload: GenerationPayload = serde_json::from_slice(bytes)
             .map_err(|err| FormatError::Corrupt(format!("generation payload: {err}")))?;
-        payload.check().map_err(|reason| FormatError::Corrupt(format!("generation payload: {reason}")))?;
+        payload
+            .check()
+            .map_err(|reason| FormatError::Corrupt(format!("generation payload: {reason}")))?;
         Ok(payload)
     }
 
@@ -224,10 +232,9 @@ impl RepositoryKeys {
         for payload in payloads {
             generations.insert(payload.generation, GenerationKeys::new(payload));
         }
-        let first = generations
-            .values()
-            .next()
-            .ok_or_else(|| FormatError::KeyRejected("no key generation could be opened".to_owned()))?;
+        let first = generations.values().next().ok_or_else(|| {
+            FormatError::KeyRejected("no key generation could be opened".to_owned())
+        })?;
         let first = &first.payload;
         let mismatch = generations.values().any(|keys| {
             keys.payload.repository_id != first.repository_id
@@ -341,7 +348,9 @@ mod hex_secret {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
         let text = Zeroizing::new(String::deserialize(deserializer)?);
-        parse_hex32(&text).map(Zeroizing::new).map_err(de::Error::custom)
+        parse_hex32(&text)
+            .map(Zeroizing::new)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -353,7 +362,12 @@ mod tests {
     #[test]
     fn payload_round_trips_and_its_debug_hides_the_keys() {
         let mut rng = FixedRng::new(b"payload");
-        let payload = GenerationPayload::first("0123-abcd", Encryption::Aes256Gcm, DateTime::UNIX_EPOCH, &mut rng);
+        let payload = GenerationPayload::first(
+            "0123-abcd",
+            Encryption::Aes256Gcm,
+            DateTime::UNIX_EPOCH,
+            &mut rng,
+        );
         let json = payload.to_json();
         let back = GenerationPayload::from_json(&json).expect("parses");
         assert!(back == payload);
@@ -369,15 +383,27 @@ mod tests {
     #[test]
     fn generations_of_different_repositories_do_not_mix() {
         let mut rng = FixedRng::new(b"mix");
-        let one = GenerationPayload::first("aa", Encryption::Aes256Gcm, DateTime::UNIX_EPOCH, &mut rng);
-        let mut other = GenerationPayload::first("aa", Encryption::Aes256Gcm, DateTime::UNIX_EPOCH, &mut rng);
+        let one =
+            GenerationPayload::first("aa", Encryption::Aes256Gcm, DateTime::UNIX_EPOCH, &mut rng);
+        let mut other =
+            GenerationPayload::first("aa", Encryption::Aes256Gcm, DateTime::UNIX_EPOCH, &mut rng);
         other.generation = 2;
-        let err = RepositoryKeys::from_generations([one.clone(), other]).expect_err("two dedup keys");
+        let err =
+            RepositoryKeys::from_generations([one.clone(), other]).expect_err("two dedup keys");
         assert!(err.is_corruption(), "{err}");
-        let keys = RepositoryKeys::from_generations([one.clone(), one.next(DateTime::UNIX_EPOCH, &mut rng)])
-            .expect("one repository");
+        let keys = RepositoryKeys::from_generations([
+            one.clone(),
+            one.next(DateTime::UNIX_EPOCH, &mut rng),
+        ])
+        .expect("one repository");
         assert_eq!(keys.current().generation(), 2);
-        assert!(matches!(keys.generation(3), Err(FormatError::KeyRejected(_))));
-        assert_ne!(keys.generation(1).expect("held").fingerprint(), keys.current().fingerprint());
+        assert!(matches!(
+            keys.generation(3),
+            Err(FormatError::KeyRejected(_))
+        ));
+        assert_ne!(
+            keys.generation(1).expect("held").fingerprint(),
+            keys.current().fingerprint()
+        );
     }
 }

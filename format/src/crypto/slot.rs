@@ -70,9 +70,14 @@ impl FromStr for SlotId {
 
     /// Exactly 32 lowercase hex digits, the only spelling keys use.
     fn from_str(text: &str) -> Result<Self, FormatError> {
-        let lowercase_hex = text.len() == 32 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let lowercase_hex = text.len() == 32
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !lowercase_hex {
-            return Err(FormatError::Corrupt(format!("{text:?} is not a key slot id")));
+            return Err(FormatError::Corrupt(format!(
+                "{text:?} is not a key slot id"
+            )));
         }
         let mut id = [0u8; 16];
         for (byte, pair) in id.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
@@ -141,9 +146,11 @@ impl Argon2Params {
 
     fn kek(&self, passphrase: &[u8], salt: &[u8; 32]) -> Result<Secret, String> {
         self.check_bounds()?;
-        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-            .map_err(|err| format!("Argon2id parameters: {err}"))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+                .map_err(|err| format!("Argon2id parameters: {err}"))?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut kek = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(passphrase, salt, kek.as_mut())
@@ -220,8 +227,12 @@ impl KeySlot {
         let kind = match secret {
             SlotSecret::Passphrase(_, params) => {
                 bytes[5] = 1;
-                for (at, value) in [params.memory_kib, params.iterations, params.parallelism].into_iter().enumerate() {
-                    bytes[PARAMS_AT + 4 * at..PARAMS_AT + 4 * at + 4].copy_from_slice(&value.to_le_bytes());
+                for (at, value) in [params.memory_kib, params.iterations, params.parallelism]
+                    .into_iter()
+                    .enumerate()
+                {
+                    bytes[PARAMS_AT + 4 * at..PARAMS_AT + 4 * at + 4]
+                        .copy_from_slice(&value.to_le_bytes());
                 }
                 SlotKind::Passphrase
             }
@@ -232,10 +243,18 @@ impl KeySlot {
         };
         let slot = KeySlot { id, bytes };
         let kek = slot.kek(secret, kind).map_err(FormatError::InvalidInput)?;
-        let sealed = ObjectCipher::new(Encryption::Aes256Gcm, &kek).seal_to_vec(&[0; 12], &slot.aad(), Zeroizing::new(private.to_bytes()).as_ref());
+        let sealed = ObjectCipher::new(Encryption::Aes256Gcm, &kek).seal_to_vec(
+            &[0; 12],
+            &slot.aad(),
+            Zeroizing::new(private.to_bytes()).as_ref(),
+        );
         let mut slot = slot;
         slot.bytes[SEALED_AT..].copy_from_slice(&sealed);
-        let unlocked = UnlockedSlot { id, private, public };
+        let unlocked = UnlockedSlot {
+            id,
+            private,
+            public,
+        };
         Ok((slot, unlocked))
     }
 
@@ -277,7 +296,13 @@ impl KeySlot {
 
     /// The Argon2id cost (all zero for a catalog slot).
     pub fn argon2_params(&self) -> Argon2Params {
-        let word = |at: usize| u32::from_le_bytes(self.bytes[PARAMS_AT + 4 * at..PARAMS_AT + 4 * at + 4].try_into().expect("4 bytes"));
+        let word = |at: usize| {
+            u32::from_le_bytes(
+                self.bytes[PARAMS_AT + 4 * at..PARAMS_AT + 4 * at + 4]
+                    .try_into()
+                    .expect("4 bytes"),
+            )
+        };
         Argon2Params {
             memory_kib: word(0),
             iterations: word(1),
@@ -297,10 +322,12 @@ impl KeySlot {
 
     fn kek(&self, secret: SlotSecret<'_>, kind: SlotKind) -> Result<Secret, String> {
         match (secret, kind) {
-            (SlotSecret::Passphrase(passphrase, _), SlotKind::Passphrase) => {
-                self.argon2_params().kek(passphrase.as_bytes(), &self.salt())
+            (SlotSecret::Passphrase(passphrase, _), SlotKind::Passphrase) => self
+                .argon2_params()
+                .kek(passphrase.as_bytes(), &self.salt()),
+            (SlotSecret::Catalog(key), SlotKind::Catalog) => {
+                Ok(kdf::derive(key, Some(&self.salt()), kdf::INFO_CATALOG_SLOT))
             }
-            (SlotSecret::Catalog(key), SlotKind::Catalog) => Ok(kdf::derive(key, Some(&self.salt()), kdf::INFO_CATALOG_SLOT)),
             _ => Err("the secret is not of the slot's kind".to_owned()),
         }
     }
@@ -308,15 +335,21 @@ impl KeySlot {
     /// Unlocks this slot with `secret`; `None` when it does not open it.
     fn unlock(&self, secret: SlotSecret<'_>) -> Option<UnlockedSlot> {
         let kek = self.kek(secret, self.kind()).ok()?;
-        let private = Zeroizing::new(
-            ObjectCipher::new(Encryption::Aes256Gcm, &kek).open_to_vec(&[0; 12], &self.aad(), &self.bytes[SEALED_AT..])?,
-        );
+        let private = Zeroizing::new(ObjectCipher::new(Encryption::Aes256Gcm, &kek).open_to_vec(
+            &[0; 12],
+            &self.aad(),
+            &self.bytes[SEALED_AT..],
+        )?);
         let private: [u8; 32] = private.as_slice().try_into().ok()?;
         let private = StaticSecret::from(private);
         let public = PublicKey::from(&private);
         // A slot whose public key is not its private key's would take
         // rotations it cannot read.
-        (public == self.public_key()).then_some(UnlockedSlot { id: self.id, private, public })
+        (public == self.public_key()).then_some(UnlockedSlot {
+            id: self.id,
+            private,
+            public,
+        })
     }
 }
 
@@ -367,12 +400,18 @@ impl UnlockedSlot {
     /// The key that authenticates keyring objects the slot's own holder
     /// wrote (at creation, or when the slot was added).
     pub(crate) fn own_auth_key(&self) -> Secret {
-        kdf::derive(Zeroizing::new(self.private.to_bytes()).as_ref(), None, kdf::INFO_KEYRING_SLOT_AUTH)
+        kdf::derive(
+            Zeroizing::new(self.private.to_bytes()).as_ref(),
+            None,
+            kdf::INFO_KEYRING_SLOT_AUTH,
+        )
     }
 }
 
 impl fmt::Debug for UnlockedSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UnlockedSlot").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("UnlockedSlot")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }

@@ -43,6 +43,11 @@ impl CryptoRng for FixedRng {}
 
 /// A one-generation key set of repository `"00aa"`, from `seed`.
 pub(crate) fn test_keys(seed: &[u8], encryption: super::Encryption) -> super::RepositoryKeys {
-    let payload = super::GenerationPayload::first("00aa", encryption, chrono::DateTime::UNIX_EPOCH, &mut FixedRng::new(seed));
+    let payload = super::GenerationPayload::first(
+        "00aa",
+        encryption,
+        chrono::DateTime::UNIX_EPOCH,
+        &mut FixedRng::new(seed),
+    );
     super::RepositoryKeys::from_generations([payload]).expect("one generation")
 }

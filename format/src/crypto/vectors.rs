@@ -50,29 +50,50 @@ fn unhex(value: &Value) -> Vec<u8> {
 fn compute() -> Value {
     let mut rng = FixedRng::new(SEED);
     let created = DateTime::from_timestamp(1_800_000_000, 0).expect("valid");
-    let new = RepositoryKeys::create(REPOSITORY, &CATALOG_KEY, Some((PASSPHRASE, ARGON2)), created, &mut rng)
-        .expect("created");
+    let new = RepositoryKeys::create(
+        REPOSITORY,
+        &CATALOG_KEY,
+        Some((PASSPHRASE, ARGON2)),
+        created,
+        &mut rng,
+    )
+    .expect("created");
     let keys = &new.keys;
     let payload = keys.current().payload();
-    let gear = GearTable::from_key(&kdf::derive(payload.dedup_key.as_ref(), None, kdf::INFO_GEAR));
+    let gear = GearTable::from_key(&kdf::derive(
+        payload.dedup_key.as_ref(),
+        None,
+        kdf::INFO_GEAR,
+    ));
     let gear_bytes: Vec<u8> = gear.values().iter().flat_map(|v| v.to_le_bytes()).collect();
 
     let plaintext: Vec<u8> = (0..1500u32).map(|i| (i % 251) as u8).collect();
-    let mut writer = SealedWriter::with_segment_log2(Vec::new(), keys, ObjectKind::Manifest, MANIFEST_KEY, &mut rng, 10)
-        .expect("in memory");
+    let mut writer = SealedWriter::with_segment_log2(
+        Vec::new(),
+        keys,
+        ObjectKind::Manifest,
+        MANIFEST_KEY,
+        &mut rng,
+        10,
+    )
+    .expect("in memory");
     writer.write_all(&plaintext).expect("in memory");
     let sealed = writer.finish().expect("in memory");
 
     let mut compressor = new_compressor(3).expect("zstd");
     let mut pack = PackWriterV2::new();
     for chunk in [&b"alpha"[..], b"bravo bravo", b"charlie"] {
-        let encoded = encode_chunk(&mut compressor, keys.hasher().chunk_id(chunk), chunk).expect("fits");
+        let encoded =
+            encode_chunk(&mut compressor, keys.hasher().chunk_id(chunk), chunk).expect("fits");
         pack.add(&encoded, BlobType::Data).expect("fits");
     }
     let pack = pack.finish(keys, &mut rng).expect("fits");
 
-    let objects: serde_json::Map<String, Value> =
-        new.objects.iter().map(|(key, bytes)| (key.clone(), hex(bytes))).collect();
+    let objects: serde_json::Map<String, Value> = new
+        .objects
+        .iter()
+        .map(|(key, bytes)| (key.clone(), hex(bytes)))
+        .collect();
     json!({
         "description": "Coffer repository format v2 test vectors; see format/README.md, Version 2. \
                         Randomness is the BLAKE3 XOF of `seed`, drawn in the order the reference writer draws it.",
@@ -118,14 +139,23 @@ fn the_checked_in_test_vectors_match_this_implementation() {
         text.push('\n');
         std::fs::write(PATH, text).expect("vectors written");
     }
-    let stored: Value = serde_json::from_str(&std::fs::read_to_string(PATH).expect("vectors checked in")).expect("json");
-    assert_eq!(stored, computed, "the format's bytes changed; a change needs a new version");
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(PATH).expect("vectors checked in"))
+            .expect("json");
+    assert_eq!(
+        stored, computed,
+        "the format's bytes changed; a change needs a new version"
+    );
 }
 
 #[test]
 fn the_checked_in_test_vectors_open_with_the_secrets_they_name() {
-    let stored: Value = serde_json::from_str(&std::fs::read_to_string(PATH).expect("vectors checked in")).expect("json");
-    let config = RepositoryConfigV2::from_bytes(stored["config"].as_str().expect("text").as_bytes()).expect("config");
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(PATH).expect("vectors checked in"))
+            .expect("json");
+    let config =
+        RepositoryConfigV2::from_bytes(stored["config"].as_str().expect("text").as_bytes())
+            .expect("config");
     let objects: Vec<(String, Vec<u8>)> = stored["key_objects"]
         .as_object()
         .expect("a map")
@@ -144,7 +174,10 @@ fn the_checked_in_test_vectors_open_with_the_secrets_they_name() {
     ] {
         let slot = unlock_slot(&slots, secret).expect("unlocks");
         let keys = RepositoryKeys::open(&config, &slot, &objects).expect("opens");
-        assert_eq!(keys.current().payload().data_key.to_vec(), unhex(&stored["generation_1"]["data_key"]));
+        assert_eq!(
+            keys.current().payload().data_key.to_vec(),
+            unhex(&stored["generation_1"]["data_key"])
+        );
         let manifest = &stored["sealed_manifest"];
         let plain = open_object(
             &keys,
@@ -164,6 +197,13 @@ fn the_checked_in_test_vectors_open_with_the_secrets_they_name() {
             })
             .collect();
         chunks.sort();
-        assert_eq!(chunks, vec![b"alpha".to_vec(), b"bravo bravo".to_vec(), b"charlie".to_vec()]);
+        assert_eq!(
+            chunks,
+            vec![
+                b"alpha".to_vec(),
+                b"bravo bravo".to_vec(),
+                b"charlie".to_vec()
+            ]
+        );
     }
 }

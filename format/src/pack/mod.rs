@@ -577,7 +577,11 @@ fn parse_trailer(trailer: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
 
 /// Blobs must follow each other from the end of the header to the start of
 /// the trailer with no gaps or overlaps, so every byte of a pack is accounted for.
-fn check_tiling(entries: &[PackEntry], blob_start: usize, blob_end: usize) -> Result<(), FormatError> {
+fn check_tiling(
+    entries: &[PackEntry],
+    blob_start: usize,
+    blob_end: usize,
+) -> Result<(), FormatError> {
     let mut expected = blob_start as u64;
     for entry in entries {
         if u64::from(entry.offset) != expected {

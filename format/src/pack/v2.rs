@@ -28,8 +28,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_count, check_tiling, decode_blob, pack_too_large, u32_at, BlobType, Compression, EncodedChunk, PackEntry,
-    SealedPack, MAX_CHUNK_SIZE, PACK_MAGIC,
+    check_count, check_tiling, decode_blob, pack_too_large, u32_at, BlobType, Compression,
+    EncodedChunk, PackEntry, SealedPack, MAX_CHUNK_SIZE, PACK_MAGIC,
 };
 use crate::crypto::cipher::{ObjectCipher, TAG_LEN};
 use crate::crypto::{Encryption, ObjectKind, RepositoryKeys, Salt};
@@ -165,14 +165,19 @@ impl PackWriterV2 {
         shuffle(&mut blobs, rng);
         let cipher = keys.current().cipher(ObjectKind::Pack, &salt);
         let header = encode_header(keys.encryption(), &sealing);
-        let mut bytes = Vec::with_capacity(PACK_V2_HEADER_LEN + self.blob_bytes + blobs.len() * ENTRY_LEN + 64);
+        let mut bytes =
+            Vec::with_capacity(PACK_V2_HEADER_LEN + self.blob_bytes + blobs.len() * ENTRY_LEN + 64);
         bytes.extend_from_slice(&header);
         let mut entries = Vec::with_capacity(blobs.len());
         for (blob, blob_type) in &blobs {
             // `add` kept the whole pack below 4 GiB.
             let offset = bytes.len() as u32;
             bytes.extend_from_slice(&blob.bytes);
-            let tag = cipher.seal(&blob_nonce(offset), &blob_aad(&blob.id.0, *blob_type), &mut bytes[offset as usize..]);
+            let tag = cipher.seal(
+                &blob_nonce(offset),
+                &blob_aad(&blob.id.0, *blob_type),
+                &mut bytes[offset as usize..],
+            );
             bytes.extend_from_slice(&tag);
             entries.push(PackEntry {
                 chunk_id: blob.id,
@@ -238,9 +243,14 @@ fn corrupt(what: impl Into<String>) -> FormatError {
 /// tag, and an uncompressed blob is its raw length plus the tag.
 fn check_v2_lengths(entry: &PackEntry) -> Result<(), FormatError> {
     if entry.raw_length > MAX_CHUNK_SIZE || (entry.length as usize) < TAG_LEN {
-        return Err(corrupt(format!("chunk {}: implausible lengths", entry.chunk_id)));
+        return Err(corrupt(format!(
+            "chunk {}: implausible lengths",
+            entry.chunk_id
+        )));
     }
-    if entry.compression == Compression::None && entry.length as usize != entry.raw_length as usize + TAG_LEN {
+    if entry.compression == Compression::None
+        && entry.length as usize != entry.raw_length as usize + TAG_LEN
+    {
         return Err(corrupt(format!(
             "uncompressed chunk {} has stored length {} for raw length {}",
             entry.chunk_id, entry.length, entry.raw_length
@@ -254,9 +264,15 @@ fn check_v2_lengths(entry: &PackEntry) -> Result<(), FormatError> {
 /// order). A damaged header or trailer, or a pack sealed under another key
 /// or generation, is corrupt; a generation the key set cannot open is
 /// [`FormatError::KeyRejected`].
-pub fn read_pack_v2(keys: &RepositoryKeys, pack: &[u8]) -> Result<(PackSealing, Vec<PackEntry>), FormatError> {
+pub fn read_pack_v2(
+    keys: &RepositoryKeys,
+    pack: &[u8],
+) -> Result<(PackSealing, Vec<PackEntry>), FormatError> {
     if pack.len() < PACK_V2_HEADER_LEN + 4 + TAG_LEN + FOOTER_LEN {
-        return Err(corrupt(format!("{} bytes is shorter than the smallest v2 pack", pack.len())));
+        return Err(corrupt(format!(
+            "{} bytes is shorter than the smallest v2 pack",
+            pack.len()
+        )));
     }
     if pack[..4] != PACK_MAGIC || u32_at(pack, 4) != FORMAT_VERSION_2 || pack[9..12] != [0, 0, 0] {
         return Err(corrupt("not a v2 pack (magic, version or reserved bytes)"));
@@ -267,7 +283,9 @@ pub fn read_pack_v2(keys: &RepositoryKeys, pack: &[u8]) -> Result<(PackSealing, 
     if pack[pack.len() - 4..] != PACK_MAGIC {
         return Err(corrupt("bad footer magic (truncated?)"));
     }
-    let header: &[u8; PACK_V2_HEADER_LEN] = pack[..PACK_V2_HEADER_LEN].try_into().expect("checked length");
+    let header: &[u8; PACK_V2_HEADER_LEN] = pack[..PACK_V2_HEADER_LEN]
+        .try_into()
+        .expect("checked length");
     let sealing = PackSealing {
         generation: u32_at(pack, 12),
         salt: header[16..48].try_into().expect("32 bytes"),
@@ -278,12 +296,19 @@ pub fn read_pack_v2(keys: &RepositoryKeys, pack: &[u8]) -> Result<(PackSealing, 
         .checked_sub(trailer_length)
         .filter(|start| *start >= PACK_V2_HEADER_LEN)
     else {
-        return Err(corrupt(format!("trailer length {trailer_length} does not fit in a {}-byte pack", pack.len())));
+        return Err(corrupt(format!(
+            "trailer length {trailer_length} does not fit in a {}-byte pack",
+            pack.len()
+        )));
     };
-    let cipher = keys.generation(sealing.generation)?.cipher(ObjectKind::Pack, &sealing.salt);
+    let cipher = keys
+        .generation(sealing.generation)?
+        .cipher(ObjectKind::Pack, &sealing.salt);
     let trailer = cipher
         .open_to_vec(&TRAILER_NONCE, header, &pack[trailer_start..footer_start])
-        .ok_or_else(|| corrupt("trailer does not authenticate (damaged, or sealed under another key)"))?;
+        .ok_or_else(|| {
+            corrupt("trailer does not authenticate (damaged, or sealed under another key)")
+        })?;
     let entries = parse_trailer(&trailer)?;
     check_tiling(&entries, PACK_V2_HEADER_LEN, trailer_start)?;
     Ok((sealing, entries))
@@ -296,15 +321,19 @@ fn parse_trailer(trailer: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
     let count = u32_at(trailer, 0) as usize;
     let records = &trailer[4..];
     if Some(records.len()) != count.checked_mul(ENTRY_LEN) {
-        return Err(corrupt(format!("trailer has {} bytes of entries for {count} entries", records.len())));
+        return Err(corrupt(format!(
+            "trailer has {} bytes of entries for {count} entries",
+            records.len()
+        )));
     }
     let mut seen = HashSet::new();
     records
         .chunks_exact(ENTRY_LEN)
         .map(|record| {
-            let compression =
-                Compression::from_byte(record[44]).ok_or_else(|| corrupt(format!("unknown compression byte {}", record[44])))?;
-            let blob_type = BlobType::from_byte(record[45]).ok_or_else(|| corrupt(format!("unknown blob type {}", record[45])))?;
+            let compression = Compression::from_byte(record[44])
+                .ok_or_else(|| corrupt(format!("unknown compression byte {}", record[44])))?;
+            let blob_type = BlobType::from_byte(record[45])
+                .ok_or_else(|| corrupt(format!("unknown blob type {}", record[45])))?;
             let entry = PackEntry {
                 chunk_id: crate::id::ChunkId(record[..32].try_into().expect("32 bytes")),
                 offset: u32_at(record, 32),
@@ -335,7 +364,9 @@ pub fn open_blob(
 ) -> Result<Vec<u8>, FormatError> {
     check_v2_lengths(entry)?;
     check_count(entry, ("got", "blob bytes"), blob.len(), entry.length)?;
-    let cipher: ObjectCipher = keys.generation(sealing.generation)?.cipher(ObjectKind::Pack, &sealing.salt);
+    let cipher: ObjectCipher = keys
+        .generation(sealing.generation)?
+        .cipher(ObjectKind::Pack, &sealing.salt);
     let plain = cipher
         .open_to_vec(&blob_nonce(entry.offset), &blob_aad(&entry.chunk_id.0, entry.blob_type), blob)
         .ok_or_else(|| {

@@ -67,7 +67,11 @@ impl Header {
 
 /// The associated data of every segment: the header, then the object key
 /// when the kind binds it.
-fn associated_data(header: &[u8; SEALED_HEADER_LEN], kind: ObjectKind, object_key: &str) -> Vec<u8> {
+fn associated_data(
+    header: &[u8; SEALED_HEADER_LEN],
+    kind: ObjectKind,
+    object_key: &str,
+) -> Vec<u8> {
     let mut aad = header.to_vec();
     if kind.binds_key() {
         aad.extend_from_slice(object_key.as_bytes());
@@ -204,7 +208,10 @@ impl std::error::Error for SealedCorruption {}
 /// Turns an I/O error from a [`SealedReader`] back into the format error
 /// it stands for.
 pub(crate) fn from_io(err: io::Error) -> FormatError {
-    if let Some(corruption) = err.get_ref().and_then(|inner| inner.downcast_ref::<SealedCorruption>()) {
+    if let Some(corruption) = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<SealedCorruption>())
+    {
         return FormatError::Corrupt(corruption.0.clone());
     }
     FormatError::Io(err)
@@ -234,22 +241,35 @@ impl<R: Read> SealedReader<R> {
     /// and picks its generation's key. A header naming another kind, the
     /// other encryption or an unknown layout is corrupt; a generation this
     /// key set cannot open is [`FormatError::KeyRejected`].
-    pub fn new(mut inner: R, keys: &RepositoryKeys, kind: ObjectKind, object_key: &str) -> Result<Self, FormatError> {
+    pub fn new(
+        mut inner: R,
+        keys: &RepositoryKeys,
+        kind: ObjectKind,
+        object_key: &str,
+    ) -> Result<Self, FormatError> {
         let name = format!("{} {object_key}", kind.name());
         let mut encoded = [0u8; SEALED_HEADER_LEN];
-        read_full(&mut inner, &mut encoded).map_err(FormatError::Io)
+        read_full(&mut inner, &mut encoded)
+            .map_err(FormatError::Io)
             .and_then(|read| {
                 if read < SEALED_HEADER_LEN {
-                    Err(FormatError::Corrupt(format!("{name}: shorter than its header")))
+                    Err(FormatError::Corrupt(format!(
+                        "{name}: shorter than its header"
+                    )))
                 } else {
                     Ok(())
                 }
             })?;
-        let header = parse_header(&encoded, keys.encryption(), kind).map_err(|reason| FormatError::Corrupt(format!("{name}: {reason}")))?;
-        let generation = keys.generation(header.generation).map_err(|err| match err {
-            FormatError::KeyRejected(reason) => FormatError::KeyRejected(format!("{name}: {reason}")),
-            other => other,
-        })?;
+        let header = parse_header(&encoded, keys.encryption(), kind)
+            .map_err(|reason| FormatError::Corrupt(format!("{name}: {reason}")))?;
+        let generation = keys
+            .generation(header.generation)
+            .map_err(|err| match err {
+                FormatError::KeyRejected(reason) => {
+                    FormatError::KeyRejected(format!("{name}: {reason}"))
+                }
+                other => other,
+            })?;
         Ok(SealedReader {
             cipher: generation.cipher(kind, &header.salt),
             aad: associated_data(&encoded, kind, object_key),
@@ -330,7 +350,11 @@ impl<R: Read> fmt::Debug for SealedReader<R> {
     }
 }
 
-fn parse_header(encoded: &[u8; SEALED_HEADER_LEN], encryption: Encryption, kind: ObjectKind) -> Result<Header, String> {
+fn parse_header(
+    encoded: &[u8; SEALED_HEADER_LEN],
+    encryption: Encryption,
+    kind: ObjectKind,
+) -> Result<Header, String> {
     if encoded[..4] != SEALED_MAGIC {
         return Err("not a sealed object (bad magic)".to_owned());
     }
@@ -338,7 +362,10 @@ fn parse_header(encoded: &[u8; SEALED_HEADER_LEN], encryption: Encryption, kind:
         return Err(format!("unknown sealed-object version {}", encoded[4]));
     }
     if Encryption::from_byte(encoded[5]) != Some(encryption) {
-        return Err(format!("encryption byte {} is not the repository's", encoded[5]));
+        return Err(format!(
+            "encryption byte {} is not the repository's",
+            encoded[5]
+        ));
     }
     if encoded[6] != kind.to_byte() {
         return Err(format!("kind byte {} is not a {}", encoded[6], kind.name()));

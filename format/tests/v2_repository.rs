@@ -411,7 +411,7 @@ fn packs_index_files_and_the_chunk_index_carry_what_one_ranged_read_needs() {
             let chunk = vec![pack_number * 10 + i; 5000];
             let encoded = encode_chunk(&mut compressor, keys.hasher().chunk_id(&chunk), &chunk)
                 .expect("fits");
-            writer.add(&encoded, BlobType::Data).expect("fits");
+            writer.add(encoded, BlobType::Data).expect("fits");
         }
         packs.push(writer.finish(keys, &mut OsRng).expect("sealed"));
     }

@@ -323,9 +323,11 @@ impl RepositoryKeys {
                     .and_then(|previous| opened.get(&previous))
                 {
                     Some(previous) => chain_auth_key(previous),
-                    None => return Err(FormatError::Corrupt(format!(
+                    None => {
+                        return Err(FormatError::Corrupt(format!(
                         "keyring object {key}: vouched for by a generation this slot does not hold"
-                    ))),
+                    )))
+                    }
                 },
                 _ => {
                     return Err(FormatError::Corrupt(format!(

@@ -85,7 +85,7 @@ fn compute() -> Value {
     for chunk in [&b"alpha"[..], b"bravo bravo", b"charlie"] {
         let encoded =
             encode_chunk(&mut compressor, keys.hasher().chunk_id(chunk), chunk).expect("fits");
-        pack.add(&encoded, BlobType::Data).expect("fits");
+        pack.add(encoded, BlobType::Data).expect("fits");
     }
     let pack = pack.finish(keys, &mut rng).expect("fits");
 

@@ -97,10 +97,11 @@ impl PackWriterV2 {
         Self::default()
     }
 
-    /// Adds one blob; `false` when the same chunk id and type is already in
+    /// Adds one blob, taking it (the pack copies each blob once, when it
+    /// is sealed); `false` when the same chunk id and type is already in
     /// this pack. A pack that would pass 4 GiB is
     /// [`FormatError::InvalidInput`]: seal it earlier.
-    pub fn add(&mut self, blob: &EncodedChunk, blob_type: BlobType) -> Result<bool, FormatError> {
+    pub fn add(&mut self, blob: EncodedChunk, blob_type: BlobType) -> Result<bool, FormatError> {
         if self.ids.contains(&(blob.id, blob_type)) {
             return Ok(false);
         }
@@ -114,7 +115,7 @@ impl PackWriterV2 {
             + self.blob_bytes
             + blob.bytes.len()
             + TAG_LEN
-            + (self.blobs.len() + 1) * (ENTRY_LEN + TAG_LEN)
+            + (self.blobs.len() + 1) * ENTRY_LEN
             + 4
             + TAG_LEN
             + FOOTER_LEN;
@@ -123,7 +124,7 @@ impl PackWriterV2 {
         }
         self.blob_bytes += blob.bytes.len() + TAG_LEN;
         self.ids.insert((blob.id, blob_type));
-        self.blobs.push((blob.clone(), blob_type));
+        self.blobs.push((blob, blob_type));
         Ok(true)
     }
 

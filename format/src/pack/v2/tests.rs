@@ -30,9 +30,9 @@ fn build(keys: &RepositoryKeys, chunks: &[Vec<u8>], seed: &[u8]) -> SealedPack {
         } else {
             BlobType::Data
         };
-        assert!(writer.add(&encoded, blob_type).expect("fits"));
+        assert!(writer.add(encoded.clone(), blob_type).expect("fits"));
         assert!(
-            !writer.add(&encoded, blob_type).expect("fits"),
+            !writer.add(encoded, blob_type).expect("fits"),
             "a duplicate is skipped"
         );
     }

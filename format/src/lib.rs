@@ -37,7 +37,10 @@
 //!    each [`ChunkLocation`] has the pack's [`pack::PackSealing`], so
 //!    [`pack::open_blob`] opens a blob from one ranged read;
 //!    [`pack::read_pack_v2`] checks a whole pack; manifests stream through
-//!    [`manifest::sealed_manifest_reader`]. Errors for which
+//!    [`manifest::sealed_manifest_reader`] (or, for manifests with
+//!    `subtree` lines, [`ManifestReader::with_trees`] around a
+//!    [`crypto::SealedReader`], with a [`manifest::TreeSource`] that opens
+//!    tree blobs from their packs). Errors for which
 //!    [`FormatError::is_corruption`] holds name the damaged object;
 //!    [`FormatError::KeyRejected`] means the slot cannot read it.
 //! 5. **Manage slots**: [`RepositoryKeys::add_slot`], and

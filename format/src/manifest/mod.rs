@@ -26,6 +26,7 @@ mod footer;
 mod header;
 mod reader;
 mod sealed;
+mod subtree;
 mod wire;
 mod writer;
 
@@ -35,6 +36,7 @@ pub use footer::ManifestFooter;
 pub use header::ManifestHeader;
 pub use reader::ManifestReader;
 pub use sealed::{sealed_manifest_reader, sealed_manifest_writer};
+pub use subtree::{encode_tree, Subtree, TreeSource};
 pub use writer::ManifestWriter;
 
 #[cfg(test)]

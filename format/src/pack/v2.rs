@@ -34,7 +34,7 @@ use super::{
 use crate::crypto::cipher::{ObjectCipher, TAG_LEN};
 use crate::crypto::{Encryption, ObjectKind, RepositoryKeys, Salt};
 use crate::error::FormatError;
-use crate::id::PackId;
+use crate::id::{ChunkId, PackId};
 use crate::version::FORMAT_VERSION_2;
 
 /// Bytes before the first blob of a v2 pack.
@@ -85,11 +85,10 @@ fn encode_header(encryption: Encryption, sealing: &PackSealing) -> [u8; PACK_V2_
 #[derive(Default)]
 pub struct PackWriterV2 {
     blobs: Vec<(EncodedChunk, BlobType)>,
-    ids: HashSet<ChunkIdKey>,
+    /// Chunk ids and types already added.
+    ids: HashSet<(ChunkId, BlobType)>,
     blob_bytes: usize,
 }
-
-type ChunkIdKey = (crate::id::ChunkId, BlobType);
 
 impl PackWriterV2 {
     /// An empty pack.
@@ -144,7 +143,7 @@ impl PackWriterV2 {
     }
 
     /// True when the chunk is already in this pack as `blob_type`.
-    pub fn contains(&self, id: &crate::id::ChunkId, blob_type: BlobType) -> bool {
+    pub fn contains(&self, id: &ChunkId, blob_type: BlobType) -> bool {
         self.ids.contains(&(*id, blob_type))
     }
 
@@ -336,7 +335,7 @@ fn parse_trailer(trailer: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
             let blob_type = BlobType::from_byte(record[45])
                 .ok_or_else(|| corrupt(format!("unknown blob type {}", record[45])))?;
             let entry = PackEntry {
-                chunk_id: crate::id::ChunkId(record[..32].try_into().expect("32 bytes")),
+                chunk_id: ChunkId(record[..32].try_into().expect("32 bytes")),
                 offset: u32_at(record, 32),
                 length: u32_at(record, 36),
                 raw_length: u32_at(record, 40),

@@ -1,11 +1,16 @@
-//! Content-defined chunking: FastCDC (2020 variant, normalization level 1,
-//! gear seed 0) as implemented by the `fastcdc` crate.
+//! Content-defined chunking: FastCDC (2020 variant, normalization level 1)
+//! as implemented by the `fastcdc` crate, with a gear table that is the
+//! crate's own (seed 0) in format v1 and derived from the repository's
+//! `dedup_key` in format v2 ([`GearTable::from_key`]), so cut points do not
+//! reveal content to someone who sees only chunk sizes.
 //!
 //! Cut points depend only on nearby bytes, so an insertion or deletion moves
 //! the boundaries around it and leaves the rest of the file's chunks (and
 //! their ids) unchanged; that is what makes deduplication survive edits.
 
+use std::fmt;
 use std::io::{self, Read};
+use std::sync::Arc;
 
 use fastcdc::v2020::{Normalization, MASKS};
 
@@ -16,18 +21,73 @@ use crate::error::FormatError;
 /// crate's default and the level the format is defined with.
 const NORMALIZATION: Normalization = Normalization::Level1;
 
+/// The 256 random 64-bit values the gear hash adds per byte, and the same
+/// values shifted left by one (FastCDC 2020 rolls two bytes per step).
+#[derive(Clone, PartialEq, Eq)]
+pub struct GearTable {
+    gear: [u64; 256],
+    shifted: [u64; 256],
+}
+
+impl GearTable {
+    /// The `fastcdc` crate's table (seed 0): format v1's, pinned by tests.
+    pub fn v1() -> Self {
+        let (gear, shifted) = fastcdc::v2020::get_gear_with_seed(0);
+        GearTable {
+            gear: *gear,
+            shifted: *shifted,
+        }
+    }
+
+    /// Format v2's table: the 2048 bytes of the keyed BLAKE3 XOF of the
+    /// empty input under `key`, read as 256 little-endian `u64`s.
+    pub fn from_key(key: &[u8; 32]) -> Self {
+        let mut bytes = [0u8; 256 * 8];
+        blake3::Hasher::new_keyed(key)
+            .finalize_xof()
+            .fill(&mut bytes);
+        let mut gear = [0u64; 256];
+        for (value, word) in gear.iter_mut().zip(bytes.chunks_exact(8)) {
+            *value = u64::from_le_bytes(word.try_into().expect("chunks of 8"));
+        }
+        GearTable {
+            shifted: gear.map(|value| value << 1),
+            gear,
+        }
+    }
+
+    /// The table's values, for test vectors.
+    pub fn values(&self) -> &[u64; 256] {
+        &self.gear
+    }
+}
+
+impl fmt::Debug for GearTable {
+    // The table is derived from a secret; it never appears in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GearTable").finish_non_exhaustive()
+    }
+}
+
 /// Splits byte streams into content-defined chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunker {
     params: ChunkerParams,
+    gear: Arc<GearTable>,
 }
 
 impl Chunker {
-    /// A chunker with the given sizes. Invalid sizes (see
+    /// A format v1 chunker with the given sizes. Invalid sizes (see
     /// [`ChunkerParams::validate`]) are reported by [`Chunker::chunks`] and
     /// [`Chunker::stream`], not here.
     pub fn new(params: ChunkerParams) -> Self {
-        Chunker { params }
+        Self::with_gear(params, Arc::new(GearTable::v1()))
+    }
+
+    /// A chunker with the given sizes and gear table (format v2:
+    /// [`crate::crypto::RepositoryKeys::chunker`]).
+    pub fn with_gear(params: ChunkerParams, gear: Arc<GearTable>) -> Self {
+        Chunker { params, gear }
     }
 
     /// The sizes this chunker cuts with.
@@ -59,7 +119,7 @@ impl Chunker {
     /// and with it reused a small file costs no allocation at all.
     pub fn stream<R: Read>(&self, reader: R, buffer: ChunkBuffer) -> ChunkStream<R> {
         let (cut, error) = match self.params.validate() {
-            Ok(()) => (Some(Cut::new(self.params)), None),
+            Ok(()) => (Some(Cut::new(self.params, Arc::clone(&self.gear))), None),
             Err(err) => (None, Some(err)),
         };
         let mut bytes = buffer.bytes;
@@ -131,8 +191,8 @@ impl<R: Read> ChunkStream<R> {
         if let Some(err) = self.error.take() {
             return Some(Err(err));
         }
-        let cut = self.cut?;
-        if let Err(err) = self.fill(cut.max_size) {
+        let max_size = self.cut.as_ref()?.max_size;
+        if let Err(err) = self.fill(max_size) {
             self.cut = None;
             return Some(Err(FormatError::Io(err)));
         }
@@ -140,7 +200,7 @@ impl<R: Read> ChunkStream<R> {
             return None;
         }
         let window = &self.bytes[self.start..self.end];
-        let length = cut.cut(window);
+        let length = self.cut.as_ref()?.cut(window);
         debug_assert!(length > 0 && length <= window.len());
         let chunk_start = self.start;
         self.start += length;
@@ -182,19 +242,20 @@ impl<R: Read> ChunkStream<R> {
 }
 
 /// FastCDC 2020's cut-point search with the format's sizes, normalization
-/// and gear table (seed 0, the crate's built-in table).
-#[derive(Debug, Clone, Copy)]
+/// and gear table.
+#[derive(Debug, Clone)]
 struct Cut {
     min_size: usize,
     avg_size: usize,
     max_size: usize,
     mask_s: u64,
     mask_l: u64,
+    gear: Arc<GearTable>,
 }
 
 impl Cut {
     /// The masks as `fastcdc::v2020::FastCDC::with_level` derives them.
-    fn new(params: ChunkerParams) -> Self {
+    fn new(params: ChunkerParams, gear: Arc<GearTable>) -> Self {
         let bits = fastcdc::v2020::logarithm2(params.avg_size);
         let normalization = NORMALIZATION.bits();
         Cut {
@@ -203,13 +264,14 @@ impl Cut {
             max_size: params.max_size as usize,
             mask_s: MASKS[(bits + normalization) as usize],
             mask_l: MASKS[(bits - normalization) as usize],
+            gear,
         }
     }
 
     /// Length of the chunk at the start of `window`, which holds at least
     /// `max_size` bytes unless it is the end of the stream.
     fn cut(&self, window: &[u8]) -> usize {
-        let (_, length) = fastcdc::v2020::cut(
+        let (_, length) = fastcdc::v2020::cut_gear(
             window,
             self.min_size,
             self.avg_size,
@@ -218,6 +280,8 @@ impl Cut {
             self.mask_l,
             self.mask_s << 1,
             self.mask_l << 1,
+            &self.gear.gear,
+            &self.gear.shifted,
         );
         length
     }

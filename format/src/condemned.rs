@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::crypto::{open_object, seal_object, ObjectKind, RepositoryKeys};
 use crate::error::{check_format, FormatError};
 use crate::id::PackId;
 use crate::version::{FORMAT_NAME, FORMAT_VERSION};
@@ -75,6 +76,31 @@ impl CondemnedSet {
             .map_err(|e| FormatError::Corrupt(format!("condemned set: {e}")))?;
         check_format(&set.format, set.version)?;
         Ok(set)
+    }
+}
+
+impl CondemnedSet {
+    /// Encodes the set for a v2 repository: the same JSON, sealed under
+    /// the current generation and bound to its key
+    /// ([`crate::layout::condemned_key`]), so it cannot be replayed as
+    /// another collection's set.
+    pub fn to_sealed<R: rand::RngCore + rand::CryptoRng>(
+        &self,
+        keys: &RepositoryKeys,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, FormatError> {
+        let key = crate::layout::condemned_key(self.gc_run_id);
+        seal_object(keys, ObjectKind::Condemned, &key, &self.to_bytes()?, rng)
+    }
+
+    /// Opens and checks a set of a v2 repository stored under `object_key`.
+    pub fn from_sealed(
+        keys: &RepositoryKeys,
+        object_key: &str,
+        bytes: &[u8],
+    ) -> Result<Self, FormatError> {
+        let plain = open_object(keys, ObjectKind::Condemned, object_key, bytes)?;
+        Self::from_bytes(&plain)
     }
 }
 

@@ -161,31 +161,46 @@ impl RepositoryConfig {
     }
 
     fn validate(&self) -> Result<(), FormatError> {
-        self.chunker
-            .validate()
-            .map_err(|err| FormatError::Corrupt(format!("config: {err}")))?;
-        if self.pack_target_size == 0 {
-            return Err(FormatError::Corrupt(
-                "config: pack_target_size is 0".to_owned(),
-            ));
-        }
-        let id_is_plain = self
-            .repository_id
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() || c == '-');
-        if self.repository_id.len() > MAX_REPOSITORY_ID_LEN || !id_is_plain {
-            return Err(FormatError::Corrupt(
-                "config: repository_id is not a plain identifier".to_owned(),
-            ));
-        }
-        if !zstd::compression_level_range().contains(&self.compression_level) {
-            return Err(FormatError::Corrupt(format!(
-                "config: compression_level {} is outside zstd's range",
-                self.compression_level
-            )));
-        }
-        Ok(())
+        check_settings(
+            &self.chunker,
+            self.pack_target_size,
+            self.compression_level,
+            &self.repository_id,
+        )
+        .map_err(|reason| FormatError::Corrupt(format!("config: {reason}")))
     }
+}
+
+/// Checks the settings a stored config (v1) or generation payload (v2)
+/// fixes: chunker sizes, a non-zero pack size, a zstd level and a plain
+/// repository id (hex digits and hyphens, as a UUID is written).
+pub(crate) fn check_settings(
+    chunker: &ChunkerParams,
+    pack_target_size: u32,
+    compression_level: i32,
+    repository_id: &str,
+) -> Result<(), String> {
+    chunker.validate().map_err(|err| err.to_string())?;
+    if pack_target_size == 0 {
+        return Err("pack_target_size is 0".to_owned());
+    }
+    if !is_plain_repository_id(repository_id) {
+        return Err("repository_id is not a plain identifier".to_owned());
+    }
+    if !zstd::compression_level_range().contains(&compression_level) {
+        return Err(format!(
+            "compression_level {compression_level} is outside zstd's range"
+        ));
+    }
+    Ok(())
+}
+
+/// At most [`MAX_REPOSITORY_ID_LEN`] hex digits and hyphens.
+pub(crate) fn is_plain_repository_id(repository_id: &str) -> bool {
+    repository_id.len() <= MAX_REPOSITORY_ID_LEN
+        && repository_id
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
 impl fmt::Debug for RepositoryConfig {
@@ -204,7 +219,7 @@ impl fmt::Debug for RepositoryConfig {
 }
 
 /// Serde for the 32-byte key as hex text.
-mod hex_key {
+pub(crate) mod hex_key {
     use serde::{de, Deserialize, Deserializer, Serializer};
 
     use super::{parse_hex32, to_hex};

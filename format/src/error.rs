@@ -1,5 +1,5 @@
 use crate::id::ChunkId;
-use crate::version::{FORMAT_NAME, FORMAT_VERSION};
+use crate::version::{FORMAT_NAME, FORMAT_VERSION, NEWEST_FORMAT_VERSION};
 
 /// Everything that can go wrong while encoding or decoding repository objects.
 ///
@@ -24,7 +24,8 @@ pub enum FormatError {
     /// The object names another format, or a version this build cannot read.
     #[error(
         "unsupported format {format:?} version {version} \
-         (this build reads {FORMAT_NAME:?} versions 1 to {FORMAT_VERSION})"
+         (this build reads {FORMAT_NAME:?} versions 1 to {NEWEST_FORMAT_VERSION}, \
+         each with its own reader)"
     )]
     UnsupportedFormat {
         /// The format name found in the object.
@@ -38,6 +39,12 @@ pub enum FormatError {
     /// [`crate::pack::MAX_CHUNK_SIZE`]); this is a bug in the caller, not bad data.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    /// No key slot opens with the secret given (a wrong passphrase or
+    /// catalog key). The message never says which slot was tried or why it
+    /// failed, so it cannot help guess a passphrase slot by slot.
+    #[error("key rejected: {0}")]
+    KeyRejected(String),
 
     /// Reading from or writing to the caller's reader or writer failed.
     #[error("i/o error: {0}")]
@@ -60,11 +67,21 @@ impl FormatError {
     }
 }
 
-/// Rejects objects that are not Coffer objects of a version this build reads.
+/// Rejects objects that are not Coffer objects of format v1 (the v1
+/// readers' check).
 ///
 /// Version 0 never existed, so it is as unreadable as a future version.
 pub(crate) fn check_format(format: &str, version: u32) -> Result<(), FormatError> {
-    if format == FORMAT_NAME && (1..=FORMAT_VERSION).contains(&version) {
+    check_format_range(format, version, FORMAT_VERSION)
+}
+
+/// Rejects objects that are not Coffer objects of any version this build reads.
+pub(crate) fn check_any_format(format: &str, version: u32) -> Result<(), FormatError> {
+    check_format_range(format, version, NEWEST_FORMAT_VERSION)
+}
+
+fn check_format_range(format: &str, version: u32, newest: u32) -> Result<(), FormatError> {
+    if format == FORMAT_NAME && (1..=newest).contains(&version) {
         return Ok(());
     }
     Err(FormatError::UnsupportedFormat {

@@ -18,11 +18,16 @@ use std::mem::size_of;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{check_format, FormatError};
+use crate::error::{check_any_format, check_format, FormatError};
 use crate::id::{ChunkId, IndexId, PackId};
 use crate::jsonl::{DecodeLimits, LineReader, LineWriter};
-use crate::pack::{Compression, PackEntry, SealedPack, PACK_HEADER_LEN};
-use crate::version::{FORMAT_NAME, FORMAT_VERSION};
+use std::io::Write;
+
+use crate::crypto::{ObjectKind, RepositoryKeys, SealedReader, SealedWriter};
+use crate::pack::{
+    BlobType, Compression, PackEntry, PackSealing, SealedPack, PACK_HEADER_LEN, PACK_V2_HEADER_LEN,
+};
+use crate::version::{FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSION_2};
 
 /// zstd level for index files: they are small and written once per run.
 const INDEX_COMPRESSION_LEVEL: i32 = 3;
@@ -36,6 +41,10 @@ pub struct IndexPack {
     pub pack_length: u64,
     /// The pack's entries, in blob order.
     pub entries: Vec<PackEntry>,
+    /// Format v2: the generation and salt the pack is sealed with; absent
+    /// in format v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing: Option<PackSealing>,
 }
 
 impl IndexPack {
@@ -45,15 +54,40 @@ impl IndexPack {
             pack_id: pack.id,
             pack_length: pack.bytes.len() as u64,
             entries: pack.entries.clone(),
+            sealing: pack.sealing,
         }
     }
 
-    /// Checks every entry is plausible and lies inside the pack.
-    fn validate(&self) -> Result<(), FormatError> {
+    /// Checks every entry is plausible and lies inside the pack, and that
+    /// the pack is sealed exactly when the file is of format v2.
+    fn validate(&self, version: u32) -> Result<(), FormatError> {
+        if self.sealing.is_some() != (version == FORMAT_VERSION_2) {
+            return Err(FormatError::Corrupt(format!(
+                "index: pack {} is {} in a version {version} index file",
+                self.pack_id,
+                if self.sealing.is_some() {
+                    "sealed"
+                } else {
+                    "not sealed"
+                }
+            )));
+        }
+        let header_len = if self.sealing.is_some() {
+            PACK_V2_HEADER_LEN
+        } else {
+            PACK_HEADER_LEN
+        };
         for entry in &self.entries {
-            entry.check_lengths()?;
+            if self.sealing.is_none() {
+                entry.check_lengths()?;
+                if entry.blob_type != BlobType::Data {
+                    return Err(FormatError::Corrupt(
+                        "index: a version 1 pack holds a tree blob".to_owned(),
+                    ));
+                }
+            }
             let end = u64::from(entry.offset) + u64::from(entry.length);
-            if (entry.offset as usize) < PACK_HEADER_LEN || end > self.pack_length {
+            if (entry.offset as usize) < header_len || end > self.pack_length {
                 return Err(FormatError::Corrupt(format!(
                     "index: chunk {} at {}+{} lies outside pack {} of {} bytes",
                     entry.chunk_id, entry.offset, entry.length, self.pack_id, self.pack_length
@@ -106,13 +140,37 @@ struct IndexHeaderLine {
 }
 
 impl IndexFile {
-    /// Encodes the file and returns it with its id (plain BLAKE3 of the
-    /// bytes), ready to upload under [`crate::layout::index_key`].
+    /// Encodes the file (format v1) and returns it with its id (plain
+    /// BLAKE3 of the bytes), ready to upload under [`crate::layout::index_key`].
     pub fn encode(&self) -> Result<(IndexId, Vec<u8>), FormatError> {
-        let mut lines = LineWriter::new(Vec::new(), INDEX_COMPRESSION_LEVEL)?;
+        let bytes = self.write_lines(Vec::new(), FORMAT_VERSION)?;
+        Ok((IndexId::compute(&bytes), bytes))
+    }
+
+    /// Encodes the file as format v2: the same lines (version 2, each pack
+    /// with its sealing) sealed under the current generation of `keys`.
+    /// Every pack must be a v2 pack.
+    pub fn encode_v2<R: rand::RngCore + rand::CryptoRng>(
+        &self,
+        keys: &RepositoryKeys,
+        rng: &mut R,
+    ) -> Result<(IndexId, Vec<u8>), FormatError> {
+        if let Some(pack) = self.packs.iter().find(|pack| pack.sealing.is_none()) {
+            return Err(FormatError::InvalidInput(format!(
+                "pack {} is not a v2 pack",
+                pack.pack_id
+            )));
+        }
+        let sealed = SealedWriter::new(Vec::new(), keys, ObjectKind::Index, "", rng)?;
+        let bytes = self.write_lines(sealed, FORMAT_VERSION_2)?.finish()?;
+        Ok((IndexId::compute(&bytes), bytes))
+    }
+
+    fn write_lines<W: Write>(&self, writer: W, version: u32) -> Result<W, FormatError> {
+        let mut lines = LineWriter::new(writer, INDEX_COMPRESSION_LEVEL)?;
         lines.write_line(&IndexLineOut::Index(IndexHeader {
             format: FORMAT_NAME.to_owned(),
-            version: FORMAT_VERSION,
+            version,
         }))?;
         let mut chunks = 0u64;
         for pack in &self.packs {
@@ -123,8 +181,7 @@ impl IndexFile {
             packs: self.packs.len() as u64,
             chunks,
         }))?;
-        let bytes = lines.finish()?;
-        Ok((IndexId::compute(&bytes), bytes))
+        lines.finish()
     }
 
     /// Decodes an index file, rejecting other formats and newer versions
@@ -132,12 +189,41 @@ impl IndexFile {
     /// files as corrupt. It does not check the bytes against their key:
     /// compare [`IndexId::compute`] with the key for that.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut lines = LineReader::new(bytes, index_limits(bytes.len()))?;
+        Self::read_lines(bytes, FORMAT_VERSION, bytes.len())
+    }
+
+    /// Decodes a v2 index file stored under `object_key` (named in errors;
+    /// compare [`IndexId::compute`] of the bytes with the key as well).
+    /// Damage anywhere, or a file sealed under another key, is corrupt.
+    pub fn decode_v2(
+        keys: &RepositoryKeys,
+        object_key: &str,
+        bytes: &[u8],
+    ) -> Result<Self, FormatError> {
+        let sealed = SealedReader::new(bytes, keys, ObjectKind::Index, object_key)?;
+        Self::read_lines(sealed, FORMAT_VERSION_2, bytes.len())
+    }
+
+    fn read_lines<R: std::io::Read>(
+        reader: R,
+        version: u32,
+        stored_len: usize,
+    ) -> Result<Self, FormatError> {
+        let mut lines = LineReader::new(reader, index_limits(stored_len))?;
         let first = lines
             .next_line()?
             .ok_or_else(|| FormatError::Corrupt("index: empty".to_owned()))?;
         let header: IndexHeaderLine = serde_json::from_slice(first)?;
-        check_format(&header.index.format, header.index.version)?;
+        if header.index.version == FORMAT_VERSION_2 && version == FORMAT_VERSION_2 {
+            check_any_format(&header.index.format, header.index.version)?;
+        } else {
+            check_format(&header.index.format, header.index.version)?;
+            if version != FORMAT_VERSION {
+                return Err(FormatError::Corrupt(
+                    "index: a sealed index file holds version 1 lines".to_owned(),
+                ));
+            }
+        }
 
         let mut packs = Vec::new();
         let mut chunks = 0u64;
@@ -147,7 +233,7 @@ impl IndexFile {
                 .ok_or_else(|| FormatError::Corrupt("index: no end line (truncated)".to_owned()))?;
             match serde_json::from_slice(line)? {
                 IndexLineIn::Pack(pack) => {
-                    pack.validate()?;
+                    pack.validate(version)?;
                     chunks += pack.entries.len() as u64;
                     packs.push(pack);
                 }
@@ -201,10 +287,15 @@ pub struct ChunkLocation {
     pub raw_length: u32,
     /// How the blob is stored.
     pub compression: Compression,
+    /// What the blob holds.
+    pub blob_type: BlobType,
+    /// Format v2: what [`crate::pack::open_blob`] needs besides the entry.
+    pub sealing: Option<PackSealing>,
 }
 
 impl ChunkLocation {
-    /// The pack entry this location describes, for [`crate::decode_blob`].
+    /// The pack entry this location describes, for [`crate::decode_blob`]
+    /// or [`crate::pack::open_blob`].
     pub fn entry(&self, chunk_id: ChunkId) -> PackEntry {
         PackEntry {
             chunk_id,
@@ -212,23 +303,28 @@ impl ChunkLocation {
             length: self.length,
             raw_length: self.raw_length,
             compression: self.compression,
+            blob_type: self.blob_type,
         }
     }
 }
 
 /// A chunk's location with the pack interned as a number: 16 bytes instead
-/// of 45.
+/// of 45 (and the pack's generation and salt kept once per pack).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PackedLocation {
-    /// Index into `ChunkIndex::packs`, with [`ZSTD_FLAG`] set for zstd blobs.
+    /// Index into `ChunkIndex::packs`, with [`ZSTD_FLAG`] set for zstd
+    /// blobs and [`TREE_FLAG`] for tree blobs.
     pack: u32,
     offset: u32,
     length: u32,
     raw_length: u32,
 }
 
-/// High bit of `PackedLocation::pack`; pack numbers stay below it.
+/// High bit of `PackedLocation::pack`; pack numbers stay below both flags.
 const ZSTD_FLAG: u32 = 1 << 31;
+/// Second-highest bit of `PackedLocation::pack`.
+const TREE_FLAG: u32 = 1 << 30;
+const PACK_NUMBER_MASK: u32 = !(ZSTD_FLAG | TREE_FLAG);
 
 /// Marks an empty slot in the open-addressing table.
 const EMPTY_SLOT: u32 = u32::MAX;
@@ -254,6 +350,8 @@ pub struct ChunkIndex {
     slots: Vec<u32>,
     /// Pack number → (id, length in bytes).
     packs: Vec<(PackId, u64)>,
+    /// Pack number → its sealing (format v2): 36 bytes per pack, not per chunk.
+    sealings: Vec<Option<PackSealing>>,
     pack_numbers: HashMap<PackId, u32>,
     /// Keyed hashing, so crafted ids in a damaged index cannot pile up in one
     /// probe run.
@@ -271,6 +369,7 @@ impl ChunkIndex {
             entries: Vec::new(),
             slots: Vec::new(),
             packs: Vec::new(),
+            sealings: Vec::new(),
             pack_numbers: HashMap::new(),
             hash_state: RandomState::new(),
         }
@@ -289,12 +388,17 @@ impl ChunkIndex {
     /// location.
     pub fn add_pack(&mut self, pack: &IndexPack) {
         self.reserve(pack.entries.len());
-        let pack_number = self.intern_pack(pack.pack_id, pack.pack_length);
+        let pack_number = self.intern_pack(pack.pack_id, pack.pack_length, pack.sealing);
         for entry in &pack.entries {
-            let flag = match entry.compression {
+            let zstd = match entry.compression {
                 Compression::None => 0,
                 Compression::Zstd => ZSTD_FLAG,
             };
+            let tree = match entry.blob_type {
+                BlobType::Data => 0,
+                BlobType::Tree => TREE_FLAG,
+            };
+            let flag = zstd | tree;
             self.insert(
                 entry.chunk_id,
                 PackedLocation {
@@ -316,11 +420,17 @@ impl ChunkIndex {
     pub fn get(&self, id: &ChunkId) -> Option<ChunkLocation> {
         let position = self.find(id)?;
         let (_, location) = self.entries[position];
-        let (pack_id, _) = self.packs[(location.pack & !ZSTD_FLAG) as usize];
+        let number = (location.pack & PACK_NUMBER_MASK) as usize;
+        let (pack_id, _) = self.packs[number];
         let compression = if location.pack & ZSTD_FLAG != 0 {
             Compression::Zstd
         } else {
             Compression::None
+        };
+        let blob_type = if location.pack & TREE_FLAG != 0 {
+            BlobType::Tree
+        } else {
+            BlobType::Data
         };
         Some(ChunkLocation {
             pack_id,
@@ -328,6 +438,8 @@ impl ChunkIndex {
             length: location.length,
             raw_length: location.raw_length,
             compression,
+            blob_type,
+            sealing: self.sealings[number],
         })
     }
 
@@ -352,6 +464,7 @@ impl ChunkIndex {
         self.entries.capacity() * size_of::<(ChunkId, PackedLocation)>()
             + self.slots.capacity() * size_of::<u32>()
             + self.packs.capacity() * size_of::<(PackId, u64)>()
+            + self.sealings.capacity() * size_of::<Option<PackSealing>>()
             // hashbrown: one control byte per bucket, about 8/7 buckets per item.
             + self.pack_numbers.capacity() * (size_of::<(PackId, u32)>() + 1) * 8 / 7
     }
@@ -373,15 +486,21 @@ impl ChunkIndex {
         }
     }
 
-    fn intern_pack(&mut self, pack_id: PackId, pack_length: u64) -> u32 {
+    fn intern_pack(
+        &mut self,
+        pack_id: PackId,
+        pack_length: u64,
+        sealing: Option<PackSealing>,
+    ) -> u32 {
         if let Some(number) = self.pack_numbers.get(&pack_id) {
             return *number;
         }
         let number = u32::try_from(self.packs.len())
             .ok()
-            .filter(|number| number & ZSTD_FLAG == 0)
-            .expect("fewer than 2^31 packs: that would be 32 PiB of 16 MiB packs");
+            .filter(|number| number & !PACK_NUMBER_MASK == 0)
+            .expect("fewer than 2^30 packs: that would be 16 PiB of 16 MiB packs");
         self.packs.push((pack_id, pack_length));
+        self.sealings.push(sealing);
         self.pack_numbers.insert(pack_id, number);
         number
     }
@@ -623,6 +742,7 @@ mod tests {
             pack_id: PackId([0; 32]),
             pack_length: 16 << 20,
             entries: Vec::with_capacity(PER_PACK as usize),
+            sealing: None,
         };
         for n in 0..CHUNKS {
             let slot = (n % PER_PACK) as u32;
@@ -636,6 +756,7 @@ mod tests {
                 } else {
                     Compression::Zstd
                 },
+                blob_type: BlobType::Data,
             });
             if pack.entries.len() as u64 == PER_PACK {
                 pack.pack_id = PackId(*blake3::hash(&n.to_be_bytes()).as_bytes());

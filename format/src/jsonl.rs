@@ -149,7 +149,9 @@ impl<R: Read> LineReader<R> {
     /// zstd decoder and means the bytes are damaged or cut short.
     fn classify(&self, err: io::Error) -> FormatError {
         if self.lines.get_ref().get_ref().get_ref().failed {
-            FormatError::Io(err)
+            // A sealed object's reader reports damage as an I/O error
+            // carrying it; it is corruption, not a failed read.
+            crate::crypto::sealed::from_io(err)
         } else {
             FormatError::Corrupt(format!("zstd stream: {err}"))
         }

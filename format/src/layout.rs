@@ -7,6 +7,9 @@
 //! index/<64 hex>              index files, keyed by IndexId
 //! snapshots/<run uuid>.<lease> the manifest one attempt (lease) of a backup wrote
 //! snapshots/<run uuid>        a manifest written before attempts had their own key
+//! condemned/<gc run uuid>     a condemned set of garbage collection
+//! keys/<32 hex>               a key slot (format v2)
+//! keyring/<generation>.<32 hex> a generation sealed to one key slot (format v2)
 //! ```
 //!
 //! Every key but `config` is derived from content or from a unique run id
@@ -19,6 +22,7 @@
 
 use uuid::Uuid;
 
+use crate::crypto::slot::SlotId;
 use crate::id::{IndexId, PackId};
 
 /// Key of the repository config.
@@ -32,6 +36,37 @@ pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
 /// Prefix of the condemned sets of garbage collection (packs waiting out
 /// their grace period before deletion).
 pub const CONDEMNED_PREFIX: &str = "condemned/";
+
+/// Prefix of the key slots of a v2 repository.
+pub const KEYS_PREFIX: &str = "keys/";
+/// Prefix of the keyring objects of a v2 repository.
+pub const KEYRING_PREFIX: &str = "keyring/";
+
+/// `keys/<slot id>`.
+pub fn slot_key(slot: SlotId) -> String {
+    format!("{KEYS_PREFIX}{slot}")
+}
+
+/// The slot id of a key written by [`slot_key`]; `None` for any other key
+/// (upper case, other lengths, temporary names).
+pub fn parse_slot_key(key: &str) -> Option<SlotId> {
+    key.strip_prefix(KEYS_PREFIX)?.parse().ok()
+}
+
+/// `keyring/<generation>.<slot id>`, the generation in decimal.
+pub fn keyring_key(generation: u32, slot: SlotId) -> String {
+    format!("{KEYRING_PREFIX}{generation}.{slot}")
+}
+
+/// Generation and slot of a key written by [`keyring_key`], spelled
+/// exactly as it spells it (a positive generation without sign or leading
+/// zeros); `None` for any other key.
+pub fn parse_keyring_key(key: &str) -> Option<(u32, SlotId)> {
+    let (generation, slot) = key.strip_prefix(KEYRING_PREFIX)?.split_once('.')?;
+    let generation: u32 = generation.parse().ok().filter(|g| *g > 0)?;
+    let slot: SlotId = slot.parse().ok()?;
+    (keyring_key(generation, slot) == key).then_some((generation, slot))
+}
 
 /// `packs/<first 2 hex>/<hex>`: the two-digit fan-out keeps any one
 /// directory of a filesystem-backed repository to a few thousand entries.
@@ -254,6 +289,36 @@ mod tests {
                 attempt_manifest_key(a, 9)
             ]
         );
+    }
+
+    #[test]
+    fn key_slot_and_keyring_keys_parse_only_as_written() {
+        let slot = SlotId([0xab; 16]);
+        let hex = "ab".repeat(16);
+        assert_eq!(slot_key(slot), format!("keys/{hex}"));
+        assert_eq!(parse_slot_key(&slot_key(slot)), Some(slot));
+        assert_eq!(keyring_key(12, slot), format!("keyring/12.{hex}"));
+        assert_eq!(parse_keyring_key(&keyring_key(12, slot)), Some((12, slot)));
+        for bad in [
+            format!("keys/{}", hex.to_uppercase()),
+            format!("keys/{hex}0"),
+            format!("keys/{hex}.tmp"),
+            "keys/".to_owned(),
+        ] {
+            assert_eq!(parse_slot_key(&bad), None, "{bad}");
+        }
+        for bad in [
+            format!("keyring/0.{hex}"),
+            format!("keyring/012.{hex}"),
+            format!("keyring/+1.{hex}"),
+            format!("keyring/4294967296.{hex}"),
+            format!("keyring/1.{}", hex.to_uppercase()),
+            format!("keyring/1.{hex}.tmp"),
+            format!("keyring/{hex}"),
+            format!("keys/1.{hex}"),
+        ] {
+            assert_eq!(parse_keyring_key(&bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -18,6 +18,22 @@ pub struct ManifestFooter {
 }
 
 impl ManifestFooter {
+    /// What was counted since `before`.
+    pub(super) fn minus(&self, before: &ManifestFooter) -> ManifestFooter {
+        ManifestFooter {
+            entries: self.entries - before.entries,
+            files: self.files - before.files,
+            total_bytes: self.total_bytes.wrapping_sub(before.total_bytes),
+        }
+    }
+
+    /// Adds what a subtree holds.
+    pub(super) fn add(&mut self, other: &ManifestFooter) {
+        self.entries = self.entries.saturating_add(other.entries);
+        self.files = self.files.saturating_add(other.files);
+        self.total_bytes = self.total_bytes.saturating_add(other.total_bytes);
+    }
+
     pub(super) fn count(&mut self, entry: &ManifestEntry) {
         self.entries += 1;
         if entry.kind() == EntryKind::File {

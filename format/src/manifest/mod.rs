@@ -16,11 +16,17 @@
 //! [`ManifestWriter`] and [`ManifestReader`] stream: memory does not grow
 //! with the number of entries. The end line's counts make a manifest cut
 //! short at a line boundary detectable as well.
+//!
+//! In format v2 the same lines are the plaintext of a sealed object
+//! ([`sealed_manifest_writer`], [`sealed_manifest_reader`]) bound to the
+//! manifest's key, so a manifest cannot be moved to another run's key.
 
 mod entry;
 mod footer;
 mod header;
 mod reader;
+mod sealed;
+mod subtree;
 mod wire;
 mod writer;
 
@@ -29,6 +35,8 @@ pub use entry::{compare_paths, ManifestEntry};
 pub use footer::ManifestFooter;
 pub use header::ManifestHeader;
 pub use reader::ManifestReader;
+pub use sealed::{sealed_manifest_reader, sealed_manifest_writer};
+pub use subtree::{encode_tree, Subtree, TreeSource};
 pub use writer::ManifestWriter;
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::entry::{compare_paths, ManifestEntry};
 use super::footer::ManifestFooter;
 use super::header::ManifestHeader;
+use super::subtree::{Subtree, TreeCursor, TreeSource};
 use crate::error::{check_format, FormatError};
 use crate::jsonl::{DecodeLimits, LineReader};
 
@@ -33,6 +34,7 @@ struct HeaderLine {
 #[serde(rename_all = "lowercase")]
 enum LineIn {
     Entry(ManifestEntry),
+    Subtree(Subtree),
     End(ManifestFooter),
 }
 
@@ -56,6 +58,10 @@ pub struct ManifestReader<R: Read> {
     /// Set after any error, so a caller that ignores one cannot read on
     /// past the damage.
     failed: bool,
+    /// Where `subtree` lines are expanded from; without one they are corrupt.
+    trees: Option<Box<dyn TreeSource>>,
+    /// The tree blob being expanded.
+    tree: Option<TreeCursor>,
 }
 
 impl<R: Read> ManifestReader<R> {
@@ -79,7 +85,17 @@ impl<R: Read> ManifestReader<R> {
             counts: ManifestFooter::default(),
             last_path: None,
             failed: false,
+            trees: None,
+            tree: None,
         })
+    }
+
+    /// Reads a manifest that may hold `subtree` lines (format v2), each
+    /// expanded in place from the tree blob `trees` gives for it.
+    pub fn with_trees(reader: R, trees: Box<dyn TreeSource>) -> Result<Self, FormatError> {
+        let mut manifest = Self::new(reader)?;
+        manifest.trees = Some(trees);
+        Ok(manifest)
     }
 
     /// The manifest's header.
@@ -111,20 +127,80 @@ impl<R: Read> ManifestReader<R> {
     }
 
     fn read_entry(&mut self) -> Result<Option<ManifestEntry>, FormatError> {
-        let line = self
-            .lines
-            .next_line()?
-            .ok_or_else(|| FormatError::Corrupt("manifest: no end line (truncated)".to_owned()))?;
-        match serde_json::from_slice(line)? {
-            LineIn::Entry(entry) => {
-                self.accept(&entry)?;
-                Ok(Some(entry))
+        loop {
+            if let Some(entry) = self.next_tree_entry()? {
+                return Ok(Some(entry));
             }
-            LineIn::End(footer) => {
-                self.finish(footer)?;
-                Ok(None)
+            let line = self.lines.next_line()?.ok_or_else(|| {
+                FormatError::Corrupt("manifest: no end line (truncated)".to_owned())
+            })?;
+            match serde_json::from_slice(line)? {
+                LineIn::Entry(entry) => {
+                    self.accept(&entry)?;
+                    return Ok(Some(entry));
+                }
+                LineIn::Subtree(subtree) => self.open_tree(subtree)?,
+                LineIn::End(footer) => {
+                    self.finish(footer)?;
+                    return Ok(None);
+                }
             }
         }
+    }
+
+    /// Fetches the tree blob of a `subtree` line to expand it.
+    fn open_tree(&mut self, subtree: Subtree) -> Result<(), FormatError> {
+        let corrupt = |what: String| {
+            FormatError::Corrupt(format!("manifest: subtree {}: {what}", subtree.blob))
+        };
+        subtree.check().map_err(corrupt)?;
+        let Some(trees) = self.trees.as_mut() else {
+            return Err(corrupt(
+                "a subtree line where none may be (format v1)".to_owned(),
+            ));
+        };
+        let bytes = trees.tree_blob(&subtree.blob)?;
+        self.tree = Some(TreeCursor {
+            subtree,
+            bytes,
+            position: 0,
+            counts_before: self.counts,
+        });
+        Ok(())
+    }
+
+    /// The next entry of the tree being expanded; at its end, checks it
+    /// held what its line promised.
+    fn next_tree_entry(&mut self) -> Result<Option<ManifestEntry>, FormatError> {
+        let Some(cursor) = self.tree.as_mut() else {
+            return Ok(None);
+        };
+        let first = cursor.position == 0;
+        let blob = cursor.subtree.blob;
+        let Some(line) = cursor.next_line()? else {
+            let cursor = self.tree.take().expect("checked above");
+            let counts = self.counts.minus(&cursor.counts_before);
+            if counts != cursor.subtree.counts()
+                || self.last_path.as_deref() != Some(&cursor.subtree.last[..])
+            {
+                return Err(FormatError::Corrupt(format!(
+                    "manifest: subtree {blob} does not hold what its line says"
+                )));
+            }
+            return Ok(None);
+        };
+        let LineIn::Entry(entry) = serde_json::from_slice(line)? else {
+            return Err(FormatError::Corrupt(format!(
+                "manifest: subtree {blob} holds a line that is not an entry"
+            )));
+        };
+        if first && entry.path != cursor.subtree.first {
+            return Err(FormatError::Corrupt(format!(
+                "manifest: subtree {blob} starts elsewhere than its line says"
+            )));
+        }
+        self.accept(&entry)?;
+        Ok(Some(entry))
     }
 
     fn accept(&mut self, entry: &ManifestEntry) -> Result<(), FormatError> {
@@ -148,6 +224,10 @@ impl<R: Read> ManifestReader<R> {
     }
 
     fn finish(&mut self, footer: ManifestFooter) -> Result<(), FormatError> {
+        debug_assert!(
+            self.tree.is_none(),
+            "a tree is expanded before the next line is read"
+        );
         if footer != self.counts {
             return Err(FormatError::Corrupt(format!(
                 "manifest: end line says {footer:?} but {:?} were read",

@@ -434,3 +434,83 @@ fn sorted_depth_first_walk_is_compare_paths_order() {
     }
     writer.finish().expect("finish");
 }
+
+mod subtrees {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::id::ChunkId;
+
+    fn trees(blobs: HashMap<ChunkId, Vec<u8>>) -> Box<dyn TreeSource> {
+        Box::new(move |id: &ChunkId| {
+            blobs
+                .get(id)
+                .cloned()
+                .ok_or_else(|| FormatError::Corrupt(format!("no tree blob {id}")))
+        })
+    }
+
+    fn read_with(
+        bytes: &[u8],
+        blobs: HashMap<ChunkId, Vec<u8>>,
+    ) -> Result<Vec<ManifestEntry>, FormatError> {
+        let mut reader = ManifestReader::with_trees(bytes, trees(blobs))?;
+        let mut entries = Vec::new();
+        while let Some(entry) = reader.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    /// The sample entries with `a/data.bin`, `a/empty` and the non-UTF-8
+    /// file (entries 2..5) stored as a subtree.
+    fn with_subtree() -> (Vec<ManifestEntry>, Vec<u8>, Subtree, Vec<u8>) {
+        let entries = sample_entries();
+        let (subtree, blob) =
+            encode_tree(&ChunkHasher::new([2; 32]), &entries[2..5]).expect("valid run");
+        let mut writer = ManifestWriter::new(Vec::new(), &header(), 3).expect("header");
+        writer.add(&entries[0]).expect("root");
+        writer.add(&entries[1]).expect("dir");
+        writer.add_subtree(&subtree).expect("after the dir");
+        assert!(
+            writer.add(&entries[3]).is_err(),
+            "inside the subtree's range"
+        );
+        writer.add(&entries[5]).expect("after the subtree");
+        assert_eq!(writer.counts().entries, 6);
+        (entries, writer.finish().expect("finish"), subtree, blob)
+    }
+
+    #[test]
+    fn a_subtree_line_expands_in_place() {
+        let (entries, bytes, subtree, blob) = with_subtree();
+        let read = read_with(&bytes, HashMap::from([(subtree.blob, blob)])).expect("intact");
+        assert_eq!(read, entries);
+    }
+
+    #[test]
+    fn a_subtree_needs_a_tree_source_and_the_right_blob() {
+        let (_, bytes, subtree, blob) = with_subtree();
+        let err = read_all(&bytes).expect_err("v1 readers take no subtree");
+        assert!(err.is_corruption(), "{err}");
+        let other = encode_tree(&ChunkHasher::new([2; 32]), &sample_entries()[2..4])
+            .expect("valid")
+            .1;
+        let err =
+            read_with(&bytes, HashMap::from([(subtree.blob, other)])).expect_err("short tree");
+        assert!(
+            err.is_corruption() && err.to_string().contains("subtree"),
+            "{err}"
+        );
+        let mut cut = blob.clone();
+        cut.pop();
+        let err = read_with(&bytes, HashMap::from([(subtree.blob, cut)])).expect_err("cut tree");
+        assert!(err.is_corruption(), "{err}");
+        let shifted = encode_tree(&ChunkHasher::new([2; 32]), &sample_entries()[3..6])
+            .expect("valid")
+            .1;
+        let err =
+            read_with(&bytes, HashMap::from([(subtree.blob, shifted)])).expect_err("other run");
+        assert!(err.is_corruption(), "{err}");
+    }
+}

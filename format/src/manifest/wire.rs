@@ -45,7 +45,7 @@ pub(super) struct EntryLine<'a> {
 }
 
 /// Serde for raw bytes as standard base64 text.
-mod base64_bytes {
+pub(super) mod base64_bytes {
     use std::fmt;
 
     use base64::engine::general_purpose::STANDARD;

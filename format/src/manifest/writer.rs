@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::entry::{compare_paths, ManifestEntry};
 use super::footer::ManifestFooter;
 use super::header::ManifestHeader;
+use super::subtree::Subtree;
 use crate::error::FormatError;
 use crate::jsonl::LineWriter;
 use crate::version::{FORMAT_NAME, FORMAT_VERSION};
@@ -17,6 +18,7 @@ use crate::version::{FORMAT_NAME, FORMAT_VERSION};
 enum LineOut<'a> {
     Manifest(&'a ManifestHeader),
     Entry(&'a ManifestEntry),
+    Subtree(&'a Subtree),
     End(&'a ManifestFooter),
 }
 
@@ -84,6 +86,31 @@ impl<W: Write> ManifestWriter<W> {
         let last = self.last_path.get_or_insert_with(Vec::new);
         last.clear();
         last.extend_from_slice(&entry.path);
+        Ok(())
+    }
+
+    /// Appends a reference to a tree blob (see [`super::encode_tree`])
+    /// holding a run of entries that sorts after every entry so far; only
+    /// readers given a tree source ([`super::ManifestReader::with_trees`],
+    /// format v2) read it.
+    pub fn add_subtree(&mut self, subtree: &Subtree) -> Result<(), FormatError> {
+        subtree
+            .check()
+            .map_err(|reason| FormatError::InvalidInput(format!("manifest {reason}")))?;
+        if let Some(last) = &self.last_path {
+            if compare_paths(last, &subtree.first) != Ordering::Less {
+                return Err(FormatError::InvalidInput(format!(
+                    "subtree from {:?} does not sort after {:?}",
+                    String::from_utf8_lossy(&subtree.first),
+                    String::from_utf8_lossy(last)
+                )));
+            }
+        }
+        self.lines.write_line(&LineOut::Subtree(subtree))?;
+        self.footer.add(&subtree.counts());
+        let last = self.last_path.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(&subtree.last);
         Ok(())
     }
 

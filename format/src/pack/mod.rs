@@ -29,6 +29,10 @@ use crate::hash::ChunkHasher;
 use crate::id::{ChunkId, PackId};
 use crate::version::{FORMAT_NAME, FORMAT_VERSION};
 
+mod v2;
+
+pub use v2::{open_blob, read_pack_v2, PackSealing, PackWriterV2, PACK_V2_HEADER_LEN};
+
 /// The largest chunk a pack holds: FastCDC's largest `max_size`. Bounding it
 /// bounds the memory a (possibly corrupt) entry can make a reader allocate.
 pub const MAX_CHUNK_SIZE: u32 = fastcdc::v2020::MAXIMUM_MAX;
@@ -71,6 +75,39 @@ impl Compression {
     }
 }
 
+/// What a blob holds (format v2; every v1 blob is `data`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobType {
+    /// File content: a chunk.
+    #[default]
+    Data,
+    /// A run of manifest entries (zstd JSON lines), for manifests that
+    /// point at their parent's unchanged parts.
+    Tree,
+}
+
+impl BlobType {
+    pub(crate) fn to_byte(self) -> u8 {
+        match self {
+            BlobType::Data => 0,
+            BlobType::Tree => 1,
+        }
+    }
+
+    pub(crate) fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(BlobType::Data),
+            1 => Some(BlobType::Tree),
+            _ => None,
+        }
+    }
+
+    fn is_data(&self) -> bool {
+        *self == BlobType::Data
+    }
+}
+
 /// Where one chunk's blob lies in a pack.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PackEntry {
@@ -84,6 +121,9 @@ pub struct PackEntry {
     pub raw_length: u32,
     /// How the blob is stored.
     pub compression: Compression,
+    /// What the blob holds; absent (data) in format v1.
+    #[serde(rename = "type", default, skip_serializing_if = "BlobType::is_data")]
+    pub blob_type: BlobType,
 }
 
 impl PackEntry {
@@ -284,6 +324,7 @@ impl PackBuilder {
             length,
             raw_length,
             compression,
+            blob_type: BlobType::Data,
         });
         self.ids.insert(id);
         Ok(true)
@@ -315,6 +356,7 @@ impl PackBuilder {
             length,
             raw_length: blob.raw_length,
             compression: blob.compression,
+            blob_type: BlobType::Data,
         });
         self.ids.insert(blob.id);
         Ok(true)
@@ -379,6 +421,7 @@ impl PackBuilder {
             id: PackId::compute(&bytes),
             bytes,
             entries,
+            sealing: None,
         })
     }
 }
@@ -423,6 +466,8 @@ pub struct SealedPack {
     pub bytes: Vec<u8>,
     /// The pack's entries, in blob order (the same list as its trailer).
     pub entries: Vec<PackEntry>,
+    /// Format v2: the generation and salt its blobs are sealed with.
+    pub sealing: Option<PackSealing>,
 }
 
 impl fmt::Debug for SealedPack {
@@ -493,7 +538,7 @@ pub fn read_pack_entries(pack: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
     }
 
     let entries = parse_trailer(trailer)?;
-    check_tiling(&entries, trailer_start)?;
+    check_tiling(&entries, PACK_HEADER_LEN, trailer_start)?;
     Ok(entries)
 }
 
@@ -522,6 +567,7 @@ fn parse_trailer(trailer: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
                 length: u32_at(record, 36),
                 raw_length: u32_at(record, 40),
                 compression,
+                blob_type: BlobType::Data,
             };
             entry.check_lengths()?;
             Ok(entry)
@@ -531,8 +577,12 @@ fn parse_trailer(trailer: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
 
 /// Blobs must follow each other from the end of the header to the start of
 /// the trailer with no gaps or overlaps, so every byte of a pack is accounted for.
-fn check_tiling(entries: &[PackEntry], blob_end: usize) -> Result<(), FormatError> {
-    let mut expected = PACK_HEADER_LEN as u64;
+fn check_tiling(
+    entries: &[PackEntry],
+    blob_start: usize,
+    blob_end: usize,
+) -> Result<(), FormatError> {
+    let mut expected = blob_start as u64;
     for entry in entries {
         if u64::from(entry.offset) != expected {
             return Err(corrupt(format!(

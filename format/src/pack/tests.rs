@@ -196,6 +196,7 @@ fn a_blob_that_decodes_past_its_raw_length_is_an_error_not_an_allocation() {
         length: bomb.len() as u32,
         raw_length: 4096,
         compression: Compression::Zstd,
+        blob_type: BlobType::Data,
     };
     assert!(matches!(
         decode_blob(&hasher, &entry, &bomb),

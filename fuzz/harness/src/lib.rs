@@ -10,26 +10,33 @@ mod seeds;
 pub use seeds::seeds;
 
 use std::path::Path;
+use std::sync::OnceLock;
 
+use coffer_format::crypto::{unlock_slot, KeySlot, SlotSecret, UnlockedSlot};
+use coffer_format::manifest::sealed_manifest_reader;
+use coffer_format::pack::{open_blob, read_pack_v2};
 use coffer_format::{
     decode_blob, read_pack_entries, ChunkHasher, ChunkIndex, IndexFile, ManifestReader,
     MAX_LINE_BYTES,
 };
+use coffer_format::{layout, CondemnedSet, RepositoryConfigV2, RepositoryKeys};
 use coffer_proto::v1 as pb;
 use coffer_worker::paths::grant::{check_path_grant, PathUse, WorkerRoots};
 use coffer_worker::paths::{check_relative, is_within, normalise, relative_to};
 use prost::Message;
+use rand::SeedableRng;
 
 /// A target's body.
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its corpus directory.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("path_normalise", path_normalise),
     ("manifest_reader", manifest_reader),
     ("index_parser", index_parser),
     ("pack_parser", pack_parser),
     ("proto_validation", proto_validation),
+    ("v2_reader", v2_reader),
 ];
 
 /// The key fuzzed packs are hashed with (and the seeds made with).
@@ -173,5 +180,115 @@ pub fn proto_validation(data: &[u8]) {
     }
     if let Ok(tag) = pb::Tag::decode(data) {
         let _ = coffer_control_plane::model::tag::NewTag::try_from(tag);
+    }
+}
+
+/// The catalog key of the v2 repository every v2 input is read against.
+pub const V2_CATALOG_KEY: [u8; 32] = [9; 32];
+/// The key a fuzzed v2 manifest is read under.
+pub const V2_MANIFEST_KEY: &str = "snapshots/00000000-0000-0000-0000-000000000001.1";
+
+/// A v2 repository made from a fixed seed: its keys, config, and catalog
+/// slot (unlocked), for reading fuzzed v2 objects.
+pub struct V2Fixture {
+    /// The repository's keys.
+    pub keys: RepositoryKeys,
+    /// Its public config.
+    pub config: RepositoryConfigV2,
+    /// Its catalog slot, unlocked.
+    pub slot: UnlockedSlot,
+    /// `keys/<slot>` and its bytes.
+    pub slot_object: (String, Vec<u8>),
+    /// `keyring/1.<slot>` and its bytes.
+    pub keyring_object: (String, Vec<u8>),
+}
+
+/// The one [`V2Fixture`], made on first use.
+pub fn v2_fixture() -> &'static V2Fixture {
+    static FIXTURE: OnceLock<V2Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let new = RepositoryKeys::create(
+            "00aa",
+            &V2_CATALOG_KEY,
+            None,
+            chrono::DateTime::UNIX_EPOCH,
+            &mut rng,
+        )
+        .expect("a fixture repository");
+        let config = RepositoryConfigV2::from_bytes(&new.config).expect("its config");
+        let find = |prefix: &str| {
+            new.objects
+                .iter()
+                .find(|(key, _)| key.starts_with(prefix))
+                .cloned()
+                .expect("created with one slot")
+        };
+        let slot_object = find(layout::KEYS_PREFIX);
+        let keyring_object = find(layout::KEYRING_PREFIX);
+        let slot = KeySlot::parse(&slot_object.0, &slot_object.1).expect("a valid slot");
+        let slot = unlock_slot(&[slot], SlotSecret::Catalog(&V2_CATALOG_KEY)).expect("it opens");
+        V2Fixture {
+            keys: new.keys,
+            config,
+            slot,
+            slot_object,
+            keyring_object,
+        }
+    })
+}
+
+/// Every format v2 reader, chosen by the first byte: key slots, keyring
+/// objects, packs (and their blobs), index files, manifests, condemned sets
+/// and the config. None may panic or allocate beyond its bounds; what they
+/// accept must hold together (a blob opens to its raw length).
+pub fn v2_reader(data: &[u8]) {
+    let Some((selector, rest)) = data.split_first() else {
+        return;
+    };
+    let fixture = v2_fixture();
+    match selector % 7 {
+        0 => {
+            if let Ok(slot) = KeySlot::parse(&fixture.slot_object.0, rest) {
+                let _ = unlock_slot(&[slot], SlotSecret::Catalog(&V2_CATALOG_KEY));
+            }
+        }
+        1 => {
+            let objects = [(fixture.keyring_object.0.clone(), rest.to_vec())];
+            if let Ok(keys) = RepositoryKeys::open(&fixture.config, &fixture.slot, &objects) {
+                assert_eq!(keys.repository_id(), fixture.keys.repository_id());
+            }
+        }
+        2 => {
+            let Ok((sealing, entries)) = read_pack_v2(&fixture.keys, rest) else {
+                return;
+            };
+            for entry in &entries {
+                let blob = &rest[entry.offset as usize..][..entry.length as usize];
+                if let Ok(raw) = open_blob(&fixture.keys, &sealing, entry, blob) {
+                    assert_eq!(raw.len(), entry.raw_length as usize);
+                }
+            }
+        }
+        3 => {
+            let _ = IndexFile::decode_v2(&fixture.keys, "index/fuzzed", rest);
+        }
+        4 => {
+            let Ok(mut reader) = sealed_manifest_reader(rest, &fixture.keys, V2_MANIFEST_KEY)
+            else {
+                return;
+            };
+            for _ in 0..MAX_ENTRIES {
+                if !matches!(reader.next_entry(), Ok(Some(_))) {
+                    break;
+                }
+            }
+        }
+        5 => {
+            let _ = CondemnedSet::from_sealed(&fixture.keys, "condemned/fuzzed", rest);
+        }
+        _ => {
+            let _ = RepositoryConfigV2::from_bytes(rest);
+        }
     }
 }

@@ -249,6 +249,8 @@ print(tb, tn, nb, nn)' "$2" || echo "- - - -"
 CP_PORT=$(free_port)
 CP=127.0.0.1:$CP_PORT
 CP_DATA=$BENCH_DIR/coffer-data
+# Standalone mode serves TLS with a CA it generates into its data directory.
+CP_CA=$CP_DATA/tls/ca.pem
 WORKER_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 log "coffer: starting the control plane on $CP (SQLite in $CP_DATA, embedded worker off)"
 COFFER_WORKER_TOKEN=$WORKER_TOKEN "$CP_BIN" --listen "$CP" --data-dir "$CP_DATA" \
@@ -256,12 +258,12 @@ COFFER_WORKER_TOKEN=$WORKER_TOKEN "$CP_BIN" --listen "$CP" --data-dir "$CP_DATA"
 CP_PID=$!
 for _ in $(seq 1 200); do
   kill -0 "$CP_PID" 2>/dev/null || { cat "$LOGS/control-plane.log" >&2; die "the control plane exited during start-up"; }
-  if [ -s "$CP_DATA/admin.token" ] && grpcurl -plaintext "$CP" grpc.health.v1.Health/Check >/dev/null 2>&1; then break; fi
+  if [ -s "$CP_DATA/admin.token" ] && grpcurl -cacert "$CP_CA" "$CP" grpc.health.v1.Health/Check >/dev/null 2>&1; then break; fi
   sleep 0.1
 done
 AUTH="authorization: Bearer $(cat "$CP_DATA/admin.token")"
 if [ -s "$CP_DATA/worker.token" ]; then WORKER_TOKEN=$(cat "$CP_DATA/worker.token"); fi
-call() { grpcurl -plaintext -H "$AUTH" -d "$2" "$CP" "coffer.v1.$1"; }
+call() { grpcurl -cacert "$CP_CA" -H "$AUTH" -d "$2" "$CP" "coffer.v1.$1"; }
 
 # Runs touch local paths only beneath a grant of their owner, admins included:
 # grant the admin the benchmark's work directory (corpus, restores).
@@ -291,7 +293,7 @@ fi
 start_worker() { # phase
   # One name for every phase: a worker token belongs to one worker.
   local name="bench" _
-  COFFER_WORKER_TOKEN=$WORKER_TOKEN "$WORKER_BIN" --control-plane "http://$CP" --name "$name" \
+  COFFER_WORKER_TOKEN=$WORKER_TOKEN "$WORKER_BIN" --control-plane "https://$CP" --tls-ca "$CP_CA" --name "$name" \
     >"$LOGS/worker-$1.log" 2>&1 &
   WORKER_PID=$!
   for _ in $(seq 1 300); do
@@ -321,7 +323,7 @@ coffer_run() {
     fail "coffer $phase: CreateRun failed"; rec "$key.status" "FAILED: CreateRun"; stop_worker; return 0
   fi
   rm -f "$LOGS/coffer-$phase.final-at"
-  timeout "$BENCH_RUN_TIMEOUT" grpcurl -plaintext -H "$AUTH" -d "{\"id\": \"$RUN_ID\"}" "$CP" \
+  timeout "$BENCH_RUN_TIMEOUT" grpcurl -cacert "$CP_CA" -H "$AUTH" -d "{\"id\": \"$RUN_ID\"}" "$CP" \
     coffer.v1.RunService/WatchRun 2>&1 |
     python3 "$HELPERS/watch.py" "$LOGS/coffer-$phase.watch.json" "$LOGS/coffer-$phase.final-at" || true
   while :; do

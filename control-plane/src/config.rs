@@ -172,6 +172,7 @@ impl coffer_worker::process::BinaryConfig for Config {
                 display_path(self.tls_client_ca.as_deref())
             ),
             format!("tls_reload_seconds = {}", self.tls_reload_seconds),
+            format!("tls_generated = {}", self.generates_tls()),
             format!("insecure_plaintext = {}", self.insecure_plaintext),
             format!("admin_token = {admin_token}"),
             format!("worker_token = {worker_token}"),
@@ -228,19 +229,33 @@ impl Config {
         }
     }
 
-    /// The TLS material to serve with, `None` for plaintext.
+    /// The TLS material of `--tls-cert`/`--tls-key`, `None` without them
+    /// (see [`crate::startup::tls_settings`] for standalone mode's own).
     pub fn tls_settings(&self) -> Option<TlsSettings> {
         Some(TlsSettings {
             cert: self.tls_cert.clone()?,
             key: self.tls_key.clone()?,
             client_ca: self.tls_client_ca.clone(),
-            reload_interval: Duration::from_secs(self.tls_reload_seconds.max(1)),
+            reload_interval: self.tls_reload_interval(),
         })
+    }
+
+    /// How often certificate files are checked for change.
+    pub fn tls_reload_interval(&self) -> Duration {
+        Duration::from_secs(self.tls_reload_seconds.max(1))
+    }
+
+    /// Whether this is standalone mode serving TLS with certificates it
+    /// generates: the embedded catalog, no certificate files given, and
+    /// plaintext not asked for.
+    pub fn generates_tls(&self) -> bool {
+        self.tls_cert.is_none() && self.is_embedded() && !self.insecure_plaintext
     }
 
     /// Checks combinations that flags alone cannot express.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.tls_settings().is_none()
+            && !self.generates_tls()
             && !self.insecure_plaintext
             && !self.listen.ip().is_loopback()
         {
@@ -347,16 +362,37 @@ mod tests {
     #[test]
     fn plaintext_off_loopback_needs_tls_or_the_insecure_flag() {
         let parse = |args: &[&str]| {
-            let mut all = vec!["coffer-control-plane", "--listen", "0.0.0.0:50051"];
+            let mut all = vec![
+                "coffer-control-plane",
+                "--listen",
+                "0.0.0.0:50051",
+                "--database-url",
+                "postgres://db/coffer",
+            ];
             all.extend_from_slice(args);
             Config::parse_from(all)
         };
         assert!(parse(&[]).validate().is_err());
+        assert!(!parse(&[]).generates_tls());
         assert!(parse(&["--insecure-plaintext"]).validate().is_ok());
         assert!(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"])
             .validate()
             .is_ok());
         assert!(Config::try_parse_from(["coffer-control-plane", "--tls-cert", "c.pem"]).is_err());
+    }
+
+    #[test]
+    fn standalone_mode_generates_tls_unless_told_otherwise() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["coffer-control-plane", "--listen", "0.0.0.0:50051"];
+            all.extend_from_slice(args);
+            Config::parse_from(all)
+        };
+        let config = parse(&[]);
+        assert!(config.is_embedded() && config.generates_tls());
+        assert!(config.validate().is_ok());
+        assert!(!parse(&["--insecure-plaintext"]).generates_tls());
+        assert!(!parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).generates_tls());
     }
 
     #[test]

@@ -18,15 +18,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
 
     let state = startup::prepare(&config).await?;
-    let tls = config
-        .tls_settings()
+    let tls = startup::tls_settings(&config)?
         .map(|s| TlsServer::new(&s))
         .transpose()?;
     let listener = TcpListener::bind(config.listen).await?;
     let listen = listener.local_addr()?;
     let (listeners, port) = match &tls {
         Some(tls) => {
-            tracing::info!(%listen, client_certificates = config.tls_client_ca.is_some(), "coffer control plane serving TLS");
+            tracing::info!(%listen, client_certificates = config.tls_client_ca.is_some(), generated = config.generates_tls(), "coffer control plane serving TLS");
             let listeners = Listeners::tls(listener, tls);
             if config.runs_embedded_worker() {
                 // The embedded worker speaks plaintext to its own process

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::model::user::TokenScope;
 use crate::secrets::{Keyring, SecretKey, HOW_TO_CONFIGURE};
 use crate::state::AppState;
+use crate::tls::{standalone, TlsSettings};
 
 /// Name of the file the standalone mode writes a generated admin token to.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -70,6 +71,26 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
     Ok(AppState::new(catalog, auth)
         .with_scheduler_settings(config.scheduler_settings())
         .with_secrets(secrets))
+}
+
+/// The TLS material to serve with: `--tls-cert`/`--tls-key`, else in
+/// standalone mode (embedded catalog, no `--insecure-plaintext`) the
+/// certificate issued by the data directory's own CA, generated or renewed
+/// here; `None` for plaintext.
+pub fn tls_settings(config: &Config) -> anyhow::Result<Option<TlsSettings>> {
+    if let Some(settings) = config.tls_settings() {
+        return Ok(Some(settings));
+    }
+    if !config.generates_tls() {
+        return Ok(None);
+    }
+    let generated = standalone::ensure(&config.data_dir, config.listen.ip())?;
+    Ok(Some(TlsSettings {
+        cert: generated.cert,
+        key: generated.key,
+        client_ca: None,
+        reload_interval: config.tls_reload_interval(),
+    }))
 }
 
 /// The keys secrets are sealed with: `COFFER_SECRETS_KEY`, else the file
@@ -176,7 +197,7 @@ pub fn secret_from_env(name: &str) -> anyhow::Result<Option<String>> {
 
 /// Creates `dir` (and its parents) if needed and makes it private to its
 /// owner (0700) whatever the umask: it holds the catalog and the tokens.
-fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -203,7 +224,7 @@ fn restrict_to_owner(path: &Path) -> anyhow::Result<()> {
 
 /// Writes a secret to `path`, mode 0600 whatever the umask or the mode of a
 /// file already there, refusing to follow a symlink planted at `path`.
-fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+pub(crate) fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
@@ -227,7 +248,7 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
 
 /// Reads a secret file written by [`write_secret_file`], tightening its
 /// mode to 0600 if someone loosened it; `None` if it is missing or empty.
-fn read_secret_file(path: &Path) -> anyhow::Result<Option<String>> {
+pub(crate) fn read_secret_file(path: &Path) -> anyhow::Result<Option<String>> {
     let Ok(secret) = std::fs::read_to_string(path) else {
         return Ok(None);
     };

@@ -2,6 +2,8 @@
 //! impostor control plane, certificate renewal, client certificates (mTLS)
 //! and the refusal to serve plaintext off loopback.
 
+#[path = "support/lease_session.rs"]
+mod lease_session;
 mod support;
 
 use std::sync::Arc;
@@ -224,7 +226,69 @@ async fn mtls_refuses_clients_without_a_certificate_of_its_ca(backend: Backend) 
         .expect("certificate and token together are accepted");
 }
 
+/// Every worker server-side, offline ones included.
+async fn worker_names(server: &TestServer) -> Vec<String> {
+    server
+        .admin()
+        .workers
+        .list_workers(pb::ListWorkersRequest {
+            include_offline: true,
+        })
+        .await
+        .expect("list workers")
+        .into_inner()
+        .workers
+        .into_iter()
+        .map(|worker| worker.name)
+        .collect()
+}
+
+async fn a_worker_certificate_cannot_announce_another_workers_name(backend: Backend) {
+    let clients = TestCa::new("worker CA");
+    let ca = TestCa::new("coffer test CA");
+    let files = TlsFiles::new(&ca.server_certificate());
+    let client_ca = files.write("client-ca.pem", clients.pem());
+    // Every connection of this server's clients presents worker-a's certificate.
+    let worker_a = clients.client_certificate("worker-a");
+    let tls = ServerTls {
+        server: TlsServer::new(&files.settings(Some(&client_ca))).expect("TLS server"),
+        client: client_tls(&ca, Some(&worker_a)),
+    };
+    let server = TestServer::start_with_tls(backend, tls).await;
+    let run_id = lease_session::queue_backup(&server, "/backups/identity").await;
+    let token = server.worker_token_for("worker-b").await;
+
+    let status = lease_session::open(&server, &token, "worker-b")
+        .await
+        .err()
+        .expect("worker-a's certificate cannot register worker-b");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("worker-b") && status.message().contains("worker-a"),
+        "the refusal names the mismatch: {status:?}"
+    );
+    assert!(
+        !worker_names(&server)
+            .await
+            .contains(&"worker-b".to_string()),
+        "nothing about worker-b was registered"
+    );
+    let run = server.get_run(&run_id).await;
+    assert_eq!(run.state, pb::RunState::Queued as i32, "nothing was leased");
+
+    // The same token announcing the certificate's own name is welcome and
+    // leases the run.
+    let mut session = lease_session::open(&server, &token, "worker-a")
+        .await
+        .expect("worker-a announces its own name");
+    session.credit(1).await;
+    let lease = session.assignment().await;
+    assert_eq!(lease.run_id, run_id);
+    assert_eq!(worker_names(&server).await, vec!["worker-a".to_string()]);
+}
+
 both_backends!(
+    a_worker_certificate_cannot_announce_another_workers_name,
     plaintext_client_learns_nothing_from_a_tls_server,
     a_client_trusting_another_ca_refuses_the_server,
     a_renewed_certificate_is_served_without_a_restart,
@@ -241,28 +305,26 @@ impl Drop for Child {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_serves_tls_and_its_embedded_worker_still_connects() {
+/// Starts the real binary in standalone mode on an OS-chosen port of
+/// `host` with `data` as its data directory and `args`; returns the process
+/// and the address it serves TLS on.
+async fn start_binary(
+    host: &str,
+    data: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+) -> (Child, String) {
     use std::io::BufRead;
-    let ca = TestCa::new("coffer test CA");
-    let files = TlsFiles::new(&ca.server_certificate());
-    let data = tempfile::tempdir().expect("temp dir");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coffer-control-plane"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-            "--tls-cert",
-        ])
-        .arg(&files.cert)
-        .arg("--tls-key")
-        .arg(&files.key)
+        .args(["--listen", &format!("{host}:0"), "--log-format", "text"])
+        .args(args)
         .arg("--data-dir")
-        .arg(data.path())
+        .arg(data)
         .env("COFFER_LOG", "info")
         .env_remove("COFFER_DATABASE_URL")
         .env_remove("SQLALCHEMY_DATABASE_URL")
+        .env_remove("COFFER_INSECURE_PLAINTEXT")
+        .env_remove("COFFER_TLS_CERT")
+        .env_remove("COFFER_TLS_KEY")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start the control plane");
@@ -285,15 +347,34 @@ async fn the_binary_serves_tls_and_its_embedded_worker_still_connects() {
         .await
         .expect("log reader")
         .expect("the control plane never served TLS");
-    // `listen=127.0.0.1:<port>` (the text log may carry colour codes).
+    // `listen=<host>:<port>` (the text log may carry colour codes).
     let port: String = line
-        .split("127.0.0.1:")
+        .split(&format!("{host}:"))
         .nth(1)
         .expect("listen address in the log")
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();
-    let listen = format!("127.0.0.1:{port}");
+    (process, format!("{host}:{port}"))
+}
+
+/// Stops the process and waits for it (SIGKILL: a crash is a restart too).
+fn stop(process: Child) {
+    drop(process);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_tls_and_its_embedded_worker_still_connects() {
+    let ca = TestCa::new("coffer test CA");
+    let files = TlsFiles::new(&ca.server_certificate());
+    let data = tempfile::tempdir().expect("temp dir");
+    let args = [
+        "--tls-cert".as_ref(),
+        files.cert.as_os_str(),
+        "--tls-key".as_ref(),
+        files.key.as_os_str(),
+    ];
+    let (process, listen) = start_binary("127.0.0.1", data.path(), &args).await;
     let token = std::fs::read_to_string(data.path().join("admin.token")).expect("admin token");
     let channel = channel(format!("https://{listen}"), Some(client_tls(&ca, None)))
         .await
@@ -318,14 +399,115 @@ async fn the_binary_serves_tls_and_its_embedded_worker_still_connects() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop(process);
+    stop(process);
+}
+
+/// A client trusting exactly the PEM CA certificate `ca_pem`.
+fn trusting(ca_pem: &str) -> ClientTlsConfig {
+    ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+        .domain_name("localhost")
+}
+
+/// Whether health answers over `channel`.
+async fn healthy(channel: Channel) -> bool {
+    HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_mode_serves_tls_from_its_own_ca_and_refuses_plaintext() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = tempfile::tempdir().expect("temp dir");
+    let tls_dir = data.path().join("tls");
+    let (process, listen) = start_binary("127.0.0.1", data.path(), &[]).await;
+
+    // A plaintext client gets nothing: the handshake fails before any call.
+    if let Ok(plain) = channel(format!("http://{listen}"), None).await {
+        assert!(!healthy(plain).await, "health answered in plaintext");
+    }
+    // A client trusting the generated CA is served, token checks and all.
+    let ca = std::fs::read_to_string(tls_dir.join("ca.pem")).expect("ca.pem");
+    let trusted = channel(format!("https://{listen}"), Some(trusting(&ca)))
+        .await
+        .expect("a client trusting ca.pem connects");
+    assert!(healthy(trusted.clone()).await);
+    let token = std::fs::read_to_string(data.path().join("admin.token")).expect("admin token");
+    pb::user_service_client::UserServiceClient::new(trusted)
+        .list_users(authed(token.trim(), pb::ListUsersRequest::default()))
+        .await
+        .expect("an authenticated call over the generated TLS");
+    // A client trusting another CA refuses the server.
+    let stranger = TestCa::new("someone else's CA");
+    if let Ok(channel) = channel(format!("https://{listen}"), Some(trusting(stranger.pem()))).await
+    {
+        assert!(
+            !healthy(channel).await,
+            "a server of another CA was trusted"
+        );
+    }
+    for key in ["server.key", "ca.key"] {
+        let mode = std::fs::metadata(tls_dir.join(key))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let certificate = std::fs::read_to_string(tls_dir.join("server.pem")).expect("server.pem");
+    stop(process);
+
+    // A second start reuses the CA and the certificate.
+    let (process, listen) = start_binary("127.0.0.1", data.path(), &[]).await;
+    assert_eq!(
+        std::fs::read_to_string(tls_dir.join("ca.pem")).expect("ca.pem"),
+        ca
+    );
+    assert_eq!(
+        std::fs::read_to_string(tls_dir.join("server.pem")).expect("server.pem"),
+        certificate
+    );
+    let again = channel(format!("https://{listen}"), Some(trusting(&ca)))
+        .await
+        .expect("the same ca.pem still works");
+    assert!(healthy(again).await);
+    stop(process);
+
+    // A listen host the certificate does not cover gets a new certificate
+    // from the same CA, so clients keep their ca.pem.
+    let (process, listen) = start_binary("127.0.0.2", data.path(), &[]).await;
+    assert_eq!(
+        std::fs::read_to_string(tls_dir.join("ca.pem")).expect("ca.pem"),
+        ca
+    );
+    assert_ne!(
+        std::fs::read_to_string(tls_dir.join("server.pem")).expect("server.pem"),
+        certificate
+    );
+    let moved = channel(
+        format!("https://{listen}"),
+        Some(trusting(&ca).domain_name("127.0.0.2")),
+    )
+    .await
+    .expect("ca.pem trusts the certificate for the new host");
+    assert!(healthy(moved).await);
+    stop(process);
 }
 
 #[test]
 fn the_binary_refuses_plaintext_off_loopback_without_the_flag() {
     let data = tempfile::tempdir().expect("temp dir");
+    // With PostgreSQL (not standalone, which generates its own TLS); the
+    // refusal comes before the database is reached.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_coffer-control-plane"))
-        .args(["--listen", "0.0.0.0:0", "--data-dir"])
+        .args([
+            "--listen",
+            "0.0.0.0:0",
+            "--database-url",
+            "postgres://127.0.0.1:1/none",
+        ])
+        .arg("--data-dir")
         .arg(data.path())
         .env_remove("COFFER_INSECURE_PLAINTEXT")
         .env_remove("COFFER_TLS_CERT")

@@ -68,10 +68,13 @@ impl ControlPlane {
         format!("authorization: Bearer {}", token.trim())
     }
 
-    /// Runs `grpcurl -plaintext FLAGS ADDRESS TAIL…`.
+    /// Runs `grpcurl -cacert coffer-data/tls/ca.pem FLAGS ADDRESS TAIL…`:
+    /// standalone mode serves TLS with the CA it generated.
     fn grpcurl(&self, flags: &[&str], tail: &[&str]) -> std::process::Output {
         let address = format!("127.0.0.1:{}", self.port);
-        let mut all = vec!["-plaintext"];
+        let ca = self.dir.join("coffer-data/tls/ca.pem");
+        let ca = ca.to_str().expect("UTF-8 temp dir");
+        let mut all = vec!["-cacert", ca];
         all.extend_from_slice(flags);
         all.push(&address);
         all.extend_from_slice(tail);

@@ -80,6 +80,7 @@ pub mod id;
 pub mod index;
 mod jsonl;
 pub mod layout;
+pub mod local_path;
 pub mod manifest;
 pub mod pack;
 mod version;

@@ -227,7 +227,7 @@ fn split_list(list: &str) -> impl Iterator<Item = &str> {
 
 fn parse_roots(flag: &str, list: &str) -> anyhow::Result<Vec<PathBuf>> {
     split_list(list)
-        .map(|root| normalise(root).map_err(|e| anyhow::anyhow!("{flag}: root {root:?}: {e}")))
+        .map(|root| normalise(root).map_err(|e| anyhow::anyhow!("{flag}: root {root:?} {e}")))
         .collect()
 }
 

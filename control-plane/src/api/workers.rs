@@ -7,7 +7,7 @@ use coffer_proto::v1::worker_service_server::WorkerService;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use super::convert::timestamp;
 use super::{respond, RpcResult};
@@ -15,6 +15,7 @@ use crate::catalog::from_json;
 use crate::error::DomainResult;
 use crate::leasing::session;
 use crate::state::AppState;
+use crate::tls::{certificate_names, ConnectionInfo};
 
 /// Handler of `coffer.v1.WorkerService`.
 #[derive(Clone, Debug)]
@@ -67,6 +68,23 @@ impl WorkerApi {
     }
 }
 
+/// The names of the client certificate the connection was made with (mTLS),
+/// `None` without one. A certificate whose names cannot be read is refused
+/// rather than treated as absent.
+fn client_certificate_names<T>(request: &Request<T>) -> Result<Option<Vec<String>>, Status> {
+    let Some(leaf) = request
+        .extensions()
+        .get::<ConnectionInfo>()
+        .and_then(|info| info.client_certificates.as_ref())
+        .and_then(|chain| chain.first())
+    else {
+        return Ok(None);
+    };
+    certificate_names(leaf)
+        .map(Some)
+        .map_err(Status::permission_denied)
+}
+
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
     type LeaseSessionStream =
@@ -77,11 +95,13 @@ impl WorkerService for WorkerApi {
         request: Request<Streaming<pb::LeaseSessionRequest>>,
     ) -> RpcResult<Self::LeaseSessionStream> {
         let caller = self.state.auth.worker(request.metadata()).await?;
+        let certificate_names = client_certificate_names(&request)?;
         let (sender, receiver) = mpsc::channel(64);
         tokio::spawn(session::serve(
             self.state.clone(),
             self.state.lease_settings,
             caller,
+            certificate_names,
             request.into_inner(),
             sender,
         ));

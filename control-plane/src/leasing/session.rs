@@ -70,10 +70,13 @@ fn release_session(worker_id: Uuid, serial: Uuid) {
 }
 
 /// Serves one session until the worker goes away or the server shuts down.
+/// `certificate_names` are the names of the worker's client certificate
+/// (mTLS), if it presented one: the announced name must be one of them.
 pub async fn serve(
     state: AppState,
     settings: LeaseSettings,
     caller: WorkerCaller,
+    certificate_names: Option<Vec<String>>,
     mut inbound: Streaming<pb::LeaseSessionRequest>,
     outbound: Outbound,
 ) {
@@ -94,6 +97,11 @@ pub async fn serve(
             return;
         }
     };
+    if let Err(status) = check_certificate_binding(&hello.name, certificate_names.as_deref()) {
+        tracing::warn!(worker = %hello.name.trim(), message = %status.message(), "lease session refused");
+        let _ = outbound.send(Err(status)).await;
+        return;
+    }
     let mut session = match Session::open(state, settings, &caller, hello, outbound).await {
         Ok(session) => session,
         Err(error) => {
@@ -103,6 +111,24 @@ pub async fn serve(
     };
     session.run(inbound).await;
     session.close().await;
+}
+
+/// A worker with a client certificate may announce only a name the
+/// certificate carries, compared exactly (no wildcards, no case folding):
+/// otherwise a certificate issued to one worker could register as another.
+/// Without a certificate (no mTLS) the token alone binds the name.
+fn check_certificate_binding(announced: &str, names: Option<&[String]>) -> Result<(), Status> {
+    let Some(names) = names else {
+        return Ok(());
+    };
+    let announced = announced.trim();
+    if names.iter().any(|name| name == announced) {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "hello.name {announced:?} is not a name of the client certificate, which names {}",
+        names.join(", ")
+    )))
 }
 
 struct Session {

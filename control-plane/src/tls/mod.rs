@@ -1,10 +1,15 @@
 //! TLS for the API: rustls over the listener, a server certificate that is
 //! re-read when its files change (`reload`), optional client certificates
 //! verified against a CA (mTLS), and the connections tonic is served over
-//! (`incoming`: TLS or, on loopback or by explicit choice, plaintext).
+//! (`incoming`: TLS or, on loopback or by explicit choice, plaintext). In
+//! standalone mode the certificate comes from a CA generated into the data
+//! directory (`standalone`); a client certificate's names bind the worker
+//! name it may announce (`identity`).
 
+mod identity;
 mod incoming;
 mod reload;
+pub mod standalone;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +23,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
+pub use identity::certificate_names;
 pub use incoming::{Connection, ConnectionInfo, Listeners};
 pub use reload::ReloadingCertificate;
 

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use coffer_format::crypto::{unlock_slot, KeySlot, SlotSecret, UnlockedSlot};
 use coffer_format::manifest::sealed_manifest_reader;
 use coffer_format::pack::{open_blob, read_pack_v2};
+use coffer_control_plane::model::path::check_normalised_absolute;
 use coffer_format::{
     decode_blob, read_pack_entries, ChunkHasher, ChunkIndex, IndexFile, ManifestReader,
     MAX_LINE_BYTES,
@@ -46,27 +47,36 @@ pub const FUZZ_KEY: [u8; 32] = [7; 32];
 /// does not stall the fuzzer.
 const MAX_ENTRIES: usize = 100_000;
 
-/// The worker's path normalisation and grant check: an accepted path is
-/// absolute, normal and accepted again unchanged; its components are never
-/// empty, `.` or `..`; a grant for exactly it admits it and no other.
+/// The one local-path rule (`coffer_format::local_path`) as both sides
+/// apply it: the control plane and the worker accept exactly the same
+/// spellings; an accepted path is absolute, returned unchanged (nothing is
+/// rewritten), its components never empty, `.` or `..`; a grant for exactly
+/// it admits it and no other.
 pub fn path_normalise(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
     if check_relative(data).is_ok() {
-        assert!(!data.starts_with(b"/"));
+        assert!(!data.starts_with(b"/") && !data.ends_with(b"/"));
         assert!(data
             .split(|b| *b == b'/')
             .all(|c| !matches!(c, b"" | b"." | b"..")));
     }
-    let Ok(path) = normalise(text) else {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let worker = normalise(text);
+    let control_plane = check_normalised_absolute("path", text);
+    assert_eq!(
+        worker.is_ok(),
+        control_plane.is_ok(),
+        "{text:?}: the worker says {worker:?}, the control plane {control_plane:?}"
+    );
+    let Ok(path) = worker else {
         return;
     };
     let spelled = path
         .to_str()
         .expect("normalise returns the input's own text");
+    assert_eq!(spelled, text, "an accepted path is never rewritten");
     assert!(spelled.starts_with('/'), "{spelled:?} is not absolute");
-    assert_eq!(normalise(spelled).as_deref(), Ok(path.as_path()));
     if spelled != "/" {
         assert!(
             check_relative(&spelled.as_bytes()[1..]).is_ok(),

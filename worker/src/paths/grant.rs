@@ -107,7 +107,7 @@ pub struct AllowedPath {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathRefusal {
     /// The path is not in its normal spelling.
-    #[error("{field} {path:?} is refused: {error}")]
+    #[error("{field} {path:?} is refused: it {error}")]
     Malformed {
         /// The request field.
         field: &'static str,

@@ -37,17 +37,24 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
     if let Some(secret) = bootstrap_secret("COFFER_ADMIN_TOKEN")? {
         ensure_bootstrap_token(&catalog, &secret, TokenScope::User).await?;
     } else if catalog.count_admins().await? == 0 {
-        if !config.is_embedded() {
-            anyhow::bail!("the catalog has no admin yet: set COFFER_ADMIN_TOKEN (or COFFER_ADMIN_TOKEN_FILE) for the first start");
+        if !config.is_embedded() && !config.generate_admin_token {
+            anyhow::bail!("the catalog has no admin yet: set COFFER_ADMIN_TOKEN (or COFFER_ADMIN_TOKEN_FILE) for the first start, or COFFER_GENERATE_ADMIN_TOKEN=true to generate one into the data directory");
         }
         let path = config.data_dir.join(ADMIN_TOKEN_FILE);
-        let minted = mint_secret();
-        write_secret_file(&path, &minted.secret)?;
-        ensure_bootstrap_token(&catalog, &minted.secret, TokenScope::User).await?;
+        let secret = read_or_mint_secret_file(&config.data_dir, &path)?;
+        ensure_bootstrap_token(&catalog, &secret, TokenScope::User).await?;
         tracing::info!(path = %path.display(), "generated the admin token (shown nowhere else)");
     }
     if let Some(secret) = bootstrap_secret("COFFER_WORKER_TOKEN")? {
         ensure_bootstrap_token(&catalog, &secret, TokenScope::Worker).await?;
+    }
+    if let Some(dir) = &config.worker_tokens_dir {
+        for name in &config.worker_tokens {
+            let path = dir.join(format!("{name}.token"));
+            let secret = read_or_mint_secret_file(dir, &path)?;
+            ensure_bootstrap_token(&catalog, &secret, TokenScope::Worker).await?;
+        }
+        tracing::info!(dir = %dir.display(), workers = config.worker_tokens.len(), "worker tokens ready");
     }
 
     let mode = if config.insecure_no_auth {
@@ -239,17 +246,36 @@ fn read_secret_file(path: &Path) -> anyhow::Result<Option<String>> {
 /// stored there (mode 0600) and registered on first start.
 pub async fn embedded_worker_token(config: &Config, catalog: &Catalog) -> anyhow::Result<String> {
     let path = config.data_dir.join(WORKER_TOKEN_FILE);
-    let secret = match read_secret_file(&path)? {
-        Some(secret) => secret,
-        None => {
-            ensure_private_dir(&config.data_dir)?;
-            let minted = mint_secret();
-            write_secret_file(&path, &minted.secret)?;
-            minted.secret
-        }
-    };
+    let secret = read_or_mint_secret_file(&config.data_dir, &path)?;
     ensure_bootstrap_token(catalog, &secret, TokenScope::Worker).await?;
     Ok(secret)
+}
+
+/// The secret in `path`, or a freshly minted one written there (mode 0600,
+/// in `dir` made private) when the file is missing or empty. Replicas
+/// sharing `dir` that start together all end up with the same secret: the
+/// new file is written aside and linked into place, which fails when
+/// another process linked its own first; that one is then read.
+fn read_or_mint_secret_file(dir: &Path, path: &Path) -> anyhow::Result<String> {
+    if let Some(secret) = read_secret_file(path)? {
+        return Ok(secret);
+    }
+    ensure_private_dir(dir)?;
+    let minted = mint_secret();
+    let aside = dir.join(format!(".minting-{}", uuid::Uuid::new_v4().simple()));
+    write_secret_file(&aside, &minted.secret)?;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        // An empty file left by an interrupted write is replaced.
+        std::fs::remove_file(path)?;
+    }
+    let linked = std::fs::hard_link(&aside, path);
+    std::fs::remove_file(&aside)?;
+    match linked {
+        Ok(()) => Ok(minted.secret),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => read_secret_file(path)?
+            .ok_or_else(|| anyhow::anyhow!("{} appeared empty while minting it", path.display())),
+        Err(error) => Err(anyhow::anyhow!("cannot write {}: {error}", path.display())),
+    }
 }
 
 /// The embedded worker: a `coffer-worker` session in this process, talking

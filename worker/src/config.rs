@@ -92,6 +92,27 @@ pub struct Config {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+
+    /// File the worker touches every few seconds while its runtime is
+    /// alive; `coffer-worker healthcheck` reads its age. Empty: none.
+    #[arg(
+        long,
+        env = "COFFER_HEALTH_FILE",
+        default_value = "/tmp/coffer-worker.alive"
+    )]
+    pub health_file: PathBuf,
+
+    /// A one-off command instead of working.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off commands of the worker binary.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Exits 0 when the worker running with this configuration touched its
+    /// health file recently (the probe of containers and Kubernetes).
+    Healthcheck(crate::liveness::HealthcheckArgs),
 }
 
 impl crate::process::BinaryConfig for Config {
@@ -123,6 +144,7 @@ impl crate::process::BinaryConfig for Config {
             format!("tls_cert = {}", display_path(self.tls_cert.as_ref())),
             format!("tls_key = {}", display_path(self.tls_key.as_ref())),
             format!("insecure_plaintext = {}", self.insecure_plaintext),
+            format!("health_file = {}", self.health_file.display()),
             format!("token = {token}"),
         ]
         .join("\n")

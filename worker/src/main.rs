@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use coffer_worker::config::Config;
+use coffer_worker::config::{Command, Config};
 use coffer_worker::executor::RunExecutor;
-use coffer_worker::process;
 use coffer_worker::session::{self, SessionConfig};
+use coffer_worker::{liveness, process};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
@@ -13,6 +13,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(Command::Healthcheck(args)) = &config.command {
+        let max_age = std::time::Duration::from_secs(args.max_age_seconds);
+        return liveness::check(&config.health_file, max_age);
+    }
     let session_config = SessionConfig {
         control_plane: config.control_plane.clone(),
         token: Config::token()?,
@@ -28,6 +32,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(shutdown.clone()));
+    if !config.health_file.as_os_str().is_empty() {
+        tokio::spawn(liveness::keep_fresh(
+            config.health_file.clone(),
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(name = %session_config.name, slots = session_config.slots, control_plane = %session_config.control_plane, "coffer worker starting");
     session::run(session_config, executor, shutdown).await
 }

@@ -52,6 +52,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
         for name in &config.worker_tokens {
             let path = dir.join(format!("{name}.token"));
             let secret = read_or_mint_secret_file(dir, &path)?;
+            check_strength(&path.display().to_string(), &secret)?;
             ensure_bootstrap_token(&catalog, &secret, TokenScope::Worker).await?;
         }
         tracing::info!(dir = %dir.display(), workers = config.worker_tokens.len(), "worker tokens ready");
@@ -155,6 +156,12 @@ fn bootstrap_secret(name: &str) -> anyhow::Result<Option<String>> {
     let Some(secret) = secret_from_env(name)? else {
         return Ok(None);
     };
+    check_strength(name, &secret)?;
+    Ok(Some(secret))
+}
+
+/// Refuses a secret that is too short or one character repeated.
+fn check_strength(name: &str, secret: &str) -> anyhow::Result<()> {
     let distinct: std::collections::BTreeSet<char> = secret.chars().collect();
     if secret.chars().count() < MIN_BOOTSTRAP_SECRET_CHARS || distinct.len() < 8 {
         anyhow::bail!(
@@ -162,7 +169,7 @@ fn bootstrap_secret(name: &str) -> anyhow::Result<Option<String>> {
              (for example `openssl rand -hex 32`)"
         );
     }
-    Ok(Some(secret))
+    Ok(())
 }
 
 /// Reads a secret from `NAME` or from the file named by `NAME_FILE`.
@@ -238,7 +245,11 @@ fn read_secret_file(path: &Path) -> anyhow::Result<Option<String>> {
     let Ok(secret) = std::fs::read_to_string(path) else {
         return Ok(None);
     };
-    restrict_to_owner(path)?;
+    if let Err(error) = restrict_to_owner(path) {
+        // A read-only mount (a Kubernetes Secret) cannot be changed, nor
+        // written by anyone; its mode is the mount's business.
+        tracing::warn!(path = %path.display(), %error, "could not tighten the permissions of a secret file");
+    }
     Ok(Some(secret.trim().to_string()).filter(|secret| !secret.is_empty()))
 }
 

@@ -388,6 +388,33 @@ mod tests {
     }
 
     #[test]
+    fn processes_minting_one_token_file_at_once_agree_on_one_secret() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("worker-tokens");
+        let path = dir.join("worker-1.token");
+        let secrets: Vec<String> = std::thread::scope(|scope| {
+            let minters: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| read_or_mint_secret_file(&dir, &path).expect("mint")))
+                .collect();
+            minters
+                .into_iter()
+                .map(|m| m.join().expect("minter"))
+                .collect()
+        });
+        assert!(secrets.iter().all(|s| *s == secrets[0]), "{secrets:?}");
+        assert_eq!(
+            read_secret_file(&path).expect("read"),
+            Some(secrets[0].clone())
+        );
+        assert_eq!(mode_of(&path), 0o600);
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("list").count(),
+            1,
+            "no leftovers"
+        );
+    }
+
+    #[test]
     fn a_loosened_token_file_is_tightened_when_read() {
         let root = tempfile::tempdir().expect("temp dir");
         let path = root.path().join("worker.token");

@@ -51,7 +51,12 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
     if let Some(dir) = &config.worker_tokens_dir {
         for name in &config.worker_tokens {
             let path = dir.join(format!("{name}.token"));
-            let secret = read_or_mint_secret_file(dir, &path)?;
+            let secret = read_or_mint_secret_file(dir, &path).map_err(|e| {
+                anyhow::anyhow!(
+                    "the token of worker {name}: {e} (provide {} or make its directory writable)",
+                    path.display()
+                )
+            })?;
             check_strength(&path.display().to_string(), &secret)?;
             ensure_bootstrap_token(&catalog, &secret, TokenScope::Worker).await?;
         }

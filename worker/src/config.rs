@@ -93,14 +93,12 @@ pub struct Config {
     #[arg(long)]
     pub print_config: bool,
 
-    /// File the worker touches every few seconds while its runtime is
-    /// alive; `coffer-worker healthcheck` reads its age. Empty: none.
-    #[arg(
-        long,
-        env = "COFFER_HEALTH_FILE",
-        default_value = "/tmp/coffer-worker.alive"
-    )]
-    pub health_file: PathBuf,
+    /// File the worker rewrites every few seconds while its runtime is
+    /// alive, and removes when it stops; `coffer-worker healthcheck` reads
+    /// its age. Containers set it (e.g. `/tmp/coffer-worker.alive`); unset,
+    /// there is none.
+    #[arg(long, env = "COFFER_HEALTH_FILE")]
+    pub health_file: Option<PathBuf>,
 
     /// A one-off command instead of working.
     #[command(subcommand)]
@@ -144,7 +142,7 @@ impl crate::process::BinaryConfig for Config {
             format!("tls_cert = {}", display_path(self.tls_cert.as_ref())),
             format!("tls_key = {}", display_path(self.tls_key.as_ref())),
             format!("insecure_plaintext = {}", self.insecure_plaintext),
-            format!("health_file = {}", self.health_file.display()),
+            format!("health_file = {}", display_path(self.health_file.as_ref())),
             format!("token = {token}"),
         ]
         .join("\n")

@@ -14,8 +14,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(Command::Healthcheck(args)) = &config.command {
+        let Some(health_file) = &config.health_file else {
+            anyhow::bail!("no health file to check: set COFFER_HEALTH_FILE (--health-file)");
+        };
         let max_age = std::time::Duration::from_secs(args.max_age_seconds);
-        return liveness::check(&config.health_file, max_age);
+        return liveness::check(health_file, max_age);
     }
     let session_config = SessionConfig {
         control_plane: config.control_plane.clone(),
@@ -32,12 +35,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(shutdown.clone()));
-    if !config.health_file.as_os_str().is_empty() {
-        tokio::spawn(liveness::keep_fresh(
-            config.health_file.clone(),
-            shutdown.clone(),
-        ));
-    }
+    let keeper = config
+        .health_file
+        .clone()
+        .map(|path| tokio::spawn(liveness::keep_fresh(path, shutdown.clone())));
     tracing::info!(name = %session_config.name, slots = session_config.slots, control_plane = %session_config.control_plane, "coffer worker starting");
-    session::run(session_config, executor, shutdown).await
+    let result = session::run(session_config, executor, shutdown.clone()).await;
+    // The health file goes before the process does, however the session ended.
+    shutdown.cancel();
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
+    result
 }

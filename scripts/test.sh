@@ -101,6 +101,9 @@ if [ -z "${COFFER_TEST_S3_ENDPOINT:-}" ]; then
   STARTED_GARAGE=1
 fi
 
+log "deployment files (compose, Kubernetes)"
+scripts/check-deploy.sh
+
 log "buf lint"
 (cd proto && buf lint)
 

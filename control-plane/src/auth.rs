@@ -259,18 +259,28 @@ pub async fn ensure_bootstrap_token(
         TokenScope::User => "bootstrap admin token",
         TokenScope::Worker => "bootstrap worker token",
     };
-    catalog
+    let created = catalog
         .create_api_token(&NewApiToken {
             user_id: admin.id,
             display_name: display_name.to_string(),
             scope,
             prefix: described.prefix,
-            secret_hash: described.hash,
+            secret_hash: described.hash.clone(),
             expire_time: None,
         })
-        .await?;
-    tracing::info!(user = %admin.username, scope = scope.as_str(), "bootstrap token registered");
-    Ok(())
+        .await;
+    match created {
+        Ok(_) => {
+            tracing::info!(user = %admin.username, scope = scope.as_str(), "bootstrap token registered");
+            Ok(())
+        }
+        // Replicas starting together register the same token at the same
+        // moment: the one that lost the race finds it there, and is done.
+        Err(DomainError::AlreadyExists(_)) if catalog.api_token_exists(&described.hash).await? => {
+            Ok(())
+        }
+        Err(other) => Err(other),
+    }
 }
 
 /// Returns the `admin` account, creating it if needed.

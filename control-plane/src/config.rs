@@ -120,6 +120,47 @@ pub struct Config {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+
+    // --- Deployment: generated tokens, local access, health checks ---
+    /// With PostgreSQL, generate the first admin token into
+    /// `<data dir>/admin.token` (mode 0600) when the catalog has no admin and
+    /// `COFFER_ADMIN_TOKEN` is unset, as the embedded catalog always does.
+    #[arg(long, env = "COFFER_GENERATE_ADMIN_TOKEN")]
+    pub generate_admin_token: bool,
+
+    /// Directory of per-worker token files: for every name in
+    /// `--worker-tokens`, `<dir>/<name>.token` is read, or minted (mode 0600)
+    /// on first start, and registered as a worker token.
+    #[arg(long, env = "COFFER_WORKER_TOKENS_DIR", requires = "worker_tokens")]
+    pub worker_tokens_dir: Option<PathBuf>,
+
+    /// Names of the workers that get a token in `--worker-tokens-dir`,
+    /// separated by commas.
+    #[arg(
+        long,
+        env = "COFFER_WORKER_TOKENS",
+        value_delimiter = ',',
+        requires = "worker_tokens_dir"
+    )]
+    pub worker_tokens: Vec<String>,
+
+    /// An extra plaintext listener on a loopback address (e.g.
+    /// `127.0.0.1:50052`) for the `healthcheck` subcommand and local tools
+    /// when the main listener serves TLS.
+    #[arg(long, env = "COFFER_LOCAL_LISTEN")]
+    pub local_listen: Option<SocketAddr>,
+
+    /// A one-off command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off commands of the control-plane binary.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Asks the control plane serving with this configuration for its
+    /// `grpc.health.v1` status over its own port and exits 0 when SERVING.
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
 
 impl coffer_worker::process::BinaryConfig for Config {
@@ -174,6 +215,16 @@ impl coffer_worker::process::BinaryConfig for Config {
             format!("tls_reload_seconds = {}", self.tls_reload_seconds),
             format!("tls_generated = {}", self.generates_tls()),
             format!("insecure_plaintext = {}", self.insecure_plaintext),
+            format!("generate_admin_token = {}", self.generate_admin_token),
+            format!(
+                "worker_tokens_dir = {}",
+                display_path(self.worker_tokens_dir.as_deref())
+            ),
+            format!("worker_tokens = {}", self.worker_tokens.join(",")),
+            format!(
+                "local_listen = {}",
+                self.local_listen.map(|a| a.to_string()).unwrap_or_default()
+            ),
             format!("admin_token = {admin_token}"),
             format!("worker_token = {worker_token}"),
             format!("secrets_key = {secrets_key}"),
@@ -272,6 +323,16 @@ impl Config {
                 self.listen
             );
         }
+        if let Some(local) = self.local_listen {
+            if !local.ip().is_loopback() {
+                anyhow::bail!("--local-listen must be a loopback address, not {local}");
+            }
+        }
+        if let Some(name) = self.worker_tokens.iter().find(|name| !is_plain_name(name)) {
+            anyhow::bail!(
+                "--worker-tokens: {name:?} is not a worker name (1-63 of a-z, 0-9, '-', '_', '.', not starting with '.')"
+            );
+        }
         if self.scheduler_poll_seconds == 0 {
             anyhow::bail!("--scheduler-poll-seconds must be at least 1");
         }
@@ -286,6 +347,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A name safe as a file name in a token directory.
+fn is_plain_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
 fn display_path(path: Option<&std::path::Path>) -> String {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod healthcheck;
 pub mod leasing;
 pub mod model;
 pub mod runs;

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use coffer_control_plane::config::Config;
+use coffer_control_plane::config::{Command, Config};
 use coffer_control_plane::tls::{Listeners, TlsServer};
-use coffer_control_plane::{server, startup};
+use coffer_control_plane::{healthcheck, server, startup};
 use coffer_worker::executor::RunExecutor;
 use coffer_worker::process;
 use tokio::net::TcpListener;
@@ -15,6 +15,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(Command::Healthcheck(args)) = &config.command {
+        return healthcheck::run(&config, args).await;
+    }
     config.validate()?;
 
     let state = startup::prepare(&config).await?;
@@ -44,6 +47,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!(%listen, "coffer control plane serving");
             (Listeners::plaintext(listener), listen.port())
         }
+    };
+
+    let listeners = match config.local_listen {
+        Some(local) => {
+            tracing::info!(%local, "serving plaintext on loopback too (--local-listen)");
+            listeners.with_plaintext(TcpListener::bind(local).await?)
+        }
+        None => listeners,
     };
 
     let signal = CancellationToken::new();

@@ -32,6 +32,11 @@ pub const SERVICE_NAMES: &[&str] = &[
     "coffer.v1.AuditService",
 ];
 
+/// The health service name that reports whether the process serves calls,
+/// whatever the catalog's state: what a liveness probe asks, so that a
+/// database outage makes replicas unready but does not restart them.
+pub const LIVENESS_SERVICE: &str = "coffer.liveness";
+
 /// What reflection describes: the API, health, and the `google.rpc` error
 /// details (the `BadRequest` of INVALID_ARGUMENT) so grpcurl can print them.
 /// Those come from tonic-types, which carries the upstream googleapis file: a
@@ -66,6 +71,9 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
     let background = CancellationToken::new();
     tokio::spawn(watch_catalog_health(
         state.catalog.clone(),

@@ -38,17 +38,30 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
     if let Some(secret) = bootstrap_secret("COFFER_ADMIN_TOKEN")? {
         ensure_bootstrap_token(&catalog, &secret, TokenScope::User).await?;
     } else if catalog.count_admins().await? == 0 {
-        if !config.is_embedded() {
-            anyhow::bail!("the catalog has no admin yet: set COFFER_ADMIN_TOKEN (or COFFER_ADMIN_TOKEN_FILE) for the first start");
+        if !config.is_embedded() && !config.generate_admin_token {
+            anyhow::bail!("the catalog has no admin yet: set COFFER_ADMIN_TOKEN (or COFFER_ADMIN_TOKEN_FILE) for the first start, or COFFER_GENERATE_ADMIN_TOKEN=true to generate one into the data directory");
         }
         let path = config.data_dir.join(ADMIN_TOKEN_FILE);
-        let minted = mint_secret();
-        write_secret_file(&path, &minted.secret)?;
-        ensure_bootstrap_token(&catalog, &minted.secret, TokenScope::User).await?;
+        let secret = read_or_mint_secret_file(&config.data_dir, &path)?;
+        ensure_bootstrap_token(&catalog, &secret, TokenScope::User).await?;
         tracing::info!(path = %path.display(), "generated the admin token (shown nowhere else)");
     }
     if let Some(secret) = bootstrap_secret("COFFER_WORKER_TOKEN")? {
         ensure_bootstrap_token(&catalog, &secret, TokenScope::Worker).await?;
+    }
+    if let Some(dir) = &config.worker_tokens_dir {
+        for name in &config.worker_tokens {
+            let path = dir.join(format!("{name}.token"));
+            let secret = read_or_mint_secret_file(dir, &path).map_err(|e| {
+                anyhow::anyhow!(
+                    "the token of worker {name}: {e} (provide {} or make its directory writable)",
+                    path.display()
+                )
+            })?;
+            check_strength(&path.display().to_string(), &secret)?;
+            ensure_bootstrap_token(&catalog, &secret, TokenScope::Worker).await?;
+        }
+        tracing::info!(dir = %dir.display(), workers = config.worker_tokens.len(), "worker tokens ready");
     }
 
     let mode = if config.insecure_no_auth {
@@ -169,6 +182,12 @@ fn bootstrap_secret(name: &str) -> anyhow::Result<Option<String>> {
     let Some(secret) = secret_from_env(name)? else {
         return Ok(None);
     };
+    check_strength(name, &secret)?;
+    Ok(Some(secret))
+}
+
+/// Refuses a secret that is too short or one character repeated.
+fn check_strength(name: &str, secret: &str) -> anyhow::Result<()> {
     let distinct: std::collections::BTreeSet<char> = secret.chars().collect();
     if secret.chars().count() < MIN_BOOTSTRAP_SECRET_CHARS || distinct.len() < 8 {
         anyhow::bail!(
@@ -176,7 +195,7 @@ fn bootstrap_secret(name: &str) -> anyhow::Result<Option<String>> {
              (for example `openssl rand -hex 32`)"
         );
     }
-    Ok(Some(secret))
+    Ok(())
 }
 
 /// Reads a secret from `NAME` or from the file named by `NAME_FILE`.
@@ -252,7 +271,11 @@ pub(crate) fn read_secret_file(path: &Path) -> anyhow::Result<Option<String>> {
     let Ok(secret) = std::fs::read_to_string(path) else {
         return Ok(None);
     };
-    restrict_to_owner(path)?;
+    if let Err(error) = restrict_to_owner(path) {
+        // A read-only mount (a Kubernetes Secret) cannot be changed, nor
+        // written by anyone; its mode is the mount's business.
+        tracing::warn!(path = %path.display(), %error, "could not tighten the permissions of a secret file");
+    }
     Ok(Some(secret.trim().to_string()).filter(|secret| !secret.is_empty()))
 }
 
@@ -260,17 +283,36 @@ pub(crate) fn read_secret_file(path: &Path) -> anyhow::Result<Option<String>> {
 /// stored there (mode 0600) and registered on first start.
 pub async fn embedded_worker_token(config: &Config, catalog: &Catalog) -> anyhow::Result<String> {
     let path = config.data_dir.join(WORKER_TOKEN_FILE);
-    let secret = match read_secret_file(&path)? {
-        Some(secret) => secret,
-        None => {
-            ensure_private_dir(&config.data_dir)?;
-            let minted = mint_secret();
-            write_secret_file(&path, &minted.secret)?;
-            minted.secret
-        }
-    };
+    let secret = read_or_mint_secret_file(&config.data_dir, &path)?;
     ensure_bootstrap_token(catalog, &secret, TokenScope::Worker).await?;
     Ok(secret)
+}
+
+/// The secret in `path`, or a freshly minted one written there (mode 0600,
+/// in `dir` made private) when the file is missing or empty. Replicas
+/// sharing `dir` that start together all end up with the same secret: the
+/// new file is written aside and linked into place, which fails when
+/// another process linked its own first; that one is then read.
+fn read_or_mint_secret_file(dir: &Path, path: &Path) -> anyhow::Result<String> {
+    if let Some(secret) = read_secret_file(path)? {
+        return Ok(secret);
+    }
+    ensure_private_dir(dir)?;
+    let minted = mint_secret();
+    let aside = dir.join(format!(".minting-{}", uuid::Uuid::new_v4().simple()));
+    write_secret_file(&aside, &minted.secret)?;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        // An empty file left by an interrupted write is replaced.
+        std::fs::remove_file(path)?;
+    }
+    let linked = std::fs::hard_link(&aside, path);
+    std::fs::remove_file(&aside)?;
+    match linked {
+        Ok(()) => Ok(minted.secret),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => read_secret_file(path)?
+            .ok_or_else(|| anyhow::anyhow!("{} appeared empty while minting it", path.display())),
+        Err(error) => Err(anyhow::anyhow!("cannot write {}: {error}", path.display())),
+    }
 }
 
 /// The embedded worker: a `coffer-worker` session in this process, talking
@@ -369,6 +411,33 @@ mod tests {
         let error = read_key_file(&path).expect_err("group-readable");
         assert!(error.to_string().contains("chmod 600"), "{error}");
         assert!(!error.to_string().contains(key.encode().as_str()));
+    }
+
+    #[test]
+    fn processes_minting_one_token_file_at_once_agree_on_one_secret() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("worker-tokens");
+        let path = dir.join("worker-1.token");
+        let secrets: Vec<String> = std::thread::scope(|scope| {
+            let minters: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| read_or_mint_secret_file(&dir, &path).expect("mint")))
+                .collect();
+            minters
+                .into_iter()
+                .map(|m| m.join().expect("minter"))
+                .collect()
+        });
+        assert!(secrets.iter().all(|s| *s == secrets[0]), "{secrets:?}");
+        assert_eq!(
+            read_secret_file(&path).expect("read"),
+            Some(secrets[0].clone())
+        );
+        assert_eq!(mode_of(&path), 0o600);
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("list").count(),
+            1,
+            "no leftovers"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod support;
 
 use std::time::Duration;
 
+use coffer_control_plane::server::LIVENESS_SERVICE;
 use support::{Backend, TestServer};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -49,3 +50,17 @@ async fn health_is_not_serving_while_the_catalog_is_unreachable(backend: Backend
 }
 
 both_backends!(health_is_not_serving_while_the_catalog_is_unreachable);
+
+/// What a liveness probe asks stays SERVING through a database outage, so
+/// the outage makes replicas unready without restarting every one of them.
+async fn liveness_is_serving_while_the_catalog_is_unreachable(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    wait_for_status(&server, LIVENESS_SERVICE, ServingStatus::Serving).await;
+
+    server.catalog().close().await;
+    wait_for_status(&server, "", ServingStatus::NotServing).await;
+    let status = status_of(&server, LIVENESS_SERVICE).await;
+    assert_eq!(status.expect("liveness answers"), ServingStatus::Serving);
+}
+
+both_backends!(liveness_is_serving_while_the_catalog_is_unreachable);

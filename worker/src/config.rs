@@ -92,6 +92,25 @@ pub struct Config {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+
+    /// File the worker rewrites every few seconds while its runtime is
+    /// alive, and removes when it stops; `coffer-worker healthcheck` reads
+    /// its age. Containers set it (e.g. `/tmp/coffer-worker.alive`); unset,
+    /// there is none.
+    #[arg(long, env = "COFFER_HEALTH_FILE")]
+    pub health_file: Option<PathBuf>,
+
+    /// A one-off command instead of working.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off commands of the worker binary.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Exits 0 when the worker running with this configuration touched its
+    /// health file recently (the probe of containers and Kubernetes).
+    Healthcheck(crate::liveness::HealthcheckArgs),
 }
 
 impl crate::process::BinaryConfig for Config {
@@ -123,6 +142,7 @@ impl crate::process::BinaryConfig for Config {
             format!("tls_cert = {}", display_path(self.tls_cert.as_ref())),
             format!("tls_key = {}", display_path(self.tls_key.as_ref())),
             format!("insecure_plaintext = {}", self.insecure_plaintext),
+            format!("health_file = {}", display_path(self.health_file.as_ref())),
             format!("token = {token}"),
         ]
         .join("\n")

@@ -18,6 +18,7 @@ pub mod connect;
 pub mod cpu_pool;
 pub mod executor;
 pub mod fence;
+pub mod liveness;
 pub mod paths;
 pub mod process;
 pub mod report;

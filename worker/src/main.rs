@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use coffer_worker::config::Config;
+use coffer_worker::config::{Command, Config};
 use coffer_worker::executor::RunExecutor;
-use coffer_worker::process;
 use coffer_worker::session::{self, SessionConfig};
+use coffer_worker::{liveness, process};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
@@ -13,6 +13,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(Command::Healthcheck(args)) = &config.command {
+        let Some(health_file) = &config.health_file else {
+            anyhow::bail!("no health file to check: set COFFER_HEALTH_FILE (--health-file)");
+        };
+        let max_age = std::time::Duration::from_secs(args.max_age_seconds);
+        return liveness::check(health_file, max_age);
+    }
     let session_config = SessionConfig {
         control_plane: config.control_plane.clone(),
         token: Config::token()?,
@@ -28,6 +35,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(shutdown.clone()));
+    let keeper = config
+        .health_file
+        .clone()
+        .map(|path| tokio::spawn(liveness::keep_fresh(path, shutdown.clone())));
     tracing::info!(name = %session_config.name, slots = session_config.slots, control_plane = %session_config.control_plane, "coffer worker starting");
-    session::run(session_config, executor, shutdown).await
+    let result = session::run(session_config, executor, shutdown.clone()).await;
+    // The health file goes before the process does, however the session ended.
+    shutdown.cancel();
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
+    result
 }

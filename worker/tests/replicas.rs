@@ -33,7 +33,7 @@ fn filesystem(path: &Path) -> pb::target::Destination {
 
 fn elapsed(from: Option<&prost_types::Timestamp>, to: Option<&prost_types::Timestamp>) -> Duration {
     let time = |t: Option<&prost_types::Timestamp>| {
-        SystemTime::try_from(t.expect("timestamp set").clone()).expect("valid timestamp")
+        SystemTime::try_from(*t.expect("timestamp set")).expect("valid timestamp")
     };
     time(to).duration_since(time(from)).unwrap_or_default()
 }
@@ -116,7 +116,7 @@ async fn runs_created_and_watched_through_another_replica_are_leased_and_followe
             "WatchRun on the other replica showed the run running: {states:?}"
         );
         let leased_after = elapsed(last.create_time.as_ref(), last.start_time.as_ref());
-        let shown_after = SystemTime::try_from(last.finish_time.clone().expect("finish time"))
+        let shown_after = SystemTime::try_from(last.finish_time.expect("finish time"))
             .ok()
             .and_then(|finished| arrived.duration_since(finished).ok())
             .unwrap_or_default();

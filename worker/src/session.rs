@@ -199,8 +199,9 @@ impl Shared {
         *lock(&self.lease_ttl)
     }
 
-    /// Stops a run and forgets its unsent writes: the lease is gone (revoked)
-    /// or can no longer be trusted to be held.
+    /// Stops a run and forgets its unsent writes, its completion included:
+    /// the lease can no longer be trusted to be held (the worker's own
+    /// fence; a revocation goes through [`Shared::stop_revoked`]).
     fn drop_lease(&self, lease: &pb::LeaseRef, reason: &str) {
         let mut running = lock(&self.running);
         if let Some(run) = running.get(&lease.run_id) {

@@ -50,6 +50,9 @@ const DESCRIPTOR_SETS: [&[u8]; 3] = [
 
 /// How long shutdown waits for the scheduler to release its leadership.
 const SCHEDULER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long serving waits for the relay of other replicas' run changes to
+/// listen before it starts anyway (the relay keeps trying).
+const RELAY_START_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves the API in plaintext on `listener` until `shutdown` resolves, then
 /// stops accepting, lets in-flight calls finish and returns. Whether
@@ -61,6 +64,27 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     serve_with(state, Listeners::plaintext(listener), shutdown).await
+}
+
+/// Starts relaying other replicas' run changes (PostgreSQL) and waits a
+/// little for it to listen, so that a replica serving calls already hears
+/// the others: a `WatchRun` or a worker session opened at once must not
+/// miss a change made elsewhere.
+async fn start_run_relay(catalog: &Catalog, background: &CancellationToken) {
+    let (listening, mut status) = tokio::sync::watch::channel(false);
+    tokio::spawn(
+        catalog
+            .clone()
+            .relay_run_events(listening, background.clone()),
+    );
+    if catalog.backend() != crate::catalog::Backend::Postgres {
+        return;
+    }
+    let started =
+        tokio::time::timeout(RELAY_START_TIMEOUT, status.wait_for(|listening| *listening));
+    if started.await.is_err() {
+        tracing::warn!("not yet listening for other replicas' run changes; serving anyway");
+    }
 }
 
 /// Serves the API on `listeners` (TLS or plaintext each) until `shutdown`
@@ -75,6 +99,7 @@ pub async fn serve_with(
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
     let background = CancellationToken::new();
+    start_run_relay(&state.catalog, &background).await;
     tokio::spawn(watch_catalog_health(
         state.catalog.clone(),
         health_reporter,

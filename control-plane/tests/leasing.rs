@@ -281,9 +281,41 @@ async fn cancellation_reaches_the_running_worker(backend: Backend) {
             break;
         }
     }
-    let ack = worker.fail(&lease, "cancelled", false).await;
+    // The worker stops and says so: that acknowledgement ends the run.
+    let ack = worker.fail(&lease, "cancelled", true).await;
     assert!(ack.accepted);
-    wait_for_state(&server, &run_id, pb::RunState::Cancelled).await;
+    let run = server.get_run(&run_id).await;
+    assert_eq!(run.state, pb::RunState::Cancelled as i32);
+    assert!(
+        run.error.starts_with("cancelled on request") && !run.error.contains("lease expired"),
+        "the error says the run was cancelled: {}",
+        run.error
+    );
+}
+
+async fn success_reported_after_an_accepted_cancel_ends_cancelled(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let run_id = queue_backup(&server, &[]).await;
+    let mut worker = ScriptedWorker::connect(&server, "w1", &[]).await;
+    worker.credit(1).await;
+    let lease = worker.assignment().await;
+
+    // The worker finished before the cancel reached it; its success comes
+    // after the cancel was accepted, so the cancel wins.
+    server.admin().cancel_run(&run_id).await.expect("cancel");
+    let ack = worker.succeed(&lease, 0).await;
+    assert!(ack.accepted, "the completion is answered: {}", ack.reason);
+    let run = server.get_run(&run_id).await;
+    assert_eq!(run.state, pb::RunState::Cancelled as i32);
+    assert!(
+        run.error.starts_with("cancelled on request"),
+        "{}",
+        run.error
+    );
+    assert!(
+        server.admin().run_metadata(&run_id).await.is_empty(),
+        "no backup metadata for a cancelled run"
+    );
 }
 
 async fn cancelled_run_of_a_lost_worker_ends_cancelled(backend: Backend) {
@@ -568,6 +600,7 @@ both_backends!(
     completion_retried_after_a_timeout_is_idempotent,
     released_run_is_requeued_without_using_an_attempt,
     cancellation_reaches_the_running_worker,
+    success_reported_after_an_accepted_cancel_ends_cancelled,
     cancelled_run_of_a_lost_worker_ends_cancelled,
     retryable_failures_requeue_until_the_last_attempt,
     non_retryable_failure_fails_at_once,

@@ -151,6 +151,9 @@ struct Running {
     progress: Arc<Mutex<pb::RunProgress>>,
     window: Arc<Semaphore>,
     finished: bool,
+    /// The control plane revoked the lease (a cancel, or a lease that moved
+    /// on): the attempt is stopping and is no longer heartbeated.
+    revoked: bool,
     /// When the lease ends on this worker's clock unless a heartbeat
     /// answer extends it.
     deadline: Instant,
@@ -196,8 +199,9 @@ impl Shared {
         *lock(&self.lease_ttl)
     }
 
-    /// Stops a run and forgets its unsent writes: the lease is gone (revoked)
-    /// or can no longer be trusted to be held.
+    /// Stops a run and forgets its unsent writes, its completion included:
+    /// the lease can no longer be trusted to be held (the worker's own
+    /// fence; a revocation goes through [`Shared::stop_revoked`]).
     fn drop_lease(&self, lease: &pb::LeaseRef, reason: &str) {
         let mut running = lock(&self.running);
         if let Some(run) = running.get(&lease.run_id) {
@@ -209,6 +213,31 @@ impl Shared {
         }
         drop(running);
         lock(&self.pending).retain(|key, _| !(key.0 == lease.run_id && key.1 == lease.lease_token));
+        self.wake.notify_one();
+    }
+
+    /// Stops a run whose lease the control plane revoked, and reports how
+    /// it ended once it has stopped: that report is the acknowledgement a
+    /// cancelled run waits for to become CANCELLED at once (rather than
+    /// when its lease expires). The control plane accepts it only while the
+    /// lease is current, so after a lease that moved on it is refused like
+    /// any zombie's write. Unsent file batches are dropped: no attempt that
+    /// stops commits them. A completion already queued stays queued.
+    fn stop_revoked(&self, lease: &pb::LeaseRef, reason: &str) {
+        let mut running = lock(&self.running);
+        let Some(run) = running.get_mut(&lease.run_id) else {
+            return;
+        };
+        if run.lease.lease_token != lease.lease_token {
+            return;
+        }
+        tracing::info!(run = %lease.run_id, token = lease.lease_token, %reason, "stopping run");
+        run.revoked = true;
+        run.cancel.cancel();
+        drop(running);
+        lock(&self.pending)
+            .retain(|key, _| !(key.0 == lease.run_id && key.1 == lease.lease_token && key.2 >= 0));
+        lock(&self.unsent).retain(|message| !is_batch_of(message, lease));
         self.wake.notify_one();
     }
 
@@ -236,6 +265,15 @@ impl Shared {
         }
         paused
     }
+}
+
+/// Whether `message` is a file batch written under `lease`.
+fn is_batch_of(message: &pb::lease_session_request::Message, lease: &pb::LeaseRef) -> bool {
+    matches!(
+        message,
+        pb::lease_session_request::Message::FileBatch(batch)
+            if batch.lease.as_ref() == Some(lease)
+    )
 }
 
 /// Checks the fence every [`WATCH_INTERVAL`], so an attempt stops soon after
@@ -480,6 +518,7 @@ async fn send_heartbeat(
     shared.progress_changed.store(false, Ordering::Release);
     let leases: Vec<pb::LeaseProgress> = lock(&shared.running)
         .values()
+        .filter(|run| !run.revoked)
         .map(|run| pb::LeaseProgress {
             lease: Some(run.lease.clone()),
             progress: Some(lock(&run.progress).clone()),
@@ -546,7 +585,7 @@ fn handle_response(
                 return;
             };
             let reason = format!("lease revoked: {}", revocation.reason);
-            shared.drop_lease(&lease, &reason);
+            shared.stop_revoked(&lease, &reason);
         }
         Some(M::Ack(ack)) => handle_ack(ack, shared),
         Some(M::HeartbeatAck(ack)) => handle_heartbeat_ack(ack, shared),
@@ -639,6 +678,7 @@ fn start_run(
             progress: progress.clone(),
             window: window.clone(),
             finished: false,
+            revoked: false,
             deadline: initial_deadline(Instant::now(), shared.lease_ttl()),
         },
     );

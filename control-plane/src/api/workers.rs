@@ -31,12 +31,19 @@ impl WorkerApi {
 
     async fn list(&self, request: pb::ListWorkersRequest) -> DomainResult<pb::ListWorkersResponse> {
         let now = self.state.catalog.now().await?;
-        let ttl = chrono::Duration::from_std(self.state.lease_settings.ttl)
-            .unwrap_or(chrono::Duration::MAX);
+        let settings =
+            crate::leasing::settings::current(&self.state.catalog, self.state.lease_settings).await;
+        let ttl = chrono::Duration::from_std(settings.ttl).unwrap_or(chrono::Duration::MAX);
+        // A worker's session touches its row with every message, at least
+        // every third of a TTL; a row not touched for a TTL belongs to a
+        // session that is gone, even if its replica died before it could
+        // say so. So a worker is connected only while it is fresh, which
+        // every replica judges alike.
+        let fresh_since = now - ttl;
         let since = if request.include_offline {
             None
         } else {
-            Some(now - ttl)
+            Some(fresh_since)
         };
         let rows = self.state.catalog.list_workers(since).await?;
         let mut workers = Vec::with_capacity(rows.len());
@@ -57,7 +64,7 @@ impl WorkerApi {
                 name: row.name,
                 labels: from_json(&row.labels, "workers.labels")?,
                 slots: row.slots,
-                connected: row.connected,
+                connected: row.connected && row.last_seen_time >= fresh_since,
                 last_seen_time: Some(timestamp(row.last_seen_time)),
                 leases,
                 version: row.version,

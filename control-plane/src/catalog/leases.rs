@@ -23,6 +23,7 @@ use super::snapshots::apply::{apply_plan_in_tx, PlannedCommit};
 use super::{in_transaction, new_id, on_pool, Backend, Catalog};
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
+use crate::model::run::RunKind;
 
 /// Timing rules of leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +195,9 @@ macro_rules! delete_staged_batches_in_tx {
     };
 }
 
+/// How the error of a run cancelled while it ran begins.
+pub const CANCELLED_ON_REQUEST: &str = "cancelled on request";
+
 fn chrono_duration(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
@@ -213,18 +217,21 @@ struct AttemptEnd {
 
 impl AttemptEnd {
     /// Cancelled if a cancel is pending, else queued again after the backoff
-    /// of `attempt` if `may_retry`, else failed.
+    /// of `attempt` if `may_retry`, else failed; `cause` says why the
+    /// attempt ended.
     fn decide(
         attempt: i32,
-        error: String,
+        cause: &str,
         cancel_requested: bool,
         may_retry: bool,
         now: DateTime<Utc>,
         settings: &LeaseSettings,
     ) -> Self {
-        let (state, not_before, finish) = if cancel_requested {
-            ("cancelled", now, Some(now))
-        } else if may_retry {
+        if cancel_requested {
+            return AttemptEnd::cancelled(attempt, cause, now);
+        }
+        let error = format!("attempt {attempt}: {cause}");
+        let (state, not_before, finish) = if may_retry {
             let retry_at = now + chrono_duration(settings.backoff(attempt));
             ("queued", retry_at, None)
         } else {
@@ -235,6 +242,16 @@ impl AttemptEnd {
             error,
             not_before,
             finish,
+        }
+    }
+
+    /// The end of a run whose cancel was accepted while `attempt` ran.
+    fn cancelled(attempt: i32, cause: &str, now: DateTime<Utc>) -> Self {
+        AttemptEnd {
+            state: "cancelled",
+            error: format!("{CANCELLED_ON_REQUEST}; attempt {attempt}: {cause}"),
+            not_before: now,
+            finish: Some(now),
         }
     }
 }
@@ -250,6 +267,22 @@ macro_rules! attempt_end_query {
             .bind($end.not_before)
             .bind($end.finish)
     };
+}
+
+/// Records in the open transaction `$tx` that the attempt of lease
+/// `$lease_token` ended as the [`AttemptEnd`] `$end` says, with the worker's
+/// last progress; evaluates to the run's new state.
+macro_rules! end_attempt_in_tx {
+    ($tx:ident, $run_id:expr, $end:expr, $progress_json:expr, $lease_token:expr, $now:expr) => {{
+        let end = $end;
+        let sql = include_str!("sql/leases/end_attempt.sql");
+        let end_attempt = attempt_end_query!(sql, $run_id, end)
+            .bind($progress_json)
+            .bind($lease_token)
+            .bind($now);
+        execute_in_tx!($tx, end_attempt, "run");
+        end.state
+    }};
 }
 
 impl Catalog {
@@ -470,7 +503,7 @@ impl Catalog {
                 };
                 let end = AttemptEnd::decide(
                     attempt,
-                    format!("attempt {attempt}: {cause}"),
+                    cause,
                     cancel_requested,
                     attempt < max_attempts,
                     now,
@@ -531,7 +564,7 @@ impl Catalog {
         } = lease;
         let now = self.now().await?;
         let select = format!(
-            "SELECT state, lease_token, completed_lease_token, attempt, max_attempts, cancel_requested, owner_id, job_id, start_time, worker_id \
+            "SELECT state, lease_token, completed_lease_token, attempt, max_attempts, cancel_requested, owner_id, job_id, start_time, worker_id, kind \
              FROM runs WHERE id = $1{}",
             self.row_lock_clause()
         );
@@ -546,6 +579,7 @@ impl Catalog {
             Option<Uuid>,
             Option<DateTime<Utc>>,
             Option<Uuid>,
+            String,
         );
         let mut committed = None;
         let mut changed = false;
@@ -566,6 +600,7 @@ impl Catalog {
                 job_id,
                 start_time,
                 holder,
+                kind,
             )) = row
             else {
                 return Err(DomainError::not_found("run", run_id));
@@ -581,7 +616,20 @@ impl Catalog {
             if refusal(holder, worker_id) == LeaseState::HeldByAnother {
                 return Ok(Some(CompletionResult::HeldByAnother));
             }
+            // The accepted cancel wins over a success reported after it:
+            // nothing of the attempt is committed. Not for a retention,
+            // whose worker already deleted the manifests: the catalog
+            // must follow what storage holds.
+            let cancel_wins = cancel_requested && kind != RunKind::Retention.as_str();
             let new_state = match outcome {
+                AttemptOutcome::Success { .. } if cancel_wins => {
+                    let end = AttemptEnd::cancelled(
+                        attempt,
+                        "it finished after the cancel was accepted; nothing of it was committed",
+                        now,
+                    );
+                    end_attempt_in_tx!(tx, run_id, end, progress_json, lease_token, now)
+                }
                 AttemptOutcome::Success {
                     size_bytes,
                     details,
@@ -625,21 +673,20 @@ impl Catalog {
                     "succeeded"
                 }
                 AttemptOutcome::Failure { error, retryable } => {
+                    let cause = if cancel_requested {
+                        format!("the worker stopped it ({error})")
+                    } else {
+                        error.clone()
+                    };
                     let end = AttemptEnd::decide(
                         attempt,
-                        format!("attempt {attempt}: {error}"),
+                        &cause,
                         cancel_requested,
                         *retryable && attempt < max_attempts,
                         now,
                         settings,
                     );
-                    let sql = include_str!("sql/leases/end_attempt.sql");
-                    let end_attempt = attempt_end_query!(sql, run_id, end)
-                        .bind(progress_json)
-                        .bind(lease_token)
-                        .bind(now);
-                    execute_in_tx!(tx, end_attempt, "run");
-                    end.state
+                    end_attempt_in_tx!(tx, run_id, end, progress_json, lease_token, now)
                 }
             };
             delete_staged_batches_in_tx!(tx, run_id, lease_token);

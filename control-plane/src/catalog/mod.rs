@@ -41,6 +41,7 @@ pub(crate) mod placeholders;
 pub mod queue;
 pub mod repositories;
 pub mod retention;
+mod run_events;
 pub mod runs;
 pub mod scheduler;
 pub mod secrets;
@@ -231,20 +232,10 @@ pub struct Catalog {
     configuration_cache: std::sync::Arc<configurations::ConfigurationCache>,
     /// Announces the id of every run whose row changed, after the change is
     /// committed (see [`Catalog::subscribe_runs`]).
-    run_events: RunEvents,
-}
-
-/// The channel on which the catalog announces changed runs.
-#[derive(Clone, Debug)]
-struct RunEvents(std::sync::Arc<tokio::sync::broadcast::Sender<Uuid>>);
-
-impl Default for RunEvents {
-    fn default() -> Self {
-        // A subscriber that falls this far behind is told it lagged and
-        // re-reads what it watches; nothing waits on a slow subscriber.
-        let (sender, _) = tokio::sync::broadcast::channel(1024);
-        RunEvents(std::sync::Arc::new(sender))
-    }
+    run_events: run_events::RunEvents,
+    /// This catalog handle's identity among the replicas sharing the
+    /// database: the sender named in its run notifications (PostgreSQL).
+    replica: Uuid,
 }
 
 /// Which database a catalog runs on.
@@ -268,9 +259,13 @@ impl Catalog {
 
     /// Connects without touching the schema.
     pub async fn connect_without_migrating(url: &str) -> anyhow::Result<Self> {
+        let replica = Uuid::new_v4();
         let (pool, read_pool) =
             if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                let options = PgConnectOptions::from_str(url)?;
+                // Read by the run-notification trigger (migration 0013), so
+                // other replicas know whose change they hear.
+                let options = PgConnectOptions::from_str(url)?
+                    .options([(run_events::REPLICA_SETTING, replica.to_string())]);
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(5))
@@ -321,6 +316,7 @@ impl Catalog {
             commit_locks: Default::default(),
             configuration_cache: Default::default(),
             run_events: Default::default(),
+            replica,
         })
     }
 

@@ -104,11 +104,12 @@ impl Catalog {
         Ok(())
     }
 
-    /// Workers seen since `since` (all when `None`), by name.
+    /// Workers seen since `since` (all when `None`), by name. A worker
+    /// marked connected but not seen since is left out: its session is gone.
     pub async fn list_workers(&self, since: Option<DateTime<Utc>>) -> DomainResult<Vec<WorkerRow>> {
         on_pool!(self, |pool| sqlx::query_as::<_, WorkerRow>(
             "SELECT id, name, labels, slots, source_roots, version, connected, last_seen_time FROM workers \
-             WHERE ($1 IS NULL OR last_seen_time >= $1 OR connected) ORDER BY name")
+             WHERE ($1 IS NULL OR last_seen_time >= $1) ORDER BY name")
             .bind(since)
             .fetch_all(pool)
             .await)

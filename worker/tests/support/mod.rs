@@ -251,12 +251,15 @@ pub async fn worker_id(server: &TestServer, name: &str) -> Option<String> {
         .map(|w| w.id)
 }
 
-/// The workers registered with the control plane.
+/// The workers registered with the control plane, offline ones too (a
+/// frozen worker is offline once a TTL passed without a word from it).
 pub async fn registered_workers(server: &TestServer) -> Vec<pb::Worker> {
     server
         .admin()
         .workers
-        .list_workers(pb::ListWorkersRequest::default())
+        .list_workers(pb::ListWorkersRequest {
+            include_offline: true,
+        })
         .await
         .expect("list workers")
         .into_inner()

@@ -43,6 +43,9 @@ WORKDIR /var/lib/coffer
 # The data directory (the admin token generated on first start) and the
 # per-worker tokens: both owner-only; volumes mounted here start with that mode.
 ENV COFFER_DATA_DIR=/var/lib/coffer
+# The health check speaks plaintext on loopback; the main port serves TLS in
+# standalone mode (a generated certificate) and wherever certificates are set.
+ENV COFFER_LOCAL_LISTEN=127.0.0.1:50052
 EXPOSE 50051
 # Readiness of the control plane (grpc.health.v1 over loopback). Workers
 # override it with `coffer-worker healthcheck`.

@@ -12,10 +12,10 @@ pub use seeds::seeds;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use coffer_control_plane::model::path::check_normalised_absolute;
 use coffer_format::crypto::{unlock_slot, KeySlot, SlotSecret, UnlockedSlot};
 use coffer_format::manifest::sealed_manifest_reader;
 use coffer_format::pack::{open_blob, read_pack_v2};
-use coffer_control_plane::model::path::check_normalised_absolute;
 use coffer_format::{
     decode_blob, read_pack_entries, ChunkHasher, ChunkIndex, IndexFile, ManifestReader,
     MAX_LINE_BYTES,

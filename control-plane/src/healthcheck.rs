@@ -59,7 +59,7 @@ pub fn probe_address(config: &Config) -> anyhow::Result<SocketAddr> {
     if let Some(local) = config.local_listen {
         return Ok(local);
     }
-    if config.tls_settings().is_some() || config.generates_tls() {
+    if config.tls_settings().is_some() {
         anyhow::bail!(
             "the control plane serves TLS: set --local-listen (COFFER_LOCAL_LISTEN, e.g. 127.0.0.1:50052) for its health check"
         );

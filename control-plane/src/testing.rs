@@ -408,6 +408,20 @@ impl TestServer {
         self.admin().get_run(id).await.expect("get run")
     }
 
+    /// Every registered worker as the admin sees it through
+    /// `WorkerService/ListWorkers`, offline ones included.
+    pub async fn registered_workers(&self) -> Vec<pb::Worker> {
+        self.admin()
+            .workers
+            .list_workers(pb::ListWorkersRequest {
+                include_offline: true,
+            })
+            .await
+            .expect("list workers")
+            .into_inner()
+            .workers
+    }
+
     /// Waits (up to `limit`) until the run is final.
     pub async fn wait_until_final(&self, id: &str, limit: Duration) -> pb::Run {
         self.admin().wait_for_run(id, limit, is_final).await

@@ -27,16 +27,7 @@ fn short_leases() -> LeaseSettings {
 }
 
 async fn workers(server: &TestServer) -> Vec<pb::Worker> {
-    server
-        .admin()
-        .workers
-        .list_workers(pb::ListWorkersRequest {
-            include_offline: true,
-        })
-        .await
-        .expect("list workers")
-        .into_inner()
-        .workers
+    server.registered_workers().await
 }
 
 /// Nothing of a run was committed: no manifest key, no metadata.

@@ -229,15 +229,8 @@ async fn mtls_refuses_clients_without_a_certificate_of_its_ca(backend: Backend) 
 /// Every worker server-side, offline ones included.
 async fn worker_names(server: &TestServer) -> Vec<String> {
     server
-        .admin()
-        .workers
-        .list_workers(pb::ListWorkersRequest {
-            include_offline: true,
-        })
+        .registered_workers()
         .await
-        .expect("list workers")
-        .into_inner()
-        .workers
         .into_iter()
         .map(|worker| worker.name)
         .collect()

@@ -254,16 +254,7 @@ pub async fn worker_id(server: &TestServer, name: &str) -> Option<String> {
 /// The workers registered with the control plane, offline ones too (a
 /// frozen worker is offline once a TTL passed without a word from it).
 pub async fn registered_workers(server: &TestServer) -> Vec<pb::Worker> {
-    server
-        .admin()
-        .workers
-        .list_workers(pb::ListWorkersRequest {
-            include_offline: true,
-        })
-        .await
-        .expect("list workers")
-        .into_inner()
-        .workers
+    server.registered_workers().await
 }
 
 /// Restores snapshot `run_id` through a restore run and checks that every

@@ -12,6 +12,10 @@
 # S3: when COFFER_TEST_S3_ENDPOINT is unset, a throw-away single-node Garage is
 # started on loopback (scripts/start-garage.sh; `cargo install garage --locked`
 # the first time) and stopped on exit.
+# S3 Object Lock: when COFFER_TEST_LOCK_S3_ENDPOINT is unset, a throw-away moto
+# server (which enforces Object Lock; Garage does not) is started on loopback
+# (scripts/start-moto.sh; pip-installed into ~/.cache/coffer-moto the first
+# time) and stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -86,6 +90,9 @@ cleanup() {
     kill "$GARAGE_PID" 2>/dev/null || true
     rm -rf "$(dirname "$GARAGE_CONFIG")"
   fi
+  if [ -n "${STARTED_MOTO:-}" ] && [ -n "${MOTO_PID:-}" ]; then
+    kill "$MOTO_PID" 2>/dev/null || true
+  fi
   if [ -n "${PG_DIR:-}" ]; then
     "${PG_STOP[@]}" || true
     rm -rf "$PG_DIR"
@@ -99,6 +106,11 @@ if [ -z "${COFFER_TEST_S3_ENDPOINT:-}" ]; then
   log "starting a throw-away Garage S3 server"
   eval "$(scripts/start-garage.sh)"
   STARTED_GARAGE=1
+fi
+if [ -z "${COFFER_TEST_LOCK_S3_ENDPOINT:-}" ]; then
+  log "starting a throw-away moto S3 server (Object Lock)"
+  eval "$(scripts/start-moto.sh)"
+  STARTED_MOTO=1
 fi
 
 log "deployment files (compose, Kubernetes)"

@@ -329,6 +329,7 @@ pub fn embedded_worker_config(
         labels: std::iter::once(("embedded".to_string(), "true".to_string())).collect(),
         slots: config.embedded_worker_slots.max(1),
         source_roots: Vec::new(),
+        class: coffer_worker::class::WorkerClass::All,
         drain_timeout: config.shutdown_grace(),
         // Plaintext over loopback to its own process.
         tls: coffer_worker::connect::ClientTls::default(),

@@ -504,7 +504,145 @@ async fn delete_refused_while_a_job_targets_the_bucket(backend: Backend) {
         .expect("unreferenced bucket deletes");
 }
 
+fn compliance_lock(seconds: i64) -> pb::ObjectLockSettings {
+    pb::ObjectLockSettings {
+        mode: pb::ObjectLockMode::Compliance.into(),
+        min_retention: Some(prost_types::Duration { seconds, nanos: 0 }),
+    }
+}
+
+async fn immutability(
+    server: &TestServer,
+    token: &str,
+    id: &str,
+) -> Result<pb::BucketImmutability, tonic::Status> {
+    let mut buckets = server.as_user(token).buckets;
+    let response = buckets
+        .get_bucket_immutability(pb::GetBucketImmutabilityRequest { id: id.to_string() })
+        .await?;
+    Ok(response.into_inner().immutability.expect("immutability"))
+}
+
+async fn object_lock_round_trip_and_immutability(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("alice").await;
+    let api = server.as_user(&token);
+    let secret = secret_of(&api).await;
+    let maintenance = secret_of(&api).await;
+
+    let plain = api
+        .create_bucket(s3_bucket("plain", &secret))
+        .await
+        .expect("create");
+    let shown = immutability(&server, &token, &plain.id).await.expect("get");
+    assert!(!shown.immutable);
+    assert_eq!(shown.object_lock, None);
+
+    let locked = api
+        .create_bucket(pb::Bucket {
+            object_lock: Some(compliance_lock(86_400)),
+            maintenance_secret_id: maintenance.clone(),
+            ..s3_bucket("vault", &secret)
+        })
+        .await
+        .expect("create a bucket with Object Lock");
+    assert_eq!(locked.object_lock, Some(compliance_lock(86_400)));
+    assert_eq!(locked.maintenance_secret_id, maintenance);
+    assert_eq!(get(&server, &token, &locked.id).await.expect("get"), locked);
+    let shown = immutability(&server, &token, &locked.id)
+        .await
+        .expect("get");
+    assert_eq!(shown.bucket_id, locked.id);
+    assert!(shown.immutable);
+    assert_eq!(shown.object_lock, Some(compliance_lock(86_400)));
+    assert_eq!(shown.snapshot_count, 0);
+    assert_eq!(shown.newest_snapshot_locked_until, None);
+
+    // The lock can be changed and removed through the mask.
+    let mut buckets = api.buckets.clone();
+    let updated = buckets
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: plain.id.clone(),
+                object_lock: Some(compliance_lock(3600)),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["object_lock".into()],
+            }),
+        })
+        .await
+        .expect("update")
+        .into_inner()
+        .bucket
+        .expect("bucket");
+    assert_eq!(updated.object_lock, Some(compliance_lock(3600)));
+
+    // Another user cannot read it.
+    let (_, stranger) = server.create_user("mallory").await;
+    assert_code(
+        immutability(&server, &stranger, &locked.id).await,
+        Code::NotFound,
+        "a stranger reads another user's bucket immutability",
+    );
+}
+
+async fn object_lock_is_refused_where_it_cannot_hold(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("alice").await;
+    let api = server.as_user(&token);
+    let secret = secret_of(&api).await;
+
+    // A filesystem cannot lock objects.
+    let status = api
+        .create_bucket(pb::Bucket {
+            object_lock: Some(compliance_lock(60)),
+            ..fs_bucket("disk")
+        })
+        .await
+        .expect_err("filesystem with Object Lock");
+    assert_violations(&status, &["bucket.object_lock"]);
+
+    // A mode and a retention are required, within bounds.
+    let status = api
+        .create_bucket(pb::Bucket {
+            object_lock: Some(pb::ObjectLockSettings {
+                mode: pb::ObjectLockMode::Unspecified.into(),
+                min_retention: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+            }),
+            ..s3_bucket("nomode", &secret)
+        })
+        .await
+        .expect_err("no mode");
+    assert_violations(&status, &["bucket.object_lock.mode"]);
+    let status = api
+        .create_bucket(pb::Bucket {
+            object_lock: Some(compliance_lock(0)),
+            ..s3_bucket("zero", &secret)
+        })
+        .await
+        .expect_err("no retention");
+    assert_violations(&status, &["bucket.object_lock.min_retention"]);
+
+    // A maintenance secret must be the owner's.
+    let (_, other) = server.create_user("bob").await;
+    let foreign = secret_of(&server.as_user(&other)).await;
+    let status = api
+        .create_bucket(pb::Bucket {
+            maintenance_secret_id: foreign,
+            ..s3_bucket("borrowed", &secret)
+        })
+        .await
+        .expect_err("someone else's secret");
+    assert_violations(&status, &["bucket.maintenance_secret_id"]);
+}
+
 both_backends!(
+    object_lock_round_trip_and_immutability,
+    object_lock_is_refused_where_it_cannot_hold,
     bucket_crud_round_trip,
     foreign_bucket_is_not_found,
     duplicate_name_per_owner_is_already_exists,

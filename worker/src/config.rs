@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::class::WorkerClass;
 use crate::connect::ClientTls;
 use crate::paths::grant::WorkerRoots;
 use crate::paths::normalise;
@@ -38,6 +39,12 @@ pub struct Config {
     /// Runs executed at once.
     #[arg(long, env = "COFFER_WORKER_SLOTS", default_value_t = 2)]
     pub slots: usize,
+
+    /// What this worker runs: `all`, `backup` (append-only: backups,
+    /// restores, verifies; never deletes) or `maintenance` (retention and
+    /// garbage collection too).
+    #[arg(long, env = "COFFER_WORKER_CLASS", value_enum, default_value_t = WorkerClass::All)]
+    pub class: WorkerClass,
 
     /// Source roots this worker may read, separated by commas (empty: any).
     #[arg(long, env = "COFFER_SOURCE_ROOTS", default_value = "")]
@@ -132,6 +139,7 @@ impl crate::process::BinaryConfig for Config {
             format!("name = {}", self.effective_name()),
             format!("labels = {}", self.labels),
             format!("slots = {}", self.slots),
+            format!("class = {}", self.class.as_str()),
             format!("source_roots = {}", self.source_roots),
             format!("restore_roots = {}", self.restore_roots),
             format!("repository_roots = {}", self.repository_roots),

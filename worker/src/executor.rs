@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use coffer_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::class::WorkerClass;
 use crate::paths::grant::{check_path_grant, AllowedPath, PathUse, WorkerRoots};
 use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
 use crate::repository::Repository;
@@ -18,13 +20,15 @@ use crate::runs::restore::{run_restore, RestorePlan};
 use crate::runs::retention::{run_retention, Removal};
 use crate::runs::verify::{run_verify, VerifyPlan};
 use crate::session::{Executor, RunContext};
-use crate::store::Store;
+use crate::store::{ObjectLock, Store, StoreError};
 
 /// Runs the work the lease session assigns.
 #[derive(Debug, Clone, Default)]
 pub struct RunExecutor {
     /// Where this worker's runs may read and write, whatever the grants.
     pub roots: WorkerRoots,
+    /// Which runs it takes; a backup-class worker's stores refuse deletions.
+    pub class: WorkerClass,
 }
 
 struct SessionReporter<'a> {
@@ -80,11 +84,13 @@ const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 const DEFAULT_REPACK_THRESHOLD_PERCENT: f64 = 50.0;
 
 /// Opens the store of every removal, once per distinct target (the run's
-/// own target is already open as `run_store`).
+/// own target is already open as `run_store`), as [`StoreAccess`] says.
 async fn open_removals(
     removals: Vec<pb::SnapshotRemoval>,
     run_target: &pb::ResolvedTarget,
     run_store: &Arc<Store>,
+    access: &StoreAccess,
+    cancel: &CancellationToken,
 ) -> Result<Vec<Removal>, RunFailure> {
     let mut stores: Vec<(pb::ResolvedTarget, Arc<Store>)> =
         vec![(run_target.clone(), Arc::clone(run_store))];
@@ -98,10 +104,13 @@ async fn open_removals(
         let store = match stores.iter().find(|(known, _)| *known == target) {
             Some((_, store)) => Arc::clone(store),
             None => {
-                let store = Store::open(&target, "").await.map_err(|error| RunFailure {
-                    message: format!("cannot open the target of snapshot {run_id}: {error}"),
-                    retryable: error.is_retryable(),
-                })?;
+                let store = access
+                    .open(&target, cancel)
+                    .await
+                    .map_err(|error| RunFailure {
+                        message: format!("cannot open the target of snapshot {run_id}: {error}"),
+                        retryable: error.is_retryable(),
+                    })?;
                 let store = Arc::new(store);
                 stores.push((target, Arc::clone(&store)));
                 store
@@ -114,6 +123,56 @@ async fn open_removals(
         });
     }
     Ok(opened)
+}
+
+/// How a run's stores are opened: with the Object Lock of the run's bucket
+/// (checked on the bucket first), and append-only on a backup-class worker.
+struct StoreAccess {
+    lock: Option<ObjectLock>,
+    /// The bucket the lock is for: the run's own.
+    lock_bucket: Option<String>,
+    refuse_deletes: bool,
+}
+
+/// The id of a resolved target's bucket, if it has one.
+fn bucket_id(target: &pb::ResolvedTarget) -> Option<&str> {
+    target.bucket.as_ref().map(|bucket| bucket.id.as_str())
+}
+
+impl StoreAccess {
+    fn new(
+        class: WorkerClass,
+        target: &pb::ResolvedTarget,
+        lock: Option<&pb::ObjectLockSettings>,
+    ) -> Result<Self, RunFailure> {
+        let lock = lock
+            .map(ObjectLock::try_from)
+            .transpose()
+            .map_err(|error| RunFailure::permanent(error.to_string()))?;
+        Ok(StoreAccess {
+            lock,
+            lock_bucket: bucket_id(target).map(str::to_owned),
+            refuse_deletes: !class.may_delete(),
+        })
+    }
+
+    async fn open(
+        &self,
+        target: &pb::ResolvedTarget,
+        cancel: &CancellationToken,
+    ) -> Result<Store, StoreError> {
+        let mut store = Store::open(target, "").await?;
+        let lock = self.lock.filter(|_| {
+            bucket_id(target).is_some() && bucket_id(target) == self.lock_bucket.as_deref()
+        });
+        if let Some(lock) = lock {
+            store = store.with_object_lock(lock, cancel).await?;
+        }
+        if self.refuse_deletes {
+            store = store.refusing_deletes();
+        }
+        Ok(store)
+    }
 }
 
 /// The local path a resolved target stores its repository at, if any.
@@ -139,6 +198,7 @@ impl RunExecutor {
                 protected: crate::config::protected_forms(state_dir)?,
                 ..WorkerRoots::default()
             },
+            class: WorkerClass::All,
         })
     }
 
@@ -203,14 +263,28 @@ impl RunExecutor {
             )?),
             _ => None,
         };
-        let store = Store::open(&target, "").await.map_err(|error| RunFailure {
-            message: format!("cannot open the target: {error}"),
-            retryable: error.is_retryable(),
-        })?;
+        let deletes = matches!(
+            spec,
+            pb::run::Spec::Retention(_) | pb::run::Spec::GarbageCollection(_)
+        );
+        if deletes && !self.class.may_delete() {
+            return Err(RunFailure::permanent(
+                "this worker is of class backup (append-only): it runs no retention or \
+                 garbage collection",
+            ));
+        }
+        let cancel = context.cancellation().clone();
+        let store_access = StoreAccess::new(self.class, &target, assignment.object_lock.as_ref())?;
+        let store = store_access
+            .open(&target, &cancel)
+            .await
+            .map_err(|error| RunFailure {
+                message: format!("cannot open the target: {error}"),
+                retryable: error.is_retryable(),
+            })?;
         let store = Arc::new(store);
         let target_description = store.describe();
         let reporter = SessionReporter { context };
-        let cancel = context.cancellation().clone();
         let lease_token = context.lease().lease_token;
         let create_with_key = matches!(spec, pb::run::Spec::Backup(_))
             .then_some(assignment.repository_key.as_slice());
@@ -294,7 +368,9 @@ impl RunExecutor {
             }
             pb::run::Spec::Retention(_) => {
                 tracing::info!(run = %run_id, snapshots = assignment.removals.len(), "retention started");
-                let removals = open_removals(assignment.removals, &target, &store).await?;
+                let removals =
+                    open_removals(assignment.removals, &target, &store, &store_access, &cancel)
+                        .await?;
                 run_retention(removals, lease_token, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "retention finished");
                     context.set_progress(summary.progress.clone());
@@ -322,6 +398,11 @@ impl RunExecutor {
                             u32::try_from(t.nanos).unwrap_or(0),
                         )
                     }),
+                    lock_kept: assignment
+                        .lock_kept_run_ids
+                        .iter()
+                        .filter_map(|id| Uuid::parse_str(id).ok())
+                        .collect(),
                 };
                 run_gc(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "garbage collection finished");

@@ -13,6 +13,7 @@
 //!   into runs, [`report`] carries what a run reports.
 
 pub mod allocator;
+pub mod class;
 pub mod config;
 pub mod connect;
 pub mod cpu_pool;

@@ -27,11 +27,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         labels: config.parsed_labels()?,
         slots: config.slots.max(1),
         source_roots: config.parsed_source_roots(),
+        class: config.class,
         drain_timeout: config.drain_timeout(),
         tls: config.client_tls(),
     };
     let executor = Arc::new(RunExecutor {
         roots: config.worker_roots()?,
+        class: config.class,
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(shutdown.clone()));

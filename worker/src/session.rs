@@ -48,6 +48,8 @@ pub struct SessionConfig {
     pub slots: usize,
     /// Source roots this worker may read.
     pub source_roots: Vec<String>,
+    /// Which runs it takes.
+    pub class: crate::class::WorkerClass,
     /// How long a drain waits for running work before releasing it.
     pub drain_timeout: Duration,
     /// TLS towards the control plane, and the plaintext rule.
@@ -416,6 +418,7 @@ async fn session(
         source_roots: config.source_roots.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         held_leases,
+        class: config.class.to_proto().into(),
     };
     tx.send(request(pb::lease_session_request::Message::Hello(hello)))
         .await?;

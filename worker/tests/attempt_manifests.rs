@@ -122,6 +122,7 @@ async fn attempts_never_replace_a_manifest_and_only_the_latest_survives() {
         grace: Duration::ZERO,
         repack_threshold_percent: 50.0,
         oldest_in_flight: None,
+        lock_kept: Default::default(),
     };
     run_gc(plan, &Snapshots::default(), CancellationToken::new())
         .await

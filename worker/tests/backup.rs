@@ -1299,6 +1299,7 @@ fn gc_plan(store: &Arc<Store>, oldest_in_flight: Option<chrono::DateTime<chrono:
         grace: Duration::ZERO,
         repack_threshold_percent: 50.0,
         oldest_in_flight,
+        lock_kept: Default::default(),
     }
 }
 

@@ -16,8 +16,8 @@ use support::worker_api::Store;
 use tonic::Code;
 
 use support::{
-    assert_restorable, assert_succeeded, backup_job, garage_bucket, noise, pack_bytes,
-    run_to_success, wait_until_final, write, WorkerProcess,
+    assert_restorable, assert_succeeded, backup_job, collect_garbage, garage_bucket, noise,
+    pack_bytes, plan_retention, wait_until_final, write, WorkerProcess,
 };
 
 async fn keep_last_policy(server: &TestServer, keep_last: i32) -> String {
@@ -44,31 +44,6 @@ async fn create_job(
         ..Default::default()
     };
     support::create_job(server, job).await
-}
-
-async fn plan_retention(server: &TestServer, job_id: &str) -> pb::PlanRetentionResponse {
-    let request = pb::PlanRetentionRequest {
-        job_id: job_id.to_string(),
-        ..Default::default()
-    };
-    let mut retention = server.admin().retention;
-    retention
-        .plan_retention(request)
-        .await
-        .expect("plan")
-        .into_inner()
-}
-
-async fn collect_garbage(server: &TestServer, target: &pb::Target) -> pb::Run {
-    let spec = pb::create_run_request::Spec::GarbageCollection(pb::GarbageCollectionSpec {
-        target: Some(target.clone()),
-        grace_period: Some(prost_types::Duration {
-            seconds: 0,
-            nanos: 0,
-        }),
-        repack_threshold_percent: 0.0,
-    });
-    run_to_success(server, spec).await
 }
 
 /// (path, version id, content hash) of every file of a snapshot.

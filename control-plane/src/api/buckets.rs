@@ -1,16 +1,20 @@
 //! BucketService: storage targets, owned by users. A non-admin sees and
 //! changes only its own buckets; anything else is reported as not found.
 
+use std::time::Duration;
+
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::bucket_service_server::BucketService;
 use tonic::Request;
 
-use super::convert::{required, timestamp};
+use super::convert::{duration, optional_id, required, timestamp, whole_seconds};
 use super::{mask_paths, respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
-use crate::model::bucket::{Bucket, BucketSpec, Location, MAX_NAME_LEN};
+use crate::model::bucket::{
+    Bucket, BucketSpec, Location, LockMode, ObjectLockSettings, MAX_NAME_LEN,
+};
 use crate::model::grant::{match_grants, GrantUse, PathNeed};
 use crate::model::run::Labels;
 use crate::model::{check_name, parse_id, parse_optional_id};
@@ -26,6 +30,8 @@ const UPDATABLE: &[&str] = &[
     "prefix",
     "retention_policy_id",
     "owner_id",
+    "object_lock",
+    "maintenance_secret_id",
 ];
 
 /// Handler of `coffer.v1.BucketService`.
@@ -93,8 +99,51 @@ impl From<Bucket> for pb::Bucket {
                 .unwrap_or_default(),
             create_time: Some(timestamp(bucket.create_time)),
             update_time: Some(timestamp(bucket.update_time)),
+            object_lock: spec.object_lock.map(object_lock_to_proto),
+            maintenance_secret_id: optional_id(spec.maintenance_secret_id),
         }
     }
+}
+
+/// The proto of a bucket's Object Lock settings.
+pub fn object_lock_to_proto(lock: ObjectLockSettings) -> pb::ObjectLockSettings {
+    let mode = match lock.mode {
+        LockMode::Governance => pb::ObjectLockMode::Governance,
+        LockMode::Compliance => pb::ObjectLockMode::Compliance,
+    };
+    pb::ObjectLockSettings {
+        mode: mode.into(),
+        min_retention: Some(duration(lock.min_retention)),
+    }
+}
+
+/// Object Lock settings from the API: `None` when unset; a mode and a
+/// whole number of seconds are required once it is set.
+fn object_lock_from_proto(
+    lock: Option<&pb::ObjectLockSettings>,
+) -> DomainResult<Option<ObjectLockSettings>> {
+    let Some(lock) = lock else {
+        return Ok(None);
+    };
+    let mode = match pb::ObjectLockMode::try_from(lock.mode) {
+        Ok(pb::ObjectLockMode::Governance) => LockMode::Governance,
+        Ok(pb::ObjectLockMode::Compliance) => LockMode::Compliance,
+        _ => {
+            return Err(DomainError::invalid(
+                "bucket.object_lock.mode",
+                "is required: OBJECT_LOCK_MODE_GOVERNANCE or OBJECT_LOCK_MODE_COMPLIANCE",
+            ))
+        }
+    };
+    let seconds = whole_seconds(
+        "bucket.object_lock.min_retention",
+        lock.min_retention.as_ref(),
+    )?
+    .ok_or_else(|| DomainError::invalid("bucket.object_lock.min_retention", "is required"))?;
+    Ok(Some(ObjectLockSettings {
+        mode,
+        min_retention: Duration::from_secs(u64::try_from(seconds).unwrap_or(0)),
+    }))
 }
 
 /// Builds the spec of a new bucket, reporting every malformed field at once.
@@ -107,6 +156,15 @@ fn new_spec(caller: &Caller, bucket: pb::Bucket) -> DomainResult<BucketSpec> {
         .absorb(parse_optional_id(
             "bucket.retention_policy_id",
             &bucket.retention_policy_id,
+        ))
+        .flatten();
+    let object_lock = violations
+        .absorb(object_lock_from_proto(bucket.object_lock.as_ref()))
+        .flatten();
+    let maintenance_secret_id = violations
+        .absorb(parse_optional_id(
+            "bucket.maintenance_secret_id",
+            &bucket.maintenance_secret_id,
         ))
         .flatten();
     let location = match bucket.location.map(Location::try_from).transpose() {
@@ -134,6 +192,8 @@ fn new_spec(caller: &Caller, bucket: pb::Bucket) -> DomainResult<BucketSpec> {
         location,
         prefix: bucket.prefix,
         retention_policy_id: policy,
+        object_lock,
+        maintenance_secret_id,
     };
     violations.absorb(spec.validate("bucket."));
     violations.finish()?;
@@ -181,6 +241,15 @@ fn apply_mask(
                 let requested = parse_optional_id("bucket.owner_id", &bucket.owner_id)?;
                 spec.owner_id = caller.resolve_owner("bucket.owner_id", requested)?;
             }
+            "object_lock" => {
+                spec.object_lock = object_lock_from_proto(bucket.object_lock.as_ref())?;
+            }
+            "maintenance_secret_id" => {
+                spec.maintenance_secret_id = parse_optional_id(
+                    "bucket.maintenance_secret_id",
+                    &bucket.maintenance_secret_id,
+                )?;
+            }
             _ => unreachable!("mask_paths admits only the paths above"),
         }
     }
@@ -218,6 +287,19 @@ impl BucketApi {
                 violations.add(
                     "bucket.retention_policy_id",
                     format!("no retention policy {policy} belongs to the bucket's owner"),
+                );
+            }
+        }
+        if let Some(secret) = spec.maintenance_secret_id {
+            if !self
+                .state
+                .catalog
+                .secret_owned_by(secret, spec.owner_id)
+                .await?
+            {
+                violations.add(
+                    "bucket.maintenance_secret_id",
+                    format!("the bucket's owner has no secret {secret}"),
                 );
             }
         }
@@ -359,6 +441,30 @@ impl BucketService for BucketApi {
             .delete_bucket(id, caller.owner_scope())
             .await?;
         respond(Ok(pb::DeleteBucketResponse {}))
+    }
+
+    async fn get_bucket_immutability(
+        &self,
+        request: Request<pb::GetBucketImmutabilityRequest>,
+    ) -> RpcResult<pb::GetBucketImmutabilityResponse> {
+        let caller = self.caller(&request).await?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let bucket = self
+            .state
+            .catalog
+            .get_bucket(id, caller.owner_scope())
+            .await?;
+        let locks = self.state.catalog.snapshot_locks(id).await?;
+        respond(Ok(pb::GetBucketImmutabilityResponse {
+            immutability: Some(pb::BucketImmutability {
+                bucket_id: id.to_string(),
+                immutable: bucket.spec.object_lock.is_some(),
+                object_lock: bucket.spec.object_lock.map(object_lock_to_proto),
+                snapshot_count: locks.count,
+                newest_snapshot_locked_until: locks.newest_locked_until.map(timestamp),
+                oldest_snapshot_locked_until: locks.oldest_locked_until.map(timestamp),
+            }),
+        }))
     }
 }
 

@@ -129,6 +129,7 @@ impl From<SnapshotDecision> for pb::RetentionDecision {
                 .map(|(id, _)| id.to_string())
                 .unwrap_or_default(),
             policy_source: policy_source_to_proto(decision.policy.map(|(_, source)| source)) as i32,
+            locked_until: decision.locked_until.map(timestamp),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Catalog queries for buckets. Every lookup takes an owner scope (`None`
 //! for admins): a bucket outside the scope is reported as not found.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -10,11 +12,14 @@ use super::{
 };
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
-use crate::model::bucket::{Bucket, BucketSpec, Location, S3Location};
+use crate::model::bucket::{
+    Bucket, BucketSpec, Location, LockMode, ObjectLockSettings, S3Location,
+};
 
 const COLUMNS: &str = "id, owner_id, name, description, kind, s3_endpoint, s3_bucket, s3_region, \
      s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, retention_policy_id, \
-     create_time, update_time, s3_secret_id";
+     create_time, update_time, s3_secret_id, object_lock_mode, object_lock_min_retention_seconds, \
+     s3_maintenance_secret_id";
 
 #[derive(sqlx::FromRow)]
 struct BucketRow {
@@ -34,6 +39,9 @@ struct BucketRow {
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
     s3_secret_id: Option<Uuid>,
+    object_lock_mode: String,
+    object_lock_min_retention_seconds: i64,
+    s3_maintenance_secret_id: Option<Uuid>,
 }
 
 impl TryFrom<BucketRow> for Bucket {
@@ -67,6 +75,15 @@ impl TryFrom<BucketRow> for Bucket {
                 location,
                 prefix: row.prefix,
                 retention_policy_id: row.retention_policy_id,
+                object_lock: LockMode::parse(&row.object_lock_mode).map(|mode| {
+                    ObjectLockSettings {
+                        mode,
+                        min_retention: Duration::from_secs(
+                            u64::try_from(row.object_lock_min_retention_seconds).unwrap_or(0),
+                        ),
+                    }
+                }),
+                maintenance_secret_id: row.s3_maintenance_secret_id,
             },
             create_time: row.create_time,
             update_time: row.update_time,
@@ -108,7 +125,8 @@ fn bucket_name_taken(spec: &BucketSpec) -> String {
 }
 
 /// Binds the columns that creating and updating a bucket write alike
-/// (owner to retention policy, then the S3 secret: thirteen in all) to
+/// (owner to retention policy, then the S3 secret, then the Object Lock
+/// mode and retention and the maintenance secret: sixteen in all) to
 /// `$query`, in that order.
 macro_rules! bind_spec {
     ($query:expr, $spec:expr) => {{
@@ -127,6 +145,11 @@ macro_rules! bind_spec {
             .bind(&$spec.prefix)
             .bind($spec.retention_policy_id)
             .bind(loc.s3.and_then(|s| s.secret_id))
+            .bind($spec.object_lock.map_or("", |l| l.mode.as_str()))
+            .bind($spec.object_lock.map_or(0, |l| {
+                i64::try_from(l.min_retention.as_secs()).unwrap_or(i64::MAX)
+            }))
+            .bind($spec.maintenance_secret_id)
     }};
 }
 
@@ -136,8 +159,11 @@ impl Catalog {
         let sql = format!(
             "INSERT INTO buckets (id, owner_id, name, description, kind, s3_endpoint, s3_bucket, \
              s3_region, s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, \
-             retention_policy_id, s3_secret_id, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) \
+             retention_policy_id, s3_secret_id, object_lock_mode, \
+             object_lock_min_retention_seconds, s3_maintenance_secret_id, create_time, \
+             update_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18, $18) \
              RETURNING {COLUMNS}"
         );
         let row = on_pool!(self, |pool| bind_spec!(
@@ -196,7 +222,9 @@ impl Catalog {
             "UPDATE buckets SET owner_id = $3, name = $4, description = $5, kind = $6, \
              s3_endpoint = $7, s3_bucket = $8, s3_region = $9, s3_force_path_style = $10, \
              s3_credentials_ref = $11, filesystem_path = $12, prefix = $13, \
-             retention_policy_id = $14, s3_secret_id = $15, update_time = $16 \
+             retention_policy_id = $14, s3_secret_id = $15, object_lock_mode = $16, \
+             object_lock_min_retention_seconds = $17, s3_maintenance_secret_id = $18, \
+             update_time = $19 \
              WHERE id = $1 AND update_time = $2 RETURNING {COLUMNS}"
         );
         let row = on_pool!(self, |pool| bind_spec!(

@@ -36,6 +36,7 @@ pub mod jobs;
 pub mod leases;
 pub mod limits;
 pub mod metadata;
+pub mod object_locks;
 pub mod objects;
 pub(crate) mod placeholders;
 pub mod queue;

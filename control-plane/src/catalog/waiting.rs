@@ -12,6 +12,7 @@ use super::error::from_sqlx;
 use super::leases::Candidate;
 use super::{on_pool, Catalog};
 use crate::error::DomainResult;
+use crate::model::worker_class::{self, WorkerClass};
 
 /// A worker with an open session, as leasing sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct ConnectedWorker {
     pub slots: i32,
     /// Runs it holds a lease on now.
     pub leases: i64,
+    /// Which runs it takes.
+    pub class: WorkerClass,
 }
 
 impl ConnectedWorker {
@@ -42,26 +45,27 @@ pub struct OverdueRun {
     pub not_before_time: DateTime<Utc>,
 }
 
-type WorkerLoadRow = (String, String, i32, i64);
+type WorkerLoadRow = (String, String, i32, i64, String);
 
 impl Catalog {
     /// Every worker whose session is open, with its current lease count.
     pub async fn connected_workers(&self) -> DomainResult<Vec<ConnectedWorker>> {
         let rows: Vec<WorkerLoadRow> = on_pool!(self, |pool| sqlx::query_as(
             "SELECT w.labels, w.source_roots, w.slots, \
-             (SELECT COUNT(*) FROM runs r WHERE r.worker_id = w.id AND r.state = 'running') \
-             FROM workers w WHERE w.connected ORDER BY w.name"
+             (SELECT COUNT(*) FROM runs r WHERE r.worker_id = w.id AND r.state = 'running'), \
+             w.class FROM workers w WHERE w.connected ORDER BY w.name"
         )
         .fetch_all(pool)
         .await)
         .map_err(|e| from_sqlx(e, "workers"))?;
         Ok(rows
             .into_iter()
-            .map(|(labels, roots, slots, leases)| ConnectedWorker {
+            .map(|(labels, roots, slots, leases, class)| ConnectedWorker {
                 labels: serde_json::from_str(&labels).unwrap_or_default(),
                 source_roots: serde_json::from_str(&roots).unwrap_or_default(),
                 slots,
                 leases,
+                class: worker_class::from_column(&class),
             })
             .collect())
     }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::error::from_sqlx;
 use super::{new_id, on_pool, to_json, Catalog};
 use crate::error::{DomainError, DomainResult};
+use crate::model::worker_class::WorkerClass;
 
 /// A worker as it introduces itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,6 +27,8 @@ pub struct WorkerRegistration {
     /// The worker token the session authenticated with (`None` only in
     /// loopback no-auth mode).
     pub token_id: Option<Uuid>,
+    /// Which runs it takes.
+    pub class: WorkerClass,
 }
 
 /// A worker as the catalog knows it.
@@ -70,6 +73,7 @@ impl Catalog {
         .bind(&worker.version)
         .bind(now)
         .bind(worker.token_id)
+        .bind(worker.class.as_str())
         .fetch_optional(pool)
         .await)
         .map_err(|e| from_sqlx(e, "worker"));

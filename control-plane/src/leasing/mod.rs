@@ -7,6 +7,7 @@
 //! clock. Sessions learn about new runs and cancellations from
 //! [`Catalog::subscribe_runs`].
 
+pub mod object_lock;
 pub mod session;
 pub mod settings;
 pub mod waiting;
@@ -22,6 +23,7 @@ use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::Location;
 use crate::model::run::{RunSpec, Target};
+use crate::model::worker_class::{self, WorkerClass};
 use crate::secrets::{access::lease_credentials, Keyring};
 
 /// Longest pause between two reaper passes, so that a TTL shortened in the
@@ -61,20 +63,40 @@ pub struct WorkerProfile {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Source roots it may read (empty: any).
     pub source_roots: Vec<String>,
+    /// Which runs it takes: a backup worker none that delete.
+    pub class: WorkerClass,
 }
 
 impl WorkerProfile {
     /// Whether this worker may run the candidate: every selector label
-    /// matches, and the local path it touches (a backup's source, a
-    /// restore's destination) lies under one of the worker's roots.
+    /// matches, its class runs the candidate's kind, and the local path it
+    /// touches (a backup's source, a restore's destination) lies under one
+    /// of the worker's roots.
     pub fn accepts(&self, candidate: &Candidate) -> bool {
-        let labels_match = candidate
+        self.labels_match(candidate) && self.class_takes(candidate) && self.roots_contain(candidate)
+    }
+
+    /// Whether every selector label of the candidate matches.
+    fn labels_match(&self, candidate: &Candidate) -> bool {
+        candidate
             .worker_selector
             .iter()
-            .all(|(key, value)| self.labels.get(key) == Some(value));
-        if !labels_match {
-            return false;
+            .all(|(key, value)| self.labels.get(key) == Some(value))
+    }
+
+    /// Whether the worker's class runs the candidate's kind (a backup
+    /// worker no retention or garbage collection).
+    pub fn class_takes(&self, candidate: &Candidate) -> bool {
+        if self.class != WorkerClass::Backup {
+            return true;
         }
+        // A spec that does not parse is not leased to an append-only worker.
+        serde_json::from_str::<RunSpec>(&candidate.spec)
+            .is_ok_and(|spec| worker_class::runs(self.class, spec.kind()))
+    }
+
+    /// Whether the local path the candidate touches lies under a root.
+    fn roots_contain(&self, candidate: &Candidate) -> bool {
         if self.source_roots.is_empty() {
             return true;
         }
@@ -108,16 +130,19 @@ pub async fn resolve_target(
     keyring: &Keyring,
     spec: &RunSpec,
 ) -> DomainResult<pb::ResolvedTarget> {
-    resolve(catalog, keyring, spec.target()).await
+    resolve(catalog, keyring, spec.target(), spec.kind().deletes()).await
 }
 
 /// Looks up everything a worker needs to reach `target`, including the
 /// bucket's credentials: decrypted from its secret, for this lease only, or
-/// (admins' buckets) the word that the worker may use its own.
+/// (admins' buckets) the word that the worker may use its own. A run that
+/// deletes (`maintenance`) gets the bucket's maintenance secret when it has
+/// one; every other run only the write credentials.
 pub async fn resolve(
     catalog: &Catalog,
     keyring: &Keyring,
     target: &Target,
+    maintenance: bool,
 ) -> DomainResult<pb::ResolvedTarget> {
     let target_proto = target_to_proto(target);
     let mut resolved = pb::ResolvedTarget {
@@ -151,11 +176,14 @@ pub async fn resolve(
                     resolved_bucket.bucket = s3.bucket.clone();
                     resolved_bucket.region = s3.region.clone();
                     resolved_bucket.force_path_style = s3.force_path_style;
+                    let maintenance_secret =
+                        bucket.spec.maintenance_secret_id.filter(|_| maintenance);
                     lease_credentials(
                         catalog,
                         keyring,
                         bucket.spec.owner_id,
                         s3,
+                        maintenance_secret,
                         &mut resolved_bucket,
                     )
                     .await?;

@@ -21,6 +21,7 @@ use crate::catalog::leases::{
 use crate::catalog::workers::WorkerRegistration;
 use crate::error::{DomainError, DomainResult};
 use crate::model::run::RunSpec;
+use crate::model::worker_class;
 use crate::runs::admission::RunAdmission;
 use crate::state::AppState;
 
@@ -174,8 +175,20 @@ impl Session {
                 "must be 1-255 characters",
             ));
         }
+        let Some(class) = worker_class::from_proto(hello.class) else {
+            let _ = outbound
+                .send(Err(Status::invalid_argument(
+                    "hello.class is not a known worker class",
+                )))
+                .await;
+            return Err(DomainError::invalid(
+                "hello.class",
+                "is not a known worker class",
+            ));
+        };
         let registration = WorkerRegistration {
             name: name.clone(),
+            class,
             labels: hello.labels.clone().into_iter().collect(),
             slots: hello.slots.max(0),
             source_roots: hello.source_roots.clone(),
@@ -204,6 +217,7 @@ impl Session {
             profile: WorkerProfile {
                 labels: registration.labels,
                 source_roots: registration.source_roots,
+                class: registration.class,
             },
             credit: 0,
             held: HashMap::new(),
@@ -512,6 +526,7 @@ impl Session {
                                 &self.state.catalog,
                                 &self.state.secrets,
                                 &snapshot.target,
+                                true,
                             )
                             .await?,
                         ),
@@ -527,6 +542,7 @@ impl Session {
                     .map(timestamp);
             }
         }
+        super::object_lock::assign(&self.state.catalog, &run, deadline, &mut assignment).await?;
         assignment.run = Some(run.into());
         Ok(assignment)
     }
@@ -671,6 +687,7 @@ impl Session {
                 tracing::info!(worker = %self.name, run = %run_id, %state, "attempt completed");
                 self.ack(run_id, token, true, "", -1).await;
                 if state == "succeeded" {
+                    self.record_commit_lock(run_id).await;
                     tokio::spawn(apply_retention_after_backup(
                         self.state.runs.clone(),
                         run_id,
@@ -684,6 +701,20 @@ impl Session {
             CompletionResult::HeldByAnother => {}
         }
         Ok(())
+    }
+
+    /// Brings a committed backup's recorded Object Lock down to its real
+    /// date; on failure the upper bound recorded at the lease stays, which
+    /// only makes retention wait longer.
+    async fn record_commit_lock(&self, run_id: Uuid) {
+        let catalog = &self.state.catalog;
+        let recorded = async {
+            let run = catalog.get_run(run_id).await?;
+            super::object_lock::committed(catalog, &run, catalog.now().await?).await
+        };
+        if let Err(error) = recorded.await {
+            tracing::warn!(run = %run_id, %error, "could not record the snapshot's Object Lock");
+        }
     }
 
     async fn release(&mut self, release: pb::RunRelease) -> DomainResult<()> {

@@ -90,15 +90,26 @@ pub fn explain(
             format!("no connected worker has labels {}", format_labels(selector)),
         );
     }
-    let able: Vec<&ConnectedWorker> = labelled
+    let profile = |worker: &ConnectedWorker| WorkerProfile {
+        labels: worker.labels.clone(),
+        source_roots: worker.source_roots.clone(),
+        class: worker.class,
+    };
+    let classed: Vec<&ConnectedWorker> = labelled
         .into_iter()
-        .filter(|worker| {
-            let profile = WorkerProfile {
-                labels: worker.labels.clone(),
-                source_roots: worker.source_roots.clone(),
-            };
-            profile.accepts(candidate)
-        })
+        .filter(|worker| profile(worker).class_takes(candidate))
+        .collect();
+    if classed.is_empty() {
+        return Waiting::new(
+            WaitingReason::NoMatchingWorker,
+            "this run deletes from storage and waits for a maintenance worker: no connected \
+             worker of class maintenance or all (backup workers are append-only)"
+                .to_string(),
+        );
+    }
+    let able: Vec<&ConnectedWorker> = classed
+        .into_iter()
+        .filter(|worker| profile(worker).accepts(candidate))
         .collect();
     if able.is_empty() {
         let path = serde_json::from_str::<RunSpec>(&candidate.spec)
@@ -224,6 +235,7 @@ pub async fn fail_overdue_runs(catalog: &Catalog) -> DomainResult<Vec<Uuid>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::worker_class::WorkerClass;
 
     fn candidate(selector: &[(&str, &str)], spec: &str) -> Candidate {
         Candidate {
@@ -245,6 +257,7 @@ mod tests {
             source_roots: Vec::new(),
             slots,
             leases,
+            class: WorkerClass::All,
         }
     }
 
@@ -273,6 +286,30 @@ mod tests {
         );
         let free = vec![worker(&[("gpu", "yes")], 2, 1)];
         assert_eq!(explain(&gpu, now, &free, now).reason, WaitingReason::Ready);
+    }
+
+    #[test]
+    fn a_deleting_run_waits_for_a_maintenance_worker() {
+        let now = Utc::now();
+        let spec = RunSpec::GarbageCollection(crate::model::run::GcSpec {
+            target: crate::model::run::Target::Filesystem {
+                path: "/backups/repo".into(),
+            },
+            grace_seconds: 0,
+            repack_threshold_percent: 50.0,
+        });
+        let gc = candidate(&[], &to_json(&spec));
+        let append_only = vec![ConnectedWorker {
+            class: WorkerClass::Backup,
+            ..worker(&[], 2, 0)
+        }];
+        let waiting = explain(&gc, now, &append_only, now);
+        assert_eq!(waiting.reason, WaitingReason::NoMatchingWorker);
+        assert!(
+            waiting.message.contains("waits for a maintenance worker"),
+            "{}",
+            waiting.message
+        );
     }
 
     #[test]

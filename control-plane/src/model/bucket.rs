@@ -2,6 +2,8 @@
 //! a filesystem. An S3 bucket's credentials are a secret of its owner
 //! (`model::secret`), or for admins' buckets where a worker finds them.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -79,6 +81,68 @@ pub struct BucketSpec {
     pub prefix: String,
     /// Default retention policy of the bucket's snapshots.
     pub retention_policy_id: Option<Uuid>,
+    /// The S3 Object Lock everything written must carry (S3 only).
+    pub object_lock: Option<ObjectLockSettings>,
+    /// The owner's secret with the delete-capable credentials that
+    /// retention and garbage collection use (S3 only); `None`: every run
+    /// uses the location's credentials.
+    pub maintenance_secret_id: Option<Uuid>,
+}
+
+/// Shortest lock a bucket may require.
+pub const MIN_LOCK_RETENTION: Duration = Duration::from_secs(1);
+/// Longest lock a bucket may require: 100 years (S3's own limit).
+pub const MAX_LOCK_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// How S3 Object Lock protects an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    /// Deletable only with `s3:BypassGovernanceRetention` (never used by Coffer).
+    Governance,
+    /// Deletable by nobody until the lock ends.
+    Compliance,
+}
+
+impl LockMode {
+    /// The catalog's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "governance",
+            LockMode::Compliance => "compliance",
+        }
+    }
+
+    /// Parses the catalog's spelling; `None` for anything else (no lock).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "governance" => Some(LockMode::Governance),
+            "compliance" => Some(LockMode::Compliance),
+            _ => None,
+        }
+    }
+}
+
+/// The S3 Object Lock a bucket requires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectLockSettings {
+    /// The mode.
+    pub mode: LockMode,
+    /// The shortest lock any object gets.
+    pub min_retention: Duration,
+}
+
+impl ObjectLockSettings {
+    /// The lock objects of a snapshot are written with: the bucket's
+    /// minimum, or the policy's `keep_within` when that is longer (a
+    /// snapshot is sure to be kept that long after it was taken, so its
+    /// objects can be locked that long at once). Other rules (keep-last,
+    /// keep-daily, ...) promise no time: for them the minimum applies and
+    /// maintenance extends the locks while the snapshot is kept.
+    pub fn write_retention(&self, keep_within: Option<Duration>) -> Duration {
+        keep_within.map_or(self.min_retention, |within| {
+            within.max(self.min_retention).min(MAX_LOCK_RETENTION)
+        })
+    }
 }
 
 impl BucketSpec {
@@ -110,6 +174,27 @@ impl BucketSpec {
             &format!("{prefix}prefix"),
             &self.prefix,
         ));
+        let on_s3 = matches!(self.location, Location::S3(_));
+        if let Some(lock) = &self.object_lock {
+            if !on_s3 {
+                violations.add(
+                    format!("{prefix}object_lock"),
+                    "requires an S3 location: a filesystem cannot lock objects",
+                );
+            }
+            if !(MIN_LOCK_RETENTION..=MAX_LOCK_RETENTION).contains(&lock.min_retention) {
+                violations.add(
+                    format!("{prefix}object_lock.min_retention"),
+                    "must be between 1 second and 100 years",
+                );
+            }
+        }
+        if self.maintenance_secret_id.is_some() && !on_s3 {
+            violations.add(
+                format!("{prefix}maintenance_secret_id"),
+                "requires an S3 location",
+            );
+        }
         violations.finish()
     }
 }

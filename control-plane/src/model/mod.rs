@@ -17,6 +17,7 @@ pub mod secret;
 pub mod snapshot;
 pub mod tag;
 pub mod user;
+pub mod worker_class;
 
 use uuid::Uuid;
 

@@ -385,6 +385,12 @@ pub enum RunKind {
 }
 
 impl RunKind {
+    /// Whether runs of this kind delete from storage: only maintenance
+    /// workers (class `maintenance` or `all`) take them.
+    pub fn deletes(self) -> bool {
+        matches!(self, RunKind::Retention | RunKind::GarbageCollection)
+    }
+
     /// The catalog's spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -51,14 +51,17 @@ pub async fn check_s3_access(
 }
 
 /// Fills the credentials of a resolved S3 bucket of `owner` for a lease,
-/// after checking the access rules again: the decrypted secret, or the
-/// control plane's word that an admin's bucket may use the worker's own.
-/// Errors say what to fix and never contain a secret value.
+/// after checking the access rules again: the decrypted secret (the
+/// `maintenance_secret` instead when given: a maintenance run's
+/// delete-capable keys), or the control plane's word that an admin's bucket
+/// may use the worker's own. Errors say what to fix and never contain a
+/// secret value.
 pub async fn lease_credentials(
     catalog: &Catalog,
     keyring: &Keyring,
     owner: Uuid,
     s3: &S3Location,
+    maintenance_secret: Option<Uuid>,
     resolved: &mut pb::ResolvedBucket,
 ) -> DomainResult<()> {
     let owner_is_admin = match catalog.get_user(owner).await {
@@ -75,7 +78,14 @@ pub async fn lease_credentials(
     check_s3_access(catalog, "s3.", owner, owner_is_admin, s3)
         .await
         .map_err(refused)?;
-    let Some(secret) = s3.secret_id else {
+    if let Some(secret) = maintenance_secret {
+        if !catalog.secret_owned_by(secret, owner).await? {
+            return Err(refused(DomainError::PermissionDenied(format!(
+                "maintenance_secret_id: the bucket's owner has no secret {secret}"
+            ))));
+        }
+    }
+    let Some(secret) = maintenance_secret.or(s3.secret_id) else {
         resolved.use_worker_credentials = true;
         resolved.credentials_ref.clone_from(&s3.credentials_ref);
         return Ok(());

@@ -23,6 +23,8 @@ pub struct WorkerShape {
     pub source_roots: Vec<&'static str>,
     /// Parallel slots.
     pub slots: i32,
+    /// Its class (unspecified: all).
+    pub class: pb::WorkerClass,
 }
 
 /// One worker session driven by the test.
@@ -50,6 +52,7 @@ impl LeaseClient {
                 .collect(),
             slots: shape.slots,
             source_roots: shape.source_roots.iter().map(|r| r.to_string()).collect(),
+            class: shape.class.into(),
             ..Default::default()
         };
         tx.send(up(Up::Hello(hello))).await.expect("send hello");

@@ -23,6 +23,13 @@
 //! Every step is idempotent: a collection killed at any point leaves packs
 //! that are either still indexed and live, or condemned and waiting, and a
 //! rerun continues from there.
+//!
+//! **Object Lock.** In a repository written under S3 Object Lock, a set is
+//! swept only once nothing it would delete is locked any more: its packs,
+//! the index files the sweep replaces and the set itself; until then it
+//! waits, and the summary says until when. Mark extends the locks of the
+//! manifests of the snapshots retention keeps (`lock_kept`) and of the
+//! packs they need; nothing else is extended ([`super::locks`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -66,6 +73,9 @@ pub struct GcPlan {
     pub repack_threshold_percent: f64,
     /// When the oldest other run in flight on this repository started, if any.
     pub oldest_in_flight: Option<DateTime<Utc>>,
+    /// Under Object Lock: the snapshots retention keeps, whose manifests
+    /// and packs have their locks extended. Ignored without a lock.
+    pub lock_kept: HashSet<Uuid>,
 }
 
 /// What a collection did.
@@ -88,8 +98,12 @@ pub struct GcSummary {
     /// Bytes of new packs written by repacking.
     pub bytes_repacked: u64,
     /// Bytes condemned (by this or earlier collections) still waiting out
-    /// their grace period or runs in flight.
+    /// their grace period, runs in flight or Object Lock.
     pub bytes_waiting: u64,
+    /// Objects whose Object Lock was extended.
+    pub locks_extended: u64,
+    /// The latest Object Lock a condemned set waits for, if any.
+    pub waiting_for_lock_until: Option<DateTime<Utc>>,
     /// Final counters.
     pub progress: coffer_proto::v1::RunProgress,
 }
@@ -132,7 +146,7 @@ async fn execute<R: Reporter>(
         let ripe = ripe_at.is_some_and(|at| {
             now >= at && plan.oldest_in_flight.is_none_or(|started| started >= at)
         });
-        if !ripe {
+        if !ripe || collection.wait_for_locks(set).await? {
             collection.summary.bytes_waiting += set.bytes();
             continue;
         }
@@ -184,6 +198,18 @@ fn describe(summary: &GcSummary) -> String {
         "{} waiting for deletion",
         human_bytes(summary.bytes_waiting)
     ));
+    if let Some(until) = summary.waiting_for_lock_until {
+        parts.push(format!(
+            "Object Lock keeps condemned packs until {}",
+            until.to_rfc3339()
+        ));
+    }
+    if summary.locks_extended > 0 {
+        parts.push(format!(
+            "extended the Object Lock of {} objects kept snapshots need",
+            summary.locks_extended
+        ));
+    }
     parts.join("; ")
 }
 
@@ -234,6 +260,46 @@ struct Collection<'a, 'r, R> {
 }
 
 impl<R: Reporter> Collection<'_, '_, R> {
+    /// Under Object Lock, whether `set` must wait because something its
+    /// sweep deletes (its packs, the index files it replaces, the set
+    /// itself) is still locked; records until when.
+    async fn wait_for_locks(&mut self, set: &CondemnedSet) -> Result<bool, RunFailure> {
+        let store = self.repository.store();
+        let Some(lock) = store.object_lock().copied() else {
+            return Ok(false);
+        };
+        let mut keys: Vec<String> = set
+            .packs
+            .iter()
+            .map(|p| layout::pack_key(&p.pack_id))
+            .collect();
+        keys.extend(store.list(layout::INDEX_PREFIX, self.cancel).await?);
+        keys.push(layout::condemned_key(set.gc_run_id));
+        let Some(until) = super::locks::locked_until(store, &lock, keys, self.cancel).await? else {
+            return Ok(false);
+        };
+        let latest = &mut self.summary.waiting_for_lock_until;
+        *latest = (*latest).max(Some(until));
+        Ok(true)
+    }
+
+    /// Under Object Lock, extends the locks of the manifests of the kept
+    /// snapshots and of the packs holding what they need; returns how many
+    /// were extended.
+    async fn extend_kept_locks(
+        &self,
+        kept_manifests: Vec<String>,
+        kept_packs: HashSet<PackId>,
+    ) -> Result<u64, RunFailure> {
+        let store = self.repository.store();
+        let Some(lock) = store.object_lock().copied() else {
+            return Ok(0);
+        };
+        let mut keys = kept_manifests;
+        keys.extend(kept_packs.iter().map(layout::pack_key));
+        Ok(super::locks::extend_needed(store, &lock, keys, self.cancel).await?)
+    }
+
     /// Deletes a condemned set's packs that nothing needs, consolidates the
     /// index without them and removes the set.
     async fn sweep(
@@ -328,20 +394,31 @@ impl<R: Reporter> Collection<'_, '_, R> {
         self.batcher.progress.bytes_seen = to_i64(stored_packs.values().sum());
 
         let mut needed: HashSet<ChunkId> = HashSet::new();
+        // What the snapshots whose locks are kept need (Object Lock only).
+        let mut kept_needed: HashSet<ChunkId> = HashSet::new();
+        let mut kept_manifests = Vec::new();
+        let locked = store.object_lock().is_some();
         let mut snapshots_seen = Vec::new();
         let snapshots = list_snapshots(store, self.cancel).await?;
         // An earlier attempt's manifest can never be committed (its lease was
         // lost before a later one was granted): its chunks are not needed,
-        // and the manifest itself goes.
-        delete_all(store, snapshots.superseded, self.cancel).await?;
+        // and the manifest itself goes (once its lock, if any, has passed).
+        delete_all_unlocked(store, snapshots.superseded, self.cancel).await?;
         self.batcher.progress.files_seen += snapshots.latest.len() as i64;
         for (run_id, key) in snapshots.latest {
+            let keeps_lock = locked && self.plan.lock_kept.contains(&run_id);
             if visit_manifest_chunks(&self.repository, &key, self.cancel, |id| {
                 needed.insert(id);
+                if keeps_lock {
+                    kept_needed.insert(id);
+                }
             })
             .await?
             {
                 snapshots_seen.push(run_id);
+                if keeps_lock {
+                    kept_manifests.push(key);
+                }
             }
             self.batcher.progress.files_done += 1;
             self.batcher.report_progress(false);
@@ -372,6 +449,12 @@ impl<R: Reporter> Collection<'_, '_, R> {
                 live_bytes,
             });
         }
+
+        let kept_packs: HashSet<PackId> = kept_needed
+            .iter()
+            .filter_map(|id| owner.get(id).copied())
+            .collect();
+        self.summary.locks_extended += self.extend_kept_locks(kept_manifests, kept_packs).await?;
 
         let mut condemned = Vec::new();
         let mut to_repack = Vec::new();
@@ -487,6 +570,22 @@ async fn delete_all(
     let mut running = stream::iter(deletions).buffer_unordered(DELETE_PARALLELISM);
     while let Some(result) = running.next().await {
         result?;
+    }
+    Ok(())
+}
+
+/// Deletes `keys` like [`delete_all`], leaving those Object Lock still
+/// keeps for a later collection.
+async fn delete_all_unlocked(
+    store: &Arc<Store>,
+    keys: Vec<String>,
+    cancel: &CancellationToken,
+) -> Result<(), StoreError> {
+    for key in keys {
+        match store.delete(&key, cancel).await {
+            Ok(()) | Err(StoreError::Locked { .. }) => {}
+            Err(other) => return Err(other),
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod gc;
+pub mod locks;
 pub mod rebuild;
 pub mod restore;
 pub mod retention;

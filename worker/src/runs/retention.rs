@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::run_attempt;
 use crate::report::{Batcher, Reporter, RunFailure};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// One snapshot to remove.
 #[derive(Debug, Clone)]
@@ -74,11 +74,18 @@ async fn remove<R: Reporter>(
             *key != removal.manifest_key && layout::parse_manifest_key(key) == Some(removal.run_id)
         }));
         for key in keys {
-            if let Err(error) = removal.store.delete(&key, cancel).await {
-                return Err(RunFailure {
-                    message: format!("deleting {key}: {error}"),
-                    retryable: error.is_retryable(),
-                });
+            match removal.store.delete(&key, cancel).await {
+                Ok(()) => {}
+                // An uncommitted attempt's manifest written after the
+                // committed one may be locked longer: garbage collection
+                // deletes it once its lock has passed.
+                Err(StoreError::Locked { .. }) if key != removal.manifest_key => {}
+                Err(error) => {
+                    return Err(RunFailure {
+                        message: format!("deleting {key}: {error}"),
+                        retryable: error.is_retryable(),
+                    })
+                }
             }
         }
         batcher.progress.files_done += 1;

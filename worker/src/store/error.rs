@@ -21,6 +21,20 @@ pub enum StoreError {
         /// The key written.
         key: String,
     },
+    /// The store is append-only (a backup-class worker's): it deletes nothing.
+    #[error("refusing to delete {key:?}: this worker is append-only (class backup)")]
+    DeleteRefused {
+        /// The key a deletion was asked for.
+        key: String,
+    },
+    /// S3 Object Lock keeps the object: it cannot be deleted yet.
+    #[error("object {key:?} is locked{}", until.map(|u| format!(" until {}", u.to_rfc3339())).unwrap_or_default())]
+    Locked {
+        /// The key.
+        key: String,
+        /// Its retain-until date, when the server says.
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// The key is not a valid relative object key.
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey {
@@ -63,6 +77,8 @@ impl StoreError {
                 | StoreError::InvalidKey { .. }
                 | StoreError::Cancelled
                 | StoreError::AlreadyExists { .. }
+                | StoreError::DeleteRefused { .. }
+                | StoreError::Locked { .. }
         )
     }
 

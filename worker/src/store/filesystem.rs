@@ -26,6 +26,8 @@ const COPY_BUFFER: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct FilesystemStore {
     root: PathBuf,
+    /// Append-only: every deletion is refused (a backup-class worker).
+    pub(super) deletes_refused: bool,
 }
 
 /// What to write into an object.
@@ -44,7 +46,10 @@ impl FilesystemStore {
                 root.display()
             )));
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            deletes_refused: false,
+        })
     }
 
     /// The repository root.

@@ -9,6 +9,7 @@
 mod error;
 pub mod filesystem;
 mod key;
+pub mod lock;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use error::cancellable;
 pub use error::StoreError;
 pub use filesystem::FilesystemStore;
 pub use key::validate_key;
+pub use lock::{lock_action, LockAction, LockMode, ObjectLock};
 pub use s3::{S3Location, S3Store};
 
 /// A repository's object store.
@@ -70,6 +72,89 @@ impl Store {
         };
         let credentials = s3::credentials_for(bucket).await?;
         Ok(Store::S3(S3Store::new(location, credentials).await?))
+    }
+
+    /// The same store, append-only: every deletion through it fails with
+    /// [`StoreError::DeleteRefused`], whatever a lease asks. What a
+    /// backup-class worker opens, so that even a control plane that
+    /// assigned it a deleting run, or a bug in one, deletes nothing.
+    pub fn refusing_deletes(mut self) -> Self {
+        match &mut self {
+            Store::Filesystem(fs) => fs.deletes_refused = true,
+            Store::S3(s3) => s3.deletes_refused = true,
+        }
+        self
+    }
+
+    /// Whether deletions are refused ([`Store::refusing_deletes`]).
+    pub fn refuses_deletes(&self) -> bool {
+        match self {
+            Store::Filesystem(fs) => fs.deletes_refused,
+            Store::S3(s3) => s3.deletes_refused,
+        }
+    }
+
+    /// The same store writing with `lock` after checking that its bucket
+    /// has Object Lock enabled. A filesystem store cannot lock anything
+    /// and is refused: data that must be immutable is never written where
+    /// it would not be.
+    pub async fn with_object_lock(
+        self,
+        lock: ObjectLock,
+        cancel: &CancellationToken,
+    ) -> Result<Self, StoreError> {
+        match self {
+            Store::Filesystem(_) => Err(StoreError::Config(
+                "Object Lock is required, but the repository is on a filesystem".into(),
+            )),
+            Store::S3(s3) => {
+                s3.check_object_lock(cancel).await?;
+                Ok(Store::S3(s3.with_object_lock(lock)))
+            }
+        }
+    }
+
+    /// The Object Lock objects are written with, if any.
+    pub fn object_lock(&self) -> Option<&ObjectLock> {
+        match self {
+            Store::Filesystem(_) => None,
+            Store::S3(s3) => s3.object_lock(),
+        }
+    }
+
+    /// The retain-until date of object `key`, `None` when it is not locked
+    /// (always on a filesystem); [`StoreError::NotFound`] when it does not exist.
+    pub async fn retain_until(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        validate_key(key)?;
+        match self {
+            Store::Filesystem(_) => Ok(None),
+            Store::S3(s3) => cancellable(cancel, s3.retain_until(key)).await,
+        }
+    }
+
+    /// Moves the lock of object `key` to `until` (a store with Object Lock
+    /// only). Maintenance only: refused like a deletion on an append-only
+    /// store, since a lock extended without end would keep garbage forever.
+    pub async fn extend_lock(
+        &self,
+        key: &str,
+        until: chrono::DateTime<chrono::Utc>,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        validate_key(key)?;
+        if self.refuses_deletes() {
+            return Err(StoreError::DeleteRefused { key: key.into() });
+        }
+        match self {
+            Store::Filesystem(_) => Err(StoreError::Config(
+                "a filesystem repository has no Object Lock".into(),
+            )),
+            Store::S3(s3) => s3.extend_lock(key, until, cancel).await,
+        }
     }
 
     /// A short description of where the store writes, without secrets.
@@ -206,13 +291,19 @@ impl Store {
         Ok(keys)
     }
 
-    /// Deletes the object `key`; deleting a missing object succeeds.
+    /// Deletes the object `key`; deleting a missing object succeeds. An
+    /// append-only store refuses ([`StoreError::DeleteRefused`]); under
+    /// Object Lock, a locked object fails with [`StoreError::Locked`] and
+    /// stays as it was.
     pub async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<(), StoreError> {
         validate_key(key)?;
+        if self.refuses_deletes() {
+            return Err(StoreError::DeleteRefused { key: key.into() });
+        }
         cancellable(cancel, async {
             match self {
                 Store::Filesystem(fs) => fs.delete(key).await,
-                Store::S3(s3) => s3.delete(key).await,
+                Store::S3(s3) => s3.delete(key, cancel).await,
             }
         })
         .await

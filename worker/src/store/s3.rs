@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{cancellable, StoreError};
+use super::lock::ObjectLock;
 
 /// Files larger than this are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
@@ -214,6 +215,10 @@ async fn credentials_from_dir(dir: &Path) -> Result<S3Credentials, StoreError> {
 pub struct S3Store {
     client: Client,
     location: S3Location,
+    /// The Object Lock every object is written with, when the bucket requires one.
+    lock: Option<ObjectLock>,
+    /// Append-only: every deletion is refused (a backup-class worker).
+    pub(super) deletes_refused: bool,
 }
 
 impl S3Store {
@@ -268,7 +273,26 @@ impl S3Store {
         Ok(Self {
             client: Client::from_conf(config.build()),
             location,
+            lock: None,
+            deletes_refused: false,
         })
+    }
+
+    /// The same store writing every object with `lock` (the bucket must
+    /// have Object Lock enabled: [`S3Store::check_object_lock`]), and
+    /// deleting by version.
+    pub fn with_object_lock(mut self, lock: ObjectLock) -> Self {
+        self.lock = Some(lock);
+        self
+    }
+
+    /// The Object Lock objects are written with, if any.
+    pub fn object_lock(&self) -> Option<&ObjectLock> {
+        self.lock.as_ref()
+    }
+
+    pub(super) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Where this store writes, e.g. `s3 http://host:3900 bucket/prefix`.
@@ -289,10 +313,16 @@ impl S3Store {
         &self.location
     }
 
-    /// Creates the bucket; a bucket that already exists and is ours is fine.
+    /// Creates the bucket (with Object Lock enabled when the store writes
+    /// with a lock); a bucket that already exists and is ours is fine.
     pub async fn ensure_bucket(&self, cancel: &CancellationToken) -> Result<(), StoreError> {
         let bucket = &self.location.bucket;
-        let request = self.client.create_bucket().bucket(bucket).send();
+        let request = self
+            .client
+            .create_bucket()
+            .bucket(bucket)
+            .set_object_lock_enabled_for_bucket(self.lock.map(|_| true))
+            .send();
         match cancellable(cancel, async { Ok(request.await) }).await? {
             Ok(_) => Ok(()),
             Err(e)
@@ -347,7 +377,7 @@ impl S3Store {
 
     /// `prefix/key`, or `key` when the repository has no prefix; with an
     /// empty key, the prefix with its trailing slash.
-    fn full_key(&self, key: &str) -> String {
+    pub(super) fn full_key(&self, key: &str) -> String {
         if self.location.prefix.is_empty() {
             key.to_owned()
         } else {
@@ -403,6 +433,7 @@ impl S3Store {
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| StoreError::io(format!("reading {}", path.display()), e.into()))?;
+        let (lock_mode, retain_until) = self.lock_for_write().unzip();
         let request = self
             .client
             .put_object()
@@ -410,6 +441,10 @@ impl S3Store {
             .key(&full_key)
             .content_length(to_i64(size))
             .set_if_none_match(create_only.then(|| "*".to_owned()))
+            .set_object_lock_mode(lock_mode)
+            .set_object_lock_retain_until_date(retain_until)
+            // S3 requires an integrity checksum on writes with a lock.
+            .set_checksum_algorithm(self.lock.map(|_| ChecksumAlgorithm::Crc32C))
             .body(body)
             .send();
         let sent = cancellable(cancel, async {
@@ -432,11 +467,14 @@ impl S3Store {
         size: u64,
         cancel: &CancellationToken,
     ) -> Result<(), StoreError> {
+        let (lock_mode, retain_until) = self.lock_for_write().unzip();
         let request = self
             .client
             .create_multipart_upload()
             .bucket(&self.location.bucket)
             .key(full_key)
+            .set_object_lock_mode(lock_mode)
+            .set_object_lock_retain_until_date(retain_until)
             .send();
         // Not cancellable: an upload the server created but whose id we
         // never read could not be aborted, and would hold its parts until a
@@ -561,11 +599,14 @@ impl S3Store {
         cancel: &CancellationToken,
     ) -> Result<(), StoreError> {
         let full_key = self.full_key(key);
+        let (lock_mode, retain_until) = self.lock_for_write().unzip();
         let request = self
             .client
             .put_object()
             .bucket(&self.location.bucket)
             .key(&full_key)
+            .set_object_lock_mode(lock_mode)
+            .set_object_lock_retain_until_date(retain_until)
             .body(ByteStream::from(bytes))
             // Packs and index files are most of what a backup uploads. SigV4
             // would SHA-256 every body here and again on the server; instead
@@ -668,7 +709,16 @@ impl S3Store {
         }
     }
 
-    pub(super) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+    /// Deletes `key`: in a bucket with Object Lock every version of it
+    /// ([`S3Store::delete_versions`]), elsewhere the object.
+    pub(super) async fn delete(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        if self.lock.is_some() {
+            return self.delete_versions(key, cancel).await;
+        }
         let full_key = self.full_key(key);
         let request = self
             .client
@@ -743,7 +793,7 @@ async fn tls_context() -> Result<TlsContext, StoreError> {
 
 /// Awaits one S3 request unless `cancel` fires first; its error names
 /// `operation` and `key`.
-async fn send<T, E, R>(
+pub(super) async fn send<T, E, R>(
     cancel: &CancellationToken,
     operation: &'static str,
     key: &str,
@@ -759,7 +809,11 @@ where
     .await
 }
 
-fn s3_error<E, R>(operation: &'static str, key: &str, error: SdkError<E, R>) -> StoreError
+pub(super) fn s3_error<E, R>(
+    operation: &'static str,
+    key: &str,
+    error: SdkError<E, R>,
+) -> StoreError
 where
     E: std::error::Error + 'static,
     R: fmt::Debug + 'static,

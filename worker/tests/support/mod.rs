@@ -172,6 +172,34 @@ pub async fn run_to_success(server: &TestServer, spec: pb::create_run_request::S
     run
 }
 
+/// The retention plan of job `job_id`, as the admin asks for it.
+pub async fn plan_retention(server: &TestServer, job_id: &str) -> pb::PlanRetentionResponse {
+    let request = pb::PlanRetentionRequest {
+        job_id: job_id.to_string(),
+        ..Default::default()
+    };
+    let mut retention = server.admin().retention;
+    retention
+        .plan_retention(request)
+        .await
+        .expect("plan")
+        .into_inner()
+}
+
+/// Collects the garbage of `target` with no grace period and waits until
+/// the collection has succeeded.
+pub async fn collect_garbage(server: &TestServer, target: &pb::Target) -> pb::Run {
+    let spec = pb::create_run_request::Spec::GarbageCollection(pb::GarbageCollectionSpec {
+        target: Some(target.clone()),
+        grace_period: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        }),
+        repack_threshold_percent: 0.0,
+    });
+    run_to_success(server, spec).await
+}
+
 /// Fails the test with the run's error unless it has succeeded.
 pub fn assert_succeeded(run: &pb::Run) {
     assert_eq!(

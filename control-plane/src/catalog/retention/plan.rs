@@ -77,7 +77,7 @@ fn scope_not_found(scope: RetentionScope) -> DomainError {
 fn snapshots_sql(runs: &str) -> String {
     format!(
         "SELECT r.id, r.job_id, r.target_bucket_id, r.repository_id, r.finish_time, r.create_time, \
-         j.retention_policy_id AS job_policy_id, b.retention_policy_id AS bucket_policy_id \
+         r.locked_until, j.retention_policy_id AS job_policy_id, b.retention_policy_id AS bucket_policy_id \
          FROM runs r LEFT JOIN jobs j ON j.id = r.job_id \
          LEFT JOIN buckets b ON b.id = r.target_bucket_id \
          WHERE r.kind = 'backup' AND r.state = 'succeeded' AND {runs}"
@@ -143,6 +143,7 @@ struct SnapshotRow {
     repository_id: Option<Uuid>,
     finish_time: Option<DateTime<Utc>>,
     create_time: DateTime<Utc>,
+    locked_until: Option<DateTime<Utc>>,
     job_policy_id: Option<Uuid>,
     bucket_policy_id: Option<Uuid>,
 }
@@ -432,6 +433,7 @@ fn snapshot_groups(
             run_id: row.id,
             time: row.finish_time.unwrap_or(row.create_time),
             tags: run_tags.remove(&row.id).unwrap_or_default(),
+            locked_until: row.locked_until,
         });
     }
     Ok(groups.into_values().collect())

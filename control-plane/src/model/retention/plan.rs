@@ -93,6 +93,10 @@ pub enum KeepReason {
     RetainUntil,
     /// Contains a version an object retention's policy keeps.
     ObjectPolicy,
+    /// Nothing else keeps it, but its manifest is under S3 Object Lock
+    /// until [`SnapshotDecision::locked_until`]: it is removed by the first
+    /// retention after that.
+    ObjectLock,
 }
 
 impl KeepReason {
@@ -112,6 +116,7 @@ impl KeepReason {
             KeepReason::LegalHold => "legal_hold",
             KeepReason::RetainUntil => "retain_until",
             KeepReason::ObjectPolicy => "object_policy",
+            KeepReason::ObjectLock => "object_lock",
         }
     }
 }
@@ -150,6 +155,8 @@ pub struct Snapshot {
     pub time: DateTime<Utc>,
     /// The run's tags.
     pub tags: Vec<TagPair>,
+    /// Until when its manifest is under S3 Object Lock, when it is.
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 /// What identifies a group of snapshots: the job and the repository they
@@ -283,12 +290,23 @@ pub struct SnapshotDecision {
     pub policy: Option<(Uuid, PolicySource)>,
     /// Why it is kept, in [`KeepReason`] order; empty when it is removed.
     pub reasons: Vec<KeepReason>,
+    /// Until when its manifest is under S3 Object Lock, when that is later
+    /// than the plan's time.
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 impl SnapshotDecision {
     /// Whether the snapshot survives.
     pub fn keep(&self) -> bool {
         !self.reasons.is_empty()
+    }
+
+    /// Whether a rule other than its own lock keeps the snapshot: only
+    /// then are its locks extended. A snapshot kept only by
+    /// [`KeepReason::ObjectLock`] is waiting for removal, and extending
+    /// its lock would keep it (and what it needs) forever.
+    pub fn keeps_locks(&self) -> bool {
+        self.reasons.iter().any(|r| *r != KeepReason::ObjectLock)
     }
 }
 
@@ -359,17 +377,28 @@ pub fn plan(input: &PlanInput) -> DomainResult<RetentionPlan> {
     for object in &input.objects {
         apply_object_holds(&mut groups, object, input.now)?;
     }
+    let now = input.now;
     let mut decisions: Vec<SnapshotDecision> = groups
         .into_iter()
         .flat_map(|group| {
             let job_id = group.group.key.job_id;
             let policy = group.group.policy.as_ref().map(|p| (p.id, p.source));
-            group.snapshots.into_iter().map(move |p| SnapshotDecision {
-                run_id: p.snapshot.run_id,
-                job_id,
-                time: p.snapshot.time,
-                policy,
-                reasons: p.reasons.into_iter().collect(),
+            group.snapshots.into_iter().map(move |p| {
+                // A manifest still locked cannot be deleted: the snapshot
+                // waits, and the plan says until when.
+                let locked_until = p.snapshot.locked_until.filter(|until| *until > now);
+                let mut reasons = p.reasons;
+                if reasons.is_empty() && locked_until.is_some() {
+                    reasons.insert(KeepReason::ObjectLock);
+                }
+                SnapshotDecision {
+                    run_id: p.snapshot.run_id,
+                    job_id,
+                    time: p.snapshot.time,
+                    policy,
+                    reasons: reasons.into_iter().collect(),
+                    locked_until,
+                }
             })
         })
         .collect();

@@ -63,6 +63,7 @@ fn group(policy: Option<AppliedPolicy>, history: &[(&str, &[&str])]) -> Snapshot
                 run_id: run(i),
                 time: at(time),
                 tags: tags(tag_list),
+                locked_until: None,
             })
             .collect(),
     }
@@ -387,11 +388,13 @@ fn groups_are_evaluated_separately_and_merged_newest_first() {
                 run_id: run(10),
                 time: at("2024-05-02T18:00:00Z"),
                 tags: vec![],
+                locked_until: None,
             },
             Snapshot {
                 run_id: run(11),
                 time: at("2024-05-03T18:00:00Z"),
                 tags: vec![],
+                locked_until: None,
             },
         ],
     };

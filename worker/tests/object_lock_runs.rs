@@ -100,7 +100,8 @@ async fn details(server: &TestServer, run: &pb::Run) -> String {
 }
 
 fn time_of(timestamp: &prost_types::Timestamp) -> DateTime<Utc> {
-    DateTime::from_timestamp(timestamp.seconds, 0).expect("valid time")
+    let nanos = u32::try_from(timestamp.nanos).expect("valid nanos");
+    DateTime::from_timestamp(timestamp.seconds, nanos).expect("valid time")
 }
 
 /// Waits until the clock is past `until`: the lock's end is the event.

@@ -71,8 +71,11 @@ pub async fn committed(catalog: &Catalog, run: &Run, now: DateTime<Utc>) -> Doma
         .await
 }
 
+/// `time + retention`, plus the second by which a worker may round a
+/// lock date up (S3 keeps whole seconds): never earlier than the real lock.
 fn after(time: DateTime<Utc>, retention: Duration) -> DateTime<Utc> {
-    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let retention = chrono::Duration::from_std(retention.saturating_add(Duration::from_secs(1)))
+        .unwrap_or(chrono::Duration::MAX);
     time.checked_add_signed(retention)
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }

@@ -108,7 +108,140 @@ async fn workers_without_a_class_take_everything(backend: Backend) {
     assert_eq!(assigned.lease.expect("lease").run_id, gc);
 }
 
+/// A secret of the caller of `api` holding `access_key_id`; returns its id.
+async fn secret(
+    api: &coffer_control_plane::testing::Api,
+    name: &str,
+    access_key_id: &str,
+) -> String {
+    let request = pb::CreateSecretRequest {
+        secret: Some(pb::Secret {
+            name: name.into(),
+            ..Default::default()
+        }),
+        s3: Some(pb::S3CredentialValues {
+            access_key_id: access_key_id.into(),
+            secret_access_key: format!("{access_key_id}-secret"),
+            session_token: String::new(),
+        }),
+    };
+    let created = api.secrets.clone().create_secret(request).await;
+    created
+        .expect("secret")
+        .into_inner()
+        .secret
+        .expect("secret")
+        .id
+}
+
+fn leased_key(assignment: &pb::RunAssignment) -> String {
+    let bucket = assignment
+        .target
+        .as_ref()
+        .and_then(|target| target.bucket.as_ref())
+        .expect("a resolved bucket");
+    bucket
+        .credentials
+        .as_ref()
+        .expect("leased credentials")
+        .access_key_id
+        .clone()
+}
+
+async fn only_maintenance_leases_carry_the_maintenance_credentials(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, tenant) = server.create_user("tenant").await;
+    let api = server.as_user(&tenant);
+    let write = secret(&api, "write-only", "WRITEKEY").await;
+    let delete = secret(&api, "maintenance", "DELETEKEY").await;
+    let bucket = api
+        .create_bucket(pb::Bucket {
+            name: "vault".into(),
+            location: Some(pb::bucket::Location::S3(pb::S3Location {
+                endpoint: "http://minio:9000".into(),
+                bucket: "vault".into(),
+                force_path_style: true,
+                secret_id: write,
+                ..Default::default()
+            })),
+            maintenance_secret_id: delete,
+            ..Default::default()
+        })
+        .await
+        .expect("bucket");
+    let target = pb::Target {
+        destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+            bucket_id: bucket.id,
+            prefix: "repo".into(),
+        })),
+    };
+    let backup_run = api
+        .queue_run(pb::create_run_request::Spec::Backup(pb::BackupSpec {
+            source_path: "/data/vault".into(),
+            target: Some(target.clone()),
+            ..Default::default()
+        }))
+        .await;
+    let mut append_only =
+        LeaseClient::open(&server, "backup-1", &worker(pb::WorkerClass::Backup)).await;
+    append_only.credit(1).await;
+    let assigned = append_only.assignment().await;
+    assert_eq!(assigned.lease.as_ref().expect("lease").run_id, backup_run);
+    assert_eq!(leased_key(&assigned), "WRITEKEY");
+
+    let gc = api
+        .queue_run(pb::create_run_request::Spec::GarbageCollection(
+            pb::GarbageCollectionSpec {
+                target: Some(target),
+                ..Default::default()
+            },
+        ))
+        .await;
+    let mut maintenance = LeaseClient::open(
+        &server,
+        "maintenance-1",
+        &worker(pb::WorkerClass::Maintenance),
+    )
+    .await;
+    maintenance.credit(1).await;
+    let assigned = maintenance.assignment().await;
+    assert_eq!(assigned.lease.as_ref().expect("lease").run_id, gc);
+    assert_eq!(leased_key(&assigned), "DELETEKEY");
+}
+
+async fn an_unknown_class_is_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = pb::WorkerHello {
+        name: "odd-1".into(),
+        slots: 1,
+        class: 99,
+        ..Default::default()
+    };
+    let up = pb::LeaseSessionRequest {
+        message: Some(pb::lease_session_request::Message::Hello(hello)),
+    };
+    tx.send(up).await.expect("send hello");
+    let token = server.worker_token_for("odd-1").await;
+    let mut workers = server.as_user(&token).workers;
+    let opened = workers
+        .lease_session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    let status = match opened {
+        Err(status) => status,
+        Ok(stream) => stream
+            .into_inner()
+            .message()
+            .await
+            .expect_err("the session is refused"),
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("hello.class"), "{status:?}");
+}
+
 both_backends!(
     garbage_collection_waits_for_a_maintenance_worker,
     workers_without_a_class_take_everything,
+    only_maintenance_leases_carry_the_maintenance_credentials,
+    an_unknown_class_is_refused,
 );

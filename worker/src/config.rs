@@ -278,6 +278,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_class_defaults_to_all_and_parses() {
+        let default = Config::parse_from(["coffer-worker"]);
+        assert_eq!(default.class, WorkerClass::All);
+        let backup = Config::parse_from(["coffer-worker", "--class", "backup"]);
+        assert_eq!(backup.class, WorkerClass::Backup);
+        assert!(!backup.class.may_delete());
+        assert!(Config::try_parse_from(["coffer-worker", "--class", "janitor"]).is_err());
+    }
+
+    #[test]
     fn labels_and_roots_parse() {
         let config = Config::parse_from([
             "coffer-worker",

@@ -358,7 +358,7 @@ impl<R: Reporter> Collection<'_, '_, R> {
             .copied()
             .collect();
         let keys = doomed.iter().map(layout::pack_key).collect();
-        delete_all(store, keys, self.cancel).await?;
+        delete_all(store, keys, WhenLocked::Fail, self.cancel).await?;
         let deleted: Vec<u64> = doomed
             .iter()
             .filter_map(|id| present.get(id).copied())
@@ -403,7 +403,7 @@ impl<R: Reporter> Collection<'_, '_, R> {
         // An earlier attempt's manifest can never be committed (its lease was
         // lost before a later one was granted): its chunks are not needed,
         // and the manifest itself goes (once its lock, if any, has passed).
-        delete_all_unlocked(store, snapshots.superseded, self.cancel).await?;
+        delete_all(store, snapshots.superseded, WhenLocked::Leave, self.cancel).await?;
         self.batcher.progress.files_seen += snapshots.latest.len() as i64;
         for (run_id, key) in snapshots.latest {
             let keeps_lock = locked && self.plan.lock_kept.contains(&run_id);
@@ -552,14 +552,27 @@ async fn consolidate_index(
         .filter(|stored| Some(&stored.key) != keep_key.as_ref())
         .map(|stored| stored.key.clone())
         .collect();
-    delete_all(store, superseded, cancel).await?;
+    // An index file a backup wrote after the sweep's lock check may still
+    // be locked; it names no condemned pack (backups load the index without
+    // them), so it can stay.
+    delete_all(store, superseded, WhenLocked::Leave, cancel).await?;
     Ok(())
+}
+
+/// What a bulk deletion does with an object Object Lock still keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WhenLocked {
+    /// Fail: the object was judged deletable, so a lock means a mistake.
+    Fail,
+    /// Leave it for a later collection.
+    Leave,
 }
 
 /// Deletes `keys`, several at once.
 async fn delete_all(
     store: &Arc<Store>,
     keys: Vec<String>,
+    when_locked: WhenLocked,
     cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
     let deletions = keys.into_iter().map(|key| {
@@ -569,22 +582,9 @@ async fn delete_all(
     });
     let mut running = stream::iter(deletions).buffer_unordered(DELETE_PARALLELISM);
     while let Some(result) = running.next().await {
-        result?;
-    }
-    Ok(())
-}
-
-/// Deletes `keys` like [`delete_all`], leaving those Object Lock still
-/// keeps for a later collection.
-async fn delete_all_unlocked(
-    store: &Arc<Store>,
-    keys: Vec<String>,
-    cancel: &CancellationToken,
-) -> Result<(), StoreError> {
-    for key in keys {
-        match store.delete(&key, cancel).await {
-            Ok(()) | Err(StoreError::Locked { .. }) => {}
-            Err(other) => return Err(other),
+        match result {
+            Err(StoreError::Locked { .. }) if when_locked == WhenLocked::Leave => {}
+            other => other?,
         }
     }
     Ok(())

@@ -30,29 +30,7 @@ fn s3_bucket(name: &str, secret_id: &str) -> pb::Bucket {
 
 /// A secret of the caller of `api`, for its S3 buckets; returns its id.
 async fn secret_of(api: &coffer_control_plane::testing::Api) -> String {
-    named_secret(api, "s3").await
-}
-
-/// A secret called `name` of the caller of `api`; returns its id.
-async fn named_secret(api: &coffer_control_plane::testing::Api, name: &str) -> String {
-    let request = pb::CreateSecretRequest {
-        secret: Some(pb::Secret {
-            name: name.into(),
-            ..Default::default()
-        }),
-        s3: Some(pb::S3CredentialValues {
-            access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
-            secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
-            session_token: String::new(),
-        }),
-    };
-    let created = api.secrets.clone().create_secret(request).await;
-    created
-        .expect("secret")
-        .into_inner()
-        .secret
-        .expect("secret")
-        .id
+    support::s3_secret(api, "s3", "AKIAIOSFODNN7EXAMPLE").await
 }
 
 fn fs_bucket(name: &str) -> pb::Bucket {
@@ -533,7 +511,7 @@ async fn object_lock_round_trip_and_immutability(backend: Backend) {
     let (_, token) = server.create_user("alice").await;
     let api = server.as_user(&token);
     let secret = secret_of(&api).await;
-    let maintenance = named_secret(&api, "s3-maintenance").await;
+    let maintenance = support::s3_secret(&api, "s3-maintenance", "AKIAMAINTENANCE").await;
 
     let plain = api
         .create_bucket(s3_bucket("plain", &secret))

@@ -36,6 +36,18 @@ fn garbage_collection(repository: &str) -> pb::create_run_request::Spec {
     })
 }
 
+/// Connects a worker of `class` with one free slot and returns its first
+/// assignment.
+async fn first_assignment(
+    server: &TestServer,
+    name: &str,
+    class: pb::WorkerClass,
+) -> pb::RunAssignment {
+    let mut client = LeaseClient::open(server, name, &worker(class)).await;
+    client.credit(1).await;
+    client.assignment().await
+}
+
 fn run_kind(assignment: &pb::RunAssignment) -> Option<pb::RunKind> {
     assignment
         .run
@@ -84,14 +96,7 @@ async fn garbage_collection_waits_for_a_maintenance_worker(backend: Backend) {
     );
 
     // A maintenance worker connects and gets it.
-    let mut maintenance = LeaseClient::open(
-        &server,
-        "maintenance-1",
-        &worker(pb::WorkerClass::Maintenance),
-    )
-    .await;
-    maintenance.credit(1).await;
-    let assigned = maintenance.assignment().await;
+    let assigned = first_assignment(&server, "maintenance-1", pb::WorkerClass::Maintenance).await;
     assert_eq!(assigned.lease.as_ref().expect("lease").run_id, gc);
     assert_eq!(run_kind(&assigned), Some(pb::RunKind::GarbageCollection));
 }
@@ -102,36 +107,8 @@ async fn workers_without_a_class_take_everything(backend: Backend) {
     let api = server.as_user(&tenant);
     let repository = format!("/backups/classes/{}", uuid::Uuid::new_v4().simple());
     let gc = api.queue_run(garbage_collection(&repository)).await;
-    let mut old = LeaseClient::open(&server, "old-1", &worker(pb::WorkerClass::Unspecified)).await;
-    old.credit(1).await;
-    let assigned = old.assignment().await;
+    let assigned = first_assignment(&server, "old-1", pb::WorkerClass::Unspecified).await;
     assert_eq!(assigned.lease.expect("lease").run_id, gc);
-}
-
-/// A secret of the caller of `api` holding `access_key_id`; returns its id.
-async fn secret(
-    api: &coffer_control_plane::testing::Api,
-    name: &str,
-    access_key_id: &str,
-) -> String {
-    let request = pb::CreateSecretRequest {
-        secret: Some(pb::Secret {
-            name: name.into(),
-            ..Default::default()
-        }),
-        s3: Some(pb::S3CredentialValues {
-            access_key_id: access_key_id.into(),
-            secret_access_key: format!("{access_key_id}-secret"),
-            session_token: String::new(),
-        }),
-    };
-    let created = api.secrets.clone().create_secret(request).await;
-    created
-        .expect("secret")
-        .into_inner()
-        .secret
-        .expect("secret")
-        .id
 }
 
 fn leased_key(assignment: &pb::RunAssignment) -> String {
@@ -152,8 +129,8 @@ async fn only_maintenance_leases_carry_the_maintenance_credentials(backend: Back
     let server = TestServer::start(backend).await;
     let (_, tenant) = server.create_user("tenant").await;
     let api = server.as_user(&tenant);
-    let write = secret(&api, "write-only", "WRITEKEY").await;
-    let delete = secret(&api, "maintenance", "DELETEKEY").await;
+    let write = support::s3_secret(&api, "write-only", "WRITEKEY").await;
+    let delete = support::s3_secret(&api, "maintenance", "DELETEKEY").await;
     let bucket = api
         .create_bucket(pb::Bucket {
             name: "vault".into(),
@@ -182,10 +159,7 @@ async fn only_maintenance_leases_carry_the_maintenance_credentials(backend: Back
             ..Default::default()
         }))
         .await;
-    let mut append_only =
-        LeaseClient::open(&server, "backup-1", &worker(pb::WorkerClass::Backup)).await;
-    append_only.credit(1).await;
-    let assigned = append_only.assignment().await;
+    let assigned = first_assignment(&server, "backup-1", pb::WorkerClass::Backup).await;
     assert_eq!(assigned.lease.as_ref().expect("lease").run_id, backup_run);
     assert_eq!(leased_key(&assigned), "WRITEKEY");
 
@@ -197,14 +171,7 @@ async fn only_maintenance_leases_carry_the_maintenance_credentials(backend: Back
             },
         ))
         .await;
-    let mut maintenance = LeaseClient::open(
-        &server,
-        "maintenance-1",
-        &worker(pb::WorkerClass::Maintenance),
-    )
-    .await;
-    maintenance.credit(1).await;
-    let assigned = maintenance.assignment().await;
+    let assigned = first_assignment(&server, "maintenance-1", pb::WorkerClass::Maintenance).await;
     assert_eq!(assigned.lease.as_ref().expect("lease").run_id, gc);
     assert_eq!(leased_key(&assigned), "DELETEKEY");
 }

@@ -110,3 +110,30 @@ pub fn one_byte_file(path: &str, content_hash: &str) -> SnapshotEntry {
         storage_key: String::new(),
     }
 }
+
+/// An S3 secret of the caller of `api` named `name` holding
+/// `access_key_id` (and a made-up secret key); returns its id.
+pub async fn s3_secret(
+    api: &coffer_control_plane::testing::Api,
+    name: &str,
+    access_key_id: &str,
+) -> String {
+    let request = coffer_proto::v1::CreateSecretRequest {
+        secret: Some(coffer_proto::v1::Secret {
+            name: name.into(),
+            ..Default::default()
+        }),
+        s3: Some(coffer_proto::v1::S3CredentialValues {
+            access_key_id: access_key_id.into(),
+            secret_access_key: format!("{access_key_id}/secret/EXAMPLEKEY"),
+            session_token: String::new(),
+        }),
+    };
+    let created = api.secrets.clone().create_secret(request).await;
+    created
+        .expect("secret")
+        .into_inner()
+        .secret
+        .expect("secret")
+        .id
+}

@@ -7,8 +7,8 @@
 #   eval "$(scripts/start-moto.sh)"
 #
 # sets COFFER_TEST_LOCK_S3_ENDPOINT, COFFER_TEST_LOCK_S3_REGION,
-# COFFER_TEST_LOCK_S3_ACCESS_KEY_ID, COFFER_TEST_LOCK_S3_SECRET_ACCESS_KEY and
-# MOTO_PID. Stop it with `kill "$MOTO_PID"`. Everything but the export lines
+# COFFER_TEST_LOCK_S3_ACCESS_KEY_ID, COFFER_TEST_LOCK_S3_SECRET_ACCESS_KEY,
+# MOTO_PID and MOTO_LOG. Stop it with `kill "$MOTO_PID"`; its log is MOTO_LOG. Everything but the export lines
 # goes to standard error.
 #
 # moto is installed with pip into a virtual environment under
@@ -49,6 +49,7 @@ export COFFER_TEST_LOCK_S3_REGION='us-east-1'
 export COFFER_TEST_LOCK_S3_ACCESS_KEY_ID='coffer-test'
 export COFFER_TEST_LOCK_S3_SECRET_ACCESS_KEY='coffer-test-secret'
 export MOTO_PID='$pid'
+export MOTO_LOG='$logfile'
 EXPORTS
     exit 0
   fi

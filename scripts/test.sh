@@ -92,6 +92,7 @@ cleanup() {
   fi
   if [ -n "${STARTED_MOTO:-}" ] && [ -n "${MOTO_PID:-}" ]; then
     kill "$MOTO_PID" 2>/dev/null || true
+    rm -f "${MOTO_LOG:-}"
   fi
   if [ -n "${PG_DIR:-}" ]; then
     "${PG_STOP[@]}" || true

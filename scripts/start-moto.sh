@@ -8,8 +8,8 @@
 #
 # sets COFFER_TEST_LOCK_S3_ENDPOINT, COFFER_TEST_LOCK_S3_REGION,
 # COFFER_TEST_LOCK_S3_ACCESS_KEY_ID, COFFER_TEST_LOCK_S3_SECRET_ACCESS_KEY,
-# MOTO_PID and MOTO_LOG. Stop it with `kill "$MOTO_PID"`; its log is MOTO_LOG. Everything but the export lines
-# goes to standard error.
+# MOTO_PID and MOTO_LOG. Stop it with `kill "$MOTO_PID"`; its log is the
+# file MOTO_LOG. Everything but the export lines goes to standard error.
 #
 # moto is installed with pip into a virtual environment under
 # ~/.cache/coffer-moto the first time.

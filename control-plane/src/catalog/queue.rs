@@ -132,6 +132,22 @@ impl Catalog {
         Ok(())
     }
 
+    /// How long until the next queued run waiting for its retry backoff
+    /// becomes ready (`None`: none waits). Nothing announces that moment, so
+    /// the assignment coordinator sets a timer for it.
+    pub async fn next_ready_in(&self) -> DomainResult<Option<std::time::Duration>> {
+        let now = self.now().await?;
+        let next: Option<DateTime<Utc>> = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT MIN(not_before_time) FROM runs \
+             WHERE state = 'queued' AND NOT cancel_requested AND not_before_time > $1"
+        )
+        .bind(now)
+        .fetch_one(pool)
+        .await)
+        .map_err(|e| from_sqlx(e, "queued runs"))?;
+        Ok(next.map(|next| (next - now).to_std().unwrap_or_default()))
+    }
+
     /// The labels a worker registered with, as the catalog holds them.
     pub async fn worker_labels(&self, worker_id: Uuid) -> DomainResult<BTreeMap<String, String>> {
         let labels: Option<String> = on_pool!(self, |pool| sqlx::query_scalar(

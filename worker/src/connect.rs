@@ -249,15 +249,22 @@ mod tests {
 
     #[tokio::test]
     async fn every_url_and_every_address_of_a_name_is_dialled() {
-        let planes =
-            ControlPlanes::parse("http://127.0.0.1:7001, http://localhost:7002", &ClientTls::default())
-                .expect("parse");
+        let planes = ControlPlanes::parse(
+            "http://127.0.0.1:7001, http://localhost:7002",
+            &ClientTls::default(),
+        )
+        .expect("parse");
         let addresses = planes.resolve().await;
         let dialled: Vec<String> = addresses
             .iter()
             .map(|address| address.endpoint.uri().to_string())
             .collect();
-        assert!(dialled.iter().any(|uri| uri.starts_with("http://127.0.0.1:7001")), "{dialled:?}");
+        assert!(
+            dialled
+                .iter()
+                .any(|uri| uri.starts_with("http://127.0.0.1:7001")),
+            "{dialled:?}"
+        );
         // `localhost` is dialled at its resolved address, under its own name.
         let by_name: Vec<&Address> = addresses
             .iter()
@@ -265,7 +272,12 @@ mod tests {
             .collect();
         assert!(!by_name.is_empty(), "{addresses:?}");
         for address in by_name {
-            let host = address.endpoint.uri().host().unwrap_or_default().to_string();
+            let host = address
+                .endpoint
+                .uri()
+                .host()
+                .unwrap_or_default()
+                .to_string();
             assert!(bare_host(&host).parse::<IpAddr>().is_ok(), "{host}");
         }
     }

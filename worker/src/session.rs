@@ -365,8 +365,10 @@ async fn serve(
             }
             // With its causes: "transport error" alone hides a refused
             // certificate.
-            Err(error) => Err(anyhow::Error::new(error)
-                .context(format!("cannot connect to {}", address.label))),
+            Err(error) => {
+                Err(anyhow::Error::new(error)
+                    .context(format!("cannot connect to {}", address.label)))
+            }
         };
         match outcome {
             Ok(SessionEnd::Drained) => return Ok(()),
@@ -383,7 +385,10 @@ async fn serve(
                 tracing::info!(control_plane = %address.label, "session ended; reconnecting to the next address");
             }
             Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "session failed; trying the next address")
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "session failed; trying the next address"
+                )
             }
         }
         failures = failures.saturating_add(1);

@@ -176,7 +176,8 @@ async fn a_worker_verifies_every_address_under_the_name_it_was_given() {
     let trust = vec!["--tls-ca".to_string(), setup.ca_file.display().to_string()];
     let token = setup.server.worker_token_for("by-address").await;
     let by_address = format!("https://127.0.0.1:{port}");
-    let refused = WorkerProcess::spawn_at(&by_address, &token, "by-address", &trust, &[], Some(&log));
+    let refused =
+        WorkerProcess::spawn_at(&by_address, &token, "by-address", &trust, &[], Some(&log));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();

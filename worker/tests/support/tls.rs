@@ -42,7 +42,12 @@ impl TlsSetup {
         Self::start_with(backend, false, ca, &certificate).await
     }
 
-    async fn start_with(backend: Backend, mtls: bool, ca: TestCa, certificate: &Issued) -> TlsSetup {
+    async fn start_with(
+        backend: Backend,
+        mtls: bool,
+        ca: TestCa,
+        certificate: &Issued,
+    ) -> TlsSetup {
         let files = TlsFiles::new(certificate);
         let ca_file = files.write("ca.pem", ca.pem());
         let workers = mtls.then(|| TestCa::new("coffer worker CA"));

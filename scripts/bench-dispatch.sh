@@ -28,6 +28,8 @@ cargo build --locked --profile "$BENCH_PROFILE" -p coffer-control-plane --exampl
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 profile_dir=$BENCH_PROFILE
 [ "$profile_dir" = dev ] && profile_dir=debug
+# The machine's load says how much the tails owe to other work.
+load=$(cut -d' ' -f1-3 /proc/loadavg)
 table=$(COFFER_LOG=${COFFER_LOG:-warn} "$target_dir/$profile_dir/examples/bench_dispatch")
 
 report=$(cat <<EOF
@@ -36,7 +38,7 @@ report=$(cat <<EOF
 Dispatch latency, queued -> leased, $BENCH_WORKERS idle workers on the first of two replicas.
 catalog: \`start_time - create_time\` on the database clock; worker after create: \`CreateRun\`
 returned -> assignment arrived; worker round trip: \`CreateRun\` called -> assignment arrived.
-$(nproc) cores, \`$BENCH_PROFILE\` profile, coffer $(git rev-parse --short HEAD 2>/dev/null || echo unknown).
+$(nproc) cores (load average before: $load), \`$BENCH_PROFILE\` profile, coffer $(git rev-parse --short HEAD 2>/dev/null || echo unknown).
 
 $table
 EOF

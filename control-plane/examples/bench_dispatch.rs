@@ -17,6 +17,11 @@
 //!   (zero when the assignment arrived first);
 //! - **worker round trip**: from just before `CreateRun` to the assignment
 //!   reaching the worker, including the `CreateRun` call itself.
+//!
+//! And the catalog's load: transactions committed in the database per run
+//! (PostgreSQL's statistics, read after they settle), everything included —
+//! creation, assignment, the workers' completions and every replica's
+//! background work — so that assignment strategies can be compared.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -115,11 +120,20 @@ fn backup_spec(round: usize) -> pb::create_run_request::Spec {
     })
 }
 
-/// Latencies of one series.
+/// Latencies of one series, and catalog transactions per run.
 struct Series {
     catalog: Vec<Duration>,
     after_create: Vec<Duration>,
     round_trip: Vec<Duration>,
+    transactions_per_run: f64,
+}
+
+/// PostgreSQL flushes a connection's statistics within this long.
+const STATISTICS_SETTLE: Duration = Duration::from_secs(11);
+
+async fn settled_transactions(server: &TestServer) -> anyhow::Result<i64> {
+    tokio::time::sleep(STATISTICS_SETTLE).await;
+    Ok(server.catalog().committed_transactions().await?)
 }
 
 /// Creates `runs` runs through `through`, one after the other, each once
@@ -132,6 +146,7 @@ async fn measure(
     let mut after_create = Vec::with_capacity(runs);
     let mut round_trip = Vec::with_capacity(runs);
     let mut ids = Vec::with_capacity(runs);
+    let transactions_before = settled_transactions(through).await?;
     for round in 0..runs {
         let started = Instant::now();
         let id = through.admin().queue_run(backup_spec(round)).await;
@@ -152,6 +167,7 @@ async fn measure(
         round_trip.push(arrived.duration_since(started));
         ids.push(id);
     }
+    let transactions = settled_transactions(through).await? - transactions_before;
     let mut catalog = Vec::with_capacity(runs);
     for id in &ids {
         let run = through.get_run(id).await;
@@ -167,6 +183,7 @@ async fn measure(
         catalog,
         after_create,
         round_trip,
+        transactions_per_run: transactions as f64 / runs.max(1) as f64,
     })
 }
 
@@ -216,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
     // Warm-up: connections, caches and every session seated.
     measure(&home, workers * 4, &mut received).await?;
 
+    let mut load = Vec::new();
     println!("| created through | figure | runs | p50 ms | p95 ms | p99 ms | max ms |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     for (label, through) in [("the worker's replica", &home), ("another replica", &other)] {
@@ -226,6 +244,12 @@ async fn main() -> anyhow::Result<()> {
             summary(label, "worker after create", series.after_create)
         );
         println!("{}", summary(label, "worker round trip", series.round_trip));
+        load.push(format!(
+            "{:.1} through {label}",
+            series.transactions_per_run
+        ));
     }
+    println!();
+    println!("Catalog transactions per run: {}.", load.join(", "));
     Ok(())
 }

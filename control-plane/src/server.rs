@@ -105,6 +105,11 @@ pub async fn serve_with(
         health_reporter,
         background.clone(),
     ));
+    tokio::spawn(state.dispatch.clone().run(
+        state.catalog.clone(),
+        state.lease_settings,
+        background.clone(),
+    ));
     tokio::spawn(crate::leasing::run_reaper(
         state.catalog.clone(),
         state.lease_settings,

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
+use crate::leasing::dispatch::Dispatcher;
 use crate::runs::admission::RunAdmission;
 use crate::scheduler::{SchedulerHandle, SchedulerSettings};
 use crate::secrets::Keyring;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub scheduler: SchedulerHandle,
     /// The keys secrets are sealed with (none: secrets are disabled).
     pub secrets: Keyring,
+    /// This replica's assignment coordinator, which the lease sessions sit at.
+    pub dispatch: Dispatcher,
 }
 
 impl AppState {
@@ -43,6 +46,7 @@ impl AppState {
             stopping: CancellationToken::new(),
             scheduler: SchedulerHandle::new(SchedulerSettings::default()),
             secrets: Keyring::disabled(),
+            dispatch: Dispatcher::default(),
         }
     }
 

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Request;
+use uuid::Uuid;
 
 use crate::auth::{ensure_bootstrap_token, mint_secret, AuthMode, Authenticator};
 use crate::catalog::leases::LeaseSettings;
@@ -420,6 +421,12 @@ impl TestServer {
             .expect("list workers")
             .into_inner()
             .workers
+    }
+
+    /// Whether a lease session of the worker with id `worker_id` is open on
+    /// this replica.
+    pub fn serves_worker(&self, worker_id: &str) -> bool {
+        Uuid::parse_str(worker_id).is_ok_and(|id| self.state.dispatch.serves(id))
     }
 
     /// Waits (up to `limit`) until the run is final.

@@ -363,6 +363,27 @@ async fn retryable_failures_requeue_until_the_last_attempt(backend: Backend) {
     );
 }
 
+/// Nothing announces the end of a retry backoff: the coordinator's timer
+/// does, long before its 10 s safety tick.
+async fn a_run_is_leased_again_as_soon_as_its_backoff_ends(backend: Backend) {
+    let server = TestServer::start_with_leases(backend, fast_leases()).await;
+    let run_id = queue_backup(&server, &[]).await;
+    let mut worker = ScriptedWorker::connect(&server, "w1", &[]).await;
+    worker.credit(1).await;
+    let lease = worker.assignment().await;
+    let failed_at = std::time::Instant::now();
+    assert!(worker.fail(&lease, "try again", true).await.accepted);
+    worker.credit(1).await;
+    let again = worker.assignment().await;
+    let waited = failed_at.elapsed();
+    assert_eq!(again.run_id, run_id);
+    assert!(again.lease_token > lease.lease_token);
+    assert!(
+        waited < Duration::from_secs(3),
+        "leased again {waited:?} after a 50 ms backoff"
+    );
+}
+
 async fn non_retryable_failure_fails_at_once(backend: Backend) {
     let server = TestServer::start(backend).await;
     let run_id = queue_backup(&server, &[]).await;
@@ -603,6 +624,7 @@ both_backends!(
     success_reported_after_an_accepted_cancel_ends_cancelled,
     cancelled_run_of_a_lost_worker_ends_cancelled,
     retryable_failures_requeue_until_the_last_attempt,
+    a_run_is_leased_again_as_soon_as_its_backoff_ends,
     non_retryable_failure_fails_at_once,
     heartbeats_keep_a_lease_longer_than_its_ttl,
     selectors_route_runs_to_matching_workers,

@@ -134,3 +134,37 @@ async fn a_worker_of_a_replica_that_died_is_not_listed_connected_by_the_others()
         .expect("listed with the offline workers");
     assert!(!worker.connected, "shown disconnected: {worker:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_run_does_not_wait_for_the_worker_of_a_replica_that_died() {
+    let first = TestServer::start(Backend::Postgres).await;
+    let second = first.start_replica().await;
+    let token = first.worker_token_for("on-first").await;
+    // The session announces no credit, so the run stays queued.
+    let _session = lease_session::open(&first, &token, "on-first")
+        .await
+        .expect("session on the first replica");
+    let run_id = queue_backup(&second).await;
+    let run = second.get_run(&run_id).await;
+    assert_eq!(
+        run.waiting_reason,
+        pb::WaitingReason::Ready as i32,
+        "while the worker's replica lives, the run waits for its free slot: {}",
+        run.waiting_message
+    );
+
+    // The first replica dies: its worker's row is no longer touched.
+    second
+        .catalog()
+        .execute_raw("UPDATE workers SET last_seen_time = last_seen_time - interval '1 hour'")
+        .await
+        .expect("age the worker row");
+    let run = second.get_run(&run_id).await;
+    assert_eq!(
+        run.waiting_reason,
+        pb::WaitingReason::NoMatchingWorker as i32,
+        "a worker silent for a TTL is not counted: {}",
+        run.waiting_message
+    );
+    assert_eq!(run.waiting_message, "no worker is connected");
+}

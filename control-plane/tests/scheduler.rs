@@ -219,13 +219,14 @@ fn total(statuses: &[SchedulerStatus], field: impl Fn(&SchedulerStatus) -> u64) 
     statuses.iter().map(field).sum()
 }
 
-/// The test: two control-plane replicas on one PostgreSQL database
+/// The test: three control-plane replicas on one PostgreSQL database
 /// fire each due tick exactly once, and the run belongs to the job's owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_replicas_fire_each_tick_once() {
+async fn three_replicas_fire_each_tick_once() {
     let first = TestServer::start_with_scheduler(Backend::Postgres, fast()).await;
     let second = first.start_replica().await;
-    let replicas = [&first, &second];
+    let third = first.start_replica().await;
+    let replicas = [&first, &second, &third];
     let (owner, token) = first.create_user("alice").await;
     let job = create_job(&first, &token, daily_job("nightly")).await;
     let id = job_id(&job);
@@ -256,10 +257,10 @@ async fn two_replicas_fire_each_tick_once() {
             .await
             .expect("cancel the scheduled run");
     }
-    // Give both replicas time to do anything more they might (they must not).
+    // Give every replica time to do anything more it might (it must not).
     wait_rounds(&replicas, 3).await;
 
-    let statuses = [first.scheduler().status(), second.scheduler().status()];
+    let statuses = replicas.map(|replica| replica.scheduler().status());
     assert_eq!(total(&statuses, |s| s.ticks), ticks);
     assert_eq!(total(&statuses, |s| s.runs_created), ticks);
     let runs = runs_of(&first, id).await;

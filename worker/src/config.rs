@@ -20,7 +20,10 @@ use crate::paths::normalise;
     about = "Coffer worker: leases runs and moves backup data"
 )]
 pub struct Config {
-    /// Control-plane URL.
+    /// Control-plane URLs, separated by commas: replicas to fail over
+    /// between. A host name that resolves to several addresses (a headless
+    /// Service) counts as one replica per address. The worker starts at a
+    /// random one and moves to the next when a session breaks.
     #[arg(
         long,
         env = "COFFER_CONTROL_PLANE",
@@ -91,6 +94,11 @@ pub struct Config {
     #[arg(long, env = "COFFER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// The name the control plane's certificate must carry, instead of the
+    /// host of each URL (e.g. replicas dialled by IP address).
+    #[arg(long, env = "COFFER_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+
     /// Allow an `http://` control plane off loopback: the worker token
     /// travels in clear. Only behind a trusted network.
     #[arg(long, env = "COFFER_INSECURE_PLAINTEXT")]
@@ -149,6 +157,10 @@ impl crate::process::BinaryConfig for Config {
             format!("tls_ca = {}", display_path(self.tls_ca.as_ref())),
             format!("tls_cert = {}", display_path(self.tls_cert.as_ref())),
             format!("tls_key = {}", display_path(self.tls_key.as_ref())),
+            format!(
+                "tls_server_name = {}",
+                self.tls_server_name.as_deref().unwrap_or("")
+            ),
             format!("insecure_plaintext = {}", self.insecure_plaintext),
             format!("health_file = {}", display_path(self.health_file.as_ref())),
             format!("token = {token}"),
@@ -222,6 +234,7 @@ impl Config {
             cert: self.tls_cert.clone(),
             key: self.tls_key.clone(),
             insecure_plaintext: self.insecure_plaintext,
+            server_name: self.tls_server_name.clone(),
         }
     }
 

@@ -36,7 +36,8 @@ const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// How a worker introduces itself and how much it takes on.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
-    /// Control-plane URL, e.g. `http://127.0.0.1:50051`.
+    /// Control-plane URLs, comma-separated, e.g. `http://127.0.0.1:50051`
+    /// (see [`crate::connect::ControlPlanes`]).
     pub control_plane: String,
     /// Worker-scope bearer token (none in loopback no-auth mode).
     pub token: Option<String>,
@@ -312,14 +313,18 @@ pub async fn run(
     result
 }
 
-/// Opens sessions one after the other until the worker drained.
+/// Opens sessions one after the other until the worker drained. A failed
+/// connect or a broken session moves on to the next control-plane address
+/// (another replica); the leases the worker holds go with it in its hello,
+/// so its runs continue.
 async fn serve(
     config: &SessionConfig,
     shared: &Arc<Shared>,
     executor: &Arc<dyn Executor>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let endpoint = crate::connect::endpoint(&config.control_plane, &config.tls)?;
+    let planes = crate::connect::ControlPlanes::parse(&config.control_plane, &config.tls)?;
+    let mut addresses = VecDeque::new();
     let draining = CancellationToken::new();
     let mut drain_started: Option<tokio::time::Instant> = None;
     let mut failures: u32 = 0;
@@ -335,8 +340,16 @@ async fn serve(
             tracing::info!("drained; exiting");
             return Ok(());
         }
-        let outcome = match endpoint.connect().await {
+        if addresses.is_empty() {
+            // Each round through the addresses resolves the names again.
+            addresses.extend(planes.resolve().await);
+        }
+        let Some(address) = addresses.pop_front() else {
+            anyhow::bail!("no control-plane address to dial");
+        };
+        let outcome = match address.endpoint.connect().await {
             Ok(channel) => {
+                tracing::info!(control_plane = %address.label, "connected to the control plane");
                 let result = session(
                     config,
                     channel,
@@ -354,21 +367,30 @@ async fn serve(
             }
             // With its causes: "transport error" alone hides a refused
             // certificate.
-            Err(error) => Err(anyhow::Error::new(error)
-                .context(format!("cannot connect to {}", config.control_plane))),
+            Err(error) => {
+                Err(anyhow::Error::new(error)
+                    .context(format!("cannot connect to {}", address.label)))
+            }
         };
         match outcome {
             Ok(SessionEnd::Drained) => return Ok(()),
             Ok(SessionEnd::Paused) => {
                 // What the old stream still holds was pushed while this
                 // worker could not answer: it is dropped unread, and a new
-                // session announces the worker's credit afresh.
+                // session (to the same address) announces the worker's
+                // credit afresh.
                 tracing::warn!("the worker was paused for longer than a lease lives; reconnecting");
+                addresses.push_front(address);
                 continue;
             }
-            Ok(SessionEnd::Broken) => tracing::info!("session ended; reconnecting"),
+            Ok(SessionEnd::Broken) => {
+                tracing::info!(control_plane = %address.label, "session ended; reconnecting to the next address");
+            }
             Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "session failed; reconnecting")
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "session failed; trying the next address"
+                )
             }
         }
         failures = failures.saturating_add(1);

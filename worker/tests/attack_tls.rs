@@ -138,3 +138,66 @@ fn a_worker_refuses_plaintext_to_a_remote_control_plane() {
     );
     assert!(!stderr.contains("coffer_not_a_real_token"), "{stderr}");
 }
+
+/// A backup through `url`, with `extra` worker arguments, succeeds.
+async fn backs_up_through(setup: &TlsSetup, url: &str, name: &str, extra: &[&str]) {
+    let source = tempfile::tempdir().expect("source dir");
+    let target = tempfile::tempdir().expect("target dir");
+    write(&source.path().join("named.txt"), b"verified by name\n");
+    let run_id = create_run(
+        &setup.server,
+        source.path(),
+        pb::target::Destination::FilesystemPath(target.path().display().to_string()),
+    )
+    .await;
+    let mut args = vec!["--tls-ca".to_string(), setup.ca_file.display().to_string()];
+    args.extend(extra.iter().map(|arg| (*arg).to_string()));
+    let token = setup.server.worker_token_for(name).await;
+    let _worker = WorkerProcess::spawn_at(url, &token, name, &args, &[], None);
+    let run = wait_until_final(&setup.server, &run_id, Duration::from_secs(120)).await;
+    assert_succeeded(&run);
+}
+
+/// Replicas reached through a name with several addresses, or by address:
+/// the certificate is verified for the name the operator gave (the URL's
+/// host, or `--tls-server-name`), never for the address dialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_verifies_every_address_under_the_name_it_was_given() {
+    // A certificate for `localhost` only: no IP address in it.
+    let setup = TlsSetup::start_named(Backend::Sqlite, &["localhost"]).await;
+    let port = setup.server.addr.port();
+
+    // The name resolves to 127.0.0.1, which is dialled and verified as `localhost`.
+    backs_up_through(&setup, &format!("https://localhost:{port}"), "by-name", &[]).await;
+
+    // Dialled by address, the certificate does not name it: refused.
+    let log_dir = tempfile::tempdir().expect("log dir");
+    let log = log_dir.path().join("worker.log");
+    let trust = vec!["--tls-ca".to_string(), setup.ca_file.display().to_string()];
+    let token = setup.server.worker_token_for("by-address").await;
+    let by_address = format!("https://127.0.0.1:{port}");
+    let refused =
+        WorkerProcess::spawn_at(&by_address, &token, "by-address", &trust, &[], Some(&log));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("NotValidForName") || text.contains("not valid for name") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not refuse a certificate without its address: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(refused);
+
+    // The same address with the certificate's name given explicitly.
+    backs_up_through(
+        &setup,
+        &by_address,
+        "by-address-named",
+        &["--tls-server-name", "localhost"],
+    )
+    .await;
+}

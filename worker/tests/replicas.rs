@@ -186,3 +186,103 @@ async fn a_cancel_through_another_replica_stops_the_worker_and_ends_the_run_canc
         .await;
     support::assert_succeeded(&next);
 }
+
+/// Waits (up to a minute) until one of `replicas` serves the worker
+/// `worker_id`; returns its index.
+async fn replica_serving(replicas: &[&TestServer], worker_id: &str) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(index) = replicas.iter().position(|r| r.serves_worker(worker_id)) {
+            return index;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no replica serves worker {worker_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_replica_stops_mid_backup_moves_to_another_and_finishes_the_attempt() {
+    let source = tempfile::tempdir().expect("source dir");
+    let target = tempfile::tempdir().expect("target dir");
+    let first = TestServer::start(Backend::Postgres).await;
+    let second = first.start_replica().await;
+    let third = first.start_replica().await;
+    let replicas = [&first, &second, &third];
+    // Every worker is given every replica, and starts at a random one.
+    let urls: Vec<String> = replicas.iter().map(|replica| replica.url()).collect();
+    let urls = urls.join(",");
+    let mut workers = Vec::new();
+    for name in ["roaming-1", "roaming-2"] {
+        let token = first.worker_token_for(name).await;
+        let args = ["--slots".to_string(), "1".to_string()];
+        workers.push(WorkerProcess::spawn_at(
+            &urls,
+            &token,
+            name,
+            &args,
+            &[],
+            None,
+        ));
+    }
+
+    // A run created through any replica is leased by a worker, wherever
+    // that worker is connected.
+    write(&source.path().join("small.txt"), b"through every replica");
+    for replica in replicas {
+        let run_id = create_run(replica, source.path(), filesystem(target.path())).await;
+        let run = replica
+            .wait_until_final(&run_id, Duration::from_secs(120))
+            .await;
+        support::assert_succeeded(&run);
+    }
+
+    // A backup long enough to outlive its worker's replica.
+    for index in 0..6u64 {
+        write(
+            &source.path().join(format!("big-{index}.bin")),
+            &noise(32 << 20, 900 + index),
+        );
+    }
+    let run_id = create_run(&first, source.path(), filesystem(target.path())).await;
+    let running = first
+        .admin()
+        .wait_for_run(&run_id, Duration::from_secs(120), |run| {
+            run.state == pb::RunState::Running as i32
+        })
+        .await;
+    assert!(!is_final(&running), "the backup is still running");
+    let victim = replica_serving(&replicas, &running.worker_id).await;
+    replicas[victim].stop();
+    let stopped_at = SystemTime::now();
+    eprintln!("stopped replica {victim}, which served the busy worker");
+
+    let survivors: Vec<&TestServer> = replicas
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != victim)
+        .map(|(_, replica)| *replica)
+        .collect();
+    let run = survivors[0]
+        .wait_until_final(&run_id, Duration::from_secs(300))
+        .await;
+    support::assert_succeeded(&run);
+    assert_eq!(
+        run.attempt, 1,
+        "the run finished on its first attempt: its lease went with the worker"
+    );
+    let finished = SystemTime::try_from(run.finish_time.expect("finish time")).expect("time");
+    assert!(
+        finished > stopped_at,
+        "the run was still going when its worker's replica stopped"
+    );
+    let now_on = replica_serving(&survivors, &running.worker_id).await;
+    eprintln!("the worker moved to surviving replica {now_on}");
+
+    // Nothing lost: the backup restores byte for byte through a survivor.
+    let files = support::assert_restorable(survivors[0], &run_id, source.path()).await;
+    assert_eq!(files, 7, "every file of the source is in the snapshot");
+    drop(workers);
+}

@@ -19,6 +19,7 @@ use super::convert::{
 };
 use super::{respond, RpcResult};
 use crate::auth::Caller;
+use crate::catalog::leases::LeaseSettings;
 use crate::catalog::{Catalog, Page};
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::leasing::waiting::{explain_runs, WaitingReason};
@@ -66,9 +67,14 @@ fn waiting_reason_to_proto(reason: WaitingReason) -> pb::WaitingReason {
     }
 }
 
-/// Converts runs for the API, saying why each queued one waits.
-async fn runs_to_proto(catalog: &Catalog, runs: Vec<Run>) -> DomainResult<Vec<pb::Run>> {
-    let waiting = explain_runs(catalog, &runs).await?;
+/// Converts runs for the API, saying why each queued one waits (`base`:
+/// the server's lease settings, which say how fresh a connected worker is).
+async fn runs_to_proto(
+    catalog: &Catalog,
+    base: LeaseSettings,
+    runs: Vec<Run>,
+) -> DomainResult<Vec<pb::Run>> {
+    let waiting = explain_runs(catalog, base, &runs).await?;
     Ok(runs
         .into_iter()
         .zip(waiting)
@@ -84,8 +90,8 @@ async fn runs_to_proto(catalog: &Catalog, runs: Vec<Run>) -> DomainResult<Vec<pb
 }
 
 /// [`runs_to_proto`] for one run.
-async fn run_to_proto(catalog: &Catalog, run: Run) -> DomainResult<pb::Run> {
-    let mut converted = runs_to_proto(catalog, vec![run]).await?;
+async fn run_to_proto(catalog: &Catalog, base: LeaseSettings, run: Run) -> DomainResult<pb::Run> {
+    let mut converted = runs_to_proto(catalog, base, vec![run]).await?;
     converted
         .pop()
         .ok_or_else(|| DomainError::Internal("a converted run went missing".into()))
@@ -355,7 +361,7 @@ impl RunApi {
             .list_runs(caller.owner_scope(), &filter, page)
             .await?;
         Ok(pb::ListRunsResponse {
-            runs: runs_to_proto(&self.state.catalog, runs).await?,
+            runs: runs_to_proto(&self.state.catalog, self.state.lease_settings, runs).await?,
             next_page_token,
         })
     }
@@ -387,6 +393,7 @@ type WatchItem = Result<pb::WatchRunResponse, tonic::Status>;
 /// final or the client goes away.
 async fn watch_loop(
     catalog: Catalog,
+    base: LeaseSettings,
     mut run: Run,
     mut events: broadcast::Receiver<Uuid>,
     sender: mpsc::Sender<WatchItem>,
@@ -397,7 +404,7 @@ async fn watch_loop(
     fallback.tick().await;
     let mut last_sent: Option<pb::Run> = None;
     loop {
-        let message = match run_to_proto(&catalog, run.clone()).await {
+        let message = match run_to_proto(&catalog, base, run.clone()).await {
             Ok(message) => message,
             Err(error) => {
                 let _ = sender.send(Err(error.into())).await;
@@ -452,7 +459,7 @@ impl RunService for RunApi {
             .runs
             .create(&caller, run_request, request_id)
             .await?;
-        let run = run_to_proto(&self.state.catalog, run).await?;
+        let run = run_to_proto(&self.state.catalog, self.state.lease_settings, run).await?;
         respond(Ok(pb::CreateRunResponse { run: Some(run) }))
     }
 
@@ -460,7 +467,7 @@ impl RunService for RunApi {
         let caller = self.caller(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
         let run = self.visible_run(&caller, id).await?;
-        let run = run_to_proto(&self.state.catalog, run).await?;
+        let run = run_to_proto(&self.state.catalog, self.state.lease_settings, run).await?;
         respond(Ok(pb::GetRunResponse { run: Some(run) }))
     }
 
@@ -503,10 +510,11 @@ impl RunService for RunApi {
         let slot = self.watch_slot(&caller).await?;
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         let catalog = self.state.catalog.clone();
+        let base = self.state.lease_settings;
         tokio::spawn(async move {
             // Held for as long as the stream lives.
             let _slot = slot;
-            watch_loop(catalog, run, events, sender).await;
+            watch_loop(catalog, base, run, events, sender).await;
         });
         let stream: Self::WatchRunStream = Box::pin(ReceiverStream::new(receiver));
         Ok(tonic::Response::new(stream))

@@ -33,13 +33,7 @@ impl WorkerApi {
         let now = self.state.catalog.now().await?;
         let settings =
             crate::leasing::settings::current(&self.state.catalog, self.state.lease_settings).await;
-        let ttl = chrono::Duration::from_std(settings.ttl).unwrap_or(chrono::Duration::MAX);
-        // A worker's session touches its row with every message, at least
-        // every third of a TTL; a row not touched for a TTL belongs to a
-        // session that is gone, even if its replica died before it could
-        // say so. So a worker is connected only while it is fresh, which
-        // every replica judges alike.
-        let fresh_since = now - ttl;
+        let fresh_since = crate::catalog::workers::fresh_since(now, settings.ttl);
         let since = if request.include_offline {
             None
         } else {

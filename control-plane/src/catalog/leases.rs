@@ -333,13 +333,7 @@ impl Catalog {
     }
 
     /// Leases up to `max` queued runs that `accept` agrees to, to `worker_id`,
-    /// in the fair order of `queue.rs`: runs whose selector the worker's
-    /// labels do not satisfy are never read, and rows `accept` refuses are
-    /// passed over, so neither can keep the worker from the runs behind them.
-    ///
-    /// Each grant is one conditional `UPDATE … WHERE state = 'queued'`; on
-    /// PostgreSQL the row is first locked with `SKIP LOCKED`, so replicas
-    /// leasing at once pass over each other's candidates instead of waiting.
+    /// in the fair order of `queue.rs` (see [`Catalog::acquire_runs_for`]).
     pub async fn acquire_runs(
         &self,
         worker_id: Uuid,
@@ -350,11 +344,42 @@ impl Catalog {
         if max == 0 {
             return Ok(Vec::new());
         }
+        let labels = self.worker_labels(worker_id).await?;
+        let leased = self
+            .acquire_runs_for(&labels, max, settings, |candidate| {
+                accept(candidate).then_some(worker_id)
+            })
+            .await?;
+        Ok(leased.into_iter().map(|(_, run)| run).collect())
+    }
+
+    /// Leases up to `max` queued runs to workers that carry `labels`, in the
+    /// fair order of `queue.rs`: runs whose selector `labels` do not satisfy
+    /// are never read, and for every other candidate `take` names the worker
+    /// that gets it, or `None` to pass it over, so a refused row never keeps
+    /// the workers from the runs behind it. One scan serves any number of
+    /// workers with the same labels (a replica's coordinator, see
+    /// `leasing/dispatch.rs`). Returns each grant with its worker.
+    ///
+    /// Each grant is one conditional `UPDATE … WHERE state = 'queued'`; on
+    /// PostgreSQL the row is first locked with `SKIP LOCKED`, so replicas
+    /// leasing at once pass over each other's candidates instead of waiting.
+    /// A candidate granted elsewhere meanwhile is skipped: `take` chose a
+    /// worker for it that this call does not report.
+    pub async fn acquire_runs_for(
+        &self,
+        labels: &BTreeMap<String, String>,
+        max: usize,
+        settings: &LeaseSettings,
+        mut take: impl FnMut(&Candidate) -> Option<Uuid>,
+    ) -> DomainResult<Vec<(Uuid, LeasedRun)>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let now = self.now().await?;
         let expire = now + chrono_duration(settings.ttl);
         let deadline = now + chrono_duration(settings.attempt_deadline);
-        let labels = self.worker_labels(worker_id).await?;
-        let mut scan = QueueScan::new(now, &labels, max);
+        let mut scan = QueueScan::new(now, labels, max);
         let lock = format!(
             "SELECT id FROM runs WHERE id = $1 AND state = 'queued'{}",
             self.lock_clause()
@@ -364,9 +389,9 @@ impl Catalog {
             let Some(candidate) = self.next_candidate(&mut scan).await? else {
                 break;
             };
-            if !accept(&candidate) {
+            let Some(worker_id) = take(&candidate) else {
                 continue;
-            }
+            };
             let id = candidate.id;
             let granted = on_pool!(self, |pool| in_transaction!(pool, |tx| {
                 let free: Option<Uuid> = sqlx::query_scalar(&lock)
@@ -389,12 +414,15 @@ impl Catalog {
             }))?;
             if let Some((lease_token, attempt)) = granted {
                 self.publish_run(id);
-                leased.push(LeasedRun {
-                    id,
-                    lease_token,
-                    attempt,
-                    deadline,
-                });
+                leased.push((
+                    worker_id,
+                    LeasedRun {
+                        id,
+                        lease_token,
+                        attempt,
+                        deadline,
+                    },
+                ));
             }
         }
         Ok(leased)

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::error::from_sqlx;
 use super::leases::Candidate;
-use super::{on_pool, Backend, Catalog};
+use super::{on_pool, Backend, Catalog, Pool};
 use crate::error::DomainResult;
 
 /// Most queued rows one lease call reads before it gives up for this round
@@ -130,6 +130,38 @@ impl Catalog {
             });
         }
         Ok(())
+    }
+
+    /// How long until the next queued run waiting for its retry backoff
+    /// becomes ready (`None`: none waits). Nothing announces that moment, so
+    /// the assignment coordinator sets a timer for it. One statement, on the
+    /// database clock where there is one.
+    pub async fn next_ready_in(&self) -> DomainResult<Option<std::time::Duration>> {
+        let seconds: Option<f64> = match &self.pool {
+            Pool::Postgres(pool) => sqlx::query_scalar(
+                "SELECT EXTRACT(EPOCH FROM MIN(not_before_time) - now())::float8 FROM runs \
+                 WHERE state = 'queued' AND NOT cancel_requested AND not_before_time > now()",
+            )
+            .fetch_one(pool)
+            .await
+            .map_err(|e| from_sqlx(e, "queued runs"))?,
+            Pool::Sqlite(_) => {
+                let now = Utc::now();
+                let next: Option<DateTime<Utc>> = on_pool!(self, |pool| sqlx::query_scalar(
+                    "SELECT MIN(not_before_time) FROM runs \
+                     WHERE state = 'queued' AND NOT cancel_requested AND not_before_time > $1"
+                )
+                .bind(now)
+                .fetch_one(pool)
+                .await)
+                .map_err(|e| from_sqlx(e, "queued runs"))?;
+                next.and_then(|next| (next - now).to_std().ok())
+                    .map(|wait| wait.as_secs_f64())
+            }
+        };
+        // A run put off to `infinity` sets no timer (the safety tick remains).
+        Ok(seconds
+            .and_then(|seconds| std::time::Duration::try_from_secs_f64(seconds.max(0.0)).ok()))
     }
 
     /// The labels a worker registered with, as the catalog holds them.

@@ -48,13 +48,21 @@ pub struct OverdueRun {
 type WorkerLoadRow = (String, String, i32, i64, String);
 
 impl Catalog {
-    /// Every worker whose session is open, with its current lease count.
-    pub async fn connected_workers(&self) -> DomainResult<Vec<ConnectedWorker>> {
+    /// Every worker whose session is open and that was heard of since
+    /// `fresh_since` (see [`super::workers::fresh_since`]), with its current
+    /// lease count. A worker whose replica died stays marked connected, but
+    /// its row is no longer touched, so it drops out here as it does from
+    /// `ListWorkers`.
+    pub async fn connected_workers(
+        &self,
+        fresh_since: DateTime<Utc>,
+    ) -> DomainResult<Vec<ConnectedWorker>> {
         let rows: Vec<WorkerLoadRow> = on_pool!(self, |pool| sqlx::query_as(
             "SELECT w.labels, w.source_roots, w.slots, \
              (SELECT COUNT(*) FROM runs r WHERE r.worker_id = w.id AND r.state = 'running'), \
-             w.class FROM workers w WHERE w.connected ORDER BY w.name"
+             w.class FROM workers w WHERE w.connected AND w.last_seen_time >= $1 ORDER BY w.name"
         )
+        .bind(fresh_since)
         .fetch_all(pool)
         .await)
         .map_err(|e| from_sqlx(e, "workers"))?;

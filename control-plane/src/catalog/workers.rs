@@ -52,6 +52,18 @@ pub struct WorkerRow {
     pub last_seen_time: DateTime<Utc>,
 }
 
+/// The oldest `last_seen_time` of a worker still counted connected at `now`.
+/// A worker's session touches its row with every message, at least every
+/// third of a TTL; a row not touched for a TTL belongs to a session that is
+/// gone, even if its replica died before it could say so. Every replica
+/// judges alike, from the catalog alone.
+pub fn fresh_since(now: DateTime<Utc>, ttl: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(ttl)
+        .ok()
+        .and_then(|ttl| now.checked_sub_signed(ttl))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 impl Catalog {
     /// Registers (or re-registers, by name) a worker and marks it connected.
     ///

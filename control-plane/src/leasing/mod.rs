@@ -1,12 +1,14 @@
 //! Leasing runs to workers: the control-plane side of `WorkerService/LeaseSession`.
 //!
-//! Each worker session is one task (see `session.rs`) that owns the stream,
-//! grants leases from the catalog when the worker has credit, and fences
-//! every write the worker makes on its lease token. A background reaper
-//! (`run_reaper`) ends leases whose TTL or deadline passed, by the catalog's
-//! clock. Sessions learn about new runs and cancellations from
-//! [`Catalog::subscribe_runs`].
+//! Each worker session is one task (see `session.rs`) that owns the stream
+//! and fences every write the worker makes on its lease token. One
+//! coordinator per replica (`dispatch.rs`) leases queued runs to the
+//! sessions whose workers have credit. A background reaper (`run_reaper`)
+//! ends leases whose TTL or deadline passed, by the catalog's clock. The
+//! coordinator learns about new runs, and sessions about cancellations,
+//! from [`Catalog::subscribe_runs`].
 
+pub mod dispatch;
 pub mod object_lock;
 pub mod session;
 pub mod settings;
@@ -46,7 +48,7 @@ pub async fn run_reaper(catalog: Catalog, base: LeaseSettings, cancel: Cancellat
             }
             Err(error) => tracing::warn!(%error, "lease reaper could not scan the catalog"),
         }
-        if let Err(error) = waiting::fail_overdue_runs(&catalog).await {
+        if let Err(error) = waiting::fail_overdue_runs(&catalog, settings.ttl).await {
             tracing::warn!(%error, "lease reaper could not apply the queue timeout");
         }
         tokio::select! {

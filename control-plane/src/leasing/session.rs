@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coffer_proto::v1 as pb;
 use prost::Message;
@@ -12,11 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use uuid::Uuid;
 
+use super::dispatch::Seat;
 use super::{resolve_target, settings, WorkerProfile};
 use crate::api::convert::{duration, options_to_proto, timestamp};
 use crate::auth::WorkerCaller;
 use crate::catalog::leases::{
-    AttemptOutcome, CompletionResult, LeaseSettings, LeaseState, WorkerLease,
+    AttemptOutcome, CompletionResult, LeaseSettings, LeaseState, LeasedRun, WorkerLease,
 };
 use crate::catalog::workers::WorkerRegistration;
 use crate::error::{DomainError, DomainResult};
@@ -27,8 +28,6 @@ use crate::state::AppState;
 
 /// How long a new session may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a session with credit looks for runs whose backoff has passed.
-const ASSIGN_TICK: Duration = Duration::from_secs(1);
 /// The answer to a write about a lease another worker holds.
 const FOREIGN_LEASE: &str = "the lease is held by another worker";
 
@@ -138,14 +137,12 @@ struct Session {
     base: LeaseSettings,
     /// The settings in effect, read again at every lease operation.
     settings: LeaseSettings,
-    /// When the worker last sent anything. A worker silent for half a TTL
-    /// (frozen, or cut off) is pushed no new work until it speaks again:
-    /// every run pushed to it would only wait out its lease.
-    last_heard: Instant,
     worker_id: Uuid,
     name: String,
     profile: WorkerProfile,
-    credit: i32,
+    /// This session's place at the replica's assignment coordinator, which
+    /// leases runs to it while it has credit (see `dispatch.rs`).
+    seat: Seat,
     /// Leases granted to (or resumed by) this worker: run id -> token.
     held: HashMap<Uuid, i64>,
     outbound: Outbound,
@@ -207,19 +204,20 @@ impl Session {
         };
         let (serial, replaced) = claim_session(worker_id);
         let current = settings::current(&state.catalog, base).await;
+        let profile = WorkerProfile {
+            labels: registration.labels,
+            source_roots: registration.source_roots,
+            class: registration.class,
+        };
+        let seat = state.dispatch.join(worker_id, profile.clone());
         let mut session = Session {
             state,
             base,
             settings: current,
-            last_heard: Instant::now(),
             worker_id,
             name,
-            profile: WorkerProfile {
-                labels: registration.labels,
-                source_roots: registration.source_roots,
-                class: registration.class,
-            },
-            credit: 0,
+            profile,
+            seat,
             held: HashMap::new(),
             outbound,
             serial,
@@ -250,13 +248,11 @@ impl Session {
 
     async fn run(&mut self, mut inbound: Streaming<pb::LeaseSessionRequest>) {
         let mut events = self.state.catalog.subscribe_runs();
-        let mut tick = tokio::time::interval(ASSIGN_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = inbound.message() => match message {
                     Ok(Some(message)) => {
-                        self.last_heard = Instant::now();
+                        self.seat.heard(self.settings.ttl);
                         if let Err(error) = self.handle(message).await {
                             tracing::warn!(worker = %self.name, %error, "worker message failed");
                             let _ = self.outbound.send(Err(Status::from(error))).await;
@@ -269,23 +265,23 @@ impl Session {
                         return;
                     }
                 },
+                // Only the runs this worker holds concern the session:
+                // assignment is the coordinator's.
                 event = events.recv() => match event {
                     Ok(run_id) => {
                         if self.held.contains_key(&run_id) {
                             self.check_cancellation(run_id).await;
                         }
-                        self.assign().await;
                     }
                     Err(RecvError::Lagged(_)) => {
                         let held: Vec<Uuid> = self.held.keys().copied().collect();
                         for run_id in held {
                             self.check_cancellation(run_id).await;
                         }
-                        self.assign().await;
                     }
                     Err(RecvError::Closed) => return,
                 },
-                _ = tick.tick() => self.assign().await,
+                Some(leased) = self.seat.grants.recv() => self.hand_over(leased).await,
                 () = self.outbound.closed() => return,
                 () = self.state.stopping.cancelled() => return,
                 () = self.replaced.cancelled() => {
@@ -300,8 +296,16 @@ impl Session {
         }
     }
 
-    async fn close(&self) {
+    async fn close(&mut self) {
         release_session(self.worker_id, self.serial);
+        // Runs leased to this session but not handed over go back at once.
+        self.seat.grants.close();
+        while let Ok(leased) = self.seat.grants.try_recv() {
+            let lease = self.lease(leased.id, leased.lease_token);
+            if let Err(error) = self.state.catalog.release_run(lease).await {
+                tracing::warn!(run = %leased.id, %error, "could not release a run not handed over");
+            }
+        }
         // A replaced session leaves the worker marked connected: its successor is.
         if !self.replaced.is_cancelled() {
             if let Err(error) = self.state.catalog.touch_worker(self.worker_id, false).await {
@@ -347,8 +351,8 @@ impl Session {
         use pb::lease_session_request::Message as M;
         match message.message {
             Some(M::Credit(credit)) => {
-                self.credit = credit.free_slots.max(0);
-                self.assign().await;
+                self.seat
+                    .set_credit(usize::try_from(credit.free_slots).unwrap_or(0));
             }
             Some(M::Heartbeat(heartbeat)) => self.heartbeat(heartbeat).await?,
             Some(M::FileBatch(batch)) => self.file_batch(batch).await?,
@@ -386,66 +390,39 @@ impl Session {
         self.settings = settings::current(&self.state.catalog, self.base).await;
     }
 
-    /// Whether the worker spoke within the last half TTL.
-    fn recently_heard(&self) -> bool {
-        self.last_heard.elapsed() <= self.settings.ttl / 2
-    }
-
-    async fn assign(&mut self) {
-        if self.credit <= 0 {
-            return;
-        }
-        if !self.recently_heard() {
-            return;
-        }
-        self.refresh_settings().await;
-        let max = usize::try_from(self.credit).unwrap_or(0);
-        let profile = self.profile.clone();
-        let leased = match self
-            .state
-            .catalog
-            .acquire_runs(self.worker_id, max, &self.settings, |c| profile.accepts(c))
+    /// Sends the worker a run the coordinator leased to it; a run that
+    /// cannot be executed as specified (e.g. its bucket is gone) fails this
+    /// attempt without a retry, and the slot is offered again.
+    async fn hand_over(&mut self, lease: LeasedRun) {
+        self.held.insert(lease.id, lease.lease_token);
+        match self
+            .assignment(lease.id, lease.lease_token, lease.deadline)
             .await
         {
-            Ok(leased) => leased,
-            Err(error) => {
-                tracing::warn!(%error, "could not lease runs");
-                return;
+            Ok(assignment) => {
+                tracing::info!(worker = %self.name, run = %lease.id, token = lease.lease_token, "run assigned");
+                self.send(pb::lease_session_response::Message::Assignment(assignment))
+                    .await;
             }
-        };
-        for lease in leased {
-            self.credit -= 1;
-            self.held.insert(lease.id, lease.lease_token);
-            match self
-                .assignment(lease.id, lease.lease_token, lease.deadline)
-                .await
-            {
-                Ok(assignment) => {
-                    tracing::info!(worker = %self.name, run = %lease.id, token = lease.lease_token, "run assigned");
-                    self.send(pb::lease_session_response::Message::Assignment(assignment))
-                        .await;
-                }
-                Err(error) => {
-                    // The run cannot be executed as specified (e.g. its bucket
-                    // is gone): fail this attempt without retrying.
-                    tracing::warn!(run = %lease.id, %error, "run cannot be assigned");
-                    let outcome = AttemptOutcome::Failure {
-                        error: error.to_string(),
-                        retryable: false,
-                    };
-                    let _ = self
-                        .state
-                        .catalog
-                        .complete_attempt(
-                            self.lease(lease.id, lease.lease_token),
-                            &outcome,
-                            "{}",
-                            &self.settings,
-                        )
-                        .await;
-                    self.held.remove(&lease.id);
-                    self.credit += 1;
-                }
+            Err(error) => {
+                tracing::warn!(run = %lease.id, %error, "run cannot be assigned");
+                self.refresh_settings().await;
+                let outcome = AttemptOutcome::Failure {
+                    error: error.to_string(),
+                    retryable: false,
+                };
+                let _ = self
+                    .state
+                    .catalog
+                    .complete_attempt(
+                        self.lease(lease.id, lease.lease_token),
+                        &outcome,
+                        "{}",
+                        &self.settings,
+                    )
+                    .await;
+                self.held.remove(&lease.id);
+                self.seat.restore_credit();
             }
         }
     }

@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::WorkerProfile;
-use crate::catalog::leases::Candidate;
+use crate::catalog::leases::{Candidate, LeaseSettings};
 use crate::catalog::waiting::ConnectedWorker;
+use crate::catalog::workers::fresh_since;
 use crate::catalog::{to_json, Catalog};
 use crate::error::DomainResult;
 use crate::model::configuration::QUEUE_TIMEOUT_SECONDS;
@@ -152,13 +153,20 @@ pub fn explain(
 /// Why each of `runs` waits: `Some` for every queued run not being
 /// cancelled, `None` for the others. Reads the connected workers once, and
 /// only when a run is queued.
-pub async fn explain_runs(catalog: &Catalog, runs: &[Run]) -> DomainResult<Vec<Option<Waiting>>> {
+/// `base` are the server's lease settings (the TTL says which workers are
+/// still connected, see [`fresh_since`]).
+pub async fn explain_runs(
+    catalog: &Catalog,
+    base: LeaseSettings,
+    runs: &[Run],
+) -> DomainResult<Vec<Option<Waiting>>> {
     let waits = |run: &Run| run.state == RunState::Queued && !run.cancel_requested;
     if !runs.iter().any(waits) {
         return Ok(vec![None; runs.len()]);
     }
-    let workers = catalog.connected_workers().await?;
+    let ttl = super::settings::current(catalog, base).await.ttl;
     let now = catalog.now().await?;
+    let workers = catalog.connected_workers(fresh_since(now, ttl)).await?;
     Ok(runs
         .iter()
         .map(|run| {
@@ -199,8 +207,8 @@ async fn queue_timeout(catalog: &Catalog) -> DomainResult<Option<Duration>> {
 /// timeout and that no worker can take now, with the waiting reason as its
 /// error. A run a worker could take at once is left to be leased. Each
 /// failure is a conditional update, so with several replicas each run fails
-/// once. Returns the runs failed.
-pub async fn fail_overdue_runs(catalog: &Catalog) -> DomainResult<Vec<Uuid>> {
+/// once. `ttl` is the lease TTL in effect. Returns the runs failed.
+pub async fn fail_overdue_runs(catalog: &Catalog, ttl: Duration) -> DomainResult<Vec<Uuid>> {
     let Some(timeout) = queue_timeout(catalog).await? else {
         return Ok(Vec::new());
     };
@@ -212,7 +220,7 @@ pub async fn fail_overdue_runs(catalog: &Catalog) -> DomainResult<Vec<Uuid>> {
     if overdue.is_empty() {
         return Ok(Vec::new());
     }
-    let workers = catalog.connected_workers().await?;
+    let workers = catalog.connected_workers(fresh_since(now, ttl)).await?;
     let mut failed = Vec::new();
     for run in overdue {
         let waiting = explain(&run.candidate, run.not_before_time, &workers, now);

@@ -55,6 +55,12 @@ impl TestCa {
         self.issue("localhost", ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate naming `names` only (no address unless listed).
+    pub fn server_certificate_for(&self, names: &[&str]) -> Issued {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_string()).collect();
+        self.sign(&names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
     /// A client certificate naming `name` (its CN and a DNS name).
     pub fn client_certificate(&self, name: &str) -> Issued {
         self.issue(name, ExtendedKeyUsagePurpose::ClientAuth)
@@ -65,8 +71,15 @@ impl TestCa {
         if usage == ExtendedKeyUsagePurpose::ServerAuth {
             names.push("127.0.0.1".to_string());
         }
-        let mut params = CertificateParams::new(names).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, name);
+        self.sign(&names, usage)
+    }
+
+    /// A leaf for `names` (the first is also its CN).
+    fn sign(&self, names: &[String], usage: ExtendedKeyUsagePurpose) -> Issued {
+        let mut params = CertificateParams::new(names.to_vec()).expect("leaf params");
+        if let Some(name) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, name);
+        }
         params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().expect("leaf key");

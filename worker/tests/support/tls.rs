@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use coffer_control_plane::testing::tls::{client_tls, TestCa, TlsFiles};
+use coffer_control_plane::testing::tls::{client_tls, Issued, TestCa, TlsFiles};
 use coffer_control_plane::testing::{Backend, ServerTls, TestServer};
 use coffer_control_plane::tls::TlsServer;
 use tokio::io::AsyncReadExt;
@@ -30,7 +30,25 @@ impl TlsSetup {
     /// when `mtls`.
     pub async fn start(backend: Backend, mtls: bool) -> TlsSetup {
         let ca = TestCa::new("coffer test CA");
-        let files = TlsFiles::new(&ca.server_certificate());
+        let certificate = ca.server_certificate();
+        Self::start_with(backend, mtls, ca, &certificate).await
+    }
+
+    /// Starts a control plane serving TLS with a certificate for `names`
+    /// only (no client certificates).
+    pub async fn start_named(backend: Backend, names: &[&str]) -> TlsSetup {
+        let ca = TestCa::new("coffer test CA");
+        let certificate = ca.server_certificate_for(names);
+        Self::start_with(backend, false, ca, &certificate).await
+    }
+
+    async fn start_with(
+        backend: Backend,
+        mtls: bool,
+        ca: TestCa,
+        certificate: &Issued,
+    ) -> TlsSetup {
+        let files = TlsFiles::new(certificate);
         let ca_file = files.write("ca.pem", ca.pem());
         let workers = mtls.then(|| TestCa::new("coffer worker CA"));
         let client_ca = workers

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::paths::grant::{check_path_grant, AllowedPath, PathUse, WorkerRoots};
 use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
 use crate::repository::Repository;
+use crate::run_metrics::RunMetrics;
 use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
 use crate::runs::gc::{run_gc, GcPlan};
 use crate::runs::rebuild::run_rebuild;
@@ -29,10 +30,12 @@ pub struct RunExecutor {
 
 struct SessionReporter<'a> {
     context: &'a RunContext,
+    metrics: RunMetrics,
 }
 
 impl Reporter for SessionReporter<'_> {
     fn progress(&self, progress: &pb::RunProgress) {
+        self.metrics.advance(progress);
         self.context.set_progress(progress.clone());
     }
 
@@ -209,7 +212,10 @@ impl RunExecutor {
         })?;
         let store = Arc::new(store);
         let target_description = store.describe();
-        let reporter = SessionReporter { context };
+        let reporter = SessionReporter {
+            context,
+            metrics: RunMetrics::new(run.kind),
+        };
         let cancel = context.cancellation().clone();
         let lease_token = context.lease().lease_token;
         let create_with_key = matches!(spec, pb::run::Spec::Backup(_))

@@ -393,7 +393,10 @@ impl Session {
             .acquire_runs(self.worker_id, max, &self.settings, |c| profile.accepts(c))
             .await
         {
-            Ok(leased) => leased,
+            Ok(leased) => {
+                crate::monitoring::leases_granted(leased.len());
+                leased
+            }
             Err(error) => {
                 tracing::warn!(%error, "could not lease runs");
                 return;
@@ -670,6 +673,7 @@ impl Session {
             CompletionResult::Accepted { state } => {
                 tracing::info!(worker = %self.name, run = %run_id, %state, "attempt completed");
                 self.ack(run_id, token, true, "", -1).await;
+                crate::monitoring::attempt_ended(&self.state.catalog, run_id, false).await;
                 if state == "succeeded" {
                     tokio::spawn(apply_retention_after_backup(
                         self.state.runs.clone(),

@@ -10,6 +10,7 @@ mod error;
 pub mod filesystem;
 mod key;
 pub mod s3;
+mod s3_metrics;
 
 use std::path::{Path, PathBuf};
 

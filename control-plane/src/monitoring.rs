@@ -65,17 +65,20 @@ pub fn tick_handled(created_run: bool, missed: bool) {
     }
 }
 
+/// A run was put back in the queue for another attempt.
+pub fn run_requeued() {
+    metrics::counter!(names::LEASE_REQUEUES).increment(1);
+}
+
 /// Counts how the attempt of run `run_id` that just ended left it: queued
-/// again, or final (by kind and state, with its duration). `expired` says
-/// the attempt ended because its lease ran out.
+/// again, or final (by kind and state, with its duration), as the catalog
+/// says now. `expired` says the attempt ended because its lease ran out.
 pub async fn attempt_ended(catalog: &Catalog, run_id: Uuid, expired: bool) {
     if expired {
         metrics::counter!(names::LEASE_EXPIRIES).increment(1);
     }
     match catalog.get_run(run_id).await {
-        Ok(run) if run.state == RunState::Queued => {
-            metrics::counter!(names::LEASE_REQUEUES).increment(1);
-        }
+        Ok(run) if run.state == RunState::Queued => run_requeued(),
         Ok(run) => run_ended(&run),
         Err(error) => tracing::debug!(run = %run_id, %error, "run not counted in the metrics"),
     }

@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use coffer_control_plane::testing::scrape::{scrape, status, Scrape};
+use coffer_control_plane::testing::scrape::{scrape, scrape_until, status, Scrape};
 use coffer_control_plane::testing::{Backend, TestServer};
 use coffer_proto::v1 as pb;
 use support::{backup_job, garage_bucket, noise, write, WorkerProcess};
@@ -32,20 +32,6 @@ async fn worker_metrics_url(log: &Path) -> String {
 
 fn moved(before: &Scrape, after: &Scrape, series: &str) -> f64 {
     after.value(series) - before.value(series)
-}
-
-/// Scrapes `url` until `series` moved past its value in `before`: the
-/// control plane counts a run's end just after the end is visible to
-/// `WatchRun`.
-async fn scrape_once_moved(url: &str, before: &Scrape, series: &str) -> Scrape {
-    for _ in 0..100 {
-        let scraped = scrape(url).await;
-        if moved(before, &scraped, series) > 0.0 {
-            return scraped;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{series} did not move within 10 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,12 +83,9 @@ async fn a_backup_moves_the_counters_of_both_binaries_by_what_it_did() {
     assert!(cp_before.content_type.starts_with("text/plain"));
     let run = backup_job(&server, &job_id).await;
     let succeeded = r#"{kind="backup",state="succeeded"}"#;
-    let cp_after = scrape_once_moved(
-        &control_plane,
-        &cp_before,
-        &format!("coffer_runs_finished_total{succeeded}"),
-    )
-    .await;
+    // The control plane counts a run's end just after WatchRun shows it.
+    let finished = format!("coffer_runs_finished_total{succeeded}");
+    let cp_after = scrape_until(&control_plane, |s| moved(&cp_before, s, &finished) > 0.0).await;
     let worker_after = scrape(&worker).await;
 
     // The control plane: one lease, one succeeded backup and its duration.

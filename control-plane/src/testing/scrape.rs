@@ -66,6 +66,23 @@ pub async fn status(url: &str) -> u16 {
     get(url).await.0.as_u16()
 }
 
+/// Scrapes `url` until `done` holds (at most 10 s): counters of an event
+/// move just after the event is visible through the API.
+pub async fn scrape_until(url: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+    let mut scraped = scrape(url).await;
+    for _ in 0..100 {
+        if done(&scraped) {
+            return scraped;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        scraped = scrape(url).await;
+    }
+    panic!(
+        "the metrics at {url} never reached the expected values:\n{}",
+        scraped.text
+    );
+}
+
 /// GETs `url` and parses the Prometheus text format.
 pub async fn scrape(url: &str) -> Scrape {
     let (status, content_type, text) = get(url).await;

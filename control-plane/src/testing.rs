@@ -307,6 +307,8 @@ impl TestServer {
             .await
             .expect("bind the metrics listener");
         let addr = listener.local_addr().expect("local addr");
+        // Installed now, so that what happens from here on is counted.
+        coffer_telemetry::recorder();
         tokio::spawn(coffer_telemetry::serve(
             listener,
             Some(crate::monitoring::refresh(self.catalog().clone())),

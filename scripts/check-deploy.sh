@@ -5,7 +5,9 @@
 #   - the policy checker (checkov) clean; each skip is an annotation with its reason beside it,
 #   - `docker-compose config` of docker-compose.yml,
 #   - every environment variable the compose file and the manifests set for Coffer's own
-#     containers is read by the binary that runs there.
+#     containers is read by the binary that runs there,
+#   - the Prometheus alert rules (`promtool check rules`, `promtool test rules`) and the
+#     Grafana dashboard's queries under k8s/monitoring/.
 # Tools: kubectl must be installed; docker-compose comes from apt, the Python checkers go into
 # a virtual environment of their own (they pin libraries that other tools on the machine need
 # at other versions), cached in ${XDG_CACHE_HOME:-~/.cache}/coffer-deploy-tools.
@@ -157,4 +159,21 @@ if problems:
     sys.exit(1)
 print(f"{checked} settings checked, every one is read")
 PY
+log "promtool: alert rules, their unit tests, the dashboard's queries (k8s/monitoring)"
+PROMTOOL="$TOOLS/promtool"
+if ! [ -x "$PROMTOOL" ]; then
+  # Only the promtool binary out of Debian's prometheus package: nothing is installed or started.
+  (cd "$out" && apt-get download -qq prometheus 2>/dev/null && dpkg-deb -x prometheus_*.deb prometheus)
+  mkdir -p "$TOOLS"
+  cp "$out/prometheus/usr/bin/promtool" "$PROMTOOL"
+fi
+"$PROMTOOL" check rules k8s/monitoring/alerts.yaml
+(cd k8s/monitoring && "$PROMTOOL" test rules alerts_test.yaml)
+# Every dashboard query must parse as PromQL: each becomes a recording rule.
+jq '{groups: [{name: "dashboard", rules: ([.. | objects | select(has("expr")) | .expr
+      | gsub("\\$__rate_interval"; "5m")] | to_entries
+      | map({record: "dashboard:query_\(.key)", expr: .value}))}]}' \
+  k8s/monitoring/dashboard.json > "$out/dashboard-rules.json"
+"$PROMTOOL" check rules "$out/dashboard-rules.json"
+
 log "deployment files are valid"

@@ -150,6 +150,12 @@ pub struct Config {
     #[arg(long, env = "COFFER_LOCAL_LISTEN")]
     pub local_listen: Option<SocketAddr>,
 
+    /// Serve Prometheus metrics on `http://ADDRESS/metrics` (e.g.
+    /// `0.0.0.0:9090`): plain HTTP without authentication, on a port of its
+    /// own. Off unless set.
+    #[arg(long, env = "COFFER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// A one-off command instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -224,6 +230,12 @@ impl coffer_worker::process::BinaryConfig for Config {
             format!(
                 "local_listen = {}",
                 self.local_listen.map(|a| a.to_string()).unwrap_or_default()
+            ),
+            format!(
+                "metrics_listen = {}",
+                self.metrics_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
             ),
             format!("admin_token = {admin_token}"),
             format!("worker_token = {worker_token}"),

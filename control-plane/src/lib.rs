@@ -11,6 +11,7 @@ pub mod error;
 pub mod healthcheck;
 pub mod leasing;
 pub mod model;
+pub mod monitoring;
 pub mod runs;
 pub mod scheduler;
 pub mod secrets;

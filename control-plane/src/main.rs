@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use coffer_control_plane::config::{Command, Config};
 use coffer_control_plane::tls::{Listeners, TlsServer};
-use coffer_control_plane::{healthcheck, server, startup};
+use coffer_control_plane::{healthcheck, monitoring, server, startup};
 use coffer_worker::executor::RunExecutor;
 use coffer_worker::process;
 use tokio::net::TcpListener;
@@ -60,6 +60,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let signal = CancellationToken::new();
     let stop_serving = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(signal.clone()));
+    if let Some(address) = config.metrics_listen {
+        let listener = TcpListener::bind(address).await?;
+        tracing::info!(metrics = %listener.local_addr()?, "serving Prometheus metrics on /metrics");
+        tokio::spawn(coffer_telemetry::serve(
+            listener,
+            Some(monitoring::refresh(
+                state.catalog.clone(),
+                state.lease_settings,
+            )),
+            stop_serving.clone(),
+        ));
+    }
     let serving = tokio::spawn(server::serve_with(
         state.clone(),
         listeners,

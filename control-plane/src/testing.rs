@@ -27,6 +27,7 @@ use crate::state::AppState;
 use crate::tls::{Listeners, TlsServer};
 
 mod client;
+pub mod scrape;
 pub mod tls;
 
 pub use client::{Api, Bearer, ALL_USES};
@@ -298,6 +299,26 @@ impl TestServer {
             guard: Some(guard),
             tls,
         }
+    }
+
+    /// Serves this server's Prometheus metrics on a loopback port of its own
+    /// until the server stops; returns the URL to scrape.
+    pub async fn serve_metrics(&self) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the metrics listener");
+        let addr = listener.local_addr().expect("local addr");
+        // Installed now, so that what happens from here on is counted.
+        coffer_telemetry::recorder();
+        tokio::spawn(coffer_telemetry::serve(
+            listener,
+            Some(crate::monitoring::refresh(
+                self.catalog().clone(),
+                self.state.lease_settings,
+            )),
+            self.shutdown.clone(),
+        ));
+        format!("http://{addr}/metrics")
     }
 
     /// Deletes every grant of the bootstrap admin, so the admin is refused

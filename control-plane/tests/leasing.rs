@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use coffer_control_plane::catalog::leases::LeaseSettings;
+use coffer_control_plane::testing::scrape::scrape_until;
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::lease_session_request::Message as Up;
 use coffer_proto::v1::lease_session_response::Message as Down;
@@ -188,6 +189,7 @@ async fn queued_run_is_pushed_to_a_worker_with_credit(backend: Backend) {
 
 async fn zombie_worker_cannot_complete_a_run(backend: Backend) {
     let server = TestServer::start_with_leases(backend, fast_leases()).await;
+    let metrics = server.serve_metrics().await;
     let run_id = queue_backup(&server, &[]).await;
     let mut zombie = ScriptedWorker::connect(&server, "zombie", &[]).await;
     zombie.credit(1).await;
@@ -215,6 +217,13 @@ async fn zombie_worker_cannot_complete_a_run(backend: Backend) {
     let run = wait_for_state(&server, &run_id, pb::RunState::Succeeded).await;
     assert_eq!(run.attempt, 2);
     assert!(run.error.is_empty());
+
+    // Two grants, one expiry that requeued the run, one succeeded backup.
+    let succeeded = r#"coffer_runs_finished_total{kind="backup",state="succeeded"}"#;
+    let counted = scrape_until(&metrics, |s| s.value(succeeded) == 1.0).await;
+    assert_eq!(counted.value("coffer_lease_grants_total"), 2.0);
+    assert_eq!(counted.value("coffer_lease_expiries_total"), 1.0);
+    assert_eq!(counted.value("coffer_lease_requeues_total"), 1.0);
 }
 
 async fn completion_retried_after_a_timeout_is_idempotent(backend: Backend) {
@@ -331,6 +340,7 @@ async fn cancelled_run_of_a_lost_worker_ends_cancelled(backend: Backend) {
 
 async fn retryable_failures_requeue_until_the_last_attempt(backend: Backend) {
     let server = TestServer::start_with_leases(backend, fast_leases()).await;
+    let metrics = server.serve_metrics().await;
     let run_id = queue_backup(&server, &[]).await;
     let mut worker = ScriptedWorker::connect(&server, "w1", &[]).await;
     let max_attempts = server.get_run(&run_id).await.max_attempts;
@@ -356,6 +366,13 @@ async fn retryable_failures_requeue_until_the_last_attempt(backend: Backend) {
     }
     let run = wait_for_state(&server, &run_id, pb::RunState::Failed).await;
     assert_eq!(run.attempt, max_attempts);
+    let failed = r#"coffer_runs_finished_total{kind="backup",state="failed"}"#;
+    let counted = scrape_until(&metrics, |s| s.value(failed) == 1.0).await;
+    assert_eq!(
+        counted.value("coffer_lease_requeues_total"),
+        f64::from(max_attempts - 1)
+    );
+    assert_eq!(counted.value("coffer_lease_expiries_total"), 0.0);
     assert!(
         run.error.contains(&format!("disk full #{max_attempts}")),
         "last error kept: {}",

@@ -16,6 +16,7 @@ use coffer_control_plane::model::job::scheduled_request_id;
 use coffer_control_plane::model::run::{Run, RunFilter};
 use coffer_control_plane::scheduler::cron::CronExpr;
 use coffer_control_plane::scheduler::{SchedulerSettings, SchedulerStatus};
+use coffer_control_plane::testing::scrape::scrape;
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::run_service_client::RunServiceClient;
 use coffer_proto::v1::{MissedRunPolicy, OverlapPolicy};
@@ -416,6 +417,7 @@ async fn leadership_fails_over_when_the_leader_stops_or_dies() {
 async fn missed_ticks_run_once_or_are_skipped(backend: Backend) {
     // The jobs are created on a control plane that does not schedule.
     let setup = TestServer::start_with_scheduler(backend, no_scheduler()).await;
+    setup.serve_metrics().await;
     let (_, token) = setup.create_user("alice").await;
     let run_once = create_job(&setup, &token, daily_job("run-once")).await;
     let skipping = daily_job_with("skip", MissedRunPolicy::Skip, OverlapPolicy::Unspecified);
@@ -440,6 +442,9 @@ async fn missed_ticks_run_once_or_are_skipped(backend: Backend) {
 
     let statuses = wait_for(&[&server], "both missed ticks decided", |s| s[0].ticks >= 2).await;
     assert_eq!(statuses[0].ticks_skipped, 1);
+    let counted = scrape(&server.serve_metrics().await).await;
+    assert_eq!(counted.value("coffer_scheduler_ticks_fired_total"), 1.0);
+    assert_eq!(counted.value("coffer_scheduler_ticks_missed_total"), 1.0);
     wait_rounds(&[&server], 2).await;
     assert_eq!(runs_of(&server, job_id(&run_once)).await.len(), 1);
     assert_eq!(runs_of(&server, job_id(&skip)).await.len(), 0);

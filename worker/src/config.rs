@@ -115,6 +115,12 @@ pub struct Config {
     #[arg(long, env = "COFFER_HEALTH_FILE")]
     pub health_file: Option<PathBuf>,
 
+    /// Serve Prometheus metrics on `http://ADDRESS/metrics` (e.g.
+    /// `0.0.0.0:9091`): plain HTTP without authentication, on a port of its
+    /// own. Off unless set.
+    #[arg(long, env = "COFFER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// A one-off command instead of working.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -154,6 +160,12 @@ impl crate::process::BinaryConfig for Config {
             format!("protected_paths = {}", self.protected_paths),
             format!("drain_timeout_seconds = {}", self.drain_timeout_seconds),
             format!("log_format = {}", self.log_format),
+            format!(
+                "metrics_listen = {}",
+                self.metrics_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            ),
             format!("tls_ca = {}", display_path(self.tls_ca.as_ref())),
             format!("tls_cert = {}", display_path(self.tls_cert.as_ref())),
             format!("tls_key = {}", display_path(self.tls_key.as_ref())),

@@ -13,6 +13,7 @@ use crate::class::WorkerClass;
 use crate::paths::grant::{check_path_grant, AllowedPath, PathUse, WorkerRoots};
 use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
 use crate::repository::Repository;
+use crate::run_metrics::RunMetrics;
 use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
 use crate::runs::gc::{run_gc, GcPlan};
 use crate::runs::rebuild::run_rebuild;
@@ -33,10 +34,12 @@ pub struct RunExecutor {
 
 struct SessionReporter<'a> {
     context: &'a RunContext,
+    metrics: RunMetrics,
 }
 
 impl Reporter for SessionReporter<'_> {
     fn progress(&self, progress: &pb::RunProgress) {
+        self.metrics.advance(progress);
         self.context.set_progress(progress.clone());
     }
 
@@ -284,7 +287,10 @@ impl RunExecutor {
             })?;
         let store = Arc::new(store);
         let target_description = store.describe();
-        let reporter = SessionReporter { context };
+        let reporter = SessionReporter {
+            context,
+            metrics: RunMetrics::new(run.kind),
+        };
         let lease_token = context.lease().lease_token;
         let create_with_key = matches!(spec, pb::run::Spec::Backup(_))
             .then_some(assignment.repository_key.as_slice());

@@ -10,7 +10,8 @@
 //!   [`paths`] checks every local path against its grant and the worker's
 //!   roots, and opens entries beneath a directory without following symlinks.
 //! - [`session`] holds the lease session, [`executor`] turns its assignments
-//!   into runs, [`report`] carries what a run reports.
+//!   into runs, [`report`] carries what a run reports and [`run_metrics`]
+//!   turns it into the worker's Prometheus counters.
 
 pub mod allocator;
 pub mod class;
@@ -24,6 +25,7 @@ pub mod paths;
 pub mod process;
 pub mod report;
 pub mod repository;
+pub mod run_metrics;
 pub mod runs;
 pub mod session;
 pub mod source;

@@ -37,6 +37,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(shutdown.clone()));
+    if let Some(address) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        tracing::info!(metrics = %listener.local_addr()?, "serving Prometheus metrics on /metrics");
+        tokio::spawn(coffer_telemetry::serve(listener, None, shutdown.clone()));
+    }
     let keeper = config
         .health_file
         .clone()

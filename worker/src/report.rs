@@ -2,15 +2,21 @@
 //! and per-file errors in numbered batches, through a [`Reporter`] (the
 //! lease session in production, a collector in tests).
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use coffer_proto::v1::{FileRecord, RebuiltSnapshot, RunError, RunProgress};
+use coffer_proto::v1::{FileRecord, RebuiltSnapshot, RunError, RunPhase, RunProgress};
 
 /// Most records (files plus errors) in one [`RecordBatch`].
 pub const MAX_BATCH_RECORDS: usize = 1000;
 /// Minimum time between two progress reports.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the live counters are sampled into a report while a run is
+/// inside one large file (or pack) and reports nothing on its own.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Records produced by a run, sent to the control plane in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,9 +60,10 @@ pub struct Batcher<'r, R> {
     files: Vec<FileRecord>,
     errors: Vec<RunError>,
     snapshot: Option<RebuiltSnapshot>,
-    started: Instant,
     last_progress: Option<Instant>,
-    /// The counters; callers update them directly.
+    live: Arc<LiveProgress>,
+    /// The counters moved between files; callers update them directly.
+    /// What moves within a file is counted in [`Batcher::live`] and added.
     pub progress: RunProgress,
     /// Per-file errors reported so far.
     pub error_total: u64,
@@ -72,8 +79,8 @@ impl<'r, R: Reporter> Batcher<'r, R> {
             files: Vec::new(),
             errors: Vec::new(),
             snapshot: None,
-            started: Instant::now(),
             last_progress: None,
+            live: Arc::new(LiveProgress::new()),
             progress: RunProgress::default(),
             error_total: 0,
         }
@@ -134,14 +141,27 @@ impl<'r, R: Reporter> Batcher<'r, R> {
         self.sequence
     }
 
-    /// The counters with the current rate.
+    /// The counters moved within files, shared with the threads that read
+    /// and write them.
+    pub fn live(&self) -> &Arc<LiveProgress> {
+        &self.live
+    }
+
+    /// Enters `phase` and reports it at once.
+    pub fn set_phase(&mut self, phase: RunPhase) {
+        self.progress.phase = phase as i32;
+        self.report_progress(true);
+    }
+
+    /// Marks `files_seen` and `bytes_seen` final.
+    pub fn totals_known(&mut self) {
+        self.progress.totals_known = true;
+    }
+
+    /// The counters with the live ones added, the current rate and an
+    /// estimate of the time left.
     pub fn progress_now(&self) -> RunProgress {
-        let mut progress = self.progress.clone();
-        let seconds = self.started.elapsed().as_secs_f64();
-        if seconds > 0.0 {
-            progress.bytes_per_second = progress.bytes_done as f64 / seconds;
-        }
-        progress
+        self.live.compose(self.progress.clone())
     }
 
     /// Reports progress if the last report is old enough (or `force`).
@@ -150,6 +170,7 @@ impl<'r, R: Reporter> Batcher<'r, R> {
             .last_progress
             .is_none_or(|last| last.elapsed() >= PROGRESS_INTERVAL);
         if force || due {
+            self.live.settle(&self.progress);
             self.reporter.progress(&self.progress_now());
             self.last_progress = Some(Instant::now());
         }
@@ -157,7 +178,114 @@ impl<'r, R: Reporter> Batcher<'r, R> {
 
     /// Time since the run started.
     pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+        self.live.started.elapsed()
+    }
+}
+
+/// Counters moved while a file is being read or written, by blocking
+/// threads and background tasks, so that a single large file shows progress
+/// byte by byte rather than in one step when it is done. Each is added to
+/// the matching [`Batcher::progress`] counter when progress is reported.
+pub struct LiveProgress {
+    /// Content bytes processed within files (added to `bytes_done`).
+    pub bytes_done: AtomicU64,
+    /// Bytes read from the source or from storage (added to `bytes_read`).
+    pub bytes_read: AtomicU64,
+    /// Content bytes that needed no upload (added to `bytes_deduplicated`).
+    pub bytes_deduplicated: AtomicU64,
+    /// The packer's count of bytes uploaded, once a packer runs.
+    uploads: OnceLock<Arc<AtomicU64>>,
+    /// The batcher's counters as last reported, for reports sampled while
+    /// the batcher is busy.
+    settled: Mutex<RunProgress>,
+    started: Instant,
+}
+
+impl LiveProgress {
+    fn new() -> Self {
+        LiveProgress {
+            bytes_done: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_deduplicated: AtomicU64::new(0),
+            uploads: OnceLock::new(),
+            settled: Mutex::new(RunProgress::default()),
+            started: Instant::now(),
+        }
+    }
+
+    /// Follows `uploaded` (a packer's running total) for `bytes_uploaded`.
+    pub fn follow_uploads(&self, uploaded: Arc<AtomicU64>) {
+        // A run has one packer; a second call keeps the first.
+        let _ = self.uploads.set(uploaded);
+    }
+
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn settle(&self, progress: &RunProgress) {
+        *self.settled.lock().unwrap_or_else(PoisonError::into_inner) = progress.clone();
+    }
+
+    /// The last settled counters with the live ones added.
+    fn sample(&self) -> RunProgress {
+        let settled = self
+            .settled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        self.compose(settled)
+    }
+
+    fn compose(&self, mut progress: RunProgress) -> RunProgress {
+        let load = |counter: &AtomicU64| to_i64(counter.load(Ordering::Relaxed));
+        progress.bytes_done = progress.bytes_done.saturating_add(load(&self.bytes_done));
+        progress.bytes_read = progress.bytes_read.saturating_add(load(&self.bytes_read));
+        progress.bytes_deduplicated = progress
+            .bytes_deduplicated
+            .saturating_add(load(&self.bytes_deduplicated));
+        if let Some(uploaded) = self.uploads.get() {
+            // The final figure (packs, index and manifest) is set by the run
+            // and is never below the packer's.
+            progress.bytes_uploaded = progress.bytes_uploaded.max(load(uploaded));
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        if seconds > 0.0 {
+            progress.bytes_per_second = progress.bytes_done as f64 / seconds;
+        }
+        progress.eta = estimate_left(&progress);
+        progress
+    }
+}
+
+/// Time left at the current rate, once the totals are known and something
+/// moved.
+fn estimate_left(progress: &RunProgress) -> Option<prost_types::Duration> {
+    if !progress.totals_known || progress.bytes_per_second <= 0.0 {
+        return None;
+    }
+    let left = progress
+        .bytes_seen
+        .saturating_sub(progress.bytes_done)
+        .max(0);
+    let seconds = (left as f64 / progress.bytes_per_second).ceil();
+    Some(prost_types::Duration {
+        seconds: seconds as i64,
+        nanos: 0,
+    })
+}
+
+/// Reports `live` through `reporter` every [`SAMPLE_INTERVAL`], for as long
+/// as it is polled (beside the attempt it watches).
+pub(crate) async fn sample_progress<R: Reporter>(reporter: &R, live: &LiveProgress) -> Infallible {
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the attempt reports its own start.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        reporter.progress(&live.sample());
     }
 }
 

@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
 use crate::model::run::{
-    check_selector, JobOptions, Labels, Run, RunErrorEntry, RunKind, RunProgress, RunSpec,
-    RunState, Target,
+    check_selector, JobOptions, Labels, Run, RunErrorEntry, RunKind, RunPhase, RunProgress,
+    RunSpec, RunState, Target,
 };
 
 /// Converts a time to a protobuf timestamp.
@@ -231,12 +231,9 @@ fn enum_filter<T: Copy>(all: &[T], to_proto: impl Fn(T) -> i32, value: i32) -> O
         .map(Some)
 }
 
-/// Copies a run's progress between its domain type and its proto, which have
-/// the same fields.
-macro_rules! copy_progress {
-    ($from:expr => $to:path) => {{
-        let p = $from;
-        $to {
+impl From<RunProgress> for pb::RunProgress {
+    fn from(p: RunProgress) -> Self {
+        pb::RunProgress {
             files_seen: p.files_seen,
             files_done: p.files_done,
             bytes_seen: p.bytes_seen,
@@ -245,19 +242,56 @@ macro_rules! copy_progress {
             error_count: p.error_count,
             bytes_per_second: p.bytes_per_second,
             current_path: p.current_path,
+            phase: phase_to_proto(p.phase) as i32,
+            bytes_read: p.bytes_read,
+            bytes_deduplicated: p.bytes_deduplicated,
+            totals_known: p.totals_known,
+            eta: p
+                .eta_seconds
+                .map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
         }
-    }};
-}
-
-impl From<RunProgress> for pb::RunProgress {
-    fn from(progress: RunProgress) -> Self {
-        copy_progress!(progress => pb::RunProgress)
     }
 }
 
+/// Progress as a worker reports it: an unknown phase reads as unspecified and
+/// a negative estimate as none (the worker is not trusted to be sane).
 impl From<pb::RunProgress> for RunProgress {
-    fn from(progress: pb::RunProgress) -> Self {
-        copy_progress!(progress => RunProgress)
+    fn from(p: pb::RunProgress) -> Self {
+        RunProgress {
+            files_seen: p.files_seen,
+            files_done: p.files_done,
+            bytes_seen: p.bytes_seen,
+            bytes_done: p.bytes_done,
+            bytes_uploaded: p.bytes_uploaded,
+            error_count: p.error_count,
+            bytes_per_second: p.bytes_per_second,
+            current_path: p.current_path,
+            phase: phase_from_proto(p.phase),
+            bytes_read: p.bytes_read,
+            bytes_deduplicated: p.bytes_deduplicated,
+            totals_known: p.totals_known,
+            eta_seconds: p.eta.map(|eta| eta.seconds).filter(|s| *s >= 0),
+        }
+    }
+}
+
+fn phase_to_proto(phase: RunPhase) -> pb::RunPhase {
+    match phase {
+        RunPhase::Unspecified => pb::RunPhase::Unspecified,
+        RunPhase::Preparing => pb::RunPhase::Preparing,
+        RunPhase::Scanning => pb::RunPhase::Scanning,
+        RunPhase::Transferring => pb::RunPhase::Transferring,
+        RunPhase::Finishing => pb::RunPhase::Finishing,
+    }
+}
+
+fn phase_from_proto(phase: i32) -> RunPhase {
+    match pb::RunPhase::try_from(phase) {
+        Ok(pb::RunPhase::Preparing) => RunPhase::Preparing,
+        Ok(pb::RunPhase::Scanning) => RunPhase::Scanning,
+        Ok(pb::RunPhase::Transferring) => RunPhase::Transferring,
+        Ok(pb::RunPhase::Finishing) => RunPhase::Finishing,
+        Ok(pb::RunPhase::Unspecified) | Err(_) => RunPhase::Unspecified,
     }
 }
 

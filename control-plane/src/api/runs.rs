@@ -485,12 +485,16 @@ impl RunService for RunApi {
     ) -> RpcResult<pb::CancelRunResponse> {
         let caller = self.caller(&request).await?;
         let id = parse_id("id", &request.get_ref().id)?;
-        self.visible_run(&caller, id).await?;
+        let before = self.visible_run(&caller, id).await?;
         let run = self
             .state
             .catalog
             .cancel_run(id, &caller.user.username)
             .await?;
+        // Counted once: cancelling a run that already ended changes nothing.
+        if !before.state.is_final() {
+            crate::monitoring::run_ended(&run);
+        }
         respond(Ok(pb::CancelRunResponse {
             run: Some(run.into()),
         }))

@@ -36,6 +36,7 @@ pub mod jobs;
 pub mod leases;
 pub mod limits;
 pub mod metadata;
+pub mod monitoring;
 pub mod object_locks;
 pub mod objects;
 pub(crate) mod placeholders;
@@ -95,13 +96,17 @@ macro_rules! match_pool {
 pub(crate) use match_pool;
 
 /// [`match_pool!`] on the catalog's pool (the writing connection on SQLite).
+/// Every operation is timed, under the catalog module that runs it
+/// (`coffer_catalog_operation_duration_seconds`).
 macro_rules! on_pool {
-    ($catalog:expr, |$pool:ident| $body:expr) => {
+    ($catalog:expr, |$pool:ident| $body:expr) => {{
+        let _timer = $crate::monitoring::CatalogTimer::start(module_path!());
         $crate::catalog::match_pool!(&$catalog.pool, |$pool| $body)
-    };
-    ($catalog:expr, |$pool:ident, $dialect:ident| $body:expr) => {
+    }};
+    ($catalog:expr, |$pool:ident, $dialect:ident| $body:expr) => {{
+        let _timer = $crate::monitoring::CatalogTimer::start(module_path!());
         $crate::catalog::match_pool!(&$catalog.pool, |$pool, $dialect| $body)
-    };
+    }};
 }
 pub(crate) use on_pool;
 
@@ -110,9 +115,10 @@ pub(crate) use on_pool;
 /// connection is inside a long transaction (a million-file snapshot apply
 /// holds it for seconds). On PostgreSQL it is the same pool.
 macro_rules! on_read_pool {
-    ($catalog:expr, |$pool:ident| $body:expr) => {
+    ($catalog:expr, |$pool:ident| $body:expr) => {{
+        let _timer = $crate::monitoring::CatalogTimer::start(module_path!());
         $crate::catalog::match_pool!(&$catalog.read_pool, |$pool| $body)
-    };
+    }};
 }
 pub(crate) use on_read_pool;
 

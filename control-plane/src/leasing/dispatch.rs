@@ -317,6 +317,7 @@ impl Pass {
             }
         };
         let granted = leased.len();
+        crate::monitoring::leases_granted(granted);
         for (worker_id, run) in leased {
             self.own_grants.insert(run.id);
             let seat = chosen.get(&run.id).copied();

@@ -44,6 +44,7 @@ pub async fn run_reaper(catalog: Catalog, base: LeaseSettings, cancel: Cancellat
             Ok(changed) => {
                 for id in changed {
                     tracing::info!(run = %id, "lease ended without completion; run requeued, failed or cancelled");
+                    crate::monitoring::attempt_ended(&catalog, id, true).await;
                 }
             }
             Err(error) => tracing::warn!(%error, "lease reaper could not scan the catalog"),

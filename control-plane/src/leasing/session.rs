@@ -658,11 +658,18 @@ impl Session {
             self.ack(run_id, token, false, FOREIGN_LEASE, -1).await;
             return Ok(());
         }
-        self.held.remove(&run_id);
+        // A completion sent again (after a lost acknowledgement) finds the
+        // lease no longer held and is not counted twice.
+        let was_held = self.held.remove(&run_id).is_some();
         match result {
             CompletionResult::Accepted { state } => {
                 tracing::info!(worker = %self.name, run = %run_id, %state, "attempt completed");
                 self.ack(run_id, token, true, "", -1).await;
+                if was_held && state == "queued" {
+                    crate::monitoring::run_requeued();
+                } else if was_held {
+                    crate::monitoring::attempt_ended(&self.state.catalog, run_id, false).await;
+                }
                 if state == "succeeded" {
                     self.record_commit_lock(run_id).await;
                     tokio::spawn(apply_retention_after_backup(

@@ -234,6 +234,7 @@ pub async fn fail_overdue_runs(catalog: &Catalog, ttl: Duration) -> DomainResult
         );
         if catalog.fail_overdue_run(&run, &error).await? {
             tracing::info!(run = %run.candidate.id, %error, "queued run timed out");
+            crate::monitoring::attempt_ended(catalog, run.candidate.id, false).await;
             failed.push(run.candidate.id);
         }
     }

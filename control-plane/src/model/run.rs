@@ -489,6 +489,33 @@ pub struct RunProgress {
     pub bytes_per_second: f64,
     /// The file being processed.
     pub current_path: String,
+    /// The stage the run is in.
+    pub phase: RunPhase,
+    /// Bytes read from the source or from storage, within files.
+    pub bytes_read: i64,
+    /// Content bytes that needed no upload.
+    pub bytes_deduplicated: i64,
+    /// Whether `files_seen` and `bytes_seen` are final.
+    pub totals_known: bool,
+    /// Estimated seconds left, when the worker could tell.
+    pub eta_seconds: Option<i64>,
+}
+
+/// The stage a running run is in, as its worker reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunPhase {
+    /// Not reported.
+    #[default]
+    Unspecified,
+    /// Opening the repository, loading the index and the parent.
+    Preparing,
+    /// Listing and reading what the run works on.
+    Scanning,
+    /// Moving file content.
+    Transferring,
+    /// Writing the index and manifest, reporting.
+    Finishing,
 }
 
 /// One run as stored in the catalog.

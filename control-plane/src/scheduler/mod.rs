@@ -292,6 +292,10 @@ impl Scheduler {
             "scheduled tick: {}",
             fired.outcome.as_str()
         );
+        crate::monitoring::tick_handled(
+            fired.run_id.is_some(),
+            fired.outcome == TickOutcome::SkipMissed,
+        );
         self.handle.update(|status| {
             status.ticks += 1;
             if fired.run_id.is_some() {

@@ -67,9 +67,9 @@ impl Packer {
         &self.queue
     }
 
-    /// Bytes of packs uploaded so far.
-    pub(crate) fn uploaded(&self) -> u64 {
-        self.uploaded.load(Ordering::Relaxed)
+    /// The running count of bytes of packs uploaded, for live progress.
+    pub(crate) fn upload_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.uploaded)
     }
 
     /// Closes the queue and waits for the last pack and index file. Clones

@@ -42,6 +42,7 @@ use coffer_format::{
     decode_blob, ChunkId, ChunkIndex, CondemnedPack, CondemnedSet, EncodedChunk, IndexFile,
     IndexPack, PackId,
 };
+use coffer_proto::v1::RunPhase;
 use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -125,6 +126,7 @@ async fn execute<R: Reporter>(
     batcher: &mut Batcher<'_, R>,
     cancel: &CancellationToken,
 ) -> Result<GcSummary, RunFailure> {
+    batcher.set_phase(RunPhase::Preparing);
     let mut collection = Collection {
         plan,
         repository: Repository::open(Arc::clone(&plan.store), cancel).await?,
@@ -157,7 +159,9 @@ async fn execute<R: Reporter>(
     }
 
     // Mark what is garbage now.
+    collection.batcher.set_phase(RunPhase::Scanning);
     collection.mark(&condemned).await?;
+    collection.batcher.set_phase(RunPhase::Finishing);
     let Collection {
         mut summary,
         batcher,

@@ -13,10 +13,11 @@ pub mod verify;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{Batcher, Reporter, RunFailure};
+use crate::report::{sample_progress, Batcher, Reporter, RunFailure};
 
 /// Runs one attempt of a run leased with `lease_token`: `execute` reports
-/// through the attempt's [`Batcher`]; the final progress is reported
+/// through the attempt's [`Batcher`], whose live counters are sampled at
+/// least twice a second meanwhile; the final progress is reported
 /// whatever the outcome, and a failure once `cancel` fired is reported as
 /// the cancellation (what failed then failed because the run was stopped).
 pub(crate) async fn run_attempt<R, T>(
@@ -33,7 +34,13 @@ where
     // On the heap: an attempt's future is large and nests deeply, and boxed
     // it neither bloats the caller's future nor exhausts the compiler's
     // layout depth limit.
-    let result = Box::pin(execute(&mut batcher)).await;
+    // The live counters are sampled beside the attempt, so that progress
+    // moves while it is inside one large file.
+    let live = std::sync::Arc::clone(batcher.live());
+    let result = tokio::select! {
+        result = Box::pin(execute(&mut batcher)) => result,
+        never = sample_progress(reporter, &live) => match never {},
+    };
     batcher.report_progress(true);
     match result {
         Err(_) if cancel.is_cancelled() => Err(RunFailure::cancelled()),

@@ -33,6 +33,7 @@ use coffer_format::layout;
 use coffer_format::{
     decode_blob, ChunkId, ChunkIndex, ChunkLocation, EntryKind, ManifestEntry, PackId,
 };
+use coffer_proto::v1::RunPhase;
 use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -40,7 +41,7 @@ use uuid::Uuid;
 use self::destination::{lossy, Destination, Existing};
 use super::run_attempt;
 use crate::paths::grant::AllowedPath;
-use crate::report::{human_bytes, to_i64, Batcher, Reporter, RunFailure};
+use crate::report::{human_bytes, to_i64, Batcher, LiveProgress, Reporter, RunFailure};
 use crate::repository::{IndexUse, Repository};
 use crate::store::Store;
 
@@ -211,6 +212,7 @@ async fn execute<R: Reporter>(
     batcher: &mut Batcher<'_, R>,
     cancel: &CancellationToken,
 ) -> Result<RestoreSummary, RunFailure> {
+    batcher.set_phase(RunPhase::Preparing);
     let repository = Repository::open(Arc::clone(&plan.store), cancel).await?;
     let mut manifest = repository.read_manifest(&plan.manifest_key, cancel).await?;
     let index = repository.load_index(IndexUse::Read, cancel).await?;
@@ -223,12 +225,15 @@ async fn execute<R: Reporter>(
     let destination = Arc::new(destination);
     let suffix: Arc<str> = format!(".coffer-restore-{}", plan.run_id).into();
 
+    let live = Arc::clone(batcher.live());
     let context = WindowContext {
         repository: &repository,
         destination: &destination,
         suffix: &suffix,
+        live: &live,
         cancel,
     };
+    batcher.set_phase(RunPhase::Transferring);
     let mut directories: Vec<(ManifestEntry, bool)> = Vec::new();
     let mut window = Window::default();
     let mut totals = Totals {
@@ -294,8 +299,10 @@ async fn execute<R: Reporter>(
         }
         batcher.report_progress(false);
     }
+    batcher.totals_known();
     context.restore(window, batcher, &mut totals).await?;
     drop(index);
+    batcher.set_phase(RunPhase::Finishing);
 
     // Deepest first, so that setting a directory's time is not undone by
     // restoring into it.
@@ -345,6 +352,8 @@ struct WindowContext<'a> {
     repository: &'a Repository,
     destination: &'a Arc<Destination>,
     suffix: &'a Arc<str>,
+    /// Bytes downloaded and written, counted range by range within packs.
+    live: &'a LiveProgress,
     cancel: &'a CancellationToken,
 }
 
@@ -376,7 +385,17 @@ impl WindowContext<'_> {
                     paths: Arc::clone(&paths),
                     suffix: Arc::clone(self.suffix),
                 };
-                async move { restore_pack(self.repository, pack_id, uses, files, self.cancel).await }
+                async move {
+                    restore_pack(
+                        self.repository,
+                        pack_id,
+                        uses,
+                        files,
+                        self.live,
+                        self.cancel,
+                    )
+                    .await
+                }
             })
             .buffer_unordered(PACK_PARALLELISM);
         while let Some(outcome) = packs.next().await {
@@ -385,7 +404,6 @@ impl WindowContext<'_> {
             }
             let outcome = outcome?;
             totals.bytes += outcome.bytes;
-            batcher.progress.bytes_done += to_i64(outcome.bytes);
             for (file, message) in outcome.failed {
                 window.jobs[file].failure.get_or_insert(message);
             }
@@ -506,6 +524,7 @@ async fn restore_pack(
     pack_id: PackId,
     mut uses: Vec<BlobUse>,
     files: PackFiles,
+    live: &LiveProgress,
     cancel: &CancellationToken,
 ) -> Result<PackOutcome, RunFailure> {
     let files = Arc::new(files);
@@ -547,6 +566,7 @@ async fn restore_pack(
             }
             Err(other) => return Err(other.into()),
         };
+        LiveProgress::add(&live.bytes_read, data.len() as u64);
         let hasher = repository.hasher().clone();
         let files = Arc::clone(&files);
         let part = tokio::task::spawn_blocking(move || {
@@ -557,6 +577,7 @@ async fn restore_pack(
         outcome.written.extend(part.written);
         outcome.failed.extend(part.failed);
         outcome.bytes += part.bytes;
+        LiveProgress::add(&live.bytes_done, part.bytes);
     }
     Ok(outcome)
 }

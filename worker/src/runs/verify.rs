@@ -9,6 +9,7 @@ use std::sync::Arc;
 use coffer_format::layout::{self, PACKS_PREFIX};
 use coffer_format::pack::blob_slice;
 use coffer_format::{decode_blob, ChunkId, ChunkLocation, EntryKind, PackId};
+use coffer_proto::v1::RunPhase;
 use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -79,6 +80,7 @@ async fn execute<R: Reporter>(
     batcher: &mut Batcher<'_, R>,
     cancel: &CancellationToken,
 ) -> Result<VerifySummary, RunFailure> {
+    batcher.set_phase(RunPhase::Preparing);
     let repository = Repository::open(Arc::clone(&plan.store), cancel).await?;
     let index = repository.load_index(IndexUse::Read, cancel).await?;
     let present: HashSet<PackId> = plan
@@ -90,6 +92,7 @@ async fn execute<R: Reporter>(
         .collect();
 
     // Pass 1: is everything there? Collect what each pack must hold.
+    batcher.set_phase(RunPhase::Scanning);
     let mut damaged: HashMap<ChunkId, String> = HashMap::new();
     let mut needed: HashMap<PackId, HashMap<ChunkId, ChunkLocation>> = HashMap::new();
     let mut files = 0u64;
@@ -129,6 +132,7 @@ async fn execute<R: Reporter>(
     let chunk_count: usize = needed.values().map(HashMap::len).sum();
 
     // Pass 2: re-read the sample.
+    batcher.set_phase(RunPhase::Transferring);
     let sample: Vec<(PackId, HashMap<ChunkId, ChunkLocation>)> = needed
         .into_iter()
         .filter(|(id, _)| sampled(id, plan.read_data_percent))
@@ -146,12 +150,14 @@ async fn execute<R: Reporter>(
         let (read, found) = result?;
         bytes_read += read;
         batcher.progress.bytes_done += to_i64(read);
+        batcher.progress.bytes_read += to_i64(read);
         damaged.extend(found);
         batcher.report_progress(false);
     }
     drop(results);
 
     // Pass 3: name the damaged files.
+    batcher.set_phase(RunPhase::Finishing);
     let mut damaged_files = 0u64;
     if !damaged.is_empty() {
         let mut manifest = repository.read_manifest(&plan.manifest_key, cancel).await?;

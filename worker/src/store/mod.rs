@@ -11,6 +11,7 @@ pub mod filesystem;
 mod key;
 pub mod lock;
 pub mod s3;
+mod s3_metrics;
 
 use std::path::{Path, PathBuf};
 

@@ -258,6 +258,7 @@ impl S3Store {
             ))
             .force_path_style(location.force_path_style)
             .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .interceptor(super::s3_metrics::RetryCounter)
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
@@ -792,7 +793,8 @@ async fn tls_context() -> Result<TlsContext, StoreError> {
 }
 
 /// Awaits one S3 request unless `cancel` fires first; its error names
-/// `operation` and `key`.
+/// `operation` and `key`. Its duration (retries included) and its failure
+/// are counted by `operation`.
 pub(super) async fn send<T, E, R>(
     cancel: &CancellationToken,
     operation: &'static str,
@@ -803,10 +805,14 @@ where
     E: std::error::Error + 'static,
     R: fmt::Debug + 'static,
 {
-    cancellable(cancel, async {
+    let started = std::time::Instant::now();
+    let result = cancellable(cancel, async {
         request.await.map_err(|e| s3_error(operation, key, e))
     })
-    .await
+    .await;
+    let failed = matches!(result, Err(StoreError::S3 { .. }));
+    super::s3_metrics::request_done(operation, started, failed);
+    result
 }
 
 pub(super) fn s3_error<E, R>(

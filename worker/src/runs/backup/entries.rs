@@ -15,7 +15,6 @@ use super::manifests::{ManifestSink, ParentCursor};
 use super::reader::{read_in_turn, FileContent, FileContext, FileProblem};
 use super::record::{catalog_view_changed, file_record, manifest_entry, may_be_unchanged};
 use crate::report::{to_i64, Batcher, Reporter, RunFailure};
-use crate::repository::packer::Packer;
 use crate::source::{Entry, EntryKind, SourceWalk, WalkItem};
 
 /// Entries between the walk and the manifest at once (most are cheap).
@@ -63,7 +62,6 @@ pub(super) async fn walk_into_manifest<R: Reporter>(
     mut walk: SourceWalk,
     parent: &mut Option<ParentCursor>,
     context: &Arc<FileContext>,
-    packer: &Packer,
     manifest: &mut ManifestSink,
     batcher: &mut Batcher<'_, R>,
     cancel: &CancellationToken,
@@ -79,12 +77,12 @@ pub(super) async fn walk_into_manifest<R: Reporter>(
                 let processed = joined
                     .map_err(|e| RunFailure::retryable(format!("file task failed: {e}")))?;
                 finish_entry(processed, parent.is_some(), manifest, batcher, &mut stats).await?;
-                batcher.progress.bytes_uploaded = to_i64(packer.uploaded());
                 batcher.report_progress(false);
             }
             item = walk.next(), if !walk_done && pending.len() < ENTRY_WINDOW => {
                 let Some(item) = item else {
                     walk_done = true;
+                    batcher.totals_known();
                     if let Some(parent) = parent.as_mut() {
                         parent.remaining_removed(batcher).await?;
                     }
@@ -188,9 +186,12 @@ async fn finish_entry<R: Reporter>(
         stats.files += 1;
         stats.size += size;
         if read {
+            // Its bytes were counted as they were read.
             stats.files_read += 1;
+        } else {
+            batcher.progress.bytes_done += to_i64(size);
+            batcher.progress.bytes_deduplicated += to_i64(size);
         }
-        batcher.progress.bytes_done += to_i64(size);
     }
     batcher.progress.files_done += 1;
     batcher.progress.current_path = String::from_utf8_lossy(&entry.path).into_owned();

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use coffer_format::{ManifestHeader, RepositoryConfig};
-use coffer_proto::v1::JobOptions;
+use coffer_proto::v1::{JobOptions, RunPhase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -129,6 +129,7 @@ async fn execute<R: Reporter>(
     cancel: &CancellationToken,
 ) -> Result<BackupSummary, RunFailure> {
     tracing::debug!(run = %plan.run_id, "backup starting");
+    batcher.set_phase(RunPhase::Preparing);
     let walk_options = WalkOptions {
         exclude: plan.options.exclude.clone(),
         one_file_system: plan.options.one_file_system,
@@ -164,28 +165,24 @@ async fn execute<R: Reporter>(
     tracing::debug!(run = %plan.run_id, "index and parent loaded");
 
     let packer = Packer::start(&repository, PACKER_QUEUE, cancel);
+    batcher.live().follow_uploads(packer.upload_counter());
     let context = Arc::new(FileContext::new(
         &repository,
         index,
         packer.queue().clone(),
         walk.root(),
+        Arc::clone(batcher.live()),
         cancel,
     )?);
+    batcher.set_phase(RunPhase::Transferring);
     let mut manifest = ManifestSink::start(&header(plan, parent_run_id, &config))?;
-    let stats = walk_into_manifest(
-        walk,
-        &mut parent,
-        &context,
-        &packer,
-        &mut manifest,
-        batcher,
-        cancel,
-    )
-    .await?;
+    let stats =
+        walk_into_manifest(walk, &mut parent, &context, &mut manifest, batcher, cancel).await?;
     tracing::debug!(run = %plan.run_id, elapsed = ?started.elapsed(), "walk done");
     // Every file task is done: closing the queue lets the packer seal the
     // last pack.
     drop(context);
+    batcher.set_phase(RunPhase::Finishing);
     let packed = packer.finish().await?;
     batcher.progress.bytes_uploaded = to_i64(packed.packs);
     if let Some(parent) = parent {

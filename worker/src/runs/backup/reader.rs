@@ -3,12 +3,13 @@
 //! repository key and its new chunks compressed on the CPU pool and queued
 //! for the packer. A file that changes while it is read is read again.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use coffer_format::{
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cpu_pool::CpuPool;
 use crate::paths::beneath;
-use crate::report::RunFailure;
+use crate::report::{LiveProgress, RunFailure};
 use crate::repository::Repository;
 use crate::source::{self, EntryMetadata};
 use rustix::fs::OFlags;
@@ -44,7 +45,8 @@ pub(super) struct FileContext {
     prefetch: Semaphore,
     tools: Mutex<Vec<FileTools>>,
     cancel: CancellationToken,
-    bytes_read: AtomicU64,
+    /// Bytes read, processed and found stored, as the file tasks go.
+    live: Arc<LiveProgress>,
     /// The walk's root: files are opened beneath it by relative path.
     source_root: Arc<OwnedFd>,
 }
@@ -70,12 +72,14 @@ pub(super) enum FileProblem {
 
 impl FileContext {
     /// The context of one backup's file tasks: chunks new to `index` go to
-    /// `packer`, compressed at the repository's level on all cores.
+    /// `packer`, compressed at the repository's level on all cores; bytes
+    /// are counted into `live` as they are read.
     pub(super) fn new(
         repository: &Repository,
         index: ChunkIndex,
         packer: mpsc::Sender<EncodedChunk>,
         source_root: Arc<OwnedFd>,
+        live: Arc<LiveProgress>,
         cancel: &CancellationToken,
     ) -> Result<Self, RunFailure> {
         let config = repository.config();
@@ -95,7 +99,7 @@ impl FileContext {
             prefetch: Semaphore::new(PREFETCH_FILES),
             tools: Mutex::new(Vec::new()),
             cancel: cancel.clone(),
-            bytes_read: AtomicU64::new(0),
+            live,
             source_root,
         })
     }
@@ -214,10 +218,24 @@ fn read_file(
             Some(first) => first?,
             None => open_regular(&context.source_root, path)?,
         };
-        let (content_hash, chunks) = chunk_file(context, file)?;
+        let read = Cell::new(0);
+        // Bytes of an attempt that is not the file's content (it failed, or
+        // the file changed and is read again) are taken back out of
+        // `bytes_done`; they stay in `bytes_read`.
+        let take_back = || {
+            context
+                .live
+                .bytes_done
+                .fetch_sub(read.get(), Ordering::Relaxed);
+        };
+        let (content_hash, chunks) =
+            chunk_file(context, file, &read).inspect_err(|_| take_back())?;
         let after = source::open_entry(&context.source_root, path, OFlags::PATH)
             .and_then(|file| file.metadata())
-            .map_err(|e| FileProblem::Skip(format!("vanished while being read: {e}")))?;
+            .map_err(|e| {
+                take_back();
+                FileProblem::Skip(format!("vanished while being read: {e}"))
+            })?;
         if !changed(&before, &after) {
             return Ok(FileContent {
                 content_hash,
@@ -225,6 +243,7 @@ fn read_file(
                 metadata: EntryMetadata::from(&before),
             });
         }
+        take_back();
         last_change = format!(
             "changed while being read ({} -> {} bytes)",
             before.len(),
@@ -265,12 +284,17 @@ fn changed(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
         || before.ino() != after.ino()
 }
 
-fn chunk_file(context: &FileContext, file: File) -> Result<(String, Vec<ChunkId>), FileProblem> {
+fn chunk_file(
+    context: &FileContext,
+    file: File,
+    read: &Cell<u64>,
+) -> Result<(String, Vec<ChunkId>), FileProblem> {
     let mut tools = take_tools(context)?;
     let mut stream = context.chunker.stream(
         CountingReader {
             inner: file,
-            context,
+            live: &context.live,
+            read,
         },
         std::mem::take(&mut tools.buffer),
     );
@@ -306,7 +330,9 @@ fn chunk_stream<R: Read>(
             content.update(chunk.bytes);
         }
         ids.push(id);
-        if context.chunks.claim(id) {
+        if !context.chunks.claim(id) {
+            LiveProgress::add(&context.live.bytes_deduplicated, chunk.bytes.len() as u64);
+        } else {
             let encoded = encode_chunk(compressor, id, chunk.bytes).map_err(|e| {
                 FileProblem::Fatal(RunFailure::permanent(format!("compressing a chunk: {e}")))
             })?;
@@ -348,19 +374,21 @@ fn take_tools(context: &FileContext) -> Result<FileTools, FileProblem> {
     }
 }
 
-/// Counts bytes read, for progress between chunks of large files.
+/// Counts bytes as they are read, for progress within large files: into
+/// the run's live counters and into `read`, this attempt's count.
 struct CountingReader<'a> {
     inner: File,
-    context: &'a FileContext,
+    live: &'a LiveProgress,
+    read: &'a Cell<u64>,
 }
 
 impl Read for CountingReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let read = self.inner.read(buf)?;
-        self.context
-            .bytes_read
-            .fetch_add(read as u64, Ordering::Relaxed);
-        Ok(read)
+        let read = self.inner.read(buf)? as u64;
+        LiveProgress::add(&self.live.bytes_read, read);
+        LiveProgress::add(&self.live.bytes_done, read);
+        self.read.set(self.read.get() + read);
+        Ok(read as usize)
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Figures {
     pub errors: i64,
     pub bytes_per_second: f64,
     pub current_path: String,
+    /// The run has ended: only now may the figures say 100%.
+    pub ended: bool,
 }
 
 impl Figures {
@@ -51,21 +53,29 @@ impl Figures {
             errors: progress.error_count,
             bytes_per_second: progress.bytes_per_second,
             current_path: progress.current_path,
+            ended: matches!(
+                run.state(),
+                pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Cancelled
+            ),
         }
     }
 
-    /// Done of seen, by bytes when there are any, else by files.
+    /// Done of seen. A running run counts bytes (nothing before its first
+    /// bytes, never 100% while the walk may still find more); an ended one
+    /// also counts files (some kinds, like garbage collection, end by files).
     pub fn fraction(&self) -> f64 {
-        // Some kinds (garbage collection) count bytes seen but finish by files.
-        let (done, seen) = if self.bytes_seen > 0 && self.bytes_done > 0 {
-            (self.bytes_done, self.bytes_seen)
-        } else {
-            (self.files_done, self.files_seen)
+        let ratio = |done: i64, seen: i64| {
+            if seen <= 0 {
+                0.0
+            } else {
+                (done as f64 / seen as f64).clamp(0.0, 1.0)
+            }
         };
-        if seen <= 0 {
-            return 0.0;
+        let by_bytes = ratio(self.bytes_done, self.bytes_seen);
+        if self.ended {
+            return by_bytes.max(ratio(self.files_done, self.files_seen));
         }
-        (done as f64 / seen as f64).clamp(0.0, 1.0)
+        by_bytes.min(0.99)
     }
 
     fn eta(&self) -> Option<Duration> {
@@ -78,15 +88,16 @@ impl Figures {
         ))
     }
 
-    /// `files 12/300  1.2 GiB/2.0 GiB  40%  45.3 MiB/s  ETA 18s  errors 0`.
+    /// `40%  files 12/300  1.2 GiB/2.0 GiB  45.3 MiB/s  ETA 18s  errors 0`
+    /// (the percentage first: a narrow terminal cuts the end).
     pub fn summary(&self) -> String {
         let mut text = format!(
-            "files {}/{}  {}/{}  {:.0}%",
+            "{:.0}%  files {}/{}  {}/{}",
+            (self.fraction() * 100.0).floor(),
             self.files_done,
             self.files_seen,
             bytes(clamp(self.bytes_done)),
             bytes(clamp(self.bytes_seen)),
-            self.fraction() * 100.0
         );
         if self.bytes_uploaded > 0 {
             text.push_str(&format!("  uploaded {}", bytes(clamp(self.bytes_uploaded))));
@@ -125,7 +136,7 @@ impl Display {
         let bar =
             ProgressBar::with_draw_target(Some(BAR_STEPS), ProgressDrawTarget::stderr_with_hz(10));
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {prefix} [{bar:24}] {wide_msg}")
+            ProgressStyle::with_template("{spinner} {prefix} [{bar:20}] {wide_msg}")
                 .expect("the template is valid")
                 .progress_chars("=> "),
         );

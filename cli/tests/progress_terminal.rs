@@ -5,7 +5,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use expectrl::{Eof, Expect as _, WaitStatus};
+use expectrl::process::unix::WaitStatus;
+use expectrl::{Eof, Expect as _};
 use support::{write_random, Standalone};
 
 #[test]
@@ -22,11 +23,16 @@ fn backup_wait_on_a_terminal_shows_moving_figures_and_ends_at_100_percent() {
     }
     let job = server.job_over(&root, "big");
 
-    let mut session = expectrl::Session::spawn(server.command(&["backup", &job, "--wait"]))
-        .expect("spawn in a pty");
+    let mut session =
+        expectrl::Session::spawn(server.command(&["backup", &job, "--wait", "-o", "id"]))
+            .expect("spawn in a pty");
+    session
+        .get_process_mut()
+        .set_window_size(160, 40)
+        .expect("window size");
     session.set_expect_timeout(Some(Duration::from_secs(300)));
     let captured = session.expect(Eof).expect("the command ends");
-    let screen = String::from_utf8_lossy(captured.before()).to_string();
+    let screen = String::from_utf8_lossy(captured.as_bytes()).to_string();
     let status = session.get_process().wait().expect("exit status");
     assert!(
         matches!(status, WaitStatus::Exited(_, 0)),
@@ -43,8 +49,16 @@ fn backup_wait_on_a_terminal_shows_moving_figures_and_ends_at_100_percent() {
         figures.len() >= 3,
         "too few distinct figures: {figures:?}\n{screen}"
     );
-    assert!(screen.contains("files 400/400"), "{screen}");
-    assert!(screen.contains("100.00 MiB/100.00 MiB  100%"), "{screen}");
+    // The last figures drawn are the end: all of it, and only then 100%.
+    let last = screen.rsplit("backup ").next().unwrap_or_default();
+    assert!(last.starts_with("SUCCEEDED"), "{last}");
+    assert!(
+        last.contains("100%  files 408/408  100.00 MiB/100.00 MiB"),
+        "{last}"
+    );
+    for frame in screen.split("backup ").filter(|f| f.starts_with("RUNNING")) {
+        assert!(!frame.contains("100%"), "100% before the end: {frame}");
+    }
     // A terminal gets redraws (carriage returns or cursor moves), not a log.
     assert!(
         screen.contains('\r') || screen.contains("\u{1b}["),

@@ -300,8 +300,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     let command = match cli.command {
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "coffer", &mut std::io::stdout());
-            return Ok(());
+            // Into a buffer first: the generator panics on a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "coffer", &mut script);
+            return write_stdout(&script);
         }
         Command::Man { dir } => return man(dir),
         Command::Context(command) => return context_command(config, &config_path, command),
@@ -542,9 +544,22 @@ fn man(dir: Option<PathBuf>) -> anyhow::Result<()> {
             clap_mangen::generate_to(command, &dir)
                 .with_context(|| format!("writing man pages into {}", dir.display()))?;
         }
-        None => clap_mangen::Man::new(command).render(&mut std::io::stdout())?,
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command).render(&mut page)?;
+            write_stdout(&page)?;
+        }
     }
     Ok(())
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 fn context_command(

@@ -303,7 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Into a buffer first: the generator panics on a closed pipe.
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "coffer", &mut script);
-            return write_stdout(&script);
+            return output::emit(&String::from_utf8_lossy(&script));
         }
         Command::Man { dir } => return man(dir),
         Command::Context(command) => return context_command(config, &config_path, command),
@@ -547,19 +547,10 @@ fn man(dir: Option<PathBuf>) -> anyhow::Result<()> {
         None => {
             let mut page = Vec::new();
             clap_mangen::Man::new(command).render(&mut page)?;
-            write_stdout(&page)?;
+            output::emit(&String::from_utf8_lossy(&page))?;
         }
     }
     Ok(())
-}
-
-/// Writes to stdout; a reader that went away (`| head`) is not an error.
-fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    match std::io::stdout().write_all(bytes) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
 }
 
 fn context_command(
@@ -588,7 +579,7 @@ fn context_command(
                     ca,
                 ]);
             }
-            println!("{table}");
+            output::emit_line(&table)?;
             Ok(())
         }
         ContextCommand::Use { name } => {

@@ -107,8 +107,8 @@ impl Printer {
     /// Prints one JSON value as JSON or YAML.
     pub fn values_one(&self, value: &Value) -> anyhow::Result<()> {
         match self.format {
-            Format::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
-            _ => println!("{}", serde_json::to_string_pretty(value)?),
+            Format::Yaml => emit(&serde_yaml_ng::to_string(value)?)?,
+            _ => emit_line(&serde_json::to_string_pretty(value)?)?,
         }
         Ok(())
     }
@@ -116,11 +116,11 @@ impl Printer {
     /// Prints JSON values already shaped for output (lists of rows).
     pub fn values(&self, values: &[Value], columns: &[Column]) -> anyhow::Result<()> {
         match self.format {
-            Format::Json => println!("{}", serde_json::to_string_pretty(values)?),
-            Format::Yaml => print!("{}", serde_yaml_ng::to_string(values)?),
+            Format::Json => emit_line(&serde_json::to_string_pretty(values)?)?,
+            Format::Yaml => emit(&serde_yaml_ng::to_string(values)?)?,
             Format::Id => {
                 for value in values {
-                    println!("{}", self.cell(value, &Column::text("ID", "id")));
+                    emit_line(&self.cell(value, &Column::text("ID", "id")))?;
                 }
             }
             Format::Table => {
@@ -128,7 +128,7 @@ impl Printer {
                 for value in values {
                     table.add_row(columns.iter().map(|c| self.cell(value, c)));
                 }
-                println!("{table}");
+                emit_line(&table)?;
             }
         }
         Ok(())
@@ -166,6 +166,21 @@ impl Printer {
                 .to_string()
         }
     }
+}
+
+/// Writes to stdout; a reader that went away (`| head`) ends the output
+/// quietly instead of failing the command.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// [`emit`] and a newline.
+pub fn emit_line(text: &dyn std::fmt::Display) -> anyhow::Result<()> {
+    emit(&format!("{text}\n"))
 }
 
 /// A table without borders, as wide as the terminal (unbounded when piped).

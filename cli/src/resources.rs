@@ -396,7 +396,7 @@ pub const RESOURCES: &[Resource] = &[
             Column::text("BUCKET", "target.bucket.bucketId"),
             Column::text("PREFIX", "target.bucket.prefix"),
             Column::text("SCHEDULE", "schedule.cron"),
-            Column::text("LAST RUN", "lastRun.state"),
+            Column::enumeration("LAST RUN", "lastRun.state"),
             Column::time("NEXT RUN", "nextRunTime"),
         ],
     },

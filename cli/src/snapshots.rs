@@ -150,7 +150,7 @@ pub async fn ls(
             name,
         ]);
     }
-    println!("{table}");
+    crate::output::emit_line(&table)?;
     Ok(())
 }
 
@@ -279,7 +279,7 @@ pub async fn diff(api: &Api, printer: &Printer, first: &str, second: &str) -> an
         table.add_row([change.sign().to_string(), path.clone(), size]);
     }
     if !rows.is_empty() {
-        println!("{table}");
+        crate::output::emit_line(&table)?;
     }
     let count = |c: Change| rows.iter().filter(|r| r.0 == c).count();
     eprintln!(

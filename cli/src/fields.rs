@@ -211,3 +211,67 @@ fn parse_scalar(field: &FieldDescriptor, text: &str) -> anyhow::Result<Value> {
         Kind::Message(_) => bail!("message field parsed as a scalar"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> DynamicMessage {
+        let pool = prost_reflect::DescriptorPool::decode(coffer_proto::FILE_DESCRIPTOR_SET)
+            .expect("descriptors");
+        DynamicMessage::new(pool.get_message_by_name("coffer.v1.Job").expect("Job"))
+    }
+
+    fn set(message: &mut DynamicMessage, assignments: &[&str]) -> anyhow::Result<()> {
+        let parsed: Vec<Assignment> = assignments
+            .iter()
+            .map(|a| a.parse().expect("FIELD=VALUE"))
+            .collect();
+        apply(message, &parsed)
+    }
+
+    #[test]
+    fn set_fills_nested_fields_maps_lists_and_enums_by_short_name() {
+        let mut job = job();
+        set(
+            &mut job,
+            &[
+                "name=daily",
+                "target.bucket.bucket_id=b1",
+                "workerSelector.host=db1",
+                "options.exclude=*.tmp",
+                "options.exclude=cache",
+                "schedule.overlap_policy=queue",
+                "max_attempts=3",
+            ],
+        )
+        .expect("valid assignments");
+        let json = crate::output::to_json(&job);
+        assert_eq!(json["name"], "daily");
+        assert_eq!(json["target"]["bucket"]["bucketId"], "b1");
+        assert_eq!(json["workerSelector"]["host"], "db1");
+        assert_eq!(
+            json["options"]["exclude"],
+            serde_json::json!(["*.tmp", "cache"])
+        );
+        assert_eq!(json["schedule"]["overlapPolicy"], "OVERLAP_POLICY_QUEUE");
+        assert_eq!(json["maxAttempts"], 3);
+    }
+
+    #[test]
+    fn wrong_names_and_values_are_usage_errors_naming_the_field() {
+        for (wrong, named) in [
+            ("sorce_path=/x", "sorce_path"),
+            ("max_attempts=many", "max_attempts"),
+            ("schedule.overlap_policy=sometimes", "overlap_policy"),
+            ("target=/x", "target"),
+        ] {
+            let error = set(&mut job(), &[wrong]).expect_err(wrong);
+            assert!(
+                error.downcast_ref::<Usage>().is_some(),
+                "{wrong}: {error:#}"
+            );
+            assert!(format!("{error:#}").contains(named), "{wrong}: {error:#}");
+        }
+    }
+}

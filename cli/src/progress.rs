@@ -189,3 +189,36 @@ impl Display {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_ended_run_shows_100_percent() {
+        let running = Figures {
+            files_seen: 1,
+            files_done: 1,
+            bytes_seen: 100,
+            bytes_done: 100,
+            ..Figures::default()
+        };
+        assert!(
+            running.summary().starts_with("99%"),
+            "{}",
+            running.summary()
+        );
+        let ended = Figures {
+            ended: true,
+            ..running.clone()
+        };
+        assert!(ended.summary().starts_with("100%"), "{}", ended.summary());
+        // A run that has seen no bytes yet is at 0%, whatever its file count.
+        let walking = Figures {
+            bytes_seen: 0,
+            bytes_done: 0,
+            ..running
+        };
+        assert!(walking.summary().starts_with("0%"), "{}", walking.summary());
+    }
+}

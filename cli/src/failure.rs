@@ -32,7 +32,7 @@ impl fmt::Display for RunNotSucceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "run {} ended {}", self.id, self.state)?;
         if !self.error.is_empty() {
-            write!(f, ": {}", self.error)?;
+            write!(f, ": {}", crate::output::printable(&self.error))?;
         }
         Ok(())
     }
@@ -73,12 +73,18 @@ pub fn render(error: &anyhow::Error) -> String {
     {
         text.push_str(&format!("{context}: "));
     }
-    text.push_str(&format!("{:?}: {}\n", status.code(), status.message()));
+    let printable = crate::output::printable;
+    text.push_str(&format!(
+        "{:?}: {}\n",
+        status.code(),
+        printable(status.message())
+    ));
     if let Some(bad_request) = status.get_details_bad_request() {
         for violation in bad_request.field_violations {
             text.push_str(&format!(
                 "  {}: {}\n",
-                violation.field, violation.description
+                printable(&violation.field),
+                printable(&violation.description)
             ));
         }
     }

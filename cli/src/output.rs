@@ -134,8 +134,12 @@ impl Printer {
         Ok(())
     }
 
-    /// The text of one cell.
+    /// The text of one cell, safe for a terminal.
     pub fn cell(&self, value: &Value, column: &Column) -> String {
+        printable(&self.raw_cell(value, column))
+    }
+
+    fn raw_cell(&self, value: &Value, column: &Column) -> String {
         let found = column
             .path
             .split('.')
@@ -181,6 +185,20 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
 /// [`emit`] and a newline.
 pub fn emit_line(text: &dyn std::fmt::Display) -> anyhow::Result<()> {
     emit(&format!("{text}\n"))
+}
+
+/// Text from the API (file names come from tenants' source trees) with
+/// control characters escaped, so no name can drive the operator's terminal.
+pub fn printable(text: &str) -> String {
+    let mut safe = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            safe.extend(c.escape_default());
+        } else {
+            safe.push(c);
+        }
+    }
+    safe
 }
 
 /// A table without borders, as wide as the terminal (unbounded when piped).
@@ -249,4 +267,13 @@ pub fn short_enum(name: &str) -> String {
         .find_map(|p| name.strip_prefix(p))
         .unwrap_or(name)
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_from_the_api_are_escaped_not_sent_to_the_terminal() {
+        assert_eq!(super::printable("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\\nc");
+        assert_eq!(super::printable("dir/Ünïcode.txt"), "dir/Ünïcode.txt");
+    }
 }

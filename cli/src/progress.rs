@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use coffer_proto::v1 as pb;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::output::{bytes, short_enum};
+use crate::output::{bytes, printable, short_enum};
 
 /// What a run has done, as shown.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -153,7 +153,7 @@ impl Display {
                 let path = if figures.current_path.is_empty() {
                     String::new()
                 } else {
-                    format!("  {}", figures.current_path)
+                    format!("  {}", printable(&figures.current_path))
                 };
                 bar.set_message(format!("{}{path}", figures.summary()));
             }

@@ -8,7 +8,7 @@ use coffer_proto::v1 as pb;
 use serde_json::{json, Value};
 
 use crate::connection::{to_dynamic, Api};
-use crate::output::{bytes, new_table, to_json, Column, Format, Printer};
+use crate::output::{bytes, new_table, printable, to_json, Column, Format, Printer};
 use crate::runs::job_id;
 
 /// `coffer snapshots JOB`: the job's successful backups, newest first.
@@ -130,7 +130,7 @@ pub async fn ls(
         let depth = parts.len().saturating_sub(1).saturating_sub(base_depth);
         let mut name = tree_name(depth, parts.last().copied().unwrap_or_default(), directory);
         if version.kind() == pb::FileKind::Symlink {
-            name.push_str(&format!(" -> {}", version.symlink_target));
+            name.push_str(&format!(" -> {}", printable(&version.symlink_target)));
         }
         let modified = version
             .mtime
@@ -276,7 +276,7 @@ pub async fn diff(api: &Api, printer: &Printer, first: &str, second: &str) -> an
             Change::Removed => show(*old),
             Change::Modified | Change::Metadata => format!("{} -> {}", show(*old), show(*new)),
         };
-        table.add_row([change.sign().to_string(), path.clone(), size]);
+        table.add_row([change.sign().to_string(), printable(path), size]);
     }
     if !rows.is_empty() {
         crate::output::emit_line(&table)?;

@@ -126,6 +126,11 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The CLI's tests run this binary (cli/tests/support): built here once, not
+# inside the first test.
+log "control-plane binary for the CLI's tests"
+cargo build -p coffer-control-plane --bin coffer-control-plane --locked
+
 log "tests (both catalog backends)"
 shift_args=()
 if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi

@@ -1,0 +1,293 @@
+//! Looking into snapshots through the catalog: the snapshots of a job, a
+//! tree listing of one, and what changed between two.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context as _;
+use coffer_proto::v1 as pb;
+use serde_json::{json, Value};
+
+use crate::connection::{to_dynamic, Api};
+use crate::output::{bytes, new_table, printable, to_json, Column, Format, Printer};
+use crate::runs::job_id;
+
+/// `coffer snapshots JOB`: the job's successful backups, newest first.
+pub async fn list(api: &Api, printer: &Printer, job: &str) -> anyhow::Result<()> {
+    let job_id = job_id(api, job).await?;
+    let mut rows = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = api
+            .runs()
+            .list_runs(pb::ListRunsRequest {
+                job_id: job_id.clone(),
+                kind: pb::RunKind::Backup.into(),
+                state: pb::RunState::Succeeded.into(),
+                page_size: 200,
+                page_token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        for run in &page.runs {
+            rows.push(to_json(&to_dynamic(api.pool(), "Run", run)?));
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    printer.values(
+        &rows,
+        &[
+            Column::text("ID", "id"),
+            Column::time("TIME", "finishTime"),
+            Column::text("FILES", "progress.filesSeen"),
+            Column::bytes("SIZE", "progress.bytesSeen"),
+            Column::bytes("UPLOADED", "progress.bytesUploaded"),
+            Column::text("ERRORS", "progress.errorCount"),
+            Column::text("WORKER", "workerId"),
+        ],
+    )
+}
+
+/// Every file of a snapshot beneath `prefix` ("" for all), by path.
+async fn files(
+    api: &Api,
+    snapshot: &str,
+    prefix: &str,
+) -> anyhow::Result<BTreeMap<String, pb::SnapshotFile>> {
+    let mut files = BTreeMap::new();
+    let mut page_token = String::new();
+    loop {
+        let page = api
+            .objects()
+            .list_snapshot_files(pb::ListSnapshotFilesRequest {
+                run_id: snapshot.to_string(),
+                path_prefix: prefix.to_string(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .with_context(|| format!("listing snapshot {snapshot}"))?
+            .into_inner();
+        for file in page.files {
+            // `docs` names the directory, not `docs-old`.
+            if prefix.is_empty()
+                || file.path == prefix
+                || file.path.starts_with(&format!("{prefix}/"))
+            {
+                files.insert(file.path.clone(), file);
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(files);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// `coffer ls SNAPSHOT [PATH]`: a tree of the snapshot (beneath PATH).
+pub async fn ls(
+    api: &Api,
+    printer: &Printer,
+    snapshot: &str,
+    path: Option<&str>,
+) -> anyhow::Result<()> {
+    let prefix = path.unwrap_or("").trim_matches('/');
+    let files = files(api, snapshot, prefix).await?;
+    if printer.format != Format::Table {
+        let rows: Vec<Value> = files
+            .values()
+            .map(|f| to_dynamic(api.pool(), "SnapshotFile", f).map(|m| to_json(&m)))
+            .collect::<anyhow::Result<_>>()?;
+        return printer.values(&rows, &[Column::text("PATH", "path")]);
+    }
+    let base_depth = if prefix.is_empty() {
+        0
+    } else {
+        prefix.matches('/').count() + 1
+    };
+    let mut table = new_table(["MODE", "SIZE", "MODIFIED", "NAME"]);
+    // Directories the catalog does not list on their own still show as parents.
+    let mut shown: BTreeSet<String> = BTreeSet::new();
+    for (path, file) in &files {
+        let parts: Vec<&str> = path.split('/').collect();
+        for depth in base_depth..parts.len().saturating_sub(1) {
+            let parent = parts[..=depth].join("/");
+            if shown.insert(parent.clone()) && !files.contains_key(&parent) {
+                table.add_row([
+                    "drwx------".to_string(),
+                    String::new(),
+                    String::new(),
+                    tree_name(depth - base_depth, parts[depth], true),
+                ]);
+            }
+        }
+        shown.insert(path.clone());
+        let version = file.version.clone().unwrap_or_default();
+        let directory = version.kind() == pb::FileKind::Directory;
+        let depth = parts.len().saturating_sub(1).saturating_sub(base_depth);
+        let mut name = tree_name(depth, parts.last().copied().unwrap_or_default(), directory);
+        if version.kind() == pb::FileKind::Symlink {
+            name.push_str(&format!(" -> {}", printable(&version.symlink_target)));
+        }
+        let modified = version
+            .mtime
+            .as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+            .map(|t| printer.time(&t.to_rfc3339()))
+            .unwrap_or_default();
+        let size = if directory {
+            String::new()
+        } else {
+            bytes(u64::try_from(version.size_bytes).unwrap_or(0))
+        };
+        table.add_row([
+            mode_string(version.kind(), version.mode),
+            size,
+            modified,
+            name,
+        ]);
+    }
+    crate::output::emit_line(&table)?;
+    Ok(())
+}
+
+fn tree_name(depth: usize, name: &str, directory: bool) -> String {
+    format!(
+        "{}{name}{}",
+        "  ".repeat(depth),
+        if directory { "/" } else { "" }
+    )
+}
+
+/// `-rw-r--r--`.
+fn mode_string(kind: pb::FileKind, mode: u32) -> String {
+    let kind = match kind {
+        pb::FileKind::Directory => 'd',
+        pb::FileKind::Symlink => 'l',
+        _ => '-',
+    };
+    let mut text = String::from(kind);
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        text.push(if bits & 4 != 0 { 'r' } else { '-' });
+        text.push(if bits & 2 != 0 { 'w' } else { '-' });
+        text.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    text
+}
+
+/// How a path differs between two snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    Added,
+    Removed,
+    /// Content (or kind, or link target) changed.
+    Modified,
+    /// Only metadata (mode, owner, mtime) changed.
+    Metadata,
+}
+
+impl Change {
+    fn name(self) -> &'static str {
+        match self {
+            Change::Added => "added",
+            Change::Removed => "removed",
+            Change::Modified => "changed",
+            Change::Metadata => "metadata",
+        }
+    }
+
+    fn sign(self) -> &'static str {
+        match self {
+            Change::Added => "+",
+            Change::Removed => "-",
+            Change::Modified => "M",
+            Change::Metadata => "U",
+        }
+    }
+}
+
+fn compare(old: &pb::ObjectVersion, new: &pb::ObjectVersion) -> Option<Change> {
+    if old.id == new.id {
+        return None;
+    }
+    let content = (
+        old.kind,
+        old.size_bytes,
+        &old.content_hash,
+        &old.symlink_target,
+    );
+    if content
+        != (
+            new.kind,
+            new.size_bytes,
+            &new.content_hash,
+            &new.symlink_target,
+        )
+    {
+        return Some(Change::Modified);
+    }
+    let metadata = (old.mode, old.uid, old.gid, &old.mtime);
+    (metadata != (new.mode, new.uid, new.gid, &new.mtime)).then_some(Change::Metadata)
+}
+
+/// `coffer diff A B`: added, removed and changed paths with their sizes.
+pub async fn diff(api: &Api, printer: &Printer, first: &str, second: &str) -> anyhow::Result<()> {
+    let before = files(api, first, "").await?;
+    let after = files(api, second, "").await?;
+    let size = |file: Option<&pb::SnapshotFile>| {
+        file.and_then(|f| f.version.as_ref()).map(|v| v.size_bytes)
+    };
+    let mut rows = Vec::new();
+    let paths: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for path in paths {
+        let (old, new) = (before.get(path), after.get(path));
+        let change = match (old, new) {
+            (None, Some(_)) => Some(Change::Added),
+            (Some(_), None) => Some(Change::Removed),
+            (Some(old), Some(new)) => compare(
+                &old.version.clone().unwrap_or_default(),
+                &new.version.clone().unwrap_or_default(),
+            ),
+            (None, None) => None,
+        };
+        if let Some(change) = change {
+            rows.push((change, path.clone(), size(old), size(new)));
+        }
+    }
+    if printer.format != Format::Table {
+        let values: Vec<Value> = rows
+            .iter()
+            .map(|(change, path, old, new)| json!({"change": change.name(), "path": path, "oldSizeBytes": old, "newSizeBytes": new}))
+            .collect();
+        return printer.values(&values, &[Column::text("PATH", "path")]);
+    }
+    let mut table = new_table(["", "PATH", "SIZE"]);
+    let show = |size: Option<i64>| {
+        size.map(|s| bytes(u64::try_from(s).unwrap_or(0)))
+            .unwrap_or_default()
+    };
+    for (change, path, old, new) in &rows {
+        let size = match change {
+            Change::Added => show(*new),
+            Change::Removed => show(*old),
+            Change::Modified | Change::Metadata => format!("{} -> {}", show(*old), show(*new)),
+        };
+        table.add_row([change.sign().to_string(), printable(path), size]);
+    }
+    if !rows.is_empty() {
+        crate::output::emit_line(&table)?;
+    }
+    let count = |c: Change| rows.iter().filter(|r| r.0 == c).count();
+    eprintln!(
+        "added {}, removed {}, changed {}, metadata only {}",
+        count(Change::Added),
+        count(Change::Removed),
+        count(Change::Modified),
+        count(Change::Metadata)
+    );
+    Ok(())
+}

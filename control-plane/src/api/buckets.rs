@@ -10,7 +10,7 @@ use super::{mask_paths, respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
-use crate::model::bucket::{Bucket, BucketSpec, Location, MAX_NAME_LEN};
+use crate::model::bucket::{Bucket, BucketSpec, Location, RepositoryEncryption, MAX_NAME_LEN};
 use crate::model::grant::{match_grants, GrantUse, PathNeed};
 use crate::model::run::Labels;
 use crate::model::{check_name, parse_id, parse_optional_id};
@@ -93,7 +93,30 @@ impl From<Bucket> for pb::Bucket {
                 .unwrap_or_default(),
             create_time: Some(timestamp(bucket.create_time)),
             update_time: Some(timestamp(bucket.update_time)),
+            encryption: encryption_to_proto(spec.encryption).into(),
         }
+    }
+}
+
+fn encryption_to_proto(encryption: RepositoryEncryption) -> pb::RepositoryEncryption {
+    match encryption {
+        RepositoryEncryption::Aes256Gcm => pb::RepositoryEncryption::Aes256Gcm,
+        RepositoryEncryption::None => pb::RepositoryEncryption::None,
+    }
+}
+
+/// A new bucket's encryption: unspecified means encrypted; `NONE` only
+/// when asked for by name.
+fn encryption_from_proto(value: i32) -> DomainResult<RepositoryEncryption> {
+    match pb::RepositoryEncryption::try_from(value) {
+        Ok(pb::RepositoryEncryption::Unspecified | pb::RepositoryEncryption::Aes256Gcm) => {
+            Ok(RepositoryEncryption::Aes256Gcm)
+        }
+        Ok(pb::RepositoryEncryption::None) => Ok(RepositoryEncryption::None),
+        Err(_) => Err(DomainError::invalid(
+            "bucket.encryption",
+            "is not a known RepositoryEncryption",
+        )),
     }
 }
 
@@ -109,6 +132,9 @@ fn new_spec(caller: &Caller, bucket: pb::Bucket) -> DomainResult<BucketSpec> {
             &bucket.retention_policy_id,
         ))
         .flatten();
+    let encryption = violations
+        .absorb(encryption_from_proto(bucket.encryption))
+        .unwrap_or_default();
     let location = match bucket.location.map(Location::try_from).transpose() {
         Ok(location) => location,
         Err(error) => {
@@ -134,6 +160,7 @@ fn new_spec(caller: &Caller, bucket: pb::Bucket) -> DomainResult<BucketSpec> {
         location,
         prefix: bucket.prefix,
         retention_policy_id: policy,
+        encryption,
     };
     violations.absorb(spec.validate("bucket."));
     violations.finish()?;
@@ -264,6 +291,16 @@ impl BucketApi {
     ) -> DomainResult<Bucket> {
         let bucket = required("bucket", request.bucket)?;
         let id = parse_id("bucket.id", &bucket.id)?;
+        let names_encryption = request
+            .update_mask
+            .as_ref()
+            .is_some_and(|mask| mask.paths.iter().any(|path| path == "encryption"));
+        if names_encryption {
+            return Err(DomainError::invalid(
+                "bucket.encryption",
+                "is fixed when the bucket is created (its repositories' keys depend on it)",
+            ));
+        }
         let paths = mask_paths(request.update_mask, UPDATABLE)?;
         let current = self
             .state

@@ -10,11 +10,11 @@ use super::{
 };
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
-use crate::model::bucket::{Bucket, BucketSpec, Location, S3Location};
+use crate::model::bucket::{Bucket, BucketSpec, Location, RepositoryEncryption, S3Location};
 
 const COLUMNS: &str = "id, owner_id, name, description, kind, s3_endpoint, s3_bucket, s3_region, \
      s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, retention_policy_id, \
-     create_time, update_time, s3_secret_id";
+     create_time, update_time, s3_secret_id, encryption";
 
 #[derive(sqlx::FromRow)]
 struct BucketRow {
@@ -34,6 +34,7 @@ struct BucketRow {
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
     s3_secret_id: Option<Uuid>,
+    encryption: String,
 }
 
 impl TryFrom<BucketRow> for Bucket {
@@ -67,6 +68,7 @@ impl TryFrom<BucketRow> for Bucket {
                 location,
                 prefix: row.prefix,
                 retention_policy_id: row.retention_policy_id,
+                encryption: RepositoryEncryption::parse(&row.encryption)?,
             },
             create_time: row.create_time,
             update_time: row.update_time,
@@ -136,8 +138,8 @@ impl Catalog {
         let sql = format!(
             "INSERT INTO buckets (id, owner_id, name, description, kind, s3_endpoint, s3_bucket, \
              s3_region, s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, \
-             retention_policy_id, s3_secret_id, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) \
+             retention_policy_id, s3_secret_id, create_time, update_time, encryption) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16) \
              RETURNING {COLUMNS}"
         );
         let row = on_pool!(self, |pool| bind_spec!(
@@ -145,6 +147,7 @@ impl Catalog {
             spec
         )
         .bind(now_micros())
+        .bind(spec.encryption.as_str())
         .fetch_one(pool)
         .await)
         .map_err(|e| from_sqlx(e, &bucket_name_taken(spec)))?;

@@ -78,11 +78,10 @@ impl FileContext {
         source_root: Arc<OwnedFd>,
         cancel: &CancellationToken,
     ) -> Result<Self, RunFailure> {
-        let config = repository.config();
         Ok(FileContext {
-            chunker: Chunker::new(config.chunker),
+            chunker: repository.chunker(),
             hasher: repository.hasher().clone(),
-            compression_level: config.compression_level,
+            compression_level: repository.settings().compression_level,
             chunks: ChunkSet {
                 index,
                 queued: Mutex::new(QueuedIds::default()),

@@ -203,30 +203,40 @@ impl Catalog {
     /// which the catalog knows no key generation yet (a catalog that lost
     /// the repository and met it again): a v1 repository is recorded as v1;
     /// a v2 one keeps its format and, when its identity in storage differs
-    /// from the catalog's id, that identity.
+    /// from the catalog's id, that identity. Fenced by `lease` (run id,
+    /// lease token) like every worker write.
     pub async fn adopt_repository(
         &self,
         id: Uuid,
         format_version: u32,
         storage_id: &str,
+        lease: (Uuid, i64),
     ) -> DomainResult<()> {
         let affected = match format_version {
             1 => on_pool!(self, |pool| sqlx::query(
                 "UPDATE repositories SET format_version = 1, encryption = NULL, \
                  catalog_key_id = NULL, catalog_key_nonce = NULL, catalog_key_sealed = NULL \
-                 WHERE id = $1 AND format_version = 2 AND generation IS NULL"
+                 WHERE id = $1 AND format_version = 2 AND generation IS NULL \
+                 AND EXISTS (SELECT 1 FROM runs WHERE runs.id = $2 AND runs.lease_token = $3 \
+                 AND runs.state = 'running' AND runs.repository_id = repositories.id)"
             )
             .bind(id)
+            .bind(lease.0)
+            .bind(lease.1)
             .execute(pool)
             .await
             .map(|r| r.rows_affected())),
             2 if storage_id != id.to_string() => on_pool!(self, |pool| sqlx::query(
                 "UPDATE repositories SET storage_id = $2 \
                  WHERE id = $1 AND format_version = 2 AND generation IS NULL \
-                 AND storage_id IS NULL"
+                 AND storage_id IS NULL AND EXISTS (SELECT 1 FROM runs WHERE runs.id = $3 \
+                 AND runs.lease_token = $4 AND runs.state = 'running' \
+                 AND runs.repository_id = repositories.id)"
             )
             .bind(id)
             .bind(storage_id)
+            .bind(lease.0)
+            .bind(lease.1)
             .execute(pool)
             .await
             .map(|r| r.rows_affected())),
@@ -244,20 +254,26 @@ impl Catalog {
 
     /// Pins the key generation a backup reported for a v2 repository, if
     /// none is pinned yet (the backup that created it). A pinned generation
-    /// changes only through a key-slot run.
+    /// changes only through a key-slot run. Fenced like every worker write:
+    /// only while `lease` (run id, lease token) still holds the run.
     pub async fn pin_repository_generation(
         &self,
         id: Uuid,
         generation: u32,
         fingerprint: &str,
+        lease: (Uuid, i64),
     ) -> DomainResult<()> {
         on_pool!(self, |pool| sqlx::query(
             "UPDATE repositories SET generation = $2, generation_fingerprint = $3 \
-             WHERE id = $1 AND format_version = 2 AND generation IS NULL"
+             WHERE id = $1 AND format_version = 2 AND generation IS NULL \
+             AND EXISTS (SELECT 1 FROM runs WHERE runs.id = $4 AND runs.lease_token = $5 \
+             AND runs.state = 'running' AND runs.repository_id = repositories.id)"
         )
         .bind(id)
         .bind(i64::from(generation))
         .bind(fingerprint)
+        .bind(lease.0)
+        .bind(lease.1)
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))

@@ -670,6 +670,9 @@ impl Session {
             },
             None => return Err(DomainError::invalid("completion.outcome", "is required")),
         };
+        // Recorded before the commit makes the run's end visible, fenced by
+        // the lease like the commit itself.
+        self.record_repository(run_id, token, &reported).await;
         let result = self
             .state
             .catalog
@@ -692,9 +695,6 @@ impl Session {
                 tracing::info!(worker = %self.name, run = %run_id, %state, "attempt completed");
                 self.ack(run_id, token, true, "", -1).await;
                 if state == "succeeded" {
-                    self.record_repository(run_id, &reported).await;
-                }
-                if state == "succeeded" {
                     tokio::spawn(apply_retention_after_backup(
                         self.state.runs.clone(),
                         run_id,
@@ -714,9 +714,12 @@ impl Session {
     /// repository: a backup, the key generation it created the repository
     /// with; a catalog rebuild (admin only), the format and identity found
     /// in storage, then the generation. Each is taken only while the
-    /// repository has no pinned generation. Only after the completion was
-    /// accepted, so a zombie attempt records nothing.
-    async fn record_repository(&self, run_id: Uuid, reported: &ReportedRepository) {
+    /// repository has no pinned generation, and only while the attempt
+    /// still holds its lease, so a zombie attempt records nothing.
+    async fn record_repository(&self, run_id: Uuid, token: i64, reported: &ReportedRepository) {
+        if reported.generation.is_none() && reported.found.is_none() {
+            return;
+        }
         let catalog = &self.state.catalog;
         let recorded = async {
             let run = catalog.get_run(run_id).await?;
@@ -726,7 +729,7 @@ impl Session {
             let rebuild = matches!(run.spec, RunSpec::RebuildCatalog(_));
             if let (true, Some((format, storage_id))) = (rebuild, &reported.found) {
                 catalog
-                    .adopt_repository(repository_id, *format, storage_id)
+                    .adopt_repository(repository_id, *format, storage_id, (run_id, token))
                     .await?;
             }
             match (&run.spec, &reported.generation) {
@@ -735,7 +738,12 @@ impl Session {
                     Some((generation, fingerprint)),
                 ) => {
                     catalog
-                        .pin_repository_generation(repository_id, *generation, fingerprint)
+                        .pin_repository_generation(
+                            repository_id,
+                            *generation,
+                            fingerprint,
+                            (run_id, token),
+                        )
                         .await
                 }
                 _ => Ok(()),

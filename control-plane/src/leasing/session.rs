@@ -861,7 +861,7 @@ fn parse_generation(generation: &pb::RepositoryGeneration) -> DomainResult<(u32,
     let field = "completion.success.repository_generation";
     if generation.generation == 0 {
         return Err(DomainError::invalid(
-            &format!("{field}.generation"),
+            format!("{field}.generation"),
             "must be at least 1",
         ));
     }
@@ -872,7 +872,7 @@ fn parse_generation(generation: &pb::RepositoryGeneration) -> DomainResult<(u32,
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !is_hex {
         return Err(DomainError::invalid(
-            &format!("{field}.fingerprint"),
+            format!("{field}.fingerprint"),
             "must be 64 lowercase hex digits",
         ));
     }

@@ -537,7 +537,7 @@ async fn repack<R: Reporter>(
             .cloned()
             .collect();
         let opener = repository.blob_opener();
-        let sealing = usage.pack.sealing.clone();
+        let sealing = usage.pack.sealing;
         let level = repository.settings().compression_level;
         let blobs = tokio::task::spawn_blocking(move || {
             let mut compressor = new_compressor(level)?;

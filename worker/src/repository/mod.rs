@@ -191,7 +191,9 @@ impl Repository {
     /// that asked for it, e.g. after the catalog was lost and a new one gave
     /// the location a new identity. Only the identity changes; a missing
     /// repository is left for the rebuild to report. A v2 repository's
-    /// identity is sealed in its keys and cannot be adopted: it is checked.
+    /// identity is sealed in its keys and cannot be rewritten: it is opened
+    /// under its own (`access.adopt`), which the rebuild reports for the
+    /// catalog to record.
     pub async fn adopt_identity(
         store: Arc<Store>,
         access: &RepositoryAccess,

@@ -98,7 +98,8 @@ impl From<Bucket> for pb::Bucket {
     }
 }
 
-fn encryption_to_proto(encryption: RepositoryEncryption) -> pb::RepositoryEncryption {
+/// A repository encryption as the API spells it.
+pub(crate) fn encryption_to_proto(encryption: RepositoryEncryption) -> pb::RepositoryEncryption {
     match encryption {
         RepositoryEncryption::Aes256Gcm => pb::RepositoryEncryption::Aes256Gcm,
         RepositoryEncryption::None => pb::RepositoryEncryption::None,

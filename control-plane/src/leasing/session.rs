@@ -816,12 +816,10 @@ async fn apply_retention_after_backup(runs: RunAdmission, run_id: Uuid) {
 fn repository_encryption(
     repository: &crate::catalog::repositories::Repository,
 ) -> DomainResult<pb::RepositoryEncryption> {
-    use crate::model::bucket::RepositoryEncryption;
-    Ok(match repository.encryption()? {
-        None => pb::RepositoryEncryption::Unspecified,
-        Some(RepositoryEncryption::Aes256Gcm) => pb::RepositoryEncryption::Aes256Gcm,
-        Some(RepositoryEncryption::None) => pb::RepositoryEncryption::None,
-    })
+    Ok(repository.encryption()?.map_or(
+        pb::RepositoryEncryption::Unspecified,
+        crate::api::buckets::encryption_to_proto,
+    ))
 }
 
 /// What a succeeded run reported about its repository.

@@ -39,7 +39,7 @@ impl AppState {
     /// State over a catalog and an authenticator.
     pub fn new(catalog: Catalog, auth: Authenticator) -> Self {
         AppState {
-            runs: RunAdmission::new(catalog.clone()),
+            runs: RunAdmission::new(catalog.clone(), Keyring::disabled()),
             catalog,
             auth,
             lease_settings: LeaseSettings::default(),
@@ -58,6 +58,7 @@ impl AppState {
 
     /// The same state with the given secrets keys.
     pub fn with_secrets(mut self, keyring: Keyring) -> Self {
+        self.runs = RunAdmission::new(self.catalog.clone(), keyring.clone());
         self.secrets = keyring;
         self
     }

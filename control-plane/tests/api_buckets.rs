@@ -623,10 +623,84 @@ async fn object_lock_is_refused_where_it_cannot_hold(backend: Backend) {
     assert_violations(&status, &["bucket.maintenance_secret_id"]);
 }
 
+async fn bucket_encryption_defaults_to_aes_and_is_fixed(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("alice").await;
+    let api = server.as_user(&token);
+
+    let default = api
+        .create_bucket(fs_bucket("default"))
+        .await
+        .expect("create");
+    assert_eq!(
+        default.encryption,
+        pb::RepositoryEncryption::Aes256Gcm as i32,
+        "unspecified means encrypted"
+    );
+    let plain = api
+        .create_bucket(pb::Bucket {
+            encryption: pb::RepositoryEncryption::None as i32,
+            ..fs_bucket("plain")
+        })
+        .await
+        .expect("create unencrypted");
+    assert_eq!(plain.encryption, pb::RepositoryEncryption::None as i32);
+    let got = get(&server, &token, &plain.id).await.expect("get");
+    assert_eq!(
+        got.encryption,
+        pb::RepositoryEncryption::None as i32,
+        "Get shows it"
+    );
+    let listed = api
+        .buckets
+        .clone()
+        .list_buckets(pb::ListBucketsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .buckets;
+    let shown: Vec<(String, i32)> = listed.into_iter().map(|b| (b.name, b.encryption)).collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "default".to_string(),
+                pb::RepositoryEncryption::Aes256Gcm as i32
+            ),
+            ("plain".to_string(), pb::RepositoryEncryption::None as i32),
+        ],
+        "List shows it"
+    );
+
+    let unknown = api
+        .create_bucket(pb::Bucket {
+            encryption: 99,
+            ..fs_bucket("odd")
+        })
+        .await;
+    assert_violated(unknown, &["bucket.encryption"], "an unknown encryption");
+    let change = api
+        .buckets
+        .clone()
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(pb::Bucket {
+                id: plain.id.clone(),
+                encryption: pb::RepositoryEncryption::Aes256Gcm as i32,
+                ..Default::default()
+            }),
+            update_mask: mask(&["encryption"]),
+        })
+        .await;
+    assert_violated(change, &["bucket.encryption"], "encryption after creation");
+    let kept = get(&server, &token, &plain.id).await.expect("get");
+    assert_eq!(kept.encryption, pb::RepositoryEncryption::None as i32);
+}
+
 both_backends!(
     object_lock_round_trip_and_immutability,
     object_lock_is_refused_where_it_cannot_hold,
     bucket_crud_round_trip,
+    bucket_encryption_defaults_to_aes_and_is_fixed,
     foreign_bucket_is_not_found,
     duplicate_name_per_owner_is_already_exists,
     invalid_bucket_reports_every_field,

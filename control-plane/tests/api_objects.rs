@@ -3,6 +3,8 @@
 
 mod support;
 
+use coffer_control_plane::catalog::repositories::NewRepositoryFormat;
+
 use coffer_control_plane::model::object::{
     EntryKind, FileAttributes, SnapshotCommit, SnapshotEntry, SnapshotStats,
 };
@@ -65,7 +67,9 @@ async fn snapshot(
         .await
         .expect("run");
     let repository = catalog
-        .ensure_repository(&format!("{REPOSITORY}/{}", user.username), owner)
+        .ensure_repository(&format!("{REPOSITORY}/{}", user.username), owner, |_| {
+            Ok(NewRepositoryFormat::unencrypted())
+        })
         .await
         .expect("repository");
     let stats = catalog

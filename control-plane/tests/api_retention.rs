@@ -2,6 +2,8 @@
 
 mod support;
 
+use coffer_control_plane::catalog::repositories::NewRepositoryFormat;
+
 use coffer_control_plane::model::object::SnapshotCommit;
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::retention_service_client::RetentionServiceClient;
@@ -950,7 +952,9 @@ async fn ensure_repository(server: &TestServer, location: &str, owner_id: &str) 
     let owner_id = uuid::Uuid::parse_str(owner_id).expect("owner id");
     server
         .catalog()
-        .ensure_repository(location, owner_id)
+        .ensure_repository(location, owner_id, |_| {
+            Ok(NewRepositoryFormat::unencrypted())
+        })
         .await
         .expect("repository")
         .id

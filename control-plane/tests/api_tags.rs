@@ -2,6 +2,8 @@
 
 mod support;
 
+use coffer_control_plane::catalog::repositories::NewRepositoryFormat;
+
 use coffer_control_plane::model::object::SnapshotCommit;
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::tag_service_client::TagServiceClient;
@@ -46,7 +48,9 @@ async fn user_object(server: &TestServer, user: &pb::User) -> (Uuid, Uuid) {
     let owner = Uuid::parse_str(&user.id).expect("user id");
     let repository = server
         .catalog()
-        .ensure_repository(&format!("/backups/{}", user.username), owner)
+        .ensure_repository(&format!("/backups/{}", user.username), owner, |_| {
+            Ok(NewRepositoryFormat::unencrypted())
+        })
         .await
         .expect("repository");
     server

@@ -88,6 +88,7 @@ impl ScriptedWorker {
                 details: "scripted".into(),
                 manifest_key: format!("snapshots/{}.{}", lease.run_id, lease.lease_token),
                 parent_run_id: String::new(),
+                ..Default::default()
             })),
             progress: None,
             batch_count,

@@ -204,10 +204,13 @@ fn readme_walkthrough_works_verbatim() {
         stdout.contains("METADATA_SOURCE_AUTOMATIC"),
         "automatic metadata missing:\n{stdout}"
     );
-    // The job's repository (format v1) holds its config, one manifest, one
-    // index file and one pack with every chunk.
+    // The job's repository (format v2, encrypted by default) holds its
+    // config, its catalog key slot, one manifest, one index file and one
+    // pack with every chunk.
     let repo = dir.path().join("demo/repo/daily");
-    assert!(repo.join("config").is_file());
+    let config = std::fs::read_to_string(repo.join("config")).expect("config");
+    assert!(config.contains("aes-256-gcm"), "{config}");
+    assert_eq!(walk_files(&repo.join("keys")).len(), 1);
     assert_eq!(walk_files(&repo.join("snapshots")).len(), 1);
     assert_eq!(walk_files(&repo.join("index")).len(), 1);
     assert_eq!(walk_files(&repo.join("packs")).len(), 1);

@@ -3,7 +3,8 @@
 //! an identity, and as owner the owner of its oldest run; one no run names
 //! any more is claimed by its next user, and an owned one is refused to
 //! everyone else. With 0012 runs, objects and commit counters name their
-//! repository by that identity instead of by its location.
+//! repository by that identity instead of by its location. With 0014 they
+//! stay format v1 with their chunk key, while new repositories are v2.
 
 mod support;
 
@@ -79,6 +80,12 @@ async fn an_upgraded_catalog_gives_repositories_ids_and_owners(backend: Backend)
         .expect("carried over");
     assert_eq!(old.owner_id, Some(alice));
     assert_eq!(old.chunk_key, vec![0xab; 32], "the key is kept");
+    assert_eq!(
+        old.format_version, 1,
+        "a repository from before v2 stays v1"
+    );
+    assert_eq!(old.encryption().expect("encryption"), None);
+    assert!(old.sealed_catalog_key().is_none());
     let orphan = catalog
         .find_repository("filesystem:/srv/orphan")
         .await

@@ -135,7 +135,7 @@ async fn run() -> anyhow::Result<()> {
         source: PathBuf::from(source),
         options: JobOptions::default(),
         store: Arc::clone(&store),
-        repository_key: vec![7u8; 32],
+        repository: coffer_worker::repository::RepositoryAccess::v1(vec![7u8; 32]),
         parent: option("--parent").map(|manifest_key| ParentSnapshot {
             run_id: Uuid::nil(),
             manifest_key,
@@ -159,6 +159,7 @@ async fn run() -> anyhow::Result<()> {
             run_id: Uuid::now_v7(),
             lease_token: 1,
             store,
+            repository: coffer_worker::repository::RepositoryAccess::v1(Vec::new()),
             manifest_key: summary.manifest_key,
             paths: Vec::new(),
             destination: PathBuf::from(destination),

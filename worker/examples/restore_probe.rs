@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         run_id: Uuid::now_v7(),
         lease_token: 1,
         store: Arc::new(Store::Filesystem(store)),
+        repository: coffer_worker::repository::RepositoryAccess::v1(Vec::new()),
         manifest_key: manifest_key.clone(),
         paths: Vec::new(),
         destination: PathBuf::from(destination),

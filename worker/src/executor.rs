@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use coffer_format::Encryption;
 use coffer_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -12,7 +13,7 @@ use uuid::Uuid;
 use crate::class::WorkerClass;
 use crate::paths::grant::{check_path_grant, AllowedPath, PathUse, WorkerRoots};
 use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
-use crate::repository::Repository;
+use crate::repository::{NewFormat, PinnedGeneration, Repository, RepositoryAccess};
 use crate::run_metrics::RunMetrics;
 use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
 use crate::runs::gc::{run_gc, GcPlan};
@@ -78,6 +79,7 @@ fn success(
         details,
         manifest_key,
         parent_run_id: parent_run_id.map(|id| id.to_string()).unwrap_or_default(),
+        ..Default::default()
     })
 }
 
@@ -231,9 +233,10 @@ impl RunExecutor {
 
     async fn run(
         &self,
-        assignment: pb::RunAssignment,
+        mut assignment: pb::RunAssignment,
         context: &RunContext,
     ) -> Result<pb::run_completion::Outcome, RunFailure> {
+        let mut repository = repository_access(&mut assignment)?;
         let run = assignment
             .run
             .ok_or_else(|| RunFailure::permanent("assignment without a run"))?;
@@ -292,18 +295,15 @@ impl RunExecutor {
             metrics: RunMetrics::new(run.kind),
         };
         let lease_token = context.lease().lease_token;
-        let create_with_key = matches!(spec, pb::run::Spec::Backup(_))
-            .then_some(assignment.repository_key.as_slice());
+        let is_backup = matches!(spec, pb::run::Spec::Backup(_));
+        repository.adopt = matches!(spec, pb::run::Spec::RebuildCatalog(_));
+        // A backup never writes into a v1 repository where the catalog
+        // expects v2 (unencrypted data where it expects encrypted).
+        repository.v1_fallback = !is_backup;
         let identity = if matches!(spec, pb::run::Spec::RebuildCatalog(_)) {
-            Repository::adopt_identity(Arc::clone(&store), &assignment.repository_id, &cancel).await
+            Repository::adopt_identity(Arc::clone(&store), &repository, &cancel).await
         } else {
-            Repository::check_identity(
-                Arc::clone(&store),
-                &assignment.repository_id,
-                create_with_key,
-                &cancel,
-            )
-            .await
+            Repository::check_identity(Arc::clone(&store), &repository, is_backup, &cancel).await
         };
         identity.map_err(|error| RunFailure {
             message: format!("checking the repository at {target_description}: {error}"),
@@ -326,19 +326,23 @@ impl RunExecutor {
                     source: PathBuf::from(&backup.source_path),
                     options: assignment.options.unwrap_or_default(),
                     store,
-                    repository_key: assignment.repository_key,
+                    repository,
                     parent,
                     access,
                 };
                 run_backup(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "backup finished");
                     context.set_progress(summary.progress.clone());
-                    success(
+                    let mut outcome = success(
                         summary.size_bytes,
                         summary.details,
                         summary.manifest_key,
                         summary.parent_run_id,
-                    )
+                    );
+                    if let pb::run_completion::Outcome::Success(success) = &mut outcome {
+                        success.repository_generation = summary.generation.map(generation_to_proto);
+                    }
+                    outcome
                 })
             }
             pb::run::Spec::Restore(restore) => {
@@ -347,6 +351,7 @@ impl RunExecutor {
                     run_id,
                     lease_token,
                     store,
+                    repository,
                     manifest_key: assignment.snapshot_manifest_key,
                     paths: restore.paths,
                     destination: PathBuf::from(&restore.destination_path),
@@ -366,10 +371,15 @@ impl RunExecutor {
             }
             pb::run::Spec::RebuildCatalog(_) => {
                 tracing::info!(run = %run_id, target = %target_description, "catalog rebuild started");
-                run_rebuild(store, lease_token, &reporter, cancel).await.map(|summary| {
+                run_rebuild(store, &repository, lease_token, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "catalog rebuild finished");
                     context.set_progress(summary.progress.clone());
-                    success(0, summary.details, String::new(), None)
+                    let mut outcome = success(0, summary.details, String::new(), None);
+                    if let pb::run_completion::Outcome::Success(success) = &mut outcome {
+                        (success.repository_format, success.repository_id) = summary.found;
+                        success.repository_generation = summary.generation.map(generation_to_proto);
+                    }
+                    outcome
                 })
             }
             pb::run::Spec::Retention(_) => {
@@ -389,6 +399,7 @@ impl RunExecutor {
                     run_id,
                     lease_token,
                     store,
+                    repository,
                     grace: gc
                         .grace_period
                         .and_then(|grace| std::time::Duration::try_from(grace).ok())
@@ -422,6 +433,7 @@ impl RunExecutor {
                     run_id,
                     lease_token,
                     store,
+                    repository,
                     manifest_key: assignment.snapshot_manifest_key,
                     read_data_percent: verify.read_data_percent,
                 };
@@ -452,5 +464,69 @@ impl Executor for RunExecutor {
         self.run(assignment, &context)
             .await
             .unwrap_or_else(|error| failure(error.message, error.retryable))
+    }
+}
+
+/// What the lease says about the run's repository. The catalog key is
+/// taken out of the assignment, so that it lives only here (wiped when
+/// dropped).
+fn repository_access(assignment: &mut pb::RunAssignment) -> Result<RepositoryAccess, RunFailure> {
+    let catalog_key = std::mem::take(&mut assignment.catalog_key);
+    let catalog_key = zeroize::Zeroizing::new(catalog_key);
+    let format = match assignment.repository_format {
+        // Control planes from before format v2 send no format: v1.
+        0 | 1 => NewFormat::V1 {
+            chunk_key: assignment.repository_key.clone(),
+        },
+        2 => NewFormat::V2 {
+            encryption: match pb::RepositoryEncryption::try_from(assignment.repository_encryption) {
+                Ok(pb::RepositoryEncryption::None) => Encryption::None,
+                Ok(pb::RepositoryEncryption::Aes256Gcm) => Encryption::Aes256Gcm,
+                _ => {
+                    return Err(RunFailure::permanent(
+                        "the lease names a format v2 repository without its encryption",
+                    ))
+                }
+            },
+        },
+        other => {
+            return Err(RunFailure::permanent(format!(
+                "the lease names repository format {other}, which this worker does not know"
+            )))
+        }
+    };
+    let catalog_key = match catalog_key.len() {
+        0 => None,
+        32 => {
+            let mut key = zeroize::Zeroizing::new([0u8; 32]);
+            key.copy_from_slice(&catalog_key);
+            Some(key)
+        }
+        other => {
+            return Err(RunFailure::permanent(format!(
+                "the lease carries a catalog key of {other} bytes, not 32"
+            )))
+        }
+    };
+    Ok(RepositoryAccess {
+        repository_id: assignment.repository_id.clone(),
+        v1_fallback: true,
+        adopt: false,
+        format,
+        catalog_key,
+        pinned: assignment
+            .repository_generation
+            .as_ref()
+            .map(|pinned| PinnedGeneration {
+                generation: pinned.generation,
+                fingerprint: pinned.fingerprint.clone(),
+            }),
+    })
+}
+
+fn generation_to_proto(pinned: PinnedGeneration) -> pb::RepositoryGeneration {
+    pb::RepositoryGeneration {
+        generation: pinned.generation,
+        fingerprint: pinned.fingerprint,
     }
 }

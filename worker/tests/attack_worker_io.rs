@@ -19,13 +19,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_control_plane::testing::{Backend, TestServer};
+use coffer_format::crypto::{open_object, seal_object};
 use coffer_format::{
     layout, ChunkerParams, EntryKind, FileAttributes, IndexId, ManifestEntry, ManifestHeader,
-    ManifestWriter,
+    ManifestWriter, ObjectKind, RepositoryKeys,
 };
 use coffer_proto::v1 as pb;
 use coffer_worker::paths::grant::AllowedPath;
-use support::worker_api::{run_restore, RecordBatch, ReportError, Reporter, RestorePlan, Store};
+use support::worker_api::{
+    run_restore, RecordBatch, ReportError, Reporter, Repository, RepositoryAccess, RestorePlan,
+    Store,
+};
 use support::{assert_succeeded, restore, wait_until_final, write, WorkerProcess};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -141,8 +145,16 @@ async fn open_store(repo: &Path) -> Arc<Store> {
 }
 
 /// The entries of the manifest stored under `key`.
-async fn manifest_entries(repo: &Path, key: &str) -> Vec<ManifestEntry> {
-    let bytes = std::fs::read(repo.join(key)).expect("read manifest");
+async fn manifest_entries(
+    repo: &Path,
+    key: &str,
+    keys: Option<&RepositoryKeys>,
+) -> Vec<ManifestEntry> {
+    let bytes = opened(
+        keys,
+        key,
+        std::fs::read(repo.join(key)).expect("read manifest"),
+    );
     let mut reader = coffer_format::ManifestReader::new(bytes.as_slice()).expect("manifest");
     let mut entries = Vec::new();
     while let Some(entry) = reader.next_entry().expect("entry") {
@@ -181,7 +193,11 @@ fn setuid_root_copy(content: &ManifestEntry, path: &[u8]) -> ManifestEntry {
 
 /// Writes a well-formed manifest of `entries` (in manifest order) as a new
 /// snapshot of the repository; returns its key.
-fn plant_manifest(repo: &Path, entries: &[ManifestEntry]) -> (Uuid, String) {
+fn plant_manifest(
+    repo: &Path,
+    entries: &[ManifestEntry],
+    keys: Option<&RepositoryKeys>,
+) -> (Uuid, String) {
     let run_id = Uuid::now_v7();
     let header = ManifestHeader::new(
         run_id,
@@ -195,14 +211,19 @@ fn plant_manifest(repo: &Path, entries: &[ManifestEntry]) -> (Uuid, String) {
         writer.add(entry).expect("well-formed entry");
     }
     let key = layout::manifest_key(run_id);
-    write(&repo.join(&key), &writer.finish().expect("manifest"));
+    let lines = writer.finish().expect("manifest");
+    write(&repo.join(&key), &sealed(keys, &key, lines));
     (run_id, key)
 }
 
 /// Writes raw JSON lines as a new snapshot's manifest (its header names
 /// the new run, nothing else is checked): how an attacker with write access
 /// to the storage makes one.
-fn plant_raw_manifest(repo: &Path, lines: &[serde_json::Value]) -> String {
+fn plant_raw_manifest(
+    repo: &Path,
+    lines: &[serde_json::Value],
+    keys: Option<&RepositoryKeys>,
+) -> String {
     let run_id = Uuid::now_v7();
     let mut text = Vec::new();
     for (n, line) in lines.iter().enumerate() {
@@ -214,11 +235,43 @@ fn plant_raw_manifest(repo: &Path, lines: &[serde_json::Value]) -> String {
         text.push(b'\n');
     }
     let key = layout::manifest_key(run_id);
-    write(
-        &repo.join(&key),
-        &zstd::encode_all(text.as_slice(), 3).expect("zstd"),
-    );
+    let compressed = zstd::encode_all(text.as_slice(), 3).expect("zstd");
+    write(&repo.join(&key), &sealed(keys, &key, compressed));
     key
+}
+
+/// The keys of the repository the control plane made for filesystem bucket
+/// `bucket_id` at `repo`: planting a manifest in a v2 repository takes them
+/// (the attacker here is one who holds them, say a compromised worker).
+async fn repository_keys(server: &TestServer, bucket_id: &str, repo: &Path) -> Arc<RepositoryKeys> {
+    let access = support::repository_access(server, &format!("bucket:{bucket_id}/")).await;
+    let repository = Repository::open(open_store(repo).await, &access, &CancellationToken::new())
+        .await
+        .expect("open the repository");
+    Arc::clone(repository.keys().expect("a v2 repository"))
+}
+
+/// A manifest's stored bytes: as they are in v1, sealed to `key` in v2.
+fn sealed(keys: Option<&RepositoryKeys>, key: &str, plain: Vec<u8>) -> Vec<u8> {
+    match keys {
+        Some(keys) => seal_object(
+            keys,
+            ObjectKind::Manifest,
+            key,
+            &plain,
+            &mut rand::rngs::OsRng,
+        )
+        .expect("seal"),
+        None => plain,
+    }
+}
+
+/// A manifest's lines from its stored bytes (opened with `keys` in v2).
+fn opened(keys: Option<&RepositoryKeys>, key: &str, stored: Vec<u8>) -> Vec<u8> {
+    match keys {
+        Some(keys) => open_object(keys, ObjectKind::Manifest, key, &stored).expect("open"),
+        None => stored,
+    }
 }
 
 /// The key of the one manifest a committed backup wrote: each attempt
@@ -241,9 +294,9 @@ fn committed_manifest_key(repo: &Path, run_id: &str) -> String {
 }
 
 /// The JSON lines of a real manifest.
-fn manifest_lines(repo: &Path, key: &str) -> Vec<serde_json::Value> {
-    let bytes =
-        zstd::decode_all(std::fs::read(repo.join(key)).expect("read").as_slice()).expect("zstd");
+fn manifest_lines(repo: &Path, key: &str, keys: Option<&RepositoryKeys>) -> Vec<serde_json::Value> {
+    let stored = opened(keys, key, std::fs::read(repo.join(key)).expect("read"));
+    let bytes = zstd::decode_all(stored.as_slice()).expect("zstd");
     bytes
         .split(|b| *b == b'\n')
         .filter(|line| !line.is_empty())
@@ -290,11 +343,13 @@ async fn direct_restore(
     key: &str,
     destination: &Path,
     access: AllowedPath,
+    repository: RepositoryAccess,
 ) -> (Result<String, String>, Vec<String>) {
     let plan = RestorePlan {
         run_id: Uuid::now_v7(),
         lease_token: 1,
         store: open_store(repo).await,
+        repository,
         manifest_key: key.to_owned(),
         paths: Vec::new(),
         destination: destination.to_path_buf(),
@@ -330,7 +385,8 @@ async fn hand_made_manifest_with_escaping_paths_is_refused(backend: Backend) {
     let backup = backup_to(&server, &scene.text("source"), &bucket_id).await;
     assert_succeeded(&backup);
     let real_key = committed_manifest_key(&scene.path("repo"), &backup.id);
-    let mut lines = manifest_lines(&scene.path("repo"), &real_key);
+    let keys = repository_keys(&server, &bucket_id, &scene.path("repo")).await;
+    let mut lines = manifest_lines(&scene.path("repo"), &real_key, Some(&keys));
     let file_line = lines
         .iter()
         .position(|line| line["entry"]["kind"] == "file")
@@ -349,7 +405,7 @@ async fn hand_made_manifest_with_escaping_paths_is_refused(backend: Backend) {
         entry["path_b64"] = b64(path).into();
         entry["mode"] = 0o104_755.into();
         entry["uid"] = 0.into();
-        planted.push(plant_raw_manifest(&scene.path("repo"), &lines));
+        planted.push(plant_raw_manifest(&scene.path("repo"), &lines, Some(&keys)));
     }
 
     let rebuilt = rebuild(&server, &bucket_id).await;
@@ -369,7 +425,9 @@ async fn hand_made_manifest_with_escaping_paths_is_refused(backend: Backend) {
     for key in &planted {
         let destination = scene.path("dest");
         let access = tenant_restore_access(&destination, scene.base.path());
-        let (result, _) = direct_restore(&scene.path("repo"), key, &destination, access).await;
+        let repository = support::repository_access(&server, &format!("bucket:{bucket_id}/")).await;
+        let (result, _) =
+            direct_restore(&scene.path("repo"), key, &destination, access, repository).await;
         let error = result.expect_err("the restore is refused");
         assert!(error.contains("component"), "{error}");
         assert!(is_empty_dir(&destination), "nothing is written");
@@ -398,7 +456,8 @@ async fn restore_never_writes_through_symlinks(backend: Backend) {
     let backup = backup_to(&server, &scene.text("source"), &bucket_id).await;
     assert_succeeded(&backup);
     let real_key = committed_manifest_key(&scene.path("repo"), &backup.id);
-    let real = manifest_entries(&scene.path("repo"), &real_key).await;
+    let keys = repository_keys(&server, &bucket_id, &scene.path("repo")).await;
+    let real = manifest_entries(&scene.path("repo"), &real_key, Some(&keys)).await;
     let tool = real
         .iter()
         .find(|e| e.path == b"tool")
@@ -414,7 +473,7 @@ async fn restore_never_writes_through_symlinks(backend: Backend) {
         setuid_root_copy(&tool, b"evil/planted"),
         setuid_root_copy(&tool, b"suid"),
     ];
-    let (planted_id, _) = plant_manifest(&scene.path("repo"), &entries);
+    let (planted_id, _) = plant_manifest(&scene.path("repo"), &entries, Some(&keys));
     let rebuilt = rebuild(&server, &bucket_id).await;
     assert_succeeded(&rebuilt);
 
@@ -470,7 +529,7 @@ async fn manifests_with_impossible_sizes_and_counts_are_refused() {
     let scene = Scene::new();
     write(&scene.path("source/file"), b"some content\n");
     let key = direct_backup(&scene).await;
-    let lines = manifest_lines(&scene.path("repo"), &key);
+    let lines = manifest_lines(&scene.path("repo"), &key, None);
     let file_line = lines
         .iter()
         .position(|line| line["entry"]["kind"] == "file")
@@ -487,10 +546,17 @@ async fn manifests_with_impossible_sizes_and_counts_are_refused() {
         ("end line", counts),
         ("file-type", mode),
     ] {
-        let planted = plant_raw_manifest(&scene.path("repo"), &crafted);
+        let planted = plant_raw_manifest(&scene.path("repo"), &crafted, None);
         let destination = scene.path("dest");
         let access = tenant_restore_access(&destination, scene.base.path());
-        let (result, _) = direct_restore(&scene.path("repo"), &planted, &destination, access).await;
+        let (result, _) = direct_restore(
+            &scene.path("repo"),
+            &planted,
+            &destination,
+            access,
+            RepositoryAccess::v1(Vec::new()),
+        )
+        .await;
         let error = result.expect_err("refused");
         assert!(error.contains(what), "{what}: {error}");
     }
@@ -532,7 +598,7 @@ async fn direct_backup(scene: &Scene) -> String {
         source: scene.path("source"),
         options: pb::JobOptions::default(),
         store: open_store(&scene.path("repo")).await,
-        repository_key: vec![3; 32],
+        repository: coffer_worker::repository::RepositoryAccess::v1(vec![3; 32]),
         parent: None,
         access: None,
     };
@@ -551,7 +617,7 @@ async fn zstd_bombs_in_manifests_and_index_files_are_errors_not_allocations() {
     let scene = Scene::new();
     write(&scene.path("source/file"), b"some content\n");
     let real_key = direct_backup(&scene).await;
-    let header = manifest_lines(&scene.path("repo"), &real_key)[0].to_string() + "\n";
+    let header = manifest_lines(&scene.path("repo"), &real_key, None)[0].to_string() + "\n";
     let manifest_bomb = bomb(header.as_bytes(), 1 << 30);
     assert!(
         manifest_bomb.len() < 256 << 10,
@@ -564,8 +630,14 @@ async fn zstd_bombs_in_manifests_and_index_files_are_errors_not_allocations() {
     let before = peak_rss();
     let destination = scene.path("dest");
     let access = tenant_restore_access(&destination, scene.base.path());
-    let (result, _) =
-        direct_restore(&scene.path("repo"), &bomb_key, &destination, access.clone()).await;
+    let (result, _) = direct_restore(
+        &scene.path("repo"),
+        &bomb_key,
+        &destination,
+        access.clone(),
+        RepositoryAccess::v1(Vec::new()),
+    )
+    .await;
     let error = result.expect_err("the manifest bomb is refused");
     assert!(error.contains("decompression bomb"), "{error}");
 
@@ -575,7 +647,14 @@ async fn zstd_bombs_in_manifests_and_index_files_are_errors_not_allocations() {
     );
     let index_key = layout::index_key(&IndexId::compute(&index_bomb));
     write(&scene.path("repo").join(index_key), &index_bomb);
-    let (result, _) = direct_restore(&scene.path("repo"), &real_key, &destination, access).await;
+    let (result, _) = direct_restore(
+        &scene.path("repo"),
+        &real_key,
+        &destination,
+        access,
+        RepositoryAccess::v1(Vec::new()),
+    )
+    .await;
     let error = result.expect_err("the index bomb is refused");
     assert!(error.contains("decompression bomb"), "{error}");
     let grown = peak_rss().saturating_sub(before);
@@ -639,7 +718,7 @@ async fn directories_swapped_for_symlinks_mid_walk_are_not_followed() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     swapper.join().expect("swapper");
     for key in keys {
-        for entry in manifest_entries(&scene.path("repo"), &key).await {
+        for entry in manifest_entries(&scene.path("repo"), &key, None).await {
             assert!(
                 !entry.path.ends_with(b"secret.txt") && !entry.path.ends_with(b"deep.txt"),
                 "{} came from outside",
@@ -837,7 +916,7 @@ async fn the_worker_enforces_its_roots_grants_and_protected_paths() {
         ))
         .await;
     let key = manifest_key(&completion);
-    let paths: Vec<Vec<u8>> = manifest_entries(&repo, &key)
+    let paths: Vec<Vec<u8>> = manifest_entries(&repo, &key, None)
         .await
         .into_iter()
         .map(|e| e.path)
@@ -921,7 +1000,14 @@ async fn large_tree_sharing_chunks_across_packs_restores_under_1024_descriptors(
     .expect("lower RLIMIT_NOFILE");
     let destination = scene.path("dest");
     let access = tenant_restore_access(&destination, scene.base.path());
-    let (result, errors) = direct_restore(&scene.path("repo"), &key, &destination, access).await;
+    let (result, errors) = direct_restore(
+        &scene.path("repo"),
+        &key,
+        &destination,
+        access,
+        RepositoryAccess::v1(Vec::new()),
+    )
+    .await;
     assert!(errors.is_empty(), "{errors:?}");
     result.expect("restored under 1024 descriptors");
     for (rel, seed) in [("d07/f00007", 2u64), ("d39/f11999", 4)] {

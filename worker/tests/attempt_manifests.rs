@@ -14,7 +14,8 @@ use std::time::Duration;
 use coffer_proto::v1 as pb;
 use fencing::sorted_names;
 use support::worker_api::{
-    run_backup, run_gc, run_rebuild, BackupPlan, GcPlan, RecordBatch, ReportError, Reporter, Store,
+    run_backup, run_gc, run_rebuild, BackupPlan, GcPlan, RecordBatch, ReportError, Reporter,
+    RepositoryAccess, Store,
 };
 use support::write;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +61,7 @@ async fn attempt(
         source: source.to_path_buf(),
         options: pb::JobOptions::default(),
         store: Arc::clone(store),
-        repository_key: vec![9; 32],
+        repository: RepositoryAccess::v1(vec![9; 32]),
         parent: None,
         access: None,
     };
@@ -103,9 +104,15 @@ async fn attempts_never_replace_a_manifest_and_only_the_latest_survives() {
 
     // A rebuild reports the run once, from its latest attempt.
     let rebuilt = Snapshots::default();
-    run_rebuild(Arc::clone(&store), 1, &rebuilt, CancellationToken::new())
-        .await
-        .expect("rebuild");
+    run_rebuild(
+        Arc::clone(&store),
+        &RepositoryAccess::v1(Vec::new()),
+        1,
+        &rebuilt,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("rebuild");
     assert_eq!(
         rebuilt
             .0
@@ -119,6 +126,7 @@ async fn attempts_never_replace_a_manifest_and_only_the_latest_survives() {
         run_id: Uuid::now_v7(),
         lease_token: 1,
         store: Arc::clone(&store),
+        repository: RepositoryAccess::v1(Vec::new()),
         grace: Duration::ZERO,
         repack_threshold_percent: 50.0,
         oldest_in_flight: None,

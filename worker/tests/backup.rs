@@ -24,8 +24,8 @@ use coffer_proto::v1::{
 };
 use support::worker_api::{
     run_backup, run_gc, run_restore, run_verify, BackupPlan, BackupSummary, GcPlan, GcSummary,
-    ParentSnapshot, RecordBatch, ReportError, Reporter, Repository, RestorePlan, RestoreSummary,
-    RunFailure, Store, StoreError, VerifyPlan, VerifySummary, MAX_BATCH_RECORDS,
+    ParentSnapshot, RecordBatch, ReportError, Reporter, Repository, RepositoryAccess, RestorePlan,
+    RestoreSummary, RunFailure, Store, StoreError, VerifyPlan, VerifySummary, MAX_BATCH_RECORDS,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -398,9 +398,13 @@ async fn snapshot_keys(store: &Store) -> Vec<String> {
 /// `(path, chunks)` of every file in a snapshot.
 async fn snapshot_files(store: &Arc<Store>, manifest_key: &str) -> Vec<(String, Vec<ChunkId>)> {
     let cancel = CancellationToken::new();
-    let repository = Repository::open(Arc::clone(store), &cancel)
-        .await
-        .expect("repository opens");
+    let repository = Repository::open(
+        Arc::clone(store),
+        &RepositoryAccess::v1(Vec::new()),
+        &cancel,
+    )
+    .await
+    .expect("repository opens");
     let mut manifest = repository
         .read_manifest(manifest_key, &cancel)
         .await
@@ -471,7 +475,7 @@ fn backup_plan(
         source: source.to_path_buf(),
         options,
         store: Arc::clone(store),
-        repository_key: REPOSITORY_KEY.to_vec(),
+        repository: RepositoryAccess::v1(REPOSITORY_KEY.to_vec()),
         parent,
         access: None,
     }
@@ -497,6 +501,7 @@ fn restore_plan(store: &Arc<Store>, manifest_key: &str, destination: &Path) -> R
         run_id: Uuid::new_v4(),
         lease_token: 1,
         store: Arc::clone(store),
+        repository: RepositoryAccess::v1(Vec::new()),
         manifest_key: manifest_key.to_owned(),
         paths: Vec::new(),
         destination: destination.to_path_buf(),
@@ -528,6 +533,7 @@ async fn verify(
         run_id: Uuid::new_v4(),
         lease_token: 1,
         store: Arc::clone(store),
+        repository: RepositoryAccess::v1(Vec::new()),
         manifest_key: manifest_key.to_owned(),
         read_data_percent,
     };
@@ -1296,6 +1302,7 @@ fn gc_plan(store: &Arc<Store>, oldest_in_flight: Option<chrono::DateTime<chrono:
         run_id: Uuid::now_v7(),
         lease_token: 1,
         store: Arc::clone(store),
+        repository: RepositoryAccess::v1(Vec::new()),
         grace: Duration::ZERO,
         repack_threshold_percent: 50.0,
         oldest_in_flight,
@@ -1487,12 +1494,16 @@ async fn collection_killed_midway_and_rerun_leaves_a_consistent_repository() {
     // A sweep killed after deleting some of the condemned packs, before it
     // consolidated the index or removed its condemned set.
     let cancel = CancellationToken::new();
-    let condemned = Repository::open(Arc::clone(&store), &cancel)
-        .await
-        .expect("repository opens")
-        .condemned_sets(&cancel)
-        .await
-        .expect("condemned sets");
+    let condemned = Repository::open(
+        Arc::clone(&store),
+        &RepositoryAccess::v1(Vec::new()),
+        &cancel,
+    )
+    .await
+    .expect("repository opens")
+    .condemned_sets(&cancel)
+    .await
+    .expect("condemned sets");
     assert_eq!(condemned.len(), 1);
     for pack in condemned[0].packs.iter().take(2) {
         store
@@ -1509,13 +1520,17 @@ async fn collection_killed_midway_and_rerun_leaves_a_consistent_repository() {
     let rerun = collect_garbage(gc_plan(&store, None)).await;
     assert_eq!(rerun.packs_deleted, marked.packs_condemned - 2, "{rerun:?}");
     assert_eq!(rerun.packs_condemned, 0);
-    assert!(Repository::open(Arc::clone(&store), &cancel)
-        .await
-        .expect("repository opens")
-        .condemned_sets(&cancel)
-        .await
-        .expect("condemned sets")
-        .is_empty());
+    assert!(Repository::open(
+        Arc::clone(&store),
+        &RepositoryAccess::v1(Vec::new()),
+        &cancel
+    )
+    .await
+    .expect("repository opens")
+    .condemned_sets(&cancel)
+    .await
+    .expect("condemned sets")
+    .is_empty());
     assert_restores(&store, &kept_snapshot, kept.path()).await;
     assert_restores(&store, &meanwhile, kept.path()).await;
     // The forgotten data is stored afresh when backed up again.

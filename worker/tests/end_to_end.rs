@@ -245,7 +245,16 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_snapshots_are_incremental_restorable_verifiable_and_rebuildable() {
     let server = TestServer::start(Backend::Postgres).await;
-    let (bucket_id, store) = garage_bucket(&server).await;
+    // Unencrypted: a new catalog rebuilds it below without any key (an
+    // encrypted repository needs its passphrase for that).
+    let (bucket_name, _) = support::new_bucket_on(&support::S3Server::shared()).await;
+    let bucket_id = support::register_bucket_with(
+        &server,
+        &support::S3Server::shared(),
+        &bucket_name,
+        pb::RepositoryEncryption::None,
+    )
+    .await;
     let source = tempfile::tempdir().expect("source dir");
     write(&source.path().join("docs/a.txt"), b"version one of a\n");
     write(&source.path().join("docs/b.txt"), b"b is removed later\n");
@@ -302,13 +311,14 @@ async fn job_snapshots_are_incremental_restorable_verifiable_and_rebuildable() {
 
     // The catalog is lost: a fresh control plane rebuilds both snapshots
     // from the manifests in the bucket, equal to what the original had.
-    let Store::S3(s3) = store.as_ref() else {
-        panic!("S3 store expected")
-    };
-    let bucket_name = s3.location().bucket.clone();
     let fresh = TestServer::start(Backend::Postgres).await;
-    let fresh_bucket =
-        support::register_bucket(&fresh, &support::S3Server::shared(), &bucket_name).await;
+    let fresh_bucket = support::register_bucket_with(
+        &fresh,
+        &support::S3Server::shared(),
+        &bucket_name,
+        pb::RepositoryEncryption::None,
+    )
+    .await;
     let _fresh_worker = WorkerProcess::spawn(&fresh, "e2e-rebuild");
     let rebuild = pb::RebuildCatalogRequest {
         bucket_id: fresh_bucket,

@@ -13,7 +13,7 @@ use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::bucket::{
-    Bucket, BucketSpec, Location, LockMode, ObjectLockSettings, MAX_NAME_LEN,
+    Bucket, BucketSpec, Location, LockMode, ObjectLockSettings, RepositoryEncryption, MAX_NAME_LEN,
 };
 use crate::model::grant::{match_grants, GrantUse, PathNeed};
 use crate::model::run::Labels;
@@ -101,6 +101,7 @@ impl From<Bucket> for pb::Bucket {
             update_time: Some(timestamp(bucket.update_time)),
             object_lock: spec.object_lock.map(object_lock_to_proto),
             maintenance_secret_id: optional_id(spec.maintenance_secret_id),
+            encryption: encryption_to_proto(spec.encryption).into(),
         }
     }
 }
@@ -146,6 +147,29 @@ fn object_lock_from_proto(
     }))
 }
 
+/// A repository encryption as the API spells it.
+pub(crate) fn encryption_to_proto(encryption: RepositoryEncryption) -> pb::RepositoryEncryption {
+    match encryption {
+        RepositoryEncryption::Aes256Gcm => pb::RepositoryEncryption::Aes256Gcm,
+        RepositoryEncryption::None => pb::RepositoryEncryption::None,
+    }
+}
+
+/// A new bucket's encryption: unspecified means encrypted; `NONE` only
+/// when asked for by name.
+fn encryption_from_proto(value: i32) -> DomainResult<RepositoryEncryption> {
+    match pb::RepositoryEncryption::try_from(value) {
+        Ok(pb::RepositoryEncryption::Unspecified | pb::RepositoryEncryption::Aes256Gcm) => {
+            Ok(RepositoryEncryption::Aes256Gcm)
+        }
+        Ok(pb::RepositoryEncryption::None) => Ok(RepositoryEncryption::None),
+        Err(_) => Err(DomainError::invalid(
+            "bucket.encryption",
+            "is not a known RepositoryEncryption",
+        )),
+    }
+}
+
 /// Builds the spec of a new bucket, reporting every malformed field at once.
 fn new_spec(caller: &Caller, bucket: pb::Bucket) -> DomainResult<BucketSpec> {
     let mut violations = Violations::new();
@@ -167,6 +191,9 @@ fn new_spec(caller: &Caller, bucket: pb::Bucket) -> DomainResult<BucketSpec> {
             &bucket.maintenance_secret_id,
         ))
         .flatten();
+    let encryption = violations
+        .absorb(encryption_from_proto(bucket.encryption))
+        .unwrap_or_default();
     let location = match bucket.location.map(Location::try_from).transpose() {
         Ok(location) => location,
         Err(error) => {
@@ -194,6 +221,7 @@ fn new_spec(caller: &Caller, bucket: pb::Bucket) -> DomainResult<BucketSpec> {
         retention_policy_id: policy,
         object_lock,
         maintenance_secret_id,
+        encryption,
     };
     violations.absorb(spec.validate("bucket."));
     violations.finish()?;
@@ -346,6 +374,16 @@ impl BucketApi {
     ) -> DomainResult<Bucket> {
         let bucket = required("bucket", request.bucket)?;
         let id = parse_id("bucket.id", &bucket.id)?;
+        let names_encryption = request
+            .update_mask
+            .as_ref()
+            .is_some_and(|mask| mask.paths.iter().any(|path| path == "encryption"));
+        if names_encryption {
+            return Err(DomainError::invalid(
+                "bucket.encryption",
+                "is fixed when the bucket is created (its repositories' keys depend on it)",
+            ));
+        }
         let paths = mask_paths(request.update_mask, UPDATABLE)?;
         let current = self
             .state

@@ -280,11 +280,13 @@ impl JobApi {
         if let Some(selector) = spec.worker_selector_mut() {
             draft.worker_selector = std::mem::take(selector);
         }
-        let repository = self
-            .state
-            .catalog
-            .ensure_repository(&draft.target.repository(), draft.owner_id)
-            .await?;
+        let repository = crate::runs::repositories::ensure_repository(
+            &self.state.catalog,
+            &self.state.secrets,
+            &draft.target,
+            draft.owner_id,
+        )
+        .await?;
         if repository.owner_id != Some(draft.owner_id) {
             return Err(DomainError::PermissionDenied(
                 "job.target: the repository there belongs to another user".to_string(),

@@ -13,13 +13,13 @@ use super::{
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::{
-    Bucket, BucketSpec, Location, LockMode, ObjectLockSettings, S3Location,
+    Bucket, BucketSpec, Location, LockMode, ObjectLockSettings, RepositoryEncryption, S3Location,
 };
 
 const COLUMNS: &str = "id, owner_id, name, description, kind, s3_endpoint, s3_bucket, s3_region, \
      s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, retention_policy_id, \
      create_time, update_time, s3_secret_id, object_lock_mode, object_lock_min_retention_seconds, \
-     s3_maintenance_secret_id";
+     s3_maintenance_secret_id, encryption";
 
 #[derive(sqlx::FromRow)]
 struct BucketRow {
@@ -42,6 +42,7 @@ struct BucketRow {
     object_lock_mode: String,
     object_lock_min_retention_seconds: i64,
     s3_maintenance_secret_id: Option<Uuid>,
+    encryption: String,
 }
 
 impl TryFrom<BucketRow> for Bucket {
@@ -84,6 +85,7 @@ impl TryFrom<BucketRow> for Bucket {
                     }
                 }),
                 maintenance_secret_id: row.s3_maintenance_secret_id,
+                encryption: RepositoryEncryption::parse(&row.encryption)?,
             },
             create_time: row.create_time,
             update_time: row.update_time,
@@ -161,9 +163,9 @@ impl Catalog {
              s3_region, s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, \
              retention_policy_id, s3_secret_id, object_lock_mode, \
              object_lock_min_retention_seconds, s3_maintenance_secret_id, create_time, \
-             update_time) \
+             update_time, encryption) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $18) \
+             $17, $18, $18, $19) \
              RETURNING {COLUMNS}"
         );
         let row = on_pool!(self, |pool| bind_spec!(
@@ -171,6 +173,7 @@ impl Catalog {
             spec
         )
         .bind(now_micros())
+        .bind(spec.encryption.as_str())
         .fetch_one(pool)
         .await)
         .map_err(|e| from_sqlx(e, &bucket_name_taken(spec)))?;

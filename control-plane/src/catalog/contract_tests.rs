@@ -97,7 +97,9 @@ async fn an_owner_change_is_recorded_as_a_new_version(backend: Backend) {
     let (catalog, _guard) = fresh_catalog(backend).await;
     let owner_id = user(&catalog).await;
     let repository_id = catalog
-        .ensure_repository(REPOSITORY, owner_id)
+        .ensure_repository(REPOSITORY, owner_id, |_| {
+            Ok(super::repositories::NewRepositoryFormat::unencrypted())
+        })
         .await
         .expect("repository")
         .id;

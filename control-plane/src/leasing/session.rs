@@ -435,12 +435,13 @@ impl Session {
     ) -> DomainResult<pb::RunAssignment> {
         let run = self.state.catalog.get_run(run_id).await?;
         let target = resolve_target(&self.state.catalog, &self.state.secrets, &run.spec).await?;
-        let repository = run.spec.target().repository();
-        let stored = self
-            .state
-            .catalog
-            .ensure_repository(&repository, run.owner_id)
-            .await?;
+        let stored = crate::runs::repositories::ensure_repository(
+            &self.state.catalog,
+            &self.state.secrets,
+            run.spec.target(),
+            run.owner_id,
+        )
+        .await?;
         if matches!(run.spec, RunSpec::Backup(_)) && stored.owner_id != Some(run.owner_id) {
             return Err(DomainError::PermissionDenied(
                 "the repository of this run's target belongs to another user".to_string(),
@@ -461,12 +462,28 @@ impl Session {
             &self.profile.labels,
         )
         .await?;
+        let catalog_key =
+            crate::runs::repositories::open_catalog_key(&self.state.secrets, &stored)?;
         let mut assignment = pb::RunAssignment {
             lease: Some(lease_ref(run_id, token)),
             target: Some(target),
             deadline: Some(timestamp(deadline)),
-            repository_key: stored.chunk_key,
-            repository_id: stored.id.to_string(),
+            repository_id: stored.storage_identity(),
+            repository_format: u32::try_from(stored.format_version).unwrap_or_default(),
+            repository_encryption: repository_encryption(&stored)?.into(),
+            repository_generation: stored.pinned_generation().map(|(generation, fingerprint)| {
+                pb::RepositoryGeneration {
+                    generation,
+                    fingerprint: fingerprint.to_owned(),
+                }
+            }),
+            catalog_key: catalog_key.map(|key| key.to_vec()).unwrap_or_default(),
+            // Only a v1 repository is created with the catalog's chunk key.
+            repository_key: if stored.format_version == 1 {
+                stored.chunk_key
+            } else {
+                Vec::new()
+            },
             path_grants: granted
                 .into_iter()
                 .map(crate::api::grants::path_grant_to_proto)
@@ -624,6 +641,10 @@ impl Session {
             return Err(DomainError::invalid("completion.lease", "is required"));
         };
         let progress = progress_json(completion.progress.as_ref());
+        let reported = match &completion.outcome {
+            Some(pb::run_completion::Outcome::Success(success)) => parse_reported(success)?,
+            _ => ReportedRepository::default(),
+        };
         let outcome = match completion.outcome {
             Some(pb::run_completion::Outcome::Success(success)) => AttemptOutcome::Success {
                 size_bytes: success.size_bytes,
@@ -642,6 +663,9 @@ impl Session {
             },
             None => return Err(DomainError::invalid("completion.outcome", "is required")),
         };
+        // Recorded before the commit makes the run's end visible, fenced by
+        // the lease like the commit itself.
+        self.record_repository(run_id, token, &reported).await;
         let result = self
             .state
             .catalog
@@ -701,6 +725,51 @@ impl Session {
         }
     }
 
+    /// Records what the succeeded run `run_id` reported about its
+    /// repository: a backup, the key generation it created the repository
+    /// with; a catalog rebuild (admin only), the format and identity found
+    /// in storage, then the generation. Each is taken only while the
+    /// repository has no pinned generation, and only while the attempt
+    /// still holds its lease, so a zombie attempt records nothing.
+    async fn record_repository(&self, run_id: Uuid, token: i64, reported: &ReportedRepository) {
+        if reported.generation.is_none() && reported.found.is_none() {
+            return;
+        }
+        let catalog = &self.state.catalog;
+        let recorded = async {
+            let run = catalog.get_run(run_id).await?;
+            let Some(repository_id) = run.repository_id else {
+                return Ok(());
+            };
+            let rebuild = matches!(run.spec, RunSpec::RebuildCatalog(_));
+            if let (true, Some((format, storage_id))) = (rebuild, &reported.found) {
+                catalog
+                    .adopt_repository(repository_id, *format, storage_id, (run_id, token))
+                    .await?;
+            }
+            match (&run.spec, &reported.generation) {
+                (
+                    RunSpec::Backup(_) | RunSpec::RebuildCatalog(_),
+                    Some((generation, fingerprint)),
+                ) => {
+                    catalog
+                        .pin_repository_generation(
+                            repository_id,
+                            *generation,
+                            fingerprint,
+                            (run_id, token),
+                        )
+                        .await
+                }
+                _ => Ok(()),
+            }
+        };
+        if let Err(error) = recorded.await {
+            // The next backup reports the generation again.
+            tracing::warn!(run = %run_id, %error, "recording the repository's format and key generation failed");
+        }
+    }
+
     async fn release(&mut self, release: pb::RunRelease) -> DomainResult<()> {
         let Some((run_id, token)) = parse_lease(release.lease.as_ref()) else {
             return Err(DomainError::invalid("release.lease", "is required"));
@@ -756,4 +825,69 @@ async fn apply_retention_after_backup(runs: RunAdmission, run_id: Uuid) {
             tracing::warn!(backup = %run_id, %error, "could not apply retention after the backup");
         }
     }
+}
+
+/// The encryption a lease names: unspecified for a v1 repository.
+fn repository_encryption(
+    repository: &crate::catalog::repositories::Repository,
+) -> DomainResult<pb::RepositoryEncryption> {
+    Ok(repository.encryption()?.map_or(
+        pb::RepositoryEncryption::Unspecified,
+        crate::api::buckets::encryption_to_proto,
+    ))
+}
+
+/// What a succeeded run reported about its repository.
+#[derive(Debug, Default)]
+struct ReportedRepository {
+    /// The current key generation and its fingerprint (format v2).
+    generation: Option<(u32, String)>,
+    /// A rebuild's finding: the format and the identity in storage.
+    found: Option<(u32, String)>,
+}
+
+fn parse_reported(success: &pb::RunSuccess) -> DomainResult<ReportedRepository> {
+    let generation = success
+        .repository_generation
+        .as_ref()
+        .map(parse_generation)
+        .transpose()?;
+    let found = match success.repository_format {
+        0 => None,
+        format => {
+            let id = &success.repository_id;
+            if format == 2 && Uuid::parse_str(id).is_err() {
+                return Err(DomainError::invalid(
+                    "completion.success.repository_id",
+                    "is not a UUID",
+                ));
+            }
+            Some((format, id.clone()))
+        }
+    };
+    Ok(ReportedRepository { generation, found })
+}
+
+/// A key generation a worker reported: a number from 1 and a fingerprint
+/// of 64 lowercase hex digits.
+fn parse_generation(generation: &pb::RepositoryGeneration) -> DomainResult<(u32, String)> {
+    let field = "completion.success.repository_generation";
+    if generation.generation == 0 {
+        return Err(DomainError::invalid(
+            format!("{field}.generation"),
+            "must be at least 1",
+        ));
+    }
+    let fingerprint = &generation.fingerprint;
+    let is_hex = fingerprint.len() == 64
+        && fingerprint
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !is_hex {
+        return Err(DomainError::invalid(
+            format!("{field}.fingerprint"),
+            "must be 64 lowercase hex digits",
+        ));
+    }
+    Ok((generation.generation, fingerprint.clone()))
 }

@@ -53,6 +53,37 @@ impl Location {
     }
 }
 
+/// How the format v2 repositories created in a bucket protect their data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RepositoryEncryption {
+    /// AES-256-GCM with key slots (the default).
+    #[default]
+    Aes256Gcm,
+    /// Framed and checksummed, not encrypted: an explicit choice.
+    None,
+}
+
+impl RepositoryEncryption {
+    /// The catalog's spelling (also the format's, in a repository `config`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepositoryEncryption::Aes256Gcm => "aes-256-gcm",
+            RepositoryEncryption::None => "none",
+        }
+    }
+
+    /// Parses the catalog's spelling.
+    pub fn parse(text: &str) -> DomainResult<Self> {
+        match text {
+            "aes-256-gcm" => Ok(RepositoryEncryption::Aes256Gcm),
+            "none" => Ok(RepositoryEncryption::None),
+            other => Err(DomainError::Internal(format!(
+                "unknown repository encryption {other:?} in catalog"
+            ))),
+        }
+    }
+}
+
 /// A registered storage target.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Bucket {
@@ -87,6 +118,9 @@ pub struct BucketSpec {
     /// retention and garbage collection use (S3 only); `None`: every run
     /// uses the location's credentials.
     pub maintenance_secret_id: Option<Uuid>,
+    /// How repositories created in the bucket protect their data; fixed
+    /// when the bucket is created.
+    pub encryption: RepositoryEncryption,
 }
 
 /// Shortest lock a bucket may require.

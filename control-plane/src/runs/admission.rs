@@ -20,6 +20,7 @@ use crate::model::run::{
     SnapshotSource, Target, VerifySpec,
 };
 use crate::runs::grants;
+use crate::secrets::Keyring;
 
 /// A run a caller asks for, its fields already converted and checked one by
 /// one; what needs the catalog (access, references, snapshots) is checked here.
@@ -88,12 +89,15 @@ pub struct GcRequest {
 #[derive(Clone, Debug)]
 pub struct RunAdmission {
     catalog: Catalog,
+    /// Seals the catalog keys of the repositories a run creates.
+    secrets: Keyring,
 }
 
 impl RunAdmission {
-    /// Admission over a catalog.
-    pub fn new(catalog: Catalog) -> Self {
-        RunAdmission { catalog }
+    /// Admission over a catalog; repositories it creates are sealed with
+    /// `secrets`.
+    pub fn new(catalog: Catalog, secrets: Keyring) -> Self {
+        RunAdmission { catalog, secrets }
     }
 
     /// Creates the run `request` asks for on behalf of `caller`. A repeated
@@ -466,9 +470,13 @@ impl RunAdmission {
         let location = new.spec.target().repository();
         let repository = match new.spec {
             RunSpec::Backup(_) | RunSpec::GarbageCollection(_) => Some(
-                self.catalog
-                    .ensure_repository(&location, new.owner_id)
-                    .await?,
+                super::repositories::ensure_repository(
+                    &self.catalog,
+                    &self.secrets,
+                    new.spec.target(),
+                    new.owner_id,
+                )
+                .await?,
             ),
             _ => self.catalog.find_repository(&location).await?,
         };

@@ -6,4 +6,5 @@
 
 pub mod admission;
 pub mod grants;
+pub mod repositories;
 pub mod watch_slots;

@@ -31,6 +31,8 @@ const NONCE_LEN: usize = 24;
 /// Prefix of the associated data; names the format so that a future one
 /// can never be confused with it.
 const AAD_CONTEXT: &[u8] = b"coffer.secret.v1\0";
+/// Prefix of the associated data of a repository's catalog key.
+const CATALOG_KEY_CONTEXT: &[u8] = b"coffer.catalog-key.v1\0";
 
 /// How to configure a key, for errors that must say it.
 pub const HOW_TO_CONFIGURE: &str = "set COFFER_SECRETS_KEY_FILE to a file of mode 0600 holding \
@@ -189,21 +191,67 @@ impl Keyring {
 
     /// Seals the values of secret `id` of `owner` under the primary key.
     pub fn seal(&self, id: Uuid, owner: Uuid, values: &S3CredentialValues) -> DomainResult<Sealed> {
-        let key = &self.keys()?.primary;
         let plaintext = Zeroizing::new(
             serde_json::to_vec(values)
                 .map_err(|e| DomainError::Internal(format!("encoding secret values: {e}")))?,
         );
+        self.seal_bytes(&associated_data(id, owner), &plaintext)
+    }
+
+    /// Opens the values of secret `id` of `owner`. A row sealed with a key
+    /// this keyring lacks, or altered, moved or copied to another id or
+    /// owner, is `FailedPrecondition` with a message that says which.
+    pub fn open(&self, id: Uuid, owner: Uuid, sealed: &Sealed) -> DomainResult<S3CredentialValues> {
+        let what = format!("secret {id}");
+        let tampered = || {
+            DomainError::FailedPrecondition(format!(
+                "{what} failed its integrity check: its stored row was altered or \
+                 moved to another id or owner; create the secret again"
+            ))
+        };
+        let plaintext = self.open_bytes(&associated_data(id, owner), sealed, &what, tampered)?;
+        serde_json::from_slice(&plaintext).map_err(|_| tampered())
+    }
+
+    /// Seals the catalog key of repository `repository_id` (the key that
+    /// opens its catalog slot), bound to that repository.
+    pub fn seal_catalog_key(&self, repository_id: Uuid, key: &[u8]) -> DomainResult<Sealed> {
+        self.seal_bytes(&catalog_key_associated_data(repository_id), key)
+    }
+
+    /// Opens the catalog key of repository `repository_id`; a row altered or
+    /// moved to another repository is `FailedPrecondition`.
+    pub fn open_catalog_key(
+        &self,
+        repository_id: Uuid,
+        sealed: &Sealed,
+    ) -> DomainResult<Zeroizing<Vec<u8>>> {
+        let what = format!("the catalog key of repository {repository_id}");
+        let tampered = || {
+            DomainError::FailedPrecondition(format!(
+                "{what} failed its integrity check: its stored row was altered or moved \
+                 to another repository"
+            ))
+        };
+        self.open_bytes(
+            &catalog_key_associated_data(repository_id),
+            sealed,
+            &what,
+            tampered,
+        )
+    }
+
+    fn seal_bytes(&self, aad: &[u8], plaintext: &[u8]) -> DomainResult<Sealed> {
+        let key = &self.keys()?.primary;
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let aad = associated_data(id, owner);
         let ciphertext = key
             .cipher()
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
-                    msg: plaintext.as_slice(),
-                    aad: &aad,
+                    msg: plaintext,
+                    aad,
                 },
             )
             .map_err(|_| DomainError::Internal("sealing a secret failed".into()))?;
@@ -214,46 +262,47 @@ impl Keyring {
         })
     }
 
-    /// Opens the values of secret `id` of `owner`. A row sealed with a key
-    /// this keyring lacks, or altered, moved or copied to another id or
-    /// owner, is `FailedPrecondition` with a message that says which.
-    pub fn open(&self, id: Uuid, owner: Uuid, sealed: &Sealed) -> DomainResult<S3CredentialValues> {
+    /// Opens `sealed` with the key that sealed it; `what` names the value in
+    /// the error when that key is missing, `tampered` is the error when it
+    /// does not authenticate.
+    fn open_bytes(
+        &self,
+        aad: &[u8],
+        sealed: &Sealed,
+        what: &str,
+        tampered: impl Fn() -> DomainError,
+    ) -> DomainResult<Zeroizing<Vec<u8>>> {
         let keys = self.keys()?;
         let key = std::iter::once(&keys.primary)
             .chain(&keys.previous)
             .find(|key| key.id() == sealed.key_id)
             .ok_or_else(|| {
                 DomainError::FailedPrecondition(format!(
-                    "secret {id} was sealed with secrets key {}, which this control plane \
+                    "{what} was sealed with secrets key {}, which this control plane \
                      does not have (its key is {}); start it with that key, as the primary \
                      key or in COFFER_SECRETS_PREVIOUS_KEY_FILES",
                     sealed.key_id,
                     keys.primary.id()
                 ))
             })?;
-        let tampered = || {
-            DomainError::FailedPrecondition(format!(
-                "secret {id} failed its integrity check: its stored row was altered or \
-                 moved to another id or owner; create the secret again"
-            ))
-        };
         if sealed.nonce.len() != NONCE_LEN {
             return Err(tampered());
         }
-        let aad = associated_data(id, owner);
-        let plaintext = Zeroizing::new(
-            key.cipher()
-                .decrypt(
-                    XNonce::from_slice(&sealed.nonce),
-                    Payload {
-                        msg: &sealed.ciphertext,
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| tampered())?,
-        );
-        serde_json::from_slice(&plaintext).map_err(|_| tampered())
+        key.cipher()
+            .decrypt(
+                XNonce::from_slice(&sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| tampered())
     }
+}
+
+fn catalog_key_associated_data(repository_id: Uuid) -> Vec<u8> {
+    [CATALOG_KEY_CONTEXT, repository_id.as_bytes()].concat()
 }
 
 fn associated_data(id: Uuid, owner: Uuid) -> Vec<u8> {
@@ -298,6 +347,20 @@ mod tests {
             .expect("seal");
         let rotated = Keyring::new(SecretKey::generate(), vec![old]);
         assert_eq!(rotated.open(id, owner, &sealed).expect("open"), values());
+    }
+
+    #[test]
+    fn a_catalog_key_opens_only_for_its_repository() {
+        let keyring = Keyring::new(SecretKey::generate(), Vec::new());
+        let repository = Uuid::now_v7();
+        let key = [9u8; 32];
+        let sealed = keyring.seal_catalog_key(repository, &key).expect("seal");
+        assert!(!sealed.ciphertext.windows(32).any(|w| w == key));
+        let opened = keyring.open_catalog_key(repository, &sealed).expect("open");
+        assert_eq!(opened.as_slice(), key.as_slice());
+        assert!(keyring.open_catalog_key(Uuid::now_v7(), &sealed).is_err());
+        // A secret's associated data differs: a sealed catalog key is no secret.
+        assert!(keyring.open(repository, repository, &sealed).is_err());
     }
 
     #[test]

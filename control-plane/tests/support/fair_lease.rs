@@ -137,6 +137,7 @@ impl LeaseClient {
             details: "fair-lease test".into(),
             manifest_key: format!("snapshots/{}.{}", lease.run_id, lease.lease_token),
             parent_run_id: String::new(),
+            ..Default::default()
         };
         self.complete(lease, pb::run_completion::Outcome::Success(success))
             .await

@@ -89,6 +89,7 @@ impl Session {
             details: "scripted".into(),
             manifest_key,
             parent_run_id: String::new(),
+            ..Default::default()
         };
         self.send(Up::Completion(pb::RunCompletion {
             lease: Some(lease.clone()),

@@ -1,25 +1,40 @@
 //! A repository in a [`Store`]: its config, its chunk index and its
-//! snapshot manifests, in the format `coffer-format` defines; and the
-//! [`packer`] that writes new packs into it.
+//! snapshot manifests, in the format `coffer-format` defines (v1, or v2
+//! with every object sealed); and the [`packer`] that writes new packs into
+//! it. The repository knows its version: the pipelines above it are the
+//! same for both, and the few places where the formats differ (how an
+//! object is encoded or opened) switch here.
 
+mod access;
+mod blobs;
+mod manifests;
 pub(crate) mod packer;
 
 use std::collections::HashSet;
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::sync::Arc;
 
+use coffer_format::crypto::SealedReader;
 use coffer_format::layout::{self, CONDEMNED_PREFIX, CONFIG_KEY, INDEX_PREFIX};
 use coffer_format::{
-    decode_blob, ChunkHasher, ChunkId, ChunkIndex, ChunkLocation, CondemnedSet, FormatError,
-    IndexFile, IndexId, ManifestReader, PackId, RepositoryConfig,
+    ChunkHasher, ChunkId, ChunkIndex, ChunkLocation, Chunker, ChunkerParams, CondemnedSet,
+    FormatError, IndexFile, IndexId, ManifestReader, ObjectKind, PackId, RepositoryConfig,
+    RepositoryKeys,
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
+
+pub use access::{NewFormat, PinnedGeneration, RepositoryAccess};
+pub use blobs::BlobOpener;
+pub use manifests::ManifestOutput;
 
 use crate::store::{Store, StoreError};
 
 /// Index files fetched at once when loading the chunk index.
 const INDEX_FETCH_PARALLELISM: usize = 8;
+
+/// A manifest being read, of either format.
+pub type StoredManifest = ManifestReader<Box<dyn Read + Send>>;
 
 /// Why a repository operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +58,15 @@ pub enum RepositoryError {
     /// repository was reached by the same path (moved, replaced, or planted).
     #[error("the repository at {0} has another identity than the catalog's; refusing to use it")]
     OtherIdentity(String),
+    /// The repository in storage disagrees with the catalog's record of it
+    /// (its format, encryption or key generation).
+    #[error("refusing the repository at {location}: {reason}")]
+    Refused {
+        /// Where the repository is.
+        location: String,
+        /// What disagrees.
+        reason: String,
+    },
 }
 
 impl RepositoryError {
@@ -53,13 +77,21 @@ impl RepositoryError {
         }
     }
 
+    fn refused(store: &Store, reason: &str) -> Self {
+        RepositoryError::Refused {
+            location: store.describe(),
+            reason: reason.to_owned(),
+        }
+    }
+
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
             RepositoryError::Store(error) => error.is_retryable(),
             RepositoryError::Format { .. }
             | RepositoryError::Missing(_)
-            | RepositoryError::OtherIdentity(_) => false,
+            | RepositoryError::OtherIdentity(_)
+            | RepositoryError::Refused { .. } => false,
         }
     }
 
@@ -80,6 +112,17 @@ pub enum IndexUse {
     Write,
 }
 
+/// How new data is cut, compressed and packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataSettings {
+    /// Chunk sizes.
+    pub chunker: ChunkerParams,
+    /// Pack size to aim for, in bytes.
+    pub pack_target_size: u32,
+    /// zstd level of chunks.
+    pub compression_level: i32,
+}
+
 /// One index file as stored.
 #[derive(Debug, Clone)]
 pub struct StoredIndex {
@@ -95,123 +138,118 @@ pub struct StoredIndex {
 #[derive(Clone)]
 pub struct Repository {
     store: Arc<Store>,
-    config: Arc<RepositoryConfig>,
+    /// The identity in the repository's `config`.
+    repository_id: String,
+    settings: DataSettings,
     hasher: ChunkHasher,
+    /// The keys of a v2 repository; `None` for v1.
+    keys: Option<Arc<RepositoryKeys>>,
 }
 
 impl Repository {
-    /// Opens the repository in `store`, creating it with `chunk_key` when it
-    /// has no `config` yet. An existing config wins over `chunk_key` (it is
-    /// what the repository's chunk ids were computed with).
+    /// Opens the repository in `store`, creating it as `access` says when
+    /// it has no `config` yet (a backup). An existing repository is checked
+    /// against `access` (identity; for v2 also encryption and the pinned
+    /// key generation), whatever was asked to be created.
     pub async fn open_or_create(
         store: Arc<Store>,
-        chunk_key: &[u8],
+        access: &RepositoryAccess,
         cancel: &CancellationToken,
     ) -> Result<Self, RepositoryError> {
-        match Self::open(Arc::clone(&store), cancel).await {
+        match Self::open(Arc::clone(&store), access, cancel).await {
             Err(RepositoryError::Missing(_)) => {}
             other => return other,
         }
-        Self::create(store, chunk_key, "", cancel).await
+        access::create(&store, access, cancel).await?;
+        // Read back: if another writer created it first, its config is the
+        // one on storage and the one to use.
+        Self::open(store, access, cancel).await
     }
 
-    /// Checks that the repository in `store` is the one the catalog names
-    /// `repository_id` (a config without an identity, written before
-    /// identities existed, is accepted). With `create_with_key` (a backup),
-    /// a missing repository is created with that key and identity; without
+    /// Checks that the repository in `store` is the one `access` names.
+    /// With `create` (a backup), a missing repository is created; without
     /// it, a missing repository is left for the run to report.
     pub async fn check_identity(
         store: Arc<Store>,
-        repository_id: &str,
-        create_with_key: Option<&[u8]>,
+        access: &RepositoryAccess,
+        create: bool,
         cancel: &CancellationToken,
     ) -> Result<(), RepositoryError> {
-        let opened = match Self::open(Arc::clone(&store), cancel).await {
-            Err(RepositoryError::Missing(_)) => match create_with_key {
-                Some(key) => Self::create(Arc::clone(&store), key, repository_id, cancel).await?,
-                None => return Ok(()),
-            },
-            other => other?,
+        let opened = if create {
+            Self::open_or_create(store, access, cancel).await
+        } else {
+            Self::open(store, access, cancel).await
         };
-        let stored = &opened.config.repository_id;
-        if repository_id.is_empty() || stored.is_empty() || stored == repository_id {
-            return Ok(());
+        match opened {
+            Ok(_) | Err(RepositoryError::Missing(_)) => Ok(()),
+            Err(other) => Err(other),
         }
-        Err(RepositoryError::OtherIdentity(store.describe()))
     }
 
-    /// Makes the repository in `store` carry `repository_id`: a catalog
-    /// rebuild (admin only) adopts the repository into the catalog that
-    /// asked for it, e.g. after the catalog was lost and a new one gave the
-    /// location a new identity. Only the identity changes; a missing
-    /// repository is left for the rebuild to report.
+    /// Makes a v1 repository in `store` carry `access.repository_id`: a
+    /// catalog rebuild (admin only) adopts the repository into the catalog
+    /// that asked for it, e.g. after the catalog was lost and a new one gave
+    /// the location a new identity. Only the identity changes; a missing
+    /// repository is left for the rebuild to report. A v2 repository's
+    /// identity is sealed in its keys and cannot be rewritten: it is opened
+    /// under its own (`access.adopt`), which the rebuild reports for the
+    /// catalog to record.
     pub async fn adopt_identity(
         store: Arc<Store>,
-        repository_id: &str,
+        access: &RepositoryAccess,
         cancel: &CancellationToken,
     ) -> Result<(), RepositoryError> {
-        let opened = match Self::open(Arc::clone(&store), cancel).await {
-            Err(RepositoryError::Missing(_)) => return Ok(()),
-            other => other?,
+        let repository_id = access.repository_id.as_str();
+        let bytes = match store.get_bytes(CONFIG_KEY, cancel).await {
+            Ok(bytes) => bytes,
+            Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(other) => return Err(other.into()),
         };
-        if repository_id.is_empty() || opened.config.repository_id == repository_id {
+        let Ok(config) = RepositoryConfig::from_bytes(&bytes) else {
+            return Self::check_identity(store, access, false, cancel).await;
+        };
+        if repository_id.is_empty() || config.repository_id == repository_id {
             return Ok(());
         }
-        let config = opened
-            .config
-            .as_ref()
-            .clone()
-            .with_repository_id(repository_id);
+        let config = config.with_repository_id(repository_id);
         store
             .put_bytes(CONFIG_KEY, config.to_bytes(), cancel)
             .await?;
         Ok(())
     }
 
-    /// Writes a new config with `chunk_key` and `repository_id`, then reads
-    /// back whatever config won.
-    async fn create(
-        store: Arc<Store>,
-        chunk_key: &[u8],
-        repository_id: &str,
-        cancel: &CancellationToken,
-    ) -> Result<Self, RepositoryError> {
-        let key: [u8; 32] = chunk_key.try_into().map_err(|_| {
-            RepositoryError::format(
-                "creating the repository",
-                FormatError::InvalidInput(format!(
-                    "the control plane sent a chunk key of {} bytes, not 32",
-                    chunk_key.len()
-                )),
-            )
-        })?;
-        let config = RepositoryConfig::new(key).with_repository_id(repository_id);
-        store
-            .put_bytes(CONFIG_KEY, config.to_bytes(), cancel)
-            .await?;
-        // Read back: if another writer created it first with a different key,
-        // its config is the one on storage and the one to use.
-        Self::open(store, cancel).await
-    }
-
-    /// Opens an existing repository.
+    /// Opens an existing repository as `access` allows.
     pub async fn open(
         store: Arc<Store>,
+        access: &RepositoryAccess,
         cancel: &CancellationToken,
     ) -> Result<Self, RepositoryError> {
-        let bytes = match store.get_bytes(CONFIG_KEY, cancel).await {
-            Ok(bytes) => bytes,
-            Err(StoreError::NotFound { .. }) => {
-                return Err(RepositoryError::Missing(store.describe()))
+        Ok(match access::open(&store, access, cancel).await? {
+            access::Opened::V1(config) => Repository {
+                hasher: config.hasher(),
+                repository_id: config.repository_id.clone(),
+                settings: DataSettings {
+                    chunker: config.chunker,
+                    pack_target_size: config.pack_target_size,
+                    compression_level: config.compression_level,
+                },
+                keys: None,
+                store,
+            },
+            access::Opened::V2(keys) => {
+                let payload = keys.current().payload();
+                Repository {
+                    hasher: keys.hasher().clone(),
+                    repository_id: keys.repository_id().to_owned(),
+                    settings: DataSettings {
+                        chunker: payload.chunker,
+                        pack_target_size: payload.pack_target_size,
+                        compression_level: payload.compression_level,
+                    },
+                    keys: Some(Arc::new(keys)),
+                    store,
+                }
             }
-            Err(other) => return Err(other.into()),
-        };
-        let config = RepositoryConfig::from_bytes(&bytes)
-            .map_err(|e| RepositoryError::format("reading the repository config", e))?;
-        Ok(Repository {
-            store,
-            hasher: config.hasher(),
-            config: Arc::new(config),
         })
     }
 
@@ -220,14 +258,72 @@ impl Repository {
         &self.store
     }
 
-    /// The repository's parameters.
-    pub fn config(&self) -> &RepositoryConfig {
-        &self.config
+    /// How new data is cut, compressed and packed.
+    pub fn settings(&self) -> DataSettings {
+        self.settings
+    }
+
+    /// The format version: 1 or 2.
+    pub fn version(&self) -> u32 {
+        if self.keys.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The identity the repository carries in storage (empty for a v1
+    /// repository from before identities).
+    pub fn repository_id(&self) -> &str {
+        &self.repository_id
+    }
+
+    /// The keys of a v2 repository.
+    pub fn keys(&self) -> Option<&Arc<RepositoryKeys>> {
+        self.keys.as_ref()
+    }
+
+    /// The current key generation of a v2 repository, as the catalog pins it.
+    pub fn generation(&self) -> Option<PinnedGeneration> {
+        self.keys.as_ref().map(|keys| PinnedGeneration {
+            generation: keys.current().generation(),
+            fingerprint: keys.current().fingerprint(),
+        })
     }
 
     /// The keyed hasher of chunk ids and content hashes.
     pub fn hasher(&self) -> &ChunkHasher {
         &self.hasher
+    }
+
+    /// A chunker for new data: v1's public gear table, or v2's keyed one.
+    pub fn chunker(&self) -> Chunker {
+        match &self.keys {
+            Some(keys) => keys.chunker(),
+            None => Chunker::new(self.settings.chunker),
+        }
+    }
+
+    /// Opens blobs of this repository (on any thread).
+    pub fn blob_opener(&self) -> BlobOpener {
+        BlobOpener::new(self.hasher.clone(), self.keys.clone())
+    }
+
+    /// Encodes an index file naming `packs` (sealed in v2); returns its id
+    /// and bytes, to store under [`layout::index_key`].
+    pub fn encode_index(&self, file: &IndexFile) -> Result<(IndexId, Vec<u8>), FormatError> {
+        match &self.keys {
+            Some(keys) => file.encode_v2(keys, &mut rand::rngs::OsRng),
+            None => file.encode(),
+        }
+    }
+
+    /// Encodes a condemned set (sealed and bound to its key in v2).
+    pub fn encode_condemned(&self, set: &CondemnedSet) -> Result<Vec<u8>, FormatError> {
+        match &self.keys {
+            Some(keys) => set.to_sealed(keys, &mut rand::rngs::OsRng),
+            None => set.to_bytes(),
+        }
     }
 
     /// Loads every index file into one chunk index, for `purpose`. Each file
@@ -293,8 +389,11 @@ impl Repository {
                 Err(StoreError::NotFound { .. }) => continue,
                 Err(other) => return Err(other.into()),
             };
-            let set = CondemnedSet::from_bytes(&bytes)
-                .map_err(|e| RepositoryError::format(format!("condemned set {key}"), e))?;
+            let set = match &self.keys {
+                Some(keys) => CondemnedSet::from_sealed(keys, &key, &bytes),
+                None => CondemnedSet::from_bytes(&bytes),
+            }
+            .map_err(|e| RepositoryError::format(format!("condemned set {key}"), e))?;
             sets.push(set);
         }
         sets.sort_by_key(|set| set.marked);
@@ -314,8 +413,11 @@ impl Repository {
                 FormatError::Corrupt("its content does not match its name".into()),
             ));
         }
-        IndexFile::decode(&bytes)
-            .map_err(|e| RepositoryError::format(format!("index file {key}"), e))
+        let decoded = match &self.keys {
+            Some(keys) => IndexFile::decode_v2(keys, key, &bytes),
+            None => IndexFile::decode(&bytes),
+        };
+        decoded.map_err(|e| RepositoryError::format(format!("index file {key}"), e))
     }
 
     /// Opens the manifest stored under `key`.
@@ -323,10 +425,16 @@ impl Repository {
         &self,
         key: &str,
         cancel: &CancellationToken,
-    ) -> Result<ManifestReader<Cursor<Vec<u8>>>, RepositoryError> {
+    ) -> Result<StoredManifest, RepositoryError> {
         let bytes = self.store.get_bytes(key, cancel).await?;
-        ManifestReader::new(Cursor::new(bytes))
-            .map_err(|e| RepositoryError::format(format!("manifest {key}"), e))
+        let reader: Box<dyn Read + Send> = Box::new(Cursor::new(bytes));
+        let opened = match &self.keys {
+            Some(keys) => SealedReader::new(reader, keys, ObjectKind::Manifest, key)
+                .map(|sealed| Box::new(sealed) as Box<dyn Read + Send>)
+                .and_then(ManifestReader::new),
+            None => ManifestReader::new(reader),
+        };
+        opened.map_err(|e| RepositoryError::format(format!("manifest {key}"), e))
     }
 
     /// Fetches one chunk from its pack and checks it against its id.
@@ -346,8 +454,8 @@ impl Repository {
                 cancel,
             )
             .await?;
-        let hasher = self.hasher.clone();
-        tokio::task::spawn_blocking(move || decode_blob(&hasher, &location.entry(id), &blob))
+        let opener = self.blob_opener();
+        tokio::task::spawn_blocking(move || opener.open(id, &location, &blob))
             .await
             .map_err(|e| {
                 RepositoryError::format(

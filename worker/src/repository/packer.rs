@@ -7,14 +7,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use coffer_format::layout;
-use coffer_format::{EncodedChunk, IndexFile, IndexPack, PackBuilder};
+use coffer_format::pack::PackWriterV2;
+use coffer_format::{
+    BlobType, EncodedChunk, FormatError, IndexFile, IndexPack, PackBuilder, RepositoryKeys,
+    SealedPack,
+};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::Repository;
 use crate::report::RunFailure;
-use crate::store::Store;
 
 /// Packs uploaded at once.
 const UPLOAD_PARALLELISM: usize = 3;
@@ -48,8 +51,7 @@ impl Packer {
         let (queue, receiver) = mpsc::channel(queue_len);
         let uploaded = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run_packer(
-            Arc::clone(repository.store()),
-            repository.config().pack_target_size as usize,
+            repository.clone(),
             receiver,
             Arc::clone(&uploaded),
             cancel.clone(),
@@ -98,13 +100,14 @@ impl Packer {
 /// them, so an attempt that dies midway leaves packs a retry can reuse.
 /// Returns the bytes of index files written.
 async fn run_packer(
-    store: Arc<Store>,
-    target_size: usize,
+    repository: Repository,
     mut queue: mpsc::Receiver<EncodedChunk>,
     uploaded: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) -> Result<u64, RunFailure> {
-    let mut builder = PackBuilder::new(0);
+    let target_size = repository.settings().pack_target_size as usize;
+    let new_pack = || PackDraft::new(repository.keys());
+    let mut builder = new_pack();
     let mut uploads: JoinSet<Result<IndexPack, RunFailure>> = JoinSet::new();
     let mut unindexed = Vec::new();
     let mut index_bytes = 0u64;
@@ -116,7 +119,7 @@ async fn run_packer(
             Some(done) = uploads.join_next(), if !uploads.is_empty() => {
                 unindexed.push(done.map_err(|e| RunFailure::retryable(format!("upload task failed: {e}")))??);
                 if unindexed.len() >= INDEX_FLUSH_PACKS {
-                    index_bytes += write_index(&store, std::mem::take(&mut unindexed), &cancel).await?;
+                    index_bytes += write_index(&repository, std::mem::take(&mut unindexed), &cancel).await?;
                 }
                 continue;
             }
@@ -124,45 +127,54 @@ async fn run_packer(
         };
         let Some(chunk) = next else { break };
         builder
-            .add_blob(&chunk)
+            .add(chunk)
             .map_err(|e| RunFailure::permanent(format!("packing: {e}")))?;
         if builder.len() >= target_size {
-            let full = std::mem::replace(&mut builder, PackBuilder::new(0));
-            start_upload(&store, full, &slots, &mut uploads, &uploaded, &cancel).await?;
+            let full = std::mem::replace(&mut builder, new_pack());
+            start_upload(&repository, full, &slots, &mut uploads, &uploaded, &cancel).await?;
         }
     }
     if !builder.is_empty() {
-        start_upload(&store, builder, &slots, &mut uploads, &uploaded, &cancel).await?;
+        start_upload(
+            &repository,
+            builder,
+            &slots,
+            &mut uploads,
+            &uploaded,
+            &cancel,
+        )
+        .await?;
     }
     while let Some(done) = uploads.join_next().await {
         unindexed
             .push(done.map_err(|e| RunFailure::retryable(format!("upload task failed: {e}")))??);
     }
     if !unindexed.is_empty() {
-        index_bytes += write_index(&store, unindexed, &cancel).await?;
+        index_bytes += write_index(&repository, unindexed, &cancel).await?;
     }
     Ok(index_bytes)
 }
 
 /// Writes an index file naming `packs` (all uploaded); returns its size.
 async fn write_index(
-    store: &Store,
+    repository: &Repository,
     packs: Vec<IndexPack>,
     cancel: &CancellationToken,
 ) -> Result<u64, RunFailure> {
-    let (index_id, bytes) = IndexFile { packs }
-        .encode()
+    let (index_id, bytes) = repository
+        .encode_index(&IndexFile { packs })
         .map_err(|e| RunFailure::permanent(format!("encoding the index: {e}")))?;
     let length = bytes.len() as u64;
-    store
+    repository
+        .store()
         .put_bytes(&layout::index_key(&index_id), bytes, cancel)
         .await?;
     Ok(length)
 }
 
 async fn start_upload(
-    store: &Arc<Store>,
-    builder: PackBuilder,
+    repository: &Repository,
+    builder: PackDraft,
     slots: &Arc<Semaphore>,
     uploads: &mut JoinSet<Result<IndexPack, RunFailure>>,
     uploaded: &Arc<AtomicU64>,
@@ -176,7 +188,7 @@ async fn start_upload(
         .await
         .map_err(|e| RunFailure::retryable(format!("sealing task failed: {e}")))?
         .map_err(|e| RunFailure::permanent(format!("sealing a pack: {e}")))?;
-    let store = Arc::clone(store);
+    let store = Arc::clone(repository.store());
     let uploaded = Arc::clone(uploaded);
     let cancel = cancel.clone();
     uploads.spawn(async move {
@@ -190,4 +202,49 @@ async fn start_upload(
         Ok(entry)
     });
     Ok(())
+}
+
+/// A pack being filled: v1's builder, or v2's writer, which shuffles and
+/// seals the blobs under the repository's current key generation.
+enum PackDraft {
+    V1(PackBuilder),
+    V2(PackWriterV2, Arc<RepositoryKeys>),
+}
+
+impl PackDraft {
+    fn new(keys: Option<&Arc<RepositoryKeys>>) -> Self {
+        match keys {
+            Some(keys) => PackDraft::V2(PackWriterV2::new(), Arc::clone(keys)),
+            None => PackDraft::V1(PackBuilder::new(0)),
+        }
+    }
+
+    fn add(&mut self, chunk: EncodedChunk) -> Result<bool, FormatError> {
+        match self {
+            PackDraft::V1(builder) => builder.add_blob(&chunk),
+            PackDraft::V2(writer, _) => writer.add(chunk, BlobType::Data),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            PackDraft::V1(builder) => builder.len(),
+            PackDraft::V2(writer, _) => writer.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            PackDraft::V1(builder) => builder.is_empty(),
+            PackDraft::V2(writer, _) => writer.is_empty(),
+        }
+    }
+
+    /// Seals the pack (CPU work: run it on a blocking thread).
+    fn finish(self) -> Result<SealedPack, FormatError> {
+        match self {
+            PackDraft::V1(builder) => builder.finish(),
+            PackDraft::V2(writer, keys) => writer.finish(&keys, &mut rand::rngs::OsRng),
+        }
+    }
 }

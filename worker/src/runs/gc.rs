@@ -39,8 +39,7 @@ use chrono::{DateTime, Utc};
 use coffer_format::layout::{self, PACKS_PREFIX, SNAPSHOTS_PREFIX};
 use coffer_format::pack::blob_slice;
 use coffer_format::{
-    decode_blob, ChunkId, ChunkIndex, CondemnedPack, CondemnedSet, EncodedChunk, IndexFile,
-    IndexPack, PackId,
+    new_compressor, ChunkId, ChunkIndex, CondemnedPack, CondemnedSet, IndexFile, IndexPack, PackId,
 };
 use coffer_proto::v1::RunPhase;
 use futures::stream::{self, StreamExt};
@@ -50,7 +49,7 @@ use uuid::Uuid;
 use super::run_attempt;
 use crate::report::{human_bytes, to_i64, Batcher, Reporter, RunFailure};
 use crate::repository::packer::Packer;
-use crate::repository::{Repository, StoredIndex};
+use crate::repository::{Repository, RepositoryAccess, StoredIndex};
 use crate::store::{Store, StoreError};
 
 /// Objects deleted at once.
@@ -67,6 +66,8 @@ pub struct GcPlan {
     pub lease_token: i64,
     /// The repository's store.
     pub store: Arc<Store>,
+    /// The repository as the lease describes it.
+    pub repository: RepositoryAccess,
     /// How long condemned packs wait before they are deleted.
     pub grace: Duration,
     /// Share (0–100) of a pack's stored bytes that may be garbage before
@@ -129,7 +130,7 @@ async fn execute<R: Reporter>(
     batcher.set_phase(RunPhase::Preparing);
     let mut collection = Collection {
         plan,
-        repository: Repository::open(Arc::clone(&plan.store), cancel).await?,
+        repository: Repository::open(Arc::clone(&plan.store), &plan.repository, cancel).await?,
         summary: GcSummary::default(),
         batcher,
         cancel,
@@ -375,7 +376,7 @@ impl<R: Reporter> Collection<'_, '_, R> {
         self.batcher.report_progress(false);
 
         let doomed_ids: HashSet<PackId> = doomed.into_iter().collect();
-        consolidate_index(store, &indexes, &doomed_ids, self.cancel).await?;
+        consolidate_index(&self.repository, &indexes, &doomed_ids, self.cancel).await?;
         store
             .delete(&layout::condemned_key(set.gc_run_id), self.cancel)
             .await?;
@@ -516,8 +517,9 @@ impl<R: Reporter> Collection<'_, '_, R> {
         set.packs = condemned;
         self.summary.packs_condemned = set.packs.len() as u64;
         self.summary.bytes_condemned = set.bytes();
-        let bytes = set
-            .to_bytes()
+        let bytes = self
+            .repository
+            .encode_condemned(&set)
             .map_err(|e| RunFailure::permanent(format!("encoding the condemned set: {e}")))?;
         store
             .put_bytes(&layout::condemned_key(self.plan.run_id), bytes, self.cancel)
@@ -530,7 +532,7 @@ impl<R: Reporter> Collection<'_, '_, R> {
 /// except `dropped` (each pack once). Index files written meanwhile by
 /// running backups were not read and stay.
 async fn consolidate_index(
-    store: &Arc<Store>,
+    repository: &Repository,
     indexes: &[StoredIndex],
     dropped: &HashSet<PackId>,
     cancel: &CancellationToken,
@@ -544,11 +546,11 @@ async fn consolidate_index(
         .collect();
     let mut keep_key = None;
     if !packs.is_empty() {
-        let (id, bytes) = IndexFile { packs }
-            .encode()
+        let (id, bytes) = repository
+            .encode_index(&IndexFile { packs })
             .map_err(|e| RunFailure::permanent(format!("encoding the index: {e}")))?;
         let key = layout::index_key(&id);
-        store.put_bytes(&key, bytes, cancel).await?;
+        repository.store().put_bytes(&key, bytes, cancel).await?;
         keep_key = Some(key);
     }
     let superseded = indexes
@@ -559,7 +561,7 @@ async fn consolidate_index(
     // An index file a backup wrote after the sweep's lock check may still
     // be locked; it names no condemned pack (backups load the index without
     // them), so it can stay.
-    delete_all(store, superseded, WhenLocked::Leave, cancel).await?;
+    delete_all(repository.store(), superseded, WhenLocked::Leave, cancel).await?;
     Ok(())
 }
 
@@ -637,18 +639,15 @@ async fn repack<R: Reporter>(
             .filter(|entry| owner.get(&entry.chunk_id) == Some(&id))
             .cloned()
             .collect();
-        let hasher = repository.hasher().clone();
+        let opener = repository.blob_opener();
+        let sealing = usage.pack.sealing;
+        let level = repository.settings().compression_level;
         let blobs = tokio::task::spawn_blocking(move || {
+            let mut compressor = new_compressor(level)?;
             live.iter()
                 .map(|entry| {
                     let blob = blob_slice(&bytes, entry)?;
-                    decode_blob(&hasher, entry, blob)?;
-                    Ok(EncodedChunk {
-                        id: entry.chunk_id,
-                        raw_length: entry.raw_length,
-                        compression: entry.compression,
-                        bytes: blob.to_vec(),
-                    })
+                    opener.repack(entry, sealing.as_ref(), blob, &mut compressor)
                 })
                 .collect::<Result<Vec<_>, coffer_format::FormatError>>()
         })

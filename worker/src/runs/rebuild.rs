@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::backup::record::file_record;
 use super::run_attempt;
 use crate::report::{Batcher, Reporter, RunFailure};
-use crate::repository::Repository;
+use crate::repository::{PinnedGeneration, Repository, RepositoryAccess};
 use crate::store::Store;
 
 /// A finished rebuild.
@@ -24,17 +24,23 @@ pub struct RebuildSummary {
     pub details: String,
     /// Final counters.
     pub progress: coffer_proto::v1::RunProgress,
+    /// The format found (1 or 2) and the identity in storage.
+    pub found: (u32, String),
+    /// The current key generation of a v2 repository.
+    pub generation: Option<PinnedGeneration>,
 }
 
-/// Reads every manifest of the repository in `store` and reports it.
+/// Reads every manifest of the repository in `store` (opened as `access`
+/// allows) and reports it.
 pub async fn run_rebuild<R: Reporter>(
     store: Arc<Store>,
+    access: &RepositoryAccess,
     lease_token: i64,
     reporter: &R,
     cancel: CancellationToken,
 ) -> Result<RebuildSummary, RunFailure> {
     run_attempt(reporter, lease_token, &cancel, async |batcher| {
-        rebuild(&store, batcher, &cancel).await
+        rebuild(&store, access, batcher, &cancel).await
     })
     .await
 }
@@ -42,10 +48,11 @@ pub async fn run_rebuild<R: Reporter>(
 /// Reports every manifest, oldest first, one snapshot's files at a time.
 async fn rebuild<R: Reporter>(
     store: &Arc<Store>,
+    access: &RepositoryAccess,
     batcher: &mut Batcher<'_, R>,
     cancel: &CancellationToken,
 ) -> Result<RebuildSummary, RunFailure> {
-    let repository = Repository::open(Arc::clone(store), cancel).await?;
+    let repository = Repository::open(Arc::clone(store), access, cancel).await?;
     // One manifest per run: its latest attempt's, the only one that can
     // have been committed (earlier attempts had lost their lease). In
     // run-id order, and run ids are UUIDv7: by id is by time, the order
@@ -95,5 +102,7 @@ async fn rebuild<R: Reporter>(
             manifests.len()
         ),
         progress: batcher.progress_now(),
+        found: (repository.version(), repository.repository_id().to_owned()),
+        generation: repository.generation(),
     })
 }

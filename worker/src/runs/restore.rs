@@ -30,9 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use coffer_format::layout;
-use coffer_format::{
-    decode_blob, ChunkId, ChunkIndex, ChunkLocation, EntryKind, ManifestEntry, PackId,
-};
+use coffer_format::{ChunkId, ChunkIndex, ChunkLocation, EntryKind, ManifestEntry, PackId};
 use coffer_proto::v1::RunPhase;
 use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -42,7 +40,7 @@ use self::destination::{lossy, Destination, Existing};
 use super::run_attempt;
 use crate::paths::grant::AllowedPath;
 use crate::report::{human_bytes, to_i64, Batcher, LiveProgress, Reporter, RunFailure};
-use crate::repository::{IndexUse, Repository};
+use crate::repository::{BlobOpener, IndexUse, Repository, RepositoryAccess};
 use crate::store::Store;
 
 /// Packs fetched and written at once.
@@ -67,6 +65,8 @@ pub struct RestorePlan {
     pub lease_token: i64,
     /// The repository's store.
     pub store: Arc<Store>,
+    /// The repository as the lease describes it.
+    pub repository: RepositoryAccess,
     /// Key of the snapshot's manifest.
     pub manifest_key: String,
     /// Relative paths to restore (a directory restores its subtree); empty
@@ -213,7 +213,7 @@ async fn execute<R: Reporter>(
     cancel: &CancellationToken,
 ) -> Result<RestoreSummary, RunFailure> {
     batcher.set_phase(RunPhase::Preparing);
-    let repository = Repository::open(Arc::clone(&plan.store), cancel).await?;
+    let repository = Repository::open(Arc::clone(&plan.store), &plan.repository, cancel).await?;
     let mut manifest = repository.read_manifest(&plan.manifest_key, cancel).await?;
     let index = repository.load_index(IndexUse::Read, cancel).await?;
     let destination = Destination::open(&plan.destination, plan.access.as_ref()).map_err(|e| {
@@ -567,10 +567,10 @@ async fn restore_pack(
             Err(other) => return Err(other.into()),
         };
         LiveProgress::add(&live.bytes_read, data.len() as u64);
-        let hasher = repository.hasher().clone();
+        let opener = repository.blob_opener();
         let files = Arc::clone(&files);
         let part = tokio::task::spawn_blocking(move || {
-            write_blobs(&hasher, pack_id, start, &data, &members, &files)
+            write_blobs(&opener, pack_id, start, &data, &members, &files)
         })
         .await
         .map_err(|e| RunFailure::retryable(format!("restore task failed: {e}")))?;
@@ -584,7 +584,7 @@ async fn restore_pack(
 
 /// Decodes each blob once and writes it to every use (skipping zeros).
 fn write_blobs(
-    hasher: &coffer_format::ChunkHasher,
+    opener: &BlobOpener,
     pack_id: PackId,
     start: u64,
     data: &[u8],
@@ -601,17 +601,18 @@ fn write_blobs(
     let mut written: HashMap<usize, usize> = HashMap::new();
     for member in members {
         if decoded.as_ref().is_none_or(|(id, _)| *id != member.chunk) {
-            let entry = member.location.entry(member.chunk);
             let from =
                 usize::try_from(u64::from(member.location.offset) - start).unwrap_or(usize::MAX);
             let to = from.saturating_add(member.location.length as usize);
             let result = match data.get(from..to) {
-                Some(blob) => decode_blob(hasher, &entry, blob).map_err(|e| {
-                    format!(
-                        "damaged data: chunk {} in pack {pack_id}: {e}",
-                        member.chunk
-                    )
-                }),
+                Some(blob) => opener
+                    .open(member.chunk, &member.location, blob)
+                    .map_err(|e| {
+                        format!(
+                            "damaged data: chunk {} in pack {pack_id}: {e}",
+                            member.chunk
+                        )
+                    }),
                 None => Err(format!("pack {pack_id} is shorter than its index says")),
             };
             decoded = Some((member.chunk, result));

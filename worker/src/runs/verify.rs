@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use coffer_format::layout::{self, PACKS_PREFIX};
-use coffer_format::pack::blob_slice;
-use coffer_format::{decode_blob, ChunkId, ChunkLocation, EntryKind, PackId};
+use coffer_format::pack::{blob_slice, read_pack_v2};
+use coffer_format::{ChunkId, ChunkLocation, EntryKind, PackId};
 use coffer_proto::v1::RunPhase;
 use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::run_attempt;
 use crate::report::{human_bytes, to_i64, Batcher, Reporter, RunFailure};
-use crate::repository::{IndexUse, Repository};
+use crate::repository::{IndexUse, Repository, RepositoryAccess};
 use crate::store::{Store, StoreError};
 
 /// Packs downloaded at once.
@@ -31,6 +31,8 @@ pub struct VerifyPlan {
     pub lease_token: i64,
     /// The repository's store.
     pub store: Arc<Store>,
+    /// The repository as the lease describes it.
+    pub repository: RepositoryAccess,
     /// Key of the snapshot's manifest.
     pub manifest_key: String,
     /// Share (0–100) of the snapshot's packs re-read.
@@ -81,7 +83,7 @@ async fn execute<R: Reporter>(
     cancel: &CancellationToken,
 ) -> Result<VerifySummary, RunFailure> {
     batcher.set_phase(RunPhase::Preparing);
-    let repository = Repository::open(Arc::clone(&plan.store), cancel).await?;
+    let repository = Repository::open(Arc::clone(&plan.store), &plan.repository, cancel).await?;
     let index = repository.load_index(IndexUse::Read, cancel).await?;
     let present: HashSet<PackId> = plan
         .store
@@ -222,14 +224,21 @@ async fn check_pack(
         }
         Err(other) => return Err(other.into()),
     };
-    let hasher = repository.hasher().clone();
+    let opener = repository.blob_opener();
+    let keys = repository.keys().cloned();
     let read = pack.len() as u64;
     let damaged = tokio::task::spawn_blocking(move || {
+        // A v2 pack's header and sealed trailer are checked too: damage
+        // there touches no blob but makes the pack unreadable as a whole.
+        if let Some(Err(error)) = keys.map(|keys| read_pack_v2(&keys, &pack)) {
+            let reason = format!("pack {pack_id} is corrupt: {error}");
+            return chunks.into_keys().map(|id| (id, reason.clone())).collect();
+        }
         let mut damaged = Vec::new();
         for (id, location) in chunks {
             let entry = location.entry(id);
             let outcome =
-                blob_slice(&pack, &entry).and_then(|blob| decode_blob(&hasher, &entry, blob));
+                blob_slice(&pack, &entry).and_then(|blob| opener.open(id, &location, blob));
             if let Err(error) = outcome {
                 damaged.push((
                     id,

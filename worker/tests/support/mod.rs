@@ -465,7 +465,19 @@ impl Drop for OwnGarage {
 
 /// Registers the existing bucket `name` on `s3` with the control plane.
 pub async fn register_bucket(server: &TestServer, s3: &S3Server, name: &str) -> String {
+    register_bucket_with(server, s3, name, pb::RepositoryEncryption::Unspecified).await
+}
+
+/// Registers the existing bucket `name` on `s3` with the control plane,
+/// its repositories protected by `encryption`.
+pub async fn register_bucket_with(
+    server: &TestServer,
+    s3: &S3Server,
+    name: &str,
+    encryption: pb::RepositoryEncryption,
+) -> String {
     let bucket = pb::Bucket {
+        encryption: encryption as i32,
         name: name.to_owned(),
         location: Some(pb::bucket::Location::S3(pb::S3Location {
             endpoint: s3.endpoint.clone(),
@@ -524,4 +536,55 @@ pub async fn new_bucket_on(s3: &S3Server) -> (String, Arc<Store>) {
         .expect("create bucket");
 
     (name, Arc::new(store))
+}
+
+/// How a lease would let a worker open the repository at `location` (the
+/// catalog's spelling, e.g. `filesystem:/path` or `bucket:<id>/<prefix>`):
+/// its identity, format, catalog key (opened as the control plane does)
+/// and pinned generation. For tests that read or tamper with a repository
+/// directly.
+pub async fn repository_access(
+    server: &TestServer,
+    location: &str,
+) -> worker_api::RepositoryAccess {
+    use coffer_control_plane::model::bucket::RepositoryEncryption;
+    use worker_api::{NewFormat, PinnedGeneration, RepositoryAccess};
+    let row = server
+        .catalog()
+        .find_repository(location)
+        .await
+        .expect("read the repository")
+        .expect("the repository exists");
+    let catalog_key =
+        coffer_control_plane::runs::repositories::open_catalog_key(server.secrets(), &row)
+            .expect("open the catalog key")
+            .map(|key| {
+                let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+                bytes.copy_from_slice(&key);
+                bytes
+            });
+    let format = match row.encryption().expect("encryption") {
+        None => NewFormat::V1 {
+            chunk_key: row.chunk_key.clone(),
+        },
+        Some(RepositoryEncryption::Aes256Gcm) => NewFormat::V2 {
+            encryption: coffer_format::Encryption::Aes256Gcm,
+        },
+        Some(RepositoryEncryption::None) => NewFormat::V2 {
+            encryption: coffer_format::Encryption::None,
+        },
+    };
+    RepositoryAccess {
+        repository_id: row.storage_identity(),
+        format,
+        catalog_key,
+        pinned: row
+            .pinned_generation()
+            .map(|(generation, fingerprint)| PinnedGeneration {
+                generation,
+                fingerprint: fingerprint.to_owned(),
+            }),
+        v1_fallback: true,
+        adopt: false,
+    }
 }

@@ -8,7 +8,7 @@ pub use coffer_worker::rebuild::run_rebuild;
 pub use coffer_worker::report::{
     RecordBatch, ReportError, Reporter, RunFailure, MAX_BATCH_RECORDS,
 };
-pub use coffer_worker::repository::Repository;
+pub use coffer_worker::repository::{NewFormat, PinnedGeneration, Repository, RepositoryAccess};
 pub use coffer_worker::restore::{run_restore, RestorePlan, RestoreSummary};
 pub use coffer_worker::store::{Store, StoreError};
 pub use coffer_worker::verify::{run_verify, VerifyPlan, VerifySummary};

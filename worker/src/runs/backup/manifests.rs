@@ -4,10 +4,9 @@
 //! and zstd run beside the walk instead of on the loop that drives it. On a
 //! no-change incremental that loop does little else.
 
-use std::io::{self, Cursor};
+use std::io;
 
-use coffer_format::{compare_paths, FormatError, ManifestEntry, ManifestHeader, ManifestReader};
-use coffer_format::{layout, ManifestWriter, RepositoryConfig};
+use coffer_format::{compare_paths, layout, FormatError, ManifestEntry, ManifestHeader};
 use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -16,7 +15,7 @@ use uuid::Uuid;
 
 use super::record::removed_record;
 use crate::report::{Batcher, Reporter, RunFailure};
-use crate::repository::Repository;
+use crate::repository::{DataSettings, Repository, StoredManifest};
 use crate::store::{Store, StoreError};
 
 /// Entries per batch between a manifest thread and the backup loop.
@@ -45,18 +44,25 @@ pub(crate) struct ManifestSink {
 }
 
 impl ManifestSink {
-    /// Writes the header and starts the writing thread.
-    pub(crate) fn start(header: &ManifestHeader) -> Result<Self, RunFailure> {
+    /// Writes the header and starts the writing thread, for a manifest to
+    /// be stored in `repository` under `key`.
+    pub(crate) fn start(
+        repository: &Repository,
+        key: &str,
+        header: &ManifestHeader,
+    ) -> Result<Self, RunFailure> {
         // The manifest of a large tree is large: it is spooled to a
         // temporary file, not held in memory.
         let spool = NamedTempFile::new()
             .map_err(|e| RunFailure::retryable(format!("creating the manifest spool file: {e}")))?;
-        let mut writer = ManifestWriter::new(
-            io::BufWriter::with_capacity(1 << 20, spool),
-            header,
-            MANIFEST_COMPRESSION_LEVEL,
-        )
-        .map_err(|e| RunFailure::permanent(format!("starting the manifest: {e}")))?;
+        let mut writer = repository
+            .manifest_writer(
+                io::BufWriter::with_capacity(1 << 20, spool),
+                key,
+                header,
+                MANIFEST_COMPRESSION_LEVEL,
+            )
+            .map_err(|e| RunFailure::permanent(format!("starting the manifest: {e}")))?;
         let (sender, mut receiver) = mpsc::channel::<Vec<ManifestEntry>>(QUEUE);
         let writer = tokio::task::spawn_blocking(move || {
             while let Some(batch) = receiver.blocking_recv() {
@@ -68,6 +74,7 @@ impl ManifestSink {
             }
             writer
                 .finish()
+                .and_then(|output| output.finish())
                 .map_err(|e| RunFailure::permanent(format!("finishing the manifest: {e}")))?
                 .into_inner()
                 .map_err(|e| RunFailure::retryable(format!("writing the manifest spool file: {e}")))
@@ -116,8 +123,9 @@ impl ManifestSink {
 }
 
 /// Stores the finished manifest of the attempt of `run_id` leased with
-/// `lease_token` under that attempt's own key, create-only; returns the key
-/// and the bytes written.
+/// `lease_token` under that attempt's own key
+/// ([`layout::attempt_manifest_key`], which a v2 manifest is sealed to),
+/// create-only; returns the key and the bytes written.
 ///
 /// A key taken already means this attempt stored its manifest before (the
 /// control plane never hands out a token twice): the attempt fails rather
@@ -151,11 +159,7 @@ pub(crate) struct ParentCursor {
 
 impl ParentCursor {
     /// Decodes `reader` on a thread, `first` being its first entry.
-    fn start(
-        run_id: Uuid,
-        mut reader: ManifestReader<Cursor<Vec<u8>>>,
-        first: Option<ManifestEntry>,
-    ) -> Self {
+    fn start(run_id: Uuid, mut reader: StoredManifest, first: Option<ManifestEntry>) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE);
         if first.is_some() {
             tokio::task::spawn_blocking(move || loop {
@@ -257,7 +261,7 @@ pub(crate) async fn open_parent(
     repository: &Repository,
     run_id: Uuid,
     parent: Option<&ParentSnapshot>,
-    config: &RepositoryConfig,
+    settings: &DataSettings,
     cancel: &CancellationToken,
 ) -> Option<ParentCursor> {
     let parent = parent?;
@@ -271,7 +275,7 @@ pub(crate) async fn open_parent(
             return None;
         }
     };
-    if reader.header().chunker != config.chunker {
+    if reader.header().chunker != settings.chunker {
         return None;
     }
     match reader.next_entry() {

@@ -29,7 +29,7 @@ pub(crate) mod record;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use coffer_format::{ManifestHeader, RepositoryConfig};
+use coffer_format::{layout, ManifestHeader};
 use coffer_proto::v1::{JobOptions, RunPhase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -41,7 +41,7 @@ pub use crate::report::{
     RecordBatch, ReportError, Reporter, RunFailure as BackupFailure, MAX_BATCH_RECORDS,
 };
 use crate::repository::packer::Packer;
-use crate::repository::{IndexUse, Repository};
+use crate::repository::{DataSettings, IndexUse, PinnedGeneration, Repository, RepositoryAccess};
 use crate::source::{self, WalkOptions};
 use crate::store::Store;
 use entries::walk_into_manifest;
@@ -68,8 +68,9 @@ pub struct BackupPlan {
     pub options: JobOptions,
     /// The repository's store.
     pub store: Arc<Store>,
-    /// Chunk key for a repository created by this run.
-    pub repository_key: Vec<u8>,
+    /// The repository as the lease describes it (created by this run when
+    /// missing).
+    pub repository: RepositoryAccess,
     /// The previous snapshot of the same job in the repository, if any.
     pub parent: Option<ParentSnapshot>,
     /// What the source's grant allows (checked by the executor): the anchor
@@ -99,6 +100,8 @@ pub struct BackupSummary {
     pub bytes_uploaded: u64,
     /// Regular files read (not carried over from the parent).
     pub files_read: u64,
+    /// The key generation of a v2 repository, for the catalog to pin.
+    pub generation: Option<PinnedGeneration>,
 }
 
 /// Runs one backup attempt of `plan`.
@@ -146,8 +149,8 @@ async fn execute<R: Reporter>(
         .await
         .map_err(|e| RunFailure::permanent(e.to_string()))?;
     let repository =
-        Repository::open_or_create(Arc::clone(&plan.store), &plan.repository_key, cancel).await?;
-    let config = repository.config().clone();
+        Repository::open_or_create(Arc::clone(&plan.store), &plan.repository, cancel).await?;
+    let settings = repository.settings();
     // The chunk index and the parent manifest are fetched side by side.
     let (index, mut parent) = tokio::join!(
         repository.load_index(IndexUse::Write, cancel),
@@ -155,7 +158,7 @@ async fn execute<R: Reporter>(
             &repository,
             plan.run_id,
             plan.parent.as_ref(),
-            &config,
+            &settings,
             cancel
         )
     );
@@ -175,7 +178,12 @@ async fn execute<R: Reporter>(
         cancel,
     )?);
     batcher.set_phase(RunPhase::Transferring);
-    let mut manifest = ManifestSink::start(&header(plan, parent_run_id, &config))?;
+    let manifest_key = layout::attempt_manifest_key(plan.run_id, plan.lease_token);
+    let mut manifest = ManifestSink::start(
+        &repository,
+        &manifest_key,
+        &header(plan, parent_run_id, &settings),
+    )?;
     let stats =
         walk_into_manifest(walk, &mut parent, &context, &mut manifest, batcher, cancel).await?;
     tracing::debug!(run = %plan.run_id, elapsed = ?started.elapsed(), "walk done");
@@ -227,6 +235,7 @@ async fn execute<R: Reporter>(
         progress: batcher.progress_now(),
         bytes_uploaded,
         files_read: stats.files_read,
+        generation: repository.generation(),
     })
 }
 
@@ -234,14 +243,14 @@ async fn execute<R: Reporter>(
 fn header(
     plan: &BackupPlan,
     parent_run_id: Option<Uuid>,
-    config: &RepositoryConfig,
+    settings: &DataSettings,
 ) -> ManifestHeader {
     let mut header = ManifestHeader::new(
         plan.run_id,
         plan.source.to_string_lossy().into_owned(),
         hostname(),
         chrono::Utc::now(),
-        config.chunker,
+        settings.chunker,
     );
     header.job_id = plan.job_id;
     header.parent_run_id = parent_run_id;

@@ -82,11 +82,10 @@ impl FileContext {
         live: Arc<LiveProgress>,
         cancel: &CancellationToken,
     ) -> Result<Self, RunFailure> {
-        let config = repository.config();
         Ok(FileContext {
-            chunker: Chunker::new(config.chunker),
+            chunker: repository.chunker(),
             hasher: repository.hasher().clone(),
-            compression_level: config.compression_level,
+            compression_level: repository.settings().compression_level,
             chunks: ChunkSet {
                 index,
                 queued: Mutex::new(QueuedIds::default()),

@@ -46,7 +46,7 @@ async fn back_up(
         source: source.to_path_buf(),
         options: JobOptions::default(),
         store: Arc::clone(store),
-        repository_key: vec![7; 32],
+        repository: crate::repository::RepositoryAccess::v1(vec![7; 32]),
         parent: parent.map(|parent| ParentSnapshot {
             run_id: Uuid::nil(),
             manifest_key: parent.manifest_key.clone(),

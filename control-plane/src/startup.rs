@@ -331,6 +331,7 @@ pub fn embedded_worker_config(
         source_roots: Vec::new(),
         class: coffer_worker::class::WorkerClass::All,
         drain_timeout: config.shutdown_grace(),
+        progress_interval: coffer_worker::session::PROGRESS_INTERVAL,
         // Plaintext over loopback to its own process.
         tls: coffer_worker::connect::ClientTls::default(),
     }

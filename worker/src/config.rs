@@ -77,6 +77,17 @@ pub struct Config {
     #[arg(long, env = "COFFER_DRAIN_TIMEOUT_SECONDS", default_value_t = 30)]
     pub drain_timeout_seconds: u64,
 
+    /// Milliseconds between progress reports of a running run (100 to
+    /// 10000). Each report is a catalog write, so a large fleet may want
+    /// them rarer; a demo or a test, more frequent.
+    #[arg(
+        long,
+        env = "COFFER_PROGRESS_INTERVAL_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(100..=10_000)
+    )]
+    pub progress_interval_ms: u64,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "COFFER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -159,6 +170,7 @@ impl crate::process::BinaryConfig for Config {
             format!("repository_roots = {}", self.repository_roots),
             format!("protected_paths = {}", self.protected_paths),
             format!("drain_timeout_seconds = {}", self.drain_timeout_seconds),
+            format!("progress_interval_ms = {}", self.progress_interval_ms),
             format!("log_format = {}", self.log_format),
             format!(
                 "metrics_listen = {}",
@@ -253,6 +265,11 @@ impl Config {
     /// Drain timeout.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_seconds)
+    }
+
+    /// Time between progress reports.
+    pub fn progress_interval(&self) -> Duration {
+        Duration::from_millis(self.progress_interval_ms)
     }
 
     /// The worker token from `COFFER_WORKER_TOKEN` or the file in `COFFER_WORKER_TOKEN_FILE`.

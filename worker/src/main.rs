@@ -29,6 +29,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         source_roots: config.parsed_source_roots(),
         class: config.class,
         drain_timeout: config.drain_timeout(),
+        progress_interval: config.progress_interval(),
         tls: config.client_tls(),
     };
     let executor = Arc::new(RunExecutor {

@@ -13,10 +13,12 @@ use coffer_proto::v1::{FileRecord, RebuiltSnapshot, RunError, RunPhase, RunProgr
 /// Most records (files plus errors) in one [`RecordBatch`].
 pub const MAX_BATCH_RECORDS: usize = 1000;
 /// Minimum time between two progress reports.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the live counters are sampled into a report while a run is
-/// inside one large file (or pack) and reports nothing on its own.
-const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
+/// inside one large file (or pack) and reports nothing on its own. Cheap
+/// (a few atomic loads into the latest progress); what reaches the control
+/// plane is paced by the session's progress interval.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Records produced by a run, sent to the control plane in order.
 #[derive(Debug, Clone, PartialEq)]

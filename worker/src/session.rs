@@ -27,7 +27,7 @@ use crate::fence::{extended_deadline, initial_deadline, PauseClock};
 const MAX_UNACKED_BATCHES: usize = 8;
 /// Changed progress is sent at most this often, between heartbeats, so that
 /// `WatchRun` follows a run closely without a write per file.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the lease watchdog looks at the clock.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// The lease TTL assumed until the control plane states its own.
@@ -53,6 +53,8 @@ pub struct SessionConfig {
     pub class: crate::class::WorkerClass,
     /// How long a drain waits for running work before releasing it.
     pub drain_timeout: Duration,
+    /// Time between progress reports (default [`PROGRESS_INTERVAL`]).
+    pub progress_interval: Duration,
     /// TLS towards the control plane, and the plaintext rule.
     pub tls: crate::connect::ClientTls,
 }
@@ -463,7 +465,7 @@ async fn session(
         unsent.extend(pending);
     }
     let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
-    let mut progress_tick = tokio::time::interval(PROGRESS_INTERVAL);
+    let mut progress_tick = tokio::time::interval(config.progress_interval);
     progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_credit = -1;
     loop {

@@ -65,7 +65,15 @@ async fn one_large_file_shows_bytes_moving_before_it_is_done() {
     let source = tempfile::tempdir().expect("source dir");
     let target = tempfile::tempdir().expect("target dir");
     write(&source.path().join("disk.img"), &noise(LARGE_FILE, 15));
-    let _worker = WorkerProcess::spawn(&server, "progress");
+    // Reports every 100 ms, so that even a fast machine shows several
+    // figures while the one file is read.
+    let _worker = WorkerProcess::spawn_with(
+        &server,
+        "progress",
+        2,
+        &[("COFFER_PROGRESS_INTERVAL_MS", "100")],
+        None,
+    );
 
     let run_id = create_run(
         &server,

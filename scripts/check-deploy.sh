@@ -163,17 +163,37 @@ log "promtool: alert rules, their unit tests, the dashboard's queries (k8s/monit
 PROMTOOL="$TOOLS/promtool"
 if ! [ -x "$PROMTOOL" ]; then
   # Only the promtool binary out of Debian's prometheus package: nothing is installed or started.
-  (cd "$out" && apt-get download -qq prometheus 2>/dev/null && dpkg-deb -x prometheus_*.deb prometheus)
+  # A fresh machine may have no package lists yet: fetch them once and retry.
+  (cd "$out" && { apt-get download -qq prometheus 2>/dev/null \
+      || { as_root apt-get update -qq && apt-get download -qq prometheus; }; } \
+    && dpkg-deb -x prometheus_*.deb prometheus)
   mkdir -p "$TOOLS"
   cp "$out/prometheus/usr/bin/promtool" "$PROMTOOL"
 fi
 "$PROMTOOL" check rules k8s/monitoring/alerts.yaml
 (cd k8s/monitoring && "$PROMTOOL" test rules alerts_test.yaml)
-# Every dashboard query must parse as PromQL: each becomes a recording rule.
-jq '{groups: [{name: "dashboard", rules: ([.. | objects | select(has("expr")) | .expr
-      | gsub("\\$__rate_interval"; "5m")] | to_entries
-      | map({record: "dashboard:query_\(.key)", expr: .value}))}]}' \
-  k8s/monitoring/dashboard.json > "$out/dashboard-rules.json"
+# Every dashboard query must parse as PromQL: each becomes a recording rule
+# (python3 rather than jq, which a fresh machine may lack).
+python3 - k8s/monitoring/dashboard.json "$out/dashboard-rules.json" <<'PY'
+import json, sys
+
+def exprs(node):
+    if isinstance(node, dict):
+        if "expr" in node:
+            yield node["expr"]
+        for value in node.values():
+            yield from exprs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from exprs(value)
+
+with open(sys.argv[1]) as f:
+    dashboard = json.load(f)
+rules = [{"record": f"dashboard:query_{i}", "expr": e.replace("$__rate_interval", "5m")}
+         for i, e in enumerate(exprs(dashboard))]
+with open(sys.argv[2], "w") as f:
+    json.dump({"groups": [{"name": "dashboard", "rules": rules}]}, f)
+PY
 "$PROMTOOL" check rules "$out/dashboard-rules.json"
 
 log "deployment files are valid"

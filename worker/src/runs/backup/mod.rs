@@ -1,4 +1,5 @@
-//! One backup attempt in repository format v1 (see `format/README.md`).
+//! One backup attempt, in the repository's format (v1, or v2 for new repositories; see
+//! `format/README.md`).
 //!
 //! The walk yields entries in manifest order. Each regular file is either
 //! carried over from the parent snapshot unread — its size, mtime, ctime and

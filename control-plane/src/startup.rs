@@ -81,6 +81,13 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
             "secrets sealed by a previous key were sealed again with the current one"
         );
     }
+    let resealed = catalog.reseal_catalog_keys(&secrets).await?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "repository catalog keys sealed by a previous key were sealed again with the current one"
+        );
+    }
     Ok(AppState::new(catalog, auth)
         .with_scheduler_settings(config.scheduler_settings())
         .with_secrets(secrets))

@@ -723,7 +723,64 @@ async fn replacing_the_key_reseals_every_secret(backend: Backend) {
     assert!(old.open(id, owner, &row).is_err(), "the old key is retired");
 }
 
+async fn replacing_the_key_reseals_every_catalog_key(backend: Backend) {
+    use coffer_control_plane::catalog::repositories::NewRepositoryFormat;
+    use coffer_control_plane::model::bucket::RepositoryEncryption;
+    use coffer_control_plane::secrets::SecretKey;
+    let (catalog, _guard) = support::fresh_catalog(backend).await;
+    let owner = coffer_control_plane::auth::ensure_admin_user(&catalog)
+        .await
+        .expect("user")
+        .id;
+    let old_key = SecretKey::generate();
+    let old = Keyring::new(old_key.clone(), Vec::new());
+    let catalog_key = [7u8; 32];
+    let repository = catalog
+        .ensure_repository("fs:/srv/reseal", owner, |id| {
+            Ok(NewRepositoryFormat {
+                encryption: RepositoryEncryption::Aes256Gcm,
+                catalog_key: Some(old.seal_catalog_key(id, &catalog_key)?),
+            })
+        })
+        .await
+        .expect("repository");
+    let sealed = |repository: &coffer_control_plane::catalog::repositories::Repository| {
+        repository
+            .sealed_catalog_key()
+            .expect("a sealed catalog key")
+    };
+    assert_eq!(sealed(&repository).key_id, old_key.id());
+
+    let new_key = SecretKey::generate();
+    let rotated = Keyring::new(new_key.clone(), vec![old_key]);
+    assert_eq!(
+        catalog.reseal_catalog_keys(&rotated).await.expect("reseal"),
+        1
+    );
+    assert_eq!(
+        catalog.reseal_catalog_keys(&rotated).await.expect("again"),
+        0
+    );
+    let after = catalog
+        .find_repository("fs:/srv/reseal")
+        .await
+        .expect("find")
+        .expect("the repository");
+    assert_eq!(sealed(&after).key_id, new_key.id());
+    let retired = Keyring::new(new_key, Vec::new());
+    let opened = retired
+        .open_catalog_key(repository.id, &sealed(&after))
+        .expect("the new key alone opens it");
+    assert_eq!(opened.as_slice(), &catalog_key);
+    assert!(
+        old.open_catalog_key(repository.id, &sealed(&after))
+            .is_err(),
+        "the old key is retired"
+    );
+}
+
 both_backends!(
+    replacing_the_key_reseals_every_catalog_key,
     replacing_the_key_reseals_every_secret,
     secret_values_never_leave_the_server,
     a_foreign_secret_is_indistinguishable_from_a_missing_one,

@@ -15,7 +15,7 @@ use super::{new_id, on_pool, Catalog};
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::RepositoryEncryption;
-use crate::secrets::Sealed;
+use crate::secrets::{Keyring, Sealed};
 
 /// Length of a repository's chunk-id key.
 pub const CHUNK_KEY_LEN: usize = 32;
@@ -175,6 +175,57 @@ impl Catalog {
         self.find_repository(location)
             .await?
             .ok_or_else(|| DomainError::Internal(format!("repository {location} vanished")))
+    }
+
+    /// Seals again under the primary key every catalog key that a previous
+    /// key of `keyring` sealed (after the secrets key was replaced), as
+    /// [`Catalog::reseal_secrets`] does for secrets, so the old key can be
+    /// retired without losing the encrypted repositories. A row is replaced
+    /// only if it was not resealed meanwhile; rows no key opens are left and
+    /// logged. Returns how many were resealed.
+    pub async fn reseal_catalog_keys(&self, keyring: &Keyring) -> DomainResult<usize> {
+        let Some(primary) = keyring.primary_id() else {
+            return Ok(0);
+        };
+        let rows: Vec<Repository> = on_pool!(self, |pool| sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM repositories \
+             WHERE catalog_key_id IS NOT NULL AND catalog_key_id <> $1"
+        ))
+        .bind(primary)
+        .fetch_all(pool)
+        .await)
+        .map_err(|e| from_sqlx(e, "repositories"))?;
+        let mut resealed = 0;
+        for repository in rows {
+            let Some(old) = repository.sealed_catalog_key() else {
+                continue;
+            };
+            let key = match keyring.open_catalog_key(repository.id, &old) {
+                Ok(key) => key,
+                Err(error) => {
+                    tracing::warn!(repository = %repository.id, %error, "catalog key not resealed");
+                    continue;
+                }
+            };
+            let new = keyring.seal_catalog_key(repository.id, &key)?;
+            let changed = on_pool!(self, |pool| sqlx::query(
+                "UPDATE repositories SET catalog_key_id = $2, catalog_key_nonce = $3, \
+                 catalog_key_sealed = $4 WHERE id = $1 AND catalog_key_id = $5 \
+                 AND catalog_key_nonce = $6"
+            )
+            .bind(repository.id)
+            .bind(&new.key_id)
+            .bind(&new.nonce)
+            .bind(&new.ciphertext)
+            .bind(&old.key_id)
+            .bind(&old.nonce)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))
+            .map_err(|e| from_sqlx(e, "repository"))?;
+            resealed += usize::try_from(changed).unwrap_or(0);
+        }
+        Ok(resealed)
     }
 
     /// The repository at `location`, if it exists.

@@ -86,6 +86,11 @@ impl Api {
         pb::object_service_client::ObjectServiceClient::new(self.transport.clone())
     }
 
+    /// `DownloadService`.
+    pub fn downloads(&self) -> pb::download_service_client::DownloadServiceClient<Transport> {
+        pb::download_service_client::DownloadServiceClient::new(self.transport.clone())
+    }
+
     /// `JobService`.
     pub fn jobs(&self) -> pb::job_service_client::JobServiceClient<Transport> {
         pb::job_service_client::JobServiceClient::new(self.transport.clone())

@@ -11,6 +11,7 @@ use coffer_proto::v1 as pb;
 
 mod connection;
 mod context;
+mod download;
 mod failure;
 mod fields;
 mod output;
@@ -182,6 +183,21 @@ enum Command {
         first: String,
         /// The newer snapshot.
         second: String,
+    },
+    /// Download one file of a snapshot (read by a worker, streamed through
+    /// the control plane).
+    Download {
+        /// The snapshot (backup run id).
+        snapshot: String,
+        /// The file's path in the snapshot.
+        path: String,
+        /// Where to write it (default: its name in the current directory;
+        /// `-` for standard output).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace the output file if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Print a shell completion script.
     Completion { shell: clap_complete::Shell },
@@ -388,6 +404,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             snapshots::ls(&api, &printer, &snapshot, path.as_deref()).await
         }
         Command::Diff { first, second } => snapshots::diff(&api, &printer, &first, &second).await,
+        Command::Download {
+            snapshot,
+            path,
+            output,
+            force,
+        } => download::download(&api, &snapshot, &path, output.as_deref(), force).await,
         Command::Login(_)
         | Command::Context(_)
         | Command::Completion { .. }

@@ -177,6 +177,9 @@ pub async fn serve_with(
         .add_service(v1::worker_service_server::WorkerServiceServer::new(
             api::workers::WorkerApi::new(state.clone()),
         ))
+        .add_service(v1::download_service_server::DownloadServiceServer::new(
+            api::downloads::DownloadApi::new(state.clone()),
+        ))
         .add_service(v1::grant_service_server::GrantServiceServer::new(
             api::grants::GrantApi::new(state.clone()),
         ))

@@ -10,6 +10,7 @@ use crate::catalog::leases::LeaseSettings;
 use crate::catalog::Catalog;
 use crate::leasing::dispatch::Dispatcher;
 use crate::runs::admission::RunAdmission;
+use crate::runs::downloads::Downloads;
 use crate::scheduler::{SchedulerHandle, SchedulerSettings};
 use crate::secrets::Keyring;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub secrets: Keyring,
     /// This replica's assignment coordinator, which the lease sessions sit at.
     pub dispatch: Dispatcher,
+    /// Downloads whose callers wait on this replica.
+    pub downloads: Downloads,
 }
 
 impl AppState {
@@ -47,6 +50,7 @@ impl AppState {
             scheduler: SchedulerHandle::new(SchedulerSettings::default()),
             secrets: Keyring::disabled(),
             dispatch: Dispatcher::default(),
+            downloads: Downloads::default(),
         }
     }
 

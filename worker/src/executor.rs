@@ -16,6 +16,7 @@ use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
 use crate::repository::{NewFormat, PinnedGeneration, Repository, RepositoryAccess};
 use crate::run_metrics::RunMetrics;
 use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
+use crate::runs::download::{run_download, DownloadPlan, SINK_CLOSED};
 use crate::runs::gc::{run_gc, GcPlan};
 use crate::runs::rebuild::run_rebuild;
 use crate::runs::restore::{run_restore, RestorePlan};
@@ -81,6 +82,46 @@ fn success(
         parent_run_id: parent_run_id.map(|id| id.to_string()).unwrap_or_default(),
         ..Default::default()
     })
+}
+
+/// Sends a download's content through a `SendDownload` call and waits for
+/// the control plane to take all of it before the run counts as done.
+async fn send_download(
+    plan: DownloadPlan,
+    context: &RunContext,
+    reporter: &SessionReporter<'_>,
+    cancel: CancellationToken,
+) -> Result<pb::run_completion::Outcome, RunFailure> {
+    let (sink, call) = context
+        .open_download()
+        .await
+        .map_err(|lost| RunFailure::permanent(lost.to_string()))?;
+    let sent = run_download(plan, sink, reporter, cancel).await;
+    // The call ends once the control plane has the last message or has
+    // refused the stream; a refusal explains a closed stream best.
+    let answer = call
+        .await
+        .map_err(|e| RunFailure::permanent(format!("download call task failed: {e}")))?;
+    let refused = |status: tonic::Status| {
+        RunFailure::permanent(format!(
+            "the control plane refused the download: {}",
+            status.message()
+        ))
+    };
+    match (sent, answer) {
+        (Ok(summary), Ok(_)) => {
+            context.set_progress(summary.progress.clone());
+            Ok(success(
+                i64::try_from(summary.bytes).unwrap_or(i64::MAX),
+                summary.details,
+                String::new(),
+                None,
+            ))
+        }
+        (Err(failure), Err(status)) if failure.message == SINK_CLOSED => Err(refused(status)),
+        (Err(failure), _) => Err(failure),
+        (Ok(_), Err(status)) => Err(refused(status)),
+    }
 }
 
 /// Grace period of a collection whose spec sets none.
@@ -368,6 +409,18 @@ impl RunExecutor {
                         None,
                     )
                 })
+            }
+            pb::run::Spec::Download(download) => {
+                tracing::info!(run = %run_id, path = %download.path, target = %target_description, "download started");
+                let plan = DownloadPlan {
+                    lease_token,
+                    store,
+                    repository,
+                    manifest_key: assignment.snapshot_manifest_key,
+                    path: download.path,
+                    size_bytes: u64::try_from(download.size_bytes).unwrap_or(0),
+                };
+                send_download(plan, context, &reporter, cancel).await
             }
             pb::run::Spec::RebuildCatalog(_) => {
                 tracing::info!(run = %run_id, target = %target_description, "catalog rebuild started");

@@ -131,6 +131,52 @@ impl RunContext {
     }
 }
 
+/// Where calls beside the lease session go: the session's own connection.
+#[derive(Clone, Debug)]
+struct Uplink {
+    channel: Channel,
+    token: Option<String>,
+}
+
+/// The answer to a download's `SendDownload` call, once it ends.
+pub type DownloadCall = tokio::task::JoinHandle<Result<pb::SendDownloadResponse, tonic::Status>>;
+
+impl RunContext {
+    /// Opens the `SendDownload` call of this run on the connection of the
+    /// current session (the replica that leased the run), its first message
+    /// naming the lease. Returns where the content goes and the call.
+    pub async fn open_download(
+        &self,
+    ) -> Result<(mpsc::Sender<pb::SendDownloadRequest>, DownloadCall), LeaseLost> {
+        let Some(uplink) = lock(&self.shared.uplink).clone() else {
+            return Err(LeaseLost("no session to send the download through".into()));
+        };
+        let (sender, receiver) = mpsc::channel(4);
+        sender
+            .send(pb::SendDownloadRequest {
+                lease: Some(self.lease.clone()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|_| LeaseLost("download stream closed".into()))?;
+        let mut call = tonic::Request::new(ReceiverStream::new(receiver));
+        if let Some(token) = &uplink.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| LeaseLost("the worker token is not a valid header".into()))?;
+            call.metadata_mut().insert("authorization", value);
+        }
+        let mut client = WorkerServiceClient::new(uplink.channel);
+        let handle = tokio::spawn(async move {
+            client
+                .send_download(call)
+                .await
+                .map(tonic::Response::into_inner)
+        });
+        Ok((sender, handle))
+    }
+}
+
 /// Executes assigned runs.
 #[tonic::async_trait]
 pub trait Executor: Send + Sync + 'static {
@@ -180,6 +226,9 @@ pub struct Shared {
     heartbeats_sent: Mutex<VecDeque<Instant>>,
     /// Notices that the process was stopped.
     pause: PauseClock,
+    /// The channel of the current (or last) session and the worker's
+    /// token, for calls beside the session (a download's content).
+    uplink: Mutex<Option<Uplink>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -307,6 +356,7 @@ pub async fn run(
         progress_changed: AtomicBool::new(false),
         lease_ttl: Mutex::new(DEFAULT_LEASE_TTL),
         heartbeats_sent: Mutex::new(VecDeque::new()),
+        uplink: Mutex::new(None),
         pause: PauseClock::default(),
     });
     let watchdog = tokio::spawn(watch_leases(shared.clone()));
@@ -427,6 +477,10 @@ async fn session(
     draining: &CancellationToken,
     drain_started: &mut Option<tokio::time::Instant>,
 ) -> anyhow::Result<SessionEnd> {
+    *lock(&shared.uplink) = Some(Uplink {
+        channel: channel.clone(),
+        token: config.token.clone(),
+    });
     let mut client = WorkerServiceClient::new(channel);
     let epoch = shared.pause.epoch();
     lock(&shared.heartbeats_sent).clear();

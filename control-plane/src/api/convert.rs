@@ -175,13 +175,14 @@ const RUN_STATES: [RunState; 5] = [
 ];
 
 /// Every run kind, to look a proto value up.
-const RUN_KINDS: [RunKind; 6] = [
+const RUN_KINDS: [RunKind; 7] = [
     RunKind::Backup,
     RunKind::Restore,
     RunKind::Verify,
     RunKind::Retention,
     RunKind::GarbageCollection,
     RunKind::RebuildCatalog,
+    RunKind::Download,
 ];
 
 /// The API spelling of a run state (`RUN_STATE_QUEUED`, ...).
@@ -204,6 +205,7 @@ pub fn run_kind_to_proto(kind: RunKind) -> pb::RunKind {
         RunKind::Retention => pb::RunKind::Retention,
         RunKind::GarbageCollection => pb::RunKind::GarbageCollection,
         RunKind::RebuildCatalog => pb::RunKind::RebuildCatalog,
+        RunKind::Download => pb::RunKind::Download,
     }
 }
 
@@ -311,6 +313,11 @@ fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
             paths: restore.paths.clone(),
             destination_path: restore.destination_path.clone(),
             overwrite_newer: restore.overwrite_newer,
+        }),
+        RunSpec::Download(download) => pb::run::Spec::Download(pb::DownloadSpec {
+            snapshot_run_id: download.snapshot.run_id.to_string(),
+            path: download.path.clone(),
+            size_bytes: download.size_bytes,
         }),
         RunSpec::Verify(verify) => pb::run::Spec::Verify(pb::VerifySpec {
             snapshot_run_id: verify.snapshot.run_id.to_string(),

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod buckets;
 pub mod configurations;
 pub mod convert;
+pub mod downloads;
 pub mod grants;
 pub mod jobs;
 pub mod metadata;

@@ -14,6 +14,7 @@ use super::{respond, RpcResult};
 use crate::catalog::from_json;
 use crate::error::DomainResult;
 use crate::leasing::session;
+use crate::runs::downloads::Transfer;
 use crate::state::AppState;
 use crate::tls::{certificate_names, ConnectionInfo};
 
@@ -69,6 +70,100 @@ impl WorkerApi {
     }
 }
 
+impl WorkerApi {
+    /// The transfer a worker's `SendDownload` feeds: the lease must be the
+    /// download run's current one, held by a worker of the caller's token,
+    /// and its caller must wait on this replica.
+    async fn download_of(
+        &self,
+        caller: &crate::auth::WorkerCaller,
+        lease: Option<&pb::LeaseRef>,
+    ) -> Result<std::sync::Arc<Transfer>, Status> {
+        let lease = lease.ok_or_else(|| Status::invalid_argument("lease: required"))?;
+        let run_id = uuid::Uuid::parse_str(&lease.run_id)
+            .map_err(|_| Status::invalid_argument("lease.run_id: not a UUID"))?;
+        let catalog = &self.state.catalog;
+        let holder = catalog.lease_holder(run_id, lease.lease_token).await?;
+        let Some(worker_id) = holder else {
+            return Err(Status::failed_precondition(
+                "the lease is no longer current",
+            ));
+        };
+        if caller.token_id.is_some() && catalog.worker_token(worker_id).await? != caller.token_id {
+            return Err(Status::permission_denied(
+                "the lease is held by another worker",
+            ));
+        }
+        self.state
+            .downloads
+            .claim(run_id, CLAIM_WAIT)
+            .await
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "no caller waits for this download on this control-plane replica",
+                )
+            })
+    }
+}
+
+/// How long a worker's call waits for the caller's side of its download
+/// to be registered (it is, right after the run is created).
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Passes a download's bytes from the worker's stream to the caller's, in
+/// order, holding the worker back while the caller is slow. Ends after the
+/// message marked last, once exactly the file's size went through.
+async fn pass_on(
+    transfer: &Transfer,
+    first: pb::SendDownloadRequest,
+    stream: &mut Streaming<pb::SendDownloadRequest>,
+) -> Result<i64, Status> {
+    let mut sent: u64 = 0;
+    let mut next = Some(first);
+    loop {
+        let message = match next.take() {
+            Some(message) => message,
+            None => tokio::select! {
+                message = stream.message() => message?.ok_or_else(|| {
+                    Status::aborted("the stream ended before the last message")
+                })?,
+                () = transfer.finished.cancelled() => {
+                    return Err(Status::aborted("the download ended on the caller's side"));
+                }
+            },
+        };
+        if !message.data.is_empty() {
+            sent += message.data.len() as u64;
+            if sent > transfer.size_bytes {
+                return Err(Status::data_loss(format!(
+                    "more bytes than the file's {}",
+                    transfer.size_bytes
+                )));
+            }
+            let piece = pb::DownloadFileResponse {
+                part: Some(pb::download_file_response::Part::Data(message.data)),
+            };
+            tokio::select! {
+                delivered = transfer.caller.send(Ok(piece)) => delivered
+                    .map_err(|_| Status::cancelled("the caller went away"))?,
+                () = transfer.finished.cancelled() => {
+                    return Err(Status::aborted("the download ended on the caller's side"));
+                }
+            }
+        }
+        if message.last {
+            if sent != transfer.size_bytes {
+                return Err(Status::data_loss(format!(
+                    "{sent} bytes sent of the file's {}",
+                    transfer.size_bytes
+                )));
+            }
+            transfer.finished.cancel();
+            return Ok(i64::try_from(sent).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 /// The names of the client certificate the connection was made with (mTLS),
 /// `None` without one. A certificate whose names cannot be read is refused
 /// rather than treated as absent.
@@ -109,6 +204,29 @@ impl WorkerService for WorkerApi {
         Ok(tonic::Response::new(Box::pin(ReceiverStream::new(
             receiver,
         ))))
+    }
+
+    async fn send_download(
+        &self,
+        request: Request<Streaming<pb::SendDownloadRequest>>,
+    ) -> RpcResult<pb::SendDownloadResponse> {
+        let caller = self.state.auth.worker(request.metadata()).await?;
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("lease: the stream is empty"))?;
+        let transfer = self.download_of(&caller, first.lease.as_ref()).await?;
+        let sent = pass_on(&transfer, first, &mut stream).await;
+        if let Err(status) = &sent {
+            transfer
+                .fail(Status::aborted(format!(
+                    "the worker stopped sending the file: {}",
+                    status.message()
+                )))
+                .await;
+        }
+        sent.map(|bytes_sent| tonic::Response::new(pb::SendDownloadResponse { bytes_sent }))
     }
 
     async fn list_workers(

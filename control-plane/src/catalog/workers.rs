@@ -104,6 +104,19 @@ impl Catalog {
         }
     }
 
+    /// The token `id` is registered with; `None` for a worker registered
+    /// without one (anonymous mode) or not registered at all.
+    pub async fn worker_token(&self, id: Uuid) -> DomainResult<Option<Uuid>> {
+        let token: Option<Option<Uuid>> = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT token_id FROM workers WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await)
+        .map_err(|e| from_sqlx(e, "worker"))?;
+        Ok(token.flatten())
+    }
+
     /// Records that a worker's session is open or closed, and when it was last heard of.
     pub async fn touch_worker(&self, id: Uuid, connected: bool) -> DomainResult<()> {
         let now = self.now().await?;

@@ -41,12 +41,25 @@ pub struct Dispatcher {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
+    /// This replica, as download runs name it.
+    replica: Uuid,
     seats: Mutex<HashMap<u64, SeatState>>,
     next_seat: AtomicU64,
     /// Wakes the coordinator (credit gained, a silent worker spoke again).
     wake: Notify,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            replica: Uuid::new_v4(),
+            seats: Mutex::default(),
+            next_seat: AtomicU64::default(),
+            wake: Notify::default(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -93,6 +106,12 @@ impl Dispatcher {
             shared: self.shared.clone(),
             grants,
         }
+    }
+
+    /// This replica's id, which download runs name so that only this
+    /// coordinator leases them.
+    pub fn replica(&self) -> Uuid {
+        self.shared.replica
     }
 
     /// Whether a session of `worker_id` is open on this replica.
@@ -296,9 +315,13 @@ impl Pass {
         let total: usize = seats.iter().map(|seat| seat.credit).sum();
         let mut next = 0usize;
         let mut chosen: HashMap<Uuid, u64> = HashMap::new();
+        let replica = self.shared.replica;
         let leased = self
             .catalog
             .acquire_runs_for(labels, total, settings, |candidate| {
+                if super::required_replica(candidate).is_some_and(|required| required != replica) {
+                    return None;
+                }
                 let count = seats.len();
                 let taker = (0..count)
                     .map(|offset| (next + offset) % count)

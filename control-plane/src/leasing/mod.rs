@@ -59,6 +59,19 @@ pub async fn run_reaper(catalog: Catalog, base: LeaseSettings, cancel: Cancellat
     }
 }
 
+/// The replica through which a candidate must be leased, if it names one:
+/// a download, whose caller waits on that replica for the bytes.
+pub fn required_replica(candidate: &Candidate) -> Option<uuid::Uuid> {
+    // Only a download's spec names a replica; the others are not parsed.
+    if !candidate.spec.starts_with("{\"Download\"") {
+        return None;
+    }
+    match serde_json::from_str::<RunSpec>(&candidate.spec) {
+        Ok(RunSpec::Download(download)) => Some(download.replica),
+        _ => None,
+    }
+}
+
 /// What a worker announced about itself, used to decide which runs it may take.
 #[derive(Clone, Debug, Default)]
 pub struct WorkerProfile {

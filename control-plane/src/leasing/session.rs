@@ -509,6 +509,9 @@ impl Session {
             RunSpec::Verify(verify) => {
                 assignment.snapshot_manifest_key = verify.snapshot.manifest_key.clone();
             }
+            RunSpec::Download(download) => {
+                assignment.snapshot_manifest_key = download.snapshot.manifest_key.clone();
+            }
             RunSpec::RebuildCatalog(_) => {}
             RunSpec::Retention(retention) => {
                 for snapshot in &retention.removed {

@@ -101,6 +101,12 @@ pub const S3_ENDPOINT_ALLOW: &str = "s3_endpoint_allow";
 /// Hosts buckets of non-admin owners may not point at.
 pub const S3_ENDPOINT_DENY: &str = "s3_endpoint_deny";
 
+/// Largest file `DownloadService.DownloadFile` sends, in bytes; 0 turns
+/// downloads off.
+pub const DOWNLOAD_MAX_BYTES: &str = "download_max_bytes";
+/// Download size limit when the configuration sets none: 4 GiB.
+pub const DEFAULT_DOWNLOAD_MAX_BYTES: i64 = 4 << 30;
+
 /// Every key a configuration entry may have.
 pub const KNOWN_KEYS: &[KnownKey] = &[
     KnownKey {
@@ -141,6 +147,13 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
     KnownKey {
         key: S3_ENDPOINT_DENY,
         rule: ValueRule::HostPatterns,
+    },
+    KnownKey {
+        key: DOWNLOAD_MAX_BYTES,
+        rule: ValueRule::Integer {
+            min: 0,
+            max: 1 << 50,
+        },
     },
     KnownKey {
         key: GC_MIN_GRACE_SECONDS,

@@ -233,6 +233,23 @@ pub struct RestoreSpec {
     pub worker_selector: Labels,
 }
 
+/// A download of one file of a snapshot to a caller of this replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadSpec {
+    /// What is read.
+    pub snapshot: SnapshotSource,
+    /// The file, relative to the snapshot's root.
+    pub path: String,
+    /// Its size as the catalog records it.
+    pub size_bytes: i64,
+    /// The control-plane replica whose caller waits for the bytes: only
+    /// that replica's coordinator leases the run.
+    pub replica: Uuid,
+    /// Labels a worker must carry (the snapshot's job's).
+    #[serde(default)]
+    pub worker_selector: Labels,
+}
+
 /// A verification of a snapshot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VerifySpec {
@@ -258,6 +275,8 @@ pub enum RunSpec {
     Retention(RetentionSpec),
     /// Garbage collection of one repository.
     GarbageCollection(GcSpec),
+    /// Sending one file of a snapshot to a caller.
+    Download(DownloadSpec),
 }
 
 /// A retention run: exactly the snapshots its plan did not keep.
@@ -306,6 +325,7 @@ impl RunSpec {
             RunSpec::RebuildCatalog(_) => RunKind::RebuildCatalog,
             RunSpec::Retention(_) => RunKind::Retention,
             RunSpec::GarbageCollection(_) => RunKind::GarbageCollection,
+            RunSpec::Download(_) => RunKind::Download,
         }
     }
 
@@ -318,6 +338,7 @@ impl RunSpec {
             RunSpec::RebuildCatalog(rebuild) => &rebuild.target,
             RunSpec::Retention(retention) => &retention.target,
             RunSpec::GarbageCollection(gc) => &gc.target,
+            RunSpec::Download(download) => &download.snapshot.target,
         }
     }
 
@@ -335,7 +356,8 @@ impl RunSpec {
             RunSpec::Verify(_)
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
-            | RunSpec::GarbageCollection(_) => None,
+            | RunSpec::GarbageCollection(_)
+            | RunSpec::Download(_) => None,
         }
     }
 
@@ -344,6 +366,7 @@ impl RunSpec {
         match self {
             RunSpec::Backup(backup) => &backup.worker_selector,
             RunSpec::Restore(restore) => &restore.worker_selector,
+            RunSpec::Download(download) => &download.worker_selector,
             RunSpec::Verify(_)
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
@@ -359,6 +382,7 @@ impl RunSpec {
         match self {
             RunSpec::Backup(backup) => Some(&mut backup.worker_selector),
             RunSpec::Restore(restore) => Some(&mut restore.worker_selector),
+            RunSpec::Download(download) => Some(&mut download.worker_selector),
             RunSpec::Verify(_)
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
@@ -382,6 +406,8 @@ pub enum RunKind {
     GarbageCollection,
     /// Rebuilding the catalog from a repository.
     RebuildCatalog,
+    /// Sending one file of a snapshot to a caller.
+    Download,
 }
 
 impl RunKind {
@@ -400,6 +426,7 @@ impl RunKind {
             RunKind::Retention => "retention",
             RunKind::GarbageCollection => "garbage_collection",
             RunKind::RebuildCatalog => "rebuild_catalog",
+            RunKind::Download => "download",
         }
     }
 
@@ -412,6 +439,7 @@ impl RunKind {
             "retention" => Ok(RunKind::Retention),
             "garbage_collection" => Ok(RunKind::GarbageCollection),
             "rebuild_catalog" => Ok(RunKind::RebuildCatalog),
+            "download" => Ok(RunKind::Download),
             other => Err(DomainError::Internal(format!(
                 "unknown run kind {other:?} in catalog"
             ))),

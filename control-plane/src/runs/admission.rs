@@ -11,13 +11,14 @@ use crate::catalog::scheduler::{DueTick, FiredTick};
 use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::configuration::{
-    DEFAULT_GC_MIN_GRACE_SECONDS, GC_MIN_GRACE_SECONDS, RETENTION_APPLY_AFTER_BACKUP,
+    DEFAULT_DOWNLOAD_MAX_BYTES, DEFAULT_GC_MIN_GRACE_SECONDS, DOWNLOAD_MAX_BYTES,
+    GC_MIN_GRACE_SECONDS, RETENTION_APPLY_AFTER_BACKUP,
 };
 use crate::model::limits::OwnerLimit;
 use crate::model::retention::plan::RetentionScope;
 use crate::model::run::{
-    BackupSpec, GcSpec, Labels, NewRun, RebuildSpec, RestoreSpec, Run, RunSpec, RunState,
-    SnapshotSource, Target, VerifySpec,
+    BackupSpec, DownloadSpec, GcSpec, Labels, NewRun, RebuildSpec, RestoreSpec, Run, RunSpec,
+    RunState, SnapshotSource, Target, VerifySpec,
 };
 use crate::runs::grants;
 use crate::secrets::Keyring;
@@ -36,6 +37,19 @@ pub enum RunRequest {
     Verify(VerifyRequest),
     /// A garbage collection of a repository.
     GarbageCollection(GcRequest),
+    /// A download of one file, through this replica.
+    Download(DownloadRequest),
+}
+
+/// A download request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DownloadRequest {
+    /// The backup run whose snapshot holds the file.
+    pub snapshot_run_id: Uuid,
+    /// The file, relative to the snapshot's root (checked already).
+    pub path: String,
+    /// The replica the caller waits on.
+    pub replica: Uuid,
 }
 
 /// Which snapshot a restore reads.
@@ -117,6 +131,7 @@ impl RunAdmission {
                 self.garbage_collection(caller, gc).await?,
                 "garbage_collection.",
             ),
+            RunRequest::Download(download) => (self.download(caller, download).await?, ""),
         };
         new.request_id = request_id;
         self.check_nfs(&new.spec).await?;
@@ -323,6 +338,69 @@ impl RunAdmission {
                 read_data_percent: verify.read_data_percent,
             }),
             max_attempts: self.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        })
+    }
+
+    /// A download, owned by the caller, of a regular file in a snapshot the
+    /// caller may read, within the configured size limit. One attempt: the
+    /// caller's stream cannot start over.
+    async fn download(&self, caller: &Caller, download: DownloadRequest) -> DomainResult<NewRun> {
+        let (snapshot, worker_selector) = self
+            .snapshot_source(caller, "snapshot_run_id", download.snapshot_run_id)
+            .await?;
+        let page = crate::catalog::Page {
+            size: 1,
+            after: None,
+        };
+        // The path itself sorts before anything else it prefixes.
+        let (files, _) = self
+            .catalog
+            .list_snapshot_files(snapshot.run_id, None, &download.path, page)
+            .await?;
+        let Some(file) = files
+            .into_iter()
+            .find(|file| file.path_text == download.path)
+        else {
+            return Err(DomainError::NotFound(format!(
+                "{} is not in snapshot {}",
+                download.path, snapshot.run_id
+            )));
+        };
+        if file.version.attributes.kind != coffer_format::EntryKind::File {
+            return Err(DomainError::FailedPrecondition(format!(
+                "{} is not a regular file; only files can be downloaded",
+                download.path
+            )));
+        }
+        let limit = match self.catalog.configuration_value(DOWNLOAD_MAX_BYTES).await? {
+            Some(value) => value.parse().unwrap_or(DEFAULT_DOWNLOAD_MAX_BYTES),
+            None => DEFAULT_DOWNLOAD_MAX_BYTES,
+        };
+        let size_bytes = i64::try_from(file.version.attributes.size).unwrap_or(i64::MAX);
+        if limit == 0 {
+            return Err(DomainError::FailedPrecondition(
+                "downloads are turned off here (configuration download_max_bytes = 0)".into(),
+            ));
+        }
+        if size_bytes > limit {
+            return Err(DomainError::FailedPrecondition(format!(
+                "{} is {size_bytes} bytes; downloads are limited to {limit} \
+                 (configuration download_max_bytes): restore it instead",
+                download.path
+            )));
+        }
+        Ok(NewRun {
+            owner_id: caller.user.id,
+            job_id: None,
+            spec: RunSpec::Download(DownloadSpec {
+                snapshot,
+                path: download.path,
+                size_bytes,
+                replica: download.replica,
+                worker_selector,
+            }),
+            max_attempts: 1,
             request_id: None,
         })
     }

@@ -90,6 +90,7 @@ pub async fn path_needs(
             });
         }
         RunSpec::Verify(_)
+        | RunSpec::Download(_)
         | RunSpec::RebuildCatalog(_)
         | RunSpec::Retention(_)
         | RunSpec::GarbageCollection(_) => {}

@@ -8,6 +8,7 @@ use coffer_proto::v1 as pb;
 use pb::backup_metadata_service_client::BackupMetadataServiceClient;
 use pb::bucket_service_client::BucketServiceClient;
 use pb::configuration_service_client::ConfigurationServiceClient;
+use pb::download_service_client::DownloadServiceClient;
 use pb::grant_service_client::GrantServiceClient;
 use pb::job_service_client::JobServiceClient;
 use pb::object_service_client::ObjectServiceClient;
@@ -57,6 +58,8 @@ pub struct Api {
     pub buckets: BucketServiceClient<Authed>,
     /// `ConfigurationService`.
     pub configurations: ConfigurationServiceClient<Authed>,
+    /// `DownloadService`.
+    pub downloads: DownloadServiceClient<Authed>,
     /// `GrantService`.
     pub grants: GrantServiceClient<Authed>,
     /// `JobService`.
@@ -86,6 +89,7 @@ impl Api {
             users: UserServiceClient::new(authed()),
             buckets: BucketServiceClient::new(authed()),
             configurations: ConfigurationServiceClient::new(authed()),
+            downloads: DownloadServiceClient::new(authed()),
             grants: GrantServiceClient::new(authed()),
             jobs: JobServiceClient::new(authed()),
             metadata: BackupMetadataServiceClient::new(authed()),

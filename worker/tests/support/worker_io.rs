@@ -114,6 +114,13 @@ impl WorkerService for Service {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn send_download(
+        &self,
+        _request: Request<Streaming<pb::SendDownloadRequest>>,
+    ) -> Result<Response<pb::SendDownloadResponse>, Status> {
+        Err(Status::unimplemented("this test control plane assigns no downloads"))
+    }
+
     async fn list_workers(
         &self,
         _request: Request<pb::ListWorkersRequest>,

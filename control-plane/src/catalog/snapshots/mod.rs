@@ -38,6 +38,7 @@ pub(crate) mod apply;
 pub(crate) mod completion;
 pub(crate) mod plan;
 pub(crate) mod queries;
+pub(crate) mod diff;
 pub(crate) mod removal;
 pub(crate) mod staging;
 

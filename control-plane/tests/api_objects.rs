@@ -60,7 +60,13 @@ async fn snapshot(
     user: &pb::User,
     entries: Vec<SnapshotEntry>,
 ) -> (Uuid, SnapshotStats) {
-    snapshot_in(server, user, &format!("{REPOSITORY}/{}", user.username), entries).await
+    snapshot_in(
+        server,
+        user,
+        &format!("{REPOSITORY}/{}", user.username),
+        entries,
+    )
+    .await
 }
 
 /// [`snapshot`] into the repository at `location`, recorded on the run as a
@@ -712,7 +718,9 @@ async fn diff_pages(
     }
 }
 
-fn kinds_by_path(changes: &[pb::SnapshotChange]) -> Vec<(String, pb::SnapshotChangeKind, Vec<String>)> {
+fn kinds_by_path(
+    changes: &[pb::SnapshotChange],
+) -> Vec<(String, pb::SnapshotChangeKind, Vec<String>)> {
     changes
         .iter()
         .map(|c| (c.path.clone(), c.kind(), c.changed_fields.clone()))
@@ -768,16 +776,27 @@ async fn diff_lists_adds_removes_edits_and_chmod(backend: Backend) {
     assert_eq!(
         kinds_by_path(&changes),
         vec![
-            ("docs/a.txt".to_string(), K::Content, fields(&["size", "content"])),
+            (
+                "docs/a.txt".to_string(),
+                K::Content,
+                fields(&["size", "content"])
+            ),
             ("docs/b.txt".to_string(), K::Removed, vec![]),
             ("docs/c.txt".to_string(), K::Added, vec![]),
-            ("docs/link".to_string(), K::Metadata, fields(&["symlink_target"])),
+            (
+                "docs/link".to_string(),
+                K::Metadata,
+                fields(&["symlink_target"])
+            ),
             ("script.sh".to_string(), K::Metadata, fields(&["mode"])),
             ("touched.txt".to_string(), K::Metadata, fields(&["mtime"])),
         ]
     );
     let edited = &changes[0];
-    assert_eq!(edited.from_version.as_ref().expect("old").content_hash, "a1");
+    assert_eq!(
+        edited.from_version.as_ref().expect("old").content_hash,
+        "a1"
+    );
     assert_eq!(edited.to_version.as_ref().expect("new").content_hash, "a2");
     assert!(changes[1].to_version.is_none() && changes[2].from_version.is_none());
     assert_eq!(
@@ -820,7 +839,10 @@ async fn diff_lists_adds_removes_edits_and_chmod(backend: Backend) {
     let paths: Vec<&str> = docs.iter().map(|c| c.path.as_str()).collect();
     assert_eq!(paths, ["docs/b.txt", "docs/c.txt"]);
     assert_eq!(
-        (docs_summary.content_changed_count, docs_summary.metadata_changed_count),
+        (
+            docs_summary.content_changed_count,
+            docs_summary.metadata_changed_count
+        ),
         (1, 1)
     );
 
@@ -858,8 +880,13 @@ async fn diff_is_owner_scoped_and_checks_its_input(backend: Backend) {
     let (_, bob_token) = server.create_user("bob").await;
     let (first, _) = snapshot(&server, &alice, vec![file("a.txt", "a1", 1)]).await;
     let (second, _) = snapshot(&server, &alice, vec![file("a.txt", "a2", 2)]).await;
-    let (elsewhere, _) =
-        snapshot_in(&server, &alice, "/backups/other", vec![file("a.txt", "a1", 1)]).await;
+    let (elsewhere, _) = snapshot_in(
+        &server,
+        &alice,
+        "/backups/other",
+        vec![file("a.txt", "a1", 1)],
+    )
+    .await;
     let request = pb::DiffSnapshotsRequest {
         from_run_id: first.to_string(),
         to_run_id: second.to_string(),

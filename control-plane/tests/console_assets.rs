@@ -24,7 +24,10 @@ async fn http1(server: &TestServer, head: &str, body: &[u8]) -> Vec<u8> {
 
 fn head_of(answer: &[u8]) -> String {
     let text = String::from_utf8_lossy(answer);
-    text.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase()
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
 }
 
 fn assert_security_headers(head: &str) {
@@ -34,7 +37,10 @@ fn assert_security_headers(head: &str) {
         "x-content-type-options: nosniff",
         "referrer-policy: no-referrer",
     ] {
-        assert!(head.contains(expected), "{expected:?} missing from:\n{head}");
+        assert!(
+            head.contains(expected),
+            "{expected:?} missing from:\n{head}"
+        );
     }
     assert!(!head.contains("set-cookie"), "{head}");
 }

@@ -88,9 +88,15 @@ impl Standalone {
             .expect("spawn the control plane");
         let deadline = Instant::now() + Duration::from_secs(60);
         let token = dir.path().join("coffer-data/admin.token");
-        while !(token.exists() && tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok())
+        while !(token.exists()
+            && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok())
         {
-            assert!(Instant::now() < deadline, "control plane did not start within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "control plane did not start within 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Standalone {
@@ -193,8 +199,11 @@ async fn console_logs_in_backs_up_browses_diffs_and_restores_in_chromium() {
     write(&source.join("docs/readme.txt"), b"hello again, coffer\n");
     write(&source.join("docs/sub/new.txt"), b"new\n");
     std::fs::remove_file(source.join("old.txt")).expect("remove");
-    std::fs::set_permissions(source.join("script.sh"), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod");
+    std::fs::set_permissions(
+        source.join("script.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
 
     let restore_dir = work.path().join("restored");
     let screenshots = repository_root().join("target/console-screenshots");
@@ -219,8 +228,8 @@ async fn console_logs_in_backs_up_browses_diffs_and_restores_in_chromium() {
         "the browser script failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the script's report");
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .expect("the script's report");
 
     // Every main page was tabbed through, each control reached and named.
     assert_eq!(
@@ -252,10 +261,14 @@ async fn console_logs_in_backs_up_browses_diffs_and_restores_in_chromium() {
     .map(|row| row.iter().map(|s| s.to_string()).collect())
     .collect();
     for row in &expected {
-        assert!(diff.contains(row), "{row:?} missing from the diff page: {diff:?}");
+        assert!(
+            diff.contains(row),
+            "{row:?} missing from the diff page: {diff:?}"
+        );
     }
     // Two levels deep, and the file's history.
-    let listing: Vec<String> = serde_json::from_value(report["deepListing"].clone()).expect("listing");
+    let listing: Vec<String> =
+        serde_json::from_value(report["deepListing"].clone()).expect("listing");
     assert_eq!(listing, ["deep.txt", "new.txt"]);
     assert_eq!(report["deepVersions"], 1, "{report}");
     // The restore run succeeded and the bytes on disk match.
@@ -279,7 +292,18 @@ async fn console_logs_in_backs_up_browses_diffs_and_restores_in_chromium() {
     assert_eq!(report["otherUserSeesJob"], false);
     let refusal = report["otherUserJobError"].as_str().unwrap_or_default();
     assert!(refusal.contains("NotFound"), "{refusal}");
-    for page in ["login", "overview", "job", "diff", "snapshot", "admin", "api-reference"] {
-        assert!(screenshots.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
+    for page in [
+        "login",
+        "overview",
+        "job",
+        "diff",
+        "snapshot",
+        "admin",
+        "api-reference",
+    ] {
+        assert!(
+            screenshots.join(format!("{page}.png")).is_file(),
+            "no screenshot of {page}"
+        );
     }
 }

@@ -66,7 +66,10 @@ pub fn asset_response(path: &str, method: &http::Method) -> http::Response<Body>
         .status(status)
         .header(http::header::CONTENT_TYPE, content_type)
         .header(http::header::CONTENT_LENGTH, bytes.len())
-        .header(http::header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY)
+        .header(
+            http::header::CONTENT_SECURITY_POLICY,
+            CONTENT_SECURITY_POLICY,
+        )
         .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header(http::header::REFERRER_POLICY, "no-referrer")
         .header(http::header::X_FRAME_OPTIONS, "DENY")

@@ -59,7 +59,8 @@ fn is_page_request<B>(request: &http::Request<B>) -> bool {
 
 impl<S> Service<http::Request<Body>> for ConsoleService<S>
 where
-    GrpcWebService<S>: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    GrpcWebService<S>:
+        Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
     <GrpcWebService<S> as Service<http::Request<Body>>>::Future: Send + 'static,
 {
     type Response = http::Response<Body>;

@@ -223,5 +223,7 @@ impl Catalog {
 /// `SUM(value)` over the changes of one kind, as a BIGINT on both backends
 /// (PostgreSQL sums BIGINTs into NUMERIC).
 fn sum_where(value: &str, change: &str) -> String {
-    format!("CAST(COALESCE(SUM(CASE WHEN change = '{change}' THEN {value} ELSE 0 END), 0) AS BIGINT)")
+    format!(
+        "CAST(COALESCE(SUM(CASE WHEN change = '{change}' THEN {value} ELSE 0 END), 0) AS BIGINT)"
+    )
 }

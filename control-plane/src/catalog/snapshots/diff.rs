@@ -2,19 +2,15 @@
 //! per page and one for the summary, both over the versions that differ
 //! (`sql/snapshots/diff_changes.sql`), never both snapshots in memory.
 
-use std::collections::HashMap;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use uuid::Uuid;
 
 use super::queries::RunScopeRow;
 use crate::catalog::error::from_sqlx;
-use crate::catalog::objects::{versions_from_rows, VersionRow, VERSION_COLUMNS};
-use crate::catalog::placeholders::{list_placeholders, BATCH_ROWS};
+use crate::catalog::objects::VERSION_COLUMNS;
 use crate::catalog::{on_read_pool, Catalog, Page};
 use crate::error::{DomainError, DomainResult};
-use crate::model::object::ObjectVersion;
 use crate::model::snapshot_diff::{ChangeKind, DiffFilter, DiffSummary, SnapshotChange};
 
 const DIFF_CHANGES: &str = include_str!("../sql/snapshots/diff_changes.sql");
@@ -117,7 +113,10 @@ impl Catalog {
             .flat_map(|row| [row.from_version_id, row.to_version_id])
             .flatten()
             .collect();
-        let mut versions = self.versions_by_id(&ids).await?;
+        let select = format!("SELECT {VERSION_COLUMNS} FROM object_versions v WHERE v.id IN");
+        let mut versions = self
+            .versions_in(&select, &ids, |version| version.id)
+            .await?;
         let changes = rows
             .into_iter()
             .map(|row| {
@@ -194,29 +193,6 @@ impl Catalog {
         .fetch_one(pool)
         .await)
         .map_err(|e| from_sqlx(e, "snapshot diff"))
-    }
-
-    /// The versions with these ids (a page's worth), by id.
-    async fn versions_by_id(&self, ids: &[Uuid]) -> DomainResult<HashMap<Uuid, ObjectVersion>> {
-        let mut found = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(BATCH_ROWS) {
-            let sql = format!(
-                "SELECT {VERSION_COLUMNS} FROM object_versions v WHERE v.id IN ({})",
-                list_placeholders(chunk.len(), 1)
-            );
-            let rows = on_read_pool!(self, |pool| {
-                let mut query = sqlx::query_as::<_, VersionRow>(&sql);
-                for id in chunk {
-                    query = query.bind(*id);
-                }
-                query.fetch_all(pool).await
-            })
-            .map_err(|e| from_sqlx(e, "object versions"))?;
-            for version in versions_from_rows(rows)? {
-                found.insert(version.id, version);
-            }
-        }
-        Ok(found)
     }
 }
 

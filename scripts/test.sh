@@ -39,6 +39,11 @@ ensure_tools() {
     python3 -m pip install -q grpcio grpcio-tools googleapis-common-protos
   }
   cargo nextest --version >/dev/null 2>&1 || { log "installing cargo-nextest"; cargo install cargo-nextest --locked; }
+  # The web console: Node builds it (scripts/build-console.sh), Chromium
+  # runs its browser test (control-plane/tests/console_browser.rs).
+  command -v node >/dev/null && command -v npm >/dev/null || { log "installing Node"; apt_install nodejs npm; }
+  command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+    || { log "installing Chromium"; apt_install chromium; }
   hash -r
 }
 
@@ -119,6 +124,10 @@ scripts/check-deploy.sh
 
 log "buf lint"
 (cd proto && buf lint)
+
+# Also installs console/node_modules, which the browser test drives Chromium with.
+log "console: rebuild from package-lock.json and compare with the committed console/dist"
+scripts/build-console.sh --check
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

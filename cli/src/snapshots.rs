@@ -179,89 +179,46 @@ fn mode_string(kind: pb::FileKind, mode: u32) -> String {
     text
 }
 
-/// How a path differs between two snapshots.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Change {
-    Added,
-    Removed,
-    /// Content (or kind, or link target) changed.
-    Modified,
-    /// Only metadata (mode, owner, mtime) changed.
-    Metadata,
-}
-
-impl Change {
-    fn name(self) -> &'static str {
-        match self {
-            Change::Added => "added",
-            Change::Removed => "removed",
-            Change::Modified => "changed",
-            Change::Metadata => "metadata",
-        }
-    }
-
-    fn sign(self) -> &'static str {
-        match self {
-            Change::Added => "+",
-            Change::Removed => "-",
-            Change::Modified => "M",
-            Change::Metadata => "U",
-        }
+/// The CLI's name and sign of a kind of change.
+fn change_label(kind: pb::SnapshotChangeKind) -> (&'static str, &'static str) {
+    match kind {
+        pb::SnapshotChangeKind::Added => ("added", "+"),
+        pb::SnapshotChangeKind::Removed => ("removed", "-"),
+        pb::SnapshotChangeKind::Content => ("changed", "M"),
+        pb::SnapshotChangeKind::Metadata => ("metadata", "U"),
+        pb::SnapshotChangeKind::Unspecified => ("unknown", "?"),
     }
 }
 
-fn compare(old: &pb::ObjectVersion, new: &pb::ObjectVersion) -> Option<Change> {
-    if old.id == new.id {
-        return None;
-    }
-    let content = (
-        old.kind,
-        old.size_bytes,
-        &old.content_hash,
-        &old.symlink_target,
-    );
-    if content
-        != (
-            new.kind,
-            new.size_bytes,
-            &new.content_hash,
-            &new.symlink_target,
-        )
-    {
-        return Some(Change::Modified);
-    }
-    let metadata = (old.mode, old.uid, old.gid, &old.mtime);
-    (metadata != (new.mode, new.uid, new.gid, &new.mtime)).then_some(Change::Metadata)
-}
-
-/// `coffer diff A B`: added, removed and changed paths with their sizes.
+/// `coffer diff A B`: added, removed and changed paths with their sizes,
+/// compared by the control plane (`DiffSnapshots`) a page at a time.
 pub async fn diff(api: &Api, printer: &Printer, first: &str, second: &str) -> anyhow::Result<()> {
-    let before = files(api, first, "").await?;
-    let after = files(api, second, "").await?;
-    let size = |file: Option<&pb::SnapshotFile>| {
-        file.and_then(|f| f.version.as_ref()).map(|v| v.size_bytes)
-    };
-    let mut rows = Vec::new();
-    let paths: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
-    for path in paths {
-        let (old, new) = (before.get(path), after.get(path));
-        let change = match (old, new) {
-            (None, Some(_)) => Some(Change::Added),
-            (Some(_), None) => Some(Change::Removed),
-            (Some(old), Some(new)) => compare(
-                &old.version.clone().unwrap_or_default(),
-                &new.version.clone().unwrap_or_default(),
-            ),
-            (None, None) => None,
-        };
-        if let Some(change) = change {
-            rows.push((change, path.clone(), size(old), size(new)));
+    let mut changes = Vec::new();
+    let mut page_token = String::new();
+    let summary = loop {
+        let page = api
+            .objects()
+            .diff_snapshots(pb::DiffSnapshotsRequest {
+                from_run_id: first.to_string(),
+                to_run_id: second.to_string(),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("comparing snapshots {first} and {second}"))?
+            .into_inner();
+        changes.extend(page.changes);
+        if page.next_page_token.is_empty() {
+            break page.summary.unwrap_or_default();
         }
-    }
+        page_token = page.next_page_token;
+    };
+    let size = |version: &Option<pb::ObjectVersion>| version.as_ref().map(|v| v.size_bytes);
     if printer.format != Format::Table {
-        let values: Vec<Value> = rows
+        let values: Vec<Value> = changes
             .iter()
-            .map(|(change, path, old, new)| json!({"change": change.name(), "path": path, "oldSizeBytes": old, "newSizeBytes": new}))
+            .map(|c| json!({"change": change_label(c.kind()).0, "path": c.path, "oldSizeBytes": size(&c.from_version), "newSizeBytes": size(&c.to_version), "changedFields": c.changed_fields}))
             .collect();
         return printer.values(&values, &[Column::text("PATH", "path")]);
     }
@@ -270,24 +227,31 @@ pub async fn diff(api: &Api, printer: &Printer, first: &str, second: &str) -> an
         size.map(|s| bytes(u64::try_from(s).unwrap_or(0)))
             .unwrap_or_default()
     };
-    for (change, path, old, new) in &rows {
-        let size = match change {
-            Change::Added => show(*new),
-            Change::Removed => show(*old),
-            Change::Modified | Change::Metadata => format!("{} -> {}", show(*old), show(*new)),
+    for change in &changes {
+        let (old, new) = (size(&change.from_version), size(&change.to_version));
+        let size = match change.kind() {
+            pb::SnapshotChangeKind::Added => show(new),
+            pb::SnapshotChangeKind::Removed => show(old),
+            _ => format!("{} -> {}", show(old), show(new)),
         };
-        table.add_row([change.sign().to_string(), printable(path), size]);
+        table.add_row([
+            change_label(change.kind()).1.to_string(),
+            printable(&change.path),
+            size,
+        ]);
     }
-    if !rows.is_empty() {
+    if !changes.is_empty() {
         crate::output::emit_line(&table)?;
     }
-    let count = |c: Change| rows.iter().filter(|r| r.0 == c).count();
     eprintln!(
-        "added {}, removed {}, changed {}, metadata only {}",
-        count(Change::Added),
-        count(Change::Removed),
-        count(Change::Modified),
-        count(Change::Metadata)
+        "added {} ({}), removed {} ({}), changed {} ({}), metadata only {}",
+        summary.added_count,
+        show(Some(summary.added_bytes)),
+        summary.removed_count,
+        show(Some(summary.removed_bytes)),
+        summary.content_changed_count,
+        show(Some(summary.changed_bytes)),
+        summary.metadata_changed_count
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod healthcheck;
 pub mod leasing;

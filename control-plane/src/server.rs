@@ -135,6 +135,10 @@ pub async fn serve_with(
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // The web console: its assets on plain GETs, gRPC-Web (also over
+        // HTTP/1.1) translated to gRPC before the audit log sees the call.
+        .accept_http1(true)
+        .layer(crate::console::ConsoleLayer)
         // Every call passes the audit log, which records the mutating ones.
         .layer(crate::audit::AuditLayer::new(state.clone()))
         .add_service(health_service)

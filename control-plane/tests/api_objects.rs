@@ -60,6 +60,23 @@ async fn snapshot(
     user: &pb::User,
     entries: Vec<SnapshotEntry>,
 ) -> (Uuid, SnapshotStats) {
+    snapshot_in(
+        server,
+        user,
+        &format!("{REPOSITORY}/{}", user.username),
+        entries,
+    )
+    .await
+}
+
+/// [`snapshot`] into the repository at `location`, recorded on the run as a
+/// lease records it.
+async fn snapshot_in(
+    server: &TestServer,
+    user: &pb::User,
+    location: &str,
+    entries: Vec<SnapshotEntry>,
+) -> (Uuid, SnapshotStats) {
     let owner = Uuid::parse_str(&user.id).expect("user id");
     let catalog = &server.catalog();
     let run_id = catalog
@@ -67,11 +84,13 @@ async fn snapshot(
         .await
         .expect("run");
     let repository = catalog
-        .ensure_repository(&format!("{REPOSITORY}/{}", user.username), owner, |_| {
-            Ok(NewRepositoryFormat::unencrypted())
-        })
+        .ensure_repository(location, owner, |_| Ok(NewRepositoryFormat::unencrypted()))
         .await
         .expect("repository");
+    catalog
+        .record_run_repository(run_id, repository.id)
+        .await
+        .expect("run repository");
     let stats = catalog
         .apply_snapshot(&SnapshotCommit {
             run_id,
@@ -669,7 +688,266 @@ async fn objects_and_versions_filter_by_tag(backend: Backend) {
     assert_eq!(violated_fields(&status), vec!["tag_key".to_string()]);
 }
 
+fn symlink(path: &str, target: &str) -> SnapshotEntry {
+    let mut entry = file(path, "", 0);
+    entry.attributes.kind = EntryKind::Symlink;
+    entry.attributes.symlink_target = Some(target.as_bytes().to_vec());
+    entry.storage_key = String::new();
+    entry
+}
+
+/// Every page of a diff, with the summary of the last page.
+async fn diff_pages(
+    objects: &mut ObjectServiceClient<Channel>,
+    token: &str,
+    request: pb::DiffSnapshotsRequest,
+) -> (Vec<pb::SnapshotChange>, pb::SnapshotDiffSummary) {
+    let mut changes = Vec::new();
+    let mut request = request;
+    loop {
+        let page = objects
+            .diff_snapshots(authed(token, request.clone()))
+            .await
+            .expect("diff")
+            .into_inner();
+        changes.extend(page.changes);
+        if page.next_page_token.is_empty() {
+            return (changes, page.summary.expect("summary"));
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+fn kinds_by_path(
+    changes: &[pb::SnapshotChange],
+) -> Vec<(String, pb::SnapshotChangeKind, Vec<String>)> {
+    changes
+        .iter()
+        .map(|c| (c.path.clone(), c.kind(), c.changed_fields.clone()))
+        .collect()
+}
+
+async fn diff_lists_adds_removes_edits_and_chmod(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, token) = server.create_user("alice").await;
+    let mut link = symlink("docs/link", "a.txt");
+    let (before, _) = snapshot(
+        &server,
+        &alice,
+        vec![
+            directory("docs"),
+            file("docs/a.txt", "a1", 10),
+            file("docs/b.txt", "b1", 20),
+            file("keep.txt", "k1", 5),
+            file("script.sh", "s1", 7),
+            file("touched.txt", "t1", 3),
+            link.clone(),
+        ],
+    )
+    .await;
+    let mut chmodded = file("script.sh", "s1", 7);
+    chmodded.attributes.mode = 0o755;
+    let mut touched = file("touched.txt", "t1", 3);
+    touched.attributes.mtime_ns += 5_000_000_000;
+    link.attributes.symlink_target = Some(b"c.txt".to_vec());
+    let (after, _) = snapshot(
+        &server,
+        &alice,
+        vec![
+            directory("docs"),
+            file("docs/a.txt", "a2", 12),
+            file("docs/c.txt", "c1", 30),
+            file("keep.txt", "k1", 5),
+            chmodded,
+            touched,
+            link,
+        ],
+    )
+    .await;
+    let mut objects = ObjectServiceClient::new(server.channel().await);
+    let request = pb::DiffSnapshotsRequest {
+        from_run_id: before.to_string(),
+        to_run_id: after.to_string(),
+        ..Default::default()
+    };
+    let (changes, summary) = diff_pages(&mut objects, &token, request.clone()).await;
+    use pb::SnapshotChangeKind as K;
+    let fields = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        kinds_by_path(&changes),
+        vec![
+            (
+                "docs/a.txt".to_string(),
+                K::Content,
+                fields(&["size", "content"])
+            ),
+            ("docs/b.txt".to_string(), K::Removed, vec![]),
+            ("docs/c.txt".to_string(), K::Added, vec![]),
+            (
+                "docs/link".to_string(),
+                K::Metadata,
+                fields(&["symlink_target"])
+            ),
+            ("script.sh".to_string(), K::Metadata, fields(&["mode"])),
+            ("touched.txt".to_string(), K::Metadata, fields(&["mtime"])),
+        ]
+    );
+    let edited = &changes[0];
+    assert_eq!(
+        edited.from_version.as_ref().expect("old").content_hash,
+        "a1"
+    );
+    assert_eq!(edited.to_version.as_ref().expect("new").content_hash, "a2");
+    assert!(changes[1].to_version.is_none() && changes[2].from_version.is_none());
+    assert_eq!(
+        summary,
+        pb::SnapshotDiffSummary {
+            added_count: 1,
+            removed_count: 1,
+            content_changed_count: 1,
+            metadata_changed_count: 3,
+            added_bytes: 30,
+            removed_bytes: 20,
+            changed_bytes: 12,
+        }
+    );
+
+    // One change a page gives the same list.
+    let (paged, paged_summary) = diff_pages(
+        &mut objects,
+        &token,
+        pb::DiffSnapshotsRequest {
+            page_size: 1,
+            ..request.clone()
+        },
+    )
+    .await;
+    assert_eq!(paged, changes);
+    assert_eq!(paged_summary, summary);
+
+    // Filters: a prefix restricts the list and the summary; kinds only the list.
+    let (docs, docs_summary) = diff_pages(
+        &mut objects,
+        &token,
+        pb::DiffSnapshotsRequest {
+            path_prefix: "docs/".into(),
+            change_kinds: vec![K::Added as i32, K::Removed as i32],
+            ..request.clone()
+        },
+    )
+    .await;
+    let paths: Vec<&str> = docs.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(paths, ["docs/b.txt", "docs/c.txt"]);
+    assert_eq!(
+        (
+            docs_summary.content_changed_count,
+            docs_summary.metadata_changed_count
+        ),
+        (1, 1)
+    );
+
+    // Backwards, an addition is a removal.
+    let (backwards, _) = diff_pages(
+        &mut objects,
+        &token,
+        pb::DiffSnapshotsRequest {
+            from_run_id: after.to_string(),
+            to_run_id: before.to_string(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(backwards[1].kind(), K::Added);
+    assert_eq!(backwards[2].kind(), K::Removed);
+
+    // A snapshot against itself: nothing changed.
+    let (same, same_summary) = diff_pages(
+        &mut objects,
+        &token,
+        pb::DiffSnapshotsRequest {
+            to_run_id: before.to_string(),
+            ..request
+        },
+    )
+    .await;
+    assert!(same.is_empty());
+    assert_eq!(same_summary, pb::SnapshotDiffSummary::default());
+}
+
+async fn diff_is_owner_scoped_and_checks_its_input(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (alice, alice_token) = server.create_user("alice").await;
+    let (_, bob_token) = server.create_user("bob").await;
+    let (first, _) = snapshot(&server, &alice, vec![file("a.txt", "a1", 1)]).await;
+    let (second, _) = snapshot(&server, &alice, vec![file("a.txt", "a2", 2)]).await;
+    let (elsewhere, _) = snapshot_in(
+        &server,
+        &alice,
+        "/backups/other",
+        vec![file("a.txt", "a1", 1)],
+    )
+    .await;
+    let request = pb::DiffSnapshotsRequest {
+        from_run_id: first.to_string(),
+        to_run_id: second.to_string(),
+        ..Default::default()
+    };
+    assert_code(
+        server
+            .as_user(&bob_token)
+            .objects
+            .diff_snapshots(request.clone())
+            .await,
+        Code::NotFound,
+        "bob diffs alice's snapshots",
+    );
+    let mut alices = server.as_user(&alice_token).objects;
+    let cases = [
+        (
+            pb::DiffSnapshotsRequest {
+                to_run_id: elsewhere.to_string(),
+                ..request.clone()
+            },
+            "to_run_id",
+        ),
+        (
+            pb::DiffSnapshotsRequest {
+                from_run_id: "nope".into(),
+                ..request.clone()
+            },
+            "from_run_id",
+        ),
+        (
+            pb::DiffSnapshotsRequest {
+                change_kinds: vec![0],
+                ..request.clone()
+            },
+            "change_kinds",
+        ),
+        (
+            pb::DiffSnapshotsRequest {
+                page_token: "%%".into(),
+                ..request.clone()
+            },
+            "page_token",
+        ),
+    ];
+    for (bad, field) in cases {
+        assert_violated(alices.diff_snapshots(bad).await, &[field], field);
+    }
+    let admin = server
+        .admin()
+        .objects
+        .diff_snapshots(request)
+        .await
+        .expect("the admin diffs anyone's snapshots")
+        .into_inner();
+    assert_eq!(admin.changes.len(), 1);
+}
+
 both_backends!(
+    diff_lists_adds_removes_edits_and_chmod,
+    diff_is_owner_scoped_and_checks_its_input,
     objects_and_versions_filter_by_tag,
     snapshots_record_only_changes,
     objects_page_by_path_and_escape_bytes,

@@ -8,6 +8,7 @@ use tonic::Request;
 use super::convert::{optional_id, optional_timestamp, timestamp};
 use super::{respond, RpcResult};
 use crate::auth::Caller;
+use crate::catalog::snapshots::diff::DiffPage;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::object::{
@@ -15,6 +16,7 @@ use crate::model::object::{
     LatestFilter, ObjectFilter, ObjectVersion, SnapshotFile,
 };
 use crate::model::path::check_normalised_relative;
+use crate::model::snapshot_diff::{ChangeKind, DiffFilter, DiffSummary, SnapshotChange};
 use crate::model::tag::{check_tag_key, check_tag_value, TagMatch};
 use crate::model::{check_len, parse_id, parse_optional_id};
 use crate::state::AppState;
@@ -86,6 +88,62 @@ impl From<SnapshotFile> for pb::SnapshotFile {
             path: file.path_text,
             object_id: file.version.object_id.to_string(),
             version: Some(file.version.into()),
+        }
+    }
+}
+
+fn change_kind_to_proto(kind: ChangeKind) -> pb::SnapshotChangeKind {
+    match kind {
+        ChangeKind::Added => pb::SnapshotChangeKind::Added,
+        ChangeKind::Removed => pb::SnapshotChangeKind::Removed,
+        ChangeKind::Content => pb::SnapshotChangeKind::Content,
+        ChangeKind::Metadata => pb::SnapshotChangeKind::Metadata,
+    }
+}
+
+/// Parses `change_kinds`; an unset or unknown value names the field.
+fn change_kinds(values: &[i32]) -> DomainResult<Vec<ChangeKind>> {
+    values
+        .iter()
+        .map(|value| match pb::SnapshotChangeKind::try_from(*value) {
+            Ok(pb::SnapshotChangeKind::Added) => Ok(ChangeKind::Added),
+            Ok(pb::SnapshotChangeKind::Removed) => Ok(ChangeKind::Removed),
+            Ok(pb::SnapshotChangeKind::Content) => Ok(ChangeKind::Content),
+            Ok(pb::SnapshotChangeKind::Metadata) => Ok(ChangeKind::Metadata),
+            Ok(pb::SnapshotChangeKind::Unspecified) | Err(_) => Err(DomainError::invalid(
+                "change_kinds",
+                format!("{value} is not a kind of change"),
+            )),
+        })
+        .collect()
+}
+
+impl From<SnapshotChange> for pb::SnapshotChange {
+    fn from(change: SnapshotChange) -> Self {
+        pb::SnapshotChange {
+            changed_fields: change
+                .changed_fields()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            path: change.path_text,
+            kind: change_kind_to_proto(change.kind) as i32,
+            from_version: change.from.map(Into::into),
+            to_version: change.to.map(Into::into),
+        }
+    }
+}
+
+impl From<DiffSummary> for pb::SnapshotDiffSummary {
+    fn from(summary: DiffSummary) -> Self {
+        pb::SnapshotDiffSummary {
+            added_count: summary.added_count,
+            removed_count: summary.removed_count,
+            content_changed_count: summary.content_changed_count,
+            metadata_changed_count: summary.metadata_changed_count,
+            added_bytes: summary.added_bytes,
+            removed_bytes: summary.removed_bytes,
+            changed_bytes: summary.changed_bytes,
         }
     }
 }
@@ -202,6 +260,33 @@ impl ObjectApi {
             .await?;
         Ok(pb::RebuildCatalogResponse {
             run_id: run.id.to_string(),
+        })
+    }
+
+    /// Compares two snapshots, authorised like ListSnapshotFiles: a
+    /// snapshot outside the caller's scope is not found.
+    async fn diff(
+        &self,
+        caller: &Caller,
+        request: pb::DiffSnapshotsRequest,
+    ) -> DomainResult<pb::DiffSnapshotsResponse> {
+        let from_run = parse_id("from_run_id", &request.from_run_id)?;
+        let to_run = parse_id("to_run_id", &request.to_run_id)?;
+        check_len("path_prefix", &request.path_prefix, 0, 4096)?;
+        let filter = DiffFilter {
+            path_prefix: request.path_prefix,
+            kinds: change_kinds(&request.change_kinds)?,
+        };
+        let page = DiffPage::parse(request.page_size, &request.page_token)?;
+        let (changes, summary, next_page_token) = self
+            .state
+            .catalog
+            .diff_snapshots(from_run, to_run, caller.owner_scope(), &filter, &page)
+            .await?;
+        Ok(pb::DiffSnapshotsResponse {
+            changes: changes.into_iter().map(Into::into).collect(),
+            next_page_token,
+            summary: Some(summary.into()),
         })
     }
 
@@ -340,6 +425,14 @@ impl ObjectService for ObjectApi {
             files: files.into_iter().map(Into::into).collect(),
             next_page_token,
         }))
+    }
+
+    async fn diff_snapshots(
+        &self,
+        request: Request<pb::DiffSnapshotsRequest>,
+    ) -> RpcResult<pb::DiffSnapshotsResponse> {
+        let caller = self.caller(&request).await?;
+        respond(self.diff(&caller, request.into_inner()).await)
     }
 
     async fn list_duplicates(

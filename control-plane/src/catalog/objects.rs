@@ -186,13 +186,25 @@ struct DuplicateFileRow {
 
 impl Catalog {
     async fn latest_versions(&self, ids: &[Uuid]) -> DomainResult<HashMap<Uuid, ObjectVersion>> {
-        let mut latest = HashMap::with_capacity(ids.len());
+        let select = format!(
+            "SELECT {VERSION_COLUMNS} FROM objects o JOIN object_versions v ON v.id = {LATEST_VERSION_OF_O} \
+             WHERE o.id IN"
+        );
+        self.versions_in(&select, ids, |version| version.object_id)
+            .await
+    }
+
+    /// The versions `select` (a statement of [`VERSION_COLUMNS`] ending in
+    /// `IN`) picks for `ids`, a batch at a time, keyed by `key_of`.
+    pub(crate) async fn versions_in(
+        &self,
+        select: &str,
+        ids: &[Uuid],
+        key_of: fn(&ObjectVersion) -> Uuid,
+    ) -> DomainResult<HashMap<Uuid, ObjectVersion>> {
+        let mut found = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(BATCH_ROWS) {
-            let sql = format!(
-                "SELECT {VERSION_COLUMNS} FROM objects o JOIN object_versions v ON v.id = {LATEST_VERSION_OF_O} \
-                 WHERE o.id IN ({})",
-                list_placeholders(chunk.len(), 1)
-            );
+            let sql = format!("{select} ({})", list_placeholders(chunk.len(), 1));
             let rows = on_pool!(self, |pool| {
                 let mut query = sqlx::query_as::<_, VersionRow>(&sql);
                 for id in chunk {
@@ -202,10 +214,10 @@ impl Catalog {
             })
             .map_err(|e| from_sqlx(e, "object versions"))?;
             for version in versions_from_rows(rows)? {
-                latest.insert(version.object_id, version);
+                found.insert(key_of(&version), version);
             }
         }
-        Ok(latest)
+        Ok(found)
     }
 
     /// A page of objects with their latest versions, from the rows of a

@@ -15,6 +15,7 @@ pub mod retention;
 pub mod run;
 pub mod secret;
 pub mod snapshot;
+pub mod snapshot_diff;
 pub mod tag;
 pub mod user;
 pub mod worker_class;

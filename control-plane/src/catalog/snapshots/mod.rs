@@ -36,6 +36,7 @@ use crate::model::run::{Run, RunSpec};
 
 pub(crate) mod apply;
 pub(crate) mod completion;
+pub(crate) mod diff;
 pub(crate) mod plan;
 pub(crate) mod queries;
 pub(crate) mod removal;

@@ -25,11 +25,14 @@ struct SnapshotFileRow {
     path_text: String,
 }
 
+/// What scopes a snapshot's files: its run's owner, job and bucket (and
+/// the repository two snapshots must share to be compared).
 #[derive(sqlx::FromRow)]
-struct RunScopeRow {
-    owner_id: Uuid,
-    job_id: Option<Uuid>,
-    target_bucket_id: Option<Uuid>,
+pub(super) struct RunScopeRow {
+    pub(super) owner_id: Uuid,
+    pub(super) job_id: Option<Uuid>,
+    pub(super) target_bucket_id: Option<Uuid>,
+    pub(super) repository_id: Option<Uuid>,
     state: String,
 }
 
@@ -77,13 +80,15 @@ impl Catalog {
         Ok(page.finish(files, |file| file.version.object_id))
     }
 
-    async fn snapshot_run(
+    /// The scope of snapshot `run_id`: `NotFound` outside `owner_scope`,
+    /// `FailedPrecondition` unless the run succeeded.
+    pub(super) async fn snapshot_run(
         &self,
         run_id: Uuid,
         owner_scope: Option<Uuid>,
     ) -> DomainResult<RunScopeRow> {
         let run = on_read_pool!(self, |pool| sqlx::query_as::<_, RunScopeRow>(
-            "SELECT owner_id, job_id, target_bucket_id, state FROM runs \
+            "SELECT owner_id, job_id, target_bucket_id, repository_id, state FROM runs \
              WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         )
         .bind(run_id)

@@ -30,6 +30,7 @@ use error::from_sqlx;
 pub mod audit;
 pub mod buckets;
 pub mod configurations;
+pub mod exclusions;
 pub(crate) mod error;
 pub mod grants;
 pub mod jobs;

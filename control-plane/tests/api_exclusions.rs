@@ -87,7 +87,7 @@ async fn exclusion_options_round_trip(backend: Backend) {
 
 async fn a_dry_run_is_authorised_like_the_backup(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let (_, token) = server.create_user("tenant").await;
+    let (_, token) = server.admin().create_user_without_grants("tenant").await;
     let spec = pb::create_run_request::Spec::Backup(pb::BackupSpec {
         source_path: "/srv/tenant".into(),
         target: filesystem_target("/srv/tenant-backup"),

@@ -481,9 +481,11 @@ async fn dry_run(
         metrics: RunMetrics::new(kind),
     };
     let cancel = context.cancellation().clone();
-    let summary = run_dry_run(plan, &reporter, cancel).await.inspect_err(|error| {
-        tracing::warn!(run = %run_id, error = %error.message, "dry run failed");
-    })?;
+    let summary = run_dry_run(plan, &reporter, cancel)
+        .await
+        .inspect_err(|error| {
+            tracing::warn!(run = %run_id, error = %error.message, "dry run failed");
+        })?;
     tracing::info!(run = %run_id, details = %summary.details, "dry run finished");
     context.set_progress(summary.progress.clone());
     Ok(success(

@@ -33,11 +33,11 @@ use rustix::fs::{Mode, OFlags};
 use crate::paths::beneath;
 use crate::paths::relative_to;
 
-use exclusion::{IgnoreChain, Rules};
 pub use exclusion::{
     Exclusion, ExclusionOptions, ExclusionReason, CACHE_TAG, DEFAULT_IGNORE_FILE,
     MAX_IGNORE_FILE_BYTES,
 };
+use exclusion::{IgnoreChain, Rules};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -477,7 +477,10 @@ impl Walker {
         let kind = EntryKind::of(&metadata);
         let regular_size = (kind == EntryKind::Regular).then(|| metadata.size());
         let is_dir = kind == EntryKind::Directory;
-        if let Some(exclusion) = self.rules.entry_exclusion(&rel, is_dir, regular_size, &chain) {
+        if let Some(exclusion) = self
+            .rules
+            .entry_exclusion(&rel, is_dir, regular_size, &chain)
+        {
             return self.excluded(exclusion);
         }
         let symlink_target = if kind == EntryKind::Symlink {
@@ -558,9 +561,7 @@ impl Walker {
             }
         }
         names.sort_unstable();
-        let contents = self
-            .rules
-            .contents_exclusion(dir_fd.as_fd(), rel, &names);
+        let contents = self.rules.contents_exclusion(dir_fd.as_fd(), rel, &names);
         let (chain, problems) = self.rules.enter(dir_fd.as_fd(), rel, &names, chain);
         for (path, message) in problems {
             if !self.error(path, message) {

@@ -16,28 +16,43 @@ use coffer_proto::v1 as pb;
 use pb::ExclusionReason as Reason;
 
 use support::{
-    assert_succeeded, backup_job, create_job, restore, snapshot_files, start_run,
-    wait_until_final, write, WorkerProcess,
+    assert_succeeded, backup_job, create_job, restore, snapshot_files, start_run, wait_until_final,
+    write, WorkerProcess,
 };
 
 const CACHE_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n";
 
 /// A tree exercising every kind of exclusion.
 fn tree(root: &Path) {
-    write(&root.join(".cofferignore"), b"# logs\n*.log\n!keep.log\n/build/\ntmp/\n");
+    write(
+        &root.join(".cofferignore"),
+        b"# logs\n*.log\n!keep.log\n/build/\ntmp/\n",
+    );
     write(&root.join("app.log"), b"noise\n");
     write(&root.join("keep.log"), b"kept by a negation\n");
     write(&root.join("build/out.o"), b"object\n");
-    write(&root.join("src/build"), b"a file named build, not the anchored directory\n");
+    write(
+        &root.join("src/build"),
+        b"a file named build, not the anchored directory\n",
+    );
     write(&root.join("src/tmp/scratch"), b"scratch\n");
     write(&root.join("src/.cofferignore"), b"!debug.log\nsecret.txt\n");
-    write(&root.join("src/debug.log"), b"re-included by the deeper file\n");
+    write(
+        &root.join("src/debug.log"),
+        b"re-included by the deeper file\n",
+    );
     write(&root.join("src/other.log"), b"excluded by the root file\n");
-    write(&root.join("src/secret.txt"), b"excluded by the deeper file\n");
+    write(
+        &root.join("src/secret.txt"),
+        b"excluded by the deeper file\n",
+    );
     write(&root.join("src/main.rs"), b"fn main() {}\n");
     write(&root.join("cache/CACHEDIR.TAG"), CACHE_SIGNATURE);
     write(&root.join("cache/blob"), b"cached\n");
-    write(&root.join("not-a-cache/CACHEDIR.TAG"), b"no signature here\n");
+    write(
+        &root.join("not-a-cache/CACHEDIR.TAG"),
+        b"no signature here\n",
+    );
     write(&root.join("not-a-cache/data"), b"kept\n");
     write(&root.join("vm/.nobackup"), b"");
     write(&root.join("vm/disk.img"), b"disk\n");
@@ -49,14 +64,44 @@ fn tree(root: &Path) {
 fn expected_exclusions() -> BTreeSet<(String, i32, String, String)> {
     [
         ("app.log", Reason::IgnoreFile, "*.log", ".cofferignore:2"),
-        ("big.bin", Reason::SizeLimit, "1024 bytes", "options.max_file_size_bytes"),
+        (
+            "big.bin",
+            Reason::SizeLimit,
+            "1024 bytes",
+            "options.max_file_size_bytes",
+        ),
         ("build", Reason::IgnoreFile, "/build/", ".cofferignore:4"),
-        ("cache/blob", Reason::CacheTag, "CACHEDIR.TAG", "cache/CACHEDIR.TAG"),
-        ("notes.tmp", Reason::ExcludePattern, "**/*.tmp", "options.exclude[0]"),
-        ("src/other.log", Reason::IgnoreFile, "*.log", ".cofferignore:2"),
-        ("src/secret.txt", Reason::IgnoreFile, "secret.txt", "src/.cofferignore:2"),
+        (
+            "cache/blob",
+            Reason::CacheTag,
+            "CACHEDIR.TAG",
+            "cache/CACHEDIR.TAG",
+        ),
+        (
+            "notes.tmp",
+            Reason::ExcludePattern,
+            "**/*.tmp",
+            "options.exclude[0]",
+        ),
+        (
+            "src/other.log",
+            Reason::IgnoreFile,
+            "*.log",
+            ".cofferignore:2",
+        ),
+        (
+            "src/secret.txt",
+            Reason::IgnoreFile,
+            "secret.txt",
+            "src/.cofferignore:2",
+        ),
         ("src/tmp", Reason::IgnoreFile, "tmp/", ".cofferignore:5"),
-        ("vm/disk.img", Reason::MarkerFile, ".nobackup", "vm/.nobackup"),
+        (
+            "vm/disk.img",
+            Reason::MarkerFile,
+            ".nobackup",
+            "vm/.nobackup",
+        ),
     ]
     .into_iter()
     .map(|(path, reason, rule, source)| (path.into(), reason as i32, rule.into(), source.into()))
@@ -161,7 +206,10 @@ async fn dry_run_lists_every_exclusion_and_the_backup_leaves_them_out(backend: B
         .collect();
     assert_eq!(found, expected_exclusions());
     assert_eq!(listed.len(), found.len(), "each path is listed once");
-    let big = listed.iter().find(|e| e.path == "big.bin").expect("big.bin");
+    let big = listed
+        .iter()
+        .find(|e| e.path == "big.bin")
+        .expect("big.bin");
     assert_eq!(big.size_bytes, 4096);
     // Nothing was written to the target, and there is no snapshot.
     let written: Vec<_> = std::fs::read_dir(target.path()).expect("target").collect();
@@ -179,12 +227,19 @@ async fn dry_run_lists_every_exclusion_and_the_backup_leaves_them_out(backend: B
     for path in INCLUDED {
         let original = source.path().join(path);
         if original.is_dir() {
-            assert!(destination.path().join(path).is_dir(), "{path} not restored");
+            assert!(
+                destination.path().join(path).is_dir(),
+                "{path} not restored"
+            );
             continue;
         }
         let restored = std::fs::read(destination.path().join(path))
             .unwrap_or_else(|e| panic!("{path} was not restored: {e}"));
-        assert_eq!(restored, std::fs::read(&original).expect("source"), "{path}");
+        assert_eq!(
+            restored,
+            std::fs::read(&original).expect("source"),
+            "{path}"
+        );
     }
     for (excluded, ..) in expected_exclusions() {
         assert!(

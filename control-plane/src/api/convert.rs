@@ -14,8 +14,7 @@ use uuid::Uuid;
 use crate::error::{DomainError, DomainResult};
 use crate::model::run::{
     check_selector, BackupSpec, JobOptions, Labels, NewRunExclusion, Run, RunErrorEntry,
-    RunExclusionEntry, RunKind, RunPhase, RunProgress,
-    RunSpec, RunState, Target,
+    RunExclusionEntry, RunKind, RunPhase, RunProgress, RunSpec, RunState, Target,
 };
 
 /// Converts a time to a protobuf timestamp.
@@ -324,9 +323,7 @@ fn backup_to_proto(backup: &BackupSpec, dry_run: bool) -> pb::BackupSpec {
 fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
     match spec {
         RunSpec::Backup(backup) => pb::run::Spec::Backup(backup_to_proto(backup, false)),
-        RunSpec::BackupDryRun(backup) => {
-            pb::run::Spec::BackupDryRun(backup_to_proto(backup, true))
-        }
+        RunSpec::BackupDryRun(backup) => pb::run::Spec::BackupDryRun(backup_to_proto(backup, true)),
         RunSpec::Restore(restore) => pb::run::Spec::Restore(pb::RestoreSpec {
             snapshot_run_id: restore.snapshot.run_id.to_string(),
             job_id: optional_id(restore.job_id),
@@ -456,8 +453,8 @@ impl From<RunExclusionEntry> for pb::RunExclusion {
             "{EXCLUSION_REASON_PREFIX}{}",
             entry.reason.to_ascii_uppercase()
         );
-        let reason = pb::ExclusionReason::from_str_name(&name)
-            .unwrap_or(pb::ExclusionReason::Unspecified);
+        let reason =
+            pb::ExclusionReason::from_str_name(&name).unwrap_or(pb::ExclusionReason::Unspecified);
         pb::RunExclusion {
             path: entry.path,
             reason: reason as i32,

@@ -17,7 +17,8 @@ impl Catalog {
         after: Option<i64>,
         size: i64,
     ) -> DomainResult<(Vec<RunExclusionEntry>, String)> {
-        let rows = on_read_pool!(self, |pool| sqlx::query_as::<_, RunExclusionEntry>(
+        let rows = on_read_pool!(self, |pool| {
+            sqlx::query_as::<_, RunExclusionEntry>(
             "SELECT id, path, reason, rule, source, size_bytes, attempt, create_time \
              FROM run_exclusions WHERE run_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
         )
@@ -25,7 +26,8 @@ impl Catalog {
         .bind(after)
         .bind(size + 1)
         .fetch_all(pool)
-        .await)
+        .await
+        })
         .map_err(|e| from_sqlx(e, "run exclusions"))?;
         Ok(finish_numbered(rows, size, |row| row.id))
     }
@@ -44,6 +46,9 @@ pub(super) fn finish_numbered<T>(
         return (rows, String::new());
     }
     rows.truncate(size);
-    let token = rows.last().map(|row| id_of(row).to_string()).unwrap_or_default();
+    let token = rows
+        .last()
+        .map(|row| id_of(row).to_string())
+        .unwrap_or_default();
     (rows, token)
 }

@@ -435,7 +435,9 @@ impl Session {
     ) -> DomainResult<pb::RunAssignment> {
         let run = self.state.catalog.get_run(run_id).await?;
         if let RunSpec::BackupDryRun(backup) = &run.spec {
-            return self.dry_run_assignment(run_id, token, deadline, backup.options.clone(), run).await;
+            return self
+                .dry_run_assignment(run_id, token, deadline, backup.options.clone(), run)
+                .await;
         }
         let target = resolve_target(&self.state.catalog, &self.state.secrets, &run.spec).await?;
         let stored = crate::runs::repositories::ensure_repository(

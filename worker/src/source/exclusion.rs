@@ -248,7 +248,9 @@ impl Rules {
         if text.len() as u64 > MAX_IGNORE_FILE_BYTES {
             errors.push((
                 file_rel.clone(),
-                format!("ignore file longer than {MAX_IGNORE_FILE_BYTES} bytes; the rest is not used"),
+                format!(
+                    "ignore file longer than {MAX_IGNORE_FILE_BYTES} bytes; the rest is not used"
+                ),
             ));
         }
         let text = String::from_utf8_lossy(&text[..text.len().min(MAX_IGNORE_FILE_BYTES as usize)]);
@@ -287,7 +289,10 @@ impl IgnoreChain {
         let mut current = self.0.as_ref();
         while let Some(node) = current {
             let inside = relative_to_dir(rel, &node.dir)?;
-            match node.matcher.matched(Path::new(OsStr::from_bytes(inside)), is_dir) {
+            match node
+                .matcher
+                .matched(Path::new(OsStr::from_bytes(inside)), is_dir)
+            {
                 Match::Ignore(glob) => {
                     return Some(Exclusion {
                         path: rel.to_vec(),
@@ -328,7 +333,12 @@ fn is_cache_tag(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
 fn read_regular(dir: BorrowedFd<'_>, name: &[u8], limit: u64) -> std::io::Result<Option<Vec<u8>>> {
     // Looked at before it is opened for reading: opening a device can have
     // effects of its own.
-    let path = File::from(beneath::open(dir.as_fd(), name, OFlags::PATH, Mode::empty())?);
+    let path = File::from(beneath::open(
+        dir.as_fd(),
+        name,
+        OFlags::PATH,
+        Mode::empty(),
+    )?);
     if !path.metadata()?.is_file() {
         return Ok(None);
     }

@@ -398,36 +398,6 @@ impl From<RunErrorEntry> for pb::RunError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn run_filters_map_every_proto_value_and_refuse_unknown_ones() {
-        assert_eq!(run_state_from_proto(0).ok(), Some(None));
-        assert_eq!(run_kind_from_proto(0).ok(), Some(None));
-        for state in RUN_STATES {
-            let value = run_state_to_proto(state) as i32;
-            assert_eq!(run_state_from_proto(value).ok(), Some(Some(state)));
-        }
-        for kind in RUN_KINDS {
-            let value = run_kind_to_proto(kind) as i32;
-            assert_eq!(run_kind_from_proto(value).ok(), Some(Some(kind)));
-        }
-        assert!(run_state_from_proto(99).is_err());
-        assert!(run_kind_from_proto(-1).is_err());
-    }
-
-    #[test]
-    fn durations_must_be_whole_non_negative_seconds() {
-        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
-        assert_eq!(whole_seconds("f", None).ok(), Some(None));
-        assert_eq!(whole_seconds("f", Some(&d(90, 0))).ok(), Some(Some(90)));
-        assert!(whole_seconds("f", Some(&d(-1, 0))).is_err());
-        assert!(whole_seconds("f", Some(&d(1, 5))).is_err());
-    }
-}
-
 /// Prefix of the exclusion reasons' proto names, left out in the catalog.
 const EXCLUSION_REASON_PREFIX: &str = "EXCLUSION_REASON_";
 
@@ -463,5 +433,35 @@ impl From<RunExclusionEntry> for pb::RunExclusion {
             attempt: entry.attempt,
             size_bytes: entry.size_bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_filters_map_every_proto_value_and_refuse_unknown_ones() {
+        assert_eq!(run_state_from_proto(0).ok(), Some(None));
+        assert_eq!(run_kind_from_proto(0).ok(), Some(None));
+        for state in RUN_STATES {
+            let value = run_state_to_proto(state) as i32;
+            assert_eq!(run_state_from_proto(value).ok(), Some(Some(state)));
+        }
+        for kind in RUN_KINDS {
+            let value = run_kind_to_proto(kind) as i32;
+            assert_eq!(run_kind_from_proto(value).ok(), Some(Some(kind)));
+        }
+        assert!(run_state_from_proto(99).is_err());
+        assert!(run_kind_from_proto(-1).is_err());
+    }
+
+    #[test]
+    fn durations_must_be_whole_non_negative_seconds() {
+        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(whole_seconds("f", None).ok(), Some(None));
+        assert_eq!(whole_seconds("f", Some(&d(90, 0))).ok(), Some(Some(90)));
+        assert!(whole_seconds("f", Some(&d(-1, 0))).is_err());
+        assert!(whole_seconds("f", Some(&d(1, 5))).is_err());
     }
 }

@@ -139,6 +139,10 @@ enum Command {
     Backup {
         /// The job (id or name).
         job: String,
+        /// Only walk the source and list what the exclusions leave out
+        /// (`coffer runs exclusions RUN`); nothing is stored.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         wait: Wait,
     },
@@ -240,6 +244,8 @@ enum RunsCommand {
     Watch { id: String },
     /// The files a run could not handle, and why.
     Errors { id: String },
+    /// The paths a dry run found excluded, and the rule that excluded each.
+    Exclusions { id: String },
     /// Ask a run to stop.
     Cancel { id: String },
 }
@@ -360,10 +366,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runs(command) => runs_command(&api, &printer, command).await,
         Command::Secrets(command) => secrets_command(&api, &printer, command).await,
         Command::Snapshots { job } => snapshots::list(&api, &printer, &job).await,
-        Command::Backup { job, wait } => {
+        Command::Backup { job, dry_run, wait } => {
             let job_id = runs::job_id(&api, &job).await?;
             let spec = pb::create_run_request::Spec::Backup(pb::BackupSpec {
                 job_id,
+                dry_run,
                 ..Default::default()
             });
             runs::start(&api, &printer, spec, wait.wait).await
@@ -426,6 +433,49 @@ const ERROR_COLUMNS: &[Column] = &[
     Column::time("TIME", "createTime"),
 ];
 
+const EXCLUSION_COLUMNS: &[Column] = &[
+    Column::text("PATH", "path"),
+    Column::enumeration("REASON", "reason"),
+    Column::text("RULE", "rule"),
+    Column::text("SOURCE", "source"),
+    Column::bytes("SIZE", "sizeBytes"),
+];
+
+/// What a run recorded per path, listed by `list` (with `run_id`).
+fn run_records(
+    name: &'static str,
+    message: &'static str,
+    list: &'static str,
+    columns: &'static [Column],
+) -> resources::Resource {
+    resources::Resource {
+        name,
+        service: "RunService",
+        message,
+        list: Some(list),
+        get: None,
+        create: None,
+        update: None,
+        delete: None,
+        columns,
+    }
+}
+
+/// Prints every record of `records` for run `id`.
+async fn list_run_records(
+    api: &Api,
+    printer: &Printer,
+    records: &resources::Resource,
+    id: String,
+) -> anyhow::Result<()> {
+    let filter = fields::Assignment {
+        path: "run_id".into(),
+        value: id,
+    };
+    let items = records.list(api, &[filter], None).await?;
+    printer.items(&items, records.columns)
+}
+
 async fn runs_command(api: &Api, printer: &Printer, command: RunsCommand) -> anyhow::Result<()> {
     let runs = resources::Resource {
         name: "runs",
@@ -445,23 +495,17 @@ async fn runs_command(api: &Api, printer: &Printer, command: RunsCommand) -> any
         RunsCommand::Get { id } => runs.run(api, printer, Verb::Get { id }).await,
         RunsCommand::Watch { id } => runs::finish(api, printer, id, true).await,
         RunsCommand::Errors { id } => {
-            let errors = resources::Resource {
-                name: "errors",
-                service: "RunService",
-                message: "RunError",
-                list: Some("ListRunErrors"),
-                get: None,
-                create: None,
-                update: None,
-                delete: None,
-                columns: ERROR_COLUMNS,
-            };
-            let filter = fields::Assignment {
-                path: "run_id".into(),
-                value: id,
-            };
-            let items = errors.list(api, &[filter], None).await?;
-            printer.items(&items, errors.columns)
+            let errors = run_records("errors", "RunError", "ListRunErrors", ERROR_COLUMNS);
+            list_run_records(api, printer, &errors, id).await
+        }
+        RunsCommand::Exclusions { id } => {
+            let exclusions = run_records(
+                "exclusions",
+                "RunExclusion",
+                "ListRunExclusions",
+                EXCLUSION_COLUMNS,
+            );
+            list_run_records(api, printer, &exclusions, id).await
         }
         RunsCommand::Cancel { id } => {
             let run = api

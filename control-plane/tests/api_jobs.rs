@@ -62,6 +62,7 @@ fn job(name: &str, target: pb::Target) -> pb::Job {
             exclude: vec!["**/*.tmp".into(), "cache/".into()],
             fail_on_file_errors: true,
             one_file_system: false,
+            ..Default::default()
         }),
         schedule: Some(pb::Schedule {
             cron: "0 3 * * *".into(),

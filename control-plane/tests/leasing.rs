@@ -492,6 +492,7 @@ async fn staged_files_become_versions_only_when_the_attempt_succeeds(backend: Ba
             }],
             sequence: 0,
             snapshot: None,
+            exclusions: Vec::new(),
         })
     };
     worker.send(batch(&first)).await;

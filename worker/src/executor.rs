@@ -15,6 +15,7 @@ use crate::paths::grant::{check_path_grant, AllowedPath, PathUse, WorkerRoots};
 use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
 use crate::repository::{NewFormat, PinnedGeneration, Repository, RepositoryAccess};
 use crate::run_metrics::RunMetrics;
+use crate::runs::backup::dry_run::{run_dry_run, DryRunPlan};
 use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
 use crate::runs::download::{run_download, DownloadPlan, SINK_CLOSED};
 use crate::runs::gc::{run_gc, GcPlan};
@@ -48,7 +49,7 @@ impl Reporter for SessionReporter<'_> {
     async fn batch(&self, batch: RecordBatch) -> Result<(), ReportError> {
         let sequence = self
             .context
-            .send_batch(batch.files, batch.errors, batch.snapshot)
+            .send_batch(batch.files, batch.errors, batch.exclusions, batch.snapshot)
             .await
             .map_err(|lost| ReportError {
                 message: lost.to_string(),
@@ -283,16 +284,26 @@ impl RunExecutor {
             .ok_or_else(|| RunFailure::permanent("assignment without a run"))?;
         let run_id = Uuid::parse_str(&run.id)
             .map_err(|_| RunFailure::permanent("assignment with a malformed run id"))?;
-        let target = assignment
-            .target
-            .ok_or_else(|| RunFailure::permanent("assignment without a resolved target"))?;
         let spec = run
             .spec
             .ok_or_else(|| RunFailure::permanent("assignment without a spec"))?;
+        let grants = &assignment.path_grants;
+        if let pb::run::Spec::BackupDryRun(backup) = &spec {
+            // A dry run has no target: it touches no storage.
+            let plan = DryRunPlan {
+                lease_token: context.lease().lease_token,
+                source: PathBuf::from(&backup.source_path),
+                options: assignment.options.unwrap_or_default(),
+                access: Some(self.allow(grants, &backup.source_path, PathUse::BackupSource)?),
+            };
+            return dry_run(run_id, run.kind, plan, context).await;
+        }
+        let target = assignment
+            .target
+            .ok_or_else(|| RunFailure::permanent("assignment without a resolved target"))?;
         // Every local path is checked before any I/O: the repository's (the
         // run's own target and every removal's), then the source or the
         // destination.
-        let grants = &assignment.path_grants;
         self.allow_target(grants, &target)?;
         for removal in &assignment.removals {
             if let Some(removal_target) = &removal.target {
@@ -480,6 +491,9 @@ impl RunExecutor {
                     success(to_i64(summary.bytes_reclaimed), summary.details, String::new(), None)
                 })
             }
+            pb::run::Spec::BackupDryRun(_) => Err(RunFailure::permanent(
+                "a dry run is executed without a target; it cannot get here",
+            )),
             pb::run::Spec::Verify(verify) => {
                 tracing::info!(run = %run_id, target = %target_description, "verify started");
                 let plan = VerifyPlan {
@@ -505,6 +519,34 @@ impl RunExecutor {
             }
         })
     }
+}
+
+/// Runs a backup's dry run (`plan`) for run `run_id`.
+async fn dry_run(
+    run_id: Uuid,
+    kind: i32,
+    plan: DryRunPlan,
+    context: &RunContext,
+) -> Result<pb::run_completion::Outcome, RunFailure> {
+    tracing::info!(run = %run_id, source = %plan.source.display(), "dry run started");
+    let reporter = SessionReporter {
+        context,
+        metrics: RunMetrics::new(kind),
+    };
+    let cancel = context.cancellation().clone();
+    let summary = run_dry_run(plan, &reporter, cancel)
+        .await
+        .inspect_err(|error| {
+            tracing::warn!(run = %run_id, error = %error.message, "dry run failed");
+        })?;
+    tracing::info!(run = %run_id, details = %summary.details, "dry run finished");
+    context.set_progress(summary.progress.clone());
+    Ok(success(
+        summary.size_bytes,
+        summary.details,
+        String::new(),
+        None,
+    ))
 }
 
 #[tonic::async_trait]

@@ -8,9 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use coffer_proto::v1::{FileRecord, RebuiltSnapshot, RunError, RunPhase, RunProgress};
+use coffer_proto::v1::{
+    ExclusionReason as ProtoReason, FileRecord, RebuiltSnapshot, RunError, RunExclusion, RunPhase,
+    RunProgress,
+};
 
-/// Most records (files plus errors) in one [`RecordBatch`].
+use crate::source::{Exclusion, ExclusionReason};
+
+/// Most records (files, errors and exclusions) in one [`RecordBatch`].
 pub const MAX_BATCH_RECORDS: usize = 1000;
 /// Minimum time between two progress reports.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -29,6 +34,8 @@ pub struct RecordBatch {
     pub files: Vec<FileRecord>,
     /// Per-file errors.
     pub errors: Vec<RunError>,
+    /// For dry runs: the paths left out.
+    pub exclusions: Vec<RunExclusion>,
     /// For catalog rebuilds: the snapshot the files belong to.
     pub snapshot: Option<RebuiltSnapshot>,
 }
@@ -61,6 +68,7 @@ pub struct Batcher<'r, R> {
     sequence: i64,
     files: Vec<FileRecord>,
     errors: Vec<RunError>,
+    exclusions: Vec<RunExclusion>,
     snapshot: Option<RebuiltSnapshot>,
     last_progress: Option<Instant>,
     live: Arc<LiveProgress>,
@@ -80,6 +88,7 @@ impl<'r, R: Reporter> Batcher<'r, R> {
             sequence: 0,
             files: Vec::new(),
             errors: Vec::new(),
+            exclusions: Vec::new(),
             snapshot: None,
             last_progress: None,
             live: Arc::new(LiveProgress::new()),
@@ -107,8 +116,22 @@ impl<'r, R: Reporter> Batcher<'r, R> {
         self.flush_if_full().await
     }
 
+    /// Queues a path left out (for a dry run), sending a batch when one is
+    /// full.
+    pub async fn exclusion(&mut self, exclusion: Exclusion) -> Result<(), ReportError> {
+        self.exclusions.push(RunExclusion {
+            path: String::from_utf8_lossy(&exclusion.path).into_owned(),
+            reason: reason_to_proto(exclusion.reason) as i32,
+            rule: exclusion.rule,
+            source: exclusion.source,
+            attempt: self.attempt,
+            size_bytes: to_i64(exclusion.size),
+        });
+        self.flush_if_full().await
+    }
+
     async fn flush_if_full(&mut self) -> Result<(), ReportError> {
-        if self.files.len() + self.errors.len() >= MAX_BATCH_RECORDS {
+        if self.files.len() + self.errors.len() + self.exclusions.len() >= MAX_BATCH_RECORDS {
             self.flush().await?;
         }
         Ok(())
@@ -116,13 +139,14 @@ impl<'r, R: Reporter> Batcher<'r, R> {
 
     /// Sends everything queued.
     pub async fn flush(&mut self) -> Result<(), ReportError> {
-        if self.files.is_empty() && self.errors.is_empty() {
+        if self.files.is_empty() && self.errors.is_empty() && self.exclusions.is_empty() {
             return Ok(());
         }
         let batch = RecordBatch {
             sequence: self.sequence,
             files: std::mem::take(&mut self.files),
             errors: std::mem::take(&mut self.errors),
+            exclusions: std::mem::take(&mut self.exclusions),
             snapshot: self.snapshot.clone(),
         };
         self.reporter.batch(batch).await?;
@@ -181,6 +205,17 @@ impl<'r, R: Reporter> Batcher<'r, R> {
     /// Time since the run started.
     pub fn elapsed(&self) -> Duration {
         self.live.started.elapsed()
+    }
+}
+
+fn reason_to_proto(reason: ExclusionReason) -> ProtoReason {
+    match reason {
+        ExclusionReason::ExcludePattern => ProtoReason::ExcludePattern,
+        ExclusionReason::IgnoreFile => ProtoReason::IgnoreFile,
+        ExclusionReason::CacheTag => ProtoReason::CacheTag,
+        ExclusionReason::MarkerFile => ProtoReason::MarkerFile,
+        ExclusionReason::SizeLimit => ProtoReason::SizeLimit,
+        ExclusionReason::OtherFileSystem => ProtoReason::OtherFileSystem,
     }
 }
 

@@ -100,6 +100,7 @@ impl RunContext {
         &self,
         files: Vec<pb::FileRecord>,
         errors: Vec<pb::RunError>,
+        exclusions: Vec<pb::RunExclusion>,
         snapshot: Option<pb::RebuiltSnapshot>,
     ) -> Result<i64, LeaseLost> {
         let permit = tokio::select! {
@@ -120,6 +121,7 @@ impl RunContext {
             errors,
             sequence,
             snapshot,
+            exclusions,
         });
         self.shared.enqueue(key_of(&self.lease, sequence), message);
         Ok(sequence)

@@ -13,6 +13,12 @@
 //! source root that is itself a symlink is refused (backing up the link
 //! alone would be useless, and following it would read outside the granted
 //! path).
+//!
+//! What the walk leaves out (exclude patterns, ignore files, caches,
+//! markers, a size limit, other file systems) is decided in [`exclusion`];
+//! a dry run asks for every left-out path with its reason.
+
+mod exclusion;
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
@@ -27,7 +33,11 @@ use rustix::fs::{Mode, OFlags};
 use crate::paths::beneath;
 use crate::paths::relative_to;
 
-use globset::{GlobSet, GlobSetBuilder};
+pub use exclusion::{
+    Exclusion, ExclusionOptions, ExclusionReason, CACHE_TAG, DEFAULT_IGNORE_FILE,
+    MAX_IGNORE_FILE_BYTES,
+};
+use exclusion::{IgnoreChain, Rules};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -40,10 +50,10 @@ const CHANNEL_CAPACITY: usize = 4;
 /// How a source tree is read.
 #[derive(Debug, Clone, Default)]
 pub struct WalkOptions {
-    /// Glob patterns of paths (relative to the root) to skip, e.g. `**/*.tmp`.
-    /// `*` and `?` do not match `/`; `**` matches any number of directories.
-    /// An excluded directory is not descended into.
-    pub exclude: Vec<String>,
+    /// What to leave out. An excluded directory is not descended into.
+    pub exclusions: ExclusionOptions,
+    /// Yield a [`WalkItem::Excluded`] for every path left out (a dry run).
+    pub report_exclusions: bool,
     /// Do not descend into directories on another filesystem than the root's
     /// (the mount point itself is still listed).
     pub one_file_system: bool,
@@ -189,6 +199,9 @@ pub enum WalkItem {
     Entry(Entry),
     /// An entry or a directory listing that could not be read.
     Error(EntryError),
+    /// A path left out, with why (only with
+    /// [`WalkOptions::report_exclusions`]).
+    Excluded(Exclusion),
 }
 
 /// Why a walk could not start.
@@ -263,7 +276,7 @@ pub async fn walk(
     options: &WalkOptions,
     cancel: &CancellationToken,
 ) -> Result<SourceWalk, SourceError> {
-    let excludes = build_excludes(&options.exclude)?;
+    let rules = Rules::new(&options.exclusions)?;
     let root = root.to_path_buf();
     let anchor = options.anchor.clone();
     let opening = root.clone();
@@ -278,6 +291,7 @@ pub async fn walk(
         let first = Pending::Children {
             dir: root.clone(),
             rel: Vec::new(),
+            chain: IgnoreChain::default(),
         };
         (opened.fd, first)
     } else if root_metadata.is_file() {
@@ -296,6 +310,7 @@ pub async fn walk(
         let first = Pending::Entry {
             abs: root.clone(),
             rel: name,
+            chain: IgnoreChain::default(),
         };
         (parent, first)
     } else {
@@ -305,7 +320,8 @@ pub async fn walk(
     let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
     let walker = Walker {
         root: Arc::clone(&base),
-        excludes,
+        rules,
+        report_exclusions: options.report_exclusions,
         skip: options.skip.clone(),
         one_file_system: options.one_file_system,
         root_dev: root_metadata.dev(),
@@ -390,38 +406,29 @@ pub fn open_entry(root: &OwnedFd, rel: &[u8], flags: OFlags) -> std::io::Result<
     beneath::open(root.as_fd(), rel, flags, Mode::empty()).map(File::from)
 }
 
-fn build_excludes(patterns: &[String]) -> Result<GlobSet, SourceError> {
-    let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        let glob = globset::GlobBuilder::new(pattern.trim_start_matches('/'))
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| SourceError::InvalidExclude {
-                pattern: pattern.clone(),
-                message: e.kind().to_string(),
-            })?;
-        builder.add(glob);
-    }
-    builder.build().map_err(|e| SourceError::InvalidExclude {
-        pattern: patterns.join(", "),
-        message: e.to_string(),
-    })
-}
-
 /// Work left to do, kept on an explicit stack so deep trees cannot overflow
 /// the thread's stack.
+/// Each carries the ignore files in effect for it.
 enum Pending {
     /// An entry to stat and emit (and, for a directory, descend into).
-    Entry { abs: PathBuf, rel: Vec<u8> },
+    Entry {
+        abs: PathBuf,
+        rel: Vec<u8>,
+        chain: IgnoreChain,
+    },
     /// The children of a directory, without the directory itself.
-    Children { dir: PathBuf, rel: Vec<u8> },
+    Children {
+        dir: PathBuf,
+        rel: Vec<u8>,
+        chain: IgnoreChain,
+    },
 }
 
 struct Walker {
     /// Entries' paths are relative to this directory.
     root: Arc<OwnedFd>,
-    excludes: GlobSet,
+    rules: Rules,
+    report_exclusions: bool,
     skip: Vec<Vec<u8>>,
     one_file_system: bool,
     root_dev: u64,
@@ -439,8 +446,10 @@ impl Walker {
                 return;
             }
             let keep_going = match pending {
-                Pending::Entry { abs, rel } => self.visit(abs, rel, &mut stack),
-                Pending::Children { dir, rel } => self.push_children(&dir, &rel, &mut stack),
+                Pending::Entry { abs, rel, chain } => self.visit(abs, rel, chain, &mut stack),
+                Pending::Children { dir, rel, chain } => {
+                    self.push_children(&dir, &rel, &chain, &mut stack)
+                }
             };
             if !keep_going {
                 return;
@@ -450,7 +459,13 @@ impl Walker {
     }
 
     /// Stats and emits one entry; returns false once the consumer is gone.
-    fn visit(&mut self, abs: PathBuf, rel: Vec<u8>, stack: &mut Vec<Pending>) -> bool {
+    fn visit(
+        &mut self,
+        abs: PathBuf,
+        rel: Vec<u8>,
+        chain: IgnoreChain,
+        stack: &mut Vec<Pending>,
+    ) -> bool {
         let fd = match beneath::open(self.root.as_fd(), &rel, OFlags::PATH, Mode::empty()) {
             Ok(fd) => fd,
             Err(e) => return self.error(rel, format!("cannot stat: {e}")),
@@ -460,6 +475,14 @@ impl Walker {
             Err(e) => return self.error(rel, format!("cannot stat: {e}")),
         };
         let kind = EntryKind::of(&metadata);
+        let regular_size = (kind == EntryKind::Regular).then(|| metadata.size());
+        let is_dir = kind == EntryKind::Directory;
+        if let Some(exclusion) = self
+            .rules
+            .entry_exclusion(&rel, is_dir, regular_size, &chain)
+        {
+            return self.excluded(exclusion);
+        }
         let symlink_target = if kind == EntryKind::Symlink {
             match rustix::fs::readlinkat(&fd, c"", Vec::new()) {
                 Ok(target) => Some(target.into_bytes()),
@@ -468,8 +491,8 @@ impl Walker {
         } else {
             None
         };
-        let descend = kind == EntryKind::Directory
-            && (!self.one_file_system || metadata.dev() == self.root_dev);
+        let other_file_system = self.one_file_system && metadata.dev() != self.root_dev;
+        let descend = is_dir && !other_file_system;
         let entry = Entry {
             path: rel.clone(),
             abs_path: abs.clone(),
@@ -481,17 +504,39 @@ impl Walker {
             return false;
         }
         if descend {
-            stack.push(Pending::Children { dir: abs, rel });
+            stack.push(Pending::Children {
+                dir: abs,
+                rel,
+                chain,
+            });
+        } else if is_dir && other_file_system {
+            return self.excluded(Exclusion {
+                path: rel,
+                reason: ExclusionReason::OtherFileSystem,
+                rule: "one_file_system".into(),
+                source: "options.one_file_system".into(),
+                size: 0,
+            });
         }
         true
     }
 
     /// Lists a directory and pushes its children so that they pop in name order.
-    fn push_children(&mut self, dir: &Path, rel: &[u8], stack: &mut Vec<Pending>) -> bool {
-        let listing = beneath::open_dir(self.root.as_fd(), rel)
-            .and_then(|fd| rustix::fs::Dir::read_from(&fd).map_err(std::io::Error::from));
-        let entries = match listing {
-            Ok(entries) => entries,
+    /// The directory's tag, marker and ignore file are applied here.
+    fn push_children(
+        &mut self,
+        dir: &Path,
+        rel: &[u8],
+        chain: &IgnoreChain,
+        stack: &mut Vec<Pending>,
+    ) -> bool {
+        let opened = beneath::open_dir(self.root.as_fd(), rel);
+        let listing = opened.and_then(|fd| {
+            let entries = rustix::fs::Dir::read_from(&fd).map_err(std::io::Error::from)?;
+            Ok((fd, entries))
+        });
+        let (dir_fd, entries) = match listing {
+            Ok(listing) => listing,
             Err(e) => return self.error(rel.to_vec(), format!("cannot list directory: {e}")),
         };
         let mut names: Vec<Vec<u8>> = Vec::new();
@@ -516,21 +561,44 @@ impl Walker {
             }
         }
         names.sort_unstable();
+        let contents = self.rules.contents_exclusion(dir_fd.as_fd(), rel, &names);
+        let (chain, problems) = self.rules.enter(dir_fd.as_fd(), rel, &names, chain);
+        for (path, message) in problems {
+            if !self.error(path, message) {
+                return false;
+            }
+        }
+        // Pushed in reverse so that they pop in name order; exclusions
+        // decided here are reported in that order too.
+        let mut excluded = Vec::new();
         for name in names.into_iter().rev() {
             let child_rel = join_rel(rel, &name);
-            if self.is_excluded(&child_rel) || self.skip.contains(&child_rel) {
+            if self.skip.contains(&child_rel) {
+                continue;
+            }
+            if let Some(contents) = contents.as_ref().filter(|c| c.kept != name) {
+                excluded.push(contents.of(child_rel));
+                continue;
+            }
+            if let Some(exclusion) = self.rules.pattern_exclusion(&child_rel) {
+                excluded.push(exclusion);
                 continue;
             }
             stack.push(Pending::Entry {
                 abs: dir.join(OsStr::from_bytes(&name)),
                 rel: child_rel,
+                chain: chain.clone(),
             });
         }
-        true
+        excluded
+            .into_iter()
+            .rev()
+            .all(|exclusion| self.excluded(exclusion))
     }
 
-    fn is_excluded(&self, rel: &[u8]) -> bool {
-        !self.excludes.is_empty() && self.excludes.is_match(Path::new(OsStr::from_bytes(rel)))
+    /// Reports `exclusion` when asked to; false once the consumer is gone.
+    fn excluded(&mut self, exclusion: Exclusion) -> bool {
+        !self.report_exclusions || self.send(WalkItem::Excluded(exclusion))
     }
 
     fn error(&mut self, path: Vec<u8>, message: String) -> bool {
@@ -549,7 +617,7 @@ impl Walker {
     }
 }
 
-fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
     if parent.is_empty() {
         return name.to_vec();
     }
@@ -581,7 +649,7 @@ mod tests {
             .iter()
             .filter_map(|i| match i {
                 WalkItem::Entry(e) => Some(String::from_utf8_lossy(&e.path).into_owned()),
-                WalkItem::Error(_) => None,
+                WalkItem::Error(_) | WalkItem::Excluded(_) => None,
             })
             .collect()
     }
@@ -596,7 +664,10 @@ mod tests {
             fs::write(dir.path().join(f), b"x").expect("write");
         }
         let options = WalkOptions {
-            exclude: vec!["**/*.tmp".into(), "c".into()],
+            exclusions: ExclusionOptions {
+                exclude: vec!["**/*.tmp".into(), "c".into()],
+                ..ExclusionOptions::default()
+            },
             one_file_system: true,
             ..WalkOptions::default()
         };
@@ -620,7 +691,10 @@ mod tests {
     async fn invalid_exclude_patterns_are_rejected() {
         let dir = tempfile::tempdir().expect("temp dir");
         let options = WalkOptions {
-            exclude: vec!["a[".into()],
+            exclusions: ExclusionOptions {
+                exclude: vec!["a[".into()],
+                ..ExclusionOptions::default()
+            },
             ..WalkOptions::default()
         };
         let result = walk(dir.path(), &options, &CancellationToken::new()).await;

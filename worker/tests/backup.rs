@@ -443,6 +443,7 @@ fn options() -> JobOptions {
         exclude: vec!["**/*.tmp".into()],
         fail_on_file_errors: false,
         one_file_system: true,
+        ..JobOptions::default()
     }
 }
 

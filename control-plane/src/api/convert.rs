@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
 use crate::model::run::{
-    check_selector, JobOptions, Labels, Run, RunErrorEntry, RunKind, RunPhase, RunProgress,
-    RunSpec, RunState, Target,
+    check_selector, BackupSpec, JobOptions, Labels, NewRunExclusion, Run, RunErrorEntry,
+    RunExclusionEntry, RunKind, RunPhase, RunProgress, RunSpec, RunState, Target,
 };
 
 /// Converts a time to a protobuf timestamp.
@@ -139,6 +139,12 @@ pub fn options_from_proto(
         exclude: o.exclude,
         fail_on_file_errors: o.fail_on_file_errors,
         one_file_system: o.one_file_system,
+        // Ignore files and exclusions.
+        ignore_file_name: o.ignore_file_name,
+        ignore_files_disabled: o.ignore_files_disabled,
+        exclude_caches: o.exclude_caches,
+        exclude_if_present: o.exclude_if_present,
+        max_file_size_bytes: o.max_file_size_bytes,
     });
     options.validate(field)?;
     Ok(options)
@@ -150,6 +156,12 @@ pub fn options_to_proto(options: &JobOptions) -> pb::JobOptions {
         exclude: options.exclude.clone(),
         fail_on_file_errors: options.fail_on_file_errors,
         one_file_system: options.one_file_system,
+        // Ignore files and exclusions.
+        ignore_file_name: options.ignore_file_name.clone(),
+        ignore_files_disabled: options.ignore_files_disabled,
+        exclude_caches: options.exclude_caches,
+        exclude_if_present: options.exclude_if_present.clone(),
+        max_file_size_bytes: options.max_file_size_bytes,
     }
 }
 
@@ -175,7 +187,7 @@ const RUN_STATES: [RunState; 5] = [
 ];
 
 /// Every run kind, to look a proto value up.
-const RUN_KINDS: [RunKind; 7] = [
+const RUN_KINDS: [RunKind; 8] = [
     RunKind::Backup,
     RunKind::Restore,
     RunKind::Verify,
@@ -183,6 +195,7 @@ const RUN_KINDS: [RunKind; 7] = [
     RunKind::GarbageCollection,
     RunKind::RebuildCatalog,
     RunKind::Download,
+    RunKind::BackupDryRun,
 ];
 
 /// The API spelling of a run state (`RUN_STATE_QUEUED`, ...).
@@ -206,6 +219,7 @@ pub fn run_kind_to_proto(kind: RunKind) -> pb::RunKind {
         RunKind::GarbageCollection => pb::RunKind::GarbageCollection,
         RunKind::RebuildCatalog => pb::RunKind::RebuildCatalog,
         RunKind::Download => pb::RunKind::Download,
+        RunKind::BackupDryRun => pb::RunKind::BackupDryRun,
     }
 }
 
@@ -297,15 +311,21 @@ fn phase_from_proto(phase: i32) -> RunPhase {
     }
 }
 
+fn backup_to_proto(backup: &BackupSpec, dry_run: bool) -> pb::BackupSpec {
+    pb::BackupSpec {
+        job_id: optional_id(backup.job_id),
+        source_path: backup.source_path.clone(),
+        target: Some(target_to_proto(&backup.target)),
+        options: Some(options_to_proto(&backup.options)),
+        worker_selector: labels_to_proto(&backup.worker_selector),
+        dry_run,
+    }
+}
+
 fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
     match spec {
-        RunSpec::Backup(backup) => pb::run::Spec::Backup(pb::BackupSpec {
-            job_id: optional_id(backup.job_id),
-            source_path: backup.source_path.clone(),
-            target: Some(target_to_proto(&backup.target)),
-            options: Some(options_to_proto(&backup.options)),
-            worker_selector: labels_to_proto(&backup.worker_selector),
-        }),
+        RunSpec::Backup(backup) => pb::run::Spec::Backup(backup_to_proto(backup, false)),
+        RunSpec::BackupDryRun(backup) => pb::run::Spec::BackupDryRun(backup_to_proto(backup, true)),
         RunSpec::Restore(restore) => pb::run::Spec::Restore(pb::RestoreSpec {
             snapshot_run_id: restore.snapshot.run_id.to_string(),
             job_id: optional_id(restore.job_id),
@@ -381,6 +401,44 @@ impl From<RunErrorEntry> for pb::RunError {
             message: entry.message,
             attempt: entry.attempt,
             create_time: Some(timestamp(entry.create_time)),
+        }
+    }
+}
+
+/// Prefix of the exclusion reasons' proto names, left out in the catalog.
+const EXCLUSION_REASON_PREFIX: &str = "EXCLUSION_REASON_";
+
+/// A dry run's exclusion as the worker reported it, for the catalog.
+pub fn exclusion_from_proto(exclusion: &pb::RunExclusion) -> NewRunExclusion {
+    let reason = pb::ExclusionReason::try_from(exclusion.reason)
+        .unwrap_or(pb::ExclusionReason::Unspecified)
+        .as_str_name();
+    NewRunExclusion {
+        path: exclusion.path.clone(),
+        reason: reason
+            .trim_start_matches(EXCLUSION_REASON_PREFIX)
+            .to_ascii_lowercase(),
+        rule: exclusion.rule.clone(),
+        source: exclusion.source.clone(),
+        size_bytes: exclusion.size_bytes,
+    }
+}
+
+impl From<RunExclusionEntry> for pb::RunExclusion {
+    fn from(entry: RunExclusionEntry) -> Self {
+        let name = format!(
+            "{EXCLUSION_REASON_PREFIX}{}",
+            entry.reason.to_ascii_uppercase()
+        );
+        let reason =
+            pb::ExclusionReason::from_str_name(&name).unwrap_or(pb::ExclusionReason::Unspecified);
+        pb::RunExclusion {
+            path: entry.path,
+            reason: reason as i32,
+            rule: entry.rule,
+            source: entry.source,
+            attempt: entry.attempt,
+            size_bytes: entry.size_bytes,
         }
     }
 }

@@ -123,16 +123,26 @@ fn run_request(spec: Option<pb::create_run_request::Spec>) -> DomainResult<RunRe
 }
 
 /// A job's backup (no inline fields), or an ad-hoc one.
+/// With `dry_run`, its dry run.
 fn backup_request(backup: pb::BackupSpec) -> DomainResult<RunRequest> {
+    let dry_run = backup.dry_run;
     if let Some(job_id) = parse_optional_id("backup.job_id", &backup.job_id)? {
         check_inline_fields_empty(&backup)?;
-        return Ok(RunRequest::JobBackup(job_id));
+        return Ok(if dry_run {
+            RunRequest::JobBackupDryRun(job_id)
+        } else {
+            RunRequest::JobBackup(job_id)
+        });
     }
     let mut violations = Violations::new();
     let spec = ad_hoc_spec(backup, &mut violations);
     violations.finish()?;
     let spec = spec.ok_or_else(|| DomainError::Internal("unreported violation".into()))?;
-    Ok(RunRequest::AdHocBackup(spec))
+    Ok(if dry_run {
+        RunRequest::AdHocBackupDryRun(spec)
+    } else {
+        RunRequest::AdHocBackup(spec)
+    })
 }
 
 /// Refuses inline fields on a job run.
@@ -286,7 +296,8 @@ fn gc_grace_seconds(value: Option<&prost_types::Duration>) -> DomainResult<i64> 
     }
 }
 
-/// Parses the page token of ListRunErrors (the id of the last error returned).
+/// Parses the page token of ListRunErrors and ListRunExclusions (the id of
+/// the last row returned).
 fn parse_error_token(token: &str) -> DomainResult<Option<i64>> {
     if token.is_empty() {
         return Ok(None);
@@ -382,6 +393,28 @@ impl RunApi {
             .await?;
         Ok(pb::ListRunErrorsResponse {
             errors: errors.into_iter().map(Into::into).collect(),
+            next_page_token,
+        })
+    }
+}
+
+impl RunApi {
+    async fn list_exclusions(
+        &self,
+        caller: &Caller,
+        request: pb::ListRunExclusionsRequest,
+    ) -> DomainResult<pb::ListRunExclusionsResponse> {
+        let run_id = parse_id("run_id", &request.run_id)?;
+        let size = Page::parse(request.page_size, "")?.size;
+        let after = parse_error_token(&request.page_token)?;
+        self.visible_run(caller, run_id).await?;
+        let (exclusions, next_page_token) = self
+            .state
+            .catalog
+            .list_run_exclusions(run_id, after, size)
+            .await?;
+        Ok(pb::ListRunExclusionsResponse {
+            exclusions: exclusions.into_iter().map(Into::into).collect(),
             next_page_token,
         })
     }
@@ -530,5 +563,13 @@ impl RunService for RunApi {
     ) -> RpcResult<pb::ListRunErrorsResponse> {
         let caller = self.caller(&request).await?;
         respond(self.list_errors(&caller, request.into_inner()).await)
+    }
+
+    async fn list_run_exclusions(
+        &self,
+        request: Request<pb::ListRunExclusionsRequest>,
+    ) -> RpcResult<pb::ListRunExclusionsResponse> {
+        let caller = self.caller(&request).await?;
+        respond(self.list_exclusions(&caller, request.into_inner()).await)
     }
 }

@@ -31,6 +31,7 @@ pub mod audit;
 pub mod buckets;
 pub mod configurations;
 pub(crate) mod error;
+pub mod exclusions;
 pub mod grants;
 pub mod jobs;
 pub mod leases;

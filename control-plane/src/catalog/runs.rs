@@ -271,7 +271,7 @@ impl Catalog {
         after: Option<i64>,
         size: i64,
     ) -> DomainResult<(Vec<RunErrorEntry>, String)> {
-        let mut rows = on_read_pool!(self, |pool| sqlx::query_as::<_, RunErrorEntry>(
+        let rows = on_read_pool!(self, |pool| sqlx::query_as::<_, RunErrorEntry>(
             "SELECT id, path, message, attempt, create_time FROM run_errors \
              WHERE run_id = $1 AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
         )
@@ -281,16 +281,7 @@ impl Catalog {
         .fetch_all(pool)
         .await)
         .map_err(|e| from_sqlx(e, "run errors"))?;
-        let size = usize::try_from(size).unwrap_or(usize::MAX);
-        if rows.len() <= size {
-            return Ok((rows, String::new()));
-        }
-        rows.truncate(size);
-        let token = rows
-            .last()
-            .map(|row| row.id.to_string())
-            .unwrap_or_default();
-        Ok((rows, token))
+        Ok(super::exclusions::finish_numbered(rows, size, |row| row.id))
     }
 
     /// The garbage collection of repository `repository_id` that is queued

@@ -14,14 +14,14 @@ use uuid::Uuid;
 
 use super::dispatch::Seat;
 use super::{resolve_target, settings, WorkerProfile};
-use crate::api::convert::{duration, options_to_proto, timestamp};
+use crate::api::convert::{duration, exclusion_from_proto, options_to_proto, timestamp};
 use crate::auth::WorkerCaller;
 use crate::catalog::leases::{
     AttemptOutcome, CompletionResult, LeaseSettings, LeaseState, LeasedRun, WorkerLease,
 };
 use crate::catalog::workers::WorkerRegistration;
 use crate::error::{DomainError, DomainResult};
-use crate::model::run::RunSpec;
+use crate::model::run::{NewRunExclusion, RunSpec};
 use crate::model::worker_class;
 use crate::runs::admission::RunAdmission;
 use crate::state::AppState;
@@ -434,6 +434,11 @@ impl Session {
         deadline: chrono::DateTime<chrono::Utc>,
     ) -> DomainResult<pb::RunAssignment> {
         let run = self.state.catalog.get_run(run_id).await?;
+        if let RunSpec::BackupDryRun(backup) = &run.spec {
+            return self
+                .dry_run_assignment(run_id, token, deadline, backup.options.clone(), run)
+                .await;
+        }
         let target = resolve_target(&self.state.catalog, &self.state.secrets, &run.spec).await?;
         let stored = crate::runs::repositories::ensure_repository(
             &self.state.catalog,
@@ -453,15 +458,7 @@ impl Session {
                 .record_run_repository(run_id, stored.id)
                 .await?;
         }
-        // Checked again now: a grant deleted since admission no longer
-        // counts, and the grant must cover this worker.
-        let granted = crate::runs::grants::for_worker(
-            &self.state.catalog,
-            run.owner_id,
-            &run.spec,
-            &self.profile.labels,
-        )
-        .await?;
+        let path_grants = self.path_grants(&run).await?;
         let catalog_key =
             crate::runs::repositories::open_catalog_key(&self.state.secrets, &stored)?;
         let mut assignment = pb::RunAssignment {
@@ -484,10 +481,7 @@ impl Session {
             } else {
                 Vec::new()
             },
-            path_grants: granted
-                .into_iter()
-                .map(crate::api::grants::path_grant_to_proto)
-                .collect(),
+            path_grants,
             ..Default::default()
         };
         match &run.spec {
@@ -512,7 +506,7 @@ impl Session {
             RunSpec::Download(download) => {
                 assignment.snapshot_manifest_key = download.snapshot.manifest_key.clone();
             }
-            RunSpec::RebuildCatalog(_) => {}
+            RunSpec::RebuildCatalog(_) | RunSpec::BackupDryRun(_) => {}
             RunSpec::Retention(retention) => {
                 for snapshot in &retention.removed {
                     assignment.removals.push(pb::SnapshotRemoval {
@@ -542,6 +536,43 @@ impl Session {
         super::object_lock::assign(&self.state.catalog, &run, deadline, &mut assignment).await?;
         assignment.run = Some(run.into());
         Ok(assignment)
+    }
+
+    /// The grants of the run's owner covering its paths on this worker,
+    /// checked again at lease time: a grant deleted since admission no
+    /// longer counts, and the grant must cover this worker.
+    async fn path_grants(&self, run: &crate::model::run::Run) -> DomainResult<Vec<pb::PathGrant>> {
+        let granted = crate::runs::grants::for_worker(
+            &self.state.catalog,
+            run.owner_id,
+            &run.spec,
+            &self.profile.labels,
+        )
+        .await?;
+        Ok(granted
+            .into_iter()
+            .map(crate::api::grants::path_grant_to_proto)
+            .collect())
+    }
+
+    /// A dry run's assignment: the grants and options the walk needs, and
+    /// nothing about storage (no target, credentials or keys).
+    async fn dry_run_assignment(
+        &self,
+        run_id: Uuid,
+        token: i64,
+        deadline: chrono::DateTime<chrono::Utc>,
+        options: crate::model::run::JobOptions,
+        run: crate::model::run::Run,
+    ) -> DomainResult<pb::RunAssignment> {
+        Ok(pb::RunAssignment {
+            lease: Some(lease_ref(run_id, token)),
+            deadline: Some(timestamp(deadline)),
+            options: Some(options_to_proto(&options)),
+            path_grants: self.path_grants(&run).await?,
+            run: Some(run.into()),
+            ..Default::default()
+        })
     }
 
     async fn check_cancellation(&mut self, run_id: Uuid) {
@@ -611,11 +642,19 @@ impl Session {
             .iter()
             .map(|e| (e.path.clone(), e.message.clone()))
             .collect();
+        let exclusions: Vec<NewRunExclusion> =
+            batch.exclusions.iter().map(exclusion_from_proto).collect();
         let payload = batch.encode_to_vec();
         match self
             .state
             .catalog
-            .stage_batch(self.lease(run_id, token), batch.sequence, &payload, &errors)
+            .stage_batch(
+                self.lease(run_id, token),
+                batch.sequence,
+                &payload,
+                &errors,
+                &exclusions,
+            )
             .await?
         {
             LeaseState::Current { .. } => self.ack(run_id, token, true, "", batch.sequence).await,

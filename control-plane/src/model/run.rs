@@ -125,10 +125,43 @@ pub struct JobOptions {
     pub fail_on_file_errors: bool,
     /// Do not cross filesystem boundaries.
     pub one_file_system: bool,
+    /// Name of the ignore files; empty means [`DEFAULT_IGNORE_FILE`].
+    pub ignore_file_name: String,
+    /// Do not read ignore files.
+    pub ignore_files_disabled: bool,
+    /// Skip the contents of directories tagged `CACHEDIR.TAG`.
+    pub exclude_caches: bool,
+    /// File names marking their directory's contents excluded.
+    pub exclude_if_present: Vec<String>,
+    /// Skip regular files larger than this; 0 means no limit.
+    pub max_file_size_bytes: i64,
+}
+
+/// The ignore file read when a job names none.
+pub const DEFAULT_IGNORE_FILE: &str = ".cofferignore";
+/// Most marker file names a job may carry.
+pub const MAX_MARKERS: usize = 32;
+
+/// Checks that `name` is one plain file name: no `/`, not `.` or `..`, at
+/// most 255 bytes, no NUL.
+fn check_file_name(field: &str, name: &str) -> DomainResult<()> {
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0']);
+    if plain {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            "must be a plain file name (1-255 bytes, no '/', not '.' or '..')",
+        ))
+    }
 }
 
 impl JobOptions {
-    /// Checks the exclude patterns; `field` is the path of the options message.
+    /// Checks the exclusions; `field` is the path of the options message.
     pub fn validate(&self, field: &str) -> DomainResult<()> {
         let mut violations = Violations::new();
         if self.exclude.len() > MAX_EXCLUDES {
@@ -144,6 +177,30 @@ impl JobOptions {
                 1,
                 MAX_EXCLUDE_LEN,
             ));
+        }
+        if !self.ignore_file_name.is_empty() {
+            violations.absorb(check_file_name(
+                &format!("{field}.ignore_file_name"),
+                &self.ignore_file_name,
+            ));
+        }
+        if self.exclude_if_present.len() > MAX_MARKERS {
+            violations.add(
+                format!("{field}.exclude_if_present"),
+                format!("at most {MAX_MARKERS} names are allowed"),
+            );
+        }
+        for (index, name) in self.exclude_if_present.iter().enumerate() {
+            violations.absorb(check_file_name(
+                &format!("{field}.exclude_if_present[{index}]"),
+                name,
+            ));
+        }
+        if self.max_file_size_bytes < 0 {
+            violations.add(
+                format!("{field}.max_file_size_bytes"),
+                "must not be negative (0 means no limit)",
+            );
         }
         violations.finish()
     }
@@ -277,6 +334,8 @@ pub enum RunSpec {
     GarbageCollection(GcSpec),
     /// Sending one file of a snapshot to a caller.
     Download(DownloadSpec),
+    /// A backup's dry run: the source walked, nothing stored.
+    BackupDryRun(BackupSpec),
 }
 
 /// A retention run: exactly the snapshots its plan did not keep.
@@ -326,13 +385,14 @@ impl RunSpec {
             RunSpec::Retention(_) => RunKind::Retention,
             RunSpec::GarbageCollection(_) => RunKind::GarbageCollection,
             RunSpec::Download(_) => RunKind::Download,
+            RunSpec::BackupDryRun(_) => RunKind::BackupDryRun,
         }
     }
 
     /// The storage target the run reads or writes.
     pub fn target(&self) -> &Target {
         match self {
-            RunSpec::Backup(backup) => &backup.target,
+            RunSpec::Backup(backup) | RunSpec::BackupDryRun(backup) => &backup.target,
             RunSpec::Restore(restore) => &restore.snapshot.target,
             RunSpec::Verify(verify) => &verify.snapshot.target,
             RunSpec::RebuildCatalog(rebuild) => &rebuild.target,
@@ -351,7 +411,7 @@ impl RunSpec {
     /// destination of a restore), if any.
     pub fn local_path(&self) -> Option<&str> {
         match self {
-            RunSpec::Backup(backup) => Some(&backup.source_path),
+            RunSpec::Backup(backup) | RunSpec::BackupDryRun(backup) => Some(&backup.source_path),
             RunSpec::Restore(restore) => Some(&restore.destination_path),
             RunSpec::Verify(_)
             | RunSpec::RebuildCatalog(_)
@@ -364,7 +424,7 @@ impl RunSpec {
     /// The worker selector of the run.
     pub fn worker_selector(&self) -> &Labels {
         match self {
-            RunSpec::Backup(backup) => &backup.worker_selector,
+            RunSpec::Backup(backup) | RunSpec::BackupDryRun(backup) => &backup.worker_selector,
             RunSpec::Restore(restore) => &restore.worker_selector,
             RunSpec::Download(download) => &download.worker_selector,
             RunSpec::Verify(_)
@@ -380,7 +440,9 @@ impl RunSpec {
     /// checks widen it with the labels their grants require.
     pub fn worker_selector_mut(&mut self) -> Option<&mut Labels> {
         match self {
-            RunSpec::Backup(backup) => Some(&mut backup.worker_selector),
+            RunSpec::Backup(backup) | RunSpec::BackupDryRun(backup) => {
+                Some(&mut backup.worker_selector)
+            }
             RunSpec::Restore(restore) => Some(&mut restore.worker_selector),
             RunSpec::Download(download) => Some(&mut download.worker_selector),
             RunSpec::Verify(_)
@@ -408,6 +470,8 @@ pub enum RunKind {
     RebuildCatalog,
     /// Sending one file of a snapshot to a caller.
     Download,
+    /// A backup's dry run.
+    BackupDryRun,
 }
 
 impl RunKind {
@@ -427,6 +491,7 @@ impl RunKind {
             RunKind::GarbageCollection => "garbage_collection",
             RunKind::RebuildCatalog => "rebuild_catalog",
             RunKind::Download => "download",
+            RunKind::BackupDryRun => "backup_dry_run",
         }
     }
 
@@ -440,6 +505,7 @@ impl RunKind {
             "garbage_collection" => Ok(RunKind::GarbageCollection),
             "rebuild_catalog" => Ok(RunKind::RebuildCatalog),
             "download" => Ok(RunKind::Download),
+            "backup_dry_run" => Ok(RunKind::BackupDryRun),
             other => Err(DomainError::Internal(format!(
                 "unknown run kind {other:?} in catalog"
             ))),
@@ -645,4 +711,40 @@ pub struct RunErrorEntry {
     pub attempt: i32,
     /// When it was reported.
     pub create_time: DateTime<Utc>,
+}
+
+/// One path a backup's dry run found excluded.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct RunExclusionEntry {
+    /// Position in the catalog (the page token).
+    pub id: i64,
+    /// Path relative to the source root.
+    pub path: String,
+    /// Why: the API's enum name without its prefix, e.g. `ignore_file`.
+    pub reason: String,
+    /// The rule as written.
+    pub rule: String,
+    /// Where the rule comes from.
+    pub source: String,
+    /// Size of an excluded regular file.
+    pub size_bytes: i64,
+    /// Attempt that reported it.
+    pub attempt: i32,
+    /// When it was reported.
+    pub create_time: DateTime<Utc>,
+}
+
+/// A path a dry run's worker reported excluded, as it is recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRunExclusion {
+    /// Path relative to the source root.
+    pub path: String,
+    /// Why (see [`RunExclusionEntry::reason`]).
+    pub reason: String,
+    /// The rule as written.
+    pub rule: String,
+    /// Where the rule comes from.
+    pub source: String,
+    /// Size of an excluded regular file.
+    pub size_bytes: i64,
 }

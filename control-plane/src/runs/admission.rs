@@ -31,6 +31,10 @@ pub enum RunRequest {
     JobBackup(Uuid),
     /// An ad-hoc backup owned by the caller (its `job_id` is unset).
     AdHocBackup(BackupSpec),
+    /// A dry run of a job's backup: admitted like the backup.
+    JobBackupDryRun(Uuid),
+    /// A dry run of an ad-hoc backup: admitted like the backup.
+    AdHocBackupDryRun(BackupSpec),
     /// A restore of a snapshot.
     Restore(RestoreRequest),
     /// A verification of a snapshot.
@@ -99,6 +103,15 @@ pub struct GcRequest {
     pub repack_threshold_percent: f64,
 }
 
+/// The dry run of the backup `new`.
+fn dry_run(new: NewRun) -> NewRun {
+    let spec = match new.spec {
+        RunSpec::Backup(backup) => RunSpec::BackupDryRun(backup),
+        other => other,
+    };
+    NewRun { spec, ..new }
+}
+
 /// Creates runs. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct RunAdmission {
@@ -125,6 +138,12 @@ impl RunAdmission {
         let (mut new, prefix) = match request {
             RunRequest::JobBackup(job_id) => (self.job_backup(caller, job_id).await?, "job."),
             RunRequest::AdHocBackup(spec) => (self.ad_hoc_backup(caller, spec).await?, "backup."),
+            RunRequest::JobBackupDryRun(job_id) => {
+                (dry_run(self.job_backup(caller, job_id).await?), "job.")
+            }
+            RunRequest::AdHocBackupDryRun(spec) => {
+                (dry_run(self.ad_hoc_backup(caller, spec).await?), "backup.")
+            }
             RunRequest::Restore(restore) => (self.restore(caller, restore).await?, "restore."),
             RunRequest::Verify(verify) => (self.verify(caller, verify).await?, "verify."),
             RunRequest::GarbageCollection(gc) => (
@@ -563,7 +582,9 @@ impl RunAdmission {
         };
         let foreign = match repository.owner_id {
             None => false,
-            Some(owner) if matches!(new.spec, RunSpec::Backup(_)) => owner != new.owner_id,
+            Some(owner) if matches!(new.spec, RunSpec::Backup(_) | RunSpec::BackupDryRun(_)) => {
+                owner != new.owner_id
+            }
             Some(owner) => !caller.can_access(owner),
         };
         if foreign {

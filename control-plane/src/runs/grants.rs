@@ -66,7 +66,7 @@ pub async fn path_needs(
 ) -> DomainResult<Vec<PathNeed>> {
     let mut needs = Vec::with_capacity(2);
     match spec {
-        RunSpec::Backup(backup) => {
+        RunSpec::Backup(backup) | RunSpec::BackupDryRun(backup) => {
             let field = format!("{prefix}source_path");
             check_normalised_absolute(&field, &backup.source_path)?;
             needs.push(PathNeed {
@@ -96,9 +96,10 @@ pub async fn path_needs(
         | RunSpec::GarbageCollection(_) => {}
     }
     let target_field = match spec {
-        RunSpec::Backup(_) | RunSpec::RebuildCatalog(_) | RunSpec::GarbageCollection(_) => {
-            format!("{prefix}target")
-        }
+        RunSpec::Backup(_)
+        | RunSpec::BackupDryRun(_)
+        | RunSpec::RebuildCatalog(_)
+        | RunSpec::GarbageCollection(_) => format!("{prefix}target"),
         _ => format!("{prefix}snapshot_run_id"),
     };
     if let Some(repository) = local_repository(catalog, &target_field, spec.target()).await? {

@@ -161,6 +161,7 @@ fn job() -> pb::Job {
             exclude: vec!["**/*.tmp".to_owned()],
             fail_on_file_errors: true,
             one_file_system: false,
+            ..pb::JobOptions::default()
         }),
         worker_selector: [("zone".to_owned(), "a".to_owned())].into_iter().collect(),
         ..pb::Job::default()

@@ -20,6 +20,7 @@ use crate::catalog::leases::{LeaseState, WorkerLease};
 use crate::catalog::{in_transaction, on_pool, Catalog};
 use crate::error::{DomainError, DomainResult};
 use crate::model::object::{parse_kind, EntryKind, FileAttributes, SnapshotEntry};
+use crate::model::run::NewRunExclusion;
 
 /// One batch of a lease's output as the worker sent it.
 #[derive(Clone, Copy)]
@@ -30,12 +31,13 @@ struct StagedBatch<'a> {
     sequence: i64,
     payload: &'a [u8],
     errors: &'a [(String, String)],
+    exclusions: &'a [NewRunExclusion],
 }
 
 impl Catalog {
     /// Stages one batch of an attempt's output (and records its per-file
-    /// errors), if the lease is current and `worker_id` holds it. A batch
-    /// sent twice is stored once.
+    /// errors and, for a dry run, its exclusions), if the lease is current
+    /// and `worker_id` holds it. A batch sent twice is stored once.
     ///
     /// A backup's batch is also planned at once (see `catalog::snapshots`), so
     /// that the completion has little left to do; a batch that cannot be
@@ -47,6 +49,7 @@ impl Catalog {
         sequence: i64,
         payload: &[u8],
         errors: &[(String, String)],
+        exclusions: &[NewRunExclusion],
     ) -> DomainResult<LeaseState> {
         let WorkerLease {
             run_id,
@@ -67,6 +70,7 @@ impl Catalog {
             sequence,
             payload,
             errors,
+            exclusions,
         };
         if let Some(plan) = &plan {
             match self.stage(&batch, Some(plan)).await {
@@ -109,6 +113,7 @@ impl Catalog {
             sequence,
             payload,
             errors,
+            exclusions,
         } = *batch;
         let now = self.now().await?;
         let check = format!(
@@ -147,6 +152,20 @@ impl Catalog {
                         .bind(run_id).bind(attempt).bind(path).bind(message).bind(now)
                         .execute(&mut *tx).await.map(|r| r.rows_affected())
                         .map_err(|e| from_sqlx(e, "run error"))?;
+                }
+                for exclusion in exclusions {
+                    sqlx::query(include_str!("../sql/snapshots/insert_exclusion.sql"))
+                        .bind(run_id)
+                        .bind(attempt)
+                        .bind(&exclusion.path)
+                        .bind(&exclusion.reason)
+                        .bind(&exclusion.rule)
+                        .bind(&exclusion.source)
+                        .bind(exclusion.size_bytes)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| from_sqlx(e, "run exclusion"))?;
                 }
                 if let Some((_, rows)) = plan {
                     insert_pending_in_tx!(tx, dialect, &key, run_id, rows)?;

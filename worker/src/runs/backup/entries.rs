@@ -88,14 +88,16 @@ pub(super) async fn walk_into_manifest<R: Reporter>(
                     }
                     continue;
                 };
-                batcher.progress.files_seen += 1;
                 let entry = match item {
+                    WalkItem::Excluded(_) => continue,
                     WalkItem::Error(error) => {
+                        batcher.progress.files_seen += 1;
                         pending.push_back(ready(Processed::Error(error.path, error.message)));
                         continue;
                     }
                     WalkItem::Entry(entry) => entry,
                 };
+                batcher.progress.files_seen += 1;
                 let previous = match parent.as_mut() {
                     Some(parent) => parent.advance_to(&entry.path, batcher).await?,
                     None => None,

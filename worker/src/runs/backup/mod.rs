@@ -22,6 +22,7 @@
 //! `manifests` streams the parent's manifest and the new one. The packer is
 //! the repository's ([`crate::repository::packer`]).
 
+pub mod dry_run;
 mod entries;
 mod manifests;
 mod reader;
@@ -43,7 +44,7 @@ pub use crate::report::{
 };
 use crate::repository::packer::Packer;
 use crate::repository::{DataSettings, IndexUse, PinnedGeneration, Repository, RepositoryAccess};
-use crate::source::{self, WalkOptions};
+use crate::source::{self, ExclusionOptions, WalkOptions};
 use crate::store::Store;
 use entries::walk_into_manifest;
 use manifests::{open_parent, store_manifest, ManifestSink};
@@ -134,16 +135,7 @@ async fn execute<R: Reporter>(
 ) -> Result<BackupSummary, RunFailure> {
     tracing::debug!(run = %plan.run_id, "backup starting");
     batcher.set_phase(RunPhase::Preparing);
-    let walk_options = WalkOptions {
-        exclude: plan.options.exclude.clone(),
-        one_file_system: plan.options.one_file_system,
-        anchor: plan.access.as_ref().map(|a| a.anchor.clone()),
-        skip: plan
-            .access
-            .as_ref()
-            .map(|a| a.skip.clone())
-            .unwrap_or_default(),
-    };
+    let walk_options = walk_options(&plan.options, plan.access.as_ref());
     // The source is checked first: a missing source is the user's error,
     // whatever the state of the storage.
     let walk = source::walk(&plan.source, &walk_options, cancel)
@@ -238,6 +230,31 @@ async fn execute<R: Reporter>(
         files_read: stats.files_read,
         generation: repository.generation(),
     })
+}
+
+/// How a backup (or its dry run) walks its source: as `options` say,
+/// beneath the grant's anchor and around its protected paths.
+pub(crate) fn walk_options(options: &JobOptions, access: Option<&AllowedPath>) -> WalkOptions {
+    let ignore_file = match options.ignore_file_name.as_str() {
+        _ if options.ignore_files_disabled => None,
+        "" => Some(source::DEFAULT_IGNORE_FILE.to_owned()),
+        name => Some(name.to_owned()),
+    };
+    WalkOptions {
+        exclusions: ExclusionOptions {
+            exclude: options.exclude.clone(),
+            ignore_file,
+            exclude_caches: options.exclude_caches,
+            markers: options.exclude_if_present.clone(),
+            max_file_size: u64::try_from(options.max_file_size_bytes)
+                .ok()
+                .filter(|limit| *limit > 0),
+        },
+        report_exclusions: false,
+        one_file_system: options.one_file_system,
+        anchor: access.map(|a| a.anchor.clone()),
+        skip: access.map(|a| a.skip.clone()).unwrap_or_default(),
+    }
 }
 
 /// The new manifest's first line.

@@ -33,6 +33,7 @@ pub mod configurations;
 pub(crate) mod error;
 pub mod grants;
 pub mod jobs;
+pub mod key_slots;
 pub mod leases;
 pub mod limits;
 pub mod metadata;

@@ -1,16 +1,19 @@
--- no-transaction
 -- Passphrase secrets and key slots (issue 13). A secret may hold a
 -- repository passphrase as well as S3 credentials; its values are sealed
 -- like the others (under a context of their own, so a row whose kind was
 -- changed fails its integrity check).
 --
--- SQLite cannot change a CHECK constraint, so `secrets` is rebuilt. Buckets
--- reference it, and with foreign keys on, dropping the old table would
--- count their references as violations; so this is SQLite's documented
--- procedure: foreign keys off (outside a transaction, where the pragma
--- takes effect), the rebuild in one transaction, foreign keys on again.
-PRAGMA foreign_keys = OFF;
-BEGIN;
+-- SQLite cannot change a CHECK constraint, so `secrets` is rebuilt. The
+-- migration runs in a transaction with foreign keys on (where the pragma
+-- that would turn them off has no effect), and dropping a table that
+-- buckets reference would count their references as violations; so the
+-- buckets' references are set aside while the table is rebuilt and put
+-- back afterwards, checked against the new table.
+CREATE TEMP TABLE bucket_secret_refs AS
+SELECT id, s3_secret_id, s3_maintenance_secret_id FROM buckets
+WHERE s3_secret_id IS NOT NULL OR s3_maintenance_secret_id IS NOT NULL;
+UPDATE buckets SET s3_secret_id = NULL, s3_maintenance_secret_id = NULL
+WHERE id IN (SELECT id FROM bucket_secret_refs);
 CREATE TABLE secrets_rebuilt (
     id                 BLOB PRIMARY KEY,
     owner_id           BLOB NOT NULL REFERENCES users(id),
@@ -34,6 +37,12 @@ SELECT id, owner_id, name, description, kind, access_key_id_hint, has_session_to
 FROM secrets;
 DROP TABLE secrets;
 ALTER TABLE secrets_rebuilt RENAME TO secrets;
+UPDATE buckets SET
+    s3_secret_id = (SELECT r.s3_secret_id FROM bucket_secret_refs r WHERE r.id = buckets.id),
+    s3_maintenance_secret_id =
+        (SELECT r.s3_maintenance_secret_id FROM bucket_secret_refs r WHERE r.id = buckets.id)
+WHERE id IN (SELECT id FROM bucket_secret_refs);
+DROP TABLE bucket_secret_refs;
 
 -- A bucket may name a passphrase secret of its owner: encrypted
 -- repositories created in it get a key slot for that passphrase.
@@ -51,5 +60,3 @@ CREATE TABLE repository_key_slots (
     report_time   TEXT NOT NULL,
     PRIMARY KEY (repository_id, slot_id)
 );
-COMMIT;
-PRAGMA foreign_keys = ON;

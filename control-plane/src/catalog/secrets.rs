@@ -263,16 +263,15 @@ impl Catalog {
         let Some(primary) = keyring.primary_id() else {
             return Ok(0);
         };
-        let rows =
-            on_pool!(self, |pool| {
-                sqlx::query_as::<_, SealedRow>(
+        let rows = on_pool!(self, |pool| {
+            sqlx::query_as::<_, SealedRow>(
             "SELECT id, owner_id, key_id, nonce, ciphertext, kind FROM secrets WHERE key_id <> $1"
         )
         .bind(primary)
         .fetch_all(pool)
         .await
-            })
-            .map_err(|e| from_sqlx(e, "secrets"))?;
+        })
+        .map_err(|e| from_sqlx(e, "secrets"))?;
         let mut resealed = 0;
         for row in rows {
             let old = Sealed {

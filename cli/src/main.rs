@@ -256,24 +256,37 @@ enum SecretsCommand {
     List,
     /// Show a secret (never its values).
     Get { id: String },
-    /// Store S3 credentials.
+    /// Store S3 credentials (`--values`) or a repository passphrase
+    /// (`--passphrase-file`).
     Create {
         name: String,
         #[arg(long, default_value = "")]
         description: String,
-        /// YAML or JSON with access_key_id, secret_access_key and optionally
-        /// session_token; `-` reads stdin.
-        #[arg(long, value_name = "FILE")]
-        values: PathBuf,
+        #[command(flatten)]
+        values: SecretValuesArgs,
     },
-    /// Replace a secret's values.
+    /// Replace a secret's values (of the same kind).
     Rotate {
         id: String,
-        #[arg(long, value_name = "FILE")]
-        values: PathBuf,
+        #[command(flatten)]
+        values: SecretValuesArgs,
     },
     /// Delete a secret.
     Delete { id: String },
+}
+
+/// Where a secret's values come from: files or stdin, never the command line.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct SecretValuesArgs {
+    /// YAML or JSON with access_key_id, secret_access_key and optionally
+    /// session_token; `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    values: Option<PathBuf>,
+    /// A file holding a repository passphrase (one trailing newline is
+    /// dropped); `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -528,6 +541,7 @@ async fn secrets_command(
     const COLUMNS: &[Column] = &[
         Column::text("ID", "id"),
         Column::text("NAME", "name"),
+        Column::text("KIND", "kind"),
         Column::text("ACCESS KEY", "accessKeyIdHint"),
         Column::text("SESSION TOKEN", "hasSessionToken"),
         Column::time("UPDATED", "updateTime"),
@@ -567,7 +581,7 @@ async fn secrets_command(
             description,
             values,
         } => {
-            let s3 = secret_values(api, &values)?;
+            let (s3, passphrase) = secret_values(api, &values)?;
             let secret = pb::Secret {
                 name,
                 description,
@@ -576,16 +590,17 @@ async fn secrets_command(
             api.secrets()
                 .create_secret(pb::CreateSecretRequest {
                     secret: Some(secret),
-                    s3: Some(s3),
+                    s3,
+                    passphrase,
                 })
                 .await?
                 .into_inner()
                 .secret
         }
         SecretsCommand::Rotate { id, values } => {
-            let s3 = secret_values(api, &values)?;
+            let (s3, passphrase) = secret_values(api, &values)?;
             api.secrets()
-                .rotate_secret(pb::RotateSecretRequest { id, s3: Some(s3) })
+                .rotate_secret(pb::RotateSecretRequest { id, s3, passphrase })
                 .await?
                 .into_inner()
                 .secret
@@ -595,11 +610,32 @@ async fn secrets_command(
     printer.item(&to_dynamic(api.pool(), "Secret", &secret)?, COLUMNS)
 }
 
-/// Secret values from a file or stdin, never from the command line.
-fn secret_values(api: &Api, path: &std::path::Path) -> anyhow::Result<pb::S3CredentialValues> {
+/// Secret values from a file or stdin, never from the command line: S3
+/// credentials or a passphrase.
+fn secret_values(
+    api: &Api,
+    args: &SecretValuesArgs,
+) -> anyhow::Result<(Option<pb::S3CredentialValues>, Option<pb::PassphraseValue>)> {
+    if let Some(path) = &args.passphrase_file {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())?
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        };
+        let passphrase = text
+            .strip_suffix('\n')
+            .map(|line| line.strip_suffix('\r').unwrap_or(line))
+            .unwrap_or(&text)
+            .to_owned();
+        return Ok((None, Some(pb::PassphraseValue { passphrase })));
+    }
+    let path = args
+        .values
+        .as_ref()
+        .context("--values or --passphrase-file is required")?;
     let descriptor = connection::message_descriptor(api.pool(), "S3CredentialValues")?;
     let (message, _) = fields::read_file(descriptor, path)?;
-    connection::to_typed(&message)
+    Ok((Some(connection::to_typed(&message)?), None))
 }
 
 fn man(dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -233,6 +233,25 @@ fn login_saves_a_private_context_and_secrets_are_never_echoed() {
     let mut everything = String::from_utf8_lossy(&created.stdout).to_string();
     everything.push_str(&String::from_utf8_lossy(&created.stderr));
     assert!(created.status.success(), "{everything}");
+    // A repository passphrase, likewise from stdin.
+    let passphrase = "correct horse battery staple, recovered";
+    let mut create = server
+        .command(&["secrets", "create", "recovery", "--passphrase-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    create
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{passphrase}\n").as_bytes())
+        .expect("write stdin");
+    let created = create.wait_with_output().expect("secrets create");
+    everything.push_str(&String::from_utf8_lossy(&created.stdout));
+    everything.push_str(&String::from_utf8_lossy(&created.stderr));
+    assert!(created.status.success(), "{everything}");
     for args in [
         ["secrets", "list", "-o", "json"],
         ["secrets", "list", "-o", "yaml"],
@@ -242,7 +261,13 @@ fn login_saves_a_private_context_and_secrets_are_never_echoed() {
     }
     assert!(everything.contains("minio"), "{everything}");
     assert!(
-        !everything.contains(secret_key),
-        "a secret value was printed: {everything}"
+        everything.contains("SECRET_KIND_PASSPHRASE"),
+        "{everything}"
     );
+    for value in [secret_key, passphrase] {
+        assert!(
+            !everything.contains(value),
+            "a secret value was printed: {everything}"
+        );
+    }
 }

@@ -4,6 +4,9 @@
 //! another tenant's secret or a worker's variables, files or ambient keys,
 //! the endpoint policy keeps workers away from metadata and private
 //! addresses, and the sealed rows in the catalog are bound to their owner.
+//! Repository passphrases (issue 13) are secrets too: never returned or
+//! logged, bounded, of one owner, never mixed up with S3 credentials, and
+//! leased only to the runs that need them.
 
 mod support;
 
@@ -88,6 +91,7 @@ async fn create_secret(
                 ..Default::default()
             }),
             s3: Some(values.clone()),
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)
@@ -160,6 +164,7 @@ async fn secret_values_never_leave_the_server(backend: Backend) {
         .rotate_secret(pb::RotateSecretRequest {
             id: secret.id.clone(),
             s3: Some(rotated_values.clone()),
+            ..Default::default()
         })
         .await
         .expect("rotate");
@@ -266,6 +271,7 @@ async fn a_foreign_secret_is_indistinguishable_from_a_missing_one(backend: Backe
             .rotate_secret(pb::RotateSecretRequest {
                 id: secret.id.clone(),
                 s3: Some(fresh_values()),
+                ..Default::default()
             })
             .await,
         secrets
@@ -698,6 +704,7 @@ async fn replacing_the_key_reseals_every_secret(backend: Backend) {
         description: String::new(),
     };
     let sealed = coffer_control_plane::catalog::secrets::SealedValues {
+        kind: coffer_control_plane::model::secret::SecretKind::S3,
         sealed: old.seal(id, owner, &values).expect("seal"),
         access_key_id_hint: values.hint(),
         has_session_token: false,
@@ -779,7 +786,289 @@ async fn replacing_the_key_reseals_every_catalog_key(backend: Backend) {
     );
 }
 
+/// A fresh passphrase per test, so a hit can only come from this test.
+fn fresh_passphrase() -> String {
+    format!("pass {} phrase", uuid::Uuid::new_v4().simple())
+}
+
+async fn create_passphrase(
+    api: &coffer_control_plane::testing::Api,
+    name: &str,
+    passphrase: &str,
+) -> Result<pb::CreateSecretResponse, tonic::Status> {
+    api.secrets
+        .clone()
+        .create_secret(pb::CreateSecretRequest {
+            secret: Some(pb::Secret {
+                name: name.into(),
+                ..Default::default()
+            }),
+            passphrase: Some(pb::PassphraseValue {
+                passphrase: passphrase.into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn filesystem_bucket(name: &str, passphrase_secret_id: &str) -> pb::Bucket {
+    pb::Bucket {
+        name: name.into(),
+        location: Some(pb::bucket::Location::Filesystem(pb::FilesystemLocation {
+            path: format!("/data/{name}"),
+        })),
+        passphrase_secret_id: passphrase_secret_id.into(),
+        ..Default::default()
+    }
+}
+
+async fn passphrases_never_leave_the_server(backend: Backend) {
+    let logs = captured_logs();
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("alice").await;
+    let alice = server.as_user(&token);
+    let passphrase = fresh_passphrase();
+    let rotated_passphrase = fresh_passphrase();
+    let mut responses: Vec<Vec<u8>> = Vec::new();
+
+    let created = create_passphrase(&alice, "recovery", &passphrase)
+        .await
+        .expect("create a passphrase secret");
+    responses.push(created.encode_to_vec());
+    let secret = created.secret.expect("secret");
+    assert_eq!(secret.kind, pb::SecretKind::Passphrase as i32);
+    assert!(secret.access_key_id_hint.is_empty());
+
+    let mut secrets = alice.secrets.clone();
+    let got = secrets
+        .get_secret(pb::GetSecretRequest {
+            id: secret.id.clone(),
+        })
+        .await
+        .expect("get");
+    responses.push(got.into_inner().encode_to_vec());
+    let listed = secrets
+        .list_secrets(pb::ListSecretsRequest::default())
+        .await
+        .expect("list");
+    responses.push(listed.into_inner().encode_to_vec());
+    let rotated = secrets
+        .rotate_secret(pb::RotateSecretRequest {
+            id: secret.id.clone(),
+            passphrase: Some(pb::PassphraseValue {
+                passphrase: rotated_passphrase.clone(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("rotate");
+    responses.push(rotated.into_inner().encode_to_vec());
+    let refused = create_passphrase(&alice, "short", "short")
+        .await
+        .expect_err("too short");
+    assert_violations(&refused, &["passphrase.passphrase"]);
+    responses.push(refused.message().as_bytes().to_vec());
+    let bucket = alice
+        .create_bucket(filesystem_bucket("b", &secret.id))
+        .await
+        .expect("a bucket naming the passphrase");
+    assert_eq!(bucket.passphrase_secret_id, secret.id);
+    responses.push(bucket.encode_to_vec());
+
+    let id = secret.id.parse().expect("uuid");
+    let (_, sealed) = server
+        .catalog()
+        .sealed_secret_of(
+            id,
+            coffer_control_plane::model::secret::SecretKind::Passphrase,
+        )
+        .await
+        .expect("row");
+    for bytes in [&sealed.ciphertext, &sealed.nonce] {
+        assert!(!contains(bytes, &passphrase) && !contains(bytes, &rotated_passphrase));
+    }
+    // The row opens only as a passphrase: as S3 credentials it is not found.
+    assert!(server.catalog().sealed_secret(id).await.is_err());
+
+    for (i, response) in responses.iter().enumerate() {
+        for value in [&passphrase, &rotated_passphrase] {
+            assert!(
+                !contains(response, value),
+                "response {i} shows a passphrase"
+            );
+        }
+    }
+    let logged = logs.lock().expect("logs").clone();
+    assert!(!logged.is_empty(), "the log capture works");
+    for value in [&passphrase, &rotated_passphrase] {
+        assert!(
+            !contains(&logged, value),
+            "the server's log shows a passphrase"
+        );
+    }
+}
+
+async fn passphrases_are_bounded_and_never_taken_for_credentials(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, alice_token) = server.create_user("alice").await;
+    let (_, mallory_token) = server.create_user("mallory").await;
+    let alice = server.as_user(&alice_token);
+    let mallory = server.as_user(&mallory_token);
+
+    let long = "x".repeat(1025);
+    let refused = create_passphrase(&alice, "long", &long)
+        .await
+        .expect_err("too long");
+    assert_violations(&refused, &["passphrase.passphrase"]);
+    let refused = create_passphrase(&alice, "ctl", "line\nbreak-secret")
+        .await
+        .expect_err("control character");
+    assert_violations(&refused, &["passphrase.passphrase"]);
+    assert!(!refused.message().contains("break-secret"));
+    let both = alice
+        .secrets
+        .clone()
+        .create_secret(pb::CreateSecretRequest {
+            secret: Some(pb::Secret {
+                name: "both".into(),
+                ..Default::default()
+            }),
+            s3: Some(fresh_values()),
+            passphrase: Some(pb::PassphraseValue {
+                passphrase: fresh_passphrase(),
+            }),
+        })
+        .await
+        .expect_err("two kinds at once");
+    assert_violations(&both, &["passphrase"]);
+
+    let phrase = create_passphrase(&alice, "phrase", &fresh_passphrase())
+        .await
+        .expect("passphrase")
+        .secret
+        .expect("secret");
+    let keys = new_secret(&alice, "keys", &fresh_values()).await;
+    // A rotation keeps the kind.
+    let mixed = alice
+        .secrets
+        .clone()
+        .rotate_secret(pb::RotateSecretRequest {
+            id: phrase.id.clone(),
+            s3: Some(fresh_values()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("s3 values for a passphrase");
+    assert_violations(&mixed, &["passphrase"]);
+    // A passphrase is not S3 credentials, and S3 credentials no passphrase.
+    let as_credentials = alice
+        .create_bucket(s3_bucket("creds", "https://s3.example.com", &phrase.id, ""))
+        .await
+        .expect_err("a passphrase as credentials");
+    assert_eq!(
+        as_credentials.code(),
+        Code::PermissionDenied,
+        "{as_credentials:?}"
+    );
+    let as_passphrase = alice
+        .create_bucket(filesystem_bucket("phrase", &keys.id))
+        .await
+        .expect_err("credentials as a passphrase");
+    assert_violations(&as_passphrase, &["bucket.passphrase_secret_id"]);
+    // An unencrypted bucket has no key slots to put a passphrase in.
+    let mut plain = filesystem_bucket("plain", &phrase.id);
+    plain.encryption = pb::RepositoryEncryption::None as i32;
+    let unencrypted = alice.create_bucket(plain).await.expect_err("no slots");
+    assert_violations(&unencrypted, &["bucket.passphrase_secret_id"]);
+    // Another tenant's passphrase cannot be named, on create or update.
+    let foreign = mallory
+        .create_bucket(filesystem_bucket("steal", &phrase.id))
+        .await
+        .expect_err("a foreign passphrase");
+    assert_violations(&foreign, &["bucket.passphrase_secret_id"]);
+    let own = mallory
+        .create_bucket(filesystem_bucket("mine", ""))
+        .await
+        .expect("a bucket of her own");
+    let mut update = own.clone();
+    update.passphrase_secret_id = phrase.id.clone();
+    let updated = mallory
+        .buckets
+        .clone()
+        .update_bucket(pb::UpdateBucketRequest {
+            bucket: Some(update),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["passphrase_secret_id".into()],
+            }),
+        })
+        .await
+        .expect_err("a foreign passphrase by update");
+    assert_violations(&updated, &["bucket.passphrase_secret_id"]);
+    // A passphrase in use cannot be deleted from under its bucket.
+    alice
+        .create_bucket(filesystem_bucket("in-use", &phrase.id))
+        .await
+        .expect("alice's own bucket");
+    let in_use = alice
+        .secrets
+        .clone()
+        .delete_secret(pb::DeleteSecretRequest {
+            id: phrase.id.clone(),
+        })
+        .await
+        .expect_err("in use");
+    assert_eq!(in_use.code(), Code::FailedPrecondition, "{in_use:?}");
+}
+
+async fn leases_carry_the_passphrase_only_to_the_backup_that_creates(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, token) = server.create_user("alice").await;
+    let alice = server.as_user(&token);
+    let passphrase = fresh_passphrase();
+    let phrase = create_passphrase(&alice, "phrase", &passphrase)
+        .await
+        .expect("passphrase")
+        .secret
+        .expect("secret");
+    let secret = new_secret(&alice, "k", &fresh_values()).await;
+    let mut bucket = s3_bucket("b", "https://s3.example.com", &secret.id, "");
+    bucket.passphrase_secret_id = phrase.id.clone();
+    let bucket = alice.create_bucket(bucket).await.expect("bucket");
+
+    let run = queue_backup_to(&server, &token, &bucket.id).await;
+    let mut session = Session::open(&server).await;
+    let assignment = session.assignment().await.expect("assignment");
+    assert_eq!(
+        assignment.passphrase, passphrase,
+        "the backup may create the repository"
+    );
+    assert!(!format!("{:?}", server.get_run(&run).await).contains(&passphrase));
+    drop(session);
+
+    // The same bucket without a passphrase secret: the lease carries none.
+    let (_, bob_token) = server.create_user("bob").await;
+    let bob = server.as_user(&bob_token);
+    let bob_secret = new_secret(&bob, "k", &fresh_values()).await;
+    let bare = bob
+        .create_bucket(s3_bucket(
+            "bare",
+            "https://s3.example.com",
+            &bob_secret.id,
+            "",
+        ))
+        .await
+        .expect("bucket");
+    queue_backup_to(&server, &bob_token, &bare.id).await;
+    let mut session = Session::open(&server).await;
+    let assignment = session.assignment().await.expect("assignment");
+    assert!(assignment.passphrase.is_empty());
+}
+
 both_backends!(
+    passphrases_never_leave_the_server,
+    passphrases_are_bounded_and_never_taken_for_credentials,
+    leases_carry_the_passphrase_only_to_the_backup_that_creates,
     replacing_the_key_reseals_every_catalog_key,
     replacing_the_key_reseals_every_secret,
     secret_values_never_leave_the_server,

@@ -375,6 +375,7 @@ async fn rebuild_catalog_is_admin_only(backend: Backend) {
                 secret_access_key: "mallory-secret-key".to_string(),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .expect("a secret of her own")

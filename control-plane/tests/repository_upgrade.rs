@@ -5,6 +5,8 @@
 //! everyone else. With 0012 runs, objects and commit counters name their
 //! repository by that identity instead of by its location. With 0014 they
 //! stay format v1 with their chunk key, while new repositories are v2.
+//! With 0016 (passphrase secrets; on SQLite a rebuild of `secrets`) stored
+//! secrets and the buckets naming them are kept, and foreign keys still hold.
 
 mod support;
 
@@ -268,3 +270,81 @@ async fn an_upgraded_catalog_joins_repositories_by_id(backend: Backend) {
 }
 
 both_backends!(an_upgraded_catalog_joins_repositories_by_id);
+
+/// Migration 0016 rebuilds SQLite's `secrets` table (to widen its kind
+/// CHECK) while buckets reference it: the rows, the references and the
+/// foreign-key enforcement all survive, and a passphrase kind is accepted.
+async fn secrets_and_their_buckets_survive_the_passphrase_migration(backend: Backend) {
+    let guard = empty_database(backend).await;
+    let catalog = coffer_control_plane::catalog::Catalog::connect_without_migrating(guard.url())
+        .await
+        .expect("connect");
+    catalog.migrate_before(16).await.expect("the old schema");
+    let sql = Literals { backend };
+    let (alice, secret, bucket) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let time = "'2026-01-01 00:00:00+00:00'";
+    let statements = [
+        format!(
+            "INSERT INTO users (id, username, email, admin, create_time, update_time) \
+             VALUES ({}, 'alice', 'alice@example.com', FALSE, {time}, {time})",
+            sql.id(alice)
+        ),
+        format!(
+            "INSERT INTO secrets (id, owner_id, name, kind, key_id, nonce, ciphertext, \
+             create_time, update_time) VALUES ({}, {}, 'keys', 's3', 'k', {}, {}, {time}, {time})",
+            sql.id(secret),
+            sql.id(alice),
+            sql.key(),
+            sql.key()
+        ),
+        format!(
+            "INSERT INTO buckets (id, owner_id, name, kind, s3_bucket, s3_secret_id, \
+             create_time, update_time) VALUES ({}, {}, 'b', 's3', 'b', {}, {time}, {time})",
+            sql.id(bucket),
+            sql.id(alice),
+            sql.id(secret)
+        ),
+    ];
+    for statement in &statements {
+        catalog.execute_raw(statement).await.expect(statement);
+    }
+
+    catalog.migrate().await.expect("upgrade");
+    let kept = catalog
+        .get_secret(secret, None)
+        .await
+        .expect("the secret is kept");
+    assert_eq!(kept.spec.name, "keys");
+    let named = catalog
+        .get_bucket(bucket, None)
+        .await
+        .expect("the bucket is kept");
+    let coffer_control_plane::model::bucket::Location::S3(s3) = named.spec.location else {
+        panic!("an S3 bucket");
+    };
+    assert_eq!(s3.secret_id, Some(secret));
+    let dangling = format!(
+        "UPDATE buckets SET passphrase_secret_id = {} WHERE id = {}",
+        sql.id(Uuid::now_v7()),
+        sql.id(bucket)
+    );
+    assert!(
+        catalog.execute_raw(&dangling).await.is_err(),
+        "foreign keys are enforced again"
+    );
+    let passphrase = format!(
+        "INSERT INTO secrets (id, owner_id, name, kind, key_id, nonce, ciphertext, \
+         create_time, update_time) VALUES ({}, {}, 'phrase', 'passphrase', 'k', {}, {}, {time}, \
+         {time})",
+        sql.id(Uuid::now_v7()),
+        sql.id(alice),
+        sql.key(),
+        sql.key()
+    );
+    catalog
+        .execute_raw(&passphrase)
+        .await
+        .expect("the passphrase kind is accepted");
+}
+
+both_backends!(secrets_and_their_buckets_survive_the_passphrase_migration);

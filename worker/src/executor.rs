@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use coffer_format::crypto::SlotKind;
 use coffer_format::Encryption;
 use coffer_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,9 @@ use uuid::Uuid;
 use crate::class::WorkerClass;
 use crate::paths::grant::{check_path_grant, AllowedPath, PathUse, WorkerRoots};
 use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
-use crate::repository::{NewFormat, PinnedGeneration, Repository, RepositoryAccess};
+use crate::repository::{
+    KeySlotSummary, NewFormat, PinnedGeneration, Repository, RepositoryAccess,
+};
 use crate::run_metrics::RunMetrics;
 use crate::runs::backup::dry_run::{run_dry_run, DryRunPlan};
 use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
@@ -357,10 +360,13 @@ impl RunExecutor {
         } else {
             Repository::check_identity(Arc::clone(&store), &repository, is_backup, &cancel).await
         };
-        identity.map_err(|error| RunFailure {
+        let key_slots = identity.map_err(|error| RunFailure {
             message: format!("checking the repository at {target_description}: {error}"),
             retryable: error.is_retryable(),
         })?;
+        // The passphrase was needed only to create or recover the
+        // repository: wiped before the run proper starts.
+        repository.passphrase = None;
         let outcome = match spec {
             pb::run::Spec::Backup(backup) => {
                 tracing::info!(run = %run_id, source = %backup.source_path, target = %target_description, "backup started");
@@ -511,6 +517,12 @@ impl RunExecutor {
                 })
             }
         };
+        let outcome = outcome.map(|mut outcome| {
+            if let pb::run_completion::Outcome::Success(success) = &mut outcome {
+                success.key_slots = key_slots.iter().map(key_slot_to_proto).collect();
+            }
+            outcome
+        });
         outcome.map_err(|error| {
             tracing::warn!(run = %run_id, error = %error.message, retryable = error.retryable, "run failed");
             RunFailure {
@@ -568,6 +580,7 @@ impl Executor for RunExecutor {
 fn repository_access(assignment: &mut pb::RunAssignment) -> Result<RepositoryAccess, RunFailure> {
     let catalog_key = std::mem::take(&mut assignment.catalog_key);
     let catalog_key = zeroize::Zeroizing::new(catalog_key);
+    let passphrase = zeroize::Zeroizing::new(std::mem::take(&mut assignment.passphrase));
     let format = match assignment.repository_format {
         // Control planes from before format v2 send no format: v1.
         0 | 1 => NewFormat::V1 {
@@ -607,6 +620,7 @@ fn repository_access(assignment: &mut pb::RunAssignment) -> Result<RepositoryAcc
         repository_id: assignment.repository_id.clone(),
         v1_fallback: true,
         adopt: false,
+        passphrase: (!passphrase.is_empty()).then_some(passphrase),
         format,
         catalog_key,
         pinned: assignment
@@ -617,6 +631,23 @@ fn repository_access(assignment: &mut pb::RunAssignment) -> Result<RepositoryAcc
                 fingerprint: pinned.fingerprint.clone(),
             }),
     })
+}
+
+fn key_slot_to_proto(slot: &KeySlotSummary) -> pb::RepositoryKeySlot {
+    pb::RepositoryKeySlot {
+        slot_id: slot.id.to_string(),
+        kind: match slot.kind {
+            SlotKind::Passphrase => pb::KeySlotKind::Passphrase,
+            SlotKind::Catalog => pb::KeySlotKind::Catalog,
+        }
+        .into(),
+        generations: slot.generations.clone(),
+        create_time: Some(prost_types::Timestamp {
+            seconds: slot.created.timestamp(),
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
 }
 
 fn generation_to_proto(pinned: PinnedGeneration) -> pb::RepositoryGeneration {

@@ -3,6 +3,7 @@
 //! writing encrypted repositories to a filesystem target and to Garage.
 //! New repositories are encrypted; what storage holds reveals nothing of
 //! the data, and any change to it is detected, named and never restored.
+//! A bucket's passphrase opens its repositories after the catalog is lost.
 
 #[macro_use]
 mod support;
@@ -17,8 +18,9 @@ use coffer_proto::v1 as pb;
 use prost::Message;
 use support::worker_api::{Repository, Store};
 use support::{
-    assert_restorable, assert_succeeded, create_run, garage_bucket, noise, repository_access,
-    restore, run_to_success, start_run, wait_until_final, write, WorkerProcess,
+    assert_restorable, assert_succeeded, create_run, garage_bucket, new_bucket_on, noise,
+    repository_access, restore, run_to_success, s3_bucket, start_run, wait_until_final, write,
+    S3Server, WorkerProcess,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -585,6 +587,168 @@ async fn a_new_catalog_adopts_an_unencrypted_repository(backend: Backend) {
         ..Default::default()
     });
     let again = run_to_success(&fresh, spec).await;
+    assert_eq!(assert_restorable(&fresh, &again.id, source.path()).await, 4);
+}
+
+/// Registers Garage bucket `name` in `server` with a passphrase secret
+/// holding `passphrase`; returns the bucket's id.
+async fn bucket_with_passphrase(server: &TestServer, name: &str, passphrase: &str) -> String {
+    let secret = server
+        .admin()
+        .secrets
+        .create_secret(pb::CreateSecretRequest {
+            secret: Some(pb::Secret {
+                name: "recovery".into(),
+                ..Default::default()
+            }),
+            passphrase: Some(pb::PassphraseValue {
+                passphrase: passphrase.into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("passphrase secret")
+        .into_inner()
+        .secret
+        .expect("secret");
+    let bucket = pb::Bucket {
+        passphrase_secret_id: secret.id,
+        ..s3_bucket(&S3Server::shared(), name)
+    };
+    server
+        .admin()
+        .create_bucket(bucket)
+        .await
+        .expect("bucket with a passphrase")
+        .id
+}
+
+fn backup_to_bucket(source: &Path, bucket_id: &str) -> pb::create_run_request::Spec {
+    pb::create_run_request::Spec::Backup(pb::BackupSpec {
+        source_path: source.display().to_string(),
+        target: Some(pb::Target {
+            destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+                bucket_id: bucket_id.into(),
+                prefix: "repo".into(),
+            })),
+        }),
+        ..Default::default()
+    })
+}
+
+/// The key slots the bucket shows, as (kind, generations), sorted.
+async fn shown_slots(server: &TestServer, bucket_id: &str) -> Vec<(i32, Vec<u32>)> {
+    let bucket = server
+        .admin()
+        .buckets
+        .get_bucket(pb::GetBucketRequest {
+            id: bucket_id.into(),
+        })
+        .await
+        .expect("get bucket")
+        .into_inner()
+        .bucket
+        .expect("bucket");
+    let mut slots: Vec<(i32, Vec<u32>)> = bucket
+        .key_slots
+        .into_iter()
+        .map(|slot| (slot.kind, slot.generations))
+        .collect();
+    slots.sort();
+    slots
+}
+
+/// Disaster recovery with only the storage and the passphrase: the catalog
+/// (and with it every catalog key) is lost; a new control plane with an
+/// empty catalog, given the bucket and its passphrase, rebuilds the
+/// snapshots through the passphrase slot, restores them byte for byte, and
+/// adds a catalog slot of its own, so the next backup needs no human. A
+/// wrong passphrase opens nothing and says only that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_catalog_is_recovered_with_the_passphrase_alone() {
+    let passphrase = format!("recovery {}", uuid::Uuid::new_v4().simple());
+    let (name, store) = new_bucket_on(&S3Server::shared()).await;
+    let source = source_with("recovery-marker");
+    let cancel = CancellationToken::new();
+    let first_id = {
+        let lost = TestServer::start(Backend::Postgres).await;
+        let bucket_id = bucket_with_passphrase(&lost, &name, &passphrase).await;
+        let _worker = WorkerProcess::spawn(&lost, "dr-before");
+        let first = run_to_success(&lost, backup_to_bucket(source.path(), &bucket_id)).await;
+        let catalog = pb::KeySlotKind::Catalog as i32;
+        let passphrase_kind = pb::KeySlotKind::Passphrase as i32;
+        assert_eq!(
+            shown_slots(&lost, &bucket_id).await,
+            vec![(passphrase_kind, vec![1]), (catalog, vec![1])],
+            "a passphrase slot beside the catalog's, both holding generation 1"
+        );
+        first.id
+    };
+    assert_eq!(store.list("keys/", &cancel).await.expect("list").len(), 2);
+
+    // A wrong passphrase opens nothing, and the error names no slot.
+    let wrong = TestServer::start(Backend::Sqlite).await;
+    let bucket_id = bucket_with_passphrase(&wrong, &name, "not the passphrase").await;
+    let _worker = WorkerProcess::spawn(&wrong, "dr-wrong");
+    let rebuild = |bucket_id: String| pb::RebuildCatalogRequest {
+        bucket_id,
+        prefix: "repo".into(),
+    };
+    let run_id = wrong
+        .admin()
+        .objects
+        .rebuild_catalog(rebuild(bucket_id))
+        .await
+        .expect("rebuild")
+        .into_inner()
+        .run_id;
+    let refused = wait_until_final(&wrong, &run_id, LIMIT).await;
+    assert_eq!(refused.state, pb::RunState::Failed as i32, "{refused:?}");
+    assert!(
+        refused
+            .error
+            .contains("no key slot opens with this passphrase"),
+        "{}",
+        refused.error
+    );
+    for key in store.list("keys/", &cancel).await.expect("list") {
+        let id = key.trim_start_matches("keys/");
+        assert!(!refused.error.contains(id), "the error names slot {id}");
+    }
+    drop(_worker);
+
+    let fresh = TestServer::start(Backend::Sqlite).await;
+    let bucket_id = bucket_with_passphrase(&fresh, &name, &passphrase).await;
+    let _worker = WorkerProcess::spawn(&fresh, "dr-after");
+    let run_id = fresh
+        .admin()
+        .objects
+        .rebuild_catalog(rebuild(bucket_id.clone()))
+        .await
+        .expect("rebuild")
+        .into_inner()
+        .run_id;
+    assert_succeeded(&wait_until_final(&fresh, &run_id, LIMIT).await);
+    assert_eq!(assert_restorable(&fresh, &first_id, source.path()).await, 3);
+    let catalog = pb::KeySlotKind::Catalog as i32;
+    let passphrase_kind = pb::KeySlotKind::Passphrase as i32;
+    assert_eq!(
+        shown_slots(&fresh, &bucket_id).await,
+        vec![
+            (passphrase_kind, vec![1]),
+            (catalog, vec![1]),
+            (catalog, vec![1])
+        ],
+        "the rebuild added a catalog slot for the new catalog's key"
+    );
+
+    // Scheduled runs need no human: the next backup opens the repository
+    // with the new catalog's key alone.
+    write(
+        &source.path().join("docs/after.txt"),
+        b"after the recovery\n",
+    );
+    let again = run_to_success(&fresh, backup_to_bucket(source.path(), &bucket_id)).await;
     assert_eq!(assert_restorable(&fresh, &again.id, source.path()).await, 4);
 }
 

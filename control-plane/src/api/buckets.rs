@@ -16,7 +16,9 @@ use crate::model::bucket::{
     Bucket, BucketSpec, Location, LockMode, ObjectLockSettings, RepositoryEncryption, MAX_NAME_LEN,
 };
 use crate::model::grant::{match_grants, GrantUse, PathNeed};
+use crate::model::key_slot::{KeySlotKind, KeySlotRecord};
 use crate::model::run::Labels;
+use crate::model::secret::SecretKind;
 use crate::model::{check_name, parse_id, parse_optional_id};
 use crate::secrets::access::check_s3_access;
 use crate::state::AppState;
@@ -32,6 +34,7 @@ const UPDATABLE: &[&str] = &[
     "owner_id",
     "object_lock",
     "maintenance_secret_id",
+    "passphrase_secret_id",
 ];
 
 /// Handler of `coffer.v1.BucketService`.
@@ -102,7 +105,25 @@ impl From<Bucket> for pb::Bucket {
             object_lock: spec.object_lock.map(object_lock_to_proto),
             maintenance_secret_id: optional_id(spec.maintenance_secret_id),
             encryption: encryption_to_proto(spec.encryption).into(),
+            passphrase_secret_id: optional_id(spec.passphrase_secret_id),
+            key_slots: Vec::new(),
         }
+    }
+}
+
+/// The proto of a recorded key slot.
+fn key_slot_to_proto(record: KeySlotRecord) -> pb::RepositoryKeySlot {
+    pb::RepositoryKeySlot {
+        repository_id: record.repository_id.to_string(),
+        kind: match record.slot.kind {
+            KeySlotKind::Passphrase => pb::KeySlotKind::Passphrase,
+            KeySlotKind::Catalog => pb::KeySlotKind::Catalog,
+        }
+        .into(),
+        slot_id: record.slot.slot_id,
+        generations: record.slot.generations,
+        create_time: Some(timestamp(record.slot.create_time)),
+        report_time: Some(timestamp(record.report_time)),
     }
 }
 
@@ -194,6 +215,12 @@ fn new_spec(caller: &Caller, bucket: pb::Bucket) -> DomainResult<BucketSpec> {
     let encryption = violations
         .absorb(encryption_from_proto(bucket.encryption))
         .unwrap_or_default();
+    let passphrase_secret_id = violations
+        .absorb(parse_optional_id(
+            "bucket.passphrase_secret_id",
+            &bucket.passphrase_secret_id,
+        ))
+        .flatten();
     let location = match bucket.location.map(Location::try_from).transpose() {
         Ok(location) => location,
         Err(error) => {
@@ -222,6 +249,7 @@ fn new_spec(caller: &Caller, bucket: pb::Bucket) -> DomainResult<BucketSpec> {
         object_lock,
         maintenance_secret_id,
         encryption,
+        passphrase_secret_id,
     };
     violations.absorb(spec.validate("bucket."));
     violations.finish()?;
@@ -278,6 +306,10 @@ fn apply_mask(
                     &bucket.maintenance_secret_id,
                 )?;
             }
+            "passphrase_secret_id" => {
+                spec.passphrase_secret_id =
+                    parse_optional_id("bucket.passphrase_secret_id", &bucket.passphrase_secret_id)?;
+            }
             _ => unreachable!("mask_paths admits only the paths above"),
         }
     }
@@ -287,6 +319,15 @@ fn apply_mask(
 impl BucketApi {
     async fn caller<T>(&self, request: &Request<T>) -> DomainResult<Caller> {
         self.state.auth.caller(request.metadata()).await
+    }
+
+    /// The proto of `bucket` with the key slots its repositories' runs
+    /// recorded.
+    async fn shown(&self, bucket: Bucket) -> DomainResult<pb::Bucket> {
+        let slots = self.state.catalog.bucket_key_slots(bucket.id).await?;
+        let mut shown = pb::Bucket::from(bucket);
+        shown.key_slots = slots.into_iter().map(key_slot_to_proto).collect();
+        Ok(shown)
     }
 
     /// Validates a complete spec, including the references it makes: the
@@ -322,12 +363,25 @@ impl BucketApi {
             if !self
                 .state
                 .catalog
-                .secret_owned_by(secret, spec.owner_id)
+                .secret_owned_by(secret, spec.owner_id, SecretKind::S3)
                 .await?
             {
                 violations.add(
                     "bucket.maintenance_secret_id",
-                    format!("the bucket's owner has no secret {secret}"),
+                    format!("the bucket's owner has no S3 credentials secret {secret}"),
+                );
+            }
+        }
+        if let Some(secret) = spec.passphrase_secret_id {
+            if !self
+                .state
+                .catalog
+                .secret_owned_by(secret, spec.owner_id, SecretKind::Passphrase)
+                .await?
+            {
+                violations.add(
+                    "bucket.passphrase_secret_id",
+                    format!("the bucket's owner has no passphrase secret {secret}"),
                 );
             }
         }
@@ -412,8 +466,12 @@ impl BucketApi {
             .catalog
             .list_buckets(page, owner, &request.name_prefix)
             .await?;
+        let mut shown = Vec::with_capacity(buckets.len());
+        for bucket in buckets {
+            shown.push(self.shown(bucket).await?);
+        }
         Ok(pb::ListBucketsResponse {
-            buckets: buckets.into_iter().map(Into::into).collect(),
+            buckets: shown,
             next_page_token,
         })
     }
@@ -445,7 +503,7 @@ impl BucketService for BucketApi {
             .get_bucket(id, caller.owner_scope())
             .await?;
         respond(Ok(pb::GetBucketResponse {
-            bucket: Some(bucket.into()),
+            bucket: Some(self.shown(bucket).await?),
         }))
     }
 
@@ -464,7 +522,7 @@ impl BucketService for BucketApi {
         let caller = self.caller(&request).await?;
         let updated = self.update(&caller, request.into_inner()).await?;
         respond(Ok(pb::UpdateBucketResponse {
-            bucket: Some(updated.into()),
+            bucket: Some(self.shown(updated).await?),
         }))
     }
 

@@ -1,7 +1,7 @@
-//! SecretService: S3 credentials owned by users, sealed at rest. No handler
-//! ever puts a secret value into a response or a log line: the values go
-//! from the request straight into [`Keyring::seal`] and the proto holding
-//! them is dropped. A non-admin sees only its own secrets; anything else is
+//! SecretService: S3 credentials and repository passphrases owned by users,
+//! sealed at rest. No handler ever puts a secret value into a response or a
+//! log line: the values go from the request straight into [`Keyring::seal`]
+//! (or [`Keyring::seal_passphrase`]) and the proto holding them is dropped. A non-admin sees only its own secrets; anything else is
 //! reported as not found.
 
 use coffer_proto::v1 as pb;
@@ -14,7 +14,7 @@ use crate::auth::Caller;
 use crate::catalog::secrets::SealedValues;
 use crate::catalog::{new_id, Page};
 use crate::error::{DomainError, DomainResult, Violations};
-use crate::model::secret::{S3CredentialValues, Secret, SecretSpec};
+use crate::model::secret::{Passphrase, S3CredentialValues, Secret, SecretKind, SecretSpec};
 use crate::model::{parse_id, parse_optional_id};
 use crate::secrets::Keyring;
 use crate::state::AppState;
@@ -43,6 +43,11 @@ impl From<Secret> for pb::Secret {
             has_session_token: secret.has_session_token,
             create_time: Some(timestamp(secret.create_time)),
             update_time: Some(timestamp(secret.update_time)),
+            kind: match secret.kind {
+                SecretKind::S3 => pb::SecretKind::S3,
+                SecretKind::Passphrase => pb::SecretKind::Passphrase,
+            }
+            .into(),
         }
     }
 }
@@ -60,16 +65,58 @@ fn values_of(field: &str, s3: Option<pb::S3CredentialValues>) -> DomainResult<S3
     Ok(values)
 }
 
+/// The values a create or rotate request carries: exactly one of S3
+/// credentials and a passphrase, validated.
+enum Values {
+    S3(S3CredentialValues),
+    Passphrase(Passphrase),
+}
+
+impl Values {
+    fn of(
+        s3: Option<pb::S3CredentialValues>,
+        passphrase: Option<pb::PassphraseValue>,
+    ) -> DomainResult<Self> {
+        match (s3, passphrase) {
+            (Some(_), Some(_)) => Err(DomainError::invalid(
+                "passphrase",
+                "s3 and passphrase are alternatives; set exactly one",
+            )),
+            (None, Some(value)) => Ok(Values::Passphrase(Passphrase::new(
+                "passphrase.passphrase",
+                value.passphrase,
+            )?)),
+            (s3, None) => values_of("s3", s3).map(Values::S3),
+        }
+    }
+
+    fn kind(&self) -> SecretKind {
+        match self {
+            Values::S3(_) => SecretKind::S3,
+            Values::Passphrase(_) => SecretKind::Passphrase,
+        }
+    }
+}
+
 fn seal(
     keyring: &Keyring,
     id: uuid::Uuid,
     owner: uuid::Uuid,
-    values: &S3CredentialValues,
+    values: &Values,
 ) -> DomainResult<SealedValues> {
-    Ok(SealedValues {
-        sealed: keyring.seal(id, owner, values)?,
-        access_key_id_hint: values.hint(),
-        has_session_token: !values.session_token.is_empty(),
+    Ok(match values {
+        Values::S3(values) => SealedValues {
+            kind: SecretKind::S3,
+            sealed: keyring.seal(id, owner, values)?,
+            access_key_id_hint: values.hint(),
+            has_session_token: !values.session_token.is_empty(),
+        },
+        Values::Passphrase(passphrase) => SealedValues {
+            kind: SecretKind::Passphrase,
+            sealed: keyring.seal_passphrase(id, owner, passphrase)?,
+            access_key_id_hint: String::new(),
+            has_session_token: false,
+        },
     })
 }
 
@@ -96,7 +143,7 @@ impl SecretApi {
             description: secret.description,
         };
         violations.absorb(spec.validate("secret."));
-        let values = violations.absorb(values_of("s3", request.s3));
+        let values = violations.absorb(Values::of(request.s3, request.passphrase));
         violations.finish()?;
         let values = values.ok_or_else(|| DomainError::invalid("s3", "is required"))?;
         let spec = SecretSpec {
@@ -125,12 +172,25 @@ impl SecretApi {
         request: pb::RotateSecretRequest,
     ) -> DomainResult<Secret> {
         let id = parse_id("id", &request.id)?;
-        let values = values_of("s3", request.s3)?;
+        let values = Values::of(request.s3, request.passphrase)?;
         let current = self
             .state
             .catalog
             .get_secret(id, caller.owner_scope())
             .await?;
+        if values.kind() != current.kind {
+            let field = match current.kind {
+                SecretKind::S3 => "s3",
+                SecretKind::Passphrase => "passphrase",
+            };
+            return Err(DomainError::invalid(
+                field,
+                format!(
+                    "is required: secret {id} is {}, and a rotation keeps the kind",
+                    current.kind.describe()
+                ),
+            ));
+        }
         let sealed = seal(&self.state.secrets, id, current.spec.owner_id, &values)?;
         let rotated = self
             .state

@@ -19,7 +19,7 @@ use crate::model::bucket::{
 const COLUMNS: &str = "id, owner_id, name, description, kind, s3_endpoint, s3_bucket, s3_region, \
      s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, retention_policy_id, \
      create_time, update_time, s3_secret_id, object_lock_mode, object_lock_min_retention_seconds, \
-     s3_maintenance_secret_id, encryption";
+     s3_maintenance_secret_id, encryption, passphrase_secret_id";
 
 #[derive(sqlx::FromRow)]
 struct BucketRow {
@@ -43,6 +43,7 @@ struct BucketRow {
     object_lock_min_retention_seconds: i64,
     s3_maintenance_secret_id: Option<Uuid>,
     encryption: String,
+    passphrase_secret_id: Option<Uuid>,
 }
 
 impl TryFrom<BucketRow> for Bucket {
@@ -86,6 +87,7 @@ impl TryFrom<BucketRow> for Bucket {
                 }),
                 maintenance_secret_id: row.s3_maintenance_secret_id,
                 encryption: RepositoryEncryption::parse(&row.encryption)?,
+                passphrase_secret_id: row.passphrase_secret_id,
             },
             create_time: row.create_time,
             update_time: row.update_time,
@@ -128,8 +130,8 @@ fn bucket_name_taken(spec: &BucketSpec) -> String {
 
 /// Binds the columns that creating and updating a bucket write alike
 /// (owner to retention policy, then the S3 secret, then the Object Lock
-/// mode and retention and the maintenance secret: sixteen in all) to
-/// `$query`, in that order.
+/// mode and retention, the maintenance secret and the passphrase secret:
+/// seventeen in all) to `$query`, in that order.
 macro_rules! bind_spec {
     ($query:expr, $spec:expr) => {{
         let loc = LocationColumns::of(&$spec.location);
@@ -152,6 +154,7 @@ macro_rules! bind_spec {
                 i64::try_from(l.min_retention.as_secs()).unwrap_or(i64::MAX)
             }))
             .bind($spec.maintenance_secret_id)
+            .bind($spec.passphrase_secret_id)
     }};
 }
 
@@ -162,10 +165,10 @@ impl Catalog {
             "INSERT INTO buckets (id, owner_id, name, description, kind, s3_endpoint, s3_bucket, \
              s3_region, s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, \
              retention_policy_id, s3_secret_id, object_lock_mode, \
-             object_lock_min_retention_seconds, s3_maintenance_secret_id, create_time, \
-             update_time, encryption) \
+             object_lock_min_retention_seconds, s3_maintenance_secret_id, \
+             passphrase_secret_id, create_time, update_time, encryption) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $18, $19) \
+             $17, $18, $19, $19, $20) \
              RETURNING {COLUMNS}"
         );
         let row = on_pool!(self, |pool| bind_spec!(
@@ -227,7 +230,7 @@ impl Catalog {
              s3_credentials_ref = $11, filesystem_path = $12, prefix = $13, \
              retention_policy_id = $14, s3_secret_id = $15, object_lock_mode = $16, \
              object_lock_min_retention_seconds = $17, s3_maintenance_secret_id = $18, \
-             update_time = $19 \
+             passphrase_secret_id = $19, update_time = $20 \
              WHERE id = $1 AND update_time = $2 RETURNING {COLUMNS}"
         );
         let row = on_pool!(self, |pool| bind_spec!(

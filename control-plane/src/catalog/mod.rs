@@ -34,6 +34,7 @@ pub(crate) mod error;
 pub mod exclusions;
 pub mod grants;
 pub mod jobs;
+pub mod key_slots;
 pub mod leases;
 pub mod limits;
 pub mod metadata;

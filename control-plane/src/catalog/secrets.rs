@@ -9,11 +9,11 @@ use uuid::Uuid;
 use super::{fetch_scoped, in_transaction, now_micros, on_pool, on_read_pool, Catalog, Page};
 use crate::catalog::error::from_sqlx;
 use crate::error::{DomainError, DomainResult};
-use crate::model::secret::{Secret, SecretSpec};
+use crate::model::secret::{Secret, SecretKind, SecretSpec};
 use crate::secrets::{Keyring, Sealed};
 
-const COLUMNS: &str =
-    "id, owner_id, name, description, access_key_id_hint, has_session_token, create_time, update_time";
+const COLUMNS: &str = "id, owner_id, name, description, access_key_id_hint, has_session_token, \
+     create_time, update_time, kind";
 
 #[derive(sqlx::FromRow)]
 struct SecretRow {
@@ -25,12 +25,16 @@ struct SecretRow {
     has_session_token: bool,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
+    kind: String,
 }
 
-impl From<SecretRow> for Secret {
-    fn from(row: SecretRow) -> Self {
-        Secret {
+impl TryFrom<SecretRow> for Secret {
+    type Error = DomainError;
+
+    fn try_from(row: SecretRow) -> DomainResult<Self> {
+        Ok(Secret {
             id: row.id,
+            kind: SecretKind::parse(&row.kind)?,
             spec: SecretSpec {
                 owner_id: row.owner_id,
                 name: row.name,
@@ -40,7 +44,7 @@ impl From<SecretRow> for Secret {
             has_session_token: row.has_session_token,
             create_time: row.create_time,
             update_time: row.update_time,
-        }
+        })
     }
 }
 
@@ -51,12 +55,15 @@ struct SealedRow {
     key_id: String,
     nonce: Vec<u8>,
     ciphertext: Vec<u8>,
+    kind: String,
 }
 
 /// What sealing a secret's values produced, with the metadata derived from
 /// the values before they were sealed.
 #[derive(Debug)]
 pub struct SealedValues {
+    /// What the values are.
+    pub kind: SecretKind,
     /// The sealed values.
     pub sealed: Sealed,
     /// The first characters of the access key id.
@@ -88,9 +95,9 @@ impl Catalog {
         values: &SealedValues,
     ) -> DomainResult<Secret> {
         let sql = format!(
-            "INSERT INTO secrets (id, owner_id, name, description, kind, access_key_id_hint, \
-             has_session_token, key_id, nonce, ciphertext, create_time, update_time) \
-             VALUES ($1, $2, $3, $4, 's3', $5, $6, $7, $8, $9, $10, $10) RETURNING {COLUMNS}"
+            "INSERT INTO secrets (id, owner_id, name, description, access_key_id_hint, \
+             has_session_token, key_id, nonce, ciphertext, create_time, update_time, kind) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11) RETURNING {COLUMNS}"
         );
         let row = on_pool!(self, |pool| bind_sealed!(
             sqlx::query_as::<_, SecretRow>(&sql)
@@ -101,10 +108,11 @@ impl Catalog {
             values
         )
         .bind(now_micros())
+        .bind(values.kind.as_str())
         .fetch_one(pool)
         .await)
         .map_err(|e| from_sqlx(e, &format!("secret named {:?} for this owner", spec.name)))?;
-        Ok(row.into())
+        Secret::try_from(row)
     }
 
     /// Returns a secret's metadata if it is within `owner_scope`.
@@ -113,13 +121,18 @@ impl Catalog {
             "SELECT {COLUMNS} FROM secrets WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
         let row: SecretRow = fetch_scoped(&self.read_pool, &sql, id, owner_scope, "secret").await?;
-        Ok(row.into())
+        Secret::try_from(row)
     }
 
-    /// Whether secret `id` exists and belongs to `owner`.
-    pub async fn secret_owned_by(&self, id: Uuid, owner: Uuid) -> DomainResult<bool> {
+    /// Whether secret `id` exists, belongs to `owner` and holds `kind`.
+    pub async fn secret_owned_by(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        kind: SecretKind,
+    ) -> DomainResult<bool> {
         match self.get_secret(id, Some(owner)).await {
-            Ok(_) => Ok(true),
+            Ok(secret) => Ok(secret.kind == kind),
             Err(DomainError::NotFound(_)) => Ok(false),
             Err(other) => Err(other),
         }
@@ -142,8 +155,7 @@ impl Catalog {
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "secrets"))?;
-        let (rows, next) = page.finish(rows, |row| row.id);
-        Ok((rows.into_iter().map(Into::into).collect(), next))
+        page.finish_rows(rows, Secret::try_from, |secret| secret.id)
     }
 
     /// Replaces the sealed values of a secret within `owner_scope`.
@@ -169,7 +181,7 @@ impl Catalog {
         .await)
         .map_err(|e| from_sqlx(e, "secret"))?
         .ok_or_else(|| DomainError::not_found("secret", id))?;
-        Ok(row.into())
+        Secret::try_from(row)
     }
 
     /// Deletes a secret within `owner_scope`. Refused with
@@ -187,12 +199,14 @@ impl Catalog {
             if found.is_none() {
                 return Err(DomainError::not_found("secret", id));
             }
-            let users: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM buckets WHERE s3_secret_id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| from_sqlx(e, "secret"))?;
+            let users: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM buckets WHERE s3_secret_id = $1 \
+                 OR s3_maintenance_secret_id = $1 OR passphrase_secret_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx(e, "secret"))?;
             if users > 0 {
                 return Err(DomainError::FailedPrecondition(format!(
                     "secret {id} is still used by {users} buckets; point them at another secret first"
@@ -210,10 +224,22 @@ impl Catalog {
     /// The owner and sealed values of secret `id`, for building a lease.
     /// Never reaches the API.
     pub async fn sealed_secret(&self, id: Uuid) -> DomainResult<(Uuid, Sealed)> {
+        self.sealed_secret_of(id, SecretKind::S3).await
+    }
+
+    /// The owner and sealed values of secret `id` if it holds `kind`
+    /// (else not found), for building a lease. Never reaches the API.
+    pub async fn sealed_secret_of(
+        &self,
+        id: Uuid,
+        kind: SecretKind,
+    ) -> DomainResult<(Uuid, Sealed)> {
         let row = on_pool!(self, |pool| sqlx::query_as::<_, SealedRow>(
-            "SELECT id, owner_id, key_id, nonce, ciphertext FROM secrets WHERE id = $1"
+            "SELECT id, owner_id, key_id, nonce, ciphertext, kind FROM secrets \
+             WHERE id = $1 AND kind = $2"
         )
         .bind(id)
+        .bind(kind.as_str())
         .fetch_optional(pool)
         .await)
         .map_err(|e| from_sqlx(e, "secret"))?
@@ -237,12 +263,14 @@ impl Catalog {
         let Some(primary) = keyring.primary_id() else {
             return Ok(0);
         };
-        let rows = on_pool!(self, |pool| sqlx::query_as::<_, SealedRow>(
-            "SELECT id, owner_id, key_id, nonce, ciphertext FROM secrets WHERE key_id <> $1"
+        let rows = on_pool!(self, |pool| {
+            sqlx::query_as::<_, SealedRow>(
+            "SELECT id, owner_id, key_id, nonce, ciphertext, kind FROM secrets WHERE key_id <> $1"
         )
         .bind(primary)
         .fetch_all(pool)
-        .await)
+        .await
+        })
         .map_err(|e| from_sqlx(e, "secrets"))?;
         let mut resealed = 0;
         for row in rows {
@@ -251,14 +279,23 @@ impl Catalog {
                 nonce: row.nonce,
                 ciphertext: row.ciphertext,
             };
-            let values = match keyring.open(row.id, row.owner_id, &old) {
-                Ok(values) => values,
+            let resealed_row = match SecretKind::parse(&row.kind)? {
+                SecretKind::S3 => keyring
+                    .open(row.id, row.owner_id, &old)
+                    .and_then(|values| keyring.seal(row.id, row.owner_id, &values)),
+                SecretKind::Passphrase => keyring
+                    .open_passphrase(row.id, row.owner_id, &old)
+                    .and_then(|passphrase| {
+                        keyring.seal_passphrase(row.id, row.owner_id, &passphrase)
+                    }),
+            };
+            let new = match resealed_row {
+                Ok(new) => new,
                 Err(error) => {
                     tracing::warn!(secret = %row.id, %error, "secret not resealed");
                     continue;
                 }
             };
-            let new = keyring.seal(row.id, row.owner_id, &values)?;
             let changed = on_pool!(self, |pool| sqlx::query(
                 "UPDATE secrets SET key_id = $2, nonce = $3, ciphertext = $4 \
                  WHERE id = $1 AND key_id = $5 AND nonce = $6"

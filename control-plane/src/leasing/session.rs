@@ -21,7 +21,9 @@ use crate::catalog::leases::{
 };
 use crate::catalog::workers::WorkerRegistration;
 use crate::error::{DomainError, DomainResult};
-use crate::model::run::{NewRunExclusion, RunSpec};
+use crate::model::bucket::RepositoryEncryption;
+use crate::model::key_slot::{KeySlotKind, ReportedKeySlot, MAX_SLOTS};
+use crate::model::run::{NewRunExclusion, RunSpec, Target};
 use crate::model::worker_class;
 use crate::runs::admission::RunAdmission;
 use crate::state::AppState;
@@ -461,6 +463,7 @@ impl Session {
         let path_grants = self.path_grants(&run).await?;
         let catalog_key =
             crate::runs::repositories::open_catalog_key(&self.state.secrets, &stored)?;
+        let passphrase = self.lease_passphrase(&run, &stored).await?;
         let mut assignment = pb::RunAssignment {
             lease: Some(lease_ref(run_id, token)),
             target: Some(target),
@@ -475,6 +478,9 @@ impl Session {
                 }
             }),
             catalog_key: catalog_key.map(|key| key.to_vec()).unwrap_or_default(),
+            passphrase: passphrase
+                .map(|passphrase| passphrase.expose().to_owned())
+                .unwrap_or_default(),
             // Only a v1 repository is created with the catalog's chunk key.
             repository_key: if stored.format_version == 1 {
                 stored.chunk_key
@@ -573,6 +579,32 @@ impl Session {
             run: Some(run.into()),
             ..Default::default()
         })
+    }
+
+    /// The passphrase of the run's bucket, for the only runs that use it:
+    /// a backup that may create an encrypted repository (none pinned yet:
+    /// it gets a passphrase slot), and a catalog rebuild (which opens with
+    /// it when the catalog that held the repository's key was lost).
+    async fn lease_passphrase(
+        &self,
+        run: &crate::model::run::Run,
+        stored: &crate::catalog::repositories::Repository,
+    ) -> DomainResult<Option<crate::model::secret::Passphrase>> {
+        let Target::Bucket { bucket_id, .. } = run.spec.target() else {
+            return Ok(None);
+        };
+        let wanted = match run.spec {
+            RunSpec::Backup(_) => stored.pinned_generation().is_none(),
+            RunSpec::RebuildCatalog(_) => true,
+            _ => false,
+        };
+        let encrypted = stored.encryption()? == Some(RepositoryEncryption::Aes256Gcm);
+        if !wanted || !encrypted {
+            return Ok(None);
+        }
+        let bucket = self.state.catalog.get_bucket(*bucket_id, None).await?;
+        crate::secrets::access::lease_passphrase(&self.state.catalog, &self.state.secrets, &bucket)
+            .await
     }
 
     async fn check_cancellation(&mut self, run_id: Uuid) {
@@ -774,7 +806,10 @@ impl Session {
     /// repository has no pinned generation, and only while the attempt
     /// still holds its lease, so a zombie attempt records nothing.
     async fn record_repository(&self, run_id: Uuid, token: i64, reported: &ReportedRepository) {
-        if reported.generation.is_none() && reported.found.is_none() {
+        if reported.generation.is_none()
+            && reported.found.is_none()
+            && reported.key_slots.is_empty()
+        {
             return;
         }
         let catalog = &self.state.catalog;
@@ -783,6 +818,11 @@ impl Session {
             let Some(repository_id) = run.repository_id else {
                 return Ok(());
             };
+            if !reported.key_slots.is_empty() {
+                catalog
+                    .record_key_slots(repository_id, &reported.key_slots, (run_id, token))
+                    .await?;
+            }
             let rebuild = matches!(run.spec, RunSpec::RebuildCatalog(_));
             if let (true, Some((format, storage_id))) = (rebuild, &reported.found) {
                 catalog
@@ -886,6 +926,8 @@ struct ReportedRepository {
     generation: Option<(u32, String)>,
     /// A rebuild's finding: the format and the identity in storage.
     found: Option<(u32, String)>,
+    /// The repository's key slots as the run found them (encrypted v2).
+    key_slots: Vec<ReportedKeySlot>,
 }
 
 fn parse_reported(success: &pb::RunSuccess) -> DomainResult<ReportedRepository> {
@@ -907,7 +949,56 @@ fn parse_reported(success: &pb::RunSuccess) -> DomainResult<ReportedRepository> 
             Some((format, id.clone()))
         }
     };
-    Ok(ReportedRepository { generation, found })
+    Ok(ReportedRepository {
+        generation,
+        found,
+        key_slots: parse_key_slots(&success.key_slots)?,
+    })
+}
+
+/// The key slots a worker reported, checked for shape and bounds.
+fn parse_key_slots(slots: &[pb::RepositoryKeySlot]) -> DomainResult<Vec<ReportedKeySlot>> {
+    let field = "completion.success.key_slots";
+    if slots.len() > MAX_SLOTS {
+        return Err(DomainError::invalid(
+            field,
+            format!(
+                "names {} slots, at most {MAX_SLOTS} are accepted",
+                slots.len()
+            ),
+        ));
+    }
+    slots
+        .iter()
+        .enumerate()
+        .map(|(index, slot)| {
+            let field = format!("{field}[{index}]");
+            let kind = match pb::KeySlotKind::try_from(slot.kind) {
+                Ok(pb::KeySlotKind::Passphrase) => KeySlotKind::Passphrase,
+                Ok(pb::KeySlotKind::Catalog) => KeySlotKind::Catalog,
+                _ => {
+                    return Err(DomainError::invalid(
+                        format!("{field}.kind"),
+                        "must be PASSPHRASE or CATALOG",
+                    ))
+                }
+            };
+            let create_time = slot
+                .create_time
+                .as_ref()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+                .ok_or_else(|| {
+                    DomainError::invalid(format!("{field}.create_time"), "is required")
+                })?;
+            ReportedKeySlot::new(
+                &field,
+                slot.slot_id.clone(),
+                kind,
+                slot.generations.clone(),
+                create_time,
+            )
+        })
+        .collect()
 }
 
 /// A key generation a worker reported: a number from 1 and a fingerprint

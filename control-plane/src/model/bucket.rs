@@ -121,6 +121,9 @@ pub struct BucketSpec {
     /// How repositories created in the bucket protect their data; fixed
     /// when the bucket is created.
     pub encryption: RepositoryEncryption,
+    /// The owner's passphrase secret: encrypted repositories created in the
+    /// bucket get a key slot for it beside the catalog's.
+    pub passphrase_secret_id: Option<Uuid>,
 }
 
 /// Shortest lock a bucket may require.
@@ -222,6 +225,12 @@ impl BucketSpec {
                     "must be between 1 second and 100 years",
                 );
             }
+        }
+        if self.passphrase_secret_id.is_some() && self.encryption == RepositoryEncryption::None {
+            violations.add(
+                format!("{prefix}passphrase_secret_id"),
+                "requires an encrypted bucket: repositories with encryption NONE have no key slots",
+            );
         }
         if self.maintenance_secret_id.is_some() && !on_s3 {
             violations.add(

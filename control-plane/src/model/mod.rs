@@ -7,6 +7,7 @@ pub mod configuration;
 pub mod endpoint;
 pub mod grant;
 pub mod job;
+pub mod key_slot;
 pub mod limits;
 pub mod metadata;
 pub mod object;

@@ -1,6 +1,6 @@
-//! Domain types for secrets: S3 credentials owned by a user. The values are
-//! input only: stored sealed (see `crate::secrets`), never returned, and their
-//! `Debug` output is redacted.
+//! Domain types for secrets: S3 credentials and repository passphrases owned
+//! by a user. The values are input only: stored sealed (see
+//! `crate::secrets`), never returned, and their `Debug` output is redacted.
 
 use std::fmt;
 
@@ -17,6 +17,90 @@ use crate::error::{DomainResult, Violations};
 pub const MAX_NAME_LEN: usize = 63;
 /// Characters of the access key id shown as a hint.
 pub const HINT_LEN: usize = 4;
+
+/// Shortest passphrase accepted, in bytes.
+pub const MIN_PASSPHRASE_LEN: usize = 8;
+/// Longest passphrase accepted, in bytes: Argon2id takes any length, and
+/// this bounds what a request may make the control plane seal and a worker
+/// hash.
+pub const MAX_PASSPHRASE_LEN: usize = 1024;
+
+/// What a secret holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// S3 credentials.
+    S3,
+    /// A repository passphrase.
+    Passphrase,
+}
+
+impl SecretKind {
+    /// The catalog's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretKind::S3 => "s3",
+            SecretKind::Passphrase => "passphrase",
+        }
+    }
+
+    /// Parses the catalog's spelling.
+    pub fn parse(text: &str) -> DomainResult<Self> {
+        match text {
+            "s3" => Ok(SecretKind::S3),
+            "passphrase" => Ok(SecretKind::Passphrase),
+            other => Err(crate::error::DomainError::Internal(format!(
+                "unknown secret kind {other:?} in catalog"
+            ))),
+        }
+    }
+
+    /// What the kind is called in messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SecretKind::S3 => "an S3 credentials secret",
+            SecretKind::Passphrase => "a passphrase secret",
+        }
+    }
+}
+
+/// A repository passphrase, zeroed when dropped. `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct Passphrase(String);
+
+impl fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Passphrase(<redacted>)")
+    }
+}
+
+impl Passphrase {
+    /// Takes `text` as a passphrase if it is 8-1024 bytes without control
+    /// characters; the error names `field` and never repeats the text.
+    pub fn new(field: &str, text: String) -> DomainResult<Self> {
+        let passphrase = Passphrase(text);
+        let length = passphrase.0.len();
+        if !(MIN_PASSPHRASE_LEN..=MAX_PASSPHRASE_LEN).contains(&length) {
+            return Err(crate::error::DomainError::invalid(
+                field,
+                format!(
+                    "must be {MIN_PASSPHRASE_LEN}-{MAX_PASSPHRASE_LEN} bytes long (it is {length})"
+                ),
+            ));
+        }
+        if passphrase.0.chars().any(char::is_control) {
+            return Err(crate::error::DomainError::invalid(
+                field,
+                "must not contain control characters",
+            ));
+        }
+        Ok(passphrase)
+    }
+
+    /// The passphrase, for sealing it or handing it to a lease.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
 
 /// The values of an S3 credential, zeroed when dropped. `Debug` shows none
 /// of them.
@@ -100,6 +184,8 @@ pub struct Secret {
     pub id: Uuid,
     /// Owner, name and description.
     pub spec: SecretSpec,
+    /// What it holds.
+    pub kind: SecretKind,
     /// The first characters of the access key id.
     pub access_key_id_hint: String,
     /// Whether a session token is stored.
@@ -130,6 +216,23 @@ mod tests {
             assert!(!shown.contains(value), "{shown}");
         }
         assert_eq!(values.hint(), "AKIA");
+    }
+
+    #[test]
+    fn passphrases_are_bounded_named_by_field_and_never_shown() {
+        let good = Passphrase::new("passphrase.passphrase", "correct horse battery".into())
+            .expect("valid");
+        assert!(!format!("{good:?}").contains("horse"));
+        let short = Passphrase::new("passphrase.passphrase", "short".into())
+            .expect_err("too short")
+            .to_string();
+        assert!(short.contains("passphrase.passphrase"), "{short}");
+        assert!(!short.contains("short\""), "{short}");
+        let long = Passphrase::new("p", "x".repeat(MAX_PASSPHRASE_LEN + 1)).expect_err("long");
+        assert!(long.to_string().contains("1025"), "{long}");
+        let control = Passphrase::new("p", "tab\there-secret".into()).expect_err("control");
+        assert!(!control.to_string().contains("here-secret"), "{control}");
+        assert!(Passphrase::new("p", "x".repeat(MAX_PASSPHRASE_LEN)).is_ok());
     }
 
     #[test]

@@ -8,9 +8,10 @@ use uuid::Uuid;
 use super::Keyring;
 use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult};
-use crate::model::bucket::{check_credentials_source, S3Location};
+use crate::model::bucket::{check_credentials_source, Bucket, S3Location};
 use crate::model::configuration::{S3_ENDPOINT_ALLOW, S3_ENDPOINT_DENY};
 use crate::model::endpoint::EndpointPolicy;
+use crate::model::secret::{Passphrase, SecretKind};
 
 /// The endpoint policy in force.
 pub async fn endpoint_policy(catalog: &Catalog) -> DomainResult<EndpointPolicy> {
@@ -36,9 +37,12 @@ pub async fn check_s3_access(
 ) -> DomainResult<()> {
     check_credentials_source(prefix, s3, owner_is_admin)?;
     if let Some(secret) = s3.secret_id {
-        if !catalog.secret_owned_by(secret, owner).await? {
+        if !catalog
+            .secret_owned_by(secret, owner, SecretKind::S3)
+            .await?
+        {
             return Err(DomainError::PermissionDenied(format!(
-                "{prefix}secret_id: the bucket's owner has no secret {secret}"
+                "{prefix}secret_id: the bucket's owner has no S3 credentials secret {secret}"
             )));
         }
     }
@@ -79,9 +83,12 @@ pub async fn lease_credentials(
         .await
         .map_err(refused)?;
     if let Some(secret) = maintenance_secret {
-        if !catalog.secret_owned_by(secret, owner).await? {
+        if !catalog
+            .secret_owned_by(secret, owner, SecretKind::S3)
+            .await?
+        {
             return Err(refused(DomainError::PermissionDenied(format!(
-                "maintenance_secret_id: the bucket's owner has no secret {secret}"
+                "maintenance_secret_id: the bucket's owner has no S3 credentials secret {secret}"
             ))));
         }
     }
@@ -98,4 +105,35 @@ pub async fn lease_credentials(
         session_token: values.session_token.clone(),
     });
     Ok(())
+}
+
+/// The passphrase of a bucket's passphrase secret, decrypted for a lease,
+/// after checking again that the secret is a passphrase of the bucket's
+/// owner (owners and secrets may have changed since the bucket was
+/// written). Errors never contain the passphrase.
+pub async fn lease_passphrase(
+    catalog: &Catalog,
+    keyring: &Keyring,
+    bucket: &Bucket,
+) -> DomainResult<Option<Passphrase>> {
+    let Some(secret) = bucket.spec.passphrase_secret_id else {
+        return Ok(None);
+    };
+    let owner = bucket.spec.owner_id;
+    if !catalog
+        .secret_owned_by(secret, owner, SecretKind::Passphrase)
+        .await?
+    {
+        return Err(DomainError::FailedPrecondition(format!(
+            "bucket {} may not be used as configured: passphrase_secret_id: the bucket's \
+             owner has no passphrase secret {secret}",
+            bucket.id
+        )));
+    }
+    let (secret_owner, sealed) = catalog
+        .sealed_secret_of(secret, SecretKind::Passphrase)
+        .await?;
+    keyring
+        .open_passphrase(secret, secret_owner, &sealed)
+        .map(Some)
 }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::error::{DomainError, DomainResult};
-use crate::model::secret::S3CredentialValues;
+use crate::model::secret::{Passphrase, S3CredentialValues};
 
 /// Length of a secrets key in bytes.
 pub const KEY_LEN: usize = 32;
@@ -31,6 +31,10 @@ const NONCE_LEN: usize = 24;
 /// Prefix of the associated data; names the format so that a future one
 /// can never be confused with it.
 const AAD_CONTEXT: &[u8] = b"coffer.secret.v1\0";
+/// Prefix of the associated data of a passphrase secret: a context of its
+/// own, so an S3 secret's row relabelled as a passphrase (or the reverse)
+/// fails its integrity check instead of being read as the other kind.
+const PASSPHRASE_CONTEXT: &[u8] = b"coffer.passphrase.v1\0";
 /// Prefix of the associated data of a repository's catalog key.
 const CATALOG_KEY_CONTEXT: &[u8] = b"coffer.catalog-key.v1\0";
 
@@ -213,6 +217,46 @@ impl Keyring {
         serde_json::from_slice(&plaintext).map_err(|_| tampered())
     }
 
+    /// Seals the passphrase of passphrase secret `id` of `owner` under the
+    /// primary key.
+    pub fn seal_passphrase(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        passphrase: &Passphrase,
+    ) -> DomainResult<Sealed> {
+        self.seal_bytes(
+            &passphrase_associated_data(id, owner),
+            passphrase.expose().as_bytes(),
+        )
+    }
+
+    /// Opens the passphrase of passphrase secret `id` of `owner`; a row
+    /// altered, moved, or holding another kind of secret is
+    /// `FailedPrecondition`.
+    pub fn open_passphrase(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        sealed: &Sealed,
+    ) -> DomainResult<Passphrase> {
+        let what = format!("secret {id}");
+        let tampered = || {
+            DomainError::FailedPrecondition(format!(
+                "{what} failed its integrity check: its stored row was altered or \
+                 moved to another id, owner or kind; create the secret again"
+            ))
+        };
+        let plaintext = self.open_bytes(
+            &passphrase_associated_data(id, owner),
+            sealed,
+            &what,
+            tampered,
+        )?;
+        let text = String::from_utf8(plaintext.to_vec()).map_err(|_| tampered())?;
+        Passphrase::new("passphrase", text).map_err(|_| tampered())
+    }
+
     /// Seals the catalog key of repository `repository_id` (the key that
     /// opens its catalog slot), bound to that repository.
     pub fn seal_catalog_key(&self, repository_id: Uuid, key: &[u8]) -> DomainResult<Sealed> {
@@ -305,6 +349,10 @@ fn catalog_key_associated_data(repository_id: Uuid) -> Vec<u8> {
     [CATALOG_KEY_CONTEXT, repository_id.as_bytes()].concat()
 }
 
+fn passphrase_associated_data(id: Uuid, owner: Uuid) -> Vec<u8> {
+    [PASSPHRASE_CONTEXT, id.as_bytes(), owner.as_bytes()].concat()
+}
+
 fn associated_data(id: Uuid, owner: Uuid) -> Vec<u8> {
     [AAD_CONTEXT, id.as_bytes(), owner.as_bytes()].concat()
 }
@@ -361,6 +409,29 @@ mod tests {
         assert!(keyring.open_catalog_key(Uuid::now_v7(), &sealed).is_err());
         // A secret's associated data differs: a sealed catalog key is no secret.
         assert!(keyring.open(repository, repository, &sealed).is_err());
+    }
+
+    #[test]
+    fn a_passphrase_opens_only_as_a_passphrase_of_its_id_and_owner() {
+        let keyring = Keyring::new(SecretKey::generate(), Vec::new());
+        let (id, owner) = (Uuid::now_v7(), Uuid::now_v7());
+        let passphrase =
+            Passphrase::new("p", "correct horse battery staple".into()).expect("valid");
+        let sealed = keyring
+            .seal_passphrase(id, owner, &passphrase)
+            .expect("seal");
+        assert!(!sealed.ciphertext.windows(5).any(|w| w == b"horse"));
+        assert_eq!(
+            keyring.open_passphrase(id, owner, &sealed).expect("open"),
+            passphrase
+        );
+        assert!(keyring
+            .open_passphrase(id, Uuid::now_v7(), &sealed)
+            .is_err());
+        // Relabelled as S3 credentials, the row fails its integrity check.
+        assert!(keyring.open(id, owner, &sealed).is_err());
+        let s3 = keyring.seal(id, owner, &values()).expect("seal");
+        assert!(keyring.open_passphrase(id, owner, &s3).is_err());
     }
 
     #[test]

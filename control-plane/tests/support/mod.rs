@@ -128,6 +128,7 @@ pub async fn s3_secret(
             secret_access_key: format!("{access_key_id}/secret/EXAMPLEKEY"),
             session_token: String::new(),
         }),
+        ..Default::default()
     };
     let created = api.secrets.clone().create_secret(request).await;
     created

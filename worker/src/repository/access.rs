@@ -2,11 +2,16 @@
 //! creating the repository in storage accordingly: a v1 repository through
 //! its public `config`, a v2 one through its catalog slot with the lease's
 //! catalog key, checked against the catalog's identity, encryption and
-//! pinned key generation.
+//! pinned key generation. A catalog rebuild that finds no catalog slot for
+//! its key (the catalog was lost) opens the repository with the lease's
+//! passphrase instead and adds a catalog slot for the new catalog's key.
 
 use std::fmt;
 
-use coffer_format::crypto::{unlock_slot, KeySlot, SlotKind, SlotSecret, StoredObject};
+use chrono::{DateTime, Utc};
+use coffer_format::crypto::{
+    unlock_slot, Argon2Params, KeySlot, SlotId, SlotKind, SlotSecret, StoredObject,
+};
 use coffer_format::layout::{self, CONFIG_KEY};
 use coffer_format::{
     AnyConfig, Encryption, FormatError, RepositoryConfig, RepositoryConfigV2, RepositoryKeys,
@@ -23,6 +28,48 @@ const KEY_FETCH_PARALLELISM: usize = 8;
 /// Largest key slot or keyring object read (the format bounds a keyring
 /// object to 64 KiB; a slot is 140 bytes).
 const MAX_KEY_OBJECT_LEN: usize = 64 << 10;
+/// Most key slots a run reports to the catalog.
+pub const MAX_REPORTED_SLOTS: usize = 64;
+/// Most generations reported per slot.
+pub const MAX_REPORTED_GENERATIONS: usize = 1000;
+
+/// A key slot as found in storage, for the catalog to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySlotSummary {
+    /// The slot's id.
+    pub id: SlotId,
+    /// What opens it.
+    pub kind: SlotKind,
+    /// When it was made (as the slot says).
+    pub created: DateTime<Utc>,
+    /// The generations whose keyring objects are sealed to it, lowest first.
+    pub generations: Vec<u32>,
+}
+
+/// The key slots among `slots` (parsed) with the generations `keyring`
+/// holds for each, bounded for the report.
+fn summarize_slots(slots: &[KeySlot], keyring: &[StoredObject]) -> Vec<KeySlotSummary> {
+    slots
+        .iter()
+        .take(MAX_REPORTED_SLOTS)
+        .map(|slot| {
+            let mut generations: Vec<u32> = keyring
+                .iter()
+                .filter_map(|(key, _)| layout::parse_keyring_key(key))
+                .filter(|(_, id)| *id == slot.id())
+                .map(|(generation, _)| generation)
+                .collect();
+            generations.sort_unstable();
+            generations.truncate(MAX_REPORTED_GENERATIONS);
+            KeySlotSummary {
+                id: slot.id(),
+                kind: slot.kind(),
+                created: slot.created(),
+                generations,
+            }
+        })
+        .collect()
+}
 
 /// The format a backup creates a missing repository in, as the catalog
 /// records it.
@@ -69,7 +116,13 @@ pub struct RepositoryAccess {
     pub v1_fallback: bool,
     /// A catalog rebuild (admin only) adopts a v2 repository of another
     /// identity: the catalog then records the identity found in storage.
+    /// With a passphrase it may also open the repository through its
+    /// passphrase slot and add a catalog slot for `catalog_key`.
     pub adopt: bool,
+    /// The passphrase of the bucket's passphrase secret: a new encrypted
+    /// repository gets a slot for it; a rebuild opens with it when no
+    /// catalog slot opens.
+    pub passphrase: Option<Zeroizing<String>>,
 }
 
 impl fmt::Debug for RepositoryAccess {
@@ -82,6 +135,7 @@ impl fmt::Debug for RepositoryAccess {
                 &self.catalog_key.as_ref().map(|_| "<secret>"),
             )
             .field("pinned", &self.pinned)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "<secret>"))
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +151,7 @@ impl RepositoryAccess {
             pinned: None,
             v1_fallback: true,
             adopt: false,
+            passphrase: None,
         }
     }
 
@@ -111,6 +166,7 @@ impl RepositoryAccess {
             pinned: None,
             v1_fallback: false,
             adopt: false,
+            passphrase: None,
         }
     }
 
@@ -125,6 +181,7 @@ impl RepositoryAccess {
             pinned: None,
             v1_fallback: false,
             adopt: false,
+            passphrase: None,
         }
     }
 
@@ -133,10 +190,11 @@ impl RepositoryAccess {
     }
 }
 
-/// What was opened: a v1 config, or a v2 repository's keys.
+/// What was opened: a v1 config, or a v2 repository's keys and its key
+/// slots (none when unencrypted).
 pub(super) enum Opened {
     V1(RepositoryConfig),
-    V2(RepositoryKeys),
+    V2(RepositoryKeys, Vec<KeySlotSummary>),
 }
 
 /// Reads and checks the repository's `config` and, for v2, its keys.
@@ -185,24 +243,25 @@ pub(super) async fn open(
             config
                 .check_expected(expected_id, encryption == Encryption::Aes256Gcm)
                 .map_err(|e| RepositoryError::format("checking the repository config", e))?;
-            let keys = open_keys(store, &config, access, cancel).await?;
+            let (keys, slots) = open_keys(store, &config, access, cancel).await?;
             check_pin(store, &keys, access.pinned.as_ref())?;
-            Ok(Opened::V2(keys))
+            Ok(Opened::V2(keys, slots))
         }
     }
 }
 
-/// The keys of a v2 repository: the clear generation of an unencrypted
-/// one, or what its catalog slot opens.
+/// The keys of a v2 repository (the clear generation of an unencrypted
+/// one, or what its catalog slot opens) and its key slots.
 async fn open_keys(
     store: &Store,
     config: &RepositoryConfigV2,
     access: &RepositoryAccess,
     cancel: &CancellationToken,
-) -> Result<RepositoryKeys, RepositoryError> {
+) -> Result<(RepositoryKeys, Vec<KeySlotSummary>), RepositoryError> {
     if config.encryption == Encryption::None {
         return config
             .unencrypted_keys()
+            .map(|keys| (keys, Vec::new()))
             .map_err(|e| RepositoryError::format("reading the repository config", e));
     }
     let catalog_key = access.catalog_key.as_ref().ok_or_else(|| {
@@ -212,21 +271,23 @@ async fn open_keys(
         )
     })?;
     let slots = fetch_objects(store, layout::KEYS_PREFIX, cancel).await?;
-    let keyring = fetch_objects(store, layout::KEYRING_PREFIX, cancel).await?;
-    let catalog_slots: Vec<KeySlot> = slots
+    let mut keyring = fetch_objects(store, layout::KEYRING_PREFIX, cancel).await?;
+    let mut slots: Vec<KeySlot> = slots
         .iter()
         .filter(|(key, _)| layout::parse_slot_key(key).is_some())
         .map(|(key, bytes)| KeySlot::parse(key, bytes))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| RepositoryError::format("reading the key slots", e))?
-        .into_iter()
+        .map_err(|e| RepositoryError::format("reading the key slots", e))?;
+    slots.sort_by_key(KeySlot::id);
+    let catalog_slots: Vec<&KeySlot> = slots
+        .iter()
         .filter(|slot| slot.kind() == SlotKind::Catalog)
         .collect();
     // Every catalog slot the key opens is a candidate: two first backups
     // racing may each have written one. The pinned generation picks; with
     // no pin yet, they must agree.
     let mut candidates: Vec<RepositoryKeys> = Vec::new();
-    for slot in &catalog_slots {
+    for slot in catalog_slots {
         let Ok(unlocked) =
             unlock_slot(std::slice::from_ref(slot), SlotSecret::Catalog(catalog_key))
         else {
@@ -236,7 +297,83 @@ async fn open_keys(
             .map_err(|e| RepositoryError::format(format!("opening key slot {}", slot.key()), e))?;
         candidates.push(keys);
     }
-    choose_keys(store, candidates, access.pinned.as_ref())
+    let keys = match (&access.passphrase, access.adopt && candidates.is_empty()) {
+        (Some(passphrase), true) => {
+            let (keys, added) = recover_with_passphrase(
+                store,
+                config,
+                &slots,
+                &keyring,
+                passphrase,
+                catalog_key,
+                cancel,
+            )
+            .await?;
+            for (key, bytes) in added {
+                match layout::parse_slot_key(&key) {
+                    Some(_) => slots.extend(KeySlot::parse(&key, &bytes).ok()),
+                    None => keyring.push((key, bytes)),
+                }
+            }
+            keys
+        }
+        _ => choose_keys(store, candidates, access.pinned.as_ref())?,
+    };
+    Ok((keys, summarize_slots(&slots, &keyring)))
+}
+
+/// Opens the repository through a passphrase slot (the catalog that held
+/// its catalog key was lost) and adds a catalog slot for `catalog_key`, the
+/// new catalog's, so that later runs open it without the passphrase.
+/// Returns the keys and the objects written. The passphrase slot's
+/// keyring objects are checked for their author like any other
+/// (`RepositoryKeys::open`), so a planted slot or keyring does not open.
+async fn recover_with_passphrase(
+    store: &Store,
+    config: &RepositoryConfigV2,
+    slots: &[KeySlot],
+    keyring: &[StoredObject],
+    passphrase: &Zeroizing<String>,
+    catalog_key: &Zeroizing<[u8; 32]>,
+    cancel: &CancellationToken,
+) -> Result<(RepositoryKeys, Vec<StoredObject>), RepositoryError> {
+    let passphrase_slots: Vec<KeySlot> = slots
+        .iter()
+        .filter(|slot| slot.kind() == SlotKind::Passphrase)
+        .cloned()
+        .collect();
+    let (config, keyring) = (config.clone(), keyring.to_vec());
+    let (passphrase, catalog_key) = (passphrase.clone(), catalog_key.clone());
+    // Argon2id takes a quarter second and 64 MiB per slot tried: off the
+    // runtime's threads.
+    let opened = tokio::task::spawn_blocking(move || {
+        let unlocked = unlock_slot(
+            &passphrase_slots,
+            SlotSecret::Passphrase(&passphrase, Argon2Params::DEFAULT),
+        )?;
+        let keys = RepositoryKeys::open(&config, &unlocked, &keyring)?;
+        let (_, objects) = keys.add_slot(
+            SlotSecret::Catalog(&catalog_key),
+            Utc::now(),
+            &mut rand::rngs::OsRng,
+        )?;
+        Ok::<_, FormatError>((keys, objects))
+    })
+    .await
+    .map_err(|e| {
+        RepositoryError::format(
+            "opening the passphrase slot",
+            FormatError::InvalidInput(e.to_string()),
+        )
+    })?
+    .map_err(|e| RepositoryError::format("opening the repository with its passphrase", e))?;
+    let (keys, objects) = opened;
+    // The keyring objects first, the slot last: a slot without them would
+    // open nothing.
+    for (key, bytes) in &objects {
+        store.put_bytes(key, bytes.clone(), cancel).await?;
+    }
+    Ok((keys, objects))
 }
 
 fn choose_keys(
@@ -368,13 +505,22 @@ pub(super) async fn create(
             "an encrypted repository cannot be created without the lease's catalog key",
         )
     })?;
-    let new = RepositoryKeys::create(
-        &access.repository_id,
-        catalog_key,
-        None,
-        now,
-        &mut rand::rngs::OsRng,
-    )
+    let (repository_id, catalog_key) = (access.repository_id.clone(), catalog_key.clone());
+    let passphrase = access.passphrase.clone();
+    // A passphrase slot costs one Argon2id run: off the runtime's threads.
+    let new = tokio::task::spawn_blocking(move || {
+        RepositoryKeys::create(
+            &repository_id,
+            &catalog_key,
+            passphrase
+                .as_ref()
+                .map(|passphrase| (passphrase.as_str(), Argon2Params::DEFAULT)),
+            now,
+            &mut rand::rngs::OsRng,
+        )
+    })
+    .await
+    .map_err(|e| creating(FormatError::InvalidInput(e.to_string())))?
     .map_err(creating)?;
     for (key, bytes) in new.objects {
         store.put_bytes(&key, bytes, cancel).await?;

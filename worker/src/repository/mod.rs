@@ -24,7 +24,7 @@ use coffer_format::{
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-pub use access::{NewFormat, PinnedGeneration, RepositoryAccess};
+pub use access::{KeySlotSummary, NewFormat, PinnedGeneration, RepositoryAccess};
 pub use blobs::BlobOpener;
 pub use manifests::ManifestOutput;
 
@@ -144,6 +144,8 @@ pub struct Repository {
     hasher: ChunkHasher,
     /// The keys of a v2 repository; `None` for v1.
     keys: Option<Arc<RepositoryKeys>>,
+    /// The key slots of an encrypted v2 repository, as found when opened.
+    key_slots: Vec<KeySlotSummary>,
 }
 
 impl Repository {
@@ -166,7 +168,8 @@ impl Repository {
         Self::open(store, access, cancel).await
     }
 
-    /// Checks that the repository in `store` is the one `access` names.
+    /// Checks that the repository in `store` is the one `access` names,
+    /// and returns its key slots (none for v1, unencrypted or missing).
     /// With `create` (a backup), a missing repository is created; without
     /// it, a missing repository is left for the run to report.
     pub async fn check_identity(
@@ -174,14 +177,15 @@ impl Repository {
         access: &RepositoryAccess,
         create: bool,
         cancel: &CancellationToken,
-    ) -> Result<(), RepositoryError> {
+    ) -> Result<Vec<KeySlotSummary>, RepositoryError> {
         let opened = if create {
             Self::open_or_create(store, access, cancel).await
         } else {
             Self::open(store, access, cancel).await
         };
         match opened {
-            Ok(_) | Err(RepositoryError::Missing(_)) => Ok(()),
+            Ok(repository) => Ok(repository.key_slots),
+            Err(RepositoryError::Missing(_)) => Ok(Vec::new()),
             Err(other) => Err(other),
         }
     }
@@ -194,28 +198,30 @@ impl Repository {
     /// identity is sealed in its keys and cannot be rewritten: it is opened
     /// under its own (`access.adopt`), which the rebuild reports for the
     /// catalog to record.
+    ///
+    /// Returns the key slots of a v2 repository, as [`Self::check_identity`].
     pub async fn adopt_identity(
         store: Arc<Store>,
         access: &RepositoryAccess,
         cancel: &CancellationToken,
-    ) -> Result<(), RepositoryError> {
+    ) -> Result<Vec<KeySlotSummary>, RepositoryError> {
         let repository_id = access.repository_id.as_str();
         let bytes = match store.get_bytes(CONFIG_KEY, cancel).await {
             Ok(bytes) => bytes,
-            Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
             Err(other) => return Err(other.into()),
         };
         let Ok(config) = RepositoryConfig::from_bytes(&bytes) else {
             return Self::check_identity(store, access, false, cancel).await;
         };
         if repository_id.is_empty() || config.repository_id == repository_id {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let config = config.with_repository_id(repository_id);
         store
             .put_bytes(CONFIG_KEY, config.to_bytes(), cancel)
             .await?;
-        Ok(())
+        Ok(Vec::new())
     }
 
     /// Opens an existing repository as `access` allows.
@@ -234,9 +240,10 @@ impl Repository {
                     compression_level: config.compression_level,
                 },
                 keys: None,
+                key_slots: Vec::new(),
                 store,
             },
-            access::Opened::V2(keys) => {
+            access::Opened::V2(keys, key_slots) => {
                 let payload = keys.current().payload();
                 Repository {
                     hasher: keys.hasher().clone(),
@@ -247,6 +254,7 @@ impl Repository {
                         compression_level: payload.compression_level,
                     },
                     keys: Some(Arc::new(keys)),
+                    key_slots,
                     store,
                 }
             }

@@ -17,6 +17,7 @@ pub async fn create_secret(api: &Api, name: &str, values: &pb::S3CredentialValue
             ..Default::default()
         }),
         s3: Some(values.clone()),
+        ..Default::default()
     };
     let created = api.secrets.clone().create_secret(request).await;
     let secret = created.expect("create secret").into_inner().secret;

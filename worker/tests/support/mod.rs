@@ -478,6 +478,16 @@ pub async fn register_bucket_with(
 ) -> String {
     let bucket = pb::Bucket {
         encryption: encryption as i32,
+        ..s3_bucket(s3, name)
+    };
+    let created = server.admin().create_bucket(bucket).await;
+    created.expect("register bucket").id
+}
+
+/// The admin's registration of the existing bucket `name` on `s3`, with the
+/// worker's credentials, to adjust and create.
+pub fn s3_bucket(s3: &S3Server, name: &str) -> pb::Bucket {
+    pb::Bucket {
         name: name.to_owned(),
         location: Some(pb::bucket::Location::S3(pb::S3Location {
             endpoint: s3.endpoint.clone(),
@@ -488,9 +498,7 @@ pub async fn register_bucket_with(
             ..Default::default()
         })),
         ..Default::default()
-    };
-    let created = server.admin().create_bucket(bucket).await;
-    created.expect("register bucket").id
+    }
 }
 
 /// A new bucket on the shared Garage, registered with the control plane.
@@ -586,5 +594,6 @@ pub async fn repository_access(
             }),
         v1_fallback: true,
         adopt: false,
+        passphrase: None,
     }
 }

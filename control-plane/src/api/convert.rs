@@ -303,6 +303,9 @@ fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
             target: Some(target_to_proto(&backup.target)),
             options: Some(options_to_proto(&backup.options)),
             worker_selector: labels_to_proto(&backup.worker_selector),
+            command_sources: super::commands::sources_to_proto(&backup.commands),
+            pre_hook_command_ids: super::commands::ids_to_proto(&backup.commands.pre_hooks),
+            post_hook_command_ids: super::commands::ids_to_proto(&backup.commands.post_hooks),
         }),
         RunSpec::Restore(restore) => pb::run::Spec::Restore(pb::RestoreSpec {
             snapshot_run_id: restore.snapshot.run_id.to_string(),

@@ -292,9 +292,7 @@ impl JobApi {
             );
         }
         violations.finish()?;
-        if paths.iter().any(|p| GRANTED_FIELDS.contains(p)) {
-            self.check_grants(&mut draft).await?;
-        }
+        // Before the grants: a refused job claims no repository.
         if paths.iter().any(|p| COMMAND_FIELDS.contains(p)) {
             crate::runs::commands::check(
                 &self.state.catalog,
@@ -303,6 +301,9 @@ impl JobApi {
                 &draft.commands,
             )
             .await?;
+        }
+        if paths.iter().any(|p| GRANTED_FIELDS.contains(p)) {
+            self.check_grants(&mut draft).await?;
         }
         Ok(draft)
     }

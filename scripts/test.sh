@@ -38,6 +38,9 @@ ensure_tools() {
     log "installing grpcio, grpcio-tools, googleapis-common-protos"
     python3 -m pip install -q grpcio grpcio-tools googleapis-common-protos
   }
+  # The Python client of worker/tests/python_client.rs: pinned packages in a
+  # cached virtual environment (clients/python/requirements.txt).
+  scripts/python-client.sh >/dev/null
   cargo nextest --version >/dev/null 2>&1 || { log "installing cargo-nextest"; cargo install cargo-nextest --locked; }
   # The web console: Node builds it (scripts/build-console.sh), Chromium
   # runs its browser test (control-plane/tests/console_browser.rs).

@@ -123,6 +123,9 @@ enum Command {
     /// Data-plane grants (admins).
     #[command(subcommand)]
     Grants(Verb),
+    /// Admin-defined commands: backup sources and hooks.
+    #[command(subcommand)]
+    Commands(Verb),
     /// Managed S3 credentials; values are read from a file or stdin, never shown.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -373,6 +376,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policies(verb) => resource("policies").run(&api, &printer, verb).await,
         Command::Holds(verb) => resource("holds").run(&api, &printer, verb).await,
         Command::Grants(verb) => resource("grants").run(&api, &printer, verb).await,
+        Command::Commands(verb) => resource("commands").run(&api, &printer, verb).await,
         Command::Metadata(verb) => resource("metadata").run(&api, &printer, verb).await,
         Command::Workers(verb) => resource("workers").run(&api, &printer, verb).await,
         Command::Audit(verb) => resource("audit").run(&api, &printer, verb).await,

@@ -30,6 +30,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "coffer.v1.WorkerService",
     "coffer.v1.GrantService",
     "coffer.v1.AuditService",
+    "coffer.v1.CommandService",
 ];
 
 /// The health service name that reports whether the process serves calls,
@@ -189,6 +190,9 @@ pub async fn serve_with(
         ))
         .add_service(v1::audit_service_server::AuditServiceServer::new(
             api::audit::AuditApi::new(state.clone()),
+        ))
+        .add_service(v1::command_service_server::CommandServiceServer::new(
+            api::commands::CommandApi::new(state.clone()),
         ));
 
     let stopping = state.stopping.clone();

@@ -9,6 +9,7 @@ const SERVICES: &[&str] = &[
     "coffer.v1.AuditService",
     "coffer.v1.BackupMetadataService",
     "coffer.v1.BucketService",
+    "coffer.v1.CommandService",
     "coffer.v1.ConfigurationService",
     "coffer.v1.GrantService",
     "coffer.v1.JobService",

@@ -141,6 +141,7 @@ async fn run() -> anyhow::Result<()> {
             manifest_key,
         }),
         access: None,
+        commands: Default::default(),
     };
     let started = Instant::now();
     let cpu_before = cpu_seconds();

@@ -73,6 +73,14 @@ pub struct Config {
     )]
     pub protected_paths: String,
 
+    /// Admin-defined commands (CommandService) this worker runs as backup
+    /// sources and hooks, by name, separated by commas; `name=/path` also
+    /// pins the command's program. Empty (the default): none, so that the
+    /// catalog or a control plane can never make this worker run a
+    /// program its operator did not name.
+    #[arg(long, env = "COFFER_WORKER_ALLOW_COMMANDS", default_value = "")]
+    pub allow_commands: String,
+
     /// Seconds a drain (SIGTERM) waits for running work before releasing it.
     #[arg(long, env = "COFFER_DRAIN_TIMEOUT_SECONDS", default_value_t = 30)]
     pub drain_timeout_seconds: u64,
@@ -169,6 +177,7 @@ impl crate::process::BinaryConfig for Config {
             format!("restore_roots = {}", self.restore_roots),
             format!("repository_roots = {}", self.repository_roots),
             format!("protected_paths = {}", self.protected_paths),
+            format!("allow_commands = {}", self.allow_commands),
             format!("drain_timeout_seconds = {}", self.drain_timeout_seconds),
             format!("progress_interval_ms = {}", self.progress_interval_ms),
             format!("log_format = {}", self.log_format),
@@ -226,6 +235,11 @@ impl Config {
             labels.insert(key.trim().to_string(), value.trim().to_string());
         }
         Ok(labels)
+    }
+
+    /// The commands this worker runs.
+    pub fn allowed_commands(&self) -> anyhow::Result<crate::commands::CommandAllowList> {
+        crate::commands::CommandAllowList::parse(&self.allow_commands)
     }
 
     /// Parsed source roots.

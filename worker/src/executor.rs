@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::class::WorkerClass;
+use crate::commands::hooks::{run_post_hooks, run_pre_hooks};
+use crate::commands::{AssignedCommands, CommandAllowList};
 use crate::paths::grant::{check_path_grant, AllowedPath, PathUse, WorkerRoots};
 use crate::report::{to_i64, RecordBatch, ReportError, Reporter, RunFailure};
 use crate::repository::{
@@ -19,6 +21,7 @@ use crate::repository::{
 };
 use crate::run_metrics::RunMetrics;
 use crate::runs::backup::dry_run::{run_dry_run, DryRunPlan};
+use crate::runs::backup::SourceCommands;
 use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
 use crate::runs::download::{run_download, DownloadPlan, SINK_CLOSED};
 use crate::runs::gc::{run_gc, GcPlan};
@@ -36,6 +39,8 @@ pub struct RunExecutor {
     pub roots: WorkerRoots,
     /// Which runs it takes; a backup-class worker's stores refuse deletions.
     pub class: WorkerClass,
+    /// The admin-defined commands this worker runs (none by default).
+    pub commands: Arc<CommandAllowList>,
 }
 
 struct SessionReporter<'a> {
@@ -249,6 +254,7 @@ impl RunExecutor {
                 ..WorkerRoots::default()
             },
             class: WorkerClass::All,
+            commands: Arc::default(),
         })
     }
 
@@ -276,9 +282,52 @@ impl RunExecutor {
         }
     }
 
+    /// A backup's attempt between its pre-hooks and its post-hooks: a
+    /// failing pre-hook fails it before anything is read or written, and
+    /// the post-hooks' failures are added to its details or its error.
+    async fn run_with_hooks(
+        &self,
+        assignment: pb::RunAssignment,
+        context: &RunContext,
+    ) -> Result<pb::run_completion::Outcome, RunFailure> {
+        // Every command is checked before any I/O.
+        let commands = AssignedCommands::from_assignment(&assignment, &self.commands)
+            .map_err(RunFailure::permanent)?;
+        let cancel = context.cancellation();
+        let pre = run_pre_hooks(&commands.pre_hooks, &self.commands, &commands.env, cancel).await;
+        let outcome = match pre {
+            Err(_) if cancel.is_cancelled() => Err(RunFailure::cancelled()),
+            Err(error) => Err(RunFailure::permanent(error)),
+            Ok(()) => self.run(assignment, commands.sources, context).await,
+        };
+        if commands.post_hooks.is_empty() {
+            return outcome;
+        }
+        let error = outcome.as_ref().err().map(|e| e.message.as_str());
+        let failures =
+            run_post_hooks(&commands.post_hooks, &self.commands, &commands.env, error).await;
+        if failures.is_empty() {
+            return outcome;
+        }
+        let recorded = failures.join("; ");
+        tracing::warn!(failures = %recorded, "post-hooks failed");
+        match outcome {
+            Ok(pb::run_completion::Outcome::Success(mut success)) => {
+                success.details = format!("{}; {recorded}", success.details);
+                Ok(pb::run_completion::Outcome::Success(success))
+            }
+            Ok(other) => Ok(other),
+            Err(failure) => Err(RunFailure {
+                message: format!("{}; {recorded}", failure.message),
+                retryable: failure.retryable,
+            }),
+        }
+    }
+
     async fn run(
         &self,
         mut assignment: pb::RunAssignment,
+        command_sources: Vec<crate::commands::Invocation>,
         context: &RunContext,
     ) -> Result<pb::run_completion::Outcome, RunFailure> {
         let mut repository = repository_access(&mut assignment)?;
@@ -314,6 +363,12 @@ impl RunExecutor {
             }
         }
         let access = match &spec {
+            // Command sources alone read no local path.
+            pb::run::Spec::Backup(backup)
+                if backup.source_path.is_empty() && !command_sources.is_empty() =>
+            {
+                None
+            }
             pb::run::Spec::Backup(backup) => {
                 Some(self.allow(grants, &backup.source_path, PathUse::BackupSource)?)
             }
@@ -387,6 +442,16 @@ impl RunExecutor {
                     repository,
                     parent,
                     access,
+                    commands: SourceCommands {
+                        env: crate::commands::hooks::run_environment(
+                            run_id,
+                            Uuid::parse_str(&backup.job_id).ok(),
+                            "backup",
+                            &backup.source_path,
+                        ),
+                        sources: command_sources,
+                        allow: Arc::clone(&self.commands),
+                    },
                 };
                 run_backup(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "backup finished");
@@ -568,7 +633,7 @@ impl Executor for RunExecutor {
         assignment: pb::RunAssignment,
         context: RunContext,
     ) -> pb::run_completion::Outcome {
-        self.run(assignment, &context)
+        self.run_with_hooks(assignment, &context)
             .await
             .unwrap_or_else(|error| failure(error.message, error.retryable))
     }

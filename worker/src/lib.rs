@@ -15,6 +15,7 @@
 
 pub mod allocator;
 pub mod class;
+pub mod commands;
 pub mod config;
 pub mod connect;
 pub mod cpu_pool;

@@ -35,6 +35,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let executor = Arc::new(RunExecutor {
         roots: config.worker_roots()?,
         class: config.class,
+        commands: Arc::new(config.allowed_commands()?),
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(shutdown.clone()));

@@ -601,6 +601,7 @@ async fn direct_backup(scene: &Scene) -> String {
         repository: coffer_worker::repository::RepositoryAccess::v1(vec![3; 32]),
         parent: None,
         access: None,
+        commands: Default::default(),
     };
     let reporter = Collected::default();
     run_backup(plan, &reporter, CancellationToken::new())

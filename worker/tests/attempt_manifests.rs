@@ -64,6 +64,7 @@ async fn attempt(
         repository: RepositoryAccess::v1(vec![9; 32]),
         parent: None,
         access: None,
+        commands: Default::default(),
     };
     run_backup(plan, &Snapshots::default(), CancellationToken::new())
         .await

@@ -479,6 +479,7 @@ fn backup_plan(
         repository: RepositoryAccess::v1(REPOSITORY_KEY.to_vec()),
         parent,
         access: None,
+        commands: Default::default(),
     }
 }
 

@@ -319,6 +319,9 @@ fn backup_to_proto(backup: &BackupSpec, dry_run: bool) -> pb::BackupSpec {
         options: Some(options_to_proto(&backup.options)),
         worker_selector: labels_to_proto(&backup.worker_selector),
         dry_run,
+        command_sources: super::commands::sources_to_proto(&backup.commands),
+        pre_hook_command_ids: super::commands::ids_to_proto(&backup.commands.pre_hooks),
+        post_hook_command_ids: super::commands::ids_to_proto(&backup.commands.post_hooks),
     }
 }
 

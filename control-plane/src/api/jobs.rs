@@ -10,7 +10,7 @@ use super::convert::{
     required, run_state_to_proto, selector_from_proto, target_from_proto, target_to_proto,
     timestamp,
 };
-use super::{mask_paths, respond, RpcResult};
+use super::{commands, mask_paths, respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
@@ -35,11 +35,22 @@ const UPDATABLE: &[&str] = &[
     "retention_policy_id",
     "worker_selector",
     "max_attempts",
+    "command_sources",
+    "pre_hook_command_ids",
+    "post_hook_command_ids",
     "owner_id",
 ];
 
 /// Fields whose change re-checks the job against its owner's grants.
 const GRANTED_FIELDS: &[&str] = &["source_path", "target", "worker_selector", "owner_id"];
+
+/// Fields whose change re-checks the job's commands against their grants.
+const COMMAND_FIELDS: &[&str] = &[
+    "command_sources",
+    "pre_hook_command_ids",
+    "post_hook_command_ids",
+    "owner_id",
+];
 
 /// Fields CreateJob reads: everything editable but the owner (resolved first).
 const CREATABLE: &[&str] = UPDATABLE.split_at(UPDATABLE.len() - 1).0;
@@ -88,6 +99,9 @@ impl From<Job> for pb::Job {
             create_time: Some(timestamp(job.create_time)),
             update_time: Some(timestamp(job.update_time)),
             pending_fire_time: optional_timestamp(job.pending_fire_time),
+            command_sources: commands::sources_to_proto(&draft.commands),
+            pre_hook_command_ids: commands::ids_to_proto(&draft.commands.pre_hooks),
+            post_hook_command_ids: commands::ids_to_proto(&draft.commands.post_hooks),
         }
     }
 }
@@ -137,6 +151,11 @@ fn apply_field(draft: &mut JobDraft, job: &pb::Job, path: &str, v: &mut Violatio
         "name" => check_job_name(&field, &job.name).map(|()| draft.name = job.name.clone()),
         "description" => check_len(&field, &job.description, 0, MAX_DESCRIPTION_LEN)
             .map(|()| draft.description = job.description.clone()),
+        // Empty when the job backs up only command sources (checked with them).
+        "source_path" if job.source_path.is_empty() => {
+            draft.source_path.clear();
+            Ok(())
+        }
         "source_path" => check_absolute_path(&field, &job.source_path)
             .map(|()| draft.source_path = job.source_path.clone()),
         "target" => target_from_proto(&field, job.target.clone()).map(|t| draft.target = t),
@@ -148,6 +167,18 @@ fn apply_field(draft: &mut JobDraft, job: &pb::Job, path: &str, v: &mut Violatio
             .map(|selector| draft.worker_selector = selector),
         "max_attempts" => check_max_attempts(&field, job.max_attempts)
             .map(|()| draft.max_attempts = job.max_attempts),
+        "command_sources" => {
+            commands::backup_commands_from_proto("job.", &job.command_sources, &[], &[])
+                .map(|c| draft.commands.sources = c.sources)
+        }
+        "pre_hook_command_ids" => {
+            commands::backup_commands_from_proto("job.", &[], &job.pre_hook_command_ids, &[])
+                .map(|c| draft.commands.pre_hooks = c.pre_hooks)
+        }
+        "post_hook_command_ids" => {
+            commands::backup_commands_from_proto("job.", &[], &[], &job.post_hook_command_ids)
+                .map(|c| draft.commands.post_hooks = c.post_hooks)
+        }
         // The owner is resolved separately (it needs the caller).
         _ => Ok(()),
     };
@@ -254,7 +285,23 @@ impl JobApi {
                 &mut violations,
             )
             .await?;
+        if draft.source_path.is_empty() && draft.commands.sources.is_empty() {
+            violations.add(
+                "job.source_path",
+                "is required unless the job has command_sources",
+            );
+        }
         violations.finish()?;
+        // Before the grants: a refused job claims no repository.
+        if paths.iter().any(|p| COMMAND_FIELDS.contains(p)) {
+            crate::runs::commands::check(
+                &self.state.catalog,
+                "job.",
+                draft.owner_id,
+                &draft.commands,
+            )
+            .await?;
+        }
         if paths.iter().any(|p| GRANTED_FIELDS.contains(p)) {
             self.check_grants(&mut draft).await?;
         }
@@ -275,6 +322,7 @@ impl JobApi {
             target: draft.target.clone(),
             options: draft.options.clone(),
             worker_selector: draft.worker_selector.clone(),
+            commands: Default::default(),
         });
         grants::admit(&self.state.catalog, "job.", draft.owner_id, &mut spec).await?;
         if let Some(selector) = spec.worker_selector_mut() {

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod buckets;
+pub mod commands;
 pub mod configurations;
 pub mod convert;
 pub mod downloads;

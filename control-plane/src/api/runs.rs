@@ -161,12 +161,32 @@ fn check_inline_fields_empty(backup: &pb::BackupSpec) -> DomainResult<()> {
     if !backup.worker_selector.is_empty() {
         violations.add("backup.worker_selector", why);
     }
+    if !backup.command_sources.is_empty() {
+        violations.add("backup.command_sources", why);
+    }
+    if !backup.pre_hook_command_ids.is_empty() {
+        violations.add("backup.pre_hook_command_ids", why);
+    }
+    if !backup.post_hook_command_ids.is_empty() {
+        violations.add("backup.post_hook_command_ids", why);
+    }
     violations.finish()
 }
 
 /// The parsed inline fields of an ad-hoc backup, collecting every violation.
 fn ad_hoc_spec(backup: pb::BackupSpec, violations: &mut Violations) -> Option<BackupSpec> {
-    let source = check_absolute_path("backup.source_path", &backup.source_path);
+    let commands = violations.absorb(super::commands::backup_commands_from_proto(
+        "backup.",
+        &backup.command_sources,
+        &backup.pre_hook_command_ids,
+        &backup.post_hook_command_ids,
+    ));
+    // Command sources alone need no source tree.
+    let source = if backup.source_path.is_empty() && !backup.command_sources.is_empty() {
+        Ok(())
+    } else {
+        check_absolute_path("backup.source_path", &backup.source_path)
+    };
     let source = violations.absorb(source);
     let target = violations.absorb(target_from_proto("backup.target", backup.target));
     let options = violations.absorb(options_from_proto("backup.options", backup.options));
@@ -178,6 +198,7 @@ fn ad_hoc_spec(backup: pb::BackupSpec, violations: &mut Violations) -> Option<Ba
         target: target?,
         options: options?,
         worker_selector: selector?,
+        commands: commands?,
     })
 }
 

@@ -68,6 +68,7 @@ fn backup_run(owner_id: Uuid) -> NewRun {
             },
             options: JobOptions::default(),
             worker_selector: Labels::new(),
+            commands: Default::default(),
         }),
         max_attempts: 1,
         request_id: None,

@@ -21,7 +21,8 @@ pub(super) const JOB_SELECT: &str =
      j.schedule_overlap_policy, j.next_run_time, j.schedule_pending_time, j.retention_policy_id, \
      j.worker_selector, j.max_attempts, j.create_time, j.update_time, \
      lr.id AS last_run_id, lr.state AS last_run_state, lr.error AS last_run_error, \
-     lr.finish_time AS last_run_finish_time \
+     lr.finish_time AS last_run_finish_time, \
+     j.commands \
      FROM jobs j LEFT JOIN runs lr ON lr.id = \
      (SELECT r.id FROM runs r WHERE r.job_id = j.id ORDER BY r.id DESC LIMIT 1)";
 
@@ -52,6 +53,7 @@ pub(super) struct JobRow {
     last_run_state: Option<String>,
     last_run_error: Option<String>,
     last_run_finish_time: Option<DateTime<Utc>>,
+    commands: String,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -90,6 +92,7 @@ impl TryFrom<JobRow> for Job {
                 retention_policy_id: row.retention_policy_id,
                 worker_selector: from_json(&row.worker_selector, "jobs.worker_selector")?,
                 max_attempts: row.max_attempts,
+                commands: from_json(&row.commands, "jobs.commands")?,
             },
             next_run_time: row.next_run_time,
             pending_fire_time: row.schedule_pending_time,
@@ -141,6 +144,7 @@ impl Catalog {
         .bind(to_json(&draft.worker_selector))
         .bind(draft.max_attempts)
         .bind(now_micros())
+        .bind(to_json(&draft.commands))
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))
@@ -210,6 +214,7 @@ impl Catalog {
         .bind(next_run_time)
         .bind(keeps_pending)
         .bind(now_micros())
+        .bind(to_json(&draft.commands))
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))

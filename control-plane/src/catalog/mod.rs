@@ -29,6 +29,7 @@ use error::from_sqlx;
 
 pub mod audit;
 pub mod buckets;
+pub mod commands;
 pub mod configurations;
 pub(crate) mod error;
 pub mod exclusions;

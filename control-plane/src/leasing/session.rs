@@ -540,6 +540,7 @@ impl Session {
             }
         }
         super::object_lock::assign(&self.state.catalog, &run, deadline, &mut assignment).await?;
+        crate::runs::commands::assign(&self.state.catalog, &run, &mut assignment).await?;
         assignment.run = Some(run.into());
         Ok(assignment)
     }

@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::check_len;
+use super::command::BackupCommands;
 use super::run::{BackupSpec, JobOptions, Labels, NewRun, RunSpec, RunState, Target};
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::scheduler::cron::CronExpr;
@@ -166,6 +167,8 @@ pub struct JobDraft {
     pub worker_selector: Labels,
     /// Attempts before a run fails; 0 uses the configured default.
     pub max_attempts: i32,
+    /// Command sources and hooks of its backups.
+    pub commands: BackupCommands,
 }
 
 impl JobDraft {
@@ -185,6 +188,7 @@ impl JobDraft {
             retention_policy_id: None,
             worker_selector: Labels::new(),
             max_attempts: 0,
+            commands: BackupCommands::default(),
         }
     }
 }
@@ -226,6 +230,7 @@ impl Job {
                 target: draft.target.clone(),
                 options: draft.options.clone(),
                 worker_selector: draft.worker_selector.clone(),
+                commands: draft.commands.clone(),
             }),
             max_attempts,
             request_id,

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod bucket;
+pub mod command;
 pub mod configuration;
 pub mod endpoint;
 pub mod grant;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::command::BackupCommands;
 use super::path::check_normalised_relative;
 use super::{check_absolute_path, check_len};
 use crate::error::{DomainError, DomainResult, Violations};
@@ -250,6 +251,9 @@ pub struct BackupSpec {
     /// Labels a worker must carry.
     #[serde(default)]
     pub worker_selector: Labels,
+    /// Command sources and hooks.
+    #[serde(default, skip_serializing_if = "BackupCommands::is_empty")]
+    pub commands: BackupCommands,
 }
 
 /// The snapshot a restore or verify reads, copied from its backup run when

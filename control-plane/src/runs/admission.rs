@@ -155,6 +155,9 @@ impl RunAdmission {
         new.request_id = request_id;
         self.check_nfs(&new.spec).await?;
         self.check_grants(prefix, &mut new).await?;
+        if let RunSpec::Backup(backup) = &new.spec {
+            super::commands::check(&self.catalog, prefix, new.owner_id, &backup.commands).await?;
+        }
         self.check_queue_limit(new.owner_id, new.request_id).await?;
         self.check_repository(caller, prefix, &new).await?;
         Ok(self.catalog.create_run(&new).await?.run)

@@ -66,6 +66,8 @@ pub async fn path_needs(
 ) -> DomainResult<Vec<PathNeed>> {
     let mut needs = Vec::with_capacity(2);
     match spec {
+        // A backup of command sources alone reads no local path.
+        RunSpec::Backup(backup) if backup.source_path.is_empty() => {}
         RunSpec::Backup(backup) | RunSpec::BackupDryRun(backup) => {
             let field = format!("{prefix}source_path");
             check_normalised_absolute(&field, &backup.source_path)?;

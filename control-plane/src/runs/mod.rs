@@ -5,6 +5,7 @@
 //! backup. Leasing takes over from there (`crate::leasing`).
 
 pub mod admission;
+pub mod commands;
 pub mod downloads;
 pub mod grants;
 pub mod repositories;

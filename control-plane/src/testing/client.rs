@@ -7,6 +7,7 @@ use std::time::Duration;
 use coffer_proto::v1 as pb;
 use pb::backup_metadata_service_client::BackupMetadataServiceClient;
 use pb::bucket_service_client::BucketServiceClient;
+use pb::command_service_client::CommandServiceClient;
 use pb::configuration_service_client::ConfigurationServiceClient;
 use pb::download_service_client::DownloadServiceClient;
 use pb::grant_service_client::GrantServiceClient;
@@ -78,6 +79,8 @@ pub struct Api {
     pub tags: TagServiceClient<Authed>,
     /// `WorkerService`.
     pub workers: WorkerServiceClient<Authed>,
+    /// `CommandService`.
+    pub commands: CommandServiceClient<Authed>,
 }
 
 impl Api {
@@ -99,6 +102,7 @@ impl Api {
             secrets: SecretServiceClient::new(authed()),
             tags: TagServiceClient::new(authed()),
             workers: WorkerServiceClient::new(authed()),
+            commands: CommandServiceClient::new(authed()),
         }
     }
 

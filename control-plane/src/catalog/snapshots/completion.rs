@@ -247,6 +247,7 @@ impl Catalog {
             target: target.clone(),
             options: JobOptions::default(),
             worker_selector: Labels::new(),
+            commands: Default::default(),
         });
         let commit = SnapshotCommit {
             run_id,

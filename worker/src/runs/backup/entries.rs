@@ -11,6 +11,7 @@ use futures::future::Either;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::command_source::{CommandRunner, CommandSources};
 use super::manifests::{ManifestSink, ParentCursor};
 use super::reader::{read_in_turn, FileContent, FileContext, FileProblem};
 use super::record::{catalog_view_changed, file_record, manifest_entry, may_be_unchanged};
@@ -55,11 +56,13 @@ type EntryTask = Either<
     tokio::task::JoinHandle<Processed>,
 >;
 
-/// Takes every entry of `walk` into `manifest`, reading files through
+/// Takes every entry of `walk` (none without a source tree) and the files
+/// of `commands`, in walk order, into `manifest`, reading files through
 /// `context` and reporting records and per-file errors; entries of
 /// `parent` the walk no longer has are reported removed.
 pub(super) async fn walk_into_manifest<R: Reporter>(
-    mut walk: SourceWalk,
+    mut walk: Option<SourceWalk>,
+    commands: &mut CommandSources,
     parent: &mut Option<ParentCursor>,
     context: &Arc<FileContext>,
     manifest: &mut ManifestSink,
@@ -79,9 +82,13 @@ pub(super) async fn walk_into_manifest<R: Reporter>(
                 finish_entry(processed, parent.is_some(), manifest, batcher, &mut stats).await?;
                 batcher.report_progress(false);
             }
-            item = walk.next(), if !walk_done && pending.len() < ENTRY_WINDOW => {
+            item = next_item(&mut walk), if !walk_done && pending.len() < ENTRY_WINDOW => {
                 let Some(item) = item else {
                     walk_done = true;
+                    for invocation in commands.before(None)? {
+                        let previous = advance(parent, invocation.file_name.as_bytes(), batcher).await?;
+                        pending.push_back(spawn_command(context, commands.runner(), invocation, previous));
+                    }
                     batcher.totals_known();
                     if let Some(parent) = parent.as_mut() {
                         parent.remaining_removed(batcher).await?;
@@ -98,10 +105,11 @@ pub(super) async fn walk_into_manifest<R: Reporter>(
                     WalkItem::Entry(entry) => entry,
                 };
                 batcher.progress.files_seen += 1;
-                let previous = match parent.as_mut() {
-                    Some(parent) => parent.advance_to(&entry.path, batcher).await?,
-                    None => None,
-                };
+                for invocation in commands.before(Some(&entry.path))? {
+                    let previous = advance(parent, invocation.file_name.as_bytes(), batcher).await?;
+                    pending.push_back(spawn_command(context, commands.runner(), invocation, previous));
+                }
+                let previous = advance(parent, &entry.path, batcher).await?;
                 if entry.kind == EntryKind::Regular {
                     batcher.progress.bytes_seen += to_i64(entry.metadata.size);
                 }
@@ -110,6 +118,42 @@ pub(super) async fn walk_into_manifest<R: Reporter>(
         }
     }
     Ok(stats)
+}
+
+/// The walk's next item; none without a source tree.
+async fn next_item(walk: &mut Option<SourceWalk>) -> Option<WalkItem> {
+    match walk {
+        Some(walk) => walk.next().await,
+        None => None,
+    }
+}
+
+/// The parent's entry at `path`, reporting the ones before it removed.
+async fn advance<R: Reporter>(
+    parent: &mut Option<ParentCursor>,
+    path: &[u8],
+    batcher: &mut Batcher<'_, R>,
+) -> Result<Option<ManifestEntry>, RunFailure> {
+    match parent.as_mut() {
+        Some(parent) => parent.advance_to(path, batcher).await,
+        None => Ok(None),
+    }
+}
+
+/// Starts a command source: its output is always read (never carried
+/// over from the parent), and any failure of it fails the run.
+fn spawn_command(
+    context: &Arc<FileContext>,
+    runner: CommandRunner,
+    invocation: crate::commands::Invocation,
+    previous: Option<ManifestEntry>,
+) -> EntryTask {
+    let context = Arc::clone(context);
+    let entry = CommandSources::entry(&invocation);
+    Either::Right(tokio::spawn(async move {
+        let result = runner.read(context, invocation).await;
+        Processed::Read(entry, previous, result)
+    }))
 }
 
 fn ready(processed: Processed) -> EntryTask {

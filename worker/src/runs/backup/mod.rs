@@ -23,6 +23,7 @@
 //! the repository's ([`crate::repository::packer`]).
 
 pub mod dry_run;
+mod command_source;
 mod entries;
 mod manifests;
 mod reader;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::run_attempt;
+use crate::commands::{CommandAllowList, Invocation};
 use crate::paths::grant::AllowedPath;
 use crate::report::{human_bytes, to_i64, Batcher, RunFailure};
 pub use crate::report::{
@@ -44,8 +46,9 @@ pub use crate::report::{
 };
 use crate::repository::packer::Packer;
 use crate::repository::{DataSettings, IndexUse, PinnedGeneration, Repository, RepositoryAccess};
-use crate::source::{self, ExclusionOptions, WalkOptions};
+use crate::source::{self, ExclusionOptions, SourceWalk, WalkOptions};
 use crate::store::Store;
+use command_source::CommandSources;
 use entries::walk_into_manifest;
 use manifests::{open_parent, store_manifest, ManifestSink};
 pub use manifests::{ParentSnapshot, MANIFEST_COMPRESSION_LEVEL};
@@ -79,6 +82,20 @@ pub struct BackupPlan {
     /// the source is resolved beneath and the protected paths inside it.
     /// `None` for a trusted in-process caller: resolved beneath its parent.
     pub access: Option<AllowedPath>,
+    /// Commands whose output the snapshot stores; with them, an empty
+    /// `source` means there is no tree to walk.
+    pub commands: SourceCommands,
+}
+
+/// The command sources of a backup and what running them needs.
+#[derive(Debug, Clone, Default)]
+pub struct SourceCommands {
+    /// The commands, each with its file name.
+    pub sources: Vec<Invocation>,
+    /// The commands this worker allows.
+    pub allow: Arc<CommandAllowList>,
+    /// The run's variables (`COFFER_RUN_ID`...) the commands get.
+    pub env: Vec<(String, String)>,
 }
 
 /// A successful backup.
@@ -137,10 +154,21 @@ async fn execute<R: Reporter>(
     batcher.set_phase(RunPhase::Preparing);
     let walk_options = walk_options(&plan.options, plan.access.as_ref());
     // The source is checked first: a missing source is the user's error,
-    // whatever the state of the storage.
-    let walk = source::walk(&plan.source, &walk_options, cancel)
-        .await
-        .map_err(|e| RunFailure::permanent(e.to_string()))?;
+    // whatever the state of the storage. Command sources alone walk nothing.
+    let walk = if plan.source.as_os_str().is_empty() && !plan.commands.sources.is_empty() {
+        None
+    } else {
+        Some(
+            source::walk(&plan.source, &walk_options, cancel)
+                .await
+                .map_err(|e| RunFailure::permanent(e.to_string()))?,
+        )
+    };
+    let mut commands = CommandSources::new(
+        plan.commands.sources.clone(),
+        Arc::clone(&plan.commands.allow),
+        plan.commands.env.clone(),
+    );
     let repository =
         Repository::open_or_create(Arc::clone(&plan.store), &plan.repository, cancel).await?;
     let settings = repository.settings();
@@ -166,7 +194,7 @@ async fn execute<R: Reporter>(
         &repository,
         index,
         packer.queue().clone(),
-        walk.root(),
+        walk.as_ref().map(SourceWalk::root),
         Arc::clone(batcher.live()),
         cancel,
     )?);
@@ -177,8 +205,16 @@ async fn execute<R: Reporter>(
         &manifest_key,
         &header(plan, parent_run_id, &settings),
     )?;
-    let stats =
-        walk_into_manifest(walk, &mut parent, &context, &mut manifest, batcher, cancel).await?;
+    let stats = walk_into_manifest(
+        walk,
+        &mut commands,
+        &mut parent,
+        &context,
+        &mut manifest,
+        batcher,
+        cancel,
+    )
+    .await?;
     tracing::debug!(run = %plan.run_id, elapsed = ?started.elapsed(), "walk done");
     // Every file task is done: closing the queue lets the packer seal the
     // last pack.

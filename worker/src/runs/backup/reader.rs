@@ -44,11 +44,12 @@ pub(super) struct FileContext {
     cpu: CpuPool,
     prefetch: Semaphore,
     tools: Mutex<Vec<FileTools>>,
-    cancel: CancellationToken,
+    pub(super) cancel: CancellationToken,
     /// Bytes read, processed and found stored, as the file tasks go.
-    live: Arc<LiveProgress>,
+    pub(super) live: Arc<LiveProgress>,
     /// The walk's root: files are opened beneath it by relative path.
-    source_root: Arc<OwnedFd>,
+    /// `None` for a backup of command sources alone.
+    source_root: Option<Arc<OwnedFd>>,
 }
 
 /// What reading one regular file found (or, for a file carried over
@@ -78,7 +79,7 @@ impl FileContext {
         repository: &Repository,
         index: ChunkIndex,
         packer: mpsc::Sender<EncodedChunk>,
-        source_root: Arc<OwnedFd>,
+        source_root: Option<Arc<OwnedFd>>,
         live: Arc<LiveProgress>,
         cancel: &CancellationToken,
     ) -> Result<Self, RunFailure> {
@@ -171,7 +172,12 @@ pub(super) async fn read_in_turn(
     };
     let _prefetch = context.prefetch.acquire().await.map_err(|_| cancelled())?;
     let open_path = path.clone();
-    let root = Arc::clone(&context.source_root);
+    let root = context.source_root.clone().ok_or_else(|| {
+        FileProblem::Fatal(RunFailure::permanent(
+            "a file to read without a source tree",
+        ))
+    })?;
+    let file_root = Arc::clone(&root);
     let opened = tokio::task::spawn_blocking(move || {
         let opened = open_regular(&root, &open_path)?;
         prefetch(&opened.0, opened.1.len());
@@ -182,7 +188,7 @@ pub(super) async fn read_in_turn(
     let task_context = Arc::clone(&context);
     context
         .cpu
-        .run(move || read_file(&task_context, &path, opened))
+        .run(move || read_file(&task_context, &file_root, &path, opened))
         .await
         .unwrap_or_else(|| {
             Err(FileProblem::Fatal(RunFailure::retryable(
@@ -207,6 +213,7 @@ fn prefetch(file: &File, len: u64) {
 /// `opened` is the first attempt's [`open_regular`] result.
 fn read_file(
     context: &FileContext,
+    root: &OwnedFd,
     path: &[u8],
     opened: Result<(File, std::fs::Metadata), FileProblem>,
 ) -> Result<FileContent, FileProblem> {
@@ -215,7 +222,7 @@ fn read_file(
     for _ in 0..=MAX_REREADS {
         let (file, before) = match opened.take() {
             Some(first) => first?,
-            None => open_regular(&context.source_root, path)?,
+            None => open_regular(root, path)?,
         };
         let read = Cell::new(0);
         // Bytes of an attempt that is not the file's content (it failed, or
@@ -229,7 +236,7 @@ fn read_file(
         };
         let (content_hash, chunks) =
             chunk_file(context, file, &read).inspect_err(|_| take_back())?;
-        let after = source::open_entry(&context.source_root, path, OFlags::PATH)
+        let after = source::open_entry(root, path, OFlags::PATH)
             .and_then(|file| file.metadata())
             .map_err(|e| {
                 take_back();
@@ -288,15 +295,26 @@ fn chunk_file(
     file: File,
     read: &Cell<u64>,
 ) -> Result<(String, Vec<ChunkId>), FileProblem> {
-    let mut tools = take_tools(context)?;
-    let mut stream = context.chunker.stream(
+    chunk_reader(
+        context,
         CountingReader {
             inner: file,
             live: &context.live,
             read,
         },
-        std::mem::take(&mut tools.buffer),
-    );
+    )
+}
+
+/// Chunks, hashes and queues for packing everything `reader` yields: a
+/// file's content, or a command source's output.
+pub(super) fn chunk_reader<R: Read>(
+    context: &FileContext,
+    reader: R,
+) -> Result<(String, Vec<ChunkId>), FileProblem> {
+    let mut tools = take_tools(context)?;
+    let mut stream = context
+        .chunker
+        .stream(reader, std::mem::take(&mut tools.buffer));
     let result = chunk_stream(context, &mut stream, &mut tools.compressor);
     tools.buffer = stream.into_buffer();
     context

@@ -52,6 +52,7 @@ async fn back_up(
             manifest_key: parent.manifest_key.clone(),
         }),
         access: None,
+        commands: Default::default(),
     };
     let collector = Collector::default();
     let summary = run_backup(plan, &collector, CancellationToken::new())

@@ -6,4 +6,5 @@ schedule_pending_time = CASE WHEN $19 THEN schedule_pending_time ELSE NULL END,
 schedule_cron = $10, schedule_time_zone = $11, schedule_paused = $12,
 schedule_missed_policy = $16, schedule_overlap_policy = $17,
 retention_policy_id = $13, worker_selector = $14, max_attempts = $15,
-update_time = $20 WHERE id = $1
+update_time = $20,
+commands = $21 WHERE id = $1

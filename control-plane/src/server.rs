@@ -30,6 +30,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "coffer.v1.WorkerService",
     "coffer.v1.GrantService",
     "coffer.v1.AuditService",
+    "coffer.v1.NotificationService",
 ];
 
 /// The health service name that reports whether the process serves calls,
@@ -131,6 +132,15 @@ pub async fn serve_with(
         state.catalog.clone(),
         background.clone(),
     ));
+    // Notifications: every replica finds events and sends what it claims.
+    tokio::spawn(
+        crate::notifications::Notifier::new(
+            state.catalog.clone(),
+            state.secrets.clone(),
+            crate::notifications::NotifierSettings::default(),
+        )
+        .run(background.clone()),
+    );
 
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -182,7 +192,12 @@ pub async fn serve_with(
         ))
         .add_service(v1::audit_service_server::AuditServiceServer::new(
             api::audit::AuditApi::new(state.clone()),
-        ));
+        ))
+        .add_service(
+            v1::notification_service_server::NotificationServiceServer::new(
+                api::notifications::NotificationApi::new(state.clone()),
+            ),
+        );
 
     let stopping = state.stopping.clone();
     let shutdown = async move {

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod grants;
 pub mod jobs;
 pub mod metadata;
+pub mod notifications;
 pub mod objects;
 pub mod retention;
 pub mod runs;

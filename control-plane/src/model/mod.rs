@@ -9,6 +9,7 @@ pub mod grant;
 pub mod job;
 pub mod limits;
 pub mod metadata;
+pub mod notification;
 pub mod object;
 pub mod path;
 pub mod retention;

@@ -401,9 +401,10 @@ impl Catalog {
         .bind(id)
         .bind(owner_scope)
         .execute(pool)
-        .await)
+        .await
+        .map(|done| done.rows_affected()))
         .map_err(|e| from_sqlx(e, "notification channel"))?;
-        if deleted.rows_affected() == 0 {
+        if deleted == 0 {
             return Err(DomainError::not_found("notification channel", id));
         }
         Ok(())
@@ -493,9 +494,10 @@ impl Catalog {
         .bind(id)
         .bind(owner_scope)
         .execute(pool)
-        .await)
+        .await
+        .map(|done| done.rows_affected()))
         .map_err(|e| from_sqlx(e, "notification rule"))?;
-        if deleted.rows_affected() == 0 {
+        if deleted == 0 {
             return Err(DomainError::not_found("notification rule", id));
         }
         Ok(())
@@ -557,9 +559,10 @@ impl Catalog {
         .bind(claim.map(|(holder, _)| holder))
         .bind(claim.map(|(_, until)| until))
         .execute(pool)
-        .await)
+        .await
+        .map(|done| done.rows_affected()))
         .map_err(|e| from_sqlx(e, "notification delivery"))?;
-        Ok(inserted.rows_affected() > 0)
+        Ok(inserted > 0)
     }
 
     /// One delivery within `owner_scope`.
@@ -643,9 +646,10 @@ impl Catalog {
         .bind(id)
         .bind(holder)
         .execute(pool)
-        .await)
+        .await
+        .map(|done| done.rows_affected()))
         .map_err(|e| from_sqlx(e, "notification delivery"))?;
-        Ok(updated.rows_affected() > 0)
+        Ok(updated > 0)
     }
 
     /// Runs that ended after `since` and after the rule that covers them

@@ -9,7 +9,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::Zeroize;
 
 use super::configuration::check_description;
 use super::{check_len, check_name};
@@ -144,12 +144,21 @@ pub struct Channel {
 }
 
 /// A channel's sealed values, zeroed when dropped; `Debug` shows none.
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ChannelSecrets {
     /// A webhook's signing secret (empty for e-mail).
     pub signing_secret: String,
     /// A webhook's extra headers, by name.
     pub headers: BTreeMap<String, String>,
+}
+
+impl Drop for ChannelSecrets {
+    fn drop(&mut self) {
+        self.signing_secret.zeroize();
+        for value in self.headers.values_mut() {
+            value.zeroize();
+        }
+    }
 }
 
 impl fmt::Debug for ChannelSecrets {

@@ -137,7 +137,7 @@ pub async fn post(
         .map_err(|_| AttemptError::transient(format!("connecting to {address} timed out")))?
         .map_err(|e| AttemptError::transient(format!("cannot connect to {address}: {e}")))?;
     let request = build_request(&url, &host, secrets, notice)?;
-    let exchange = async {
+    let talk = async {
         if url.scheme() == "https" {
             let tls = connect_tls(&host, tcp).await?;
             exchange(tls, request).await
@@ -145,7 +145,7 @@ pub async fn post(
             exchange(tcp, request).await
         }
     };
-    tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+    tokio::time::timeout(EXCHANGE_TIMEOUT, talk)
         .await
         .map_err(|_| AttemptError::transient("the receiver did not answer in time"))?
 }

@@ -23,9 +23,15 @@ use webhook::{Answer, Receiver, Received};
 /// Longest wait for a notice.
 const LIMIT: Duration = Duration::from_secs(40);
 
-/// Lets channels reach loopback (the receiver) and retries after 1 s.
+/// Lets channels reach loopback (the receiver), and retries after 1 s.
 async fn allow_loopback(server: &TestServer) -> pb::Configuration {
+    let allowed = allow_loopback_only(server).await;
     server.configure("notification_retry_base_seconds", "1").await;
+    allowed
+}
+
+/// Lets channels reach loopback (the receiver).
+async fn allow_loopback_only(server: &TestServer) -> pb::Configuration {
     server
         .configure("notification_allowed_networks", "127.0.0.0/8")
         .await
@@ -162,6 +168,7 @@ async fn failed_runs_reach_a_signed_webhook_after_retries(backend: Backend) {
     .expect("rule");
 
     let mut worker = LeaseClient::open(&server, "worker-1", &worker_in("north")).await;
+    worker.credit(1).await;
     let run_id = api.queue_run(backup("/data", &[("zone", "north")])).await;
     let assignment = worker.assignment().await;
     let failure = pb::RunFailure {
@@ -286,7 +293,7 @@ async fn internal_addresses_and_redirects_are_refused(backend: Backend) {
     assert!(receiver.received().is_empty(), "nothing was sent");
 
     // A redirect is not followed.
-    allow_loopback(&server).await;
+    allow_loopback_only(&server).await;
     let redirecting = Receiver::start(Answer::Redirect).await;
     let (channel, _) =
         create_channel(&api, webhook_channel("moved", &redirecting.url(), &[])).await;
@@ -331,6 +338,7 @@ async fn a_stale_job_is_notified_once_then_its_recovery(backend: Backend) {
 
     // A successful backup ends the episode.
     let mut worker = LeaseClient::open(&server, "worker-1", &worker_in("stale")).await;
+    worker.credit(1).await;
     api.start_backup(&job.id).await;
     let assignment = worker.assignment().await;
     worker.succeed(&assignment.lease.expect("lease")).await;
@@ -412,7 +420,7 @@ async fn two_replicas_send_each_notice_once() {
 /// it starts again.
 async fn pending_deliveries_survive_a_restart(backend: Backend) {
     let server = TestServer::start(backend).await;
-    allow_loopback(&server).await;
+    allow_loopback_only(&server).await;
     server.configure("notification_retry_base_seconds", "3").await;
     let receiver = Receiver::start(Answer::OkAfterFailures(1)).await;
     let (_, token) = server.create_user("tenant").await;

@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::catalog::{new_id, Page};
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::notification::{
-    check_email, check_webhook, Channel, ChannelSecrets, ChannelSpec, ChannelTarget, Delivery,
+    check_channel_text, check_email, check_webhook, Channel, ChannelSecrets, ChannelSpec, ChannelTarget, Delivery,
     DeliveryState, EmailTarget, Event, EventSet, Rule, RuleSpec, SmtpSecurity,
 };
 use crate::model::{parse_id, parse_optional_id};
@@ -260,9 +260,14 @@ impl NotificationApi {
         let owner = violations
             .absorb(parse_optional_id("channel.owner_id", &channel.owner_id))
             .flatten();
+        violations.absorb(check_channel_text(
+            "channel.",
+            &channel.name,
+            &channel.description,
+        ));
         let target = violations.absorb(target_of("channel.", channel.kind));
+        violations.finish()?;
         let Some((target, headers)) = target else {
-            violations.finish()?;
             return Err(DomainError::invalid("channel.kind", "is required"));
         };
         let spec = ChannelSpec {
@@ -271,8 +276,6 @@ impl NotificationApi {
             description: channel.description,
             target,
         };
-        violations.absorb(spec.validate("channel."));
-        violations.finish()?;
         let spec = ChannelSpec {
             owner_id: caller.resolve_owner("channel.owner_id", owner)?,
             ..spec

@@ -112,22 +112,16 @@ pub struct ChannelSpec {
     pub target: ChannelTarget,
 }
 
-impl ChannelSpec {
-    /// Validates the name and description (the target is validated as it
-    /// is built, see [`check_webhook`] and [`check_email`]).
-    pub fn validate(&self, prefix: &str) -> DomainResult<()> {
-        let mut violations = Violations::new();
-        violations.absorb(check_name(
-            &format!("{prefix}name"),
-            &self.name,
-            MAX_NAME_LEN,
-        ));
-        violations.absorb(check_description(
-            &format!("{prefix}description"),
-            &self.description,
-        ));
-        violations.finish()
-    }
+/// Checks a channel's name and description (its target is checked as it
+/// is built, see [`check_webhook`] and [`check_email`]).
+pub fn check_channel_text(prefix: &str, name: &str, description: &str) -> DomainResult<()> {
+    let mut violations = Violations::new();
+    violations.absorb(check_name(&format!("{prefix}name"), name, MAX_NAME_LEN));
+    violations.absorb(check_description(
+        &format!("{prefix}description"),
+        description,
+    ));
+    violations.finish()
 }
 
 /// A stored channel.

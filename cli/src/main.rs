@@ -493,7 +493,9 @@ async fn channels_command(
         ChannelsCommand::Test { id } => {
             let deliveries = resource("deliveries");
             let method = "TestNotificationChannel";
-            let answer = channels.act_on(api, printer, method, &id, deliveries).await?;
+            let answer = channels
+                .act_on(api, printer, method, &id, deliveries)
+                .await?;
             let delivered = answer
                 .get_field_by_name("delivery")
                 .and_then(|delivery| {

@@ -18,7 +18,7 @@ use coffer_proto::v1 as pb;
 use fair_lease::{backup, LeaseClient, WorkerShape};
 use support::{assert_code, assert_violations, Backend, TestServer};
 use tonic::Code;
-use webhook::{Answer, Receiver, Received};
+use webhook::{Answer, Received, Receiver};
 
 /// Longest wait for a notice.
 const LIMIT: Duration = Duration::from_secs(40);
@@ -26,7 +26,9 @@ const LIMIT: Duration = Duration::from_secs(40);
 /// Lets channels reach loopback (the receiver), and retries after 1 s.
 async fn allow_loopback(server: &TestServer) -> pb::Configuration {
     let allowed = allow_loopback_only(server).await;
-    server.configure("notification_retry_base_seconds", "1").await;
+    server
+        .configure("notification_retry_base_seconds", "1")
+        .await;
     allowed
 }
 
@@ -40,13 +42,15 @@ async fn allow_loopback_only(server: &TestServer) -> pb::Configuration {
 fn webhook_channel(name: &str, url: &str, headers: &[(&str, &str)]) -> pb::NotificationChannel {
     pb::NotificationChannel {
         name: name.into(),
-        kind: Some(pb::notification_channel::Kind::Webhook(pb::WebhookChannel {
-            url: url.into(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })),
+        kind: Some(pb::notification_channel::Kind::Webhook(
+            pb::WebhookChannel {
+                url: url.into(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+        )),
         ..Default::default()
     }
 }
@@ -69,7 +73,9 @@ async fn create_channel(
     api: &Api,
     channel: pb::NotificationChannel,
 ) -> (pb::NotificationChannel, String) {
-    let created = try_create_channel(api, channel).await.expect("create channel");
+    let created = try_create_channel(api, channel)
+        .await
+        .expect("create channel");
     (created.channel.expect("channel"), created.signing_secret)
 }
 
@@ -103,6 +109,19 @@ async fn deliveries(api: &Api, channel_id: &str) -> Vec<pb::NotificationDelivery
         .expect("list deliveries")
         .into_inner()
         .deliveries
+}
+
+/// The deliveries of a channel once none is pending; panics after 20 s.
+async fn settled_deliveries(api: &Api, channel_id: &str) -> Vec<pb::NotificationDelivery> {
+    let pending = pb::NotificationDeliveryState::Pending as i32;
+    for _ in 0..200 {
+        let recorded = deliveries(api, channel_id).await;
+        if recorded.iter().all(|d| d.state != pending) {
+            return recorded;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("deliveries still pending after 20 s");
 }
 
 async fn test_channel(api: &Api, id: &str) -> pb::NotificationDelivery {
@@ -160,12 +179,9 @@ async fn failed_runs_reach_a_signed_webhook_after_retries(backend: Backend) {
     let (channel, secret) =
         create_channel(&api, webhook_channel("ops", &receiver.url(), &headers)).await;
     assert!(secret.starts_with("whsec_"), "{secret}");
-    try_create_rule(
-        &api,
-        rule(&channel.id, &[pb::NotificationEvent::RunFailed]),
-    )
-    .await
-    .expect("rule");
+    try_create_rule(&api, rule(&channel.id, &[pb::NotificationEvent::RunFailed]))
+        .await
+        .expect("rule");
 
     let mut worker = LeaseClient::open(&server, "worker-1", &worker_in("north")).await;
     worker.credit(1).await;
@@ -198,14 +214,21 @@ async fn failed_runs_reach_a_signed_webhook_after_retries(backend: Backend) {
     assert_eq!(body["event"], "run.failed");
     assert_eq!(body["run"]["id"], run_id);
     assert_eq!(body["run"]["state"], "failed");
-    assert!(body["run"]["error"].as_str().unwrap_or_default().contains("disk on fire"));
+    assert!(body["run"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("disk on fire"));
     assert!(body["text"].as_str().unwrap_or_default().contains("failed"));
 
-    let recorded = deliveries(&api, &channel.id).await;
+    // The receiver answers before the notifier records the attempt.
+    let recorded = settled_deliveries(&api, &channel.id).await;
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     let delivery = &recorded[0];
     assert_eq!(delivery.id, delivery_id);
-    assert_eq!(delivery.state, pb::NotificationDeliveryState::Delivered as i32);
+    assert_eq!(
+        delivery.state,
+        pb::NotificationDeliveryState::Delivered as i32
+    );
     assert_eq!(delivery.event, pb::NotificationEvent::RunFailed as i32);
     assert_eq!(delivery.run_id, run_id);
     assert_eq!(delivery.attempts, 3);
@@ -223,13 +246,19 @@ async fn failed_runs_reach_a_signed_webhook_after_retries(backend: Backend) {
         .expect("get")
         .into_inner();
     let shown = format!("{:?} {:?}", fetched.channel, channel);
-    assert!(!shown.contains(&secret) && !shown.contains("receiver-token"), "{shown}");
+    assert!(
+        !shown.contains(&secret) && !shown.contains("receiver-token"),
+        "{shown}"
+    );
     let Some(pb::notification_channel::Kind::Webhook(webhook)) =
         fetched.channel.expect("channel").kind
     else {
         panic!("a webhook channel");
     };
-    assert_eq!(webhook.headers.get("authorization").map(String::as_str), Some(""));
+    assert_eq!(
+        webhook.headers.get("authorization").map(String::as_str),
+        Some("")
+    );
 }
 
 async fn a_rotated_secret_signs_and_the_old_one_no_longer_does(backend: Backend) {
@@ -251,7 +280,11 @@ async fn a_rotated_secret_signs_and_the_old_one_no_longer_does(backend: Backend)
     let new = rotated.signing_secret;
     assert!(new.starts_with("whsec_") && new != old);
     let delivery = test_channel(&api, &channel.id).await;
-    assert_eq!(delivery.state, pb::NotificationDeliveryState::Delivered as i32, "{delivery:?}");
+    assert_eq!(
+        delivery.state,
+        pb::NotificationDeliveryState::Delivered as i32,
+        "{delivery:?}"
+    );
     assert_eq!(delivery.event, pb::NotificationEvent::Test as i32);
     let received = receiver.received();
     assert_eq!(events_of(&received), ["test"]);
@@ -288,7 +321,11 @@ async fn internal_addresses_and_redirects_are_refused(backend: Backend) {
         .await
         .expect("withdraw the allowance");
     let refused = test_channel(&api, &channel.id).await;
-    assert_eq!(refused.state, pb::NotificationDeliveryState::Failed as i32, "{refused:?}");
+    assert_eq!(
+        refused.state,
+        pb::NotificationDeliveryState::Failed as i32,
+        "{refused:?}"
+    );
     assert!(refused.last_error.contains("loopback"), "{refused:?}");
     assert!(receiver.received().is_empty(), "nothing was sent");
 
@@ -298,10 +335,17 @@ async fn internal_addresses_and_redirects_are_refused(backend: Backend) {
     let (channel, _) =
         create_channel(&api, webhook_channel("moved", &redirecting.url(), &[])).await;
     let redirected = test_channel(&api, &channel.id).await;
-    assert_eq!(redirected.state, pb::NotificationDeliveryState::Failed as i32);
+    assert_eq!(
+        redirected.state,
+        pb::NotificationDeliveryState::Failed as i32
+    );
     assert_eq!(redirected.http_status, 302);
     assert!(redirected.last_error.contains("redirect"), "{redirected:?}");
-    let paths: Vec<String> = redirecting.received().iter().map(|r| r.path.clone()).collect();
+    let paths: Vec<String> = redirecting
+        .received()
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
     assert_eq!(paths, ["/hook"]);
 }
 
@@ -312,7 +356,8 @@ async fn a_stale_job_is_notified_once_then_its_recovery(backend: Backend) {
     let (_, token) = server.create_user("tenant").await;
     let api = server.as_user(&token);
     let job = scheduled_job(&api, "nightly").await;
-    let (channel, secret) = create_channel(&api, webhook_channel("ops", &receiver.url(), &[])).await;
+    let (channel, secret) =
+        create_channel(&api, webhook_channel("ops", &receiver.url(), &[])).await;
     try_create_rule(
         &api,
         pb::NotificationRule {
@@ -343,7 +388,10 @@ async fn a_stale_job_is_notified_once_then_its_recovery(backend: Backend) {
     let assignment = worker.assignment().await;
     worker.succeed(&assignment.lease.expect("lease")).await;
     let after = receiver
-        .wait_until(LIMIT, |r| r.iter().any(|x| x.header("coffer-event") == "job.recovered"))
+        .wait_until(LIMIT, |r| {
+            r.iter()
+                .any(|x| x.header("coffer-event") == "job.recovered")
+        })
         .await;
     assert_eq!(events_of(&after)[..2], ["job.stale", "job.recovered"]);
 }
@@ -406,12 +454,17 @@ async fn two_replicas_send_each_notice_once() {
     assert_eq!(received.len(), runs.len(), "{received:#?}");
     let mut notified: Vec<String> = received
         .iter()
-        .map(|r| r.json()["run"]["id"].as_str().unwrap_or_default().to_string())
+        .map(|r| {
+            r.json()["run"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     notified.sort();
     runs.sort();
     assert_eq!(notified, runs);
-    let recorded = deliveries(&api, &channel.id).await;
+    let recorded = settled_deliveries(&api, &channel.id).await;
     assert_eq!(recorded.len(), runs.len());
     assert!(recorded.iter().all(|d| d.attempts == 1));
 }
@@ -421,14 +474,19 @@ async fn two_replicas_send_each_notice_once() {
 async fn pending_deliveries_survive_a_restart(backend: Backend) {
     let server = TestServer::start(backend).await;
     allow_loopback_only(&server).await;
-    server.configure("notification_retry_base_seconds", "3").await;
+    server
+        .configure("notification_retry_base_seconds", "3")
+        .await;
     let receiver = Receiver::start(Answer::OkAfterFailures(1)).await;
     let (_, token) = server.create_user("tenant").await;
     let api = server.as_user(&token);
     let (channel, _) = create_channel(&api, webhook_channel("ops", &receiver.url(), &[])).await;
-    try_create_rule(&api, rule(&channel.id, &[pb::NotificationEvent::RunCancelled]))
-        .await
-        .expect("rule");
+    try_create_rule(
+        &api,
+        rule(&channel.id, &[pb::NotificationEvent::RunCancelled]),
+    )
+    .await
+    .expect("rule");
     let id = api.queue_run(backup("/data", &[("zone", "nowhere")])).await;
     api.cancel_run(&id).await.expect("cancel");
     receiver.wait_until(LIMIT, |r| !r.is_empty()).await;
@@ -438,9 +496,12 @@ async fn pending_deliveries_survive_a_restart(backend: Backend) {
         .await;
     assert_eq!(received.len(), 2);
     let api = server.as_user(&token);
-    let recorded = deliveries(&api, &channel.id).await;
+    let recorded = settled_deliveries(&api, &channel.id).await;
     assert_eq!(recorded[0].attempts, 2, "{recorded:?}");
-    assert_eq!(recorded[0].state, pb::NotificationDeliveryState::Delivered as i32);
+    assert_eq!(
+        recorded[0].state,
+        pb::NotificationDeliveryState::Delivered as i32
+    );
 }
 
 async fn owners_see_and_use_only_their_own(backend: Backend) {
@@ -456,11 +517,15 @@ async fn owners_see_and_use_only_their_own(backend: Backend) {
 
     let mut foreign = stranger.notifications.clone();
     let get = foreign
-        .get_notification_channel(pb::GetNotificationChannelRequest { id: channel.id.clone() })
+        .get_notification_channel(pb::GetNotificationChannelRequest {
+            id: channel.id.clone(),
+        })
         .await;
     assert_code(get, Code::NotFound, "foreign get");
     let test = foreign
-        .test_notification_channel(pb::TestNotificationChannelRequest { id: channel.id.clone() })
+        .test_notification_channel(pb::TestNotificationChannelRequest {
+            id: channel.id.clone(),
+        })
         .await;
     assert_code(test, Code::NotFound, "foreign test");
     let rotate = foreign
@@ -470,14 +535,22 @@ async fn owners_see_and_use_only_their_own(backend: Backend) {
         .await;
     assert_code(rotate, Code::NotFound, "foreign rotation");
     let delete = foreign
-        .delete_notification_channel(pb::DeleteNotificationChannelRequest { id: channel.id.clone() })
+        .delete_notification_channel(pb::DeleteNotificationChannelRequest {
+            id: channel.id.clone(),
+        })
         .await;
     assert_code(delete, Code::NotFound, "foreign delete");
 
     // A rule on someone else's channel, or on their job, or on everyone.
-    let on_foreign_channel =
-        try_create_rule(&stranger, rule(&channel.id, &[pb::NotificationEvent::RunFailed])).await;
-    assert_violations(&on_foreign_channel.expect_err("refused"), &["rule.channel_id"]);
+    let on_foreign_channel = try_create_rule(
+        &stranger,
+        rule(&channel.id, &[pb::NotificationEvent::RunFailed]),
+    )
+    .await;
+    assert_violations(
+        &on_foreign_channel.expect_err("refused"),
+        &["rule.channel_id"],
+    );
     let (own, _) = create_channel(&stranger, webhook_channel("mine", &receiver.url(), &[])).await;
     let on_foreign_job = try_create_rule(
         &stranger,
@@ -496,7 +569,11 @@ async fn owners_see_and_use_only_their_own(backend: Backend) {
         },
     )
     .await;
-    assert_code(everyone, Code::PermissionDenied, "all owners for a non-admin");
+    assert_code(
+        everyone,
+        Code::PermissionDenied,
+        "all owners for a non-admin",
+    );
     let no_events = try_create_rule(&stranger, rule(&own.id, &[])).await;
     assert_violations(&no_events.expect_err("refused"), &["rule.events"]);
 
@@ -525,12 +602,21 @@ async fn bad_channels_name_their_fields(backend: Backend) {
         "ftp://hooks.example.com/x",
         &[("Coffer-Signature", "forged"), ("X-Token", "line\r\nbreak")],
     );
-    let status = try_create_channel(&api, bad_webhook).await.expect_err("refused");
+    let status = try_create_channel(&api, bad_webhook)
+        .await
+        .expect_err("refused");
     let fields = assert_violations(
         &status,
-        &["channel.name", "channel.webhook.url", "channel.webhook.headers"],
+        &[
+            "channel.name",
+            "channel.webhook.url",
+            "channel.webhook.headers",
+        ],
     );
-    assert!(!status.message().contains("forged"), "{fields:?} {status:?}");
+    assert!(
+        !status.message().contains("forged"),
+        "{fields:?} {status:?}"
+    );
     let bad_email = pb::NotificationChannel {
         name: "mail".into(),
         kind: Some(pb::notification_channel::Kind::Email(pb::EmailChannel {
@@ -541,7 +627,9 @@ async fn bad_channels_name_their_fields(backend: Backend) {
         })),
         ..Default::default()
     };
-    let status = try_create_channel(&api, bad_email).await.expect_err("refused");
+    let status = try_create_channel(&api, bad_email)
+        .await
+        .expect_err("refused");
     assert_violations(&status, &["channel.email.from", "channel.email.to[1]"]);
 }
 

@@ -111,7 +111,10 @@ async fn notices_are_mailed_through_smtp(backend: Backend) {
         .await
         .expect("create channel")
         .into_inner();
-    assert!(channel.signing_secret.is_empty(), "e-mail has no signing secret");
+    assert!(
+        channel.signing_secret.is_empty(),
+        "e-mail has no signing secret"
+    );
     let channel = channel.channel.expect("channel");
 
     // TestNotificationChannel sends at once.
@@ -126,11 +129,21 @@ async fn notices_are_mailed_through_smtp(backend: Backend) {
         .into_inner()
         .delivery
         .expect("delivery");
-    assert_eq!(tested.state, pb::NotificationDeliveryState::Delivered as i32, "{tested:?}");
+    assert_eq!(
+        tested.state,
+        pb::NotificationDeliveryState::Delivered as i32,
+        "{tested:?}"
+    );
     let test = smtp.next_message().await;
     assert_eq!(test["from"], "coffer@example.com");
-    assert_eq!(test["to"], serde_json::json!(["ops@example.com", "oncall@example.com"]));
-    assert!(test["data"].as_str().unwrap_or_default().contains("Subject: [coffer] test"));
+    assert_eq!(
+        test["to"],
+        serde_json::json!(["ops@example.com", "oncall@example.com"])
+    );
+    assert!(test["data"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("Subject: [coffer] test"));
 
     api.notifications
         .clone()

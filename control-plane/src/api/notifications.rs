@@ -15,8 +15,9 @@ use crate::auth::Caller;
 use crate::catalog::{new_id, Page};
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::notification::{
-    check_channel_text, check_email, check_webhook, Channel, ChannelSecrets, ChannelSpec, ChannelTarget, Delivery,
-    DeliveryState, EmailTarget, Event, EventSet, Rule, RuleSpec, SmtpSecurity,
+    check_channel_text, check_email, check_webhook, Channel, ChannelSecrets, ChannelSpec,
+    ChannelTarget, Delivery, DeliveryState, EmailTarget, Event, EventSet, Rule, RuleSpec,
+    SmtpSecurity,
 };
 use crate::model::{parse_id, parse_optional_id};
 use crate::notifications::address::AddressPolicy;
@@ -226,7 +227,11 @@ async fn check_reachable(
             let port = url.port_or_known_default().unwrap_or(443);
             (format!("{prefix}webhook.url"), host, port)
         }
-        ChannelTarget::Email(email) => (format!("{prefix}email.host"), email.host.clone(), email.port),
+        ChannelTarget::Email(email) => (
+            format!("{prefix}email.host"),
+            email.host.clone(),
+            email.port,
+        ),
     };
     match policy.resolve(&host, port).await {
         Ok(_) => Ok(()),
@@ -317,7 +322,10 @@ impl NotificationApi {
             headers,
         };
         let id = new_id();
-        let sealed = self.state.secrets.seal_channel(id, spec.owner_id, &secrets)?;
+        let sealed = self
+            .state
+            .secrets
+            .seal_channel(id, spec.owner_id, &secrets)?;
         let created = self
             .state
             .catalog

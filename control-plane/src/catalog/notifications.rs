@@ -447,14 +447,8 @@ impl Catalog {
             "SELECT {RULE_COLUMNS} FROM notification_rules \
              WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
-        let row: RuleRow = fetch_scoped(
-            &self.read_pool,
-            &sql,
-            id,
-            owner_scope,
-            "notification rule",
-        )
-        .await?;
+        let row: RuleRow =
+            fetch_scoped(&self.read_pool, &sql, id, owner_scope, "notification rule").await?;
         Ok(row.into())
     }
 
@@ -575,14 +569,8 @@ impl Catalog {
             "SELECT {DELIVERY_COLUMNS} FROM notification_deliveries \
              WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
         );
-        let row: DeliveryRow = fetch_scoped(
-            &self.pool,
-            &sql,
-            id,
-            owner_scope,
-            "notification delivery",
-        )
-        .await?;
+        let row: DeliveryRow =
+            fetch_scoped(&self.pool, &sql, id, owner_scope, "notification delivery").await?;
         row.try_into()
     }
 
@@ -745,10 +733,8 @@ impl Catalog {
             "SELECT COUNT(*) FROM notification_rules WHERE {}",
             column.column()
         );
-        let count: i64 = on_read_pool!(self, |pool| sqlx::query_scalar(&sql)
-            .fetch_one(pool)
-            .await)
-        .map_err(|e| from_sqlx(e, "notification rules"))?;
+        let count: i64 = on_read_pool!(self, |pool| sqlx::query_scalar(&sql).fetch_one(pool).await)
+            .map_err(|e| from_sqlx(e, "notification rules"))?;
         Ok(count > 0)
     }
 }

@@ -185,8 +185,7 @@ pub fn check_webhook(
         let lower = name.to_ascii_lowercase();
         if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
             violations.add(&field, format!("{name:?} is not a valid header name"));
-        } else if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with(RESERVED_PREFIX)
-        {
+        } else if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with(RESERVED_PREFIX) {
             violations.add(&field, format!("{name:?} is set by Coffer itself"));
         } else if value.len() > 4096 || http::HeaderValue::from_str(&value).is_err() {
             // The value itself is never repeated: it may be a credential.
@@ -519,7 +518,10 @@ mod tests {
     #[test]
     fn header_values_are_never_repeated_in_errors() {
         let headers = BTreeMap::from([
-            ("Authorization".to_string(), "Bearer s3cr3t\r\nX: y".to_string()),
+            (
+                "Authorization".to_string(),
+                "Bearer s3cr3t\r\nX: y".to_string(),
+            ),
             ("Coffer-Signature".to_string(), "forged".to_string()),
         ]);
         let error = check_webhook("channel.webhook.", "https://hooks.example.com/x", headers)
@@ -538,10 +540,7 @@ mod tests {
             "/relative",
             "https://example.com/#frag",
         ] {
-            assert!(
-                check_webhook_url("url", bad).is_err(),
-                "{bad} was accepted"
-            );
+            assert!(check_webhook_url("url", bad).is_err(), "{bad} was accepted");
         }
         check_webhook_url("url", "https://hooks.example.com/a?b=c").expect("accepted");
     }
@@ -565,6 +564,9 @@ mod tests {
             headers: BTreeMap::from([("authorization".into(), "Bearer hidden".into())]),
         };
         let shown = format!("{secrets:?}");
-        assert!(!shown.contains("whsec_visible") && !shown.contains("hidden"), "{shown}");
+        assert!(
+            !shown.contains("whsec_visible") && !shown.contains("hidden"),
+            "{shown}"
+        );
     }
 }

@@ -35,7 +35,10 @@ pub async fn find(catalog: &Catalog, now: DateTime<Utc>) -> DomainResult<usize> 
     {
         recorded += waiting_runs(catalog, now).await?;
     }
-    if catalog.any_notification_rule_with(RuleFlag::JobStale).await? {
+    if catalog
+        .any_notification_rule_with(RuleFlag::JobStale)
+        .await?
+    {
         recorded += stale_jobs(catalog, now).await?;
     }
     Ok(recorded)
@@ -170,7 +173,9 @@ fn job_delivery(
         Event::JobRecovered => format!(
             "Job {} backed up successfully again (last success {}).",
             candidate.job_name,
-            candidate.last_success.map_or_else(String::new, |t| t.to_rfc3339())
+            candidate
+                .last_success
+                .map_or_else(String::new, |t| t.to_rfc3339())
         ),
         _ => format!(
             "Job {} is stale: no successful backup for {} (threshold {}).",

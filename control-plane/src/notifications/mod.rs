@@ -251,9 +251,12 @@ impl Notifier {
         error: AttemptError,
         now: DateTime<Utc>,
     ) -> DomainResult<AttemptOutcome> {
-        let max_attempts =
-            configured_integer(&self.catalog, NOTIFICATION_MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS)
-                .await?;
+        let max_attempts = configured_integer(
+            &self.catalog,
+            NOTIFICATION_MAX_ATTEMPTS,
+            DEFAULT_MAX_ATTEMPTS,
+        )
+        .await?;
         let base = configured_integer(
             &self.catalog,
             NOTIFICATION_RETRY_BASE_SECONDS,
@@ -377,11 +380,7 @@ fn email_text(event: Event, payload: &str) -> (String, String) {
         .unwrap_or("Coffer notification")
         .to_string();
     // One line, bounded: the subject is a header.
-    let summary: String = text
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(120)
-        .collect();
+    let summary: String = text.chars().filter(|c| !c.is_control()).take(120).collect();
     let subject = format!("[coffer] {}: {summary}", event.as_str());
     let pretty = serde_json::to_string_pretty(&parsed).unwrap_or_default();
     (subject, format!("{text}\n\n{pretty}\n"))
@@ -404,7 +403,10 @@ mod tests {
     fn an_email_subject_is_one_line() {
         let payload = r#"{"text":"line one\r\nBcc: someone@example.com"}"#;
         let (subject, _) = email_text(Event::RunFailed, payload);
-        assert!(!subject.contains('\n') && !subject.contains('\r'), "{subject}");
+        assert!(
+            !subject.contains('\n') && !subject.contains('\r'),
+            "{subject}"
+        );
     }
 
     #[test]

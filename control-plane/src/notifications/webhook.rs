@@ -43,8 +43,8 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
 }
 
 fn mac(secret: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes a key of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -181,10 +181,7 @@ fn build_request(
         .map_err(|_| AttemptError::permanent("the channel's headers no longer make a request"))
 }
 
-async fn exchange<S>(
-    stream: S,
-    request: http::Request<Full<Bytes>>,
-) -> Result<u16, AttemptError>
+async fn exchange<S>(stream: S, request: http::Request<Full<Bytes>>) -> Result<u16, AttemptError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -210,9 +207,15 @@ where
         if status.is_success() {
             Ok(code)
         } else if status.is_redirection() {
-            Err(AttemptError::http(code, "the receiver redirected; redirects are not followed"))
+            Err(AttemptError::http(
+                code,
+                "the receiver redirected; redirects are not followed",
+            ))
         } else {
-            Err(AttemptError::http(code, format!("the receiver answered HTTP {code}")))
+            Err(AttemptError::http(
+                code,
+                format!("the receiver answered HTTP {code}"),
+            ))
         }
     }
     .await;
@@ -270,7 +273,10 @@ mod tests {
         assert!(!verify_signature("whsec_test", &header, b"{\"a\":2}", now));
         assert!(!verify_signature("whsec_other", &header, b"{\"a\":1}", now));
         let later = now + chrono::Duration::seconds(301);
-        assert!(!verify_signature("whsec_test", &header, b"{\"a\":1}", later), "a replay");
+        assert!(
+            !verify_signature("whsec_test", &header, b"{\"a\":1}", later),
+            "a replay"
+        );
         assert!(!verify_signature("whsec_test", "t=1,v1=zz", b"", now));
     }
 }

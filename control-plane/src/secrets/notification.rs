@@ -40,9 +40,10 @@ impl Keyring {
         owner: Uuid,
         secrets: &ChannelSecrets,
     ) -> DomainResult<Sealed> {
-        let plaintext = Zeroizing::new(serde_json::to_vec(secrets).map_err(|e| {
-            DomainError::Internal(format!("encoding a channel's values: {e}"))
-        })?);
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(secrets)
+                .map_err(|e| DomainError::Internal(format!("encoding a channel's values: {e}")))?,
+        );
         self.seal_bytes(&associated_data(id, owner), &plaintext)
     }
 
@@ -80,9 +81,17 @@ mod tests {
             headers: Default::default(),
         };
         let sealed = keyring.seal_channel(id, owner, &values).expect("seal");
-        assert_eq!(keyring.open_channel(id, owner, &sealed).expect("open"), values);
-        assert!(keyring.open_channel(Uuid::now_v7(), owner, &sealed).is_err());
-        assert!(keyring.open(id, owner, &sealed).is_err(), "opened as a secret");
+        assert_eq!(
+            keyring.open_channel(id, owner, &sealed).expect("open"),
+            values
+        );
+        assert!(keyring
+            .open_channel(Uuid::now_v7(), owner, &sealed)
+            .is_err());
+        assert!(
+            keyring.open(id, owner, &sealed).is_err(),
+            "opened as a secret"
+        );
         assert_ne!(generate_signing_secret(), generate_signing_secret());
     }
 }

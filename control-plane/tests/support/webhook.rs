@@ -118,7 +118,9 @@ impl Receiver {
             .expect("bind the receiver");
         let address = listener.local_addr().expect("local address");
         tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("the receiver serves");
+            axum::serve(listener, app)
+                .await
+                .expect("the receiver serves");
         });
         Receiver {
             base: format!("http://{address}"),
@@ -150,7 +152,9 @@ impl Receiver {
                 return received;
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                panic!("the receiver did not get what was expected within {limit:?}: {received:#?}");
+                panic!(
+                    "the receiver did not get what was expected within {limit:?}: {received:#?}"
+                );
             }
         }
     }

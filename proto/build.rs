@@ -30,6 +30,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug([
             "coffer.v1.S3CredentialValues",
             "coffer.v1.LeasedS3Credentials",
+            // Notification secrets: a webhook's headers, a signing secret.
+            "coffer.v1.WebhookChannel",
+            "coffer.v1.CreateNotificationChannelResponse",
+            "coffer.v1.RotateNotificationChannelSecretResponse",
         ])
         .compile_protos(&protos, &[PathBuf::from("."), include])?;
     Ok(())

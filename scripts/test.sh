@@ -16,6 +16,9 @@
 # server (which enforces Object Lock; Garage does not) is started on loopback
 # (scripts/start-moto.sh; pip-installed into ~/.cache/coffer-moto the first
 # time) and stopped on exit.
+# SMTP (e-mail notifications): when COFFER_TEST_SMTP_PYTHON is unset, aiosmtpd
+# is pip-installed into ~/.cache/coffer-aiosmtpd the first time and that
+# Python is exported; each test starts its own server on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -120,6 +123,16 @@ if [ -z "${COFFER_TEST_LOCK_S3_ENDPOINT:-}" ]; then
   log "starting a throw-away moto S3 server (Object Lock)"
   eval "$(scripts/start-moto.sh)"
   STARTED_MOTO=1
+fi
+
+if [ -z "${COFFER_TEST_SMTP_PYTHON:-}" ]; then
+  smtp_venv="${COFFER_SMTP_VENV:-$HOME/.cache/coffer-aiosmtpd}"
+  if ! "$smtp_venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+    log "installing aiosmtpd into $smtp_venv"
+    python3 -m venv "$smtp_venv"
+    "$smtp_venv/bin/pip" install -q aiosmtpd
+  fi
+  export COFFER_TEST_SMTP_PYTHON="$smtp_venv/bin/python"
 fi
 
 log "deployment files (compose, Kubernetes)"

@@ -138,6 +138,16 @@ enum Command {
     /// The audit log (admins).
     #[command(subcommand)]
     Audit(Verb),
+    /// Notification channels: webhooks (`create` prints the signing secret
+    /// once) and e-mail; `rotate` and `test` besides.
+    #[command(subcommand)]
+    Channels(ChannelsCommand),
+    /// Notification rules: which events of which jobs reach a channel.
+    #[command(subcommand)]
+    Rules(Verb),
+    /// Notification deliveries: state, attempts, last error.
+    #[command(subcommand)]
+    Deliveries(Verb),
     /// Back up a job now.
     Backup {
         /// The job (id or name).
@@ -293,6 +303,16 @@ struct SecretValuesArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum ChannelsCommand {
+    #[command(flatten)]
+    Resource(Verb),
+    /// Replace a webhook's signing secret; prints the new one once.
+    Rotate { id: String },
+    /// Send a test notice now; exit 0 only if it was delivered.
+    Test { id: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum RetentionCommand {
     /// Which snapshots the policy keeps, and why (changes nothing).
     Plan(RepositoryArgs),
@@ -380,6 +400,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Metadata(verb) => resource("metadata").run(&api, &printer, verb).await,
         Command::Workers(verb) => resource("workers").run(&api, &printer, verb).await,
         Command::Audit(verb) => resource("audit").run(&api, &printer, verb).await,
+        Command::Channels(command) => channels_command(&api, &printer, command).await,
+        Command::Rules(verb) => resource("rules").run(&api, &printer, verb).await,
+        Command::Deliveries(verb) => resource("deliveries").run(&api, &printer, verb).await,
         Command::Runs(command) => runs_command(&api, &printer, command).await,
         Command::Secrets(command) => secrets_command(&api, &printer, command).await,
         Command::Snapshots { job } => snapshots::list(&api, &printer, &job).await,
@@ -533,6 +556,41 @@ async fn runs_command(api: &Api, printer: &Printer, command: RunsCommand) -> any
                 .run
                 .context("no run")?;
             printer.item(&to_dynamic(api.pool(), "Run", &run)?, runs::RUN_COLUMNS)
+        }
+    }
+}
+
+async fn channels_command(
+    api: &Api,
+    printer: &Printer,
+    command: ChannelsCommand,
+) -> anyhow::Result<()> {
+    let channels = resource("channels");
+    match command {
+        ChannelsCommand::Resource(verb) => channels.run(api, printer, verb).await,
+        ChannelsCommand::Rotate { id } => {
+            let method = "RotateNotificationChannelSecret";
+            channels.act_on(api, printer, method, &id, channels).await?;
+            Ok(())
+        }
+        ChannelsCommand::Test { id } => {
+            let deliveries = resource("deliveries");
+            let method = "TestNotificationChannel";
+            let answer = channels
+                .act_on(api, printer, method, &id, deliveries)
+                .await?;
+            let delivered = answer
+                .get_field_by_name("delivery")
+                .and_then(|delivery| {
+                    let delivery = delivery.as_message()?.clone();
+                    let state = delivery.get_field_by_name("state")?.as_enum_number()?;
+                    Some(state == pb::NotificationDeliveryState::Delivered as i32)
+                })
+                .unwrap_or(false);
+            if !delivered {
+                anyhow::bail!("the test notice was not delivered");
+            }
+            Ok(())
         }
     }
 }

@@ -259,6 +259,26 @@ impl Resource {
         self.item_of(api, &response)
     }
 
+    /// Calls `method` of the resource's service on the one with `id` (a
+    /// request holding only `id`, such as a rotation or a test) and prints
+    /// the answer as a create answer is printed, with `shown`'s columns:
+    /// the resource of that kind inside it beside any other plain fields.
+    pub async fn act_on(
+        &self,
+        api: &Api,
+        printer: &Printer,
+        method: &str,
+        id: &str,
+        shown: &Resource,
+    ) -> anyhow::Result<DynamicMessage> {
+        let method = api.method(self.service, method)?;
+        let mut request = DynamicMessage::new(method.input());
+        set_string(&mut request, "id", id)?;
+        let response = api.call(&method, request).await?;
+        shown.print_created(api, printer, &response)?;
+        Ok(response)
+    }
+
     /// The resource inside a Get/Create/Update response.
     fn item_of(&self, api: &Api, response: &DynamicMessage) -> anyhow::Result<DynamicMessage> {
         let field = field_of_type(&response.descriptor(), &self.descriptor(api)?, false)?;
@@ -615,6 +635,63 @@ pub const RESOURCES: &[Resource] = &[
             Column::text("TARGETS", "targetIds"),
             Column::text("RESULT", "result"),
             Column::text("PEER", "peer"),
+        ],
+    },
+    Resource {
+        name: "channels",
+        service: "NotificationService",
+        message: "NotificationChannel",
+        list: Some("ListNotificationChannels"),
+        get: Some("GetNotificationChannel"),
+        create: Some("CreateNotificationChannel"),
+        update: None,
+        delete: Some("DeleteNotificationChannel"),
+        columns: &[
+            Column::text("ID", "id"),
+            Column::text("NAME", "name"),
+            Column::text("WEBHOOK", "webhook.url"),
+            Column::text("SMTP HOST", "email.host"),
+            Column::text("TO", "email.to"),
+            TIME,
+            Column::text("SIGNING SECRET", "signingSecret"),
+        ],
+    },
+    Resource {
+        name: "rules",
+        service: "NotificationService",
+        message: "NotificationRule",
+        list: Some("ListNotificationRules"),
+        get: Some("GetNotificationRule"),
+        create: Some("CreateNotificationRule"),
+        update: None,
+        delete: Some("DeleteNotificationRule"),
+        columns: &[
+            Column::text("ID", "id"),
+            Column::text("CHANNEL", "channelId"),
+            Column::text("JOB", "jobId"),
+            Column::text("ALL OWNERS", "allOwners"),
+            Column::text("EVENTS", "events"),
+            TIME,
+        ],
+    },
+    Resource {
+        name: "deliveries",
+        service: "NotificationService",
+        message: "NotificationDelivery",
+        list: Some("ListNotificationDeliveries"),
+        get: None,
+        create: None,
+        update: None,
+        delete: None,
+        columns: &[
+            Column::text("ID", "id"),
+            Column::text("CHANNEL", "channelId"),
+            Column::enumeration("EVENT", "event"),
+            Column::enumeration("STATE", "state"),
+            Column::text("ATTEMPTS", "attempts"),
+            Column::text("HTTP", "httpStatus"),
+            Column::text("LAST ERROR", "lastError"),
+            Column::time("NEXT ATTEMPT", "nextAttemptTime"),
         ],
     },
 ];

@@ -13,6 +13,7 @@ pub mod healthcheck;
 pub mod leasing;
 pub mod model;
 pub mod monitoring;
+pub mod notifications;
 pub mod runs;
 pub mod scheduler;
 pub mod secrets;

@@ -31,6 +31,8 @@ pub const SERVICE_NAMES: &[&str] = &[
     "coffer.v1.GrantService",
     "coffer.v1.AuditService",
     "coffer.v1.CommandService",
+    "coffer.v1.DownloadService",
+    "coffer.v1.NotificationService",
 ];
 
 /// The health service name that reports whether the process serves calls,
@@ -132,6 +134,15 @@ pub async fn serve_with(
         state.catalog.clone(),
         background.clone(),
     ));
+    // Notifications: every replica finds events and sends what it claims.
+    tokio::spawn(
+        crate::notifications::Notifier::new(
+            state.catalog.clone(),
+            state.secrets.clone(),
+            crate::notifications::NotifierSettings::default(),
+        )
+        .run(background.clone()),
+    );
 
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -193,7 +204,12 @@ pub async fn serve_with(
         ))
         .add_service(v1::command_service_server::CommandServiceServer::new(
             api::commands::CommandApi::new(state.clone()),
-        ));
+        ))
+        .add_service(
+            v1::notification_service_server::NotificationServiceServer::new(
+                api::notifications::NotificationApi::new(state.clone()),
+            ),
+        );
 
     let stopping = state.stopping.clone();
     let shutdown = async move {

@@ -28,5 +28,40 @@ macro_rules! redacted_debug {
 
 redacted_debug!(S3CredentialValues, LeasedS3Credentials);
 
+/// `Debug` of a webhook: the URL and the header names, not their values.
+impl std::fmt::Debug for v1::WebhookChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.headers.keys().collect();
+        names.sort();
+        f.debug_struct("WebhookChannel")
+            .field("url", &self.url)
+            .field("headers", &names)
+            .finish()
+    }
+}
+
+/// `Debug` of the answers that carry a signing secret: the channel, and
+/// whether a secret is there.
+macro_rules! signing_secret_debug {
+    ($($message:ident),*) => {
+        $(
+            impl std::fmt::Debug for v1::$message {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    let shown = if self.signing_secret.is_empty() { "" } else { "<redacted>" };
+                    f.debug_struct(stringify!($message))
+                        .field("channel", &self.channel)
+                        .field("signing_secret", &shown)
+                        .finish()
+                }
+            }
+        )*
+    };
+}
+
+signing_secret_debug!(
+    CreateNotificationChannelResponse,
+    RotateNotificationChannelSecretResponse
+);
+
 /// Encoded `FileDescriptorSet` of every `coffer.v1` file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("coffer_descriptor");

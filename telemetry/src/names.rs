@@ -90,6 +90,9 @@ pub const S3_REQUEST_DURATION: &str = "coffer_s3_request_duration_seconds";
 pub const S3_REQUEST_ERRORS: &str = "coffer_s3_request_errors_total";
 /// S3 request attempts beyond the first, by operation.
 pub const S3_REQUEST_RETRIES: &str = "coffer_s3_request_retries_total";
+/// Notification delivery attempts, by channel kind and outcome
+/// (`delivered`, `retry`, `failed`).
+pub const NOTIFICATION_DELIVERIES: &str = "coffer_notification_deliveries_total";
 
 /// The whole table.
 pub const METRICS: &[Metric] = &[
@@ -224,6 +227,12 @@ pub const METRICS: &[Metric] = &[
         Kind::Counter,
         &["operation"],
         "S3 request attempts beyond the first.",
+    ),
+    metric(
+        NOTIFICATION_DELIVERIES,
+        Kind::Counter,
+        &["channel", "outcome"],
+        "Notification delivery attempts by channel kind and outcome (delivered, retry, failed).",
     ),
 ];
 

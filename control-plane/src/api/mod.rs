@@ -12,6 +12,7 @@ pub mod downloads;
 pub mod grants;
 pub mod jobs;
 pub mod metadata;
+pub mod notifications;
 pub mod objects;
 pub mod retention;
 pub mod runs;

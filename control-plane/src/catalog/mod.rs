@@ -40,6 +40,7 @@ pub mod leases;
 pub mod limits;
 pub mod metadata;
 pub mod monitoring;
+pub mod notifications;
 pub mod object_locks;
 pub mod objects;
 pub(crate) mod placeholders;

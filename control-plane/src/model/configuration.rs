@@ -62,6 +62,8 @@ pub enum ValueRule {
     Boolean,
     /// Comma-separated host patterns (see `model::endpoint`).
     HostPatterns,
+    /// Comma-separated networks in CIDR notation (`127.0.0.0/8,10.1.0.0/16`).
+    Networks,
 }
 
 /// A known configuration key and its rule.
@@ -215,9 +217,55 @@ pub const FAIR_USE_KEYS: &[KnownKey] = &[
     },
 ];
 
+/// Internal networks (loopback, private, link-local, unique-local) that
+/// notification channels may reach; none unless an admin lists them here.
+pub const NOTIFICATION_ALLOWED_NETWORKS: &str = "notification_allowed_networks";
+/// Attempts of a notification delivery before it fails (default 8).
+pub const NOTIFICATION_MAX_ATTEMPTS: &str = "notification_max_attempts";
+/// Seconds before a delivery's second attempt, doubling after each one up
+/// to an hour (default 30).
+pub const NOTIFICATION_RETRY_BASE_SECONDS: &str = "notification_retry_base_seconds";
+
+/// The notification keys (issue 15).
+pub const NOTIFICATION_KEYS: &[KnownKey] = &[
+    KnownKey {
+        key: NOTIFICATION_ALLOWED_NETWORKS,
+        rule: ValueRule::Networks,
+    },
+    KnownKey {
+        key: NOTIFICATION_MAX_ATTEMPTS,
+        rule: ValueRule::Integer { min: 1, max: 30 },
+    },
+    KnownKey {
+        key: NOTIFICATION_RETRY_BASE_SECONDS,
+        rule: ValueRule::Integer { min: 1, max: 3600 },
+    },
+];
+
+/// The networks listed in a [`ValueRule::Networks`] value; an error names
+/// the first entry that is not one.
+pub fn parse_networks(value: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{entry:?} is not a network (CIDR) or an address"))
+        })
+        .collect()
+}
+
 /// The rule of a known key, or an error on `field` listing the known keys.
 pub fn rule_of(field: &str, key: &str) -> DomainResult<ValueRule> {
-    let known_keys = || KNOWN_KEYS.iter().chain(FAIR_USE_KEYS);
+    let known_keys = || {
+        KNOWN_KEYS
+            .iter()
+            .chain(FAIR_USE_KEYS)
+            .chain(NOTIFICATION_KEYS)
+    };
     known_keys()
         .find(|known| known.key == key)
         .map(|known| known.rule)
@@ -253,6 +301,9 @@ pub fn check_value(field: &str, rule: ValueRule, value: &str) -> DomainResult<Op
         },
         ValueRule::HostPatterns => super::endpoint::check_patterns(value)
             .map(|()| None)
+            .map_err(|reason| DomainError::invalid(field, reason)),
+        ValueRule::Networks => parse_networks(value)
+            .map(|_| None)
             .map_err(|reason| DomainError::invalid(field, reason)),
         ValueRule::RetentionPolicyId => Uuid::parse_str(value)
             .map(Some)

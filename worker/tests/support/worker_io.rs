@@ -118,7 +118,9 @@ impl WorkerService for Service {
         &self,
         _request: Request<Streaming<pb::SendDownloadRequest>>,
     ) -> Result<Response<pb::SendDownloadResponse>, Status> {
-        Err(Status::unimplemented("this test control plane assigns no downloads"))
+        Err(Status::unimplemented(
+            "this test control plane assigns no downloads",
+        ))
     }
 
     async fn list_workers(

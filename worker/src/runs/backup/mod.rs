@@ -22,8 +22,8 @@
 //! `manifests` streams the parent's manifest and the new one. The packer is
 //! the repository's ([`crate::repository::packer`]).
 
-pub mod dry_run;
 mod command_source;
+pub mod dry_run;
 mod entries;
 mod manifests;
 mod reader;

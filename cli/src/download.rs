@@ -32,7 +32,7 @@ impl Sink {
         };
         if !force && target.symlink_metadata().is_ok() {
             return Err(Usage(format!(
-                "{} exists; pass --force to replace it, or -o to name another file",
+                "{} exists; pass --force to replace it, or --to to name another file",
                 target.display()
             ))
             .into());

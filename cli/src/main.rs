@@ -210,8 +210,8 @@ enum Command {
         path: String,
         /// Where to write it (default: its name in the current directory;
         /// `-` for standard output).
-        #[arg(short, long, value_name = "FILE")]
-        output: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        to: Option<PathBuf>,
         /// Replace the output file if it exists.
         #[arg(long)]
         force: bool,
@@ -454,9 +454,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download {
             snapshot,
             path,
-            output,
+            to,
             force,
-        } => download::download(&api, &snapshot, &path, output.as_deref(), force).await,
+        } => download::download(&api, &snapshot, &path, to.as_deref(), force).await,
         Command::Login(_)
         | Command::Context(_)
         | Command::Completion { .. }

@@ -6,6 +6,7 @@ import { Code, ConnectError, createClient, type Client, type Interceptor } from 
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AuditService } from "./gen/coffer/v1/audit_pb";
 import { BucketService } from "./gen/coffer/v1/buckets_pb";
+import { DownloadService } from "./gen/coffer/v1/downloads_pb";
 import { GrantService } from "./gen/coffer/v1/grants_pb";
 import { JobService } from "./gen/coffer/v1/jobs_pb";
 import { ObjectService } from "./gen/coffer/v1/objects_pb";
@@ -44,6 +45,7 @@ const transport = createGrpcWebTransport({
 export const api = {
   audit: createClient(AuditService, transport),
   buckets: createClient(BucketService, transport),
+  downloads: createClient(DownloadService, transport),
   grants: createClient(GrantService, transport),
   jobs: createClient(JobService, transport),
   objects: createClient(ObjectService, transport),

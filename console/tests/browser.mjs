@@ -8,7 +8,7 @@
 // COFFER_SPKI (base64 SHA-256 of the server key, which Chromium is told to
 // trust), COFFER_SCREENSHOTS (a directory), CHROMIUM (the executable).
 
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -147,6 +147,13 @@ try {
   await page.getByRole("button", { name: "docs/sub/deep.txt: Versions" }).click();
   await page.getByRole("heading", { name: "Versions of docs/sub/deep.txt" }).waitFor();
   report.deepVersions = await page.locator("section[aria-live] tbody tr").count();
+  // Download the file through the control plane and keep its bytes.
+  const [downloaded] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByRole("button", { name: "docs/sub/deep.txt: Download" }).click(),
+  ]);
+  report.downloadName = downloaded.suggestedFilename();
+  report.downloadedHex = readFileSync(await downloaded.path()).toString("hex");
   await checkKeyboard(page, "snapshot");
   await shoot(page, "snapshot");
 

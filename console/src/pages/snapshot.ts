@@ -1,8 +1,8 @@
 // The snapshot browser: a snapshot's tree from the catalog, one directory at
 // a time, with sizes, modes and times; search by path; a file's versions;
-// restore of picked files or the directory shown; compare with another
-// snapshot. (Downloading through the control plane needs a data stream from
-// a worker that does not exist yet, so there is no download button.)
+// restore of picked files or the directory shown; download of one file (a
+// worker reads it and streams it through the control plane); compare with
+// another snapshot.
 
 import { api, errorText } from "../api";
 import { add, field, h, replace, table, type Child } from "../dom";
@@ -86,6 +86,36 @@ async function showVersions(into: HTMLElement, entry: Entry): Promise<void> {
   }
 }
 
+/**
+ * Downloads one file through `DownloadService` and hands it to the browser
+ * as a file to save. The bytes are gathered in memory first: the stream ends
+ * OK only once all of them arrived, and an error before that saves nothing.
+ */
+async function download(runId: string, entry: Entry, status: HTMLElement): Promise<void> {
+  status.className = "";
+  status.textContent = `Downloading ${entry.path}…`;
+  try {
+    const parts: Uint8Array[] = [];
+    let received = 0;
+    for await (const message of api.downloads.downloadFile({ snapshotRunId: runId, path: entry.path })) {
+      if (message.part.case === "data") {
+        parts.push(message.part.value);
+        received += message.part.value.length;
+      }
+    }
+    const url = URL.createObjectURL(new Blob(parts as BlobPart[], { type: "application/octet-stream" }));
+    const anchor = h("a", { href: url, download: entry.name.split("/").pop() ?? "download" });
+    document.body.append(anchor);
+    anchor.click();
+    anchor.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    status.textContent = `Downloaded ${entry.path} (${bytes(received)}).`;
+  } catch (error) {
+    status.textContent = errorText(error);
+    status.className = "error";
+  }
+}
+
 function restoreForm(runId: string, dir: string, selected: Set<string>): HTMLElement {
   const destination = h("input", { type: "text", name: "destination", placeholder: "/restore/here", required: true });
   const status = h("p", { role: "status" });
@@ -156,6 +186,7 @@ export async function snapshotPage({ main, segments, params }: PageContext): Pro
     : children(files, dir);
   const selected = new Set<string>();
   const versions = h("section", { "aria-live": "polite" });
+  const downloadStatus = h("p", { role: "status" });
   const rows = entries.map((entry) => {
     const version = entry.file?.version;
     const pick = h("input", {
@@ -176,7 +207,12 @@ export async function snapshotPage({ main, segments, params }: PageContext): Pro
       version && !isDirectory(entry) ? bytes(version.sizeBytes) : "",
       version ? time(version.mtime) : "",
       entry.file
-        ? h("button", { type: "button", onclick: () => void showVersions(versions, entry) }, h("span", { class: "sr-only" }, `${entry.path}: `), "Versions")
+        ? [
+            h("button", { type: "button", onclick: () => void showVersions(versions, entry) }, h("span", { class: "sr-only" }, `${entry.path}: `), "Versions"),
+            version?.kind === FileKind.REGULAR
+              ? [" ", h("button", { type: "button", onclick: () => void download(runId, entry, downloadStatus) }, h("span", { class: "sr-only" }, `${entry.path}: `), "Download")]
+              : null,
+          ]
         : "",
     ];
   });
@@ -201,8 +237,9 @@ export async function snapshotPage({ main, segments, params }: PageContext): Pro
     search ? h("p", {}, `Paths starting with “${search}”`) : breadcrumbs(runId, dir),
     truncated ? h("p", { class: "muted" }, `Only the first ${LIST_LIMIT} entries are shown.`) : null,
     entries.length
-      ? table(search ? "Matching paths" : `Contents of /${dir}`, ["Pick", "Name", "Mode", "Size", "Modified", "History"], rows)
+      ? table(search ? "Matching paths" : `Contents of /${dir}`, ["Pick", "Name", "Mode", "Size", "Modified", "Actions"], rows)
       : h("p", {}, "Nothing here."),
+    downloadStatus,
     versions,
     restoreForm(runId, dir, selected),
     await compareForm(runId, run?.jobId ?? ""),

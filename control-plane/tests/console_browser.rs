@@ -274,7 +274,11 @@ async fn console_logs_in_backs_up_browses_diffs_and_restores_in_chromium() {
     // The file downloaded from the page is the file backed up.
     assert_eq!(report["downloadName"], "deep.txt", "{report}");
     let deep_hex: String = deep.iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(report["downloadedHex"], deep_hex.as_str(), "the downloaded bytes differ");
+    assert_eq!(
+        report["downloadedHex"],
+        deep_hex.as_str(),
+        "the downloaded bytes differ"
+    );
     // The restore run succeeded and the bytes on disk match.
     assert_eq!(report["restoreState"], "succeeded", "{report}");
     let restore_id = report["restoreRunId"].as_str().expect("restore run id");

@@ -39,7 +39,7 @@ pub(super) struct RunScopeRow {
 impl Catalog {
     /// Lists the files of the snapshot taken by `run_id`, by `(path_text,
     /// object id)`: the non-deleted versions valid in that run among the
-    /// objects of the run's owner, job and bucket. `NotFound` for a run
+    /// objects of the run's owner, job, bucket and repository. `NotFound` for a run
     /// outside `owner_scope`, `FailedPrecondition` unless it succeeded.
     pub async fn list_snapshot_files(
         &self,
@@ -54,6 +54,7 @@ impl Catalog {
              WHERE o.owner_id = $1 AND ($2 IS NULL OR o.job_id = $2) AND ($3 IS NULL OR o.bucket_id = $3) \
              AND v.first_run_id <= $4 AND (v.last_run_id IS NULL OR v.last_run_id > $4) AND NOT v.deleted \
              AND substr(o.path_text, 1, length($5)) = $5 AND {} \
+             AND ($8 IS NULL OR o.repository_id = $8) \
              ORDER BY o.path_text, o.id LIMIT $7",
             after_object(6)
         );
@@ -65,6 +66,7 @@ impl Catalog {
             .bind(path_prefix)
             .bind(page.after)
             .bind(page.limit())
+            .bind(run.repository_id)
             .fetch_all(pool)
             .await)
         .map_err(|e| from_sqlx(e, "snapshot files"))?;

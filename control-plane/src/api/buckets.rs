@@ -359,29 +359,31 @@ impl BucketApi {
                 );
             }
         }
-        if let Some(secret) = spec.maintenance_secret_id {
+        let named_secrets = [
+            (
+                "bucket.maintenance_secret_id",
+                spec.maintenance_secret_id,
+                SecretKind::S3,
+                "S3 credentials",
+            ),
+            (
+                "bucket.passphrase_secret_id",
+                spec.passphrase_secret_id,
+                SecretKind::Passphrase,
+                "passphrase",
+            ),
+        ];
+        for (field, secret, kind, what) in named_secrets {
+            let Some(secret) = secret else { continue };
             if !self
                 .state
                 .catalog
-                .secret_owned_by(secret, spec.owner_id, SecretKind::S3)
+                .secret_owned_by(secret, spec.owner_id, kind)
                 .await?
             {
                 violations.add(
-                    "bucket.maintenance_secret_id",
-                    format!("the bucket's owner has no S3 credentials secret {secret}"),
-                );
-            }
-        }
-        if let Some(secret) = spec.passphrase_secret_id {
-            if !self
-                .state
-                .catalog
-                .secret_owned_by(secret, spec.owner_id, SecretKind::Passphrase)
-                .await?
-            {
-                violations.add(
-                    "bucket.passphrase_secret_id",
-                    format!("the bucket's owner has no passphrase secret {secret}"),
+                    field,
+                    format!("the bucket's owner has no {what} secret {secret}"),
                 );
             }
         }

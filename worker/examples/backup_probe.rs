@@ -5,7 +5,13 @@
 //! ```text
 //! cargo run --release -p coffer-worker --example backup_probe -- \
 //!     SOURCE (s3:BUCKET/PREFIX | fs:DIR) [--parent MANIFEST_KEY] [--restore DEST]
+//!     [--manifest MANIFEST_KEY] [--v1]
 //! ```
+//!
+//! The repository is an encrypted v2 one (a fixed probe identity and catalog
+//! key), as the control plane creates them; `--v1` uses format v1 instead.
+//! `--manifest` skips the backup and restores that snapshot (with
+//! `--restore`), so a restore can be measured again and again.
 //!
 //! S3 endpoint and credentials come from `COFFER_TEST_S3_ENDPOINT`,
 //! `COFFER_TEST_S3_REGION`, `COFFER_TEST_S3_ACCESS_KEY_ID` and
@@ -128,40 +134,31 @@ async fn run() -> anyhow::Result<()> {
     let store = Arc::new(open_store(target).await?);
     let cancel = CancellationToken::new();
     let reporter = Counting::default();
-    let plan = BackupPlan {
-        run_id: Uuid::now_v7(),
-        job_id: None,
-        lease_token: 1,
-        source: PathBuf::from(source),
-        options: JobOptions::default(),
-        store: Arc::clone(&store),
-        repository: coffer_worker::repository::RepositoryAccess::v1(vec![7u8; 32]),
-        parent: option("--parent").map(|manifest_key| ParentSnapshot {
-            run_id: Uuid::nil(),
-            manifest_key,
-        }),
-        access: None,
-        commands: Default::default(),
+    let access = if args.iter().any(|a| a == "--v1") {
+        coffer_worker::repository::RepositoryAccess::v1(vec![7u8; 32])
+    } else {
+        coffer_worker::repository::RepositoryAccess::encrypted(PROBE_REPOSITORY, [7u8; 32])
     };
-    let started = Instant::now();
-    let cpu_before = cpu_seconds();
-    let summary = run_backup(plan, &reporter, cancel.clone())
-        .await
-        .map_err(|f| anyhow::anyhow!("backup failed: {f:?}"))?;
-    report("backup", started, cpu_before);
-    println!(
-        "  manifest {}; {}; {} records",
-        summary.manifest_key,
-        summary.details,
-        reporter.records.load(Ordering::Relaxed)
-    );
+    let manifest_key = match option("--manifest") {
+        Some(key) => key,
+        None => {
+            backup(
+                source,
+                &store,
+                access.clone(),
+                option("--parent"),
+                &reporter,
+            )
+            .await?
+        }
+    };
     if let Some(destination) = option("--restore") {
         let plan = RestorePlan {
             run_id: Uuid::now_v7(),
             lease_token: 1,
             store,
-            repository: coffer_worker::repository::RepositoryAccess::v1(Vec::new()),
-            manifest_key: summary.manifest_key,
+            repository: access,
+            manifest_key,
             paths: Vec::new(),
             destination: PathBuf::from(destination),
             overwrite_newer: true,
@@ -176,4 +173,46 @@ async fn run() -> anyhow::Result<()> {
         println!("  {restored:?}");
     }
     Ok(())
+}
+
+/// The probe repository's identity (any fixed string: the probe has no catalog).
+const PROBE_REPOSITORY: &str = "0190c0f0-0000-7000-8000-00000000b0b0";
+
+/// Backs `source` up and returns the manifest key.
+async fn backup(
+    source: &str,
+    store: &Arc<Store>,
+    access: coffer_worker::repository::RepositoryAccess,
+    parent: Option<String>,
+    reporter: &Counting,
+) -> anyhow::Result<String> {
+    let cancel = CancellationToken::new();
+    let plan = BackupPlan {
+        run_id: Uuid::now_v7(),
+        job_id: None,
+        lease_token: 1,
+        source: PathBuf::from(source),
+        options: JobOptions::default(),
+        store: Arc::clone(store),
+        repository: access,
+        parent: parent.map(|manifest_key| ParentSnapshot {
+            run_id: Uuid::nil(),
+            manifest_key,
+        }),
+        access: None,
+        commands: Default::default(),
+    };
+    let started = Instant::now();
+    let cpu_before = cpu_seconds();
+    let summary = run_backup(plan, reporter, cancel)
+        .await
+        .map_err(|f| anyhow::anyhow!("backup failed: {f:?}"))?;
+    report("backup", started, cpu_before);
+    println!(
+        "  manifest {}; {}; {} records",
+        summary.manifest_key,
+        summary.details,
+        reporter.records.load(Ordering::Relaxed)
+    );
+    Ok(summary.manifest_key)
 }

@@ -5,10 +5,12 @@
 //! under a temporary name next to its target and planned: which blobs of
 //! which packs it needs, at which offsets. Files are planned a window at a
 //! time ([`WINDOW_FILES`] files or [`WINDOW_CHUNK_USES`] chunk uses), so
-//! memory does not grow with the tree: for each window every pack is
-//! fetched once (the byte ranges holding the needed blobs), several at a
-//! time, and its blobs are decoded, checked against their keyed hashes and
-//! written to every file that uses them on blocking threads. A file is
+//! memory does not grow with the tree: for each window the byte ranges of
+//! every pack holding needed blobs are fetched (at most [`RANGE_MAX`] per
+//! request, [`FETCHES_IN_FLIGHT`] requests at once across packs, so the
+//! bytes in flight are bounded and one pack is read by several requests),
+//! and each range's blobs are decoded, checked against their keyed hashes
+//! and written to every file that uses them on blocking threads. A file is
 //! renamed into place once all its chunks are written, so an interrupted
 //! restore never leaves a half-written file under the real name, and
 //! damaged data is reported, never restored. Runs of zeros are not written
@@ -43,11 +45,15 @@ use crate::report::{human_bytes, to_i64, Batcher, LiveProgress, Reporter, RunFai
 use crate::repository::{BlobOpener, IndexUse, Repository, RepositoryAccess};
 use crate::store::Store;
 
-/// Packs fetched and written at once.
-const PACK_PARALLELISM: usize = 4;
+/// Ranged reads in flight at once, across all the window's packs: with
+/// [`RANGE_MAX`] this bounds the fetched bytes a restore holds (about 32
+/// MiB), and several reads of one pack run side by side.
+const FETCHES_IN_FLIGHT: usize = 8;
+/// The most one ranged read asks for, unless a single blob is larger.
+const RANGE_MAX: u64 = 4 << 20;
 /// Blobs further apart than this in one pack are fetched with separate
 /// range requests rather than one spanning the gap.
-const MAX_RANGE_GAP: u64 = 4 << 20;
+const MAX_RANGE_GAP: u64 = 1 << 20;
 /// Files planned and written together; with [`WINDOW_CHUNK_USES`] this
 /// bounds the restore's plan, whatever the size of the tree. A pack whose
 /// chunks several windows need is fetched once per window (only the ranges
@@ -137,7 +143,7 @@ struct BlobUse {
     file_offset: u64,
 }
 
-/// What writing one pack's blobs did.
+/// What writing the blobs of one ranged read did.
 struct PackOutcome {
     /// Per file: uses written.
     written: Vec<(usize, usize)>,
@@ -375,29 +381,27 @@ impl WindowContext<'_> {
         {
             self.finish_file(job, batcher, &mut totals.files).await?;
         }
-        let paths: Arc<Vec<Vec<u8>>> =
-            Arc::new(window.jobs.iter().map(|j| j.entry.path.clone()).collect());
-        let by_pack = std::mem::take(&mut window.by_pack);
-        let mut packs = stream::iter(by_pack)
-            .map(|(pack_id, uses)| {
-                let files = PackFiles {
-                    destination: Arc::clone(self.destination),
-                    paths: Arc::clone(&paths),
-                    suffix: Arc::clone(self.suffix),
-                };
-                async move {
-                    restore_pack(
-                        self.repository,
-                        pack_id,
-                        uses,
-                        files,
-                        self.live,
-                        self.cancel,
-                    )
-                    .await
-                }
-            })
-            .buffer_unordered(PACK_PARALLELISM);
+        let files = Arc::new(PackFiles {
+            destination: Arc::clone(self.destination),
+            paths: window.jobs.iter().map(|j| j.entry.path.clone()).collect(),
+            suffix: Arc::clone(self.suffix),
+        });
+        let mut reads: Vec<RangeRead> = std::mem::take(&mut window.by_pack)
+            .into_iter()
+            .flat_map(|(pack_id, uses)| range_reads(pack_id, uses))
+            .collect();
+        // Pack by pack, in order within each: a server reads on where the
+        // previous request stopped.
+        reads.sort_by_key(|read| (read.pack_id, read.start));
+        let mut packs =
+            stream::iter(reads)
+                .map(|read| {
+                    let files = Arc::clone(&files);
+                    async move {
+                        restore_range(self.repository, read, files, self.live, self.cancel).await
+                    }
+                })
+                .buffer_unordered(FETCHES_IN_FLIGHT);
         while let Some(outcome) = packs.next().await {
             if self.cancel.is_cancelled() {
                 return Err(RunFailure::cancelled());
@@ -510,75 +514,97 @@ fn restore_symlink(destination: &Destination, entry: &ManifestEntry) -> Result<(
     }
 }
 
-/// Where the blobs of one pack go: the window's files, by index.
+/// Where the blobs go: the window's files, by index.
 struct PackFiles {
     destination: Arc<Destination>,
-    paths: Arc<Vec<Vec<u8>>>,
+    paths: Vec<Vec<u8>>,
     suffix: Arc<str>,
 }
 
-/// Fetches the needed blobs of one pack (in ranges that skip large gaps),
-/// checks them and writes each to every file that uses it.
-async fn restore_pack(
-    repository: &Repository,
+/// One ranged read of a pack and the blob uses it serves.
+struct RangeRead {
     pack_id: PackId,
-    mut uses: Vec<BlobUse>,
-    files: PackFiles,
-    live: &LiveProgress,
-    cancel: &CancellationToken,
-) -> Result<PackOutcome, RunFailure> {
-    let files = Arc::new(files);
+    start: u64,
+    end: u64,
+    members: Vec<BlobUse>,
+}
+
+/// Groups the uses of one pack into ranged reads of nearby blobs, each at
+/// most [`RANGE_MAX`] long (a larger blob is read alone), so one pack is
+/// read by several requests at once and no read holds a whole pack.
+fn range_reads(pack_id: PackId, mut uses: Vec<BlobUse>) -> Vec<RangeRead> {
     uses.sort_by_key(|u| (u.location.offset, u.file, u.file_offset));
-    let key = layout::pack_key(&pack_id);
-    // Group the uses into ranges of nearby blobs.
-    let mut ranges: Vec<(u64, u64, Vec<BlobUse>)> = Vec::new();
+    let mut reads: Vec<RangeRead> = Vec::new();
     for blob_use in uses {
         let start = u64::from(blob_use.location.offset);
         let end = start + u64::from(blob_use.location.length);
-        match ranges.last_mut() {
-            Some((_, range_end, members)) if start <= *range_end + MAX_RANGE_GAP => {
-                *range_end = (*range_end).max(end);
-                members.push(blob_use);
+        match reads.last_mut() {
+            Some(read)
+                if start <= read.end + MAX_RANGE_GAP
+                    && end.max(read.end) - read.start <= RANGE_MAX =>
+            {
+                read.end = read.end.max(end);
+                read.members.push(blob_use);
             }
-            _ => ranges.push((start, end, vec![blob_use])),
+            _ => reads.push(RangeRead {
+                pack_id,
+                start,
+                end,
+                members: vec![blob_use],
+            }),
         }
     }
-    let mut outcome = PackOutcome {
-        written: Vec::new(),
-        failed: Vec::new(),
-        bytes: 0,
-    };
-    for (start, end, members) in ranges {
-        let data = match repository
-            .store()
-            .get_range(&key, start, end - start, cancel)
-            .await
-        {
-            Ok(data) => data,
-            Err(crate::store::StoreError::NotFound { .. }) => {
-                for member in members {
-                    outcome.failed.push((
+    reads
+}
+
+/// Fetches one ranged read, checks its blobs and writes each to every file
+/// that uses it.
+async fn restore_range(
+    repository: &Repository,
+    read: RangeRead,
+    files: Arc<PackFiles>,
+    live: &LiveProgress,
+    cancel: &CancellationToken,
+) -> Result<PackOutcome, RunFailure> {
+    let RangeRead {
+        pack_id,
+        start,
+        end,
+        members,
+    } = read;
+    let key = layout::pack_key(&pack_id);
+    let data = match repository
+        .store()
+        .get_range(&key, start, end - start, cancel)
+        .await
+    {
+        Ok(data) => data,
+        Err(crate::store::StoreError::NotFound { .. }) => {
+            let failed = members
+                .iter()
+                .map(|member| {
+                    (
                         member.file,
                         format!("pack {pack_id} holding chunk {} is missing", member.chunk),
-                    ));
-                }
-                continue;
-            }
-            Err(other) => return Err(other.into()),
-        };
-        LiveProgress::add(&live.bytes_read, data.len() as u64);
-        let opener = repository.blob_opener();
-        let files = Arc::clone(&files);
-        let part = tokio::task::spawn_blocking(move || {
-            write_blobs(&opener, pack_id, start, &data, &members, &files)
-        })
-        .await
-        .map_err(|e| RunFailure::retryable(format!("restore task failed: {e}")))?;
-        outcome.written.extend(part.written);
-        outcome.failed.extend(part.failed);
-        outcome.bytes += part.bytes;
-        LiveProgress::add(&live.bytes_done, part.bytes);
-    }
+                    )
+                })
+                .collect();
+            return Ok(PackOutcome {
+                written: Vec::new(),
+                failed,
+                bytes: 0,
+            });
+        }
+        Err(other) => return Err(other.into()),
+    };
+    LiveProgress::add(&live.bytes_read, data.len() as u64);
+    let opener = repository.blob_opener();
+    let outcome = tokio::task::spawn_blocking(move || {
+        write_blobs(&opener, pack_id, start, &data, &members, &files)
+    })
+    .await
+    .map_err(|e| RunFailure::retryable(format!("restore task failed: {e}")))?;
+    LiveProgress::add(&live.bytes_done, outcome.bytes);
     Ok(outcome)
 }
 
@@ -670,7 +696,7 @@ struct OpenFiles {
     files: Vec<(usize, File)>,
 }
 
-/// With [`PACK_PARALLELISM`] packs at once, a restore holds at most this
+/// With [`FETCHES_IN_FLIGHT`] reads at once, a restore holds at most this
 /// many times that many files open for writing.
 const OPEN_FILES_PER_PACK: usize = 32;
 

@@ -633,7 +633,7 @@ impl S3Store {
         key: &str,
         range: Option<(u64, u64)>,
     ) -> Result<Vec<u8>, StoreError> {
-        let range = range.map(|(offset, length)| {
+        let header = range.map(|(offset, length)| {
             let last = offset + length.max(1) - 1;
             format!("bytes={offset}-{last}")
         });
@@ -643,7 +643,7 @@ impl S3Store {
             .get_object()
             .bucket(&self.location.bucket)
             .key(&full_key)
-            .set_range(range)
+            .set_range(header)
             .send();
         let output = match request.await {
             Ok(output) => output,
@@ -652,12 +652,34 @@ impl S3Store {
             }
             Err(e) => return Err(s3_error("GetObject", &full_key, e)),
         };
-        let body = output.body.collect().await.map_err(|e| StoreError::S3 {
-            operation: "GetObject",
-            key: full_key.clone(),
-            message: DisplayErrorContext(e).to_string(),
-        })?;
-        Ok(body.into_bytes().to_vec())
+        // Read the body straight into one buffer of the announced size:
+        // collecting it first and then flattening it would hold a pack two
+        // or three times over, and a restore reads several at once.
+        let announced = output
+            .content_length()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
+        let expected = range.map_or(announced, |(_, length)| {
+            announced.min(usize::try_from(length).unwrap_or(usize::MAX))
+        });
+        let mut data = Vec::with_capacity(expected);
+        let mut body = output.body;
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| StoreError::S3 {
+                operation: "GetObject",
+                key: full_key.clone(),
+                message: DisplayErrorContext(e).to_string(),
+            })?;
+            if range.is_some_and(|(_, length)| (data.len() + piece.len()) as u64 > length.max(1)) {
+                return Err(StoreError::S3 {
+                    operation: "GetObject",
+                    key: full_key,
+                    message: "the server sent more bytes than the range asked for".into(),
+                });
+            }
+            data.extend_from_slice(&piece);
+        }
+        Ok(data)
     }
 
     pub(super) async fn exists(&self, key: &str) -> Result<bool, StoreError> {

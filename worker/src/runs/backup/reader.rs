@@ -330,40 +330,143 @@ fn chunk_stream<R: Read>(
     stream: &mut ChunkStream<R>,
     compressor: &mut Compressor,
 ) -> Result<(String, Vec<ChunkId>), FileProblem> {
-    let mut content = context.hasher.content_hasher();
-    let mut ids = Vec::new();
-    let mut whole = None;
-    while let Some(chunk) = stream.next_chunk() {
-        if context.cancel.is_cancelled() {
-            return Err(FileProblem::Fatal(RunFailure::cancelled()));
+    std::thread::scope(|scope| {
+        let mut content = context.hasher.content_hasher();
+        let mut ids = Vec::new();
+        let mut whole = None;
+        let mut read = 0u64;
+        let mut helpers: Option<Compressors<'_>> = None;
+        while let Some(chunk) = stream.next_chunk() {
+            if context.cancel.is_cancelled() {
+                return Err(FileProblem::Fatal(RunFailure::cancelled()));
+            }
+            let chunk = chunk.map_err(|e| FileProblem::Skip(format!("read failed: {e}")))?;
+            read += chunk.bytes.len() as u64;
+            let id = context.hasher.chunk_id(chunk.bytes);
+            // A file that is one chunk has that chunk's id as its content hash
+            // (same key, same function), so it is hashed once, not twice.
+            if chunk.whole {
+                whole = Some(id);
+            } else {
+                content.update(chunk.bytes);
+            }
+            ids.push(id);
+            if !context.chunks.claim(id) {
+                LiveProgress::add(&context.live.bytes_deduplicated, chunk.bytes.len() as u64);
+                continue;
+            }
+            if helpers.is_none() && read >= PARALLEL_AFTER_BYTES {
+                helpers = Some(Compressors::start(scope, context)?);
+            }
+            match &helpers {
+                Some(helpers) => helpers.compress(id, chunk.bytes.to_vec())?,
+                None => compress_and_queue(context, compressor, id, chunk.bytes)?,
+            }
         }
-        let chunk = chunk.map_err(|e| FileProblem::Skip(format!("read failed: {e}")))?;
-        let id = context.hasher.chunk_id(chunk.bytes);
-        // A file that is one chunk has that chunk's id as its content hash
-        // (same key, same function), so it is hashed once, not twice.
-        if chunk.whole {
-            whole = Some(id);
-        } else {
-            content.update(chunk.bytes);
+        if let Some(helpers) = helpers {
+            helpers.finish()?;
         }
-        ids.push(id);
-        if !context.chunks.claim(id) {
-            LiveProgress::add(&context.live.bytes_deduplicated, chunk.bytes.len() as u64);
-        } else {
-            let encoded = encode_chunk(compressor, id, chunk.bytes).map_err(|e| {
-                FileProblem::Fatal(RunFailure::permanent(format!("compressing a chunk: {e}")))
+        let content_hash = match whole {
+            Some(id) => id.to_hex(),
+            None => content.finalize(),
+        };
+        Ok((content_hash, ids))
+    })
+}
+
+/// After this many bytes of one file (or command output), its new chunks
+/// are compressed on helper threads while its own thread goes on reading,
+/// chunking and hashing: a large file is then not bound to one core.
+/// Smaller files run side by side on the CPU pool instead.
+const PARALLEL_AFTER_BYTES: u64 = 32 << 20;
+/// Chunks waiting for a helper, per helper thread.
+const QUEUED_PER_HELPER: usize = 2;
+
+fn compress_and_queue(
+    context: &FileContext,
+    compressor: &mut Compressor,
+    id: ChunkId,
+    bytes: &[u8],
+) -> Result<(), FileProblem> {
+    let encoded = encode_chunk(compressor, id, bytes).map_err(|e| {
+        FileProblem::Fatal(RunFailure::permanent(format!("compressing a chunk: {e}")))
+    })?;
+    context
+        .packer
+        .blocking_send(encoded)
+        .map_err(|_| FileProblem::Fatal(RunFailure::retryable("the packer stopped")))
+}
+
+/// Threads compressing one large file's new chunks and queueing them for
+/// the packer, in whatever order they finish: a pack's blobs are shuffled
+/// anyway, and the manifest takes the chunk ids from the reading thread in
+/// file order.
+struct Compressors<'scope> {
+    queue: std::sync::mpsc::SyncSender<(ChunkId, Vec<u8>)>,
+    threads: Vec<std::thread::ScopedJoinHandle<'scope, Result<(), FileProblem>>>,
+}
+
+impl<'scope> Compressors<'scope> {
+    fn start<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        context: &'env FileContext,
+    ) -> Result<Self, FileProblem> {
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (queue, chunks) =
+            std::sync::mpsc::sync_channel::<(ChunkId, Vec<u8>)>(count * QUEUED_PER_HELPER);
+        let chunks = Arc::new(Mutex::new(chunks));
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
+            let chunks = Arc::clone(&chunks);
+            let mut compressor = new_compressor(context.compression_level).map_err(|e| {
+                FileProblem::Fatal(RunFailure::permanent(format!("starting zstd: {e}")))
             })?;
-            context
-                .packer
-                .blocking_send(encoded)
-                .map_err(|_| FileProblem::Fatal(RunFailure::retryable("the packer stopped")))?;
+            let thread = std::thread::Builder::new()
+                .name(format!("coffer-zstd-{index}"))
+                .spawn_scoped(scope, move || loop {
+                    // The lock is held only while waiting for the next chunk.
+                    let next = chunks.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok((id, bytes)) = next else {
+                        return Ok(());
+                    };
+                    compress_and_queue(context, &mut compressor, id, &bytes)?;
+                })
+                .map_err(|e| {
+                    FileProblem::Fatal(RunFailure::retryable(format!(
+                        "starting a compression thread: {e}"
+                    )))
+                })?;
+            threads.push(thread);
         }
+        Ok(Compressors { queue, threads })
     }
-    let content_hash = match whole {
-        Some(id) => id.to_hex(),
-        None => content.finalize(),
-    };
-    Ok((content_hash, ids))
+
+    /// Hands a chunk to the helpers; when they all stopped, their failure.
+    fn compress(&self, id: ChunkId, bytes: Vec<u8>) -> Result<(), FileProblem> {
+        if self.queue.send((id, bytes)).is_ok() {
+            return Ok(());
+        }
+        Err(FileProblem::Fatal(RunFailure::retryable(
+            "the compression threads stopped",
+        )))
+    }
+
+    /// Waits until every handed chunk is queued for the packer.
+    fn finish(self) -> Result<(), FileProblem> {
+        drop(self.queue);
+        let mut result = Ok(());
+        for thread in self.threads {
+            let outcome = thread.join().unwrap_or_else(|_| {
+                Err(FileProblem::Fatal(RunFailure::retryable(
+                    "a compression thread failed",
+                )))
+            });
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        result
+    }
 }
 
 /// A compressor and a chunking buffer for one file at a time, taken from the

@@ -10,16 +10,16 @@ mod support;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_control_plane::testing::{Backend, TestServer};
 use coffer_format::{BlobType, ChunkId, PackEntry, PackId};
 use coffer_proto::v1 as pb;
-use support::worker_api::{Repository, Store};
+use support::worker_api::Repository;
 use support::{
-    assert_restorable, assert_succeeded, backup_job, collect_garbage, garage_bucket,
-    repository_access, restore, run_to_success, wait_until_final, write, WorkerProcess,
+    assert_restorable, assert_succeeded, backup_job, collect_garbage, create_job_into,
+    garage_bucket, keep_last_policy, open_filesystem_repository, restore, run_to_success,
+    verify_fully, wait_until_final, write, WorkerProcess,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -49,36 +49,8 @@ fn filesystem_target(path: &Path) -> pb::Target {
     }
 }
 
-async fn create_job(
-    server: &TestServer,
-    source: &Path,
-    target: pb::Target,
-    policy: &str,
-) -> String {
-    let job = pb::Job {
-        name: "trees".into(),
-        source_path: source.display().to_string(),
-        target: Some(target),
-        retention_policy_id: policy.into(),
-        ..Default::default()
-    };
-    support::create_job(server, job).await
-}
-
 fn uploaded(run: &pb::Run) -> i64 {
     run.progress.as_ref().expect("progress").bytes_uploaded
-}
-
-async fn open_repository(server: &TestServer, repo: &Path) -> Repository {
-    let access = repository_access(server, &format!("filesystem:{}", repo.display())).await;
-    let target = pb::ResolvedTarget {
-        filesystem_path: repo.display().to_string(),
-        ..Default::default()
-    };
-    let store = Arc::new(Store::open(&target, "").await.expect("open store"));
-    Repository::open(store, &access, &CancellationToken::new())
-        .await
-        .expect("open the repository as a lease would")
 }
 
 /// Every tree blob the repository's index names, with its pack.
@@ -99,17 +71,14 @@ async fn tree_blobs(repository: &Repository) -> Vec<(PackId, PackEntry)> {
         .collect()
 }
 
-fn tree_ids(blobs: &[(PackId, PackEntry)]) -> HashSet<ChunkId> {
-    blobs.iter().map(|(_, entry)| entry.chunk_id).collect()
+/// Restores snapshot `run_id` byte for byte and verifies all of its data.
+async fn assert_restores_and_verifies(server: &TestServer, run_id: &str, source: &Path) {
+    assert_eq!(assert_restorable(server, run_id, source).await, FILES);
+    assert_succeeded(&verify_fully(server, run_id).await);
 }
 
-async fn verify(server: &TestServer, run_id: &str) -> pb::Run {
-    let spec = pb::create_run_request::Spec::Verify(pb::VerifySpec {
-        snapshot_run_id: run_id.into(),
-        read_data_percent: 100.0,
-    });
-    let id = support::start_run(server, spec).await;
-    wait_until_final(server, &id, LIMIT).await
+fn tree_ids(blobs: &[(PackId, PackEntry)]) -> HashSet<ChunkId> {
+    blobs.iter().map(|(_, entry)| entry.chunk_id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,11 +86,11 @@ async fn an_unchanged_backup_uploads_almost_nothing_and_a_change_rewrites_one_tr
     let server = TestServer::start(Backend::Sqlite).await;
     let source = tree_source();
     let repo = tempfile::tempdir().expect("repo dir");
-    let job_id = create_job(&server, source.path(), filesystem_target(repo.path()), "").await;
+    let job_id = create_job_into(&server, source.path(), filesystem_target(repo.path()), "").await;
     let _worker = WorkerProcess::spawn(&server, "trees-fs");
 
     let first = backup_job(&server, &job_id).await;
-    let repository = open_repository(&server, repo.path()).await;
+    let repository = open_filesystem_repository(&server, repo.path()).await;
     let first_trees = tree_ids(&tree_blobs(&repository).await);
     assert!(
         first_trees.len() > 1 && first_trees.len() < FILES / 100,
@@ -140,11 +109,7 @@ async fn an_unchanged_backup_uploads_almost_nothing_and_a_change_rewrites_one_tr
         first_trees,
         "no new tree blob"
     );
-    assert_eq!(
-        assert_restorable(&server, &unchanged.id, source.path()).await,
-        FILES
-    );
-    assert_succeeded(&verify(&server, &unchanged.id).await);
+    assert_restores_and_verifies(&server, &unchanged.id, source.path()).await;
 
     // One file deep in one directory changes: one tree blob is new.
     write(
@@ -163,7 +128,7 @@ async fn an_unchanged_backup_uploads_almost_nothing_and_a_change_rewrites_one_tr
         FILES
     );
     // The first snapshot is unaffected.
-    assert_succeeded(&verify(&server, &first.id).await);
+    assert_succeeded(&verify_fully(&server, &first.id).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +142,7 @@ async fn an_unchanged_backup_on_garage_uploads_almost_nothing() {
         })),
     };
     let source = tree_source();
-    let job_id = create_job(&server, source.path(), target, "").await;
+    let job_id = create_job_into(&server, source.path(), target, "").await;
     let _worker = WorkerProcess::spawn(&server, "trees-garage");
     backup_job(&server, &job_id).await;
     let cancel = CancellationToken::new();
@@ -208,18 +173,9 @@ async fn collection_keeps_the_trees_a_kept_snapshot_names_and_their_data() {
     let server = TestServer::start(Backend::Sqlite).await;
     let source = tree_source();
     let repo = tempfile::tempdir().expect("repo dir");
-    let policy = server
-        .admin()
-        .create_retention_policy(pb::RetentionPolicy {
-            name: "keep-last-1".into(),
-            keep_last: 1,
-            ..Default::default()
-        })
-        .await
-        .expect("create policy")
-        .id;
+    let policy = keep_last_policy(&server, 1).await;
     let target = filesystem_target(repo.path());
-    let job_id = create_job(&server, source.path(), target.clone(), &policy).await;
+    let job_id = create_job_into(&server, source.path(), target.clone(), &policy).await;
     let _worker = WorkerProcess::spawn(&server, "trees-gc");
     let first = backup_job(&server, &job_id).await;
     let second = backup_job(&server, &job_id).await;
@@ -243,11 +199,7 @@ async fn collection_keeps_the_trees_a_kept_snapshot_names_and_their_data() {
     collect_garbage(&server, &target).await;
     collect_garbage(&server, &target).await;
 
-    assert_eq!(
-        assert_restorable(&server, &second.id, source.path()).await,
-        FILES
-    );
-    assert_succeeded(&verify(&server, &second.id).await);
+    assert_restores_and_verifies(&server, &second.id, source.path()).await;
 }
 
 /// A bit flipped in a tree blob: verify fails naming the blob, and the
@@ -267,7 +219,7 @@ async fn a_damaged_tree_blob_is_detected_named_and_never_restored() {
         }),
     )
     .await;
-    let repository = open_repository(&server, repo.path()).await;
+    let repository = open_filesystem_repository(&server, repo.path()).await;
     let blobs = tree_blobs(&repository).await;
     let (pack_id, entry) = blobs.last().expect("a tree blob");
     let pack = repo.path().join(coffer_format::layout::pack_key(pack_id));
@@ -275,7 +227,7 @@ async fn a_damaged_tree_blob_is_detected_named_and_never_restored() {
     bytes[entry.offset as usize + entry.length as usize / 2] ^= 0x10;
     std::fs::write(&pack, bytes).expect("damage the pack");
 
-    let checked = verify(&server, &backup.id).await;
+    let checked = verify_fully(&server, &backup.id).await;
     assert_eq!(checked.state, pb::RunState::Failed as i32);
     let blob = entry.chunk_id.to_string();
     assert!(
@@ -331,7 +283,7 @@ async fn a_rebuilt_catalog_lists_and_restores_snapshots_stored_as_trees() {
             .create_bucket(bucket(repo.path()))
             .await
             .expect("bucket");
-        let job_id = create_job(&server, source.path(), bucket_target(created.id), "").await;
+        let job_id = create_job_into(&server, source.path(), bucket_target(created.id), "").await;
         let _worker = WorkerProcess::spawn(&server, "trees-plain");
         backup_job(&server, &job_id).await;
         let second = backup_job(&server, &job_id).await;

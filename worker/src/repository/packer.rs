@@ -43,7 +43,7 @@ pub(crate) struct Packed {
 impl Packer {
     /// Starts a packer writing blobs of `blob_type` to `repository`, with
     /// room for `queue_len` chunks waiting to be packed. Tree blobs exist
-    /// in format v2 only.
+    /// in format v2 only: a v1 pack refuses them.
     pub(crate) fn start(
         repository: &Repository,
         blob_type: BlobType,
@@ -52,7 +52,6 @@ impl Packer {
     ) -> Self {
         let (queue, receiver) = mpsc::channel(queue_len);
         let uploaded = Arc::new(AtomicU64::new(0));
-        debug_assert!(blob_type == BlobType::Data || repository.version() == 2);
         let task = tokio::spawn(run_packer(
             repository.clone(),
             blob_type,

@@ -18,7 +18,7 @@ use coffer_proto::v1 as pb;
 use prost::Message;
 use support::{
     assert_restorable, assert_succeeded, create_run, garage_bucket, new_bucket_on, noise,
-    open_filesystem_repository, repository_access, restore, run_to_success, s3_bucket, start_run,
+    open_filesystem_repository, repository_access, restore, run_to_success, s3_bucket,
     verify_fully, wait_until_final, write, S3Server, WorkerProcess,
 };
 use tokio_util::sync::CancellationToken;
@@ -218,7 +218,16 @@ async fn a_flipped_bit_anywhere_is_detected_and_named() {
     assert_succeeded(&backup);
 
     // A pack: verify names it; the restore leaves the damaged file out.
-    let pack = first_under(repo.path(), "packs");
+    // The data pack: the largest (the tree pack holds the manifest's entries).
+    let pack = stored_files(repo.path())
+        .into_iter()
+        .filter(|path| path.starts_with("packs"))
+        .max_by_key(|path| {
+            std::fs::metadata(repo.path().join(path))
+                .expect("pack size")
+                .len()
+        })
+        .expect("a pack");
     let pack_id = pack
         .file_name()
         .expect("name")

@@ -406,7 +406,7 @@ async fn snapshot_files(store: &Arc<Store>, manifest_key: &str) -> Vec<(String, 
     .await
     .expect("repository opens");
     let mut manifest = repository
-        .read_manifest(manifest_key, &cancel)
+        .read_manifest(manifest_key, None, &cancel)
         .await
         .expect("manifest reads");
     let mut files = Vec::new();

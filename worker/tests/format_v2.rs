@@ -16,11 +16,10 @@ use coffer_control_plane::testing::{Backend, TestServer};
 use coffer_format::{RepositoryConfigV2, RepositoryKeys};
 use coffer_proto::v1 as pb;
 use prost::Message;
-use support::worker_api::{Repository, Store};
 use support::{
     assert_restorable, assert_succeeded, create_run, garage_bucket, new_bucket_on, noise,
-    repository_access, restore, run_to_success, s3_bucket, start_run, wait_until_final, write,
-    S3Server, WorkerProcess,
+    open_filesystem_repository, repository_access, restore, run_to_success, s3_bucket,
+    verify_fully, wait_until_final, write, S3Server, WorkerProcess,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -46,15 +45,6 @@ fn filesystem(path: &Path) -> pb::target::Destination {
 
 async fn backup_into(server: &TestServer, source: &Path, repo: &Path) -> pb::Run {
     let id = create_run(server, source, filesystem(repo)).await;
-    wait_until_final(server, &id, LIMIT).await
-}
-
-async fn verify(server: &TestServer, run_id: &str) -> pb::Run {
-    let spec = pb::create_run_request::Spec::Verify(pb::VerifySpec {
-        snapshot_run_id: run_id.into(),
-        read_data_percent: 100.0,
-    });
-    let id = start_run(server, spec).await;
     wait_until_final(server, &id, LIMIT).await
 }
 
@@ -133,18 +123,6 @@ fn flip_bit(path: &Path, at: Option<usize>) -> Vec<u8> {
     original
 }
 
-async fn open_repository(server: &TestServer, repo: &Path) -> Repository {
-    let access = repository_access(server, &format!("filesystem:{}", repo.display())).await;
-    let target = pb::ResolvedTarget {
-        filesystem_path: repo.display().to_string(),
-        ..Default::default()
-    };
-    let store = Arc::new(Store::open(&target, "").await.expect("open store"));
-    Repository::open(store, &access, &CancellationToken::new())
-        .await
-        .expect("open the repository as a lease would")
-}
-
 async fn encrypted_backups_reveal_nothing_and_restore_byte_identical(backend: Backend) {
     let server = TestServer::start(backend).await;
     let marker = format!("marker-{}", uuid::Uuid::new_v4().simple());
@@ -183,7 +161,7 @@ async fn encrypted_backups_reveal_nothing_and_restore_byte_identical(backend: Ba
         .expect("read")
         .expect("repository");
     assert_eq!(row.format_version, 2);
-    let opened = open_repository(&server, repo.path()).await;
+    let opened = open_filesystem_repository(&server, repo.path()).await;
     let current = opened.generation().expect("a v2 repository");
     assert_eq!(
         row.pinned_generation(),
@@ -194,7 +172,7 @@ async fn encrypted_backups_reveal_nothing_and_restore_byte_identical(backend: Ba
         assert_restorable(&server, &first.id, source.path()).await,
         3
     );
-    assert_succeeded(&verify(&server, &first.id).await);
+    assert_succeeded(&verify_fully(&server, &first.id).await);
 
     // An incremental after a change opens the pinned repository again.
     write(&source.path().join("data/small.bin"), &noise(20_000, 13));
@@ -224,7 +202,7 @@ async fn encrypted_backups_round_trip_on_garage() {
     assert!(contains(&config, b"aes-256-gcm"), "an encrypted v2 config");
     assert_eq!(store.list("keys/", &cancel).await.expect("list").len(), 1);
     assert_eq!(assert_restorable(&server, &run_id, source.path()).await, 3);
-    assert_succeeded(&verify(&server, &run_id).await);
+    assert_succeeded(&verify_fully(&server, &run_id).await);
 }
 
 /// A bit flipped in a pack, an index file, a manifest or the config: each
@@ -240,14 +218,23 @@ async fn a_flipped_bit_anywhere_is_detected_and_named() {
     assert_succeeded(&backup);
 
     // A pack: verify names it; the restore leaves the damaged file out.
-    let pack = first_under(repo.path(), "packs");
+    // The data pack: the largest (the tree pack holds the manifest's entries).
+    let pack = stored_files(repo.path())
+        .into_iter()
+        .filter(|path| path.starts_with("packs"))
+        .max_by_key(|path| {
+            std::fs::metadata(repo.path().join(path))
+                .expect("pack size")
+                .len()
+        })
+        .expect("a pack");
     let pack_id = pack
         .file_name()
         .expect("name")
         .to_string_lossy()
         .into_owned();
     let original = flip_bit(&repo.path().join(&pack), None);
-    let checked = verify(&server, &backup.id).await;
+    let checked = verify_fully(&server, &backup.id).await;
     let errors = all_errors(&server, &checked).await;
     assert_failed_naming(&checked, &errors, &pack_id);
     let destination = tempfile::tempdir().expect("restore dir");
@@ -289,12 +276,12 @@ async fn a_flipped_bit_anywhere_is_detected_and_named() {
     ];
     for (object, at, named) in cases {
         let original = flip_bit(&repo.path().join(&object), at);
-        let checked = verify(&server, &backup.id).await;
+        let checked = verify_fully(&server, &backup.id).await;
         let errors = all_errors(&server, &checked).await;
         assert_failed_naming(&checked, &errors, &named);
         std::fs::write(repo.path().join(&object), original).expect("repair");
     }
-    assert_succeeded(&verify(&server, &backup.id).await);
+    assert_succeeded(&verify_fully(&server, &backup.id).await);
 }
 
 /// One snapshot's manifest copied over another's key does not open there:

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,35 +15,10 @@ use support::worker_api::Store;
 use tonic::Code;
 
 use support::{
-    assert_restorable, assert_succeeded, backup_job, collect_garbage, garage_bucket, noise,
-    pack_bytes, plan_retention, wait_until_final, write, WorkerProcess,
+    assert_restorable, assert_succeeded, backup_job, collect_garbage, create_job_into,
+    garage_bucket, keep_last_policy, noise, pack_bytes, plan_retention, wait_until_final, write,
+    WorkerProcess,
 };
-
-async fn keep_last_policy(server: &TestServer, keep_last: i32) -> String {
-    let policy = pb::RetentionPolicy {
-        name: format!("keep-last-{keep_last}"),
-        keep_last,
-        ..Default::default()
-    };
-    let created = server.admin().create_retention_policy(policy).await;
-    created.expect("create policy").id
-}
-
-async fn create_job(
-    server: &TestServer,
-    source: &Path,
-    target: pb::Target,
-    policy: &str,
-) -> String {
-    let job = pb::Job {
-        name: "rotating".into(),
-        source_path: source.display().to_string(),
-        target: Some(target),
-        retention_policy_id: policy.into(),
-        ..Default::default()
-    };
-    support::create_job(server, job).await
-}
 
 /// (path, version id, content hash) of every file of a snapshot.
 async fn contents(server: &TestServer, run_id: &str) -> Vec<(String, String, String)> {
@@ -71,7 +45,7 @@ async fn assert_apply_and_collect_give_space_back(
         b"kept in every snapshot\n",
     );
     let policy = keep_last_policy(server, 1).await;
-    let job_id = create_job(server, source.path(), target.clone(), &policy).await;
+    let job_id = create_job_into(server, source.path(), target.clone(), &policy).await;
     let _worker = WorkerProcess::spawn(server, "retention");
 
     let mut snapshots = Vec::new();
@@ -268,7 +242,7 @@ async fn with_apply_after_backup_each_backup_prunes_its_job() {
     let source = tempfile::tempdir().expect("source dir");
     write(&source.path().join("a.txt"), b"first\n");
     let policy = keep_last_policy(&server, 1).await;
-    let job_id = create_job(&server, source.path(), target, &policy).await;
+    let job_id = create_job_into(&server, source.path(), target, &policy).await;
     let _worker = WorkerProcess::spawn(&server, "pruning");
 
     let first = backup_job(&server, &job_id).await;

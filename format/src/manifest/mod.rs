@@ -34,7 +34,7 @@ pub use crate::attributes::EntryKind;
 pub use entry::{compare_paths, ManifestEntry};
 pub use footer::ManifestFooter;
 pub use header::ManifestHeader;
-pub use reader::ManifestReader;
+pub use reader::{list_subtrees, ManifestReader};
 pub use sealed::{sealed_manifest_reader, sealed_manifest_writer};
 pub use subtree::{encode_tree, Subtree, TreeSource};
 pub use writer::ManifestWriter;

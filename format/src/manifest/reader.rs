@@ -69,15 +69,7 @@ impl<R: Read> ManifestReader<R> {
     /// versions with [`FormatError::UnsupportedFormat`].
     pub fn new(reader: R) -> Result<Self, FormatError> {
         let mut lines = LineReader::new(reader, DecodeLimits::STREAMED)?;
-        let first = lines
-            .next_line()?
-            .ok_or_else(|| FormatError::Corrupt("manifest: empty".to_owned()))?;
-        let probe: HeaderProbe = serde_json::from_slice(first)?;
-        check_format(&probe.manifest.format, probe.manifest.version)?;
-        let HeaderLine { manifest: header } = serde_json::from_slice(first)?;
-        header
-            .check()
-            .map_err(|reason| FormatError::Corrupt(format!("manifest header: {reason}")))?;
+        let header = read_header(&mut lines)?;
         Ok(ManifestReader {
             lines,
             header,
@@ -243,6 +235,42 @@ impl<R: Read> ManifestReader<R> {
         self.footer = Some(footer);
         Ok(())
     }
+}
+
+/// Reads and checks a manifest's first line.
+fn read_header<R: Read>(lines: &mut LineReader<R>) -> Result<ManifestHeader, FormatError> {
+    let first = lines
+        .next_line()?
+        .ok_or_else(|| FormatError::Corrupt("manifest: empty".to_owned()))?;
+    let probe: HeaderProbe = serde_json::from_slice(first)?;
+    check_format(&probe.manifest.format, probe.manifest.version)?;
+    let HeaderLine { manifest: header } = serde_json::from_slice(first)?;
+    header
+        .check()
+        .map_err(|reason| FormatError::Corrupt(format!("manifest header: {reason}")))?;
+    Ok(header)
+}
+
+/// The `subtree` lines of a manifest, in order, without expanding them:
+/// the tree blobs a reader must have at hand before it reads the manifest
+/// with [`ManifestReader::with_trees`]. Only the header and these lines
+/// are checked here; reading the manifest checks the rest (a line this
+/// skips but the reader takes for a subtree finds no blob and fails).
+pub fn list_subtrees<R: Read>(reader: R) -> Result<Vec<Subtree>, FormatError> {
+    // The writer's own spelling: entry lines are skipped without parsing.
+    const SUBTREE_PREFIX: &[u8] = b"{\"subtree\":";
+    let mut lines = LineReader::new(reader, DecodeLimits::STREAMED)?;
+    read_header(&mut lines)?;
+    let mut subtrees = Vec::new();
+    while let Some(line) = lines.next_line()? {
+        if !line.starts_with(SUBTREE_PREFIX) {
+            continue;
+        }
+        if let LineIn::Subtree(subtree) = serde_json::from_slice(line)? {
+            subtrees.push(subtree);
+        }
+    }
+    Ok(subtrees)
 }
 
 impl<R: Read> fmt::Debug for ManifestReader<R> {

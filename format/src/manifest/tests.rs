@@ -489,6 +489,17 @@ mod subtrees {
     }
 
     #[test]
+    fn listing_subtrees_names_each_blob_without_expanding_it() {
+        let (_, bytes, subtree, _) = with_subtree();
+        assert_eq!(list_subtrees(&bytes[..]).expect("intact"), vec![subtree]);
+        let plain = ManifestWriter::new(Vec::new(), &header(), 3)
+            .expect("header")
+            .finish()
+            .expect("finish");
+        assert!(list_subtrees(&plain[..]).expect("intact").is_empty());
+    }
+
+    #[test]
     fn a_subtree_needs_a_tree_source_and_the_right_blob() {
         let (_, bytes, subtree, blob) = with_subtree();
         let err = read_all(&bytes).expect_err("v1 readers take no subtree");

@@ -9,17 +9,16 @@ mod access;
 mod blobs;
 mod manifests;
 pub(crate) mod packer;
+mod trees;
 
 use std::collections::HashSet;
-use std::io::{Cursor, Read};
+use std::io::Read;
 use std::sync::Arc;
 
-use coffer_format::crypto::SealedReader;
 use coffer_format::layout::{self, CONDEMNED_PREFIX, CONFIG_KEY, INDEX_PREFIX};
 use coffer_format::{
     ChunkHasher, ChunkId, ChunkIndex, ChunkLocation, Chunker, ChunkerParams, CondemnedSet,
-    FormatError, IndexFile, IndexId, ManifestReader, ObjectKind, PackId, RepositoryConfig,
-    RepositoryKeys,
+    FormatError, IndexFile, IndexId, ManifestReader, PackId, RepositoryConfig, RepositoryKeys,
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use access::{KeySlotSummary, NewFormat, PinnedGeneration, RepositoryAccess};
 pub use blobs::BlobOpener;
 pub use manifests::ManifestOutput;
+pub use trees::FetchedManifest;
 
 use crate::store::{Store, StoreError};
 
@@ -428,21 +428,16 @@ impl Repository {
         decoded.map_err(|e| RepositoryError::format(format!("index file {key}"), e))
     }
 
-    /// Opens the manifest stored under `key`.
+    /// Opens the manifest stored under `key`, with the tree blobs it names
+    /// located in `index` (loaded when `None` and needed).
     pub async fn read_manifest(
         &self,
         key: &str,
+        index: Option<&ChunkIndex>,
         cancel: &CancellationToken,
     ) -> Result<StoredManifest, RepositoryError> {
-        let bytes = self.store.get_bytes(key, cancel).await?;
-        let reader: Box<dyn Read + Send> = Box::new(Cursor::new(bytes));
-        let opened = match &self.keys {
-            Some(keys) => SealedReader::new(reader, keys, ObjectKind::Manifest, key)
-                .map(|sealed| Box::new(sealed) as Box<dyn Read + Send>)
-                .and_then(ManifestReader::new),
-            None => ManifestReader::new(reader),
-        };
-        opened.map_err(|e| RepositoryError::format(format!("manifest {key}"), e))
+        let fetched = self.fetch_manifest(key, cancel).await?;
+        self.open_manifest(fetched, index, cancel).await
     }
 
     /// Fetches one chunk from its pack and checks it against its id.

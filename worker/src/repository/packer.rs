@@ -41,10 +41,12 @@ pub(crate) struct Packed {
 }
 
 impl Packer {
-    /// Starts a packer writing to `repository`, with room for `queue_len`
-    /// chunks waiting to be packed.
+    /// Starts a packer writing blobs of `blob_type` to `repository`, with
+    /// room for `queue_len` chunks waiting to be packed. Tree blobs exist
+    /// in format v2 only: a v1 pack refuses them.
     pub(crate) fn start(
         repository: &Repository,
+        blob_type: BlobType,
         queue_len: usize,
         cancel: &CancellationToken,
     ) -> Self {
@@ -52,6 +54,7 @@ impl Packer {
         let uploaded = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run_packer(
             repository.clone(),
+            blob_type,
             receiver,
             Arc::clone(&uploaded),
             cancel.clone(),
@@ -101,6 +104,7 @@ impl Packer {
 /// Returns the bytes of index files written.
 async fn run_packer(
     repository: Repository,
+    blob_type: BlobType,
     mut queue: mpsc::Receiver<EncodedChunk>,
     uploaded: Arc<AtomicU64>,
     cancel: CancellationToken,
@@ -127,7 +131,7 @@ async fn run_packer(
         };
         let Some(chunk) = next else { break };
         builder
-            .add(chunk)
+            .add(chunk, blob_type)
             .map_err(|e| RunFailure::permanent(format!("packing: {e}")))?;
         if builder.len() >= target_size {
             let full = std::mem::replace(&mut builder, new_pack());
@@ -219,10 +223,13 @@ impl PackDraft {
         }
     }
 
-    fn add(&mut self, chunk: EncodedChunk) -> Result<bool, FormatError> {
+    fn add(&mut self, chunk: EncodedChunk, blob_type: BlobType) -> Result<bool, FormatError> {
         match self {
+            PackDraft::V1(_) if blob_type == BlobType::Tree => Err(FormatError::InvalidInput(
+                "format v1 packs hold no tree blobs".to_owned(),
+            )),
             PackDraft::V1(builder) => builder.add_blob(&chunk),
-            PackDraft::V2(writer, _) => writer.add(chunk, BlobType::Data),
+            PackDraft::V2(writer, _) => writer.add(chunk, blob_type),
         }
     }
 

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use coffer_format::{ChunkId, ChunkLocation, EntryKind, ManifestEntry};
+use coffer_format::{ChunkId, ChunkIndex, ChunkLocation, EntryKind, ManifestEntry};
 use coffer_proto::v1::{self as pb, RunPhase};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
@@ -85,14 +85,14 @@ async fn execute<R: Reporter>(
 ) -> Result<DownloadSummary, RunFailure> {
     batcher.set_phase(RunPhase::Preparing);
     let repository = Repository::open(Arc::clone(&plan.store), &plan.repository, cancel).await?;
-    let entry = find_entry(&repository, plan, cancel).await?;
+    let index = repository.load_index(IndexUse::Read, cancel).await?;
+    let entry = find_entry(&repository, &index, plan, cancel).await?;
     if entry.attributes.size != plan.size_bytes {
         return Err(RunFailure::permanent(format!(
             "the manifest records {} bytes for {} but the catalog {}",
             entry.attributes.size, plan.path, plan.size_bytes
         )));
     }
-    let index = repository.load_index(IndexUse::Read, cancel).await?;
     let mut chunks: Vec<(ChunkId, ChunkLocation)> = Vec::with_capacity(entry.chunks.len());
     let mut planned = 0u64;
     for chunk in &entry.chunks {
@@ -141,10 +141,13 @@ async fn execute<R: Reporter>(
 /// regular file.
 async fn find_entry(
     repository: &Repository,
+    index: &ChunkIndex,
     plan: &DownloadPlan,
     cancel: &CancellationToken,
 ) -> Result<ManifestEntry, RunFailure> {
-    let mut manifest = repository.read_manifest(&plan.manifest_key, cancel).await?;
+    let mut manifest = repository
+        .read_manifest(&plan.manifest_key, Some(index), cancel)
+        .await?;
     let wanted = plan.path.trim_matches('/').as_bytes();
     while let Some(entry) = manifest.next_entry().map_err(|e| {
         RunFailure::permanent(format!("reading manifest {}: {e}", plan.manifest_key))

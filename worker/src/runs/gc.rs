@@ -39,7 +39,8 @@ use chrono::{DateTime, Utc};
 use coffer_format::layout::{self, PACKS_PREFIX, SNAPSHOTS_PREFIX};
 use coffer_format::pack::blob_slice;
 use coffer_format::{
-    new_compressor, ChunkId, ChunkIndex, CondemnedPack, CondemnedSet, IndexFile, IndexPack, PackId,
+    new_compressor, BlobType, ChunkId, ChunkIndex, CondemnedPack, CondemnedSet, IndexFile,
+    IndexPack, PackId,
 };
 use coffer_proto::v1::RunPhase;
 use futures::stream::{self, StreamExt};
@@ -229,21 +230,33 @@ async fn list_snapshots(
     ))
 }
 
-/// Calls `visit` with every chunk id the manifest under `key` needs; false
-/// when the manifest is gone (removed by a retention run meanwhile).
+/// Calls `visit` with every chunk id the manifest under `key` needs: the
+/// tree blobs it names and the data chunks of every entry, those inside
+/// its trees included. False when the manifest is gone (removed by a
+/// retention run meanwhile). Tree blobs are located in `index`.
 async fn visit_manifest_chunks(
     repository: &Repository,
+    index: &ChunkIndex,
     key: &str,
     cancel: &CancellationToken,
     mut visit: impl FnMut(ChunkId),
 ) -> Result<bool, RunFailure> {
-    let mut manifest = match repository.read_manifest(key, cancel).await {
-        Ok(manifest) => manifest,
+    let fetched = match repository.fetch_manifest(key, cancel).await {
+        Ok(fetched) => fetched,
         Err(crate::repository::RepositoryError::Store(StoreError::NotFound { .. })) => {
             return Ok(false)
         }
         Err(other) => return Err(other.into()),
     };
+    for id in fetched.trees() {
+        visit(*id);
+    }
+    // A manifest stored after `index` was read may name trees packed after
+    // it too: the whole index is then read again.
+    let known = fetched.trees().iter().all(|id| index.contains(id));
+    let mut manifest = repository
+        .open_manifest(fetched, known.then_some(index), cancel)
+        .await?;
     while let Some(entry) = manifest
         .next_entry()
         .map_err(|e| RunFailure::permanent(format!("manifest {key}: {e}")))?
@@ -253,6 +266,15 @@ async fn visit_manifest_chunks(
         }
     }
     Ok(true)
+}
+
+/// Every chunk of `indexes` in one index, to find manifests' tree blobs.
+fn whole_index(indexes: &[StoredIndex]) -> ChunkIndex {
+    let mut index = ChunkIndex::new();
+    for stored in indexes {
+        index.add_file(&stored.file);
+    }
+    index
 }
 
 /// One collection attempt: what it needs and what it did so far.
@@ -330,6 +352,8 @@ impl<R: Reporter> Collection<'_, '_, R> {
             }
         }
 
+        // Where the tree blobs of manifests are, condemned packs included.
+        let all = whole_index(&indexes);
         // Snapshots written since the set may need some of its chunks.
         let seen: HashSet<Uuid> = set.snapshots_seen.iter().copied().collect();
         let mut rescued: HashSet<PackId> = HashSet::new();
@@ -337,7 +361,7 @@ impl<R: Reporter> Collection<'_, '_, R> {
             if seen.contains(&run_id) {
                 continue;
             }
-            visit_manifest_chunks(&self.repository, &key, self.cancel, |id| {
+            visit_manifest_chunks(&self.repository, &all, &key, self.cancel, |id| {
                 if live.contains(&id) {
                     return;
                 }
@@ -398,6 +422,7 @@ impl<R: Reporter> Collection<'_, '_, R> {
             .collect();
         self.batcher.progress.bytes_seen = to_i64(stored_packs.values().sum());
 
+        let all = whole_index(&indexes);
         let mut needed: HashSet<ChunkId> = HashSet::new();
         // What the snapshots whose locks are kept need (Object Lock only).
         let mut kept_needed: HashSet<ChunkId> = HashSet::new();
@@ -412,7 +437,7 @@ impl<R: Reporter> Collection<'_, '_, R> {
         self.batcher.progress.files_seen += snapshots.latest.len() as i64;
         for (run_id, key) in snapshots.latest {
             let keeps_lock = locked && self.plan.lock_kept.contains(&run_id);
-            if visit_manifest_chunks(&self.repository, &key, self.cancel, |id| {
+            if visit_manifest_chunks(&self.repository, &all, &key, self.cancel, |id| {
                 needed.insert(id);
                 if keeps_lock {
                     kept_needed.insert(id);
@@ -627,7 +652,9 @@ async fn repack<R: Reporter>(
         });
     }
     let store = repository.store();
-    let packer = Packer::start(repository, REPACK_QUEUE, cancel);
+    // Tree blobs go into packs of their own, as a backup packs them.
+    let packer = Packer::start(repository, BlobType::Data, REPACK_QUEUE, cancel);
+    let tree_packer = Packer::start(repository, BlobType::Tree, REPACK_QUEUE, cancel);
     for usage in packs {
         let id = usage.pack.pack_id;
         let key = layout::pack_key(&id);
@@ -647,7 +674,8 @@ async fn repack<R: Reporter>(
             live.iter()
                 .map(|entry| {
                     let blob = blob_slice(&bytes, entry)?;
-                    opener.repack(entry, sealing.as_ref(), blob, &mut compressor)
+                    let chunk = opener.repack(entry, sealing.as_ref(), blob, &mut compressor)?;
+                    Ok((entry.blob_type, chunk))
                 })
                 .collect::<Result<Vec<_>, coffer_format::FormatError>>()
         })
@@ -655,8 +683,12 @@ async fn repack<R: Reporter>(
         .map_err(|e| RunFailure::retryable(format!("repacking task failed: {e}")))?;
         match blobs {
             Ok(blobs) => {
-                for blob in blobs {
-                    if packer.queue().send(blob).await.is_err() {
+                for (blob_type, blob) in blobs {
+                    let queue = match blob_type {
+                        BlobType::Data => packer.queue(),
+                        BlobType::Tree => tree_packer.queue(),
+                    };
+                    if queue.send(blob).await.is_err() {
                         break;
                     }
                 }
@@ -672,7 +704,7 @@ async fn repack<R: Reporter>(
             }
         }
     }
-    let bytes_written = packer.finish().await?.packs;
+    let bytes_written = packer.finish().await?.packs + tree_packer.finish().await?.packs;
     batcher.progress.bytes_uploaded += to_i64(bytes_written);
     Ok(Repacked {
         packs: done,

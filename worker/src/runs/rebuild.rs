@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::backup::record::file_record;
 use super::run_attempt;
 use crate::report::{Batcher, Reporter, RunFailure};
-use crate::repository::{PinnedGeneration, Repository, RepositoryAccess};
+use crate::repository::{IndexUse, PinnedGeneration, Repository, RepositoryAccess};
 use crate::store::Store;
 
 /// A finished rebuild.
@@ -59,11 +59,18 @@ async fn rebuild<R: Reporter>(
     // snapshots are recorded in.
     let manifests = layout::select_manifests(store.list(SNAPSHOTS_PREFIX, cancel).await?).latest;
     let mut entries = 0u64;
+    // Loaded once for the tree blobs of every v2 manifest.
+    let index = match repository.version() {
+        1 => None,
+        _ => Some(repository.load_index(IndexUse::Read, cancel).await?),
+    };
     for (run_id, key) in &manifests {
         if cancel.is_cancelled() {
             return Err(RunFailure::cancelled());
         }
-        let mut reader = repository.read_manifest(key, cancel).await?;
+        let mut reader = repository
+            .read_manifest(key, index.as_ref(), cancel)
+            .await?;
         let header = reader.header().clone();
         if header.run_id != *run_id {
             return Err(RunFailure::permanent(format!(

@@ -220,8 +220,10 @@ async fn execute<R: Reporter>(
 ) -> Result<RestoreSummary, RunFailure> {
     batcher.set_phase(RunPhase::Preparing);
     let repository = Repository::open(Arc::clone(&plan.store), &plan.repository, cancel).await?;
-    let mut manifest = repository.read_manifest(&plan.manifest_key, cancel).await?;
     let index = repository.load_index(IndexUse::Read, cancel).await?;
+    let mut manifest = repository
+        .read_manifest(&plan.manifest_key, Some(&index), cancel)
+        .await?;
     let destination = Destination::open(&plan.destination, plan.access.as_ref()).map_err(|e| {
         RunFailure::permanent(format!(
             "cannot open the destination {}: {e}",

@@ -100,7 +100,9 @@ async fn execute<R: Reporter>(
     let mut files = 0u64;
     let mut bytes = 0u64;
     {
-        let mut manifest = repository.read_manifest(&plan.manifest_key, cancel).await?;
+        let mut manifest = repository
+            .read_manifest(&plan.manifest_key, Some(&index), cancel)
+            .await?;
         while let Some(entry) = manifest
             .next_entry()
             .map_err(|e| RunFailure::permanent(format!("manifest {}: {e}", plan.manifest_key)))?
@@ -162,7 +164,9 @@ async fn execute<R: Reporter>(
     batcher.set_phase(RunPhase::Finishing);
     let mut damaged_files = 0u64;
     if !damaged.is_empty() {
-        let mut manifest = repository.read_manifest(&plan.manifest_key, cancel).await?;
+        let mut manifest = repository
+            .read_manifest(&plan.manifest_key, Some(&index), cancel)
+            .await?;
         while let Some(entry) = manifest
             .next_entry()
             .map_err(|e| RunFailure::permanent(format!("manifest {}: {e}", plan.manifest_key)))?

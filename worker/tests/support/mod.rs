@@ -225,6 +225,62 @@ pub async fn create_job(server: &TestServer, job: pb::Job) -> String {
     server.admin().create_job(job).await.expect("create job").id
 }
 
+/// Creates a keep-last-`keep_last` retention policy as the admin; returns its id.
+pub async fn keep_last_policy(server: &TestServer, keep_last: i32) -> String {
+    let policy = pb::RetentionPolicy {
+        name: format!("keep-last-{keep_last}"),
+        keep_last,
+        ..Default::default()
+    };
+    let created = server.admin().create_retention_policy(policy).await;
+    created.expect("create policy").id
+}
+
+/// Creates a job backing `source` up to `target` under retention policy
+/// `policy` (none when empty); returns its id.
+pub async fn create_job_into(
+    server: &TestServer,
+    source: &Path,
+    target: pb::Target,
+    policy: &str,
+) -> String {
+    let job = pb::Job {
+        name: "rotating".into(),
+        source_path: source.display().to_string(),
+        target: Some(target),
+        retention_policy_id: policy.into(),
+        ..Default::default()
+    };
+    create_job(server, job).await
+}
+
+/// Verifies snapshot `run_id`, reading all of its data; waits until the
+/// run is final.
+pub async fn verify_fully(server: &TestServer, run_id: &str) -> pb::Run {
+    let spec = pb::create_run_request::Spec::Verify(pb::VerifySpec {
+        snapshot_run_id: run_id.into(),
+        read_data_percent: 100.0,
+    });
+    let id = start_run(server, spec).await;
+    wait_until_final(server, &id, Duration::from_secs(120)).await
+}
+
+/// Opens the repository at filesystem path `repo` as a lease would.
+pub async fn open_filesystem_repository(
+    server: &TestServer,
+    repo: &Path,
+) -> worker_api::Repository {
+    let access = repository_access(server, &format!("filesystem:{}", repo.display())).await;
+    let target = pb::ResolvedTarget {
+        filesystem_path: repo.display().to_string(),
+        ..Default::default()
+    };
+    let store = Arc::new(Store::open(&target, "").await.expect("open store"));
+    worker_api::Repository::open(store, &access, &CancellationToken::new())
+        .await
+        .expect("open the repository as a lease would")
+}
+
 /// Follows WatchRun until the run is final.
 pub async fn wait_until_final(server: &TestServer, id: &str, limit: Duration) -> pb::Run {
     server.wait_until_final(id, limit).await

@@ -6,7 +6,9 @@
 
 use std::io;
 
-use coffer_format::{compare_paths, layout, FormatError, ManifestEntry, ManifestHeader};
+use coffer_format::{
+    compare_paths, layout, ChunkIndex, FormatError, ManifestEntry, ManifestHeader,
+};
 use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -14,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::record::removed_record;
+use super::trees::{TreeGrouper, TreeOutput};
 use crate::report::{Batcher, Reporter, RunFailure};
-use crate::repository::{DataSettings, Repository, StoredManifest};
+use crate::repository::{DataSettings, FetchedManifest, Repository, StoredManifest};
 use crate::store::{Store, StoreError};
 
 /// Entries per batch between a manifest thread and the backup loop.
@@ -45,11 +48,13 @@ pub(crate) struct ManifestSink {
 
 impl ManifestSink {
     /// Writes the header and starts the writing thread, for a manifest to
-    /// be stored in `repository` under `key`.
+    /// be stored in `repository` under `key`; with `trees` (format v2) its
+    /// entries go into tree blobs.
     pub(crate) fn start(
         repository: &Repository,
         key: &str,
         header: &ManifestHeader,
+        trees: Option<TreeOutput>,
     ) -> Result<Self, RunFailure> {
         // The manifest of a large tree is large: it is spooled to a
         // temporary file, not held in memory.
@@ -63,15 +68,32 @@ impl ManifestSink {
                 MANIFEST_COMPRESSION_LEVEL,
             )
             .map_err(|e| RunFailure::permanent(format!("starting the manifest: {e}")))?;
+        let mut grouper = trees
+            .map(|output| {
+                TreeGrouper::new(
+                    repository.hasher().clone(),
+                    repository.settings().compression_level,
+                    output,
+                )
+            })
+            .transpose()?;
         let (sender, mut receiver) = mpsc::channel::<Vec<ManifestEntry>>(QUEUE);
         let writer = tokio::task::spawn_blocking(move || {
             while let Some(batch) = receiver.blocking_recv() {
-                for entry in &batch {
-                    writer
-                        .add(entry)
-                        .map_err(|e| RunFailure::permanent(format!("writing the manifest: {e}")))?;
+                for entry in batch {
+                    match grouper.as_mut() {
+                        Some(grouper) => grouper.add(&mut writer, entry)?,
+                        None => writer.add(&entry).map_err(|e| {
+                            RunFailure::permanent(format!("writing the manifest: {e}"))
+                        })?,
+                    }
                 }
             }
+            if let Some(grouper) = grouper.as_mut() {
+                grouper.flush(&mut writer)?;
+            }
+            // The tree packer's queue closes here, before the manifest is stored.
+            drop(grouper);
             writer
                 .finish()
                 .and_then(|output| output.finish())
@@ -254,24 +276,44 @@ impl ParentCursor {
     }
 }
 
-/// Opens the parent manifest for an incremental, or `None` for a full
-/// backup: no parent, or a parent that cannot serve (missing, damaged, or
-/// chunked with other parameters).
-pub(crate) async fn open_parent(
+/// Fetches the parent manifest for an incremental (its tree blobs are
+/// fetched by [`open_parent`], once the chunk index is loaded); `None` for a
+/// full backup: no parent, or a parent that cannot serve.
+pub(crate) async fn fetch_parent(
     repository: &Repository,
     run_id: Uuid,
     parent: Option<&ParentSnapshot>,
+    cancel: &CancellationToken,
+) -> Option<(Uuid, FetchedManifest)> {
+    let parent = parent?;
+    match repository
+        .fetch_manifest(&parent.manifest_key, cancel)
+        .await
+    {
+        Ok(fetched) => Some((parent.run_id, fetched)),
+        Err(error) => {
+            parent_unreadable(run_id, parent.run_id, &error);
+            None
+        }
+    }
+}
+
+/// Opens the fetched parent manifest, its tree blobs located in `index`;
+/// `None` for a full backup: a parent that cannot serve (missing or
+/// damaged trees, or chunked with other parameters).
+pub(crate) async fn open_parent(
+    repository: &Repository,
+    run_id: Uuid,
+    parent: Option<(Uuid, FetchedManifest)>,
+    index: &ChunkIndex,
     settings: &DataSettings,
     cancel: &CancellationToken,
 ) -> Option<ParentCursor> {
-    let parent = parent?;
-    let unreadable = |error: &dyn std::fmt::Display| {
-        tracing::warn!(run = %run_id, parent = %parent.run_id, %error, "parent snapshot unreadable; taking a full backup");
-    };
-    let mut reader = match repository.read_manifest(&parent.manifest_key, cancel).await {
+    let (parent_run_id, fetched) = parent?;
+    let mut reader = match repository.open_manifest(fetched, Some(index), cancel).await {
         Ok(reader) => reader,
         Err(error) => {
-            unreadable(&error);
+            parent_unreadable(run_id, parent_run_id, &error);
             return None;
         }
     };
@@ -279,10 +321,14 @@ pub(crate) async fn open_parent(
         return None;
     }
     match reader.next_entry() {
-        Ok(first) => Some(ParentCursor::start(parent.run_id, reader, first)),
+        Ok(first) => Some(ParentCursor::start(parent_run_id, reader, first)),
         Err(error) => {
-            unreadable(&error);
+            parent_unreadable(run_id, parent_run_id, &error);
             None
         }
     }
+}
+
+fn parent_unreadable(run_id: Uuid, parent_run_id: Uuid, error: &dyn std::fmt::Display) {
+    tracing::warn!(run = %run_id, parent = %parent_run_id, %error, "parent snapshot unreadable; taking a full backup");
 }

@@ -28,11 +28,12 @@ mod entries;
 mod manifests;
 mod reader;
 pub(crate) mod record;
+mod trees;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use coffer_format::{layout, ManifestHeader};
+use coffer_format::{layout, BlobType, ManifestHeader};
 use coffer_proto::v1::{JobOptions, RunPhase};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -50,10 +51,11 @@ use crate::source::{self, ExclusionOptions, SourceWalk, WalkOptions};
 use crate::store::Store;
 use command_source::CommandSources;
 use entries::walk_into_manifest;
-use manifests::{open_parent, store_manifest, ManifestSink};
+use manifests::{fetch_parent, open_parent, store_manifest, ManifestSink};
 pub use manifests::{ParentSnapshot, MANIFEST_COMPRESSION_LEVEL};
 use reader::FileContext;
 pub use reader::MAX_REREADS;
+use trees::TreeOutput;
 
 /// Encoded chunks queued for the packer.
 const PACKER_QUEUE: usize = 16;
@@ -172,27 +174,26 @@ async fn execute<R: Reporter>(
     let repository =
         Repository::open_or_create(Arc::clone(&plan.store), &plan.repository, cancel).await?;
     let settings = repository.settings();
-    // The chunk index and the parent manifest are fetched side by side.
-    let (index, mut parent) = tokio::join!(
+    // The chunk index and the parent manifest are fetched side by side;
+    // the parent's tree blobs are found through the index.
+    let (index, parent) = tokio::join!(
         repository.load_index(IndexUse::Write, cancel),
-        open_parent(
-            &repository,
-            plan.run_id,
-            plan.parent.as_ref(),
-            &settings,
-            cancel
-        )
+        fetch_parent(&repository, plan.run_id, plan.parent.as_ref(), cancel)
     );
-    let index = index?;
+    let index = Arc::new(index?);
+    let mut parent = open_parent(&repository, plan.run_id, parent, &index, &settings, cancel).await;
     let parent_run_id = parent.as_ref().map(|p| p.run_id);
     let started = std::time::Instant::now();
     tracing::debug!(run = %plan.run_id, "index and parent loaded");
 
-    let packer = Packer::start(&repository, PACKER_QUEUE, cancel);
+    let packer = Packer::start(&repository, BlobType::Data, PACKER_QUEUE, cancel);
+    // Format v2 stores the manifest's entries in tree blobs, packed apart.
+    let tree_packer = (repository.version() == 2)
+        .then(|| Packer::start(&repository, BlobType::Tree, PACKER_QUEUE, cancel));
     batcher.live().follow_uploads(packer.upload_counter());
     let context = Arc::new(FileContext::new(
         &repository,
-        index,
+        Arc::clone(&index),
         packer.queue().clone(),
         walk.as_ref().map(SourceWalk::root),
         Arc::clone(batcher.live()),
@@ -204,6 +205,10 @@ async fn execute<R: Reporter>(
         &repository,
         &manifest_key,
         &header(plan, parent_run_id, &settings),
+        tree_packer.as_ref().map(|packer| TreeOutput {
+            packer: packer.queue().clone(),
+            index: Arc::clone(&index),
+        }),
     )?;
     let stats = walk_into_manifest(
         walk,
@@ -220,7 +225,14 @@ async fn execute<R: Reporter>(
     // last pack.
     drop(context);
     batcher.set_phase(RunPhase::Finishing);
-    let packed = packer.finish().await?;
+    // Ending the manifest queues its last tree blobs.
+    let spool = manifest.finish().await?;
+    let mut packed = packer.finish().await?;
+    if let Some(tree_packer) = tree_packer {
+        let trees = tree_packer.finish().await?;
+        packed.packs += trees.packs;
+        packed.index_files += trees.index_files;
+    }
     batcher.progress.bytes_uploaded = to_i64(packed.packs);
     if let Some(parent) = parent {
         parent.finish()?;
@@ -235,7 +247,6 @@ async fn execute<R: Reporter>(
         )));
     }
 
-    let spool = manifest.finish().await?;
     let (manifest_key, manifest_len) =
         store_manifest(&plan.store, plan.run_id, plan.lease_token, &spool, cancel).await?;
 

@@ -77,7 +77,7 @@ impl FileContext {
     /// are counted into `live` as they are read.
     pub(super) fn new(
         repository: &Repository,
-        index: ChunkIndex,
+        index: Arc<ChunkIndex>,
         packer: mpsc::Sender<EncodedChunk>,
         source_root: Option<Arc<OwnedFd>>,
         live: Arc<LiveProgress>,
@@ -108,7 +108,7 @@ impl FileContext {
 /// Chunks the repository holds or this run has queued, shared by file tasks
 /// so that each new chunk is packed once.
 struct ChunkSet {
-    index: ChunkIndex,
+    index: Arc<ChunkIndex>,
     queued: Mutex<QueuedIds>,
 }
 

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod buckets;
 pub mod commands;
 pub mod configurations;
+pub mod copies;
 pub mod convert;
 pub mod downloads;
 pub mod grants;

@@ -66,7 +66,11 @@ signing_secret_debug!(
 /// `Debug` of a copy run's source: where it is, not the key that opens it.
 impl std::fmt::Debug for v1::CopySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let key = if self.catalog_key.is_empty() { "" } else { "<redacted>" };
+        let key = if self.catalog_key.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
         f.debug_struct("CopySource")
             .field("target", &self.target)
             .field("repository_id", &self.repository_id)

@@ -577,12 +577,25 @@ impl RunExecutor {
                     .copy_source
                     .take()
                     .ok_or_else(|| RunFailure::permanent("copy assignment without its source"))?;
-                let plan = copy_plan(run_id, lease_token, source, store, repository, &store_access, &cancel).await?;
+                let plan = copy_plan(
+                    run_id,
+                    lease_token,
+                    source,
+                    store,
+                    repository,
+                    &store_access,
+                    &cancel,
+                )
+                .await?;
                 run_copy(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "copy finished");
                     context.set_progress(summary.progress.clone());
-                    let mut outcome =
-                        success(summary.size_bytes, summary.details, summary.manifest_key, None);
+                    let mut outcome = success(
+                        summary.size_bytes,
+                        summary.details,
+                        summary.manifest_key,
+                        None,
+                    );
                     if let pb::run_completion::Outcome::Success(success) = &mut outcome {
                         success.repository_generation = summary.generation.map(generation_to_proto);
                     }

@@ -103,8 +103,17 @@ async fn a_copy_restores_byte_identical_after_the_original_is_deleted(backend: B
     let _worker = WorkerProcess::spawn(&server, "copier");
     let dir = tempfile::tempdir().expect("tempdir");
     let source = dir.path().join("source");
-    let files = ["notes.txt", "big.bin", "same-as-big.bin", "empty", "sub/deep.bin"];
-    write(&source.join(files[0]), b"three copies, two media, one offsite\n");
+    let files = [
+        "notes.txt",
+        "big.bin",
+        "same-as-big.bin",
+        "empty",
+        "sub/deep.bin",
+    ];
+    write(
+        &source.join(files[0]),
+        b"three copies, two media, one offsite\n",
+    );
     let big = noise(5 << 20, 17);
     write(&source.join(files[1]), &big);
     write(&source.join(files[2]), &big);
@@ -131,8 +140,13 @@ async fn a_copy_restores_byte_identical_after_the_original_is_deleted(backend: B
         lost.error
     );
     let restored = dir.path().join("restored");
-    let from_copy =
-        restore_from(&server, &snapshot.id, &restored, Some(in_bucket(&bucket_id))).await;
+    let from_copy = restore_from(
+        &server,
+        &snapshot.id,
+        &restored,
+        Some(in_bucket(&bucket_id)),
+    )
+    .await;
     assert_succeeded(&from_copy);
     for file in files {
         assert_same_file(&source.join(file), &restored.join(file));
@@ -181,8 +195,16 @@ async fn indexed_chunks(
 async fn wait_for_index(store: &Store) {
     let cancel = CancellationToken::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    while store.list("index/", &cancel).await.expect("list").is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "no pack was indexed");
+    while store
+        .list("index/", &cancel)
+        .await
+        .expect("list")
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pack was indexed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -201,8 +223,11 @@ async fn a_copy_interrupted_and_resumed_sends_nothing_twice() {
         );
     }
     let backups = WorkerProcess::spawn(&server, "backups");
-    let snapshot = run_to_success(&server, backup(&source, filesystem(&dir.path().join("orig"))))
-        .await;
+    let snapshot = run_to_success(
+        &server,
+        backup(&source, filesystem(&dir.path().join("orig"))),
+    )
+    .await;
     drop(backups);
 
     let (bucket_id, store) = garage_bucket(&server).await;
@@ -235,7 +260,13 @@ async fn a_copy_interrupted_and_resumed_sends_nothing_twice() {
     let restored = dir.path().join("restored");
     std::fs::remove_dir_all(dir.path().join("orig")).expect("delete the original");
     assert_succeeded(
-        &restore_from(&server, &snapshot.id, &restored, Some(in_bucket(&bucket_id))).await,
+        &restore_from(
+            &server,
+            &snapshot.id,
+            &restored,
+            Some(in_bucket(&bucket_id)),
+        )
+        .await,
     );
     for index in 0..4 {
         let name = format!("big-{index}.bin");

@@ -583,8 +583,10 @@ impl Session {
                 "a copy cannot write into the snapshot's own repository".into(),
             ));
         }
-        let target = super::resolve(catalog, &self.state.secrets, &copy.snapshot.target, false).await?;
-        let catalog_key = crate::runs::repositories::open_catalog_key(&self.state.secrets, &source)?;
+        let target =
+            super::resolve(catalog, &self.state.secrets, &copy.snapshot.target, false).await?;
+        let catalog_key =
+            crate::runs::repositories::open_catalog_key(&self.state.secrets, &source)?;
         Ok(pb::CopySource {
             target: Some(target),
             repository_id: source.storage_identity(),

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::catalog::scheduler::{DueTick, FiredTick};
 use crate::catalog::copies::SnapshotCopy;
+use crate::catalog::scheduler::{DueTick, FiredTick};
 use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::configuration::{
@@ -18,8 +18,8 @@ use crate::model::configuration::{
 use crate::model::limits::OwnerLimit;
 use crate::model::retention::plan::RetentionScope;
 use crate::model::run::{
-    BackupSpec, CopySpec, DownloadSpec, GcSpec, Labels, NewRun, RebuildSpec, RestoreSpec, Run, RunSpec,
-    RunState, SnapshotSource, Target, VerifySpec,
+    BackupSpec, CopySpec, DownloadSpec, GcSpec, Labels, NewRun, RebuildSpec, RestoreSpec, Run,
+    RunSpec, RunState, SnapshotSource, Target, VerifySpec,
 };
 use crate::runs::grants;
 use crate::secrets::Keyring;
@@ -698,7 +698,10 @@ impl RunAdmission {
                     "{prefix}snapshot_run_id: the snapshot's repository is not in the catalog"
                 ))
             })?;
-        if source.owner_id.is_some_and(|owner| !caller.can_access(owner)) {
+        if source
+            .owner_id
+            .is_some_and(|owner| !caller.can_access(owner))
+        {
             return Err(DomainError::PermissionDenied(format!(
                 "{prefix}snapshot_run_id: the snapshot's repository belongs to another user"
             )));

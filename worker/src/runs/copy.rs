@@ -139,9 +139,10 @@ async fn execute<R: Reporter>(
     };
     batcher.set_phase(RunPhase::Transferring);
     let mut tally = Tally::default();
-    while let Some(mut entry) = manifest.next_entry().map_err(|e| {
-        RunFailure::permanent(format!("manifest {}: {e}", plan.source_manifest_key))
-    })? {
+    while let Some(mut entry) = manifest
+        .next_entry()
+        .map_err(|e| RunFailure::permanent(format!("manifest {}: {e}", plan.source_manifest_key)))?
+    {
         if entry.kind() == EntryKind::File && !entry.chunks.is_empty() {
             copy_file(
                 &source,

@@ -162,7 +162,14 @@ impl Catalog {
                 generation,
             };
             if let Some(result) = self
-                .finish_attempt(lease, outcome, progress_json, settings, Some(&planned), None)
+                .finish_attempt(
+                    lease,
+                    outcome,
+                    progress_json,
+                    settings,
+                    Some(&planned),
+                    None,
+                )
                 .await?
             {
                 return Ok(result);

@@ -465,16 +465,15 @@ impl RunExecutor {
                 run_backup(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "backup finished");
                     context.set_progress(summary.progress.clone());
-                    let mut outcome = success(
-                        summary.size_bytes,
-                        summary.details,
-                        summary.manifest_key,
-                        summary.parent_run_id,
-                    );
-                    if let pb::run_completion::Outcome::Success(success) = &mut outcome {
-                        success.repository_generation = summary.generation.map(generation_to_proto);
-                    }
-                    outcome
+                    snapshot_success(
+                        success(
+                            summary.size_bytes,
+                            summary.details,
+                            summary.manifest_key,
+                            summary.parent_run_id,
+                        ),
+                        summary.generation,
+                    )
                 })
             }
             pb::run::Spec::Restore(restore) => {
@@ -590,16 +589,13 @@ impl RunExecutor {
                 run_copy(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "copy finished");
                     context.set_progress(summary.progress.clone());
-                    let mut outcome = success(
+                    let outcome = success(
                         summary.size_bytes,
                         summary.details,
                         summary.manifest_key,
                         None,
                     );
-                    if let pb::run_completion::Outcome::Success(success) = &mut outcome {
-                        success.repository_generation = summary.generation.map(generation_to_proto);
-                    }
-                    outcome
+                    snapshot_success(outcome, summary.generation)
                 })
             }
             pb::run::Spec::BackupDryRun(_) => Err(RunFailure::permanent(
@@ -798,6 +794,18 @@ fn key_slot_to_proto(slot: &KeySlotSummary) -> pb::RepositoryKeySlot {
         }),
         ..Default::default()
     }
+}
+
+/// A success that wrote a snapshot, reporting the key generation its
+/// repository opened to (for the catalog to pin when it has none yet).
+fn snapshot_success(
+    mut outcome: pb::run_completion::Outcome,
+    generation: Option<PinnedGeneration>,
+) -> pb::run_completion::Outcome {
+    if let pb::run_completion::Outcome::Success(success) = &mut outcome {
+        success.repository_generation = generation.map(generation_to_proto);
+    }
+    outcome
 }
 
 fn generation_to_proto(pinned: PinnedGeneration) -> pb::RepositoryGeneration {

@@ -472,12 +472,7 @@ impl Session {
             repository_id: stored.storage_identity(),
             repository_format: u32::try_from(stored.format_version).unwrap_or_default(),
             repository_encryption: repository_encryption(&stored)?.into(),
-            repository_generation: stored.pinned_generation().map(|(generation, fingerprint)| {
-                pb::RepositoryGeneration {
-                    generation,
-                    fingerprint: fingerprint.to_owned(),
-                }
-            }),
+            repository_generation: pinned_generation(&stored),
             catalog_key: catalog_key.map(|key| key.to_vec()).unwrap_or_default(),
             passphrase: passphrase
                 .map(|passphrase| passphrase.expose().to_owned())
@@ -592,12 +587,7 @@ impl Session {
             repository_id: source.storage_identity(),
             repository_format: u32::try_from(source.format_version).unwrap_or_default(),
             repository_encryption: repository_encryption(&source)?.into(),
-            repository_generation: source.pinned_generation().map(|(generation, fingerprint)| {
-                pb::RepositoryGeneration {
-                    generation,
-                    fingerprint: fingerprint.to_owned(),
-                }
-            }),
+            repository_generation: pinned_generation(&source),
             catalog_key: catalog_key.map(|key| key.to_vec()).unwrap_or_default(),
             manifest_key: copy.snapshot.manifest_key.clone(),
         })
@@ -976,6 +966,18 @@ fn repository_encryption(
         pb::RepositoryEncryption::Unspecified,
         crate::api::buckets::encryption_to_proto,
     ))
+}
+
+/// The key generation the catalog pinned for a repository, for a lease.
+fn pinned_generation(
+    repository: &crate::catalog::repositories::Repository,
+) -> Option<pb::RepositoryGeneration> {
+    repository
+        .pinned_generation()
+        .map(|(generation, fingerprint)| pb::RepositoryGeneration {
+            generation,
+            fingerprint: fingerprint.to_owned(),
+        })
 }
 
 /// What a succeeded run reported about its repository.

@@ -34,6 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "coffer.v1.WebhookChannel",
             "coffer.v1.CreateNotificationChannelResponse",
             "coffer.v1.RotateNotificationChannelSecretResponse",
+            // A copy run's source repository: its catalog key.
+            "coffer.v1.CopySource",
         ])
         .compile_protos(&protos, &[PathBuf::from("."), include])?;
     Ok(())

@@ -91,6 +91,11 @@ impl Api {
         pb::download_service_client::DownloadServiceClient::new(self.transport.clone())
     }
 
+    /// `CopyService`.
+    pub fn copies(&self) -> pb::copy_service_client::CopyServiceClient<Transport> {
+        pb::copy_service_client::CopyServiceClient::new(self.transport.clone())
+    }
+
     /// `JobService`.
     pub fn jobs(&self) -> pb::job_service_client::JobServiceClient<Transport> {
         pb::job_service_client::JobServiceClient::new(self.transport.clone())

@@ -171,6 +171,19 @@ enum Command {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Copy a snapshot into another bucket's repository (3-2-1).
+    Copy {
+        /// The snapshot (backup run id).
+        snapshot: String,
+        /// The bucket the copy goes to (id).
+        #[arg(long = "to", value_name = "BUCKET")]
+        to: String,
+        /// The repository's prefix inside the bucket.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// Collect garbage in a repository.
     Gc {
         #[command(flatten)]
@@ -424,6 +437,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let spec = pb::create_run_request::Spec::Verify(pb::VerifySpec {
                 snapshot_run_id: snapshot,
                 read_data_percent,
+            });
+            runs::start(&api, &printer, spec, wait.wait).await
+        }
+        Command::Copy {
+            snapshot,
+            to,
+            prefix,
+            wait,
+        } => {
+            let spec = pb::create_run_request::Spec::Copy(pb::CopySpec {
+                snapshot_run_id: snapshot,
+                target: Some(pb::Target {
+                    destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+                        bucket_id: to,
+                        prefix,
+                    })),
+                }),
             });
             runs::start(&api, &printer, spec, wait.wait).await
         }

@@ -30,7 +30,9 @@ pub async fn list(api: &Api, printer: &Printer, job: &str) -> anyhow::Result<()>
             .await?
             .into_inner();
         for run in &page.runs {
-            rows.push(to_json(&to_dynamic(api.pool(), "Run", run)?));
+            let mut row = to_json(&to_dynamic(api.pool(), "Run", run)?);
+            row["copies"] = copies(api, &run.id).await?.into();
+            rows.push(row);
         }
         if page.next_page_token.is_empty() {
             break;
@@ -47,8 +49,34 @@ pub async fn list(api: &Api, printer: &Printer, job: &str) -> anyhow::Result<()>
             Column::bytes("UPLOADED", "progress.bytesUploaded"),
             Column::text("ERRORS", "progress.errorCount"),
             Column::text("WORKER", "workerId"),
+            Column::text("COPIES", "copies"),
         ],
     )
+}
+
+/// Where snapshot `run_id` was copied to, as `bucket/prefix` or a path,
+/// joined with commas (empty when it has no copy).
+async fn copies(api: &Api, run_id: &str) -> anyhow::Result<String> {
+    let copies = api
+        .copies()
+        .list_snapshot_copies(pb::ListSnapshotCopiesRequest {
+            snapshot_run_id: run_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .copies;
+    let places: Vec<String> = copies
+        .iter()
+        .filter_map(|copy| copy.target.as_ref()?.destination.as_ref())
+        .map(|destination| match destination {
+            pb::target::Destination::Bucket(bucket) => {
+                format!("{}/{}", bucket.bucket_id, bucket.prefix)
+            }
+            pb::target::Destination::FilesystemPath(path) => path.clone(),
+            pb::target::Destination::NfsPath(path) => format!("nfs:{path}"),
+        })
+        .collect();
+    Ok(places.join(","))
 }
 
 /// Every file of a snapshot beneath `prefix` ("" for all), by path.

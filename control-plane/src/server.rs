@@ -33,6 +33,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     "coffer.v1.CommandService",
     "coffer.v1.DownloadService",
     "coffer.v1.NotificationService",
+    "coffer.v1.CopyService",
 ];
 
 /// The health service name that reports whether the process serves calls,
@@ -195,6 +196,9 @@ pub async fn serve_with(
         ))
         .add_service(v1::download_service_server::DownloadServiceServer::new(
             api::downloads::DownloadApi::new(state.clone()),
+        ))
+        .add_service(v1::copy_service_server::CopyServiceServer::new(
+            api::copies::CopyApi::new(state.clone()),
         ))
         .add_service(v1::grant_service_server::GrantServiceServer::new(
             api::grants::GrantApi::new(state.clone()),

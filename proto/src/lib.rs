@@ -63,5 +63,23 @@ signing_secret_debug!(
     RotateNotificationChannelSecretResponse
 );
 
+/// `Debug` of a copy run's source: where it is, not the key that opens it.
+impl std::fmt::Debug for v1::CopySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = if self.catalog_key.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("CopySource")
+            .field("target", &self.target)
+            .field("repository_id", &self.repository_id)
+            .field("repository_format", &self.repository_format)
+            .field("catalog_key", &key)
+            .field("manifest_key", &self.manifest_key)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every `coffer.v1` file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("coffer_descriptor");

@@ -23,6 +23,7 @@ use crate::run_metrics::RunMetrics;
 use crate::runs::backup::dry_run::{run_dry_run, DryRunPlan};
 use crate::runs::backup::SourceCommands;
 use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
+use crate::runs::copy::{run_copy, CopyPlan};
 use crate::runs::download::{run_download, DownloadPlan, SINK_CLOSED};
 use crate::runs::gc::{run_gc, GcPlan};
 use crate::runs::rebuild::run_rebuild;
@@ -362,6 +363,13 @@ impl RunExecutor {
                 self.allow_target(grants, removal_target)?;
             }
         }
+        if let Some(source_target) = assignment
+            .copy_source
+            .as_ref()
+            .and_then(|source| source.target.as_ref())
+        {
+            self.allow_target(grants, source_target)?;
+        }
         let access = match &spec {
             // Command sources alone read no local path.
             pb::run::Spec::Backup(backup)
@@ -405,7 +413,8 @@ impl RunExecutor {
             metrics: RunMetrics::new(run.kind),
         };
         let lease_token = context.lease().lease_token;
-        let is_backup = matches!(spec, pb::run::Spec::Backup(_));
+        // A copy writes a snapshot into its target as a backup does.
+        let is_backup = matches!(spec, pb::run::Spec::Backup(_) | pb::run::Spec::Copy(_));
         repository.adopt = matches!(spec, pb::run::Spec::RebuildCatalog(_));
         // A backup never writes into a v1 repository where the catalog
         // expects v2 (unencrypted data where it expects encrypted).
@@ -456,16 +465,15 @@ impl RunExecutor {
                 run_backup(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "backup finished");
                     context.set_progress(summary.progress.clone());
-                    let mut outcome = success(
-                        summary.size_bytes,
-                        summary.details,
-                        summary.manifest_key,
-                        summary.parent_run_id,
-                    );
-                    if let pb::run_completion::Outcome::Success(success) = &mut outcome {
-                        success.repository_generation = summary.generation.map(generation_to_proto);
-                    }
-                    outcome
+                    snapshot_success(
+                        success(
+                            summary.size_bytes,
+                            summary.details,
+                            summary.manifest_key,
+                            summary.parent_run_id,
+                        ),
+                        summary.generation,
+                    )
                 })
             }
             pb::run::Spec::Restore(restore) => {
@@ -562,6 +570,34 @@ impl RunExecutor {
                     success(to_i64(summary.bytes_reclaimed), summary.details, String::new(), None)
                 })
             }
+            pb::run::Spec::Copy(copy) => {
+                tracing::info!(run = %run_id, snapshot = %copy.snapshot_run_id, target = %target_description, "copy started");
+                let source = assignment
+                    .copy_source
+                    .take()
+                    .ok_or_else(|| RunFailure::permanent("copy assignment without its source"))?;
+                let plan = copy_plan(
+                    run_id,
+                    lease_token,
+                    source,
+                    store,
+                    repository,
+                    &store_access,
+                    &cancel,
+                )
+                .await?;
+                run_copy(plan, &reporter, cancel).await.map(|summary| {
+                    tracing::info!(run = %run_id, details = %summary.details, "copy finished");
+                    context.set_progress(summary.progress.clone());
+                    let outcome = success(
+                        summary.size_bytes,
+                        summary.details,
+                        summary.manifest_key,
+                        None,
+                    );
+                    snapshot_success(outcome, summary.generation)
+                })
+            }
             pb::run::Spec::BackupDryRun(_) => Err(RunFailure::permanent(
                 "a dry run is executed without a target; it cannot get here",
             )),
@@ -639,6 +675,51 @@ impl Executor for RunExecutor {
     }
 }
 
+/// A copy attempt's plan: the source's store opened (its local path was
+/// checked with the run's) and its repository described as the lease says.
+async fn copy_plan(
+    run_id: Uuid,
+    lease_token: i64,
+    mut source: pb::CopySource,
+    store: Arc<Store>,
+    repository: RepositoryAccess,
+    access: &StoreAccess,
+    cancel: &CancellationToken,
+) -> Result<CopyPlan, RunFailure> {
+    let target = source
+        .target
+        .take()
+        .ok_or_else(|| RunFailure::permanent("copy source without a resolved target"))?;
+    let source_store = access
+        .open(&target, cancel)
+        .await
+        .map_err(|error| RunFailure {
+            message: format!("cannot open the snapshot's repository: {error}"),
+            retryable: error.is_retryable(),
+        })?;
+    // Described as an assignment describes its own repository, so that the
+    // source is pinned and checked exactly like any other.
+    let mut described = pb::RunAssignment {
+        repository_id: std::mem::take(&mut source.repository_id),
+        repository_format: source.repository_format,
+        repository_encryption: source.repository_encryption,
+        repository_generation: source.repository_generation.take(),
+        catalog_key: std::mem::take(&mut source.catalog_key),
+        ..Default::default()
+    };
+    let mut source_access = repository_access(&mut described)?;
+    source_access.v1_fallback = true;
+    Ok(CopyPlan {
+        run_id,
+        lease_token,
+        source_store: Arc::new(source_store),
+        source: source_access,
+        source_manifest_key: source.manifest_key,
+        store,
+        repository,
+    })
+}
+
 /// What the lease says about the run's repository. The catalog key is
 /// taken out of the assignment, so that it lives only here (wiped when
 /// dropped).
@@ -713,6 +794,18 @@ fn key_slot_to_proto(slot: &KeySlotSummary) -> pb::RepositoryKeySlot {
         }),
         ..Default::default()
     }
+}
+
+/// A success that wrote a snapshot, reporting the key generation its
+/// repository opened to (for the catalog to pin when it has none yet).
+fn snapshot_success(
+    mut outcome: pb::run_completion::Outcome,
+    generation: Option<PinnedGeneration>,
+) -> pb::run_completion::Outcome {
+    if let pb::run_completion::Outcome::Success(success) = &mut outcome {
+        success.repository_generation = generation.map(generation_to_proto);
+    }
+    outcome
 }
 
 fn generation_to_proto(pinned: PinnedGeneration) -> pb::RepositoryGeneration {

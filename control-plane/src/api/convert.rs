@@ -187,7 +187,7 @@ const RUN_STATES: [RunState; 5] = [
 ];
 
 /// Every run kind, to look a proto value up.
-const RUN_KINDS: [RunKind; 8] = [
+const RUN_KINDS: [RunKind; 9] = [
     RunKind::Backup,
     RunKind::Restore,
     RunKind::Verify,
@@ -196,6 +196,7 @@ const RUN_KINDS: [RunKind; 8] = [
     RunKind::RebuildCatalog,
     RunKind::Download,
     RunKind::BackupDryRun,
+    RunKind::Copy,
 ];
 
 /// The API spelling of a run state (`RUN_STATE_QUEUED`, ...).
@@ -220,6 +221,7 @@ pub fn run_kind_to_proto(kind: RunKind) -> pb::RunKind {
         RunKind::RebuildCatalog => pb::RunKind::RebuildCatalog,
         RunKind::Download => pb::RunKind::Download,
         RunKind::BackupDryRun => pb::RunKind::BackupDryRun,
+        RunKind::Copy => pb::RunKind::Copy,
     }
 }
 
@@ -336,6 +338,7 @@ fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
             paths: restore.paths.clone(),
             destination_path: restore.destination_path.clone(),
             overwrite_newer: restore.overwrite_newer,
+            read_from: restore.read_from.as_ref().map(target_to_proto),
         }),
         RunSpec::Download(download) => pb::run::Spec::Download(pb::DownloadSpec {
             snapshot_run_id: download.snapshot.run_id.to_string(),
@@ -367,6 +370,10 @@ fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
                 repack_threshold_percent: gc.repack_threshold_percent,
             })
         }
+        RunSpec::Copy(copy) => pb::run::Spec::Copy(pb::CopySpec {
+            snapshot_run_id: copy.snapshot.run_id.to_string(),
+            target: Some(target_to_proto(&copy.target)),
+        }),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod buckets;
 pub mod commands;
 pub mod configurations;
 pub mod convert;
+pub mod copies;
 pub mod downloads;
 pub mod grants;
 pub mod jobs;

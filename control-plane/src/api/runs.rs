@@ -29,7 +29,7 @@ use crate::model::{
     check_absolute_path, check_len, check_relative_path, parse_id, parse_optional_id,
 };
 use crate::runs::admission::{
-    GcRequest, RestoreRequest, RunRequest, SnapshotChoice, VerifyRequest,
+    CopyRequest, GcRequest, RestoreRequest, RunRequest, SnapshotChoice, VerifyRequest,
 };
 use crate::runs::watch_slots::{WatchSlot, WatchSlots};
 use crate::state::AppState;
@@ -115,9 +115,10 @@ fn run_request(spec: Option<pb::create_run_request::Spec>) -> DomainResult<RunRe
         Some(Spec::Restore(restore)) => restore_request(restore).map(RunRequest::Restore),
         Some(Spec::Verify(verify)) => verify_request(&verify).map(RunRequest::Verify),
         Some(Spec::GarbageCollection(gc)) => gc_request(gc).map(RunRequest::GarbageCollection),
+        Some(Spec::Copy(copy)) => copy_request(copy).map(RunRequest::Copy),
         None => Err(DomainError::invalid(
             "spec",
-            "one of backup, restore, verify or garbage_collection is required",
+            "one of backup, restore, verify, garbage_collection or copy is required",
         )),
     }
 }
@@ -246,6 +247,10 @@ fn restore_request(restore: pb::RestoreSpec) -> DomainResult<RestoreRequest> {
             &restore.destination_path,
         ));
     }
+    let read_from = match restore.read_from {
+        Some(target) => violations.absorb(target_from_proto("restore.read_from", Some(target))),
+        None => None,
+    };
     violations.finish()?;
     let snapshot = match (snapshot_id, job_id) {
         (Some(id), _) => SnapshotChoice::Run(id),
@@ -258,6 +263,22 @@ fn restore_request(restore: pb::RestoreSpec) -> DomainResult<RestoreRequest> {
         destination_path: (!restore.destination_path.is_empty())
             .then_some(restore.destination_path),
         overwrite_newer: restore.overwrite_newer,
+        read_from,
+    })
+}
+
+/// A copy of one snapshot into another repository.
+fn copy_request(copy: pb::CopySpec) -> DomainResult<CopyRequest> {
+    let mut violations = Violations::new();
+    let snapshot_id = violations.absorb(parse_id("copy.snapshot_run_id", &copy.snapshot_run_id));
+    let target = violations.absorb(target_from_proto("copy.target", copy.target));
+    violations.finish()?;
+    let (Some(snapshot_run_id), Some(target)) = (snapshot_id, target) else {
+        return Err(DomainError::Internal("unreported violation".into()));
+    };
+    Ok(CopyRequest {
+        snapshot_run_id,
+        target,
     })
 }
 

@@ -568,14 +568,15 @@ impl Catalog {
         settings: &LeaseSettings,
     ) -> DomainResult<CompletionResult> {
         let result = self
-            .finish_attempt(lease, outcome, progress_json, settings, None)
+            .finish_attempt(lease, outcome, progress_json, settings, None, None)
             .await?;
         result
             .ok_or_else(|| DomainError::Internal("an attempt without a snapshot went stale".into()))
     }
 
     /// [`Catalog::complete_attempt`], applying the snapshot plan `planned`
-    /// in the same transaction on success. `None` when the plan went stale
+    /// (a backup) or recording the snapshot copy `copy` (a copy run) in the
+    /// same transaction on success. `None` when the plan went stale
     /// (nothing was written).
     pub(crate) async fn finish_attempt(
         &self,
@@ -584,6 +585,7 @@ impl Catalog {
         progress_json: &str,
         settings: &LeaseSettings,
         planned: Option<&PlannedCommit<'_>>,
+        copy: Option<&crate::catalog::copies::CopyCommit>,
     ) -> DomainResult<Option<CompletionResult>> {
         let WorkerLease {
             run_id,
@@ -688,6 +690,17 @@ impl Catalog {
                         .bind(manifest_key)
                         .bind(lease_token);
                     execute_in_tx!(tx, succeed, "run");
+                    if let Some(copy) = copy {
+                        let record = sqlx::query(include_str!("sql/leases/record_copy.sql"))
+                            .bind(new_id())
+                            .bind(copy.snapshot_run_id)
+                            .bind(copy.repository_id)
+                            .bind(run_id)
+                            .bind(&copy.target_json)
+                            .bind(manifest_key)
+                            .bind(now);
+                        execute_in_tx!(tx, record, "snapshot copy");
+                    }
                     let record = sqlx::query(include_str!("sql/leases/record_metadata.sql"))
                         .bind(new_id())
                         .bind(owner_id)

@@ -31,6 +31,7 @@ pub mod audit;
 pub mod buckets;
 pub mod commands;
 pub mod configurations;
+pub mod copies;
 pub(crate) mod error;
 pub mod exclusions;
 pub mod grants;

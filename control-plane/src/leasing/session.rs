@@ -449,7 +449,8 @@ impl Session {
             run.owner_id,
         )
         .await?;
-        if matches!(run.spec, RunSpec::Backup(_)) && stored.owner_id != Some(run.owner_id) {
+        let writes_snapshot = matches!(run.spec, RunSpec::Backup(_) | RunSpec::Copy(_));
+        if writes_snapshot && stored.owner_id != Some(run.owner_id) {
             return Err(DomainError::PermissionDenied(
                 "the repository of this run's target belongs to another user".to_string(),
             ));
@@ -471,12 +472,7 @@ impl Session {
             repository_id: stored.storage_identity(),
             repository_format: u32::try_from(stored.format_version).unwrap_or_default(),
             repository_encryption: repository_encryption(&stored)?.into(),
-            repository_generation: stored.pinned_generation().map(|(generation, fingerprint)| {
-                pb::RepositoryGeneration {
-                    generation,
-                    fingerprint: fingerprint.to_owned(),
-                }
-            }),
+            repository_generation: pinned_generation(&stored),
             catalog_key: catalog_key.map(|key| key.to_vec()).unwrap_or_default(),
             passphrase: passphrase
                 .map(|passphrase| passphrase.expose().to_owned())
@@ -512,6 +508,9 @@ impl Session {
             RunSpec::Download(download) => {
                 assignment.snapshot_manifest_key = download.snapshot.manifest_key.clone();
             }
+            RunSpec::Copy(copy) => {
+                assignment.copy_source = Some(self.copy_source(copy, stored.id).await?);
+            }
             RunSpec::RebuildCatalog(_) | RunSpec::BackupDryRun(_) => {}
             RunSpec::Retention(retention) => {
                 for snapshot in &retention.removed {
@@ -543,6 +542,55 @@ impl Session {
         crate::runs::commands::assign(&self.state.catalog, &run, &mut assignment).await?;
         assignment.run = Some(run.into());
         Ok(assignment)
+    }
+
+    /// The repository a copy reads, described for the lease like the run's
+    /// own: checked again now that the snapshot is still a snapshot, that it
+    /// lives in the repository the catalog knows, and that the copy does
+    /// not write into it.
+    async fn copy_source(
+        &self,
+        copy: &crate::model::run::CopySpec,
+        destination: Uuid,
+    ) -> DomainResult<pb::CopySource> {
+        let catalog = &self.state.catalog;
+        let snapshot = catalog.get_run(copy.snapshot.run_id).await?;
+        if snapshot.state != crate::model::run::RunState::Succeeded
+            || snapshot.manifest_key != copy.snapshot.manifest_key
+        {
+            return Err(DomainError::FailedPrecondition(format!(
+                "snapshot {} is no longer there to copy",
+                copy.snapshot.run_id
+            )));
+        }
+        let source = catalog
+            .find_repository(&copy.snapshot.target.repository())
+            .await?
+            .filter(|source| Some(source.id) == snapshot.repository_id)
+            .ok_or_else(|| {
+                DomainError::FailedPrecondition(format!(
+                    "snapshot {} is not in the repository the catalog records for it",
+                    copy.snapshot.run_id
+                ))
+            })?;
+        if source.id == destination {
+            return Err(DomainError::FailedPrecondition(
+                "a copy cannot write into the snapshot's own repository".into(),
+            ));
+        }
+        let target =
+            super::resolve(catalog, &self.state.secrets, &copy.snapshot.target, false).await?;
+        let catalog_key =
+            crate::runs::repositories::open_catalog_key(&self.state.secrets, &source)?;
+        Ok(pb::CopySource {
+            target: Some(target),
+            repository_id: source.storage_identity(),
+            repository_format: u32::try_from(source.format_version).unwrap_or_default(),
+            repository_encryption: repository_encryption(&source)?.into(),
+            repository_generation: pinned_generation(&source),
+            catalog_key: catalog_key.map(|key| key.to_vec()).unwrap_or_default(),
+            manifest_key: copy.snapshot.manifest_key.clone(),
+        })
     }
 
     /// The grants of the run's owner covering its paths on this worker,
@@ -595,7 +643,7 @@ impl Session {
             return Ok(None);
         };
         let wanted = match run.spec {
-            RunSpec::Backup(_) => stored.pinned_generation().is_none(),
+            RunSpec::Backup(_) | RunSpec::Copy(_) => stored.pinned_generation().is_none(),
             RunSpec::RebuildCatalog(_) => true,
             _ => false,
         };
@@ -832,7 +880,7 @@ impl Session {
             }
             match (&run.spec, &reported.generation) {
                 (
-                    RunSpec::Backup(_) | RunSpec::RebuildCatalog(_),
+                    RunSpec::Backup(_) | RunSpec::RebuildCatalog(_) | RunSpec::Copy(_),
                     Some((generation, fingerprint)),
                 ) => {
                     catalog
@@ -918,6 +966,18 @@ fn repository_encryption(
         pb::RepositoryEncryption::Unspecified,
         crate::api::buckets::encryption_to_proto,
     ))
+}
+
+/// The key generation the catalog pinned for a repository, for a lease.
+fn pinned_generation(
+    repository: &crate::catalog::repositories::Repository,
+) -> Option<pb::RepositoryGeneration> {
+    repository
+        .pinned_generation()
+        .map(|(generation, fingerprint)| pb::RepositoryGeneration {
+            generation,
+            fingerprint: fingerprint.to_owned(),
+        })
 }
 
 /// What a succeeded run reported about its repository.

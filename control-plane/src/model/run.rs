@@ -289,6 +289,10 @@ pub struct RestoreSpec {
     /// Whether files at the destination newer than the snapshot's are replaced.
     #[serde(default)]
     pub overwrite_newer: bool,
+    /// The copy read instead of the original (`snapshot` then names the
+    /// copy's target and manifest), as the request named it.
+    #[serde(default)]
+    pub read_from: Option<Target>,
     /// Labels a worker must carry (the snapshot's job's, so the worker sees the place).
     #[serde(default)]
     pub worker_selector: Labels,
@@ -307,6 +311,19 @@ pub struct DownloadSpec {
     /// that replica's coordinator leases the run.
     pub replica: Uuid,
     /// Labels a worker must carry (the snapshot's job's).
+    #[serde(default)]
+    pub worker_selector: Labels,
+}
+
+/// A copy of a snapshot into another repository (the run's own target).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopySpec {
+    /// What is copied, and where it is read from.
+    pub snapshot: SnapshotSource,
+    /// The repository the copy goes to.
+    pub target: Target,
+    /// Labels a worker must carry (the snapshot's job's, so it reaches a
+    /// local repository), widened by the grants of local paths.
     #[serde(default)]
     pub worker_selector: Labels,
 }
@@ -340,6 +357,8 @@ pub enum RunSpec {
     Download(DownloadSpec),
     /// A backup's dry run: the source walked, nothing stored.
     BackupDryRun(BackupSpec),
+    /// A copy of a snapshot into another repository.
+    Copy(CopySpec),
 }
 
 /// A retention run: exactly the snapshots its plan did not keep.
@@ -390,6 +409,7 @@ impl RunSpec {
             RunSpec::GarbageCollection(_) => RunKind::GarbageCollection,
             RunSpec::Download(_) => RunKind::Download,
             RunSpec::BackupDryRun(_) => RunKind::BackupDryRun,
+            RunSpec::Copy(_) => RunKind::Copy,
         }
     }
 
@@ -403,6 +423,7 @@ impl RunSpec {
             RunSpec::Retention(retention) => &retention.target,
             RunSpec::GarbageCollection(gc) => &gc.target,
             RunSpec::Download(download) => &download.snapshot.target,
+            RunSpec::Copy(copy) => &copy.target,
         }
     }
 
@@ -421,7 +442,8 @@ impl RunSpec {
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
             | RunSpec::GarbageCollection(_)
-            | RunSpec::Download(_) => None,
+            | RunSpec::Download(_)
+            | RunSpec::Copy(_) => None,
         }
     }
 
@@ -431,6 +453,7 @@ impl RunSpec {
             RunSpec::Backup(backup) | RunSpec::BackupDryRun(backup) => &backup.worker_selector,
             RunSpec::Restore(restore) => &restore.worker_selector,
             RunSpec::Download(download) => &download.worker_selector,
+            RunSpec::Copy(copy) => &copy.worker_selector,
             RunSpec::Verify(_)
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
@@ -449,6 +472,7 @@ impl RunSpec {
             }
             RunSpec::Restore(restore) => Some(&mut restore.worker_selector),
             RunSpec::Download(download) => Some(&mut download.worker_selector),
+            RunSpec::Copy(copy) => Some(&mut copy.worker_selector),
             RunSpec::Verify(_)
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
@@ -476,6 +500,8 @@ pub enum RunKind {
     Download,
     /// A backup's dry run.
     BackupDryRun,
+    /// A copy of a snapshot into another repository.
+    Copy,
 }
 
 impl RunKind {
@@ -496,6 +522,7 @@ impl RunKind {
             RunKind::RebuildCatalog => "rebuild_catalog",
             RunKind::Download => "download",
             RunKind::BackupDryRun => "backup_dry_run",
+            RunKind::Copy => "copy",
         }
     }
 
@@ -510,6 +537,7 @@ impl RunKind {
             "rebuild_catalog" => Ok(RunKind::RebuildCatalog),
             "download" => Ok(RunKind::Download),
             "backup_dry_run" => Ok(RunKind::BackupDryRun),
+            "copy" => Ok(RunKind::Copy),
             other => Err(DomainError::Internal(format!(
                 "unknown run kind {other:?} in catalog"
             ))),

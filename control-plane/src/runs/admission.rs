@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::auth::Caller;
+use crate::catalog::copies::SnapshotCopy;
 use crate::catalog::scheduler::{DueTick, FiredTick};
 use crate::catalog::Catalog;
 use crate::error::{DomainError, DomainResult, Violations};
@@ -17,8 +18,8 @@ use crate::model::configuration::{
 use crate::model::limits::OwnerLimit;
 use crate::model::retention::plan::RetentionScope;
 use crate::model::run::{
-    BackupSpec, DownloadSpec, GcSpec, Labels, NewRun, RebuildSpec, RestoreSpec, Run, RunSpec,
-    RunState, SnapshotSource, Target, VerifySpec,
+    BackupSpec, CopySpec, DownloadSpec, GcSpec, Labels, NewRun, RebuildSpec, RestoreSpec, Run,
+    RunSpec, RunState, SnapshotSource, Target, VerifySpec,
 };
 use crate::runs::grants;
 use crate::secrets::Keyring;
@@ -43,6 +44,17 @@ pub enum RunRequest {
     GarbageCollection(GcRequest),
     /// A download of one file, through this replica.
     Download(DownloadRequest),
+    /// A copy of a snapshot into another repository.
+    Copy(CopyRequest),
+}
+
+/// A copy request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CopyRequest {
+    /// The backup run whose snapshot is copied.
+    pub snapshot_run_id: Uuid,
+    /// The repository the copy goes to.
+    pub target: Target,
 }
 
 /// A download request.
@@ -81,6 +93,8 @@ pub struct RestoreRequest {
     pub destination_path: Option<String>,
     /// Whether files newer than the snapshot's are overwritten.
     pub overwrite_newer: bool,
+    /// A copy's target to read the snapshot from; `None` reads the original.
+    pub read_from: Option<Target>,
 }
 
 /// A verification request.
@@ -151,6 +165,7 @@ impl RunAdmission {
                 "garbage_collection.",
             ),
             RunRequest::Download(download) => (self.download(caller, download).await?, ""),
+            RunRequest::Copy(copy) => (self.copy(caller, copy).await?, "copy."),
         };
         new.request_id = request_id;
         self.check_nfs(&new.spec).await?;
@@ -298,9 +313,14 @@ impl RunAdmission {
                 (id, Some(job_id), as_of)
             }
         };
-        let (snapshot, worker_selector) = self
+        let (mut snapshot, worker_selector) = self
             .snapshot_source(caller, "restore.snapshot_run_id", snapshot_id)
             .await?;
+        if let Some(read_from) = &restore.read_from {
+            let copy = self.copy_at(snapshot.run_id, read_from).await?;
+            snapshot.target = copy.target;
+            snapshot.manifest_key = copy.manifest_key;
+        }
         let destination_path = restore
             .destination_path
             .unwrap_or_else(|| snapshot.source_path.clone());
@@ -314,6 +334,7 @@ impl RunAdmission {
                 paths: restore.paths,
                 destination_path,
                 overwrite_newer: restore.overwrite_newer,
+                read_from: restore.read_from,
                 worker_selector,
             }),
             max_attempts: self.catalog.run_default_max_attempts().await?,
@@ -345,6 +366,51 @@ impl RunAdmission {
                     as_of.to_rfc3339()
                 ))
             })
+    }
+
+    /// The committed copy of snapshot `snapshot_run_id` at `target`.
+    async fn copy_at(&self, snapshot_run_id: Uuid, target: &Target) -> DomainResult<SnapshotCopy> {
+        let no_copy = || {
+            DomainError::FailedPrecondition(format!(
+                "restore.read_from: snapshot {snapshot_run_id} has no committed copy there \
+                 (see CopyService.ListSnapshotCopies)"
+            ))
+        };
+        let Some(repository) = self.catalog.find_repository(&target.repository()).await? else {
+            return Err(no_copy());
+        };
+        self.catalog
+            .snapshot_copy_in(snapshot_run_id, repository.id)
+            .await?
+            .ok_or_else(no_copy)
+    }
+
+    /// A copy, owned by the caller, of a snapshot the caller may read into
+    /// a repository the caller owns (checked by [`Self::check_references`]
+    /// here and [`Self::check_repository`] once the location is resolved),
+    /// other than the snapshot's own.
+    async fn copy(&self, caller: &Caller, copy: CopyRequest) -> DomainResult<NewRun> {
+        let (snapshot, worker_selector) = self
+            .snapshot_source(caller, "copy.snapshot_run_id", copy.snapshot_run_id)
+            .await?;
+        self.check_references("copy.", caller, &copy.target).await?;
+        if copy.target.repository() == snapshot.target.repository() {
+            return Err(DomainError::invalid(
+                "copy.target",
+                "is the snapshot's own repository; a copy goes to another one",
+            ));
+        }
+        Ok(NewRun {
+            owner_id: caller.user.id,
+            job_id: None,
+            spec: RunSpec::Copy(CopySpec {
+                snapshot,
+                target: copy.target,
+                worker_selector,
+            }),
+            max_attempts: self.catalog.run_default_max_attempts().await?,
+            request_id: None,
+        })
     }
 
     /// A verification, owned by the caller, of a snapshot the caller may read.
@@ -569,7 +635,7 @@ impl RunAdmission {
     ) -> DomainResult<()> {
         let location = new.spec.target().repository();
         let repository = match new.spec {
-            RunSpec::Backup(_) | RunSpec::GarbageCollection(_) => Some(
+            RunSpec::Backup(_) | RunSpec::GarbageCollection(_) | RunSpec::Copy(_) => Some(
                 super::repositories::ensure_repository(
                     &self.catalog,
                     &self.secrets,
@@ -585,7 +651,12 @@ impl RunAdmission {
         };
         let foreign = match repository.owner_id {
             None => false,
-            Some(owner) if matches!(new.spec, RunSpec::Backup(_) | RunSpec::BackupDryRun(_)) => {
+            Some(owner)
+                if matches!(
+                    new.spec,
+                    RunSpec::Backup(_) | RunSpec::BackupDryRun(_) | RunSpec::Copy(_)
+                ) =>
+            {
                 owner != new.owner_id
             }
             Some(owner) => !caller.can_access(owner),
@@ -595,12 +666,51 @@ impl RunAdmission {
                 "{prefix}target: the repository there belongs to another user"
             )));
         }
+        if let RunSpec::Copy(copy) = &new.spec {
+            self.check_copy_source(caller, prefix, copy, repository.id)
+                .await?;
+        }
         if matches!(new.spec, RunSpec::GarbageCollection(_)) {
             if let Some(running) = self.catalog.active_gc_run(repository.id).await? {
                 return Err(DomainError::FailedPrecondition(format!(
                     "garbage collection {running} of this repository is still queued or running"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// A copy reads a repository the caller may access, and not the one it
+    /// writes (two spellings of one location resolve to one repository).
+    async fn check_copy_source(
+        &self,
+        caller: &Caller,
+        prefix: &str,
+        copy: &CopySpec,
+        destination: Uuid,
+    ) -> DomainResult<()> {
+        let source = self
+            .catalog
+            .find_repository(&copy.snapshot.target.repository())
+            .await?
+            .ok_or_else(|| {
+                DomainError::FailedPrecondition(format!(
+                    "{prefix}snapshot_run_id: the snapshot's repository is not in the catalog"
+                ))
+            })?;
+        if source
+            .owner_id
+            .is_some_and(|owner| !caller.can_access(owner))
+        {
+            return Err(DomainError::PermissionDenied(format!(
+                "{prefix}snapshot_run_id: the snapshot's repository belongs to another user"
+            )));
+        }
+        if source.id == destination {
+            return Err(DomainError::invalid(
+                format!("{prefix}target"),
+                "is the snapshot's own repository; a copy goes to another one",
+            ));
         }
         Ok(())
     }

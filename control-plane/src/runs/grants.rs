@@ -91,6 +91,14 @@ pub async fn path_needs(
                 uses,
             });
         }
+        // A copy reads the snapshot's repository (and writes its target,
+        // below): both are checked when local.
+        RunSpec::Copy(copy) => {
+            let field = format!("{prefix}snapshot_run_id");
+            if let Some(source) = local_repository(catalog, &field, &copy.snapshot.target).await? {
+                needs.push(source);
+            }
+        }
         RunSpec::Verify(_)
         | RunSpec::Download(_)
         | RunSpec::RebuildCatalog(_)
@@ -101,7 +109,8 @@ pub async fn path_needs(
         RunSpec::Backup(_)
         | RunSpec::BackupDryRun(_)
         | RunSpec::RebuildCatalog(_)
-        | RunSpec::GarbageCollection(_) => format!("{prefix}target"),
+        | RunSpec::GarbageCollection(_)
+        | RunSpec::Copy(_) => format!("{prefix}target"),
         _ => format!("{prefix}snapshot_run_id"),
     };
     if let Some(repository) = local_repository(catalog, &target_field, spec.target()).await? {

@@ -9,6 +9,7 @@ use pb::backup_metadata_service_client::BackupMetadataServiceClient;
 use pb::bucket_service_client::BucketServiceClient;
 use pb::command_service_client::CommandServiceClient;
 use pb::configuration_service_client::ConfigurationServiceClient;
+use pb::copy_service_client::CopyServiceClient;
 use pb::download_service_client::DownloadServiceClient;
 use pb::grant_service_client::GrantServiceClient;
 use pb::job_service_client::JobServiceClient;
@@ -84,6 +85,8 @@ pub struct Api {
     pub workers: WorkerServiceClient<Authed>,
     /// `CommandService`.
     pub commands: CommandServiceClient<Authed>,
+    /// `CopyService`.
+    pub copies: CopyServiceClient<Authed>,
 }
 
 impl Api {
@@ -107,6 +110,7 @@ impl Api {
             tags: TagServiceClient::new(authed()),
             workers: WorkerServiceClient::new(authed()),
             commands: CommandServiceClient::new(authed()),
+            copies: CopyServiceClient::new(authed()),
         }
     }
 

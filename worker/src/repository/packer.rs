@@ -50,6 +50,18 @@ impl Packer {
         queue_len: usize,
         cancel: &CancellationToken,
     ) -> Self {
+        Self::start_indexing_every(repository, queue_len, INDEX_FLUSH_PACKS, cancel)
+    }
+
+    /// [`Packer::start`], writing an index file every `index_packs`
+    /// uploaded packs (at least one): a copy indexes each pack at once, so
+    /// that a retry after a crash sends none of them again.
+    pub(crate) fn start_indexing_every(
+        repository: &Repository,
+        queue_len: usize,
+        index_packs: usize,
+        cancel: &CancellationToken,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(queue_len);
         let uploaded = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run_packer(
@@ -57,6 +69,7 @@ impl Packer {
             blob_type,
             receiver,
             Arc::clone(&uploaded),
+            index_packs.max(1),
             cancel.clone(),
         ));
         Packer {
@@ -99,7 +112,7 @@ impl Packer {
 
 /// Fills packs from the queue and uploads each when it reaches the target
 /// size (and the last one when the queue closes). Every
-/// [`INDEX_FLUSH_PACKS`] uploaded packs, and at the end, an index file names
+/// `index_packs` uploaded packs, and at the end, an index file names
 /// them, so an attempt that dies midway leaves packs a retry can reuse.
 /// Returns the bytes of index files written.
 async fn run_packer(
@@ -107,6 +120,7 @@ async fn run_packer(
     blob_type: BlobType,
     mut queue: mpsc::Receiver<EncodedChunk>,
     uploaded: Arc<AtomicU64>,
+    index_packs: usize,
     cancel: CancellationToken,
 ) -> Result<u64, RunFailure> {
     let target_size = repository.settings().pack_target_size as usize;
@@ -122,7 +136,7 @@ async fn run_packer(
             () = cancel.cancelled() => return Err(RunFailure::cancelled()),
             Some(done) = uploads.join_next(), if !uploads.is_empty() => {
                 unindexed.push(done.map_err(|e| RunFailure::retryable(format!("upload task failed: {e}")))??);
-                if unindexed.len() >= INDEX_FLUSH_PACKS {
+                if unindexed.len() >= index_packs {
                     index_bytes += write_index(&repository, std::mem::take(&mut unindexed), &cancel).await?;
                 }
                 continue;

@@ -1,9 +1,10 @@
 //! One module per run kind, each turning a plan into one attempt of a run:
-//! [`backup`], [`restore`], [`download`], [`verify`], garbage collection ([`gc`]),
+//! [`backup`], [`restore`], [`download`], [`verify`], garbage collection ([`gc`]), [`copy`],
 //! [`retention`] and catalog [`rebuild`]. Every kind runs its attempt
 //! through [`run_attempt`].
 
 pub mod backup;
+pub mod copy;
 pub mod download;
 pub mod gc;
 pub mod locks;

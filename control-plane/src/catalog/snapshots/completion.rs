@@ -54,6 +54,15 @@ impl Catalog {
                 .complete_attempt(lease, outcome, progress_json, settings)
                 .await;
         }
+        if let RunSpec::Copy(copy) = &run.spec {
+            let record = crate::catalog::copies::CopyCommit::of_run(&run, copy)?;
+            return Ok(self
+                .finish_attempt(lease, outcome, progress_json, settings, None, Some(&record))
+                .await?
+                .unwrap_or(CompletionResult::Rejected {
+                    reason: "the copy's commit went stale".into(),
+                }));
+        }
         if !matches!(run.kind, RunKind::Backup | RunKind::RebuildCatalog) {
             return self
                 .complete_attempt(lease, outcome, progress_json, settings)
@@ -153,7 +162,14 @@ impl Catalog {
                 generation,
             };
             if let Some(result) = self
-                .finish_attempt(lease, outcome, progress_json, settings, Some(&planned))
+                .finish_attempt(
+                    lease,
+                    outcome,
+                    progress_json,
+                    settings,
+                    Some(&planned),
+                    None,
+                )
                 .await?
             {
                 return Ok(result);
@@ -327,7 +343,7 @@ fn held_by_another(run: &Run, lease: WorkerLease) -> bool {
 }
 
 /// A successful attempt names the manifest key of its own attempt
-/// (`snapshots/<run>.<lease token>`) for a backup, and none for other kinds:
+/// (`snapshots/<run>.<lease token>`) for a backup or a copy, and none for other kinds:
 /// the catalog then never points a snapshot at an object another attempt
 /// (a worker whose lease was lost) may write.
 fn check_manifest_key(run: &Run, lease_token: i64, outcome: &AttemptOutcome) -> DomainResult<()> {
@@ -335,7 +351,7 @@ fn check_manifest_key(run: &Run, lease_token: i64, outcome: &AttemptOutcome) -> 
         return Ok(());
     };
     let expected = match run.kind {
-        RunKind::Backup => layout::attempt_manifest_key(run.id, lease_token),
+        RunKind::Backup | RunKind::Copy => layout::attempt_manifest_key(run.id, lease_token),
         _ => String::new(),
     };
     if *manifest_key == expected {

@@ -25,7 +25,7 @@
 mod command_source;
 pub mod dry_run;
 mod entries;
-mod manifests;
+pub(crate) mod manifests;
 mod reader;
 pub(crate) mod record;
 mod trees;

@@ -50,7 +50,7 @@ impl Packer {
         queue_len: usize,
         cancel: &CancellationToken,
     ) -> Self {
-        Self::start_indexing_every(repository, queue_len, INDEX_FLUSH_PACKS, cancel)
+        Self::start_indexing_every(repository, blob_type, queue_len, INDEX_FLUSH_PACKS, cancel)
     }
 
     /// [`Packer::start`], writing an index file every `index_packs`
@@ -58,6 +58,7 @@ impl Packer {
     /// that a retry after a crash sends none of them again.
     pub(crate) fn start_indexing_every(
         repository: &Repository,
+        blob_type: BlobType,
         queue_len: usize,
         index_packs: usize,
         cancel: &CancellationToken,

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use coffer_format::{
-    encode_chunk, layout, new_compressor, ChunkHasher, ChunkId, ChunkIndex, ContentHasher,
+    encode_chunk, layout, new_compressor, BlobType, ChunkHasher, ChunkId, ChunkIndex, ContentHasher,
     EncodedChunk, EntryKind, ManifestEntry,
 };
 use coffer_proto::v1::RunPhase;
@@ -120,16 +120,16 @@ async fn execute<R: Reporter>(
     );
     let source_index = source_index?;
     let mut manifest = source
-        .read_manifest(&plan.source_manifest_key, cancel)
+        .read_manifest(&plan.source_manifest_key, Some(&source_index), cancel)
         .await?;
     let mut header = manifest.header().clone();
     // The copy lists the whole tree; its parent may not exist there.
     header.parent_run_id = None;
 
-    let packer = Packer::start_indexing_every(&destination, PACKER_QUEUE, 1, cancel);
+    let packer = Packer::start_indexing_every(&destination, BlobType::Data, PACKER_QUEUE, 1, cancel);
     batcher.live().follow_uploads(packer.upload_counter());
     let manifest_key = layout::attempt_manifest_key(plan.run_id, plan.lease_token);
-    let mut sink = ManifestSink::start(&destination, &manifest_key, &header)?;
+    let mut sink = ManifestSink::start(&destination, &manifest_key, &header, None)?;
     let mut target = Destination {
         hasher: destination.hasher().clone(),
         index: destination_index?,

@@ -187,7 +187,7 @@ const RUN_STATES: [RunState; 5] = [
 ];
 
 /// Every run kind, to look a proto value up.
-const RUN_KINDS: [RunKind; 8] = [
+const RUN_KINDS: [RunKind; 9] = [
     RunKind::Backup,
     RunKind::Restore,
     RunKind::Verify,
@@ -196,6 +196,7 @@ const RUN_KINDS: [RunKind; 8] = [
     RunKind::RebuildCatalog,
     RunKind::Download,
     RunKind::BackupDryRun,
+    RunKind::KeySlots,
 ];
 
 /// The API spelling of a run state (`RUN_STATE_QUEUED`, ...).
@@ -220,6 +221,7 @@ pub fn run_kind_to_proto(kind: RunKind) -> pb::RunKind {
         RunKind::RebuildCatalog => pb::RunKind::RebuildCatalog,
         RunKind::Download => pb::RunKind::Download,
         RunKind::BackupDryRun => pb::RunKind::BackupDryRun,
+        RunKind::KeySlots => pb::RunKind::KeySlots,
     }
 }
 
@@ -366,6 +368,9 @@ fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
                 grace_period: Some(seconds(gc.grace_seconds)),
                 repack_threshold_percent: gc.repack_threshold_percent,
             })
+        }
+        RunSpec::KeySlots(key_slots) => {
+            pb::run::Spec::KeySlots(crate::api::key_slots::spec_to_proto(key_slots))
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod convert;
 pub mod downloads;
 pub mod grants;
 pub mod jobs;
+pub mod key_slots;
 pub mod metadata;
 pub mod notifications;
 pub mod objects;

@@ -115,9 +115,12 @@ fn run_request(spec: Option<pb::create_run_request::Spec>) -> DomainResult<RunRe
         Some(Spec::Restore(restore)) => restore_request(restore).map(RunRequest::Restore),
         Some(Spec::Verify(verify)) => verify_request(&verify).map(RunRequest::Verify),
         Some(Spec::GarbageCollection(gc)) => gc_request(gc).map(RunRequest::GarbageCollection),
+        Some(Spec::KeySlots(spec)) => {
+            super::key_slots::spec_from_proto(spec).map(RunRequest::KeySlots)
+        }
         None => Err(DomainError::invalid(
             "spec",
-            "one of backup, restore, verify or garbage_collection is required",
+            "one of backup, restore, verify, garbage_collection or key_slots is required",
         )),
     }
 }

@@ -340,6 +340,37 @@ pub enum RunSpec {
     Download(DownloadSpec),
     /// A backup's dry run: the source walked, nothing stored.
     BackupDryRun(BackupSpec),
+    /// Adding, removing or rotating an encrypted repository's key slots.
+    KeySlots(KeySlotsSpec),
+}
+
+/// What a key-slot run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySlotOperation {
+    /// Adds a passphrase slot holding every generation.
+    Add,
+    /// A rotation that leaves one slot out, then that slot's deletion.
+    Remove,
+    /// A new key generation for the slots the run can open.
+    Rotate,
+}
+
+/// A key-slot run of one repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySlotsSpec {
+    /// The repository.
+    pub target: Target,
+    /// What the run does.
+    pub operation: KeySlotOperation,
+    /// Add: the passphrase secret the new slot opens with.
+    pub passphrase_secret_id: Option<Uuid>,
+    /// Remove: the slot (32 lowercase hex digits).
+    pub slot_id: Option<String>,
+    /// Remove and rotate: passphrase secrets whose slots are kept, besides
+    /// the catalog's and the bucket's.
+    #[serde(default)]
+    pub keep_passphrase_secret_ids: Vec<Uuid>,
 }
 
 /// A retention run: exactly the snapshots its plan did not keep.
@@ -390,6 +421,7 @@ impl RunSpec {
             RunSpec::GarbageCollection(_) => RunKind::GarbageCollection,
             RunSpec::Download(_) => RunKind::Download,
             RunSpec::BackupDryRun(_) => RunKind::BackupDryRun,
+            RunSpec::KeySlots(_) => RunKind::KeySlots,
         }
     }
 
@@ -403,6 +435,7 @@ impl RunSpec {
             RunSpec::Retention(retention) => &retention.target,
             RunSpec::GarbageCollection(gc) => &gc.target,
             RunSpec::Download(download) => &download.snapshot.target,
+            RunSpec::KeySlots(key_slots) => &key_slots.target,
         }
     }
 
@@ -421,7 +454,8 @@ impl RunSpec {
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
             | RunSpec::GarbageCollection(_)
-            | RunSpec::Download(_) => None,
+            | RunSpec::Download(_)
+            | RunSpec::KeySlots(_) => None,
         }
     }
 
@@ -434,7 +468,8 @@ impl RunSpec {
             RunSpec::Verify(_)
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
-            | RunSpec::GarbageCollection(_) => &NO_LABELS,
+            | RunSpec::GarbageCollection(_)
+            | RunSpec::KeySlots(_) => &NO_LABELS,
         }
     }
 }
@@ -452,7 +487,8 @@ impl RunSpec {
             RunSpec::Verify(_)
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
-            | RunSpec::GarbageCollection(_) => None,
+            | RunSpec::GarbageCollection(_)
+            | RunSpec::KeySlots(_) => None,
         }
     }
 }
@@ -476,13 +512,20 @@ pub enum RunKind {
     Download,
     /// A backup's dry run.
     BackupDryRun,
+    /// Adding, removing or rotating key slots.
+    KeySlots,
 }
 
 impl RunKind {
     /// Whether runs of this kind delete from storage: only maintenance
-    /// workers (class `maintenance` or `all`) take them.
+    /// workers (class `maintenance` or `all`) take them. Key-slot runs
+    /// delete a removed slot and the keyring objects of an unfinished
+    /// rotation.
     pub fn deletes(self) -> bool {
-        matches!(self, RunKind::Retention | RunKind::GarbageCollection)
+        matches!(
+            self,
+            RunKind::Retention | RunKind::GarbageCollection | RunKind::KeySlots
+        )
     }
 
     /// The catalog's spelling.
@@ -496,6 +539,7 @@ impl RunKind {
             RunKind::RebuildCatalog => "rebuild_catalog",
             RunKind::Download => "download",
             RunKind::BackupDryRun => "backup_dry_run",
+            RunKind::KeySlots => "key_slots",
         }
     }
 
@@ -510,6 +554,7 @@ impl RunKind {
             "rebuild_catalog" => Ok(RunKind::RebuildCatalog),
             "download" => Ok(RunKind::Download),
             "backup_dry_run" => Ok(RunKind::BackupDryRun),
+            "key_slots" => Ok(RunKind::KeySlots),
             other => Err(DomainError::Internal(format!(
                 "unknown run kind {other:?} in catalog"
             ))),

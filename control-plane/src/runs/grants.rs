@@ -95,13 +95,15 @@ pub async fn path_needs(
         | RunSpec::Download(_)
         | RunSpec::RebuildCatalog(_)
         | RunSpec::Retention(_)
-        | RunSpec::GarbageCollection(_) => {}
+        | RunSpec::GarbageCollection(_)
+        | RunSpec::KeySlots(_) => {}
     }
     let target_field = match spec {
         RunSpec::Backup(_)
         | RunSpec::BackupDryRun(_)
         | RunSpec::RebuildCatalog(_)
-        | RunSpec::GarbageCollection(_) => format!("{prefix}target"),
+        | RunSpec::GarbageCollection(_)
+        | RunSpec::KeySlots(_) => format!("{prefix}target"),
         _ => format!("{prefix}snapshot_run_id"),
     };
     if let Some(repository) = local_repository(catalog, &target_field, spec.target()).await? {

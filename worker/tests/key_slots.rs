@@ -392,7 +392,7 @@ async fn a_rotation_never_seals_to_a_planted_slot() {
     // Someone who can write the bucket plants a passphrase slot of their own.
     let cancel = CancellationToken::new();
     let theirs = RepositoryKeys::create(
-        "another repository",
+        &uuid::Uuid::new_v4().to_string(),
         &[7; 32],
         Some(("the planter's passphrase", Argon2Params::DEFAULT)),
         chrono::Utc::now(),

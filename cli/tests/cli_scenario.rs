@@ -274,15 +274,14 @@ fn login_saves_a_private_context_and_secrets_are_never_echoed() {
 
 #[test]
 fn key_slots_are_added_and_rotated_through_the_cli() {
-    use std::io::Write as _;
     let server = Standalone::start();
     let root = server.path("keys");
     std::fs::create_dir_all(root.join("source")).expect("source");
     write_random(&root.join("source/data.bin"), 4096, 3);
     let job = server.job_over(&root, "keyed");
     server.ok(&["backup", &job, "--wait"]);
-    let mut create = server
-        .command(&[
+    let created = server.run_with_input(
+        &[
             "secrets",
             "create",
             "second",
@@ -290,19 +289,9 @@ fn key_slots_are_added_and_rotated_through_the_cli() {
             "-",
             "-o",
             "id",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    create
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"a second passphrase for the cli\n")
-        .expect("write stdin");
-    let created = create.wait_with_output().expect("secrets create");
+        ],
+        b"a second passphrase for the cli\n",
+    );
     assert!(created.status.success(), "{created:?}");
     let secret = String::from_utf8_lossy(&created.stdout).trim().to_string();
 

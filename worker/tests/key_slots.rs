@@ -17,8 +17,8 @@ use coffer_format::layout;
 use coffer_format::{AnyConfig, ObjectKind, RepositoryKeys};
 use coffer_proto::v1 as pb;
 use support::{
-    assert_restorable, assert_succeeded, create_run, noise, repository_access, run_to_success,
-    s3_bucket, start_run, wait_until_final, write, S3Server, WorkerProcess,
+    assert_restorable, assert_succeeded, create_run, noise, passphrase_secret, repository_access,
+    run_to_success, s3_bucket, start_run, wait_until_final, write, S3Server, WorkerProcess,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -37,27 +37,6 @@ fn filesystem_target(repo: &Path) -> pb::Target {
             repo.display().to_string(),
         )),
     }
-}
-
-async fn passphrase_secret(api: &coffer_control_plane::testing::Api, passphrase: &str) -> String {
-    api.secrets
-        .clone()
-        .create_secret(pb::CreateSecretRequest {
-            secret: Some(pb::Secret {
-                name: format!("passphrase-{}", uuid::Uuid::new_v4().simple()),
-                ..Default::default()
-            }),
-            passphrase: Some(pb::PassphraseValue {
-                passphrase: passphrase.into(),
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("passphrase secret")
-        .into_inner()
-        .secret
-        .expect("secret")
-        .id
 }
 
 fn key_slots(target: &pb::Target, operation: pb::KeySlotOperation) -> pb::KeySlotsSpec {

@@ -52,32 +52,23 @@ pub fn spec_from_proto(spec: pb::KeySlotsSpec) -> DomainResult<KeySlotsSpec> {
             kept.push(id);
         }
     }
-    match operation {
-        Some(KeySlotOperation::Add) => {
-            if spec.passphrase_secret_id.is_empty() {
-                violations.add("key_slots.passphrase_secret_id", "is required for ADD");
-            }
-            if slot_id.is_some() {
-                violations.add("key_slots.slot_id", "applies to REMOVE only");
-            }
-            if !kept.is_empty() {
-                violations.add(
-                    "key_slots.keep_passphrase_secret_ids",
-                    "applies to REMOVE and ROTATE only",
-                );
-            }
+    let removing = operation == Some(KeySlotOperation::Remove);
+    if removing && slot_id.is_none() {
+        violations.add("key_slots.slot_id", "is required for REMOVE");
+    }
+    if !removing && slot_id.is_some() {
+        violations.add("key_slots.slot_id", "applies to REMOVE only");
+    }
+    if operation == Some(KeySlotOperation::Add) {
+        if spec.passphrase_secret_id.is_empty() {
+            violations.add("key_slots.passphrase_secret_id", "is required for ADD");
         }
-        Some(KeySlotOperation::Remove) => {
-            if slot_id.is_none() {
-                violations.add("key_slots.slot_id", "is required for REMOVE");
-            }
+        if !kept.is_empty() {
+            violations.add(
+                "key_slots.keep_passphrase_secret_ids",
+                "applies to REMOVE and ROTATE only",
+            );
         }
-        Some(KeySlotOperation::Rotate) => {
-            if slot_id.is_some() {
-                violations.add("key_slots.slot_id", "applies to REMOVE only");
-            }
-        }
-        None => {}
     }
     if operation != Some(KeySlotOperation::Add) && !spec.passphrase_secret_id.is_empty() {
         violations.add("key_slots.passphrase_secret_id", "applies to ADD only");

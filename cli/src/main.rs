@@ -200,6 +200,9 @@ enum Command {
     /// Plan or apply retention.
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Add, remove or rotate an encrypted repository's key slots.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// List a snapshot as a tree.
     Ls {
         /// The snapshot (backup run id).
@@ -338,6 +341,42 @@ enum RetentionCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a passphrase slot from a passphrase secret of the repository's owner.
+    Add {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        /// The passphrase secret (id).
+        #[arg(long)]
+        passphrase_secret: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Remove a slot (a rotation that leaves it out).
+    Remove {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        /// The slot's id (as `coffer buckets get` shows it).
+        slot: String,
+        /// Passphrase secrets (ids) whose slots the rotation keeps.
+        #[arg(long)]
+        keep: Vec<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Start a new key generation for new data.
+    Rotate {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        /// Passphrase secrets (ids) whose slots the rotation keeps.
+        #[arg(long)]
+        keep: Vec<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -468,6 +507,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 target: Some(target),
                 grace_period: grace,
                 repack_threshold_percent,
+            });
+            runs::start(&api, &printer, spec, wait.wait).await
+        }
+        Command::Keys(keys) => {
+            let (repository, operation, secret, slot, keep, wait) = match keys {
+                KeysCommand::Add {
+                    repository,
+                    passphrase_secret,
+                    wait,
+                } => (
+                    repository,
+                    pb::KeySlotOperation::Add,
+                    passphrase_secret,
+                    String::new(),
+                    Vec::new(),
+                    wait,
+                ),
+                KeysCommand::Remove {
+                    repository,
+                    slot,
+                    keep,
+                    wait,
+                } => (
+                    repository,
+                    pb::KeySlotOperation::Remove,
+                    String::new(),
+                    slot,
+                    keep,
+                    wait,
+                ),
+                KeysCommand::Rotate {
+                    repository,
+                    keep,
+                    wait,
+                } => (
+                    repository,
+                    pb::KeySlotOperation::Rotate,
+                    String::new(),
+                    String::new(),
+                    keep,
+                    wait,
+                ),
+            };
+            let target = runs::repository_target(&api, &repository).await?;
+            let spec = pb::create_run_request::Spec::KeySlots(pb::KeySlotsSpec {
+                target: Some(target),
+                operation: operation.into(),
+                passphrase_secret_id: secret,
+                slot_id: slot,
+                keep_passphrase_secret_ids: keep,
             });
             runs::start(&api, &printer, spec, wait.wait).await
         }

@@ -271,3 +271,72 @@ fn login_saves_a_private_context_and_secrets_are_never_echoed() {
         );
     }
 }
+
+#[test]
+fn key_slots_are_added_and_rotated_through_the_cli() {
+    let server = Standalone::start();
+    let root = server.path("keys");
+    std::fs::create_dir_all(root.join("source")).expect("source");
+    write_random(&root.join("source/data.bin"), 4096, 3);
+    let job = server.job_over(&root, "keyed");
+    server.ok(&["backup", &job, "--wait"]);
+    let created = server.run_with_input(
+        &[
+            "secrets",
+            "create",
+            "second",
+            "--passphrase-file",
+            "-",
+            "-o",
+            "id",
+        ],
+        b"a second passphrase for the cli\n",
+    );
+    assert!(created.status.success(), "{created:?}");
+    let secret = String::from_utf8_lossy(&created.stdout).trim().to_string();
+
+    server.ok(&[
+        "keys",
+        "add",
+        "--job",
+        &job,
+        "--passphrase-secret",
+        &secret,
+        "--wait",
+    ]);
+    server.ok(&["keys", "rotate", "--job", &job, "--keep", &secret, "--wait"]);
+    let keyring: Vec<String> = std::fs::read_dir(root.join("repo/keyed/keyring"))
+        .expect("keyring")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        keyring.iter().filter(|name| name.starts_with("2.")).count(),
+        2,
+        "generation 2 for the catalog's slot and the added one: {keyring:?}"
+    );
+    // Removing the only catalog slot is refused, naming the field.
+    let buckets = server.ok(&["buckets", "list", "-o", "json"]);
+    let value: serde_json::Value = serde_json::from_str(&buckets).expect("JSON");
+    let catalog_slot = value
+        .as_array()
+        .and_then(|buckets| buckets.first())
+        .and_then(|bucket| bucket["keySlots"].as_array())
+        .and_then(|slots| {
+            slots
+                .iter()
+                .find(|slot| slot["kind"] == "KEY_SLOT_KIND_CATALOG")
+        })
+        .and_then(|slot| slot["slotId"].as_str())
+        .expect("the catalog slot listed")
+        .to_string();
+    let refused = server.run(&["keys", "remove", "--job", &job, &catalog_slot, "--wait"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("key_slots.slot_id"), "{stderr}");
+}

@@ -26,6 +26,7 @@ use crate::runs::backup::{run_backup, BackupPlan, ParentSnapshot};
 use crate::runs::copy::{run_copy, CopyPlan};
 use crate::runs::download::{run_download, DownloadPlan, SINK_CLOSED};
 use crate::runs::gc::{run_gc, GcPlan};
+use crate::runs::key_slots::{run_key_slots, slot_change};
 use crate::runs::rebuild::run_rebuild;
 use crate::runs::restore::{run_restore, RestorePlan};
 use crate::runs::retention::{run_retention, Removal};
@@ -389,14 +390,24 @@ impl RunExecutor {
         };
         let deletes = matches!(
             spec,
-            pb::run::Spec::Retention(_) | pb::run::Spec::GarbageCollection(_)
+            pb::run::Spec::Retention(_)
+                | pb::run::Spec::GarbageCollection(_)
+                | pb::run::Spec::KeySlots(_)
         );
         if deletes && !self.class.may_delete() {
             return Err(RunFailure::permanent(
-                "this worker is of class backup (append-only): it runs no retention or \
-                 garbage collection",
+                "this worker is of class backup (append-only): it runs no retention, \
+                 garbage collection or key-slot run",
             ));
         }
+        let slot_change = match &spec {
+            pb::run::Spec::KeySlots(key_slots) => Some(slot_change(
+                key_slots,
+                std::mem::take(&mut assignment.new_slot_passphrase),
+                std::mem::take(&mut assignment.kept_slot_passphrases),
+            )?),
+            _ => None,
+        };
         let cancel = context.cancellation().clone();
         let store_access = StoreAccess::new(self.class, &target, assignment.object_lock.as_ref())?;
         let store = store_access
@@ -598,6 +609,24 @@ impl RunExecutor {
                     snapshot_success(outcome, summary.generation)
                 })
             }
+            pb::run::Spec::KeySlots(_) => {
+                let change = slot_change
+                    .ok_or_else(|| RunFailure::permanent("a key-slot run without its change"))?;
+                tracing::info!(run = %run_id, target = %target_description, "key-slot run started");
+                run_key_slots(store, &repository, change, lease_token, &reporter, cancel)
+                    .await
+                    .map(|outcome| {
+                        tracing::info!(run = %run_id, details = %outcome.details, "key-slot run finished");
+                        let mut done = success(0, outcome.details, String::new(), None);
+                        if let pb::run_completion::Outcome::Success(success) = &mut done {
+                            success.repository_generation =
+                                outcome.generation.map(generation_to_proto);
+                            success.key_slots =
+                                outcome.key_slots.iter().map(key_slot_to_proto).collect();
+                        }
+                        done
+                    })
+            }
             pb::run::Spec::BackupDryRun(_) => Err(RunFailure::permanent(
                 "a dry run is executed without a target; it cannot get here",
             )),
@@ -620,7 +649,10 @@ impl RunExecutor {
         };
         let outcome = outcome.map(|mut outcome| {
             if let pb::run_completion::Outcome::Success(success) = &mut outcome {
-                success.key_slots = key_slots.iter().map(key_slot_to_proto).collect();
+                // A key-slot run reports the slots as it left them.
+                if success.key_slots.is_empty() {
+                    success.key_slots = key_slots.iter().map(key_slot_to_proto).collect();
+                }
             }
             outcome
         });

@@ -580,26 +580,9 @@ async fn a_new_catalog_adopts_an_unencrypted_repository(backend: Backend) {
 /// Registers Garage bucket `name` in `server` with a passphrase secret
 /// holding `passphrase`; returns the bucket's id.
 async fn bucket_with_passphrase(server: &TestServer, name: &str, passphrase: &str) -> String {
-    let secret = server
-        .admin()
-        .secrets
-        .create_secret(pb::CreateSecretRequest {
-            secret: Some(pb::Secret {
-                name: "recovery".into(),
-                ..Default::default()
-            }),
-            passphrase: Some(pb::PassphraseValue {
-                passphrase: passphrase.into(),
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("passphrase secret")
-        .into_inner()
-        .secret
-        .expect("secret");
+    let secret = support::passphrase_secret(&server.admin(), passphrase).await;
     let bucket = pb::Bucket {
-        passphrase_secret_id: secret.id,
+        passphrase_secret_id: secret,
         ..s3_bucket(&S3Server::shared(), name)
     };
     server

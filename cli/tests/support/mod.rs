@@ -93,6 +93,27 @@ impl Standalone {
         self.command(args).output().expect("run coffer")
     }
 
+    /// Runs `coffer ARGS…` with `input` on its standard input (how secret
+    /// values are passed) and returns its output, whatever the exit code.
+    pub fn run_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write as _;
+        use std::process::Stdio;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn coffer");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        child.wait_with_output().expect("run coffer")
+    }
+
     /// Runs `coffer ARGS…`, fails the test unless it exits 0, returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let output = self.run(args);

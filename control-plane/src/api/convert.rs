@@ -187,7 +187,7 @@ const RUN_STATES: [RunState; 5] = [
 ];
 
 /// Every run kind, to look a proto value up.
-const RUN_KINDS: [RunKind; 9] = [
+const RUN_KINDS: [RunKind; 10] = [
     RunKind::Backup,
     RunKind::Restore,
     RunKind::Verify,
@@ -197,6 +197,7 @@ const RUN_KINDS: [RunKind; 9] = [
     RunKind::Download,
     RunKind::BackupDryRun,
     RunKind::Copy,
+    RunKind::KeySlots,
 ];
 
 /// The API spelling of a run state (`RUN_STATE_QUEUED`, ...).
@@ -222,6 +223,7 @@ pub fn run_kind_to_proto(kind: RunKind) -> pb::RunKind {
         RunKind::Download => pb::RunKind::Download,
         RunKind::BackupDryRun => pb::RunKind::BackupDryRun,
         RunKind::Copy => pb::RunKind::Copy,
+        RunKind::KeySlots => pb::RunKind::KeySlots,
     }
 }
 
@@ -374,6 +376,9 @@ fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
             snapshot_run_id: copy.snapshot.run_id.to_string(),
             target: Some(target_to_proto(&copy.target)),
         }),
+        RunSpec::KeySlots(key_slots) => {
+            pb::run::Spec::KeySlots(crate::api::key_slots::spec_to_proto(key_slots))
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod copies;
 pub mod downloads;
 pub mod grants;
 pub mod jobs;
+pub mod key_slots;
 pub mod metadata;
 pub mod notifications;
 pub mod objects;

@@ -116,9 +116,12 @@ fn run_request(spec: Option<pb::create_run_request::Spec>) -> DomainResult<RunRe
         Some(Spec::Verify(verify)) => verify_request(&verify).map(RunRequest::Verify),
         Some(Spec::GarbageCollection(gc)) => gc_request(gc).map(RunRequest::GarbageCollection),
         Some(Spec::Copy(copy)) => copy_request(copy).map(RunRequest::Copy),
+        Some(Spec::KeySlots(spec)) => {
+            super::key_slots::spec_from_proto(spec).map(RunRequest::KeySlots)
+        }
         None => Err(DomainError::invalid(
             "spec",
-            "one of backup, restore, verify, garbage_collection or copy is required",
+            "one of backup, restore, verify, garbage_collection, copy or key_slots is required",
         )),
     }
 }

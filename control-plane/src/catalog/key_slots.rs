@@ -89,6 +89,22 @@ impl Catalog {
         }))
     }
 
+    /// The recorded key slots of repository `repository_id`, by slot id.
+    pub async fn repository_key_slots(
+        &self,
+        repository_id: Uuid,
+    ) -> DomainResult<Vec<KeySlotRecord>> {
+        let rows = on_read_pool!(self, |pool| sqlx::query_as::<_, KeySlotRow>(
+            "SELECT repository_id, slot_id, kind, generations, create_time, report_time \
+             FROM repository_key_slots WHERE repository_id = $1 ORDER BY slot_id"
+        )
+        .bind(repository_id)
+        .fetch_all(pool)
+        .await)
+        .map_err(|e| from_sqlx(e, "key slots"))?;
+        rows.into_iter().map(KeySlotRecord::try_from).collect()
+    }
+
     /// The recorded key slots of every repository that runs into bucket
     /// `bucket_id` used, by repository and slot id.
     pub async fn bucket_key_slots(&self, bucket_id: Uuid) -> DomainResult<Vec<KeySlotRecord>> {

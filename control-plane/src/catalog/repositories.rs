@@ -333,6 +333,41 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Moves the pinned generation of a v2 repository from `generation - 1`
+    /// to `generation` (a key-slot run's rotation), only while `lease` (run
+    /// id, lease token) still holds a running key-slot run on it: a zombie
+    /// attempt, or a rotation from a generation that is no longer the
+    /// pinned one, changes nothing.
+    pub async fn advance_repository_generation(
+        &self,
+        id: Uuid,
+        generation: u32,
+        fingerprint: &str,
+        lease: (Uuid, i64),
+    ) -> DomainResult<bool> {
+        let previous = i64::from(generation) - 1;
+        let affected = on_pool!(self, |pool| sqlx::query(
+            "UPDATE repositories SET generation = $2, generation_fingerprint = $3 \
+             WHERE id = $1 AND format_version = 2 AND generation = $6 \
+             AND EXISTS (SELECT 1 FROM runs WHERE runs.id = $4 AND runs.lease_token = $5 \
+             AND runs.state = 'running' AND runs.kind = 'key_slots' \
+             AND runs.repository_id = repositories.id)"
+        )
+        .bind(id)
+        .bind(i64::from(generation))
+        .bind(fingerprint)
+        .bind(lease.0)
+        .bind(lease.1)
+        .bind(previous)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| from_sqlx(e, "repository"))?;
+        Ok(affected == 1)
+    }
+}
+
 #[cfg(feature = "test-util")]
 impl Catalog {
     /// Applies only the embedded migrations numbered below `version`, so a

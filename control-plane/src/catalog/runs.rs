@@ -284,14 +284,20 @@ impl Catalog {
         Ok(super::exclusions::finish_numbered(rows, size, |row| row.id))
     }
 
-    /// The garbage collection of repository `repository_id` that is queued
-    /// or running, if any.
-    pub async fn active_gc_run(&self, repository_id: Uuid) -> DomainResult<Option<Uuid>> {
+    /// A run of `kind` on repository `repository_id` that is queued or
+    /// running, if any (garbage collections and key-slot runs of one
+    /// repository go one at a time).
+    pub async fn active_run_of_kind(
+        &self,
+        repository_id: Uuid,
+        kind: crate::model::run::RunKind,
+    ) -> DomainResult<Option<Uuid>> {
         on_pool!(self, |pool| sqlx::query_scalar::<_, Uuid>(
-            "SELECT id FROM runs WHERE kind = 'garbage_collection' AND repository_id = $1 \
+            "SELECT id FROM runs WHERE kind = $2 AND repository_id = $1 \
              AND state IN ('queued', 'running') ORDER BY id LIMIT 1"
         )
         .bind(repository_id)
+        .bind(kind.as_str())
         .fetch_optional(pool)
         .await)
         .map_err(|e| from_sqlx(e, "run"))

@@ -9,6 +9,7 @@
 //! from [`Catalog::subscribe_runs`].
 
 pub mod dispatch;
+pub mod key_slots;
 pub mod object_lock;
 pub mod session;
 pub mod settings;

@@ -529,6 +529,16 @@ impl Session {
                     });
                 }
             }
+            RunSpec::KeySlots(key_slots) => {
+                super::key_slots::assign(
+                    &self.state.catalog,
+                    &self.state.secrets,
+                    run.owner_id,
+                    key_slots,
+                    &mut assignment,
+                )
+                .await?;
+            }
             RunSpec::GarbageCollection(_) => {
                 assignment.oldest_in_flight_start_time = self
                     .state
@@ -788,7 +798,17 @@ impl Session {
         };
         // Recorded before the commit makes the run's end visible, fenced by
         // the lease like the commit itself.
-        self.record_repository(run_id, token, &reported).await;
+        let unrecorded = self.record_repository(run_id, token, &reported).await;
+        // A key-slot run succeeded only once the catalog pinned its new
+        // generation: otherwise writers would stay on the old one, which a
+        // removed slot still reads. The next attempt starts again.
+        let outcome = match (outcome, unrecorded) {
+            (AttemptOutcome::Success { .. }, Some(error)) => AttemptOutcome::Failure {
+                error,
+                retryable: true,
+            },
+            (outcome, _) => outcome,
+        };
         let result = self
             .state
             .catalog
@@ -854,16 +874,25 @@ impl Session {
     /// in storage, then the generation. Each is taken only while the
     /// repository has no pinned generation, and only while the attempt
     /// still holds its lease, so a zombie attempt records nothing.
-    async fn record_repository(&self, run_id: Uuid, token: i64, reported: &ReportedRepository) {
+    /// Returns the error of a key-slot run whose new generation was not
+    /// recorded (its success depends on it).
+    async fn record_repository(
+        &self,
+        run_id: Uuid,
+        token: i64,
+        reported: &ReportedRepository,
+    ) -> Option<String> {
         if reported.generation.is_none()
             && reported.found.is_none()
             && reported.key_slots.is_empty()
         {
-            return;
+            return None;
         }
         let catalog = &self.state.catalog;
+        let mut key_slots_run = false;
         let recorded = async {
             let run = catalog.get_run(run_id).await?;
+            key_slots_run = matches!(run.spec, RunSpec::KeySlots(_));
             let Some(repository_id) = run.repository_id else {
                 return Ok(());
             };
@@ -879,6 +908,15 @@ impl Session {
                     .await?;
             }
             match (&run.spec, &reported.generation) {
+                (RunSpec::KeySlots(_), Some((generation, fingerprint))) => {
+                    super::key_slots::advance_pin(
+                        catalog,
+                        repository_id,
+                        (*generation, fingerprint),
+                        (run_id, token),
+                    )
+                    .await
+                }
                 (
                     RunSpec::Backup(_) | RunSpec::RebuildCatalog(_) | RunSpec::Copy(_),
                     Some((generation, fingerprint)),
@@ -895,10 +933,12 @@ impl Session {
                 _ => Ok(()),
             }
         };
-        if let Err(error) = recorded.await {
-            // The next backup reports the generation again.
-            tracing::warn!(run = %run_id, %error, "recording the repository's format and key generation failed");
-        }
+        let Err(error) = recorded.await else {
+            return None;
+        };
+        // The next backup reports the generation again.
+        tracing::warn!(run = %run_id, %error, "recording the repository's format and key generation failed");
+        key_slots_run.then(|| format!("the catalog did not record the new key generation: {error}"))
     }
 
     async fn release(&mut self, release: pb::RunRelease) -> DomainResult<()> {

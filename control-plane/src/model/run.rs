@@ -359,6 +359,37 @@ pub enum RunSpec {
     BackupDryRun(BackupSpec),
     /// A copy of a snapshot into another repository.
     Copy(CopySpec),
+    /// Adding, removing or rotating an encrypted repository's key slots.
+    KeySlots(KeySlotsSpec),
+}
+
+/// What a key-slot run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySlotOperation {
+    /// Adds a passphrase slot holding every generation.
+    Add,
+    /// A rotation that leaves one slot out, then that slot's deletion.
+    Remove,
+    /// A new key generation for the slots the run can open.
+    Rotate,
+}
+
+/// A key-slot run of one repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySlotsSpec {
+    /// The repository.
+    pub target: Target,
+    /// What the run does.
+    pub operation: KeySlotOperation,
+    /// Add: the passphrase secret the new slot opens with.
+    pub passphrase_secret_id: Option<Uuid>,
+    /// Remove: the slot (32 lowercase hex digits).
+    pub slot_id: Option<String>,
+    /// Remove and rotate: passphrase secrets whose slots are kept, besides
+    /// the catalog's and the bucket's.
+    #[serde(default)]
+    pub keep_passphrase_secret_ids: Vec<Uuid>,
 }
 
 /// A retention run: exactly the snapshots its plan did not keep.
@@ -410,6 +441,7 @@ impl RunSpec {
             RunSpec::Download(_) => RunKind::Download,
             RunSpec::BackupDryRun(_) => RunKind::BackupDryRun,
             RunSpec::Copy(_) => RunKind::Copy,
+            RunSpec::KeySlots(_) => RunKind::KeySlots,
         }
     }
 
@@ -424,6 +456,7 @@ impl RunSpec {
             RunSpec::GarbageCollection(gc) => &gc.target,
             RunSpec::Download(download) => &download.snapshot.target,
             RunSpec::Copy(copy) => &copy.target,
+            RunSpec::KeySlots(key_slots) => &key_slots.target,
         }
     }
 
@@ -444,6 +477,7 @@ impl RunSpec {
             | RunSpec::GarbageCollection(_)
             | RunSpec::Download(_)
             | RunSpec::Copy(_) => None,
+            | RunSpec::KeySlots(_) => None,
         }
     }
 
@@ -457,7 +491,8 @@ impl RunSpec {
             RunSpec::Verify(_)
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
-            | RunSpec::GarbageCollection(_) => &NO_LABELS,
+            | RunSpec::GarbageCollection(_)
+            | RunSpec::KeySlots(_) => &NO_LABELS,
         }
     }
 }
@@ -476,7 +511,8 @@ impl RunSpec {
             RunSpec::Verify(_)
             | RunSpec::RebuildCatalog(_)
             | RunSpec::Retention(_)
-            | RunSpec::GarbageCollection(_) => None,
+            | RunSpec::GarbageCollection(_)
+            | RunSpec::KeySlots(_) => None,
         }
     }
 }
@@ -502,13 +538,20 @@ pub enum RunKind {
     BackupDryRun,
     /// A copy of a snapshot into another repository.
     Copy,
+    /// Adding, removing or rotating key slots.
+    KeySlots,
 }
 
 impl RunKind {
     /// Whether runs of this kind delete from storage: only maintenance
-    /// workers (class `maintenance` or `all`) take them.
+    /// workers (class `maintenance` or `all`) take them. Key-slot runs
+    /// delete a removed slot and the keyring objects of an unfinished
+    /// rotation.
     pub fn deletes(self) -> bool {
-        matches!(self, RunKind::Retention | RunKind::GarbageCollection)
+        matches!(
+            self,
+            RunKind::Retention | RunKind::GarbageCollection | RunKind::KeySlots
+        )
     }
 
     /// The catalog's spelling.
@@ -523,6 +566,7 @@ impl RunKind {
             RunKind::Download => "download",
             RunKind::BackupDryRun => "backup_dry_run",
             RunKind::Copy => "copy",
+            RunKind::KeySlots => "key_slots",
         }
     }
 
@@ -538,6 +582,7 @@ impl RunKind {
             "download" => Ok(RunKind::Download),
             "backup_dry_run" => Ok(RunKind::BackupDryRun),
             "copy" => Ok(RunKind::Copy),
+            "key_slots" => Ok(RunKind::KeySlots),
             other => Err(DomainError::Internal(format!(
                 "unknown run kind {other:?} in catalog"
             ))),

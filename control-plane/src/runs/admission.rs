@@ -44,6 +44,8 @@ pub enum RunRequest {
     GarbageCollection(GcRequest),
     /// A download of one file, through this replica.
     Download(DownloadRequest),
+    /// A key-slot run of an encrypted repository.
+    KeySlots(crate::model::run::KeySlotsSpec),
     /// A copy of a snapshot into another repository.
     Copy(CopyRequest),
 }
@@ -166,6 +168,10 @@ impl RunAdmission {
             ),
             RunRequest::Download(download) => (self.download(caller, download).await?, ""),
             RunRequest::Copy(copy) => (self.copy(caller, copy).await?, "copy."),
+            RunRequest::KeySlots(spec) => (
+                super::key_slots::admit(&self.catalog, caller, spec).await?,
+                "key_slots.",
+            ),
         };
         new.request_id = request_id;
         self.check_nfs(&new.spec).await?;
@@ -671,7 +677,11 @@ impl RunAdmission {
                 .await?;
         }
         if matches!(new.spec, RunSpec::GarbageCollection(_)) {
-            if let Some(running) = self.catalog.active_gc_run(repository.id).await? {
+            if let Some(running) = self
+                .catalog
+                .active_run_of_kind(repository.id, crate::model::run::RunKind::GarbageCollection)
+                .await?
+            {
                 return Err(DomainError::FailedPrecondition(format!(
                     "garbage collection {running} of this repository is still queued or running"
                 )));

@@ -8,5 +8,6 @@ pub mod admission;
 pub mod commands;
 pub mod downloads;
 pub mod grants;
+pub mod key_slots;
 pub mod repositories;
 pub mod watch_slots;

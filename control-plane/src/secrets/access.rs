@@ -119,21 +119,35 @@ pub async fn lease_passphrase(
     let Some(secret) = bucket.spec.passphrase_secret_id else {
         return Ok(None);
     };
-    let owner = bucket.spec.owner_id;
+    let context = format!(
+        "bucket {} may not be used as configured: passphrase_secret_id",
+        bucket.id
+    );
+    owner_passphrase(catalog, keyring, bucket.spec.owner_id, secret, &context)
+        .await
+        .map(Some)
+}
+
+/// The passphrase of secret `secret`, decrypted for a lease, after checking
+/// that it is a passphrase secret of `owner`; `context` leads the error
+/// otherwise. Errors never contain the passphrase.
+pub async fn owner_passphrase(
+    catalog: &Catalog,
+    keyring: &Keyring,
+    owner: Uuid,
+    secret: Uuid,
+    context: &str,
+) -> DomainResult<Passphrase> {
     if !catalog
         .secret_owned_by(secret, owner, SecretKind::Passphrase)
         .await?
     {
         return Err(DomainError::FailedPrecondition(format!(
-            "bucket {} may not be used as configured: passphrase_secret_id: the bucket's \
-             owner has no passphrase secret {secret}",
-            bucket.id
+            "{context}: the owner has no passphrase secret {secret}"
         )));
     }
     let (secret_owner, sealed) = catalog
         .sealed_secret_of(secret, SecretKind::Passphrase)
         .await?;
-    keyring
-        .open_passphrase(secret, secret_owner, &sealed)
-        .map(Some)
+    keyring.open_passphrase(secret, secret_owner, &sealed)
 }

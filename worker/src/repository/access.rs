@@ -48,7 +48,7 @@ pub struct KeySlotSummary {
 
 /// The key slots among `slots` (parsed) with the generations `keyring`
 /// holds for each, bounded for the report.
-fn summarize_slots(slots: &[KeySlot], keyring: &[StoredObject]) -> Vec<KeySlotSummary> {
+pub(super) fn summarize_slots(slots: &[KeySlot], keyring: &[StoredObject]) -> Vec<KeySlotSummary> {
     slots
         .iter()
         .take(MAX_REPORTED_SLOTS)
@@ -270,15 +270,7 @@ async fn open_keys(
             "the repository is encrypted and the lease carries no catalog key",
         )
     })?;
-    let slots = fetch_objects(store, layout::KEYS_PREFIX, cancel).await?;
-    let mut keyring = fetch_objects(store, layout::KEYRING_PREFIX, cancel).await?;
-    let mut slots: Vec<KeySlot> = slots
-        .iter()
-        .filter(|(key, _)| layout::parse_slot_key(key).is_some())
-        .map(|(key, bytes)| KeySlot::parse(key, bytes))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| RepositoryError::format("reading the key slots", e))?;
-    slots.sort_by_key(KeySlot::id);
+    let (mut slots, mut keyring) = fetch_keys(store, access.pinned.as_ref(), cancel).await?;
     let catalog_slots: Vec<&KeySlot> = slots
         .iter()
         .filter(|slot| slot.kind() == SlotKind::Catalog)
@@ -320,6 +312,33 @@ async fn open_keys(
         _ => choose_keys(store, candidates, access.pinned.as_ref())?,
     };
     Ok((keys, summarize_slots(&slots, &keyring)))
+}
+
+/// The key slots (parsed, by id) and keyring objects in storage. With a
+/// pinned generation, keyring objects of later generations are left out:
+/// no writer uses a generation the catalog has not pinned, whether an
+/// unfinished rotation wrote it or someone planted it.
+pub(super) async fn fetch_keys(
+    store: &Store,
+    pinned: Option<&PinnedGeneration>,
+    cancel: &CancellationToken,
+) -> Result<(Vec<KeySlot>, Vec<StoredObject>), RepositoryError> {
+    let slots = fetch_objects(store, layout::KEYS_PREFIX, cancel).await?;
+    let mut keyring = fetch_objects(store, layout::KEYRING_PREFIX, cancel).await?;
+    if let Some(pinned) = pinned {
+        keyring.retain(|(key, _)| {
+            layout::parse_keyring_key(key)
+                .is_none_or(|(generation, _)| generation <= pinned.generation)
+        });
+    }
+    let mut slots: Vec<KeySlot> = slots
+        .iter()
+        .filter(|(key, _)| layout::parse_slot_key(key).is_some())
+        .map(|(key, bytes)| KeySlot::parse(key, bytes))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RepositoryError::format("reading the key slots", e))?;
+    slots.sort_by_key(KeySlot::id);
+    Ok((slots, keyring))
 }
 
 /// Opens the repository through a passphrase slot (the catalog that held
@@ -442,7 +461,7 @@ fn check_pin(
 }
 
 /// Every object under `prefix` with its bytes, each bounded in size.
-async fn fetch_objects(
+pub(super) async fn fetch_objects(
     store: &Store,
     prefix: &str,
     cancel: &CancellationToken,

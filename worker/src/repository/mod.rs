@@ -7,6 +7,7 @@
 
 mod access;
 mod blobs;
+pub mod key_slots;
 mod manifests;
 pub(crate) mod packer;
 mod trees;

@@ -1,12 +1,13 @@
 //! One module per run kind, each turning a plan into one attempt of a run:
 //! [`backup`], [`restore`], [`download`], [`verify`], garbage collection ([`gc`]), [`copy`],
-//! [`retention`] and catalog [`rebuild`]. Every kind runs its attempt
+//! [`retention`], catalog [`rebuild`] and [`key_slots`]. Every kind runs its attempt
 //! through [`run_attempt`].
 
 pub mod backup;
 pub mod copy;
 pub mod download;
 pub mod gc;
+pub mod key_slots;
 pub mod locks;
 pub mod rebuild;
 pub mod restore;

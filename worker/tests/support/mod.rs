@@ -653,3 +653,29 @@ pub async fn repository_access(
         passphrase: None,
     }
 }
+
+/// Creates a passphrase secret holding `passphrase` through `api`; returns
+/// its id.
+pub async fn passphrase_secret(
+    api: &coffer_control_plane::testing::Api,
+    passphrase: &str,
+) -> String {
+    api.secrets
+        .clone()
+        .create_secret(pb::CreateSecretRequest {
+            secret: Some(pb::Secret {
+                name: format!("passphrase-{}", uuid::Uuid::new_v4().simple()),
+                ..Default::default()
+            }),
+            passphrase: Some(pb::PassphraseValue {
+                passphrase: passphrase.into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("passphrase secret")
+        .into_inner()
+        .secret
+        .expect("secret")
+        .id
+}

@@ -148,6 +148,21 @@ fn worker_in(zone: &'static str) -> WorkerShape {
     }
 }
 
+/// Takes the worker's next assignment and fails its run with `error`.
+async fn fail_next_assignment(worker: &mut LeaseClient, error: &str) {
+    let assignment = worker.assignment().await;
+    let failure = pb::RunFailure {
+        error: error.into(),
+        retryable: false,
+    };
+    worker
+        .complete(
+            &assignment.lease.expect("lease"),
+            pb::run_completion::Outcome::Failure(failure),
+        )
+        .await;
+}
+
 /// A scheduled job (daily at 03:00, so the scheduler leaves it alone) of
 /// the caller of `api`.
 async fn scheduled_job(api: &Api, name: &str) -> pb::Job {
@@ -187,17 +202,7 @@ async fn failed_runs_reach_a_signed_webhook_after_retries(backend: Backend) {
     let mut worker = LeaseClient::open(&server, "worker-1", &worker_in("north")).await;
     worker.credit(1).await;
     let run_id = api.queue_run(backup("/data", &[("zone", "north")])).await;
-    let assignment = worker.assignment().await;
-    let failure = pb::RunFailure {
-        error: "disk on fire".into(),
-        retryable: false,
-    };
-    worker
-        .complete(
-            &assignment.lease.expect("lease"),
-            pb::run_completion::Outcome::Failure(failure),
-        )
-        .await;
+    fail_next_assignment(&mut worker, "disk on fire").await;
 
     let received = receiver
         .wait_until(LIMIT, |r| r.iter().any(|x| x.answered == 200))
@@ -708,17 +713,7 @@ async fn a_slack_channel_posts_one_sentence_with_job_run_and_error(backend: Back
     let mut worker = LeaseClient::open(&server, "worker-1", &worker_in("stale")).await;
     worker.credit(1).await;
     let run = api.start_backup(&job.id).await;
-    let assignment = worker.assignment().await;
-    let failure = pb::RunFailure {
-        error: "disk full <!channel> @all".into(),
-        retryable: false,
-    };
-    worker
-        .complete(
-            &assignment.lease.expect("lease"),
-            pb::run_completion::Outcome::Failure(failure),
-        )
-        .await;
+    fail_next_assignment(&mut worker, "disk full <!channel> @all").await;
 
     let received = receiver.wait_until(LIMIT, |r| !r.is_empty()).await;
     let body = received[0].json();

@@ -105,16 +105,25 @@ fn channels_rules_and_deliveries_through_the_cli() {
         "json",
     ]));
     let channel = created["channel"]["id"].as_str().expect("id").to_string();
-    let secret = created["signingSecret"].as_str().expect("secret").to_string();
+    let secret = created["signingSecret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
     assert!(secret.starts_with("whsec_"), "{created}");
     let fetched = server.ok(&["channels", "get", &channel, "-o", "json"]);
     assert_eq!(json(&fetched)["webhook"]["format"], "WEBHOOK_FORMAT_SLACK");
     let listed = server.ok(&["channels", "list", "-o", "json"]);
     assert_eq!(ids(&json(&listed)), [channel.as_str()]);
     let table = server.ok(&["channels", "list"]);
-    assert!(table.contains("ops-chat") && table.contains("SLACK"), "{table}");
+    assert!(
+        table.contains("ops-chat") && table.contains("SLACK"),
+        "{table}"
+    );
     for shown in [&fetched, &listed, &table] {
-        assert!(!shown.contains(&secret), "the secret was shown again: {shown}");
+        assert!(
+            !shown.contains(&secret),
+            "the secret was shown again: {shown}"
+        );
     }
 
     let rule = json(&server.ok(&[
@@ -132,7 +141,10 @@ fn channels_rules_and_deliveries_through_the_cli() {
     let rule_id = rule["id"].as_str().expect("rule id").to_string();
     assert_eq!(
         rule["events"],
-        serde_json::json!(["NOTIFICATION_EVENT_RUN_FAILED", "NOTIFICATION_EVENT_JOB_STALE"])
+        serde_json::json!([
+            "NOTIFICATION_EVENT_RUN_FAILED",
+            "NOTIFICATION_EVENT_JOB_STALE"
+        ])
     );
     let rules = server.ok(&[
         "rules",
@@ -172,9 +184,15 @@ fn channels_rules_and_deliveries_through_the_cli() {
     assert!(new_secret.starts_with("whsec_") && new_secret != secret);
 
     server.ok(&["rules", "delete", &rule_id]);
-    assert_eq!(json(&server.ok(&["rules", "list", "-o", "json"])), serde_json::json!([]));
+    assert_eq!(
+        json(&server.ok(&["rules", "list", "-o", "json"])),
+        serde_json::json!([])
+    );
     server.ok(&["channels", "delete", &channel]);
-    assert_eq!(json(&server.ok(&["channels", "list", "-o", "json"])), serde_json::json!([]));
+    assert_eq!(
+        json(&server.ok(&["channels", "list", "-o", "json"])),
+        serde_json::json!([])
+    );
 }
 
 #[test]
@@ -224,5 +242,8 @@ fn a_bad_channel_prints_its_fields_and_a_password_is_never_printed() {
     everything.push_str(&fetched);
     everything.push_str(&server.ok(&["channels", "list", "-o", "yaml"]));
     everything.push_str(&server.ok(&["channels", "list"]));
-    assert!(!everything.contains(password), "the password was printed: {everything}");
+    assert!(
+        !everything.contains(password),
+        "the password was printed: {everything}"
+    );
 }

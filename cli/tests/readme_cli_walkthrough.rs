@@ -14,8 +14,11 @@ use support::Standalone;
 #[test]
 fn readme_cli_walkthrough_works_verbatim() {
     let server = Standalone::start();
-    let script =
-        readme_blocks::shell_blocks(&readme_blocks::readme(env!("CARGO_MANIFEST_DIR")), "cli-walkthrough").replace("localhost:50051", &format!("localhost:{}", server.port));
+    let script = readme_blocks::shell_blocks(
+        &readme_blocks::readme(env!("CARGO_MANIFEST_DIR")),
+        "cli-walkthrough",
+    )
+    .replace("localhost:50051", &format!("localhost:{}", server.port));
     let binary_dir = Path::new(env!("CARGO_BIN_EXE_coffer"))
         .parent()
         .expect("bin dir");

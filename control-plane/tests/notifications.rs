@@ -662,7 +662,10 @@ async fn bad_channels_name_their_fields(backend: Backend) {
         .await
         .expect_err("refused");
     assert_violations(&status, &["channel.email.username"]);
-    assert!(!status.message().contains("never-in-an-error"), "{status:?}");
+    assert!(
+        !status.message().contains("never-in-an-error"),
+        "{status:?}"
+    );
 }
 
 /// A Slack-format channel posts `{"text": ...}` naming the job, run, state
@@ -723,7 +726,10 @@ async fn a_slack_channel_posts_one_sentence_with_job_run_and_error(backend: Back
     for part in ["nightly-db", "failed", "disk full", run.id.as_str()] {
         assert!(text.contains(part), "{part:?} missing from {text:?}");
     }
-    assert!(!text.contains("<!channel>") && !text.contains("@all"), "{text}");
+    assert!(
+        !text.contains("<!channel>") && !text.contains("@all"),
+        "{text}"
+    );
     assert!(received[0].signed_with(&secret), "still signed");
 }
 

@@ -141,7 +141,11 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
 fn readme_walkthrough_works_verbatim() {
     let dir = tempfile::tempdir().expect("temp dir");
     let control_plane = ControlPlane::start_in(dir.path(), free_port());
-    let script = readme_blocks::shell_blocks(&readme_blocks::readme(env!("CARGO_MANIFEST_DIR")), "walkthrough").replace(
+    let script = readme_blocks::shell_blocks(
+        &readme_blocks::readme(env!("CARGO_MANIFEST_DIR")),
+        "walkthrough",
+    )
+    .replace(
         "localhost:50051",
         &format!("127.0.0.1:{}", control_plane.port),
     );

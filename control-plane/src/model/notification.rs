@@ -672,8 +672,12 @@ mod tests {
         let text = refused(email(Some("ops"), SmtpSecurity::None), "pw-plain\n");
         assert!(text.contains("email.username"), "{text}");
         assert!(!text.contains("pw-plain"), "{text}");
-        let accepted = check_email("email.", email(Some("ops"), SmtpSecurity::ImplicitTls), "pw")
-            .expect("accepted");
+        let accepted = check_email(
+            "email.",
+            email(Some("ops"), SmtpSecurity::ImplicitTls),
+            "pw",
+        )
+        .expect("accepted");
         assert_eq!(accepted.port, 465);
     }
 

@@ -55,7 +55,10 @@ mod tests {
         let sent: Value = serde_json::from_str(&body(&payload)).expect("JSON");
         let text = sent["text"].as_str().expect("text");
         assert!(!text.contains('<') && !text.contains('>'), "{text}");
-        assert!(text.contains("&lt;!channel&gt;") && text.contains("&amp;"), "{text}");
+        assert!(
+            text.contains("&lt;!channel&gt;") && text.contains("&amp;"),
+            "{text}"
+        );
         assert!(!text.contains("@all"), "{text}");
         assert_eq!(sent.as_object().map(|o| o.len()), Some(1), "{sent}");
     }

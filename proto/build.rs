@@ -32,6 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "coffer.v1.LeasedS3Credentials",
             // Notification secrets: a webhook's headers, a signing secret.
             "coffer.v1.WebhookChannel",
+            // An SMTP login's password.
+            "coffer.v1.EmailChannel",
             "coffer.v1.CreateNotificationChannelResponse",
             "coffer.v1.RotateNotificationChannelSecretResponse",
             // A copy run's source repository: its catalog key.

@@ -650,6 +650,7 @@ pub const RESOURCES: &[Resource] = &[
             Column::text("ID", "id"),
             Column::text("NAME", "name"),
             Column::text("WEBHOOK", "webhook.url"),
+            Column::enumeration("FORMAT", "webhook.format"),
             Column::text("SMTP HOST", "email.host"),
             Column::text("TO", "email.to"),
             TIME,

@@ -2,6 +2,8 @@
 //! against the real standalone control plane, as
 //! `control-plane/tests/readme_walkthrough.rs` does for the grpcurl one.
 
+#[path = "../../control-plane/tests/support/readme_blocks.rs"]
+mod readme_blocks;
 mod support;
 
 use std::path::Path;
@@ -9,41 +11,14 @@ use std::process::Command;
 
 use support::Standalone;
 
-/// The shell blocks between the CLI walkthrough's markers.
-fn cli_walkthrough() -> String {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .expect("read README.md");
-    let start = readme
-        .find("<!-- cli-walkthrough:begin -->")
-        .expect("begin marker");
-    let end = readme
-        .find("<!-- cli-walkthrough:end -->")
-        .expect("end marker");
-    let mut script = String::new();
-    let mut in_block = false;
-    for line in readme[start..end].lines() {
-        if line.starts_with("```sh") {
-            in_block = true;
-        } else if line.starts_with("```") {
-            in_block = false;
-        } else if in_block {
-            script.push_str(line);
-            script.push('\n');
-        }
-    }
-    assert!(
-        !script.trim().is_empty(),
-        "the CLI walkthrough has no shell blocks"
-    );
-    script
-}
-
 #[test]
 fn readme_cli_walkthrough_works_verbatim() {
     let server = Standalone::start();
-    let script =
-        cli_walkthrough().replace("localhost:50051", &format!("localhost:{}", server.port));
+    let script = readme_blocks::shell_blocks(
+        &readme_blocks::readme(env!("CARGO_MANIFEST_DIR")),
+        "cli-walkthrough",
+    )
+    .replace("localhost:50051", &format!("localhost:{}", server.port));
     let binary_dir = Path::new(env!("CARGO_BIN_EXE_coffer"))
         .parent()
         .expect("bin dir");

@@ -74,23 +74,39 @@ pub async fn prepare(config: &Config) -> anyhow::Result<AppState> {
     };
     let auth = Authenticator::new(catalog.clone(), mode);
     let secrets = secrets_keyring(config)?;
-    let resealed = catalog.reseal_secrets(&secrets).await?;
-    if resealed > 0 {
-        tracing::info!(
-            resealed,
-            "secrets sealed by a previous key were sealed again with the current one"
-        );
-    }
-    let resealed = catalog.reseal_catalog_keys(&secrets).await?;
-    if resealed > 0 {
-        tracing::info!(
-            resealed,
-            "repository catalog keys sealed by a previous key were sealed again with the current one"
-        );
-    }
+    reseal_under_primary_key(&catalog, &secrets).await?;
     Ok(AppState::new(catalog, auth)
         .with_scheduler_settings(config.scheduler_settings())
         .with_secrets(secrets))
+}
+
+/// Seals again under the primary key of `secrets` everything a previous key
+/// sealed (secrets, repositories' catalog keys, notification channels), so
+/// the old key can be retired once a start with both keys has run.
+pub async fn reseal_under_primary_key(
+    catalog: &Catalog,
+    secrets: &Keyring,
+) -> crate::error::DomainResult<()> {
+    let counts = [
+        ("secrets", catalog.reseal_secrets(secrets).await?),
+        (
+            "repository catalog keys",
+            catalog.reseal_catalog_keys(secrets).await?,
+        ),
+        (
+            "notification channels",
+            catalog.reseal_notification_channels(secrets).await?,
+        ),
+    ];
+    for (what, resealed) in counts {
+        if resealed > 0 {
+            tracing::info!(
+                resealed,
+                "{what} sealed by a previous key were sealed again with the current one"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The TLS material to serve with: `--tls-cert`/`--tls-key`, else in

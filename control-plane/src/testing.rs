@@ -362,6 +362,16 @@ impl TestServer {
         )
     }
 
+    /// Restarts like [`TestServer::restart`] with other secrets keys, after
+    /// the start-up's resealing under the new primary key.
+    pub async fn restart_with_secrets(mut self, secrets: Keyring) -> TestServer {
+        crate::startup::reseal_under_primary_key(&self.state.catalog, &secrets)
+            .await
+            .expect("reseal under the new key");
+        self.state = self.state.clone().with_secrets(secrets);
+        self.restart().await
+    }
+
     /// Sets the configuration `key` to `value` as the admin; panics when it
     /// is refused.
     pub async fn configure(&self, key: &str, value: &str) -> pb::Configuration {

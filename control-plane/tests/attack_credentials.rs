@@ -210,6 +210,89 @@ async fn secret_values_never_leave_the_server(backend: Backend) {
     assert_absent(&logged, &bad, "the server's log");
 }
 
+/// An e-mail channel's SMTP password goes in once and comes out nowhere:
+/// not in a response (create, get, list, a failed test send), not in the
+/// `Debug` of the request, not in the server's log.
+async fn smtp_passwords_never_leave_the_server(backend: Backend) {
+    let logs = captured_logs();
+    let server = TestServer::start(backend).await;
+    server
+        .configure("notification_allowed_networks", "127.0.0.0/8")
+        .await;
+    let (_, token) = server.create_user("alice").await;
+    let alice = server.as_user(&token);
+    let password = format!("smtp {} password", uuid::Uuid::new_v4().simple());
+    // A port nothing listens on: the test send fails after the login was read.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let channel = pb::NotificationChannel {
+        name: "mail".into(),
+        kind: Some(pb::notification_channel::Kind::Email(pb::EmailChannel {
+            host: "127.0.0.1".into(),
+            port: u32::from(closed),
+            security: pb::SmtpSecurity::ImplicitTls as i32,
+            from: "coffer@example.com".into(),
+            to: vec!["ops@example.com".into()],
+            username: "alice-mail".into(),
+            password: password.clone(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let mut shown = format!("{channel:?}");
+    let mut notifications = alice.notifications.clone();
+    let created = notifications
+        .create_notification_channel(pb::CreateNotificationChannelRequest {
+            channel: Some(channel),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let id = created.channel.as_ref().expect("channel").id.clone();
+    let mut responses = vec![created.encode_to_vec()];
+    let fetched = notifications
+        .get_notification_channel(pb::GetNotificationChannelRequest { id: id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    let Some(pb::notification_channel::Kind::Email(email)) =
+        fetched.channel.as_ref().and_then(|c| c.kind.clone())
+    else {
+        panic!("an e-mail channel: {fetched:?}");
+    };
+    assert_eq!(email.username, "alice-mail");
+    assert!(email.password.is_empty());
+    responses.push(fetched.encode_to_vec());
+    let listed = notifications
+        .list_notification_channels(pb::ListNotificationChannelsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    responses.push(listed.encode_to_vec());
+    let tested = notifications
+        .test_notification_channel(pb::TestNotificationChannelRequest { id })
+        .await
+        .expect("test")
+        .into_inner();
+    let delivery = tested.delivery.clone().expect("delivery");
+    assert_eq!(
+        delivery.state,
+        pb::NotificationDeliveryState::Failed as i32,
+        "{delivery:?}"
+    );
+    responses.push(tested.encode_to_vec());
+    shown.push_str(&format!("{created:?} {fetched:?} {listed:?} {tested:?}"));
+    assert!(!contains(shown.as_bytes(), &password), "{shown}");
+    for (i, response) in responses.iter().enumerate() {
+        assert!(!contains(response, &password), "response {i} leaked it");
+    }
+    let logged = logs.lock().expect("logs").clone();
+    assert!(!logged.is_empty(), "the log capture works");
+    assert!(!contains(&logged, &password), "the server's log leaked it");
+}
+
 async fn a_foreign_secret_is_indistinguishable_from_a_missing_one(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (_, alice_token) = server.create_user("alice").await;
@@ -1066,6 +1149,7 @@ async fn leases_carry_the_passphrase_only_to_the_backup_that_creates(backend: Ba
 }
 
 both_backends!(
+    smtp_passwords_never_leave_the_server,
     passphrases_never_leave_the_server,
     passphrases_are_bounded_and_never_taken_for_credentials,
     leases_carry_the_passphrase_only_to_the_backup_that_creates,

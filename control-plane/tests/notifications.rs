@@ -49,6 +49,7 @@ fn webhook_channel(name: &str, url: &str, headers: &[(&str, &str)]) -> pb::Notif
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+                ..Default::default()
             },
         )),
         ..Default::default()
@@ -147,6 +148,21 @@ fn worker_in(zone: &'static str) -> WorkerShape {
     }
 }
 
+/// Takes the worker's next assignment and fails its run with `error`.
+async fn fail_next_assignment(worker: &mut LeaseClient, error: &str) {
+    let assignment = worker.assignment().await;
+    let failure = pb::RunFailure {
+        error: error.into(),
+        retryable: false,
+    };
+    worker
+        .complete(
+            &assignment.lease.expect("lease"),
+            pb::run_completion::Outcome::Failure(failure),
+        )
+        .await;
+}
+
 /// A scheduled job (daily at 03:00, so the scheduler leaves it alone) of
 /// the caller of `api`.
 async fn scheduled_job(api: &Api, name: &str) -> pb::Job {
@@ -186,17 +202,7 @@ async fn failed_runs_reach_a_signed_webhook_after_retries(backend: Backend) {
     let mut worker = LeaseClient::open(&server, "worker-1", &worker_in("north")).await;
     worker.credit(1).await;
     let run_id = api.queue_run(backup("/data", &[("zone", "north")])).await;
-    let assignment = worker.assignment().await;
-    let failure = pb::RunFailure {
-        error: "disk on fire".into(),
-        retryable: false,
-    };
-    worker
-        .complete(
-            &assignment.lease.expect("lease"),
-            pb::run_completion::Outcome::Failure(failure),
-        )
-        .await;
+    fail_next_assignment(&mut worker, "disk on fire").await;
 
     let received = receiver
         .wait_until(LIMIT, |r| r.iter().any(|x| x.answered == 200))
@@ -631,9 +637,166 @@ async fn bad_channels_name_their_fields(backend: Backend) {
         .await
         .expect_err("refused");
     assert_violations(&status, &["channel.email.from", "channel.email.to[1]"]);
+    let mut unknown_format = webhook_channel("hook", "https://hooks.example.com/x", &[]);
+    if let Some(pb::notification_channel::Kind::Webhook(webhook)) = &mut unknown_format.kind {
+        webhook.format = 99;
+    }
+    let status = try_create_channel(&api, unknown_format)
+        .await
+        .expect_err("refused");
+    assert_violations(&status, &["channel.webhook.format"]);
+    let plaintext_login = pb::NotificationChannel {
+        name: "mail".into(),
+        kind: Some(pb::notification_channel::Kind::Email(pb::EmailChannel {
+            host: "smtp.example.com".into(),
+            security: pb::SmtpSecurity::None as i32,
+            from: "coffer@example.com".into(),
+            to: vec!["ops@example.com".into()],
+            username: "coffer".into(),
+            password: "never-in-an-error".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let status = try_create_channel(&api, plaintext_login)
+        .await
+        .expect_err("refused");
+    assert_violations(&status, &["channel.email.username"]);
+    assert!(
+        !status.message().contains("never-in-an-error"),
+        "{status:?}"
+    );
+}
+
+/// A Slack-format channel posts `{"text": ...}` naming the job, run, state
+/// and error, with the error's markup made inert; Get and List show the
+/// format.
+async fn a_slack_channel_posts_one_sentence_with_job_run_and_error(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    allow_loopback(&server).await;
+    let receiver = Receiver::start(Answer::OkAfterFailures(0)).await;
+    let (_, token) = server.create_user("tenant").await;
+    let api = server.as_user(&token);
+    let mut slack = webhook_channel("slack", &receiver.url(), &[]);
+    if let Some(pb::notification_channel::Kind::Webhook(webhook)) = &mut slack.kind {
+        webhook.format = pb::WebhookFormat::Slack as i32;
+    }
+    let (channel, secret) = create_channel(&api, slack).await;
+    let format_of = |channel: &pb::NotificationChannel| match &channel.kind {
+        Some(pb::notification_channel::Kind::Webhook(webhook)) => webhook.format,
+        other => panic!("not a webhook: {other:?}"),
+    };
+    let fetched = api
+        .notifications
+        .clone()
+        .get_notification_channel(pb::GetNotificationChannelRequest {
+            id: channel.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .channel
+        .expect("channel");
+    let listed = api
+        .notifications
+        .clone()
+        .list_notification_channels(pb::ListNotificationChannelsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .channels;
+    for shown in [&channel, &fetched, &listed[0]] {
+        assert_eq!(format_of(shown), pb::WebhookFormat::Slack as i32);
+    }
+    try_create_rule(&api, rule(&channel.id, &[pb::NotificationEvent::RunFailed]))
+        .await
+        .expect("rule");
+
+    let job = scheduled_job(&api, "nightly-db").await;
+    let mut worker = LeaseClient::open(&server, "worker-1", &worker_in("stale")).await;
+    worker.credit(1).await;
+    let run = api.start_backup(&job.id).await;
+    fail_next_assignment(&mut worker, "disk full <!channel> @all").await;
+
+    let received = receiver.wait_until(LIMIT, |r| !r.is_empty()).await;
+    let body = received[0].json();
+    let object = body.as_object().expect("a JSON object");
+    assert_eq!(object.keys().collect::<Vec<_>>(), ["text"], "{body}");
+    let text = body["text"].as_str().expect("text");
+    for part in ["nightly-db", "failed", "disk full", run.id.as_str()] {
+        assert!(text.contains(part), "{part:?} missing from {text:?}");
+    }
+    assert!(
+        !text.contains("<!channel>") && !text.contains("@all"),
+        "{text}"
+    );
+    assert!(received[0].signed_with(&secret), "still signed");
+}
+
+/// A channel sealed under a key that is then replaced keeps working: a
+/// start with both keys reseals it, and a start with the new key alone
+/// still opens its signing secret and its SMTP password.
+async fn replacing_the_key_reseals_every_channel(backend: Backend) {
+    use coffer_control_plane::secrets::{Keyring, SecretKey};
+    let old_key = SecretKey::generate();
+    let server =
+        TestServer::start_with_secrets(backend, Keyring::new(old_key.clone(), Vec::new())).await;
+    allow_loopback(&server).await;
+    let receiver = Receiver::start(Answer::OkAfterFailures(0)).await;
+    let (_, token) = server.create_user("tenant").await;
+    let api = server.as_user(&token);
+    let (webhook, secret) =
+        create_channel(&api, webhook_channel("ops", &receiver.url(), &[])).await;
+    let (mail, _) = create_channel(
+        &api,
+        pb::NotificationChannel {
+            name: "mail".into(),
+            kind: Some(pb::notification_channel::Kind::Email(pb::EmailChannel {
+                host: "127.0.0.1".into(),
+                port: 2525,
+                from: "coffer@example.com".into(),
+                to: vec!["ops@example.com".into()],
+                username: "coffer".into(),
+                password: "smtp-password-before-the-new-key".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let new_key = SecretKey::generate();
+    let server = server
+        .restart_with_secrets(Keyring::new(new_key.clone(), vec![old_key]))
+        .await;
+    let server = server
+        .restart_with_secrets(Keyring::new(new_key.clone(), Vec::new()))
+        .await;
+    let api = server.as_user(&token);
+    let delivery = test_channel(&api, &webhook.id).await;
+    assert_eq!(
+        delivery.state,
+        pb::NotificationDeliveryState::Delivered as i32,
+        "{delivery:?}"
+    );
+    assert!(receiver.received()[0].signed_with(&secret));
+    let mail_id = mail.id.parse().expect("UUID");
+    let (stored, sealed) = server
+        .catalog()
+        .notification_channel(mail_id, None)
+        .await
+        .expect("row");
+    assert_eq!(sealed.key_id, new_key.id());
+    let values = server
+        .secrets()
+        .open_channel(mail_id, stored.spec.owner_id, &sealed)
+        .expect("the new key alone opens it");
+    assert_eq!(values.smtp_password, "smtp-password-before-the-new-key");
 }
 
 both_backends!(
+    a_slack_channel_posts_one_sentence_with_job_run_and_error,
+    replacing_the_key_reseals_every_channel,
     failed_runs_reach_a_signed_webhook_after_retries,
     a_rotated_secret_signs_and_the_old_one_no_longer_does,
     internal_addresses_and_redirects_are_refused,

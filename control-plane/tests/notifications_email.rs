@@ -103,7 +103,7 @@ async fn notices_are_mailed_through_smtp(backend: Backend) {
                     security: pb::SmtpSecurity::None as i32,
                     from: "Coffer <coffer@example.com>".into(),
                     to: vec!["ops@example.com".into(), "oncall@example.com".into()],
-                    credentials_secret_id: String::new(),
+                    ..Default::default()
                 })),
                 ..Default::default()
             }),

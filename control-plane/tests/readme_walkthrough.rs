@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/readme_blocks.rs"]
+mod readme_blocks;
+
 const SERVICES: &[&str] = &[
     "coffer.v1.AuditService",
     "coffer.v1.BackupMetadataService",
@@ -134,40 +137,15 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn readme() -> String {
-    let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    std::fs::read_to_string(path).expect("read README.md")
-}
-
-/// The shell blocks between the walkthrough markers of the README.
-fn walkthrough_script(readme: &str) -> String {
-    let start = readme
-        .find("<!-- walkthrough:begin -->")
-        .expect("walkthrough begin marker");
-    let end = readme
-        .find("<!-- walkthrough:end -->")
-        .expect("walkthrough end marker");
-    let mut script = String::new();
-    let mut in_block = false;
-    for line in readme[start..end].lines() {
-        if line.starts_with("```sh") {
-            in_block = true;
-        } else if line.starts_with("```") {
-            in_block = false;
-        } else if in_block {
-            script.push_str(line);
-            script.push('\n');
-        }
-    }
-    assert!(!script.trim().is_empty(), "walkthrough has no shell blocks");
-    script
-}
-
 #[test]
 fn readme_walkthrough_works_verbatim() {
     let dir = tempfile::tempdir().expect("temp dir");
     let control_plane = ControlPlane::start_in(dir.path(), free_port());
-    let script = walkthrough_script(&readme()).replace(
+    let script = readme_blocks::shell_blocks(
+        &readme_blocks::readme(env!("CARGO_MANIFEST_DIR")),
+        "walkthrough",
+    )
+    .replace(
         "localhost:50051",
         &format!("127.0.0.1:{}", control_plane.port),
     );

@@ -36,6 +36,28 @@ impl std::fmt::Debug for v1::WebhookChannel {
         f.debug_struct("WebhookChannel")
             .field("url", &self.url)
             .field("headers", &names)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+/// `Debug` of an e-mail channel: everything but the password's value.
+impl std::fmt::Debug for v1::EmailChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let password = if self.password.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("EmailChannel")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("credentials_secret_id", &self.credentials_secret_id)
+            .field("username", &self.username)
+            .field("password", &password)
             .finish()
     }
 }

@@ -17,7 +17,7 @@ use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::notification::{
     check_channel_text, check_email, check_webhook, Channel, ChannelSecrets, ChannelSpec,
     ChannelTarget, Delivery, DeliveryState, EmailTarget, Event, EventSet, Rule, RuleSpec,
-    SmtpSecurity,
+    SmtpSecurity, WebhookFormat,
 };
 use crate::model::{parse_id, parse_optional_id};
 use crate::notifications::address::AddressPolicy;
@@ -42,6 +42,10 @@ impl From<Channel> for pb::NotificationChannel {
     fn from(channel: Channel) -> Self {
         let kind = match channel.spec.target {
             ChannelTarget::Webhook(webhook) => {
+                let format = match webhook.format {
+                    WebhookFormat::Coffer => pb::WebhookFormat::Coffer,
+                    WebhookFormat::Slack => pb::WebhookFormat::Slack,
+                };
                 pb::notification_channel::Kind::Webhook(pb::WebhookChannel {
                     url: webhook.url,
                     // Names only: the values are sealed and never returned.
@@ -50,6 +54,7 @@ impl From<Channel> for pb::NotificationChannel {
                         .into_iter()
                         .map(|name| (name, String::new()))
                         .collect(),
+                    format: format.into(),
                 })
             }
             ChannelTarget::Email(email) => {
@@ -65,6 +70,9 @@ impl From<Channel> for pb::NotificationChannel {
                     from: email.from,
                     to: email.to,
                     credentials_secret_id: optional_id(email.credentials_secret_id),
+                    username: email.username.unwrap_or_default(),
+                    // Input only: sealed, never returned.
+                    password: String::new(),
                 })
             }
         };
@@ -157,22 +165,40 @@ impl From<Delivery> for pb::NotificationDelivery {
     }
 }
 
-/// A channel's target and the values to seal, validated; `prefix` starts
-/// the field names (`channel.`).
+/// A channel's target and the values to seal (without the signing secret,
+/// which the server makes), validated; `prefix` starts the field names
+/// (`channel.`).
 fn target_of(
     prefix: &str,
     kind: Option<pb::notification_channel::Kind>,
-) -> DomainResult<(ChannelTarget, BTreeMap<String, String>)> {
+) -> DomainResult<(ChannelTarget, ChannelSecrets)> {
     match kind {
         None => Err(DomainError::invalid(
             format!("{prefix}kind"),
             "set webhook or email",
         )),
         Some(pb::notification_channel::Kind::Webhook(webhook)) => {
+            let field = format!("{prefix}webhook.");
+            let format = match pb::WebhookFormat::try_from(webhook.format) {
+                Ok(pb::WebhookFormat::Unspecified | pb::WebhookFormat::Coffer) => {
+                    WebhookFormat::Coffer
+                }
+                Ok(pb::WebhookFormat::Slack) => WebhookFormat::Slack,
+                Err(_) => {
+                    return Err(DomainError::invalid(
+                        format!("{field}format"),
+                        "must be WEBHOOK_FORMAT_COFFER or WEBHOOK_FORMAT_SLACK",
+                    ))
+                }
+            };
             let headers = webhook.headers.into_iter().collect();
-            let (target, headers) =
-                check_webhook(&format!("{prefix}webhook."), &webhook.url, headers)?;
-            Ok((ChannelTarget::Webhook(target), headers))
+            let (target, headers) = check_webhook(&field, &webhook.url, headers, format)?;
+            let secrets = ChannelSecrets {
+                signing_secret: String::new(),
+                headers,
+                smtp_password: String::new(),
+            };
+            Ok((ChannelTarget::Webhook(target), secrets))
         }
         Some(pb::notification_channel::Kind::Email(email)) => {
             let field = format!("{prefix}email.");
@@ -195,6 +221,7 @@ fn target_of(
                 &format!("{field}credentials_secret_id"),
                 &email.credentials_secret_id,
             )?;
+            let username = (!email.username.is_empty()).then_some(email.username);
             let target = check_email(
                 &field,
                 EmailTarget {
@@ -204,9 +231,16 @@ fn target_of(
                     from: email.from,
                     to: email.to,
                     credentials_secret_id,
+                    username,
                 },
+                &email.password,
             )?;
-            Ok((ChannelTarget::Email(target), BTreeMap::new()))
+            let secrets = ChannelSecrets {
+                signing_secret: String::new(),
+                headers: BTreeMap::new(),
+                smtp_password: email.password,
+            };
+            Ok((ChannelTarget::Email(target), secrets))
         }
     }
 }
@@ -272,7 +306,7 @@ impl NotificationApi {
         ));
         let target = violations.absorb(target_of("channel.", channel.kind));
         violations.finish()?;
-        let Some((target, headers)) = target else {
+        let Some((target, mut secrets)) = target else {
             return Err(DomainError::invalid("channel.kind", "is required"));
         };
         let spec = ChannelSpec {
@@ -313,14 +347,9 @@ impl NotificationApi {
         }
         let policy = AddressPolicy::current(&self.state.catalog).await?;
         check_reachable(&policy, "channel.", &spec.target).await?;
-        let signing_secret = match spec.target {
-            ChannelTarget::Webhook(_) => generate_signing_secret(),
-            ChannelTarget::Email(_) => String::new(),
-        };
-        let secrets = ChannelSecrets {
-            signing_secret,
-            headers,
-        };
+        if let ChannelTarget::Webhook(_) = spec.target {
+            secrets.signing_secret = generate_signing_secret();
+        }
         let id = new_id();
         let sealed = self
             .state

@@ -13,11 +13,12 @@ use uuid::Uuid;
 
 use super::{fetch_scoped, from_json, on_pool, on_read_pool, to_json, Catalog, Page};
 use crate::catalog::error::from_sqlx;
+use crate::catalog::secrets::SealedColumns;
 use crate::error::{DomainError, DomainResult};
 use crate::model::notification::{
     Channel, ChannelSpec, ChannelTarget, Delivery, DeliveryState, Event, EventSet, Rule, RuleSpec,
 };
-use crate::secrets::Sealed;
+use crate::secrets::{Keyring, Sealed};
 
 const CHANNEL_COLUMNS: &str =
     "id, owner_id, name, description, settings, key_id, nonce, ciphertext, create_time, update_time";
@@ -387,6 +388,43 @@ impl Catalog {
         .map_err(|e| from_sqlx(e, "notification channel"))?
         .ok_or_else(|| DomainError::not_found("notification channel", id))?;
         Ok(row.into_channel()?.0)
+    }
+
+    /// Seals again under the primary key the values (signing secret,
+    /// headers, SMTP password) of every channel a previous key of `keyring`
+    /// sealed, as [`Catalog::reseal_secrets`] does for secrets. A row is
+    /// replaced only if no one resealed or rotated it meanwhile; rows no key
+    /// opens are left and logged. Returns how many were resealed.
+    pub async fn reseal_notification_channels(&self, keyring: &Keyring) -> DomainResult<usize> {
+        let Some(primary) = keyring.primary_id() else {
+            return Ok(0);
+        };
+        let sql = format!("SELECT {CHANNEL_COLUMNS} FROM notification_channels WHERE key_id <> $1");
+        let rows = on_pool!(self, |pool| sqlx::query_as::<_, ChannelRow>(&sql)
+            .bind(primary)
+            .fetch_all(pool)
+            .await)
+        .map_err(|e| from_sqlx(e, "notification channels"))?;
+        let mut resealed = 0;
+        for row in rows {
+            let (channel, old) = row.into_channel()?;
+            let (id, owner) = (channel.id, channel.spec.owner_id);
+            let new = match keyring
+                .open_channel(id, owner, &old)
+                .and_then(|values| keyring.seal_channel(id, owner, &values))
+            {
+                Ok(new) => new,
+                Err(error) => {
+                    tracing::warn!(channel = %id, %error, "notification channel not resealed");
+                    continue;
+                }
+            };
+            let changed = self
+                .replace_sealed(&SealedColumns::CHANNELS, id, &old, &new)
+                .await?;
+            resealed += usize::from(changed);
+        }
+        Ok(resealed)
     }
 
     /// Deletes a channel within `owner_scope`, with its rules and deliveries.

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::{new_id, on_pool, Catalog};
 use crate::catalog::error::from_sqlx;
+use crate::catalog::secrets::SealedColumns;
 use crate::error::{DomainError, DomainResult};
 use crate::model::bucket::RepositoryEncryption;
 use crate::secrets::{Keyring, Sealed};
@@ -208,22 +209,10 @@ impl Catalog {
                 }
             };
             let new = keyring.seal_catalog_key(repository.id, &key)?;
-            let changed = on_pool!(self, |pool| sqlx::query(
-                "UPDATE repositories SET catalog_key_id = $2, catalog_key_nonce = $3, \
-                 catalog_key_sealed = $4 WHERE id = $1 AND catalog_key_id = $5 \
-                 AND catalog_key_nonce = $6"
-            )
-            .bind(repository.id)
-            .bind(&new.key_id)
-            .bind(&new.nonce)
-            .bind(&new.ciphertext)
-            .bind(&old.key_id)
-            .bind(&old.nonce)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))
-            .map_err(|e| from_sqlx(e, "repository"))?;
-            resealed += usize::try_from(changed).unwrap_or(0);
+            let changed = self
+                .replace_sealed(&SealedColumns::CATALOG_KEYS, repository.id, &old, &new)
+                .await?;
+            resealed += usize::from(changed);
         }
         Ok(resealed)
     }

@@ -296,11 +296,36 @@ impl Catalog {
                     continue;
                 }
             };
-            let changed = on_pool!(self, |pool| sqlx::query(
-                "UPDATE secrets SET key_id = $2, nonce = $3, ciphertext = $4 \
-                 WHERE id = $1 AND key_id = $5 AND nonce = $6"
-            )
-            .bind(row.id)
+            let changed = self
+                .replace_sealed(&SealedColumns::SECRETS, row.id, &old, &new)
+                .await?;
+            resealed += usize::from(changed);
+        }
+        Ok(resealed)
+    }
+
+    /// Replaces row `id`'s sealed value `old` with `new` in the columns
+    /// `columns` name, unless the row no longer holds `old` (someone
+    /// resealed or rotated it meanwhile); returns whether it did.
+    pub(crate) async fn replace_sealed(
+        &self,
+        columns: &SealedColumns,
+        id: Uuid,
+        old: &Sealed,
+        new: &Sealed,
+    ) -> DomainResult<bool> {
+        let SealedColumns {
+            table,
+            key_id,
+            nonce,
+            ciphertext,
+        } = columns;
+        let sql = format!(
+            "UPDATE {table} SET {key_id} = $2, {nonce} = $3, {ciphertext} = $4 \
+             WHERE id = $1 AND {key_id} = $5 AND {nonce} = $6"
+        );
+        let changed = on_pool!(self, |pool| sqlx::query(&sql)
+            .bind(id)
             .bind(&new.key_id)
             .bind(&new.nonce)
             .bind(&new.ciphertext)
@@ -309,9 +334,39 @@ impl Catalog {
             .execute(pool)
             .await
             .map(|done| done.rows_affected()))
-            .map_err(|e| from_sqlx(e, "secret"))?;
-            resealed += usize::try_from(changed).unwrap_or(0);
-        }
-        Ok(resealed)
+        .map_err(|e| from_sqlx(e, table))?;
+        Ok(changed > 0)
     }
+}
+
+/// Where a table keeps a sealed value: the table and its three columns.
+pub(crate) struct SealedColumns {
+    table: &'static str,
+    key_id: &'static str,
+    nonce: &'static str,
+    ciphertext: &'static str,
+}
+
+impl SealedColumns {
+    /// A secret's values.
+    pub(crate) const SECRETS: SealedColumns = SealedColumns {
+        table: "secrets",
+        key_id: "key_id",
+        nonce: "nonce",
+        ciphertext: "ciphertext",
+    };
+    /// A repository's catalog key.
+    pub(crate) const CATALOG_KEYS: SealedColumns = SealedColumns {
+        table: "repositories",
+        key_id: "catalog_key_id",
+        nonce: "catalog_key_nonce",
+        ciphertext: "catalog_key_sealed",
+    };
+    /// A notification channel's values.
+    pub(crate) const CHANNELS: SealedColumns = SealedColumns {
+        table: "notification_channels",
+        key_id: "key_id",
+        nonce: "nonce",
+        ciphertext: "ciphertext",
+    };
 }

@@ -48,6 +48,20 @@ pub struct WebhookTarget {
     pub url: String,
     /// Names of the extra headers.
     pub header_names: Vec<String>,
+    /// The body's format (channels made before formats existed are Coffer's).
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+/// What a webhook's body looks like.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// The documented Coffer JSON.
+    #[default]
+    Coffer,
+    /// `{"text": ...}` for Slack and Mattermost incoming hooks.
+    Slack,
 }
 
 /// How an SMTP connection is secured.
@@ -75,8 +89,13 @@ pub struct EmailTarget {
     pub from: String,
     /// Recipients.
     pub to: Vec<String>,
-    /// Secret of the channel's owner holding the login, if any.
+    /// Secret of the channel's owner holding the login, if any (the older
+    /// way; a channel's own login is [`EmailTarget::username`]).
     pub credentials_secret_id: Option<Uuid>,
+    /// The user name of the channel's own login, if any; its password is
+    /// sealed in [`ChannelSecrets::smtp_password`].
+    #[serde(default)]
+    pub username: Option<String>,
 }
 
 /// Where a channel's notices go.
@@ -144,11 +163,15 @@ pub struct ChannelSecrets {
     pub signing_secret: String,
     /// A webhook's extra headers, by name.
     pub headers: BTreeMap<String, String>,
+    /// An e-mail channel's SMTP password (empty: no login of its own).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub smtp_password: String,
 }
 
 impl Drop for ChannelSecrets {
     fn drop(&mut self) {
         self.signing_secret.zeroize();
+        self.smtp_password.zeroize();
         for value in self.headers.values_mut() {
             value.zeroize();
         }
@@ -160,6 +183,7 @@ impl fmt::Debug for ChannelSecrets {
         f.debug_struct("ChannelSecrets")
             .field("signing_secret", &"<redacted>")
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("smtp_password", &"<redacted>")
             .finish()
     }
 }
@@ -170,6 +194,7 @@ pub fn check_webhook(
     prefix: &str,
     url: &str,
     headers: BTreeMap<String, String>,
+    format: WebhookFormat,
 ) -> DomainResult<(WebhookTarget, BTreeMap<String, String>)> {
     let mut violations = Violations::new();
     violations.absorb(check_webhook_url(&format!("{prefix}url"), url));
@@ -201,6 +226,7 @@ pub fn check_webhook(
     let target = WebhookTarget {
         url: url.to_string(),
         header_names: checked.keys().cloned().collect(),
+        format,
     };
     Ok((target, checked))
 }
@@ -243,9 +269,49 @@ pub fn check_mailbox(field: &str, value: &str) -> DomainResult<()> {
         .map_err(|_| DomainError::invalid(field, "is not an e-mail address"))
 }
 
-/// Checks an e-mail channel's settings; `port` 0 picks the security's usual
-/// port.
-pub fn check_email(prefix: &str, mut email: EmailTarget) -> DomainResult<EmailTarget> {
+/// Checks an SMTP login's user name and password; the errors never repeat
+/// the password.
+fn check_smtp_login(
+    prefix: &str,
+    email: &EmailTarget,
+    password: &str,
+    violations: &mut Violations,
+) {
+    let Some(username) = &email.username else {
+        if !password.is_empty() {
+            violations.add(format!("{prefix}password"), "needs a username");
+        }
+        return;
+    };
+    let user_field = format!("{prefix}username");
+    if violations
+        .absorb(check_len(&user_field, username, 1, 256))
+        .is_some()
+        && username.chars().any(char::is_control)
+    {
+        violations.add(&user_field, "must not contain control characters");
+    }
+    if email.credentials_secret_id.is_some() {
+        violations.add(
+            &user_field,
+            "a channel has its own login or names a secret, not both",
+        );
+    }
+    if password.is_empty() || password.len() > 1024 || password.chars().any(char::is_control) {
+        violations.add(
+            format!("{prefix}password"),
+            "must be 1-1024 bytes without control characters",
+        );
+    }
+}
+
+/// Checks an e-mail channel's settings (and the password of its own login,
+/// empty for none); `port` 0 picks the security's usual port.
+pub fn check_email(
+    prefix: &str,
+    mut email: EmailTarget,
+    password: &str,
+) -> DomainResult<EmailTarget> {
     let mut violations = Violations::new();
     let host_field = format!("{prefix}host");
     if violations
@@ -265,11 +331,18 @@ pub fn check_email(prefix: &str, mut email: EmailTarget) -> DomainResult<EmailTa
     for (i, to) in email.to.iter().enumerate() {
         violations.absorb(check_mailbox(&format!("{prefix}to[{i}]"), to));
     }
-    if email.security == SmtpSecurity::None && email.credentials_secret_id.is_some() {
-        violations.add(
-            format!("{prefix}credentials_secret_id"),
-            "a login is never sent without TLS; choose STARTTLS or implicit TLS",
-        );
+    check_smtp_login(prefix, &email, password, &mut violations);
+    if email.security == SmtpSecurity::None {
+        let login_field = match email.username {
+            Some(_) => Some("username"),
+            None => email.credentials_secret_id.map(|_| "credentials_secret_id"),
+        };
+        if let Some(name) = login_field {
+            violations.add(
+                format!("{prefix}{name}"),
+                "a login is never sent without TLS; choose STARTTLS or implicit TLS",
+            );
+        }
     }
     violations.finish()?;
     if email.port == 0 {
@@ -524,8 +597,13 @@ mod tests {
             ),
             ("Coffer-Signature".to_string(), "forged".to_string()),
         ]);
-        let error = check_webhook("channel.webhook.", "https://hooks.example.com/x", headers)
-            .expect_err("refused");
+        let error = check_webhook(
+            "channel.webhook.",
+            "https://hooks.example.com/x",
+            headers,
+            WebhookFormat::Slack,
+        )
+        .expect_err("refused");
         let text = error.to_string();
         assert!(text.contains("channel.webhook.headers"), "{text}");
         assert!(!text.contains("s3cr3t"), "{text}");
@@ -562,11 +640,52 @@ mod tests {
         let secrets = ChannelSecrets {
             signing_secret: "whsec_visible".into(),
             headers: BTreeMap::from([("authorization".into(), "Bearer hidden".into())]),
+            smtp_password: "smtp-hidden".into(),
         };
         let shown = format!("{secrets:?}");
         assert!(
             !shown.contains("whsec_visible") && !shown.contains("hidden"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn an_smtp_login_needs_both_halves_and_tls() {
+        let email = |username: Option<&str>, security| EmailTarget {
+            host: "smtp.example.com".into(),
+            port: 0,
+            security,
+            from: "coffer@example.com".into(),
+            to: vec!["ops@example.com".into()],
+            credentials_secret_id: None,
+            username: username.map(str::to_string),
+        };
+        let refused = |target, password: &str| {
+            check_email("email.", target, password)
+                .expect_err("refused")
+                .to_string()
+        };
+        let text = refused(email(None, SmtpSecurity::StartTls), "pw-orphan");
+        assert!(text.contains("email.password"), "{text}");
+        let text = refused(email(Some("ops"), SmtpSecurity::StartTls), "");
+        assert!(text.contains("email.password"), "{text}");
+        let text = refused(email(Some("ops"), SmtpSecurity::None), "pw-plain\n");
+        assert!(text.contains("email.username"), "{text}");
+        assert!(!text.contains("pw-plain"), "{text}");
+        let accepted = check_email(
+            "email.",
+            email(Some("ops"), SmtpSecurity::ImplicitTls),
+            "pw",
+        )
+        .expect("accepted");
+        assert_eq!(accepted.port, 465);
+    }
+
+    #[test]
+    fn channel_values_without_a_password_read_as_before() {
+        let stored = r#"{"signing_secret":"whsec_x","headers":{}}"#;
+        let values: ChannelSecrets = serde_json::from_str(stored).expect("old values");
+        assert!(values.smtp_password.is_empty());
+        assert_eq!(serde_json::to_string(&values).expect("encode"), stored);
     }
 }

@@ -247,7 +247,7 @@ fn human(duration: ChronoDuration) -> String {
 /// rule's scope holds runs of its owner, or everyone's for an admin's).
 fn run_payload(id: Uuid, event: Event, found: &RunMatch, now: DateTime<Utc>) -> Value {
     let what = match &found.job_name {
-        Some(name) => format!("{} run of job {name}", found.kind),
+        Some(name) => format!("{} run {} of job {name}", found.kind, found.run_id),
         None => format!("{} run {}", found.kind, found.run_id),
     };
     let text = match event {

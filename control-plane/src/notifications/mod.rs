@@ -16,6 +16,7 @@
 pub mod address;
 pub mod email;
 pub mod events;
+pub mod slack;
 pub mod webhook;
 
 use std::time::Duration;
@@ -31,6 +32,7 @@ use crate::error::{DomainError, DomainResult};
 use crate::model::configuration::{NOTIFICATION_MAX_ATTEMPTS, NOTIFICATION_RETRY_BASE_SECONDS};
 use crate::model::notification::{
     Channel, ChannelSecrets, ChannelTarget, Delivery, DeliveryState, EmailTarget, Event,
+    WebhookFormat,
 };
 use crate::secrets::Keyring;
 use address::AddressPolicy;
@@ -299,10 +301,14 @@ impl Notifier {
         let policy = AddressPolicy::current(&self.catalog).await.map_err(fail)?;
         match &channel.spec.target {
             ChannelTarget::Webhook(target) => {
+                let body = match target.format {
+                    WebhookFormat::Coffer => payload.to_string(),
+                    WebhookFormat::Slack => slack::body(payload),
+                };
                 let notice = webhook::Notice {
                     delivery_id: delivery.id,
                     event: delivery.event,
-                    body: payload,
+                    body: &body,
                     now: Utc::now(),
                 };
                 webhook::post(target, &secrets, &policy, &notice)
@@ -312,7 +318,7 @@ impl Notifier {
             }
             ChannelTarget::Email(target) => {
                 let login = self
-                    .smtp_login(&channel, target)
+                    .smtp_login(&channel, target, &secrets)
                     .await
                     .map_err(|error| (kind, error))?;
                 let (subject, text) = email_text(delivery.event, payload);
@@ -324,12 +330,20 @@ impl Notifier {
         }
     }
 
-    /// The login an e-mail channel names: a secret of the channel's owner.
+    /// An e-mail channel's login: its own (the password sealed with the
+    /// channel), or the older way, a secret of the channel's owner it names.
     async fn smtp_login(
         &self,
         channel: &Channel,
         target: &EmailTarget,
+        secrets: &ChannelSecrets,
     ) -> Result<Option<email::Login>, AttemptError> {
+        if let Some(username) = &target.username {
+            return Ok(Some(email::Login {
+                user: zeroize::Zeroizing::new(username.clone()),
+                password: zeroize::Zeroizing::new(secrets.smtp_password.clone()),
+            }));
+        }
         let Some(secret_id) = target.credentials_secret_id else {
             return Ok(None);
         };

@@ -79,6 +79,7 @@ mod tests {
         let values = ChannelSecrets {
             signing_secret: generate_signing_secret(),
             headers: Default::default(),
+            smtp_password: "smtp-password".into(),
         };
         let sealed = keyring.seal_channel(id, owner, &values).expect("seal");
         assert_eq!(

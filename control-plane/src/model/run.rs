@@ -477,7 +477,7 @@ impl RunSpec {
             | RunSpec::GarbageCollection(_)
             | RunSpec::Download(_)
             | RunSpec::Copy(_) => None,
-            | RunSpec::KeySlots(_) => None,
+            RunSpec::KeySlots(_) => None,
         }
     }
 

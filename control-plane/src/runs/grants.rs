@@ -112,7 +112,7 @@ pub async fn path_needs(
         | RunSpec::RebuildCatalog(_)
         | RunSpec::GarbageCollection(_)
         | RunSpec::Copy(_) => format!("{prefix}target"),
-        | RunSpec::KeySlots(_) => format!("{prefix}target"),
+        RunSpec::KeySlots(_) => format!("{prefix}target"),
         _ => format!("{prefix}snapshot_run_id"),
     };
     if let Some(repository) = local_repository(catalog, &target_field, spec.target()).await? {

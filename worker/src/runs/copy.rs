@@ -20,8 +20,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use coffer_format::{
-    encode_chunk, layout, new_compressor, BlobType, ChunkHasher, ChunkId, ChunkIndex, ContentHasher,
-    EncodedChunk, EntryKind, ManifestEntry,
+    encode_chunk, layout, new_compressor, BlobType, ChunkHasher, ChunkId, ChunkIndex,
+    ContentHasher, EncodedChunk, EntryKind, ManifestEntry,
 };
 use coffer_proto::v1::RunPhase;
 use futures::stream::{self, StreamExt};
@@ -126,7 +126,8 @@ async fn execute<R: Reporter>(
     // The copy lists the whole tree; its parent may not exist there.
     header.parent_run_id = None;
 
-    let packer = Packer::start_indexing_every(&destination, BlobType::Data, PACKER_QUEUE, 1, cancel);
+    let packer =
+        Packer::start_indexing_every(&destination, BlobType::Data, PACKER_QUEUE, 1, cancel);
     batcher.live().follow_uploads(packer.upload_counter());
     let manifest_key = layout::attempt_manifest_key(plan.run_id, plan.lease_token);
     let mut sink = ManifestSink::start(&destination, &manifest_key, &header, None)?;

@@ -1,6 +1,7 @@
 //! The job scheduler over real gRPC and real catalogs: exactly-once firing
 //! with two control-plane replicas on one PostgreSQL, leader failover, the
-//! missed-run and overlap policies, and next run times in the API.
+//! missed-run and overlap policies, one-shot start times, and next run times
+//! in the API.
 //!
 //! Ticks are driven without waiting for the wall clock: a test moves a job's
 //! `next_run_time` into the past (`Catalog::set_next_run_time`), as if the tick
@@ -675,7 +676,171 @@ async fn bad_schedules_name_the_field(backend: Backend) {
     assert_eq!(unchanged.next_run_time, created.next_run_time);
 }
 
+/// A one-shot job (seed 2's `start_time`): `pb::Job` with a start time and
+/// no schedule, writing to the filesystem.
+fn one_shot_job(name: &str, start: DateTime<Utc>) -> pb::Job {
+    pb::Job {
+        schedule: None,
+        start_time: Some(prost_types::Timestamp {
+            seconds: start.timestamp(),
+            nanos: 0,
+        }),
+        ..daily_job(name)
+    }
+}
+
+/// The catalog's clock, in whole seconds (a start time's resolution here).
+async fn now_seconds(server: &TestServer) -> DateTime<Utc> {
+    let now = server.catalog().now().await.expect("catalog clock");
+    DateTime::from_timestamp(now.timestamp(), 0).expect("in range")
+}
+
+/// A job created with a start time shows it as its next run time, fires once
+/// at it with two replicas scheduling, and never again; one whose start time
+/// is a few seconds past (a client's clock behind) fires at once.
+async fn a_start_time_runs_the_job_once(backend: Backend) {
+    let first = TestServer::start_with_scheduler(backend, fast()).await;
+    let second = first.start_replica().await;
+    let replicas = [&first, &second];
+    let (owner, token) = first.create_user("alice").await;
+    let start = now_seconds(&first).await + chrono::Duration::hours(1);
+    let job = create_job(&first, &token, one_shot_job("once", start)).await;
+    let id = job_id(&job);
+    assert_eq!(job.start_time.as_ref().map(time_of), Some(start));
+    assert_eq!(job.next_run_time.as_ref().map(time_of), Some(start));
+    let listed = first
+        .as_user(&token)
+        .jobs
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert_eq!(listed[0].next_run_time.as_ref().map(time_of), Some(start));
+
+    // Its time comes (driven as the other tests drive ticks).
+    let tick = make_due(&first, id, chrono::Duration::milliseconds(200)).await;
+    wait_for(&replicas, "the one-shot to fire", |statuses| {
+        total(statuses, |s| s.runs_created) >= 1
+    })
+    .await;
+    let runs = runs_of(&first, id).await;
+    first
+        .catalog()
+        .cancel_run(runs[0].id, "test")
+        .await
+        .expect("cancel");
+    wait_rounds(&replicas, 3).await;
+    let statuses = replicas.map(|replica| replica.scheduler().status());
+    assert_eq!(total(&statuses, |s| s.runs_created), 1, "fired once");
+    let runs = runs_of(&first, id).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].request_id, Some(scheduled_request_id(id, tick)));
+    assert_eq!(runs[0].owner_id.to_string(), owner.id);
+    let fired = get_job(&first, &token, &job.id).await;
+    assert!(fired.next_run_time.is_none(), "a one-shot has no next tick");
+    assert_eq!(fired.start_time.as_ref().map(time_of), Some(start));
+
+    // Editing the fired job (its start time now past) does not re-arm it.
+    let edited = update_job(
+        &first,
+        &token,
+        pb::Job {
+            id: job.id.clone(),
+            description: "ran once".into(),
+            start_time: fired.start_time.clone(),
+            ..Default::default()
+        },
+        &["description", "start_time"],
+    )
+    .await;
+    assert!(edited.next_run_time.is_none());
+
+    // A start time just behind the control plane's clock fires at once.
+    let behind = now_seconds(&first).await - chrono::Duration::seconds(5);
+    let late = create_job(&first, &token, one_shot_job("late", behind)).await;
+    wait_for(&replicas, "the late one-shot to fire", |statuses| {
+        total(statuses, |s| s.runs_created) >= 2
+    })
+    .await;
+    assert_eq!(runs_of(&first, job_id(&late)).await.len(), 1);
+    assert!(get_job(&first, &token, &late.id)
+        .await
+        .next_run_time
+        .is_none());
+}
+
+/// A start time far in the past, beside a cron expression, or on a paused
+/// schedule is INVALID_ARGUMENT naming the field; clearing it cancels the
+/// one-shot, and setting a new one arms it again.
+async fn bad_start_times_name_the_field(backend: Backend) {
+    let server = TestServer::start_with_scheduler(backend, no_scheduler()).await;
+    let (_, token) = server.create_user("alice").await;
+    let now = now_seconds(&server).await;
+    let past = one_shot_job("past", now - chrono::Duration::hours(1));
+    let with_cron = pb::Job {
+        schedule: daily_job("x").schedule,
+        ..one_shot_job("with-cron", now + chrono::Duration::hours(1))
+    };
+    let paused = pb::Job {
+        schedule: Some(pb::Schedule {
+            paused: true,
+            ..Default::default()
+        }),
+        ..one_shot_job("paused", now + chrono::Duration::hours(1))
+    };
+    for (job, field) in [
+        (past, "job.start_time"),
+        (with_cron, "job.start_time"),
+        (paused, "job.schedule.paused"),
+    ] {
+        let name = job.name.clone();
+        let status = server
+            .as_user(&token)
+            .create_job(job)
+            .await
+            .expect_err("bad start time");
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}");
+        assert_eq!(violated_fields(&status), vec![field.to_string()], "{name}");
+    }
+
+    let start = now + chrono::Duration::hours(2);
+    let job = create_job(&server, &token, one_shot_job("good", start)).await;
+    let to_past = pb::Job {
+        id: job.id.clone(),
+        ..one_shot_job("good", now - chrono::Duration::days(1))
+    };
+    let status = server
+        .as_user(&token)
+        .update_job(pb::UpdateJobRequest {
+            job: Some(to_past),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["start_time".into()],
+            }),
+        })
+        .await
+        .expect_err("a start time moved into the past");
+    assert_eq!(violated_fields(&status), vec!["job.start_time".to_string()]);
+
+    let cleared = pb::Job {
+        id: job.id.clone(),
+        ..Default::default()
+    };
+    let cancelled = update_job(&server, &token, cleared, &["start_time"]).await;
+    assert!(cancelled.start_time.is_none());
+    assert!(cancelled.next_run_time.is_none(), "the one-shot is cancelled");
+    let later = start + chrono::Duration::hours(1);
+    let rearmed = pb::Job {
+        id: job.id.clone(),
+        ..one_shot_job("good", later)
+    };
+    let rearmed = update_job(&server, &token, rearmed, &["start_time"]).await;
+    assert_eq!(rearmed.next_run_time.as_ref().map(time_of), Some(later));
+}
+
 both_backends!(
+    a_start_time_runs_the_job_once,
+    bad_start_times_name_the_field,
     simultaneous_firing_creates_one_run_per_tick,
     missed_ticks_run_once_or_are_skipped,
     overlapping_ticks_are_skipped_or_queued,

@@ -6,8 +6,8 @@ use tonic::Request;
 use uuid::Uuid;
 
 use super::convert::{
-    labels_to_proto, optional_id, optional_timestamp, options_from_proto, options_to_proto,
-    required, run_state_to_proto, selector_from_proto, target_from_proto, target_to_proto,
+    labels_to_proto, optional_id, optional_time, optional_timestamp, options_from_proto,
+    options_to_proto, required, run_state_to_proto, selector_from_proto, target_from_proto, target_to_proto,
     timestamp,
 };
 use super::{commands, mask_paths, respond, RpcResult};
@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::job::{
-    check_job_name, Job, JobDraft, JobFilter, JobRunSummary, MissedRunPolicy, OverlapPolicy,
+    check_job_name, check_start_time, Job, JobDraft, JobFilter, JobRunSummary, MissedRunPolicy, OverlapPolicy,
     Schedule, MAX_DESCRIPTION_LEN,
 };
 use crate::model::limits::OwnerLimit;
@@ -38,6 +38,7 @@ const UPDATABLE: &[&str] = &[
     "command_sources",
     "pre_hook_command_ids",
     "post_hook_command_ids",
+    "start_time",
     "owner_id",
 ];
 
@@ -102,6 +103,7 @@ impl From<Job> for pb::Job {
             command_sources: commands::sources_to_proto(&draft.commands),
             pre_hook_command_ids: commands::ids_to_proto(&draft.commands.pre_hooks),
             post_hook_command_ids: commands::ids_to_proto(&draft.commands.post_hooks),
+            start_time: optional_timestamp(draft.start_time),
         }
     }
 }
@@ -178,6 +180,9 @@ fn apply_field(draft: &mut JobDraft, job: &pb::Job, path: &str, v: &mut Violatio
         "post_hook_command_ids" => {
             commands::backup_commands_from_proto("job.", &[], &[], &job.post_hook_command_ids)
                 .map(|c| draft.commands.post_hooks = c.post_hooks)
+        }
+        "start_time" => {
+            optional_time(&field, job.start_time.as_ref()).map(|t| draft.start_time = t)
         }
         // The owner is resolved separately (it needs the caller).
         _ => Ok(()),
@@ -285,6 +290,7 @@ impl JobApi {
                 &mut violations,
             )
             .await?;
+        violations.absorb(draft.check_start_time_combination());
         if draft.source_path.is_empty() && draft.commands.sources.is_empty() {
             violations.add(
                 "job.source_path",
@@ -343,11 +349,27 @@ impl JobApi {
         Ok(())
     }
 
+    /// A start time being set (new, or changed from `existing`) must not lie
+    /// in the past by the catalog's clock; an unchanged one is not checked
+    /// again, so editing a job whose one-shot fired keeps working.
+    async fn check_new_start_time(
+        &self,
+        draft: &JobDraft,
+        existing: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> DomainResult<()> {
+        let Some(start) = draft.start_time.filter(|start| Some(*start) != existing) else {
+            return Ok(());
+        };
+        let now = self.state.catalog.now().await?;
+        check_start_time("job.start_time", start, now)
+    }
+
     async fn create(&self, caller: &Caller, job: pb::Job) -> DomainResult<Job> {
         let owner = self.resolve_owner(caller, &job.owner_id).await?;
         let draft = self
             .build_draft(JobDraft::empty(owner), &job, CREATABLE)
             .await?;
+        self.check_new_start_time(&draft, None).await?;
         self.state
             .catalog
             .check_owner_limit(OwnerLimit::Jobs, owner)
@@ -360,6 +382,7 @@ impl JobApi {
         let id = parse_id("job.id", &job.id)?;
         let paths = mask_paths(request.update_mask, UPDATABLE)?;
         let existing = self.visible_job(caller, id).await?;
+        let existing_start = existing.draft.start_time;
         let mut draft = existing.draft;
         if paths.iter().any(|p| p == "owner_id") {
             caller.require_admin("changing the owner of a job")?;
@@ -367,6 +390,7 @@ impl JobApi {
         }
         let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
         let draft = self.build_draft(draft, &job, &paths).await?;
+        self.check_new_start_time(&draft, existing_start).await?;
         self.state.catalog.update_job(id, &draft).await
     }
 

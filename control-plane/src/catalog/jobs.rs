@@ -22,7 +22,7 @@ pub(super) const JOB_SELECT: &str =
      j.worker_selector, j.max_attempts, j.create_time, j.update_time, \
      lr.id AS last_run_id, lr.state AS last_run_state, lr.error AS last_run_error, \
      lr.finish_time AS last_run_finish_time, \
-     j.commands \
+     j.commands, j.start_time \
      FROM jobs j LEFT JOIN runs lr ON lr.id = \
      (SELECT r.id FROM runs r WHERE r.job_id = j.id ORDER BY r.id DESC LIMIT 1)";
 
@@ -54,6 +54,7 @@ pub(super) struct JobRow {
     last_run_error: Option<String>,
     last_run_finish_time: Option<DateTime<Utc>>,
     commands: String,
+    start_time: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -93,6 +94,7 @@ impl TryFrom<JobRow> for Job {
                 worker_selector: from_json(&row.worker_selector, "jobs.worker_selector")?,
                 max_attempts: row.max_attempts,
                 commands: from_json(&row.commands, "jobs.commands")?,
+                start_time: row.start_time,
             },
             next_run_time: row.next_run_time,
             pending_fire_time: row.schedule_pending_time,
@@ -132,7 +134,7 @@ impl Catalog {
     pub async fn create_job(&self, draft: &JobDraft) -> DomainResult<Job> {
         let id = new_id();
         let now = self.now().await?;
-        let next_run_time = draft.schedule.next_fire_after(now)?;
+        let next_run_time = draft.first_fire_after(now)?;
         on_pool!(self, |pool| bind_draft!(
             sqlx::query(include_str!("sql/jobs/insert.sql")).bind(id),
             draft
@@ -145,6 +147,7 @@ impl Catalog {
         .bind(draft.max_attempts)
         .bind(now_micros())
         .bind(to_json(&draft.commands))
+        .bind(draft.start_time)
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))
@@ -191,7 +194,7 @@ impl Catalog {
     /// Replaces the editable fields of a job.
     ///
     /// The next tick is recomputed from now only when the expression, the
-    /// time zone or the pause flag changes (resuming a schedule does not make
+    /// time zone, the pause flag or the one-shot start time changes (resuming a schedule does not make
     /// up for ticks while paused); other edits keep it, so an edit never moves
     /// or drops a tick that is due. The comparison with the stored schedule is
     /// part of the one UPDATE, so it cannot race with another edit. A waiting
@@ -199,7 +202,7 @@ impl Catalog {
     /// active or stops queueing.
     pub async fn update_job(&self, id: Uuid, draft: &JobDraft) -> DomainResult<Job> {
         let now = self.now().await?;
-        let next_run_time = draft.schedule.next_fire_after(now)?;
+        let next_run_time = draft.first_fire_after(now)?;
         let keeps_pending =
             draft.schedule.is_active() && draft.schedule.overlap == OverlapPolicy::Queue;
         let updated = on_pool!(self, |pool| bind_draft!(
@@ -215,6 +218,7 @@ impl Catalog {
         .bind(keeps_pending)
         .bind(now_micros())
         .bind(to_json(&draft.commands))
+        .bind(draft.start_time)
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))

@@ -169,6 +169,8 @@ pub struct JobDraft {
     pub max_attempts: i32,
     /// Command sources and hooks of its backups.
     pub commands: BackupCommands,
+    /// A one-shot schedule: the job runs once, at this time.
+    pub start_time: Option<DateTime<Utc>>,
 }
 
 impl JobDraft {
@@ -189,8 +191,64 @@ impl JobDraft {
             worker_selector: Labels::new(),
             max_attempts: 0,
             commands: BackupCommands::default(),
+            start_time: None,
         }
     }
+
+    /// The job's first tick after `now`: its one-shot start time if it has
+    /// one (the scheduler fires it once and then finds no next tick, since a
+    /// one-shot job has no expression), else its schedule's next tick.
+    pub fn first_fire_after(&self, now: DateTime<Utc>) -> DomainResult<Option<DateTime<Utc>>> {
+        match self.start_time {
+            Some(start) => Ok(Some(start)),
+            None => self.schedule.next_fire_after(now),
+        }
+    }
+
+    /// Checks that a one-shot start time stands alone: no cron expression and
+    /// no pause beside it (its policies still apply).
+    pub fn check_start_time_combination(&self) -> DomainResult<()> {
+        if self.start_time.is_none() {
+            return Ok(());
+        }
+        if !self.schedule.cron.is_empty() {
+            return Err(DomainError::invalid(
+                "job.start_time",
+                "a job runs either once at start_time or on schedule.cron, not both",
+            ));
+        }
+        if self.schedule.paused {
+            return Err(DomainError::invalid(
+                "job.schedule.paused",
+                "a one-shot job cannot be paused; clear start_time to cancel it",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How far before the control plane's clock a new start time may lie and
+/// still be taken (it fires at once): room for a client's clock running
+/// behind, not a way to backdate runs.
+pub const START_TIME_TOLERANCE: chrono::Duration = chrono::Duration::minutes(1);
+
+/// Checks a start time being set at `now` (the catalog's clock): one more
+/// than [`START_TIME_TOLERANCE`] in the past is refused rather than fired,
+/// because it is more likely a mistake (a stale example, a wrong zone) than
+/// a wish to run now, which CreateRun does.
+pub fn check_start_time(field: &str, start: DateTime<Utc>, now: DateTime<Utc>) -> DomainResult<()> {
+    if start >= now - START_TIME_TOLERANCE {
+        return Ok(());
+    }
+    Err(DomainError::invalid(
+        field,
+        format!(
+            "{} is in the past (the control plane's clock reads {}); \
+             choose a later time, or start a run now with RunService.CreateRun",
+            start.to_rfc3339(),
+            now.to_rfc3339()
+        ),
+    ))
 }
 
 /// A job as stored.
@@ -363,6 +421,32 @@ mod tests {
         assert_eq!(schedule.next_fire_after(now).expect("valid"), None);
         let empty = Schedule::default();
         assert_eq!(empty.next_fire_after(now).expect("valid"), None);
+    }
+
+    #[test]
+    fn start_times_up_to_the_tolerance_in_the_past_are_taken() {
+        let now = DateTime::from_timestamp(1_714_536_000, 0).expect("valid time");
+        let later = now + chrono::Duration::days(3);
+        assert!(check_start_time("s", later, now).is_ok());
+        assert!(check_start_time("s", now - START_TIME_TOLERANCE, now).is_ok());
+        let stale = now - START_TIME_TOLERANCE - chrono::Duration::seconds(1);
+        let refused = check_start_time("s", stale, now).expect_err("in the past");
+        assert!(refused.to_string().contains("in the past"), "{refused}");
+    }
+
+    #[test]
+    fn a_one_shot_job_fires_at_its_start_time_whatever_the_clock() {
+        let now = Utc::now();
+        let start = now + chrono::Duration::hours(2);
+        let mut draft = JobDraft::empty(Uuid::now_v7());
+        draft.start_time = Some(start);
+        assert_eq!(draft.first_fire_after(now).expect("valid"), Some(start));
+        assert!(draft.check_start_time_combination().is_ok());
+        draft.schedule.cron = "0 3 * * *".into();
+        assert!(draft.check_start_time_combination().is_err());
+        draft.schedule.cron.clear();
+        draft.schedule.paused = true;
+        assert!(draft.check_start_time_combination().is_err());
     }
 
     #[test]

@@ -828,7 +828,10 @@ async fn bad_start_times_name_the_field(backend: Backend) {
     };
     let cancelled = update_job(&server, &token, cleared, &["start_time"]).await;
     assert!(cancelled.start_time.is_none());
-    assert!(cancelled.next_run_time.is_none(), "the one-shot is cancelled");
+    assert!(
+        cancelled.next_run_time.is_none(),
+        "the one-shot is cancelled"
+    );
     let later = start + chrono::Duration::hours(1);
     let rearmed = pb::Job {
         id: job.id.clone(),

@@ -7,16 +7,16 @@ use uuid::Uuid;
 
 use super::convert::{
     labels_to_proto, optional_id, optional_time, optional_timestamp, options_from_proto,
-    options_to_proto, required, run_state_to_proto, selector_from_proto, target_from_proto, target_to_proto,
-    timestamp,
+    options_to_proto, required, run_state_to_proto, selector_from_proto, target_from_proto,
+    target_to_proto, timestamp,
 };
 use super::{commands, mask_paths, respond, RpcResult};
 use crate::auth::Caller;
 use crate::catalog::Page;
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::model::job::{
-    check_job_name, check_start_time, Job, JobDraft, JobFilter, JobRunSummary, MissedRunPolicy, OverlapPolicy,
-    Schedule, MAX_DESCRIPTION_LEN,
+    check_job_name, check_start_time, Job, JobDraft, JobFilter, JobRunSummary, MissedRunPolicy,
+    OverlapPolicy, Schedule, MAX_DESCRIPTION_LEN,
 };
 use crate::model::limits::OwnerLimit;
 use crate::model::run::{check_max_attempts, BackupSpec, RunSpec};

@@ -100,7 +100,7 @@ fn channels_rules_and_deliveries_through_the_cli() {
         "--set",
         &format!("webhook.url={}", receiver.url),
         "--set",
-        "webhook.format=slack",
+        "webhook.format=WEBHOOK_FORMAT_SLACK",
         "-o",
         "json",
     ]));
@@ -132,9 +132,9 @@ fn channels_rules_and_deliveries_through_the_cli() {
         "--set",
         &format!("channel_id={channel}"),
         "--set",
-        "events=run_failed",
+        "events=NOTIFICATION_EVENT_RUN_FAILED",
         "--set",
-        "events=job_stale",
+        "events=NOTIFICATION_EVENT_JOB_STALE",
         "-o",
         "json",
     ]));

@@ -184,15 +184,15 @@ fn readme_walkthrough_works_verbatim() {
         "automatic metadata missing:\n{stdout}"
     );
     // The job's repository (format v2, encrypted by default) holds its
-    // config, its catalog key slot, one manifest, one index file and one
-    // pack with every chunk.
+    // config, its catalog key slot, one manifest, and two packs with their
+    // index files: one with every chunk, one with the manifest's tree blobs.
     let repo = dir.path().join("demo/repo/daily");
     let config = std::fs::read_to_string(repo.join("config")).expect("config");
     assert!(config.contains("aes-256-gcm"), "{config}");
     assert_eq!(walk_files(&repo.join("keys")).len(), 1);
     assert_eq!(walk_files(&repo.join("snapshots")).len(), 1);
-    assert_eq!(walk_files(&repo.join("index")).len(), 1);
-    assert_eq!(walk_files(&repo.join("packs")).len(), 1);
+    assert_eq!(walk_files(&repo.join("index")).len(), 2);
+    assert_eq!(walk_files(&repo.join("packs")).len(), 2);
     assert!(
         stdout.contains("the restored copy is identical"),
         "restore did not reproduce the source:\n{stdout}"

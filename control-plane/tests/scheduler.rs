@@ -748,7 +748,7 @@ async fn a_start_time_runs_the_job_once(backend: Backend) {
         pb::Job {
             id: job.id.clone(),
             description: "ran once".into(),
-            start_time: fired.start_time.clone(),
+            start_time: fired.start_time,
             ..Default::default()
         },
         &["description", "start_time"],

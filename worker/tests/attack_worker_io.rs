@@ -26,6 +26,7 @@ use coffer_format::{
 };
 use coffer_proto::v1 as pb;
 use coffer_worker::paths::grant::AllowedPath;
+use coffer_worker::repository::IndexUse;
 use support::worker_api::{
     run_restore, RecordBatch, ReportError, Reporter, Repository, RepositoryAccess, RestorePlan,
     Store,
@@ -243,12 +244,74 @@ fn plant_raw_manifest(
 /// The keys of the repository the control plane made for filesystem bucket
 /// `bucket_id` at `repo`: planting a manifest in a v2 repository takes them
 /// (the attacker here is one who holds them, say a compromised worker).
-async fn repository_keys(server: &TestServer, bucket_id: &str, repo: &Path) -> Arc<RepositoryKeys> {
+/// The bucket's repository, opened as its lease would open it.
+async fn open_repository(server: &TestServer, bucket_id: &str, repo: &Path) -> Repository {
     let access = support::repository_access(server, &format!("bucket:{bucket_id}/")).await;
-    let repository = Repository::open(open_store(repo).await, &access, &CancellationToken::new())
+    Repository::open(open_store(repo).await, &access, &CancellationToken::new())
         .await
-        .expect("open the repository");
-    Arc::clone(repository.keys().expect("a v2 repository"))
+        .expect("open the repository")
+}
+
+/// The entries of a v2 manifest, its tree blobs read from the repository.
+async fn repository_manifest_entries(repository: &Repository, key: &str) -> Vec<ManifestEntry> {
+    let cancel = CancellationToken::new();
+    let index = repository
+        .load_index(IndexUse::Read, &cancel)
+        .await
+        .expect("index");
+    let mut manifest = repository
+        .read_manifest(key, Some(&index), &cancel)
+        .await
+        .expect("manifest");
+    let mut entries = Vec::new();
+    while let Some(entry) = manifest.next_entry().expect("entry") {
+        entries.push(entry);
+    }
+    entries
+}
+
+/// `lines` with every `subtree` line replaced by the entry lines of its
+/// tree blob, so that a test can edit entries a backup stored in trees
+/// (the counts on the end line stay right: a subtree counts its entries).
+async fn expand_subtrees(
+    repository: &Repository,
+    lines: Vec<serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    let cancel = CancellationToken::new();
+    let index = repository
+        .load_index(IndexUse::Read, &cancel)
+        .await
+        .expect("index");
+    let mut expanded = Vec::new();
+    for line in lines {
+        let Some(blob) = line["subtree"]["blob"].as_str() else {
+            expanded.push(line);
+            continue;
+        };
+        let id: coffer_format::ChunkId = blob.parse().expect("a chunk id");
+        let location = index.get(&id).expect("the tree blob is indexed");
+        let stored = repository
+            .store()
+            .get_range(
+                &layout::pack_key(&location.pack_id),
+                u64::from(location.offset),
+                u64::from(location.length),
+                &cancel,
+            )
+            .await
+            .expect("read the tree blob");
+        let plain = repository
+            .blob_opener()
+            .open(id, &location, &stored)
+            .expect("open the tree blob");
+        expanded.extend(
+            plain
+                .split(|b| *b == b'\n')
+                .filter(|line| !line.is_empty())
+                .map(|line| serde_json::from_slice::<serde_json::Value>(line).expect("json line")),
+        );
+    }
+    expanded
 }
 
 /// A manifest's stored bytes: as they are in v1, sealed to `key` in v2.
@@ -385,8 +448,13 @@ async fn hand_made_manifest_with_escaping_paths_is_refused(backend: Backend) {
     let backup = backup_to(&server, &scene.text("source"), &bucket_id).await;
     assert_succeeded(&backup);
     let real_key = committed_manifest_key(&scene.path("repo"), &backup.id);
-    let keys = repository_keys(&server, &bucket_id, &scene.path("repo")).await;
-    let mut lines = manifest_lines(&scene.path("repo"), &real_key, Some(&keys));
+    let repository = open_repository(&server, &bucket_id, &scene.path("repo")).await;
+    let keys = Arc::clone(repository.keys().expect("a v2 repository"));
+    let mut lines = expand_subtrees(
+        &repository,
+        manifest_lines(&scene.path("repo"), &real_key, Some(&keys)),
+    )
+    .await;
     let file_line = lines
         .iter()
         .position(|line| line["entry"]["kind"] == "file")
@@ -456,8 +524,9 @@ async fn restore_never_writes_through_symlinks(backend: Backend) {
     let backup = backup_to(&server, &scene.text("source"), &bucket_id).await;
     assert_succeeded(&backup);
     let real_key = committed_manifest_key(&scene.path("repo"), &backup.id);
-    let keys = repository_keys(&server, &bucket_id, &scene.path("repo")).await;
-    let real = manifest_entries(&scene.path("repo"), &real_key, Some(&keys)).await;
+    let repository = open_repository(&server, &bucket_id, &scene.path("repo")).await;
+    let keys = Arc::clone(repository.keys().expect("a v2 repository"));
+    let real = repository_manifest_entries(&repository, &real_key).await;
     let tool = real
         .iter()
         .find(|e| e.path == b"tool")

@@ -144,7 +144,7 @@ struct BlobUse {
 }
 
 /// What writing the blobs of one ranged read did.
-struct PackOutcome {
+struct RangeOutcome {
     /// Per file: uses written.
     written: Vec<(usize, usize)>,
     /// Per file: why it failed.
@@ -383,7 +383,7 @@ impl WindowContext<'_> {
         {
             self.finish_file(job, batcher, &mut totals.files).await?;
         }
-        let files = Arc::new(PackFiles {
+        let files = Arc::new(WindowFiles {
             destination: Arc::clone(self.destination),
             paths: window.jobs.iter().map(|j| j.entry.path.clone()).collect(),
             suffix: Arc::clone(self.suffix),
@@ -517,7 +517,7 @@ fn restore_symlink(destination: &Destination, entry: &ManifestEntry) -> Result<(
 }
 
 /// Where the blobs go: the window's files, by index.
-struct PackFiles {
+struct WindowFiles {
     destination: Arc<Destination>,
     paths: Vec<Vec<u8>>,
     suffix: Arc<str>,
@@ -564,10 +564,10 @@ fn range_reads(pack_id: PackId, mut uses: Vec<BlobUse>) -> Vec<RangeRead> {
 async fn restore_range(
     repository: &Repository,
     read: RangeRead,
-    files: Arc<PackFiles>,
+    files: Arc<WindowFiles>,
     live: &LiveProgress,
     cancel: &CancellationToken,
-) -> Result<PackOutcome, RunFailure> {
+) -> Result<RangeOutcome, RunFailure> {
     let RangeRead {
         pack_id,
         start,
@@ -591,7 +591,7 @@ async fn restore_range(
                     )
                 })
                 .collect();
-            return Ok(PackOutcome {
+            return Ok(RangeOutcome {
                 written: Vec::new(),
                 failed,
                 bytes: 0,
@@ -617,9 +617,9 @@ fn write_blobs(
     start: u64,
     data: &[u8],
     members: &[BlobUse],
-    files: &PackFiles,
-) -> PackOutcome {
-    let mut outcome = PackOutcome {
+    files: &WindowFiles,
+) -> RangeOutcome {
+    let mut outcome = RangeOutcome {
         written: Vec::new(),
         failed: Vec::new(),
         bytes: 0,
@@ -684,8 +684,8 @@ fn write_blobs(
     outcome
 }
 
-/// The files one pack's blobs are being written to, at most
-/// [`OPEN_FILES_PER_PACK`] open at a time.
+/// The files one ranged read's blobs are being written to, at most
+/// [`OPEN_FILES_PER_READ`] open at a time.
 ///
 /// A pack of small files, or of chunks many files share, names thousands of
 /// files; holding them all open ran a real restore (118k files, many of them
@@ -700,17 +700,17 @@ struct OpenFiles {
 
 /// With [`FETCHES_IN_FLIGHT`] reads at once, a restore holds at most this
 /// many times that many files open for writing.
-const OPEN_FILES_PER_PACK: usize = 32;
+const OPEN_FILES_PER_READ: usize = 32;
 
 impl OpenFiles {
     /// The open temporary file of file number `index` (opened for writing
     /// beneath the destination if needed).
-    fn get(&mut self, index: usize, files: &PackFiles) -> std::io::Result<&File> {
+    fn get(&mut self, index: usize, files: &WindowFiles) -> std::io::Result<&File> {
         if let Some(at) = self.files.iter().position(|(open, _)| *open == index) {
             let used = self.files.remove(at);
             self.files.push(used);
         } else {
-            if self.files.len() >= OPEN_FILES_PER_PACK {
+            if self.files.len() >= OPEN_FILES_PER_READ {
                 self.files.remove(0);
             }
             let file = files

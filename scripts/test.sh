@@ -156,6 +156,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "control-plane binary for the CLI's tests"
 cargo build -p coffer-control-plane --bin coffer-control-plane --locked
 
+log "disk before the tests are built: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free"
+
 log "tests (both catalog backends)"
 shift_args=()
 if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi

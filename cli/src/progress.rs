@@ -24,6 +24,9 @@ pub struct Figures {
     pub errors: i64,
     pub bytes_per_second: f64,
     pub current_path: String,
+    /// Bandwidth limits in force, bytes per second (0: none).
+    pub upload_limit: i64,
+    pub download_limit: i64,
     /// The run has ended: only now may the figures say 100%.
     pub ended: bool,
 }
@@ -53,6 +56,8 @@ impl Figures {
             errors: progress.error_count,
             bytes_per_second: progress.bytes_per_second,
             current_path: progress.current_path,
+            upload_limit: progress.upload_limit_bytes_per_second,
+            download_limit: progress.download_limit_bytes_per_second,
             ended: matches!(
                 run.state(),
                 pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Cancelled
@@ -88,8 +93,9 @@ impl Figures {
         ))
     }
 
-    /// `40%  files 12/300  1.2 GiB/2.0 GiB  45.3 MiB/s  ETA 18s  errors 0`
-    /// (the percentage first: a narrow terminal cuts the end).
+    /// `40%  files 12/300  1.2 GiB/2.0 GiB  45.3 MiB/s  ETA 18s  errors 0`,
+    /// then the bandwidth limits in force if any (`limit up 10.0 MiB/s`);
+    /// the percentage first: a narrow terminal cuts the end.
     pub fn summary(&self) -> String {
         let mut text = format!(
             "{:.0}%  files {}/{}  {}/{}",
@@ -109,6 +115,11 @@ impl Figures {
             text.push_str(&format!("  ETA {}", indicatif::HumanDuration(eta)));
         }
         text.push_str(&format!("  errors {}", self.errors));
+        for (way, limit) in [("up", self.upload_limit), ("down", self.download_limit)] {
+            if limit > 0 {
+                text.push_str(&format!("  limit {way} {}/s", bytes(clamp(limit))));
+            }
+        }
         text
     }
 }
@@ -193,6 +204,21 @@ impl Display {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limits_in_force_are_shown_after_the_counts() {
+        let limited = Figures {
+            upload_limit: 10 << 20,
+            ..Figures::default()
+        };
+        assert!(
+            limited.summary().contains("errors 0  limit up 10")
+                && limited.summary().ends_with(" MiB/s"),
+            "{}",
+            limited.summary()
+        );
+        assert!(!Figures::default().summary().contains("limit"));
+    }
 
     #[test]
     fn only_an_ended_run_shows_100_percent() {

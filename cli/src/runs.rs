@@ -207,6 +207,10 @@ pub struct RestoreArgs {
     /// Overwrite files at the destination that are newer than the snapshot's.
     #[arg(long)]
     pub overwrite_newer: bool,
+    /// Limit reads from storage to this rate per second, e.g. `10MiB`
+    /// (the worker's own limit applies too).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub limit_download: Option<i64>,
     #[command(flatten)]
     pub wait: Wait,
 }
@@ -221,9 +225,25 @@ impl RestoreArgs {
             paths: self.include.clone(),
             destination_path: destination.to_string_lossy().into_owned(),
             overwrite_newer: self.overwrite_newer,
+            download_limit_bytes_per_second: self.limit_download.unwrap_or(0),
             ..Default::default()
         }))
     }
+}
+
+/// A rate per second such as `10MiB`, `500kB` or `65536` (bytes); `off` is 0.
+/// The server checks the range.
+pub fn parse_rate(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    let size: bytesize::ByteSize = text
+        .strip_suffix("/s")
+        .unwrap_or(text)
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate (e.g. 512KiB, 10MiB or off)"))?;
+    i64::try_from(size.as_u64()).map_err(|_| format!("{text:?} is too large"))
 }
 
 /// `1h`, `30m`, `45s`, `2d`, `0s`.

@@ -2,7 +2,7 @@
 //! worker): a snapshot copied into a second bucket is shown with its copy
 //! where snapshots are listed.
 
-mod support;
+use crate::support;
 
 use support::{write_random, Standalone};
 

@@ -4,7 +4,7 @@
 //! `-o json`; a bad channel prints the server's field violations; an SMTP
 //! password given to the CLI is never printed back.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;

@@ -1,7 +1,7 @@
 //! The `coffer` binary against a real standalone control plane (TLS, SQLite,
 //! embedded worker): the everyday sequence of an operator, end to end.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Stdio;

@@ -1,6 +1,6 @@
 //! The live progress display, rendered in a real pseudo-terminal.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 
 #[path = "../../control-plane/tests/support/readme_blocks.rs"]
 mod readme_blocks;
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

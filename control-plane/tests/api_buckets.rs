@@ -1,6 +1,6 @@
 //! BucketService over real gRPC on both catalog backends.
 
-mod support;
+use crate::support;
 
 use coffer_proto::v1 as pb;
 use prost_types::FieldMask;
@@ -216,6 +216,7 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
                 endpoint: "ftp://example.com".into(),
                 bucket: "Not_An_S3_Name".into(),
                 credentials_ref: "AKIAIOSFODNN7EXAMPLE".into(),
+                pack_storage_class: "COLD".into(),
                 ..Default::default()
             })),
             prefix: "/absolute".into(),
@@ -231,6 +232,7 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
             "bucket.s3.endpoint",
             "bucket.s3.bucket",
             "bucket.s3.credentials_ref",
+            "bucket.s3.pack_storage_class",
             "bucket.prefix",
             "bucket.retention_policy_id",
         ],
@@ -267,17 +269,22 @@ async fn invalid_bucket_reports_every_field(backend: Backend) {
         let mut bucket = s3_bucket(&format!("ok-{i}"), "");
         if let Some(pb::bucket::Location::S3(s3)) = bucket.location.as_mut() {
             s3.credentials_ref = credentials_ref.to_string();
+            s3.pack_storage_class = ["", "GLACIER_IR", "DEEP_ARCHIVE"][i].into();
             s3.endpoint = if i == 0 {
                 String::new()
             } else {
                 "https://s3.example.com".into()
             };
         }
-        server
+        let created = server
             .admin()
-            .create_bucket(bucket)
+            .create_bucket(bucket.clone())
             .await
             .unwrap_or_else(|e| panic!("{credentials_ref:?} should be valid: {e}"));
+        assert_eq!(
+            created.location, bucket.location,
+            "the location round-trips"
+        );
     }
 }
 

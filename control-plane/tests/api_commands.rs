@@ -3,9 +3,8 @@
 //! their definitions; a tenant names only a command granted to them; and
 //! what a run will execute is resolved from the definition at the lease.
 
-#[path = "support/lease_session.rs"]
-mod lease_session;
-mod support;
+use crate::support;
+use crate::support::lease_session;
 
 use coffer_control_plane::testing::Api;
 use coffer_proto::v1 as pb;

@@ -1,6 +1,6 @@
 //! ConfigurationService over real gRPC on both catalog backends.
 
-mod support;
+use crate::support;
 
 use coffer_proto::v1 as pb;
 use prost_types::FieldMask;

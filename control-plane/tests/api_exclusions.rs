@@ -2,8 +2,9 @@
 //! options a job cannot carry are refused naming the field, a tenant's dry
 //! run is admitted like the backup it stands for, and a dry run is a run of
 //! its own kind that lists its exclusions (none before a worker ran it).
+//! Bandwidth limits are job options too, and checked the same way.
 
-mod support;
+use crate::support;
 
 use coffer_proto::v1 as pb;
 use support::{assert_violations, Backend, TestServer};
@@ -56,6 +57,35 @@ async fn bad_exclusion_options_name_the_field(backend: Backend) {
             },
             "job.options.max_file_size_bytes",
         ),
+        // Bandwidth limits: 0 or 1 KiB/s to 4 GiB/s.
+        (
+            pb::JobOptions {
+                upload_limit_bytes_per_second: 100,
+                ..Default::default()
+            },
+            "job.options.upload_limit_bytes_per_second",
+        ),
+        (
+            pb::JobOptions {
+                download_limit_bytes_per_second: -1,
+                ..Default::default()
+            },
+            "job.options.download_limit_bytes_per_second",
+        ),
+        (
+            pb::JobOptions {
+                upload_limit_bytes_per_second: 1 << 40,
+                ..Default::default()
+            },
+            "job.options.upload_limit_bytes_per_second",
+        ),
+        (
+            pb::JobOptions {
+                pack_storage_class: "glacier".into(),
+                ..Default::default()
+            },
+            "job.options.pack_storage_class",
+        ),
     ];
     for (options, field) in cases {
         let refused = server
@@ -75,6 +105,9 @@ async fn exclusion_options_round_trip(backend: Backend) {
         exclude_caches: true,
         exclude_if_present: vec![".nobackup".into()],
         max_file_size_bytes: 1 << 30,
+        upload_limit_bytes_per_second: 10 << 20,
+        download_limit_bytes_per_second: 1024,
+        pack_storage_class: "STANDARD_IA".into(),
         ..Default::default()
     };
     let created = server

@@ -1,6 +1,6 @@
 //! JobService over real gRPC on both catalog backends.
 
-mod support;
+use crate::support;
 
 use coffer_proto::v1 as pb;
 use support::{

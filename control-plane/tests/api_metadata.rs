@@ -1,6 +1,6 @@
 //! BackupMetadataService over real gRPC on both catalog backends.
 
-mod support;
+use crate::support;
 
 use coffer_control_plane::model::metadata::MetadataValues;
 use coffer_proto::v1 as pb;

@@ -1,7 +1,7 @@
 //! ObjectService over real gRPC on both catalog backends, with history
 //! written through `Catalog::apply_snapshot` as a worker would.
 
-mod support;
+use crate::support;
 
 use coffer_control_plane::catalog::repositories::NewRepositoryFormat;
 

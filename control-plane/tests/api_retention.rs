@@ -1,6 +1,6 @@
 //! RetentionService over real gRPC on both catalog backends.
 
-mod support;
+use crate::support;
 
 use coffer_control_plane::catalog::repositories::NewRepositoryFormat;
 

@@ -1,6 +1,6 @@
 //! RunService over real gRPC on both catalog backends.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -228,11 +228,16 @@ async fn invalid_run_requests_are_rejected(backend: Backend) {
             snapshot_run_id: uuid::Uuid::now_v7().to_string(),
             paths: vec!["../etc".into()],
             destination_path: "relative/dir".into(),
+            download_limit_bytes_per_second: 512,
             ..Default::default()
         }))
         .await
         .expect_err("bad restore paths");
     let fields = violated_fields(&status);
+    assert!(
+        fields.contains(&"restore.download_limit_bytes_per_second".to_string()),
+        "{fields:?}"
+    );
     assert!(
         fields.contains(&"restore.paths[0]".to_string()),
         "{fields:?}"

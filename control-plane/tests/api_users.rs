@@ -1,6 +1,6 @@
 //! UserService over real gRPC on both catalog backends.
 
-mod support;
+use crate::support;
 
 use coffer_proto::v1 as pb;
 use coffer_proto::v1::user_service_client::UserServiceClient;

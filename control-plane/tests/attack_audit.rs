@@ -3,7 +3,7 @@
 //! when they finish; no secret sent in a request or returned in a response
 //! ever reaches a row; only admins read it; its filters and paging work.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

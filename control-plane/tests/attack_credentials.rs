@@ -8,7 +8,7 @@
 //! logged, bounded, of one owner, never mixed up with S3 credentials, and
 //! leased only to the runs that need them.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;

@@ -4,9 +4,8 @@
 //! value, and runs that wait for a worker that never comes. Each test
 //! asserts the refusal and that nothing beyond it was created or leased.
 
-#[path = "support/fair_lease.rs"]
-mod fair_lease;
-mod support;
+use crate::support;
+use crate::support::fair_lease;
 
 use std::time::Duration;
 

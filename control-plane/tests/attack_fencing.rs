@@ -3,9 +3,8 @@
 //! refused with the right code, and nothing is recorded, changed or handed
 //! out.
 
-#[path = "support/lease_session.rs"]
-mod lease_session;
-mod support;
+use crate::support;
+use crate::support::lease_session;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! backends. Each asserts the refusal (code, field) and that nothing was
 //! created: no job, no run, no grant.
 
-mod support;
+use crate::support;
 
 use coffer_control_plane::testing::{Api, ALL_USES};
 use coffer_proto::v1 as pb;

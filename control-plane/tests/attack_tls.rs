@@ -2,9 +2,8 @@
 //! impostor control plane, certificate renewal, client certificates (mTLS)
 //! and the refusal to serve plaintext off loopback.
 
-#[path = "support/lease_session.rs"]
-mod lease_session;
-mod support;
+use crate::support;
+use crate::support::lease_session;
 
 use std::sync::Arc;
 use std::time::Duration;

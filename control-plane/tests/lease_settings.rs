@@ -4,9 +4,8 @@
 //! before it may be leased again — on both catalog backends, changed while
 //! the server runs.
 
-#[path = "support/lease_session.rs"]
-mod lease_session;
-mod support;
+use crate::support;
+use crate::support::lease_session;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The lease protocol over real gRPC streams, with scripted workers: what
 //! the control plane promises any worker, on both catalog backends.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! scraped, on both backends: the queue by worker selector, connected
 //! workers, and each job's freshness and schedule period.
 
-mod support;
+use crate::support;
 
 use coffer_control_plane::testing::scrape::scrape;
 use coffer_proto::v1 as pb;

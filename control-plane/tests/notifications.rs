@@ -5,11 +5,9 @@
 //! notice; internal addresses and redirects are refused; owners see only
 //! their own channels, rules and deliveries.
 
-#[path = "support/fair_lease.rs"]
-mod fair_lease;
-mod support;
-#[path = "support/webhook.rs"]
-mod webhook;
+use crate::support;
+use crate::support::fair_lease;
+use crate::support::webhook;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! (`scripts/test.sh` installs it into a cached virtual environment). The
 //! server prints every message it accepts as a JSON line.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! Needs `python3` with `grpcio`, `grpcio-tools` and `googleapis-common-protos`
 //! (`scripts/test.sh` installs them); without them the test fails loudly.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "support/readme_blocks.rs"]
-mod readme_blocks;
+use crate::support::readme_blocks;
 
 const SERVICES: &[&str] = &[
     "coffer.v1.AuditService",

@@ -5,9 +5,8 @@
 //! the same on every replica. SQLite serves one replica,
 //! so these run on PostgreSQL only.
 
-#[path = "support/lease_session.rs"]
-mod lease_session;
-mod support;
+use crate::support;
+use crate::support::lease_session;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
 //! With 0016 (passphrase secrets; on SQLite a rebuild of `secrets`) stored
 //! secrets and the buckets naming them are kept, and foreign keys still hold.
 
-mod support;
+use crate::support;
 
 use coffer_control_plane::testing::empty_database;
 use coffer_proto::v1 as pb;

@@ -7,7 +7,7 @@
 //! `next_run_time` into the past (`Catalog::set_next_run_time`), as if the tick
 //! had come, and waits for the schedulers' published status, never sleeping.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

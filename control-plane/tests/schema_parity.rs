@@ -6,7 +6,7 @@
 //! schemas differ on purpose, the difference is listed in [`KNOWN_DIFFERENCES`]
 //! with its reason, so that any other difference fails the test.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 

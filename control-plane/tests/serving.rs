@@ -1,6 +1,6 @@
 //! Serving concerns: health follows the catalog.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,9 +3,8 @@
 //! wait, saying why, while only backup workers are connected; backups go
 //! to any class; a class the control plane does not know is refused.
 
-#[path = "support/fair_lease.rs"]
-mod fair_lease;
-mod support;
+use crate::support;
+use crate::support::fair_lease;
 
 use std::time::Duration;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::bandwidth::{Timetable, WorkerLimits};
 use crate::class::WorkerClass;
 use crate::connect::ClientTls;
 use crate::paths::grant::WorkerRoots;
@@ -80,6 +81,19 @@ pub struct Config {
     /// program its operator did not name.
     #[arg(long, env = "COFFER_WORKER_ALLOW_COMMANDS", default_value = "")]
     pub allow_commands: String,
+
+    /// Upload limit of all this worker's runs together: a rate per second
+    /// such as `10MiB` or `500kB`, `off`, or a timetable by the host's
+    /// local time of day such as `08:00,2MiB 18:00,off` (each rate from its
+    /// time until the next entry's). A job's own limit applies too; the
+    /// tighter one wins.
+    #[arg(long, env = "COFFER_WORKER_UPLOAD_LIMIT", default_value = "off")]
+    pub upload_limit: Timetable,
+
+    /// Download limit of all this worker's runs together, written as
+    /// `--upload-limit` is.
+    #[arg(long, env = "COFFER_WORKER_DOWNLOAD_LIMIT", default_value = "off")]
+    pub download_limit: Timetable,
 
     /// Seconds a drain (SIGTERM) waits for running work before releasing it.
     #[arg(long, env = "COFFER_DRAIN_TIMEOUT_SECONDS", default_value_t = 30)]
@@ -284,6 +298,11 @@ impl Config {
     /// Time between progress reports.
     pub fn progress_interval(&self) -> Duration {
         Duration::from_millis(self.progress_interval_ms)
+    }
+
+    /// The worker's own bandwidth limits, shared by all its runs.
+    pub fn bandwidth(&self) -> WorkerLimits {
+        WorkerLimits::new(self.upload_limit.clone(), self.download_limit.clone())
     }
 
     /// The worker token from `COFFER_WORKER_TOKEN` or the file in `COFFER_WORKER_TOKEN_FILE`.

@@ -11,6 +11,7 @@ use coffer_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::bandwidth::{Direction, Throttle, WorkerLimits};
 use crate::class::WorkerClass;
 use crate::commands::hooks::{run_post_hooks, run_pre_hooks};
 use crate::commands::{AssignedCommands, CommandAllowList};
@@ -43,17 +44,26 @@ pub struct RunExecutor {
     pub class: WorkerClass,
     /// The admin-defined commands this worker runs (none by default).
     pub commands: Arc<CommandAllowList>,
+    /// The worker's own bandwidth limits, shared by all its runs.
+    pub bandwidth: WorkerLimits,
 }
 
 struct SessionReporter<'a> {
     context: &'a RunContext,
     metrics: RunMetrics,
+    /// The run's bandwidth limits, shown in its progress.
+    throttle: Arc<Throttle>,
 }
 
 impl Reporter for SessionReporter<'_> {
     fn progress(&self, progress: &pb::RunProgress) {
         self.metrics.advance(progress);
-        self.context.set_progress(progress.clone());
+        let mut progress = progress.clone();
+        progress.upload_limit_bytes_per_second = to_i64(self.throttle.limit_now(Direction::Upload));
+        progress.download_limit_bytes_per_second =
+            to_i64(self.throttle.limit_now(Direction::Download));
+        progress.throttled = prost_types::Duration::try_from(self.throttle.waited()).ok();
+        self.context.set_progress(progress);
     }
 
     async fn batch(&self, batch: RecordBatch) -> Result<(), ReportError> {
@@ -189,6 +199,8 @@ struct StoreAccess {
     /// The bucket the lock is for: the run's own.
     lock_bucket: Option<String>,
     refuse_deletes: bool,
+    /// The run's bandwidth limits, which every store it opens pays into.
+    throttle: Arc<Throttle>,
 }
 
 /// The id of a resolved target's bucket, if it has one.
@@ -201,6 +213,7 @@ impl StoreAccess {
         class: WorkerClass,
         target: &pb::ResolvedTarget,
         lock: Option<&pb::ObjectLockSettings>,
+        throttle: Arc<Throttle>,
     ) -> Result<Self, RunFailure> {
         let lock = lock
             .map(ObjectLock::try_from)
@@ -210,6 +223,7 @@ impl StoreAccess {
             lock,
             lock_bucket: bucket_id(target).map(str::to_owned),
             refuse_deletes: !class.may_delete(),
+            throttle,
         })
     }
 
@@ -228,7 +242,7 @@ impl StoreAccess {
         if self.refuse_deletes {
             store = store.refusing_deletes();
         }
-        Ok(store)
+        Ok(store.throttled(Arc::clone(&self.throttle)))
     }
 }
 
@@ -257,7 +271,32 @@ impl RunExecutor {
             },
             class: WorkerClass::All,
             commands: Arc::default(),
+            bandwidth: WorkerLimits::default(),
         })
+    }
+
+    /// The run's bandwidth limits: the worker's, and the backup's job
+    /// options' or the restore's own. A limit out of range (which the
+    /// control plane refuses at creation) fails the run.
+    fn throttle(
+        &self,
+        options: Option<&pb::JobOptions>,
+        spec: &pb::run::Spec,
+    ) -> Result<Arc<Throttle>, RunFailure> {
+        let as_rate = |field: &str, value: i64| {
+            u64::try_from(value).map_err(|_| RunFailure::permanent(format!("{field} is negative")))
+        };
+        let (upload, download) = match spec {
+            pb::run::Spec::Backup(_) => (
+                options.map_or(0, |o| o.upload_limit_bytes_per_second),
+                options.map_or(0, |o| o.download_limit_bytes_per_second),
+            ),
+            pb::run::Spec::Restore(restore) => (0, restore.download_limit_bytes_per_second),
+            _ => (0, 0),
+        };
+        let upload = as_rate("upload_limit_bytes_per_second", upload)?;
+        let download = as_rate("download_limit_bytes_per_second", download)?;
+        Throttle::for_run(&self.bandwidth, upload, download).map_err(RunFailure::permanent)
     }
 
     /// Checks one path against the assignment's grants and this worker's
@@ -409,7 +448,13 @@ impl RunExecutor {
             _ => None,
         };
         let cancel = context.cancellation().clone();
-        let store_access = StoreAccess::new(self.class, &target, assignment.object_lock.as_ref())?;
+        let throttle = self.throttle(assignment.options.as_ref(), &spec)?;
+        let store_access = StoreAccess::new(
+            self.class,
+            &target,
+            assignment.object_lock.as_ref(),
+            Arc::clone(&throttle),
+        )?;
         let store = store_access
             .open(&target, &cancel)
             .await
@@ -422,6 +467,7 @@ impl RunExecutor {
         let reporter = SessionReporter {
             context,
             metrics: RunMetrics::new(run.kind),
+            throttle,
         };
         let lease_token = context.lease().lease_token;
         // A copy writes a snapshot into its target as a backup does.
@@ -475,7 +521,7 @@ impl RunExecutor {
                 };
                 run_backup(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "backup finished");
-                    context.set_progress(summary.progress.clone());
+                    reporter.progress(&summary.progress);
                     snapshot_success(
                         success(
                             summary.size_bytes,
@@ -502,7 +548,7 @@ impl RunExecutor {
                 };
                 run_restore(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "restore finished");
-                    context.set_progress(summary.progress.clone());
+                    reporter.progress(&summary.progress);
                     success(
                         i64::try_from(summary.bytes).unwrap_or(i64::MAX),
                         summary.details,
@@ -527,7 +573,7 @@ impl RunExecutor {
                 tracing::info!(run = %run_id, target = %target_description, "catalog rebuild started");
                 run_rebuild(store, &repository, lease_token, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "catalog rebuild finished");
-                    context.set_progress(summary.progress.clone());
+                    reporter.progress(&summary.progress);
                     let mut outcome = success(0, summary.details, String::new(), None);
                     if let pb::run_completion::Outcome::Success(success) = &mut outcome {
                         (success.repository_format, success.repository_id) = summary.found;
@@ -543,7 +589,7 @@ impl RunExecutor {
                         .await?;
                 run_retention(removals, lease_token, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "retention finished");
-                    context.set_progress(summary.progress.clone());
+                    reporter.progress(&summary.progress);
                     success(0, summary.details, String::new(), None)
                 })
             }
@@ -577,7 +623,7 @@ impl RunExecutor {
                 };
                 run_gc(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "garbage collection finished");
-                    context.set_progress(summary.progress.clone());
+                    reporter.progress(&summary.progress);
                     success(to_i64(summary.bytes_reclaimed), summary.details, String::new(), None)
                 })
             }
@@ -599,7 +645,7 @@ impl RunExecutor {
                 .await?;
                 run_copy(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "copy finished");
-                    context.set_progress(summary.progress.clone());
+                    reporter.progress(&summary.progress);
                     let outcome = success(
                         summary.size_bytes,
                         summary.details,
@@ -642,7 +688,7 @@ impl RunExecutor {
                 };
                 run_verify(plan, &reporter, cancel).await.map(|summary| {
                     tracing::info!(run = %run_id, details = %summary.details, "verify finished");
-                    context.set_progress(summary.progress.clone());
+                    reporter.progress(&summary.progress);
                     success(0, summary.details, String::new(), None)
                 })
             }
@@ -677,6 +723,8 @@ async fn dry_run(
     let reporter = SessionReporter {
         context,
         metrics: RunMetrics::new(kind),
+        // A dry run touches no storage.
+        throttle: Throttle::unlimited(),
     };
     let cancel = context.cancellation().clone();
     let summary = run_dry_run(plan, &reporter, cancel)

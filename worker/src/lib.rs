@@ -14,6 +14,7 @@
 //!   turns it into the worker's Prometheus counters.
 
 pub mod allocator;
+pub mod bandwidth;
 pub mod class;
 pub mod commands;
 pub mod config;

@@ -36,6 +36,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         roots: config.worker_roots()?,
         class: config.class,
         commands: Arc::new(config.allowed_commands()?),
+        bandwidth: config.bandwidth(),
     });
     let shutdown = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(shutdown.clone()));
@@ -48,7 +49,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .health_file
         .clone()
         .map(|path| tokio::spawn(liveness::keep_fresh(path, shutdown.clone())));
-    tracing::info!(name = %session_config.name, slots = session_config.slots, control_plane = %session_config.control_plane, "coffer worker starting");
+    tracing::info!(name = %session_config.name, slots = session_config.slots, control_plane = %session_config.control_plane, upload_limit = %config.upload_limit, download_limit = %config.download_limit, "coffer worker starting");
     let result = session::run(session_config, executor, shutdown.clone()).await;
     // The health file goes before the process does, however the session ended.
     shutdown.cancel();

@@ -3,8 +3,7 @@
 //! delivered in the lease, and a tenant's bucket pointing at a server the
 //! tenant controls never receives the worker's or anyone else's keys.
 
-#[macro_use]
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

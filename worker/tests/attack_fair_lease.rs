@@ -3,7 +3,7 @@
 //! runs at once and stores B's files, while A's flood stays queued, never
 //! leased, each run saying why. On both catalog backends.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,9 +3,8 @@
 //! committed its run, against a tree that changed meanwhile; and a second
 //! worker process presenting another worker's credential.
 
-#[path = "support/fencing.rs"]
-mod fencing;
-mod support;
+use crate::support;
+use crate::support::fencing;
 
 use std::path::Path;
 use std::time::Duration;

@@ -5,11 +5,9 @@
 //! tenants on one path. Each asserts the refusal and that nothing was read,
 //! written or changed.
 
-#[macro_use]
-mod support;
+use crate::support;
 
-#[path = "support/grants.rs"]
-mod grants_support;
+use crate::support::grants as grants_support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! (its certificate chains to another CA) without sending it anything, and
 //! refuse plaintext to a non-loopback address.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -9,9 +9,8 @@
 //! with real `coffer-worker` processes; the hand-made assignments go to a
 //! real worker process from a fake control plane (`support/worker_io.rs`).
 
-mod support;
-#[path = "support/worker_io.rs"]
-mod worker_io;
+use crate::support;
+use crate::support::worker_io;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

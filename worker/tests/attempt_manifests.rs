@@ -3,9 +3,8 @@
 //! and catalog rebuild and garbage collection each keep one manifest per
 //! run, the latest attempt's.
 
-#[path = "support/fencing.rs"]
-mod fencing;
-mod support;
+use crate::support;
+use crate::support::fencing;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};

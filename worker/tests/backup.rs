@@ -5,7 +5,7 @@
 //! checks real outcomes: the bytes, modes and times on disk after a restore,
 //! the bytes stored, what a run reports.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;

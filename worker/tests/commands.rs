@@ -6,7 +6,7 @@
 //! one fails the run before anything is written; post-hooks see the
 //! outcome.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -5,8 +5,7 @@
 //! worker is killed midway is finished by another attempt that sends none
 //! of what the first one committed.
 
-#[macro_use]
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -4,12 +4,10 @@
 //! someone else's file or a file over the configured limit is refused with
 //! the right code; a damaged chunk ends the stream with an error, never OK.
 
-#[macro_use]
-mod support;
+use crate::support;
 
 #[allow(dead_code)] // a few of the tenant helpers
-#[path = "support/grants.rs"]
-mod grants_support;
+use crate::support::grants as grants_support;
 
 use std::path::Path;
 use std::time::Duration;

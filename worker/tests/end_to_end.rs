@@ -2,7 +2,7 @@
 //! PostgreSQL) and real `coffer-worker` processes moving real files to a
 //! filesystem target and to Garage.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

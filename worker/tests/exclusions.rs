@@ -4,8 +4,7 @@
 //! the job's backup then leaves out exactly those paths, and its restore
 //! brings back the rest byte for byte.
 
-#[macro_use]
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! past its lease and resumed), an S3 server that dies mid-run, and a fleet
 //! of worker processes sharing hundreds of runs.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::path::Path;

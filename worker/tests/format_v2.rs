@@ -5,8 +5,7 @@
 //! the data, and any change to it is detected, named and never restored.
 //! A bucket's passphrase opens its repositories after the catalog is lost.
 
-#[macro_use]
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -5,8 +5,7 @@
 //! planted in storage is never sealed to; another tenant's repository and
 //! passphrase secrets are out of reach.
 
-#[macro_use]
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! HTTP before and after a scheduled job's backup to Garage, and the
 //! counters moved by what the backup did.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

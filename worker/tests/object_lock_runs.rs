@@ -5,7 +5,7 @@
 //! A short retention (seconds) lets locks run out within the test; waits
 //! are on the dates the locks end, never fixed sleeps.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! process back up and restore one large file while `WatchRun` is followed,
 //! and the byte counts it streams move while that one file is in flight.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

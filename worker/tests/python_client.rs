@@ -7,7 +7,7 @@
 //! The interpreter comes from `scripts/python-client.sh`, which keeps the
 //! pinned packages in a cached virtual environment (created on first use).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

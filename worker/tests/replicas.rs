@@ -6,7 +6,7 @@
 //! assignment, five for `WatchRun`) are only a fallback, and the bounds
 //! below are set between the two.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};

@@ -4,7 +4,7 @@
 //! listed, from the catalog and from storage; two collections later the
 //! space they alone used is given back, and what is kept still restores.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,12 +2,10 @@
 //! one owner into two filesystem repositories (no job, no bucket) do not
 //! show each other's files, on both catalog backends.
 
-#[macro_use]
-mod support;
+use crate::support;
 
 #[allow(dead_code)] // only the backup spec is used
-#[path = "support/grants.rs"]
-mod grants_support;
+use crate::support::grants as grants_support;
 
 use coffer_control_plane::testing::{Backend, TestServer};
 use grants_support::backup;

@@ -6,7 +6,7 @@
 //! collection read through the trees; a damaged tree blob is detected,
 //! named and never restored.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::path::Path;

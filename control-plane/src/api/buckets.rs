@@ -60,6 +60,7 @@ impl From<Location> for pb::bucket::Location {
                 force_path_style: s3.force_path_style,
                 credentials_ref: s3.credentials_ref,
                 secret_id: s3.secret_id.map(|id| id.to_string()).unwrap_or_default(),
+                pack_storage_class: s3.pack_storage_class,
             }),
             Location::Filesystem { path } => {
                 pb::bucket::Location::Filesystem(pb::FilesystemLocation { path })
@@ -80,6 +81,7 @@ impl TryFrom<pb::bucket::Location> for Location {
                 region: s3.region,
                 force_path_style: s3.force_path_style,
                 credentials_ref: s3.credentials_ref,
+                pack_storage_class: s3.pack_storage_class,
             }),
             pb::bucket::Location::Filesystem(fs) => Location::Filesystem { path: fs.path },
         })

@@ -145,6 +145,9 @@ pub fn options_from_proto(
         exclude_caches: o.exclude_caches,
         exclude_if_present: o.exclude_if_present,
         max_file_size_bytes: o.max_file_size_bytes,
+        upload_limit_bytes_per_second: o.upload_limit_bytes_per_second,
+        download_limit_bytes_per_second: o.download_limit_bytes_per_second,
+        pack_storage_class: o.pack_storage_class,
     });
     options.validate(field)?;
     Ok(options)
@@ -162,6 +165,9 @@ pub fn options_to_proto(options: &JobOptions) -> pb::JobOptions {
         exclude_caches: options.exclude_caches,
         exclude_if_present: options.exclude_if_present.clone(),
         max_file_size_bytes: options.max_file_size_bytes,
+        upload_limit_bytes_per_second: options.upload_limit_bytes_per_second,
+        download_limit_bytes_per_second: options.download_limit_bytes_per_second,
+        pack_storage_class: options.pack_storage_class.clone(),
     }
 }
 
@@ -269,6 +275,12 @@ impl From<RunProgress> for pb::RunProgress {
             eta: p
                 .eta_seconds
                 .map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+            upload_limit_bytes_per_second: p.upload_limit_bytes_per_second,
+            download_limit_bytes_per_second: p.download_limit_bytes_per_second,
+            throttled: (p.throttled_millis > 0).then(|| prost_types::Duration {
+                seconds: p.throttled_millis / 1000,
+                nanos: i32::try_from(p.throttled_millis % 1000 * 1_000_000).unwrap_or(0),
+            }),
         }
     }
 }
@@ -291,6 +303,16 @@ impl From<pb::RunProgress> for RunProgress {
             bytes_deduplicated: p.bytes_deduplicated,
             totals_known: p.totals_known,
             eta_seconds: p.eta.map(|eta| eta.seconds).filter(|s| *s >= 0),
+            upload_limit_bytes_per_second: p.upload_limit_bytes_per_second.max(0),
+            download_limit_bytes_per_second: p.download_limit_bytes_per_second.max(0),
+            throttled_millis: p
+                .throttled
+                .filter(|d| d.seconds >= 0 && d.nanos >= 0)
+                .map_or(0, |d| {
+                    d.seconds
+                        .saturating_mul(1000)
+                        .saturating_add(i64::from(d.nanos / 1_000_000))
+                }),
         }
     }
 }
@@ -341,6 +363,7 @@ fn spec_to_proto(spec: &RunSpec) -> pb::run::Spec {
             destination_path: restore.destination_path.clone(),
             overwrite_newer: restore.overwrite_newer,
             read_from: restore.read_from.as_ref().map(target_to_proto),
+            download_limit_bytes_per_second: restore.download_limit_bytes_per_second,
         }),
         RunSpec::Download(download) => pb::run::Spec::Download(pb::DownloadSpec {
             snapshot_run_id: download.snapshot.run_id.to_string(),

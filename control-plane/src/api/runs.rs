@@ -24,7 +24,7 @@ use crate::catalog::{Catalog, Page};
 use crate::error::{DomainError, DomainResult, Violations};
 use crate::leasing::waiting::{explain_runs, WaitingReason};
 use crate::model::limits::OwnerLimit;
-use crate::model::run::{BackupSpec, Run, RunFilter};
+use crate::model::run::{check_bandwidth_limit, BackupSpec, Run, RunFilter};
 use crate::model::{
     check_absolute_path, check_len, check_relative_path, parse_id, parse_optional_id,
 };
@@ -254,6 +254,10 @@ fn restore_request(restore: pb::RestoreSpec) -> DomainResult<RestoreRequest> {
         Some(target) => violations.absorb(target_from_proto("restore.read_from", Some(target))),
         None => None,
     };
+    violations.absorb(check_bandwidth_limit(
+        "restore.download_limit_bytes_per_second",
+        restore.download_limit_bytes_per_second,
+    ));
     violations.finish()?;
     let snapshot = match (snapshot_id, job_id) {
         (Some(id), _) => SnapshotChoice::Run(id),
@@ -267,6 +271,7 @@ fn restore_request(restore: pb::RestoreSpec) -> DomainResult<RestoreRequest> {
             .then_some(restore.destination_path),
         overwrite_newer: restore.overwrite_newer,
         read_from,
+        download_limit_bytes_per_second: restore.download_limit_bytes_per_second,
     })
 }
 

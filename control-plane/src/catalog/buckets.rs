@@ -19,7 +19,7 @@ use crate::model::bucket::{
 const COLUMNS: &str = "id, owner_id, name, description, kind, s3_endpoint, s3_bucket, s3_region, \
      s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, retention_policy_id, \
      create_time, update_time, s3_secret_id, object_lock_mode, object_lock_min_retention_seconds, \
-     s3_maintenance_secret_id, encryption, passphrase_secret_id";
+     s3_maintenance_secret_id, encryption, passphrase_secret_id, s3_pack_storage_class";
 
 #[derive(sqlx::FromRow)]
 struct BucketRow {
@@ -44,6 +44,7 @@ struct BucketRow {
     s3_maintenance_secret_id: Option<Uuid>,
     encryption: String,
     passphrase_secret_id: Option<Uuid>,
+    s3_pack_storage_class: String,
 }
 
 impl TryFrom<BucketRow> for Bucket {
@@ -58,6 +59,7 @@ impl TryFrom<BucketRow> for Bucket {
                 force_path_style: row.s3_force_path_style,
                 credentials_ref: row.s3_credentials_ref,
                 secret_id: row.s3_secret_id,
+                pack_storage_class: row.s3_pack_storage_class,
             }),
             "filesystem" => Location::Filesystem {
                 path: row.filesystem_path,
@@ -130,8 +132,8 @@ fn bucket_name_taken(spec: &BucketSpec) -> String {
 
 /// Binds the columns that creating and updating a bucket write alike
 /// (owner to retention policy, then the S3 secret, then the Object Lock
-/// mode and retention, the maintenance secret and the passphrase secret:
-/// seventeen in all) to `$query`, in that order.
+/// mode and retention, the maintenance secret, the passphrase secret and
+/// the packs' storage class: eighteen in all) to `$query`, in that order.
 macro_rules! bind_spec {
     ($query:expr, $spec:expr) => {{
         let loc = LocationColumns::of(&$spec.location);
@@ -155,6 +157,7 @@ macro_rules! bind_spec {
             }))
             .bind($spec.maintenance_secret_id)
             .bind($spec.passphrase_secret_id)
+            .bind(loc.s3_text(|s| s.pack_storage_class.as_str()))
     }};
 }
 
@@ -166,9 +169,9 @@ impl Catalog {
              s3_region, s3_force_path_style, s3_credentials_ref, filesystem_path, prefix, \
              retention_policy_id, s3_secret_id, object_lock_mode, \
              object_lock_min_retention_seconds, s3_maintenance_secret_id, \
-             passphrase_secret_id, create_time, update_time, encryption) \
+             passphrase_secret_id, s3_pack_storage_class, create_time, update_time, encryption) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $19, $20) \
+             $17, $18, $19, $20, $20, $21) \
              RETURNING {COLUMNS}"
         );
         let row = on_pool!(self, |pool| bind_spec!(
@@ -230,7 +233,7 @@ impl Catalog {
              s3_credentials_ref = $11, filesystem_path = $12, prefix = $13, \
              retention_policy_id = $14, s3_secret_id = $15, object_lock_mode = $16, \
              object_lock_min_retention_seconds = $17, s3_maintenance_secret_id = $18, \
-             passphrase_secret_id = $19, update_time = $20 \
+             passphrase_secret_id = $19, s3_pack_storage_class = $20, update_time = $21 \
              WHERE id = $1 AND update_time = $2 RETURNING {COLUMNS}"
         );
         let row = on_pool!(self, |pool| bind_spec!(

@@ -193,6 +193,7 @@ pub async fn resolve(
                     resolved_bucket.bucket = s3.bucket.clone();
                     resolved_bucket.region = s3.region.clone();
                     resolved_bucket.force_path_style = s3.force_path_style;
+                    resolved_bucket.pack_storage_class = s3.pack_storage_class.clone();
                     let maintenance_secret =
                         bucket.spec.maintenance_secret_id.filter(|_| maintenance);
                     lease_credentials(

@@ -489,6 +489,12 @@ impl Session {
         match &run.spec {
             RunSpec::Backup(backup) => {
                 assignment.options = Some(options_to_proto(&backup.options));
+                // The job's storage class for packs, over its bucket's.
+                if let Some(bucket) = assignment.target.as_mut().and_then(|t| t.bucket.as_mut()) {
+                    if !backup.options.pack_storage_class.is_empty() {
+                        bucket.pack_storage_class = backup.options.pack_storage_class.clone();
+                    }
+                }
                 if let Some(parent) = self
                     .state
                     .catalog

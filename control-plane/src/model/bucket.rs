@@ -29,6 +29,31 @@ pub struct S3Location {
     pub credentials_ref: String,
     /// The owner's secret holding the credentials.
     pub secret_id: Option<Uuid>,
+    /// The S3 storage class packs are written in; empty means the default.
+    pub pack_storage_class: String,
+}
+
+/// The S3 storage classes a bucket or job may put packs in.
+pub const STORAGE_CLASSES: [&str; 8] = [
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "REDUCED_REDUNDANCY",
+];
+
+/// Checks a storage class: empty (the default) or one of [`STORAGE_CLASSES`].
+pub fn check_storage_class(field: &str, class: &str) -> DomainResult<()> {
+    if class.is_empty() || STORAGE_CLASSES.contains(&class) {
+        return Ok(());
+    }
+    Err(DomainError::invalid(
+        field,
+        format!("must be empty or one of {}", STORAGE_CLASSES.join(", ")),
+    ))
 }
 
 /// Where a bucket's data lives.
@@ -249,6 +274,10 @@ fn check_s3(violations: &mut Violations, prefix: &str, s3: &S3Location) {
     violations.absorb(check_credentials_ref(
         &format!("{prefix}credentials_ref"),
         &s3.credentials_ref,
+    ));
+    violations.absorb(check_storage_class(
+        &format!("{prefix}pack_storage_class"),
+        &s3.pack_storage_class,
     ));
 }
 

@@ -136,6 +136,34 @@ pub struct JobOptions {
     pub exclude_if_present: Vec<String>,
     /// Skip regular files larger than this; 0 means no limit.
     pub max_file_size_bytes: i64,
+    /// Upload limit of each backup run in bytes per second; 0 means none.
+    pub upload_limit_bytes_per_second: i64,
+    /// Download limit of each backup run in bytes per second; 0 means none.
+    pub download_limit_bytes_per_second: i64,
+    /// The S3 storage class of the packs written; empty means the bucket's.
+    pub pack_storage_class: String,
+}
+
+/// The slowest bandwidth limit accepted, in bytes per second: anything
+/// slower would stall requests past their timeouts.
+pub const MIN_BANDWIDTH_LIMIT: i64 = 1024;
+/// The fastest bandwidth limit accepted (a worker's token buckets count in
+/// `u32`); 0 says "no limit".
+pub const MAX_BANDWIDTH_LIMIT: i64 = u32::MAX as i64;
+
+/// Checks a bandwidth limit: 0 (none) or within the accepted range.
+pub fn check_bandwidth_limit(field: &str, bytes_per_second: i64) -> DomainResult<()> {
+    if bytes_per_second == 0
+        || (MIN_BANDWIDTH_LIMIT..=MAX_BANDWIDTH_LIMIT).contains(&bytes_per_second)
+    {
+        return Ok(());
+    }
+    Err(DomainError::invalid(
+        field,
+        format!(
+            "must be 0 (no limit) or {MIN_BANDWIDTH_LIMIT} to {MAX_BANDWIDTH_LIMIT} bytes per second"
+        ),
+    ))
 }
 
 /// The ignore file read when a job names none.
@@ -203,6 +231,18 @@ impl JobOptions {
                 "must not be negative (0 means no limit)",
             );
         }
+        violations.absorb(check_bandwidth_limit(
+            &format!("{field}.upload_limit_bytes_per_second"),
+            self.upload_limit_bytes_per_second,
+        ));
+        violations.absorb(check_bandwidth_limit(
+            &format!("{field}.download_limit_bytes_per_second"),
+            self.download_limit_bytes_per_second,
+        ));
+        violations.absorb(crate::model::bucket::check_storage_class(
+            &format!("{field}.pack_storage_class"),
+            &self.pack_storage_class,
+        ));
         violations.finish()
     }
 }
@@ -293,6 +333,9 @@ pub struct RestoreSpec {
     /// copy's target and manifest), as the request named it.
     #[serde(default)]
     pub read_from: Option<Target>,
+    /// Download limit of the restore in bytes per second; 0 means none.
+    #[serde(default)]
+    pub download_limit_bytes_per_second: i64,
     /// Labels a worker must carry (the snapshot's job's, so the worker sees the place).
     #[serde(default)]
     pub worker_selector: Labels,
@@ -670,6 +713,12 @@ pub struct RunProgress {
     pub totals_known: bool,
     /// Estimated seconds left, when the worker could tell.
     pub eta_seconds: Option<i64>,
+    /// Tightest upload limit in force, bytes per second (0: none).
+    pub upload_limit_bytes_per_second: i64,
+    /// Tightest download limit in force, bytes per second (0: none).
+    pub download_limit_bytes_per_second: i64,
+    /// Milliseconds transfers waited for the limits.
+    pub throttled_millis: i64,
 }
 
 /// The stage a running run is in, as its worker reports it.

@@ -97,6 +97,8 @@ pub struct RestoreRequest {
     pub overwrite_newer: bool,
     /// A copy's target to read the snapshot from; `None` reads the original.
     pub read_from: Option<Target>,
+    /// Download limit in bytes per second; 0 means none.
+    pub download_limit_bytes_per_second: i64,
 }
 
 /// A verification request.
@@ -341,6 +343,7 @@ impl RunAdmission {
                 destination_path,
                 overwrite_newer: restore.overwrite_newer,
                 read_from: restore.read_from,
+                download_limit_bytes_per_second: restore.download_limit_bytes_per_second,
                 worker_selector,
             }),
             max_attempts: self.catalog.run_default_max_attempts().await?,

@@ -3,6 +3,11 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod fair_lease;
+pub mod lease_session;
+pub mod readme_blocks;
+pub mod webhook;
+
 use coffer_control_plane::model::object::{EntryKind, FileAttributes, SnapshotEntry};
 pub use coffer_control_plane::testing::{authed, fresh_catalog, Backend, CatalogGuard, TestServer};
 

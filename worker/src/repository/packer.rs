@@ -130,7 +130,13 @@ async fn run_packer(
     let mut uploads: JoinSet<Result<IndexPack, RunFailure>> = JoinSet::new();
     let mut unindexed = Vec::new();
     let mut index_bytes = 0u64;
-    let slots = Arc::new(Semaphore::new(UPLOAD_PARALLELISM));
+    let uploader = Uploader {
+        repository: &repository,
+        blob_type,
+        slots: Arc::new(Semaphore::new(UPLOAD_PARALLELISM)),
+        uploaded: &uploaded,
+        cancel: &cancel,
+    };
     loop {
         let next = tokio::select! {
             biased;
@@ -150,19 +156,11 @@ async fn run_packer(
             .map_err(|e| RunFailure::permanent(format!("packing: {e}")))?;
         if builder.len() >= target_size {
             let full = std::mem::replace(&mut builder, new_pack());
-            start_upload(&repository, full, &slots, &mut uploads, &uploaded, &cancel).await?;
+            uploader.start(full, &mut uploads).await?;
         }
     }
     if !builder.is_empty() {
-        start_upload(
-            &repository,
-            builder,
-            &slots,
-            &mut uploads,
-            &uploaded,
-            &cancel,
-        )
-        .await?;
+        uploader.start(builder, &mut uploads).await?;
     }
     while let Some(done) = uploads.join_next().await {
         unindexed
@@ -191,36 +189,51 @@ async fn write_index(
     Ok(length)
 }
 
-async fn start_upload(
-    repository: &Repository,
-    builder: PackDraft,
-    slots: &Arc<Semaphore>,
-    uploads: &mut JoinSet<Result<IndexPack, RunFailure>>,
-    uploaded: &Arc<AtomicU64>,
-    cancel: &CancellationToken,
-) -> Result<(), RunFailure> {
-    let permit = Arc::clone(slots)
-        .acquire_owned()
-        .await
-        .map_err(|_| RunFailure::cancelled())?;
-    let sealed = tokio::task::spawn_blocking(move || builder.finish())
-        .await
-        .map_err(|e| RunFailure::retryable(format!("sealing task failed: {e}")))?
-        .map_err(|e| RunFailure::permanent(format!("sealing a pack: {e}")))?;
-    let store = Arc::clone(repository.store());
-    let uploaded = Arc::clone(uploaded);
-    let cancel = cancel.clone();
-    uploads.spawn(async move {
-        let _permit = permit;
-        let entry = IndexPack::from_sealed(&sealed);
-        let length = sealed.bytes.len() as u64;
-        store
-            .put_bytes(&layout::pack_key(&sealed.id), sealed.bytes, &cancel)
-            .await?;
-        uploaded.fetch_add(length, Ordering::Relaxed);
-        Ok(entry)
-    });
-    Ok(())
+/// Seals full packs and uploads them, at most [`UPLOAD_PARALLELISM`] at once.
+struct Uploader<'a> {
+    repository: &'a Repository,
+    blob_type: BlobType,
+    slots: Arc<Semaphore>,
+    uploaded: &'a Arc<AtomicU64>,
+    cancel: &'a CancellationToken,
+}
+
+impl Uploader<'_> {
+    /// Waits for an upload slot, seals `builder` and starts its upload in
+    /// `uploads`.
+    async fn start(
+        &self,
+        builder: PackDraft,
+        uploads: &mut JoinSet<Result<IndexPack, RunFailure>>,
+    ) -> Result<(), RunFailure> {
+        let permit = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| RunFailure::cancelled())?;
+        let sealed = tokio::task::spawn_blocking(move || builder.finish())
+            .await
+            .map_err(|e| RunFailure::retryable(format!("sealing task failed: {e}")))?
+            .map_err(|e| RunFailure::permanent(format!("sealing a pack: {e}")))?;
+        let store = Arc::clone(self.repository.store());
+        let uploaded = Arc::clone(self.uploaded);
+        let cancel = self.cancel.clone();
+        let blob_type = self.blob_type;
+        uploads.spawn(async move {
+            let _permit = permit;
+            let entry = IndexPack::from_sealed(&sealed);
+            let length = sealed.bytes.len() as u64;
+            let key = layout::pack_key(&sealed.id);
+            // Data packs may go to a colder storage class; tree packs, which
+            // the next incremental reads, never do.
+            match blob_type {
+                BlobType::Data => store.put_data_pack(&key, sealed.bytes, &cancel).await?,
+                BlobType::Tree => store.put_bytes(&key, sealed.bytes, &cancel).await?,
+            }
+            uploaded.fetch_add(length, Ordering::Relaxed);
+            Ok(entry)
+        });
+        Ok(())
+    }
 }
 
 /// A pack being filled: v1's builder, or v2's writer, which shuffles and

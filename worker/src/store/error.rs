@@ -35,6 +35,15 @@ pub enum StoreError {
         /// Its retain-until date, when the server says.
         until: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// The object is in an archive storage class (GLACIER, DEEP_ARCHIVE)
+    /// and must be restored on the S3 side before it can be read.
+    #[error("object {key:?} is in storage class {class}: restore it on the S3 side (RestoreObject, or the provider's console) before reading it, then run again")]
+    Archived {
+        /// The key.
+        key: String,
+        /// Its storage class, as the server names it.
+        class: String,
+    },
     /// The key is not a valid relative object key.
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey {
@@ -79,6 +88,7 @@ impl StoreError {
                 | StoreError::AlreadyExists { .. }
                 | StoreError::DeleteRefused { .. }
                 | StoreError::Locked { .. }
+                | StoreError::Archived { .. }
         )
     }
 

@@ -28,6 +28,8 @@ pub struct FilesystemStore {
     root: PathBuf,
     /// Append-only: every deletion is refused (a backup-class worker).
     pub(super) deletes_refused: bool,
+    /// The bandwidth limits its transfers pay into (none by default).
+    pub(super) throttle: std::sync::Arc<crate::bandwidth::Throttle>,
 }
 
 /// What to write into an object.
@@ -49,6 +51,7 @@ impl FilesystemStore {
         Ok(Self {
             root,
             deletes_refused: false,
+            throttle: crate::bandwidth::Throttle::unlimited(),
         })
     }
 

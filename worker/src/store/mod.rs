@@ -14,10 +14,12 @@ pub mod s3;
 mod s3_metrics;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use coffer_proto::v1::ResolvedTarget;
 use tokio_util::sync::CancellationToken;
 
+use crate::bandwidth::{Direction, Throttle};
 use error::cancellable;
 pub use error::StoreError;
 pub use filesystem::FilesystemStore;
@@ -42,7 +44,8 @@ impl Store {
     ///
     /// A target with a filesystem path (its own or its bucket's) is a
     /// filesystem store; a target with an S3 bucket name is an S3 store
-    /// signing with the credentials its lease allows ([`s3::credentials_for`]).
+    /// signing with the credentials its lease allows ([`s3::credentials_for`])
+    /// and writing packs in the bucket's storage class.
     pub async fn open(
         target: &ResolvedTarget,
         repository_prefix: &str,
@@ -72,7 +75,10 @@ impl Store {
             prefix: join_key_prefix(&bucket.prefix, repository_prefix),
         };
         let credentials = s3::credentials_for(bucket).await?;
-        Ok(Store::S3(S3Store::new(location, credentials).await?))
+        let store = S3Store::new(location, credentials)
+            .await?
+            .with_pack_storage_class(&bucket.pack_storage_class)?;
+        Ok(Store::S3(store))
     }
 
     /// The same store, append-only: every deletion through it fails with
@@ -85,6 +91,38 @@ impl Store {
             Store::S3(s3) => s3.deletes_refused = true,
         }
         self
+    }
+
+    /// The same store, paying for every byte it moves into `throttle`'s
+    /// bandwidth limits.
+    pub fn throttled(mut self, throttle: Arc<Throttle>) -> Self {
+        match &mut self {
+            Store::Filesystem(fs) => fs.throttle = throttle,
+            Store::S3(s3) => s3.throttle = throttle,
+        }
+        self
+    }
+
+    /// The bandwidth limits the store's transfers pay into.
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        match self {
+            Store::Filesystem(fs) => &fs.throttle,
+            Store::S3(s3) => &s3.throttle,
+        }
+    }
+
+    /// Waits until `bytes` may move `direction` under the store's limits.
+    async fn pay(
+        &self,
+        direction: Direction,
+        bytes: u64,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        if self.throttle().take(direction, bytes, cancel).await {
+            Ok(())
+        } else {
+            Err(StoreError::Cancelled)
+        }
     }
 
     /// Whether deletions are refused ([`Store::refusing_deletes`]).
@@ -198,6 +236,16 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<u64, StoreError> {
         validate_key(key)?;
+        if self.throttle().limits(Direction::Upload) {
+            let length = tokio::fs::metadata(path)
+                .await
+                .map_err(|source| StoreError::Io {
+                    context: format!("reading the size of {}", path.display()),
+                    source,
+                })?
+                .len();
+            self.pay(Direction::Upload, length, cancel).await?;
+        }
         match (self, create_only) {
             (Store::Filesystem(fs), false) => fs.put_file(key, path, cancel).await,
             (Store::Filesystem(fs), true) => fs.put_file_new(key, path, cancel).await,
@@ -213,10 +261,40 @@ impl Store {
         bytes: Vec<u8>,
         cancel: &CancellationToken,
     ) -> Result<(), StoreError> {
+        self.put_bytes_in(key, bytes, false, cancel).await
+    }
+
+    /// Stores a data pack under `key`: as [`Store::put_bytes`], in the
+    /// storage class the bucket (or the run's job) chose for packs. Tree
+    /// packs are written with `put_bytes`, in the default class, since an
+    /// incremental backup reads its parent's trees.
+    pub async fn put_data_pack(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        self.put_bytes_in(key, bytes, true, cancel).await
+    }
+
+    async fn put_bytes_in(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        data_pack: bool,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
         validate_key(key)?;
+        self.pay(Direction::Upload, bytes.len() as u64, cancel)
+            .await?;
         match self {
             Store::Filesystem(fs) => fs.put_bytes(key, bytes, cancel).await,
-            Store::S3(s3) => s3.put_bytes(key, bytes, cancel).await,
+            Store::S3(s3) => {
+                let class = data_pack
+                    .then(|| s3.pack_storage_class().cloned())
+                    .flatten();
+                s3.put_bytes(key, bytes, class, cancel).await
+            }
         }
     }
 
@@ -227,13 +305,17 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StoreError> {
         validate_key(key)?;
-        cancellable(cancel, async {
+        let bytes = cancellable(cancel, async {
             match self {
                 Store::Filesystem(fs) => fs.get_bytes(key).await,
                 Store::S3(s3) => s3.get(key, None).await,
             }
         })
-        .await
+        .await?;
+        // Paid for once received: the size is known only then.
+        self.pay(Direction::Download, bytes.len() as u64, cancel)
+            .await?;
+        Ok(bytes)
     }
 
     /// Reads `length` bytes of object `key` from `offset` (fewer when the
@@ -246,13 +328,16 @@ impl Store {
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StoreError> {
         validate_key(key)?;
-        cancellable(cancel, async {
+        let bytes = cancellable(cancel, async {
             match self {
                 Store::Filesystem(fs) => fs.get_range(key, offset, length).await,
                 Store::S3(s3) => s3.get(key, Some((offset, length))).await,
             }
         })
-        .await
+        .await?;
+        self.pay(Direction::Download, bytes.len() as u64, cancel)
+            .await?;
+        Ok(bytes)
     }
 
     /// Whether the object `key` exists.

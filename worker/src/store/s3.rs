@@ -16,8 +16,10 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::{ByteStream, Length};
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, StorageClass};
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use coffer_proto::v1::ResolvedBucket;
@@ -219,6 +221,10 @@ pub struct S3Store {
     lock: Option<ObjectLock>,
     /// Append-only: every deletion is refused (a backup-class worker).
     pub(super) deletes_refused: bool,
+    /// The bandwidth limits its transfers pay into (none by default).
+    pub(super) throttle: std::sync::Arc<crate::bandwidth::Throttle>,
+    /// The storage class packs are written in; `None`: the bucket's default.
+    pack_storage_class: Option<StorageClass>,
 }
 
 impl S3Store {
@@ -276,7 +282,35 @@ impl S3Store {
             location,
             lock: None,
             deletes_refused: false,
+            throttle: crate::bandwidth::Throttle::unlimited(),
+            pack_storage_class: None,
         })
+    }
+
+    /// The same store writing data packs in storage class `class`
+    /// (`STANDARD_IA`, `GLACIER_IR`, ...; empty: the bucket's default), when
+    /// written through [`Store::put_data_pack`](super::Store::put_data_pack).
+    /// Everything a run reads to plan its work (tree packs, index files,
+    /// manifests, config, key slots) stays in the default class, which reads
+    /// instantly.
+    pub fn with_pack_storage_class(mut self, class: &str) -> Result<Self, StoreError> {
+        if class.is_empty() {
+            self.pack_storage_class = None;
+            return Ok(self);
+        }
+        let known = StorageClass::values().contains(&class);
+        if !known {
+            return Err(StoreError::Config(format!(
+                "unknown S3 storage class {class:?}"
+            )));
+        }
+        self.pack_storage_class = Some(StorageClass::from(class));
+        Ok(self)
+    }
+
+    /// The storage class data packs are written in, if not the default.
+    pub fn pack_storage_class(&self) -> Option<&StorageClass> {
+        self.pack_storage_class.as_ref()
     }
 
     /// The same store writing every object with `lock` (the bucket must
@@ -597,6 +631,7 @@ impl S3Store {
         &self,
         key: &str,
         bytes: Vec<u8>,
+        storage_class: Option<StorageClass>,
         cancel: &CancellationToken,
     ) -> Result<(), StoreError> {
         let full_key = self.full_key(key);
@@ -606,6 +641,7 @@ impl S3Store {
             .put_object()
             .bucket(&self.location.bucket)
             .key(&full_key)
+            .set_storage_class(storage_class)
             .set_object_lock_mode(lock_mode)
             .set_object_lock_retain_until_date(retain_until)
             .body(ByteStream::from(bytes))
@@ -650,6 +686,22 @@ impl S3Store {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
                 return Err(StoreError::NotFound { key: key.into() })
             }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_invalid_object_state()) =>
+            {
+                let class = e
+                    .as_service_error()
+                    .and_then(|s| match s {
+                        GetObjectError::InvalidObjectState(state) => state.storage_class(),
+                        _ => None,
+                    })
+                    .map_or_else(|| "an archive class".to_owned(), |c| c.as_str().to_owned());
+                return Err(StoreError::Archived {
+                    key: full_key,
+                    class,
+                });
+            }
             Err(e) => return Err(s3_error("GetObject", &full_key, e)),
         };
         // Read the body straight into one buffer of the announced size:
@@ -682,7 +734,25 @@ impl S3Store {
         Ok(data)
     }
 
+    /// The storage class object `key` is stored in, as the server names
+    /// it; `None` for the default class (S3 leaves the header out for it).
+    pub async fn storage_class(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<String>, StoreError> {
+        let head = cancellable(cancel, self.head(key))
+            .await?
+            .ok_or_else(|| StoreError::NotFound { key: key.into() })?;
+        Ok(head.storage_class().map(|class| class.as_str().to_owned()))
+    }
+
     pub(super) async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.head(key).await?.is_some())
+    }
+
+    /// HeadObject of `key`; `None` when it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<HeadObjectOutput>, StoreError> {
         let full_key = self.full_key(key);
         let request = self
             .client
@@ -691,8 +761,8 @@ impl S3Store {
             .key(&full_key)
             .send();
         match request.await {
-            Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Ok(head) => Ok(Some(head)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(s3_error("HeadObject", &full_key, e)),
         }
     }

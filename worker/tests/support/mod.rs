@@ -25,7 +25,10 @@ pub mod credentials;
 #[allow(unused_imports)] // each test binary uses a different subset
 pub mod worker_api;
 
+pub mod fencing;
+pub mod grants;
 pub mod tls;
+pub mod worker_io;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

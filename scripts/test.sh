@@ -151,10 +151,12 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# The CLI's tests run this binary (cli/tests/support): built here once, not
-# inside the first test.
-log "control-plane binary for the CLI's tests"
-cargo build -p coffer-control-plane --bin coffer-control-plane --locked
+# The CLI's tests run the control plane's binary (cli/tests/support): the one
+# the workspace's test build makes (for the control plane's own tests), not
+# one built for the CLI's tests alone, whose other features would rebuild
+# most dependencies.
+target_dir=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+export COFFER_TEST_CONTROL_PLANE_BIN="$target_dir/debug/coffer-control-plane"
 
 log "disk before the tests are built: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free"
 

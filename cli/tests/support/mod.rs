@@ -9,11 +9,18 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The control plane's binary, built (or found up to date) by cargo once per
-/// test process: it belongs to another package of the workspace.
+/// The control plane's binary: `COFFER_TEST_CONTROL_PLANE_BIN` when set
+/// (the test command points it at the one the workspace's test build made),
+/// else built (or found up to date) by cargo once per test process, since it
+/// belongs to another package of the workspace. Building it here selects
+/// that package alone, whose features differ from the workspace's, so it
+/// rebuilds most dependencies: the variable spares CI that.
 fn control_plane_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("COFFER_TEST_CONTROL_PLANE_BIN") {
+            return PathBuf::from(path);
+        }
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         escargot::CargoBuild::new()
             .manifest_path(manifest)

@@ -217,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_transfer_waits_for_the_tightest_limit_and_counts_the_wait() {
-        let worker = WorkerLimits::new("4MiB".parse().unwrap(), Timetable::default());
+        let worker = WorkerLimits::new("4MiB".parse().expect("parses"), Timetable::default());
         let throttle = Throttle::for_run(&worker, 64 * 1024, 0).expect("valid");
         assert_eq!(throttle.limit_now(Direction::Upload), 64 * 1024);
         assert_eq!(throttle.limit_now(Direction::Download), 0);

@@ -180,16 +180,22 @@ mod tests {
         assert_eq!(
             "512KiB/s"
                 .parse::<Timetable>()
-                .unwrap()
+                .expect("parses")
                 .rate_at(at("12:00")),
             rate(512 << 10)
         );
         assert_eq!(
-            "2MB".parse::<Timetable>().unwrap().rate_at(at("12:00")),
+            "2MB"
+                .parse::<Timetable>()
+                .expect("parses")
+                .rate_at(at("12:00")),
             rate(2_000_000)
         );
         assert_eq!(
-            "65536".parse::<Timetable>().unwrap().rate_at(at("12:00")),
+            "65536"
+                .parse::<Timetable>()
+                .expect("parses")
+                .rate_at(at("12:00")),
             rate(65536)
         );
     }

@@ -418,12 +418,26 @@ pub struct OwnGarage {
 impl OwnGarage {
     pub fn start() -> OwnGarage {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/start-garage.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::null())
-            .output()
-            .expect("run start-garage.sh");
-        assert!(output.status.success(), "start-garage.sh failed");
+        let run = || {
+            Command::new("bash")
+                .arg(&script)
+                .output()
+                .expect("run start-garage.sh")
+        };
+        // The script picks free ports that another test may take before
+        // Garage binds them: a failed start is tried again.
+        let mut output = run();
+        for _ in 0..2 {
+            if output.status.success() {
+                break;
+            }
+            output = run();
+        }
+        assert!(
+            output.status.success(),
+            "start-garage.sh failed three times; last: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let exports = String::from_utf8(output.stdout).expect("utf-8 exports");
         let value = |name: &str| {
             exports

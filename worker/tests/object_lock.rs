@@ -119,7 +119,22 @@ async fn objects_written_under_a_lock_carry_its_retain_until_date() {
         .put_file("index/i", file.path(), &cancel)
         .await
         .expect("put file");
-    for key in ["packs/aa/aa01", "snapshots/m", "index/i"] {
+    // Past the multipart threshold: the upload and each of its parts carry
+    // the lock's checksum, and the object the lock.
+    let large = tempfile::NamedTempFile::new().expect("temp file");
+    let length = coffer_worker::store::s3::MULTIPART_THRESHOLD + (1 << 20);
+    large.as_file().set_len(length).expect("sparse large file");
+    let written = store
+        .put_file_new("snapshots/large", large.path(), &cancel)
+        .await
+        .expect("multipart upload under a lock");
+    assert_eq!(written, length);
+    let read = store
+        .get_range("snapshots/large", length - 16, 16, &cancel)
+        .await
+        .expect("read the last part");
+    assert_eq!(read, vec![0u8; 16]);
+    for key in ["packs/aa/aa01", "snapshots/m", "index/i", "snapshots/large"] {
         let until = locked_until(&store, key).await;
         let expected = before + chrono::Duration::seconds(600);
         assert!(

@@ -462,7 +462,11 @@ impl S3Store {
             .len();
         let full_key = self.full_key(key);
         if size > MULTIPART_THRESHOLD {
+            let wanted = self.lock.map(|lock| lock.retain_until(chrono::Utc::now()));
             self.put_multipart(&full_key, path, size, cancel).await?;
+            if let Some(wanted) = wanted {
+                self.confirm_lock(key, wanted, cancel).await?;
+            }
             return Ok(size);
         }
         let body = ByteStream::from_path(path)
@@ -495,6 +499,25 @@ impl S3Store {
         Ok(size)
     }
 
+    /// Locks `key` until `wanted` if the server left it unlocked: some
+    /// S3-compatible servers drop the lock headers of CreateMultipartUpload,
+    /// and data that must be immutable is never left without its lock.
+    async fn confirm_lock(
+        &self,
+        key: &str,
+        wanted: chrono::DateTime<chrono::Utc>,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        if cancellable(cancel, self.retain_until(key)).await?.is_none() {
+            tracing::debug!(
+                key,
+                "the server did not lock a multipart upload: locking it now"
+            );
+            self.extend_lock(key, wanted, cancel).await?;
+        }
+        Ok(())
+    }
+
     async fn put_multipart(
         &self,
         full_key: &str,
@@ -508,6 +531,8 @@ impl S3Store {
             .create_multipart_upload()
             .bucket(&self.location.bucket)
             .key(full_key)
+            // S3 requires an integrity checksum on every part under a lock.
+            .set_checksum_algorithm(self.lock.map(|_| ChecksumAlgorithm::Crc32C))
             .set_object_lock_mode(lock_mode)
             .set_object_lock_retain_until_date(retain_until)
             .send();
@@ -588,6 +613,7 @@ impl S3Store {
                     })?,
                     offset,
                     length: PART_SIZE.min(size - offset),
+                    checksum: self.lock.map(|_| ChecksumAlgorithm::Crc32C),
                 };
                 tasks.spawn(part.send());
                 next_part += 1;
@@ -836,6 +862,9 @@ struct PartUpload {
     number: i32,
     offset: u64,
     length: u64,
+    /// The checksum the part carries: S3 requires one on every part of an
+    /// upload under Object Lock.
+    checksum: Option<ChecksumAlgorithm>,
 }
 
 impl PartUpload {
@@ -855,6 +884,7 @@ impl PartUpload {
             .upload_id(&self.upload_id)
             .part_number(self.number)
             .content_length(to_i64(self.length))
+            .set_checksum_algorithm(self.checksum)
             .body(body)
             .send()
             .await
@@ -862,6 +892,7 @@ impl PartUpload {
         Ok(CompletedPart::builder()
             .part_number(self.number)
             .set_e_tag(output.e_tag().map(str::to_owned))
+            .set_checksum_crc32_c(output.checksum_crc32_c().map(str::to_owned))
             .build())
     }
 }

@@ -146,7 +146,7 @@ import sys
 ul, ur, us, dl, dr, ds, moved = sys.argv[1:]
 mib = lambda b: f"{int(float(b)) / 1048576:.2f} MiB/s"
 rows = [("upload (worker limit)", ul, ur, us), ("download (run limit)", dl, dr, ds)]
-print(f"moved {int(moved) / 1048576:.1f} MiB each way")
+print(f"moved {int(moved) / 1048576:.1f} MiB each way\n")
 print("| direction | limit | achieved | off by | run time |")
 print("|---|---|---|---|---|")
 ok = True

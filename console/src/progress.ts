@@ -38,7 +38,9 @@ export function drawProgress(into: HTMLElement, run: Run): void {
           ` ${p.filesDone}/${p.filesSeen} files, ${bytes(p.bytesDone)} of ${bytes(p.bytesSeen)}, ` +
             `${bytes(p.bytesUploaded)} uploaded` +
             (p.phase ? `, ${RunPhase[p.phase].toLowerCase()}` : "") +
-            (p.eta ? `, ${duration(p.eta)} left` : ""),
+            (p.eta ? `, ${duration(p.eta)} left` : "") +
+            (p.uploadLimitBytesPerSecond > 0n ? `, uploads limited to ${bytes(p.uploadLimitBytesPerSecond)}/s` : "") +
+            (p.downloadLimitBytesPerSecond > 0n ? `, downloads limited to ${bytes(p.downloadLimitBytesPerSecond)}/s` : ""),
         )
       : null,
     run.error ? h("span", { class: "error" }, ` ${run.error}`) : null,

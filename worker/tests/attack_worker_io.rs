@@ -30,7 +30,7 @@ use support::worker_api::{
     run_restore, RecordBatch, ReportError, Reporter, Repository, RepositoryAccess, RestorePlan,
     Store,
 };
-use support::{assert_succeeded, restore, wait_until_final, write, WorkerProcess};
+use support::{assert_succeeded, bucket_target, restore, wait_until_final, write, WorkerProcess};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use worker_io::{
@@ -102,19 +102,10 @@ async fn filesystem_bucket(server: &TestServer, repo: &Path) -> String {
         .id
 }
 
-fn bucket_target(bucket_id: &str) -> pb::Target {
-    pb::Target {
-        destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
-            bucket_id: bucket_id.to_owned(),
-            prefix: String::new(),
-        })),
-    }
-}
-
 async fn backup_to(server: &TestServer, source: &str, bucket_id: &str) -> pb::Run {
     let spec = pb::create_run_request::Spec::Backup(pb::BackupSpec {
         source_path: source.to_owned(),
-        target: Some(bucket_target(bucket_id)),
+        target: Some(bucket_target(bucket_id, "")),
         ..Default::default()
     });
     let id = server.admin().queue_run(spec).await;

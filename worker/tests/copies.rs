@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use support::worker_api::{Repository, Store};
 use support::{
-    assert_succeeded, garage_bucket, noise, repository_access, run_to_success, start_run,
-    wait_until_final, write, WorkerProcess,
+    assert_succeeded, bucket_target, garage_bucket, noise, repository_access, run_to_success,
+    start_run, wait_until_final, write, WorkerProcess,
 };
 
 fn filesystem(path: &Path) -> pb::Target {
@@ -32,15 +32,6 @@ fn filesystem(path: &Path) -> pb::Target {
 }
 
 /// The `repo` prefix of bucket `bucket_id`, where the test's store looks.
-fn in_bucket(bucket_id: &str) -> pb::Target {
-    pb::Target {
-        destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
-            bucket_id: bucket_id.into(),
-            prefix: "repo".into(),
-        })),
-    }
-}
-
 fn backup(source: &Path, target: pb::Target) -> Spec {
     Spec::Backup(pb::BackupSpec {
         source_path: source.display().to_string(),
@@ -122,13 +113,17 @@ async fn a_copy_restores_byte_identical_after_the_original_is_deleted(backend: B
     let snapshot = run_to_success(&server, backup(&source, filesystem(&original))).await;
 
     let (bucket_id, _store) = garage_bucket(&server).await;
-    let copy_run = run_to_success(&server, copy(&snapshot.id, in_bucket(&bucket_id))).await;
+    let copy_run = run_to_success(
+        &server,
+        copy(&snapshot.id, bucket_target(&bucket_id, "repo")),
+    )
+    .await;
     assert_eq!(copy_run.kind, pb::RunKind::Copy as i32);
 
     let copies = copies_of(&server, &snapshot.id).await;
     assert_eq!(copies.len(), 1, "{copies:?}");
     assert_eq!(copies[0].copy_run_id, copy_run.id);
-    assert_eq!(copies[0].target, Some(in_bucket(&bucket_id)));
+    assert_eq!(copies[0].target, Some(bucket_target(&bucket_id, "repo")));
 
     std::fs::remove_dir_all(&original).expect("delete the original repository");
     let lost = restore_from(&server, &snapshot.id, &dir.path().join("lost"), None).await;
@@ -143,7 +138,7 @@ async fn a_copy_restores_byte_identical_after_the_original_is_deleted(backend: B
         &server,
         &snapshot.id,
         &restored,
-        Some(in_bucket(&bucket_id)),
+        Some(bucket_target(&bucket_id, "repo")),
     )
     .await;
     assert_succeeded(&from_copy);
@@ -230,7 +225,11 @@ async fn a_copy_interrupted_and_resumed_sends_nothing_twice() {
     drop(backups);
 
     let (bucket_id, store) = garage_bucket(&server).await;
-    let copy_id = start_run(&server, copy(&snapshot.id, in_bucket(&bucket_id))).await;
+    let copy_id = start_run(
+        &server,
+        copy(&snapshot.id, bucket_target(&bucket_id, "repo")),
+    )
+    .await;
     let mut first = WorkerProcess::spawn_with(&server, "first", 1, &[], None);
     wait_for_index(&store).await;
     first.kill_hard();
@@ -263,7 +262,7 @@ async fn a_copy_interrupted_and_resumed_sends_nothing_twice() {
             &server,
             &snapshot.id,
             &restored,
-            Some(in_bucket(&bucket_id)),
+            Some(bucket_target(&bucket_id, "repo")),
         )
         .await,
     );

@@ -16,8 +16,9 @@ use coffer_format::layout;
 use coffer_format::{AnyConfig, ObjectKind, RepositoryKeys};
 use coffer_proto::v1 as pb;
 use support::{
-    assert_restorable, assert_succeeded, create_run, noise, passphrase_secret, repository_access,
-    run_to_success, s3_bucket, start_run, wait_until_final, write, S3Server, WorkerProcess,
+    assert_restorable, assert_succeeded, create_run, filesystem_target, noise, passphrase_secret,
+    repository_access, run_to_success, s3_bucket, start_run, wait_until_final, write, S3Server,
+    WorkerProcess,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -28,14 +29,6 @@ fn source() -> tempfile::TempDir {
     write(&source.path().join("docs/a.txt"), b"before the removal\n");
     write(&source.path().join("data/big.bin"), &noise(1 << 20, 7));
     source
-}
-
-fn filesystem_target(repo: &Path) -> pb::Target {
-    pb::Target {
-        destination: Some(pb::target::Destination::FilesystemPath(
-            repo.display().to_string(),
-        )),
-    }
 }
 
 fn key_slots(target: &pb::Target, operation: pb::KeySlotOperation) -> pb::KeySlotsSpec {

@@ -15,9 +15,9 @@ use support::worker_api::Store;
 use tonic::Code;
 
 use support::{
-    assert_restorable, assert_succeeded, backup_job, collect_garbage, create_job_into,
-    garage_bucket, keep_last_policy, noise, pack_bytes, plan_retention, wait_until_final, write,
-    WorkerProcess,
+    assert_restorable, assert_succeeded, backup_job, bucket_target, collect_garbage,
+    create_job_into, garage_bucket, keep_last_policy, noise, pack_bytes, plan_retention,
+    wait_until_final, write, WorkerProcess,
 };
 
 /// (path, version id, content hash) of every file of a snapshot.
@@ -139,12 +139,7 @@ async fn assert_apply_and_collect_give_space_back(
 async fn apply_then_collect_gives_space_back_on_garage() {
     let server = TestServer::start(Backend::Postgres).await;
     let (bucket_id, store) = garage_bucket(&server).await;
-    let target = pb::Target {
-        destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
-            bucket_id,
-            prefix: "repo".into(),
-        })),
-    };
+    let target = bucket_target(&bucket_id, "repo");
     assert_apply_and_collect_give_space_back(&server, target, &store).await;
 }
 

@@ -16,7 +16,9 @@ use coffer_worker::store::s3::S3Credentials;
 use coffer_worker::store::{S3Location, S3Store};
 use tokio_util::sync::CancellationToken;
 
-use support::{assert_restorable, backup_job, create_job, noise, restore, write, WorkerProcess};
+use support::{
+    assert_restorable, backup_job, bucket_target, create_job, noise, restore, write, WorkerProcess,
+};
 
 fn moto_var(name: &str) -> String {
     std::env::var(format!("COFFER_TEST_LOCK_S3_{name}")).unwrap_or_else(|_| {
@@ -99,12 +101,7 @@ async fn data_packs_take_the_chosen_class_and_archived_ones_are_named_on_restore
     let job_into = |prefix: &str, source: &Path, class: &str| pb::Job {
         name: format!("into-{prefix}"),
         source_path: source.display().to_string(),
-        target: Some(pb::Target {
-            destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
-                bucket_id: bucket.id.clone(),
-                prefix: prefix.into(),
-            })),
-        }),
+        target: Some(bucket_target(&bucket.id, prefix)),
         options: Some(pb::JobOptions {
             pack_storage_class: class.into(),
             ..Default::default()

@@ -17,9 +17,10 @@ use coffer_format::{BlobType, ChunkId, PackEntry, PackId};
 use coffer_proto::v1 as pb;
 use support::worker_api::Repository;
 use support::{
-    assert_restorable, assert_succeeded, backup_job, collect_garbage, create_job_into,
-    garage_bucket, keep_last_policy, open_filesystem_repository, restore, run_to_success,
-    verify_fully, wait_until_final, write, WorkerProcess,
+    assert_restorable, assert_succeeded, backup_job, bucket_target, collect_garbage,
+    create_job_into, filesystem_target, garage_bucket, keep_last_policy,
+    open_filesystem_repository, restore, run_to_success, verify_fully, wait_until_final, write,
+    WorkerProcess,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -39,14 +40,6 @@ fn tree_source() -> tempfile::TempDir {
         write(&path, format!("file {index} of the tree\n").as_bytes());
     }
     source
-}
-
-fn filesystem_target(path: &Path) -> pb::Target {
-    pb::Target {
-        destination: Some(pb::target::Destination::FilesystemPath(
-            path.display().to_string(),
-        )),
-    }
 }
 
 fn uploaded(run: &pb::Run) -> i64 {
@@ -135,12 +128,7 @@ async fn an_unchanged_backup_uploads_almost_nothing_and_a_change_rewrites_one_tr
 async fn an_unchanged_backup_on_garage_uploads_almost_nothing() {
     let server = TestServer::start(Backend::Postgres).await;
     let (bucket_id, store) = garage_bucket(&server).await;
-    let target = pb::Target {
-        destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
-            bucket_id,
-            prefix: "repo".into(),
-        })),
-    };
+    let target = bucket_target(&bucket_id, "repo");
     let source = tree_source();
     let job_id = create_job_into(&server, source.path(), target, "").await;
     let _worker = WorkerProcess::spawn(&server, "trees-garage");

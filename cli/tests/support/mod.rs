@@ -2,8 +2,6 @@
 //! worker) started from its binary in a temporary directory, and the real
 //! `coffer` binary run against it.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;

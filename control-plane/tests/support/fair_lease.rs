@@ -2,8 +2,6 @@
 //! real gRPC stream (labels, roots and slots of the test's choosing), and
 //! the tenant-side fixtures those tests share.
 
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use coffer_control_plane::testing::{Api, TestServer};

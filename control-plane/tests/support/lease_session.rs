@@ -1,8 +1,6 @@
 //! A worker's lease session driven message by message, for the tests of
 //! lease timing and fencing (`lease_settings.rs`, `attack_fencing.rs`).
 
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use coffer_proto::v1 as pb;

@@ -1,15 +1,13 @@
 //! Test harness: re-exports the library's test support and adds the
 //! `both_backends!` macro and error-detail helpers.
 
-#![allow(dead_code, unused_imports)]
-
 pub mod fair_lease;
 pub mod lease_session;
 pub mod readme_blocks;
 pub mod webhook;
 
 use coffer_control_plane::model::object::{EntryKind, FileAttributes, SnapshotEntry};
-pub use coffer_control_plane::testing::{authed, fresh_catalog, Backend, CatalogGuard, TestServer};
+pub use coffer_control_plane::testing::{authed, fresh_catalog, Backend, TestServer};
 
 /// Generates one `#[tokio::test]` per backend for each named async test function
 /// taking a `Backend`: `both_backends!(creates_a_bucket);` gives

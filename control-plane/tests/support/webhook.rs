@@ -3,8 +3,6 @@
 //! a failure when asked to, and checks signatures with its own HMAC code
 //! (not the control plane's), as a receiver written by a user would.
 
-#![allow(dead_code)]
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

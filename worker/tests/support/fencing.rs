@@ -1,8 +1,6 @@
 //! Helpers of `attack_fencing.rs`: reading a worker's log and hashing
 //! stored objects.
 
-#![allow(dead_code)]
-
 use std::path::Path;
 use std::time::Duration;
 

@@ -1,9 +1,7 @@
 //! Shared by the worker's process-level tests: real `coffer-worker` child
 //! processes, run helpers over the public API, and S3 buckets on Garage.
-#![allow(dead_code)] // each test binary uses a different subset
 
 /// One `#[tokio::test]` per catalog backend for each named scenario.
-#[allow(unused_macros)] // not every test file runs scenarios on both backends
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         $(
@@ -22,7 +20,6 @@ macro_rules! both_backends {
 }
 
 pub mod credentials;
-#[allow(unused_imports)] // each test binary uses a different subset
 pub mod worker_api;
 
 pub mod fencing;
@@ -123,6 +120,25 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A target in bucket `bucket_id` (a registered bucket's id) under `prefix`.
+pub fn bucket_target(bucket_id: &str, prefix: &str) -> pb::Target {
+    pb::Target {
+        destination: Some(pb::target::Destination::Bucket(pb::BucketTarget {
+            bucket_id: bucket_id.to_owned(),
+            prefix: prefix.to_owned(),
+        })),
+    }
+}
+
+/// A target at filesystem path `path`.
+pub fn filesystem_target(path: &Path) -> pb::Target {
+    pb::Target {
+        destination: Some(pb::target::Destination::FilesystemPath(
+            path.display().to_string(),
+        )),
     }
 }
 

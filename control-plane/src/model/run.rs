@@ -144,12 +144,12 @@ pub struct JobOptions {
     pub pack_storage_class: String,
 }
 
-/// The slowest bandwidth limit accepted, in bytes per second: anything
-/// slower would stall requests past their timeouts.
-pub const MIN_BANDWIDTH_LIMIT: i64 = 1024;
-/// The fastest bandwidth limit accepted (a worker's token buckets count in
-/// `u32`); 0 says "no limit".
-pub const MAX_BANDWIDTH_LIMIT: i64 = u32::MAX as i64;
+/// The slowest bandwidth limit accepted, in bytes per second: the worker's
+/// own bound (anything slower would stall requests past their timeouts).
+pub const MIN_BANDWIDTH_LIMIT: i64 = coffer_worker::bandwidth::MIN_RATE as i64;
+/// The fastest bandwidth limit accepted: the worker's own bound (its token
+/// buckets count in `u32`); 0 says "no limit".
+pub const MAX_BANDWIDTH_LIMIT: i64 = coffer_worker::bandwidth::MAX_RATE as i64;
 
 /// Checks a bandwidth limit: 0 (none) or within the accepted range.
 pub fn check_bandwidth_limit(field: &str, bytes_per_second: i64) -> DomainResult<()> {
